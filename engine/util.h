@@ -1,0 +1,27 @@
+/* Small helpers shared by engine/ and cli/: logging, whole-file reads, checked
+ * allocation of sizes that come from untrusted files. Nothing here exits. */
+#ifndef ENGINE_UTIL_H
+#define ENGINE_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* log_error("fmt", ...) prints "error: <func>: message" to stderr. */
+#define log_error(...) util_log("error", __func__, __VA_ARGS__)
+#define log_warn(...) util_log("warn", __func__, __VA_ARGS__)
+#define log_info(...) util_log("info", __func__, __VA_ARGS__)
+void util_log(const char *level, const char *func, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Reads a whole file into a NUL-terminated heap buffer of *len bytes (the NUL
+ * not counted). Refuses files over max_bytes. Returns NULL on failure, with a
+ * message in err (errlen bytes). The caller frees the buffer. */
+char *util_read_file(const char *path, size_t max_bytes, size_t *len, char *err, size_t errlen);
+
+/* Writes out *out = a*b and returns 0, or returns -1 if the product overflows. */
+int util_mul_overflow(size_t a, size_t b, size_t *out);
+
+/* Monotonic seconds. */
+double util_now(void);
+
+#endif

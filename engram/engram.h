@@ -1,0 +1,9 @@
+/* Public header of engram/: Engram conditional memory (see ../shared/ENGRAM.md).
+ * The folder owns N-gram hashing (ngram_hash), the compressed tokenizer, and
+ * later the tiered table store and prefetch. It depends on nothing in engine/. */
+#ifndef ENGRAM_ENGRAM_H
+#define ENGRAM_ENGRAM_H
+
+#define ENGRAM_VERSION_STRING "0.1.0"
+
+#endif
