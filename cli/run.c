@@ -1,0 +1,265 @@
+/* engram-run: load a checkpoint, run a prompt through the CPU reference
+ * engine, generate, and print the result. The main job until the server
+ * exists, and the harness of the golden tests.
+ *
+ *   engram-run --model DIR (--prompt-ids 1,2,3 | --prompt TEXT) [options]
+ */
+#include <errno.h>
+#include <limits.h>
+#include <omp.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "forward.h"
+#include "model.h"
+#include "sampler.h"
+#include "util.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: engram-run --model DIR (--prompt-ids 1,2,3 | --prompt TEXT) [options]\n"
+            "  --max-tokens N         tokens to generate (default 32)\n"
+            "  --temperature T        0 is greedy (default 1)\n"
+            "  --top-p P  --top-k K  --min-p P\n"
+            "  --repetition-penalty R  --presence-penalty P  --frequency-penalty F\n"
+            "  --seed S               sampler seed (default 0)\n"
+            "  --ignore-eos           do not stop at the model's eos_token_id\n"
+            "  --device cpu|cuda      backend (default cpu)\n"
+            "  --threads N            CPU threads (default: all cores)\n"
+            "  --prefill-chunk N      prompt tokens per forward pass (default 256; 1 = token by token)\n"
+            "  --print-ids            print the generated ids as one JSON array on the last stdout line\n"
+            "  --dump-logits FILE     write the last prompt position's logits as raw little-endian f32\n");
+}
+
+/* Parses a decimal integer in [lo, hi]; returns -1 on junk. */
+static int parse_long(const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_float(const char *s, float lo, float hi, float *out) {
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end || !(v >= lo && v <= hi)) return -1;
+    *out = v;
+    return 0;
+}
+
+/* "1,2,3" -> ids; returns the count or -1. */
+static int parse_ids(const char *s, int32_t **out) {
+    int cap = 16, n = 0;
+    int32_t *ids = malloc((size_t)cap * sizeof(int32_t));
+    if (!ids) return -1;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (errno || end == p || v < 0 || v > INT32_MAX || (*end && *end != ',')) {
+            free(ids);
+            return -1;
+        }
+        if (n == cap) {
+            int32_t *q = realloc(ids, (size_t)(cap *= 2) * sizeof(int32_t));
+            if (!q) {
+                free(ids);
+                return -1;
+            }
+            ids = q;
+        }
+        ids[n++] = (int32_t)v;
+        p = *end ? end + 1 : end;
+        if (*end == ',' && !*p) { /* trailing comma */
+            free(ids);
+            return -1;
+        }
+    }
+    *out = ids;
+    return n;
+}
+
+int main(int argc, char **argv) {
+    const char *model_dir = NULL, *prompt_ids = NULL, *prompt_text = NULL, *dump_logits = NULL;
+    const char *device = "cpu";
+    long max_tokens = 32, prefill_chunk = 256, threads = 0;
+    bool print_ids = false, ignore_eos = false;
+    sampler_params sp = sampler_default_params();
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        long lv;
+        int bad = 0;
+#define NEED_VALUE                                                                                 \
+    if (!v) {                                                                                      \
+        fprintf(stderr, "engram-run: %s needs a value\n", a);                                      \
+        return 2;                                                                                  \
+    }                                                                                              \
+    i++;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--print-ids")) {
+            print_ids = true;
+        } else if (!strcmp(a, "--ignore-eos")) {
+            ignore_eos = true;
+        } else if (!strcmp(a, "--model")) {
+            NEED_VALUE model_dir = v;
+        } else if (!strcmp(a, "--prompt-ids")) {
+            NEED_VALUE prompt_ids = v;
+        } else if (!strcmp(a, "--prompt")) {
+            NEED_VALUE prompt_text = v;
+        } else if (!strcmp(a, "--dump-logits")) {
+            NEED_VALUE dump_logits = v;
+        } else if (!strcmp(a, "--device")) {
+            NEED_VALUE device = v;
+        } else if (!strcmp(a, "--max-tokens")) {
+            NEED_VALUE bad = parse_long(v, 0, 1 << 24, &max_tokens);
+        } else if (!strcmp(a, "--prefill-chunk")) {
+            NEED_VALUE bad = parse_long(v, 1, 1 << 20, &prefill_chunk);
+        } else if (!strcmp(a, "--threads")) {
+            NEED_VALUE bad = parse_long(v, 1, 4096, &threads);
+        } else if (!strcmp(a, "--seed")) {
+            NEED_VALUE bad = parse_long(v, 0, LONG_MAX, &lv);
+            sp.seed = (uint64_t)lv;
+        } else if (!strcmp(a, "--top-k")) {
+            NEED_VALUE bad = parse_long(v, 0, INT32_MAX, &lv);
+            sp.top_k = (int)lv;
+        } else if (!strcmp(a, "--temperature")) {
+            NEED_VALUE bad = parse_float(v, 0.0f, 100.0f, &sp.temperature);
+        } else if (!strcmp(a, "--top-p")) {
+            NEED_VALUE bad = parse_float(v, 1e-6f, 1.0f, &sp.top_p);
+        } else if (!strcmp(a, "--min-p")) {
+            NEED_VALUE bad = parse_float(v, 0.0f, 1.0f, &sp.min_p);
+        } else if (!strcmp(a, "--repetition-penalty")) {
+            NEED_VALUE bad = parse_float(v, 1e-3f, 100.0f, &sp.repetition_penalty);
+        } else if (!strcmp(a, "--presence-penalty")) {
+            NEED_VALUE bad = parse_float(v, -2.0f, 2.0f, &sp.presence_penalty);
+        } else if (!strcmp(a, "--frequency-penalty")) {
+            NEED_VALUE bad = parse_float(v, -2.0f, 2.0f, &sp.frequency_penalty);
+        } else {
+            fprintf(stderr, "engram-run: unknown option %s\n", a);
+            usage(stderr);
+            return 2;
+        }
+        if (bad) {
+            fprintf(stderr, "engram-run: bad value for %s: %s\n", a, v);
+            return 2;
+        }
+#undef NEED_VALUE
+    }
+    if (!model_dir || (!prompt_ids == !prompt_text)) {
+        fprintf(stderr, "engram-run: need --model and exactly one of --prompt-ids, --prompt\n");
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(device, "cpu") != 0) {
+        fprintf(stderr, "engram-run: device %s is not available in this build (cpu only)\n", device);
+        return 2;
+    }
+    if (prompt_text) {
+        fprintf(stderr, "engram-run: --prompt needs the tokenizer, not in this build; use --prompt-ids\n");
+        return 2;
+    }
+    if (threads > 0) omp_set_num_threads((int)threads);
+
+    int32_t *prompt = NULL;
+    int n_prompt = parse_ids(prompt_ids, &prompt);
+    if (n_prompt <= 0) {
+        fprintf(stderr, "engram-run: --prompt-ids must be a comma-separated list of token ids\n");
+        return 2;
+    }
+
+    int rc = 1;
+    char err[1024];
+    model *m = NULL;
+    forward_state *st = NULL;
+    sampler *smp = NULL;
+    float *logits = NULL;
+    int32_t *out = NULL;
+    double t0 = util_now();
+    if (model_load(model_dir, &m, err, sizeof(err)) != MODEL_OK) {
+        fprintf(stderr, "engram-run: %s\n", err);
+        goto done;
+    }
+    const model_config *c = &m->cfg;
+    for (int i = 0; i < n_prompt; i++)
+        if (prompt[i] >= c->vocab_size) {
+            fprintf(stderr, "engram-run: prompt token %d is outside the vocabulary (%d ids)\n",
+                    prompt[i], c->vocab_size);
+            goto done;
+        }
+    long need = n_prompt + max_tokens;
+    if (need > c->max_position_embeddings) {
+        fprintf(stderr, "engram-run: prompt (%d) + max tokens (%ld) exceed the context of %d\n",
+                n_prompt, max_tokens, c->max_position_embeddings);
+        goto done;
+    }
+    logits = malloc((size_t)c->vocab_size * sizeof(float));
+    out = malloc((size_t)(max_tokens + 1) * sizeof(int32_t));
+    smp = sampler_create(c->vocab_size, sp);
+    if (!logits || !out || !smp || forward_state_create(m, (int)need, (int)prefill_chunk, &st)) {
+        fprintf(stderr, "engram-run: out of memory\n");
+        goto done;
+    }
+    const backend_ops *ops = backend_cpu();
+    double t1 = util_now();
+    int frc = forward_run(m, ops, st, prompt, n_prompt, logits);
+    if (frc != FORWARD_OK) {
+        fprintf(stderr, "engram-run: %s\n", forward_status_str(frc));
+        goto done;
+    }
+    double t2 = util_now();
+    if (dump_logits) {
+        FILE *f = fopen(dump_logits, "wb");
+        if (!f || fwrite(logits, sizeof(float), (size_t)c->vocab_size, f) != (size_t)c->vocab_size ||
+            fclose(f) != 0) {
+            fprintf(stderr, "engram-run: cannot write %s: %s\n", dump_logits, strerror(errno));
+            goto done;
+        }
+    }
+    int n_out = 0;
+    while (n_out < max_tokens) {
+        int32_t tok = sampler_sample(smp, logits, prompt, n_prompt, out, n_out);
+        out[n_out++] = tok;
+        bool eos = false;
+        for (int e = 0; e < c->n_eos && !ignore_eos; e++) eos |= tok == c->eos_token_ids[e];
+        if (eos || n_out == max_tokens) break;
+        if ((frc = forward_run(m, ops, st, &tok, 1, logits)) != FORWARD_OK) {
+            fprintf(stderr, "engram-run: %s\n", forward_status_str(frc));
+            goto done;
+        }
+    }
+    double t3 = util_now();
+    fprintf(stderr,
+            "engram-run: load %.2fs, prefill %d tokens in %.3fs (%.1f tok/s), decode %d tokens in "
+            "%.3fs (%.2f tok/s)\n",
+            t1 - t0, n_prompt, t2 - t1, n_prompt / (t2 - t1), n_out > 1 ? n_out - 1 : 0, t3 - t2,
+            n_out > 1 ? (n_out - 1) / (t3 - t2) : 0.0);
+    if (print_ids) {
+        printf("[");
+        for (int i = 0; i < n_out; i++) printf("%s%d", i ? ", " : "", out[i]);
+        printf("]\n");
+    } else {
+        printf("generated ids:");
+        for (int i = 0; i < n_out; i++) printf(" %d", out[i]);
+        printf("\n");
+    }
+    rc = 0;
+done:
+    free(prompt);
+    free(logits);
+    free(out);
+    sampler_destroy(smp);
+    forward_state_destroy(st);
+    model_destroy(m);
+    return rc;
+}

@@ -1,0 +1,181 @@
+/* Forward pass for Llama-family decoders (Llama, Qwen2, Qwen3, Mistral):
+ *   x = embed(ids)
+ *   per layer: x += o_proj(attention(rope(q), rope(k), v)) on rmsnorm(x)
+ *              x += down(silu(gate(h)) * up(h)) on h = rmsnorm(x)
+ *   logits = lm_head(rmsnorm(x)) at the last position. */
+#include "forward.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *forward_status_str(int status) {
+    switch (status) {
+    case FORWARD_OK: return "ok";
+    case FORWARD_ERR_FULL: return "sequence longer than the context";
+    case FORWARD_ERR_TOKEN: return "token id out of range";
+    case FORWARD_ERR_NOMEM: return "out of memory";
+    }
+    return "unknown status";
+}
+
+struct forward_state {
+    int max_tokens, max_chunk, pos;
+    float *inv_freq;         /* (hd/2) rope frequencies after scaling */
+    float **k_cache;         /* (n_layers) x (max_tokens, n_kv*hd) */
+    float **v_cache;
+    int n_layers;
+    /* scratch for one chunk of C = max_chunk tokens */
+    float *x, *h;            /* (C, d) residual stream, normed input */
+    float *q, *att;          /* (C, n_heads*hd) */
+    float *gate, *up;        /* (C, ff) */
+    float *tmp;              /* (C, max(d, n_heads*hd)) projection outputs */
+    int32_t *pos_ids;        /* (C) */
+};
+
+/* Rope inverse frequencies as transformers computes them (f32), with linear
+ * or llama3 scaling applied. */
+static void rope_freqs(const model_config *c, float *inv_freq) {
+    int half = c->head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        float f = 1.0f / powf((float)c->rope_theta, (float)(2 * i) / (float)c->head_dim);
+        if (c->rope == ROPE_LINEAR) {
+            f = f / (float)c->rope_factor;
+        } else if (c->rope == ROPE_LLAMA3) {
+            double factor = c->rope_factor, lo = c->rope_low_freq_factor, hi = c->rope_high_freq_factor;
+            double old = c->rope_original_max_pos;
+            double wavelen = 2.0 * M_PI / f;
+            double lo_wavelen = old / lo, hi_wavelen = old / hi;
+            if (wavelen > lo_wavelen) {
+                f = (float)(f / factor);
+            } else if (wavelen >= hi_wavelen) { /* between the two: interpolate */
+                double smooth = (old / wavelen - lo) / (hi - lo);
+                f = (float)((1.0 - smooth) * f / factor + smooth * f);
+            }
+        }
+        inv_freq[i] = f;
+    }
+}
+
+int forward_state_create(const model *m, int max_tokens, int max_chunk, forward_state **out) {
+    const model_config *c = &m->cfg;
+    *out = NULL;
+    if (max_tokens > c->max_position_embeddings) max_tokens = c->max_position_embeddings;
+    if (max_chunk > max_tokens) max_chunk = max_tokens;
+    if (max_chunk < 1) max_chunk = 1;
+    forward_state *s = calloc(1, sizeof(*s));
+    if (!s) return FORWARD_ERR_NOMEM;
+    s->max_tokens = max_tokens;
+    s->max_chunk = max_chunk;
+    s->n_layers = c->n_layers;
+    size_t C = (size_t)max_chunk, d = (size_t)c->hidden_size, qw = (size_t)c->n_heads * c->head_dim;
+    size_t kvw = (size_t)c->n_kv_heads * c->head_dim, ff = (size_t)c->intermediate_size;
+    s->inv_freq = malloc((size_t)c->head_dim / 2 * sizeof(float));
+    s->k_cache = calloc((size_t)c->n_layers, sizeof(float *));
+    s->v_cache = calloc((size_t)c->n_layers, sizeof(float *));
+    s->x = malloc(C * d * sizeof(float));
+    s->h = malloc(C * d * sizeof(float));
+    s->q = malloc(C * qw * sizeof(float));
+    s->att = malloc(C * qw * sizeof(float));
+    s->gate = malloc(C * ff * sizeof(float));
+    s->up = malloc(C * ff * sizeof(float));
+    s->tmp = malloc(C * (qw > d ? qw : d) * sizeof(float));
+    s->pos_ids = malloc(C * sizeof(int32_t));
+    int ok = s->inv_freq && s->k_cache && s->v_cache && s->x && s->h && s->q && s->att && s->gate &&
+             s->up && s->tmp && s->pos_ids;
+    for (int l = 0; ok && l < c->n_layers; l++) {
+        s->k_cache[l] = malloc((size_t)max_tokens * kvw * sizeof(float));
+        s->v_cache[l] = malloc((size_t)max_tokens * kvw * sizeof(float));
+        ok = s->k_cache[l] && s->v_cache[l];
+    }
+    if (!ok) {
+        forward_state_destroy(s);
+        return FORWARD_ERR_NOMEM;
+    }
+    rope_freqs(c, s->inv_freq);
+    *out = s;
+    return FORWARD_OK;
+}
+
+void forward_state_destroy(forward_state *s) {
+    if (!s) return;
+    for (int l = 0; l < s->n_layers; l++) {
+        if (s->k_cache) free(s->k_cache[l]);
+        if (s->v_cache) free(s->v_cache[l]);
+    }
+    free(s->k_cache);
+    free(s->v_cache);
+    free(s->inv_freq);
+    free(s->x);
+    free(s->h);
+    free(s->q);
+    free(s->att);
+    free(s->gate);
+    free(s->up);
+    free(s->tmp);
+    free(s->pos_ids);
+    free(s);
+}
+
+int forward_state_pos(const forward_state *s) { return s->pos; }
+void forward_state_reset(forward_state *s) { s->pos = 0; }
+
+/* One chunk of T tokens at positions s->pos .. s->pos+T-1. */
+static void forward_chunk(const model *m, const backend_ops *ops, forward_state *s, const int32_t *ids,
+                          int T, float *logits) {
+    const model_config *c = &m->cfg;
+    int d = c->hidden_size, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
+    size_t kvw = (size_t)nkv * hd, ff = (size_t)c->intermediate_size;
+    float eps = c->rms_norm_eps;
+    for (int t = 0; t < T; t++) s->pos_ids[t] = s->pos + t;
+
+    ops->embed(s->x, &m->embed, ids, T);
+    for (int l = 0; l < c->n_layers; l++) {
+        const layer_weights *L = &m->layers[l];
+        float *kc = s->k_cache[l] + (size_t)s->pos * kvw; /* this chunk's rows of the cache */
+        float *vc = s->v_cache[l] + (size_t)s->pos * kvw;
+
+        /* attention block */
+        ops->rmsnorm(s->h, s->x, L->attn_norm, T, d, eps);
+        ops->matmul(s->q, s->h, &L->wq, L->bq, T);
+        ops->matmul(kc, s->h, &L->wk, L->bk, T);
+        ops->matmul(vc, s->h, &L->wv, L->bv, T);
+        if (c->qk_norm) { /* Qwen3: RMSNorm over each head's vector, before rope */
+            ops->rmsnorm(s->q, s->q, L->q_norm, T * nh, hd, eps);
+            ops->rmsnorm(kc, kc, L->k_norm, T * nkv, hd, eps);
+        }
+        ops->rope(s->q, s->pos_ids, T, nh, hd, s->inv_freq);
+        ops->rope(kc, s->pos_ids, T, nkv, hd, s->inv_freq);
+        ops->attention(s->att, s->q, s->k_cache[l], s->v_cache[l], T, s->pos, nh, nkv, hd,
+                       c->sliding_window);
+        ops->matmul(s->tmp, s->att, &L->wo, L->bo, T);
+        ops->add(s->x, s->tmp, (size_t)T * d);
+
+        /* feed-forward block (SwiGLU) */
+        ops->rmsnorm(s->h, s->x, L->ffn_norm, T, d, eps);
+        ops->matmul(s->gate, s->h, &L->w_gate, L->b_gate, T);
+        ops->matmul(s->up, s->h, &L->w_up, L->b_up, T);
+        ops->swiglu(s->gate, s->up, (size_t)T * ff);
+        ops->matmul(s->tmp, s->gate, &L->w_down, L->b_down, T);
+        ops->add(s->x, s->tmp, (size_t)T * d);
+    }
+    s->pos += T;
+    if (logits) { /* only the last position's logits are needed */
+        float *last = s->x + (size_t)(T - 1) * d;
+        ops->rmsnorm(s->h, last, m->final_norm, 1, d, eps);
+        ops->matmul(logits, s->h, &m->lm_head, NULL, 1);
+    }
+}
+
+int forward_run(const model *m, const backend_ops *ops, forward_state *s, const int32_t *ids, int n,
+                float *logits) {
+    if (n <= 0) return FORWARD_OK;
+    if (n > s->max_tokens - s->pos) return FORWARD_ERR_FULL;
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= m->cfg.vocab_size) return FORWARD_ERR_TOKEN;
+    for (int i = 0; i < n; i += s->max_chunk) {
+        int T = n - i < s->max_chunk ? n - i : s->max_chunk;
+        forward_chunk(m, ops, s, ids + i, T, i + T == n ? logits : NULL);
+    }
+    return FORWARD_OK;
+}

@@ -1,0 +1,37 @@
+/* The forward pass of one sequence, backend-neutral and readable top to bottom
+ * (llama2.c style). A forward_state holds the sequence's KV cache and
+ * position, so a prompt can go in as one chunk, several chunks, or one token
+ * at a time with the same result. */
+#ifndef ENGINE_FORWARD_H
+#define ENGINE_FORWARD_H
+
+#include "backend.h"
+#include "model.h"
+
+typedef enum {
+    FORWARD_OK = 0,
+    FORWARD_ERR_FULL = -1,  /* the tokens do not fit in the state's max_tokens */
+    FORWARD_ERR_TOKEN = -2, /* a token id is outside [0, vocab_size) */
+    FORWARD_ERR_NOMEM = -3,
+} forward_status;
+
+const char *forward_status_str(int status);
+
+typedef struct forward_state forward_state;
+
+/* Creates a state for up to max_tokens positions (at most the model's
+ * max_position_embeddings), running at most max_chunk tokens per pass.
+ * Returns FORWARD_OK and *out, or FORWARD_ERR_NOMEM. */
+int forward_state_create(const model *m, int max_tokens, int max_chunk, forward_state **out);
+void forward_state_destroy(forward_state *s); /* accepts NULL */
+
+int forward_state_pos(const forward_state *s); /* tokens in the cache */
+void forward_state_reset(forward_state *s);
+
+/* Appends ids[0..n) to the sequence and runs them through the model in chunks
+ * of max_chunk. If logits is not NULL it receives the logits of the last
+ * token, (vocab_size) floats. On error nothing is appended. */
+int forward_run(const model *m, const backend_ops *ops, forward_state *s, const int32_t *ids, int n,
+                float *logits);
+
+#endif

@@ -1,0 +1,535 @@
+/* Checkpoint loading: config.json -> model_config, safetensors -> weights.
+ * Everything read from disk is untrusted: every key is checked for type and
+ * range, every tensor for presence, dtype and exact shape, and each failure
+ * is one line naming the file and the key or tensor. */
+#include "model.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "numeric.h"
+#include "util.h"
+
+const char *model_status_str(int status) {
+    switch (status) {
+    case MODEL_OK: return "ok";
+    case MODEL_ERR_IO: return "checkpoint file missing or unreadable";
+    case MODEL_ERR_CONFIG: return "bad or unsupported config.json";
+    case MODEL_ERR_WEIGHTS: return "bad or missing tensor";
+    case MODEL_ERR_NOMEM: return "out of memory";
+    }
+    return "unknown status";
+}
+
+/* ---- config.json ---- */
+
+#define CFG_FAIL(...)                                                                              \
+    do {                                                                                           \
+        snprintf(err, errlen, __VA_ARGS__);                                                        \
+        rc = MODEL_ERR_CONFIG;                                                                     \
+        goto done;                                                                                 \
+    } while (0)
+
+/* Reads an integer key into *out. Absent or null: *out = def (def < 0 and
+ * required: error). Present: must be an integral number in [lo, hi]. */
+static int get_int(const cJSON *o, const char *key, int def, int lo, int hi, int *out,
+                   const char *label, char *err, size_t errlen) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!v || cJSON_IsNull(v)) {
+        if (def == INT32_MIN) {
+            snprintf(err, errlen, "%s: missing key %s", label, key);
+            return -1;
+        }
+        *out = def;
+        return 0;
+    }
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < lo ||
+        v->valuedouble > hi) {
+        snprintf(err, errlen, "%s: key %s must be an integer in [%d, %d]", label, key, lo, hi);
+        return -1;
+    }
+    *out = (int)v->valuedouble;
+    return 0;
+}
+
+static int get_num(const cJSON *o, const char *key, double def, double lo, double hi, double *out,
+                   const char *label, char *err, size_t errlen) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!v || cJSON_IsNull(v)) {
+        *out = def;
+        return 0;
+    }
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= lo && v->valuedouble <= hi)) {
+        snprintf(err, errlen, "%s: key %s must be a number in [%g, %g]", label, key, lo, hi);
+        return -1;
+    }
+    *out = v->valuedouble;
+    return 0;
+}
+
+static int get_bool(const cJSON *o, const char *key, bool def, bool *out, const char *label,
+                    char *err, size_t errlen) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!v || cJSON_IsNull(v)) {
+        *out = def;
+        return 0;
+    }
+    if (!cJSON_IsBool(v)) {
+        snprintf(err, errlen, "%s: key %s must be true or false", label, key);
+        return -1;
+    }
+    *out = cJSON_IsTrue(v);
+    return 0;
+}
+
+static const struct {
+    const char *arch, *model_type;
+    model_arch id;
+} known_archs[] = {
+    {"LlamaForCausalLM", "llama", ARCH_LLAMA},
+    {"Qwen2ForCausalLM", "qwen2", ARCH_QWEN2},
+    {"Qwen3ForCausalLM", "qwen3", ARCH_QWEN3},
+    {"MistralForCausalLM", "mistral", ARCH_MISTRAL},
+};
+
+/* Rope settings from either transformers-5 rope_parameters or the classic
+ * rope_theta + rope_scaling keys. */
+static int parse_rope(const cJSON *root, model_config *c, const char *label, char *err, size_t errlen) {
+    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
+    const cJSON *sc = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+    if (rp && !cJSON_IsNull(rp) && !cJSON_IsObject(rp)) {
+        snprintf(err, errlen, "%s: key rope_parameters must be an object", label);
+        return -1;
+    }
+    if (sc && !cJSON_IsNull(sc) && !cJSON_IsObject(sc)) {
+        snprintf(err, errlen, "%s: key rope_scaling must be an object or null", label);
+        return -1;
+    }
+    const cJSON *params = cJSON_IsObject(rp) ? rp : (cJSON_IsObject(sc) ? sc : NULL);
+    double theta;
+    if (get_num(root, "rope_theta", 10000.0, 1e-3, 1e12, &theta, label, err, errlen)) return -1;
+    if (cJSON_IsObject(rp) &&
+        get_num(rp, "rope_theta", theta, 1e-3, 1e12, &theta, label, err, errlen))
+        return -1;
+    c->rope_theta = theta;
+    c->rope = ROPE_DEFAULT;
+    if (!params) return 0;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(params, "rope_type");
+    if (!t) t = cJSON_GetObjectItemCaseSensitive(params, "type");
+    const char *type = cJSON_IsString(t) ? t->valuestring : "default";
+    if (t && !cJSON_IsString(t)) {
+        snprintf(err, errlen, "%s: rope_type must be a string", label);
+        return -1;
+    }
+    if (strcmp(type, "default") == 0) return 0;
+    if (get_num(params, "factor", 1.0, 1e-6, 1e6, &c->rope_factor, label, err, errlen)) return -1;
+    if (strcmp(type, "linear") == 0) {
+        c->rope = ROPE_LINEAR;
+        return 0;
+    }
+    if (strcmp(type, "llama3") == 0) {
+        c->rope = ROPE_LLAMA3;
+        int omp = 0;
+        if (get_num(params, "low_freq_factor", 1.0, 1e-6, 1e6, &c->rope_low_freq_factor, label, err, errlen) ||
+            get_num(params, "high_freq_factor", 4.0, 1e-6, 1e6, &c->rope_high_freq_factor, label, err, errlen) ||
+            get_int(params, "original_max_position_embeddings", INT32_MIN, 1, 1 << 26, &omp, label, err, errlen))
+            return -1;
+        if (c->rope_high_freq_factor <= c->rope_low_freq_factor) {
+            snprintf(err, errlen, "%s: llama3 rope needs high_freq_factor > low_freq_factor", label);
+            return -1;
+        }
+        c->rope_original_max_pos = omp;
+        return 0;
+    }
+    snprintf(err, errlen, "%s: rope_type %s is not supported (default, linear, llama3)", label, type);
+    return -1;
+}
+
+int model_config_parse(const char *json, size_t len, const char *label, model_config *c, char *err,
+                       size_t errlen) {
+    int rc = MODEL_OK;
+    memset(c, 0, sizeof(*c));
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    if (!cJSON_IsObject(root)) CFG_FAIL("%s: not a JSON object", label);
+
+    /* Architecture: architectures[0], else model_type. */
+    const char *arch = NULL, *mtype = NULL;
+    const cJSON *archs = cJSON_GetObjectItemCaseSensitive(root, "architectures");
+    if (cJSON_IsArray(archs) && cJSON_IsString(cJSON_GetArrayItem(archs, 0)))
+        arch = cJSON_GetArrayItem(archs, 0)->valuestring;
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    if (cJSON_IsString(mt)) mtype = mt->valuestring;
+    int found = -1;
+    for (size_t i = 0; i < sizeof(known_archs) / sizeof(known_archs[0]); i++)
+        if ((arch && strcmp(arch, known_archs[i].arch) == 0) ||
+            (!arch && mtype && strcmp(mtype, known_archs[i].model_type) == 0))
+            found = (int)i;
+    if (found < 0)
+        CFG_FAIL("%s: unsupported architecture %s (supported: LlamaForCausalLM, Qwen2ForCausalLM, "
+                 "Qwen3ForCausalLM, MistralForCausalLM)",
+                 label, arch ? arch : mtype ? mtype : "(none: no architectures or model_type)");
+    c->arch = known_archs[found].id;
+
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
+    if (act && !(cJSON_IsString(act) && (strcmp(act->valuestring, "silu") == 0 ||
+                                         strcmp(act->valuestring, "swish") == 0)))
+        CFG_FAIL("%s: key hidden_act must be \"silu\"", label);
+
+    const int R = INT32_MIN; /* required */
+    if (get_int(root, "vocab_size", R, 1, 1 << 24, &c->vocab_size, label, err, errlen) ||
+        get_int(root, "hidden_size", R, 1, 1 << 16, &c->hidden_size, label, err, errlen) ||
+        get_int(root, "intermediate_size", R, 1, 1 << 20, &c->intermediate_size, label, err, errlen) ||
+        get_int(root, "num_hidden_layers", R, 1, 1024, &c->n_layers, label, err, errlen) ||
+        get_int(root, "num_attention_heads", R, 1, 1024, &c->n_heads, label, err, errlen) ||
+        get_int(root, "num_key_value_heads", c->n_heads, 1, 1024, &c->n_kv_heads, label, err, errlen) ||
+        get_int(root, "max_position_embeddings", 4096, 1, 1 << 26, &c->max_position_embeddings, label, err, errlen)) {
+        rc = MODEL_ERR_CONFIG;
+        goto done;
+    }
+    if (c->n_heads % c->n_kv_heads != 0)
+        CFG_FAIL("%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", label,
+                 c->n_heads, c->n_kv_heads);
+    int hd_default = c->hidden_size % c->n_heads == 0 ? c->hidden_size / c->n_heads : R;
+    if (get_int(root, "head_dim", hd_default, 2, 1024, &c->head_dim, label, err, errlen)) {
+        rc = MODEL_ERR_CONFIG;
+        goto done;
+    }
+    if (c->head_dim % 2) CFG_FAIL("%s: key head_dim must be even for rope", label);
+    double eps, prf;
+    if (get_num(root, "rms_norm_eps", 1e-6, 1e-30, 1.0, &eps, label, err, errlen) ||
+        get_num(root, "partial_rotary_factor", 1.0, 0.0, 1.0, &prf, label, err, errlen)) {
+        rc = MODEL_ERR_CONFIG;
+        goto done;
+    }
+    if (prf != 1.0) CFG_FAIL("%s: partial_rotary_factor != 1 is not supported", label);
+    c->rms_norm_eps = (float)eps;
+    if (parse_rope(root, c, label, err, errlen)) {
+        rc = MODEL_ERR_CONFIG;
+        goto done;
+    }
+
+    bool attn_bias, mlp_bias, use_sw;
+    if (get_bool(root, "attention_bias", false, &attn_bias, label, err, errlen) ||
+        get_bool(root, "mlp_bias", false, &mlp_bias, label, err, errlen) ||
+        get_bool(root, "tie_word_embeddings", false, &c->tie_word_embeddings, label, err, errlen) ||
+        get_bool(root, "use_sliding_window", false, &use_sw, label, err, errlen)) {
+        rc = MODEL_ERR_CONFIG;
+        goto done;
+    }
+    c->qkv_bias = attn_bias || c->arch == ARCH_QWEN2; /* Qwen2 always has q/k/v biases */
+    c->o_bias = attn_bias && c->arch != ARCH_QWEN2;
+    c->mlp_bias = mlp_bias && c->arch == ARCH_LLAMA;
+    c->qk_norm = c->arch == ARCH_QWEN3;
+    if (c->arch == ARCH_MISTRAL) {
+        if (get_int(root, "sliding_window", 0, 1, 1 << 26, &c->sliding_window, label, err, errlen)) {
+            rc = MODEL_ERR_CONFIG;
+            goto done;
+        }
+    } else if (use_sw) {
+        CFG_FAIL("%s: use_sliding_window is not supported for this architecture", label);
+    }
+
+    c->bos_token_id = -1;
+    const cJSON *bos = cJSON_GetObjectItemCaseSensitive(root, "bos_token_id");
+    if (cJSON_IsNumber(bos) && bos->valuedouble >= 0 && bos->valuedouble < c->vocab_size)
+        c->bos_token_id = (int)bos->valuedouble;
+    const cJSON *eos = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
+    if (cJSON_IsNumber(eos) && eos->valuedouble >= 0 && eos->valuedouble < c->vocab_size)
+        c->eos_token_ids[c->n_eos++] = (int)eos->valuedouble;
+    else if (cJSON_IsArray(eos))
+        for (const cJSON *e = eos->child; e && c->n_eos < MODEL_MAX_EOS; e = e->next)
+            if (cJSON_IsNumber(e) && e->valuedouble >= 0 && e->valuedouble < c->vocab_size)
+                c->eos_token_ids[c->n_eos++] = (int)e->valuedouble;
+done:
+    cJSON_Delete(root);
+    return rc;
+}
+
+/* ---- weights ---- */
+
+static float *own(model *m, size_t n) {
+    if (m->n_owned == m->cap_owned) {
+        int cap = m->cap_owned ? 2 * m->cap_owned : 64;
+        float **p = realloc(m->owned, (size_t)cap * sizeof(*p));
+        if (!p) return NULL;
+        m->owned = p;
+        m->cap_owned = cap;
+    }
+    float *buf = malloc(n * sizeof(float));
+    if (buf) m->owned[m->n_owned++] = buf;
+    return buf;
+}
+
+static const st_tensor *find_tensor(const model *m, const char *name, const char **file) {
+    for (int i = 0; i < m->n_files; i++) {
+        const st_tensor *t = safetensors_find(m->files[i], name);
+        if (t) {
+            *file = safetensors_label(m->files[i]);
+            return t;
+        }
+    }
+    return NULL;
+}
+
+static bool float_dtype(dtype t) { return t == DTYPE_F32 || t == DTYPE_BF16 || t == DTYPE_F16; }
+
+/* Finds `name` with shape (rows, cols) (cols 0: a vector of rows). */
+static int get_tensor(model *m, const char *name, int rows, int cols, const st_tensor **out,
+                      char *err, size_t errlen) {
+    const char *file = NULL;
+    const st_tensor *t = find_tensor(m, name, &file);
+    if (!t) {
+        snprintf(err, errlen, "%s: missing tensor %s", m->dir, name);
+        return MODEL_ERR_WEIGHTS;
+    }
+    if (!float_dtype(t->dt)) {
+        snprintf(err, errlen, "%s: tensor %s has dtype %s (expected F32, BF16 or F16)", file, name,
+                 dtype_name(t->dt));
+        return MODEL_ERR_WEIGHTS;
+    }
+    bool ok = cols ? (t->ndim == 2 && t->shape[0] == rows && t->shape[1] == cols)
+                   : (t->ndim == 1 && t->shape[0] == rows);
+    if (!ok) {
+        char got[128] = "", *p = got;
+        for (int i = 0; i < t->ndim && p < got + sizeof(got) - 24; i++)
+            p += sprintf(p, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+        if (cols)
+            snprintf(err, errlen, "%s: tensor %s has shape [%s], expected [%d, %d]", file, name, got, rows, cols);
+        else
+            snprintf(err, errlen, "%s: tensor %s has shape [%s], expected [%d]", file, name, got, rows);
+        return MODEL_ERR_WEIGHTS;
+    }
+    if ((uintptr_t)t->data % dtype_size(t->dt) != 0) {
+        /* Real writers align tensors; reading a misaligned one would be undefined behaviour. */
+        snprintf(err, errlen, "%s: tensor %s is not aligned to its %zu-byte dtype", file, name,
+                 dtype_size(t->dt));
+        return MODEL_ERR_WEIGHTS;
+    }
+    *out = t;
+    return MODEL_OK;
+}
+
+static int load_matrix(model *m, const char *name, int rows, int cols, weight *w, char *err, size_t errlen) {
+    const st_tensor *t;
+    int rc = get_tensor(m, name, rows, cols, &t, err, errlen);
+    if (rc) return rc;
+    *w = (weight){.data = t->data, .dt = t->dt, .rows = rows, .cols = cols};
+    return MODEL_OK;
+}
+
+static int load_vector(model *m, const char *name, int n, const float **out, char *err, size_t errlen) {
+    const st_tensor *t;
+    int rc = get_tensor(m, name, n, 0, &t, err, errlen);
+    if (rc) return rc;
+    float *buf = own(m, (size_t)n);
+    if (!buf) {
+        snprintf(err, errlen, "out of memory");
+        return MODEL_ERR_NOMEM;
+    }
+    numeric_to_f32(buf, t->data, t->dt, (size_t)n);
+    *out = buf;
+    return MODEL_OK;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* Lists the safetensors files to open: those of the index, else every
+ * *.safetensors in the directory, sorted. */
+static int list_files(const char *dir, char ***names, int *n, char *err, size_t errlen) {
+    char path[4096];
+    *names = NULL;
+    *n = 0;
+    snprintf(path, sizeof(path), "%s/model.safetensors.index.json", dir);
+    size_t len;
+    char *text = util_read_file(path, 64u << 20, &len, err, errlen);
+    int cap = 0, rc = MODEL_OK;
+    if (text) {
+        cJSON *root = cJSON_ParseWithLength(text, len);
+        free(text);
+        const cJSON *wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
+        if (!cJSON_IsObject(wm)) {
+            snprintf(err, errlen, "%s: no weight_map object", path);
+            cJSON_Delete(root);
+            return MODEL_ERR_CONFIG;
+        }
+        for (const cJSON *e = wm->child; e; e = e->next) {
+            if (!cJSON_IsString(e) || strchr(e->valuestring, '/') || e->valuestring[0] == '.') {
+                snprintf(err, errlen, "%s: weight_map entry %s is not a file name in the directory", path,
+                         e->string ? e->string : "?");
+                rc = MODEL_ERR_CONFIG;
+                break;
+            }
+            bool seen = false;
+            for (int i = 0; i < *n && !seen; i++) seen = strcmp((*names)[i], e->valuestring) == 0;
+            if (seen) continue;
+            if (*n == cap) {
+                cap = cap ? 2 * cap : 16;
+                char **p = realloc(*names, (size_t)cap * sizeof(char *));
+                if (!p) { rc = MODEL_ERR_NOMEM; break; }
+                *names = p;
+            }
+            if (!((*names)[*n] = strdup(e->valuestring))) { rc = MODEL_ERR_NOMEM; break; }
+            (*n)++;
+        }
+        cJSON_Delete(root);
+    } else {
+        DIR *d = opendir(dir);
+        if (!d) {
+            snprintf(err, errlen, "%s: cannot open the checkpoint directory", dir);
+            return MODEL_ERR_IO;
+        }
+        struct dirent *de;
+        while ((de = readdir(d))) {
+            size_t l = strlen(de->d_name);
+            if (l <= 12 || strcmp(de->d_name + l - 12, ".safetensors") != 0) continue;
+            if (*n == cap) {
+                cap = cap ? 2 * cap : 16;
+                char **p = realloc(*names, (size_t)cap * sizeof(char *));
+                if (!p) { rc = MODEL_ERR_NOMEM; break; }
+                *names = p;
+            }
+            if (!((*names)[*n] = strdup(de->d_name))) { rc = MODEL_ERR_NOMEM; break; }
+            (*n)++;
+        }
+        closedir(d);
+        if (rc == MODEL_OK && *n == 0) {
+            snprintf(err, errlen, "%s: no *.safetensors files", dir);
+            rc = MODEL_ERR_IO;
+        }
+    }
+    if (rc == MODEL_ERR_NOMEM) snprintf(err, errlen, "out of memory");
+    if (*n > 1) qsort(*names, (size_t)*n, sizeof(char *), cmp_str);
+    return rc;
+}
+
+static int load_layer(model *m, int i, char *err, size_t errlen) {
+    const model_config *c = &m->cfg;
+    layer_weights *L = &m->layers[i];
+    int d = c->hidden_size, hd = c->head_dim, q = c->n_heads * hd, kv = c->n_kv_heads * hd;
+    int ff = c->intermediate_size;
+    char n[256];
+    int rc;
+#define P(suffix) (snprintf(n, sizeof(n), "model.layers.%d.%s", i, suffix), n)
+    if ((rc = load_vector(m, P("input_layernorm.weight"), d, &L->attn_norm, err, errlen)) ||
+        (rc = load_matrix(m, P("self_attn.q_proj.weight"), q, d, &L->wq, err, errlen)) ||
+        (rc = load_matrix(m, P("self_attn.k_proj.weight"), kv, d, &L->wk, err, errlen)) ||
+        (rc = load_matrix(m, P("self_attn.v_proj.weight"), kv, d, &L->wv, err, errlen)) ||
+        (rc = load_matrix(m, P("self_attn.o_proj.weight"), d, q, &L->wo, err, errlen)) ||
+        (rc = load_vector(m, P("post_attention_layernorm.weight"), d, &L->ffn_norm, err, errlen)) ||
+        (rc = load_matrix(m, P("mlp.gate_proj.weight"), ff, d, &L->w_gate, err, errlen)) ||
+        (rc = load_matrix(m, P("mlp.up_proj.weight"), ff, d, &L->w_up, err, errlen)) ||
+        (rc = load_matrix(m, P("mlp.down_proj.weight"), d, ff, &L->w_down, err, errlen)))
+        return rc;
+    if (c->qkv_bias &&
+        ((rc = load_vector(m, P("self_attn.q_proj.bias"), q, &L->bq, err, errlen)) ||
+         (rc = load_vector(m, P("self_attn.k_proj.bias"), kv, &L->bk, err, errlen)) ||
+         (rc = load_vector(m, P("self_attn.v_proj.bias"), kv, &L->bv, err, errlen))))
+        return rc;
+    if (c->o_bias && (rc = load_vector(m, P("self_attn.o_proj.bias"), d, &L->bo, err, errlen)))
+        return rc;
+    if (c->qk_norm &&
+        ((rc = load_vector(m, P("self_attn.q_norm.weight"), hd, &L->q_norm, err, errlen)) ||
+         (rc = load_vector(m, P("self_attn.k_norm.weight"), hd, &L->k_norm, err, errlen))))
+        return rc;
+    if (c->mlp_bias &&
+        ((rc = load_vector(m, P("mlp.gate_proj.bias"), ff, &L->b_gate, err, errlen)) ||
+         (rc = load_vector(m, P("mlp.up_proj.bias"), ff, &L->b_up, err, errlen)) ||
+         (rc = load_vector(m, P("mlp.down_proj.bias"), d, &L->b_down, err, errlen))))
+        return rc;
+#undef P
+    return MODEL_OK;
+}
+
+int model_load(const char *dir, model **out, char *err, size_t errlen) {
+    *out = NULL;
+    model *m = calloc(1, sizeof(*m));
+    if (!m || !(m->dir = strdup(dir))) {
+        free(m);
+        snprintf(err, errlen, "out of memory");
+        return MODEL_ERR_NOMEM;
+    }
+    char path[4096];
+    char **names = NULL;
+    int n_names = 0, rc;
+    snprintf(path, sizeof(path), "%s/config.json", dir);
+    size_t len;
+    char *text = util_read_file(path, 16u << 20, &len, err, errlen);
+    if (!text) {
+        rc = MODEL_ERR_IO;
+        goto fail;
+    }
+    rc = model_config_parse(text, len, path, &m->cfg, err, errlen);
+    free(text);
+    if (rc) goto fail;
+
+    if ((rc = list_files(dir, &names, &n_names, err, errlen))) goto fail;
+    m->files = calloc((size_t)n_names, sizeof(safetensors *));
+    if (!m->files) {
+        rc = MODEL_ERR_NOMEM;
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < n_names; i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+        int st = safetensors_open(path, &m->files[m->n_files], err, errlen);
+        if (st != ST_OK) {
+            rc = st == ST_ERR_IO ? MODEL_ERR_IO : st == ST_ERR_NOMEM ? MODEL_ERR_NOMEM : MODEL_ERR_WEIGHTS;
+            goto fail;
+        }
+        m->n_files++;
+    }
+
+    const model_config *c = &m->cfg;
+    m->layers = calloc((size_t)c->n_layers, sizeof(layer_weights));
+    if (!m->layers) {
+        rc = MODEL_ERR_NOMEM;
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    if ((rc = load_matrix(m, "model.embed_tokens.weight", c->vocab_size, c->hidden_size, &m->embed, err, errlen)) ||
+        (rc = load_vector(m, "model.norm.weight", c->hidden_size, &m->final_norm, err, errlen)))
+        goto fail;
+    if (c->tie_word_embeddings)
+        m->lm_head = m->embed;
+    else if ((rc = load_matrix(m, "lm_head.weight", c->vocab_size, c->hidden_size, &m->lm_head, err, errlen)))
+        goto fail;
+    for (int i = 0; i < c->n_layers; i++)
+        if ((rc = load_layer(m, i, err, errlen))) goto fail;
+
+    for (int i = 0; i < n_names; i++) free(names[i]);
+    free(names);
+    *out = m;
+    return MODEL_OK;
+fail:
+    for (int i = 0; i < n_names; i++) free(names[i]);
+    free(names);
+    model_destroy(m);
+    return rc;
+}
+
+void model_destroy(model *m) {
+    if (!m) return;
+    for (int i = 0; i < m->n_files; i++) safetensors_destroy(m->files[i]);
+    free(m->files);
+    for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    free(m->owned);
+    free(m->layers);
+    free(m->dir);
+    free(m);
+}
+
+static size_t wbytes(const weight *w) { return (size_t)w->rows * (size_t)w->cols * dtype_size(w->dt); }
+
+size_t model_weight_bytes_per_token(const model *m) {
+    size_t b = wbytes(&m->lm_head);
+    for (int i = 0; i < m->cfg.n_layers; i++) {
+        const layer_weights *L = &m->layers[i];
+        b += wbytes(&L->wq) + wbytes(&L->wk) + wbytes(&L->wv) + wbytes(&L->wo) + wbytes(&L->w_gate) +
+             wbytes(&L->w_up) + wbytes(&L->w_down);
+    }
+    return b;
+}

@@ -1,0 +1,238 @@
+/* safetensors reader. Layout: u64 little-endian header length N, N bytes of
+ * JSON {"name": {"dtype", "shape", "data_offsets": [begin, end]}, ...,
+ * "__metadata__": {...}}, then the data region; offsets are relative to it.
+ * We check what a lying file can get wrong: N past the end, offsets past the
+ * end or reversed, byte counts that disagree with dtype x shape, overlapping
+ * tensors, duplicate names, unknown dtypes, shapes that overflow. */
+#include "safetensors.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct safetensors {
+    char *label;
+    void *map; /* owned mapping, or NULL when parsing a caller's buffer */
+    size_t map_size;
+    st_tensor *tensors;
+    int n;
+};
+
+static const struct {
+    const char *name;
+    size_t size;
+} dtype_info[DTYPE_COUNT] = {
+    [DTYPE_F32] = {"F32", 4},    [DTYPE_BF16] = {"BF16", 2}, [DTYPE_F16] = {"F16", 2},
+    [DTYPE_F64] = {"F64", 8},    [DTYPE_I64] = {"I64", 8},   [DTYPE_I32] = {"I32", 4},
+    [DTYPE_I16] = {"I16", 2},    [DTYPE_I8] = {"I8", 1},     [DTYPE_U8] = {"U8", 1},
+    [DTYPE_BOOL] = {"BOOL", 1},  [DTYPE_F8_E4M3] = {"F8_E4M3", 1},
+    [DTYPE_F8_E5M2] = {"F8_E5M2", 1},
+};
+
+const char *dtype_name(dtype t) { return (unsigned)t < DTYPE_COUNT ? dtype_info[t].name : "?"; }
+size_t dtype_size(dtype t) { return (unsigned)t < DTYPE_COUNT ? dtype_info[t].size : 0; }
+
+static int dtype_parse(const char *s, dtype *out) {
+    for (int i = 0; i < DTYPE_COUNT; i++)
+        if (strcmp(s, dtype_info[i].name) == 0) {
+            *out = (dtype)i;
+            return 0;
+        }
+    return -1;
+}
+
+static int cmp_by_offset(const void *a, const void *b) {
+    const st_tensor *x = a, *y = b;
+    const uint8_t *px = x->data, *py = y->data;
+    return px < py ? -1 : px > py;
+}
+
+static int cmp_by_name(const void *a, const void *b) {
+    return strcmp(((const st_tensor *)a)->name, ((const st_tensor *)b)->name);
+}
+
+/* Parses one tensor entry into t; returns 0 or -1 with err filled. */
+static int parse_entry(const cJSON *e, const uint8_t *base, size_t data_size, const char *label,
+                       st_tensor *t, char *err, size_t errlen) {
+    const char *name = e->string;
+    const cJSON *jd = cJSON_GetObjectItemCaseSensitive(e, "dtype");
+    const cJSON *js = cJSON_GetObjectItemCaseSensitive(e, "shape");
+    const cJSON *jo = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
+    if (!cJSON_IsObject(e) || !cJSON_IsString(jd) || !cJSON_IsArray(js) || !cJSON_IsArray(jo) ||
+        cJSON_GetArraySize(jo) != 2) {
+        snprintf(err, errlen, "%s: tensor %s: entry needs dtype, shape and data_offsets", label, name);
+        return -1;
+    }
+    if (dtype_parse(jd->valuestring, &t->dt) != 0) {
+        snprintf(err, errlen, "%s: tensor %s: unknown dtype %s", label, name, jd->valuestring);
+        return -1;
+    }
+    int nd = cJSON_GetArraySize(js);
+    if (nd > ST_MAX_DIMS) {
+        snprintf(err, errlen, "%s: tensor %s: %d dimensions (max %d)", label, name, nd, ST_MAX_DIMS);
+        return -1;
+    }
+    t->ndim = nd;
+    size_t numel = 1;
+    for (int i = 0; i < nd; i++) {
+        const cJSON *d = cJSON_GetArrayItem(js, i);
+        /* JSON numbers are doubles: reject fractions, negatives and > 2^53. */
+        if (!cJSON_IsNumber(d) || d->valuedouble < 0 || d->valuedouble > 9007199254740992.0 ||
+            d->valuedouble != (double)(int64_t)d->valuedouble) {
+            snprintf(err, errlen, "%s: tensor %s: bad shape dimension %d", label, name, i);
+            return -1;
+        }
+        t->shape[i] = (int64_t)d->valuedouble;
+        if (__builtin_mul_overflow(numel, (size_t)t->shape[i], &numel)) {
+            snprintf(err, errlen, "%s: tensor %s: shape overflows", label, name);
+            return -1;
+        }
+    }
+    t->numel = numel;
+    double ob = cJSON_GetArrayItem(jo, 0)->valuedouble, oe = cJSON_GetArrayItem(jo, 1)->valuedouble;
+    if (!cJSON_IsNumber(cJSON_GetArrayItem(jo, 0)) || !cJSON_IsNumber(cJSON_GetArrayItem(jo, 1)) ||
+        ob < 0 || oe < ob || oe > (double)data_size || ob != (double)(uint64_t)ob ||
+        oe != (double)(uint64_t)oe) {
+        snprintf(err, errlen, "%s: tensor %s: data_offsets [%.0f, %.0f] outside the %zu data bytes",
+                 label, name, ob, oe, data_size);
+        return -1;
+    }
+    size_t nbytes;
+    if (__builtin_mul_overflow(numel, dtype_size(t->dt), &nbytes) ||
+        nbytes != (size_t)oe - (size_t)ob) {
+        snprintf(err, errlen, "%s: tensor %s: %zu bytes at data_offsets but dtype %s x shape needs %zu",
+                 label, name, (size_t)oe - (size_t)ob, dtype_name(t->dt), nbytes);
+        return -1;
+    }
+    t->data = base + (size_t)ob;
+    t->nbytes = nbytes;
+    t->name = strdup(name);
+    return t->name ? 0 : -1;
+}
+
+int safetensors_parse(const uint8_t *data, size_t size, const char *label, safetensors **out,
+                      char *err, size_t errlen) {
+    *out = NULL;
+    if (size < 8) {
+        snprintf(err, errlen, "%s: %zu bytes, too short for a safetensors header", label, size);
+        return ST_ERR_FORMAT;
+    }
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | data[i];
+    if (hlen > ST_MAX_HEADER || hlen > size - 8) {
+        snprintf(err, errlen, "%s: header length %llu past the end of the %zu-byte file", label,
+                 (unsigned long long)hlen, size);
+        return ST_ERR_FORMAT;
+    }
+    const uint8_t *base = data + 8 + hlen;
+    size_t data_size = size - 8 - (size_t)hlen;
+    cJSON *root = cJSON_ParseWithLength((const char *)data + 8, (size_t)hlen);
+    if (!cJSON_IsObject(root)) {
+        snprintf(err, errlen, "%s: header is not a JSON object", label);
+        cJSON_Delete(root);
+        return ST_ERR_FORMAT;
+    }
+    safetensors *st = calloc(1, sizeof(*st));
+    int n = cJSON_GetArraySize(root);
+    if (!st || !(st->label = strdup(label)) || !(st->tensors = calloc((size_t)n + 1, sizeof(st_tensor)))) {
+        cJSON_Delete(root);
+        safetensors_destroy(st);
+        snprintf(err, errlen, "%s: out of memory", label);
+        return ST_ERR_NOMEM;
+    }
+    int rc = ST_OK;
+    for (const cJSON *e = root->child; e; e = e->next) {
+        if (e->string && strcmp(e->string, "__metadata__") == 0) continue;
+        if (!e->string || parse_entry(e, base, data_size, label, &st->tensors[st->n], err, errlen)) {
+            rc = ST_ERR_FORMAT;
+            break;
+        }
+        st->n++;
+    }
+    cJSON_Delete(root);
+    if (rc == ST_OK && st->n > 1) {
+        /* Overlap check on tensors sorted by start; zero-sized tensors never overlap. */
+        qsort(st->tensors, (size_t)st->n, sizeof(st_tensor), cmp_by_offset);
+        const uint8_t *end = NULL;
+        for (int i = 0; i < st->n; i++) {
+            const st_tensor *t = &st->tensors[i];
+            if (t->nbytes == 0) continue;
+            if (end && (const uint8_t *)t->data < end) {
+                snprintf(err, errlen, "%s: tensor %s overlaps the tensor before it", label, t->name);
+                rc = ST_ERR_FORMAT;
+                break;
+            }
+            end = (const uint8_t *)t->data + t->nbytes;
+        }
+        qsort(st->tensors, (size_t)st->n, sizeof(st_tensor), cmp_by_name);
+        for (int i = 1; rc == ST_OK && i < st->n; i++)
+            if (strcmp(st->tensors[i - 1].name, st->tensors[i].name) == 0) {
+                snprintf(err, errlen, "%s: tensor %s appears twice", label, st->tensors[i].name);
+                rc = ST_ERR_FORMAT;
+            }
+    }
+    if (rc != ST_OK) {
+        safetensors_destroy(st);
+        return rc;
+    }
+    *out = st;
+    return ST_OK;
+}
+
+int safetensors_open(const char *path, safetensors **out, char *err, size_t errlen) {
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return ST_ERR_IO;
+    }
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        snprintf(err, errlen, "%s: not a regular file", path);
+        close(fd);
+        return ST_ERR_IO;
+    }
+    size_t size = (size_t)sb.st_size;
+    void *map = NULL;
+    if (size > 0) {
+        map = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+        if (map == MAP_FAILED) {
+            snprintf(err, errlen, "%s: mmap: %s", path, strerror(errno));
+            close(fd);
+            return ST_ERR_IO;
+        }
+    }
+    close(fd);
+    int rc = safetensors_parse(map ? map : (const void *)"", size, path, out, err, errlen);
+    if (rc != ST_OK) {
+        if (map) munmap(map, size);
+        return rc;
+    }
+    (*out)->map = map;
+    (*out)->map_size = size;
+    return ST_OK;
+}
+
+void safetensors_destroy(safetensors *st) {
+    if (!st) return;
+    for (int i = 0; i < st->n; i++) free(st->tensors[i].name);
+    free(st->tensors);
+    if (st->map) munmap(st->map, st->map_size);
+    free(st->label);
+    free(st);
+}
+
+int safetensors_count(const safetensors *st) { return st->n; }
+const st_tensor *safetensors_get(const safetensors *st, int i) { return &st->tensors[i]; }
+const char *safetensors_label(const safetensors *st) { return st->label; }
+
+const st_tensor *safetensors_find(const safetensors *st, const char *name) {
+    st_tensor key = {.name = (char *)name};
+    return bsearch(&key, st->tensors, (size_t)st->n, sizeof(st_tensor), cmp_by_name);
+}
