@@ -241,9 +241,9 @@ int main(int argc, char **argv) {
     double t3 = util_now();
     fprintf(stderr,
             "engram-run: load %.2fs, prefill %d tokens in %.3fs (%.1f tok/s), decode %d tokens in "
-            "%.3fs (%.2f tok/s)\n",
+            "%.3fs (%.2f tok/s), %.1f MB of weights read per token\n",
             t1 - t0, n_prompt, t2 - t1, n_prompt / (t2 - t1), n_out > 1 ? n_out - 1 : 0, t3 - t2,
-            n_out > 1 ? (n_out - 1) / (t3 - t2) : 0.0);
+            n_out > 1 ? (n_out - 1) / (t3 - t2) : 0.0, model_weight_bytes_per_token(m) / 1e6);
     if (print_ids) {
         printf("[");
         for (int i = 0; i < n_out; i++) printf("%s%d", i ? ", " : "", out[i]);

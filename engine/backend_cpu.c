@@ -10,8 +10,9 @@
 #include "backend.h"
 #include "numeric.h"
 
-/* Rows of w at which a product switches from matvec to BLAS. */
-#define GEMM_MIN_TOKENS 4
+/* Tokens at which a product switches from row-at-a-time dots to BLAS: below
+ * it, widening a bf16 matrix for sgemm costs more than the dots it saves. */
+#define GEMM_MIN_TOKENS 32
 
 /* dot(x, row) over n, row in dtype t; eight partial sums so the compiler can
  * keep them in one vector register. */
@@ -41,13 +42,12 @@ static void cpu_matmul(float *out, const float *x, const weight *w, const float 
     int n = w->rows, d = w->cols;
     size_t esz = dtype_size(w->dt);
     if (T < GEMM_MIN_TOKENS) {
-        for (int t = 0; t < T; t++) {
-            const float *xt = x + (size_t)t * d;
-            float *ot = out + (size_t)t * n;
+        /* Each weight row is read from memory once and used for all T tokens. */
 #pragma omp parallel for schedule(static)
-            for (int i = 0; i < n; i++)
-                ot[i] = dot_row(xt, (const char *)w->data + (size_t)i * d * esz, w->dt, d) +
-                        (bias ? bias[i] : 0.0f);
+        for (int i = 0; i < n; i++) {
+            const void *row = (const char *)w->data + (size_t)i * d * esz;
+            for (int t = 0; t < T; t++)
+                out[(size_t)t * n + i] = dot_row(x + (size_t)t * d, row, w->dt, d) + (bias ? bias[i] : 0.0f);
         }
         return;
     }
