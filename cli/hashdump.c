@@ -92,6 +92,16 @@ static char *read_stdin(size_t *len) {
     return buf;
 }
 
+/* An int64 from a JSON number or a decimal string (exact beyond 2^53). */
+static int json_item_i64(const cJSON *e, int64_t *v) {
+    if (cJSON_IsNumber(e)) {
+        *v = (int64_t)e->valuedouble;
+        return 0;
+    }
+    if (cJSON_IsString(e)) return parse_i64(e->valuestring, v);
+    return -1;
+}
+
 /* Reads an int64 array field; returns its length or -1. */
 static int json_i64_array(const cJSON *obj, const char *key, int64_t *out, int max) {
     const cJSON *a = cJSON_GetObjectItemCaseSensitive(obj, key);
@@ -101,15 +111,15 @@ static int json_i64_array(const cJSON *obj, const char *key, int64_t *out, int m
     int i = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, a) {
-        if (!cJSON_IsNumber(e)) return -1;
-        out[i++] = (int64_t)e->valuedouble;
+        if (json_item_i64(e, &out[i++])) return -1;
     }
     return n;
 }
 
 static int64_t json_i64(const cJSON *obj, const char *key, int64_t dflt) {
+    int64_t x;
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-    return cJSON_IsNumber(v) ? (int64_t)v->valuedouble : dflt;
+    return v && json_item_i64(v, &x) == 0 ? x : dflt;
 }
 
 static void print_i64_array(const int64_t *v, size_t n) {
@@ -192,7 +202,9 @@ static int cmd_derive(void) {
         }
         int i = 0;
         const cJSON *e;
-        cJSON_ArrayForEach(e, seq) ids[i++] = (int64_t)e->valuedouble;
+        cJSON_ArrayForEach(e, seq) {
+            if (json_item_i64(e, &ids[i++])) ids[i - 1] = 0;
+        }
         ngram_hash_history hist;
         ngram_hash_history_init(h, &hist);
         size_t step = chunk > 0 ? (size_t)chunk : (size_t)n;

@@ -357,7 +357,7 @@ static int validate(const ngram_hash_config *c, char *err, size_t errlen) {
                     (long long)c->compressed_vocab_size);
     if (c->compressed_pad_id < 0 || c->compressed_pad_id >= c->compressed_vocab_size)
         return fail(err, errlen, NGRAM_HASH_EINVAL,
-                    "compressed pad id %lld outside [0, compressed_vocab_size %lld)",
+                    "compressed_pad_id %lld outside [0, compressed_vocab_size %lld)",
                     (long long)c->compressed_pad_id, (long long)c->compressed_vocab_size);
     return NGRAM_HASH_OK;
 }
