@@ -6,4 +6,6 @@
 
 #define ENGRAM_VERSION_STRING "0.1.0"
 
+#include "ngram_hash.h"
+
 #endif

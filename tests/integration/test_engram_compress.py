@@ -1,0 +1,123 @@
+"""Compressed tokenizer (ENGRAM.md section 3): our C table against the reference
+procedure run in Python with Hugging Face `tokenizers`, over the whole vocab of
+both test tokenizers.
+
+The reference (deepseek-ai/Engram, engram_demo_v1.py) normalizes with a
+`tokenizers` normalizer sequence, so that sequence is the oracle here. The C side
+(engram/ngram_hash_compress.c through build/engram-hashdump compress) gets the
+same decoded texts and raw token strings, so this proves normalization and
+first-appearance indexing; our own tokenizer's decode is wired in later.
+"""
+import lzma
+import os
+import pathlib
+import subprocess
+
+import pytest
+
+tokenizers = pytest.importorskip("tokenizers")
+from tokenizers import Regex, Tokenizer, normalizers  # noqa: E402
+
+BUILD = pathlib.Path(os.environ.get("ENGRAM_BUILD_DIR", "build"))
+SOURCE = pathlib.Path(os.environ.get("ENGRAM_SOURCE_DIR", pathlib.Path(__file__).parents[2]))
+DUMP = BUILD / "engram-hashdump"
+
+SENTINEL = "\uE000"
+
+
+def reference_normalizer():
+    return normalizers.Sequence([
+        normalizers.NFKC(),
+        normalizers.NFD(),
+        normalizers.StripAccents(),
+        normalizers.Lowercase(),
+        normalizers.Replace(Regex(r"[ \t\r\n]+"), " "),
+        normalizers.Replace(Regex(r"^ $"), SENTINEL),
+        normalizers.Strip(),
+        normalizers.Replace(SENTINEL, " "),
+    ])
+
+
+def load_tokenizer(name):
+    xz = SOURCE / "tests" / "fixtures" / "tokenizers" / name / "tokenizer.json.xz"
+    if xz.exists():
+        return Tokenizer.from_str(lzma.decompress(xz.read_bytes()).decode("utf-8"))
+    shared = pathlib.Path("/work/shared/tokenizers") / name / "tokenizer.json"
+    if shared.exists():
+        return Tokenizer.from_file(str(shared))
+    pytest.skip(f"tokenizer {name}: neither {xz} nor {shared} exists")
+
+
+def vocab_texts(tok):
+    """(decoded text of [id], raw token string) for every id, added tokens included.
+    decode() of the `tokenizers` library never cleans up spaces (the reference's
+    transformers call has clean_up_tokenization_spaces false for both)."""
+    n = tok.get_vocab_size(with_added_tokens=True)
+    out = []
+    for i in range(n):
+        text = tok.decode([i], skip_special_tokens=False)
+        raw = tok.id_to_token(i)
+        out.append((text, raw if raw is not None else ""))
+    return out
+
+
+def reference_table(texts):
+    norm = reference_normalizer()
+    key2new, lookup = {}, []
+    for text, raw in texts:
+        if "\ufffd" in text:
+            key = raw
+        else:
+            n = norm.normalize_str(text)
+            key = n if n else text
+        lookup.append(key2new.setdefault(key, len(key2new)))
+    return lookup, len(key2new)
+
+
+def hexline(text, raw):
+    a = text.encode("utf-8").hex() or "-"
+    b = raw.encode("utf-8").hex() or "-"
+    return f"{a} {b}\n"
+
+
+def c_table(texts):
+    if not DUMP.exists():
+        pytest.skip(f"{DUMP} not built")
+    inp = "".join(hexline(t, r) for t, r in texts)
+    res = subprocess.run([str(DUMP), "compress"], input=inp, capture_output=True, text=True,
+                         check=True)
+    import json
+    return json.loads(res.stdout)
+
+
+@pytest.mark.parametrize("name", ["deepseek_v3", "qwen3"])
+def test_whole_vocab_matches_reference(name):
+    tok = load_tokenizer(name)
+    texts = vocab_texts(tok)
+    ref_lookup, ref_vc = reference_table(texts)
+    got = c_table(texts)
+    assert got["vocab"] == len(texts)
+    mismatches = [i for i, (a, b) in enumerate(zip(ref_lookup, got["lookup"])) if a != b]
+    detail = [(i, texts[i]) for i in mismatches[:10]]
+    assert not mismatches, f"{len(mismatches)} ids differ, first: {detail}"
+    assert got["compressed"] == ref_vc
+
+
+def test_normalize_cases():
+    """Hand-picked strings through both normalizers: accents, marks of all three
+    categories, U+0130, final sigma (no context rule), whitespace runs, a lone
+    space, the sentinel character itself, compatibility forms."""
+    cases = [" ", "  ", "\t", " \n ", "Hello", "  Hello  World \r\n", "Café", "ÉCOLE",
+             "İstanbul", "ΟΔΟΣ", "ﬁ", "①", "Ａｂｃ", "\u0915\u093e", "\u20dd", "a\u0301",
+             "\ue000", " \ue000 ", "x\u00a0", "\u3000y\u3000", "\u200b", "ß", "Σ", "ǅ",
+             "\x00", "ℌ", "Ⅻ", "é\t\té"]
+    if not DUMP.exists():
+        pytest.skip(f"{DUMP} not built")
+    norm = reference_normalizer()
+    inp = "".join(hexline(c, "") for c in cases)
+    res = subprocess.run([str(DUMP), "normalize"], input=inp, capture_output=True, text=True,
+                         check=True)
+    lines = res.stdout.split("\n")
+    for c, line in zip(cases, lines):
+        got = "" if line == "-" else bytes.fromhex(line).decode("utf-8")
+        assert got == norm.normalize_str(c), repr(c)
