@@ -1,0 +1,280 @@
+/* engram-tokenize: encode text to ids, decode ids to text, or (--jsonl) do
+ * either for many inputs, one JSON value per line, for tests and scripts.
+ * Errors: one line on stderr and exit code 1; usage errors exit 2. */
+#include "tokenizer.h"
+#include "util.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_TEXT_FILE ((size_t)64 << 20)
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: engram-tokenize --tokenizer DIR|FILE.json\n"
+            "         (--text STR | --text-file F) [--no-special]   print ids as a JSON array\n"
+            "         --decode 1,2,3 [--skip-special]                print the text\n"
+            "         --jsonl [--no-special] [--skip-special]        stdin: one JSON string (encode)\n"
+            "                                                       or id array (decode) per line;\n"
+            "                                                       stdout: one JSON result per line\n");
+}
+
+/* Appends s as a JSON string literal (UTF-8 kept, control chars escaped). */
+static void json_put_string(FILE *f, const char *s, size_t n) {
+    fputc('"', f);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            fputc('\\', f);
+            fputc(c, f);
+        } else if (c < 0x20 || c == 0x7f)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+static void json_put_ids(FILE *f, const int32_t *ids, size_t n) {
+    fputc('[', f);
+    for (size_t i = 0; i < n; i++) fprintf(f, i ? ",%d" : "%d", ids[i]);
+    fputc(']', f);
+}
+
+static int hexval(int c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+static int put_utf8(char *o, unsigned cp) {
+    if (cp < 0x80) { o[0] = (char)cp; return 1; }
+    if (cp < 0x800) { o[0] = (char)(0xC0 | cp >> 6); o[1] = (char)(0x80 | (cp & 63)); return 2; }
+    if (cp < 0x10000) {
+        o[0] = (char)(0xE0 | cp >> 12); o[1] = (char)(0x80 | ((cp >> 6) & 63)); o[2] = (char)(0x80 | (cp & 63));
+        return 3;
+    }
+    o[0] = (char)(0xF0 | cp >> 18); o[1] = (char)(0x80 | ((cp >> 12) & 63));
+    o[2] = (char)(0x80 | ((cp >> 6) & 63)); o[3] = (char)(0x80 | (cp & 63));
+    return 4;
+}
+
+/* Parses a JSON string literal at s (NUL bytes kept, unlike cJSON). Lone
+ * surrogate escapes become the 3-byte (ill-formed) encoding, which encode
+ * then rejects. Returns the decoded bytes (heap) or NULL. */
+static char *json_get_string(const char *s, size_t n, size_t *out_len) {
+    size_t i = 0;
+    while (i < n && (s[i] == ' ' || s[i] == '\t')) i++;
+    if (i >= n || s[i] != '"') return NULL;
+    i++;
+    char *o = malloc(n + 1);
+    if (!o) return NULL;
+    size_t k = 0;
+    while (i < n && s[i] != '"') {
+        if (s[i] != '\\') {
+            o[k++] = s[i++];
+            continue;
+        }
+        if (++i >= n) break;
+        char c = s[i++];
+        switch (c) {
+        case 'n': o[k++] = '\n'; break;
+        case 't': o[k++] = '\t'; break;
+        case 'r': o[k++] = '\r'; break;
+        case 'b': o[k++] = '\b'; break;
+        case 'f': o[k++] = '\f'; break;
+        case '/': case '\\': case '"': o[k++] = c; break;
+        case 'u': {
+            unsigned cp = 0;
+            for (int j = 0; j < 4; j++) {
+                int h = i < n ? hexval((unsigned char)s[i++]) : -1;
+                if (h < 0) { free(o); return NULL; }
+                cp = cp * 16 + (unsigned)h;
+            }
+            if (cp >= 0xD800 && cp < 0xDC00 && i + 6 <= n && s[i] == '\\' && s[i + 1] == 'u') {
+                unsigned lo = 0;
+                int ok = 1;
+                for (int j = 0; j < 4; j++) {
+                    int h = hexval((unsigned char)s[i + 2 + j]);
+                    if (h < 0) ok = 0;
+                    lo = lo * 16 + (unsigned)(h < 0 ? 0 : h);
+                }
+                if (ok && lo >= 0xDC00 && lo < 0xE000) {
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                    i += 6;
+                }
+            }
+            k += (size_t)put_utf8(o + k, cp);
+            break;
+        }
+        default: free(o); return NULL;
+        }
+    }
+    if (i >= n) { free(o); return NULL; }
+    *out_len = k;
+    return o;
+}
+
+/* Parses "1,2,3" or "[1, 2, 3]" into ids. Returns -1 on a bad number. */
+static int parse_ids(const char *s, int32_t **ids, size_t *n) {
+    size_t cap = 16;
+    *n = 0;
+    *ids = malloc(cap * sizeof **ids);
+    if (!*ids) return -1;
+    while (*s) {
+        while (*s == ' ' || *s == ',' || *s == '[' || *s == ']' || *s == '\t' || *s == '\n' || *s == '\r') s++;
+        if (!*s) break;
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (end == s || errno || v < INT32_MIN || v > INT32_MAX) return -1;
+        if (*n == cap) {
+            cap *= 2;
+            int32_t *p = realloc(*ids, cap * sizeof *p);
+            if (!p) return -1;
+            *ids = p;
+        }
+        (*ids)[(*n)++] = (int32_t)v;
+        s = end;
+    }
+    return 0;
+}
+
+static int run_jsonl(const tokenizer *t, bool add_special, bool skip_special) {
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t got;
+    int rc = 0;
+    while ((got = getline(&line, &cap, stdin)) > 0) {
+        size_t n = (size_t)got;
+        while (n && (line[n - 1] == '\n' || line[n - 1] == '\r')) n--;
+        size_t i = 0;
+        while (i < n && (line[i] == ' ' || line[i] == '\t')) i++;
+        if (i < n && line[i] == '[') {
+            line[n] = 0;
+            int32_t *ids;
+            size_t k;
+            char *text;
+            size_t len;
+            if (parse_ids(line + i, &ids, &k)) {
+                printf("{\"error\":\"bad id list\"}\n");
+            } else if ((rc = tokenizer_decode(t, ids, k, skip_special, &text, &len))) {
+                printf("{\"error\":\"%s\"}\n", tokenizer_status_str(rc));
+            } else {
+                json_put_string(stdout, text, len);
+                fputc('\n', stdout);
+                free(text);
+            }
+            free(ids);
+            continue;
+        }
+        size_t len;
+        char *text = json_get_string(line, n, &len);
+        if (!text) {
+            printf("{\"error\":\"line is neither a JSON string nor an id array\"}\n");
+            continue;
+        }
+        int32_t *ids;
+        size_t k;
+        int r = tokenizer_encode(t, text, len, add_special, &ids, &k);
+        if (r) printf("{\"error\":\"%s\"}\n", tokenizer_status_str(r));
+        else {
+            json_put_ids(stdout, ids, k);
+            fputc('\n', stdout);
+            free(ids);
+        }
+        free(text);
+    }
+    free(line);
+    return fflush(stdout) ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+    const char *dir = NULL, *text = NULL, *text_file = NULL, *decode = NULL;
+    bool add_special = true, skip_special = false, jsonl = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        bool has_val = i + 1 < argc;
+        if (!strcmp(a, "--tokenizer") && has_val) dir = argv[++i];
+        else if (!strcmp(a, "--text") && has_val) text = argv[++i];
+        else if (!strcmp(a, "--text-file") && has_val) text_file = argv[++i];
+        else if (!strcmp(a, "--decode") && has_val) decode = argv[++i];
+        else if (!strcmp(a, "--no-special")) add_special = false;
+        else if (!strcmp(a, "--skip-special")) skip_special = true;
+        else if (!strcmp(a, "--jsonl")) jsonl = true;
+        else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        } else {
+            fprintf(stderr, "engram-tokenize: unknown or incomplete argument '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    int modes = (text != NULL) + (text_file != NULL) + (decode != NULL) + jsonl;
+    if (!dir || modes != 1) {
+        fprintf(stderr, "engram-tokenize: need --tokenizer and exactly one of --text, --text-file, --decode, --jsonl\n");
+        usage(stderr);
+        return 2;
+    }
+    char err[512];
+    tokenizer *t;
+    int rc = tokenizer_load(dir, &t, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "engram-tokenize: %s\n", err);
+        return 1;
+    }
+    int status = 0;
+    if (jsonl) {
+        status = run_jsonl(t, add_special, skip_special);
+    } else if (decode) {
+        int32_t *ids;
+        size_t n;
+        char *out;
+        size_t len;
+        if (parse_ids(decode, &ids, &n)) {
+            fprintf(stderr, "engram-tokenize: --decode: bad id list\n");
+            free(ids);
+            tokenizer_destroy(t);
+            return 2;
+        }
+        rc = tokenizer_decode(t, ids, n, skip_special, &out, &len);
+        free(ids);
+        if (rc) {
+            fprintf(stderr, "engram-tokenize: decode: %s\n", tokenizer_status_str(rc));
+            status = 1;
+        } else {
+            fwrite(out, 1, len, stdout);
+            fputc('\n', stdout);
+            free(out);
+        }
+    } else {
+        size_t len = 0;
+        char *buf = NULL;
+        if (text_file) {
+            buf = util_read_file(text_file, MAX_TEXT_FILE, &len, err, sizeof err);
+            if (!buf) {
+                fprintf(stderr, "engram-tokenize: %s\n", err);
+                tokenizer_destroy(t);
+                return 1;
+            }
+        }
+        int32_t *ids;
+        size_t n;
+        rc = tokenizer_encode(t, buf ? buf : text, buf ? len : strlen(text), add_special, &ids, &n);
+        free(buf);
+        if (rc) {
+            fprintf(stderr, "engram-tokenize: encode: %s\n", tokenizer_status_str(rc));
+            status = 1;
+        } else {
+            json_put_ids(stdout, ids, n);
+            fputc('\n', stdout);
+            free(ids);
+        }
+    }
+    tokenizer_destroy(t);
+    return status;
+}
