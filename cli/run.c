@@ -31,6 +31,7 @@ static void usage(FILE *f) {
             "  --threads N            CPU threads (default: all cores)\n"
             "  --prefill-chunk N      prompt tokens per forward pass (default 256; 1 = token by token)\n"
             "  --print-ids            print the generated ids as one JSON array on the last stdout line\n"
+            "  --print-gates          print Engram gates per token and Engram layer as one JSON line\n"
             "  --dump-logits FILE     write the last prompt position's logits as raw little-endian f32\n");
 }
 
@@ -90,7 +91,7 @@ int main(int argc, char **argv) {
     const char *model_dir = NULL, *prompt_ids = NULL, *prompt_text = NULL, *dump_logits = NULL;
     const char *device = "cpu";
     long max_tokens = 32, prefill_chunk = 256, threads = 0;
-    bool print_ids = false, ignore_eos = false;
+    bool print_ids = false, ignore_eos = false, print_gates = false;
     sampler_params sp = sampler_default_params();
 
     for (int i = 1; i < argc; i++) {
@@ -109,6 +110,8 @@ int main(int argc, char **argv) {
             return 0;
         } else if (!strcmp(a, "--print-ids")) {
             print_ids = true;
+        } else if (!strcmp(a, "--print-gates")) {
+            print_gates = true;
         } else if (!strcmp(a, "--ignore-eos")) {
             ignore_eos = true;
         } else if (!strcmp(a, "--model")) {
@@ -183,7 +186,7 @@ int main(int argc, char **argv) {
     model *m = NULL;
     forward_state *st = NULL;
     sampler *smp = NULL;
-    float *logits = NULL;
+    float *logits = NULL, *gates = NULL;
     int32_t *out = NULL;
     double t0 = util_now();
     if (model_load(model_dir, &m, err, sizeof(err)) != MODEL_OK) {
@@ -210,9 +213,18 @@ int main(int argc, char **argv) {
         fprintf(stderr, "engram-run: out of memory\n");
         goto done;
     }
+    int nl = m->engram ? m->engram->n_layers : 0;
+    if (print_gates && !nl) {
+        fprintf(stderr, "engram-run: --print-gates: this model has no Engram layers\n");
+        goto done;
+    }
+    if (print_gates && !(gates = malloc((size_t)need * nl * sizeof(float)))) {
+        fprintf(stderr, "engram-run: out of memory\n");
+        goto done;
+    }
     const backend_ops *ops = backend_cpu();
     double t1 = util_now();
-    int frc = forward_run(m, ops, st, prompt, n_prompt, logits);
+    int frc = forward_run(m, ops, st, prompt, n_prompt, logits, gates);
     if (frc != FORWARD_OK) {
         fprintf(stderr, "engram-run: %s\n", forward_status_str(frc));
         goto done;
@@ -233,7 +245,8 @@ int main(int argc, char **argv) {
         bool eos = false;
         for (int e = 0; e < c->n_eos && !ignore_eos; e++) eos |= tok == c->eos_token_ids[e];
         if (eos || n_out == max_tokens) break;
-        if ((frc = forward_run(m, ops, st, &tok, 1, logits)) != FORWARD_OK) {
+        float *g = gates ? gates + (size_t)(n_prompt + n_out - 1) * nl : NULL;
+        if ((frc = forward_run(m, ops, st, &tok, 1, logits, g)) != FORWARD_OK) {
             fprintf(stderr, "engram-run: %s\n", forward_status_str(frc));
             goto done;
         }
@@ -244,6 +257,20 @@ int main(int argc, char **argv) {
             "%.3fs (%.2f tok/s), %.1f MB of weights read per token\n",
             t1 - t0, n_prompt, t2 - t1, n_prompt / (t2 - t1), n_out > 1 ? n_out - 1 : 0, t3 - t2,
             n_out > 1 ? (n_out - 1) / (t3 - t2) : 0.0, model_weight_bytes_per_token(m) / 1e6);
+    if (print_gates) { /* every token that went through the model: the prompt, then all but the last output */
+        int n_fed = n_prompt + n_out - 1;
+        printf("{\"layers\": [");
+        for (int i = 0; i < nl; i++) printf("%s%d", i ? ", " : "", m->engram->layers[i].layer_id);
+        printf("], \"tokens\": [");
+        for (int t = 0; t < n_fed; t++) printf("%s%d", t ? ", " : "", t < n_prompt ? prompt[t] : out[t - n_prompt]);
+        printf("], \"gates\": [");
+        for (int t = 0; t < n_fed; t++) {
+            printf("%s[", t ? ", " : "");
+            for (int i = 0; i < nl; i++) printf("%s%.9g", i ? ", " : "", gates[(size_t)t * nl + i]);
+            printf("]");
+        }
+        printf("]}\n");
+    }
     if (print_ids) {
         printf("[");
         for (int i = 0; i < n_out; i++) printf("%s%d", i ? ", " : "", out[i]);
@@ -257,6 +284,7 @@ int main(int argc, char **argv) {
 done:
     free(prompt);
     free(logits);
+    free(gates);
     free(out);
     sampler_destroy(smp);
     forward_state_destroy(st);

@@ -27,6 +27,17 @@ typedef struct {
     void (*swiglu)(float *gate, const float *up, size_t n);
     /* x (n) += y (n) */
     void (*add)(float *x, const float *y, size_t n);
+
+    /* Engram (ENGRAM.md section 6) */
+    /* out (T, H*D) = concatenation of table rows rows[t*H + h], as f32 */
+    void (*gather_rows)(float *out, const weight *table, const int64_t *rows, int T, int H);
+    /* gate (T) = sigmoid(sign(s) sqrt(max(|s|, 1e-6))), s = dot(nk[t], nq[t]) / sqrt(d) */
+    void (*engram_gate)(float *gate, const float *nk, const float *nq, int T, int d);
+    /* out (T, d) = s[t] * x (T, d); out may alias x */
+    void (*scale_rows)(float *out, const float *x, const float *s, int T, int d);
+    /* Depthwise causal conv then SiLU: in (R+T, C) holds R = (K-1)*dil history
+     * rows then the chunk; out (T, C)[t, c] = silu(sum_k w[c, k] in[R+t-(K-1-k)*dil, c]). */
+    void (*short_conv)(float *out, const float *in, const float *w, int T, int C, int K, int dil);
 } backend_ops;
 
 /* The CPU reference backend (plain C, OpenBLAS for multi-token products, OpenMP). */

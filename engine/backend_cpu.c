@@ -153,6 +153,42 @@ static void cpu_add(float *x, const float *y, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] += y[i];
 }
 
+static void cpu_gather_rows(float *out, const weight *table, const int64_t *rows, int T, int H) {
+    int D = table->cols;
+    size_t esz = dtype_size(table->dt);
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < H; h++)
+            numeric_to_f32(out + ((size_t)t * H + h) * D,
+                           (const char *)table->data + (size_t)rows[(size_t)t * H + h] * D * esz,
+                           table->dt, (size_t)D);
+}
+
+static void cpu_engram_gate(float *gate, const float *nk, const float *nq, int T, int d) {
+    for (int t = 0; t < T; t++) {
+        float s = 0.0f;
+        for (int i = 0; i < d; i++) s += nk[(size_t)t * d + i] * nq[(size_t)t * d + i];
+        s /= sqrtf((float)d);
+        float a = sqrtf(fmaxf(fabsf(s), 1e-6f));
+        float z = s > 0 ? a : s < 0 ? -a : 0.0f; /* sign(0) = 0, as torch.sign */
+        gate[t] = 1.0f / (1.0f + expf(-z));
+    }
+}
+
+static void cpu_scale_rows(float *out, const float *x, const float *s, int T, int d) {
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < d; i++) out[(size_t)t * d + i] = s[t] * x[(size_t)t * d + i];
+}
+
+static void cpu_short_conv(float *out, const float *in, const float *w, int T, int C, int K, int dil) {
+    int R = (K - 1) * dil;
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < C; c++) {
+            float y = 0.0f;
+            for (int k = 0; k < K; k++) y += w[(size_t)c * K + k] * in[(size_t)(R + t - (K - 1 - k) * dil) * C + c];
+            out[(size_t)t * C + c] = y / (1.0f + expf(-y));
+        }
+}
+
 static const backend_ops cpu_ops = {
     .name = "cpu",
     .matmul = cpu_matmul,
@@ -162,6 +198,10 @@ static const backend_ops cpu_ops = {
     .attention = cpu_attention,
     .swiglu = cpu_swiglu,
     .add = cpu_add,
+    .gather_rows = cpu_gather_rows,
+    .engram_gate = cpu_engram_gate,
+    .scale_rows = cpu_scale_rows,
+    .short_conv = cpu_short_conv,
 };
 
 const backend_ops *backend_cpu(void) { return &cpu_ops; }

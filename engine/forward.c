@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engram_module.h"
+
 const char *forward_status_str(int status) {
     switch (status) {
     case FORWARD_OK: return "ok";
@@ -31,6 +33,16 @@ struct forward_state {
     float *gate, *up;        /* (C, ff) */
     float *tmp;              /* (C, max(d, n_heads*hd)) projection outputs */
     int32_t *pos_ids;        /* (C) */
+    const model *model;      /* borrowed: the model the state was made for */
+    /* Engram: per-sequence state and scratch (all NULL without Engram) */
+    ngram_hash_history hist; /* last max_ngram_size-1 compressed ids */
+    float **conv_hist;       /* (n_engram_layers) x ((K-1)*dil, G*d) normed conv inputs */
+    int n_engram;
+    int64_t *ids64, *cids;   /* (C) raw and compressed ids of the chunk */
+    int64_t *rows;           /* (C, H) table rows of one layer */
+    float *eout;             /* (C, d) module output */
+    float *egates;           /* (C) one layer's gates */
+    engram_scratch es;
 };
 
 /* Rope inverse frequencies as transformers computes them (f32), with linear
@@ -88,11 +100,27 @@ int forward_state_create(const model *m, int max_tokens, int max_chunk, forward_
         s->v_cache[l] = malloc((size_t)max_tokens * kvw * sizeof(float));
         ok = s->k_cache[l] && s->v_cache[l];
     }
+    const model_engram *e = m->engram;
+    if (ok && e) {
+        s->n_engram = e->n_layers;
+        s->conv_hist = calloc((size_t)e->n_layers, sizeof(float *));
+        s->ids64 = malloc(C * sizeof(int64_t));
+        s->cids = malloc(C * sizeof(int64_t));
+        s->rows = malloc(C * e->n_heads * sizeof(int64_t));
+        s->eout = malloc(C * d * sizeof(float));
+        s->egates = malloc(C * sizeof(float));
+        ok = s->conv_hist && s->ids64 && s->cids && s->rows && s->eout && s->egates &&
+             engram_scratch_init(&s->es, e, c->hidden_size, max_chunk) == 0;
+        for (int i = 0; ok && i < e->n_layers; i++)
+            ok = (s->conv_hist[i] = malloc(engram_conv_history_floats(e, c->hidden_size) * sizeof(float))) != NULL;
+    }
     if (!ok) {
         forward_state_destroy(s);
         return FORWARD_ERR_NOMEM;
     }
     rope_freqs(c, s->inv_freq);
+    s->model = m;
+    forward_state_reset(s);
     *out = s;
     return FORWARD_OK;
 }
@@ -114,24 +142,57 @@ void forward_state_destroy(forward_state *s) {
     free(s->up);
     free(s->tmp);
     free(s->pos_ids);
+    for (int i = 0; s->conv_hist && i < s->n_engram; i++) free(s->conv_hist[i]);
+    free(s->conv_hist);
+    free(s->ids64);
+    free(s->cids);
+    free(s->rows);
+    free(s->eout);
+    free(s->egates);
+    engram_scratch_free(&s->es);
     free(s);
 }
 
 int forward_state_pos(const forward_state *s) { return s->pos; }
-void forward_state_reset(forward_state *s) { s->pos = 0; }
+void forward_state_reset(forward_state *s) {
+    s->pos = 0;
+    const model_engram *e = s->model->engram;
+    if (!e) return;
+    ngram_hash_history_init(e->hash, &s->hist);
+    for (int i = 0; i < e->n_layers; i++)
+        memset(s->conv_hist[i], 0, engram_conv_history_floats(e, s->model->cfg.hidden_size) * sizeof(float));
+}
 
 /* One chunk of T tokens at positions s->pos .. s->pos+T-1. */
 static void forward_chunk(const model *m, const backend_ops *ops, forward_state *s, const int32_t *ids,
-                          int T, float *logits) {
+                          int T, float *logits, float *gates) {
+    const model_engram *e = m->engram;
     const model_config *c = &m->cfg;
     int d = c->hidden_size, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
     size_t kvw = (size_t)nkv * hd, ff = (size_t)c->intermediate_size;
     float eps = c->rms_norm_eps;
     for (int t = 0; t < T; t++) s->pos_ids[t] = s->pos + t;
 
+    if (e) { /* the chunk's compressed ids: every Engram row is known from here on */
+        for (int t = 0; t < T; t++) s->ids64[t] = ids[t];
+        ngram_hash_compress_ids(e->lookup, e->lookup_n, s->ids64, (size_t)T, s->cids);
+    }
+
     ops->embed(s->x, &m->embed, ids, T);
     for (int l = 0; l < c->n_layers; l++) {
         const layer_weights *L = &m->layers[l];
+
+        /* Engram: h = h + engram(h) at the start of the layer */
+        if (L->engram) {
+            const engram_weights *w = L->engram;
+            ngram_hash_layer_rows(e->hash, w->li, &s->hist, s->cids, (size_t)T, s->rows);
+            engram_module_run(ops, e, w, d, s->x, s->rows, T, s->conv_hist[w->li], &s->es, s->eout,
+                              s->egates);
+            ops->add(s->x, s->eout, (size_t)T * d);
+            if (gates)
+                for (int t = 0; t < T; t++) gates[(size_t)t * e->n_layers + w->li] = s->egates[t];
+        }
+
         float *kc = s->k_cache[l] + (size_t)s->pos * kvw; /* this chunk's rows of the cache */
         float *vc = s->v_cache[l] + (size_t)s->pos * kvw;
 
@@ -160,6 +221,7 @@ static void forward_chunk(const model *m, const backend_ops *ops, forward_state 
         ops->add(s->x, s->tmp, (size_t)T * d);
     }
     s->pos += T;
+    if (e) ngram_hash_history_push(e->hash, &s->hist, s->cids, (size_t)T);
     if (logits) { /* only the last position's logits are needed */
         float *last = s->x + (size_t)(T - 1) * d;
         ops->rmsnorm(s->h, last, m->final_norm, 1, d, eps);
@@ -168,14 +230,19 @@ static void forward_chunk(const model *m, const backend_ops *ops, forward_state 
 }
 
 int forward_run(const model *m, const backend_ops *ops, forward_state *s, const int32_t *ids, int n,
-                float *logits) {
+                float *logits, float *gates) {
     if (n <= 0) return FORWARD_OK;
     if (n > s->max_tokens - s->pos) return FORWARD_ERR_FULL;
+    /* With Engram, ids past the tokenizer have no compressed id. */
+    int64_t limit = m->engram ? m->engram->lookup_n : m->cfg.vocab_size;
+    if (limit > m->cfg.vocab_size) limit = m->cfg.vocab_size;
     for (int i = 0; i < n; i++)
-        if (ids[i] < 0 || ids[i] >= m->cfg.vocab_size) return FORWARD_ERR_TOKEN;
+        if (ids[i] < 0 || ids[i] >= limit) return FORWARD_ERR_TOKEN;
+    int nl = m->engram ? m->engram->n_layers : 0;
     for (int i = 0; i < n; i += s->max_chunk) {
         int T = n - i < s->max_chunk ? n - i : s->max_chunk;
-        forward_chunk(m, ops, s, ids + i, T, i + T == n ? logits : NULL);
+        forward_chunk(m, ops, s, ids + i, T, i + T == n ? logits : NULL,
+                      gates ? gates + (size_t)i * nl : NULL);
     }
     return FORWARD_OK;
 }

@@ -30,8 +30,10 @@ void forward_state_reset(forward_state *s);
 
 /* Appends ids[0..n) to the sequence and runs them through the model in chunks
  * of max_chunk. If logits is not NULL it receives the logits of the last
- * token, (vocab_size) floats. On error nothing is appended. */
+ * token, (vocab_size) floats. If gates is not NULL and the model has Engram,
+ * it receives (n, n_engram_layers) gate values (which tokens leaned on
+ * memory). On error nothing is appended. */
 int forward_run(const model *m, const backend_ops *ops, forward_state *s, const int32_t *ids, int n,
-                float *logits);
+                float *logits, float *gates);
 
 #endif

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model_internal.h"
 #include "numeric.h"
 #include "util.h"
 
@@ -36,7 +37,7 @@ const char *model_status_str(int status) {
 
 /* Reads an integer key into *out. Absent or null: *out = def (def < 0 and
  * required: error). Present: must be an integral number in [lo, hi]. */
-static int get_int(const cJSON *o, const char *key, int def, int lo, int hi, int *out,
+int model__get_int(const cJSON *o, const char *key, int def, int lo, int hi, int *out,
                    const char *label, char *err, size_t errlen) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
     if (!v || cJSON_IsNull(v)) {
@@ -56,7 +57,7 @@ static int get_int(const cJSON *o, const char *key, int def, int lo, int hi, int
     return 0;
 }
 
-static int get_num(const cJSON *o, const char *key, double def, double lo, double hi, double *out,
+int model__get_num(const cJSON *o, const char *key, double def, double lo, double hi, double *out,
                    const char *label, char *err, size_t errlen) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
     if (!v || cJSON_IsNull(v)) {
@@ -71,7 +72,7 @@ static int get_num(const cJSON *o, const char *key, double def, double lo, doubl
     return 0;
 }
 
-static int get_bool(const cJSON *o, const char *key, bool def, bool *out, const char *label,
+int model__get_bool(const cJSON *o, const char *key, bool def, bool *out, const char *label,
                     char *err, size_t errlen) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
     if (!v || cJSON_IsNull(v)) {
@@ -111,9 +112,9 @@ static int parse_rope(const cJSON *root, model_config *c, const char *label, cha
     }
     const cJSON *params = cJSON_IsObject(rp) ? rp : (cJSON_IsObject(sc) ? sc : NULL);
     double theta;
-    if (get_num(root, "rope_theta", 10000.0, 1e-3, 1e12, &theta, label, err, errlen)) return -1;
+    if (model__get_num(root, "rope_theta", 10000.0, 1e-3, 1e12, &theta, label, err, errlen)) return -1;
     if (cJSON_IsObject(rp) &&
-        get_num(rp, "rope_theta", theta, 1e-3, 1e12, &theta, label, err, errlen))
+        model__get_num(rp, "rope_theta", theta, 1e-3, 1e12, &theta, label, err, errlen))
         return -1;
     c->rope_theta = theta;
     c->rope = ROPE_DEFAULT;
@@ -126,7 +127,7 @@ static int parse_rope(const cJSON *root, model_config *c, const char *label, cha
         return -1;
     }
     if (strcmp(type, "default") == 0) return 0;
-    if (get_num(params, "factor", 1.0, 1e-6, 1e6, &c->rope_factor, label, err, errlen)) return -1;
+    if (model__get_num(params, "factor", 1.0, 1e-6, 1e6, &c->rope_factor, label, err, errlen)) return -1;
     if (strcmp(type, "linear") == 0) {
         c->rope = ROPE_LINEAR;
         return 0;
@@ -134,9 +135,9 @@ static int parse_rope(const cJSON *root, model_config *c, const char *label, cha
     if (strcmp(type, "llama3") == 0) {
         c->rope = ROPE_LLAMA3;
         int omp = 0;
-        if (get_num(params, "low_freq_factor", 1.0, 1e-6, 1e6, &c->rope_low_freq_factor, label, err, errlen) ||
-            get_num(params, "high_freq_factor", 4.0, 1e-6, 1e6, &c->rope_high_freq_factor, label, err, errlen) ||
-            get_int(params, "original_max_position_embeddings", INT32_MIN, 1, 1 << 26, &omp, label, err, errlen))
+        if (model__get_num(params, "low_freq_factor", 1.0, 1e-6, 1e6, &c->rope_low_freq_factor, label, err, errlen) ||
+            model__get_num(params, "high_freq_factor", 4.0, 1e-6, 1e6, &c->rope_high_freq_factor, label, err, errlen) ||
+            model__get_int(params, "original_max_position_embeddings", INT32_MIN, 1, 1 << 26, &omp, label, err, errlen))
             return -1;
         if (c->rope_high_freq_factor <= c->rope_low_freq_factor) {
             snprintf(err, errlen, "%s: llama3 rope needs high_freq_factor > low_freq_factor", label);
@@ -180,13 +181,13 @@ int model_config_parse(const char *json, size_t len, const char *label, model_co
         CFG_FAIL("%s: key hidden_act must be \"silu\"", label);
 
     const int R = INT32_MIN; /* required */
-    if (get_int(root, "vocab_size", R, 1, 1 << 24, &c->vocab_size, label, err, errlen) ||
-        get_int(root, "hidden_size", R, 1, 1 << 16, &c->hidden_size, label, err, errlen) ||
-        get_int(root, "intermediate_size", R, 1, 1 << 20, &c->intermediate_size, label, err, errlen) ||
-        get_int(root, "num_hidden_layers", R, 1, 1024, &c->n_layers, label, err, errlen) ||
-        get_int(root, "num_attention_heads", R, 1, 1024, &c->n_heads, label, err, errlen) ||
-        get_int(root, "num_key_value_heads", c->n_heads, 1, 1024, &c->n_kv_heads, label, err, errlen) ||
-        get_int(root, "max_position_embeddings", 4096, 1, 1 << 26, &c->max_position_embeddings, label, err, errlen)) {
+    if (model__get_int(root, "vocab_size", R, 1, 1 << 24, &c->vocab_size, label, err, errlen) ||
+        model__get_int(root, "hidden_size", R, 1, 1 << 16, &c->hidden_size, label, err, errlen) ||
+        model__get_int(root, "intermediate_size", R, 1, 1 << 20, &c->intermediate_size, label, err, errlen) ||
+        model__get_int(root, "num_hidden_layers", R, 1, 1024, &c->n_layers, label, err, errlen) ||
+        model__get_int(root, "num_attention_heads", R, 1, 1024, &c->n_heads, label, err, errlen) ||
+        model__get_int(root, "num_key_value_heads", c->n_heads, 1, 1024, &c->n_kv_heads, label, err, errlen) ||
+        model__get_int(root, "max_position_embeddings", 4096, 1, 1 << 26, &c->max_position_embeddings, label, err, errlen)) {
         rc = MODEL_ERR_CONFIG;
         goto done;
     }
@@ -194,14 +195,14 @@ int model_config_parse(const char *json, size_t len, const char *label, model_co
         CFG_FAIL("%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", label,
                  c->n_heads, c->n_kv_heads);
     int hd_default = c->hidden_size % c->n_heads == 0 ? c->hidden_size / c->n_heads : R;
-    if (get_int(root, "head_dim", hd_default, 2, 1024, &c->head_dim, label, err, errlen)) {
+    if (model__get_int(root, "head_dim", hd_default, 2, 1024, &c->head_dim, label, err, errlen)) {
         rc = MODEL_ERR_CONFIG;
         goto done;
     }
     if (c->head_dim % 2) CFG_FAIL("%s: key head_dim must be even for rope", label);
     double eps, prf;
-    if (get_num(root, "rms_norm_eps", 1e-6, 1e-30, 1.0, &eps, label, err, errlen) ||
-        get_num(root, "partial_rotary_factor", 1.0, 0.0, 1.0, &prf, label, err, errlen)) {
+    if (model__get_num(root, "rms_norm_eps", 1e-6, 1e-30, 1.0, &eps, label, err, errlen) ||
+        model__get_num(root, "partial_rotary_factor", 1.0, 0.0, 1.0, &prf, label, err, errlen)) {
         rc = MODEL_ERR_CONFIG;
         goto done;
     }
@@ -213,10 +214,10 @@ int model_config_parse(const char *json, size_t len, const char *label, model_co
     }
 
     bool attn_bias, mlp_bias, use_sw;
-    if (get_bool(root, "attention_bias", false, &attn_bias, label, err, errlen) ||
-        get_bool(root, "mlp_bias", false, &mlp_bias, label, err, errlen) ||
-        get_bool(root, "tie_word_embeddings", false, &c->tie_word_embeddings, label, err, errlen) ||
-        get_bool(root, "use_sliding_window", false, &use_sw, label, err, errlen)) {
+    if (model__get_bool(root, "attention_bias", false, &attn_bias, label, err, errlen) ||
+        model__get_bool(root, "mlp_bias", false, &mlp_bias, label, err, errlen) ||
+        model__get_bool(root, "tie_word_embeddings", false, &c->tie_word_embeddings, label, err, errlen) ||
+        model__get_bool(root, "use_sliding_window", false, &use_sw, label, err, errlen)) {
         rc = MODEL_ERR_CONFIG;
         goto done;
     }
@@ -225,7 +226,7 @@ int model_config_parse(const char *json, size_t len, const char *label, model_co
     c->mlp_bias = mlp_bias && c->arch == ARCH_LLAMA;
     c->qk_norm = c->arch == ARCH_QWEN3;
     if (c->arch == ARCH_MISTRAL) {
-        if (get_int(root, "sliding_window", 0, 1, 1 << 26, &c->sliding_window, label, err, errlen)) {
+        if (model__get_int(root, "sliding_window", 0, 1, 1 << 26, &c->sliding_window, label, err, errlen)) {
             rc = MODEL_ERR_CONFIG;
             goto done;
         }
@@ -244,6 +245,7 @@ int model_config_parse(const char *json, size_t len, const char *label, model_co
         for (const cJSON *e = eos->child; e && c->n_eos < MODEL_MAX_EOS; e = e->next)
             if (cJSON_IsNumber(e) && e->valuedouble >= 0 && e->valuedouble < c->vocab_size)
                 c->eos_token_ids[c->n_eos++] = (int)e->valuedouble;
+    if (model__parse_engram_config(root, c, label, err, errlen)) rc = MODEL_ERR_CONFIG;
 done:
     cJSON_Delete(root);
     return rc;
@@ -251,7 +253,7 @@ done:
 
 /* ---- weights ---- */
 
-static float *own(model *m, size_t n) {
+float *model__own(model *m, size_t n) {
     if (m->n_owned == m->cap_owned) {
         int cap = m->cap_owned ? 2 * m->cap_owned : 64;
         float **p = realloc(m->owned, (size_t)cap * sizeof(*p));
@@ -264,7 +266,7 @@ static float *own(model *m, size_t n) {
     return buf;
 }
 
-static const st_tensor *find_tensor(const model *m, const char *name, const char **file) {
+const st_tensor *model__find_tensor(const model *m, const char *name, const char **file) {
     for (int i = 0; i < m->n_files; i++) {
         const st_tensor *t = safetensors_find(m->files[i], name);
         if (t) {
@@ -281,7 +283,7 @@ static bool float_dtype(dtype t) { return t == DTYPE_F32 || t == DTYPE_BF16 || t
 static int get_tensor(model *m, const char *name, int rows, int cols, const st_tensor **out,
                       char *err, size_t errlen) {
     const char *file = NULL;
-    const st_tensor *t = find_tensor(m, name, &file);
+    const st_tensor *t = model__find_tensor(m, name, &file);
     if (!t) {
         snprintf(err, errlen, "%s: missing tensor %s", m->dir, name);
         return MODEL_ERR_WEIGHTS;
@@ -313,7 +315,7 @@ static int get_tensor(model *m, const char *name, int rows, int cols, const st_t
     return MODEL_OK;
 }
 
-static int load_matrix(model *m, const char *name, int rows, int cols, weight *w, char *err, size_t errlen) {
+int model__load_matrix(model *m, const char *name, int rows, int cols, weight *w, char *err, size_t errlen) {
     const st_tensor *t;
     int rc = get_tensor(m, name, rows, cols, &t, err, errlen);
     if (rc) return rc;
@@ -321,11 +323,11 @@ static int load_matrix(model *m, const char *name, int rows, int cols, weight *w
     return MODEL_OK;
 }
 
-static int load_vector(model *m, const char *name, int n, const float **out, char *err, size_t errlen) {
+int model__load_vector(model *m, const char *name, int n, const float **out, char *err, size_t errlen) {
     const st_tensor *t;
     int rc = get_tensor(m, name, n, 0, &t, err, errlen);
     if (rc) return rc;
-    float *buf = own(m, (size_t)n);
+    float *buf = model__own(m, (size_t)n);
     if (!buf) {
         snprintf(err, errlen, "out of memory");
         return MODEL_ERR_NOMEM;
@@ -414,31 +416,31 @@ static int load_layer(model *m, int i, char *err, size_t errlen) {
     char n[256];
     int rc;
 #define P(suffix) (snprintf(n, sizeof(n), "model.layers.%d.%s", i, suffix), n)
-    if ((rc = load_vector(m, P("input_layernorm.weight"), d, &L->attn_norm, err, errlen)) ||
-        (rc = load_matrix(m, P("self_attn.q_proj.weight"), q, d, &L->wq, err, errlen)) ||
-        (rc = load_matrix(m, P("self_attn.k_proj.weight"), kv, d, &L->wk, err, errlen)) ||
-        (rc = load_matrix(m, P("self_attn.v_proj.weight"), kv, d, &L->wv, err, errlen)) ||
-        (rc = load_matrix(m, P("self_attn.o_proj.weight"), d, q, &L->wo, err, errlen)) ||
-        (rc = load_vector(m, P("post_attention_layernorm.weight"), d, &L->ffn_norm, err, errlen)) ||
-        (rc = load_matrix(m, P("mlp.gate_proj.weight"), ff, d, &L->w_gate, err, errlen)) ||
-        (rc = load_matrix(m, P("mlp.up_proj.weight"), ff, d, &L->w_up, err, errlen)) ||
-        (rc = load_matrix(m, P("mlp.down_proj.weight"), d, ff, &L->w_down, err, errlen)))
+    if ((rc = model__load_vector(m, P("input_layernorm.weight"), d, &L->attn_norm, err, errlen)) ||
+        (rc = model__load_matrix(m, P("self_attn.q_proj.weight"), q, d, &L->wq, err, errlen)) ||
+        (rc = model__load_matrix(m, P("self_attn.k_proj.weight"), kv, d, &L->wk, err, errlen)) ||
+        (rc = model__load_matrix(m, P("self_attn.v_proj.weight"), kv, d, &L->wv, err, errlen)) ||
+        (rc = model__load_matrix(m, P("self_attn.o_proj.weight"), d, q, &L->wo, err, errlen)) ||
+        (rc = model__load_vector(m, P("post_attention_layernorm.weight"), d, &L->ffn_norm, err, errlen)) ||
+        (rc = model__load_matrix(m, P("mlp.gate_proj.weight"), ff, d, &L->w_gate, err, errlen)) ||
+        (rc = model__load_matrix(m, P("mlp.up_proj.weight"), ff, d, &L->w_up, err, errlen)) ||
+        (rc = model__load_matrix(m, P("mlp.down_proj.weight"), d, ff, &L->w_down, err, errlen)))
         return rc;
     if (c->qkv_bias &&
-        ((rc = load_vector(m, P("self_attn.q_proj.bias"), q, &L->bq, err, errlen)) ||
-         (rc = load_vector(m, P("self_attn.k_proj.bias"), kv, &L->bk, err, errlen)) ||
-         (rc = load_vector(m, P("self_attn.v_proj.bias"), kv, &L->bv, err, errlen))))
+        ((rc = model__load_vector(m, P("self_attn.q_proj.bias"), q, &L->bq, err, errlen)) ||
+         (rc = model__load_vector(m, P("self_attn.k_proj.bias"), kv, &L->bk, err, errlen)) ||
+         (rc = model__load_vector(m, P("self_attn.v_proj.bias"), kv, &L->bv, err, errlen))))
         return rc;
-    if (c->o_bias && (rc = load_vector(m, P("self_attn.o_proj.bias"), d, &L->bo, err, errlen)))
+    if (c->o_bias && (rc = model__load_vector(m, P("self_attn.o_proj.bias"), d, &L->bo, err, errlen)))
         return rc;
     if (c->qk_norm &&
-        ((rc = load_vector(m, P("self_attn.q_norm.weight"), hd, &L->q_norm, err, errlen)) ||
-         (rc = load_vector(m, P("self_attn.k_norm.weight"), hd, &L->k_norm, err, errlen))))
+        ((rc = model__load_vector(m, P("self_attn.q_norm.weight"), hd, &L->q_norm, err, errlen)) ||
+         (rc = model__load_vector(m, P("self_attn.k_norm.weight"), hd, &L->k_norm, err, errlen))))
         return rc;
     if (c->mlp_bias &&
-        ((rc = load_vector(m, P("mlp.gate_proj.bias"), ff, &L->b_gate, err, errlen)) ||
-         (rc = load_vector(m, P("mlp.up_proj.bias"), ff, &L->b_up, err, errlen)) ||
-         (rc = load_vector(m, P("mlp.down_proj.bias"), d, &L->b_down, err, errlen))))
+        ((rc = model__load_vector(m, P("mlp.gate_proj.bias"), ff, &L->b_gate, err, errlen)) ||
+         (rc = model__load_vector(m, P("mlp.up_proj.bias"), ff, &L->b_up, err, errlen)) ||
+         (rc = model__load_vector(m, P("mlp.down_proj.bias"), d, &L->b_down, err, errlen))))
         return rc;
 #undef P
     return MODEL_OK;
@@ -490,15 +492,16 @@ int model_load(const char *dir, model **out, char *err, size_t errlen) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    if ((rc = load_matrix(m, "model.embed_tokens.weight", c->vocab_size, c->hidden_size, &m->embed, err, errlen)) ||
-        (rc = load_vector(m, "model.norm.weight", c->hidden_size, &m->final_norm, err, errlen)))
+    if ((rc = model__load_matrix(m, "model.embed_tokens.weight", c->vocab_size, c->hidden_size, &m->embed, err, errlen)) ||
+        (rc = model__load_vector(m, "model.norm.weight", c->hidden_size, &m->final_norm, err, errlen)))
         goto fail;
     if (c->tie_word_embeddings)
         m->lm_head = m->embed;
-    else if ((rc = load_matrix(m, "lm_head.weight", c->vocab_size, c->hidden_size, &m->lm_head, err, errlen)))
+    else if ((rc = model__load_matrix(m, "lm_head.weight", c->vocab_size, c->hidden_size, &m->lm_head, err, errlen)))
         goto fail;
     for (int i = 0; i < c->n_layers; i++)
         if ((rc = load_layer(m, i, err, errlen))) goto fail;
+    if (c->engram.present && (rc = model__load_engram(m, err, errlen))) goto fail;
 
     for (int i = 0; i < n_names; i++) free(names[i]);
     free(names);
@@ -515,6 +518,7 @@ void model_destroy(model *m) {
     if (!m) return;
     for (int i = 0; i < m->n_files; i++) safetensors_destroy(m->files[i]);
     free(m->files);
+    model__destroy_engram(m->engram);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     free(m->layers);

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ngram_hash.h"
 #include "safetensors.h"
 
 typedef enum {
@@ -26,6 +27,25 @@ typedef enum { ARCH_LLAMA, ARCH_QWEN2, ARCH_QWEN3, ARCH_MISTRAL } model_arch;
 typedef enum { ROPE_DEFAULT, ROPE_LINEAR, ROPE_LLAMA3 } rope_type;
 
 #define MODEL_MAX_EOS 8
+#define ENGRAM_MAX_LAYERS 64
+#define ENGRAM_MAX_HC 16
+
+/* The "engram" object of config.json (reference field names, ENGRAM.md
+ * section 2). Ranges beyond types are checked by ngram_hash_create. */
+typedef struct {
+    bool present;
+    int64_t vocab_size[NGRAM_HASH_MAX_NGRAM]; /* engram_vocab_size, one per order 2..N */
+    int max_ngram_size;
+    int64_t n_embed_per_ngram;
+    int n_head_per_ngram;
+    int64_t layer_ids[ENGRAM_MAX_LAYERS];
+    int n_layers;
+    int64_t pad_id;
+    int64_t seed;
+    int kernel_size;
+    int hc_mult;                   /* default 1 */
+    int64_t compressed_vocab_size; /* 0 when the config does not state it */
+} engram_config;
 
 typedef struct {
     model_arch arch;
@@ -53,6 +73,7 @@ typedef struct {
     int bos_token_id;   /* -1 if none */
     int eos_token_ids[MODEL_MAX_EOS];
     int n_eos;
+    engram_config engram;
 } model_config;
 
 /* Parses config.json text (untrusted). `label` names the file in messages.
@@ -67,6 +88,35 @@ typedef struct {
     int rows, cols;
 } weight;
 
+/* One Engram module (ENGRAM.md section 6), G = hc_mult streams. */
+typedef struct {
+    int layer_id;                  /* backbone layer it starts */
+    int li;                        /* its index among the Engram layers (ngram_hash) */
+    weight table;                  /* (table rows, D) multi_head_embedding.embedding.weight */
+    weight w_value;                /* (d, E) value_proj */
+    const float *b_value;          /* (d) */
+    weight w_key[ENGRAM_MAX_HC];   /* (d, E) key_projs.{g} */
+    const float *b_key[ENGRAM_MAX_HC];
+    const float *norm1[ENGRAM_MAX_HC]; /* (d) key norm, eps = f32 machine epsilon */
+    const float *norm2[ENGRAM_MAX_HC]; /* (d) query norm, eps = f32 machine epsilon */
+    const float *conv_norm[ENGRAM_MAX_HC]; /* (d) short_conv.norms.{g}, eps 1e-5 */
+    const float *conv_w;           /* (G*d, K) depthwise causal conv, dilation max_ngram_size */
+} engram_weights;
+
+/* Everything Engram needs at run time, derived at load. */
+typedef struct {
+    ngram_hash *hash;      /* multipliers, primes, offsets */
+    int64_t *lookup;       /* (vocab) compressed id of every token id */
+    int64_t lookup_n;      /* entries in lookup: the tokenizer's vocab size */
+    int64_t vc;            /* compressed vocab size */
+    int n_layers;          /* Engram layers */
+    int hc_mult, kernel_size, dilation;
+    int n_heads;           /* H rows gathered per token and layer */
+    int head_dim;          /* D */
+    int embed_dim;         /* E = H * D */
+    engram_weights *layers; /* (n_layers) */
+} model_engram;
+
 typedef struct {
     const float *attn_norm;      /* (d) */
     weight wq, wk, wv, wo;       /* (n_heads*hd, d) (kv*hd, d) (kv*hd, d) (d, n_heads*hd) */
@@ -75,6 +125,7 @@ typedef struct {
     const float *ffn_norm;       /* (d) */
     weight w_gate, w_up, w_down; /* (ff, d) (ff, d) (d, ff) */
     const float *b_gate, *b_up, *b_down;
+    const engram_weights *engram; /* the Engram module at the start of this layer, or NULL */
 } layer_weights;
 
 typedef struct model model;
@@ -85,6 +136,7 @@ struct model {
     const float *final_norm;  /* (d) */
     weight lm_head;           /* (vocab, d); the embedding when tied */
     layer_weights *layers;    /* (n_layers) */
+    model_engram *engram;     /* NULL for a model without Engram */
     /* ownership */
     safetensors **files;
     int n_files;

@@ -1,0 +1,261 @@
+/* Engram part of a checkpoint: the "engram" object of config.json, the
+ * compressed tokenizer built from the checkpoint's own tokenizer.json, the
+ * hash tables (engram/ngram_hash) and the module tensors
+ * model.layers.{i}.engram.<reference module path>. Every disagreement
+ * between config, tokenizer and tensors refuses the load with a message
+ * naming the field or tensor. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model_internal.h"
+#include "numeric.h"
+#include "tokenizer.h"
+
+/* An integer that JSON carries as a double: integral and within +-2^53. */
+static int get_i64(const cJSON *v, int64_t lo, int64_t *out) {
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < (double)lo ||
+        v->valuedouble > 9007199254740992.0)
+        return -1;
+    *out = (int64_t)v->valuedouble;
+    return 0;
+}
+
+#define EFAIL(...)                                                                                 \
+    do {                                                                                           \
+        snprintf(err, errlen, __VA_ARGS__);                                                        \
+        return -1;                                                                                 \
+    } while (0)
+
+int model__parse_engram_config(const cJSON *root, model_config *c, const char *label, char *err,
+                               size_t errlen) {
+    engram_config *e = &c->engram;
+    memset(e, 0, sizeof(*e));
+    const cJSON *o = cJSON_GetObjectItemCaseSensitive(root, "engram");
+    if (!o || cJSON_IsNull(o)) return 0;
+    if (!cJSON_IsObject(o)) EFAIL("%s: key engram must be an object", label);
+    e->present = true;
+    int v;
+    if (model__get_int(o, "max_ngram_size", INT32_MIN, 2, NGRAM_HASH_MAX_NGRAM, &e->max_ngram_size,
+                       label, err, errlen) ||
+        model__get_int(o, "n_head_per_ngram", INT32_MIN, 1, NGRAM_HASH_MAX_HEADS, &e->n_head_per_ngram,
+                       label, err, errlen) ||
+        model__get_int(o, "kernel_size", INT32_MIN, 1, 64, &e->kernel_size, label, err, errlen) ||
+        model__get_int(o, "hc_mult", 1, 1, ENGRAM_MAX_HC, &e->hc_mult, label, err, errlen) ||
+        model__get_int(o, "n_embed_per_ngram", INT32_MIN, 1, 1 << 20, &v, label, err, errlen))
+        return -1;
+    e->n_embed_per_ngram = v;
+
+    const cJSON *vs = cJSON_GetObjectItemCaseSensitive(o, "engram_vocab_size");
+    if (!cJSON_IsArray(vs) || cJSON_GetArraySize(vs) != e->max_ngram_size - 1)
+        EFAIL("%s: engram.engram_vocab_size must be an array of max_ngram_size-1 = %d integers", label,
+              e->max_ngram_size - 1);
+    for (int i = 0; i < e->max_ngram_size - 1; i++)
+        if (get_i64(cJSON_GetArrayItem(vs, i), 1, &e->vocab_size[i]))
+            EFAIL("%s: engram.engram_vocab_size[%d] must be a positive integer", label, i);
+
+    const cJSON *ids = cJSON_GetObjectItemCaseSensitive(o, "layer_ids");
+    int n = cJSON_GetArraySize(ids);
+    if (!cJSON_IsArray(ids) || n < 1 || n > ENGRAM_MAX_LAYERS)
+        EFAIL("%s: engram.layer_ids must be an array of 1 to %d layer indices", label, ENGRAM_MAX_LAYERS);
+    for (int i = 0; i < n; i++) {
+        if (get_i64(cJSON_GetArrayItem(ids, i), 0, &e->layer_ids[i]) || e->layer_ids[i] >= c->n_layers)
+            EFAIL("%s: engram.layer_ids[%d] must be a layer index below num_hidden_layers %d", label, i,
+                  c->n_layers);
+        for (int j = 0; j < i; j++)
+            if (e->layer_ids[j] == e->layer_ids[i])
+                EFAIL("%s: engram.layer_ids lists layer %lld twice", label, (long long)e->layer_ids[i]);
+    }
+    e->n_layers = n;
+
+    const cJSON *pad = cJSON_GetObjectItemCaseSensitive(o, "pad_id");
+    if (get_i64(pad, 0, &e->pad_id)) EFAIL("%s: engram.pad_id must be a non-negative integer", label);
+    const cJSON *seed = cJSON_GetObjectItemCaseSensitive(o, "seed");
+    if (!seed || cJSON_IsNull(seed))
+        e->seed = 0;
+    else if (get_i64(seed, 0, &e->seed))
+        EFAIL("%s: engram.seed must be a non-negative integer", label);
+    const cJSON *cv = cJSON_GetObjectItemCaseSensitive(o, "compressed_vocab_size");
+    if (cv && !cJSON_IsNull(cv) && get_i64(cv, 1, &e->compressed_vocab_size))
+        EFAIL("%s: engram.compressed_vocab_size must be a positive integer", label);
+    if (e->hc_mult != 1)
+        EFAIL("%s: engram.hc_mult %d needs a hyper-connection backbone; %s has one residual stream",
+              label, e->hc_mult, "this architecture");
+    return 0;
+}
+
+/* Builds the compressed lookup (ENGRAM.md section 3) from the checkpoint's tokenizer. */
+static int build_lookup(model *m, model_engram *e, char *err, size_t errlen) {
+    tokenizer *tok = NULL;
+    char terr[512];
+    if (tokenizer_load(m->dir, &tok, terr, sizeof(terr)) != 0) {
+        snprintf(err, errlen, "%s: Engram needs the checkpoint's tokenizer: %s", m->dir, terr);
+        return MODEL_ERR_IO;
+    }
+    size_t n = tokenizer_vocab_size(tok);
+    ngram_hash_token_text *texts = calloc(n ? n : 1, sizeof(*texts));
+    char **decoded = calloc(n ? n : 1, sizeof(char *));
+    e->lookup = malloc((n ? n : 1) * sizeof(int64_t));
+    int rc = texts && decoded && e->lookup ? MODEL_OK : MODEL_ERR_NOMEM;
+    for (size_t i = 0; rc == MODEL_OK && i < n; i++) {
+        int32_t id = (int32_t)i;
+        size_t len = 0, raw_len = 0;
+        /* decode([id]) keeping special tokens and without clean-up of spaces */
+        if (tokenizer_decode(tok, &id, 1, false, &decoded[i], &len) != 0) {
+            snprintf(err, errlen, "%s: tokenizer cannot decode token %zu for the Engram lookup", m->dir, i);
+            rc = MODEL_ERR_WEIGHTS;
+            break;
+        }
+        const char *raw = tokenizer_id_to_token(tok, id, &raw_len);
+        texts[i] = (ngram_hash_token_text){.text = decoded[i], .text_len = len, .raw = raw,
+                                           .raw_len = raw ? raw_len : 0};
+    }
+    if (rc == MODEL_OK) {
+        int hs = ngram_hash_compress_build(texts, n, e->lookup, &e->vc);
+        if (hs != NGRAM_HASH_OK) {
+            snprintf(err, errlen, "%s: compressed tokenizer: %s", m->dir, ngram_hash_status_str(hs));
+            rc = hs == NGRAM_HASH_ENOMEM ? MODEL_ERR_NOMEM : MODEL_ERR_WEIGHTS;
+        }
+    } else if (rc == MODEL_ERR_NOMEM) {
+        snprintf(err, errlen, "out of memory");
+    }
+    e->lookup_n = (int64_t)n;
+    for (size_t i = 0; decoded && i < n; i++) free(decoded[i]);
+    free(decoded);
+    free(texts);
+    tokenizer_destroy(tok);
+    return rc;
+}
+
+/* short_conv.conv.weight: (G*d, 1, K) as nn.Conv1d stores a depthwise kernel. */
+static int load_conv(model *m, const char *name, int channels, int k, const float **out, char *err,
+                     size_t errlen) {
+    const char *file = NULL;
+    const st_tensor *t = model__find_tensor(m, name, &file);
+    if (!t) {
+        snprintf(err, errlen, "%s: missing tensor %s", m->dir, name);
+        return MODEL_ERR_WEIGHTS;
+    }
+    if (t->dt != DTYPE_F32 && t->dt != DTYPE_BF16 && t->dt != DTYPE_F16) {
+        snprintf(err, errlen, "%s: tensor %s has dtype %s (expected F32, BF16 or F16)", file, name,
+                 dtype_name(t->dt));
+        return MODEL_ERR_WEIGHTS;
+    }
+    if (t->ndim != 3 || t->shape[0] != channels || t->shape[1] != 1 || t->shape[2] != k) {
+        snprintf(err, errlen, "%s: tensor %s must have shape [%d, 1, %d] (hc_mult*hidden, 1, kernel_size)",
+                 file, name, channels, k);
+        return MODEL_ERR_WEIGHTS;
+    }
+    if ((uintptr_t)t->data % dtype_size(t->dt)) {
+        snprintf(err, errlen, "%s: tensor %s is not aligned to its dtype", file, name);
+        return MODEL_ERR_WEIGHTS;
+    }
+    float *buf = model__own(m, (size_t)channels * k);
+    if (!buf) {
+        snprintf(err, errlen, "out of memory");
+        return MODEL_ERR_NOMEM;
+    }
+    numeric_to_f32(buf, t->data, t->dt, (size_t)channels * k);
+    *out = buf;
+    return MODEL_OK;
+}
+
+static int load_module(model *m, model_engram *e, int li, char *err, size_t errlen) {
+    const model_config *c = &m->cfg;
+    engram_weights *w = &e->layers[li];
+    int d = c->hidden_size, G = e->hc_mult, E = e->embed_dim;
+    w->li = li;
+    w->layer_id = (int)c->engram.layer_ids[li];
+    int64_t rows = ngram_hash_table_rows(e->hash, li);
+    if (rows > INT32_MAX) {
+        snprintf(err, errlen, "%s: Engram layer %d table of %lld rows is too large for this build",
+                 m->dir, w->layer_id, (long long)rows);
+        return MODEL_ERR_CONFIG;
+    }
+    char n[256];
+    int rc;
+#define P(...) (snprintf(n, sizeof(n), "model.layers.%d.engram.", w->layer_id), \
+                snprintf(n + strlen(n), sizeof(n) - strlen(n), __VA_ARGS__), n)
+    if ((rc = model__load_matrix(m, P("multi_head_embedding.embedding.weight"), (int)rows, e->head_dim,
+                                 &w->table, err, errlen)) ||
+        (rc = model__load_matrix(m, P("value_proj.weight"), d, E, &w->w_value, err, errlen)) ||
+        (rc = model__load_vector(m, P("value_proj.bias"), d, &w->b_value, err, errlen)) ||
+        (rc = load_conv(m, P("short_conv.conv.weight"), G * d, e->kernel_size, &w->conv_w, err, errlen)))
+        return rc;
+    for (int g = 0; g < G; g++)
+        if ((rc = model__load_matrix(m, P("key_projs.%d.weight", g), d, E, &w->w_key[g], err, errlen)) ||
+            (rc = model__load_vector(m, P("key_projs.%d.bias", g), d, &w->b_key[g], err, errlen)) ||
+            (rc = model__load_vector(m, P("norm1.%d.weight", g), d, &w->norm1[g], err, errlen)) ||
+            (rc = model__load_vector(m, P("norm2.%d.weight", g), d, &w->norm2[g], err, errlen)) ||
+            (rc = model__load_vector(m, P("short_conv.norms.%d.weight", g), d, &w->conv_norm[g], err, errlen)))
+            return rc;
+#undef P
+    m->layers[w->layer_id].engram = w;
+    return MODEL_OK;
+}
+
+int model__load_engram(model *m, char *err, size_t errlen) {
+    const engram_config *ec = &m->cfg.engram;
+    model_engram *e = calloc(1, sizeof(*e));
+    if (!e) {
+        snprintf(err, errlen, "out of memory");
+        return MODEL_ERR_NOMEM;
+    }
+    m->engram = e;
+    int rc = build_lookup(m, e, err, errlen);
+    if (rc) return rc;
+    if (ec->compressed_vocab_size && ec->compressed_vocab_size != e->vc) {
+        snprintf(err, errlen,
+                 "%s/config.json: engram.compressed_vocab_size is %lld but the tokenizer compresses to %lld",
+                 m->dir, (long long)ec->compressed_vocab_size, (long long)e->vc);
+        return MODEL_ERR_CONFIG;
+    }
+    if (ec->pad_id >= e->lookup_n) {
+        snprintf(err, errlen, "%s/config.json: engram.pad_id %lld is outside the tokenizer's %lld ids",
+                 m->dir, (long long)ec->pad_id, (long long)e->lookup_n);
+        return MODEL_ERR_CONFIG;
+    }
+    ngram_hash_config hc = {
+        .engram_vocab_size = ec->vocab_size,
+        .max_ngram_size = ec->max_ngram_size,
+        .n_embed_per_ngram = ec->n_embed_per_ngram,
+        .n_head_per_ngram = ec->n_head_per_ngram,
+        .layer_ids = ec->layer_ids,
+        .n_layers = ec->n_layers,
+        .pad_id = ec->pad_id,
+        .seed = ec->seed,
+        .kernel_size = ec->kernel_size,
+        .hc_mult = ec->hc_mult,
+        .compressed_vocab_size = e->vc,
+        .compressed_pad_id = e->lookup[ec->pad_id],
+    };
+    char herr[256];
+    if (ngram_hash_create(&hc, &e->hash, herr, sizeof(herr)) != NGRAM_HASH_OK) {
+        snprintf(err, errlen, "%s/config.json: engram: %s", m->dir, herr);
+        return MODEL_ERR_CONFIG;
+    }
+    e->n_layers = ec->n_layers;
+    e->hc_mult = ec->hc_mult;
+    e->kernel_size = ec->kernel_size;
+    e->dilation = ec->max_ngram_size;
+    e->n_heads = ngram_hash_n_heads(e->hash);
+    e->head_dim = (int)ngram_hash_head_dim(e->hash);
+    e->embed_dim = (int)ngram_hash_embed_dim(e->hash);
+    e->layers = calloc((size_t)e->n_layers, sizeof(engram_weights));
+    if (!e->layers) {
+        snprintf(err, errlen, "out of memory");
+        return MODEL_ERR_NOMEM;
+    }
+    for (int li = 0; li < e->n_layers; li++)
+        if ((rc = load_module(m, e, li, err, errlen))) return rc;
+    return MODEL_OK;
+}
+
+void model__destroy_engram(model_engram *e) {
+    if (!e) return;
+    ngram_hash_destroy(e->hash);
+    free(e->lookup);
+    free(e->layers);
+    free(e);
+}

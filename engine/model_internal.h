@@ -1,0 +1,37 @@
+/* Helpers shared by the files of the model module (model.c for the backbone,
+ * model_engram.c for Engram). Not a public interface. */
+#ifndef ENGINE_MODEL_INTERNAL_H
+#define ENGINE_MODEL_INTERNAL_H
+
+#include <cjson/cJSON.h>
+
+#include "model.h"
+
+/* config.json readers: absent or null -> def (INT32_MIN: required); present ->
+ * checked for type and range. Return 0, or -1 with a message naming `key`. */
+int model__get_int(const cJSON *o, const char *key, int def, int lo, int hi, int *out,
+                   const char *label, char *err, size_t errlen);
+int model__get_num(const cJSON *o, const char *key, double def, double lo, double hi, double *out,
+                   const char *label, char *err, size_t errlen);
+int model__get_bool(const cJSON *o, const char *key, bool def, bool *out, const char *label,
+                    char *err, size_t errlen);
+
+/* Tensor lookup over every file of the checkpoint; *file names the file. */
+const st_tensor *model__find_tensor(const model *m, const char *name, const char **file);
+/* A float matrix (rows, cols) read in place, or a vector (n) copied to f32. */
+int model__load_matrix(model *m, const char *name, int rows, int cols, weight *w, char *err,
+                       size_t errlen);
+int model__load_vector(model *m, const char *name, int n, const float **out, char *err,
+                       size_t errlen);
+
+/* A heap f32 buffer of n floats owned by the model (freed by model_destroy). */
+float *model__own(model *m, size_t n);
+
+/* model_engram.c: the "engram" object of config.json into c->engram. */
+int model__parse_engram_config(const cJSON *root, model_config *c, const char *label, char *err,
+                               size_t errlen);
+/* model_engram.c: compressed tokenizer, hash tables and tensors, after the backbone. */
+int model__load_engram(model *m, char *err, size_t errlen);
+void model__destroy_engram(model_engram *e);
+
+#endif
