@@ -32,6 +32,7 @@ static void usage(FILE *f) {
             "  --prefill-chunk N      prompt tokens per forward pass (default 256; 1 = token by token)\n"
             "  --print-ids            print the generated ids as one JSON array on the last stdout line\n"
             "  --print-gates          print Engram gates per token and Engram layer as one JSON line\n"
+            "  --print-rows           print the Engram table rows per token and layer as one JSON line\n"
             "  --dump-logits FILE     write the last prompt position's logits as raw little-endian f32\n");
 }
 
@@ -87,11 +88,46 @@ static int parse_ids(const char *s, int32_t **out) {
     return n;
 }
 
+/* Prints {"layers": [...], "rows": [token][layer][head]} for the prompt and
+ * then n_out output tokens, hashed as one sequence from its start. */
+static int print_engram_rows(const model *m, const int32_t *prompt, int n_prompt, const int32_t *out,
+                             int n_out) {
+    const model_engram *e = m->engram;
+    size_t n = (size_t)n_prompt + (size_t)n_out, H = (size_t)e->n_heads, L = (size_t)e->n_layers;
+    int64_t *ids = malloc(n * sizeof(int64_t)), *cids = malloc(n * sizeof(int64_t));
+    int64_t *rows = malloc(L * n * H * sizeof(int64_t));
+    if (!ids || !cids || !rows) {
+        free(ids), free(cids), free(rows);
+        fprintf(stderr, "engram-run: out of memory\n");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) ids[i] = i < (size_t)n_prompt ? prompt[i] : out[i - n_prompt];
+    ngram_hash_compress_ids(e->lookup, e->lookup_n, ids, n, cids);
+    ngram_hash_history hist;
+    ngram_hash_history_init(e->hash, &hist);
+    ngram_hash_rows(e->hash, &hist, cids, n, rows); /* (L, n, H) */
+    printf("{\"layers\": [");
+    for (size_t l = 0; l < L; l++) printf("%s%d", l ? ", " : "", e->layers[l].layer_id);
+    printf("], \"rows\": [");
+    for (size_t t = 0; t < n; t++) {
+        printf("%s[", t ? ", " : "");
+        for (size_t l = 0; l < L; l++) {
+            printf("%s[", l ? ", " : "");
+            for (size_t h = 0; h < H; h++) printf("%s%lld", h ? ", " : "", (long long)rows[(l * n + t) * H + h]);
+            printf("]");
+        }
+        printf("]");
+    }
+    printf("]}\n");
+    free(ids), free(cids), free(rows);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *model_dir = NULL, *prompt_ids = NULL, *prompt_text = NULL, *dump_logits = NULL;
     const char *device = "cpu";
     long max_tokens = 32, prefill_chunk = 256, threads = 0;
-    bool print_ids = false, ignore_eos = false, print_gates = false;
+    bool print_ids = false, ignore_eos = false, print_gates = false, print_rows = false;
     sampler_params sp = sampler_default_params();
 
     for (int i = 1; i < argc; i++) {
@@ -110,6 +146,8 @@ int main(int argc, char **argv) {
             return 0;
         } else if (!strcmp(a, "--print-ids")) {
             print_ids = true;
+        } else if (!strcmp(a, "--print-rows")) {
+            print_rows = true;
         } else if (!strcmp(a, "--print-gates")) {
             print_gates = true;
         } else if (!strcmp(a, "--ignore-eos")) {
@@ -214,8 +252,8 @@ int main(int argc, char **argv) {
         goto done;
     }
     int nl = m->engram ? m->engram->n_layers : 0;
-    if (print_gates && !nl) {
-        fprintf(stderr, "engram-run: --print-gates: this model has no Engram layers\n");
+    if ((print_gates || print_rows) && !nl) {
+        fprintf(stderr, "engram-run: --print-gates/--print-rows: this model has no Engram layers\n");
         goto done;
     }
     if (print_gates && !(gates = malloc((size_t)need * nl * sizeof(float)))) {
@@ -271,6 +309,7 @@ int main(int argc, char **argv) {
         }
         printf("]}\n");
     }
+    if (print_rows && print_engram_rows(m, prompt, n_prompt, out, n_out - 1) != 0) goto done;
     if (print_ids) {
         printf("[");
         for (int i = 0; i < n_out; i++) printf("%s%d", i ? ", " : "", out[i]);
