@@ -233,9 +233,9 @@ int main(int argc, char **argv) {
     }
     const model_config *c = &m->cfg;
     for (int i = 0; i < n_prompt; i++)
-        if (prompt[i] >= c->vocab_size) {
+        if (prompt[i] >= model_sampling_vocab(m)) {
             fprintf(stderr, "engram-run: prompt token %d is outside the vocabulary (%d ids)\n",
-                    prompt[i], c->vocab_size);
+                    prompt[i], model_sampling_vocab(m));
             goto done;
         }
     long need = n_prompt + max_tokens;
@@ -246,7 +246,7 @@ int main(int argc, char **argv) {
     }
     logits = malloc((size_t)c->vocab_size * sizeof(float));
     out = malloc((size_t)(max_tokens + 1) * sizeof(int32_t));
-    smp = sampler_create(c->vocab_size, sp);
+    smp = sampler_create(model_sampling_vocab(m), sp);
     if (!logits || !out || !smp || forward_state_create(m, (int)need, (int)prefill_chunk, &st)) {
         fprintf(stderr, "engram-run: out of memory\n");
         goto done;
@@ -295,6 +295,9 @@ int main(int argc, char **argv) {
             "%.3fs (%.2f tok/s), %.1f MB of weights read per token\n",
             t1 - t0, n_prompt, t2 - t1, n_prompt / (t2 - t1), n_out > 1 ? n_out - 1 : 0, t3 - t2,
             n_out > 1 ? (n_out - 1) / (t3 - t2) : 0.0, model_weight_bytes_per_token(m) / 1e6);
+    if (nl)
+        fprintf(stderr, "engram-run: Engram (hashing, gather, module) took %.1f%% of forward time\n",
+                100.0 * forward_state_engram_seconds(st) / (t3 - t1));
     if (print_gates) { /* every token that went through the model: the prompt, then all but the last output */
         int n_fed = n_prompt + n_out - 1;
         printf("{\"layers\": [");

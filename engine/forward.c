@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "engram_module.h"
+#include "util.h"
 
 const char *forward_status_str(int status) {
     switch (status) {
@@ -43,6 +44,7 @@ struct forward_state {
     float *eout;             /* (C, d) module output */
     float *egates;           /* (C) one layer's gates */
     engram_scratch es;
+    double engram_seconds;   /* wall time in hashing, gathers and modules */
 };
 
 /* Rope inverse frequencies as transformers computes them (f32), with linear
@@ -154,6 +156,7 @@ void forward_state_destroy(forward_state *s) {
 }
 
 int forward_state_pos(const forward_state *s) { return s->pos; }
+double forward_state_engram_seconds(const forward_state *s) { return s->engram_seconds; }
 void forward_state_reset(forward_state *s) {
     s->pos = 0;
     const model_engram *e = s->model->engram;
@@ -174,8 +177,10 @@ static void forward_chunk(const model *m, const backend_ops *ops, forward_state 
     for (int t = 0; t < T; t++) s->pos_ids[t] = s->pos + t;
 
     if (e) { /* the chunk's compressed ids: every Engram row is known from here on */
+        double t0 = util_now();
         for (int t = 0; t < T; t++) s->ids64[t] = ids[t];
         ngram_hash_compress_ids(e->lookup, e->lookup_n, s->ids64, (size_t)T, s->cids);
+        s->engram_seconds += util_now() - t0;
     }
 
     ops->embed(s->x, &m->embed, ids, T);
@@ -185,10 +190,12 @@ static void forward_chunk(const model *m, const backend_ops *ops, forward_state 
         /* Engram: h = h + engram(h) at the start of the layer */
         if (L->engram) {
             const engram_weights *w = L->engram;
+            double t0 = util_now();
             ngram_hash_layer_rows(e->hash, w->li, &s->hist, s->cids, (size_t)T, s->rows);
             engram_module_run(ops, e, w, d, s->x, s->rows, T, s->conv_hist[w->li], &s->es, s->eout,
                               s->egates);
             ops->add(s->x, s->eout, (size_t)T * d);
+            s->engram_seconds += util_now() - t0;
             if (gates)
                 for (int t = 0; t < T; t++) gates[(size_t)t * e->n_layers + w->li] = s->egates[t];
         }
@@ -221,7 +228,11 @@ static void forward_chunk(const model *m, const backend_ops *ops, forward_state 
         ops->add(s->x, s->tmp, (size_t)T * d);
     }
     s->pos += T;
-    if (e) ngram_hash_history_push(e->hash, &s->hist, s->cids, (size_t)T);
+    if (e) {
+        double t0 = util_now();
+        ngram_hash_history_push(e->hash, &s->hist, s->cids, (size_t)T);
+        s->engram_seconds += util_now() - t0;
+    }
     if (logits) { /* only the last position's logits are needed */
         float *last = s->x + (size_t)(T - 1) * d;
         ops->rmsnorm(s->h, last, m->final_norm, 1, d, eps);

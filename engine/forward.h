@@ -26,6 +26,7 @@ int forward_state_create(const model *m, int max_tokens, int max_chunk, forward_
 void forward_state_destroy(forward_state *s); /* accepts NULL */
 
 int forward_state_pos(const forward_state *s); /* tokens in the cache */
+double forward_state_engram_seconds(const forward_state *s); /* wall time spent in Engram so far */
 void forward_state_reset(forward_state *s);
 
 /* Appends ids[0..n) to the sequence and runs them through the model in chunks

@@ -526,6 +526,12 @@ void model_destroy(model *m) {
     free(m);
 }
 
+int model_sampling_vocab(const model *m) {
+    int v = m->cfg.vocab_size;
+    if (m->engram && m->engram->lookup_n < v) v = (int)m->engram->lookup_n;
+    return v;
+}
+
 static size_t wbytes(const weight *w) { return (size_t)w->rows * (size_t)w->cols * dtype_size(w->dt); }
 
 size_t model_weight_bytes_per_token(const model *m) {

@@ -151,6 +151,11 @@ int model_load(const char *dir, model **out, char *err, size_t errlen);
 
 void model_destroy(model *m); /* accepts NULL */
 
+/* Ids a sampler may pick: vocab_size, or fewer for an Engram model whose
+ * tokenizer (hence compressed lookup) covers fewer ids than the embedding
+ * rows (padded vocabularies); those ids could not be hashed. */
+int model_sampling_vocab(const model *m);
+
 /* Bytes of weights read per decoded token (all matrices once, embedding row aside). */
 size_t model_weight_bytes_per_token(const model *m);
 

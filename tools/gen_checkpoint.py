@@ -7,10 +7,19 @@ dtype; the model is nonsense, the shapes and bytes are real.
 Usage: gen_checkpoint.py OUT_DIR [--arch llama|qwen2|qwen3|mistral] [--hidden N]
        [--layers N] [--heads N] [--kv-heads N] [--head-dim N] [--ffn N] [--vocab N]
        [--dtype bf16|f16|f32] [--tie] [--seed S]
+       [--engram --tokenizer DIR [--engram-layers 1,3] [--engram-vocab N]
+        [--engram-embed N] [--engram-heads N] [--engram-ngram N]]
+
+With --engram the checkpoint carries Engram modules (ENGRAM.md section 6) at
+the given layers, and DIR's tokenizer.json / tokenizer_config.json are copied
+in (the compressed tokenizer is built from them at load; --vocab must be at
+least the tokenizer's size). Table rows follow the reference prime search,
+computed here with sympy-free Miller-Rabin.
 """
 import argparse
 import json
 import os
+import shutil
 import struct
 
 import numpy as np
@@ -30,6 +39,46 @@ def to_dtype(x, dtype):
     return u.tobytes(), "BF16"
 
 
+def is_prime(n):
+    if n < 2:
+        return False
+    for p in (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37):
+        if n % p == 0:
+            return n == p
+    d, r = n - 1, 0
+    while d % 2 == 0:
+        d, r = d // 2, r + 1
+    for a in (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37):
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(r - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def engram_table_rows(vocab_sizes, n_heads, layer_ids):
+    """Rows of each layer's table: the reference's prime search with one shared seen set."""
+    seen, rows = set(), []
+    for _ in layer_ids:
+        total = 0
+        for v in vocab_sizes:
+            start = v - 1
+            for _ in range(n_heads):
+                p = start + 1
+                while not is_prime(p) or p in seen:
+                    p += 1
+                seen.add(p)
+                total += p
+                start = p
+        rows.append(total)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -45,7 +94,16 @@ def main():
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "f16", "f32"])
     ap.add_argument("--tie", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--engram", action="store_true")
+    ap.add_argument("--tokenizer")
+    ap.add_argument("--engram-layers", default="1")
+    ap.add_argument("--engram-vocab", type=int, default=20000)
+    ap.add_argument("--engram-embed", type=int, default=256)
+    ap.add_argument("--engram-heads", type=int, default=8)
+    ap.add_argument("--engram-ngram", type=int, default=3)
     a = ap.parse_args()
+    if a.engram and not a.tokenizer:
+        ap.error("--engram needs --tokenizer DIR")
     hd = a.head_dim or a.hidden // a.heads
     rng = np.random.default_rng(a.seed)
     tensors = {}
@@ -74,6 +132,26 @@ def main():
         mat(p + "mlp.gate_proj.weight", a.ffn, a.hidden)
         mat(p + "mlp.up_proj.weight", a.ffn, a.hidden)
         mat(p + "mlp.down_proj.weight", a.hidden, a.ffn)
+    engram = None
+    if a.engram:
+        layer_ids = [int(x) for x in a.engram_layers.split(",")]
+        orders = a.engram_ngram - 1
+        engram = dict(engram_vocab_size=[a.engram_vocab] * orders, max_ngram_size=a.engram_ngram,
+                      n_embed_per_ngram=a.engram_embed, n_head_per_ngram=a.engram_heads,
+                      layer_ids=layer_ids, pad_id=2, seed=0, kernel_size=4, hc_mult=1)
+        D, E = a.engram_embed // a.engram_heads, orders * a.engram_embed
+        for lid, rows in zip(layer_ids, engram_table_rows(engram["engram_vocab_size"], a.engram_heads, layer_ids)):
+            p = f"model.layers.{lid}.engram."
+            mat(p + "multi_head_embedding.embedding.weight", rows, D, 1.0)
+            mat(p + "value_proj.weight", a.hidden, E)
+            vec(p + "value_proj.bias", a.hidden, 0.0)
+            mat(p + "key_projs.0.weight", a.hidden, E)
+            vec(p + "key_projs.0.bias", a.hidden, 0.0)
+            vec(p + "norm1.0.weight", a.hidden)
+            vec(p + "norm2.0.weight", a.hidden)
+            vec(p + "short_conv.norms.0.weight", a.hidden)
+            tensors[p + "short_conv.conv.weight"] = (
+                (a.hidden, 1, 4), 0.3 * rng.standard_normal((a.hidden, 1, 4), dtype=np.float32))
     vec("model.norm.weight", a.hidden)
     if not a.tie:
         mat("lm_head.weight", a.vocab, a.hidden)
@@ -96,6 +174,10 @@ def main():
            "num_attention_heads": a.heads, "num_key_value_heads": a.kv_heads, "head_dim": hd,
            "max_position_embeddings": a.max_pos, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
            "hidden_act": "silu", "tie_word_embeddings": a.tie, "bos_token_id": 1, "eos_token_id": 2}
+    if engram:
+        cfg["engram"] = engram
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(os.path.join(a.tokenizer, f), os.path.join(a.out, f))
     with open(os.path.join(a.out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
     print(f"wrote {a.out}: {off / 1e6:.1f} MB of {a.dtype} weights")
