@@ -15,4 +15,8 @@ int ngram_hash__mark_override(int32_t c);
 /* The reference's lowercase of c where it differs from utf8proc_tolower, else -1. */
 int32_t ngram_hash__lower_override(int32_t c);
 
+/* The utf8proc version the tables were probed with; the tables are exact only
+ * with that utf8proc (utf8proc_version() at run time). */
+const char *ngram_hash__tables_utf8proc_version(void);
+
 #endif

@@ -472,6 +472,8 @@ static int32_t find_pair(const cp_pair *t, size_t n, int32_t c, int32_t dflt) {
     return dflt;
 }
 
+const char *ngram_hash__tables_utf8proc_version(void) { return "2.8.0"; }
+
 int ngram_hash__inert(int32_t c) { return find_range(inert, sizeof inert / sizeof inert[0], c); }
 
 int ngram_hash__mark_override(int32_t c) {

@@ -133,6 +133,8 @@ def emit(inert, mark, lower):
         "    return dflt;",
         "}",
         "",
+        f'const char *ngram_hash__tables_utf8proc_version(void) {{ return "{lib.utf8proc_version().decode()}"; }}',
+        "",
         "int ngram_hash__inert(int32_t c) { return find_range(inert, sizeof inert / sizeof inert[0], c); }",
         "",
         "int ngram_hash__mark_override(int32_t c) {",
