@@ -69,7 +69,7 @@ typedef struct {
     int kernel_size;                  /* short-conv kernel (validated, not used here) */
     int hc_mult;                      /* hyper-connection streams (validated, not used here) */
     int64_t compressed_vocab_size;    /* Vc, from the compressed tokenizer (> 0) */
-    int64_t compressed_pad_id;        /* compressed id of pad_id */
+    int64_t compressed_pad_id;        /* lookup[pad_id] (ngram_hash_compress_ids) */
 } ngram_hash_config;
 
 /* The demo layout of ENGRAM.md section 2; Vc and the compressed pad are left
@@ -136,11 +136,14 @@ void ngram_hash_rows(const ngram_hash *h, ngram_hash_history *hist, const int64_
 
 /* ---- Compressed tokenizer (section 3) ---- */
 
-/* Normalizes UTF-8 text like the reference: NFKC, NFD, drop Mn, lowercase
- * (Python str.lower(): full mapping incl. U+0130 and final sigma), collapse runs
- * of [ \t\r\n] into one space, then keep " " or strip whitespace. On success
- * stores a new NUL-terminated heap string (caller frees) in *out and its length
- * in *out_len; returns NGRAM_HASH_EINVAL for invalid UTF-8, NGRAM_HASH_ENOMEM. */
+/* Normalizes UTF-8 text exactly like the reference's `tokenizers` normalizer
+ * sequence: NFKC, NFD, drop combining marks (Mn, Mc and Me, as its StripAccents
+ * does), per-character full lowercase (no final-sigma rule), collapse runs of
+ * [ \t\r\n] into one space, then keep a lone " " or strip White_Space, and
+ * turn U+E000 (the reference's sentinel) into " ". Text may contain NUL. On
+ * success stores a new NUL-terminated heap string (caller frees) in *out and
+ * its length in *out_len; returns NGRAM_HASH_EINVAL for invalid UTF-8 (*out
+ * NULL), NGRAM_HASH_ENOMEM. */
 int ngram_hash_normalize(const char *text, size_t len, char **out, size_t *out_len);
 
 /* One vocabulary entry: the decoded text of [id] and the raw vocab string
@@ -156,7 +159,9 @@ typedef struct {
  * index of token i's key in order of first appearance; *vc = number of keys.
  * Key: raw when text contains U+FFFD, else normalize(text), or text when that
  * is empty. Returns NGRAM_HASH_OK, NGRAM_HASH_EINVAL (invalid UTF-8 text) or
- * NGRAM_HASH_ENOMEM. */
+ * NGRAM_HASH_ENOMEM. The reference's lookup is this table when the texts are
+ * tokenizer.decode([id], skip_special_tokens=False) without space clean-up
+ * and raw is the vocab string of id, for every id including added tokens. */
 int ngram_hash_compress_build(const ngram_hash_token_text *tokens, size_t n, int64_t *lookup,
                               int64_t *vc);
 

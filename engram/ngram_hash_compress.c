@@ -3,12 +3,15 @@
  * one the public reference runs (a Hugging Face `tokenizers` normalizer
  * sequence), rebuilt on utf8proc: NFKC, NFD, drop every combining mark
  * (categories Mn, Mc, Me), per-character full lowercase, [ \t\r\n]+ -> " ",
- * a lone " " survives, strip White_Space, U+E000 -> " ". */
+ * a lone " " survives, strip White_Space, U+E000 -> " ". The reference's parts
+ * use other Unicode versions than utf8proc; the generated tables of
+ * ngram_hash_unicode.c (tools/make_unicode_compat.py) correct every code point. */
 #include <stdlib.h>
 #include <string.h>
 #include <utf8proc.h>
 
 #include "ngram_hash.h"
+#include "ngram_hash_internal.h"
 
 /* U+E000 is the reference's sentinel for a lone space; every U+E000 of the
  * text becomes " " at the end, as in the reference. */
@@ -22,6 +25,8 @@ static int is_white_space(int32_t c) {
 }
 
 static int is_mark(int32_t c) {
+    int o = ngram_hash__mark_override(c);
+    if (o >= 0) return o;
     utf8proc_category_t cat = utf8proc_category(c);
     return cat == UTF8PROC_CATEGORY_MN || cat == UTF8PROC_CATEGORY_MC ||
            cat == UTF8PROC_CATEGORY_ME;
@@ -30,7 +35,6 @@ static int is_mark(int32_t c) {
 /* Runs utf8proc_map with options on (s, len); returns the new NUL-terminated
  * string (caller frees) and its length, or a negative status. */
 static int map_utf8(const uint8_t *s, size_t len, int options, uint8_t **out, size_t *out_len) {
-    if (len > ((size_t)1 << 30)) return NGRAM_HASH_EINVAL; /* far beyond any token */
     utf8proc_ssize_t n = utf8proc_map(s, (utf8proc_ssize_t)len, out, (utf8proc_option_t)options);
     if (n < 0) {
         *out = NULL;
@@ -40,18 +44,70 @@ static int map_utf8(const uint8_t *s, size_t len, int options, uint8_t **out, si
     return NGRAM_HASH_OK;
 }
 
+/* Growable byte buffer. */
+typedef struct {
+    uint8_t *p;
+    size_t len, cap;
+} bytes;
+
+static int bytes_put(bytes *b, const uint8_t *s, size_t n) {
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 64;
+        while (cap < b->len + n + 1) cap *= 2;
+        uint8_t *np = realloc(b->p, cap);
+        if (!np) return NGRAM_HASH_ENOMEM;
+        b->p = np;
+        b->cap = cap;
+    }
+    if (n) memcpy(b->p + b->len, s, n);
+    b->len += n;
+    return NGRAM_HASH_OK;
+}
+
+/* Appends NFD(NFKC(s)) to out. */
+static int put_nfkc_nfd(bytes *out, const uint8_t *s, size_t len) {
+    if (len == 0) return NGRAM_HASH_OK;
+    uint8_t *nfkc = NULL, *nfd = NULL;
+    size_t nfkc_len, nfd_len;
+    int st = map_utf8(s, len, UTF8PROC_STABLE | UTF8PROC_COMPOSE | UTF8PROC_COMPAT, &nfkc,
+                      &nfkc_len);
+    if (!st) st = map_utf8(nfkc, nfkc_len, UTF8PROC_STABLE | UTF8PROC_DECOMPOSE, &nfd, &nfd_len);
+    if (!st) st = bytes_put(out, nfd, nfd_len);
+    free(nfkc);
+    free(nfd);
+    return st;
+}
+
 int ngram_hash_normalize(const char *text, size_t len, char **out, size_t *out_len) {
     *out = NULL;
     *out_len = 0;
-    uint8_t *nfkc = NULL, *nfd = NULL;
+    if (len > ((size_t)1 << 30)) return NGRAM_HASH_EINVAL; /* far beyond any token */
     int32_t *cp = NULL;
     char *res = NULL;
-    size_t nfkc_len, nfd_len;
-    int st = map_utf8((const uint8_t *)text, len,
-                      UTF8PROC_STABLE | UTF8PROC_COMPOSE | UTF8PROC_COMPAT, &nfkc, &nfkc_len);
-    if (st) goto done;
-    st = map_utf8(nfkc, nfkc_len, UTF8PROC_STABLE | UTF8PROC_DECOMPOSE, &nfd, &nfd_len);
-    if (st) goto done;
+    bytes nfd = {NULL, 0, 0};
+    int st = NGRAM_HASH_OK;
+
+    /* NFKC then NFD, in segments split at the code points whose normalization
+     * the reference does not know (they are starters that pass untouched, so
+     * nothing composes or reorders across them). */
+    const uint8_t *u = (const uint8_t *)text;
+    size_t seg = 0;
+    for (size_t i = 0; i < len;) {
+        int32_t c;
+        utf8proc_ssize_t k = utf8proc_iterate(u + i, (utf8proc_ssize_t)(len - i), &c);
+        if (k <= 0) {
+            st = NGRAM_HASH_EINVAL;
+            goto done;
+        }
+        if (ngram_hash__inert(c)) {
+            if ((st = put_nfkc_nfd(&nfd, u + seg, i - seg))) goto done;
+            if ((st = bytes_put(&nfd, u + i, (size_t)k))) goto done;
+            seg = i + (size_t)k;
+        }
+        i += (size_t)k;
+    }
+    if ((st = put_nfkc_nfd(&nfd, u + seg, len - seg))) goto done;
+    const size_t nfd_len = nfd.len;
 
     /* Code points after mark removal and lowercase; U+0130 lowercases to two. */
     cp = malloc((2 * nfd_len + 1) * sizeof *cp);
@@ -63,7 +119,7 @@ int ngram_hash_normalize(const char *text, size_t len, char **out, size_t *out_l
     int in_ws = 0;
     for (utf8proc_ssize_t i = 0; i < (utf8proc_ssize_t)nfd_len;) {
         int32_t c;
-        utf8proc_ssize_t k = utf8proc_iterate(nfd + i, (utf8proc_ssize_t)nfd_len - i, &c);
+        utf8proc_ssize_t k = utf8proc_iterate(nfd.p + i, (utf8proc_ssize_t)nfd_len - i, &c);
         if (k <= 0) {
             st = NGRAM_HASH_EINVAL;
             goto done;
@@ -77,7 +133,8 @@ int ngram_hash_normalize(const char *text, size_t len, char **out, size_t *out_l
             low[1] = 0x307;
             nl = 2;
         } else {
-            low[0] = utf8proc_tolower(c);
+            int32_t o = ngram_hash__lower_override(c);
+            low[0] = o >= 0 ? o : utf8proc_tolower(c);
         }
         for (int j = 0; j < nl; j++) {
             int32_t d = low[j];
@@ -106,8 +163,7 @@ int ngram_hash_normalize(const char *text, size_t len, char **out, size_t *out_l
     *out_len = o;
     res = NULL;
 done:
-    free(nfkc);
-    free(nfd);
+    free(nfd.p);
     free(cp);
     free(res);
     return st;

@@ -121,3 +121,53 @@ def test_normalize_cases():
     for c, line in zip(cases, lines):
         got = "" if line == "-" else bytes.fromhex(line).decode("utf-8")
         assert got == norm.normalize_str(c), repr(c)
+
+
+def run_normalize(strings):
+    if not DUMP.exists():
+        pytest.skip(f"{DUMP} not built")
+    inp = "".join(hexline(s, "") for s in strings)
+    res = subprocess.run([str(DUMP), "normalize"], input=inp, capture_output=True, text=True,
+                         check=True)
+    lines = res.stdout.split("\n")
+    return ["" if line == "-" else bytes.fromhex(line).decode("utf-8") for line in lines[:len(strings)]]
+
+
+def check_strings(strings):
+    norm = reference_normalizer()
+    got = run_normalize(strings)
+    bad = [(s, norm.normalize_str(s), g) for s, g in zip(strings, got) if g != norm.normalize_str(s)]
+    assert not bad, f"{len(bad)} of {len(strings)} differ, first: {bad[:5]}"
+
+
+def test_every_code_point():
+    """Each code point alone (the Unicode versions of the reference's parts differ
+    from utf8proc's; engram/ngram_hash_unicode.c corrects that)."""
+    check_strings([chr(cp) for cp in range(0x110000) if not 0xD800 <= cp < 0xE000])
+
+
+def test_compositions_and_mixtures():
+    """Canonical pairs (composition), and random strings of marks, letters,
+    compatibility characters and whitespace (reordering, stripping)."""
+    import random
+    import unicodedata
+    pairs = []
+    pool = []
+    for cp in range(0x110000):
+        if 0xD800 <= cp < 0xE000:
+            continue
+        c = chr(cp)
+        d = unicodedata.decomposition(c)
+        if d:
+            pool.append(c)
+            if not d.startswith("<"):
+                parts = "".join(chr(int(x, 16)) for x in d.split())
+                pairs.append(parts)
+                pairs.append(parts + "\u0301")
+                pairs.append(parts[0] + "\u0316" + parts[1:])
+        if unicodedata.category(c) in ("Mn", "Mc", "Me") or unicodedata.combining(c):
+            pool.append(c)
+    pool += list("aAzZ \t\r\n\u00a0\u3000\u2028\ue000İΣσΟ한글漢字") + [chr(0x1100), chr(0x1161), chr(0x11a8)]
+    rs = random.Random(5)
+    mixtures = ["".join(rs.choice(pool) for _ in range(rs.randint(1, 8))) for _ in range(30000)]
+    check_strings(pairs + mixtures)

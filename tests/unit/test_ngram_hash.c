@@ -8,7 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <utf8proc.h>
+
 #include "engram.h"
+#include "ngram_hash_internal.h"
 
 /* ---- helpers ---- */
 
@@ -378,6 +381,8 @@ static void expect_norm(const char *in, const char *want) {
 }
 
 START_TEST(test_normalize) {
+    /* the generated corrections are tied to one utf8proc version */
+    ck_assert_str_eq(ngram_hash__tables_utf8proc_version(), utf8proc_version());
     expect_norm("  Caf\xc3\xa9  ", "cafe");                     /* accent dropped, stripped */
     expect_norm(" ", " ");                                      /* lone space kept */
     expect_norm("\t\r\n ", " ");                                /* a run becomes a lone space */
