@@ -16,6 +16,7 @@
 #include "forward.h"
 #include "model.h"
 #include "sampler.h"
+#include "tokenizer.h"
 #include "util.h"
 
 static void usage(FILE *f) {
@@ -206,21 +207,45 @@ int main(int argc, char **argv) {
         fprintf(stderr, "engram-run: device %s is not available in this build (cpu only)\n", device);
         return 2;
     }
-    if (prompt_text) {
-        fprintf(stderr, "engram-run: --prompt needs the tokenizer, not in this build; use --prompt-ids\n");
-        return 2;
-    }
     if (threads > 0) omp_set_num_threads((int)threads);
-
-    int32_t *prompt = NULL;
-    int n_prompt = parse_ids(prompt_ids, &prompt);
-    if (n_prompt <= 0) {
-        fprintf(stderr, "engram-run: --prompt-ids must be a comma-separated list of token ids\n");
-        return 2;
-    }
 
     int rc = 1;
     char err[1024];
+    int32_t *prompt = NULL;
+    int n_prompt = 0;
+    /* The checkpoint's tokenizer: required for --prompt, used for printing text when present. */
+    tokenizer *tok = NULL;
+    tokenizer_stream *ts = NULL;
+    if (tokenizer_load(model_dir, &tok, err, sizeof(err)) != TOKENIZER_OK) {
+        tok = NULL;
+        if (prompt_text) {
+            fprintf(stderr, "engram-run: --prompt needs the checkpoint's tokenizer: %s\n", err);
+            return 1;
+        }
+    }
+    if (prompt_text) {
+        size_t n = 0;
+        int trc = tokenizer_encode(tok, prompt_text, strlen(prompt_text), true, &prompt, &n);
+        if (trc != TOKENIZER_OK || n == 0 || n > INT32_MAX) {
+            fprintf(stderr, "engram-run: cannot tokenize --prompt: %s\n",
+                    trc ? tokenizer_status_str(trc) : "it encodes to no tokens");
+            free(prompt);
+            tokenizer_destroy(tok);
+            return 1;
+        }
+        n_prompt = (int)n;
+    } else if ((n_prompt = parse_ids(prompt_ids, &prompt)) <= 0) {
+        fprintf(stderr, "engram-run: --prompt-ids must be a comma-separated list of token ids\n");
+        tokenizer_destroy(tok);
+        return 2;
+    }
+    if (tok && tokenizer_stream_create(tok, true, &ts) != TOKENIZER_OK) {
+        fprintf(stderr, "engram-run: out of memory\n");
+        free(prompt);
+        tokenizer_destroy(tok);
+        return 1;
+    }
+
     model *m = NULL;
     forward_state *st = NULL;
     sampler *smp = NULL;
@@ -278,13 +303,20 @@ int main(int argc, char **argv) {
     }
     int n_out = 0;
     while (n_out < max_tokens) {
-        int32_t tok = sampler_sample(smp, logits, prompt, n_prompt, out, n_out);
-        out[n_out++] = tok;
+        int32_t next = sampler_sample(smp, logits, prompt, n_prompt, out, n_out);
+        out[n_out++] = next;
+        if (ts) { /* stream the text as it comes, whole characters only */
+            char *piece = NULL;
+            size_t plen = 0;
+            if (tokenizer_stream_step(ts, next, &piece, &plen) == TOKENIZER_OK) fwrite(piece, 1, plen, stdout);
+            fflush(stdout);
+            free(piece);
+        }
         bool eos = false;
-        for (int e = 0; e < c->n_eos && !ignore_eos; e++) eos |= tok == c->eos_token_ids[e];
+        for (int e = 0; e < c->n_eos && !ignore_eos; e++) eos |= next == c->eos_token_ids[e];
         if (eos || n_out == max_tokens) break;
         float *g = gates ? gates + (size_t)(n_prompt + n_out - 1) * nl : NULL;
-        if ((frc = forward_run(m, ops, st, &tok, 1, logits, g)) != FORWARD_OK) {
+        if ((frc = forward_run(m, ops, st, &next, 1, logits, g)) != FORWARD_OK) {
             fprintf(stderr, "engram-run: %s\n", forward_status_str(frc));
             goto done;
         }
@@ -298,6 +330,13 @@ int main(int argc, char **argv) {
     if (nl)
         fprintf(stderr, "engram-run: Engram (hashing, gather, module) took %.1f%% of forward time\n",
                 100.0 * forward_state_engram_seconds(st) / (t3 - t1));
+    if (ts) {
+        char *piece = NULL;
+        size_t plen = 0;
+        if (tokenizer_stream_flush(ts, &piece, &plen) == TOKENIZER_OK) fwrite(piece, 1, plen, stdout);
+        free(piece);
+        printf("\n");
+    }
     if (print_gates) { /* every token that went through the model: the prompt, then all but the last output */
         int n_fed = n_prompt + n_out - 1;
         printf("{\"layers\": [");
@@ -317,7 +356,7 @@ int main(int argc, char **argv) {
         printf("[");
         for (int i = 0; i < n_out; i++) printf("%s%d", i ? ", " : "", out[i]);
         printf("]\n");
-    } else {
+    } else if (!ts) {
         printf("generated ids:");
         for (int i = 0; i < n_out; i++) printf(" %d", out[i]);
         printf("\n");
@@ -329,6 +368,8 @@ done:
     free(gates);
     free(out);
     sampler_destroy(smp);
+    tokenizer_stream_destroy(ts);
+    tokenizer_destroy(tok);
     forward_state_destroy(st);
     model_destroy(m);
     return rc;

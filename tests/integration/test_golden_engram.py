@@ -75,3 +75,16 @@ def test_engram_changes_the_output(tmp_path):
             "--max-tokens", "1", "--dump-logits", lf)
     ref = np.fromfile(M / "logits.f32", dtype="<f4")
     assert float(np.abs(np.fromfile(lf, dtype="<f4") - ref).max()) > 1e-2
+
+
+def test_prompt_text_goes_through_the_tokenizer(tmp_path):
+    """--prompt TEXT tokenizes like transformers did for the fixture (special
+    tokens added), so the greedy continuation is the reference's, and the
+    text printed is the decode of the generated ids."""
+    p = run_bin("engram-run", "--model", M, "--prompt", G["prompt_text"], "--temperature", "0",
+                "--max-tokens", "24", "--ignore-eos", "--print-ids")
+    lines = p.stdout.splitlines()
+    assert json.loads(lines[-1]) == G["greedy_ids"]
+    from tokenizers import Tokenizer
+    text = Tokenizer.from_file(str(M / "tokenizer.json")).decode(G["greedy_ids"], skip_special_tokens=True)
+    assert "\n".join(lines[:-1]) == text
