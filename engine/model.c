@@ -339,6 +339,20 @@ int model__load_vector(model *m, const char *name, int n, const float **out, cha
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
+/* Appends a copy of name to the growing array *names (*n used, *cap allocated). */
+static int push_name(char ***names, int *n, int *cap, const char *name) {
+    if (*n == *cap) {
+        int c = *cap ? 2 * *cap : 16;
+        char **p = realloc(*names, (size_t)c * sizeof(char *));
+        if (!p) return MODEL_ERR_NOMEM;
+        *names = p;
+        *cap = c;
+    }
+    if (!((*names)[*n] = strdup(name))) return MODEL_ERR_NOMEM;
+    (*n)++;
+    return MODEL_OK;
+}
+
 /* Lists the safetensors files to open: those of the index, else every
  * *.safetensors in the directory, sorted. */
 static int list_files(const char *dir, char ***names, int *n, char *err, size_t errlen) {
@@ -368,14 +382,7 @@ static int list_files(const char *dir, char ***names, int *n, char *err, size_t 
             bool seen = false;
             for (int i = 0; i < *n && !seen; i++) seen = strcmp((*names)[i], e->valuestring) == 0;
             if (seen) continue;
-            if (*n == cap) {
-                cap = cap ? 2 * cap : 16;
-                char **p = realloc(*names, (size_t)cap * sizeof(char *));
-                if (!p) { rc = MODEL_ERR_NOMEM; break; }
-                *names = p;
-            }
-            if (!((*names)[*n] = strdup(e->valuestring))) { rc = MODEL_ERR_NOMEM; break; }
-            (*n)++;
+            if ((rc = push_name(names, n, &cap, e->valuestring))) break;
         }
         cJSON_Delete(root);
     } else {
@@ -388,14 +395,7 @@ static int list_files(const char *dir, char ***names, int *n, char *err, size_t 
         while ((de = readdir(d))) {
             size_t l = strlen(de->d_name);
             if (l <= 12 || strcmp(de->d_name + l - 12, ".safetensors") != 0) continue;
-            if (*n == cap) {
-                cap = cap ? 2 * cap : 16;
-                char **p = realloc(*names, (size_t)cap * sizeof(char *));
-                if (!p) { rc = MODEL_ERR_NOMEM; break; }
-                *names = p;
-            }
-            if (!((*names)[*n] = strdup(de->d_name))) { rc = MODEL_ERR_NOMEM; break; }
-            (*n)++;
+            if ((rc = push_name(names, n, &cap, de->d_name))) break;
         }
         closedir(d);
         if (rc == MODEL_OK && *n == 0) {
