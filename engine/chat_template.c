@@ -39,8 +39,8 @@ const char *chat_template_status_str(int status) {
 
 void chat_template_default_limits(chat_template_limits *l) {
     l->max_output_bytes = (size_t)64 << 20;
-    l->max_memory_bytes = (size_t)512 << 20;
-    l->max_steps = 50u * 1000 * 1000;
+    l->max_memory_bytes = (size_t)256 << 20;
+    l->max_steps = 20u * 1000 * 1000;
     l->max_depth = 200;
 }
 
@@ -61,6 +61,7 @@ typedef struct arena_blk {
 typedef struct {
     arena_blk *head;
     size_t total, limit;
+    int over_limit; /* the last failed allocation hit the limit (not malloc) */
 } arena;
 
 static void *arena_alloc(arena *a, size_t n) {
@@ -68,7 +69,10 @@ static void *arena_alloc(arena *a, size_t n) {
     if (n == 0) n = 16;
     if (!a->head || a->head->cap - a->head->used < n) {
         size_t cap = n > (64u << 10) ? n : (64u << 10);
-        if (a->total + cap > a->limit) return NULL;
+        if (a->total + cap > a->limit) {
+            a->over_limit = 1;
+            return NULL;
+        }
         arena_blk *b = malloc(sizeof *b + cap);
         if (!b) return NULL;
         b->next = a->head;
@@ -183,7 +187,7 @@ static void env_fail(env *e, int status, const char *fmt, ...) {
 static void *xalloc(env *e, size_t n) {
     void *p = arena_alloc(&e->ar, n);
     if (!p) {
-        if (e->ar.total + n > e->ar.limit) env_fail(e, CHAT_TEMPLATE_ERR_LIMIT, "memory limit exceeded");
+        if (e->ar.over_limit) env_fail(e, CHAT_TEMPLATE_ERR_LIMIT, "memory limit exceeded");
         env_fail(e, CHAT_TEMPLATE_ERR_NOMEM, "out of memory");
     }
     return p;
@@ -2601,6 +2605,25 @@ static value arith(env *e, int op, value a, value b) {
         for (int64_t i = 0; i < k; i++) memcpy(p + (size_t)i * s.u.s.n, s.u.s.p, s.u.s.n);
         return mk_str(p, tot);
     }
+    if (op == OP_MUL && ((a.t == V_LIST && !a.u.l->gen && (b.t == V_INT || b.t == V_BOOL)) ||
+                         (b.t == V_LIST && !b.u.l->gen && (a.t == V_INT || a.t == V_BOOL)))) {
+        value s = a.t == V_LIST ? a : b;
+        int64_t k = a.t == V_LIST ? num_i(b) : num_i(a);
+        list *l = list_new(e, 0);
+        l->tuple = s.u.l->tuple;
+        if (k > 0 && s.u.l->n > 0) {
+            size_t tot = xmul(e, s.u.l->n, (size_t)k);
+            if (tot > e->lim.max_steps) env_fail(e, CHAT_TEMPLATE_ERR_LIMIT, "list size limit exceeded");
+            l = list_new(e, tot);
+            l->tuple = s.u.l->tuple;
+            for (int64_t i = 0; i < k; i++)
+                for (size_t j = 0; j < s.u.l->n; j++) {
+                    step(e);
+                    list_push(e, l, s.u.l->v[j]);
+                }
+        }
+        return mk_list(l);
+    }
     if (op == OP_MOD && a.t == V_STR) env_fail(e, CHAT_TEMPLATE_ERR_UNSUPPORTED, "printf-style string formatting is not supported");
     r_fail(e, "unsupported operand type(s) for %s: '%s' and '%s'", opname[op], type_name(a), type_name(b));
 ovf:
@@ -3838,9 +3861,20 @@ static void assign_targets(env *e, scope *sc, node *x, value v) {
     for (size_t i = 0; i < x->nk; i++) scope_set(e, sc, x->knames[i], x->klens[i], l->v[i]);
 }
 
-static value loop_var(env *e, list *items, size_t i) {
-    dict *d = dict_new(e);
+/* Fills the loop variable (one dict per for statement, updated in place). */
+static value loop_var(env *e, dict *d, list *items, size_t i) {
     size_t n = items->n;
+    if (d->n == 12) { /* keys are in place: update the values */
+        d->v[0] = mk_int((int64_t)i + 1);
+        d->v[1] = mk_int((int64_t)i);
+        d->v[2] = mk_int((int64_t)(n - i));
+        d->v[3] = mk_int((int64_t)(n - i - 1));
+        d->v[4] = mk_bool(i == 0);
+        d->v[5] = mk_bool(i + 1 == n);
+        d->v[9] = i > 0 ? items->v[i - 1] : mk_undef("previtem", 8);
+        d->v[10] = i + 1 < n ? items->v[i + 1] : mk_undef("nextitem", 8);
+        return mk_dict(d);
+    }
 #define LSET(k, v) dict_set(e, d, mk_str(k, strlen(k)), v)
     LSET("index", mk_int((int64_t)i + 1));
     LSET("index0", mk_int((int64_t)i));
@@ -3879,17 +3913,23 @@ static int exec_stmt(env *e, scope *sc, node *x) {
         list *items = iter_list(e, it);
         if (x->b) {
             list *f = list_new(e, 0);
+            scope *ts = scope_new(e, sc);
             for (size_t i = 0; i < items->n; i++) {
-                scope *ts = scope_new(e, sc);
+                step(e);
+                ts->n = 0;
                 assign_targets(e, ts, x, items->v[i]);
                 if (truthy(eval(e, ts, x->b))) list_push(e, f, items->v[i]);
             }
             items = f;
         }
+        /* One scope and loop dict per for statement, reset each iteration:
+         * bounded memory; body assignments still do not outlive an iteration. */
+        scope *is = scope_new(e, sc);
+        dict *ld = dict_new(e);
         for (size_t i = 0; i < items->n; i++) {
             step(e);
-            scope *is = scope_new(e, sc);
-            scope_set(e, is, "loop", 4, loop_var(e, items, i));
+            is->n = 0;
+            scope_set(e, is, "loop", 4, loop_var(e, ld, items, i));
             assign_targets(e, is, x, items->v[i]);
             int r = exec_body(e, is, &x->args);
             if (r == EX_BREAK) break;

@@ -53,8 +53,8 @@ int chat_template_render_ex(const chat_template *t, const char *messages_json, c
  * one of them and gets CHAT_TEMPLATE_ERR_LIMIT, never an unbounded run. */
 typedef struct {
     size_t max_output_bytes; /* rendered text and any one string, bytes (64 MiB) */
-    size_t max_memory_bytes; /* arena per render or compile, bytes (512 MiB) */
-    uint64_t max_steps;      /* evaluation steps (50 M) */
+    size_t max_memory_bytes; /* arena per render or compile, bytes (256 MiB) */
+    uint64_t max_steps;      /* evaluation steps (20 M) */
     int max_depth;           /* expression/block nesting; x4 for runtime recursion (200) */
 } chat_template_limits;
 
