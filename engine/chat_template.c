@@ -777,6 +777,7 @@ typedef struct {
     int depth;
 } jparser;
 
+static void jp_fail(jparser *p, const char *what) __attribute__((noreturn));
 static void jp_fail(jparser *p, const char *what) {
     env_fail(p->e, CHAT_TEMPLATE_ERR_PARSE, "invalid JSON input: %s at offset %zu", what, p->i);
 }
