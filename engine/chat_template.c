@@ -131,6 +131,8 @@ struct list {
     value *v;
     int tuple; /* prints as (a, b) */
     int gen;   /* a Python generator/iterator: no len(), no repr, always truthy */
+    int is_range; /* a Python range object: prints as range(a, b[, c]); r[] are its arguments */
+    int64_t r[3];
 };
 
 struct dict {
@@ -314,6 +316,7 @@ static int py_eq(value a, value b) {
     case V_STR: return a.u.s.n == b.u.s.n && memcmp(a.u.s.p, b.u.s.p, a.u.s.n) == 0;
     case V_LIST:
         if (a.u.l->gen || b.u.l->gen) return a.u.l == b.u.l;
+        if (a.u.l->is_range != b.u.l->is_range) return 0;
         if (a.u.l->tuple != b.u.l->tuple || a.u.l->n != b.u.l->n) return 0;
         for (size_t i = 0; i < a.u.l->n; i++)
             if (!py_eq(a.u.l->v[i], b.u.l->v[i])) return 0;
@@ -585,7 +588,7 @@ static void py_str_into(env *e, sbuf *b, value v, int repr) {
     if (++e->depth > e->lim.max_depth) env_fail(e, CHAT_TEMPLATE_ERR_LIMIT, "nesting limit exceeded");
     switch (v.t) {
     case V_UNDEF:
-        if (repr) env_fail(e, CHAT_TEMPLATE_ERR_UNSUPPORTED, "repr of an undefined value is not supported");
+        if (repr) sb_puts(e, b, "Undefined");
         break;
     case V_NONE: sb_puts(e, b, "None"); break;
     case V_BOOL: sb_puts(e, b, v.u.b ? "True" : "False"); break;
@@ -605,6 +608,15 @@ static void py_str_into(env *e, sbuf *b, value v, int repr) {
         break;
     case V_LIST:
         if (v.u.l->gen) env_fail(e, CHAT_TEMPLATE_ERR_UNSUPPORTED, "printing a generator is not supported (use |list)");
+        if (v.u.l->is_range) {
+            if (v.u.l->r[2] == 1)
+                snprintf(buf, sizeof buf, "range(%lld, %lld)", (long long)v.u.l->r[0], (long long)v.u.l->r[1]);
+            else
+                snprintf(buf, sizeof buf, "range(%lld, %lld, %lld)", (long long)v.u.l->r[0], (long long)v.u.l->r[1],
+                         (long long)v.u.l->r[2]);
+            sb_puts(e, b, buf);
+            break;
+        }
         sb_putc(e, b, v.u.l->tuple ? '(' : '[');
         for (size_t i = 0; i < v.u.l->n; i++) {
             if (i) sb_puts(e, b, ", ");
@@ -706,7 +718,8 @@ static void json_dump(env *e, sbuf *b, value v, const json_opts *o, int level) {
     case V_FLOAT: json_float(e, b, v.u.f); break;
     case V_STR: json_str(e, b, v.u.s.p, v.u.s.n, o->ensure_ascii); break;
     case V_LIST:
-        if (v.u.l->gen) env_fail(e, CHAT_TEMPLATE_ERR_RENDER, "Object of type generator is not JSON serializable");
+        if (v.u.l->gen || v.u.l->is_range)
+            env_fail(e, CHAT_TEMPLATE_ERR_RENDER, "Object of type %s is not JSON serializable", v.u.l->gen ? "generator" : "range");
         if (v.u.l->n == 0) {
             sb_puts(e, b, "[]");
             break;
@@ -2329,7 +2342,7 @@ static const char *type_name(value v) {
     case V_INT: return "int";
     case V_FLOAT: return "float";
     case V_STR: return "str";
-    case V_LIST: return v.u.l->gen ? "generator" : v.u.l->tuple ? "tuple" : "list";
+    case V_LIST: return v.u.l->gen ? "generator" : v.u.l->is_range ? "range" : v.u.l->tuple ? "tuple" : "list";
     case V_DICT: return "dict";
     case V_NS: return "Namespace";
     default: return "function";
@@ -2394,7 +2407,8 @@ static int py_lt(env *e, value a, value b) {
         int c = memcmp(a.u.s.p, b.u.s.p, m);
         return c < 0 || (c == 0 && a.u.s.n < b.u.s.n);
     }
-    if (a.t == V_LIST && b.t == V_LIST && !a.u.l->gen && !b.u.l->gen && a.u.l->tuple == b.u.l->tuple) {
+    if (a.t == V_LIST && b.t == V_LIST && !a.u.l->gen && !b.u.l->gen && a.u.l->tuple == b.u.l->tuple &&
+        !a.u.l->is_range && !b.u.l->is_range) {
         size_t m = a.u.l->n < b.u.l->n ? a.u.l->n : b.u.l->n;
         for (size_t i = 0; i < m; i++) {
             if (py_eq(a.u.l->v[i], b.u.l->v[i])) continue;
@@ -2430,7 +2444,9 @@ static int py_in(env *e, value a, value b) {
         for (size_t i = 0; i < b.u.l->n; i++)
             if (py_eq(a, b.u.l->v[i])) return 1;
         return 0;
-    case V_DICT: return dict_find(b.u.d, a) != NULL;
+    case V_DICT:
+        if ((a.t == V_LIST && !a.u.l->tuple) || a.t == V_DICT || a.t == V_NS) r_fail(e, "unhashable type: '%s'", type_name(a));
+        return dict_find(b.u.d, a) != NULL;
     case V_UNDEF: return 0;
     default: r_fail(e, "argument of type '%s' is not iterable", type_name(b));
     }
@@ -2589,7 +2605,8 @@ static value arith(env *e, int op, value a, value b) {
         if (a.u.s.n + b.u.s.n > e->lim.max_output_bytes) env_fail(e, CHAT_TEMPLATE_ERR_LIMIT, "string size limit exceeded");
         return mk_str(p, a.u.s.n + b.u.s.n);
     }
-    if (op == OP_ADD && a.t == V_LIST && b.t == V_LIST && !a.u.l->gen && !b.u.l->gen && a.u.l->tuple == b.u.l->tuple) {
+    if (op == OP_ADD && a.t == V_LIST && b.t == V_LIST && !a.u.l->gen && !b.u.l->gen && a.u.l->tuple == b.u.l->tuple &&
+        !a.u.l->is_range && !b.u.l->is_range) {
         list *l = list_new(e, a.u.l->n + b.u.l->n);
         for (size_t i = 0; i < a.u.l->n; i++) list_push(e, l, a.u.l->v[i]);
         for (size_t i = 0; i < b.u.l->n; i++) list_push(e, l, b.u.l->v[i]);
@@ -2606,8 +2623,8 @@ static value arith(env *e, int op, value a, value b) {
         for (int64_t i = 0; i < k; i++) memcpy(p + (size_t)i * s.u.s.n, s.u.s.p, s.u.s.n);
         return mk_str(p, tot);
     }
-    if (op == OP_MUL && ((a.t == V_LIST && !a.u.l->gen && (b.t == V_INT || b.t == V_BOOL)) ||
-                         (b.t == V_LIST && !b.u.l->gen && (a.t == V_INT || a.t == V_BOOL)))) {
+    if (op == OP_MUL && ((a.t == V_LIST && !a.u.l->gen && !a.u.l->is_range && (b.t == V_INT || b.t == V_BOOL)) ||
+                         (b.t == V_LIST && !b.u.l->gen && !b.u.l->is_range && (a.t == V_INT || a.t == V_BOOL)))) {
         value s = a.t == V_LIST ? a : b;
         int64_t k = a.t == V_LIST ? num_i(b) : num_i(a);
         list *l = list_new(e, 0);
@@ -3060,10 +3077,7 @@ static int run_test(env *e, int id, value v, cargs *a) {
         return truthy(call_str_method(e, id == TS_LOWER ? M_ISLOWER : M_ISUPPER, s, &none));
     }
     case TS_ODD:
-    case TS_EVEN: {
-        int64_t i = want_int(e, v, "odd/even operand");
-        return id == TS_ODD ? (i & 1) != 0 : (i & 1) == 0;
-    }
+    case TS_EVEN: return py_eq(arith(e, OP_MOD, v, mk_int(2)), mk_int(id == TS_ODD ? 1 : 0));
     case TS_DIVISIBLEBY: {
         if (!has) r_fail(e, "divisibleby test needs an argument");
         value r = arith(e, OP_MOD, v, x);
@@ -3120,9 +3134,10 @@ static int test_by_name(env *e, value name, value v, cargs *rest) {
 
 /* select/reject/selectattr/rejectattr: returns a generator-marked list. */
 static value filter_select(env *e, value seq, cargs *a, int use_attr, int reject) {
-    list *src = iter_list(e, seq);
     list *out = list_new(e, 0);
     out->gen = 1;
+    if (!truthy(seq)) return mk_list(out); /* jinja2: "if value:" guards the loop */
+    list *src = iter_list(e, seq);
     size_t off = 0;
     value attr = mk_none(), tname = mk_none();
     if (use_attr) {
@@ -3142,6 +3157,11 @@ static value filter_select(env *e, value seq, cargs *a, int use_attr, int reject
 }
 
 static value filter_map(env *e, value seq, cargs *a) {
+    if (!truthy(seq)) {
+        list *empty = list_new(e, 0);
+        empty->gen = 1;
+        return mk_list(empty);
+    }
     list *src = iter_list(e, seq);
     list *out = list_new(e, src->n);
     out->gen = 1;
@@ -3462,6 +3482,8 @@ static value apply_filter(env *e, int id, value v, cargs *a) {
             list *seen = list_new(e, 0);
             for (size_t i = 0; i < n; i++) {
                 step(e);
+                if ((keys[i].t == V_LIST && !keys[i].u.l->tuple) || keys[i].t == V_DICT || keys[i].t == V_NS)
+                    r_fail(e, "unhashable type: '%s'", type_name(keys[i]));
                 size_t j;
                 for (j = 0; j < seen->n; j++)
                     if (py_eq(seen->v[j], keys[i])) break;
@@ -3558,6 +3580,10 @@ static value do_call(env *e, value fn, cargs *a, const char *what) {
         if (cnt > CT_MAX_RANGE) r_fail(e, "Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).");
         list *l = list_new(e, (size_t)cnt);
         for (int64_t i = 0; i < (int64_t)cnt; i++) list_push(e, l, mk_int(start + i * stepv));
+        l->is_range = 1;
+        l->r[0] = start;
+        l->r[1] = stop;
+        l->r[2] = stepv;
         return mk_list(l);
     }
     case G_NAMESPACE:
@@ -3706,6 +3732,12 @@ static value slice_v(env *e, value o, value va, value vb, value vc) {
     }
     if (o.t == V_STR) return mk_sbuf(&b);
     l->tuple = o.u.l->tuple;
+    if (o.u.l->is_range) { /* a slice of a range is a range */
+        l->is_range = 1;
+        l->r[0] = o.u.l->r[0] + lo * o.u.l->r[2];
+        l->r[1] = o.u.l->r[0] + hi * o.u.l->r[2];
+        l->r[2] = o.u.l->r[2] * stepv;
+    }
     return mk_list(l);
 }
 
