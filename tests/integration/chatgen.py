@@ -86,3 +86,39 @@ class Gen:
 
     def template(self):
         return "{% set ns = namespace(v=1) %}" + self.block()
+
+
+def ws_template(seed):
+    """Random whitespace/tag soup: text runs of spaces, tabs, newlines and
+    letters between block, variable and comment tags with random - / + signs."""
+    r = random.Random(seed)
+    chunks = ["", " ", "  ", "\t", "\n", "\n\n", " \n ", "x", "a b", "\r\n", "\n  \t", "\u3000", "\u00a0\n"]
+    sign = lambda: r.choice(["", "", "-", "+"])  # noqa: E731
+    out = []
+    depth = 0
+    for _ in range(r.randrange(3, 14)):
+        out.append(r.choice(chunks) + r.choice(chunks))
+        k = r.random()
+        if k < 0.25:
+            out.append("{{%s 'v' %s}}" % (r.choice(["", "-"]), r.choice(["", "-"])))
+        elif k < 0.45:
+            out.append("{%%%s if true %s%%}" % (sign(), sign()))
+            depth += 1
+        elif k < 0.6 and depth:
+            out.append("{%%%s endif %s%%}" % (sign(), sign()))
+            depth -= 1
+        elif k < 0.7:
+            out.append("{#%s comment %s#}" % (sign(), sign()))
+        elif k < 0.78:
+            out.append("{%%%s raw %s%%}%s{{ raw }}%s{%%%s endraw %s%%}" % (  # no '+%}' after raw in jinja2
+                sign(), r.choice(["", "-"]), r.choice(chunks), r.choice(chunks), sign(), sign()))
+        elif k < 0.9:
+            out.append("{%%%s set z = 1 %s%%}" % (sign(), sign()))
+        else:
+            out.append("{%%%s for i in [1, 2] %s%%}%s{{ i }}%s{%%%s endfor %s%%}" % (
+                sign(), sign(), r.choice(chunks), r.choice(chunks), sign(), sign()))
+    while depth:
+        out.append(r.choice(chunks) + "{%% endif %s%%}" % sign())
+        depth -= 1
+    out.append(r.choice(chunks))
+    return "".join(out)

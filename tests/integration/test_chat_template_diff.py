@@ -290,3 +290,14 @@ def test_random_templates(block):
             assert rc == 0 and got == want, f"seed {seed} template {tpl!r}\nwant={want!r}\ngot ={got!r}\n{err}"
         else:
             assert rc != 0, f"seed {seed}: reference failed ({want}) but ours rendered {got!r}; template {tpl!r}"
+
+
+@pytest.mark.parametrize("block", range(4))
+def test_random_whitespace_templates(block):
+    from chatgen import ws_template
+    for seed in range(block * 100, block * 100 + 100):
+        tpl = ws_template(seed)
+        ok, want = ref_template(tpl, GEN_MSGS)
+        assert ok, f"seed {seed}: reference failed: {want}"
+        rc, got, err = run_ours(GEN_MSGS, template=tpl)
+        assert rc == 0 and got == want, f"seed {seed} template {tpl!r}\nwant={want!r}\ngot ={got!r}\n{err}"
