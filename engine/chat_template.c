@@ -1158,6 +1158,7 @@ static void lx_tag(lexer *L, size_t *pos, int is_block, int *line_starting) {
     size_t n = L->n, i = *pos;
     int bal = 0;
     for (;;) {
+        L->e->line = L->line;
         if (i >= n) env_fail(L->e, CHAT_TEMPLATE_ERR_PARSE, "unexpected end of template, expected '%s'", is_block ? "%}" : "}}");
         if (bal == 0) {
             if (is_block) {
@@ -1324,6 +1325,7 @@ static void lex(lexer *L) {
     int line_starting = 1;
     L->line = 1;
     while (i < n) {
+        L->e->line = L->line;
         /* find the next tag start */
         size_t j = i;
         const char *hit = NULL;

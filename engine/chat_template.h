@@ -4,6 +4,28 @@
  * raise_exception, strftime_now, tojson, namespace, loop variables, the filters
  * and string methods real templates use). Models without a template fall back
  * to ChatML. Rendering failures are errors with a message, never crashes. */
+/* Supported Jinja subset (anything else is CHAT_TEMPLATE_ERR_UNSUPPORTED or a
+ * parse error, never a silent difference):
+ *   tags: if/elif/else, for (tuple targets, "if" filter, else, loop.index/
+ *     index0/revindex/revindex0/first/last/length/previtem/nextitem),
+ *     break/continue, set (names, tuples, ns.attr, block set), macro with
+ *     defaults and keyword calls, raw, comments, generation (body as is);
+ *     whitespace control -/+ with trim_blocks and lstrip_blocks.
+ *   expressions: literals incl. lists/dicts/tuples, attribute/item access,
+ *     slices, calls, + - * / // % ** ~, comparisons (chained), in/not in,
+ *     and/or/not, conditional expressions, is [not] tests.
+ *   globals: range, namespace, dict, raise_exception, strftime_now.
+ *   filters: length count string trim upper lower capitalize title replace
+ *     first last join default d items selectattr rejectattr select reject map
+ *     list int float safe abs reverse tojson escape e sort unique min max sum.
+ *   tests: defined undefined none boolean true false integer float number
+ *     string mapping iterable sequence callable sameas lower upper odd even
+ *     divisibleby eq equalto ne lt le gt ge in (and ==, !=, <, <=, >, >=).
+ *   methods: str startswith endswith strip lstrip rstrip split rsplit replace
+ *     upper lower title capitalize find rfind count join format isdigit
+ *     isalpha isspace isalnum isupper islower; dict items keys values get.
+ * Values follow Python: int/float arithmetic, repr of lists and dicts, float
+ * repr, ordered dicts, jinja2's default Undefined. */
 #ifndef ENGINE_CHAT_TEMPLATE_H
 #define ENGINE_CHAT_TEMPLATE_H
 
