@@ -4018,8 +4018,11 @@ static int exec_body(env *e, scope *sc, nlist *body) {
 /* ------------------------------------------------------------------ */
 
 struct chat_template {
-    arena ar;     /* owns the normalized source and the AST */
+    arena ar;     /* owns the normalized source and the AST of the default template */
     nlist body;
+    arena tool_ar; /* the "tool_use" template of a template list, used when tools are given */
+    nlist tool_body;
+    bool has_default, has_tool;
     char *ctx_json; /* JSON object of extra context variables (special tokens); malloc'd */
     chat_template_limits lim;
     bool fallback;
@@ -4047,8 +4050,8 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...) {
         if (*c == '\n' || *c == '\r') *c = ' ';
 }
 
-/* Compiles source into t (t->ar receives the AST). */
-static int compile_into(chat_template *t, const char *source, size_t n, char *err, size_t errlen) {
+/* Compiles source into t: the default template, or the tool_use one. */
+static int compile_into(chat_template *t, const char *source, size_t n, int tool, char *err, size_t errlen) {
     env *e = calloc(1, sizeof *e);
     if (!e) {
         set_err(err, errlen, "out of memory");
@@ -4083,8 +4086,15 @@ static int compile_into(chat_template *t, const char *source, size_t n, char *er
     parser P = {.e = e, .tk = L.tk, .i = 0, .ntk = L.ntk};
     nlist body = {0};
     parse_body(&P, &body, NULL);
-    t->ar = e->ar;
-    t->body = body;
+    if (tool) {
+        t->tool_ar = e->ar;
+        t->tool_body = body;
+        t->has_tool = true;
+    } else {
+        t->ar = e->ar;
+        t->body = body;
+        t->has_default = true;
+    }
     free(e);
     return CHAT_TEMPLATE_OK;
 }
@@ -4129,7 +4139,7 @@ int chat_template_create(const char *source, const char *bos_token, const char *
         source = CHATML_TEMPLATE;
         t->fallback = true;
     }
-    st = compile_into(t, source, strlen(source), err, errlen);
+    st = compile_into(t, source, strlen(source), 0, err, errlen);
     if (st) {
         chat_template_destroy(t);
         return st;
@@ -4156,7 +4166,8 @@ int chat_template_load_dir(const char *dir, chat_template **out, char *err, size
         }
     }
     /* template source: chat_template.jinja beside the config wins, as in transformers */
-    char *source = NULL;
+    char *source = NULL, *tool_source = NULL;
+    bool is_list = false;
     snprintf(path, sizeof path, "%s/chat_template.jinja", dir);
     source = util_read_file(path, CT_MAX_SOURCE, &len, ferr, sizeof ferr);
     if (!source && cfg) {
@@ -4164,12 +4175,25 @@ int chat_template_load_dir(const char *dir, chat_template **out, char *err, size
         if (cJSON_IsString(ct))
             source = strdup(ct->valuestring);
         else if (cJSON_IsArray(ct)) {
+            /* like transformers' get_chat_template: "tool_use" when tools are given, else "default" */
+            is_list = true;
             const cJSON *it;
             cJSON_ArrayForEach(it, ct) {
                 const cJSON *nm = cJSON_GetObjectItemCaseSensitive(it, "name");
                 const cJSON *tp = cJSON_GetObjectItemCaseSensitive(it, "template");
-                if (cJSON_IsString(nm) && cJSON_IsString(tp) && strcmp(nm->valuestring, "default") == 0)
+                if (!cJSON_IsString(nm) || !cJSON_IsString(tp)) continue;
+                if (strcmp(nm->valuestring, "default") == 0) {
+                    free(source);
                     source = strdup(tp->valuestring);
+                } else if (strcmp(nm->valuestring, "tool_use") == 0) {
+                    free(tool_source);
+                    tool_source = strdup(tp->valuestring);
+                }
+            }
+            if (!source && !tool_source) {
+                cJSON_Delete(cfg);
+                set_err(err, errlen, "%s/tokenizer_config.json: chat_template list has neither 'default' nor 'tool_use'", dir);
+                return CHAT_TEMPLATE_ERR_PARSE;
             }
         }
     }
@@ -4196,6 +4220,7 @@ int chat_template_load_dir(const char *dir, chat_template **out, char *err, size
     int st = template_new(&t, err, errlen);
     if (st) {
         free(source);
+        free(tool_source);
         cJSON_Delete(ctx);
         return st;
     }
@@ -4203,13 +4228,18 @@ int chat_template_load_dir(const char *dir, chat_template **out, char *err, size
     cJSON_Delete(ctx);
     if (!t->ctx_json) {
         free(source);
+        free(tool_source);
         chat_template_destroy(t);
         set_err(err, errlen, "out of memory");
         return CHAT_TEMPLATE_ERR_NOMEM;
     }
-    t->fallback = source == NULL;
-    st = compile_into(t, source ? source : CHATML_TEMPLATE, source ? strlen(source) : strlen(CHATML_TEMPLATE), err, errlen);
+    t->fallback = source == NULL && !is_list;
+    st = CHAT_TEMPLATE_OK;
+    if (source || !is_list)
+        st = compile_into(t, source ? source : CHATML_TEMPLATE, source ? strlen(source) : strlen(CHATML_TEMPLATE), 0, err, errlen);
+    if (!st && tool_source) st = compile_into(t, tool_source, strlen(tool_source), 1, err, errlen);
     free(source);
+    free(tool_source);
     if (st) {
         chat_template_destroy(t);
         return st;
@@ -4267,10 +4297,15 @@ int chat_template_render_ex(const chat_template *t, const char *messages_json, c
     scope_set(e, root, "tools", 5, tools);
     scope_set(e, root, "documents", 9, mk_none());
     scope_set(e, root, "add_generation_prompt", 21, mk_bool(add_generation_prompt));
+    const nlist *body = &t->body;
+    if (tools.t != V_NONE && t->has_tool)
+        body = &t->tool_body;
+    else if (!t->has_default)
+        env_fail(e, CHAT_TEMPLATE_ERR_RENDER, "this model has only a 'tool_use' chat template: pass tools");
     sbuf main = {0};
     e->cap_top = &main;
     e->root = root;
-    exec_body(e, root, (nlist *)&t->body);
+    exec_body(e, root, (nlist *)body);
     char *res = malloc(main.n + 1);
     if (!res) env_fail(e, CHAT_TEMPLATE_ERR_NOMEM, "out of memory");
     if (main.n) memcpy(res, main.p, main.n);
@@ -4289,6 +4324,7 @@ int chat_template_render(const chat_template *t, const char *messages_json, cons
 void chat_template_destroy(chat_template *t) {
     if (!t) return;
     arena_free(&t->ar);
+    arena_free(&t->tool_ar);
     free(t->ctx_json);
     free(t);
 }

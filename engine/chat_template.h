@@ -48,8 +48,11 @@ const char *chat_template_status_str(int status);
 typedef struct chat_template chat_template;
 
 /* Loads DIR/tokenizer_config.json: its chat_template (a string, or a list of
- * {name, template} where "default" is used), bos_token and eos_token (strings
- * or AddedToken objects). A missing file or template falls back to ChatML.
+ * {name, template} where "default" is used, and "tool_use" when tools are
+ * given, as in transformers), bos_token and eos_token (strings or AddedToken
+ * objects; the other special tokens too, as apply_chat_template passes them).
+ * DIR/chat_template.jinja, when present, wins over the config's template.
+ * A missing file or template falls back to ChatML.
  * Returns 0 and sets *out, or a negative status with a message in err. */
 int chat_template_load_dir(const char *dir, chat_template **out, char *err, size_t errlen);
 

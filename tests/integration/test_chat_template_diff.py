@@ -160,6 +160,18 @@ def test_template_list_and_added_token_objects(tmp_path):
     rc, out, err = run_ours([{"role": "user", "content": "x"}], model_dir=str(tmp_path))
     assert rc == 0, err
     assert out == "<s>x</s>"
+    # transformers' get_chat_template: the "tool_use" entry when tools are passed
+    rc, out, err = run_ours([{"role": "user", "content": "x"}], model_dir=str(tmp_path), tools=TOOLS)
+    assert rc == 0, err
+    assert out == "TOOLS"
+    cfg["chat_template"] = cfg["chat_template"][:1]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    rc, out, err = run_ours([{"role": "user", "content": "x"}], model_dir=str(tmp_path))
+    assert rc == 1 and "tool_use" in err
+    # chat_template.jinja beside the config wins
+    (tmp_path / "chat_template.jinja").write_text("{{ messages[0].content|upper }}\n")
+    rc, out, err = run_ours([{"role": "user", "content": "x"}], model_dir=str(tmp_path))
+    assert rc == 0 and out == "X", err
 
 
 # ---- small templates, one feature each, against jinja2 with transformers' environment ----
