@@ -302,6 +302,11 @@ static int is_num(value v) { return v.t == V_INT || v.t == V_FLOAT || v.t == V_B
 static double num_f(value v) { return v.t == V_FLOAT ? v.u.f : v.t == V_INT ? (double)v.u.i : (double)v.u.b; }
 static int64_t num_i(value v) { return v.t == V_INT ? v.u.i : (int64_t)v.u.b; }
 
+static int str_eq(value a, const char *s) {
+    size_t n = strlen(s);
+    return a.t == V_STR && a.u.s.n == n && memcmp(a.u.s.p, s, n) == 0;
+}
+
 static int py_eq(value a, value b);
 
 static int py_eq(value a, value b) {
@@ -1524,7 +1529,7 @@ static const char *const FILTERS[] = {
 enum { F_LENGTH, F_COUNT, F_STRING, F_TRIM, F_UPPER, F_LOWER, F_CAPITALIZE, F_TITLE, F_REPLACE, F_FIRST, F_LAST,
        F_JOIN, F_DEFAULT, F_D, F_ITEMS, F_SELECTATTR, F_REJECTATTR, F_SELECT, F_REJECT, F_MAP, F_LIST, F_INT,
        F_FLOAT, F_SAFE, F_ABS, F_REVERSE, F_TOJSON, F_ESCAPE, F_E, F_SORT, F_UNIQUE, F_MIN, F_MAX, F_SUM,
-       F_IMPLEMENTED_END };
+       F_INDENT, F_DICTSORT, F_IMPLEMENTED_END };
 static const char *const TESTS[] = {
     "defined", "undefined", "none", "boolean", "false", "true", "integer", "float", "number", "string",
     "mapping", "iterable", "sequence", "callable", "sameas", "lower", "upper", "odd", "even", "divisibleby",
@@ -3501,6 +3506,81 @@ static value apply_filter(env *e, int id, value v, cargs *a) {
             for (size_t i = 1; i < n; i++)
                 if (id == F_MIN ? py_lt(e, keys[i], keys[best]) : py_lt(e, keys[best], keys[i])) best = i;
             return items[best];
+        }
+        value *ti = xalloc(e, xmul(e, n + 1, sizeof(value)));
+        value *tk = xalloc(e, xmul(e, n + 1, sizeof(value)));
+        merge_sort(e, items, keys, n, reverse, ti, tk);
+        list *l = list_new(e, n);
+        for (size_t i = 0; i < n; i++) list_push(e, l, items[i]);
+        return mk_list(l);
+    }
+    case F_INDENT: {
+        static const char *const nm[] = {"width", "first", "blank", NULL};
+        check_args(e, a, 3, nm, "indent");
+        if (v.t != V_STR) {
+            if (v.t == V_UNDEF) undef_fail(e, v);
+            r_fail(e, "indent: expected a string, got '%s'", type_name(v));
+        }
+        value ind = mk_str("    ", 4);
+        if (get_arg(a, 0, "width", &x)) {
+            if (x.t == V_STR)
+                ind = x;
+            else
+                ind = arith(e, OP_MUL, mk_str(" ", 1), x);
+        }
+        int first = get_arg(a, 1, "first", &y) && truthy(y);
+        int blank = get_arg(a, 2, "blank", &z) && truthy(z);
+        /* s += "\n"; lines = s.splitlines() */
+        list *lines = list_new(e, 0);
+        const char *p = v.u.s.p;
+        size_t n = v.u.s.n, i = 0, st = 0;
+        while (i < n) {
+            size_t k;
+            int32_t c = u8_dec(p + i, n - i, &k);
+            int brk = c == '\n' || c == '\r' || c == 0x0b || c == 0x0c || c == 0x1c || c == 0x1d || c == 0x1e ||
+                      c == 0x85 || c == 0x2028 || c == 0x2029;
+            if (brk) {
+                list_push(e, lines, mk_str(p + st, i - st));
+                if (c == '\r' && i + 1 < n && p[i + 1] == '\n') k = 2;
+                st = i + k;
+            }
+            i += k;
+        }
+        list_push(e, lines, mk_str(p + st, n - st)); /* the line ended by the appended "\n" */
+        sbuf b = {0};
+        if (first) sb_put(e, &b, ind.u.s.p, ind.u.s.n);
+        for (size_t li = 0; li < lines->n; li++) {
+            value ln = lines->v[li];
+            if (li) {
+                sb_putc(e, &b, '\n');
+                if (blank || ln.u.s.n) sb_put(e, &b, ind.u.s.p, ind.u.s.n);
+            }
+            sb_put(e, &b, ln.u.s.p, ln.u.s.n);
+        }
+        return mk_sbuf(&b);
+    }
+    case F_DICTSORT: {
+        static const char *const nm[] = {"case_sensitive", "by", "reverse", NULL};
+        check_args(e, a, 3, nm, "dictsort");
+        if (v.t != V_DICT) r_fail(e, "dictsort: expected a mapping, got '%s'", type_name(v));
+        int cs = get_arg(a, 0, "case_sensitive", &x) && truthy(x);
+        int pos = 0;
+        if (get_arg(a, 1, "by", &y)) {
+            if (str_eq(y, "value")) pos = 1;
+            else if (!str_eq(y, "key")) r_fail(e, "You can only sort by either \"key\" or \"value\"");
+        }
+        int reverse = get_arg(a, 2, "reverse", &z) && truthy(z);
+        size_t n = v.u.d->n;
+        value *items = xalloc(e, xmul(e, n + 1, sizeof(value)));
+        value *keys = xalloc(e, xmul(e, n + 1, sizeof(value)));
+        for (size_t i = 0; i < n; i++) {
+            list *t = list_new(e, 2);
+            t->tuple = 1;
+            list_push(e, t, v.u.d->k[i]);
+            list_push(e, t, v.u.d->v[i]);
+            items[i] = mk_list(t);
+            value k = pos ? v.u.d->v[i] : v.u.d->k[i];
+            keys[i] = !cs && k.t == V_STR ? str_case(e, k, 0) : k;
         }
         value *ti = xalloc(e, xmul(e, n + 1, sizeof(value)));
         value *tk = xalloc(e, xmul(e, n + 1, sizeof(value)));

@@ -17,7 +17,8 @@
  *   globals: range, namespace, dict, raise_exception, strftime_now.
  *   filters: length count string trim upper lower capitalize title replace
  *     first last join default d items selectattr rejectattr select reject map
- *     list int float safe abs reverse tojson escape e sort unique min max sum.
+ *     list int float safe abs reverse tojson escape e sort unique min max sum
+ *     indent dictsort.
  *   tests: defined undefined none boolean true false integer float number
  *     string mapping iterable sequence callable sameas lower upper odd even
  *     divisibleby eq equalto ne lt le gt ge in (and ==, !=, <, <=, >, >=).

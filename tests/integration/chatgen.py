@@ -14,7 +14,8 @@ FILTERS = ["length", "trim", "upper", "lower", "title", "capitalize", "string", 
            "default('d', true)", "replace('a', 'b')", "items|list", "selectattr('role', 'equalto', 'user')|list",
            "map(attribute='role')|list", "select|list", "reject|list", "min", "max", "sum", "count",
            "tojson(indent=2)", "tojson(sort_keys=true)", "join", "map('upper')|list",
-           "rejectattr('content')|list", "trim('a')", "first|default('z')"]
+           "rejectattr('content')|list", "trim('a')", "first|default('z')", "indent", "indent(2, true, true)",
+           "dictsort", "dictsort(by='value')"]
 TESTS = ["defined", "undefined", "none", "string", "number", "integer", "float", "mapping", "iterable",
          "sequence", "boolean", "true", "false", "odd", "even", "divisibleby 2", "eq 1", "lower", "upper",
          "in [1, 'a']", "callable", "sameas none", "gt 0", "ne 'a'"]
