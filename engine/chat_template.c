@@ -133,12 +133,19 @@ struct list {
     int gen;   /* a Python generator/iterator: no len(), no repr, always truthy */
     int is_range; /* a Python range object: prints as range(a, b[, c]); r[] are its arguments */
     int64_t r[3];
+    int depth;    /* nesting depth of lists/dicts inside, bounded by CT_MAX_VALUE_DEPTH */
 };
 
 struct dict {
     size_t n, cap;
     value *k, *v;
+    int depth;
 };
+
+/* Lists and dicts are immutable once built (the sandbox forbids mutation) and
+ * namespaces are never recursed into, so values are acyclic; bounding their
+ * depth bounds the recursion of ==, <, repr and tojson. */
+#define CT_MAX_VALUE_DEPTH 600
 
 struct func {
     int id;     /* builtin function or method id */
@@ -268,6 +275,12 @@ static value mk_str(const char *p, size_t n) {
 }
 static value mk_sbuf(sbuf *b) { return mk_str(b->p ? b->p : "", b->n); }
 
+static int value_depth(value v) {
+    if (v.t == V_LIST) return v.u.l->depth + 1;
+    if (v.t == V_DICT) return v.u.d->depth + 1;
+    return 0;
+}
+
 static list *list_new(env *e, size_t cap) {
     list *l = xcalloc(e, sizeof *l);
     if (cap) {
@@ -277,6 +290,11 @@ static list *list_new(env *e, size_t cap) {
     return l;
 }
 static void list_push(env *e, list *l, value v) {
+    int d = value_depth(v);
+    if (d > l->depth) {
+        if (d > CT_MAX_VALUE_DEPTH) env_fail(e, CHAT_TEMPLATE_ERR_LIMIT, "value nesting limit exceeded");
+        l->depth = d;
+    }
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 4;
         value *nv = xalloc(e, xmul(e, cap, sizeof(value)));
@@ -353,6 +371,11 @@ static value *dict_find_s(dict *d, const char *s, size_t n) {
     return NULL;
 }
 static void dict_set(env *e, dict *d, value k, value v) {
+    int dv = value_depth(v) > value_depth(k) ? value_depth(v) : value_depth(k);
+    if (dv > d->depth) {
+        if (dv > CT_MAX_VALUE_DEPTH) env_fail(e, CHAT_TEMPLATE_ERR_LIMIT, "value nesting limit exceeded");
+        d->depth = dv;
+    }
     value *p = dict_find(d, k);
     if (p) {
         *p = v;
@@ -590,8 +613,7 @@ static void py_str_into(env *e, sbuf *b, value v, int repr);
 
 static void py_str_into(env *e, sbuf *b, value v, int repr) {
     char buf[64];
-    if (++e->depth > e->lim.max_depth) env_fail(e, CHAT_TEMPLATE_ERR_LIMIT, "nesting limit exceeded");
-    switch (v.t) {
+    switch (v.t) { /* recursion bounded by CT_MAX_VALUE_DEPTH */
     case V_UNDEF:
         if (repr) sb_puts(e, b, "Undefined");
         break;
@@ -642,7 +664,6 @@ static void py_str_into(env *e, sbuf *b, value v, int repr) {
         break;
     default: env_fail(e, CHAT_TEMPLATE_ERR_UNSUPPORTED, "printing a namespace, function or macro is not supported");
     }
-    e->depth--;
 }
 
 static value py_str(env *e, value v) {
@@ -712,8 +733,7 @@ static void json_nl(env *e, sbuf *b, const json_opts *o, int level) {
 
 static void json_dump(env *e, sbuf *b, value v, const json_opts *o, int level) {
     char buf[64];
-    if (++e->depth > e->lim.max_depth) env_fail(e, CHAT_TEMPLATE_ERR_LIMIT, "nesting limit exceeded");
-    switch (v.t) {
+    switch (v.t) { /* recursion bounded by CT_MAX_VALUE_DEPTH */
     case V_NONE: sb_puts(e, b, "null"); break;
     case V_BOOL: sb_puts(e, b, v.u.b ? "true" : "false"); break;
     case V_INT:
@@ -781,7 +801,6 @@ static void json_dump(env *e, sbuf *b, value v, const json_opts *o, int level) {
     case V_UNDEF: env_fail(e, CHAT_TEMPLATE_ERR_RENDER, "Object of type Undefined is not JSON serializable");
     default: env_fail(e, CHAT_TEMPLATE_ERR_RENDER, "object is not JSON serializable");
     }
-    e->depth--;
 }
 
 /* ------------------------------------------------------------------ */
@@ -3988,6 +4007,8 @@ static value loop_var(env *e, dict *d, list *items, size_t i) {
         d->v[5] = mk_bool(i + 1 == n);
         d->v[9] = i > 0 ? items->v[i - 1] : mk_undef("previtem", 8);
         d->v[10] = i + 1 < n ? items->v[i + 1] : mk_undef("nextitem", 8);
+        if (value_depth(d->v[9]) > d->depth) d->depth = value_depth(d->v[9]);
+        if (value_depth(d->v[10]) > d->depth) d->depth = value_depth(d->v[10]);
         return mk_dict(d);
     }
 #define LSET(k, v) dict_set(e, d, mk_str(k, strlen(k)), v)
