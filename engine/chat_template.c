@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <utf8proc.h>
 
 #include "util.h"
@@ -4322,6 +4323,10 @@ int chat_template_load_dir(const char *dir, chat_template **out, char *err, size
     size_t len = 0;
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
     char *text = util_read_file(path, (size_t)64 << 20, &len, ferr, sizeof ferr);
+    if (!text && access(path, F_OK) == 0) {
+        set_err(err, errlen, "%s", ferr);
+        return CHAT_TEMPLATE_ERR_IO;
+    }
     cJSON *cfg = NULL;
     if (text) {
         cfg = cJSON_ParseWithLength(text, len);
@@ -4337,6 +4342,17 @@ int chat_template_load_dir(const char *dir, chat_template **out, char *err, size
     bool is_list = false;
     snprintf(path, sizeof path, "%s/chat_template.jinja", dir);
     source = util_read_file(path, CT_MAX_SOURCE, &len, ferr, sizeof ferr);
+    if (!source && access(path, F_OK) == 0) {
+        cJSON_Delete(cfg);
+        set_err(err, errlen, "%s", ferr);
+        return CHAT_TEMPLATE_ERR_IO;
+    }
+    if (source && strlen(source) != len) {
+        free(source);
+        cJSON_Delete(cfg);
+        set_err(err, errlen, "%s: template contains a NUL byte", path);
+        return CHAT_TEMPLATE_ERR_PARSE;
+    }
     if (!source && cfg) {
         const cJSON *ct = cJSON_GetObjectItemCaseSensitive(cfg, "chat_template");
         if (cJSON_IsString(ct))
@@ -4427,9 +4443,10 @@ static void root_set_json_object(env *e, scope *root, const char *json, const ch
 }
 
 int chat_template_render_ex(const chat_template *t, const char *messages_json, const char *tools_json,
-                            const char *extra_json, bool add_generation_prompt, char **out, char *err,
-                            size_t errlen) {
+                            const char *extra_json, bool add_generation_prompt, char **out, size_t *out_len,
+                            char *err, size_t errlen) {
     *out = NULL;
+    if (out_len) *out_len = 0;
     if (err && errlen) err[0] = 0;
     env *e = calloc(1, sizeof *e);
     if (!e) {
@@ -4479,6 +4496,7 @@ int chat_template_render_ex(const chat_template *t, const char *messages_json, c
     if (!res) env_fail(e, CHAT_TEMPLATE_ERR_NOMEM, "out of memory");
     if (main.n) memcpy(res, main.p, main.n);
     res[main.n] = 0;
+    if (out_len) *out_len = main.n;
     tl_env = NULL;
     arena_free(&e->ar);
     free(e);
@@ -4488,7 +4506,7 @@ int chat_template_render_ex(const chat_template *t, const char *messages_json, c
 
 int chat_template_render(const chat_template *t, const char *messages_json, const char *tools_json,
                          bool add_generation_prompt, char **out, char *err, size_t errlen) {
-    return chat_template_render_ex(t, messages_json, tools_json, NULL, add_generation_prompt, out, err, errlen);
+    return chat_template_render_ex(t, messages_json, tools_json, NULL, add_generation_prompt, out, NULL, err, errlen);
 }
 
 void chat_template_destroy(chat_template *t) {

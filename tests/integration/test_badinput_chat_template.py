@@ -174,3 +174,15 @@ def test_wide_json_object_is_linear():
                                           "{{ (messages[0].big|tojson(sort_keys=true))[:12] }}", timeout=60)
     assert rc == 0, err
     assert out == '100000 99999 {"k0": 0, "k'
+
+
+def test_unreadable_tokenizer_config_is_io_error(tmp_path):
+    (tmp_path / "tokenizer_config.json").mkdir()  # exists but cannot be read as a file
+    rc, out, err = run_ours(MSGS, model_dir=str(tmp_path))
+    expect_error(rc, out, err, "i/o error")
+
+
+def test_nul_byte_in_template_file(tmp_path):
+    (tmp_path / "chat_template.jinja").write_bytes(b"{{ 1 }}\0{{ 2 }}")
+    rc, out, err = run_ours(MSGS, model_dir=str(tmp_path))
+    expect_error(rc, out, err, "NUL")
