@@ -1063,9 +1063,9 @@ static value jp_value(jparser *p) {
     p->depth--;
     return v;
 }
-static value json_parse(env *e, const char *s, size_t n, const char *what) {
+/* Parses JSON text into values (Python json.loads semantics). */
+static value json_parse(env *e, const char *s, size_t n) {
     jparser p = {e, s, n, 0, 0};
-    (void)what;
     value v = jp_value(&p);
     jp_ws(&p);
     if (p.i != n) jp_fail(&p, "trailing data");
@@ -1812,15 +1812,9 @@ static node *parse_postfix(parser *P, node *x) {
             }
             expect_op(P, "]");
             if (first->k == E_SLICE) {
-                first->args.v = NULL;
-                node *s = first;
-                /* E_SLICE: target in kwargs slot 0 via 'args' is unused; keep target in a new wrapper */
-                node *w = nnew(P, E_SLICE);
-                w->a = s->a;
-                w->b = s->b;
-                w->c = s->c;
-                nl_push(P->e, &w->args, x);
-                x = w;
+                /* E_SLICE: a, b, c are start, stop, step; args[0] is the sliced object */
+                nl_push(P->e, &first->args, x);
+                x = first;
             } else {
                 node *g = nnew(P, E_ITEM);
                 g->a = x;
@@ -4436,7 +4430,7 @@ void chat_template_set_limits(chat_template *t, const chat_template_limits *lim)
 bool chat_template_is_fallback(const chat_template *t) { return t->fallback; }
 
 static void root_set_json_object(env *e, scope *root, const char *json, const char *what) {
-    value v = json_parse(e, json, strlen(json), what);
+    value v = json_parse(e, json, strlen(json));
     if (v.t != V_DICT) env_fail(e, CHAT_TEMPLATE_ERR_PARSE, "%s must be a JSON object", what);
     for (size_t i = 0; i < v.u.d->n; i++)
         scope_set(e, root, v.u.d->k[i].u.s.p, v.u.d->k[i].u.s.n, v.u.d->v[i]);
@@ -4468,11 +4462,11 @@ int chat_template_render_ex(const chat_template *t, const char *messages_json, c
     if (!messages_json) env_fail(e, CHAT_TEMPLATE_ERR_PARSE, "messages are missing");
     scope *root = scope_new(e, NULL);
     root_set_json_object(e, root, t->ctx_json, "special tokens");
-    value msgs = json_parse(e, messages_json, strlen(messages_json), "messages");
+    value msgs = json_parse(e, messages_json, strlen(messages_json));
     if (msgs.t != V_LIST) env_fail(e, CHAT_TEMPLATE_ERR_PARSE, "messages must be a JSON array");
     value tools = mk_none();
     if (tools_json) {
-        tools = json_parse(e, tools_json, strlen(tools_json), "tools");
+        tools = json_parse(e, tools_json, strlen(tools_json));
         if (tools.t != V_LIST && tools.t != V_NONE) env_fail(e, CHAT_TEMPLATE_ERR_PARSE, "tools must be a JSON array");
         if (tools.t == V_LIST)
             for (size_t i = 0; i < tools.u.l->n; i++)
