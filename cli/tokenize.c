@@ -18,7 +18,10 @@ static void usage(FILE *f) {
             "         --decode 1,2,3 [--skip-special]                print the text\n"
             "         --jsonl [--no-special] [--skip-special]        stdin: one JSON string (encode)\n"
             "                                                       or id array (decode) per line;\n"
-            "                                                       stdout: one JSON result per line\n");
+            "                                                       stdout: one JSON result per line\n"
+            "         --stream (with --decode or --jsonl)            decode incrementally: print the\n"
+            "                                                       JSON array of the pieces emitted\n"
+            "                                                       per id, then the final flush\n");
 }
 
 /* Appends s as a JSON string literal (UTF-8 kept, control chars escaped). */
@@ -143,7 +146,29 @@ static int parse_ids(const char *s, int32_t **ids, size_t *n) {
     return 0;
 }
 
-static int run_jsonl(const tokenizer *t, bool add_special, bool skip_special) {
+/* Decodes ids one at a time with a tokenizer_stream and prints the JSON
+ * array of the pieces (one per id, then the flush). */
+static int print_stream(const tokenizer *t, const int32_t *ids, size_t n, bool skip_special) {
+    tokenizer_stream *s;
+    int rc = tokenizer_stream_create(t, skip_special, &s);
+    if (rc) return rc;
+    fputc('[', stdout);
+    for (size_t i = 0; i <= n && !rc; i++) {
+        char *piece;
+        size_t len;
+        rc = i < n ? tokenizer_stream_step(s, ids[i], &piece, &len)
+                   : tokenizer_stream_flush(s, &piece, &len);
+        if (rc) break;
+        if (i) fputc(',', stdout);
+        json_put_string(stdout, piece, len);
+        free(piece);
+    }
+    fputc(']', stdout);
+    tokenizer_stream_destroy(s);
+    return rc;
+}
+
+static int run_jsonl(const tokenizer *t, bool add_special, bool skip_special, bool stream) {
     char *line = NULL;
     size_t cap = 0;
     ssize_t got;
@@ -161,6 +186,9 @@ static int run_jsonl(const tokenizer *t, bool add_special, bool skip_special) {
             size_t len;
             if (parse_ids(line + i, &ids, &k)) {
                 printf("{\"error\":\"bad id list\"}\n");
+            } else if (stream) {
+                if ((rc = print_stream(t, ids, k, skip_special))) printf("{\"error\":\"%s\"}", tokenizer_status_str(rc));
+                fputc('\n', stdout);
             } else if ((rc = tokenizer_decode(t, ids, k, skip_special, &text, &len))) {
                 printf("{\"error\":\"%s\"}\n", tokenizer_status_str(rc));
             } else {
@@ -194,7 +222,7 @@ static int run_jsonl(const tokenizer *t, bool add_special, bool skip_special) {
 
 int main(int argc, char **argv) {
     const char *dir = NULL, *text = NULL, *text_file = NULL, *decode = NULL;
-    bool add_special = true, skip_special = false, jsonl = false;
+    bool add_special = true, skip_special = false, jsonl = false, stream = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         bool has_val = i + 1 < argc;
@@ -205,6 +233,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--no-special")) add_special = false;
         else if (!strcmp(a, "--skip-special")) skip_special = true;
         else if (!strcmp(a, "--jsonl")) jsonl = true;
+        else if (!strcmp(a, "--stream")) stream = true;
         else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 0;
@@ -229,7 +258,7 @@ int main(int argc, char **argv) {
     }
     int status = 0;
     if (jsonl) {
-        status = run_jsonl(t, add_special, skip_special);
+        status = run_jsonl(t, add_special, skip_special, stream);
     } else if (decode) {
         int32_t *ids;
         size_t n;
@@ -240,6 +269,17 @@ int main(int argc, char **argv) {
             free(ids);
             tokenizer_destroy(t);
             return 2;
+        }
+        if (stream) {
+            rc = print_stream(t, ids, n, skip_special);
+            fputc('\n', stdout);
+            free(ids);
+            if (rc) {
+                fprintf(stderr, "engram-tokenize: decode: %s\n", tokenizer_status_str(rc));
+                status = 1;
+            }
+            tokenizer_destroy(t);
+            return status;
         }
         rc = tokenizer_decode(t, ids, n, skip_special, &out, &len);
         free(ids);
