@@ -1286,9 +1286,6 @@ static int load_added(loadctx *c, tokenizer *t, const cJSON *arr, size_t model_s
             t->added[existing] = a;
         } else
             t->added[t->n_added++] = a;
-        int32_t hint;
-        if (!json_id(cJSON_GetObjectItemCaseSensitive(e, "id"), &hint) && hint != id)
-            log_warn("added token '%s' has id %d in the file but gets id %d", content, hint, id);
     }
     return 0;
 }
