@@ -1042,6 +1042,13 @@ static int norm_apply(const component *k, sbuf *s, normctx *x, int depth) {
     case NORM_NFKC:
     case NORM_NFKD: {
         if (!s->len) return 0;
+        if (k->type == NORM_NFC) {
+            /* Code points below U+0300 (lead bytes below 0xCC) are NFC-stable
+             * and never compose with each other: skip the common case. */
+            size_t i = 0;
+            while (i < s->len && (uint8_t)s->p[i] < 0xCC) i++;
+            if (i == s->len) return 0;
+        }
         int opt = UTF8PROC_STABLE;
         if (k->type == NORM_NFC || k->type == NORM_NFKC) opt |= UTF8PROC_COMPOSE;
         else opt |= UTF8PROC_DECOMPOSE;
