@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef enum {
     CHAT_TEMPLATE_OK = 0,
@@ -17,6 +18,7 @@ typedef enum {
     CHAT_TEMPLATE_ERR_RENDER = -3,  /* runtime error, incl. raise_exception() */
     CHAT_TEMPLATE_ERR_LIMIT = -4,   /* output, recursion or step limit exceeded */
     CHAT_TEMPLATE_ERR_NOMEM = -5,
+    CHAT_TEMPLATE_ERR_UNSUPPORTED = -6, /* a jinja2 feature this engine does not implement */
 } chat_template_status;
 
 const char *chat_template_status_str(int status);
@@ -39,6 +41,30 @@ int chat_template_create(const char *source, const char *bos_token, const char *
  * status and a one-line message in err. */
 int chat_template_render(const chat_template *t, const char *messages_json, const char *tools_json,
                          bool add_generation_prompt, char **out, char *err, size_t errlen);
+
+/* Like chat_template_render, plus extra_json: NULL or a JSON object whose
+ * members become template variables (apply_chat_template's **kwargs, e.g.
+ * {"enable_thinking": false}); they override the special tokens. */
+int chat_template_render_ex(const chat_template *t, const char *messages_json, const char *tools_json,
+                            const char *extra_json, bool add_generation_prompt, char **out, char *err,
+                            size_t errlen);
+
+/* Resource limits of one render (and of compiling). A hostile template hits
+ * one of them and gets CHAT_TEMPLATE_ERR_LIMIT, never an unbounded run. */
+typedef struct {
+    size_t max_output_bytes; /* rendered text and any one string, bytes (64 MiB) */
+    size_t max_memory_bytes; /* arena per render or compile, bytes (256 MiB) */
+    uint64_t max_steps;      /* evaluation steps (20 M) */
+    int max_depth;           /* expression/block nesting; x4 for runtime recursion (200) */
+} chat_template_limits;
+
+void chat_template_default_limits(chat_template_limits *lim);
+
+/* Applies lim to later renders of t (compile limits are the defaults). */
+void chat_template_set_limits(chat_template *t, const chat_template_limits *lim);
+
+/* True when t is the ChatML fallback (the model has no chat_template). */
+bool chat_template_is_fallback(const chat_template *t);
 
 void chat_template_destroy(chat_template *t); /* accepts NULL */
 

@@ -1,0 +1,197 @@
+/* Unit tests for engine/chat_template: core rendering cases, whitespace
+ * control, Python value semantics, errors and limits, ChatML fallback and
+ * loading a checkpoint directory from tests/fixtures. */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chat_template.h"
+
+static const char *MSGS = "[{\"role\":\"system\",\"content\":\"S\"},{\"role\":\"user\",\"content\":\"Hi\"},"
+                          "{\"role\":\"assistant\",\"content\":\"Yo\"}]";
+
+/* Renders src over msgs; returns the heap result or NULL with *status set. */
+static char *render(const char *src, const char *msgs, const char *tools, bool agp, int *status, char *err,
+                    size_t errlen) {
+    chat_template *t = NULL;
+    int st = chat_template_create(src, "<s>", "</s>", &t, err, errlen);
+    if (st) {
+        *status = st;
+        return NULL;
+    }
+    char *out = NULL;
+    *status = chat_template_render(t, msgs, tools, agp, &out, err, errlen);
+    chat_template_destroy(t);
+    return out;
+}
+
+#define CHECK_RENDER(src, want)                                                       \
+    do {                                                                              \
+        int st_;                                                                      \
+        char err_[256] = "";                                                          \
+        char *got_ = render(src, MSGS, NULL, false, &st_, err_, sizeof err_);         \
+        ck_assert_msg(st_ == 0, "template %s failed: %s", src, err_);                 \
+        ck_assert_str_eq(got_, want);                                                 \
+        free(got_);                                                                   \
+    } while (0)
+
+#define CHECK_FAIL(src, want_status)                                                  \
+    do {                                                                              \
+        int st_;                                                                      \
+        char err_[256] = "";                                                          \
+        char *got_ = render(src, MSGS, NULL, false, &st_, err_, sizeof err_);         \
+        ck_assert_msg(got_ == NULL, "template %s rendered %s", src, got_ ? got_ : ""); \
+        ck_assert_int_eq(st_, want_status);                                           \
+        ck_assert(err_[0] != 0 && strchr(err_, '\n') == NULL);                        \
+    } while (0)
+
+START_TEST(test_basic_loop) {
+    CHECK_RENDER("{% for m in messages %}<{{ m.role }}>{{ m['content'] }}{% endfor %}", "<system>S<user>Hi<assistant>Yo");
+    CHECK_RENDER("{{ bos_token }}{{ messages|length }}{{ eos_token }}", "<s>3</s>");
+    CHECK_RENDER("{% for m in messages %}{{ loop.index }}{{ loop.first }}{{ loop.last }};{% endfor %}",
+                 "1TrueFalse;2FalseFalse;3FalseTrue;");
+}
+END_TEST
+
+START_TEST(test_whitespace_control) {
+    CHECK_RENDER("{% if true %}\n  x\n{% endif %}\n", "  x\n");
+    CHECK_RENDER("  {% if true %}\nA{% endif %}", "A");
+    CHECK_RENDER("a  {{- 'b' -}}  \n c", "abc");
+    CHECK_RENDER("a {#- c -#} b", "ab");
+    CHECK_RENDER("{% raw %}{{ x }}{% endraw %}", "{{ x }}");
+    CHECK_RENDER("x\n", "x");
+}
+END_TEST
+
+START_TEST(test_python_values) {
+    CHECK_RENDER("{{ [1, 'a', none, true, 2.5] }}", "[1, 'a', None, True, 2.5]");
+    CHECK_RENDER("{{ {'k': \"it's\"} }}", "{'k': \"it's\"}");
+    CHECK_RENDER("{{ 10 / 4 }} {{ 7 // -2 }} {{ -7 % 3 }} {{ 1e16 }} {{ 0.1 + 0.2 }}", "2.5 -4 2 1e+16 0.30000000000000004");
+    CHECK_RENDER("{{ 'héllo'[1:3] }}{{ 'abc'[::-1] }}{{ 'héllo'|length }}", "élcba5");
+    CHECK_RENDER("{{ 'a,b'.split(',') }} {{ '  x '.strip() }}|", "['a', 'b'] x|");
+    CHECK_RENDER("{{ {'a': [1, 2.0, 'é\"']}|tojson }}", "{\"a\": [1, 2.0, \"é\\\"\"]}");
+    CHECK_RENDER("{{ {'a': []}|tojson(indent=2) }}", "{\n  \"a\": []\n}");
+}
+END_TEST
+
+START_TEST(test_undefined_semantics) {
+    CHECK_RENDER("[{{ nope }}]{{ nope is defined }}{{ messages[0].nope is defined }}{{ none.x is defined }}",
+                 "[]FalseFalseFalse");
+    CHECK_RENDER("{{ nope|default('d') }}{{ nope|length }}{{ 'x' in nope }}", "d0False");
+    CHECK_FAIL("{{ nope.attr }}", CHAT_TEMPLATE_ERR_RENDER);
+    CHECK_FAIL("{{ nope + 1 }}", CHAT_TEMPLATE_ERR_RENDER);
+}
+END_TEST
+
+START_TEST(test_namespace_and_scoping) {
+    CHECK_RENDER("{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}{% endfor %}{{ ns.n }}", "3");
+    CHECK_RENDER("{% set x = 0 %}{% for m in messages %}{% set x = 5 %}{% endfor %}{{ x }}", "0");
+    CHECK_RENDER("{% if true %}{% set y = 1 %}{% endif %}{{ y }}", "1");
+    CHECK_RENDER("{% macro f(a, b='B') %}{{ a }}{{ b }}{% endmacro %}{{ f(1) }}{{ f(2, b=3) }}", "1B23");
+    CHECK_RENDER("{% set b %}x{{ 1 }}{% endset %}{{ b }}", "x1");
+}
+END_TEST
+
+START_TEST(test_errors) {
+    CHECK_FAIL("{% if true %}", CHAT_TEMPLATE_ERR_PARSE);
+    CHECK_FAIL("{{ x|nosuch }}", CHAT_TEMPLATE_ERR_PARSE);
+    CHECK_FAIL("{{ x|wordwrap }}", CHAT_TEMPLATE_ERR_UNSUPPORTED);
+    CHECK_FAIL("{{ raise_exception('bad') }}", CHAT_TEMPLATE_ERR_RENDER);
+    CHECK_FAIL("{{ range(1000000) }}", CHAT_TEMPLATE_ERR_RENDER);
+    CHECK_FAIL("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", CHAT_TEMPLATE_ERR_LIMIT);
+    CHECK_FAIL("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", CHAT_TEMPLATE_ERR_LIMIT);
+    int st;
+    char err[256];
+    char *out = render("{{ 1 }}", "[", NULL, false, &st, err, sizeof err);
+    ck_assert_ptr_null(out);
+    ck_assert_int_eq(st, CHAT_TEMPLATE_ERR_PARSE);
+    out = render("{{ 1 }}", "[]", "{\"not\": \"a list\"}", false, &st, err, sizeof err);
+    ck_assert_ptr_null(out);
+    ck_assert_int_eq(st, CHAT_TEMPLATE_ERR_PARSE);
+    ck_assert_str_eq(chat_template_status_str(CHAT_TEMPLATE_ERR_LIMIT), "limit exceeded");
+}
+END_TEST
+
+START_TEST(test_limits) {
+    chat_template *t = NULL;
+    char err[256];
+    ck_assert_int_eq(chat_template_create("{% for i in range(100) %}xxxxxxxxxx{% endfor %}", NULL, NULL, &t, err, sizeof err), 0);
+    chat_template_limits lim;
+    chat_template_default_limits(&lim);
+    lim.max_output_bytes = 500;
+    chat_template_set_limits(t, &lim);
+    char *out = NULL;
+    ck_assert_int_eq(chat_template_render(t, "[]", NULL, false, &out, err, sizeof err), CHAT_TEMPLATE_ERR_LIMIT);
+    ck_assert_ptr_null(out);
+    lim.max_output_bytes = 1000;
+    chat_template_set_limits(t, &lim);
+    ck_assert_int_eq(chat_template_render(t, "[]", NULL, false, &out, err, sizeof err), 0);
+    ck_assert_uint_eq(strlen(out), 1000);
+    free(out);
+    chat_template_destroy(t);
+    chat_template_destroy(NULL);
+}
+END_TEST
+
+START_TEST(test_fallback_chatml) {
+    chat_template *t = NULL;
+    char err[256];
+    ck_assert_int_eq(chat_template_create(NULL, NULL, NULL, &t, err, sizeof err), 0);
+    ck_assert(chat_template_is_fallback(t));
+    char *out = NULL;
+    ck_assert_int_eq(chat_template_render(t, "[{\"role\":\"user\",\"content\":\"hi\"}]", NULL, true, &out, err, sizeof err), 0);
+    ck_assert_str_eq(out, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+    free(out);
+    chat_template_destroy(t);
+}
+END_TEST
+
+START_TEST(test_load_fixture_dirs) {
+    const char *src = getenv("ENGRAM_SOURCE_DIR");
+    char dir[4096];
+    char err[256];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/tokenizers/qwen3", src ? src : ".");
+    chat_template *t = NULL;
+    ck_assert_msg(chat_template_load_dir(dir, &t, err, sizeof err) == 0, "%s", err);
+    ck_assert(!chat_template_is_fallback(t));
+    char *out = NULL;
+    ck_assert_int_eq(chat_template_render_ex(t, "[{\"role\":\"user\",\"content\":\"hi\"}]", NULL,
+                                             "{\"enable_thinking\": false}", true, &out, err, sizeof err), 0);
+    ck_assert_str_eq(out, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n");
+    free(out);
+    chat_template_destroy(t);
+
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/tokenizers/deepseek_v3", src ? src : ".");
+    ck_assert_msg(chat_template_load_dir(dir, &t, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(chat_template_render(t, MSGS, NULL, true, &out, err, sizeof err), 0);
+    ck_assert_str_eq(out, "<｜begin▁of▁sentence｜>S<｜User｜>Hi<｜Assistant｜>Yo<｜end▁of▁sentence｜><｜Assistant｜>");
+    free(out);
+    chat_template_destroy(t);
+}
+END_TEST
+
+static Suite *suite(void) {
+    Suite *s = suite_create("chat_template");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_basic_loop);
+    tcase_add_test(tc, test_whitespace_control);
+    tcase_add_test(tc, test_python_values);
+    tcase_add_test(tc, test_undefined_semantics);
+    tcase_add_test(tc, test_namespace_and_scoping);
+    tcase_add_test(tc, test_errors);
+    tcase_add_test(tc, test_limits);
+    tcase_add_test(tc, test_fallback_chatml);
+    tcase_add_test(tc, test_load_fixture_dirs);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) {
+    SRunner *sr = srunner_create(suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
