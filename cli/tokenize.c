@@ -1,6 +1,8 @@
-/* engram-tokenize: encode text to ids, decode ids to text, or (--jsonl) do
- * either for many inputs, one JSON value per line, for tests and scripts.
+/* engram-tokenize: encode text to ids, decode ids to text, render a chat
+ * prompt through the checkpoint's chat template, or (--jsonl) encode/decode
+ * many inputs, one JSON value per line, for tests and scripts.
  * Errors: one line on stderr and exit code 1; usage errors exit 2. */
+#include "chat_template.h"
 #include "tokenizer.h"
 #include "util.h"
 
@@ -19,6 +21,9 @@ static void usage(FILE *f) {
             "         --jsonl [--no-special] [--skip-special]        stdin: one JSON string (encode)\n"
             "                                                       or id array (decode) per line;\n"
             "                                                       stdout: one JSON result per line\n"
+            "         --chat FILE.json [--tools FILE.json] [--add-generation-prompt]\n"
+            "                                                       print the prompt rendered by the\n"
+            "                                                       chat template (FILE: messages array)\n"
             "         --stream (with --decode or --jsonl)            decode incrementally: print the\n"
             "                                                       JSON array of the pieces emitted\n"
             "                                                       per id, then the final flush\n");
@@ -220,8 +225,46 @@ static int run_jsonl(const tokenizer *t, bool add_special, bool skip_special, bo
     return fflush(stdout) ? 1 : 0;
 }
 
+/* Renders the chat template of the checkpoint dir (or of the directory
+ * holding a tokenizer.json path) over the messages of chat_file; writes the
+ * prompt exactly, without a trailing newline. */
+static int run_chat(const char *tok_path, const char *chat_file, const char *tools_file, bool agp) {
+    char err[512], dir[4096];
+    snprintf(dir, sizeof dir, "%s", tok_path);
+    size_t dl = strlen(dir);
+    if (dl > 5 && !strcmp(dir + dl - 5, ".json")) { /* a tokenizer.json path: use its folder */
+        char *slash = strrchr(dir, '/');
+        if (slash) *slash = 0;
+        else snprintf(dir, sizeof dir, ".");
+    }
+    size_t len;
+    char *msgs = util_read_file(chat_file, MAX_TEXT_FILE, &len, err, sizeof err);
+    if (!msgs) {
+        fprintf(stderr, "engram-tokenize: %s\n", err);
+        return 1;
+    }
+    char *tools = NULL;
+    if (tools_file && !(tools = util_read_file(tools_file, MAX_TEXT_FILE, &len, err, sizeof err))) {
+        fprintf(stderr, "engram-tokenize: %s\n", err);
+        free(msgs);
+        return 1;
+    }
+    chat_template *ct = NULL;
+    int rc = chat_template_load_dir(dir, &ct, err, sizeof err);
+    char *out = NULL;
+    if (!rc) rc = chat_template_render(ct, msgs, tools, agp, &out, err, sizeof err);
+    if (rc) fprintf(stderr, "engram-tokenize: chat template: %s\n", err);
+    else fwrite(out, 1, strlen(out), stdout);
+    free(out);
+    free(msgs);
+    free(tools);
+    chat_template_destroy(ct);
+    return rc ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
-    const char *dir = NULL, *text = NULL, *text_file = NULL, *decode = NULL;
+    const char *dir = NULL, *text = NULL, *text_file = NULL, *decode = NULL, *chat = NULL, *tools = NULL;
+    bool agp = false;
     bool add_special = true, skip_special = false, jsonl = false, stream = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -234,6 +277,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--skip-special")) skip_special = true;
         else if (!strcmp(a, "--jsonl")) jsonl = true;
         else if (!strcmp(a, "--stream")) stream = true;
+        else if (!strcmp(a, "--chat") && has_val) chat = argv[++i];
+        else if (!strcmp(a, "--tools") && has_val) tools = argv[++i];
+        else if (!strcmp(a, "--add-generation-prompt")) agp = true;
         else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 0;
@@ -243,12 +289,13 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    int modes = (text != NULL) + (text_file != NULL) + (decode != NULL) + jsonl;
+    int modes = (text != NULL) + (text_file != NULL) + (decode != NULL) + jsonl + (chat != NULL);
     if (!dir || modes != 1) {
-        fprintf(stderr, "engram-tokenize: need --tokenizer and exactly one of --text, --text-file, --decode, --jsonl\n");
+        fprintf(stderr, "engram-tokenize: need --tokenizer and exactly one of --text, --text-file, --decode, --jsonl, --chat\n");
         usage(stderr);
         return 2;
     }
+    if (chat) return run_chat(dir, chat, tools, agp);
     char err[512];
     tokenizer *t;
     int rc = tokenizer_load(dir, &t, err, sizeof err);
