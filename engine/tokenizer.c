@@ -10,6 +10,7 @@
 #include <assert.h>
 #include <ctype.h>
 #include <cjson/cJSON.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -348,6 +349,17 @@ struct component {
     int start, stop; /* Strip decoder */
 };
 
+#define TK_CACHE_SLOTS 16384 /* power of two */
+#define TK_CACHE_STRIPES 64
+#define TK_CACHE_WORD 22
+#define TK_CACHE_IDS 8
+
+struct cache_slot {
+    uint8_t wlen, n; /* wlen 0: empty */
+    char word[TK_CACHE_WORD];
+    int32_t ids[TK_CACHE_IDS];
+};
+
 typedef struct {
     int32_t *ids; /* template ids, SIZE -1 stands for the sequence */
     size_t n;
@@ -398,6 +410,11 @@ struct tokenizer {
     component *normalizer, *pre, *decoder;
     post_template post;
     int32_t bos_id, eos_id;
+
+    /* Word cache: BPE results of short pre-tokens, shared by all threads
+     * (striped locks). The only state that encode mutates. */
+    struct cache_slot *cache;
+    pthread_mutex_t cache_lock[TK_CACHE_STRIPES];
     bool dec_bytelevel_only; /* decoder is exactly ByteLevel: streaming fast path */
 };
 
@@ -990,6 +1007,8 @@ static int pattern_find(const pattern *p, const char *s, size_t n, pcre2_match_d
     bool have_last = false;
     while (start <= n) {
         int rc = pcre2_match(p->re, (PCRE2_SPTR)s, n, start, PCRE2_NO_UTF_CHECK, md, NULL);
+        if (rc == PCRE2_ERROR_JIT_STACKLIMIT) /* the interpreter keeps its stack on the heap */
+            rc = pcre2_match(p->re, (PCRE2_SPTR)s, n, start, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, md, NULL);
         if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0 && rc != 0) {
             if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT ||
@@ -1447,6 +1466,12 @@ int tokenizer_load_json(const char *json, size_t len, tokenizer **out, char *err
         }
     }
     t->dec_bytelevel_only = t->decoder && t->decoder->type == DEC_BYTELEVEL;
+    t->cache = calloc(TK_CACHE_SLOTS, sizeof *t->cache);
+    if (!t->cache) {
+        fail(&c, TOKENIZER_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < TK_CACHE_STRIPES; i++) pthread_mutex_init(&t->cache_lock[i], NULL);
     cJSON_Delete(root);
     *out = t;
     return 0;
@@ -1528,6 +1553,10 @@ void tokenizer_destroy(tokenizer *t) {
     component_free(t->pre);
     component_free(t->decoder);
     free(t->post.ids);
+    if (t->cache) {
+        for (int i = 0; i < TK_CACHE_STRIPES; i++) pthread_mutex_destroy(&t->cache_lock[i]);
+        free(t->cache);
+    }
     free(t);
 }
 
@@ -1883,13 +1912,44 @@ static int32_t lookup_char(const encoder *e, const char *s, size_t n, size_t pos
     return strmap_get(&t->vocab, t->tok, t->tok_len, tmp->p, tmp->len);
 }
 
-/* BPE::tokenize of one pre-token: merge_word + Word::merge_all. */
+static int bpe_merge(encoder *e, const char *s, size_t n);
+
+/* BPE::tokenize of one pre-token: merge_word + Word::merge_all, through
+ * the word cache for short words. */
 static int bpe_word(encoder *e, const char *s, size_t n) {
     const tokenizer *t = e->t;
     if (t->ignore_merges) {
         int32_t id = strmap_get(&t->vocab, t->tok, t->tok_len, s, n);
         if (id >= 0) return ids_add(e, id);
     }
+    if (n > TK_CACHE_WORD) return bpe_merge(e, s, n);
+    tokenizer *mt = (tokenizer *)t; /* the cache is internally synchronized */
+    size_t h = hash_bytes(s, n) & (TK_CACHE_SLOTS - 1);
+    struct cache_slot *slot = &mt->cache[h], copy;
+    pthread_mutex_t *lock = &mt->cache_lock[h & (TK_CACHE_STRIPES - 1)];
+    pthread_mutex_lock(lock);
+    copy = *slot;
+    pthread_mutex_unlock(lock);
+    if (copy.wlen == n && memcmp(copy.word, s, n) == 0) {
+        for (int i = 0; i < copy.n; i++)
+            if (ids_add(e, copy.ids[i])) return TOKENIZER_ERR_NOMEM;
+        return 0;
+    }
+    size_t start = e->n_ids;
+    int rc = bpe_merge(e, s, n);
+    if (rc || e->n_ids - start > TK_CACHE_IDS) return rc;
+    copy.wlen = (uint8_t)n;
+    copy.n = (uint8_t)(e->n_ids - start);
+    memcpy(copy.word, s, n);
+    memcpy(copy.ids, e->ids + start, copy.n * sizeof *copy.ids);
+    pthread_mutex_lock(lock);
+    *slot = copy;
+    pthread_mutex_unlock(lock);
+    return 0;
+}
+
+static int bpe_merge(encoder *e, const char *s, size_t n) {
+    const tokenizer *t = e->t;
     if (n > e->sym_cap) {
         symbol *v = realloc(e->sym, n * sizeof *v);
         if (!v) return TOKENIZER_ERR_NOMEM;
