@@ -1941,7 +1941,7 @@ static int bpe_word(encoder *e, const char *s, size_t n) {
     copy.wlen = (uint8_t)n;
     copy.n = (uint8_t)(e->n_ids - start);
     memcpy(copy.word, s, n);
-    memcpy(copy.ids, e->ids + start, copy.n * sizeof *copy.ids);
+    if (copy.n) memcpy(copy.ids, e->ids + start, copy.n * sizeof *copy.ids);
     pthread_mutex_lock(lock);
     *slot = copy;
     pthread_mutex_unlock(lock);
