@@ -5,9 +5,9 @@ against Hugging Face `tokenizers` on the same text and machine.
     .venv/bin/python bench/tokenize_vs_hf.py [--tokenizer DIR ...] [--text-file F] [--doc-bytes N]
 
 Without --text-file the text is built deterministically (about 4 MB): the GPL-3
-text from /usr/share/common-licenses (English prose), this repository's C and
-Python sources (code), and the multilingual / emoji sentences of the tokenizer
-tests. Documents of about --doc-bytes (default 4096; 0 = one document) are
+text from /usr/share/common-licenses (English prose), the generated sentences of
+tools/train_tokenizer.py, and the code / multilingual / emoji strings of the
+tokenizer tests, repeated. Documents of about --doc-bytes (default 4096; 0 = one document) are
 encoded one at a time, without special tokens, for at least --seconds each.
 """
 import argparse
@@ -35,10 +35,11 @@ def build_text():
     lic = "/usr/share/common-licenses/GPL-3"
     if os.path.exists(lic):
         parts.append(open(lic, encoding="utf-8").read())
-    for pat in ("engine/*.c", "engine/*.h", "cli/*.c", "tests/integration/*.py", "tools/*.py"):
-        for f in sorted(glob.glob(os.path.join(ROOT, pat))):
-            parts.append(open(f, encoding="utf-8").read())
-    parts.append("\n".join(tf.MULTILINGUAL + tf.EMOJI + tf.CODE) + "\n")
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import train_tokenizer
+    parts.append("\n".join(train_tokenizer.corpus(seed=99, n=3000)))
+    parts.append("\n".join(tf.CODE * 20))
+    parts.append("\n".join(tf.MULTILINGUAL + tf.EMOJI) + "\n")
     text = "\n".join(parts)
     reps = max(1, (4 << 20) // len(text.encode()))
     return text * reps
@@ -46,7 +47,7 @@ def build_text():
 
 def docs_of(data, doc_bytes):
     if not doc_bytes:
-        return [data]
+        return [data.decode("utf-8")]
     out, pos = [], 0
     while pos < len(data):
         end = len(data)
