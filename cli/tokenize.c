@@ -24,6 +24,9 @@ static void usage(FILE *f) {
             "         --chat FILE.json [--tools FILE.json] [--add-generation-prompt]\n"
             "                                                       print the prompt rendered by the\n"
             "                                                       chat template (FILE: messages array)\n"
+            "         --vocab                                        print one line per id: [id, token,\n"
+            "                                                       decode([id]) keeping special tokens]\n"
+            "                                                       (token null for holes)\n"
             "         --stream (with --decode or --jsonl)            decode incrementally: print the\n"
             "                                                       JSON array of the pieces emitted\n"
             "                                                       per id, then the final flush\n");
@@ -262,10 +265,35 @@ static int run_chat(const char *tok_path, const char *chat_file, const char *too
     return rc ? 1 : 0;
 }
 
+/* One JSON line per id: [id, raw token or null, decode([id]) with special
+ * tokens kept] (what the Engram compressed tokenizer consumes). */
+static int run_vocab(const tokenizer *t) {
+    size_t n = tokenizer_vocab_size(t);
+    for (size_t i = 0; i < n; i++) {
+        int32_t id = (int32_t)i;
+        size_t tl, dl;
+        const char *tok = tokenizer_id_to_token(t, id, &tl);
+        char *dec;
+        int rc = tokenizer_decode(t, &id, 1, false, &dec, &dl);
+        if (rc) {
+            fprintf(stderr, "engram-tokenize: decode: %s\n", tokenizer_status_str(rc));
+            return 1;
+        }
+        printf("[%d,", id);
+        if (tok) json_put_string(stdout, tok, tl);
+        else fputs("null", stdout);
+        fputc(',', stdout);
+        json_put_string(stdout, dec, dl);
+        fputs("]\n", stdout);
+        free(dec);
+    }
+    return fflush(stdout) ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
     const char *dir = NULL, *text = NULL, *text_file = NULL, *decode = NULL, *chat = NULL, *tools = NULL;
     bool agp = false;
-    bool add_special = true, skip_special = false, jsonl = false, stream = false;
+    bool add_special = true, skip_special = false, jsonl = false, stream = false, vocab = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         bool has_val = i + 1 < argc;
@@ -277,6 +305,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--skip-special")) skip_special = true;
         else if (!strcmp(a, "--jsonl")) jsonl = true;
         else if (!strcmp(a, "--stream")) stream = true;
+        else if (!strcmp(a, "--vocab")) vocab = true;
         else if (!strcmp(a, "--chat") && has_val) chat = argv[++i];
         else if (!strcmp(a, "--tools") && has_val) tools = argv[++i];
         else if (!strcmp(a, "--add-generation-prompt")) agp = true;
@@ -289,9 +318,9 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    int modes = (text != NULL) + (text_file != NULL) + (decode != NULL) + jsonl + (chat != NULL);
+    int modes = (text != NULL) + (text_file != NULL) + (decode != NULL) + jsonl + (chat != NULL) + vocab;
     if (!dir || modes != 1) {
-        fprintf(stderr, "engram-tokenize: need --tokenizer and exactly one of --text, --text-file, --decode, --jsonl, --chat\n");
+        fprintf(stderr, "engram-tokenize: need --tokenizer and exactly one of --text, --text-file, --decode, --jsonl, --chat, --vocab\n");
         usage(stderr);
         return 2;
     }
@@ -304,7 +333,9 @@ int main(int argc, char **argv) {
         return 1;
     }
     int status = 0;
-    if (jsonl) {
+    if (vocab) {
+        status = run_vocab(t);
+    } else if (jsonl) {
         status = run_jsonl(t, add_special, skip_special, stream);
     } else if (decode) {
         int32_t *ids;
