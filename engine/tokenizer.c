@@ -212,9 +212,7 @@ static int32_t utf8_last_cp(const char *s, size_t end, size_t *start) {
 static int32_t bl_byte_to_cp[256];
 static int16_t bl_cp_to_byte[512]; /* -1: not a byte-level char */
 
-static void bl_init(void) {
-    static bool done = false;
-    if (done) return; /* benign race: every thread writes the same values */
+static void bl_init_once(void) {
     int n = 0;
     for (int i = 0; i < 512; i++) bl_cp_to_byte[i] = -1;
     for (int b = 0; b < 256; b++) {
@@ -223,7 +221,11 @@ static void bl_init(void) {
         bl_byte_to_cp[b] = cp;
         bl_cp_to_byte[cp] = (int16_t)b;
     }
-    done = true;
+}
+
+static void bl_init(void) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, bl_init_once);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1404,6 +1406,7 @@ static int apply_config(loadctx *c, tokenizer *t, const char *text, size_t len) 
 }
 
 int tokenizer_load_json(const char *json, size_t len, tokenizer **out, char *err, size_t errlen) {
+    assert(out && (json || len == 0));
     loadctx c = {err, errlen, 0};
     *out = NULL;
     bl_init();
@@ -1898,13 +1901,13 @@ static int heap_reserve(encoder *e, size_t extra) {
     return 0;
 }
 
-static int32_t lookup_char(const encoder *e, const char *s, size_t n, size_t pos, bool first, bool last) {
+static int32_t lookup_char(encoder *e, const char *s, size_t n, size_t pos, bool first, bool last) {
     const tokenizer *t = e->t;
     if (t->cp_id && n <= 3) {
         int32_t cp;
         if (utf8_decode((const uint8_t *)s + pos, n, &cp) == n && cp < 0x10000) return t->cp_id[cp];
     }
-    sbuf *tmp = (sbuf *)&e->nx.tmp;
+    sbuf *tmp = &e->nx.tmp;
     tmp->len = 0;
     if (!first && t->cont_prefix && sbuf_add(tmp, t->cont_prefix, t->cont_prefix_len)) return -2;
     if (sbuf_add(tmp, s + pos, n)) return -2;
@@ -2090,6 +2093,7 @@ static void encoder_free(encoder *e) {
 
 int tokenizer_encode(const tokenizer *t, const char *text, size_t len, bool add_special,
                      int32_t **ids, size_t *n_ids) {
+    assert(t && ids && n_ids);
     *ids = NULL;
     *n_ids = 0;
     if (len > TK_MAX_INPUT_BYTES) return TOKENIZER_ERR_LIMIT;
@@ -2299,6 +2303,7 @@ static const char *decode_token(const tokenizer *t, int32_t id, bool skip_specia
 
 int tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n, bool skip_special, char **out,
                      size_t *len) {
+    assert(t && out && len && (ids || n == 0));
     *out = NULL;
     *len = 0;
     toklist a = {0}, b = {0};
@@ -2362,6 +2367,7 @@ struct tokenizer_stream {
 };
 
 int tokenizer_stream_create(const tokenizer *t, bool skip_special, tokenizer_stream **out) {
+    assert(t && out);
     tokenizer_stream *s = calloc(1, sizeof *s);
     *out = NULL;
     if (!s) return TOKENIZER_ERR_NOMEM;
