@@ -378,11 +378,20 @@ typedef struct {
 } added_token;
 
 /* Leftmost-longest matcher over a set of added tokens (aho-corasick's
- * MatchKind::LeftmostLongest): candidates bucketed by first byte, longest
- * first. */
+ * MatchKind::LeftmostLongest): a byte trie whose edges live in one hash
+ * table keyed by (node, byte); at each position the walk is bounded by the
+ * longest token, so matching is O(n * longest token). */
 typedef struct {
-    int32_t *order;   /* indices into added[] */
-    uint32_t start[257];
+    uint64_t key; /* (node << 8) | byte, UINT64_MAX: empty */
+    int32_t child;
+} trie_edge;
+
+typedef struct {
+    trie_edge *edge;
+    size_t mask;
+    int32_t *term; /* (n_nodes) index into added[] ending here, or -1 */
+    size_t n_nodes;
+    bool first_byte[256];
     bool any;
 } added_matcher;
 
@@ -1148,31 +1157,49 @@ static int norm_apply(const component *k, sbuf *s, normctx *x, int depth) {
 /* ------------------------------------------------------------------------ */
 /* Added tokens                                                             */
 
+static int32_t trie_child(const added_matcher *m, int32_t node, uint8_t byte) {
+    uint64_t key = ((uint64_t)node << 8) | byte;
+    size_t i = hash_u64(key) & m->mask;
+    for (;;) {
+        if (m->edge[i].key == key) return m->edge[i].child;
+        if (m->edge[i].key == UINT64_MAX) return -1;
+        i = (i + 1) & m->mask;
+    }
+}
+
 static int matcher_build(added_matcher *m, const added_token *added, size_t n, bool normalized) {
-    m->order = malloc((n ? n : 1) * sizeof *m->order);
-    if (!m->order) return -1;
-    uint32_t count[257] = {0};
+    size_t bytes = 0;
     for (size_t i = 0; i < n; i++)
-        if (added[i].normalized == normalized && added[i].pattern_len) count[(uint8_t)added[i].pattern[0]]++;
-    m->start[0] = 0;
-    for (int b = 0; b < 256; b++) m->start[b + 1] = m->start[b] + count[b];
-    uint32_t fill[256];
-    memcpy(fill, m->start, sizeof fill);
-    for (size_t i = 0; i < n; i++)
-        if (added[i].normalized == normalized && added[i].pattern_len)
-            m->order[fill[(uint8_t)added[i].pattern[0]]++] = (int32_t)i;
-    m->any = m->start[256] > 0;
-    /* Longest first within a bucket; equal lengths keep insertion order. */
-    for (int b = 0; b < 256; b++) {
-        for (uint32_t i = m->start[b] + 1; i < m->start[b + 1]; i++) {
-            int32_t v = m->order[i];
-            uint32_t j = i;
-            while (j > m->start[b] && added[m->order[j - 1]].pattern_len < added[v].pattern_len) {
-                m->order[j] = m->order[j - 1];
-                j--;
+        if (added[i].normalized == normalized) bytes += added[i].pattern_len;
+    size_t cap = 16;
+    while (cap < bytes * 2 + 2) cap *= 2;
+    m->edge = malloc(cap * sizeof *m->edge);
+    m->term = malloc((bytes + 1) * sizeof *m->term);
+    if (!m->edge || !m->term) return -1;
+    for (size_t i = 0; i < cap; i++) m->edge[i].key = UINT64_MAX;
+    m->mask = cap - 1;
+    m->n_nodes = 1;
+    m->term[0] = -1;
+    for (size_t i = 0; i < n; i++) {
+        const added_token *a = &added[i];
+        if (a->normalized != normalized || !a->pattern_len) continue;
+        int32_t node = 0;
+        for (size_t j = 0; j < a->pattern_len; j++) {
+            uint8_t byte = (uint8_t)a->pattern[j];
+            int32_t next = trie_child(m, node, byte);
+            if (next < 0) {
+                next = (int32_t)m->n_nodes++;
+                m->term[next] = -1;
+                uint64_t key = ((uint64_t)node << 8) | byte;
+                size_t k = hash_u64(key) & m->mask;
+                while (m->edge[k].key != UINT64_MAX) k = (k + 1) & m->mask;
+                m->edge[k] = (trie_edge){key, next};
             }
-            m->order[j] = v;
+            node = next;
         }
+        if (m->term[node] < 0) m->term[node] = (int32_t)i; /* the first of equal patterns wins */
+        m->first_byte[(uint8_t)a->pattern[0]] = true;
+        m->any = true;
     }
     return 0;
 }
@@ -1206,14 +1233,15 @@ static int added_split(const tokenizer *t, const added_matcher *m, const char *s
     size_t start_offset = 0, i = 0;
     if (m->any) {
         while (i < n) {
-            uint8_t b = (uint8_t)s[i];
-            int32_t hit = -1;
-            for (uint32_t k = m->start[b]; k < m->start[b + 1]; k++) {
-                const added_token *a = &t->added[m->order[k]];
-                if (a->pattern_len <= n - i && memcmp(s + i, a->pattern, a->pattern_len) == 0) {
-                    hit = m->order[k];
-                    break;
-                }
+            if (!m->first_byte[(uint8_t)s[i]]) {
+                i++;
+                continue;
+            }
+            int32_t hit = -1, node = 0;
+            for (size_t j = i; j < n; j++) {
+                node = trie_child(m, node, (uint8_t)s[j]);
+                if (node < 0) break;
+                if (m->term[node] >= 0) hit = m->term[node];
             }
             if (hit < 0) {
                 i++;
@@ -1528,7 +1556,10 @@ int tokenizer_load(const char *path, tokenizer **out, char *err, size_t errlen) 
     return rc;
 }
 
-static void matcher_free(added_matcher *m) { free(m->order); }
+static void matcher_free(added_matcher *m) {
+    free(m->edge);
+    free(m->term);
+}
 
 void tokenizer_destroy(tokenizer *t) {
     if (!t) return;

@@ -66,7 +66,8 @@ def test_nul_bytes_match_hf(tmp_path, text):
     assert tf.run_jsonl(TRAINED, [text])[0] == hf.encode(text).ids
 
 
-@pytest.mark.parametrize("kind", ["letters", "spaces", "digits", "emoji", "newlines", "mixed", "random"])
+@pytest.mark.parametrize("kind", ["letters", "spaces", "digits", "emoji", "newlines", "mixed", "random",
+                                  "angles"])
 def test_10mb_inputs_finish(tmp_path, kind):
     import random
     rng = random.Random(1)
@@ -81,6 +82,8 @@ def test_10mb_inputs_finish(tmp_path, kind):
         data = "😀".encode() * (n // 4)
     elif kind == "newlines":
         data = b"\r\n" * (n // 2)
+    elif kind == "angles":  # near-misses of added tokens everywhere
+        data = b"<|im_start<mask<s <<think" * (n // 25)
     elif kind == "mixed":
         data = ("word  \t\n" + "中文" + "123 ").encode() * (n // 20)
     else:
