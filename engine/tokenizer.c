@@ -1048,6 +1048,87 @@ typedef struct {
     sbuf tmp;
 } normctx;
 
+/* Stable counting sort by canonical combining class of cps[0..n) (all
+ * non-starters): the canonical ordering, in O(n) where utf8proc's
+ * bubble sort is O(n^2) on long runs of combining marks. */
+static void sort_by_ccc(int32_t *cps, size_t n, int32_t *tmp) {
+    size_t count[257] = {0};
+    for (size_t i = 0; i < n; i++) count[utf8proc_get_property(cps[i])->combining_class + 1]++;
+    for (int c = 1; c < 257; c++) count[c] += count[c - 1];
+    for (size_t i = 0; i < n; i++) tmp[count[utf8proc_get_property(cps[i])->combining_class]++] = cps[i];
+    memcpy(cps, tmp, n * sizeof *cps);
+}
+
+/* NFD / NFKD (compose false) or NFC / NFKC of s (valid UTF-8) into o:
+ * utf8proc's per-character decomposition, our canonical ordering, then
+ * utf8proc's composition. */
+static int unicode_normalize(const sbuf *s, sbuf *o, bool compat, bool compose) {
+    size_t cap = s->len + 16, n = 0;
+    int32_t *buf = malloc(cap * sizeof *buf), *tmp = NULL;
+    if (!buf) return TOKENIZER_ERR_NOMEM;
+    int opt = UTF8PROC_DECOMPOSE | (compat ? UTF8PROC_COMPAT : 0);
+    size_t i = 0;
+    while (i < s->len) {
+        int32_t cp = 0;
+        size_t k = utf8_decode((const uint8_t *)s->p + i, s->len - i, &cp);
+        if (!k) {
+            free(buf);
+            return TOKENIZER_ERR_INVALID_UTF8;
+        }
+        i += k;
+        for (;;) {
+            int bound = 0;
+            utf8proc_ssize_t r = utf8proc_decompose_char(cp, buf + n, (utf8proc_ssize_t)(cap - n),
+                                                         (utf8proc_option_t)opt, &bound);
+            if (r < 0) {
+                free(buf);
+                return TOKENIZER_ERR_INVALID_UTF8;
+            }
+            if ((size_t)r <= cap - n) {
+                n += (size_t)r;
+                break;
+            }
+            cap = cap * 2 + (size_t)r;
+            int32_t *nb = realloc(buf, cap * sizeof *nb);
+            if (!nb) {
+                free(buf);
+                return TOKENIZER_ERR_NOMEM;
+            }
+            buf = nb;
+        }
+    }
+    /* canonical ordering of each run of non-starters */
+    for (size_t a = 0; a < n;) {
+        if (utf8proc_get_property(buf[a])->combining_class == 0) {
+            a++;
+            continue;
+        }
+        size_t b = a;
+        while (b < n && utf8proc_get_property(buf[b])->combining_class != 0) b++;
+        if (b - a > 1) {
+            if (!tmp) tmp = malloc(n * sizeof *tmp);
+            if (!tmp) {
+                free(buf);
+                return TOKENIZER_ERR_NOMEM;
+            }
+            sort_by_ccc(buf + a, b - a, tmp);
+        }
+        a = b;
+    }
+    free(tmp);
+    /* composition and UTF-8 encoding, in place (needs 4 bytes per cp: ok) */
+    utf8proc_ssize_t len = utf8proc_reencode(buf, (utf8proc_ssize_t)n,
+                                             (utf8proc_option_t)(UTF8PROC_STABLE | (compose ? UTF8PROC_COMPOSE : 0)));
+    if (len < 0) {
+        free(buf);
+        return TOKENIZER_ERR_INVALID_UTF8;
+    }
+    o->len = 0;
+    int rc = sbuf_add(o, buf, (size_t)len);
+    free(buf);
+    return rc ? TOKENIZER_ERR_NOMEM : 0;
+}
+
 static int norm_apply(const component *k, sbuf *s, normctx *x, int depth);
 
 static int norm_swap(sbuf *s, sbuf *tmp) {
@@ -1079,21 +1160,11 @@ static int norm_apply(const component *k, sbuf *s, normctx *x, int depth) {
             while (i < s->len && (uint8_t)s->p[i] < 0xCC) i++;
             if (i == s->len) return 0;
         }
-        int opt = UTF8PROC_STABLE;
-        if (k->type == NORM_NFC || k->type == NORM_NFKC) opt |= UTF8PROC_COMPOSE;
-        else opt |= UTF8PROC_DECOMPOSE;
-        if (k->type == NORM_NFKC || k->type == NORM_NFKD) opt |= UTF8PROC_COMPAT;
-        utf8proc_uint8_t *dst = NULL;
-        utf8proc_ssize_t r = utf8proc_map((const utf8proc_uint8_t *)s->p, (utf8proc_ssize_t)s->len,
-                                          &dst, (utf8proc_option_t)opt);
-        if (r < 0) {
-            free(dst);
-            return r == UTF8PROC_ERROR_NOMEM ? TOKENIZER_ERR_NOMEM : TOKENIZER_ERR_INVALID_UTF8;
-        }
-        s->len = 0;
-        int rc = sbuf_add(s, dst, (size_t)r);
-        free(dst);
-        return rc ? TOKENIZER_ERR_NOMEM : 0;
+        bool compat = k->type == NORM_NFKC || k->type == NORM_NFKD;
+        bool compose = k->type == NORM_NFC || k->type == NORM_NFKC;
+        int rc = unicode_normalize(s, o, compat, compose);
+        if (rc) return rc;
+        return norm_swap(s, o);
     }
     case NORM_LOWER: {
         size_t i = 0;

@@ -67,7 +67,7 @@ def test_nul_bytes_match_hf(tmp_path, text):
 
 
 @pytest.mark.parametrize("kind", ["letters", "spaces", "digits", "emoji", "newlines", "mixed", "random",
-                                  "angles"])
+                                  "angles", "marks"])
 def test_10mb_inputs_finish(tmp_path, kind):
     import random
     rng = random.Random(1)
@@ -82,6 +82,8 @@ def test_10mb_inputs_finish(tmp_path, kind):
         data = "😀".encode() * (n // 4)
     elif kind == "newlines":
         data = b"\r\n" * (n // 2)
+    elif kind == "marks":  # one base letter and 5 M combining marks to reorder (NFKC)
+        data = b"a" + "\u0301\u0316".encode() * (n // 4)
     elif kind == "angles":  # near-misses of added tokens everywhere
         data = b"<|im_start<mask<s <<think" * (n // 25)
     elif kind == "mixed":
@@ -100,6 +102,14 @@ def test_10mb_inputs_finish(tmp_path, kind):
 def test_1mb_matches_hf(tmp_path):
     hf = Tokenizer.from_file(TRAINED_JSON)
     text = ("Hello world 12345 \n\n  " + "中文字😀" + "<s> x </s>") * 30000
+    p = encode_file(tmp_path, text.encode())
+    assert p.returncode == 0
+    assert json.loads(p.stdout) == hf.encode(text).ids
+
+
+def test_long_combining_run_matches_hf(tmp_path):
+    hf = Tokenizer.from_file(TRAINED_JSON)
+    text = "e" + "\u0301\u0316\u0300\u0317\u05b0" * 20000 + " ok \u1100\u1161\u11a8"
     p = encode_file(tmp_path, text.encode())
     assert p.returncode == 0
     assert json.loads(p.stdout) == hf.encode(text).ids
