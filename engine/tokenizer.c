@@ -1509,6 +1509,10 @@ int tokenizer_load_json(const char *json, size_t len, tokenizer **out, char *err
     loadctx c = {err, errlen, 0};
     *out = NULL;
     bl_init();
+    /* Strings from the file end up inside the text that the regexes scan
+     * without UTF checks (Replace, Prepend), and in decoded text: like HF
+     * (serde), refuse a file that is not UTF-8. */
+    if (!utf8_valid(json, len)) return fail(&c, TOKENIZER_ERR_PARSE, "tokenizer.json is not valid UTF-8");
     cJSON *root = cJSON_ParseWithLength(json, len);
     if (!root) return fail(&c, TOKENIZER_ERR_PARSE, "tokenizer.json is not valid JSON");
     tokenizer *t = calloc(1, sizeof *t);

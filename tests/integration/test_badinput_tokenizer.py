@@ -191,6 +191,15 @@ def test_malformed_components(tmp_path, fn, words):
     expect_error(load_json_text(tmp_path, mutate(fn)), *words)
 
 
+def test_invalid_utf8_in_json_is_an_error(tmp_path):
+    """Found by fuzz_tokenizer_load: a Replace content with a raw 0xFD byte
+    made the normalized text invalid UTF-8 for PCRE2 (a crash)."""
+    j = json.loads(BASE)
+    j["normalizer"] = {"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": "@@ "}
+    raw = json.dumps(j).encode().replace(b"@@", b"\xfd")
+    expect_error(load_json_text(tmp_path, raw), "UTF-8")
+
+
 def test_deep_nesting_is_an_error(tmp_path):
     n = {"type": "NFC"}
     for _ in range(200):
