@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <utf8proc.h>
 
 #include "util.h"
@@ -140,6 +141,8 @@ struct dict {
     size_t n, cap;
     value *k, *v;
     int depth;
+    uint32_t *idx; /* open-addressing index of string keys (entry index + 1), once n > 8 */
+    size_t idx_cap;
 };
 
 /* Lists and dicts are immutable once built (the sandbox forbids mutation) and
@@ -193,6 +196,12 @@ static void env_fail(env *e, int status, const char *fmt, ...) {
     longjmp(e->jb, 1);
 }
 
+/* The render or compile running on this thread, for charging work that is
+ * proportional to string sizes (see charge()). */
+static _Thread_local env *tl_env;
+
+static void charge(size_t nbytes);
+
 static void *xalloc(env *e, size_t n) {
     void *p = arena_alloc(&e->ar, n);
     if (!p) {
@@ -200,6 +209,15 @@ static void *xalloc(env *e, size_t n) {
         env_fail(e, CHAT_TEMPLATE_ERR_NOMEM, "out of memory");
     }
     return p;
+}
+
+/* Charges work proportional to nbytes (one step per 64 bytes) to the
+ * current render, so string operations on huge strings are bounded too. */
+static void charge(size_t nbytes) {
+    env *e = tl_env;
+    if (!e || nbytes < 64) return;
+    e->steps += nbytes >> 6;
+    if (e->steps > e->lim.max_steps) env_fail(e, CHAT_TEMPLATE_ERR_LIMIT, "step limit exceeded");
 }
 
 static void *xcalloc(env *e, size_t n) {
@@ -230,6 +248,7 @@ typedef struct sbuf {
 
 static void sb_put(env *e, sbuf *b, const char *s, size_t n) {
     if (n == 0) return;
+    charge(n);
     if (b->n + n > e->lim.max_output_bytes) env_fail(e, CHAT_TEMPLATE_ERR_LIMIT, "output limit exceeded");
     if (b->n + n > b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 64;
@@ -326,6 +345,7 @@ static int str_eq(value a, const char *s) {
 }
 
 static int py_eq(value a, value b);
+static value *dict_find(dict *d, value k);
 
 static int py_eq(value a, value b) {
     if (is_num(a) && is_num(b)) {
@@ -336,7 +356,11 @@ static int py_eq(value a, value b) {
     switch (a.t) {
     case V_UNDEF:
     case V_NONE: return 1;
-    case V_STR: return a.u.s.n == b.u.s.n && memcmp(a.u.s.p, b.u.s.p, a.u.s.n) == 0;
+    case V_STR:
+        if (a.u.s.n != b.u.s.n) return 0;
+        if (a.u.s.p == b.u.s.p) return 1;
+        charge(a.u.s.n);
+        return memcmp(a.u.s.p, b.u.s.p, a.u.s.n) == 0;
     case V_LIST:
         if (a.u.l->gen || b.u.l->gen) return a.u.l == b.u.l;
         if (a.u.l->is_range != b.u.l->is_range) return 0;
@@ -347,10 +371,8 @@ static int py_eq(value a, value b) {
     case V_DICT:
         if (a.u.d->n != b.u.d->n) return 0;
         for (size_t i = 0; i < a.u.d->n; i++) {
-            size_t j;
-            for (j = 0; j < b.u.d->n; j++)
-                if (py_eq(a.u.d->k[i], b.u.d->k[j])) break;
-            if (j == b.u.d->n || !py_eq(a.u.d->v[i], b.u.d->v[j])) return 0;
+            value *bv = dict_find(b.u.d, a.u.d->k[i]);
+            if (!bv || !py_eq(a.u.d->v[i], *bv)) return 0;
         }
         return 1;
     case V_NS: return a.u.d == b.u.d;
@@ -360,15 +382,34 @@ static int py_eq(value a, value b) {
     }
 }
 
-static value *dict_find(dict *d, value k) {
-    for (size_t i = 0; i < d->n; i++)
-        if (py_eq(d->k[i], k)) return &d->v[i];
-    return NULL;
+static uint64_t str_hash(const char *s, size_t n) {
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    return h;
 }
 static value *dict_find_s(dict *d, const char *s, size_t n) {
+    if (d->idx) {
+        size_t mask = d->idx_cap - 1, j = (size_t)str_hash(s, n) & mask;
+        for (; d->idx[j]; j = (j + 1) & mask) {
+            value *k = &d->k[d->idx[j] - 1];
+            if (k->u.s.n == n && memcmp(k->u.s.p, s, n) == 0) return &d->v[d->idx[j] - 1];
+        }
+        return NULL;
+    }
     for (size_t i = 0; i < d->n; i++)
         if (d->k[i].t == V_STR && d->k[i].u.s.n == n && memcmp(d->k[i].u.s.p, s, n) == 0) return &d->v[i];
     return NULL;
+}
+static value *dict_find(dict *d, value k) {
+    if (k.t == V_STR) return dict_find_s(d, k.u.s.p, k.u.s.n);
+    for (size_t i = 0; i < d->n; i++)
+        if (d->k[i].t != V_STR && py_eq(d->k[i], k)) return &d->v[i];
+    return NULL;
+}
+static void dict_index_put(dict *d, size_t i) {
+    size_t mask = d->idx_cap - 1, j = (size_t)str_hash(d->k[i].u.s.p, d->k[i].u.s.n) & mask;
+    while (d->idx[j]) j = (j + 1) & mask;
+    d->idx[j] = (uint32_t)(i + 1);
 }
 static void dict_set(env *e, dict *d, value k, value v) {
     int dv = value_depth(v) > value_depth(k) ? value_depth(v) : value_depth(k);
@@ -393,9 +434,19 @@ static void dict_set(env *e, dict *d, value k, value v) {
         d->v = nv;
         d->cap = cap;
     }
+    if (d->n >= UINT32_MAX - 1) env_fail(e, CHAT_TEMPLATE_ERR_LIMIT, "dict too large");
     d->k[d->n] = k;
     d->v[d->n] = v;
     d->n++;
+    if (d->n > 8 && d->n * 2 > d->idx_cap) { /* (re)build the index at load <= 1/2 */
+        size_t cap = d->idx_cap ? d->idx_cap * 2 : 32;
+        while (cap < d->n * 2) cap *= 2;
+        d->idx = xcalloc(e, xmul(e, cap, sizeof(uint32_t)));
+        d->idx_cap = cap;
+        for (size_t i = 0; i < d->n; i++)
+            if (d->k[i].t == V_STR) dict_index_put(d, i);
+    } else if (d->idx && k.t == V_STR)
+        dict_index_put(d, d->n - 1);
 }
 
 /* ------------------------------------------------------------------ */
@@ -433,6 +484,7 @@ static int u8_valid(const char *s, size_t n) {
     return 1;
 }
 static size_t u8_len(const char *s, size_t n) {
+    charge(n);
     size_t c = 0;
     for (size_t i = 0; i < n; i++)
         if (((unsigned char)s[i] & 0xC0) != 0x80) c++;
@@ -440,6 +492,7 @@ static size_t u8_len(const char *s, size_t n) {
 }
 /* Byte offset of code point index ci (ci <= length). */
 static size_t u8_off(const char *s, size_t n, size_t ci) {
+    charge(ci);
     size_t i = 0;
     while (i < n && ci > 0) {
         i++;
@@ -681,6 +734,7 @@ typedef struct {
 } json_opts;
 
 static int py_lt(env *e, value a, value b);
+static void merge_sort(env *e, value *items, value *keys, size_t n, int reverse, value *tmpi, value *tmpk);
 
 static void json_str(env *e, sbuf *b, const char *s, size_t n, int ascii) {
     sb_putc(e, b, '"');
@@ -766,13 +820,16 @@ static void json_dump(env *e, sbuf *b, value v, const json_opts *o, int level) {
         }
         size_t *ord = xalloc(e, xmul(e, d->n, sizeof(size_t)));
         for (size_t i = 0; i < d->n; i++) ord[i] = i;
-        if (o->sort_keys) /* insertion sort: stable, small dicts */
-            for (size_t i = 1; i < d->n; i++)
-                for (size_t j = i; j > 0 && py_lt(e, d->k[ord[j]], d->k[ord[j - 1]]); j--) {
-                    size_t t = ord[j];
-                    ord[j] = ord[j - 1];
-                    ord[j - 1] = t;
-                }
+        if (o->sort_keys) {
+            value *items = xalloc(e, xmul(e, d->n, sizeof(value))), *keys = xalloc(e, xmul(e, d->n, sizeof(value)));
+            value *ti = xalloc(e, xmul(e, d->n, sizeof(value))), *tk = xalloc(e, xmul(e, d->n, sizeof(value)));
+            for (size_t i = 0; i < d->n; i++) {
+                items[i] = mk_int((int64_t)i);
+                keys[i] = d->k[i];
+            }
+            merge_sort(e, items, keys, d->n, 0, ti, tk);
+            for (size_t i = 0; i < d->n; i++) ord[i] = (size_t)items[i].u.i;
+        }
         sb_putc(e, b, '{');
         for (size_t ii = 0; ii < d->n; ii++) {
             size_t i = ord[ii];
@@ -1006,9 +1063,9 @@ static value jp_value(jparser *p) {
     p->depth--;
     return v;
 }
-static value json_parse(env *e, const char *s, size_t n, const char *what) {
+/* Parses JSON text into values (Python json.loads semantics). */
+static value json_parse(env *e, const char *s, size_t n) {
     jparser p = {e, s, n, 0, 0};
-    (void)what;
     value v = jp_value(&p);
     jp_ws(&p);
     if (p.i != n) jp_fail(&p, "trailing data");
@@ -1755,15 +1812,9 @@ static node *parse_postfix(parser *P, node *x) {
             }
             expect_op(P, "]");
             if (first->k == E_SLICE) {
-                first->args.v = NULL;
-                node *s = first;
-                /* E_SLICE: target in kwargs slot 0 via 'args' is unused; keep target in a new wrapper */
-                node *w = nnew(P, E_SLICE);
-                w->a = s->a;
-                w->b = s->b;
-                w->c = s->c;
-                nl_push(P->e, &w->args, x);
-                x = w;
+                /* E_SLICE: a, b, c are start, stop, step; args[0] is the sliced object */
+                nl_push(P->e, &first->args, x);
+                x = first;
             } else {
                 node *g = nnew(P, E_ITEM);
                 g->a = x;
@@ -2335,6 +2386,7 @@ static void scope_set(env *e, scope *s, const char *nm, size_t n, value v) {
             s->vals[i] = v;
             return;
         }
+    if (s->n >= 10000) env_fail(e, CHAT_TEMPLATE_ERR_LIMIT, "too many variables in one scope");
     if (s->n == s->cap) {
         size_t cap = s->cap ? s->cap * 2 : 8;
         const char **nn = xalloc(e, cap * sizeof(char *));
@@ -2447,18 +2499,25 @@ static int py_lt(env *e, value a, value b) {
     r_fail(e, "'<' not supported between instances of '%s' and '%s'", type_name(a), type_name(b));
 }
 
-static int str_find(const char *h, size_t hn, const char *nd, size_t nn, size_t from) {
-    if (nn == 0) return from <= hn ? (int)from : -1;
-    for (size_t i = from; i + nn <= hn; i++)
-        if (h[i] == nd[0] && memcmp(h + i, nd, nn) == 0) return (int)i;
-    return -1;
-}
+/* Linear-time substring search (glibc two-way memmem), charged by size. */
 static const char *memmem_(const char *h, size_t hn, const char *nd, size_t nn) {
     if (nn == 0) return h;
     if (nn > hn) return NULL;
-    for (size_t i = 0; i + nn <= hn; i++)
-        if (h[i] == nd[0] && memcmp(h + i, nd, nn) == 0) return h + i;
-    return NULL;
+    const char *r = memmem(h, hn, nd, nn);
+    charge((r ? (size_t)(r - h) + nn : hn) + nn); /* about what two-way scanned */
+    return r;
+}
+static int64_t str_find(const char *h, size_t hn, const char *nd, size_t nn, size_t from) {
+    if (from > hn) return -1;
+    const char *p = memmem_(h + from, hn - from, nd, nn);
+    return p ? (int64_t)(p - h) : -1;
+}
+/* Byte-reversed copy, for searching from the right with memmem. */
+static char *str_rev(env *e, const char *s, size_t n) {
+    char *r = xalloc(e, n + 1);
+    for (size_t i = 0; i < n; i++) r[i] = s[n - 1 - i];
+    r[n] = 0;
+    return r;
 }
 
 static int py_in(env *e, value a, value b) {
@@ -2869,24 +2928,22 @@ static value str_split(env *e, value s, value sep, int64_t maxsplit, int right) 
             done++;
         }
     } else {
+        /* search the byte-reversed string left to right: linear time */
         list *tmp = list_new(e, 0);
-        size_t end = n;
+        const char *rp = str_rev(e, p, n), *rs = str_rev(e, sep.u.s.p, sep.u.s.n);
+        size_t m = sep.u.s.n, ri = 0, end = n;
         int64_t done = 0;
         for (;;) {
-            const char *h = NULL;
-            if ((maxsplit < 0 || done < maxsplit) && end >= sep.u.s.n)
-                for (size_t i = end - sep.u.s.n + 1; i > 0; i--)
-                    if (memcmp(p + i - 1, sep.u.s.p, sep.u.s.n) == 0) {
-                        h = p + i - 1;
-                        break;
-                    }
+            const char *h = (maxsplit < 0 || done < maxsplit) ? memmem_(rp + ri, n - ri, rs, m) : NULL;
             if (!h) {
                 list_push(e, tmp, mk_str(p, end));
                 break;
             }
-            size_t hs = (size_t)(h - p);
-            list_push(e, tmp, mk_str(p + hs + sep.u.s.n, end - hs - sep.u.s.n));
-            end = hs;
+            size_t rpos = (size_t)(h - rp);       /* match at [rpos, rpos+m) reversed */
+            size_t ostart = n - rpos - m;         /* = [ostart, ostart+m) original */
+            list_push(e, tmp, mk_str(p + ostart + m, end - ostart - m));
+            end = ostart;
+            ri = rpos + m;
             done++;
         }
         for (size_t i = tmp->n; i > 0; i--) list_push(e, l, tmp->v[i - 1]);
@@ -3000,22 +3057,21 @@ static value call_str_method(env *e, int id, value s, cargs *a) {
             if (x.u.s.n == 0) return mk_int((int64_t)u8_len(s.u.s.p, s.u.s.n) + 1);
             int64_t c = 0;
             size_t i = 0;
-            int f;
+            int64_t f;
             while ((f = str_find(s.u.s.p, s.u.s.n, x.u.s.p, x.u.s.n, i)) >= 0) {
                 c++;
                 i = (size_t)f + x.u.s.n;
             }
             return mk_int(c);
         }
-        int f = -1;
+        int64_t f = -1;
         if (id == M_FIND)
             f = str_find(s.u.s.p, s.u.s.n, x.u.s.p, x.u.s.n, 0);
-        else
-            for (size_t i = s.u.s.n + 1; i > 0; i--)
-                if (i - 1 + x.u.s.n <= s.u.s.n && memcmp(s.u.s.p + i - 1, x.u.s.p, x.u.s.n) == 0) {
-                    f = (int)(i - 1);
-                    break;
-                }
+        else if (x.u.s.n <= s.u.s.n) {
+            const char *rh = str_rev(e, s.u.s.p, s.u.s.n), *rn = str_rev(e, x.u.s.p, x.u.s.n);
+            const char *h = memmem_(rh, s.u.s.n, rn, x.u.s.n);
+            if (h) f = (int64_t)(s.u.s.n - (size_t)(h - rh) - x.u.s.n);
+        }
         return mk_int(f < 0 ? -1 : (int64_t)u8_len(s.u.s.p, (size_t)f));
     }
     case M_JOIN: {
@@ -3511,8 +3567,10 @@ static value apply_filter(env *e, int id, value v, cargs *a) {
                 if ((keys[i].t == V_LIST && !keys[i].u.l->tuple) || keys[i].t == V_DICT || keys[i].t == V_NS)
                     r_fail(e, "unhashable type: '%s'", type_name(keys[i]));
                 size_t j;
-                for (j = 0; j < seen->n; j++)
+                for (j = 0; j < seen->n; j++) {
+                    step(e);
                     if (py_eq(seen->v[j], keys[i])) break;
+                }
                 if (j < seen->n) continue;
                 list_push(e, seen, keys[i]);
                 list_push(e, l, items[i]);
@@ -4164,10 +4222,12 @@ static int compile_into(chat_template *t, const char *source, size_t n, int tool
     e->ar.limit = t->lim.max_memory_bytes;
     if (setjmp(e->jb)) {
         int st = e->status;
+        tl_env = NULL;
         arena_free(&e->ar);
         free(e);
         return st;
     }
+    tl_env = e;
     if (n > CT_MAX_SOURCE) env_fail(e, CHAT_TEMPLATE_ERR_LIMIT, "template larger than %zu bytes", CT_MAX_SOURCE);
     if (!u8_valid(source, n)) env_fail(e, CHAT_TEMPLATE_ERR_PARSE, "template is not valid UTF-8");
     /* newline normalization and keep_trailing_newline=False */
@@ -4196,6 +4256,7 @@ static int compile_into(chat_template *t, const char *source, size_t n, int tool
         t->body = body;
         t->has_default = true;
     }
+    tl_env = NULL;
     free(e);
     return CHAT_TEMPLATE_OK;
 }
@@ -4256,6 +4317,10 @@ int chat_template_load_dir(const char *dir, chat_template **out, char *err, size
     size_t len = 0;
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
     char *text = util_read_file(path, (size_t)64 << 20, &len, ferr, sizeof ferr);
+    if (!text && access(path, F_OK) == 0) {
+        set_err(err, errlen, "%s", ferr);
+        return CHAT_TEMPLATE_ERR_IO;
+    }
     cJSON *cfg = NULL;
     if (text) {
         cfg = cJSON_ParseWithLength(text, len);
@@ -4271,6 +4336,17 @@ int chat_template_load_dir(const char *dir, chat_template **out, char *err, size
     bool is_list = false;
     snprintf(path, sizeof path, "%s/chat_template.jinja", dir);
     source = util_read_file(path, CT_MAX_SOURCE, &len, ferr, sizeof ferr);
+    if (!source && access(path, F_OK) == 0) {
+        cJSON_Delete(cfg);
+        set_err(err, errlen, "%s", ferr);
+        return CHAT_TEMPLATE_ERR_IO;
+    }
+    if (source && strlen(source) != len) {
+        free(source);
+        cJSON_Delete(cfg);
+        set_err(err, errlen, "%s: template contains a NUL byte", path);
+        return CHAT_TEMPLATE_ERR_PARSE;
+    }
     if (!source && cfg) {
         const cJSON *ct = cJSON_GetObjectItemCaseSensitive(cfg, "chat_template");
         if (cJSON_IsString(ct))
@@ -4354,16 +4430,17 @@ void chat_template_set_limits(chat_template *t, const chat_template_limits *lim)
 bool chat_template_is_fallback(const chat_template *t) { return t->fallback; }
 
 static void root_set_json_object(env *e, scope *root, const char *json, const char *what) {
-    value v = json_parse(e, json, strlen(json), what);
+    value v = json_parse(e, json, strlen(json));
     if (v.t != V_DICT) env_fail(e, CHAT_TEMPLATE_ERR_PARSE, "%s must be a JSON object", what);
     for (size_t i = 0; i < v.u.d->n; i++)
         scope_set(e, root, v.u.d->k[i].u.s.p, v.u.d->k[i].u.s.n, v.u.d->v[i]);
 }
 
 int chat_template_render_ex(const chat_template *t, const char *messages_json, const char *tools_json,
-                            const char *extra_json, bool add_generation_prompt, char **out, char *err,
-                            size_t errlen) {
+                            const char *extra_json, bool add_generation_prompt, char **out, size_t *out_len,
+                            char *err, size_t errlen) {
     *out = NULL;
+    if (out_len) *out_len = 0;
     if (err && errlen) err[0] = 0;
     env *e = calloc(1, sizeof *e);
     if (!e) {
@@ -4376,18 +4453,20 @@ int chat_template_render_ex(const chat_template *t, const char *messages_json, c
     e->ar.limit = t->lim.max_memory_bytes;
     if (setjmp(e->jb)) {
         int st = e->status;
+        tl_env = NULL;
         arena_free(&e->ar);
         free(e);
         return st;
     }
+    tl_env = e;
     if (!messages_json) env_fail(e, CHAT_TEMPLATE_ERR_PARSE, "messages are missing");
     scope *root = scope_new(e, NULL);
     root_set_json_object(e, root, t->ctx_json, "special tokens");
-    value msgs = json_parse(e, messages_json, strlen(messages_json), "messages");
+    value msgs = json_parse(e, messages_json, strlen(messages_json));
     if (msgs.t != V_LIST) env_fail(e, CHAT_TEMPLATE_ERR_PARSE, "messages must be a JSON array");
     value tools = mk_none();
     if (tools_json) {
-        tools = json_parse(e, tools_json, strlen(tools_json), "tools");
+        tools = json_parse(e, tools_json, strlen(tools_json));
         if (tools.t != V_LIST && tools.t != V_NONE) env_fail(e, CHAT_TEMPLATE_ERR_PARSE, "tools must be a JSON array");
         if (tools.t == V_LIST)
             for (size_t i = 0; i < tools.u.l->n; i++)
@@ -4411,6 +4490,8 @@ int chat_template_render_ex(const chat_template *t, const char *messages_json, c
     if (!res) env_fail(e, CHAT_TEMPLATE_ERR_NOMEM, "out of memory");
     if (main.n) memcpy(res, main.p, main.n);
     res[main.n] = 0;
+    if (out_len) *out_len = main.n;
+    tl_env = NULL;
     arena_free(&e->ar);
     free(e);
     *out = res;
@@ -4419,7 +4500,7 @@ int chat_template_render_ex(const chat_template *t, const char *messages_json, c
 
 int chat_template_render(const chat_template *t, const char *messages_json, const char *tools_json,
                          bool add_generation_prompt, char **out, char *err, size_t errlen) {
-    return chat_template_render_ex(t, messages_json, tools_json, NULL, add_generation_prompt, out, err, errlen);
+    return chat_template_render_ex(t, messages_json, tools_json, NULL, add_generation_prompt, out, NULL, err, errlen);
 }
 
 void chat_template_destroy(chat_template *t) {

@@ -70,10 +70,13 @@ int chat_template_render(const chat_template *t, const char *messages_json, cons
 
 /* Like chat_template_render, plus extra_json: NULL or a JSON object whose
  * members become template variables (apply_chat_template's **kwargs, e.g.
- * {"enable_thinking": false}); they override the special tokens. */
+ * {"enable_thinking": false}); they override the special tokens. out_len
+ * (may be NULL) receives the byte length: the prompt may contain NUL bytes
+ * when the messages do ("\u0000"), as in Python. Thread-safe: renders of one
+ * template may run concurrently (needs about 2 MiB of stack at worst). */
 int chat_template_render_ex(const chat_template *t, const char *messages_json, const char *tools_json,
-                            const char *extra_json, bool add_generation_prompt, char **out, char *err,
-                            size_t errlen);
+                            const char *extra_json, bool add_generation_prompt, char **out, size_t *out_len,
+                            char *err, size_t errlen);
 
 /* Resource limits of one render (and of compiling). A hostile template hits
  * one of them and gets CHAT_TEMPLATE_ERR_LIMIT, never an unbounded run. */

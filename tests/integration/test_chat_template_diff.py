@@ -315,3 +315,10 @@ def test_random_whitespace_templates(block):
         assert ok, f"seed {seed}: reference failed: {want}"
         rc, got, err = run_ours(GEN_MSGS, template=tpl)
         assert rc == 0 and got == want, f"seed {seed} template {tpl!r}\nwant={want!r}\ngot ={got!r}\n{err}"
+
+
+def test_nul_and_control_characters_in_content():
+    msgs = [{"role": "system", "content": "a\u0000b"}, {"role": "user", "content": "\u0001\u001f\u007f\u0085\u2028"}]
+    for model_dir in (DEEPSEEK, QWEN):
+        check(model_dir, msgs, None, True)
+        check(model_dir, msgs, TOOLS, False)

@@ -156,9 +156,17 @@ START_TEST(test_load_fixture_dirs) {
     ck_assert_msg(chat_template_load_dir(dir, &t, err, sizeof err) == 0, "%s", err);
     ck_assert(!chat_template_is_fallback(t));
     char *out = NULL;
+    size_t out_len = 0;
     ck_assert_int_eq(chat_template_render_ex(t, "[{\"role\":\"user\",\"content\":\"hi\"}]", NULL,
-                                             "{\"enable_thinking\": false}", true, &out, err, sizeof err), 0);
+                                             "{\"enable_thinking\": false}", true, &out, &out_len, err, sizeof err), 0);
     ck_assert_str_eq(out, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n");
+    ck_assert_uint_eq(out_len, strlen(out));
+    free(out);
+    /* a NUL inside content survives, with its length */
+    ck_assert_int_eq(chat_template_render_ex(t, "[{\"role\":\"user\",\"content\":\"a\\u0000b\"}]", NULL, NULL,
+                                             false, &out, &out_len, err, sizeof err), 0);
+    ck_assert_uint_eq(out_len, strlen("<|im_start|>user\na") + 1 + strlen("b<|im_end|>\n"));
+    ck_assert(memcmp(out + strlen("<|im_start|>user\na"), "\0b<|im_end|>\n", 13) == 0);
     free(out);
     chat_template_destroy(t);
 
