@@ -21,9 +21,10 @@ static void usage(FILE *f) {
             "         --jsonl [--no-special] [--skip-special]        stdin: one JSON string (encode)\n"
             "                                                       or id array (decode) per line;\n"
             "                                                       stdout: one JSON result per line\n"
-            "         --chat FILE.json [--tools FILE.json] [--add-generation-prompt]\n"
+            "         --chat FILE.json [--tools FILE.json] [--extra FILE.json] [--add-generation-prompt]\n"
             "                                                       print the prompt rendered by the\n"
-            "                                                       chat template (FILE: messages array)\n"
+            "                                                       chat template (FILE: messages array;\n"
+            "                                                       --extra: object of template variables)\n"
             "         --vocab                                        print one line per id: [id, token,\n"
             "                                                       decode([id]) keeping special tokens]\n"
             "                                                       (token null for holes)\n"
@@ -231,7 +232,8 @@ static int run_jsonl(const tokenizer *t, bool add_special, bool skip_special, bo
 /* Renders the chat template of the checkpoint dir (or of the directory
  * holding a tokenizer.json path) over the messages of chat_file; writes the
  * prompt exactly, without a trailing newline. */
-static int run_chat(const char *tok_path, const char *chat_file, const char *tools_file, bool agp) {
+static int run_chat(const char *tok_path, const char *chat_file, const char *tools_file,
+                    const char *extra_file, bool agp) {
     char err[512], dir[4096];
     snprintf(dir, sizeof dir, "%s", tok_path);
     size_t dl = strlen(dir);
@@ -246,21 +248,25 @@ static int run_chat(const char *tok_path, const char *chat_file, const char *too
         fprintf(stderr, "engram-tokenize: %s\n", err);
         return 1;
     }
-    char *tools = NULL;
-    if (tools_file && !(tools = util_read_file(tools_file, MAX_TEXT_FILE, &len, err, sizeof err))) {
+    char *tools = NULL, *extra = NULL;
+    if ((tools_file && !(tools = util_read_file(tools_file, MAX_TEXT_FILE, &len, err, sizeof err))) ||
+        (extra_file && !(extra = util_read_file(extra_file, MAX_TEXT_FILE, &len, err, sizeof err)))) {
         fprintf(stderr, "engram-tokenize: %s\n", err);
         free(msgs);
+        free(tools);
         return 1;
     }
     chat_template *ct = NULL;
     int rc = chat_template_load_dir(dir, &ct, err, sizeof err);
     char *out = NULL;
-    if (!rc) rc = chat_template_render(ct, msgs, tools, agp, &out, err, sizeof err);
+    size_t out_len = 0;
+    if (!rc) rc = chat_template_render_ex(ct, msgs, tools, extra, agp, &out, &out_len, err, sizeof err);
     if (rc) fprintf(stderr, "engram-tokenize: chat template: %s\n", err);
-    else fwrite(out, 1, strlen(out), stdout);
+    else fwrite(out, 1, out_len, stdout);
     free(out);
     free(msgs);
     free(tools);
+    free(extra);
     chat_template_destroy(ct);
     return rc ? 1 : 0;
 }
@@ -291,7 +297,8 @@ static int run_vocab(const tokenizer *t) {
 }
 
 int main(int argc, char **argv) {
-    const char *dir = NULL, *text = NULL, *text_file = NULL, *decode = NULL, *chat = NULL, *tools = NULL;
+    const char *dir = NULL, *text = NULL, *text_file = NULL, *decode = NULL, *chat = NULL, *tools = NULL,
+               *extra = NULL;
     bool agp = false;
     bool add_special = true, skip_special = false, jsonl = false, stream = false, vocab = false;
     for (int i = 1; i < argc; i++) {
@@ -308,6 +315,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--vocab")) vocab = true;
         else if (!strcmp(a, "--chat") && has_val) chat = argv[++i];
         else if (!strcmp(a, "--tools") && has_val) tools = argv[++i];
+        else if (!strcmp(a, "--extra") && has_val) extra = argv[++i];
         else if (!strcmp(a, "--add-generation-prompt")) agp = true;
         else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
@@ -324,7 +332,7 @@ int main(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    if (chat) return run_chat(dir, chat, tools, agp);
+    if (chat) return run_chat(dir, chat, tools, extra, agp);
     char err[512];
     tokenizer *t;
     int rc = tokenizer_load(dir, &t, err, sizeof err);

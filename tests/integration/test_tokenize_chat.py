@@ -51,6 +51,21 @@ def test_chat_prompt_and_ids_match_transformers(unpacked, name, tmp_path):
             assert json.loads(q.stdout) == ref.apply_chat_template(conv, tokenize=True, add_generation_prompt=agp)
 
 
+def test_chat_extra_variables(unpacked, tmp_path):
+    """--extra passes apply_chat_template kwargs (Qwen3 enable_thinking)."""
+    from transformers import AutoTokenizer
+    d = unpacked["qwen3"]
+    conv = CONVERSATIONS[1]
+    (tmp_path / "m.json").write_text(json.dumps(conv))
+    (tmp_path / "x.json").write_text(json.dumps({"enable_thinking": False}))
+    p = subprocess.run([tf.TOKENIZE, "--tokenizer", d, "--chat", str(tmp_path / "m.json"), "--extra",
+                        str(tmp_path / "x.json"), "--add-generation-prompt"], capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    want = AutoTokenizer.from_pretrained(d).apply_chat_template(conv, tokenize=False, add_generation_prompt=True,
+                                                                 enable_thinking=False)
+    assert p.stdout.decode() == want and "<think>" in want
+
+
 def test_chat_errors(unpacked, tmp_path):
     d = unpacked["qwen3"]
     p = subprocess.run([tf.TOKENIZE, "--tokenizer", d, "--chat", str(tmp_path / "missing.json")],
