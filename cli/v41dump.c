@@ -147,7 +147,10 @@ static int cmd_config(int argc, char **argv) {
         return 1;
     }
     int64_t *lookup = NULL, n = 0, vc = 0;
-    if (tokdir && build_lookup(tokdir, &lookup, &n, &vc)) return 1;
+    if (tokdir && build_lookup(tokdir, &lookup, &n, &vc)) {
+        free(lookup);
+        return 1;
+    }
     engram_v41_tokenizer tok = {lookup, n, vc};
     ngram_hash *h = NULL;
     st = engram_v41_hash_create(&c, tokdir ? &tok : NULL, path, &h, err, sizeof err);

@@ -154,3 +154,7 @@ def test_bad_head_dim(tmp_path, d):
     (tmp_path / "t.bin").write_bytes(bytes(264))
     assert "--head-dim" in refused("decode", "--head-dim", d, "--packed", tmp_path / "t.bin",
                                    "--out", tmp_path / "o")
+
+
+def test_missing_tokenizer(tmp_path):
+    assert "tokenizer" in refused("config", FIXTURE, "--tokenizer", tmp_path / "none")
