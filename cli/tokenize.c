@@ -3,6 +3,7 @@
  * many inputs, one JSON value per line, for tests and scripts.
  * Errors: one line on stderr and exit code 1; usage errors exit 2. */
 #include "chat_template.h"
+#include "engram_lookup.h"
 #include "tokenizer.h"
 #include "util.h"
 
@@ -25,6 +26,8 @@ static void usage(FILE *f) {
             "                                                       print the prompt rendered by the\n"
             "                                                       chat template (FILE: messages array;\n"
             "                                                       --extra: object of template variables)\n"
+            "         --engram-compress                              print the Engram compressed tokenizer:\n"
+            "                                                       {\"vocab\": N, \"compressed\": Vc, \"lookup\": [...]}\n"
             "         --vocab                                        print one line per id: [id, token,\n"
             "                                                       decode([id]) keeping special tokens]\n"
             "                                                       (token null for holes)\n"
@@ -300,7 +303,8 @@ int main(int argc, char **argv) {
     const char *dir = NULL, *text = NULL, *text_file = NULL, *decode = NULL, *chat = NULL, *tools = NULL,
                *extra = NULL;
     bool agp = false;
-    bool add_special = true, skip_special = false, jsonl = false, stream = false, vocab = false;
+    bool add_special = true, skip_special = false, jsonl = false, stream = false, vocab = false,
+         compress = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         bool has_val = i + 1 < argc;
@@ -313,6 +317,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--jsonl")) jsonl = true;
         else if (!strcmp(a, "--stream")) stream = true;
         else if (!strcmp(a, "--vocab")) vocab = true;
+        else if (!strcmp(a, "--engram-compress")) compress = true;
         else if (!strcmp(a, "--chat") && has_val) chat = argv[++i];
         else if (!strcmp(a, "--tools") && has_val) tools = argv[++i];
         else if (!strcmp(a, "--extra") && has_val) extra = argv[++i];
@@ -326,9 +331,9 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    int modes = (text != NULL) + (text_file != NULL) + (decode != NULL) + jsonl + (chat != NULL) + vocab;
+    int modes = (text != NULL) + (text_file != NULL) + (decode != NULL) + jsonl + (chat != NULL) + vocab + compress;
     if (!dir || modes != 1) {
-        fprintf(stderr, "engram-tokenize: need --tokenizer and exactly one of --text, --text-file, --decode, --jsonl, --chat, --vocab\n");
+        fprintf(stderr, "engram-tokenize: need --tokenizer and exactly one of --text, --text-file, --decode, --jsonl, --chat, --vocab, --engram-compress\n");
         usage(stderr);
         return 2;
     }
@@ -341,7 +346,18 @@ int main(int argc, char **argv) {
         return 1;
     }
     int status = 0;
-    if (vocab) {
+    if (compress) {
+        int64_t *lookup, n, vc;
+        if (engram_lookup_build(t, &lookup, &n, &vc, err, sizeof err)) {
+            fprintf(stderr, "engram-tokenize: %s\n", err);
+            status = 1;
+        } else {
+            printf("{\"vocab\": %lld, \"compressed\": %lld, \"lookup\": [", (long long)n, (long long)vc);
+            for (int64_t i = 0; i < n; i++) printf("%s%lld", i ? ", " : "", (long long)lookup[i]);
+            printf("]}\n");
+            free(lookup);
+        }
+    } else if (vocab) {
         status = run_vocab(t);
     } else if (jsonl) {
         status = run_jsonl(t, add_special, skip_special, stream);
