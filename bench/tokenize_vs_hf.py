@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Encode throughput (MB/s, one thread) of engram's tokenizer (build/bench/bench-tokenize)
+"""Encode throughput (MB/s, one thread) of engram's tokenizer (build/bench-tokenize)
 against Hugging Face `tokenizers` on the same text and machine.
 
     .venv/bin/python bench/tokenize_vs_hf.py [--tokenizer DIR ...] [--text-file F] [--doc-bytes N]
@@ -98,7 +98,7 @@ def main():
     for d in dirs:
         path = os.path.join(d, "tokenizer.json") if os.path.isdir(d) else d
         ours = json.loads(subprocess.check_output(
-            [os.path.join(a.build_dir, "bench", "bench-tokenize"), "--tokenizer", path, "--text-file", text_file,
+            [os.path.join(a.build_dir, "bench-tokenize"), "--tokenizer", path, "--text-file", text_file,
              "--doc-bytes", str(a.doc_bytes), "--seconds", str(a.seconds)]))
         hf = bench_hf(path, data, a.doc_bytes, a.seconds)
         name = os.path.basename(os.path.dirname(path))
