@@ -244,7 +244,7 @@ int engine_submit(engine *e, const engine_request_params *p, engine_request **ou
     pthread_mutex_lock(&e->mu);
     int rc = ENGINE_OK;
     if (atomic_load(&e->stopping)) rc = ENGINE_ERR_STOPPED;
-    else if (e->n_queued >= e->p.max_queued) rc = ENGINE_ERR_QUEUE_FULL;
+    else if (e->n_queued >= e->p.max_queued && (e->n_queued > 0 || e->running)) rc = ENGINE_ERR_QUEUE_FULL;
     if (rc == ENGINE_OK) {
         if (e->tail) e->tail->next = r;
         else e->head = r;

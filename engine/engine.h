@@ -34,7 +34,8 @@ const char *engine_status_str(int status);
 typedef struct {
     const char *model_dir; /* checkpoint directory (borrowed for engine_create only) */
     const char *device;    /* "cpu" (the only backend yet); NULL means "cpu" */
-    int max_queued;        /* requests waiting beyond the running one; default 64 */
+    int max_queued;        /* requests waiting beyond the running one (an idle engine always
+                            * takes one); default 64 */
     int threads;           /* CPU threads of the engine thread; 0: OpenMP's default */
     int prefill_chunk;     /* prompt tokens per forward pass; default 256 */
 } engine_params;

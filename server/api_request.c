@@ -64,6 +64,16 @@ static cJSON *parse_object(const char *body, size_t len, api_error *err) {
         api_error_set(err, 400, NULL, "The request body is not valid JSON: it contains a NUL byte.");
         return NULL;
     }
+    /* cJSON would cut a string at an escaped NUL and change its meaning: refuse it. */
+    for (size_t i = 0; i + 5 < len; i++) {
+        if (body[i] != '\\' || body[i + 1] != 'u' || memcmp(body + i + 2, "0000", 4) != 0) continue;
+        size_t k = 0;
+        while (k < i && body[i - 1 - k] == '\\') k++;
+        if (k % 2 == 0) {
+            api_error_set(err, 400, NULL, "The request body contains the escape \\u0000: NUL characters are not supported.");
+            return NULL;
+        }
+    }
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, false);
     if (root) {

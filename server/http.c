@@ -34,6 +34,7 @@ struct server {
     struct MHD_Daemon *d;
     struct sockaddr_storage addr;
     atomic_bool draining;
+    atomic_int active; /* requests between their first callback and their completion */
     atomic_ullong next_id;
     unsigned long long id_salt;
     long started; /* unix seconds */
@@ -680,6 +681,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         c->mc = mc;
         c->route = "other";
         *con_cls = c;
+        atomic_fetch_add(&s->active, 1);
         /* A body far over the limit is refused before it is read; one a little
          * over is read and dropped so the client sees the 413. */
         const char *cl = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -730,6 +732,7 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, e
         metrics_request_done(c->s->mx, "abort", &o, util_now());
         engine_request_release(c->req);
     }
+    atomic_fetch_sub(&c->s->active, 1);
     free(c->body);
     free(c->text);
     free(c);
@@ -752,6 +755,7 @@ int server_start(const server_params *p, engine *e, metrics *m, server **out, ch
     clock_gettime(CLOCK_REALTIME, &ts);
     s->id_salt = ((unsigned long long)ts.tv_nsec << 20) ^ (unsigned long long)ts.tv_sec ^ ((unsigned long long)getpid() << 40);
     atomic_init(&s->draining, false);
+    atomic_init(&s->active, 0);
     atomic_init(&s->next_id, 1);
     if (chat_template_load_dir(p->model_dir, &s->tmpl, err, errlen) != CHAT_TEMPLATE_OK) {
         free(s);
@@ -797,7 +801,15 @@ void server_drain(server *s) {
 
 void server_stop(server *s) {
     if (!s) return;
+    /* Stop accepting, let requests in flight send their last bytes (the
+     * engine has ended them), then stop the threads. */
+    MHD_socket lsock = MHD_quiesce_daemon(s->d);
+    for (int i = 0; i < 500 && atomic_load(&s->active) > 0; i++) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
     MHD_stop_daemon(s->d);
+    if (lsock != MHD_INVALID_SOCKET) close(lsock);
     chat_template_destroy(s->tmpl);
     free(s);
 }
