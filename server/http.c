@@ -34,7 +34,7 @@ struct server {
     struct MHD_Daemon *d;
     struct sockaddr_storage addr;
     atomic_bool draining;
-    atomic_int active; /* requests between their first callback and their completion */
+    atomic_int active; /* generations whose response is not finished */
     atomic_ullong next_id;
     unsigned long long id_salt;
     long started; /* unix seconds */
@@ -48,6 +48,7 @@ typedef struct {
     char *body;        /* (len) bytes received */
     size_t len, cap;
     bool too_big;
+    bool generating; /* counted in server.active */
     /* a non-streaming generation waiting on the engine */
     engine_request *req;
     api_kind kind;
@@ -327,6 +328,7 @@ static void stream_free(void *cls) {
         stream_record(st, "abort");
     }
     engine_request_release(st->req);
+    atomic_fetch_sub(&st->s->active, 1);
     free(st->buf);
     free(st);
 }
@@ -565,6 +567,8 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
     long created = (long)time(NULL);
 
     if (!ar.stream) {
+        c->generating = true;
+        atomic_fetch_add(&s->active, 1);
         c->req = req;
         c->kind = kind;
         c->created = created;
@@ -599,6 +603,7 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
         ret = fail(c, 500, NULL, "Out of memory.");
         goto out;
     }
+    atomic_fetch_add(&s->active, 1); /* until stream_free */
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     MHD_add_response_header(r, "X-Accel-Buffering", "no");
@@ -681,7 +686,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         c->mc = mc;
         c->route = "other";
         *con_cls = c;
-        atomic_fetch_add(&s->active, 1);
         /* A body far over the limit is refused before it is read; one a little
          * over is read and dropped so the client sees the 413. */
         const char *cl = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -732,7 +736,7 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, e
         metrics_request_done(c->s->mx, "abort", &o, util_now());
         engine_request_release(c->req);
     }
-    atomic_fetch_sub(&c->s->active, 1);
+    if (c->generating) atomic_fetch_sub(&c->s->active, 1);
     free(c->body);
     free(c->text);
     free(c);
