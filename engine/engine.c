@@ -32,6 +32,9 @@ struct engine_request {
     int32_t *bias_ids; /* (n_bias) */
     float *bias_vals;  /* (n_bias) */
     int n_bias;
+    float *gates;      /* (n_prompt + max_tokens, n_layers) when gates were asked for */
+    int32_t *gate_ids; /* (n_prompt + max_tokens) the tokens those gates belong to */
+    int n_gated, n_gate_layers;
     void (*notify)(void *);
     void *notify_ctx;
     /* output, under mu */
@@ -94,9 +97,24 @@ static void request_free(engine_request *r) {
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->bias_ids);
     free(r->bias_vals);
+    free(r->gates);
+    free(r->gate_ids);
     free(r->pend);
     pthread_mutex_destroy(&r->mu);
     free(r);
+}
+
+bool engine_request_gates(engine_request *r, const int32_t **ids, int *n_tokens, const float **gates,
+                          int *n_layers) {
+    pthread_mutex_lock(&r->mu);
+    bool ok = r->gates && r->finish != ENGINE_FINISH_NONE;
+    pthread_mutex_unlock(&r->mu);
+    if (!ok) return false;
+    *ids = r->gate_ids;
+    *n_tokens = r->n_gated;
+    *gates = r->gates;
+    *n_layers = r->n_gate_layers;
+    return true;
 }
 
 void engine_request_release(engine_request *r) {
@@ -218,7 +236,15 @@ int engine_submit(engine *e, const engine_request_params *p, engine_request **ou
         r->bias_ids = malloc((size_t)p->n_bias * sizeof(int32_t));
         r->bias_vals = malloc((size_t)p->n_bias * sizeof(float));
     }
-    bool nomem = !r->prompt || (p->n_bias && (!r->bias_ids || !r->bias_vals));
+    const model_engram *me = e->m->engram;
+    if (p->want_gates && me) {
+        size_t n_tok = (size_t)p->n_prompt + (size_t)p->max_tokens;
+        r->n_gate_layers = me->n_layers;
+        r->gates = malloc(n_tok * (size_t)me->n_layers * sizeof(float));
+        r->gate_ids = malloc(n_tok * sizeof(int32_t));
+    }
+    bool nomem = !r->prompt || (p->n_bias && (!r->bias_ids || !r->bias_vals)) ||
+                 (r->n_gate_layers && (!r->gates || !r->gate_ids));
     for (int i = 0; i < p->n_stop && !nomem; i++) {
         if (!(r->stop[i] = strdup(p->stop[i]))) nomem = true;
         r->n_stop = i + 1;
@@ -348,12 +374,18 @@ static void engine_run_request(engine *e, engine_request *r) {
         }
         int n = r->n_prompt - i < chunk ? r->n_prompt - i : chunk;
         bool last = i + n == r->n_prompt;
-        int frc = forward_run(e->m, e->ops, e->st, r->prompt + i, n, last ? e->logits : NULL, NULL);
+        float *gp = r->gates ? r->gates + (size_t)i * r->n_gate_layers : NULL;
+        int frc = forward_run(e->m, e->ops, e->st, r->prompt + i, n, last ? e->logits : NULL, gp);
         if (frc != FORWARD_OK) {
             log_error("%s", forward_status_str(frc));
             request_publish(r, NULL, 0, 0, ENGINE_FINISH_ERROR, ENGINE_ERR_FORWARD);
             goto done;
         }
+    }
+
+    if (r->gates) { /* written before the finish is published, read after it */
+        memcpy(r->gate_ids, r->prompt, (size_t)r->n_prompt * sizeof(int32_t));
+        r->n_gated = r->n_prompt;
     }
 
     /* Decode: one token per step. */
@@ -400,12 +432,14 @@ static void engine_run_request(engine *e, engine_request *r) {
         g.emitted = upto;
         if (f != ENGINE_FINISH_NONE) break;
 
-        int frc = forward_run(e->m, e->ops, e->st, &next, 1, e->logits, NULL);
+        float *gp = r->gates ? r->gates + (size_t)(r->n_prompt + n_out - 1) * r->n_gate_layers : NULL;
+        int frc = forward_run(e->m, e->ops, e->st, &next, 1, e->logits, gp);
         if (frc != FORWARD_OK) {
             log_error("%s", forward_status_str(frc));
             request_publish(r, NULL, 0, n_out, ENGINE_FINISH_ERROR, ENGINE_ERR_FORWARD);
             goto done;
         }
+        if (r->gates) r->gate_ids[r->n_gated++] = next;
     }
 done:
     free(g.buf);

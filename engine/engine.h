@@ -94,6 +94,7 @@ typedef struct {
     const int32_t *bias_ids; /* (n_bias) logit_bias token ids, copied */
     const float *bias_vals;  /* (n_bias) values added to those logits */
     int n_bias;
+    bool want_gates;         /* keep the Engram gates of every token (engine_request_gates) */
     /* Called on the engine thread, with no lock held, when new output appears
      * after engine_request_read armed it (see there). May be NULL. */
     void (*notify)(void *ctx);
@@ -112,6 +113,15 @@ int engine_submit(engine *e, const engine_request_params *p, engine_request **ou
  * finishes with ENGINE_FINISH_CANCEL. Idempotent, thread-safe, and safe after
  * the request finished or the engine stopped. */
 void engine_cancel(engine_request *r);
+
+/* Once the request has finished: the Engram gates it asked for with
+ * want_gates. *ids (n_tokens) are the tokens that went through the model (the
+ * prompt, then every generated token but the last, which was never fed
+ * back); *gates is (n_tokens, n_layers). Borrowed until the request is
+ * released. Returns false when gates were not asked for, the model has no
+ * Engram, or the request has not finished. Thread-safe. */
+bool engine_request_gates(engine_request *r, const int32_t **ids, int *n_tokens, const float **gates,
+                          int *n_layers);
 
 /* Drops the caller's reference. Accepts NULL. */
 void engine_request_release(engine_request *r);

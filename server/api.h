@@ -42,6 +42,7 @@ typedef struct {
     sampler_params sampling; /* temperature, top_p, top_k, min_p, penalties, seed */
     bool has_seed;
     bool ignore_eos;        /* vLLM's extension */
+    bool engram_gates;      /* our extension: return every token's Engram gates (not with stream) */
     char *stop[ENGINE_MAX_STOP];
     int n_stop;
     int32_t *bias_ids;      /* (n_bias) logit_bias */

@@ -482,6 +482,11 @@ int api_parse_request(api_kind kind, const char *body, size_t len, api_request *
         goto fail;
     }
     if (get_bool(root, "stream", &r->stream, err) < 0) goto fail;
+    if (get_bool(root, "engram_gates", &r->engram_gates, err) < 0) goto fail;
+    if (r->engram_gates && r->stream) {
+        api_error_set(err, 400, "engram_gates", "'engram_gates' is only available without 'stream'.");
+        goto fail;
+    }
     const cJSON *so = field(root, "stream_options");
     if (so) {
         if (!cJSON_IsObject(so)) {

@@ -56,6 +56,7 @@ typedef struct {
     long created;
     char *text; /* generated text so far */
     size_t tlen, tcap;
+    bool gates; /* the request asked for "engram_gates" */
 } conn;
 
 /* A streaming generation, owned by its libmicrohttpd response. */
@@ -162,6 +163,39 @@ static cJSON *response_head(server *s, const char *id, const char *object, long 
 
 /* ---- non-streaming generation ---- */
 
+/* {"layers", "n_prompt", "token_ids", "tokens", "gates"} of a finished request
+ * that asked for Engram gates: each token that went through the model (text of
+ * that token alone, special tokens kept) with its gate per Engram layer. */
+static cJSON *gates_json(server *s, engine_request *r, int n_prompt) {
+    const int32_t *ids;
+    const float *g;
+    int n, nl;
+    if (!engine_request_gates(r, &ids, &n, &g, &nl)) return NULL;
+    const model *m = engine_model(s->e);
+    const tokenizer *tok = engine_tokenizer(s->e);
+    cJSON *o = cJSON_CreateObject();
+    cJSON *layers = cJSON_AddArrayToObject(o, "layers");
+    for (int l = 0; l < nl; l++) cJSON_AddItemToArray(layers, cJSON_CreateNumber(m->engram->layers[l].layer_id));
+    cJSON_AddNumberToObject(o, "n_prompt", n_prompt);
+    cJSON *jids = cJSON_AddArrayToObject(o, "token_ids");
+    cJSON *jtok = cJSON_AddArrayToObject(o, "tokens");
+    cJSON *jg = cJSON_AddArrayToObject(o, "gates");
+    for (int t = 0; t < n; t++) {
+        cJSON_AddItemToArray(jids, cJSON_CreateNumber(ids[t]));
+        char *piece = NULL;
+        size_t len = 0;
+        if (tok && tokenizer_decode(tok, ids + t, 1, false, &piece, &len) == TOKENIZER_OK)
+            cJSON_AddItemToArray(jtok, cJSON_CreateString(piece));
+        else
+            cJSON_AddItemToArray(jtok, cJSON_CreateString(""));
+        free(piece);
+        cJSON *row = cJSON_CreateArray();
+        for (int l = 0; l < nl; l++) cJSON_AddItemToArray(row, cJSON_CreateNumber(g[(size_t)t * nl + l]));
+        cJSON_AddItemToArray(jg, row);
+    }
+    return o;
+}
+
 static enum MHD_Result continue_generation(conn *c) {
     engine_output o;
     while (engine_request_read(c->req, &o, suspend_cb, c->mc)) {
@@ -185,9 +219,11 @@ static enum MHD_Result continue_generation(conn *c) {
         if (o.finish == ENGINE_FINISH_NONE) continue;
 
         metrics_request_done(c->s->mx, finish_str(o.finish), &o, util_now());
+        cJSON *gates = c->gates ? gates_json(c->s, c->req, o.n_prompt) : NULL;
         engine_request_release(c->req);
         c->req = NULL;
         if (o.finish != ENGINE_FINISH_STOP && o.finish != ENGINE_FINISH_LENGTH) {
+            cJSON_Delete(gates);
             api_error err;
             finish_error(&o, &err);
             return reply_error(c, &err, NULL);
@@ -208,6 +244,7 @@ static enum MHD_Result continue_generation(conn *c) {
         cJSON_AddNullToObject(ch, "logprobs");
         cJSON_AddStringToObject(ch, "finish_reason", finish_str(o.finish));
         cJSON_AddItemToObject(root, "usage", usage_json(&o));
+        if (gates) cJSON_AddItemToObject(root, "engram_gates", gates);
         return reply_json(c, 200, root);
     }
     return MHD_YES; /* suspended until the engine has more */
@@ -529,6 +566,10 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
     }
     int max_tokens = ar.max_tokens > 0 ? ar.max_tokens : ctx - (int)n;
     if (ar.max_tokens <= 0 && kind == API_COMPLETIONS && max_tokens > 16) max_tokens = 16; /* OpenAI's default */
+    if (ar.engram_gates && !engine_model(s->e)->engram) {
+        ret = fail(c, 400, "engram_gates", "This model has no Engram layers, so it has no gates to return.");
+        goto out;
+    }
     if (atomic_load(&s->draining)) {
         ret = fail(c, 503, NULL, "The server is shutting down.");
         goto out;
@@ -545,6 +586,7 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
         rp.sampling.seed = (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull ^ atomic_fetch_add(&s->next_id, 1) ^ s->id_salt;
     }
     rp.ignore_eos = ar.ignore_eos;
+    rp.want_gates = ar.engram_gates;
     for (int i = 0; i < ar.n_stop; i++) rp.stop[i] = ar.stop[i];
     rp.n_stop = ar.n_stop;
     rp.bias_ids = ar.bias_ids;
@@ -571,6 +613,7 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
         atomic_fetch_add(&s->active, 1);
         c->req = req;
         c->kind = kind;
+        c->gates = ar.engram_gates;
         c->created = created;
         memcpy(c->id, id, sizeof(id));
         ret = continue_generation(c);
@@ -636,8 +679,27 @@ static const struct {
     {"/detokenize", "POST", R_DETOKENIZE, false, "/detokenize"},
 };
 
+extern const unsigned char server_page_index[]; /* server/static/index.html, embedded by CMake */
+extern const size_t server_page_index_len;
+
+/* GET /: the memory-view page (each token shaded by its Engram gate). */
+static enum MHD_Result handle_page(conn *c, const char *method) {
+    api_error err;
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
+        errors_set(&err, 405, NULL, "Method %s is not allowed on /; use GET.", method);
+        return reply_error(c, &err, "GET, HEAD");
+    }
+    char *body = malloc(server_page_index_len);
+    if (body) memcpy(body, server_page_index, server_page_index_len);
+    return reply(c, 200, "text/html; charset=utf-8", body, server_page_index_len, NULL);
+}
+
 static enum MHD_Result dispatch(conn *c, const char *url, const char *method) {
     int found = -1;
+    if (!strcmp(url, "/")) {
+        c->route = "/";
+        return handle_page(c, method);
+    }
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]) && found < 0; i++) {
         size_t pl = strlen(routes[i].path);
         if (routes[i].path[pl - 1] == '/' ? (!strncmp(url, routes[i].path, pl) && url[pl]) : !strcmp(url, routes[i].path))
