@@ -1,0 +1,559 @@
+/* The engine thread and its request objects (see engine.h). One sequence at
+ * a time: the thread takes the oldest queued request, prefills its prompt in
+ * chunks, decodes token by token, and publishes text to the request's output
+ * stream after every step. Stop strings are matched on the generated text;
+ * the longest tail that could still start a stop string is held back so a
+ * stop string is never emitted, even when it spans tokens. */
+#include "engine.h"
+
+#include <omp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "forward.h"
+#include "util.h"
+
+struct engine_request {
+    pthread_mutex_t mu;
+    atomic_int refs;
+    atomic_bool cancel;
+    engine_request *next; /* queue link, under engine.mu */
+    /* parameters, owned copies */
+    int32_t *prompt; /* (n_prompt) */
+    int n_prompt, max_tokens;
+    sampler_params sp;
+    bool ignore_eos;
+    char *stop[ENGINE_MAX_STOP];
+    int n_stop;
+    int32_t *bias_ids; /* (n_bias) */
+    float *bias_vals;  /* (n_bias) */
+    int n_bias;
+    float *gates;      /* (n_prompt + max_tokens, n_layers) when gates were asked for */
+    int32_t *gate_ids; /* (n_prompt + max_tokens) the tokens those gates belong to */
+    int n_gated, n_gate_layers;
+    void (*notify)(void *);
+    void *notify_ctx;
+    /* output, under mu */
+    char *pend; /* text not yet read */
+    size_t pend_len, pend_cap;
+    int n_generated;
+    engine_finish finish;
+    bool finish_read; /* the finish has been returned by a read */
+    bool armed;       /* notify on the next publish */
+    int error;
+    double t_submit, t_start, t_first_token, t_end;
+};
+
+struct engine {
+    engine_params p;
+    model *m;
+    tokenizer *tok;          /* NULL when the checkpoint has none */
+    const backend_ops *ops;
+    forward_state *st;       /* the one sequence's KV cache, (ctx) positions */
+    float *logits;           /* (vocab_size) */
+    int32_t *out_ids;        /* (ctx) generated ids of the running request */
+    int ctx, vocab;
+    pthread_t thread;
+    bool thread_started;
+    pthread_mutex_t mu; /* queue, running, stopping */
+    pthread_cond_t cv;
+    engine_request *head, *tail;
+    int n_queued;
+    engine_request *running;
+    atomic_bool stopping;
+    bool stopped;
+};
+
+const char *engine_status_str(int status) {
+    switch (status) {
+    case ENGINE_OK: return "ok";
+    case ENGINE_ERR_NOMEM: return "out of memory";
+    case ENGINE_ERR_LOAD: return "cannot load the model";
+    case ENGINE_ERR_INVALID: return "invalid request";
+    case ENGINE_ERR_QUEUE_FULL: return "the request queue is full";
+    case ENGINE_ERR_STOPPED: return "the engine is stopping";
+    case ENGINE_ERR_FORWARD: return "the forward pass failed";
+    case ENGINE_ERR_DEVICE: return "device not available";
+    }
+    return "unknown engine status";
+}
+
+engine_params engine_default_params(void) {
+    engine_params p = {0};
+    p.device = "cpu";
+    p.max_queued = 64;
+    p.prefill_chunk = 256;
+    return p;
+}
+
+/* ---- requests ---- */
+
+static void request_free(engine_request *r) {
+    free(r->prompt);
+    for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
+    free(r->bias_ids);
+    free(r->bias_vals);
+    free(r->gates);
+    free(r->gate_ids);
+    free(r->pend);
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+}
+
+bool engine_request_gates(engine_request *r, const int32_t **ids, int *n_tokens, const float **gates,
+                          int *n_layers) {
+    pthread_mutex_lock(&r->mu);
+    bool ok = r->gates && r->finish != ENGINE_FINISH_NONE;
+    pthread_mutex_unlock(&r->mu);
+    if (!ok) return false;
+    *ids = r->gate_ids;
+    *n_tokens = r->n_gated;
+    *gates = r->gates;
+    *n_layers = r->n_gate_layers;
+    return true;
+}
+
+void engine_request_release(engine_request *r) {
+    if (r && atomic_fetch_sub(&r->refs, 1) == 1) request_free(r);
+}
+
+void engine_cancel(engine_request *r) {
+    if (r) atomic_store(&r->cancel, true);
+}
+
+/* Appends text to the request's unread output, records progress and (once)
+ * the finish, and fires an armed notify. Engine thread only. Returns
+ * ENGINE_ERR_NOMEM if the text could not be kept (the request then finishes
+ * with an error). */
+static int request_publish(engine_request *r, const char *text, size_t len, int n_generated,
+                           engine_finish finish, int error) {
+    int rc = ENGINE_OK;
+    pthread_mutex_lock(&r->mu);
+    if (len) {
+        if (r->pend_len + len + 1 > r->pend_cap) {
+            size_t cap = (r->pend_len + len + 1) * 2;
+            char *q = realloc(r->pend, cap);
+            if (!q) {
+                rc = ENGINE_ERR_NOMEM;
+                finish = ENGINE_FINISH_ERROR;
+                error = ENGINE_ERR_NOMEM;
+                len = 0;
+            } else {
+                r->pend = q;
+                r->pend_cap = cap;
+            }
+        }
+        if (len) {
+            memcpy(r->pend + r->pend_len, text, len);
+            r->pend_len += len;
+            r->pend[r->pend_len] = 0;
+        }
+    }
+    r->n_generated = n_generated;
+    if (n_generated > 0 && r->t_first_token == 0) r->t_first_token = util_now();
+    if (finish != ENGINE_FINISH_NONE && r->finish == ENGINE_FINISH_NONE) {
+        r->finish = finish;
+        r->error = error;
+        r->t_end = util_now();
+    }
+    bool fire = r->armed && (len || r->finish != ENGINE_FINISH_NONE);
+    if (fire) r->armed = false;
+    void (*notify)(void *) = r->notify;
+    void *ctx = r->notify_ctx;
+    pthread_mutex_unlock(&r->mu);
+    if (fire && notify) notify(ctx);
+    return rc;
+}
+
+bool engine_request_read(engine_request *r, engine_output *out, void (*on_empty)(void *), void *ctx) {
+    memset(out, 0, sizeof(*out));
+    pthread_mutex_lock(&r->mu);
+    bool news = false;
+    if (r->pend_len) {
+        out->text = r->pend; /* hand over the buffer */
+        out->len = r->pend_len;
+        r->pend = NULL;
+        r->pend_len = r->pend_cap = 0;
+        news = true;
+    }
+    out->n_prompt = r->n_prompt;
+    out->n_generated = r->n_generated;
+    out->t_submit = r->t_submit;
+    out->t_start = r->t_start;
+    out->t_first_token = r->t_first_token;
+    if (r->finish != ENGINE_FINISH_NONE && !r->finish_read) {
+        out->finish = r->finish;
+        out->error = r->error;
+        out->t_end = r->t_end;
+        r->finish_read = true;
+        news = true;
+    }
+    if (!news && r->finish == ENGINE_FINISH_NONE) {
+        if (on_empty) on_empty(ctx);
+        r->armed = true;
+    }
+    pthread_mutex_unlock(&r->mu);
+    return news;
+}
+
+/* ---- the engine ---- */
+
+const model *engine_model(const engine *e) { return e->m; }
+const tokenizer *engine_tokenizer(const engine *e) { return e->tok; }
+int engine_context_length(const engine *e) { return e->ctx; }
+int engine_vocab_size(const engine *e) { return e->vocab; }
+
+void engine_get_stats(engine *e, engine_stats *out) {
+    pthread_mutex_lock(&e->mu);
+    out->queued = e->n_queued;
+    out->running = e->running != NULL;
+    pthread_mutex_unlock(&e->mu);
+}
+
+int engine_submit(engine *e, const engine_request_params *p, engine_request **out) {
+    *out = NULL;
+    if (!p->prompt || p->n_prompt < 1 || p->max_tokens < 1 || p->n_stop < 0 || p->n_stop > ENGINE_MAX_STOP ||
+        p->n_bias < 0 || (long)p->n_prompt + p->max_tokens > e->ctx)
+        return ENGINE_ERR_INVALID;
+    for (int i = 0; i < p->n_prompt; i++)
+        if (p->prompt[i] < 0 || p->prompt[i] >= e->vocab) return ENGINE_ERR_INVALID;
+    for (int i = 0; i < p->n_bias; i++)
+        if (p->bias_ids[i] < 0 || p->bias_ids[i] >= e->vocab) return ENGINE_ERR_INVALID;
+    for (int i = 0; i < p->n_stop; i++)
+        if (!p->stop[i] || !p->stop[i][0]) return ENGINE_ERR_INVALID;
+
+    engine_request *r = calloc(1, sizeof(*r));
+    if (!r) return ENGINE_ERR_NOMEM;
+    pthread_mutex_init(&r->mu, NULL);
+    atomic_init(&r->refs, 2); /* the caller's and the engine's */
+    atomic_init(&r->cancel, false);
+    r->prompt = malloc((size_t)p->n_prompt * sizeof(int32_t));
+    if (p->n_bias) {
+        r->bias_ids = malloc((size_t)p->n_bias * sizeof(int32_t));
+        r->bias_vals = malloc((size_t)p->n_bias * sizeof(float));
+    }
+    const model_engram *me = e->m->engram;
+    if (p->want_gates && me) {
+        size_t n_tok = (size_t)p->n_prompt + (size_t)p->max_tokens;
+        r->n_gate_layers = me->n_layers;
+        r->gates = malloc(n_tok * (size_t)me->n_layers * sizeof(float));
+        r->gate_ids = malloc(n_tok * sizeof(int32_t));
+    }
+    bool nomem = !r->prompt || (p->n_bias && (!r->bias_ids || !r->bias_vals)) ||
+                 (r->n_gate_layers && (!r->gates || !r->gate_ids));
+    for (int i = 0; i < p->n_stop && !nomem; i++) {
+        if (!(r->stop[i] = strdup(p->stop[i]))) nomem = true;
+        r->n_stop = i + 1;
+    }
+    if (nomem) {
+        request_free(r);
+        return ENGINE_ERR_NOMEM;
+    }
+    memcpy(r->prompt, p->prompt, (size_t)p->n_prompt * sizeof(int32_t));
+    if (p->n_bias) {
+        memcpy(r->bias_ids, p->bias_ids, (size_t)p->n_bias * sizeof(int32_t));
+        memcpy(r->bias_vals, p->bias_vals, (size_t)p->n_bias * sizeof(float));
+    }
+    r->n_bias = p->n_bias;
+    r->n_prompt = p->n_prompt;
+    r->max_tokens = p->max_tokens;
+    r->sp = p->sampling;
+    r->ignore_eos = p->ignore_eos;
+    r->notify = p->notify;
+    r->notify_ctx = p->notify_ctx;
+    r->t_submit = util_now();
+
+    pthread_mutex_lock(&e->mu);
+    int rc = ENGINE_OK;
+    if (atomic_load(&e->stopping)) rc = ENGINE_ERR_STOPPED;
+    else if (e->n_queued >= e->p.max_queued && (e->n_queued > 0 || e->running)) rc = ENGINE_ERR_QUEUE_FULL;
+    if (rc == ENGINE_OK) {
+        if (e->tail) e->tail->next = r;
+        else e->head = r;
+        e->tail = r;
+        e->n_queued++;
+        pthread_cond_signal(&e->cv);
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (rc != ENGINE_OK) {
+        request_free(r);
+        return rc;
+    }
+    *out = r;
+    return ENGINE_OK;
+}
+
+/* Generated text of the running request and how much of it is published. */
+typedef struct {
+    char *buf;
+    size_t len, cap, emitted;
+} gen_text;
+
+static int gen_append(gen_text *g, const char *s, size_t n) {
+    if (g->len + n + 1 > g->cap) {
+        size_t cap = (g->len + n + 1) * 2;
+        char *q = realloc(g->buf, cap);
+        if (!q) return -1;
+        g->buf = q;
+        g->cap = cap;
+    }
+    memcpy(g->buf + g->len, s, n);
+    g->len += n;
+    g->buf[g->len] = 0;
+    return 0;
+}
+
+/* Looks for a stop string in g from byte `from` on (minus overlap). Returns
+ * the earliest match position, or -1. */
+static long find_stop(const engine_request *r, const gen_text *g, size_t from) {
+    long best = -1;
+    for (int i = 0; i < r->n_stop; i++) {
+        size_t sl = strlen(r->stop[i]);
+        size_t start = from >= sl - 1 ? from - (sl - 1) : 0;
+        if (start < g->emitted) start = g->emitted;
+        for (size_t p = start; p + sl <= g->len; p++) {
+            if (best >= 0 && (long)p >= best) break;
+            if (memcmp(g->buf + p, r->stop[i], sl) == 0) {
+                best = (long)p;
+                break;
+            }
+        }
+    }
+    return best;
+}
+
+/* Bytes at the end of g that are a proper prefix of some stop string: they
+ * cannot be published yet. */
+static size_t stop_holdback(const engine_request *r, const gen_text *g) {
+    size_t hold = 0;
+    for (int i = 0; i < r->n_stop; i++) {
+        size_t sl = strlen(r->stop[i]);
+        for (size_t k = sl - 1; k > hold; k--) {
+            if (k > g->len - g->emitted) continue;
+            if (memcmp(g->buf + g->len - k, r->stop[i], k) == 0) {
+                hold = k;
+                break;
+            }
+        }
+    }
+    return hold;
+}
+
+static engine_finish interrupted(engine *e, engine_request *r) {
+    if (atomic_load(&e->stopping)) return ENGINE_FINISH_ABORT;
+    if (atomic_load(&r->cancel)) return ENGINE_FINISH_CANCEL;
+    return ENGINE_FINISH_NONE;
+}
+
+/* Runs one request to its end on the engine thread. */
+static void engine_run_request(engine *e, engine_request *r) {
+    pthread_mutex_lock(&r->mu);
+    r->t_start = util_now();
+    pthread_mutex_unlock(&r->mu);
+
+    gen_text g = {0};
+    tokenizer_stream *ts = NULL;
+    sampler *smp = sampler_create(e->vocab, r->sp);
+    if (!smp || (e->tok && tokenizer_stream_create(e->tok, true, &ts) != TOKENIZER_OK)) {
+        request_publish(r, NULL, 0, 0, ENGINE_FINISH_ERROR, ENGINE_ERR_NOMEM);
+        goto done;
+    }
+    forward_state_reset(e->st);
+
+    /* Prefill in chunks; cancellation is checked between chunks. */
+    int chunk = e->p.prefill_chunk;
+    for (int i = 0; i < r->n_prompt; i += chunk) {
+        engine_finish f = interrupted(e, r);
+        if (f != ENGINE_FINISH_NONE) {
+            request_publish(r, NULL, 0, 0, f, 0);
+            goto done;
+        }
+        int n = r->n_prompt - i < chunk ? r->n_prompt - i : chunk;
+        bool last = i + n == r->n_prompt;
+        float *gp = r->gates ? r->gates + (size_t)i * r->n_gate_layers : NULL;
+        int frc = forward_run(e->m, e->ops, e->st, r->prompt + i, n, last ? e->logits : NULL, gp);
+        if (frc != FORWARD_OK) {
+            log_error("%s", forward_status_str(frc));
+            request_publish(r, NULL, 0, 0, ENGINE_FINISH_ERROR, ENGINE_ERR_FORWARD);
+            goto done;
+        }
+    }
+
+    if (r->gates) { /* written before the finish is published, read after it */
+        memcpy(r->gate_ids, r->prompt, (size_t)r->n_prompt * sizeof(int32_t));
+        r->n_gated = r->n_prompt;
+    }
+
+    /* Decode: one token per step. */
+    const model_config *c = &engine_model(e)->cfg;
+    int n_out = 0;
+    for (;;) {
+        for (int i = 0; i < r->n_bias; i++) e->logits[r->bias_ids[i]] += r->bias_vals[i];
+        int32_t next = sampler_sample(smp, e->logits, r->prompt, r->n_prompt, e->out_ids, n_out);
+        e->out_ids[n_out++] = next;
+
+        size_t scanned = g.len;
+        char *piece = NULL;
+        size_t plen = 0;
+        int trc = ts ? tokenizer_stream_step(ts, next, &piece, &plen) : TOKENIZER_OK;
+        if (trc == TOKENIZER_OK && plen && gen_append(&g, piece, plen) != 0) trc = TOKENIZER_ERR_NOMEM;
+        free(piece);
+
+        bool eos = false;
+        for (int k = 0; k < c->n_eos && !r->ignore_eos; k++) eos |= next == c->eos_token_ids[k];
+        engine_finish f = eos ? ENGINE_FINISH_STOP
+                        : n_out >= r->max_tokens ? ENGINE_FINISH_LENGTH
+                                                 : ENGINE_FINISH_NONE;
+        if (f != ENGINE_FINISH_NONE && ts && trc == TOKENIZER_OK) { /* the incomplete tail, if any */
+            piece = NULL;
+            plen = 0;
+            trc = tokenizer_stream_flush(ts, &piece, &plen);
+            if (trc == TOKENIZER_OK && plen && gen_append(&g, piece, plen) != 0) trc = TOKENIZER_ERR_NOMEM;
+            free(piece);
+        }
+        if (trc != TOKENIZER_OK) {
+            request_publish(r, NULL, 0, n_out, ENGINE_FINISH_ERROR, ENGINE_ERR_NOMEM);
+            goto done;
+        }
+        long at = r->n_stop ? find_stop(r, &g, scanned) : -1;
+        size_t upto;
+        if (at >= 0) {
+            upto = (size_t)at;
+            f = ENGINE_FINISH_STOP;
+        } else {
+            upto = f != ENGINE_FINISH_NONE ? g.len : g.len - stop_holdback(r, &g);
+        }
+        if (f == ENGINE_FINISH_NONE) f = interrupted(e, r);
+        request_publish(r, g.buf + g.emitted, upto - g.emitted, n_out, f, 0);
+        g.emitted = upto;
+        if (f != ENGINE_FINISH_NONE) break;
+
+        float *gp = r->gates ? r->gates + (size_t)(r->n_prompt + n_out - 1) * r->n_gate_layers : NULL;
+        int frc = forward_run(e->m, e->ops, e->st, &next, 1, e->logits, gp);
+        if (frc != FORWARD_OK) {
+            log_error("%s", forward_status_str(frc));
+            request_publish(r, NULL, 0, n_out, ENGINE_FINISH_ERROR, ENGINE_ERR_FORWARD);
+            goto done;
+        }
+        if (r->gates) r->gate_ids[r->n_gated++] = next;
+    }
+done:
+    free(g.buf);
+    tokenizer_stream_destroy(ts);
+    sampler_destroy(smp);
+}
+
+static void *engine_main(void *arg) {
+    engine *e = arg;
+    if (e->p.threads > 0) omp_set_num_threads(e->p.threads);
+    pthread_mutex_lock(&e->mu);
+    for (;;) {
+        while (!atomic_load(&e->stopping) && !e->head) pthread_cond_wait(&e->cv, &e->mu);
+        if (atomic_load(&e->stopping)) break;
+        engine_request *r = e->head;
+        e->head = r->next;
+        if (!e->head) e->tail = NULL;
+        r->next = NULL;
+        e->n_queued--;
+        e->running = r;
+        pthread_mutex_unlock(&e->mu);
+
+        if (atomic_load(&r->cancel)) request_publish(r, NULL, 0, 0, ENGINE_FINISH_CANCEL, 0);
+        else engine_run_request(e, r);
+
+        pthread_mutex_lock(&e->mu);
+        e->running = NULL;
+        pthread_mutex_unlock(&e->mu);
+        engine_request_release(r);
+        pthread_mutex_lock(&e->mu);
+    }
+    pthread_mutex_unlock(&e->mu);
+    return NULL;
+}
+
+int engine_create(const engine_params *p, engine **out, char *err, size_t errlen) {
+    *out = NULL;
+    if (p->device && strcmp(p->device, "cpu") != 0) {
+        snprintf(err, errlen, "device %s is not available in this build (cpu only)", p->device);
+        return ENGINE_ERR_DEVICE;
+    }
+    engine *e = calloc(1, sizeof(*e));
+    if (!e) {
+        snprintf(err, errlen, "out of memory");
+        return ENGINE_ERR_NOMEM;
+    }
+    e->p = *p;
+    e->p.model_dir = NULL;
+    if (e->p.max_queued < 0) e->p.max_queued = 0;
+    if (e->p.prefill_chunk < 1) e->p.prefill_chunk = 256;
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->cv, NULL);
+    atomic_init(&e->stopping, false);
+    e->stopped = true; /* nothing to stop until the thread runs */
+
+    int rc = ENGINE_ERR_LOAD;
+    if (model_load(p->model_dir, &e->m, err, errlen) != MODEL_OK) goto fail;
+    char terr[512];
+    if (tokenizer_load(p->model_dir, &e->tok, terr, sizeof(terr)) != TOKENIZER_OK) {
+        e->tok = NULL;
+        log_warn("no tokenizer (%s): requests must come as token ids", terr);
+    }
+    e->ops = backend_cpu();
+    e->ctx = e->m->cfg.max_position_embeddings;
+    e->vocab = model_sampling_vocab(e->m);
+    rc = ENGINE_ERR_NOMEM;
+    e->logits = malloc((size_t)e->m->cfg.vocab_size * sizeof(float));
+    e->out_ids = malloc((size_t)e->ctx * sizeof(int32_t));
+    if (!e->logits || !e->out_ids || forward_state_create(e->m, e->ctx, e->p.prefill_chunk, &e->st) != FORWARD_OK) {
+        snprintf(err, errlen, "out of memory for a context of %d tokens", e->ctx);
+        goto fail;
+    }
+    if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
+        snprintf(err, errlen, "cannot start the engine thread");
+        goto fail;
+    }
+    e->thread_started = true;
+    e->stopped = false;
+    *out = e;
+    return ENGINE_OK;
+fail:
+    engine_destroy(e);
+    return rc;
+}
+
+void engine_stop(engine *e) {
+    if (!e || e->stopped) return;
+    pthread_mutex_lock(&e->mu);
+    atomic_store(&e->stopping, true);
+    engine_request *q = e->head;
+    e->head = e->tail = NULL;
+    e->n_queued = 0;
+    pthread_cond_broadcast(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    while (q) { /* queued requests never ran */
+        engine_request *next = q->next;
+        request_publish(q, NULL, 0, 0, ENGINE_FINISH_ABORT, 0);
+        engine_request_release(q);
+        q = next;
+    }
+    if (e->thread_started) pthread_join(e->thread, NULL);
+    e->thread_started = false;
+    e->stopped = true;
+}
+
+void engine_destroy(engine *e) {
+    if (!e) return;
+    engine_stop(e);
+    forward_state_destroy(e->st);
+    free(e->logits);
+    free(e->out_ids);
+    tokenizer_destroy(e->tok);
+    model_destroy(e->m);
+    pthread_cond_destroy(&e->cv);
+    pthread_mutex_destroy(&e->mu);
+    free(e);
+}

@@ -1,0 +1,148 @@
+/* The engine: owns the model, its tokenizer and one engine thread that runs
+ * requests. Callers (the HTTP server) submit requests from any thread into a
+ * bounded FIFO queue; each request is an object with its own output stream
+ * (text deltas cut at whole UTF-8 characters, stop strings held back and
+ * never emitted, a finish reason and token counts). This first cut runs one
+ * sequence at a time; the scheduler (continuous batching) will replace the
+ * loop in engine.c behind the same interface. Cancellation takes effect at
+ * the next step boundary (a prefill chunk or one decoded token). */
+#ifndef ENGINE_ENGINE_H
+#define ENGINE_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+#include "sampler.h"
+#include "tokenizer.h"
+
+typedef enum {
+    ENGINE_OK = 0,
+    ENGINE_ERR_NOMEM = -1,
+    ENGINE_ERR_LOAD = -2,       /* the checkpoint or its tokenizer could not be loaded */
+    ENGINE_ERR_INVALID = -3,    /* bad request parameters (prompt too long, token id out of range) */
+    ENGINE_ERR_QUEUE_FULL = -4, /* --max-queued-requests reached: try again later */
+    ENGINE_ERR_STOPPED = -5,    /* the engine is stopping or stopped */
+    ENGINE_ERR_FORWARD = -6,    /* the forward pass failed */
+    ENGINE_ERR_DEVICE = -7,     /* the requested device is not available in this build */
+} engine_status;
+
+/* Static string for a status; never NULL. */
+const char *engine_status_str(int status);
+
+typedef struct {
+    const char *model_dir; /* checkpoint directory (borrowed for engine_create only) */
+    const char *device;    /* "cpu" (the only backend yet); NULL means "cpu" */
+    int max_queued;        /* requests waiting beyond the running one (an idle engine always
+                            * takes one); default 64 */
+    int threads;           /* CPU threads of the engine thread; 0: OpenMP's default */
+    int prefill_chunk;     /* prompt tokens per forward pass; default 256 */
+} engine_params;
+
+engine_params engine_default_params(void);
+
+typedef struct engine engine;
+
+/* Loads the model (and its tokenizer when the directory has one) and starts
+ * the engine thread. Returns ENGINE_OK and *out, or a negative status with a
+ * one-line message in err; *out is then NULL. */
+int engine_create(const engine_params *p, engine **out, char *err, size_t errlen);
+
+/* Stops the engine: later submits return ENGINE_ERR_STOPPED, every queued or
+ * running request finishes with ENGINE_FINISH_ABORT (and its notify fires),
+ * the engine thread is joined. Idempotent; call from one thread. */
+void engine_stop(engine *e);
+
+/* Stops (if needed) and frees the engine. Requests still referenced by
+ * callers stay valid until released. Accepts NULL. */
+void engine_destroy(engine *e);
+
+/* Borrowed views, valid while the engine lives. The tokenizer is NULL when
+ * the checkpoint has none (requests must then come as token ids). */
+const model *engine_model(const engine *e);
+const tokenizer *engine_tokenizer(const engine *e);
+int engine_context_length(const engine *e); /* max prompt + generated tokens */
+int engine_vocab_size(const engine *e);     /* ids a prompt or logit_bias may use */
+
+typedef struct {
+    int queued;  /* requests waiting in the queue */
+    int running; /* requests being generated (0 or 1 in this cut) */
+} engine_stats;
+
+void engine_get_stats(engine *e, engine_stats *out);
+
+typedef enum {
+    ENGINE_FINISH_NONE = 0, /* still running */
+    ENGINE_FINISH_STOP,     /* EOS token or a stop string */
+    ENGINE_FINISH_LENGTH,   /* max_tokens reached */
+    ENGINE_FINISH_CANCEL,   /* engine_cancel() */
+    ENGINE_FINISH_ABORT,    /* the engine stopped before the request ended */
+    ENGINE_FINISH_ERROR,    /* the forward pass failed (status in engine_output.error) */
+} engine_finish;
+
+#define ENGINE_MAX_STOP 16
+
+typedef struct {
+    const int32_t *prompt; /* (n_prompt) token ids, copied by engine_submit */
+    int n_prompt;
+    int max_tokens;        /* tokens to generate at most, >= 1 */
+    sampler_params sampling;
+    bool ignore_eos;       /* do not stop at the model's EOS ids */
+    const char *stop[ENGINE_MAX_STOP]; /* stop strings (UTF-8, non-empty), copied */
+    int n_stop;
+    const int32_t *bias_ids; /* (n_bias) logit_bias token ids, copied */
+    const float *bias_vals;  /* (n_bias) values added to those logits */
+    int n_bias;
+    bool want_gates;         /* keep the Engram gates of every token (engine_request_gates) */
+    /* Called on the engine thread, with no lock held, when new output appears
+     * after engine_request_read armed it (see there). May be NULL. */
+    void (*notify)(void *ctx);
+    void *notify_ctx;
+} engine_request_params;
+
+typedef struct engine_request engine_request;
+
+/* Queues a request. Returns ENGINE_OK and *out (a reference the caller must
+ * drop with engine_request_release), or ENGINE_ERR_INVALID (prompt empty or
+ * out of range, prompt + max_tokens over the context, bad stop/bias),
+ * ENGINE_ERR_QUEUE_FULL, ENGINE_ERR_STOPPED or ENGINE_ERR_NOMEM. Thread-safe. */
+int engine_submit(engine *e, const engine_request_params *p, engine_request **out);
+
+/* Asks the engine to stop the request at its next step boundary; it then
+ * finishes with ENGINE_FINISH_CANCEL. Idempotent, thread-safe, and safe after
+ * the request finished or the engine stopped. */
+void engine_cancel(engine_request *r);
+
+/* Once the request has finished: the Engram gates it asked for with
+ * want_gates. *ids (n_tokens) are the tokens that went through the model (the
+ * prompt, then every generated token but the last, which was never fed
+ * back); *gates is (n_tokens, n_layers). Borrowed until the request is
+ * released. Returns false when gates were not asked for, the model has no
+ * Engram, or the request has not finished. Thread-safe. */
+bool engine_request_gates(engine_request *r, const int32_t **ids, int *n_tokens, const float **gates,
+                          int *n_layers);
+
+/* Drops the caller's reference. Accepts NULL. */
+void engine_request_release(engine_request *r);
+
+typedef struct {
+    char *text;      /* new UTF-8 text since the last read, heap (caller frees), NUL-terminated; may be NULL */
+    size_t len;      /* bytes of text */
+    int n_prompt;    /* prompt tokens */
+    int n_generated; /* tokens generated so far (EOS included) */
+    engine_finish finish; /* set once, after the last text */
+    int error;       /* engine status when finish is ENGINE_FINISH_ERROR */
+    double t_submit, t_first_token, t_end; /* util_now() seconds; 0 until they happen */
+    double t_start;  /* when the engine took the request off the queue */
+} engine_output;
+
+/* Takes the output produced since the previous read (non-blocking). Returns
+ * true if there is something new (text, or the finish). If there is nothing
+ * new and the request has not finished, calls on_empty(ctx) (if not NULL)
+ * while holding the request's lock and arms the notify callback: the engine
+ * calls notify once when output next appears. This lets the caller suspend
+ * a connection in on_empty without a lost wake-up. Thread-safe. */
+bool engine_request_read(engine_request *r, engine_output *out, void (*on_empty)(void *), void *ctx);
+
+#endif

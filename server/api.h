@@ -1,0 +1,86 @@
+/* JSON request bodies -> plain structs, with every field validated (type and
+ * range), and the OpenAI error a bad body earns. Pure: no I/O, no engine, no
+ * HTTP, so the parsers can be fuzzed (tests/fuzz/fuzz_api_request.c). Checks
+ * that need the model (vocabulary range, context length) are the caller's. */
+#ifndef SERVER_API_H
+#define SERVER_API_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine.h"
+
+/* An OpenAI error: HTTP status and the fields of {"error": {...}}. */
+typedef struct {
+    int status;       /* 400, 401, 404, 405, 413, 500, 503 */
+    const char *type; /* "invalid_request_error", "server_error", ... (static) */
+    const char *code; /* static, or NULL */
+    char param[96];   /* the offending field ("" for none) */
+    char message[512];
+} api_error;
+
+/* Fills err with status 400, type invalid_request_error, param and message. */
+void api_error_set(api_error *err, int status, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+typedef enum { API_COMPLETIONS, API_CHAT } api_kind;
+
+/* A validated /v1/completions or /v1/chat/completions body. */
+typedef struct {
+    api_kind kind;
+    char *model;            /* NULL when absent */
+    /* completions: exactly one of prompt_text, prompt_ids */
+    char *prompt_text;      /* UTF-8 */
+    int32_t *prompt_ids;    /* (n_prompt_ids) */
+    int n_prompt_ids;
+    /* chat: the messages as a JSON array of {"role", "content" (string), ["name"]} */
+    char *messages_json;
+    int max_tokens;         /* -1 when absent (max_tokens or max_completion_tokens) */
+    bool stream;
+    bool include_usage;     /* stream_options.include_usage */
+    sampler_params sampling; /* temperature, top_p, top_k, min_p, penalties, seed */
+    bool has_seed;
+    bool ignore_eos;        /* vLLM's extension */
+    bool engram_gates;      /* our extension: return every token's Engram gates (not with stream) */
+    char *stop[ENGINE_MAX_STOP];
+    int n_stop;
+    int32_t *bias_ids;      /* (n_bias) logit_bias */
+    float *bias_vals;       /* (n_bias) */
+    int n_bias;
+} api_request;
+
+/* Parses and validates a request body of len bytes (not NUL-terminated;
+ * untrusted: any bytes). The body must be well-formed UTF-8 and one JSON
+ * object. Returns 0 with *out filled (free with api_request_free), or -1 with
+ * err set (status 400; *out is left empty). */
+int api_parse_request(api_kind kind, const char *body, size_t len, api_request *out, api_error *err);
+void api_request_free(api_request *r); /* frees the members; accepts zeroed structs */
+
+/* POST /tokenize: {"prompt": "text"} or {"messages": [...]} (chat template
+ * applied), optional "add_special_tokens" (default true for prompt, false for
+ * messages) and "model". */
+typedef struct {
+    char *model;
+    char *prompt_text;   /* or NULL */
+    char *messages_json; /* or NULL */
+    bool add_special;
+} api_tokenize;
+
+int api_parse_tokenize(const char *body, size_t len, api_tokenize *out, api_error *err);
+void api_tokenize_free(api_tokenize *t);
+
+/* POST /detokenize: {"tokens": [ids]} and optional "model". */
+typedef struct {
+    char *model;
+    int32_t *ids; /* (n_ids) */
+    int n_ids;
+} api_detokenize;
+
+int api_parse_detokenize(const char *body, size_t len, api_detokenize *out, api_error *err);
+void api_detokenize_free(api_detokenize *d);
+
+/* True if s[0..len) is well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
+bool api_utf8_valid(const char *s, size_t len);
+
+#endif

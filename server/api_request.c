@@ -1,0 +1,608 @@
+/* Request body parsers of the OpenAI-compatible API (see api.h): UTF-8 check,
+ * cJSON parse, then every known field checked for type and range. Fields that
+ * would change the semantics and are not implemented (tools, logprobs, n > 1,
+ * response_format other than text, ...) are refused with a 400 naming the
+ * field; unknown fields are ignored, as OpenAI-compatible servers do. */
+#include <cjson/cJSON.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+
+#define MAX_MESSAGES 4096
+#define MAX_BIAS 1024
+#define MAX_PROMPT_IDS (1 << 20)
+
+void api_error_set(api_error *err, int status, const char *param, const char *fmt, ...) {
+    err->status = status;
+    err->type = status >= 500 ? "server_error" : "invalid_request_error";
+    err->code = NULL;
+    snprintf(err->param, sizeof(err->param), "%s", param ? param : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof(err->message), fmt, ap);
+    va_end(ap);
+}
+
+bool api_utf8_valid(const char *str, size_t len) {
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0;
+    while (i < len) {
+        unsigned c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        int n;
+        unsigned cp, min;
+        if ((c & 0xE0) == 0xC0) n = 1, cp = c & 0x1F, min = 0x80;
+        else if ((c & 0xF0) == 0xE0) n = 2, cp = c & 0x0F, min = 0x800;
+        else if ((c & 0xF8) == 0xF0) n = 3, cp = c & 0x07, min = 0x10000;
+        else return false;
+        if (len - i <= (size_t)n) return false;
+        for (int k = 1; k <= n; k++) {
+            if ((s[i + k] & 0xC0) != 0x80) return false;
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+        i += (size_t)n + 1;
+    }
+    return true;
+}
+
+/* Parses body as one JSON object; NULL with err set otherwise. */
+static cJSON *parse_object(const char *body, size_t len, api_error *err) {
+    if (!api_utf8_valid(body, len)) {
+        api_error_set(err, 400, NULL, "The request body is not valid UTF-8.");
+        return NULL;
+    }
+    if (memchr(body, 0, len)) {
+        api_error_set(err, 400, NULL, "The request body is not valid JSON: it contains a NUL byte.");
+        return NULL;
+    }
+    /* cJSON would cut a string at an escaped NUL and change its meaning: refuse it. */
+    for (size_t i = 0; i + 5 < len; i++) {
+        if (body[i] != '\\' || body[i + 1] != 'u' || memcmp(body + i + 2, "0000", 4) != 0) continue;
+        size_t k = 0;
+        while (k < i && body[i - 1 - k] == '\\') k++;
+        if (k % 2 == 0) {
+            api_error_set(err, 400, NULL, "The request body contains the escape \\u0000: NUL characters are not supported.");
+            return NULL;
+        }
+    }
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, false);
+    if (root) {
+        while (end && end < body + len && (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n')) end++;
+        if (end != body + len) {
+            cJSON_Delete(root);
+            root = NULL;
+        }
+    }
+    if (!root) {
+        api_error_set(err, 400, NULL,
+                      "We could not parse the JSON body of your request. The request body must be one JSON object.");
+        return NULL;
+    }
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        api_error_set(err, 400, NULL, "The request body must be a JSON object.");
+        return NULL;
+    }
+    return root;
+}
+
+/* The field `name` of obj, or NULL when absent or null. */
+static cJSON *field(const cJSON *obj, const char *name) {
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
+    return v && !cJSON_IsNull(v) ? v : NULL;
+}
+
+/* Reads an optional number in [lo, hi] (open at lo when lo_open). Returns 1
+ * if present, 0 if absent, -1 with err set if bad. */
+static int get_number(const cJSON *obj, const char *name, double lo, double hi, bool lo_open, double *out,
+                      api_error *err) {
+    cJSON *v = field(obj, name);
+    if (!v) return 0;
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble)) {
+        api_error_set(err, 400, name, "Invalid type for '%s': expected a number.", name);
+        return -1;
+    }
+    double d = v->valuedouble;
+    if (d < lo || d > hi || (lo_open && d == lo)) {
+        api_error_set(err, 400, name, "Invalid value for '%s': %g is not in %s%g, %g].", name, d,
+                      lo_open ? "(" : "[", lo, hi);
+        return -1;
+    }
+    *out = d;
+    return 1;
+}
+
+static int get_int(const cJSON *obj, const char *name, double lo, double hi, long long *out, api_error *err) {
+    cJSON *v = field(obj, name);
+    if (!v) return 0;
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble != floor(v->valuedouble)) {
+        api_error_set(err, 400, name, "Invalid type for '%s': expected an integer.", name);
+        return -1;
+    }
+    double d = v->valuedouble;
+    if (d < lo || d > hi) {
+        api_error_set(err, 400, name, "Invalid value for '%s': %.17g is not in [%.17g, %.17g].", name, d, lo, hi);
+        return -1;
+    }
+    *out = (long long)d;
+    return 1;
+}
+
+static int get_bool(const cJSON *obj, const char *name, bool *out, api_error *err) {
+    cJSON *v = field(obj, name);
+    if (!v) return 0;
+    if (!cJSON_IsBool(v)) {
+        api_error_set(err, 400, name, "Invalid type for '%s': expected a boolean.", name);
+        return -1;
+    }
+    *out = cJSON_IsTrue(v);
+    return 1;
+}
+
+/* Optional string; *out is a heap copy. */
+static int get_string(const cJSON *obj, const char *name, char **out, api_error *err) {
+    cJSON *v = field(obj, name);
+    if (!v) return 0;
+    if (!cJSON_IsString(v)) {
+        api_error_set(err, 400, name, "Invalid type for '%s': expected a string.", name);
+        return -1;
+    }
+    if (!(*out = strdup(v->valuestring))) {
+        api_error_set(err, 500, NULL, "Out of memory.");
+        return -1;
+    }
+    return 1;
+}
+
+static int unsupported(api_error *err, const char *name, const char *what) {
+    api_error_set(err, 400, name, "'%s' is not supported by this server%s%s.", name, what ? ": " : "", what ? what : "");
+    return -1;
+}
+
+/* Parses an array of token ids (non-empty, each in [0, INT32_MAX]). */
+static int parse_ids(const cJSON *arr, const char *name, int32_t **ids, int *n, api_error *err) {
+    int count = cJSON_GetArraySize(arr);
+    if (count < 1 || count > MAX_PROMPT_IDS) {
+        api_error_set(err, 400, name, "'%s' must hold between 1 and %d token ids.", name, MAX_PROMPT_IDS);
+        return -1;
+    }
+    int32_t *v = malloc((size_t)count * sizeof(int32_t));
+    if (!v) {
+        api_error_set(err, 500, NULL, "Out of memory.");
+        return -1;
+    }
+    int i = 0;
+    const cJSON *x;
+    cJSON_ArrayForEach(x, arr) {
+        if (!cJSON_IsNumber(x) || x->valuedouble != floor(x->valuedouble) || x->valuedouble < 0 ||
+            x->valuedouble > INT32_MAX) {
+            free(v);
+            api_error_set(err, 400, name, "'%s' must be a list of non-negative integer token ids.", name);
+            return -1;
+        }
+        v[i++] = (int32_t)x->valuedouble;
+    }
+    *ids = v;
+    *n = count;
+    return 0;
+}
+
+/* Checks messages and rewrites them as [{"role", "content": string, ["name"]}]. */
+static int parse_messages(const cJSON *root, char **out, api_error *err) {
+    const cJSON *msgs = field(root, "messages");
+    if (!msgs) {
+        api_error_set(err, 400, "messages", "Missing required parameter: 'messages'.");
+        return -1;
+    }
+    int count = cJSON_IsArray(msgs) ? cJSON_GetArraySize(msgs) : -1;
+    if (count < 1 || count > MAX_MESSAGES) {
+        api_error_set(err, 400, "messages", "'messages' must be a non-empty array of at most %d messages.", MAX_MESSAGES);
+        return -1;
+    }
+    static const char *roles[] = {"system", "developer", "user", "assistant", "tool"};
+    cJSON *norm = cJSON_CreateArray();
+    char *content = NULL;
+    if (!norm) goto nomem;
+    int i = 0;
+    const cJSON *m;
+    cJSON_ArrayForEach(m, msgs) {
+        char param[64];
+        snprintf(param, sizeof(param), "messages[%d]", i);
+        if (!cJSON_IsObject(m)) {
+            api_error_set(err, 400, param, "Invalid type for '%s': expected an object.", param);
+            goto fail;
+        }
+        const cJSON *role = field(m, "role");
+        bool known = false;
+        for (size_t k = 0; role && cJSON_IsString(role) && k < sizeof(roles) / sizeof(roles[0]); k++)
+            known |= strcmp(role->valuestring, roles[k]) == 0;
+        if (!known) {
+            snprintf(param, sizeof(param), "messages[%d].role", i);
+            api_error_set(err, 400, param,
+                          "Invalid value for '%s': expected one of 'system', 'developer', 'user', 'assistant', 'tool'.",
+                          param);
+            goto fail;
+        }
+        const cJSON *tc = field(m, "tool_calls");
+        if (tc && !(cJSON_IsArray(tc) && cJSON_GetArraySize(tc) == 0)) {
+            snprintf(param, sizeof(param), "messages[%d].tool_calls", i);
+            unsupported(err, param, "tool calling is not implemented yet");
+            goto fail;
+        }
+        /* content: string, null (assistant only), or a list of text parts */
+        const cJSON *c = field(m, "content");
+        size_t clen = 0, ccap = 64;
+        content = malloc(ccap);
+        if (!content) goto nomem;
+        content[0] = 0;
+        snprintf(param, sizeof(param), "messages[%d].content", i);
+        if (!c) {
+            if (strcmp(role->valuestring, "assistant") != 0) {
+                api_error_set(err, 400, param, "Missing required parameter: '%s'.", param);
+                goto fail;
+            }
+        } else if (cJSON_IsString(c)) {
+            free(content);
+            if (!(content = strdup(c->valuestring))) goto nomem;
+        } else if (cJSON_IsArray(c)) {
+            const cJSON *part;
+            cJSON_ArrayForEach(part, c) {
+                const cJSON *type = cJSON_IsObject(part) ? field(part, "type") : NULL;
+                const cJSON *text = cJSON_IsObject(part) ? field(part, "text") : NULL;
+                if (!type || !cJSON_IsString(type) || strcmp(type->valuestring, "text") != 0 || !text ||
+                    !cJSON_IsString(text)) {
+                    api_error_set(err, 400, param,
+                                  "Invalid content part in '%s': only {\"type\": \"text\", \"text\": string} "
+                                  "parts are supported.",
+                                  param);
+                    goto fail;
+                }
+                size_t tl = strlen(text->valuestring);
+                if (clen + tl + 1 > ccap) {
+                    ccap = (clen + tl + 1) * 2;
+                    char *q = realloc(content, ccap);
+                    if (!q) goto nomem;
+                    content = q;
+                }
+                memcpy(content + clen, text->valuestring, tl + 1);
+                clen += tl;
+            }
+        } else {
+            api_error_set(err, 400, param, "Invalid type for '%s': expected a string or an array of text parts.", param);
+            goto fail;
+        }
+        const cJSON *name = field(m, "name");
+        if (name && !cJSON_IsString(name)) {
+            snprintf(param, sizeof(param), "messages[%d].name", i);
+            api_error_set(err, 400, param, "Invalid type for '%s': expected a string.", param);
+            goto fail;
+        }
+        cJSON *o = cJSON_CreateObject();
+        if (!o) goto nomem;
+        cJSON_AddItemToArray(norm, o);
+        if (!cJSON_AddStringToObject(o, "role", role->valuestring) || !cJSON_AddStringToObject(o, "content", content) ||
+            (name && !cJSON_AddStringToObject(o, "name", name->valuestring)))
+            goto nomem;
+        free(content);
+        content = NULL;
+        i++;
+    }
+    if (!(*out = cJSON_PrintUnformatted(norm))) goto nomem;
+    cJSON_Delete(norm);
+    return 0;
+nomem:
+    api_error_set(err, 500, NULL, "Out of memory.");
+fail:
+    free(content);
+    cJSON_Delete(norm);
+    return -1;
+}
+
+/* completions' prompt: a string, a list of ids, or a list of one of those. */
+static int parse_prompt(const cJSON *root, api_request *r, api_error *err) {
+    const cJSON *p = field(root, "prompt");
+    if (!p) {
+        api_error_set(err, 400, "prompt", "Missing required parameter: 'prompt'.");
+        return -1;
+    }
+    if (cJSON_IsArray(p) && cJSON_GetArraySize(p) >= 1 &&
+        (cJSON_IsString(p->child) || cJSON_IsArray(p->child))) {
+        if (cJSON_GetArraySize(p) > 1) return unsupported(err, "prompt", "more than one prompt per request");
+        p = p->child;
+    }
+    if (cJSON_IsString(p)) {
+        if (!(r->prompt_text = strdup(p->valuestring))) {
+            api_error_set(err, 500, NULL, "Out of memory.");
+            return -1;
+        }
+        return 0;
+    }
+    if (cJSON_IsArray(p)) return parse_ids(p, "prompt", &r->prompt_ids, &r->n_prompt_ids, err);
+    api_error_set(err, 400, "prompt", "Invalid type for 'prompt': expected a string or a list of token ids.");
+    return -1;
+}
+
+static int parse_stop(const cJSON *root, api_request *r, api_error *err) {
+    const cJSON *s = field(root, "stop");
+    if (!s) return 0;
+    if (cJSON_IsString(s)) {
+        if (!s->valuestring[0]) return 0; /* "" stops nothing */
+        if (!(r->stop[0] = strdup(s->valuestring))) goto nomem;
+        r->n_stop = 1;
+        return 0;
+    }
+    if (!cJSON_IsArray(s)) {
+        api_error_set(err, 400, "stop", "Invalid type for 'stop': expected a string or a list of strings.");
+        return -1;
+    }
+    if (cJSON_GetArraySize(s) > ENGINE_MAX_STOP) {
+        api_error_set(err, 400, "stop", "'stop' may hold at most %d strings.", ENGINE_MAX_STOP);
+        return -1;
+    }
+    const cJSON *x;
+    cJSON_ArrayForEach(x, s) {
+        if (!cJSON_IsString(x)) {
+            api_error_set(err, 400, "stop", "Invalid type for 'stop': expected a string or a list of strings.");
+            return -1;
+        }
+        if (!x->valuestring[0]) {
+            api_error_set(err, 400, "stop", "Invalid value for 'stop': stop strings must not be empty.");
+            return -1;
+        }
+        if (!(r->stop[r->n_stop] = strdup(x->valuestring))) goto nomem;
+        r->n_stop++;
+    }
+    return 0;
+nomem:
+    api_error_set(err, 500, NULL, "Out of memory.");
+    return -1;
+}
+
+static int parse_logit_bias(const cJSON *root, api_request *r, api_error *err) {
+    const cJSON *b = field(root, "logit_bias");
+    if (!b) return 0;
+    if (!cJSON_IsObject(b)) {
+        api_error_set(err, 400, "logit_bias", "Invalid type for 'logit_bias': expected an object of token id -> bias.");
+        return -1;
+    }
+    int count = cJSON_GetArraySize(b);
+    if (count > MAX_BIAS) {
+        api_error_set(err, 400, "logit_bias", "'logit_bias' may hold at most %d entries.", MAX_BIAS);
+        return -1;
+    }
+    if (!count) return 0;
+    r->bias_ids = malloc((size_t)count * sizeof(int32_t));
+    r->bias_vals = malloc((size_t)count * sizeof(float));
+    if (!r->bias_ids || !r->bias_vals) {
+        api_error_set(err, 500, NULL, "Out of memory.");
+        return -1;
+    }
+    const cJSON *x;
+    cJSON_ArrayForEach(x, b) {
+        const char *k = x->string;
+        char *end = NULL;
+        long id = -1;
+        if (k && *k >= '0' && *k <= '9' && strlen(k) <= 10) id = strtol(k, &end, 10);
+        if (id < 0 || id > INT32_MAX || !end || *end) {
+            api_error_set(err, 400, "logit_bias", "Invalid key in 'logit_bias': expected a token id, got '%.40s'.", k ? k : "");
+            return -1;
+        }
+        if (!cJSON_IsNumber(x) || !(x->valuedouble >= -100 && x->valuedouble <= 100)) {
+            api_error_set(err, 400, "logit_bias", "Invalid value in 'logit_bias': biases must be numbers in [-100, 100].");
+            return -1;
+        }
+        r->bias_ids[r->n_bias] = (int32_t)id;
+        r->bias_vals[r->n_bias] = (float)x->valuedouble;
+        r->n_bias++;
+    }
+    return 0;
+}
+
+/* The fields this server refuses when they would change the result. */
+static int refuse_unsupported(const cJSON *root, api_kind kind, api_error *err) {
+    const cJSON *v;
+    if ((v = field(root, "tools")) && !(cJSON_IsArray(v) && cJSON_GetArraySize(v) == 0))
+        return unsupported(err, "tools", "tool calling is not implemented yet");
+    if ((v = field(root, "functions")) && !(cJSON_IsArray(v) && cJSON_GetArraySize(v) == 0))
+        return unsupported(err, "functions", "function calling is not implemented yet");
+    if ((v = field(root, "tool_choice")) && !(cJSON_IsString(v) && !strcmp(v->valuestring, "none")))
+        return unsupported(err, "tool_choice", "tool calling is not implemented yet");
+    if ((v = field(root, "function_call")) && !(cJSON_IsString(v) && !strcmp(v->valuestring, "none")))
+        return unsupported(err, "function_call", "function calling is not implemented yet");
+    if ((v = field(root, "response_format"))) {
+        const cJSON *t = cJSON_IsObject(v) ? field(v, "type") : NULL;
+        if (!t || !cJSON_IsString(t)) {
+            api_error_set(err, 400, "response_format", "Invalid value for 'response_format': expected {\"type\": \"text\"}.");
+            return -1;
+        }
+        if (strcmp(t->valuestring, "text") != 0)
+            return unsupported(err, "response_format", "only {\"type\": \"text\"} is implemented");
+    }
+    if (kind == API_CHAT) {
+        bool lp = false;
+        if (get_bool(root, "logprobs", &lp, err) < 0) return -1;
+        if (lp) return unsupported(err, "logprobs", "log probabilities are not implemented yet");
+        long long tl = 0;
+        if (get_int(root, "top_logprobs", 0, 20, &tl, err) < 0) return -1;
+        if (tl > 0) return unsupported(err, "top_logprobs", "log probabilities are not implemented yet");
+        if ((v = field(root, "audio")) || ((v = field(root, "modalities")) && !(cJSON_IsArray(v) && cJSON_GetArraySize(v) == 1 && cJSON_IsString(v->child) && !strcmp(v->child->valuestring, "text"))))
+            return unsupported(err, field(root, "audio") ? "audio" : "modalities", "only text output is implemented");
+    } else {
+        long long lp = 0;
+        if (get_int(root, "logprobs", 0, 20, &lp, err) < 0) return -1;
+        if (field(root, "logprobs")) return unsupported(err, "logprobs", "log probabilities are not implemented yet");
+        bool echo = false;
+        if (get_bool(root, "echo", &echo, err) < 0) return -1;
+        if (echo) return unsupported(err, "echo", "echoing the prompt is not implemented yet");
+        char *suffix = NULL;
+        int rc = get_string(root, "suffix", &suffix, err);
+        bool has = suffix && suffix[0];
+        free(suffix);
+        if (rc < 0) return -1;
+        if (has) return unsupported(err, "suffix", "insertion is not implemented");
+        long long best_of = 1;
+        if (get_int(root, "best_of", 1, 128, &best_of, err) < 0) return -1;
+        if (best_of != 1) return unsupported(err, "best_of", "only best_of = 1 is implemented");
+    }
+    return 0;
+}
+
+int api_parse_request(api_kind kind, const char *body, size_t len, api_request *r, api_error *err) {
+    memset(r, 0, sizeof(*r));
+    r->kind = kind;
+    r->max_tokens = -1;
+    r->sampling = sampler_default_params();
+    cJSON *root = parse_object(body, len, err);
+    if (!root) return -1;
+
+    double d;
+    long long ll;
+    int rc;
+    char *user = NULL;
+    if (get_string(root, "model", &r->model, err) < 0) goto fail;
+    if (kind == API_CHAT ? parse_messages(root, &r->messages_json, err) : parse_prompt(root, r, err)) goto fail;
+    if (refuse_unsupported(root, kind, err)) goto fail;
+    if (get_int(root, "max_tokens", 1, 1 << 30, &ll, err) < 0) goto fail;
+    if (field(root, "max_tokens")) r->max_tokens = (int)ll;
+    if (get_int(root, "max_completion_tokens", 1, 1 << 30, &ll, err) < 0) goto fail;
+    if (field(root, "max_completion_tokens")) r->max_tokens = (int)ll;
+    if ((rc = get_int(root, "n", 1, 128, &ll, err)) < 0) goto fail;
+    if (rc && ll != 1) {
+        unsupported(err, "n", "only n = 1 is implemented yet");
+        goto fail;
+    }
+    if (get_bool(root, "stream", &r->stream, err) < 0) goto fail;
+    if (get_bool(root, "engram_gates", &r->engram_gates, err) < 0) goto fail;
+    if (r->engram_gates && r->stream) {
+        api_error_set(err, 400, "engram_gates", "'engram_gates' is only available without 'stream'.");
+        goto fail;
+    }
+    const cJSON *so = field(root, "stream_options");
+    if (so) {
+        if (!cJSON_IsObject(so)) {
+            api_error_set(err, 400, "stream_options", "Invalid type for 'stream_options': expected an object.");
+            goto fail;
+        }
+        if (!r->stream) {
+            api_error_set(err, 400, "stream_options",
+                          "The 'stream_options' parameter is only allowed when 'stream' is enabled.");
+            goto fail;
+        }
+        if (get_bool(so, "include_usage", &r->include_usage, err) < 0) {
+            snprintf(err->param, sizeof(err->param), "stream_options.include_usage");
+            goto fail;
+        }
+    }
+    sampler_params *sp = &r->sampling;
+    if ((rc = get_number(root, "temperature", 0, 2, false, &d, err)) < 0) goto fail;
+    if (rc) sp->temperature = (float)d;
+    if ((rc = get_number(root, "top_p", 0, 1, true, &d, err)) < 0) goto fail;
+    if (rc) sp->top_p = (float)d;
+    if ((rc = get_int(root, "top_k", -1, INT32_MAX, &ll, err)) < 0) goto fail;
+    if (rc) sp->top_k = ll < 0 ? 0 : (int)ll;
+    if ((rc = get_number(root, "min_p", 0, 1, false, &d, err)) < 0) goto fail;
+    if (rc) sp->min_p = (float)d;
+    if ((rc = get_number(root, "presence_penalty", -2, 2, false, &d, err)) < 0) goto fail;
+    if (rc) sp->presence_penalty = (float)d;
+    if ((rc = get_number(root, "frequency_penalty", -2, 2, false, &d, err)) < 0) goto fail;
+    if (rc) sp->frequency_penalty = (float)d;
+    if ((rc = get_number(root, "repetition_penalty", 0, 10, true, &d, err)) < 0) goto fail;
+    if (rc) sp->repetition_penalty = (float)d;
+    if ((rc = get_int(root, "seed", -9223372036854775807.0, 9223372036854775807.0, &ll, err)) < 0) goto fail;
+    if (rc) {
+        sp->seed = (uint64_t)ll;
+        r->has_seed = true;
+    }
+    if (get_bool(root, "ignore_eos", &r->ignore_eos, err) < 0) goto fail;
+    if (parse_stop(root, r, err)) goto fail;
+    if (parse_logit_bias(root, r, err)) goto fail;
+    if (get_string(root, "user", &user, err) < 0) goto fail;
+    free(user);
+    cJSON_Delete(root);
+    return 0;
+fail:
+    cJSON_Delete(root);
+    api_request_free(r);
+    return -1;
+}
+
+void api_request_free(api_request *r) {
+    free(r->model);
+    free(r->prompt_text);
+    free(r->prompt_ids);
+    free(r->messages_json);
+    for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
+    free(r->bias_ids);
+    free(r->bias_vals);
+    api_kind kind = r->kind;
+    memset(r, 0, sizeof(*r));
+    r->kind = kind;
+}
+
+int api_parse_tokenize(const char *body, size_t len, api_tokenize *t, api_error *err) {
+    memset(t, 0, sizeof(*t));
+    cJSON *root = parse_object(body, len, err);
+    if (!root) return -1;
+    if (get_string(root, "model", &t->model, err) < 0) goto fail;
+    bool has_prompt = field(root, "prompt") != NULL, has_msgs = field(root, "messages") != NULL;
+    if (has_prompt == has_msgs) {
+        api_error_set(err, 400, "prompt", "Exactly one of 'prompt' and 'messages' is required.");
+        goto fail;
+    }
+    if (has_prompt && get_string(root, "prompt", &t->prompt_text, err) < 0) goto fail;
+    if (has_msgs && parse_messages(root, &t->messages_json, err)) goto fail;
+    t->add_special = has_prompt;
+    if (get_bool(root, "add_special_tokens", &t->add_special, err) < 0) goto fail;
+    cJSON_Delete(root);
+    return 0;
+fail:
+    cJSON_Delete(root);
+    api_tokenize_free(t);
+    return -1;
+}
+
+void api_tokenize_free(api_tokenize *t) {
+    free(t->model);
+    free(t->prompt_text);
+    free(t->messages_json);
+    memset(t, 0, sizeof(*t));
+}
+
+int api_parse_detokenize(const char *body, size_t len, api_detokenize *d, api_error *err) {
+    memset(d, 0, sizeof(*d));
+    cJSON *root = parse_object(body, len, err);
+    if (!root) return -1;
+    if (get_string(root, "model", &d->model, err) < 0) goto fail;
+    const cJSON *tokens = field(root, "tokens");
+    if (!tokens) {
+        api_error_set(err, 400, "tokens", "Missing required parameter: 'tokens'.");
+        goto fail;
+    }
+    if (!cJSON_IsArray(tokens)) {
+        api_error_set(err, 400, "tokens", "Invalid type for 'tokens': expected a list of token ids.");
+        goto fail;
+    }
+    if (cJSON_GetArraySize(tokens) > 0 && parse_ids(tokens, "tokens", &d->ids, &d->n_ids, err)) goto fail;
+    cJSON_Delete(root);
+    return 0;
+fail:
+    cJSON_Delete(root);
+    api_detokenize_free(d);
+    return -1;
+}
+
+void api_detokenize_free(api_detokenize *d) {
+    free(d->model);
+    free(d->ids);
+    memset(d, 0, sizeof(*d));
+}

@@ -1,0 +1,881 @@
+/* The HTTP front end: libmicrohttpd (epoll, internal thread pool) routes
+ * requests, checks the API key and body size, parses bodies (api_request.c),
+ * renders the chat template, tokenizes and submits to the engine. A
+ * connection waiting on the engine is suspended and resumed by the engine's
+ * notify callback, so no HTTP thread ever blocks on generation. Streaming
+ * responses are Server-Sent Events written by a content-reader callback; when
+ * the client goes away libmicrohttpd frees the response and the request is
+ * cancelled in the engine. */
+#include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "chat_template.h"
+#include "server.h"
+#include "tokenizer.h"
+#include "util.h"
+
+#define SSE_BLOCK 4096
+
+struct server {
+    server_params p;
+    engine *e;          /* borrowed */
+    metrics *mx;        /* borrowed */
+    const tokenizer *tok; /* borrowed from the engine; NULL if none */
+    chat_template *tmpl;
+    struct MHD_Daemon *d;
+    struct sockaddr_storage addr;
+    atomic_bool draining;
+    atomic_int active; /* generations whose response is not finished */
+    atomic_ullong next_id;
+    unsigned long long id_salt;
+    long started; /* unix seconds */
+};
+
+/* Per-connection state of one HTTP request (libmicrohttpd's con_cls). */
+typedef struct {
+    server *s;
+    struct MHD_Connection *mc;
+    const char *route; /* metrics label */
+    char *body;        /* (len) bytes received */
+    size_t len, cap;
+    bool too_big;
+    bool generating; /* counted in server.active */
+    /* a non-streaming generation waiting on the engine */
+    engine_request *req;
+    api_kind kind;
+    char id[64];
+    long created;
+    char *text; /* generated text so far */
+    size_t tlen, tcap;
+    bool gates; /* the request asked for "engram_gates" */
+} conn;
+
+/* A streaming generation, owned by its libmicrohttpd response. */
+typedef struct {
+    server *s;
+    struct MHD_Connection *mc;
+    engine_request *req;
+    api_kind kind;
+    bool include_usage;
+    char id[64];
+    long created;
+    char *buf; /* SSE bytes not yet handed to libmicrohttpd: buf[off..len) */
+    size_t len, off, cap;
+    bool ended;    /* [DONE] is in buf */
+    bool recorded; /* metrics_request_done called */
+    engine_output last;
+} stream;
+
+/* ---- responses ---- */
+
+static enum MHD_Result reply(conn *c, int status, const char *ctype, char *body, size_t len, const char *allow) {
+    if (!body) {
+        status = 500;
+        ctype = "application/json";
+        static const char oom[] = "{\"error\": {\"message\": \"Out of memory.\", \"type\": \"server_error\", "
+                                  "\"param\": null, \"code\": \"internal_error\"}}";
+        body = strdup(oom);
+        len = body ? strlen(body) : 0;
+    }
+    struct MHD_Response *r = body ? MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE)
+                                   : MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    if (!r) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    if (allow) MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
+    if (status == 503) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    if (status == 413) MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+    metrics_http(c->s->mx, c->route, status);
+    enum MHD_Result ret = MHD_queue_response(c->mc, (unsigned)status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static enum MHD_Result reply_error(conn *c, api_error *err, const char *allow) {
+    errors_fill(err);
+    char *s = errors_json(err);
+    return reply(c, err->status, "application/json", s, s ? strlen(s) : 0, allow);
+}
+
+static enum MHD_Result reply_json(conn *c, int status, cJSON *obj) {
+    char *s = obj ? cJSON_PrintUnformatted(obj) : NULL;
+    cJSON_Delete(obj);
+    return reply(c, status, "application/json", s, s ? strlen(s) : 0, NULL);
+}
+
+static enum MHD_Result fail(conn *c, int status, const char *param, const char *msg) {
+    api_error err;
+    errors_set(&err, status, param, "%s", msg);
+    return reply_error(c, &err, NULL);
+}
+
+/* ---- engine hooks: suspend when there is no output, resume on notify ---- */
+
+static void suspend_cb(void *mc) { MHD_suspend_connection(mc); }
+static void resume_cb(void *mc) { MHD_resume_connection(mc); }
+
+static const char *finish_str(engine_finish f) {
+    switch (f) {
+    case ENGINE_FINISH_STOP: return "stop";
+    case ENGINE_FINISH_LENGTH: return "length";
+    case ENGINE_FINISH_ERROR: return "error";
+    default: return "abort";
+    }
+}
+
+/* The error a request that did not finish normally earns. */
+static void finish_error(const engine_output *o, api_error *err) {
+    if (o->finish == ENGINE_FINISH_ABORT)
+        errors_set(err, 503, NULL, "The server is shutting down; the request was not completed.");
+    else if (o->finish == ENGINE_FINISH_CANCEL)
+        errors_set(err, 500, NULL, "The request was cancelled.");
+    else
+        errors_set(err, 500, NULL, "Generation failed: %s.", engine_status_str(o->error));
+}
+
+static cJSON *usage_json(const engine_output *o) {
+    cJSON *u = cJSON_CreateObject();
+    cJSON_AddNumberToObject(u, "prompt_tokens", o->n_prompt);
+    cJSON_AddNumberToObject(u, "completion_tokens", o->n_generated);
+    cJSON_AddNumberToObject(u, "total_tokens", o->n_prompt + o->n_generated);
+    return u;
+}
+
+static cJSON *response_head(server *s, const char *id, const char *object, long created) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", id);
+    cJSON_AddStringToObject(o, "object", object);
+    cJSON_AddNumberToObject(o, "created", (double)created);
+    cJSON_AddStringToObject(o, "model", s->p.served_model_name);
+    return o;
+}
+
+/* ---- non-streaming generation ---- */
+
+/* {"layers", "n_prompt", "token_ids", "tokens", "gates"} of a finished request
+ * that asked for Engram gates: each token that went through the model (text of
+ * that token alone, special tokens kept) with its gate per Engram layer. */
+static cJSON *gates_json(server *s, engine_request *r, int n_prompt) {
+    const int32_t *ids;
+    const float *g;
+    int n, nl;
+    if (!engine_request_gates(r, &ids, &n, &g, &nl)) return NULL;
+    const model *m = engine_model(s->e);
+    const tokenizer *tok = engine_tokenizer(s->e);
+    cJSON *o = cJSON_CreateObject();
+    cJSON *layers = cJSON_AddArrayToObject(o, "layers");
+    for (int l = 0; l < nl; l++) cJSON_AddItemToArray(layers, cJSON_CreateNumber(m->engram->layers[l].layer_id));
+    cJSON_AddNumberToObject(o, "n_prompt", n_prompt);
+    cJSON *jids = cJSON_AddArrayToObject(o, "token_ids");
+    cJSON *jtok = cJSON_AddArrayToObject(o, "tokens");
+    cJSON *jg = cJSON_AddArrayToObject(o, "gates");
+    for (int t = 0; t < n; t++) {
+        cJSON_AddItemToArray(jids, cJSON_CreateNumber(ids[t]));
+        char *piece = NULL;
+        size_t len = 0;
+        if (tok && tokenizer_decode(tok, ids + t, 1, false, &piece, &len) == TOKENIZER_OK)
+            cJSON_AddItemToArray(jtok, cJSON_CreateString(piece));
+        else
+            cJSON_AddItemToArray(jtok, cJSON_CreateString(""));
+        free(piece);
+        cJSON *row = cJSON_CreateArray();
+        for (int l = 0; l < nl; l++) cJSON_AddItemToArray(row, cJSON_CreateNumber(g[(size_t)t * nl + l]));
+        cJSON_AddItemToArray(jg, row);
+    }
+    return o;
+}
+
+static enum MHD_Result continue_generation(conn *c) {
+    engine_output o;
+    while (engine_request_read(c->req, &o, suspend_cb, c->mc)) {
+        if (o.len) {
+            if (c->tlen + o.len + 1 > c->tcap) {
+                size_t cap = (c->tlen + o.len + 1) * 2;
+                char *q = realloc(c->text, cap);
+                if (!q) {
+                    free(o.text);
+                    engine_cancel(c->req);
+                    return fail(c, 500, NULL, "Out of memory.");
+                }
+                c->text = q;
+                c->tcap = cap;
+            }
+            memcpy(c->text + c->tlen, o.text, o.len);
+            c->tlen += o.len;
+            c->text[c->tlen] = 0;
+        }
+        free(o.text);
+        if (o.finish == ENGINE_FINISH_NONE) continue;
+
+        metrics_request_done(c->s->mx, finish_str(o.finish), &o, util_now());
+        cJSON *gates = c->gates ? gates_json(c->s, c->req, o.n_prompt) : NULL;
+        engine_request_release(c->req);
+        c->req = NULL;
+        if (o.finish != ENGINE_FINISH_STOP && o.finish != ENGINE_FINISH_LENGTH) {
+            cJSON_Delete(gates);
+            api_error err;
+            finish_error(&o, &err);
+            return reply_error(c, &err, NULL);
+        }
+        bool chat = c->kind == API_CHAT;
+        cJSON *root = response_head(c->s, c->id, chat ? "chat.completion" : "text_completion", c->created);
+        cJSON *choices = cJSON_AddArrayToObject(root, "choices");
+        cJSON *ch = cJSON_CreateObject();
+        cJSON_AddItemToArray(choices, ch);
+        cJSON_AddNumberToObject(ch, "index", 0);
+        if (chat) {
+            cJSON *msg = cJSON_AddObjectToObject(ch, "message");
+            cJSON_AddStringToObject(msg, "role", "assistant");
+            cJSON_AddStringToObject(msg, "content", c->text ? c->text : "");
+        } else {
+            cJSON_AddStringToObject(ch, "text", c->text ? c->text : "");
+        }
+        cJSON_AddNullToObject(ch, "logprobs");
+        cJSON_AddStringToObject(ch, "finish_reason", finish_str(o.finish));
+        cJSON_AddItemToObject(root, "usage", usage_json(&o));
+        if (gates) cJSON_AddItemToObject(root, "engram_gates", gates);
+        return reply_json(c, 200, root);
+    }
+    return MHD_YES; /* suspended until the engine has more */
+}
+
+/* ---- streaming generation (SSE) ---- */
+
+static int sse_append(stream *st, const char *data, size_t n) {
+    if (st->len + n > st->cap) {
+        size_t cap = (st->len + n) * 2 + 256;
+        char *q = realloc(st->buf, cap);
+        if (!q) return -1;
+        st->buf = q;
+        st->cap = cap;
+    }
+    memcpy(st->buf + st->len, data, n);
+    st->len += n;
+    return 0;
+}
+
+/* Appends `data: <json>\n\n` and frees obj. */
+static int sse_event(stream *st, cJSON *obj) {
+    char *s = obj ? cJSON_PrintUnformatted(obj) : NULL;
+    cJSON_Delete(obj);
+    if (!s) return -1;
+    int rc = sse_append(st, "data: ", 6) || sse_append(st, s, strlen(s)) || sse_append(st, "\n\n", 2);
+    free(s);
+    return rc ? -1 : 0;
+}
+
+/* One chunk with one choice: text (or NULL for none) and finish (or NULL). */
+static int sse_chunk(stream *st, const char *text, bool role, const char *finish) {
+    bool chat = st->kind == API_CHAT;
+    cJSON *root = response_head(st->s, st->id, chat ? "chat.completion.chunk" : "text_completion", st->created);
+    cJSON *choices = cJSON_AddArrayToObject(root, "choices");
+    cJSON *ch = cJSON_CreateObject();
+    cJSON_AddItemToArray(choices, ch);
+    cJSON_AddNumberToObject(ch, "index", 0);
+    if (chat) {
+        cJSON *delta = cJSON_AddObjectToObject(ch, "delta");
+        if (role) cJSON_AddStringToObject(delta, "role", "assistant");
+        if (text) cJSON_AddStringToObject(delta, "content", text);
+    } else {
+        cJSON_AddStringToObject(ch, "text", text ? text : "");
+    }
+    cJSON_AddNullToObject(ch, "logprobs");
+    if (finish) cJSON_AddStringToObject(ch, "finish_reason", finish);
+    else cJSON_AddNullToObject(ch, "finish_reason");
+    if (st->include_usage) cJSON_AddNullToObject(root, "usage");
+    return sse_event(st, root);
+}
+
+static void stream_record(stream *st, const char *reason) {
+    if (st->recorded) return;
+    st->recorded = true;
+    metrics_request_done(st->s->mx, reason, &st->last, util_now());
+}
+
+/* Turns one engine read into SSE events. */
+static int stream_format(stream *st, const engine_output *o) {
+    st->last.n_prompt = o->n_prompt;
+    st->last.n_generated = o->n_generated;
+    st->last.t_submit = o->t_submit;
+    st->last.t_start = o->t_start;
+    st->last.t_first_token = o->t_first_token;
+    if (o->len && sse_chunk(st, o->text, false, NULL)) return -1;
+    if (o->finish == ENGINE_FINISH_NONE) return 0;
+    stream_record(st, finish_str(o->finish));
+    if (o->finish == ENGINE_FINISH_STOP || o->finish == ENGINE_FINISH_LENGTH) {
+        if (sse_chunk(st, st->kind == API_CHAT ? NULL : "", false, finish_str(o->finish))) return -1;
+        if (st->include_usage) {
+            cJSON *root = response_head(st->s, st->id, st->kind == API_CHAT ? "chat.completion.chunk" : "text_completion",
+                                        st->created);
+            cJSON_AddArrayToObject(root, "choices");
+            cJSON_AddItemToObject(root, "usage", usage_json(o));
+            if (sse_event(st, root)) return -1;
+        }
+    } else {
+        api_error err;
+        finish_error(o, &err);
+        char *s = errors_json(&err);
+        if (!s) return -1;
+        int rc = sse_append(st, "data: ", 6) || sse_append(st, s, strlen(s)) || sse_append(st, "\n\n", 2);
+        free(s);
+        if (rc) return -1;
+    }
+    st->ended = true;
+    return sse_append(st, "data: [DONE]\n\n", 14);
+}
+
+static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
+    stream *st = cls;
+    for (;;) {
+        if (st->off < st->len) {
+            size_t n = st->len - st->off < max ? st->len - st->off : max;
+            memcpy(buf, st->buf + st->off, n);
+            st->off += n;
+            return (ssize_t)n;
+        }
+        st->off = st->len = 0;
+        if (st->ended) return MHD_CONTENT_READER_END_OF_STREAM;
+        engine_output o;
+        if (!engine_request_read(st->req, &o, suspend_cb, st->mc)) return 0; /* suspended */
+        int rc = stream_format(st, &o);
+        free(o.text);
+        if (rc) {
+            engine_cancel(st->req);
+            stream_record(st, "error");
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+    }
+}
+
+static void stream_free(void *cls) {
+    stream *st = cls;
+    if (!st->ended) { /* the client went away (or the daemon stops): cancel at the next step */
+        engine_cancel(st->req);
+        stream_record(st, "abort");
+    }
+    engine_request_release(st->req);
+    atomic_fetch_sub(&st->s->active, 1);
+    free(st->buf);
+    free(st);
+}
+
+/* ---- routes ---- */
+
+static bool auth_ok(conn *c) {
+    const char *key = c->s->p.api_key;
+    if (!key || !key[0]) return true;
+    const char *h = MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!h || strncmp(h, "Bearer ", 7) != 0) return false;
+    h += 7;
+    size_t hl = strlen(h), kl = strlen(key);
+    unsigned diff = hl != kl;
+    for (size_t i = 0; i < kl; i++) diff |= (unsigned char)key[i] ^ (unsigned char)(i < hl ? h[i] : 0);
+    return diff == 0;
+}
+
+/* Refuses a request naming another model (404). Returns 0 when fine. */
+static int check_model(conn *c, const char *name, enum MHD_Result *ret) {
+    if (!name || !strcmp(name, c->s->p.served_model_name)) return 0;
+    api_error err;
+    errors_set(&err, 404, "model", "The model `%.200s` does not exist.", name);
+    err.code = "model_not_found";
+    *ret = reply_error(c, &err, NULL);
+    return -1;
+}
+
+static cJSON *model_card(server *s) {
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "id", s->p.served_model_name);
+    cJSON_AddStringToObject(m, "object", "model");
+    cJSON_AddNumberToObject(m, "created", (double)s->started);
+    cJSON_AddStringToObject(m, "owned_by", "engram");
+    cJSON_AddNumberToObject(m, "max_model_len", engine_context_length(s->e));
+    return m;
+}
+
+static enum MHD_Result handle_models(conn *c) {
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "object", "list");
+    cJSON *data = cJSON_AddArrayToObject(root, "data");
+    cJSON_AddItemToArray(data, model_card(c->s));
+    return reply_json(c, 200, root);
+}
+
+static enum MHD_Result handle_model(conn *c, const char *id) {
+    enum MHD_Result ret;
+    if (check_model(c, id, &ret)) return ret;
+    return reply_json(c, 200, model_card(c->s));
+}
+
+static enum MHD_Result handle_health(conn *c) {
+    if (atomic_load(&c->s->draining)) return fail(c, 503, NULL, "The server is shutting down.");
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "status", "ok");
+    return reply_json(c, 200, root);
+}
+
+static enum MHD_Result handle_metrics(conn *c) {
+    engine_stats st;
+    engine_get_stats(c->s->e, &st);
+    char *text = metrics_render(c->s->mx, &st);
+    return reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", text, text ? strlen(text) : 0, NULL);
+}
+
+/* Renders chat messages through the template (with the generation prompt). */
+static int render_chat(conn *c, const char *messages_json, char **out, enum MHD_Result *ret) {
+    char err[512];
+    int rc = chat_template_render(c->s->tmpl, messages_json, NULL, true, out, err, sizeof(err));
+    if (rc == CHAT_TEMPLATE_OK) return 0;
+    api_error e;
+    errors_set(&e, rc == CHAT_TEMPLATE_ERR_NOMEM ? 500 : 400, "messages", "The chat template failed: %s", err);
+    *ret = reply_error(c, &e, NULL);
+    return -1;
+}
+
+static int encode_text(conn *c, const char *text, bool add_special, const char *param, int32_t **ids, size_t *n,
+                       enum MHD_Result *ret) {
+    if (!c->s->tok) {
+        *ret = fail(c, 400, param, "This model has no tokenizer: send the prompt as a list of token ids.");
+        return -1;
+    }
+    int rc = tokenizer_encode(c->s->tok, text, strlen(text), add_special, ids, n);
+    if (rc == TOKENIZER_OK) return 0;
+    api_error e;
+    errors_set(&e, rc == TOKENIZER_ERR_NOMEM ? 500 : 400, param, "Cannot tokenize '%s': %s.", param,
+               tokenizer_status_str(rc));
+    *ret = reply_error(c, &e, NULL);
+    return -1;
+}
+
+static enum MHD_Result handle_tokenize(conn *c) {
+    api_tokenize t;
+    api_error err;
+    if (api_parse_tokenize(c->body, c->len, &t, &err)) return reply_error(c, &err, NULL);
+    enum MHD_Result ret;
+    char *rendered = NULL;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (check_model(c, t.model, &ret) ||
+        (t.messages_json && render_chat(c, t.messages_json, &rendered, &ret)) ||
+        encode_text(c, rendered ? rendered : t.prompt_text, t.add_special, t.messages_json ? "messages" : "prompt", &ids,
+                    &n, &ret)) {
+        free(rendered);
+        api_tokenize_free(&t);
+        return ret;
+    }
+    cJSON *root = cJSON_CreateObject();
+    cJSON *arr = cJSON_AddArrayToObject(root, "tokens");
+    for (size_t i = 0; i < n; i++) cJSON_AddItemToArray(arr, cJSON_CreateNumber(ids[i]));
+    cJSON_AddNumberToObject(root, "count", (double)n);
+    cJSON_AddNumberToObject(root, "max_model_len", engine_context_length(c->s->e));
+    free(ids);
+    free(rendered);
+    api_tokenize_free(&t);
+    return reply_json(c, 200, root);
+}
+
+static enum MHD_Result handle_detokenize(conn *c) {
+    api_detokenize d;
+    api_error err;
+    if (api_parse_detokenize(c->body, c->len, &d, &err)) return reply_error(c, &err, NULL);
+    enum MHD_Result ret;
+    if (check_model(c, d.model, &ret)) {
+        api_detokenize_free(&d);
+        return ret;
+    }
+    if (!c->s->tok) {
+        api_detokenize_free(&d);
+        return fail(c, 400, "tokens", "This model has no tokenizer.");
+    }
+    size_t vocab = tokenizer_vocab_size(c->s->tok);
+    for (int i = 0; i < d.n_ids; i++)
+        if ((size_t)d.ids[i] >= vocab) {
+            errors_set(&err, 400, "tokens", "Token id %d is outside the vocabulary (%zu ids).", d.ids[i], vocab);
+            api_detokenize_free(&d);
+            return reply_error(c, &err, NULL);
+        }
+    char *text = NULL;
+    size_t len = 0;
+    int rc = tokenizer_decode(c->s->tok, d.ids, (size_t)d.n_ids, false, &text, &len);
+    api_detokenize_free(&d);
+    if (rc != TOKENIZER_OK) return fail(c, 500, NULL, "Decoding failed.");
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "prompt", text);
+    free(text);
+    return reply_json(c, 200, root);
+}
+
+static enum MHD_Result handle_generate(conn *c, api_kind kind) {
+    server *s = c->s;
+    api_request ar;
+    api_error err;
+    if (api_parse_request(kind, c->body, c->len, &ar, &err)) return reply_error(c, &err, NULL);
+    enum MHD_Result ret;
+    char *rendered = NULL;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    const char *pparam = kind == API_CHAT ? "messages" : "prompt";
+    if (check_model(c, ar.model, &ret)) goto out;
+    if (kind == API_CHAT) {
+        if (render_chat(c, ar.messages_json, &rendered, &ret) || encode_text(c, rendered, false, pparam, &ids, &n, &ret))
+            goto out;
+    } else if (ar.prompt_text) {
+        if (encode_text(c, ar.prompt_text, true, pparam, &ids, &n, &ret)) goto out;
+    } else {
+        ids = ar.prompt_ids;
+        n = (size_t)ar.n_prompt_ids;
+        ar.prompt_ids = NULL;
+    }
+    int ctx = engine_context_length(s->e), vocab = engine_vocab_size(s->e);
+    if (n == 0) {
+        ret = fail(c, 400, pparam, "The prompt is empty: it encodes to no tokens.");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] >= vocab) {
+            errors_set(&err, 400, pparam, "Token id %d is outside the vocabulary (%d ids).", ids[i], vocab);
+            ret = reply_error(c, &err, NULL);
+            goto out;
+        }
+    for (int i = 0; i < ar.n_bias; i++)
+        if (ar.bias_ids[i] >= vocab) {
+            errors_set(&err, 400, "logit_bias", "Token id %d in 'logit_bias' is outside the vocabulary (%d ids).",
+                       ar.bias_ids[i], vocab);
+            ret = reply_error(c, &err, NULL);
+            goto out;
+        }
+    if ((long)n >= ctx || (ar.max_tokens > 0 && (long)n + ar.max_tokens > ctx)) {
+        errors_set(&err, 400, (long)n >= ctx ? pparam : "max_tokens",
+                   "This model's maximum context length is %d tokens. However, you requested %ld tokens (%zu in the "
+                   "prompt, %d for the completion).",
+                   ctx, (long)n + (ar.max_tokens > 0 ? ar.max_tokens : 0), n, ar.max_tokens > 0 ? ar.max_tokens : 0);
+        err.code = "context_length_exceeded";
+        ret = reply_error(c, &err, NULL);
+        goto out;
+    }
+    int max_tokens = ar.max_tokens > 0 ? ar.max_tokens : ctx - (int)n;
+    if (ar.max_tokens <= 0 && kind == API_COMPLETIONS && max_tokens > 16) max_tokens = 16; /* OpenAI's default */
+    if (ar.engram_gates && !engine_model(s->e)->engram) {
+        ret = fail(c, 400, "engram_gates", "This model has no Engram layers, so it has no gates to return.");
+        goto out;
+    }
+    if (atomic_load(&s->draining)) {
+        ret = fail(c, 503, NULL, "The server is shutting down.");
+        goto out;
+    }
+
+    engine_request_params rp = {0};
+    rp.prompt = ids;
+    rp.n_prompt = (int)n;
+    rp.max_tokens = max_tokens;
+    rp.sampling = ar.sampling;
+    if (!ar.has_seed) { /* OpenAI: no seed, no reproducibility */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        rp.sampling.seed = (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull ^ atomic_fetch_add(&s->next_id, 1) ^ s->id_salt;
+    }
+    rp.ignore_eos = ar.ignore_eos;
+    rp.want_gates = ar.engram_gates;
+    for (int i = 0; i < ar.n_stop; i++) rp.stop[i] = ar.stop[i];
+    rp.n_stop = ar.n_stop;
+    rp.bias_ids = ar.bias_ids;
+    rp.bias_vals = ar.bias_vals;
+    rp.n_bias = ar.n_bias;
+    rp.notify = resume_cb;
+    rp.notify_ctx = c->mc;
+    engine_request *req = NULL;
+    int rc = engine_submit(s->e, &rp, &req);
+    if (rc != ENGINE_OK) {
+        int status = errors_engine_http_status(rc);
+        errors_set(&err, status, NULL, "%s%s", rc == ENGINE_ERR_QUEUE_FULL ? "The server is overloaded: " : "",
+                   engine_status_str(rc));
+        ret = reply_error(c, &err, NULL);
+        goto out;
+    }
+    char id[64];
+    snprintf(id, sizeof(id), "%s-%016llx%08llx", kind == API_CHAT ? "chatcmpl" : "cmpl", s->id_salt,
+             (unsigned long long)atomic_fetch_add(&s->next_id, 1));
+    long created = (long)time(NULL);
+
+    if (!ar.stream) {
+        c->generating = true;
+        atomic_fetch_add(&s->active, 1);
+        c->req = req;
+        c->kind = kind;
+        c->gates = ar.engram_gates;
+        c->created = created;
+        memcpy(c->id, id, sizeof(id));
+        ret = continue_generation(c);
+        goto out;
+    }
+    stream *st = calloc(1, sizeof(*st));
+    struct MHD_Response *r = NULL;
+    if (st) {
+        st->s = s;
+        st->mc = c->mc;
+        st->req = req;
+        st->kind = kind;
+        st->include_usage = ar.include_usage;
+        st->created = created;
+        memcpy(st->id, id, sizeof(id));
+        if (kind == API_CHAT && sse_chunk(st, "", true, NULL)) { /* the first delta carries the role */
+            free(st->buf);
+            free(st);
+            st = NULL;
+        }
+    }
+    if (st) r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, SSE_BLOCK, stream_reader, st, stream_free);
+    if (!r) {
+        engine_cancel(req);
+        engine_request_release(req);
+        if (st) {
+            free(st->buf);
+            free(st);
+        }
+        ret = fail(c, 500, NULL, "Out of memory.");
+        goto out;
+    }
+    atomic_fetch_add(&s->active, 1); /* until stream_free */
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    MHD_add_response_header(r, "X-Accel-Buffering", "no");
+    metrics_http(s->mx, c->route, 200);
+    ret = MHD_queue_response(c->mc, 200, r);
+    MHD_destroy_response(r);
+out:
+    free(rendered);
+    free(ids);
+    api_request_free(&ar);
+    return ret;
+}
+
+typedef enum { R_COMPLETIONS, R_CHAT, R_MODELS, R_MODEL, R_HEALTH, R_METRICS, R_TOKENIZE, R_DETOKENIZE } route_id;
+
+static const struct {
+    const char *path; /* exact, or a prefix when it ends with '/' */
+    const char *method;
+    route_id id;
+    bool open; /* no API key needed */
+    const char *label;
+} routes[] = {
+    {"/v1/completions", "POST", R_COMPLETIONS, false, "/v1/completions"},
+    {"/v1/chat/completions", "POST", R_CHAT, false, "/v1/chat/completions"},
+    {"/v1/models", "GET", R_MODELS, false, "/v1/models"},
+    {"/v1/models/", "GET", R_MODEL, false, "/v1/models"},
+    {"/health", "GET", R_HEALTH, true, "/health"},
+    {"/metrics", "GET", R_METRICS, true, "/metrics"},
+    {"/tokenize", "POST", R_TOKENIZE, false, "/tokenize"},
+    {"/detokenize", "POST", R_DETOKENIZE, false, "/detokenize"},
+};
+
+extern const unsigned char server_page_index[]; /* server/static/index.html, embedded by CMake */
+extern const size_t server_page_index_len;
+
+/* GET /: the memory-view page (each token shaded by its Engram gate). */
+static enum MHD_Result handle_page(conn *c, const char *method) {
+    api_error err;
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
+        errors_set(&err, 405, NULL, "Method %s is not allowed on /; use GET.", method);
+        return reply_error(c, &err, "GET, HEAD");
+    }
+    char *body = malloc(server_page_index_len);
+    if (body) memcpy(body, server_page_index, server_page_index_len);
+    return reply(c, 200, "text/html; charset=utf-8", body, server_page_index_len, NULL);
+}
+
+static enum MHD_Result dispatch(conn *c, const char *url, const char *method) {
+    int found = -1;
+    if (!strcmp(url, "/")) {
+        c->route = "/";
+        return handle_page(c, method);
+    }
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]) && found < 0; i++) {
+        size_t pl = strlen(routes[i].path);
+        if (routes[i].path[pl - 1] == '/' ? (!strncmp(url, routes[i].path, pl) && url[pl]) : !strcmp(url, routes[i].path))
+            found = (int)i;
+    }
+    c->route = found >= 0 ? routes[found].label : "other";
+    api_error err;
+    if (found < 0) {
+        errors_set(&err, 404, NULL, "Unknown route: %s %.200s", method, url);
+        return reply_error(c, &err, NULL);
+    }
+    const char *want = routes[found].method;
+    if (strcmp(method, want) != 0 && !(strcmp(want, "GET") == 0 && strcmp(method, "HEAD") == 0)) {
+        errors_set(&err, 405, NULL, "Method %s is not allowed on %s; use %s.", method, routes[found].path, want);
+        return reply_error(c, &err, strcmp(want, "GET") == 0 ? "GET, HEAD" : want);
+    }
+    if (!routes[found].open && !auth_ok(c)) {
+        errors_set(&err, 401, NULL, "Incorrect or missing API key: send 'Authorization: Bearer <key>'.");
+        return reply_error(c, &err, NULL);
+    }
+    if (c->too_big) {
+        errors_set(&err, 413, NULL, "The request body is larger than the limit of %zu bytes.", c->s->p.max_body_bytes);
+        return reply_error(c, &err, NULL);
+    }
+    switch (routes[found].id) {
+    case R_COMPLETIONS: return handle_generate(c, API_COMPLETIONS);
+    case R_CHAT: return handle_generate(c, API_CHAT);
+    case R_MODELS: return handle_models(c);
+    case R_MODEL: return handle_model(c, url + strlen(routes[found].path));
+    case R_HEALTH: return handle_health(c);
+    case R_METRICS: return handle_metrics(c);
+    case R_TOKENIZE: return handle_tokenize(c);
+    case R_DETOKENIZE: return handle_detokenize(c);
+    }
+    return MHD_NO;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const char *url, const char *method,
+                                  const char *version, const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls) {
+    server *s = cls;
+    conn *c = *con_cls;
+    if (!c) {
+        if (!(c = calloc(1, sizeof(*c)))) return MHD_NO;
+        c->s = s;
+        c->mc = mc;
+        c->route = "other";
+        *con_cls = c;
+        /* A body far over the limit is refused before it is read; one a little
+         * over is read and dropped so the client sees the 413. */
+        const char *cl = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl && strtoull(cl, NULL, 10) > 16 * (unsigned long long)s->p.max_body_bytes) {
+            c->too_big = true;
+            return dispatch(c, url, method);
+        }
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (c->too_big) return MHD_YES;
+        if (c->len + n > s->p.max_body_bytes) {
+            c->too_big = true;
+            free(c->body);
+            c->body = NULL;
+            c->len = c->cap = 0;
+            return MHD_YES;
+        }
+        if (c->len + n + 1 > c->cap) {
+            size_t cap = (c->len + n + 1) * 2;
+            if (cap > s->p.max_body_bytes + 1) cap = s->p.max_body_bytes + 1;
+            char *q = realloc(c->body, cap);
+            if (!q) return MHD_NO;
+            c->body = q;
+            c->cap = cap;
+        }
+        memcpy(c->body + c->len, upload_data, n);
+        c->len += n;
+        c->body[c->len] = 0;
+        return MHD_YES;
+    }
+    if (c->req) return continue_generation(c); /* resumed by the engine */
+    if (!c->body) c->body = strdup("");
+    if (!c->body) return MHD_NO;
+    return dispatch(c, url, method);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, enum MHD_RequestTerminationCode toe) {
+    conn *c = *con_cls;
+    if (!c) return;
+    if (c->req) { /* a non-streaming request whose connection closed */
+        engine_cancel(c->req);
+        engine_output o;
+        engine_request_read(c->req, &o, NULL, NULL);
+        free(o.text);
+        metrics_request_done(c->s->mx, "abort", &o, util_now());
+        engine_request_release(c->req);
+    }
+    if (c->generating) atomic_fetch_sub(&c->s->active, 1);
+    free(c->body);
+    free(c->text);
+    free(c);
+    *con_cls = NULL;
+}
+
+int server_start(const server_params *p, engine *e, metrics *m, server **out, char *err, size_t errlen) {
+    *out = NULL;
+    server *s = calloc(1, sizeof(*s));
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    s->p = *p;
+    s->e = e;
+    s->mx = m;
+    s->tok = engine_tokenizer(e);
+    s->started = (long)time(NULL);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    s->id_salt = ((unsigned long long)ts.tv_nsec << 20) ^ (unsigned long long)ts.tv_sec ^ ((unsigned long long)getpid() << 40);
+    atomic_init(&s->draining, false);
+    atomic_init(&s->active, 0);
+    atomic_init(&s->next_id, 1);
+    if (chat_template_load_dir(p->model_dir, &s->tmpl, err, errlen) != CHAT_TEMPLATE_OK) {
+        free(s);
+        return -1;
+    }
+
+    struct addrinfo hints = {0}, *ai = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    char port[16];
+    snprintf(port, sizeof(port), "%d", p->port);
+    int grc = getaddrinfo(p->host, port, &hints, &ai);
+    if (grc != 0 || !ai) {
+        snprintf(err, errlen, "cannot resolve host %s: %s", p->host, gai_strerror(grc));
+        chat_template_destroy(s->tmpl);
+        free(s);
+        return -1;
+    }
+    memcpy(&s->addr, ai->ai_addr, ai->ai_addrlen);
+    bool v6 = ai->ai_family == AF_INET6;
+    freeaddrinfo(ai);
+
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (v6) flags |= MHD_USE_IPv6;
+    s->d = MHD_start_daemon(flags, (uint16_t)p->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR,
+                            (struct sockaddr *)&s->addr, MHD_OPTION_THREAD_POOL_SIZE,
+                            (unsigned)(p->http_threads > 0 ? p->http_threads : 4), MHD_OPTION_CONNECTION_TIMEOUT,
+                            (unsigned)300, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
+    if (!s->d) {
+        snprintf(err, errlen, "cannot listen on %s:%d (address in use or not available)", p->host, p->port);
+        chat_template_destroy(s->tmpl);
+        free(s);
+        return -1;
+    }
+    *out = s;
+    return 0;
+}
+
+void server_drain(server *s) {
+    if (s) atomic_store(&s->draining, true);
+}
+
+void server_stop(server *s) {
+    if (!s) return;
+    /* Stop accepting, let requests in flight send their last bytes (the
+     * engine has ended them), then stop the threads. */
+    MHD_socket lsock = MHD_quiesce_daemon(s->d);
+    for (int i = 0; i < 500 && atomic_load(&s->active) > 0; i++) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    MHD_stop_daemon(s->d);
+    if (lsock != MHD_INVALID_SOCKET) close(lsock);
+    chat_template_destroy(s->tmpl);
+    free(s);
+}

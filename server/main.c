@@ -1,0 +1,263 @@
+/* engram-server: the OpenAI-compatible HTTP server. Reads its options from
+ * flags, ENGRAM_<NAME> environment variables and a JSON config file (flags
+ * win over env over file), loads the model into the engine, serves until
+ * SIGINT or SIGTERM, then stops cleanly. The only place that exits.
+ *
+ *   engram-server --model DIR [--host 127.0.0.1] [--port 8080] [options]
+ */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server.h"
+#include "util.h"
+
+typedef enum { OPT_STR, OPT_INT } opt_type;
+
+static const struct {
+    const char *flag; /* --flag; env ENGRAM_<FLAG upper, '-' -> '_'>; file key with '_' */
+    opt_type type;
+    long lo, hi;
+    const char *def; /* default, or NULL */
+    const char *help;
+} opts[] = {
+    {"model", OPT_STR, 0, 0, NULL, "checkpoint directory (required)"},
+    {"host", OPT_STR, 0, 0, "127.0.0.1", "address to listen on"},
+    {"port", OPT_INT, 1, 65535, "8080", "TCP port"},
+    {"served-model-name", OPT_STR, 0, 0, NULL, "model id in the API (default: the model directory's name)"},
+    {"api-key", OPT_STR, 0, 0, NULL, "require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize"},
+    {"device", OPT_STR, 0, 0, "cpu", "backend: cpu (cuda is not available yet)"},
+    {"max-queued-requests", OPT_INT, 0, 1000000, "64", "requests waiting beyond the running one; more get 503"},
+    {"max-body-bytes", OPT_INT, 1, 1L << 30, "1048576", "largest request body; larger get 413"},
+    {"threads", OPT_INT, 0, 4096, "0", "CPU threads of the engine (0: all cores)"},
+    {"http-threads", OPT_INT, 1, 256, "4", "HTTP worker threads"},
+};
+#define N_OPTS (sizeof(opts) / sizeof(opts[0]))
+
+static void env_name(const char *flag, char *out, size_t n) {
+    snprintf(out, n, "ENGRAM_");
+    size_t l = strlen(out);
+    for (const char *p = flag; *p && l + 1 < n; p++, l++) out[l] = *p == '-' ? '_' : (char)(*p >= 'a' && *p <= 'z' ? *p - 32 : *p);
+    out[l] = 0;
+}
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: engram-server --model DIR [options]\n");
+    for (size_t i = 0; i < N_OPTS; i++) {
+        char env[64];
+        env_name(opts[i].flag, env, sizeof(env));
+        fprintf(f, "  --%-22s %s%s%s (env %s)\n", opts[i].flag, opts[i].help, opts[i].def ? "; default " : "",
+                opts[i].def ? opts[i].def : "", env);
+    }
+    fprintf(f, "  --%-22s JSON config file whose keys are the flag names with '_' (env ENGRAM_CONFIG)\n", "config FILE");
+    fprintf(f, "Flags win over environment variables, which win over the config file.\n");
+}
+
+static void key_name(const char *flag, char *out, size_t n) {
+    size_t l = 0;
+    for (const char *p = flag; *p && l + 1 < n; p++, l++) out[l] = *p == '-' ? '_' : *p;
+    out[l] = 0;
+}
+
+static int parse_int(const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+/* Reads the config file into vals (heap strings) for the keys it names.
+ * Returns 0, or -1 with a message on stderr. */
+static int load_config(const char *path, char **vals) {
+    char err[512];
+    size_t len;
+    char *text = util_read_file(path, 1 << 20, &len, err, sizeof(err));
+    if (!text) {
+        fprintf(stderr, "engram-server: --config: %s\n", err);
+        return -1;
+    }
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    if (!cJSON_IsObject(root)) {
+        fprintf(stderr, "engram-server: --config %s: not a JSON object\n", path);
+        cJSON_Delete(root);
+        return -1;
+    }
+    const cJSON *item;
+    cJSON_ArrayForEach(item, root) {
+        int found = -1;
+        for (size_t i = 0; i < N_OPTS; i++) {
+            char key[64];
+            key_name(opts[i].flag, key, sizeof(key));
+            if (!strcmp(key, item->string)) found = (int)i;
+        }
+        if (found < 0) {
+            fprintf(stderr, "engram-server: --config %s: unknown key \"%s\"\n", path, item->string);
+            cJSON_Delete(root);
+            return -1;
+        }
+        char buf[64];
+        const char *v = NULL;
+        if (cJSON_IsString(item)) v = item->valuestring;
+        else if (cJSON_IsNumber(item) && opts[found].type == OPT_INT) {
+            snprintf(buf, sizeof(buf), "%.17g", item->valuedouble);
+            v = buf;
+        }
+        if (!v) {
+            fprintf(stderr, "engram-server: --config %s: key \"%s\" must be a %s\n", path, item->string,
+                    opts[found].type == OPT_INT ? "number" : "string");
+            cJSON_Delete(root);
+            return -1;
+        }
+        free(vals[found]);
+        if (!(vals[found] = strdup(v))) {
+            cJSON_Delete(root);
+            return -1;
+        }
+    }
+    cJSON_Delete(root);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    const char *flag_vals[N_OPTS] = {0};
+    const char *config = getenv("ENGRAM_CONFIG");
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        }
+        if (strncmp(a, "--", 2) != 0) {
+            fprintf(stderr, "engram-server: unexpected argument %s\n", a);
+            usage(stderr);
+            return 2;
+        }
+        const char *name = a + 2, *eq = strchr(name, '=');
+        size_t nl = eq ? (size_t)(eq - name) : strlen(name);
+        const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[i + 1] : NULL);
+        if (!v) {
+            fprintf(stderr, "engram-server: %s needs a value\n", a);
+            return 2;
+        }
+        if (!eq) i++;
+        if (nl == 6 && !strncmp(name, "config", 6)) {
+            config = v;
+            continue;
+        }
+        int found = -1;
+        for (size_t k = 0; k < N_OPTS; k++)
+            if (strlen(opts[k].flag) == nl && !strncmp(opts[k].flag, name, nl)) found = (int)k;
+        if (found < 0) {
+            fprintf(stderr, "engram-server: unknown option --%.*s\n", (int)nl, name);
+            usage(stderr);
+            return 2;
+        }
+        flag_vals[found] = v;
+    }
+
+    /* file < env < flags */
+    char *file_vals[N_OPTS] = {0};
+    if (config && config[0] && load_config(config, file_vals)) {
+        for (size_t i = 0; i < N_OPTS; i++) free(file_vals[i]);
+        return 2;
+    }
+    const char *val[N_OPTS];
+    long num[N_OPTS] = {0};
+    for (size_t i = 0; i < N_OPTS; i++) {
+        char env[64];
+        env_name(opts[i].flag, env, sizeof(env));
+        const char *e = getenv(env);
+        val[i] = flag_vals[i] ? flag_vals[i] : (e && e[0]) ? e : file_vals[i] ? file_vals[i] : opts[i].def;
+        if (val[i] && opts[i].type == OPT_INT && parse_int(val[i], opts[i].lo, opts[i].hi, &num[i])) {
+            fprintf(stderr, "engram-server: bad value for --%s: %s (an integer in [%ld, %ld])\n", opts[i].flag, val[i],
+                    opts[i].lo, opts[i].hi);
+            for (size_t k = 0; k < N_OPTS; k++) free(file_vals[k]);
+            return 2;
+        }
+    }
+    enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THREADS, O_HTTP_THREADS };
+    int rc = 1;
+    if (!val[O_MODEL] || !val[O_MODEL][0]) {
+        fprintf(stderr, "engram-server: --model DIR is required\n");
+        usage(stderr);
+        rc = 2;
+        goto free_vals;
+    }
+    char name_buf[256];
+    const char *served = val[O_NAME];
+    if (!served || !served[0]) { /* the directory's last component */
+        snprintf(name_buf, sizeof(name_buf), "%s", val[O_MODEL]);
+        size_t l = strlen(name_buf);
+        while (l > 1 && name_buf[l - 1] == '/') name_buf[--l] = 0;
+        const char *slash = strrchr(name_buf, '/');
+        served = slash && slash[1] ? slash + 1 : name_buf;
+    }
+
+    /* Signals are taken by sigwait in this thread only: block them before any thread starts. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    char err[1024];
+    engine_params ep = engine_default_params();
+    ep.model_dir = val[O_MODEL];
+    ep.device = val[O_DEVICE];
+    ep.max_queued = (int)num[O_QUEUE];
+    ep.threads = (int)num[O_THREADS];
+    engine *e = NULL;
+    metrics *mx = NULL;
+    server *srv = NULL;
+    double t0 = util_now();
+    int erc = engine_create(&ep, &e, err, sizeof(err));
+    if (erc != ENGINE_OK) {
+        fprintf(stderr, "engram-server: %s\n", err);
+        rc = erc == ENGINE_ERR_DEVICE ? 2 : 1;
+        goto free_vals;
+    }
+    if (!engine_tokenizer(e)) {
+        fprintf(stderr, "engram-server: %s has no usable tokenizer.json: the server needs one\n", val[O_MODEL]);
+        goto done;
+    }
+    if (!(mx = metrics_create())) {
+        fprintf(stderr, "engram-server: out of memory\n");
+        goto done;
+    }
+    server_params sp = {0};
+    sp.host = val[O_HOST];
+    sp.port = (int)num[O_PORT];
+    sp.served_model_name = served;
+    sp.model_dir = val[O_MODEL];
+    sp.api_key = val[O_KEY];
+    sp.max_body_bytes = (size_t)num[O_BODY];
+    sp.http_threads = (int)num[O_HTTP_THREADS];
+    if (server_start(&sp, e, mx, &srv, err, sizeof(err)) != 0) {
+        fprintf(stderr, "engram-server: %s\n", err);
+        goto done;
+    }
+    fprintf(stderr, "engram-server: serving %s as \"%s\" on http://%s:%d (loaded in %.2fs)\n", val[O_MODEL], served,
+            sp.host, sp.port, util_now() - t0);
+
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    fprintf(stderr, "engram-server: %s, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    server_drain(srv);
+    engine_stop(e); /* running and queued requests end; their connections resume */
+    rc = 0;
+done:
+    server_stop(srv);
+    engine_destroy(e);
+    metrics_destroy(mx);
+free_vals:
+    for (size_t i = 0; i < N_OPTS; i++) free(file_vals[i]);
+    return rc;
+}

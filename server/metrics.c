@@ -1,0 +1,183 @@
+/* Prometheus metrics, names prefixed engram_ and shaped after vLLM's: HTTP
+ * responses by route and status, requests by finish reason, prompt and
+ * generated token counters, running/waiting gauges, latency histograms (end
+ * to end, time to first token, queue time), process start time. One mutex;
+ * rendered as the text exposition format. */
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "server.h"
+
+#define N_BUCKETS 14
+static const double bucket_le[N_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                            1, 2.5, 5, 10, 30, 60, 120};
+
+typedef struct {
+    unsigned long long counts[N_BUCKETS + 1]; /* last: +Inf only */
+    unsigned long long n;
+    double sum;
+} histogram;
+
+static const char *routes[] = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health",
+                               "/metrics", "/tokenize", "/detokenize", "other"};
+#define N_ROUTES (sizeof(routes) / sizeof(routes[0]))
+static const int statuses[] = {200, 400, 401, 404, 405, 413, 500, 503};
+#define N_STATUSES (sizeof(statuses) / sizeof(statuses[0]))
+static const char *reasons[] = {"stop", "length", "abort", "error"};
+#define N_REASONS (sizeof(reasons) / sizeof(reasons[0]))
+
+struct metrics {
+    pthread_mutex_t mu;
+    double start_time; /* unix seconds */
+    unsigned long long http[N_ROUTES][N_STATUSES + 1]; /* last column: other statuses */
+    unsigned long long finished[N_REASONS];
+    unsigned long long prompt_tokens, generation_tokens;
+    histogram e2e, ttft, queue;
+};
+
+metrics *metrics_create(void) {
+    metrics *m = calloc(1, sizeof(*m));
+    if (!m) return NULL;
+    pthread_mutex_init(&m->mu, NULL);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    m->start_time = (double)ts.tv_sec + ts.tv_nsec / 1e9;
+    return m;
+}
+
+void metrics_destroy(metrics *m) {
+    if (!m) return;
+    pthread_mutex_destroy(&m->mu);
+    free(m);
+}
+
+void metrics_http(metrics *m, const char *route, int status) {
+    size_t r = N_ROUTES - 1, s = N_STATUSES;
+    for (size_t i = 0; i < N_ROUTES; i++)
+        if (!strcmp(routes[i], route)) r = i;
+    for (size_t i = 0; i < N_STATUSES; i++)
+        if (statuses[i] == status) s = i;
+    pthread_mutex_lock(&m->mu);
+    m->http[r][s]++;
+    pthread_mutex_unlock(&m->mu);
+}
+
+static void observe(histogram *h, double v) {
+    if (v < 0) v = 0;
+    size_t b = 0;
+    while (b < N_BUCKETS && v > bucket_le[b]) b++;
+    h->counts[b]++;
+    h->n++;
+    h->sum += v;
+}
+
+void metrics_request_done(metrics *m, const char *reason, const engine_output *o, double t_end) {
+    size_t r = N_REASONS - 1;
+    for (size_t i = 0; i < N_REASONS; i++)
+        if (!strcmp(reasons[i], reason)) r = i;
+    pthread_mutex_lock(&m->mu);
+    m->finished[r]++;
+    m->prompt_tokens += (unsigned long long)o->n_prompt;
+    m->generation_tokens += (unsigned long long)o->n_generated;
+    if (o->t_submit > 0) {
+        observe(&m->e2e, t_end - o->t_submit);
+        if (o->t_start > 0) observe(&m->queue, o->t_start - o->t_submit);
+        if (o->t_first_token > 0) observe(&m->ttft, o->t_first_token - o->t_submit);
+    }
+    pthread_mutex_unlock(&m->mu);
+}
+
+typedef struct {
+    char *buf;
+    size_t len, cap;
+    bool oom;
+} strbuf;
+
+static void sb_printf(strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(strbuf *b, const char *fmt, ...) {
+    if (b->oom) return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->buf + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->oom = true;
+            return;
+        }
+        if ((size_t)n < b->cap - b->len) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t cap = (b->cap + (size_t)n + 1) * 2;
+        char *q = realloc(b->buf, cap);
+        if (!q) {
+            b->oom = true;
+            return;
+        }
+        b->buf = q;
+        b->cap = cap;
+    }
+}
+
+static void render_histogram(strbuf *b, const char *name, const char *help, const histogram *h) {
+    sb_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    unsigned long long cum = 0;
+    for (size_t i = 0; i < N_BUCKETS; i++) {
+        cum += h->counts[i];
+        sb_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, bucket_le[i], cum);
+    }
+    sb_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name, h->n, name, h->sum, name, h->n);
+}
+
+char *metrics_render(metrics *m, const engine_stats *st) {
+    strbuf b = {0};
+    b.cap = 8192;
+    if (!(b.buf = malloc(b.cap))) return NULL;
+    b.buf[0] = 0;
+    pthread_mutex_lock(&m->mu);
+    sb_printf(&b, "# HELP engram_http_requests_total HTTP responses by route and status code.\n"
+                  "# TYPE engram_http_requests_total counter\n");
+    for (size_t r = 0; r < N_ROUTES; r++)
+        for (size_t s = 0; s <= N_STATUSES; s++)
+            if (m->http[r][s] && s < N_STATUSES)
+                sb_printf(&b, "engram_http_requests_total{route=\"%s\",status=\"%d\"} %llu\n", routes[r],
+                          statuses[s], m->http[r][s]);
+            else if (m->http[r][s])
+                sb_printf(&b, "engram_http_requests_total{route=\"%s\",status=\"other\"} %llu\n", routes[r],
+                          m->http[r][s]);
+    sb_printf(&b, "# HELP engram_request_success_total Finished generation requests by finish reason.\n"
+                  "# TYPE engram_request_success_total counter\n");
+    for (size_t i = 0; i < N_REASONS; i++)
+        sb_printf(&b, "engram_request_success_total{finished_reason=\"%s\"} %llu\n", reasons[i], m->finished[i]);
+    sb_printf(&b,
+              "# HELP engram_prompt_tokens_total Prompt tokens of finished requests.\n"
+              "# TYPE engram_prompt_tokens_total counter\n"
+              "engram_prompt_tokens_total %llu\n"
+              "# HELP engram_generation_tokens_total Generated tokens of finished requests.\n"
+              "# TYPE engram_generation_tokens_total counter\n"
+              "engram_generation_tokens_total %llu\n"
+              "# HELP engram_num_requests_running Requests being generated.\n"
+              "# TYPE engram_num_requests_running gauge\n"
+              "engram_num_requests_running %d\n"
+              "# HELP engram_num_requests_waiting Requests waiting in the queue.\n"
+              "# TYPE engram_num_requests_waiting gauge\n"
+              "engram_num_requests_waiting %d\n"
+              "# HELP engram_process_start_time_seconds Start time of the process since the Unix epoch.\n"
+              "# TYPE engram_process_start_time_seconds gauge\n"
+              "engram_process_start_time_seconds %.3f\n",
+              m->prompt_tokens, m->generation_tokens, st->running, st->queued, m->start_time);
+    render_histogram(&b, "engram_e2e_request_latency_seconds", "End-to-end request latency.", &m->e2e);
+    render_histogram(&b, "engram_time_to_first_token_seconds", "Time from submission to the first token.", &m->ttft);
+    render_histogram(&b, "engram_request_queue_time_seconds", "Time requests waited in the queue.", &m->queue);
+    pthread_mutex_unlock(&m->mu);
+    if (b.oom) {
+        free(b.buf);
+        return NULL;
+    }
+    return b.buf;
+}
