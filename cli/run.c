@@ -38,7 +38,15 @@ static void usage(FILE *f) {
             "  --print-ids            print the generated ids as one JSON array on the last stdout line\n"
             "  --print-gates          print Engram gates per token and Engram layer as one JSON line\n"
             "  --print-rows           print the Engram table rows per token and layer as one JSON line\n"
-            "  --dump-logits FILE     write the last prompt position's logits as raw little-endian f32\n");
+            "  --dump-logits FILE     write the last prompt position's logits as raw little-endian f32\n"
+            "  --engram-tables DIR    read Engram tables from DIR/engram_layer_<id>.tbl (engram-tables export)\n"
+            "                         instead of the checkpoint tensor\n"
+            "  --engram-tier dram|nvme  where those tables are read from (default dram: mmap MAP_SHARED)\n"
+            "  --engram-mlock         dram: lock the tables in RAM (failure is an error)\n"
+            "  --engram-hugepages     dram: madvise(MADV_HUGEPAGE) on the mapping\n"
+            "  --engram-io uring|pread  nvme: io_uring (default) or synchronous pread\n"
+            "  --engram-queue-depth N nvme: reads in flight, 1..4096 (default 64)\n"
+            "  --engram-buffered      nvme: no O_DIRECT (reads go through the page cache)\n");
 }
 
 /* Parses a decimal integer in [lo, hi]; returns -1 on junk. */
@@ -134,6 +142,9 @@ int main(int argc, char **argv) {
     long max_tokens = 32, prefill_chunk = 256, threads = 0;
     bool print_ids = false, ignore_eos = false, print_gates = false, print_rows = false, chat = false;
     sampler_params sp = sampler_default_params();
+    const char *engram_tables = NULL;
+    engram_store_params esp = engram_store_default_params();
+    bool engram_store_flag = false; /* a store option given without --engram-tables */
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -167,6 +178,34 @@ int main(int argc, char **argv) {
             NEED_VALUE prompt_text = v;
         } else if (!strcmp(a, "--dump-logits")) {
             NEED_VALUE dump_logits = v;
+        } else if (!strcmp(a, "--engram-tables")) {
+            NEED_VALUE engram_tables = v;
+        } else if (!strcmp(a, "--engram-tier")) {
+            NEED_VALUE engram_store_flag = true;
+            if (!strcmp(v, "dram"))
+                esp.tier = ENGRAM_STORE_DRAM;
+            else if (!strcmp(v, "nvme"))
+                esp.tier = ENGRAM_STORE_NVME;
+            else
+                bad = 1;
+        } else if (!strcmp(a, "--engram-io")) {
+            NEED_VALUE engram_store_flag = true;
+            if (!strcmp(v, "uring"))
+                esp.use_pread = false;
+            else if (!strcmp(v, "pread"))
+                esp.use_pread = true;
+            else
+                bad = 1;
+        } else if (!strcmp(a, "--engram-queue-depth")) {
+            NEED_VALUE engram_store_flag = true;
+            bad = parse_long(v, 1, 4096, &lv);
+            esp.queue_depth = (int)lv;
+        } else if (!strcmp(a, "--engram-mlock")) {
+            engram_store_flag = esp.mlock = true;
+        } else if (!strcmp(a, "--engram-hugepages")) {
+            engram_store_flag = esp.hugepages = true;
+        } else if (!strcmp(a, "--engram-buffered")) {
+            engram_store_flag = esp.no_direct = true;
         } else if (!strcmp(a, "--device")) {
             NEED_VALUE device = v;
         } else if (!strcmp(a, "--max-tokens")) {
@@ -207,6 +246,10 @@ int main(int argc, char **argv) {
     if (!model_dir || (!prompt_ids == !prompt_text)) {
         fprintf(stderr, "engram-run: need --model and exactly one of --prompt-ids, --prompt\n");
         usage(stderr);
+        return 2;
+    }
+    if (engram_store_flag && !engram_tables) {
+        fprintf(stderr, "engram-run: --engram-tier/-io/-queue-depth/-mlock/-hugepages/-buffered need --engram-tables\n");
         return 2;
     }
     if (chat && !prompt_text) {
@@ -284,6 +327,10 @@ int main(int argc, char **argv) {
     int32_t *out = NULL;
     double t0 = util_now();
     if (model_load(model_dir, &m, err, sizeof(err)) != MODEL_OK) {
+        fprintf(stderr, "engram-run: %s\n", err);
+        goto done;
+    }
+    if (engram_tables && model_engram_use_tables(m, engram_tables, &esp, err, sizeof(err)) != MODEL_OK) {
         fprintf(stderr, "engram-run: %s\n", err);
         goto done;
     }

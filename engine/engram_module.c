@@ -48,13 +48,17 @@ void engram_scratch_free(engram_scratch *s) {
     memset(s, 0, sizeof(*s));
 }
 
-void engram_module_run(const backend_ops *ops, const model_engram *e, const engram_weights *w, int d,
+int engram_module_run(const backend_ops *ops, const model_engram *e, const engram_weights *w, int d,
                        const float *h, const int64_t *rows, int T, float *hist, engram_scratch *s,
                        float *out, float *gates) {
     int G = e->hc_mult, R = hist_rows(e);
     size_t gd = (size_t)G * d;
 
-    ops->gather_rows(s->e, &w->table, rows, T, e->n_heads);        /* e (T, E) */
+    if (w->store) { /* e (T, E) from the table file: host rows, same bits as the tensor's */
+        if (engram_store_gather(w->store, rows, (size_t)T * e->n_heads, s->e, NULL)) return -1;
+    } else {
+        ops->gather_rows(s->e, &w->table, rows, T, e->n_heads); /* e (T, E) */
+    }
     ops->matmul(s->v, s->e, &w->w_value, w->b_value, T);           /* value (T, d), shared */
     for (int g = 0; g < G; g++) {
         ops->matmul(s->k, s->e, &w->w_key[g], w->b_key[g], T);     /* key_g (T, d) */
@@ -80,4 +84,5 @@ void engram_module_run(const backend_ops *ops, const model_engram *e, const engr
     memcpy(hist, s->cin + (size_t)T * gd, (size_t)R * gd * sizeof(float)); /* keep the last R rows */
     memcpy(out, s->vg, (size_t)T * gd * sizeof(float));
     ops->add(out, s->conv, (size_t)T * gd);
+    return 0;
 }

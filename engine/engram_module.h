@@ -33,8 +33,11 @@ size_t engram_conv_history_floats(const model_engram *e, int d);
  * h (T, G, d): the streams' hidden states; rows (T, H): table rows (hash + offset);
  * hist ((K-1)*dil, G*d): normed conv inputs of the previous positions, zeros at
  * the start of a sequence; updated to end at the last of these T positions.
- * out (T, G, d) = v_g + conv_g, to be added to h; gates (T, G) if not NULL. */
-void engram_module_run(const backend_ops *ops, const model_engram *e, const engram_weights *w, int d,
+ * out (T, G, d) = v_g + conv_g, to be added to h; gates (T, G) if not NULL.
+ * The rows come from w->store when the layer has one, else ops->gather_rows.
+ * Returns 0, or -1 when the store could not read the rows (then nothing is
+ * updated). */
+int engram_module_run(const backend_ops *ops, const model_engram *e, const engram_weights *w, int d,
                        const float *h, const int64_t *rows, int T, float *hist, engram_scratch *s,
                        float *out, float *gates);
 

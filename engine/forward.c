@@ -18,6 +18,7 @@ const char *forward_status_str(int status) {
     case FORWARD_ERR_FULL: return "sequence longer than the context";
     case FORWARD_ERR_TOKEN: return "token id out of range";
     case FORWARD_ERR_NOMEM: return "out of memory";
+    case FORWARD_ERR_IO: return "an Engram table file could not be read";
     }
     return "unknown status";
 }
@@ -167,7 +168,7 @@ void forward_state_reset(forward_state *s) {
 }
 
 /* One chunk of T tokens at positions s->pos .. s->pos+T-1. */
-static void forward_chunk(const model *m, const backend_ops *ops, forward_state *s, const int32_t *ids,
+static int forward_chunk(const model *m, const backend_ops *ops, forward_state *s, const int32_t *ids,
                           int T, float *logits, float *gates) {
     const model_engram *e = m->engram;
     const model_config *c = &m->cfg;
@@ -192,8 +193,9 @@ static void forward_chunk(const model *m, const backend_ops *ops, forward_state 
             const engram_weights *w = L->engram;
             double t0 = util_now();
             ngram_hash_layer_rows(e->hash, w->li, &s->hist, s->cids, (size_t)T, s->rows);
-            engram_module_run(ops, e, w, d, s->x, s->rows, T, s->conv_hist[w->li], &s->es, s->eout,
-                              s->egates);
+            if (engram_module_run(ops, e, w, d, s->x, s->rows, T, s->conv_hist[w->li], &s->es, s->eout,
+                                  s->egates))
+                return FORWARD_ERR_IO;
             ops->add(s->x, s->eout, (size_t)T * d);
             s->engram_seconds += util_now() - t0;
             if (gates)
@@ -238,6 +240,7 @@ static void forward_chunk(const model *m, const backend_ops *ops, forward_state 
         ops->rmsnorm(s->h, last, m->final_norm, 1, d, eps);
         ops->matmul(logits, s->h, &m->lm_head, NULL, 1);
     }
+    return FORWARD_OK;
 }
 
 int forward_run(const model *m, const backend_ops *ops, forward_state *s, const int32_t *ids, int n,
@@ -252,8 +255,9 @@ int forward_run(const model *m, const backend_ops *ops, forward_state *s, const 
     int nl = m->engram ? m->engram->n_layers : 0;
     for (int i = 0; i < n; i += s->max_chunk) {
         int T = n - i < s->max_chunk ? n - i : s->max_chunk;
-        forward_chunk(m, ops, s, ids + i, T, i + T == n ? logits : NULL,
-                      gates ? gates + (size_t)i * nl : NULL);
+        int rc = forward_chunk(m, ops, s, ids + i, T, i + T == n ? logits : NULL,
+                               gates ? gates + (size_t)i * nl : NULL);
+        if (rc) return rc;
     }
     return FORWARD_OK;
 }

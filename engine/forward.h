@@ -13,6 +13,7 @@ typedef enum {
     FORWARD_ERR_FULL = -1,  /* the tokens do not fit in the state's max_tokens */
     FORWARD_ERR_TOKEN = -2, /* a token id is outside [0, vocab_size) */
     FORWARD_ERR_NOMEM = -3,
+    FORWARD_ERR_IO = -4, /* an external Engram table could not be read; reset the state before reuse */
 } forward_status;
 
 const char *forward_status_str(int status);

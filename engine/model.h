@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "ngram_hash.h"
+#include "store.h"
 #include "safetensors.h"
 
 typedef enum {
@@ -93,6 +94,7 @@ typedef struct {
     int layer_id;                  /* backbone layer it starts */
     int li;                        /* its index among the Engram layers (ngram_hash) */
     weight table;                  /* (table rows, D) multi_head_embedding.embedding.weight */
+    engram_store *store;           /* owned; when not NULL the rows come from this table file, not `table` */
     weight w_value;                /* (d, E) value_proj */
     const float *b_value;          /* (d) */
     weight w_key[ENGRAM_MAX_HC];   /* (d, E) key_projs.{g} */
@@ -150,6 +152,19 @@ struct model {
 int model_load(const char *dir, model **out, char *err, size_t errlen);
 
 void model_destroy(model *m); /* accepts NULL */
+
+/* Serves every Engram layer's table from the table file
+ * dir/engram_layer_<layer_id>.tbl (written by engram-tables export) through
+ * an engram_store opened with params, instead of the checkpoint tensor. Each
+ * file must have the tensor's rows and head_dim. Returns MODEL_OK, or
+ * MODEL_ERR_CONFIG for a model without Engram, MODEL_ERR_IO /
+ * MODEL_ERR_WEIGHTS with a one-line message naming the file; on failure no
+ * layer is changed. */
+int model_engram_use_tables(model *m, const char *dir, const engram_store_params *params, char *err,
+                            size_t errlen);
+
+/* The table file name of an Engram layer inside a tables directory. */
+#define MODEL_ENGRAM_TABLE_FMT "%s/engram_layer_%d.tbl"
 
 /* Ids a sampler may pick: vocab_size, or fewer for an Engram model whose
  * tokenizer (hence compressed lookup) covers fewer ids than the embedding

@@ -227,8 +227,47 @@ int model__load_engram(model *m, char *err, size_t errlen) {
     return MODEL_OK;
 }
 
+int model_engram_use_tables(model *m, const char *dir, const engram_store_params *params, char *err,
+                            size_t errlen) {
+    model_engram *e = m->engram;
+    if (!e) {
+        snprintf(err, errlen, "%s: the model has no Engram layers to read tables for", m->dir);
+        return MODEL_ERR_CONFIG;
+    }
+    engram_store *st[ENGRAM_MAX_LAYERS] = {0};
+    int rc = MODEL_OK;
+    for (int li = 0; li < e->n_layers && rc == MODEL_OK; li++) {
+        const engram_weights *w = &e->layers[li];
+        char path[4096], serr[512];
+        snprintf(path, sizeof(path), MODEL_ENGRAM_TABLE_FMT, dir, w->layer_id);
+        int src = engram_store_open(path, params, &st[li], serr, sizeof(serr));
+        if (src) {
+            snprintf(err, errlen, "%s", serr);
+            rc = src == ENGRAM_STORE_EFORMAT ? MODEL_ERR_WEIGHTS : src == ENGRAM_STORE_ENOMEM ? MODEL_ERR_NOMEM
+                                                                                               : MODEL_ERR_IO;
+            break;
+        }
+        engram_store_header h = engram_store_get_info(st[li]).header;
+        if (h.rows != (uint64_t)w->table.rows || h.cols != (uint32_t)w->table.cols) {
+            snprintf(err, errlen, "%s: table is [%llu, %u] but layer %d needs [%d, %d]", path,
+                     (unsigned long long)h.rows, h.cols, w->layer_id, w->table.rows, w->table.cols);
+            rc = MODEL_ERR_WEIGHTS;
+        }
+    }
+    if (rc) {
+        for (int li = 0; li < e->n_layers; li++) engram_store_close(st[li]);
+        return rc;
+    }
+    for (int li = 0; li < e->n_layers; li++) {
+        engram_store_close(e->layers[li].store);
+        e->layers[li].store = st[li];
+    }
+    return MODEL_OK;
+}
+
 void model__destroy_engram(model_engram *e) {
     if (!e) return;
+    for (int li = 0; e->layers && li < e->n_layers; li++) engram_store_close(e->layers[li].store);
     ngram_hash_destroy(e->hash);
     free(e->lookup);
     free(e->layers);

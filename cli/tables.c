@@ -1,0 +1,102 @@
+/* engram-tables: the aligned Engram table files of engram/store.
+ *   engram-tables export --model DIR --out DIR   one file per Engram layer,
+ *       OUT/engram_layer_<layer_id>.tbl, rows copied bit for bit from the
+ *       checkpoint tensor in its dtype (f32, bf16, f16)
+ *   engram-tables info FILE                      the header as one JSON line */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "model.h"
+#include "store.h"
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: engram-tables export --model DIR --out DIR\n"
+               "       engram-tables info FILE\n");
+}
+
+static int cmd_info(const char *path) {
+    engram_store_params p = engram_store_default_params();
+    engram_store *s = NULL;
+    char err[1024];
+    if (engram_store_open(path, &p, &s, err, sizeof(err))) {
+        fprintf(stderr, "engram-tables: %s\n", err);
+        return 1;
+    }
+    engram_store_header h = engram_store_get_info(s).header;
+    printf("{\"file\": \"%s\", \"version\": %u, \"dtype\": \"%s\", \"rows\": %llu, \"cols\": %u, "
+           "\"row_bytes\": %u, \"row_stride\": %u, \"data_offset\": %llu}\n",
+           path, h.version, engram_store_dtype_name((int)h.dtype), (unsigned long long)h.rows, h.cols,
+           h.row_bytes, h.row_stride, (unsigned long long)h.data_offset);
+    engram_store_close(s);
+    return 0;
+}
+
+static int cmd_export(const char *model_dir, const char *out_dir) {
+    char err[1024];
+    model *m = NULL;
+    if (model_load(model_dir, &m, err, sizeof(err)) != MODEL_OK) {
+        fprintf(stderr, "engram-tables: %s\n", err);
+        return 1;
+    }
+    int rc = 1;
+    if (!m->engram) {
+        fprintf(stderr, "engram-tables: %s: the model has no Engram layers\n", model_dir);
+        goto done;
+    }
+    if (mkdir(out_dir, 0755) && errno != EEXIST) {
+        fprintf(stderr, "engram-tables: %s: cannot create: %s\n", out_dir, strerror(errno));
+        goto done;
+    }
+    for (int li = 0; li < m->engram->n_layers; li++) {
+        const engram_weights *w = &m->engram->layers[li];
+        int dt = w->table.dt == DTYPE_F32    ? ENGRAM_STORE_F32
+                 : w->table.dt == DTYPE_BF16 ? ENGRAM_STORE_BF16
+                 : w->table.dt == DTYPE_F16  ? ENGRAM_STORE_F16
+                                             : 0;
+        if (!dt) {
+            fprintf(stderr, "engram-tables: layer %d: table dtype %s has no table-file dtype\n", w->layer_id,
+                    dtype_name(w->table.dt));
+            goto done;
+        }
+        char path[4096];
+        snprintf(path, sizeof(path), MODEL_ENGRAM_TABLE_FMT, out_dir, w->layer_id);
+        if (engram_store_write_dense(path, dt, (uint64_t)w->table.rows, (uint32_t)w->table.cols, w->table.data,
+                                     err, sizeof(err))) {
+            fprintf(stderr, "engram-tables: %s\n", err);
+            goto done;
+        }
+        fprintf(stderr, "engram-tables: layer %d: %d rows x %d %s -> %s\n", w->layer_id, w->table.rows,
+                w->table.cols, engram_store_dtype_name(dt), path);
+    }
+    rc = 0;
+done:
+    model_destroy(m);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        usage(stdout);
+        return 0;
+    }
+    if (argc == 3 && !strcmp(argv[1], "info")) return cmd_info(argv[2]);
+    if (argc >= 2 && !strcmp(argv[1], "export")) {
+        const char *model_dir = NULL, *out_dir = NULL;
+        for (int i = 2; i < argc; i++) {
+            if (i + 1 < argc && !strcmp(argv[i], "--model"))
+                model_dir = argv[++i];
+            else if (i + 1 < argc && !strcmp(argv[i], "--out"))
+                out_dir = argv[++i];
+            else {
+                fprintf(stderr, "engram-tables: unknown or incomplete option %s\n", argv[i]);
+                usage(stderr);
+                return 2;
+            }
+        }
+        if (model_dir && out_dir) return cmd_export(model_dir, out_dir);
+    }
+    usage(stderr);
+    return 2;
+}

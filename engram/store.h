@@ -1,0 +1,149 @@
+/* The Engram table store, host tiers: one interface that gathers rows of an
+ * Engram table as f32 wherever the table lives (DRAM: the table file mmap'd
+ * MAP_SHARED, optionally mlock'd and huge-page advised; NVMe: O_DIRECT reads
+ * through io_uring, or pread). Also the table file layout those tiers read:
+ * a 4096-byte header, then rows at a power-of-two stride so that a row never
+ * straddles more 4 KiB blocks than its size needs. No GPU here. */
+#ifndef ENGRAM_STORE_H
+#define ENGRAM_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Status codes (0 ok, negative errors; append only). */
+typedef enum {
+    ENGRAM_STORE_OK = 0,
+    ENGRAM_STORE_EIO = -1,     /* a file cannot be opened, read, written or mapped */
+    ENGRAM_STORE_EFORMAT = -2, /* the file is not a valid table file (magic, version, fields, size) */
+    ENGRAM_STORE_EINVAL = -3,  /* a bad argument: parameters, descriptor */
+    ENGRAM_STORE_ERANGE = -4,  /* a row id is outside [0, rows) */
+    ENGRAM_STORE_ENOMEM = -5,
+    ENGRAM_STORE_ELOCK = -6,   /* mlock refused (RLIMIT_MEMLOCK?) */
+} engram_store_status;
+
+/* Returns a static description of a status ("ok", ...). */
+const char *engram_store_status_str(int status);
+
+/* ---- table file layout (all integers little-endian) ----
+ * offset size field
+ *   0     8   magic "ENGRTBL\0"
+ *   8     4   version (1)
+ *  12     4   dtype (engram_store_dtype)
+ *  16     8   rows
+ *  24     4   cols (values per row: head_dim)
+ *  28     4   row_bytes (bytes of one row's data)
+ *  32     4   row_stride (row_bytes rounded up to a power of two when <= 4096,
+ *             else to a multiple of 4096)
+ *  36     4   reserved (0)
+ *  40     8   data_offset (a positive multiple of 4096)
+ *  48..   zero up to data_offset
+ * Row r's bytes sit at data_offset + r*row_stride; the file is at least
+ * data_offset + (rows-1)*row_stride + row_bytes long (writers pad it to a
+ * multiple of 4096). */
+#define ENGRAM_STORE_MAGIC "ENGRTBL"
+#define ENGRAM_STORE_VERSION 1u
+#define ENGRAM_STORE_BLOCK 4096u
+#define ENGRAM_STORE_HEADER_BYTES 48u
+#define ENGRAM_STORE_MAX_COLS (1 << 20)
+
+typedef enum {
+    ENGRAM_STORE_F32 = 1,
+    ENGRAM_STORE_BF16 = 2,
+    ENGRAM_STORE_F16 = 3,
+    ENGRAM_STORE_FP8_UE8M0 = 4, /* packed V4.1 row: cols e4m3 bytes, then cols/32 ue8m0 scale bytes */
+} engram_store_dtype;
+
+/* Returns "f32", "bf16", "f16", "fp8_ue8m0", or "?" for another value. */
+const char *engram_store_dtype_name(int dtype);
+
+typedef struct {
+    uint32_t version;
+    uint32_t dtype;
+    uint64_t rows;
+    uint32_t cols;
+    uint32_t row_bytes;
+    uint32_t row_stride;
+    uint64_t data_offset;
+} engram_store_header;
+
+/* Bytes of one row of `cols` values in `dtype` (0 for a bad pair: unknown
+ * dtype, cols out of [1, ENGRAM_STORE_MAX_COLS], FP8 cols not a multiple of 32). */
+uint32_t engram_store_row_bytes(int dtype, uint32_t cols);
+
+/* The stride for a row of row_bytes: the next power of two up to 4096, then
+ * the next multiple of 4096. */
+uint32_t engram_store_row_stride(uint32_t row_bytes);
+
+/* Parses and checks a header from buf (len bytes, untrusted). With
+ * file_size > 0 also checks that every row lies inside the file. Returns
+ * ENGRAM_STORE_OK and *h, or ENGRAM_STORE_EFORMAT with a one-line message in
+ * err (errlen bytes; err may be NULL) naming the field. */
+int engram_store_parse_header(const void *buf, size_t len, uint64_t file_size, engram_store_header *h,
+                              char *err, size_t errlen);
+
+/* Fills dst (row_bytes bytes) with row `row`'s data in the file's dtype. */
+typedef int (*engram_store_row_fn)(void *ctx, uint64_t row, void *dst);
+
+/* Writes a table file at path (through path.tmp, renamed at the end):
+ * header, then rows from fill (called once per row in order; a non-zero
+ * return aborts with ENGRAM_STORE_EIO), padding to a multiple of 4096.
+ * Returns ENGRAM_STORE_OK or a negative status with a message. */
+int engram_store_write(const char *path, int dtype, uint64_t rows, uint32_t cols, engram_store_row_fn fill,
+                       void *ctx, char *err, size_t errlen);
+
+/* Same, from rows laid end to end in memory (rows*row_bytes bytes, borrowed). */
+int engram_store_write_dense(const char *path, int dtype, uint64_t rows, uint32_t cols, const void *data,
+                             char *err, size_t errlen);
+
+/* ---- the store ---- */
+typedef enum { ENGRAM_STORE_DRAM = 0, ENGRAM_STORE_NVME = 1 } engram_store_tier;
+
+typedef struct {
+    engram_store_tier tier; /* default DRAM */
+    /* DRAM */
+    bool mlock;     /* lock the mapping in RAM; failure is an error (ENGRAM_STORE_ELOCK) */
+    bool hugepages; /* madvise(MADV_HUGEPAGE); a refusal is reported on stderr, not an error */
+    /* NVMe */
+    int queue_depth;  /* reads in flight, 1..4096 (default 64) */
+    bool use_pread;   /* skip io_uring: synchronous pread, one block run at a time */
+    bool no_direct;   /* skip O_DIRECT: buffered reads through the page cache */
+    bool quiet;       /* no fallback notes on stderr */
+} engram_store_params;
+
+engram_store_params engram_store_default_params(void);
+
+typedef struct engram_store engram_store;
+
+/* What a store ended up doing (fallbacks included). */
+typedef struct {
+    engram_store_tier tier;
+    engram_store_header header;
+    bool direct;     /* NVMe: O_DIRECT in use */
+    bool io_uring;   /* NVMe: io_uring in use (else pread) */
+    bool locked;     /* DRAM: mlock'd */
+    bool hugepages;  /* DRAM: MADV_HUGEPAGE accepted */
+    uint64_t reads;  /* NVMe: block runs read so far */
+    uint64_t bytes_read;
+} engram_store_info;
+
+/* Opens the table file at path for the tier in params (NULL: defaults).
+ * Returns ENGRAM_STORE_OK and *out, or a negative status with a one-line
+ * message naming the file. Fallbacks (io_uring unavailable -> pread; O_DIRECT
+ * refused by the filesystem -> buffered) are noted on stderr unless quiet. */
+int engram_store_open(const char *path, const engram_store_params *params, engram_store **out, char *err,
+                      size_t errlen);
+
+/* Gathers n rows: out (n, cols) f32, out[i*cols + j] = value j of row
+ * rows[i], converted exactly (bf16/f16 widened, FP8 decoded by engram_fp8).
+ * Rows may repeat and come in any order; rows sharing a block are read once.
+ * Thread-safe (NVMe gathers are serialized). Returns ENGRAM_STORE_OK;
+ * ENGRAM_STORE_ERANGE if some row is out of range (nothing read, *bad gets
+ * its index; bad may be NULL); ENGRAM_STORE_EIO or _ENOMEM on a failed read. */
+int engram_store_gather(engram_store *s, const int64_t *rows, size_t n, float *out, size_t *bad);
+
+engram_store_info engram_store_get_info(const engram_store *s);
+
+void engram_store_close(engram_store *s); /* accepts NULL */
+
+#endif
