@@ -1,7 +1,8 @@
 /* Public header of engram/: Engram conditional memory (see ../shared/ENGRAM.md).
  * The folder owns N-gram hashing (ngram_hash), the compressed tokenizer, FP8
- * table rows (engram_fp8), and later the tiered table store and prefetch. It
- * depends on nothing in engine/. */
+ * table rows (engram_fp8), and the table store's host tiers (store: table
+ * files, DRAM and NVMe); later the HBM cache and prefetch. It depends on
+ * nothing in engine/. */
 #ifndef ENGRAM_ENGRAM_H
 #define ENGRAM_ENGRAM_H
 
@@ -9,5 +10,6 @@
 
 #include "engram_fp8.h"
 #include "ngram_hash.h"
+#include "store.h"
 
 #endif

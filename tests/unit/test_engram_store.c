@@ -1,0 +1,222 @@
+/* Unit tests of engram/store: the header layout and strides, round trips of
+ * every dtype through every tier (DRAM, NVMe io_uring, NVMe pread, buffered)
+ * compared bit for bit with the reference conversions, block dedupe, and bad
+ * files (truncated, wrong magic, wrong version, fields that disagree, rows
+ * past the end) refused with a message naming the problem. */
+#include <check.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engram.h"
+#include "numeric.h"
+
+static char dir[] = "/tmp/test_engram_store.XXXXXX";
+static char path[256];
+
+static void setup(void) {
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/t.tbl", dir);
+}
+
+static void teardown(void) {
+    char p2[300];
+    unlink(path);
+    snprintf(p2, sizeof(p2), "%s.tmp", path);
+    unlink(p2);
+    rmdir(dir);
+    strcpy(dir, "/tmp/test_engram_store.XXXXXX");
+}
+
+static uint64_t rng = 88172645463325252ull;
+static uint32_t next32(void) {
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (uint32_t)(rng >> 16);
+}
+
+/* Reference: the row's values as the engine's own conversions give them. */
+static void ref_row(int dt, const uint8_t *src, uint32_t cols, float *out) {
+    if (dt == ENGRAM_STORE_F32) numeric_to_f32(out, src, DTYPE_F32, cols);
+    if (dt == ENGRAM_STORE_BF16) numeric_to_f32(out, src, DTYPE_BF16, cols);
+    if (dt == ENGRAM_STORE_F16) numeric_to_f32(out, src, DTYPE_F16, cols);
+    if (dt == ENGRAM_STORE_FP8_UE8M0) engram_fp8_decode_row(src, src + cols, (int)cols, out);
+}
+
+START_TEST(test_strides) {
+    ck_assert_uint_eq(engram_store_row_bytes(ENGRAM_STORE_FP8_UE8M0, 256), 264);
+    ck_assert_uint_eq(engram_store_row_stride(264), 512);
+    ck_assert_uint_eq(engram_store_row_stride(512), 512);
+    ck_assert_uint_eq(engram_store_row_stride(1), 1);
+    ck_assert_uint_eq(engram_store_row_stride(4097), 8192);
+    ck_assert_uint_eq(engram_store_row_bytes(ENGRAM_STORE_FP8_UE8M0, 48), 0);
+    ck_assert_uint_eq(engram_store_row_bytes(ENGRAM_STORE_BF16, 0), 0);
+    ck_assert_uint_eq(engram_store_row_bytes(9, 8), 0);
+    ck_assert_uint_eq(engram_store_row_bytes(ENGRAM_STORE_F32, 2048), 8192);
+    ck_assert_str_eq(engram_store_dtype_name(ENGRAM_STORE_FP8_UE8M0), "fp8_ue8m0");
+    ck_assert_str_eq(engram_store_status_str(ENGRAM_STORE_ERANGE), "row out of range");
+}
+END_TEST
+
+static const engram_store_params tier_params[] = {
+    {.tier = ENGRAM_STORE_DRAM, .quiet = true},
+    {.tier = ENGRAM_STORE_DRAM, .hugepages = true, .quiet = true},
+    {.tier = ENGRAM_STORE_NVME, .queue_depth = 4, .quiet = true},
+    {.tier = ENGRAM_STORE_NVME, .queue_depth = 1, .quiet = true},
+    {.tier = ENGRAM_STORE_NVME, .queue_depth = 64, .use_pread = true, .quiet = true},
+    {.tier = ENGRAM_STORE_NVME, .queue_depth = 16, .no_direct = true, .quiet = true},
+};
+
+/* Every dtype, several widths (row inside a block, a block exactly, several
+ * blocks), every tier: gathered rows equal the reference bit for bit. */
+START_TEST(test_round_trip) {
+    static const struct { int dt; uint32_t cols; } cases[] = {
+        {ENGRAM_STORE_F32, 8},   {ENGRAM_STORE_F32, 1024}, {ENGRAM_STORE_F32, 1500},
+        {ENGRAM_STORE_BF16, 3},  {ENGRAM_STORE_BF16, 256}, {ENGRAM_STORE_F16, 32},
+        {ENGRAM_STORE_F16, 17},  {ENGRAM_STORE_FP8_UE8M0, 256}, {ENGRAM_STORE_FP8_UE8M0, 32},
+    };
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        int dt = cases[c].dt;
+        uint32_t cols = cases[c].cols, rb = engram_store_row_bytes(dt, cols);
+        uint64_t nrows = 37 + c * 11;
+        uint8_t *data = malloc(nrows * rb);
+        for (uint64_t i = 0; i < nrows * rb; i++) data[i] = (uint8_t)next32(); /* NaNs, subnormals too */
+        char err[512];
+        ck_assert_int_eq(engram_store_write_dense(path, dt, nrows, cols, data, err, sizeof(err)), 0);
+        size_t n = 200;
+        int64_t rows[200];
+        for (size_t i = 0; i < n; i++) rows[i] = i < 5 ? (int64_t)nrows - 1 : (int64_t)(next32() % nrows);
+        rows[7] = rows[8]; /* repeats */
+        float *want = malloc(n * cols * sizeof(float)), *got = malloc(n * cols * sizeof(float));
+        for (size_t i = 0; i < n; i++) ref_row(dt, data + rows[i] * rb, cols, want + i * cols);
+        for (size_t t = 0; t < sizeof(tier_params) / sizeof(tier_params[0]); t++) {
+            engram_store *s = NULL;
+            ck_assert_msg(engram_store_open(path, &tier_params[t], &s, err, sizeof(err)) == 0, "%s", err);
+            memset(got, 0xA5, n * cols * sizeof(float));
+            ck_assert_int_eq(engram_store_gather(s, rows, n, got, NULL), 0);
+            ck_assert_msg(!memcmp(got, want, n * cols * sizeof(float)), "dtype %d cols %u tier %zu", dt, cols, t);
+            engram_store_info in = engram_store_get_info(s);
+            ck_assert_uint_eq(in.header.rows, nrows);
+            if (in.tier == ENGRAM_STORE_NVME && in.header.row_stride <= 4096)
+                ck_assert_uint_le(in.reads, (nrows * in.header.row_stride + 4095) / 4096); /* deduped */
+            ck_assert_int_eq(engram_store_gather(s, rows, 0, got, NULL), 0);
+            engram_store_close(s);
+        }
+        free(data), free(want), free(got);
+    }
+}
+END_TEST
+
+START_TEST(test_out_of_range) {
+    float d[16 * 4] = {0};
+    char err[256];
+    ck_assert_int_eq(engram_store_write_dense(path, ENGRAM_STORE_F32, 16, 4, d, err, sizeof(err)), 0);
+    for (size_t t = 0; t < 3; t++) {
+        engram_store *s = NULL;
+        ck_assert_int_eq(engram_store_open(path, &tier_params[t * 2], &s, err, sizeof(err)), 0);
+        int64_t rows[3] = {0, 16, 1};
+        float out[12];
+        size_t bad = 99;
+        ck_assert_int_eq(engram_store_gather(s, rows, 3, out, &bad), ENGRAM_STORE_ERANGE);
+        ck_assert_uint_eq(bad, 1);
+        rows[1] = -1;
+        ck_assert_int_eq(engram_store_gather(s, rows, 3, out, NULL), ENGRAM_STORE_ERANGE);
+        engram_store_close(s);
+    }
+    engram_store_close(NULL);
+}
+END_TEST
+
+static void write_bytes(const uint8_t *b, size_t n) {
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fwrite(b, 1, n, f), n);
+    fclose(f);
+}
+
+static void expect_bad(const uint8_t *b, size_t n, int status, const char *needle) {
+    write_bytes(b, n);
+    for (size_t t = 0; t < 3; t++) {
+        engram_store *s = (engram_store *)1;
+        char err[512] = "";
+        ck_assert_int_eq(engram_store_open(path, &tier_params[t * 2], &s, err, sizeof(err)), status);
+        ck_assert_msg(strstr(err, needle) && strstr(err, path), "%s lacks %s", err, needle);
+    }
+}
+
+static void put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+static void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+
+START_TEST(test_bad_files) {
+    float d[10 * 8];
+    char err[256];
+    for (int i = 0; i < 80; i++) d[i] = (float)i;
+    ck_assert_int_eq(engram_store_write_dense(path, ENGRAM_STORE_F32, 10, 8, d, err, sizeof(err)), 0);
+    FILE *f = fopen(path, "rb");
+    uint8_t good[8192];
+    size_t n = fread(good, 1, sizeof(good), f);
+    fclose(f);
+    ck_assert_uint_eq(n, 8192);
+    uint8_t b[8192];
+
+    expect_bad(good, 0, ENGRAM_STORE_EFORMAT, "truncated header");
+    expect_bad(good, 20, ENGRAM_STORE_EFORMAT, "truncated header");
+    expect_bad(good, 4096 + 100, ENGRAM_STORE_EFORMAT, "truncated: 10 rows need");
+    memcpy(b, good, n), b[0] = 'X';
+    expect_bad(b, n, ENGRAM_STORE_EFORMAT, "wrong magic");
+    memcpy(b, good, n), put32(b + 8, 2);
+    expect_bad(b, n, ENGRAM_STORE_EFORMAT, "unsupported version 2");
+    memcpy(b, good, n), put32(b + 12, 77);
+    expect_bad(b, n, ENGRAM_STORE_EFORMAT, "unknown dtype 77");
+    memcpy(b, good, n), put64(b + 16, 1000); /* rows past the end of the file */
+    expect_bad(b, n, ENGRAM_STORE_EFORMAT, "truncated: 1000 rows");
+    memcpy(b, good, n), put64(b + 16, 0);
+    expect_bad(b, n, ENGRAM_STORE_EFORMAT, "rows 0");
+    memcpy(b, good, n), put64(b + 16, UINT64_MAX);
+    expect_bad(b, n, ENGRAM_STORE_EFORMAT, "out of range");
+    memcpy(b, good, n), put32(b + 24, 9);
+    expect_bad(b, n, ENGRAM_STORE_EFORMAT, "row_bytes 32, expected 36");
+    memcpy(b, good, n), put32(b + 24, 0);
+    expect_bad(b, n, ENGRAM_STORE_EFORMAT, "cols 0");
+    memcpy(b, good, n), put32(b + 32, 64);
+    expect_bad(b, n, ENGRAM_STORE_EFORMAT, "row_stride 64, expected 32");
+    memcpy(b, good, n), put32(b + 36, 1);
+    expect_bad(b, n, ENGRAM_STORE_EFORMAT, "reserved");
+    memcpy(b, good, n), put64(b + 40, 100);
+    expect_bad(b, n, ENGRAM_STORE_EFORMAT, "data_offset 100");
+    memcpy(b, good, n), put64(b + 40, UINT64_MAX & ~4095ull);
+    expect_bad(b, n, ENGRAM_STORE_EFORMAT, "data_offset");
+
+    engram_store *s = NULL;
+    unlink(path);
+    ck_assert_int_eq(engram_store_open(path, NULL, &s, err, sizeof(err)), ENGRAM_STORE_EIO);
+    ck_assert_ptr_nonnull(strstr(err, "cannot open"));
+    ck_assert_int_eq(engram_store_open(dir, NULL, &s, err, sizeof(err)), ENGRAM_STORE_EFORMAT);
+    engram_store_params p = {.tier = ENGRAM_STORE_NVME, .queue_depth = 0};
+    write_bytes(good, n);
+    ck_assert_int_eq(engram_store_open(path, &p, &s, err, sizeof(err)), ENGRAM_STORE_EINVAL);
+    ck_assert_int_eq(engram_store_write(path, 0, 1, 1, NULL, NULL, err, sizeof(err)), ENGRAM_STORE_EINVAL);
+}
+END_TEST
+
+static Suite *store_suite(void) {
+    Suite *s = suite_create("engram_store");
+    TCase *tc = tcase_create("core");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_strides);
+    tcase_add_test(tc, test_round_trip);
+    tcase_add_test(tc, test_out_of_range);
+    tcase_add_test(tc, test_bad_files);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) {
+    SRunner *sr = srunner_create(store_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
