@@ -87,6 +87,7 @@ engine_params engine_default_params(void) {
     p.device = "cpu";
     p.max_queued = 64;
     p.prefill_chunk = 256;
+    p.engram_store = engram_store_default_params();
     return p;
 }
 
@@ -497,6 +498,8 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
 
     int rc = ENGINE_ERR_LOAD;
     if (model_load(p->model_dir, &e->m, err, errlen) != MODEL_OK) goto fail;
+    if (p->engram_tables && model_engram_use_tables(e->m, p->engram_tables, &p->engram_store, err, errlen))
+        goto fail;
     char terr[512];
     if (tokenizer_load(p->model_dir, &e->tok, terr, sizeof(terr)) != TOKENIZER_OK) {
         e->tok = NULL;

@@ -38,6 +38,9 @@ typedef struct {
                             * takes one); default 64 */
     int threads;           /* CPU threads of the engine thread; 0: OpenMP's default */
     int prefill_chunk;     /* prompt tokens per forward pass; default 256 */
+    const char *engram_tables; /* NULL: Engram tables from the checkpoint; else a directory of
+                                * table files (model_engram_use_tables), borrowed for engine_create */
+    engram_store_params engram_store; /* how those files are read; default engram_store_default_params() */
 } engine_params;
 
 engine_params engine_default_params(void);

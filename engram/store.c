@@ -18,6 +18,11 @@
 
 #include "engram_fp8.h"
 
+/* Table files are little-endian; rows are decoded with native loads. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "engram/store reads little-endian table files with native loads"
+#endif
+
 const char *engram_store_status_str(int status) {
     switch (status) {
     case ENGRAM_STORE_OK: return "ok";
@@ -260,8 +265,10 @@ static void decode_row(const engram_store_header *h, const uint8_t *src, float *
     switch (h->dtype) {
     case ENGRAM_STORE_F32: memcpy(out, src, (size_t)c * 4); break;
     case ENGRAM_STORE_BF16:
-        for (uint32_t j = 0; j < c; j++) {
-            uint32_t u = ((uint32_t)src[2 * j] | (uint32_t)src[2 * j + 1] << 8) << 16;
+        for (uint32_t j = 0; j < c; j++) { /* little-endian host: see the check at the top */
+            uint16_t v;
+            memcpy(&v, src + 2 * j, 2);
+            uint32_t u = (uint32_t)v << 16;
             memcpy(out + j, &u, 4);
         }
         break;

@@ -35,6 +35,10 @@ static const struct {
     {"max-body-bytes", OPT_INT, 1, 1L << 30, "1048576", "largest request body; larger get 413"},
     {"threads", OPT_INT, 0, 4096, "0", "CPU threads of the engine (0: all cores)"},
     {"http-threads", OPT_INT, 1, 256, "4", "HTTP worker threads"},
+    {"engram-tables", OPT_STR, 0, 0, NULL, "directory of Engram table files (engram-tables export); default: the checkpoint's tensors"},
+    {"engram-tier", OPT_STR, 0, 0, "dram", "where --engram-tables are read from: dram (mmap MAP_SHARED) or nvme (O_DIRECT)"},
+    {"engram-io", OPT_STR, 0, 0, "uring", "nvme reads: uring (io_uring) or pread"},
+    {"engram-queue-depth", OPT_INT, 1, 4096, "64", "nvme reads in flight"},
 };
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
 
@@ -182,7 +186,8 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THREADS, O_HTTP_THREADS };
+    enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THREADS, O_HTTP_THREADS,
+           O_ENGRAM_TABLES, O_ENGRAM_TIER, O_ENGRAM_IO, O_ENGRAM_QD };
     int rc = 1;
     if (!val[O_MODEL] || !val[O_MODEL][0]) {
         fprintf(stderr, "engram-server: --model DIR is required\n");
@@ -214,6 +219,20 @@ int main(int argc, char **argv) {
     ep.device = val[O_DEVICE];
     ep.max_queued = (int)num[O_QUEUE];
     ep.threads = (int)num[O_THREADS];
+    if (val[O_ENGRAM_TABLES] && val[O_ENGRAM_TABLES][0]) ep.engram_tables = val[O_ENGRAM_TABLES];
+    if (strcmp(val[O_ENGRAM_TIER], "dram") && strcmp(val[O_ENGRAM_TIER], "nvme")) {
+        fprintf(stderr, "engram-server: bad value for --engram-tier: %s (dram or nvme)\n", val[O_ENGRAM_TIER]);
+        rc = 2;
+        goto free_vals;
+    }
+    if (strcmp(val[O_ENGRAM_IO], "uring") && strcmp(val[O_ENGRAM_IO], "pread")) {
+        fprintf(stderr, "engram-server: bad value for --engram-io: %s (uring or pread)\n", val[O_ENGRAM_IO]);
+        rc = 2;
+        goto free_vals;
+    }
+    ep.engram_store.tier = strcmp(val[O_ENGRAM_TIER], "nvme") ? ENGRAM_STORE_DRAM : ENGRAM_STORE_NVME;
+    ep.engram_store.use_pread = !strcmp(val[O_ENGRAM_IO], "pread");
+    ep.engram_store.queue_depth = (int)num[O_ENGRAM_QD];
     engine *e = NULL;
     metrics *mx = NULL;
     server *srv = NULL;

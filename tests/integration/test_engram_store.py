@@ -90,3 +90,28 @@ def test_store_flag_needs_tables():
     p = run_bin("engram-run", "--model", FIXTURES[0], "--prompt-ids", "5,6", "--engram-tier", "nvme",
                 check=False)
     assert p.returncode == 2 and "--engram-tables" in p.stderr
+
+
+@pytest.mark.parametrize("tier", [["--engram-tier", "dram"], ["--engram-tier", "nvme", "--engram-io", "uring"]],
+                         ids=["dram", "nvme"])
+def test_server_same_completion_and_gates(tmp_path, tier):
+    """engram-server --engram-tables: the same text and gates as from the checkpoint."""
+    import requests
+    from serverutil import Server
+
+    model = FIXTURES[1]
+    out = tmp_path / "tables"
+    run_bin("engram-tables", "export", "--model", model, "--out", out)
+    body = dict(model="engram-lexicon", prompt="The capital of France is", max_tokens=8, temperature=0,
+                engram_gates=True)
+    got = []
+    for extra in ([], ["--engram-tables", out, *tier]):
+        s = Server(*extra, model=model)
+        try:
+            r = requests.post(s.url + "/v1/completions", json=body, timeout=120)
+            assert r.status_code == 200, r.text
+            j = r.json()
+            got.append((j["choices"][0]["text"], j["engram_gates"]))
+        finally:
+            s.stop()
+    assert got[0] == got[1]

@@ -1,0 +1,194 @@
+/* Random-row gather rate of the Engram store's host tiers: DRAM (the table
+ * file mmap'd) and NVMe (O_DIRECT through io_uring at queue depths 1..256,
+ * and pread), under uniform and Zipf(s) row distributions. Creates a table
+ * file of the given size, runs, deletes it (unless --keep).
+ *
+ *   build/bench-store [--file PATH] [--gib G] [--dtype bf16|fp8] [--cols N]
+ *                     [--batch ROWS] [--seconds S] [--zipf S] [--keep]
+ *   defaults: /tmp/engram-bench-store.tbl, 3 GiB, bf16, 256 cols, 4096 rows
+ *   per gather, 1.5 s per point, Zipf exponent 1.0.
+ * One line per point: rows/s, GB/s of decoded-row bytes (row_bytes each),
+ * block reads/s and GB/s read from the file, rows per read (dedupe). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "store.h"
+#include "util.h"
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static uint64_t next64(void) {
+    uint64_t x = rng_state;
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    return rng_state = x;
+}
+
+static int fill_row(void *ctx, uint64_t row, void *dst) {
+    uint32_t rb = *(const uint32_t *)ctx;
+    uint64_t x = row * 0x9E3779B97F4A7C15ull + 1;
+    uint8_t *d = dst;
+    for (uint32_t i = 0; i < rb; i += 8) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        size_t k = rb - i < 8 ? rb - i : 8;
+        memcpy(d + i, &x, k);
+    }
+    return 0;
+}
+
+static uint64_t gcd(uint64_t a, uint64_t b) {
+    while (b) {
+        uint64_t t = a % b;
+        a = b, b = t;
+    }
+    return a;
+}
+
+typedef struct {
+    const char *name;
+    double *cdf;   /* Zipf: cumulative probability by rank, NULL for uniform */
+    uint64_t n, mul; /* rank -> row: rank * mul mod n (scatters hot rows over the file) */
+} dist;
+
+static void draw(const dist *d, int64_t *rows, size_t k) {
+    for (size_t i = 0; i < k; i++) {
+        if (!d->cdf) {
+            rows[i] = (int64_t)(next64() % d->n);
+            continue;
+        }
+        double u = (double)(next64() >> 11) * 0x1.0p-53;
+        uint64_t lo = 0, hi = d->n - 1;
+        while (lo < hi) {
+            uint64_t mid = (lo + hi) / 2;
+            if (d->cdf[mid] < u) lo = mid + 1;
+            else hi = mid;
+        }
+        rows[i] = (int64_t)((unsigned __int128)lo * d->mul % d->n);
+    }
+}
+
+static void run_point(const char *path, const engram_store_params *p, const char *label, const dist *d,
+                      size_t batch, double seconds, float *out, int64_t *rows) {
+    engram_store *s = NULL;
+    char err[512];
+    int orc = engram_store_open(path, p, &s, err, sizeof(err));
+    if (orc == ENGRAM_STORE_ELOCK) { /* DRAM points lock (and so fault in) the table when allowed */
+        engram_store_params q = *p;
+        q.mlock = false;
+        fprintf(stderr, "bench-store: %s; measuring unlocked\n", err);
+        orc = engram_store_open(path, &q, &s, err, sizeof(err));
+    }
+    if (orc) {
+        fprintf(stderr, "bench-store: %s\n", err);
+        exit(1);
+    }
+    engram_store_info in0 = engram_store_get_info(s);
+    uint64_t nrows = 0;
+    double t = 0;
+    int iters = 0;
+    while (t < seconds || iters < 2) {
+        draw(d, rows, batch);
+        double t0 = util_now();
+        if (engram_store_gather(s, rows, batch, out, NULL)) {
+            fprintf(stderr, "bench-store: gather failed\n");
+            exit(1);
+        }
+        t += util_now() - t0;
+        nrows += batch;
+        iters++;
+    }
+    engram_store_info in = engram_store_get_info(s);
+    double rb = in.header.row_bytes;
+    printf("%-26s locked=%d dist=%-7s qd=%-3d direct=%d rows/s=%11.0f row_GB/s=%7.3f reads/s=%10.0f read_GB/s=%7.3f "
+           "rows/read=%5.2f\n",
+           label, in.locked, d->name, p->tier == ENGRAM_STORE_NVME ? p->queue_depth : 0, in.direct, nrows / t,
+           nrows * rb / t / 1e9, (in.reads - in0.reads) / t, (in.bytes_read - in0.bytes_read) / t / 1e9,
+           in.reads ? (double)nrows / (double)(in.reads - in0.reads) : 0.0);
+    fflush(stdout);
+    engram_store_close(s);
+}
+
+int main(int argc, char **argv) {
+    const char *path = "/tmp/engram-bench-store.tbl";
+    double gib = 3, seconds = 1.5, zipf_s = 1.0;
+    int dtype = ENGRAM_STORE_BF16, keep = 0;
+    long cols = 256, batch = 4096;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--keep")) keep = 1;
+        else if (v && !strcmp(a, "--file")) path = argv[++i];
+        else if (v && !strcmp(a, "--gib")) gib = atof(argv[++i]);
+        else if (v && !strcmp(a, "--seconds")) seconds = atof(argv[++i]);
+        else if (v && !strcmp(a, "--zipf")) zipf_s = atof(argv[++i]);
+        else if (v && !strcmp(a, "--cols")) cols = atol(argv[++i]);
+        else if (v && !strcmp(a, "--batch")) batch = atol(argv[++i]);
+        else if (v && !strcmp(a, "--dtype")) {
+            i++;
+            dtype = !strcmp(v, "fp8") ? ENGRAM_STORE_FP8_UE8M0 : !strcmp(v, "bf16") ? ENGRAM_STORE_BF16 : 0;
+        } else {
+            fprintf(stderr, "bench-store: unknown option %s (see the header of bench/store.c)\n", a);
+            return 2;
+        }
+    }
+    uint32_t rb = engram_store_row_bytes(dtype, (uint32_t)cols);
+    if (!rb || gib <= 0 || gib > 4 || batch < 1 || batch > (1 << 22)) {
+        fprintf(stderr, "bench-store: bad --dtype/--cols/--gib (at most 4)/--batch\n");
+        return 2;
+    }
+    uint32_t stride = engram_store_row_stride(rb);
+    uint64_t nrows = (uint64_t)(gib * (double)(1ull << 30)) / stride;
+    char err[512];
+    double t0 = util_now();
+    if (access(path, F_OK) == 0) {
+        fprintf(stderr, "bench-store: %s exists; refusing to overwrite\n", path);
+        return 1;
+    }
+    if (engram_store_write(path, dtype, nrows, (uint32_t)cols, fill_row, &rb, err, sizeof(err))) {
+        fprintf(stderr, "bench-store: %s\n", err);
+        return 1;
+    }
+    printf("table %s: %llu rows x %ld %s, row %u B, stride %u B, %.2f GiB, written in %.1f s\n", path,
+           (unsigned long long)nrows, cols, engram_store_dtype_name(dtype), rb, stride,
+           (double)nrows * stride / (1ull << 30), util_now() - t0);
+
+    dist uni = {"uniform", NULL, nrows, 1}, zipf = {"zipf", NULL, nrows, 1000003};
+    while (gcd(zipf.mul, nrows) != 1) zipf.mul += 2;
+    zipf.cdf = malloc(nrows * sizeof(double));
+    float *out = malloc((size_t)batch * cols * sizeof(float));
+    int64_t *rows = malloc((size_t)batch * sizeof(int64_t));
+    if (!zipf.cdf || !out || !rows) {
+        fprintf(stderr, "bench-store: out of memory\n");
+        unlink(path);
+        return 1;
+    }
+    double acc = 0;
+    for (uint64_t r = 0; r < nrows; r++) zipf.cdf[r] = (acc += pow((double)(r + 1), -zipf_s));
+    for (uint64_t r = 0; r < nrows; r++) zipf.cdf[r] /= acc;
+    printf("batch %ld rows per gather, >= %.1f s per point, zipf s=%.2f\n", batch, seconds, zipf_s);
+
+    const dist *ds[2] = {&uni, &zipf};
+    for (int k = 0; k < 2; k++) {
+        engram_store_params p = engram_store_default_params();
+        p.tier = ENGRAM_STORE_DRAM;
+        p.mlock = true;
+        run_point(path, &p, "dram mmap mlock", ds[k], (size_t)batch, seconds, out, rows);
+    }
+    static const int qds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+    for (int k = 0; k < 2; k++) {
+        for (size_t q = 0; q < sizeof(qds) / sizeof(qds[0]); q++) {
+            engram_store_params p = engram_store_default_params();
+            p.tier = ENGRAM_STORE_NVME;
+            p.queue_depth = qds[q];
+            run_point(path, &p, "nvme io_uring O_DIRECT", ds[k], (size_t)batch, seconds, out, rows);
+        }
+        engram_store_params p = engram_store_default_params();
+        p.tier = ENGRAM_STORE_NVME;
+        p.queue_depth = 1;
+        p.use_pread = true;
+        run_point(path, &p, "nvme pread O_DIRECT", ds[k], (size_t)batch, seconds, out, rows);
+    }
+    if (!keep) unlink(path);
+    free(zipf.cdf), free(out), free(rows);
+    return 0;
+}
