@@ -8,11 +8,13 @@
  *   defaults: /tmp/engram-bench-store.tbl, 3 GiB, bf16, 256 cols, 4096 rows
  *   per gather, 1.5 s per point, Zipf exponent 1.0.
  * One line per point: rows/s, GB/s of decoded-row bytes (row_bytes each),
- * block reads/s and GB/s read from the file, rows per read (dedupe). */
+ * block reads/s and GB/s read from the file, rows per read (dedupe), and
+ * rows per CPU second of the gathering thread. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "store.h"
@@ -43,6 +45,14 @@ static uint64_t gcd(uint64_t a, uint64_t b) {
         a = b, b = t;
     }
     return a;
+}
+
+/* CPU seconds of this thread: on a shared machine, rows per CPU second is the
+ * number that does not depend on the neighbours' load. */
+static double cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 typedef struct {
@@ -85,26 +95,27 @@ static void run_point(const char *path, const engram_store_params *p, const char
     }
     engram_store_info in0 = engram_store_get_info(s);
     uint64_t nrows = 0;
-    double t = 0;
+    double t = 0, cpu = 0;
     int iters = 0;
     while (t < seconds || iters < 2) {
         draw(d, rows, batch);
-        double t0 = util_now();
+        double t0 = util_now(), c0 = cpu_now();
         if (engram_store_gather(s, rows, batch, out, NULL)) {
             fprintf(stderr, "bench-store: gather failed\n");
             exit(1);
         }
         t += util_now() - t0;
+        cpu += cpu_now() - c0;
         nrows += batch;
         iters++;
     }
     engram_store_info in = engram_store_get_info(s);
     double rb = in.header.row_bytes;
     printf("%-26s locked=%d dist=%-7s qd=%-3d direct=%d rows/s=%11.0f row_GB/s=%7.3f reads/s=%10.0f read_GB/s=%7.3f "
-           "rows/read=%5.2f\n",
+           "rows/read=%5.2f rows/cpu_s=%11.0f\n",
            label, in.locked, d->name, p->tier == ENGRAM_STORE_NVME ? p->queue_depth : 0, in.direct, nrows / t,
            nrows * rb / t / 1e9, (in.reads - in0.reads) / t, (in.bytes_read - in0.bytes_read) / t / 1e9,
-           in.reads ? (double)nrows / (double)(in.reads - in0.reads) : 0.0);
+           in.reads ? (double)nrows / (double)(in.reads - in0.reads) : 0.0, nrows / cpu);
     fflush(stdout);
     engram_store_close(s);
 }
