@@ -545,7 +545,7 @@ static int gather_nvme(engram_store *s, const int64_t *rows, size_t n, float *ou
 }
 
 int engram_store_gather(engram_store *s, const int64_t *rows, size_t n, float *out, size_t *bad) {
-    if (!s || (n && (!rows || !out))) return ENGRAM_STORE_EINVAL;
+    if (!s || (n && (!rows || !out)) || n > UINT32_MAX) return ENGRAM_STORE_EINVAL;
     const engram_store_header *h = &s->info.header;
     for (size_t i = 0; i < n; i++)
         if (rows[i] < 0 || (uint64_t)rows[i] >= h->rows) {

@@ -128,6 +128,30 @@ START_TEST(test_out_of_range) {
 }
 END_TEST
 
+/* A file cut right after its last row (no padding): the last block reads
+ * short and must still give the row, in every tier. */
+START_TEST(test_unpadded_tail) {
+    uint16_t d[5 * 100];
+    char err[256];
+    for (int i = 0; i < 500; i++) d[i] = (uint16_t)(0x3f80 + i);
+    ck_assert_int_eq(engram_store_write_dense(path, ENGRAM_STORE_BF16, 5, 100, d, err, sizeof(err)), 0);
+    ck_assert_int_eq(truncate(path, 4096 + 4 * 256 + 200), 0); /* stride 256, row 200 bytes */
+    int64_t rows[3] = {4, 0, 4};
+    float want[300], got[300];
+    for (int k = 0; k < 3; k++) numeric_to_f32(want + k * 100, d + rows[k] * 100, DTYPE_BF16, 100);
+    for (size_t t = 0; t < sizeof(tier_params) / sizeof(tier_params[0]); t++) {
+        engram_store *s = NULL;
+        ck_assert_msg(engram_store_open(path, &tier_params[t], &s, err, sizeof(err)) == 0, "%s", err);
+        ck_assert_int_eq(engram_store_gather(s, rows, 3, got, NULL), 0);
+        ck_assert(!memcmp(got, want, sizeof(got)));
+        engram_store_close(s);
+    }
+    ck_assert_int_eq(truncate(path, 4096 + 4 * 256 + 199), 0);
+    engram_store *s = NULL;
+    ck_assert_int_eq(engram_store_open(path, NULL, &s, err, sizeof(err)), ENGRAM_STORE_EFORMAT);
+}
+END_TEST
+
 static void write_bytes(const uint8_t *b, size_t n) {
     FILE *f = fopen(path, "wb");
     ck_assert_ptr_nonnull(f);
@@ -208,6 +232,7 @@ static Suite *store_suite(void) {
     tcase_add_test(tc, test_strides);
     tcase_add_test(tc, test_round_trip);
     tcase_add_test(tc, test_out_of_range);
+    tcase_add_test(tc, test_unpadded_tail);
     tcase_add_test(tc, test_bad_files);
     suite_add_tcase(s, tc);
     return s;
