@@ -43,6 +43,8 @@ typedef struct {
     bool has_seed;
     bool ignore_eos;        /* vLLM's extension */
     bool engram_gates;      /* our extension: return every token's Engram gates (not with stream) */
+    bool logprobs;          /* chat: logprobs; completions: logprobs present */
+    int top_logprobs;       /* alternatives per token: chat top_logprobs, completions logprobs */
     char *stop[ENGINE_MAX_STOP];
     int n_stop;
     int32_t *bias_ids;      /* (n_bias) logit_bias */

@@ -56,7 +56,8 @@ typedef struct {
     long created;
     char *text; /* generated text so far */
     size_t tlen, tcap;
-    bool gates; /* the request asked for "engram_gates" */
+    bool gates;    /* the request asked for "engram_gates" */
+    bool logprobs; /* the request asked for logprobs */
 } conn;
 
 /* A streaming generation, owned by its libmicrohttpd response. */
@@ -72,6 +73,8 @@ typedef struct {
     size_t len, off, cap;
     bool ended;    /* [DONE] is in buf */
     bool recorded; /* metrics_request_done called */
+    bool logprobs; /* the request asked for logprobs */
+    size_t text_offset; /* completions' logprobs.text_offset so far */
     engine_output last;
 } stream;
 
@@ -161,6 +164,73 @@ static cJSON *response_head(server *s, const char *id, const char *object, long 
     return o;
 }
 
+/* ---- logprobs ---- */
+
+/* The text of one token (special tokens kept), as a JSON string item. */
+static cJSON *token_text(server *s, int32_t id, size_t *len) {
+    const tokenizer *tok = engine_tokenizer(s->e);
+    char *piece = NULL, num[16];
+    size_t n = 0;
+    if (!tok || tokenizer_decode(tok, &id, 1, false, &piece, &n) != TOKENIZER_OK) {
+        free(piece);
+        piece = NULL;
+        n = (size_t)snprintf(num, sizeof(num), "<%d>", id); /* no tokenizer: ids as text */
+    }
+    cJSON *str = cJSON_CreateString(piece ? piece : num);
+    if (len) *len = n;
+    free(piece);
+    return str;
+}
+
+/* {"token", "logprob", "bytes"} of chat's logprobs.content entries. */
+static cJSON *chat_token_lp(server *s, int32_t id, float logprob) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON *t = token_text(s, id, NULL);
+    cJSON *bytes = cJSON_CreateArray();
+    for (const unsigned char *p = (const unsigned char *)t->valuestring; *p; p++)
+        cJSON_AddItemToArray(bytes, cJSON_CreateNumber(*p));
+    cJSON_AddItemToObject(o, "token", t);
+    cJSON_AddNumberToObject(o, "logprob", logprob);
+    cJSON_AddItemToObject(o, "bytes", bytes);
+    return o;
+}
+
+/* The "logprobs" of a choice for entries [from, to): chat's {"content": [...]}
+ * or completions' {"tokens", "token_logprobs", "top_logprobs", "text_offset"}. */
+static cJSON *logprobs_json(server *s, api_kind kind, const engine_logprob *lp, int from, int to,
+                            size_t *text_offset) {
+    cJSON *o = cJSON_CreateObject();
+    if (kind == API_CHAT) {
+        cJSON *content = cJSON_AddArrayToObject(o, "content");
+        for (int i = from; i < to; i++) {
+            cJSON *e = chat_token_lp(s, lp[i].id, lp[i].logprob);
+            cJSON *top = cJSON_AddArrayToObject(e, "top_logprobs");
+            for (int k = 0; k < lp[i].n_top; k++)
+                cJSON_AddItemToArray(top, chat_token_lp(s, lp[i].top_ids[k], lp[i].top_logprobs[k]));
+            cJSON_AddItemToArray(content, e);
+        }
+        return o;
+    }
+    cJSON *tokens = cJSON_AddArrayToObject(o, "tokens"), *tlp = cJSON_AddArrayToObject(o, "token_logprobs");
+    cJSON *top = cJSON_AddArrayToObject(o, "top_logprobs"), *off = cJSON_AddArrayToObject(o, "text_offset");
+    for (int i = from; i < to; i++) {
+        size_t len = 0;
+        cJSON_AddItemToArray(tokens, token_text(s, lp[i].id, &len));
+        cJSON_AddItemToArray(tlp, cJSON_CreateNumber(lp[i].logprob));
+        cJSON *alts = cJSON_CreateObject();
+        for (int k = 0; k < lp[i].n_top; k++) {
+            cJSON *t = token_text(s, lp[i].top_ids[k], NULL);
+            if (!cJSON_GetObjectItemCaseSensitive(alts, t->valuestring)) /* two ids may share a text */
+                cJSON_AddNumberToObject(alts, t->valuestring, lp[i].top_logprobs[k]);
+            cJSON_Delete(t);
+        }
+        cJSON_AddItemToArray(top, alts);
+        cJSON_AddItemToArray(off, cJSON_CreateNumber((double)*text_offset));
+        *text_offset += len;
+    }
+    return o;
+}
+
 /* ---- non-streaming generation ---- */
 
 /* {"layers", "n_prompt", "token_ids", "tokens", "gates"} of a finished request
@@ -220,10 +290,15 @@ static enum MHD_Result continue_generation(conn *c) {
 
         metrics_request_done(c->s->mx, finish_str(o.finish), &o, util_now());
         cJSON *gates = c->gates ? gates_json(c->s, c->req, o.n_prompt) : NULL;
+        size_t text_offset = 0;
+        cJSON *lps = c->logprobs ? logprobs_json(c->s, c->kind, engine_request_logprobs(c->req), 0, o.lp_end,
+                                                 &text_offset)
+                                 : NULL;
         engine_request_release(c->req);
         c->req = NULL;
         if (o.finish != ENGINE_FINISH_STOP && o.finish != ENGINE_FINISH_LENGTH) {
             cJSON_Delete(gates);
+            cJSON_Delete(lps);
             api_error err;
             finish_error(&o, &err);
             return reply_error(c, &err, NULL);
@@ -241,7 +316,8 @@ static enum MHD_Result continue_generation(conn *c) {
         } else {
             cJSON_AddStringToObject(ch, "text", c->text ? c->text : "");
         }
-        cJSON_AddNullToObject(ch, "logprobs");
+        if (lps) cJSON_AddItemToObject(ch, "logprobs", lps);
+        else cJSON_AddNullToObject(ch, "logprobs");
         cJSON_AddStringToObject(ch, "finish_reason", finish_str(o.finish));
         cJSON_AddItemToObject(root, "usage", usage_json(&o));
         if (gates) cJSON_AddItemToObject(root, "engram_gates", gates);
@@ -275,8 +351,9 @@ static int sse_event(stream *st, cJSON *obj) {
     return rc ? -1 : 0;
 }
 
-/* One chunk with one choice: text (or NULL for none) and finish (or NULL). */
-static int sse_chunk(stream *st, const char *text, bool role, const char *finish) {
+/* One chunk with one choice: text (or NULL for none), logprobs (owned, or
+ * NULL) and finish (or NULL). */
+static int sse_chunk(stream *st, const char *text, bool role, const char *finish, cJSON *lps) {
     bool chat = st->kind == API_CHAT;
     cJSON *root = response_head(st->s, st->id, chat ? "chat.completion.chunk" : "text_completion", st->created);
     cJSON *choices = cJSON_AddArrayToObject(root, "choices");
@@ -290,7 +367,8 @@ static int sse_chunk(stream *st, const char *text, bool role, const char *finish
     } else {
         cJSON_AddStringToObject(ch, "text", text ? text : "");
     }
-    cJSON_AddNullToObject(ch, "logprobs");
+    if (lps) cJSON_AddItemToObject(ch, "logprobs", lps);
+    else cJSON_AddNullToObject(ch, "logprobs");
     if (finish) cJSON_AddStringToObject(ch, "finish_reason", finish);
     else cJSON_AddNullToObject(ch, "finish_reason");
     if (st->include_usage) cJSON_AddNullToObject(root, "usage");
@@ -310,11 +388,16 @@ static int stream_format(stream *st, const engine_output *o) {
     st->last.t_submit = o->t_submit;
     st->last.t_start = o->t_start;
     st->last.t_first_token = o->t_first_token;
-    if (o->len && sse_chunk(st, o->text, false, NULL)) return -1;
+    cJSON *lps = st->logprobs && o->lp_end > o->lp_begin
+                     ? logprobs_json(st->s, st->kind, engine_request_logprobs(st->req), o->lp_begin, o->lp_end,
+                                     &st->text_offset)
+                     : NULL;
+    if ((o->len || lps) && sse_chunk(st, o->len ? o->text : (st->kind == API_CHAT ? NULL : ""), false, NULL, lps))
+        return -1;
     if (o->finish == ENGINE_FINISH_NONE) return 0;
     stream_record(st, finish_str(o->finish));
     if (o->finish == ENGINE_FINISH_STOP || o->finish == ENGINE_FINISH_LENGTH) {
-        if (sse_chunk(st, st->kind == API_CHAT ? NULL : "", false, finish_str(o->finish))) return -1;
+        if (sse_chunk(st, st->kind == API_CHAT ? NULL : "", false, finish_str(o->finish), NULL)) return -1;
         if (st->include_usage) {
             cJSON *root = response_head(st->s, st->id, st->kind == API_CHAT ? "chat.completion.chunk" : "text_completion",
                                         st->created);
@@ -587,6 +670,8 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
     }
     rp.ignore_eos = ar.ignore_eos;
     rp.want_gates = ar.engram_gates;
+    rp.logprobs = ar.logprobs;
+    rp.top_logprobs = ar.top_logprobs;
     for (int i = 0; i < ar.n_stop; i++) rp.stop[i] = ar.stop[i];
     rp.n_stop = ar.n_stop;
     rp.bias_ids = ar.bias_ids;
@@ -614,6 +699,7 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
         c->req = req;
         c->kind = kind;
         c->gates = ar.engram_gates;
+        c->logprobs = ar.logprobs;
         c->created = created;
         memcpy(c->id, id, sizeof(id));
         ret = continue_generation(c);
@@ -627,9 +713,10 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
         st->req = req;
         st->kind = kind;
         st->include_usage = ar.include_usage;
+        st->logprobs = ar.logprobs;
         st->created = created;
         memcpy(st->id, id, sizeof(id));
-        if (kind == API_CHAT && sse_chunk(st, "", true, NULL)) { /* the first delta carries the role */
+        if (kind == API_CHAT && sse_chunk(st, "", true, NULL, NULL)) { /* the first delta carries the role */
             free(st->buf);
             free(st);
             st = NULL;
