@@ -467,11 +467,8 @@ int api_parse_request(api_kind kind, const char *body, size_t len, api_request *
     if (field(root, "max_tokens")) r->max_tokens = (int)ll;
     if (get_int(root, "max_completion_tokens", 1, 1 << 30, &ll, err) < 0) goto fail;
     if (field(root, "max_completion_tokens")) r->max_tokens = (int)ll;
-    if ((rc = get_int(root, "n", 1, 128, &ll, err)) < 0) goto fail;
-    if (rc && ll != 1) {
-        unsupported(err, "n", "only n = 1 is implemented yet");
-        goto fail;
-    }
+    if ((rc = get_int(root, "n", 1, API_MAX_N, &ll, err)) < 0) goto fail;
+    r->n = rc ? (int)ll : 1;
     if (get_bool(root, "stream", &r->stream, err) < 0) goto fail;
     if (get_bool(root, "engram_gates", &r->engram_gates, err) < 0) goto fail;
     /* logprobs: chat takes a boolean and top_logprobs, completions the number of alternatives */

@@ -49,8 +49,12 @@ typedef struct {
     size_t len, cap;
     bool too_big;
     bool generating; /* counted in server.active */
-    /* a non-streaming generation waiting on the engine */
-    engine_request *req;
+    /* a non-streaming generation waiting on the engine: choice `cur` of n_req */
+    engine_request *req;               /* reqs[cur], the one being read */
+    engine_request *reqs[API_MAX_N];
+    int n_req, cur;
+    cJSON *choices;                    /* finished choices */
+    int completion_tokens;             /* summed over the finished choices */
     api_kind kind;
     char id[64];
     long created;
@@ -64,7 +68,10 @@ typedef struct {
 typedef struct {
     server *s;
     struct MHD_Connection *mc;
-    engine_request *req;
+    engine_request *req;               /* reqs[cur], the choice being streamed */
+    engine_request *reqs[API_MAX_N];
+    int n_req, cur;
+    int completion_tokens;             /* summed over the finished choices */
     api_kind kind;
     bool include_usage;
     char id[64];
@@ -266,6 +273,15 @@ static cJSON *gates_json(server *s, engine_request *r, int n_prompt) {
     return o;
 }
 
+/* Cancels and releases the choices after `from` that were never read. */
+static void release_rest(engine_request **reqs, int from, int n) {
+    for (int i = from; i < n; i++) {
+        engine_cancel(reqs[i]);
+        engine_request_release(reqs[i]);
+        reqs[i] = NULL;
+    }
+}
+
 static enum MHD_Result continue_generation(conn *c) {
     engine_output o;
     while (engine_request_read(c->req, &o, suspend_cb, c->mc)) {
@@ -288,6 +304,7 @@ static enum MHD_Result continue_generation(conn *c) {
         free(o.text);
         if (o.finish == ENGINE_FINISH_NONE) continue;
 
+        /* Choice c->cur has finished. */
         metrics_request_done(c->s->mx, finish_str(o.finish), &o, util_now());
         cJSON *gates = c->gates ? gates_json(c->s, c->req, o.n_prompt) : NULL;
         size_t text_offset = 0;
@@ -295,8 +312,9 @@ static enum MHD_Result continue_generation(conn *c) {
                                                  &text_offset)
                                  : NULL;
         engine_request_release(c->req);
-        c->req = NULL;
+        c->req = c->reqs[c->cur] = NULL;
         if (o.finish != ENGINE_FINISH_STOP && o.finish != ENGINE_FINISH_LENGTH) {
+            release_rest(c->reqs, c->cur + 1, c->n_req);
             cJSON_Delete(gates);
             cJSON_Delete(lps);
             api_error err;
@@ -304,11 +322,10 @@ static enum MHD_Result continue_generation(conn *c) {
             return reply_error(c, &err, NULL);
         }
         bool chat = c->kind == API_CHAT;
-        cJSON *root = response_head(c->s, c->id, chat ? "chat.completion" : "text_completion", c->created);
-        cJSON *choices = cJSON_AddArrayToObject(root, "choices");
+        if (!c->choices) c->choices = cJSON_CreateArray();
         cJSON *ch = cJSON_CreateObject();
-        cJSON_AddItemToArray(choices, ch);
-        cJSON_AddNumberToObject(ch, "index", 0);
+        cJSON_AddItemToArray(c->choices, ch);
+        cJSON_AddNumberToObject(ch, "index", c->cur);
         if (chat) {
             cJSON *msg = cJSON_AddObjectToObject(ch, "message");
             cJSON_AddStringToObject(msg, "role", "assistant");
@@ -319,6 +336,18 @@ static enum MHD_Result continue_generation(conn *c) {
         if (lps) cJSON_AddItemToObject(ch, "logprobs", lps);
         else cJSON_AddNullToObject(ch, "logprobs");
         cJSON_AddStringToObject(ch, "finish_reason", finish_str(o.finish));
+        c->completion_tokens += o.n_generated;
+        c->tlen = 0;
+        if (c->text) c->text[0] = 0;
+        if (++c->cur < c->n_req) { /* the next choice (queued in the engine meanwhile) */
+            c->req = c->reqs[c->cur];
+            cJSON_Delete(gates);
+            continue;
+        }
+        cJSON *root = response_head(c->s, c->id, chat ? "chat.completion" : "text_completion", c->created);
+        cJSON_AddItemToObject(root, "choices", c->choices);
+        c->choices = NULL;
+        o.n_generated = c->completion_tokens;
         cJSON_AddItemToObject(root, "usage", usage_json(&o));
         if (gates) cJSON_AddItemToObject(root, "engram_gates", gates);
         return reply_json(c, 200, root);
@@ -359,7 +388,7 @@ static int sse_chunk(stream *st, const char *text, bool role, const char *finish
     cJSON *choices = cJSON_AddArrayToObject(root, "choices");
     cJSON *ch = cJSON_CreateObject();
     cJSON_AddItemToArray(choices, ch);
-    cJSON_AddNumberToObject(ch, "index", 0);
+    cJSON_AddNumberToObject(ch, "index", st->cur);
     if (chat) {
         cJSON *delta = cJSON_AddObjectToObject(ch, "delta");
         if (role) cJSON_AddStringToObject(delta, "role", "assistant");
@@ -398,11 +427,22 @@ static int stream_format(stream *st, const engine_output *o) {
     stream_record(st, finish_str(o->finish));
     if (o->finish == ENGINE_FINISH_STOP || o->finish == ENGINE_FINISH_LENGTH) {
         if (sse_chunk(st, st->kind == API_CHAT ? NULL : "", false, finish_str(o->finish), NULL)) return -1;
+        st->completion_tokens += o->n_generated;
+        if (st->cur + 1 < st->n_req) { /* on to the next choice */
+            engine_request_release(st->req);
+            st->req = st->reqs[++st->cur];
+            st->reqs[st->cur - 1] = NULL;
+            st->recorded = false;
+            st->text_offset = 0;
+            return st->kind == API_CHAT ? sse_chunk(st, "", true, NULL, NULL) : 0;
+        }
         if (st->include_usage) {
             cJSON *root = response_head(st->s, st->id, st->kind == API_CHAT ? "chat.completion.chunk" : "text_completion",
                                         st->created);
             cJSON_AddArrayToObject(root, "choices");
-            cJSON_AddItemToObject(root, "usage", usage_json(o));
+            engine_output tot = *o;
+            tot.n_generated = st->completion_tokens;
+            cJSON_AddItemToObject(root, "usage", usage_json(&tot));
             if (sse_event(st, root)) return -1;
         }
     } else {
@@ -448,6 +488,7 @@ static void stream_free(void *cls) {
         stream_record(st, "abort");
     }
     engine_request_release(st->req);
+    release_rest(st->reqs, st->cur + 1, st->n_req);
     atomic_fetch_sub(&st->s->active, 1);
     free(st->buf);
     free(st);
@@ -649,6 +690,10 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
     }
     int max_tokens = ar.max_tokens > 0 ? ar.max_tokens : ctx - (int)n;
     if (ar.max_tokens <= 0 && kind == API_COMPLETIONS && max_tokens > 16) max_tokens = 16; /* OpenAI's default */
+    if (ar.engram_gates && ar.n > 1) {
+        ret = fail(c, 400, "engram_gates", "'engram_gates' is only available with n = 1.");
+        goto out;
+    }
     if (ar.engram_gates && !engine_model(s->e)->engram) {
         ret = fail(c, 400, "engram_gates", "This model has no Engram layers, so it has no gates to return.");
         goto out;
@@ -679,15 +724,22 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
     rp.n_bias = ar.n_bias;
     rp.notify = resume_cb;
     rp.notify_ctx = c->mc;
-    engine_request *req = NULL;
-    int rc = engine_submit(s->e, &rp, &req);
-    if (rc != ENGINE_OK) {
-        int status = errors_engine_http_status(rc);
-        errors_set(&err, status, NULL, "%s%s", rc == ENGINE_ERR_QUEUE_FULL ? "The server is overloaded: " : "",
-                   engine_status_str(rc));
-        ret = reply_error(c, &err, NULL);
-        goto out;
+    /* One engine request per choice; with a seed, choice i samples with seed + i. */
+    engine_request *reqs[API_MAX_N] = {0};
+    for (int i = 0; i < ar.n; i++) {
+        engine_request_params ri = rp;
+        ri.sampling.seed = rp.sampling.seed + (uint64_t)i;
+        int rc = engine_submit(s->e, &ri, &reqs[i]);
+        if (rc != ENGINE_OK) {
+            release_rest(reqs, 0, i);
+            int status = errors_engine_http_status(rc);
+            errors_set(&err, status, NULL, "%s%s", rc == ENGINE_ERR_QUEUE_FULL ? "The server is overloaded: " : "",
+                       engine_status_str(rc));
+            ret = reply_error(c, &err, NULL);
+            goto out;
+        }
     }
+    engine_request *req = reqs[0];
     char id[64];
     snprintf(id, sizeof(id), "%s-%016llx%08llx", kind == API_CHAT ? "chatcmpl" : "cmpl", s->id_salt,
              (unsigned long long)atomic_fetch_add(&s->next_id, 1));
@@ -697,6 +749,8 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
         c->generating = true;
         atomic_fetch_add(&s->active, 1);
         c->req = req;
+        memcpy(c->reqs, reqs, sizeof(reqs));
+        c->n_req = ar.n;
         c->kind = kind;
         c->gates = ar.engram_gates;
         c->logprobs = ar.logprobs;
@@ -711,6 +765,8 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
         st->s = s;
         st->mc = c->mc;
         st->req = req;
+        memcpy(st->reqs, reqs, sizeof(reqs));
+        st->n_req = ar.n;
         st->kind = kind;
         st->include_usage = ar.include_usage;
         st->logprobs = ar.logprobs;
@@ -724,8 +780,7 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
     }
     if (st) r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, SSE_BLOCK, stream_reader, st, stream_free);
     if (!r) {
-        engine_cancel(req);
-        engine_request_release(req);
+        release_rest(reqs, 0, ar.n);
         if (st) {
             free(st->buf);
             free(st);
@@ -884,7 +939,9 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, e
         free(o.text);
         metrics_request_done(c->s->mx, "abort", &o, util_now());
         engine_request_release(c->req);
+        release_rest(c->reqs, c->cur + 1, c->n_req);
     }
+    cJSON_Delete(c->choices);
     if (c->generating) atomic_fetch_sub(&c->s->active, 1);
     free(c->body);
     free(c->text);

@@ -171,7 +171,7 @@ def test_sdk_errors(client):
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="nope", prompt="x", max_tokens=1)
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model="engram-test", messages=CHAT, n=2)
+        client.chat.completions.create(model="engram-test", messages=CHAT, n=17)
     assert e.value.body["param"] == "n"
     bad = openai.OpenAI(base_url=client.base_url, api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
@@ -238,7 +238,7 @@ def test_utf8_never_split(server):
     ({"prompt": "x", "stop": ["a", 1]}, "stop"),
     ({"prompt": "x", "stream": "yes"}, "stream"),
     ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
-    ({"prompt": "x", "n": 2}, "n"),
+    ({"prompt": "x", "n": 17}, "n"),
     ({"prompt": "x", "n": 0}, "n"),
     ({"prompt": "x", "echo": True}, "echo"),
     ({"prompt": "x", "best_of": 2}, "best_of"),
