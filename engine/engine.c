@@ -60,6 +60,7 @@ struct engine {
     forward_state *st;       /* the one sequence's KV cache, (ctx) positions */
     float *logits;           /* (vocab_size) */
     float *raw_logits;       /* (vocab_size) a copy for logprobs, before sampling edits them */
+    atomic_int kv_tokens;    /* positions in the KV cache, for engine_get_stats */
     int32_t *out_ids;        /* (ctx) generated ids of the running request */
     int ctx, vocab;
     pthread_t thread;
@@ -224,6 +225,8 @@ void engine_get_stats(engine *e, engine_stats *out) {
     out->queued = e->n_queued;
     out->running = e->running != NULL;
     pthread_mutex_unlock(&e->mu);
+    out->kv_tokens = atomic_load(&e->kv_tokens);
+    out->kv_capacity = e->ctx;
 }
 
 int engine_submit(engine *e, const engine_request_params *p, engine_request **out) {
@@ -419,6 +422,7 @@ static void engine_run_request(engine *e, engine_request *r) {
         bool last = i + n == r->n_prompt;
         float *gp = r->gates ? r->gates + (size_t)i * r->n_gate_layers : NULL;
         int frc = forward_run(e->m, e->ops, e->st, r->prompt + i, n, last ? e->logits : NULL, gp);
+        atomic_store(&e->kv_tokens, forward_state_pos(e->st));
         if (frc != FORWARD_OK) {
             log_error("%s", forward_status_str(frc));
             request_publish(r, NULL, 0, 0, ENGINE_FINISH_ERROR, ENGINE_ERR_FORWARD);
@@ -479,6 +483,7 @@ static void engine_run_request(engine *e, engine_request *r) {
 
         float *gp = r->gates ? r->gates + (size_t)(r->n_prompt + n_out - 1) * r->n_gate_layers : NULL;
         int frc = forward_run(e->m, e->ops, e->st, &next, 1, e->logits, gp);
+        atomic_store(&e->kv_tokens, forward_state_pos(e->st));
         if (frc != FORWARD_OK) {
             log_error("%s", forward_status_str(frc));
             request_publish(r, NULL, 0, n_out, ENGINE_FINISH_ERROR, ENGINE_ERR_FORWARD);
@@ -487,6 +492,7 @@ static void engine_run_request(engine *e, engine_request *r) {
         if (r->gates) r->gate_ids[r->n_gated++] = next;
     }
 done:
+    atomic_store(&e->kv_tokens, 0); /* the sequence's cache is free again */
     free(g.buf);
     tokenizer_stream_destroy(ts);
     sampler_destroy(smp);
