@@ -48,6 +48,7 @@ struct engine_request {
     engine_finish finish;
     bool finish_read; /* the finish has been returned by a read */
     bool armed;       /* notify on the next publish */
+    bool progress;    /* a prefill chunk finished since the last read */
     int error;
     double t_submit, t_start, t_first_token, t_end;
 };
@@ -177,10 +178,28 @@ static int request_publish(engine_request *r, const char *text, size_t len, int 
     return rc;
 }
 
+/* Marks prefill progress (a chunk done, more to come) so a streaming reader
+ * can send a keep-alive during a long prefill. Engine thread only. */
+static void request_progress(engine_request *r) {
+    pthread_mutex_lock(&r->mu);
+    r->progress = true;
+    bool fire = r->armed;
+    r->armed = false;
+    void (*notify)(void *) = r->notify;
+    void *ctx = r->notify_ctx;
+    pthread_mutex_unlock(&r->mu);
+    if (fire && notify) notify(ctx);
+}
+
 bool engine_request_read(engine_request *r, engine_output *out, void (*on_empty)(void *), void *ctx) {
     memset(out, 0, sizeof(*out));
     pthread_mutex_lock(&r->mu);
     bool news = false;
+    if (r->progress) {
+        out->progress = true;
+        r->progress = false;
+        news = true;
+    }
     if (r->pend_len) {
         out->text = r->pend; /* hand over the buffer */
         out->len = r->pend_len;
@@ -423,6 +442,7 @@ static void engine_run_request(engine *e, engine_request *r) {
         float *gp = r->gates ? r->gates + (size_t)i * r->n_gate_layers : NULL;
         int frc = forward_run(e->m, e->ops, e->st, r->prompt + i, n, last ? e->logits : NULL, gp);
         atomic_store(&e->kv_tokens, forward_state_pos(e->st));
+        if (!last && frc == FORWARD_OK) request_progress(r);
         if (frc != FORWARD_OK) {
             log_error("%s", forward_status_str(frc));
             request_publish(r, NULL, 0, 0, ENGINE_FINISH_ERROR, ENGINE_ERR_FORWARD);

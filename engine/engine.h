@@ -158,6 +158,7 @@ typedef struct {
     /* With logprobs asked for: entries [lp_begin, lp_end) of engine_request_logprobs
      * are new with this read (one per generated token, in order). */
     int lp_begin, lp_end;
+    bool progress;   /* a prefill chunk finished since the last read (for SSE keep-alives) */
 } engine_output;
 
 /* Takes the output produced since the previous read (non-blocking). Returns

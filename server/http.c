@@ -426,6 +426,7 @@ static int stream_format(stream *st, const engine_output *o) {
     st->last.t_submit = o->t_submit;
     st->last.t_start = o->t_start;
     st->last.t_first_token = o->t_first_token;
+    if (o->progress && sse_append(st, ": keep-alive\n\n", 14)) return -1; /* long prefill: SSE comment */
     cJSON *lps = st->logprobs && o->lp_end > o->lp_begin
                      ? logprobs_json(st->s, st->kind, engine_request_logprobs(st->req), o->lp_begin, o->lp_end,
                                      &st->text_offset)

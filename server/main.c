@@ -38,6 +38,7 @@ static const struct {
     {"cors-allow-origin", OPT_STR, 0, 0, NULL,
      "send Access-Control-Allow-Origin with this value (e.g. * or https://app.example) and answer CORS preflights; off by default"},
     {"connection-timeout", OPT_INT, 1, 86400, "300", "seconds an idle connection is kept"},
+    {"prefill-chunk", OPT_INT, 1, 1 << 20, "256", "prompt tokens per forward pass (streams get a keep-alive after each)"},
 };
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
 
@@ -186,7 +187,7 @@ int main(int argc, char **argv) {
         }
     }
     enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THREADS, O_HTTP_THREADS, O_CORS,
-           O_CONN_TIMEOUT };
+           O_CONN_TIMEOUT, O_PREFILL_CHUNK };
     int rc = 1;
     if (!val[O_MODEL] || !val[O_MODEL][0]) {
         fprintf(stderr, "engram-server: --model DIR is required\n");
@@ -218,6 +219,7 @@ int main(int argc, char **argv) {
     ep.device = val[O_DEVICE];
     ep.max_queued = (int)num[O_QUEUE];
     ep.threads = (int)num[O_THREADS];
+    ep.prefill_chunk = (int)num[O_PREFILL_CHUNK];
     engine *e = NULL;
     metrics *mx = NULL;
     server *srv = NULL;

@@ -52,3 +52,25 @@ def test_itl_and_kv_usage_metrics():
         assert p.returncode == 0, p.stdout + p.stderr
     finally:
         s.stop()
+
+
+def test_keepalive_comments_during_long_prefill():
+    """With small prefill chunks a long prompt sends SSE comments before its
+    first token; the official SDK ignores them."""
+    import openai
+    s = Server("--prefill-chunk", "8")
+    try:
+        ids = list(range(10, 110))  # 100 prompt tokens: 13 chunks
+        r = post(s.url, "/v1/completions", {"prompt": ids, "max_tokens": 2, "stream": True, "ignore_eos": True},
+                 stream=True)
+        raw = r.content.decode()
+        assert raw.count(": keep-alive\n\n") == 12  # after every chunk but the last
+        assert raw.index(": keep-alive") < raw.index("data: ")
+        assert raw.endswith("data: [DONE]\n\n")
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0)
+        text = "".join(c.choices[0].text for c in client.completions.create(
+            model="qwen3_engram", prompt=ids, max_tokens=2, stream=True, extra_body={"ignore_eos": True})
+            if c.choices)
+        assert isinstance(text, str)
+    finally:
+        s.stop()
