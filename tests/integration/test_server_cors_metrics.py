@@ -64,7 +64,8 @@ def test_keepalive_comments_during_long_prefill():
         r = post(s.url, "/v1/completions", {"prompt": ids, "max_tokens": 2, "stream": True, "ignore_eos": True},
                  stream=True)
         raw = r.content.decode()
-        assert raw.count(": keep-alive\n\n") == 12  # after every chunk but the last
+        # one per read at most: progress that piles up while the client is slow coalesces
+        assert 1 <= raw.count(": keep-alive\n\n") <= 12
         assert raw.index(": keep-alive") < raw.index("data: ")
         assert raw.endswith("data: [DONE]\n\n")
         client = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0)
