@@ -120,6 +120,14 @@ def test_nginx_prometheus_and_drain(procs, tmp_path):
     assert {"engram_http_requests_total", "engram_num_requests_waiting", "engram_num_requests_running",
             "engram_time_to_first_token_seconds_bucket"} <= names, sorted(names)
 
+    # every query of the Grafana dashboard runs on this Prometheus
+    dash = json.loads((SOURCE / "deploy" / "grafana" / "engram.json").read_text())
+    for panel in dash["panels"]:
+        for t in panel["targets"]:
+            expr = t["expr"].replace("$__rate_interval", "1m").replace("$instance", ".*")
+            q = requests.get(purl + "/api/v1/query", params={"query": expr}, timeout=5).json()
+            assert q["status"] == "success", (panel["title"], expr, q)
+
     # 16 streams through nginx; SIGTERM replica A while it has some in flight
     results, first = [None] * N_STREAMS, [threading.Event() for _ in range(N_STREAMS)]
     threads = [threading.Thread(target=stream, args=(lb, i, results, first)) for i in range(N_STREAMS)]
