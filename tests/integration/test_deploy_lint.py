@@ -8,6 +8,7 @@ linters cannot know: every metric the dashboard and the HPA use is one
 server/metrics.c exports, every config key is a server flag, the drain
 timings of compose and Kubernetes cover shutdown_timeout."""
 import json
+import pathlib
 import re
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import yaml
 from conftest import BUILD, SOURCE
 from deployutil import DEPLOY, need, render_nginx, render_prometheus
 
-BIN = SOURCE / ".venv" / "bin"
+BIN = pathlib.Path(sys.executable).parent  # the venv of tools/requirements.txt
 CONFIG = SOURCE / "config" / "engram-server.json"
 K8S = DEPLOY / "k8s"
 MANIFESTS = ["configmap.yaml", "deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml", "podmonitor.yaml"]
