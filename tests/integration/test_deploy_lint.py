@@ -121,6 +121,7 @@ def test_k8s_consistency():
     lp = c["livenessProbe"]
     assert lp["periodSeconds"] * lp["failureThreshold"] > timeout
     assert c["readinessProbe"]["failureThreshold"] == 1
+    assert int(env["ENGRAM_THREADS"]) == int(c["resources"]["requests"]["cpu"])
     # the config map is the default config with the container's host and model path
     default = json.loads(CONFIG.read_text())
     assert set(cfg) == set(default)
