@@ -1045,6 +1045,8 @@ void server_drain(server *s) {
     if (s) atomic_store(&s->draining, true);
 }
 
+int server_active(server *s) { return s ? atomic_load(&s->active) : 0; }
+
 void server_stop(server *s) {
     if (!s) return;
     /* Stop accepting, let requests in flight send their last bytes (the

@@ -1,7 +1,9 @@
 /* engram-server: the OpenAI-compatible HTTP server. Reads its options from
  * flags, ENGRAM_<NAME> environment variables and a JSON config file (flags
  * win over env over file), loads the model into the engine, serves until
- * SIGINT or SIGTERM, then stops cleanly. The only place that exits.
+ * SIGINT or SIGTERM, then drains (new requests 503, accepted ones finish, up
+ * to --shutdown-timeout seconds; a second signal cuts it short) and stops
+ * cleanly. The only place that exits.
  *
  *   engram-server --model DIR [--host 127.0.0.1] [--port 8080] [options]
  */
@@ -39,6 +41,8 @@ static const struct {
      "send Access-Control-Allow-Origin with this value (e.g. * or https://app.example) and answer CORS preflights; off by default"},
     {"connection-timeout", OPT_INT, 1, 86400, "300", "seconds an idle connection is kept"},
     {"prefill-chunk", OPT_INT, 1, 1 << 20, "256", "prompt tokens per forward pass (streams get a keep-alive after each)"},
+    {"shutdown-timeout", OPT_INT, 0, 86400, "0",
+     "on SIGTERM/SIGINT, seconds to let accepted requests finish (new ones get 503) before aborting the rest"},
 };
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
 
@@ -187,7 +191,7 @@ int main(int argc, char **argv) {
         }
     }
     enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THREADS, O_HTTP_THREADS, O_CORS,
-           O_CONN_TIMEOUT, O_PREFILL_CHUNK };
+           O_CONN_TIMEOUT, O_PREFILL_CHUNK, O_SHUTDOWN };
     int rc = 1;
     if (!val[O_MODEL] || !val[O_MODEL][0]) {
         fprintf(stderr, "engram-server: --model DIR is required\n");
@@ -261,6 +265,26 @@ int main(int argc, char **argv) {
     sigwait(&sigs, &sig);
     fprintf(stderr, "engram-server: %s, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
     server_drain(srv);
+    if (num[O_SHUTDOWN] > 0) { /* let what was accepted finish */
+        fprintf(stderr, "engram-server: draining for up to %lds\n", num[O_SHUTDOWN]);
+        double deadline = util_now() + (double)num[O_SHUTDOWN];
+        for (;;) {
+            /* wait first: a request that passed the draining check is submitted within this tick */
+            struct timespec ts = {0, 20 * 1000 * 1000};
+            if (sigtimedwait(&sigs, NULL, &ts) >= 0) {
+                fprintf(stderr, "engram-server: second signal, aborting the drain\n");
+                break;
+            }
+            engine_stats st;
+            engine_get_stats(e, &st);
+            if (st.running + st.queued == 0 && server_active(srv) == 0) break;
+            if (util_now() >= deadline) {
+                fprintf(stderr, "engram-server: --shutdown-timeout reached, aborting %d request(s)\n",
+                        st.running + st.queued);
+                break;
+            }
+        }
+    }
     engine_stop(e); /* running and queued requests end; their connections resume */
     rc = 0;
 done:

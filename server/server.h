@@ -71,6 +71,9 @@ void server_set_engine(server *s, engine *e);
 /* Marks the server as draining: /health answers 503, new generations 503. */
 void server_drain(server *s);
 
+/* Generations whose response is not finished yet (streams still sending). */
+int server_active(server *s);
+
 /* Stops the HTTP daemon (call after engine_stop so that no connection waits
  * on the engine) and frees the server. Accepts NULL. */
 void server_stop(server *s);
