@@ -34,6 +34,7 @@ struct server {
     struct MHD_Daemon *d;
     struct sockaddr_storage addr;
     atomic_bool draining;
+    atomic_bool ready; /* the engine is loaded (e and tok set) */
     atomic_int active; /* generations whose response is not finished */
     atomic_ullong next_id;
     unsigned long long id_salt;
@@ -49,21 +50,29 @@ typedef struct {
     size_t len, cap;
     bool too_big;
     bool generating; /* counted in server.active */
-    /* a non-streaming generation waiting on the engine */
-    engine_request *req;
+    /* a non-streaming generation waiting on the engine: choice `cur` of n_req */
+    engine_request *req;               /* reqs[cur], the one being read */
+    engine_request *reqs[API_MAX_N];
+    int n_req, cur;
+    cJSON *choices;                    /* finished choices */
+    int completion_tokens;             /* summed over the finished choices */
     api_kind kind;
     char id[64];
     long created;
     char *text; /* generated text so far */
     size_t tlen, tcap;
-    bool gates; /* the request asked for "engram_gates" */
+    bool gates;    /* the request asked for "engram_gates" */
+    bool logprobs; /* the request asked for logprobs */
 } conn;
 
 /* A streaming generation, owned by its libmicrohttpd response. */
 typedef struct {
     server *s;
     struct MHD_Connection *mc;
-    engine_request *req;
+    engine_request *req;               /* reqs[cur], the choice being streamed */
+    engine_request *reqs[API_MAX_N];
+    int n_req, cur;
+    int completion_tokens;             /* summed over the finished choices */
     api_kind kind;
     bool include_usage;
     char id[64];
@@ -72,10 +81,20 @@ typedef struct {
     size_t len, off, cap;
     bool ended;    /* [DONE] is in buf */
     bool recorded; /* metrics_request_done called */
+    bool logprobs; /* the request asked for logprobs */
+    size_t text_offset; /* completions' logprobs.text_offset so far */
     engine_output last;
 } stream;
 
 /* ---- responses ---- */
+
+/* CORS (off unless --cors-allow-origin): the allowed origin on every response. */
+static void add_cors(server *s, struct MHD_Response *r) {
+    const char *o = s->p.cors_origin;
+    if (!o || !o[0]) return;
+    MHD_add_response_header(r, "Access-Control-Allow-Origin", o);
+    if (strcmp(o, "*") != 0) MHD_add_response_header(r, "Vary", "Origin");
+}
 
 static enum MHD_Result reply(conn *c, int status, const char *ctype, char *body, size_t len, const char *allow) {
     if (!body) {
@@ -93,6 +112,7 @@ static enum MHD_Result reply(conn *c, int status, const char *ctype, char *body,
         return MHD_NO;
     }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    add_cors(c->s, r);
     if (allow) MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
     if (status == 503) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (status == 413) MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
@@ -161,6 +181,73 @@ static cJSON *response_head(server *s, const char *id, const char *object, long 
     return o;
 }
 
+/* ---- logprobs ---- */
+
+/* The text of one token (special tokens kept), as a JSON string item. */
+static cJSON *token_text(server *s, int32_t id, size_t *len) {
+    const tokenizer *tok = engine_tokenizer(s->e);
+    char *piece = NULL, num[16];
+    size_t n = 0;
+    if (!tok || tokenizer_decode(tok, &id, 1, false, &piece, &n) != TOKENIZER_OK) {
+        free(piece);
+        piece = NULL;
+        n = (size_t)snprintf(num, sizeof(num), "<%d>", id); /* no tokenizer: ids as text */
+    }
+    cJSON *str = cJSON_CreateString(piece ? piece : num);
+    if (len) *len = n;
+    free(piece);
+    return str;
+}
+
+/* {"token", "logprob", "bytes"} of chat's logprobs.content entries. */
+static cJSON *chat_token_lp(server *s, int32_t id, float logprob) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON *t = token_text(s, id, NULL);
+    cJSON *bytes = cJSON_CreateArray();
+    for (const unsigned char *p = (const unsigned char *)t->valuestring; *p; p++)
+        cJSON_AddItemToArray(bytes, cJSON_CreateNumber(*p));
+    cJSON_AddItemToObject(o, "token", t);
+    cJSON_AddNumberToObject(o, "logprob", logprob);
+    cJSON_AddItemToObject(o, "bytes", bytes);
+    return o;
+}
+
+/* The "logprobs" of a choice for entries [from, to): chat's {"content": [...]}
+ * or completions' {"tokens", "token_logprobs", "top_logprobs", "text_offset"}. */
+static cJSON *logprobs_json(server *s, api_kind kind, const engine_logprob *lp, int from, int to,
+                            size_t *text_offset) {
+    cJSON *o = cJSON_CreateObject();
+    if (kind == API_CHAT) {
+        cJSON *content = cJSON_AddArrayToObject(o, "content");
+        for (int i = from; i < to; i++) {
+            cJSON *e = chat_token_lp(s, lp[i].id, lp[i].logprob);
+            cJSON *top = cJSON_AddArrayToObject(e, "top_logprobs");
+            for (int k = 0; k < lp[i].n_top; k++)
+                cJSON_AddItemToArray(top, chat_token_lp(s, lp[i].top_ids[k], lp[i].top_logprobs[k]));
+            cJSON_AddItemToArray(content, e);
+        }
+        return o;
+    }
+    cJSON *tokens = cJSON_AddArrayToObject(o, "tokens"), *tlp = cJSON_AddArrayToObject(o, "token_logprobs");
+    cJSON *top = cJSON_AddArrayToObject(o, "top_logprobs"), *off = cJSON_AddArrayToObject(o, "text_offset");
+    for (int i = from; i < to; i++) {
+        size_t len = 0;
+        cJSON_AddItemToArray(tokens, token_text(s, lp[i].id, &len));
+        cJSON_AddItemToArray(tlp, cJSON_CreateNumber(lp[i].logprob));
+        cJSON *alts = cJSON_CreateObject();
+        for (int k = 0; k < lp[i].n_top; k++) {
+            cJSON *t = token_text(s, lp[i].top_ids[k], NULL);
+            if (!cJSON_GetObjectItemCaseSensitive(alts, t->valuestring)) /* two ids may share a text */
+                cJSON_AddNumberToObject(alts, t->valuestring, lp[i].top_logprobs[k]);
+            cJSON_Delete(t);
+        }
+        cJSON_AddItemToArray(top, alts);
+        cJSON_AddItemToArray(off, cJSON_CreateNumber((double)*text_offset));
+        *text_offset += len;
+    }
+    return o;
+}
+
 /* ---- non-streaming generation ---- */
 
 /* {"layers", "n_prompt", "token_ids", "tokens", "gates"} of a finished request
@@ -196,6 +283,15 @@ static cJSON *gates_json(server *s, engine_request *r, int n_prompt) {
     return o;
 }
 
+/* Cancels and releases the choices after `from` that were never read. */
+static void release_rest(engine_request **reqs, int from, int n) {
+    for (int i = from; i < n; i++) {
+        engine_cancel(reqs[i]);
+        engine_request_release(reqs[i]);
+        reqs[i] = NULL;
+    }
+}
+
 static enum MHD_Result continue_generation(conn *c) {
     engine_output o;
     while (engine_request_read(c->req, &o, suspend_cb, c->mc)) {
@@ -218,22 +314,28 @@ static enum MHD_Result continue_generation(conn *c) {
         free(o.text);
         if (o.finish == ENGINE_FINISH_NONE) continue;
 
+        /* Choice c->cur has finished. */
         metrics_request_done(c->s->mx, finish_str(o.finish), &o, util_now());
         cJSON *gates = c->gates ? gates_json(c->s, c->req, o.n_prompt) : NULL;
+        size_t text_offset = 0;
+        cJSON *lps = c->logprobs ? logprobs_json(c->s, c->kind, engine_request_logprobs(c->req), 0, o.lp_end,
+                                                 &text_offset)
+                                 : NULL;
         engine_request_release(c->req);
-        c->req = NULL;
+        c->req = c->reqs[c->cur] = NULL;
         if (o.finish != ENGINE_FINISH_STOP && o.finish != ENGINE_FINISH_LENGTH) {
+            release_rest(c->reqs, c->cur + 1, c->n_req);
             cJSON_Delete(gates);
+            cJSON_Delete(lps);
             api_error err;
             finish_error(&o, &err);
             return reply_error(c, &err, NULL);
         }
         bool chat = c->kind == API_CHAT;
-        cJSON *root = response_head(c->s, c->id, chat ? "chat.completion" : "text_completion", c->created);
-        cJSON *choices = cJSON_AddArrayToObject(root, "choices");
+        if (!c->choices) c->choices = cJSON_CreateArray();
         cJSON *ch = cJSON_CreateObject();
-        cJSON_AddItemToArray(choices, ch);
-        cJSON_AddNumberToObject(ch, "index", 0);
+        cJSON_AddItemToArray(c->choices, ch);
+        cJSON_AddNumberToObject(ch, "index", c->cur);
         if (chat) {
             cJSON *msg = cJSON_AddObjectToObject(ch, "message");
             cJSON_AddStringToObject(msg, "role", "assistant");
@@ -241,8 +343,21 @@ static enum MHD_Result continue_generation(conn *c) {
         } else {
             cJSON_AddStringToObject(ch, "text", c->text ? c->text : "");
         }
-        cJSON_AddNullToObject(ch, "logprobs");
+        if (lps) cJSON_AddItemToObject(ch, "logprobs", lps);
+        else cJSON_AddNullToObject(ch, "logprobs");
         cJSON_AddStringToObject(ch, "finish_reason", finish_str(o.finish));
+        c->completion_tokens += o.n_generated;
+        c->tlen = 0;
+        if (c->text) c->text[0] = 0;
+        if (++c->cur < c->n_req) { /* the next choice (queued in the engine meanwhile) */
+            c->req = c->reqs[c->cur];
+            cJSON_Delete(gates);
+            continue;
+        }
+        cJSON *root = response_head(c->s, c->id, chat ? "chat.completion" : "text_completion", c->created);
+        cJSON_AddItemToObject(root, "choices", c->choices);
+        c->choices = NULL;
+        o.n_generated = c->completion_tokens;
         cJSON_AddItemToObject(root, "usage", usage_json(&o));
         if (gates) cJSON_AddItemToObject(root, "engram_gates", gates);
         return reply_json(c, 200, root);
@@ -275,14 +390,15 @@ static int sse_event(stream *st, cJSON *obj) {
     return rc ? -1 : 0;
 }
 
-/* One chunk with one choice: text (or NULL for none) and finish (or NULL). */
-static int sse_chunk(stream *st, const char *text, bool role, const char *finish) {
+/* One chunk with one choice: text (or NULL for none), logprobs (owned, or
+ * NULL) and finish (or NULL). */
+static int sse_chunk(stream *st, const char *text, bool role, const char *finish, cJSON *lps) {
     bool chat = st->kind == API_CHAT;
     cJSON *root = response_head(st->s, st->id, chat ? "chat.completion.chunk" : "text_completion", st->created);
     cJSON *choices = cJSON_AddArrayToObject(root, "choices");
     cJSON *ch = cJSON_CreateObject();
     cJSON_AddItemToArray(choices, ch);
-    cJSON_AddNumberToObject(ch, "index", 0);
+    cJSON_AddNumberToObject(ch, "index", st->cur);
     if (chat) {
         cJSON *delta = cJSON_AddObjectToObject(ch, "delta");
         if (role) cJSON_AddStringToObject(delta, "role", "assistant");
@@ -290,7 +406,8 @@ static int sse_chunk(stream *st, const char *text, bool role, const char *finish
     } else {
         cJSON_AddStringToObject(ch, "text", text ? text : "");
     }
-    cJSON_AddNullToObject(ch, "logprobs");
+    if (lps) cJSON_AddItemToObject(ch, "logprobs", lps);
+    else cJSON_AddNullToObject(ch, "logprobs");
     if (finish) cJSON_AddStringToObject(ch, "finish_reason", finish);
     else cJSON_AddNullToObject(ch, "finish_reason");
     if (st->include_usage) cJSON_AddNullToObject(root, "usage");
@@ -310,16 +427,33 @@ static int stream_format(stream *st, const engine_output *o) {
     st->last.t_submit = o->t_submit;
     st->last.t_start = o->t_start;
     st->last.t_first_token = o->t_first_token;
-    if (o->len && sse_chunk(st, o->text, false, NULL)) return -1;
+    if (o->progress && sse_append(st, ": keep-alive\n\n", 14)) return -1; /* long prefill: SSE comment */
+    cJSON *lps = st->logprobs && o->lp_end > o->lp_begin
+                     ? logprobs_json(st->s, st->kind, engine_request_logprobs(st->req), o->lp_begin, o->lp_end,
+                                     &st->text_offset)
+                     : NULL;
+    if ((o->len || lps) && sse_chunk(st, o->len ? o->text : (st->kind == API_CHAT ? NULL : ""), false, NULL, lps))
+        return -1;
     if (o->finish == ENGINE_FINISH_NONE) return 0;
     stream_record(st, finish_str(o->finish));
     if (o->finish == ENGINE_FINISH_STOP || o->finish == ENGINE_FINISH_LENGTH) {
-        if (sse_chunk(st, st->kind == API_CHAT ? NULL : "", false, finish_str(o->finish))) return -1;
+        if (sse_chunk(st, st->kind == API_CHAT ? NULL : "", false, finish_str(o->finish), NULL)) return -1;
+        st->completion_tokens += o->n_generated;
+        if (st->cur + 1 < st->n_req) { /* on to the next choice */
+            engine_request_release(st->req);
+            st->req = st->reqs[++st->cur];
+            st->reqs[st->cur - 1] = NULL;
+            st->recorded = false;
+            st->text_offset = 0;
+            return st->kind == API_CHAT ? sse_chunk(st, "", true, NULL, NULL) : 0;
+        }
         if (st->include_usage) {
             cJSON *root = response_head(st->s, st->id, st->kind == API_CHAT ? "chat.completion.chunk" : "text_completion",
                                         st->created);
             cJSON_AddArrayToObject(root, "choices");
-            cJSON_AddItemToObject(root, "usage", usage_json(o));
+            engine_output tot = *o;
+            tot.n_generated = st->completion_tokens;
+            cJSON_AddItemToObject(root, "usage", usage_json(&tot));
             if (sse_event(st, root)) return -1;
         }
     } else {
@@ -365,6 +499,7 @@ static void stream_free(void *cls) {
         stream_record(st, "abort");
     }
     engine_request_release(st->req);
+    release_rest(st->reqs, st->cur + 1, st->n_req);
     atomic_fetch_sub(&st->s->active, 1);
     free(st->buf);
     free(st);
@@ -419,6 +554,7 @@ static enum MHD_Result handle_model(conn *c, const char *id) {
 }
 
 static enum MHD_Result handle_health(conn *c) {
+    if (!atomic_load(&c->s->ready)) return fail(c, 503, NULL, "The model is loading.");
     if (atomic_load(&c->s->draining)) return fail(c, 503, NULL, "The server is shutting down.");
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "status", "ok");
@@ -426,8 +562,8 @@ static enum MHD_Result handle_health(conn *c) {
 }
 
 static enum MHD_Result handle_metrics(conn *c) {
-    engine_stats st;
-    engine_get_stats(c->s->e, &st);
+    engine_stats st = {0};
+    if (atomic_load(&c->s->ready)) engine_get_stats(c->s->e, &st);
     char *text = metrics_render(c->s->mx, &st);
     return reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", text, text ? strlen(text) : 0, NULL);
 }
@@ -566,6 +702,10 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
     }
     int max_tokens = ar.max_tokens > 0 ? ar.max_tokens : ctx - (int)n;
     if (ar.max_tokens <= 0 && kind == API_COMPLETIONS && max_tokens > 16) max_tokens = 16; /* OpenAI's default */
+    if (ar.engram_gates && ar.n > 1) {
+        ret = fail(c, 400, "engram_gates", "'engram_gates' is only available with n = 1.");
+        goto out;
+    }
     if (ar.engram_gates && !engine_model(s->e)->engram) {
         ret = fail(c, 400, "engram_gates", "This model has no Engram layers, so it has no gates to return.");
         goto out;
@@ -587,6 +727,8 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
     }
     rp.ignore_eos = ar.ignore_eos;
     rp.want_gates = ar.engram_gates;
+    rp.logprobs = ar.logprobs;
+    rp.top_logprobs = ar.top_logprobs;
     for (int i = 0; i < ar.n_stop; i++) rp.stop[i] = ar.stop[i];
     rp.n_stop = ar.n_stop;
     rp.bias_ids = ar.bias_ids;
@@ -594,15 +736,22 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
     rp.n_bias = ar.n_bias;
     rp.notify = resume_cb;
     rp.notify_ctx = c->mc;
-    engine_request *req = NULL;
-    int rc = engine_submit(s->e, &rp, &req);
-    if (rc != ENGINE_OK) {
-        int status = errors_engine_http_status(rc);
-        errors_set(&err, status, NULL, "%s%s", rc == ENGINE_ERR_QUEUE_FULL ? "The server is overloaded: " : "",
-                   engine_status_str(rc));
-        ret = reply_error(c, &err, NULL);
-        goto out;
+    /* One engine request per choice; with a seed, choice i samples with seed + i. */
+    engine_request *reqs[API_MAX_N] = {0};
+    for (int i = 0; i < ar.n; i++) {
+        engine_request_params ri = rp;
+        ri.sampling.seed = rp.sampling.seed + (uint64_t)i;
+        int rc = engine_submit(s->e, &ri, &reqs[i]);
+        if (rc != ENGINE_OK) {
+            release_rest(reqs, 0, i);
+            int status = errors_engine_http_status(rc);
+            errors_set(&err, status, NULL, "%s%s", rc == ENGINE_ERR_QUEUE_FULL ? "The server is overloaded: " : "",
+                       engine_status_str(rc));
+            ret = reply_error(c, &err, NULL);
+            goto out;
+        }
     }
+    engine_request *req = reqs[0];
     char id[64];
     snprintf(id, sizeof(id), "%s-%016llx%08llx", kind == API_CHAT ? "chatcmpl" : "cmpl", s->id_salt,
              (unsigned long long)atomic_fetch_add(&s->next_id, 1));
@@ -612,8 +761,11 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
         c->generating = true;
         atomic_fetch_add(&s->active, 1);
         c->req = req;
+        memcpy(c->reqs, reqs, sizeof(reqs));
+        c->n_req = ar.n;
         c->kind = kind;
         c->gates = ar.engram_gates;
+        c->logprobs = ar.logprobs;
         c->created = created;
         memcpy(c->id, id, sizeof(id));
         ret = continue_generation(c);
@@ -625,11 +777,14 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
         st->s = s;
         st->mc = c->mc;
         st->req = req;
+        memcpy(st->reqs, reqs, sizeof(reqs));
+        st->n_req = ar.n;
         st->kind = kind;
         st->include_usage = ar.include_usage;
+        st->logprobs = ar.logprobs;
         st->created = created;
         memcpy(st->id, id, sizeof(id));
-        if (kind == API_CHAT && sse_chunk(st, "", true, NULL)) { /* the first delta carries the role */
+        if (kind == API_CHAT && sse_chunk(st, "", true, NULL, NULL)) { /* the first delta carries the role */
             free(st->buf);
             free(st);
             st = NULL;
@@ -637,8 +792,7 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
     }
     if (st) r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, SSE_BLOCK, stream_reader, st, stream_free);
     if (!r) {
-        engine_cancel(req);
-        engine_request_release(req);
+        release_rest(reqs, 0, ar.n);
         if (st) {
             free(st->buf);
             free(st);
@@ -648,6 +802,7 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
     }
     atomic_fetch_add(&s->active, 1); /* until stream_free */
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    add_cors(s, r);
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     MHD_add_response_header(r, "X-Accel-Buffering", "no");
     metrics_http(s->mx, c->route, 200);
@@ -694,8 +849,24 @@ static enum MHD_Result handle_page(conn *c, const char *method) {
     return reply(c, 200, "text/html; charset=utf-8", body, server_page_index_len, NULL);
 }
 
+/* A CORS preflight: 204 with what a browser may send. */
+static enum MHD_Result handle_preflight(conn *c) {
+    struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    if (!r) return MHD_NO;
+    add_cors(c->s, r);
+    MHD_add_response_header(r, "Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+    MHD_add_response_header(r, "Access-Control-Allow-Headers", "Authorization, Content-Type");
+    MHD_add_response_header(r, "Access-Control-Max-Age", "600");
+    metrics_http(c->s->mx, c->route, 204);
+    enum MHD_Result ret = MHD_queue_response(c->mc, 204, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
 static enum MHD_Result dispatch(conn *c, const char *url, const char *method) {
     int found = -1;
+    const char *cors = c->s->p.cors_origin;
+    if (cors && cors[0] && !strcmp(method, "OPTIONS")) return handle_preflight(c);
     if (!strcmp(url, "/")) {
         c->route = "/";
         return handle_page(c, method);
@@ -724,6 +895,8 @@ static enum MHD_Result dispatch(conn *c, const char *url, const char *method) {
         errors_set(&err, 413, NULL, "The request body is larger than the limit of %zu bytes.", c->s->p.max_body_bytes);
         return reply_error(c, &err, NULL);
     }
+    if (!atomic_load(&c->s->ready) && routes[found].id != R_HEALTH && routes[found].id != R_METRICS)
+        return fail(c, 503, NULL, "The model is loading; try again shortly.");
     switch (routes[found].id) {
     case R_COMPLETIONS: return handle_generate(c, API_COMPLETIONS);
     case R_CHAT: return handle_generate(c, API_CHAT);
@@ -797,7 +970,9 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, e
         free(o.text);
         metrics_request_done(c->s->mx, "abort", &o, util_now());
         engine_request_release(c->req);
+        release_rest(c->reqs, c->cur + 1, c->n_req);
     }
+    cJSON_Delete(c->choices);
     if (c->generating) atomic_fetch_sub(&c->s->active, 1);
     free(c->body);
     free(c->text);
@@ -805,7 +980,13 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, e
     *con_cls = NULL;
 }
 
-int server_start(const server_params *p, engine *e, metrics *m, server **out, char *err, size_t errlen) {
+void server_set_engine(server *s, engine *e) {
+    s->e = e;
+    s->tok = engine_tokenizer(e);
+    atomic_store(&s->ready, true); /* publishes e and tok to the HTTP threads */
+}
+
+int server_start(const server_params *p, metrics *m, server **out, char *err, size_t errlen) {
     *out = NULL;
     server *s = calloc(1, sizeof(*s));
     if (!s) {
@@ -813,14 +994,13 @@ int server_start(const server_params *p, engine *e, metrics *m, server **out, ch
         return -1;
     }
     s->p = *p;
-    s->e = e;
     s->mx = m;
-    s->tok = engine_tokenizer(e);
     s->started = (long)time(NULL);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     s->id_salt = ((unsigned long long)ts.tv_nsec << 20) ^ (unsigned long long)ts.tv_sec ^ ((unsigned long long)getpid() << 40);
     atomic_init(&s->draining, false);
+    atomic_init(&s->ready, false);
     atomic_init(&s->active, 0);
     atomic_init(&s->next_id, 1);
     if (chat_template_load_dir(p->model_dir, &s->tmpl, err, errlen) != CHAT_TEMPLATE_OK) {
@@ -850,7 +1030,7 @@ int server_start(const server_params *p, engine *e, metrics *m, server **out, ch
     s->d = MHD_start_daemon(flags, (uint16_t)p->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR,
                             (struct sockaddr *)&s->addr, MHD_OPTION_THREAD_POOL_SIZE,
                             (unsigned)(p->http_threads > 0 ? p->http_threads : 4), MHD_OPTION_CONNECTION_TIMEOUT,
-                            (unsigned)300, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
+                            (unsigned)(p->connection_timeout > 0 ? p->connection_timeout : 300), MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
     if (!s->d) {
         snprintf(err, errlen, "cannot listen on %s:%d (address in use or not available)", p->host, p->port);
         chat_template_destroy(s->tmpl);
@@ -864,6 +1044,8 @@ int server_start(const server_params *p, engine *e, metrics *m, server **out, ch
 void server_drain(server *s) {
     if (s) atomic_store(&s->draining, true);
 }
+
+int server_active(server *s) { return s ? atomic_load(&s->active) : 0; }
 
 void server_stop(server *s) {
     if (!s) return;

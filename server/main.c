@@ -1,7 +1,9 @@
 /* engram-server: the OpenAI-compatible HTTP server. Reads its options from
  * flags, ENGRAM_<NAME> environment variables and a JSON config file (flags
  * win over env over file), loads the model into the engine, serves until
- * SIGINT or SIGTERM, then stops cleanly. The only place that exits.
+ * SIGINT or SIGTERM, then drains (new requests 503, accepted ones finish, up
+ * to --shutdown-timeout seconds; a second signal cuts it short) and stops
+ * cleanly. The only place that exits.
  *
  *   engram-server --model DIR [--host 127.0.0.1] [--port 8080] [options]
  */
@@ -35,6 +37,12 @@ static const struct {
     {"max-body-bytes", OPT_INT, 1, 1L << 30, "1048576", "largest request body; larger get 413"},
     {"threads", OPT_INT, 0, 4096, "0", "CPU threads of the engine (0: all cores)"},
     {"http-threads", OPT_INT, 1, 256, "4", "HTTP worker threads"},
+    {"cors-allow-origin", OPT_STR, 0, 0, NULL,
+     "send Access-Control-Allow-Origin with this value (e.g. * or https://app.example) and answer CORS preflights; off by default"},
+    {"connection-timeout", OPT_INT, 1, 86400, "300", "seconds an idle connection is kept"},
+    {"prefill-chunk", OPT_INT, 1, 1 << 20, "256", "prompt tokens per forward pass (streams get a keep-alive after each)"},
+    {"shutdown-timeout", OPT_INT, 0, 86400, "0",
+     "on SIGTERM/SIGINT, seconds to let accepted requests finish (new ones get 503) before aborting the rest"},
     {"engram-tables", OPT_STR, 0, 0, NULL, "directory of Engram table files (engram-tables export); default: the checkpoint's tensors"},
     {"engram-tier", OPT_STR, 0, 0, "dram", "where --engram-tables are read from: dram (mmap MAP_SHARED) or nvme (O_DIRECT)"},
     {"engram-io", OPT_STR, 0, 0, "uring", "nvme reads: uring (io_uring) or pread"},
@@ -186,8 +194,8 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THREADS, O_HTTP_THREADS,
-           O_ENGRAM_TABLES, O_ENGRAM_TIER, O_ENGRAM_IO, O_ENGRAM_QD };
+    enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THREADS, O_HTTP_THREADS, O_CORS,
+           O_CONN_TIMEOUT, O_PREFILL_CHUNK, O_SHUTDOWN, O_ENGRAM_TABLES, O_ENGRAM_TIER, O_ENGRAM_IO, O_ENGRAM_QD };
     int rc = 1;
     if (!val[O_MODEL] || !val[O_MODEL][0]) {
         fprintf(stderr, "engram-server: --model DIR is required\n");
@@ -219,6 +227,7 @@ int main(int argc, char **argv) {
     ep.device = val[O_DEVICE];
     ep.max_queued = (int)num[O_QUEUE];
     ep.threads = (int)num[O_THREADS];
+    ep.prefill_chunk = (int)num[O_PREFILL_CHUNK];
     if (val[O_ENGRAM_TABLES] && val[O_ENGRAM_TABLES][0]) ep.engram_tables = val[O_ENGRAM_TABLES];
     if (strcmp(val[O_ENGRAM_TIER], "dram") && strcmp(val[O_ENGRAM_TIER], "nvme")) {
         fprintf(stderr, "engram-server: bad value for --engram-tier: %s (dram or nvme)\n", val[O_ENGRAM_TIER]);
@@ -237,20 +246,11 @@ int main(int argc, char **argv) {
     metrics *mx = NULL;
     server *srv = NULL;
     double t0 = util_now();
-    int erc = engine_create(&ep, &e, err, sizeof(err));
-    if (erc != ENGINE_OK) {
-        fprintf(stderr, "engram-server: %s\n", err);
-        rc = erc == ENGINE_ERR_DEVICE ? 2 : 1;
-        goto free_vals;
-    }
-    if (!engine_tokenizer(e)) {
-        fprintf(stderr, "engram-server: %s has no usable tokenizer.json: the server needs one\n", val[O_MODEL]);
-        goto done;
-    }
     if (!(mx = metrics_create())) {
         fprintf(stderr, "engram-server: out of memory\n");
-        goto done;
+        goto free_vals;
     }
+    /* Listen first: while the model loads, /health answers 503 "loading". */
     server_params sp = {0};
     sp.host = val[O_HOST];
     sp.port = (int)num[O_PORT];
@@ -259,10 +259,23 @@ int main(int argc, char **argv) {
     sp.api_key = val[O_KEY];
     sp.max_body_bytes = (size_t)num[O_BODY];
     sp.http_threads = (int)num[O_HTTP_THREADS];
-    if (server_start(&sp, e, mx, &srv, err, sizeof(err)) != 0) {
+    sp.cors_origin = val[O_CORS];
+    sp.connection_timeout = (int)num[O_CONN_TIMEOUT];
+    if (server_start(&sp, mx, &srv, err, sizeof(err)) != 0) {
         fprintf(stderr, "engram-server: %s\n", err);
         goto done;
     }
+    int erc = engine_create(&ep, &e, err, sizeof(err));
+    if (erc != ENGINE_OK) {
+        fprintf(stderr, "engram-server: %s\n", err);
+        rc = erc == ENGINE_ERR_DEVICE ? 2 : 1;
+        goto done;
+    }
+    if (!engine_tokenizer(e)) {
+        fprintf(stderr, "engram-server: %s has no usable tokenizer.json: the server needs one\n", val[O_MODEL]);
+        goto done;
+    }
+    server_set_engine(srv, e);
     fprintf(stderr, "engram-server: serving %s as \"%s\" on http://%s:%d (loaded in %.2fs)\n", val[O_MODEL], served,
             sp.host, sp.port, util_now() - t0);
 
@@ -270,6 +283,26 @@ int main(int argc, char **argv) {
     sigwait(&sigs, &sig);
     fprintf(stderr, "engram-server: %s, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
     server_drain(srv);
+    if (num[O_SHUTDOWN] > 0) { /* let what was accepted finish */
+        fprintf(stderr, "engram-server: draining for up to %lds\n", num[O_SHUTDOWN]);
+        double deadline = util_now() + (double)num[O_SHUTDOWN];
+        for (;;) {
+            /* wait first: a request that passed the draining check is submitted within this tick */
+            struct timespec ts = {0, 20 * 1000 * 1000};
+            if (sigtimedwait(&sigs, NULL, &ts) >= 0) {
+                fprintf(stderr, "engram-server: second signal, aborting the drain\n");
+                break;
+            }
+            engine_stats st;
+            engine_get_stats(e, &st);
+            if (st.running + st.queued == 0 && server_active(srv) == 0) break;
+            if (util_now() >= deadline) {
+                fprintf(stderr, "engram-server: --shutdown-timeout reached, aborting %d request(s)\n",
+                        st.running + st.queued);
+                break;
+            }
+        }
+    }
     engine_stop(e); /* running and queued requests end; their connections resume */
     rc = 0;
 done:
