@@ -73,11 +73,12 @@ int main(int argc, char **argv) {
     int rc = 1;
     if (m && (!tools || tl) && (!extra || ex)) {
         char *out = NULL;
-        st = chat_template_render_ex(t, m, tl, ex, agp, &out, err, sizeof err);
+        size_t out_len = 0;
+        st = chat_template_render_ex(t, m, tl, ex, agp, &out, &out_len, err, sizeof err);
         if (st) {
             fprintf(stderr, "error: %s: %s\n", chat_template_status_str(st), err);
         } else {
-            fwrite(out, 1, strlen(out), stdout);
+            fwrite(out, 1, out_len, stdout);
             rc = fflush(stdout) == 0 ? 0 : 1;
             free(out);
         }

@@ -12,7 +12,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
 #include "backend.h"
+#include "chat_template.h"
 #include "forward.h"
 #include "model.h"
 #include "sampler.h"
@@ -22,6 +25,7 @@
 static void usage(FILE *f) {
     fprintf(f,
             "usage: engram-run --model DIR (--prompt-ids 1,2,3 | --prompt TEXT) [options]\n"
+            "  --chat                 wrap --prompt as one user message in the model's chat template\n"
             "  --max-tokens N         tokens to generate (default 32)\n"
             "  --temperature T        0 is greedy (default 1)\n"
             "  --top-p P  --top-k K  --min-p P\n"
@@ -128,7 +132,7 @@ int main(int argc, char **argv) {
     const char *model_dir = NULL, *prompt_ids = NULL, *prompt_text = NULL, *dump_logits = NULL;
     const char *device = "cpu";
     long max_tokens = 32, prefill_chunk = 256, threads = 0;
-    bool print_ids = false, ignore_eos = false, print_gates = false, print_rows = false;
+    bool print_ids = false, ignore_eos = false, print_gates = false, print_rows = false, chat = false;
     sampler_params sp = sampler_default_params();
 
     for (int i = 1; i < argc; i++) {
@@ -147,6 +151,8 @@ int main(int argc, char **argv) {
             return 0;
         } else if (!strcmp(a, "--print-ids")) {
             print_ids = true;
+        } else if (!strcmp(a, "--chat")) {
+            chat = true;
         } else if (!strcmp(a, "--print-rows")) {
             print_rows = true;
         } else if (!strcmp(a, "--print-gates")) {
@@ -203,6 +209,10 @@ int main(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
+    if (chat && !prompt_text) {
+        fprintf(stderr, "engram-run: --chat needs --prompt\n");
+        return 2;
+    }
     if (strcmp(device, "cpu") != 0) {
         fprintf(stderr, "engram-run: device %s is not available in this build (cpu only)\n", device);
         return 2;
@@ -223,9 +233,30 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
+    char *rendered = NULL;
+    if (chat) { /* as apply_chat_template(tokenize=True): render, then encode without special tokens */
+        chat_template *tpl = NULL;
+        cJSON *msgs = cJSON_CreateArray(), *msg = cJSON_CreateObject();
+        cJSON_AddStringToObject(msg, "role", "user");
+        cJSON_AddStringToObject(msg, "content", prompt_text);
+        cJSON_AddItemToArray(msgs, msg);
+        char *mj = cJSON_PrintUnformatted(msgs);
+        cJSON_Delete(msgs);
+        int crc = chat_template_load_dir(model_dir, &tpl, err, sizeof(err));
+        if (crc == CHAT_TEMPLATE_OK) crc = chat_template_render(tpl, mj, NULL, true, &rendered, err, sizeof(err));
+        chat_template_destroy(tpl);
+        free(mj);
+        if (crc != CHAT_TEMPLATE_OK) {
+            fprintf(stderr, "engram-run: chat template: %s\n", err);
+            tokenizer_destroy(tok);
+            return 1;
+        }
+        prompt_text = rendered;
+    }
     if (prompt_text) {
         size_t n = 0;
-        int trc = tokenizer_encode(tok, prompt_text, strlen(prompt_text), true, &prompt, &n);
+        int trc = tokenizer_encode(tok, prompt_text, strlen(prompt_text), !chat, &prompt, &n);
+        free(rendered);
         if (trc != TOKENIZER_OK || n == 0 || n > INT32_MAX) {
             fprintf(stderr, "engram-run: cannot tokenize --prompt: %s\n",
                     trc ? tokenizer_status_str(trc) : "it encodes to no tokens");

@@ -1,6 +1,9 @@
-/* engram-tokenize: encode text to ids, decode ids to text, or (--jsonl) do
- * either for many inputs, one JSON value per line, for tests and scripts.
+/* engram-tokenize: encode text to ids, decode ids to text, render a chat
+ * prompt through the checkpoint's chat template, or (--jsonl) encode/decode
+ * many inputs, one JSON value per line, for tests and scripts.
  * Errors: one line on stderr and exit code 1; usage errors exit 2. */
+#include "chat_template.h"
+#include "engram_lookup.h"
 #include "tokenizer.h"
 #include "util.h"
 
@@ -18,7 +21,19 @@ static void usage(FILE *f) {
             "         --decode 1,2,3 [--skip-special]                print the text\n"
             "         --jsonl [--no-special] [--skip-special]        stdin: one JSON string (encode)\n"
             "                                                       or id array (decode) per line;\n"
-            "                                                       stdout: one JSON result per line\n");
+            "                                                       stdout: one JSON result per line\n"
+            "         --chat FILE.json [--tools FILE.json] [--extra FILE.json] [--add-generation-prompt]\n"
+            "                                                       print the prompt rendered by the\n"
+            "                                                       chat template (FILE: messages array;\n"
+            "                                                       --extra: object of template variables)\n"
+            "         --engram-compress                              print the Engram compressed tokenizer:\n"
+            "                                                       {\"vocab\": N, \"compressed\": Vc, \"lookup\": [...]}\n"
+            "         --vocab                                        print one line per id: [id, token,\n"
+            "                                                       decode([id]) keeping special tokens]\n"
+            "                                                       (token null for holes)\n"
+            "         --stream (with --decode or --jsonl)            decode incrementally: print the\n"
+            "                                                       JSON array of the pieces emitted\n"
+            "                                                       per id, then the final flush\n");
 }
 
 /* Appends s as a JSON string literal (UTF-8 kept, control chars escaped). */
@@ -143,7 +158,29 @@ static int parse_ids(const char *s, int32_t **ids, size_t *n) {
     return 0;
 }
 
-static int run_jsonl(const tokenizer *t, bool add_special, bool skip_special) {
+/* Decodes ids one at a time with a tokenizer_stream and prints the JSON
+ * array of the pieces (one per id, then the flush). */
+static int print_stream(const tokenizer *t, const int32_t *ids, size_t n, bool skip_special) {
+    tokenizer_stream *s;
+    int rc = tokenizer_stream_create(t, skip_special, &s);
+    if (rc) return rc;
+    fputc('[', stdout);
+    for (size_t i = 0; i <= n && !rc; i++) {
+        char *piece;
+        size_t len;
+        rc = i < n ? tokenizer_stream_step(s, ids[i], &piece, &len)
+                   : tokenizer_stream_flush(s, &piece, &len);
+        if (rc) break;
+        if (i) fputc(',', stdout);
+        json_put_string(stdout, piece, len);
+        free(piece);
+    }
+    fputc(']', stdout);
+    tokenizer_stream_destroy(s);
+    return rc;
+}
+
+static int run_jsonl(const tokenizer *t, bool add_special, bool skip_special, bool stream) {
     char *line = NULL;
     size_t cap = 0;
     ssize_t got;
@@ -161,6 +198,9 @@ static int run_jsonl(const tokenizer *t, bool add_special, bool skip_special) {
             size_t len;
             if (parse_ids(line + i, &ids, &k)) {
                 printf("{\"error\":\"bad id list\"}\n");
+            } else if (stream) {
+                if ((rc = print_stream(t, ids, k, skip_special))) printf("{\"error\":\"%s\"}", tokenizer_status_str(rc));
+                fputc('\n', stdout);
             } else if ((rc = tokenizer_decode(t, ids, k, skip_special, &text, &len))) {
                 printf("{\"error\":\"%s\"}\n", tokenizer_status_str(rc));
             } else {
@@ -192,9 +232,79 @@ static int run_jsonl(const tokenizer *t, bool add_special, bool skip_special) {
     return fflush(stdout) ? 1 : 0;
 }
 
+/* Renders the chat template of the checkpoint dir (or of the directory
+ * holding a tokenizer.json path) over the messages of chat_file; writes the
+ * prompt exactly, without a trailing newline. */
+static int run_chat(const char *tok_path, const char *chat_file, const char *tools_file,
+                    const char *extra_file, bool agp) {
+    char err[512], dir[4096];
+    snprintf(dir, sizeof dir, "%s", tok_path);
+    size_t dl = strlen(dir);
+    if (dl > 5 && !strcmp(dir + dl - 5, ".json")) { /* a tokenizer.json path: use its folder */
+        char *slash = strrchr(dir, '/');
+        if (slash) *slash = 0;
+        else snprintf(dir, sizeof dir, ".");
+    }
+    size_t len;
+    char *msgs = util_read_file(chat_file, MAX_TEXT_FILE, &len, err, sizeof err);
+    if (!msgs) {
+        fprintf(stderr, "engram-tokenize: %s\n", err);
+        return 1;
+    }
+    char *tools = NULL, *extra = NULL;
+    if ((tools_file && !(tools = util_read_file(tools_file, MAX_TEXT_FILE, &len, err, sizeof err))) ||
+        (extra_file && !(extra = util_read_file(extra_file, MAX_TEXT_FILE, &len, err, sizeof err)))) {
+        fprintf(stderr, "engram-tokenize: %s\n", err);
+        free(msgs);
+        free(tools);
+        return 1;
+    }
+    chat_template *ct = NULL;
+    int rc = chat_template_load_dir(dir, &ct, err, sizeof err);
+    char *out = NULL;
+    size_t out_len = 0;
+    if (!rc) rc = chat_template_render_ex(ct, msgs, tools, extra, agp, &out, &out_len, err, sizeof err);
+    if (rc) fprintf(stderr, "engram-tokenize: chat template: %s\n", err);
+    else fwrite(out, 1, out_len, stdout);
+    free(out);
+    free(msgs);
+    free(tools);
+    free(extra);
+    chat_template_destroy(ct);
+    return rc ? 1 : 0;
+}
+
+/* One JSON line per id: [id, raw token or null, decode([id]) with special
+ * tokens kept] (what the Engram compressed tokenizer consumes). */
+static int run_vocab(const tokenizer *t) {
+    size_t n = tokenizer_vocab_size(t);
+    for (size_t i = 0; i < n; i++) {
+        int32_t id = (int32_t)i;
+        size_t tl, dl;
+        const char *tok = tokenizer_id_to_token(t, id, &tl);
+        char *dec;
+        int rc = tokenizer_decode(t, &id, 1, false, &dec, &dl);
+        if (rc) {
+            fprintf(stderr, "engram-tokenize: decode: %s\n", tokenizer_status_str(rc));
+            return 1;
+        }
+        printf("[%d,", id);
+        if (tok) json_put_string(stdout, tok, tl);
+        else fputs("null", stdout);
+        fputc(',', stdout);
+        json_put_string(stdout, dec, dl);
+        fputs("]\n", stdout);
+        free(dec);
+    }
+    return fflush(stdout) ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
-    const char *dir = NULL, *text = NULL, *text_file = NULL, *decode = NULL;
-    bool add_special = true, skip_special = false, jsonl = false;
+    const char *dir = NULL, *text = NULL, *text_file = NULL, *decode = NULL, *chat = NULL, *tools = NULL,
+               *extra = NULL;
+    bool agp = false;
+    bool add_special = true, skip_special = false, jsonl = false, stream = false, vocab = false,
+         compress = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         bool has_val = i + 1 < argc;
@@ -205,6 +315,13 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--no-special")) add_special = false;
         else if (!strcmp(a, "--skip-special")) skip_special = true;
         else if (!strcmp(a, "--jsonl")) jsonl = true;
+        else if (!strcmp(a, "--stream")) stream = true;
+        else if (!strcmp(a, "--vocab")) vocab = true;
+        else if (!strcmp(a, "--engram-compress")) compress = true;
+        else if (!strcmp(a, "--chat") && has_val) chat = argv[++i];
+        else if (!strcmp(a, "--tools") && has_val) tools = argv[++i];
+        else if (!strcmp(a, "--extra") && has_val) extra = argv[++i];
+        else if (!strcmp(a, "--add-generation-prompt")) agp = true;
         else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 0;
@@ -214,12 +331,13 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    int modes = (text != NULL) + (text_file != NULL) + (decode != NULL) + jsonl;
+    int modes = (text != NULL) + (text_file != NULL) + (decode != NULL) + jsonl + (chat != NULL) + vocab + compress;
     if (!dir || modes != 1) {
-        fprintf(stderr, "engram-tokenize: need --tokenizer and exactly one of --text, --text-file, --decode, --jsonl\n");
+        fprintf(stderr, "engram-tokenize: need --tokenizer and exactly one of --text, --text-file, --decode, --jsonl, --chat, --vocab, --engram-compress\n");
         usage(stderr);
         return 2;
     }
+    if (chat) return run_chat(dir, chat, tools, extra, agp);
     char err[512];
     tokenizer *t;
     int rc = tokenizer_load(dir, &t, err, sizeof err);
@@ -228,8 +346,21 @@ int main(int argc, char **argv) {
         return 1;
     }
     int status = 0;
-    if (jsonl) {
-        status = run_jsonl(t, add_special, skip_special);
+    if (compress) {
+        int64_t *lookup, n, vc;
+        if (engram_lookup_build(t, &lookup, &n, &vc, err, sizeof err)) {
+            fprintf(stderr, "engram-tokenize: %s\n", err);
+            status = 1;
+        } else {
+            printf("{\"vocab\": %lld, \"compressed\": %lld, \"lookup\": [", (long long)n, (long long)vc);
+            for (int64_t i = 0; i < n; i++) printf("%s%lld", i ? ", " : "", (long long)lookup[i]);
+            printf("]}\n");
+            free(lookup);
+        }
+    } else if (vocab) {
+        status = run_vocab(t);
+    } else if (jsonl) {
+        status = run_jsonl(t, add_special, skip_special, stream);
     } else if (decode) {
         int32_t *ids;
         size_t n;
@@ -240,6 +371,17 @@ int main(int argc, char **argv) {
             free(ids);
             tokenizer_destroy(t);
             return 2;
+        }
+        if (stream) {
+            rc = print_stream(t, ids, n, skip_special);
+            fputc('\n', stdout);
+            free(ids);
+            if (rc) {
+                fprintf(stderr, "engram-tokenize: decode: %s\n", tokenizer_status_str(rc));
+                status = 1;
+            }
+            tokenizer_destroy(t);
+            return status;
         }
         rc = tokenizer_decode(t, ids, n, skip_special, &out, &len);
         free(ids);

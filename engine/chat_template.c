@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <utf8proc.h>
 
 #include "util.h"
@@ -131,12 +132,23 @@ struct list {
     value *v;
     int tuple; /* prints as (a, b) */
     int gen;   /* a Python generator/iterator: no len(), no repr, always truthy */
+    int is_range; /* a Python range object: prints as range(a, b[, c]); r[] are its arguments */
+    int64_t r[3];
+    int depth;    /* nesting depth of lists/dicts inside, bounded by CT_MAX_VALUE_DEPTH */
 };
 
 struct dict {
     size_t n, cap;
     value *k, *v;
+    int depth;
+    uint32_t *idx; /* open-addressing index of string keys (entry index + 1), once n > 8 */
+    size_t idx_cap;
 };
+
+/* Lists and dicts are immutable once built (the sandbox forbids mutation) and
+ * namespaces are never recursed into, so values are acyclic; bounding their
+ * depth bounds the recursion of ==, <, repr and tojson. */
+#define CT_MAX_VALUE_DEPTH 600
 
 struct func {
     int id;     /* builtin function or method id */
@@ -184,6 +196,12 @@ static void env_fail(env *e, int status, const char *fmt, ...) {
     longjmp(e->jb, 1);
 }
 
+/* The render or compile running on this thread, for charging work that is
+ * proportional to string sizes (see charge()). */
+static _Thread_local env *tl_env;
+
+static void charge(size_t nbytes);
+
 static void *xalloc(env *e, size_t n) {
     void *p = arena_alloc(&e->ar, n);
     if (!p) {
@@ -191,6 +209,15 @@ static void *xalloc(env *e, size_t n) {
         env_fail(e, CHAT_TEMPLATE_ERR_NOMEM, "out of memory");
     }
     return p;
+}
+
+/* Charges work proportional to nbytes (one step per 64 bytes) to the
+ * current render, so string operations on huge strings are bounded too. */
+static void charge(size_t nbytes) {
+    env *e = tl_env;
+    if (!e || nbytes < 64) return;
+    e->steps += nbytes >> 6;
+    if (e->steps > e->lim.max_steps) env_fail(e, CHAT_TEMPLATE_ERR_LIMIT, "step limit exceeded");
 }
 
 static void *xcalloc(env *e, size_t n) {
@@ -221,6 +248,7 @@ typedef struct sbuf {
 
 static void sb_put(env *e, sbuf *b, const char *s, size_t n) {
     if (n == 0) return;
+    charge(n);
     if (b->n + n > e->lim.max_output_bytes) env_fail(e, CHAT_TEMPLATE_ERR_LIMIT, "output limit exceeded");
     if (b->n + n > b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 64;
@@ -266,6 +294,12 @@ static value mk_str(const char *p, size_t n) {
 }
 static value mk_sbuf(sbuf *b) { return mk_str(b->p ? b->p : "", b->n); }
 
+static int value_depth(value v) {
+    if (v.t == V_LIST) return v.u.l->depth + 1;
+    if (v.t == V_DICT) return v.u.d->depth + 1;
+    return 0;
+}
+
 static list *list_new(env *e, size_t cap) {
     list *l = xcalloc(e, sizeof *l);
     if (cap) {
@@ -275,6 +309,11 @@ static list *list_new(env *e, size_t cap) {
     return l;
 }
 static void list_push(env *e, list *l, value v) {
+    int d = value_depth(v);
+    if (d > l->depth) {
+        if (d > CT_MAX_VALUE_DEPTH) env_fail(e, CHAT_TEMPLATE_ERR_LIMIT, "value nesting limit exceeded");
+        l->depth = d;
+    }
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 4;
         value *nv = xalloc(e, xmul(e, cap, sizeof(value)));
@@ -300,7 +339,13 @@ static int is_num(value v) { return v.t == V_INT || v.t == V_FLOAT || v.t == V_B
 static double num_f(value v) { return v.t == V_FLOAT ? v.u.f : v.t == V_INT ? (double)v.u.i : (double)v.u.b; }
 static int64_t num_i(value v) { return v.t == V_INT ? v.u.i : (int64_t)v.u.b; }
 
+static int str_eq(value a, const char *s) {
+    size_t n = strlen(s);
+    return a.t == V_STR && a.u.s.n == n && memcmp(a.u.s.p, s, n) == 0;
+}
+
 static int py_eq(value a, value b);
+static value *dict_find(dict *d, value k);
 
 static int py_eq(value a, value b) {
     if (is_num(a) && is_num(b)) {
@@ -311,9 +356,14 @@ static int py_eq(value a, value b) {
     switch (a.t) {
     case V_UNDEF:
     case V_NONE: return 1;
-    case V_STR: return a.u.s.n == b.u.s.n && memcmp(a.u.s.p, b.u.s.p, a.u.s.n) == 0;
+    case V_STR:
+        if (a.u.s.n != b.u.s.n) return 0;
+        if (a.u.s.p == b.u.s.p) return 1;
+        charge(a.u.s.n);
+        return memcmp(a.u.s.p, b.u.s.p, a.u.s.n) == 0;
     case V_LIST:
         if (a.u.l->gen || b.u.l->gen) return a.u.l == b.u.l;
+        if (a.u.l->is_range != b.u.l->is_range) return 0;
         if (a.u.l->tuple != b.u.l->tuple || a.u.l->n != b.u.l->n) return 0;
         for (size_t i = 0; i < a.u.l->n; i++)
             if (!py_eq(a.u.l->v[i], b.u.l->v[i])) return 0;
@@ -321,10 +371,8 @@ static int py_eq(value a, value b) {
     case V_DICT:
         if (a.u.d->n != b.u.d->n) return 0;
         for (size_t i = 0; i < a.u.d->n; i++) {
-            size_t j;
-            for (j = 0; j < b.u.d->n; j++)
-                if (py_eq(a.u.d->k[i], b.u.d->k[j])) break;
-            if (j == b.u.d->n || !py_eq(a.u.d->v[i], b.u.d->v[j])) return 0;
+            value *bv = dict_find(b.u.d, a.u.d->k[i]);
+            if (!bv || !py_eq(a.u.d->v[i], *bv)) return 0;
         }
         return 1;
     case V_NS: return a.u.d == b.u.d;
@@ -334,17 +382,41 @@ static int py_eq(value a, value b) {
     }
 }
 
-static value *dict_find(dict *d, value k) {
-    for (size_t i = 0; i < d->n; i++)
-        if (py_eq(d->k[i], k)) return &d->v[i];
-    return NULL;
+static uint64_t str_hash(const char *s, size_t n) {
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    return h;
 }
 static value *dict_find_s(dict *d, const char *s, size_t n) {
+    if (d->idx) {
+        size_t mask = d->idx_cap - 1, j = (size_t)str_hash(s, n) & mask;
+        for (; d->idx[j]; j = (j + 1) & mask) {
+            value *k = &d->k[d->idx[j] - 1];
+            if (k->u.s.n == n && memcmp(k->u.s.p, s, n) == 0) return &d->v[d->idx[j] - 1];
+        }
+        return NULL;
+    }
     for (size_t i = 0; i < d->n; i++)
         if (d->k[i].t == V_STR && d->k[i].u.s.n == n && memcmp(d->k[i].u.s.p, s, n) == 0) return &d->v[i];
     return NULL;
 }
+static value *dict_find(dict *d, value k) {
+    if (k.t == V_STR) return dict_find_s(d, k.u.s.p, k.u.s.n);
+    for (size_t i = 0; i < d->n; i++)
+        if (d->k[i].t != V_STR && py_eq(d->k[i], k)) return &d->v[i];
+    return NULL;
+}
+static void dict_index_put(dict *d, size_t i) {
+    size_t mask = d->idx_cap - 1, j = (size_t)str_hash(d->k[i].u.s.p, d->k[i].u.s.n) & mask;
+    while (d->idx[j]) j = (j + 1) & mask;
+    d->idx[j] = (uint32_t)(i + 1);
+}
 static void dict_set(env *e, dict *d, value k, value v) {
+    int dv = value_depth(v) > value_depth(k) ? value_depth(v) : value_depth(k);
+    if (dv > d->depth) {
+        if (dv > CT_MAX_VALUE_DEPTH) env_fail(e, CHAT_TEMPLATE_ERR_LIMIT, "value nesting limit exceeded");
+        d->depth = dv;
+    }
     value *p = dict_find(d, k);
     if (p) {
         *p = v;
@@ -362,9 +434,19 @@ static void dict_set(env *e, dict *d, value k, value v) {
         d->v = nv;
         d->cap = cap;
     }
+    if (d->n >= UINT32_MAX - 1) env_fail(e, CHAT_TEMPLATE_ERR_LIMIT, "dict too large");
     d->k[d->n] = k;
     d->v[d->n] = v;
     d->n++;
+    if (d->n > 8 && d->n * 2 > d->idx_cap) { /* (re)build the index at load <= 1/2 */
+        size_t cap = d->idx_cap ? d->idx_cap * 2 : 32;
+        while (cap < d->n * 2) cap *= 2;
+        d->idx = xcalloc(e, xmul(e, cap, sizeof(uint32_t)));
+        d->idx_cap = cap;
+        for (size_t i = 0; i < d->n; i++)
+            if (d->k[i].t == V_STR) dict_index_put(d, i);
+    } else if (d->idx && k.t == V_STR)
+        dict_index_put(d, d->n - 1);
 }
 
 /* ------------------------------------------------------------------ */
@@ -402,6 +484,7 @@ static int u8_valid(const char *s, size_t n) {
     return 1;
 }
 static size_t u8_len(const char *s, size_t n) {
+    charge(n);
     size_t c = 0;
     for (size_t i = 0; i < n; i++)
         if (((unsigned char)s[i] & 0xC0) != 0x80) c++;
@@ -409,6 +492,7 @@ static size_t u8_len(const char *s, size_t n) {
 }
 /* Byte offset of code point index ci (ci <= length). */
 static size_t u8_off(const char *s, size_t n, size_t ci) {
+    charge(ci);
     size_t i = 0;
     while (i < n && ci > 0) {
         i++;
@@ -582,10 +666,9 @@ static void py_str_into(env *e, sbuf *b, value v, int repr);
 
 static void py_str_into(env *e, sbuf *b, value v, int repr) {
     char buf[64];
-    if (++e->depth > e->lim.max_depth) env_fail(e, CHAT_TEMPLATE_ERR_LIMIT, "nesting limit exceeded");
-    switch (v.t) {
+    switch (v.t) { /* recursion bounded by CT_MAX_VALUE_DEPTH */
     case V_UNDEF:
-        if (repr) env_fail(e, CHAT_TEMPLATE_ERR_UNSUPPORTED, "repr of an undefined value is not supported");
+        if (repr) sb_puts(e, b, "Undefined");
         break;
     case V_NONE: sb_puts(e, b, "None"); break;
     case V_BOOL: sb_puts(e, b, v.u.b ? "True" : "False"); break;
@@ -605,6 +688,15 @@ static void py_str_into(env *e, sbuf *b, value v, int repr) {
         break;
     case V_LIST:
         if (v.u.l->gen) env_fail(e, CHAT_TEMPLATE_ERR_UNSUPPORTED, "printing a generator is not supported (use |list)");
+        if (v.u.l->is_range) {
+            if (v.u.l->r[2] == 1)
+                snprintf(buf, sizeof buf, "range(%lld, %lld)", (long long)v.u.l->r[0], (long long)v.u.l->r[1]);
+            else
+                snprintf(buf, sizeof buf, "range(%lld, %lld, %lld)", (long long)v.u.l->r[0], (long long)v.u.l->r[1],
+                         (long long)v.u.l->r[2]);
+            sb_puts(e, b, buf);
+            break;
+        }
         sb_putc(e, b, v.u.l->tuple ? '(' : '[');
         for (size_t i = 0; i < v.u.l->n; i++) {
             if (i) sb_puts(e, b, ", ");
@@ -625,7 +717,6 @@ static void py_str_into(env *e, sbuf *b, value v, int repr) {
         break;
     default: env_fail(e, CHAT_TEMPLATE_ERR_UNSUPPORTED, "printing a namespace, function or macro is not supported");
     }
-    e->depth--;
 }
 
 static value py_str(env *e, value v) {
@@ -643,6 +734,7 @@ typedef struct {
 } json_opts;
 
 static int py_lt(env *e, value a, value b);
+static void merge_sort(env *e, value *items, value *keys, size_t n, int reverse, value *tmpi, value *tmpk);
 
 static void json_str(env *e, sbuf *b, const char *s, size_t n, int ascii) {
     sb_putc(e, b, '"');
@@ -695,8 +787,7 @@ static void json_nl(env *e, sbuf *b, const json_opts *o, int level) {
 
 static void json_dump(env *e, sbuf *b, value v, const json_opts *o, int level) {
     char buf[64];
-    if (++e->depth > e->lim.max_depth) env_fail(e, CHAT_TEMPLATE_ERR_LIMIT, "nesting limit exceeded");
-    switch (v.t) {
+    switch (v.t) { /* recursion bounded by CT_MAX_VALUE_DEPTH */
     case V_NONE: sb_puts(e, b, "null"); break;
     case V_BOOL: sb_puts(e, b, v.u.b ? "true" : "false"); break;
     case V_INT:
@@ -706,7 +797,8 @@ static void json_dump(env *e, sbuf *b, value v, const json_opts *o, int level) {
     case V_FLOAT: json_float(e, b, v.u.f); break;
     case V_STR: json_str(e, b, v.u.s.p, v.u.s.n, o->ensure_ascii); break;
     case V_LIST:
-        if (v.u.l->gen) env_fail(e, CHAT_TEMPLATE_ERR_RENDER, "Object of type generator is not JSON serializable");
+        if (v.u.l->gen || v.u.l->is_range)
+            env_fail(e, CHAT_TEMPLATE_ERR_RENDER, "Object of type %s is not JSON serializable", v.u.l->gen ? "generator" : "range");
         if (v.u.l->n == 0) {
             sb_puts(e, b, "[]");
             break;
@@ -728,13 +820,16 @@ static void json_dump(env *e, sbuf *b, value v, const json_opts *o, int level) {
         }
         size_t *ord = xalloc(e, xmul(e, d->n, sizeof(size_t)));
         for (size_t i = 0; i < d->n; i++) ord[i] = i;
-        if (o->sort_keys) /* insertion sort: stable, small dicts */
-            for (size_t i = 1; i < d->n; i++)
-                for (size_t j = i; j > 0 && py_lt(e, d->k[ord[j]], d->k[ord[j - 1]]); j--) {
-                    size_t t = ord[j];
-                    ord[j] = ord[j - 1];
-                    ord[j - 1] = t;
-                }
+        if (o->sort_keys) {
+            value *items = xalloc(e, xmul(e, d->n, sizeof(value))), *keys = xalloc(e, xmul(e, d->n, sizeof(value)));
+            value *ti = xalloc(e, xmul(e, d->n, sizeof(value))), *tk = xalloc(e, xmul(e, d->n, sizeof(value)));
+            for (size_t i = 0; i < d->n; i++) {
+                items[i] = mk_int((int64_t)i);
+                keys[i] = d->k[i];
+            }
+            merge_sort(e, items, keys, d->n, 0, ti, tk);
+            for (size_t i = 0; i < d->n; i++) ord[i] = (size_t)items[i].u.i;
+        }
         sb_putc(e, b, '{');
         for (size_t ii = 0; ii < d->n; ii++) {
             size_t i = ord[ii];
@@ -763,7 +858,6 @@ static void json_dump(env *e, sbuf *b, value v, const json_opts *o, int level) {
     case V_UNDEF: env_fail(e, CHAT_TEMPLATE_ERR_RENDER, "Object of type Undefined is not JSON serializable");
     default: env_fail(e, CHAT_TEMPLATE_ERR_RENDER, "object is not JSON serializable");
     }
-    e->depth--;
 }
 
 /* ------------------------------------------------------------------ */
@@ -969,9 +1063,9 @@ static value jp_value(jparser *p) {
     p->depth--;
     return v;
 }
-static value json_parse(env *e, const char *s, size_t n, const char *what) {
+/* Parses JSON text into values (Python json.loads semantics). */
+static value json_parse(env *e, const char *s, size_t n) {
     jparser p = {e, s, n, 0, 0};
-    (void)what;
     value v = jp_value(&p);
     jp_ws(&p);
     if (p.i != n) jp_fail(&p, "trailing data");
@@ -1145,6 +1239,7 @@ static void lx_tag(lexer *L, size_t *pos, int is_block, int *line_starting) {
     size_t n = L->n, i = *pos;
     int bal = 0;
     for (;;) {
+        L->e->line = L->line;
         if (i >= n) env_fail(L->e, CHAT_TEMPLATE_ERR_PARSE, "unexpected end of template, expected '%s'", is_block ? "%}" : "}}");
         if (bal == 0) {
             if (is_block) {
@@ -1311,6 +1406,7 @@ static void lex(lexer *L) {
     int line_starting = 1;
     L->line = 1;
     while (i < n) {
+        L->e->line = L->line;
         /* find the next tag start */
         size_t j = i;
         const char *hit = NULL;
@@ -1509,7 +1605,7 @@ static const char *const FILTERS[] = {
 enum { F_LENGTH, F_COUNT, F_STRING, F_TRIM, F_UPPER, F_LOWER, F_CAPITALIZE, F_TITLE, F_REPLACE, F_FIRST, F_LAST,
        F_JOIN, F_DEFAULT, F_D, F_ITEMS, F_SELECTATTR, F_REJECTATTR, F_SELECT, F_REJECT, F_MAP, F_LIST, F_INT,
        F_FLOAT, F_SAFE, F_ABS, F_REVERSE, F_TOJSON, F_ESCAPE, F_E, F_SORT, F_UNIQUE, F_MIN, F_MAX, F_SUM,
-       F_IMPLEMENTED_END };
+       F_INDENT, F_DICTSORT, F_IMPLEMENTED_END };
 static const char *const TESTS[] = {
     "defined", "undefined", "none", "boolean", "false", "true", "integer", "float", "number", "string",
     "mapping", "iterable", "sequence", "callable", "sameas", "lower", "upper", "odd", "even", "divisibleby",
@@ -1716,15 +1812,9 @@ static node *parse_postfix(parser *P, node *x) {
             }
             expect_op(P, "]");
             if (first->k == E_SLICE) {
-                first->args.v = NULL;
-                node *s = first;
-                /* E_SLICE: target in kwargs slot 0 via 'args' is unused; keep target in a new wrapper */
-                node *w = nnew(P, E_SLICE);
-                w->a = s->a;
-                w->b = s->b;
-                w->c = s->c;
-                nl_push(P->e, &w->args, x);
-                x = w;
+                /* E_SLICE: a, b, c are start, stop, step; args[0] is the sliced object */
+                nl_push(P->e, &first->args, x);
+                x = first;
             } else {
                 node *g = nnew(P, E_ITEM);
                 g->a = x;
@@ -2296,6 +2386,7 @@ static void scope_set(env *e, scope *s, const char *nm, size_t n, value v) {
             s->vals[i] = v;
             return;
         }
+    if (s->n >= 10000) env_fail(e, CHAT_TEMPLATE_ERR_LIMIT, "too many variables in one scope");
     if (s->n == s->cap) {
         size_t cap = s->cap ? s->cap * 2 : 8;
         const char **nn = xalloc(e, cap * sizeof(char *));
@@ -2329,7 +2420,7 @@ static const char *type_name(value v) {
     case V_INT: return "int";
     case V_FLOAT: return "float";
     case V_STR: return "str";
-    case V_LIST: return v.u.l->gen ? "generator" : v.u.l->tuple ? "tuple" : "list";
+    case V_LIST: return v.u.l->gen ? "generator" : v.u.l->is_range ? "range" : v.u.l->tuple ? "tuple" : "list";
     case V_DICT: return "dict";
     case V_NS: return "Namespace";
     default: return "function";
@@ -2394,7 +2485,8 @@ static int py_lt(env *e, value a, value b) {
         int c = memcmp(a.u.s.p, b.u.s.p, m);
         return c < 0 || (c == 0 && a.u.s.n < b.u.s.n);
     }
-    if (a.t == V_LIST && b.t == V_LIST && !a.u.l->gen && !b.u.l->gen && a.u.l->tuple == b.u.l->tuple) {
+    if (a.t == V_LIST && b.t == V_LIST && !a.u.l->gen && !b.u.l->gen && a.u.l->tuple == b.u.l->tuple &&
+        !a.u.l->is_range && !b.u.l->is_range) {
         size_t m = a.u.l->n < b.u.l->n ? a.u.l->n : b.u.l->n;
         for (size_t i = 0; i < m; i++) {
             if (py_eq(a.u.l->v[i], b.u.l->v[i])) continue;
@@ -2407,18 +2499,25 @@ static int py_lt(env *e, value a, value b) {
     r_fail(e, "'<' not supported between instances of '%s' and '%s'", type_name(a), type_name(b));
 }
 
-static int str_find(const char *h, size_t hn, const char *nd, size_t nn, size_t from) {
-    if (nn == 0) return from <= hn ? (int)from : -1;
-    for (size_t i = from; i + nn <= hn; i++)
-        if (h[i] == nd[0] && memcmp(h + i, nd, nn) == 0) return (int)i;
-    return -1;
-}
+/* Linear-time substring search (glibc two-way memmem), charged by size. */
 static const char *memmem_(const char *h, size_t hn, const char *nd, size_t nn) {
     if (nn == 0) return h;
     if (nn > hn) return NULL;
-    for (size_t i = 0; i + nn <= hn; i++)
-        if (h[i] == nd[0] && memcmp(h + i, nd, nn) == 0) return h + i;
-    return NULL;
+    const char *r = memmem(h, hn, nd, nn);
+    charge((r ? (size_t)(r - h) + nn : hn) + nn); /* about what two-way scanned */
+    return r;
+}
+static int64_t str_find(const char *h, size_t hn, const char *nd, size_t nn, size_t from) {
+    if (from > hn) return -1;
+    const char *p = memmem_(h + from, hn - from, nd, nn);
+    return p ? (int64_t)(p - h) : -1;
+}
+/* Byte-reversed copy, for searching from the right with memmem. */
+static char *str_rev(env *e, const char *s, size_t n) {
+    char *r = xalloc(e, n + 1);
+    for (size_t i = 0; i < n; i++) r[i] = s[n - 1 - i];
+    r[n] = 0;
+    return r;
 }
 
 static int py_in(env *e, value a, value b) {
@@ -2430,7 +2529,9 @@ static int py_in(env *e, value a, value b) {
         for (size_t i = 0; i < b.u.l->n; i++)
             if (py_eq(a, b.u.l->v[i])) return 1;
         return 0;
-    case V_DICT: return dict_find(b.u.d, a) != NULL;
+    case V_DICT:
+        if ((a.t == V_LIST && !a.u.l->tuple) || a.t == V_DICT || a.t == V_NS) r_fail(e, "unhashable type: '%s'", type_name(a));
+        return dict_find(b.u.d, a) != NULL;
     case V_UNDEF: return 0;
     default: r_fail(e, "argument of type '%s' is not iterable", type_name(b));
     }
@@ -2589,7 +2690,8 @@ static value arith(env *e, int op, value a, value b) {
         if (a.u.s.n + b.u.s.n > e->lim.max_output_bytes) env_fail(e, CHAT_TEMPLATE_ERR_LIMIT, "string size limit exceeded");
         return mk_str(p, a.u.s.n + b.u.s.n);
     }
-    if (op == OP_ADD && a.t == V_LIST && b.t == V_LIST && !a.u.l->gen && !b.u.l->gen && a.u.l->tuple == b.u.l->tuple) {
+    if (op == OP_ADD && a.t == V_LIST && b.t == V_LIST && !a.u.l->gen && !b.u.l->gen && a.u.l->tuple == b.u.l->tuple &&
+        !a.u.l->is_range && !b.u.l->is_range) {
         list *l = list_new(e, a.u.l->n + b.u.l->n);
         for (size_t i = 0; i < a.u.l->n; i++) list_push(e, l, a.u.l->v[i]);
         for (size_t i = 0; i < b.u.l->n; i++) list_push(e, l, b.u.l->v[i]);
@@ -2606,8 +2708,8 @@ static value arith(env *e, int op, value a, value b) {
         for (int64_t i = 0; i < k; i++) memcpy(p + (size_t)i * s.u.s.n, s.u.s.p, s.u.s.n);
         return mk_str(p, tot);
     }
-    if (op == OP_MUL && ((a.t == V_LIST && !a.u.l->gen && (b.t == V_INT || b.t == V_BOOL)) ||
-                         (b.t == V_LIST && !b.u.l->gen && (a.t == V_INT || a.t == V_BOOL)))) {
+    if (op == OP_MUL && ((a.t == V_LIST && !a.u.l->gen && !a.u.l->is_range && (b.t == V_INT || b.t == V_BOOL)) ||
+                         (b.t == V_LIST && !b.u.l->gen && !b.u.l->is_range && (a.t == V_INT || a.t == V_BOOL)))) {
         value s = a.t == V_LIST ? a : b;
         int64_t k = a.t == V_LIST ? num_i(b) : num_i(a);
         list *l = list_new(e, 0);
@@ -2826,24 +2928,22 @@ static value str_split(env *e, value s, value sep, int64_t maxsplit, int right) 
             done++;
         }
     } else {
+        /* search the byte-reversed string left to right: linear time */
         list *tmp = list_new(e, 0);
-        size_t end = n;
+        const char *rp = str_rev(e, p, n), *rs = str_rev(e, sep.u.s.p, sep.u.s.n);
+        size_t m = sep.u.s.n, ri = 0, end = n;
         int64_t done = 0;
         for (;;) {
-            const char *h = NULL;
-            if ((maxsplit < 0 || done < maxsplit) && end >= sep.u.s.n)
-                for (size_t i = end - sep.u.s.n + 1; i > 0; i--)
-                    if (memcmp(p + i - 1, sep.u.s.p, sep.u.s.n) == 0) {
-                        h = p + i - 1;
-                        break;
-                    }
+            const char *h = (maxsplit < 0 || done < maxsplit) ? memmem_(rp + ri, n - ri, rs, m) : NULL;
             if (!h) {
                 list_push(e, tmp, mk_str(p, end));
                 break;
             }
-            size_t hs = (size_t)(h - p);
-            list_push(e, tmp, mk_str(p + hs + sep.u.s.n, end - hs - sep.u.s.n));
-            end = hs;
+            size_t rpos = (size_t)(h - rp);       /* match at [rpos, rpos+m) reversed */
+            size_t ostart = n - rpos - m;         /* = [ostart, ostart+m) original */
+            list_push(e, tmp, mk_str(p + ostart + m, end - ostart - m));
+            end = ostart;
+            ri = rpos + m;
             done++;
         }
         for (size_t i = tmp->n; i > 0; i--) list_push(e, l, tmp->v[i - 1]);
@@ -2957,22 +3057,21 @@ static value call_str_method(env *e, int id, value s, cargs *a) {
             if (x.u.s.n == 0) return mk_int((int64_t)u8_len(s.u.s.p, s.u.s.n) + 1);
             int64_t c = 0;
             size_t i = 0;
-            int f;
+            int64_t f;
             while ((f = str_find(s.u.s.p, s.u.s.n, x.u.s.p, x.u.s.n, i)) >= 0) {
                 c++;
                 i = (size_t)f + x.u.s.n;
             }
             return mk_int(c);
         }
-        int f = -1;
+        int64_t f = -1;
         if (id == M_FIND)
             f = str_find(s.u.s.p, s.u.s.n, x.u.s.p, x.u.s.n, 0);
-        else
-            for (size_t i = s.u.s.n + 1; i > 0; i--)
-                if (i - 1 + x.u.s.n <= s.u.s.n && memcmp(s.u.s.p + i - 1, x.u.s.p, x.u.s.n) == 0) {
-                    f = (int)(i - 1);
-                    break;
-                }
+        else if (x.u.s.n <= s.u.s.n) {
+            const char *rh = str_rev(e, s.u.s.p, s.u.s.n), *rn = str_rev(e, x.u.s.p, x.u.s.n);
+            const char *h = memmem_(rh, s.u.s.n, rn, x.u.s.n);
+            if (h) f = (int64_t)(s.u.s.n - (size_t)(h - rh) - x.u.s.n);
+        }
         return mk_int(f < 0 ? -1 : (int64_t)u8_len(s.u.s.p, (size_t)f));
     }
     case M_JOIN: {
@@ -3060,10 +3159,7 @@ static int run_test(env *e, int id, value v, cargs *a) {
         return truthy(call_str_method(e, id == TS_LOWER ? M_ISLOWER : M_ISUPPER, s, &none));
     }
     case TS_ODD:
-    case TS_EVEN: {
-        int64_t i = want_int(e, v, "odd/even operand");
-        return id == TS_ODD ? (i & 1) != 0 : (i & 1) == 0;
-    }
+    case TS_EVEN: return py_eq(arith(e, OP_MOD, v, mk_int(2)), mk_int(id == TS_ODD ? 1 : 0));
     case TS_DIVISIBLEBY: {
         if (!has) r_fail(e, "divisibleby test needs an argument");
         value r = arith(e, OP_MOD, v, x);
@@ -3120,9 +3216,10 @@ static int test_by_name(env *e, value name, value v, cargs *rest) {
 
 /* select/reject/selectattr/rejectattr: returns a generator-marked list. */
 static value filter_select(env *e, value seq, cargs *a, int use_attr, int reject) {
-    list *src = iter_list(e, seq);
     list *out = list_new(e, 0);
     out->gen = 1;
+    if (!truthy(seq)) return mk_list(out); /* jinja2: "if value:" guards the loop */
+    list *src = iter_list(e, seq);
     size_t off = 0;
     value attr = mk_none(), tname = mk_none();
     if (use_attr) {
@@ -3142,6 +3239,11 @@ static value filter_select(env *e, value seq, cargs *a, int use_attr, int reject
 }
 
 static value filter_map(env *e, value seq, cargs *a) {
+    if (!truthy(seq)) {
+        list *empty = list_new(e, 0);
+        empty->gen = 1;
+        return mk_list(empty);
+    }
     list *src = iter_list(e, seq);
     list *out = list_new(e, src->n);
     out->gen = 1;
@@ -3462,9 +3564,13 @@ static value apply_filter(env *e, int id, value v, cargs *a) {
             list *seen = list_new(e, 0);
             for (size_t i = 0; i < n; i++) {
                 step(e);
+                if ((keys[i].t == V_LIST && !keys[i].u.l->tuple) || keys[i].t == V_DICT || keys[i].t == V_NS)
+                    r_fail(e, "unhashable type: '%s'", type_name(keys[i]));
                 size_t j;
-                for (j = 0; j < seen->n; j++)
+                for (j = 0; j < seen->n; j++) {
+                    step(e);
                     if (py_eq(seen->v[j], keys[i])) break;
+                }
                 if (j < seen->n) continue;
                 list_push(e, seen, keys[i]);
                 list_push(e, l, items[i]);
@@ -3477,6 +3583,81 @@ static value apply_filter(env *e, int id, value v, cargs *a) {
             for (size_t i = 1; i < n; i++)
                 if (id == F_MIN ? py_lt(e, keys[i], keys[best]) : py_lt(e, keys[best], keys[i])) best = i;
             return items[best];
+        }
+        value *ti = xalloc(e, xmul(e, n + 1, sizeof(value)));
+        value *tk = xalloc(e, xmul(e, n + 1, sizeof(value)));
+        merge_sort(e, items, keys, n, reverse, ti, tk);
+        list *l = list_new(e, n);
+        for (size_t i = 0; i < n; i++) list_push(e, l, items[i]);
+        return mk_list(l);
+    }
+    case F_INDENT: {
+        static const char *const nm[] = {"width", "first", "blank", NULL};
+        check_args(e, a, 3, nm, "indent");
+        if (v.t != V_STR) {
+            if (v.t == V_UNDEF) undef_fail(e, v);
+            r_fail(e, "indent: expected a string, got '%s'", type_name(v));
+        }
+        value ind = mk_str("    ", 4);
+        if (get_arg(a, 0, "width", &x)) {
+            if (x.t == V_STR)
+                ind = x;
+            else
+                ind = arith(e, OP_MUL, mk_str(" ", 1), x);
+        }
+        int first = get_arg(a, 1, "first", &y) && truthy(y);
+        int blank = get_arg(a, 2, "blank", &z) && truthy(z);
+        /* s += "\n"; lines = s.splitlines() */
+        list *lines = list_new(e, 0);
+        const char *p = v.u.s.p;
+        size_t n = v.u.s.n, i = 0, st = 0;
+        while (i < n) {
+            size_t k;
+            int32_t c = u8_dec(p + i, n - i, &k);
+            int brk = c == '\n' || c == '\r' || c == 0x0b || c == 0x0c || c == 0x1c || c == 0x1d || c == 0x1e ||
+                      c == 0x85 || c == 0x2028 || c == 0x2029;
+            if (brk) {
+                list_push(e, lines, mk_str(p + st, i - st));
+                if (c == '\r' && i + 1 < n && p[i + 1] == '\n') k = 2;
+                st = i + k;
+            }
+            i += k;
+        }
+        list_push(e, lines, mk_str(p + st, n - st)); /* the line ended by the appended "\n" */
+        sbuf b = {0};
+        if (first) sb_put(e, &b, ind.u.s.p, ind.u.s.n);
+        for (size_t li = 0; li < lines->n; li++) {
+            value ln = lines->v[li];
+            if (li) {
+                sb_putc(e, &b, '\n');
+                if (blank || ln.u.s.n) sb_put(e, &b, ind.u.s.p, ind.u.s.n);
+            }
+            sb_put(e, &b, ln.u.s.p, ln.u.s.n);
+        }
+        return mk_sbuf(&b);
+    }
+    case F_DICTSORT: {
+        static const char *const nm[] = {"case_sensitive", "by", "reverse", NULL};
+        check_args(e, a, 3, nm, "dictsort");
+        if (v.t != V_DICT) r_fail(e, "dictsort: expected a mapping, got '%s'", type_name(v));
+        int cs = get_arg(a, 0, "case_sensitive", &x) && truthy(x);
+        int pos = 0;
+        if (get_arg(a, 1, "by", &y)) {
+            if (str_eq(y, "value")) pos = 1;
+            else if (!str_eq(y, "key")) r_fail(e, "You can only sort by either \"key\" or \"value\"");
+        }
+        int reverse = get_arg(a, 2, "reverse", &z) && truthy(z);
+        size_t n = v.u.d->n;
+        value *items = xalloc(e, xmul(e, n + 1, sizeof(value)));
+        value *keys = xalloc(e, xmul(e, n + 1, sizeof(value)));
+        for (size_t i = 0; i < n; i++) {
+            list *t = list_new(e, 2);
+            t->tuple = 1;
+            list_push(e, t, v.u.d->k[i]);
+            list_push(e, t, v.u.d->v[i]);
+            items[i] = mk_list(t);
+            value k = pos ? v.u.d->v[i] : v.u.d->k[i];
+            keys[i] = !cs && k.t == V_STR ? str_case(e, k, 0) : k;
         }
         value *ti = xalloc(e, xmul(e, n + 1, sizeof(value)));
         value *tk = xalloc(e, xmul(e, n + 1, sizeof(value)));
@@ -3558,6 +3739,10 @@ static value do_call(env *e, value fn, cargs *a, const char *what) {
         if (cnt > CT_MAX_RANGE) r_fail(e, "Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).");
         list *l = list_new(e, (size_t)cnt);
         for (int64_t i = 0; i < (int64_t)cnt; i++) list_push(e, l, mk_int(start + i * stepv));
+        l->is_range = 1;
+        l->r[0] = start;
+        l->r[1] = stop;
+        l->r[2] = stepv;
         return mk_list(l);
     }
     case G_NAMESPACE:
@@ -3706,6 +3891,12 @@ static value slice_v(env *e, value o, value va, value vb, value vc) {
     }
     if (o.t == V_STR) return mk_sbuf(&b);
     l->tuple = o.u.l->tuple;
+    if (o.u.l->is_range) { /* a slice of a range is a range */
+        l->is_range = 1;
+        l->r[0] = o.u.l->r[0] + lo * o.u.l->r[2];
+        l->r[1] = o.u.l->r[0] + hi * o.u.l->r[2];
+        l->r[2] = o.u.l->r[2] * stepv;
+    }
     return mk_list(l);
 }
 
@@ -3874,6 +4065,8 @@ static value loop_var(env *e, dict *d, list *items, size_t i) {
         d->v[5] = mk_bool(i + 1 == n);
         d->v[9] = i > 0 ? items->v[i - 1] : mk_undef("previtem", 8);
         d->v[10] = i + 1 < n ? items->v[i + 1] : mk_undef("nextitem", 8);
+        if (value_depth(d->v[9]) > d->depth) d->depth = value_depth(d->v[9]);
+        if (value_depth(d->v[10]) > d->depth) d->depth = value_depth(d->v[10]);
         return mk_dict(d);
     }
 #define LSET(k, v) dict_set(e, d, mk_str(k, strlen(k)), v)
@@ -3984,8 +4177,11 @@ static int exec_body(env *e, scope *sc, nlist *body) {
 /* ------------------------------------------------------------------ */
 
 struct chat_template {
-    arena ar;     /* owns the normalized source and the AST */
+    arena ar;     /* owns the normalized source and the AST of the default template */
     nlist body;
+    arena tool_ar; /* the "tool_use" template of a template list, used when tools are given */
+    nlist tool_body;
+    bool has_default, has_tool;
     char *ctx_json; /* JSON object of extra context variables (special tokens); malloc'd */
     chat_template_limits lim;
     bool fallback;
@@ -4013,8 +4209,8 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...) {
         if (*c == '\n' || *c == '\r') *c = ' ';
 }
 
-/* Compiles source into t (t->ar receives the AST). */
-static int compile_into(chat_template *t, const char *source, size_t n, char *err, size_t errlen) {
+/* Compiles source into t: the default template, or the tool_use one. */
+static int compile_into(chat_template *t, const char *source, size_t n, int tool, char *err, size_t errlen) {
     env *e = calloc(1, sizeof *e);
     if (!e) {
         set_err(err, errlen, "out of memory");
@@ -4026,10 +4222,12 @@ static int compile_into(chat_template *t, const char *source, size_t n, char *er
     e->ar.limit = t->lim.max_memory_bytes;
     if (setjmp(e->jb)) {
         int st = e->status;
+        tl_env = NULL;
         arena_free(&e->ar);
         free(e);
         return st;
     }
+    tl_env = e;
     if (n > CT_MAX_SOURCE) env_fail(e, CHAT_TEMPLATE_ERR_LIMIT, "template larger than %zu bytes", CT_MAX_SOURCE);
     if (!u8_valid(source, n)) env_fail(e, CHAT_TEMPLATE_ERR_PARSE, "template is not valid UTF-8");
     /* newline normalization and keep_trailing_newline=False */
@@ -4049,8 +4247,16 @@ static int compile_into(chat_template *t, const char *source, size_t n, char *er
     parser P = {.e = e, .tk = L.tk, .i = 0, .ntk = L.ntk};
     nlist body = {0};
     parse_body(&P, &body, NULL);
-    t->ar = e->ar;
-    t->body = body;
+    if (tool) {
+        t->tool_ar = e->ar;
+        t->tool_body = body;
+        t->has_tool = true;
+    } else {
+        t->ar = e->ar;
+        t->body = body;
+        t->has_default = true;
+    }
+    tl_env = NULL;
     free(e);
     return CHAT_TEMPLATE_OK;
 }
@@ -4095,7 +4301,7 @@ int chat_template_create(const char *source, const char *bos_token, const char *
         source = CHATML_TEMPLATE;
         t->fallback = true;
     }
-    st = compile_into(t, source, strlen(source), err, errlen);
+    st = compile_into(t, source, strlen(source), 0, err, errlen);
     if (st) {
         chat_template_destroy(t);
         return st;
@@ -4111,6 +4317,10 @@ int chat_template_load_dir(const char *dir, chat_template **out, char *err, size
     size_t len = 0;
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
     char *text = util_read_file(path, (size_t)64 << 20, &len, ferr, sizeof ferr);
+    if (!text && access(path, F_OK) == 0) {
+        set_err(err, errlen, "%s", ferr);
+        return CHAT_TEMPLATE_ERR_IO;
+    }
     cJSON *cfg = NULL;
     if (text) {
         cfg = cJSON_ParseWithLength(text, len);
@@ -4122,20 +4332,45 @@ int chat_template_load_dir(const char *dir, chat_template **out, char *err, size
         }
     }
     /* template source: chat_template.jinja beside the config wins, as in transformers */
-    char *source = NULL;
+    char *source = NULL, *tool_source = NULL;
+    bool is_list = false;
     snprintf(path, sizeof path, "%s/chat_template.jinja", dir);
     source = util_read_file(path, CT_MAX_SOURCE, &len, ferr, sizeof ferr);
+    if (!source && access(path, F_OK) == 0) {
+        cJSON_Delete(cfg);
+        set_err(err, errlen, "%s", ferr);
+        return CHAT_TEMPLATE_ERR_IO;
+    }
+    if (source && strlen(source) != len) {
+        free(source);
+        cJSON_Delete(cfg);
+        set_err(err, errlen, "%s: template contains a NUL byte", path);
+        return CHAT_TEMPLATE_ERR_PARSE;
+    }
     if (!source && cfg) {
         const cJSON *ct = cJSON_GetObjectItemCaseSensitive(cfg, "chat_template");
         if (cJSON_IsString(ct))
             source = strdup(ct->valuestring);
         else if (cJSON_IsArray(ct)) {
+            /* like transformers' get_chat_template: "tool_use" when tools are given, else "default" */
+            is_list = true;
             const cJSON *it;
             cJSON_ArrayForEach(it, ct) {
                 const cJSON *nm = cJSON_GetObjectItemCaseSensitive(it, "name");
                 const cJSON *tp = cJSON_GetObjectItemCaseSensitive(it, "template");
-                if (cJSON_IsString(nm) && cJSON_IsString(tp) && strcmp(nm->valuestring, "default") == 0)
+                if (!cJSON_IsString(nm) || !cJSON_IsString(tp)) continue;
+                if (strcmp(nm->valuestring, "default") == 0) {
+                    free(source);
                     source = strdup(tp->valuestring);
+                } else if (strcmp(nm->valuestring, "tool_use") == 0) {
+                    free(tool_source);
+                    tool_source = strdup(tp->valuestring);
+                }
+            }
+            if (!source && !tool_source) {
+                cJSON_Delete(cfg);
+                set_err(err, errlen, "%s/tokenizer_config.json: chat_template list has neither 'default' nor 'tool_use'", dir);
+                return CHAT_TEMPLATE_ERR_PARSE;
             }
         }
     }
@@ -4162,6 +4397,7 @@ int chat_template_load_dir(const char *dir, chat_template **out, char *err, size
     int st = template_new(&t, err, errlen);
     if (st) {
         free(source);
+        free(tool_source);
         cJSON_Delete(ctx);
         return st;
     }
@@ -4169,13 +4405,18 @@ int chat_template_load_dir(const char *dir, chat_template **out, char *err, size
     cJSON_Delete(ctx);
     if (!t->ctx_json) {
         free(source);
+        free(tool_source);
         chat_template_destroy(t);
         set_err(err, errlen, "out of memory");
         return CHAT_TEMPLATE_ERR_NOMEM;
     }
-    t->fallback = source == NULL;
-    st = compile_into(t, source ? source : CHATML_TEMPLATE, source ? strlen(source) : strlen(CHATML_TEMPLATE), err, errlen);
+    t->fallback = source == NULL && !is_list;
+    st = CHAT_TEMPLATE_OK;
+    if (source || !is_list)
+        st = compile_into(t, source ? source : CHATML_TEMPLATE, source ? strlen(source) : strlen(CHATML_TEMPLATE), 0, err, errlen);
+    if (!st && tool_source) st = compile_into(t, tool_source, strlen(tool_source), 1, err, errlen);
     free(source);
+    free(tool_source);
     if (st) {
         chat_template_destroy(t);
         return st;
@@ -4189,16 +4430,17 @@ void chat_template_set_limits(chat_template *t, const chat_template_limits *lim)
 bool chat_template_is_fallback(const chat_template *t) { return t->fallback; }
 
 static void root_set_json_object(env *e, scope *root, const char *json, const char *what) {
-    value v = json_parse(e, json, strlen(json), what);
+    value v = json_parse(e, json, strlen(json));
     if (v.t != V_DICT) env_fail(e, CHAT_TEMPLATE_ERR_PARSE, "%s must be a JSON object", what);
     for (size_t i = 0; i < v.u.d->n; i++)
         scope_set(e, root, v.u.d->k[i].u.s.p, v.u.d->k[i].u.s.n, v.u.d->v[i]);
 }
 
 int chat_template_render_ex(const chat_template *t, const char *messages_json, const char *tools_json,
-                            const char *extra_json, bool add_generation_prompt, char **out, char *err,
-                            size_t errlen) {
+                            const char *extra_json, bool add_generation_prompt, char **out, size_t *out_len,
+                            char *err, size_t errlen) {
     *out = NULL;
+    if (out_len) *out_len = 0;
     if (err && errlen) err[0] = 0;
     env *e = calloc(1, sizeof *e);
     if (!e) {
@@ -4211,18 +4453,20 @@ int chat_template_render_ex(const chat_template *t, const char *messages_json, c
     e->ar.limit = t->lim.max_memory_bytes;
     if (setjmp(e->jb)) {
         int st = e->status;
+        tl_env = NULL;
         arena_free(&e->ar);
         free(e);
         return st;
     }
+    tl_env = e;
     if (!messages_json) env_fail(e, CHAT_TEMPLATE_ERR_PARSE, "messages are missing");
     scope *root = scope_new(e, NULL);
     root_set_json_object(e, root, t->ctx_json, "special tokens");
-    value msgs = json_parse(e, messages_json, strlen(messages_json), "messages");
+    value msgs = json_parse(e, messages_json, strlen(messages_json));
     if (msgs.t != V_LIST) env_fail(e, CHAT_TEMPLATE_ERR_PARSE, "messages must be a JSON array");
     value tools = mk_none();
     if (tools_json) {
-        tools = json_parse(e, tools_json, strlen(tools_json), "tools");
+        tools = json_parse(e, tools_json, strlen(tools_json));
         if (tools.t != V_LIST && tools.t != V_NONE) env_fail(e, CHAT_TEMPLATE_ERR_PARSE, "tools must be a JSON array");
         if (tools.t == V_LIST)
             for (size_t i = 0; i < tools.u.l->n; i++)
@@ -4233,14 +4477,21 @@ int chat_template_render_ex(const chat_template *t, const char *messages_json, c
     scope_set(e, root, "tools", 5, tools);
     scope_set(e, root, "documents", 9, mk_none());
     scope_set(e, root, "add_generation_prompt", 21, mk_bool(add_generation_prompt));
+    const nlist *body = &t->body;
+    if (tools.t != V_NONE && t->has_tool)
+        body = &t->tool_body;
+    else if (!t->has_default)
+        env_fail(e, CHAT_TEMPLATE_ERR_RENDER, "this model has only a 'tool_use' chat template: pass tools");
     sbuf main = {0};
     e->cap_top = &main;
     e->root = root;
-    exec_body(e, root, (nlist *)&t->body);
+    exec_body(e, root, (nlist *)body);
     char *res = malloc(main.n + 1);
     if (!res) env_fail(e, CHAT_TEMPLATE_ERR_NOMEM, "out of memory");
     if (main.n) memcpy(res, main.p, main.n);
     res[main.n] = 0;
+    if (out_len) *out_len = main.n;
+    tl_env = NULL;
     arena_free(&e->ar);
     free(e);
     *out = res;
@@ -4249,12 +4500,13 @@ int chat_template_render_ex(const chat_template *t, const char *messages_json, c
 
 int chat_template_render(const chat_template *t, const char *messages_json, const char *tools_json,
                          bool add_generation_prompt, char **out, char *err, size_t errlen) {
-    return chat_template_render_ex(t, messages_json, tools_json, NULL, add_generation_prompt, out, err, errlen);
+    return chat_template_render_ex(t, messages_json, tools_json, NULL, add_generation_prompt, out, NULL, err, errlen);
 }
 
 void chat_template_destroy(chat_template *t) {
     if (!t) return;
     arena_free(&t->ar);
+    arena_free(&t->tool_ar);
     free(t->ctx_json);
     free(t);
 }

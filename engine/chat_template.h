@@ -4,6 +4,29 @@
  * raise_exception, strftime_now, tojson, namespace, loop variables, the filters
  * and string methods real templates use). Models without a template fall back
  * to ChatML. Rendering failures are errors with a message, never crashes. */
+/* Supported Jinja subset (anything else is CHAT_TEMPLATE_ERR_UNSUPPORTED or a
+ * parse error, never a silent difference):
+ *   tags: if/elif/else, for (tuple targets, "if" filter, else, loop.index/
+ *     index0/revindex/revindex0/first/last/length/previtem/nextitem),
+ *     break/continue, set (names, tuples, ns.attr, block set), macro with
+ *     defaults and keyword calls, raw, comments, generation (body as is);
+ *     whitespace control -/+ with trim_blocks and lstrip_blocks.
+ *   expressions: literals incl. lists/dicts/tuples, attribute/item access,
+ *     slices, calls, + - * / // % ** ~, comparisons (chained), in/not in,
+ *     and/or/not, conditional expressions, is [not] tests.
+ *   globals: range, namespace, dict, raise_exception, strftime_now.
+ *   filters: length count string trim upper lower capitalize title replace
+ *     first last join default d items selectattr rejectattr select reject map
+ *     list int float safe abs reverse tojson escape e sort unique min max sum
+ *     indent dictsort.
+ *   tests: defined undefined none boolean true false integer float number
+ *     string mapping iterable sequence callable sameas lower upper odd even
+ *     divisibleby eq equalto ne lt le gt ge in (and ==, !=, <, <=, >, >=).
+ *   methods: str startswith endswith strip lstrip rstrip split rsplit replace
+ *     upper lower title capitalize find rfind count join format isdigit
+ *     isalpha isspace isalnum isupper islower; dict items keys values get.
+ * Values follow Python: int/float arithmetic, repr of lists and dicts, float
+ * repr, ordered dicts, jinja2's default Undefined. */
 #ifndef ENGINE_CHAT_TEMPLATE_H
 #define ENGINE_CHAT_TEMPLATE_H
 
@@ -26,8 +49,11 @@ const char *chat_template_status_str(int status);
 typedef struct chat_template chat_template;
 
 /* Loads DIR/tokenizer_config.json: its chat_template (a string, or a list of
- * {name, template} where "default" is used), bos_token and eos_token (strings
- * or AddedToken objects). A missing file or template falls back to ChatML.
+ * {name, template} where "default" is used, and "tool_use" when tools are
+ * given, as in transformers), bos_token and eos_token (strings or AddedToken
+ * objects; the other special tokens too, as apply_chat_template passes them).
+ * DIR/chat_template.jinja, when present, wins over the config's template.
+ * A missing file or template falls back to ChatML.
  * Returns 0 and sets *out, or a negative status with a message in err. */
 int chat_template_load_dir(const char *dir, chat_template **out, char *err, size_t errlen);
 
@@ -44,10 +70,13 @@ int chat_template_render(const chat_template *t, const char *messages_json, cons
 
 /* Like chat_template_render, plus extra_json: NULL or a JSON object whose
  * members become template variables (apply_chat_template's **kwargs, e.g.
- * {"enable_thinking": false}); they override the special tokens. */
+ * {"enable_thinking": false}); they override the special tokens. out_len
+ * (may be NULL) receives the byte length: the prompt may contain NUL bytes
+ * when the messages do ("\u0000"), as in Python. Thread-safe: renders of one
+ * template may run concurrently (needs about 2 MiB of stack at worst). */
 int chat_template_render_ex(const chat_template *t, const char *messages_json, const char *tools_json,
-                            const char *extra_json, bool add_generation_prompt, char **out, char *err,
-                            size_t errlen);
+                            const char *extra_json, bool add_generation_prompt, char **out, size_t *out_len,
+                            char *err, size_t errlen);
 
 /* Resource limits of one render (and of compiling). A hostile template hits
  * one of them and gets CHAT_TEMPLATE_ERR_LIMIT, never an unbounded run. */

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "model_internal.h"
+#include "engram_lookup.h"
 #include "numeric.h"
 #include "tokenizer.h"
 
@@ -93,39 +94,13 @@ static int build_lookup(model *m, model_engram *e, char *err, size_t errlen) {
         snprintf(err, errlen, "%s: Engram needs the checkpoint's tokenizer: %s", m->dir, terr);
         return MODEL_ERR_IO;
     }
-    size_t n = tokenizer_vocab_size(tok);
-    ngram_hash_token_text *texts = calloc(n ? n : 1, sizeof(*texts));
-    char **decoded = calloc(n ? n : 1, sizeof(char *));
-    e->lookup = malloc((n ? n : 1) * sizeof(int64_t));
-    int rc = texts && decoded && e->lookup ? MODEL_OK : MODEL_ERR_NOMEM;
-    for (size_t i = 0; rc == MODEL_OK && i < n; i++) {
-        int32_t id = (int32_t)i;
-        size_t len = 0, raw_len = 0;
-        /* decode([id]) keeping special tokens and without clean-up of spaces */
-        if (tokenizer_decode(tok, &id, 1, false, &decoded[i], &len) != 0) {
-            snprintf(err, errlen, "%s: tokenizer cannot decode token %zu for the Engram lookup", m->dir, i);
-            rc = MODEL_ERR_WEIGHTS;
-            break;
-        }
-        const char *raw = tokenizer_id_to_token(tok, id, &raw_len);
-        texts[i] = (ngram_hash_token_text){.text = decoded[i], .text_len = len, .raw = raw,
-                                           .raw_len = raw ? raw_len : 0};
-    }
-    if (rc == MODEL_OK) {
-        int hs = ngram_hash_compress_build(texts, n, e->lookup, &e->vc);
-        if (hs != NGRAM_HASH_OK) {
-            snprintf(err, errlen, "%s: compressed tokenizer: %s", m->dir, ngram_hash_status_str(hs));
-            rc = hs == NGRAM_HASH_ENOMEM ? MODEL_ERR_NOMEM : MODEL_ERR_WEIGHTS;
-        }
-    } else if (rc == MODEL_ERR_NOMEM) {
-        snprintf(err, errlen, "out of memory");
-    }
-    e->lookup_n = (int64_t)n;
-    for (size_t i = 0; decoded && i < n; i++) free(decoded[i]);
-    free(decoded);
-    free(texts);
+    int rc = engram_lookup_build(tok, &e->lookup, &e->lookup_n, &e->vc, terr, sizeof(terr));
     tokenizer_destroy(tok);
-    return rc;
+    if (rc) {
+        snprintf(err, errlen, "%s: %s", m->dir, terr);
+        return MODEL_ERR_WEIGHTS;
+    }
+    return MODEL_OK;
 }
 
 /* short_conv.conv.weight: (G*d, 1, K) as nn.Conv1d stores a depthwise kernel. */

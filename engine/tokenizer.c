@@ -10,6 +10,7 @@
 #include <assert.h>
 #include <ctype.h>
 #include <cjson/cJSON.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -211,9 +212,7 @@ static int32_t utf8_last_cp(const char *s, size_t end, size_t *start) {
 static int32_t bl_byte_to_cp[256];
 static int16_t bl_cp_to_byte[512]; /* -1: not a byte-level char */
 
-static void bl_init(void) {
-    static bool done = false;
-    if (done) return; /* benign race: every thread writes the same values */
+static void bl_init_once(void) {
     int n = 0;
     for (int i = 0; i < 512; i++) bl_cp_to_byte[i] = -1;
     for (int b = 0; b < 256; b++) {
@@ -222,7 +221,11 @@ static void bl_init(void) {
         bl_byte_to_cp[b] = cp;
         bl_cp_to_byte[cp] = (int16_t)b;
     }
-    done = true;
+}
+
+static void bl_init(void) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, bl_init_once);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -348,6 +351,17 @@ struct component {
     int start, stop; /* Strip decoder */
 };
 
+#define TK_CACHE_SLOTS 16384 /* power of two */
+#define TK_CACHE_STRIPES 64
+#define TK_CACHE_WORD 22
+#define TK_CACHE_IDS 8
+
+struct cache_slot {
+    uint8_t wlen, n; /* wlen 0: empty */
+    char word[TK_CACHE_WORD];
+    int32_t ids[TK_CACHE_IDS];
+};
+
 typedef struct {
     int32_t *ids; /* template ids, SIZE -1 stands for the sequence */
     size_t n;
@@ -364,11 +378,20 @@ typedef struct {
 } added_token;
 
 /* Leftmost-longest matcher over a set of added tokens (aho-corasick's
- * MatchKind::LeftmostLongest): candidates bucketed by first byte, longest
- * first. */
+ * MatchKind::LeftmostLongest): a byte trie whose edges live in one hash
+ * table keyed by (node, byte); at each position the walk is bounded by the
+ * longest token, so matching is O(n * longest token). */
 typedef struct {
-    int32_t *order;   /* indices into added[] */
-    uint32_t start[257];
+    uint64_t key; /* (node << 8) | byte, UINT64_MAX: empty */
+    int32_t child;
+} trie_edge;
+
+typedef struct {
+    trie_edge *edge;
+    size_t mask;
+    int32_t *term; /* (n_nodes) index into added[] ending here, or -1 */
+    size_t n_nodes;
+    bool first_byte[256];
     bool any;
 } added_matcher;
 
@@ -398,6 +421,11 @@ struct tokenizer {
     component *normalizer, *pre, *decoder;
     post_template post;
     int32_t bos_id, eos_id;
+
+    /* Word cache: BPE results of short pre-tokens, shared by all threads
+     * (striped locks). The only state that encode mutates. */
+    struct cache_slot *cache;
+    pthread_mutex_t cache_lock[TK_CACHE_STRIPES];
     bool dec_bytelevel_only; /* decoder is exactly ByteLevel: streaming fast path */
 };
 
@@ -990,6 +1018,8 @@ static int pattern_find(const pattern *p, const char *s, size_t n, pcre2_match_d
     bool have_last = false;
     while (start <= n) {
         int rc = pcre2_match(p->re, (PCRE2_SPTR)s, n, start, PCRE2_NO_UTF_CHECK, md, NULL);
+        if (rc == PCRE2_ERROR_JIT_STACKLIMIT) /* the interpreter keeps its stack on the heap */
+            rc = pcre2_match(p->re, (PCRE2_SPTR)s, n, start, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, md, NULL);
         if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0 && rc != 0) {
             if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT ||
@@ -1018,6 +1048,87 @@ typedef struct {
     sbuf tmp;
 } normctx;
 
+/* Stable counting sort by canonical combining class of cps[0..n) (all
+ * non-starters): the canonical ordering, in O(n) where utf8proc's
+ * bubble sort is O(n^2) on long runs of combining marks. */
+static void sort_by_ccc(int32_t *cps, size_t n, int32_t *tmp) {
+    size_t count[257] = {0};
+    for (size_t i = 0; i < n; i++) count[utf8proc_get_property(cps[i])->combining_class + 1]++;
+    for (int c = 1; c < 257; c++) count[c] += count[c - 1];
+    for (size_t i = 0; i < n; i++) tmp[count[utf8proc_get_property(cps[i])->combining_class]++] = cps[i];
+    memcpy(cps, tmp, n * sizeof *cps);
+}
+
+/* NFD / NFKD (compose false) or NFC / NFKC of s (valid UTF-8) into o:
+ * utf8proc's per-character decomposition, our canonical ordering, then
+ * utf8proc's composition. */
+static int unicode_normalize(const sbuf *s, sbuf *o, bool compat, bool compose) {
+    size_t cap = s->len + 16, n = 0;
+    int32_t *buf = malloc(cap * sizeof *buf), *tmp = NULL;
+    if (!buf) return TOKENIZER_ERR_NOMEM;
+    int opt = UTF8PROC_DECOMPOSE | (compat ? UTF8PROC_COMPAT : 0);
+    size_t i = 0;
+    while (i < s->len) {
+        int32_t cp = 0;
+        size_t k = utf8_decode((const uint8_t *)s->p + i, s->len - i, &cp);
+        if (!k) {
+            free(buf);
+            return TOKENIZER_ERR_INVALID_UTF8;
+        }
+        i += k;
+        for (;;) {
+            int bound = 0;
+            utf8proc_ssize_t r = utf8proc_decompose_char(cp, buf + n, (utf8proc_ssize_t)(cap - n),
+                                                         (utf8proc_option_t)opt, &bound);
+            if (r < 0) {
+                free(buf);
+                return TOKENIZER_ERR_INVALID_UTF8;
+            }
+            if ((size_t)r <= cap - n) {
+                n += (size_t)r;
+                break;
+            }
+            cap = cap * 2 + (size_t)r;
+            int32_t *nb = realloc(buf, cap * sizeof *nb);
+            if (!nb) {
+                free(buf);
+                return TOKENIZER_ERR_NOMEM;
+            }
+            buf = nb;
+        }
+    }
+    /* canonical ordering of each run of non-starters */
+    for (size_t a = 0; a < n;) {
+        if (utf8proc_get_property(buf[a])->combining_class == 0) {
+            a++;
+            continue;
+        }
+        size_t b = a;
+        while (b < n && utf8proc_get_property(buf[b])->combining_class != 0) b++;
+        if (b - a > 1) {
+            if (!tmp) tmp = malloc(n * sizeof *tmp);
+            if (!tmp) {
+                free(buf);
+                return TOKENIZER_ERR_NOMEM;
+            }
+            sort_by_ccc(buf + a, b - a, tmp);
+        }
+        a = b;
+    }
+    free(tmp);
+    /* composition and UTF-8 encoding, in place (needs 4 bytes per cp: ok) */
+    utf8proc_ssize_t len = utf8proc_reencode(buf, (utf8proc_ssize_t)n,
+                                             (utf8proc_option_t)(UTF8PROC_STABLE | (compose ? UTF8PROC_COMPOSE : 0)));
+    if (len < 0) {
+        free(buf);
+        return TOKENIZER_ERR_INVALID_UTF8;
+    }
+    o->len = 0;
+    int rc = sbuf_add(o, buf, (size_t)len);
+    free(buf);
+    return rc ? TOKENIZER_ERR_NOMEM : 0;
+}
+
 static int norm_apply(const component *k, sbuf *s, normctx *x, int depth);
 
 static int norm_swap(sbuf *s, sbuf *tmp) {
@@ -1042,21 +1153,18 @@ static int norm_apply(const component *k, sbuf *s, normctx *x, int depth) {
     case NORM_NFKC:
     case NORM_NFKD: {
         if (!s->len) return 0;
-        int opt = UTF8PROC_STABLE;
-        if (k->type == NORM_NFC || k->type == NORM_NFKC) opt |= UTF8PROC_COMPOSE;
-        else opt |= UTF8PROC_DECOMPOSE;
-        if (k->type == NORM_NFKC || k->type == NORM_NFKD) opt |= UTF8PROC_COMPAT;
-        utf8proc_uint8_t *dst = NULL;
-        utf8proc_ssize_t r = utf8proc_map((const utf8proc_uint8_t *)s->p, (utf8proc_ssize_t)s->len,
-                                          &dst, (utf8proc_option_t)opt);
-        if (r < 0) {
-            free(dst);
-            return r == UTF8PROC_ERROR_NOMEM ? TOKENIZER_ERR_NOMEM : TOKENIZER_ERR_INVALID_UTF8;
+        if (k->type == NORM_NFC) {
+            /* Code points below U+0300 (lead bytes below 0xCC) are NFC-stable
+             * and never compose with each other: skip the common case. */
+            size_t i = 0;
+            while (i < s->len && (uint8_t)s->p[i] < 0xCC) i++;
+            if (i == s->len) return 0;
         }
-        s->len = 0;
-        int rc = sbuf_add(s, dst, (size_t)r);
-        free(dst);
-        return rc ? TOKENIZER_ERR_NOMEM : 0;
+        bool compat = k->type == NORM_NFKC || k->type == NORM_NFKD;
+        bool compose = k->type == NORM_NFC || k->type == NORM_NFKC;
+        int rc = unicode_normalize(s, o, compat, compose);
+        if (rc) return rc;
+        return norm_swap(s, o);
     }
     case NORM_LOWER: {
         size_t i = 0;
@@ -1120,31 +1228,49 @@ static int norm_apply(const component *k, sbuf *s, normctx *x, int depth) {
 /* ------------------------------------------------------------------------ */
 /* Added tokens                                                             */
 
+static int32_t trie_child(const added_matcher *m, int32_t node, uint8_t byte) {
+    uint64_t key = ((uint64_t)node << 8) | byte;
+    size_t i = hash_u64(key) & m->mask;
+    for (;;) {
+        if (m->edge[i].key == key) return m->edge[i].child;
+        if (m->edge[i].key == UINT64_MAX) return -1;
+        i = (i + 1) & m->mask;
+    }
+}
+
 static int matcher_build(added_matcher *m, const added_token *added, size_t n, bool normalized) {
-    m->order = malloc((n ? n : 1) * sizeof *m->order);
-    if (!m->order) return -1;
-    uint32_t count[257] = {0};
+    size_t bytes = 0;
     for (size_t i = 0; i < n; i++)
-        if (added[i].normalized == normalized && added[i].pattern_len) count[(uint8_t)added[i].pattern[0]]++;
-    m->start[0] = 0;
-    for (int b = 0; b < 256; b++) m->start[b + 1] = m->start[b] + count[b];
-    uint32_t fill[256];
-    memcpy(fill, m->start, sizeof fill);
-    for (size_t i = 0; i < n; i++)
-        if (added[i].normalized == normalized && added[i].pattern_len)
-            m->order[fill[(uint8_t)added[i].pattern[0]]++] = (int32_t)i;
-    m->any = m->start[256] > 0;
-    /* Longest first within a bucket; equal lengths keep insertion order. */
-    for (int b = 0; b < 256; b++) {
-        for (uint32_t i = m->start[b] + 1; i < m->start[b + 1]; i++) {
-            int32_t v = m->order[i];
-            uint32_t j = i;
-            while (j > m->start[b] && added[m->order[j - 1]].pattern_len < added[v].pattern_len) {
-                m->order[j] = m->order[j - 1];
-                j--;
+        if (added[i].normalized == normalized) bytes += added[i].pattern_len;
+    size_t cap = 16;
+    while (cap < bytes * 2 + 2) cap *= 2;
+    m->edge = malloc(cap * sizeof *m->edge);
+    m->term = malloc((bytes + 1) * sizeof *m->term);
+    if (!m->edge || !m->term) return -1;
+    for (size_t i = 0; i < cap; i++) m->edge[i].key = UINT64_MAX;
+    m->mask = cap - 1;
+    m->n_nodes = 1;
+    m->term[0] = -1;
+    for (size_t i = 0; i < n; i++) {
+        const added_token *a = &added[i];
+        if (a->normalized != normalized || !a->pattern_len) continue;
+        int32_t node = 0;
+        for (size_t j = 0; j < a->pattern_len; j++) {
+            uint8_t byte = (uint8_t)a->pattern[j];
+            int32_t next = trie_child(m, node, byte);
+            if (next < 0) {
+                next = (int32_t)m->n_nodes++;
+                m->term[next] = -1;
+                uint64_t key = ((uint64_t)node << 8) | byte;
+                size_t k = hash_u64(key) & m->mask;
+                while (m->edge[k].key != UINT64_MAX) k = (k + 1) & m->mask;
+                m->edge[k] = (trie_edge){key, next};
             }
-            m->order[j] = v;
+            node = next;
         }
+        if (m->term[node] < 0) m->term[node] = (int32_t)i; /* the first of equal patterns wins */
+        m->first_byte[(uint8_t)a->pattern[0]] = true;
+        m->any = true;
     }
     return 0;
 }
@@ -1178,14 +1304,15 @@ static int added_split(const tokenizer *t, const added_matcher *m, const char *s
     size_t start_offset = 0, i = 0;
     if (m->any) {
         while (i < n) {
-            uint8_t b = (uint8_t)s[i];
-            int32_t hit = -1;
-            for (uint32_t k = m->start[b]; k < m->start[b + 1]; k++) {
-                const added_token *a = &t->added[m->order[k]];
-                if (a->pattern_len <= n - i && memcmp(s + i, a->pattern, a->pattern_len) == 0) {
-                    hit = m->order[k];
-                    break;
-                }
+            if (!m->first_byte[(uint8_t)s[i]]) {
+                i++;
+                continue;
+            }
+            int32_t hit = -1, node = 0;
+            for (size_t j = i; j < n; j++) {
+                node = trie_child(m, node, (uint8_t)s[j]);
+                if (node < 0) break;
+                if (m->term[node] >= 0) hit = m->term[node];
             }
             if (hit < 0) {
                 i++;
@@ -1286,9 +1413,6 @@ static int load_added(loadctx *c, tokenizer *t, const cJSON *arr, size_t model_s
             t->added[existing] = a;
         } else
             t->added[t->n_added++] = a;
-        int32_t hint;
-        if (!json_id(cJSON_GetObjectItemCaseSensitive(e, "id"), &hint) && hint != id)
-            log_warn("added token '%s' has id %d in the file but gets id %d", content, hint, id);
     }
     return 0;
 }
@@ -1381,9 +1505,14 @@ static int apply_config(loadctx *c, tokenizer *t, const char *text, size_t len) 
 }
 
 int tokenizer_load_json(const char *json, size_t len, tokenizer **out, char *err, size_t errlen) {
+    assert(out && (json || len == 0));
     loadctx c = {err, errlen, 0};
     *out = NULL;
     bl_init();
+    /* Strings from the file end up inside the text that the regexes scan
+     * without UTF checks (Replace, Prepend), and in decoded text: like HF
+     * (serde), refuse a file that is not UTF-8. */
+    if (!utf8_valid(json, len)) return fail(&c, TOKENIZER_ERR_PARSE, "tokenizer.json is not valid UTF-8");
     cJSON *root = cJSON_ParseWithLength(json, len);
     if (!root) return fail(&c, TOKENIZER_ERR_PARSE, "tokenizer.json is not valid JSON");
     tokenizer *t = calloc(1, sizeof *t);
@@ -1443,6 +1572,12 @@ int tokenizer_load_json(const char *json, size_t len, tokenizer **out, char *err
         }
     }
     t->dec_bytelevel_only = t->decoder && t->decoder->type == DEC_BYTELEVEL;
+    t->cache = calloc(TK_CACHE_SLOTS, sizeof *t->cache);
+    if (!t->cache) {
+        fail(&c, TOKENIZER_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < TK_CACHE_STRIPES; i++) pthread_mutex_init(&t->cache_lock[i], NULL);
     cJSON_Delete(root);
     *out = t;
     return 0;
@@ -1496,7 +1631,10 @@ int tokenizer_load(const char *path, tokenizer **out, char *err, size_t errlen) 
     return rc;
 }
 
-static void matcher_free(added_matcher *m) { free(m->order); }
+static void matcher_free(added_matcher *m) {
+    free(m->edge);
+    free(m->term);
+}
 
 void tokenizer_destroy(tokenizer *t) {
     if (!t) return;
@@ -1524,6 +1662,10 @@ void tokenizer_destroy(tokenizer *t) {
     component_free(t->pre);
     component_free(t->decoder);
     free(t->post.ids);
+    if (t->cache) {
+        for (int i = 0; i < TK_CACHE_STRIPES; i++) pthread_mutex_destroy(&t->cache_lock[i]);
+        free(t->cache);
+    }
     free(t);
 }
 
@@ -1865,13 +2007,13 @@ static int heap_reserve(encoder *e, size_t extra) {
     return 0;
 }
 
-static int32_t lookup_char(const encoder *e, const char *s, size_t n, size_t pos, bool first, bool last) {
+static int32_t lookup_char(encoder *e, const char *s, size_t n, size_t pos, bool first, bool last) {
     const tokenizer *t = e->t;
     if (t->cp_id && n <= 3) {
         int32_t cp;
         if (utf8_decode((const uint8_t *)s + pos, n, &cp) == n && cp < 0x10000) return t->cp_id[cp];
     }
-    sbuf *tmp = (sbuf *)&e->nx.tmp;
+    sbuf *tmp = &e->nx.tmp;
     tmp->len = 0;
     if (!first && t->cont_prefix && sbuf_add(tmp, t->cont_prefix, t->cont_prefix_len)) return -2;
     if (sbuf_add(tmp, s + pos, n)) return -2;
@@ -1879,13 +2021,44 @@ static int32_t lookup_char(const encoder *e, const char *s, size_t n, size_t pos
     return strmap_get(&t->vocab, t->tok, t->tok_len, tmp->p, tmp->len);
 }
 
-/* BPE::tokenize of one pre-token: merge_word + Word::merge_all. */
+static int bpe_merge(encoder *e, const char *s, size_t n);
+
+/* BPE::tokenize of one pre-token: merge_word + Word::merge_all, through
+ * the word cache for short words. */
 static int bpe_word(encoder *e, const char *s, size_t n) {
     const tokenizer *t = e->t;
     if (t->ignore_merges) {
         int32_t id = strmap_get(&t->vocab, t->tok, t->tok_len, s, n);
         if (id >= 0) return ids_add(e, id);
     }
+    if (n > TK_CACHE_WORD) return bpe_merge(e, s, n);
+    tokenizer *mt = (tokenizer *)t; /* the cache is internally synchronized */
+    size_t h = hash_bytes(s, n) & (TK_CACHE_SLOTS - 1);
+    struct cache_slot *slot = &mt->cache[h], copy;
+    pthread_mutex_t *lock = &mt->cache_lock[h & (TK_CACHE_STRIPES - 1)];
+    pthread_mutex_lock(lock);
+    copy = *slot;
+    pthread_mutex_unlock(lock);
+    if (copy.wlen == n && memcmp(copy.word, s, n) == 0) {
+        for (int i = 0; i < copy.n; i++)
+            if (ids_add(e, copy.ids[i])) return TOKENIZER_ERR_NOMEM;
+        return 0;
+    }
+    size_t start = e->n_ids;
+    int rc = bpe_merge(e, s, n);
+    if (rc || e->n_ids - start > TK_CACHE_IDS) return rc;
+    copy.wlen = (uint8_t)n;
+    copy.n = (uint8_t)(e->n_ids - start);
+    memcpy(copy.word, s, n);
+    if (copy.n) memcpy(copy.ids, e->ids + start, copy.n * sizeof *copy.ids);
+    pthread_mutex_lock(lock);
+    *slot = copy;
+    pthread_mutex_unlock(lock);
+    return 0;
+}
+
+static int bpe_merge(encoder *e, const char *s, size_t n) {
+    const tokenizer *t = e->t;
     if (n > e->sym_cap) {
         symbol *v = realloc(e->sym, n * sizeof *v);
         if (!v) return TOKENIZER_ERR_NOMEM;
@@ -2026,6 +2199,7 @@ static void encoder_free(encoder *e) {
 
 int tokenizer_encode(const tokenizer *t, const char *text, size_t len, bool add_special,
                      int32_t **ids, size_t *n_ids) {
+    assert(t && ids && n_ids);
     *ids = NULL;
     *n_ids = 0;
     if (len > TK_MAX_INPUT_BYTES) return TOKENIZER_ERR_LIMIT;
@@ -2235,6 +2409,7 @@ static const char *decode_token(const tokenizer *t, int32_t id, bool skip_specia
 
 int tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n, bool skip_special, char **out,
                      size_t *len) {
+    assert(t && out && len && (ids || n == 0));
     *out = NULL;
     *len = 0;
     toklist a = {0}, b = {0};
@@ -2298,6 +2473,7 @@ struct tokenizer_stream {
 };
 
 int tokenizer_stream_create(const tokenizer *t, bool skip_special, tokenizer_stream **out) {
+    assert(t && out);
     tokenizer_stream *s = calloc(1, sizeof *s);
     *out = NULL;
     if (!s) return TOKENIZER_ERR_NOMEM;

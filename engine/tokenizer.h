@@ -2,8 +2,11 @@
  * normalizers, pre-tokenizers, added/special tokens, post-processor and
  * decoders) and encodes/decodes byte-identically to HF `tokenizers`. Also an
  * incremental decoder for streaming that only ever emits whole UTF-8
- * characters. A loaded tokenizer is immutable: encode/decode may run on many
- * threads at once. */
+ * characters. A loaded tokenizer may be used from many threads at once: it is
+ * immutable except for an internal, lock-protected cache of word results.
+ * Character classes and normalization follow the Unicode version of the
+ * system PCRE2 and utf8proc (14.0 on Debian 12); HF's own tables are newer,
+ * so code points assigned after that version may split differently. */
 #ifndef ENGINE_TOKENIZER_H
 #define ENGINE_TOKENIZER_H
 
@@ -80,11 +83,13 @@ bool tokenizer_is_special(const tokenizer *t, int32_t id);
 int32_t tokenizer_bos_id(const tokenizer *t);
 int32_t tokenizer_eos_id(const tokenizer *t);
 
-/* Incremental decoding for streaming. Feed one id at a time; each call
- * appends to *out (a heap string owned by the caller, NUL-terminated, *len
- * bytes; may be empty) only whole UTF-8 characters. The concatenation of all
- * pieces plus the final tokenizer_stream_flush equals tokenizer_decode of
- * all ids with the same skip_special. */
+/* Incremental decoding for streaming. Feed one id at a time; each call sets
+ * *out to a new heap string (owned by the caller, NUL-terminated, *len
+ * bytes; may be empty) holding only whole UTF-8 characters. The
+ * concatenation of all pieces plus the final tokenizer_stream_flush equals
+ * tokenizer_decode of all ids with the same skip_special. A plain ByteLevel
+ * decoder (DeepSeek, Qwen, GPT-2 style) costs O(1) per id; any other decoder
+ * chain re-decodes the ids so far on each step (O(n) per id). */
 typedef struct tokenizer_stream tokenizer_stream;
 
 /* Creates a stream over t (borrowed: t must outlive the stream). */

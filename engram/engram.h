@@ -1,11 +1,13 @@
 /* Public header of engram/: Engram conditional memory (see ../shared/ENGRAM.md).
- * The folder owns N-gram hashing (ngram_hash), the compressed tokenizer, and
- * later the tiered table store and prefetch. It depends on nothing in engine/. */
+ * The folder owns N-gram hashing (ngram_hash), the compressed tokenizer, FP8
+ * table rows (engram_fp8), and later the tiered table store and prefetch. It
+ * depends on nothing in engine/. */
 #ifndef ENGRAM_ENGRAM_H
 #define ENGRAM_ENGRAM_H
 
 #define ENGRAM_VERSION_STRING "0.1.0"
 
+#include "engram_fp8.h"
 #include "ngram_hash.h"
 
 #endif

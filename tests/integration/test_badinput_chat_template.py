@@ -66,6 +66,13 @@ BAD_TEMPLATES = [
     ("{{ 'a'" + "|upper" * 50000 + " }}", None),
     ("{% if true %}" * 5000 + "{% endif %}" * 5000, "nested too deeply"),
     ("{% for x in [1] %}" * 5000 + "{% endfor %}" * 5000, "nested too deeply"),
+    ("{% set ns = namespace(a=1) %}{% for i in range(100000) %}{% set ns.a = [ns.a] %}{% endfor %}{{ ns.a == ns.a }}", "nesting limit"),
+    ("{% set ns = namespace(a=1) %}{% for i in range(100000) %}{% set ns.a = {'k': ns.a} %}{% endfor %}{{ ns.a|tojson }}", "nesting limit"),
+    ("{% set ns = namespace(a=1) %}{% for i in range(100000) %}{% set ns.a = (ns.a,) %}{% endfor %}{{ [ns.a]|sort }}", "nesting limit"),
+    ("{% set s = 'a' * 10000000 %}{% for i in range(100000) %}{% for j in range(100000) %}{{ s[-1] }}{% endfor %}{% endfor %}", "limit"),
+    ("{% set s = 'a' * 10000000 %}{% for i in range(100000) %}{% for j in range(100000) %}{{ s == s ~ '' }}{% endfor %}{% endfor %}", "limit"),
+    ("{% set s = 'a' * 10000000 %}{% set n = 'a' * 1000000 ~ 'b' %}{% for i in range(100000) %}{{ s.rfind(n) }}{{ n in s }}{% endfor %}", "limit"),
+    ("{% for i in range(100000) %}{% set x = 1 %}{% endfor %}" + "".join("{%% set v%d = %d %%}" % (i, i) for i in range(12000)), "too many variables"),
     ("{{ 9223372036854775807 + 1 }}", "overflow"),
     ("{{ 99999999999999999999999 }}", "too large"),
     ("{{ '%s' % 1 }}", "unsupported"),
@@ -157,3 +164,25 @@ def test_malformed_tokenizer_config(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text('{"chat_template": ')
     rc, out, err = run_ours(MSGS, model_dir=str(tmp_path))
     expect_error(rc, out, err, "invalid JSON")
+
+
+def test_wide_json_object_is_linear():
+    """100k keys in one object: parsing, lookup and sorted tojson stay fast (hash index, merge sort)."""
+    big = {"k%d" % i: i for i in range(100000)}
+    msgs = [{"role": "user", "content": "x", "big": big}]
+    rc, out, err = run_ours(msgs, template="{{ messages[0].big|length }} {{ messages[0].big.k99999 }} "
+                                          "{{ (messages[0].big|tojson(sort_keys=true))[:12] }}", timeout=60)
+    assert rc == 0, err
+    assert out == '100000 99999 {"k0": 0, "k'
+
+
+def test_unreadable_tokenizer_config_is_io_error(tmp_path):
+    (tmp_path / "tokenizer_config.json").mkdir()  # exists but cannot be read as a file
+    rc, out, err = run_ours(MSGS, model_dir=str(tmp_path))
+    expect_error(rc, out, err, "i/o error")
+
+
+def test_nul_byte_in_template_file(tmp_path):
+    (tmp_path / "chat_template.jinja").write_bytes(b"{{ 1 }}\0{{ 2 }}")
+    rc, out, err = run_ours(MSGS, model_dir=str(tmp_path))
+    expect_error(rc, out, err, "NUL")

@@ -160,6 +160,18 @@ def test_template_list_and_added_token_objects(tmp_path):
     rc, out, err = run_ours([{"role": "user", "content": "x"}], model_dir=str(tmp_path))
     assert rc == 0, err
     assert out == "<s>x</s>"
+    # transformers' get_chat_template: the "tool_use" entry when tools are passed
+    rc, out, err = run_ours([{"role": "user", "content": "x"}], model_dir=str(tmp_path), tools=TOOLS)
+    assert rc == 0, err
+    assert out == "TOOLS"
+    cfg["chat_template"] = cfg["chat_template"][:1]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    rc, out, err = run_ours([{"role": "user", "content": "x"}], model_dir=str(tmp_path))
+    assert rc == 1 and "tool_use" in err
+    # chat_template.jinja beside the config wins
+    (tmp_path / "chat_template.jinja").write_text("{{ messages[0].content|upper }}\n")
+    rc, out, err = run_ours([{"role": "user", "content": "x"}], model_dir=str(tmp_path))
+    assert rc == 0 and out == "X", err
 
 
 # ---- small templates, one feature each, against jinja2 with transformers' environment ----
@@ -224,6 +236,8 @@ FEATURE_TEMPLATES = [
     "{{ '42'|int }} {{ '4.7'|int }} {{ 'x'|int(7) }} {{ 3.9|int }} {{ '2.5'|float }} {{ 'x'|float }} {{ 3|float }} {{ -3|abs }} {{ 'abc'|reverse }} {{ [1,2,3]|reverse|list }} {{ 'x'|string ~ 1|string }} {{ '<a href=\"x\">&'|e }} {{ 'x'|safe }}",
     "{{ [3, 1, 2]|sort }} {{ ['b', 'A', 'c']|sort }} {{ ['b', 'A', 'c']|sort(case_sensitive=true) }} {{ [3, 1, 2]|sort(reverse=true) }} {{ messages|sort(attribute='role')|map(attribute='role')|list }} {{ [1, 2, 1, 3]|unique|list }} {{ [4, 2, 8]|min }} {{ [4, 2, 8]|max }} {{ [1, 2, 3]|sum }}",
     "{{ messages[2].tool_calls[0].function.arguments|tojson }} {{ messages[1]|tojson }} {{ {'b': 1, 'a': [1.0, 'é\"\\\\\\n\\t\\u0001']}|tojson(indent=2) }} {{ {'b': 1, 'a': 2}|tojson(sort_keys=true) }} {{ 'é'|tojson(ensure_ascii=true) }} {{ [1, 2]|tojson(separators=(',', ':')) }} {{ none|tojson }} {{ 1e100|tojson }}",
+    "{{ 'a\\nb\\n\\nc'|indent }}|{{ 'a\\nb\\n\\nc'|indent(2, true) }}|{{ 'a\\r\\nb\\n'|indent(width='> ', blank=true) }}|{{ ''|indent(first=true) }}|{{ 'x\\u2028y'|indent(1) }}|{{ messages[2].tool_calls[0]|tojson(indent=2)|indent(4) }}",
+    "{{ {'b': 1, 'A': 2, 'c': 0}|dictsort }} {{ {'b': 1, 'A': 2, 'c': 0}|dictsort(true) }} {{ {'b': 1, 'a': 2, 'c': 0}|dictsort(by='value') }} {{ {'b': 1, 'a': 1, 'c': 0}|dictsort(by='value', reverse=true) }}{% for k, v in {'y': 1, 'x': 2}|dictsort %} {{ k }}={{ v }}{% endfor %}",
     # string methods
     "{{ 'abc'.startswith('a') }} {{ 'abc'.endswith(('x', 'c')) }} {{ '  ab  '.strip() }}|{{ '  ab  '.lstrip() }}|{{ '  ab  '.rstrip() }}| {{ 'xxabxx'.strip('x') }} {{ '\\n\\nab\\n'.lstrip('\\n') }}",
     "{{ 'a,b,,c'.split(',') }} {{ ' a  b\\tc\\n '.split() }} {{ 'a b c'.split(' ', 1) }} {{ 'a,b,c'.rsplit(',', 1) }} {{ ' a b '.rsplit(None, 1) }} {{ 'x</think>y</think>z'.split('</think>')[-1] }}",
@@ -267,3 +281,44 @@ def test_failing_templates(idx):
     rc, got, err = run_ours(MSGS, template=tpl)
     assert rc == 1 and got == "", f"{tpl!r}: expected an error, got {got!r}"
     assert err.startswith("error:") and err.count("\n") == 1
+
+
+# ---- random templates from a grammar of the supported subset (tests/integration/chatgen.py) ----
+
+GEN_MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi ünï"},
+            {"role": "assistant", "content": "<think>t</think>ok", "tool_calls": None}]
+
+
+@pytest.mark.parametrize("block", range(8))
+def test_random_templates(block):
+    """Byte-identical output or an error on both sides; our only allowed
+    divergence is a clear 'unsupported' error for a feature we do not implement."""
+    from chatgen import Gen
+    for seed in range(block * 50, block * 50 + 50):
+        tpl = Gen(seed).template()
+        ok, want = ref_template(tpl, GEN_MSGS, False, "<s>", "</s>")
+        rc, got, err = run_ours(GEN_MSGS, template=tpl, bos="<s>", eos="</s>")
+        if ok and rc != 0 and "unsupported" in err:
+            continue
+        if ok:
+            assert rc == 0 and got == want, f"seed {seed} template {tpl!r}\nwant={want!r}\ngot ={got!r}\n{err}"
+        else:
+            assert rc != 0, f"seed {seed}: reference failed ({want}) but ours rendered {got!r}; template {tpl!r}"
+
+
+@pytest.mark.parametrize("block", range(4))
+def test_random_whitespace_templates(block):
+    from chatgen import ws_template
+    for seed in range(block * 100, block * 100 + 100):
+        tpl = ws_template(seed)
+        ok, want = ref_template(tpl, GEN_MSGS)
+        assert ok, f"seed {seed}: reference failed: {want}"
+        rc, got, err = run_ours(GEN_MSGS, template=tpl)
+        assert rc == 0 and got == want, f"seed {seed} template {tpl!r}\nwant={want!r}\ngot ={got!r}\n{err}"
+
+
+def test_nul_and_control_characters_in_content():
+    msgs = [{"role": "system", "content": "a\u0000b"}, {"role": "user", "content": "\u0001\u001f\u007f\u0085\u2028"}]
+    for model_dir in (DEEPSEEK, QWEN):
+        check(model_dir, msgs, None, True)
+        check(model_dir, msgs, TOOLS, False)

@@ -171,3 +171,29 @@ def test_compositions_and_mixtures():
     rs = random.Random(5)
     mixtures = ["".join(rs.choice(pool) for _ in range(rs.randint(1, 8))) for _ in range(30000)]
     check_strings(pairs + mixtures)
+
+
+@pytest.mark.parametrize("name", ["deepseek_v3", "qwen3", "trained"])
+def test_engram_tokenize_full_pipeline_matches_reference(name, tmp_path):
+    """Our whole path, tokenizer.json -> our C decode of every id -> our
+    compressed table (build/engram-tokenize --engram-compress, what the model
+    loader uses), against the reference procedure run with HF tokenizers."""
+    import json
+    import shutil
+    src = SOURCE / "tests" / "fixtures" / "tokenizers" / name
+    d = tmp_path / name
+    d.mkdir()
+    if (src / "tokenizer.json.xz").exists():
+        (d / "tokenizer.json").write_bytes(lzma.decompress((src / "tokenizer.json.xz").read_bytes()))
+    else:
+        shutil.copy(src / "tokenizer.json", d / "tokenizer.json")
+    shutil.copy(src / "tokenizer_config.json", d / "tokenizer_config.json")
+    tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+    ref_lookup, ref_vc = reference_table(vocab_texts(tok))
+    res = subprocess.run([str(BUILD / "engram-tokenize"), "--tokenizer", str(d), "--engram-compress"],
+                         capture_output=True, text=True, check=True)
+    got = json.loads(res.stdout)
+    assert got["vocab"] == len(ref_lookup)
+    assert got["compressed"] == ref_vc
+    mismatches = [i for i, (a, b) in enumerate(zip(ref_lookup, got["lookup"])) if a != b]
+    assert not mismatches, f"{len(mismatches)} ids differ, first {mismatches[:10]}"

@@ -88,3 +88,28 @@ def test_prompt_text_goes_through_the_tokenizer(tmp_path):
     from tokenizers import Tokenizer
     text = Tokenizer.from_file(str(M / "tokenizer.json")).decode(G["greedy_ids"], skip_special_tokens=True)
     assert "\n".join(lines[:-1]) == text
+
+
+def test_chat_prompt_matches_transformers_apply_chat_template(tmp_path):
+    """--prompt X --chat tokenizes exactly as transformers'
+    apply_chat_template(tokenize=True, add_generation_prompt=True) does, here
+    with Qwen3's real template on the fixture's tokenizer (which has the
+    <|im_start|>/<|im_end|> tokens)."""
+    import shutil
+    d = tmp_path / "m"
+    shutil.copytree(M, d)
+    qcfg = json.loads((M.parents[1] / "tokenizers" / "qwen3" / "tokenizer_config.json").read_text())
+    tcfg = json.loads((d / "tokenizer_config.json").read_text())
+    tcfg["chat_template"] = qcfg["chat_template"]
+    (d / "tokenizer_config.json").write_text(json.dumps(tcfg))
+    text = "What is the Milky Way? Ünïcödé & <b>tags</b>"
+    p = run_bin("engram-run", "--model", d, "--prompt", text, "--chat", "--temperature", "0",
+                "--max-tokens", "1", "--print-gates")
+    ours = json.loads(p.stdout.splitlines()[-1])["tokens"]
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(d))
+    ref = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                  tokenize=True)
+    if isinstance(ref, dict):  # newer transformers return a BatchEncoding
+        ref = ref["input_ids"]
+    assert ours == list(ref)

@@ -179,3 +179,21 @@ def test_byte_fallback_and_unk(tmp_path):
             path = tmp_path / f"bf_{byte_fallback}_{fuse}.json"
             path.write_text(json.dumps(j), encoding="utf-8")
             check_same(path.name, str(path), Tokenizer.from_file(str(path)), texts)
+
+
+@pytest.mark.parametrize("name", tf.NAMES)
+def test_vocab_dump_matches_hf(unpacked, name):
+    """--vocab (tokenizer_id_to_token and decode([id]) for every id, what the
+    Engram compressed tokenizer uses) against HF id_to_token / decode."""
+    import subprocess
+    path = os.path.join(unpacked[name], "tokenizer.json")
+    hf = Tokenizer.from_file(path)
+    p = subprocess.run([tf.TOKENIZE, "--tokenizer", path, "--vocab"], capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(x) for x in p.stdout.decode("utf-8").splitlines()]
+    n = max(hf.get_vocab(with_added_tokens=True).values()) + 1
+    assert len(rows) == n
+    decoded = hf.decode_batch([[i] for i in range(n)], skip_special_tokens=False)
+    for (i, tok, dec), want in zip(rows, decoded):
+        assert tok == hf.id_to_token(i), i
+        assert dec == want, i

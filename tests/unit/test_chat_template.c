@@ -156,9 +156,17 @@ START_TEST(test_load_fixture_dirs) {
     ck_assert_msg(chat_template_load_dir(dir, &t, err, sizeof err) == 0, "%s", err);
     ck_assert(!chat_template_is_fallback(t));
     char *out = NULL;
+    size_t out_len = 0;
     ck_assert_int_eq(chat_template_render_ex(t, "[{\"role\":\"user\",\"content\":\"hi\"}]", NULL,
-                                             "{\"enable_thinking\": false}", true, &out, err, sizeof err), 0);
+                                             "{\"enable_thinking\": false}", true, &out, &out_len, err, sizeof err), 0);
     ck_assert_str_eq(out, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n");
+    ck_assert_uint_eq(out_len, strlen(out));
+    free(out);
+    /* a NUL inside content survives, with its length */
+    ck_assert_int_eq(chat_template_render_ex(t, "[{\"role\":\"user\",\"content\":\"a\\u0000b\"}]", NULL, NULL,
+                                             false, &out, &out_len, err, sizeof err), 0);
+    ck_assert_uint_eq(out_len, strlen("<|im_start|>user\na") + 1 + strlen("b<|im_end|>\n"));
+    ck_assert(memcmp(out + strlen("<|im_start|>user\na"), "\0b<|im_end|>\n", 13) == 0);
     free(out);
     chat_template_destroy(t);
 
@@ -167,6 +175,60 @@ START_TEST(test_load_fixture_dirs) {
     ck_assert_int_eq(chat_template_render(t, MSGS, NULL, true, &out, err, sizeof err), 0);
     ck_assert_str_eq(out, "<｜begin▁of▁sentence｜>S<｜User｜>Hi<｜Assistant｜>Yo<｜end▁of▁sentence｜><｜Assistant｜>");
     free(out);
+    chat_template_destroy(t);
+}
+END_TEST
+
+/* Renders the Qwen3 template under a growing memory limit, then a growing
+ * output limit: every attempt is OK or ERR_LIMIT, and the first success gives
+ * the unlimited result (error paths unwind cleanly; ASan checks for leaks). */
+START_TEST(test_growing_limits) {
+    const char *src = getenv("ENGRAM_SOURCE_DIR");
+    char dir[4096], err[256];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/tokenizers/qwen3", src ? src : ".");
+    chat_template *t = NULL;
+    ck_assert_msg(chat_template_load_dir(dir, &t, err, sizeof err) == 0, "%s", err);
+    const char *msgs = "[{\"role\":\"system\",\"content\":\"sys\"},{\"role\":\"user\",\"content\":\"q\"},"
+                       "{\"role\":\"assistant\",\"content\":\"<think>r</think>a\",\"tool_calls\":[{\"function\":"
+                       "{\"name\":\"f\",\"arguments\":{\"x\":[1,2.5,null]}}}]},{\"role\":\"tool\",\"content\":\"42\"}]";
+    const char *tools = "[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{}}}]";
+    char *want = NULL;
+    ck_assert_int_eq(chat_template_render(t, msgs, tools, true, &want, err, sizeof err), 0);
+    size_t want_len = strlen(want);
+    chat_template_limits lim;
+    int ok = 0;
+    for (size_t mem = 0; mem <= ((size_t)4 << 20) && !ok; mem += 16u << 10) {
+        chat_template_default_limits(&lim);
+        lim.max_memory_bytes = mem;
+        chat_template_set_limits(t, &lim);
+        char *out = NULL;
+        int st = chat_template_render(t, msgs, tools, true, &out, err, sizeof err);
+        if (st == CHAT_TEMPLATE_ERR_LIMIT) {
+            ck_assert_ptr_null(out);
+            continue;
+        }
+        ck_assert_msg(st == 0, "memory limit %zu: status %d: %s", mem, st, err);
+        ck_assert_str_eq(out, want);
+        free(out);
+        ok = 1;
+    }
+    ck_assert(ok);
+    for (size_t cap = 0; cap <= want_len; cap++) {
+        chat_template_default_limits(&lim);
+        lim.max_output_bytes = cap;
+        chat_template_set_limits(t, &lim);
+        char *out = NULL;
+        int st = chat_template_render(t, msgs, tools, true, &out, err, sizeof err);
+        if (cap < want_len) {
+            ck_assert_int_eq(st, CHAT_TEMPLATE_ERR_LIMIT);
+            ck_assert_ptr_null(out);
+        } else {
+            ck_assert_int_eq(st, 0);
+            ck_assert_str_eq(out, want);
+            free(out);
+        }
+    }
+    free(want);
     chat_template_destroy(t);
 }
 END_TEST
@@ -184,6 +246,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_limits);
     tcase_add_test(tc, test_fallback_chatml);
     tcase_add_test(tc, test_load_fixture_dirs);
+    tcase_add_test(tc, test_growing_limits);
     suite_add_tcase(s, tc);
     return s;
 }
