@@ -48,6 +48,7 @@ typedef struct {
     char *body;        /* (len) bytes received */
     size_t len, cap;
     bool too_big;
+    unsigned long long seen; /* body bytes received, kept or not */
     bool generating; /* counted in server.active */
     /* a non-streaming generation waiting on the engine */
     engine_request *req;
@@ -698,6 +699,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
+        c->seen += n;
+        if (c->too_big && c->seen > 16 * (unsigned long long)s->p.max_body_bytes)
+            return dispatch(c, url, method); /* stop draining an endless body: 413 and close */
         if (c->too_big) return MHD_YES;
         if (c->len + n > s->p.max_body_bytes) {
             c->too_big = true;

@@ -129,6 +129,16 @@ def test_broken_http(server):
             yield b"a" * 10000
     r = requests.post(server.url + "/v1/completions", data=gen(), headers={"Authorization": f"Bearer {API_KEY}"})
     check_error(r, 413)
+    # an endless chunked upload is cut off (413 or a closed connection), the server lives on
+    def endless():
+        while True:
+            yield b"b" * 65536
+    try:
+        r = requests.post(server.url + "/v1/completions", data=endless(), timeout=30,
+                          headers={"Authorization": f"Bearer {API_KEY}"})
+        check_error(r, 413)
+    except requests.ConnectionError:
+        pass
     check_error(requests.request("FOO", server.url + "/health"), 405)
     assert requests.get(server.url + "/health?probe=1").status_code == 200
     alive(server)
