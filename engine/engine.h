@@ -113,6 +113,11 @@ int engine_submit(engine *e, const engine_request_params *p, engine_request **ou
  * the request finished or the engine stopped. */
 void engine_cancel(engine_request *r);
 
+/* Detaches the notify callback: after this returns the engine never calls it
+ * for this request (call it before the notify context goes away, e.g. when a
+ * connection closes). Thread-safe; accepts NULL. */
+void engine_request_detach(engine_request *r);
+
 /* Drops the caller's reference. Accepts NULL. */
 void engine_request_release(engine_request *r);
 

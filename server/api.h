@@ -26,6 +26,8 @@ void api_error_set(api_error *err, int status, const char *param, const char *fm
 
 typedef enum { API_COMPLETIONS, API_CHAT } api_kind;
 
+#define API_MAX_N 16 /* most choices (n) per request */
+
 /* A validated /v1/completions or /v1/chat/completions body. */
 typedef struct {
     api_kind kind;
@@ -47,6 +49,7 @@ typedef struct {
     int32_t *bias_ids;      /* (n_bias) logit_bias */
     float *bias_vals;       /* (n_bias) */
     int n_bias;
+    int n;                  /* choices, 1..API_MAX_N */
 } api_request;
 
 /* Parses and validates a request body of len bytes (not NUL-terminated;

@@ -476,11 +476,9 @@ int api_parse_request(api_kind kind, const char *body, size_t len, api_request *
     if (field(root, "max_tokens")) r->max_tokens = (int)ll;
     if (get_int(root, "max_completion_tokens", 1, 1 << 30, &ll, err) < 0) goto fail;
     if (field(root, "max_completion_tokens")) r->max_tokens = (int)ll;
-    if ((rc = get_int(root, "n", 1, 128, &ll, err)) < 0) goto fail;
-    if (rc && ll != 1) {
-        unsupported(err, "n", "only n = 1 is implemented yet");
-        goto fail;
-    }
+    r->n = 1;
+    if ((rc = get_int(root, "n", 1, API_MAX_N, &ll, err)) < 0) goto fail;
+    if (rc) r->n = (int)ll;
     if (get_bool(root, "stream", &r->stream, err) < 0) goto fail;
     const cJSON *so = field(root, "stream_options");
     if (so) {

@@ -40,6 +40,14 @@ struct server {
     long started; /* unix seconds */
 };
 
+/* The engine requests of one generation, one per choice (n), read in order:
+ * the engine runs them one after the other in this cut. */
+typedef struct {
+    engine_request *req[API_MAX_N]; /* NULL once finished and released */
+    int n, cur;                     /* choices; the one being read */
+    int n_prompt, n_generated;      /* usage: the prompt once, generated tokens summed */
+} choice_set;
+
 /* Per-connection state of one HTTP request (libmicrohttpd's con_cls). */
 typedef struct {
     server *s;
@@ -51,28 +59,28 @@ typedef struct {
     unsigned long long seen; /* body bytes received, kept or not */
     bool generating; /* counted in server.active */
     /* a non-streaming generation waiting on the engine */
-    engine_request *req;
+    bool waiting;
+    choice_set cs;
     api_kind kind;
     char id[64];
     long created;
-    char *text; /* generated text so far */
-    size_t tlen, tcap;
+    char *text[API_MAX_N]; /* generated text so far, per choice */
+    size_t tlen[API_MAX_N], tcap[API_MAX_N];
+    engine_finish fin[API_MAX_N];
 } conn;
 
 /* A streaming generation, owned by its libmicrohttpd response. */
 typedef struct {
     server *s;
     struct MHD_Connection *mc;
-    engine_request *req;
+    choice_set cs;
     api_kind kind;
     bool include_usage;
     char id[64];
     long created;
     char *buf; /* SSE bytes not yet handed to libmicrohttpd: buf[off..len) */
     size_t len, off, cap;
-    bool ended;    /* [DONE] is in buf */
-    bool recorded; /* metrics_request_done called */
-    engine_output last;
+    bool ended; /* [DONE] is in buf */
 } stream;
 
 /* ---- responses ---- */
@@ -144,12 +152,37 @@ static void finish_error(const engine_output *o, api_error *err) {
         errors_set(err, 500, NULL, "Generation failed: %s.", engine_status_str(o->error));
 }
 
-static cJSON *usage_json(const engine_output *o) {
+static cJSON *usage_json(const choice_set *cs) {
     cJSON *u = cJSON_CreateObject();
-    cJSON_AddNumberToObject(u, "prompt_tokens", o->n_prompt);
-    cJSON_AddNumberToObject(u, "completion_tokens", o->n_generated);
-    cJSON_AddNumberToObject(u, "total_tokens", o->n_prompt + o->n_generated);
+    cJSON_AddNumberToObject(u, "prompt_tokens", cs->n_prompt);
+    cJSON_AddNumberToObject(u, "completion_tokens", cs->n_generated);
+    cJSON_AddNumberToObject(u, "total_tokens", cs->n_prompt + cs->n_generated);
     return u;
+}
+
+/* Cancels and releases every choice not finished yet, counting each as aborted. */
+static void choices_abort(server *s, choice_set *cs) {
+    for (int i = 0; i < cs->n; i++) {
+        if (!cs->req[i]) continue;
+        engine_request_detach(cs->req[i]); /* the connection may be going away */
+        engine_cancel(cs->req[i]);
+        engine_output o;
+        engine_request_read(cs->req[i], &o, NULL, NULL);
+        free(o.text);
+        metrics_request_done(s->mx, "abort", &o, util_now());
+        engine_request_release(cs->req[i]);
+        cs->req[i] = NULL;
+    }
+}
+
+/* Records a finished choice: metrics, usage, and its release. */
+static void choice_done(server *s, choice_set *cs, const engine_output *o) {
+    metrics_request_done(s->mx, finish_str(o->finish), o, util_now());
+    engine_request_release(cs->req[cs->cur]);
+    cs->req[cs->cur] = NULL;
+    cs->n_prompt = o->n_prompt;
+    cs->n_generated += o->n_generated;
+    cs->cur++;
 }
 
 static cJSON *response_head(server *s, const char *id, const char *object, long created) {
@@ -164,54 +197,61 @@ static cJSON *response_head(server *s, const char *id, const char *object, long 
 /* ---- non-streaming generation ---- */
 
 static enum MHD_Result continue_generation(conn *c) {
+    choice_set *cs = &c->cs;
     engine_output o;
-    while (engine_request_read(c->req, &o, suspend_cb, c->mc)) {
-        if (o.len) {
-            if (c->tlen + o.len + 1 > c->tcap) {
-                size_t cap = (c->tlen + o.len + 1) * 2;
-                char *q = realloc(c->text, cap);
-                if (!q) {
-                    free(o.text);
-                    engine_cancel(c->req);
-                    return fail(c, 500, NULL, "Out of memory.");
-                }
-                c->text = q;
-                c->tcap = cap;
+    while (cs->cur < cs->n) {
+        int i = cs->cur;
+        if (!engine_request_read(cs->req[i], &o, suspend_cb, c->mc)) return MHD_YES; /* suspended */
+        if (o.len && c->tlen[i] + o.len + 1 > c->tcap[i]) {
+            size_t cap = (c->tlen[i] + o.len + 1) * 2;
+            char *q = realloc(c->text[i], cap);
+            if (!q) {
+                free(o.text);
+                choices_abort(c->s, cs);
+                c->waiting = false;
+                return fail(c, 500, NULL, "Out of memory.");
             }
-            memcpy(c->text + c->tlen, o.text, o.len);
-            c->tlen += o.len;
-            c->text[c->tlen] = 0;
+            c->text[i] = q;
+            c->tcap[i] = cap;
+        }
+        if (o.len) {
+            memcpy(c->text[i] + c->tlen[i], o.text, o.len);
+            c->tlen[i] += o.len;
+            c->text[i][c->tlen[i]] = 0;
         }
         free(o.text);
         if (o.finish == ENGINE_FINISH_NONE) continue;
-
-        metrics_request_done(c->s->mx, finish_str(o.finish), &o, util_now());
-        engine_request_release(c->req);
-        c->req = NULL;
+        c->fin[i] = o.finish;
+        choice_done(c->s, cs, &o);
         if (o.finish != ENGINE_FINISH_STOP && o.finish != ENGINE_FINISH_LENGTH) {
+            choices_abort(c->s, cs);
+            c->waiting = false;
             api_error err;
             finish_error(&o, &err);
             return reply_error(c, &err, NULL);
         }
-        bool chat = c->kind == API_CHAT;
-        cJSON *root = response_head(c->s, c->id, chat ? "chat.completion" : "text_completion", c->created);
-        cJSON *choices = cJSON_AddArrayToObject(root, "choices");
+    }
+    c->waiting = false;
+    bool chat = c->kind == API_CHAT;
+    cJSON *root = response_head(c->s, c->id, chat ? "chat.completion" : "text_completion", c->created);
+    cJSON *choices = cJSON_AddArrayToObject(root, "choices");
+    for (int i = 0; i < cs->n; i++) {
         cJSON *ch = cJSON_CreateObject();
         cJSON_AddItemToArray(choices, ch);
-        cJSON_AddNumberToObject(ch, "index", 0);
+        cJSON_AddNumberToObject(ch, "index", i);
+        const char *text = c->text[i] ? c->text[i] : "";
         if (chat) {
             cJSON *msg = cJSON_AddObjectToObject(ch, "message");
             cJSON_AddStringToObject(msg, "role", "assistant");
-            cJSON_AddStringToObject(msg, "content", c->text ? c->text : "");
+            cJSON_AddStringToObject(msg, "content", text);
         } else {
-            cJSON_AddStringToObject(ch, "text", c->text ? c->text : "");
+            cJSON_AddStringToObject(ch, "text", text);
         }
         cJSON_AddNullToObject(ch, "logprobs");
-        cJSON_AddStringToObject(ch, "finish_reason", finish_str(o.finish));
-        cJSON_AddItemToObject(root, "usage", usage_json(&o));
-        return reply_json(c, 200, root);
+        cJSON_AddStringToObject(ch, "finish_reason", finish_str(c->fin[i]));
     }
-    return MHD_YES; /* suspended until the engine has more */
+    cJSON_AddItemToObject(root, "usage", usage_json(cs));
+    return reply_json(c, 200, root);
 }
 
 /* ---- streaming generation (SSE) ---- */
@@ -239,14 +279,14 @@ static int sse_event(stream *st, cJSON *obj) {
     return rc ? -1 : 0;
 }
 
-/* One chunk with one choice: text (or NULL for none) and finish (or NULL). */
-static int sse_chunk(stream *st, const char *text, bool role, const char *finish) {
+/* One chunk with choice `index`: text (or NULL for none) and finish (or NULL). */
+static int sse_chunk(stream *st, int index, const char *text, bool role, const char *finish) {
     bool chat = st->kind == API_CHAT;
     cJSON *root = response_head(st->s, st->id, chat ? "chat.completion.chunk" : "text_completion", st->created);
     cJSON *choices = cJSON_AddArrayToObject(root, "choices");
     cJSON *ch = cJSON_CreateObject();
     cJSON_AddItemToArray(choices, ch);
-    cJSON_AddNumberToObject(ch, "index", 0);
+    cJSON_AddNumberToObject(ch, "index", index);
     if (chat) {
         cJSON *delta = cJSON_AddObjectToObject(ch, "delta");
         if (role) cJSON_AddStringToObject(delta, "role", "assistant");
@@ -261,32 +301,26 @@ static int sse_chunk(stream *st, const char *text, bool role, const char *finish
     return sse_event(st, root);
 }
 
-static void stream_record(stream *st, const char *reason) {
-    if (st->recorded) return;
-    st->recorded = true;
-    metrics_request_done(st->s->mx, reason, &st->last, util_now());
-}
-
-/* Turns one engine read into SSE events. */
+/* Turns one engine read of the current choice into SSE events. */
 static int stream_format(stream *st, const engine_output *o) {
-    st->last.n_prompt = o->n_prompt;
-    st->last.n_generated = o->n_generated;
-    st->last.t_submit = o->t_submit;
-    st->last.t_start = o->t_start;
-    st->last.t_first_token = o->t_first_token;
-    if (o->len && sse_chunk(st, o->text, false, NULL)) return -1;
+    choice_set *cs = &st->cs;
+    int i = cs->cur;
+    bool chat = st->kind == API_CHAT;
+    if (o->len && sse_chunk(st, i, o->text, false, NULL)) return -1;
     if (o->finish == ENGINE_FINISH_NONE) return 0;
-    stream_record(st, finish_str(o->finish));
+    choice_done(st->s, cs, o);
     if (o->finish == ENGINE_FINISH_STOP || o->finish == ENGINE_FINISH_LENGTH) {
-        if (sse_chunk(st, st->kind == API_CHAT ? NULL : "", false, finish_str(o->finish))) return -1;
+        if (sse_chunk(st, i, chat ? NULL : "", false, finish_str(o->finish))) return -1;
+        if (cs->cur < cs->n) /* the next choice starts with its role */
+            return chat ? sse_chunk(st, cs->cur, "", true, NULL) : 0;
         if (st->include_usage) {
-            cJSON *root = response_head(st->s, st->id, st->kind == API_CHAT ? "chat.completion.chunk" : "text_completion",
-                                        st->created);
+            cJSON *root = response_head(st->s, st->id, chat ? "chat.completion.chunk" : "text_completion", st->created);
             cJSON_AddArrayToObject(root, "choices");
-            cJSON_AddItemToObject(root, "usage", usage_json(o));
+            cJSON_AddItemToObject(root, "usage", usage_json(cs));
             if (sse_event(st, root)) return -1;
         }
     } else {
+        choices_abort(st->s, cs);
         api_error err;
         finish_error(o, &err);
         char *s = errors_json(&err);
@@ -311,12 +345,12 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         st->off = st->len = 0;
         if (st->ended) return MHD_CONTENT_READER_END_OF_STREAM;
         engine_output o;
-        if (!engine_request_read(st->req, &o, suspend_cb, st->mc)) return 0; /* suspended */
+        if (!engine_request_read(st->cs.req[st->cs.cur], &o, suspend_cb, st->mc)) return 0; /* suspended */
         int rc = stream_format(st, &o);
         free(o.text);
         if (rc) {
-            engine_cancel(st->req);
-            stream_record(st, "error");
+            choices_abort(st->s, &st->cs);
+            st->ended = true;
             return MHD_CONTENT_READER_END_WITH_ERROR;
         }
     }
@@ -324,11 +358,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
 
 static void stream_free(void *cls) {
     stream *st = cls;
-    if (!st->ended) { /* the client went away (or the daemon stops): cancel at the next step */
-        engine_cancel(st->req);
-        stream_record(st, "abort");
-    }
-    engine_request_release(st->req);
+    choices_abort(st->s, &st->cs); /* the client went away: cancel at the next step */
     atomic_fetch_sub(&st->s->active, 1);
     free(st->buf);
     free(st);
@@ -553,9 +583,19 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
     rp.n_bias = ar.n_bias;
     rp.notify = resume_cb;
     rp.notify_ctx = c->mc;
-    engine_request *req = NULL;
-    int rc = engine_submit(s->e, &rp, &req);
+    choice_set cs = {0};
+    int rc = ENGINE_OK;
+    for (cs.n = 0; cs.n < ar.n && rc == ENGINE_OK; cs.n++) { /* choice i samples with seed + i */
+        if (ar.has_seed) rp.sampling.seed = ar.sampling.seed + (uint64_t)cs.n;
+        else if (cs.n) rp.sampling.seed = rp.sampling.seed * 0x9E3779B97F4A7C15ull + 1;
+        rc = engine_submit(s->e, &rp, &cs.req[cs.n]);
+    }
     if (rc != ENGINE_OK) {
+        for (int i = 0; i < cs.n; i++) {
+            engine_request_detach(cs.req[i]);
+            engine_cancel(cs.req[i]);
+            engine_request_release(cs.req[i]); /* NULL for the one that failed */
+        }
         int status = errors_engine_http_status(rc);
         errors_set(&err, status, NULL, "%s%s", rc == ENGINE_ERR_QUEUE_FULL ? "The server is overloaded: " : "",
                    engine_status_str(rc));
@@ -570,7 +610,8 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
     if (!ar.stream) {
         c->generating = true;
         atomic_fetch_add(&s->active, 1);
-        c->req = req;
+        c->waiting = true;
+        c->cs = cs;
         c->kind = kind;
         c->created = created;
         memcpy(c->id, id, sizeof(id));
@@ -582,12 +623,12 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
     if (st) {
         st->s = s;
         st->mc = c->mc;
-        st->req = req;
+        st->cs = cs;
         st->kind = kind;
         st->include_usage = ar.include_usage;
         st->created = created;
         memcpy(st->id, id, sizeof(id));
-        if (kind == API_CHAT && sse_chunk(st, "", true, NULL)) { /* the first delta carries the role */
+        if (kind == API_CHAT && sse_chunk(st, 0, "", true, NULL)) { /* the first delta carries the role */
             free(st->buf);
             free(st);
             st = NULL;
@@ -595,8 +636,12 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
     }
     if (st) r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, SSE_BLOCK, stream_reader, st, stream_free);
     if (!r) {
-        engine_cancel(req);
-        engine_request_release(req);
+        choice_set *left = st ? &st->cs : &cs;
+        for (int i = 0; i < left->n; i++) {
+            engine_request_detach(left->req[i]);
+            engine_cancel(left->req[i]);
+            engine_request_release(left->req[i]);
+        }
         if (st) {
             free(st->buf);
             free(st);
@@ -723,7 +768,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         c->body[c->len] = 0;
         return MHD_YES;
     }
-    if (c->req) return continue_generation(c); /* resumed by the engine */
+    if (c->waiting) return continue_generation(c); /* resumed by the engine */
     if (!c->body) c->body = strdup("");
     if (!c->body) return MHD_NO;
     return dispatch(c, url, method);
@@ -732,17 +777,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
 static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, enum MHD_RequestTerminationCode toe) {
     conn *c = *con_cls;
     if (!c) return;
-    if (c->req) { /* a non-streaming request whose connection closed */
-        engine_cancel(c->req);
-        engine_output o;
-        engine_request_read(c->req, &o, NULL, NULL);
-        free(o.text);
-        metrics_request_done(c->s->mx, "abort", &o, util_now());
-        engine_request_release(c->req);
-    }
+    if (c->waiting) choices_abort(c->s, &c->cs); /* a non-streaming request whose connection closed */
     if (c->generating) atomic_fetch_sub(&c->s->active, 1);
     free(c->body);
-    free(c->text);
+    for (int i = 0; i < API_MAX_N; i++) free(c->text[i]);
     free(c);
     *con_cls = NULL;
 }

@@ -154,6 +154,31 @@ def test_stop_strings(client):
     assert r.choices[0].text == full and r.choices[0].finish_reason == "length"
 
 
+def test_n_choices(client):
+    kw = dict(model="engram-test", max_tokens=6, extra_body={"ignore_eos": True})
+    one = client.chat.completions.create(messages=CHAT, temperature=0, **kw)
+    r = client.chat.completions.create(messages=CHAT, temperature=0, n=3, **kw)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    assert all(c.message.content == one.choices[0].message.content for c in r.choices)
+    assert r.usage.prompt_tokens == one.usage.prompt_tokens and r.usage.completion_tokens == 18
+    # choice i samples with seed + i
+    kw = dict(model="engram-test", prompt="Once", max_tokens=8, temperature=1.0, extra_body={"ignore_eos": True})
+    r = client.completions.create(n=2, seed=50, **kw)
+    assert [c.text for c in r.choices] == [client.completions.create(seed=s, **kw).choices[0].text for s in (50, 51)]
+    # streamed: a role chunk and exactly one finish_reason per choice, texts as above
+    chunks = list(client.chat.completions.create(messages=CHAT, n=2, seed=9, stream=True,
+                                                 stream_options={"include_usage": True}, max_tokens=5,
+                                                 model="engram-test", extra_body={"ignore_eos": True}))
+    full = client.chat.completions.create(messages=CHAT, n=2, seed=9, max_tokens=5, model="engram-test",
+                                          extra_body={"ignore_eos": True})
+    for i in range(2):
+        mine = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == i]
+        assert mine[0].delta.role == "assistant"
+        assert [m.finish_reason for m in mine if m.finish_reason] == ["length"]
+        assert "".join(m.delta.content or "" for m in mine) == full.choices[i].message.content
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 10
+
+
 def test_async_client(server):
     async def go():
         c = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0)
@@ -171,7 +196,7 @@ def test_sdk_errors(client):
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="nope", prompt="x", max_tokens=1)
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model="engram-test", messages=CHAT, n=2)
+        client.chat.completions.create(model="engram-test", messages=CHAT, n=17)
     assert e.value.body["param"] == "n"
     bad = openai.OpenAI(base_url=client.base_url, api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
@@ -238,7 +263,7 @@ def test_utf8_never_split(server):
     ({"prompt": "x", "stop": ["a", 1]}, "stop"),
     ({"prompt": "x", "stream": "yes"}, "stream"),
     ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
-    ({"prompt": "x", "n": 2}, "n"),
+    ({"prompt": "x", "n": 17}, "n"),
     ({"prompt": "x", "n": 0}, "n"),
     ({"prompt": "x", "logprobs": 2}, "logprobs"),
     ({"prompt": "x", "echo": True}, "echo"),
