@@ -830,7 +830,7 @@ int server_start(const server_params *p, engine *e, metrics *m, server **out, ch
     s->d = MHD_start_daemon(flags, (uint16_t)p->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR,
                             (struct sockaddr *)&s->addr, MHD_OPTION_THREAD_POOL_SIZE,
                             (unsigned)(p->http_threads > 0 ? p->http_threads : 4), MHD_OPTION_CONNECTION_TIMEOUT,
-                            (unsigned)300, MHD_OPTION_THREAD_STACK_SIZE, (size_t)(8u << 20), MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
+                            (unsigned)(p->connection_timeout > 0 ? p->connection_timeout : 60), MHD_OPTION_THREAD_STACK_SIZE, (size_t)(8u << 20), MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
     if (!s->d) {
         snprintf(err, errlen, "cannot listen on %s:%d (address in use or not available)", p->host, p->port);
         chat_template_destroy(s->tmpl);

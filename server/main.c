@@ -35,6 +35,7 @@ static const struct {
     {"max-body-bytes", OPT_INT, 1, 1L << 30, "1048576", "largest request body; larger get 413"},
     {"threads", OPT_INT, 0, 4096, "0", "CPU threads of the engine (0: all cores)"},
     {"http-threads", OPT_INT, 1, 256, "4", "HTTP worker threads"},
+    {"connection-timeout", OPT_INT, 1, 86400, "60", "seconds an idle connection is kept open"},
 };
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
 
@@ -182,7 +183,7 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THREADS, O_HTTP_THREADS };
+    enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THREADS, O_HTTP_THREADS, O_TIMEOUT };
     int rc = 1;
     if (!val[O_MODEL] || !val[O_MODEL][0]) {
         fprintf(stderr, "engram-server: --model DIR is required\n");
@@ -240,6 +241,7 @@ int main(int argc, char **argv) {
     sp.api_key = val[O_KEY];
     sp.max_body_bytes = (size_t)num[O_BODY];
     sp.http_threads = (int)num[O_HTTP_THREADS];
+    sp.connection_timeout = (int)num[O_TIMEOUT];
     if (server_start(&sp, e, mx, &srv, err, sizeof(err)) != 0) {
         fprintf(stderr, "engram-server: %s\n", err);
         goto done;

@@ -54,6 +54,7 @@ typedef struct {
     const char *api_key;           /* NULL or "": no authentication */
     size_t max_body_bytes;
     int http_threads;              /* libmicrohttpd thread pool size */
+    int connection_timeout;        /* seconds of inactivity before a connection is closed */
 } server_params;
 
 typedef struct server server;

@@ -98,7 +98,9 @@ def test_tokenize_hostile(server):
 
 
 def raw_exchange(port, data, read=True):
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+    """Sends data, half-closes, reads what comes back (libmicrohttpd answers most
+    broken requests and closes; binary junk it just holds until the timeout)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
         s.sendall(data)
         if not read:
             return b""
@@ -227,4 +229,24 @@ def test_config_precedence(tmp_path):
                env={"ENGRAM_SERVED_MODEL_NAME": "from-env", "ENGRAM_MAX_BODY_BYTES": "1000"})
     assert requests.get(s.url + "/v1/models").json()["data"][0]["id"] == "from-flag"
     assert requests.post(s.url + "/v1/completions", data="x" * 500).status_code == 400
+    s.stop()
+
+
+def test_idle_and_junk_connections_time_out():
+    s = Server("--connection-timeout", "1")
+    socks = []
+    for data in (b"", b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{", b"\x00\x01\x02\r\n\r\n"):
+        c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+        c.sendall(data)
+        socks.append(c)
+    t0 = time.time()
+    for c in socks:
+        try:
+            while c.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+        c.close()
+    assert time.time() - t0 < 8  # closed by the server, not by our 10 s timeout
+    assert requests.get(s.url + "/health").status_code == 200
     s.stop()
