@@ -62,6 +62,7 @@ struct engine {
     int n_queued;
     engine_request *running;
     atomic_bool stopping;
+    atomic_int kv_used; /* positions in st, set by the engine thread */
     bool stopped;
 };
 
@@ -203,6 +204,8 @@ void engine_get_stats(engine *e, engine_stats *out) {
     out->queued = e->n_queued;
     out->running = e->running != NULL;
     pthread_mutex_unlock(&e->mu);
+    out->kv_used = atomic_load(&e->kv_used);
+    out->kv_capacity = e->ctx;
 }
 
 int engine_submit(engine *e, const engine_request_params *p, engine_request **out) {
@@ -358,6 +361,7 @@ static void engine_run_request(engine *e, engine_request *r) {
         int n = r->n_prompt - i < chunk ? r->n_prompt - i : chunk;
         bool last = i + n == r->n_prompt;
         int frc = forward_run(e->m, e->ops, e->st, r->prompt + i, n, last ? e->logits : NULL, NULL);
+        atomic_store(&e->kv_used, forward_state_pos(e->st));
         if (frc != FORWARD_OK) {
             log_error("%s", forward_status_str(frc));
             request_publish(r, NULL, 0, 0, ENGINE_FINISH_ERROR, ENGINE_ERR_FORWARD);
@@ -410,6 +414,7 @@ static void engine_run_request(engine *e, engine_request *r) {
         if (f != ENGINE_FINISH_NONE) break;
 
         int frc = forward_run(e->m, e->ops, e->st, &next, 1, e->logits, NULL);
+        atomic_store(&e->kv_used, forward_state_pos(e->st));
         if (frc != FORWARD_OK) {
             log_error("%s", forward_status_str(frc));
             request_publish(r, NULL, 0, n_out, ENGINE_FINISH_ERROR, ENGINE_ERR_FORWARD);
@@ -417,6 +422,8 @@ static void engine_run_request(engine *e, engine_request *r) {
         }
     }
 done:
+    forward_state_reset(e->st); /* the sequence's cache is free again */
+    atomic_store(&e->kv_used, 0);
     free(g.buf);
     tokenizer_stream_destroy(ts);
     sampler_destroy(smp);
@@ -468,6 +475,7 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
     atomic_init(&e->stopping, false);
+    atomic_init(&e->kv_used, 0);
     e->stopped = true; /* nothing to stop until the thread runs */
 
     int rc = ENGINE_ERR_LOAD;

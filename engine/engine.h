@@ -68,6 +68,8 @@ int engine_vocab_size(const engine *e);     /* ids a prompt or logit_bias may us
 typedef struct {
     int queued;  /* requests waiting in the queue */
     int running; /* requests being generated (0 or 1 in this cut) */
+    int kv_used;     /* KV cache positions holding tokens of running requests */
+    int kv_capacity; /* KV cache positions in all */
 } engine_stats;
 
 void engine_get_stats(engine *e, engine_stats *out);

@@ -167,10 +167,14 @@ char *metrics_render(metrics *m, const engine_stats *st) {
               "# HELP engram_num_requests_waiting Requests waiting in the queue.\n"
               "# TYPE engram_num_requests_waiting gauge\n"
               "engram_num_requests_waiting %d\n"
+              "# HELP engram_kv_cache_usage_perc Fraction of the KV cache in use (1 = full).\n"
+              "# TYPE engram_kv_cache_usage_perc gauge\n"
+              "engram_kv_cache_usage_perc %.6f\n"
               "# HELP engram_process_start_time_seconds Start time of the process since the Unix epoch.\n"
               "# TYPE engram_process_start_time_seconds gauge\n"
               "engram_process_start_time_seconds %.3f\n",
-              m->prompt_tokens, m->generation_tokens, st->running, st->queued, m->start_time);
+              m->prompt_tokens, m->generation_tokens, st->running, st->queued,
+              st->kv_capacity > 0 ? (double)st->kv_used / st->kv_capacity : 0.0, m->start_time);
     render_histogram(&b, "engram_e2e_request_latency_seconds", "End-to-end request latency.", &m->e2e);
     render_histogram(&b, "engram_time_to_first_token_seconds", "Time from submission to the first token.", &m->ttft);
     render_histogram(&b, "engram_request_queue_time_seconds", "Time requests waited in the queue.", &m->queue);

@@ -387,6 +387,7 @@ def test_metrics(server):
     assert metric(text, "engram_request_success_total", {"finished_reason": "length"}) > 0
     assert metric(text, "engram_http_requests_total", {"route": "/v1/completions", "status": "400"}) > 0
     assert metric(text, "engram_e2e_request_latency_seconds_count") > 0
+    assert metric(text, "engram_kv_cache_usage_perc") == 0
     promtool = shutil.which("promtool")
     if not promtool:
         pytest.skip("promtool not installed (Debian package prometheus)")

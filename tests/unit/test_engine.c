@@ -273,6 +273,35 @@ START_TEST(test_stop_aborts_queued) {
     engine_get_stats(E, &st);
     ck_assert_int_eq(st.queued, 0);
     ck_assert_int_eq(st.running, 0);
+    ck_assert_int_eq(st.kv_used, 0);
+    ck_assert_int_eq(st.kv_capacity, engine_context_length(E));
+}
+END_TEST
+
+START_TEST(test_detach) {
+    notify_state ns = {PTHREAD_MUTEX_INITIALIZER, 0};
+    engine_request_params p = greedy(PROMPT, NP, 50);
+    p.notify = on_notify;
+    p.notify_ctx = &ns;
+    engine_request *r = NULL;
+    ck_assert_int_eq(engine_submit(E, &p, &r), ENGINE_OK);
+    engine_output o;
+    if (!engine_request_read(r, &o, NULL, NULL)) { /* armed: detach disarms */
+        engine_request_detach(r);
+        pthread_mutex_lock(&ns.mu);
+        int before = ns.fired;
+        pthread_mutex_unlock(&ns.mu);
+        result res = run_to_end(r); /* these reads cannot arm a callback that is gone */
+        free(res.text);
+        pthread_mutex_lock(&ns.mu);
+        ck_assert_int_eq(ns.fired, before);
+        pthread_mutex_unlock(&ns.mu);
+    } else {
+        free(o.text);
+        engine_request_detach(r);
+    }
+    engine_request_release(r);
+    engine_request_detach(NULL);
 }
 END_TEST
 
@@ -303,6 +332,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_invalid_params);
     tcase_add_test(tc, test_notify_and_cancel);
     tcase_add_test(tc, test_stop_aborts_queued);
+    tcase_add_test(tc, test_detach);
     tcase_add_test(tc, test_bad_create);
     suite_add_tcase(s, tc);
     return s;
