@@ -214,6 +214,14 @@ def test_port_in_use():
         assert p.returncode == 1 and "listen" in p.stderr, p.stderr
 
 
+def test_default_config_file():
+    """config/engram-server.json parses; flags override its model and port."""
+    from conftest import SOURCE
+    s = Server("--config", SOURCE / "config" / "engram-server.json")
+    assert requests.get(s.url + "/health").json() == {"status": "ok"}
+    s.stop()
+
+
 def test_config_precedence(tmp_path):
     """file < env < flags, for a string and an integer option."""
     cfg = tmp_path / "c.json"
