@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,6 +33,12 @@ struct engine_request {
     int32_t *bias_ids; /* (n_bias) */
     float *bias_vals;  /* (n_bias) */
     int n_bias;
+    engine_logprob *lp; /* (max_tokens) when logprobs were asked for */
+    int n_top;          /* top alternatives per token */
+    int lp_published, lp_read; /* entries final / handed to readers, under mu */
+    float *gates;      /* (n_prompt + max_tokens, n_layers) when gates were asked for */
+    int32_t *gate_ids; /* (n_prompt + max_tokens) the tokens those gates belong to */
+    int n_gated, n_gate_layers;
     void (*notify)(void *);
     void *notify_ctx;
     /* output, under mu */
@@ -52,6 +59,7 @@ struct engine {
     const backend_ops *ops;
     forward_state *st;       /* the one sequence's KV cache, (ctx) positions */
     float *logits;           /* (vocab_size) */
+    float *raw_logits;       /* (vocab_size) a copy for logprobs, before sampling edits them */
     int32_t *out_ids;        /* (ctx) generated ids of the running request */
     int ctx, vocab;
     pthread_t thread;
@@ -95,9 +103,25 @@ static void request_free(engine_request *r) {
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->bias_ids);
     free(r->bias_vals);
+    free(r->gates);
+    free(r->gate_ids);
+    free(r->lp);
     free(r->pend);
     pthread_mutex_destroy(&r->mu);
     free(r);
+}
+
+bool engine_request_gates(engine_request *r, const int32_t **ids, int *n_tokens, const float **gates,
+                          int *n_layers) {
+    pthread_mutex_lock(&r->mu);
+    bool ok = r->gates && r->finish != ENGINE_FINISH_NONE;
+    pthread_mutex_unlock(&r->mu);
+    if (!ok) return false;
+    *ids = r->gate_ids;
+    *n_tokens = r->n_gated;
+    *gates = r->gates;
+    *n_layers = r->n_gate_layers;
+    return true;
 }
 
 void engine_request_release(engine_request *r) {
@@ -146,6 +170,7 @@ static int request_publish(engine_request *r, const char *text, size_t len, int 
         }
     }
     r->n_generated = n_generated;
+    if (r->lp) r->lp_published = n_generated;
     if (n_generated > 0 && r->t_first_token == 0) r->t_first_token = util_now();
     if (finish != ENGINE_FINISH_NONE && r->finish == ENGINE_FINISH_NONE) {
         r->finish = finish;
@@ -177,6 +202,9 @@ bool engine_request_read(engine_request *r, engine_output *out, void (*on_empty)
     out->t_submit = r->t_submit;
     out->t_start = r->t_start;
     out->t_first_token = r->t_first_token;
+    out->lp_begin = r->lp_read;
+    out->lp_end = r->lp_read = r->lp_published;
+    if (out->lp_end > out->lp_begin) news = true;
     if (r->finish != ENGINE_FINISH_NONE && !r->finish_read) {
         out->finish = r->finish;
         out->error = r->error;
@@ -193,6 +221,8 @@ bool engine_request_read(engine_request *r, engine_output *out, void (*on_empty)
 }
 
 /* ---- the engine ---- */
+
+const engine_logprob *engine_request_logprobs(engine_request *r) { return r->lp; }
 
 const model *engine_model(const engine *e) { return e->m; }
 const tokenizer *engine_tokenizer(const engine *e) { return e->tok; }
@@ -230,7 +260,20 @@ int engine_submit(engine *e, const engine_request_params *p, engine_request **ou
         r->bias_ids = malloc((size_t)p->n_bias * sizeof(int32_t));
         r->bias_vals = malloc((size_t)p->n_bias * sizeof(float));
     }
-    bool nomem = !r->prompt || (p->n_bias && (!r->bias_ids || !r->bias_vals));
+    const model_engram *me = e->m->engram;
+    if (p->want_gates && me) {
+        size_t n_tok = (size_t)p->n_prompt + (size_t)p->max_tokens;
+        r->n_gate_layers = me->n_layers;
+        r->gates = malloc(n_tok * (size_t)me->n_layers * sizeof(float));
+        r->gate_ids = malloc(n_tok * sizeof(int32_t));
+    }
+    if (p->logprobs) {
+        r->n_top = p->top_logprobs < 0 ? 0 : p->top_logprobs > ENGINE_MAX_TOP_LOGPROBS ? ENGINE_MAX_TOP_LOGPROBS
+                                                                                        : p->top_logprobs;
+        r->lp = malloc((size_t)p->max_tokens * sizeof(engine_logprob));
+    }
+    bool nomem = !r->prompt || (p->n_bias && (!r->bias_ids || !r->bias_vals)) || (p->logprobs && !r->lp) ||
+                 (r->n_gate_layers && (!r->gates || !r->gate_ids));
     for (int i = 0; i < p->n_stop && !nomem; i++) {
         if (!(r->stop[i] = strdup(p->stop[i]))) nomem = true;
         r->n_stop = i + 1;
@@ -335,6 +378,32 @@ static engine_finish interrupted(engine *e, engine_request *r) {
     return ENGINE_FINISH_NONE;
 }
 
+/* Fills *lp for token `id` from raw logits (vocab): log-softmax in double,
+ * and the n_top largest (ties to the lower id). */
+static void logprob_entry(const float *logits, int vocab, int32_t id, int n_top, engine_logprob *lp) {
+    float mx = logits[0];
+    for (int i = 1; i < vocab; i++)
+        if (logits[i] > mx) mx = logits[i];
+    double sum = 0.0;
+    for (int i = 0; i < vocab; i++) sum += exp((double)logits[i] - mx);
+    double lse = mx + log(sum);
+    lp->id = id;
+    lp->logprob = (float)(logits[id] - lse);
+    lp->n_top = 0;
+    for (int i = 0; i < vocab && n_top > 0; i++) { /* insertion into a short sorted list */
+        int k = lp->n_top;
+        if (k == n_top && !(logits[i] > logits[lp->top_ids[k - 1]])) continue;
+        if (k < n_top) lp->n_top++;
+        else k--;
+        while (k > 0 && logits[i] > logits[lp->top_ids[k - 1]]) {
+            lp->top_ids[k] = lp->top_ids[k - 1];
+            k--;
+        }
+        lp->top_ids[k] = i;
+    }
+    for (int k = 0; k < lp->n_top; k++) lp->top_logprobs[k] = (float)(logits[lp->top_ids[k]] - lse);
+}
+
 /* Runs one request to its end on the engine thread. */
 static void engine_run_request(engine *e, engine_request *r) {
     pthread_mutex_lock(&r->mu);
@@ -360,7 +429,8 @@ static void engine_run_request(engine *e, engine_request *r) {
         }
         int n = r->n_prompt - i < chunk ? r->n_prompt - i : chunk;
         bool last = i + n == r->n_prompt;
-        int frc = forward_run(e->m, e->ops, e->st, r->prompt + i, n, last ? e->logits : NULL, NULL);
+        float *gp = r->gates ? r->gates + (size_t)i * r->n_gate_layers : NULL;
+        int frc = forward_run(e->m, e->ops, e->st, r->prompt + i, n, last ? e->logits : NULL, gp);
         atomic_store(&e->kv_used, forward_state_pos(e->st));
         if (frc != FORWARD_OK) {
             log_error("%s", forward_status_str(frc));
@@ -369,12 +439,19 @@ static void engine_run_request(engine *e, engine_request *r) {
         }
     }
 
+    if (r->gates) { /* written before the finish is published, read after it */
+        memcpy(r->gate_ids, r->prompt, (size_t)r->n_prompt * sizeof(int32_t));
+        r->n_gated = r->n_prompt;
+    }
+
     /* Decode: one token per step. */
     const model_config *c = &engine_model(e)->cfg;
     int n_out = 0;
     for (;;) {
+        if (r->lp) memcpy(e->raw_logits, e->logits, (size_t)e->vocab * sizeof(float)); /* the sampler edits them */
         for (int i = 0; i < r->n_bias; i++) e->logits[r->bias_ids[i]] += r->bias_vals[i];
         int32_t next = sampler_sample(smp, e->logits, r->prompt, r->n_prompt, e->out_ids, n_out);
+        if (r->lp) logprob_entry(e->raw_logits, e->vocab, next, r->n_top, &r->lp[n_out]);
         e->out_ids[n_out++] = next;
 
         size_t scanned = g.len;
@@ -413,13 +490,15 @@ static void engine_run_request(engine *e, engine_request *r) {
         g.emitted = upto;
         if (f != ENGINE_FINISH_NONE) break;
 
-        int frc = forward_run(e->m, e->ops, e->st, &next, 1, e->logits, NULL);
+        float *gp = r->gates ? r->gates + (size_t)(r->n_prompt + n_out - 1) * r->n_gate_layers : NULL;
+        int frc = forward_run(e->m, e->ops, e->st, &next, 1, e->logits, gp);
         atomic_store(&e->kv_used, forward_state_pos(e->st));
         if (frc != FORWARD_OK) {
             log_error("%s", forward_status_str(frc));
             request_publish(r, NULL, 0, n_out, ENGINE_FINISH_ERROR, ENGINE_ERR_FORWARD);
             goto done;
         }
+        if (r->gates) r->gate_ids[r->n_gated++] = next;
     }
 done:
     forward_state_reset(e->st); /* the sequence's cache is free again */
@@ -490,8 +569,9 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
     e->vocab = model_sampling_vocab(e->m);
     rc = ENGINE_ERR_NOMEM;
     e->logits = malloc((size_t)e->m->cfg.vocab_size * sizeof(float));
+    e->raw_logits = malloc((size_t)e->m->cfg.vocab_size * sizeof(float));
     e->out_ids = malloc((size_t)e->ctx * sizeof(int32_t));
-    if (!e->logits || !e->out_ids || forward_state_create(e->m, e->ctx, e->p.prefill_chunk, &e->st) != FORWARD_OK) {
+    if (!e->logits || !e->raw_logits || !e->out_ids || forward_state_create(e->m, e->ctx, e->p.prefill_chunk, &e->st) != FORWARD_OK) {
         snprintf(err, errlen, "out of memory for a context of %d tokens", e->ctx);
         goto fail;
     }
@@ -533,6 +613,7 @@ void engine_destroy(engine *e) {
     engine_stop(e);
     forward_state_destroy(e->st);
     free(e->logits);
+    free(e->raw_logits);
     free(e->out_ids);
     tokenizer_destroy(e->tok);
     model_destroy(e->m);

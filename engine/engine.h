@@ -84,6 +84,18 @@ typedef enum {
 } engine_finish;
 
 #define ENGINE_MAX_STOP 16
+#define ENGINE_MAX_TOP_LOGPROBS 20
+
+/* The log-probability of one generated token under the model's distribution
+ * (the raw logits, before logit_bias, penalties and temperature), and the
+ * n_top most likely tokens with theirs, most likely first. */
+typedef struct {
+    int32_t id;
+    float logprob;
+    int n_top;
+    int32_t top_ids[ENGINE_MAX_TOP_LOGPROBS];
+    float top_logprobs[ENGINE_MAX_TOP_LOGPROBS];
+} engine_logprob;
 
 typedef struct {
     const int32_t *prompt; /* (n_prompt) token ids, copied by engine_submit */
@@ -96,6 +108,9 @@ typedef struct {
     const int32_t *bias_ids; /* (n_bias) logit_bias token ids, copied */
     const float *bias_vals;  /* (n_bias) values added to those logits */
     int n_bias;
+    bool want_gates;         /* keep the Engram gates of every token (engine_request_gates) */
+    bool logprobs;           /* keep each generated token's logprob (engine_request_logprobs) */
+    int top_logprobs;        /* and this many top alternatives, 0..ENGINE_MAX_TOP_LOGPROBS */
     /* Called on the engine thread, with no lock held, when new output appears
      * after engine_request_read armed it (see there). May be NULL. */
     void (*notify)(void *ctx);
@@ -120,6 +135,20 @@ void engine_cancel(engine_request *r);
  * connection closes). Thread-safe; accepts NULL. */
 void engine_request_detach(engine_request *r);
 
+/* Once the request has finished: the Engram gates it asked for with
+ * want_gates. *ids (n_tokens) are the tokens that went through the model (the
+ * prompt, then every generated token but the last, which was never fed
+ * back); *gates is (n_tokens, n_layers). Borrowed until the request is
+ * released. Returns false when gates were not asked for, the model has no
+ * Engram, or the request has not finished. Thread-safe. */
+bool engine_request_gates(engine_request *r, const int32_t **ids, int *n_tokens, const float **gates,
+                          int *n_layers);
+
+/* The logprob entries of a request that asked for them (NULL otherwise): one
+ * per generated token; those below the lp_end of the latest read are final.
+ * Borrowed until the request is released. */
+const engine_logprob *engine_request_logprobs(engine_request *r);
+
 /* Drops the caller's reference. Accepts NULL. */
 void engine_request_release(engine_request *r);
 
@@ -132,6 +161,9 @@ typedef struct {
     int error;       /* engine status when finish is ENGINE_FINISH_ERROR */
     double t_submit, t_first_token, t_end; /* util_now() seconds; 0 until they happen */
     double t_start;  /* when the engine took the request off the queue */
+    /* With logprobs asked for: entries [lp_begin, lp_end) of engine_request_logprobs
+     * are new with this read (one per generated token, in order). */
+    int lp_begin, lp_end;
 } engine_output;
 
 /* Takes the output produced since the previous read (non-blocking). Returns

@@ -26,7 +26,7 @@ void api_error_set(api_error *err, int status, const char *param, const char *fm
 
 typedef enum { API_COMPLETIONS, API_CHAT } api_kind;
 
-#define API_MAX_N 16 /* most choices (n) per request */
+#define API_MAX_N 16 /* choices per request ("n") */
 
 /* A validated /v1/completions or /v1/chat/completions body. */
 typedef struct {
@@ -39,17 +39,20 @@ typedef struct {
     /* chat: the messages as a JSON array of {"role", "content" (string), ["name"]} */
     char *messages_json;
     int max_tokens;         /* -1 when absent (max_tokens or max_completion_tokens) */
+    int n;                  /* choices, 1..API_MAX_N */
     bool stream;
     bool include_usage;     /* stream_options.include_usage */
     sampler_params sampling; /* temperature, top_p, top_k, min_p, penalties, seed */
     bool has_seed;
     bool ignore_eos;        /* vLLM's extension */
+    bool engram_gates;      /* our extension: return every token's Engram gates (not with stream) */
+    bool logprobs;          /* chat: logprobs; completions: logprobs present */
+    int top_logprobs;       /* alternatives per token: chat top_logprobs, completions logprobs */
     char *stop[ENGINE_MAX_STOP];
     int n_stop;
     int32_t *bias_ids;      /* (n_bias) logit_bias */
     float *bias_vals;       /* (n_bias) */
     int n_bias;
-    int n;                  /* choices, 1..API_MAX_N */
 } api_request;
 
 /* Parses and validates a request body of len bytes (not NUL-terminated;

@@ -429,18 +429,9 @@ static int refuse_unsupported(const cJSON *root, api_kind kind, api_error *err) 
             return unsupported(err, "response_format", "only {\"type\": \"text\"} is implemented");
     }
     if (kind == API_CHAT) {
-        bool lp = false;
-        if (get_bool(root, "logprobs", &lp, err) < 0) return -1;
-        if (lp) return unsupported(err, "logprobs", "log probabilities are not implemented yet");
-        long long tl = 0;
-        if (get_int(root, "top_logprobs", 0, 20, &tl, err) < 0) return -1;
-        if (tl > 0) return unsupported(err, "top_logprobs", "log probabilities are not implemented yet");
         if ((v = field(root, "audio")) || ((v = field(root, "modalities")) && !(cJSON_IsArray(v) && cJSON_GetArraySize(v) == 1 && cJSON_IsString(v->child) && !strcmp(v->child->valuestring, "text"))))
             return unsupported(err, field(root, "audio") ? "audio" : "modalities", "only text output is implemented");
     } else {
-        long long lp = 0;
-        if (get_int(root, "logprobs", 0, 20, &lp, err) < 0) return -1;
-        if (field(root, "logprobs")) return unsupported(err, "logprobs", "log probabilities are not implemented yet");
         bool echo = false;
         if (get_bool(root, "echo", &echo, err) < 0) return -1;
         if (echo) return unsupported(err, "echo", "echoing the prompt is not implemented yet");
@@ -476,10 +467,30 @@ int api_parse_request(api_kind kind, const char *body, size_t len, api_request *
     if (field(root, "max_tokens")) r->max_tokens = (int)ll;
     if (get_int(root, "max_completion_tokens", 1, 1 << 30, &ll, err) < 0) goto fail;
     if (field(root, "max_completion_tokens")) r->max_tokens = (int)ll;
-    r->n = 1;
     if ((rc = get_int(root, "n", 1, API_MAX_N, &ll, err)) < 0) goto fail;
-    if (rc) r->n = (int)ll;
+    r->n = rc ? (int)ll : 1;
     if (get_bool(root, "stream", &r->stream, err) < 0) goto fail;
+    if (get_bool(root, "engram_gates", &r->engram_gates, err) < 0) goto fail;
+    /* logprobs: chat takes a boolean and top_logprobs, completions the number of alternatives */
+    if (kind == API_CHAT) {
+        long long tl = 0;
+        if (get_bool(root, "logprobs", &r->logprobs, err) < 0) goto fail;
+        if ((rc = get_int(root, "top_logprobs", 0, ENGINE_MAX_TOP_LOGPROBS, &tl, err)) < 0) goto fail;
+        if (rc && tl > 0 && !r->logprobs) {
+            api_error_set(err, 400, "top_logprobs", "'top_logprobs' needs 'logprobs' set to true.");
+            goto fail;
+        }
+        r->top_logprobs = (int)tl;
+    } else {
+        long long lp = 0;
+        if ((rc = get_int(root, "logprobs", 0, ENGINE_MAX_TOP_LOGPROBS, &lp, err)) < 0) goto fail;
+        r->logprobs = rc > 0;
+        r->top_logprobs = (int)lp;
+    }
+    if (r->engram_gates && r->stream) {
+        api_error_set(err, 400, "engram_gates", "'engram_gates' is only available without 'stream'.");
+        goto fail;
+    }
     const cJSON *so = field(root, "stream_options");
     if (so) {
         if (!cJSON_IsObject(so)) {

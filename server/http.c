@@ -40,14 +40,6 @@ struct server {
     long started; /* unix seconds */
 };
 
-/* The engine requests of one generation, one per choice (n), read in order:
- * the engine runs them one after the other in this cut. */
-typedef struct {
-    engine_request *req[API_MAX_N]; /* NULL once finished and released */
-    int n, cur;                     /* choices; the one being read */
-    int n_prompt, n_generated;      /* usage: the prompt once, generated tokens summed */
-} choice_set;
-
 /* Per-connection state of one HTTP request (libmicrohttpd's con_cls). */
 typedef struct {
     server *s;
@@ -58,29 +50,40 @@ typedef struct {
     bool too_big;
     unsigned long long seen; /* body bytes received, kept or not */
     bool generating; /* counted in server.active */
-    /* a non-streaming generation waiting on the engine */
-    bool waiting;
-    choice_set cs;
+    /* a non-streaming generation waiting on the engine: choice `cur` of n_req */
+    engine_request *req;               /* reqs[cur], the one being read */
+    engine_request *reqs[API_MAX_N];
+    int n_req, cur;
+    cJSON *choices;                    /* finished choices */
+    int completion_tokens;             /* summed over the finished choices */
     api_kind kind;
     char id[64];
     long created;
-    char *text[API_MAX_N]; /* generated text so far, per choice */
-    size_t tlen[API_MAX_N], tcap[API_MAX_N];
-    engine_finish fin[API_MAX_N];
+    char *text; /* generated text so far */
+    size_t tlen, tcap;
+    bool gates;    /* the request asked for "engram_gates" */
+    bool logprobs; /* the request asked for logprobs */
 } conn;
 
 /* A streaming generation, owned by its libmicrohttpd response. */
 typedef struct {
     server *s;
     struct MHD_Connection *mc;
-    choice_set cs;
+    engine_request *req;               /* reqs[cur], the choice being streamed */
+    engine_request *reqs[API_MAX_N];
+    int n_req, cur;
+    int completion_tokens;             /* summed over the finished choices */
     api_kind kind;
     bool include_usage;
     char id[64];
     long created;
     char *buf; /* SSE bytes not yet handed to libmicrohttpd: buf[off..len) */
     size_t len, off, cap;
-    bool ended; /* [DONE] is in buf */
+    bool ended;    /* [DONE] is in buf */
+    bool recorded; /* metrics_request_done called */
+    bool logprobs; /* the request asked for logprobs */
+    size_t text_offset; /* completions' logprobs.text_offset so far */
+    engine_output last;
 } stream;
 
 /* ---- responses ---- */
@@ -152,37 +155,12 @@ static void finish_error(const engine_output *o, api_error *err) {
         errors_set(err, 500, NULL, "Generation failed: %s.", engine_status_str(o->error));
 }
 
-static cJSON *usage_json(const choice_set *cs) {
+static cJSON *usage_json(const engine_output *o) {
     cJSON *u = cJSON_CreateObject();
-    cJSON_AddNumberToObject(u, "prompt_tokens", cs->n_prompt);
-    cJSON_AddNumberToObject(u, "completion_tokens", cs->n_generated);
-    cJSON_AddNumberToObject(u, "total_tokens", cs->n_prompt + cs->n_generated);
+    cJSON_AddNumberToObject(u, "prompt_tokens", o->n_prompt);
+    cJSON_AddNumberToObject(u, "completion_tokens", o->n_generated);
+    cJSON_AddNumberToObject(u, "total_tokens", o->n_prompt + o->n_generated);
     return u;
-}
-
-/* Cancels and releases every choice not finished yet, counting each as aborted. */
-static void choices_abort(server *s, choice_set *cs) {
-    for (int i = 0; i < cs->n; i++) {
-        if (!cs->req[i]) continue;
-        engine_request_detach(cs->req[i]); /* the connection may be going away */
-        engine_cancel(cs->req[i]);
-        engine_output o;
-        engine_request_read(cs->req[i], &o, NULL, NULL);
-        free(o.text);
-        metrics_request_done(s->mx, "abort", &o, util_now());
-        engine_request_release(cs->req[i]);
-        cs->req[i] = NULL;
-    }
-}
-
-/* Records a finished choice: metrics, usage, and its release. */
-static void choice_done(server *s, choice_set *cs, const engine_output *o) {
-    metrics_request_done(s->mx, finish_str(o->finish), o, util_now());
-    engine_request_release(cs->req[cs->cur]);
-    cs->req[cs->cur] = NULL;
-    cs->n_prompt = o->n_prompt;
-    cs->n_generated += o->n_generated;
-    cs->cur++;
 }
 
 static cJSON *response_head(server *s, const char *id, const char *object, long created) {
@@ -194,64 +172,189 @@ static cJSON *response_head(server *s, const char *id, const char *object, long 
     return o;
 }
 
+/* ---- logprobs ---- */
+
+/* The text of one token (special tokens kept), as a JSON string item. */
+static cJSON *token_text(server *s, int32_t id, size_t *len) {
+    const tokenizer *tok = engine_tokenizer(s->e);
+    char *piece = NULL, num[16];
+    size_t n = 0;
+    if (!tok || tokenizer_decode(tok, &id, 1, false, &piece, &n) != TOKENIZER_OK) {
+        free(piece);
+        piece = NULL;
+        n = (size_t)snprintf(num, sizeof(num), "<%d>", id); /* no tokenizer: ids as text */
+    }
+    cJSON *str = cJSON_CreateString(piece ? piece : num);
+    if (len) *len = n;
+    free(piece);
+    return str;
+}
+
+/* {"token", "logprob", "bytes"} of chat's logprobs.content entries. */
+static cJSON *chat_token_lp(server *s, int32_t id, float logprob) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON *t = token_text(s, id, NULL);
+    cJSON *bytes = cJSON_CreateArray();
+    for (const unsigned char *p = (const unsigned char *)t->valuestring; *p; p++)
+        cJSON_AddItemToArray(bytes, cJSON_CreateNumber(*p));
+    cJSON_AddItemToObject(o, "token", t);
+    cJSON_AddNumberToObject(o, "logprob", logprob);
+    cJSON_AddItemToObject(o, "bytes", bytes);
+    return o;
+}
+
+/* The "logprobs" of a choice for entries [from, to): chat's {"content": [...]}
+ * or completions' {"tokens", "token_logprobs", "top_logprobs", "text_offset"}. */
+static cJSON *logprobs_json(server *s, api_kind kind, const engine_logprob *lp, int from, int to,
+                            size_t *text_offset) {
+    cJSON *o = cJSON_CreateObject();
+    if (kind == API_CHAT) {
+        cJSON *content = cJSON_AddArrayToObject(o, "content");
+        for (int i = from; i < to; i++) {
+            cJSON *e = chat_token_lp(s, lp[i].id, lp[i].logprob);
+            cJSON *top = cJSON_AddArrayToObject(e, "top_logprobs");
+            for (int k = 0; k < lp[i].n_top; k++)
+                cJSON_AddItemToArray(top, chat_token_lp(s, lp[i].top_ids[k], lp[i].top_logprobs[k]));
+            cJSON_AddItemToArray(content, e);
+        }
+        return o;
+    }
+    cJSON *tokens = cJSON_AddArrayToObject(o, "tokens"), *tlp = cJSON_AddArrayToObject(o, "token_logprobs");
+    cJSON *top = cJSON_AddArrayToObject(o, "top_logprobs"), *off = cJSON_AddArrayToObject(o, "text_offset");
+    for (int i = from; i < to; i++) {
+        size_t len = 0;
+        cJSON_AddItemToArray(tokens, token_text(s, lp[i].id, &len));
+        cJSON_AddItemToArray(tlp, cJSON_CreateNumber(lp[i].logprob));
+        cJSON *alts = cJSON_CreateObject();
+        for (int k = 0; k < lp[i].n_top; k++) {
+            cJSON *t = token_text(s, lp[i].top_ids[k], NULL);
+            if (!cJSON_GetObjectItemCaseSensitive(alts, t->valuestring)) /* two ids may share a text */
+                cJSON_AddNumberToObject(alts, t->valuestring, lp[i].top_logprobs[k]);
+            cJSON_Delete(t);
+        }
+        cJSON_AddItemToArray(top, alts);
+        cJSON_AddItemToArray(off, cJSON_CreateNumber((double)*text_offset));
+        *text_offset += len;
+    }
+    return o;
+}
+
 /* ---- non-streaming generation ---- */
 
+/* {"layers", "n_prompt", "token_ids", "tokens", "gates"} of a finished request
+ * that asked for Engram gates: each token that went through the model (text of
+ * that token alone, special tokens kept) with its gate per Engram layer. */
+static cJSON *gates_json(server *s, engine_request *r, int n_prompt) {
+    const int32_t *ids;
+    const float *g;
+    int n, nl;
+    if (!engine_request_gates(r, &ids, &n, &g, &nl)) return NULL;
+    const model *m = engine_model(s->e);
+    const tokenizer *tok = engine_tokenizer(s->e);
+    cJSON *o = cJSON_CreateObject();
+    cJSON *layers = cJSON_AddArrayToObject(o, "layers");
+    for (int l = 0; l < nl; l++) cJSON_AddItemToArray(layers, cJSON_CreateNumber(m->engram->layers[l].layer_id));
+    cJSON_AddNumberToObject(o, "n_prompt", n_prompt);
+    cJSON *jids = cJSON_AddArrayToObject(o, "token_ids");
+    cJSON *jtok = cJSON_AddArrayToObject(o, "tokens");
+    cJSON *jg = cJSON_AddArrayToObject(o, "gates");
+    for (int t = 0; t < n; t++) {
+        cJSON_AddItemToArray(jids, cJSON_CreateNumber(ids[t]));
+        char *piece = NULL;
+        size_t len = 0;
+        if (tok && tokenizer_decode(tok, ids + t, 1, false, &piece, &len) == TOKENIZER_OK)
+            cJSON_AddItemToArray(jtok, cJSON_CreateString(piece));
+        else
+            cJSON_AddItemToArray(jtok, cJSON_CreateString(""));
+        free(piece);
+        cJSON *row = cJSON_CreateArray();
+        for (int l = 0; l < nl; l++) cJSON_AddItemToArray(row, cJSON_CreateNumber(g[(size_t)t * nl + l]));
+        cJSON_AddItemToArray(jg, row);
+    }
+    return o;
+}
+
+/* Cancels and releases the choices after `from` that were never read. */
+static void release_rest(engine_request **reqs, int from, int n) {
+    for (int i = from; i < n; i++) {
+        engine_request_detach(reqs[i]);
+        engine_cancel(reqs[i]);
+        engine_request_release(reqs[i]);
+        reqs[i] = NULL;
+    }
+}
+
 static enum MHD_Result continue_generation(conn *c) {
-    choice_set *cs = &c->cs;
     engine_output o;
-    while (cs->cur < cs->n) {
-        int i = cs->cur;
-        if (!engine_request_read(cs->req[i], &o, suspend_cb, c->mc)) return MHD_YES; /* suspended */
-        if (o.len && c->tlen[i] + o.len + 1 > c->tcap[i]) {
-            size_t cap = (c->tlen[i] + o.len + 1) * 2;
-            char *q = realloc(c->text[i], cap);
-            if (!q) {
-                free(o.text);
-                choices_abort(c->s, cs);
-                c->waiting = false;
-                return fail(c, 500, NULL, "Out of memory.");
-            }
-            c->text[i] = q;
-            c->tcap[i] = cap;
-        }
+    while (engine_request_read(c->req, &o, suspend_cb, c->mc)) {
         if (o.len) {
-            memcpy(c->text[i] + c->tlen[i], o.text, o.len);
-            c->tlen[i] += o.len;
-            c->text[i][c->tlen[i]] = 0;
+            if (c->tlen + o.len + 1 > c->tcap) {
+                size_t cap = (c->tlen + o.len + 1) * 2;
+                char *q = realloc(c->text, cap);
+                if (!q) {
+                    free(o.text);
+                    engine_cancel(c->req);
+                    return fail(c, 500, NULL, "Out of memory.");
+                }
+                c->text = q;
+                c->tcap = cap;
+            }
+            memcpy(c->text + c->tlen, o.text, o.len);
+            c->tlen += o.len;
+            c->text[c->tlen] = 0;
         }
         free(o.text);
         if (o.finish == ENGINE_FINISH_NONE) continue;
-        c->fin[i] = o.finish;
-        choice_done(c->s, cs, &o);
+
+        /* Choice c->cur has finished. */
+        metrics_request_done(c->s->mx, finish_str(o.finish), &o, util_now());
+        cJSON *gates = c->gates ? gates_json(c->s, c->req, o.n_prompt) : NULL;
+        size_t text_offset = 0;
+        cJSON *lps = c->logprobs ? logprobs_json(c->s, c->kind, engine_request_logprobs(c->req), 0, o.lp_end,
+                                                 &text_offset)
+                                 : NULL;
+        engine_request_release(c->req);
+        c->req = c->reqs[c->cur] = NULL;
         if (o.finish != ENGINE_FINISH_STOP && o.finish != ENGINE_FINISH_LENGTH) {
-            choices_abort(c->s, cs);
-            c->waiting = false;
+            release_rest(c->reqs, c->cur + 1, c->n_req);
+            cJSON_Delete(gates);
+            cJSON_Delete(lps);
             api_error err;
             finish_error(&o, &err);
             return reply_error(c, &err, NULL);
         }
-    }
-    c->waiting = false;
-    bool chat = c->kind == API_CHAT;
-    cJSON *root = response_head(c->s, c->id, chat ? "chat.completion" : "text_completion", c->created);
-    cJSON *choices = cJSON_AddArrayToObject(root, "choices");
-    for (int i = 0; i < cs->n; i++) {
+        bool chat = c->kind == API_CHAT;
+        if (!c->choices) c->choices = cJSON_CreateArray();
         cJSON *ch = cJSON_CreateObject();
-        cJSON_AddItemToArray(choices, ch);
-        cJSON_AddNumberToObject(ch, "index", i);
-        const char *text = c->text[i] ? c->text[i] : "";
+        cJSON_AddItemToArray(c->choices, ch);
+        cJSON_AddNumberToObject(ch, "index", c->cur);
         if (chat) {
             cJSON *msg = cJSON_AddObjectToObject(ch, "message");
             cJSON_AddStringToObject(msg, "role", "assistant");
-            cJSON_AddStringToObject(msg, "content", text);
+            cJSON_AddStringToObject(msg, "content", c->text ? c->text : "");
         } else {
-            cJSON_AddStringToObject(ch, "text", text);
+            cJSON_AddStringToObject(ch, "text", c->text ? c->text : "");
         }
-        cJSON_AddNullToObject(ch, "logprobs");
-        cJSON_AddStringToObject(ch, "finish_reason", finish_str(c->fin[i]));
+        if (lps) cJSON_AddItemToObject(ch, "logprobs", lps);
+        else cJSON_AddNullToObject(ch, "logprobs");
+        cJSON_AddStringToObject(ch, "finish_reason", finish_str(o.finish));
+        c->completion_tokens += o.n_generated;
+        c->tlen = 0;
+        if (c->text) c->text[0] = 0;
+        if (++c->cur < c->n_req) { /* the next choice (queued in the engine meanwhile) */
+            c->req = c->reqs[c->cur];
+            cJSON_Delete(gates);
+            continue;
+        }
+        cJSON *root = response_head(c->s, c->id, chat ? "chat.completion" : "text_completion", c->created);
+        cJSON_AddItemToObject(root, "choices", c->choices);
+        c->choices = NULL;
+        o.n_generated = c->completion_tokens;
+        cJSON_AddItemToObject(root, "usage", usage_json(&o));
+        if (gates) cJSON_AddItemToObject(root, "engram_gates", gates);
+        return reply_json(c, 200, root);
     }
-    cJSON_AddItemToObject(root, "usage", usage_json(cs));
-    return reply_json(c, 200, root);
+    return MHD_YES; /* suspended until the engine has more */
 }
 
 /* ---- streaming generation (SSE) ---- */
@@ -279,14 +382,15 @@ static int sse_event(stream *st, cJSON *obj) {
     return rc ? -1 : 0;
 }
 
-/* One chunk with choice `index`: text (or NULL for none) and finish (or NULL). */
-static int sse_chunk(stream *st, int index, const char *text, bool role, const char *finish) {
+/* One chunk with one choice: text (or NULL for none), logprobs (owned, or
+ * NULL) and finish (or NULL). */
+static int sse_chunk(stream *st, const char *text, bool role, const char *finish, cJSON *lps) {
     bool chat = st->kind == API_CHAT;
     cJSON *root = response_head(st->s, st->id, chat ? "chat.completion.chunk" : "text_completion", st->created);
     cJSON *choices = cJSON_AddArrayToObject(root, "choices");
     cJSON *ch = cJSON_CreateObject();
     cJSON_AddItemToArray(choices, ch);
-    cJSON_AddNumberToObject(ch, "index", index);
+    cJSON_AddNumberToObject(ch, "index", st->cur);
     if (chat) {
         cJSON *delta = cJSON_AddObjectToObject(ch, "delta");
         if (role) cJSON_AddStringToObject(delta, "role", "assistant");
@@ -294,33 +398,56 @@ static int sse_chunk(stream *st, int index, const char *text, bool role, const c
     } else {
         cJSON_AddStringToObject(ch, "text", text ? text : "");
     }
-    cJSON_AddNullToObject(ch, "logprobs");
+    if (lps) cJSON_AddItemToObject(ch, "logprobs", lps);
+    else cJSON_AddNullToObject(ch, "logprobs");
     if (finish) cJSON_AddStringToObject(ch, "finish_reason", finish);
     else cJSON_AddNullToObject(ch, "finish_reason");
     if (st->include_usage) cJSON_AddNullToObject(root, "usage");
     return sse_event(st, root);
 }
 
-/* Turns one engine read of the current choice into SSE events. */
+static void stream_record(stream *st, const char *reason) {
+    if (st->recorded) return;
+    st->recorded = true;
+    metrics_request_done(st->s->mx, reason, &st->last, util_now());
+}
+
+/* Turns one engine read into SSE events. */
 static int stream_format(stream *st, const engine_output *o) {
-    choice_set *cs = &st->cs;
-    int i = cs->cur;
-    bool chat = st->kind == API_CHAT;
-    if (o->len && sse_chunk(st, i, o->text, false, NULL)) return -1;
+    st->last.n_prompt = o->n_prompt;
+    st->last.n_generated = o->n_generated;
+    st->last.t_submit = o->t_submit;
+    st->last.t_start = o->t_start;
+    st->last.t_first_token = o->t_first_token;
+    cJSON *lps = st->logprobs && o->lp_end > o->lp_begin
+                     ? logprobs_json(st->s, st->kind, engine_request_logprobs(st->req), o->lp_begin, o->lp_end,
+                                     &st->text_offset)
+                     : NULL;
+    if ((o->len || lps) && sse_chunk(st, o->len ? o->text : (st->kind == API_CHAT ? NULL : ""), false, NULL, lps))
+        return -1;
     if (o->finish == ENGINE_FINISH_NONE) return 0;
-    choice_done(st->s, cs, o);
+    stream_record(st, finish_str(o->finish));
     if (o->finish == ENGINE_FINISH_STOP || o->finish == ENGINE_FINISH_LENGTH) {
-        if (sse_chunk(st, i, chat ? NULL : "", false, finish_str(o->finish))) return -1;
-        if (cs->cur < cs->n) /* the next choice starts with its role */
-            return chat ? sse_chunk(st, cs->cur, "", true, NULL) : 0;
+        if (sse_chunk(st, st->kind == API_CHAT ? NULL : "", false, finish_str(o->finish), NULL)) return -1;
+        st->completion_tokens += o->n_generated;
+        if (st->cur + 1 < st->n_req) { /* on to the next choice */
+            engine_request_release(st->req);
+            st->req = st->reqs[++st->cur];
+            st->reqs[st->cur - 1] = NULL;
+            st->recorded = false;
+            st->text_offset = 0;
+            return st->kind == API_CHAT ? sse_chunk(st, "", true, NULL, NULL) : 0;
+        }
         if (st->include_usage) {
-            cJSON *root = response_head(st->s, st->id, chat ? "chat.completion.chunk" : "text_completion", st->created);
+            cJSON *root = response_head(st->s, st->id, st->kind == API_CHAT ? "chat.completion.chunk" : "text_completion",
+                                        st->created);
             cJSON_AddArrayToObject(root, "choices");
-            cJSON_AddItemToObject(root, "usage", usage_json(cs));
+            engine_output tot = *o;
+            tot.n_generated = st->completion_tokens;
+            cJSON_AddItemToObject(root, "usage", usage_json(&tot));
             if (sse_event(st, root)) return -1;
         }
     } else {
-        choices_abort(st->s, cs);
         api_error err;
         finish_error(o, &err);
         char *s = errors_json(&err);
@@ -345,12 +472,12 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         st->off = st->len = 0;
         if (st->ended) return MHD_CONTENT_READER_END_OF_STREAM;
         engine_output o;
-        if (!engine_request_read(st->cs.req[st->cs.cur], &o, suspend_cb, st->mc)) return 0; /* suspended */
+        if (!engine_request_read(st->req, &o, suspend_cb, st->mc)) return 0; /* suspended */
         int rc = stream_format(st, &o);
         free(o.text);
         if (rc) {
-            choices_abort(st->s, &st->cs);
-            st->ended = true;
+            engine_cancel(st->req);
+            stream_record(st, "error");
             return MHD_CONTENT_READER_END_WITH_ERROR;
         }
     }
@@ -358,7 +485,13 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
 
 static void stream_free(void *cls) {
     stream *st = cls;
-    choices_abort(st->s, &st->cs); /* the client went away: cancel at the next step */
+    engine_request_detach(st->req); /* the connection is going away: never notify it again */
+    if (!st->ended) { /* the client went away (or the daemon stops): cancel at the next step */
+        engine_cancel(st->req);
+        stream_record(st, "abort");
+    }
+    engine_request_release(st->req);
+    release_rest(st->reqs, st->cur + 1, st->n_req);
     atomic_fetch_sub(&st->s->active, 1);
     free(st->buf);
     free(st);
@@ -560,6 +693,14 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
     }
     int max_tokens = ar.max_tokens > 0 ? ar.max_tokens : ctx - (int)n;
     if (ar.max_tokens <= 0 && kind == API_COMPLETIONS && max_tokens > 16) max_tokens = 16; /* OpenAI's default */
+    if (ar.engram_gates && ar.n > 1) {
+        ret = fail(c, 400, "engram_gates", "'engram_gates' is only available with n = 1.");
+        goto out;
+    }
+    if (ar.engram_gates && !engine_model(s->e)->engram) {
+        ret = fail(c, 400, "engram_gates", "This model has no Engram layers, so it has no gates to return.");
+        goto out;
+    }
     if (atomic_load(&s->draining)) {
         ret = fail(c, 503, NULL, "The server is shutting down.");
         goto out;
@@ -576,6 +717,9 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
         rp.sampling.seed = (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull ^ atomic_fetch_add(&s->next_id, 1) ^ s->id_salt;
     }
     rp.ignore_eos = ar.ignore_eos;
+    rp.want_gates = ar.engram_gates;
+    rp.logprobs = ar.logprobs;
+    rp.top_logprobs = ar.top_logprobs;
     for (int i = 0; i < ar.n_stop; i++) rp.stop[i] = ar.stop[i];
     rp.n_stop = ar.n_stop;
     rp.bias_ids = ar.bias_ids;
@@ -583,25 +727,22 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
     rp.n_bias = ar.n_bias;
     rp.notify = resume_cb;
     rp.notify_ctx = c->mc;
-    choice_set cs = {0};
-    int rc = ENGINE_OK;
-    for (cs.n = 0; cs.n < ar.n && rc == ENGINE_OK; cs.n++) { /* choice i samples with seed + i */
-        if (ar.has_seed) rp.sampling.seed = ar.sampling.seed + (uint64_t)cs.n;
-        else if (cs.n) rp.sampling.seed = rp.sampling.seed * 0x9E3779B97F4A7C15ull + 1;
-        rc = engine_submit(s->e, &rp, &cs.req[cs.n]);
-    }
-    if (rc != ENGINE_OK) {
-        for (int i = 0; i < cs.n; i++) {
-            engine_request_detach(cs.req[i]);
-            engine_cancel(cs.req[i]);
-            engine_request_release(cs.req[i]); /* NULL for the one that failed */
+    /* One engine request per choice; with a seed, choice i samples with seed + i. */
+    engine_request *reqs[API_MAX_N] = {0};
+    for (int i = 0; i < ar.n; i++) {
+        engine_request_params ri = rp;
+        ri.sampling.seed = rp.sampling.seed + (uint64_t)i;
+        int rc = engine_submit(s->e, &ri, &reqs[i]);
+        if (rc != ENGINE_OK) {
+            release_rest(reqs, 0, i);
+            int status = errors_engine_http_status(rc);
+            errors_set(&err, status, NULL, "%s%s", rc == ENGINE_ERR_QUEUE_FULL ? "The server is overloaded: " : "",
+                       engine_status_str(rc));
+            ret = reply_error(c, &err, NULL);
+            goto out;
         }
-        int status = errors_engine_http_status(rc);
-        errors_set(&err, status, NULL, "%s%s", rc == ENGINE_ERR_QUEUE_FULL ? "The server is overloaded: " : "",
-                   engine_status_str(rc));
-        ret = reply_error(c, &err, NULL);
-        goto out;
     }
+    engine_request *req = reqs[0];
     char id[64];
     snprintf(id, sizeof(id), "%s-%016llx%08llx", kind == API_CHAT ? "chatcmpl" : "cmpl", s->id_salt,
              (unsigned long long)atomic_fetch_add(&s->next_id, 1));
@@ -610,9 +751,12 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
     if (!ar.stream) {
         c->generating = true;
         atomic_fetch_add(&s->active, 1);
-        c->waiting = true;
-        c->cs = cs;
+        c->req = req;
+        memcpy(c->reqs, reqs, sizeof(reqs));
+        c->n_req = ar.n;
         c->kind = kind;
+        c->gates = ar.engram_gates;
+        c->logprobs = ar.logprobs;
         c->created = created;
         memcpy(c->id, id, sizeof(id));
         ret = continue_generation(c);
@@ -623,12 +767,15 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
     if (st) {
         st->s = s;
         st->mc = c->mc;
-        st->cs = cs;
+        st->req = req;
+        memcpy(st->reqs, reqs, sizeof(reqs));
+        st->n_req = ar.n;
         st->kind = kind;
         st->include_usage = ar.include_usage;
+        st->logprobs = ar.logprobs;
         st->created = created;
         memcpy(st->id, id, sizeof(id));
-        if (kind == API_CHAT && sse_chunk(st, 0, "", true, NULL)) { /* the first delta carries the role */
+        if (kind == API_CHAT && sse_chunk(st, "", true, NULL, NULL)) { /* the first delta carries the role */
             free(st->buf);
             free(st);
             st = NULL;
@@ -636,12 +783,7 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
     }
     if (st) r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, SSE_BLOCK, stream_reader, st, stream_free);
     if (!r) {
-        choice_set *left = st ? &st->cs : &cs;
-        for (int i = 0; i < left->n; i++) {
-            engine_request_detach(left->req[i]);
-            engine_cancel(left->req[i]);
-            engine_request_release(left->req[i]);
-        }
+        release_rest(reqs, 0, ar.n);
         if (st) {
             free(st->buf);
             free(st);
@@ -682,8 +824,27 @@ static const struct {
     {"/detokenize", "POST", R_DETOKENIZE, false, "/detokenize"},
 };
 
+extern const unsigned char server_page_index[]; /* server/static/index.html, embedded by CMake */
+extern const size_t server_page_index_len;
+
+/* GET /: the memory-view page (each token shaded by its Engram gate). */
+static enum MHD_Result handle_page(conn *c, const char *method) {
+    api_error err;
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
+        errors_set(&err, 405, NULL, "Method %s is not allowed on /; use GET.", method);
+        return reply_error(c, &err, "GET, HEAD");
+    }
+    char *body = malloc(server_page_index_len);
+    if (body) memcpy(body, server_page_index, server_page_index_len);
+    return reply(c, 200, "text/html; charset=utf-8", body, server_page_index_len, NULL);
+}
+
 static enum MHD_Result dispatch(conn *c, const char *url, const char *method) {
     int found = -1;
+    if (!strcmp(url, "/")) {
+        c->route = "/";
+        return handle_page(c, method);
+    }
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]) && found < 0; i++) {
         size_t pl = strlen(routes[i].path);
         if (routes[i].path[pl - 1] == '/' ? (!strncmp(url, routes[i].path, pl) && url[pl]) : !strcmp(url, routes[i].path))
@@ -768,7 +929,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         c->body[c->len] = 0;
         return MHD_YES;
     }
-    if (c->waiting) return continue_generation(c); /* resumed by the engine */
+    if (c->req) return continue_generation(c); /* resumed by the engine */
     if (!c->body) c->body = strdup("");
     if (!c->body) return MHD_NO;
     return dispatch(c, url, method);
@@ -777,10 +938,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
 static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, enum MHD_RequestTerminationCode toe) {
     conn *c = *con_cls;
     if (!c) return;
-    if (c->waiting) choices_abort(c->s, &c->cs); /* a non-streaming request whose connection closed */
+    if (c->req) { /* a non-streaming request whose connection closed */
+        engine_request_detach(c->req); /* so the read below cannot arm a notify of a dead connection */
+        engine_cancel(c->req);
+        engine_output o;
+        engine_request_read(c->req, &o, NULL, NULL);
+        free(o.text);
+        metrics_request_done(c->s->mx, "abort", &o, util_now());
+        engine_request_release(c->req);
+        release_rest(c->reqs, c->cur + 1, c->n_req);
+    }
+    cJSON_Delete(c->choices);
     if (c->generating) atomic_fetch_sub(&c->s->active, 1);
     free(c->body);
-    for (int i = 0; i < API_MAX_N; i++) free(c->text[i]);
+    free(c->text);
     free(c);
     *con_cls = NULL;
 }
@@ -830,7 +1001,8 @@ int server_start(const server_params *p, engine *e, metrics *m, server **out, ch
     s->d = MHD_start_daemon(flags, (uint16_t)p->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR,
                             (struct sockaddr *)&s->addr, MHD_OPTION_THREAD_POOL_SIZE,
                             (unsigned)(p->http_threads > 0 ? p->http_threads : 4), MHD_OPTION_CONNECTION_TIMEOUT,
-                            (unsigned)(p->connection_timeout > 0 ? p->connection_timeout : 60), MHD_OPTION_THREAD_STACK_SIZE, (size_t)(8u << 20), MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
+                            (unsigned)(p->connection_timeout > 0 ? p->connection_timeout : 60),
+                            MHD_OPTION_THREAD_STACK_SIZE, (size_t)(8u << 20), MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
     if (!s->d) {
         snprintf(err, errlen, "cannot listen on %s:%d (address in use or not available)", p->host, p->port);
         chat_template_destroy(s->tmpl);

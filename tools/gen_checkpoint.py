@@ -14,7 +14,7 @@ With --engram the checkpoint carries Engram modules (ENGRAM.md section 6) at
 the given layers, and DIR's tokenizer.json / tokenizer_config.json are copied
 in (the compressed tokenizer is built from them at load; --vocab must be at
 least the tokenizer's size). Table rows follow the reference prime search,
-computed here with sympy-free Miller-Rabin.
+computed by tools/engram_primes.py.
 """
 import argparse
 import json
@@ -23,6 +23,8 @@ import shutil
 import struct
 
 import numpy as np
+
+from engram_primes import head_primes
 
 ARCHS = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
          "mistral": "MistralForCausalLM"}
@@ -37,46 +39,6 @@ def to_dtype(x, dtype):
     u = x.view(np.uint32)
     u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype("<u2")  # round to nearest even
     return u.tobytes(), "BF16"
-
-
-def is_prime(n):
-    if n < 2:
-        return False
-    for p in (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37):
-        if n % p == 0:
-            return n == p
-    d, r = n - 1, 0
-    while d % 2 == 0:
-        d, r = d // 2, r + 1
-    for a in (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37):
-        x = pow(a, d, n)
-        if x in (1, n - 1):
-            continue
-        for _ in range(r - 1):
-            x = x * x % n
-            if x == n - 1:
-                break
-        else:
-            return False
-    return True
-
-
-def engram_table_rows(vocab_sizes, n_heads, layer_ids):
-    """Rows of each layer's table: the reference's prime search with one shared seen set."""
-    seen, rows = set(), []
-    for _ in layer_ids:
-        total = 0
-        for v in vocab_sizes:
-            start = v - 1
-            for _ in range(n_heads):
-                p = start + 1
-                while not is_prime(p) or p in seen:
-                    p += 1
-                seen.add(p)
-                total += p
-                start = p
-        rows.append(total)
-    return rows
 
 
 def main():
@@ -140,7 +102,9 @@ def main():
                       n_embed_per_ngram=a.engram_embed, n_head_per_ngram=a.engram_heads,
                       layer_ids=layer_ids, pad_id=2, seed=0, kernel_size=4, hc_mult=1)
         D, E = a.engram_embed // a.engram_heads, orders * a.engram_embed
-        for lid, rows in zip(layer_ids, engram_table_rows(engram["engram_vocab_size"], a.engram_heads, layer_ids)):
+        primes = head_primes(engram["engram_vocab_size"], a.engram_heads, layer_ids)
+        for lid in layer_ids:
+            rows = sum(primes[lid])
             p = f"model.layers.{lid}.engram."
             mat(p + "multi_head_embedding.embedding.weight", rows, D, 1.0)
             mat(p + "value_proj.weight", a.hidden, E)

@@ -8,12 +8,17 @@ default model's golden test).
   EngramModule  the module of one layer, parameter names as the reference's
 """
 import math
+import os
+import sys
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tokenizers import Regex, normalizers
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from engram_primes import head_primes  # noqa: E402
 
 _SENTINEL = "\uE000"
 
@@ -36,28 +41,6 @@ def compressed_lookup(tok):
     return np.array(lookup, dtype=np.int64), len(keys)
 
 
-def _is_prime(n):
-    if n < 2:
-        return False
-    for p in (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37):
-        if n % p == 0:
-            return n == p
-    d, r = n - 1, 0
-    while d % 2 == 0:
-        d, r = d // 2, r + 1
-    for a in (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37):
-        x = pow(a, d, n)
-        if x in (1, n - 1):
-            continue
-        for _ in range(r - 1):
-            x = x * x % n
-            if x == n - 1:
-                break
-        else:
-            return False
-    return True
-
-
 class EngramHash:
     def __init__(self, cfg, lookup, vc):
         """cfg: the "engram" object of config.json (reference field names)."""
@@ -66,23 +49,12 @@ class EngramHash:
         self.pad = int(lookup[cfg["pad_id"]])
         N, heads = cfg["max_ngram_size"], cfg["n_head_per_ngram"]
         half = max(1, ((2**63 - 1) // vc) // 2)
-        self.mult, self.primes, self.offsets = {}, {}, {}
-        seen = set()
+        self.mult, self.offsets = {}, {}
+        self.primes = head_primes(cfg["engram_vocab_size"], heads, cfg["layer_ids"])
         for lid in cfg["layer_ids"]:
             r = np.random.default_rng(cfg["seed"] + 10007 * lid).integers(0, half, size=N, dtype=np.int64)
             self.mult[lid] = (r * 2 + 1).tolist()
-            primes = []
-            for n in range(2, N + 1):
-                start = cfg["engram_vocab_size"][n - 2] - 1
-                for _ in range(heads):
-                    p = start + 1
-                    while not _is_prime(p) or p in seen:
-                        p += 1
-                    seen.add(p)
-                    primes.append(p)
-                    start = p
-            self.primes[lid] = primes
-            self.offsets[lid] = np.concatenate([[0], np.cumsum(primes)[:-1]]).tolist()
+            self.offsets[lid] = np.concatenate([[0], np.cumsum(self.primes[lid])[:-1]]).tolist()
 
     def table_rows(self, lid):
         return sum(self.primes[lid])
