@@ -48,6 +48,7 @@ struct engine_request {
     engine_finish finish;
     bool finish_read; /* the finish has been returned by a read */
     bool armed;       /* notify on the next publish */
+    bool progress;    /* a prefill chunk finished since the last read */
     int error;
     double t_submit, t_start, t_first_token, t_end;
 };
@@ -60,6 +61,7 @@ struct engine {
     forward_state *st;       /* the one sequence's KV cache, (ctx) positions */
     float *logits;           /* (vocab_size) */
     float *raw_logits;       /* (vocab_size) a copy for logprobs, before sampling edits them */
+    atomic_int kv_tokens;    /* positions in the KV cache, for engine_get_stats */
     int32_t *out_ids;        /* (ctx) generated ids of the running request */
     int ctx, vocab;
     pthread_t thread;
@@ -70,7 +72,6 @@ struct engine {
     int n_queued;
     engine_request *running;
     atomic_bool stopping;
-    atomic_int kv_used; /* positions in st, set by the engine thread */
     bool stopped;
 };
 
@@ -186,10 +187,28 @@ static int request_publish(engine_request *r, const char *text, size_t len, int 
     return rc;
 }
 
+/* Marks prefill progress (a chunk done, more to come) so a streaming reader
+ * can send a keep-alive during a long prefill. Engine thread only. */
+static void request_progress(engine_request *r) {
+    pthread_mutex_lock(&r->mu);
+    r->progress = true;
+    bool fire = r->armed;
+    r->armed = false;
+    void (*notify)(void *) = r->notify;
+    void *ctx = r->notify_ctx;
+    pthread_mutex_unlock(&r->mu);
+    if (fire && notify) notify(ctx);
+}
+
 bool engine_request_read(engine_request *r, engine_output *out, void (*on_empty)(void *), void *ctx) {
     memset(out, 0, sizeof(*out));
     pthread_mutex_lock(&r->mu);
     bool news = false;
+    if (r->progress) {
+        out->progress = true;
+        r->progress = false;
+        news = true;
+    }
     if (r->pend_len) {
         out->text = r->pend; /* hand over the buffer */
         out->len = r->pend_len;
@@ -234,7 +253,7 @@ void engine_get_stats(engine *e, engine_stats *out) {
     out->queued = e->n_queued;
     out->running = e->running != NULL;
     pthread_mutex_unlock(&e->mu);
-    out->kv_used = atomic_load(&e->kv_used);
+    out->kv_tokens = atomic_load(&e->kv_tokens);
     out->kv_capacity = e->ctx;
 }
 
@@ -431,7 +450,8 @@ static void engine_run_request(engine *e, engine_request *r) {
         bool last = i + n == r->n_prompt;
         float *gp = r->gates ? r->gates + (size_t)i * r->n_gate_layers : NULL;
         int frc = forward_run(e->m, e->ops, e->st, r->prompt + i, n, last ? e->logits : NULL, gp);
-        atomic_store(&e->kv_used, forward_state_pos(e->st));
+        atomic_store(&e->kv_tokens, forward_state_pos(e->st));
+        if (!last && frc == FORWARD_OK) request_progress(r);
         if (frc != FORWARD_OK) {
             log_error("%s", forward_status_str(frc));
             request_publish(r, NULL, 0, 0, ENGINE_FINISH_ERROR, ENGINE_ERR_FORWARD);
@@ -492,7 +512,7 @@ static void engine_run_request(engine *e, engine_request *r) {
 
         float *gp = r->gates ? r->gates + (size_t)(r->n_prompt + n_out - 1) * r->n_gate_layers : NULL;
         int frc = forward_run(e->m, e->ops, e->st, &next, 1, e->logits, gp);
-        atomic_store(&e->kv_used, forward_state_pos(e->st));
+        atomic_store(&e->kv_tokens, forward_state_pos(e->st));
         if (frc != FORWARD_OK) {
             log_error("%s", forward_status_str(frc));
             request_publish(r, NULL, 0, n_out, ENGINE_FINISH_ERROR, ENGINE_ERR_FORWARD);
@@ -501,8 +521,7 @@ static void engine_run_request(engine *e, engine_request *r) {
         if (r->gates) r->gate_ids[r->n_gated++] = next;
     }
 done:
-    forward_state_reset(e->st); /* the sequence's cache is free again */
-    atomic_store(&e->kv_used, 0);
+    atomic_store(&e->kv_tokens, 0); /* the sequence's cache is free again */
     free(g.buf);
     tokenizer_stream_destroy(ts);
     sampler_destroy(smp);
@@ -554,7 +573,6 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
     atomic_init(&e->stopping, false);
-    atomic_init(&e->kv_used, 0);
     e->stopped = true; /* nothing to stop until the thread runs */
 
     int rc = ENGINE_ERR_LOAD;

@@ -68,8 +68,7 @@ int engine_vocab_size(const engine *e);     /* ids a prompt or logit_bias may us
 typedef struct {
     int queued;  /* requests waiting in the queue */
     int running; /* requests being generated (0 or 1 in this cut) */
-    int kv_used;     /* KV cache positions holding tokens of running requests */
-    int kv_capacity; /* KV cache positions in all */
+    int kv_tokens, kv_capacity; /* KV cache positions in use, and in all */
 } engine_stats;
 
 void engine_get_stats(engine *e, engine_stats *out);
@@ -130,11 +129,6 @@ int engine_submit(engine *e, const engine_request_params *p, engine_request **ou
  * the request finished or the engine stopped. */
 void engine_cancel(engine_request *r);
 
-/* Detaches the notify callback: after this returns the engine never calls it
- * for this request (call it before the notify context goes away, e.g. when a
- * connection closes). Thread-safe; accepts NULL. */
-void engine_request_detach(engine_request *r);
-
 /* Once the request has finished: the Engram gates it asked for with
  * want_gates. *ids (n_tokens) are the tokens that went through the model (the
  * prompt, then every generated token but the last, which was never fed
@@ -148,6 +142,11 @@ bool engine_request_gates(engine_request *r, const int32_t **ids, int *n_tokens,
  * per generated token; those below the lp_end of the latest read are final.
  * Borrowed until the request is released. */
 const engine_logprob *engine_request_logprobs(engine_request *r);
+
+/* Detaches the notify callback: after this returns the engine never calls it
+ * for this request (call it before the notify context goes away, e.g. when a
+ * connection closes). Thread-safe; accepts NULL. */
+void engine_request_detach(engine_request *r);
 
 /* Drops the caller's reference. Accepts NULL. */
 void engine_request_release(engine_request *r);
@@ -164,6 +163,7 @@ typedef struct {
     /* With logprobs asked for: entries [lp_begin, lp_end) of engine_request_logprobs
      * are new with this read (one per generated token, in order). */
     int lp_begin, lp_end;
+    bool progress;   /* a prefill chunk finished since the last read (for SSE keep-alives) */
 } engine_output;
 
 /* Takes the output produced since the previous read (non-blocking). Returns

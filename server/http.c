@@ -88,6 +88,14 @@ typedef struct {
 
 /* ---- responses ---- */
 
+/* CORS (off unless --cors-allow-origin): the allowed origin on every response. */
+static void add_cors(server *s, struct MHD_Response *r) {
+    const char *o = s->p.cors_origin;
+    if (!o || !o[0]) return;
+    MHD_add_response_header(r, "Access-Control-Allow-Origin", o);
+    if (strcmp(o, "*") != 0) MHD_add_response_header(r, "Vary", "Origin");
+}
+
 static enum MHD_Result reply(conn *c, int status, const char *ctype, char *body, size_t len, const char *allow) {
     if (!body) {
         status = 500;
@@ -104,6 +112,7 @@ static enum MHD_Result reply(conn *c, int status, const char *ctype, char *body,
         return MHD_NO;
     }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    add_cors(c->s, r);
     if (allow) MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
     if (status == 503) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (status == 413) MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
@@ -419,6 +428,7 @@ static int stream_format(stream *st, const engine_output *o) {
     st->last.t_submit = o->t_submit;
     st->last.t_start = o->t_start;
     st->last.t_first_token = o->t_first_token;
+    if (o->progress && sse_append(st, ": keep-alive\n\n", 14)) return -1; /* long prefill: SSE comment */
     cJSON *lps = st->logprobs && o->lp_end > o->lp_begin
                      ? logprobs_json(st->s, st->kind, engine_request_logprobs(st->req), o->lp_begin, o->lp_end,
                                      &st->text_offset)
@@ -793,6 +803,7 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
     }
     atomic_fetch_add(&s->active, 1); /* until stream_free */
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    add_cors(s, r);
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     MHD_add_response_header(r, "X-Accel-Buffering", "no");
     metrics_http(s->mx, c->route, 200);
@@ -839,8 +850,24 @@ static enum MHD_Result handle_page(conn *c, const char *method) {
     return reply(c, 200, "text/html; charset=utf-8", body, server_page_index_len, NULL);
 }
 
+/* A CORS preflight: 204 with what a browser may send. */
+static enum MHD_Result handle_preflight(conn *c) {
+    struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    if (!r) return MHD_NO;
+    add_cors(c->s, r);
+    MHD_add_response_header(r, "Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+    MHD_add_response_header(r, "Access-Control-Allow-Headers", "Authorization, Content-Type");
+    MHD_add_response_header(r, "Access-Control-Max-Age", "600");
+    metrics_http(c->s->mx, c->route, 204);
+    enum MHD_Result ret = MHD_queue_response(c->mc, 204, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
 static enum MHD_Result dispatch(conn *c, const char *url, const char *method) {
     int found = -1;
+    const char *cors = c->s->p.cors_origin;
+    if (cors && cors[0] && !strcmp(method, "OPTIONS")) return handle_preflight(c);
     if (!strcmp(url, "/")) {
         c->route = "/";
         return handle_page(c, method);
@@ -1001,7 +1028,7 @@ int server_start(const server_params *p, engine *e, metrics *m, server **out, ch
     s->d = MHD_start_daemon(flags, (uint16_t)p->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR,
                             (struct sockaddr *)&s->addr, MHD_OPTION_THREAD_POOL_SIZE,
                             (unsigned)(p->http_threads > 0 ? p->http_threads : 4), MHD_OPTION_CONNECTION_TIMEOUT,
-                            (unsigned)(p->connection_timeout > 0 ? p->connection_timeout : 60),
+                            (unsigned)(p->connection_timeout > 0 ? p->connection_timeout : 300),
                             MHD_OPTION_THREAD_STACK_SIZE, (size_t)(8u << 20), MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
     if (!s->d) {
         snprintf(err, errlen, "cannot listen on %s:%d (address in use or not available)", p->host, p->port);

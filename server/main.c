@@ -35,7 +35,10 @@ static const struct {
     {"max-body-bytes", OPT_INT, 1, 1L << 30, "1048576", "largest request body; larger get 413"},
     {"threads", OPT_INT, 0, 4096, "0", "CPU threads of the engine (0: all cores)"},
     {"http-threads", OPT_INT, 1, 256, "4", "HTTP worker threads"},
-    {"connection-timeout", OPT_INT, 1, 86400, "60", "seconds an idle connection is kept open"},
+    {"cors-allow-origin", OPT_STR, 0, 0, NULL,
+     "send Access-Control-Allow-Origin with this value (e.g. * or https://app.example) and answer CORS preflights; off by default"},
+    {"connection-timeout", OPT_INT, 1, 86400, "300", "seconds an idle connection is kept"},
+    {"prefill-chunk", OPT_INT, 1, 1 << 20, "256", "prompt tokens per forward pass (streams get a keep-alive after each)"},
 };
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
 
@@ -183,7 +186,8 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THREADS, O_HTTP_THREADS, O_TIMEOUT };
+    enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THREADS, O_HTTP_THREADS, O_CORS,
+           O_CONN_TIMEOUT, O_PREFILL_CHUNK };
     int rc = 1;
     if (!val[O_MODEL] || !val[O_MODEL][0]) {
         fprintf(stderr, "engram-server: --model DIR is required\n");
@@ -215,6 +219,7 @@ int main(int argc, char **argv) {
     ep.device = val[O_DEVICE];
     ep.max_queued = (int)num[O_QUEUE];
     ep.threads = (int)num[O_THREADS];
+    ep.prefill_chunk = (int)num[O_PREFILL_CHUNK];
     engine *e = NULL;
     metrics *mx = NULL;
     server *srv = NULL;
@@ -241,7 +246,8 @@ int main(int argc, char **argv) {
     sp.api_key = val[O_KEY];
     sp.max_body_bytes = (size_t)num[O_BODY];
     sp.http_threads = (int)num[O_HTTP_THREADS];
-    sp.connection_timeout = (int)num[O_TIMEOUT];
+    sp.cors_origin = val[O_CORS];
+    sp.connection_timeout = (int)num[O_CONN_TIMEOUT];
     if (server_start(&sp, e, mx, &srv, err, sizeof(err)) != 0) {
         fprintf(stderr, "engram-server: %s\n", err);
         goto done;

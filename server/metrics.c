@@ -36,7 +36,7 @@ struct metrics {
     unsigned long long http[N_ROUTES][N_STATUSES + 1]; /* last column: other statuses */
     unsigned long long finished[N_REASONS];
     unsigned long long prompt_tokens, generation_tokens;
-    histogram e2e, ttft, queue;
+    histogram e2e, ttft, queue, itl;
 };
 
 metrics *metrics_create(void) {
@@ -87,6 +87,9 @@ void metrics_request_done(metrics *m, const char *reason, const engine_output *o
         observe(&m->e2e, t_end - o->t_submit);
         if (o->t_start > 0) observe(&m->queue, o->t_start - o->t_submit);
         if (o->t_first_token > 0) observe(&m->ttft, o->t_first_token - o->t_submit);
+        double end = o->t_end > 0 ? o->t_end : t_end;
+        if (o->t_first_token > 0 && o->n_generated > 1) /* mean gap of this request */
+            observe(&m->itl, (end - o->t_first_token) / (o->n_generated - 1));
     }
     pthread_mutex_unlock(&m->mu);
 }
@@ -174,10 +177,12 @@ char *metrics_render(metrics *m, const engine_stats *st) {
               "# TYPE engram_process_start_time_seconds gauge\n"
               "engram_process_start_time_seconds %.3f\n",
               m->prompt_tokens, m->generation_tokens, st->running, st->queued,
-              st->kv_capacity > 0 ? (double)st->kv_used / st->kv_capacity : 0.0, m->start_time);
+              st->kv_capacity > 0 ? (double)st->kv_tokens / st->kv_capacity : 0.0, m->start_time);
     render_histogram(&b, "engram_e2e_request_latency_seconds", "End-to-end request latency.", &m->e2e);
     render_histogram(&b, "engram_time_to_first_token_seconds", "Time from submission to the first token.", &m->ttft);
     render_histogram(&b, "engram_request_queue_time_seconds", "Time requests waited in the queue.", &m->queue);
+    render_histogram(&b, "engram_inter_token_latency_seconds",
+                     "Mean time between generated tokens, one observation per request.", &m->itl);
     pthread_mutex_unlock(&m->mu);
     if (b.oom) {
         free(b.buf);

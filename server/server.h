@@ -54,7 +54,8 @@ typedef struct {
     const char *api_key;           /* NULL or "": no authentication */
     size_t max_body_bytes;
     int http_threads;              /* libmicrohttpd thread pool size */
-    int connection_timeout;        /* seconds of inactivity before a connection is closed */
+    const char *cors_origin;       /* NULL or "": no CORS headers */
+    int connection_timeout;        /* seconds an idle connection is kept; 0: 300 */
 } server_params;
 
 typedef struct server server;

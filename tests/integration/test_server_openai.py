@@ -387,8 +387,7 @@ def test_metrics(server):
     assert metric(text, "engram_e2e_request_latency_seconds_count") > 0
     assert metric(text, "engram_kv_cache_usage_perc") == 0
     promtool = shutil.which("promtool")
-    if not promtool:
-        pytest.skip("promtool not installed (Debian package prometheus)")
+    assert promtool, "promtool missing: scripts/setup installs Debian's prometheus"
     p = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
 

@@ -273,7 +273,7 @@ START_TEST(test_stop_aborts_queued) {
     engine_get_stats(E, &st);
     ck_assert_int_eq(st.queued, 0);
     ck_assert_int_eq(st.running, 0);
-    ck_assert_int_eq(st.kv_used, 0);
+    ck_assert_int_eq(st.kv_tokens, 0);
     ck_assert_int_eq(st.kv_capacity, engine_context_length(E));
 }
 END_TEST
