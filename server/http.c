@@ -34,6 +34,7 @@ struct server {
     struct MHD_Daemon *d;
     struct sockaddr_storage addr;
     atomic_bool draining;
+    atomic_bool ready; /* the engine is loaded (e and tok set) */
     atomic_int active; /* generations whose response is not finished */
     atomic_ullong next_id;
     unsigned long long id_salt;
@@ -556,6 +557,7 @@ static enum MHD_Result handle_model(conn *c, const char *id) {
 }
 
 static enum MHD_Result handle_health(conn *c) {
+    if (!atomic_load(&c->s->ready)) return fail(c, 503, NULL, "The model is loading.");
     if (atomic_load(&c->s->draining)) return fail(c, 503, NULL, "The server is shutting down.");
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "status", "ok");
@@ -563,8 +565,8 @@ static enum MHD_Result handle_health(conn *c) {
 }
 
 static enum MHD_Result handle_metrics(conn *c) {
-    engine_stats st;
-    engine_get_stats(c->s->e, &st);
+    engine_stats st = {0};
+    if (atomic_load(&c->s->ready)) engine_get_stats(c->s->e, &st);
     char *text = metrics_render(c->s->mx, &st);
     return reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", text, text ? strlen(text) : 0, NULL);
 }
@@ -896,6 +898,8 @@ static enum MHD_Result dispatch(conn *c, const char *url, const char *method) {
         errors_set(&err, 413, NULL, "The request body is larger than the limit of %zu bytes.", c->s->p.max_body_bytes);
         return reply_error(c, &err, NULL);
     }
+    if (!atomic_load(&c->s->ready) && routes[found].id != R_HEALTH && routes[found].id != R_METRICS)
+        return fail(c, 503, NULL, "The model is loading; try again shortly.");
     switch (routes[found].id) {
     case R_COMPLETIONS: return handle_generate(c, API_COMPLETIONS);
     case R_CHAT: return handle_generate(c, API_CHAT);
@@ -983,7 +987,13 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, e
     *con_cls = NULL;
 }
 
-int server_start(const server_params *p, engine *e, metrics *m, server **out, char *err, size_t errlen) {
+void server_set_engine(server *s, engine *e) {
+    s->e = e;
+    s->tok = engine_tokenizer(e);
+    atomic_store(&s->ready, true); /* publishes e and tok to the HTTP threads */
+}
+
+int server_start(const server_params *p, metrics *m, server **out, char *err, size_t errlen) {
     *out = NULL;
     server *s = calloc(1, sizeof(*s));
     if (!s) {
@@ -991,14 +1001,13 @@ int server_start(const server_params *p, engine *e, metrics *m, server **out, ch
         return -1;
     }
     s->p = *p;
-    s->e = e;
     s->mx = m;
-    s->tok = engine_tokenizer(e);
     s->started = (long)time(NULL);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     s->id_salt = ((unsigned long long)ts.tv_nsec << 20) ^ (unsigned long long)ts.tv_sec ^ ((unsigned long long)getpid() << 40);
     atomic_init(&s->draining, false);
+    atomic_init(&s->ready, false);
     atomic_init(&s->active, 0);
     atomic_init(&s->next_id, 1);
     if (chat_template_load_dir(p->model_dir, &s->tmpl, err, errlen) != CHAT_TEMPLATE_OK) {

@@ -224,20 +224,11 @@ int main(int argc, char **argv) {
     metrics *mx = NULL;
     server *srv = NULL;
     double t0 = util_now();
-    int erc = engine_create(&ep, &e, err, sizeof(err));
-    if (erc != ENGINE_OK) {
-        fprintf(stderr, "engram-server: %s\n", err);
-        rc = erc == ENGINE_ERR_DEVICE ? 2 : 1;
-        goto free_vals;
-    }
-    if (!engine_tokenizer(e)) {
-        fprintf(stderr, "engram-server: %s has no usable tokenizer.json: the server needs one\n", val[O_MODEL]);
-        goto done;
-    }
     if (!(mx = metrics_create())) {
         fprintf(stderr, "engram-server: out of memory\n");
-        goto done;
+        goto free_vals;
     }
+    /* Listen first: while the model loads, /health answers 503 "loading". */
     server_params sp = {0};
     sp.host = val[O_HOST];
     sp.port = (int)num[O_PORT];
@@ -248,10 +239,21 @@ int main(int argc, char **argv) {
     sp.http_threads = (int)num[O_HTTP_THREADS];
     sp.cors_origin = val[O_CORS];
     sp.connection_timeout = (int)num[O_CONN_TIMEOUT];
-    if (server_start(&sp, e, mx, &srv, err, sizeof(err)) != 0) {
+    if (server_start(&sp, mx, &srv, err, sizeof(err)) != 0) {
         fprintf(stderr, "engram-server: %s\n", err);
         goto done;
     }
+    int erc = engine_create(&ep, &e, err, sizeof(err));
+    if (erc != ENGINE_OK) {
+        fprintf(stderr, "engram-server: %s\n", err);
+        rc = erc == ENGINE_ERR_DEVICE ? 2 : 1;
+        goto done;
+    }
+    if (!engine_tokenizer(e)) {
+        fprintf(stderr, "engram-server: %s has no usable tokenizer.json: the server needs one\n", val[O_MODEL]);
+        goto done;
+    }
+    server_set_engine(srv, e);
     fprintf(stderr, "engram-server: serving %s as \"%s\" on http://%s:%d (loaded in %.2fs)\n", val[O_MODEL], served,
             sp.host, sp.port, util_now() - t0);
 

@@ -60,9 +60,13 @@ typedef struct {
 
 typedef struct server server;
 
-/* Starts listening. engine and m are borrowed and must outlive the server.
- * Returns 0 and *out, or -1 with a message in err. */
-int server_start(const server_params *p, engine *e, metrics *m, server **out, char *err, size_t errlen);
+/* Starts listening before the model is loaded: until server_set_engine,
+ * /health answers 503 "loading" and the API 503. m is borrowed and must
+ * outlive the server. Returns 0 and *out, or -1 with a message in err. */
+int server_start(const server_params *p, metrics *m, server **out, char *err, size_t errlen);
+
+/* Makes the loaded engine (borrowed; must outlive the server) serve requests. */
+void server_set_engine(server *s, engine *e);
 
 /* Marks the server as draining: /health answers 503, new generations 503. */
 void server_drain(server *s);

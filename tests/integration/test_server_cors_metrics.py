@@ -75,3 +75,50 @@ def test_keepalive_comments_during_long_prefill():
         assert isinstance(text, str)
     finally:
         s.stop()
+
+
+def test_health_is_503_while_loading(tmp_path):
+    """The server listens before the model is loaded: /health answers 503 with
+    an error object until it is ready, and the API 503s meanwhile. Loading a
+    model with Engram builds the compressed tokenizer over Qwen3's 151k ids,
+    which takes long enough to observe."""
+    import lzma
+    import socket
+    import subprocess as sp
+    import time
+    from conftest import BUILD, SOURCE
+    src = SOURCE / "tests" / "fixtures" / "tokenizers" / "qwen3"
+    d = tmp_path / "m"
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_bytes(lzma.decompress((src / "tokenizer.json.xz").read_bytes()))
+    (tmp_path / "tok" / "tokenizer_config.json").write_bytes((src / "tokenizer_config.json").read_bytes())
+    sp.run([str(SOURCE / ".venv" / "bin" / "python"), str(SOURCE / "tools" / "gen_checkpoint.py"), str(d),
+            "--hidden", "32", "--layers", "2", "--heads", "2", "--kv-heads", "1", "--ffn", "64", "--vocab", "151669",
+            "--tie", "--engram", "--tokenizer", str(tmp_path / "tok"), "--engram-layers", "1",
+            "--engram-vocab", "1000", "--engram-embed", "32", "--engram-heads", "2"], check=True, capture_output=True)
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        port = so.getsockname()[1]
+    p = sp.Popen([str(BUILD / "engram-server"), "--model", str(d), "--port", str(port)], stdout=sp.PIPE,
+                 stderr=sp.STDOUT, text=True)
+    try:
+        seen = []
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                r = requests.get(f"http://127.0.0.1:{port}/health", timeout=5)
+            except requests.ConnectionError:
+                assert p.poll() is None, p.stdout.read()
+                time.sleep(0.005)
+                continue
+            seen.append(r.status_code)
+            if r.status_code == 503:
+                assert "loading" in r.json()["error"]["message"]
+                api = requests.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "x"}, timeout=5)
+                assert api.status_code in (503, 200)
+            if r.status_code == 200:
+                break
+        assert seen and seen[-1] == 200 and seen[0] == 503, seen[:5]
+    finally:
+        p.terminate()
+        p.wait(timeout=30)
