@@ -130,6 +130,15 @@ void engine_request_release(engine_request *r) {
     if (r && atomic_fetch_sub(&r->refs, 1) == 1) request_free(r);
 }
 
+void engine_request_detach(engine_request *r) {
+    if (!r) return;
+    pthread_mutex_lock(&r->mu);
+    r->notify = NULL;
+    r->notify_ctx = NULL;
+    r->armed = false;
+    pthread_mutex_unlock(&r->mu);
+}
+
 void engine_cancel(engine_request *r) {
     if (r) atomic_store(&r->cancel, true);
 }

@@ -146,6 +146,11 @@ bool engine_request_gates(engine_request *r, const int32_t **ids, int *n_tokens,
  * Borrowed until the request is released. */
 const engine_logprob *engine_request_logprobs(engine_request *r);
 
+/* Detaches the notify callback: after this returns the engine never calls it
+ * for this request (call it before the notify context goes away, e.g. when a
+ * connection closes). Thread-safe; accepts NULL. */
+void engine_request_detach(engine_request *r);
+
 /* Drops the caller's reference. Accepts NULL. */
 void engine_request_release(engine_request *r);
 

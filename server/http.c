@@ -49,6 +49,7 @@ typedef struct {
     char *body;        /* (len) bytes received */
     size_t len, cap;
     bool too_big;
+    unsigned long long seen; /* body bytes received, kept or not */
     bool generating; /* counted in server.active */
     /* a non-streaming generation waiting on the engine: choice `cur` of n_req */
     engine_request *req;               /* reqs[cur], the one being read */
@@ -286,6 +287,7 @@ static cJSON *gates_json(server *s, engine_request *r, int n_prompt) {
 /* Cancels and releases the choices after `from` that were never read. */
 static void release_rest(engine_request **reqs, int from, int n) {
     for (int i = from; i < n; i++) {
+        engine_request_detach(reqs[i]);
         engine_cancel(reqs[i]);
         engine_request_release(reqs[i]);
         reqs[i] = NULL;
@@ -494,6 +496,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
 
 static void stream_free(void *cls) {
     stream *st = cls;
+    engine_request_detach(st->req); /* the connection is going away: never notify it again */
     if (!st->ended) { /* the client went away (or the daemon stops): cancel at the next step */
         engine_cancel(st->req);
         stream_record(st, "abort");
@@ -933,6 +936,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
+        c->seen += n;
+        if (c->too_big && c->seen > 16 * (unsigned long long)s->p.max_body_bytes)
+            return dispatch(c, url, method); /* stop draining an endless body: 413 and close */
         if (c->too_big) return MHD_YES;
         if (c->len + n > s->p.max_body_bytes) {
             c->too_big = true;
@@ -964,6 +970,7 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, e
     conn *c = *con_cls;
     if (!c) return;
     if (c->req) { /* a non-streaming request whose connection closed */
+        engine_request_detach(c->req); /* so the read below cannot arm a notify of a dead connection */
         engine_cancel(c->req);
         engine_output o;
         engine_request_read(c->req, &o, NULL, NULL);
@@ -1030,7 +1037,8 @@ int server_start(const server_params *p, metrics *m, server **out, char *err, si
     s->d = MHD_start_daemon(flags, (uint16_t)p->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR,
                             (struct sockaddr *)&s->addr, MHD_OPTION_THREAD_POOL_SIZE,
                             (unsigned)(p->http_threads > 0 ? p->http_threads : 4), MHD_OPTION_CONNECTION_TIMEOUT,
-                            (unsigned)(p->connection_timeout > 0 ? p->connection_timeout : 300), MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
+                            (unsigned)(p->connection_timeout > 0 ? p->connection_timeout : 300),
+                            MHD_OPTION_THREAD_STACK_SIZE, (size_t)(8u << 20), MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
     if (!s->d) {
         snprintf(err, errlen, "cannot listen on %s:%d (address in use or not available)", p->host, p->port);
         chat_template_destroy(s->tmpl);

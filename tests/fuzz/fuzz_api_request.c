@@ -44,6 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 sp->top_k < 0 || !(sp->min_p >= 0 && sp->min_p <= 1) || !(sp->repetition_penalty > 0))
                 abort();
             if (r.include_usage && !r.stream) abort();
+            if (r.n < 1 || r.n > API_MAX_N) abort();
             if (r.messages_json && !api_utf8_valid(r.messages_json, strlen(r.messages_json))) abort();
             api_request_free(&r);
         } else {

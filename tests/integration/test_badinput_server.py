@@ -98,7 +98,9 @@ def test_tokenize_hostile(server):
 
 
 def raw_exchange(port, data, read=True):
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+    """Sends data, half-closes, reads what comes back (libmicrohttpd answers most
+    broken requests and closes; binary junk it just holds until the timeout)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
         s.sendall(data)
         if not read:
             return b""
@@ -129,6 +131,16 @@ def test_broken_http(server):
             yield b"a" * 10000
     r = requests.post(server.url + "/v1/completions", data=gen(), headers={"Authorization": f"Bearer {API_KEY}"})
     check_error(r, 413)
+    # an endless chunked upload is cut off (413 or a closed connection), the server lives on
+    def endless():
+        while True:
+            yield b"b" * 65536
+    try:
+        r = requests.post(server.url + "/v1/completions", data=endless(), timeout=30,
+                          headers={"Authorization": f"Bearer {API_KEY}"})
+        check_error(r, 413)
+    except requests.ConnectionError:
+        pass
     check_error(requests.request("FOO", server.url + "/health"), 405)
     assert requests.get(server.url + "/health?probe=1").status_code == 200
     alive(server)
@@ -202,6 +214,14 @@ def test_port_in_use():
         assert p.returncode == 1 and "listen" in p.stderr, p.stderr
 
 
+def test_default_config_file():
+    """config/engram-server.json parses; flags override its model and port."""
+    from conftest import SOURCE
+    s = Server("--config", SOURCE / "config" / "engram-server.json")
+    assert requests.get(s.url + "/health").json() == {"status": "ok"}
+    s.stop()
+
+
 def test_config_precedence(tmp_path):
     """file < env < flags, for a string and an integer option."""
     cfg = tmp_path / "c.json"
@@ -217,4 +237,24 @@ def test_config_precedence(tmp_path):
                env={"ENGRAM_SERVED_MODEL_NAME": "from-env", "ENGRAM_MAX_BODY_BYTES": "1000"})
     assert requests.get(s.url + "/v1/models").json()["data"][0]["id"] == "from-flag"
     assert requests.post(s.url + "/v1/completions", data="x" * 500).status_code == 400
+    s.stop()
+
+
+def test_idle_and_junk_connections_time_out():
+    s = Server("--connection-timeout", "1")
+    socks = []
+    for data in (b"", b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{", b"\x00\x01\x02\r\n\r\n"):
+        c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+        c.sendall(data)
+        socks.append(c)
+    t0 = time.time()
+    for c in socks:
+        try:
+            while c.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+        c.close()
+    assert time.time() - t0 < 8  # closed by the server, not by our 10 s timeout
+    assert requests.get(s.url + "/health").status_code == 200
     s.stop()

@@ -154,6 +154,31 @@ def test_stop_strings(client):
     assert r.choices[0].text == full and r.choices[0].finish_reason == "length"
 
 
+def test_n_choices(client):
+    kw = dict(model="engram-test", max_tokens=6, extra_body={"ignore_eos": True})
+    one = client.chat.completions.create(messages=CHAT, temperature=0, **kw)
+    r = client.chat.completions.create(messages=CHAT, temperature=0, n=3, **kw)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    assert all(c.message.content == one.choices[0].message.content for c in r.choices)
+    assert r.usage.prompt_tokens == one.usage.prompt_tokens and r.usage.completion_tokens == 18
+    # choice i samples with seed + i
+    kw = dict(model="engram-test", prompt="Once", max_tokens=8, temperature=1.0, extra_body={"ignore_eos": True})
+    r = client.completions.create(n=2, seed=50, **kw)
+    assert [c.text for c in r.choices] == [client.completions.create(seed=s, **kw).choices[0].text for s in (50, 51)]
+    # streamed: a role chunk and exactly one finish_reason per choice, texts as above
+    chunks = list(client.chat.completions.create(messages=CHAT, n=2, seed=9, stream=True,
+                                                 stream_options={"include_usage": True}, max_tokens=5,
+                                                 model="engram-test", extra_body={"ignore_eos": True}))
+    full = client.chat.completions.create(messages=CHAT, n=2, seed=9, max_tokens=5, model="engram-test",
+                                          extra_body={"ignore_eos": True})
+    for i in range(2):
+        mine = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == i]
+        assert mine[0].delta.role == "assistant"
+        assert [m.finish_reason for m in mine if m.finish_reason] == ["length"]
+        assert "".join(m.delta.content or "" for m in mine) == full.choices[i].message.content
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 10
+
+
 def test_async_client(server):
     async def go():
         c = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0)
@@ -360,6 +385,7 @@ def test_metrics(server):
     assert metric(text, "engram_request_success_total", {"finished_reason": "length"}) > 0
     assert metric(text, "engram_http_requests_total", {"route": "/v1/completions", "status": "400"}) > 0
     assert metric(text, "engram_e2e_request_latency_seconds_count") > 0
+    assert metric(text, "engram_kv_cache_usage_perc") == 0
     promtool = shutil.which("promtool")
     assert promtool, "promtool missing: scripts/setup installs Debian's prometheus"
     p = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)

@@ -1,0 +1,347 @@
+/* Unit tests for engine/engine: requests through the engine thread on the
+ * qwen3_engram fixture (greedy output equals a direct forward + sampler run,
+ * determinism, stop strings held back and cut, EOS, parameter checks, the
+ * notify hook, cancellation, stop with queued requests). */
+#include <check.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "engine.h"
+#include "forward.h"
+
+static char model_dir[1024];
+static engine *E;
+
+static void setup(void) {
+    const char *src = getenv("ENGRAM_SOURCE_DIR");
+    snprintf(model_dir, sizeof(model_dir), "%s/tests/fixtures/models/qwen3_engram", src ? src : ".");
+    engine_params p = engine_default_params();
+    p.model_dir = model_dir;
+    p.threads = 1;
+    char err[512];
+    int rc = engine_create(&p, &E, err, sizeof(err));
+    ck_assert_msg(rc == ENGINE_OK, "engine_create: %s", err);
+}
+
+static void teardown(void) {
+    engine_destroy(E);
+    E = NULL;
+}
+
+typedef struct {
+    char *text;
+    size_t len;
+    engine_output fin;
+} result;
+
+/* Polls a request to its end (busy-waits politely). */
+static result run_to_end(engine_request *r) {
+    result res = {0};
+    for (;;) {
+        engine_output o;
+        if (engine_request_read(r, &o, NULL, NULL)) {
+            if (o.len) {
+                res.text = realloc(res.text, res.len + o.len + 1);
+                memcpy(res.text + res.len, o.text, o.len);
+                res.len += o.len;
+                res.text[res.len] = 0;
+            }
+            free(o.text);
+            if (o.finish != ENGINE_FINISH_NONE) {
+                res.fin = o;
+                break;
+            }
+        } else {
+            struct timespec ts = {0, 200000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    if (!res.text) res.text = calloc(1, 1);
+    return res;
+}
+
+static engine_request_params greedy(const int32_t *ids, int n, int max_tokens) {
+    engine_request_params p = {0};
+    p.prompt = ids;
+    p.n_prompt = n;
+    p.max_tokens = max_tokens;
+    p.sampling = sampler_default_params();
+    p.sampling.temperature = 0;
+    p.ignore_eos = true;
+    return p;
+}
+
+static const int32_t PROMPT[] = {5, 17, 300, 42, 9, 1000};
+#define NP ((int)(sizeof(PROMPT) / sizeof(PROMPT[0])))
+
+static result submit_run(engine_request_params p) {
+    engine_request *r = NULL;
+    ck_assert_int_eq(engine_submit(E, &p, &r), ENGINE_OK);
+    result res = run_to_end(r);
+    engine_request_release(r);
+    return res;
+}
+
+START_TEST(test_greedy_matches_direct_run) {
+    result res = submit_run(greedy(PROMPT, NP, 20));
+    ck_assert_int_eq(res.fin.finish, ENGINE_FINISH_LENGTH);
+    ck_assert_int_eq(res.fin.n_generated, 20);
+    ck_assert_int_eq(res.fin.n_prompt, NP);
+    ck_assert(res.fin.t_submit > 0 && res.fin.t_first_token >= res.fin.t_submit && res.fin.t_end >= res.fin.t_first_token);
+
+    /* the same tokens by hand, decoded at once */
+    const model *m = engine_model(E);
+    forward_state *st = NULL;
+    ck_assert_int_eq(forward_state_create(m, 64, 256, &st), FORWARD_OK);
+    float *logits = malloc((size_t)m->cfg.vocab_size * sizeof(float));
+    sampler_params sp = sampler_default_params();
+    sp.temperature = 0;
+    sampler *smp = sampler_create(model_sampling_vocab(m), sp);
+    int32_t out[20];
+    ck_assert_int_eq(forward_run(m, backend_cpu(), st, PROMPT, NP, logits, NULL), FORWARD_OK);
+    for (int i = 0; i < 20; i++) {
+        out[i] = sampler_sample(smp, logits, PROMPT, NP, out, i);
+        if (i < 19) ck_assert_int_eq(forward_run(m, backend_cpu(), st, &out[i], 1, logits, NULL), FORWARD_OK);
+    }
+    char *want = NULL;
+    size_t wlen = 0;
+    ck_assert_int_eq(tokenizer_decode(engine_tokenizer(E), out, 20, true, &want, &wlen), TOKENIZER_OK);
+    ck_assert_str_eq(res.text, want);
+    free(want);
+    free(logits);
+    sampler_destroy(smp);
+    forward_state_destroy(st);
+
+    result again = submit_run(greedy(PROMPT, NP, 20));
+    ck_assert_str_eq(again.text, res.text);
+    free(again.text);
+    free(res.text);
+}
+END_TEST
+
+START_TEST(test_stop_strings) {
+    result full = submit_run(greedy(PROMPT, NP, 30));
+    ck_assert_uint_ge(full.len, 8);
+    /* every window of the text as a stop string: the output is the text before its first occurrence */
+    for (size_t at = 1; at + 3 <= full.len; at += 2) {
+        if ((full.text[at] & 0xC0) == 0x80) continue; /* start on a character */
+        size_t sl = 3;
+        while (at + sl < full.len && (full.text[at + sl] & 0xC0) == 0x80) sl++;
+        char stop[16];
+        if (sl >= sizeof(stop)) continue;
+        memcpy(stop, full.text + at, sl);
+        stop[sl] = 0;
+        engine_request_params p = greedy(PROMPT, NP, 30);
+        p.stop[0] = "\x01never";
+        p.stop[1] = stop;
+        p.n_stop = 2;
+        result res = submit_run(p);
+        size_t first = (size_t)(strstr(full.text, stop) - full.text);
+        ck_assert_int_eq(res.fin.finish, ENGINE_FINISH_STOP);
+        ck_assert_uint_eq(res.len, first);
+        ck_assert(memcmp(res.text, full.text, first) == 0);
+        free(res.text);
+    }
+    free(full.text);
+}
+END_TEST
+
+START_TEST(test_eos_stops) {
+    /* logit_bias pushes the EOS id to the top: one token, finish "stop" */
+    engine_request_params p = greedy(PROMPT, NP, 10);
+    p.ignore_eos = false;
+    int32_t eos = engine_model(E)->cfg.eos_token_ids[0];
+    float big = 1000;
+    p.bias_ids = &eos;
+    p.bias_vals = &big;
+    p.n_bias = 1;
+    result res = submit_run(p);
+    ck_assert_int_eq(res.fin.finish, ENGINE_FINISH_STOP);
+    ck_assert_int_eq(res.fin.n_generated, 1);
+    ck_assert_uint_eq(res.len, 0);
+    free(res.text);
+    p.ignore_eos = true;
+    res = submit_run(p);
+    ck_assert_int_eq(res.fin.finish, ENGINE_FINISH_LENGTH);
+    ck_assert_int_eq(res.fin.n_generated, 10);
+    free(res.text);
+}
+END_TEST
+
+START_TEST(test_invalid_params) {
+    engine_request *r = (engine_request *)1;
+    int32_t bad[] = {5, 1 << 20};
+    int32_t neg[] = {-1};
+    engine_request_params p = greedy(PROMPT, NP, 5);
+    p.n_prompt = 0;
+    ck_assert_int_eq(engine_submit(E, &p, &r), ENGINE_ERR_INVALID);
+    ck_assert_ptr_null(r);
+    p = greedy(bad, 2, 5);
+    ck_assert_int_eq(engine_submit(E, &p, &r), ENGINE_ERR_INVALID);
+    p = greedy(neg, 1, 5);
+    ck_assert_int_eq(engine_submit(E, &p, &r), ENGINE_ERR_INVALID);
+    p = greedy(PROMPT, NP, engine_context_length(E)); /* prompt + max_tokens over the context */
+    ck_assert_int_eq(engine_submit(E, &p, &r), ENGINE_ERR_INVALID);
+    p = greedy(PROMPT, NP, 0);
+    ck_assert_int_eq(engine_submit(E, &p, &r), ENGINE_ERR_INVALID);
+    p = greedy(PROMPT, NP, 5);
+    p.stop[0] = "";
+    p.n_stop = 1;
+    ck_assert_int_eq(engine_submit(E, &p, &r), ENGINE_ERR_INVALID);
+    p = greedy(PROMPT, NP, engine_context_length(E) - NP); /* exactly fits */
+    ck_assert_int_eq(engine_submit(E, &p, &r), ENGINE_OK);
+    result res = run_to_end(r);
+    ck_assert_int_eq(res.fin.n_generated, engine_context_length(E) - NP);
+    free(res.text);
+    engine_request_release(r);
+}
+END_TEST
+
+typedef struct {
+    pthread_mutex_t mu;
+    int fired;
+} notify_state;
+
+static void on_notify(void *ctx) {
+    notify_state *s = ctx;
+    pthread_mutex_lock(&s->mu);
+    s->fired++;
+    pthread_mutex_unlock(&s->mu);
+}
+
+START_TEST(test_notify_and_cancel) {
+    notify_state ns = {PTHREAD_MUTEX_INITIALIZER, 0};
+    engine_request_params p = greedy(PROMPT, NP, 200);
+    p.notify = on_notify;
+    p.notify_ctx = &ns;
+    engine_request *r = NULL;
+    ck_assert_int_eq(engine_submit(E, &p, &r), ENGINE_OK);
+    engine_cancel(r);
+    engine_cancel(r); /* idempotent */
+    result res = run_to_end(r);
+    ck_assert(res.fin.finish == ENGINE_FINISH_CANCEL || res.fin.finish == ENGINE_FINISH_LENGTH);
+    if (res.fin.finish == ENGINE_FINISH_CANCEL) ck_assert_int_lt(res.fin.n_generated, 200);
+    engine_output o;
+    ck_assert(!engine_request_read(r, &o, NULL, NULL)); /* the finish is reported once */
+    engine_cancel(r); /* after the end: harmless */
+    engine_request_release(r);
+    free(res.text);
+
+    /* an armed read gets exactly one notify when output appears */
+    p.max_tokens = 3;
+    pthread_mutex_lock(&ns.mu);
+    ns.fired = 0;
+    pthread_mutex_unlock(&ns.mu);
+    ck_assert_int_eq(engine_submit(E, &p, &r), ENGINE_OK);
+    bool armed = !engine_request_read(r, &o, NULL, NULL);
+    while (armed && !engine_request_read(r, &o, NULL, NULL)) {
+    }
+    free(o.text);
+    if (o.finish == ENGINE_FINISH_NONE) {
+        res = run_to_end(r);
+        free(res.text);
+    }
+    engine_request_release(r);
+    pthread_mutex_lock(&ns.mu);
+    if (armed) ck_assert_int_ge(ns.fired, 1); /* the first read found nothing: it armed the notify */
+    pthread_mutex_unlock(&ns.mu);
+}
+END_TEST
+
+START_TEST(test_stop_aborts_queued) {
+    engine_request *r[6];
+    engine_request_params p = greedy(PROMPT, NP, 200);
+    for (int i = 0; i < 6; i++) ck_assert_int_eq(engine_submit(E, &p, &r[i]), ENGINE_OK);
+    engine_stop(E);
+    engine_stop(E); /* idempotent */
+    int aborted = 0;
+    for (int i = 0; i < 6; i++) {
+        result res = run_to_end(r[i]);
+        ck_assert(res.fin.finish == ENGINE_FINISH_ABORT || res.fin.finish == ENGINE_FINISH_LENGTH);
+        aborted += res.fin.finish == ENGINE_FINISH_ABORT;
+        free(res.text);
+        engine_request_release(r[i]);
+    }
+    ck_assert_int_ge(aborted, 1);
+    engine_request *x = (engine_request *)1;
+    ck_assert_int_eq(engine_submit(E, &p, &x), ENGINE_ERR_STOPPED);
+    ck_assert_ptr_null(x);
+    engine_stats st;
+    engine_get_stats(E, &st);
+    ck_assert_int_eq(st.queued, 0);
+    ck_assert_int_eq(st.running, 0);
+    ck_assert_int_eq(st.kv_tokens, 0);
+    ck_assert_int_eq(st.kv_capacity, engine_context_length(E));
+}
+END_TEST
+
+START_TEST(test_detach) {
+    notify_state ns = {PTHREAD_MUTEX_INITIALIZER, 0};
+    engine_request_params p = greedy(PROMPT, NP, 50);
+    p.notify = on_notify;
+    p.notify_ctx = &ns;
+    engine_request *r = NULL;
+    ck_assert_int_eq(engine_submit(E, &p, &r), ENGINE_OK);
+    engine_output o;
+    if (!engine_request_read(r, &o, NULL, NULL)) { /* armed: detach disarms */
+        engine_request_detach(r);
+        pthread_mutex_lock(&ns.mu);
+        int before = ns.fired;
+        pthread_mutex_unlock(&ns.mu);
+        result res = run_to_end(r); /* these reads cannot arm a callback that is gone */
+        free(res.text);
+        pthread_mutex_lock(&ns.mu);
+        ck_assert_int_eq(ns.fired, before);
+        pthread_mutex_unlock(&ns.mu);
+    } else {
+        free(o.text);
+        engine_request_detach(r);
+    }
+    engine_request_release(r);
+    engine_request_detach(NULL);
+}
+END_TEST
+
+START_TEST(test_bad_create) {
+    engine_params p = engine_default_params();
+    p.model_dir = "/nonexistent";
+    engine *e = (engine *)1;
+    char err[512];
+    ck_assert_int_eq(engine_create(&p, &e, err, sizeof(err)), ENGINE_ERR_LOAD);
+    ck_assert_ptr_null(e);
+    p.model_dir = model_dir;
+    p.device = "cuda";
+    ck_assert_int_eq(engine_create(&p, &e, err, sizeof(err)), ENGINE_ERR_DEVICE);
+    engine_destroy(NULL);
+    engine_request_release(NULL);
+    ck_assert_str_eq(engine_status_str(ENGINE_ERR_QUEUE_FULL), "the request queue is full");
+}
+END_TEST
+
+static Suite *suite(void) {
+    Suite *s = suite_create("engine");
+    TCase *tc = tcase_create("engine");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_greedy_matches_direct_run);
+    tcase_add_test(tc, test_stop_strings);
+    tcase_add_test(tc, test_eos_stops);
+    tcase_add_test(tc, test_invalid_params);
+    tcase_add_test(tc, test_notify_and_cancel);
+    tcase_add_test(tc, test_stop_aborts_queued);
+    tcase_add_test(tc, test_detach);
+    tcase_add_test(tc, test_bad_create);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) {
+    SRunner *sr = srunner_create(suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
