@@ -22,6 +22,26 @@ const char *kernels_status_str(int status);
 int kernels_rmsnorm_f32(float *out, const float *x, const float *w, int rows, int dim,
                         float eps, void *stream);
 
+/* In place on x (T, n_heads, hd): rotate halves by pos[t] * inv_freq (hd/2). */
+int kernels_rope_f32(float *x, const int *pos, int T, int n_heads, int hd, const float *inv_freq, void *stream);
+
+/* gate (n) = silu(gate) * up */
+int kernels_swiglu_f32(float *gate, const float *up, size_t n, void *stream);
+
+/* x (n) += y (n) */
+int kernels_add_f32(float *x, const float *y, size_t n, void *stream);
+
+/* out (T, H*D) = bf16 table rows rows[t*H + h] as f32. */
+int kernels_gather_rows_bf16(float *out, const void *table, const long long *rows, int T, int H, int D,
+                             void *stream);
+
+/* gate (T) = sigmoid(sign(s) sqrt(max(|s|, 1e-6))), s = dot(nk[t], nq[t]) / sqrt(d). */
+int kernels_engram_gate_f32(float *gate, const float *nk, const float *nq, int T, int d, void *stream);
+
+/* Depthwise causal conv + SiLU over in ((K-1)*dil + T, C): out (T, C). */
+int kernels_short_conv_f32(float *out, const float *in, const float *w, int T, int C, int K, int dil,
+                           void *stream);
+
 #ifdef __cplusplus
 }
 #endif
