@@ -1,6 +1,6 @@
 /* Request body parsers of the OpenAI-compatible API (see api.h): UTF-8 check,
  * cJSON parse, then every known field checked for type and range. Fields that
- * would change the semantics and are not implemented (tools, logprobs, n > 1,
+ * would change the semantics and are not implemented (tools, echo, suffix, best_of,
  * response_format other than text, ...) are refused with a 400 naming the
  * field; unknown fields are ignored, as OpenAI-compatible servers do. */
 #include <cjson/cJSON.h>
