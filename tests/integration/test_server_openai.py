@@ -433,6 +433,30 @@ def test_disconnect_cancels_then_next_succeeds(slow):
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] >= 1
 
 
+def test_disconnect_cancels_non_streaming(slow):
+    """A non-streaming client that goes away also cancels its request: the
+    engine resumes the suspended connection at each new token, libmicrohttpd
+    then sees the closed socket and the completion callback cancels."""
+    import socket
+    import urllib.parse
+    before = metric(requests.get(slow.url + "/metrics").text, "engram_request_success_total",
+                    {"finished_reason": "abort"}) or 0
+    u = urllib.parse.urlparse(slow.url)
+    body = json.dumps({"prompt": [1, 2, 3], "max_tokens": 1500, "ignore_eos": True, "temperature": 0}).encode()
+    sock = socket.create_connection((u.hostname, u.port))
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Authorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: " +
+                 str(len(body)).encode() + b"\r\n\r\n" + body)
+    assert wait_metric(slow.url, "engram_num_requests_running", None, 1) == 1
+    sock.close()  # the client goes away while its completion is being generated
+    t0 = time.time()
+    assert wait_metric(slow.url, "engram_request_success_total", {"finished_reason": "abort"}, before + 1) == before + 1
+    assert wait_metric(slow.url, "engram_num_requests_running", None, 0) == 0
+    assert time.time() - t0 < 4  # cancelled: 1500 tokens would take far longer
+    ok = requests.post(slow.url + "/v1/completions", json={"prompt": "Hello", "max_tokens": 3}, timeout=30)
+    assert ok.status_code == 200
+
+
 def test_sigterm_mid_stream(tmp_path):
     d = make_slow_model(tmp_path / "m")
     s = Server(model=d)
