@@ -189,6 +189,12 @@ void forward_state_reset(forward_state *s) {
         memset(s->conv_hist[i], 0, engram_conv_history_floats(e, s->model->cfg.hidden_size) * sizeof(float));
 }
 
+int forward_state_reserve(forward_state *s, int n) {
+    if (n > s->max_tokens - s->pos) return FORWARD_ERR_FULL;
+    int rc = kv_cache_seq_reserve(s->kv, &s->seq, s->pos + n);
+    return rc == KV_CACHE_OK ? FORWARD_OK : rc == KV_CACHE_ERR_FULL ? FORWARD_ERR_KV_FULL : FORWARD_ERR_NOMEM;
+}
+
 /* One chunk of T tokens at positions s->pos .. s->pos+T-1. */
 static int forward_chunk(const model *m, const backend_ops *ops, forward_state *s, const int32_t *ids,
                           int T, float *logits, float *gates) {
@@ -279,9 +285,8 @@ int forward_run(const model *m, const backend_ops *ops, forward_state *s, const 
     if (limit > m->cfg.vocab_size) limit = m->cfg.vocab_size;
     for (int i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= limit) return FORWARD_ERR_TOKEN;
-    int krc = kv_cache_seq_reserve(s->kv, &s->seq, s->pos + n);
-    if (krc == KV_CACHE_ERR_FULL) return FORWARD_ERR_KV_FULL;
-    if (krc != KV_CACHE_OK) return FORWARD_ERR_NOMEM;
+    int krc = forward_state_reserve(s, n);
+    if (krc != FORWARD_OK) return krc;
     int nl = m->engram ? m->engram->n_layers : 0;
     for (int i = 0; i < n; i += s->max_chunk) {
         int T = n - i < s->max_chunk ? n - i : s->max_chunk;

@@ -41,7 +41,12 @@ int forward_kv_cache_create(const model *m, int n_tokens, int block_size, kv_cac
 
 int forward_state_pos(const forward_state *s); /* tokens in the cache */
 double forward_state_engram_seconds(const forward_state *s); /* wall time spent in Engram so far */
-void forward_state_reset(forward_state *s); /* position 0, empty history; returns its KV blocks */
+void forward_state_reset(forward_state *s);
+
+/* Takes the KV blocks for n more tokens now (forward_run would take them
+ * itself). Returns FORWARD_OK, FORWARD_ERR_KV_FULL (nothing taken),
+ * FORWARD_ERR_FULL (past max_tokens) or FORWARD_ERR_NOMEM. */
+int forward_state_reserve(forward_state *s, int n); /* position 0, empty history; returns its KV blocks */
 
 /* Appends ids[0..n) to the sequence and runs them through the model in chunks
  * of max_chunk. If logits is not NULL it receives the logits of the last
