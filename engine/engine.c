@@ -674,44 +674,42 @@ static int sched_step(engine *e) {
         scheduled++;
     }
 
-    /* 3. admissions: preempted sequences first, then the queue */
+    /* 3. admissions: preempted sequences first, then the queue. A queued
+     * request is looked at and taken under mu (engine_stop empties the queue
+     * from another thread). */
     while (!preempted_now && e->n_running < e->p.max_num_seqs && budget > 0) {
         seq *s = NULL;
         if (e->n_preempted > 0) {
             s = e->preempted[0];
+            int np = s->r->n_prompt, n = np < e->chunk ? np : e->chunk;
+            if (n > budget && scheduled > 0) break;
+            if (kv_cache_blocks_for(e->kv, n) > kv_cache_free_blocks(e->kv)) break;
+            memmove(e->preempted, e->preempted + 1, (size_t)(e->n_preempted - 1) * sizeof(seq *));
+            e->n_preempted--;
         } else {
             pthread_mutex_lock(&e->mu);
             engine_request *r = e->head;
-            pthread_mutex_unlock(&e->mu);
-            if (!r) break;
-            if (atomic_load(&r->cancel)) { /* never ran */
-                pthread_mutex_lock(&e->mu);
+            bool take = r != NULL;
+            if (take && !atomic_load(&r->cancel)) {
+                int n = r->n_prompt < e->chunk ? r->n_prompt : e->chunk;
+                take = !(n > budget && scheduled > 0) && kv_cache_blocks_for(e->kv, n) <= kv_cache_free_blocks(e->kv);
+            }
+            if (take) {
                 e->head = r->next;
                 if (!e->head) e->tail = NULL;
+                r->next = NULL;
                 e->n_queued--;
-                pthread_mutex_unlock(&e->mu);
+            }
+            pthread_mutex_unlock(&e->mu);
+            if (!take) break;
+            if (atomic_load(&r->cancel)) { /* never ran */
                 request_publish(r, NULL, 0, 0, ENGINE_FINISH_CANCEL, 0);
                 engine_request_release(r);
                 continue;
             }
-        }
-        int np = s ? s->r->n_prompt : e->head->n_prompt;
-        int n = np < e->chunk ? np : e->chunk;
-        if (n > budget && scheduled > 0) break;
-        if (kv_cache_blocks_for(e->kv, n) > kv_cache_free_blocks(e->kv)) break;
-        if (!s) {
-            pthread_mutex_lock(&e->mu);
-            engine_request *r = e->head;
-            e->head = r->next;
-            if (!e->head) e->tail = NULL;
-            r->next = NULL;
-            e->n_queued--;
-            pthread_mutex_unlock(&e->mu);
             if (!(s = seq_create(e, r))) continue;
-        } else {
-            memmove(e->preempted, e->preempted + 1, (size_t)(e->n_preempted - 1) * sizeof(seq *));
-            e->n_preempted--;
         }
+        int n = seq_next_piece(e, s);
         if (seq_take_state(e, s) != 0 || forward_state_reserve(s->st, n) != FORWARD_OK) {
             seq_finish(e, s, ENGINE_FINISH_ERROR, ENGINE_ERR_NOMEM);
             continue;

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from serverutil import Server, metric, post
+from serverutil import Server, make_slow_model, metric, post
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven small birds sing near old river stones".split()
 
@@ -106,5 +106,27 @@ def test_tiny_kv_cache_preempts_and_outputs_match():
         # a request that can never fit the cache is refused up front
         r = post(s.url, "/v1/completions", {"prompt": prompt(3), "max_tokens": 120})
         assert r.status_code == 400, r.text
+    finally:
+        s.stop()
+
+
+def test_disconnects_leave_no_blocks(tmp_path):
+    """Streams that vanish after their first chunk are cancelled at the next
+    step boundary: their blocks come back (slow model, so they are running)."""
+    model = make_slow_model(tmp_path / "slow")
+    s = Server("--max-num-seqs", "8", model=model)
+    try:
+        streams = []
+        for i in range(8):
+            r = post(s.url, "/v1/completions", {"prompt": prompt(i), "max_tokens": 1000, "ignore_eos": True,
+                                                "stream": True}, stream=True)
+            assert r.status_code == 200
+            next(r.iter_content(chunk_size=1))
+            streams.append(r)
+        text = requests.get(s.url + "/metrics").text
+        assert metric(text, "engram_num_requests_running") > 0 and metric(text, "engram_kv_cache_usage_perc") > 0
+        for r in streams:
+            r.close()
+        wait_idle(s.url, timeout=1.5)
     finally:
         s.stop()
