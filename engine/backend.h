@@ -18,11 +18,12 @@ typedef struct {
     void (*embed)(float *out, const weight *emb, const int32_t *ids, int T);
     /* In place on x (T, n_heads, hd): rotate halves by pos[t] * inv_freq (hd/2). */
     void (*rope)(float *x, const int32_t *pos, int T, int n_heads, int hd, const float *inv_freq);
-    /* Causal attention of q (T, n_heads, hd) at positions pos0..pos0+T-1 over the
-     * cache k, v (pos0+T, n_kv, hd), keys j with i - j < window (0: all);
+    /* Causal attention of q (T, n_heads, hd) at positions pos0..pos0+T-1 over a
+     * paged cache: position j's K row is k + (blocks[j / bs] * bs + j % bs) * n_kv*hd
+     * (likewise V), for j < pos0+T; keys j with i - j < window (0: all);
      * out (T, n_heads, hd). */
-    void (*attention)(float *out, const float *q, const float *k, const float *v, int T, int pos0,
-                      int n_heads, int n_kv, int hd, int window);
+    void (*attention)(float *out, const float *q, const float *k, const float *v, const int *blocks,
+                      int bs, int T, int pos0, int n_heads, int n_kv, int hd, int window);
     /* gate (T, n) = silu(gate) * up */
     void (*swiglu)(float *gate, const float *up, size_t n);
     /* x (n) += y (n) */

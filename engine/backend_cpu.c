@@ -105,8 +105,13 @@ static void cpu_rope(float *x, const int32_t *pos, int T, int n_heads, int hd, c
         }
 }
 
-static void cpu_attention(float *out, const float *q, const float *k, const float *v, int T, int pos0,
-                          int n_heads, int n_kv, int hd, int window) {
+/* Row j of a paged cache (see backend.h). */
+static inline size_t paged_row(const int *blocks, int bs, int j) {
+    return (size_t)blocks[j / bs] * bs + (size_t)(j % bs);
+}
+
+static void cpu_attention(float *out, const float *q, const float *k, const float *v, const int *blocks,
+                          int bs, int T, int pos0, int n_heads, int n_kv, int hd, int window) {
     int group = n_heads / n_kv, kvw = n_kv * hd;
     float scale = 1.0f / sqrtf((float)hd);
 #pragma omp parallel
@@ -121,7 +126,7 @@ static void cpu_attention(float *out, const float *q, const float *k, const floa
                 const float *qv = q + ((size_t)t * n_heads + h) * hd;
                 float mx = -INFINITY;
                 for (int j = j0; j <= i; j++) {
-                    const float *kv = k + (size_t)j * kvw + (size_t)kh * hd;
+                    const float *kv = k + paged_row(blocks, bs, j) * kvw + (size_t)kh * hd;
                     float s = 0.0f;
                     for (int e = 0; e < hd; e++) s += qv[e] * kv[e];
                     sc[j] = s * scale;
@@ -136,7 +141,7 @@ static void cpu_attention(float *out, const float *q, const float *k, const floa
                 float *o = out + ((size_t)t * n_heads + h) * hd;
                 memset(o, 0, (size_t)hd * sizeof(float));
                 for (int j = j0; j <= i; j++) {
-                    const float *vv = v + (size_t)j * kvw + (size_t)kh * hd;
+                    const float *vv = v + paged_row(blocks, bs, j) * kvw + (size_t)kh * hd;
                     float p = sc[j] * inv;
                     for (int e = 0; e < hd; e++) o[e] += p * vv[e];
                 }

@@ -1,7 +1,7 @@
-/* The engine thread and its request objects (see engine.h). One sequence at
- * a time: the thread takes the oldest queued request, prefills its prompt in
- * chunks, decodes token by token, and publishes text to the request's output
- * stream after every step. Stop strings are matched on the generated text;
+/* The engine thread and its request objects (see engine.h). The thread runs
+ * the scheduler (continuous batching over a paged KV cache, described above
+ * sched_step) and publishes text to each request's output stream after every
+ * step. Stop strings are matched on the generated text;
  * the longest tail that could still start a stop string is held back so a
  * stop string is never emitted, even when it spans tokens. */
 #include "engine.h"
@@ -16,6 +16,7 @@
 
 #include "backend.h"
 #include "forward.h"
+#include "kv_cache.h"
 #include "util.h"
 
 struct engine_request {
@@ -58,19 +59,30 @@ struct engine {
     model *m;
     tokenizer *tok;          /* NULL when the checkpoint has none */
     const backend_ops *ops;
-    forward_state *st;       /* the one sequence's KV cache, (ctx) positions */
+    kv_cache *kv;            /* the paged KV cache shared by every sequence */
+    int chunk;               /* prompt tokens per piece: min(prefill_chunk, max_num_batched_tokens) */
     float *logits;           /* (vocab_size) */
     float *raw_logits;       /* (vocab_size) a copy for logprobs, before sampling edits them */
-    atomic_int kv_tokens;    /* positions in the KV cache, for engine_get_stats */
-    int32_t *out_ids;        /* (ctx) generated ids of the running request */
+    int32_t *ids;            /* (chunk) the ids of one piece */
     int ctx, vocab;
+    /* scheduler, engine thread only */
+    struct seq **running;    /* (max_num_seqs) oldest first */
+    int n_running;
+    struct seq **preempted;  /* (max_num_seqs) waiting for recompute, first in line first */
+    int n_preempted;
+    forward_state **free_states; /* (max_num_seqs) states not in use, kept for reuse */
+    int n_free_states;
+    uint64_t next_arrival;
+    long long n_preemptions;
+    /* what engine_get_stats reports, under mu */
+    int st_running, st_preempted, st_kv_used, st_step_tokens;
+    long long st_preemptions, st_steps, st_step_tokens_total;
     pthread_t thread;
     bool thread_started;
     pthread_mutex_t mu; /* queue, running, stopping */
     pthread_cond_t cv;
     engine_request *head, *tail;
     int n_queued;
-    engine_request *running;
     atomic_bool stopping;
     bool stopped;
 };
@@ -94,6 +106,9 @@ engine_params engine_default_params(void) {
     p.device = "cpu";
     p.max_queued = 64;
     p.prefill_chunk = 256;
+    p.max_num_seqs = 16;
+    p.max_num_batched_tokens = 512;
+    p.kv_block_size = 16;
     p.engram_store = engram_store_default_params();
     return p;
 }
@@ -246,22 +261,33 @@ const engine_logprob *engine_request_logprobs(engine_request *r) { return r->lp;
 
 const model *engine_model(const engine *e) { return e->m; }
 const tokenizer *engine_tokenizer(const engine *e) { return e->tok; }
-int engine_context_length(const engine *e) { return e->ctx; }
+int engine_context_length(const engine *e) {
+    int kv = kv_cache_n_blocks(e->kv) * kv_cache_block_size(e->kv); /* one sequence may fill the cache */
+    return kv < e->ctx ? kv : e->ctx;
+}
 int engine_vocab_size(const engine *e) { return e->vocab; }
 
 void engine_get_stats(engine *e, engine_stats *out) {
     pthread_mutex_lock(&e->mu);
-    out->queued = e->n_queued;
-    out->running = e->running != NULL;
+    out->queued = e->n_queued + e->st_preempted;
+    out->running = e->st_running;
+    out->preempted = e->st_preempted;
+    int bs = kv_cache_block_size(e->kv);
+    out->kv_tokens = e->st_kv_used * bs;
+    out->kv_capacity = kv_cache_n_blocks(e->kv) * bs;
+    out->kv_blocks_used = e->st_kv_used;
+    out->kv_blocks = kv_cache_n_blocks(e->kv);
+    out->preemptions = e->st_preemptions;
+    out->steps = e->st_steps;
+    out->step_tokens = e->st_step_tokens;
+    out->step_tokens_total = e->st_step_tokens_total;
     pthread_mutex_unlock(&e->mu);
-    out->kv_tokens = atomic_load(&e->kv_tokens);
-    out->kv_capacity = e->ctx;
 }
 
 int engine_submit(engine *e, const engine_request_params *p, engine_request **out) {
     *out = NULL;
     if (!p->prompt || p->n_prompt < 1 || p->max_tokens < 1 || p->n_stop < 0 || p->n_stop > ENGINE_MAX_STOP ||
-        p->n_bias < 0 || (long)p->n_prompt + p->max_tokens > e->ctx)
+        p->n_bias < 0 || (long)p->n_prompt + p->max_tokens > engine_context_length(e))
         return ENGINE_ERR_INVALID;
     for (int i = 0; i < p->n_prompt; i++)
         if (p->prompt[i] < 0 || p->prompt[i] >= e->vocab) return ENGINE_ERR_INVALID;
@@ -319,7 +345,7 @@ int engine_submit(engine *e, const engine_request_params *p, engine_request **ou
     pthread_mutex_lock(&e->mu);
     int rc = ENGINE_OK;
     if (atomic_load(&e->stopping)) rc = ENGINE_ERR_STOPPED;
-    else if (e->n_queued >= e->p.max_queued && (e->n_queued > 0 || e->running)) rc = ENGINE_ERR_QUEUE_FULL;
+    else if (e->n_queued >= e->p.max_queued && (e->n_queued > 0 || e->st_running)) rc = ENGINE_ERR_QUEUE_FULL;
     if (rc == ENGINE_OK) {
         if (e->tail) e->tail->next = r;
         else e->head = r;
@@ -424,135 +450,324 @@ static void logprob_entry(const float *logits, int vocab, int32_t id, int n_top,
     for (int k = 0; k < lp->n_top; k++) lp->top_logprobs[k] = (float)(logits[lp->top_ids[k]] - lse);
 }
 
-/* Runs one request to its end on the engine thread. */
-static void engine_run_request(engine *e, engine_request *r) {
+/* ---- the scheduler (engine thread) ----
+ * A sequence is a request taken off the queue: its forward_state (block
+ * table in the shared KV cache, Engram history), sampler, detokenizer and
+ * generated text. Each step:
+ *   1. running sequences that were cancelled (or all, when stopping) finish
+ *      and give their blocks back;
+ *   2. running sequences, oldest first, get their next piece of work within
+ *      the token budget: a prompt chunk or one decode token; when the cache
+ *      cannot hold it, the youngest running sequence is preempted (its
+ *      blocks freed, to be recomputed later), the sequence itself last;
+ *   3. waiting sequences (preempted ones first, then the queue, FCFS) are
+ *      admitted while --max-num-seqs, the budget and free blocks allow;
+ *   4. every scheduled sequence runs its piece; one that has caught up
+ *      samples its next token and publishes text.
+ * Batch invariance: a sequence's pieces never depend on the others. Its
+ * prompt goes in chunks of `chunk` tokens from position 0, then one token per
+ * step, and a recomputed sequence replays exactly those pieces (generated
+ * tokens one at a time, without sampling), so its logits are bit for bit
+ * those of the sequence running alone. */
+
+typedef struct seq {
+    engine_request *r;
+    uint64_t arrival;    /* admission order: smaller is older */
+    forward_state *st;   /* NULL while preempted */
+    sampler *smp;
+    tokenizer_stream *ts;
+    gen_text g;
+    int32_t *out_ids;    /* (max_tokens) generated ids */
+    int n_out;
+    int n_fed_max;       /* most tokens ever fed (for the gates' ids) */
+    int piece;           /* tokens scheduled this step, 0: none */
+} seq;
+
+/* The tokens a sequence feeds, in order: its prompt then its generated ids. */
+static int32_t seq_token(const seq *s, int i) {
+    return i < s->r->n_prompt ? s->r->prompt[i] : s->out_ids[i - s->r->n_prompt];
+}
+
+/* The next piece of s: a prompt chunk aligned at multiples of chunk, else
+ * one token (a replayed or the last sampled one). */
+static int seq_next_piece(const engine *e, const seq *s) {
+    int pos = s->st ? forward_state_pos(s->st) : 0, np = s->r->n_prompt;
+    if (pos < np) return np - pos < e->chunk ? np - pos : e->chunk;
+    return 1;
+}
+
+static void seq_release_state(engine *e, seq *s) {
+    if (!s->st) return;
+    forward_state_reset(s->st); /* blocks back to the cache */
+    e->free_states[e->n_free_states++] = s->st;
+    s->st = NULL;
+}
+
+static int seq_take_state(engine *e, seq *s) {
+    if (e->n_free_states > 0) s->st = e->free_states[--e->n_free_states];
+    else if (forward_state_create_shared(e->m, e->kv, e->ctx, e->chunk, &s->st) != FORWARD_OK) return -1;
+    return 0;
+}
+
+/* Ends s: publishes the finish if it has none yet, records gate ids, frees
+ * everything and drops the engine's reference. */
+static void seq_finish(engine *e, seq *s, engine_finish f, int error) {
+    engine_request *r = s->r;
+    if (f != ENGINE_FINISH_NONE) request_publish(r, NULL, 0, s->n_out, f, error);
+    seq_release_state(e, s);
+    free(s->g.buf);
+    free(s->out_ids);
+    tokenizer_stream_destroy(s->ts);
+    sampler_destroy(s->smp);
+    engine_request_release(r);
+    free(s);
+}
+
+/* Samples the next token of s from e->logits, publishes text, and returns
+ * true when s has finished (the finish published). */
+static bool seq_sample(engine *e, seq *s) {
+    engine_request *r = s->r;
+    const model_config *c = &e->m->cfg;
+    if (r->lp) memcpy(e->raw_logits, e->logits, (size_t)e->vocab * sizeof(float)); /* the sampler edits them */
+    for (int i = 0; i < r->n_bias; i++) e->logits[r->bias_ids[i]] += r->bias_vals[i];
+    int32_t next = sampler_sample(s->smp, e->logits, r->prompt, r->n_prompt, s->out_ids, s->n_out);
+    if (r->lp) logprob_entry(e->raw_logits, e->vocab, next, r->n_top, &r->lp[s->n_out]);
+    s->out_ids[s->n_out++] = next;
+
+    gen_text *g = &s->g;
+    size_t scanned = g->len;
+    char *piece = NULL;
+    size_t plen = 0;
+    int trc = s->ts ? tokenizer_stream_step(s->ts, next, &piece, &plen) : TOKENIZER_OK;
+    if (trc == TOKENIZER_OK && plen && gen_append(g, piece, plen) != 0) trc = TOKENIZER_ERR_NOMEM;
+    free(piece);
+
+    bool eos = false;
+    for (int k = 0; k < c->n_eos && !r->ignore_eos; k++) eos |= next == c->eos_token_ids[k];
+    engine_finish f = eos ? ENGINE_FINISH_STOP : s->n_out >= r->max_tokens ? ENGINE_FINISH_LENGTH : ENGINE_FINISH_NONE;
+    if (f != ENGINE_FINISH_NONE && s->ts && trc == TOKENIZER_OK) { /* the incomplete tail, if any */
+        piece = NULL;
+        plen = 0;
+        trc = tokenizer_stream_flush(s->ts, &piece, &plen);
+        if (trc == TOKENIZER_OK && plen && gen_append(g, piece, plen) != 0) trc = TOKENIZER_ERR_NOMEM;
+        free(piece);
+    }
+    if (trc != TOKENIZER_OK) {
+        request_publish(r, NULL, 0, s->n_out, ENGINE_FINISH_ERROR, ENGINE_ERR_NOMEM);
+        return true;
+    }
+    long at = r->n_stop ? find_stop(r, g, scanned) : -1;
+    size_t upto;
+    if (at >= 0) {
+        upto = (size_t)at;
+        f = ENGINE_FINISH_STOP;
+    } else {
+        upto = f != ENGINE_FINISH_NONE ? g->len : g->len - stop_holdback(r, g);
+    }
+    if (f == ENGINE_FINISH_NONE) f = interrupted(e, r);
+    request_publish(r, g->buf + g->emitted, upto - g->emitted, s->n_out, f, 0);
+    g->emitted = upto;
+    return f != ENGINE_FINISH_NONE;
+}
+
+/* Makes a sequence of a request just taken off the queue; NULL (and the
+ * request finished with an error) when out of memory. */
+static seq *seq_create(engine *e, engine_request *r) {
+    seq *s = calloc(1, sizeof(*s));
+    if (s) {
+        s->r = r;
+        s->arrival = e->next_arrival++;
+        s->smp = sampler_create(e->vocab, r->sp);
+        s->out_ids = malloc((size_t)r->max_tokens * sizeof(int32_t));
+    }
+    if (!s || !s->smp || !s->out_ids || (e->tok && tokenizer_stream_create(e->tok, true, &s->ts) != TOKENIZER_OK)) {
+        request_publish(r, NULL, 0, 0, ENGINE_FINISH_ERROR, ENGINE_ERR_NOMEM);
+        if (s) {
+            s->ts = NULL;
+            seq_finish(e, s, ENGINE_FINISH_NONE, 0);
+        } else {
+            engine_request_release(r);
+        }
+        return NULL;
+    }
     pthread_mutex_lock(&r->mu);
     r->t_start = util_now();
     pthread_mutex_unlock(&r->mu);
+    return s;
+}
 
-    gen_text g = {0};
-    tokenizer_stream *ts = NULL;
-    sampler *smp = sampler_create(e->vocab, r->sp);
-    if (!smp || (e->tok && tokenizer_stream_create(e->tok, true, &ts) != TOKENIZER_OK)) {
-        request_publish(r, NULL, 0, 0, ENGINE_FINISH_ERROR, ENGINE_ERR_NOMEM);
-        goto done;
+/* Frees the blocks of running sequence i (recomputed later) and moves it to
+ * the front of the waiting sequences. */
+static void sched_preempt(engine *e, int i) {
+    seq *s = e->running[i];
+    seq_release_state(e, s);
+    s->piece = 0;
+    memmove(e->running + i, e->running + i + 1, (size_t)(e->n_running - i - 1) * sizeof(seq *));
+    e->n_running--;
+    memmove(e->preempted + 1, e->preempted, (size_t)e->n_preempted * sizeof(seq *));
+    e->preempted[0] = s;
+    e->n_preempted++;
+    e->n_preemptions++;
+}
+
+/* Inserts s among the running sequences, kept oldest first. */
+static void sched_insert_running(engine *e, seq *s) {
+    int i = e->n_running;
+    while (i > 0 && e->running[i - 1]->arrival > s->arrival) {
+        e->running[i] = e->running[i - 1];
+        i--;
     }
-    forward_state_reset(e->st);
+    e->running[i] = s;
+    e->n_running++;
+}
 
-    /* Prefill in chunks; cancellation is checked between chunks. */
-    int chunk = e->p.prefill_chunk;
-    for (int i = 0; i < r->n_prompt; i += chunk) {
-        engine_finish f = interrupted(e, r);
-        if (f != ENGINE_FINISH_NONE) {
-            request_publish(r, NULL, 0, 0, f, 0);
-            goto done;
-        }
-        int n = r->n_prompt - i < chunk ? r->n_prompt - i : chunk;
-        bool last = i + n == r->n_prompt;
-        float *gp = r->gates ? r->gates + (size_t)i * r->n_gate_layers : NULL;
-        int frc = forward_run(e->m, e->ops, e->st, r->prompt + i, n, last ? e->logits : NULL, gp);
-        atomic_store(&e->kv_tokens, forward_state_pos(e->st));
-        if (!last && frc == FORWARD_OK) request_progress(r);
-        if (frc != FORWARD_OK) {
-            log_error("%s", forward_status_str(frc));
-            request_publish(r, NULL, 0, 0, ENGINE_FINISH_ERROR, ENGINE_ERR_FORWARD);
-            goto done;
-        }
+static void sched_publish_stats(engine *e, int step_tokens) {
+    pthread_mutex_lock(&e->mu);
+    e->st_running = e->n_running;
+    e->st_preempted = e->n_preempted;
+    e->st_preemptions = e->n_preemptions;
+    e->st_kv_used = kv_cache_used_blocks(e->kv);
+    e->st_step_tokens = step_tokens;
+    if (step_tokens > 0) {
+        e->st_steps++;
+        e->st_step_tokens_total += (uint64_t)step_tokens;
+    }
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* One scheduler step. Returns the tokens it ran. */
+static int sched_step(engine *e) {
+    /* 1. cancellations */
+    for (int i = 0; i < e->n_running; i++) {
+        engine_finish f = interrupted(e, e->running[i]->r);
+        if (f == ENGINE_FINISH_NONE) continue;
+        seq_finish(e, e->running[i], f, 0);
+        memmove(e->running + i, e->running + i + 1, (size_t)(e->n_running - i - 1) * sizeof(seq *));
+        e->n_running--;
+        i--;
+    }
+    for (int i = 0; i < e->n_preempted; i++) {
+        engine_finish f = interrupted(e, e->preempted[i]->r);
+        if (f == ENGINE_FINISH_NONE) continue;
+        seq_finish(e, e->preempted[i], f, 0);
+        memmove(e->preempted + i, e->preempted + i + 1, (size_t)(e->n_preempted - i - 1) * sizeof(seq *));
+        e->n_preempted--;
+        i--;
     }
 
-    if (r->gates) { /* written before the finish is published, read after it */
-        memcpy(r->gate_ids, r->prompt, (size_t)r->n_prompt * sizeof(int32_t));
-        r->n_gated = r->n_prompt;
+    /* 2. running sequences, oldest first */
+    int budget = e->p.max_num_batched_tokens, scheduled = 0;
+    bool preempted_now = false;
+    for (int i = 0; i < e->n_running; i++) {
+        seq *s = e->running[i];
+        s->piece = 0;
+        int n = seq_next_piece(e, s);
+        if (n > budget) continue;
+        while (forward_state_reserve(s->st, n) == FORWARD_ERR_KV_FULL) {
+            preempted_now = true;
+            sched_preempt(e, e->n_running - 1); /* the youngest; s itself when it is */
+            if (e->n_running == i) break;
+        }
+        if (i >= e->n_running) break; /* s was preempted */
+        s->piece = n;
+        budget -= n;
+        scheduled++;
     }
 
-    /* Decode: one token per step. */
-    const model_config *c = &engine_model(e)->cfg;
-    int n_out = 0;
-    for (;;) {
-        if (r->lp) memcpy(e->raw_logits, e->logits, (size_t)e->vocab * sizeof(float)); /* the sampler edits them */
-        for (int i = 0; i < r->n_bias; i++) e->logits[r->bias_ids[i]] += r->bias_vals[i];
-        int32_t next = sampler_sample(smp, e->logits, r->prompt, r->n_prompt, e->out_ids, n_out);
-        if (r->lp) logprob_entry(e->raw_logits, e->vocab, next, r->n_top, &r->lp[n_out]);
-        e->out_ids[n_out++] = next;
-
-        size_t scanned = g.len;
-        char *piece = NULL;
-        size_t plen = 0;
-        int trc = ts ? tokenizer_stream_step(ts, next, &piece, &plen) : TOKENIZER_OK;
-        if (trc == TOKENIZER_OK && plen && gen_append(&g, piece, plen) != 0) trc = TOKENIZER_ERR_NOMEM;
-        free(piece);
-
-        bool eos = false;
-        for (int k = 0; k < c->n_eos && !r->ignore_eos; k++) eos |= next == c->eos_token_ids[k];
-        engine_finish f = eos ? ENGINE_FINISH_STOP
-                        : n_out >= r->max_tokens ? ENGINE_FINISH_LENGTH
-                                                 : ENGINE_FINISH_NONE;
-        if (f != ENGINE_FINISH_NONE && ts && trc == TOKENIZER_OK) { /* the incomplete tail, if any */
-            piece = NULL;
-            plen = 0;
-            trc = tokenizer_stream_flush(ts, &piece, &plen);
-            if (trc == TOKENIZER_OK && plen && gen_append(&g, piece, plen) != 0) trc = TOKENIZER_ERR_NOMEM;
-            free(piece);
-        }
-        if (trc != TOKENIZER_OK) {
-            request_publish(r, NULL, 0, n_out, ENGINE_FINISH_ERROR, ENGINE_ERR_NOMEM);
-            goto done;
-        }
-        long at = r->n_stop ? find_stop(r, &g, scanned) : -1;
-        size_t upto;
-        if (at >= 0) {
-            upto = (size_t)at;
-            f = ENGINE_FINISH_STOP;
+    /* 3. admissions: preempted sequences first, then the queue. A queued
+     * request is looked at and taken under mu (engine_stop empties the queue
+     * from another thread). */
+    while (!preempted_now && e->n_running < e->p.max_num_seqs && budget > 0) {
+        seq *s = NULL;
+        if (e->n_preempted > 0) {
+            s = e->preempted[0];
+            int np = s->r->n_prompt, n = np < e->chunk ? np : e->chunk;
+            if (n > budget && scheduled > 0) break;
+            if (kv_cache_blocks_for(e->kv, n) > kv_cache_free_blocks(e->kv)) break;
+            memmove(e->preempted, e->preempted + 1, (size_t)(e->n_preempted - 1) * sizeof(seq *));
+            e->n_preempted--;
         } else {
-            upto = f != ENGINE_FINISH_NONE ? g.len : g.len - stop_holdback(r, &g);
+            pthread_mutex_lock(&e->mu);
+            engine_request *r = e->head;
+            bool take = r != NULL;
+            if (take && !atomic_load(&r->cancel)) {
+                int n = r->n_prompt < e->chunk ? r->n_prompt : e->chunk;
+                take = !(n > budget && scheduled > 0) && kv_cache_blocks_for(e->kv, n) <= kv_cache_free_blocks(e->kv);
+            }
+            if (take) {
+                e->head = r->next;
+                if (!e->head) e->tail = NULL;
+                r->next = NULL;
+                e->n_queued--;
+            }
+            pthread_mutex_unlock(&e->mu);
+            if (!take) break;
+            if (atomic_load(&r->cancel)) { /* never ran */
+                request_publish(r, NULL, 0, 0, ENGINE_FINISH_CANCEL, 0);
+                engine_request_release(r);
+                continue;
+            }
+            if (!(s = seq_create(e, r))) continue;
         }
-        if (f == ENGINE_FINISH_NONE) f = interrupted(e, r);
-        request_publish(r, g.buf + g.emitted, upto - g.emitted, n_out, f, 0);
-        g.emitted = upto;
-        if (f != ENGINE_FINISH_NONE) break;
+        int n = seq_next_piece(e, s);
+        if (seq_take_state(e, s) != 0 || forward_state_reserve(s->st, n) != FORWARD_OK) {
+            seq_finish(e, s, ENGINE_FINISH_ERROR, ENGINE_ERR_NOMEM);
+            continue;
+        }
+        s->piece = n;
+        budget -= n;
+        scheduled++;
+        sched_insert_running(e, s);
+    }
 
-        float *gp = r->gates ? r->gates + (size_t)(r->n_prompt + n_out - 1) * r->n_gate_layers : NULL;
-        int frc = forward_run(e->m, e->ops, e->st, &next, 1, e->logits, gp);
-        atomic_store(&e->kv_tokens, forward_state_pos(e->st));
+    /* 4. run the scheduled pieces */
+    int tokens = 0;
+    for (int i = 0; i < e->n_running; i++) {
+        seq *s = e->running[i];
+        if (!s->piece) continue;
+        engine_request *r = s->r;
+        int pos = forward_state_pos(s->st), n = s->piece, known = r->n_prompt + s->n_out;
+        s->piece = 0;
+        int32_t *ids = e->ids; /* (chunk) */
+        for (int k = 0; k < n; k++) ids[k] = seq_token(s, pos + k);
+        bool caught_up = pos + n == known;
+        float *gp = r->gates ? r->gates + (size_t)pos * r->n_gate_layers : NULL;
+        int frc = forward_run(e->m, e->ops, s->st, ids, n, caught_up ? e->logits : NULL, gp);
+        tokens += n;
+        bool done = false;
         if (frc != FORWARD_OK) {
             log_error("%s", forward_status_str(frc));
-            request_publish(r, NULL, 0, n_out, ENGINE_FINISH_ERROR, ENGINE_ERR_FORWARD);
-            goto done;
+            request_publish(r, NULL, 0, s->n_out, ENGINE_FINISH_ERROR, ENGINE_ERR_FORWARD);
+            done = true;
+        } else {
+            for (; s->n_fed_max < pos + n; s->n_fed_max++) /* written before any finish is published */
+                if (r->gate_ids) r->gate_ids[s->n_fed_max] = seq_token(s, s->n_fed_max);
+            if (r->gate_ids) r->n_gated = s->n_fed_max;
+            if (caught_up) done = seq_sample(e, s);
+            else if (pos + n < r->n_prompt) request_progress(r);
         }
-        if (r->gates) r->gate_ids[r->n_gated++] = next;
+        if (done) {
+            seq_finish(e, s, ENGINE_FINISH_NONE, 0);
+            memmove(e->running + i, e->running + i + 1, (size_t)(e->n_running - i - 1) * sizeof(seq *));
+            e->n_running--;
+            i--;
+        }
     }
-done:
-    atomic_store(&e->kv_tokens, 0); /* the sequence's cache is free again */
-    free(g.buf);
-    tokenizer_stream_destroy(ts);
-    sampler_destroy(smp);
+    return tokens;
 }
 
 static void *engine_main(void *arg) {
     engine *e = arg;
     if (e->p.threads > 0) omp_set_num_threads(e->p.threads);
-    pthread_mutex_lock(&e->mu);
     for (;;) {
-        while (!atomic_load(&e->stopping) && !e->head) pthread_cond_wait(&e->cv, &e->mu);
-        if (atomic_load(&e->stopping)) break;
-        engine_request *r = e->head;
-        e->head = r->next;
-        if (!e->head) e->tail = NULL;
-        r->next = NULL;
-        e->n_queued--;
-        e->running = r;
-        pthread_mutex_unlock(&e->mu);
-
-        if (atomic_load(&r->cancel)) request_publish(r, NULL, 0, 0, ENGINE_FINISH_CANCEL, 0);
-        else engine_run_request(e, r);
-
         pthread_mutex_lock(&e->mu);
-        e->running = NULL;
+        while (!atomic_load(&e->stopping) && !e->head && e->n_running == 0 && e->n_preempted == 0)
+            pthread_cond_wait(&e->cv, &e->mu);
         pthread_mutex_unlock(&e->mu);
-        engine_request_release(r);
-        pthread_mutex_lock(&e->mu);
+        int tokens = sched_step(e); /* when stopping, step 1 aborts every sequence */
+        sched_publish_stats(e, tokens);
+        if (atomic_load(&e->stopping) && e->n_running == 0 && e->n_preempted == 0) break;
     }
-    pthread_mutex_unlock(&e->mu);
     return NULL;
 }
 
@@ -571,6 +786,10 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
     e->p.model_dir = NULL;
     if (e->p.max_queued < 0) e->p.max_queued = 0;
     if (e->p.prefill_chunk < 1) e->p.prefill_chunk = 256;
+    if (e->p.max_num_seqs < 1) e->p.max_num_seqs = 16;
+    if (e->p.max_num_batched_tokens < 1) e->p.max_num_batched_tokens = 512;
+    if (e->p.kv_block_size < 1) e->p.kv_block_size = 16;
+    e->chunk = e->p.prefill_chunk < e->p.max_num_batched_tokens ? e->p.prefill_chunk : e->p.max_num_batched_tokens;
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
     atomic_init(&e->stopping, false);
@@ -591,9 +810,14 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
     rc = ENGINE_ERR_NOMEM;
     e->logits = malloc((size_t)e->m->cfg.vocab_size * sizeof(float));
     e->raw_logits = malloc((size_t)e->m->cfg.vocab_size * sizeof(float));
-    e->out_ids = malloc((size_t)e->ctx * sizeof(int32_t));
-    if (!e->logits || !e->raw_logits || !e->out_ids || forward_state_create(e->m, e->ctx, e->p.prefill_chunk, &e->st) != FORWARD_OK) {
-        snprintf(err, errlen, "out of memory for a context of %d tokens", e->ctx);
+    e->ids = malloc((size_t)e->chunk * sizeof(int32_t));
+    e->running = calloc((size_t)e->p.max_num_seqs, sizeof(*e->running));
+    e->preempted = calloc((size_t)e->p.max_num_seqs, sizeof(*e->preempted));
+    e->free_states = calloc((size_t)e->p.max_num_seqs, sizeof(*e->free_states));
+    int kv_tokens = e->p.kv_cache_tokens > 0 ? e->p.kv_cache_tokens : e->ctx;
+    if (!e->logits || !e->raw_logits || !e->ids || !e->running || !e->preempted || !e->free_states ||
+        forward_kv_cache_create(e->m, kv_tokens, e->p.kv_block_size, &e->kv) != KV_CACHE_OK) {
+        snprintf(err, errlen, "out of memory for a KV cache of %d tokens", kv_tokens);
         goto fail;
     }
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
@@ -632,10 +856,14 @@ void engine_stop(engine *e) {
 void engine_destroy(engine *e) {
     if (!e) return;
     engine_stop(e);
-    forward_state_destroy(e->st);
+    for (int i = 0; i < e->n_free_states; i++) forward_state_destroy(e->free_states[i]);
+    kv_cache_destroy(e->kv);
+    free(e->free_states);
+    free(e->running);
+    free(e->preempted);
     free(e->logits);
     free(e->raw_logits);
-    free(e->out_ids);
+    free(e->ids);
     tokenizer_destroy(e->tok);
     model_destroy(e->m);
     pthread_cond_destroy(&e->cv);

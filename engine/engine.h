@@ -2,10 +2,11 @@
  * requests. Callers (the HTTP server) submit requests from any thread into a
  * bounded FIFO queue; each request is an object with its own output stream
  * (text deltas cut at whole UTF-8 characters, stop strings held back and
- * never emitted, a finish reason and token counts). This first cut runs one
- * sequence at a time; the scheduler (continuous batching) will replace the
- * loop in engine.c behind the same interface. Cancellation takes effect at
- * the next step boundary (a prefill chunk or one decoded token). */
+ * never emitted, a finish reason and token counts). The engine thread batches
+ * requests continuously: every step admits waiting requests while KV cache
+ * blocks and a token budget allow, mixes prompt chunks with decode tokens,
+ * and preempts the youngest sequence (to be recomputed) when blocks run out.
+ * Cancellation takes effect at the next step boundary. */
 #ifndef ENGINE_ENGINE_H
 #define ENGINE_ENGINE_H
 
@@ -38,6 +39,10 @@ typedef struct {
                             * takes one); default 64 */
     int threads;           /* CPU threads of the engine thread; 0: OpenMP's default */
     int prefill_chunk;     /* prompt tokens per forward pass; default 256 */
+    int max_num_seqs;      /* sequences running at once; default 16 */
+    int max_num_batched_tokens; /* tokens per scheduler step; default 512 */
+    int kv_cache_tokens;   /* KV cache positions, shared by all sequences; 0: the context length */
+    int kv_block_size;     /* positions per KV cache block; default 16 */
     const char *engram_tables; /* NULL: Engram tables from the checkpoint; else a directory of
                                 * table files (model_engram_use_tables), borrowed for engine_create */
     engram_store_params engram_store; /* how those files are read; default engram_store_default_params() */
@@ -65,13 +70,20 @@ void engine_destroy(engine *e);
  * the checkpoint has none (requests must then come as token ids). */
 const model *engine_model(const engine *e);
 const tokenizer *engine_tokenizer(const engine *e);
-int engine_context_length(const engine *e); /* max prompt + generated tokens */
+int engine_context_length(const engine *e); /* max prompt + generated tokens: the model's context,
+                                            * or the KV cache's positions when fewer */
 int engine_vocab_size(const engine *e);     /* ids a prompt or logit_bias may use */
 
 typedef struct {
-    int queued;  /* requests waiting in the queue */
-    int running; /* requests being generated (0 or 1 in this cut) */
-    int kv_tokens, kv_capacity; /* KV cache positions in use, and in all */
+    int queued;  /* requests waiting: in the queue, or preempted */
+    int running; /* sequences in the running batch */
+    int preempted; /* of the queued, those preempted and waiting for recompute */
+    int kv_tokens, kv_capacity; /* KV cache positions in use (whole blocks), and in all */
+    int kv_blocks_used, kv_blocks;
+    long long preemptions; /* sequences preempted so far */
+    long long steps;       /* scheduler steps that ran tokens */
+    int step_tokens;       /* tokens in the latest step */
+    long long step_tokens_total; /* tokens over all steps */
 } engine_stats;
 
 void engine_get_stats(engine *e, engine_stats *out);

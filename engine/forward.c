@@ -19,6 +19,7 @@ const char *forward_status_str(int status) {
     case FORWARD_ERR_TOKEN: return "token id out of range";
     case FORWARD_ERR_NOMEM: return "out of memory";
     case FORWARD_ERR_IO: return "an Engram table file could not be read";
+    case FORWARD_ERR_KV_FULL: return "no free KV cache blocks";
     }
     return "unknown status";
 }
@@ -26,8 +27,10 @@ const char *forward_status_str(int status) {
 struct forward_state {
     int max_tokens, max_chunk, pos;
     float *inv_freq;         /* (hd/2) rope frequencies after scaling */
-    float **k_cache;         /* (n_layers) x (max_tokens, n_kv*hd) */
-    float **v_cache;
+    kv_cache *kv;            /* the paged cache holding this sequence's K/V rows */
+    kv_cache *own_kv;        /* kv when the state made it itself, else NULL */
+    kv_seq seq;              /* block table of positions 0..pos-1 */
+    float *kbuf, *vbuf;      /* (C, n_kv*hd) the chunk's K and V before they go to blocks */
     int n_layers;
     /* scratch for one chunk of C = max_chunk tokens */
     float *x, *h;            /* (C, d) residual stream, normed input */
@@ -72,7 +75,31 @@ static void rope_freqs(const model_config *c, float *inv_freq) {
     }
 }
 
+int forward_kv_cache_create(const model *m, int n_tokens, int block_size, kv_cache **out) {
+    kv_cache_params p = kv_cache_default_params();
+    if (block_size > 0) p.block_size = block_size;
+    p.n_layers = m->cfg.n_layers;
+    p.kv_width = m->cfg.n_kv_heads * m->cfg.head_dim;
+    p.n_blocks = n_tokens < 1 ? 1 : (n_tokens + p.block_size - 1) / p.block_size;
+    return kv_cache_create(&p, out);
+}
+
 int forward_state_create(const model *m, int max_tokens, int max_chunk, forward_state **out) {
+    *out = NULL;
+    int mt = max_tokens > m->cfg.max_position_embeddings ? m->cfg.max_position_embeddings : max_tokens;
+    kv_cache *kv;
+    if (forward_kv_cache_create(m, mt, 0, &kv) != KV_CACHE_OK) return FORWARD_ERR_NOMEM;
+    int rc = forward_state_create_shared(m, kv, max_tokens, max_chunk, out);
+    if (rc != FORWARD_OK) {
+        kv_cache_destroy(kv);
+        return rc;
+    }
+    (*out)->own_kv = kv;
+    return FORWARD_OK;
+}
+
+int forward_state_create_shared(const model *m, kv_cache *kv, int max_tokens, int max_chunk,
+                                forward_state **out) {
     const model_config *c = &m->cfg;
     *out = NULL;
     if (max_tokens > c->max_position_embeddings) max_tokens = c->max_position_embeddings;
@@ -86,8 +113,9 @@ int forward_state_create(const model *m, int max_tokens, int max_chunk, forward_
     size_t C = (size_t)max_chunk, d = (size_t)c->hidden_size, qw = (size_t)c->n_heads * c->head_dim;
     size_t kvw = (size_t)c->n_kv_heads * c->head_dim, ff = (size_t)c->intermediate_size;
     s->inv_freq = malloc((size_t)c->head_dim / 2 * sizeof(float));
-    s->k_cache = calloc((size_t)c->n_layers, sizeof(float *));
-    s->v_cache = calloc((size_t)c->n_layers, sizeof(float *));
+    s->kv = kv;
+    s->kbuf = malloc(C * kvw * sizeof(float));
+    s->vbuf = malloc(C * kvw * sizeof(float));
     s->x = malloc(C * d * sizeof(float));
     s->h = malloc(C * d * sizeof(float));
     s->q = malloc(C * qw * sizeof(float));
@@ -96,13 +124,8 @@ int forward_state_create(const model *m, int max_tokens, int max_chunk, forward_
     s->up = malloc(C * ff * sizeof(float));
     s->tmp = malloc(C * (qw > d ? qw : d) * sizeof(float));
     s->pos_ids = malloc(C * sizeof(int32_t));
-    int ok = s->inv_freq && s->k_cache && s->v_cache && s->x && s->h && s->q && s->att && s->gate &&
+    int ok = s->inv_freq && s->kbuf && s->vbuf && s->x && s->h && s->q && s->att && s->gate &&
              s->up && s->tmp && s->pos_ids;
-    for (int l = 0; ok && l < c->n_layers; l++) {
-        s->k_cache[l] = malloc((size_t)max_tokens * kvw * sizeof(float));
-        s->v_cache[l] = malloc((size_t)max_tokens * kvw * sizeof(float));
-        ok = s->k_cache[l] && s->v_cache[l];
-    }
     const model_engram *e = m->engram;
     if (ok && e) {
         s->n_engram = e->n_layers;
@@ -130,12 +153,10 @@ int forward_state_create(const model *m, int max_tokens, int max_chunk, forward_
 
 void forward_state_destroy(forward_state *s) {
     if (!s) return;
-    for (int l = 0; l < s->n_layers; l++) {
-        if (s->k_cache) free(s->k_cache[l]);
-        if (s->v_cache) free(s->v_cache[l]);
-    }
-    free(s->k_cache);
-    free(s->v_cache);
+    kv_cache_seq_destroy(s->kv, &s->seq);
+    kv_cache_destroy(s->own_kv);
+    free(s->kbuf);
+    free(s->vbuf);
     free(s->inv_freq);
     free(s->x);
     free(s->h);
@@ -160,11 +181,18 @@ int forward_state_pos(const forward_state *s) { return s->pos; }
 double forward_state_engram_seconds(const forward_state *s) { return s->engram_seconds; }
 void forward_state_reset(forward_state *s) {
     s->pos = 0;
+    kv_cache_seq_free(s->kv, &s->seq);
     const model_engram *e = s->model->engram;
     if (!e) return;
     ngram_hash_history_init(e->hash, &s->hist);
     for (int i = 0; i < e->n_layers; i++)
         memset(s->conv_hist[i], 0, engram_conv_history_floats(e, s->model->cfg.hidden_size) * sizeof(float));
+}
+
+int forward_state_reserve(forward_state *s, int n) {
+    if (n > s->max_tokens - s->pos) return FORWARD_ERR_FULL;
+    int rc = kv_cache_seq_reserve(s->kv, &s->seq, s->pos + n);
+    return rc == KV_CACHE_OK ? FORWARD_OK : rc == KV_CACHE_ERR_FULL ? FORWARD_ERR_KV_FULL : FORWARD_ERR_NOMEM;
 }
 
 /* One chunk of T tokens at positions s->pos .. s->pos+T-1. */
@@ -175,6 +203,7 @@ static int forward_chunk(const model *m, const backend_ops *ops, forward_state *
     int d = c->hidden_size, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
     size_t kvw = (size_t)nkv * hd, ff = (size_t)c->intermediate_size;
     float eps = c->rms_norm_eps;
+    int bs = kv_cache_block_size(s->kv);
     for (int t = 0; t < T; t++) s->pos_ids[t] = s->pos + t;
 
     if (e) { /* the chunk's compressed ids: every Engram row is known from here on */
@@ -202,8 +231,7 @@ static int forward_chunk(const model *m, const backend_ops *ops, forward_state *
                 for (int t = 0; t < T; t++) gates[(size_t)t * e->n_layers + w->li] = s->egates[t];
         }
 
-        float *kc = s->k_cache[l] + (size_t)s->pos * kvw; /* this chunk's rows of the cache */
-        float *vc = s->v_cache[l] + (size_t)s->pos * kvw;
+        float *kc = s->kbuf, *vc = s->vbuf; /* this chunk's rows, copied into blocks after rope */
 
         /* attention block */
         ops->rmsnorm(s->h, s->x, L->attn_norm, T, d, eps);
@@ -216,8 +244,13 @@ static int forward_chunk(const model *m, const backend_ops *ops, forward_state *
         }
         ops->rope(s->q, s->pos_ids, T, nh, hd, s->inv_freq);
         ops->rope(kc, s->pos_ids, T, nkv, hd, s->inv_freq);
-        ops->attention(s->att, s->q, s->k_cache[l], s->v_cache[l], T, s->pos, nh, nkv, hd,
-                       c->sliding_window);
+        for (int t = 0; t < T; t++) { /* position p goes to row p % bs of block p / bs */
+            int p = s->pos + t, b = s->seq.blocks[p / bs];
+            memcpy(kv_cache_k(s->kv, l, b) + (size_t)(p % bs) * kvw, kc + (size_t)t * kvw, kvw * sizeof(float));
+            memcpy(kv_cache_v(s->kv, l, b) + (size_t)(p % bs) * kvw, vc + (size_t)t * kvw, kvw * sizeof(float));
+        }
+        ops->attention(s->att, s->q, kv_cache_k_layer(s->kv, l), kv_cache_v_layer(s->kv, l), s->seq.blocks, bs,
+                       T, s->pos, nh, nkv, hd, c->sliding_window);
         ops->matmul(s->tmp, s->att, &L->wo, L->bo, T);
         ops->add(s->x, s->tmp, (size_t)T * d);
 
@@ -252,6 +285,8 @@ int forward_run(const model *m, const backend_ops *ops, forward_state *s, const 
     if (limit > m->cfg.vocab_size) limit = m->cfg.vocab_size;
     for (int i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= limit) return FORWARD_ERR_TOKEN;
+    int krc = forward_state_reserve(s, n);
+    if (krc != FORWARD_OK) return krc;
     int nl = m->engram ? m->engram->n_layers : 0;
     for (int i = 0; i < n; i += s->max_chunk) {
         int T = n - i < s->max_chunk ? n - i : s->max_chunk;

@@ -47,6 +47,12 @@ static const struct {
     {"engram-tier", OPT_STR, 0, 0, "dram", "where --engram-tables are read from: dram (mmap MAP_SHARED) or nvme (O_DIRECT)"},
     {"engram-io", OPT_STR, 0, 0, "uring", "nvme reads: uring (io_uring) or pread"},
     {"engram-queue-depth", OPT_INT, 1, 4096, "64", "nvme reads in flight"},
+    {"max-num-seqs", OPT_INT, 1, 4096, "16", "sequences batched together in one scheduler step"},
+    {"max-num-batched-tokens", OPT_INT, 1, 1 << 20, "512",
+     "tokens per scheduler step (prompt chunks and decode tokens together)"},
+    {"kv-cache-tokens", OPT_INT, 0, 1 << 30, "0",
+     "KV cache positions shared by all sequences (0: the model's context length)"},
+    {"kv-block-size", OPT_INT, 1, 4096, "16", "positions per KV cache block"},
 };
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
 
@@ -195,7 +201,8 @@ int main(int argc, char **argv) {
         }
     }
     enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THREADS, O_HTTP_THREADS, O_CORS,
-           O_CONN_TIMEOUT, O_PREFILL_CHUNK, O_SHUTDOWN, O_ENGRAM_TABLES, O_ENGRAM_TIER, O_ENGRAM_IO, O_ENGRAM_QD };
+           O_CONN_TIMEOUT, O_PREFILL_CHUNK, O_SHUTDOWN, O_ENGRAM_TABLES, O_ENGRAM_TIER, O_ENGRAM_IO, O_ENGRAM_QD,
+           O_MAX_SEQS, O_MAX_BATCHED, O_KV_TOKENS, O_KV_BLOCK };
     int rc = 1;
     if (!val[O_MODEL] || !val[O_MODEL][0]) {
         fprintf(stderr, "engram-server: --model DIR is required\n");
@@ -228,6 +235,10 @@ int main(int argc, char **argv) {
     ep.max_queued = (int)num[O_QUEUE];
     ep.threads = (int)num[O_THREADS];
     ep.prefill_chunk = (int)num[O_PREFILL_CHUNK];
+    ep.max_num_seqs = (int)num[O_MAX_SEQS];
+    ep.max_num_batched_tokens = (int)num[O_MAX_BATCHED];
+    ep.kv_cache_tokens = (int)num[O_KV_TOKENS];
+    ep.kv_block_size = (int)num[O_KV_BLOCK];
     if (val[O_ENGRAM_TABLES] && val[O_ENGRAM_TABLES][0]) ep.engram_tables = val[O_ENGRAM_TABLES];
     if (strcmp(val[O_ENGRAM_TIER], "dram") && strcmp(val[O_ENGRAM_TIER], "nvme")) {
         fprintf(stderr, "engram-server: bad value for --engram-tier: %s (dram or nvme)\n", val[O_ENGRAM_TIER]);

@@ -178,6 +178,17 @@ char *metrics_render(metrics *m, const engine_stats *st) {
               "engram_process_start_time_seconds %.3f\n",
               m->prompt_tokens, m->generation_tokens, st->running, st->queued,
               st->kv_capacity > 0 ? (double)st->kv_tokens / st->kv_capacity : 0.0, m->start_time);
+    sb_printf(&b,
+              "# HELP engram_num_preemptions_total Sequences preempted (KV cache full), to be recomputed.\n"
+              "# TYPE engram_num_preemptions_total counter\n"
+              "engram_num_preemptions_total %lld\n"
+              "# HELP engram_scheduler_steps_total Scheduler steps that ran tokens.\n"
+              "# TYPE engram_scheduler_steps_total counter\n"
+              "engram_scheduler_steps_total %lld\n"
+              "# HELP engram_scheduler_step_tokens_total Tokens run over all scheduler steps.\n"
+              "# TYPE engram_scheduler_step_tokens_total counter\n"
+              "engram_scheduler_step_tokens_total %lld\n",
+              st->preemptions, st->steps, st->step_tokens_total);
     render_histogram(&b, "engram_e2e_request_latency_seconds", "End-to-end request latency.", &m->e2e);
     render_histogram(&b, "engram_time_to_first_token_seconds", "Time from submission to the first token.", &m->ttft);
     render_histogram(&b, "engram_request_queue_time_seconds", "Time requests waited in the queue.", &m->queue);

@@ -1,0 +1,132 @@
+"""Continuous batching: greedy outputs do not depend on what else runs in the
+same steps (batch invariance), many concurrent streams finish with correct
+SSE and give every KV block back, and a tiny KV cache forces preemption
+(recompute) without changing any output."""
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from serverutil import Server, make_slow_model, metric, post
+
+WORDS = "the quick brown fox jumps over a lazy dog while seven small birds sing near old river stones".split()
+
+
+def prompt(i):
+    n = 3 + (i * 7) % 40  # 3..42 words: short prompts beside several chunks long
+    return " ".join(WORDS[(i * 5 + k * 3) % len(WORDS)] for k in range(n)) + f" {i}"
+
+
+def complete(url, p, max_tokens=12):
+    r = post(url, "/v1/completions", {"prompt": p, "max_tokens": max_tokens, "temperature": 0,
+                                      "ignore_eos": True})
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["text"]
+
+
+def sse_data(resp):
+    """The 'data: ' payloads of a streamed response, checking the framing; SSE
+    comments (': keep-alive' after a prompt chunk) are allowed."""
+    raw = b"".join(resp.iter_content(chunk_size=None))
+    assert raw.endswith(b"\n\n"), raw[-200:]
+    out = []
+    for b in raw[:-2].split(b"\n\n"):
+        assert b"\n" not in b, b[:200]
+        if b.startswith(b":"):
+            continue
+        assert b.startswith(b"data: "), b[:200]
+        out.append(b[len(b"data: "):].decode())
+    return out
+
+
+def wait_idle(url, timeout=5):
+    deadline = time.time() + timeout
+    while True:
+        text = requests.get(url + "/metrics").text
+        if (metric(text, "engram_num_requests_running") == 0 and metric(text, "engram_num_requests_waiting") == 0
+                and metric(text, "engram_kv_cache_usage_perc") == 0):
+            return text
+        assert time.time() < deadline, text
+        time.sleep(0.05)
+
+
+def test_batch_invariance_32_prompts():
+    s = Server("--prefill-chunk", "8", "--max-num-batched-tokens", "48", "--max-num-seqs", "32",
+               "--max-queued-requests", "64")
+    try:
+        prompts = [prompt(i) for i in range(32)]
+        alone = [complete(s.url, p) for p in prompts]
+        with ThreadPoolExecutor(32) as ex:
+            together = list(ex.map(lambda p: complete(s.url, p), prompts))
+        assert together == alone
+        text = wait_idle(s.url)
+        assert metric(text, "engram_scheduler_steps_total") > 0
+        assert metric(text, "engram_scheduler_step_tokens_total") > metric(text, "engram_scheduler_steps_total")
+    finally:
+        s.stop()
+
+
+def test_64_concurrent_streams():
+    s = Server("--max-num-seqs", "16", "--max-queued-requests", "128", "--max-num-batched-tokens", "64")
+    try:
+        def stream(i):
+            r = post(s.url, "/v1/completions", {"prompt": prompt(i), "max_tokens": 8, "temperature": 0,
+                                                "ignore_eos": True, "stream": True}, stream=True)
+            assert r.status_code == 200, r.text
+            events = sse_data(r)
+            assert events[-1] == "[DONE]"
+            chunks = [json.loads(e) for e in events[:-1]]
+            assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+            return "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
+
+        with ThreadPoolExecutor(64) as ex:
+            texts = list(ex.map(stream, range(64)))
+        assert all(texts)
+        assert texts[:4] == [complete(s.url, prompt(i), 8) for i in range(4)]
+        wait_idle(s.url)
+    finally:
+        s.stop()
+
+
+def test_tiny_kv_cache_preempts_and_outputs_match():
+    # 8 blocks of 16 positions; each request needs up to 4 blocks
+    s = Server("--kv-cache-tokens", "128", "--max-num-seqs", "8", "--prefill-chunk", "8",
+               "--max-queued-requests", "64")
+    try:
+        prompts = [prompt(i) for i in range(1, 13)]
+        alone = [complete(s.url, p, 24) for p in prompts]
+        text = wait_idle(s.url)
+        assert metric(text, "engram_num_preemptions_total") == 0  # one at a time always fits
+        with ThreadPoolExecutor(len(prompts)) as ex:
+            together = list(ex.map(lambda p: complete(s.url, p, 24), prompts))
+        assert together == alone
+        text = wait_idle(s.url)
+        assert metric(text, "engram_num_preemptions_total") > 0
+        # a request that can never fit the cache is refused up front
+        r = post(s.url, "/v1/completions", {"prompt": prompt(3), "max_tokens": 120})
+        assert r.status_code == 400, r.text
+    finally:
+        s.stop()
+
+
+def test_disconnects_leave_no_blocks(tmp_path):
+    """Streams that vanish after their first chunk are cancelled at the next
+    step boundary: their blocks come back (slow model, so they are running)."""
+    model = make_slow_model(tmp_path / "slow")
+    s = Server("--max-num-seqs", "8", model=model)
+    try:
+        streams = []
+        for i in range(8):
+            r = post(s.url, "/v1/completions", {"prompt": prompt(i), "max_tokens": 1000, "ignore_eos": True,
+                                                "stream": True}, stream=True)
+            assert r.status_code == 200
+            next(r.iter_content(chunk_size=1))
+            streams.append(r)
+        text = requests.get(s.url + "/metrics").text
+        assert metric(text, "engram_num_requests_running") > 0 and metric(text, "engram_kv_cache_usage_perc") > 0
+        for r in streams:
+            r.close()
+        wait_idle(s.url, timeout=1.5)
+    finally:
+        s.stop()
