@@ -199,6 +199,10 @@ def test_bad_flags_and_config(tmp_path):
         (tmp_path / f).write_text(content)
         cases.append((("--model", MODEL, "--config", tmp_path / f), 2, ""))
     for args, status, needle in cases:
+        # The server listens before it loads: give the cases that get that far a
+        # free port, so a busy 8080 cannot stand in for the error under test.
+        if "--port" not in args and "--config" not in args and len(args) >= 2:
+            args = (*args, "--port", str(free_port()))
         p = run_server(*args)
         assert p.returncode == status, (args, p.returncode, p.stderr)
         assert needle in p.stderr, (args, p.stderr)
