@@ -270,32 +270,45 @@ def main(argv=None):
                     "reports output tokens/s, requests/s, time to first token (TTFT), inter-token latency (ITL: "
                     "the gap between consecutive chunks that carry text) and end-to-end latency. Exit status: 0 "
                     "when every request succeeded, 1 when any failed, 2 for bad arguments.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--base-url", default="http://127.0.0.1:8080/v1", help="API base URL, ending in /v1")
-    ap.add_argument("--api-key", default="none", help="bearer key (sent always; servers without auth ignore it)")
-    ap.add_argument("--model", help="model id (default: the first of GET /v1/models)")
-    ap.add_argument("--chat", action="store_true", help="POST /v1/chat/completions (one user message) "
-                    "instead of /v1/completions")
-    ap.add_argument("--concurrency", type=parse_levels, default=[1, 4, 16, 64],
-                    help="comma-separated levels, run one after another, e.g. 1,4,16,64")
+        epilog="example: %(prog)s --concurrency 1,4,16,64 --requests 64 --prompt-tokens 32 --max-tokens 64 "
+               "--ignore-eos --json load.json")
+    ap.add_argument("--base-url", metavar="URL", default="http://127.0.0.1:8080/v1",
+                    help="API base URL, ending in /v1 (default: %(default)s)")
+    ap.add_argument("--api-key", metavar="KEY", default="none",
+                    help="bearer key, always sent; servers without auth ignore it (default: %(default)s)")
+    ap.add_argument("--model", metavar="ID", help="model id (default: the first of GET /v1/models)")
+    ap.add_argument("--chat", action="store_true",
+                    help="POST /v1/chat/completions (one user message) instead of /v1/completions")
+    ap.add_argument("--concurrency", metavar="C1,C2,...", type=parse_levels, default="1,4,16,64",
+                    help="concurrency levels, run one after another (default: %(default)s)")
     g = ap.add_mutually_exclusive_group()
-    g.add_argument("--requests", type=int, default=32, help="requests per level")
-    g.add_argument("--duration", type=float, help="seconds per level instead of --requests: new requests start "
-                   "until then, those in flight finish")
-    ap.add_argument("--prompt-tokens", type=parse_range, default=(32, 32),
-                    help="prompt length, N or LO:HI drawn uniformly: that many words, about one token each")
-    ap.add_argument("--max-tokens", type=parse_range, default=(64, 64), help="max_tokens, N or LO:HI")
-    ap.add_argument("--seed", type=int, default=0, help="seed of prompts and drawn lengths")
-    ap.add_argument("--words-file", help="take prompt words from this text file instead of the built-in list")
+    g.add_argument("--requests", metavar="N", type=int, default=32, help="requests per level (default: %(default)s)")
+    g.add_argument("--duration", metavar="S", type=float,
+                   help="seconds per level instead of --requests: new requests start until then, those in "
+                        "flight finish")
+    ap.add_argument("--prompt-tokens", metavar="N|LO:HI", type=parse_range, default="32",
+                    help="prompt length, fixed or drawn uniformly: that many words, about one token each "
+                         "(the server's usage reports the real count) (default: %(default)s)")
+    ap.add_argument("--max-tokens", metavar="N|LO:HI", type=parse_range, default="64",
+                    help="max_tokens, fixed or drawn uniformly (default: %(default)s)")
+    ap.add_argument("--seed", metavar="S", type=int, default=0,
+                    help="seed of the prompts and drawn lengths; each level is reproducible on its own "
+                         "(default: %(default)s)")
+    ap.add_argument("--words-file", metavar="FILE", help="take prompt words from this text file instead of the "
+                    "built-in list of common English words")
     ap.add_argument("--ignore-eos", action="store_true",
-                    help="send vLLM's ignore_eos (extra body field) so every request generates max_tokens")
+                    help="send vLLM's ignore_eos (an extra body field) so every request generates max_tokens")
     ap.add_argument("--include-usage", action=argparse.BooleanOptionalAction, default=True,
-                    help="ask for stream_options.include_usage and count output tokens from usage; "
-                         "without it (or if the server sends none) text-carrying chunks are counted")
-    ap.add_argument("--temperature", type=float, default=0.0, help="sampling temperature")
-    ap.add_argument("--timeout", type=float, default=600.0, help="per-request timeout in seconds")
-    ap.add_argument("--warmup", type=int, default=0, help="short requests sent (not counted) before the first level")
-    ap.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
+                    help="ask for stream_options.include_usage and count output tokens from usage; without it "
+                         "(or if the server sends none) the chunks that carry text are counted (default: on)")
+    ap.add_argument("--temperature", metavar="T", type=float, default=0.0,
+                    help="sampling temperature (default: %(default)s)")
+    ap.add_argument("--timeout", metavar="S", type=float, default=600.0,
+                    help="per-request timeout in seconds (default: %(default)s)")
+    ap.add_argument("--warmup", metavar="N", type=int, default=0,
+                    help="short requests sent, not counted, before the first level (default: %(default)s)")
+    ap.add_argument("--json", metavar="OUT", help="also write the configuration and every level's numbers "
+                    "(times in seconds) as JSON to OUT")
     args = ap.parse_args(argv)
     if args.requests < 1:
         ap.error("--requests must be >= 1")
