@@ -352,15 +352,19 @@ static void cu_kv_store(void *kc, void *vc, const float *k, const float *v, cons
     CHECK_K(kernels_kv_store_bf16(kc, vc, k, v, b->slot, b->n_tokens, kvw, g.stream));
 }
 
+/* Set by tests: every token through the per-token kernel. */
+int backend_cuda_attention_no_tiled;
+
 static void cu_attention(float *out, const float *q, const void *kc, const void *vc, const batch_desc *b,
                          int n_heads, int n_kv, int hd, int window) {
     kernels_attention_args a = {
-        .out = out, .q = q, .kc = kc, .vc = vc, .pos = b->pos, .tok_seq = b->tok_seq,
-        .block_tables = b->block_tables, .n_tokens = b->n_tokens, .block_size = b->block_size,
-        .max_blocks = b->max_blocks, .n_heads = n_heads, .n_kv = n_kv, .hd = hd, .window = window,
-        .max_ctx = b->max_ctx,
+        .out = out, .q = q, .kc = kc, .vc = vc, .pos = b->pos, .tok_seq = b->tok_seq, .seq_start = b->seq_start,
+        .block_tables = b->block_tables, .h_seq_start = b->h_seq_start, .n_tokens = b->n_tokens,
+        .n_seqs = b->n_seqs, .block_size = b->block_size, .max_blocks = b->max_blocks, .n_heads = n_heads,
+        .n_kv = n_kv, .hd = hd, .window = window, .max_ctx = b->max_ctx,
+        .no_tiled = backend_cuda_attention_no_tiled,
     };
-    size_t need = kernels_paged_attention_work_floats(b->n_tokens, n_heads, n_kv, hd, b->max_ctx, window);
+    size_t need = kernels_paged_attention_work_floats(&a);
     if (need) {
         size_t have = g.att_work_floats * sizeof(float);
         cuda__grow((void **)&g.att_work, &have, need * sizeof(float));

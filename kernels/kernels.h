@@ -85,22 +85,29 @@ int kernels_kv_store_bf16(void *kc, void *vc, const float *k, const float *v, co
                           void *stream);
 
 /* Causal paged attention of a mixed step (see backend.h, attention): token t
- * of sequence tok_seq[t] at position pos[t] attends to keys
+ * of sequence s = tok_seq[t] at position pos[t] attends to keys
  * max(0, pos - window + 1) (window > 0) or 0, up to pos, whose cache row is
- * block_tables[s * max_blocks + j / block_size] * block_size + j % block_size. */
+ * block_tables[s * max_blocks + j / block_size] * block_size + j % block_size.
+ * A sequence's tokens in the step are consecutive in the batch and in
+ * position. Sequences with many tokens in the step (prefill chunks) go to a
+ * tiled tensor-core kernel (queries and softmax weights rounded to bf16, f32
+ * sums), the others (decodes) to a per-token f32 kernel that splits long
+ * contexts (flash-decoding). */
 typedef struct {
-    float *out;         /* (n_tokens, n_heads, hd) */
-    const float *q;     /* (n_tokens, n_heads, hd) */
+    float *out;          /* (n_tokens, n_heads, hd) */
+    const float *q;      /* (n_tokens, n_heads, hd) */
     const void *kc, *vc; /* (rows, n_kv * hd) bf16: one layer's cache */
-    const int *pos, *tok_seq, *block_tables;
-    int n_tokens, block_size, max_blocks, n_heads, n_kv, hd, window;
-    int max_ctx;        /* at least pos + 1 of every token */
-    float *work;        /* split scratch of kernels_paged_attention_work_floats floats, or NULL when that is 0 */
+    const int *pos, *tok_seq, *seq_start, *block_tables; /* device */
+    const int *h_seq_start; /* (n_seqs + 1) host copy, or NULL: then only the per-token kernel runs */
+    int n_tokens, n_seqs, block_size, max_blocks, n_heads, n_kv, hd, window;
+    int max_ctx;         /* at least pos + 1 of every token */
+    int no_tiled;        /* 1: the per-token kernel for every token (tests) */
+    float *work;         /* split scratch of kernels_paged_attention_work_floats floats, or NULL when that is 0 */
     size_t work_floats;
 } kernels_attention_args;
 
 /* Floats of scratch the launch with these arguments needs (0: none). */
-size_t kernels_paged_attention_work_floats(int n_tokens, int n_heads, int n_kv, int hd, int max_ctx, int window);
+size_t kernels_paged_attention_work_floats(const kernels_attention_args *a);
 
 /* hd <= 256, n_heads / n_kv <= 16. */
 int kernels_paged_attention_bf16(const kernels_attention_args *a, void *stream);

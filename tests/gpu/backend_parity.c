@@ -9,11 +9,12 @@
  *   0      copies, gathers, widening, argmax, row scaling, history updates
  *   1e-5   element-wise f32 math with a different reduction order (norms,
  *          rope, gate, conv; libm vs CUDA transcendental ulps)
- *   2e-4   attention on K/V that are exactly bf16 (f32 arithmetic, online
- *          softmax vs two-pass)
+ *   2e-4   per-token (decode) attention on K/V that are exactly bf16 (f32
+ *          arithmetic, online softmax vs two-pass)
  *   1e-2   anything that rounds to bf16 first: matmul (activations -> bf16,
  *          rel err per element <= 2^-9, summed randomly: ~2e-3 observed),
- *          attention over a bf16 cache of f32 K/V.
+ *          attention over a bf16 cache of f32 K/V, the tiled prefill
+ *          attention (queries and softmax weights rounded to bf16).
  * Exit status 1 if any op fails. */
 #include <math.h>
 #include <stdint.h>
@@ -29,6 +30,7 @@
 #include "numeric.h"
 
 static const backend_ops *cpu, *gpu;
+extern int backend_cuda_attention_no_tiled; /* backend_cuda.c: 1 sends every token to the per-token kernel */
 static int failures;
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
@@ -500,13 +502,18 @@ static void test_attention(const step *st, int n_blocks, int nh, int nkv, int hd
     }
     float *ref = xmalloc((size_t)T * nh * hd * 4);
     cpu->attention(ref, q, kc, vc, &st->h, nh, nkv, hd, window);
-    float *dq = dev_copy(q, (size_t)T * nh * hd * 4), *out = dev_poison((size_t)T * nh * hd * 4);
-    gpu->attention(out, dq, dkc, dvc, &st->d, nh, nkv, hd, window);
-    snprintf(name, sizeof(name), "attention %d:%d hd=%d w=%d%s T=%d", nh, nkv, hd, window,
-             exact_bf16 ? " bf16-exact" : "", T);
-    check(name, out, ref, (size_t)T * nh * hd, exact_bf16 ? 2e-4 : 1e-2);
+    float *dq = dev_copy(q, (size_t)T * nh * hd * 4);
+    for (int tiled = 0; tiled < 2; tiled++) {
+        float *out = dev_poison((size_t)T * nh * hd * 4);
+        backend_cuda_attention_no_tiled = !tiled;
+        gpu->attention(out, dq, dkc, dvc, &st->d, nh, nkv, hd, window);
+        backend_cuda_attention_no_tiled = 0;
+        snprintf(name, sizeof(name), "attention %d:%d hd=%d w=%d%s %s", nh, nkv, hd, window,
+                 exact_bf16 ? " bf16-exact" : "", tiled ? "mixed" : "per-token");
+        check(name, out, ref, (size_t)T * nh * hd, exact_bf16 && !tiled ? 2e-4 : 1e-2);
+        gpu->free(out);
+    }
     gpu->free(dkc), gpu->free(dvc), gpu->free(dhk), gpu->free(dhv), gpu->free(dk), gpu->free(dv), gpu->free(dq);
-    gpu->free(out);
     step_free(&hist);
     free(hk), free(hv), free(k), free(v), free(q), free(kc), free(vc), free(ref);
 }
@@ -533,7 +540,7 @@ static void time_matmul(int n, int dmod, int T) {
     free(w16), free(x);
 }
 
-static void time_attention(int n_seqs, int q_each, int ctx, int nh, int nkv, int hd) {
+static void time_attention(int n_seqs, int q_each, int ctx, int nh, int nkv, int hd, int no_tiled) {
     int qn[256], p0[256], bs = 16;
     for (int s = 0; s < n_seqs; s++) qn[s] = q_each, p0[s] = ctx - q_each;
     int n_blocks = n_seqs * ((ctx + bs - 1) / bs);
@@ -543,6 +550,7 @@ static void time_attention(int n_seqs, int q_each, int ctx, int nh, int nkv, int
     size_t cache = (size_t)n_blocks * bs * kvw * 2;
     void *kc = gpu->alloc(cache), *vc = gpu->alloc(cache);
     float *q = gpu->alloc((size_t)T * nh * hd * 4), *out = gpu->alloc((size_t)T * nh * hd * 4);
+    backend_cuda_attention_no_tiled = no_tiled;
     for (int i = 0; i < 3; i++) gpu->attention(out, q, kc, vc, &st.d, nh, nkv, hd, 0);
     sync_gpu();
     int iters = 20;
@@ -550,10 +558,15 @@ static void time_attention(int n_seqs, int q_each, int ctx, int nh, int nkv, int
     for (int i = 0; i < iters; i++) gpu->attention(out, q, kc, vc, &st.d, nh, nkv, hd, 0);
     sync_gpu();
     double dt = (now() - t0) / iters;
+    backend_cuda_attention_no_tiled = 0;
+    double flops = 0;
+    for (int s = 0; s < n_seqs; s++)
+        for (int i = 0; i < q_each; i++) flops += 4.0 * nh * hd * (ctx - q_each + i + 1);
     double kv_bytes = 0;
     for (int s = 0; s < n_seqs; s++) kv_bytes += 2.0 * ctx * kvw * 2;
-    printf("timing attention %d seqs x %d q, ctx %d, %d:%d hd %d: %8.1f us  %7.1f GB/s of K/V (each read once)\n",
-           n_seqs, q_each, ctx, nh, nkv, hd, dt * 1e6, kv_bytes / dt * 1e-9);
+    printf("timing attention%s %d seqs x %d q, ctx %d, %d:%d hd %d: %8.1f us  %7.1f GB/s of K/V (each read once)"
+           "  %6.1f TFLOP/s\n", no_tiled ? " (per-token)" : "", n_seqs, q_each, ctx, nh, nkv, hd, dt * 1e6,
+           kv_bytes / dt * 1e-9, flops / dt * 1e-12);
     gpu->free(kc), gpu->free(vc), gpu->free(q), gpu->free(out);
     step_free(&st);
 }
@@ -610,6 +623,13 @@ int main(int argc, char **argv) {
     test_attention(&st, n_blocks, 8, 8, 256, 0, 1);  /* no GQA, widest head */
     test_attention(&st, n_blocks, 28, 4, 128, 0, 0); /* G = 7 */
     step_free(&st);
+    { /* a long prefill chunk far into its sequence beside a short decode */
+        int q3[2] = {300, 1}, p3[2] = {1000, 50};
+        step_make(&st, 2, q3, p3, 16, 100);
+        test_attention(&st, 100, 32, 8, 128, 0, 1);
+        test_attention(&st, 100, 32, 8, 128, 256, 0);
+        step_free(&st);
+    }
     { /* long decodes only: many splits */
         int q2[2] = {1, 1}, p2[2] = {5000, 3333};
         step_make(&st, 2, q2, p2, 16, 600);
@@ -628,10 +648,13 @@ int main(int argc, char **argv) {
         time_matmul(4096, 4096, 4096);
         time_matmul(14336, 4096, 1);
         time_matmul(14336, 4096, 512);
-        time_attention(64, 1, 2048, 32, 8, 128);
-        time_attention(1, 1, 32768, 32, 8, 128);
-        time_attention(1, 512, 512, 32, 8, 128);
-        time_attention(4, 512, 4096, 32, 8, 128);
+        time_attention(64, 1, 2048, 32, 8, 128, 0);
+        time_attention(1, 1, 32768, 32, 8, 128, 0);
+        time_attention(1, 512, 512, 32, 8, 128, 0);
+        time_attention(1, 512, 512, 32, 8, 128, 1);
+        time_attention(4, 512, 4096, 32, 8, 128, 0);
+        time_attention(4, 512, 4096, 32, 8, 128, 1);
+        time_attention(1, 2048, 2048, 32, 8, 128, 0);
         time_copies();
     }
     return failures ? 1 : 0;
