@@ -544,6 +544,11 @@ static int gather_nvme(engram_store *s, const int64_t *rows, size_t n, float *ou
     return rc;
 }
 
+int engram_store_prefetch(engram_store *s, const int64_t *rows, size_t n) {
+    (void)s, (void)rows, (void)n;
+    return ENGRAM_STORE_OK;
+}
+
 int engram_store_gather(engram_store *s, const int64_t *rows, size_t n, float *out, size_t *bad) {
     if (!s || (n && (!rows || !out)) || n > UINT32_MAX) return ENGRAM_STORE_EINVAL;
     const engram_store_header *h = &s->info.header;

@@ -142,6 +142,11 @@ int engram_store_open(const char *path, const engram_store_params *params, engra
  * its index; bad may be NULL); ENGRAM_STORE_EIO or _ENOMEM on a failed read. */
 int engram_store_gather(engram_store *s, const int64_t *rows, size_t n, float *out, size_t *bad);
 
+/* Tells the store which rows a coming gather will read (a step's rows,
+ * known before its forward pass), so it may start reading them. Never
+ * blocks; a hint only (the host tiers read on gather for now). */
+int engram_store_prefetch(engram_store *s, const int64_t *rows, size_t n);
+
 engram_store_info engram_store_get_info(const engram_store *s);
 
 void engram_store_close(engram_store *s); /* accepts NULL */
