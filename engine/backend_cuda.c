@@ -1,8 +1,10 @@
 /* The CUDA backend: backend memory is device memory, every op is issued in
- * order on one stream, matrix products go through cuBLAS (bf16 weights times
- * activations rounded to bf16, f32 accumulation and output), the rest through
- * kernels/. prepare uploads every weight once (f32/f16 matrices become bf16;
- * embeddings and Engram tables keep their dtype). The KV cache holds bf16.
+ * order on one stream. Matrix products of up to 8 tokens (decode) go through
+ * a matrix-vector kernel (bf16 weights, f32 activations), larger ones through
+ * cuBLAS (bf16 weights times activations rounded to bf16), both with f32
+ * accumulation and output; the rest through kernels/. prepare uploads every
+ * weight once (f32/f16 matrices become bf16; embeddings and Engram tables keep
+ * their dtype). The KV cache holds bf16.
  * Compiled only with ENGRAM_CUDA (ENGRAM_HAVE_CUDA_BACKEND); otherwise
  * backend.c's backend_cuda() says the build has none. */
 #include "backend.h"
@@ -324,6 +326,10 @@ fail:
 static void cu_matmul(float *out, const float *x, const weight *w, const float *bias, int T) {
     if (T <= 0) return;
     if (w->dt != DTYPE_BF16) cuda__fail(__func__, "weight is not a bf16 device view (prepare converts them)");
+    if (kernels_gemv_supported(x, w->data, T, w->cols)) { /* decode: f32 activations, one launch */
+        CHECK_K(kernels_gemv_bf16(out, x, w->data, bias, T, w->rows, w->cols, g.stream));
+        return;
+    }
     size_t n = (size_t)T * w->cols;
     cuda__grow(&g.xb, &g.xb_bytes, n * 2);
     CHECK_K(kernels_to_bf16(g.xb, x, KERNELS_F32, n, g.stream));

@@ -112,6 +112,19 @@ size_t kernels_paged_attention_work_floats(const kernels_attention_args *a);
 /* hd <= 256, n_heads / n_kv <= 16. */
 int kernels_paged_attention_bf16(const kernels_attention_args *a, void *stream);
 
+/* ---- matmul.cu ---- */
+
+#define KERNELS_GEMV_MAX_T 8
+
+/* Whether kernels_gemv_bf16 takes these: 1 <= T <= KERNELS_GEMV_MAX_T,
+ * cols % 8 == 0, x and w 16-byte aligned. */
+int kernels_gemv_supported(const float *x, const void *w, int T, int cols);
+
+/* out (T, rows) = x (T, cols) @ w^T + bias (rows, or NULL); w (rows, cols)
+ * bf16; activations stay f32, f32 accumulation. */
+int kernels_gemv_bf16(float *out, const float *x, const void *w, const float *bias, int T, int rows, int cols,
+                      void *stream);
+
 /* ---- sampling.cu ---- */
 
 /* next (T) = argmax of each row of logits (T, vocab), lowest id on ties. */

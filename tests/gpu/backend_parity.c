@@ -8,7 +8,8 @@
  * Error: ||gpu - cpu|| / ||cpu|| over the whole output (NaN fails). Bounds:
  *   0      copies, gathers, widening, argmax, row scaling, history updates
  *   1e-5   element-wise f32 math with a different reduction order (norms,
- *          rope, gate, conv; libm vs CUDA transcendental ulps)
+ *          rope, gate, conv; libm vs CUDA transcendental ulps), the decode
+ *          matrix-vector product on bf16 weights
  *   2e-4   per-token (decode) attention on K/V that are exactly bf16 (f32
  *          arithmetic, online softmax vs two-pass)
  *   1e-2   anything that rounds to bf16 first: matmul (activations -> bf16,
@@ -232,7 +233,7 @@ static void step_history(step *hist, const step *st, int n_blocks_unused) {
 
 /* ---- ops ---- */
 
-static void test_matmul(int rows, int cols, int T, dtype wt, int with_bias) {
+static void test_matmul(int rows, int cols, int T, dtype wt, int with_bias, double bound) {
     size_t nw = (size_t)rows * cols;
     float *wf = rand_f32(nw, 0.05f), *x = rand_f32((size_t)T * cols, 1.0f), *bias = rand_f32(rows, 1.0f);
     void *wh = wf;
@@ -257,7 +258,7 @@ static void test_matmul(int rows, int cols, int T, dtype wt, int with_bias) {
     gpu->matmul(out, dx, &dwt, with_bias ? db : NULL, T);
     char name[64];
     snprintf(name, sizeof(name), "matmul %s %dx%d T=%d%s", dtype_name(wt), rows, cols, T, with_bias ? " +b" : "");
-    check(name, out, ref, (size_t)T * rows, 1e-2);
+    check(name, out, ref, (size_t)T * rows, bound);
     gpu->free(dw_src), gpu->free(dw), gpu->free(dx), gpu->free(db), gpu->free(out);
     free(wf), free(x), free(bias), free(w16), free(ref);
 }
@@ -603,10 +604,17 @@ int main(int argc, char **argv) {
     }
     int timings = !(argc > 1 && !strcmp(argv[1], "--no-timing"));
 
-    test_matmul(1024, 768, 1, DTYPE_BF16, 1);
-    test_matmul(1024, 768, 43, DTYPE_BF16, 0);
-    test_matmul(1000, 600, 37, DTYPE_F32, 1);
-    test_matmul(513, 257, 300, DTYPE_F16, 1);
+    /* T <= 8 with cols % 8 == 0: the matrix-vector kernel (f32 activations;
+     * with bf16 weights only the summation order differs) */
+    test_matmul(1024, 768, 1, DTYPE_BF16, 1, 1e-5);
+    test_matmul(4096, 1024, 8, DTYPE_BF16, 0, 1e-5);
+    test_matmul(1000, 600, 5, DTYPE_F32, 1, 1e-2);
+    /* cuBLAS: more tokens, or cols not a multiple of 8 */
+    test_matmul(4096, 1024, 9, DTYPE_BF16, 0, 1e-2);
+    test_matmul(1024, 768, 43, DTYPE_BF16, 0, 1e-2);
+    test_matmul(1000, 600, 37, DTYPE_F32, 1, 1e-2);
+    test_matmul(513, 257, 3, DTYPE_F16, 1, 1e-2);
+    test_matmul(513, 257, 300, DTYPE_F16, 1, 1e-2);
     test_elementwise();
     test_gathers();
 
@@ -643,10 +651,12 @@ int main(int argc, char **argv) {
     printf("%s: %d failure(s) on %s\n", failures ? "FAIL" : "ok", failures, prop.name);
     if (timings) {
         time_matmul(4096, 4096, 1);
+        time_matmul(4096, 4096, 8);
         time_matmul(4096, 4096, 16);
         time_matmul(4096, 4096, 512);
         time_matmul(4096, 4096, 4096);
         time_matmul(14336, 4096, 1);
+        time_matmul(4096, 14336, 1);
         time_matmul(14336, 4096, 512);
         time_attention(64, 1, 2048, 32, 8, 128, 0);
         time_attention(1, 1, 32768, 32, 8, 128, 0);
