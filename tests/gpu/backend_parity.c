@@ -9,7 +9,7 @@
  *   0      copies, gathers, widening, argmax, row scaling, history updates
  *   1e-5   element-wise f32 math with a different reduction order (norms,
  *          rope, gate, conv; libm vs CUDA transcendental ulps), the decode
- *          matrix-vector product on bf16 weights
+ *          matrix-vector product on bf16 weights (1 or 2 tokens)
  *   2e-4   per-token (decode) attention on K/V that are exactly bf16 (f32
  *          arithmetic, online softmax vs two-pass)
  *   1e-2   anything that rounds to bf16 first: matmul (activations -> bf16,
@@ -261,6 +261,25 @@ static void test_matmul(int rows, int cols, int T, dtype wt, int with_bias, doub
     check(name, out, ref, (size_t)T * rows, bound);
     gpu->free(dw_src), gpu->free(dw), gpu->free(dx), gpu->free(db), gpu->free(out);
     free(wf), free(x), free(bias), free(w16), free(ref);
+}
+
+/* kernels_gemv_bf16 called directly, at a T the backend sends to cuBLAS */
+static void test_gemv_kernel(int rows, int cols, int T) {
+    size_t nw = (size_t)rows * cols;
+    uint16_t *w16 = xmalloc(nw * 2);
+    for (size_t i = 0; i < nw; i++) w16[i] = f32_to_bf16(0.05f * frand());
+    float *x = rand_f32((size_t)T * cols, 1.0f), *ref = xmalloc((size_t)T * rows * 4);
+    weight w = {.data = w16, .dt = DTYPE_BF16, .rows = rows, .cols = cols};
+    cpu->matmul(ref, x, &w, NULL, T);
+    void *dw = dev_copy(w16, nw * 2);
+    float *dx = dev_copy(x, (size_t)T * cols * 4), *out = dev_poison((size_t)T * rows * 4);
+    cudaDeviceSynchronize();
+    if (kernels_gemv_bf16(out, dx, dw, NULL, T, rows, cols, NULL)) failures++;
+    char name[64];
+    snprintf(name, sizeof(name), "gemv kernel bf16 %dx%d T=%d", rows, cols, T);
+    check(name, out, ref, (size_t)T * rows, 1e-5);
+    gpu->free(dw), gpu->free(dx), gpu->free(out);
+    free(w16), free(x), free(ref);
 }
 
 static void test_elementwise(void) {
@@ -604,13 +623,15 @@ int main(int argc, char **argv) {
     }
     int timings = !(argc > 1 && !strcmp(argv[1], "--no-timing"));
 
-    /* T <= 8 with cols % 8 == 0: the matrix-vector kernel (f32 activations;
+    /* T <= 2 with cols % 8 == 0: the matrix-vector kernel (f32 activations;
      * with bf16 weights only the summation order differs) */
     test_matmul(1024, 768, 1, DTYPE_BF16, 1, 1e-5);
-    test_matmul(4096, 1024, 8, DTYPE_BF16, 0, 1e-5);
-    test_matmul(1000, 600, 5, DTYPE_F32, 1, 1e-2);
+    test_matmul(4096, 1024, 2, DTYPE_BF16, 0, 1e-5);
+    test_matmul(1000, 600, 1, DTYPE_F32, 1, 1e-2);
+    test_gemv_kernel(4096, 1024, 8); /* the kernel takes up to 8 tokens */
     /* cuBLAS: more tokens, or cols not a multiple of 8 */
-    test_matmul(4096, 1024, 9, DTYPE_BF16, 0, 1e-2);
+    test_matmul(1000, 600, 5, DTYPE_F32, 1, 1e-2);
+    test_matmul(4096, 1024, 8, DTYPE_BF16, 0, 1e-2);
     test_matmul(1024, 768, 43, DTYPE_BF16, 0, 1e-2);
     test_matmul(1000, 600, 37, DTYPE_F32, 1, 1e-2);
     test_matmul(513, 257, 3, DTYPE_F16, 1, 1e-2);
@@ -651,6 +672,7 @@ int main(int argc, char **argv) {
     printf("%s: %d failure(s) on %s\n", failures ? "FAIL" : "ok", failures, prop.name);
     if (timings) {
         time_matmul(4096, 4096, 1);
+        time_matmul(4096, 4096, 2);
         time_matmul(4096, 4096, 8);
         time_matmul(4096, 4096, 16);
         time_matmul(4096, 4096, 512);
