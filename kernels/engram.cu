@@ -1,27 +1,10 @@
-// Engram ops (ENGRAM.md section 6): gather of table rows (bf16 -> f32), the
-// context gate, and the depthwise causal short conv with SiLU. Each mirrors
-// its CPU reference in engine/backend_cpu.c.
+// Engram ops (ENGRAM.md section 6): the context gate and the depthwise causal
+// short conv with SiLU, on one sequence or on a step of several sequences
+// with per-sequence history. (Table row gathers are in elementwise.cu.) Each
+// mirrors its CPU reference in engine/backend_cpu.c.
 #include "kernels.h"
 
-#include <cuda_bf16.h>
 #include <cuda_runtime.h>
-
-__global__ void gather_rows_bf16_kernel(float *out, const __nv_bfloat16 *table, const long long *rows, int H,
-                                        int D) {
-    int t = blockIdx.x;
-    for (int k = threadIdx.x; k < H * D; k += blockDim.x) {
-        int h = k / D, j = k % D;
-        out[(size_t)t * H * D + k] = __bfloat162float(table[(size_t)rows[(size_t)t * H + h] * D + j]);
-    }
-}
-
-extern "C" int kernels_gather_rows_bf16(float *out, const void *table, const long long *rows, int T, int H, int D,
-                                        void *stream) {
-    if (T < 0 || H <= 0 || D <= 0) return KERNELS_ERR_ARG;
-    if (T == 0) return KERNELS_OK;
-    gather_rows_bf16_kernel<<<T, 256, 0, (cudaStream_t)stream>>>(out, (const __nv_bfloat16 *)table, rows, H, D);
-    return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
-}
 
 // One block per token: dot(nk, nq) / sqrt(d), then sigmoid(sign(s) sqrt(max(|s|, 1e-6))).
 __global__ void engram_gate_kernel(float *gate, const float *nk, const float *nq, int d) {
@@ -64,5 +47,58 @@ extern "C" int kernels_short_conv_f32(float *out, const float *in, const float *
     if (T == 0) return KERNELS_OK;
     size_t n = (size_t)T * C;
     short_conv_kernel<<<(unsigned)((n + 255) / 256), 256, 0, (cudaStream_t)stream>>>(out, in, w, T, C, K, dil);
+    return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
+}
+
+/* A step of several sequences: token t of sequence s = tok_seq[t] is its
+ * u-th token; inputs before u = 0 come from s's history (R rows of C). */
+__global__ void short_conv_batch_kernel(float *out, const float *in, const float *w, const int *seq_start,
+                                        const int *tok_seq, float *const *seq_hist, size_t hist_off, int T, int C,
+                                        int K, int dil) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)T * C) return;
+    int t = (int)(idx / C), c = (int)(idx % C), R = (K - 1) * dil;
+    int s = tok_seq[t], first = seq_start[s], u = t - first;
+    const float *hist = seq_hist[s] + hist_off;
+    float y = 0.0f;
+    for (int k = 0; k < K; k++) {
+        int v = u - (K - 1 - k) * dil;
+        float x = v >= 0 ? in[(size_t)(first + v) * C + c] : hist[(size_t)(R + v) * C + c];
+        y += w[(size_t)c * K + k] * x;
+    }
+    out[idx] = y / (1.0f + expf(-y));
+}
+
+/* Each history becomes the last R rows of (history, the sequence's inputs).
+ * One thread per (sequence, channel), rows in increasing order: row r reads
+ * row n + r >= r, which no earlier iteration has written. */
+__global__ void conv_history_kernel(const float *in, const int *seq_start, float *const *seq_hist, size_t hist_off,
+                                    int n_seqs, int C, int R) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)n_seqs * C) return;
+    int s = (int)(idx / C), c = (int)(idx % C);
+    int first = seq_start[s], n = seq_start[s + 1] - first;
+    float *hist = seq_hist[s] + hist_off;
+    for (int r = 0; r < R; r++) {
+        int i = n + r; /* row of the concatenation (R history rows, n inputs) */
+        hist[(size_t)r * C + c] = i < R ? hist[(size_t)i * C + c] : in[(size_t)(first + i - R) * C + c];
+    }
+}
+
+extern "C" int kernels_short_conv_batch_f32(float *out, const float *in, const float *w, const int *seq_start,
+                                            const int *tok_seq, float *const *seq_hist, size_t hist_off,
+                                            int n_seqs, int T, int C, int K, int dil, void *stream) {
+    if (T < 0 || n_seqs < 0 || C <= 0 || K <= 0 || dil <= 0) return KERNELS_ERR_ARG;
+    if (T == 0) return KERNELS_OK;
+    cudaStream_t st = (cudaStream_t)stream;
+    size_t n = (size_t)T * C;
+    short_conv_batch_kernel<<<(unsigned)((n + 255) / 256), 256, 0, st>>>(out, in, w, seq_start, tok_seq, seq_hist,
+                                                                        hist_off, T, C, K, dil);
+    if (cudaGetLastError() != cudaSuccess) return KERNELS_ERR_LAUNCH;
+    int R = (K - 1) * dil;
+    n = (size_t)n_seqs * C;
+    if (R == 0 || n == 0) return KERNELS_OK;
+    conv_history_kernel<<<(unsigned)((n + 255) / 256), 256, 0, st>>>(in, seq_start, seq_hist, hist_off, n_seqs, C,
+                                                                    R);
     return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
 }

@@ -5,6 +5,8 @@
 #ifndef KERNELS_H
 #define KERNELS_H
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -16,6 +18,34 @@ typedef enum {
 } kernels_status;
 
 const char *kernels_status_str(int status);
+
+/* Element types of tables and weights (the codes of the engine's dtype enum
+ * for these three). */
+typedef enum { KERNELS_F32 = 0, KERNELS_BF16 = 1, KERNELS_F16 = 2 } kernels_dtype;
+
+/* ---- elementwise.cu ---- */
+
+/* dst (n) bf16 = src (n) of dtype dt, rounded to nearest even. */
+int kernels_to_bf16(void *dst, const void *src, int dt, size_t n, void *stream);
+
+/* out (rows, cols) += bias (cols) on every row. */
+int kernels_bias_add_f32(float *out, const float *bias, int rows, int cols, void *stream);
+
+/* out[t * ostride + i] = s[t] * x[t * xstride + i] for t < T, i < d; out may alias x. */
+int kernels_scale_rows_f32(float *out, size_t ostride, const float *x, size_t xstride, const float *s, int T, int d,
+                           void *stream);
+
+/* out (T, d) = rows ids[t] of table (., d) of dtype dt, as f32. */
+int kernels_embed(float *out, const void *table, int dt, const int *ids, int T, int d, void *stream);
+
+/* out (n, d) = rows idx[i] of x (., d). */
+int kernels_gather_f32(float *out, const float *x, const int *idx, int n, int d, void *stream);
+
+/* out (T, H*D) = table rows rows[t*H + h] (table (., D) of dtype dt) as f32. */
+int kernels_gather_rows(float *out, const void *table, int dt, const long long *rows, int T, int H, int D,
+                        void *stream);
+int kernels_gather_rows_bf16(float *out, const void *table, const long long *rows, int T, int H, int D,
+                             void *stream);
 
 /* out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * w[:], for r < rows.
  * out, x: (rows, dim) f32 device memory; w: (dim) f32. out may alias x. */
@@ -31,16 +61,74 @@ int kernels_swiglu_f32(float *gate, const float *up, size_t n, void *stream);
 /* x (n) += y (n) */
 int kernels_add_f32(float *x, const float *y, size_t n, void *stream);
 
-/* out (T, H*D) = bf16 table rows rows[t*H + h] as f32. */
-int kernels_gather_rows_bf16(float *out, const void *table, const long long *rows, int T, int H, int D,
-                             void *stream);
-
 /* gate (T) = sigmoid(sign(s) sqrt(max(|s|, 1e-6))), s = dot(nk[t], nq[t]) / sqrt(d). */
 int kernels_engram_gate_f32(float *gate, const float *nk, const float *nq, int T, int d, void *stream);
 
 /* Depthwise causal conv + SiLU over in ((K-1)*dil + T, C): out (T, C). */
 int kernels_short_conv_f32(float *out, const float *in, const float *w, int T, int C, int K, int dil,
                            void *stream);
+
+/* The same over a step of n_seqs sequences: in (T, C) holds this step's
+ * inputs, sequence s owning tokens seq_start[s] .. seq_start[s+1]-1 (tok_seq
+ * maps token to sequence); inputs before a sequence's first token come from
+ * its history seq_hist[s] + hist_off (R = (K-1)*dil rows of C). Then each
+ * history is replaced by the last R rows of (history, inputs). seq_hist is a
+ * device array of device pointers. */
+int kernels_short_conv_batch_f32(float *out, const float *in, const float *w, const int *seq_start,
+                                 const int *tok_seq, float *const *seq_hist, size_t hist_off, int n_seqs, int T,
+                                 int C, int K, int dil, void *stream);
+
+/* ---- attention.cu ---- */
+
+/* Rows slot[t] of kc, vc ((rows, kvw) bf16) = k, v (T, kvw) f32, rounded. */
+int kernels_kv_store_bf16(void *kc, void *vc, const float *k, const float *v, const int *slot, int T, int kvw,
+                          void *stream);
+
+/* Causal paged attention of a mixed step (see backend.h, attention): token t
+ * of sequence s = tok_seq[t] at position pos[t] attends to keys
+ * max(0, pos - window + 1) (window > 0) or 0, up to pos, whose cache row is
+ * block_tables[s * max_blocks + j / block_size] * block_size + j % block_size.
+ * A sequence's tokens in the step are consecutive in the batch and in
+ * position. Sequences with many tokens in the step (prefill chunks) go to a
+ * tiled tensor-core kernel (queries and softmax weights rounded to bf16, f32
+ * sums), the others (decodes) to a per-token f32 kernel that splits long
+ * contexts (flash-decoding). */
+typedef struct {
+    float *out;          /* (n_tokens, n_heads, hd) */
+    const float *q;      /* (n_tokens, n_heads, hd) */
+    const void *kc, *vc; /* (rows, n_kv * hd) bf16: one layer's cache */
+    const int *pos, *tok_seq, *seq_start, *block_tables; /* device */
+    const int *h_seq_start; /* (n_seqs + 1) host copy, or NULL: then only the per-token kernel runs */
+    int n_tokens, n_seqs, block_size, max_blocks, n_heads, n_kv, hd, window;
+    int max_ctx;         /* at least pos + 1 of every token */
+    int no_tiled;        /* 1: the per-token kernel for every token (tests) */
+    float *work;         /* split scratch of kernels_paged_attention_work_floats floats, or NULL when that is 0 */
+    size_t work_floats;
+} kernels_attention_args;
+
+/* Floats of scratch the launch with these arguments needs (0: none). */
+size_t kernels_paged_attention_work_floats(const kernels_attention_args *a);
+
+/* hd <= 256, n_heads / n_kv <= 16. */
+int kernels_paged_attention_bf16(const kernels_attention_args *a, void *stream);
+
+/* ---- matmul.cu ---- */
+
+#define KERNELS_GEMV_MAX_T 8
+
+/* Whether kernels_gemv_bf16 takes these: 1 <= T <= KERNELS_GEMV_MAX_T,
+ * cols % 8 == 0, x and w 16-byte aligned. */
+int kernels_gemv_supported(const float *x, const void *w, int T, int cols);
+
+/* out (T, rows) = x (T, cols) @ w^T + bias (rows, or NULL); w (rows, cols)
+ * bf16; activations stay f32, f32 accumulation. */
+int kernels_gemv_bf16(float *out, const float *x, const void *w, const float *bias, int T, int rows, int cols,
+                      void *stream);
+
+/* ---- sampling.cu ---- */
+
+/* next (T) = argmax of each row of logits (T, vocab), lowest id on ties. */
+int kernels_argmax_f32(int *next, const float *logits, int T, int vocab, void *stream);
 
 #ifdef __cplusplus
 }

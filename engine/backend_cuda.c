@@ -1,0 +1,483 @@
+/* The CUDA backend: backend memory is device memory, every op is issued in
+ * order on one stream. Matrix products of 1 or 2 tokens (decode) go through
+ * a matrix-vector kernel (bf16 weights, f32 activations), larger ones through
+ * cuBLAS (bf16 weights times activations rounded to bf16), both with f32
+ * accumulation and output; the rest through kernels/. prepare uploads every
+ * weight once (f32/f16 matrices become bf16; embeddings and Engram tables keep
+ * their dtype). The KV cache holds bf16.
+ * Compiled only with ENGRAM_CUDA (ENGRAM_HAVE_CUDA_BACKEND); otherwise
+ * backend.c's backend_cuda() says the build has none. */
+#include "backend.h"
+
+#ifdef ENGRAM_HAVE_CUDA_BACKEND
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+/* Tokens up to which a product takes the matrix-vector kernel rather than
+ * cuBLAS (H100, 4096x4096 bf16: T=1 8.6 us against 20 us through cuBLAS with
+ * the activation conversion; T=8 38 us against 17). */
+#define GEMV_MAX_TOKENS 2
+
+static struct {
+    int tried, ok;
+    char why[256];
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    void *xb; /* bf16 copy of a product's activations */
+    size_t xb_bytes;
+    float *att_work; /* attention split scratch */
+    size_t att_work_floats;
+} g;
+
+/* A failed launch or CUDA call inside an op: the context is unusable and the
+ * op cannot report it (ops return nothing), so stop here. */
+static void cuda__fail(const char *op, const char *what) {
+    fprintf(stderr, "backend_cuda: %s: %s\n", op, what);
+    abort();
+}
+#define CHECK_CUDA(x)                                                                                       \
+    do {                                                                                                    \
+        cudaError_t e_ = (x);                                                                               \
+        if (e_ != cudaSuccess) cuda__fail(__func__, cudaGetErrorString(e_));                                \
+    } while (0)
+#define CHECK_K(x)                                                                                          \
+    do {                                                                                                    \
+        int k_ = (x);                                                                                       \
+        if (k_) cuda__fail(__func__, kernels_status_str(k_));                                               \
+    } while (0)
+
+/* Grows a device scratch buffer to at least `bytes`. cudaFree waits for the
+ * work that may still read the old one. */
+static void cuda__grow(void **buf, size_t *have, size_t bytes) {
+    if (bytes <= *have) return;
+    CHECK_CUDA(cudaFree(*buf));
+    *buf = NULL;
+    *have = 0;
+    size_t want = bytes + bytes / 4;
+    CHECK_CUDA(cudaMalloc(buf, want));
+    *have = want;
+}
+
+static int cuda__dtype(dtype t) {
+    return t == DTYPE_BF16 ? KERNELS_BF16 : t == DTYPE_F16 ? KERNELS_F16 : KERNELS_F32;
+}
+
+/* ---- memory ---- */
+
+static void *cu_alloc(size_t bytes) {
+    void *p = NULL;
+    if (bytes == 0) bytes = 1;
+    if (cudaMalloc(&p, bytes) != cudaSuccess) {
+        cudaGetLastError(); /* clear the allocation error */
+        return NULL;
+    }
+    CHECK_CUDA(cudaMemsetAsync(p, 0, bytes, g.stream));
+    return p;
+}
+
+static void cu_free(void *p) {
+    if (p) CHECK_CUDA(cudaFree(p));
+}
+
+static void cu_upload(void *dst, const void *host, size_t bytes) {
+    if (bytes) CHECK_CUDA(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, g.stream));
+}
+
+static void cu_download(void *host, const void *src, size_t bytes) {
+    if (bytes) CHECK_CUDA(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, g.stream));
+    CHECK_CUDA(cudaStreamSynchronize(g.stream));
+}
+
+static void cu_copy2d(float *dst, size_t dpitch, const float *src, size_t spitch, size_t width, size_t rows) {
+    if (!width || !rows) return;
+    CHECK_CUDA(cudaMemcpy2DAsync(dst, dpitch * sizeof(float), src, spitch * sizeof(float), width * sizeof(float),
+                                 rows, cudaMemcpyDeviceToDevice, g.stream));
+}
+
+/* ---- the device view of a model ---- */
+
+typedef struct {
+    model m; /* handed out as the view; first member */
+    layer_weights *layers;
+    model_engram eng;
+    engram_weights *elayers;
+    void **dev; /* every device buffer of the view */
+    int n_dev, cap_dev;
+    struct {
+        const void *host;
+        int converted;
+        void *dev;
+    } *seen; /* uploads done, so a tensor used twice (tied embeddings) is uploaded once */
+    int n_seen, cap_seen;
+    size_t bytes;
+} cuda_view;
+
+static int view__keep(cuda_view *v, void *d) {
+    if (v->n_dev == v->cap_dev) {
+        int cap = v->cap_dev ? 2 * v->cap_dev : 256;
+        void **p = realloc(v->dev, (size_t)cap * sizeof(*p));
+        if (!p) return -1;
+        v->dev = p;
+        v->cap_dev = cap;
+    }
+    v->dev[v->n_dev++] = d;
+    return 0;
+}
+
+static void *view__find(const cuda_view *v, const void *host, int converted) {
+    for (int i = v->n_seen; i-- > 0;)
+        if (v->seen[i].host == host && v->seen[i].converted == converted) return v->seen[i].dev;
+    return NULL;
+}
+
+static int view__remember(cuda_view *v, const void *host, int converted, void *d) {
+    if (v->n_seen == v->cap_seen) {
+        int cap = v->cap_seen ? 2 * v->cap_seen : 256;
+        void *p = realloc(v->seen, (size_t)cap * sizeof(*v->seen));
+        if (!p) return -1;
+        v->seen = p;
+        v->cap_seen = cap;
+    }
+    v->seen[v->n_seen].host = host;
+    v->seen[v->n_seen].converted = converted;
+    v->seen[v->n_seen].dev = d;
+    v->n_seen++;
+    return 0;
+}
+
+static void view__oom(char *err, size_t errlen, const char *what, size_t bytes, size_t so_far) {
+    size_t fr = 0, total = 0;
+    cudaGetLastError();
+    cudaMemGetInfo(&fr, &total);
+    snprintf(err, errlen,
+             "out of GPU memory uploading %s (%zu bytes) after %zu bytes of weights; %zu of %zu bytes free", what,
+             bytes, so_far, fr, total);
+}
+
+/* Device copy of n elements of dtype t at host, as bf16 when to_bf16 (the
+ * conversion runs on the GPU), else unchanged. *out NULL for a NULL host. */
+static int view__upload(cuda_view *v, const void *host, dtype t, size_t n, int to_bf16, void **out,
+                        const char *what, char *err, size_t errlen) {
+    *out = NULL;
+    if (!host) return 0;
+    int conv = to_bf16 && t != DTYPE_BF16;
+    void *d = view__find(v, host, conv);
+    if (d) {
+        *out = d;
+        return 0;
+    }
+    if (t != DTYPE_F32 && t != DTYPE_BF16 && t != DTYPE_F16) {
+        snprintf(err, errlen, "%s: dtype %s is not supported on CUDA", what, dtype_name(t));
+        return -1;
+    }
+    size_t src_bytes = n * dtype_size(t), dst_bytes = conv ? n * 2 : src_bytes;
+    if (cudaMalloc(&d, dst_bytes ? dst_bytes : 1) != cudaSuccess) {
+        view__oom(err, errlen, what, dst_bytes, v->bytes);
+        return -1;
+    }
+    if (view__keep(v, d)) {
+        cudaFree(d);
+        snprintf(err, errlen, "out of host memory");
+        return -1;
+    }
+    if (view__remember(v, host, conv, d)) { /* d is freed with the view */
+        snprintf(err, errlen, "out of host memory");
+        return -1;
+    }
+    v->bytes += dst_bytes;
+    cudaError_t e;
+    if (!conv) {
+        e = cudaMemcpy(d, host, src_bytes, cudaMemcpyHostToDevice);
+    } else {
+        void *tmp = NULL;
+        if (cudaMalloc(&tmp, src_bytes ? src_bytes : 1) != cudaSuccess) {
+            view__oom(err, errlen, what, src_bytes, v->bytes);
+            return -1;
+        }
+        e = cudaMemcpy(tmp, host, src_bytes, cudaMemcpyHostToDevice);
+        if (e == cudaSuccess && kernels_to_bf16(d, tmp, cuda__dtype(t), n, NULL)) e = cudaGetLastError();
+        if (e == cudaSuccess) e = cudaDeviceSynchronize();
+        cudaFree(tmp);
+    }
+    if (e != cudaSuccess) {
+        snprintf(err, errlen, "uploading %s: %s", what, cudaGetErrorString(e));
+        return -1;
+    }
+    *out = d;
+    return 0;
+}
+
+/* A matrix for matmul (bf16 on the device) or, with keep_dtype, for row
+ * gathers (its own dtype). */
+static int view__weight(cuda_view *v, const weight *w, weight *out, int keep_dtype, const char *what, char *err,
+                        size_t errlen) {
+    *out = *w;
+    void *d;
+    if (view__upload(v, w->data, w->dt, (size_t)w->rows * w->cols, !keep_dtype, &d, what, err, errlen)) return -1;
+    out->data = d;
+    if (!keep_dtype && w->data) out->dt = DTYPE_BF16;
+    return 0;
+}
+
+static int view__vec(cuda_view *v, const float *p, size_t n, const float **out, const char *what, char *err,
+                     size_t errlen) {
+    void *d;
+    if (view__upload(v, p, DTYPE_F32, n, 0, &d, what, err, errlen)) return -1;
+    *out = d;
+    return 0;
+}
+
+static void cu_release(model *view, model *m) {
+    (void)m;
+    if (!view) return;
+    cuda_view *v = (cuda_view *)view;
+    cudaDeviceSynchronize();
+    for (int i = 0; i < v->n_dev; i++) cudaFree(v->dev[i]);
+    free(v->dev);
+    free(v->seen);
+    free(v->layers);
+    free(v->elayers);
+    free(v);
+}
+
+static int view__engram(cuda_view *v, const model *m, char *err, size_t errlen) {
+    const model_engram *e = m->engram;
+    size_t d = (size_t)m->cfg.hidden_size;
+    char what[96];
+    v->eng = *e;
+    v->elayers = calloc((size_t)e->n_layers, sizeof(*v->elayers));
+    if (!v->elayers) return snprintf(err, errlen, "out of host memory"), -1;
+    v->eng.layers = v->elayers;
+    for (int i = 0; i < e->n_layers; i++) {
+        const engram_weights *w = &e->layers[i];
+        engram_weights *o = &v->elayers[i];
+        *o = *w;
+        int G = e->hc_mult;
+#define EW(field, keep)                                                                                     \
+    (snprintf(what, sizeof(what), "engram layer %d " #field, w->layer_id),                                   \
+     view__weight(v, &w->field, &o->field, keep, what, err, errlen))
+#define EV(field, n)                                                                                        \
+    (snprintf(what, sizeof(what), "engram layer %d " #field, w->layer_id),                                   \
+     view__vec(v, w->field, n, &o->field, what, err, errlen))
+        if (w->store) { /* rows come from the host store, never from a device table */
+            o->table.data = NULL;
+        } else if (EW(table, 1)) {
+            return -1;
+        }
+        if (EW(w_value, 0) || EV(b_value, d) || EV(conv_w, (size_t)G * d * e->kernel_size)) return -1;
+        for (int gi = 0; gi < G; gi++)
+            if (EW(w_key[gi], 0) || EV(b_key[gi], d) || EV(norm1[gi], d) || EV(norm2[gi], d) ||
+                EV(conv_norm[gi], d))
+                return -1;
+#undef EW
+#undef EV
+    }
+    v->m.engram = &v->eng;
+    return 0;
+}
+
+static model *cu_prepare(model *m, char *err, size_t errlen) {
+    const model_config *c = &m->cfg;
+    cuda_view *v = calloc(1, sizeof(*v));
+    if (!v) return snprintf(err, errlen, "out of host memory"), NULL;
+    v->m = *m;
+    v->m.files = NULL;
+    v->m.n_files = 0;
+    v->m.owned = NULL;
+    v->m.n_owned = v->m.cap_owned = 0;
+    v->m.engram = NULL;
+    size_t d = (size_t)c->hidden_size, hd = (size_t)c->head_dim, ff = (size_t)c->intermediate_size;
+    size_t qw = (size_t)c->n_heads * hd, kvw = (size_t)c->n_kv_heads * hd;
+    v->layers = calloc((size_t)c->n_layers, sizeof(*v->layers));
+    if (!v->layers) {
+        snprintf(err, errlen, "out of host memory");
+        goto fail;
+    }
+    v->m.layers = v->layers;
+    if (view__weight(v, &m->embed, &v->m.embed, 1, "embed_tokens", err, errlen) ||
+        view__weight(v, &m->lm_head, &v->m.lm_head, 0, "lm_head", err, errlen) ||
+        view__vec(v, m->final_norm, d, &v->m.final_norm, "norm", err, errlen))
+        goto fail;
+    if (m->engram && view__engram(v, m, err, errlen)) goto fail;
+    for (int l = 0; l < c->n_layers; l++) {
+        const layer_weights *L = &m->layers[l];
+        layer_weights *o = &v->layers[l];
+        char what[64];
+        *o = *L;
+#define LW(field) (snprintf(what, sizeof(what), "layer %d " #field, l), view__weight(v, &L->field, &o->field, 0, what, err, errlen))
+#define LV(field, n) (snprintf(what, sizeof(what), "layer %d " #field, l), view__vec(v, L->field, n, &o->field, what, err, errlen))
+        if (LW(wq) || LW(wk) || LW(wv) || LW(wo) || LW(w_gate) || LW(w_up) || LW(w_down) ||
+            LV(attn_norm, d) || LV(ffn_norm, d) || LV(bq, qw) || LV(bk, kvw) || LV(bv, kvw) || LV(bo, d) ||
+            LV(q_norm, hd) || LV(k_norm, hd) || LV(b_gate, ff) || LV(b_up, ff) || LV(b_down, d))
+            goto fail;
+#undef LW
+#undef LV
+        if (L->engram) o->engram = &v->elayers[L->engram - m->engram->layers];
+    }
+    return &v->m;
+fail:
+    cu_release(&v->m, m);
+    return NULL;
+}
+
+/* ---- compute ---- */
+
+static void cu_matmul(float *out, const float *x, const weight *w, const float *bias, int T) {
+    if (T <= 0) return;
+    if (w->dt != DTYPE_BF16) cuda__fail(__func__, "weight is not a bf16 device view (prepare converts them)");
+    if (T <= GEMV_MAX_TOKENS && kernels_gemv_supported(x, w->data, T, w->cols)) { /* decode: one launch */
+        CHECK_K(kernels_gemv_bf16(out, x, w->data, bias, T, w->rows, w->cols, g.stream));
+        return;
+    }
+    size_t n = (size_t)T * w->cols;
+    cuda__grow(&g.xb, &g.xb_bytes, n * 2);
+    CHECK_K(kernels_to_bf16(g.xb, x, KERNELS_F32, n, g.stream));
+    const float one = 1.0f, zero = 0.0f;
+    /* column-major: out^T (rows, T) = W (cols, rows)^T x^T (cols, T) */
+    cublasStatus_t st = cublasGemmEx(g.blas, CUBLAS_OP_T, CUBLAS_OP_N, w->rows, T, w->cols, &one, w->data,
+                                     CUDA_R_16BF, w->cols, g.xb, CUDA_R_16BF, w->cols, &zero, out, CUDA_R_32F,
+                                     w->rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (st != CUBLAS_STATUS_SUCCESS) cuda__fail(__func__, cublasGetStatusString(st));
+    if (bias) CHECK_K(kernels_bias_add_f32(out, bias, T, w->rows, g.stream));
+}
+
+static void cu_rmsnorm(float *out, const float *x, const float *gw, int T, int d, float eps) {
+    CHECK_K(kernels_rmsnorm_f32(out, x, gw, T, d, eps, g.stream));
+}
+
+static void cu_embed(float *out, const weight *emb, const int32_t *ids, int T) {
+    CHECK_K(kernels_embed(out, emb->data, cuda__dtype(emb->dt), ids, T, emb->cols, g.stream));
+}
+
+static void cu_rope(float *x, const int32_t *pos, int T, int n_heads, int hd, const float *inv_freq) {
+    CHECK_K(kernels_rope_f32(x, pos, T, n_heads, hd, inv_freq, g.stream));
+}
+
+static void cu_kv_store(void *kc, void *vc, const float *k, const float *v, const batch_desc *b, int kvw) {
+    CHECK_K(kernels_kv_store_bf16(kc, vc, k, v, b->slot, b->n_tokens, kvw, g.stream));
+}
+
+/* Set by tests: every token through the per-token kernel. */
+int backend_cuda_attention_no_tiled;
+
+static void cu_attention(float *out, const float *q, const void *kc, const void *vc, const batch_desc *b,
+                         int n_heads, int n_kv, int hd, int window) {
+    kernels_attention_args a = {
+        .out = out, .q = q, .kc = kc, .vc = vc, .pos = b->pos, .tok_seq = b->tok_seq, .seq_start = b->seq_start,
+        .block_tables = b->block_tables, .h_seq_start = b->h_seq_start, .n_tokens = b->n_tokens,
+        .n_seqs = b->n_seqs, .block_size = b->block_size, .max_blocks = b->max_blocks, .n_heads = n_heads,
+        .n_kv = n_kv, .hd = hd, .window = window, .max_ctx = b->max_ctx,
+        .no_tiled = backend_cuda_attention_no_tiled,
+    };
+    size_t need = kernels_paged_attention_work_floats(&a);
+    if (need) {
+        size_t have = g.att_work_floats * sizeof(float);
+        cuda__grow((void **)&g.att_work, &have, need * sizeof(float));
+        g.att_work_floats = have / sizeof(float);
+    }
+    a.work = g.att_work;
+    a.work_floats = g.att_work_floats;
+    CHECK_K(kernels_paged_attention_bf16(&a, g.stream));
+}
+
+static void cu_swiglu(float *gate, const float *up, size_t n) { CHECK_K(kernels_swiglu_f32(gate, up, n, g.stream)); }
+
+static void cu_add(float *x, const float *y, size_t n) { CHECK_K(kernels_add_f32(x, y, n, g.stream)); }
+
+static void cu_gather_f32(float *out, const float *x, const int32_t *idx, int n, int d) {
+    CHECK_K(kernels_gather_f32(out, x, idx, n, d, g.stream));
+}
+
+static void cu_argmax(int32_t *next, const float *logits, int T, int vocab) {
+    CHECK_K(kernels_argmax_f32(next, logits, T, vocab, g.stream));
+}
+
+static void cu_gather_rows(float *out, const weight *table, const int64_t *rows, int T, int H) {
+    if (!table->data) cuda__fail(__func__, "the table is not on the device (served by a host store)");
+    CHECK_K(kernels_gather_rows(out, table->data, cuda__dtype(table->dt), (const long long *)rows, T, H,
+                                table->cols, g.stream));
+}
+
+static void cu_engram_gate(float *gate, const float *nk, const float *nq, int T, int d) {
+    CHECK_K(kernels_engram_gate_f32(gate, nk, nq, T, d, g.stream));
+}
+
+static void cu_scale_rows(float *out, size_t ostride, const float *x, size_t xstride, const float *s, int T, int d) {
+    CHECK_K(kernels_scale_rows_f32(out, ostride, x, xstride, s, T, d, g.stream));
+}
+
+static void cu_short_conv(float *out, const float *in, const float *w, const batch_desc *b, size_t hist_off, int C,
+                          int K, int dil) {
+    CHECK_K(kernels_short_conv_batch_f32(out, in, w, b->seq_start, b->tok_seq, b->seq_hist, hist_off, b->n_seqs,
+                                         b->n_tokens, C, K, dil, g.stream));
+}
+
+static const backend_ops cuda_ops = {
+    .name = "cuda",
+    .kv_elem_bytes = 2,
+    .alloc = cu_alloc,
+    .free = cu_free,
+    .upload = cu_upload,
+    .download = cu_download,
+    .copy2d = cu_copy2d,
+    .prepare = cu_prepare,
+    .release = cu_release,
+    .matmul = cu_matmul,
+    .rmsnorm = cu_rmsnorm,
+    .embed = cu_embed,
+    .rope = cu_rope,
+    .kv_store = cu_kv_store,
+    .attention = cu_attention,
+    .swiglu = cu_swiglu,
+    .add = cu_add,
+    .gather_f32 = cu_gather_f32,
+    .argmax = cu_argmax,
+    .gather_rows = cu_gather_rows,
+    .engram_gate = cu_engram_gate,
+    .scale_rows = cu_scale_rows,
+    .short_conv = cu_short_conv,
+};
+
+/* Device 0, one stream, one cuBLAS handle; made on the first call. */
+static int cuda__init(void) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        snprintf(g.why, sizeof(g.why), "no usable CUDA device (%s)",
+                 e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+        return -1;
+    }
+    if ((e = cudaSetDevice(0)) != cudaSuccess || (e = cudaStreamCreate(&g.stream)) != cudaSuccess) {
+        snprintf(g.why, sizeof(g.why), "CUDA device 0: %s", cudaGetErrorString(e));
+        return -1;
+    }
+    cublasStatus_t st = cublasCreate(&g.blas);
+    if (st == CUBLAS_STATUS_SUCCESS) st = cublasSetStream(g.blas, g.stream);
+    if (st != CUBLAS_STATUS_SUCCESS) {
+        snprintf(g.why, sizeof(g.why), "cuBLAS: %s", cublasGetStatusString(st));
+        return -1;
+    }
+    return 0;
+}
+
+const backend_ops *backend_cuda(char *err, size_t errlen) {
+    if (!g.tried) {
+        g.tried = 1;
+        g.ok = cuda__init() == 0;
+    }
+    if (!g.ok) {
+        snprintf(err, errlen, "%s", g.why);
+        return NULL;
+    }
+    return &cuda_ops;
+}
+
+#else
+typedef int backend_cuda__none; /* ISO C wants a declaration in every file */
+#endif

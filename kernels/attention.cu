@@ -1,0 +1,516 @@
+// Paged attention over a bf16 KV cache for a mixed step (decode rows and
+// prefill chunks of several sequences in one launch), and the store of a
+// step's K/V rows into their cache slots. Numerics: f32 queries, bf16 K/V
+// widened to f32, f32 scores and accumulation, online softmax (flash style).
+// Long contexts are split over several blocks (flash-decoding) and merged by
+// a second kernel.
+#include "kernels.h"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+
+#define ATT_THREADS 128 /* one key per thread in the score phase; one dim per thread in the value phase */
+#define ATT_MAX_HD 256
+#define ATT_MIN_SPLIT 256 /* keys; below this a split is not worth its merge */
+#define ATT_TARGET_BLOCKS 528 /* about four blocks per SM of an H100 */
+
+__global__ void kv_store_bf16_kernel(__nv_bfloat16 *kc, __nv_bfloat16 *vc, const float *k, const float *v,
+                                     const int *slot, int kvw) {
+    int t = blockIdx.x;
+    size_t dst = (size_t)slot[t] * kvw, src = (size_t)t * kvw;
+    for (int i = threadIdx.x; i < kvw; i += blockDim.x) {
+        kc[dst + i] = __float2bfloat16_rn(k[src + i]);
+        vc[dst + i] = __float2bfloat16_rn(v[src + i]);
+    }
+}
+
+extern "C" int kernels_kv_store_bf16(void *kc, void *vc, const float *k, const float *v, const int *slot, int T,
+                                     int kvw, void *stream) {
+    if (T < 0 || kvw <= 0) return KERNELS_ERR_ARG;
+    if (T == 0) return KERNELS_OK;
+    kv_store_bf16_kernel<<<T, 128, 0, (cudaStream_t)stream>>>((__nv_bfloat16 *)kc, (__nv_bfloat16 *)vc, k, v,
+                                                              slot, kvw);
+    return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
+}
+
+/* Keys one token attends to: [j0, p]. */
+__device__ __forceinline__ int att_first_key(int p, int window) {
+    return window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+}
+
+/* Splits of the key range and keys per split, the same on the host (launch
+ * and scratch size) for the same arguments. */
+static void att_plan(int T, int n_kv, int max_ctx, int window, int *n_splits, int *split_len) {
+    int span = window > 0 && window < max_ctx ? window : max_ctx;
+    if (span < 1) span = 1;
+    long base = (long)T * n_kv;
+    int s = (int)((ATT_TARGET_BLOCKS + base - 1) / base);
+    int most = (span + ATT_MIN_SPLIT - 1) / ATT_MIN_SPLIT;
+    if (s > most) s = most;
+    if (s < 1) s = 1;
+    int len = (span + s - 1) / s;
+    len = (len + ATT_THREADS - 1) / ATT_THREADS * ATT_THREADS;
+    *n_splits = (span + len - 1) / len;
+    *split_len = len;
+}
+
+/* One block per (token, kv head, split): the G = n_heads / n_kv query heads
+ * that share the kv head walk the split's keys in chunks of ATT_THREADS with
+ * a running max and sum. MAXG bounds G (registers per thread). */
+template <int MAXG>
+__global__ void __launch_bounds__(ATT_THREADS)
+paged_attention_kernel(float *out, float *work, const float *q, const __nv_bfloat16 *kc, const __nv_bfloat16 *vc,
+                       const int *pos, const int *tok_seq, const int *seq_start, const int *block_tables,
+                       int block_size, int max_blocks, int n_heads, int n_kv, int hd, int window, int n_splits,
+                       int split_len, float scale, int tiled_q) {
+    extern __shared__ float sm[];
+    const int G = n_heads / n_kv;
+    float *qs = sm;                               /* (G, hd) */
+    float *ps = qs + G * hd;                      /* (G, ATT_THREADS) scores, then probabilities */
+    float *red = ps + G * ATT_THREADS;            /* (ATT_THREADS / 32, G) */
+    int *rows = (int *)(red + (ATT_THREADS / 32) * MAXG); /* (ATT_THREADS) cache row of each key */
+
+    const int t = blockIdx.x, kh = blockIdx.y, z = blockIdx.z, tid = threadIdx.x;
+    const int lane = tid & 31, warp = tid >> 5;
+    const int p = pos[t], s = tok_seq[t];
+    if (seq_start[s + 1] - seq_start[s] >= tiled_q) return; /* the tiled kernel's token */
+    const int j0 = att_first_key(p, window);
+    const int kbeg = j0 + z * split_len;
+    int kend = kbeg + split_len - 1;
+    if (kend > p) kend = p;
+    if (kbeg > p) return; /* an empty split: the merge skips it */
+    const int kvw = n_kv * hd;
+    const int *bt = block_tables + (size_t)s * max_blocks;
+
+    for (int i = tid; i < G * hd; i += ATT_THREADS)
+        qs[i] = q[((size_t)t * n_heads + kh * G) * hd + i];
+
+    float m[MAXG], l[MAXG], acc[2][MAXG];
+#pragma unroll
+    for (int g = 0; g < MAXG; g++) m[g] = -INFINITY, l[g] = 0.0f, acc[0][g] = 0.0f, acc[1][g] = 0.0f;
+    __syncthreads();
+
+    for (int c0 = kbeg; c0 <= kend; c0 += ATT_THREADS) {
+        const int j = c0 + tid, valid = j <= kend;
+        const int nk = kend - c0 + 1 < ATT_THREADS ? kend - c0 + 1 : ATT_THREADS;
+        float sc[MAXG];
+#pragma unroll
+        for (int g = 0; g < MAXG; g++) sc[g] = 0.0f;
+        if (valid) {
+            int row = bt[j / block_size] * block_size + j % block_size;
+            rows[tid] = row;
+            const __nv_bfloat16 *kr = kc + (size_t)row * kvw + (size_t)kh * hd;
+            if ((hd & 7) == 0) {
+                for (int i = 0; i < hd; i += 8) {
+                    uint4 raw = *(const uint4 *)(kr + i);
+                    const __nv_bfloat162 *b2 = (const __nv_bfloat162 *)&raw;
+                    float kf[8];
+#pragma unroll
+                    for (int u = 0; u < 4; u++) {
+                        float2 f = __bfloat1622float2(b2[u]);
+                        kf[2 * u] = f.x, kf[2 * u + 1] = f.y;
+                    }
+#pragma unroll
+                    for (int g = 0; g < MAXG; g++)
+                        if (g < G) {
+                            const float *qg = qs + g * hd + i;
+#pragma unroll
+                            for (int u = 0; u < 8; u++) sc[g] += qg[u] * kf[u];
+                        }
+                }
+            } else {
+                for (int i = 0; i < hd; i++) {
+                    float kf = __bfloat162float(kr[i]);
+#pragma unroll
+                    for (int g = 0; g < MAXG; g++)
+                        if (g < G) sc[g] += qs[g * hd + i] * kf;
+                }
+            }
+        }
+        /* chunk max per head */
+#pragma unroll
+        for (int g = 0; g < MAXG; g++) {
+            if (g >= G) break;
+            float v = valid ? sc[g] * scale : -INFINITY;
+            sc[g] = v;
+            for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+            if (lane == 0) red[warp * MAXG + g] = v;
+        }
+        __syncthreads();
+        float alpha[MAXG];
+#pragma unroll
+        for (int g = 0; g < MAXG; g++) {
+            if (g >= G) break;
+            float cm = red[g];
+            for (int w = 1; w < ATT_THREADS / 32; w++) cm = fmaxf(cm, red[w * MAXG + g]);
+            float mn = fmaxf(m[g], cm); /* finite: the chunk has at least one key */
+            alpha[g] = expf(m[g] - mn); /* exp(-inf) = 0 on the first chunk */
+            m[g] = mn;
+            float pr = valid ? expf(sc[g] - mn) : 0.0f;
+            ps[g * ATT_THREADS + tid] = pr;
+            sc[g] = pr;
+        }
+        __syncthreads(); /* red is reused below */
+#pragma unroll
+        for (int g = 0; g < MAXG; g++) {
+            if (g >= G) break;
+            float v = sc[g];
+            for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+            if (lane == 0) red[warp * MAXG + g] = v;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int g = 0; g < MAXG; g++) {
+            if (g >= G) break;
+            float sum = 0.0f;
+            for (int w = 0; w < ATT_THREADS / 32; w++) sum += red[w * MAXG + g];
+            l[g] = l[g] * alpha[g] + sum;
+            acc[0][g] *= alpha[g];
+            acc[1][g] *= alpha[g];
+        }
+        /* value phase: thread owns dims tid and tid + ATT_THREADS */
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            int e = tid + half * ATT_THREADS;
+            if (e >= hd) break;
+            for (int jj = 0; jj < nk; jj++) {
+                float vf = __bfloat162float(vc[(size_t)rows[jj] * kvw + (size_t)kh * hd + e]);
+#pragma unroll
+                for (int g = 0; g < MAXG; g++)
+                    if (g < G) acc[half][g] += ps[g * ATT_THREADS + jj] * vf;
+            }
+        }
+        __syncthreads(); /* ps, rows and red are rewritten by the next chunk */
+    }
+
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        int e = tid + half * ATT_THREADS;
+        if (e >= hd) break;
+#pragma unroll
+        for (int g = 0; g < MAXG; g++) {
+            if (g >= G) break;
+            int h = kh * G + g;
+            if (n_splits == 1) {
+                out[((size_t)t * n_heads + h) * hd + e] = acc[half][g] / l[g];
+            } else { /* work: (T, n_heads, n_splits) of [acc (hd), m, l] */
+                float *wk = work + (((size_t)t * n_heads + h) * n_splits + z) * (hd + 2);
+                wk[e] = acc[half][g];
+                if (e == 0) wk[hd] = m[g], wk[hd + 1] = l[g];
+            }
+        }
+    }
+}
+
+/* One block per (token, head): merges the splits that had keys. */
+__global__ void attention_merge_kernel(float *out, const float *work, const int *pos, const int *tok_seq,
+                                       const int *seq_start, int n_heads, int hd, int window, int n_splits,
+                                       int split_len, int tiled_q) {
+    int t = blockIdx.x, h = blockIdx.y, s = tok_seq[t];
+    if (seq_start[s + 1] - seq_start[s] >= tiled_q) return;
+    int p = pos[t], j0 = att_first_key(p, window);
+    int used = (p - j0) / split_len + 1;
+    const float *wk = work + ((size_t)t * n_heads + h) * n_splits * (hd + 2);
+    float M = -INFINITY;
+    for (int z = 0; z < used; z++) M = fmaxf(M, wk[z * (hd + 2) + hd]);
+    float L = 0.0f;
+    for (int z = 0; z < used; z++) L += wk[z * (hd + 2) + hd + 1] * expf(wk[z * (hd + 2) + hd] - M);
+    for (int e = threadIdx.x; e < hd; e += blockDim.x) {
+        float a = 0.0f;
+        for (int z = 0; z < used; z++) a += wk[z * (hd + 2) + e] * expf(wk[z * (hd + 2) + hd] - M);
+        out[((size_t)t * n_heads + h) * hd + e] = a / L;
+    }
+}
+
+template <int MAXG>
+static int att_launch(const kernels_attention_args *a, int ns, int len, int tiled_q, cudaStream_t st) {
+    int G = a->n_heads / a->n_kv;
+    size_t smem = ((size_t)G * a->hd + (size_t)G * ATT_THREADS + (ATT_THREADS / 32) * MAXG) * sizeof(float) +
+                  ATT_THREADS * sizeof(int);
+    static int configured;
+    if (!configured) { /* allow the largest case (G = MAXG, hd = ATT_MAX_HD) */
+        size_t most = ((size_t)MAXG * ATT_MAX_HD + (size_t)MAXG * ATT_THREADS + (ATT_THREADS / 32) * MAXG) *
+                          sizeof(float) + ATT_THREADS * sizeof(int);
+        if (cudaFuncSetAttribute(paged_attention_kernel<MAXG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)most) != cudaSuccess)
+            return KERNELS_ERR_LAUNCH;
+        configured = 1;
+    }
+    dim3 grid(a->n_tokens, a->n_kv, ns);
+    paged_attention_kernel<MAXG><<<grid, ATT_THREADS, smem, st>>>(
+        a->out, a->work, a->q, (const __nv_bfloat16 *)a->kc, (const __nv_bfloat16 *)a->vc, a->pos, a->tok_seq,
+        a->seq_start, a->block_tables, a->block_size, a->max_blocks, a->n_heads, a->n_kv, a->hd, a->window, ns, len,
+        1.0f / sqrtf((float)a->hd), tiled_q);
+    return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
+}
+
+/* ---- tiled kernel for prefill chunks: tensor cores (mma.sync m16n8k16,
+ * bf16 inputs, f32 accumulation) ----
+ * One block of 4 warps per (query tile, sequence, kv head): the tile is QT =
+ * 64 / G consecutive tokens of one sequence times the G query heads of the kv
+ * head, 64 query rows (row r = token r / G, head r % G), 16 per warp. Keys
+ * come in chunks of 64 rows of K and V staged in shared memory; scores and
+ * the output stay in registers (flash attention 2). Queries and softmax
+ * weights are rounded to bf16 for the tensor cores; sums are f32. */
+
+#define TQ_ROWS 64
+#define TK 64
+
+__device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t *)&v;
+}
+
+__device__ __forceinline__ uint32_t pack_bf16_raw(__nv_bfloat16 lo, __nv_bfloat16 hi) {
+    return (uint32_t)*(const uint16_t *)&lo | ((uint32_t)*(const uint16_t *)&hi << 16);
+}
+
+template <int HD>
+__global__ void __launch_bounds__(128)
+prefill_attention_kernel(float *out, const float *q, const __nv_bfloat16 *kc, const __nv_bfloat16 *vc,
+                         const int *pos, const int *seq_start, const int *block_tables, int block_size, int max_blocks,
+                         int n_heads, int n_kv, int window, float scale, int tiled_q) {
+    constexpr int LD = HD + 8; /* padded smem row (bf16): conflict-free fragment loads */
+    extern __shared__ __align__(16) unsigned char smraw[];
+    __nv_bfloat16 *Ks = (__nv_bfloat16 *)smraw; /* (TK, LD) */
+    __nv_bfloat16 *Vs = Ks + TK * LD;            /* (TK, LD) */
+    __nv_bfloat16 *Qs = Vs + TK * LD;            /* (TQ_ROWS, LD) */
+
+    const int G = n_heads / n_kv, QT = TQ_ROWS / G;
+    const int s = blockIdx.y, kh = blockIdx.z;
+    const int first = seq_start[s], n_q = seq_start[s + 1] - first;
+    if (n_q < tiled_q) return; /* the per-token kernel's sequence */
+    const int tok0 = first + blockIdx.x * QT;
+    const int ntok = min(QT, first + n_q - tok0);
+    if (ntok <= 0) return;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int gq = lane >> 2, tq = lane & 3;
+    const int kvw = n_kv * HD;
+    const int *bt = block_tables + (size_t)s * max_blocks;
+    const int p_first = pos[tok0], p_last = p_first + ntok - 1; /* a sequence's tokens are consecutive */
+    const int kbeg = att_first_key(p_first, window), kend = p_last;
+
+    /* queries -> bf16 in shared memory, then into A fragments */
+    for (int i = tid; i < TQ_ROWS * (HD / 2); i += 128) {
+        int r = i / (HD / 2), e = (i % (HD / 2)) * 2, ti = r / G, g = r % G;
+        float2 v = make_float2(0.0f, 0.0f);
+        if (ti < ntok && r < QT * G) v = *(const float2 *)(q + ((size_t)(tok0 + ti) * n_heads + kh * G + g) * HD + e);
+        *(__nv_bfloat162 *)(Qs + r * LD + e) = __floats2bfloat162_rn(v.x, v.y);
+    }
+    __syncthreads();
+    const int r0 = warp * 16 + gq, r1 = r0 + 8;
+    uint32_t qf[HD / 16][4];
+#pragma unroll
+    for (int ks = 0; ks < HD / 16; ks++) {
+        qf[ks][0] = *(const uint32_t *)(Qs + r0 * LD + ks * 16 + 2 * tq);
+        qf[ks][1] = *(const uint32_t *)(Qs + r1 * LD + ks * 16 + 2 * tq);
+        qf[ks][2] = *(const uint32_t *)(Qs + r0 * LD + ks * 16 + 8 + 2 * tq);
+        qf[ks][3] = *(const uint32_t *)(Qs + r1 * LD + ks * 16 + 8 + 2 * tq);
+    }
+    /* each row's key range; rows past the tile see none */
+    int hi0 = -1, hi1 = -1, lo0 = 1, lo1 = 1;
+    if (r0 < QT * G && r0 / G < ntok) hi0 = p_first + r0 / G, lo0 = att_first_key(hi0, window);
+    if (r1 < QT * G && r1 / G < ntok) hi1 = p_first + r1 / G, lo1 = att_first_key(hi1, window);
+    /* the warp's key range, to skip chunks it has nothing in */
+    int wr_first = warp * 16 / G, wr_last = min((warp * 16 + 15) / G, ntok - 1);
+    int w_lo = att_first_key(p_first + wr_first, window), w_hi = p_first + wr_last;
+    bool warp_has_rows = warp * 16 < QT * G && wr_first < ntok;
+
+    float o[HD / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < HD / 8; nt++) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+
+    for (int c0 = kbeg; c0 <= kend; c0 += TK) {
+        __syncthreads(); /* the previous chunk's K/V are no longer read */
+        for (int i = tid; i < TK * (HD / 8); i += 128) {
+            int jj = i / (HD / 8), e = (i % (HD / 8)) * 8, j = c0 + jj;
+            uint4 kv4 = make_uint4(0, 0, 0, 0), vv4 = make_uint4(0, 0, 0, 0);
+            if (j <= kend) {
+                size_t row = (size_t)bt[j / block_size] * block_size + j % block_size;
+                kv4 = *(const uint4 *)(kc + row * kvw + (size_t)kh * HD + e);
+                vv4 = *(const uint4 *)(vc + row * kvw + (size_t)kh * HD + e);
+            }
+            *(uint4 *)(Ks + jj * LD + e) = kv4;
+            *(uint4 *)(Vs + jj * LD + e) = vv4;
+        }
+        __syncthreads();
+        if (!warp_has_rows || c0 > w_hi || c0 + TK - 1 < w_lo) continue;
+
+        float sc[TK / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < TK / 8; nt++) {
+            sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
+            const __nv_bfloat16 *kr = Ks + (nt * 8 + gq) * LD + 2 * tq;
+#pragma unroll
+            for (int ks = 0; ks < HD / 16; ks++)
+                mma_bf16(sc[nt], qf[ks], *(const uint32_t *)(kr + ks * 16), *(const uint32_t *)(kr + ks * 16 + 8));
+        }
+        /* mask, scale, running max */
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < TK / 8; nt++)
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                int j = c0 + nt * 8 + 2 * tq + u;
+                float v0 = j >= lo0 && j <= hi0 ? sc[nt][u] * scale : -INFINITY;
+                float v1 = j >= lo1 && j <= hi1 ? sc[nt][2 + u] * scale : -INFINITY;
+                sc[nt][u] = v0, sc[nt][2 + u] = v1;
+                mx0 = fmaxf(mx0, v0), mx1 = fmaxf(mx1, v1);
+            }
+#pragma unroll
+        for (int o_ = 1; o_ <= 2; o_ <<= 1) {
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o_));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o_));
+        }
+        float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+        float ref0 = mn0 == -INFINITY ? 0.0f : mn0, ref1 = mn1 == -INFINITY ? 0.0f : mn1;
+        float al0 = expf(m0 - ref0), al1 = expf(m1 - ref1);
+        m0 = mn0, m1 = mn1;
+        float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < TK / 8; nt++)
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                sc[nt][u] = expf(sc[nt][u] - ref0);
+                sc[nt][2 + u] = expf(sc[nt][2 + u] - ref1);
+                sum0 += sc[nt][u], sum1 += sc[nt][2 + u];
+            }
+#pragma unroll
+        for (int o_ = 1; o_ <= 2; o_ <<= 1) {
+            sum0 += __shfl_xor_sync(0xffffffffu, sum0, o_);
+            sum1 += __shfl_xor_sync(0xffffffffu, sum1, o_);
+        }
+        l0 = l0 * al0 + sum0, l1 = l1 * al1 + sum1;
+#pragma unroll
+        for (int nt = 0; nt < HD / 8; nt++) o[nt][0] *= al0, o[nt][1] *= al0, o[nt][2] *= al1, o[nt][3] *= al1;
+        /* o += P V: the score accumulators of key tiles 2kk, 2kk+1 are the A fragment of k-step kk */
+#pragma unroll
+        for (int kk = 0; kk < TK / 16; kk++) {
+            uint32_t pa[4] = {pack_bf16(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16(sc[2 * kk][2], sc[2 * kk][3]),
+                              pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
+                              pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+            const __nv_bfloat16 *v0r = Vs + (kk * 16 + 2 * tq) * LD + gq;
+#pragma unroll
+            for (int nt = 0; nt < HD / 8; nt++) {
+                const __nv_bfloat16 *vp = v0r + nt * 8;
+                uint32_t b0 = pack_bf16_raw(vp[0], vp[LD]), b1 = pack_bf16_raw(vp[8 * LD], vp[9 * LD]);
+                mma_bf16(o[nt], pa, b0, b1);
+            }
+        }
+    }
+    /* out: rows r0, r1 of the tile */
+    int rr[2] = {r0, r1};
+    float ll[2] = {l0, l1};
+#pragma unroll
+    for (int h2 = 0; h2 < 2; h2++) {
+        int r = rr[h2], ti = r / G, g = r % G;
+        if (r >= QT * G || ti >= ntok) continue;
+        float inv = 1.0f / ll[h2];
+        float *orow = out + ((size_t)(tok0 + ti) * n_heads + kh * G + g) * HD;
+#pragma unroll
+        for (int nt = 0; nt < HD / 8; nt++)
+            *(float2 *)(orow + nt * 8 + 2 * tq) = make_float2(o[nt][2 * h2] * inv, o[nt][2 * h2 + 1] * inv);
+    }
+}
+
+template <int HD>
+static int prefill_launch(const kernels_attention_args *a, int tiled_q, int max_q, cudaStream_t st) {
+    size_t smem = (size_t)(2 * TK + TQ_ROWS) * (HD + 8) * sizeof(__nv_bfloat16);
+    static int configured;
+    if (!configured) {
+        if (cudaFuncSetAttribute(prefill_attention_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)smem) != cudaSuccess)
+            return KERNELS_ERR_LAUNCH;
+        configured = 1;
+    }
+    int QT = TQ_ROWS / (a->n_heads / a->n_kv);
+    dim3 grid((max_q + QT - 1) / QT, a->n_seqs, a->n_kv);
+    prefill_attention_kernel<HD><<<grid, 128, smem, st>>>(a->out, a->q, (const __nv_bfloat16 *)a->kc,
+                                                         (const __nv_bfloat16 *)a->vc, a->pos, a->seq_start,
+                                                         a->block_tables, a->block_size, a->max_blocks, a->n_heads,
+                                                         a->n_kv, a->window, 1.0f / sqrtf((float)HD), tiled_q);
+    return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
+}
+
+static int prefill_supported(int hd) {
+    return hd == 16 || hd == 32 || hd == 64 || hd == 80 || hd == 96 || hd == 128;
+}
+
+/* How a step is split between the kernels. Sequences with at least tiled_q
+ * tokens in the step (a warp's 16 query rows filled) go to the tiled kernel,
+ * the others (decodes, short chunks: n_short tokens) to the per-token one,
+ * whose key ranges are split ns ways of len keys. The host copy of
+ * seq_start says which kinds the step has. */
+typedef struct {
+    int tiled_q, max_q, n_short, ns, len;
+} att_split;
+
+static att_split att_prepare(const kernels_attention_args *a) {
+    att_split p;
+    int G = a->n_heads / a->n_kv;
+    p.tiled_q = prefill_supported(a->hd) && !a->no_tiled && a->h_seq_start ? (16 + G - 1) / G : 0x7fffffff;
+    p.max_q = 0;
+    p.n_short = a->n_tokens;
+    if (p.tiled_q != 0x7fffffff) {
+        p.n_short = 0;
+        for (int s = 0; s < a->n_seqs; s++) {
+            int n = a->h_seq_start[s + 1] - a->h_seq_start[s];
+            if (n >= p.tiled_q && n > p.max_q) p.max_q = n;
+            if (n < p.tiled_q) p.n_short += n;
+        }
+    }
+    p.ns = 1, p.len = 0;
+    if (p.n_short) att_plan(p.n_short, a->n_kv, a->max_ctx, a->window, &p.ns, &p.len);
+    return p;
+}
+
+extern "C" size_t kernels_paged_attention_work_floats(const kernels_attention_args *a) {
+    if (a->n_tokens <= 0 || a->n_kv <= 0 || a->n_heads % a->n_kv) return 0;
+    att_split p = att_prepare(a);
+    return p.ns > 1 ? (size_t)a->n_tokens * a->n_heads * p.ns * (a->hd + 2) : 0;
+}
+
+extern "C" int kernels_paged_attention_bf16(const kernels_attention_args *a, void *stream) {
+    if (a->n_tokens < 0 || a->n_kv <= 0 || a->n_heads % a->n_kv || a->hd <= 0 || a->hd > ATT_MAX_HD ||
+        a->block_size <= 0 || a->n_heads / a->n_kv > 16 || a->n_seqs < 0)
+        return KERNELS_ERR_ARG;
+    if (a->n_tokens == 0) return KERNELS_OK;
+    cudaStream_t st = (cudaStream_t)stream;
+    int G = a->n_heads / a->n_kv;
+    att_split p = att_prepare(a);
+    int tiled_q = p.tiled_q, max_q = p.max_q, n_short = p.n_short, ns = p.ns, len = p.len;
+    int rc = KERNELS_OK;
+    if (max_q > 0) {
+        switch (a->hd) {
+        case 16: rc = prefill_launch<16>(a, tiled_q, max_q, st); break;
+        case 32: rc = prefill_launch<32>(a, tiled_q, max_q, st); break;
+        case 64: rc = prefill_launch<64>(a, tiled_q, max_q, st); break;
+        case 80: rc = prefill_launch<80>(a, tiled_q, max_q, st); break;
+        case 96: rc = prefill_launch<96>(a, tiled_q, max_q, st); break;
+        default: rc = prefill_launch<128>(a, tiled_q, max_q, st); break;
+        }
+        if (rc) return rc;
+    }
+    if (n_short == 0) return KERNELS_OK;
+    if (ns > 1 && (!a->work || a->work_floats < (size_t)a->n_tokens * a->n_heads * ns * (a->hd + 2)))
+        return KERNELS_ERR_ARG;
+    rc = G <= 1 ? att_launch<1>(a, ns, len, tiled_q, st)
+       : G <= 4 ? att_launch<4>(a, ns, len, tiled_q, st)
+       : G <= 8 ? att_launch<8>(a, ns, len, tiled_q, st)
+                : att_launch<16>(a, ns, len, tiled_q, st);
+    if (rc || ns == 1) return rc;
+    attention_merge_kernel<<<dim3(a->n_tokens, a->n_heads), 128, 0, st>>>(a->out, a->work, a->pos, a->tok_seq,
+                                                                          a->seq_start, a->n_heads, a->hd, a->window,
+                                                                          ns, len, tiled_q);
+    return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
+}

@@ -1,0 +1,693 @@
+/* Parity of every op of the CUDA backend with the CPU reference backend, on
+ * random inputs and a realistic mixed step (three sequences: a decode at
+ * position 700, a prefill chunk of 37 at position 0, a chunk of 5 at position
+ * 130; blocks of 16 in shuffled physical order; GQA). Device outputs are
+ * poisoned (NaN) before each op, so an unwritten element fails. Then a few
+ * timings (matrix products, attention, copies). Run on the GPU machine.
+ *
+ * Error: ||gpu - cpu|| / ||cpu|| over the whole output (NaN fails). Bounds:
+ *   0      copies, gathers, widening, argmax, row scaling, history updates
+ *   1e-5   element-wise f32 math with a different reduction order (norms,
+ *          rope, gate, conv; libm vs CUDA transcendental ulps), the decode
+ *          matrix-vector product on bf16 weights (1 or 2 tokens)
+ *   2e-4   per-token (decode) attention on K/V that are exactly bf16 (f32
+ *          arithmetic, online softmax vs two-pass)
+ *   1e-2   anything that rounds to bf16 first: matmul (activations -> bf16,
+ *          rel err per element <= 2^-9, summed randomly: ~2e-3 observed),
+ *          attention over a bf16 cache of f32 K/V, the tiled prefill
+ *          attention (queries and softmax weights rounded to bf16).
+ * Exit status 1 if any op fails. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cuda_runtime.h>
+
+#include "backend.h"
+#include "kernels.h"
+#include "numeric.h"
+
+static const backend_ops *cpu, *gpu;
+extern int backend_cuda_attention_no_tiled; /* backend_cuda.c: 1 sends every token to the per-token kernel */
+static int failures;
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+static uint64_t rnext(void) {
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return rng;
+}
+static float frand(void) { return (float)((rnext() >> 11) * 0x1.0p-53 * 2.0 - 1.0); } /* [-1, 1) */
+static int irand(int n) { return (int)(rnext() % (uint64_t)n); }
+
+static void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "out of host memory\n");
+        exit(2);
+    }
+    return p;
+}
+static float *rand_f32(size_t n, float scale) {
+    float *p = xmalloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) p[i] = scale * frand();
+    return p;
+}
+static uint16_t f32_to_bf16(float f) { /* round to nearest even (no NaN inputs here) */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fff + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+static uint16_t f32_to_f16(float f) { /* normal range only, round to nearest even */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t sign = (u >> 16) & 0x8000;
+    int e = (int)((u >> 23) & 0xff) - 127 + 15;
+    uint32_t man = u & 0x7fffff;
+    if (e <= 0) return (uint16_t)sign;
+    uint32_t h = sign | ((uint32_t)e << 10) | (man >> 13);
+    uint32_t rest = man & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++;
+    return (uint16_t)h;
+}
+
+/* device helpers, through the backend's own memory ops */
+static void *dev_copy(const void *h, size_t bytes) {
+    void *d = gpu->alloc(bytes);
+    if (!d) {
+        fprintf(stderr, "device alloc of %zu bytes failed\n", bytes);
+        exit(2);
+    }
+    gpu->upload(d, h, bytes);
+    return d;
+}
+static void *dev_poison(size_t bytes) { /* 0xFF bytes: NaN floats, -1 ints */
+    unsigned char *h = xmalloc(bytes);
+    memset(h, 0xFF, bytes);
+    void *d = dev_copy(h, bytes);
+    free(h);
+    return d;
+}
+static void *host_of(const void *d, size_t bytes) {
+    void *h = xmalloc(bytes);
+    gpu->download(h, d, bytes);
+    return h;
+}
+
+static void report(const char *op, const float *got, const float *ref, size_t n, double bound) {
+    double num = 0, den = 0, maxabs = 0;
+    int nan = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(got[i]) || isnan(ref[i])) nan = 1;
+        double e = (double)got[i] - ref[i];
+        num += e * e;
+        den += (double)ref[i] * ref[i];
+        if (fabs(e) > maxabs) maxabs = fabs(e);
+    }
+    double rel = sqrt(num / (den > 0 ? den : 1));
+    int ok = !nan && rel <= bound;
+    printf("%-34s n=%-9zu rel_err=%.3e max_abs=%.3e bound=%.0e %s\n", op, n, rel, maxabs, bound,
+           ok ? "ok" : nan ? "FAIL (NaN)" : "FAIL");
+    failures += !ok;
+}
+/* compares a device f32 result with a host reference */
+static void check(const char *op, const float *dev, const float *ref, size_t n, double bound) {
+    float *got = host_of(dev, n * sizeof(float));
+    report(op, got, ref, n, bound);
+    free(got);
+}
+static void check_i32(const char *op, const int32_t *dev, const int32_t *ref, size_t n) {
+    int32_t *got = host_of(dev, n * sizeof(int32_t));
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad += got[i] != ref[i];
+    printf("%-34s n=%-9zu mismatches=%zu %s\n", op, n, bad, bad ? "FAIL" : "ok");
+    failures += bad != 0;
+    free(got);
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+static void sync_gpu(void) {
+    float x;
+    static float *one;
+    if (!one) one = gpu->alloc(sizeof(float));
+    gpu->download(&x, one, sizeof(float));
+}
+
+/* ---- the mixed step ---- */
+
+typedef struct {
+    batch_desc h, d;              /* host and device views of one step */
+    int32_t *pos, *slot, *tok_seq, *seq_start, *seq_pos0, *tables; /* host arrays */
+    void *dev[8];
+    int n_dev;
+} step;
+
+/* n_seqs sequences with qn[s] tokens at positions p0[s]..; physical blocks
+ * are a shuffled permutation of n_blocks. */
+static void step_make(step *st, int n_seqs, const int *qn, const int *p0, int bs, int n_blocks) {
+    memset(st, 0, sizeof(*st));
+    int T = 0, max_q = 0, max_ctx = 0, max_blocks = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        T += qn[s];
+        if (qn[s] > max_q) max_q = qn[s];
+        int ctx = p0[s] + qn[s];
+        if (ctx > max_ctx) max_ctx = ctx;
+        if ((ctx + bs - 1) / bs > max_blocks) max_blocks = (ctx + bs - 1) / bs;
+    }
+    int *perm = xmalloc((size_t)n_blocks * sizeof(int));
+    for (int i = 0; i < n_blocks; i++) perm[i] = i;
+    for (int i = n_blocks - 1; i > 0; i--) {
+        int j = irand(i + 1), t = perm[i];
+        perm[i] = perm[j], perm[j] = t;
+    }
+    st->pos = xmalloc((size_t)T * 4), st->slot = xmalloc((size_t)T * 4), st->tok_seq = xmalloc((size_t)T * 4);
+    st->seq_start = xmalloc((size_t)(n_seqs + 1) * 4), st->seq_pos0 = xmalloc((size_t)n_seqs * 4);
+    st->tables = xmalloc((size_t)n_seqs * max_blocks * 4);
+    int used = 0, t = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        int nb = (p0[s] + qn[s] + bs - 1) / bs;
+        if (used + nb > n_blocks) {
+            fprintf(stderr, "step_make: too few blocks\n");
+            exit(2);
+        }
+        for (int b = 0; b < max_blocks; b++) st->tables[s * max_blocks + b] = b < nb ? perm[used + b] : -1;
+        used += nb;
+        st->seq_start[s] = t;
+        st->seq_pos0[s] = p0[s];
+        for (int i = 0; i < qn[s]; i++, t++) {
+            int p = p0[s] + i;
+            st->pos[t] = p;
+            st->tok_seq[t] = s;
+            st->slot[t] = st->tables[s * max_blocks + p / bs] * bs + p % bs;
+        }
+    }
+    st->seq_start[n_seqs] = T;
+    free(perm);
+    batch_desc b = {.n_seqs = n_seqs, .n_tokens = T, .block_size = bs, .max_blocks = max_blocks, .max_q = max_q,
+                    .max_ctx = max_ctx, .h_seq_start = st->seq_start, .h_seq_pos0 = st->seq_pos0};
+    st->h = b;
+    st->h.pos = st->pos, st->h.slot = st->slot, st->h.tok_seq = st->tok_seq, st->h.seq_start = st->seq_start;
+    st->h.seq_pos0 = st->seq_pos0, st->h.block_tables = st->tables;
+    st->d = b;
+    st->d.pos = st->dev[st->n_dev++] = dev_copy(st->pos, (size_t)T * 4);
+    st->d.slot = st->dev[st->n_dev++] = dev_copy(st->slot, (size_t)T * 4);
+    st->d.tok_seq = st->dev[st->n_dev++] = dev_copy(st->tok_seq, (size_t)T * 4);
+    st->d.seq_start = st->dev[st->n_dev++] = dev_copy(st->seq_start, (size_t)(n_seqs + 1) * 4);
+    st->d.seq_pos0 = st->dev[st->n_dev++] = dev_copy(st->seq_pos0, (size_t)n_seqs * 4);
+    st->d.block_tables = st->dev[st->n_dev++] = dev_copy(st->tables, (size_t)n_seqs * max_blocks * 4);
+}
+
+static void step_free(step *st) {
+    for (int i = 0; i < st->n_dev; i++) gpu->free(st->dev[i]);
+    free(st->pos), free(st->slot), free(st->tok_seq), free(st->seq_start), free(st->seq_pos0), free(st->tables);
+}
+
+/* The step's context: every position of every sequence before its tokens,
+ * as a step of its own (to fill the cache with kv_store). */
+static void step_history(step *hist, const step *st, int n_blocks_unused) {
+    (void)n_blocks_unused;
+    int n = st->h.n_seqs, qn[16], p0[16];
+    for (int s = 0; s < n; s++) qn[s] = st->seq_pos0[s], p0[s] = 0;
+    memset(hist, 0, sizeof(*hist));
+    /* same block tables: build by hand */
+    int T = 0;
+    for (int s = 0; s < n; s++) T += qn[s];
+    hist->slot = xmalloc((size_t)(T ? T : 1) * 4);
+    int t = 0;
+    for (int s = 0; s < n; s++)
+        for (int p = 0; p < qn[s]; p++)
+            hist->slot[t++] = st->tables[s * st->h.max_blocks + p / st->h.block_size] * st->h.block_size +
+                              p % st->h.block_size;
+    hist->h.n_tokens = hist->d.n_tokens = T;
+    hist->h.slot = hist->slot;
+    hist->d.slot = hist->dev[hist->n_dev++] = dev_copy(hist->slot, (size_t)(T ? T : 1) * 4);
+    (void)p0;
+}
+
+/* ---- ops ---- */
+
+static void test_matmul(int rows, int cols, int T, dtype wt, int with_bias, double bound) {
+    size_t nw = (size_t)rows * cols;
+    float *wf = rand_f32(nw, 0.05f), *x = rand_f32((size_t)T * cols, 1.0f), *bias = rand_f32(rows, 1.0f);
+    void *wh = wf;
+    uint16_t *w16 = NULL;
+    if (wt != DTYPE_F32) {
+        w16 = xmalloc(nw * 2);
+        for (size_t i = 0; i < nw; i++) w16[i] = wt == DTYPE_BF16 ? f32_to_bf16(wf[i]) : f32_to_f16(wf[i]);
+        wh = w16;
+    }
+    weight w = {.data = wh, .dt = wt, .rows = rows, .cols = cols};
+    float *ref = xmalloc((size_t)T * rows * 4);
+    cpu->matmul(ref, x, &w, with_bias ? bias : NULL, T);
+    /* the device weight as prepare makes it: bf16 */
+    void *dw_src = dev_copy(wh, nw * dtype_size(wt)), *dw = gpu->alloc(nw * 2);
+    if (kernels_to_bf16(dw, dw_src, wt == DTYPE_F32 ? KERNELS_F32 : wt == DTYPE_BF16 ? KERNELS_BF16 : KERNELS_F16,
+                        nw, NULL))
+        failures++;
+    cudaDeviceSynchronize();
+    weight dwt = {.data = dw, .dt = DTYPE_BF16, .rows = rows, .cols = cols};
+    float *dx = dev_copy(x, (size_t)T * cols * 4), *db = dev_copy(bias, (size_t)rows * 4);
+    float *out = dev_poison((size_t)T * rows * 4);
+    gpu->matmul(out, dx, &dwt, with_bias ? db : NULL, T);
+    char name[64];
+    snprintf(name, sizeof(name), "matmul %s %dx%d T=%d%s", dtype_name(wt), rows, cols, T, with_bias ? " +b" : "");
+    check(name, out, ref, (size_t)T * rows, bound);
+    gpu->free(dw_src), gpu->free(dw), gpu->free(dx), gpu->free(db), gpu->free(out);
+    free(wf), free(x), free(bias), free(w16), free(ref);
+}
+
+/* kernels_gemv_bf16 called directly, at a T the backend sends to cuBLAS */
+static void test_gemv_kernel(int rows, int cols, int T) {
+    size_t nw = (size_t)rows * cols;
+    uint16_t *w16 = xmalloc(nw * 2);
+    for (size_t i = 0; i < nw; i++) w16[i] = f32_to_bf16(0.05f * frand());
+    float *x = rand_f32((size_t)T * cols, 1.0f), *ref = xmalloc((size_t)T * rows * 4);
+    weight w = {.data = w16, .dt = DTYPE_BF16, .rows = rows, .cols = cols};
+    cpu->matmul(ref, x, &w, NULL, T);
+    void *dw = dev_copy(w16, nw * 2);
+    float *dx = dev_copy(x, (size_t)T * cols * 4), *out = dev_poison((size_t)T * rows * 4);
+    cudaDeviceSynchronize();
+    if (kernels_gemv_bf16(out, dx, dw, NULL, T, rows, cols, NULL)) failures++;
+    char name[64];
+    snprintf(name, sizeof(name), "gemv kernel bf16 %dx%d T=%d", rows, cols, T);
+    check(name, out, ref, (size_t)T * rows, 1e-5);
+    gpu->free(dw), gpu->free(dx), gpu->free(out);
+    free(w16), free(x), free(ref);
+}
+
+static void test_elementwise(void) {
+    const int T = 43, d = 512, nh = 16, hd = 128;
+    { /* rmsnorm over (T, d) and per head (qk norm), in place */
+        float *x = rand_f32((size_t)T * nh * hd, 2.0f), *g = rand_f32(d, 1.0f), *ref = xmalloc((size_t)T * d * 4);
+        cpu->rmsnorm(ref, x, g, T, d, 1e-6f);
+        float *dx = dev_copy(x, (size_t)T * d * 4), *dg = dev_copy(g, d * 4), *out = dev_poison((size_t)T * d * 4);
+        gpu->rmsnorm(out, dx, dg, T, d, 1e-6f);
+        check("rmsnorm (43, 512)", out, ref, (size_t)T * d, 1e-5);
+        float *ref2 = xmalloc((size_t)T * nh * hd * 4);
+        memcpy(ref2, x, (size_t)T * nh * hd * 4);
+        cpu->rmsnorm(ref2, ref2, g, T * nh, hd, 1e-6f);
+        float *dx2 = dev_copy(x, (size_t)T * nh * hd * 4);
+        gpu->rmsnorm(dx2, dx2, dg, T * nh, hd, 1e-6f);
+        check("rmsnorm in place (688, 128)", dx2, ref2, (size_t)T * nh * hd, 1e-5);
+        gpu->free(dx), gpu->free(dg), gpu->free(out), gpu->free(dx2);
+        free(x), free(g), free(ref), free(ref2);
+    }
+    { /* rope at the mixed step's positions */
+        size_t n = (size_t)T * nh * hd;
+        float *x = rand_f32(n, 1.0f), *inv = xmalloc(hd / 2 * 4), *ref = xmalloc(n * 4);
+        int32_t pos[43];
+        for (int i = 0; i < hd / 2; i++) inv[i] = 1.0f / powf(500000.0f, (float)(2 * i) / hd);
+        pos[0] = 700;
+        for (int t = 0; t < 37; t++) pos[1 + t] = t;
+        for (int t = 0; t < 5; t++) pos[38 + t] = 130 + t;
+        memcpy(ref, x, n * 4);
+        cpu->rope(ref, pos, T, nh, hd, inv);
+        float *dx = dev_copy(x, n * 4), *dinv = dev_copy(inv, hd / 2 * 4);
+        int32_t *dpos = dev_copy(pos, sizeof(pos));
+        gpu->rope(dx, dpos, T, nh, hd, dinv);
+        check("rope", dx, ref, n, 1e-5);
+        gpu->free(dx), gpu->free(dinv), gpu->free(dpos);
+        free(x), free(inv), free(ref);
+    }
+    { /* swiglu, add */
+        size_t n = (size_t)T * 1536;
+        float *a = rand_f32(n, 4.0f), *b = rand_f32(n, 1.0f), *ref = xmalloc(n * 4);
+        memcpy(ref, a, n * 4);
+        cpu->swiglu(ref, b, n);
+        float *da = dev_copy(a, n * 4), *dbb = dev_copy(b, n * 4);
+        gpu->swiglu(da, dbb, n);
+        check("swiglu", da, ref, n, 1e-6);
+        memcpy(ref, a, n * 4);
+        cpu->add(ref, b, n);
+        gpu->upload(da, a, n * 4);
+        gpu->add(da, dbb, n);
+        check("add", da, ref, n, 0);
+        gpu->free(da), gpu->free(dbb);
+        free(a), free(b), free(ref);
+    }
+    { /* scale_rows, strided: stream g of (T, G, d) from (T, d), and in place */
+        int G = 4;
+        float *x = rand_f32((size_t)T * d, 1.0f), *s = rand_f32(T, 1.0f);
+        float *ref = rand_f32((size_t)T * G * d, 1.0f);
+        float *dout = dev_copy(ref, (size_t)T * G * d * 4); /* other streams must stay as they are */
+        cpu->scale_rows(ref + 2 * d, (size_t)G * d, x, d, s, T, d);
+        float *dx = dev_copy(x, (size_t)T * d * 4), *ds = dev_copy(s, T * 4);
+        gpu->scale_rows(dout + 2 * d, (size_t)G * d, dx, d, ds, T, d);
+        check("scale_rows strided", dout, ref, (size_t)T * G * d, 0);
+        memcpy(ref, x, (size_t)T * d * 4);
+        cpu->scale_rows(ref, d, ref, d, s, T, d);
+        gpu->scale_rows(dx, d, dx, d, ds, T, d);
+        check("scale_rows in place", dx, ref, (size_t)T * d, 0);
+        gpu->free(dout), gpu->free(dx), gpu->free(ds);
+        free(x), free(s), free(ref);
+    }
+    { /* gather_f32 (last rows of sequences), copy2d */
+        float *x = rand_f32((size_t)T * d, 1.0f), *ref = xmalloc((size_t)T * d * 4);
+        int32_t idx[3] = {0, 37, 42};
+        cpu->gather_f32(ref, x, idx, 3, d);
+        float *dx = dev_copy(x, (size_t)T * d * 4), *out = dev_poison(3 * d * 4);
+        int32_t *didx = dev_copy(idx, sizeof(idx));
+        gpu->gather_f32(out, dx, didx, 3, d);
+        check("gather_f32", out, ref, 3 * (size_t)d, 0);
+        cpu->copy2d(ref, 100, x + 7, d, 90, T);
+        float *o2 = dev_poison((size_t)T * 100 * 4);
+        gpu->copy2d(o2, 100, dx + 7, d, 90, T);
+        float *got = host_of(o2, (size_t)T * 100 * 4);
+        for (int t = 0; t < T; t++) /* compare the copied columns only */
+            for (int i = 90; i < 100; i++) got[t * 100 + i] = ref[t * 100 + i] = 0;
+        report("copy2d", got, ref, (size_t)T * 100, 0);
+        void *z = gpu->alloc(1000);
+        unsigned char zb[1000];
+        gpu->download(zb, z, 1000);
+        int nz = 0;
+        for (int i = 0; i < 1000; i++) nz += zb[i] != 0;
+        printf("%-34s %s\n", "alloc zero-filled", nz ? "FAIL" : "ok");
+        failures += nz != 0;
+        gpu->free(z), gpu->free(dx), gpu->free(out), gpu->free(didx), gpu->free(o2);
+        free(x), free(ref), free(got);
+    }
+    { /* argmax with planted ties: lowest id wins */
+        int R = 7, V = 151936;
+        float *l = rand_f32((size_t)R * V, 10.0f);
+        for (int r = 0; r < R; r++) {
+            int a = irand(V), b = irand(V);
+            l[(size_t)r * V + a] = l[(size_t)r * V + b] = 100.0f + r;
+        }
+        int32_t ref[7];
+        cpu->argmax(ref, l, R, V);
+        float *dl = dev_copy(l, (size_t)R * V * 4);
+        int32_t *out = dev_poison(sizeof(ref));
+        gpu->argmax(out, dl, R, V);
+        check_i32("argmax (7, 151936) with ties", out, ref, R);
+        gpu->free(dl), gpu->free(out);
+        free(l);
+    }
+}
+
+static void test_gathers(void) {
+    const int T = 43, d = 384, V = 3000, H = 8, D = 64, rows = 20000;
+    float *ef = rand_f32((size_t)V * d, 1.0f);
+    uint16_t *eb = xmalloc((size_t)V * d * 2), *eh = xmalloc((size_t)V * d * 2);
+    for (size_t i = 0; i < (size_t)V * d; i++) eb[i] = f32_to_bf16(ef[i]), eh[i] = f32_to_f16(ef[i]);
+    int32_t ids[43];
+    for (int t = 0; t < T; t++) ids[t] = irand(V);
+    ids[0] = V - 1;
+    int32_t *dids = dev_copy(ids, sizeof(ids));
+    const void *tabs[3] = {ef, eb, eh};
+    dtype dts[3] = {DTYPE_F32, DTYPE_BF16, DTYPE_F16};
+    float *ref = xmalloc((size_t)T * H * D * 4 > (size_t)T * d * 4 ? (size_t)T * H * D * 4 : (size_t)T * d * 4);
+    for (int k = 0; k < 3; k++) {
+        weight w = {.data = tabs[k], .dt = dts[k], .rows = V, .cols = d};
+        cpu->embed(ref, &w, ids, T);
+        weight dw = w;
+        dw.data = dev_copy(tabs[k], (size_t)V * d * dtype_size(dts[k]));
+        float *out = dev_poison((size_t)T * d * 4);
+        gpu->embed(out, &dw, dids, T);
+        char name[64];
+        snprintf(name, sizeof(name), "embed %s", dtype_name(dts[k]));
+        check(name, out, ref, (size_t)T * d, 0);
+        gpu->free((void *)dw.data), gpu->free(out);
+    }
+    /* Engram table rows, int64 row ids near the end of the table too */
+    int64_t *r = xmalloc((size_t)T * H * 8);
+    for (int i = 0; i < T * H; i++) r[i] = irand(rows);
+    r[0] = rows - 1;
+    int64_t *dr = dev_copy(r, (size_t)T * H * 8);
+    float *tf = rand_f32((size_t)rows * D, 1.0f);
+    uint16_t *tb = xmalloc((size_t)rows * D * 2), *th = xmalloc((size_t)rows * D * 2);
+    for (size_t i = 0; i < (size_t)rows * D; i++) tb[i] = f32_to_bf16(tf[i]), th[i] = f32_to_f16(tf[i]);
+    const void *tt[3] = {tf, tb, th};
+    for (int k = 0; k < 3; k++) {
+        weight w = {.data = tt[k], .dt = dts[k], .rows = rows, .cols = D};
+        cpu->gather_rows(ref, &w, r, T, H);
+        weight dw = w;
+        dw.data = dev_copy(tt[k], (size_t)rows * D * dtype_size(dts[k]));
+        float *out = dev_poison((size_t)T * H * D * 4);
+        gpu->gather_rows(out, &dw, dr, T, H);
+        char name[64];
+        snprintf(name, sizeof(name), "gather_rows %s", dtype_name(dts[k]));
+        check(name, out, ref, (size_t)T * H * D, 0);
+        gpu->free((void *)dw.data), gpu->free(out);
+    }
+    gpu->free(dids), gpu->free(dr);
+    free(ef), free(eb), free(eh), free(ref), free(r), free(tf), free(tb), free(th);
+}
+
+static void test_engram(const step *st) {
+    const int T = st->h.n_tokens, d = 512, G = 4, K = 4, dil = 3, R = (K - 1) * dil, C = G * d;
+    { /* gate */
+        float *nk = rand_f32((size_t)T * d, 1.0f), *nq = rand_f32((size_t)T * d, 1.0f), ref[64];
+        for (int i = 0; i < d; i++) nk[i] = 0; /* s = 0: sign(0) = 0, gate 0.5 */
+        cpu->engram_gate(ref, nk, nq, T, d);
+        float *dk = dev_copy(nk, (size_t)T * d * 4), *dq = dev_copy(nq, (size_t)T * d * 4), *out = dev_poison(T * 4);
+        gpu->engram_gate(out, dk, dq, T, d);
+        check("engram_gate", out, ref, T, 1e-5);
+        gpu->free(dk), gpu->free(dq), gpu->free(out);
+        free(nk), free(nq);
+    }
+    { /* batched short conv: two layers' histories in one buffer per sequence (hist_off) */
+        int ns = st->h.n_seqs;
+        size_t hl = (size_t)R * C; /* floats of one layer's history */
+        float *in = rand_f32((size_t)T * C, 1.0f), *w = rand_f32((size_t)C * K, 1.0f);
+        float *hh[16], *dh[16];
+        for (int s = 0; s < ns; s++) {
+            hh[s] = rand_f32(2 * hl, 1.0f);
+            dh[s] = dev_copy(hh[s], 2 * hl * 4);
+        }
+        float **dhist = dev_copy(dh, (size_t)ns * sizeof(float *));
+        batch_desc hb = st->h, db = st->d;
+        hb.seq_hist = hh;
+        db.seq_hist = dhist;
+        float *ref = xmalloc((size_t)T * C * 4);
+        cpu->short_conv(ref, in, w, &hb, hl, C, K, dil);
+        float *din = dev_copy(in, (size_t)T * C * 4), *dw = dev_copy(w, (size_t)C * K * 4);
+        float *out = dev_poison((size_t)T * C * 4);
+        gpu->short_conv(out, din, dw, &db, hl, C, K, dil);
+        check("short_conv (3 seqs: 1, 37, 5 tokens)", out, ref, (size_t)T * C, 1e-5);
+        float *all_ref = xmalloc((size_t)ns * 2 * hl * 4), *all_got = xmalloc((size_t)ns * 2 * hl * 4);
+        for (int s = 0; s < ns; s++) {
+            memcpy(all_ref + s * 2 * hl, hh[s], 2 * hl * 4);
+            gpu->download(all_got + s * 2 * hl, dh[s], 2 * hl * 4);
+        }
+        report("short_conv histories after", all_got, all_ref, (size_t)ns * 2 * hl, 0);
+        for (int s = 0; s < ns; s++) gpu->free(dh[s]), free(hh[s]);
+        gpu->free(dhist), gpu->free(din), gpu->free(dw), gpu->free(out);
+        free(in), free(w), free(ref), free(all_ref), free(all_got);
+    }
+}
+
+/* kv_store then attention over the mixed step; exact_bf16: K/V values are
+ * bf16-representable, so the caches hold the same numbers and only the
+ * attention arithmetic differs. */
+static void test_attention(const step *st, int n_blocks, int nh, int nkv, int hd, int window, int exact_bf16) {
+    int T = st->h.n_tokens, kvw = nkv * hd, bs = st->h.block_size;
+    size_t cache_rows = (size_t)n_blocks * bs;
+    step hist;
+    step_history(&hist, st, n_blocks);
+    int TH = hist.h.n_tokens;
+    float *hk = rand_f32((size_t)(TH ? TH : 1) * kvw, 1.0f), *hv = rand_f32((size_t)(TH ? TH : 1) * kvw, 1.0f);
+    float *k = rand_f32((size_t)T * kvw, 1.0f), *v = rand_f32((size_t)T * kvw, 1.0f);
+    float *q = rand_f32((size_t)T * nh * hd, 1.0f);
+    if (exact_bf16) {
+        float *a[4] = {hk, hv, k, v};
+        size_t n[4] = {(size_t)TH * kvw, (size_t)TH * kvw, (size_t)T * kvw, (size_t)T * kvw};
+        for (int j = 0; j < 4; j++)
+            for (size_t i = 0; i < n[j]; i++) a[j][i] = bf16_to_f32(f32_to_bf16(a[j][i]));
+    }
+    /* CPU cache: f32; GPU cache: kv_elem_bytes */
+    float *kc = calloc(cache_rows * kvw, 4), *vc = calloc(cache_rows * kvw, 4);
+    size_t eb = gpu->kv_elem_bytes;
+    void *dkc = gpu->alloc(cache_rows * kvw * eb), *dvc = gpu->alloc(cache_rows * kvw * eb);
+    cpu->kv_store(kc, vc, hk, hv, &hist.h, kvw);
+    cpu->kv_store(kc, vc, k, v, &st->h, kvw);
+    float *dhk = dev_copy(hk, (size_t)(TH ? TH : 1) * kvw * 4), *dhv = dev_copy(hv, (size_t)(TH ? TH : 1) * kvw * 4);
+    float *dk = dev_copy(k, (size_t)T * kvw * 4), *dv = dev_copy(v, (size_t)T * kvw * 4);
+    gpu->kv_store(dkc, dvc, dhk, dhv, &hist.d, kvw);
+    gpu->kv_store(dkc, dvc, dk, dv, &st->d, kvw);
+    char name[96];
+    if (!exact_bf16 && eb == 2) { /* the bf16 cache against the f32 one */
+        uint16_t *gk = host_of(dkc, cache_rows * kvw * 2);
+        float *gf = xmalloc(cache_rows * kvw * 4);
+        for (size_t i = 0; i < cache_rows * kvw; i++) gf[i] = bf16_to_f32(gk[i]);
+        snprintf(name, sizeof(name), "kv_store bf16 (K, %zu rows)", cache_rows);
+        report(name, gf, kc, cache_rows * kvw, 4e-3);
+        free(gk), free(gf);
+    }
+    float *ref = xmalloc((size_t)T * nh * hd * 4);
+    cpu->attention(ref, q, kc, vc, &st->h, nh, nkv, hd, window);
+    float *dq = dev_copy(q, (size_t)T * nh * hd * 4);
+    for (int tiled = 0; tiled < 2; tiled++) {
+        float *out = dev_poison((size_t)T * nh * hd * 4);
+        backend_cuda_attention_no_tiled = !tiled;
+        gpu->attention(out, dq, dkc, dvc, &st->d, nh, nkv, hd, window);
+        backend_cuda_attention_no_tiled = 0;
+        snprintf(name, sizeof(name), "attention %d:%d hd=%d w=%d%s %s", nh, nkv, hd, window,
+                 exact_bf16 ? " bf16-exact" : "", tiled ? "mixed" : "per-token");
+        check(name, out, ref, (size_t)T * nh * hd, exact_bf16 && !tiled ? 2e-4 : 1e-2);
+        gpu->free(out);
+    }
+    gpu->free(dkc), gpu->free(dvc), gpu->free(dhk), gpu->free(dhv), gpu->free(dk), gpu->free(dv), gpu->free(dq);
+    step_free(&hist);
+    free(hk), free(hv), free(k), free(v), free(q), free(kc), free(vc), free(ref);
+}
+
+/* ---- timings ---- */
+
+static void time_matmul(int n, int dmod, int T) {
+    size_t nw = (size_t)n * dmod;
+    uint16_t *w16 = xmalloc(nw * 2);
+    for (size_t i = 0; i < nw; i++) w16[i] = f32_to_bf16(0.02f * frand());
+    weight w = {.data = dev_copy(w16, nw * 2), .dt = DTYPE_BF16, .rows = n, .cols = dmod};
+    float *x = rand_f32((size_t)T * dmod, 1.0f), *dx = dev_copy(x, (size_t)T * dmod * 4);
+    float *out = gpu->alloc((size_t)T * n * 4);
+    for (int i = 0; i < 5; i++) gpu->matmul(out, dx, &w, NULL, T);
+    sync_gpu();
+    int iters = T <= 16 ? 200 : 50;
+    double t0 = now();
+    for (int i = 0; i < iters; i++) gpu->matmul(out, dx, &w, NULL, T);
+    sync_gpu();
+    double dt = (now() - t0) / iters;
+    printf("timing matmul bf16 %dx%d T=%-5d %8.1f us  %7.1f TFLOP/s  %7.1f GB/s of weights\n", n, dmod, T,
+           dt * 1e6, 2.0 * T * nw / dt * 1e-12, nw * 2 / dt * 1e-9);
+    gpu->free((void *)w.data), gpu->free(dx), gpu->free(out);
+    free(w16), free(x);
+}
+
+static void time_attention(int n_seqs, int q_each, int ctx, int nh, int nkv, int hd, int no_tiled) {
+    int qn[256], p0[256], bs = 16;
+    for (int s = 0; s < n_seqs; s++) qn[s] = q_each, p0[s] = ctx - q_each;
+    int n_blocks = n_seqs * ((ctx + bs - 1) / bs);
+    step st;
+    step_make(&st, n_seqs, qn, p0, bs, n_blocks);
+    int T = st.h.n_tokens, kvw = nkv * hd;
+    size_t cache = (size_t)n_blocks * bs * kvw * 2;
+    void *kc = gpu->alloc(cache), *vc = gpu->alloc(cache);
+    float *q = gpu->alloc((size_t)T * nh * hd * 4), *out = gpu->alloc((size_t)T * nh * hd * 4);
+    backend_cuda_attention_no_tiled = no_tiled;
+    for (int i = 0; i < 3; i++) gpu->attention(out, q, kc, vc, &st.d, nh, nkv, hd, 0);
+    sync_gpu();
+    int iters = 20;
+    double t0 = now();
+    for (int i = 0; i < iters; i++) gpu->attention(out, q, kc, vc, &st.d, nh, nkv, hd, 0);
+    sync_gpu();
+    double dt = (now() - t0) / iters;
+    backend_cuda_attention_no_tiled = 0;
+    double flops = 0;
+    for (int s = 0; s < n_seqs; s++)
+        for (int i = 0; i < q_each; i++) flops += 4.0 * nh * hd * (ctx - q_each + i + 1);
+    double kv_bytes = 0;
+    for (int s = 0; s < n_seqs; s++) kv_bytes += 2.0 * ctx * kvw * 2;
+    printf("timing attention%s %d seqs x %d q, ctx %d, %d:%d hd %d: %8.1f us  %7.1f GB/s of K/V (each read once)"
+           "  %6.1f TFLOP/s\n", no_tiled ? " (per-token)" : "", n_seqs, q_each, ctx, nh, nkv, hd, dt * 1e6,
+           kv_bytes / dt * 1e-9, flops / dt * 1e-12);
+    gpu->free(kc), gpu->free(vc), gpu->free(q), gpu->free(out);
+    step_free(&st);
+}
+
+static void time_copies(void) {
+    size_t bytes = (size_t)1 << 30;
+    void *a = gpu->alloc(bytes), *b = gpu->alloc(bytes);
+    cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+    cudaDeviceSynchronize();
+    double t0 = now();
+    for (int i = 0; i < 5; i++) cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+    cudaDeviceSynchronize();
+    double dt = (now() - t0) / 5;
+    printf("timing cudaMemcpy D2D 1 GiB: %.2f ms, %.0f GB/s (read + write)\n", dt * 1e3, 2.0 * bytes / dt * 1e-9);
+    void *h;
+    if (cudaMallocHost(&h, bytes) == cudaSuccess) {
+        memset(h, 1, bytes);
+        t0 = now();
+        cudaMemcpy(a, h, bytes, cudaMemcpyHostToDevice);
+        dt = now() - t0;
+        printf("timing cudaMemcpy H2D pinned 1 GiB: %.1f GB/s\n", bytes / dt * 1e-9);
+        cudaFreeHost(h);
+    }
+    gpu->free(a), gpu->free(b);
+}
+
+int main(int argc, char **argv) {
+    char err[256];
+    cpu = backend_cpu();
+    gpu = backend_cuda(err, sizeof(err));
+    if (!gpu) {
+        fprintf(stderr, "backend_cuda: %s\n", err);
+        return 2;
+    }
+    int timings = !(argc > 1 && !strcmp(argv[1], "--no-timing"));
+
+    /* T <= 2 with cols % 8 == 0: the matrix-vector kernel (f32 activations;
+     * with bf16 weights only the summation order differs) */
+    test_matmul(1024, 768, 1, DTYPE_BF16, 1, 1e-5);
+    test_matmul(4096, 1024, 2, DTYPE_BF16, 0, 1e-5);
+    test_matmul(1000, 600, 1, DTYPE_F32, 1, 1e-2);
+    test_gemv_kernel(4096, 1024, 8); /* the kernel takes up to 8 tokens */
+    /* cuBLAS: more tokens, or cols not a multiple of 8 */
+    test_matmul(1000, 600, 5, DTYPE_F32, 1, 1e-2);
+    test_matmul(4096, 1024, 8, DTYPE_BF16, 0, 1e-2);
+    test_matmul(1024, 768, 43, DTYPE_BF16, 0, 1e-2);
+    test_matmul(1000, 600, 37, DTYPE_F32, 1, 1e-2);
+    test_matmul(513, 257, 3, DTYPE_F16, 1, 1e-2);
+    test_matmul(513, 257, 300, DTYPE_F16, 1, 1e-2);
+    test_elementwise();
+    test_gathers();
+
+    /* the mixed step: decode at 700, prefill 37 at 0, chunk of 5 at 130 */
+    int qn[3] = {1, 37, 5}, p0[3] = {700, 0, 130}, n_blocks = 64;
+    step st;
+    step_make(&st, 3, qn, p0, 16, n_blocks);
+    test_engram(&st);
+    test_attention(&st, n_blocks, 16, 4, 128, 0, 1);
+    test_attention(&st, n_blocks, 16, 4, 128, 0, 0);
+    test_attention(&st, n_blocks, 16, 4, 128, 24, 1);
+    test_attention(&st, n_blocks, 32, 4, 64, 100, 1);
+    test_attention(&st, n_blocks, 4, 2, 16, 0, 1);   /* the fixtures' shape */
+    test_attention(&st, n_blocks, 8, 8, 256, 0, 1);  /* no GQA, widest head */
+    test_attention(&st, n_blocks, 28, 4, 128, 0, 0); /* G = 7 */
+    step_free(&st);
+    { /* a long prefill chunk far into its sequence beside a short decode */
+        int q3[2] = {300, 1}, p3[2] = {1000, 50};
+        step_make(&st, 2, q3, p3, 16, 100);
+        test_attention(&st, 100, 32, 8, 128, 0, 1);
+        test_attention(&st, 100, 32, 8, 128, 256, 0);
+        step_free(&st);
+    }
+    { /* long decodes only: many splits */
+        int q2[2] = {1, 1}, p2[2] = {5000, 3333};
+        step_make(&st, 2, q2, p2, 16, 600);
+        test_attention(&st, 600, 32, 8, 128, 0, 1);
+        test_attention(&st, 600, 32, 8, 128, 4096, 1);
+        step_free(&st);
+    }
+
+    struct cudaDeviceProp prop;
+    cudaGetDeviceProperties(&prop, 0);
+    printf("%s: %d failure(s) on %s\n", failures ? "FAIL" : "ok", failures, prop.name);
+    if (timings) {
+        time_matmul(4096, 4096, 1);
+        time_matmul(4096, 4096, 2);
+        time_matmul(4096, 4096, 8);
+        time_matmul(4096, 4096, 16);
+        time_matmul(4096, 4096, 512);
+        time_matmul(4096, 4096, 4096);
+        time_matmul(14336, 4096, 1);
+        time_matmul(4096, 14336, 1);
+        time_matmul(14336, 4096, 512);
+        time_attention(64, 1, 2048, 32, 8, 128, 0);
+        time_attention(1, 1, 32768, 32, 8, 128, 0);
+        time_attention(1, 512, 512, 32, 8, 128, 0);
+        time_attention(1, 512, 512, 32, 8, 128, 1);
+        time_attention(4, 512, 4096, 32, 8, 128, 0);
+        time_attention(4, 512, 4096, 32, 8, 128, 1);
+        time_attention(1, 2048, 2048, 32, 8, 128, 0);
+        time_copies();
+    }
+    return failures ? 1 : 0;
+}

@@ -1,0 +1,205 @@
+/* Whole-model parity of the CUDA backend with the CPU reference: for each
+ * checkpoint directory given (default: every fixture model and the default
+ * model), from the repository root on the GPU machine.
+ *
+ * single:  a 37-token prompt through forward_run on both backends, then 16
+ *          greedy steps: the CPU picks the tokens and the GPU is fed the same
+ *          ones (teacher forcing), so every step compares logits of the same
+ *          context. Pass: the prompt's last-position logits within
+ *          ||gpu - cpu|| / ||cpu|| <= 2e-2, and the argmax equal at every
+ *          step, unless the CPU's logits of the two tokens differ by less
+ *          than twice the step's largest |gpu - cpu| (a near tie that
+ *          rounding may flip; reported). The worst relative error over the
+ *          decode steps is reported, with the steps past 2e-2.
+ * batched: three sequences sharing one KV cache, prompts of 37, 5 and 12
+ *          tokens in one step, then 16 steps of one token each (teacher
+ *          forced), same checks per sequence.
+ * free:    the GPU's own greedy continuation of the single prompt, reported
+ *          as the number of leading tokens equal to the CPU's (information). */
+#include <glob.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "forward.h"
+#include "model.h"
+
+#define N_GEN 16
+#define N_SEQ 3
+#define LOGIT_BOUND 2e-2
+
+static int failures;
+
+typedef struct {
+    double prompt_rel, worst_rel;
+    int argmax_diff, ties, nan, n_over;
+    char over[160]; /* decode steps past the bound: "step:err ..." */
+} stats;
+
+/* Step g's logits of both backends (g = 0: the prompt's last position). */
+static void compare_step(stats *st, int g, const float *gpu, const float *cpu, int V) {
+    double num = 0, den = 0, maxabs = 0;
+    int ag = 0, ac = 0;
+    for (int i = 0; i < V; i++) {
+        if (isnan(gpu[i]) || isnan(cpu[i])) st->nan = 1;
+        double e = (double)gpu[i] - cpu[i];
+        num += e * e;
+        den += (double)cpu[i] * cpu[i];
+        if (fabs(e) > maxabs) maxabs = fabs(e);
+        if (gpu[i] > gpu[ag]) ag = i;
+        if (cpu[i] > cpu[ac]) ac = i;
+    }
+    double rel = sqrt(num / (den > 0 ? den : 1));
+    if (g == 0) st->prompt_rel = rel;
+    if (rel > st->worst_rel) st->worst_rel = rel;
+    if (g > 0 && rel > LOGIT_BOUND) {
+        size_t n = strlen(st->over);
+        if (n + 16 < sizeof(st->over)) snprintf(st->over + n, sizeof(st->over) - n, " %d:%.2e", g, rel);
+        st->n_over++;
+    }
+    if (ag != ac) {
+        if (fabs((double)cpu[ac] - cpu[ag]) <= 2 * maxabs)
+            st->ties++;
+        else
+            st->argmax_diff++;
+    }
+}
+
+static int stats_report(const char *what, const stats *st, int steps) {
+    int ok = !st->nan && st->prompt_rel <= LOGIT_BOUND && st->argmax_diff == 0;
+    printf("  %-22s prompt logits rel_err %.3e (bound %.0e); %2d steps: worst %.3e, argmax differs %d, near ties "
+           "%d%s %s\n", what, st->prompt_rel, LOGIT_BOUND, steps, st->worst_rel, st->argmax_diff, st->ties,
+           st->nan ? ", NaN" : "", ok ? "ok" : "FAIL");
+    if (st->n_over) printf("    decode steps past %.0e (step:rel_err):%s\n", LOGIT_BOUND, st->over);
+    return !ok;
+}
+
+static int argmax_of(const float *l, int V) {
+    int b = 0;
+    for (int i = 1; i < V; i++)
+        if (l[i] > l[b]) b = i;
+    return b;
+}
+
+/* Runs N_SEQ (or 1) sequences on ops: step 0 the prompts, then N_GEN steps of
+ * one token each. With tokens == NULL each sequence continues greedily and
+ * its tokens are written to gen; else it is fed tokens (teacher forcing).
+ * logits: (n_seq, N_GEN + 1, V), the last token's logits after each step. */
+static int run_steps(model *m, const backend_ops *ops, int n_seq, int32_t *const *prompts, const int *lens,
+                     const int32_t *tokens, int32_t *gen, float *logits) {
+    char err[256];
+    int V = m->cfg.vocab_size, rc;
+    forward_ctx *fc = NULL;
+    kv_cache *kv = NULL;
+    forward_state *st[N_SEQ] = {0};
+    if ((rc = forward_ctx_create(m, ops, 64, 4, &fc, err, sizeof(err)))) {
+        fprintf(stderr, "%s: forward_ctx_create: %s\n", ops->name, err);
+        return rc;
+    }
+    if (forward_kv_cache_create(fc, n_seq * 128, 16, &kv)) {
+        rc = FORWARD_ERR_NOMEM;
+        goto done;
+    }
+    for (int i = 0; i < n_seq && !rc; i++) rc = forward_state_create(fc, kv, 128, &st[i]);
+    forward_item it[N_SEQ];
+    int32_t tok[N_SEQ];
+    for (int g = 0; g <= N_GEN && !rc; g++) {
+        for (int i = 0; i < n_seq; i++) {
+            float *l = logits + ((size_t)i * (N_GEN + 1) + g) * V;
+            if (g == 0) {
+                it[i] = (forward_item){.st = st[i], .ids = prompts[i], .n = lens[i], .logits = l};
+            } else {
+                const float *prev = l - V;
+                tok[i] = tokens ? tokens[i * N_GEN + g - 1] : argmax_of(prev, V);
+                if (gen) gen[i * N_GEN + g - 1] = tok[i];
+                it[i] = (forward_item){.st = st[i], .ids = &tok[i], .n = 1, .logits = l};
+            }
+        }
+        rc = forward_batch(fc, it, n_seq);
+    }
+done:
+    if (rc) fprintf(stderr, "%s: forward: %s\n", ops->name, forward_status_str(rc));
+    for (int i = 0; i < n_seq; i++) forward_state_destroy(st[i]);
+    kv_cache_destroy(kv);
+    forward_ctx_destroy(fc);
+    return rc;
+}
+
+static void check_model(const char *dir) {
+    char err[512];
+    model *m = NULL;
+    if (model_load(dir, &m, err, sizeof(err))) {
+        printf("%s: load failed: %s FAIL\n", dir, err);
+        failures++;
+        return;
+    }
+    const backend_ops *cpu = backend_cpu(), *gpu = backend_cuda(err, sizeof(err));
+    int V = m->cfg.vocab_size, vs = model_sampling_vocab(m);
+    printf("%s (%d layers, d %d, %d:%d heads, hd %d%s, window %d)\n", dir, m->cfg.n_layers, m->cfg.hidden_size,
+           m->cfg.n_heads, m->cfg.n_kv_heads, m->cfg.head_dim, m->engram ? ", Engram" : "", m->cfg.sliding_window);
+    const int lens[N_SEQ] = {37, 5, 12};
+    int32_t pbuf[N_SEQ][37], *prompts[N_SEQ];
+    for (int i = 0; i < N_SEQ; i++) {
+        prompts[i] = pbuf[i];
+        for (int k = 0; k < lens[i]; k++) pbuf[i][k] = (int32_t)((13 * k + 5 * i + 1) % vs);
+    }
+    size_t per = (size_t)N_SEQ * (N_GEN + 1) * V;
+    float *lc = calloc(per, sizeof(float)), *lg = calloc(per, sizeof(float));
+    int32_t gen_c[N_SEQ * N_GEN], gen_g[N_SEQ * N_GEN];
+    int fail = 0;
+    for (int batched = 0; batched < 2 && !fail; batched++) {
+        int n = batched ? N_SEQ : 1;
+        if (run_steps(m, cpu, n, prompts, lens, NULL, gen_c, lc) ||
+            run_steps(m, gpu, n, prompts, lens, gen_c, NULL, lg)) {
+            fail = 1;
+            break;
+        }
+        for (int i = 0; i < n; i++) {
+            stats st = {0};
+            for (int g = 0; g <= N_GEN; g++) {
+                size_t o = ((size_t)i * (N_GEN + 1) + g) * V;
+                compare_step(&st, g, lg + o, lc + o, V);
+            }
+            char what[48];
+            snprintf(what, sizeof(what), batched ? "batched seq %d (%d+%d)" : "single (%d+%d)", batched ? i : lens[i],
+                     batched ? lens[i] : N_GEN, N_GEN);
+            fail |= stats_report(what, &st, N_GEN + 1);
+        }
+        if (!batched && !fail) { /* the GPU's own greedy tokens, for information */
+            if (run_steps(m, gpu, 1, prompts, lens, NULL, gen_g, lg)) {
+                fail = 1;
+                break;
+            }
+            int same = 0;
+            while (same < N_GEN && gen_g[same] == gen_c[same]) same++;
+            printf("  free-running greedy: %d of %d leading tokens equal\n", same, N_GEN);
+        }
+    }
+    printf("  %s\n", fail ? "FAIL" : "ok");
+    failures += fail;
+    free(lc);
+    free(lg);
+    model_destroy(m);
+}
+
+int main(int argc, char **argv) {
+    char err[256];
+    if (!backend_cuda(err, sizeof(err))) {
+        fprintf(stderr, "backend_cuda: %s\n", err);
+        return 2;
+    }
+    if (argc > 1) {
+        for (int i = 1; i < argc; i++) check_model(argv[i]);
+    } else {
+        glob_t gl;
+        if (glob("tests/fixtures/models/*", GLOB_ONLYDIR, NULL, &gl) == 0) {
+            for (size_t i = 0; i < gl.gl_pathc; i++) check_model(gl.gl_pathv[i]);
+            globfree(&gl);
+        }
+        check_model("models/engram-lexicon");
+    }
+    printf("%s: %d model(s) failed\n", failures ? "FAIL" : "ok", failures);
+    return failures ? 1 : 0;
+}
