@@ -314,7 +314,9 @@ static int plan_step(forward_ctx *fc, const forward_item *it, int n_items, batch
     int64_t limit = e ? e->lookup_n : m->cfg.vocab_size;
     if (limit > m->cfg.vocab_size) limit = m->cfg.vocab_size;
     for (int i = 0; i < n_items; i++) {
-        if (it[i].n < 1) return FORWARD_ERR_BATCH;
+        if (it[i].n < 1 || it[i].st->kv != it[0].st->kv || it[i].st->fc != fc) return FORWARD_ERR_BATCH;
+        for (int j = 0; j < i; j++)
+            if (it[j].st == it[i].st) return FORWARD_ERR_BATCH;
         if (it[i].n > it[i].st->max_tokens - it[i].st->pos) return FORWARD_ERR_FULL;
         for (int k = 0; k < it[i].n; k++)
             if (it[i].ids[k] < 0 || it[i].ids[k] >= limit) return FORWARD_ERR_TOKEN;

@@ -23,7 +23,8 @@ typedef enum {
     FORWARD_ERR_NOMEM = -3,
     FORWARD_ERR_IO = -4, /* an external Engram table could not be read; reset the states before reuse */
     FORWARD_ERR_KV_FULL = -5, /* the shared KV cache has too few free blocks; nothing was appended */
-    FORWARD_ERR_BATCH = -6,   /* more tokens or sequences than the context was made for */
+    FORWARD_ERR_BATCH = -6,   /* a malformed step: too many tokens or sequences, a state twice, or
+                               * states of different KV caches or contexts */
 } forward_status;
 
 const char *forward_status_str(int status);
@@ -76,7 +77,8 @@ typedef struct {
 } forward_item;
 
 /* Runs one step: items' tokens together, at most forward_ctx_max_tokens in
- * all, each state at most once. First every token is hashed (the step's
+ * all, each state at most once, all states of fc sharing one KV cache (else
+ * FORWARD_ERR_BATCH). First every token is hashed (the step's
  * Engram rows are then known, and handed to the stores to prefetch), then the
  * pass runs. On an error before the pass nothing is appended; after
  * FORWARD_ERR_IO the states must be reset. */

@@ -250,6 +250,15 @@ START_TEST(forward_batch_bit_identical_to_alone) {
     forward_item big[2] = {{.st = st[0], .ids = ids[2], .n = 40}, {.st = st[1], .ids = ids[2], .n = 30}};
     ck_assert_int_eq(forward_batch(fc, big, 2), FORWARD_ERR_BATCH);
     ck_assert_int_eq(forward_state_pos(st[0]), N0);
+    /* so is a state twice, or a state of another cache */
+    forward_item twice[2] = {{.st = st[0], .ids = ids[2], .n = 1}, {.st = st[0], .ids = ids[2], .n = 1}};
+    ck_assert_int_eq(forward_batch(fc, twice, 2), FORWARD_ERR_BATCH);
+    forward_state *own = NULL;
+    ck_assert_int_eq(forward_state_create(fc, NULL, 64, &own), FORWARD_OK);
+    forward_item mixed[2] = {{.st = st[0], .ids = ids[2], .n = 1}, {.st = own, .ids = ids[2], .n = 1}};
+    ck_assert_int_eq(forward_batch(fc, mixed, 2), FORWARD_ERR_BATCH);
+    forward_state_destroy(own);
+    ck_assert_int_eq(forward_state_pos(st[0]), N0);
     for (int i = 0; i < S; i++) forward_state_destroy(st[i]);
     ck_assert_int_eq(kv_cache_used_blocks(kv), 0);
     kv_cache_destroy(kv);
