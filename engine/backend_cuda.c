@@ -1,10 +1,11 @@
 /* The CUDA backend: backend memory is device memory, every op is issued in
  * order on one stream. Matrix products of 1 or 2 tokens (decode) go through
- * a matrix-vector kernel (bf16 weights, f32 activations), larger ones through
- * cuBLAS (bf16 weights times activations rounded to bf16), both with f32
- * accumulation and output; the rest through kernels/. prepare uploads every
- * weight once (f32/f16 matrices become bf16; embeddings and Engram tables keep
- * their dtype). The KV cache holds bf16.
+ * a matrix-vector kernel (f32 activations), larger ones through cuBLAS: bf16
+ * weights times activations rounded to bf16, or f32 weights times f32
+ * activations (no TF32), all with f32 accumulation and output; the rest
+ * through kernels/. prepare uploads every weight once (f16 matrices become
+ * bf16, bf16 and f32 ones keep their dtype, so an f32 checkpoint computes in
+ * f32; embeddings and Engram tables keep their dtype). The KV cache holds bf16.
  * Compiled only with ENGRAM_CUDA (ENGRAM_HAVE_CUDA_BACKEND); otherwise
  * backend.c's backend_cuda() says the build has none. */
 #include "backend.h"
@@ -213,15 +214,16 @@ static int view__upload(cuda_view *v, const void *host, dtype t, size_t n, int t
     return 0;
 }
 
-/* A matrix for matmul (bf16 on the device) or, with keep_dtype, for row
- * gathers (its own dtype). */
+/* A matrix for matmul (bf16 or f32 on the device: f16 becomes bf16) or, with
+ * keep_dtype, for row gathers (its own dtype). */
 static int view__weight(cuda_view *v, const weight *w, weight *out, int keep_dtype, const char *what, char *err,
                         size_t errlen) {
     *out = *w;
     void *d;
-    if (view__upload(v, w->data, w->dt, (size_t)w->rows * w->cols, !keep_dtype, &d, what, err, errlen)) return -1;
+    int conv = !keep_dtype && w->dt == DTYPE_F16;
+    if (view__upload(v, w->data, w->dt, (size_t)w->rows * w->cols, conv, &d, what, err, errlen)) return -1;
     out->data = d;
-    if (!keep_dtype && w->data) out->dt = DTYPE_BF16;
+    if (conv && w->data) out->dt = DTYPE_BF16;
     return 0;
 }
 
@@ -330,15 +332,26 @@ fail:
 
 static void cu_matmul(float *out, const float *x, const weight *w, const float *bias, int T) {
     if (T <= 0) return;
-    if (w->dt != DTYPE_BF16) cuda__fail(__func__, "weight is not a bf16 device view (prepare converts them)");
+    if (w->dt != DTYPE_BF16 && w->dt != DTYPE_F32)
+        cuda__fail(__func__, "weight is not a bf16 or f32 device view (prepare converts them)");
+    int f32 = w->dt == DTYPE_F32;
     if (T <= GEMV_MAX_TOKENS && kernels_gemv_supported(x, w->data, T, w->cols)) { /* decode: one launch */
-        CHECK_K(kernels_gemv_bf16(out, x, w->data, bias, T, w->rows, w->cols, g.stream));
+        if (f32) CHECK_K(kernels_gemv_f32(out, x, w->data, bias, T, w->rows, w->cols, g.stream));
+        else CHECK_K(kernels_gemv_bf16(out, x, w->data, bias, T, w->rows, w->cols, g.stream));
+        return;
+    }
+    const float one = 1.0f, zero = 0.0f;
+    if (f32) { /* f32 checkpoints: f32 operands, pedantic f32 compute (never TF32) */
+        cublasStatus_t st = cublasGemmEx(g.blas, CUBLAS_OP_T, CUBLAS_OP_N, w->rows, T, w->cols, &one, w->data,
+                                         CUDA_R_32F, w->cols, x, CUDA_R_32F, w->cols, &zero, out, CUDA_R_32F,
+                                         w->rows, CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_GEMM_DEFAULT);
+        if (st != CUBLAS_STATUS_SUCCESS) cuda__fail(__func__, cublasGetStatusString(st));
+        if (bias) CHECK_K(kernels_bias_add_f32(out, bias, T, w->rows, g.stream));
         return;
     }
     size_t n = (size_t)T * w->cols;
     cuda__grow(&g.xb, &g.xb_bytes, n * 2);
     CHECK_K(kernels_to_bf16(g.xb, x, KERNELS_F32, n, g.stream));
-    const float one = 1.0f, zero = 0.0f;
     /* column-major: out^T (rows, T) = W (cols, rows)^T x^T (cols, T) */
     cublasStatus_t st = cublasGemmEx(g.blas, CUBLAS_OP_T, CUBLAS_OP_N, w->rows, T, w->cols, &one, w->data,
                                      CUDA_R_16BF, w->cols, g.xb, CUDA_R_16BF, w->cols, &zero, out, CUDA_R_32F,
