@@ -434,7 +434,7 @@ static int make_table(model *m, const char *dir, uint64_t seed, bool quiet, char
         return MODEL_ERR_IO;
     }
     table_gen g = {.seed = seed ^ ((uint64_t)w->layer_id << 32), .rows = (uint64_t)w->table.rows,
-                   .cols = (uint32_t)w->table.cols, .rb = rb, .batch = 1u << 16, .path = path, .quiet = quiet};
+                   .cols = (uint32_t)w->table.cols, .rb = rb, .batch = (32u << 20) / rb + 1, .path = path, .quiet = quiet};
     if (!(g.buf = malloc((size_t)g.batch * rb))) return MODEL_ERR_NOMEM;
     g.t0 = g.last = util_now();
     if (!quiet)
