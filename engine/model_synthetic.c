@@ -98,6 +98,30 @@ static int spec_fail(char *err, size_t errlen, const char *spec, const char *msg
     return MODEL_ERR_CONFIG;
 }
 
+/* Rows of the Engram table c->engram implies with an identity lookup, or -1. */
+static int64_t synth_table_rows(const model_config *c) {
+    const engram_config *ec = &c->engram;
+    ngram_hash_config hc = {
+        .engram_vocab_size = ec->vocab_size,
+        .max_ngram_size = ec->max_ngram_size,
+        .n_embed_per_ngram = ec->n_embed_per_ngram,
+        .n_head_per_ngram = ec->n_head_per_ngram,
+        .layer_ids = ec->layer_ids,
+        .n_layers = ec->n_layers,
+        .pad_id = ec->pad_id,
+        .seed = ec->seed,
+        .kernel_size = ec->kernel_size,
+        .hc_mult = ec->hc_mult,
+        .compressed_vocab_size = c->vocab_size,
+        .compressed_pad_id = ec->pad_id,
+    };
+    ngram_hash *h = NULL;
+    if (ngram_hash_create(&hc, &h, NULL, 0) != NGRAM_HASH_OK) return -1;
+    int64_t rows = ngram_hash_table_rows(h, 0);
+    ngram_hash_destroy(h);
+    return rows;
+}
+
 int model_synthetic_config(const char *spec, model_config *c, char *err, size_t errlen) {
     memset(c, 0, sizeof(*c));
     if (!spec || !spec[0]) return spec_fail(err, errlen, "", "empty");
@@ -171,10 +195,6 @@ int model_synthetic_config(const char *spec, model_config *c, char *err, size_t 
         e->max_ngram_size = SYN_MAX_NGRAM;
         e->n_head_per_ngram = SYN_HEADS;
         e->n_embed_per_ngram = SYN_EMBED;
-        /* Each of the (orders x heads) = 16 heads gets a prime just above its
-         * order's start, so equal starts of rows/16 give about `rows` rows. */
-        int n_total_heads = (SYN_MAX_NGRAM - 1) * SYN_HEADS;
-        for (int i = 0; i < SYN_MAX_NGRAM - 1; i++) e->vocab_size[i] = engram_rows / n_total_heads;
         e->layer_ids[0] = SYN_ENGRAM_LAYER;
         e->n_layers = 1;
         e->pad_id = SYN_PAD_ID;
@@ -182,6 +202,19 @@ int model_synthetic_config(const char *spec, model_config *c, char *err, size_t 
         e->kernel_size = SYN_KERNEL;
         e->hc_mult = 1;
         e->compressed_vocab_size = c->vocab_size; /* identity lookup */
+        /* Both orders start their prime search at the same value, as in the
+         * demo, so the 16 heads get 16 consecutive primes above it: a start
+         * of rows/16, nudged down by the primes' spread, gives about `rows`. */
+        int n_total_heads = (SYN_MAX_NGRAM - 1) * SYN_HEADS;
+        int64_t start = engram_rows / n_total_heads;
+        for (int iter = 0; iter < 4; iter++) {
+            for (int i = 0; i < SYN_MAX_NGRAM - 1; i++) e->vocab_size[i] = start;
+            int64_t got = synth_table_rows(c);
+            if (got < 0) return spec_fail(err, errlen, spec, "+engram: the hash tables cannot be built");
+            int64_t step = (got - engram_rows) / n_total_heads;
+            if (step == 0 || start - step < 2) break;
+            start -= step;
+        }
     }
     return MODEL_OK;
 }
