@@ -262,8 +262,15 @@ int main(int argc, char **argv) {
     }
     double wall = t_end - t0;
     qsort(ttft, (size_t)n, sizeof(double), cmp_double);
+    /* A request's finish is published inside its last step, the step's
+     * stats just after it: wait for them (the running set empties). */
     engine_stats st;
-    engine_get_stats(e, &st);
+    for (int tries = 0;; tries++) {
+        engine_get_stats(e, &st);
+        if ((st.running == 0 && st.queued == 0) || tries == 2000) break;
+        struct timespec ts = {0, 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
     double mean_step = st.steps ? (double)st.step_tokens_total / (double)st.steps : 0;
     printf("requests %ld (%lld failed), prompt tokens %lld, output tokens %lld (asked %lld)\n", n, failed, sum_prompt,
            got_output, sum_output);

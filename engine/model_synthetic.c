@@ -135,7 +135,7 @@ int model_synthetic_config(const char *spec, model_config *c, char *err, size_t 
     if (!sh) {
         char msg[256] = "unknown model (known:";
         for (size_t i = 0; i < N_SHAPES; i++)
-            snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), " %s", shapes[i].name);
+            snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), "%s %s", i ? "," : "", shapes[i].name);
         snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), ")");
         return spec_fail(err, errlen, spec, msg);
     }
