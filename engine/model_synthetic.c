@@ -522,6 +522,8 @@ int model_synthetic_ex(const char *spec, uint64_t seed, const model_synthetic_pa
         goto fail;
     }
     if (cfg.engram.present && (rc = make_engram(m, err, errlen))) goto fail;
+    /* the table file first: a refusal or a full disk costs no weight filling */
+    if (m->engram && (rc = make_table(m, p.table_dir, seed, p.quiet, err, errlen))) goto fail;
 
     arena a = {0};
     layout(m, &a);
@@ -538,10 +540,7 @@ int model_synthetic_ex(const char *spec, uint64_t seed, const model_synthetic_pa
     layout(m, &a);
     fill_arena(&a, seed);
     if ((rc = make_vectors(m, seed))) goto fail;
-    if (m->engram) {
-        if ((rc = make_table(m, p.table_dir, seed, p.quiet, err, errlen))) goto fail;
-        if ((rc = model_engram_use_tables(m, p.table_dir, &p.store, err, errlen))) goto fail;
-    }
+    if (m->engram && (rc = model_engram_use_tables(m, p.table_dir, &p.store, err, errlen))) goto fail;
     *out = m;
     return MODEL_OK;
 fail:
