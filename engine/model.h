@@ -2,7 +2,8 @@
  * *.safetensors files (all of them, or those named by
  * model.safetensors.index.json), mmap'd. Large matrices stay in their file
  * dtype (F32, BF16, F16) and are read in place; norms and biases are
- * converted to f32 at load. */
+ * converted to f32 at load. Or a synthetic model: a released architecture's
+ * shape with random bf16 weights in memory (model_synthetic_ex). */
 #ifndef ENGINE_MODEL_H
 #define ENGINE_MODEL_H
 
