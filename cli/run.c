@@ -1,8 +1,9 @@
-/* engram-run: load a checkpoint, run a prompt through the CPU reference
- * engine, generate, and print the result. The main job until the server
- * exists, and the harness of the golden tests.
+/* engram-run: load a checkpoint (or make a synthetic model of a real
+ * shape), run a prompt through the CPU reference engine, generate, and print
+ * the result. The harness of the golden tests.
  *
  *   engram-run --model DIR (--prompt-ids 1,2,3 | --prompt TEXT) [options]
+ *   engram-run --synthetic SPEC --prompt-ids 1,2,3 [options]
  */
 #include <errno.h>
 #include <limits.h>
@@ -25,6 +26,12 @@
 static void usage(FILE *f) {
     fprintf(f,
             "usage: engram-run --model DIR (--prompt-ids 1,2,3 | --prompt TEXT) [options]\n"
+            "       engram-run --synthetic SPEC --prompt-ids 1,2,3 [options]\n"
+            "  --synthetic SPEC       random bf16 weights of a real shape instead of --model: qwen3-0.6b,\n"
+            "                         qwen3-1.7b, qwen3-4b, qwen3-8b, llama3-1b, llama3-8b; options\n"
+            "                         +engram:ROWS (Engram at layer 1), +layers:N (first N layers only)\n"
+            "  --synthetic-seed N     seed of the synthetic weights (default 0)\n"
+            "  --synthetic-table-dir DIR  where a synthetic Engram table is written, or reused\n"
             "  --chat                 wrap --prompt as one user message in the model's chat template\n"
             "  --max-tokens N         tokens to generate (default 32)\n"
             "  --temperature T        0 is greedy (default 1)\n"
@@ -41,7 +48,7 @@ static void usage(FILE *f) {
             "  --dump-logits FILE     write the last prompt position's logits as raw little-endian f32\n"
             "  --engram-tables DIR    read Engram tables from DIR/engram_layer_<id>.tbl (engram-tables export)\n"
             "                         instead of the checkpoint tensor\n"
-            "  --engram-tier dram|nvme  where those tables are read from (default dram: mmap MAP_SHARED)\n"
+            "  --engram-tier dram|nvme  where those (or synthetic) tables are read from (default dram: mmap MAP_SHARED)\n"
             "  --engram-mlock         dram: lock the tables in RAM (failure is an error)\n"
             "  --engram-hugepages     dram: madvise(MADV_HUGEPAGE) on the mapping\n"
             "  --engram-io uring|pread  nvme: io_uring (default) or synchronous pread\n"
@@ -142,7 +149,8 @@ int main(int argc, char **argv) {
     long max_tokens = 32, prefill_chunk = 256, threads = 0;
     bool print_ids = false, ignore_eos = false, print_gates = false, print_rows = false, chat = false;
     sampler_params sp = sampler_default_params();
-    const char *engram_tables = NULL;
+    const char *engram_tables = NULL, *synthetic = NULL, *synth_dir = NULL;
+    uint64_t synth_seed = 0;
     engram_store_params esp = engram_store_default_params();
     bool engram_store_flag = false; /* a store option given without --engram-tables */
 
@@ -172,6 +180,13 @@ int main(int argc, char **argv) {
             ignore_eos = true;
         } else if (!strcmp(a, "--model")) {
             NEED_VALUE model_dir = v;
+        } else if (!strcmp(a, "--synthetic")) {
+            NEED_VALUE synthetic = v;
+        } else if (!strcmp(a, "--synthetic-table-dir")) {
+            NEED_VALUE synth_dir = v;
+        } else if (!strcmp(a, "--synthetic-seed")) {
+            NEED_VALUE bad = parse_long(v, 0, LONG_MAX, &lv);
+            synth_seed = (uint64_t)lv;
         } else if (!strcmp(a, "--prompt-ids")) {
             NEED_VALUE prompt_ids = v;
         } else if (!strcmp(a, "--prompt")) {
@@ -243,13 +258,26 @@ int main(int argc, char **argv) {
         }
 #undef NEED_VALUE
     }
-    if (!model_dir || (!prompt_ids == !prompt_text)) {
-        fprintf(stderr, "engram-run: need --model and exactly one of --prompt-ids, --prompt\n");
+    if (!model_dir == !synthetic || (!prompt_ids == !prompt_text)) {
+        fprintf(stderr, "engram-run: need one of --model, --synthetic and exactly one of --prompt-ids, --prompt\n");
         usage(stderr);
         return 2;
     }
-    if (engram_store_flag && !engram_tables) {
-        fprintf(stderr, "engram-run: --engram-tier/-io/-queue-depth/-mlock/-hugepages/-buffered need --engram-tables\n");
+    if (synthetic && (prompt_text || chat)) {
+        fprintf(stderr, "engram-run: a synthetic model has no tokenizer: give the prompt with --prompt-ids\n");
+        return 2;
+    }
+    if (synthetic && engram_tables) {
+        fprintf(stderr, "engram-run: a synthetic model makes its own tables: use --synthetic-table-dir, not --engram-tables\n");
+        return 2;
+    }
+    if ((synth_dir || synth_seed) && !synthetic) {
+        fprintf(stderr, "engram-run: --synthetic-seed and --synthetic-table-dir need --synthetic\n");
+        return 2;
+    }
+    if (engram_store_flag && !engram_tables && !synth_dir) {
+        fprintf(stderr, "engram-run: --engram-tier/-io/-queue-depth/-mlock/-hugepages/-buffered need --engram-tables "
+                        "or --synthetic-table-dir\n");
         return 2;
     }
     if (chat && !prompt_text) {
@@ -269,7 +297,7 @@ int main(int argc, char **argv) {
     /* The checkpoint's tokenizer: required for --prompt, used for printing text when present. */
     tokenizer *tok = NULL;
     tokenizer_stream *ts = NULL;
-    if (tokenizer_load(model_dir, &tok, err, sizeof(err)) != TOKENIZER_OK) {
+    if (synthetic || tokenizer_load(model_dir, &tok, err, sizeof(err)) != TOKENIZER_OK) {
         tok = NULL;
         if (prompt_text) {
             fprintf(stderr, "engram-run: --prompt needs the checkpoint's tokenizer: %s\n", err);
@@ -327,7 +355,17 @@ int main(int argc, char **argv) {
     float *logits = NULL, *gates = NULL;
     int32_t *out = NULL;
     double t0 = util_now();
-    if (model_load(model_dir, &m, err, sizeof(err)) != MODEL_OK) {
+    if (synthetic) {
+        model_synthetic_params msp = model_synthetic_default_params();
+        msp.table_dir = synth_dir;
+        msp.store = esp;
+        if (model_synthetic_ex(synthetic, synth_seed, &msp, &m, err, sizeof(err)) != MODEL_OK) {
+            fprintf(stderr, "engram-run: %s\n", err);
+            goto done;
+        }
+        fprintf(stderr, "engram-run: synthetic %s (seed %llu): %lld backbone parameters, %.2f GB of bf16 weights\n",
+                synthetic, (unsigned long long)synth_seed, (long long)model_param_count(m), m->synth_bytes / 1e9);
+    } else if (model_load(model_dir, &m, err, sizeof(err)) != MODEL_OK) {
         fprintf(stderr, "engram-run: %s\n", err);
         goto done;
     }

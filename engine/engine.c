@@ -816,7 +816,7 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
         return ENGINE_ERR_NOMEM;
     }
     e->p = *p;
-    e->p.model_dir = NULL;
+    e->p.model_dir = e->p.synthetic = e->p.synthetic_table_dir = NULL;
     if (e->p.max_queued < 0) e->p.max_queued = 0;
     if (e->p.prefill_chunk < 1) e->p.prefill_chunk = 256;
     if (e->p.max_num_seqs < 1) e->p.max_num_seqs = 16;
@@ -829,11 +829,14 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
     e->stopped = true; /* nothing to stop until the thread runs */
 
     int rc = ENGINE_ERR_LOAD;
-    if (model_load(p->model_dir, &e->m, err, errlen) != MODEL_OK) goto fail;
+    model_synthetic_params msp = {.table_dir = p->synthetic_table_dir, .store = p->engram_store};
+    if (p->synthetic ? model_synthetic_ex(p->synthetic, p->synthetic_seed, &msp, &e->m, err, errlen) != MODEL_OK
+                     : model_load(p->model_dir, &e->m, err, errlen) != MODEL_OK)
+        goto fail;
     if (p->engram_tables && model_engram_use_tables(e->m, p->engram_tables, &p->engram_store, err, errlen))
         goto fail;
-    char terr[512];
-    if (tokenizer_load(p->model_dir, &e->tok, terr, sizeof(terr)) != TOKENIZER_OK) {
+    char terr[512] = "a synthetic model has none";
+    if (p->synthetic || tokenizer_load(p->model_dir, &e->tok, terr, sizeof(terr)) != TOKENIZER_OK) {
         e->tok = NULL;
         log_warn("no tokenizer (%s): requests must come as token ids", terr);
     }

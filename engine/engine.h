@@ -46,6 +46,10 @@ typedef struct {
     const char *engram_tables; /* NULL: Engram tables from the checkpoint; else a directory of
                                 * table files (model_engram_use_tables), borrowed for engine_create */
     engram_store_params engram_store; /* how those files are read; default engram_store_default_params() */
+    const char *synthetic;  /* instead of model_dir: a synthetic model spec (model_synthetic_ex), no
+                             * tokenizer; borrowed for engine_create */
+    uint64_t synthetic_seed;
+    const char *synthetic_table_dir; /* its Engram tables, made or reused (with engram_store) */
 } engine_params;
 
 engine_params engine_default_params(void);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "model_internal.h"
 #include "numeric.h"
@@ -523,6 +524,7 @@ void model_destroy(model *m) {
     free(m->owned);
     free(m->layers);
     free(m->dir);
+    if (m->synth) munmap(m->synth, m->synth_bytes);
     free(m);
 }
 
@@ -542,4 +544,34 @@ size_t model_weight_bytes_per_token(const model *m) {
              wbytes(&L->w_up) + wbytes(&L->w_down);
     }
     return b;
+}
+
+int64_t model_config_param_count(const model_config *c) {
+    int64_t d = c->hidden_size, hd = c->head_dim, q = (int64_t)c->n_heads * hd, kv = (int64_t)c->n_kv_heads * hd;
+    int64_t ff = c->intermediate_size;
+    int64_t layer = d * q + 2 * d * kv + q * d + 3 * d * ff + 2 * d; /* q k v o, gate up down, two norms */
+    if (c->qkv_bias) layer += q + 2 * kv;
+    if (c->o_bias) layer += d;
+    if (c->mlp_bias) layer += 2 * ff + d;
+    if (c->qk_norm) layer += 2 * hd;
+    int64_t emb = (int64_t)c->vocab_size * d;
+    return emb * (c->tie_word_embeddings ? 1 : 2) + layer * c->n_layers + d;
+}
+
+static int64_t welems(const weight *w) { return (int64_t)w->rows * w->cols; }
+
+int64_t model_param_count(const model *m) {
+    const model_config *c = &m->cfg;
+    int64_t d = c->hidden_size, hd = c->head_dim, ff = c->intermediate_size;
+    int64_t n = welems(&m->embed) + (m->lm_head.data == m->embed.data ? 0 : welems(&m->lm_head)) + d;
+    for (int i = 0; i < c->n_layers; i++) {
+        const layer_weights *L = &m->layers[i];
+        n += welems(&L->wq) + welems(&L->wk) + welems(&L->wv) + welems(&L->wo) + welems(&L->w_gate) +
+             welems(&L->w_up) + welems(&L->w_down) + 2 * d;
+        if (L->bq) n += L->wq.rows + L->wk.rows + L->wv.rows;
+        if (L->bo) n += d;
+        if (L->b_gate) n += 2 * ff + d;
+        if (L->q_norm) n += 2 * hd;
+    }
+    return n;
 }

@@ -2,7 +2,8 @@
  * *.safetensors files (all of them, or those named by
  * model.safetensors.index.json), mmap'd. Large matrices stay in their file
  * dtype (F32, BF16, F16) and are read in place; norms and biases are
- * converted to f32 at load. */
+ * converted to f32 at load. Or a synthetic model: a released architecture's
+ * shape with random bf16 weights in memory (model_synthetic_ex). */
 #ifndef ENGINE_MODEL_H
 #define ENGINE_MODEL_H
 
@@ -144,7 +145,9 @@ struct model {
     int n_files;
     float **owned; /* f32 copies of small tensors */
     int n_owned, cap_owned;
-    char *dir;
+    char *dir;       /* the checkpoint directory, or "synthetic:SPEC" */
+    void *synth;     /* a synthetic model's matrices: one anonymous mapping, or NULL */
+    size_t synth_bytes;
 };
 
 /* Loads a checkpoint directory. Returns MODEL_OK and *out, or a negative
@@ -173,5 +176,53 @@ int model_sampling_vocab(const model *m);
 
 /* Bytes of weights read per decoded token (all matrices once, embedding row aside). */
 size_t model_weight_bytes_per_token(const model *m);
+
+/* Parameters of the backbone: embeddings (once when tied), every layer's
+ * matrices, norms and biases, the final norm; Engram modules and tables are
+ * not counted. From the config alone, or from the loaded weights (equal). */
+int64_t model_config_param_count(const model_config *c);
+int64_t model_param_count(const model *m);
+
+/* ---- synthetic models (model_synthetic.c) ----
+ * A model of a real architecture's exact shape with random bf16 weights,
+ * made in memory without a checkpoint, for benchmarks. SPEC is a name, then
+ * options joined by '+':
+ *   qwen3-0.6b qwen3-1.7b qwen3-4b qwen3-8b llama3-1b (Llama-3.2-1B)
+ *   llama3-8b (Llama-3.1-8B)                     config.json of the release
+ *   +engram:ROWS   an Engram module at layer 1 (DeepSeek's demo layout: orders
+ *                  2..3, 8 heads per order, head dim 64) whose table has about
+ *                  ROWS rows (suffix k, M, B: 1e3, 1e6, 1e9; "1.5B" is 96e9
+ *                  parameters); the table is a file (see model_synthetic_params)
+ *   +layers:N      only the first N layers (quick tests; the shape is otherwise kept)
+ * The compressed tokenizer of a synthetic Engram model is the identity
+ * (compressed id = token id, Vc = vocab_size): there is no tokenizer. */
+typedef struct {
+    /* Directory of the Engram table files (MODEL_ENGRAM_TABLE_FMT): a file is
+     * written there when missing (deterministic in seed, progress on stderr)
+     * and reused when it is the one this spec and seed make. Required with
+     * +engram: tables are never held in anonymous memory. */
+    const char *table_dir;
+    engram_store_params store; /* how the tables are read */
+    bool quiet;                /* no progress lines on stderr */
+} model_synthetic_params;
+
+model_synthetic_params model_synthetic_default_params(void);
+
+/* The config a spec describes, nothing allocated. Returns MODEL_OK, or
+ * MODEL_ERR_CONFIG with a one-line message naming the bad part of the spec. */
+int model_synthetic_config(const char *spec, model_config *cfg, char *err, size_t errlen);
+
+/* Makes a synthetic model: every matrix bf16 uniform with standard deviation
+ * 0.02 from a counter-based generator seeded by seed (the same spec and seed
+ * give the same bits on any thread count), norms 1, biases 0; filled by all
+ * OpenMP threads. The model owns the memory (model_destroy frees it).
+ * Returns MODEL_OK and *out, or MODEL_ERR_CONFIG (bad spec, +engram without
+ * params->table_dir), MODEL_ERR_NOMEM, MODEL_ERR_IO (table file) with a
+ * one-line message. params may be NULL (defaults: no table directory). */
+int model_synthetic_ex(const char *spec, uint64_t seed, const model_synthetic_params *params, model **out,
+                       char *err, size_t errlen);
+
+/* model_synthetic_ex with default params (so no +engram). */
+int model_synthetic(const char *spec, uint64_t seed, model **out, char *err, size_t errlen);
 
 #endif

@@ -573,6 +573,11 @@ static enum MHD_Result handle_metrics(conn *c) {
 /* Renders chat messages through the template (with the generation prompt). */
 static int render_chat(conn *c, const char *messages_json, char **out, enum MHD_Result *ret) {
     char err[512];
+    if (!c->s->tmpl) {
+        *ret = fail(c, 400, "messages",
+                    "This model has no tokenizer or chat template: use /v1/completions with a list of token ids.");
+        return -1;
+    }
     int rc = chat_template_render(c->s->tmpl, messages_json, NULL, true, out, err, sizeof(err));
     if (rc == CHAT_TEMPLATE_OK) return 0;
     api_error e;
@@ -1009,7 +1014,7 @@ int server_start(const server_params *p, metrics *m, server **out, char *err, si
     atomic_init(&s->ready, false);
     atomic_init(&s->active, 0);
     atomic_init(&s->next_id, 1);
-    if (chat_template_load_dir(p->model_dir, &s->tmpl, err, errlen) != CHAT_TEMPLATE_OK) {
+    if (p->model_dir && chat_template_load_dir(p->model_dir, &s->tmpl, err, errlen) != CHAT_TEMPLATE_OK) {
         free(s);
         return -1;
     }

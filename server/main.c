@@ -6,9 +6,11 @@
  * cleanly. The only place that exits.
  *
  *   engram-server --model DIR [--host 127.0.0.1] [--port 8080] [options]
+ *   engram-server --synthetic SPEC [options]   random weights of a real shape, token-id prompts
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -27,7 +29,7 @@ static const struct {
     const char *def; /* default, or NULL */
     const char *help;
 } opts[] = {
-    {"model", OPT_STR, 0, 0, NULL, "checkpoint directory (required)"},
+    {"model", OPT_STR, 0, 0, NULL, "checkpoint directory (this or --synthetic is required)"},
     {"host", OPT_STR, 0, 0, "127.0.0.1", "address to listen on"},
     {"port", OPT_INT, 1, 65535, "8080", "TCP port"},
     {"served-model-name", OPT_STR, 0, 0, NULL, "model id in the API (default: the model directory's name)"},
@@ -53,6 +55,11 @@ static const struct {
     {"kv-cache-tokens", OPT_INT, 0, 1 << 30, "0",
      "KV cache positions shared by all sequences (0: the model's context length)"},
     {"kv-block-size", OPT_INT, 1, 4096, "16", "positions per KV cache block"},
+    {"synthetic", OPT_STR, 0, 0, NULL,
+     "instead of --model: random bf16 weights of a real shape (qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b, llama3-1b, "
+     "llama3-8b; +engram:ROWS, +layers:N); no tokenizer, so prompts are token-id arrays on /v1/completions"},
+    {"synthetic-seed", OPT_INT, 0, LONG_MAX, "0", "seed of the synthetic weights"},
+    {"synthetic-table-dir", OPT_STR, 0, 0, NULL, "where a synthetic Engram table is written, or reused"},
 };
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
 
@@ -202,17 +209,26 @@ int main(int argc, char **argv) {
     }
     enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THREADS, O_HTTP_THREADS, O_CORS,
            O_CONN_TIMEOUT, O_PREFILL_CHUNK, O_SHUTDOWN, O_ENGRAM_TABLES, O_ENGRAM_TIER, O_ENGRAM_IO, O_ENGRAM_QD,
-           O_MAX_SEQS, O_MAX_BATCHED, O_KV_TOKENS, O_KV_BLOCK };
+           O_MAX_SEQS, O_MAX_BATCHED, O_KV_TOKENS, O_KV_BLOCK, O_SYNTHETIC, O_SYNTH_SEED, O_SYNTH_DIR };
     int rc = 1;
-    if (!val[O_MODEL] || !val[O_MODEL][0]) {
-        fprintf(stderr, "engram-server: --model DIR is required\n");
+    bool have_model = val[O_MODEL] && val[O_MODEL][0], synthetic = val[O_SYNTHETIC] && val[O_SYNTHETIC][0];
+    if (have_model == synthetic) {
+        fprintf(stderr, "engram-server: exactly one of --model DIR and --synthetic SPEC is required\n");
         usage(stderr);
+        rc = 2;
+        goto free_vals;
+    }
+    if (synthetic && val[O_ENGRAM_TABLES] && val[O_ENGRAM_TABLES][0]) {
+        fprintf(stderr, "engram-server: a synthetic model makes its own tables: use --synthetic-table-dir, not "
+                        "--engram-tables\n");
         rc = 2;
         goto free_vals;
     }
     char name_buf[256];
     const char *served = val[O_NAME];
-    if (!served || !served[0]) { /* the directory's last component */
+    if ((!served || !served[0]) && synthetic) {
+        served = val[O_SYNTHETIC];
+    } else if (!served || !served[0]) { /* the directory's last component */
         snprintf(name_buf, sizeof(name_buf), "%s", val[O_MODEL]);
         size_t l = strlen(name_buf);
         while (l > 1 && name_buf[l - 1] == '/') name_buf[--l] = 0;
@@ -230,7 +246,10 @@ int main(int argc, char **argv) {
 
     char err[1024];
     engine_params ep = engine_default_params();
-    ep.model_dir = val[O_MODEL];
+    ep.model_dir = have_model ? val[O_MODEL] : NULL;
+    ep.synthetic = synthetic ? val[O_SYNTHETIC] : NULL;
+    ep.synthetic_seed = (uint64_t)num[O_SYNTH_SEED];
+    if (val[O_SYNTH_DIR] && val[O_SYNTH_DIR][0]) ep.synthetic_table_dir = val[O_SYNTH_DIR];
     ep.device = val[O_DEVICE];
     ep.max_queued = (int)num[O_QUEUE];
     ep.threads = (int)num[O_THREADS];
@@ -266,7 +285,7 @@ int main(int argc, char **argv) {
     sp.host = val[O_HOST];
     sp.port = (int)num[O_PORT];
     sp.served_model_name = served;
-    sp.model_dir = val[O_MODEL];
+    sp.model_dir = ep.model_dir; /* NULL for a synthetic model: no chat template */
     sp.api_key = val[O_KEY];
     sp.max_body_bytes = (size_t)num[O_BODY];
     sp.http_threads = (int)num[O_HTTP_THREADS];
@@ -282,13 +301,14 @@ int main(int argc, char **argv) {
         rc = erc == ENGINE_ERR_DEVICE ? 2 : 1;
         goto done;
     }
-    if (!engine_tokenizer(e)) {
+    if (!engine_tokenizer(e) && !synthetic) {
         fprintf(stderr, "engram-server: %s has no usable tokenizer.json: the server needs one\n", val[O_MODEL]);
         goto done;
     }
     server_set_engine(srv, e);
-    fprintf(stderr, "engram-server: serving %s as \"%s\" on http://%s:%d (loaded in %.2fs)\n", val[O_MODEL], served,
-            sp.host, sp.port, util_now() - t0);
+    fprintf(stderr, "engram-server: serving %s%s as \"%s\" on http://%s:%d (loaded in %.2fs)\n",
+            synthetic ? "synthetic " : "", synthetic ? val[O_SYNTHETIC] : val[O_MODEL], served, sp.host, sp.port,
+            util_now() - t0);
 
     int sig = 0;
     sigwait(&sigs, &sig);

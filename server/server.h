@@ -50,7 +50,7 @@ typedef struct {
     const char *host;              /* address to bind */
     int port;
     const char *served_model_name; /* the model id clients name */
-    const char *model_dir;         /* for the chat template */
+    const char *model_dir;         /* for the chat template; NULL: none (a synthetic model) */
     const char *api_key;           /* NULL or "": no authentication */
     size_t max_body_bytes;
     int http_threads;              /* libmicrohttpd thread pool size */

@@ -34,7 +34,8 @@ class Server:
         self.log = tempfile.NamedTemporaryFile(prefix="engram-server-", suffix=".log", delete=False)
         e = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive")
         e.update(env or {})
-        self.proc = subprocess.Popen([str(exe), "--model", str(model), "--port", str(self.port), "--threads", "1",
+        model_args = ["--model", str(model)] if model is not None else []  # None: args name the model
+        self.proc = subprocess.Popen([str(exe), *model_args, "--port", str(self.port), "--threads", "1",
                                       *map(str, args)], stdout=self.log, stderr=subprocess.STDOUT, env=e)
         deadline = time.time() + 60
         while True:

@@ -1,0 +1,554 @@
+/* Synthetic models (see model.h): the exact shapes of released checkpoints
+ * with random bf16 weights made in memory, so benchmarks can run real model
+ * sizes without storing checkpoints. An optional Engram module at layer 1
+ * reads a table written once, deterministically, as an engram/store table
+ * file, because tables may be larger than RAM. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include "model_internal.h"
+#include "util.h"
+
+/* Shapes, copied from each release's config.json on the Hugging Face Hub:
+ *   Qwen/Qwen3-0.6B   hidden 1024, intermediate 3072, 28 layers, 16 heads, 8 kv heads,
+ *                     head_dim 128, vocab 151936, rope_theta 1e6, no rope_scaling,
+ *                     max_position_embeddings 40960, rms_norm_eps 1e-6, tied, q/k norm
+ *   Qwen/Qwen3-1.7B   hidden 2048, intermediate 6144, 28 layers, 16/8 heads, head_dim 128, tied
+ *   Qwen/Qwen3-4B     hidden 2560, intermediate 9728, 36 layers, 32/8 heads, head_dim 128, tied
+ *   Qwen/Qwen3-8B     hidden 4096, intermediate 12288, 36 layers, 32/8 heads, head_dim 128,
+ *                     untied (the other Qwen3 keys as for 0.6B; bos 151643, eos 151645)
+ *   meta-llama/Llama-3.2-1B  hidden 2048, intermediate 8192, 16 layers, 32/8 heads,
+ *                     head_dim 64, vocab 128256, rope_theta 500000, rope_scaling llama3
+ *                     (factor 32, low_freq_factor 1, high_freq_factor 4,
+ *                     original_max_position_embeddings 8192), max_position_embeddings
+ *                     131072, rms_norm_eps 1e-5, tied, bos 128000, eos 128001
+ *   meta-llama/Llama-3.1-8B  hidden 4096, intermediate 14336, 32 layers, 32/8 heads,
+ *                     head_dim 128, rope_scaling llama3 factor 8, untied (else as 3.2-1B)
+ * None has attention or MLP biases. Published sizes (model cards): Qwen3 0.6B / 1.7B /
+ * 4.0B / 8.2B total and 0.44B / 1.4B / 3.6B / 6.95B without embeddings; Llama-3.2-1B
+ * 1.23B, Llama-3.1-8B 8.03B (tests/unit/test_model_synthetic.c checks them). */
+typedef struct {
+    const char *name, *hub;
+    model_arch arch;
+    int vocab, hidden, ff, layers, heads, kv_heads, head_dim, max_pos;
+    double eps, theta;
+    bool tie;
+    double llama3_factor; /* 0: no rope scaling; else llama3 with low 1, high 4, original 8192 */
+    int bos, eos;
+} synth_shape;
+
+static const synth_shape shapes[] = {
+    {"qwen3-0.6b", "Qwen/Qwen3-0.6B", ARCH_QWEN3, 151936, 1024, 3072, 28, 16, 8, 128, 40960, 1e-6, 1e6, true, 0, 151643, 151645},
+    {"qwen3-1.7b", "Qwen/Qwen3-1.7B", ARCH_QWEN3, 151936, 2048, 6144, 28, 16, 8, 128, 40960, 1e-6, 1e6, true, 0, 151643, 151645},
+    {"qwen3-4b", "Qwen/Qwen3-4B", ARCH_QWEN3, 151936, 2560, 9728, 36, 32, 8, 128, 40960, 1e-6, 1e6, true, 0, 151643, 151645},
+    {"qwen3-8b", "Qwen/Qwen3-8B", ARCH_QWEN3, 151936, 4096, 12288, 36, 32, 8, 128, 40960, 1e-6, 1e6, false, 0, 151643, 151645},
+    {"llama3-1b", "meta-llama/Llama-3.2-1B", ARCH_LLAMA, 128256, 2048, 8192, 16, 32, 8, 64, 131072, 1e-5, 500000.0, true, 32.0, 128000, 128001},
+    {"llama3-8b", "meta-llama/Llama-3.1-8B", ARCH_LLAMA, 128256, 4096, 14336, 32, 32, 8, 128, 131072, 1e-5, 500000.0, false, 8.0, 128000, 128001},
+};
+#define N_SHAPES (sizeof(shapes) / sizeof(shapes[0]))
+
+/* The Engram layout of DeepSeek's demo (../shared/ENGRAM.md section 2) with one
+ * module at the second block, as in the paper's throughput test (Table 4). */
+#define SYN_ENGRAM_LAYER 1
+#define SYN_MAX_NGRAM 3     /* orders 2 and 3 */
+#define SYN_HEADS 8         /* per order: 16 heads */
+#define SYN_EMBED 512       /* per order: head dim 512 / 8 = 64 */
+#define SYN_KERNEL 4
+#define SYN_PAD_ID 2
+#define SYN_MIN_ROWS 1000
+#define SYN_MAX_ROWS 2000000000LL /* table rows must stay below 2^31 (weight.rows is an int) */
+
+#define SYN_STD 0.02f /* matrices: uniform with this standard deviation */
+#define SYN_TABLE_VERSION 1 /* bump when the table generator changes */
+
+model_synthetic_params model_synthetic_default_params(void) {
+    model_synthetic_params p = {0};
+    p.store = engram_store_default_params();
+    return p;
+}
+
+/* ---- spec ---- */
+
+/* "1000", "250M", "1.5B" -> rows; -1 on junk. */
+static long long parse_count(const char *s) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || !(v >= 0)) return -1;
+    double mult = 1;
+    if (*end == 'k' || *end == 'K') mult = 1e3, end++;
+    else if (*end == 'm' || *end == 'M') mult = 1e6, end++;
+    else if (*end == 'b' || *end == 'B' || *end == 'g' || *end == 'G') mult = 1e9, end++;
+    if (*end) return -1;
+    v *= mult;
+    if (v != floor(v) || v > 9e15) return -1;
+    return (long long)v;
+}
+
+static int spec_fail(char *err, size_t errlen, const char *spec, const char *msg) {
+    snprintf(err, errlen, "synthetic spec \"%s\": %s", spec, msg);
+    return MODEL_ERR_CONFIG;
+}
+
+/* Rows of the Engram table c->engram implies with an identity lookup, or -1. */
+static int64_t synth_table_rows(const model_config *c) {
+    const engram_config *ec = &c->engram;
+    ngram_hash_config hc = {
+        .engram_vocab_size = ec->vocab_size,
+        .max_ngram_size = ec->max_ngram_size,
+        .n_embed_per_ngram = ec->n_embed_per_ngram,
+        .n_head_per_ngram = ec->n_head_per_ngram,
+        .layer_ids = ec->layer_ids,
+        .n_layers = ec->n_layers,
+        .pad_id = ec->pad_id,
+        .seed = ec->seed,
+        .kernel_size = ec->kernel_size,
+        .hc_mult = ec->hc_mult,
+        .compressed_vocab_size = c->vocab_size,
+        .compressed_pad_id = ec->pad_id,
+    };
+    ngram_hash *h = NULL;
+    if (ngram_hash_create(&hc, &h, NULL, 0) != NGRAM_HASH_OK) return -1;
+    int64_t rows = ngram_hash_table_rows(h, 0);
+    ngram_hash_destroy(h);
+    return rows;
+}
+
+int model_synthetic_config(const char *spec, model_config *c, char *err, size_t errlen) {
+    memset(c, 0, sizeof(*c));
+    if (!spec || !spec[0]) return spec_fail(err, errlen, "", "empty");
+    char buf[256];
+    if (strlen(spec) >= sizeof(buf)) return spec_fail(err, errlen, "...", "too long");
+    strcpy(buf, spec);
+    char *save = NULL, *name = strtok_r(buf, "+", &save);
+    const synth_shape *sh = NULL;
+    for (size_t i = 0; name && i < N_SHAPES; i++)
+        if (!strcasecmp(name, shapes[i].name)) sh = &shapes[i];
+    if (!sh) {
+        char msg[256] = "unknown model (known:";
+        for (size_t i = 0; i < N_SHAPES; i++)
+            snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), "%s %s", i ? "," : "", shapes[i].name);
+        snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), ")");
+        return spec_fail(err, errlen, spec, msg);
+    }
+    c->arch = sh->arch;
+    c->vocab_size = sh->vocab;
+    c->hidden_size = sh->hidden;
+    c->intermediate_size = sh->ff;
+    c->n_layers = sh->layers;
+    c->n_heads = sh->heads;
+    c->n_kv_heads = sh->kv_heads;
+    c->head_dim = sh->head_dim;
+    c->max_position_embeddings = sh->max_pos;
+    c->rms_norm_eps = (float)sh->eps;
+    c->rope_theta = sh->theta;
+    c->rope = ROPE_DEFAULT;
+    if (sh->llama3_factor > 0) {
+        c->rope = ROPE_LLAMA3;
+        c->rope_factor = sh->llama3_factor;
+        c->rope_low_freq_factor = 1.0;
+        c->rope_high_freq_factor = 4.0;
+        c->rope_original_max_pos = 8192;
+    }
+    c->qk_norm = sh->arch == ARCH_QWEN3;
+    c->tie_word_embeddings = sh->tie;
+    c->bos_token_id = sh->bos;
+    c->eos_token_ids[0] = sh->eos;
+    c->n_eos = 1;
+
+    long long engram_rows = 0;
+    for (char *opt; (opt = strtok_r(NULL, "+", &save));) {
+        char *colon = strchr(opt, ':');
+        if (!colon) return spec_fail(err, errlen, spec, "an option must be +engram:ROWS or +layers:N");
+        *colon = 0;
+        const char *val = colon + 1;
+        if (!strcmp(opt, "engram")) {
+            engram_rows = parse_count(val);
+            if (engram_rows < SYN_MIN_ROWS || engram_rows > SYN_MAX_ROWS)
+                return spec_fail(err, errlen, spec,
+                                 "+engram:ROWS needs a row count from 1000 to 2e9 (suffix k, M or B allowed)");
+        } else if (!strcmp(opt, "layers")) {
+            long long n = parse_count(val);
+            if (n < 1 || n > sh->layers) {
+                char msg[128];
+                snprintf(msg, sizeof(msg), "+layers:N needs N from 1 to %d", sh->layers);
+                return spec_fail(err, errlen, spec, msg);
+            }
+            c->n_layers = (int)n;
+        } else {
+            return spec_fail(err, errlen, spec, "unknown option (known: +engram:ROWS, +layers:N)");
+        }
+    }
+    if (engram_rows) {
+        if (c->n_layers <= SYN_ENGRAM_LAYER)
+            return spec_fail(err, errlen, spec, "+engram needs at least 2 layers (the module sits at layer 1)");
+        engram_config *e = &c->engram;
+        e->present = true;
+        e->max_ngram_size = SYN_MAX_NGRAM;
+        e->n_head_per_ngram = SYN_HEADS;
+        e->n_embed_per_ngram = SYN_EMBED;
+        e->layer_ids[0] = SYN_ENGRAM_LAYER;
+        e->n_layers = 1;
+        e->pad_id = SYN_PAD_ID;
+        e->seed = 0;
+        e->kernel_size = SYN_KERNEL;
+        e->hc_mult = 1;
+        e->compressed_vocab_size = c->vocab_size; /* identity lookup */
+        /* Both orders start their prime search at the same value, as in the
+         * demo, so the 16 heads get 16 consecutive primes above it: a start
+         * of rows/16, nudged down by the primes' spread, gives about `rows`. */
+        int n_total_heads = (SYN_MAX_NGRAM - 1) * SYN_HEADS;
+        int64_t start = engram_rows / n_total_heads;
+        for (int iter = 0; iter < 4; iter++) {
+            for (int i = 0; i < SYN_MAX_NGRAM - 1; i++) e->vocab_size[i] = start;
+            int64_t got = synth_table_rows(c);
+            if (got < 0) return spec_fail(err, errlen, spec, "+engram: the hash tables cannot be built");
+            int64_t step = (got - engram_rows) / n_total_heads;
+            if (step == 0 || start - step < 2) break;
+            start -= step;
+        }
+    }
+    return MODEL_OK;
+}
+
+/* ---- random fill ---- */
+
+static inline uint64_t mix64(uint64_t z) { /* splitmix64's finalizer */
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* A generator's start for stream `idx` of `seed`: independent of threads. */
+static inline uint64_t stream_start(uint64_t seed, uint64_t salt, uint64_t idx) {
+    return mix64(mix64(seed ^ salt) + idx * 0x9e3779b97f4a7c15ull);
+}
+
+static inline uint16_t f32_to_bf16(float f) { /* round to nearest even; f is finite */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* dst[0..n) = bf16 uniform in [-a, a), a = sqrt(3) * SYN_STD, from splitmix64 at state s. */
+static void fill_bf16(uint16_t *dst, size_t n, uint64_t s) {
+    const float scale = 1.7320508f * SYN_STD / 32768.0f;
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        uint64_t r = mix64(s += 0x9e3779b97f4a7c15ull);
+        for (int k = 0; k < 4; k++) dst[i + k] = f32_to_bf16((float)(int16_t)(uint16_t)(r >> (16 * k)) * scale);
+    }
+    uint64_t r = mix64(s += 0x9e3779b97f4a7c15ull);
+    for (int k = 0; i < n; i++, k++) dst[i] = f32_to_bf16((float)(int16_t)(uint16_t)(r >> (16 * k)) * scale);
+}
+
+/* ---- layout: every matrix in one anonymous mapping ---- */
+
+typedef struct {
+    char *base;   /* NULL while counting */
+    size_t used;  /* bytes placed so far */
+} arena;
+
+static void place(arena *a, weight *w, int rows, int cols) {
+    size_t bytes = (size_t)rows * (size_t)cols * 2;
+    *w = (weight){.data = a->base ? a->base + a->used : NULL, .dt = DTYPE_BF16, .rows = rows, .cols = cols};
+    a->used += (bytes + 4095) & ~(size_t)4095; /* page-aligned: every matrix starts on its own page */
+}
+
+static void layout(model *m, arena *a) {
+    const model_config *c = &m->cfg;
+    int d = c->hidden_size, q = c->n_heads * c->head_dim, kv = c->n_kv_heads * c->head_dim, ff = c->intermediate_size;
+    place(a, &m->embed, c->vocab_size, d);
+    if (c->tie_word_embeddings)
+        m->lm_head = m->embed;
+    else
+        place(a, &m->lm_head, c->vocab_size, d);
+    for (int i = 0; i < c->n_layers; i++) {
+        layer_weights *L = &m->layers[i];
+        place(a, &L->wq, q, d);
+        place(a, &L->wk, kv, d);
+        place(a, &L->wv, kv, d);
+        place(a, &L->wo, d, q);
+        place(a, &L->w_gate, ff, d);
+        place(a, &L->w_up, ff, d);
+        place(a, &L->w_down, d, ff);
+    }
+    if (m->engram) {
+        engram_weights *w = &m->engram->layers[0];
+        place(a, &w->w_value, d, m->engram->embed_dim);
+        place(a, &w->w_key[0], d, m->engram->embed_dim);
+    }
+}
+
+/* Fills the mapping in 1 MiB pieces, each from its own stream. */
+static void fill_arena(const arena *a, uint64_t seed) {
+    const size_t piece = 1u << 20;
+    long long n = (long long)((a->used + piece - 1) / piece);
+#pragma omp parallel for schedule(dynamic, 16)
+    for (long long i = 0; i < n; i++) {
+        size_t off = (size_t)i * piece, len = a->used - off < piece ? a->used - off : piece;
+        fill_bf16((uint16_t *)(a->base + off), len / 2, stream_start(seed, 0x5717u, (uint64_t)i));
+    }
+}
+
+/* ---- Engram ---- */
+
+/* The module and the hashing tables; the table itself comes from a file. */
+static int make_engram(model *m, char *err, size_t errlen) {
+    const engram_config *ec = &m->cfg.engram;
+    model_engram *e = calloc(1, sizeof(*e));
+    if (!e) return MODEL_ERR_NOMEM;
+    m->engram = e;
+    int64_t V = m->cfg.vocab_size;
+    if (!(e->lookup = malloc((size_t)V * sizeof(int64_t)))) return MODEL_ERR_NOMEM;
+    for (int64_t i = 0; i < V; i++) e->lookup[i] = i; /* no tokenizer: compressed id = token id */
+    e->lookup_n = V;
+    e->vc = V;
+    ngram_hash_config hc = {
+        .engram_vocab_size = ec->vocab_size,
+        .max_ngram_size = ec->max_ngram_size,
+        .n_embed_per_ngram = ec->n_embed_per_ngram,
+        .n_head_per_ngram = ec->n_head_per_ngram,
+        .layer_ids = ec->layer_ids,
+        .n_layers = ec->n_layers,
+        .pad_id = ec->pad_id,
+        .seed = ec->seed,
+        .kernel_size = ec->kernel_size,
+        .hc_mult = ec->hc_mult,
+        .compressed_vocab_size = V,
+        .compressed_pad_id = ec->pad_id,
+    };
+    char herr[256];
+    if (ngram_hash_create(&hc, &e->hash, herr, sizeof(herr)) != NGRAM_HASH_OK) {
+        snprintf(err, errlen, "%s: engram: %s", m->dir, herr);
+        return MODEL_ERR_CONFIG;
+    }
+    e->n_layers = 1;
+    e->hc_mult = 1;
+    e->kernel_size = ec->kernel_size;
+    e->dilation = ec->max_ngram_size;
+    e->n_heads = ngram_hash_n_heads(e->hash);
+    e->head_dim = (int)ngram_hash_head_dim(e->hash);
+    e->embed_dim = (int)ngram_hash_embed_dim(e->hash);
+    if (!(e->layers = calloc(1, sizeof(engram_weights)))) return MODEL_ERR_NOMEM;
+    engram_weights *w = &e->layers[0];
+    w->li = 0;
+    w->layer_id = (int)ec->layer_ids[0];
+    int64_t rows = ngram_hash_table_rows(e->hash, 0);
+    if (rows > INT32_MAX) {
+        snprintf(err, errlen, "%s: Engram table of %lld rows is too large for this build", m->dir, (long long)rows);
+        return MODEL_ERR_CONFIG;
+    }
+    w->table = (weight){.data = NULL, .dt = DTYPE_BF16, .rows = (int)rows, .cols = e->head_dim};
+    return MODEL_OK;
+}
+
+/* The small f32 tensors: norms 1, biases 0, conv kernel random. */
+static int make_vectors(model *m, uint64_t seed) {
+    const model_config *c = &m->cfg;
+    int d = c->hidden_size, n = d > c->head_dim ? d : c->head_dim;
+    float *ones = model__own(m, (size_t)n), *zeros = model__own(m, (size_t)n);
+    if (!ones || !zeros) return MODEL_ERR_NOMEM;
+    for (int i = 0; i < n; i++) ones[i] = 1.0f, zeros[i] = 0.0f;
+    m->final_norm = ones; /* read-only: every norm shares one vector */
+    for (int i = 0; i < c->n_layers; i++) {
+        layer_weights *L = &m->layers[i];
+        L->attn_norm = L->ffn_norm = ones;
+        if (c->qk_norm) L->q_norm = L->k_norm = ones;
+    }
+    if (!m->engram) return MODEL_OK;
+    model_engram *e = m->engram;
+    engram_weights *w = &e->layers[0];
+    size_t nc = (size_t)d * e->kernel_size;
+    float *conv = model__own(m, nc);
+    uint16_t *tmp = malloc(nc * sizeof(uint16_t));
+    if (!conv || !tmp) {
+        free(tmp);
+        return MODEL_ERR_NOMEM;
+    }
+    fill_bf16(tmp, nc, stream_start(seed, 0xc0deu, 0));
+    for (size_t i = 0; i < nc; i++) {
+        uint32_t u = (uint32_t)tmp[i] << 16;
+        memcpy(&conv[i], &u, 4);
+    }
+    free(tmp);
+    w->conv_w = conv;
+    w->b_value = w->b_key[0] = zeros;
+    w->norm1[0] = w->norm2[0] = w->conv_norm[0] = ones;
+    m->layers[w->layer_id].engram = w;
+    return MODEL_OK;
+}
+
+/* The table file's rows come from the store's writer one at a time; this
+ * makes them in parallel batches and hands them out. */
+typedef struct {
+    uint64_t seed, rows;
+    uint32_t cols, rb;
+    uint8_t *buf;   /* (batch, rb) rows [b0, b1) */
+    uint64_t b0, b1, batch;
+    const char *path;
+    bool quiet;
+    double t0, last;
+} table_gen;
+
+static int table_fill(void *ctx, uint64_t row, void *dst) {
+    table_gen *g = ctx;
+    if (row < g->b0 || row >= g->b1) {
+        g->b0 = row;
+        g->b1 = row + g->batch < g->rows ? row + g->batch : g->rows;
+        long long n = (long long)(g->b1 - g->b0);
+#pragma omp parallel for schedule(static)
+        for (long long i = 0; i < n; i++)
+            fill_bf16((uint16_t *)(g->buf + (size_t)i * g->rb), g->cols,
+                      stream_start(g->seed, 0x7ab1eu, g->b0 + (uint64_t)i));
+        double now = util_now();
+        if (!g->quiet && now - g->last >= 5.0) {
+            g->last = now;
+            double done = (double)row / (double)g->rows;
+            fprintf(stderr, "synthetic table %s: %.1f%% of %.2f GB, %.0f MB/s\n", g->path, 100.0 * done,
+                    (double)g->rows * g->rb / 1e9, (double)row * g->rb / 1e6 / (now - g->t0));
+        }
+    }
+    memcpy(dst, g->buf + (row - g->b0) * g->rb, g->rb);
+    return 0;
+}
+
+/* Makes (or reuses) dir/engram_layer_<id>.tbl for the model's Engram layer.
+ * A file is reused when its stamp (path.synthetic) says the same generator,
+ * seed and shape made it; a stale synthetic file is replaced; any other file
+ * of that name is refused, never overwritten. */
+static int make_table(model *m, const char *dir, uint64_t seed, bool quiet, char *err, size_t errlen) {
+    const engram_weights *w = &m->engram->layers[0];
+    char path[4096], stamp_path[4200], stamp[256];
+    snprintf(path, sizeof(path), MODEL_ENGRAM_TABLE_FMT, dir, w->layer_id);
+    snprintf(stamp_path, sizeof(stamp_path), "%s.synthetic", path);
+    snprintf(stamp, sizeof(stamp), "engram synthetic table v%d seed %llu layer %d rows %d cols %d bf16\n",
+             SYN_TABLE_VERSION, (unsigned long long)seed, w->layer_id, w->table.rows, w->table.cols);
+    if (mkdir(dir, 0755) && errno != EEXIST) {
+        snprintf(err, errlen, "%s: cannot create the table directory: %s", dir, strerror(errno));
+        return MODEL_ERR_IO;
+    }
+    struct stat stt;
+    bool exists = stat(path, &stt) == 0;
+    char ferr[256];
+    size_t len = 0;
+    char *old = util_read_file(stamp_path, 4096, &len, ferr, sizeof(ferr));
+    if (exists && old && !strcmp(old, stamp)) {
+        free(old);
+        if (!quiet) fprintf(stderr, "synthetic table %s: reusing it (same seed and shape)\n", path);
+        return MODEL_OK;
+    }
+    if (exists && !old) {
+        snprintf(err, errlen, "%s exists and was not made by a synthetic model (no %s); remove it or choose another "
+                 "table directory", path, stamp_path);
+        return MODEL_ERR_IO;
+    }
+    if (old) { /* a synthetic table of another seed or shape: replace it */
+        if (!quiet) fprintf(stderr, "synthetic table %s: made for another seed or shape, replacing it\n", path);
+        unlink(path);
+        unlink(stamp_path);
+        free(old);
+    }
+    uint32_t rb = engram_store_row_bytes(ENGRAM_STORE_BF16, (uint32_t)w->table.cols);
+    uint64_t bytes = ENGRAM_STORE_BLOCK + (uint64_t)w->table.rows * engram_store_row_stride(rb);
+    struct statvfs vfs;
+    if (statvfs(dir, &vfs) == 0 && (uint64_t)vfs.f_bavail * vfs.f_frsize < bytes + (64u << 20)) {
+        snprintf(err, errlen, "%s: the synthetic Engram table needs %.2f GB but the filesystem has %.2f GB free", dir,
+                 bytes / 1e9, (double)vfs.f_bavail * vfs.f_frsize / 1e9);
+        return MODEL_ERR_IO;
+    }
+    table_gen g = {.seed = seed ^ ((uint64_t)w->layer_id << 32), .rows = (uint64_t)w->table.rows,
+                   .cols = (uint32_t)w->table.cols, .rb = rb, .batch = (32u << 20) / rb + 1, .path = path, .quiet = quiet};
+    if (!(g.buf = malloc((size_t)g.batch * rb))) return MODEL_ERR_NOMEM;
+    g.t0 = g.last = util_now();
+    if (!quiet)
+        fprintf(stderr, "synthetic table %s: writing %d rows x %d bf16 (%.2f GB)\n", path, w->table.rows,
+                w->table.cols, bytes / 1e9);
+    char serr[512];
+    int src = engram_store_write(path, ENGRAM_STORE_BF16, g.rows, g.cols, table_fill, &g, serr, sizeof(serr));
+    free(g.buf);
+    if (src) {
+        snprintf(err, errlen, "%s", serr);
+        return src == ENGRAM_STORE_ENOMEM ? MODEL_ERR_NOMEM : MODEL_ERR_IO;
+    }
+    char tmp[4300];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", stamp_path);
+    FILE *f = fopen(tmp, "w");
+    if (!f || fputs(stamp, f) < 0 || fclose(f) || rename(tmp, stamp_path)) {
+        snprintf(err, errlen, "%s: cannot write: %s", stamp_path, strerror(errno));
+        return MODEL_ERR_IO;
+    }
+    if (!quiet) fprintf(stderr, "synthetic table %s: written in %.1fs\n", path, util_now() - g.t0);
+    return MODEL_OK;
+}
+
+/* ---- the model ---- */
+
+int model_synthetic_ex(const char *spec, uint64_t seed, const model_synthetic_params *params, model **out,
+                       char *err, size_t errlen) {
+    *out = NULL;
+    if (errlen) err[0] = 0;
+    model_synthetic_params p = params ? *params : model_synthetic_default_params();
+    model_config cfg;
+    int rc = model_synthetic_config(spec, &cfg, err, errlen);
+    if (rc) return rc;
+    if (cfg.engram.present && !p.table_dir) {
+        snprintf(err, errlen,
+                 "synthetic spec \"%s\": +engram needs a table directory (--synthetic-table-dir DIR): the table is "
+                 "written there as a file, never held in anonymous memory",
+                 spec);
+        return MODEL_ERR_CONFIG;
+    }
+    model *m = calloc(1, sizeof(*m));
+    size_t dl = strlen(spec) + 16;
+    if (!m || !(m->dir = malloc(dl))) {
+        free(m);
+        snprintf(err, errlen, "out of memory");
+        return MODEL_ERR_NOMEM;
+    }
+    snprintf(m->dir, dl, "synthetic:%s", spec);
+    m->cfg = cfg;
+    if (!(m->layers = calloc((size_t)cfg.n_layers, sizeof(layer_weights)))) {
+        rc = MODEL_ERR_NOMEM;
+        goto fail;
+    }
+    if (cfg.engram.present && (rc = make_engram(m, err, errlen))) goto fail;
+    /* the table file first: a refusal or a full disk costs no weight filling */
+    if (m->engram && (rc = make_table(m, p.table_dir, seed, p.quiet, err, errlen))) goto fail;
+
+    arena a = {0};
+    layout(m, &a);
+    void *base = mmap(NULL, a.used, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) {
+        snprintf(err, errlen, "%s: out of memory for %.2f GB of weights", m->dir, a.used / 1e9);
+        rc = MODEL_ERR_NOMEM;
+        goto fail;
+    }
+    m->synth = base;
+    m->synth_bytes = a.used;
+    madvise(base, a.used, MADV_HUGEPAGE); /* fewer faults while filling; a refusal changes nothing */
+    a = (arena){.base = base};
+    layout(m, &a);
+    fill_arena(&a, seed);
+    if ((rc = make_vectors(m, seed))) goto fail;
+    if (m->engram && (rc = model_engram_use_tables(m, p.table_dir, &p.store, err, errlen))) goto fail;
+    *out = m;
+    return MODEL_OK;
+fail:
+    if (rc == MODEL_ERR_NOMEM && errlen && !err[0]) snprintf(err, errlen, "out of memory");
+    model_destroy(m);
+    return rc;
+}
+
+int model_synthetic(const char *spec, uint64_t seed, model **out, char *err, size_t errlen) {
+    return model_synthetic_ex(spec, seed, NULL, out, err, errlen);
+}

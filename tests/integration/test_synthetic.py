@@ -1,0 +1,101 @@
+"""Synthetic models end to end (engine/model_synthetic): engram-run generates
+from qwen3-0.6b's real shape with token-id prompts, deterministically per
+seed; bad specs and flag combinations fail with a clear message;
+bench-throughput runs a tiny workload to completion with exactly the asked
+token counts; engram-server serves a synthetic model to token-id prompts."""
+import json
+
+from conftest import run_bin
+from serverutil import Server, check_error, post
+
+ENV_THREADS = ("--threads", "2")
+
+
+def ids_of(p):
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_run_qwen3_0_6b_prints_ids():
+    p = run_bin("engram-run", "--synthetic", "qwen3-0.6b", "--prompt-ids", "1,2,3", "--max-tokens", "4",
+                "--temperature", "0", "--print-ids", *ENV_THREADS)
+    ids = ids_of(p)
+    assert len(ids) == 4 and all(0 <= i < 151936 for i in ids), ids
+    assert "596049920 backbone parameters" in p.stderr, p.stderr
+
+
+def test_run_seeds():
+    args = ("--synthetic", "llama3-1b+layers:2", "--prompt-ids", "5,6,7,8", "--max-tokens", "3", "--temperature", "0",
+            "--print-ids", *ENV_THREADS)
+    a = ids_of(run_bin("engram-run", *args, "--synthetic-seed", "11"))
+    b = ids_of(run_bin("engram-run", *args, "--synthetic-seed", "11"))
+    c = ids_of(run_bin("engram-run", *args, "--synthetic-seed", "12"))
+    assert a == b and a != c, (a, b, c)
+    assert all(0 <= i < 128256 for i in a + c)
+
+
+def test_run_engram_table(tmp_path):
+    args = ("--synthetic", "qwen3-0.6b+layers:2+engram:50k", "--synthetic-table-dir", tmp_path, "--prompt-ids",
+            "1,2,3", "--max-tokens", "2", "--temperature", "0", "--print-ids", *ENV_THREADS)
+    p = run_bin("engram-run", *args)
+    assert "writing" in p.stderr and (tmp_path / "engram_layer_1.tbl").exists(), p.stderr
+    q = run_bin("engram-run", *args, "--engram-tier", "nvme", "--engram-io", "pread")
+    assert "reusing" in q.stderr, q.stderr
+    assert ids_of(p) == ids_of(q)  # the same rows from either tier
+    info = json.loads(run_bin("engram-tables", "info", tmp_path / "engram_layer_1.tbl").stdout)
+    assert info["cols"] == 64 and info["dtype"] == "bf16" and abs(info["rows"] - 50000) < 500, info
+
+
+def test_bad_specs_and_flags(tmp_path):
+    p = run_bin("engram-run", "--synthetic", "qwen3-9b", "--prompt-ids", "1", check=False)
+    assert p.returncode == 1
+    assert 'synthetic spec "qwen3-9b": unknown model (known: qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b, ' \
+           'llama3-1b, llama3-8b)' in p.stderr, p.stderr
+    p = run_bin("engram-run", "--synthetic", "qwen3-0.6b+engram:1M", "--prompt-ids", "1", check=False)
+    assert p.returncode == 1 and "--synthetic-table-dir" in p.stderr, p.stderr
+    p = run_bin("engram-run", "--synthetic", "qwen3-0.6b+layers:99", "--prompt-ids", "1", check=False)
+    assert p.returncode == 1 and "+layers:N needs N from 1 to 28" in p.stderr, p.stderr
+    for args, needle in [
+        (("--synthetic", "qwen3-0.6b", "--prompt", "hi"), "no tokenizer"),
+        (("--synthetic", "qwen3-0.6b", "--model", tmp_path, "--prompt-ids", "1"), "one of --model, --synthetic"),
+        (("--synthetic", "qwen3-0.6b", "--engram-tables", tmp_path, "--prompt-ids", "1"), "--synthetic-table-dir"),
+        (("--model", tmp_path, "--synthetic-seed", "3", "--prompt-ids", "1"), "need --synthetic"),
+        (("--synthetic", "qwen3-0.6b", "--synthetic-seed", "x", "--prompt-ids", "1"), "bad value"),
+    ]:
+        p = run_bin("engram-run", *args, check=False)
+        assert p.returncode == 2 and needle in p.stderr, (args, p.stderr)
+    p = run_bin("bench-throughput", "--synthetic", "qwen3-9b", "-n", "1", check=False)
+    assert p.returncode == 1 and "unknown model" in p.stderr, p.stderr
+    p = run_bin("bench-throughput", "--synthetic", "qwen3-0.6b", "--len", "9:3", check=False)
+    assert p.returncode == 2 and "bad value for --len" in p.stderr, p.stderr
+    p = run_bin("bench-throughput", "-n", "1", check=False)
+    assert p.returncode == 2 and "exactly one of --synthetic SPEC, --model DIR" in p.stderr, p.stderr
+
+
+def test_bench_throughput_tiny():
+    p = run_bin("bench-throughput", "--synthetic", "qwen3-0.6b", "-n", "3", "--len", "3:3", "--max-num-seqs", "2",
+                "--kv-cache-tokens", "64", *ENV_THREADS)
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["n"] == 3 and r["failed"] == 0
+    assert r["prompt_tokens"] == 9 and r["output_tokens"] == 9, r
+    assert r["wall_s"] > 0 and abs(r["output_tok_s"] - 9 / r["wall_s"]) < 1e-2 * r["output_tok_s"]
+    assert abs(r["total_tok_s"] - 18 / r["wall_s"]) < 1e-2 * r["total_tok_s"]
+    assert 0 < r["ttft_p50_s"] <= r["ttft_p99_s"] <= r["wall_s"]
+    # every model token in a step: 9 prompt tokens, then 2 decode steps of each sequence
+    assert r["steps"] >= 3 and r["mean_step_tokens"] * r["steps"] == 9 + 3 * 2, r
+
+
+def test_server_token_prompts():
+    s = Server("--synthetic", "qwen3-0.6b+layers:2", "--synthetic-seed", "4", model=None)
+    try:
+        r = post(s.url, "/v1/completions", {"prompt": [1, 2, 3], "max_tokens": 3, "temperature": 0,
+                                            "ignore_eos": True}, key=None)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == "qwen3-0.6b+layers:2"
+        assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}, body
+        check_error(post(s.url, "/v1/completions", {"prompt": "text", "max_tokens": 2}, key=None), 400, "prompt")
+        check_error(post(s.url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, key=None),
+                    400, "messages")
+    finally:
+        out = s.stop()
+    assert "serving synthetic qwen3-0.6b+layers:2" in out, out

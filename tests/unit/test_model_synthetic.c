@@ -1,0 +1,294 @@
+/* Unit tests for engine/model_synthetic: each spec's shape against the
+ * published parameter counts of the release it copies, the same bits from the
+ * same seed (on any thread count) and others from another seed, the value
+ * distribution, bad specs refused with a message naming the problem, and the
+ * Engram table file (written, reused, replaced when stale, a foreign file
+ * refused) read through a forward pass. */
+#include <check.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "forward.h"
+#include "model.h"
+#include "numeric.h"
+
+/* Published sizes. Qwen3 model cards (huggingface.co/Qwen/Qwen3-*): "Number of
+ * Parameters" 0.6B, 1.7B, 4.0B, 8.2B and "(Non-Embedding)" 0.44B, 1.4B, 3.6B,
+ * 6.95B. Llama model cards: Llama-3.2-1B 1.23B, Llama-3.1-8B 8.03B. `exact` is
+ * the count the official config.json implies (embeddings once when tied,
+ * every matrix and norm): a regression value, checked against the published
+ * figures by the ratios below. */
+static const struct {
+    const char *spec;
+    double total, non_embedding; /* published; 0: not published */
+    double total_digits_unit;    /* the published total is rounded to this */
+    long long exact;
+} published[] = {
+    {"qwen3-0.6b", 0.6e9, 0.44e9, 0.1e9, 596049920LL},
+    {"qwen3-1.7b", 1.7e9, 1.4e9, 0.1e9, 1720574976LL},
+    {"qwen3-4b", 4.0e9, 3.6e9, 0.1e9, 4022468096LL},
+    {"qwen3-8b", 8.2e9, 6.95e9, 0.1e9, 8190735360LL},
+    {"llama3-1b", 1.23e9, 0, 0.01e9, 1235814400LL},
+    {"llama3-8b", 8.03e9, 0, 0.01e9, 8030261248LL},
+};
+
+START_TEST(test_param_counts) {
+    for (size_t i = 0; i < sizeof(published) / sizeof(published[0]); i++) {
+        model_config c;
+        char err[512];
+        ck_assert_int_eq(model_synthetic_config(published[i].spec, &c, err, sizeof(err)), MODEL_OK);
+        long long n = (long long)model_config_param_count(&c);
+        ck_assert_msg(n == published[i].exact, "%s: %lld parameters, expected %lld", published[i].spec, n,
+                      published[i].exact);
+        /* the non-embedding count (Qwen3 cards) or the total (Llama cards) within 1% */
+        double emb = (double)c.vocab_size * c.hidden_size * (c.tie_word_embeddings ? 1 : 2); /* and lm_head */
+        if (published[i].non_embedding)
+            ck_assert_msg(fabs((n - emb) / published[i].non_embedding - 1) < 0.01, "%s non-embedding %.4g vs %.4g",
+                          published[i].spec, n - emb, published[i].non_embedding);
+        else
+            ck_assert_msg(fabs(n / published[i].total - 1) < 0.01, "%s total %.4g vs %.4g", published[i].spec,
+                          (double)n, published[i].total);
+        /* the total: within 1%, or rounding to a figure published with two digits (1.7B) */
+        double tol = fmax(0.01 * published[i].total, published[i].total_digits_unit / 2);
+        ck_assert_msg(fabs(n - published[i].total) <= tol, "%s: total %.4g vs published %.4g", published[i].spec,
+                      (double)n, published[i].total);
+    }
+}
+END_TEST
+
+START_TEST(test_config_fields) {
+    model_config c;
+    char err[512];
+    ck_assert_int_eq(model_synthetic_config("qwen3-4b", &c, err, sizeof(err)), MODEL_OK);
+    ck_assert_int_eq(c.arch, ARCH_QWEN3);
+    ck_assert(c.qk_norm && c.tie_word_embeddings && c.rope == ROPE_DEFAULT && !c.engram.present);
+    ck_assert_int_eq(c.hidden_size, 2560);
+    ck_assert_int_eq(c.n_heads * c.head_dim, 4096); /* wider than hidden in Qwen3-4B */
+    ck_assert_int_eq(c.max_position_embeddings, 40960);
+    ck_assert(c.rope_theta == 1e6);
+    ck_assert_int_eq(model_synthetic_config("qwen3-8b", &c, err, sizeof(err)), MODEL_OK);
+    ck_assert(!c.tie_word_embeddings);
+    ck_assert_int_eq(model_synthetic_config("llama3-1b", &c, err, sizeof(err)), MODEL_OK);
+    ck_assert(c.arch == ARCH_LLAMA && !c.qk_norm && c.tie_word_embeddings && c.rope == ROPE_LLAMA3);
+    ck_assert(c.rope_factor == 32 && c.rope_low_freq_factor == 1 && c.rope_high_freq_factor == 4 &&
+              c.rope_original_max_pos == 8192 && c.rope_theta == 500000);
+    ck_assert_int_eq(c.head_dim, 64);
+    ck_assert_int_eq(c.vocab_size, 128256);
+    ck_assert_int_eq(model_synthetic_config("llama3-8b+layers:3", &c, err, sizeof(err)), MODEL_OK);
+    ck_assert(c.rope_factor == 8 && c.n_layers == 3 && !c.tie_word_embeddings);
+    ck_assert_int_eq(model_synthetic_config("qwen3-1.7b+engram:1.6M", &c, err, sizeof(err)), MODEL_OK);
+    ck_assert(c.engram.present && c.engram.n_layers == 1 && c.engram.layer_ids[0] == 1);
+    ck_assert(c.engram.max_ngram_size == 3 && c.engram.n_head_per_ngram == 8 && c.engram.n_embed_per_ngram == 512);
+    ck_assert(c.engram.vocab_size[0] == c.engram.vocab_size[1]);
+    ck_assert(c.engram.vocab_size[0] > 99000 && c.engram.vocab_size[0] <= 100000); /* 1.6M / 16, less the spread */
+}
+END_TEST
+
+static void expect_bad(const char *spec, const char *needle) {
+    model_config c;
+    char err[512] = "";
+    ck_assert_int_eq(model_synthetic_config(spec, &c, err, sizeof(err)), MODEL_ERR_CONFIG);
+    ck_assert_msg(strstr(err, needle) != NULL, "spec \"%s\": message \"%s\" lacks \"%s\"", spec, err, needle);
+    model *m = (model *)1;
+    ck_assert_int_eq(model_synthetic(spec, 0, &m, err, sizeof(err)), MODEL_ERR_CONFIG);
+    ck_assert_ptr_null(m);
+}
+
+START_TEST(test_bad_specs) {
+    expect_bad("", "empty");
+    expect_bad("qwen3-9b", "unknown model (known: qwen3-0.6b");
+    expect_bad("gpt2", "llama3-8b");
+    expect_bad("qwen3-0.6b+engram", "+engram:ROWS or +layers:N");
+    expect_bad("qwen3-0.6b+engram:12", "from 1000 to 2e9");
+    expect_bad("qwen3-0.6b+engram:3e9", "from 1000 to 2e9");
+    expect_bad("qwen3-0.6b+engram:1.5x", "from 1000 to 2e9");
+    expect_bad("qwen3-0.6b+layers:0", "from 1 to 28");
+    expect_bad("qwen3-0.6b+layers:29", "from 1 to 28");
+    expect_bad("qwen3-0.6b+speed:9", "unknown option");
+    expect_bad("qwen3-0.6b+layers:1+engram:10k", "at least 2 layers");
+    /* a good spec with +engram but no table directory */
+    char err[512] = "";
+    model *m = NULL;
+    ck_assert_int_eq(model_synthetic("qwen3-0.6b+engram:10k", 0, &m, err, sizeof(err)), MODEL_ERR_CONFIG);
+    ck_assert_msg(strstr(err, "--synthetic-table-dir") != NULL, "%s", err);
+    ck_assert_ptr_null(m);
+}
+END_TEST
+
+static model *make(const char *spec, uint64_t seed) {
+    model *m = NULL;
+    char err[512];
+    int rc = model_synthetic(spec, seed, &m, err, sizeof(err));
+    ck_assert_msg(rc == MODEL_OK, "%s: %s", spec, err);
+    return m;
+}
+
+START_TEST(test_seeds) {
+    const char *spec = "qwen3-0.6b+layers:1";
+    omp_set_num_threads(1); /* the bits must not depend on the thread count */
+    model *a = make(spec, 7);
+    omp_set_num_threads(2);
+    model *b = make(spec, 7), *c = make(spec, 8);
+    ck_assert_uint_eq(a->synth_bytes, b->synth_bytes);
+    ck_assert_msg(memcmp(a->synth, b->synth, a->synth_bytes) == 0, "same seed, different weights");
+    /* another seed: almost every value differs */
+    const uint16_t *x = a->layers[0].w_down.data, *y = c->layers[0].w_down.data;
+    size_t n = (size_t)a->layers[0].w_down.rows * a->layers[0].w_down.cols, same = 0;
+    for (size_t i = 0; i < n; i++) same += x[i] == y[i];
+    ck_assert_msg(same < n / 50, "seeds 7 and 8 share %zu of %zu values", same, n);
+    /* distribution: uniform, mean 0, standard deviation 0.02, nothing outside +-sqrt(3)*0.02 */
+    const uint16_t *e = a->embed.data;
+    size_t ne = (size_t)4 << 20; /* a sample: the first 4M values */
+    double s = 0, s2 = 0, mx = 0;
+    for (size_t i = 0; i < ne; i++) {
+        double v = bf16_to_f32(e[i]);
+        s += v, s2 += v * v;
+        if (fabs(v) > mx) mx = fabs(v);
+    }
+    double mean = s / ne, sd = sqrt(s2 / ne - mean * mean);
+    ck_assert_msg(fabs(mean) < 1e-4 && fabs(sd - 0.02) < 2e-4 && mx <= 0.0348, "mean %g sd %g max %g", mean, sd, mx);
+    ck_assert(a->final_norm[0] == 1.0f && a->layers[0].q_norm[127] == 1.0f && a->layers[0].ffn_norm[1023] == 1.0f);
+    ck_assert_ptr_eq(a->lm_head.data, a->embed.data); /* tied */
+    model_destroy(a);
+    model_destroy(b);
+    model_destroy(c);
+}
+END_TEST
+
+/* The whole 0.6B: its weights count as its config says, and it runs. (One
+ * layer of it in the sanitizer build, where filling 1.2 GB unoptimized would
+ * dominate the test run.) */
+#if defined(__SANITIZE_ADDRESS__)
+#define FULL_SPEC "qwen3-0.6b+layers:1"
+#else
+#define FULL_SPEC "qwen3-0.6b"
+#endif
+START_TEST(test_full_model_runs) {
+    model *m = make(FULL_SPEC, 1);
+    model_config c;
+    char err[512];
+    ck_assert_int_eq(model_synthetic_config(FULL_SPEC, &c, err, sizeof(err)), MODEL_OK);
+    ck_assert_int_eq(model_param_count(m), model_config_param_count(&c));
+    if (c.n_layers == 28) ck_assert_int_eq(model_param_count(m), 596049920LL);
+    forward_ctx *fc = NULL;
+    ck_assert_int_eq(forward_ctx_create(m, backend_cpu(), 8, 1, &fc, err, sizeof(err)), FORWARD_OK);
+    forward_state *st = NULL;
+    ck_assert_int_eq(forward_state_create(fc, NULL, 8, &st), FORWARD_OK);
+    float *logits = malloc((size_t)m->cfg.vocab_size * sizeof(float));
+    int32_t ids[] = {151935};
+    ck_assert_int_eq(forward_run(fc, st, ids, 1, logits, NULL), FORWARD_OK);
+    for (int i = 0; i < m->cfg.vocab_size; i++) ck_assert(isfinite(logits[i]));
+    free(logits);
+    forward_state_destroy(st);
+    forward_ctx_destroy(fc);
+    model_destroy(m);
+}
+END_TEST
+
+static char dir[] = "/tmp/test_model_synthetic.XXXXXX";
+static char tbl[300], stamp[320];
+
+static model *make_engram(const char *spec, uint64_t seed, int expect_rc, char *err, size_t errlen) {
+    model_synthetic_params p = model_synthetic_default_params();
+    p.table_dir = dir;
+    p.quiet = true;
+    model *m = NULL;
+    int rc = model_synthetic_ex(spec, seed, &p, &m, err, errlen);
+    ck_assert_msg(rc == expect_rc, "%s: rc %d: %s", spec, rc, err);
+    return m;
+}
+
+static long long mtime_of(const char *path) {
+    struct stat s;
+    ck_assert_int_eq(stat(path, &s), 0);
+    return (long long)s.st_mtim.tv_sec * 1000000000LL + s.st_mtim.tv_nsec;
+}
+
+START_TEST(test_engram_table) {
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(tbl, sizeof(tbl), "%s/engram_layer_1.tbl", dir);
+    snprintf(stamp, sizeof(stamp), "%s.synthetic", tbl);
+    char err[1024];
+    const char *spec = "qwen3-0.6b+layers:2+engram:20k";
+    model *m = make_engram(spec, 3, MODEL_OK, err, sizeof(err));
+    const model_engram *e = m->engram;
+    ck_assert_ptr_nonnull(e);
+    ck_assert(e->n_layers == 1 && e->n_heads == 16 && e->head_dim == 64 && e->embed_dim == 1024);
+    ck_assert(e->vc == m->cfg.vocab_size && e->lookup[151935] == 151935); /* identity lookup */
+    const engram_weights *w = &e->layers[0];
+    ck_assert_ptr_eq(m->layers[1].engram, w);
+    ck_assert_ptr_nonnull(w->store);
+    ck_assert_msg(abs(w->table.rows - 20000) < 200, "table rows %d for 20k", w->table.rows);
+    ck_assert_int_eq(access(stamp, F_OK), 0);
+    engram_store_header h = engram_store_get_info(w->store).header;
+    ck_assert(h.rows == (uint64_t)w->table.rows && h.cols == 64 && h.dtype == ENGRAM_STORE_BF16);
+
+    /* it runs, and the gate sees the table */
+    forward_ctx *fc = NULL;
+    ck_assert_int_eq(forward_ctx_create(m, backend_cpu(), 8, 1, &fc, err, sizeof(err)), FORWARD_OK);
+    forward_state *st = NULL;
+    ck_assert_int_eq(forward_state_create(fc, NULL, 8, &st), FORWARD_OK);
+    float *logits = malloc((size_t)m->cfg.vocab_size * sizeof(float)), gates[4];
+    int32_t ids[] = {5, 6, 7, 8};
+    ck_assert_int_eq(forward_run(fc, st, ids, 4, logits, gates), FORWARD_OK);
+    for (int t = 0; t < 4; t++) ck_assert(gates[t] > 0 && gates[t] < 1);
+    forward_state_destroy(st);
+    forward_ctx_destroy(fc);
+    free(logits);
+
+    /* the same seed reuses the file; the rows read back are the same */
+    long long t0 = mtime_of(tbl);
+    float r1[64], r2[64];
+    int64_t row = 1234;
+    ck_assert_int_eq(engram_store_gather(w->store, &row, 1, r1, NULL), ENGRAM_STORE_OK);
+    model_destroy(m);
+    m = make_engram(spec, 3, MODEL_OK, err, sizeof(err));
+    ck_assert(mtime_of(tbl) == t0);
+    ck_assert_int_eq(engram_store_gather(m->engram->layers[0].store, &row, 1, r2, NULL), ENGRAM_STORE_OK);
+    ck_assert(memcmp(r1, r2, sizeof(r1)) == 0);
+    model_destroy(m);
+
+    /* another seed replaces it with other rows */
+    m = make_engram(spec, 4, MODEL_OK, err, sizeof(err));
+    ck_assert_int_eq(engram_store_gather(m->engram->layers[0].store, &row, 1, r2, NULL), ENGRAM_STORE_OK);
+    ck_assert(memcmp(r1, r2, sizeof(r1)) != 0);
+    model_destroy(m);
+
+    /* a table file that no synthetic model made is never overwritten */
+    ck_assert_int_eq(unlink(stamp), 0);
+    m = make_engram(spec, 4, MODEL_ERR_IO, err, sizeof(err));
+    ck_assert_ptr_null(m);
+    ck_assert_msg(strstr(err, "was not made by a synthetic model") != NULL, "%s", err);
+
+    unlink(tbl);
+    rmdir(dir);
+}
+END_TEST
+
+static Suite *suite(void) {
+    Suite *s = suite_create("model_synthetic");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_param_counts);
+    tcase_add_test(tc, test_config_fields);
+    tcase_add_test(tc, test_bad_specs);
+    tcase_add_test(tc, test_seeds);
+    tcase_add_test(tc, test_full_model_runs);
+    tcase_add_test(tc, test_engram_table);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) {
+    SRunner *sr = srunner_create(suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
