@@ -19,6 +19,10 @@ pack=$(cd "$1" && pwd); outdir=$2; shift 2
 mkdir -p "$outdir"
 secs=("$@"); [ ${#secs[@]} -gt 0 ] || secs=(peak decode ttft tput)
 ids() { seq -s, 1 "$1"; } # prompt ids 1..N
+# KV cache tokens for the throughput runs on an 80 GB H100: both models keep
+# 147,456 bytes per token (36 layers, 8 KV heads of 128, K and V bf16); what
+# is left after weights (8.0 / 16.4 GB) and step scratch (~3 GB).
+kv_for() { case $1 in qwen3-4b) echo ${TPUT_KV:-420000} ;; *) echo ${TPUT_KV:-380000} ;; esac; }
 echo "== $(date -u '+%F %T UTC') $(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader)"
 run_sec() {
   case $1 in
@@ -41,12 +45,12 @@ run_sec() {
     [ "$1" = tput4b ] && ms=(qwen3-4b)
     [ "$1" = tput8b ] && ms=(qwen3-8b)
     for m in "${ms[@]}"; do
-      for seqs in ${TPUT_SEQS:-256}; do
+      for seqs in ${TPUT_SEQS:-512}; do
         local f=(--synthetic $m --device cuda -n 512 --len 100:1024 --max-num-seqs $seqs
                  --max-num-batched-tokens ${TPUT_BATCH:-16384} --prefill-chunk ${TPUT_CHUNK:-16384}
-                 --kv-cache-tokens ${TPUT_KV:-380000})
+                 --kv-cache-tokens $(kv_for $m))
         echo "-- bench-throughput ${f[*]}"
-        timeout 280 "$pack/run" bench-throughput "${f[@]}"
+        timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}"
       done
     done ;;
   *) echo "gpu.sh: unknown section $1" ;;
