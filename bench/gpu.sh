@@ -2,12 +2,14 @@
 # The GPU benchmarks of bench/RESULTS.md, run from a folder made by
 # scripts/gpu-pack (its bin/ and lib/), from the repository root:
 #   bench/gpu.sh PACK OUTDIR [SECTION...]   (scripts/gpu-pack copies it to PACK/gpu.sh)
-# Sections (default: peak decode ttft tput):
+# Sections (default: peak decode single ttft tput):
 #   check   the three parity checks (PACK/check)
 #   peak    bench-gpu_peak llama3-8b llama3-1b: device copy rate, cuBLAS bf16
 #           8192^3, one layer's products through the backend at T = 1..8192
 #   decode  engram-run single-stream greedy decode, synthetic llama3-1b,
 #           llama3-8b, qwen3-8b (16-token prompt, 256 tokens, --warmup)
+#   single  bench-throughput -n 1 (16 prompt tokens, 1024 output tokens): one
+#           greedy stream through the engine (device argmax), same models
 #   ttft    engram-run prefill of 1024 and 8192 prompt tokens, llama3-8b
 #           (--prefill-chunk = the prompt, --warmup, 1 output token)
 #   tput    bench-throughput, the paper's workload (512 sequences, lengths
@@ -17,7 +19,7 @@
 set -uo pipefail
 pack=$(cd "$1" && pwd); outdir=$2; shift 2
 mkdir -p "$outdir"
-secs=("$@"); [ ${#secs[@]} -gt 0 ] || secs=(peak decode ttft tput)
+secs=("$@"); [ ${#secs[@]} -gt 0 ] || secs=(peak decode single ttft tput)
 ids() { seq -s, 1 "$1"; } # prompt ids 1..N
 # KV cache tokens for the throughput runs on an 80 GB H100: both models keep
 # 147,456 bytes per token (36 layers, 8 KV heads of 128, K and V bf16); what
@@ -33,6 +35,11 @@ run_sec() {
       echo "-- $m: --prompt-ids 1..16 --max-tokens 256"
       timeout 200 "$pack/run" engram-run --synthetic $m --device cuda --prompt-ids "$(ids 16)" --max-tokens 256 \
         --temperature 0 --ignore-eos --warmup 2>&1 | grep -E '^engram-run'
+    done ;;
+  single)
+    for m in llama3-1b llama3-8b qwen3-8b; do
+      timeout 200 "$pack/run" bench-throughput --synthetic $m --device cuda -n 1 --prompt-len 16:16 \
+        --output-len 1024:1024 --kv-cache-tokens 2048 | grep -vE '^\{|^warn'
     done ;;
   ttft)
     for n in 1024 8192; do

@@ -309,6 +309,7 @@ int forward_state_reserve(forward_state *s, int n) {
  * steps have the same shape and can replay one recording.
  * Returns FORWARD_OK or an error with nothing appended. */
 #define STEP_BLOCKS_BUCKET 32
+#define STEP_RECORD_MAX_TOKENS 64
 static int plan_step(forward_ctx *fc, const forward_item *it, int n_items, batch_desc *b, bool bucket) {
     const model *m = fc->m;
     const model_engram *e = m->engram;
@@ -402,9 +403,13 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
     const model_config *c = &bm->cfg;
     const backend_ops *o = fc->ops;
     batch_desc b;
-    /* Decode steps (one token per sequence) of a model without Engram (whose
-     * layers do host work) may be recorded once and replayed by the backend. */
-    bool record = o->step_begin && !e;
+    /* Decode steps (one token per sequence) of up to STEP_RECORD_MAX_TOKENS
+     * sequences, of a model without Engram (whose layers do host work), may be
+     * recorded once and replayed by the backend: launching the ops costs more
+     * host time than such a step runs on a GPU. Larger steps hide the
+     * launches behind their own work, and their batch changes too often for
+     * a recording to pay. */
+    bool record = o->step_begin && !e && n_items <= STEP_RECORD_MAX_TOKENS;
     for (int i = 0; i < n_items && record; i++) record = it[i].n == 1;
     int rc = plan_step(fc, it, n_items, &b, record);
     if (rc != FORWARD_OK) return rc;
