@@ -9,7 +9,11 @@
  *          as the forward pass calls it (activation rounding included), at
  *          several token counts T: TFLOP/s against the gemm rate and weight
  *          GB/s against the copy rate.
- *   build/bench-gpu_peak [llama3-8b|qwen3-8b|llama3-1b|qwen3-4b] */
+ *   ops    each op of one llama3-8b decode layer (T = 1, context 272) alone,
+ *          100 back-to-back calls recorded as one CUDA graph through the
+ *          backend's step_begin/step_end and replayed: us per call with no
+ *          launch gaps from the host.
+ *   build/bench-gpu_peak [llama3-8b|qwen3-8b|llama3-1b|qwen3-4b|ops]... */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -185,6 +189,98 @@ static void model_layer(const shape *s, double peak_tf, double copy_gbs) {
     cudaFree(x), cudaFree(out);
 }
 
+/* ---- single ops of a decode step ---- */
+
+static const backend_ops *G;
+typedef void (*op_fn)(void *ctx);
+static double time_op(const char *name, op_fn f, void *ctx) {
+    uint64_t key[2] = {(uintptr_t)f, 0xfeed};
+    for (int pass = 0; pass < 3; pass++) { /* plain (again if scratch grew), then recorded */
+        if (G->step_begin(key, sizeof(key))) break;
+        for (int i = 0; i < 100; i++) f(ctx);
+        G->step_end();
+    }
+    CK(cudaDeviceSynchronize());
+    float ts[7];
+    for (int r = 0; r < 7; r++) {
+        double t0 = now();
+        for (int it = 0; it < 10; it++)
+            if (!G->step_begin(key, sizeof(key))) {
+                fprintf(stderr, "%s: not recorded\n", name);
+                exit(1);
+            }
+        CK(cudaDeviceSynchronize());
+        ts[r] = (float)((now() - t0) / 1000);
+    }
+    qsort(ts, 7, sizeof(float), cmp_f);
+    printf("op %-28s %7.2f us\n", name, ts[3] * 1e6);
+    return ts[3];
+}
+
+static struct {
+    float *x, *h, *q, *k, *v, *att, *gate, *up, *tmp, *g;
+    void *kc, *vc;
+    batch_desc b;
+    weight wq, wk, wgate, wdown;
+    float *inv;
+} D;
+static void op_rmsnorm(void *c) { (void)c; G->rmsnorm(D.h, D.x, D.g, 1, 4096, 1e-5f); }
+static void op_qnorm(void *c) { (void)c; G->rmsnorm(D.q, D.q, D.g, 32, 128, 1e-5f); }
+static void op_rope_q(void *c) { (void)c; G->rope(D.q, D.b.pos, 1, 32, 128, D.inv); }
+static void op_rope_k(void *c) { (void)c; G->rope(D.k, D.b.pos, 1, 8, 128, D.inv); }
+static void op_kv_store(void *c) { (void)c; G->kv_store(D.kc, D.vc, D.k, D.v, &D.b, 1024); }
+static void op_attention(void *c) { (void)c; G->attention(D.att, D.q, D.kc, D.vc, &D.b, 32, 8, 128, 0); }
+static void op_add(void *c) { (void)c; G->add(D.x, D.tmp, 4096); }
+static void op_swiglu(void *c) { (void)c; G->swiglu(D.gate, D.up, 14336); }
+static void op_mm_q(void *c) { (void)c; G->matmul(D.q, D.h, &D.wq, NULL, 1); }
+static void op_mm_k(void *c) { (void)c; G->matmul(D.k, D.h, &D.wk, NULL, 1); }
+static void op_mm_gate(void *c) { (void)c; G->matmul(D.gate, D.h, &D.wgate, NULL, 1); }
+static void op_mm_down(void *c) { (void)c; G->matmul(D.tmp, D.gate, &D.wdown, NULL, 1); }
+
+static void decode_ops(void) {
+    char err[256];
+    if (!(G = backend_cuda(err, sizeof(err)))) {
+        fprintf(stderr, "backend_cuda: %s\n", err);
+        exit(1);
+    }
+    D.x = dev_rand_f32(4096, 1), D.h = dev_rand_f32(4096, 1), D.q = dev_rand_f32(4096, 1);
+    D.k = dev_rand_f32(1024, 1), D.v = dev_rand_f32(1024, 1), D.att = dev_rand_f32(4096, 1);
+    D.gate = dev_rand_f32(14336, 1), D.up = dev_rand_f32(14336, 1), D.tmp = dev_rand_f32(4096, 1);
+    D.g = dev_rand_f32(4096, 1), D.inv = dev_rand_f32(64, 0.5f);
+    D.kc = dev_rand_bf16(512 * 1024, 1), D.vc = dev_rand_bf16(512 * 1024, 1);
+    /* one sequence at position 271, blocks 0..31 of 16, tables bucketed to 32 blocks */
+    int host[1 + 1 + 1 + 2 + 1 + 32];
+    int *pos = host, *slot = host + 1, *tok = host + 2, *ss = host + 3, *p0 = host + 5, *bt = host + 6;
+    static int h_ss[2] = {0, 1}, h_p0[1] = {271};
+    pos[0] = 271, slot[0] = 271, tok[0] = 0, ss[0] = 0, ss[1] = 1, p0[0] = 271;
+    for (int i = 0; i < 32; i++) bt[i] = i;
+    int *d;
+    CK(cudaMalloc((void **)&d, sizeof(host)));
+    CK(cudaMemcpy(d, host, sizeof(host), cudaMemcpyHostToDevice));
+    D.b = (batch_desc){.n_seqs = 1, .n_tokens = 1, .block_size = 16, .max_blocks = 32, .max_q = 1, .max_ctx = 512,
+                       .pos = d, .slot = d + 1, .tok_seq = d + 2, .seq_start = d + 3, .seq_pos0 = d + 5,
+                       .block_tables = d + 6, .h_seq_start = h_ss, .h_seq_pos0 = h_p0};
+    D.wq = (weight){.data = dev_rand_bf16(4096 * 4096, 0.02f), .dt = DTYPE_BF16, .rows = 4096, .cols = 4096};
+    D.wk = (weight){.data = dev_rand_bf16(1024 * 4096, 0.02f), .dt = DTYPE_BF16, .rows = 1024, .cols = 4096};
+    D.wgate = (weight){.data = dev_rand_bf16(14336 * 4096, 0.02f), .dt = DTYPE_BF16, .rows = 14336, .cols = 4096};
+    D.wdown = (weight){.data = dev_rand_bf16(4096 * 14336, 0.02f), .dt = DTYPE_BF16, .rows = 4096, .cols = 14336};
+    printf("ops of one llama3-8b decode layer (T = 1, context 272), each 100 x in one graph:\n");
+    double sum = 0, mm = 0;
+    sum += 2 * time_op("rmsnorm (1, 4096) x2", op_rmsnorm, NULL);
+    time_op("rmsnorm per head (32, 128)", op_qnorm, NULL); /* qwen3 only */
+    sum += time_op("rope q (32 heads)", op_rope_q, NULL);
+    sum += time_op("rope k (8 heads)", op_rope_k, NULL);
+    sum += time_op("kv_store", op_kv_store, NULL);
+    sum += time_op("attention (split + merge)", op_attention, NULL);
+    sum += 2 * time_op("add (4096) x2", op_add, NULL);
+    sum += time_op("swiglu (14336)", op_swiglu, NULL);
+    mm += 2 * time_op("matmul q/o 4096x4096 x2", op_mm_q, NULL);
+    mm += 2 * time_op("matmul k/v 1024x4096 x2", op_mm_k, NULL);
+    mm += 2 * time_op("matmul gate/up 14336x4096 x2", op_mm_gate, NULL);
+    mm += time_op("matmul down 4096x14336", op_mm_down, NULL);
+    printf("op sum per layer: products %.1f us, the rest %.1f us\n", mm * 1e6, sum * 1e6);
+}
+
 int main(int argc, char **argv) {
     struct cudaDeviceProp p;
     CK(cudaGetDeviceProperties(&p, 0));
@@ -192,6 +288,8 @@ int main(int argc, char **argv) {
     double gbs = copy_rate();
     gemm_rate(8192, CUDA_R_16BF);
     double tf = gemm_rate(8192, CUDA_R_32F);
+    for (int a = 1; a < argc; a++)
+        if (!strcmp(argv[a], "ops")) decode_ops();
     for (int a = 1; a < argc; a++)
         for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++)
             if (!strcmp(argv[a], shapes[i].name)) model_layer(&shapes[i], tf, gbs);
