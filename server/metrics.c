@@ -153,31 +153,48 @@ static void render_store_histogram(strbuf *b, const char *name, const char *help
 }
 
 static void render_store(strbuf *b, const engram_store_stats *es) {
-#define C(name, help, v) \
-    sb_printf(b, "# HELP " name " " help "\n# TYPE " name " counter\n" name " %llu\n", (unsigned long long)(v))
-#define G(name, help, v) \
-    sb_printf(b, "# HELP " name " " help "\n# TYPE " name " gauge\n" name " %llu\n", (unsigned long long)(v))
-    C("engram_store_lookups_total", "Engram table rows asked for by gathers (all Engram layers).", es->lookups);
+    typedef unsigned long long ull;
     sb_printf(b,
-              "# HELP engram_store_hits_total Engram rows by the tier that served them: dram (the mapped table or "
-              "the row cache), nvme (read from the table file, or waited for while in flight).\n"
+              "# HELP engram_store_lookups_total Engram table rows asked for by gathers (all Engram layers).\n"
+              "# TYPE engram_store_lookups_total counter\n"
+              "engram_store_lookups_total %llu\n"
+              "# HELP engram_store_hits_total Engram rows by the tier that served them: dram (the mapped table or the "
+              "row cache), nvme (read from the table file, or waited for while in flight).\n"
               "# TYPE engram_store_hits_total counter\n"
-              "engram_store_hits_total{tier=\"dram\"} %llu\nengram_store_hits_total{tier=\"nvme\"} %llu\n",
-              (unsigned long long)es->dram_hits, (unsigned long long)es->nvme_hits);
-    C("engram_store_prefetch_rows_total", "Row ids handed to the prefetch threads.", es->prefetch_rows);
-    C("engram_store_prefetch_reads_total", "Rows the prefetch threads read from NVMe into the row caches.",
-      es->prefetch_reads);
-    C("engram_store_prefetch_dropped_total", "Prefetch row ids dropped because a prefetch queue was full.",
-      es->prefetch_dropped);
-    C("engram_store_cache_evictions_total", "Rows evicted from the DRAM row caches.", es->evictions);
-    G("engram_store_cache_rows", "Rows held by the DRAM row caches over NVMe.", es->cache_rows);
-    G("engram_store_cache_capacity_rows", "Row slots of the DRAM row caches over NVMe.", es->cache_capacity);
-    G("engram_store_cache_bytes", "DRAM held by the row caches over NVMe.", es->cache_bytes);
-    C("engram_store_nvme_reads_total", "Reads from the Engram table files (runs of whole 4 KiB blocks).",
-      es->nvme_reads);
-    C("engram_store_nvme_read_bytes_total", "Bytes read from the Engram table files.", es->nvme_bytes);
-#undef C
-#undef G
+              "engram_store_hits_total{tier=\"dram\"} %llu\n"
+              "engram_store_hits_total{tier=\"nvme\"} %llu\n"
+              "# HELP engram_store_prefetch_rows_total Row ids handed to the prefetch threads.\n"
+              "# TYPE engram_store_prefetch_rows_total counter\n"
+              "engram_store_prefetch_rows_total %llu\n"
+              "# HELP engram_store_prefetch_reads_total Rows the prefetch threads read from NVMe into the row caches.\n"
+              "# TYPE engram_store_prefetch_reads_total counter\n"
+              "engram_store_prefetch_reads_total %llu\n"
+              "# HELP engram_store_prefetch_dropped_total Prefetch row ids dropped because a prefetch queue was full.\n"
+              "# TYPE engram_store_prefetch_dropped_total counter\n"
+              "engram_store_prefetch_dropped_total %llu\n"
+              "# HELP engram_store_cache_evictions_total Rows evicted from the DRAM row caches.\n"
+              "# TYPE engram_store_cache_evictions_total counter\n"
+              "engram_store_cache_evictions_total %llu\n",
+              (ull)es->lookups, (ull)es->dram_hits, (ull)es->nvme_hits, (ull)es->prefetch_rows,
+              (ull)es->prefetch_reads, (ull)es->prefetch_dropped, (ull)es->evictions);
+    sb_printf(b,
+              "# HELP engram_store_cache_rows Rows held by the DRAM row caches over NVMe.\n"
+              "# TYPE engram_store_cache_rows gauge\n"
+              "engram_store_cache_rows %llu\n"
+              "# HELP engram_store_cache_capacity_rows Row slots of the DRAM row caches over NVMe.\n"
+              "# TYPE engram_store_cache_capacity_rows gauge\n"
+              "engram_store_cache_capacity_rows %llu\n"
+              "# HELP engram_store_cache_bytes DRAM held by the row caches over NVMe.\n"
+              "# TYPE engram_store_cache_bytes gauge\n"
+              "engram_store_cache_bytes %llu\n"
+              "# HELP engram_store_nvme_reads_total Reads from the Engram table files (runs of whole 4 KiB blocks).\n"
+              "# TYPE engram_store_nvme_reads_total counter\n"
+              "engram_store_nvme_reads_total %llu\n"
+              "# HELP engram_store_nvme_read_bytes_total Bytes read from the Engram table files.\n"
+              "# TYPE engram_store_nvme_read_bytes_total counter\n"
+              "engram_store_nvme_read_bytes_total %llu\n",
+              (ull)es->cache_rows, (ull)es->cache_capacity, (ull)es->cache_bytes, (ull)es->nvme_reads,
+              (ull)es->nvme_bytes);
     render_store_histogram(b, "engram_store_nvme_read_latency_seconds",
                            "Latency of reads from the Engram table files, submission to completion.",
                            es->nvme_read_hist, es->nvme_read_seconds);
