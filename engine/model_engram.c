@@ -3,7 +3,9 @@
  * hash tables (engram/ngram_hash) and the module tensors
  * model.layers.{i}.engram.<reference module path>. Every disagreement
  * between config, tokenizer and tensors refuses the load with a message
- * naming the field or tensor. */
+ * naming the field or tensor. Also the tables as aligned table files
+ * (engram/store): written from the tensors (engram-tables export, or at
+ * first start), validated on reuse, opened under one DRAM budget. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
