@@ -32,7 +32,7 @@ static void usage(FILE *f) {
             "  --repetition-penalty R  --presence-penalty P  --frequency-penalty F\n"
             "  --seed S               sampler seed (default 0)\n"
             "  --ignore-eos           do not stop at the model's eos_token_id\n"
-            "  --device cpu|cuda      backend (default cpu)\n"
+            "  --device cpu|cuda|auto backend (default auto: CUDA when a GPU is usable)\n"
             "  --threads N            CPU threads (default: all cores)\n"
             "  --prefill-chunk N      prompt tokens per forward pass (default 256; 1 = token by token)\n"
             "  --print-ids            print the generated ids as one JSON array on the last stdout line\n"
@@ -144,7 +144,7 @@ static int print_engram_rows(const model *m, const int32_t *prompt, int n_prompt
 
 int main(int argc, char **argv) {
     const char *model_dir = NULL, *prompt_ids = NULL, *prompt_text = NULL, *dump_logits = NULL;
-    const char *device = "cpu";
+    const char *device = "auto";
     long max_tokens = 32, prefill_chunk = 256, threads = 0;
     bool print_ids = false, ignore_eos = false, print_gates = false, print_rows = false, chat = false;
     sampler_params sp = sampler_default_params();
@@ -282,14 +282,13 @@ int main(int argc, char **argv) {
                         "mapped); use --engram-tier auto or nvme\n");
         return 2;
     }
-    if (esp.hbm_cache && !strcmp(device, "cpu"))
-        fprintf(stderr, "engram-run: warning: --engram-hbm-cache is ignored on a CPU-only run\n");
+
     if (chat && !prompt_text) {
         fprintf(stderr, "engram-run: --chat needs --prompt\n");
         return 2;
     }
-    if (strcmp(device, "cpu") != 0) {
-        fprintf(stderr, "engram-run: device %s is not available in this build (cpu only)\n", device);
+    if (strcmp(device, "cpu") && strcmp(device, "cuda") && strcmp(device, "auto")) {
+        fprintf(stderr, "engram-run: device %s is unknown (expected cpu, cuda or auto)\n", device);
         return 2;
     }
     if (threads > 0) omp_set_num_threads((int)threads);
@@ -353,6 +352,7 @@ int main(int argc, char **argv) {
     }
 
     model *m = NULL;
+    forward_ctx *fc = NULL;
     forward_state *st = NULL;
     sampler *smp = NULL;
     float *logits = NULL, *gates = NULL;
@@ -382,7 +382,18 @@ int main(int argc, char **argv) {
     logits = malloc((size_t)c->vocab_size * sizeof(float));
     out = malloc((size_t)(max_tokens + 1) * sizeof(int32_t));
     smp = sampler_create(model_sampling_vocab(m), sp);
-    if (!logits || !out || !smp || forward_state_create(m, (int)need, (int)prefill_chunk, &st)) {
+    const backend_ops *ops = backend_select(device, err, sizeof(err));
+    if (!ops) {
+        fprintf(stderr, "engram-run: %s\n", err);
+        goto done;
+    }
+    if (esp.hbm_cache && strcmp(ops->name, "cuda"))
+        fprintf(stderr, "engram-run: warning: --engram-hbm-cache is ignored on a CPU-only run\n");
+    if (forward_ctx_create(m, ops, (int)prefill_chunk, 1, &fc, err, sizeof(err)) != FORWARD_OK) {
+        fprintf(stderr, "engram-run: %s\n", err);
+        goto done;
+    }
+    if (!logits || !out || !smp || forward_state_create(fc, NULL, (int)need, &st)) {
         fprintf(stderr, "engram-run: out of memory\n");
         goto done;
     }
@@ -395,9 +406,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "engram-run: out of memory\n");
         goto done;
     }
-    const backend_ops *ops = backend_cpu();
     double t1 = util_now();
-    int frc = forward_run(m, ops, st, prompt, n_prompt, logits, gates);
+    int frc = forward_run(fc, st, prompt, n_prompt, logits, gates);
     if (frc != FORWARD_OK) {
         fprintf(stderr, "engram-run: %s\n", forward_status_str(frc));
         goto done;
@@ -426,7 +436,7 @@ int main(int argc, char **argv) {
         for (int e = 0; e < c->n_eos && !ignore_eos; e++) eos |= next == c->eos_token_ids[e];
         if (eos || n_out == max_tokens) break;
         float *g = gates ? gates + (size_t)(n_prompt + n_out - 1) * nl : NULL;
-        if ((frc = forward_run(m, ops, st, &next, 1, logits, g)) != FORWARD_OK) {
+        if ((frc = forward_run(fc, st, &next, 1, logits, g)) != FORWARD_OK) {
             fprintf(stderr, "engram-run: %s\n", forward_status_str(frc));
             goto done;
         }
@@ -439,7 +449,7 @@ int main(int argc, char **argv) {
             n_out > 1 ? (n_out - 1) / (t3 - t2) : 0.0, model_weight_bytes_per_token(m) / 1e6);
     if (nl)
         fprintf(stderr, "engram-run: Engram (hashing, gather, module) took %.1f%% of forward time\n",
-                100.0 * forward_state_engram_seconds(st) / (t3 - t1));
+                100.0 * forward_ctx_engram_seconds(fc) / (t3 - t1));
     if (engram_tables) {
         engram_store_stats es;
         model_engram_store_stats(m, &es);
@@ -491,6 +501,7 @@ done:
     tokenizer_stream_destroy(ts);
     tokenizer_destroy(tok);
     forward_state_destroy(st);
+    forward_ctx_destroy(fc);
     model_destroy(m);
     return rc;
 }

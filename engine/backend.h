@@ -1,15 +1,63 @@
 /* The ops a backend provides to the forward pass, as a table of function
- * pointers chosen once at start (no #ifdef in forward.c). Activations are f32
- * row-major (tokens, features); weights are read in their checkpoint dtype.
- * The CPU backend (backend_cpu.c) is the reference every other backend must
- * match op by op. */
+ * pointers chosen once at start (no #ifdef in forward.c).
+ *
+ * Memory: activations, the KV cache, Engram conv histories and the batch
+ * descriptor live in *backend memory* (host memory for the CPU, device memory
+ * for CUDA), taken with alloc and filled with upload; forward.c never
+ * dereferences them, it only passes them to ops and reads results back with
+ * download. Weights are read through the backend's view of the model
+ * (prepare): for the CPU that is the model itself; a GPU backend returns a
+ * copy of the model struct whose weight and vector pointers are device
+ * copies. Activations are f32 row-major (tokens, features); weights keep the
+ * dtype of their view.
+ *
+ * Ops are issued in order on one stream; download waits for everything
+ * issued before it. Every op works on a whole step: the tokens of several
+ * sequences laid end to end, described by a batch_desc. The CPU backend
+ * (backend_cpu.c) is the reference every other backend must match op by op;
+ * its ops compute each output row the same way whatever else is in the batch
+ * (batch invariance). */
 #ifndef ENGINE_BACKEND_H
 #define ENGINE_BACKEND_H
 
 #include "model.h"
 
+/* One step's tokens: sequence s owns tokens seq_start[s] .. seq_start[s+1]-1,
+ * at positions seq_pos0[s] onwards. Pointer fields are backend memory; the
+ * h_ fields are host copies for backends that plan launches on the host. */
 typedef struct {
+    int n_seqs, n_tokens;
+    int block_size;           /* KV positions per block */
+    int max_blocks;           /* row stride of block_tables */
+    int max_q;                /* most tokens of one sequence in this step */
+    int max_ctx;              /* most positions one sequence attends to (pos0 + its tokens) */
+    const int32_t *pos;       /* (n_tokens) position of each token */
+    const int32_t *slot;      /* (n_tokens) KV cache row of each token: block * block_size + offset */
+    const int32_t *tok_seq;   /* (n_tokens) sequence of each token */
+    const int32_t *seq_start; /* (n_seqs + 1) */
+    const int32_t *seq_pos0;  /* (n_seqs) */
+    const int32_t *block_tables; /* (n_seqs, max_blocks) physical blocks of positions 0.. */
+    float *const *seq_hist;   /* (n_seqs) each sequence's Engram conv history (see short_conv), or NULL */
+    const int32_t *h_seq_start, *h_seq_pos0; /* host copies */
+} batch_desc;
+
+typedef struct backend_ops {
     const char *name;
+    size_t kv_elem_bytes; /* bytes per K/V element in the cache: 4 (f32) on the CPU, 2 (bf16) on CUDA */
+
+    /* ---- memory ---- */
+    void *(*alloc)(size_t bytes); /* backend memory, zero-filled; NULL when out of memory */
+    void (*free)(void *p);        /* accepts NULL */
+    void (*upload)(void *dst, const void *host, size_t bytes);
+    void (*download)(void *host, const void *src, size_t bytes); /* waits for earlier ops */
+    /* rows x width floats: dst[r * dpitch + i] = src[r * spitch + i] (pitches in floats) */
+    void (*copy2d)(float *dst, size_t dpitch, const float *src, size_t spitch, size_t width, size_t rows);
+    /* The model as this backend reads it; NULL when out of memory (err says
+     * why). release undoes it. */
+    model *(*prepare)(model *m, char *err, size_t errlen);
+    void (*release)(model *view, model *m);
+
+    /* ---- compute ---- */
     /* out (T, w.rows) = x (T, w.cols) @ w^T (+ bias (w.rows) if not NULL) */
     void (*matmul)(float *out, const float *x, const weight *w, const float *bias, int T);
     /* out (T, d) = rmsnorm(x (T, d)) * g (d); out may alias x */
@@ -18,30 +66,53 @@ typedef struct {
     void (*embed)(float *out, const weight *emb, const int32_t *ids, int T);
     /* In place on x (T, n_heads, hd): rotate halves by pos[t] * inv_freq (hd/2). */
     void (*rope)(float *x, const int32_t *pos, int T, int n_heads, int hd, const float *inv_freq);
-    /* Causal attention of q (T, n_heads, hd) at positions pos0..pos0+T-1 over a
-     * paged cache: position j's K row is k + (blocks[j / bs] * bs + j % bs) * n_kv*hd
-     * (likewise V), for j < pos0+T; keys j with i - j < window (0: all);
-     * out (T, n_heads, hd). */
-    void (*attention)(float *out, const float *q, const float *k, const float *v, const int *blocks,
-                      int bs, int T, int pos0, int n_heads, int n_kv, int hd, int window);
-    /* gate (T, n) = silu(gate) * up */
+    /* Writes each token's K and V rows (T, kvw) into row b->slot[t] of one
+     * layer's cache storage kc, vc ((n_blocks * block_size, kvw) elements of
+     * kv_elem_bytes). */
+    void (*kv_store)(void *kc, void *vc, const float *k, const float *v, const batch_desc *b, int kvw);
+    /* Causal attention of q (T, n_heads, hd): token t of sequence s at position
+     * p attends to positions j <= p (and p - j < window unless window is 0)
+     * of s, whose K row is kc + (block_tables[s][j / bs] * bs + j % bs) * n_kv*hd
+     * (likewise V); GQA maps head h to kv head h / (n_heads / n_kv).
+     * out (T, n_heads, hd). The tokens' own rows must be stored first. */
+    void (*attention)(float *out, const float *q, const void *kc, const void *vc, const batch_desc *b,
+                      int n_heads, int n_kv, int hd, int window);
+    /* gate (n) = silu(gate) * up */
     void (*swiglu)(float *gate, const float *up, size_t n);
     /* x (n) += y (n) */
     void (*add)(float *x, const float *y, size_t n);
+    /* out (n, d) = rows idx[i] of x (., d); idx in backend memory */
+    void (*gather_f32)(float *out, const float *x, const int32_t *idx, int n, int d);
+    /* next (T) = argmax of each row of logits (T, vocab), lowest id on ties */
+    void (*argmax)(int32_t *next, const float *logits, int T, int vocab);
 
-    /* Engram (ENGRAM.md section 6) */
+    /* ---- Engram (ENGRAM.md section 6) ---- */
     /* out (T, H*D) = concatenation of table rows rows[t*H + h], as f32 */
     void (*gather_rows)(float *out, const weight *table, const int64_t *rows, int T, int H);
     /* gate (T) = sigmoid(sign(s) sqrt(max(|s|, 1e-6))), s = dot(nk[t], nq[t]) / sqrt(d) */
     void (*engram_gate)(float *gate, const float *nk, const float *nq, int T, int d);
-    /* out (T, d) = s[t] * x (T, d); out may alias x */
-    void (*scale_rows)(float *out, const float *x, const float *s, int T, int d);
-    /* Depthwise causal conv then SiLU: in (R+T, C) holds R = (K-1)*dil history
-     * rows then the chunk; out (T, C)[t, c] = silu(sum_k w[c, k] in[R+t-(K-1-k)*dil, c]). */
-    void (*short_conv)(float *out, const float *in, const float *w, int T, int C, int K, int dil);
+    /* out[t * ostride + i] = s[t] * x[t * xstride + i] for i < d; out may alias x */
+    void (*scale_rows)(float *out, size_t ostride, const float *x, size_t xstride, const float *s, int T, int d);
+    /* Depthwise causal conv then SiLU, per sequence, over in (T, C) (this
+     * step's normed inputs): with R = (K-1)*dil and sequence s's history
+     * hist = b->seq_hist[s] + hist_off (R rows of C: the inputs at its R
+     * positions before this step, zeros at the start),
+     *   out[t, c] = silu(sum_k w[c, k] * x(t - (K-1-k)*dil, c)),
+     * x(u) being in's row u of s's tokens, or hist row R + u when u < 0.
+     * Then each history is replaced by the last R rows of (history, inputs). */
+    void (*short_conv)(float *out, const float *in, const float *w, const batch_desc *b, size_t hist_off,
+                       int C, int K, int dil);
 } backend_ops;
 
-/* The CPU reference backend (plain C, OpenBLAS for multi-token products, OpenMP). */
+/* The CPU reference backend (plain C, OpenMP). */
 const backend_ops *backend_cpu(void);
+
+/* The CUDA backend, or NULL when this build has none or no GPU is usable
+ * (err says why). */
+const backend_ops *backend_cuda(char *err, size_t errlen);
+
+/* "cpu", "cuda", or "auto" (CUDA when usable, else the CPU). NULL (err set)
+ * for an unknown or unavailable device. */
+const backend_ops *backend_select(const char *device, char *err, size_t errlen);
 
 #endif

@@ -1,72 +1,149 @@
 /* The CPU reference backend: f32 arithmetic, weights converted from their
- * checkpoint dtype as they are read. Multi-token products go through OpenBLAS
- * (after widening non-f32 weights); single tokens use a threaded matrix-vector
- * loop that reads each weight once, which is what bounds decode. */
-#include <cblas.h>
+ * checkpoint dtype as they are read, OpenMP across rows. Backend memory is
+ * host memory, the model's own view is the model.
+ *
+ * Batch invariance: every op computes an output row with the same arithmetic
+ * whatever the other rows of the step are (the matrix product included: one
+ * fixed summation order per element, no BLAS whose blocking would depend on
+ * the number of tokens). So a sequence's logits are bit for bit the same
+ * alone or batched, in one chunk or token by token. The build turns off FMA
+ * contraction (-ffp-contract=off) so that this also holds across the
+ * differently shaped loops below. */
 #include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend.h"
 #include "numeric.h"
 
-/* Tokens at which a product switches from row-at-a-time dots to BLAS: below
- * it, widening a bf16 matrix for sgemm costs more than the dots it saves. */
-#define GEMM_MIN_TOKENS 32
+/* ---- memory: plain host memory ---- */
 
-/* dot(x, row) over n, row in dtype t; eight partial sums so the compiler can
- * keep them in one vector register. */
-static float dot_row(const float *x, const void *row, dtype t, int n) {
-    float acc[8] = {0};
-    int j = 0;
-    if (t == DTYPE_F32) {
-        const float *r = row;
-        for (; j + 8 <= n; j += 8)
-            for (int k = 0; k < 8; k++) acc[k] += x[j + k] * r[j + k];
-        for (; j < n; j++) acc[0] += x[j] * r[j];
-    } else if (t == DTYPE_BF16) {
-        const uint16_t *r = row;
-        for (; j + 8 <= n; j += 8)
-            for (int k = 0; k < 8; k++) acc[k] += x[j + k] * bf16_to_f32(r[j + k]);
-        for (; j < n; j++) acc[0] += x[j] * bf16_to_f32(r[j]);
-    } else {
-        const uint16_t *r = row;
-        for (; j + 8 <= n; j += 8)
-            for (int k = 0; k < 8; k++) acc[k] += x[j + k] * f16_to_f32(r[j + k]);
-        for (; j < n; j++) acc[0] += x[j] * f16_to_f32(r[j]);
-    }
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+static void *cpu_alloc(size_t bytes) { return calloc(1, bytes ? bytes : 1); }
+static void cpu_free(void *p) { free(p); }
+static void cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
+static void cpu_copy2d(float *dst, size_t dpitch, const float *src, size_t spitch, size_t width, size_t rows) {
+    for (size_t r = 0; r < rows; r++) memcpy(dst + r * dpitch, src + r * spitch, width * sizeof(float));
+}
+static model *cpu_prepare(model *m, char *err, size_t errlen) {
+    (void)err, (void)errlen;
+    return m;
+}
+static void cpu_release(model *view, model *m) { (void)view, (void)m; }
+
+/* ---- matrix product ----
+ * Every output element is the same sum: eight lanes accumulate x[j+k]*r[j+k]
+ * over j in steps of 8, the tail goes to lane 0, then a fixed tree. dot1 and
+ * dot4 (four tokens sharing each weight load) perform exactly that. */
+
+#define ROW_BLOCK 16 /* weight rows widened to f32 at a time (stays in L1/L2) */
+
+/* Eight f32 lanes as one vector (GCC/Clang vector extension): the compiler
+ * emits plain vector multiplies and adds in exactly this order. */
+typedef float v8 __attribute__((vector_size(32)));
+
+static inline v8 load8(const float *p) {
+    v8 v;
+    memcpy(&v, p, sizeof(v));
+    return v;
 }
 
+static inline float lanes_sum(v8 a) {
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+static float dot1(const float *x, const float *r, int n) {
+    v8 a = {0};
+    int j = 0;
+    for (; j + 8 <= n; j += 8) a += load8(x + j) * load8(r + j);
+    for (; j < n; j++) a[0] += x[j] * r[j];
+    return lanes_sum(a);
+}
+
+/* dot1 over a bf16 row, widened in registers (exactly: bf16 is the top half of an f32) */
+typedef uint16_t u16x8 __attribute__((vector_size(16)));
+typedef uint32_t u32x8 __attribute__((vector_size(32)));
+
+static inline v8 load8_bf16(const uint16_t *p) {
+    u16x8 h;
+    memcpy(&h, p, sizeof(h));
+    u32x8 u = __builtin_convertvector(h, u32x8) << 16;
+    v8 v;
+    memcpy(&v, &u, sizeof(v));
+    return v;
+}
+
+static float dot1_bf16(const float *x, const uint16_t *r, int n) {
+    v8 a = {0};
+    int j = 0;
+    for (; j + 8 <= n; j += 8) a += load8(x + j) * load8_bf16(r + j);
+    for (; j < n; j++) a[0] += x[j] * bf16_to_f32(r[j]);
+    return lanes_sum(a);
+}
+
+static void dot4(const float *x, size_t xs, const float *r, int n, float *out) {
+    const float *x0 = x, *x1 = x + xs, *x2 = x + 2 * xs, *x3 = x + 3 * xs;
+    v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        v8 w = load8(r + j);
+        a0 += load8(x0 + j) * w;
+        a1 += load8(x1 + j) * w;
+        a2 += load8(x2 + j) * w;
+        a3 += load8(x3 + j) * w;
+    }
+    for (; j < n; j++) {
+        a0[0] += x0[j] * r[j];
+        a1[0] += x1[j] * r[j];
+        a2[0] += x2[j] * r[j];
+        a3[0] += x3[j] * r[j];
+    }
+    out[0] = lanes_sum(a0), out[1] = lanes_sum(a1), out[2] = lanes_sum(a2), out[3] = lanes_sum(a3);
+}
+
+/* Each block of weight rows is read from memory once and used for all T
+ * tokens: what bounds decode is reading the weights, so a step of many
+ * sequences costs about what one costs. A few tokens read bf16 rows in place;
+ * more widen the block to f32 first (the same values, so the same sums). */
+#define WIDEN_MIN_TOKENS 4
 static void cpu_matmul(float *out, const float *x, const weight *w, const float *bias, int T) {
-    int n = w->rows, d = w->cols;
+    int n = w->rows, d = w->cols, nb = (n + ROW_BLOCK - 1) / ROW_BLOCK;
     size_t esz = dtype_size(w->dt);
-    if (T < GEMM_MIN_TOKENS) {
-        /* Each weight row is read from memory once and used for all T tokens. */
-#pragma omp parallel for schedule(static)
-        for (int i = 0; i < n; i++) {
-            const void *row = (const char *)w->data + (size_t)i * d * esz;
-            for (int t = 0; t < T; t++)
-                out[(size_t)t * n + i] = dot_row(x + (size_t)t * d, row, w->dt, d) + (bias ? bias[i] : 0.0f);
+#pragma omp parallel
+    {
+        float *wf = NULL;
+        bool inplace_bf16 = w->dt == DTYPE_BF16 && T < WIDEN_MIN_TOKENS;
+        if (w->dt != DTYPE_F32 && !inplace_bf16 && !(wf = malloc((size_t)ROW_BLOCK * d * sizeof(float))))
+            abort(); /* a few rows of scratch; treat as fatal */
+#pragma omp for schedule(static)
+        for (int bi = 0; bi < nb; bi++) {
+            int i0 = bi * ROW_BLOCK, i1 = i0 + ROW_BLOCK < n ? i0 + ROW_BLOCK : n;
+            if (inplace_bf16) {
+                for (int i = i0; i < i1; i++)
+                    for (int t = 0; t < T; t++)
+                        out[(size_t)t * n + i] = dot1_bf16(x + (size_t)t * d, (const uint16_t *)w->data + (size_t)i * d, d) +
+                                                 (bias ? bias[i] : 0.0f);
+                continue;
+            }
+            const float *rows = (const float *)w->data + (size_t)i0 * d;
+            if (wf) {
+                numeric_to_f32(wf, (const char *)w->data + (size_t)i0 * d * esz, w->dt, (size_t)(i1 - i0) * d);
+                rows = wf;
+            }
+            int t = 0;
+            for (; t + 4 <= T; t += 4)
+                for (int i = i0; i < i1; i++) {
+                    float o[4];
+                    dot4(x + (size_t)t * d, (size_t)d, rows + (size_t)(i - i0) * d, d, o);
+                    for (int k = 0; k < 4; k++) out[(size_t)(t + k) * n + i] = o[k] + (bias ? bias[i] : 0.0f);
+                }
+            for (; t < T; t++)
+                for (int i = i0; i < i1; i++)
+                    out[(size_t)t * n + i] = dot1(x + (size_t)t * d, rows + (size_t)(i - i0) * d, d) + (bias ? bias[i] : 0.0f);
         }
-        return;
+        free(wf);
     }
-    const float *wf = w->data;
-    float *tmp = NULL;
-    if (w->dt != DTYPE_F32) {
-        tmp = malloc((size_t)n * d * sizeof(float));
-        if (!tmp) abort(); /* a chunk's scratch is small next to the model; treat as fatal */
-#pragma omp parallel for schedule(static)
-        for (int i = 0; i < n; i++)
-            numeric_to_f32(tmp + (size_t)i * d, (const char *)w->data + (size_t)i * d * esz, w->dt,
-                           (size_t)d);
-        wf = tmp;
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, d, 1.0f, x, d, wf, d, 0.0f, out, n);
-    free(tmp);
-    if (bias)
-        for (int t = 0; t < T; t++)
-            for (int i = 0; i < n; i++) out[(size_t)t * n + i] += bias[i];
 }
 
 static void cpu_rmsnorm(float *out, const float *x, const float *g, int T, int d, float eps) {
@@ -105,28 +182,32 @@ static void cpu_rope(float *x, const int32_t *pos, int T, int n_heads, int hd, c
         }
 }
 
-/* Row j of a paged cache (see backend.h). */
-static inline size_t paged_row(const int *blocks, int bs, int j) {
-    return (size_t)blocks[j / bs] * bs + (size_t)(j % bs);
+static void cpu_kv_store(void *kc, void *vc, const float *k, const float *v, const batch_desc *b, int kvw) {
+    for (int t = 0; t < b->n_tokens; t++) {
+        memcpy((float *)kc + (size_t)b->slot[t] * kvw, k + (size_t)t * kvw, (size_t)kvw * sizeof(float));
+        memcpy((float *)vc + (size_t)b->slot[t] * kvw, v + (size_t)t * kvw, (size_t)kvw * sizeof(float));
+    }
 }
 
-static void cpu_attention(float *out, const float *q, const float *k, const float *v, const int *blocks,
-                          int bs, int T, int pos0, int n_heads, int n_kv, int hd, int window) {
-    int group = n_heads / n_kv, kvw = n_kv * hd;
+static void cpu_attention(float *out, const float *q, const void *kcache, const void *vcache, const batch_desc *b,
+                          int n_heads, int n_kv, int hd, int window) {
+    const float *k = kcache, *v = vcache;
+    int group = n_heads / n_kv, kvw = n_kv * hd, bs = b->block_size, T = b->n_tokens;
     float scale = 1.0f / sqrtf((float)hd);
 #pragma omp parallel
     {
-        float *sc = malloc((size_t)(pos0 + T) * sizeof(float));
+        float *sc = malloc((size_t)b->max_ctx * sizeof(float));
         if (!sc) abort();
 #pragma omp for collapse(2) schedule(static)
         for (int t = 0; t < T; t++)
             for (int h = 0; h < n_heads; h++) {
-                int i = pos0 + t, kh = h / group;
+                int i = b->pos[t], kh = h / group;
+                const int32_t *blocks = b->block_tables + (size_t)b->tok_seq[t] * b->max_blocks;
                 int j0 = window > 0 && i - window + 1 > 0 ? i - window + 1 : 0;
                 const float *qv = q + ((size_t)t * n_heads + h) * hd;
                 float mx = -INFINITY;
-                for (int j = j0; j <= i; j++) {
-                    const float *kv = k + paged_row(blocks, bs, j) * kvw + (size_t)kh * hd;
+                for (int j = j0; j <= i; j++) { /* position j is row j % bs of block blocks[j / bs] */
+                    const float *kv = k + ((size_t)blocks[j / bs] * bs + j % bs) * kvw + (size_t)kh * hd;
                     float s = 0.0f;
                     for (int e = 0; e < hd; e++) s += qv[e] * kv[e];
                     sc[j] = s * scale;
@@ -141,7 +222,7 @@ static void cpu_attention(float *out, const float *q, const float *k, const floa
                 float *o = out + ((size_t)t * n_heads + h) * hd;
                 memset(o, 0, (size_t)hd * sizeof(float));
                 for (int j = j0; j <= i; j++) {
-                    const float *vv = v + paged_row(blocks, bs, j) * kvw + (size_t)kh * hd;
+                    const float *vv = v + ((size_t)blocks[j / bs] * bs + j % bs) * kvw + (size_t)kh * hd;
                     float p = sc[j] * inv;
                     for (int e = 0; e < hd; e++) o[e] += p * vv[e];
                 }
@@ -179,30 +260,71 @@ static void cpu_engram_gate(float *gate, const float *nk, const float *nq, int T
     }
 }
 
-static void cpu_scale_rows(float *out, const float *x, const float *s, int T, int d) {
-    for (int t = 0; t < T; t++)
-        for (int i = 0; i < d; i++) out[(size_t)t * d + i] = s[t] * x[(size_t)t * d + i];
+static void cpu_gather_f32(float *out, const float *x, const int32_t *idx, int n, int d) {
+    for (int i = 0; i < n; i++) memcpy(out + (size_t)i * d, x + (size_t)idx[i] * d, (size_t)d * sizeof(float));
 }
 
-static void cpu_short_conv(float *out, const float *in, const float *w, int T, int C, int K, int dil) {
-    int R = (K - 1) * dil;
+static void cpu_argmax(int32_t *next, const float *logits, int T, int vocab) {
+    for (int t = 0; t < T; t++) {
+        const float *x = logits + (size_t)t * vocab;
+        int32_t best = 0;
+        for (int i = 1; i < vocab; i++)
+            if (x[i] > x[best]) best = i;
+        next[t] = best;
+    }
+}
+
+static void cpu_scale_rows(float *out, size_t ostride, const float *x, size_t xstride, const float *s, int T, int d) {
     for (int t = 0; t < T; t++)
-        for (int c = 0; c < C; c++) {
-            float y = 0.0f;
-            for (int k = 0; k < K; k++) y += w[(size_t)c * K + k] * in[(size_t)(R + t - (K - 1 - k) * dil) * C + c];
-            out[(size_t)t * C + c] = y / (1.0f + expf(-y));
+        for (int i = 0; i < d; i++) out[(size_t)t * ostride + i] = s[t] * x[(size_t)t * xstride + i];
+}
+
+static void cpu_short_conv(float *out, const float *in, const float *w, const batch_desc *b, size_t hist_off,
+                           int C, int K, int dil) {
+    int R = (K - 1) * dil;
+    for (int s = 0; s < b->n_seqs; s++) {
+        int a = b->h_seq_start[s], n = b->h_seq_start[s + 1] - a;
+        float *hist = b->seq_hist[s] + hist_off; /* (R, C): the inputs at the R positions before a */
+        for (int t = 0; t < n; t++)
+            for (int c = 0; c < C; c++) {
+                float y = 0.0f;
+                for (int k = 0; k < K; k++) {
+                    int u = t - (K - 1 - k) * dil;
+                    float xv = u >= 0 ? in[(size_t)(a + u) * C + c] : hist[(size_t)(R + u) * C + c];
+                    y += w[(size_t)c * K + k] * xv;
+                }
+                out[(size_t)(a + t) * C + c] = y / (1.0f + expf(-y));
+            }
+        /* the history becomes the last R rows of (history, inputs) */
+        if (n >= R) {
+            memcpy(hist, in + (size_t)(a + n - R) * C, (size_t)R * C * sizeof(float));
+        } else {
+            memmove(hist, hist + (size_t)n * C, (size_t)(R - n) * C * sizeof(float));
+            memcpy(hist + (size_t)(R - n) * C, in + (size_t)a * C, (size_t)n * C * sizeof(float));
         }
+    }
 }
 
 static const backend_ops cpu_ops = {
     .name = "cpu",
+    .kv_elem_bytes = sizeof(float),
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .copy2d = cpu_copy2d,
+    .prepare = cpu_prepare,
+    .release = cpu_release,
     .matmul = cpu_matmul,
     .rmsnorm = cpu_rmsnorm,
     .embed = cpu_embed,
     .rope = cpu_rope,
+    .kv_store = cpu_kv_store,
     .attention = cpu_attention,
     .swiglu = cpu_swiglu,
     .add = cpu_add,
+    .gather_f32 = cpu_gather_f32,
+    .argmax = cpu_argmax,
     .gather_rows = cpu_gather_rows,
     .engram_gate = cpu_engram_gate,
     .scale_rows = cpu_scale_rows,

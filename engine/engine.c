@@ -59,11 +59,15 @@ struct engine {
     model *m;
     tokenizer *tok;          /* NULL when the checkpoint has none */
     const backend_ops *ops;
+    forward_ctx *fc;         /* the model on the backend, and one step's scratch */
     kv_cache *kv;            /* the paged KV cache shared by every sequence */
     int chunk;               /* prompt tokens per piece: min(prefill_chunk, max_num_batched_tokens) */
-    float *logits;           /* (vocab_size) */
+    float *logits;           /* (max_num_seqs, vocab_size) the step's logits, host */
     float *raw_logits;       /* (vocab_size) a copy for logprobs, before sampling edits them */
-    int32_t *ids;            /* (chunk) the ids of one piece */
+    int32_t *ids;            /* (max_num_batched_tokens) the step's ids */
+    int32_t *next;           /* (max_num_seqs) argmax of each sequence's logits (greedy) */
+    forward_item *items;     /* (max_num_seqs) the step */
+    struct seq **item_seq;   /* (max_num_seqs) the sequence of each item */
     int ctx, vocab;
     /* scheduler, engine thread only */
     struct seq **running;    /* (max_num_seqs) oldest first */
@@ -103,7 +107,7 @@ const char *engine_status_str(int status) {
 
 engine_params engine_default_params(void) {
     engine_params p = {0};
-    p.device = "cpu";
+    p.device = "auto";
     p.max_queued = 64;
     p.prefill_chunk = 256;
     p.max_num_seqs = 16;
@@ -462,13 +466,16 @@ static void logprob_entry(const float *logits, int vocab, int32_t id, int n_top,
  *      blocks freed, to be recomputed later), the sequence itself last;
  *   3. waiting sequences (preempted ones first, then the queue, FCFS) are
  *      admitted while --max-num-seqs, the budget and free blocks allow;
- *   4. every scheduled sequence runs its piece; one that has caught up
- *      samples its next token and publishes text.
- * Batch invariance: a sequence's pieces never depend on the others. Its
- * prompt goes in chunks of `chunk` tokens from position 0, then one token per
- * step, and a recomputed sequence replays exactly those pieces (generated
- * tokens one at a time, without sampling), so its logits are bit for bit
- * those of the sequence running alone. */
+ *   4. all scheduled pieces run as one forward pass (forward_batch: the
+ *      step's tokens are hashed for Engram first, so its table rows are
+ *      known before the pass, then every weight is read once for all);
+ *   5. each sequence that has caught up takes its next token (the
+ *      backend's argmax for plain greedy requests, else the sampler on the
+ *      logits) and publishes text.
+ * Batch invariance: the CPU backend computes every token's row the same way
+ * whatever else is in the step, and however a prompt is cut into chunks, so
+ * a sequence's logits are bit for bit those of the sequence running alone.
+ * A recomputed sequence replays its generated tokens without sampling. */
 
 typedef struct seq {
     engine_request *r;
@@ -505,8 +512,17 @@ static void seq_release_state(engine *e, seq *s) {
 
 static int seq_take_state(engine *e, seq *s) {
     if (e->n_free_states > 0) s->st = e->free_states[--e->n_free_states];
-    else if (forward_state_create_shared(e->m, e->kv, e->ctx, e->chunk, &s->st) != FORWARD_OK) return -1;
+    else if (forward_state_create(e->fc, e->kv, e->ctx, &s->st) != FORWARD_OK) return -1;
     return 0;
+}
+
+/* Greedy with nothing that needs the logits on the host: the backend's
+ * argmax is the token (the sampler's own rule, lowest id on ties). */
+static bool seq_pure_greedy(const engine *e, const seq *s) {
+    const engine_request *r = s->r;
+    const sampler_params *p = &r->sp;
+    return p->temperature <= 0.0f && !r->lp && r->n_bias == 0 && p->repetition_penalty == 1.0f &&
+           p->presence_penalty == 0.0f && p->frequency_penalty == 0.0f && e->vocab == e->m->cfg.vocab_size;
 }
 
 /* Ends s: publishes the finish if it has none yet, records gate ids, frees
@@ -523,15 +539,18 @@ static void seq_finish(engine *e, seq *s, engine_finish f, int error) {
     free(s);
 }
 
-/* Samples the next token of s from e->logits, publishes text, and returns
- * true when s has finished (the finish published). */
-static bool seq_sample(engine *e, seq *s) {
+/* Takes the next token of s (sampled from logits, or `next` when logits is
+ * NULL: the backend's greedy pick), publishes text, and returns true when s
+ * has finished (the finish published). */
+static bool seq_sample(engine *e, seq *s, float *logits, int32_t next) {
     engine_request *r = s->r;
     const model_config *c = &e->m->cfg;
-    if (r->lp) memcpy(e->raw_logits, e->logits, (size_t)e->vocab * sizeof(float)); /* the sampler edits them */
-    for (int i = 0; i < r->n_bias; i++) e->logits[r->bias_ids[i]] += r->bias_vals[i];
-    int32_t next = sampler_sample(s->smp, e->logits, r->prompt, r->n_prompt, s->out_ids, s->n_out);
-    if (r->lp) logprob_entry(e->raw_logits, e->vocab, next, r->n_top, &r->lp[s->n_out]);
+    if (logits) {
+        if (r->lp) memcpy(e->raw_logits, logits, (size_t)e->vocab * sizeof(float)); /* the sampler edits them */
+        for (int i = 0; i < r->n_bias; i++) logits[r->bias_ids[i]] += r->bias_vals[i];
+        next = sampler_sample(s->smp, logits, r->prompt, r->n_prompt, s->out_ids, s->n_out);
+        if (r->lp) logprob_entry(e->raw_logits, e->vocab, next, r->n_top, &r->lp[s->n_out]);
+    }
     s->out_ids[s->n_out++] = next;
 
     gen_text *g = &s->g;
@@ -720,37 +739,53 @@ static int sched_step(engine *e) {
         sched_insert_running(e, s);
     }
 
-    /* 4. run the scheduled pieces */
-    int tokens = 0;
+    /* 4. run the scheduled pieces as one forward pass */
+    int n_items = 0, tokens = 0;
     for (int i = 0; i < e->n_running; i++) {
         seq *s = e->running[i];
         if (!s->piece) continue;
         engine_request *r = s->r;
         int pos = forward_state_pos(s->st), n = s->piece, known = r->n_prompt + s->n_out;
-        s->piece = 0;
-        int32_t *ids = e->ids; /* (chunk) */
-        for (int k = 0; k < n; k++) ids[k] = seq_token(s, pos + k);
         bool caught_up = pos + n == known;
-        float *gp = r->gates ? r->gates + (size_t)pos * r->n_gate_layers : NULL;
-        int frc = forward_run(e->m, e->ops, s->st, ids, n, caught_up ? e->logits : NULL, gp);
+        int32_t *ids = e->ids + tokens;
+        for (int k = 0; k < n; k++) ids[k] = seq_token(s, pos + k);
+        bool greedy = seq_pure_greedy(e, s);
+        e->items[n_items] = (forward_item){
+            .st = s->st, .ids = ids, .n = n,
+            .logits = caught_up && !greedy ? e->logits + (size_t)n_items * e->m->cfg.vocab_size : NULL,
+            .argmax = caught_up && greedy ? &e->next[n_items] : NULL,
+            .gates = r->gates ? r->gates + (size_t)pos * r->n_gate_layers : NULL};
+        e->item_seq[n_items++] = s;
         tokens += n;
+    }
+    if (n_items == 0) return 0;
+    int frc = forward_batch(e->fc, e->items, n_items);
+    if (frc != FORWARD_OK) log_error("step of %d sequences: %s", n_items, forward_status_str(frc));
+
+    /* 5. sample and publish, in running order */
+    for (int j = 0; j < n_items; j++) {
+        seq *s = e->item_seq[j];
+        engine_request *r = s->r;
+        const forward_item *it = &e->items[j];
+        int pos = forward_state_pos(s->st) - (frc == FORWARD_OK ? it->n : 0);
+        s->piece = 0;
         bool done = false;
-        if (frc != FORWARD_OK) {
-            log_error("%s", forward_status_str(frc));
+        if (frc != FORWARD_OK) { /* the whole step failed: so does each of its sequences */
             request_publish(r, NULL, 0, s->n_out, ENGINE_FINISH_ERROR, ENGINE_ERR_FORWARD);
             done = true;
         } else {
-            for (; s->n_fed_max < pos + n; s->n_fed_max++) /* written before any finish is published */
+            for (; s->n_fed_max < pos + it->n; s->n_fed_max++) /* written before any finish is published */
                 if (r->gate_ids) r->gate_ids[s->n_fed_max] = seq_token(s, s->n_fed_max);
             if (r->gate_ids) r->n_gated = s->n_fed_max;
-            if (caught_up) done = seq_sample(e, s);
-            else if (pos + n < r->n_prompt) request_progress(r);
+            if (it->logits || it->argmax) done = seq_sample(e, s, it->logits, it->argmax ? *it->argmax : 0);
+            else if (pos + it->n < r->n_prompt) request_progress(r);
         }
         if (done) {
+            int i = 0;
+            while (e->running[i] != s) i++;
             seq_finish(e, s, ENGINE_FINISH_NONE, 0);
             memmove(e->running + i, e->running + i + 1, (size_t)(e->n_running - i - 1) * sizeof(seq *));
             e->n_running--;
-            i--;
         }
     }
     return tokens;
@@ -773,10 +808,8 @@ static void *engine_main(void *arg) {
 
 int engine_create(const engine_params *p, engine **out, char *err, size_t errlen) {
     *out = NULL;
-    if (p->device && strcmp(p->device, "cpu") != 0) {
-        snprintf(err, errlen, "device %s is not available in this build (cpu only)", p->device);
-        return ENGINE_ERR_DEVICE;
-    }
+    const backend_ops *ops = backend_select(p->device, err, errlen);
+    if (!ops) return ENGINE_ERR_DEVICE;
     engine *e = calloc(1, sizeof(*e));
     if (!e) {
         snprintf(err, errlen, "out of memory");
@@ -804,20 +837,28 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
         e->tok = NULL;
         log_warn("no tokenizer (%s): requests must come as token ids", terr);
     }
-    e->ops = backend_cpu();
+    e->ops = ops;
     e->ctx = e->m->cfg.max_position_embeddings;
     e->vocab = model_sampling_vocab(e->m);
     rc = ENGINE_ERR_NOMEM;
-    e->logits = malloc((size_t)e->m->cfg.vocab_size * sizeof(float));
+    if (forward_ctx_create(e->m, ops, e->p.max_num_batched_tokens, e->p.max_num_seqs, &e->fc, err, errlen) !=
+        FORWARD_OK)
+        goto fail;
+    size_t S = (size_t)e->p.max_num_seqs;
+    e->logits = malloc(S * (size_t)e->m->cfg.vocab_size * sizeof(float));
     e->raw_logits = malloc((size_t)e->m->cfg.vocab_size * sizeof(float));
-    e->ids = malloc((size_t)e->chunk * sizeof(int32_t));
-    e->running = calloc((size_t)e->p.max_num_seqs, sizeof(*e->running));
-    e->preempted = calloc((size_t)e->p.max_num_seqs, sizeof(*e->preempted));
-    e->free_states = calloc((size_t)e->p.max_num_seqs, sizeof(*e->free_states));
+    e->ids = malloc((size_t)e->p.max_num_batched_tokens * sizeof(int32_t));
+    e->next = malloc(S * sizeof(int32_t));
+    e->items = malloc(S * sizeof(*e->items));
+    e->item_seq = malloc(S * sizeof(*e->item_seq));
+    e->running = calloc(S, sizeof(*e->running));
+    e->preempted = calloc(S, sizeof(*e->preempted));
+    e->free_states = calloc(S, sizeof(*e->free_states));
     int kv_tokens = e->p.kv_cache_tokens > 0 ? e->p.kv_cache_tokens : e->ctx;
-    if (!e->logits || !e->raw_logits || !e->ids || !e->running || !e->preempted || !e->free_states ||
-        forward_kv_cache_create(e->m, kv_tokens, e->p.kv_block_size, &e->kv) != KV_CACHE_OK) {
-        snprintf(err, errlen, "out of memory for a KV cache of %d tokens", kv_tokens);
+    if (!e->logits || !e->raw_logits || !e->ids || !e->next || !e->items || !e->item_seq || !e->running ||
+        !e->preempted || !e->free_states ||
+        forward_kv_cache_create(e->fc, kv_tokens, e->p.kv_block_size, &e->kv) != KV_CACHE_OK) {
+        snprintf(err, errlen, "out of %s memory for a KV cache of %d tokens", ops->name, kv_tokens);
         goto fail;
     }
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
@@ -858,6 +899,10 @@ void engine_destroy(engine *e) {
     engine_stop(e);
     for (int i = 0; i < e->n_free_states; i++) forward_state_destroy(e->free_states[i]);
     kv_cache_destroy(e->kv);
+    forward_ctx_destroy(e->fc);
+    free(e->next);
+    free(e->items);
+    free(e->item_seq);
     free(e->free_states);
     free(e->running);
     free(e->preempted);

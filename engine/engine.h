@@ -34,7 +34,7 @@ const char *engine_status_str(int status);
 
 typedef struct {
     const char *model_dir; /* checkpoint directory (borrowed for engine_create only) */
-    const char *device;    /* "cpu" (the only backend yet); NULL means "cpu" */
+    const char *device;    /* "cpu", "cuda" or "auto" (CUDA when usable); NULL means "auto" */
     int max_queued;        /* requests waiting beyond the running one (an idle engine always
                             * takes one); default 64 */
     int threads;           /* CPU threads of the engine thread; 0: OpenMP's default */

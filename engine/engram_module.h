@@ -1,8 +1,10 @@
 /* The Engram module of one layer (ENGRAM.md section 6), backend-neutral:
  * gathered rows -> keys and value -> context gate per stream -> gated value
- * plus a short causal convolution. The convolution's history (the last
- * (K-1)*dilation normed inputs) belongs to the sequence and is passed in, so
- * chunked prefill and token-by-token decode give one-pass results. */
+ * plus a short causal convolution. It runs on a whole step (several
+ * sequences, see batch_desc); the convolution's history (the last
+ * (K-1)*dilation normed inputs) belongs to each sequence and is reached
+ * through b->seq_hist, so chunked prefill and token-by-token decode give
+ * one-pass results. All buffers are backend memory unless named host. */
 #ifndef ENGINE_ENGRAM_MODULE_H
 #define ENGINE_ENGRAM_MODULE_H
 
@@ -12,33 +14,34 @@
 /* Scratch for up to max_tokens positions of one module call. */
 typedef struct {
     int max_tokens;
-    float *e;     /* (T, E) gathered rows */
-    float *v;     /* (T, d) value projection */
-    float *k;     /* (T, d) key projection, then its norm */
-    float *q;     /* (T, d) one stream's hidden state, then its norm */
-    float *gate;  /* (T) */
-    float *vg;    /* (T, G, d) gated values */
-    float *cin;   /* (R + T, G*d) conv history then normed gated values */
-    float *conv;  /* (T, G*d) */
+    float *e;      /* (T, E) gathered rows */
+    float *e_host; /* (T, E) host staging for rows read from a table file */
+    float *v;      /* (T, d) value projection */
+    float *k;      /* (T, d) key projection, then its norm */
+    float *q;      /* (T, d) one stream's hidden state, then its norm */
+    float *gate;   /* (T) one stream's gates */
+    float *vg;     /* (T, G, d) gated values, then the module output */
+    float *cin;    /* (T, G*d) normed gated values: the conv input */
+    float *conv;   /* (T, G*d) */
 } engram_scratch;
 
 /* Returns 0, or -1 when memory runs out (nothing to free then). */
-int engram_scratch_init(engram_scratch *s, const model_engram *e, int d, int max_tokens);
-void engram_scratch_free(engram_scratch *s);
+int engram_scratch_init(engram_scratch *s, const backend_ops *ops, const model_engram *e, int d, int max_tokens);
+void engram_scratch_free(engram_scratch *s, const backend_ops *ops);
 
 /* Floats of conv history one sequence keeps per Engram layer: (K-1)*dil rows of G*d. */
 size_t engram_conv_history_floats(const model_engram *e, int d);
 
-/* Runs the module on T <= s->max_tokens positions.
- * h (T, G, d): the streams' hidden states; rows (T, H): table rows (hash + offset);
- * hist ((K-1)*dil, G*d): normed conv inputs of the previous positions, zeros at
- * the start of a sequence; updated to end at the last of these T positions.
+/* Runs the module of layer w on the b->n_tokens <= s->max_tokens tokens of a step.
+ * h (T, G, d): the streams' hidden states; rows (T, H): table rows (hash +
+ * offset), backend memory, and host_rows the same on the host (read when the
+ * layer's rows come from w->store rather than ops->gather_rows); hist_off:
+ * where this layer's history starts in each b->seq_hist entry (advanced to
+ * end at this step's last position).
  * out (T, G, d) = v_g + conv_g, to be added to h; gates (T, G) if not NULL.
- * The rows come from w->store when the layer has one, else ops->gather_rows.
- * Returns 0, or -1 when the store could not read the rows (then nothing is
- * updated). */
+ * Returns 0, or -1 when the store could not read the rows (nothing updated). */
 int engram_module_run(const backend_ops *ops, const model_engram *e, const engram_weights *w, int d,
-                       const float *h, const int64_t *rows, int T, float *hist, engram_scratch *s,
-                       float *out, float *gates);
+                      const batch_desc *b, const float *h, const int64_t *rows, const int64_t *host_rows,
+                      size_t hist_off, engram_scratch *s, float *out, float *gates);
 
 #endif

@@ -1,11 +1,16 @@
-/* Forward pass for Llama-family decoders (Llama, Qwen2, Qwen3, Mistral):
- *   x = embed(ids)
- *   per layer: x += o_proj(attention(rope(q), rope(k), v)) on rmsnorm(x)
+/* Forward pass for Llama-family decoders (Llama, Qwen2, Qwen3, Mistral), one
+ * scheduler step at a time:
+ *   x = embed(ids)                      all tokens of the step, end to end
+ *   per layer: x += engram(x)           on Engram layers
+ *              x += o_proj(attention(rope(q), rope(k), v)) on rmsnorm(x),
+ *                                       each token over its own sequence
  *              x += down(silu(gate(h)) * up(h)) on h = rmsnorm(x)
- *   logits = lm_head(rmsnorm(x)) at the last position. */
+ *   logits = lm_head(rmsnorm(x)) at each sequence's last token. */
 #include "forward.h"
 
 #include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,35 +25,50 @@ const char *forward_status_str(int status) {
     case FORWARD_ERR_NOMEM: return "out of memory";
     case FORWARD_ERR_IO: return "an Engram table file could not be read";
     case FORWARD_ERR_KV_FULL: return "no free KV cache blocks";
+    case FORWARD_ERR_BATCH: return "step larger than the forward context";
     }
     return "unknown status";
 }
 
-struct forward_state {
-    int max_tokens, max_chunk, pos;
+struct forward_ctx {
+    model *m;                /* the model (host) */
+    model *bm;               /* the backend's view of it (weights in backend memory) */
+    const backend_ops *ops;
+    int max_tokens, max_seqs, max_blocks;
+    int n_engram, n_heads_e; /* Engram layers, rows per token and layer */
     float *inv_freq;         /* (hd/2) rope frequencies after scaling */
+    /* step scratch, backend memory, for T = max_tokens tokens and S = max_seqs sequences */
+    float *x, *h;            /* (T, d) residual stream, normed input */
+    float *q, *k, *v, *att;  /* (T, n_heads*hd) (T, kvw) (T, kvw) (T, n_heads*hd) */
+    float *gate, *up;        /* (T, ff) */
+    float *tmp;              /* (T, max(d, n_heads*hd)) projection outputs */
+    float *eout;             /* (T, d) Engram module output */
+    float *egates;           /* (T, hc_mult) one layer's gates */
+    float *lastx, *logits;   /* (S, d), (S, vocab) */
+    int32_t *ids, *last, *next;
+    int64_t *rows;           /* (n_engram, T, H) */
+    int32_t *desc_i32;       /* pos, slot, tok_seq (T each); seq_start (S+1), seq_pos0 (S), block tables (S, max_blocks) */
+    float **seq_hist;        /* (S) */
+    engram_scratch es;
+    /* host mirrors */
+    int32_t *h_i32;          /* like desc_i32 */
+    int32_t *h_last;         /* (S) */
+    int64_t *h_rows, *h_cids, *h_ids64; /* (n_engram, T, H), (T), (T) */
+    float **h_seq_hist;      /* (S) */
+    float *h_gates;          /* (T, hc_mult) */
+    float *zero_hist;        /* host zeros of one sequence's conv histories */
+    size_t hist_floats;      /* one sequence's conv histories: n_engram x ((K-1)*dil, G*d) */
+    double engram_seconds;   /* wall time in hashing, gathers and modules */
+};
+
+struct forward_state {
+    forward_ctx *fc;
+    int max_tokens, pos;
     kv_cache *kv;            /* the paged cache holding this sequence's K/V rows */
     kv_cache *own_kv;        /* kv when the state made it itself, else NULL */
     kv_seq seq;              /* block table of positions 0..pos-1 */
-    float *kbuf, *vbuf;      /* (C, n_kv*hd) the chunk's K and V before they go to blocks */
-    int n_layers;
-    /* scratch for one chunk of C = max_chunk tokens */
-    float *x, *h;            /* (C, d) residual stream, normed input */
-    float *q, *att;          /* (C, n_heads*hd) */
-    float *gate, *up;        /* (C, ff) */
-    float *tmp;              /* (C, max(d, n_heads*hd)) projection outputs */
-    int32_t *pos_ids;        /* (C) */
-    const model *model;      /* borrowed: the model the state was made for */
-    /* Engram: per-sequence state and scratch (all NULL without Engram) */
     ngram_hash_history hist; /* last max_ngram_size-1 compressed ids */
-    float **conv_hist;       /* (n_engram_layers) x ((K-1)*dil, G*d) normed conv inputs */
-    int n_engram;
-    int64_t *ids64, *cids;   /* (C) raw and compressed ids of the chunk */
-    int64_t *rows;           /* (C, H) table rows of one layer */
-    float *eout;             /* (C, d) module output */
-    float *egates;           /* (C) one layer's gates */
-    engram_scratch es;
-    double engram_seconds;   /* wall time in hashing, gathers and modules */
+    float *conv_hist;        /* backend memory: n_engram x ((K-1)*dil, G*d) normed conv inputs */
 };
 
 /* Rope inverse frequencies as transformers computes them (f32), with linear
@@ -75,77 +95,179 @@ static void rope_freqs(const model_config *c, float *inv_freq) {
     }
 }
 
-int forward_kv_cache_create(const model *m, int n_tokens, int block_size, kv_cache **out) {
+/* ---- context ---- */
+
+static size_t desc_ints(const forward_ctx *fc) {
+    return 3 * (size_t)fc->max_tokens + 2 * (size_t)fc->max_seqs + 1 + (size_t)fc->max_seqs * fc->max_blocks;
+}
+
+void forward_ctx_destroy(forward_ctx *fc) {
+    if (!fc) return;
+    const backend_ops *o = fc->ops;
+    void *dev[] = {fc->inv_freq, fc->x, fc->h, fc->q, fc->k, fc->v, fc->att, fc->gate, fc->up, fc->tmp,
+                   fc->eout, fc->egates, fc->lastx, fc->logits, fc->ids, fc->last, fc->next, fc->rows,
+                   fc->desc_i32, fc->seq_hist};
+    for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++) o->free(dev[i]);
+    if (fc->n_engram) engram_scratch_free(&fc->es, o);
+    free(fc->h_i32);
+    free(fc->h_last);
+    free(fc->h_rows);
+    free(fc->h_cids);
+    free(fc->h_ids64);
+    free(fc->h_seq_hist);
+    free(fc->h_gates);
+    free(fc->zero_hist);
+    if (fc->bm) o->release(fc->bm, fc->m);
+    free(fc);
+}
+
+int forward_ctx_create(model *m, const backend_ops *ops, int max_tokens, int max_seqs, forward_ctx **out,
+                       char *err, size_t errlen) {
+    const model_config *c = &m->cfg;
+    *out = NULL;
+    if (max_tokens < 1) max_tokens = 1;
+    if (max_seqs < 1) max_seqs = 1;
+    if (max_seqs > max_tokens) max_seqs = max_tokens;
+    forward_ctx *fc = calloc(1, sizeof(*fc));
+    if (!fc) {
+        snprintf(err, errlen, "out of memory");
+        return FORWARD_ERR_NOMEM;
+    }
+    fc->m = m;
+    fc->ops = ops;
+    fc->max_tokens = max_tokens;
+    fc->max_seqs = max_seqs;
+    fc->max_blocks = (c->max_position_embeddings + 15) / 16 + 1; /* raised by forward_kv_cache_create */
+    if (!(fc->bm = ops->prepare(m, err, errlen))) {
+        free(fc);
+        return FORWARD_ERR_NOMEM;
+    }
+    size_t T = (size_t)max_tokens, S = (size_t)max_seqs, F = sizeof(float), d = (size_t)c->hidden_size;
+    size_t qw = (size_t)c->n_heads * c->head_dim, kvw = (size_t)c->n_kv_heads * c->head_dim;
+    size_t ff = (size_t)c->intermediate_size;
+    const model_engram *e = m->engram;
+    size_t G = e ? (size_t)e->hc_mult : 1;
+    fc->inv_freq = ops->alloc((size_t)c->head_dim / 2 * F);
+    fc->x = ops->alloc(T * d * F); /* one residual stream: model_load refuses hc_mult > 1 */
+    fc->h = ops->alloc(T * d * F);
+    fc->q = ops->alloc(T * qw * F);
+    fc->k = ops->alloc(T * kvw * F);
+    fc->v = ops->alloc(T * kvw * F);
+    fc->att = ops->alloc(T * qw * F);
+    fc->gate = ops->alloc(T * ff * F);
+    fc->up = ops->alloc(T * ff * F);
+    fc->tmp = ops->alloc(T * (qw > d ? qw : d) * F);
+    fc->lastx = ops->alloc(S * d * F);
+    fc->logits = ops->alloc(S * (size_t)c->vocab_size * F);
+    fc->ids = ops->alloc(T * sizeof(int32_t));
+    fc->last = ops->alloc(S * sizeof(int32_t));
+    fc->next = ops->alloc(S * sizeof(int32_t));
+    fc->h_last = malloc(S * sizeof(int32_t));
+    int ok = fc->inv_freq && fc->x && fc->h && fc->q && fc->k && fc->v && fc->att && fc->gate && fc->up &&
+             fc->tmp && fc->lastx && fc->logits && fc->ids && fc->last && fc->next && fc->h_last;
+    if (ok && e) {
+        fc->n_engram = e->n_layers;
+        fc->n_heads_e = e->n_heads;
+        size_t nr = (size_t)e->n_layers * T * e->n_heads;
+        fc->hist_floats = (size_t)e->n_layers * engram_conv_history_floats(e, c->hidden_size);
+        fc->rows = ops->alloc(nr * sizeof(int64_t));
+        fc->eout = ops->alloc(T * G * d * F);
+        fc->egates = ops->alloc(T * G * F);
+        fc->seq_hist = ops->alloc(S * sizeof(float *));
+        fc->h_rows = malloc(nr * sizeof(int64_t));
+        fc->h_cids = malloc(T * sizeof(int64_t));
+        fc->h_ids64 = malloc(T * sizeof(int64_t));
+        fc->h_seq_hist = calloc(S, sizeof(float *));
+        fc->h_gates = malloc(T * G * F);
+        fc->zero_hist = calloc(fc->hist_floats ? fc->hist_floats : 1, F);
+        ok = fc->rows && fc->eout && fc->egates && fc->seq_hist && fc->h_rows && fc->h_cids && fc->h_ids64 &&
+             fc->h_seq_hist && fc->h_gates && fc->zero_hist &&
+             engram_scratch_init(&fc->es, ops, e, c->hidden_size, max_tokens) == 0;
+        if (!ok) fc->n_engram = fc->n_engram && fc->es.e ? fc->n_engram : 0;
+    }
+    if (ok) {
+        fc->desc_i32 = ops->alloc(desc_ints(fc) * sizeof(int32_t));
+        fc->h_i32 = malloc(desc_ints(fc) * sizeof(int32_t));
+        ok = fc->desc_i32 && fc->h_i32;
+    }
+    if (!ok) {
+        forward_ctx_destroy(fc);
+        snprintf(err, errlen, "out of %s memory for a step of %d tokens", ops->name, max_tokens);
+        return FORWARD_ERR_NOMEM;
+    }
+    float *f = malloc((size_t)c->head_dim / 2 * F);
+    if (!f) {
+        forward_ctx_destroy(fc);
+        snprintf(err, errlen, "out of memory");
+        return FORWARD_ERR_NOMEM;
+    }
+    rope_freqs(c, f);
+    ops->upload(fc->inv_freq, f, (size_t)c->head_dim / 2 * F);
+    free(f);
+    *out = fc;
+    return FORWARD_OK;
+}
+
+int forward_ctx_max_tokens(const forward_ctx *fc) { return fc->max_tokens; }
+const backend_ops *forward_ctx_ops(const forward_ctx *fc) { return fc->ops; }
+
+int forward_kv_cache_create(const forward_ctx *fc, int n_tokens, int block_size, kv_cache **out) {
+    const model *m = fc->m;
     kv_cache_params p = kv_cache_default_params();
     if (block_size > 0) p.block_size = block_size;
     p.n_layers = m->cfg.n_layers;
     p.kv_width = m->cfg.n_kv_heads * m->cfg.head_dim;
     p.n_blocks = n_tokens < 1 ? 1 : (n_tokens + p.block_size - 1) / p.block_size;
-    return kv_cache_create(&p, out);
-}
-
-int forward_state_create(const model *m, int max_tokens, int max_chunk, forward_state **out) {
-    *out = NULL;
-    int mt = max_tokens > m->cfg.max_position_embeddings ? m->cfg.max_position_embeddings : max_tokens;
-    kv_cache *kv;
-    if (forward_kv_cache_create(m, mt, 0, &kv) != KV_CACHE_OK) return FORWARD_ERR_NOMEM;
-    int rc = forward_state_create_shared(m, kv, max_tokens, max_chunk, out);
-    if (rc != FORWARD_OK) {
-        kv_cache_destroy(kv);
-        return rc;
+    p.elem_bytes = fc->ops->kv_elem_bytes;
+    p.alloc = fc->ops->alloc;
+    p.free = fc->ops->free;
+    int rc = kv_cache_create(&p, out);
+    if (rc != KV_CACHE_OK) return rc;
+    /* A block table never holds more than the model's positions in blocks of this size. */
+    int need = (m->cfg.max_position_embeddings + p.block_size - 1) / p.block_size;
+    if (need > fc->max_blocks) { /* only with blocks smaller than 16: widen the tables */
+        forward_ctx *w = (forward_ctx *)fc;
+        int32_t *d = fc->ops->alloc((3 * (size_t)fc->max_tokens + 2 * (size_t)fc->max_seqs + 1 +
+                                     (size_t)fc->max_seqs * need) * sizeof(int32_t));
+        int32_t *h = malloc((3 * (size_t)fc->max_tokens + 2 * (size_t)fc->max_seqs + 1 +
+                             (size_t)fc->max_seqs * need) * sizeof(int32_t));
+        if (!d || !h) {
+            fc->ops->free(d);
+            free(h);
+            kv_cache_destroy(*out);
+            *out = NULL;
+            return KV_CACHE_ERR_NOMEM;
+        }
+        fc->ops->free(w->desc_i32);
+        free(w->h_i32);
+        w->desc_i32 = d;
+        w->h_i32 = h;
+        w->max_blocks = need;
     }
-    (*out)->own_kv = kv;
-    return FORWARD_OK;
+    return KV_CACHE_OK;
 }
 
-int forward_state_create_shared(const model *m, kv_cache *kv, int max_tokens, int max_chunk,
-                                forward_state **out) {
-    const model_config *c = &m->cfg;
+/* ---- states ---- */
+
+int forward_state_create(forward_ctx *fc, kv_cache *kv, int max_tokens, forward_state **out) {
+    const model *m = fc->m;
     *out = NULL;
-    if (max_tokens > c->max_position_embeddings) max_tokens = c->max_position_embeddings;
-    if (max_chunk > max_tokens) max_chunk = max_tokens;
-    if (max_chunk < 1) max_chunk = 1;
+    if (max_tokens > m->cfg.max_position_embeddings) max_tokens = m->cfg.max_position_embeddings;
+    if (max_tokens < 1) max_tokens = 1;
     forward_state *s = calloc(1, sizeof(*s));
     if (!s) return FORWARD_ERR_NOMEM;
+    s->fc = fc;
     s->max_tokens = max_tokens;
-    s->max_chunk = max_chunk;
-    s->n_layers = c->n_layers;
-    size_t C = (size_t)max_chunk, d = (size_t)c->hidden_size, qw = (size_t)c->n_heads * c->head_dim;
-    size_t kvw = (size_t)c->n_kv_heads * c->head_dim, ff = (size_t)c->intermediate_size;
-    s->inv_freq = malloc((size_t)c->head_dim / 2 * sizeof(float));
     s->kv = kv;
-    s->kbuf = malloc(C * kvw * sizeof(float));
-    s->vbuf = malloc(C * kvw * sizeof(float));
-    s->x = malloc(C * d * sizeof(float));
-    s->h = malloc(C * d * sizeof(float));
-    s->q = malloc(C * qw * sizeof(float));
-    s->att = malloc(C * qw * sizeof(float));
-    s->gate = malloc(C * ff * sizeof(float));
-    s->up = malloc(C * ff * sizeof(float));
-    s->tmp = malloc(C * (qw > d ? qw : d) * sizeof(float));
-    s->pos_ids = malloc(C * sizeof(int32_t));
-    int ok = s->inv_freq && s->kbuf && s->vbuf && s->x && s->h && s->q && s->att && s->gate &&
-             s->up && s->tmp && s->pos_ids;
-    const model_engram *e = m->engram;
-    if (ok && e) {
-        s->n_engram = e->n_layers;
-        s->conv_hist = calloc((size_t)e->n_layers, sizeof(float *));
-        s->ids64 = malloc(C * sizeof(int64_t));
-        s->cids = malloc(C * sizeof(int64_t));
-        s->rows = malloc(C * e->n_heads * sizeof(int64_t));
-        s->eout = malloc(C * d * sizeof(float));
-        s->egates = malloc(C * sizeof(float));
-        ok = s->conv_hist && s->ids64 && s->cids && s->rows && s->eout && s->egates &&
-             engram_scratch_init(&s->es, e, c->hidden_size, max_chunk) == 0;
-        for (int i = 0; ok && i < e->n_layers; i++)
-            ok = (s->conv_hist[i] = malloc(engram_conv_history_floats(e, c->hidden_size) * sizeof(float))) != NULL;
+    if (!kv && forward_kv_cache_create(fc, max_tokens, 0, &s->own_kv) != KV_CACHE_OK) {
+        free(s);
+        return FORWARD_ERR_NOMEM;
     }
-    if (!ok) {
+    if (!kv) s->kv = s->own_kv;
+    if (fc->n_engram && !(s->conv_hist = fc->ops->alloc(fc->hist_floats * sizeof(float)))) {
         forward_state_destroy(s);
         return FORWARD_ERR_NOMEM;
     }
-    rope_freqs(c, s->inv_freq);
-    s->model = m;
     forward_state_reset(s);
     *out = s;
     return FORWARD_OK;
@@ -155,38 +277,21 @@ void forward_state_destroy(forward_state *s) {
     if (!s) return;
     kv_cache_seq_destroy(s->kv, &s->seq);
     kv_cache_destroy(s->own_kv);
-    free(s->kbuf);
-    free(s->vbuf);
-    free(s->inv_freq);
-    free(s->x);
-    free(s->h);
-    free(s->q);
-    free(s->att);
-    free(s->gate);
-    free(s->up);
-    free(s->tmp);
-    free(s->pos_ids);
-    for (int i = 0; s->conv_hist && i < s->n_engram; i++) free(s->conv_hist[i]);
-    free(s->conv_hist);
-    free(s->ids64);
-    free(s->cids);
-    free(s->rows);
-    free(s->eout);
-    free(s->egates);
-    engram_scratch_free(&s->es);
+    s->fc->ops->free(s->conv_hist);
     free(s);
 }
 
 int forward_state_pos(const forward_state *s) { return s->pos; }
-double forward_state_engram_seconds(const forward_state *s) { return s->engram_seconds; }
+double forward_ctx_engram_seconds(const forward_ctx *fc) { return fc->engram_seconds; }
+
 void forward_state_reset(forward_state *s) {
+    forward_ctx *fc = s->fc;
     s->pos = 0;
     kv_cache_seq_free(s->kv, &s->seq);
-    const model_engram *e = s->model->engram;
+    const model_engram *e = fc->m->engram;
     if (!e) return;
     ngram_hash_history_init(e->hash, &s->hist);
-    for (int i = 0; i < e->n_layers; i++)
-        memset(s->conv_hist[i], 0, engram_conv_history_floats(e, s->model->cfg.hidden_size) * sizeof(float));
+    if (s->conv_hist) fc->ops->upload(s->conv_hist, fc->zero_hist, fc->hist_floats * sizeof(float));
 }
 
 int forward_state_reserve(forward_state *s, int n) {
@@ -195,103 +300,204 @@ int forward_state_reserve(forward_state *s, int n) {
     return rc == KV_CACHE_OK ? FORWARD_OK : rc == KV_CACHE_ERR_FULL ? FORWARD_ERR_KV_FULL : FORWARD_ERR_NOMEM;
 }
 
-/* One chunk of T tokens at positions s->pos .. s->pos+T-1. */
-static int forward_chunk(const model *m, const backend_ops *ops, forward_state *s, const int32_t *ids,
-                          int T, float *logits, float *gates) {
+/* ---- one step ---- */
+
+/* Checks the items and lays out the step on the host: the batch descriptor,
+ * the ids, and every Engram row (hashing happens here, before the pass).
+ * Returns FORWARD_OK or an error with nothing appended. */
+static int plan_step(forward_ctx *fc, const forward_item *it, int n_items, batch_desc *b) {
+    const model *m = fc->m;
     const model_engram *e = m->engram;
-    const model_config *c = &m->cfg;
-    int d = c->hidden_size, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
-    size_t kvw = (size_t)nkv * hd, ff = (size_t)c->intermediate_size;
-    float eps = c->rms_norm_eps;
-    int bs = kv_cache_block_size(s->kv);
-    for (int t = 0; t < T; t++) s->pos_ids[t] = s->pos + t;
-
-    if (e) { /* the chunk's compressed ids: every Engram row is known from here on */
-        double t0 = util_now();
-        for (int t = 0; t < T; t++) s->ids64[t] = ids[t];
-        ngram_hash_compress_ids(e->lookup, e->lookup_n, s->ids64, (size_t)T, s->cids);
-        s->engram_seconds += util_now() - t0;
+    int T = 0, max_q = 0, max_ctx = 0;
+    if (n_items < 1 || n_items > fc->max_seqs) return FORWARD_ERR_BATCH;
+    /* With Engram, ids past the tokenizer have no compressed id. */
+    int64_t limit = e ? e->lookup_n : m->cfg.vocab_size;
+    if (limit > m->cfg.vocab_size) limit = m->cfg.vocab_size;
+    for (int i = 0; i < n_items; i++) {
+        if (it[i].n < 1) return FORWARD_ERR_BATCH;
+        if (it[i].n > it[i].st->max_tokens - it[i].st->pos) return FORWARD_ERR_FULL;
+        for (int k = 0; k < it[i].n; k++)
+            if (it[i].ids[k] < 0 || it[i].ids[k] >= limit) return FORWARD_ERR_TOKEN;
+        T += it[i].n;
+        if (T > fc->max_tokens) return FORWARD_ERR_BATCH;
     }
+    for (int i = 0; i < n_items; i++) {
+        int rc = forward_state_reserve(it[i].st, it[i].n);
+        if (rc != FORWARD_OK) return rc;
+    }
+    int S = n_items, bs = kv_cache_block_size(it[0].st->kv);
+    int32_t *pos = fc->h_i32, *slot = pos + fc->max_tokens, *tok_seq = slot + fc->max_tokens;
+    int32_t *seq_start = tok_seq + fc->max_tokens, *seq_pos0 = seq_start + fc->max_seqs + 1;
+    int32_t *tables = seq_pos0 + fc->max_seqs;
+    int t = 0;
+    for (int i = 0; i < S; i++) {
+        const forward_state *s = it[i].st;
+        seq_start[i] = t;
+        seq_pos0[i] = s->pos;
+        if (it[i].n > max_q) max_q = it[i].n;
+        if (s->pos + it[i].n > max_ctx) max_ctx = s->pos + it[i].n;
+        for (int k = 0; k < it[i].n; k++, t++) {
+            int p = s->pos + k;
+            pos[t] = p;
+            slot[t] = s->seq.blocks[p / bs] * bs + p % bs;
+            tok_seq[t] = i;
+        }
+        fc->h_last[i] = t - 1;
+    }
+    seq_start[S] = t;
+    int mb = (max_ctx + bs - 1) / bs;
+    for (int i = 0; i < S; i++) {
+        const forward_state *s = it[i].st;
+        int nb = (s->pos + it[i].n + bs - 1) / bs;
+        memcpy(tables + (size_t)i * mb, s->seq.blocks, (size_t)nb * sizeof(int32_t));
+    }
+    const backend_ops *o = fc->ops;
+    size_t ni = 3 * (size_t)fc->max_tokens + 2 * (size_t)fc->max_seqs + 1 + (size_t)S * mb;
+    o->upload(fc->desc_i32, fc->h_i32, ni * sizeof(int32_t));
+    int32_t *d = fc->desc_i32;
+    *b = (batch_desc){.n_seqs = S, .n_tokens = T, .block_size = bs, .max_blocks = mb, .max_q = max_q,
+                      .max_ctx = max_ctx, .pos = d, .slot = d + fc->max_tokens, .tok_seq = d + 2 * fc->max_tokens,
+                      .seq_start = d + 3 * fc->max_tokens, .seq_pos0 = d + 3 * fc->max_tokens + fc->max_seqs + 1,
+                      .block_tables = d + 3 * fc->max_tokens + 2 * fc->max_seqs + 1,
+                      .seq_hist = fc->seq_hist, .h_seq_start = seq_start, .h_seq_pos0 = seq_pos0};
 
-    ops->embed(s->x, &m->embed, ids, T);
-    for (int l = 0; l < c->n_layers; l++) {
-        const layer_weights *L = &m->layers[l];
-
-        /* Engram: h = h + engram(h) at the start of the layer */
-        if (L->engram) {
-            const engram_weights *w = L->engram;
+    if (e) { /* hashing: every Engram row of the step is known from here on */
+        int H = e->n_heads;
+        for (int i = 0; i < S; i++) {
+            forward_state *s = it[i].st;
             double t0 = util_now();
-            ngram_hash_layer_rows(e->hash, w->li, &s->hist, s->cids, (size_t)T, s->rows);
-            if (engram_module_run(ops, e, w, d, s->x, s->rows, T, s->conv_hist[w->li], &s->es, s->eout,
-                                  s->egates))
-                return FORWARD_ERR_IO;
-            ops->add(s->x, s->eout, (size_t)T * d);
-            s->engram_seconds += util_now() - t0;
-            if (gates)
-                for (int t = 0; t < T; t++) gates[(size_t)t * e->n_layers + w->li] = s->egates[t];
+            int a = seq_start[i], n = it[i].n;
+            for (int k = 0; k < n; k++) fc->h_ids64[k] = it[i].ids[k];
+            ngram_hash_compress_ids(e->lookup, e->lookup_n, fc->h_ids64, (size_t)n, fc->h_cids);
+            for (int li = 0; li < e->n_layers; li++)
+                ngram_hash_layer_rows(e->hash, li, &s->hist, fc->h_cids, (size_t)n,
+                                      fc->h_rows + ((size_t)li * T + a) * H);
+            ngram_hash_history_push(e->hash, &s->hist, fc->h_cids, (size_t)n);
+            fc->h_seq_hist[i] = s->conv_hist;
+            fc->engram_seconds += util_now() - t0;
         }
-
-        float *kc = s->kbuf, *vc = s->vbuf; /* this chunk's rows, copied into blocks after rope */
-
-        /* attention block */
-        ops->rmsnorm(s->h, s->x, L->attn_norm, T, d, eps);
-        ops->matmul(s->q, s->h, &L->wq, L->bq, T);
-        ops->matmul(kc, s->h, &L->wk, L->bk, T);
-        ops->matmul(vc, s->h, &L->wv, L->bv, T);
-        if (c->qk_norm) { /* Qwen3: RMSNorm over each head's vector, before rope */
-            ops->rmsnorm(s->q, s->q, L->q_norm, T * nh, hd, eps);
-            ops->rmsnorm(kc, kc, L->k_norm, T * nkv, hd, eps);
-        }
-        ops->rope(s->q, s->pos_ids, T, nh, hd, s->inv_freq);
-        ops->rope(kc, s->pos_ids, T, nkv, hd, s->inv_freq);
-        for (int t = 0; t < T; t++) { /* position p goes to row p % bs of block p / bs */
-            int p = s->pos + t, b = s->seq.blocks[p / bs];
-            memcpy(kv_cache_k(s->kv, l, b) + (size_t)(p % bs) * kvw, kc + (size_t)t * kvw, kvw * sizeof(float));
-            memcpy(kv_cache_v(s->kv, l, b) + (size_t)(p % bs) * kvw, vc + (size_t)t * kvw, kvw * sizeof(float));
-        }
-        ops->attention(s->att, s->q, kv_cache_k_layer(s->kv, l), kv_cache_v_layer(s->kv, l), s->seq.blocks, bs,
-                       T, s->pos, nh, nkv, hd, c->sliding_window);
-        ops->matmul(s->tmp, s->att, &L->wo, L->bo, T);
-        ops->add(s->x, s->tmp, (size_t)T * d);
-
-        /* feed-forward block (SwiGLU) */
-        ops->rmsnorm(s->h, s->x, L->ffn_norm, T, d, eps);
-        ops->matmul(s->gate, s->h, &L->w_gate, L->b_gate, T);
-        ops->matmul(s->up, s->h, &L->w_up, L->b_up, T);
-        ops->swiglu(s->gate, s->up, (size_t)T * ff);
-        ops->matmul(s->tmp, s->gate, &L->w_down, L->b_down, T);
-        ops->add(s->x, s->tmp, (size_t)T * d);
-    }
-    s->pos += T;
-    if (e) {
-        double t0 = util_now();
-        ngram_hash_history_push(e->hash, &s->hist, s->cids, (size_t)T);
-        s->engram_seconds += util_now() - t0;
-    }
-    if (logits) { /* only the last position's logits are needed */
-        float *last = s->x + (size_t)(T - 1) * d;
-        ops->rmsnorm(s->h, last, m->final_norm, 1, d, eps);
-        ops->matmul(logits, s->h, &m->lm_head, NULL, 1);
+        for (int li = 0; li < e->n_layers; li++) /* the stores may start reading now */
+            if (e->layers[li].store)
+                engram_store_prefetch(e->layers[li].store, fc->h_rows + (size_t)li * T * H, (size_t)T * H);
+        o->upload(fc->rows, fc->h_rows, (size_t)e->n_layers * T * H * sizeof(int64_t));
+        o->upload(fc->seq_hist, fc->h_seq_hist, (size_t)S * sizeof(float *));
     }
     return FORWARD_OK;
 }
 
-int forward_run(const model *m, const backend_ops *ops, forward_state *s, const int32_t *ids, int n,
-                float *logits, float *gates) {
+int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
+    const model *bm = fc->bm;
+    const model_engram *e = bm->engram;
+    const model_config *c = &bm->cfg;
+    const backend_ops *o = fc->ops;
+    batch_desc b;
+    int rc = plan_step(fc, it, n_items, &b);
+    if (rc != FORWARD_OK) return rc;
+    int T = b.n_tokens, S = n_items;
+    int d = c->hidden_size, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
+    size_t ff = (size_t)c->intermediate_size;
+    float eps = c->rms_norm_eps;
+    kv_cache *kv = it[0].st->kv;
+
+    int32_t *ids = fc->h_i32; /* the descriptor is uploaded: reuse its host copy for the ids */
+    for (int i = 0, t = 0; i < S; i++)
+        for (int k = 0; k < it[i].n; k++) ids[t++] = it[i].ids[k];
+    o->upload(fc->ids, ids, (size_t)T * sizeof(int32_t));
+
+    o->embed(fc->x, &bm->embed, fc->ids, T);
+    for (int l = 0; l < c->n_layers; l++) {
+        const layer_weights *L = &bm->layers[l];
+
+        /* Engram: h = h + engram(h) at the start of the layer */
+        if (L->engram) {
+            const engram_weights *w = L->engram;
+            int G = e->hc_mult;
+            size_t off = (size_t)w->li * T * e->n_heads;
+            bool want = false;
+            for (int i = 0; i < S; i++) want |= it[i].gates != NULL;
+            double t0 = util_now();
+            if (engram_module_run(o, e, w, d, &b, fc->x, fc->rows + off, fc->h_rows + off,
+                                  (size_t)w->li * (fc->hist_floats / e->n_layers), &fc->es, fc->eout,
+                                  want ? fc->egates : NULL))
+                return FORWARD_ERR_IO;
+            o->add(fc->x, fc->eout, (size_t)T * d);
+            fc->engram_seconds += util_now() - t0;
+            if (want) {
+                o->download(fc->h_gates, fc->egates, (size_t)T * G * sizeof(float));
+                for (int i = 0; i < S; i++) {
+                    if (!it[i].gates) continue;
+                    for (int k = 0; k < it[i].n; k++) {
+                        const float *g = fc->h_gates + (size_t)(b.h_seq_start[i] + k) * G;
+                        float sum = 0.0f;
+                        for (int j = 0; j < G; j++) sum += g[j];
+                        it[i].gates[(size_t)k * e->n_layers + w->li] = sum / (float)G;
+                    }
+                }
+            }
+        }
+
+        /* attention block */
+        o->rmsnorm(fc->h, fc->x, L->attn_norm, T, d, eps);
+        o->matmul(fc->q, fc->h, &L->wq, L->bq, T);
+        o->matmul(fc->k, fc->h, &L->wk, L->bk, T);
+        o->matmul(fc->v, fc->h, &L->wv, L->bv, T);
+        if (c->qk_norm) { /* Qwen3: RMSNorm over each head's vector, before rope */
+            o->rmsnorm(fc->q, fc->q, L->q_norm, T * nh, hd, eps);
+            o->rmsnorm(fc->k, fc->k, L->k_norm, T * nkv, hd, eps);
+        }
+        o->rope(fc->q, b.pos, T, nh, hd, fc->inv_freq);
+        o->rope(fc->k, b.pos, T, nkv, hd, fc->inv_freq);
+        o->kv_store(kv_cache_k_layer(kv, l), kv_cache_v_layer(kv, l), fc->k, fc->v, &b, nkv * hd);
+        o->attention(fc->att, fc->q, kv_cache_k_layer(kv, l), kv_cache_v_layer(kv, l), &b, nh, nkv, hd,
+                     c->sliding_window);
+        o->matmul(fc->tmp, fc->att, &L->wo, L->bo, T);
+        o->add(fc->x, fc->tmp, (size_t)T * d);
+
+        /* feed-forward block (SwiGLU) */
+        o->rmsnorm(fc->h, fc->x, L->ffn_norm, T, d, eps);
+        o->matmul(fc->gate, fc->h, &L->w_gate, L->b_gate, T);
+        o->matmul(fc->up, fc->h, &L->w_up, L->b_up, T);
+        o->swiglu(fc->gate, fc->up, (size_t)T * ff);
+        o->matmul(fc->tmp, fc->gate, &L->w_down, L->b_down, T);
+        o->add(fc->x, fc->tmp, (size_t)T * d);
+    }
+    for (int i = 0; i < S; i++) it[i].st->pos += it[i].n;
+
+    /* logits at the last token of the sequences that want them */
+    int nl = 0;
+    for (int i = 0; i < S; i++)
+        if (it[i].logits || it[i].argmax) fc->h_last[nl++] = b.h_seq_start[i + 1] - 1;
+    if (nl == 0) return FORWARD_OK;
+    o->upload(fc->last, fc->h_last, (size_t)nl * sizeof(int32_t));
+    o->gather_f32(fc->lastx, fc->x, fc->last, nl, d);
+    o->rmsnorm(fc->lastx, fc->lastx, bm->final_norm, nl, d, eps);
+    o->matmul(fc->logits, fc->lastx, &bm->lm_head, NULL, nl);
+    bool any_argmax = false;
+    for (int i = 0; i < S; i++) any_argmax |= it[i].argmax != NULL;
+    if (any_argmax) o->argmax(fc->next, fc->logits, nl, c->vocab_size);
+    int32_t *next = fc->h_last; /* reused: the indices are uploaded */
+    if (any_argmax) o->download(next, fc->next, (size_t)nl * sizeof(int32_t));
+    for (int i = 0, j = 0; i < S; i++) {
+        if (!it[i].logits && !it[i].argmax) continue;
+        if (it[i].logits)
+            o->download(it[i].logits, fc->logits + (size_t)j * c->vocab_size, (size_t)c->vocab_size * sizeof(float));
+        if (it[i].argmax) *it[i].argmax = next[j];
+        j++;
+    }
+    return FORWARD_OK;
+}
+
+int forward_run(forward_ctx *fc, forward_state *s, const int32_t *ids, int n, float *logits, float *gates) {
     if (n <= 0) return FORWARD_OK;
     if (n > s->max_tokens - s->pos) return FORWARD_ERR_FULL;
-    /* With Engram, ids past the tokenizer have no compressed id. */
-    int64_t limit = m->engram ? m->engram->lookup_n : m->cfg.vocab_size;
-    if (limit > m->cfg.vocab_size) limit = m->cfg.vocab_size;
-    for (int i = 0; i < n; i++)
-        if (ids[i] < 0 || ids[i] >= limit) return FORWARD_ERR_TOKEN;
     int krc = forward_state_reserve(s, n);
     if (krc != FORWARD_OK) return krc;
-    int nl = m->engram ? m->engram->n_layers : 0;
-    for (int i = 0; i < n; i += s->max_chunk) {
-        int T = n - i < s->max_chunk ? n - i : s->max_chunk;
-        int rc = forward_chunk(m, ops, s, ids + i, T, i + T == n ? logits : NULL,
-                               gates ? gates + (size_t)i * nl : NULL);
+    int nl = fc->m->engram ? fc->m->engram->n_layers : 0;
+    for (int i = 0; i < n; i += fc->max_tokens) {
+        int T = n - i < fc->max_tokens ? n - i : fc->max_tokens;
+        forward_item it = {.st = s, .ids = ids + i, .n = T, .logits = i + T == n ? logits : NULL,
+                           .gates = gates ? gates + (size_t)i * nl : NULL};
+        int rc = forward_batch(fc, &it, 1);
         if (rc) return rc;
     }
     return FORWARD_OK;

@@ -1,8 +1,14 @@
-/* The forward pass of one sequence, backend-neutral and readable top to bottom
- * (llama2.c style). A forward_state holds the sequence's position, its block
- * table in a paged KV cache (its own, or one shared by many states) and its
- * Engram history, so a prompt can go in as one chunk, several chunks, or one
- * token at a time with the same result. */
+/* The forward pass, backend-neutral and readable top to bottom (llama2.c
+ * style), over a whole scheduler step: the new tokens of several sequences
+ * run as one batch, so every weight matrix is read once per step.
+ *
+ * A forward_ctx holds what all sequences share: the model as the backend
+ * sees it and the step's scratch. A forward_state is one sequence: its
+ * position, its block table in a paged KV cache (its own, or one shared by
+ * many states), its Engram hash history and conv history. The CPU backend's
+ * ops compute each token's row the same way whatever else is in the step,
+ * so a prompt gives bit-identical logits in one chunk, in several, token by
+ * token, or beside other sequences. */
 #ifndef ENGINE_FORWARD_H
 #define ENGINE_FORWARD_H
 
@@ -15,46 +21,69 @@ typedef enum {
     FORWARD_ERR_FULL = -1,  /* the tokens do not fit in the state's max_tokens */
     FORWARD_ERR_TOKEN = -2, /* a token id is outside [0, vocab_size) */
     FORWARD_ERR_NOMEM = -3,
-    FORWARD_ERR_IO = -4, /* an external Engram table could not be read; reset the state before reuse */
+    FORWARD_ERR_IO = -4, /* an external Engram table could not be read; reset the states before reuse */
     FORWARD_ERR_KV_FULL = -5, /* the shared KV cache has too few free blocks; nothing was appended */
+    FORWARD_ERR_BATCH = -6,   /* more tokens or sequences than the context was made for */
 } forward_status;
 
 const char *forward_status_str(int status);
 
+typedef struct forward_ctx forward_ctx;
 typedef struct forward_state forward_state;
 
-/* Creates a state for up to max_tokens positions (at most the model's
- * max_position_embeddings), running at most max_chunk tokens per pass.
- * Returns FORWARD_OK and *out, or FORWARD_ERR_NOMEM. */
-int forward_state_create(const model *m, int max_tokens, int max_chunk, forward_state **out);
+/* A context running up to max_tokens tokens of up to max_seqs sequences per
+ * step on `ops`. m must outlive it. Returns FORWARD_OK and *out, or
+ * FORWARD_ERR_NOMEM with a message in err. */
+int forward_ctx_create(model *m, const backend_ops *ops, int max_tokens, int max_seqs, forward_ctx **out,
+                       char *err, size_t errlen);
+void forward_ctx_destroy(forward_ctx *fc); /* accepts NULL; its states must be destroyed first */
+int forward_ctx_max_tokens(const forward_ctx *fc);
+const backend_ops *forward_ctx_ops(const forward_ctx *fc);
+/* Wall time spent in Engram so far (hashing, gathers, modules; on an
+ * asynchronous backend the modules' launch time only). */
+double forward_ctx_engram_seconds(const forward_ctx *fc);
 
-/* Like forward_state_create, but the state's KV rows live in blocks of the
- * shared cache `kv` (borrowed; it must outlive the state), taken as tokens
- * arrive and returned by forward_state_reset and forward_state_destroy. */
-int forward_state_create_shared(const model *m, kv_cache *kv, int max_tokens, int max_chunk,
-                                forward_state **out);
+/* A KV cache in fc's backend memory: n_tokens positions in blocks of
+ * block_size (0: 16). Returns KV_CACHE_OK and *out, or KV_CACHE_ERR_NOMEM. */
+int forward_kv_cache_create(const forward_ctx *fc, int n_tokens, int block_size, kv_cache **out);
+
+/* A sequence of up to max_tokens positions (at most the model's
+ * max_position_embeddings). Its KV rows live in blocks of `kv` (borrowed; it
+ * must outlive the state), taken as tokens arrive and returned by
+ * forward_state_reset and forward_state_destroy; kv NULL: the state makes a
+ * cache of its own for max_tokens. Returns FORWARD_OK and *out, or
+ * FORWARD_ERR_NOMEM. */
+int forward_state_create(forward_ctx *fc, kv_cache *kv, int max_tokens, forward_state **out);
 void forward_state_destroy(forward_state *s); /* accepts NULL; returns its blocks */
 
-/* A KV cache sized for m: n_tokens positions in blocks of block_size (0: 16).
- * Returns KV_CACHE_OK and *out, or KV_CACHE_ERR_NOMEM. */
-int forward_kv_cache_create(const model *m, int n_tokens, int block_size, kv_cache **out);
-
 int forward_state_pos(const forward_state *s); /* tokens in the cache */
-double forward_state_engram_seconds(const forward_state *s); /* wall time spent in Engram so far */
-void forward_state_reset(forward_state *s);
+void forward_state_reset(forward_state *s); /* position 0, empty histories; returns its KV blocks */
 
-/* Takes the KV blocks for n more tokens now (forward_run would take them
+/* Takes the KV blocks for n more tokens now (forward_batch would take them
  * itself). Returns FORWARD_OK, FORWARD_ERR_KV_FULL (nothing taken),
  * FORWARD_ERR_FULL (past max_tokens) or FORWARD_ERR_NOMEM. */
-int forward_state_reserve(forward_state *s, int n); /* position 0, empty history; returns its KV blocks */
+int forward_state_reserve(forward_state *s, int n);
 
-/* Appends ids[0..n) to the sequence and runs them through the model in chunks
- * of max_chunk. If logits is not NULL it receives the logits of the last
- * token, (vocab_size) floats. If gates is not NULL and the model has Engram,
- * it receives (n, n_engram_layers) gate values (which tokens leaned on
- * memory). On error nothing is appended. With a shared cache, returns
- * FORWARD_ERR_KV_FULL when the blocks for the new tokens cannot be had. */
-int forward_run(const model *m, const backend_ops *ops, forward_state *s, const int32_t *ids, int n,
-                float *logits, float *gates);
+/* One sequence's part of a step. */
+typedef struct {
+    forward_state *st;
+    const int32_t *ids; /* (n) tokens appended to the sequence, n >= 1 */
+    int n;
+    float *logits;      /* host (vocab_size): the last token's logits, or NULL */
+    int32_t *argmax;    /* host: the argmax of those logits (lowest id on ties), or NULL */
+    float *gates;       /* host (n, n_engram_layers): each token's Engram gate per layer
+                         * (mean over hc_mult streams), or NULL */
+} forward_item;
+
+/* Runs one step: items' tokens together, at most forward_ctx_max_tokens in
+ * all, each state at most once. First every token is hashed (the step's
+ * Engram rows are then known, and handed to the stores to prefetch), then the
+ * pass runs. On an error before the pass nothing is appended; after
+ * FORWARD_ERR_IO the states must be reset. */
+int forward_batch(forward_ctx *fc, const forward_item *items, int n_items);
+
+/* One sequence alone: ids[0..n) in steps of forward_ctx_max_tokens, logits
+ * (and gates) as in forward_item. */
+int forward_run(forward_ctx *fc, forward_state *s, const int32_t *ids, int n, float *logits, float *gates);
 
 #endif

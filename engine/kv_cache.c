@@ -8,7 +8,7 @@
 
 struct kv_cache {
     kv_cache_params p;
-    float **k, **v; /* (n_layers) x (n_blocks, block_size, kv_width) */
+    char **k, **v;  /* (n_layers) x (n_blocks, block_size, kv_width) elements of elem_bytes */
     int *free_ids;  /* (n_blocks) stack of free block ids, top at n_free-1 */
     int n_free;
 };
@@ -22,6 +22,8 @@ const char *kv_cache_status_str(int status) {
     return "unknown kv_cache status";
 }
 
+static void *kv_host_alloc(size_t bytes) { return malloc(bytes); }
+
 kv_cache_params kv_cache_default_params(void) {
     kv_cache_params p = {0};
     p.block_size = 16;
@@ -34,14 +36,19 @@ int kv_cache_create(const kv_cache_params *p, kv_cache **out) {
     kv_cache *c = calloc(1, sizeof(*c));
     if (!c) return KV_CACHE_ERR_NOMEM;
     c->p = *p;
-    c->k = calloc((size_t)p->n_layers, sizeof(float *));
-    c->v = calloc((size_t)p->n_layers, sizeof(float *));
+    if (!c->p.elem_bytes) c->p.elem_bytes = sizeof(float);
+    if (!c->p.alloc || !c->p.free) {
+        c->p.alloc = kv_host_alloc;
+        c->p.free = free;
+    }
+    c->k = calloc((size_t)p->n_layers, sizeof(char *));
+    c->v = calloc((size_t)p->n_layers, sizeof(char *));
     c->free_ids = malloc((size_t)p->n_blocks * sizeof(int));
     int ok = c->k && c->v && c->free_ids;
-    size_t per_layer = (size_t)p->n_blocks * p->block_size * p->kv_width;
+    size_t per_layer = (size_t)p->n_blocks * p->block_size * p->kv_width * c->p.elem_bytes;
     for (int l = 0; ok && l < p->n_layers; l++) {
-        c->k[l] = malloc(per_layer * sizeof(float));
-        c->v[l] = malloc(per_layer * sizeof(float));
+        c->k[l] = c->p.alloc(per_layer);
+        c->v[l] = c->p.alloc(per_layer);
         ok = c->k[l] && c->v[l];
     }
     if (!ok) {
@@ -58,8 +65,8 @@ int kv_cache_create(const kv_cache_params *p, kv_cache **out) {
 void kv_cache_destroy(kv_cache *c) {
     if (!c) return;
     for (int l = 0; l < c->p.n_layers; l++) {
-        if (c->k) free(c->k[l]);
-        if (c->v) free(c->v[l]);
+        if (c->k) c->p.free(c->k[l]);
+        if (c->v) c->p.free(c->v[l]);
     }
     free(c->k);
     free(c->v);
@@ -108,15 +115,15 @@ void kv_cache_seq_destroy(kv_cache *c, kv_seq *s) {
     s->cap = 0;
 }
 
-float *kv_cache_k(kv_cache *c, int layer, int block) {
+void *kv_cache_k(kv_cache *c, int layer, int block) {
     assert(layer >= 0 && layer < c->p.n_layers && block >= 0 && block < c->p.n_blocks);
-    return c->k[layer] + (size_t)block * c->p.block_size * c->p.kv_width;
+    return c->k[layer] + (size_t)block * c->p.block_size * c->p.kv_width * c->p.elem_bytes;
 }
 
-float *kv_cache_v(kv_cache *c, int layer, int block) {
+void *kv_cache_v(kv_cache *c, int layer, int block) {
     assert(layer >= 0 && layer < c->p.n_layers && block >= 0 && block < c->p.n_blocks);
-    return c->v[layer] + (size_t)block * c->p.block_size * c->p.kv_width;
+    return c->v[layer] + (size_t)block * c->p.block_size * c->p.kv_width * c->p.elem_bytes;
 }
 
-const float *kv_cache_k_layer(const kv_cache *c, int layer) { return c->k[layer]; }
-const float *kv_cache_v_layer(const kv_cache *c, int layer) { return c->v[layer]; }
+void *kv_cache_k_layer(kv_cache *c, int layer) { return c->k[layer]; }
+void *kv_cache_v_layer(kv_cache *c, int layer) { return c->v[layer]; }

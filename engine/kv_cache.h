@@ -3,7 +3,9 @@
  * block table (logical block i -> physical block) that grows as its tokens
  * arrive and is returned whole when the sequence ends or is preempted. Each
  * block holds, for every layer, the K and V rows of its positions:
- * K(layer, block) is (block_size, kv_width) f32, row-major. */
+ * K(layer, block) is (block_size, kv_width) elements, row-major, in the
+ * memory and element type of the backend that reads them (f32 host memory
+ * unless the params say otherwise). */
 #ifndef ENGINE_KV_CACHE_H
 #define ENGINE_KV_CACHE_H
 
@@ -22,6 +24,9 @@ typedef struct {
     int kv_width;   /* n_kv_heads * head_dim floats per position and layer */
     int block_size; /* token positions per block; default 16 */
     int n_blocks;   /* blocks in the pool */
+    size_t elem_bytes;            /* bytes per element; 0: 4 (f32) */
+    void *(*alloc)(size_t bytes); /* where the pool lives (a backend's alloc); NULL: malloc */
+    void (*free)(void *p);        /* its free; NULL with alloc NULL */
 } kv_cache_params;
 
 /* block_size 16; the other fields must be set by the caller. */
@@ -37,7 +42,7 @@ typedef struct {
     int cap;        /* entries allocated in blocks */
 } kv_seq;
 
-/* Creates the pool: 2 * n_layers * n_blocks * block_size * kv_width floats.
+/* Creates the pool: 2 * n_layers * n_blocks * block_size * kv_width elements.
  * Returns KV_CACHE_OK and *out, or KV_CACHE_ERR_NOMEM (*out NULL). */
 int kv_cache_create(const kv_cache_params *p, kv_cache **out);
 void kv_cache_destroy(kv_cache *c); /* accepts NULL; every sequence must be freed first */
@@ -63,14 +68,14 @@ void kv_cache_seq_free(kv_cache *c, kv_seq *s);
 void kv_cache_seq_destroy(kv_cache *c, kv_seq *s);
 
 /* The K (or V) rows of one physical block in one layer:
- * (block_size, kv_width) floats. Borrowed from the pool. */
-float *kv_cache_k(kv_cache *c, int layer, int block);
-float *kv_cache_v(kv_cache *c, int layer, int block);
+ * (block_size, kv_width) elements. Borrowed from the pool. */
+void *kv_cache_k(kv_cache *c, int layer, int block);
+void *kv_cache_v(kv_cache *c, int layer, int block);
 
 /* Base of layer `layer`'s K (or V) storage: block b starts at
  * base + b * block_size * kv_width. What the attention op reads through a
  * block table. Borrowed from the pool. */
-const float *kv_cache_k_layer(const kv_cache *c, int layer);
-const float *kv_cache_v_layer(const kv_cache *c, int layer);
+void *kv_cache_k_layer(kv_cache *c, int layer);
+void *kv_cache_v_layer(kv_cache *c, int layer);
 
 #endif

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "server.h"
 #include "util.h"
 
@@ -32,7 +33,7 @@ static const struct {
     {"port", OPT_INT, 1, 65535, "8080", "TCP port"},
     {"served-model-name", OPT_STR, 0, 0, NULL, "model id in the API (default: the model directory's name)"},
     {"api-key", OPT_STR, 0, 0, NULL, "require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize"},
-    {"device", OPT_STR, 0, 0, "cpu", "backend: cpu (cuda is not available yet)"},
+    {"device", OPT_STR, 0, 0, "auto", "backend: cpu, cuda, or auto (CUDA when a GPU is usable, else the CPU)"},
     {"max-queued-requests", OPT_INT, 0, 1000000, "64", "requests waiting beyond the running one; more get 503"},
     {"max-body-bytes", OPT_INT, 1, 1L << 30, "1048576", "largest request body; larger get 413"},
     {"threads", OPT_INT, 0, 4096, "0", "CPU threads of the engine (0: all cores)"},
@@ -289,8 +290,12 @@ int main(int argc, char **argv) {
         rc = 2;
         goto free_vals;
     }
-    if (sizes[1] && strcmp(val[O_DEVICE], "cuda"))
-        fprintf(stderr, "engram-server: warning: --engram-hbm-cache is ignored on a CPU-only run\n");
+    if (sizes[1]) { /* the backend the engine will pick (auto: CUDA when usable) */
+        char berr[256];
+        const backend_ops *bo = backend_select(val[O_DEVICE], berr, sizeof(berr));
+        if (bo && strcmp(bo->name, "cuda"))
+            fprintf(stderr, "engram-server: warning: --engram-hbm-cache is ignored on a CPU-only run\n");
+    }
     ep.engram_store.dram_budget = sizes[0];
     ep.engram_store.hbm_cache = sizes[1];
     ep.engram_store.tier = !strcmp(val[O_ENGRAM_TIER], "dram")   ? ENGRAM_STORE_DRAM

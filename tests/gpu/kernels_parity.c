@@ -133,7 +133,14 @@ int main(void) {
     { /* short conv */
         int R = (K - 1) * dil, C = 2 * d;
         float *in = rand_host((size_t)(R + T) * C), *w = rand_host((size_t)C * K), *ref = malloc((size_t)T * C * 4);
-        cpu->short_conv(ref, in, w, T, C, K, dil);
+        /* the CPU op takes the history rows apart, one sequence of T tokens */
+        float *hist = malloc((size_t)R * C * 4);
+        memcpy(hist, in, (size_t)R * C * 4);
+        int32_t start[2] = {0, T};
+        float *hists[1] = {hist};
+        batch_desc b = {.n_seqs = 1, .n_tokens = T, .seq_start = start, .h_seq_start = start, .seq_hist = hists};
+        cpu->short_conv(ref, in + (size_t)R * C, w, &b, 0, C, K, dil);
+        free(hist);
         float *din = to_dev(in, (size_t)(R + T) * C * 4), *dw = to_dev(w, (size_t)C * K * 4);
         float *out = poisoned((size_t)T * C);
         if (kernels_short_conv_f32(out, din, dw, T, C, K, dil, NULL)) failures++;

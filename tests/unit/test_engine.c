@@ -93,18 +93,21 @@ START_TEST(test_greedy_matches_direct_run) {
     ck_assert(res.fin.t_submit > 0 && res.fin.t_first_token >= res.fin.t_submit && res.fin.t_end >= res.fin.t_first_token);
 
     /* the same tokens by hand, decoded at once */
-    const model *m = engine_model(E);
+    model *m = (model *)engine_model(E); /* read-only here: the CPU view is the model itself */
+    char err[256];
+    forward_ctx *fc = NULL;
+    ck_assert_int_eq(forward_ctx_create(m, backend_cpu(), 256, 1, &fc, err, sizeof(err)), FORWARD_OK);
     forward_state *st = NULL;
-    ck_assert_int_eq(forward_state_create(m, 64, 256, &st), FORWARD_OK);
+    ck_assert_int_eq(forward_state_create(fc, NULL, 64, &st), FORWARD_OK);
     float *logits = malloc((size_t)m->cfg.vocab_size * sizeof(float));
     sampler_params sp = sampler_default_params();
     sp.temperature = 0;
     sampler *smp = sampler_create(model_sampling_vocab(m), sp);
     int32_t out[20];
-    ck_assert_int_eq(forward_run(m, backend_cpu(), st, PROMPT, NP, logits, NULL), FORWARD_OK);
+    ck_assert_int_eq(forward_run(fc, st, PROMPT, NP, logits, NULL), FORWARD_OK);
     for (int i = 0; i < 20; i++) {
         out[i] = sampler_sample(smp, logits, PROMPT, NP, out, i);
-        if (i < 19) ck_assert_int_eq(forward_run(m, backend_cpu(), st, &out[i], 1, logits, NULL), FORWARD_OK);
+        if (i < 19) ck_assert_int_eq(forward_run(fc, st, &out[i], 1, logits, NULL), FORWARD_OK);
     }
     char *want = NULL;
     size_t wlen = 0;
@@ -114,6 +117,7 @@ START_TEST(test_greedy_matches_direct_run) {
     free(logits);
     sampler_destroy(smp);
     forward_state_destroy(st);
+    forward_ctx_destroy(fc);
 
     result again = submit_run(greedy(PROMPT, NP, 20));
     ck_assert_str_eq(again.text, res.text);

@@ -1,7 +1,8 @@
 /* The Engram module with hc_mult 4 against DeepSeek's reference module run on
  * random hidden states (tests/fixtures/models/qwen3_engram/module_hc4.safetensors,
  * made by tools/make_engram_fixture.py): output and gates within 1e-4, in one
- * call and in two chunks that carry the conv history. */
+ * call, in two chunks that carry the conv history, and as two sequences in
+ * one step (each with its own history). */
 #include <check.h>
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -26,6 +27,16 @@ static const float *tensor_f32(const safetensors *st, const char *name, size_t n
 
 static weight mat(const safetensors *st, const char *name, int rows, int cols) {
     return (weight){.data = tensor_f32(st, name, (size_t)rows * cols), .dt = DTYPE_F32, .rows = rows, .cols = cols};
+}
+
+/* One step of sequences laid end to end: seq i has n[i] tokens and history hist[i]. */
+static int run_step(const model_engram *e, const engram_weights *w, int d, const float *x, const int64_t *rows,
+                    int n_seqs, const int *n, float **hist, engram_scratch *s, float *out, float *gates) {
+    int32_t start[4] = {0};
+    for (int i = 0; i < n_seqs; i++) start[i + 1] = start[i] + n[i];
+    batch_desc b = {.n_seqs = n_seqs, .n_tokens = start[n_seqs], .seq_start = start, .h_seq_start = start,
+                    .seq_hist = hist};
+    return engram_module_run(backend_cpu(), e, w, d, &b, x, rows, rows, 0, s, out, gates);
 }
 
 START_TEST(module_hc4_matches_reference) {
@@ -84,29 +95,50 @@ START_TEST(module_hc4_matches_reference) {
     ngram_hash_history_init(e.hash, &hist);
     ngram_hash_layer_rows(e.hash, 0, &hist, cids, (size_t)T, rows);
 
+    enum { A = 10 }; /* the split point */
     engram_scratch s;
-    ck_assert_int_eq(engram_scratch_init(&s, &e, d, T), 0);
-    size_t hn = engram_conv_history_floats(&e, d);
-    float *conv_hist = calloc(hn, sizeof(float));
-    float *out = malloc((size_t)T * G * d * sizeof(float)), *gates = malloc((size_t)T * G * sizeof(float));
-    const backend_ops *ops = backend_cpu();
+    ck_assert_int_eq(engram_scratch_init(&s, backend_cpu(), &e, d, T + A), 0);
+    size_t hn = engram_conv_history_floats(&e, d), TGd = (size_t)T * G * d;
+    float *h1 = calloc(hn, sizeof(float)), *h2 = calloc(hn, sizeof(float));
+    float *out = malloc((TGd + (size_t)A * G * d) * sizeof(float));
+    float *gates = malloc((size_t)(T + A) * G * sizeof(float));
+    /* the step of mode 2: the whole sequence, then its first A tokens as a second sequence */
+    float *x2 = malloc((TGd + (size_t)A * G * d) * sizeof(float));
+    int64_t *rows2 = malloc((size_t)(T + A) * e.n_heads * sizeof(int64_t));
+    memcpy(x2, x, TGd * sizeof(float));
+    memcpy(x2 + TGd, x, (size_t)A * G * d * sizeof(float));
+    memcpy(rows2, rows, (size_t)T * e.n_heads * sizeof(int64_t));
+    memcpy(rows2 + (size_t)T * e.n_heads, rows, (size_t)A * e.n_heads * sizeof(int64_t));
 
-    for (int split = 0; split < 2; split++) { /* one call, then chunks of 10 and the rest */
-        memset(conv_hist, 0, hn * sizeof(float));
-        for (size_t i = 0; i < (size_t)T * G * d; i++) out[i] = NAN; /* every element must be written */
-        int a = split ? 10 : T;
-        engram_module_run(ops, &e, &w, d, x, rows, a, conv_hist, &s, out, gates);
-        if (split)
-            engram_module_run(ops, &e, &w, d, x + (size_t)a * G * d, rows + (size_t)a * e.n_heads, T - a,
-                              conv_hist, &s, out + (size_t)a * G * d, gates + (size_t)a * G);
+    for (int mode = 0; mode < 3; mode++) { /* one call; chunks of A and the rest; two sequences in one step */
+        memset(h1, 0, hn * sizeof(float));
+        memset(h2, 0, hn * sizeof(float));
+        for (size_t i = 0; i < TGd + (size_t)A * G * d; i++) out[i] = NAN; /* every element must be written */
+        float *hists[2] = {h1, h2};
+        if (mode == 0) {
+            int n0[1] = {T};
+            ck_assert_int_eq(run_step(&e, &w, d, x, rows, 1, n0, hists, &s, out, gates), 0);
+        } else if (mode == 1) {
+            int n1[1] = {A}, n2[1] = {T - A};
+            ck_assert_int_eq(run_step(&e, &w, d, x, rows, 1, n1, hists, &s, out, gates), 0);
+            ck_assert_int_eq(run_step(&e, &w, d, x + (size_t)A * G * d, rows + (size_t)A * e.n_heads, 1, n2, hists,
+                                      &s, out + (size_t)A * G * d, gates + (size_t)A * G), 0);
+        } else {
+            int n3[2] = {T, A};
+            ck_assert_int_eq(run_step(&e, &w, d, x2, rows2, 2, n3, hists, &s, out, gates), 0);
+        }
         double md = 0, mg = 0;
-        for (size_t i = 0; i < (size_t)T * G * d; i++) md = fmax(md, fabs(out[i] - ref[i]));
+        for (size_t i = 0; i < TGd; i++) md = fmax(md, fabs(out[i] - ref[i]));
         for (size_t i = 0; i < (size_t)T * G; i++) mg = fmax(mg, fabs(gates[i] - ref_g[i]));
-        ck_assert_msg(md < 1e-4, "split %d: max |out - ref| = %g", split, md); /* NaN fails too */
-        ck_assert_msg(mg < 1e-5, "split %d: max |gate - ref| = %g", split, mg);
+        if (mode == 2) { /* the second sequence: the reference's first A tokens */
+            for (size_t i = 0; i < (size_t)A * G * d; i++) md = fmax(md, fabs(out[TGd + i] - ref[i]));
+            for (size_t i = 0; i < (size_t)A * G; i++) mg = fmax(mg, fabs(gates[(size_t)T * G + i] - ref_g[i]));
+        }
+        ck_assert_msg(md < 1e-4, "mode %d: max |out - ref| = %g", mode, md); /* NaN fails too */
+        ck_assert_msg(mg < 1e-5, "mode %d: max |gate - ref| = %g", mode, mg);
     }
-    free(conv_hist), free(out), free(gates), free(cids), free(rows), free(lookup);
-    engram_scratch_free(&s);
+    free(h1), free(h2), free(out), free(gates), free(x2), free(rows2), free(cids), free(rows), free(lookup);
+    engram_scratch_free(&s, backend_cpu());
     safetensors_destroy(st);
     ngram_hash_destroy(e.hash);
     cJSON_Delete(g);

@@ -63,7 +63,7 @@ START_TEST(kv_alloc_and_accounting) {
     ck_assert_int_eq(kv_cache_used_blocks(c), 0);
 
     /* blocks of one layer do not overlap, K and V are apart */
-    float *k0 = kv_cache_k(c, 1, 0), *k1 = kv_cache_k(c, 1, 1);
+    float *k0 = kv_cache_k(c, 1, 0), *k1 = kv_cache_k(c, 1, 1); /* f32 by default */
     ck_assert_ptr_eq(k1, k0 + 16 * 8);
     ck_assert_ptr_eq(k0, kv_cache_k_layer(c, 1));
     ck_assert_ptr_ne(kv_cache_v(c, 1, 0), k0);
@@ -97,9 +97,16 @@ START_TEST(kv_paged_attention_bit_identical) {
         memcpy(vp + ((size_t)b * BS + r) * kvw, vc + (size_t)j * kvw, sizeof(float) * kvw);
     }
     const backend_ops *ops = backend_cpu();
+    int32_t pos[T], tok_seq[T] = {0}, start[2] = {0, T}, pos0[1] = {POS0};
+    for (int t = 0; t < T; t++) pos[t] = POS0 + t;
+    batch_desc b = {.n_seqs = 1, .n_tokens = T, .block_size = BS, .max_blocks = NB, .max_q = T, .max_ctx = n,
+                    .pos = pos, .tok_seq = tok_seq, .seq_start = start, .seq_pos0 = pos0,
+                    .h_seq_start = start, .h_seq_pos0 = pos0};
     for (int window = 0; window <= 5; window += 5) {
-        ops->attention(o1, q, kc, vc, ident, BS, T, POS0, NH, NKV, HD, window);
-        ops->attention(o2, q, kp, vp, perm, BS, T, POS0, NH, NKV, HD, window);
+        b.block_tables = ident;
+        ops->attention(o1, q, kc, vc, &b, NH, NKV, HD, window);
+        b.block_tables = perm;
+        ops->attention(o2, q, kp, vp, &b, NH, NKV, HD, window);
         ck_assert_int_eq(memcmp(o1, o2, sizeof(o1)), 0);
     }
     free(kc);
@@ -109,17 +116,23 @@ START_TEST(kv_paged_attention_bit_identical) {
 }
 END_TEST
 
+static model *load_fixture(void) {
+    char dir[1024], err[512];
+    const char *src = getenv("ENGRAM_SOURCE_DIR");
+    snprintf(dir, sizeof(dir), "%s/tests/fixtures/models/qwen3_engram", src ? src : ".");
+    model *m = NULL;
+    ck_assert_msg(model_load(dir, &m, err, sizeof(err)) == MODEL_OK, "%s", err);
+    return m;
+}
+
 /* Two sequences interleaved chunk by chunk in one small shared cache give the
  * logits each gives alone in a private cache; the shared cache refuses a
  * sequence it cannot hold and is empty after both are reset. */
 START_TEST(kv_shared_states_match_private) {
-    char dir[1024];
-    const char *src = getenv("ENGRAM_SOURCE_DIR");
-    snprintf(dir, sizeof(dir), "%s/tests/fixtures/models/qwen3_engram", src ? src : ".");
-    model *m = NULL;
-    char err[512];
-    ck_assert_msg(model_load(dir, &m, err, sizeof(err)) == MODEL_OK, "%s", err);
-    const backend_ops *ops = backend_cpu();
+    model *m = load_fixture();
+    char err[256];
+    forward_ctx *fc = NULL;
+    ck_assert_int_eq(forward_ctx_create(m, backend_cpu(), 8, 2, &fc, err, sizeof(err)), FORWARD_OK);
     int V = m->cfg.vocab_size;
     enum { NA = 37, NB2 = 21 };
     int32_t a[NA], b[NB2];
@@ -129,48 +142,120 @@ START_TEST(kv_shared_states_match_private) {
     float *ra = malloc(sizeof(float) * V), *rb = malloc(sizeof(float) * V);
 
     kv_cache *kv = NULL;
-    ck_assert_int_eq(forward_kv_cache_create(m, 4 * 16, 16, &kv), KV_CACHE_OK); /* 4 blocks */
+    ck_assert_int_eq(forward_kv_cache_create(fc, 4 * 16, 16, &kv), KV_CACHE_OK); /* 4 blocks */
     forward_state *sa = NULL, *sb = NULL;
-    ck_assert_int_eq(forward_state_create_shared(m, kv, 64, 8, &sa), FORWARD_OK);
-    ck_assert_int_eq(forward_state_create_shared(m, kv, 64, 8, &sb), FORWARD_OK);
-    /* interleave: a in chunks of 10, b in chunks of 7; each chunk runs in
-     * pieces of 8 (max_chunk) whatever the split */
-    ck_assert_int_eq(forward_run(m, ops, sa, a, 10, NULL, NULL), FORWARD_OK);
-    ck_assert_int_eq(forward_run(m, ops, sb, b, 7, NULL, NULL), FORWARD_OK);
-    ck_assert_int_eq(forward_run(m, ops, sa, a + 10, 20, NULL, NULL), FORWARD_OK);
-    ck_assert_int_eq(forward_run(m, ops, sb, b + 7, 14, lb, NULL), FORWARD_OK);
+    ck_assert_int_eq(forward_state_create(fc, kv, 64, &sa), FORWARD_OK);
+    ck_assert_int_eq(forward_state_create(fc, kv, 64, &sb), FORWARD_OK);
+    /* interleave: a in chunks of 10, b in chunks of 7; each runs in steps of 8 */
+    ck_assert_int_eq(forward_run(fc, sa, a, 10, NULL, NULL), FORWARD_OK);
+    ck_assert_int_eq(forward_run(fc, sb, b, 7, NULL, NULL), FORWARD_OK);
+    ck_assert_int_eq(forward_run(fc, sa, a + 10, 20, NULL, NULL), FORWARD_OK);
+    ck_assert_int_eq(forward_run(fc, sb, b + 7, 14, lb, NULL), FORWARD_OK);
     ck_assert_int_eq(kv_cache_used_blocks(kv), 4); /* 2 for a's 30, 2 for b's 21 */
     /* a's last 7 need a third block: none left, nothing appended */
-    ck_assert_int_eq(forward_run(m, ops, sa, a + 30, 7, la, NULL), FORWARD_ERR_KV_FULL);
+    ck_assert_int_eq(forward_run(fc, sa, a + 30, 7, la, NULL), FORWARD_ERR_KV_FULL);
     ck_assert_int_eq(forward_state_pos(sa), 30);
     forward_state_reset(sb);
     ck_assert_int_eq(kv_cache_used_blocks(kv), 2);
-    ck_assert_int_eq(forward_run(m, ops, sa, a + 30, 7, la, NULL), FORWARD_OK);
+    ck_assert_int_eq(forward_run(fc, sa, a + 30, 7, la, NULL), FORWARD_OK);
 
-    /* private runs with the same calls and pieces: bit-identical logits */
-    forward_state *pa = NULL;
-    ck_assert_int_eq(forward_state_create(m, 64, 8, &pa), FORWARD_OK);
-    ck_assert_int_eq(forward_run(m, ops, pa, a, 10, NULL, NULL), FORWARD_OK);
-    ck_assert_int_eq(forward_run(m, ops, pa, a + 10, 20, NULL, NULL), FORWARD_OK);
-    ck_assert_int_eq(forward_run(m, ops, pa, a + 30, 7, ra, NULL), FORWARD_OK);
+    /* private runs, the prompt whole: bit-identical logits */
+    forward_ctx *big = NULL;
+    ck_assert_int_eq(forward_ctx_create(m, backend_cpu(), 64, 1, &big, err, sizeof(err)), FORWARD_OK);
+    forward_state *pa = NULL, *pb = NULL;
+    ck_assert_int_eq(forward_state_create(big, NULL, 64, &pa), FORWARD_OK);
+    ck_assert_int_eq(forward_run(big, pa, a, NA, ra, NULL), FORWARD_OK);
     ck_assert_int_eq(memcmp(la, ra, sizeof(float) * V), 0);
-    forward_state_destroy(pa);
-
-    forward_state *pb = NULL;
-    ck_assert_int_eq(forward_state_create(m, 64, 8, &pb), FORWARD_OK);
-    ck_assert_int_eq(forward_run(m, ops, pb, b, 7, NULL, NULL), FORWARD_OK);
-    ck_assert_int_eq(forward_run(m, ops, pb, b + 7, 14, rb, NULL), FORWARD_OK);
+    ck_assert_int_eq(forward_state_create(big, NULL, 64, &pb), FORWARD_OK);
+    ck_assert_int_eq(forward_run(big, pb, b, NB2, rb, NULL), FORWARD_OK);
     ck_assert_int_eq(memcmp(lb, rb, sizeof(float) * V), 0);
 
     forward_state_destroy(sa);
     forward_state_destroy(sb);
     ck_assert_int_eq(kv_cache_used_blocks(kv), 0);
     kv_cache_destroy(kv);
+    forward_state_destroy(pa);
     forward_state_destroy(pb);
+    forward_ctx_destroy(fc);
+    forward_ctx_destroy(big);
     free(la);
     free(lb);
     free(ra);
     free(rb);
+    model_destroy(m);
+}
+END_TEST
+
+/* Batch invariance: three sequences in one step (a prompt chunk, a decode
+ * token, a longer prompt), with gates and greedy argmax, give bit for bit the
+ * logits and gates of each sequence run alone, whole and token by token. */
+START_TEST(forward_batch_bit_identical_to_alone) {
+    model *m = load_fixture();
+    char err[256];
+    int V = m->cfg.vocab_size, nl = m->engram->n_layers;
+    enum { N0 = 19, N1 = 33, N2 = 45, S = 3 };
+    int n[S] = {N0, N1, N2};
+    int32_t ids[S][N2];
+    for (int i = 0; i < S; i++)
+        for (int k = 0; k < n[i]; k++) ids[i][k] = (k * (7 + 6 * i) + 11 * i + 5) % 240 + 10;
+
+    /* alone, whole prompt, then alone token by token */
+    float *ref = malloc(sizeof(float) * V * S), *refg = calloc((size_t)N2 * nl * S, sizeof(float));
+    float *tok = malloc(sizeof(float) * V);
+    forward_ctx *one = NULL;
+    ck_assert_int_eq(forward_ctx_create(m, backend_cpu(), 64, 1, &one, err, sizeof(err)), FORWARD_OK);
+    for (int i = 0; i < S; i++) {
+        forward_state *st = NULL;
+        ck_assert_int_eq(forward_state_create(one, NULL, 64, &st), FORWARD_OK);
+        ck_assert_int_eq(forward_run(one, st, ids[i], n[i], ref + (size_t)i * V, refg + (size_t)i * N2 * nl), FORWARD_OK);
+        forward_state_reset(st);
+        for (int k = 0; k < n[i]; k++)
+            ck_assert_int_eq(forward_run(one, st, &ids[i][k], 1, tok, NULL), FORWARD_OK);
+        ck_assert_int_eq(memcmp(tok, ref + (size_t)i * V, sizeof(float) * V), 0);
+        forward_state_destroy(st);
+    }
+
+    /* together: seq 0 as one chunk, seq 1 first as 32 tokens then its last one
+     * beside seq 2's chunks; the steps mix prefill and decode */
+    forward_ctx *fc = NULL;
+    ck_assert_int_eq(forward_ctx_create(m, backend_cpu(), 64, S, &fc, err, sizeof(err)), FORWARD_OK);
+    kv_cache *kv = NULL;
+    ck_assert_int_eq(forward_kv_cache_create(fc, 256, 16, &kv), KV_CACHE_OK);
+    forward_state *st[S];
+    for (int i = 0; i < S; i++) ck_assert_int_eq(forward_state_create(fc, kv, 64, &st[i]), FORWARD_OK);
+    float *got = malloc(sizeof(float) * V * S), *gg = calloc((size_t)N2 * nl * S, sizeof(float));
+    int32_t am[S] = {-1, -1, -1};
+    forward_item step1[2] = {
+        {.st = st[1], .ids = ids[1], .n = N1 - 1, .gates = gg + (size_t)N2 * nl},
+        {.st = st[2], .ids = ids[2], .n = 30, .gates = gg + (size_t)2 * N2 * nl},
+    };
+    ck_assert_int_eq(forward_batch(fc, step1, 2), FORWARD_OK);
+    forward_item step2[3] = {
+        {.st = st[2], .ids = ids[2] + 30, .n = N2 - 30, .logits = got + (size_t)2 * V, .argmax = &am[2],
+         .gates = gg + (size_t)(2 * N2 + 30) * nl},
+        {.st = st[0], .ids = ids[0], .n = N0, .logits = got, .argmax = &am[0], .gates = gg},
+        {.st = st[1], .ids = ids[1] + N1 - 1, .n = 1, .logits = got + V, .argmax = &am[1],
+         .gates = gg + (size_t)(N2 + N1 - 1) * nl},
+    };
+    ck_assert_int_eq(forward_batch(fc, step2, 3), FORWARD_OK);
+    ck_assert_int_eq(memcmp(got, ref, sizeof(float) * V * S), 0);
+    ck_assert_int_eq(memcmp(gg, refg, sizeof(float) * N2 * nl * S), 0);
+    for (int i = 0; i < S; i++) { /* argmax: the lowest id of the largest logit */
+        int32_t best = 0;
+        for (int v = 1; v < V; v++)
+            if (ref[(size_t)i * V + v] > ref[(size_t)i * V + best]) best = v;
+        ck_assert_int_eq(am[i], best);
+    }
+    /* a step over the context's budget is refused with nothing appended */
+    forward_item big[2] = {{.st = st[0], .ids = ids[2], .n = 40}, {.st = st[1], .ids = ids[2], .n = 30}};
+    ck_assert_int_eq(forward_batch(fc, big, 2), FORWARD_ERR_BATCH);
+    ck_assert_int_eq(forward_state_pos(st[0]), N0);
+    for (int i = 0; i < S; i++) forward_state_destroy(st[i]);
+    ck_assert_int_eq(kv_cache_used_blocks(kv), 0);
+    kv_cache_destroy(kv);
+    forward_ctx_destroy(fc);
+    forward_ctx_destroy(one);
+    free(ref), free(refg), free(tok), free(got), free(gg);
     model_destroy(m);
 }
 END_TEST
@@ -182,6 +267,7 @@ int main(void) {
     tcase_add_test(tc, kv_alloc_and_accounting);
     tcase_add_test(tc, kv_paged_attention_bit_identical);
     tcase_add_test(tc, kv_shared_states_match_private);
+    tcase_add_test(tc, forward_batch_bit_identical_to_alone);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
