@@ -39,6 +39,8 @@ static void usage(FILE *f) {
             "  --repetition-penalty R  --presence-penalty P  --frequency-penalty F\n"
             "  --seed S               sampler seed (default 0)\n"
             "  --ignore-eos           do not stop at the model's eos_token_id\n"
+            "  --warmup               run the prompt and a few decode steps once, untimed, before the\n"
+            "                         timed run (one-time GPU setup stays out of the timings)\n"
             "  --device cpu|cuda|auto backend (default auto: CUDA when a GPU is usable)\n"
             "  --threads N            CPU threads (default: all cores)\n"
             "  --prefill-chunk N      prompt tokens per forward pass (default 256; 1 = token by token)\n"
@@ -153,7 +155,7 @@ int main(int argc, char **argv) {
     const char *model_dir = NULL, *prompt_ids = NULL, *prompt_text = NULL, *dump_logits = NULL;
     const char *device = "auto";
     long max_tokens = 32, prefill_chunk = 256, threads = 0;
-    bool print_ids = false, ignore_eos = false, print_gates = false, print_rows = false, chat = false;
+    bool print_ids = false, ignore_eos = false, warmup = false, print_gates = false, print_rows = false, chat = false;
     sampler_params sp = sampler_default_params();
     const char *engram_tables = NULL, *synthetic = NULL, *synth_dir = NULL;
     uint64_t synth_seed = 0;
@@ -186,6 +188,8 @@ int main(int argc, char **argv) {
             print_gates = true;
         } else if (!strcmp(a, "--ignore-eos")) {
             ignore_eos = true;
+        } else if (!strcmp(a, "--warmup")) {
+            warmup = true;
         } else if (!strcmp(a, "--model")) {
             NEED_VALUE model_dir = v;
         } else if (!strcmp(a, "--synthetic")) {
@@ -442,6 +446,16 @@ int main(int argc, char **argv) {
     if (print_gates && !(gates = malloc((size_t)need * nl * sizeof(float)))) {
         fprintf(stderr, "engram-run: out of memory\n");
         goto done;
+    }
+    if (warmup) { /* the same prompt and up to 8 decode steps, then back to position 0 */
+        int wrc = forward_run(fc, st, prompt, n_prompt, logits, NULL);
+        for (long i = 0; wrc == FORWARD_OK && i < 8 && i + 1 < max_tokens; i++)
+            wrc = forward_run(fc, st, &prompt[n_prompt - 1], 1, logits, NULL);
+        if (wrc != FORWARD_OK) {
+            fprintf(stderr, "engram-run: warmup: %s\n", forward_status_str(wrc));
+            goto done;
+        }
+        forward_state_reset(st);
     }
     double t1 = util_now();
     int frc = forward_run(fc, st, prompt, n_prompt, logits, gates);

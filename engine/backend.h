@@ -102,6 +102,18 @@ typedef struct backend_ops {
      * Then each history is replaced by the last R rows of (history, inputs). */
     void (*short_conv)(float *out, const float *in, const float *w, const batch_desc *b, size_t hist_off,
                        int C, int K, int dil);
+
+    /* ---- recorded steps (optional: NULL where a backend has none) ---- */
+    /* A step whose ops depend on nothing but `key` (key_bytes <= 64: the
+     * caller puts every host value its ops bake in there: sizes, buffers,
+     * flags) may be replayed from a recording. step_begin returns 1 when it
+     * has issued the recorded ops itself: the caller skips them and calls
+     * nothing else for them. It returns 0 when the caller must issue the ops,
+     * then call step_end (the backend may be recording them; step_end issues
+     * them). No download, upload or alloc between the two. Recordings are
+     * dropped whenever backend memory is freed or scratch is reallocated. */
+    int (*step_begin)(const void *key, size_t key_bytes);
+    void (*step_end)(void);
 } backend_ops;
 
 /* The CPU reference backend (plain C, OpenMP). */

@@ -1,10 +1,11 @@
 /* The CUDA backend: backend memory is device memory, every op is issued in
  * order on one stream. Matrix products of 1 or 2 tokens (decode) go through
- * a matrix-vector kernel (bf16 weights, f32 activations), larger ones through
- * cuBLAS (bf16 weights times activations rounded to bf16), both with f32
- * accumulation and output; the rest through kernels/. prepare uploads every
- * weight once (f32/f16 matrices become bf16; embeddings and Engram tables keep
- * their dtype). The KV cache holds bf16.
+ * a matrix-vector kernel (f32 activations), larger ones through cuBLAS: bf16
+ * weights times activations rounded to bf16, or f32 weights times f32
+ * activations (no TF32), all with f32 accumulation and output; the rest
+ * through kernels/. prepare uploads every weight once (f16 matrices become
+ * bf16, bf16 and f32 ones keep their dtype, so an f32 checkpoint computes in
+ * f32; embeddings and Engram tables keep their dtype). The KV cache holds bf16.
  * Built only with ENGRAM_CUDA, as its own shared library (libengram-cuda.so)
  * that backend.c loads on demand: a program that never asks for CUDA never
  * loads cuBLAS, and a CUDA build still starts on a machine without CUDA. It
@@ -33,7 +34,24 @@ static struct {
     size_t xb_bytes;
     float *att_work; /* attention split scratch */
     size_t att_work_floats;
-} g;
+    int graphs_off;  /* ENGRAM_CUDA_GRAPHS=0: no recorded steps */
+    int capturing;   /* slot being recorded, or -1 */
+    unsigned long long tick;
+} g = {.capturing = -1};
+
+/* Recorded steps (CUDA graphs), looked up by the caller's key; the least
+ * recently used slot is replaced. A key seen once runs plainly (it warms
+ * cuBLAS and grows the scratch buffers), the second time it is recorded,
+ * from the third on replayed. */
+#define GRAPH_SLOTS 16
+#define GRAPH_KEY_MAX 64
+static struct {
+    unsigned char key[GRAPH_KEY_MAX];
+    size_t key_bytes;
+    int state; /* 0 free, 1 seen once, 2 recorded */
+    cudaGraphExec_t exec;
+    unsigned long long used;
+} graphs[GRAPH_SLOTS];
 
 /* A failed launch or CUDA call inside an op: the context is unusable and the
  * op cannot report it (ops return nothing), so stop here. */
@@ -52,10 +70,21 @@ static void cuda__fail(const char *op, const char *what) {
         if (k_) cuda__fail(__func__, kernels_status_str(k_));                                               \
     } while (0)
 
+/* Drops every recorded step: they hold device addresses that are about to
+ * change. */
+static void graphs__clear(void) {
+    if (g.capturing >= 0) cuda__fail(__func__, "backend memory freed while a step is being recorded");
+    for (int i = 0; i < GRAPH_SLOTS; i++) {
+        if (graphs[i].state == 2) cudaGraphExecDestroy(graphs[i].exec);
+        graphs[i].state = 0;
+    }
+}
+
 /* Grows a device scratch buffer to at least `bytes`. cudaFree waits for the
  * work that may still read the old one. */
 static void cuda__grow(void **buf, size_t *have, size_t bytes) {
     if (bytes <= *have) return;
+    graphs__clear();
     CHECK_CUDA(cudaFree(*buf));
     *buf = NULL;
     *have = 0;
@@ -82,7 +111,9 @@ static void *cu_alloc(size_t bytes) {
 }
 
 static void cu_free(void *p) {
-    if (p) CHECK_CUDA(cudaFree(p));
+    if (!p) return;
+    graphs__clear();
+    CHECK_CUDA(cudaFree(p));
 }
 
 static void cu_upload(void *dst, const void *host, size_t bytes) {
@@ -213,15 +244,16 @@ static int view__upload(cuda_view *v, const void *host, dtype t, size_t n, int t
     return 0;
 }
 
-/* A matrix for matmul (bf16 on the device) or, with keep_dtype, for row
- * gathers (its own dtype). */
+/* A matrix for matmul (bf16 or f32 on the device: f16 becomes bf16) or, with
+ * keep_dtype, for row gathers (its own dtype). */
 static int view__weight(cuda_view *v, const weight *w, weight *out, int keep_dtype, const char *what, char *err,
                         size_t errlen) {
     *out = *w;
     void *d;
-    if (view__upload(v, w->data, w->dt, (size_t)w->rows * w->cols, !keep_dtype, &d, what, err, errlen)) return -1;
+    int conv = !keep_dtype && w->dt == DTYPE_F16;
+    if (view__upload(v, w->data, w->dt, (size_t)w->rows * w->cols, conv, &d, what, err, errlen)) return -1;
     out->data = d;
-    if (!keep_dtype && w->data) out->dt = DTYPE_BF16;
+    if (conv && w->data) out->dt = DTYPE_BF16;
     return 0;
 }
 
@@ -237,6 +269,7 @@ static void cu_release(model *view, model *m) {
     (void)m;
     if (!view) return;
     cuda_view *v = (cuda_view *)view;
+    graphs__clear();
     cudaDeviceSynchronize();
     for (int i = 0; i < v->n_dev; i++) cudaFree(v->dev[i]);
     free(v->dev);
@@ -330,15 +363,26 @@ fail:
 
 static void cu_matmul(float *out, const float *x, const weight *w, const float *bias, int T) {
     if (T <= 0) return;
-    if (w->dt != DTYPE_BF16) cuda__fail(__func__, "weight is not a bf16 device view (prepare converts them)");
+    if (w->dt != DTYPE_BF16 && w->dt != DTYPE_F32)
+        cuda__fail(__func__, "weight is not a bf16 or f32 device view (prepare converts them)");
+    int f32 = w->dt == DTYPE_F32;
     if (T <= GEMV_MAX_TOKENS && kernels_gemv_supported(x, w->data, T, w->cols)) { /* decode: one launch */
-        CHECK_K(kernels_gemv_bf16(out, x, w->data, bias, T, w->rows, w->cols, g.stream));
+        if (f32) CHECK_K(kernels_gemv_f32(out, x, w->data, bias, T, w->rows, w->cols, g.stream));
+        else CHECK_K(kernels_gemv_bf16(out, x, w->data, bias, T, w->rows, w->cols, g.stream));
+        return;
+    }
+    const float one = 1.0f, zero = 0.0f;
+    if (f32) { /* f32 checkpoints: f32 operands, pedantic f32 compute (never TF32) */
+        cublasStatus_t st = cublasGemmEx(g.blas, CUBLAS_OP_T, CUBLAS_OP_N, w->rows, T, w->cols, &one, w->data,
+                                         CUDA_R_32F, w->cols, x, CUDA_R_32F, w->cols, &zero, out, CUDA_R_32F,
+                                         w->rows, CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_GEMM_DEFAULT);
+        if (st != CUBLAS_STATUS_SUCCESS) cuda__fail(__func__, cublasGetStatusString(st));
+        if (bias) CHECK_K(kernels_bias_add_f32(out, bias, T, w->rows, g.stream));
         return;
     }
     size_t n = (size_t)T * w->cols;
     cuda__grow(&g.xb, &g.xb_bytes, n * 2);
     CHECK_K(kernels_to_bf16(g.xb, x, KERNELS_F32, n, g.stream));
-    const float one = 1.0f, zero = 0.0f;
     /* column-major: out^T (rows, T) = W (cols, rows)^T x^T (cols, T) */
     cublasStatus_t st = cublasGemmEx(g.blas, CUBLAS_OP_T, CUBLAS_OP_N, w->rows, T, w->cols, &one, w->data,
                                      CUDA_R_16BF, w->cols, g.xb, CUDA_R_16BF, w->cols, &zero, out, CUDA_R_32F,
@@ -418,6 +462,46 @@ static void cu_short_conv(float *out, const float *in, const float *w, const bat
                                          b->n_tokens, C, K, dil, g.stream));
 }
 
+/* ---- recorded steps ---- */
+
+static int cu_step_begin(const void *key, size_t key_bytes) {
+    if (g.graphs_off || key_bytes > GRAPH_KEY_MAX || g.capturing >= 0) return 0;
+    g.tick++;
+    int lru = 0;
+    for (int i = 0; i < GRAPH_SLOTS; i++) {
+        if (graphs[i].state && graphs[i].key_bytes == key_bytes && !memcmp(graphs[i].key, key, key_bytes)) {
+            graphs[i].used = g.tick;
+            if (graphs[i].state == 2) {
+                CHECK_CUDA(cudaGraphLaunch(graphs[i].exec, g.stream));
+                return 1;
+            }
+            CHECK_CUDA(cudaStreamBeginCapture(g.stream, cudaStreamCaptureModeRelaxed));
+            g.capturing = i;
+            return 0;
+        }
+        if (!graphs[i].state || (graphs[lru].state && graphs[i].used < graphs[lru].used)) lru = i;
+    }
+    if (graphs[lru].state == 2) CHECK_CUDA(cudaGraphExecDestroy(graphs[lru].exec));
+    memcpy(graphs[lru].key, key, key_bytes);
+    graphs[lru].key_bytes = key_bytes;
+    graphs[lru].state = 1;
+    graphs[lru].used = g.tick;
+    return 0;
+}
+
+static void cu_step_end(void) {
+    int i = g.capturing;
+    if (i < 0) return;
+    g.capturing = -1;
+    cudaGraph_t graph;
+    CHECK_CUDA(cudaStreamEndCapture(g.stream, &graph));
+    cudaError_t e = cudaGraphInstantiate(&graphs[i].exec, graph, 0);
+    cudaGraphDestroy(graph);
+    CHECK_CUDA(e);
+    graphs[i].state = 2;
+    CHECK_CUDA(cudaGraphLaunch(graphs[i].exec, g.stream));
+}
+
 static const backend_ops cuda_ops = {
     .name = "cuda",
     .kv_elem_bytes = 2,
@@ -442,6 +526,8 @@ static const backend_ops cuda_ops = {
     .engram_gate = cu_engram_gate,
     .scale_rows = cu_scale_rows,
     .short_conv = cu_short_conv,
+    .step_begin = cu_step_begin,
+    .step_end = cu_step_end,
 };
 
 /* Device 0, one stream, one cuBLAS handle; made on the first call. */
@@ -457,8 +543,17 @@ static int cuda__init(void) {
         snprintf(g.why, sizeof(g.why), "CUDA device 0: %s", cudaGetErrorString(e));
         return -1;
     }
+    const char *gr = getenv("ENGRAM_CUDA_GRAPHS");
+    g.graphs_off = gr && !strcmp(gr, "0");
     cublasStatus_t st = cublasCreate(&g.blas);
     if (st == CUBLAS_STATUS_SUCCESS) st = cublasSetStream(g.blas, g.stream);
+    /* its own workspace, so recorded steps never see cuBLAS allocate */
+    void *ws = NULL;
+    if (st == CUBLAS_STATUS_SUCCESS && cudaMalloc(&ws, (size_t)32 << 20) != cudaSuccess) {
+        snprintf(g.why, sizeof(g.why), "CUDA device 0: no memory for the cuBLAS workspace");
+        return -1;
+    }
+    if (st == CUBLAS_STATUS_SUCCESS) st = cublasSetWorkspace(g.blas, ws, (size_t)32 << 20);
     if (st != CUBLAS_STATUS_SUCCESS) {
         snprintf(g.why, sizeof(g.why), "cuBLAS: %s", cublasGetStatusString(st));
         return -1;

@@ -304,8 +304,13 @@ int forward_state_reserve(forward_state *s, int n) {
 
 /* Checks the items and lays out the step on the host: the batch descriptor,
  * the ids, and every Engram row (hashing happens here, before the pass).
+ * With `bucket`, the block tables' stride (and max_ctx with it) is rounded up
+ * to a multiple of STEP_BLOCKS_BUCKET blocks, so that consecutive decode
+ * steps have the same shape and can replay one recording.
  * Returns FORWARD_OK or an error with nothing appended. */
-static int plan_step(forward_ctx *fc, const forward_item *it, int n_items, batch_desc *b) {
+#define STEP_BLOCKS_BUCKET 32
+#define STEP_RECORD_MAX_TOKENS 64
+static int plan_step(forward_ctx *fc, const forward_item *it, int n_items, batch_desc *b, bool bucket) {
     const model *m = fc->m;
     const model_engram *e = m->engram;
     int T = 0, max_q = 0, max_ctx = 0;
@@ -348,6 +353,11 @@ static int plan_step(forward_ctx *fc, const forward_item *it, int n_items, batch
     }
     seq_start[S] = t;
     int mb = (max_ctx + bs - 1) / bs;
+    if (bucket) {
+        int r = (mb + STEP_BLOCKS_BUCKET - 1) / STEP_BLOCKS_BUCKET * STEP_BLOCKS_BUCKET;
+        mb = r < fc->max_blocks ? r : fc->max_blocks > mb ? fc->max_blocks : mb;
+        max_ctx = mb * bs; /* an upper bound of every token's position + 1, as the ops want */
+    }
     for (int i = 0; i < S; i++) {
         const forward_state *s = it[i].st;
         int nb = (s->pos + it[i].n + bs - 1) / bs;
@@ -393,7 +403,15 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
     const model_config *c = &bm->cfg;
     const backend_ops *o = fc->ops;
     batch_desc b;
-    int rc = plan_step(fc, it, n_items, &b);
+    /* Decode steps (one token per sequence) of up to STEP_RECORD_MAX_TOKENS
+     * sequences, of a model without Engram (whose layers do host work), may be
+     * recorded once and replayed by the backend: launching the ops costs more
+     * host time than such a step runs on a GPU. Larger steps hide the
+     * launches behind their own work, and their batch changes too often for
+     * a recording to pay. */
+    bool record = o->step_begin && !e && n_items <= STEP_RECORD_MAX_TOKENS;
+    for (int i = 0; i < n_items && record; i++) record = it[i].n == 1;
+    int rc = plan_step(fc, it, n_items, &b, record);
     if (rc != FORWARD_OK) return rc;
     int T = b.n_tokens, S = n_items;
     int d = c->hidden_size, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
@@ -405,6 +423,19 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
     for (int i = 0, t = 0; i < S; i++)
         for (int k = 0; k < it[i].n; k++) ids[t++] = it[i].ids[k];
     o->upload(fc->ids, ids, (size_t)T * sizeof(int32_t));
+    /* logits at the last token of the sequences that want them */
+    int nl = 0;
+    bool any_argmax = false;
+    for (int i = 0; i < S; i++) {
+        if (it[i].logits || it[i].argmax) fc->h_last[nl++] = b.h_seq_start[i + 1] - 1;
+        any_argmax |= it[i].argmax != NULL;
+    }
+    if (nl) o->upload(fc->last, fc->h_last, (size_t)nl * sizeof(int32_t));
+    if (record) { /* every host value the ops below bake in */
+        uint64_t key[6] = {(uintptr_t)fc, (uintptr_t)kv, (uint64_t)T, (uint64_t)nl, (uint64_t)b.max_blocks,
+                           any_argmax};
+        if (o->step_begin(key, sizeof(key))) goto issued;
+    }
 
     o->embed(fc->x, &bm->embed, fc->ids, T);
     for (int l = 0; l < c->n_layers; l++) {
@@ -463,20 +494,16 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
         o->matmul(fc->tmp, fc->gate, &L->w_down, L->b_down, T);
         o->add(fc->x, fc->tmp, (size_t)T * d);
     }
+    if (nl) {
+        o->gather_f32(fc->lastx, fc->x, fc->last, nl, d);
+        o->rmsnorm(fc->lastx, fc->lastx, bm->final_norm, nl, d, eps);
+        o->matmul(fc->logits, fc->lastx, &bm->lm_head, NULL, nl);
+        if (any_argmax) o->argmax(fc->next, fc->logits, nl, c->vocab_size);
+    }
+    if (record) o->step_end();
+issued:
     for (int i = 0; i < S; i++) it[i].st->pos += it[i].n;
-
-    /* logits at the last token of the sequences that want them */
-    int nl = 0;
-    for (int i = 0; i < S; i++)
-        if (it[i].logits || it[i].argmax) fc->h_last[nl++] = b.h_seq_start[i + 1] - 1;
     if (nl == 0) return FORWARD_OK;
-    o->upload(fc->last, fc->h_last, (size_t)nl * sizeof(int32_t));
-    o->gather_f32(fc->lastx, fc->x, fc->last, nl, d);
-    o->rmsnorm(fc->lastx, fc->lastx, bm->final_norm, nl, d, eps);
-    o->matmul(fc->logits, fc->lastx, &bm->lm_head, NULL, nl);
-    bool any_argmax = false;
-    for (int i = 0; i < S; i++) any_argmax |= it[i].argmax != NULL;
-    if (any_argmax) o->argmax(fc->next, fc->logits, nl, c->vocab_size);
     int32_t *next = fc->h_last; /* reused: the indices are uploaded */
     if (any_argmax) o->download(next, fc->next, (size_t)nl * sizeof(int32_t));
     for (int i = 0, j = 0; i < S; i++) {

@@ -13,7 +13,7 @@
 
 #define ATT_THREADS 128 /* one key per thread in the score phase; one dim per thread in the value phase */
 #define ATT_MAX_HD 256
-#define ATT_MIN_SPLIT 256 /* keys; below this a split is not worth its merge */
+#define ATT_MIN_SPLIT 128 /* keys; below this a split is not worth its merge */
 #define ATT_TARGET_BLOCKS 528 /* about four blocks per SM of an H100 */
 
 __global__ void kv_store_bf16_kernel(__nv_bfloat16 *kc, __nv_bfloat16 *vc, const float *k, const float *v,
@@ -103,6 +103,7 @@ paged_attention_kernel(float *out, float *work, const float *q, const __nv_bfloa
             rows[tid] = row;
             const __nv_bfloat16 *kr = kc + (size_t)row * kvw + (size_t)kh * hd;
             if ((hd & 7) == 0) {
+#pragma unroll 4
                 for (int i = 0; i < hd; i += 8) {
                     uint4 raw = *(const uint4 *)(kr + i);
                     const __nv_bfloat162 *b2 = (const __nv_bfloat162 *)&raw;
@@ -175,8 +176,21 @@ paged_attention_kernel(float *out, float *work, const float *q, const __nv_bfloa
         for (int half = 0; half < 2; half++) {
             int e = tid + half * ATT_THREADS;
             if (e >= hd) break;
-            for (int jj = 0; jj < nk; jj++) {
-                float vf = __bfloat162float(vc[(size_t)rows[jj] * kvw + (size_t)kh * hd + e]);
+            const __nv_bfloat16 *vcol = vc + (size_t)kh * hd + e;
+            int jj = 0;
+            /* sixteen keys' loads in flight before their sums (same order of sums) */
+            for (; jj + 16 <= nk; jj += 16) {
+                float vf[16];
+#pragma unroll
+                for (int u = 0; u < 16; u++) vf[u] = __bfloat162float(vcol[(size_t)rows[jj + u] * kvw]);
+#pragma unroll
+                for (int u = 0; u < 16; u++)
+#pragma unroll
+                    for (int g = 0; g < MAXG; g++)
+                        if (g < G) acc[half][g] += ps[g * ATT_THREADS + jj + u] * vf[u];
+            }
+            for (; jj < nk; jj++) {
+                float vf = __bfloat162float(vcol[(size_t)rows[jj] * kvw]);
 #pragma unroll
                 for (int g = 0; g < MAXG; g++)
                     if (g < G) acc[half][g] += ps[g * ATT_THREADS + jj] * vf;

@@ -9,10 +9,10 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+/* One block per (token, head), one thread per rotated pair. */
 __global__ void rope_kernel(float *x, const int *pos, int n_heads, int hd, const float *inv_freq) {
-    int t = blockIdx.x, half = hd / 2;
-    for (int k = threadIdx.x; k < n_heads * half; k += blockDim.x) {
-        int h = k / half, i = k % half;
+    int t = blockIdx.x, h = blockIdx.y, half = hd / 2;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
         float a = (float)pos[t] * inv_freq[i];
         float c = cosf(a), s = sinf(a);
         float *v = x + ((size_t)t * n_heads + h) * hd;
@@ -26,7 +26,9 @@ extern "C" int kernels_rope_f32(float *x, const int *pos, int T, int n_heads, in
                                 void *stream) {
     if (T < 0 || n_heads <= 0 || hd <= 0 || hd % 2) return KERNELS_ERR_ARG;
     if (T == 0) return KERNELS_OK;
-    rope_kernel<<<T, 128, 0, (cudaStream_t)stream>>>(x, pos, n_heads, hd, inv_freq);
+    int threads = (hd / 2 + 31) / 32 * 32;
+    rope_kernel<<<dim3(T, n_heads), threads > 128 ? 128 : threads, 0, (cudaStream_t)stream>>>(x, pos, n_heads, hd,
+                                                                                            inv_freq);
     return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
 }
 

@@ -125,6 +125,10 @@ int kernels_gemv_supported(const float *x, const void *w, int T, int cols);
 int kernels_gemv_bf16(float *out, const float *x, const void *w, const float *bias, int T, int rows, int cols,
                       void *stream);
 
+/* The same with f32 weights w (rows, cols) (f32 checkpoints keep f32 on the GPU). */
+int kernels_gemv_f32(float *out, const float *x, const void *w, const float *bias, int T, int rows, int cols,
+                     void *stream);
+
 /* ---- sampling.cu ---- */
 
 /* next (T) = argmax of each row of logits (T, vocab), lowest id on ties. */

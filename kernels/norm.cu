@@ -1,4 +1,5 @@
-// Normalization kernels: RMSNorm over the last dimension, one block per row,
+// Normalization kernels: RMSNorm over the last dimension, one block per row
+// (dim / 4 threads, 128 to 1024),
 // f32 accumulation in the same order-independent way as the CPU reference up
 // to rounding (a block reduction, not a sequential sum).
 #include "kernels.h"
@@ -38,6 +39,10 @@ extern "C" int kernels_rmsnorm_f32(float *out, const float *x, const float *w, i
                                    float eps, void *stream) {
     if (rows < 0 || dim <= 0 || !out || !x || !w) return KERNELS_ERR_ARG;
     if (rows == 0) return KERNELS_OK;
-    rmsnorm_f32_kernel<<<rows, 256, 0, (cudaStream_t)stream>>>(out, x, w, dim, eps);
+    /* about four elements per thread; the block size depends on dim alone, so
+     * a row's result does not depend on how many rows the step has */
+    int threads = (dim / 4 + 31) / 32 * 32;
+    threads = threads < 128 ? 128 : threads > 1024 ? 1024 : threads;
+    rmsnorm_f32_kernel<<<rows, threads, 0, (cudaStream_t)stream>>>(out, x, w, dim, eps);
     return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
 }

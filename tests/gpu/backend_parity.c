@@ -9,7 +9,8 @@
  *   0      copies, gathers, widening, argmax, row scaling, history updates
  *   1e-5   element-wise f32 math with a different reduction order (norms,
  *          rope, gate, conv; libm vs CUDA transcendental ulps), the decode
- *          matrix-vector product on bf16 weights (1 or 2 tokens)
+ *          matrix-vector product on bf16 weights (1 or 2 tokens), every
+ *          product on f32 weights (kept f32, pedantic f32 in cuBLAS)
  *   2e-4   per-token (decode) attention on K/V that are exactly bf16 (f32
  *          arithmetic, online softmax vs two-pass)
  *   1e-2   anything that rounds to bf16 first: matmul (activations -> bf16,
@@ -246,13 +247,17 @@ static void test_matmul(int rows, int cols, int T, dtype wt, int with_bias, doub
     weight w = {.data = wh, .dt = wt, .rows = rows, .cols = cols};
     float *ref = xmalloc((size_t)T * rows * 4);
     cpu->matmul(ref, x, &w, with_bias ? bias : NULL, T);
-    /* the device weight as prepare makes it: bf16 */
-    void *dw_src = dev_copy(wh, nw * dtype_size(wt)), *dw = gpu->alloc(nw * 2);
-    if (kernels_to_bf16(dw, dw_src, wt == DTYPE_F32 ? KERNELS_F32 : wt == DTYPE_BF16 ? KERNELS_BF16 : KERNELS_F16,
-                        nw, NULL))
-        failures++;
+    /* the device weight as prepare makes it: f32 and bf16 unchanged, f16 as bf16 */
+    void *dw_src = dev_copy(wh, nw * dtype_size(wt)), *dw = NULL;
+    dtype dwt_dt = wt == DTYPE_F32 ? DTYPE_F32 : DTYPE_BF16;
+    if (wt == DTYPE_F16) {
+        dw = gpu->alloc(nw * 2);
+        if (kernels_to_bf16(dw, dw_src, KERNELS_F16, nw, NULL)) failures++;
+    } else {
+        dw = dev_copy(wh, nw * dtype_size(wt));
+    }
     cudaDeviceSynchronize();
-    weight dwt = {.data = dw, .dt = DTYPE_BF16, .rows = rows, .cols = cols};
+    weight dwt = {.data = dw, .dt = dwt_dt, .rows = rows, .cols = cols};
     float *dx = dev_copy(x, (size_t)T * cols * 4), *db = dev_copy(bias, (size_t)rows * 4);
     float *out = dev_poison((size_t)T * rows * 4);
     gpu->matmul(out, dx, &dwt, with_bias ? db : NULL, T);
@@ -627,13 +632,16 @@ int main(int argc, char **argv) {
      * with bf16 weights only the summation order differs) */
     test_matmul(1024, 768, 1, DTYPE_BF16, 1, 1e-5);
     test_matmul(4096, 1024, 2, DTYPE_BF16, 0, 1e-5);
-    test_matmul(1000, 600, 1, DTYPE_F32, 1, 1e-2);
+    test_matmul(1000, 600, 1, DTYPE_F32, 1, 1e-5); /* f32 weights stay f32 */
+    test_matmul(4096, 1024, 2, DTYPE_F32, 0, 1e-5);
     test_gemv_kernel(4096, 1024, 8); /* the kernel takes up to 8 tokens */
-    /* cuBLAS: more tokens, or cols not a multiple of 8 */
-    test_matmul(1000, 600, 5, DTYPE_F32, 1, 1e-2);
+    /* cuBLAS: more tokens, or cols not a multiple of 8; f32 weights in
+     * pedantic f32 (no TF32), so only the summation order differs */
+    test_matmul(1000, 600, 5, DTYPE_F32, 1, 1e-5);
+    test_matmul(1024, 512, 64, DTYPE_F32, 0, 1e-5);
     test_matmul(4096, 1024, 8, DTYPE_BF16, 0, 1e-2);
     test_matmul(1024, 768, 43, DTYPE_BF16, 0, 1e-2);
-    test_matmul(1000, 600, 37, DTYPE_F32, 1, 1e-2);
+    test_matmul(1000, 600, 37, DTYPE_F32, 1, 1e-5);
     test_matmul(513, 257, 3, DTYPE_F16, 1, 1e-2);
     test_matmul(513, 257, 300, DTYPE_F16, 1, 1e-2);
     test_elementwise();

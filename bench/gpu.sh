@@ -1,0 +1,71 @@
+#!/bin/bash
+# The GPU benchmarks of bench/RESULTS.md, run from a folder made by
+# scripts/gpu-pack (its bin/ and lib/), from the repository root:
+#   bench/gpu.sh PACK OUTDIR [SECTION...]   (scripts/gpu-pack copies it to PACK/gpu.sh)
+# Sections (default: peak decode single ttft tput):
+#   check   the three parity checks (PACK/check)
+#   peak    bench-gpu_peak llama3-8b llama3-1b: device copy rate, cuBLAS bf16
+#           8192^3, one layer's products through the backend at T = 1..8192
+#   decode  engram-run single-stream greedy decode, synthetic llama3-1b,
+#           llama3-8b, qwen3-8b (16-token prompt, 256 tokens, --warmup)
+#   single  bench-throughput -n 1 (16 prompt tokens, 1024 output tokens): one
+#           greedy stream through the engine (device argmax), same models
+#   ttft    engram-run prefill of 1024 and 8192 prompt tokens, llama3-8b
+#           (--prefill-chunk = the prompt, --warmup, 1 output token)
+#   tput    bench-throughput, the paper's workload (512 sequences, lengths
+#           Uniform(100, 1024)), synthetic qwen3-4b and qwen3-8b
+#   tput4b, tput8b   one of the two
+# Each section's output goes to OUTDIR/SECTION.log as well as stdout.
+set -uo pipefail
+pack=$(cd "$1" && pwd); outdir=$2; shift 2
+mkdir -p "$outdir"
+secs=("$@"); [ ${#secs[@]} -gt 0 ] || secs=(peak decode single ttft tput)
+ids() { seq -s, 1 "$1"; } # prompt ids 1..N
+# KV cache tokens for the throughput runs on an 80 GB H100: both models keep
+# 147,456 bytes per token (36 layers, 8 KV heads of 128, K and V bf16); what
+# is left after weights (8.0 / 16.4 GB) and step scratch (~3 GB).
+kv_for() { case $1 in qwen3-4b) echo ${TPUT_KV:-420000} ;; *) echo ${TPUT_KV:-380000} ;; esac; }
+echo "== $(date -u '+%F %T UTC') $(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader)"
+run_sec() {
+  case $1 in
+  check) "$pack/check" ;;
+  peak) timeout 300 "$pack/run" bench-gpu_peak llama3-8b llama3-1b ;;
+  decode)
+    for m in llama3-1b llama3-8b qwen3-8b; do
+      echo "-- $m: --prompt-ids 1..16 --max-tokens 256"
+      timeout 200 "$pack/run" engram-run --synthetic $m --device cuda --prompt-ids "$(ids 16)" --max-tokens 256 \
+        --temperature 0 --ignore-eos --warmup 2>&1 | grep -E '^engram-run'
+    done ;;
+  single)
+    for m in llama3-1b llama3-8b qwen3-8b; do
+      timeout 200 "$pack/run" bench-throughput --synthetic $m --device cuda -n 1 --prompt-len 16:16 \
+        --output-len 1024:1024 --kv-cache-tokens 2048 | grep -vE '^\{|^warn'
+    done ;;
+  ttft)
+    for n in 1024 8192; do
+      echo "-- llama3-8b: --prompt-ids 1..$n --prefill-chunk $n --max-tokens 1"
+      timeout 200 "$pack/run" engram-run --synthetic llama3-8b --device cuda --prompt-ids "$(ids $n)" --prefill-chunk $n \
+        --max-tokens 1 --temperature 0 --ignore-eos --warmup 2>&1 | grep -E '^engram-run'
+    done ;;
+  tput4b|tput8b|tput)
+    local ms=(qwen3-4b qwen3-8b)
+    [ "$1" = tput4b ] && ms=(qwen3-4b)
+    [ "$1" = tput8b ] && ms=(qwen3-8b)
+    for m in "${ms[@]}"; do
+      for seqs in ${TPUT_SEQS:-512}; do
+        local f=(--synthetic $m --device cuda -n 512 --len 100:1024 --max-num-seqs $seqs
+                 --max-num-batched-tokens ${TPUT_BATCH:-16384} --prefill-chunk ${TPUT_CHUNK:-16384}
+                 --kv-cache-tokens $(kv_for $m))
+        echo "-- bench-throughput ${f[*]}"
+        timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}"
+      done
+    done ;;
+  *) echo "gpu.sh: unknown section $1" ;;
+  esac
+}
+for s in "${secs[@]}"; do
+  echo "== $s"
+  t0=$(date +%s)
+  run_sec "$s" 2>&1 | tee "$outdir/$s.log"
+  echo "== $s: rc=${PIPESTATUS[0]}, $(( $(date +%s) - t0 )) s"
+done

@@ -1,0 +1,297 @@
+/* The GPU's two ceilings and the engine's matrix products against them
+ * (built with ENGRAM_CUDA only; see bench/RESULTS.md):
+ *   copy   cudaMemcpy device to device of 1 GiB, median of 20 (bytes read
+ *          plus bytes written over the time, as METHOD.md counts a copy)
+ *   gemm   cuBLAS bf16 8192^3 (f32 accumulation, bf16 and f32 output),
+ *          median of 20, random inputs
+ *   model  one decoder layer's seven products of a model shape (q, k, v, o,
+ *          gate, up, down; bf16 weights) through the CUDA backend's matmul op,
+ *          as the forward pass calls it (activation rounding included), at
+ *          several token counts T: TFLOP/s against the gemm rate and weight
+ *          GB/s against the copy rate.
+ *   ops    each op of one llama3-8b decode layer (T = 1, context 272) alone,
+ *          100 back-to-back calls recorded as one CUDA graph through the
+ *          backend's step_begin/step_end and replayed: us per call with no
+ *          launch gaps from the host.
+ *   build/bench-gpu_peak [llama3-8b|qwen3-8b|llama3-1b|qwen3-4b|ops]... */
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "backend.h"
+
+#define CK(x)                                                                                               \
+    do {                                                                                                    \
+        cudaError_t e_ = (x);                                                                               \
+        if (e_ != cudaSuccess) {                                                                            \
+            fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));                     \
+            exit(1);                                                                                        \
+        }                                                                                                   \
+    } while (0)
+
+static uint64_t rs = 0x9e3779b97f4a7c15ull;
+static float frand(void) { /* [-1, 1) */
+    rs ^= rs << 13, rs ^= rs >> 7, rs ^= rs << 17;
+    return (float)((rs >> 11) * 0x1.0p-53 * 2.0 - 1.0);
+}
+static uint16_t bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+}
+static void *dev_rand_bf16(size_t n, float scale) {
+    uint16_t *h = malloc(n * 2);
+    if (!h) exit(1);
+    for (size_t i = 0; i < n; i++) h[i] = bf16(scale * frand());
+    void *d;
+    CK(cudaMalloc(&d, n * 2));
+    CK(cudaMemcpy(d, h, n * 2, cudaMemcpyHostToDevice));
+    free(h);
+    return d;
+}
+static void *dev_rand_f32(size_t n, float scale) {
+    float *h = malloc(n * 4);
+    if (!h) exit(1);
+    for (size_t i = 0; i < n; i++) h[i] = scale * frand();
+    void *d;
+    CK(cudaMalloc(&d, n * 4));
+    CK(cudaMemcpy(d, h, n * 4, cudaMemcpyHostToDevice));
+    free(h);
+    return d;
+}
+static int cmp_f(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double copy_rate(void) {
+    size_t bytes = (size_t)1 << 30;
+    void *a, *b;
+    CK(cudaMalloc(&a, bytes));
+    CK(cudaMalloc(&b, bytes));
+    CK(cudaMemset(a, 1, bytes));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    float ms[20];
+    for (int i = 0; i < 3; i++) CK(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
+    for (int i = 0; i < 20; i++) {
+        CK(cudaEventRecord(e0, 0));
+        CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, 0));
+        CK(cudaEventRecord(e1, 0));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaEventElapsedTime(&ms[i], e0, e1));
+    }
+    qsort(ms, 20, sizeof(float), cmp_f);
+    double gbs = 2.0 * bytes / (ms[10] * 1e-3) * 1e-9;
+    printf("copy: cudaMemcpy D2D 1 GiB: median %.3f ms (min %.3f, max %.3f), %.0f GB/s read + write "
+           "(%.0f GB/s counting one direction)\n", ms[10], ms[0], ms[19], gbs, gbs / 2);
+    CK(cudaFree(a));
+    CK(cudaFree(b));
+    cudaEventDestroy(e0), cudaEventDestroy(e1);
+    return gbs;
+}
+
+static double gemm_rate(int n, cudaDataType ct) {
+    cublasHandle_t h;
+    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) exit(1);
+    void *A = dev_rand_bf16((size_t)n * n, 0.05f), *B = dev_rand_bf16((size_t)n * n, 1.0f), *C;
+    CK(cudaMalloc(&C, (size_t)n * n * (ct == CUDA_R_32F ? 4 : 2)));
+    const float one = 1.0f, zero = 0.0f;
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    float ms[20];
+    for (int i = -3; i < 20; i++) {
+        CK(cudaEventRecord(e0, 0));
+        cublasStatus_t st = cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &one, A, CUDA_R_16BF, n, B,
+                                         CUDA_R_16BF, n, &zero, C, ct, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        if (st != CUBLAS_STATUS_SUCCESS) {
+            fprintf(stderr, "cublasGemmEx: %s\n", cublasGetStatusString(st));
+            exit(1);
+        }
+        CK(cudaEventRecord(e1, 0));
+        CK(cudaEventSynchronize(e1));
+        if (i >= 0) CK(cudaEventElapsedTime(&ms[i], e0, e1));
+    }
+    qsort(ms, 20, sizeof(float), cmp_f);
+    double tf = 2.0 * n * n * (double)n / (ms[10] * 1e-3) * 1e-12;
+    printf("gemm: cuBLAS bf16 %d^3, f32 accumulation, %s output: median %.3f ms (min %.3f), %.1f TFLOP/s\n", n,
+           ct == CUDA_R_32F ? "f32" : "bf16", ms[10], ms[0], tf);
+    cudaFree(A), cudaFree(B), cudaFree(C);
+    cudaEventDestroy(e0), cudaEventDestroy(e1);
+    cublasDestroy(h);
+    return tf;
+}
+
+typedef struct {
+    const char *name;
+    int d, q, kv, ff;
+} shape;
+
+static const shape shapes[] = {
+    {"llama3-8b", 4096, 4096, 1024, 14336},
+    {"qwen3-8b", 4096, 4096, 1024, 12288},
+    {"qwen3-4b", 2560, 4096, 1024, 9728},
+    {"llama3-1b", 2048, 2048, 512, 8192},
+};
+
+static void model_layer(const shape *s, double peak_tf, double copy_gbs) {
+    char err[256];
+    const backend_ops *g = backend_cuda(err, sizeof(err));
+    if (!g) {
+        fprintf(stderr, "backend_cuda: %s\n", err);
+        exit(1);
+    }
+    int rows[7] = {s->q, s->kv, s->kv, s->d, s->ff, s->ff, s->d};
+    int cols[7] = {s->d, s->d, s->d, s->q, s->d, s->d, s->ff};
+    weight w[7];
+    size_t params = 0;
+    for (int i = 0; i < 7; i++) {
+        w[i] = (weight){.data = dev_rand_bf16((size_t)rows[i] * cols[i], 0.02f), .dt = DTYPE_BF16, .rows = rows[i],
+                        .cols = cols[i]};
+        params += (size_t)rows[i] * cols[i];
+    }
+    const int Ts[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192};
+    int maxT = 8192, widest = s->ff > s->q ? s->ff : s->q;
+    float *x = dev_rand_f32((size_t)maxT * widest, 1.0f), *out;
+    CK(cudaMalloc((void **)&out, (size_t)maxT * widest * 4));
+    printf("model %s: one layer's 7 products, %.1f M bf16 weights (%.1f MB)\n", s->name, params * 1e-6,
+           params * 2e-6);
+    for (size_t ti = 0; ti < sizeof(Ts) / sizeof(Ts[0]); ti++) {
+        int T = Ts[ti];
+        for (int i = 0; i < 7; i++) g->matmul(out, x, &w[i], NULL, T);
+        CK(cudaDeviceSynchronize());
+        float ts[9];
+        int iters = T <= 64 ? 100 : T <= 1024 ? 20 : 5;
+        for (int r = 0; r < 9; r++) {
+            double t0 = now();
+            for (int it = 0; it < iters; it++)
+                for (int i = 0; i < 7; i++) g->matmul(out, x, &w[i], NULL, T);
+            CK(cudaDeviceSynchronize());
+            ts[r] = (float)((now() - t0) / iters);
+        }
+        qsort(ts, 9, sizeof(float), cmp_f);
+        double dt = ts[4], tf = 2.0 * T * params / dt * 1e-12, gbs = params * 2.0 / dt * 1e-9;
+        printf("model %s T=%-5d %9.1f us/layer  %6.1f TFLOP/s (%5.1f%% of gemm)  %6.0f GB/s of weights "
+               "(%5.1f%% of copy)\n", s->name, T, dt * 1e6, tf, 100 * tf / peak_tf, gbs, 100 * gbs / copy_gbs);
+    }
+    for (int i = 0; i < 7; i++) cudaFree((void *)w[i].data);
+    cudaFree(x), cudaFree(out);
+}
+
+/* ---- single ops of a decode step ---- */
+
+static const backend_ops *G;
+typedef void (*op_fn)(void *ctx);
+static double time_op(const char *name, op_fn f, void *ctx) {
+    uint64_t key[2] = {(uintptr_t)f, 0xfeed};
+    for (int pass = 0; pass < 3; pass++) { /* plain (again if scratch grew), then recorded */
+        if (G->step_begin(key, sizeof(key))) break;
+        for (int i = 0; i < 100; i++) f(ctx);
+        G->step_end();
+    }
+    CK(cudaDeviceSynchronize());
+    float ts[7];
+    for (int r = 0; r < 7; r++) {
+        double t0 = now();
+        for (int it = 0; it < 10; it++)
+            if (!G->step_begin(key, sizeof(key))) {
+                fprintf(stderr, "%s: not recorded\n", name);
+                exit(1);
+            }
+        CK(cudaDeviceSynchronize());
+        ts[r] = (float)((now() - t0) / 1000);
+    }
+    qsort(ts, 7, sizeof(float), cmp_f);
+    printf("op %-28s %7.2f us\n", name, ts[3] * 1e6);
+    return ts[3];
+}
+
+static struct {
+    float *x, *h, *q, *k, *v, *att, *gate, *up, *tmp, *g;
+    void *kc, *vc;
+    batch_desc b;
+    weight wq, wk, wgate, wdown;
+    float *inv;
+} D;
+static void op_rmsnorm(void *c) { (void)c; G->rmsnorm(D.h, D.x, D.g, 1, 4096, 1e-5f); }
+static void op_qnorm(void *c) { (void)c; G->rmsnorm(D.q, D.q, D.g, 32, 128, 1e-5f); }
+static void op_rope_q(void *c) { (void)c; G->rope(D.q, D.b.pos, 1, 32, 128, D.inv); }
+static void op_rope_k(void *c) { (void)c; G->rope(D.k, D.b.pos, 1, 8, 128, D.inv); }
+static void op_kv_store(void *c) { (void)c; G->kv_store(D.kc, D.vc, D.k, D.v, &D.b, 1024); }
+static void op_attention(void *c) { (void)c; G->attention(D.att, D.q, D.kc, D.vc, &D.b, 32, 8, 128, 0); }
+static void op_add(void *c) { (void)c; G->add(D.x, D.tmp, 4096); }
+static void op_swiglu(void *c) { (void)c; G->swiglu(D.gate, D.up, 14336); }
+static void op_mm_q(void *c) { (void)c; G->matmul(D.q, D.h, &D.wq, NULL, 1); }
+static void op_mm_k(void *c) { (void)c; G->matmul(D.k, D.h, &D.wk, NULL, 1); }
+static void op_mm_gate(void *c) { (void)c; G->matmul(D.gate, D.h, &D.wgate, NULL, 1); }
+static void op_mm_down(void *c) { (void)c; G->matmul(D.tmp, D.gate, &D.wdown, NULL, 1); }
+
+static void decode_ops(void) {
+    char err[256];
+    if (!(G = backend_cuda(err, sizeof(err)))) {
+        fprintf(stderr, "backend_cuda: %s\n", err);
+        exit(1);
+    }
+    D.x = dev_rand_f32(4096, 1), D.h = dev_rand_f32(4096, 1), D.q = dev_rand_f32(4096, 1);
+    D.k = dev_rand_f32(1024, 1), D.v = dev_rand_f32(1024, 1), D.att = dev_rand_f32(4096, 1);
+    D.gate = dev_rand_f32(14336, 1), D.up = dev_rand_f32(14336, 1), D.tmp = dev_rand_f32(4096, 1);
+    D.g = dev_rand_f32(4096, 1), D.inv = dev_rand_f32(64, 0.5f);
+    D.kc = dev_rand_bf16(512 * 1024, 1), D.vc = dev_rand_bf16(512 * 1024, 1);
+    /* one sequence at position 271, blocks 0..31 of 16, tables bucketed to 32 blocks */
+    int host[1 + 1 + 1 + 2 + 1 + 32];
+    int *pos = host, *slot = host + 1, *tok = host + 2, *ss = host + 3, *p0 = host + 5, *bt = host + 6;
+    static int h_ss[2] = {0, 1}, h_p0[1] = {271};
+    pos[0] = 271, slot[0] = 271, tok[0] = 0, ss[0] = 0, ss[1] = 1, p0[0] = 271;
+    for (int i = 0; i < 32; i++) bt[i] = i;
+    int *d;
+    CK(cudaMalloc((void **)&d, sizeof(host)));
+    CK(cudaMemcpy(d, host, sizeof(host), cudaMemcpyHostToDevice));
+    D.b = (batch_desc){.n_seqs = 1, .n_tokens = 1, .block_size = 16, .max_blocks = 32, .max_q = 1, .max_ctx = 512,
+                       .pos = d, .slot = d + 1, .tok_seq = d + 2, .seq_start = d + 3, .seq_pos0 = d + 5,
+                       .block_tables = d + 6, .h_seq_start = h_ss, .h_seq_pos0 = h_p0};
+    D.wq = (weight){.data = dev_rand_bf16(4096 * 4096, 0.02f), .dt = DTYPE_BF16, .rows = 4096, .cols = 4096};
+    D.wk = (weight){.data = dev_rand_bf16(1024 * 4096, 0.02f), .dt = DTYPE_BF16, .rows = 1024, .cols = 4096};
+    D.wgate = (weight){.data = dev_rand_bf16(14336 * 4096, 0.02f), .dt = DTYPE_BF16, .rows = 14336, .cols = 4096};
+    D.wdown = (weight){.data = dev_rand_bf16(4096 * 14336, 0.02f), .dt = DTYPE_BF16, .rows = 4096, .cols = 14336};
+    printf("ops of one llama3-8b decode layer (T = 1, context 272), each 100 x in one graph:\n");
+    double sum = 0, mm = 0;
+    sum += 2 * time_op("rmsnorm (1, 4096) x2", op_rmsnorm, NULL);
+    time_op("rmsnorm per head (32, 128)", op_qnorm, NULL); /* qwen3 only */
+    sum += time_op("rope q (32 heads)", op_rope_q, NULL);
+    sum += time_op("rope k (8 heads)", op_rope_k, NULL);
+    sum += time_op("kv_store", op_kv_store, NULL);
+    sum += time_op("attention (split + merge)", op_attention, NULL);
+    sum += 2 * time_op("add (4096) x2", op_add, NULL);
+    sum += time_op("swiglu (14336)", op_swiglu, NULL);
+    mm += 2 * time_op("matmul q/o 4096x4096 x2", op_mm_q, NULL);
+    mm += 2 * time_op("matmul k/v 1024x4096 x2", op_mm_k, NULL);
+    mm += 2 * time_op("matmul gate/up 14336x4096 x2", op_mm_gate, NULL);
+    mm += time_op("matmul down 4096x14336", op_mm_down, NULL);
+    printf("op sum per layer: products %.1f us, the rest %.1f us\n", mm * 1e6, sum * 1e6);
+}
+
+int main(int argc, char **argv) {
+    struct cudaDeviceProp p;
+    CK(cudaGetDeviceProperties(&p, 0));
+    printf("device: %s, %d SMs, %.1f GiB\n", p.name, p.multiProcessorCount, p.totalGlobalMem / 1073741824.0);
+    double gbs = copy_rate();
+    gemm_rate(8192, CUDA_R_16BF);
+    double tf = gemm_rate(8192, CUDA_R_32F);
+    for (int a = 1; a < argc; a++)
+        if (!strcmp(argv[a], "ops")) decode_ops();
+    for (int a = 1; a < argc; a++)
+        for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++)
+            if (!strcmp(argv[a], shapes[i].name)) model_layer(&shapes[i], tf, gbs);
+    return 0;
+}
