@@ -1,16 +1,24 @@
 /* Random-row gather rate of the Engram store's host tiers: DRAM (the table
  * file mmap'd) and NVMe (O_DIRECT through io_uring at queue depths 1..256,
- * and pread), under uniform and Zipf(s) row distributions. Creates a table
- * file of the given size, runs, deletes it (unless --keep).
+ * and pread), under uniform and Zipf(s) row distributions; then NVMe behind
+ * a DRAM budget (the CLOCK row cache) of 1..25% of the table under Zipf(s),
+ * gathering alone and with the next batch prefetched during a simulated
+ * compute gap. Creates a table file of the given size, runs, deletes it
+ * (unless --keep).
  *
  *   build/bench-store [--file PATH] [--gib G] [--dtype bf16|fp8] [--cols N]
  *                     [--batch ROWS] [--seconds S] [--zipf S] [--keep]
+ *                     [--cache-only] [--compute-us US]
  *   defaults: /tmp/engram-bench-store.tbl, 3 GiB, bf16, 256 cols, 4096 rows
- *   per gather, 1.5 s per point, Zipf exponent 1.0.
+ *   per gather, 1.5 s per point, Zipf exponent 1.0, 1000 us of compute
+ *   between a prefetch and its gather.
  * One line per point: rows/s, GB/s of decoded-row bytes (row_bytes each),
  * block reads/s and GB/s read from the file, rows per read (dedupe), and
- * rows per CPU second of the gathering thread. */
+ * rows per CPU second of the gathering thread. Cache points (after a warm-up
+ * until the cache is full, at most 20 s): hit ratio (rows found in DRAM),
+ * rows/s over the gather calls, NVMe reads/s, mean stall per gather. */
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,14 +128,84 @@ static void run_point(const char *path, const engram_store_params *p, const char
     engram_store_close(s);
 }
 
+/* NVMe behind a DRAM budget of `frac` of the table: warm up until the cache
+ * is full (or 20 s), then measure. With prefetch, each step hands the next
+ * batch to the prefetch thread, "computes" for compute_us, then gathers the
+ * current batch (prefetched one step earlier), as the forward pass will. */
+static void run_cache_point(const char *path, double frac, bool prefetch, long compute_us, const dist *d, double zipf_s,
+                            size_t batch, double seconds, float *out, int64_t *rows, int64_t *next) {
+    engram_store_params p = engram_store_default_params();
+    p.tier = ENGRAM_STORE_NVME;
+    p.queue_depth = 64;
+    engram_store *s = NULL;
+    char err[512];
+    if (engram_store_open(path, &p, &s, err, sizeof(err))) { /* the table's size first */
+        fprintf(stderr, "bench-store: %s\n", err);
+        exit(1);
+    }
+    engram_store_header h = engram_store_get_info(s).header;
+    engram_store_close(s);
+    p.dram_budget = (uint64_t)(frac * (double)(h.rows * h.row_stride));
+    if (engram_store_open(path, &p, &s, err, sizeof(err))) {
+        fprintf(stderr, "bench-store: %s\n", err);
+        exit(1);
+    }
+    engram_store_stats a, b;
+    draw(d, next, batch);
+    double t_warm = util_now();
+    bool measuring = false;
+    double t = 0, t_start = 0;
+    uint64_t nrows = 0, gathers = 0;
+    for (;;) {
+        memcpy(rows, next, batch * sizeof(int64_t));
+        draw(d, next, batch);
+        if (prefetch) {
+            engram_store_prefetch(s, next, batch);
+            struct timespec ts = {0, compute_us * 1000};
+            nanosleep(&ts, NULL);
+        }
+        double t0 = util_now();
+        if (engram_store_gather(s, rows, batch, out, NULL)) {
+            fprintf(stderr, "bench-store: gather failed\n");
+            exit(1);
+        }
+        double t1 = util_now();
+        if (!measuring) {
+            engram_store_get_stats(s, &a);
+            if (a.cache_rows >= a.cache_capacity || t1 - t_warm > 20) {
+                measuring = true;
+                t_start = t1;
+            }
+            continue;
+        }
+        t += t1 - t0;
+        nrows += batch;
+        gathers++;
+        if (t1 - t_start >= seconds && gathers >= 2) break;
+    }
+    engram_store_get_stats(s, &b);
+    double look = (double)(b.lookups - a.lookups);
+    printf("nvme cache %5.1f%% %-8s zipf s=%.2f cache_rows=%9llu warm=%5.1fs full=%d hit=%6.4f rows/s=%10.0f "
+           "reads/s=%8.0f stall/gather=%8.1fus prefetched=%8llu dropped=%llu\n",
+           frac * 100, prefetch ? "prefetch" : "gather", zipf_s, (unsigned long long)b.cache_capacity,
+           t_start - t_warm, a.cache_rows >= a.cache_capacity, (double)(b.dram_hits - a.dram_hits) / look,
+           nrows / t, (double)(b.nvme_reads - a.nvme_reads) / (util_now() - t_start),
+           (b.stall_seconds - a.stall_seconds) / (double)(b.gathers - a.gathers) * 1e6,
+           (unsigned long long)(b.prefetch_reads - a.prefetch_reads), (unsigned long long)b.prefetch_dropped);
+    fflush(stdout);
+    engram_store_close(s);
+}
+
 int main(int argc, char **argv) {
     const char *path = "/tmp/engram-bench-store.tbl";
     double gib = 3, seconds = 1.5, zipf_s = 1.0;
-    int dtype = ENGRAM_STORE_BF16, keep = 0;
-    long cols = 256, batch = 4096;
+    int dtype = ENGRAM_STORE_BF16, keep = 0, cache_only = 0;
+    long cols = 256, batch = 4096, compute_us = 1000;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--keep")) keep = 1;
+        else if (!strcmp(a, "--cache-only")) cache_only = 1;
+        else if (v && !strcmp(a, "--compute-us")) compute_us = atol(argv[++i]);
         else if (v && !strcmp(a, "--file")) path = argv[++i];
         else if (v && !strcmp(a, "--gib")) gib = atof(argv[++i]);
         else if (v && !strcmp(a, "--seconds")) seconds = atof(argv[++i]);
@@ -143,7 +221,7 @@ int main(int argc, char **argv) {
         }
     }
     uint32_t rb = engram_store_row_bytes(dtype, (uint32_t)cols);
-    if (!rb || gib <= 0 || gib > 4 || batch < 1 || batch > (1 << 22)) {
+    if (!rb || gib <= 0 || gib > 4 || batch < 1 || batch > (1 << 22) || compute_us < 0 || compute_us > 999999) {
         fprintf(stderr, "bench-store: bad --dtype/--cols/--gib (at most 4)/--batch\n");
         return 2;
     }
@@ -167,8 +245,8 @@ int main(int argc, char **argv) {
     while (gcd(zipf.mul, nrows) != 1) zipf.mul += 2;
     zipf.cdf = malloc(nrows * sizeof(double));
     float *out = malloc((size_t)batch * cols * sizeof(float));
-    int64_t *rows = malloc((size_t)batch * sizeof(int64_t));
-    if (!zipf.cdf || !out || !rows) {
+    int64_t *rows = malloc((size_t)batch * sizeof(int64_t)), *next = malloc((size_t)batch * sizeof(int64_t));
+    if (!zipf.cdf || !out || !rows || !next) {
         fprintf(stderr, "bench-store: out of memory\n");
         unlink(path);
         return 1;
@@ -179,14 +257,14 @@ int main(int argc, char **argv) {
     printf("batch %ld rows per gather, >= %.1f s per point, zipf s=%.2f\n", batch, seconds, zipf_s);
 
     const dist *ds[2] = {&uni, &zipf};
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < 2 && !cache_only; k++) {
         engram_store_params p = engram_store_default_params();
         p.tier = ENGRAM_STORE_DRAM;
         p.mlock = true;
         run_point(path, &p, "dram mmap mlock", ds[k], (size_t)batch, seconds, out, rows);
     }
     static const int qds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < 2 && !cache_only; k++) {
         for (size_t q = 0; q < sizeof(qds) / sizeof(qds[0]); q++) {
             engram_store_params p = engram_store_default_params();
             p.tier = ENGRAM_STORE_NVME;
@@ -199,7 +277,12 @@ int main(int argc, char **argv) {
         p.use_pread = true;
         run_point(path, &p, "nvme pread O_DIRECT", ds[k], (size_t)batch, seconds, out, rows);
     }
+    static const double fracs[] = {0.01, 0.05, 0.10, 0.25};
+    printf("cache points: queue depth 64, %ld us of compute between a prefetch and its gather\n", compute_us);
+    for (size_t f = 0; f < sizeof(fracs) / sizeof(fracs[0]); f++)
+        for (int pf = 0; pf < 2; pf++)
+            run_cache_point(path, fracs[f], pf, compute_us, &zipf, zipf_s, (size_t)batch, seconds, out, rows, next);
     if (!keep) unlink(path);
-    free(zipf.cdf), free(out), free(rows);
+    free(zipf.cdf), free(out), free(rows), free(next);
     return 0;
 }

@@ -48,9 +48,15 @@ static void usage(FILE *f) {
             "  --print-gates          print Engram gates per token and Engram layer as one JSON line\n"
             "  --print-rows           print the Engram table rows per token and layer as one JSON line\n"
             "  --dump-logits FILE     write the last prompt position's logits as raw little-endian f32\n"
-            "  --engram-tables DIR    read Engram tables from DIR/engram_layer_<id>.tbl (engram-tables export)\n"
-            "                         instead of the checkpoint tensor\n"
-            "  --engram-tier dram|nvme  where those (or synthetic) tables are read from (default dram: mmap MAP_SHARED)\n"
+            "  --engram-table-dir DIR read Engram tables from DIR/engram_layer_<id>.tbl instead of the checkpoint\n"
+            "                         tensor; missing files are written there from the checkpoint first\n"
+            "  --engram-tables DIR    alias of --engram-table-dir\n"
+            "  --engram-dram-budget SIZE  DRAM for the tables (K/M/G/T, 1K = 1024); below their size they stay\n"
+            "                         on NVMe behind a row cache of SIZE (default: all of them when they fit in\n"
+            "                         MemAvailable, else half of MemAvailable)\n"
+            "  --engram-hbm-cache SIZE  GPU memory for hot rows (CUDA backend; ignored on the CPU)\n"
+            "  --engram-tier auto|dram|nvme  auto (default): as the budget decides; dram: whole tables mmap'd\n"
+            "                         (MAP_SHARED); nvme: always from the file, cached only within the budget\n"
             "  --engram-mlock         dram: lock the tables in RAM (failure is an error)\n"
             "  --engram-hugepages     dram: madvise(MADV_HUGEPAGE) on the mapping\n"
             "  --engram-io uring|pread  nvme: io_uring (default) or synchronous pread\n"
@@ -154,7 +160,9 @@ int main(int argc, char **argv) {
     const char *engram_tables = NULL, *synthetic = NULL, *synth_dir = NULL;
     uint64_t synth_seed = 0;
     engram_store_params esp = engram_store_default_params();
-    bool engram_store_flag = false; /* a store option given without --engram-tables */
+    esp.tier = ENGRAM_STORE_AUTO;
+    bool engram_store_flag = false; /* a store option, which needs --engram-table-dir */
+    bool tier_dram = false, budget_given = false;
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -197,11 +205,24 @@ int main(int argc, char **argv) {
             NEED_VALUE prompt_text = v;
         } else if (!strcmp(a, "--dump-logits")) {
             NEED_VALUE dump_logits = v;
-        } else if (!strcmp(a, "--engram-tables")) {
-            NEED_VALUE engram_tables = v;
+        } else if (!strcmp(a, "--engram-table-dir") || !strcmp(a, "--engram-tables")) {
+            NEED_VALUE if (engram_tables && strcmp(engram_tables, v)) {
+                fprintf(stderr, "engram-run: %s %s contradicts the table directory %s given before\n", a, v,
+                        engram_tables);
+                return 2;
+            }
+            engram_tables = v;
+        } else if (!strcmp(a, "--engram-dram-budget")) {
+            NEED_VALUE engram_store_flag = budget_given = true;
+            bad = util_parse_size(v, &esp.dram_budget);
+        } else if (!strcmp(a, "--engram-hbm-cache")) {
+            NEED_VALUE bad = util_parse_size(v, &esp.hbm_cache);
         } else if (!strcmp(a, "--engram-tier")) {
             NEED_VALUE engram_store_flag = true;
-            if (!strcmp(v, "dram"))
+            tier_dram = !strcmp(v, "dram");
+            if (!strcmp(v, "auto"))
+                esp.tier = ENGRAM_STORE_AUTO;
+            else if (!strcmp(v, "dram"))
                 esp.tier = ENGRAM_STORE_DRAM;
             else if (!strcmp(v, "nvme"))
                 esp.tier = ENGRAM_STORE_NVME;
@@ -257,7 +278,10 @@ int main(int argc, char **argv) {
             return 2;
         }
         if (bad) {
-            fprintf(stderr, "engram-run: bad value for %s: %s\n", a, v);
+            fprintf(stderr, "engram-run: bad value for %s: %s%s\n", a, v,
+                    !strcmp(a, "--engram-dram-budget") || !strcmp(a, "--engram-hbm-cache")
+                        ? " (a positive size in bytes, optionally with K, M, G or T: 1K = 1024)"
+                        : "");
             return 2;
         }
 #undef NEED_VALUE
@@ -280,10 +304,16 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (engram_store_flag && !engram_tables && !synth_dir) {
-        fprintf(stderr, "engram-run: --engram-tier/-io/-queue-depth/-mlock/-hugepages/-buffered need --engram-tables "
-                        "or --synthetic-table-dir\n");
+        fprintf(stderr, "engram-run: --engram-dram-budget/-tier/-io/-queue-depth/-mlock/-hugepages/-buffered need "
+                        "--engram-table-dir (alias --engram-tables) or --synthetic-table-dir\n");
         return 2;
     }
+    if (tier_dram && budget_given) {
+        fprintf(stderr, "engram-run: --engram-dram-budget does not apply to --engram-tier dram (whole tables "
+                        "mapped); use --engram-tier auto or nvme\n");
+        return 2;
+    }
+
     if (chat && !prompt_text) {
         fprintf(stderr, "engram-run: --chat needs --prompt\n");
         return 2;
@@ -398,6 +428,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "engram-run: %s\n", err);
         goto done;
     }
+    if (esp.hbm_cache && strcmp(ops->name, "cuda"))
+        fprintf(stderr, "engram-run: warning: --engram-hbm-cache is ignored on a CPU-only run\n");
     if (forward_ctx_create(m, ops, (int)prefill_chunk, 1, &fc, err, sizeof(err)) != FORWARD_OK) {
         fprintf(stderr, "engram-run: %s\n", err);
         goto done;
@@ -469,6 +501,16 @@ int main(int argc, char **argv) {
     if (nl)
         fprintf(stderr, "engram-run: Engram (hashing, gather, module) took %.1f%% of forward time\n",
                 100.0 * forward_ctx_engram_seconds(fc) / (t3 - t1));
+    if (engram_tables) {
+        engram_store_stats es;
+        model_engram_store_stats(m, &es);
+        fprintf(stderr,
+                "engram-run: Engram store: %llu lookups, %llu DRAM hits, %llu NVMe rows, %llu NVMe reads "
+                "(%.1f KiB), %llu rows prefetched, %llu evictions, %.6f s stalled\n",
+                (unsigned long long)es.lookups, (unsigned long long)es.dram_hits, (unsigned long long)es.nvme_hits,
+                (unsigned long long)es.nvme_reads, es.nvme_bytes / 1024.0, (unsigned long long)es.prefetch_reads,
+                (unsigned long long)es.evictions, es.stall_seconds);
+    }
     if (ts) {
         char *piece = NULL;
         size_t plen = 0;

@@ -1,12 +1,11 @@
 /* engram-tables: the aligned Engram table files of engram/store.
  *   engram-tables export --model DIR --out DIR   one file per Engram layer,
  *       OUT/engram_layer_<layer_id>.tbl, rows copied bit for bit from the
- *       checkpoint tensor in its dtype (f32, bf16, f16)
+ *       checkpoint tensor in its dtype (f32, bf16, f16); the same code as
+ *       the servers' first-start export (model_engram_export_tables)
  *   engram-tables info FILE                      the header as one JSON line */
-#include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "model.h"
 #include "store.h"
@@ -40,38 +39,11 @@ static int cmd_export(const char *model_dir, const char *out_dir) {
         fprintf(stderr, "engram-tables: %s\n", err);
         return 1;
     }
-    int rc = 1;
-    if (!m->engram) {
-        fprintf(stderr, "engram-tables: %s: the model has no Engram layers\n", model_dir);
-        goto done;
+    int rc = 0;
+    if (model_engram_export_tables(m, out_dir, false, err, sizeof(err)) != MODEL_OK) {
+        fprintf(stderr, "engram-tables: %s\n", err);
+        rc = 1;
     }
-    if (mkdir(out_dir, 0755) && errno != EEXIST) {
-        fprintf(stderr, "engram-tables: %s: cannot create: %s\n", out_dir, strerror(errno));
-        goto done;
-    }
-    for (int li = 0; li < m->engram->n_layers; li++) {
-        const engram_weights *w = &m->engram->layers[li];
-        int dt = w->table.dt == DTYPE_F32    ? ENGRAM_STORE_F32
-                 : w->table.dt == DTYPE_BF16 ? ENGRAM_STORE_BF16
-                 : w->table.dt == DTYPE_F16  ? ENGRAM_STORE_F16
-                                             : 0;
-        if (!dt) {
-            fprintf(stderr, "engram-tables: layer %d: table dtype %s has no table-file dtype\n", w->layer_id,
-                    dtype_name(w->table.dt));
-            goto done;
-        }
-        char path[4096];
-        snprintf(path, sizeof(path), MODEL_ENGRAM_TABLE_FMT, out_dir, w->layer_id);
-        if (engram_store_write_dense(path, dt, (uint64_t)w->table.rows, (uint32_t)w->table.cols, w->table.data,
-                                     err, sizeof(err))) {
-            fprintf(stderr, "engram-tables: %s\n", err);
-            goto done;
-        }
-        fprintf(stderr, "engram-tables: layer %d: %d rows x %d %s -> %s\n", w->layer_id, w->table.rows,
-                w->table.cols, engram_store_dtype_name(dt), path);
-    }
-    rc = 0;
-done:
     model_destroy(m);
     return rc;
 }

@@ -14,14 +14,40 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "backend.h"
 #include "numeric.h"
 
 /* ---- memory: plain host memory ---- */
 
-static void *cpu_alloc(size_t bytes) { return calloc(1, bytes ? bytes : 1); }
-static void cpu_free(void *p) { free(p); }
+/* Large buffers (the KV cache above all) come straight from mmap: zero and
+ * not resident until touched, so a cache sized for the whole context costs
+ * only the pages sequences use. A 64-byte header keeps the size for free. */
+#define ALLOC_HEADER 64
+#define ALLOC_MMAP_MIN ((size_t)1 << 20)
+
+static void *cpu_alloc(size_t bytes) {
+    size_t n = bytes + ALLOC_HEADER;
+    char *p;
+    if (bytes >= ALLOC_MMAP_MIN) {
+        p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) return NULL;
+    } else if (!(p = calloc(1, n))) {
+        return NULL;
+    }
+    memcpy(p, &bytes, sizeof(bytes));
+    return p + ALLOC_HEADER;
+}
+
+static void cpu_free(void *q) {
+    if (!q) return;
+    char *p = (char *)q - ALLOC_HEADER;
+    size_t bytes;
+    memcpy(&bytes, p, sizeof(bytes));
+    if (bytes >= ALLOC_MMAP_MIN) munmap(p, bytes + ALLOC_HEADER);
+    else free(p);
+}
 static void cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
 static void cpu_copy2d(float *dst, size_t dpitch, const float *src, size_t spitch, size_t width, size_t rows) {
     for (size_t r = 0; r < rows; r++) memcpy(dst + r * dpitch, src + r * spitch, width * sizeof(float));

@@ -6,11 +6,11 @@
  * through kernels/. prepare uploads every weight once (f16 matrices become
  * bf16, bf16 and f32 ones keep their dtype, so an f32 checkpoint computes in
  * f32; embeddings and Engram tables keep their dtype). The KV cache holds bf16.
- * Compiled only with ENGRAM_CUDA (ENGRAM_HAVE_CUDA_BACKEND); otherwise
- * backend.c's backend_cuda() says the build has none. */
+ * Built only with ENGRAM_CUDA, as its own shared library (libengram-cuda.so)
+ * that backend.c loads on demand: a program that never asks for CUDA never
+ * loads cuBLAS, and a CUDA build still starts on a machine without CUDA. It
+ * calls back into the program (dtype_size), whose symbols are exported. */
 #include "backend.h"
-
-#ifdef ENGRAM_HAVE_CUDA_BACKEND
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -535,7 +535,7 @@ static int cuda__init(void) {
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess || n == 0) {
-        snprintf(g.why, sizeof(g.why), "no usable CUDA device (%s)",
+        snprintf(g.why, sizeof(g.why), "device cuda: no usable CUDA device (%s)",
                  e != cudaSuccess ? cudaGetErrorString(e) : "none found");
         return -1;
     }
@@ -561,7 +561,8 @@ static int cuda__init(void) {
     return 0;
 }
 
-const backend_ops *backend_cuda(char *err, size_t errlen) {
+const backend_ops *engram_cuda_backend(char *err, size_t errlen);
+const backend_ops *engram_cuda_backend(char *err, size_t errlen) {
     if (!g.tried) {
         g.tried = 1;
         g.ok = cuda__init() == 0;
@@ -572,7 +573,3 @@ const backend_ops *backend_cuda(char *err, size_t errlen) {
     }
     return &cuda_ops;
 }
-
-#else
-typedef int backend_cuda__none; /* ISO C wants a declaration in every file */
-#endif

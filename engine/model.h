@@ -156,15 +156,33 @@ int model_load(const char *dir, model **out, char *err, size_t errlen);
 
 void model_destroy(model *m); /* accepts NULL */
 
+/* Writes every Engram layer's table file dir/engram_layer_<layer_id>.tbl
+ * (dir is created when missing; its parent must exist): rows copied bit for
+ * bit from the checkpoint tensor (f32, bf16, f16), through FILE.tmp, fsync,
+ * rename, so a crash never leaves a partial file under the real name. With
+ * only_missing, files already there are left alone. Progress goes to stderr
+ * (\r updates on a terminal, a line per quarter otherwise). The one code path
+ * of `engram-tables export` and of model_engram_use_tables. Returns MODEL_OK,
+ * or MODEL_ERR_CONFIG (no Engram), _IO, _WEIGHTS, _NOMEM with a message. */
+int model_engram_export_tables(const model *m, const char *dir, bool only_missing, char *err, size_t errlen);
+
 /* Serves every Engram layer's table from the table file
- * dir/engram_layer_<layer_id>.tbl (written by engram-tables export) through
- * an engram_store opened with params, instead of the checkpoint tensor. Each
- * file must have the tensor's rows and head_dim. Returns MODEL_OK, or
- * MODEL_ERR_CONFIG for a model without Engram, MODEL_ERR_IO /
+ * dir/engram_layer_<layer_id>.tbl through an engram_store opened with params,
+ * instead of the checkpoint tensor. Missing files are written first
+ * (model_engram_export_tables); files present must have the tensor's rows,
+ * head_dim and dtype, else the error says to delete them. params->dram_budget
+ * is one budget for all layers, shared in proportion to their table sizes;
+ * under ENGRAM_STORE_AUTO with no budget: the tables when they fit in
+ * MemAvailable, else half of it. The choice is logged on stderr. Returns
+ * MODEL_OK, or MODEL_ERR_CONFIG for a model without Engram, MODEL_ERR_IO /
  * MODEL_ERR_WEIGHTS with a one-line message naming the file; on failure no
  * layer is changed. */
 int model_engram_use_tables(model *m, const char *dir, const engram_store_params *params, char *err,
                             size_t errlen);
+
+/* The sum of the Engram layers' store counters (zeros where the tables come
+ * from the checkpoint). Thread-safe against gathers; m may be NULL. */
+void model_engram_store_stats(const model *m, engram_store_stats *sum);
 
 /* The table file name of an Engram layer inside a tables directory. */
 #define MODEL_ENGRAM_TABLE_FMT "%s/engram_layer_%d.tbl"

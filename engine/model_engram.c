@@ -3,11 +3,16 @@
  * hash tables (engram/ngram_hash) and the module tensors
  * model.layers.{i}.engram.<reference module path>. Every disagreement
  * between config, tokenizer and tensors refuses the load with a message
- * naming the field or tensor. */
+ * naming the field or tensor. Also the tables as aligned table files
+ * (engram/store): written from the tensors (engram-tables export, or at
+ * first start), validated on reuse, opened under one DRAM budget. */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "model_internal.h"
 #include "engram_lookup.h"
@@ -227,6 +232,85 @@ int model__load_engram(model *m, char *err, size_t errlen) {
     return MODEL_OK;
 }
 
+/* The table-file dtype of a checkpoint tensor's dtype, 0 when it has none. */
+static int table_dtype(dtype dt) {
+    return dt == DTYPE_F32 ? ENGRAM_STORE_F32 : dt == DTYPE_BF16 ? ENGRAM_STORE_BF16 : dt == DTYPE_F16 ? ENGRAM_STORE_F16 : 0;
+}
+
+/* Rows copied from the tensor, with progress on stderr: \r updates on a
+ * terminal, else a line every quarter (logs are not terminals). */
+typedef struct {
+    const uint8_t *data;
+    uint32_t row_bytes;
+    uint64_t rows;
+    const char *path;
+    bool tty;
+    int shown; /* last percentage (tty) or quarter (log) printed */
+} export_ctx;
+
+static int export_fill(void *ctx, uint64_t row, void *dst) {
+    export_ctx *x = ctx;
+    memcpy(dst, x->data + row * x->row_bytes, x->row_bytes);
+    int pct = (int)((row + 1) * 100 / x->rows);
+    if (x->tty && pct != x->shown) {
+        fprintf(stderr, "\rengram: writing %s: %3d%%%s", x->path, pct, pct == 100 ? "\n" : "");
+        x->shown = pct;
+    } else if (!x->tty && pct / 25 != x->shown) {
+        fprintf(stderr, "engram: writing %s: %d%%\n", x->path, pct / 25 * 25);
+        x->shown = pct / 25;
+    }
+    return 0;
+}
+
+/* Writes layer li's table file at path (through path.tmp, fsync, rename). */
+static int export_layer(const model *m, int li, const char *path, char *err, size_t errlen) {
+    const engram_weights *w = &m->engram->layers[li];
+    int dt = table_dtype(w->table.dt);
+    if (!dt) {
+        snprintf(err, errlen, "%s: Engram layer %d table dtype %s has no table-file dtype", m->dir, w->layer_id,
+                 dtype_name(w->table.dt));
+        return MODEL_ERR_WEIGHTS;
+    }
+    export_ctx x = {w->table.data, engram_store_row_bytes(dt, (uint32_t)w->table.cols), (uint64_t)w->table.rows,
+                    path, isatty(STDERR_FILENO) == 1, -1};
+    fprintf(stderr, "engram: layer %d: %d rows x %d %s -> %s\n", w->layer_id, w->table.rows, w->table.cols,
+            engram_store_dtype_name(dt), path);
+    int rc = engram_store_write(path, dt, x.rows, (uint32_t)w->table.cols, export_fill, &x, err, errlen);
+    if (rc && x.tty && x.shown >= 0 && x.shown < 100) fputc('\n', stderr);
+    return rc == ENGRAM_STORE_OK ? MODEL_OK : rc == ENGRAM_STORE_ENOMEM ? MODEL_ERR_NOMEM : MODEL_ERR_IO;
+}
+
+static int make_dir(const char *dir, char *err, size_t errlen) {
+    struct stat st;
+    if (mkdir(dir, 0755) && errno != EEXIST) {
+        snprintf(err, errlen, "%s: cannot create the Engram table directory: %s", dir, strerror(errno));
+        return MODEL_ERR_IO;
+    }
+    if (stat(dir, &st) || !S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "%s: not a directory", dir);
+        return MODEL_ERR_IO;
+    }
+    return MODEL_OK;
+}
+
+int model_engram_export_tables(const model *m, const char *dir, bool only_missing, char *err, size_t errlen) {
+    if (!m->engram) {
+        snprintf(err, errlen, "%s: the model has no Engram layers", m->dir);
+        return MODEL_ERR_CONFIG;
+    }
+    int rc = make_dir(dir, err, errlen);
+    for (int li = 0; li < m->engram->n_layers && rc == MODEL_OK; li++) {
+        char path[4096];
+        struct stat st;
+        snprintf(path, sizeof(path), MODEL_ENGRAM_TABLE_FMT, dir, m->engram->layers[li].layer_id);
+        if (only_missing && (lstat(path, &st) == 0 || errno != ENOENT)) continue; /* present: validated at open */
+        rc = export_layer(m, li, path, err, errlen);
+    }
+    return rc;
+}
+
+static double mib(uint64_t b) { return (double)b / (1 << 20); }
+
 int model_engram_use_tables(model *m, const char *dir, const engram_store_params *params, char *err,
                             size_t errlen) {
     model_engram *e = m->engram;
@@ -234,23 +318,48 @@ int model_engram_use_tables(model *m, const char *dir, const engram_store_params
         snprintf(err, errlen, "%s: the model has no Engram layers to read tables for", m->dir);
         return MODEL_ERR_CONFIG;
     }
+    int rc = model_engram_export_tables(m, dir, true, err, errlen);
+    if (rc) return rc;
+    /* One DRAM budget for all layers, shared in proportion to their tables. */
+    engram_store_params p = *params;
+    uint64_t bytes[ENGRAM_MAX_LAYERS], total = 0;
+    for (int li = 0; li < e->n_layers; li++) {
+        const weight *t = &e->layers[li].table;
+        uint32_t rb = engram_store_row_bytes(table_dtype(t->dt), (uint32_t)t->cols);
+        bytes[li] = (uint64_t)t->rows * engram_store_row_stride(rb ? rb : 1);
+        total += bytes[li];
+    }
+    uint64_t budget = p.dram_budget, avail = 0;
+    if (p.tier == ENGRAM_STORE_AUTO && !budget) { /* the default: all of it when it fits */
+        avail = engram_store_mem_available();
+        budget = !avail || total <= avail ? total : avail / 2;
+    }
     engram_store *st[ENGRAM_MAX_LAYERS] = {0};
-    int rc = MODEL_OK;
     for (int li = 0; li < e->n_layers && rc == MODEL_OK; li++) {
         const engram_weights *w = &e->layers[li];
         char path[4096], serr[512];
         snprintf(path, sizeof(path), MODEL_ENGRAM_TABLE_FMT, dir, w->layer_id);
-        int src = engram_store_open(path, params, &st[li], serr, sizeof(serr));
+        engram_store_params lp = p;
+        if (budget && p.tier != ENGRAM_STORE_DRAM) {
+            lp.dram_budget = (uint64_t)((unsigned __int128)budget * bytes[li] / (total ? total : 1));
+            if (!lp.dram_budget) lp.dram_budget = 1; /* 0 would mean "decide for me" under AUTO */
+        }
+        int src = engram_store_open(path, &lp, &st[li], serr, sizeof(serr));
         if (src) {
-            snprintf(err, errlen, "%s", serr);
+            snprintf(err, errlen, "%s%s", serr,
+                     src == ENGRAM_STORE_EFORMAT ? "; delete the file to have it rewritten from the checkpoint" : "");
             rc = src == ENGRAM_STORE_EFORMAT ? MODEL_ERR_WEIGHTS : src == ENGRAM_STORE_ENOMEM ? MODEL_ERR_NOMEM
                                                                                                : MODEL_ERR_IO;
             break;
         }
         engram_store_header h = engram_store_get_info(st[li]).header;
-        if (h.rows != (uint64_t)w->table.rows || h.cols != (uint32_t)w->table.cols) {
-            snprintf(err, errlen, "%s: table is [%llu, %u] but layer %d needs [%d, %d]", path,
-                     (unsigned long long)h.rows, h.cols, w->layer_id, w->table.rows, w->table.cols);
+        int dt = table_dtype(w->table.dt);
+        if (h.rows != (uint64_t)w->table.rows || h.cols != (uint32_t)w->table.cols || (int)h.dtype != dt) {
+            snprintf(err, errlen,
+                     "%s: table is [%llu, %u] %s but layer %d needs [%d, %d] %s from the checkpoint; delete the file "
+                     "to have it rewritten",
+                     path, (unsigned long long)h.rows, h.cols, engram_store_dtype_name((int)h.dtype), w->layer_id,
+                     w->table.rows, w->table.cols, engram_store_dtype_name(dt));
             rc = MODEL_ERR_WEIGHTS;
         }
     }
@@ -258,11 +367,31 @@ int model_engram_use_tables(model *m, const char *dir, const engram_store_params
         for (int li = 0; li < e->n_layers; li++) engram_store_close(st[li]);
         return rc;
     }
+    engram_store_info in = engram_store_get_info(st[0]);
+    uint64_t cache = 0;
+    for (int li = 0; li < e->n_layers; li++) cache += engram_store_get_info(st[li]).cache_bytes;
+    if (in.tier == ENGRAM_STORE_DRAM)
+        fprintf(stderr, "engram: tables %.1f MiB in %s: whole tables in DRAM (mmap)%s\n", mib(total), dir,
+                avail ? " (they fit in MemAvailable)" : "");
+    else
+        fprintf(stderr, "engram: tables %.1f MiB in %s: NVMe tier (%s, %s), DRAM row cache %.1f MiB of a %.1f MiB budget%s\n",
+                mib(total), dir, in.direct ? "O_DIRECT" : "buffered", in.io_uring ? "io_uring" : "pread", mib(cache),
+                mib(budget), avail ? " (half of MemAvailable: the tables do not fit)" : "");
     for (int li = 0; li < e->n_layers; li++) {
         engram_store_close(e->layers[li].store);
         e->layers[li].store = st[li];
     }
     return MODEL_OK;
+}
+
+void model_engram_store_stats(const model *m, engram_store_stats *sum) {
+    memset(sum, 0, sizeof(*sum));
+    for (int li = 0; m && m->engram && li < m->engram->n_layers; li++) {
+        if (!m->engram->layers[li].store) continue;
+        engram_store_stats x;
+        engram_store_get_stats(m->engram->layers[li].store, &x);
+        engram_store_stats_add(sum, &x);
+    }
 }
 
 void model__destroy_engram(model_engram *e) {

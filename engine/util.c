@@ -64,3 +64,27 @@ double util_now(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
+
+int util_parse_size(const char *s, uint64_t *out) {
+    if (!s || *s < '0' || *s > '9') return -1; /* no sign, no space: "-1" and " 1" are junk */
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s) return -1;
+    int shift = 0;
+    switch (*end) {
+    case 'k': case 'K': shift = 10; break;
+    case 'm': case 'M': shift = 20; break;
+    case 'g': case 'G': shift = 30; break;
+    case 't': case 'T': shift = 40; break;
+    case 0: break;
+    default: return -1;
+    }
+    if (shift) {
+        end++;
+        if (!strcmp(end, "iB") || !strcmp(end, "B")) end += strlen(end); /* 4GiB, 4GB: the same binary size */
+    }
+    if (*end || v == 0 || v > (UINT64_MAX >> shift)) return -1;
+    *out = (uint64_t)v << shift;
+    return 0;
+}

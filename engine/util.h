@@ -21,6 +21,11 @@ char *util_read_file(const char *path, size_t max_bytes, size_t *len, char *err,
 /* Writes out *out = a*b and returns 0, or returns -1 if the product overflows. */
 int util_mul_overflow(size_t a, size_t b, size_t *out);
 
+/* Parses a size in bytes: decimal digits, then optionally K, M, G or T
+ * (binary: 1K = 1024; either case; "KiB"/"KB" also accepted). Returns 0 and
+ * *out > 0, or -1 for anything else: junk, a sign, zero, an overflow. */
+int util_parse_size(const char *s, uint64_t *out);
+
 /* Monotonic seconds. */
 double util_now(void);
 

@@ -1,8 +1,8 @@
 /* Public header of engram/: Engram conditional memory (see ../shared/ENGRAM.md).
  * The folder owns N-gram hashing (ngram_hash), the compressed tokenizer, FP8
  * table rows (engram_fp8), and the table store's host tiers (store: table
- * files, DRAM and NVMe); later the HBM cache and prefetch. It depends on
- * nothing in engine/. */
+ * files, DRAM, NVMe behind a DRAM row cache, the prefetch thread); later the
+ * HBM cache. It depends on nothing in engine/. */
 #ifndef ENGRAM_ENGRAM_H
 #define ENGRAM_ENGRAM_H
 

@@ -1,19 +1,23 @@
 /* Engram table store, host tiers (see store.h): the table file format, its
  * writer, the DRAM tier (one MAP_SHARED mapping) and the NVMe tier (sorted,
  * deduplicated block runs read with O_DIRECT through io_uring with a full
- * queue, or with pread). Rows are decoded to f32 the same way in every tier. */
+ * queue, or with pread, under a DRAM budget: a CLOCK row cache and a
+ * prefetch thread that fills it ahead of the gathers). Rows are decoded to
+ * f32 the same way in every tier. */
 #include "store.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <liburing.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "engram_fp8.h"
@@ -213,20 +217,58 @@ int engram_store_write_dense(const char *path, int dtype, uint64_t rows, uint32_
     return engram_store_write(path, dtype, rows, cols, dense_fill, &d, err, errlen);
 }
 
-/* ---- the store ---- */
+/* ---- the store ----
+ *
+ * NVMe tier with a DRAM budget: a row cache of fixed slots, each holding one
+ * row's raw bytes as in the file (decoded on every gather, so a cached row
+ * costs row_bytes, not 4*cols). Rows are Zipfian: a small hot set takes most
+ * lookups. Replacement is CLOCK (second chance): a hit only sets a bit, so
+ * hits need no list surgery under the lock (LRU would move a node per hit),
+ * and a row must miss its bit twice over a full sweep of the hand before it
+ * goes, which keeps the hot set and lets one-off rows pass through. Slots are
+ * found by row id in an open-addressing table (linear probing, deletion by
+ * backward shift: no tombstones to sweep). A slot is EMPTY, LOADING (a read
+ * is in flight; whoever wants the row waits for it instead of reading it
+ * again), READY, or FAILED (its read failed; waiters report EIO). Gathers
+ * pin the slots they will read, so eviction never takes a row from under a
+ * gather. Locks: `mu` guards the cache, `io_mu` the read machinery (ring,
+ * aligned buffers); a thread takes io_mu, then mu briefly, never the reverse
+ * while waiting. */
 
-/* One read: a run of whole blocks covering the rows of sorted[first..first+n). */
+enum { SLOT_EMPTY, SLOT_LOADING, SLOT_READY, SLOT_FAILED };
+#define NO_IDX SIZE_MAX
+#define SLOT_OVERHEAD 32u  /* bytes per slot besides its row: row id 8, state 1, ref 1, pins 4, index <= 16 */
+#define PF_QUEUE (1u << 16) /* prefetch ids waiting at most */
+#define PF_BATCH 512u       /* ids the prefetch thread resolves per round: bounds how long it holds io_mu */
+
+/* One read: a run of whole blocks covering the rows of reqs[first..first+n). */
 typedef struct {
     uint64_t off; /* file offset, a multiple of 4096 */
     uint32_t len; /* bytes, a multiple of 4096 */
     uint32_t first, n;
 } block_run;
 
-/* A requested row and where it goes. */
+/* A row to read and where it goes. */
 typedef struct {
     uint64_t off; /* file offset of the row */
-    size_t idx;   /* index into rows/out */
+    size_t idx;   /* output row to decode into, or NO_IDX */
+    int32_t slot; /* cache slot to fill, or -1 */
 } row_req;
+
+typedef struct {
+    uint32_t n;        /* slots (0: no cache) */
+    uint32_t hand;     /* CLOCK hand */
+    uint64_t used;     /* slots LOADING or READY (in the index) */
+    int64_t *row;      /* (n) row id held */
+    uint8_t *state;    /* (n) SLOT_* */
+    uint8_t *ref;      /* (n) CLOCK reference bit */
+    uint32_t *pins;    /* (n) gathers that will read the slot */
+    uint8_t *data;     /* (n, row_bytes) raw rows */
+    int32_t *index;    /* (mask+1) slot or -1 */
+    uint32_t mask, shift;
+} row_cache;
+
+typedef _Atomic uint64_t counter;
 
 struct engram_store {
     engram_store_params p;
@@ -235,19 +277,63 @@ struct engram_store {
     int fd;
     uint8_t *map; /* DRAM: the whole file */
     size_t map_len;
-    /* NVMe */
-    pthread_mutex_t mu;
+    /* NVMe reads */
+    pthread_mutex_t io_mu;
     struct io_uring ring;
     uint8_t *buf;     /* (queue_depth, run_bytes) aligned read buffers */
     size_t run_bytes; /* largest run: one row's blocks */
-    row_req *reqs;
-    block_run *runs;
-    size_t cap; /* capacity of reqs and runs */
+    double *t_sub;    /* (queue_depth) submit time of the read in each buffer */
+    /* the row cache */
+    pthread_mutex_t mu;
+    pthread_cond_t ready; /* broadcast when slots leave SLOT_LOADING */
+    row_cache c;
+    /* prefetch: a ring of ids for one thread */
+    pthread_mutex_t pf_mu;
+    pthread_cond_t pf_cv;
+    int64_t *pf_q; /* (PF_QUEUE) */
+    size_t pf_head, pf_len;
+    bool pf_stop, pf_started;
+    pthread_t pf_thread;
+    /* stats; times in nanoseconds */
+    counter lookups, dram_hits, nvme_hits, prefetch_rows, prefetch_reads, prefetch_dropped, evictions;
+    counter reads, bytes_read, read_ns, read_hist[ENGRAM_STORE_HIST_BUCKETS + 1];
+    counter gathers, stall_ns, stall_hist[ENGRAM_STORE_HIST_BUCKETS + 1];
 };
+
+const double engram_store_hist_le[ENGRAM_STORE_HIST_BUCKETS] = {
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5};
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void observe(counter *hist, counter *sum_ns, double sec) {
+    if (sec < 0) sec = 0;
+    size_t b = 0;
+    while (b < ENGRAM_STORE_HIST_BUCKETS && sec > engram_store_hist_le[b]) b++;
+    atomic_fetch_add_explicit(&hist[b], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(sum_ns, (uint64_t)(sec * 1e9), memory_order_relaxed);
+}
+
+static void add(counter *c, uint64_t v) { atomic_fetch_add_explicit(c, v, memory_order_relaxed); }
+static uint64_t get(const counter *c) { return atomic_load_explicit((counter *)c, memory_order_relaxed); }
 
 engram_store_params engram_store_default_params(void) {
     engram_store_params p = {.tier = ENGRAM_STORE_DRAM, .queue_depth = 64};
     return p;
+}
+
+uint64_t engram_store_mem_available(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return 0;
+    char line[256];
+    unsigned long long kb = 0;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) break;
+    fclose(f);
+    return (uint64_t)kb * 1024;
 }
 
 static void note(const engram_store *s, const char *fmt, ...) {
@@ -300,13 +386,435 @@ static void decode_row(const engram_store_header *h, const uint8_t *restrict src
     }
 }
 
+/* ---- row cache: index and CLOCK (callers hold mu) ---- */
+
+static uint32_t home(const row_cache *c, int64_t row) {
+    return (uint32_t)(((uint64_t)row * 0x9E3779B97F4A7C15ull) >> c->shift);
+}
+
+static int32_t index_find(const row_cache *c, int64_t row) {
+    for (uint32_t i = home(c, row);; i = (i + 1) & c->mask) {
+        int32_t k = c->index[i];
+        if (k < 0 || c->row[k] == row) return k;
+    }
+}
+
+static void index_insert(row_cache *c, int64_t row, int32_t slot) {
+    uint32_t i = home(c, row);
+    while (c->index[i] >= 0) i = (i + 1) & c->mask;
+    c->index[i] = slot;
+}
+
+/* Removes row (present) and shifts later entries of its probe chain back, so
+ * that every entry stays reachable from its home without tombstones. */
+static void index_remove(row_cache *c, int64_t row) {
+    uint32_t i = home(c, row);
+    while (c->row[c->index[i]] != row) i = (i + 1) & c->mask;
+    for (uint32_t j = i;;) {
+        j = (j + 1) & c->mask;
+        if (c->index[j] < 0) break;
+        uint32_t h = home(c, c->row[c->index[j]]);
+        /* the entry at j may move to the hole at i unless its home lies in (i, j] */
+        bool stays = i <= j ? (h > i && h <= j) : (h > i || h <= j);
+        if (!stays) {
+            c->index[i] = c->index[j];
+            i = j;
+        }
+    }
+    c->index[i] = -1;
+}
+
+/* A slot for row, now LOADING and indexed, or -1 when every slot is pinned
+ * or loading (a batch larger than the cache: the caller reads uncached). */
+static int32_t alloc_slot(engram_store *s, int64_t row) {
+    row_cache *c = &s->c;
+    for (uint64_t step = 0; step < 2ull * c->n + 1 && c->n; step++) {
+        uint32_t k = c->hand;
+        c->hand = k + 1 == c->n ? 0 : k + 1;
+        if (c->pins[k] || c->state[k] == SLOT_LOADING) continue;
+        if (c->state[k] == SLOT_READY) {
+            if (c->ref[k]) { /* second chance */
+                c->ref[k] = 0;
+                continue;
+            }
+            index_remove(c, c->row[k]);
+            c->used--;
+            add(&s->evictions, 1);
+        }
+        c->row[k] = row;
+        c->state[k] = SLOT_LOADING;
+        c->ref[k] = 0; /* a new row must be hit once before it outlives a sweep */
+        index_insert(c, row, (int32_t)k);
+        c->used++;
+        return (int32_t)k;
+    }
+    return -1;
+}
+
+/* After a read: the slots of q still LOADING failed; waiters see FAILED. */
+static void fail_unfinished(engram_store *s, const row_req *q, size_t n) {
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < n; i++) {
+        int32_t k = q[i].slot;
+        if (k >= 0 && s->c.state[k] == SLOT_LOADING) {
+            index_remove(&s->c, s->c.row[k]);
+            s->c.used--;
+            s->c.state[k] = SLOT_FAILED;
+        }
+    }
+    pthread_cond_broadcast(&s->ready);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* ---- reads (callers hold io_mu) ---- */
+
+static int cmp_req(const void *a, const void *b) {
+    const row_req *x = a, *y = b;
+    return x->off < y->off ? -1 : x->off > y->off ? 1 : (x->idx > y->idx) - (x->idx < y->idx);
+}
+
+/* Reads run r into buf (pread path); returns bytes or -errno. */
+static ssize_t read_run(engram_store *s, const block_run *r, uint8_t *buf) {
+    size_t done = 0;
+    while (done < r->len) {
+        ssize_t k = pread(s->fd, buf + done, r->len - done, (off_t)(r->off + done));
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) return -errno;
+        if (k == 0) break; /* end of file: the caller checks what it needs */
+        done += (size_t)k;
+    }
+    return (ssize_t)done;
+}
+
+/* Delivers the rows of run r from buf, given `got` bytes were read: decoded
+ * into out for output rows, copied into their slots (then READY) for cached
+ * ones. A slot is LOADING and owned by this reader, so its bytes are written
+ * without the lock; the state flips under it. */
+static int finish_run(engram_store *s, const row_req *q, const block_run *r, const uint8_t *buf, ssize_t got,
+                      double latency, float *out) {
+    const engram_store_header *h = &s->info.header;
+    if (got < 0) return -1;
+    q += r->first;
+    uint64_t need = q[r->n - 1].off + h->row_bytes - r->off;
+    if ((uint64_t)got < need) return -1;
+    add(&s->reads, 1);
+    add(&s->bytes_read, (uint64_t)got);
+    observe(s->read_hist, &s->read_ns, latency);
+    bool cached = false;
+    for (uint32_t i = 0; i < r->n; i++) {
+        const uint8_t *src = buf + (q[i].off - r->off);
+        if (q[i].idx != NO_IDX) decode_row(h, src, out + q[i].idx * h->cols);
+        if (q[i].slot >= 0) {
+            memcpy(s->c.data + (size_t)q[i].slot * h->row_bytes, src, h->row_bytes);
+            cached = true;
+        }
+    }
+    if (cached) {
+        pthread_mutex_lock(&s->mu);
+        for (uint32_t i = 0; i < r->n; i++)
+            if (q[i].slot >= 0) s->c.state[q[i].slot] = SLOT_READY;
+        pthread_cond_broadcast(&s->ready);
+        pthread_mutex_unlock(&s->mu);
+    }
+    return 0;
+}
+
+/* io_uring: keeps up to queue_depth runs in flight; buffer k owns
+ * buf + k*run_bytes. Sets *done to the runs finished (all of them unless
+ * submitting failed: then the ring is closed and the caller goes on with
+ * pread). Returns ENGRAM_STORE_OK or ENGRAM_STORE_EIO. */
+static int read_runs_uring(engram_store *s, const row_req *q, const block_run *runs, size_t nr, size_t *done,
+                           float *out) {
+    int qd = s->p.queue_depth;
+    int *free_bufs = malloc((size_t)qd * sizeof(int));
+    if (!free_bufs) return ENGRAM_STORE_ENOMEM;
+    int nfree = qd, inflight = 0, rc = ENGRAM_STORE_OK;
+    for (int k = 0; k < qd; k++) free_bufs[k] = qd - 1 - k;
+    size_t next = 0;
+    bool broken = false;
+    while ((next < nr && !broken) || inflight) {
+        int queued = 0;
+        while (next < nr && nfree && rc == ENGRAM_STORE_OK && !broken) {
+            struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
+            if (!sqe) break;
+            int k = free_bufs[--nfree];
+            io_uring_prep_read(sqe, s->fd, s->buf + (size_t)k * s->run_bytes, runs[next].len, runs[next].off);
+            io_uring_sqe_set_data64(sqe, ((uint64_t)next << 16) | (uint64_t)k);
+            s->t_sub[k] = now_s();
+            next++;
+            queued++;
+        }
+        if (queued) {
+            if (io_uring_submit(&s->ring) < 0) { /* the ring is unusable: give the runs back to pread */
+                broken = true;
+                next -= (size_t)queued;
+                nfree += queued; /* free_bufs still holds their indices */
+            } else {
+                inflight += queued;
+            }
+        }
+        if (!inflight) break;
+        struct io_uring_cqe *cqe;
+        int e = io_uring_wait_cqe(&s->ring, &cqe);
+        if (e == -EINTR) continue;
+        if (e < 0) {
+            rc = ENGRAM_STORE_EIO;
+            break;
+        }
+        uint64_t tag = io_uring_cqe_get_data64(cqe);
+        int res = cqe->res;
+        io_uring_cqe_seen(&s->ring, cqe);
+        inflight--;
+        size_t ri = (size_t)(tag >> 16);
+        int k = (int)(tag & 0xffff);
+        uint8_t *b = s->buf + (size_t)k * s->run_bytes;
+        ssize_t got = res;
+        if (res > 0 && (uint32_t)res < runs[ri].len && res % 512 == 0) { /* short read: finish synchronously */
+            block_run rest = runs[ri];
+            rest.off += (uint64_t)res;
+            rest.len -= (uint32_t)res;
+            ssize_t more = read_run(s, &rest, b + res);
+            got = more < 0 ? more : res + more;
+        }
+        if (rc == ENGRAM_STORE_OK && finish_run(s, q, &runs[ri], b, got, now_s() - s->t_sub[k], out))
+            rc = ENGRAM_STORE_EIO;
+        free_bufs[nfree++] = k;
+    }
+    while (inflight > 0) { /* after an error: drain */
+        struct io_uring_cqe *cqe;
+        if (io_uring_wait_cqe(&s->ring, &cqe)) break;
+        io_uring_cqe_seen(&s->ring, cqe);
+        inflight--;
+    }
+    free(free_bufs);
+    if (broken && rc == ENGRAM_STORE_OK) {
+        note(s, "io_uring_submit failed; using pread from now on");
+        io_uring_queue_exit(&s->ring);
+        s->info.io_uring = false;
+    }
+    *done = next;
+    return rc;
+}
+
+/* Reads the rows of q (sorted here by offset): rows sharing a block share
+ * one read. Returns ENGRAM_STORE_OK, _EIO or _ENOMEM; on failure the slots
+ * not filled are still LOADING (see fail_unfinished). */
+static int read_reqs(engram_store *s, row_req *q, size_t n, float *out) {
+    qsort(q, n, sizeof(row_req), cmp_req);
+    block_run *runs = malloc(n * sizeof(block_run));
+    if (!runs) return ENGRAM_STORE_ENOMEM;
+    /* stride <= 4096: a row lies in one block; larger strides are block aligned: a run per row */
+    size_t nr = 0;
+    for (size_t i = 0; i < n;) {
+        uint64_t b = q[i].off & ~(uint64_t)(ENGRAM_STORE_BLOCK - 1);
+        size_t j = i + 1;
+        while (j < n && (q[j].off & ~(uint64_t)(ENGRAM_STORE_BLOCK - 1)) == b) j++;
+        runs[nr++] = (block_run){b, (uint32_t)s->run_bytes, (uint32_t)i, (uint32_t)(j - i)};
+        i = j;
+    }
+    int rc = ENGRAM_STORE_OK;
+    size_t next = 0;
+    if (s->info.io_uring) rc = read_runs_uring(s, q, runs, nr, &next, out);
+    for (; next < nr && rc == ENGRAM_STORE_OK; next++) {
+        double t0 = now_s();
+        ssize_t got = read_run(s, &runs[next], s->buf);
+        if (finish_run(s, q, &runs[next], s->buf, got, now_s() - t0, out)) rc = ENGRAM_STORE_EIO;
+    }
+    free(runs);
+    return rc;
+}
+
+/* ---- gathers ---- */
+
+static int gather_nvme(engram_store *s, const int64_t *rows, size_t n, float *out) {
+    const engram_store_header *h = &s->info.header;
+    row_cache *c = &s->c;
+    int32_t *slot_of = malloc(n * sizeof(int32_t)); /* (n) pinned slot of each row, or -1: read uncached */
+    row_req *q = malloc(n * sizeof(row_req));
+    if (!slot_of || !q) {
+        free(slot_of), free(q);
+        return ENGRAM_STORE_ENOMEM;
+    }
+    size_t nq = 0, hits = 0;
+    bool waits = false;
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t off = h->data_offset + (uint64_t)rows[i] * h->row_stride;
+        int32_t k = c->n ? index_find(c, rows[i]) : -1;
+        if (k >= 0) { /* cached, or in flight: a repeat in this call, or another thread's read */
+            c->pins[k]++;
+            if (c->state[k] == SLOT_READY) {
+                c->ref[k] = 1;
+                hits++;
+            } else {
+                waits = true;
+            }
+        } else if ((k = alloc_slot(s, rows[i])) >= 0) {
+            c->pins[k]++;
+            q[nq++] = (row_req){off, NO_IDX, k};
+        } else {
+            q[nq++] = (row_req){off, i, -1};
+        }
+        slot_of[i] = k;
+    }
+    pthread_mutex_unlock(&s->mu);
+    double t0 = now_s();
+    int rc = ENGRAM_STORE_OK;
+    if (nq) {
+        pthread_mutex_lock(&s->io_mu);
+        rc = read_reqs(s, q, nq, out);
+        pthread_mutex_unlock(&s->io_mu);
+        if (rc) fail_unfinished(s, q, nq);
+    }
+    /* Wait for rows in flight, note which failed, then decode outside the
+     * lock: a pinned READY slot is never evicted nor rewritten. */
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < n; i++) {
+        int32_t k = slot_of[i];
+        while (k >= 0 && c->state[k] == SLOT_LOADING) pthread_cond_wait(&s->ready, &s->mu);
+        if (k >= 0 && c->state[k] != SLOT_READY) rc = rc ? rc : ENGRAM_STORE_EIO;
+    }
+    pthread_mutex_unlock(&s->mu);
+    double stall = nq || waits ? now_s() - t0 : 0;
+    if (rc == ENGRAM_STORE_OK)
+        for (size_t i = 0; i < n; i++)
+            if (slot_of[i] >= 0) decode_row(h, c->data + (size_t)slot_of[i] * h->row_bytes, out + i * h->cols);
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < n; i++)
+        if (slot_of[i] >= 0) c->pins[slot_of[i]]--;
+    pthread_mutex_unlock(&s->mu);
+    add(&s->lookups, n);
+    add(&s->dram_hits, hits);
+    add(&s->nvme_hits, n - hits);
+    add(&s->gathers, 1);
+    observe(s->stall_hist, &s->stall_ns, stall);
+    free(slot_of), free(q);
+    return rc;
+}
+
+int engram_store_gather(engram_store *s, const int64_t *rows, size_t n, float *out, size_t *bad) {
+    if (!s || (n && (!rows || !out)) || n > UINT32_MAX) return ENGRAM_STORE_EINVAL;
+    const engram_store_header *h = &s->info.header;
+    for (size_t i = 0; i < n; i++)
+        if (rows[i] < 0 || (uint64_t)rows[i] >= h->rows) {
+            if (bad) *bad = i;
+            return ENGRAM_STORE_ERANGE;
+        }
+    if (!n) return ENGRAM_STORE_OK;
+    if (s->map) {
+        const uint8_t *base = s->map + h->data_offset;
+        for (size_t i = 0; i < n; i++) {
+            if (i + 8 < n) /* random rows: start the miss of a row a few rows ahead */
+                for (uint32_t o = 0; o < h->row_bytes; o += 64)
+                    __builtin_prefetch(base + (uint64_t)rows[i + 8] * h->row_stride + o);
+            decode_row(h, base + (uint64_t)rows[i] * h->row_stride, out + i * h->cols);
+        }
+        add(&s->lookups, n);
+        add(&s->dram_hits, n);
+        return ENGRAM_STORE_OK;
+    }
+    int rc = gather_nvme(s, rows, n, out);
+    if (rc == ENGRAM_STORE_EIO) note(s, "read failed");
+    return rc;
+}
+
+/* ---- prefetch ---- */
+
+int engram_store_prefetch(engram_store *s, const int64_t *rows, size_t n) {
+    if (n && !rows) return ENGRAM_STORE_EINVAL;
+    if (!s || !s->pf_started || !n) return ENGRAM_STORE_OK;
+    pthread_mutex_lock(&s->pf_mu);
+    size_t room = PF_QUEUE - s->pf_len, k = n < room ? n : room;
+    for (size_t i = 0; i < k; i++) s->pf_q[(s->pf_head + s->pf_len + i) % PF_QUEUE] = rows[i];
+    s->pf_len += k;
+    if (k) pthread_cond_signal(&s->pf_cv);
+    pthread_mutex_unlock(&s->pf_mu);
+    add(&s->prefetch_rows, n);
+    if (k < n) add(&s->prefetch_dropped, n - k);
+    return ENGRAM_STORE_OK;
+}
+
+/* The prefetch thread: takes up to PF_BATCH ids, claims slots for those
+ * neither cached nor in flight, reads them. Already cached rows get their
+ * reference bit: they are about to be used. */
+static void *prefetch_main(void *arg) {
+    engram_store *s = arg;
+    const engram_store_header *h = &s->info.header;
+    int64_t ids[PF_BATCH];
+    row_req q[PF_BATCH];
+    for (;;) {
+        pthread_mutex_lock(&s->pf_mu);
+        while (!s->pf_len && !s->pf_stop) pthread_cond_wait(&s->pf_cv, &s->pf_mu);
+        if (s->pf_stop) {
+            pthread_mutex_unlock(&s->pf_mu);
+            return NULL;
+        }
+        size_t m = s->pf_len < PF_BATCH ? s->pf_len : PF_BATCH;
+        for (size_t i = 0; i < m; i++) ids[i] = s->pf_q[(s->pf_head + i) % PF_QUEUE];
+        s->pf_head = (s->pf_head + m) % PF_QUEUE;
+        s->pf_len -= m;
+        pthread_mutex_unlock(&s->pf_mu);
+
+        size_t nq = 0;
+        pthread_mutex_lock(&s->mu);
+        for (size_t i = 0; i < m; i++) {
+            if (ids[i] < 0 || (uint64_t)ids[i] >= h->rows) continue;
+            int32_t k = index_find(&s->c, ids[i]);
+            if (k >= 0)
+                s->c.ref[k] = 1;
+            else if ((k = alloc_slot(s, ids[i])) >= 0)
+                q[nq++] = (row_req){h->data_offset + (uint64_t)ids[i] * h->row_stride, NO_IDX, k};
+        }
+        pthread_mutex_unlock(&s->mu);
+        if (!nq) continue;
+        pthread_mutex_lock(&s->io_mu);
+        int rc = read_reqs(s, q, nq, NULL);
+        pthread_mutex_unlock(&s->io_mu);
+        if (rc) {
+            fail_unfinished(s, q, nq);
+            note(s, "prefetch read failed");
+        } else {
+            add(&s->prefetch_reads, nq);
+        }
+    }
+}
+
+/* ---- open, stats, close ---- */
+
+/* Sizes and allocates the row cache for a budget of `budget` bytes. */
+static int cache_init(engram_store *s, uint64_t budget) {
+    const engram_store_header *h = &s->info.header;
+    uint64_t n = budget / (h->row_bytes + SLOT_OVERHEAD);
+    if (n > h->rows) n = h->rows;
+    if (n > (1u << 29)) n = 1u << 29; /* the index (4n entries at most) stays within int32 slots */
+    if (!n) return 0;
+    row_cache *c = &s->c;
+    uint32_t cap = 2, bits = 1;
+    while (cap < 2 * n) cap <<= 1, bits++;
+    c->n = (uint32_t)n;
+    c->mask = cap - 1;
+    c->shift = 64 - bits;
+    c->row = malloc(n * sizeof(int64_t));
+    c->state = calloc(n, 1);
+    c->ref = calloc(n, 1);
+    c->pins = calloc(n, sizeof(uint32_t));
+    c->data = malloc(n * h->row_bytes);
+    c->index = malloc((size_t)cap * sizeof(int32_t));
+    s->pf_q = malloc(PF_QUEUE * sizeof(int64_t));
+    if (!c->row || !c->state || !c->ref || !c->pins || !c->data || !c->index || !s->pf_q) return -1;
+    memset(c->index, 0xff, (size_t)cap * sizeof(int32_t)); /* -1: empty */
+    s->info.cache_rows = n;
+    s->info.cache_bytes = n * (h->row_bytes + 8 + 1 + 1 + 4) + (uint64_t)cap * 4;
+    return 0;
+}
+
 int engram_store_open(const char *path, const engram_store_params *params, engram_store **out, char *err,
                       size_t errlen) {
     if (!path || !out) return fail(err, errlen, ENGRAM_STORE_EINVAL, "engram_store_open: NULL argument");
     engram_store_params p = params ? *params : engram_store_default_params();
-    if (p.tier != ENGRAM_STORE_DRAM && p.tier != ENGRAM_STORE_NVME)
+    if (p.tier != ENGRAM_STORE_DRAM && p.tier != ENGRAM_STORE_NVME && p.tier != ENGRAM_STORE_AUTO)
         return fail(err, errlen, ENGRAM_STORE_EINVAL, "%s: unknown tier %d", path, (int)p.tier);
-    if (p.tier == ENGRAM_STORE_NVME && (p.queue_depth < 1 || p.queue_depth > 4096))
+    if (p.tier != ENGRAM_STORE_DRAM && (p.queue_depth < 1 || p.queue_depth > 4096))
         return fail(err, errlen, ENGRAM_STORE_EINVAL, "%s: queue depth %d outside 1..4096", path, p.queue_depth);
     engram_store *s = calloc(1, sizeof(*s));
     if (!s || !(s->path = strdup(path))) {
@@ -315,8 +823,11 @@ int engram_store_open(const char *path, const engram_store_params *params, engra
     }
     s->p = p;
     s->fd = -1;
-    s->info.tier = p.tier;
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->io_mu, NULL);
+    pthread_mutex_init(&s->pf_mu, NULL);
+    pthread_cond_init(&s->ready, NULL);
+    pthread_cond_init(&s->pf_cv, NULL);
     int rc;
     /* Header through a buffered descriptor first: it may be any size. */
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -342,6 +853,17 @@ int engram_store_open(const char *path, const engram_store_params *params, engra
         goto bad;
     }
     const engram_store_header *h = &s->info.header;
+    if (p.tier == ENGRAM_STORE_AUTO) { /* the whole table in DRAM when the budget holds it */
+        uint64_t table = h->rows * h->row_stride, budget = p.dram_budget;
+        if (!budget) {
+            uint64_t avail = engram_store_mem_available();
+            budget = !avail || table <= avail ? table : avail / 2;
+        }
+        p.tier = budget >= table ? ENGRAM_STORE_DRAM : ENGRAM_STORE_NVME;
+        p.dram_budget = budget;
+        s->p = p;
+    }
+    s->info.tier = p.tier;
 
     if (p.tier == ENGRAM_STORE_DRAM) {
         s->fd = fd;
@@ -386,7 +908,8 @@ int engram_store_open(const char *path, const engram_store_params *params, engra
         s->fd = fd;
     }
     s->run_bytes = h->row_stride < ENGRAM_STORE_BLOCK ? ENGRAM_STORE_BLOCK : h->row_stride;
-    if (posix_memalign((void **)&s->buf, ENGRAM_STORE_BLOCK, (size_t)p.queue_depth * s->run_bytes)) {
+    s->t_sub = calloc((size_t)p.queue_depth, sizeof(double));
+    if (!s->t_sub || posix_memalign((void **)&s->buf, ENGRAM_STORE_BLOCK, (size_t)p.queue_depth * s->run_bytes)) {
         s->buf = NULL;
         rc = fail(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
         goto bad;
@@ -410,6 +933,19 @@ int engram_store_open(const char *path, const engram_store_params *params, engra
         s->fd = bfd;
         s->info.direct = false;
     }
+    if (cache_init(s, p.dram_budget)) {
+        rc = fail(err, errlen, ENGRAM_STORE_ENOMEM, "%s: out of memory for a row cache of %llu bytes", path,
+                  (unsigned long long)p.dram_budget);
+        goto bad;
+    }
+    if (s->c.n) {
+        int e = pthread_create(&s->pf_thread, NULL, prefetch_main, s);
+        if (e) {
+            rc = fail(err, errlen, ENGRAM_STORE_ENOMEM, "%s: cannot start the prefetch thread: %s", path, strerror(e));
+            goto bad;
+        }
+        s->pf_started = true;
+    }
     *out = s;
     return ENGRAM_STORE_OK;
 bad:
@@ -417,173 +953,69 @@ bad:
     return rc;
 }
 
-static int cmp_req(const void *a, const void *b) {
-    const row_req *x = a, *y = b;
-    return x->off < y->off ? -1 : x->off > y->off ? 1 : (x->idx > y->idx) - (x->idx < y->idx);
+engram_store_info engram_store_get_info(const engram_store *s) {
+    engram_store_info in = s->info;
+    in.reads = get(&s->reads);
+    in.bytes_read = get(&s->bytes_read);
+    return in;
 }
 
-/* Reads run r into buf (pread path); returns bytes or -errno. */
-static ssize_t read_run(engram_store *s, const block_run *r, uint8_t *buf) {
-    size_t done = 0;
-    while (done < r->len) {
-        ssize_t k = pread(s->fd, buf + done, r->len - done, (off_t)(r->off + done));
-        if (k < 0 && errno == EINTR) continue;
-        if (k < 0) return -errno;
-        if (k == 0) break; /* end of file: the caller checks what it needs */
-        done += (size_t)k;
+void engram_store_get_stats(const engram_store *s, engram_store_stats *o) {
+    memset(o, 0, sizeof(*o));
+    o->lookups = get(&s->lookups);
+    o->dram_hits = get(&s->dram_hits);
+    o->nvme_hits = get(&s->nvme_hits);
+    o->prefetch_rows = get(&s->prefetch_rows);
+    o->prefetch_reads = get(&s->prefetch_reads);
+    o->prefetch_dropped = get(&s->prefetch_dropped);
+    o->evictions = get(&s->evictions);
+    pthread_mutex_lock((pthread_mutex_t *)&s->mu);
+    o->cache_rows = s->c.used;
+    pthread_mutex_unlock((pthread_mutex_t *)&s->mu);
+    o->cache_capacity = s->info.cache_rows;
+    o->cache_bytes = s->info.cache_bytes;
+    o->nvme_reads = get(&s->reads);
+    o->nvme_bytes = get(&s->bytes_read);
+    o->nvme_read_seconds = (double)get(&s->read_ns) * 1e-9;
+    o->gathers = get(&s->gathers);
+    o->stall_seconds = (double)get(&s->stall_ns) * 1e-9;
+    for (int b = 0; b <= ENGRAM_STORE_HIST_BUCKETS; b++) {
+        o->nvme_read_hist[b] = get(&s->read_hist[b]);
+        o->stall_hist[b] = get(&s->stall_hist[b]);
     }
-    return (ssize_t)done;
 }
 
-/* Decodes the rows of run r from buf, given `got` bytes were read. */
-static int finish_run(engram_store *s, const block_run *r, const uint8_t *buf, ssize_t got, float *out) {
-    const engram_store_header *h = &s->info.header;
-    if (got < 0) return -1;
-    const row_req *q = s->reqs + r->first;
-    uint64_t need = q[r->n - 1].off + h->row_bytes - r->off;
-    if ((uint64_t)got < need) return -1;
-    s->info.reads++;
-    s->info.bytes_read += (uint64_t)got;
-    for (uint32_t i = 0; i < r->n; i++) decode_row(h, buf + (q[i].off - r->off), out + q[i].idx * h->cols);
-    return 0;
+void engram_store_stats_add(engram_store_stats *sum, const engram_store_stats *x) {
+    sum->lookups += x->lookups;
+    sum->dram_hits += x->dram_hits;
+    sum->nvme_hits += x->nvme_hits;
+    sum->prefetch_rows += x->prefetch_rows;
+    sum->prefetch_reads += x->prefetch_reads;
+    sum->prefetch_dropped += x->prefetch_dropped;
+    sum->evictions += x->evictions;
+    sum->cache_rows += x->cache_rows;
+    sum->cache_capacity += x->cache_capacity;
+    sum->cache_bytes += x->cache_bytes;
+    sum->nvme_reads += x->nvme_reads;
+    sum->nvme_bytes += x->nvme_bytes;
+    sum->nvme_read_seconds += x->nvme_read_seconds;
+    sum->gathers += x->gathers;
+    sum->stall_seconds += x->stall_seconds;
+    for (int b = 0; b <= ENGRAM_STORE_HIST_BUCKETS; b++) {
+        sum->nvme_read_hist[b] += x->nvme_read_hist[b];
+        sum->stall_hist[b] += x->stall_hist[b];
+    }
 }
-
-static int gather_nvme(engram_store *s, const int64_t *rows, size_t n, float *out) {
-    const engram_store_header *h = &s->info.header;
-    if (n > s->cap) {
-        size_t cap = n < 1024 ? 1024 : n;
-        row_req *q = realloc(s->reqs, cap * sizeof(*q));
-        if (q) s->reqs = q;
-        block_run *r = q ? realloc(s->runs, cap * sizeof(*r)) : NULL;
-        if (r) s->runs = r;
-        if (!q || !r) return ENGRAM_STORE_ENOMEM;
-        s->cap = cap;
-    }
-    for (size_t i = 0; i < n; i++) {
-        s->reqs[i].off = h->data_offset + (uint64_t)rows[i] * h->row_stride;
-        s->reqs[i].idx = i;
-    }
-    qsort(s->reqs, n, sizeof(row_req), cmp_req);
-    /* Runs: rows whose blocks coincide share one read (stride <= 4096: a row is in one block). */
-    size_t nr = 0;
-    for (size_t i = 0; i < n;) {
-        uint64_t b = s->reqs[i].off & ~(uint64_t)(ENGRAM_STORE_BLOCK - 1);
-        size_t j = i + 1;
-        while (j < n && (s->reqs[j].off & ~(uint64_t)(ENGRAM_STORE_BLOCK - 1)) == b) j++;
-        s->runs[nr++] = (block_run){b, (uint32_t)s->run_bytes, (uint32_t)i, (uint32_t)(j - i)};
-        i = j;
-    }
-    int qd = s->p.queue_depth;
-    if (!s->info.io_uring) {
-        for (size_t r = 0; r < nr; r++)
-            if (finish_run(s, &s->runs[r], s->buf, read_run(s, &s->runs[r], s->buf), out))
-                return ENGRAM_STORE_EIO;
-        return ENGRAM_STORE_OK;
-    }
-    /* io_uring: keep up to qd reads in flight; slot k owns buf + k*run_bytes. */
-    int *free_slots = malloc((size_t)qd * sizeof(int));
-    if (!free_slots) return ENGRAM_STORE_ENOMEM;
-    int nfree = qd, inflight = 0, rc = ENGRAM_STORE_OK;
-    for (int k = 0; k < qd; k++) free_slots[k] = qd - 1 - k;
-    size_t next = 0;
-    while (next < nr || inflight) {
-        int queued = 0;
-        while (next < nr && nfree && rc == ENGRAM_STORE_OK) {
-            struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
-            if (!sqe) break;
-            int k = free_slots[--nfree];
-            io_uring_prep_read(sqe, s->fd, s->buf + (size_t)k * s->run_bytes, s->runs[next].len,
-                               s->runs[next].off);
-            io_uring_sqe_set_data64(sqe, ((uint64_t)next << 16) | (uint64_t)k);
-            next++;
-            queued++;
-        }
-        if (queued) {
-            int e = io_uring_submit(&s->ring);
-            if (e < 0) { /* the ring is unusable: the caller redoes the gather with pread */
-                rc = -1000;
-                break;
-            }
-            inflight += queued;
-        }
-        if (!inflight) break;
-        struct io_uring_cqe *cqe;
-        int e = io_uring_wait_cqe(&s->ring, &cqe);
-        if (e == -EINTR) continue;
-        if (e < 0) {
-            rc = ENGRAM_STORE_EIO;
-            break;
-        }
-        uint64_t tag = io_uring_cqe_get_data64(cqe);
-        int res = cqe->res;
-        io_uring_cqe_seen(&s->ring, cqe);
-        inflight--;
-        size_t ri = (size_t)(tag >> 16);
-        int k = (int)(tag & 0xffff);
-        uint8_t *b = s->buf + (size_t)k * s->run_bytes;
-        ssize_t got = res;
-        if (res >= 0 && (uint32_t)res < s->runs[ri].len && res % 512 == 0 && res > 0) {
-            /* short read: complete it synchronously */
-            block_run rest = s->runs[ri];
-            rest.off += (uint64_t)res;
-            rest.len -= (uint32_t)res;
-            ssize_t more = read_run(s, &rest, b + res);
-            got = more < 0 ? more : res + more;
-        }
-        if (rc == ENGRAM_STORE_OK && finish_run(s, &s->runs[ri], b, got, out)) rc = ENGRAM_STORE_EIO;
-        free_slots[nfree++] = k;
-    }
-    /* Drain anything still in flight after an error. */
-    while (inflight > 0) {
-        struct io_uring_cqe *cqe;
-        if (io_uring_wait_cqe(&s->ring, &cqe)) break;
-        io_uring_cqe_seen(&s->ring, cqe);
-        inflight--;
-    }
-    free(free_slots);
-    return rc;
-}
-
-int engram_store_prefetch(engram_store *s, const int64_t *rows, size_t n) {
-    (void)s, (void)rows, (void)n;
-    return ENGRAM_STORE_OK;
-}
-
-int engram_store_gather(engram_store *s, const int64_t *rows, size_t n, float *out, size_t *bad) {
-    if (!s || (n && (!rows || !out)) || n > UINT32_MAX) return ENGRAM_STORE_EINVAL;
-    const engram_store_header *h = &s->info.header;
-    for (size_t i = 0; i < n; i++)
-        if (rows[i] < 0 || (uint64_t)rows[i] >= h->rows) {
-            if (bad) *bad = i;
-            return ENGRAM_STORE_ERANGE;
-        }
-    if (s->map) {
-        const uint8_t *base = s->map + h->data_offset;
-        for (size_t i = 0; i < n; i++) {
-            if (i + 8 < n) /* random rows: start the miss of a row a few rows ahead */
-                for (uint32_t o = 0; o < h->row_bytes; o += 64)
-                    __builtin_prefetch(base + (uint64_t)rows[i + 8] * h->row_stride + o);
-            decode_row(h, base + (uint64_t)rows[i] * h->row_stride, out + i * h->cols);
-        }
-        return ENGRAM_STORE_OK;
-    }
-    pthread_mutex_lock(&s->mu);
-    int rc = gather_nvme(s, rows, n, out);
-    if (rc == -1000) {
-        note(s, "io_uring_submit failed; using pread from now on");
-        io_uring_queue_exit(&s->ring);
-        s->info.io_uring = false;
-        rc = gather_nvme(s, rows, n, out);
-    }
-    pthread_mutex_unlock(&s->mu);
-    if (rc == ENGRAM_STORE_EIO) note(s, "read failed");
-    return rc;
-}
-
-engram_store_info engram_store_get_info(const engram_store *s) { return s->info; }
 
 void engram_store_close(engram_store *s) {
     if (!s) return;
+    if (s->pf_started) {
+        pthread_mutex_lock(&s->pf_mu);
+        s->pf_stop = true;
+        pthread_cond_signal(&s->pf_cv);
+        pthread_mutex_unlock(&s->pf_mu);
+        pthread_join(s->pf_thread, NULL);
+    }
     if (s->map) {
         if (s->info.locked) munlock(s->map, s->map_len);
         munmap(s->map, s->map_len);
@@ -591,9 +1023,14 @@ void engram_store_close(engram_store *s) {
     if (s->info.io_uring) io_uring_queue_exit(&s->ring);
     if (s->fd >= 0) close(s->fd);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->io_mu);
+    pthread_mutex_destroy(&s->pf_mu);
+    pthread_cond_destroy(&s->ready);
+    pthread_cond_destroy(&s->pf_cv);
+    free(s->c.row), free(s->c.state), free(s->c.ref), free(s->c.pins), free(s->c.data), free(s->c.index);
+    free(s->pf_q);
     free(s->buf);
-    free(s->reqs);
-    free(s->runs);
+    free(s->t_sub);
     free(s->path);
     free(s);
 }

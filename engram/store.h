@@ -3,7 +3,9 @@
  * MAP_SHARED, optionally mlock'd and huge-page advised; NVMe: O_DIRECT reads
  * through io_uring, or pread). Also the table file layout those tiers read:
  * a 4096-byte header, then rows at a power-of-two stride so that a row never
- * straddles more 4 KiB blocks than its size needs. No GPU here. */
+ * straddles more 4 KiB blocks than its size needs. Over NVMe a DRAM budget
+ * buys a row cache (CLOCK over fixed slots) fed ahead of use by a prefetch
+ * thread. No GPU here. */
 #ifndef ENGRAM_STORE_H
 #define ENGRAM_STORE_H
 
@@ -97,10 +99,21 @@ int engram_store_write_dense(const char *path, int dtype, uint64_t rows, uint32_
                              char *err, size_t errlen);
 
 /* ---- the store ---- */
-typedef enum { ENGRAM_STORE_DRAM = 0, ENGRAM_STORE_NVME = 1 } engram_store_tier;
+/* Where a table lives. AUTO decides at open from dram_budget: the whole table
+ * in DRAM (mmap) when the budget holds it, else NVMe with a DRAM row cache of
+ * at most the budget. */
+typedef enum { ENGRAM_STORE_DRAM = 0, ENGRAM_STORE_NVME = 1, ENGRAM_STORE_AUTO = 2 } engram_store_tier;
 
 typedef struct {
     engram_store_tier tier; /* default DRAM */
+    /* Bytes of host DRAM this store may hold. AUTO: DRAM tier when
+     * >= the table's bytes (rows * row_stride), else the NVMe tier with a row
+     * cache of at most this many bytes (slots, their index and metadata; the
+     * few I/O buffers of queue_depth blocks are not counted); 0 means: the
+     * table when it fits in MemAvailable, else half of MemAvailable. NVME: the
+     * row cache (0: none, every row is read from the file). DRAM: unused. */
+    uint64_t dram_budget;
+    uint64_t hbm_cache; /* bytes of GPU memory for hot rows; carried for the CUDA backend, unused here */
     /* DRAM */
     bool mlock;     /* lock the mapping in RAM; failure is an error (ENGRAM_STORE_ELOCK) */
     bool hugepages; /* madvise(MADV_HUGEPAGE); a refusal is reported on stderr, not an error */
@@ -117,7 +130,7 @@ typedef struct engram_store engram_store;
 
 /* What a store ended up doing (fallbacks included). */
 typedef struct {
-    engram_store_tier tier;
+    engram_store_tier tier; /* DRAM or NVME (what AUTO chose) */
     engram_store_header header;
     bool direct;     /* NVMe: O_DIRECT in use */
     bool io_uring;   /* NVMe: io_uring in use (else pread) */
@@ -125,30 +138,77 @@ typedef struct {
     bool hugepages;  /* DRAM: MADV_HUGEPAGE accepted */
     uint64_t reads;  /* NVMe: block runs read so far */
     uint64_t bytes_read;
+    uint64_t cache_rows;  /* NVMe: row cache slots (0: no cache, no prefetch) */
+    uint64_t cache_bytes; /* NVMe: DRAM the row cache holds, <= dram_budget */
 } engram_store_info;
 
 /* Opens the table file at path for the tier in params (NULL: defaults).
  * Returns ENGRAM_STORE_OK and *out, or a negative status with a one-line
  * message naming the file. Fallbacks (io_uring unavailable -> pread; O_DIRECT
- * refused by the filesystem -> buffered) are noted on stderr unless quiet. */
+ * refused by the filesystem -> buffered) are noted on stderr unless quiet.
+ * An NVMe store with a row cache starts one prefetch thread. */
 int engram_store_open(const char *path, const engram_store_params *params, engram_store **out, char *err,
                       size_t errlen);
 
 /* Gathers n rows: out (n, cols) f32, out[i*cols + j] = value j of row
  * rows[i], converted exactly (bf16/f16 widened, FP8 decoded by engram_fp8).
  * Rows may repeat and come in any order; rows sharing a block are read once.
- * Thread-safe (NVMe gathers are serialized). Returns ENGRAM_STORE_OK;
- * ENGRAM_STORE_ERANGE if some row is out of range (nothing read, *bad gets
- * its index; bad may be NULL); ENGRAM_STORE_EIO or _ENOMEM on a failed read. */
+ * NVMe with a cache: hits come from DRAM, rows in flight (prefetch, another
+ * gather) are waited for, the other misses are read once and cached.
+ * Thread-safe. Returns ENGRAM_STORE_OK; ENGRAM_STORE_ERANGE if some row is
+ * out of range (nothing read, *bad gets its index; bad may be NULL);
+ * ENGRAM_STORE_EIO or _ENOMEM on a failed read. */
 int engram_store_gather(engram_store *s, const int64_t *rows, size_t n, float *out, size_t *bad);
 
-/* Tells the store which rows a coming gather will read (a step's rows,
- * known before its forward pass), so it may start reading them. Never
- * blocks; a hint only (the host tiers read on gather for now). */
+/* Hints that rows will be gathered soon (the forward pass calls it with each
+ * step's row ids as soon as its tokens are known). Never blocks on I/O: the
+ * ids (copied) go to the store's prefetch thread, which reads the rows that
+ * are neither cached nor in flight into the row cache; a later gather finds
+ * them there, or waits for their read instead of reading them again. Ids out
+ * of range are ignored (the gather reports them); when the queue is full the
+ * excess is dropped (counted in prefetch_dropped). A no-op returning OK for a
+ * NULL store, the DRAM tier (the rows are mapped: the gather's own software
+ * prefetch is enough) and NVMe without a cache. Thread-safe. Returns
+ * ENGRAM_STORE_OK, or ENGRAM_STORE_EINVAL for rows NULL with n > 0. */
 int engram_store_prefetch(engram_store *s, const int64_t *rows, size_t n);
 
 engram_store_info engram_store_get_info(const engram_store *s);
 
-void engram_store_close(engram_store *s); /* accepts NULL */
+/* Counters since open; latencies and stalls also as histograms over these
+ * upper bounds in seconds (one more bucket after them: +Inf). */
+#define ENGRAM_STORE_HIST_BUCKETS 12
+extern const double engram_store_hist_le[ENGRAM_STORE_HIST_BUCKETS];
+
+typedef struct {
+    uint64_t lookups;          /* rows asked for by gathers, repeats included */
+    uint64_t dram_hits;        /* of those, in DRAM when asked: the mapped table, or a cached row */
+    uint64_t nvme_hits;        /* the others: read from NVMe by the gather, or waited for while in flight */
+    uint64_t prefetch_rows;    /* row ids handed to engram_store_prefetch */
+    uint64_t prefetch_reads;   /* rows the prefetch thread read into the cache */
+    uint64_t prefetch_dropped; /* ids dropped: prefetch queue full */
+    uint64_t evictions;        /* cached rows evicted (CLOCK) */
+    uint64_t cache_rows;       /* rows in the cache now (gauge) */
+    uint64_t cache_capacity;   /* cache slots (gauge) */
+    uint64_t cache_bytes;      /* DRAM held by the cache (gauge) */
+    uint64_t nvme_reads;       /* read operations (runs of whole blocks) */
+    uint64_t nvme_bytes;       /* bytes they read */
+    double nvme_read_seconds;  /* sum of their latencies (submit to completion) */
+    uint64_t nvme_read_hist[ENGRAM_STORE_HIST_BUCKETS + 1]; /* reads per latency bucket (not cumulative) */
+    uint64_t gathers;          /* NVMe-tier gathers (each observed in the stall histogram) */
+    double stall_seconds;      /* time gathers waited for rows not in DRAM (own reads, in-flight reads) */
+    uint64_t stall_hist[ENGRAM_STORE_HIST_BUCKETS + 1]; /* gathers per stall bucket (not cumulative) */
+} engram_store_stats;
+
+/* Fills *out with s's counters (a consistent-enough snapshot: each counter
+ * is read atomically). Thread-safe. */
+void engram_store_get_stats(const engram_store *s, engram_store_stats *out);
+
+/* sum += x, field by field (gauges too: a sum over stores). */
+void engram_store_stats_add(engram_store_stats *sum, const engram_store_stats *x);
+
+/* MemAvailable of /proc/meminfo in bytes, 0 when unknown. */
+uint64_t engram_store_mem_available(void);
+
+void engram_store_close(engram_store *s); /* accepts NULL; stops the prefetch thread */
 
 #endif

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "server.h"
 #include "util.h"
 
@@ -45,8 +46,15 @@ static const struct {
     {"prefill-chunk", OPT_INT, 1, 1 << 20, "256", "prompt tokens per forward pass (streams get a keep-alive after each)"},
     {"shutdown-timeout", OPT_INT, 0, 86400, "0",
      "on SIGTERM/SIGINT, seconds to let accepted requests finish (new ones get 503) before aborting the rest"},
-    {"engram-tables", OPT_STR, 0, 0, NULL, "directory of Engram table files (engram-tables export); default: the checkpoint's tensors"},
-    {"engram-tier", OPT_STR, 0, 0, "dram", "where --engram-tables are read from: dram (mmap MAP_SHARED) or nvme (O_DIRECT)"},
+    {"engram-table-dir", OPT_STR, 0, 0, NULL,
+     "directory of Engram table files; missing ones are written from the checkpoint at start; default: the checkpoint's tensors"},
+    {"engram-tables", OPT_STR, 0, 0, NULL, "alias of --engram-table-dir"},
+    {"engram-dram-budget", OPT_STR, 0, 0, NULL,
+     "DRAM for the Engram tables (K/M/G/T, 1K = 1024); below their size they stay on NVMe behind a row cache of this size; "
+     "default: all of them when they fit in MemAvailable, else half of MemAvailable"},
+    {"engram-hbm-cache", OPT_STR, 0, 0, NULL, "GPU memory for hot Engram rows (CUDA backend; ignored on the CPU)"},
+    {"engram-tier", OPT_STR, 0, 0, "auto",
+     "auto (as the budget decides), dram (whole tables mmap'd MAP_SHARED) or nvme (always from the file, cached within the budget)"},
     {"engram-io", OPT_STR, 0, 0, "uring", "nvme reads: uring (io_uring) or pread"},
     {"engram-queue-depth", OPT_INT, 1, 4096, "64", "nvme reads in flight"},
     {"max-num-seqs", OPT_INT, 1, 4096, "16", "sequences batched together in one scheduler step"},
@@ -208,7 +216,8 @@ int main(int argc, char **argv) {
         }
     }
     enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THREADS, O_HTTP_THREADS, O_CORS,
-           O_CONN_TIMEOUT, O_PREFILL_CHUNK, O_SHUTDOWN, O_ENGRAM_TABLES, O_ENGRAM_TIER, O_ENGRAM_IO, O_ENGRAM_QD,
+           O_CONN_TIMEOUT, O_PREFILL_CHUNK, O_SHUTDOWN, O_ENGRAM_TABLE_DIR, O_ENGRAM_TABLES, O_ENGRAM_BUDGET,
+           O_ENGRAM_HBM, O_ENGRAM_TIER, O_ENGRAM_IO, O_ENGRAM_QD,
            O_MAX_SEQS, O_MAX_BATCHED, O_KV_TOKENS, O_KV_BLOCK, O_SYNTHETIC, O_SYNTH_SEED, O_SYNTH_DIR };
     int rc = 1;
     bool have_model = val[O_MODEL] && val[O_MODEL][0], synthetic = val[O_SYNTHETIC] && val[O_SYNTHETIC][0];
@@ -258,9 +267,28 @@ int main(int argc, char **argv) {
     ep.max_num_batched_tokens = (int)num[O_MAX_BATCHED];
     ep.kv_cache_tokens = (int)num[O_KV_TOKENS];
     ep.kv_block_size = (int)num[O_KV_BLOCK];
-    if (val[O_ENGRAM_TABLES] && val[O_ENGRAM_TABLES][0]) ep.engram_tables = val[O_ENGRAM_TABLES];
-    if (strcmp(val[O_ENGRAM_TIER], "dram") && strcmp(val[O_ENGRAM_TIER], "nvme")) {
-        fprintf(stderr, "engram-server: bad value for --engram-tier: %s (dram or nvme)\n", val[O_ENGRAM_TIER]);
+    /* Engram store: --engram-tables is an alias of --engram-table-dir; "" is unset (config file) */
+    const char *tdir = val[O_ENGRAM_TABLE_DIR] && val[O_ENGRAM_TABLE_DIR][0] ? val[O_ENGRAM_TABLE_DIR] : NULL;
+    const char *talias = val[O_ENGRAM_TABLES] && val[O_ENGRAM_TABLES][0] ? val[O_ENGRAM_TABLES] : NULL;
+    if (tdir && talias && strcmp(tdir, talias)) {
+        fprintf(stderr, "engram-server: --engram-table-dir %s and its alias --engram-tables %s disagree\n", tdir, talias);
+        rc = 2;
+        goto free_vals;
+    }
+    ep.engram_tables = tdir ? tdir : talias;
+    const int size_opts[2] = {O_ENGRAM_BUDGET, O_ENGRAM_HBM};
+    uint64_t sizes[2] = {0, 0};
+    for (int k = 0; k < 2; k++) {
+        const char *v = val[size_opts[k]];
+        if (v && v[0] && util_parse_size(v, &sizes[k])) {
+            fprintf(stderr, "engram-server: bad value for --%s: %s (a positive size in bytes, optionally with K, M, G "
+                            "or T: 1K = 1024)\n", opts[size_opts[k]].flag, v);
+            rc = 2;
+            goto free_vals;
+        }
+    }
+    if (strcmp(val[O_ENGRAM_TIER], "auto") && strcmp(val[O_ENGRAM_TIER], "dram") && strcmp(val[O_ENGRAM_TIER], "nvme")) {
+        fprintf(stderr, "engram-server: bad value for --engram-tier: %s (auto, dram or nvme)\n", val[O_ENGRAM_TIER]);
         rc = 2;
         goto free_vals;
     }
@@ -269,7 +297,29 @@ int main(int argc, char **argv) {
         rc = 2;
         goto free_vals;
     }
-    ep.engram_store.tier = strcmp(val[O_ENGRAM_TIER], "nvme") ? ENGRAM_STORE_DRAM : ENGRAM_STORE_NVME;
+    if (sizes[0] && !ep.engram_tables) {
+        fprintf(stderr, "engram-server: --engram-dram-budget needs --engram-table-dir (the tables must be files to "
+                        "stay on NVMe)\n");
+        rc = 2;
+        goto free_vals;
+    }
+    if (sizes[0] && !strcmp(val[O_ENGRAM_TIER], "dram")) {
+        fprintf(stderr, "engram-server: --engram-dram-budget does not apply to --engram-tier dram (whole tables "
+                        "mapped); use --engram-tier auto or nvme\n");
+        rc = 2;
+        goto free_vals;
+    }
+    if (sizes[1]) { /* the backend the engine will pick (auto: CUDA when usable) */
+        char berr[256];
+        const backend_ops *bo = backend_select(val[O_DEVICE], berr, sizeof(berr));
+        if (bo && strcmp(bo->name, "cuda"))
+            fprintf(stderr, "engram-server: warning: --engram-hbm-cache is ignored on a CPU-only run\n");
+    }
+    ep.engram_store.dram_budget = sizes[0];
+    ep.engram_store.hbm_cache = sizes[1];
+    ep.engram_store.tier = !strcmp(val[O_ENGRAM_TIER], "dram")   ? ENGRAM_STORE_DRAM
+                           : !strcmp(val[O_ENGRAM_TIER], "nvme") ? ENGRAM_STORE_NVME
+                                                                  : ENGRAM_STORE_AUTO;
     ep.engram_store.use_pread = !strcmp(val[O_ENGRAM_IO], "pread");
     ep.engram_store.queue_depth = (int)num[O_ENGRAM_QD];
     engine *e = NULL;

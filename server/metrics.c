@@ -1,8 +1,10 @@
 /* Prometheus metrics, names prefixed engram_ and shaped after vLLM's: HTTP
  * responses by route and status, requests by finish reason, prompt and
  * generated token counters, running/waiting gauges, latency histograms (end
- * to end, time to first token, queue time), process start time. One mutex;
- * rendered as the text exposition format. */
+ * to end, time to first token, queue time), process start time; and the
+ * Engram table store's counters (engram_store_*, engram_prefetch_stall_seconds)
+ * kept by the stores themselves. One mutex; rendered as the text exposition
+ * format. */
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -137,7 +139,71 @@ static void render_histogram(strbuf *b, const char *name, const char *help, cons
     sb_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name, h->n, name, h->sum, name, h->n);
 }
 
-char *metrics_render(metrics *m, const engine_stats *st) {
+/* A histogram from per-bucket counts over engram_store_hist_le (+Inf last). */
+static void render_store_histogram(strbuf *b, const char *name, const char *help, const uint64_t *counts,
+                                   double sum) {
+    sb_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    unsigned long long cum = 0;
+    for (size_t i = 0; i < ENGRAM_STORE_HIST_BUCKETS; i++) {
+        cum += counts[i];
+        sb_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, engram_store_hist_le[i], cum);
+    }
+    cum += counts[ENGRAM_STORE_HIST_BUCKETS];
+    sb_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.9f\n%s_count %llu\n", name, cum, name, sum, name, cum);
+}
+
+static void render_store(strbuf *b, const engram_store_stats *es) {
+    typedef unsigned long long ull;
+    sb_printf(b,
+              "# HELP engram_store_lookups_total Engram table rows asked for by gathers (all Engram layers).\n"
+              "# TYPE engram_store_lookups_total counter\n"
+              "engram_store_lookups_total %llu\n"
+              "# HELP engram_store_hits_total Engram rows by the tier that served them: dram (the mapped table or the "
+              "row cache), nvme (read from the table file, or waited for while in flight).\n"
+              "# TYPE engram_store_hits_total counter\n"
+              "engram_store_hits_total{tier=\"dram\"} %llu\n"
+              "engram_store_hits_total{tier=\"nvme\"} %llu\n"
+              "# HELP engram_store_prefetch_rows_total Row ids handed to the prefetch threads.\n"
+              "# TYPE engram_store_prefetch_rows_total counter\n"
+              "engram_store_prefetch_rows_total %llu\n"
+              "# HELP engram_store_prefetch_reads_total Rows the prefetch threads read from NVMe into the row caches.\n"
+              "# TYPE engram_store_prefetch_reads_total counter\n"
+              "engram_store_prefetch_reads_total %llu\n"
+              "# HELP engram_store_prefetch_dropped_total Prefetch row ids dropped because a prefetch queue was full.\n"
+              "# TYPE engram_store_prefetch_dropped_total counter\n"
+              "engram_store_prefetch_dropped_total %llu\n"
+              "# HELP engram_store_cache_evictions_total Rows evicted from the DRAM row caches.\n"
+              "# TYPE engram_store_cache_evictions_total counter\n"
+              "engram_store_cache_evictions_total %llu\n",
+              (ull)es->lookups, (ull)es->dram_hits, (ull)es->nvme_hits, (ull)es->prefetch_rows,
+              (ull)es->prefetch_reads, (ull)es->prefetch_dropped, (ull)es->evictions);
+    sb_printf(b,
+              "# HELP engram_store_cache_rows Rows held by the DRAM row caches over NVMe.\n"
+              "# TYPE engram_store_cache_rows gauge\n"
+              "engram_store_cache_rows %llu\n"
+              "# HELP engram_store_cache_capacity_rows Row slots of the DRAM row caches over NVMe.\n"
+              "# TYPE engram_store_cache_capacity_rows gauge\n"
+              "engram_store_cache_capacity_rows %llu\n"
+              "# HELP engram_store_cache_bytes DRAM held by the row caches over NVMe.\n"
+              "# TYPE engram_store_cache_bytes gauge\n"
+              "engram_store_cache_bytes %llu\n"
+              "# HELP engram_store_nvme_reads_total Reads from the Engram table files (runs of whole 4 KiB blocks).\n"
+              "# TYPE engram_store_nvme_reads_total counter\n"
+              "engram_store_nvme_reads_total %llu\n"
+              "# HELP engram_store_nvme_read_bytes_total Bytes read from the Engram table files.\n"
+              "# TYPE engram_store_nvme_read_bytes_total counter\n"
+              "engram_store_nvme_read_bytes_total %llu\n",
+              (ull)es->cache_rows, (ull)es->cache_capacity, (ull)es->cache_bytes, (ull)es->nvme_reads,
+              (ull)es->nvme_bytes);
+    render_store_histogram(b, "engram_store_nvme_read_latency_seconds",
+                           "Latency of reads from the Engram table files, submission to completion.",
+                           es->nvme_read_hist, es->nvme_read_seconds);
+    render_store_histogram(b, "engram_prefetch_stall_seconds",
+                           "Time each NVMe-tier gather waited for rows not in DRAM (its own reads, reads in flight).",
+                           es->stall_hist, es->stall_seconds);
+}
+
+char *metrics_render(metrics *m, const engine_stats *st, const engram_store_stats *es) {
     strbuf b = {0};
     b.cap = 8192;
     if (!(b.buf = malloc(b.cap))) return NULL;
@@ -195,6 +261,7 @@ char *metrics_render(metrics *m, const engine_stats *st) {
     render_histogram(&b, "engram_inter_token_latency_seconds",
                      "Mean time between generated tokens, one observation per request.", &m->itl);
     pthread_mutex_unlock(&m->mu);
+    if (es) render_store(&b, es);
     if (b.oom) {
         free(b.buf);
         return NULL;

@@ -41,8 +41,10 @@ void metrics_http(metrics *m, const char *route, int status);
  * "abort", "error"), token counts and the request's timestamps. */
 void metrics_request_done(metrics *m, const char *reason, const engine_output *o, double t_end);
 
-/* The Prometheus text exposition (version 0.0.4) as a heap string. */
-char *metrics_render(metrics *m, const engine_stats *st);
+/* The Prometheus text exposition (version 0.0.4) as a heap string: the
+ * server's own families, the engine's stats and the Engram stores' counters
+ * (es: summed over the Engram layers). */
+char *metrics_render(metrics *m, const engine_stats *st, const engram_store_stats *es);
 
 /* ---- http.c ---- */
 

@@ -2,10 +2,12 @@
 version, fields that disagree, rows past the end, a table of the wrong shape
 for the model, a directory or a device in place of a file. engram-run and
 engram-tables info refuse each with one line naming the file; never a crash
-(also run under ASan/UBSan)."""
+(also run under ASan/UBSan). Also bad store flags (sizes, combinations) and a
+table directory that cannot be written, for engram-run and engram-server."""
 import os
 import shutil
 import struct
+import subprocess
 
 import pytest
 
@@ -86,8 +88,16 @@ def test_wrong_shape_for_model(good, tmp_path):
     expect_error(d, f, "needs [10170, 8]", info_bad=False)
 
 
-def test_missing_file(good, tmp_path):
+def test_missing_file_is_written(good, tmp_path):
     d, f = tables_with(good, tmp_path, None)
+    p = run_bin("engram-run", "--model", MODEL, "--prompt-ids", "5,6,7", "--max-tokens", "2", "--engram-tables", d)
+    assert str(f) in p.stderr and f.read_bytes() == (good / LAYER).read_bytes()
+
+
+def test_dangling_symlink(good, tmp_path):
+    """A name that exists but cannot be opened is not replaced."""
+    d, f = tables_with(good, tmp_path, None)
+    f.symlink_to(tmp_path / "nowhere")
     expect_error(d, f, "cannot open")
 
 
@@ -110,6 +120,77 @@ def test_bad_flags():
         p = run_bin("engram-run", "--model", MODEL, "--prompt-ids", "5", "--engram-tables", "/nonexistent",
                     *args, check=False)
         assert p.returncode == 2 and needle in p.stderr, p.stderr
+
+
+BAD_SIZES = ["12Q", "-1", "0", "", "1.5G", "1 K", "K", "+4K", "99999999999999999999", "20000000000T", "4Kb"]
+
+
+@pytest.mark.parametrize("flag", ["--engram-dram-budget", "--engram-hbm-cache"])
+def test_bad_sizes(tmp_path, flag):
+    for v in BAD_SIZES:
+        p = run_bin("engram-run", "--model", MODEL, "--prompt-ids", "5", "--engram-table-dir", tmp_path, flag, v,
+                    check=False)
+        assert p.returncode == 2 and flag in p.stderr and "1K = 1024" in p.stderr, (v, p.stderr)
+        if v == "":  # for the server: unset, as in the config file
+            continue
+        p = run_server("--model", MODEL, "--engram-table-dir", tmp_path, flag, v)
+        assert p.returncode == 2 and flag in p.stderr and "1K = 1024" in p.stderr, (v, p.stderr)
+    assert not list(tmp_path.iterdir())  # nothing written before the flags were checked
+
+
+def run_server(*args):
+    from conftest import BUILD
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGRAM_") or k in ("ENGRAM_BUILD_DIR",
+                                                                                       "ENGRAM_SOURCE_DIR")}
+    from serverutil import free_port
+    p = subprocess.run([str(BUILD / "engram-server"), "--port", str(free_port()), *map(str, args)], capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert p.returncode >= 0 and "Sanitizer" not in p.stderr and "runtime error" not in p.stderr, p.stderr
+    return p
+
+
+def test_good_sizes(good):
+    for v in ("4096", "64K", "64k", "1M", "1MiB", "1MB", "2G", "1T"):
+        p = run_bin("engram-run", "--model", MODEL, "--prompt-ids", "5", "--max-tokens", "1", "--engram-table-dir", good,
+                    "--engram-dram-budget", v, "--engram-hbm-cache", v)
+        assert "--engram-hbm-cache is ignored on a CPU-only run" in p.stderr
+
+
+def test_bad_store_flag_combinations(good):
+    p = run_bin("engram-run", "--model", MODEL, "--prompt-ids", "5", "--engram-table-dir", good, "--engram-tier", "dram",
+                "--engram-dram-budget", "1M", check=False)
+    assert p.returncode == 2 and "--engram-tier dram" in p.stderr
+    p = run_bin("engram-run", "--model", MODEL, "--prompt-ids", "5", "--engram-table-dir", good, "--engram-tables",
+                good / "other", check=False)
+    assert p.returncode == 2 and "contradicts" in p.stderr
+    p = run_server("--model", MODEL, "--engram-table-dir", good, "--engram-tier", "dram", "--engram-dram-budget", "1M")
+    assert p.returncode == 2 and "--engram-tier dram" in p.stderr
+    p = run_server("--model", MODEL, "--engram-dram-budget", "1M")
+    assert p.returncode == 2 and "--engram-table-dir" in p.stderr
+    p = run_server("--model", MODEL, "--engram-table-dir", good, "--engram-tables", good / "other")
+    assert p.returncode == 2 and "disagree" in p.stderr
+    p = run_server("--model", MODEL, "--engram-tier", "hbm")
+    assert p.returncode == 2 and "--engram-tier" in p.stderr
+
+
+def test_unwritable_table_dir(tmp_path):
+    """A table directory that cannot be created or written: one line, exit 1."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for d, needle in ((blocker, "not a directory"), (blocker / "sub", "cannot create")):
+        p = run_bin("engram-run", "--model", MODEL, "--prompt-ids", "5", "--engram-table-dir", d, check=False)
+        assert p.returncode == 1 and str(d) in p.stderr and needle in p.stderr, p.stderr
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o555)
+    try:
+        p = run_bin("engram-run", "--model", MODEL, "--prompt-ids", "5", "--engram-table-dir", ro, check=False)
+        if os.geteuid() != 0:  # root writes anyway
+            assert p.returncode == 1 and "cannot create" in p.stderr and ".tmp" in p.stderr, p.stderr
+    finally:
+        os.chmod(ro, 0o755)
+    p = run_server("--model", MODEL, "--engram-table-dir", blocker / "sub")
+    assert p.returncode == 1 and "cannot create" in p.stderr, p.stderr
 
 
 def test_tables_cli_usage(tmp_path):

@@ -1,8 +1,15 @@
 """Engram tables served from aligned table files (engram/store): exported
 from the checkpoint, read from DRAM (mmap), from NVMe through io_uring with
-O_DIRECT, through pread, and buffered. Greedy generation must be bitwise the
-same wherever the table lives: logits of the prompt, every gate, every id."""
+O_DIRECT, through pread, and buffered, and from NVMe behind a DRAM budget
+small enough to evict all the time. Greedy generation must be bitwise the
+same wherever the table lives: logits of the prompt, every gate, every id.
+Also: the first start writes missing table files, later starts reuse them,
+a file that does not match the checkpoint is refused; the store's counters
+(engram-run's summary, the server's /metrics) move."""
 import json
+import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -18,6 +25,11 @@ TIERS = {
     "nvme-uring-qd1": ["--engram-tier", "nvme", "--engram-io", "uring", "--engram-queue-depth", "1"],
     "nvme-pread": ["--engram-tier", "nvme", "--engram-io", "pread"],
     "nvme-buffered": ["--engram-tier", "nvme", "--engram-buffered"],
+    # a DRAM budget far below the tables: NVMe behind a row cache of a few dozen rows
+    "auto-budget-2K": ["--engram-dram-budget", "2K"],
+    "nvme-budget-1K-pread": ["--engram-tier", "nvme", "--engram-dram-budget", "1K", "--engram-io", "pread"],
+    "nvme-budget-64K-qd1": ["--engram-tier", "nvme", "--engram-dram-budget", "64K", "--engram-queue-depth", "1"],
+    "auto-default": [],
 }
 
 
@@ -63,7 +75,8 @@ def test_export_info(exported):
 def test_bitwise_identical(exported, tmp_path, tier, chunk):
     model, out = exported
     ref = generate(model, tmp_path, "ckpt", [], chunk)
-    got = generate(model, tmp_path, tier, ["--engram-tables", out, *TIERS[tier]], chunk)
+    flag = "--engram-table-dir" if tier.startswith("auto") else "--engram-tables"  # the alias, too
+    got = generate(model, tmp_path, tier, [flag, out, *TIERS[tier]], chunk)
     assert got[0] == ref[0], "logits differ"
     assert got[1] == ref[1], "gates differ"
     assert got[2] == ref[2], "generated ids differ"
@@ -79,17 +92,133 @@ def test_odirect_and_uring_used(exported):
         assert "O_DIRECT" in n or "io_uring" in n, n
 
 
-def test_missing_tables_dir(tmp_path):
-    p = run_bin("engram-run", "--model", FIXTURES[0], "--prompt-ids", "5,6", "--max-tokens", "1",
-                "--engram-tables", tmp_path / "nope", check=False)
-    assert p.returncode == 1
-    assert "engram_layer_1.tbl" in p.stderr and "cannot open" in p.stderr
+def store_summary(stderr):
+    m = re.search(r"Engram store: (\d+) lookups, (\d+) DRAM hits, (\d+) NVMe rows, (\d+) NVMe reads "
+                  r"\([\d.]+ KiB\), (\d+) rows prefetched", stderr)
+    assert m, stderr
+    return dict(zip(("lookups", "dram", "nvme", "reads", "prefetched"), map(int, m.groups())))
+
+
+def test_first_start_writes_then_reuses(tmp_path):
+    """--engram-table-dir: missing files are written (the same bytes as
+    engram-tables export), then reused as they are (mtime unchanged)."""
+    model = FIXTURES[0]
+    d = tmp_path / "tables"  # created by the first start
+    args = ["--model", model, "--prompt-ids", PROMPT, "--max-tokens", "4", "--temperature", "0", "--print-ids",
+            "--engram-table-dir", d]
+    p = run_bin("engram-run", *args)
+    files = sorted(d.glob("engram_layer_*.tbl"))
+    assert [f.name for f in files] == ["engram_layer_1.tbl", "engram_layer_2.tbl"], p.stderr
+    assert "writing" in p.stderr and "100%" in p.stderr and "\r" not in p.stderr  # not a TTY: log lines
+    assert not list(d.glob("*.tmp"))
+    ref = tmp_path / "exported"
+    run_bin("engram-tables", "export", "--model", model, "--out", ref)
+    for f in files:
+        assert f.read_bytes() == (ref / f.name).read_bytes()
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    q = run_bin("engram-run", *args)
+    assert "writing" not in q.stderr
+    assert [f.stat().st_mtime_ns for f in files] == mtimes
+    assert q.stdout.splitlines()[-1] == p.stdout.splitlines()[-1]
+    assert "whole tables in DRAM" in q.stderr  # the default budget: they fit in MemAvailable
+    # one file missing: only it is written again
+    files[1].unlink()
+    r = run_bin("engram-run", *args)
+    assert "engram_layer_2.tbl" in r.stderr and "engram_layer_1.tbl: 0%" not in r.stderr
+    assert files[0].stat().st_mtime_ns == mtimes[0]
+
+
+@pytest.mark.parametrize("case", ["other-layer", "dtype", "garbage"])
+def test_mismatched_table_file(tmp_path, case):
+    """A table file that does not match the checkpoint: one clear line naming
+    the file and telling to delete it; nothing is overwritten."""
+    model = FIXTURES[0]
+    d = tmp_path / "t"
+    run_bin("engram-tables", "export", "--model", model, "--out", d)
+    f = d / "engram_layer_1.tbl"
+    if case == "other-layer":
+        shutil.copy(d / "engram_layer_2.tbl", f)
+        needle = "needs [10170, 8]"
+    elif case == "dtype":  # the same shape in bf16 rows
+        b = bytearray(f.read_bytes())
+        b[12:16] = (2).to_bytes(4, "little")
+        b[28:32] = (16).to_bytes(4, "little")
+        b[32:36] = (16).to_bytes(4, "little")
+        f.write_bytes(bytes(b))
+        needle = "bf16 but layer 1 needs [10170, 8] f32"
+    else:
+        f.write_bytes(b"\0" * 8192)
+        needle = "wrong magic"
+    before = f.read_bytes()
+    for tier in ("auto", "dram", "nvme"):
+        p = run_bin("engram-run", "--model", model, "--prompt-ids", "5,6", "--max-tokens", "1", "--engram-table-dir", d,
+                    "--engram-tier", tier, check=False)
+        assert p.returncode == 1, p.stderr
+        lines = [l for l in p.stderr.splitlines() if l.strip() and not l.startswith("engram_store:")]
+        assert len(lines) == 1 and str(f) in lines[0] and needle in lines[0] and "delete" in lines[0], p.stderr
+    assert f.read_bytes() == before
+
+
+def test_store_counters(tmp_path):
+    """A tiny DRAM budget: rows come from NVMe, repeats from the cache."""
+    model = FIXTURES[1]
+    d = tmp_path / "t"
+    prompt = ",".join(["5,6,7,8"] * 8)  # the same N-grams again and again
+    p = run_bin("engram-run", "--model", model, "--prompt-ids", prompt, "--max-tokens", "4", "--temperature", "0",
+                "--engram-table-dir", d, "--engram-dram-budget", "256K")
+    s = store_summary(p.stderr)
+    assert "NVMe tier" in p.stderr and "row cache" in p.stderr
+    assert s["lookups"] == s["dram"] + s["nvme"] and s["dram"] > 0 and s["reads"] > 0
+    # the forward pass hands each step's rows to the prefetch thread before its layers run
+    assert s["prefetched"] > 0 and s["reads"] <= s["nvme"] + s["prefetched"]
+    p = run_bin("engram-run", "--model", model, "--prompt-ids", prompt, "--max-tokens", "4", "--temperature", "0",
+                "--engram-table-dir", d)
+    s = store_summary(p.stderr)
+    assert s["dram"] == s["lookups"] > 0 and s["reads"] == 0 and s["prefetched"] == 0  # mapped: prefetch is a no-op
 
 
 def test_store_flag_needs_tables():
-    p = run_bin("engram-run", "--model", FIXTURES[0], "--prompt-ids", "5,6", "--engram-tier", "nvme",
-                check=False)
-    assert p.returncode == 2 and "--engram-tables" in p.stderr
+    for flag in (["--engram-tier", "nvme"], ["--engram-dram-budget", "1M"]):
+        p = run_bin("engram-run", "--model", FIXTURES[0], "--prompt-ids", "5,6", *flag, check=False)
+        assert p.returncode == 2 and "--engram-table-dir" in p.stderr, p.stderr
+
+
+def test_server_store_metrics(tmp_path):
+    """engram-server under a DRAM budget: the engram_store_* families and
+    engram_prefetch_stall_seconds pass promtool, and the counters move."""
+    import requests
+    from serverutil import Server, metric
+
+    model = FIXTURES[1]
+    s = Server("--engram-table-dir", tmp_path / "t", "--engram-dram-budget", "1M", model=model)
+    try:
+        body = dict(model="engram-lexicon", prompt="The capital of France is", max_tokens=6, temperature=0)
+        text = requests.get(s.url + "/metrics").text
+        assert metric(text, "engram_store_lookups_total") == 0
+        assert metric(text, "engram_store_cache_capacity_rows") > 0
+        assert requests.post(s.url + "/v1/completions", json=body, timeout=120).status_code == 200
+        t1 = requests.get(s.url + "/metrics").text
+        look = metric(t1, "engram_store_lookups_total")
+        dram = metric(t1, "engram_store_hits_total", {"tier": "dram"})
+        nvme = metric(t1, "engram_store_hits_total", {"tier": "nvme"})
+        assert look > 0 and look == dram + nvme and nvme > 0
+        reads = metric(t1, "engram_store_nvme_reads_total")
+        assert reads > 0 and metric(t1, "engram_store_nvme_read_bytes_total") >= 4096 * reads
+        assert metric(t1, "engram_store_nvme_read_latency_seconds_count") == reads
+        assert metric(t1, "engram_prefetch_stall_seconds_count") > 0
+        assert metric(t1, "engram_store_cache_rows") > 0
+        assert requests.post(s.url + "/v1/completions", json=body, timeout=120).status_code == 200
+        t2 = requests.get(s.url + "/metrics").text  # the same prompt again: its rows are cached now
+        assert metric(t2, "engram_store_hits_total", {"tier": "dram"}) - dram >= nvme
+        for name in ("engram_store_prefetch_rows_total", "engram_store_prefetch_reads_total",
+                     "engram_store_prefetch_dropped_total", "engram_store_cache_evictions_total",
+                     "engram_store_cache_bytes", "engram_prefetch_stall_seconds_sum"):
+            assert metric(t2, name) is not None, name
+        p = subprocess.run([shutil.which("promtool") or "promtool", "check", "metrics"], input=t2,
+                           capture_output=True, text=True)
+        assert p.returncode == 0, p.stdout + p.stderr
+    finally:
+        s.stop()
 
 
 @pytest.mark.parametrize("tier", [["--engram-tier", "dram"], ["--engram-tier", "nvme", "--engram-io", "uring"]],

@@ -1,9 +1,12 @@
 /* Unit tests of engram/store: the header layout and strides, round trips of
- * every dtype through every tier (DRAM, NVMe io_uring, NVMe pread, buffered)
- * compared bit for bit with the reference conversions, block dedupe, and bad
+ * every dtype through every tier (DRAM, NVMe io_uring, NVMe pread, buffered,
+ * NVMe under a DRAM budget small enough to evict all the time) compared bit
+ * for bit with the reference conversions, block dedupe, the row cache under
+ * concurrent gathers and prefetches, and bad
  * files (truncated, wrong magic, wrong version, fields that disagree, rows
  * past the end) refused with a message naming the problem. */
 #include <check.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,6 +69,12 @@ static const engram_store_params tier_params[] = {
     {.tier = ENGRAM_STORE_NVME, .queue_depth = 1, .quiet = true},
     {.tier = ENGRAM_STORE_NVME, .queue_depth = 64, .use_pread = true, .quiet = true},
     {.tier = ENGRAM_STORE_NVME, .queue_depth = 16, .no_direct = true, .quiet = true},
+    /* a DRAM budget over NVMe: a few rows cached, most evicted; then no room for a single row */
+    {.tier = ENGRAM_STORE_NVME, .queue_depth = 8, .dram_budget = 3000, .quiet = true},
+    {.tier = ENGRAM_STORE_NVME, .queue_depth = 8, .dram_budget = 3000, .use_pread = true, .quiet = true},
+    {.tier = ENGRAM_STORE_AUTO, .queue_depth = 2, .dram_budget = 20000, .quiet = true},
+    {.tier = ENGRAM_STORE_AUTO, .queue_depth = 2, .dram_budget = 1, .quiet = true},
+    {.tier = ENGRAM_STORE_AUTO, .queue_depth = 2, .dram_budget = 1ull << 40, .quiet = true}, /* -> DRAM */
 };
 
 /* Every dtype, several widths (row inside a block, a block exactly, several
@@ -97,6 +106,18 @@ START_TEST(test_round_trip) {
             ck_assert_int_eq(engram_store_gather(s, rows, n, got, NULL), 0);
             ck_assert_msg(!memcmp(got, want, n * cols * sizeof(float)), "dtype %d cols %u tier %zu", dt, cols, t);
             engram_store_info in = engram_store_get_info(s);
+            memset(got, 0xA5, n * cols * sizeof(float)); /* again: cached rows now, where there is a cache */
+            ck_assert_int_eq(engram_store_gather(s, rows, n, got, NULL), 0);
+            ck_assert_msg(!memcmp(got, want, n * cols * sizeof(float)), "again: dtype %d cols %u tier %zu", dt, cols, t);
+            engram_store_stats es;
+            engram_store_get_stats(s, &es);
+            ck_assert_uint_eq(es.lookups, 2 * n);
+            ck_assert_uint_eq(es.dram_hits + es.nvme_hits, 2 * n);
+            ck_assert_uint_le(es.cache_bytes, tier_params[t].dram_budget ? tier_params[t].dram_budget : 0);
+            ck_assert(in.tier == (tier_params[t].tier == ENGRAM_STORE_AUTO
+                                      ? (tier_params[t].dram_budget >= nrows * in.header.row_stride ? ENGRAM_STORE_DRAM
+                                                                                                  : ENGRAM_STORE_NVME)
+                                      : tier_params[t].tier));
             ck_assert_uint_eq(in.header.rows, nrows);
             if (in.tier == ENGRAM_STORE_NVME && in.header.row_stride <= 4096)
                 ck_assert_uint_le(in.reads, (nrows * in.header.row_stride + 4095) / 4096); /* deduped */
@@ -224,6 +245,135 @@ START_TEST(test_bad_files) {
 }
 END_TEST
 
+/* ---- the row cache under concurrency ---- */
+
+typedef struct {
+    engram_store *s;
+    const uint16_t *data; /* (nrows, cols) bf16 */
+    uint32_t cols;
+    int64_t nrows;
+    int iters;
+    uint64_t seed;
+    int bad; /* rows that came back wrong */
+} worker;
+
+static int64_t zipfish(uint64_t *st, int64_t n) { /* hot rows first: u^3 scaled */
+    *st ^= *st << 13, *st ^= *st >> 7, *st ^= *st << 17;
+    double u = (double)(*st >> 11) * 0x1.0p-53;
+    return (int64_t)(u * u * u * (double)n) % n;
+}
+
+static void *gather_worker(void *arg) {
+    worker *w = arg;
+    enum { B = 48 };
+    int64_t rows[B];
+    float *got = malloc(B * w->cols * sizeof(float)), *want = malloc(w->cols * sizeof(float));
+    for (int it = 0; it < w->iters; it++) {
+        for (int i = 0; i < B; i++) rows[i] = zipfish(&w->seed, w->nrows);
+        if (engram_store_gather(w->s, rows, B, got, NULL)) w->bad++;
+        for (int i = 0; i < B; i++) {
+            numeric_to_f32(want, w->data + rows[i] * w->cols, DTYPE_BF16, w->cols);
+            if (memcmp(want, got + i * w->cols, w->cols * sizeof(float))) w->bad++;
+        }
+    }
+    free(got), free(want);
+    return NULL;
+}
+
+static void *prefetch_worker(void *arg) {
+    worker *w = arg;
+    int64_t rows[64];
+    for (int it = 0; it < w->iters; it++) {
+        for (int i = 0; i < 64; i++) rows[i] = zipfish(&w->seed, w->nrows);
+        rows[it % 64] = it % 2 ? -5 : w->nrows + it; /* ignored */
+        if (engram_store_prefetch(w->s, rows, 64)) w->bad++;
+    }
+    return NULL;
+}
+
+/* Three gathering threads and one prefetching thread on a cache of 60 rows
+ * over 3000: every gathered row bit-equal, the counters consistent. */
+START_TEST(test_cache_concurrent) {
+    enum { COLS = 64, NROWS = 3000 };
+    uint16_t *data = malloc(NROWS * COLS * sizeof(uint16_t));
+    for (int i = 0; i < NROWS * COLS; i++) data[i] = (uint16_t)next32();
+    char err[512];
+    ck_assert_int_eq(engram_store_write_dense(path, ENGRAM_STORE_BF16, NROWS, COLS, data, err, sizeof(err)), 0);
+    for (int v = 0; v < 3; v++) {
+        engram_store_params p = {.tier = ENGRAM_STORE_NVME, .queue_depth = v == 2 ? 1 : 16, .use_pread = v == 1,
+                                 .dram_budget = 60 * (COLS * 2 + 32), .quiet = true};
+        engram_store *s = NULL;
+        ck_assert_msg(engram_store_open(path, &p, &s, err, sizeof(err)) == 0, "%s", err);
+        ck_assert_uint_eq(engram_store_get_info(s).cache_rows, 60);
+        ck_assert_uint_le(engram_store_get_info(s).cache_bytes, p.dram_budget);
+        worker w[4];
+        pthread_t th[4];
+        for (int k = 0; k < 4; k++) {
+            w[k] = (worker){s, data, COLS, NROWS, k < 3 ? 150 : 400, 0x1234567ull * (uint64_t)(k + 1) + (uint64_t)v, 0};
+            ck_assert_int_eq(pthread_create(&th[k], NULL, k < 3 ? gather_worker : prefetch_worker, &w[k]), 0);
+        }
+        for (int k = 0; k < 4; k++) {
+            pthread_join(th[k], NULL);
+            ck_assert_msg(w[k].bad == 0, "variant %d thread %d: %d bad rows", v, k, w[k].bad);
+        }
+        engram_store_stats es;
+        engram_store_get_stats(s, &es);
+        ck_assert_uint_eq(es.lookups, 3 * 150 * 48);
+        ck_assert_uint_eq(es.dram_hits + es.nvme_hits, es.lookups);
+        ck_assert_uint_gt(es.dram_hits, 0);
+        ck_assert_uint_gt(es.evictions, 0);
+        ck_assert_uint_le(es.cache_rows, 60);
+        ck_assert_uint_eq(es.prefetch_rows, 400 * 64);
+        ck_assert_uint_eq(es.gathers, 3 * 150);
+        uint64_t nh = 0, ns = 0;
+        for (int b = 0; b <= ENGRAM_STORE_HIST_BUCKETS; b++) nh += es.nvme_read_hist[b], ns += es.stall_hist[b];
+        ck_assert_uint_eq(nh, es.nvme_reads);
+        ck_assert_uint_eq(ns, es.gathers);
+        engram_store_close(s);
+    }
+    free(data);
+}
+END_TEST
+
+/* Rows in distinct blocks, prefetched and then gathered at once: each is read
+ * exactly once, whoever gets there first; a second gather is all hits. */
+START_TEST(test_prefetch_no_duplicate_reads) {
+    enum { COLS = 64, NROWS = 32 * 64 }; /* 128-byte rows: 32 per block */
+    uint16_t *data = malloc(NROWS * COLS * sizeof(uint16_t));
+    for (int i = 0; i < NROWS * COLS; i++) data[i] = (uint16_t)next32();
+    char err[512];
+    ck_assert_int_eq(engram_store_write_dense(path, ENGRAM_STORE_BF16, NROWS, COLS, data, err, sizeof(err)), 0);
+    for (int round = 0; round < 20; round++) {
+        engram_store_params p = {.tier = ENGRAM_STORE_NVME, .queue_depth = 4, .use_pread = round % 2,
+                                 .dram_budget = 100 * (COLS * 2 + 32), .quiet = true};
+        engram_store *s = NULL;
+        ck_assert_int_eq(engram_store_open(path, &p, &s, err, sizeof(err)), 0);
+        int64_t rows[64];
+        for (int i = 0; i < 64; i++) rows[i] = (int64_t)i * 32 + (round + i) % 32;
+        float *got = malloc(64 * COLS * sizeof(float)), want[COLS];
+        ck_assert_int_eq(engram_store_prefetch(s, rows, 64), 0);
+        if (round % 4 == 3) usleep(2000); /* sometimes let the prefetch finish first */
+        for (int pass = 0; pass < 2; pass++) {
+            ck_assert_int_eq(engram_store_gather(s, rows, 64, got, NULL), 0);
+            for (int i = 0; i < 64; i++) {
+                numeric_to_f32(want, data + rows[i] * COLS, DTYPE_BF16, COLS);
+                ck_assert(!memcmp(want, got + i * COLS, sizeof(want)));
+            }
+        }
+        engram_store_stats es;
+        engram_store_get_stats(s, &es);
+        ck_assert_uint_eq(es.nvme_reads, 64);
+        ck_assert_uint_ge(es.dram_hits, 64); /* the second pass */
+        ck_assert_uint_eq(es.evictions, 0);
+        ck_assert_int_eq(engram_store_prefetch(s, NULL, 1), ENGRAM_STORE_EINVAL);
+        engram_store_close(s);
+        free(got);
+    }
+    ck_assert_int_eq(engram_store_prefetch(NULL, NULL, 0), 0);
+    free(data);
+}
+END_TEST
+
 static Suite *store_suite(void) {
     Suite *s = suite_create("engram_store");
     TCase *tc = tcase_create("core");
@@ -234,6 +384,8 @@ static Suite *store_suite(void) {
     tcase_add_test(tc, test_out_of_range);
     tcase_add_test(tc, test_unpadded_tail);
     tcase_add_test(tc, test_bad_files);
+    tcase_add_test(tc, test_cache_concurrent);
+    tcase_add_test(tc, test_prefetch_no_duplicate_reads);
     suite_add_tcase(s, tc);
     return s;
 }
