@@ -184,6 +184,10 @@ int model_engram_use_tables(model *m, const char *dir, const engram_store_params
  * from the checkpoint). Thread-safe against gathers; m may be NULL. */
 void model_engram_store_stats(const model *m, engram_store_stats *sum);
 
+/* The hashing parameters of an Engram config, for a compressed vocabulary of
+ * vc ids whose pad id is compressed_pad_id. */
+ngram_hash_config model_engram_hash_config(const engram_config *ec, int64_t vc, int64_t compressed_pad_id);
+
 /* The table file name of an Engram layer inside a tables directory. */
 #define MODEL_ENGRAM_TABLE_FMT "%s/engram_layer_%d.tbl"
 

@@ -19,6 +19,23 @@
 #include "numeric.h"
 #include "tokenizer.h"
 
+ngram_hash_config model_engram_hash_config(const engram_config *ec, int64_t vc, int64_t compressed_pad_id) {
+    return (ngram_hash_config){
+        .engram_vocab_size = ec->vocab_size,
+        .max_ngram_size = ec->max_ngram_size,
+        .n_embed_per_ngram = ec->n_embed_per_ngram,
+        .n_head_per_ngram = ec->n_head_per_ngram,
+        .layer_ids = ec->layer_ids,
+        .n_layers = ec->n_layers,
+        .pad_id = ec->pad_id,
+        .seed = ec->seed,
+        .kernel_size = ec->kernel_size,
+        .hc_mult = ec->hc_mult,
+        .compressed_vocab_size = vc,
+        .compressed_pad_id = compressed_pad_id,
+    };
+}
+
 /* An integer that JSON carries as a double: integral and within +-2^53. */
 static int get_i64(const cJSON *v, int64_t lo, int64_t *out) {
     if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < (double)lo ||
@@ -196,20 +213,7 @@ int model__load_engram(model *m, char *err, size_t errlen) {
                  m->dir, (long long)ec->pad_id, (long long)e->lookup_n);
         return MODEL_ERR_CONFIG;
     }
-    ngram_hash_config hc = {
-        .engram_vocab_size = ec->vocab_size,
-        .max_ngram_size = ec->max_ngram_size,
-        .n_embed_per_ngram = ec->n_embed_per_ngram,
-        .n_head_per_ngram = ec->n_head_per_ngram,
-        .layer_ids = ec->layer_ids,
-        .n_layers = ec->n_layers,
-        .pad_id = ec->pad_id,
-        .seed = ec->seed,
-        .kernel_size = ec->kernel_size,
-        .hc_mult = ec->hc_mult,
-        .compressed_vocab_size = e->vc,
-        .compressed_pad_id = e->lookup[ec->pad_id],
-    };
+    ngram_hash_config hc = model_engram_hash_config(ec, e->vc, e->lookup[ec->pad_id]);
     char herr[256];
     if (ngram_hash_create(&hc, &e->hash, herr, sizeof(herr)) != NGRAM_HASH_OK) {
         snprintf(err, errlen, "%s/config.json: engram: %s", m->dir, herr);

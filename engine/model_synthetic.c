@@ -101,20 +101,7 @@ static int spec_fail(char *err, size_t errlen, const char *spec, const char *msg
 /* Rows of the Engram table c->engram implies with an identity lookup, or -1. */
 static int64_t synth_table_rows(const model_config *c) {
     const engram_config *ec = &c->engram;
-    ngram_hash_config hc = {
-        .engram_vocab_size = ec->vocab_size,
-        .max_ngram_size = ec->max_ngram_size,
-        .n_embed_per_ngram = ec->n_embed_per_ngram,
-        .n_head_per_ngram = ec->n_head_per_ngram,
-        .layer_ids = ec->layer_ids,
-        .n_layers = ec->n_layers,
-        .pad_id = ec->pad_id,
-        .seed = ec->seed,
-        .kernel_size = ec->kernel_size,
-        .hc_mult = ec->hc_mult,
-        .compressed_vocab_size = c->vocab_size,
-        .compressed_pad_id = ec->pad_id,
-    };
+    ngram_hash_config hc = model_engram_hash_config(ec, c->vocab_size, ec->pad_id); /* identity lookup */
     ngram_hash *h = NULL;
     if (ngram_hash_create(&hc, &h, NULL, 0) != NGRAM_HASH_OK) return -1;
     int64_t rows = ngram_hash_table_rows(h, 0);
