@@ -97,8 +97,27 @@ static void rope_freqs(const model_config *c, float *inv_freq) {
 
 /* ---- context ---- */
 
-static size_t desc_ints(const forward_ctx *fc) {
-    return 3 * (size_t)fc->max_tokens + 2 * (size_t)fc->max_seqs + 1 + (size_t)fc->max_seqs * fc->max_blocks;
+/* The step descriptor, packed for T tokens, S sequences and block tables of
+ * mb entries: pos, slot, tok_seq (T each), seq_start (S+1), seq_pos0 (S),
+ * block tables (S, mb). A step uploads only its own part. */
+static size_t desc_ints(size_t T, size_t S, size_t mb) { return 3 * T + 2 * S + 1 + S * mb; }
+
+/* (Re)makes the descriptor buffers for block tables of up to max_blocks
+ * entries. Returns 0, or -1 (the old buffers kept) when memory runs out. */
+static int ctx_alloc_desc(forward_ctx *fc, int max_blocks) {
+    size_t n = desc_ints((size_t)fc->max_tokens, (size_t)fc->max_seqs, (size_t)max_blocks) * sizeof(int32_t);
+    int32_t *d = fc->ops->alloc(n), *h = malloc(n);
+    if (!d || !h) {
+        fc->ops->free(d);
+        free(h);
+        return -1;
+    }
+    fc->ops->free(fc->desc_i32);
+    free(fc->h_i32);
+    fc->desc_i32 = d;
+    fc->h_i32 = h;
+    fc->max_blocks = max_blocks;
+    return 0;
 }
 
 void forward_ctx_destroy(forward_ctx *fc) {
@@ -137,7 +156,6 @@ int forward_ctx_create(model *m, const backend_ops *ops, int max_tokens, int max
     fc->ops = ops;
     fc->max_tokens = max_tokens;
     fc->max_seqs = max_seqs;
-    fc->max_blocks = (c->max_position_embeddings + 15) / 16 + 1; /* raised by forward_kv_cache_create */
     if (!(fc->bm = ops->prepare(m, err, errlen))) {
         free(fc);
         return FORWARD_ERR_NOMEM;
@@ -185,11 +203,8 @@ int forward_ctx_create(model *m, const backend_ops *ops, int max_tokens, int max
              engram_scratch_init(&fc->es, ops, e, c->hidden_size, max_tokens) == 0;
         if (!ok) fc->n_engram = fc->n_engram && fc->es.e ? fc->n_engram : 0;
     }
-    if (ok) {
-        fc->desc_i32 = ops->alloc(desc_ints(fc) * sizeof(int32_t));
-        fc->h_i32 = malloc(desc_ints(fc) * sizeof(int32_t));
-        ok = fc->desc_i32 && fc->h_i32;
-    }
+    /* block tables for 16-token blocks; forward_kv_cache_create widens them for smaller ones */
+    if (ok) ok = ctx_alloc_desc(fc, (c->max_position_embeddings + 15) / 16 + 1) == 0;
     if (!ok) {
         forward_ctx_destroy(fc);
         snprintf(err, errlen, "out of %s memory for a step of %d tokens", ops->name, max_tokens);
@@ -211,7 +226,7 @@ int forward_ctx_create(model *m, const backend_ops *ops, int max_tokens, int max
 int forward_ctx_max_tokens(const forward_ctx *fc) { return fc->max_tokens; }
 const backend_ops *forward_ctx_ops(const forward_ctx *fc) { return fc->ops; }
 
-int forward_kv_cache_create(const forward_ctx *fc, int n_tokens, int block_size, kv_cache **out) {
+int forward_kv_cache_create(forward_ctx *fc, int n_tokens, int block_size, kv_cache **out) {
     const model *m = fc->m;
     kv_cache_params p = kv_cache_default_params();
     if (block_size > 0) p.block_size = block_size;
@@ -225,24 +240,10 @@ int forward_kv_cache_create(const forward_ctx *fc, int n_tokens, int block_size,
     if (rc != KV_CACHE_OK) return rc;
     /* A block table never holds more than the model's positions in blocks of this size. */
     int need = (m->cfg.max_position_embeddings + p.block_size - 1) / p.block_size;
-    if (need > fc->max_blocks) { /* only with blocks smaller than 16: widen the tables */
-        forward_ctx *w = (forward_ctx *)fc;
-        int32_t *d = fc->ops->alloc((3 * (size_t)fc->max_tokens + 2 * (size_t)fc->max_seqs + 1 +
-                                     (size_t)fc->max_seqs * need) * sizeof(int32_t));
-        int32_t *h = malloc((3 * (size_t)fc->max_tokens + 2 * (size_t)fc->max_seqs + 1 +
-                             (size_t)fc->max_seqs * need) * sizeof(int32_t));
-        if (!d || !h) {
-            fc->ops->free(d);
-            free(h);
-            kv_cache_destroy(*out);
-            *out = NULL;
-            return KV_CACHE_ERR_NOMEM;
-        }
-        fc->ops->free(w->desc_i32);
-        free(w->h_i32);
-        w->desc_i32 = d;
-        w->h_i32 = h;
-        w->max_blocks = need;
+    if (need > fc->max_blocks && ctx_alloc_desc(fc, need) != 0) { /* blocks smaller than 16 */
+        kv_cache_destroy(*out);
+        *out = NULL;
+        return KV_CACHE_ERR_NOMEM;
     }
     return KV_CACHE_OK;
 }
@@ -333,9 +334,8 @@ static int plan_step(forward_ctx *fc, const forward_item *it, int n_items, batch
         if (rc != FORWARD_OK) return rc;
     }
     int S = n_items, bs = kv_cache_block_size(it[0].st->kv);
-    int32_t *pos = fc->h_i32, *slot = pos + fc->max_tokens, *tok_seq = slot + fc->max_tokens;
-    int32_t *seq_start = tok_seq + fc->max_tokens, *seq_pos0 = seq_start + fc->max_seqs + 1;
-    int32_t *tables = seq_pos0 + fc->max_seqs;
+    int32_t *pos = fc->h_i32, *slot = pos + T, *tok_seq = slot + T;
+    int32_t *seq_start = tok_seq + T, *seq_pos0 = seq_start + S + 1, *tables = seq_pos0 + S;
     int t = 0;
     for (int i = 0; i < S; i++) {
         const forward_state *s = it[i].st;
@@ -364,14 +364,13 @@ static int plan_step(forward_ctx *fc, const forward_item *it, int n_items, batch
         memcpy(tables + (size_t)i * mb, s->seq.blocks, (size_t)nb * sizeof(int32_t));
     }
     const backend_ops *o = fc->ops;
-    size_t ni = 3 * (size_t)fc->max_tokens + 2 * (size_t)fc->max_seqs + 1 + (size_t)S * mb;
-    o->upload(fc->desc_i32, fc->h_i32, ni * sizeof(int32_t));
-    int32_t *d = fc->desc_i32;
+    o->upload(fc->desc_i32, fc->h_i32, desc_ints((size_t)T, (size_t)S, (size_t)mb) * sizeof(int32_t));
+    int32_t *d = fc->desc_i32; /* the same offsets as the host copy */
     *b = (batch_desc){.n_seqs = S, .n_tokens = T, .block_size = bs, .max_blocks = mb, .max_q = max_q,
-                      .max_ctx = max_ctx, .pos = d, .slot = d + fc->max_tokens, .tok_seq = d + 2 * fc->max_tokens,
-                      .seq_start = d + 3 * fc->max_tokens, .seq_pos0 = d + 3 * fc->max_tokens + fc->max_seqs + 1,
-                      .block_tables = d + 3 * fc->max_tokens + 2 * fc->max_seqs + 1,
-                      .seq_hist = fc->seq_hist, .h_seq_start = seq_start, .h_seq_pos0 = seq_pos0};
+                      .max_ctx = max_ctx, .pos = d, .slot = d + (slot - pos), .tok_seq = d + (tok_seq - pos),
+                      .seq_start = d + (seq_start - pos), .seq_pos0 = d + (seq_pos0 - pos),
+                      .block_tables = d + (tables - pos), .seq_hist = fc->seq_hist, .h_seq_start = seq_start,
+                      .h_seq_pos0 = seq_pos0};
 
     if (e) { /* hashing: every Engram row of the step is known from here on */
         int H = e->n_heads;

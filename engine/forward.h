@@ -45,8 +45,8 @@ const backend_ops *forward_ctx_ops(const forward_ctx *fc);
 double forward_ctx_engram_seconds(const forward_ctx *fc);
 
 /* A KV cache in fc's backend memory: n_tokens positions in blocks of
- * block_size (0: 16). Returns KV_CACHE_OK and *out, or KV_CACHE_ERR_NOMEM. */
-int forward_kv_cache_create(const forward_ctx *fc, int n_tokens, int block_size, kv_cache **out);
+ * block_size (0: 16); fc's block tables are widened for blocks under 16. Returns KV_CACHE_OK and *out, or KV_CACHE_ERR_NOMEM. */
+int forward_kv_cache_create(forward_ctx *fc, int n_tokens, int block_size, kv_cache **out);
 
 /* A sequence of up to max_tokens positions (at most the model's
  * max_position_embeddings). Its KV rows live in blocks of `kv` (borrowed; it
