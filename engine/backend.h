@@ -41,6 +41,8 @@ typedef struct {
     const int32_t *h_seq_start, *h_seq_pos0; /* host copies */
 } batch_desc;
 
+#define BACKEND_FETCH_CHANNELS 8 /* Engram layers with host tables, at most */
+
 typedef struct backend_ops {
     const char *name;
     size_t kv_elem_bytes; /* bytes per K/V element in the cache: 4 (f32) on the CPU, 2 (bf16) on CUDA */
@@ -102,6 +104,36 @@ typedef struct backend_ops {
      * Then each history is replaced by the last R rows of (history, inputs). */
     void (*short_conv)(float *out, const float *in, const float *w, const batch_desc *b, size_t hist_off,
                        int C, int K, int dil);
+
+    /* ---- Engram rows from host memory (engram_fetch.c) ----
+     * A table in a host store reaches the backend as raw rows: gathered by
+     * the host into host_alloc'd staging, copied by fetch on a channel (one
+     * per Engram layer, < BACKEND_FETCH_CHANNELS) while the compute goes on,
+     * then decoded by decode_rows. */
+    void *(*host_alloc)(size_t bytes); /* host memory fetch copies from fastest (pinned); NULL when out */
+    void (*host_free)(void *p);        /* accepts NULL */
+    /* Marks the point the compute has reached before the host starts
+     * gathering for channel ch: the GPU's wait for the rows is measured from
+     * there (see fetch_sync). */
+    void (*fetch_mark)(int ch);
+    /* Copies bytes from host_alloc'd src to backend memory dst, beside the
+     * compute; it starts once the ops issued before ch's last fetch_release
+     * have run (dst may be what they read). src must stay untouched until
+     * fetch_sync(ch). */
+    void (*fetch)(int ch, void *dst, const void *src, size_t bytes);
+    void (*fetch_wait)(int ch);    /* ops issued from now on run after ch's last fetch */
+    void (*fetch_release)(int ch); /* the ops issued so far are the last readers of ch's dst */
+    /* Blocks until ch's last fetch is done. Returns how long the compute
+     * waited for it, in seconds: from when it reached the fetch_mark before
+     * that fetch to when the rows arrived, 0 if they were there first. */
+    double (*fetch_sync)(int ch);
+    /* out[i*cols + j] = value j of the row at rows + idx[i]*stride, decoded
+     * from dt (an engram_store_dtype) to f32 exactly, for i < n. idx in
+     * backend memory. */
+    void (*decode_rows)(float *out, const void *rows, int dt, size_t stride, const int32_t *idx, int n,
+                        int cols);
+    /* Row slot[i] of dst = row i of src (row_bytes each), for i < n; slot in backend memory. */
+    void (*scatter_rows)(void *dst, const void *src, const int32_t *slot, int n, size_t row_bytes);
 
     /* ---- recorded steps (optional: NULL where a backend has none) ---- */
     /* A step whose ops depend on nothing but `key` (key_bytes <= 64: the

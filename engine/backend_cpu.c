@@ -18,6 +18,7 @@
 
 #include "backend.h"
 #include "numeric.h"
+#include "store.h"
 
 /* ---- memory: plain host memory ---- */
 
@@ -331,6 +332,31 @@ static void cpu_short_conv(float *out, const float *in, const float *w, const ba
     }
 }
 
+/* Engram rows from host memory: on the CPU the "copy" is a memcpy done at
+ * once, so there is nothing to overlap and nothing to wait for. */
+static void *cpu_host_alloc(size_t bytes) { return malloc(bytes ? bytes : 1); }
+static void cpu_fetch_mark(int ch) { (void)ch; }
+static void cpu_fetch(int ch, void *dst, const void *src, size_t bytes) {
+    (void)ch;
+    if (bytes) memcpy(dst, src, bytes);
+}
+static double cpu_fetch_sync(int ch) {
+    (void)ch;
+    return 0.0;
+}
+
+static void cpu_decode_rows(float *out, const void *rows, int dt, size_t stride, const int32_t *idx, int n,
+                            int cols) {
+    for (int i = 0; i < n; i++)
+        engram_store_decode_row(dt, (uint32_t)cols, (const char *)rows + (size_t)idx[i] * stride,
+                                out + (size_t)i * cols);
+}
+
+static void cpu_scatter_rows(void *dst, const void *src, const int32_t *slot, int n, size_t row_bytes) {
+    for (int i = 0; i < n; i++)
+        memcpy((char *)dst + (size_t)slot[i] * row_bytes, (const char *)src + (size_t)i * row_bytes, row_bytes);
+}
+
 static const backend_ops cpu_ops = {
     .name = "cpu",
     .kv_elem_bytes = sizeof(float),
@@ -355,6 +381,15 @@ static const backend_ops cpu_ops = {
     .engram_gate = cpu_engram_gate,
     .scale_rows = cpu_scale_rows,
     .short_conv = cpu_short_conv,
+    .host_alloc = cpu_host_alloc,
+    .host_free = free,
+    .fetch_mark = cpu_fetch_mark,
+    .fetch = cpu_fetch,
+    .fetch_wait = cpu_fetch_mark,
+    .fetch_release = cpu_fetch_mark,
+    .fetch_sync = cpu_fetch_sync,
+    .decode_rows = cpu_decode_rows,
+    .scatter_rows = cpu_scatter_rows,
 };
 
 const backend_ops *backend_cpu(void) { return &cpu_ops; }

@@ -22,7 +22,6 @@ int engram_scratch_init(engram_scratch *s, const backend_ops *ops, const model_e
     size_t T = (size_t)max_tokens, G = (size_t)e->hc_mult, F = sizeof(float);
     s->max_tokens = max_tokens;
     s->e = ops->alloc(T * e->embed_dim * F);
-    s->e_host = malloc(T * e->embed_dim * F);
     s->v = ops->alloc(T * d * F);
     s->k = ops->alloc(T * d * F);
     s->q = ops->alloc(T * d * F);
@@ -30,7 +29,7 @@ int engram_scratch_init(engram_scratch *s, const backend_ops *ops, const model_e
     s->vg = ops->alloc(T * G * d * F);
     s->cin = ops->alloc(T * G * d * F);
     s->conv = ops->alloc(T * G * d * F);
-    if (!s->e || !s->e_host || !s->v || !s->k || !s->q || !s->gate || !s->vg || !s->cin || !s->conv) {
+    if (!s->e || !s->v || !s->k || !s->q || !s->gate || !s->vg || !s->cin || !s->conv) {
         engram_scratch_free(s, ops);
         return -1;
     }
@@ -39,7 +38,6 @@ int engram_scratch_init(engram_scratch *s, const backend_ops *ops, const model_e
 
 void engram_scratch_free(engram_scratch *s, const backend_ops *ops) {
     ops->free(s->e);
-    free(s->e_host);
     ops->free(s->v);
     ops->free(s->k);
     ops->free(s->q);
@@ -50,21 +48,15 @@ void engram_scratch_free(engram_scratch *s, const backend_ops *ops) {
     memset(s, 0, sizeof(*s));
 }
 
-int engram_module_run(const backend_ops *ops, const model_engram *e, const engram_weights *w, int d,
-                      const batch_desc *b, const float *h, const int64_t *rows, const int64_t *host_rows,
-                      size_t hist_off, engram_scratch *s, float *out, float *gates) {
+void engram_module_run(const backend_ops *ops, const model_engram *e, const engram_weights *w, int d,
+                       const batch_desc *b, const float *h, const float *emb, size_t hist_off, engram_scratch *s,
+                       float *out, float *gates) {
     int G = e->hc_mult, T = b->n_tokens;
     size_t gd = (size_t)G * d;
 
-    if (w->store) { /* e (T, E) from the table file: host rows, same bits as the tensor's */
-        if (engram_store_gather(w->store, host_rows, (size_t)T * e->n_heads, s->e_host, NULL)) return -1;
-        ops->upload(s->e, s->e_host, (size_t)T * e->embed_dim * sizeof(float));
-    } else {
-        ops->gather_rows(s->e, &w->table, rows, T, e->n_heads); /* e (T, E) */
-    }
-    ops->matmul(s->v, s->e, &w->w_value, w->b_value, T);           /* value (T, d), shared */
+    ops->matmul(s->v, emb, &w->w_value, w->b_value, T);           /* value (T, d), shared */
     for (int g = 0; g < G; g++) {
-        ops->matmul(s->k, s->e, &w->w_key[g], w->b_key[g], T);     /* key_g (T, d) */
+        ops->matmul(s->k, emb, &w->w_key[g], w->b_key[g], T);     /* key_g (T, d) */
         ops->rmsnorm(s->k, s->k, w->norm1[g], T, d, NORM_EPS);
         ops->copy2d(s->q, (size_t)d, h + (size_t)g * d, gd, (size_t)d, (size_t)T); /* query: stream g of h */
         ops->rmsnorm(s->q, s->q, w->norm2[g], T, d, NORM_EPS);
@@ -86,5 +78,4 @@ int engram_module_run(const backend_ops *ops, const model_engram *e, const engra
     ops->short_conv(s->conv, s->cin, w->conv_w, b, hist_off, (int)gd, e->kernel_size, e->dilation);
     ops->copy2d(out, gd, s->vg, gd, gd, (size_t)T);
     ops->add(out, s->conv, (size_t)T * gd);
-    return 0;
 }

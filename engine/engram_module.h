@@ -14,8 +14,7 @@
 /* Scratch for up to max_tokens positions of one module call. */
 typedef struct {
     int max_tokens;
-    float *e;      /* (T, E) gathered rows */
-    float *e_host; /* (T, E) host staging for rows read from a table file */
+    float *e;      /* (T, E) retrieved rows: where callers gather a step's rows */
     float *v;      /* (T, d) value projection */
     float *k;      /* (T, d) key projection, then its norm */
     float *q;      /* (T, d) one stream's hidden state, then its norm */
@@ -33,15 +32,13 @@ void engram_scratch_free(engram_scratch *s, const backend_ops *ops);
 size_t engram_conv_history_floats(const model_engram *e, int d);
 
 /* Runs the module of layer w on the b->n_tokens <= s->max_tokens tokens of a step.
- * h (T, G, d): the streams' hidden states; rows (T, H): table rows (hash +
- * offset), backend memory, and host_rows the same on the host (read when the
- * layer's rows come from w->store rather than ops->gather_rows); hist_off:
- * where this layer's history starts in each b->seq_hist entry (advanced to
- * end at this step's last position).
- * out (T, G, d) = v_g + conv_g, to be added to h; gates (T, G) if not NULL.
- * Returns 0, or -1 when the store could not read the rows (nothing updated). */
-int engram_module_run(const backend_ops *ops, const model_engram *e, const engram_weights *w, int d,
-                      const batch_desc *b, const float *h, const int64_t *rows, const int64_t *host_rows,
-                      size_t hist_off, engram_scratch *s, float *out, float *gates);
+ * h (T, G, d): the streams' hidden states; emb (T, E): the step's table rows
+ * as f32 (from ops->gather_rows over w->table, or engram_fetch over
+ * w->store; usually s->e); hist_off: where this layer's history starts in
+ * each b->seq_hist entry (advanced to end at this step's last position).
+ * out (T, G, d) = v_g + conv_g, to be added to h; gates (T, G) if not NULL. */
+void engram_module_run(const backend_ops *ops, const model_engram *e, const engram_weights *w, int d,
+                       const batch_desc *b, const float *h, const float *emb, size_t hist_off, engram_scratch *s,
+                       float *out, float *gates);
 
 #endif

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engram_fetch.h"
 #include "engram_module.h"
 #include "util.h"
 
@@ -50,6 +51,8 @@ struct forward_ctx {
     int32_t *desc_i32;       /* pos, slot, tok_seq (T each); seq_start (S+1), seq_pos0 (S), block tables (S, max_blocks) */
     float **seq_hist;        /* (S) */
     engram_scratch es;
+    engram_fetch *fetch[ENGRAM_MAX_LAYERS]; /* layers whose table is a host store, else NULL */
+    bool rows_on_backend;    /* some layer gathers from a table in backend memory: upload rows */
     /* host mirrors */
     int32_t *h_i32;          /* like desc_i32 */
     int32_t *h_last;         /* (S) */
@@ -120,6 +123,33 @@ static int ctx_alloc_desc(forward_ctx *fc, int max_blocks) {
     return 0;
 }
 
+/* A fetcher per Engram layer whose table is a host store; the hot-row cache
+ * (--engram-hbm-cache, one size for the model) is shared out in proportion
+ * to the tables' bytes. Returns 0, or -1 with a message in err. */
+static int create_fetchers(forward_ctx *fc, char *err, size_t errlen) {
+    const model_engram *e = fc->m->engram;
+    uint64_t bytes[ENGRAM_MAX_LAYERS] = {0}, total = 0, cache = 0;
+    for (int li = 0; li < e->n_layers; li++) {
+        engram_store *st = e->layers[li].store;
+        if (!st) {
+            fc->rows_on_backend = true;
+            continue;
+        }
+        engram_store_info in = engram_store_get_info(st);
+        bytes[li] = in.header.rows * in.header.row_bytes;
+        total += bytes[li];
+        cache = in.hbm_cache; /* the same in every layer's params */
+    }
+    for (int li = 0, ch = 0; li < e->n_layers; li++) {
+        engram_store *st = e->layers[li].store;
+        if (!st) continue;
+        uint64_t share = total ? (uint64_t)((unsigned __int128)cache * bytes[li] / total) : 0;
+        fc->fetch[li] = engram_fetch_create(fc->ops, st, ch++, fc->max_tokens * e->n_heads, share, err, errlen);
+        if (!fc->fetch[li]) return -1;
+    }
+    return 0;
+}
+
 void forward_ctx_destroy(forward_ctx *fc) {
     if (!fc) return;
     const backend_ops *o = fc->ops;
@@ -128,6 +158,7 @@ void forward_ctx_destroy(forward_ctx *fc) {
                    fc->desc_i32, fc->seq_hist};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++) o->free(dev[i]);
     if (fc->n_engram) engram_scratch_free(&fc->es, o);
+    for (int li = 0; li < ENGRAM_MAX_LAYERS; li++) engram_fetch_destroy(fc->fetch[li]);
     free(fc->h_i32);
     free(fc->h_last);
     free(fc->h_rows);
@@ -202,6 +233,10 @@ int forward_ctx_create(model *m, const backend_ops *ops, int max_tokens, int max
              fc->h_seq_hist && fc->h_gates && fc->zero_hist &&
              engram_scratch_init(&fc->es, ops, e, c->hidden_size, max_tokens) == 0;
         if (!ok) fc->n_engram = fc->n_engram && fc->es.e ? fc->n_engram : 0;
+        if (ok && create_fetchers(fc, err, errlen)) {
+            forward_ctx_destroy(fc);
+            return FORWARD_ERR_NOMEM;
+        }
     }
     /* block tables for 16-token blocks; forward_kv_cache_create widens them for smaller ones */
     if (ok) ok = ctx_alloc_desc(fc, (c->max_position_embeddings + 15) / 16 + 1) == 0;
@@ -284,6 +319,13 @@ void forward_state_destroy(forward_state *s) {
 
 int forward_state_pos(const forward_state *s) { return s->pos; }
 double forward_ctx_engram_seconds(const forward_ctx *fc) { return fc->engram_seconds; }
+
+int forward_ctx_fetch_stats(forward_ctx *fc, int li, engram_fetch_stats *out) {
+    memset(out, 0, sizeof(*out));
+    if (li < 0 || li >= fc->n_engram || !fc->fetch[li]) return -1;
+    engram_fetch_get_stats(fc->fetch[li], out);
+    return 0;
+}
 
 void forward_state_reset(forward_state *s) {
     forward_ctx *fc = s->fc;
@@ -390,7 +432,7 @@ static int plan_step(forward_ctx *fc, const forward_item *it, int n_items, batch
         for (int li = 0; li < e->n_layers; li++) /* the stores may start reading now */
             if (e->layers[li].store)
                 engram_store_prefetch(e->layers[li].store, fc->h_rows + (size_t)li * T * H, (size_t)T * H);
-        o->upload(fc->rows, fc->h_rows, (size_t)e->n_layers * T * H * sizeof(int64_t));
+        if (fc->rows_on_backend) o->upload(fc->rows, fc->h_rows, (size_t)e->n_layers * T * H * sizeof(int64_t));
         o->upload(fc->seq_hist, fc->h_seq_hist, (size_t)S * sizeof(float *));
     }
     return FORWARD_OK;
@@ -448,10 +490,16 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
             bool want = false;
             for (int i = 0; i < S; i++) want |= it[i].gates != NULL;
             double t0 = util_now();
-            if (engram_module_run(o, e, w, d, &b, fc->x, fc->rows + off, fc->h_rows + off,
-                                  (size_t)w->li * (fc->hist_floats / e->n_layers), &fc->es, fc->eout,
-                                  want ? fc->egates : NULL))
-                return FORWARD_ERR_IO;
+            /* The rows: a host store's come now, gathered while the backend
+             * runs the layers issued before this one. */
+            if (fc->fetch[w->li]) {
+                if (engram_fetch_rows(fc->fetch[w->li], fc->h_rows + off, T * e->n_heads, fc->es.e))
+                    return FORWARD_ERR_IO;
+            } else {
+                o->gather_rows(fc->es.e, &w->table, fc->rows + off, T, e->n_heads);
+            }
+            engram_module_run(o, e, w, d, &b, fc->x, fc->es.e, (size_t)w->li * (fc->hist_floats / e->n_layers),
+                              &fc->es, fc->eout, want ? fc->egates : NULL);
             o->add(fc->x, fc->eout, (size_t)T * d);
             fc->engram_seconds += util_now() - t0;
             if (want) {

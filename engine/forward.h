@@ -13,6 +13,7 @@
 #define ENGINE_FORWARD_H
 
 #include "backend.h"
+#include "engram_fetch.h"
 #include "kv_cache.h"
 #include "model.h"
 
@@ -43,6 +44,9 @@ const backend_ops *forward_ctx_ops(const forward_ctx *fc);
 /* Wall time spent in Engram so far (hashing, gathers, modules; on an
  * asynchronous backend the modules' launch time only). */
 double forward_ctx_engram_seconds(const forward_ctx *fc);
+/* The row fetcher's counters of Engram layer li (0-based among the Engram
+ * layers) when its table is a host store; -1 (zeros) otherwise. Thread-safe. */
+int forward_ctx_fetch_stats(forward_ctx *fc, int li, engram_fetch_stats *out);
 
 /* A KV cache in fc's backend memory: n_tokens positions in blocks of
  * block_size (0: 16); fc's block tables are widened for blocks under 16. Returns KV_CACHE_OK and *out, or KV_CACHE_ERR_NOMEM. */

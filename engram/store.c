@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "engram_fp8.h"
+#include "row_index.h"
 
 /* Table files are little-endian; rows are decoded with native loads. */
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -264,8 +265,7 @@ typedef struct {
     uint8_t *ref;      /* (n) CLOCK reference bit */
     uint32_t *pins;    /* (n) gathers that will read the slot */
     uint8_t *data;     /* (n, row_bytes) raw rows */
-    int32_t *index;    /* (mask+1) slot or -1 */
-    uint32_t mask, shift;
+    row_index index;   /* row -> slot, over row[] */
 } row_cache;
 
 typedef _Atomic uint64_t counter;
@@ -346,9 +346,17 @@ static void note(const engram_store *s, const char *fmt, ...) {
     va_end(ap);
 }
 
-static void decode_row(const engram_store_header *h, const uint8_t *restrict src, float *restrict out) {
-    uint32_t c = h->cols;
-    switch (h->dtype) {
+/* Where gathered rows go: decoded to f32 (out + i*cols floats) or copied as
+ * they are in the file (out + i*row_bytes bytes). */
+typedef struct {
+    void *p;
+    bool raw;
+} row_out;
+
+void engram_store_decode_row(int dtype, uint32_t cols, const void *row, float *restrict out) {
+    const uint8_t *restrict src = row;
+    uint32_t c = cols;
+    switch (dtype) {
     case ENGRAM_STORE_F32: memcpy(out, src, (size_t)c * 4); break;
     case ENGRAM_STORE_BF16:
         for (uint32_t j = 0; j < c; j++) { /* little-endian host: see the check at the top */
@@ -386,43 +394,12 @@ static void decode_row(const engram_store_header *h, const uint8_t *restrict src
     }
 }
 
+static void emit(const engram_store_header *h, const uint8_t *src, row_out o, size_t i) {
+    if (o.raw) memcpy((uint8_t *)o.p + i * h->row_bytes, src, h->row_bytes);
+    else engram_store_decode_row((int)h->dtype, h->cols, src, (float *)o.p + i * h->cols);
+}
+
 /* ---- row cache: index and CLOCK (callers hold mu) ---- */
-
-static uint32_t home(const row_cache *c, int64_t row) {
-    return (uint32_t)(((uint64_t)row * 0x9E3779B97F4A7C15ull) >> c->shift);
-}
-
-static int32_t index_find(const row_cache *c, int64_t row) {
-    for (uint32_t i = home(c, row);; i = (i + 1) & c->mask) {
-        int32_t k = c->index[i];
-        if (k < 0 || c->row[k] == row) return k;
-    }
-}
-
-static void index_insert(row_cache *c, int64_t row, int32_t slot) {
-    uint32_t i = home(c, row);
-    while (c->index[i] >= 0) i = (i + 1) & c->mask;
-    c->index[i] = slot;
-}
-
-/* Removes row (present) and shifts later entries of its probe chain back, so
- * that every entry stays reachable from its home without tombstones. */
-static void index_remove(row_cache *c, int64_t row) {
-    uint32_t i = home(c, row);
-    while (c->row[c->index[i]] != row) i = (i + 1) & c->mask;
-    for (uint32_t j = i;;) {
-        j = (j + 1) & c->mask;
-        if (c->index[j] < 0) break;
-        uint32_t h = home(c, c->row[c->index[j]]);
-        /* the entry at j may move to the hole at i unless its home lies in (i, j] */
-        bool stays = i <= j ? (h > i && h <= j) : (h > i || h <= j);
-        if (!stays) {
-            c->index[i] = c->index[j];
-            i = j;
-        }
-    }
-    c->index[i] = -1;
-}
 
 /* A slot for row, now LOADING and indexed, or -1 when every slot is pinned
  * or loading (a batch larger than the cache: the caller reads uncached). */
@@ -437,14 +414,14 @@ static int32_t alloc_slot(engram_store *s, int64_t row) {
                 c->ref[k] = 0;
                 continue;
             }
-            index_remove(c, c->row[k]);
+            row_index_remove(&c->index, c->row[k]);
             c->used--;
             add(&s->evictions, 1);
         }
         c->row[k] = row;
         c->state[k] = SLOT_LOADING;
         c->ref[k] = 0; /* a new row must be hit once before it outlives a sweep */
-        index_insert(c, row, (int32_t)k);
+        row_index_insert(&c->index, row, (int32_t)k);
         c->used++;
         return (int32_t)k;
     }
@@ -457,7 +434,7 @@ static void fail_unfinished(engram_store *s, const row_req *q, size_t n) {
     for (size_t i = 0; i < n; i++) {
         int32_t k = q[i].slot;
         if (k >= 0 && s->c.state[k] == SLOT_LOADING) {
-            index_remove(&s->c, s->c.row[k]);
+            row_index_remove(&s->c.index, s->c.row[k]);
             s->c.used--;
             s->c.state[k] = SLOT_FAILED;
         }
@@ -491,7 +468,7 @@ static ssize_t read_run(engram_store *s, const block_run *r, uint8_t *buf) {
  * ones. A slot is LOADING and owned by this reader, so its bytes are written
  * without the lock; the state flips under it. */
 static int finish_run(engram_store *s, const row_req *q, const block_run *r, const uint8_t *buf, ssize_t got,
-                      double latency, float *out) {
+                      double latency, row_out out) {
     const engram_store_header *h = &s->info.header;
     if (got < 0) return -1;
     q += r->first;
@@ -503,7 +480,7 @@ static int finish_run(engram_store *s, const row_req *q, const block_run *r, con
     bool cached = false;
     for (uint32_t i = 0; i < r->n; i++) {
         const uint8_t *src = buf + (q[i].off - r->off);
-        if (q[i].idx != NO_IDX) decode_row(h, src, out + q[i].idx * h->cols);
+        if (q[i].idx != NO_IDX) emit(h, src, out, q[i].idx);
         if (q[i].slot >= 0) {
             memcpy(s->c.data + (size_t)q[i].slot * h->row_bytes, src, h->row_bytes);
             cached = true;
@@ -524,7 +501,7 @@ static int finish_run(engram_store *s, const row_req *q, const block_run *r, con
  * submitting failed: then the ring is closed and the caller goes on with
  * pread). Returns ENGRAM_STORE_OK or ENGRAM_STORE_EIO. */
 static int read_runs_uring(engram_store *s, const row_req *q, const block_run *runs, size_t nr, size_t *done,
-                           float *out) {
+                           row_out out) {
     int qd = s->p.queue_depth;
     int *free_bufs = malloc((size_t)qd * sizeof(int));
     if (!free_bufs) return ENGRAM_STORE_ENOMEM;
@@ -599,7 +576,7 @@ static int read_runs_uring(engram_store *s, const row_req *q, const block_run *r
 /* Reads the rows of q (sorted here by offset): rows sharing a block share
  * one read. Returns ENGRAM_STORE_OK, _EIO or _ENOMEM; on failure the slots
  * not filled are still LOADING (see fail_unfinished). */
-static int read_reqs(engram_store *s, row_req *q, size_t n, float *out) {
+static int read_reqs(engram_store *s, row_req *q, size_t n, row_out out) {
     qsort(q, n, sizeof(row_req), cmp_req);
     block_run *runs = malloc(n * sizeof(block_run));
     if (!runs) return ENGRAM_STORE_ENOMEM;
@@ -626,7 +603,7 @@ static int read_reqs(engram_store *s, row_req *q, size_t n, float *out) {
 
 /* ---- gathers ---- */
 
-static int gather_nvme(engram_store *s, const int64_t *rows, size_t n, float *out) {
+static int gather_nvme(engram_store *s, const int64_t *rows, size_t n, row_out out) {
     const engram_store_header *h = &s->info.header;
     row_cache *c = &s->c;
     int32_t *slot_of = malloc(n * sizeof(int32_t)); /* (n) pinned slot of each row, or -1: read uncached */
@@ -640,7 +617,7 @@ static int gather_nvme(engram_store *s, const int64_t *rows, size_t n, float *ou
     pthread_mutex_lock(&s->mu);
     for (size_t i = 0; i < n; i++) {
         uint64_t off = h->data_offset + (uint64_t)rows[i] * h->row_stride;
-        int32_t k = c->n ? index_find(c, rows[i]) : -1;
+        int32_t k = c->n ? row_index_find(&c->index, rows[i]) : -1;
         if (k >= 0) { /* cached, or in flight: a repeat in this call, or another thread's read */
             c->pins[k]++;
             if (c->state[k] == SLOT_READY) {
@@ -678,7 +655,7 @@ static int gather_nvme(engram_store *s, const int64_t *rows, size_t n, float *ou
     double stall = nq || waits ? now_s() - t0 : 0;
     if (rc == ENGRAM_STORE_OK)
         for (size_t i = 0; i < n; i++)
-            if (slot_of[i] >= 0) decode_row(h, c->data + (size_t)slot_of[i] * h->row_bytes, out + i * h->cols);
+            if (slot_of[i] >= 0) emit(h, c->data + (size_t)slot_of[i] * h->row_bytes, out, i);
     pthread_mutex_lock(&s->mu);
     for (size_t i = 0; i < n; i++)
         if (slot_of[i] >= 0) c->pins[slot_of[i]]--;
@@ -692,8 +669,25 @@ static int gather_nvme(engram_store *s, const int64_t *rows, size_t n, float *ou
     return rc;
 }
 
-int engram_store_gather(engram_store *s, const int64_t *rows, size_t n, float *out, size_t *bad) {
-    if (!s || (n && (!rows || !out)) || n > UINT32_MAX) return ENGRAM_STORE_EINVAL;
+/* Mapped rows: each output row is independent, so large gathers spread over
+ * threads (a random DRAM row costs a memory latency; ENGRAM.md section 8:
+ * 16 threads gather about 117 M rows/s). */
+#define GATHER_PAR_MIN 512
+
+static void gather_mapped(const engram_store *s, const int64_t *rows, size_t n, row_out out) {
+    const engram_store_header *h = &s->info.header;
+    const uint8_t *base = s->map + h->data_offset;
+#pragma omp parallel for schedule(static) if (n >= GATHER_PAR_MIN)
+    for (size_t i = 0; i < n; i++) {
+        if (i + 8 < n) /* random rows: start the miss of a row a few rows ahead */
+            for (uint32_t o = 0; o < h->row_bytes; o += 64)
+                __builtin_prefetch(base + (uint64_t)rows[i + 8] * h->row_stride + o);
+        emit(h, base + (uint64_t)rows[i] * h->row_stride, out, i);
+    }
+}
+
+static int gather(engram_store *s, const int64_t *rows, size_t n, row_out out, size_t *bad) {
+    if (!s || (n && (!rows || !out.p)) || n > UINT32_MAX) return ENGRAM_STORE_EINVAL;
     const engram_store_header *h = &s->info.header;
     for (size_t i = 0; i < n; i++)
         if (rows[i] < 0 || (uint64_t)rows[i] >= h->rows) {
@@ -702,13 +696,7 @@ int engram_store_gather(engram_store *s, const int64_t *rows, size_t n, float *o
         }
     if (!n) return ENGRAM_STORE_OK;
     if (s->map) {
-        const uint8_t *base = s->map + h->data_offset;
-        for (size_t i = 0; i < n; i++) {
-            if (i + 8 < n) /* random rows: start the miss of a row a few rows ahead */
-                for (uint32_t o = 0; o < h->row_bytes; o += 64)
-                    __builtin_prefetch(base + (uint64_t)rows[i + 8] * h->row_stride + o);
-            decode_row(h, base + (uint64_t)rows[i] * h->row_stride, out + i * h->cols);
-        }
+        gather_mapped(s, rows, n, out);
         add(&s->lookups, n);
         add(&s->dram_hits, n);
         return ENGRAM_STORE_OK;
@@ -716,6 +704,14 @@ int engram_store_gather(engram_store *s, const int64_t *rows, size_t n, float *o
     int rc = gather_nvme(s, rows, n, out);
     if (rc == ENGRAM_STORE_EIO) note(s, "read failed");
     return rc;
+}
+
+int engram_store_gather(engram_store *s, const int64_t *rows, size_t n, float *out, size_t *bad) {
+    return gather(s, rows, n, (row_out){out, false}, bad);
+}
+
+int engram_store_gather_raw(engram_store *s, const int64_t *rows, size_t n, void *out, size_t *bad) {
+    return gather(s, rows, n, (row_out){out, true}, bad);
 }
 
 /* ---- prefetch ---- */
@@ -759,7 +755,7 @@ static void *prefetch_main(void *arg) {
         pthread_mutex_lock(&s->mu);
         for (size_t i = 0; i < m; i++) {
             if (ids[i] < 0 || (uint64_t)ids[i] >= h->rows) continue;
-            int32_t k = index_find(&s->c, ids[i]);
+            int32_t k = row_index_find(&s->c.index, ids[i]);
             if (k >= 0)
                 s->c.ref[k] = 1;
             else if ((k = alloc_slot(s, ids[i])) >= 0)
@@ -768,7 +764,7 @@ static void *prefetch_main(void *arg) {
         pthread_mutex_unlock(&s->mu);
         if (!nq) continue;
         pthread_mutex_lock(&s->io_mu);
-        int rc = read_reqs(s, q, nq, NULL);
+        int rc = read_reqs(s, q, nq, (row_out){0});
         pthread_mutex_unlock(&s->io_mu);
         if (rc) {
             fail_unfinished(s, q, nq);
@@ -789,22 +785,17 @@ static int cache_init(engram_store *s, uint64_t budget) {
     if (n > (1u << 29)) n = 1u << 29; /* the index (4n entries at most) stays within int32 slots */
     if (!n) return 0;
     row_cache *c = &s->c;
-    uint32_t cap = 2, bits = 1;
-    while (cap < 2 * n) cap <<= 1, bits++;
     c->n = (uint32_t)n;
-    c->mask = cap - 1;
-    c->shift = 64 - bits;
     c->row = malloc(n * sizeof(int64_t));
     c->state = calloc(n, 1);
     c->ref = calloc(n, 1);
     c->pins = calloc(n, sizeof(uint32_t));
     c->data = malloc(n * h->row_bytes);
-    c->index = malloc((size_t)cap * sizeof(int32_t));
     s->pf_q = malloc(PF_QUEUE * sizeof(int64_t));
-    if (!c->row || !c->state || !c->ref || !c->pins || !c->data || !c->index || !s->pf_q) return -1;
-    memset(c->index, 0xff, (size_t)cap * sizeof(int32_t)); /* -1: empty */
+    if (!c->row || !c->state || !c->ref || !c->pins || !c->data || !s->pf_q || row_index_init(&c->index, n, c->row))
+        return -1;
     s->info.cache_rows = n;
-    s->info.cache_bytes = n * (h->row_bytes + 8 + 1 + 1 + 4) + (uint64_t)cap * 4;
+    s->info.cache_bytes = n * (h->row_bytes + 8 + 1 + 1 + 4) + ((uint64_t)c->index.mask + 1) * 4;
     return 0;
 }
 
@@ -864,6 +855,7 @@ int engram_store_open(const char *path, const engram_store_params *params, engra
         s->p = p;
     }
     s->info.tier = p.tier;
+    s->info.hbm_cache = p.hbm_cache;
 
     if (p.tier == ENGRAM_STORE_DRAM) {
         s->fd = fd;
@@ -953,6 +945,63 @@ bad:
     return rc;
 }
 
+int engram_store_create_memory(int dtype, uint64_t rows, uint32_t cols, engram_store_row_fn fill, void *ctx,
+                               const engram_store_params *params, engram_store **out, char *err, size_t errlen) {
+    if (!fill || !out) return fail(err, errlen, ENGRAM_STORE_EINVAL, "engram_store_create_memory: NULL argument");
+    uint32_t rb = engram_store_row_bytes(dtype, cols);
+    if (!rb || !rows || rows > (UINT64_MAX - ENGRAM_STORE_BLOCK) / 4096 / (cols ? cols : 1))
+        return fail(err, errlen, ENGRAM_STORE_EINVAL, "in-memory table: bad shape (%llu rows, %u cols, dtype %d)",
+                    (unsigned long long)rows, cols, dtype);
+    engram_store *s = calloc(1, sizeof(*s));
+    if (!s || !(s->path = strdup("(memory)"))) {
+        free(s);
+        return fail(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
+    }
+    s->p = params ? *params : engram_store_default_params();
+    s->p.tier = ENGRAM_STORE_DRAM;
+    s->fd = -1;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->io_mu, NULL);
+    pthread_mutex_init(&s->pf_mu, NULL);
+    pthread_cond_init(&s->ready, NULL);
+    pthread_cond_init(&s->pf_cv, NULL);
+    engram_store_header *h = &s->info.header;
+    *h = (engram_store_header){.version = ENGRAM_STORE_VERSION, .dtype = (uint32_t)dtype, .rows = rows, .cols = cols,
+                               .row_bytes = rb, .row_stride = engram_store_row_stride(rb),
+                               .data_offset = ENGRAM_STORE_BLOCK};
+    s->info.tier = ENGRAM_STORE_DRAM;
+    s->info.hbm_cache = s->p.hbm_cache;
+    s->map_len = (size_t)(h->data_offset + rows * h->row_stride);
+    void *m = mmap(NULL, s->map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED) {
+        s->map_len = 0;
+        engram_store_close(s);
+        return fail(err, errlen, ENGRAM_STORE_ENOMEM, "in-memory table: cannot map %.2f GB: %s",
+                    (double)(h->data_offset + rows * h->row_stride) / 1e9, strerror(errno));
+    }
+    s->map = m;
+    s->info.hugepages = madvise(m, s->map_len, MADV_HUGEPAGE) == 0; /* fewer faults and TLB misses */
+    uint8_t *base = s->map + h->data_offset;
+    int bad = 0;
+#pragma omp parallel for schedule(dynamic, 4096) reduction(| : bad)
+    for (uint64_t r = 0; r < rows; r++)
+        if (!bad) bad |= fill(ctx, r, base + r * h->row_stride) != 0;
+    if (bad) {
+        engram_store_close(s);
+        return fail(err, errlen, ENGRAM_STORE_EIO, "in-memory table: the row generator failed");
+    }
+    mprotect(m, s->map_len, PROT_READ); /* like a mapped file: nobody writes rows after this */
+    if (s->p.mlock) {
+        if (mlock(m, s->map_len)) {
+            engram_store_close(s);
+            return fail(err, errlen, ENGRAM_STORE_ELOCK, "in-memory table: mlock failed: %s", strerror(errno));
+        }
+        s->info.locked = true;
+    }
+    *out = s;
+    return ENGRAM_STORE_OK;
+}
+
 engram_store_info engram_store_get_info(const engram_store *s) {
     engram_store_info in = s->info;
     in.reads = get(&s->reads);
@@ -1027,7 +1076,8 @@ void engram_store_close(engram_store *s) {
     pthread_mutex_destroy(&s->pf_mu);
     pthread_cond_destroy(&s->ready);
     pthread_cond_destroy(&s->pf_cv);
-    free(s->c.row), free(s->c.state), free(s->c.ref), free(s->c.pins), free(s->c.data), free(s->c.index);
+    free(s->c.row), free(s->c.state), free(s->c.ref), free(s->c.pins), free(s->c.data);
+    row_index_free(&s->c.index);
     free(s->pf_q);
     free(s->buf);
     free(s->t_sub);

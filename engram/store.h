@@ -77,6 +77,10 @@ uint32_t engram_store_row_bytes(int dtype, uint32_t cols);
  * the next multiple of 4096. */
 uint32_t engram_store_row_stride(uint32_t row_bytes);
 
+/* Decodes one stored row of cols values of dtype to f32, exactly (bf16/f16
+ * widened, FP8 decoded by engram_fp8); an unknown dtype leaves out as it is. */
+void engram_store_decode_row(int dtype, uint32_t cols, const void *row, float *out);
+
 /* Parses and checks a header from buf (len bytes, untrusted). With
  * file_size > 0 also checks that every row lies inside the file. Returns
  * ENGRAM_STORE_OK and *h, or ENGRAM_STORE_EFORMAT with a one-line message in
@@ -140,6 +144,7 @@ typedef struct {
     uint64_t bytes_read;
     uint64_t cache_rows;  /* NVMe: row cache slots (0: no cache, no prefetch) */
     uint64_t cache_bytes; /* NVMe: DRAM the row cache holds, <= dram_budget */
+    uint64_t hbm_cache;   /* params.hbm_cache, for the backend that keeps hot rows (engine/engram_fetch) */
 } engram_store_info;
 
 /* Opens the table file at path for the tier in params (NULL: defaults).
@@ -160,6 +165,11 @@ int engram_store_open(const char *path, const engram_store_params *params, engra
  * ENGRAM_STORE_EIO or _ENOMEM on a failed read. */
 int engram_store_gather(engram_store *s, const int64_t *rows, size_t n, float *out, size_t *bad);
 
+/* Same, with each row copied as it is stored (row_bytes bytes of the file's
+ * dtype, rows end to end in out): for a backend that decodes rows itself,
+ * so that half (bf16) or a quarter (FP8) of the bytes cross to it. */
+int engram_store_gather_raw(engram_store *s, const int64_t *rows, size_t n, void *out, size_t *bad);
+
 /* Hints that rows will be gathered soon (the forward pass calls it with each
  * step's row ids as soon as its tokens are known). Never blocks on I/O: the
  * ids (copied) go to the store's prefetch thread, which reads the rows that
@@ -171,6 +181,14 @@ int engram_store_gather(engram_store *s, const int64_t *rows, size_t n, float *o
  * prefetch is enough) and NVMe without a cache. Thread-safe. Returns
  * ENGRAM_STORE_OK, or ENGRAM_STORE_EINVAL for rows NULL with n > 0. */
 int engram_store_prefetch(engram_store *s, const int64_t *rows, size_t n);
+
+/* A DRAM-tier store over an anonymous mapping of rows x cols values of dtype,
+ * filled by fill (called once per row, from several threads at once: it must
+ * be thread-safe). For tables made on the spot (synthetic models) that are
+ * larger than the disk. The mapping is private to this process. Returns
+ * ENGRAM_STORE_OK and *out, or _EINVAL, _ENOMEM, _EIO (fill failed), _ELOCK. */
+int engram_store_create_memory(int dtype, uint64_t rows, uint32_t cols, engram_store_row_fn fill, void *ctx,
+                               const engram_store_params *params, engram_store **out, char *err, size_t errlen);
 
 engram_store_info engram_store_get_info(const engram_store *s);
 

@@ -36,7 +36,9 @@ static int run_step(const model_engram *e, const engram_weights *w, int d, const
     for (int i = 0; i < n_seqs; i++) start[i + 1] = start[i] + n[i];
     batch_desc b = {.n_seqs = n_seqs, .n_tokens = start[n_seqs], .seq_start = start, .h_seq_start = start,
                     .seq_hist = hist};
-    return engram_module_run(backend_cpu(), e, w, d, &b, x, rows, rows, 0, s, out, gates);
+    backend_cpu()->gather_rows(s->e, &w->table, rows, b.n_tokens, e->n_heads);
+    engram_module_run(backend_cpu(), e, w, d, &b, x, s->e, 0, s, out, gates);
+    return 0;
 }
 
 START_TEST(module_hc4_matches_reference) {

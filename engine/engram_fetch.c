@@ -1,0 +1,278 @@
+/* Engram rows from a host store to backend memory (see engram_fetch.h).
+ *
+ * Backend memory of one fetcher:
+ *   rows: (C + max_rows) rows of row_bytes: the hot-row cache's C slots, then
+ *         the step's incoming rows (what the copy brings, misses only)
+ *   ints: (2 * max_rows) int32: each lookup's slot in rows, then the cache
+ *         slots that the first incoming rows move into
+ * and host staging (pinned) of the same incoming rows and ints. A lookup's
+ * slot is its row's cache slot, or C + its position among the incoming rows
+ * when the cache is off or full of rows this step also needs. */
+#include "engram_fetch.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "row_index.h"
+#include "util.h"
+
+struct engram_fetch {
+    const backend_ops *ops;
+    engram_store *store;
+    int ch, max_rows, cols, dtype;
+    size_t rb; /* bytes of a stored row */
+    /* backend memory */
+    uint8_t *rows;
+    int32_t *ints;
+    /* host staging (ops->host_alloc) */
+    uint8_t *st_rows;
+    int32_t *st_ints;
+    bool pending; /* a fetch was issued and its wait not yet measured */
+    /* dedupe: open addressing over the step's ids, valid where stamp == gen */
+    int64_t *dk;
+    int32_t *dv;
+    uint32_t *dstamp, dmask, dshift, gen;
+    int64_t *uniq;    /* (max_rows) distinct rows in first-seen order */
+    int32_t *lu;      /* (max_rows) each lookup's distinct index */
+    int32_t *uslot;   /* (max_rows) each distinct row's slot */
+    int64_t *miss;    /* (max_rows) rows to gather: cached misses first */
+    /* the hot-row cache (CLOCK), indexed on the host */
+    uint32_t C, hand, used;
+    int64_t *crow;    /* (C) row held, -1 empty */
+    uint8_t *cref;    /* (C) CLOCK reference bit */
+    uint32_t *cstamp; /* (C) gen of the last step that used the slot: not evicted in that step */
+    row_index cidx;
+    pthread_mutex_t mu;
+    engram_fetch_stats st;
+};
+
+void engram_fetch_destroy(engram_fetch *f) {
+    if (!f) return;
+    const backend_ops *o = f->ops;
+    if (f->pending) o->fetch_sync(f->ch); /* the copy reads the staging freed below */
+    o->free(f->rows);
+    o->free(f->ints);
+    o->host_free(f->st_rows);
+    o->host_free(f->st_ints);
+    free(f->dk), free(f->dv), free(f->dstamp);
+    free(f->uniq), free(f->lu), free(f->uslot), free(f->miss);
+    free(f->crow), free(f->cref), free(f->cstamp);
+    row_index_free(&f->cidx);
+    pthread_mutex_destroy(&f->mu);
+    free(f);
+}
+
+engram_fetch *engram_fetch_create(const backend_ops *ops, engram_store *store, int ch, int max_rows,
+                                  uint64_t cache_bytes, char *err, size_t errlen) {
+    engram_store_info in = engram_store_get_info(store);
+    const engram_store_header *h = &in.header;
+    engram_fetch *f = calloc(1, sizeof(*f));
+    if (!f) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&f->mu, NULL);
+    f->ops = ops;
+    f->store = store;
+    f->ch = ch % BACKEND_FETCH_CHANNELS;
+    f->max_rows = max_rows < 1 ? 1 : max_rows;
+    f->cols = (int)h->cols;
+    f->dtype = (int)h->dtype;
+    f->rb = h->row_bytes;
+    uint64_t C = cache_bytes / f->rb;
+    if (C > h->rows) C = h->rows;
+    if (C > (1u << 30)) C = 1u << 30; /* slots and the index stay in int32 */
+    f->C = (uint32_t)C;
+    size_t R = (size_t)f->max_rows;
+    uint32_t bits = 1;
+    while ((1ull << bits) < 2 * R) bits++;
+    f->dmask = (1u << bits) - 1;
+    f->dshift = 64 - bits;
+    f->rows = ops->alloc((C + R) * f->rb);
+    f->ints = ops->alloc(2 * R * sizeof(int32_t));
+    f->st_rows = ops->host_alloc(R * f->rb);
+    f->st_ints = ops->host_alloc(2 * R * sizeof(int32_t));
+    f->dk = malloc(((size_t)f->dmask + 1) * sizeof(int64_t));
+    f->dv = malloc(((size_t)f->dmask + 1) * sizeof(int32_t));
+    f->dstamp = calloc((size_t)f->dmask + 1, sizeof(uint32_t));
+    f->uniq = malloc(R * sizeof(int64_t));
+    f->lu = malloc(R * sizeof(int32_t));
+    f->uslot = malloc(R * sizeof(int32_t));
+    f->miss = malloc(R * sizeof(int64_t));
+    bool ok = f->rows && f->ints && f->st_rows && f->st_ints && f->dk && f->dv && f->dstamp && f->uniq && f->lu &&
+              f->uslot && f->miss;
+    if (ok && C) {
+        f->crow = malloc(C * sizeof(int64_t));
+        f->cref = calloc(C, 1);
+        f->cstamp = calloc(C, sizeof(uint32_t));
+        ok = f->crow && f->cref && f->cstamp && row_index_init(&f->cidx, C, f->crow) == 0;
+        if (ok) memset(f->crow, 0xff, C * sizeof(int64_t));
+    }
+    if (!ok) {
+        snprintf(err, errlen, "out of %s memory for Engram rows (%.2f GB cache, %d rows a step)", ops->name,
+                 (double)C * f->rb / 1e9, f->max_rows);
+        engram_fetch_destroy(f);
+        return NULL;
+    }
+    f->st.cache_capacity = C;
+    return f;
+}
+
+/* A cache slot for row (not indexed), taken from a row not used this step
+ * (CLOCK: a referenced row gets a second chance), or -1 when every slot holds
+ * a row of this step. */
+static int32_t cache_take(engram_fetch *f, int64_t row) {
+    for (uint64_t step = 0; step < 2ull * f->C + 1; step++) {
+        uint32_t k = f->hand;
+        f->hand = k + 1 == f->C ? 0 : k + 1;
+        if (f->cstamp[k] == f->gen) continue;
+        if (f->crow[k] >= 0) {
+            if (f->cref[k]) {
+                f->cref[k] = 0;
+                continue;
+            }
+            row_index_remove(&f->cidx, f->crow[k]);
+            f->used--;
+        }
+        f->crow[k] = row;
+        f->cref[k] = 0; /* a new row must be hit once before it outlives a sweep */
+        f->cstamp[k] = f->gen;
+        row_index_insert(&f->cidx, row, (int32_t)k);
+        f->used++;
+        return (int32_t)k;
+    }
+    return -1;
+}
+
+static void observe_stall(engram_fetch_stats *s, double sec) {
+    if (sec < 0) sec = 0;
+    size_t b = 0;
+    while (b < ENGRAM_STORE_HIST_BUCKETS && sec > engram_store_hist_le[b]) b++;
+    s->stall_hist[b]++;
+    s->stalls++;
+    s->stall_seconds += sec;
+    if (sec > s->stall_max) s->stall_max = sec;
+}
+
+int engram_fetch_rows(engram_fetch *f, const int64_t *rows, int n, float *out) {
+    const backend_ops *o = f->ops;
+    if (n < 1) return 0;
+    if (n > f->max_rows) return ENGRAM_STORE_EINVAL;
+    uint64_t table_rows = engram_store_get_info(f->store).header.rows;
+    for (int i = 0; i < n; i++)
+        if (rows[i] < 0 || (uint64_t)rows[i] >= table_rows) return ENGRAM_STORE_ERANGE;
+    /* The staging is rewritten below: the last copy out of it must be done. */
+    if (f->pending) {
+        double stall = o->fetch_sync(f->ch);
+        pthread_mutex_lock(&f->mu);
+        observe_stall(&f->st, stall);
+        pthread_mutex_unlock(&f->mu);
+        f->pending = false;
+    }
+    o->fetch_mark(f->ch); /* the compute has been given everything before this layer */
+    double t0 = util_now();
+    if (++f->gen == 0) { /* stamps wrapped: forget them all */
+        memset(f->dstamp, 0, ((size_t)f->dmask + 1) * sizeof(uint32_t));
+        if (f->C) memset(f->cstamp, 0, (size_t)f->C * sizeof(uint32_t));
+        f->gen = 1;
+    }
+    /* dedupe */
+    int u = 0;
+    for (int i = 0; i < n; i++) {
+        int64_t r = rows[i];
+        uint32_t k = (uint32_t)(((uint64_t)r * 0x9E3779B97F4A7C15ull) >> f->dshift);
+        while (f->dstamp[k] == f->gen && f->dk[k] != r) k = (k + 1) & f->dmask;
+        if (f->dstamp[k] != f->gen) {
+            f->dstamp[k] = f->gen;
+            f->dk[k] = r;
+            f->dv[k] = u;
+            f->uniq[u++] = r;
+        }
+        f->lu[i] = f->dv[k];
+    }
+    /* cache lookups: hits first, so that no miss evicts a row this step reads */
+    int hits = 0, mc = 0, m = 0;
+    for (int j = 0; j < u; j++) {
+        int32_t k = f->C ? row_index_find(&f->cidx, f->uniq[j]) : -1;
+        f->uslot[j] = k;
+        if (k >= 0) {
+            f->cref[k] = 1;
+            f->cstamp[k] = f->gen;
+            hits++;
+        }
+    }
+    /* misses: into a cache slot when one is free of this step's rows (those
+     * come first in the copy, then move to their slots), else read in place */
+    for (int j = 0; j < u; j++) {
+        if (f->uslot[j] >= 0) continue;
+        int32_t k = f->C ? cache_take(f, f->uniq[j]) : -1;
+        if (k < 0) continue;
+        f->uslot[j] = k;
+        f->st_ints[n + mc] = k; /* where the copy's row mc moves to */
+        f->miss[mc++] = f->uniq[j];
+    }
+    m = mc;
+    for (int j = 0; j < u; j++) {
+        if (f->uslot[j] >= 0) continue;
+        f->uslot[j] = (int32_t)f->C + m;
+        f->miss[m++] = f->uniq[j];
+    }
+    int rc = m ? engram_store_gather_raw(f->store, f->miss, (size_t)m, f->st_rows, NULL) : 0;
+    if (rc) { /* the cache must not keep slots that never got their rows */
+        for (int q = 0; q < mc; q++) {
+            int32_t k = f->st_ints[n + q];
+            row_index_remove(&f->cidx, f->crow[k]);
+            f->crow[k] = -1;
+            f->used--;
+        }
+        return rc;
+    }
+    for (int i = 0; i < n; i++) f->st_ints[i] = f->uslot[f->lu[i]];
+    double gather_s = util_now() - t0;
+
+    size_t C = f->C, rb = f->rb;
+    if (m) o->fetch(f->ch, f->rows + C * rb, f->st_rows, (size_t)m * rb);
+    o->fetch(f->ch, f->ints, f->st_ints, (size_t)(n + mc) * sizeof(int32_t));
+    f->pending = true;
+    o->fetch_wait(f->ch);
+    if (mc) o->scatter_rows(f->rows, f->rows + C * rb, f->ints + n, mc, rb);
+    o->decode_rows(out, f->rows, f->dtype, rb, f->ints, n, f->cols);
+    o->fetch_release(f->ch);
+
+    pthread_mutex_lock(&f->mu);
+    engram_fetch_stats *s = &f->st;
+    s->steps++;
+    s->lookups += (uint64_t)n;
+    s->unique += (uint64_t)u;
+    s->cache_hits += (uint64_t)hits;
+    s->copied_rows += (uint64_t)m;
+    s->copied_bytes += (uint64_t)m * rb + (uint64_t)(n + mc) * sizeof(int32_t);
+    s->gather_seconds += gather_s;
+    s->cache_rows = f->used;
+    pthread_mutex_unlock(&f->mu);
+    return 0;
+}
+
+void engram_fetch_get_stats(engram_fetch *f, engram_fetch_stats *out) {
+    pthread_mutex_lock(&f->mu);
+    *out = f->st;
+    pthread_mutex_unlock(&f->mu);
+}
+
+void engram_fetch_stats_add(engram_fetch_stats *sum, const engram_fetch_stats *x) {
+    sum->steps += x->steps;
+    sum->lookups += x->lookups;
+    sum->unique += x->unique;
+    sum->cache_hits += x->cache_hits;
+    sum->copied_rows += x->copied_rows;
+    sum->copied_bytes += x->copied_bytes;
+    sum->gather_seconds += x->gather_seconds;
+    sum->stalls += x->stalls;
+    sum->stall_seconds += x->stall_seconds;
+    if (x->stall_max > sum->stall_max) sum->stall_max = x->stall_max;
+    for (int b = 0; b <= ENGRAM_STORE_HIST_BUCKETS; b++) sum->stall_hist[b] += x->stall_hist[b];
+    sum->cache_rows += x->cache_rows;
+    sum->cache_capacity += x->cache_capacity;
+}

@@ -1,0 +1,62 @@
+/* One Engram layer's rows, from a host store (engram/store.h: DRAM or NVMe)
+ * to backend memory, once per step. The rows are known before the pass
+ * (they hang on token ids only), so the host gathers them while the backend
+ * computes the layers before the Engram layer:
+ *
+ *   dedupe the step's row ids -> look the distinct rows up in the hot-row
+ *   cache (backend memory, --engram-hbm-cache; its index lives on the host,
+ *   which knows every row before the backend needs it) -> gather the misses
+ *   as stored (bf16, FP8: half or a quarter of f32's bytes) into pinned
+ *   staging -> one copy beside the compute (ops->fetch) -> the compute waits
+ *   for it, moves new rows into their cache slots and decodes every lookup
+ *   to f32 by slot.
+ *
+ * The same code runs on the CPU backend (where the copy is a memcpy), so the
+ * cache and its slot bookkeeping are tested in CI. The result is bit-equal to
+ * engram_store_gather wherever the rows came from. */
+#ifndef ENGINE_ENGRAM_FETCH_H
+#define ENGINE_ENGRAM_FETCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "store.h"
+
+typedef struct engram_fetch engram_fetch;
+
+typedef struct {
+    uint64_t steps;        /* fetches done */
+    uint64_t lookups;      /* rows asked for, repeats included */
+    uint64_t unique;       /* distinct rows per step, summed */
+    uint64_t cache_hits;   /* distinct rows found in the hot-row cache */
+    uint64_t copied_rows;  /* rows copied host -> backend (the misses) */
+    uint64_t copied_bytes; /* bytes copied host -> backend (rows and slot indices) */
+    double gather_seconds; /* host time resolving and gathering */
+    uint64_t stalls;       /* fetches whose wait was measured (all but the last) */
+    double stall_seconds;  /* time the compute waited for rows (ops->fetch_sync) */
+    double stall_max;      /* the longest such wait */
+    uint64_t stall_hist[ENGRAM_STORE_HIST_BUCKETS + 1]; /* per bucket of engram_store_hist_le, not cumulative */
+    uint64_t cache_rows;     /* gauge: rows in the cache */
+    uint64_t cache_capacity; /* gauge: cache slots */
+} engram_fetch_stats;
+
+/* A fetcher of up to max_rows lookups per step from store (borrowed), on
+ * channel ch of ops, with a hot-row cache of cache_bytes of backend memory
+ * (0: none; rows are then decoded straight from the step's copy). Returns
+ * NULL with a message in err when memory runs out. */
+engram_fetch *engram_fetch_create(const backend_ops *ops, engram_store *store, int ch, int max_rows,
+                                  uint64_t cache_bytes, char *err, size_t errlen);
+void engram_fetch_destroy(engram_fetch *f); /* accepts NULL; waits for its copy */
+
+/* out (n, cols) f32 in backend memory = rows[i] of the table (rows: host,
+ * n <= max_rows), issued on the backend's stream after what came before.
+ * Returns 0, or a negative engram_store_status (a row out of range, a failed
+ * read) with nothing issued. */
+int engram_fetch_rows(engram_fetch *f, const int64_t *rows, int n, float *out);
+
+/* A snapshot of f's counters. Thread-safe (the stats sit behind a lock). */
+void engram_fetch_get_stats(engram_fetch *f, engram_fetch_stats *out);
+void engram_fetch_stats_add(engram_fetch_stats *sum, const engram_fetch_stats *x);
+
+#endif

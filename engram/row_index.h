@@ -1,0 +1,78 @@
+/* An open-addressing index from row ids to the slots of a row cache that
+ * holds them: linear probing, Fibonacci hashing, deletion by shifting later
+ * entries of a probe chain back (no tombstones). The cache owns row[] (the
+ * row each slot holds); the index only stores slot numbers. Used by the
+ * store's DRAM row cache (store.c) and the backend's hot-row cache
+ * (engine/engram_fetch.c). Not thread-safe: callers lock. */
+#ifndef ENGRAM_ROW_INDEX_H
+#define ENGRAM_ROW_INDEX_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int32_t *slot;     /* (mask+1) slot or -1 */
+    const int64_t *row; /* (slots) row id each slot holds: the cache's array */
+    uint32_t mask, shift;
+} row_index;
+
+/* An index of at least 2*slots entries (load <= 1/2) over the cache's row
+ * array. Returns 0, or -1 when out of memory. */
+static inline int row_index_init(row_index *x, uint64_t slots, const int64_t *row) {
+    uint32_t bits = 1;
+    while (bits < 31 && (1ull << bits) < 2 * slots) bits++;
+    x->mask = (1u << bits) - 1;
+    x->shift = 64 - bits;
+    x->row = row;
+    x->slot = malloc(((size_t)x->mask + 1) * sizeof(int32_t));
+    if (!x->slot) return -1;
+    memset(x->slot, 0xff, ((size_t)x->mask + 1) * sizeof(int32_t)); /* -1: empty */
+    return 0;
+}
+
+static inline void row_index_free(row_index *x) {
+    free(x->slot);
+    x->slot = NULL;
+}
+
+static inline uint32_t row_index_home(const row_index *x, int64_t row) {
+    return (uint32_t)(((uint64_t)row * 0x9E3779B97F4A7C15ull) >> x->shift);
+}
+
+/* The slot holding row, or -1. */
+static inline int32_t row_index_find(const row_index *x, int64_t row) {
+    for (uint32_t i = row_index_home(x, row);; i = (i + 1) & x->mask) {
+        int32_t k = x->slot[i];
+        if (k < 0 || x->row[k] == row) return k;
+    }
+}
+
+/* Adds row (absent) at slot; row[slot] must already say row. */
+static inline void row_index_insert(row_index *x, int64_t row, int32_t slot) {
+    uint32_t i = row_index_home(x, row);
+    while (x->slot[i] >= 0) i = (i + 1) & x->mask;
+    x->slot[i] = slot;
+}
+
+/* Removes row (present) and shifts later entries of its probe chain back, so
+ * that every entry stays reachable from its home without tombstones. */
+static inline void row_index_remove(row_index *x, int64_t row) {
+    uint32_t i = row_index_home(x, row);
+    while (x->row[x->slot[i]] != row) i = (i + 1) & x->mask;
+    for (uint32_t j = i;;) {
+        j = (j + 1) & x->mask;
+        if (x->slot[j] < 0) break;
+        uint32_t h = row_index_home(x, x->row[x->slot[j]]);
+        /* the entry at j may move to the hole at i unless its home lies in (i, j] */
+        bool stays = i <= j ? (h > i && h <= j) : (h > i || h <= j);
+        if (!stays) {
+            x->slot[i] = x->slot[j];
+            i = j;
+        }
+    }
+    x->slot[i] = -1;
+}
+
+#endif
