@@ -54,7 +54,7 @@ static void usage(FILE *f) {
             "  --engram-dram-budget SIZE  DRAM for the tables (K/M/G/T, 1K = 1024); below their size they stay\n"
             "                         on NVMe behind a row cache of SIZE (default: all of them when they fit in\n"
             "                         MemAvailable, else half of MemAvailable)\n"
-            "  --engram-hbm-cache SIZE  GPU memory for hot rows (CUDA backend; ignored on the CPU)\n"
+            "  --engram-hbm-cache SIZE  backend memory for hot rows (GPU HBM; host memory on the CPU)\n"
             "  --engram-tier auto|dram|nvme  auto (default): as the budget decides; dram: whole tables mmap'd\n"
             "                         (MAP_SHARED); nvme: always from the file, cached only within the budget\n"
             "  --engram-mlock         dram: lock the tables in RAM (failure is an error)\n"
@@ -429,7 +429,7 @@ int main(int argc, char **argv) {
         goto done;
     }
     if (esp.hbm_cache && strcmp(ops->name, "cuda"))
-        fprintf(stderr, "engram-run: warning: --engram-hbm-cache is ignored on a CPU-only run\n");
+        fprintf(stderr, "engram-run: %s\n", "note: --engram-hbm-cache on the CPU backend keeps the hot rows in host memory (the CUDA path, for tests; no gain)");
     if (forward_ctx_create(m, ops, (int)prefill_chunk, 1, &fc, err, sizeof(err)) != FORWARD_OK) {
         fprintf(stderr, "engram-run: %s\n", err);
         goto done;

@@ -37,6 +37,12 @@ static struct {
     int graphs_off;  /* ENGRAM_CUDA_GRAPHS=0: no recorded steps */
     int capturing;   /* slot being recorded, or -1 */
     unsigned long long tick;
+    /* Engram row copies: a second stream, and per channel the compute's mark
+     * (timing), the copy's end (timing) and the compute's last read */
+    cudaStream_t copy;
+    cudaEvent_t ev_mark[BACKEND_FETCH_CHANNELS], ev_copied[BACKEND_FETCH_CHANNELS],
+        ev_released[BACKEND_FETCH_CHANNELS];
+    int marked[BACKEND_FETCH_CHANNELS], copied[BACKEND_FETCH_CHANNELS], released[BACKEND_FETCH_CHANNELS];
 } g = {.capturing = -1};
 
 /* Recorded steps (CUDA graphs), looked up by the caller's key; the least
@@ -462,6 +468,61 @@ static void cu_short_conv(float *out, const float *in, const float *w, const bat
                                          b->n_tokens, C, K, dil, g.stream));
 }
 
+/* ---- Engram rows from host memory ---- */
+
+static void *cu_host_alloc(size_t bytes) {
+    void *p = NULL;
+    if (cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocDefault) != cudaSuccess) {
+        cudaGetLastError();
+        return NULL;
+    }
+    return p;
+}
+
+static void cu_host_free(void *p) {
+    if (p) CHECK_CUDA(cudaFreeHost(p));
+}
+
+static void cu_fetch_mark(int ch) {
+    CHECK_CUDA(cudaEventRecord(g.ev_mark[ch], g.stream));
+    g.marked[ch] = 1;
+}
+
+static void cu_fetch(int ch, void *dst, const void *src, size_t bytes) {
+    if (g.released[ch]) CHECK_CUDA(cudaStreamWaitEvent(g.copy, g.ev_released[ch], 0));
+    if (bytes) CHECK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, g.copy));
+    CHECK_CUDA(cudaEventRecord(g.ev_copied[ch], g.copy));
+    g.copied[ch] = 1;
+}
+
+static void cu_fetch_wait(int ch) {
+    if (g.copied[ch]) CHECK_CUDA(cudaStreamWaitEvent(g.stream, g.ev_copied[ch], 0));
+}
+
+static void cu_fetch_release(int ch) {
+    CHECK_CUDA(cudaEventRecord(g.ev_released[ch], g.stream));
+    g.released[ch] = 1;
+}
+
+static double cu_fetch_sync(int ch) {
+    if (!g.copied[ch]) return 0.0;
+    CHECK_CUDA(cudaEventSynchronize(g.ev_copied[ch]));
+    if (!g.marked[ch]) return 0.0;
+    CHECK_CUDA(cudaEventSynchronize(g.ev_mark[ch]));
+    float ms = 0.0f;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, g.ev_mark[ch], g.ev_copied[ch]));
+    g.marked[ch] = 0;
+    return ms > 0.0f ? ms * 1e-3 : 0.0;
+}
+
+static void cu_decode_rows(float *out, const void *rows, int dt, size_t stride, const int32_t *idx, int n, int cols) {
+    CHECK_K(kernels_engram_decode_rows(out, rows, dt, stride, idx, n, cols, g.stream));
+}
+
+static void cu_scatter_rows(void *dst, const void *src, const int32_t *slot, int n, size_t row_bytes) {
+    CHECK_K(kernels_scatter_rows(dst, src, slot, n, row_bytes, g.stream));
+}
+
 /* ---- recorded steps ---- */
 
 static int cu_step_begin(const void *key, size_t key_bytes) {
@@ -526,6 +587,15 @@ static const backend_ops cuda_ops = {
     .engram_gate = cu_engram_gate,
     .scale_rows = cu_scale_rows,
     .short_conv = cu_short_conv,
+    .host_alloc = cu_host_alloc,
+    .host_free = cu_host_free,
+    .fetch_mark = cu_fetch_mark,
+    .fetch = cu_fetch,
+    .fetch_wait = cu_fetch_wait,
+    .fetch_release = cu_fetch_release,
+    .fetch_sync = cu_fetch_sync,
+    .decode_rows = cu_decode_rows,
+    .scatter_rows = cu_scatter_rows,
     .step_begin = cu_step_begin,
     .step_end = cu_step_end,
 };
@@ -540,6 +610,19 @@ static int cuda__init(void) {
         return -1;
     }
     if ((e = cudaSetDevice(0)) != cudaSuccess || (e = cudaStreamCreate(&g.stream)) != cudaSuccess) {
+        snprintf(g.why, sizeof(g.why), "CUDA device 0: %s", cudaGetErrorString(e));
+        return -1;
+    }
+    if ((e = cudaStreamCreateWithFlags(&g.copy, cudaStreamNonBlocking)) != cudaSuccess) {
+        snprintf(g.why, sizeof(g.why), "CUDA device 0: %s", cudaGetErrorString(e));
+        return -1;
+    }
+    for (int ch = 0; ch < BACKEND_FETCH_CHANNELS && e == cudaSuccess; ch++) {
+        e = cudaEventCreate(&g.ev_mark[ch]);
+        if (e == cudaSuccess) e = cudaEventCreate(&g.ev_copied[ch]);
+        if (e == cudaSuccess) e = cudaEventCreateWithFlags(&g.ev_released[ch], cudaEventDisableTiming);
+    }
+    if (e != cudaSuccess) {
         snprintf(g.why, sizeof(g.why), "CUDA device 0: %s", cudaGetErrorString(e));
         return -1;
     }

@@ -214,15 +214,18 @@ int64_t model_param_count(const model *m);
  *   +engram:ROWS   an Engram module at layer 1 (DeepSeek's demo layout: orders
  *                  2..3, 8 heads per order, head dim 64) whose table has about
  *                  ROWS rows (suffix k, M, B: 1e3, 1e6, 1e9; "1.5B" is 96e9
- *                  parameters); the table is a file (see model_synthetic_params)
+ *                  parameters); the table is a file, or host memory (see
+ *                  model_synthetic_params)
  *   +layers:N      only the first N layers (quick tests; the shape is otherwise kept)
  * The compressed tokenizer of a synthetic Engram model is the identity
  * (compressed id = token id, Vc = vocab_size): there is no tokenizer. */
 typedef struct {
     /* Directory of the Engram table files (MODEL_ENGRAM_TABLE_FMT): a file is
      * written there when missing (deterministic in seed, progress on stderr)
-     * and reused when it is the one this spec and seed make. Required with
-     * +engram: tables are never held in anonymous memory. */
+     * and reused when it is the one this spec and seed make. NULL with
+     * +engram: the table is made in host memory at each start (the same
+     * bits; a DRAM-tier store over an anonymous mapping, private to the
+     * process): for tables larger than the disk. */
     const char *table_dir;
     engram_store_params store; /* how the tables are read */
     bool quiet;                /* no progress lines on stderr */
@@ -238,13 +241,13 @@ int model_synthetic_config(const char *spec, model_config *cfg, char *err, size_
  * 0.02 from a counter-based generator seeded by seed (the same spec and seed
  * give the same bits on any thread count), norms 1, biases 0; filled by all
  * OpenMP threads. The model owns the memory (model_destroy frees it).
- * Returns MODEL_OK and *out, or MODEL_ERR_CONFIG (bad spec, +engram without
- * params->table_dir), MODEL_ERR_NOMEM, MODEL_ERR_IO (table file) with a
- * one-line message. params may be NULL (defaults: no table directory). */
+ * Returns MODEL_OK and *out, or MODEL_ERR_CONFIG (bad spec), MODEL_ERR_NOMEM,
+ * MODEL_ERR_IO (table file) with a one-line message. params may be NULL
+ * (defaults: no table directory). */
 int model_synthetic_ex(const char *spec, uint64_t seed, const model_synthetic_params *params, model **out,
                        char *err, size_t errlen);
 
-/* model_synthetic_ex with default params (so no +engram). */
+/* model_synthetic_ex with default params (an Engram table in host memory). */
 int model_synthetic(const char *spec, uint64_t seed, model **out, char *err, size_t errlen);
 
 #endif

@@ -478,6 +478,40 @@ static int make_table(model *m, const char *dir, uint64_t seed, bool quiet, char
     return MODEL_OK;
 }
 
+/* The same rows in host memory, for tables larger than the disk: each row
+ * from its own generator stream, so any thread may make any row, and the
+ * bits equal the file's (table_fill). */
+typedef struct {
+    uint64_t seed;
+    uint32_t cols;
+} mem_gen;
+
+static int mem_fill(void *ctx, uint64_t row, void *dst) {
+    const mem_gen *g = ctx;
+    fill_bf16(dst, g->cols, stream_start(g->seed, 0x7ab1eu, row));
+    return 0;
+}
+
+static int make_memory_table(model *m, uint64_t seed, const engram_store_params *sp, bool quiet, char *err,
+                             size_t errlen) {
+    engram_weights *w = &m->engram->layers[0];
+    mem_gen g = {.seed = seed ^ ((uint64_t)w->layer_id << 32), .cols = (uint32_t)w->table.cols};
+    uint32_t rb = engram_store_row_bytes(ENGRAM_STORE_BF16, g.cols);
+    double gb = (double)w->table.rows * engram_store_row_stride(rb) / 1e9, t0 = util_now();
+    if (!quiet)
+        fprintf(stderr, "synthetic table: making %d rows x %d bf16 (%.2f GB) in host memory\n", w->table.rows,
+                w->table.cols, gb);
+    char serr[512];
+    int rc = engram_store_create_memory(ENGRAM_STORE_BF16, (uint64_t)w->table.rows, g.cols, mem_fill, &g, sp,
+                                        &w->store, serr, sizeof(serr));
+    if (rc) {
+        snprintf(err, errlen, "%s: %s", m->dir, serr);
+        return rc == ENGRAM_STORE_ENOMEM ? MODEL_ERR_NOMEM : MODEL_ERR_IO;
+    }
+    if (!quiet) fprintf(stderr, "synthetic table: made in %.1fs\n", util_now() - t0);
+    return MODEL_OK;
+}
+
 /* ---- the model ---- */
 
 int model_synthetic_ex(const char *spec, uint64_t seed, const model_synthetic_params *params, model **out,
@@ -488,13 +522,6 @@ int model_synthetic_ex(const char *spec, uint64_t seed, const model_synthetic_pa
     model_config cfg;
     int rc = model_synthetic_config(spec, &cfg, err, errlen);
     if (rc) return rc;
-    if (cfg.engram.present && !p.table_dir) {
-        snprintf(err, errlen,
-                 "synthetic spec \"%s\": +engram needs a table directory (--synthetic-table-dir DIR): the table is "
-                 "written there as a file, never held in anonymous memory",
-                 spec);
-        return MODEL_ERR_CONFIG;
-    }
     model *m = calloc(1, sizeof(*m));
     size_t dl = strlen(spec) + 16;
     if (!m || !(m->dir = malloc(dl))) {
@@ -510,7 +537,7 @@ int model_synthetic_ex(const char *spec, uint64_t seed, const model_synthetic_pa
     }
     if (cfg.engram.present && (rc = make_engram(m, err, errlen))) goto fail;
     /* the table file first: a refusal or a full disk costs no weight filling */
-    if (m->engram && (rc = make_table(m, p.table_dir, seed, p.quiet, err, errlen))) goto fail;
+    if (m->engram && p.table_dir && (rc = make_table(m, p.table_dir, seed, p.quiet, err, errlen))) goto fail;
 
     arena a = {0};
     layout(m, &a);
@@ -527,7 +554,8 @@ int model_synthetic_ex(const char *spec, uint64_t seed, const model_synthetic_pa
     layout(m, &a);
     fill_arena(&a, seed);
     if ((rc = make_vectors(m, seed))) goto fail;
-    if (m->engram && (rc = model_engram_use_tables(m, p.table_dir, &p.store, err, errlen))) goto fail;
+    if (m->engram && p.table_dir && (rc = model_engram_use_tables(m, p.table_dir, &p.store, err, errlen))) goto fail;
+    if (m->engram && !p.table_dir && (rc = make_memory_table(m, seed, &p.store, p.quiet, err, errlen))) goto fail;
     *out = m;
     return MODEL_OK;
 fail:

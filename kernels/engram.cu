@@ -102,3 +102,88 @@ extern "C" int kernels_short_conv_batch_f32(float *out, const float *in, const f
                                                                     R);
     return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
 }
+
+/* ---- rows from a host store (engine/engram_fetch.c) ---- */
+
+__device__ __forceinline__ float bits_f32(unsigned u) { return __uint_as_float(u); }
+
+/* The CPU's conversions, integer for integer (engine/numeric.h f16_to_f32,
+ * engram/engram_fp8.c), so NaN payloads and subnormals come out the same. */
+__device__ float row_f16(unsigned short h) {
+    unsigned sign = (unsigned)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    if (e == 0x1f) return bits_f32(sign | 0x7f800000u | (m << 13));
+    if (e == 0) {
+        if (m == 0) return bits_f32(sign);
+        int k = -1;
+        do {
+            k++;
+            m <<= 1;
+        } while (!(m & 0x400));
+        return bits_f32(sign | ((unsigned)(127 - 15 - k) << 23) | ((m & 0x3ff) << 13));
+    }
+    return bits_f32(sign | ((e + 127 - 15) << 23) | (m << 13));
+}
+
+__device__ float row_e4m3(unsigned char code) {
+    unsigned sign = (unsigned)(code & 0x80) << 24, e = (code >> 3) & 0xf, m = code & 0x7;
+    if (e == 0xf && m == 0x7) return bits_f32(sign | 0x7fc00000u);
+    if (e == 0) {
+        float v = __fmul_rn((float)m, 0x1p-9f);
+        return sign ? -v : v;
+    }
+    return bits_f32(sign | ((e + 120u) << 23) | (m << 20));
+}
+
+__device__ float row_ue8m0(unsigned char b) {
+    if (b == 255) return bits_f32(0x7fc00000u);
+    if (b == 0) return bits_f32(0x00400000u);
+    return bits_f32((unsigned)b << 23);
+}
+
+__global__ void decode_rows_kernel(float *out, const unsigned char *rows, int dt, size_t stride, const int *idx,
+                                   int n, int cols) {
+    size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= (size_t)n * cols) return;
+    int i = (int)(t / cols), j = (int)(t % cols);
+    const unsigned char *r = rows + (size_t)idx[i] * stride;
+    float v;
+    switch (dt) {
+    case KERNELS_ROW_F32: v = ((const float *)r)[j]; break;
+    case KERNELS_ROW_BF16: v = bits_f32((unsigned)((const unsigned short *)r)[j] << 16); break;
+    case KERNELS_ROW_F16: v = row_f16(((const unsigned short *)r)[j]); break;
+    default: v = __fmul_rn(row_e4m3(r[j]), row_ue8m0(r[cols + j / 32])); break;
+    }
+    out[t] = v;
+}
+
+extern "C" int kernels_engram_decode_rows(float *out, const void *rows, int dt, size_t stride, const int *idx, int n,
+                                          int cols, void *stream) {
+    if (n < 0 || cols <= 0 || dt < KERNELS_ROW_F32 || dt > KERNELS_ROW_FP8_UE8M0 ||
+        (dt == KERNELS_ROW_FP8_UE8M0 && cols % 32))
+        return KERNELS_ERR_ARG;
+    if (n == 0) return KERNELS_OK;
+    size_t total = (size_t)n * cols;
+    decode_rows_kernel<<<(unsigned)((total + 255) / 256), 256, 0, (cudaStream_t)stream>>>(
+        out, (const unsigned char *)rows, dt, stride, idx, n, cols);
+    return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
+}
+
+/* One block per row; 4-byte words when the row allows. */
+__global__ void scatter_rows_kernel(unsigned char *dst, const unsigned char *src, const int *slot, size_t rb) {
+    int i = blockIdx.x;
+    unsigned char *d = dst + (size_t)slot[i] * rb;
+    const unsigned char *s = src + (size_t)i * rb;
+    if (rb % 4 == 0)
+        for (size_t k = threadIdx.x; k < rb / 4; k += blockDim.x) ((unsigned *)d)[k] = ((const unsigned *)s)[k];
+    else
+        for (size_t k = threadIdx.x; k < rb; k += blockDim.x) d[k] = s[k];
+}
+
+extern "C" int kernels_scatter_rows(void *dst, const void *src, const int *slot, int n, size_t row_bytes,
+                                    void *stream) {
+    if (n < 0 || row_bytes == 0) return KERNELS_ERR_ARG;
+    if (n == 0) return KERNELS_OK;
+    scatter_rows_kernel<<<n, 64, 0, (cudaStream_t)stream>>>((unsigned char *)dst, (const unsigned char *)src, slot,
+                                                            row_bytes);
+    return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
+}

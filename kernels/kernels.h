@@ -62,6 +62,18 @@ int kernels_swiglu_f32(float *gate, const float *up, size_t n, void *stream);
 int kernels_add_f32(float *x, const float *y, size_t n, void *stream);
 
 /* gate (T) = sigmoid(sign(s) sqrt(max(|s|, 1e-6))), s = dot(nk[t], nq[t]) / sqrt(d). */
+/* Engram rows as a host store keeps them (the values of engram_store_dtype). */
+enum { KERNELS_ROW_F32 = 1, KERNELS_ROW_BF16 = 2, KERNELS_ROW_F16 = 3, KERNELS_ROW_FP8_UE8M0 = 4 };
+
+/* out[i*cols + j] = value j of the row at rows + idx[i]*stride (dtype dt, a
+ * KERNELS_ROW_*), decoded to f32 bit-exactly as engram_store_decode_row does
+ * (FP8: e4m3 times the block's 2^(byte-127), one f32 rounding), for i < n. */
+int kernels_engram_decode_rows(float *out, const void *rows, int dt, size_t stride, const int *idx, int n, int cols,
+                               void *stream);
+
+/* Row slot[i] of dst = row i of src (row_bytes each), for i < n. */
+int kernels_scatter_rows(void *dst, const void *src, const int *slot, int n, size_t row_bytes, void *stream);
+
 int kernels_engram_gate_f32(float *gate, const float *nk, const float *nq, int T, int d, void *stream);
 
 /* Depthwise causal conv + SiLU over in ((K-1)*dil + T, C): out (T, C). */

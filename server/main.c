@@ -52,7 +52,7 @@ static const struct {
     {"engram-dram-budget", OPT_STR, 0, 0, NULL,
      "DRAM for the Engram tables (K/M/G/T, 1K = 1024); below their size they stay on NVMe behind a row cache of this size; "
      "default: all of them when they fit in MemAvailable, else half of MemAvailable"},
-    {"engram-hbm-cache", OPT_STR, 0, 0, NULL, "GPU memory for hot Engram rows (CUDA backend; ignored on the CPU)"},
+    {"engram-hbm-cache", OPT_STR, 0, 0, NULL, "backend memory for hot Engram rows (GPU HBM; host memory on the CPU backend)"},
     {"engram-tier", OPT_STR, 0, 0, "auto",
      "auto (as the budget decides), dram (whole tables mmap'd MAP_SHARED) or nvme (always from the file, cached within the budget)"},
     {"engram-io", OPT_STR, 0, 0, "uring", "nvme reads: uring (io_uring) or pread"},
@@ -313,7 +313,7 @@ int main(int argc, char **argv) {
         char berr[256];
         const backend_ops *bo = backend_select(val[O_DEVICE], berr, sizeof(berr));
         if (bo && strcmp(bo->name, "cuda"))
-            fprintf(stderr, "engram-server: warning: --engram-hbm-cache is ignored on a CPU-only run\n");
+            fprintf(stderr, "engram-server: %s\n", "note: --engram-hbm-cache on the CPU backend keeps the hot rows in host memory (the CUDA path, for tests; no gain)");
     }
     ep.engram_store.dram_budget = sizes[0];
     ep.engram_store.hbm_cache = sizes[1];

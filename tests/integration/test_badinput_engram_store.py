@@ -153,7 +153,7 @@ def test_good_sizes(good):
     for v in ("4096", "64K", "64k", "1M", "1MiB", "1MB", "2G", "1T"):
         p = run_bin("engram-run", "--model", MODEL, "--prompt-ids", "5", "--max-tokens", "1", "--engram-table-dir", good,
                     "--engram-dram-budget", v, "--engram-hbm-cache", v)
-        assert "--engram-hbm-cache is ignored on a CPU-only run" in p.stderr
+        assert "--engram-hbm-cache on the CPU backend keeps the hot rows in host memory" in p.stderr
 
 
 def test_bad_store_flag_combinations(good):

@@ -30,6 +30,9 @@ TIERS = {
     "nvme-budget-1K-pread": ["--engram-tier", "nvme", "--engram-dram-budget", "1K", "--engram-io", "pread"],
     "nvme-budget-64K-qd1": ["--engram-tier", "nvme", "--engram-dram-budget", "64K", "--engram-queue-depth", "1"],
     "auto-default": [],
+    # the backend's hot-row cache (engram_fetch; host memory on the CPU backend): a few rows, evicting all the time
+    "dram-hbm-1K": ["--engram-tier", "dram", "--engram-hbm-cache", "1K"],
+    "nvme-budget-2K-hbm-16K": ["--engram-tier", "nvme", "--engram-dram-budget", "2K", "--engram-hbm-cache", "16K"],
 }
 
 
