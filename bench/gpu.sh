@@ -15,6 +15,12 @@
 #   tput    bench-throughput, the paper's workload (512 sequences, lengths
 #           Uniform(100, 1024)), synthetic qwen3-4b and qwen3-8b
 #   tput4b, tput8b   one of the two
+#   engram4b, engram8b   the same workload with an Engram layer at block 1
+#           whose table (ENGRAM_ROWS rows of 64 bf16, default 781.25M: 50B
+#           parameters, 100 GB) is made in host DRAM: issue 8's Table 4
+#   stall   per-step GPU wait for the first Engram layer's rows at batch 1, 64
+#           and 256 (qwen3-4b, STALL_ROWS rows, default 781.25M; 256 prompt
+#           and 256 output tokens per sequence)
 # Each section's output goes to OUTDIR/SECTION.log as well as stdout.
 set -uo pipefail
 pack=$(cd "$1" && pwd); outdir=$2; shift 2
@@ -59,6 +65,20 @@ run_sec() {
         echo "-- bench-throughput ${f[*]}"
         timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}"
       done
+    done ;;
+  engram4b|engram8b)
+    local m=qwen3-4b; [ "$1" = engram8b ] && m=qwen3-8b
+    local f=(--synthetic $m+engram:${ENGRAM_ROWS:-781.25M} --device cuda -n 512 --len 100:1024 --max-num-seqs 512
+             --max-num-batched-tokens ${TPUT_BATCH:-16384} --prefill-chunk ${TPUT_CHUNK:-16384}
+             --kv-cache-tokens $(kv_for $m) ${ENGRAM_FLAGS:-})
+    echo "-- bench-throughput ${f[*]}"
+    timeout ${TPUT_TIMEOUT:-400} "$pack/run" bench-throughput "${f[@]}" ;;
+  stall)
+    for b in 1 64 256; do
+      local f=(--synthetic qwen3-4b+engram:${STALL_ROWS:-781.25M} --device cuda -n $b --prompt-len 256:256
+               --output-len 256:256 --max-num-seqs $b --kv-cache-tokens 200000 ${ENGRAM_FLAGS:-})
+      echo "-- bench-throughput ${f[*]}"
+      timeout 300 "$pack/run" bench-throughput "${f[@]}" | grep -vE '^\{'
     done ;;
   *) echo "gpu.sh: unknown section $1" ;;
   esac

@@ -36,11 +36,45 @@ static void usage(FILE *f) {
             "  --synthetic-table-dir DIR   its Engram table file, made or reused\n"
             "  --model DIR                 a checkpoint instead\n"
             "  --engram-tables DIR         with --model: Engram table files\n"
-            "  --engram-tier dram|nvme     --engram-io uring|pread   --engram-queue-depth N\n"
+            "  --engram-tier dram|nvme|auto  --engram-io uring|pread   --engram-queue-depth N\n"
+            "  --engram-dram-budget SIZE   --engram-hbm-cache SIZE    (see engram-run --help)\n"
             "  --device cpu|cuda           (default cpu)\n"
             "  --threads N                 engine CPU threads (default: all cores)\n"
             "  --max-num-seqs N            --max-num-batched-tokens N   --prefill-chunk N\n"
             "  --kv-cache-tokens N         --kv-block-size N            (engine defaults otherwise)\n");
+}
+
+/* What the Engram tables cost, when they are read through a host store:
+ * the store's tiers, then per Engram layer what reached the backend and how
+ * long the compute waited for it (the first layer is the hard case). */
+static void print_engram(engine *e) {
+    const model *m = engine_model(e);
+    engram_store_stats ss;
+    model_engram_store_stats(m, &ss);
+    if (ss.lookups)
+        printf("engram store: %llu lookups, DRAM hits %llu (%.2f%%), NVMe rows %llu, NVMe reads %llu (%.1f MB), "
+               "prefetched %llu\n",
+               (unsigned long long)ss.lookups, (unsigned long long)ss.dram_hits, 100.0 * ss.dram_hits / ss.lookups,
+               (unsigned long long)ss.nvme_hits, (unsigned long long)ss.nvme_reads, ss.nvme_bytes / 1e6,
+               (unsigned long long)ss.prefetch_reads);
+    for (int li = 0; m->engram && li < m->engram->n_layers; li++) {
+        engram_fetch_stats f;
+        engine_fetch_stats(e, li, &f);
+        if (!f.steps) continue;
+        printf("engram fetch, layer %d: %llu steps, %llu lookups, %llu distinct, HBM hits %llu (%.2f%% of distinct), "
+               "%llu rows copied (%.2f MB), host gather %.1f us/step, GPU wait mean %.1f us, max %.1f us over %llu steps\n",
+               (int)m->engram->layers[li].layer_id, (unsigned long long)f.steps, (unsigned long long)f.lookups,
+               (unsigned long long)f.unique, (unsigned long long)f.cache_hits,
+               f.unique ? 100.0 * f.cache_hits / f.unique : 0.0, (unsigned long long)f.copied_rows,
+               f.copied_bytes / 1e6, 1e6 * f.gather_seconds / f.steps, f.stalls ? 1e6 * f.stall_seconds / f.stalls : 0.0,
+               1e6 * f.stall_max, (unsigned long long)f.stalls);
+        printf("engram fetch, layer %d: GPU wait histogram (steps per bucket, le seconds):", (int)m->engram->layers[li].layer_id);
+        for (int b = 0; b <= ENGRAM_STORE_HIST_BUCKETS; b++) {
+            if (b < ENGRAM_STORE_HIST_BUCKETS) printf(" %g:%llu", engram_store_hist_le[b], (unsigned long long)f.stall_hist[b]);
+            else printf(" +Inf:%llu", (unsigned long long)f.stall_hist[b]);
+        }
+        printf("\n");
+    }
 }
 
 static int parse_long(const char *s, long lo, long hi, long *out) {
@@ -131,7 +165,9 @@ int main(int argc, char **argv) {
         } else if (!strcmp(a, "--engram-io")) {
             bad = strcmp(v, "uring") && strcmp(v, "pread");
             ep.engram_store.use_pread = !strcmp(v, "pread");
-        } else if (!strcmp(a, "--engram-queue-depth")) bad = parse_long(v, 1, 4096, &lv), ep.engram_store.queue_depth = (int)lv;
+        } else if (!strcmp(a, "--engram-dram-budget")) bad = util_parse_size(v, &ep.engram_store.dram_budget);
+        else if (!strcmp(a, "--engram-hbm-cache")) bad = util_parse_size(v, &ep.engram_store.hbm_cache);
+        else if (!strcmp(a, "--engram-queue-depth")) bad = parse_long(v, 1, 4096, &lv), ep.engram_store.queue_depth = (int)lv;
         else if (!strcmp(a, "--device")) ep.device = v;
         else if (!strcmp(a, "--threads")) bad = parse_long(v, 1, 4096, &lv), ep.threads = (int)lv;
         else if (!strcmp(a, "--max-num-seqs")) bad = parse_long(v, 1, 1 << 20, &lv), ep.max_num_seqs = (int)lv;
@@ -278,6 +314,7 @@ int main(int argc, char **argv) {
            (sum_prompt + got_output) / wall);
     printf("TTFT p50 %.3f s, p99 %.3f s\n", pct(ttft, (int)n, 50), pct(ttft, (int)n, 99));
     printf("scheduler: %lld steps, mean step tokens %.1f, preemptions %lld\n", st.steps, mean_step, st.preemptions);
+    print_engram(e);
     printf("{\"model\": \"%s\", \"device\": \"%s\", \"n\": %ld, \"prompt_len\": [%d, %d], \"output_len\": [%d, %d], "
            "\"seed\": %llu, \"max_num_seqs\": %d, \"max_num_batched_tokens\": %d, \"kv_cache_tokens\": %d, "
            "\"threads\": %d, \"load_s\": %.3f, \"prompt_tokens\": %lld, \"output_tokens\": %lld, \"failed\": %lld, "

@@ -271,6 +271,17 @@ int engine_context_length(const engine *e) {
 }
 int engine_vocab_size(const engine *e) { return e->vocab; }
 
+void engine_fetch_stats(engine *e, int li, engram_fetch_stats *out) {
+    memset(out, 0, sizeof(*out));
+    const model_engram *me = e->m ? e->m->engram : NULL;
+    if (!e->fc || !me) return;
+    for (int i = 0; i < me->n_layers; i++) {
+        if (li >= 0 && i != li) continue;
+        engram_fetch_stats x;
+        if (forward_ctx_fetch_stats(e->fc, i, &x) == 0) engram_fetch_stats_add(out, &x);
+    }
+}
+
 void engine_get_stats(engine *e, engine_stats *out) {
     pthread_mutex_lock(&e->mu);
     out->queued = e->n_queued + e->st_preempted;

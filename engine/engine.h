@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engram_fetch.h"
 #include "model.h"
 #include "sampler.h"
 #include "tokenizer.h"
@@ -91,6 +92,11 @@ typedef struct {
 } engine_stats;
 
 void engine_get_stats(engine *e, engine_stats *out);
+
+/* The Engram row fetchers' counters (engram_fetch: tables read through a host
+ * store) of Engram layer li (0-based among the Engram layers), or summed over
+ * all layers for li < 0; zeros when there are none. Thread-safe. */
+void engine_fetch_stats(engine *e, int li, engram_fetch_stats *out);
 
 typedef enum {
     ENGINE_FINISH_NONE = 0, /* still running */

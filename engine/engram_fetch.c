@@ -178,9 +178,15 @@ int engram_fetch_rows(engram_fetch *f, const int64_t *rows, int n, float *out) {
         if (f->C) memset(f->cstamp, 0, (size_t)f->C * sizeof(uint32_t));
         f->gen = 1;
     }
-    /* dedupe */
+    /* Dedupe, for the cache: without one, hashing a step's ids costs more
+     * than copying its repeats (bench/RESULTS.md, the fetch microbenchmark). */
     int u = 0;
-    for (int i = 0; i < n; i++) {
+    if (!f->C) {
+        memcpy(f->uniq, rows, (size_t)n * sizeof(int64_t));
+        for (int i = 0; i < n; i++) f->lu[i] = i;
+        u = n;
+    }
+    for (int i = 0; i < n && f->C; i++) {
         int64_t r = rows[i];
         uint32_t k = (uint32_t)(((uint64_t)r * 0x9E3779B97F4A7C15ull) >> f->dshift);
         while (f->dstamp[k] == f->gen && f->dk[k] != r) k = (k + 1) & f->dmask;

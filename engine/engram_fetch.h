@@ -3,9 +3,9 @@
  * (they hang on token ids only), so the host gathers them while the backend
  * computes the layers before the Engram layer:
  *
- *   dedupe the step's row ids -> look the distinct rows up in the hot-row
- *   cache (backend memory, --engram-hbm-cache; its index lives on the host,
- *   which knows every row before the backend needs it) -> gather the misses
+ *   with a hot-row cache (backend memory, --engram-hbm-cache; its index lives
+ *   on the host, which knows every row before the backend needs it): dedupe
+ *   the step's row ids and look the distinct rows up -> gather the misses
  *   as stored (bf16, FP8: half or a quarter of f32's bytes) into pinned
  *   staging -> one copy beside the compute (ops->fetch) -> the compute waits
  *   for it, moves new rows into their cache slots and decodes every lookup
@@ -28,7 +28,7 @@ typedef struct engram_fetch engram_fetch;
 typedef struct {
     uint64_t steps;        /* fetches done */
     uint64_t lookups;      /* rows asked for, repeats included */
-    uint64_t unique;       /* distinct rows per step, summed */
+    uint64_t unique;       /* distinct rows per step, summed (= lookups without a cache: no dedupe) */
     uint64_t cache_hits;   /* distinct rows found in the hot-row cache */
     uint64_t copied_rows;  /* rows copied host -> backend (the misses) */
     uint64_t copied_bytes; /* bytes copied host -> backend (rows and slot indices) */

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <liburing.h>
+#include <omp.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdarg.h>
@@ -670,14 +671,18 @@ static int gather_nvme(engram_store *s, const int64_t *rows, size_t n, row_out o
 }
 
 /* Mapped rows: each output row is independent, so large gathers spread over
- * threads (a random DRAM row costs a memory latency; ENGRAM.md section 8:
- * 16 threads gather about 117 M rows/s). */
-#define GATHER_PAR_MIN 512
+ * threads (a random DRAM row costs a memory latency; on the H100 machine 16
+ * threads gather 128-byte rows at 56 M rows/s for 1024 rows, 172 M rows/s
+ * for 262144: bench/RESULTS.md). A thread per GATHER_PER_THREAD rows at
+ * most: waking threads costs more than small gathers take. */
+#define GATHER_PER_THREAD 256
 
 static void gather_mapped(const engram_store *s, const int64_t *rows, size_t n, row_out out) {
     const engram_store_header *h = &s->info.header;
     const uint8_t *base = s->map + h->data_offset;
-#pragma omp parallel for schedule(static) if (n >= GATHER_PAR_MIN)
+    int nt = omp_get_max_threads(), want = (int)(n / GATHER_PER_THREAD) + 1;
+    if (want < nt) nt = want;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (size_t i = 0; i < n; i++) {
         if (i + 8 < n) /* random rows: start the miss of a row a few rows ahead */
             for (uint32_t o = 0; o < h->row_bytes; o += 64)

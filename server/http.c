@@ -566,11 +566,13 @@ static enum MHD_Result handle_health(conn *c) {
 static enum MHD_Result handle_metrics(conn *c) {
     engine_stats st = {0};
     engram_store_stats es = {0};
+    engram_fetch_stats fs = {0};
     if (atomic_load(&c->s->ready)) {
         engine_get_stats(c->s->e, &st);
         model_engram_store_stats(engine_model(c->s->e), &es);
+        engine_fetch_stats(c->s->e, -1, &fs);
     }
-    char *text = metrics_render(c->s->mx, &st, &es);
+    char *text = metrics_render(c->s->mx, &st, &es, &fs);
     return reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", text, text ? strlen(text) : 0, NULL);
 }
 

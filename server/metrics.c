@@ -203,7 +203,44 @@ static void render_store(strbuf *b, const engram_store_stats *es) {
                            es->stall_hist, es->stall_seconds);
 }
 
-char *metrics_render(metrics *m, const engine_stats *st, const engram_store_stats *es) {
+/* The backend side of the store: what engram_fetch moved to the backend per
+ * step, the hot-row cache, and how long the compute waited for rows. */
+static void render_fetch(strbuf *b, const engram_fetch_stats *fs) {
+    typedef unsigned long long ull;
+    sb_printf(b,
+              "# HELP engram_fetch_lookups_total Engram rows the forward pass asked for from host tables, repeats "
+              "included.\n"
+              "# TYPE engram_fetch_lookups_total counter\n"
+              "engram_fetch_lookups_total %llu\n"
+              "# HELP engram_fetch_unique_rows_total Distinct rows per step, summed (repeats within a step are fetched "
+              "once).\n"
+              "# TYPE engram_fetch_unique_rows_total counter\n"
+              "engram_fetch_unique_rows_total %llu\n"
+              "# HELP engram_hbm_hits_total Distinct rows found in the backend's hot-row cache (--engram-hbm-cache).\n"
+              "# TYPE engram_hbm_hits_total counter\n"
+              "engram_hbm_hits_total %llu\n"
+              "# HELP engram_fetch_copied_rows_total Rows copied from host memory to the backend.\n"
+              "# TYPE engram_fetch_copied_rows_total counter\n"
+              "engram_fetch_copied_rows_total %llu\n"
+              "# HELP engram_pcie_bytes_total Bytes copied from host memory to the backend for Engram rows (rows as "
+              "stored, plus slot indices).\n"
+              "# TYPE engram_pcie_bytes_total counter\n"
+              "engram_pcie_bytes_total %llu\n"
+              "# HELP engram_hbm_cache_rows Rows held by the backend's hot-row cache.\n"
+              "# TYPE engram_hbm_cache_rows gauge\n"
+              "engram_hbm_cache_rows %llu\n"
+              "# HELP engram_hbm_cache_capacity_rows Row slots of the backend's hot-row cache.\n"
+              "# TYPE engram_hbm_cache_capacity_rows gauge\n"
+              "engram_hbm_cache_capacity_rows %llu\n",
+              (ull)fs->lookups, (ull)fs->unique, (ull)fs->cache_hits, (ull)fs->copied_rows, (ull)fs->copied_bytes,
+              (ull)fs->cache_rows, (ull)fs->cache_capacity);
+    render_store_histogram(b, "engram_fetch_stall_seconds",
+                           "Per step and Engram layer, how long the compute waited for its rows: from reaching the "
+                           "layer to the rows' arrival (0 when they came first; always 0 on the CPU backend).",
+                           fs->stall_hist, fs->stall_seconds);
+}
+
+char *metrics_render(metrics *m, const engine_stats *st, const engram_store_stats *es, const engram_fetch_stats *fs) {
     strbuf b = {0};
     b.cap = 8192;
     if (!(b.buf = malloc(b.cap))) return NULL;
@@ -262,6 +299,7 @@ char *metrics_render(metrics *m, const engine_stats *st, const engram_store_stat
                      "Mean time between generated tokens, one observation per request.", &m->itl);
     pthread_mutex_unlock(&m->mu);
     if (es) render_store(&b, es);
+    if (fs) render_fetch(&b, fs);
     if (b.oom) {
         free(b.buf);
         return NULL;

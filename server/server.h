@@ -44,7 +44,7 @@ void metrics_request_done(metrics *m, const char *reason, const engine_output *o
 /* The Prometheus text exposition (version 0.0.4) as a heap string: the
  * server's own families, the engine's stats and the Engram stores' counters
  * (es: summed over the Engram layers). */
-char *metrics_render(metrics *m, const engine_stats *st, const engram_store_stats *es);
+char *metrics_render(metrics *m, const engine_stats *st, const engram_store_stats *es, const engram_fetch_stats *fs);
 
 /* ---- http.c ---- */
 

@@ -15,9 +15,15 @@
  *          tokens in one step, then 16 steps of one token each (teacher
  *          forced), same checks per sequence.
  * free:    the GPU's own greedy continuation of the single prompt, reported
- *          as the number of leading tokens equal to the CPU's (information). */
+ *          as the number of leading tokens equal to the CPU's (information).
+ * store:   Engram models again on the GPU with their tables read through a
+ *          host store (exported to a temporary directory: DRAM tier, then
+ *          NVMe under a tiny DRAM budget), with no hot-row cache, one of 4 KiB
+ *          (evicting all the time) and one holding every row: the batched
+ *          run's logits must equal the device-table run's bit for bit. */
 #include <glob.h>
 #include <math.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -176,6 +182,40 @@ static void check_model(const char *dir) {
             while (same < N_GEN && gen_g[same] == gen_c[same]) same++;
             printf("  free-running greedy: %d of %d leading tokens equal\n", same, N_GEN);
         }
+    }
+    if (!fail && m->engram) { /* lg: the batched GPU run, fed gen_c */
+        char tdir[] = "/tmp/gpu_model_parity.XXXXXX";
+        float *ls = calloc(per, sizeof(float));
+        if (!mkdtemp(tdir) || !ls) fail = 1;
+        struct { engram_store_tier tier; uint64_t budget, cache; const char *what; } runs[] = {
+            {ENGRAM_STORE_DRAM, 0, 0, "store dram, no HBM cache"},
+            {ENGRAM_STORE_DRAM, 0, 4096, "store dram, 4 KiB HBM cache"},
+            {ENGRAM_STORE_DRAM, 0, 1ull << 30, "store dram, HBM cache of every row"},
+            {ENGRAM_STORE_NVME, 4096, 65536, "store nvme (4 KiB DRAM budget), 64 KiB HBM cache"},
+        };
+        for (size_t r = 0; r < sizeof(runs) / sizeof(runs[0]) && !fail; r++) {
+            model *ms = NULL;
+            engram_store_params sp = engram_store_default_params();
+            sp.tier = runs[r].tier;
+            sp.dram_budget = runs[r].budget;
+            sp.hbm_cache = runs[r].cache;
+            sp.quiet = true;
+            if (model_load(dir, &ms, err, sizeof(err)) || model_engram_use_tables(ms, tdir, &sp, err, sizeof(err))) {
+                printf("  %s: %s FAIL\n", runs[r].what, err);
+                fail = 1;
+            } else if (run_steps(ms, gpu, N_SEQ, prompts, lens, gen_c, NULL, ls)) {
+                fail = 1;
+            } else {
+                int same = memcmp(ls, lg, per * sizeof(float)) == 0;
+                printf("  %s: logits %s the device table's\n", runs[r].what, same ? "bit-equal to" : "DIFFER from");
+                fail |= !same;
+            }
+            model_destroy(ms);
+        }
+        char cmd[128];
+        snprintf(cmd, sizeof(cmd), "rm -rf %s", tdir);
+        if (system(cmd)) fprintf(stderr, "could not remove %s\n", tdir);
+        free(ls);
     }
     printf("  %s\n", fail ? "FAIL" : "ok");
     failures += fail;
