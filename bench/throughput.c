@@ -5,6 +5,20 @@
  * at once; then wall time, output and total tokens per second, TTFT
  * percentiles and the mean tokens per scheduler step.
  *
+ * Real text instead of random ids (the Engram tiers' hit ratios depend on
+ * which N-grams come): --prompts-from FILE takes each prompt as a slice of
+ * the token file at a random offset (lengths still from --prompt-len), and
+ * --force-output makes each request output the slice's continuation in the
+ * file (engine_request_params.forced) instead of what the model samples, so
+ * that decode steps too look up the N-grams of real text. Token file (made by
+ * tools/make_text_tokens.py), little-endian:
+ *   offset 0  8 bytes  magic "ENGRTOK\0"
+ *          8  uint32   version (1)
+ *         12  uint32   vocab size of the tokenizer that made it (0: unknown)
+ *         16  uint64   n, the token count
+ *         24  int32    n token ids
+ * Every id must be below the model's vocab.
+ *
  *   build/bench-throughput (--synthetic SPEC | --model DIR) [-n 512]
  *       [--len 100:1024 | --prompt-len LO:HI --output-len LO:HI] [--seed 0]
  *       [--device cpu] [--max-num-seqs N] [--max-num-batched-tokens N]
@@ -31,6 +45,8 @@ static void usage(FILE *f) {
             "  --prompt-len LO:HI          prompt lengths alone\n"
             "  --output-len LO:HI          output lengths alone\n"
             "  --seed S                    lengths and prompt ids (default 0)\n"
+            "  --prompts-from FILE         prompts are slices of this token file (see the file's header)\n"
+            "  --force-output              with --prompts-from: outputs are the slices' continuations\n"
             "  --synthetic SPEC            random weights of a real shape (see engram-run --help)\n"
             "  --synthetic-seed N          (default 0)\n"
             "  --synthetic-table-dir DIR   its Engram table file, made or reused\n"
@@ -122,6 +138,42 @@ static void on_output(void *ctx) {
     pthread_mutex_unlock(&ev_mu);
 }
 
+/* Reads a token file (format above) into *ids (n ids, malloc'd). Returns 0,
+ * or -1 with a message in err. */
+static int load_tokens(const char *path, int32_t **ids, size_t *n, char *err, size_t errlen) {
+    FILE *f = fopen(path, "rb");
+    uint8_t h[24];
+    *ids = NULL;
+    if (!f) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    uint32_t version;
+    uint64_t count;
+    if (fread(h, 1, sizeof(h), f) != sizeof(h) || memcmp(h, "ENGRTOK\0", 8)) {
+        snprintf(err, errlen, "%s: not a token file (magic \"ENGRTOK\")", path);
+        goto fail;
+    }
+    memcpy(&version, h + 8, 4); /* the format is little-endian, like every host this builds on */
+    memcpy(&count, h + 16, 8);
+    if (version != 1 || count == 0 || count > ((uint64_t)1 << 31)) {
+        snprintf(err, errlen, "%s: version %u, %llu tokens: unsupported", path, version, (unsigned long long)count);
+        goto fail;
+    }
+    if (!(*ids = malloc(count * sizeof(int32_t))) || fread(*ids, sizeof(int32_t), count, f) != count) {
+        snprintf(err, errlen, "%s: cannot read %llu tokens", path, (unsigned long long)count);
+        goto fail;
+    }
+    fclose(f);
+    *n = (size_t)count;
+    return 0;
+fail:
+    free(*ids);
+    *ids = NULL;
+    fclose(f);
+    return -1;
+}
+
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
@@ -136,12 +188,18 @@ int main(int argc, char **argv) {
     long n = 512, lv;
     int plen[2] = {100, 1024}, olen[2] = {100, 1024};
     uint64_t seed = 0;
+    const char *text_path = NULL;
+    bool force = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 0;
+        }
+        if (!strcmp(a, "--force-output")) {
+            force = true;
+            continue;
         }
         if (!v) {
             fprintf(stderr, "bench-throughput: unknown option or missing value: %s\n", a);
@@ -154,6 +212,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--prompt-len")) bad = parse_range(v, plen);
         else if (!strcmp(a, "--output-len")) bad = parse_range(v, olen);
         else if (!strcmp(a, "--seed")) bad = parse_long(v, 0, LONG_MAX, &lv), seed = (uint64_t)lv;
+        else if (!strcmp(a, "--prompts-from")) text_path = v;
         else if (!strcmp(a, "--synthetic")) ep.synthetic = v;
         else if (!strcmp(a, "--synthetic-seed")) bad = parse_long(v, 0, LONG_MAX, &lv), ep.synthetic_seed = (uint64_t)lv;
         else if (!strcmp(a, "--synthetic-table-dir")) ep.synthetic_table_dir = v;
@@ -190,31 +249,49 @@ int main(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
+    if (force && !text_path) {
+        fprintf(stderr, "bench-throughput: --force-output needs --prompts-from FILE\n");
+        return 2;
+    }
     ep.max_queued = (int)n; /* every request is submitted at once */
-
     char err[1024];
+    int32_t *text = NULL;
+    size_t n_text = 0;
+    if (text_path && load_tokens(text_path, &text, &n_text, err, sizeof(err))) {
+        fprintf(stderr, "bench-throughput: %s\n", err);
+        return 2;
+    }
+
     engine *e = NULL;
     double t_load = util_now();
     int rc = engine_create(&ep, &e, err, sizeof(err));
     if (rc != ENGINE_OK) {
         fprintf(stderr, "bench-throughput: %s\n", err);
+        free(text);
         return rc == ENGINE_ERR_DEVICE ? 2 : 1;
     }
     t_load = util_now() - t_load;
     int ctx = engine_context_length(e), vocab = engine_vocab_size(e);
 
-    /* The workload: lengths, then prompt ids, from one seeded stream. */
+    /* The workload: lengths, then prompt ids (or text offsets), from one seeded stream. */
     rng = seed;
     int *np = malloc((size_t)n * sizeof(int)), *no = malloc((size_t)n * sizeof(int));
     int32_t **prompts = calloc((size_t)n, sizeof(int32_t *));
     engine_request **req = calloc((size_t)n, sizeof(engine_request *));
     engine_output *fin = calloc((size_t)n, sizeof(engine_output));
     double *ttft = malloc((size_t)n * sizeof(double));
+    const int32_t **forced = calloc((size_t)n, sizeof(int32_t *));
     rc = 1;
-    if (!np || !no || !prompts || !req || !fin || !ttft) {
+    if (!np || !no || !prompts || !req || !fin || !ttft || !forced) {
         fprintf(stderr, "bench-throughput: out of memory\n");
         goto done;
     }
+    for (size_t k = 0; k < n_text; k++)
+        if (text[k] < 0 || text[k] >= vocab) {
+            fprintf(stderr, "bench-throughput: %s: token %zu is id %d, outside the model's vocab of %d\n", text_path,
+                    k, text[k], vocab);
+            goto done;
+        }
     long long sum_prompt = 0, sum_output = 0;
     for (long i = 0; i < n; i++) {
         np[i] = uniform(plen[0], plen[1]);
@@ -230,11 +307,26 @@ int main(int argc, char **argv) {
             fprintf(stderr, "bench-throughput: out of memory\n");
             goto done;
         }
-        for (int t = 0; t < np[i]; t++) prompts[i][t] = (int32_t)(next64() % (uint64_t)vocab);
+        if (!text) {
+            for (int t = 0; t < np[i]; t++) prompts[i][t] = (int32_t)(next64() % (uint64_t)vocab);
+            continue;
+        }
+        size_t need = (size_t)np[i] + (force ? (size_t)no[i] : 0);
+        if (need > n_text) {
+            fprintf(stderr, "bench-throughput: request %ld needs %zu tokens of text but %s has %zu\n", i, need,
+                    text_path, n_text);
+            goto done;
+        }
+        size_t off = (size_t)(next64() % (uint64_t)(n_text - need + 1));
+        memcpy(prompts[i], text + off, (size_t)np[i] * sizeof(int32_t));
+        if (force) forced[i] = text + off + np[i];
     }
     const model *m = engine_model(e);
     printf("bench-throughput: %s, device %s, %ld sequences, prompt %d..%d, output %d..%d, seed %llu\n", m->dir,
            ep.device ? ep.device : "cpu", n, plen[0], plen[1], olen[0], olen[1], (unsigned long long)seed);
+    if (text)
+        printf("text: prompts are slices of %s (%zu tokens)%s\n", text_path, n_text,
+               force ? ", outputs forced to their continuations" : "");
     printf("engine: max_num_seqs %d, max_num_batched_tokens %d, prefill_chunk %d, kv_cache_tokens %d (context %d), "
            "threads %d; loaded in %.2fs\n", ep.max_num_seqs, ep.max_num_batched_tokens, ep.prefill_chunk,
            ep.kv_cache_tokens, ctx, ep.threads, t_load);
@@ -250,6 +342,7 @@ int main(int argc, char **argv) {
         rp.sampling.temperature = 0; /* greedy */
         rp.ignore_eos = true;
         rp.notify = on_output;
+        rp.forced = forced[i];
         int src = engine_submit(e, &rp, &req[i]);
         if (src != ENGINE_OK) {
             fprintf(stderr, "bench-throughput: submit %ld: %s\n", i, engine_status_str(src));
@@ -319,11 +412,13 @@ int main(int argc, char **argv) {
            "\"seed\": %llu, \"max_num_seqs\": %d, \"max_num_batched_tokens\": %d, \"kv_cache_tokens\": %d, "
            "\"threads\": %d, \"load_s\": %.3f, \"prompt_tokens\": %lld, \"output_tokens\": %lld, \"failed\": %lld, "
            "\"wall_s\": %.4f, \"output_tok_s\": %.3f, \"total_tok_s\": %.3f, \"ttft_p50_s\": %.4f, "
-           "\"ttft_p99_s\": %.4f, \"steps\": %lld, \"mean_step_tokens\": %.2f, \"preemptions\": %lld}\n",
+           "\"ttft_p99_s\": %.4f, \"steps\": %lld, \"mean_step_tokens\": %.2f, \"preemptions\": %lld, "
+           "\"prompts_from\": %s%s%s, \"force_output\": %s}\n",
            m->dir, ep.device ? ep.device : "cpu", n, plen[0], plen[1], olen[0], olen[1], (unsigned long long)seed,
            ep.max_num_seqs, ep.max_num_batched_tokens, ep.kv_cache_tokens, ep.threads, t_load, sum_prompt,
            got_output, failed, wall, got_output / wall, (sum_prompt + got_output) / wall, pct(ttft, (int)n, 50),
-           pct(ttft, (int)n, 99), st.steps, mean_step, st.preemptions);
+           pct(ttft, (int)n, 99), st.steps, mean_step, st.preemptions, text ? "\"" : "",
+           text ? text_path : "null", text ? "\"" : "", force ? "true" : "false");
     rc = failed ? 1 : 0;
 done:
     for (long i = 0; req && i < n; i++) engine_request_release(req[i]);
@@ -335,5 +430,7 @@ done:
     free(np);
     free(no);
     free(ttft);
+    free(forced);
+    free(text);
     return rc;
 }

@@ -35,6 +35,7 @@ struct engine_request {
     float *bias_vals;  /* (n_bias) */
     int n_bias;
     engine_logprob *lp; /* (max_tokens) when logprobs were asked for */
+    int32_t *forced;    /* (max_tokens) output ids instead of sampled ones, or NULL */
     int n_top;          /* top alternatives per token */
     int lp_published, lp_read; /* entries final / handed to readers, under mu */
     float *gates;      /* (n_prompt + max_tokens, n_layers) when gates were asked for */
@@ -127,6 +128,7 @@ static void request_free(engine_request *r) {
     free(r->gates);
     free(r->gate_ids);
     free(r->lp);
+    free(r->forced);
     free(r->pend);
     pthread_mutex_destroy(&r->mu);
     free(r);
@@ -310,6 +312,8 @@ int engine_submit(engine *e, const engine_request_params *p, engine_request **ou
         if (p->bias_ids[i] < 0 || p->bias_ids[i] >= e->vocab) return ENGINE_ERR_INVALID;
     for (int i = 0; i < p->n_stop; i++)
         if (!p->stop[i] || !p->stop[i][0]) return ENGINE_ERR_INVALID;
+    for (int i = 0; p->forced && i < p->max_tokens; i++)
+        if (p->forced[i] < 0 || p->forced[i] >= e->vocab) return ENGINE_ERR_INVALID;
 
     engine_request *r = calloc(1, sizeof(*r));
     if (!r) return ENGINE_ERR_NOMEM;
@@ -333,8 +337,10 @@ int engine_submit(engine *e, const engine_request_params *p, engine_request **ou
                                                                                         : p->top_logprobs;
         r->lp = malloc((size_t)p->max_tokens * sizeof(engine_logprob));
     }
+    if (p->forced && (r->forced = malloc((size_t)p->max_tokens * sizeof(int32_t))))
+        memcpy(r->forced, p->forced, (size_t)p->max_tokens * sizeof(int32_t));
     bool nomem = !r->prompt || (p->n_bias && (!r->bias_ids || !r->bias_vals)) || (p->logprobs && !r->lp) ||
-                 (r->n_gate_layers && (!r->gates || !r->gate_ids));
+                 (r->n_gate_layers && (!r->gates || !r->gate_ids)) || (p->forced && !r->forced);
     for (int i = 0; i < p->n_stop && !nomem; i++) {
         if (!(r->stop[i] = strdup(p->stop[i]))) nomem = true;
         r->n_stop = i + 1;
@@ -562,6 +568,7 @@ static bool seq_sample(engine *e, seq *s, float *logits, int32_t next) {
         next = sampler_sample(s->smp, logits, r->prompt, r->n_prompt, s->out_ids, s->n_out);
         if (r->lp) logprob_entry(e->raw_logits, e->vocab, next, r->n_top, &r->lp[s->n_out]);
     }
+    if (r->forced) next = r->forced[s->n_out]; /* engine_request_params.forced */
     s->out_ids[s->n_out++] = next;
 
     gen_text *g = &s->g;

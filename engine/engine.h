@@ -135,6 +135,12 @@ typedef struct {
     bool want_gates;         /* keep the Engram gates of every token (engine_request_gates) */
     bool logprobs;           /* keep each generated token's logprob (engine_request_logprobs) */
     int top_logprobs;        /* and this many top alternatives, 0..ENGINE_MAX_TOP_LOGPROBS */
+    /* Benchmarks and tests: (max_tokens) ids, copied, that the request
+     * outputs in place of what the sampler picks, each fed back as the next
+     * input (the model still runs and samples every step; EOS and stop
+     * strings apply to the forced ids; logprobs describe the sampled ids).
+     * NULL: sample as usual. */
+    const int32_t *forced;
     /* Called on the engine thread, with no lock held, when new output appears
      * after engine_request_read armed it (see there). May be NULL. */
     void (*notify)(void *ctx);

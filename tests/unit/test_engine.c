@@ -1,7 +1,7 @@
 /* Unit tests for engine/engine: requests through the engine thread on the
  * qwen3_engram fixture (greedy output equals a direct forward + sampler run,
  * determinism, stop strings held back and cut, EOS, parameter checks, the
- * notify hook, cancellation, stop with queued requests). */
+ * notify hook, cancellation, stop with queued requests, forced output ids). */
 #include <check.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -204,6 +204,49 @@ START_TEST(test_invalid_params) {
 }
 END_TEST
 
+/* engine_request_params.forced: the output is the forced ids (their text),
+ * and each one is fed back: the ids that went through the model are the
+ * prompt, then the forced ids but the last. Out-of-range forced ids are
+ * refused. */
+START_TEST(test_forced_tokens) {
+    static const int32_t FORCED[] = {7, 300, 42, 5, 17, 9, 1000, 11};
+    enum { NF = (int)(sizeof(FORCED) / sizeof(FORCED[0])) };
+    result free_run = submit_run(greedy(PROMPT, NP, NF));
+    engine_request_params p = greedy(PROMPT, NP, NF);
+    p.forced = FORCED;
+    p.want_gates = true;
+    engine_request *r = NULL;
+    ck_assert_int_eq(engine_submit(E, &p, &r), ENGINE_OK);
+    result res = run_to_end(r);
+    ck_assert_int_eq(res.fin.finish, ENGINE_FINISH_LENGTH);
+    ck_assert_int_eq(res.fin.n_generated, NF);
+    char *want = NULL;
+    size_t wlen = 0;
+    ck_assert_int_eq(tokenizer_decode(engine_tokenizer(E), FORCED, NF, true, &want, &wlen), TOKENIZER_OK);
+    ck_assert_str_eq(res.text, want);
+    ck_assert_str_ne(res.text, free_run.text); /* the model alone says something else */
+    const int32_t *ids;
+    const float *gates;
+    int n_tok, n_layers;
+    ck_assert(engine_request_gates(r, &ids, &n_tok, &gates, &n_layers));
+    ck_assert_int_eq(n_tok, NP + NF - 1);
+    for (int i = 0; i < NP; i++) ck_assert_int_eq(ids[i], PROMPT[i]);
+    for (int i = 0; i + 1 < NF; i++) ck_assert_int_eq(ids[NP + i], FORCED[i]);
+    engine_request_release(r);
+    free(want);
+    free(res.text);
+    free(free_run.text);
+
+    int32_t bad[NF];
+    memcpy(bad, FORCED, sizeof(bad));
+    bad[NF - 1] = engine_vocab_size(E);
+    p.forced = bad;
+    r = (engine_request *)1;
+    ck_assert_int_eq(engine_submit(E, &p, &r), ENGINE_ERR_INVALID);
+    ck_assert_ptr_null(r);
+}
+END_TEST
+
 typedef struct {
     pthread_mutex_t mu;
     int fired;
@@ -334,6 +377,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_stop_strings);
     tcase_add_test(tc, test_eos_stops);
     tcase_add_test(tc, test_invalid_params);
+    tcase_add_test(tc, test_forced_tokens);
     tcase_add_test(tc, test_notify_and_cancel);
     tcase_add_test(tc, test_stop_aborts_queued);
     tcase_add_test(tc, test_detach);
