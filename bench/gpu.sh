@@ -18,6 +18,12 @@
 #   engram4b, engram8b   the same workload with an Engram layer at block 1
 #           whose table (ENGRAM_ROWS rows of 64 bf16, default 781.25M: 50B
 #           parameters, 100 GB) is made in host DRAM: issue 8's Table 4
+#   nvme4b  the workload on qwen3-4b with real text (PACK/text.tok from
+#           tools/make_text_tokens.py: prompts are slices, outputs forced to
+#           the continuation) and an Engram table file of NVME_ROWS rows
+#           (default 200M, 25.6 GB) in TBL_DIR (default .gpu-tbl): the
+#           backbone alone, the table mapped whole, then a DRAM budget of a
+#           quarter of the table over NVMe (O_DIRECT, io_uring)
 #   stall   per-step GPU wait for the first Engram layer's rows at batch 1, 64
 #           and 256 (qwen3-4b, STALL_ROWS rows, default 781.25M; 256 prompt
 #           and 256 output tokens per sequence)
@@ -73,6 +79,22 @@ run_sec() {
              --kv-cache-tokens $(kv_for $m) ${ENGRAM_FLAGS:-})
     echo "-- bench-throughput ${f[*]}"
     timeout ${TPUT_TIMEOUT:-400} "$pack/run" bench-throughput "${f[@]}" ;;
+  nvme4b)
+    local rows=${NVME_ROWS:-200M} tok=(--prompts-from "$pack/text.tok" --force-output)
+    local w=(--device cuda -n ${NVME_N:-512} --len 100:1024 --max-num-seqs 512 --max-num-batched-tokens 16384
+             --prefill-chunk 16384 --kv-cache-tokens 420000 "${tok[@]}")
+    local e=(--synthetic qwen3-4b+engram:$rows --synthetic-table-dir ${TBL_DIR:-.gpu-tbl})
+    df -h ${TBL_DIR:-.} | tail -1
+    for cfg in "base" "dram" "nvme"; do
+      local f
+      case $cfg in
+        base) f=(--synthetic qwen3-4b "${w[@]}") ;;
+        dram) f=("${e[@]}" "${w[@]}" --engram-tier dram) ;;
+        nvme) f=("${e[@]}" "${w[@]}" --engram-tier nvme --engram-dram-budget ${NVME_BUDGET:-6103M}) ;;
+      esac
+      echo "-- bench-throughput ${f[*]}"
+      timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" | grep -vE '^\{'
+    done ;;
   stall)
     for b in 1 64 256; do
       local f=(--synthetic qwen3-4b+engram:${STALL_ROWS:-781.25M} --device cuda -n $b --prompt-len 256:256
