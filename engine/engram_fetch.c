@@ -44,13 +44,33 @@ struct engram_fetch {
     uint8_t *cref;    /* (C) CLOCK reference bit */
     uint32_t *cstamp; /* (C) gen of the last step that used the slot: not evicted in that step */
     row_index cidx;
+    /* the host half of a step runs on its own thread (start .. finish) */
+    pthread_t th;
+    bool th_started, stop;
+    pthread_cond_t cv;   /* under mu: a job posted, or done */
+    bool job, job_done;  /* posted by start, taken by the thread; done: its result is in job_rc */
+    const int64_t *job_rows;
+    int job_n, job_rc;
+    int n_ints, n_rows, n_cached; /* what the finished host half staged: ints (lookups + moves), copied rows, moves */
+    double job_gather_s;
+    uint64_t job_u, job_hits;
     pthread_mutex_t mu;
     engram_fetch_stats st;
 };
 
+static void *fetch_main(void *arg);
+
 void engram_fetch_destroy(engram_fetch *f) {
     if (!f) return;
     const backend_ops *o = f->ops;
+    if (f->th_started) {
+        pthread_mutex_lock(&f->mu);
+        while (f->job) pthread_cond_wait(&f->cv, &f->mu); /* a started step: let it finish */
+        f->stop = true;
+        pthread_cond_broadcast(&f->cv);
+        pthread_mutex_unlock(&f->mu);
+        pthread_join(f->th, NULL);
+    }
     if (f->pending) o->fetch_sync(f->ch); /* the copy reads the staging freed below */
     o->free(f->rows);
     o->free(f->ints);
@@ -60,6 +80,7 @@ void engram_fetch_destroy(engram_fetch *f) {
     free(f->uniq), free(f->lu), free(f->uslot), free(f->miss);
     free(f->crow), free(f->cref), free(f->cstamp);
     row_index_free(&f->cidx);
+    pthread_cond_destroy(&f->cv);
     pthread_mutex_destroy(&f->mu);
     free(f);
 }
@@ -74,6 +95,7 @@ engram_fetch *engram_fetch_create(const backend_ops *ops, engram_store *store, i
         return NULL;
     }
     pthread_mutex_init(&f->mu, NULL);
+    pthread_cond_init(&f->cv, NULL);
     f->ops = ops;
     f->store = store;
     f->ch = ch % BACKEND_FETCH_CHANNELS;
@@ -117,6 +139,12 @@ engram_fetch *engram_fetch_create(const backend_ops *ops, engram_store *store, i
         return NULL;
     }
     f->st.cache_capacity = C;
+    if (pthread_create(&f->th, NULL, fetch_main, f)) {
+        snprintf(err, errlen, "cannot start the Engram fetch thread");
+        engram_fetch_destroy(f);
+        return NULL;
+    }
+    f->th_started = true;
     return f;
 }
 
@@ -156,9 +184,11 @@ static void observe_stall(engram_fetch_stats *s, double sec) {
     if (sec > s->stall_max) s->stall_max = sec;
 }
 
-int engram_fetch_rows(engram_fetch *f, const int64_t *rows, int n, float *out) {
+/* The host half of a step, on the fetch thread: wait for the last copy out
+ * of the staging, resolve every lookup to a slot, gather the misses into the
+ * staging. Returns 0 or a negative engram_store_status (nothing staged). */
+static int prepare(engram_fetch *f, const int64_t *rows, int n) {
     const backend_ops *o = f->ops;
-    if (n < 1) return 0;
     if (n > f->max_rows) return ENGRAM_STORE_EINVAL;
     uint64_t table_rows = engram_store_get_info(f->store).header.rows;
     for (int i = 0; i < n; i++)
@@ -171,7 +201,6 @@ int engram_fetch_rows(engram_fetch *f, const int64_t *rows, int n, float *out) {
         pthread_mutex_unlock(&f->mu);
         f->pending = false;
     }
-    o->fetch_mark(f->ch); /* the compute has been given everything before this layer */
     double t0 = util_now();
     if (++f->gen == 0) { /* stamps wrapped: forget them all */
         memset(f->dstamp, 0, ((size_t)f->dmask + 1) * sizeof(uint32_t));
@@ -236,11 +265,63 @@ int engram_fetch_rows(engram_fetch *f, const int64_t *rows, int n, float *out) {
         return rc;
     }
     for (int i = 0; i < n; i++) f->st_ints[i] = f->uslot[f->lu[i]];
-    double gather_s = util_now() - t0;
+    f->job_gather_s = util_now() - t0;
+    f->n_ints = n + mc;
+    f->n_rows = m;
+    f->n_cached = mc;
+    f->job_u = (uint64_t)u;
+    f->job_hits = (uint64_t)hits;
+    return 0;
+}
 
+
+static void *fetch_main(void *arg) {
+    engram_fetch *f = arg;
+    pthread_mutex_lock(&f->mu);
+    for (;;) {
+        while (!f->stop && (!f->job || f->job_done)) pthread_cond_wait(&f->cv, &f->mu);
+        if (f->stop) break;
+        pthread_mutex_unlock(&f->mu);
+        int rc = prepare(f, f->job_rows, f->job_n);
+        pthread_mutex_lock(&f->mu);
+        f->job_rc = rc;
+        f->job_done = true;
+        pthread_cond_broadcast(&f->cv);
+    }
+    pthread_mutex_unlock(&f->mu);
+    return NULL;
+}
+
+void engram_fetch_start(engram_fetch *f, const int64_t *rows, int n) {
+    pthread_mutex_lock(&f->mu);
+    while (f->job && !f->job_done) pthread_cond_wait(&f->cv, &f->mu); /* an unfinished step's start */
+    f->job = true;
+    f->job_done = false;
+    f->job_rows = rows;
+    f->job_n = n;
+    pthread_cond_broadcast(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+}
+
+int engram_fetch_finish(engram_fetch *f, float *out) {
+    const backend_ops *o = f->ops;
+    pthread_mutex_lock(&f->mu);
+    if (!f->job) {
+        pthread_mutex_unlock(&f->mu);
+        return ENGRAM_STORE_EINVAL;
+    }
+    while (!f->job_done) pthread_cond_wait(&f->cv, &f->mu);
+    f->job = false;
+    int rc = f->job_rc, n = f->job_n;
+    pthread_mutex_unlock(&f->mu);
+    if (rc || n < 1) return rc;
+    /* the compute has been given everything before this layer: its wait for
+     * the rows (if any) starts here */
+    o->fetch_mark(f->ch);
     size_t C = f->C, rb = f->rb;
+    int m = f->n_rows, mc = f->n_cached;
     if (m) o->fetch(f->ch, f->rows + C * rb, f->st_rows, (size_t)m * rb);
-    o->fetch(f->ch, f->ints, f->st_ints, (size_t)(n + mc) * sizeof(int32_t));
+    o->fetch(f->ch, f->ints, f->st_ints, (size_t)f->n_ints * sizeof(int32_t));
     f->pending = true;
     o->fetch_wait(f->ch);
     if (mc) o->scatter_rows(f->rows, f->rows + C * rb, f->ints + n, mc, rb);
@@ -251,14 +332,19 @@ int engram_fetch_rows(engram_fetch *f, const int64_t *rows, int n, float *out) {
     engram_fetch_stats *s = &f->st;
     s->steps++;
     s->lookups += (uint64_t)n;
-    s->unique += (uint64_t)u;
-    s->cache_hits += (uint64_t)hits;
+    s->unique += f->job_u;
+    s->cache_hits += f->job_hits;
     s->copied_rows += (uint64_t)m;
-    s->copied_bytes += (uint64_t)m * rb + (uint64_t)(n + mc) * sizeof(int32_t);
-    s->gather_seconds += gather_s;
+    s->copied_bytes += (uint64_t)m * rb + (uint64_t)f->n_ints * sizeof(int32_t);
+    s->gather_seconds += f->job_gather_s;
     s->cache_rows = f->used;
     pthread_mutex_unlock(&f->mu);
     return 0;
+}
+
+int engram_fetch_rows(engram_fetch *f, const int64_t *rows, int n, float *out) {
+    engram_fetch_start(f, rows, n);
+    return engram_fetch_finish(f, out);
 }
 
 void engram_fetch_get_stats(engram_fetch *f, engram_fetch_stats *out) {

@@ -49,10 +49,20 @@ engram_fetch *engram_fetch_create(const backend_ops *ops, engram_store *store, i
                                   uint64_t cache_bytes, char *err, size_t errlen);
 void engram_fetch_destroy(engram_fetch *f); /* accepts NULL; waits for its copy */
 
-/* out (n, cols) f32 in backend memory = rows[i] of the table (rows: host,
- * n <= max_rows), issued on the backend's stream after what came before.
- * Returns 0, or a negative engram_store_status (a row out of range, a failed
- * read) with nothing issued. */
+/* A step in two halves, so that the host's part overlaps the backend's work:
+ * start hands rows (host, n <= max_rows; borrowed until finish) to the
+ * fetcher's thread, which waits for the last copy out of the staging,
+ * resolves the lookups and gathers the misses; the caller meanwhile issues
+ * the layers before this one. finish waits for that, then issues the copy
+ * and, on the backend's stream, the decode: out (n, cols) f32 in backend
+ * memory = rows[i] of the table. finish returns 0, or a negative
+ * engram_store_status (a row out of range, a failed read; EINVAL without a
+ * start) with nothing issued. Each start must be followed by one finish
+ * before the next start (a later start waits for an unfinished one). */
+void engram_fetch_start(engram_fetch *f, const int64_t *rows, int n);
+int engram_fetch_finish(engram_fetch *f, float *out);
+
+/* start then finish. */
 int engram_fetch_rows(engram_fetch *f, const int64_t *rows, int n, float *out);
 
 /* A snapshot of f's counters. Thread-safe (the stats sit behind a lock). */

@@ -438,6 +438,15 @@ static int plan_step(forward_ctx *fc, const forward_item *it, int n_items, batch
     return FORWARD_OK;
 }
 
+/* After a failed Engram layer: the other layers' fetches were started; end
+ * them so the next step starts clean (a failed one issues nothing; the
+ * others issue their copies, which keeps their hot-row caches whole). */
+static int finish_fetches(forward_ctx *fc, int rc) {
+    for (int li = 0; li < fc->n_engram; li++)
+        if (fc->fetch[li]) engram_fetch_finish(fc->fetch[li], fc->es.e);
+    return rc;
+}
+
 int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
     const model *bm = fc->bm;
     const model_engram *e = bm->engram;
@@ -454,6 +463,10 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
     for (int i = 0; i < n_items && record; i++) record = it[i].n == 1;
     int rc = plan_step(fc, it, n_items, &b, record);
     if (rc != FORWARD_OK) return rc;
+    for (int li = 0; e && li < e->n_layers; li++) /* the host stores' rows, gathered beside what follows */
+        if (fc->fetch[li])
+            engram_fetch_start(fc->fetch[li], fc->h_rows + (size_t)li * b.n_tokens * e->n_heads,
+                               b.n_tokens * e->n_heads);
     int T = b.n_tokens, S = n_items;
     int d = c->hidden_size, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
     size_t ff = (size_t)c->intermediate_size;
@@ -490,11 +503,11 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
             bool want = false;
             for (int i = 0; i < S; i++) want |= it[i].gates != NULL;
             double t0 = util_now();
-            /* The rows: a host store's come now, gathered while the backend
-             * runs the layers issued before this one. */
+            /* The rows: a host store's were gathered (engram_fetch_start,
+             * after planning) while this thread issued the layers before this
+             * one and the backend ran them; now they are copied and decoded. */
             if (fc->fetch[w->li]) {
-                if (engram_fetch_rows(fc->fetch[w->li], fc->h_rows + off, T * e->n_heads, fc->es.e))
-                    return FORWARD_ERR_IO;
+                if (engram_fetch_finish(fc->fetch[w->li], fc->es.e)) return finish_fetches(fc, FORWARD_ERR_IO);
             } else {
                 o->gather_rows(fc->es.e, &w->table, fc->rows + off, T, e->n_heads);
             }
