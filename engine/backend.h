@@ -146,6 +146,28 @@ typedef struct backend_ops {
      * dropped whenever backend memory is freed or scratch is reallocated. */
     int (*step_begin)(const void *key, size_t key_bytes);
     void (*step_end)(void);
+
+    /* ---- fused (optional) ----
+     * Each stands for a sequence of the ops above and gives the same result
+     * up to rounding; NULL where a backend has none (the CPU reference), and
+     * forward.c then issues that sequence. */
+    /* q (T, wq.rows), k (T, wk.rows), v (T, wv.rows) = x (T, cols) @ w^T (+ bias
+     * where not NULL), for the three: matmul three times */
+    void (*matmul_qkv)(float *q, float *k, float *v, const float *x, const weight *wq, const weight *wk,
+                       const weight *wv, const float *bq, const float *bk, const float *bv, int T);
+    /* x (T, w.rows) += a (T, w.cols) @ w^T (+ bias): matmul into scratch, then add */
+    void (*matmul_add)(float *x, const float *a, const weight *w, const float *bias, int T);
+    /* gate (T, wg.rows) = silu(x @ wg^T + bg) * (x @ wu^T + bu); up (T, wu.rows)
+     * is scratch the backend may use: matmul gate, matmul up, swiglu */
+    void (*matmul_glu)(float *gate, float *up, const float *x, const weight *wg, const weight *wu, const float *bg,
+                       const float *bu, int T);
+    /* q (T, n_heads, hd) in place and each token's K and V rows: RMSNorm per
+     * head by qn (hd) and kn when not NULL, rope of q and k by b->pos, then K
+     * (normed, roped) and V stored as kv_store does; k is not written:
+     * rmsnorm q and k per head (if qn), rope q, rope k, kv_store */
+    void (*qk_rope_store)(float *q, const float *k, const float *v, void *kc, void *vc, const batch_desc *b,
+                          int n_heads, int n_kv, int hd, const float *qn, const float *kn, float eps,
+                          const float *inv_freq);
 } backend_ops;
 
 /* The CPU reference backend (plain C, OpenMP). */

@@ -14,9 +14,11 @@
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kernels.h"
 
@@ -32,6 +34,8 @@ static struct {
     cublasHandle_t blas;
     void *xb; /* bf16 copy of a product's activations */
     size_t xb_bytes;
+    void *add_tmp; /* matmul_add's product when it cannot add in place */
+    size_t add_tmp_bytes;
     float *att_work; /* attention split scratch */
     size_t att_work_floats;
     int graphs_off;  /* ENGRAM_CUDA_GRAPHS=0: no recorded steps */
@@ -75,6 +79,100 @@ static void cuda__fail(const char *op, const char *what) {
         int k_ = (x);                                                                                       \
         if (k_) cuda__fail(__func__, kernels_status_str(k_));                                               \
     } while (0)
+
+/* ENGRAM_CUDA_PROFILE=1: every op is bracketed by two events (recorded
+ * steps are off, so each op is issued on its own) and its device time added
+ * to a per-name total, printed to stderr at exit with the wall time from the
+ * first op to the last: the difference is time the GPU waited for the host.
+ * Names carry a size class (matmul shape and tokens, attention step kind).
+ * ENGRAM_CUDA_PROFILE=graphs keeps recorded steps and times each replay as
+ * one op. */
+#define PROF_PAIRS 1024
+#define PROF_NAMES 96
+static struct {
+    int on, n;
+    cudaEvent_t ev[2 * PROF_PAIRS];
+    int name[PROF_PAIRS];
+    struct {
+        char s[56];
+        double ms;
+        long calls;
+    } e[PROF_NAMES];
+    int ne;
+    double ms_sum, wall0, wall1;
+} prof;
+
+static double prof__now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void prof__flush(void) {
+    if (!prof.n) return;
+    CHECK_CUDA(cudaEventSynchronize(prof.ev[2 * prof.n - 1]));
+    for (int i = 0; i < prof.n; i++) {
+        float ms = 0;
+        CHECK_CUDA(cudaEventElapsedTime(&ms, prof.ev[2 * i], prof.ev[2 * i + 1]));
+        prof.e[prof.name[i]].ms += ms;
+        prof.e[prof.name[i]].calls++;
+        prof.ms_sum += ms;
+    }
+    prof.n = 0;
+    prof.wall1 = prof__now();
+}
+
+/* Starts timing an op named by the format; returns its pair, or -1 when off. */
+__attribute__((format(printf, 1, 2))) static int prof__begin(const char *fmt, ...) {
+    if (!prof.on || g.capturing >= 0) return -1;
+    char s[56];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s, sizeof(s), fmt, ap);
+    va_end(ap);
+    int k = 0;
+    while (k < prof.ne && strcmp(prof.e[k].s, s)) k++;
+    if (k == prof.ne) {
+        if (prof.ne == PROF_NAMES) k = PROF_NAMES - 1; /* the last name takes the overflow */
+        else snprintf(prof.e[prof.ne++].s, sizeof(prof.e[0].s), "%s", s);
+    }
+    if (prof.n == PROF_PAIRS) prof__flush();
+    if (prof.wall0 == 0) prof.wall0 = prof__now();
+    int i = prof.n++;
+    prof.name[i] = k;
+    CHECK_CUDA(cudaEventRecord(prof.ev[2 * i], g.stream));
+    return i;
+}
+
+static void prof__end(int i) {
+    if (i >= 0) CHECK_CUDA(cudaEventRecord(prof.ev[2 * i + 1], g.stream));
+}
+
+static const char *prof__tclass(int T) {
+    return T <= 2 ? "T<=2" : T <= 16 ? "T<=16" : T <= 64 ? "T<=64" : T <= 256 ? "T<=256" : T <= 1024 ? "T<=1024"
+                                                                                                  : "T>1024";
+}
+
+static void prof__report(void) {
+    prof__flush();
+    if (!prof.ne) return;
+    int order[PROF_NAMES];
+    for (int i = 0; i < prof.ne; i++) order[i] = i;
+    for (int i = 1; i < prof.ne; i++) /* by total time, largest first */
+        for (int j = i; j > 0 && prof.e[order[j]].ms > prof.e[order[j - 1]].ms; j--) {
+            int t = order[j];
+            order[j] = order[j - 1], order[j - 1] = t;
+        }
+    double wall = (prof.wall1 - prof.wall0) * 1e3;
+    fprintf(stderr, "cuda profile: ops %.1f ms of device time, %.1f ms wall from the first op to the last\n",
+            prof.ms_sum, wall);
+    for (int i = 0; i < prof.ne; i++) {
+        int k = order[i];
+        fprintf(stderr, "cuda profile: %-56s %8ld calls %10.2f ms %5.1f%% %9.2f us/call\n", prof.e[k].s,
+                prof.e[k].calls, prof.e[k].ms, 100 * prof.e[k].ms / (prof.ms_sum > 0 ? prof.ms_sum : 1),
+                1e3 * prof.e[k].ms / (prof.e[k].calls ? prof.e[k].calls : 1));
+    }
+}
 
 /* Drops every recorded step: they hold device addresses that are about to
  * change. */
@@ -123,11 +221,15 @@ static void cu_free(void *p) {
 }
 
 static void cu_upload(void *dst, const void *host, size_t bytes) {
+    int pi = prof__begin("upload");
     if (bytes) CHECK_CUDA(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, g.stream));
+    prof__end(pi);
 }
 
 static void cu_download(void *host, const void *src, size_t bytes) {
+    int pi = prof__begin("download");
     if (bytes) CHECK_CUDA(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, g.stream));
+    prof__end(pi);
     CHECK_CUDA(cudaStreamSynchronize(g.stream));
 }
 
@@ -367,8 +469,7 @@ fail:
 
 /* ---- compute ---- */
 
-static void cu_matmul(float *out, const float *x, const weight *w, const float *bias, int T) {
-    if (T <= 0) return;
+static void cu_matmul_(float *out, const float *x, const weight *w, const float *bias, int T) {
     if (w->dt != DTYPE_BF16 && w->dt != DTYPE_F32)
         cuda__fail(__func__, "weight is not a bf16 or f32 device view (prepare converts them)");
     int f32 = w->dt == DTYPE_F32;
@@ -397,20 +498,35 @@ static void cu_matmul(float *out, const float *x, const weight *w, const float *
     if (bias) CHECK_K(kernels_bias_add_f32(out, bias, T, w->rows, g.stream));
 }
 
+static void cu_matmul(float *out, const float *x, const weight *w, const float *bias, int T) {
+    if (T <= 0) return;
+    int pi = prof__begin("matmul %dx%d %s", w->rows, w->cols, prof__tclass(T));
+    cu_matmul_(out, x, w, bias, T);
+    prof__end(pi);
+}
+
 static void cu_rmsnorm(float *out, const float *x, const float *gw, int T, int d, float eps) {
+    int pi = prof__begin("rmsnorm d=%d", d);
     CHECK_K(kernels_rmsnorm_f32(out, x, gw, T, d, eps, g.stream));
+    prof__end(pi);
 }
 
 static void cu_embed(float *out, const weight *emb, const int32_t *ids, int T) {
+    int pi = prof__begin("embed");
     CHECK_K(kernels_embed(out, emb->data, cuda__dtype(emb->dt), ids, T, emb->cols, g.stream));
+    prof__end(pi);
 }
 
 static void cu_rope(float *x, const int32_t *pos, int T, int n_heads, int hd, const float *inv_freq) {
+    int pi = prof__begin("rope");
     CHECK_K(kernels_rope_f32(x, pos, T, n_heads, hd, inv_freq, g.stream));
+    prof__end(pi);
 }
 
 static void cu_kv_store(void *kc, void *vc, const float *k, const float *v, const batch_desc *b, int kvw) {
+    int pi = prof__begin("kv_store");
     CHECK_K(kernels_kv_store_bf16(kc, vc, k, v, b->slot, b->n_tokens, kvw, g.stream));
+    prof__end(pi);
 }
 
 /* Set by tests: every token through the per-token kernel. */
@@ -433,39 +549,134 @@ static void cu_attention(float *out, const float *q, const void *kc, const void 
     }
     a.work = g.att_work;
     a.work_floats = g.att_work_floats;
+    int pi = prof__begin("attention %s %s ctx<=%d", b->max_q > 1 ? "mixed" : "decode", prof__tclass(b->n_tokens),
+                         b->max_ctx <= 512 ? 512 : b->max_ctx <= 1024 ? 1024 : b->max_ctx <= 2048 ? 2048 : 1 << 30);
     CHECK_K(kernels_paged_attention_bf16(&a, g.stream));
+    prof__end(pi);
 }
 
-static void cu_swiglu(float *gate, const float *up, size_t n) { CHECK_K(kernels_swiglu_f32(gate, up, n, g.stream)); }
+static void cu_swiglu(float *gate, const float *up, size_t n) {
+    int pi = prof__begin("swiglu");
+    CHECK_K(kernels_swiglu_f32(gate, up, n, g.stream));
+    prof__end(pi);
+}
 
-static void cu_add(float *x, const float *y, size_t n) { CHECK_K(kernels_add_f32(x, y, n, g.stream)); }
+static void cu_add(float *x, const float *y, size_t n) {
+    int pi = prof__begin("add");
+    CHECK_K(kernels_add_f32(x, y, n, g.stream));
+    prof__end(pi);
+}
 
 static void cu_gather_f32(float *out, const float *x, const int32_t *idx, int n, int d) {
+    int pi = prof__begin("gather_f32");
     CHECK_K(kernels_gather_f32(out, x, idx, n, d, g.stream));
+    prof__end(pi);
 }
 
 static void cu_argmax(int32_t *next, const float *logits, int T, int vocab) {
+    int pi = prof__begin("argmax");
     CHECK_K(kernels_argmax_f32(next, logits, T, vocab, g.stream));
+    prof__end(pi);
 }
 
 static void cu_gather_rows(float *out, const weight *table, const int64_t *rows, int T, int H) {
     if (!table->data) cuda__fail(__func__, "the table is not on the device (served by a host store)");
+    int pi = prof__begin("gather_rows");
     CHECK_K(kernels_gather_rows(out, table->data, cuda__dtype(table->dt), (const long long *)rows, T, H,
                                 table->cols, g.stream));
+    prof__end(pi);
 }
 
 static void cu_engram_gate(float *gate, const float *nk, const float *nq, int T, int d) {
+    int pi = prof__begin("engram_gate");
     CHECK_K(kernels_engram_gate_f32(gate, nk, nq, T, d, g.stream));
+    prof__end(pi);
 }
 
 static void cu_scale_rows(float *out, size_t ostride, const float *x, size_t xstride, const float *s, int T, int d) {
+    int pi = prof__begin("scale_rows");
     CHECK_K(kernels_scale_rows_f32(out, ostride, x, xstride, s, T, d, g.stream));
+    prof__end(pi);
 }
 
 static void cu_short_conv(float *out, const float *in, const float *w, const batch_desc *b, size_t hist_off, int C,
                           int K, int dil) {
+    int pi = prof__begin("short_conv");
     CHECK_K(kernels_short_conv_batch_f32(out, in, w, b->seq_start, b->tok_seq, b->seq_hist, hist_off, b->n_seqs,
                                          b->n_tokens, C, K, dil, g.stream));
+    prof__end(pi);
+}
+
+/* ---- fused ops (backend.h, "fused") ---- */
+
+/* Whether a decode product of w takes the matrix-vector kernels. */
+static int cuda__gemv(const float *x, const weight *w, int T) {
+    return T <= GEMV_MAX_TOKENS && (w->dt == DTYPE_BF16 || w->dt == DTYPE_F32) &&
+           kernels_gemv_supported(x, w->data, T, w->cols);
+}
+
+static void cu_matmul_qkv(float *q, float *k, float *v, const float *x, const weight *wq, const weight *wk,
+                          const weight *wv, const float *bq, const float *bk, const float *bv, int T) {
+    if (T <= 0) return;
+    int pi = prof__begin("matmul qkv %dx%d %s", wq->rows + wk->rows + wv->rows, wq->cols, prof__tclass(T));
+    if (cuda__gemv(x, wq, T) && cuda__gemv(x, wk, T) && cuda__gemv(x, wv, T) && wk->dt == wq->dt &&
+        wv->dt == wq->dt && wk->cols == wq->cols && wv->cols == wq->cols) {
+        CHECK_K(kernels_gemv3(q, k, v, x, wq->data, wk->data, wv->data, bq, bk, bv, wq->rows, wk->rows, wv->rows, T,
+                              wq->cols, wq->dt == DTYPE_F32, g.stream));
+    } else {
+        cu_matmul_(q, x, wq, bq, T);
+        cu_matmul_(k, x, wk, bk, T);
+        cu_matmul_(v, x, wv, bv, T);
+    }
+    prof__end(pi);
+}
+
+static void cu_matmul_add(float *x, const float *a, const weight *w, const float *bias, int T) {
+    if (T <= 0) return;
+    int pi = prof__begin("matmul+add %dx%d %s", w->rows, w->cols, prof__tclass(T));
+    if (cuda__gemv(a, w, T)) {
+        CHECK_K(kernels_gemv_add(x, a, w->data, bias, T, w->rows, w->cols, w->dt == DTYPE_F32, g.stream));
+    } else if (w->dt == DTYPE_BF16 && !bias) { /* cuBLAS adds into x itself (beta = 1) */
+        size_t n = (size_t)T * w->cols;
+        cuda__grow(&g.xb, &g.xb_bytes, n * 2);
+        CHECK_K(kernels_to_bf16(g.xb, a, KERNELS_F32, n, g.stream));
+        const float one = 1.0f;
+        cublasStatus_t st = cublasGemmEx(g.blas, CUBLAS_OP_T, CUBLAS_OP_N, w->rows, T, w->cols, &one, w->data,
+                                         CUDA_R_16BF, w->cols, g.xb, CUDA_R_16BF, w->cols, &one, x, CUDA_R_32F,
+                                         w->rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        if (st != CUBLAS_STATUS_SUCCESS) cuda__fail(__func__, cublasGetStatusString(st));
+    } else { /* f32 weights or a bias: the product, then the sum, as the ops do */
+        size_t n = (size_t)T * w->rows * sizeof(float);
+        cuda__grow(&g.add_tmp, &g.add_tmp_bytes, n);
+        cu_matmul_(g.add_tmp, a, w, bias, T);
+        CHECK_K(kernels_add_f32(x, g.add_tmp, (size_t)T * w->rows, g.stream));
+    }
+    prof__end(pi);
+}
+
+static void cu_matmul_glu(float *gate, float *up, const float *x, const weight *wg, const weight *wu, const float *bg,
+                          const float *bu, int T) {
+    if (T <= 0) return;
+    int pi = prof__begin("matmul glu %dx%d %s", wg->rows, wg->cols, prof__tclass(T));
+    if (cuda__gemv(x, wg, T) && cuda__gemv(x, wu, T) && wg->dt == wu->dt && wg->rows == wu->rows &&
+        wg->cols == wu->cols) {
+        CHECK_K(kernels_gemv_glu(gate, x, wg->data, wu->data, bg, bu, T, wg->rows, wg->cols, wg->dt == DTYPE_F32,
+                                 g.stream));
+    } else {
+        cu_matmul_(gate, x, wg, bg, T);
+        cu_matmul_(up, x, wu, bu, T);
+        CHECK_K(kernels_swiglu_f32(gate, up, (size_t)T * wg->rows, g.stream));
+    }
+    prof__end(pi);
+}
+
+static void cu_qk_rope_store(float *q, const float *k, const float *v, void *kc, void *vc, const batch_desc *b,
+                             int n_heads, int n_kv, int hd, const float *qn, const float *kn, float eps,
+                             const float *inv_freq) {
+    int pi = prof__begin("qk_rope_store");
+    CHECK_K(kernels_qk_rope_store_bf16(q, k, v, kc, vc, b->pos, b->slot, b->n_tokens, n_heads, n_kv, hd, qn, kn, eps,
+                                       inv_freq, g.stream));
+    prof__end(pi);
 }
 
 /* ---- Engram rows from host memory ---- */
@@ -533,7 +744,9 @@ static int cu_step_begin(const void *key, size_t key_bytes) {
         if (graphs[i].state && graphs[i].key_bytes == key_bytes && !memcmp(graphs[i].key, key, key_bytes)) {
             graphs[i].used = g.tick;
             if (graphs[i].state == 2) {
+                int pi = prof__begin("graph replay");
                 CHECK_CUDA(cudaGraphLaunch(graphs[i].exec, g.stream));
+                prof__end(pi);
                 return 1;
             }
             CHECK_CUDA(cudaStreamBeginCapture(g.stream, cudaStreamCaptureModeRelaxed));
@@ -598,6 +811,10 @@ static const backend_ops cuda_ops = {
     .scatter_rows = cu_scatter_rows,
     .step_begin = cu_step_begin,
     .step_end = cu_step_end,
+    .matmul_qkv = cu_matmul_qkv,
+    .matmul_add = cu_matmul_add,
+    .matmul_glu = cu_matmul_glu,
+    .qk_rope_store = cu_qk_rope_store,
 };
 
 /* Device 0, one stream, one cuBLAS handle; made on the first call. */
@@ -626,8 +843,14 @@ static int cuda__init(void) {
         snprintf(g.why, sizeof(g.why), "CUDA device 0: %s", cudaGetErrorString(e));
         return -1;
     }
-    const char *gr = getenv("ENGRAM_CUDA_GRAPHS");
+    const char *gr = getenv("ENGRAM_CUDA_GRAPHS"), *pr = getenv("ENGRAM_CUDA_PROFILE");
     g.graphs_off = gr && !strcmp(gr, "0");
+    if (pr && strcmp(pr, "0")) { /* "graphs": recorded steps stay on, each replay timed as one op */
+        prof.on = 1;
+        if (strcmp(pr, "graphs")) g.graphs_off = 1;
+        for (int i = 0; i < 2 * PROF_PAIRS; i++) CHECK_CUDA(cudaEventCreate(&prof.ev[i]));
+        atexit(prof__report);
+    }
     cublasStatus_t st = cublasCreate(&g.blas);
     if (st == CUBLAS_STATUS_SUCCESS) st = cublasSetStream(g.blas, g.stream);
     /* its own workspace, so recorded steps never see cuBLAS allocate */

@@ -530,29 +530,51 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
         }
 
         /* attention block */
+        /* (fused ops where the backend has them: backend.h, "fused") */
         o->rmsnorm(fc->h, fc->x, L->attn_norm, T, d, eps);
-        o->matmul(fc->q, fc->h, &L->wq, L->bq, T);
-        o->matmul(fc->k, fc->h, &L->wk, L->bk, T);
-        o->matmul(fc->v, fc->h, &L->wv, L->bv, T);
-        if (c->qk_norm) { /* Qwen3: RMSNorm over each head's vector, before rope */
-            o->rmsnorm(fc->q, fc->q, L->q_norm, T * nh, hd, eps);
-            o->rmsnorm(fc->k, fc->k, L->k_norm, T * nkv, hd, eps);
+        if (o->matmul_qkv) {
+            o->matmul_qkv(fc->q, fc->k, fc->v, fc->h, &L->wq, &L->wk, &L->wv, L->bq, L->bk, L->bv, T);
+        } else {
+            o->matmul(fc->q, fc->h, &L->wq, L->bq, T);
+            o->matmul(fc->k, fc->h, &L->wk, L->bk, T);
+            o->matmul(fc->v, fc->h, &L->wv, L->bv, T);
         }
-        o->rope(fc->q, b.pos, T, nh, hd, fc->inv_freq);
-        o->rope(fc->k, b.pos, T, nkv, hd, fc->inv_freq);
-        o->kv_store(kv_cache_k_layer(kv, l), kv_cache_v_layer(kv, l), fc->k, fc->v, &b, nkv * hd);
+        if (o->qk_rope_store) {
+            o->qk_rope_store(fc->q, fc->k, fc->v, kv_cache_k_layer(kv, l), kv_cache_v_layer(kv, l), &b, nh, nkv, hd,
+                             c->qk_norm ? L->q_norm : NULL, c->qk_norm ? L->k_norm : NULL, eps, fc->inv_freq);
+        } else {
+            if (c->qk_norm) { /* Qwen3: RMSNorm over each head's vector, before rope */
+                o->rmsnorm(fc->q, fc->q, L->q_norm, T * nh, hd, eps);
+                o->rmsnorm(fc->k, fc->k, L->k_norm, T * nkv, hd, eps);
+            }
+            o->rope(fc->q, b.pos, T, nh, hd, fc->inv_freq);
+            o->rope(fc->k, b.pos, T, nkv, hd, fc->inv_freq);
+            o->kv_store(kv_cache_k_layer(kv, l), kv_cache_v_layer(kv, l), fc->k, fc->v, &b, nkv * hd);
+        }
         o->attention(fc->att, fc->q, kv_cache_k_layer(kv, l), kv_cache_v_layer(kv, l), &b, nh, nkv, hd,
                      c->sliding_window);
-        o->matmul(fc->tmp, fc->att, &L->wo, L->bo, T);
-        o->add(fc->x, fc->tmp, (size_t)T * d);
+        if (o->matmul_add) {
+            o->matmul_add(fc->x, fc->att, &L->wo, L->bo, T);
+        } else {
+            o->matmul(fc->tmp, fc->att, &L->wo, L->bo, T);
+            o->add(fc->x, fc->tmp, (size_t)T * d);
+        }
 
         /* feed-forward block (SwiGLU) */
         o->rmsnorm(fc->h, fc->x, L->ffn_norm, T, d, eps);
-        o->matmul(fc->gate, fc->h, &L->w_gate, L->b_gate, T);
-        o->matmul(fc->up, fc->h, &L->w_up, L->b_up, T);
-        o->swiglu(fc->gate, fc->up, (size_t)T * ff);
-        o->matmul(fc->tmp, fc->gate, &L->w_down, L->b_down, T);
-        o->add(fc->x, fc->tmp, (size_t)T * d);
+        if (o->matmul_glu) {
+            o->matmul_glu(fc->gate, fc->up, fc->h, &L->w_gate, &L->w_up, L->b_gate, L->b_up, T);
+        } else {
+            o->matmul(fc->gate, fc->h, &L->w_gate, L->b_gate, T);
+            o->matmul(fc->up, fc->h, &L->w_up, L->b_up, T);
+            o->swiglu(fc->gate, fc->up, (size_t)T * ff);
+        }
+        if (o->matmul_add) {
+            o->matmul_add(fc->x, fc->gate, &L->w_down, L->b_down, T);
+        } else {
+            o->matmul(fc->tmp, fc->gate, &L->w_down, L->b_down, T);
+            o->add(fc->x, fc->tmp, (size_t)T * d);
+        }
     }
     if (nl) {
         o->gather_f32(fc->lastx, fc->x, fc->last, nl, d);

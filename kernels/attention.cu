@@ -35,6 +35,60 @@ extern "C" int kernels_kv_store_bf16(void *kc, void *vc, const float *k, const f
     return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
 }
 
+/* One block per (token, head), q heads first, then kv heads; a thread per
+ * rotated pair (i, i + hd/2). Optional per-head RMSNorm (qn for q heads, kn
+ * for kv heads), then rope; q is written back in place, a kv head's K row
+ * (normed, roped) and V row go to cache row slot[t] as bf16. */
+__global__ void qk_rope_store_kernel(float *q, const float *k, const float *v, __nv_bfloat16 *kc,
+                                     __nv_bfloat16 *vc, const int *pos, const int *slot, int n_heads, int n_kv,
+                                     int hd, const float *qn, const float *kn, float eps, const float *inv_freq) {
+    const int t = blockIdx.x, h = blockIdx.y, half = hd / 2, i = threadIdx.x;
+    const bool isq = h < n_heads;
+    const int kh = h - n_heads;
+    const float *src = isq ? q + ((size_t)t * n_heads + h) * hd : k + ((size_t)t * n_kv + kh) * hd;
+    const float *nw = isq ? qn : kn;
+    float x1 = 0.0f, x2 = 0.0f;
+    if (i < half) x1 = src[i], x2 = src[i + half];
+    if (nw) { /* the same for the whole block */
+        __shared__ float ws[4];
+        float ss = x1 * x1 + x2 * x2;
+        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        if ((i & 31) == 0) ws[i >> 5] = ss;
+        __syncthreads();
+        ss = 0.0f;
+        for (int w = 0; w < (int)(blockDim.x >> 5); w++) ss += ws[w];
+        float sc = rsqrtf(ss / (float)hd + eps);
+        if (i < half) x1 = x1 * sc * nw[i], x2 = x2 * sc * nw[i + half];
+    }
+    if (i >= half) return;
+    float a = (float)pos[t] * inv_freq[i];
+    float c = cosf(a), sn = sinf(a);
+    float y1 = x1 * c - x2 * sn, y2 = x2 * c + x1 * sn;
+    if (isq) {
+        float *dst = q + ((size_t)t * n_heads + h) * hd;
+        dst[i] = y1, dst[i + half] = y2;
+        return;
+    }
+    size_t kvw = (size_t)n_kv * hd, dst = (size_t)slot[t] * kvw + (size_t)kh * hd;
+    const float *vr = v + (size_t)t * kvw + (size_t)kh * hd;
+    kc[dst + i] = __float2bfloat16_rn(y1);
+    kc[dst + i + half] = __float2bfloat16_rn(y2);
+    vc[dst + i] = __float2bfloat16_rn(vr[i]);
+    vc[dst + i + half] = __float2bfloat16_rn(vr[i + half]);
+}
+
+extern "C" int kernels_qk_rope_store_bf16(float *q, const float *k, const float *v, void *kc, void *vc,
+                                          const int *pos, const int *slot, int T, int n_heads, int n_kv, int hd,
+                                          const float *qn, const float *kn, float eps, const float *inv_freq,
+                                          void *stream) {
+    if (T < 0 || n_heads <= 0 || n_kv <= 0 || hd <= 0 || hd % 2 || hd > 256) return KERNELS_ERR_ARG;
+    if (T == 0) return KERNELS_OK;
+    int threads = (hd / 2 + 31) / 32 * 32;
+    qk_rope_store_kernel<<<dim3(T, n_heads + n_kv), threads, 0, (cudaStream_t)stream>>>(
+        q, k, v, (__nv_bfloat16 *)kc, (__nv_bfloat16 *)vc, pos, slot, n_heads, n_kv, hd, qn, kn, eps, inv_freq);
+    return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
+}
+
 /* Keys one token attends to: [j0, p]. */
 __device__ __forceinline__ int att_first_key(int p, int window) {
     return window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
@@ -42,16 +96,17 @@ __device__ __forceinline__ int att_first_key(int p, int window) {
 
 /* Splits of the key range and keys per split, the same on the host (launch
  * and scratch size) for the same arguments. */
-static void att_plan(int T, int n_kv, int max_ctx, int window, int *n_splits, int *split_len) {
+static void att_plan(int T, int n_kv, int max_ctx, int window, int min_split, int round, int *n_splits,
+                     int *split_len) {
     int span = window > 0 && window < max_ctx ? window : max_ctx;
     if (span < 1) span = 1;
     long base = (long)T * n_kv;
     int s = (int)((ATT_TARGET_BLOCKS + base - 1) / base);
-    int most = (span + ATT_MIN_SPLIT - 1) / ATT_MIN_SPLIT;
+    int most = (span + min_split - 1) / min_split;
     if (s > most) s = most;
     if (s < 1) s = 1;
     int len = (span + s - 1) / s;
-    len = (len + ATT_THREADS - 1) / ATT_THREADS * ATT_THREADS;
+    len = (len + round - 1) / round * round;
     *n_splits = (span + len - 1) / len;
     *split_len = len;
 }
@@ -236,6 +291,180 @@ __global__ void attention_merge_kernel(float *out, const float *work, const int 
         for (int z = 0; z < used; z++) a += wk[z * (hd + 2) + e] * expf(wk[z * (hd + 2) + hd] - M);
         out[((size_t)t * n_heads + h) * hd + e] = a / L;
     }
+}
+
+/* ---- decode kernel for head sizes 16..256 (powers of two) and G <= 8 ----
+ * One block of DEC_WARPS warps per (token, kv head, split). Lanes work in
+ * groups of L = HD / 8, each lane owning 8 dims: a group takes one key at a
+ * time (one 16-byte load of its K row and one of its V row per lane), DEC_U
+ * keys per chunk with all their loads in flight; every group keeps its own
+ * online softmax for the G query heads (scores in the log2 domain), and the
+ * groups are merged through shared memory at the end. */
+#define DEC_WARPS 4
+#define DEC_U 4
+#define DEC_MIN_SPLIT 64 /* keys */
+
+__device__ __forceinline__ void bf16x8_to_f32(uint4 raw, float *f) {
+    const __nv_bfloat162 *b2 = (const __nv_bfloat162 *)&raw;
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        float2 v = __bfloat1622float2(b2[u]);
+        f[2 * u] = v.x, f[2 * u + 1] = v.y;
+    }
+}
+
+template <int HD, int MAXG>
+__global__ void __launch_bounds__(DEC_WARPS * 32)
+decode_attention_kernel(float *out, float *work, const float *q, const __nv_bfloat16 *kc, const __nv_bfloat16 *vc,
+                        const int *pos, const int *tok_seq, const int *seq_start, const int *block_tables,
+                        int block_size, int max_blocks, int n_heads, int n_kv, int window, int n_splits,
+                        int split_len, float qscale, int tiled_q) {
+    constexpr int L = HD / 8, GPW = 32 / L, NG = DEC_WARPS * GPW;
+    extern __shared__ float dsm[]; /* (NG, G, HD) partial sums, then (NG, G) maxima and sums */
+    const int G = n_heads / n_kv;
+    const int t = blockIdx.x, kh = blockIdx.y, z = blockIdx.z;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int sub = lane % L, gi = warp * GPW + lane / L;
+    const int p = pos[t], s = tok_seq[t];
+    if (seq_start[s + 1] - seq_start[s] >= tiled_q) return; /* the tiled kernel's token */
+    const int j0 = att_first_key(p, window);
+    const int kbeg = j0 + z * split_len;
+    const int kend = min(kbeg + split_len - 1, p);
+    if (kbeg > p) return; /* an empty split: the merge skips it */
+    const int kvw = n_kv * HD;
+    const int *bt = block_tables + (size_t)s * max_blocks;
+    const size_t col = (size_t)kh * HD + sub * 8;
+
+    float qr[MAXG][8], acc[MAXG][8], m[MAXG], l[MAXG];
+#pragma unroll
+    for (int g = 0; g < MAXG; g++) {
+        m[g] = -INFINITY, l[g] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; e++) qr[g][e] = 0.0f, acc[g][e] = 0.0f;
+        if (g < G) {
+            const float4 *qp = (const float4 *)(q + ((size_t)t * n_heads + kh * G + g) * HD + sub * 8);
+            float4 a = qp[0], b = qp[1];
+            qr[g][0] = a.x * qscale, qr[g][1] = a.y * qscale, qr[g][2] = a.z * qscale, qr[g][3] = a.w * qscale;
+            qr[g][4] = b.x * qscale, qr[g][5] = b.y * qscale, qr[g][6] = b.z * qscale, qr[g][7] = b.w * qscale;
+        }
+    }
+    /* warp-uniform trip count: every lane takes part in the shuffles */
+    for (int c0 = kbeg; c0 <= kend; c0 += NG * DEC_U) {
+        uint4 kr[DEC_U], vr[DEC_U];
+        bool ok[DEC_U];
+#pragma unroll
+        for (int u = 0; u < DEC_U; u++) {
+            int j = c0 + u * NG + gi;
+            ok[u] = j <= kend;
+            kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+            if (ok[u]) {
+                size_t row = (size_t)bt[j / block_size] * block_size + j % block_size;
+                kr[u] = __ldg((const uint4 *)(kc + row * kvw + col));
+                vr[u] = __ldg((const uint4 *)(vc + row * kvw + col));
+            }
+        }
+        float sc[DEC_U][MAXG];
+#pragma unroll
+        for (int u = 0; u < DEC_U; u++) {
+            float kf[8];
+            bf16x8_to_f32(kr[u], kf);
+#pragma unroll
+            for (int g = 0; g < MAXG; g++) {
+                float d = 0.0f;
+                if (g < G) {
+#pragma unroll
+                    for (int e = 0; e < 8; e++) d += qr[g][e] * kf[e];
+                }
+#pragma unroll
+                for (int o = L / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+                sc[u][g] = ok[u] ? d : -INFINITY;
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < MAXG; g++) {
+            if (g >= G) break;
+            float cm = sc[0][g];
+#pragma unroll
+            for (int u = 1; u < DEC_U; u++) cm = fmaxf(cm, sc[u][g]);
+            if (cm == -INFINITY) continue; /* none of this group's keys in the chunk */
+            float mn = fmaxf(m[g], cm), alpha = exp2f(m[g] - mn);
+            m[g] = mn;
+            l[g] *= alpha;
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[g][e] *= alpha;
+#pragma unroll
+            for (int u = 0; u < DEC_U; u++) {
+                float pr = exp2f(sc[u][g] - mn), vf[8];
+                bf16x8_to_f32(vr[u], vf);
+                l[g] += pr;
+#pragma unroll
+                for (int e = 0; e < 8; e++) acc[g][e] += pr * vf[e];
+            }
+        }
+    }
+    /* merge the groups: partial sums (NG, G, HD), then maxima and sums (NG, G) each */
+    float *ps = dsm, *ms = ps + NG * G * HD, *ls = ms + NG * G;
+#pragma unroll
+    for (int g = 0; g < MAXG; g++) {
+        if (g >= G) break;
+        float *dst = ps + ((size_t)gi * G + g) * HD + sub * 8;
+#pragma unroll
+        for (int e = 0; e < 8; e++) dst[e] = acc[g][e];
+        if (sub == 0) ms[gi * G + g] = m[g], ls[gi * G + g] = l[g];
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < G * HD; i += DEC_WARPS * 32) {
+        int g = i / HD, e = i % HD, h = kh * G + g;
+        float M = -INFINITY;
+        for (int r = 0; r < NG; r++) M = fmaxf(M, ms[r * G + g]);
+        float a = 0.0f, lsum = 0.0f;
+        for (int r = 0; r < NG; r++) {
+            float f = exp2f(ms[r * G + g] - M); /* 0 for a group that saw no key */
+            a += ps[((size_t)r * G + g) * HD + e] * f;
+            lsum += ls[r * G + g] * f;
+        }
+        if (n_splits == 1) {
+            out[((size_t)t * n_heads + h) * HD + e] = a / lsum;
+        } else { /* work: (T, n_heads, n_splits) of [acc (hd), m, l], m in the natural-log domain */
+            float *wk = work + (((size_t)t * n_heads + h) * n_splits + z) * (HD + 2);
+            wk[e] = a;
+            if (e == 0) wk[HD] = M * 0.69314718056f, wk[HD + 1] = lsum;
+        }
+    }
+}
+
+template <int HD, int MAXG>
+static int dec_launch(const kernels_attention_args *a, int ns, int len, int tiled_q, cudaStream_t st) {
+    constexpr int NG = DEC_WARPS * (32 / (HD / 8));
+    int G = a->n_heads / a->n_kv;
+    size_t smem = (size_t)NG * G * (HD + 2) * sizeof(float);
+    static int configured;
+    if (!configured) {
+        size_t most = (size_t)NG * MAXG * (HD + 2) * sizeof(float);
+        if (most > 48 * 1024 && cudaFuncSetAttribute(decode_attention_kernel<HD, MAXG>,
+                                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                     (int)most) != cudaSuccess)
+            return KERNELS_ERR_LAUNCH;
+        configured = 1;
+    }
+    dim3 grid(a->n_tokens, a->n_kv, ns);
+    decode_attention_kernel<HD, MAXG><<<grid, DEC_WARPS * 32, smem, st>>>(
+        a->out, a->work, a->q, (const __nv_bfloat16 *)a->kc, (const __nv_bfloat16 *)a->vc, a->pos, a->tok_seq,
+        a->seq_start, a->block_tables, a->block_size, a->max_blocks, a->n_heads, a->n_kv, a->window, ns, len,
+        1.4426950409f / sqrtf((float)HD), tiled_q);
+    return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
+}
+
+template <int HD>
+static int dec_launch_g(const kernels_attention_args *a, int ns, int len, int tiled_q, cudaStream_t st) {
+    int G = a->n_heads / a->n_kv;
+    return G <= 1 ? dec_launch<HD, 1>(a, ns, len, tiled_q, st)
+         : G <= 4 ? dec_launch<HD, 4>(a, ns, len, tiled_q, st)
+                  : dec_launch<HD, 8>(a, ns, len, tiled_q, st);
+}
+
+static int dec_supported(int hd, int G) {
+    return (hd == 16 || hd == 32 || hd == 64 || hd == 128 || hd == 256) && G <= 8;
 }
 
 template <int MAXG>
@@ -467,6 +696,7 @@ static int prefill_supported(int hd) {
  * seq_start says which kinds the step has. */
 typedef struct {
     int tiled_q, max_q, n_short, ns, len;
+    int dec; /* the decode kernel for these head sizes (else the general one) */
 } att_split;
 
 static att_split att_prepare(const kernels_attention_args *a) {
@@ -484,7 +714,9 @@ static att_split att_prepare(const kernels_attention_args *a) {
         }
     }
     p.ns = 1, p.len = 0;
-    if (p.n_short) att_plan(p.n_short, a->n_kv, a->max_ctx, a->window, &p.ns, &p.len);
+    p.dec = dec_supported(a->hd, G);
+    if (p.n_short) att_plan(p.n_short, a->n_kv, a->max_ctx, a->window, p.dec ? DEC_MIN_SPLIT : ATT_MIN_SPLIT,
+                            p.dec ? 32 : ATT_THREADS, &p.ns, &p.len);
     return p;
 }
 
@@ -518,10 +750,20 @@ extern "C" int kernels_paged_attention_bf16(const kernels_attention_args *a, voi
     if (n_short == 0) return KERNELS_OK;
     if (ns > 1 && (!a->work || a->work_floats < (size_t)a->n_tokens * a->n_heads * ns * (a->hd + 2)))
         return KERNELS_ERR_ARG;
-    rc = G <= 1 ? att_launch<1>(a, ns, len, tiled_q, st)
+    if (p.dec) {
+        switch (a->hd) {
+        case 16: rc = dec_launch_g<16>(a, ns, len, tiled_q, st); break;
+        case 32: rc = dec_launch_g<32>(a, ns, len, tiled_q, st); break;
+        case 64: rc = dec_launch_g<64>(a, ns, len, tiled_q, st); break;
+        case 128: rc = dec_launch_g<128>(a, ns, len, tiled_q, st); break;
+        default: rc = dec_launch_g<256>(a, ns, len, tiled_q, st); break;
+        }
+    } else {
+        rc = G <= 1 ? att_launch<1>(a, ns, len, tiled_q, st)
        : G <= 4 ? att_launch<4>(a, ns, len, tiled_q, st)
        : G <= 8 ? att_launch<8>(a, ns, len, tiled_q, st)
                 : att_launch<16>(a, ns, len, tiled_q, st);
+    }
     if (rc || ns == 1) return rc;
     attention_merge_kernel<<<dim3(a->n_tokens, a->n_heads), 128, 0, st>>>(a->out, a->work, a->pos, a->tok_seq,
                                                                           a->seq_start, a->n_heads, a->hd, a->window,

@@ -96,6 +96,15 @@ int kernels_short_conv_batch_f32(float *out, const float *in, const float *w, co
 int kernels_kv_store_bf16(void *kc, void *vc, const float *k, const float *v, const int *slot, int T, int kvw,
                           void *stream);
 
+/* Per token t, head by head: q (T, n_heads, hd) in place and k (T, n_kv, hd)
+ * RMSNorm'd per head by qn / kn (hd) when not NULL, then rotated as
+ * kernels_rope_f32 does; the kv heads' K rows (normed, roped) and V rows
+ * (T, n_kv*hd) go to rows slot[t] of kc, vc as bf16 (kernels_kv_store_bf16).
+ * k itself is not written. hd <= 256. */
+int kernels_qk_rope_store_bf16(float *q, const float *k, const float *v, void *kc, void *vc, const int *pos,
+                               const int *slot, int T, int n_heads, int n_kv, int hd, const float *qn,
+                               const float *kn, float eps, const float *inv_freq, void *stream);
+
 /* Causal paged attention of a mixed step (see backend.h, attention): token t
  * of sequence s = tok_seq[t] at position pos[t] attends to keys
  * max(0, pos - window + 1) (window > 0) or 0, up to pos, whose cache row is
@@ -140,6 +149,19 @@ int kernels_gemv_bf16(float *out, const float *x, const void *w, const float *bi
 /* The same with f32 weights w (rows, cols) (f32 checkpoints keep f32 on the GPU). */
 int kernels_gemv_f32(float *out, const float *x, const void *w, const float *bias, int T, int rows, int cols,
                      void *stream);
+
+/* Fused decode products (same T, cols and alignment rules as kernels_gemv_bf16;
+ * f32: the weights are f32, else bf16), one launch each:
+ * three products of one input: out_i (T, rows_i) = x @ w_i^T + b_i (b_i may be NULL) */
+int kernels_gemv3(float *out0, float *out1, float *out2, const float *x, const void *w0, const void *w1,
+                  const void *w2, const float *b0, const float *b1, const float *b2, int rows0, int rows1, int rows2,
+                  int T, int cols, int f32, void *stream);
+/* out (T, rows) += x @ w^T + bias (the sum x @ w^T + bias first) */
+int kernels_gemv_add(float *out, const float *x, const void *w, const float *bias, int T, int rows, int cols, int f32,
+                     void *stream);
+/* out (T, rows) = silu(x @ wg^T + bg) * (x @ wu^T + bu) */
+int kernels_gemv_glu(float *out, const float *x, const void *wg, const void *wu, const float *bg, const float *bu,
+                     int T, int rows, int cols, int f32, void *stream);
 
 /* ---- sampling.cu ---- */
 

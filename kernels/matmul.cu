@@ -27,57 +27,103 @@ __device__ __forceinline__ void gemv_load8(const float *row, int i, float w[8]) 
     w[0] = a.x, w[1] = a.y, w[2] = a.z, w[3] = a.w, w[4] = b.x, w[5] = b.y, w[6] = b.z, w[7] = b.w;
 }
 
-template <int T, typename W>
+/* What one launch computes: up to three products of the same input stacked
+ * as one matrix (rows end[0], end[1], end[2] cumulative; segment i writes
+ * out[i] (T, ld[i]) and adds bias[i]), or with MODE GEMV_ADD the first one
+ * added into out[0], or with MODE GEMV_GLU gate = w[0], up = w[1] (rows
+ * end[0] each) and out[0] = silu(gate x + b0) * (up x + b1). */
+enum { GEMV_PLAIN = 0, GEMV_ADD = 1, GEMV_GLU = 2 };
+typedef struct {
+    const void *w0, *w1, *w2;
+    float *out0, *out1, *out2;
+    const float *b0, *b1, *b2;
+    int end0, end1, end2;
+    int ld0, ld1, ld2;
+} gemv_args;
+
+template <int T, typename W, int MODE>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
-gemv_kernel(float *out, const float *x, const W *w, const float *bias, int rows, int cols) {
+gemv_kernel(gemv_args a, const float *x, int cols) {
     int row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (row >= rows) return;
-    const W *wr = w + (size_t)row * cols;
+    if (row >= a.end2) return;
+    int seg = row < a.end0 ? 0 : row < a.end1 ? 1 : 2;
+    int local = seg == 0 ? row : seg == 1 ? row - a.end0 : row - a.end1;
+    const W *wb = (const W *)(seg == 0 ? a.w0 : seg == 1 ? a.w1 : a.w2);
+    const W *wr = wb + (size_t)local * cols;
+    const W *wu = (const W *)a.w1 + (size_t)local * cols; /* GLU: the up row */
     int n8 = cols >> 3;
-    float acc[T];
+    float acc[T], acc2[MODE == GEMV_GLU ? T : 1];
 #pragma unroll
     for (int t = 0; t < T; t++) acc[t] = 0.0f;
+#pragma unroll
+    for (int t = 0; t < (MODE == GEMV_GLU ? T : 1); t++) acc2[t] = 0.0f;
 #pragma unroll 4
     for (int i = lane; i < n8; i += 32) {
-        float wv[8];
+        float wv[8], wv2[8];
         gemv_load8(wr, i, wv);
+        if (MODE == GEMV_GLU) gemv_load8(wu, i, wv2);
 #pragma unroll
         for (int t = 0; t < T; t++) {
             const float4 *xp = (const float4 *)(x + (size_t)t * cols) + 2 * i;
-            float4 a = __ldg(xp), b = __ldg(xp + 1);
-            acc[t] += a.x * wv[0] + a.y * wv[1] + a.z * wv[2] + a.w * wv[3] + b.x * wv[4] + b.y * wv[5] +
-                      b.z * wv[6] + b.w * wv[7];
+            float4 p = __ldg(xp), q = __ldg(xp + 1);
+            acc[t] += p.x * wv[0] + p.y * wv[1] + p.z * wv[2] + p.w * wv[3] + q.x * wv[4] + q.y * wv[5] +
+                      q.z * wv[6] + q.w * wv[7];
+            if (MODE == GEMV_GLU)
+                acc2[t] += p.x * wv2[0] + p.y * wv2[1] + p.z * wv2[2] + p.w * wv2[3] + q.x * wv2[4] +
+                           q.y * wv2[5] + q.z * wv2[6] + q.w * wv2[7];
         }
     }
 #pragma unroll
-    for (int t = 0; t < T; t++)
+    for (int t = 0; t < T; t++) {
         for (int o = 16; o > 0; o >>= 1) acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], o);
-    if (lane == 0) {
-        float bv = bias ? bias[row] : 0.0f;
-#pragma unroll
-        for (int t = 0; t < T; t++) out[(size_t)t * rows + row] = acc[t] + bv;
+        if (MODE == GEMV_GLU)
+            for (int o = 16; o > 0; o >>= 1) acc2[t] += __shfl_xor_sync(0xffffffffu, acc2[t], o);
     }
+    if (lane == 0) {
+        float *out = seg == 0 ? a.out0 : seg == 1 ? a.out1 : a.out2;
+        const float *bias = seg == 0 ? a.b0 : seg == 1 ? a.b1 : a.b2;
+        int ld = seg == 0 ? a.ld0 : seg == 1 ? a.ld1 : a.ld2;
+        float bv = bias ? bias[local] : 0.0f;
+        float bu = MODE == GEMV_GLU && a.b1 ? a.b1[local] : 0.0f;
+#pragma unroll
+        for (int t = 0; t < T; t++) {
+            float *o = out + (size_t)t * ld + local;
+            if (MODE == GEMV_GLU) {
+                float gv = acc[t] + bv;
+                *o = gv / (1.0f + expf(-gv)) * (acc2[MODE == GEMV_GLU ? t : 0] + bu);
+            } else if (MODE == GEMV_ADD) {
+                *o = *o + (acc[t] + bv);
+            } else {
+                *o = acc[t] + bv;
+            }
+        }
+    }
+}
+
+template <typename W, int MODE>
+static int gemv_run(const gemv_args &a, const float *x, int T, int cols, void *stream) {
+    if (a.end2 == 0) return KERNELS_OK;
+    dim3 grid((a.end2 + GEMV_WARPS - 1) / GEMV_WARPS), block(GEMV_WARPS * 32);
+    cudaStream_t st = (cudaStream_t)stream;
+    switch (T) {
+    case 1: gemv_kernel<1, W, MODE><<<grid, block, 0, st>>>(a, x, cols); break;
+    case 2: gemv_kernel<2, W, MODE><<<grid, block, 0, st>>>(a, x, cols); break;
+    case 3: gemv_kernel<3, W, MODE><<<grid, block, 0, st>>>(a, x, cols); break;
+    case 4: gemv_kernel<4, W, MODE><<<grid, block, 0, st>>>(a, x, cols); break;
+    case 5: gemv_kernel<5, W, MODE><<<grid, block, 0, st>>>(a, x, cols); break;
+    case 6: gemv_kernel<6, W, MODE><<<grid, block, 0, st>>>(a, x, cols); break;
+    case 7: gemv_kernel<7, W, MODE><<<grid, block, 0, st>>>(a, x, cols); break;
+    default: gemv_kernel<8, W, MODE><<<grid, block, 0, st>>>(a, x, cols); break;
+    }
+    return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
 }
 
 template <typename W>
 static int gemv_launch(float *out, const float *x, const void *w, const float *bias, int T, int rows, int cols,
                        void *stream) {
     if (rows < 0 || !kernels_gemv_supported(x, w, T, cols)) return KERNELS_ERR_ARG;
-    if (rows == 0) return KERNELS_OK;
-    dim3 grid((rows + GEMV_WARPS - 1) / GEMV_WARPS), block(GEMV_WARPS * 32);
-    cudaStream_t st = (cudaStream_t)stream;
-    const W *wt = (const W *)w;
-    switch (T) {
-    case 1: gemv_kernel<1, W><<<grid, block, 0, st>>>(out, x, wt, bias, rows, cols); break;
-    case 2: gemv_kernel<2, W><<<grid, block, 0, st>>>(out, x, wt, bias, rows, cols); break;
-    case 3: gemv_kernel<3, W><<<grid, block, 0, st>>>(out, x, wt, bias, rows, cols); break;
-    case 4: gemv_kernel<4, W><<<grid, block, 0, st>>>(out, x, wt, bias, rows, cols); break;
-    case 5: gemv_kernel<5, W><<<grid, block, 0, st>>>(out, x, wt, bias, rows, cols); break;
-    case 6: gemv_kernel<6, W><<<grid, block, 0, st>>>(out, x, wt, bias, rows, cols); break;
-    case 7: gemv_kernel<7, W><<<grid, block, 0, st>>>(out, x, wt, bias, rows, cols); break;
-    default: gemv_kernel<8, W><<<grid, block, 0, st>>>(out, x, wt, bias, rows, cols); break;
-    }
-    return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
+    gemv_args a = {w, w, w, out, out, out, bias, bias, bias, rows, rows, rows, rows, rows, rows};
+    return gemv_run<W, GEMV_PLAIN>(a, x, T, cols, stream);
 }
 
 extern "C" int kernels_gemv_supported(const float *x, const void *w, int T, int cols) {
@@ -92,4 +138,35 @@ extern "C" int kernels_gemv_bf16(float *out, const float *x, const void *w, cons
 extern "C" int kernels_gemv_f32(float *out, const float *x, const void *w, const float *bias, int T, int rows,
                                 int cols, void *stream) {
     return gemv_launch<float>(out, x, w, bias, T, rows, cols, stream);
+}
+
+/* Pointers of the weights in one launch: all 16-byte aligned. */
+static int gemv_w_ok(const float *x, const void *w, int T, int cols) { return kernels_gemv_supported(x, w, T, cols); }
+
+extern "C" int kernels_gemv3(float *out0, float *out1, float *out2, const float *x, const void *w0, const void *w1,
+                             const void *w2, const float *b0, const float *b1, const float *b2, int rows0, int rows1,
+                             int rows2, int T, int cols, int f32, void *stream) {
+    if (rows0 < 0 || rows1 < 0 || rows2 < 0 || !gemv_w_ok(x, w0, T, cols) || !gemv_w_ok(x, w1, T, cols) ||
+        !gemv_w_ok(x, w2, T, cols))
+        return KERNELS_ERR_ARG;
+    gemv_args a = {w0, w1, w2, out0, out1, out2, b0, b1, b2, rows0, rows0 + rows1, rows0 + rows1 + rows2,
+                   rows0, rows1, rows2};
+    return f32 ? gemv_run<float, GEMV_PLAIN>(a, x, T, cols, stream)
+               : gemv_run<__nv_bfloat16, GEMV_PLAIN>(a, x, T, cols, stream);
+}
+
+extern "C" int kernels_gemv_add(float *out, const float *x, const void *w, const float *bias, int T, int rows,
+                                int cols, int f32, void *stream) {
+    if (rows < 0 || !gemv_w_ok(x, w, T, cols)) return KERNELS_ERR_ARG;
+    gemv_args a = {w, w, w, out, out, out, bias, bias, bias, rows, rows, rows, rows, rows, rows};
+    return f32 ? gemv_run<float, GEMV_ADD>(a, x, T, cols, stream)
+               : gemv_run<__nv_bfloat16, GEMV_ADD>(a, x, T, cols, stream);
+}
+
+extern "C" int kernels_gemv_glu(float *out, const float *x, const void *wg, const void *wu, const float *bg,
+                                const float *bu, int T, int rows, int cols, int f32, void *stream) {
+    if (rows < 0 || !gemv_w_ok(x, wg, T, cols) || !gemv_w_ok(x, wu, T, cols)) return KERNELS_ERR_ARG;
+    gemv_args a = {wg, wu, wg, out, out, out, bg, bu, bg, rows, rows, rows, rows, rows, rows};
+    return f32 ? gemv_run<float, GEMV_GLU>(a, x, T, cols, stream)
+               : gemv_run<__nv_bfloat16, GEMV_GLU>(a, x, T, cols, stream);
 }

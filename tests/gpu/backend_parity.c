@@ -543,6 +543,125 @@ static void test_attention(const step *st, int n_blocks, int nh, int nkv, int hd
     free(hk), free(hv), free(k), free(v), free(q), free(kc), free(vc), free(ref);
 }
 
+/* ---- fused ops (backend.h, "fused") against the sequences they stand for ---- */
+
+typedef struct {
+    weight h, d; /* host (CPU reference) and device views */
+    float *hb, *db; /* bias, host and device */
+} tw;
+
+static tw tw_make(int rows, int cols, dtype dt) {
+    size_t n = (size_t)rows * cols;
+    float *wf = rand_f32(n, 0.05f);
+    tw t;
+    void *wh = wf;
+    if (dt == DTYPE_BF16) {
+        uint16_t *w16 = xmalloc(n * 2);
+        for (size_t i = 0; i < n; i++) w16[i] = f32_to_bf16(wf[i]);
+        free(wf);
+        wh = w16;
+    }
+    t.h = (weight){.data = wh, .dt = dt, .rows = rows, .cols = cols};
+    t.d = t.h;
+    t.d.data = dev_copy(wh, n * dtype_size(dt));
+    t.hb = rand_f32(rows, 1.0f);
+    t.db = dev_copy(t.hb, (size_t)rows * 4);
+    return t;
+}
+static void tw_free(tw *t) {
+    gpu->free((void *)t->d.data), gpu->free(t->db);
+    free((void *)t->h.data), free(t->hb);
+}
+
+static void test_fused_products(int T, dtype dt, int bias, double bound) {
+    const int cols = 1024, nq = 1024, nkv = 256, ff = 1536;
+    char name[96];
+    const char *dn = dtype_name(dt);
+    tw wq = tw_make(nq, cols, dt), wk = tw_make(nkv, cols, dt), wv = tw_make(nkv, cols, dt);
+    float *x = rand_f32((size_t)T * ff, 1.0f), *dx = dev_copy(x, (size_t)T * ff * 4);
+    { /* q, k, v */
+        float *ref = xmalloc((size_t)T * (nq + 2 * nkv) * 4);
+        cpu->matmul(ref, x, &wq.h, bias ? wq.hb : NULL, T);
+        cpu->matmul(ref + (size_t)T * nq, x, &wk.h, bias ? wk.hb : NULL, T);
+        cpu->matmul(ref + (size_t)T * (nq + nkv), x, &wv.h, bias ? wv.hb : NULL, T);
+        float *o = dev_poison((size_t)T * (nq + 2 * nkv) * 4);
+        gpu->matmul_qkv(o, o + (size_t)T * nq, o + (size_t)T * (nq + nkv), dx, &wq.d, &wk.d, &wv.d,
+                        bias ? wq.db : NULL, bias ? wk.db : NULL, bias ? wv.db : NULL, T);
+        snprintf(name, sizeof(name), "matmul_qkv %s T=%d%s", dn, T, bias ? " +b" : "");
+        check(name, o, ref, (size_t)T * (nq + 2 * nkv), bound);
+        gpu->free(o), free(ref);
+    }
+    { /* o projection into the residual stream: x (T, nq) += a (T, cols) @ w^T */
+        float *res = rand_f32((size_t)T * nq, 1.0f), *ref = xmalloc((size_t)T * nq * 4);
+        cpu->matmul(ref, x, &wq.h, bias ? wq.hb : NULL, T);
+        for (size_t i = 0; i < (size_t)T * nq; i++) ref[i] = res[i] + ref[i];
+        float *dres = dev_copy(res, (size_t)T * nq * 4);
+        gpu->matmul_add(dres, dx, &wq.d, bias ? wq.db : NULL, T);
+        snprintf(name, sizeof(name), "matmul_add %s T=%d%s", dn, T, bias ? " +b" : "");
+        check(name, dres, ref, (size_t)T * nq, bound);
+        gpu->free(dres), free(res), free(ref);
+    }
+    { /* gate and up: gate = silu(x wg^T + bg) * (x wu^T + bu) */
+        tw wg = tw_make(ff, cols, dt), wu = tw_make(ff, cols, dt);
+        float *ref = xmalloc((size_t)T * ff * 4), *up = xmalloc((size_t)T * ff * 4);
+        cpu->matmul(ref, x, &wg.h, bias ? wg.hb : NULL, T);
+        cpu->matmul(up, x, &wu.h, bias ? wu.hb : NULL, T);
+        cpu->swiglu(ref, up, (size_t)T * ff);
+        float *dg = dev_poison((size_t)T * ff * 4), *du = dev_poison((size_t)T * ff * 4);
+        gpu->matmul_glu(dg, du, dx, &wg.d, &wu.d, bias ? wg.db : NULL, bias ? wu.db : NULL, T);
+        snprintf(name, sizeof(name), "matmul_glu %s T=%d%s", dn, T, bias ? " +b" : "");
+        check(name, dg, ref, (size_t)T * ff, bound);
+        gpu->free(dg), gpu->free(du), free(ref), free(up);
+        tw_free(&wg), tw_free(&wu);
+    }
+    gpu->free(dx), free(x);
+    tw_free(&wq), tw_free(&wk), tw_free(&wv);
+}
+
+/* qk_rope_store on the mixed step against rmsnorm per head, rope, kv_store */
+static void test_qk_rope_store(const step *st, int n_blocks, int nh, int nkv, int hd, int with_norm) {
+    int T = st->h.n_tokens, kvw = nkv * hd;
+    size_t rows = (size_t)n_blocks * st->h.block_size;
+    float *q = rand_f32((size_t)T * nh * hd, 2.0f), *k = rand_f32((size_t)T * kvw, 2.0f);
+    float *v = rand_f32((size_t)T * kvw, 1.0f), *qn = rand_f32(hd, 1.0f), *kn = rand_f32(hd, 1.0f);
+    float *inv = xmalloc(hd / 2 * 4);
+    for (int i = 0; i < hd / 2; i++) inv[i] = 1.0f / powf(1000000.0f, (float)(2 * i) / hd);
+    float *dq = dev_copy(q, (size_t)T * nh * hd * 4), *dk = dev_copy(k, (size_t)T * kvw * 4);
+    float *dv = dev_copy(v, (size_t)T * kvw * 4), *dqn = dev_copy(qn, hd * 4), *dkn = dev_copy(kn, hd * 4);
+    float *dinv = dev_copy(inv, hd / 2 * 4);
+    float *kc = calloc(rows * kvw, 4), *vc = calloc(rows * kvw, 4);
+    void *dkc = dev_poison(rows * kvw * 2), *dvc = dev_poison(rows * kvw * 2);
+    if (with_norm) {
+        cpu->rmsnorm(q, q, qn, T * nh, hd, 1e-6f);
+        cpu->rmsnorm(k, k, kn, T * nkv, hd, 1e-6f);
+    }
+    cpu->rope(q, st->h.pos, T, nh, hd, inv);
+    cpu->rope(k, st->h.pos, T, nkv, hd, inv);
+    cpu->kv_store(kc, vc, k, v, &st->h, kvw);
+    gpu->qk_rope_store(dq, dk, dv, dkc, dvc, &st->d, nh, nkv, hd, with_norm ? dqn : NULL, with_norm ? dkn : NULL,
+                       1e-6f, dinv);
+    char name[96];
+    snprintf(name, sizeof(name), "qk_rope_store %d:%d hd=%d%s q", nh, nkv, hd, with_norm ? " norm" : "");
+    check(name, dq, q, (size_t)T * nh * hd, 1e-5);
+    /* the step's cache rows: bf16 of the reference's f32 rows */
+    uint16_t *gk = host_of(dkc, rows * kvw * 2), *gv = host_of(dvc, rows * kvw * 2);
+    float *a = xmalloc((size_t)T * kvw * 4), *r = xmalloc((size_t)T * kvw * 4);
+    for (int c = 0; c < 2; c++) {
+        for (int t = 0; t < T; t++)
+            for (int i = 0; i < kvw; i++) {
+                size_t at = (size_t)st->slot[t] * kvw + i;
+                a[(size_t)t * kvw + i] = bf16_to_f32((c ? gv : gk)[at]);
+                r[(size_t)t * kvw + i] = (c ? vc : kc)[at];
+            }
+        snprintf(name, sizeof(name), "qk_rope_store %d:%d hd=%d%s %s", nh, nkv, hd, with_norm ? " norm" : "",
+                 c ? "V" : "K");
+        report(name, a, r, (size_t)T * kvw, 4e-3);
+    }
+    gpu->free(dq), gpu->free(dk), gpu->free(dv), gpu->free(dqn), gpu->free(dkn), gpu->free(dinv);
+    gpu->free(dkc), gpu->free(dvc);
+    free(q), free(k), free(v), free(qn), free(kn), free(inv), free(kc), free(vc), free(gk), free(gv), free(a), free(r);
+}
+
 /* ---- timings ---- */
 
 static void time_matmul(int n, int dmod, int T) {
@@ -646,12 +765,22 @@ int main(int argc, char **argv) {
     test_matmul(513, 257, 300, DTYPE_F16, 1, 1e-2);
     test_elementwise();
     test_gathers();
+    /* fused products: the matrix-vector kernels at T <= 2, else the ops they stand for */
+    test_fused_products(1, DTYPE_BF16, 1, 1e-5);
+    test_fused_products(2, DTYPE_BF16, 0, 1e-5);
+    test_fused_products(1, DTYPE_F32, 1, 1e-5);
+    test_fused_products(5, DTYPE_F32, 1, 1e-5);
+    test_fused_products(43, DTYPE_BF16, 0, 1e-2); /* cuBLAS adding into the residual */
+    test_fused_products(43, DTYPE_BF16, 1, 1e-2);
 
     /* the mixed step: decode at 700, prefill 37 at 0, chunk of 5 at 130 */
     int qn[3] = {1, 37, 5}, p0[3] = {700, 0, 130}, n_blocks = 64;
     step st;
     step_make(&st, 3, qn, p0, 16, n_blocks);
     test_engram(&st);
+    test_qk_rope_store(&st, n_blocks, 16, 4, 128, 1);
+    test_qk_rope_store(&st, n_blocks, 16, 4, 128, 0);
+    test_qk_rope_store(&st, n_blocks, 4, 2, 16, 1);
     test_attention(&st, n_blocks, 16, 4, 128, 0, 1);
     test_attention(&st, n_blocks, 16, 4, 128, 0, 0);
     test_attention(&st, n_blocks, 16, 4, 128, 24, 1);
