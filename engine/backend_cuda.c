@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "sampler.h"
 
 /* Tokens up to which a product takes the matrix-vector kernel rather than
  * cuBLAS (H100, 4096x4096 bf16: T=1 8.6 us against 20 us through cuBLAS with
@@ -462,6 +463,16 @@ static void cu_short_conv(float *out, const float *in, const float *w, const bat
                                          b->n_tokens, C, K, dil, g.stream));
 }
 
+/* ---- sampling ---- */
+
+_Static_assert(KERNELS_SAMPLE_DESC_WORDS == SAMPLER_DESC_WORDS, "kernels.h and sampler.h disagree");
+_Static_assert(KERNELS_SAMPLE_MAX_CANDIDATES == SAMPLER_MAX_CANDIDATES, "kernels.h and sampler.h disagree");
+_Static_assert(KERNELS_SAMPLE_NAN == SAMPLER_RESULT_NAN, "kernels.h and sampler.h disagree");
+
+static void cu_sample(void *out, float *logits, const int32_t *desc, int n, int vocab, int stride, int n_cand) {
+    CHECK_K(kernels_sample_f32(out, logits, desc, n, vocab, stride, n_cand, g.stream));
+}
+
 /* ---- recorded steps ---- */
 
 static int cu_step_begin(const void *key, size_t key_bytes) {
@@ -528,6 +539,7 @@ static const backend_ops cuda_ops = {
     .short_conv = cu_short_conv,
     .step_begin = cu_step_begin,
     .step_end = cu_step_end,
+    .sample = cu_sample,
 };
 
 /* Device 0, one stream, one cuBLAS handle; made on the first call. */
