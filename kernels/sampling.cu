@@ -102,21 +102,37 @@ __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(unsigned char *o
         __syncthreads();
         unsigned prefix = s_prefix;
         int nan = 0;
-        for (int i = tid; i < vocab; i += SAMPLE_THREADS) {
-            float v = row[i];
+        for (int t0 = 0; t0 < vocab; t0 += SAMPLE_THREADS) { // whole warps: the tiles are uniform
+            int i = t0 + tid;
+            float v = i < vocab ? row[i] : 0.0f;
             if (shift == 24) nan |= isnan(v);
-            unsigned k = sample_key(v);
-            if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 255], 1u);
+            unsigned k = sample_key(v), bin = (k >> shift) & 255;
+            bool m = i < vocab && (k & mask) == prefix;
+            unsigned active = __ballot_sync(0xffffffffu, m);
+            if (m) { // one atomic per distinct bin of the warp: rows crowd into few bins
+                unsigned peers = __match_any_sync(active, bin);
+                if (lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (unsigned)__popc(peers));
+            }
         }
         if (nan) s_nan = 1;
         __syncthreads();
-        if (tid == 0) { // the bin holding the need-th largest of those matching the prefix
-            unsigned need = s_need, cum = 0;
-            int b = 255;
-            for (; b > 0 && cum + hist[b] < need; b--) cum += hist[b];
-            s_need = need - cum;
-            s_prefix = prefix | ((unsigned)b << shift);
-            s_eq = hist[b];
+        if (warp == 0) { // the bin holding the need-th largest of those matching the prefix
+            unsigned need = s_need, c = 0;
+            int hi = 255 - 8 * lane; // this lane's bins: hi down to hi - 7
+            for (int q = 0; q < 8; q++) c += hist[hi - q];
+            unsigned incl = c;
+            for (int o = 1; o < 32; o <<= 1) {
+                unsigned y = __shfl_up_sync(0xffffffffu, incl, o);
+                if (lane >= o) incl += y;
+            }
+            if (incl - c < need && incl >= need) { // exactly one lane
+                unsigned cum = incl - c;
+                int b = hi;
+                for (int q = 0; q < 7 && cum + hist[b] < need; q++, b--) cum += hist[b];
+                s_need = need - cum;
+                s_prefix = prefix | ((unsigned)b << shift);
+                s_eq = hist[b];
+            }
         }
         mask |= 255u << shift;
         __syncthreads();
