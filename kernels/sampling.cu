@@ -50,6 +50,7 @@ extern "C" int kernels_argmax_f32(int *next, const float *logits, int T, int voc
 
 #define SAMPLE_THREADS 1024
 #define SAMPLE_MAX 4096 // KERNELS_SAMPLE_MAX_CANDIDATES
+#define SAMPLE_UNROLL 8  // row elements a thread loads before using them
 
 __device__ __forceinline__ unsigned sample_key(float f) {
     if (f == 0.0f) f = 0.0f;
@@ -102,16 +103,24 @@ __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(unsigned char *o
         __syncthreads();
         unsigned prefix = s_prefix;
         int nan = 0;
-        for (int t0 = 0; t0 < vocab; t0 += SAMPLE_THREADS) { // whole warps: the tiles are uniform
-            int i = t0 + tid;
-            float v = i < vocab ? row[i] : 0.0f;
-            if (shift == 24) nan |= isnan(v);
-            unsigned k = sample_key(v), bin = (k >> shift) & 255;
-            bool m = i < vocab && (k & mask) == prefix;
-            unsigned active = __ballot_sync(0xffffffffu, m);
-            if (m) { // one atomic per distinct bin of the warp: rows crowd into few bins
-                unsigned peers = __match_any_sync(active, bin);
-                if (lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (unsigned)__popc(peers));
+        for (int t0 = 0; t0 < vocab; t0 += SAMPLE_THREADS * SAMPLE_UNROLL) { // whole warps: uniform tiles
+            float v[SAMPLE_UNROLL];
+#pragma unroll
+            for (int q = 0; q < SAMPLE_UNROLL; q++) { // loads first: one block per row needs them in flight
+                int i = t0 + q * SAMPLE_THREADS + tid;
+                v[q] = i < vocab ? row[i] : 0.0f;
+            }
+#pragma unroll
+            for (int q = 0; q < SAMPLE_UNROLL; q++) {
+                int i = t0 + q * SAMPLE_THREADS + tid;
+                if (shift == 24) nan |= isnan(v[q]);
+                unsigned k = sample_key(v[q]), bin = (k >> shift) & 255;
+                bool m = i < vocab && (k & mask) == prefix;
+                unsigned active = __ballot_sync(0xffffffffu, m);
+                if (m) { // one atomic per distinct bin of the warp: rows crowd into few bins
+                    unsigned peers = __match_any_sync(active, bin);
+                    if (lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (unsigned)__popc(peers));
+                }
             }
         }
         if (nan) s_nan = 1;
@@ -142,9 +151,20 @@ __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(unsigned char *o
     // 3. gather: every key above tau, and the take_eq lowest ids equal to it
     for (int i = tid; i < n_cand; i += SAMPLE_THREADS) cand[i] = 0; // 0 sorts after every real key
     __syncthreads();
-    for (int i = tid; i < vocab; i += SAMPLE_THREADS) {
-        unsigned k = sample_key(row[i]);
-        if (k > tau || (k == tau && take_eq == n_eq)) cand[atomicAdd(&s_count, 1u)] = ((unsigned long long)k << 32) | (unsigned)~i;
+    for (int t0 = 0; t0 < vocab; t0 += SAMPLE_THREADS * SAMPLE_UNROLL) {
+        float v[SAMPLE_UNROLL];
+#pragma unroll
+        for (int q = 0; q < SAMPLE_UNROLL; q++) {
+            int i = t0 + q * SAMPLE_THREADS + tid;
+            v[q] = i < vocab ? row[i] : 0.0f;
+        }
+#pragma unroll
+        for (int q = 0; q < SAMPLE_UNROLL; q++) {
+            int i = t0 + q * SAMPLE_THREADS + tid;
+            unsigned k = sample_key(v[q]);
+            if (i < vocab && (k > tau || (k == tau && take_eq == n_eq)))
+                cand[atomicAdd(&s_count, 1u)] = ((unsigned long long)k << 32) | (unsigned)~i;
+        }
     }
     if (take_eq < n_eq) { // ties at tau cut: take them in id order, a tile of the row at a time
         if (tid == 0) s_base = 0;
@@ -197,9 +217,17 @@ __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(unsigned char *o
     double tail = 0.0;
     if (nf > n_cand && T > 0.0f) {
         float mx = __fdiv_rn(row[(int)~(unsigned)cand[0]], T);
-        for (int i = tid; i < vocab; i += SAMPLE_THREADS) {
-            float v = row[i];
-            if (sample_key(v) < tau) tail += (double)expf(__fsub_rn(__fdiv_rn(v, T), mx));
+        for (int t0 = 0; t0 < vocab; t0 += SAMPLE_THREADS * SAMPLE_UNROLL) {
+            float v[SAMPLE_UNROLL];
+#pragma unroll
+            for (int q = 0; q < SAMPLE_UNROLL; q++) {
+                int i = t0 + q * SAMPLE_THREADS + tid;
+                v[q] = i < vocab ? row[i] : 0.0f;
+            }
+#pragma unroll
+            for (int q = 0; q < SAMPLE_UNROLL; q++)
+                if (t0 + q * SAMPLE_THREADS + tid < vocab && sample_key(v[q]) < tau)
+                    tail += (double)expf(__fsub_rn(__fdiv_rn(v[q], T), mx));
         }
         if (tid == 0 && n_eq > take_eq)
             tail += (double)(n_eq - take_eq) * (double)expf(__fsub_rn(__fdiv_rn(sample_unkey(tau), T), mx));
