@@ -200,7 +200,7 @@ static int32_t pick(const sampler_params *p, const int32_t *ids, const float *lg
         if (rhi < acc) return prev <= rlo ? ids[i] : -1;
     }
     if (more) return -1;
-    return acc <= rlo ? ids[n - 1] : -1;
+    return err == 0.0 || acc <= rlo ? ids[n - 1] : -1; /* err 0: sampler_sample's own fallback, NaN sums too */
 }
 
 int32_t sampler_sample_applied(sampler *s, float *logits) {

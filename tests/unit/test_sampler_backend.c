@@ -155,12 +155,41 @@ START_TEST(candidates_settle_peaked_rows) {
 }
 END_TEST
 
+/* NaN logits still give a token, on both ways (the row's NaN flag sends the
+ * backend way to the row). */
+START_TEST(nan_rows_give_tokens) {
+    const backend_ops *cpu = backend_cpu();
+    enum { V = 64, N_CAND = 8 };
+    float a[V], b[V];
+    unsigned char res[SAMPLER_RESULT_BYTES(N_CAND)];
+    sampler_params p = sampler_default_params();
+    p.temperature = 0.7f;
+    sampler *ref = sampler_create(V, p), *dev = sampler_create(V, p);
+    sampler_desc d = {0};
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < V; i++) a[i] = k ? (i % 5 ? (float)i : NAN) : NAN;
+        memcpy(b, a, sizeof(a));
+        int32_t want = sampler_sample(ref, a, NULL, 0, NULL, 0);
+        ck_assert(want >= 0 && want < V);
+        sampler_desc_begin(&d, 1);
+        sampler_desc_set(&d, 0, dev, 0, NULL, NULL, 0, NULL, 0, NULL, 0);
+        cpu->sample(res, b, d.w, 1, V, V, N_CAND);
+        ck_assert_int_eq(sampler_sample_candidates(dev, res, N_CAND), -1);
+        ck_assert_int_eq(sampler_sample_applied(dev, b), want);
+    }
+    sampler_desc_free(&d);
+    sampler_destroy(ref);
+    sampler_destroy(dev);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("sampler_backend");
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, candidates_pick_the_same_tokens);
     tcase_add_test(tc, candidates_settle_peaked_rows);
+    tcase_add_test(tc, nan_rows_give_tokens);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
