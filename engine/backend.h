@@ -168,6 +168,25 @@ typedef struct backend_ops {
     void (*qk_rope_store)(float *q, const float *k, const float *v, void *kc, void *vc, const batch_desc *b,
                           int n_heads, int n_kv, int hd, const float *qn, const float *kn, float eps,
                           const float *inv_freq);
+
+    /* ---- sampling ---- */
+    /* Sampling where the logits are (engine/sampler.h, "sampling with the
+     * logits on a backend"), for the n rows of desc (a packed description,
+     * backend memory). Row r works on logits row h[SAMPLER_DESC_ROW] (rows of
+     * `stride` floats, ids below `vocab`), h its header:
+     *   1. adds its biases in order, then applies its penalties (sampler.c's
+     *      f32 operations, each listed id once), in place;
+     *   2. writes result row r (out + r * SAMPLER_RESULT_BYTES(n_cand),
+     *      backend memory): n_valid = min(h[N_FULL], n_cand) candidates, the
+     *      largest logits in (logit descending, id ascending) order, -0 equal
+     *      to +0 (the order sampler_sample sorts in); when h[N_FULL] > n_cand
+     *      and the temperature T > 0, tail = the sum in double over the other
+     *      ids of expf(l / T - l0 / T) (f32 division and subtraction, l0 the
+     *      largest logit), else 0; flags SAMPLER_RESULT_NAN when the row holds
+     *      a NaN.
+     * n_cand is a power of two up to SAMPLER_MAX_CANDIDATES. NULL where a
+     * backend has none. */
+    void (*sample)(void *out, float *logits, const int32_t *desc, int n, int vocab, int stride, int n_cand);
 } backend_ops;
 
 /* The CPU reference backend (plain C, OpenMP). */

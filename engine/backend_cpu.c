@@ -19,6 +19,7 @@
 #include "backend.h"
 #include "numeric.h"
 #include "store.h"
+#include "sampler.h"
 
 /* ---- memory: plain host memory ---- */
 
@@ -357,6 +358,77 @@ static void cpu_scatter_rows(void *dst, const void *src, const int32_t *slot, in
         memcpy((char *)dst + (size_t)slot[i] * row_bytes, (const char *)src + (size_t)i * row_bytes, row_bytes);
 }
 
+/* ---- sampling ---- */
+
+/* The order sampler_sample sorts in, as one unsigned key: larger is earlier.
+ * -0 is +0; NaNs sort beyond the infinities (their rows are flagged). */
+static uint32_t sample_key(float f) {
+    if (f == 0.0f) f = 0.0f;
+    uint32_t b;
+    memcpy(&b, &f, sizeof(b));
+    return b & 0x80000000u ? ~b : b | 0x80000000u;
+}
+
+static _Thread_local const float *sample_row;
+
+static int sample_cmp(const void *a, const void *b) {
+    int32_t i = *(const int32_t *)a, j = *(const int32_t *)b;
+    uint32_t x = sample_key(sample_row[i]), y = sample_key(sample_row[j]);
+    if (x != y) return x > y ? -1 : 1;
+    return i < j ? -1 : i > j;
+}
+
+static float sample_f(int32_t w) {
+    float f;
+    memcpy(&f, &w, sizeof(f));
+    return f;
+}
+
+/* A full sort of each row: the reference, not the fast way. */
+static void cpu_sample(void *out, float *logits, const int32_t *desc, int n, int vocab, int stride, int n_cand) {
+    int32_t *idx = malloc((size_t)vocab * sizeof(int32_t));
+    if (!idx) abort(); /* ops cannot report failure */
+    for (int r = 0; r < n; r++) {
+        const int32_t *h = desc + (size_t)r * SAMPLER_DESC_WORDS;
+        float *row = logits + (size_t)h[SAMPLER_DESC_ROW] * stride;
+        float T = sample_f(h[SAMPLER_DESC_TEMP]), rp = sample_f(h[SAMPLER_DESC_REP]);
+        float pp = sample_f(h[SAMPLER_DESC_PRES]), fp = sample_f(h[SAMPLER_DESC_FREQ]);
+        const int32_t *bias = desc + h[SAMPLER_DESC_BIAS_OFF], *pen = desc + h[SAMPLER_DESC_PEN_OFF];
+        for (int i = 0; i < h[SAMPLER_DESC_N_BIAS]; i++) row[bias[2 * i]] += sample_f(bias[2 * i + 1]);
+        for (int i = 0; i < h[SAMPLER_DESC_N_PEN]; i++) { /* apply_penalties in sampler.c */
+            float l = row[pen[2 * i]];
+            int c = pen[2 * i + 1];
+            if (rp != 1.0f) l = l > 0 ? l / rp : l * rp;
+            l -= pp * (c > 0) + fp * (float)c;
+            row[pen[2 * i]] = l;
+        }
+        int32_t flags = 0;
+        for (int i = 0; i < vocab; i++) {
+            idx[i] = i;
+            if (isnan(row[i])) flags |= SAMPLER_RESULT_NAN;
+        }
+        sample_row = row;
+        qsort(idx, (size_t)vocab, sizeof(int32_t), sample_cmp);
+        int nf = h[SAMPLER_DESC_N_FULL], nv = nf < n_cand ? nf : n_cand;
+        unsigned char *o = (unsigned char *)out + (size_t)r * SAMPLER_RESULT_BYTES(n_cand);
+        int32_t *ids = (int32_t *)o;
+        float *lg = (float *)(o + 4 * (size_t)n_cand);
+        for (int i = 0; i < n_cand; i++) {
+            ids[i] = i < nv ? idx[i] : -1;
+            lg[i] = i < nv ? row[idx[i]] : 0.0f;
+        }
+        double tail = 0.0;
+        if (nf > n_cand && T > 0.0f) {
+            float mx = row[idx[0]] / T;
+            for (int i = nv; i < vocab; i++) tail += expf(row[idx[i]] / T - mx);
+        }
+        memcpy(o + 8 * (size_t)n_cand, &tail, sizeof(tail));
+        memcpy(o + 8 * (size_t)n_cand + 8, &nv, sizeof(nv));
+        memcpy(o + 8 * (size_t)n_cand + 12, &flags, sizeof(flags));
+    }
+    free(idx);
+}
+
 static const backend_ops cpu_ops = {
     .name = "cpu",
     .kv_elem_bytes = sizeof(float),
@@ -390,6 +462,7 @@ static const backend_ops cpu_ops = {
     .fetch_sync = cpu_fetch_sync,
     .decode_rows = cpu_decode_rows,
     .scatter_rows = cpu_scatter_rows,
+    .sample = cpu_sample,
 };
 
 const backend_ops *backend_cpu(void) { return &cpu_ops; }

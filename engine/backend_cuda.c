@@ -21,6 +21,7 @@
 #include <time.h>
 
 #include "kernels.h"
+#include "sampler.h"
 
 /* Tokens up to which a product takes the matrix-vector kernel rather than
  * cuBLAS (H100, 4096x4096 bf16: T=1 8.6 us against 20 us through cuBLAS with
@@ -734,6 +735,16 @@ static void cu_scatter_rows(void *dst, const void *src, const int32_t *slot, int
     CHECK_K(kernels_scatter_rows(dst, src, slot, n, row_bytes, g.stream));
 }
 
+/* ---- sampling ---- */
+
+_Static_assert(KERNELS_SAMPLE_DESC_WORDS == SAMPLER_DESC_WORDS, "kernels.h and sampler.h disagree");
+_Static_assert(KERNELS_SAMPLE_MAX_CANDIDATES == SAMPLER_MAX_CANDIDATES, "kernels.h and sampler.h disagree");
+_Static_assert(KERNELS_SAMPLE_NAN == SAMPLER_RESULT_NAN, "kernels.h and sampler.h disagree");
+
+static void cu_sample(void *out, float *logits, const int32_t *desc, int n, int vocab, int stride, int n_cand) {
+    CHECK_K(kernels_sample_f32(out, logits, desc, n, vocab, stride, n_cand, g.stream));
+}
+
 /* ---- recorded steps ---- */
 
 static int cu_step_begin(const void *key, size_t key_bytes) {
@@ -815,6 +826,7 @@ static const backend_ops cuda_ops = {
     .matmul_add = cu_matmul_add,
     .matmul_glu = cu_matmul_glu,
     .qk_rope_store = cu_qk_rope_store,
+    .sample = cu_sample,
 };
 
 /* Device 0, one stream, one cuBLAS handle; made on the first call. */

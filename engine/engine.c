@@ -67,6 +67,16 @@ struct engine {
     float *raw_logits;       /* (vocab_size) a copy for logprobs, before sampling edits them */
     int32_t *ids;            /* (max_num_batched_tokens) the step's ids */
     int32_t *next;           /* (max_num_seqs) argmax of each sequence's logits (greedy) */
+    /* sampling where the logits are (backend_ops.sample), see seq_device_sample */
+    bool dev_sample;         /* on: the backend samples for the requests it can serve */
+    int dev_sample_min;      /* ... in steps with at least this many of them */
+    int32_t *row;            /* (max_num_seqs) each item's row of forward_ctx_logits, or -1 */
+    int *res;                /* (max_num_seqs) each item's row of the sampling result, or -1 */
+    sampler_desc desc;       /* the step's description, host */
+    void *d_desc;            /* backend memory, d_desc_bytes */
+    size_t d_desc_bytes;
+    void *d_res;             /* (max_num_seqs) result rows, backend memory */
+    unsigned char *h_res;    /* the same, host */
     forward_item *items;     /* (max_num_seqs) the step */
     struct seq **item_seq;   /* (max_num_seqs) the sequence of each item */
     int ctx, vocab;
@@ -533,6 +543,21 @@ static int seq_take_state(engine *e, seq *s) {
     return 0;
 }
 
+/* Candidates per row that backend_ops.sample hands back: 8 KiB a row
+ * instead of the whole vocabulary (600 KiB for 151,936 ids). */
+#define SAMPLE_CANDIDATES 1024
+#define SAMPLE_MIN_ROWS 6
+
+/* Whether s samples through backend_ops.sample: the engine has it on, and
+ * nothing needs the whole row on the host (logprobs read every logit; top-k
+ * between SAMPLE_CANDIDATES and the vocabulary would leave a tail the op does
+ * not sum). Greedy requests with biases or penalties take it too (the first
+ * candidate is their argmax). The row comes down only when the candidates do
+ * not settle the token (sampler_sample_candidates). */
+static bool seq_device_sample(const engine *e, const seq *s) {
+    return e->dev_sample && !s->r->lp && sampler_candidates_ok(s->smp, SAMPLE_CANDIDATES);
+}
+
 /* Greedy with nothing that needs the logits on the host: the backend's
  * argmax is the token (the sampler's own rule, lowest id on ties). */
 static bool seq_pure_greedy(const engine *e, const seq *s) {
@@ -672,6 +697,48 @@ static void sched_publish_stats(engine *e, int step_tokens) {
     pthread_mutex_unlock(&e->mu);
 }
 
+/* After the pass: one backend_ops.sample over the items that left their
+ * logits on the backend (biases and penalties applied there), its result
+ * rows downloaded at once. Returns 0, or -1 when host memory runs out. */
+static int sched_sample_on_backend(engine *e, int n_items) {
+    int n = 0;
+    for (int j = 0; j < n_items; j++) e->res[j] = e->row[j] >= 0 ? n++ : -1;
+    if (n == 0) return 0;
+    if (sampler_desc_begin(&e->desc, n)) return -1;
+    for (int j = 0; j < n_items; j++) {
+        if (e->res[j] < 0) continue;
+        const seq *s = e->item_seq[j];
+        const engine_request *r = s->r;
+        if (sampler_desc_set(&e->desc, e->res[j], s->smp, e->row[j], r->bias_ids, r->bias_vals, r->n_bias,
+                             r->prompt, r->n_prompt, s->out_ids, s->n_out))
+            return -1;
+    }
+    const backend_ops *o = e->ops;
+    size_t bytes = sampler_desc_bytes(&e->desc);
+    if (bytes > e->d_desc_bytes) { /* grows rarely: freeing backend memory drops recorded steps */
+        o->free(e->d_desc);
+        e->d_desc_bytes = 0;
+        if (!(e->d_desc = o->alloc(2 * bytes))) return -1;
+        e->d_desc_bytes = 2 * bytes;
+    }
+    o->upload(e->d_desc, e->desc.w, bytes);
+    o->sample(e->d_res, forward_ctx_logits(e->fc), e->d_desc, n, e->vocab, e->m->cfg.vocab_size, SAMPLE_CANDIDATES);
+    o->download(e->h_res, e->d_res, (size_t)n * SAMPLER_RESULT_BYTES(SAMPLE_CANDIDATES));
+    return 0;
+}
+
+/* The token of item j, sampled on the backend: from its candidates, else
+ * (rarely) from its row, downloaded with biases and penalties applied. */
+static int32_t seq_take_candidate(engine *e, seq *s, int j) {
+    int32_t next = sampler_sample_candidates(s->smp, e->h_res + (size_t)e->res[j] * SAMPLER_RESULT_BYTES(SAMPLE_CANDIDATES),
+                                             SAMPLE_CANDIDATES);
+    if (next >= 0) return next;
+    size_t V = (size_t)e->m->cfg.vocab_size;
+    float *row = e->logits + (size_t)j * V;
+    e->ops->download(row, forward_ctx_logits(e->fc) + (size_t)e->row[j] * V, V * sizeof(float));
+    return sampler_sample_applied(s->smp, row);
+}
+
 /* One scheduler step. Returns the tokens it ran. */
 static int sched_step(engine *e) {
     /* 1. cancellations */
@@ -758,7 +825,13 @@ static int sched_step(engine *e) {
     }
 
     /* 4. run the scheduled pieces as one forward pass */
-    int n_items = 0, tokens = 0;
+    int n_items = 0, tokens = 0, n_dev = 0;
+    for (int i = 0; i < e->n_running; i++) { /* rows the backend would sample: worth it in numbers */
+        seq *s = e->running[i];
+        if (s->piece && forward_state_pos(s->st) + s->piece == s->r->n_prompt + s->n_out && !seq_pure_greedy(e, s))
+            n_dev += seq_device_sample(e, s);
+    }
+    bool dev_step = n_dev >= e->dev_sample_min;
     for (int i = 0; i < e->n_running; i++) {
         seq *s = e->running[i];
         if (!s->piece) continue;
@@ -767,11 +840,13 @@ static int sched_step(engine *e) {
         bool caught_up = pos + n == known;
         int32_t *ids = e->ids + tokens;
         for (int k = 0; k < n; k++) ids[k] = seq_token(s, pos + k);
-        bool greedy = seq_pure_greedy(e, s);
+        bool greedy = seq_pure_greedy(e, s), dev = dev_step && !greedy && seq_device_sample(e, s);
+        e->row[n_items] = -1;
         e->items[n_items] = (forward_item){
             .st = s->st, .ids = ids, .n = n,
-            .logits = caught_up && !greedy ? e->logits + (size_t)n_items * e->m->cfg.vocab_size : NULL,
+            .logits = caught_up && !greedy && !dev ? e->logits + (size_t)n_items * e->m->cfg.vocab_size : NULL,
             .argmax = caught_up && greedy ? &e->next[n_items] : NULL,
+            .logits_row = caught_up && dev ? &e->row[n_items] : NULL,
             .gates = r->gates ? r->gates + (size_t)pos * r->n_gate_layers : NULL};
         e->item_seq[n_items++] = s;
         tokens += n;
@@ -779,6 +854,10 @@ static int sched_step(engine *e) {
     if (n_items == 0) return 0;
     int frc = forward_batch(e->fc, e->items, n_items);
     if (frc != FORWARD_OK) log_error("step of %d sequences: %s", n_items, forward_status_str(frc));
+    else if (sched_sample_on_backend(e, n_items) != 0) {
+        log_error("step of %d sequences: out of memory for the sampling description", n_items);
+        frc = FORWARD_ERR_NOMEM; /* every sequence of the step fails, as for a failed pass */
+    }
 
     /* 5. sample and publish, in running order */
     for (int j = 0; j < n_items; j++) {
@@ -795,7 +874,8 @@ static int sched_step(engine *e) {
             for (; s->n_fed_max < pos + it->n; s->n_fed_max++) /* written before any finish is published */
                 if (r->gate_ids) r->gate_ids[s->n_fed_max] = seq_token(s, s->n_fed_max);
             if (r->gate_ids) r->n_gated = s->n_fed_max;
-            if (it->logits || it->argmax) done = seq_sample(e, s, it->logits, it->argmax ? *it->argmax : 0);
+            if (it->logits_row) done = seq_sample(e, s, NULL, seq_take_candidate(e, s, j));
+            else if (it->logits || it->argmax) done = seq_sample(e, s, it->logits, it->argmax ? *it->argmax : 0);
             else if (pos + it->n < r->n_prompt) request_progress(r);
         }
         if (done) {
@@ -870,13 +950,29 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
     e->raw_logits = malloc((size_t)e->m->cfg.vocab_size * sizeof(float));
     e->ids = malloc((size_t)e->p.max_num_batched_tokens * sizeof(int32_t));
     e->next = malloc(S * sizeof(int32_t));
+    e->row = malloc(S * sizeof(int32_t));
+    e->res = malloc(S * sizeof(int));
+    /* ENGRAM_SAMPLE_ON_BACKEND: 0 never, 1 always (the CPU too: tests),
+     * unset: where the logits are not host memory already. */
+    const char *sob = getenv("ENGRAM_SAMPLE_ON_BACKEND");
+    e->dev_sample = ops->sample && (sob ? strcmp(sob, "0") != 0 : ops != backend_cpu());
+    /* The CUDA op runs one block per row, so a step's rows cost about one
+     * row's time: on an H100 274 us against 71 us to download one row, 217
+     * for 4, 724 for 16 (gpu-sampling-parity). Below SAMPLE_MIN_ROWS rows the
+     * step downloads them; ENGRAM_SAMPLE_ON_BACKEND=1 takes the op always. */
+    e->dev_sample_min = sob && !strcmp(sob, "1") ? 1 : SAMPLE_MIN_ROWS;
+    if (e->dev_sample) {
+        e->d_res = ops->alloc(S * SAMPLER_RESULT_BYTES(SAMPLE_CANDIDATES));
+        e->h_res = malloc(S * SAMPLER_RESULT_BYTES(SAMPLE_CANDIDATES));
+    }
     e->items = malloc(S * sizeof(*e->items));
     e->item_seq = malloc(S * sizeof(*e->item_seq));
     e->running = calloc(S, sizeof(*e->running));
     e->preempted = calloc(S, sizeof(*e->preempted));
     e->free_states = calloc(S, sizeof(*e->free_states));
     int kv_tokens = e->p.kv_cache_tokens > 0 ? e->p.kv_cache_tokens : e->ctx;
-    if (!e->logits || !e->raw_logits || !e->ids || !e->next || !e->items || !e->item_seq || !e->running ||
+    if (!e->logits || !e->raw_logits || !e->ids || !e->next || !e->row || !e->res ||
+        (e->dev_sample && (!e->d_res || !e->h_res)) || !e->items || !e->item_seq || !e->running ||
         !e->preempted || !e->free_states ||
         forward_kv_cache_create(e->fc, kv_tokens, e->p.kv_block_size, &e->kv) != KV_CACHE_OK) {
         snprintf(err, errlen, "out of %s memory for a KV cache of %d tokens", ops->name, kv_tokens);
@@ -922,6 +1018,14 @@ void engine_destroy(engine *e) {
     kv_cache_destroy(e->kv);
     forward_ctx_destroy(e->fc);
     free(e->next);
+    free(e->row);
+    free(e->res);
+    if (e->ops) {
+        e->ops->free(e->d_desc);
+        e->ops->free(e->d_res);
+    }
+    free(e->h_res);
+    sampler_desc_free(&e->desc);
     free(e->items);
     free(e->item_seq);
     free(e->free_states);

@@ -481,7 +481,7 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
     int nl = 0;
     bool any_argmax = false;
     for (int i = 0; i < S; i++) {
-        if (it[i].logits || it[i].argmax) fc->h_last[nl++] = b.h_seq_start[i + 1] - 1;
+        if (it[i].logits || it[i].argmax || it[i].logits_row) fc->h_last[nl++] = b.h_seq_start[i + 1] - 1;
         any_argmax |= it[i].argmax != NULL;
     }
     if (nl) o->upload(fc->last, fc->h_last, (size_t)nl * sizeof(int32_t));
@@ -589,7 +589,8 @@ issued:
     int32_t *next = fc->h_last; /* reused: the indices are uploaded */
     if (any_argmax) o->download(next, fc->next, (size_t)nl * sizeof(int32_t));
     for (int i = 0, j = 0; i < S; i++) {
-        if (!it[i].logits && !it[i].argmax) continue;
+        if (!it[i].logits && !it[i].argmax && !it[i].logits_row) continue;
+        if (it[i].logits_row) *it[i].logits_row = j;
         if (it[i].logits)
             o->download(it[i].logits, fc->logits + (size_t)j * c->vocab_size, (size_t)c->vocab_size * sizeof(float));
         if (it[i].argmax) *it[i].argmax = next[j];
@@ -597,6 +598,8 @@ issued:
     }
     return FORWARD_OK;
 }
+
+float *forward_ctx_logits(forward_ctx *fc) { return fc->logits; }
 
 int forward_run(forward_ctx *fc, forward_state *s, const int32_t *ids, int n, float *logits, float *gates) {
     if (n <= 0) return FORWARD_OK;

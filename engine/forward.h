@@ -76,9 +76,15 @@ typedef struct {
     int n;
     float *logits;      /* host (vocab_size): the last token's logits, or NULL */
     int32_t *argmax;    /* host: the argmax of those logits (lowest id on ties), or NULL */
+    int32_t *logits_row; /* host: set to the row of forward_ctx_logits that holds those logits,
+                          * left in backend memory until the next step, or NULL */
     float *gates;       /* host (n, n_engram_layers): each token's Engram gate per layer
                          * (mean over hc_mult streams), or NULL */
 } forward_item;
+
+/* The last step's logits in backend memory: (rows, vocab_size), the rows
+ * that forward_item.logits_row names; valid until the next step. */
+float *forward_ctx_logits(forward_ctx *fc);
 
 /* Runs one step: items' tokens together, at most forward_ctx_max_tokens in
  * all, each state at most once, all states of fc sharing one KV cache (else

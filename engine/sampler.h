@@ -5,6 +5,7 @@
 #ifndef ENGINE_SAMPLER_H
 #define ENGINE_SAMPLER_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct {
@@ -30,5 +31,71 @@ void sampler_destroy(sampler *s); /* accepts NULL */
  * output are the sequence so far (ids outside the vocab are ignored). */
 int32_t sampler_sample(sampler *s, float *logits, const int32_t *prompt, int n_prompt,
                        const int32_t *output, int n_output);
+
+/* The same on logits whose penalties (and the caller's biases) are already
+ * applied: what sampler_sample does after its penalties. */
+int32_t sampler_sample_applied(sampler *s, float *logits);
+
+/* ---- sampling with the logits on a backend (backend_ops.sample) ----
+ * The backend applies a step's biases and penalties where the logits are,
+ * and hands back per row only its n_cand best candidates (ids and logits,
+ * sorted as sampler_sample sorts them) and the probability mass of the rest;
+ * sampler_sample_candidates finishes on the host with sampler_sample's own
+ * code and picks the same token with the same draw, or says that it cannot
+ * (then the row is downloaded and sampler_sample_applied decides). The rows
+ * are described to the backend by one packed int32 buffer (floats stored as
+ * their bits): first a header of SAMPLER_DESC_WORDS words per row, then the
+ * lists the headers point at. */
+enum {
+    SAMPLER_DESC_ROW,      /* the row of the logits this row samples from */
+    SAMPLER_DESC_TEMP,     /* temperature (float bits) */
+    SAMPLER_DESC_REP,      /* repetition penalty (float bits) */
+    SAMPLER_DESC_PRES,     /* presence penalty (float bits) */
+    SAMPLER_DESC_FREQ,     /* frequency penalty (float bits) */
+    SAMPLER_DESC_N_FULL,   /* candidates sampler_sample keeps after top-k: min(top_k, vocab), or vocab */
+    SAMPLER_DESC_N_BIAS,   /* logit biases, added in order before the penalties */
+    SAMPLER_DESC_BIAS_OFF, /* word offset of their (id, value bits) pairs */
+    SAMPLER_DESC_N_PEN,    /* distinct ids of prompt and output (0 when every penalty is off) */
+    SAMPLER_DESC_PEN_OFF,  /* word offset of their (id, count in the output) pairs */
+    SAMPLER_DESC_WORDS
+};
+
+/* One row of backend_ops.sample's result, SAMPLER_RESULT_BYTES(n_cand)
+ * bytes: int32 ids[n_cand], float logits[n_cand] (the n_valid best, then
+ * unused), double tail, int32 n_valid, int32 flags. */
+#define SAMPLER_RESULT_BYTES(n_cand) (8 * (size_t)(n_cand) + 16)
+#define SAMPLER_RESULT_NAN 1        /* flags: the row holds a NaN */
+#define SAMPLER_MAX_CANDIDATES 4096 /* n_cand: a power of two up to this */
+
+/* A description being built (host memory). Zero-initialize it. */
+typedef struct {
+    int32_t *w;
+    size_t len, cap; /* words */
+    int n_rows;
+} sampler_desc;
+
+/* Starts a description of n_rows rows. Returns 0, or -1 when out of memory. */
+int sampler_desc_begin(sampler_desc *d, int n_rows);
+/* Row r: s's parameters, row `row` of the logits, the biases the caller adds
+ * before sampling (in order; NULL when n_bias is 0) and the penalties of
+ * prompt and output. Returns 0, or -1 when out of memory. */
+int sampler_desc_set(sampler_desc *d, int r, sampler *s, int row, const int32_t *bias_ids,
+                     const float *bias_vals, int n_bias, const int32_t *prompt, int n_prompt,
+                     const int32_t *output, int n_output);
+size_t sampler_desc_bytes(const sampler_desc *d);
+void sampler_desc_free(sampler_desc *d); /* the buffer; d may be reused after */
+
+/* Whether backend_ops.sample with n_cand candidates serves s: top-k off or
+ * at most n_cand. */
+int sampler_candidates_ok(const sampler *s, int n_cand);
+
+/* The next token from one result row (SAMPLER_RESULT_BYTES(n_cand) bytes),
+ * the same token sampler_sample picks on the full row with the same state
+ * of the generator, which advances as sampler_sample's would. Returns -1,
+ * drawing nothing, when the candidates do not settle it (the draw or the
+ * top-p boundary falls within the error bound of the tail's mass or past the
+ * candidates, a NaN or an infinite largest logit): then sampler_sample_applied
+ * on the row (biases and penalties applied) picks the token. */
+int32_t sampler_sample_candidates(sampler *s, const void *result, int n_cand);
 
 #endif

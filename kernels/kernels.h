@@ -168,6 +168,19 @@ int kernels_gemv_glu(float *out, const float *x, const void *wg, const void *wu,
 /* next (T) = argmax of each row of logits (T, vocab), lowest id on ties. */
 int kernels_argmax_f32(int *next, const float *logits, int T, int vocab, void *stream);
 
+/* backend_ops.sample (engine/backend.h) on n rows: desc is the packed
+ * description of engine/sampler.h (KERNELS_SAMPLE_DESC_WORDS int32 words a
+ * row: row, temperature, repetition, presence, frequency penalty bits, n_full,
+ * n_bias, bias offset, n_pen, pen offset), out n result rows of
+ * 8 * n_cand + 16 bytes; n_cand a power of two up to
+ * KERNELS_SAMPLE_MAX_CANDIDATES. Biases and penalties are applied to logits
+ * in place. */
+#define KERNELS_SAMPLE_DESC_WORDS 10
+#define KERNELS_SAMPLE_MAX_CANDIDATES 4096
+#define KERNELS_SAMPLE_NAN 1
+int kernels_sample_f32(void *out, float *logits, const int *desc, int n, int vocab, int stride, int n_cand,
+                       void *stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -37,3 +37,222 @@ extern "C" int kernels_argmax_f32(int *next, const float *logits, int T, int voc
     argmax_kernel<<<T, 1024, 0, (cudaStream_t)stream>>>(next, logits, vocab);
     return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
 }
+
+// ---- candidates for host-side sampling (backend_ops.sample) ----
+// One block of SAMPLE_THREADS per row. The order is sampler_sample's: logit
+// descending, id ascending, -0 equal to +0; it is the order of the 64-bit
+// key (sample_key(l) << 32) | ~id. The n-th largest 32-bit key is found by
+// a radix select (four 8-bit passes over the row), the candidates above it
+// and the lowest ids equal to it are gathered into shared memory and
+// bitonic-sorted there. Penalties repeat sampler.c's f32 operations with
+// explicit IEEE rounding (no FMA contraction), so rows are bit for bit the
+// CPU op's.
+
+#define SAMPLE_THREADS 1024
+#define SAMPLE_MAX 4096 // KERNELS_SAMPLE_MAX_CANDIDATES
+#define SAMPLE_UNROLL 8  // row elements a thread loads before using them
+
+__device__ __forceinline__ unsigned sample_key(float f) {
+    if (f == 0.0f) f = 0.0f;
+    unsigned b = __float_as_uint(f);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+__device__ __forceinline__ float sample_unkey(unsigned k) {
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+__global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(unsigned char *out, float *logits, const int *desc,
+                                                                int vocab, int stride, int n_cand) {
+    __shared__ unsigned long long cand[SAMPLE_MAX];
+    __shared__ unsigned hist[256];
+    __shared__ unsigned s_prefix, s_need, s_count, s_base, s_eq;
+    __shared__ int s_nan;
+    __shared__ unsigned warp_cnt[SAMPLE_THREADS / 32];
+    __shared__ double warp_sum[SAMPLE_THREADS / 32];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int *h = desc + (size_t)blockIdx.x * KERNELS_SAMPLE_DESC_WORDS;
+    float *row = logits + (size_t)h[0] * stride;
+    float T = __int_as_float(h[1]), rp = __int_as_float(h[2]), pp = __int_as_float(h[3]), fp = __int_as_float(h[4]);
+    int nf = h[5], n_bias = h[6], n_pen = h[8];
+    const int *bias = desc + h[7], *pen = desc + h[9];
+
+    // 1. biases in order (one thread: an id may repeat), then penalties (distinct ids)
+    if (tid == 0) {
+        for (int i = 0; i < n_bias; i++) row[bias[2 * i]] = __fadd_rn(row[bias[2 * i]], __int_as_float(bias[2 * i + 1]));
+        s_nan = 0;
+        s_prefix = 0;
+        s_need = (unsigned)min(nf, n_cand);
+        s_count = 0;
+    }
+    __syncthreads();
+    for (int i = tid; i < n_pen; i += SAMPLE_THREADS) {
+        int id = pen[2 * i], c = pen[2 * i + 1];
+        float l = row[id];
+        if (rp != 1.0f) l = l > 0 ? __fdiv_rn(l, rp) : __fmul_rn(l, rp);
+        l = __fsub_rn(l, __fadd_rn(__fmul_rn(pp, (float)(c > 0)), __fmul_rn(fp, (float)c)));
+        row[id] = l;
+    }
+    __syncthreads();
+    const unsigned K = s_need; // candidates wanted, >= 1
+
+    // 2. radix select of the K-th largest key, most significant byte first
+    unsigned mask = 0;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int i = tid; i < 256; i += SAMPLE_THREADS) hist[i] = 0;
+        __syncthreads();
+        unsigned prefix = s_prefix;
+        int nan = 0;
+        for (int t0 = 0; t0 < vocab; t0 += SAMPLE_THREADS * SAMPLE_UNROLL) { // whole warps: uniform tiles
+            float v[SAMPLE_UNROLL];
+#pragma unroll
+            for (int q = 0; q < SAMPLE_UNROLL; q++) { // loads first: one block per row needs them in flight
+                int i = t0 + q * SAMPLE_THREADS + tid;
+                v[q] = i < vocab ? row[i] : 0.0f;
+            }
+#pragma unroll
+            for (int q = 0; q < SAMPLE_UNROLL; q++) {
+                int i = t0 + q * SAMPLE_THREADS + tid;
+                if (shift == 24) nan |= isnan(v[q]);
+                unsigned k = sample_key(v[q]), bin = (k >> shift) & 255;
+                bool m = i < vocab && (k & mask) == prefix;
+                unsigned active = __ballot_sync(0xffffffffu, m);
+                if (m) { // one atomic per distinct bin of the warp: rows crowd into few bins
+                    unsigned peers = __match_any_sync(active, bin);
+                    if (lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (unsigned)__popc(peers));
+                }
+            }
+        }
+        if (nan) s_nan = 1;
+        __syncthreads();
+        if (warp == 0) { // the bin holding the need-th largest of those matching the prefix
+            unsigned need = s_need, c = 0;
+            int hi = 255 - 8 * lane; // this lane's bins: hi down to hi - 7
+            for (int q = 0; q < 8; q++) c += hist[hi - q];
+            unsigned incl = c;
+            for (int o = 1; o < 32; o <<= 1) {
+                unsigned y = __shfl_up_sync(0xffffffffu, incl, o);
+                if (lane >= o) incl += y;
+            }
+            if (incl - c < need && incl >= need) { // exactly one lane
+                unsigned cum = incl - c;
+                int b = hi;
+                for (int q = 0; q < 7 && cum + hist[b] < need; q++, b--) cum += hist[b];
+                s_need = need - cum;
+                s_prefix = prefix | ((unsigned)b << shift);
+                s_eq = hist[b];
+            }
+        }
+        mask |= 255u << shift;
+        __syncthreads();
+    }
+    const unsigned tau = s_prefix, take_eq = s_need, n_eq = s_eq; // keys == tau: n_eq, of which take_eq lowest ids
+
+    // 3. gather: every key above tau, and the take_eq lowest ids equal to it
+    for (int i = tid; i < n_cand; i += SAMPLE_THREADS) cand[i] = 0; // 0 sorts after every real key
+    __syncthreads();
+    for (int t0 = 0; t0 < vocab; t0 += SAMPLE_THREADS * SAMPLE_UNROLL) {
+        float v[SAMPLE_UNROLL];
+#pragma unroll
+        for (int q = 0; q < SAMPLE_UNROLL; q++) {
+            int i = t0 + q * SAMPLE_THREADS + tid;
+            v[q] = i < vocab ? row[i] : 0.0f;
+        }
+#pragma unroll
+        for (int q = 0; q < SAMPLE_UNROLL; q++) {
+            int i = t0 + q * SAMPLE_THREADS + tid;
+            unsigned k = sample_key(v[q]);
+            if (i < vocab && (k > tau || (k == tau && take_eq == n_eq)))
+                cand[atomicAdd(&s_count, 1u)] = ((unsigned long long)k << 32) | (unsigned)~i;
+        }
+    }
+    if (take_eq < n_eq) { // ties at tau cut: take them in id order, a tile of the row at a time
+        if (tid == 0) s_base = 0;
+        __syncthreads();
+        for (int t0 = 0; t0 < vocab; t0 += SAMPLE_THREADS) {
+            int i = t0 + tid;
+            bool eq = i < vocab && sample_key(row[i]) == tau;
+            unsigned bal = __ballot_sync(0xffffffffu, eq);
+            if (lane == 0) warp_cnt[warp] = __popc(bal);
+            __syncthreads();
+            unsigned before = s_base, tile = 0;
+            for (int w = 0; w < SAMPLE_THREADS / 32; w++) {
+                if (w < warp) before += warp_cnt[w];
+                tile += warp_cnt[w];
+            }
+            before += __popc(bal & ((1u << lane) - 1u));
+            if (eq && before < take_eq)
+                cand[atomicAdd(&s_count, 1u)] = ((unsigned long long)tau << 32) | (unsigned)~i;
+            __syncthreads();
+            if (tid == 0) s_base += tile;
+            __syncthreads();
+            if (s_base >= take_eq) break;
+        }
+    }
+    __syncthreads();
+
+    // 4. bitonic sort of cand[0, n_cand), descending
+    for (int size = 2; size <= n_cand; size <<= 1)
+        for (int j = size >> 1; j > 0; j >>= 1) {
+            for (int t = tid; t < n_cand / 2; t += SAMPLE_THREADS) {
+                int a = 2 * t - (t & (j - 1)), b = a + j; // pairs (a, a + j), a's bit j clear
+                bool desc_ = (a & size) == 0;
+                unsigned long long x = cand[a], y = cand[b];
+                if ((x < y) == desc_) cand[a] = y, cand[b] = x;
+            }
+            __syncthreads();
+        }
+
+    // 5. the result row
+    int *ids = (int *)(out + (size_t)blockIdx.x * (8 * (size_t)n_cand + 16));
+    float *lg = (float *)((unsigned char *)ids + 4 * (size_t)n_cand);
+    for (int i = tid; i < n_cand; i += SAMPLE_THREADS) {
+        bool ok = i < (int)K;
+        int id = ok ? (int)~(unsigned)cand[i] : -1;
+        ids[i] = id;
+        lg[i] = ok ? row[id] : 0.0f;
+    }
+
+    // 6. the tail: every id past the K candidates
+    double tail = 0.0;
+    if (nf > n_cand && T > 0.0f) {
+        float mx = __fdiv_rn(row[(int)~(unsigned)cand[0]], T);
+        for (int t0 = 0; t0 < vocab; t0 += SAMPLE_THREADS * SAMPLE_UNROLL) {
+            float v[SAMPLE_UNROLL];
+#pragma unroll
+            for (int q = 0; q < SAMPLE_UNROLL; q++) {
+                int i = t0 + q * SAMPLE_THREADS + tid;
+                v[q] = i < vocab ? row[i] : 0.0f;
+            }
+#pragma unroll
+            for (int q = 0; q < SAMPLE_UNROLL; q++)
+                if (t0 + q * SAMPLE_THREADS + tid < vocab && sample_key(v[q]) < tau)
+                    tail += (double)expf(__fsub_rn(__fdiv_rn(v[q], T), mx));
+        }
+        if (tid == 0 && n_eq > take_eq)
+            tail += (double)(n_eq - take_eq) * (double)expf(__fsub_rn(__fdiv_rn(sample_unkey(tau), T), mx));
+        for (int o = 16; o > 0; o >>= 1) tail += __shfl_xor_sync(0xffffffffu, tail, o);
+        if (lane == 0) warp_sum[warp] = tail;
+        __syncthreads();
+        if (tid == 0) {
+            tail = 0.0;
+            for (int w = 0; w < SAMPLE_THREADS / 32; w++) tail += warp_sum[w];
+        }
+    }
+    if (tid == 0) {
+        unsigned char *m = (unsigned char *)ids + 8 * (size_t)n_cand;
+        *(double *)m = tail;
+        *(int *)(m + 8) = (int)K;
+        *(int *)(m + 12) = s_nan ? KERNELS_SAMPLE_NAN : 0;
+    }
+}
+
+extern "C" int kernels_sample_f32(void *out, float *logits, const int *desc, int n, int vocab, int stride, int n_cand,
+                                  void *stream) {
+    if (n < 0 || vocab <= 0 || stride < vocab || n_cand < 1 || n_cand > SAMPLE_MAX || (n_cand & (n_cand - 1)))
+        return KERNELS_ERR_ARG;
+    if (n == 0) return KERNELS_OK;
+    sample_kernel<<<n, SAMPLE_THREADS, 0, (cudaStream_t)stream>>>((unsigned char *)out, logits, desc, vocab, stride,
+                                                                 n_cand);
+    return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
+}

@@ -352,6 +352,51 @@ START_TEST(test_detach) {
 }
 END_TEST
 
+/* Sampled requests through backend_ops.sample (forced on for the CPU) give
+ * the same text as the host sampler, request by request and with several
+ * running together. */
+START_TEST(test_sampled_on_backend_matches_host) {
+    setenv("ENGRAM_SAMPLE_ON_BACKEND", "1", 1);
+    engine_params ep = engine_default_params();
+    ep.model_dir = model_dir;
+    ep.threads = 1;
+    engine *D = NULL;
+    char err[512];
+    int rc = engine_create(&ep, &D, err, sizeof(err));
+    unsetenv("ENGRAM_SAMPLE_ON_BACKEND");
+    ck_assert_msg(rc == ENGINE_OK, "engine_create: %s", err);
+    enum { N = 8 };
+    engine_request_params p[N];
+    int32_t bias_ids[2] = {7, 7};
+    float bias_vals[2] = {2.5f, 1.0f};
+    for (int i = 0; i < N; i++) {
+        p[i] = greedy(PROMPT, NP, 24);
+        p[i].sampling.temperature = i == 0 ? 0.0f : 0.4f + 0.2f * (float)i;
+        p[i].sampling.seed = 1000u + (unsigned)i;
+        if (i % 4 == 1) p[i].sampling.top_k = 40;
+        if (i % 3 == 1) p[i].sampling.top_p = 0.9f;
+        if (i % 4 == 3) p[i].sampling.min_p = 0.05f;
+        if (i % 2 == 0) p[i].sampling.repetition_penalty = 1.2f, p[i].sampling.frequency_penalty = 0.3f;
+        if (i % 3 == 0) p[i].bias_ids = bias_ids, p[i].bias_vals = bias_vals, p[i].n_bias = 2;
+    }
+    engine_request *rh[N], *rd[N];
+    for (int i = 0; i < N; i++) { /* all at once: batched steps on both engines */
+        ck_assert_int_eq(engine_submit(E, &p[i], &rh[i]), ENGINE_OK);
+        ck_assert_int_eq(engine_submit(D, &p[i], &rd[i]), ENGINE_OK);
+    }
+    for (int i = 0; i < N; i++) {
+        result a = run_to_end(rh[i]), b = run_to_end(rd[i]);
+        ck_assert_int_eq(a.fin.n_generated, b.fin.n_generated);
+        ck_assert_msg(a.len == b.len && !memcmp(a.text, b.text, a.len), "request %d differs", i);
+        free(a.text);
+        free(b.text);
+        engine_request_release(rh[i]);
+        engine_request_release(rd[i]);
+    }
+    engine_destroy(D);
+}
+END_TEST
+
 START_TEST(test_bad_create) {
     engine_params p = engine_default_params();
     p.model_dir = "/nonexistent";
@@ -374,6 +419,7 @@ static Suite *suite(void) {
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_greedy_matches_direct_run);
+    tcase_add_test(tc, test_sampled_on_backend_matches_host);
     tcase_add_test(tc, test_stop_strings);
     tcase_add_test(tc, test_eos_stops);
     tcase_add_test(tc, test_invalid_params);
