@@ -23,7 +23,8 @@
 #           the continuation) and an Engram table file of NVME_ROWS rows
 #           (default 200M, 25.6 GB) in TBL_DIR (default .gpu-tbl): the
 #           backbone alone, the table mapped whole, then a DRAM budget of a
-#           quarter of the table over NVMe (O_DIRECT, io_uring)
+#           quarter of the table over NVMe (O_DIRECT, io_uring); NVME_CFGS
+#           picks among "base dram nvme", NVME_FLAGS adds flags to nvme
 #   stall   per-step GPU wait for the first Engram layer's rows at batch 1, 64
 #           and 256 (qwen3-4b, STALL_ROWS rows, default 781.25M; 256 prompt
 #           and 256 output tokens per sequence)
@@ -85,12 +86,12 @@ run_sec() {
              --prefill-chunk 16384 --kv-cache-tokens 420000 "${tok[@]}")
     local e=(--synthetic qwen3-4b+engram:$rows --synthetic-table-dir ${TBL_DIR:-.gpu-tbl})
     df -h ${TBL_DIR:-.} | tail -1
-    for cfg in "base" "dram" "nvme"; do
+    for cfg in ${NVME_CFGS:-base dram nvme}; do
       local f
       case $cfg in
         base) f=(--synthetic qwen3-4b "${w[@]}") ;;
         dram) f=("${e[@]}" "${w[@]}" --engram-tier dram) ;;
-        nvme) f=("${e[@]}" "${w[@]}" --engram-tier nvme --engram-dram-budget ${NVME_BUDGET:-6103M}) ;;
+        nvme) f=("${e[@]}" "${w[@]}" --engram-tier nvme --engram-dram-budget ${NVME_BUDGET:-6103M} ${NVME_FLAGS:-}) ;;
       esac
       echo "-- bench-throughput ${f[*]}"
       timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" | grep -vE '^\{'

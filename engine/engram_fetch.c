@@ -49,6 +49,7 @@ struct engram_fetch {
     bool th_started, stop;
     pthread_cond_t cv;   /* under mu: a job posted, or done */
     bool job, job_done;  /* posted by start, taken by the thread; done: its result is in job_rc */
+    bool synced;         /* the job has measured the last copy's wait: a new mark may be recorded */
     const int64_t *job_rows;
     int job_n, job_rc;
     int n_ints, n_rows, n_cached; /* what the finished host half staged: ints (lookups + moves), copied rows, moves */
@@ -194,13 +195,13 @@ static int prepare(engram_fetch *f, const int64_t *rows, int n) {
     for (int i = 0; i < n; i++)
         if (rows[i] < 0 || (uint64_t)rows[i] >= table_rows) return ENGRAM_STORE_ERANGE;
     /* The staging is rewritten below: the last copy out of it must be done. */
-    if (f->pending) {
-        double stall = o->fetch_sync(f->ch);
-        pthread_mutex_lock(&f->mu);
-        observe_stall(&f->st, stall);
-        pthread_mutex_unlock(&f->mu);
-        f->pending = false;
-    }
+    double stall = f->pending ? o->fetch_sync(f->ch) : -1;
+    pthread_mutex_lock(&f->mu);
+    if (stall >= 0) observe_stall(&f->st, stall);
+    f->pending = false;
+    f->synced = true; /* finish may record this step's mark now */
+    pthread_cond_broadcast(&f->cv);
+    pthread_mutex_unlock(&f->mu);
     double t0 = util_now();
     if (++f->gen == 0) { /* stamps wrapped: forget them all */
         memset(f->dstamp, 0, ((size_t)f->dmask + 1) * sizeof(uint32_t));
@@ -297,6 +298,7 @@ void engram_fetch_start(engram_fetch *f, const int64_t *rows, int n) {
     while (f->job && !f->job_done) pthread_cond_wait(&f->cv, &f->mu); /* an unfinished step's start */
     f->job = true;
     f->job_done = false;
+    f->synced = false;
     f->job_rows = rows;
     f->job_n = n;
     pthread_cond_broadcast(&f->cv);
@@ -310,14 +312,19 @@ int engram_fetch_finish(engram_fetch *f, float *out) {
         pthread_mutex_unlock(&f->mu);
         return ENGRAM_STORE_EINVAL;
     }
+    /* the job reads the last mark (fetch_sync) before this one replaces it */
+    while (!f->synced && !f->job_done) pthread_cond_wait(&f->cv, &f->mu);
+    pthread_mutex_unlock(&f->mu);
+    /* The compute has been given everything before this layer: from here
+     * on, in its order, it waits for the rows, however long the host half
+     * still takes. */
+    o->fetch_mark(f->ch);
+    pthread_mutex_lock(&f->mu);
     while (!f->job_done) pthread_cond_wait(&f->cv, &f->mu);
     f->job = false;
     int rc = f->job_rc, n = f->job_n;
     pthread_mutex_unlock(&f->mu);
     if (rc || n < 1) return rc;
-    /* the compute has been given everything before this layer: its wait for
-     * the rows (if any) starts here */
-    o->fetch_mark(f->ch);
     size_t C = f->C, rb = f->rb;
     int m = f->n_rows, mc = f->n_cached;
     if (m) o->fetch(f->ch, f->rows + C * rb, f->st_rows, (size_t)m * rb);

@@ -680,8 +680,10 @@ static int gather_nvme(engram_store *s, const int64_t *rows, size_t n, row_out o
 static void gather_mapped(const engram_store *s, const int64_t *rows, size_t n, row_out out) {
     const engram_store_header *h = &s->info.header;
     const uint8_t *base = s->map + h->data_offset;
-    int nt = omp_get_max_threads(), want = (int)(n / GATHER_PER_THREAD) + 1;
+    /* leave two cores to the threads that issue the backend's work */
+    int nt = omp_get_max_threads(), want = (int)(n / GATHER_PER_THREAD) + 1, room = omp_get_num_procs() - 2;
     if (want < nt) nt = want;
+    if (room < nt) nt = room > 1 ? room : 1;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (size_t i = 0; i < n; i++) {
         if (i + 8 < n) /* random rows: start the miss of a row a few rows ahead */
