@@ -17,6 +17,8 @@
  *          rel err per element <= 2^-9, summed randomly: ~2e-3 observed),
  *          attention over a bf16 cache of f32 K/V, the tiled prefill
  *          attention (queries and softmax weights rounded to bf16).
+ * Engram rows as stored (decode_rows, scatter_rows, engram_fetch over a host
+ * store of random bytes in f32, bf16, f16 and FP8): bit for bit.
  * Exit status 1 if any op fails. */
 #include <math.h>
 #include <stdint.h>
@@ -28,6 +30,8 @@
 #include <cuda_runtime.h>
 
 #include "backend.h"
+#include "engram_fetch.h"
+#include "store.h"
 #include "kernels.h"
 #include "numeric.h"
 
@@ -445,6 +449,96 @@ static void test_gathers(void) {
     free(ef), free(eb), free(eh), free(ref), free(r), free(tf), free(tb), free(th);
 }
 
+/* Rows as a host store keeps them (f32, bf16, f16, FP8 with ue8m0 scales:
+ * random bytes, so NaNs, infinities and subnormals too): decode_rows and
+ * scatter_rows bit for bit against the CPU, then whole engram_fetch steps
+ * (pinned staging, the copy stream, a small hot-row cache) against
+ * engram_store_gather. */
+static int random_row(void *ctx, uint64_t row, void *dst) {
+    size_t rb = *(const size_t *)ctx;
+    uint64_t z = row * 0x9E3779B97F4A7C15ull + 1;
+    for (size_t i = 0; i < rb; i++) {
+        z ^= z << 13, z ^= z >> 7, z ^= z << 17;
+        ((unsigned char *)dst)[i] = (unsigned char)(z >> 24);
+    }
+    return 0;
+}
+
+static void check_bits(const char *op, const void *dev, const void *ref, size_t bytes) {
+    unsigned char *got = host_of(dev, bytes);
+    size_t bad = 0;
+    for (size_t i = 0; i < bytes; i++) bad += got[i] != ((const unsigned char *)ref)[i];
+    printf("%-34s bytes=%-9zu differing=%zu %s\n", op, bytes, bad, bad ? "FAIL" : "ok");
+    failures += bad != 0;
+    free(got);
+}
+
+static void test_store_rows(void) {
+    const int cols = 256, n = 700, R = 5000;
+    int dts[4] = {ENGRAM_STORE_F32, ENGRAM_STORE_BF16, ENGRAM_STORE_F16, ENGRAM_STORE_FP8_UE8M0};
+    for (int k = 0; k < 4; k++) {
+        size_t rb = engram_store_row_bytes(dts[k], cols);
+        unsigned char *rows = xmalloc((size_t)R * rb);
+        for (int r = 0; r < R; r++) random_row(&rb, (uint64_t)r, rows + (size_t)r * rb);
+        int32_t *idx = xmalloc((size_t)n * 4);
+        for (int i = 0; i < n; i++) idx[i] = irand(R);
+        float *ref = xmalloc((size_t)n * cols * 4);
+        cpu->decode_rows(ref, rows, dts[k], rb, idx, n, cols);
+        void *drows = dev_copy(rows, (size_t)R * rb);
+        int32_t *didx = dev_copy(idx, (size_t)n * 4);
+        float *out = dev_poison((size_t)n * cols * 4);
+        gpu->decode_rows(out, drows, dts[k], rb, didx, n, cols);
+        char name[64];
+        snprintf(name, sizeof(name), "decode_rows %s", engram_store_dtype_name(dts[k]));
+        check_bits(name, out, ref, (size_t)n * cols * 4);
+        /* scatter: n distinct slots */
+        int32_t *slot = xmalloc((size_t)n * 4);
+        for (int i = 0; i < n; i++) slot[i] = (int32_t)((i * 7 + 3) % R); /* 7 is prime to R: distinct */
+        unsigned char *dst = xmalloc((size_t)R * rb);
+        memcpy(dst, rows, (size_t)R * rb);
+        cpu->scatter_rows(dst, rows, slot, n, rb);
+        int32_t *dslot = dev_copy(slot, (size_t)n * 4);
+        gpu->scatter_rows(drows, drows, dslot, 0, rb); /* n = 0: nothing */
+        void *dsrc = dev_copy(rows, (size_t)n * rb);
+        gpu->scatter_rows(drows, dsrc, dslot, n, rb);
+        snprintf(name, sizeof(name), "scatter_rows %s (%zu B)", engram_store_dtype_name(dts[k]), rb);
+        check_bits(name, drows, dst, (size_t)R * rb);
+        /* the whole path from a host store */
+        engram_store *st = NULL;
+        char err[256];
+        engram_store_params sp = engram_store_default_params();
+        if (engram_store_create_memory(dts[k], R, cols, random_row, &rb, &sp, &st, err, sizeof(err))) {
+            printf("store: %s FAIL\n", err);
+            failures++;
+        } else {
+            engram_fetch *f = engram_fetch_create(gpu, st, 0, 4096, 300 * rb, err, sizeof(err));
+            int64_t *ids = xmalloc(4096 * 8);
+            float *want = xmalloc((size_t)4096 * cols * 4), *dout = gpu->alloc((size_t)4096 * cols * 4);
+            int bad = !f;
+            for (int it = 0; it < 20 && !bad; it++) {
+                int m = 1 + irand(4096);
+                for (int i = 0; i < m; i++) ids[i] = irand(2) ? irand(100) : irand(R);
+                engram_store_gather(st, ids, (size_t)m, want, NULL);
+                bad |= engram_fetch_rows(f, ids, m, dout) != 0;
+                float *got = host_of(dout, (size_t)m * cols * 4);
+                bad |= memcmp(got, want, (size_t)m * cols * 4) != 0;
+                free(got);
+            }
+            engram_fetch_stats fs = {0};
+            if (f) engram_fetch_get_stats(f, &fs);
+            printf("%-34s 20 steps, %llu lookups, %llu HBM hits %s\n", "engram_fetch", (unsigned long long)fs.lookups,
+                   (unsigned long long)fs.cache_hits, bad || !fs.cache_hits ? "FAIL" : "ok");
+            failures += bad || !fs.cache_hits;
+            engram_fetch_destroy(f);
+            gpu->free(dout);
+            free(ids), free(want);
+            engram_store_close(st);
+        }
+        gpu->free(drows), gpu->free(didx), gpu->free(out), gpu->free(dslot), gpu->free(dsrc);
+        free(rows), free(idx), free(ref), free(slot), free(dst);
+    }
+}
+
 static void test_engram(const step *st) {
     const int T = st->h.n_tokens, d = 512, G = 4, K = 4, dil = 3, R = (K - 1) * dil, C = G * d;
     { /* gate */
@@ -765,6 +859,7 @@ int main(int argc, char **argv) {
     test_matmul(513, 257, 300, DTYPE_F16, 1, 1e-2);
     test_elementwise();
     test_gathers();
+    test_store_rows();
     /* fused products: the matrix-vector kernels at T <= 2, else the ops they stand for */
     test_fused_products(1, DTYPE_BF16, 1, 1e-5);
     test_fused_products(2, DTYPE_BF16, 0, 1e-5);
