@@ -45,7 +45,12 @@ void engram_fp8_decode_row(const uint8_t *values, const uint8_t *scales, int hea
         const float s = engram_fp8_ue8m0_to_f32(scales[b]);
         const uint8_t *v = values + (size_t)b * ENGRAM_FP8_BLOCK;
         float *o = out + (size_t)b * ENGRAM_FP8_BLOCK;
-        for (int i = 0; i < ENGRAM_FP8_BLOCK; i++) o[i] = engram_fp8_e4m3_to_f32(v[i]) * s;
+        for (int i = 0; i < ENGRAM_FP8_BLOCK; i++) {
+            float p = engram_fp8_e4m3_to_f32(v[i]) * s;
+            /* One NaN for every NaN product: which operand's payload a
+             * multiply keeps differs between compilers and devices. */
+            o[i] = p != p ? bits_f32(0x7fc00000u) : p;
+        }
     }
 }
 

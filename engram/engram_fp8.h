@@ -37,7 +37,8 @@ float engram_fp8_ue8m0_to_f32(uint8_t byte);
 
 /* Decodes one row: out[i] = e4m3(values[i]) * ue8m0(scales[i / 32]) for
  * i < head_dim, rounded once to f32 (exact unless it overflows: then +-inf;
- * NaN when either factor is NaN). values (head_dim bytes) and scales
+ * the quiet NaN 0x7fc00000 when either factor is NaN, whatever its sign or
+ * payload, so that every decoder gives the same bits). values (head_dim bytes) and scales
  * (head_dim/32 bytes) are borrowed. head_dim must be a positive multiple of 32
  * (asserted: a programmer error). */
 void engram_fp8_decode_row(const uint8_t *values, const uint8_t *scales, int head_dim, float *out);

@@ -151,7 +151,10 @@ __global__ void decode_rows_kernel(float *out, const unsigned char *rows, int dt
     case KERNELS_ROW_F32: v = ((const float *)r)[j]; break;
     case KERNELS_ROW_BF16: v = bits_f32((unsigned)((const unsigned short *)r)[j] << 16); break;
     case KERNELS_ROW_F16: v = row_f16(((const unsigned short *)r)[j]); break;
-    default: v = __fmul_rn(row_e4m3(r[j]), row_ue8m0(r[cols + j / 32])); break;
+    default:
+        v = __fmul_rn(row_e4m3(r[j]), row_ue8m0(r[cols + j / 32]));
+        if (v != v) v = bits_f32(0x7fc00000u); /* the CPU's one NaN (engram_fp8_decode_row) */
+        break;
     }
     out[t] = v;
 }
