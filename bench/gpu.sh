@@ -25,6 +25,7 @@
 #           backbone alone, the table mapped whole, then a DRAM budget of a
 #           quarter of the table over NVMe (O_DIRECT, io_uring); NVME_CFGS
 #           picks among "base dram nvme", NVME_FLAGS adds flags to nvme
+#   pairs4b, pairs8b   PAIRS (default 3) interleaved tput/engram pairs
 #   stall   per-step GPU wait for the first Engram layer's rows at batch 1, 64
 #           and 256 (qwen3-4b, STALL_ROWS rows, default 781.25M; 256 prompt
 #           and 256 output tokens per sequence)
@@ -96,6 +97,9 @@ run_sec() {
       echo "-- bench-throughput ${f[*]}"
       timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" | grep -vE '^\{'
     done ;;
+  pairs4b|pairs8b) # PAIRS times the backbone then the Engram model, interleaved (run-to-run noise)
+    local x=${1#pairs}
+    for i in $(seq ${PAIRS:-3}); do echo "-- pair $i"; run_sec tput$x; run_sec engram$x; done ;;
   stall)
     for b in 1 64 256; do
       local f=(--synthetic qwen3-4b+engram:${STALL_ROWS:-781.25M} --device cuda -n $b --prompt-len 256:256
