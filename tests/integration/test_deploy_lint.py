@@ -72,6 +72,14 @@ def test_dockerfile_conventions(name):
     assert 'VOLUME ["/models"]' in text
     assert "COPY config/engram-server.json" in text
     assert (DEPLOY / f"{name}.dockerignore").exists()
+    # the build stage installs every library scripts/setup installs for the build
+    # (the clang runtime and OpenMP packages serve the fuzz build only)
+    setup = (DEPLOY.parent / "scripts" / "setup").read_text()
+    pkgs = re.search(r"pkgs=\((.*?)\)", setup, re.S).group(1).split()
+    build_stage = text.split("\nFROM ")[0] if text.startswith("FROM") else text.split("\nFROM ")[1]
+    for p in pkgs:
+        if p.endswith("-dev") and not p.startswith(("libclang", "libomp")):
+            assert p in build_stage, f"{name}: the build stage lacks {p}"
 
 
 def test_yamllint():

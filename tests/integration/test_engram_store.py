@@ -224,8 +224,11 @@ def test_server_store_metrics(tmp_path):
         s.stop()
 
 
-@pytest.mark.parametrize("tier", [["--engram-tier", "dram"], ["--engram-tier", "nvme", "--engram-io", "uring"]],
-                         ids=["dram", "nvme"])
+@pytest.mark.parametrize("tier", [["--engram-tier", "dram"], ["--engram-tier", "nvme", "--engram-io", "uring"],
+                                  # tables far larger than the DRAM budget: NVMe behind a few rows of cache,
+                                  # and the backend's hot-row cache in front
+                                  ["--engram-dram-budget", "2K", "--engram-hbm-cache", "8K"]],
+                         ids=["dram", "nvme", "budget-2K-hbm-8K"])
 def test_server_same_completion_and_gates(tmp_path, tier):
     """engram-server --engram-tables: the same text and gates as from the checkpoint."""
     import requests
