@@ -57,7 +57,8 @@ static void usage(FILE *f) {
             "  --device cpu|cuda           (default cpu)\n"
             "  --threads N                 engine CPU threads (default: all cores)\n"
             "  --max-num-seqs N            --max-num-batched-tokens N   --prefill-chunk N\n"
-            "  --kv-cache-tokens N         --kv-block-size N            (engine defaults otherwise)\n");
+            "  --kv-cache-tokens N         --kv-block-size N            (engine defaults otherwise)\n"
+            "  --gpu-memory-utilization F  (default 0.9: the KV cache takes what it leaves on a GPU)\n");
 }
 
 /* What the Engram tables cost, when they are read through a host store:
@@ -232,7 +233,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--max-num-seqs")) bad = parse_long(v, 1, 1 << 20, &lv), ep.max_num_seqs = (int)lv;
         else if (!strcmp(a, "--max-num-batched-tokens")) bad = parse_long(v, 1, 1 << 24, &lv), ep.max_num_batched_tokens = (int)lv;
         else if (!strcmp(a, "--prefill-chunk")) bad = parse_long(v, 1, 1 << 24, &lv), ep.prefill_chunk = (int)lv;
-        else if (!strcmp(a, "--kv-cache-tokens")) bad = parse_long(v, 0, INT_MAX, &lv), ep.kv_cache_tokens = (int)lv;
+        else if (!strcmp(a, "--gpu-memory-utilization")) {
+            char *end;
+            ep.gpu_memory_utilization = strtod(v, &end);
+            bad = end == v || *end || !(ep.gpu_memory_utilization > 0 && ep.gpu_memory_utilization <= 1);
+        } else if (!strcmp(a, "--kv-cache-tokens")) bad = parse_long(v, 0, INT_MAX, &lv), ep.kv_cache_tokens = (int)lv;
         else if (!strcmp(a, "--kv-block-size")) bad = parse_long(v, 1, 4096, &lv), ep.kv_block_size = (int)lv;
         else {
             fprintf(stderr, "bench-throughput: unknown option %s\n", a);
@@ -327,9 +332,11 @@ int main(int argc, char **argv) {
     if (text)
         printf("text: prompts are slices of %s (%zu tokens)%s\n", text_path, n_text,
                force ? ", outputs forced to their continuations" : "");
+    engine_stats kv_now; /* the KV cache the engine made (sized from GPU memory when not given) */
+    engine_get_stats(e, &kv_now);
     printf("engine: max_num_seqs %d, max_num_batched_tokens %d, prefill_chunk %d, kv_cache_tokens %d (context %d), "
            "threads %d; loaded in %.2fs\n", ep.max_num_seqs, ep.max_num_batched_tokens, ep.prefill_chunk,
-           ep.kv_cache_tokens, ctx, ep.threads, t_load);
+           kv_now.kv_capacity, ctx, ep.threads, t_load);
     fflush(stdout);
 
     double t0 = util_now();

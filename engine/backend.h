@@ -54,6 +54,9 @@ typedef struct backend_ops {
     void (*download)(void *host, const void *src, size_t bytes); /* waits for earlier ops */
     /* rows x width floats: dst[r * dpitch + i] = src[r * spitch + i] (pitches in floats) */
     void (*copy2d)(float *dst, size_t dpitch, const float *src, size_t spitch, size_t width, size_t rows);
+    /* Bytes of backend memory free now and in all, for sizing the KV cache;
+     * NULL where memory is the host's (the CPU). */
+    void (*mem_info)(size_t *free_bytes, size_t *total_bytes);
     /* The model as this backend reads it; NULL when out of memory (err says
      * why). release undoes it. */
     model *(*prepare)(model *m, char *err, size_t errlen);

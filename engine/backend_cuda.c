@@ -221,6 +221,11 @@ static void cu_free(void *p) {
     CHECK_CUDA(cudaFree(p));
 }
 
+static void cu_mem_info(size_t *free_bytes, size_t *total_bytes) {
+    CHECK_CUDA(cudaStreamSynchronize(g.stream)); /* frees and allocations queued before count */
+    CHECK_CUDA(cudaMemGetInfo(free_bytes, total_bytes));
+}
+
 static void cu_upload(void *dst, const void *host, size_t bytes) {
     int pi = prof__begin("upload");
     if (bytes) CHECK_CUDA(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, g.stream));
@@ -795,6 +800,7 @@ static const backend_ops cuda_ops = {
     .upload = cu_upload,
     .download = cu_download,
     .copy2d = cu_copy2d,
+    .mem_info = cu_mem_info,
     .prepare = cu_prepare,
     .release = cu_release,
     .matmul = cu_matmul,

@@ -120,6 +120,7 @@ engine_params engine_default_params(void) {
     engine_params p = {0};
     p.device = "auto";
     p.max_queued = 64;
+    p.gpu_memory_utilization = 0.9;
     p.prefill_chunk = 256;
     p.max_num_seqs = 16;
     p.max_num_batched_tokens = 512;
@@ -904,6 +905,33 @@ static void *engine_main(void *arg) {
     return NULL;
 }
 
+/* The KV cache a GPU can hold: what is left of gpu_memory_utilization of its
+ * memory once the weights, the step scratch and the Engram caches are in,
+ * whole blocks, at most max_num_seqs full contexts (more could never be
+ * used). Returns 0, or -1 with a message when not even one block fits. */
+static int kv_tokens_from_memory(engine *e, int *out, char *err, size_t errlen) {
+    size_t fr = 0, total = 0;
+    e->ops->mem_info(&fr, &total);
+    const model_config *c = &e->m->cfg;
+    double util = e->p.gpu_memory_utilization > 0 && e->p.gpu_memory_utilization <= 1 ? e->p.gpu_memory_utilization
+                                                                                        : 0.9;
+    double keep = (1.0 - util) * (double)total, room = (double)fr - keep;
+    double per_token = (double)c->n_layers * 2.0 * c->n_kv_heads * c->head_dim * e->ops->kv_elem_bytes;
+    int bs = e->p.kv_block_size > 0 ? e->p.kv_block_size : 16;
+    double blocks = room > 0 ? floor(room / (per_token * bs)) : 0;
+    double most = (double)e->p.max_num_seqs * e->ctx;
+    if (blocks * bs > most) blocks = ceil(most / bs);
+    if (blocks < 1) {
+        snprintf(err, errlen,
+                 "no %s memory left for a KV cache: %.2f of %.2f GB free, and --gpu-memory-utilization %.2f keeps "
+                 "%.2f GB back; raise it or lower --max-num-batched-tokens / --engram-hbm-cache",
+                 e->ops->name, fr / 1e9, total / 1e9, util, keep / 1e9);
+        return -1;
+    }
+    *out = (int)(blocks * bs);
+    return 0;
+}
+
 int engine_create(const engine_params *p, engine **out, char *err, size_t errlen) {
     *out = NULL;
     const backend_ops *ops = backend_select(p->device, err, errlen);
@@ -971,6 +999,7 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
     e->preempted = calloc(S, sizeof(*e->preempted));
     e->free_states = calloc(S, sizeof(*e->free_states));
     int kv_tokens = e->p.kv_cache_tokens > 0 ? e->p.kv_cache_tokens : e->ctx;
+    if (e->p.kv_cache_tokens <= 0 && ops->mem_info && kv_tokens_from_memory(e, &kv_tokens, err, errlen)) goto fail;
     if (!e->logits || !e->raw_logits || !e->ids || !e->next || !e->row || !e->res ||
         (e->dev_sample && (!e->d_res || !e->h_res)) || !e->items || !e->item_seq || !e->running ||
         !e->preempted || !e->free_states ||

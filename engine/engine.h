@@ -42,7 +42,10 @@ typedef struct {
     int prefill_chunk;     /* prompt tokens per forward pass; default 256 */
     int max_num_seqs;      /* sequences running at once; default 16 */
     int max_num_batched_tokens; /* tokens per scheduler step; default 512 */
-    int kv_cache_tokens;   /* KV cache positions, shared by all sequences; 0: the context length */
+    int kv_cache_tokens;   /* KV cache positions, shared by all sequences; 0: on a backend that reports
+                            * its memory (CUDA), what gpu_memory_utilization leaves after the weights
+                            * and scratch, at most max_num_seqs contexts; elsewhere the context length */
+    double gpu_memory_utilization; /* share of the GPU's memory this engine may hold in all; default 0.9 */
     int kv_block_size;     /* positions per KV cache block; default 16 */
     const char *engram_tables; /* NULL: Engram tables from the checkpoint; else a directory of
                                 * table files (model_engram_use_tables), borrowed for engine_create */

@@ -21,7 +21,7 @@
 #include "server.h"
 #include "util.h"
 
-typedef enum { OPT_STR, OPT_INT } opt_type;
+typedef enum { OPT_STR, OPT_INT, OPT_REAL } opt_type; /* OPT_REAL: a number, checked where it is used */
 
 static const struct {
     const char *flag; /* --flag; env ENGRAM_<FLAG upper, '-' -> '_'>; file key with '_' */
@@ -61,13 +61,17 @@ static const struct {
     {"max-num-batched-tokens", OPT_INT, 1, 1 << 20, "512",
      "tokens per scheduler step (prompt chunks and decode tokens together)"},
     {"kv-cache-tokens", OPT_INT, 0, 1 << 30, "0",
-     "KV cache positions shared by all sequences (0: the model's context length)"},
+     "KV cache positions shared by all sequences (0: on a GPU what --gpu-memory-utilization leaves, on the CPU the "
+     "model's context length)"},
     {"kv-block-size", OPT_INT, 1, 4096, "16", "positions per KV cache block"},
     {"synthetic", OPT_STR, 0, 0, NULL,
      "instead of --model: random bf16 weights of a real shape (qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b, llama3-1b, "
      "llama3-8b; +engram:ROWS, +layers:N); no tokenizer, so prompts are token-id arrays on /v1/completions"},
     {"synthetic-seed", OPT_INT, 0, LONG_MAX, "0", "seed of the synthetic weights"},
     {"synthetic-table-dir", OPT_STR, 0, 0, NULL, "where a synthetic Engram table is written, or reused"},
+    {"gpu-memory-utilization", OPT_REAL, 0, 0, "0.9",
+     "share of the GPU's memory the server may hold; with --kv-cache-tokens 0 the KV cache takes what the "
+     "weights and scratch leave of it"},
 };
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
 
@@ -138,13 +142,13 @@ static int load_config(const char *path, char **vals) {
         char buf[64];
         const char *v = NULL;
         if (cJSON_IsString(item)) v = item->valuestring;
-        else if (cJSON_IsNumber(item) && opts[found].type == OPT_INT) {
+        else if (cJSON_IsNumber(item) && opts[found].type != OPT_STR) {
             snprintf(buf, sizeof(buf), "%.17g", item->valuedouble);
             v = buf;
         }
         if (!v) {
             fprintf(stderr, "engram-server: --config %s: key \"%s\" must be a %s\n", path, item->string,
-                    opts[found].type == OPT_INT ? "number" : "string");
+                    opts[found].type != OPT_STR ? "number" : "string");
             cJSON_Delete(root);
             return -1;
         }
@@ -218,7 +222,8 @@ int main(int argc, char **argv) {
     enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THREADS, O_HTTP_THREADS, O_CORS,
            O_CONN_TIMEOUT, O_PREFILL_CHUNK, O_SHUTDOWN, O_ENGRAM_TABLE_DIR, O_ENGRAM_TABLES, O_ENGRAM_BUDGET,
            O_ENGRAM_HBM, O_ENGRAM_TIER, O_ENGRAM_IO, O_ENGRAM_QD,
-           O_MAX_SEQS, O_MAX_BATCHED, O_KV_TOKENS, O_KV_BLOCK, O_SYNTHETIC, O_SYNTH_SEED, O_SYNTH_DIR };
+           O_MAX_SEQS, O_MAX_BATCHED, O_KV_TOKENS, O_KV_BLOCK, O_SYNTHETIC, O_SYNTH_SEED, O_SYNTH_DIR,
+           O_GPU_UTIL };
     int rc = 1;
     bool have_model = val[O_MODEL] && val[O_MODEL][0], synthetic = val[O_SYNTHETIC] && val[O_SYNTHETIC][0];
     if (have_model == synthetic) {
@@ -267,6 +272,17 @@ int main(int argc, char **argv) {
     ep.max_num_batched_tokens = (int)num[O_MAX_BATCHED];
     ep.kv_cache_tokens = (int)num[O_KV_TOKENS];
     ep.kv_block_size = (int)num[O_KV_BLOCK];
+    {
+        char *end;
+        double u = strtod(val[O_GPU_UTIL], &end);
+        if (end == val[O_GPU_UTIL] || *end || !(u > 0 && u <= 1)) {
+            fprintf(stderr, "engram-server: bad value for --gpu-memory-utilization: %s (a number in (0, 1])\n",
+                    val[O_GPU_UTIL]);
+            rc = 2;
+            goto free_vals;
+        }
+        ep.gpu_memory_utilization = u;
+    }
     /* Engram store: --engram-tables is an alias of --engram-table-dir; "" is unset (config file) */
     const char *tdir = val[O_ENGRAM_TABLE_DIR] && val[O_ENGRAM_TABLE_DIR][0] ? val[O_ENGRAM_TABLE_DIR] : NULL;
     const char *talias = val[O_ENGRAM_TABLES] && val[O_ENGRAM_TABLES][0] ? val[O_ENGRAM_TABLES] : NULL;
