@@ -372,9 +372,11 @@ int main(int argc, char **argv) {
         goto done;
     }
     server_set_engine(srv, e);
-    fprintf(stderr, "engram-server: serving %s%s as \"%s\" on http://%s:%d (loaded in %.2fs)\n",
+    engine_stats kv_now;
+    engine_get_stats(e, &kv_now);
+    fprintf(stderr, "engram-server: serving %s%s as \"%s\" on http://%s:%d (loaded in %.2fs; KV cache %d tokens)\n",
             synthetic ? "synthetic " : "", synthetic ? val[O_SYNTHETIC] : val[O_MODEL], served, sp.host, sp.port,
-            util_now() - t0);
+            util_now() - t0, kv_now.kv_capacity);
 
     int sig = 0;
     sigwait(&sigs, &sig);
