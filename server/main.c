@@ -313,9 +313,9 @@ int main(int argc, char **argv) {
         rc = 2;
         goto free_vals;
     }
-    if (sizes[0] && !ep.engram_tables) {
-        fprintf(stderr, "engram-server: --engram-dram-budget needs --engram-table-dir (the tables must be files to "
-                        "stay on NVMe)\n");
+    if (sizes[0] && !ep.engram_tables && !ep.synthetic_table_dir) {
+        fprintf(stderr, "engram-server: --engram-dram-budget needs --engram-table-dir (or, with --synthetic, "
+                        "--synthetic-table-dir): the tables must be files to stay on NVMe\n");
         rc = 2;
         goto free_vals;
     }

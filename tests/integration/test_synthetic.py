@@ -6,6 +6,7 @@ token counts; engram-server serves a synthetic model to token-id prompts."""
 import json
 
 from conftest import run_bin
+import requests
 from serverutil import Server, check_error, post
 
 ENV_THREADS = ("--threads", "2")
@@ -100,3 +101,28 @@ def test_server_token_prompts():
     finally:
         out = s.stop()
     assert "serving synthetic qwen3-0.6b+layers:2" in out, out
+
+
+def test_server_table_over_dram_budget(tmp_path):
+    """A synthetic Engram table 12x the DRAM budget: served from NVMe behind the row caches, the same
+    tokens as with the table mapped whole, and the metrics show where the rows came from."""
+    spec = "qwen3-0.6b+layers:2+engram:100k"  # 12.8 MB of bf16 rows
+    body = {"prompt": [5, 6, 7, 8, 9, 10], "max_tokens": 6, "temperature": 0, "ignore_eos": True,
+            "engram_gates": True}  # the token ids and gates (no tokenizer: the text is empty)
+    got = []
+    for extra in (["--engram-tier", "dram"], ["--engram-dram-budget", "1M", "--engram-hbm-cache", "256K"]):
+        s = Server("--synthetic", spec, "--synthetic-table-dir", str(tmp_path), *extra, model=None)
+        try:
+            r = post(s.url, "/v1/completions", body, key=None)
+            assert r.status_code == 200, r.text
+            g = r.json()["engram_gates"]
+            got.append((g["token_ids"], g["gates"]))
+            m = {l.split()[0]: float(l.split()[1]) for l in requests.get(s.url + "/metrics", timeout=10).text.splitlines()
+                 if l.startswith("engram_") and not l.startswith("#")}
+        finally:
+            out = s.stop()
+        assert m["engram_fetch_lookups_total"] == 11 * 16, m  # 6 prompt + 5 fed-back output tokens, 16 heads
+        if "--engram-dram-budget" in extra:
+            assert "NVMe tier" in out and m['engram_store_hits_total{tier="nvme"}'] > 0, out
+            assert m["engram_hbm_cache_capacity_rows"] == 2048 and m["engram_fetch_copied_rows_total"] > 0, m
+    assert len(got[0][0]) == 11 and got[0] == got[1], got  # the tokens that went through the model
