@@ -2,7 +2,8 @@
  * responses by route and status, requests by finish reason, prompt and
  * generated token counters, running/waiting gauges, latency histograms (end
  * to end, time to first token, queue time), process start time; and the
- * Engram table store's counters (engram_store_*, engram_prefetch_stall_seconds)
+ * Engram table store's counters (engram_store_*), and the backend's (engram_fetch_*, engram_hbm_*,
+ * engram_pcie_bytes_total, engram_prefetch_stall_seconds: how long the GPU waited for rows)
  * kept by the stores themselves. One mutex; rendered as the text exposition
  * format. */
 #include <pthread.h>
@@ -198,7 +199,7 @@ static void render_store(strbuf *b, const engram_store_stats *es) {
     render_store_histogram(b, "engram_store_nvme_read_latency_seconds",
                            "Latency of reads from the Engram table files, submission to completion.",
                            es->nvme_read_hist, es->nvme_read_seconds);
-    render_store_histogram(b, "engram_prefetch_stall_seconds",
+    render_store_histogram(b, "engram_store_gather_stall_seconds",
                            "Time each NVMe-tier gather waited for rows not in DRAM (its own reads, reads in flight).",
                            es->stall_hist, es->stall_seconds);
 }
@@ -234,7 +235,7 @@ static void render_fetch(strbuf *b, const engram_fetch_stats *fs) {
               "engram_hbm_cache_capacity_rows %llu\n",
               (ull)fs->lookups, (ull)fs->unique, (ull)fs->cache_hits, (ull)fs->copied_rows, (ull)fs->copied_bytes,
               (ull)fs->cache_rows, (ull)fs->cache_capacity);
-    render_store_histogram(b, "engram_fetch_stall_seconds",
+    render_store_histogram(b, "engram_prefetch_stall_seconds",
                            "Per step and Engram layer, how long the compute waited for its rows: from reaching the "
                            "layer to the rows' arrival (0 when they came first; always 0 on the CPU backend).",
                            fs->stall_hist, fs->stall_seconds);

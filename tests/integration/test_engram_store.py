@@ -188,7 +188,7 @@ def test_store_flag_needs_tables():
 
 def test_server_store_metrics(tmp_path):
     """engram-server under a DRAM budget: the engram_store_* families and
-    engram_prefetch_stall_seconds pass promtool, and the counters move."""
+    engram_store_gather_stall_seconds pass promtool, and the counters move."""
     import requests
     from serverutil import Server, metric
 
@@ -208,14 +208,18 @@ def test_server_store_metrics(tmp_path):
         reads = metric(t1, "engram_store_nvme_reads_total")
         assert reads > 0 and metric(t1, "engram_store_nvme_read_bytes_total") >= 4096 * reads
         assert metric(t1, "engram_store_nvme_read_latency_seconds_count") == reads
+        assert metric(t1, "engram_store_gather_stall_seconds_count") > 0
+        # the backend side: every Engram layer of every step counted, the GPU wait 0 on the CPU
         assert metric(t1, "engram_prefetch_stall_seconds_count") > 0
+        assert metric(t1, "engram_prefetch_stall_seconds_sum") == 0
+        assert metric(t1, "engram_fetch_lookups_total") == look
         assert metric(t1, "engram_store_cache_rows") > 0
         assert requests.post(s.url + "/v1/completions", json=body, timeout=120).status_code == 200
         t2 = requests.get(s.url + "/metrics").text  # the same prompt again: its rows are cached now
         assert metric(t2, "engram_store_hits_total", {"tier": "dram"}) - dram >= nvme
         for name in ("engram_store_prefetch_rows_total", "engram_store_prefetch_reads_total",
                      "engram_store_prefetch_dropped_total", "engram_store_cache_evictions_total",
-                     "engram_store_cache_bytes", "engram_prefetch_stall_seconds_sum"):
+                     "engram_store_cache_bytes", "engram_store_gather_stall_seconds_sum"):
             assert metric(t2, name) is not None, name
         p = subprocess.run([shutil.which("promtool") or "promtool", "check", "metrics"], input=t2,
                            capture_output=True, text=True)
