@@ -66,7 +66,7 @@ void engram_fetch_destroy(engram_fetch *f) {
     const backend_ops *o = f->ops;
     if (f->th_started) {
         pthread_mutex_lock(&f->mu);
-        while (f->job) pthread_cond_wait(&f->cv, &f->mu); /* a started step: let it finish */
+        while (f->job && !f->job_done) pthread_cond_wait(&f->cv, &f->mu); /* a started host half: let it end */
         f->stop = true;
         pthread_cond_broadcast(&f->cv);
         pthread_mutex_unlock(&f->mu);
