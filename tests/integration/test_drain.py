@@ -76,7 +76,9 @@ def expect_aborted(st):
 
 def test_sigterm_drains_16_streams():
     n, max_tokens = 16, 192
-    s = Server("--shutdown-timeout", "30", "--max-num-seqs", "16", model=LEXICON)
+    # KV room for all 16 to the end (the default, the model's 1024-token context, makes the youngest
+    # wait for recompute partway, so "all 16 running" would depend on how far they got)
+    s = Server("--shutdown-timeout", "30", "--max-num-seqs", "16", "--kv-cache-tokens", "4096", model=LEXICON)
     try:
         streams = [Stream(s.url, i, max_tokens) for i in range(n)]
         for st in streams:
