@@ -289,7 +289,8 @@ static void fill_arena(const arena *a, uint64_t seed) {
 
 /* ---- Engram ---- */
 
-/* The module and the hashing tables; the table itself comes from a file. */
+/* The module and the hashing tables; the table itself comes from a file or
+ * host memory (table_row). */
 static int make_engram(model *m, char *err, size_t errlen) {
     const engram_config *ec = &m->cfg.engram;
     model_engram *e = calloc(1, sizeof(*e));
@@ -300,20 +301,7 @@ static int make_engram(model *m, char *err, size_t errlen) {
     for (int64_t i = 0; i < V; i++) e->lookup[i] = i; /* no tokenizer: compressed id = token id */
     e->lookup_n = V;
     e->vc = V;
-    ngram_hash_config hc = {
-        .engram_vocab_size = ec->vocab_size,
-        .max_ngram_size = ec->max_ngram_size,
-        .n_embed_per_ngram = ec->n_embed_per_ngram,
-        .n_head_per_ngram = ec->n_head_per_ngram,
-        .layer_ids = ec->layer_ids,
-        .n_layers = ec->n_layers,
-        .pad_id = ec->pad_id,
-        .seed = ec->seed,
-        .kernel_size = ec->kernel_size,
-        .hc_mult = ec->hc_mult,
-        .compressed_vocab_size = V,
-        .compressed_pad_id = ec->pad_id,
-    };
+    ngram_hash_config hc = model_engram_hash_config(ec, V, ec->pad_id); /* identity lookup */
     char herr[256];
     if (ngram_hash_create(&hc, &e->hash, herr, sizeof(herr)) != NGRAM_HASH_OK) {
         snprintf(err, errlen, "%s: engram: %s", m->dir, herr);
@@ -377,6 +365,13 @@ static int make_vectors(model *m, uint64_t seed) {
 
 /* The table file's rows come from the store's writer one at a time; this
  * makes them in parallel batches and hands them out. */
+/* Row `row` of the synthetic table of `seed`: its own generator stream, so
+ * any thread makes any row, in a file (table_fill) or in memory (mem_fill),
+ * with the same bits. */
+static void table_row(uint64_t seed, uint32_t cols, uint64_t row, void *dst) {
+    fill_bf16(dst, cols, stream_start(seed, 0x7ab1eu, row));
+}
+
 typedef struct {
     uint64_t seed, rows;
     uint32_t cols, rb;
@@ -394,9 +389,7 @@ static int table_fill(void *ctx, uint64_t row, void *dst) {
         g->b1 = row + g->batch < g->rows ? row + g->batch : g->rows;
         long long n = (long long)(g->b1 - g->b0);
 #pragma omp parallel for schedule(static)
-        for (long long i = 0; i < n; i++)
-            fill_bf16((uint16_t *)(g->buf + (size_t)i * g->rb), g->cols,
-                      stream_start(g->seed, 0x7ab1eu, g->b0 + (uint64_t)i));
+        for (long long i = 0; i < n; i++) table_row(g->seed, g->cols, g->b0 + (uint64_t)i, g->buf + (size_t)i * g->rb);
         double now = util_now();
         if (!g->quiet && now - g->last >= 5.0) {
             g->last = now;
@@ -478,9 +471,7 @@ static int make_table(model *m, const char *dir, uint64_t seed, bool quiet, char
     return MODEL_OK;
 }
 
-/* The same rows in host memory, for tables larger than the disk: each row
- * from its own generator stream, so any thread may make any row, and the
- * bits equal the file's (table_fill). */
+/* The same rows in host memory, for tables larger than the disk. */
 typedef struct {
     uint64_t seed;
     uint32_t cols;
@@ -488,7 +479,7 @@ typedef struct {
 
 static int mem_fill(void *ctx, uint64_t row, void *dst) {
     const mem_gen *g = ctx;
-    fill_bf16(dst, g->cols, stream_start(g->seed, 0x7ab1eu, row));
+    table_row(g->seed, g->cols, row, dst);
     return 0;
 }
 
