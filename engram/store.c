@@ -806,6 +806,23 @@ static int cache_init(engram_store *s, uint64_t budget) {
     return 0;
 }
 
+/* A store with nothing open yet (engram_store_close frees it), or NULL. */
+static engram_store *store_new(const char *path, const engram_store_params *p) {
+    engram_store *s = calloc(1, sizeof(*s));
+    if (!s || !(s->path = strdup(path))) {
+        free(s);
+        return NULL;
+    }
+    s->p = *p;
+    s->fd = -1;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->io_mu, NULL);
+    pthread_mutex_init(&s->pf_mu, NULL);
+    pthread_cond_init(&s->ready, NULL);
+    pthread_cond_init(&s->pf_cv, NULL);
+    return s;
+}
+
 int engram_store_open(const char *path, const engram_store_params *params, engram_store **out, char *err,
                       size_t errlen) {
     if (!path || !out) return fail(err, errlen, ENGRAM_STORE_EINVAL, "engram_store_open: NULL argument");
@@ -814,18 +831,8 @@ int engram_store_open(const char *path, const engram_store_params *params, engra
         return fail(err, errlen, ENGRAM_STORE_EINVAL, "%s: unknown tier %d", path, (int)p.tier);
     if (p.tier != ENGRAM_STORE_DRAM && (p.queue_depth < 1 || p.queue_depth > 4096))
         return fail(err, errlen, ENGRAM_STORE_EINVAL, "%s: queue depth %d outside 1..4096", path, p.queue_depth);
-    engram_store *s = calloc(1, sizeof(*s));
-    if (!s || !(s->path = strdup(path))) {
-        free(s);
-        return fail(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
-    }
-    s->p = p;
-    s->fd = -1;
-    pthread_mutex_init(&s->mu, NULL);
-    pthread_mutex_init(&s->io_mu, NULL);
-    pthread_mutex_init(&s->pf_mu, NULL);
-    pthread_cond_init(&s->ready, NULL);
-    pthread_cond_init(&s->pf_cv, NULL);
+    engram_store *s = store_new(path, &p);
+    if (!s) return fail(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
     int rc;
     /* Header through a buffered descriptor first: it may be any size. */
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -959,19 +966,10 @@ int engram_store_create_memory(int dtype, uint64_t rows, uint32_t cols, engram_s
     if (!rb || !rows || rows > (UINT64_MAX - ENGRAM_STORE_BLOCK) / 4096 / (cols ? cols : 1))
         return fail(err, errlen, ENGRAM_STORE_EINVAL, "in-memory table: bad shape (%llu rows, %u cols, dtype %d)",
                     (unsigned long long)rows, cols, dtype);
-    engram_store *s = calloc(1, sizeof(*s));
-    if (!s || !(s->path = strdup("(memory)"))) {
-        free(s);
-        return fail(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
-    }
-    s->p = params ? *params : engram_store_default_params();
-    s->p.tier = ENGRAM_STORE_DRAM;
-    s->fd = -1;
-    pthread_mutex_init(&s->mu, NULL);
-    pthread_mutex_init(&s->io_mu, NULL);
-    pthread_mutex_init(&s->pf_mu, NULL);
-    pthread_cond_init(&s->ready, NULL);
-    pthread_cond_init(&s->pf_cv, NULL);
+    engram_store_params p = params ? *params : engram_store_default_params();
+    p.tier = ENGRAM_STORE_DRAM;
+    engram_store *s = store_new("(memory)", &p);
+    if (!s) return fail(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
     engram_store_header *h = &s->info.header;
     *h = (engram_store_header){.version = ENGRAM_STORE_VERSION, .dtype = (uint32_t)dtype, .rows = rows, .cols = cols,
                                .row_bytes = rb, .row_stride = engram_store_row_stride(rb),
