@@ -22,7 +22,8 @@ struct engram_fetch {
     const backend_ops *ops;
     engram_store *store;
     int ch, max_rows, cols, dtype;
-    size_t rb; /* bytes of a stored row */
+    size_t rb;           /* bytes of a stored row */
+    uint64_t table_rows; /* rows of the table: ids at or past it are refused */
     /* backend memory */
     uint8_t *rows;
     int32_t *ints;
@@ -104,6 +105,7 @@ engram_fetch *engram_fetch_create(const backend_ops *ops, engram_store *store, i
     f->cols = (int)h->cols;
     f->dtype = (int)h->dtype;
     f->rb = h->row_bytes;
+    f->table_rows = h->rows;
     uint64_t C = cache_bytes / f->rb;
     if (C > h->rows) C = h->rows;
     if (C > (1u << 30)) C = 1u << 30; /* slots and the index stay in int32 */
@@ -191,9 +193,8 @@ static void observe_stall(engram_fetch_stats *s, double sec) {
 static int prepare(engram_fetch *f, const int64_t *rows, int n) {
     const backend_ops *o = f->ops;
     if (n > f->max_rows) return ENGRAM_STORE_EINVAL;
-    uint64_t table_rows = engram_store_get_info(f->store).header.rows;
     for (int i = 0; i < n; i++)
-        if (rows[i] < 0 || (uint64_t)rows[i] >= table_rows) return ENGRAM_STORE_ERANGE;
+        if (rows[i] < 0 || (uint64_t)rows[i] >= f->table_rows) return ENGRAM_STORE_ERANGE;
     /* The staging is rewritten below: the last copy out of it must be done. */
     double stall = f->pending ? o->fetch_sync(f->ch) : -1;
     pthread_mutex_lock(&f->mu);

@@ -438,6 +438,18 @@ static int plan_step(forward_ctx *fc, const forward_item *it, int n_items, batch
     return FORWARD_OK;
 }
 
+/* x += a @ w^T (+ bias): the residual stream takes a product, fused where
+ * the backend can, else through tmp. */
+static void add_product(forward_ctx *fc, const float *a, const weight *w, const float *bias, int T) {
+    const backend_ops *o = fc->ops;
+    if (o->matmul_add) {
+        o->matmul_add(fc->x, a, w, bias, T);
+    } else {
+        o->matmul(fc->tmp, a, w, bias, T);
+        o->add(fc->x, fc->tmp, (size_t)T * w->rows);
+    }
+}
+
 /* After a failed Engram layer: the other layers' fetches were started; end
  * them so the next step starts clean (a failed one issues nothing; the
  * others issue their copies, which keeps their hot-row caches whole). */
@@ -553,12 +565,7 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
         }
         o->attention(fc->att, fc->q, kv_cache_k_layer(kv, l), kv_cache_v_layer(kv, l), &b, nh, nkv, hd,
                      c->sliding_window);
-        if (o->matmul_add) {
-            o->matmul_add(fc->x, fc->att, &L->wo, L->bo, T);
-        } else {
-            o->matmul(fc->tmp, fc->att, &L->wo, L->bo, T);
-            o->add(fc->x, fc->tmp, (size_t)T * d);
-        }
+        add_product(fc, fc->att, &L->wo, L->bo, T);
 
         /* feed-forward block (SwiGLU) */
         o->rmsnorm(fc->h, fc->x, L->ffn_norm, T, d, eps);
@@ -569,12 +576,7 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
             o->matmul(fc->up, fc->h, &L->w_up, L->b_up, T);
             o->swiglu(fc->gate, fc->up, (size_t)T * ff);
         }
-        if (o->matmul_add) {
-            o->matmul_add(fc->x, fc->gate, &L->w_down, L->b_down, T);
-        } else {
-            o->matmul(fc->tmp, fc->gate, &L->w_down, L->b_down, T);
-            o->add(fc->x, fc->tmp, (size_t)T * d);
-        }
+        add_product(fc, fc->gate, &L->w_down, L->b_down, T);
     }
     if (nl) {
         o->gather_f32(fc->lastx, fc->x, fc->last, nl, d);
