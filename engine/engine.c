@@ -312,6 +312,15 @@ void engine_get_stats(engine *e, engine_stats *out) {
     pthread_mutex_unlock(&e->mu);
 }
 
+/* Batch slots a newly queued request could take at the next step without
+ * waiting (caller holds mu). st_running counts a request from the moment the
+ * engine thread takes it off the queue, so the sum never undercounts. Those
+ * requests are not "waiting": --max-queued-requests bounds the rest. */
+static int engine_free_slots(const engine *e) {
+    int free = e->p.max_num_seqs - e->st_running - e->st_preempted;
+    return free > 0 ? free : 0;
+}
+
 int engine_submit(engine *e, const engine_request_params *p, engine_request **out) {
     *out = NULL;
     if (!p->prompt || p->n_prompt < 1 || p->max_tokens < 1 || p->n_stop < 0 || p->n_stop > ENGINE_MAX_STOP ||
@@ -377,7 +386,7 @@ int engine_submit(engine *e, const engine_request_params *p, engine_request **ou
     pthread_mutex_lock(&e->mu);
     int rc = ENGINE_OK;
     if (atomic_load(&e->stopping)) rc = ENGINE_ERR_STOPPED;
-    else if (e->n_queued >= e->p.max_queued && (e->n_queued > 0 || e->st_running)) rc = ENGINE_ERR_QUEUE_FULL;
+    else if (e->n_queued >= e->p.max_queued + engine_free_slots(e)) rc = ENGINE_ERR_QUEUE_FULL;
     if (rc == ENGINE_OK) {
         if (e->tail) e->tail->next = r;
         else e->head = r;
@@ -804,6 +813,7 @@ static int sched_step(engine *e) {
                 if (!e->head) e->tail = NULL;
                 r->next = NULL;
                 e->n_queued--;
+                e->st_running++; /* taken: no longer a free slot for engine_submit (published exactly below) */
             }
             pthread_mutex_unlock(&e->mu);
             if (!take) break;

@@ -36,8 +36,8 @@ const char *engine_status_str(int status);
 typedef struct {
     const char *model_dir; /* checkpoint directory (borrowed for engine_create only) */
     const char *device;    /* "cpu", "cuda" or "auto" (CUDA when usable); NULL means "auto" */
-    int max_queued;        /* requests waiting beyond the running one (an idle engine always
-                            * takes one); default 64 */
+    int max_queued;        /* requests waiting for a batch slot (those a free slot takes at the
+                            * next step do not count); more get ENGINE_ERR_QUEUE_FULL; default 64 */
     int threads;           /* CPU threads of the engine thread; 0: OpenMP's default */
     int prefill_chunk;     /* prompt tokens per forward pass; default 256 */
     int max_num_seqs;      /* sequences running at once; default 16 */

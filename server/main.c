@@ -36,7 +36,7 @@ static const struct {
     {"served-model-name", OPT_STR, 0, 0, NULL, "model id in the API (default: the model directory's name)"},
     {"api-key", OPT_STR, 0, 0, NULL, "require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize"},
     {"device", OPT_STR, 0, 0, "auto", "backend: cpu, cuda, or auto (CUDA when a GPU is usable, else the CPU)"},
-    {"max-queued-requests", OPT_INT, 0, 1000000, "64", "requests waiting beyond the running one; more get 503"},
+    {"max-queued-requests", OPT_INT, 0, 1000000, "64", "requests waiting for a batch slot; more get 503"},
     {"max-body-bytes", OPT_INT, 1, 1L << 30, "1048576", "largest request body; larger get 413"},
     {"threads", OPT_INT, 0, 4096, "0", "CPU threads of the engine (0: all cores)"},
     {"http-threads", OPT_INT, 1, 256, "4", "HTTP worker threads"},

@@ -397,6 +397,47 @@ START_TEST(test_sampled_on_backend_matches_host) {
 }
 END_TEST
 
+/* --max-queued-requests bounds the requests that wait for a batch slot, not
+ * those a free slot takes at the next step: with 2 slots and no queue, two
+ * requests run and the third is refused; with a queue of 1, the fourth. */
+START_TEST(test_queue_counts_only_waiting) {
+    for (int max_queued = 0; max_queued <= 1; max_queued++) {
+        engine_params ep = engine_default_params();
+        ep.model_dir = model_dir;
+        ep.threads = 1;
+        ep.max_num_seqs = 2;
+        ep.max_queued = max_queued;
+        engine *Q = NULL;
+        char err[512];
+        ck_assert_msg(engine_create(&ep, &Q, err, sizeof(err)) == ENGINE_OK, "engine_create: %s", err);
+        engine_request_params p = greedy(PROMPT, NP, 200);
+        engine_request *r[3] = {0}, *x = (engine_request *)1;
+        int n = 2 + max_queued;
+        for (int i = 0; i < n; i++) ck_assert_int_eq(engine_submit(Q, &p, &r[i]), ENGINE_OK);
+        ck_assert_int_eq(engine_submit(Q, &p, &x), ENGINE_ERR_QUEUE_FULL);
+        ck_assert_ptr_null(x);
+        for (int i = 0; i < n; i++) engine_cancel(r[i]);
+        for (int i = 0; i < n; i++) {
+            result res = run_to_end(r[i]);
+            free(res.text);
+            engine_request_release(r[i]);
+        }
+        /* once the slots are free again (published after the engine's next step), a request is taken */
+        int rc;
+        for (int tries = 0; (rc = engine_submit(Q, &p, &x)) == ENGINE_ERR_QUEUE_FULL && tries < 20000; tries++) {
+            struct timespec ts = {0, 100000};
+            nanosleep(&ts, NULL);
+        }
+        ck_assert_int_eq(rc, ENGINE_OK);
+        engine_cancel(x);
+        result res = run_to_end(x);
+        free(res.text);
+        engine_request_release(x);
+        engine_destroy(Q);
+    }
+}
+END_TEST
+
 START_TEST(test_bad_create) {
     engine_params p = engine_default_params();
     p.model_dir = "/nonexistent";
@@ -427,6 +468,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_notify_and_cancel);
     tcase_add_test(tc, test_stop_aborts_queued);
     tcase_add_test(tc, test_detach);
+    tcase_add_test(tc, test_queue_counts_only_waiting);
     tcase_add_test(tc, test_bad_create);
     suite_add_tcase(s, tc);
     return s;
