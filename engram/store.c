@@ -233,15 +233,18 @@ int engram_store_write_dense(const char *path, int dtype, uint64_t rows, uint32_
  * is in flight; whoever wants the row waits for it instead of reading it
  * again), READY, or FAILED (its read failed; waiters report EIO). Gathers
  * pin the slots they will read, so eviction never takes a row from under a
- * gather. Locks: `mu` guards the cache, `io_mu` the read machinery (ring,
- * aligned buffers); a thread takes io_mu, then mu briefly, never the reverse
- * while waiting. */
+ * gather. Reads go through a reader (a ring and aligned buffers): gathers
+ * share one under `io_mu`, the prefetch thread owns another, so its reads
+ * never hold a gather up; it pauses while a gather runs (the gather is on the
+ * forward pass's path, the prefetch is for later). Locks: `mu` guards the
+ * cache; a thread takes io_mu, then mu briefly, never the reverse while
+ * waiting. */
 
 enum { SLOT_EMPTY, SLOT_LOADING, SLOT_READY, SLOT_FAILED };
 #define NO_IDX SIZE_MAX
 #define SLOT_OVERHEAD 32u  /* bytes per slot besides its row: row id 8, state 1, ref 1, pins 4, index <= 16 */
 #define PF_QUEUE (1u << 16) /* prefetch ids waiting at most */
-#define PF_BATCH 512u       /* ids the prefetch thread resolves per round: bounds how long it holds io_mu */
+#define PF_BATCH 128u       /* ids the prefetch thread resolves per round: how long a gather may find it reading */
 
 /* One read: a run of whole blocks covering the rows of reqs[first..first+n). */
 typedef struct {
@@ -271,6 +274,15 @@ typedef struct {
 
 typedef _Atomic uint64_t counter;
 
+/* What reads need: an io_uring (or pread when it is off) and queue_depth
+ * aligned buffers of run_bytes, with each buffer's submit time. */
+typedef struct {
+    struct io_uring ring;
+    bool uring;
+    uint8_t *buf; /* (queue_depth, run_bytes) */
+    double *t_sub;
+} reader;
+
 struct engram_store {
     engram_store_params p;
     engram_store_info info;
@@ -279,11 +291,10 @@ struct engram_store {
     uint8_t *map; /* DRAM: the whole file */
     size_t map_len;
     /* NVMe reads */
-    pthread_mutex_t io_mu;
-    struct io_uring ring;
-    uint8_t *buf;     /* (queue_depth, run_bytes) aligned read buffers */
-    size_t run_bytes; /* largest run: one row's blocks */
-    double *t_sub;    /* (queue_depth) submit time of the read in each buffer */
+    pthread_mutex_t io_mu; /* the gathers' reader */
+    reader rd, pf_rd;      /* gathers', the prefetch thread's */
+    size_t run_bytes;      /* largest run: one row's blocks */
+    _Atomic int gathering; /* gathers between their lookup and their last read */
     /* the row cache */
     pthread_mutex_t mu;
     pthread_cond_t ready; /* broadcast when slots leave SLOT_LOADING */
@@ -292,6 +303,7 @@ struct engram_store {
     pthread_mutex_t pf_mu;
     pthread_cond_t pf_cv;
     int64_t *pf_q; /* (PF_QUEUE) */
+    pthread_cond_t pf_idle; /* under pf_mu: broadcast when `gathering` drops to 0 */
     size_t pf_head, pf_len;
     bool pf_stop, pf_started;
     pthread_t pf_thread;
@@ -501,8 +513,8 @@ static int finish_run(engram_store *s, const row_req *q, const block_run *r, con
  * buf + k*run_bytes. Sets *done to the runs finished (all of them unless
  * submitting failed: then the ring is closed and the caller goes on with
  * pread). Returns ENGRAM_STORE_OK or ENGRAM_STORE_EIO. */
-static int read_runs_uring(engram_store *s, const row_req *q, const block_run *runs, size_t nr, size_t *done,
-                           row_out out) {
+static int read_runs_uring(engram_store *s, reader *rd, const row_req *q, const block_run *runs, size_t nr,
+                           size_t *done, row_out out) {
     int qd = s->p.queue_depth;
     int *free_bufs = malloc((size_t)qd * sizeof(int));
     if (!free_bufs) return ENGRAM_STORE_ENOMEM;
@@ -513,17 +525,17 @@ static int read_runs_uring(engram_store *s, const row_req *q, const block_run *r
     while ((next < nr && !broken) || inflight) {
         int queued = 0;
         while (next < nr && nfree && rc == ENGRAM_STORE_OK && !broken) {
-            struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
+            struct io_uring_sqe *sqe = io_uring_get_sqe(&rd->ring);
             if (!sqe) break;
             int k = free_bufs[--nfree];
-            io_uring_prep_read(sqe, s->fd, s->buf + (size_t)k * s->run_bytes, runs[next].len, runs[next].off);
+            io_uring_prep_read(sqe, s->fd, rd->buf + (size_t)k * s->run_bytes, runs[next].len, runs[next].off);
             io_uring_sqe_set_data64(sqe, ((uint64_t)next << 16) | (uint64_t)k);
-            s->t_sub[k] = now_s();
+            rd->t_sub[k] = now_s();
             next++;
             queued++;
         }
         if (queued) {
-            if (io_uring_submit(&s->ring) < 0) { /* the ring is unusable: give the runs back to pread */
+            if (io_uring_submit(&rd->ring) < 0) { /* the ring is unusable: give the runs back to pread */
                 broken = true;
                 next -= (size_t)queued;
                 nfree += queued; /* free_bufs still holds their indices */
@@ -533,7 +545,7 @@ static int read_runs_uring(engram_store *s, const row_req *q, const block_run *r
         }
         if (!inflight) break;
         struct io_uring_cqe *cqe;
-        int e = io_uring_wait_cqe(&s->ring, &cqe);
+        int e = io_uring_wait_cqe(&rd->ring, &cqe);
         if (e == -EINTR) continue;
         if (e < 0) {
             rc = ENGRAM_STORE_EIO;
@@ -541,11 +553,11 @@ static int read_runs_uring(engram_store *s, const row_req *q, const block_run *r
         }
         uint64_t tag = io_uring_cqe_get_data64(cqe);
         int res = cqe->res;
-        io_uring_cqe_seen(&s->ring, cqe);
+        io_uring_cqe_seen(&rd->ring, cqe);
         inflight--;
         size_t ri = (size_t)(tag >> 16);
         int k = (int)(tag & 0xffff);
-        uint8_t *b = s->buf + (size_t)k * s->run_bytes;
+        uint8_t *b = rd->buf + (size_t)k * s->run_bytes;
         ssize_t got = res;
         if (res > 0 && (uint32_t)res < runs[ri].len && res % 512 == 0) { /* short read: finish synchronously */
             block_run rest = runs[ri];
@@ -554,21 +566,22 @@ static int read_runs_uring(engram_store *s, const row_req *q, const block_run *r
             ssize_t more = read_run(s, &rest, b + res);
             got = more < 0 ? more : res + more;
         }
-        if (rc == ENGRAM_STORE_OK && finish_run(s, q, &runs[ri], b, got, now_s() - s->t_sub[k], out))
+        if (rc == ENGRAM_STORE_OK && finish_run(s, q, &runs[ri], b, got, now_s() - rd->t_sub[k], out))
             rc = ENGRAM_STORE_EIO;
         free_bufs[nfree++] = k;
     }
     while (inflight > 0) { /* after an error: drain */
         struct io_uring_cqe *cqe;
-        if (io_uring_wait_cqe(&s->ring, &cqe)) break;
-        io_uring_cqe_seen(&s->ring, cqe);
+        if (io_uring_wait_cqe(&rd->ring, &cqe)) break;
+        io_uring_cqe_seen(&rd->ring, cqe);
         inflight--;
     }
     free(free_bufs);
     if (broken && rc == ENGRAM_STORE_OK) {
         note(s, "io_uring_submit failed; using pread from now on");
-        io_uring_queue_exit(&s->ring);
-        s->info.io_uring = false;
+        io_uring_queue_exit(&rd->ring);
+        rd->uring = false;
+        if (rd == &s->rd) s->info.io_uring = false;
     }
     *done = next;
     return rc;
@@ -577,7 +590,7 @@ static int read_runs_uring(engram_store *s, const row_req *q, const block_run *r
 /* Reads the rows of q (sorted here by offset): rows sharing a block share
  * one read. Returns ENGRAM_STORE_OK, _EIO or _ENOMEM; on failure the slots
  * not filled are still LOADING (see fail_unfinished). */
-static int read_reqs(engram_store *s, row_req *q, size_t n, row_out out) {
+static int read_reqs(engram_store *s, reader *rd, row_req *q, size_t n, row_out out) {
     qsort(q, n, sizeof(row_req), cmp_req);
     block_run *runs = malloc(n * sizeof(block_run));
     if (!runs) return ENGRAM_STORE_ENOMEM;
@@ -592,11 +605,11 @@ static int read_reqs(engram_store *s, row_req *q, size_t n, row_out out) {
     }
     int rc = ENGRAM_STORE_OK;
     size_t next = 0;
-    if (s->info.io_uring) rc = read_runs_uring(s, q, runs, nr, &next, out);
+    if (rd->uring) rc = read_runs_uring(s, rd, q, runs, nr, &next, out);
     for (; next < nr && rc == ENGRAM_STORE_OK; next++) {
         double t0 = now_s();
-        ssize_t got = read_run(s, &runs[next], s->buf);
-        if (finish_run(s, q, &runs[next], s->buf, got, now_s() - t0, out)) rc = ENGRAM_STORE_EIO;
+        ssize_t got = read_run(s, &runs[next], rd->buf);
+        if (finish_run(s, q, &runs[next], rd->buf, got, now_s() - t0, out)) rc = ENGRAM_STORE_EIO;
     }
     free(runs);
     return rc;
@@ -615,6 +628,7 @@ static int gather_nvme(engram_store *s, const int64_t *rows, size_t n, row_out o
     }
     size_t nq = 0, hits = 0;
     bool waits = false;
+    atomic_fetch_add(&s->gathering, 1); /* the prefetch thread holds off its next batch */
     pthread_mutex_lock(&s->mu);
     for (size_t i = 0; i < n; i++) {
         uint64_t off = h->data_offset + (uint64_t)rows[i] * h->row_stride;
@@ -640,9 +654,14 @@ static int gather_nvme(engram_store *s, const int64_t *rows, size_t n, row_out o
     int rc = ENGRAM_STORE_OK;
     if (nq) {
         pthread_mutex_lock(&s->io_mu);
-        rc = read_reqs(s, q, nq, out);
+        rc = read_reqs(s, &s->rd, q, nq, out);
         pthread_mutex_unlock(&s->io_mu);
         if (rc) fail_unfinished(s, q, nq);
+    }
+    if (atomic_fetch_sub(&s->gathering, 1) == 1 && s->pf_started) {
+        pthread_mutex_lock(&s->pf_mu);
+        pthread_cond_broadcast(&s->pf_idle);
+        pthread_mutex_unlock(&s->pf_mu);
     }
     /* Wait for rows in flight, note which failed, then decode outside the
      * lock: a pinned READY slot is never evicted nor rewritten. */
@@ -738,8 +757,9 @@ int engram_store_prefetch(engram_store *s, const int64_t *rows, size_t n) {
 }
 
 /* The prefetch thread: takes up to PF_BATCH ids, claims slots for those
- * neither cached nor in flight, reads them. Already cached rows get their
- * reference bit: they are about to be used. */
+ * neither cached nor in flight, reads them with its own reader. Already
+ * cached rows get their reference bit: they are about to be used. It starts
+ * no batch while a gather runs: the disk is the gather's then. */
 static void *prefetch_main(void *arg) {
     engram_store *s = arg;
     const engram_store_header *h = &s->info.header;
@@ -747,7 +767,8 @@ static void *prefetch_main(void *arg) {
     row_req q[PF_BATCH];
     for (;;) {
         pthread_mutex_lock(&s->pf_mu);
-        while (!s->pf_len && !s->pf_stop) pthread_cond_wait(&s->pf_cv, &s->pf_mu);
+        while ((!s->pf_len || atomic_load(&s->gathering)) && !s->pf_stop)
+            pthread_cond_wait(s->pf_len ? &s->pf_idle : &s->pf_cv, &s->pf_mu);
         if (s->pf_stop) {
             pthread_mutex_unlock(&s->pf_mu);
             return NULL;
@@ -770,9 +791,7 @@ static void *prefetch_main(void *arg) {
         }
         pthread_mutex_unlock(&s->mu);
         if (!nq) continue;
-        pthread_mutex_lock(&s->io_mu);
-        int rc = read_reqs(s, q, nq, (row_out){0});
-        pthread_mutex_unlock(&s->io_mu);
+        int rc = read_reqs(s, &s->pf_rd, q, nq, (row_out){0});
         if (rc) {
             fail_unfinished(s, q, nq);
             note(s, "prefetch read failed");
@@ -783,6 +802,32 @@ static void *prefetch_main(void *arg) {
 }
 
 /* ---- open, stats, close ---- */
+
+/* A reader of queue_depth buffers, with an io_uring unless told to pread or
+ * refused (a note says so; pread then). Returns 0, or -1 out of memory. */
+static int reader_init(engram_store *s, reader *rd) {
+    int qd = s->p.queue_depth;
+    rd->t_sub = calloc((size_t)qd, sizeof(double));
+    if (!rd->t_sub || posix_memalign((void **)&rd->buf, ENGRAM_STORE_BLOCK, (size_t)qd * s->run_bytes)) {
+        rd->buf = NULL;
+        return -1;
+    }
+    if (!s->p.use_pread) {
+        int e = io_uring_queue_init((unsigned)qd, &rd->ring, 0);
+        if (e == 0)
+            rd->uring = true;
+        else
+            note(s, "io_uring_queue_init failed (%s); using pread", strerror(-e));
+    }
+    return 0;
+}
+
+static void reader_free(reader *rd) {
+    if (rd->uring) io_uring_queue_exit(&rd->ring);
+    rd->uring = false;
+    free(rd->buf);
+    free(rd->t_sub);
+}
 
 /* Sizes and allocates the row cache for a budget of `budget` bytes. */
 static int cache_init(engram_store *s, uint64_t budget) {
@@ -820,6 +865,7 @@ static engram_store *store_new(const char *path, const engram_store_params *p) {
     pthread_mutex_init(&s->pf_mu, NULL);
     pthread_cond_init(&s->ready, NULL);
     pthread_cond_init(&s->pf_cv, NULL);
+    pthread_cond_init(&s->pf_idle, NULL);
     return s;
 }
 
@@ -914,21 +960,13 @@ int engram_store_open(const char *path, const engram_store_params *params, engra
         s->fd = fd;
     }
     s->run_bytes = h->row_stride < ENGRAM_STORE_BLOCK ? ENGRAM_STORE_BLOCK : h->row_stride;
-    s->t_sub = calloc((size_t)p.queue_depth, sizeof(double));
-    if (!s->t_sub || posix_memalign((void **)&s->buf, ENGRAM_STORE_BLOCK, (size_t)p.queue_depth * s->run_bytes)) {
-        s->buf = NULL;
+    if (reader_init(s, &s->rd)) {
         rc = fail(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
         goto bad;
     }
-    if (!p.use_pread) {
-        int e = io_uring_queue_init((unsigned)p.queue_depth, &s->ring, 0);
-        if (e == 0)
-            s->info.io_uring = true;
-        else
-            note(s, "io_uring_queue_init failed (%s); using pread", strerror(-e));
-    }
+    s->info.io_uring = s->rd.uring;
     /* Probe one direct read: some filesystems accept O_DIRECT at open and refuse the read. */
-    if (s->info.direct && pread(s->fd, s->buf, ENGRAM_STORE_BLOCK, 0) < 0) {
+    if (s->info.direct && pread(s->fd, s->rd.buf, ENGRAM_STORE_BLOCK, 0) < 0) {
         note(s, "O_DIRECT read refused (%s); reading through the page cache", strerror(errno));
         int bfd = open(path, O_RDONLY | O_CLOEXEC);
         if (bfd < 0) {
@@ -945,6 +983,10 @@ int engram_store_open(const char *path, const engram_store_params *params, engra
         goto bad;
     }
     if (s->c.n) {
+        if (reader_init(s, &s->pf_rd)) {
+            rc = fail(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
+            goto bad;
+        }
         int e = pthread_create(&s->pf_thread, NULL, prefetch_main, s);
         if (e) {
             rc = fail(err, errlen, ENGRAM_STORE_ENOMEM, "%s: cannot start the prefetch thread: %s", path, strerror(e));
@@ -1067,6 +1109,7 @@ void engram_store_close(engram_store *s) {
         pthread_mutex_lock(&s->pf_mu);
         s->pf_stop = true;
         pthread_cond_signal(&s->pf_cv);
+        pthread_cond_signal(&s->pf_idle);
         pthread_mutex_unlock(&s->pf_mu);
         pthread_join(s->pf_thread, NULL);
     }
@@ -1074,18 +1117,18 @@ void engram_store_close(engram_store *s) {
         if (s->info.locked) munlock(s->map, s->map_len);
         munmap(s->map, s->map_len);
     }
-    if (s->info.io_uring) io_uring_queue_exit(&s->ring);
+    reader_free(&s->rd);
+    reader_free(&s->pf_rd);
     if (s->fd >= 0) close(s->fd);
     pthread_mutex_destroy(&s->mu);
     pthread_mutex_destroy(&s->io_mu);
     pthread_mutex_destroy(&s->pf_mu);
     pthread_cond_destroy(&s->ready);
     pthread_cond_destroy(&s->pf_cv);
+    pthread_cond_destroy(&s->pf_idle);
     free(s->c.row), free(s->c.state), free(s->c.ref), free(s->c.pins), free(s->c.data);
     row_index_free(&s->c.index);
     free(s->pf_q);
-    free(s->buf);
-    free(s->t_sub);
     free(s->path);
     free(s);
 }
