@@ -53,6 +53,7 @@ static void usage(FILE *f) {
             "  --model DIR                 a checkpoint instead\n"
             "  --engram-tables DIR         with --model: Engram table files\n"
             "  --engram-tier dram|nvme|auto  --engram-io uring|pread   --engram-queue-depth N\n"
+            "  --engram-lookahead N        prompt tokens read ahead on the nvme tier (default 2048, 0: off)\n"
             "  --engram-dram-budget SIZE   --engram-hbm-cache SIZE    (see engram-run --help)\n"
             "  --device cpu|cuda           (default cpu)\n"
             "  --threads N                 engine CPU threads (default: all cores)\n"
@@ -228,6 +229,7 @@ int main(int argc, char **argv) {
         } else if (!strcmp(a, "--engram-dram-budget")) bad = util_parse_size(v, &ep.engram_store.dram_budget);
         else if (!strcmp(a, "--engram-hbm-cache")) bad = util_parse_size(v, &ep.engram_store.hbm_cache);
         else if (!strcmp(a, "--engram-queue-depth")) bad = parse_long(v, 1, 4096, &lv), ep.engram_store.queue_depth = (int)lv;
+        else if (!strcmp(a, "--engram-lookahead")) bad = parse_long(v, 0, 1 << 24, &lv), ep.engram_lookahead = (int)lv;
         else if (!strcmp(a, "--device")) ep.device = v;
         else if (!strcmp(a, "--threads")) bad = parse_long(v, 1, 4096, &lv), ep.threads = (int)lv;
         else if (!strcmp(a, "--max-num-seqs")) bad = parse_long(v, 1, 1 << 20, &lv), ep.max_num_seqs = (int)lv;

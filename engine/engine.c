@@ -36,6 +36,7 @@ struct engine_request {
     int n_bias;
     engine_logprob *lp; /* (max_tokens) when logprobs were asked for */
     int32_t *forced;    /* (max_tokens) output ids instead of sampled ones, or NULL */
+    int pf_upto;        /* prompt positions whose Engram rows went to the prefetch threads (engine thread) */
     int n_top;          /* top alternatives per token */
     int lp_published, lp_read; /* entries final / handed to readers, under mu */
     float *gates;      /* (n_prompt + max_tokens, n_layers) when gates were asked for */
@@ -66,6 +67,7 @@ struct engine {
     float *logits;           /* (max_num_seqs, vocab_size) the step's logits, host */
     float *raw_logits;       /* (vocab_size) a copy for logprobs, before sampling edits them */
     int32_t *ids;            /* (max_num_batched_tokens) the step's ids */
+    int32_t *ahead;          /* (AHEAD_SEGS * FORWARD_AHEAD_LEAD + engram_lookahead) queued prompt pieces */
     int32_t *next;           /* (max_num_seqs) argmax of each sequence's logits (greedy) */
     /* sampling where the logits are (backend_ops.sample), see seq_device_sample */
     bool dev_sample;         /* on: the backend samples for the requests it can serve */
@@ -125,6 +127,7 @@ engine_params engine_default_params(void) {
     p.max_num_seqs = 16;
     p.max_num_batched_tokens = 512;
     p.kv_block_size = 16;
+    p.engram_lookahead = 2048;
     p.engram_store = engram_store_default_params();
     return p;
 }
@@ -749,6 +752,51 @@ static int32_t seq_take_candidate(engine *e, seq *s, int j) {
     return sampler_sample_applied(s->smp, row);
 }
 
+/* Lookahead: the Engram rows of prompt tokens that the next steps will run
+ * go to the NVMe stores' prefetch threads now, so that their reads overlap
+ * this step's pass instead of stalling a later one. In the order they will
+ * run: the rest of the prompts in prefill, then the queued prompts (FCFS),
+ * over a window of engram_lookahead tokens beyond this step; each request
+ * remembers how far it was handed over, so a row is handed over once per
+ * request. Queued requests may be aborted by engine_stop on another thread,
+ * so their pieces are copied under mu and hashed outside it. */
+#define AHEAD_SEGS 64 /* queued requests looked at per step */
+
+static void sched_prefetch_ahead(engine *e) {
+    int window = e->p.engram_lookahead;
+    if (window <= 0 || !e->ahead) return;
+    for (int i = 0; i < e->n_running && window > 0; i++) {
+        seq *s = e->running[i];
+        engine_request *r = s->r;
+        int start = forward_state_pos(s->st) + s->piece; /* after this step */
+        if (start >= r->n_prompt) continue;
+        int end = r->n_prompt - start < window ? r->n_prompt : start + window;
+        window -= end - start;
+        int from = r->pf_upto > start ? r->pf_upto : start;
+        if (from < end) { /* a failure (out of memory) only loses the hint */
+            int lead = from < FORWARD_AHEAD_LEAD ? from : FORWARD_AHEAD_LEAD;
+            forward_prefetch_ahead(e->fc, r->prompt + from - lead, lead, end - from);
+            r->pf_upto = end;
+        }
+    }
+    if (window <= 0) return;
+    struct ahead_seg { int from, lead, n; } seg[AHEAD_SEGS];
+    int nseg = 0, used = 0;
+    pthread_mutex_lock(&e->mu);
+    for (engine_request *r = e->head; r && window > 0 && nseg < AHEAD_SEGS; r = r->next) {
+        int end = r->n_prompt < window ? r->n_prompt : window;
+        window -= end;
+        if (r->pf_upto >= end) continue;
+        int from = r->pf_upto, lead = from < FORWARD_AHEAD_LEAD ? from : FORWARD_AHEAD_LEAD;
+        memcpy(e->ahead + used, r->prompt + from - lead, (size_t)(lead + end - from) * sizeof(int32_t));
+        seg[nseg++] = (struct ahead_seg){used, lead, end - from};
+        used += lead + end - from;
+        r->pf_upto = end;
+    }
+    pthread_mutex_unlock(&e->mu);
+    for (int k = 0; k < nseg; k++) forward_prefetch_ahead(e->fc, e->ahead + seg[k].from, seg[k].lead, seg[k].n);
+}
+
 /* One scheduler step. Returns the tokens it ran. */
 static int sched_step(engine *e) {
     /* 1. cancellations */
@@ -863,6 +911,7 @@ static int sched_step(engine *e) {
         tokens += n;
     }
     if (n_items == 0) return 0;
+    sched_prefetch_ahead(e);
     int frc = forward_batch(e->fc, e->items, n_items);
     if (frc != FORWARD_OK) log_error("step of %d sequences: %s", n_items, forward_status_str(frc));
     else if (sched_sample_on_backend(e, n_items) != 0) {
@@ -958,6 +1007,8 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
     if (e->p.max_num_seqs < 1) e->p.max_num_seqs = 16;
     if (e->p.max_num_batched_tokens < 1) e->p.max_num_batched_tokens = 512;
     if (e->p.kv_block_size < 1) e->p.kv_block_size = 16;
+    if (e->p.engram_lookahead < 0) e->p.engram_lookahead = 0;
+    if (e->p.engram_lookahead > (1 << 24)) e->p.engram_lookahead = 1 << 24;
     e->chunk = e->p.prefill_chunk < e->p.max_num_batched_tokens ? e->p.prefill_chunk : e->p.max_num_batched_tokens;
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
@@ -987,6 +1038,8 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
     e->logits = malloc(S * (size_t)e->m->cfg.vocab_size * sizeof(float));
     e->raw_logits = malloc((size_t)e->m->cfg.vocab_size * sizeof(float));
     e->ids = malloc((size_t)e->p.max_num_batched_tokens * sizeof(int32_t));
+    if (e->p.engram_lookahead > 0 && forward_ctx_prefetches_ahead(e->fc)) /* off when this fails: a hint */
+        e->ahead = malloc(((size_t)AHEAD_SEGS * FORWARD_AHEAD_LEAD + (size_t)e->p.engram_lookahead) * sizeof(int32_t));
     e->next = malloc(S * sizeof(int32_t));
     e->row = malloc(S * sizeof(int32_t));
     e->res = malloc(S * sizeof(int));
@@ -1073,6 +1126,7 @@ void engine_destroy(engine *e) {
     free(e->logits);
     free(e->raw_logits);
     free(e->ids);
+    free(e->ahead);
     tokenizer_destroy(e->tok);
     model_destroy(e->m);
     pthread_cond_destroy(&e->cv);

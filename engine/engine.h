@@ -47,6 +47,9 @@ typedef struct {
                             * and scratch, at most max_num_seqs contexts; elsewhere the context length */
     double gpu_memory_utilization; /* share of the GPU's memory this engine may hold in all; default 0.9 */
     int kv_block_size;     /* positions per KV cache block; default 16 */
+    int engram_lookahead;  /* prompt tokens beyond each step whose Engram rows are handed to the
+                            * prefetch threads of NVMe-tier stores before the step runs
+                            * (forward_prefetch_ahead); 0: off; default 2048 */
     const char *engram_tables; /* NULL: Engram tables from the checkpoint; else a directory of
                                 * table files (model_engram_use_tables), borrowed for engine_create */
     engram_store_params engram_store; /* how those files are read; default engram_store_default_params() */

@@ -53,6 +53,8 @@ struct forward_ctx {
     engram_scratch es;
     engram_fetch *fetch[ENGRAM_MAX_LAYERS]; /* layers whose table is a host store, else NULL */
     bool rows_on_backend;    /* some layer gathers from a table in backend memory: upload rows */
+    bool ahead[ENGRAM_MAX_LAYERS]; /* the layer's store reads NVMe behind a row cache (prefetch thread) */
+    bool any_ahead;
     /* host mirrors */
     int32_t *h_i32;          /* like desc_i32 */
     int32_t *h_last;         /* (S) */
@@ -137,6 +139,8 @@ static int create_fetchers(forward_ctx *fc, char *err, size_t errlen) {
         }
         engram_store_info in = engram_store_get_info(st);
         bytes[li] = in.header.rows * in.header.row_bytes;
+        fc->ahead[li] = in.tier == ENGRAM_STORE_NVME && in.cache_bytes > 0;
+        fc->any_ahead |= fc->ahead[li];
         total += bytes[li];
         cache = in.hbm_cache; /* the same in every layer's params */
     }
@@ -436,6 +440,45 @@ static int plan_step(forward_ctx *fc, const forward_item *it, int n_items, batch
         o->upload(fc->seq_hist, fc->h_seq_hist, (size_t)S * sizeof(float *));
     }
     return FORWARD_OK;
+}
+
+#define AHEAD_CHUNK 256 /* positions hashed per round */
+
+bool forward_ctx_prefetches_ahead(const forward_ctx *fc) { return fc->any_ahead; }
+
+_Static_assert(FORWARD_AHEAD_LEAD == NGRAM_HASH_MAX_NGRAM - 1, "the hash history's length");
+
+int forward_prefetch_ahead(forward_ctx *fc, const int32_t *ids, int lead, int n_ahead) {
+    const model_engram *e = fc->m->engram;
+    if (!fc->any_ahead || lead < 0 || lead > FORWARD_AHEAD_LEAD || n_ahead <= 0) return 0;
+    int H = e->n_heads, back = FORWARD_AHEAD_LEAD, from = lead, to = lead + n_ahead;
+    int64_t *ids64 = malloc((size_t)(AHEAD_CHUNK + back) * sizeof(int64_t));
+    int64_t *cids = malloc((size_t)(AHEAD_CHUNK + back) * sizeof(int64_t));
+    int64_t *rows = malloc((size_t)AHEAD_CHUNK * H * sizeof(int64_t));
+    int rc = -1;
+    if (!ids64 || !cids || !rows) goto done;
+    /* the history at `from`: it keeps the last max_ngram_size-1 ids, so the
+     * `lead` tokens before it give the same state as the whole prefix */
+    ngram_hash_history hist;
+    ngram_hash_history_init(e->hash, &hist);
+    for (int k = 0; k < lead; k++) ids64[k] = ids[k];
+    ngram_hash_compress_ids(e->lookup, e->lookup_n, ids64, (size_t)lead, cids);
+    ngram_hash_history_push(e->hash, &hist, cids, (size_t)lead);
+    for (int a = from; a < to; a += AHEAD_CHUNK) {
+        int n = to - a < AHEAD_CHUNK ? to - a : AHEAD_CHUNK;
+        for (int k = 0; k < n; k++) ids64[k] = ids[a + k];
+        ngram_hash_compress_ids(e->lookup, e->lookup_n, ids64, (size_t)n, cids);
+        for (int li = 0; li < e->n_layers; li++) {
+            if (!fc->ahead[li]) continue;
+            ngram_hash_layer_rows(e->hash, li, &hist, cids, (size_t)n, rows);
+            engram_store_prefetch(e->layers[li].store, rows, (size_t)n * H);
+        }
+        ngram_hash_history_push(e->hash, &hist, cids, (size_t)n);
+    }
+    rc = n_ahead;
+done:
+    free(ids64), free(cids), free(rows);
+    return rc;
 }
 
 /* x += a @ w^T (+ bias): the residual stream takes a product, fused where

@@ -94,6 +94,21 @@ float *forward_ctx_logits(forward_ctx *fc);
  * FORWARD_ERR_IO the states must be reset. */
 int forward_batch(forward_ctx *fc, const forward_item *items, int n_items);
 
+/* Hands the Engram rows of upcoming positions of a sequence to the prefetch
+ * threads of the layers whose store reads NVMe behind a row cache, ahead of
+ * the steps that will run them (the rest of a prompt in prefill, queued
+ * prompts), so their reads overlap the steps before. ids[0..lead) are the
+ * tokens just before those positions (all of them when fewer than
+ * FORWARD_AHEAD_LEAD come before; none at the sequence's start),
+ * ids[lead..lead+n_ahead) the positions' tokens. Only the row caches change,
+ * never a result. Returns n_ahead; 0 when no layer has such a store or the
+ * arguments are out of range; -1 out of memory. Not while forward_batch runs
+ * on another thread. */
+#define FORWARD_AHEAD_LEAD 15 /* the hash history: NGRAM_HASH_MAX_NGRAM - 1 tokens */
+int forward_prefetch_ahead(forward_ctx *fc, const int32_t *ids, int lead, int n_ahead);
+/* Whether forward_prefetch_ahead has any store to hand rows to. */
+bool forward_ctx_prefetches_ahead(const forward_ctx *fc);
+
 /* One sequence alone: ids[0..n) in steps of forward_ctx_max_tokens, logits
  * (and gates) as in forward_item. */
 int forward_run(forward_ctx *fc, forward_state *s, const int32_t *ids, int n, float *logits, float *gates);

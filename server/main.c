@@ -57,6 +57,8 @@ static const struct {
      "auto (as the budget decides), dram (whole tables mmap'd MAP_SHARED) or nvme (always from the file, cached within the budget)"},
     {"engram-io", OPT_STR, 0, 0, "uring", "nvme reads: uring (io_uring) or pread"},
     {"engram-queue-depth", OPT_INT, 1, 4096, "64", "nvme reads in flight"},
+    {"engram-lookahead", OPT_INT, 0, 1 << 24, "2048",
+     "prompt tokens beyond each step whose Engram rows the nvme tier reads ahead (0: off)"},
     {"max-num-seqs", OPT_INT, 1, 4096, "16", "sequences batched together in one scheduler step"},
     {"max-num-batched-tokens", OPT_INT, 1, 1 << 20, "512",
      "tokens per scheduler step (prompt chunks and decode tokens together)"},
@@ -221,7 +223,7 @@ int main(int argc, char **argv) {
     }
     enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THREADS, O_HTTP_THREADS, O_CORS,
            O_CONN_TIMEOUT, O_PREFILL_CHUNK, O_SHUTDOWN, O_ENGRAM_TABLE_DIR, O_ENGRAM_TABLES, O_ENGRAM_BUDGET,
-           O_ENGRAM_HBM, O_ENGRAM_TIER, O_ENGRAM_IO, O_ENGRAM_QD,
+           O_ENGRAM_HBM, O_ENGRAM_TIER, O_ENGRAM_IO, O_ENGRAM_QD, O_ENGRAM_AHEAD,
            O_MAX_SEQS, O_MAX_BATCHED, O_KV_TOKENS, O_KV_BLOCK, O_SYNTHETIC, O_SYNTH_SEED, O_SYNTH_DIR,
            O_GPU_UTIL };
     int rc = 1;
@@ -338,6 +340,7 @@ int main(int argc, char **argv) {
                                                                   : ENGRAM_STORE_AUTO;
     ep.engram_store.use_pread = !strcmp(val[O_ENGRAM_IO], "pread");
     ep.engram_store.queue_depth = (int)num[O_ENGRAM_QD];
+    ep.engram_lookahead = (int)num[O_ENGRAM_AHEAD];
     engine *e = NULL;
     metrics *mx = NULL;
     server *srv = NULL;

@@ -254,3 +254,40 @@ def test_server_same_completion_and_gates(tmp_path, tier):
         finally:
             s.stop()
     assert got[0] == got[1]
+
+
+def test_server_lookahead_reads_the_prompt_ahead(tmp_path):
+    """--engram-lookahead: with prompt chunks of 16, the first step hands the
+    rows of the rest of the prompt to the NVMe stores' prefetch threads (the
+    counter grows by exactly those rows over the plan steps' own), and the
+    completion and gates are the same as with it off (0)."""
+    import requests
+    from serverutil import Server, metric
+
+    model = FIXTURES[1]
+    out = tmp_path / "tables"
+    run_bin("engram-tables", "export", "--model", model, "--out", out)
+    prompt = "The capital of France is Paris, and the capital of Italy is Rome; " * 4
+    body = dict(model="engram-lexicon", prompt=prompt, max_tokens=8, temperature=0, ignore_eos=True,
+                engram_gates=True)
+    got = []
+    for ahead in ("0", "2048"):
+        s = Server("--engram-tables", out, "--engram-tier", "nvme", "--engram-dram-budget", "1M",
+                   "--prefill-chunk", "16", "--engram-lookahead", ahead, model=model)
+        try:
+            r = requests.post(s.url + "/v1/completions", json=body, timeout=120)
+            assert r.status_code == 200, r.text
+            j = r.json()
+            text = requests.get(s.url + "/metrics").text
+            n_prompt, n_out = j["usage"]["prompt_tokens"], j["usage"]["completion_tokens"]
+            assert n_prompt > 48 and n_out == 8
+            run = n_prompt + n_out - 1  # every token fed: the last sampled one never is
+            lookups = metric(text, "engram_fetch_lookups_total")
+            assert lookups > 0 and lookups % run == 0
+            per_token = lookups // run  # rows per token over the Engram layers
+            extra = metric(text, "engram_store_prefetch_rows_total") - lookups
+            assert extra == (0 if ahead == "0" else (n_prompt - 16) * per_token), (ahead, extra, per_token)
+            got.append((j["choices"][0]["text"], j["engram_gates"]))
+        finally:
+            s.stop()
+    assert got[0] == got[1]

@@ -402,7 +402,7 @@ def test_metrics(server):
 @pytest.fixture(scope="module")
 def slow(tmp_path_factory):
     d = make_slow_model(tmp_path_factory.mktemp("slow"))
-    s = Server("--max-queued-requests", "0", model=d)
+    s = Server("--max-num-seqs", "1", "--max-queued-requests", "0", model=d)
     yield s
     s.stop()
 
@@ -422,7 +422,7 @@ def test_disconnect_cancels_then_next_succeeds(slow):
     it = r.iter_lines()
     first = next(l for l in it if l)
     assert first.startswith(b"data: ")
-    # the queue holds nothing beyond the running request: overflow is an immediate 503
+    # one batch slot, taken, and no queue: overflow is an immediate 503
     t0 = time.time()
     busy = requests.post(slow.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1}, timeout=30)
     check_error(busy, 503)

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend.h"
 #include "engine.h"
@@ -438,6 +439,59 @@ START_TEST(test_queue_counts_only_waiting) {
 }
 END_TEST
 
+/* Lookahead (engine_params.engram_lookahead) with tables on the NVMe tier:
+ * every step's own rows go to the stores' prefetch threads, and besides
+ * them the rest of a prompt in prefill and the whole prompt of a queued
+ * request, once each. Outputs equal those with lookahead off. */
+START_TEST(test_lookahead_hands_prompts_ahead) {
+    char dir[] = "/tmp/engram-test-ahead-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    static const int32_t P1[20] = {5, 17, 300, 42, 9, 1000, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20};
+    static const int32_t P2[12] = {900, 800, 700, 600, 500, 400, 300, 200, 100, 50, 40, 30};
+    char *text[2][2] = {{0}};
+    for (int ahead = 0; ahead <= 1; ahead++) {
+        engine_params ep = engine_default_params();
+        ep.model_dir = model_dir;
+        ep.threads = 1;
+        ep.max_num_seqs = 1;
+        ep.prefill_chunk = 4;
+        ep.engram_tables = dir;
+        ep.engram_store.tier = ENGRAM_STORE_NVME;
+        ep.engram_store.dram_budget = 64 * 1024;
+        ep.engram_lookahead = ahead ? 2048 : 0;
+        engine *L = NULL;
+        char err[512];
+        ck_assert_msg(engine_create(&ep, &L, err, sizeof(err)) == ENGINE_OK, "engine_create: %s", err);
+        engine_request_params p1 = greedy(P1, 20, 30), p2 = greedy(P2, 12, 2);
+        engine_request *r1, *r2;
+        ck_assert_int_eq(engine_submit(L, &p1, &r1), ENGINE_OK);
+        ck_assert_int_eq(engine_submit(L, &p2, &r2), ENGINE_OK); /* queued while r1 runs its 30 steps */
+        result a = run_to_end(r1), b = run_to_end(r2);
+        ck_assert_int_eq(a.fin.n_generated, 30);
+        ck_assert_int_eq(b.fin.n_generated, 2);
+        text[ahead][0] = a.text, text[ahead][1] = b.text;
+        engine_request_release(r1);
+        engine_request_release(r2);
+        engram_fetch_stats fs;
+        engine_fetch_stats(L, -1, &fs);
+        engram_store_stats es;
+        model_engram_store_stats(engine_model(L), &es);
+        uint64_t run = (20 + 30 - 1) + (12 + 2 - 1); /* tokens fed: the last sampled one never is */
+        ck_assert(fs.lookups > 0 && fs.lookups % run == 0);
+        uint64_t per_token = fs.lookups / run, extra = ahead ? ((20 - 4) + 12) * per_token : 0;
+        ck_assert_uint_eq(es.prefetch_rows, fs.lookups + extra);
+        engine_destroy(L);
+    }
+    for (int k = 0; k < 2; k++) {
+        ck_assert_str_eq(text[0][k], text[1][k]);
+        free(text[0][k]), free(text[1][k]);
+    }
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 START_TEST(test_bad_create) {
     engine_params p = engine_default_params();
     p.model_dir = "/nonexistent";
@@ -469,6 +523,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_stop_aborts_queued);
     tcase_add_test(tc, test_detach);
     tcase_add_test(tc, test_queue_counts_only_waiting);
+    tcase_add_test(tc, test_lookahead_hands_prompts_ahead);
     tcase_add_test(tc, test_bad_create);
     suite_add_tcase(s, tc);
     return s;
