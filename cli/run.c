@@ -506,9 +506,9 @@ int main(int argc, char **argv) {
         model_engram_store_stats(m, &es);
         fprintf(stderr,
                 "engram-run: Engram store: %llu lookups, %llu DRAM hits, %llu NVMe rows, %llu NVMe reads "
-                "(%.1f KiB), %llu rows prefetched, %llu evictions, %.6f s stalled\n",
+                "(%.1f KiB), %llu rows handed ahead, %llu rows prefetched, %llu evictions, %.6f s stalled\n",
                 (unsigned long long)es.lookups, (unsigned long long)es.dram_hits, (unsigned long long)es.nvme_hits,
-                (unsigned long long)es.nvme_reads, es.nvme_bytes / 1024.0, (unsigned long long)es.prefetch_reads,
+                (unsigned long long)es.nvme_reads, es.nvme_bytes / 1024.0, (unsigned long long)es.prefetch_rows, (unsigned long long)es.prefetch_reads,
                 (unsigned long long)es.evictions, es.stall_seconds);
     }
     if (ts) {

@@ -320,8 +320,10 @@ int engram_fetch_finish(engram_fetch *f, float *out) {
      * on, in its order, it waits for the rows, however long the host half
      * still takes. */
     o->fetch_mark(f->ch);
+    double t0 = util_now();
     pthread_mutex_lock(&f->mu);
     while (!f->job_done) pthread_cond_wait(&f->cv, &f->mu);
+    f->st.host_wait_seconds += util_now() - t0;
     f->job = false;
     int rc = f->job_rc, n = f->job_n;
     pthread_mutex_unlock(&f->mu);
@@ -369,6 +371,7 @@ void engram_fetch_stats_add(engram_fetch_stats *sum, const engram_fetch_stats *x
     sum->copied_rows += x->copied_rows;
     sum->copied_bytes += x->copied_bytes;
     sum->gather_seconds += x->gather_seconds;
+    sum->host_wait_seconds += x->host_wait_seconds;
     sum->stalls += x->stalls;
     sum->stall_seconds += x->stall_seconds;
     if (x->stall_max > sum->stall_max) sum->stall_max = x->stall_max;

@@ -33,6 +33,9 @@ typedef struct {
     uint64_t copied_rows;  /* rows copied host -> backend (the misses) */
     uint64_t copied_bytes; /* bytes copied host -> backend (rows and slot indices) */
     double gather_seconds; /* host time resolving and gathering */
+    double host_wait_seconds; /* time the thread issuing the layers waited at the layer for that host
+                               * half: on the CPU backend the compute's wait for rows; on a GPU it is
+                               * hidden while the GPU still runs earlier layers */
     uint64_t stalls;       /* fetches whose wait was measured (all but the last) */
     double stall_seconds;  /* time the compute waited for rows (ops->fetch_sync) */
     double stall_max;      /* the longest such wait */

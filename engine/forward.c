@@ -433,9 +433,6 @@ static int plan_step(forward_ctx *fc, const forward_item *it, int n_items, batch
             fc->h_seq_hist[i] = s->conv_hist;
             fc->engram_seconds += util_now() - t0;
         }
-        for (int li = 0; li < e->n_layers; li++) /* the stores may start reading now */
-            if (e->layers[li].store)
-                engram_store_prefetch(e->layers[li].store, fc->h_rows + (size_t)li * T * H, (size_t)T * H);
         if (fc->rows_on_backend) o->upload(fc->rows, fc->h_rows, (size_t)e->n_layers * T * H * sizeof(int64_t));
         o->upload(fc->seq_hist, fc->h_seq_hist, (size_t)S * sizeof(float *));
     }
@@ -651,9 +648,14 @@ int forward_run(forward_ctx *fc, forward_state *s, const int32_t *ids, int n, fl
     if (n > s->max_tokens - s->pos) return FORWARD_ERR_FULL;
     int krc = forward_state_reserve(s, n);
     if (krc != FORWARD_OK) return krc;
-    int nl = fc->m->engram ? fc->m->engram->n_layers : 0;
+    int nl = fc->m->engram ? fc->m->engram->n_layers : 0, pos0 = s->pos;
     for (int i = 0; i < n; i += fc->max_tokens) {
-        int T = n - i < fc->max_tokens ? n - i : fc->max_tokens;
+        int T = n - i < fc->max_tokens ? n - i : fc->max_tokens, next = i + T;
+        /* the next chunk's rows read ahead while this one runs (when the
+         * history before it lies in ids: a hint, skipped otherwise) */
+        int lead = next < FORWARD_AHEAD_LEAD ? next : FORWARD_AHEAD_LEAD;
+        if (next < n && (pos0 == 0 || lead == FORWARD_AHEAD_LEAD))
+            forward_prefetch_ahead(fc, ids + next - lead, lead, n - next < fc->max_tokens ? n - next : fc->max_tokens);
         forward_item it = {.st = s, .ids = ids + i, .n = T, .logits = i + T == n ? logits : NULL,
                            .gates = gates ? gates + (size_t)i * nl : NULL};
         int rc = forward_batch(fc, &it, 1);

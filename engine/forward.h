@@ -89,8 +89,8 @@ float *forward_ctx_logits(forward_ctx *fc);
 /* Runs one step: items' tokens together, at most forward_ctx_max_tokens in
  * all, each state at most once, all states of fc sharing one KV cache (else
  * FORWARD_ERR_BATCH). First every token is hashed (the step's
- * Engram rows are then known, and handed to the stores to prefetch), then the
- * pass runs. On an error before the pass nothing is appended; after
+ * Engram rows are then known: each store-backed layer's fetcher starts
+ * gathering them at once, on its own thread), then the pass runs. On an error before the pass nothing is appended; after
  * FORWARD_ERR_IO the states must be reset. */
 int forward_batch(forward_ctx *fc, const forward_item *items, int n_items);
 
@@ -110,7 +110,8 @@ int forward_prefetch_ahead(forward_ctx *fc, const int32_t *ids, int lead, int n_
 bool forward_ctx_prefetches_ahead(const forward_ctx *fc);
 
 /* One sequence alone: ids[0..n) in steps of forward_ctx_max_tokens, logits
- * (and gates) as in forward_item. */
+ * (and gates) as in forward_item; each step's rows are read ahead
+ * (forward_prefetch_ahead) while the step before it runs. */
 int forward_run(forward_ctx *fc, forward_state *s, const int32_t *ids, int n, float *logits, float *gates);
 
 #endif

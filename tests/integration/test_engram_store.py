@@ -97,9 +97,9 @@ def test_odirect_and_uring_used(exported):
 
 def store_summary(stderr):
     m = re.search(r"Engram store: (\d+) lookups, (\d+) DRAM hits, (\d+) NVMe rows, (\d+) NVMe reads "
-                  r"\([\d.]+ KiB\), (\d+) rows prefetched", stderr)
+                  r"\([\d.]+ KiB\), (\d+) rows handed ahead, (\d+) rows prefetched", stderr)
     assert m, stderr
-    return dict(zip(("lookups", "dram", "nvme", "reads", "prefetched"), map(int, m.groups())))
+    return dict(zip(("lookups", "dram", "nvme", "reads", "ahead", "prefetched"), map(int, m.groups())))
 
 
 def test_first_start_writes_then_reuses(tmp_path):
@@ -168,16 +168,18 @@ def test_store_counters(tmp_path):
     d = tmp_path / "t"
     prompt = ",".join(["5,6,7,8"] * 8)  # the same N-grams again and again
     p = run_bin("engram-run", "--model", model, "--prompt-ids", prompt, "--max-tokens", "4", "--temperature", "0",
-                "--engram-table-dir", d, "--engram-dram-budget", "256K")
+                "--engram-table-dir", d, "--engram-dram-budget", "256K", "--prefill-chunk", "8")
     s = store_summary(p.stderr)
     assert "NVMe tier" in p.stderr and "row cache" in p.stderr
     assert s["lookups"] == s["dram"] + s["nvme"] and s["dram"] > 0 and s["reads"] > 0
-    # the forward pass hands each step's rows to the prefetch thread before its layers run
-    assert s["prefetched"] > 0 and s["reads"] <= s["nvme"] + s["prefetched"]
+    # each prompt chunk after the first is handed to the prefetch threads while the one before runs:
+    # 24 of the 32 prompt tokens, rows per token = lookups / tokens fed (32 + 3)
+    assert s["lookups"] % 35 == 0 and s["ahead"] == 24 * s["lookups"] // 35
+    assert s["reads"] <= s["nvme"] + s["prefetched"] and s["prefetched"] <= s["ahead"]
     p = run_bin("engram-run", "--model", model, "--prompt-ids", prompt, "--max-tokens", "4", "--temperature", "0",
                 "--engram-table-dir", d)
     s = store_summary(p.stderr)
-    assert s["dram"] == s["lookups"] > 0 and s["reads"] == 0 and s["prefetched"] == 0  # mapped: prefetch is a no-op
+    assert s["dram"] == s["lookups"] > 0 and s["reads"] == 0 and s["ahead"] == s["prefetched"] == 0  # mapped: no-op
 
 
 def test_store_flag_needs_tables():
@@ -258,9 +260,9 @@ def test_server_same_completion_and_gates(tmp_path, tier):
 
 def test_server_lookahead_reads_the_prompt_ahead(tmp_path):
     """--engram-lookahead: with prompt chunks of 16, the first step hands the
-    rows of the rest of the prompt to the NVMe stores' prefetch threads (the
-    counter grows by exactly those rows over the plan steps' own), and the
-    completion and gates are the same as with it off (0)."""
+    rows of the rest of the prompt to the NVMe stores' prefetch threads
+    (exactly those rows; none with it off), and the completion and gates are
+    the same as with it off (0)."""
     import requests
     from serverutil import Server, metric
 
@@ -285,7 +287,7 @@ def test_server_lookahead_reads_the_prompt_ahead(tmp_path):
             lookups = metric(text, "engram_fetch_lookups_total")
             assert lookups > 0 and lookups % run == 0
             per_token = lookups // run  # rows per token over the Engram layers
-            extra = metric(text, "engram_store_prefetch_rows_total") - lookups
+            extra = metric(text, "engram_store_prefetch_rows_total")
             assert extra == (0 if ahead == "0" else (n_prompt - 16) * per_token), (ahead, extra, per_token)
             got.append((j["choices"][0]["text"], j["engram_gates"]))
         finally:
