@@ -352,6 +352,17 @@ int engram_fetch_finish(engram_fetch *f, float *out) {
     return 0;
 }
 
+int engram_fetch_drop_cached(engram_fetch *f, int64_t *rows, int n) {
+    pthread_mutex_lock(&f->mu);
+    bool idle = !f->job; /* only the caller's thread starts a job: it stays idle until we return */
+    pthread_mutex_unlock(&f->mu);
+    if (!f->C || !idle) return n;
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (row_index_find(&f->cidx, rows[i]) < 0) rows[m++] = rows[i];
+    return m;
+}
+
 int engram_fetch_rows(engram_fetch *f, const int64_t *rows, int n, float *out) {
     engram_fetch_start(f, rows, n);
     return engram_fetch_finish(f, out);

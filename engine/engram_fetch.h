@@ -68,6 +68,12 @@ int engram_fetch_finish(engram_fetch *f, float *out);
 /* start then finish. */
 int engram_fetch_rows(engram_fetch *f, const int64_t *rows, int n, float *out);
 
+/* Drops from rows[0..n) those the hot-row cache holds now, keeping the
+ * others in order; returns how many are left. Read ahead, a cached row would
+ * be a wasted NVMe read. Between steps only (no start without its finish):
+ * with a step in flight the cache is the fetch thread's, and all n stay. */
+int engram_fetch_drop_cached(engram_fetch *f, int64_t *rows, int n);
+
 /* A snapshot of f's counters. Thread-safe (the stats sit behind a lock). */
 void engram_fetch_get_stats(engram_fetch *f, engram_fetch_stats *out);
 void engram_fetch_stats_add(engram_fetch_stats *sum, const engram_fetch_stats *x);

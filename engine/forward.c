@@ -468,7 +468,8 @@ int forward_prefetch_ahead(forward_ctx *fc, const int32_t *ids, int lead, int n_
         for (int li = 0; li < e->n_layers; li++) {
             if (!fc->ahead[li]) continue;
             ngram_hash_layer_rows(e->hash, li, &hist, cids, (size_t)n, rows);
-            engram_store_prefetch(e->layers[li].store, rows, (size_t)n * H);
+            int m = fc->fetch[li] ? engram_fetch_drop_cached(fc->fetch[li], rows, n * H) : n * H;
+            engram_store_prefetch(e->layers[li].store, rows, (size_t)m);
         }
         ngram_hash_history_push(e->hash, &hist, cids, (size_t)n);
     }

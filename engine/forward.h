@@ -100,7 +100,8 @@ int forward_batch(forward_ctx *fc, const forward_item *items, int n_items);
  * prompts), so their reads overlap the steps before. ids[0..lead) are the
  * tokens just before those positions (all of them when fewer than
  * FORWARD_AHEAD_LEAD come before; none at the sequence's start),
- * ids[lead..lead+n_ahead) the positions' tokens. Only the row caches change,
+ * ids[lead..lead+n_ahead) the positions' tokens. Rows the layer's hot-row
+ * cache holds are left out (engram_fetch_drop_cached). Only the row caches change,
  * never a result. Returns n_ahead; 0 when no layer has such a store or the
  * arguments are out of range; -1 out of memory. Not while forward_batch runs
  * on another thread. */

@@ -492,6 +492,52 @@ START_TEST(test_lookahead_hands_prompts_ahead) {
 }
 END_TEST
 
+/* Lookahead skips rows the hot-row cache (engram_params hbm_cache; host
+ * memory on the CPU backend) holds: the same prompt a second time hands over
+ * nothing. */
+START_TEST(test_lookahead_skips_cached_rows) {
+    char dir[] = "/tmp/engram-test-ahead-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    static const int32_t P[20] = {5, 17, 300, 42, 9, 1000, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20};
+    engine_params ep = engine_default_params();
+    ep.model_dir = model_dir;
+    ep.threads = 1;
+    ep.prefill_chunk = 4;
+    ep.engram_tables = dir;
+    ep.engram_store.tier = ENGRAM_STORE_NVME;
+    ep.engram_store.dram_budget = 64 * 1024;
+    ep.engram_store.hbm_cache = 1 << 20; /* every row of both requests */
+    engine *L = NULL;
+    char err[512];
+    ck_assert_msg(engine_create(&ep, &L, err, sizeof(err)) == ENGINE_OK, "engine_create: %s", err);
+    uint64_t handed[2];
+    char *text[2];
+    for (int k = 0; k < 2; k++) {
+        engine_request_params p = greedy(P, 20, 3);
+        engine_request *r;
+        ck_assert_int_eq(engine_submit(L, &p, &r), ENGINE_OK);
+        result res = run_to_end(r);
+        text[k] = res.text;
+        engine_request_release(r);
+        engram_store_stats es;
+        model_engram_store_stats(engine_model(L), &es);
+        handed[k] = es.prefetch_rows;
+    }
+    engram_fetch_stats fs;
+    engine_fetch_stats(L, -1, &fs);
+    uint64_t per_token = fs.lookups / (2 * (20 + 3 - 1));
+    ck_assert_uint_eq(fs.lookups, 2 * (20 + 3 - 1) * per_token);
+    ck_assert_uint_eq(handed[0], (20 - 4) * per_token); /* an empty cache: the rest of the prompt */
+    ck_assert_uint_eq(handed[1], handed[0]);            /* all of it cached by the first run */
+    ck_assert_str_eq(text[0], text[1]);
+    free(text[0]), free(text[1]);
+    engine_destroy(L);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 START_TEST(test_bad_create) {
     engine_params p = engine_default_params();
     p.model_dir = "/nonexistent";
@@ -524,6 +570,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_detach);
     tcase_add_test(tc, test_queue_counts_only_waiting);
     tcase_add_test(tc, test_lookahead_hands_prompts_ahead);
+    tcase_add_test(tc, test_lookahead_skips_cached_rows);
     tcase_add_test(tc, test_bad_create);
     suite_add_tcase(s, tc);
     return s;
