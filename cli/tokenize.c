@@ -29,7 +29,8 @@ static void usage(FILE *f) {
             "         --engram-compress                              print the Engram compressed tokenizer:\n"
             "                                                       {\"vocab\": N, \"compressed\": Vc, \"lookup\": [...]}\n"
             "         --vocab                                        print one line per id: [id, token,\n"
-            "                                                       decode([id]) keeping special tokens]\n"
+            "                                                       decode([id]) keeping special tokens,\n"
+            "                                                       the token's bytes in hex]\n"
             "                                                       (token null for holes)\n"
             "         --stream (with --decode or --jsonl)            decode incrementally: print the\n"
             "                                                       JSON array of the pieces emitted\n"
@@ -275,7 +276,8 @@ static int run_chat(const char *tok_path, const char *chat_file, const char *too
 }
 
 /* One JSON line per id: [id, raw token or null, decode([id]) with special
- * tokens kept] (what the Engram compressed tokenizer consumes). */
+ * tokens kept (what the Engram compressed tokenizer consumes), the token's
+ * bytes in hex (tokenizer_token_bytes: logprobs' "bytes")]. */
 static int run_vocab(const tokenizer *t) {
     size_t n = tokenizer_vocab_size(t);
     for (size_t i = 0; i < n; i++) {
@@ -293,8 +295,17 @@ static int run_vocab(const tokenizer *t) {
         else fputs("null", stdout);
         fputc(',', stdout);
         json_put_string(stdout, dec, dl);
-        fputs("]\n", stdout);
         free(dec);
+        char *raw;
+        size_t rl;
+        if ((rc = tokenizer_token_bytes(t, id, &raw, &rl))) {
+            fprintf(stderr, "engram-tokenize: token bytes: %s\n", tokenizer_status_str(rc));
+            return 1;
+        }
+        fputs(",\"", stdout);
+        for (size_t k = 0; k < rl; k++) printf("%02x", (unsigned char)raw[k]);
+        fputs("\"]\n", stdout);
+        free(raw);
     }
     return fflush(stdout) ? 1 : 0;
 }

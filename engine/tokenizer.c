@@ -2454,6 +2454,23 @@ int tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n, bool skip
     return 0;
 }
 
+int tokenizer_token_bytes(const tokenizer *t, int32_t id, char **out, size_t *len) {
+    assert(t && out && len);
+    if (!t->dec_bytelevel_only) return tokenizer_decode(t, &id, 1, false, out, len);
+    *out = NULL;
+    *len = 0;
+    size_t tl = 0;
+    const char *tok = decode_token(t, id, false, &tl);
+    sbuf res = {0};
+    if ((tok && bytelevel_token_bytes(&res, tok, tl)) || sbuf_add(&res, "", 0)) {
+        free(res.p);
+        return TOKENIZER_ERR_NOMEM;
+    }
+    *out = res.p;
+    *len = res.len;
+    return 0;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Incremental decoding                                                     */
 

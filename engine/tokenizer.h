@@ -62,6 +62,14 @@ int tokenizer_encode(const tokenizer *t, const char *text, size_t len, bool add_
 int tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n, bool skip_special,
                      char **out, size_t *len);
 
+/* The bytes one token stands for (special tokens kept). With a ByteLevel
+ * decoder they are the token's raw bytes, which may be part of a UTF-8
+ * character (what OpenAI's logprobs "bytes" carry, so that a client can
+ * join a character split over tokens); with other decoders, the UTF-8 of
+ * decode([id]). An unknown id gives no bytes. On success *out is a
+ * NUL-terminated heap buffer of *len bytes owned by the caller. */
+int tokenizer_token_bytes(const tokenizer *t, int32_t id, char **out, size_t *len);
+
 /* Size of the id space: largest id (model or added) + 1. Ids below it
  * without a token (holes) decode to nothing. */
 size_t tokenizer_vocab_size(const tokenizer *t);

@@ -199,13 +199,24 @@ static cJSON *token_text(server *s, int32_t id, size_t *len) {
     return str;
 }
 
-/* {"token", "logprob", "bytes"} of chat's logprobs.content entries. */
+/* {"token", "logprob", "bytes"} of chat's logprobs.content entries: "bytes"
+ * are the token's own bytes (a piece of a character split over tokens stays
+ * that piece, where "token" shows U+FFFD), as OpenAI's. */
 static cJSON *chat_token_lp(server *s, int32_t id, float logprob) {
     cJSON *o = cJSON_CreateObject();
     cJSON *t = token_text(s, id, NULL);
     cJSON *bytes = cJSON_CreateArray();
-    for (const unsigned char *p = (const unsigned char *)t->valuestring; *p; p++)
-        cJSON_AddItemToArray(bytes, cJSON_CreateNumber(*p));
+    const tokenizer *tok = engine_tokenizer(s->e);
+    char *raw = NULL;
+    size_t n = 0;
+    if (!tok || tokenizer_token_bytes(tok, id, &raw, &n) != TOKENIZER_OK) { /* as its text */
+        free(raw);
+        raw = NULL;
+        n = strlen(t->valuestring);
+    }
+    const unsigned char *p = (const unsigned char *)(raw ? raw : t->valuestring);
+    for (size_t k = 0; k < n; k++) cJSON_AddItemToArray(bytes, cJSON_CreateNumber(p[k]));
+    free(raw);
     cJSON_AddItemToObject(o, "token", t);
     cJSON_AddNumberToObject(o, "logprob", logprob);
     cJSON_AddItemToObject(o, "bytes", bytes);

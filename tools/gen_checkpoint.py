@@ -6,14 +6,14 @@ dtype; the model is nonsense, the shapes and bytes are real.
 
 Usage: gen_checkpoint.py OUT_DIR [--arch llama|qwen2|qwen3|mistral] [--hidden N]
        [--layers N] [--heads N] [--kv-heads N] [--head-dim N] [--ffn N] [--vocab N]
-       [--dtype bf16|f16|f32] [--tie] [--seed S]
+       [--dtype bf16|f16|f32] [--tie] [--seed S] [--tokenizer DIR]
        [--engram --tokenizer DIR [--engram-layers 1,3] [--engram-vocab N]
         [--engram-embed N] [--engram-heads N] [--engram-ngram N]]
 
-With --engram the checkpoint carries Engram modules (ENGRAM.md section 6) at
-the given layers, and DIR's tokenizer.json / tokenizer_config.json are copied
-in (the compressed tokenizer is built from them at load; --vocab must be at
-least the tokenizer's size). Table rows follow the reference prime search,
+--tokenizer DIR copies DIR's tokenizer.json / tokenizer_config.json in
+(--vocab must be at least the tokenizer's size). With --engram the checkpoint
+carries Engram modules (ENGRAM.md section 6) at the given layers and needs the
+tokenizer (the compressed tokenizer is built from it at load). Table rows follow the reference prime search,
 computed by tools/engram_primes.py.
 """
 import argparse
@@ -140,6 +140,7 @@ def main():
            "hidden_act": "silu", "tie_word_embeddings": a.tie, "bos_token_id": 1, "eos_token_id": 2}
     if engram:
         cfg["engram"] = engram
+    if a.tokenizer:  # Engram needs it; without Engram it serves text
         for f in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copy(os.path.join(a.tokenizer, f), os.path.join(a.out, f))
     with open(os.path.join(a.out, "config.json"), "w") as f:

@@ -55,7 +55,7 @@ def test_chat_logprobs_sdk(client):
         # greedy: the chosen token is the most likely one
         assert e.top_logprobs[0].logprob == pytest.approx(e.logprob, abs=1e-6)
         assert [t.logprob for t in e.top_logprobs] == sorted([t.logprob for t in e.top_logprobs], reverse=True)
-        assert e.bytes == list(e.token.encode("utf-8"))
+        assert bytes(e.bytes).decode("utf-8", errors="replace") == e.token
 
 
 def test_chat_logprobs_streamed_equal_non_streamed(client):
@@ -88,3 +88,49 @@ def test_async_client(server):
     res = asyncio.run(main())
     assert len({r.choices[0].text for r in res}) == 1  # greedy: identical
     assert all(r.usage.completion_tokens == 4 for r in res)
+
+
+def test_chat_logprobs_bytes_are_the_tokens_own(tmp_path):
+    """Chat logprobs' "bytes" are a token's own bytes, as OpenAI's: a token
+    that is part of a UTF-8 character (Qwen3's tokenizer, forced by
+    logit_bias) carries that part, where "token" shows U+FFFD; the bytes are
+    GPT-2's bytes_to_unicode (transformers) applied to HF's token string."""
+    import lzma
+    import subprocess
+
+    from tokenizers import Tokenizer
+    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+    from conftest import SOURCE
+    src = SOURCE / "tests" / "fixtures" / "tokenizers" / "qwen3"
+    tok_dir, d = tmp_path / "tok", tmp_path / "m"
+    tok_dir.mkdir()
+    (tok_dir / "tokenizer.json").write_bytes(lzma.decompress((src / "tokenizer.json.xz").read_bytes()))
+    (tok_dir / "tokenizer_config.json").write_bytes((src / "tokenizer_config.json").read_bytes())
+    subprocess.run([str(SOURCE / ".venv" / "bin" / "python"), str(SOURCE / "tools" / "gen_checkpoint.py"), str(d),
+                    "--hidden", "32", "--layers", "2", "--heads", "2", "--kv-heads", "1", "--ffn", "64",
+                    "--vocab", "151669", "--tie", "--tokenizer", str(tok_dir)], check=True, capture_output=True)
+    hf = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    raw = lambda i: bytes(byte_of[c] for c in hf.id_to_token(i))
+    # the first two-token character of a CJK text: its first token is a piece
+    ids = hf.encode("鿏鿐鿑鿒", add_special_tokens=False).ids
+    piece = next(i for i in ids if "\ufffd" in hf.decode([i]))
+    assert len(raw(piece)) < 3
+    s = Server(model=d)
+    try:
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0)
+        r = c.chat.completions.create(model=d.name, messages=[{"role": "user", "content": "hi"}], max_tokens=3,
+                                      temperature=0, logprobs=True, top_logprobs=2,
+                                      logit_bias={str(piece): 100}, extra_body={"ignore_eos": True})
+        content = r.choices[0].logprobs.content
+        assert len(content) == 3
+        for e in content:
+            assert e.token == "\ufffd" * len(e.token) and bytes(e.bytes) == raw(piece), (e.token, e.bytes)
+            for t in e.top_logprobs:  # every alternative: its bytes give its text
+                assert bytes(t.bytes).decode("utf-8", errors="replace") == t.token
+        joined = b"".join(bytes(e.bytes) for e in content)
+        assert joined == raw(piece) * 3
+        assert r.choices[0].message.content == joined.decode("utf-8", errors="replace")
+    finally:
+        s.stop()

@@ -184,7 +184,10 @@ def test_byte_fallback_and_unk(tmp_path):
 @pytest.mark.parametrize("name", tf.NAMES)
 def test_vocab_dump_matches_hf(unpacked, name):
     """--vocab (tokenizer_id_to_token and decode([id]) for every id, what the
-    Engram compressed tokenizer uses) against HF id_to_token / decode."""
+    Engram compressed tokenizer uses) against HF id_to_token / decode; the
+    token's bytes (tokenizer_token_bytes, chat logprobs' "bytes"): with a
+    ByteLevel decoder the token mapped back through GPT-2's bytes_to_unicode
+    (transformers), else the UTF-8 of decode([id])."""
     import subprocess
     path = os.path.join(unpacked[name], "tokenizer.json")
     hf = Tokenizer.from_file(path)
@@ -194,6 +197,22 @@ def test_vocab_dump_matches_hf(unpacked, name):
     n = max(hf.get_vocab(with_added_tokens=True).values()) + 1
     assert len(rows) == n
     decoded = hf.decode_batch([[i] for i in range(n)], skip_special_tokens=False)
-    for (i, tok, dec), want in zip(rows, decoded):
+    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    bytelevel = json.loads(open(path, encoding="utf-8").read()).get("decoder") or {}
+    bytelevel = bytelevel.get("type") == "ByteLevel"
+    partial = 0
+    for (i, tok, dec, raw), want in zip(rows, decoded):
         assert tok == hf.id_to_token(i), i
         assert dec == want, i
+        if not bytelevel or tok is None:
+            want_raw = want.encode("utf-8")
+        elif all(c in byte_of for c in tok):
+            want_raw = bytes(byte_of[c] for c in tok)
+        else:  # outside the byte alphabet (an added token's content): its own bytes
+            want_raw = tok.encode("utf-8")
+        assert bytes.fromhex(raw) == want_raw, (i, tok, raw)
+        assert bytes.fromhex(raw).decode("utf-8", errors="replace") == want, i
+        partial += bytelevel and "\ufffd" in want
+    if name in ("qwen3", "deepseek_v3"):
+        assert partial > 1000  # tokens that are part of a character: where the bytes matter
