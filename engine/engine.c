@@ -760,7 +760,7 @@ static int32_t seq_take_candidate(engine *e, seq *s, int j) {
  * remembers how far it was handed over, so a row is handed over once per
  * request. Queued requests may be aborted by engine_stop on another thread,
  * so their pieces are copied under mu and hashed outside it. */
-#define AHEAD_SEGS 64 /* queued requests looked at per step */
+#define AHEAD_SEGS 64 /* queued requests handed over per step, at most */
 
 static void sched_prefetch_ahead(engine *e) {
     int window = e->p.engram_lookahead;
@@ -780,7 +780,7 @@ static void sched_prefetch_ahead(engine *e) {
         }
     }
     if (window <= 0) return;
-    struct ahead_seg { int from, lead, n; } seg[AHEAD_SEGS];
+    struct ahead_seg { int at, lead, n; } seg[AHEAD_SEGS]; /* at: offset in e->ahead */
     int nseg = 0, used = 0;
     pthread_mutex_lock(&e->mu);
     for (engine_request *r = e->head; r && window > 0 && nseg < AHEAD_SEGS; r = r->next) {
@@ -794,7 +794,7 @@ static void sched_prefetch_ahead(engine *e) {
         r->pf_upto = end;
     }
     pthread_mutex_unlock(&e->mu);
-    for (int k = 0; k < nseg; k++) forward_prefetch_ahead(e->fc, e->ahead + seg[k].from, seg[k].lead, seg[k].n);
+    for (int k = 0; k < nseg; k++) forward_prefetch_ahead(e->fc, e->ahead + seg[k].at, seg[k].lead, seg[k].n);
 }
 
 /* One scheduler step. Returns the tokens it ran. */
