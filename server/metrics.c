@@ -164,7 +164,7 @@ static void render_store(strbuf *b, const engram_store_stats *es) {
               "# TYPE engram_store_hits_total counter\n"
               "engram_store_hits_total{tier=\"dram\"} %llu\n"
               "engram_store_hits_total{tier=\"nvme\"} %llu\n"
-              "# HELP engram_store_prefetch_rows_total Row ids handed to the prefetch threads.\n"
+              "# HELP engram_store_prefetch_rows_total Row ids of upcoming prompt tokens handed to the prefetch threads (lookahead).\n"
               "# TYPE engram_store_prefetch_rows_total counter\n"
               "engram_store_prefetch_rows_total %llu\n"
               "# HELP engram_store_prefetch_reads_total Rows the prefetch threads read from NVMe into the row caches.\n"
