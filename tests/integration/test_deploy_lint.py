@@ -71,6 +71,7 @@ def test_dockerfile_conventions(name):
     assert re.search(r"^HEALTHCHECK .*\n?.*/health", text, re.M)
     assert 'VOLUME ["/models"]' in text
     assert "COPY config/engram-server.json" in text
+    assert re.search(r"^\s*OMP_WAIT_POLICY=passive", text, re.M)  # as scripts/serve: no spinning threads
     assert (DEPLOY / f"{name}.dockerignore").exists()
     # the build stage installs every library scripts/setup installs for the build
     # (the clang runtime and OpenMP packages serve the fuzz build only)
