@@ -37,6 +37,8 @@ struct engine_request {
     engine_logprob *lp; /* (max_tokens) when logprobs were asked for */
     int32_t *forced;    /* (max_tokens) output ids instead of sampled ones, or NULL */
     int pf_upto;        /* prompt positions whose Engram rows went to the prefetch threads (engine thread) */
+    engine *eng;        /* the engine it was submitted to */
+    bool taken;         /* off the queue (under engine.mu): it holds a batch slot until its finish */
     int n_top;          /* top alternatives per token */
     int lp_published, lp_read; /* entries final / handed to readers, under mu */
     float *gates;      /* (n_prompt + max_tokens, n_layers) when gates were asked for */
@@ -68,6 +70,9 @@ struct engine {
     float *raw_logits;       /* (vocab_size) a copy for logprobs, before sampling edits them */
     int32_t *ids;            /* (max_num_batched_tokens) the step's ids */
     int32_t *ahead;          /* (AHEAD_SEGS * FORWARD_AHEAD_LEAD + engram_lookahead) queued prompt pieces */
+    double last_poke;        /* when the waiting requests were last poked (sched_poke_waiting) */
+    engine_request **poke;   /* (poke_cap) queued requests to poke, referenced */
+    int poke_cap;
     int32_t *next;           /* (max_num_seqs) argmax of each sequence's logits (greedy) */
     /* sampling where the logits are (backend_ops.sample), see seq_device_sample */
     bool dev_sample;         /* on: the backend samples for the requests it can serve */
@@ -100,6 +105,7 @@ struct engine {
     pthread_cond_t cv;
     engine_request *head, *tail;
     int n_queued;
+    int n_taken;             /* requests off the queue whose finish is not yet published (under mu) */
     atomic_bool stopping;
     bool stopped;
 };
@@ -185,6 +191,12 @@ void engine_cancel(engine_request *r) {
 static int request_publish(engine_request *r, const char *text, size_t len, int n_generated,
                            engine_finish finish, int error) {
     int rc = ENGINE_OK;
+    /* A taken request frees its batch slot (n_taken) before anyone can see
+     * its finish: a client answered at once may submit again at once. Lock
+     * order: engine.mu, then r->mu. */
+    engine *e = r->taken ? r->eng : NULL;
+    bool slot_locked = e && finish != ENGINE_FINISH_NONE;
+    if (slot_locked) pthread_mutex_lock(&e->mu);
     pthread_mutex_lock(&r->mu);
     if (len) {
         if (r->pend_len + len + 1 > r->pend_cap) {
@@ -209,16 +221,24 @@ static int request_publish(engine_request *r, const char *text, size_t len, int 
     r->n_generated = n_generated;
     if (r->lp) r->lp_published = n_generated;
     if (n_generated > 0 && r->t_first_token == 0) r->t_first_token = util_now();
-    if (finish != ENGINE_FINISH_NONE && r->finish == ENGINE_FINISH_NONE) {
+    bool ends = finish != ENGINE_FINISH_NONE && r->finish == ENGINE_FINISH_NONE;
+    if (ends) {
         r->finish = finish;
         r->error = error;
         r->t_end = util_now();
     }
+    if (ends && slot_locked) e->n_taken--;
     bool fire = r->armed && (len || r->finish != ENGINE_FINISH_NONE);
     if (fire) r->armed = false;
     void (*notify)(void *) = r->notify;
     void *ctx = r->notify_ctx;
     pthread_mutex_unlock(&r->mu);
+    if (slot_locked) pthread_mutex_unlock(&e->mu);
+    if (ends && e && !slot_locked) { /* out of memory turned a text into the finish */
+        pthread_mutex_lock(&e->mu);
+        e->n_taken--;
+        pthread_mutex_unlock(&e->mu);
+    }
     if (fire && notify) notify(ctx);
     return rc;
 }
@@ -316,11 +336,11 @@ void engine_get_stats(engine *e, engine_stats *out) {
 }
 
 /* Batch slots a newly queued request could take at the next step without
- * waiting (caller holds mu). st_running counts a request from the moment the
- * engine thread takes it off the queue, so the sum never undercounts. Those
- * requests are not "waiting": --max-queued-requests bounds the rest. */
+ * waiting (caller holds mu): those not held by a request taken off the queue
+ * and not finished (running or preempted). Requests a free slot takes are
+ * not "waiting": --max-queued-requests bounds the rest. */
 static int engine_free_slots(const engine *e) {
-    int free = e->p.max_num_seqs - e->st_running - e->st_preempted;
+    int free = e->p.max_num_seqs - e->n_taken;
     return free > 0 ? free : 0;
 }
 
@@ -385,6 +405,7 @@ int engine_submit(engine *e, const engine_request_params *p, engine_request **ou
     r->notify = p->notify;
     r->notify_ctx = p->notify_ctx;
     r->t_submit = util_now();
+    r->eng = e;
 
     pthread_mutex_lock(&e->mu);
     int rc = ENGINE_OK;
@@ -797,9 +818,66 @@ static void sched_prefetch_ahead(engine *e) {
     for (int k = 0; k < nseg; k++) forward_prefetch_ahead(e->fc, e->ahead + seg[k].at, seg[k].lead, seg[k].n);
 }
 
+/* Queued and preempted requests produce no output, so their readers stay
+ * suspended, and a client that went away would be noticed only once its
+ * request ran. Every POKE_SECONDS the engine marks progress on those that
+ * have waited that long: a
+ * streamed response then sends an SSE keep-alive, a suspended non-streamed
+ * one is resumed, and the server sees a closed connection on that write or
+ * read and cancels the request. Cancelled requests leave the queue here, at
+ * every step, instead of when they reach its head and a free slot. Pokes are made
+ * outside mu (a notify resumes a connection), on referenced requests. */
+#define POKE_SECONDS 1.0
+
+static void sched_poke_waiting(engine *e) {
+    double now = util_now();
+    bool poke = now - e->last_poke >= POKE_SECONDS;
+    if (poke) {
+        e->last_poke = now;
+        for (int i = 0; i < e->n_preempted; i++) request_progress(e->preempted[i]->r);
+    }
+    engine_request *dead = NULL;
+    int n = 0;
+    pthread_mutex_lock(&e->mu);
+    if (poke && e->n_queued > e->poke_cap) {
+        engine_request **p = realloc(e->poke, (size_t)e->n_queued * sizeof(*p));
+        if (p) e->poke = p, e->poke_cap = e->n_queued;
+    }
+    for (engine_request *prev = NULL, *r = e->head, *next; r; r = next) {
+        next = r->next;
+        if (atomic_load(&r->cancel)) { /* unlink: it never ran */
+            if (prev) prev->next = next;
+            else e->head = next;
+            if (e->tail == r) e->tail = prev;
+            e->n_queued--;
+            r->next = dead;
+            dead = r;
+            continue;
+        }
+        if (poke && n < e->poke_cap && now - r->t_submit >= POKE_SECONDS) { /* not the just-arrived */
+            atomic_fetch_add(&r->refs, 1);
+            e->poke[n++] = r;
+        }
+        prev = r;
+    }
+    pthread_mutex_unlock(&e->mu);
+    for (int i = 0; i < n; i++) {
+        request_progress(e->poke[i]);
+        engine_request_release(e->poke[i]);
+    }
+    while (dead) {
+        engine_request *next = dead->next;
+        dead->next = NULL;
+        request_publish(dead, NULL, 0, 0, ENGINE_FINISH_CANCEL, 0);
+        engine_request_release(dead);
+        dead = next;
+    }
+}
+
 /* One scheduler step. Returns the tokens it ran. */
 static int sched_step(engine *e) {
-    /* 1. cancellations */
+    /* 1. cancellations; waiting requests poked now and then */
+    sched_poke_waiting(e);
     for (int i = 0; i < e->n_running; i++) {
         engine_finish f = interrupted(e, e->running[i]->r);
         if (f == ENGINE_FINISH_NONE) continue;
@@ -861,7 +939,8 @@ static int sched_step(engine *e) {
                 if (!e->head) e->tail = NULL;
                 r->next = NULL;
                 e->n_queued--;
-                e->st_running++; /* taken: no longer a free slot for engine_submit (published exactly below) */
+                e->n_taken++;
+                r->taken = true;
             }
             pthread_mutex_unlock(&e->mu);
             if (!take) break;
@@ -1127,6 +1206,7 @@ void engine_destroy(engine *e) {
     free(e->raw_logits);
     free(e->ids);
     free(e->ahead);
+    free(e->poke);
     tokenizer_destroy(e->tok);
     model_destroy(e->m);
     pthread_cond_destroy(&e->cv);

@@ -7,6 +7,7 @@
  * the client goes away libmicrohttpd frees the response and the request is
  * cancelled in the engine. */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <cjson/cJSON.h>
 #include <microhttpd.h>
 #include <netdb.h>
@@ -14,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -144,6 +146,18 @@ static enum MHD_Result fail(conn *c, int status, const char *param, const char *
 
 static void suspend_cb(void *mc) { MHD_suspend_connection(mc); }
 static void resume_cb(void *mc) { MHD_resume_connection(mc); }
+
+/* Whether the client has closed its side of mc's connection (or reset it).
+ * A suspended connection is not watched by libmicrohttpd, so the handlers
+ * look when the engine pokes a request that waits (engine_output.progress
+ * with nothing else). Pipelined bytes are left for libmicrohttpd. */
+static bool peer_gone(struct MHD_Connection *mc) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci) return false;
+    char b;
+    ssize_t n = recv(ci->connect_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
 
 static const char *finish_str(engine_finish f) {
     switch (f) {
@@ -307,6 +321,10 @@ static void release_rest(engine_request **reqs, int from, int n) {
 static enum MHD_Result continue_generation(conn *c) {
     engine_output o;
     while (engine_request_read(c->req, &o, suspend_cb, c->mc)) {
+        if (o.progress && !o.len && o.finish == ENGINE_FINISH_NONE && peer_gone(c->mc)) {
+            free(o.text);
+            return MHD_NO; /* closes the connection: on_completed cancels the request */
+        }
         if (o.len) {
             if (c->tlen + o.len + 1 > c->tcap) {
                 size_t cap = (c->tlen + o.len + 1) * 2;
@@ -494,6 +512,10 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         if (st->ended) return MHD_CONTENT_READER_END_OF_STREAM;
         engine_output o;
         if (!engine_request_read(st->req, &o, suspend_cb, st->mc)) return 0; /* suspended */
+        if (o.progress && !o.len && o.finish == ENGINE_FINISH_NONE && peer_gone(st->mc)) {
+            free(o.text);
+            return MHD_CONTENT_READER_END_WITH_ERROR; /* stream_free cancels the request */
+        }
         int rc = stream_format(st, &o);
         free(o.text);
         if (rc) {

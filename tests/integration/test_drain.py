@@ -38,7 +38,7 @@ class Stream(threading.Thread):
             r = requests.post(self.url + "/v1/completions", json=body, stream=True, timeout=120)
             self.status = r.status_code
             for line in r.iter_lines():
-                if line:
+                if line and not line.startswith(b":"):  # ": keep-alive" comments while queued
                     assert line.startswith(b"data: "), line
                     self.events.append(line[6:].decode())
                     self.first.set()

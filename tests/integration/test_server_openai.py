@@ -462,6 +462,50 @@ def test_disconnect_cancels_non_streaming(slow):
     assert ok.status_code == 200
 
 
+def test_disconnect_while_queued_cancels(tmp_path):
+    """Clients that go away while their requests wait in the queue (one batch
+    slot, taken by a long request) are noticed within seconds, streamed or
+    not: the engine pokes requests that have waited a second, every second
+    (an SSE keep-alive, or a resume of the suspended connection), the server
+    sees the closed socket, and the cancelled requests leave the queue."""
+    import socket
+    import urllib.parse
+    d = make_slow_model(tmp_path / "m")
+    s = Server("--max-num-seqs", "1", "--max-queued-requests", "4", model=d)
+    try:
+        long = requests.post(s.url + "/v1/completions", json={"prompt": [1, 2, 3], "max_tokens": 2040, "stream": True,
+                                                              "ignore_eos": True}, stream=True, timeout=60)
+        it = long.iter_lines()  # kept: a dropped iterator may close the connection
+        assert next(l for l in it if l).startswith(b"data: ")
+        # queued and streamed: the client sees keep-alives only
+        q = requests.post(s.url + "/v1/completions", json={"prompt": [4, 5], "max_tokens": 4, "stream": True},
+                          stream=True, timeout=60)
+        assert q.status_code == 200
+        # queued, not streamed, on a raw socket
+        u = urllib.parse.urlparse(s.url)
+        body = json.dumps({"prompt": [6, 7], "max_tokens": 4}).encode()
+        sock = socket.create_connection((u.hostname, u.port))
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: " +
+                     str(len(body)).encode() + b"\r\n\r\n" + body)
+        assert wait_metric(s.url, "engram_num_requests_waiting", None, 2) == 2
+        first = next(l for l in q.iter_lines(chunk_size=1) if l)
+        assert first == b": keep-alive", first  # a poke: no data yet, the request still waits
+        q.close()
+        sock.close()
+        t0 = time.time()
+        assert wait_metric(s.url, "engram_num_requests_waiting", None, 0, timeout=10) == 0
+        took = time.time() - t0
+        text = requests.get(s.url + "/metrics").text
+        # both left before the long one finished: nothing has finished normally yet
+        assert metric(text, "engram_request_success_total", {"finished_reason": "length"}) == 0, text
+        assert metric(text, "engram_num_requests_running") == 1
+        assert took < 5, took
+        long.close()
+    finally:
+        s.stop()
+
+
 def test_sigterm_mid_stream(tmp_path):
     d = make_slow_model(tmp_path / "m")
     s = Server(model=d)
