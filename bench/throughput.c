@@ -80,14 +80,14 @@ static void print_engram(engine *e) {
         engine_fetch_stats(e, li, &f);
         if (!f.steps) continue;
         printf("engram fetch, layer %d: %llu steps, %llu lookups, %llu distinct, HBM hits %llu (%.2f%% of distinct), "
-               "%llu rows copied (%.2f MB), host gather %.1f us/step, wait at the layer for it %.1f us/step, "
-               "GPU wait mean %.1f us, max %.1f us over %llu steps\n",
+               "%llu rows copied (%.2f MB), host gather %.1f us/step, the issuing thread waited for it %.1f us/step, "
+               "compute waited for rows mean %.1f us, max %.1f us over %llu steps\n",
                (int)m->engram->layers[li].layer_id, (unsigned long long)f.steps, (unsigned long long)f.lookups,
                (unsigned long long)f.unique, (unsigned long long)f.cache_hits,
                f.unique ? 100.0 * f.cache_hits / f.unique : 0.0, (unsigned long long)f.copied_rows,
                f.copied_bytes / 1e6, 1e6 * f.gather_seconds / f.steps, 1e6 * f.host_wait_seconds / f.steps, f.stalls ? 1e6 * f.stall_seconds / f.stalls : 0.0,
                1e6 * f.stall_max, (unsigned long long)f.stalls);
-        printf("engram fetch, layer %d: GPU wait histogram (steps per bucket, le seconds):", (int)m->engram->layers[li].layer_id);
+        printf("engram fetch, layer %d: compute wait histogram (steps per bucket, le seconds):", (int)m->engram->layers[li].layer_id);
         for (int b = 0; b <= ENGRAM_STORE_HIST_BUCKETS; b++) {
             if (b < ENGRAM_STORE_HIST_BUCKETS) printf(" %g:%llu", engram_store_hist_le[b], (unsigned long long)f.stall_hist[b]);
             else printf(" +Inf:%llu", (unsigned long long)f.stall_hist[b]);

@@ -19,6 +19,7 @@
 #include "backend.h"
 #include "numeric.h"
 #include "store.h"
+#include "util.h"
 #include "sampler.h"
 
 /* ---- memory: plain host memory ---- */
@@ -334,17 +335,21 @@ static void cpu_short_conv(float *out, const float *in, const float *w, const ba
 }
 
 /* Engram rows from host memory: on the CPU the "copy" is a memcpy done at
- * once, so there is nothing to overlap and nothing to wait for. */
+ * once, issued when the host gather is done, so the compute's wait for the
+ * rows is the time from the mark to the first copy after it. (engram_fetch
+ * orders a channel's mark, copies and sync across its two threads.) */
+static double fetch_t_mark[BACKEND_FETCH_CHANNELS], fetch_t_rows[BACKEND_FETCH_CHANNELS];
+static bool fetch_marked[BACKEND_FETCH_CHANNELS];
 static void *cpu_host_alloc(size_t bytes) { return malloc(bytes ? bytes : 1); }
-static void cpu_fetch_mark(int ch) { (void)ch; }
+static void cpu_fetch_mark(int ch) {
+    fetch_t_mark[ch] = fetch_t_rows[ch] = util_now();
+    fetch_marked[ch] = true;
+}
 static void cpu_fetch(int ch, void *dst, const void *src, size_t bytes) {
-    (void)ch;
+    if (fetch_marked[ch]) fetch_t_rows[ch] = util_now(), fetch_marked[ch] = false;
     if (bytes) memcpy(dst, src, bytes);
 }
-static double cpu_fetch_sync(int ch) {
-    (void)ch;
-    return 0.0;
-}
+static double cpu_fetch_sync(int ch) { return fetch_t_rows[ch] - fetch_t_mark[ch]; }
 
 static void cpu_decode_rows(float *out, const void *rows, int dt, size_t stride, const int32_t *idx, int n,
                             int cols) {

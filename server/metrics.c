@@ -237,7 +237,7 @@ static void render_fetch(strbuf *b, const engram_fetch_stats *fs) {
               (ull)fs->cache_rows, (ull)fs->cache_capacity);
     render_store_histogram(b, "engram_prefetch_stall_seconds",
                            "Per step and Engram layer, how long the compute waited for its rows: from reaching the "
-                           "layer to the rows' arrival (0 when they came first; always 0 on the CPU backend).",
+                           "layer to the rows' arrival (0 when they came first; on the CPU backend, the wait for the host gather).",
                            fs->stall_hist, fs->stall_seconds);
 }
 

@@ -211,9 +211,10 @@ def test_server_store_metrics(tmp_path):
         assert reads > 0 and metric(t1, "engram_store_nvme_read_bytes_total") >= 4096 * reads
         assert metric(t1, "engram_store_nvme_read_latency_seconds_count") == reads
         assert metric(t1, "engram_store_gather_stall_seconds_count") > 0
-        # the backend side: every Engram layer of every step counted, the GPU wait 0 on the CPU
+        # the backend side: every Engram layer of every step counted; the compute's wait for rows
+        # (on the CPU, for the host gather) is within the request's own time
         assert metric(t1, "engram_prefetch_stall_seconds_count") > 0
-        assert metric(t1, "engram_prefetch_stall_seconds_sum") == 0
+        assert 0 <= metric(t1, "engram_prefetch_stall_seconds_sum") < metric(t1, "engram_e2e_request_latency_seconds_sum")
         assert metric(t1, "engram_fetch_lookups_total") == look
         assert metric(t1, "engram_store_cache_rows") > 0
         assert requests.post(s.url + "/v1/completions", json=body, timeout=120).status_code == 200
