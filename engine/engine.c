@@ -821,25 +821,23 @@ static void sched_prefetch_ahead(engine *e) {
 /* Queued and preempted requests produce no output, so their readers stay
  * suspended, and a client that went away would be noticed only once its
  * request ran. Every POKE_SECONDS the engine marks progress on those that
- * have waited that long: a
- * streamed response then sends an SSE keep-alive, a suspended non-streamed
- * one is resumed, and the server sees a closed connection on that write or
- * read and cancels the request. Cancelled requests leave the queue here, at
- * every step, instead of when they reach its head and a free slot. Pokes are made
- * outside mu (a notify resumes a connection), on referenced requests. */
+ * have waited that long: a streamed response then sends an SSE keep-alive, a
+ * suspended non-streamed one is resumed, and the server sees a closed
+ * connection on that write or read and cancels the request. Cancelled
+ * requests leave the queue here (within a second) instead of when they reach
+ * its head and a free slot. Pokes are made outside mu (a notify resumes a
+ * connection), on referenced requests. */
 #define POKE_SECONDS 1.0
 
 static void sched_poke_waiting(engine *e) {
     double now = util_now();
-    bool poke = now - e->last_poke >= POKE_SECONDS;
-    if (poke) {
-        e->last_poke = now;
-        for (int i = 0; i < e->n_preempted; i++) request_progress(e->preempted[i]->r);
-    }
+    if (now - e->last_poke < POKE_SECONDS) return;
+    e->last_poke = now;
+    for (int i = 0; i < e->n_preempted; i++) request_progress(e->preempted[i]->r);
     engine_request *dead = NULL;
     int n = 0;
     pthread_mutex_lock(&e->mu);
-    if (poke && e->n_queued > e->poke_cap) {
+    if (e->n_queued > e->poke_cap) {
         engine_request **p = realloc(e->poke, (size_t)e->n_queued * sizeof(*p));
         if (p) e->poke = p, e->poke_cap = e->n_queued;
     }
@@ -854,7 +852,7 @@ static void sched_poke_waiting(engine *e) {
             dead = r;
             continue;
         }
-        if (poke && n < e->poke_cap && now - r->t_submit >= POKE_SECONDS) { /* not the just-arrived */
+        if (n < e->poke_cap && now - r->t_submit >= POKE_SECONDS) { /* not the just-arrived */
             atomic_fetch_add(&r->refs, 1);
             e->poke[n++] = r;
         }
