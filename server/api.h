@@ -36,8 +36,10 @@ typedef struct {
     char *prompt_text;      /* UTF-8 */
     int32_t *prompt_ids;    /* (n_prompt_ids) */
     int n_prompt_ids;
-    /* chat: the messages as a JSON array of {"role", "content" (string), ["name"]} */
+    /* chat: the messages as a JSON array of {"role", "content" (string), ["name"],
+     * ["tool_calls"], ["tool_call_id"]} */
     char *messages_json;
+    char *tools_json;       /* chat: the tools (a JSON array) when the model may call them, else NULL */
     int max_tokens;         /* -1 when absent (max_tokens or max_completion_tokens) */
     int n;                  /* choices, 1..API_MAX_N */
     bool stream;
@@ -46,6 +48,8 @@ typedef struct {
     bool has_seed;
     bool ignore_eos;        /* vLLM's extension */
     bool engram_gates;      /* our extension: return every token's Engram gates (not with stream) */
+    char *force_text;       /* our extension "engram_force": the output is this text's tokens (tests of
+                             * clients: tool calls, stop strings), or NULL */
     bool logprobs;          /* chat: logprobs; completions: logprobs present */
     int top_logprobs;       /* alternatives per token: chat top_logprobs, completions logprobs */
     char *stop[ENGINE_MAX_STOP];

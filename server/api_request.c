@@ -1,7 +1,8 @@
 /* Request body parsers of the OpenAI-compatible API (see api.h): UTF-8 check,
  * cJSON parse, then every known field checked for type and range. Fields that
- * would change the semantics and are not implemented (tools, echo, suffix, best_of,
- * response_format other than text, ...) are refused with a 400 naming the
+ * would change the semantics and are not implemented (tool_choice "required"
+ * or naming a function, echo, suffix, best_of, response_format other than
+ * text, ...) are refused with a 400 naming the
  * field; unknown fields are ignored, as OpenAI-compatible servers do. */
 #include <cjson/cJSON.h>
 #include <limits.h>
@@ -233,12 +234,6 @@ static int parse_messages(const cJSON *root, char **out, api_error *err) {
                           param);
             goto fail;
         }
-        const cJSON *tc = field(m, "tool_calls");
-        if (tc && !(cJSON_IsArray(tc) && cJSON_GetArraySize(tc) == 0)) {
-            snprintf(param, sizeof(param), "messages[%d].tool_calls", i);
-            unsupported(err, param, "tool calling is not implemented yet");
-            goto fail;
-        }
         /* content: string, null (assistant only), or a list of text parts */
         const cJSON *c = field(m, "content");
         size_t clen = 0, ccap = 64;
@@ -287,11 +282,65 @@ static int parse_messages(const cJSON *root, char **out, api_error *err) {
             api_error_set(err, 400, param, "Invalid type for '%s': expected a string.", param);
             goto fail;
         }
+        /* an assistant's tool calls: [{"id", "type": "function", "function": {"name", "arguments"}}] */
+        const cJSON *tc = field(m, "tool_calls");
+        cJSON *calls = NULL;
+        if (tc && !(cJSON_IsArray(tc) && cJSON_GetArraySize(tc) == 0)) {
+            snprintf(param, sizeof(param), "messages[%d].tool_calls", i);
+            if (strcmp(role->valuestring, "assistant") != 0 || !cJSON_IsArray(tc)) {
+                api_error_set(err, 400, param, "Invalid '%s': only an assistant message has tool calls, as an array.",
+                              param);
+                goto fail;
+            }
+            if (!(calls = cJSON_CreateArray())) goto nomem;
+            const cJSON *call;
+            cJSON_ArrayForEach(call, tc) {
+                const cJSON *id = cJSON_IsObject(call) ? field(call, "id") : NULL;
+                const cJSON *fn = cJSON_IsObject(call) ? field(call, "function") : NULL;
+                const cJSON *fname = cJSON_IsObject(fn) ? field(fn, "name") : NULL;
+                const cJSON *fargs = cJSON_IsObject(fn) ? field(fn, "arguments") : NULL;
+                if ((id && !cJSON_IsString(id)) || !cJSON_IsString(fname) || !cJSON_IsString(fargs)) {
+                    cJSON_Delete(calls);
+                    api_error_set(err, 400, param,
+                                  "Invalid entry in '%s': expected {\"id\": string, \"type\": \"function\", "
+                                  "\"function\": {\"name\": string, \"arguments\": string}}.",
+                                  param);
+                    goto fail;
+                }
+                cJSON *o = cJSON_CreateObject(), *f = cJSON_CreateObject();
+                bool ok = o && f && cJSON_AddItemToObject(o, "function", f);
+                if (!ok) cJSON_Delete(f); /* else o owns it */
+                ok = ok && (!id || cJSON_AddStringToObject(o, "id", id->valuestring)) &&
+                     cJSON_AddStringToObject(o, "type", "function") &&
+                     cJSON_AddStringToObject(f, "name", fname->valuestring) &&
+                     cJSON_AddStringToObject(f, "arguments", fargs->valuestring) && cJSON_AddItemToArray(calls, o);
+                if (!ok) {
+                    cJSON_Delete(o);
+                    cJSON_Delete(calls);
+                    goto nomem;
+                }
+            }
+        }
+        const cJSON *call_id = field(m, "tool_call_id");
+        if (call_id && !cJSON_IsString(call_id)) {
+            cJSON_Delete(calls);
+            snprintf(param, sizeof(param), "messages[%d].tool_call_id", i);
+            api_error_set(err, 400, param, "Invalid type for '%s': expected a string.", param);
+            goto fail;
+        }
         cJSON *o = cJSON_CreateObject();
-        if (!o) goto nomem;
-        cJSON_AddItemToArray(norm, o);
+        if (!o || !cJSON_AddItemToArray(norm, o)) {
+            cJSON_Delete(o);
+            cJSON_Delete(calls);
+            goto nomem;
+        }
+        if (calls && !cJSON_AddItemToObject(o, "tool_calls", calls)) {
+            cJSON_Delete(calls);
+            goto nomem;
+        }
         if (!cJSON_AddStringToObject(o, "role", role->valuestring) || !cJSON_AddStringToObject(o, "content", content) ||
-            (name && !cJSON_AddStringToObject(o, "name", name->valuestring)))
+            (name && !cJSON_AddStringToObject(o, "name", name->valuestring)) ||
+            (call_id && !cJSON_AddStringToObject(o, "tool_call_id", call_id->valuestring)))
             goto nomem;
         free(content);
         content = NULL;
@@ -408,17 +457,69 @@ static int parse_logit_bias(const cJSON *root, api_request *r, api_error *err) {
     return 0;
 }
 
+/* chat's tools, [{"type": "function", "function": {"name", ["description"],
+ * ["parameters"]}}], kept as given for the chat template, unless tool_choice
+ * is "none". tool_choice "auto" (the default) lets the model choose;
+ * "required" and a named function would need constrained decoding. */
+#define MAX_TOOLS 256
+
+static int parse_tools(const cJSON *root, api_request *r, api_error *err) {
+    const cJSON *tools = field(root, "tools"), *choice = field(root, "tool_choice"), *v;
+    if (choice && !(cJSON_IsString(choice) && (!strcmp(choice->valuestring, "none") ||
+                                               !strcmp(choice->valuestring, "auto")))) {
+        if (cJSON_IsString(choice) && !strcmp(choice->valuestring, "required"))
+            return unsupported(err, "tool_choice", "\"required\" needs constrained decoding; \"auto\" and \"none\" work");
+        if (cJSON_IsObject(choice))
+            return unsupported(err, "tool_choice", "naming a function needs constrained decoding; \"auto\" and \"none\" work");
+        api_error_set(err, 400, "tool_choice", "Invalid value for 'tool_choice': expected \"none\" or \"auto\".");
+        return -1;
+    }
+    if ((v = field(root, "parallel_tool_calls")) && !cJSON_IsBool(v)) {
+        api_error_set(err, 400, "parallel_tool_calls", "Invalid type for 'parallel_tool_calls': expected a boolean.");
+        return -1;
+    }
+    if (!tools) return 0;
+    int count = cJSON_IsArray(tools) ? cJSON_GetArraySize(tools) : -1;
+    if (count < 0 || count > MAX_TOOLS) {
+        api_error_set(err, 400, "tools", "'tools' must be an array of at most %d tools.", MAX_TOOLS);
+        return -1;
+    }
+    const cJSON *t;
+    int i = 0;
+    cJSON_ArrayForEach(t, tools) {
+        const cJSON *type = cJSON_IsObject(t) ? field(t, "type") : NULL, *fn = cJSON_IsObject(t) ? field(t, "function") : NULL;
+        const cJSON *name = cJSON_IsObject(fn) ? field(fn, "name") : NULL;
+        const cJSON *desc = cJSON_IsObject(fn) ? field(fn, "description") : NULL;
+        const cJSON *params = cJSON_IsObject(fn) ? field(fn, "parameters") : NULL;
+        if (!cJSON_IsString(type) || strcmp(type->valuestring, "function") != 0 || !cJSON_IsString(name) ||
+            !name->valuestring[0] || (desc && !cJSON_IsString(desc)) || (params && !cJSON_IsObject(params))) {
+            char param[32];
+            snprintf(param, sizeof(param), "tools[%d]", i);
+            api_error_set(err, 400, param,
+                          "Invalid '%s': expected {\"type\": \"function\", \"function\": {\"name\": string, "
+                          "\"description\": string, \"parameters\": object}}.",
+                          param);
+            return -1;
+        }
+        i++;
+    }
+    if (count == 0 || (choice && !strcmp(choice->valuestring, "none"))) return 0;
+    if (!(r->tools_json = cJSON_PrintUnformatted(tools))) {
+        api_error_set(err, 500, NULL, "Out of memory.");
+        return -1;
+    }
+    return 0;
+}
+
 /* The fields this server refuses when they would change the result. */
 static int refuse_unsupported(const cJSON *root, api_kind kind, api_error *err) {
     const cJSON *v;
-    if ((v = field(root, "tools")) && !(cJSON_IsArray(v) && cJSON_GetArraySize(v) == 0))
-        return unsupported(err, "tools", "tool calling is not implemented yet");
+    if (kind != API_CHAT && (v = field(root, "tools")) && !(cJSON_IsArray(v) && cJSON_GetArraySize(v) == 0))
+        return unsupported(err, "tools", "tools are for /v1/chat/completions");
     if ((v = field(root, "functions")) && !(cJSON_IsArray(v) && cJSON_GetArraySize(v) == 0))
-        return unsupported(err, "functions", "function calling is not implemented yet");
-    if ((v = field(root, "tool_choice")) && !(cJSON_IsString(v) && !strcmp(v->valuestring, "none")))
-        return unsupported(err, "tool_choice", "tool calling is not implemented yet");
+        return unsupported(err, "functions", "the legacy functions are not implemented: use 'tools'");
     if ((v = field(root, "function_call")) && !(cJSON_IsString(v) && !strcmp(v->valuestring, "none")))
-        return unsupported(err, "function_call", "function calling is not implemented yet");
+        return unsupported(err, "function_call", "the legacy functions are not implemented: use 'tools'");
     if ((v = field(root, "response_format"))) {
         const cJSON *t = cJSON_IsObject(v) ? field(v, "type") : NULL;
         if (!t || !cJSON_IsString(t)) {
@@ -463,6 +564,7 @@ int api_parse_request(api_kind kind, const char *body, size_t len, api_request *
     if (get_string(root, "model", &r->model, err) < 0) goto fail;
     if (kind == API_CHAT ? parse_messages(root, &r->messages_json, err) : parse_prompt(root, r, err)) goto fail;
     if (refuse_unsupported(root, kind, err)) goto fail;
+    if (kind == API_CHAT && parse_tools(root, r, err)) goto fail;
     if (get_int(root, "max_tokens", 1, 1 << 30, &ll, err) < 0) goto fail;
     if (field(root, "max_tokens")) r->max_tokens = (int)ll;
     if (get_int(root, "max_completion_tokens", 1, 1 << 30, &ll, err) < 0) goto fail;
@@ -471,6 +573,11 @@ int api_parse_request(api_kind kind, const char *body, size_t len, api_request *
     r->n = rc ? (int)ll : 1;
     if (get_bool(root, "stream", &r->stream, err) < 0) goto fail;
     if (get_bool(root, "engram_gates", &r->engram_gates, err) < 0) goto fail;
+    if (get_string(root, "engram_force", &r->force_text, err) < 0) goto fail;
+    if (r->force_text && !r->force_text[0]) {
+        api_error_set(err, 400, "engram_force", "'engram_force' must be a non-empty string.");
+        goto fail;
+    }
     /* logprobs: chat takes a boolean and top_logprobs, completions the number of alternatives */
     if (kind == API_CHAT) {
         long long tl = 0;
@@ -545,6 +652,8 @@ void api_request_free(api_request *r) {
     free(r->prompt_text);
     free(r->prompt_ids);
     free(r->messages_json);
+    free(r->tools_json);
+    free(r->force_text);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->bias_ids);
     free(r->bias_vals);

@@ -21,6 +21,7 @@
 
 #include "chat_template.h"
 #include "server.h"
+#include "tool_calls.h"
 #include "tokenizer.h"
 #include "util.h"
 
@@ -32,6 +33,7 @@ struct server {
     metrics *mx;        /* borrowed */
     const tokenizer *tok; /* borrowed from the engine; NULL if none */
     chat_template *tmpl;
+    tool_format tool_fmt; /* how the template writes tool calls: what the model's output is parsed for */
     struct MHD_Daemon *d;
     struct sockaddr_storage addr;
     atomic_bool draining;
@@ -65,6 +67,7 @@ typedef struct {
     size_t tlen, tcap;
     bool gates;    /* the request asked for "engram_gates" */
     bool logprobs; /* the request asked for logprobs */
+    tool_format tools; /* parse tool calls out of each choice's text (the request gave tools) */
 } conn;
 
 /* A streaming generation, owned by its libmicrohttpd response. */
@@ -86,6 +89,8 @@ typedef struct {
     bool logprobs; /* the request asked for logprobs */
     size_t text_offset; /* completions' logprobs.text_offset so far */
     engine_output last;
+    tool_format tools;  /* parse tool calls out of the text (the request gave tools) */
+    tool_parser tp;     /* the current choice's */
 } stream;
 
 /* ---- responses ---- */
@@ -308,6 +313,26 @@ static cJSON *gates_json(server *s, engine_request *r, int n_prompt) {
     return o;
 }
 
+/* OpenAI's "tool_calls" of p's calls from `from` on: [{"id", "type":
+ * "function", "function": {"name", "arguments"}}], with "index" (their
+ * place among the choice's calls) in a stream's delta. */
+static cJSON *tool_calls_json(server *s, const tool_parser *p, int from, bool indexed) {
+    cJSON *arr = cJSON_CreateArray();
+    for (int i = from; i < p->n_calls; i++) {
+        cJSON *o = cJSON_CreateObject();
+        char id[48];
+        snprintf(id, sizeof(id), "call_%016llx%08llx", s->id_salt, (unsigned long long)atomic_fetch_add(&s->next_id, 1));
+        if (indexed) cJSON_AddNumberToObject(o, "index", i);
+        cJSON_AddStringToObject(o, "id", id);
+        cJSON_AddStringToObject(o, "type", "function");
+        cJSON *f = cJSON_AddObjectToObject(o, "function");
+        cJSON_AddStringToObject(f, "name", p->calls[i].name);
+        cJSON_AddStringToObject(f, "arguments", p->calls[i].arguments);
+        cJSON_AddItemToArray(arr, o);
+    }
+    return arr;
+}
+
 /* Cancels and releases the choices after `from` that were never read. */
 static void release_rest(engine_request **reqs, int from, int n) {
     for (int i = from; i < n; i++) {
@@ -366,7 +391,30 @@ static enum MHD_Result continue_generation(conn *c) {
         cJSON *ch = cJSON_CreateObject();
         cJSON_AddItemToArray(c->choices, ch);
         cJSON_AddNumberToObject(ch, "index", c->cur);
-        if (chat) {
+        const char *finish = finish_str(o.finish);
+        if (chat && c->tools) { /* the calls out of the text; the rest is the content */
+            tool_parser tp;
+            tool_parser_init(&tp, c->tools);
+            char *a = NULL, *b = NULL;
+            int rc = tool_parser_feed(&tp, c->text ? c->text : "", c->tlen, &a) || tool_parser_finish(&tp, &b);
+            cJSON *msg = cJSON_AddObjectToObject(ch, "message");
+            cJSON_AddStringToObject(msg, "role", "assistant");
+            size_t al = a ? strlen(a) : 0, bl = b ? strlen(b) : 0, k = 0;
+            char *content = rc ? NULL : malloc(al + bl + 1);
+            if (content) {
+                memcpy(content, a ? a : "", al);
+                memcpy(content + al, b ? b : "", bl + 1);
+                while (content[k] == ' ' || content[k] == '\n' || content[k] == '\t' || content[k] == '\r') k++;
+            }
+            if (content && (content[k] || !tp.n_calls)) cJSON_AddStringToObject(msg, "content", content);
+            else cJSON_AddNullToObject(msg, "content"); /* only calls (or out of memory) */
+            if (tp.n_calls) {
+                cJSON_AddItemToObject(msg, "tool_calls", tool_calls_json(c->s, &tp, 0, false));
+                finish = "tool_calls";
+            }
+            free(a), free(b), free(content);
+            tool_parser_free(&tp);
+        } else if (chat) {
             cJSON *msg = cJSON_AddObjectToObject(ch, "message");
             cJSON_AddStringToObject(msg, "role", "assistant");
             cJSON_AddStringToObject(msg, "content", c->text ? c->text : "");
@@ -375,7 +423,7 @@ static enum MHD_Result continue_generation(conn *c) {
         }
         if (lps) cJSON_AddItemToObject(ch, "logprobs", lps);
         else cJSON_AddNullToObject(ch, "logprobs");
-        cJSON_AddStringToObject(ch, "finish_reason", finish_str(o.finish));
+        cJSON_AddStringToObject(ch, "finish_reason", finish);
         c->completion_tokens += o.n_generated;
         c->tlen = 0;
         if (c->text) c->text[0] = 0;
@@ -444,6 +492,21 @@ static int sse_chunk(stream *st, const char *text, bool role, const char *finish
     return sse_event(st, root);
 }
 
+/* A chat chunk whose delta carries the tool calls completed since `from`. */
+static int sse_tool_calls(stream *st, int from) {
+    cJSON *root = response_head(st->s, st->id, "chat.completion.chunk", st->created);
+    cJSON *choices = cJSON_AddArrayToObject(root, "choices");
+    cJSON *ch = cJSON_CreateObject();
+    cJSON_AddItemToArray(choices, ch);
+    cJSON_AddNumberToObject(ch, "index", st->cur);
+    cJSON *delta = cJSON_AddObjectToObject(ch, "delta");
+    cJSON_AddItemToObject(delta, "tool_calls", tool_calls_json(st->s, &st->tp, from, true));
+    cJSON_AddNullToObject(ch, "logprobs");
+    cJSON_AddNullToObject(ch, "finish_reason");
+    if (st->include_usage) cJSON_AddNullToObject(root, "usage");
+    return sse_event(st, root);
+}
+
 static void stream_record(stream *st, const char *reason) {
     if (st->recorded) return;
     st->recorded = true;
@@ -462,12 +525,33 @@ static int stream_format(stream *st, const engine_output *o) {
                      ? logprobs_json(st->s, st->kind, engine_request_logprobs(st->req), o->lp_begin, o->lp_end,
                                      &st->text_offset)
                      : NULL;
-    if ((o->len || lps) && sse_chunk(st, o->len ? o->text : (st->kind == API_CHAT ? NULL : ""), false, NULL, lps))
+    if (st->tools) { /* content as it can be given out; each tool call whole once it closes */
+        char *part = NULL;
+        int had = st->tp.n_calls;
+        if (tool_parser_feed(&st->tp, o->text ? o->text : "", o->len, &part)) {
+            cJSON_Delete(lps);
+            return -1;
+        }
+        int rc = (part || lps) && sse_chunk(st, part, false, NULL, lps);
+        free(part);
+        if (rc || (st->tp.n_calls > had && sse_tool_calls(st, had))) return -1;
+    } else if ((o->len || lps) && sse_chunk(st, o->len ? o->text : (st->kind == API_CHAT ? NULL : ""), false, NULL, lps)) {
         return -1;
+    }
     if (o->finish == ENGINE_FINISH_NONE) return 0;
     stream_record(st, finish_str(o->finish));
     if (o->finish == ENGINE_FINISH_STOP || o->finish == ENGINE_FINISH_LENGTH) {
-        if (sse_chunk(st, st->kind == API_CHAT ? NULL : "", false, finish_str(o->finish), NULL)) return -1;
+        const char *finish = finish_str(o->finish);
+        if (st->tools) { /* what was held (an unclosed call) is content after all */
+            char *rest = NULL;
+            int rc = tool_parser_finish(&st->tp, &rest) || (rest && sse_chunk(st, rest, false, NULL, NULL));
+            free(rest);
+            if (rc) return -1;
+            if (st->tp.n_calls) finish = "tool_calls";
+            tool_parser_free(&st->tp);
+            tool_parser_init(&st->tp, st->tools);
+        }
+        if (sse_chunk(st, st->kind == API_CHAT ? NULL : "", false, finish, NULL)) return -1;
         st->completion_tokens += o->n_generated;
         if (st->cur + 1 < st->n_req) { /* on to the next choice */
             engine_request_release(st->req);
@@ -535,6 +619,7 @@ static void stream_free(void *cls) {
     }
     engine_request_release(st->req);
     release_rest(st->reqs, st->cur + 1, st->n_req);
+    tool_parser_free(&st->tp);
     atomic_fetch_sub(&st->s->active, 1);
     free(st->buf);
     free(st);
@@ -609,15 +694,35 @@ static enum MHD_Result handle_metrics(conn *c) {
     return reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", text, text ? strlen(text) : 0, NULL);
 }
 
+/* How a chat template writes an assistant's tool call: seen by rendering one. */
+static tool_format template_tool_format(const chat_template *t) {
+    static const char msgs[] =
+        "[{\"role\": \"user\", \"content\": \"x\"}, {\"role\": \"assistant\", \"content\": \"\", \"tool_calls\": "
+        "[{\"id\": \"call_0\", \"type\": \"function\", \"function\": {\"name\": \"probe\", \"arguments\": \"{}\"}}]}]";
+    static const char tools[] = "[{\"type\": \"function\", \"function\": {\"name\": \"probe\", \"description\": \"\", "
+                                "\"parameters\": {\"type\": \"object\", \"properties\": {}}}}]";
+    char *out = NULL, err[256];
+    if (!t || chat_template_render(t, msgs, tools, false, &out, err, sizeof(err)) != CHAT_TEMPLATE_OK) return TOOL_FORMAT_NONE;
+    tool_format f = tool_format_detect(out);
+    free(out);
+    return f;
+}
+
 /* Renders chat messages through the template (with the generation prompt). */
-static int render_chat(conn *c, const char *messages_json, char **out, enum MHD_Result *ret) {
+static int render_chat(conn *c, const char *messages_json, const char *tools_json, char **out, enum MHD_Result *ret) {
     char err[512];
     if (!c->s->tmpl) {
         *ret = fail(c, 400, "messages",
                     "This model has no tokenizer or chat template: use /v1/completions with a list of token ids.");
         return -1;
     }
-    int rc = chat_template_render(c->s->tmpl, messages_json, NULL, true, out, err, sizeof(err));
+    if (tools_json && c->s->tool_fmt == TOOL_FORMAT_NONE) {
+        *ret = fail(c, 400, "tools",
+                    "This model's chat template writes no tool calls this server can parse (it parses Hermes-style "
+                    "<tool_call> blocks, as Qwen's templates write them).");
+        return -1;
+    }
+    int rc = chat_template_render(c->s->tmpl, messages_json, tools_json, true, out, err, sizeof(err));
     if (rc == CHAT_TEMPLATE_OK) return 0;
     api_error e;
     errors_set(&e, rc == CHAT_TEMPLATE_ERR_NOMEM ? 500 : 400, "messages", "The chat template failed: %s", err);
@@ -649,7 +754,7 @@ static enum MHD_Result handle_tokenize(conn *c) {
     int32_t *ids = NULL;
     size_t n = 0;
     if (check_model(c, t.model, &ret) ||
-        (t.messages_json && render_chat(c, t.messages_json, &rendered, &ret)) ||
+        (t.messages_json && render_chat(c, t.messages_json, NULL, &rendered, &ret)) ||
         encode_text(c, rendered ? rendered : t.prompt_text, t.add_special, t.messages_json ? "messages" : "prompt", &ids,
                     &n, &ret)) {
         free(rendered);
@@ -705,12 +810,13 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
     if (api_parse_request(kind, c->body, c->len, &ar, &err)) return reply_error(c, &err, NULL);
     enum MHD_Result ret;
     char *rendered = NULL;
-    int32_t *ids = NULL;
-    size_t n = 0;
+    int32_t *ids = NULL, *forced = NULL; /* forced: engram_force's ids, the output */
+    size_t n = 0, n_forced = 0;
     const char *pparam = kind == API_CHAT ? "messages" : "prompt";
     if (check_model(c, ar.model, &ret)) goto out;
     if (kind == API_CHAT) {
-        if (render_chat(c, ar.messages_json, &rendered, &ret) || encode_text(c, rendered, false, pparam, &ids, &n, &ret))
+        if (render_chat(c, ar.messages_json, ar.tools_json, &rendered, &ret) ||
+            encode_text(c, rendered, false, pparam, &ids, &n, &ret))
             goto out;
     } else if (ar.prompt_text) {
         if (encode_text(c, ar.prompt_text, true, pparam, &ids, &n, &ret)) goto out;
@@ -718,6 +824,14 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
         ids = ar.prompt_ids;
         n = (size_t)ar.n_prompt_ids;
         ar.prompt_ids = NULL;
+    }
+    if (ar.force_text) {
+        if (encode_text(c, ar.force_text, false, "engram_force", &forced, &n_forced, &ret)) goto out;
+        if (n_forced == 0) {
+            ret = fail(c, 400, "engram_force", "'engram_force' encodes to no tokens.");
+            goto out;
+        }
+        if (ar.max_tokens <= 0 || (size_t)ar.max_tokens > n_forced) ar.max_tokens = (int)n_forced;
     }
     int ctx = engine_context_length(s->e), vocab = engine_vocab_size(s->e);
     if (n == 0) {
@@ -771,7 +885,8 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
         clock_gettime(CLOCK_REALTIME, &ts);
         rp.sampling.seed = (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull ^ atomic_fetch_add(&s->next_id, 1) ^ s->id_salt;
     }
-    rp.ignore_eos = ar.ignore_eos;
+    rp.ignore_eos = ar.ignore_eos || forced;
+    rp.forced = forced;
     rp.want_gates = ar.engram_gates;
     rp.logprobs = ar.logprobs;
     rp.top_logprobs = ar.top_logprobs;
@@ -812,6 +927,7 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
         c->kind = kind;
         c->gates = ar.engram_gates;
         c->logprobs = ar.logprobs;
+        c->tools = ar.tools_json ? s->tool_fmt : TOOL_FORMAT_NONE;
         c->created = created;
         memcpy(c->id, id, sizeof(id));
         ret = continue_generation(c);
@@ -828,6 +944,8 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
         st->kind = kind;
         st->include_usage = ar.include_usage;
         st->logprobs = ar.logprobs;
+        st->tools = ar.tools_json ? s->tool_fmt : TOOL_FORMAT_NONE;
+        tool_parser_init(&st->tp, st->tools);
         st->created = created;
         memcpy(st->id, id, sizeof(id));
         if (kind == API_CHAT && sse_chunk(st, "", true, NULL, NULL)) { /* the first delta carries the role */
@@ -857,6 +975,7 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
 out:
     free(rendered);
     free(ids);
+    free(forced);
     api_request_free(&ar);
     return ret;
 }
@@ -1057,6 +1176,7 @@ int server_start(const server_params *p, metrics *m, server **out, char *err, si
         free(s);
         return -1;
     }
+    s->tool_fmt = template_tool_format(s->tmpl);
 
     struct addrinfo hints = {0}, *ai = NULL;
     hints.ai_family = AF_UNSPEC;
