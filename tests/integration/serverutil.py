@@ -95,6 +95,21 @@ def make_slow_model(dirpath):
     return dirpath
 
 
+def make_qwen3_model(dirpath):
+    """A tiny random checkpoint with Qwen3's real tokenizer and chat template
+    (tests/fixtures/tokenizers/qwen3): fast, with Qwen3's vocabulary."""
+    import lzma
+    src = SOURCE / "tests" / "fixtures" / "tokenizers" / "qwen3"
+    tok = dirpath.parent / (dirpath.name + "-tok")
+    tok.mkdir(parents=True)
+    (tok / "tokenizer.json").write_bytes(lzma.decompress((src / "tokenizer.json.xz").read_bytes()))
+    (tok / "tokenizer_config.json").write_bytes((src / "tokenizer_config.json").read_bytes())
+    subprocess.run([sys.executable, str(SOURCE / "tools" / "gen_checkpoint.py"), str(dirpath), "--hidden", "32",
+                    "--layers", "2", "--heads", "2", "--kv-heads", "1", "--ffn", "64", "--vocab", "151669", "--tie",
+                    "--tokenizer", str(tok)], check=True, capture_output=True)
+    return dirpath
+
+
 def metric(text, name, labels=None):
     """The value of one sample of the Prometheus text, or None."""
     for line in text.splitlines():

@@ -95,22 +95,12 @@ def test_chat_logprobs_bytes_are_the_tokens_own(tmp_path):
     that is part of a UTF-8 character (Qwen3's tokenizer, forced by
     logit_bias) carries that part, where "token" shows U+FFFD; the bytes are
     GPT-2's bytes_to_unicode (transformers) applied to HF's token string."""
-    import lzma
-    import subprocess
-
     from tokenizers import Tokenizer
     from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
 
-    from conftest import SOURCE
-    src = SOURCE / "tests" / "fixtures" / "tokenizers" / "qwen3"
-    tok_dir, d = tmp_path / "tok", tmp_path / "m"
-    tok_dir.mkdir()
-    (tok_dir / "tokenizer.json").write_bytes(lzma.decompress((src / "tokenizer.json.xz").read_bytes()))
-    (tok_dir / "tokenizer_config.json").write_bytes((src / "tokenizer_config.json").read_bytes())
-    subprocess.run([str(SOURCE / ".venv" / "bin" / "python"), str(SOURCE / "tools" / "gen_checkpoint.py"), str(d),
-                    "--hidden", "32", "--layers", "2", "--heads", "2", "--kv-heads", "1", "--ffn", "64",
-                    "--vocab", "151669", "--tie", "--tokenizer", str(tok_dir)], check=True, capture_output=True)
-    hf = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    from serverutil import make_qwen3_model
+    d = make_qwen3_model(tmp_path / "m")
+    hf = Tokenizer.from_file(str(d / "tokenizer.json"))
     byte_of = {c: b for b, c in bytes_to_unicode().items()}
     raw = lambda i: bytes(byte_of[c] for c in hf.id_to_token(i))
     # the first two-token character of a CJK text: its first token is a piece
