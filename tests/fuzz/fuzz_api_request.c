@@ -29,6 +29,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         api_request r;
         if (api_parse_request(kind, body, len, &r, &err) == 0) {
             if (kind == API_CHAT && !r.messages_json) abort();
+            if (r.tools_json) { /* what the template and the parser get: a JSON array */
+                cJSON *t = cJSON_Parse(r.tools_json);
+                if (!cJSON_IsArray(t) || kind != API_CHAT) abort();
+                cJSON_Delete(t);
+            }
+            if (r.force_text && !r.force_text[0]) abort();
             if (kind == API_COMPLETIONS && !r.prompt_text == !r.prompt_ids) abort();
             if (r.prompt_ids && r.n_prompt_ids < 1) abort();
             for (int i = 0; i < r.n_prompt_ids; i++)
