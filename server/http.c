@@ -21,6 +21,7 @@
 
 #include "chat_template.h"
 #include "server.h"
+#include "reasoning.h"
 #include "tool_calls.h"
 #include "tokenizer.h"
 #include "util.h"
@@ -34,6 +35,7 @@ struct server {
     const tokenizer *tok; /* borrowed from the engine; NULL if none */
     chat_template *tmpl;
     tool_format tool_fmt; /* how the template writes tool calls: what the model's output is parsed for */
+    reasoning_format reasoning; /* --reasoning-parser */
     struct MHD_Daemon *d;
     struct sockaddr_storage addr;
     atomic_bool draining;
@@ -91,6 +93,7 @@ typedef struct {
     engine_output last;
     tool_format tools;  /* parse tool calls out of the text (the request gave tools) */
     tool_parser tp;     /* the current choice's */
+    reasoning_splitter rs; /* the current choice's (--reasoning-parser) */
 } stream;
 
 /* ---- responses ---- */
@@ -333,6 +336,68 @@ static cJSON *tool_calls_json(server *s, const tool_parser *p, int from, bool in
     return arr;
 }
 
+/* A chat choice's "message" out of the whole generated text: the reasoning
+ * split off (--reasoning-parser), then the tool calls parsed out of the rest
+ * (the request gave tools); *finish becomes "tool_calls" when there are
+ * some. Returns 0, or -1 out of memory. */
+static int chat_message(conn *c, cJSON *ch, const char **finish) {
+    const char *text = c->text ? c->text : "";
+    cJSON *msg = cJSON_AddObjectToObject(ch, "message");
+    cJSON_AddStringToObject(msg, "role", "assistant");
+    if (!c->s->reasoning && !c->tools) {
+        cJSON_AddStringToObject(msg, "content", text);
+        return 0;
+    }
+    reasoning_splitter rs;
+    tool_parser tp;
+    reasoning_init(&rs, c->s->reasoning);
+    tool_parser_init(&tp, c->tools);
+    char *r1 = NULL, *r2 = NULL, *c1 = NULL, *c2 = NULL, *t1 = NULL, *t2 = NULL;
+    int rc = reasoning_feed(&rs, text, c->tlen, &r1, &c1) || reasoning_finish(&rs, &r2, &c2);
+    size_t l1 = c1 ? strlen(c1) : 0, l2 = c2 ? strlen(c2) : 0;
+    char *content = rc ? NULL : malloc(l1 + l2 + 1);
+    if (content) {
+        memcpy(content, c1 ? c1 : "", l1);
+        memcpy(content + l1, c2 ? c2 : "", l2 + 1);
+    }
+    if (content && c->tools) { /* the calls out of the content; the rest stays */
+        rc = tool_parser_feed(&tp, content, l1 + l2, &t1) || tool_parser_finish(&tp, &t2);
+        free(content);
+        size_t m1 = t1 ? strlen(t1) : 0, m2 = t2 ? strlen(t2) : 0;
+        content = rc ? NULL : malloc(m1 + m2 + 1);
+        if (content) {
+            memcpy(content, t1 ? t1 : "", m1);
+            memcpy(content + m1, t2 ? t2 : "", m2 + 1);
+        }
+    }
+    if (content) {
+        size_t k = 0;
+        while (content[k] == ' ' || content[k] == '\n' || content[k] == '\t' || content[k] == '\r') k++;
+        if (content[k] || !tp.n_calls) cJSON_AddStringToObject(msg, "content", content);
+        else cJSON_AddNullToObject(msg, "content"); /* only calls */
+        if (c->s->reasoning) {
+            if (r1 || r2) {
+                char *r = malloc((r1 ? strlen(r1) : 0) + (r2 ? strlen(r2) : 0) + 1);
+                if (r) sprintf(r, "%s%s", r1 ? r1 : "", r2 ? r2 : "");
+                if (r) cJSON_AddStringToObject(msg, "reasoning_content", r);
+                else rc = -1;
+                free(r);
+            } else {
+                cJSON_AddNullToObject(msg, "reasoning_content");
+            }
+        }
+        if (tp.n_calls) {
+            cJSON_AddItemToObject(msg, "tool_calls", tool_calls_json(c->s, &tp, 0, false));
+            *finish = "tool_calls";
+        }
+    }
+    bool ok = content && !rc;
+    free(r1), free(r2), free(c1), free(c2), free(t1), free(t2), free(content);
+    reasoning_free(&rs);
+    tool_parser_free(&tp);
+    return ok ? 0 : -1;
+}
+
 /* Cancels and releases the choices after `from` that were never read. */
 static void release_rest(engine_request **reqs, int from, int n) {
     for (int i = from; i < n; i++) {
@@ -392,32 +457,13 @@ static enum MHD_Result continue_generation(conn *c) {
         cJSON_AddItemToArray(c->choices, ch);
         cJSON_AddNumberToObject(ch, "index", c->cur);
         const char *finish = finish_str(o.finish);
-        if (chat && c->tools) { /* the calls out of the text; the rest is the content */
-            tool_parser tp;
-            tool_parser_init(&tp, c->tools);
-            char *a = NULL, *b = NULL;
-            int rc = tool_parser_feed(&tp, c->text ? c->text : "", c->tlen, &a) || tool_parser_finish(&tp, &b);
-            cJSON *msg = cJSON_AddObjectToObject(ch, "message");
-            cJSON_AddStringToObject(msg, "role", "assistant");
-            size_t al = a ? strlen(a) : 0, bl = b ? strlen(b) : 0, k = 0;
-            char *content = rc ? NULL : malloc(al + bl + 1);
-            if (content) {
-                memcpy(content, a ? a : "", al);
-                memcpy(content + al, b ? b : "", bl + 1);
-                while (content[k] == ' ' || content[k] == '\n' || content[k] == '\t' || content[k] == '\r') k++;
+        if (chat) {
+            if (chat_message(c, ch, &finish)) {
+                release_rest(c->reqs, c->cur + 1, c->n_req);
+                cJSON_Delete(gates);
+                cJSON_Delete(lps);
+                return fail(c, 500, NULL, "Out of memory.");
             }
-            if (content && (content[k] || !tp.n_calls)) cJSON_AddStringToObject(msg, "content", content);
-            else cJSON_AddNullToObject(msg, "content"); /* only calls (or out of memory) */
-            if (tp.n_calls) {
-                cJSON_AddItemToObject(msg, "tool_calls", tool_calls_json(c->s, &tp, 0, false));
-                finish = "tool_calls";
-            }
-            free(a), free(b), free(content);
-            tool_parser_free(&tp);
-        } else if (chat) {
-            cJSON *msg = cJSON_AddObjectToObject(ch, "message");
-            cJSON_AddStringToObject(msg, "role", "assistant");
-            cJSON_AddStringToObject(msg, "content", c->text ? c->text : "");
         } else {
             cJSON_AddStringToObject(ch, "text", c->text ? c->text : "");
         }
@@ -507,6 +553,56 @@ static int sse_tool_calls(stream *st, int from) {
     return sse_event(st, root);
 }
 
+/* A chat chunk whose delta carries reasoning (and the read's logprobs). */
+static int sse_reasoning(stream *st, const char *text, cJSON *lps) {
+    cJSON *root = response_head(st->s, st->id, "chat.completion.chunk", st->created);
+    cJSON *choices = cJSON_AddArrayToObject(root, "choices");
+    cJSON *ch = cJSON_CreateObject();
+    cJSON_AddItemToArray(choices, ch);
+    cJSON_AddNumberToObject(ch, "index", st->cur);
+    cJSON_AddStringToObject(cJSON_AddObjectToObject(ch, "delta"), "reasoning_content", text);
+    if (lps) cJSON_AddItemToObject(ch, "logprobs", lps);
+    else cJSON_AddNullToObject(ch, "logprobs");
+    cJSON_AddNullToObject(ch, "finish_reason");
+    if (st->include_usage) cJSON_AddNullToObject(root, "usage");
+    return sse_event(st, root);
+}
+
+/* A streamed chat choice's next text (or its end, final): the reasoning
+ * split off goes out as reasoning_content, the rest as content except what
+ * may start a tool call, and each call when it closes. lps (owned) rides on
+ * the first chunk. */
+static int stream_chat_text(stream *st, const char *text, size_t len, cJSON *lps, bool final) {
+    char *r = NULL, *c = NULL, *part = NULL;
+    int had = st->tp.n_calls;
+    int rc = final ? reasoning_finish(&st->rs, &r, &c) : reasoning_feed(&st->rs, text ? text : "", len, &r, &c);
+    if (!rc && r) {
+        rc = sse_reasoning(st, r, lps);
+        lps = NULL;
+    }
+    if (!rc && st->tools) {
+        rc = tool_parser_feed(&st->tp, c ? c : "", c ? strlen(c) : 0, &part);
+        char *rest = NULL;
+        if (!rc && final && !(rc = tool_parser_finish(&st->tp, &rest)) && rest) {
+            size_t pl = part ? strlen(part) : 0, rl = strlen(rest);
+            char *q = realloc(part, pl + rl + 1);
+            if (q) memcpy(q + pl, rest, rl + 1), part = q;
+            else rc = -1;
+        }
+        free(rest);
+    } else if (!rc) {
+        part = c, c = NULL;
+    }
+    if (!rc && (part || lps)) {
+        rc = sse_chunk(st, part, false, NULL, lps);
+        lps = NULL;
+    }
+    if (!rc && st->tp.n_calls > had) rc = sse_tool_calls(st, had);
+    cJSON_Delete(lps);
+    free(r), free(c), free(part);
+    return rc ? -1 : 0;
+}
+
 static void stream_record(stream *st, const char *reason) {
     if (st->recorded) return;
     st->recorded = true;
@@ -525,16 +621,9 @@ static int stream_format(stream *st, const engine_output *o) {
                      ? logprobs_json(st->s, st->kind, engine_request_logprobs(st->req), o->lp_begin, o->lp_end,
                                      &st->text_offset)
                      : NULL;
-    if (st->tools) { /* content as it can be given out; each tool call whole once it closes */
-        char *part = NULL;
-        int had = st->tp.n_calls;
-        if (tool_parser_feed(&st->tp, o->text ? o->text : "", o->len, &part)) {
-            cJSON_Delete(lps);
-            return -1;
-        }
-        int rc = (part || lps) && sse_chunk(st, part, false, NULL, lps);
-        free(part);
-        if (rc || (st->tp.n_calls > had && sse_tool_calls(st, had))) return -1;
+    bool split = st->kind == API_CHAT && (st->rs.fmt || st->tools);
+    if (split) {
+        if (stream_chat_text(st, o->text, o->len, lps, false)) return -1;
     } else if ((o->len || lps) && sse_chunk(st, o->len ? o->text : (st->kind == API_CHAT ? NULL : ""), false, NULL, lps)) {
         return -1;
     }
@@ -542,14 +631,13 @@ static int stream_format(stream *st, const engine_output *o) {
     stream_record(st, finish_str(o->finish));
     if (o->finish == ENGINE_FINISH_STOP || o->finish == ENGINE_FINISH_LENGTH) {
         const char *finish = finish_str(o->finish);
-        if (st->tools) { /* what was held (an unclosed call) is content after all */
-            char *rest = NULL;
-            int rc = tool_parser_finish(&st->tp, &rest) || (rest && sse_chunk(st, rest, false, NULL, NULL));
-            free(rest);
-            if (rc) return -1;
+        if (split) { /* what was held (an unclosed call, a partial marker) goes out where it was */
+            if (stream_chat_text(st, NULL, 0, NULL, true)) return -1;
             if (st->tp.n_calls) finish = "tool_calls";
             tool_parser_free(&st->tp);
             tool_parser_init(&st->tp, st->tools);
+            reasoning_free(&st->rs);
+            reasoning_init(&st->rs, st->s->reasoning);
         }
         if (sse_chunk(st, st->kind == API_CHAT ? NULL : "", false, finish, NULL)) return -1;
         st->completion_tokens += o->n_generated;
@@ -620,6 +708,7 @@ static void stream_free(void *cls) {
     engine_request_release(st->req);
     release_rest(st->reqs, st->cur + 1, st->n_req);
     tool_parser_free(&st->tp);
+    reasoning_free(&st->rs);
     atomic_fetch_sub(&st->s->active, 1);
     free(st->buf);
     free(st);
@@ -946,6 +1035,7 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
         st->logprobs = ar.logprobs;
         st->tools = ar.tools_json ? s->tool_fmt : TOOL_FORMAT_NONE;
         tool_parser_init(&st->tp, st->tools);
+        reasoning_init(&st->rs, s->reasoning);
         st->created = created;
         memcpy(st->id, id, sizeof(id));
         if (kind == API_CHAT && sse_chunk(st, "", true, NULL, NULL)) { /* the first delta carries the role */
@@ -1177,6 +1267,7 @@ int server_start(const server_params *p, metrics *m, server **out, char *err, si
         return -1;
     }
     s->tool_fmt = template_tool_format(s->tmpl);
+    s->reasoning = (reasoning_format)p->reasoning;
 
     struct addrinfo hints = {0}, *ai = NULL;
     hints.ai_family = AF_UNSPEC;

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "reasoning.h"
 #include "server.h"
 #include "util.h"
 
@@ -40,6 +41,9 @@ static const struct {
     {"max-body-bytes", OPT_INT, 1, 1L << 30, "1048576", "largest request body; larger get 413"},
     {"threads", OPT_INT, 0, 4096, "0", "CPU threads of the engine (0: all cores)"},
     {"http-threads", OPT_INT, 1, 256, "4", "HTTP worker threads"},
+    {"reasoning-parser", OPT_STR, 0, 0, "none",
+     "none, qwen3 (<think>...</think> at the start of the output) or deepseek_r1 (the output starts inside it): "
+     "chat responses return the reasoning as reasoning_content"},
     {"cors-allow-origin", OPT_STR, 0, 0, NULL,
      "send Access-Control-Allow-Origin with this value (e.g. * or https://app.example) and answer CORS preflights; off by default"},
     {"connection-timeout", OPT_INT, 1, 86400, "300", "seconds an idle connection is kept"},
@@ -221,7 +225,8 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THREADS, O_HTTP_THREADS, O_CORS,
+    enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THREADS, O_HTTP_THREADS, O_REASONING,
+           O_CORS,
            O_CONN_TIMEOUT, O_PREFILL_CHUNK, O_SHUTDOWN, O_ENGRAM_TABLE_DIR, O_ENGRAM_TABLES, O_ENGRAM_BUDGET,
            O_ENGRAM_HBM, O_ENGRAM_TIER, O_ENGRAM_IO, O_ENGRAM_QD, O_ENGRAM_AHEAD,
            O_MAX_SEQS, O_MAX_BATCHED, O_KV_TOKENS, O_KV_BLOCK, O_SYNTHETIC, O_SYNTH_SEED, O_SYNTH_DIR,
@@ -305,6 +310,12 @@ int main(int argc, char **argv) {
             goto free_vals;
         }
     }
+    if (strcmp(val[O_REASONING], "none") && strcmp(val[O_REASONING], "qwen3") && strcmp(val[O_REASONING], "deepseek_r1")) {
+        fprintf(stderr, "engram-server: bad value for --reasoning-parser: %s (none, qwen3 or deepseek_r1)\n",
+                val[O_REASONING]);
+        rc = 2;
+        goto free_vals;
+    }
     if (strcmp(val[O_ENGRAM_TIER], "auto") && strcmp(val[O_ENGRAM_TIER], "dram") && strcmp(val[O_ENGRAM_TIER], "nvme")) {
         fprintf(stderr, "engram-server: bad value for --engram-tier: %s (auto, dram or nvme)\n", val[O_ENGRAM_TIER]);
         rc = 2;
@@ -359,6 +370,8 @@ int main(int argc, char **argv) {
     sp.max_body_bytes = (size_t)num[O_BODY];
     sp.http_threads = (int)num[O_HTTP_THREADS];
     sp.cors_origin = val[O_CORS];
+    sp.reasoning = !strcmp(val[O_REASONING], "qwen3") ? REASONING_QWEN3 : !strcmp(val[O_REASONING], "deepseek_r1")
+                                                                             ? REASONING_DEEPSEEK_R1 : REASONING_NONE;
     sp.connection_timeout = (int)num[O_CONN_TIMEOUT];
     if (server_start(&sp, mx, &srv, err, sizeof(err)) != 0) {
         fprintf(stderr, "engram-server: %s\n", err);

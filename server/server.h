@@ -58,6 +58,7 @@ typedef struct {
     int http_threads;              /* libmicrohttpd thread pool size */
     const char *cors_origin;       /* NULL or "": no CORS headers */
     int connection_timeout;        /* seconds an idle connection is kept; 0: 300 */
+    int reasoning;                 /* a reasoning_format: how chat output's reasoning is split off */
 } server_params;
 
 typedef struct server server;

@@ -128,3 +128,53 @@ def test_follow_up_turn_renders_like_hf(setup):
                                        extra_body={"engram_force": "Done."})
     assert r.choices[0].message.content == "Done." and r.choices[0].finish_reason == "length"
     assert r.usage.prompt_tokens == hf_prompt_tokens(hf, msgs, TOOLS)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_reasoning_then_tool_calls(setup, tmp_path, stream):
+    """--reasoning-parser qwen3: the <think> block Qwen3's template writes for
+    an assistant turn with reasoning_content comes back as reasoning_content,
+    the calls after it as tool_calls; content is what is left (only
+    whitespace here: null)."""
+    _, hf, _, name = setup
+    reasoning = "Two lookups: weather first, then the time."
+    msg = {"role": "assistant", "content": "", "reasoning_content": reasoning,
+           "tool_calls": [{"id": f"call_{i}", "type": "function", "function": {"name": n, "arguments": json.dumps(a)}}
+                          for i, (n, a) in enumerate(CALLS)]}
+    text = hf.apply_chat_template(USER + [msg], tools=TOOLS, tokenize=False)
+    start = text.rindex("<|im_start|>assistant\n") + len("<|im_start|>assistant\n")
+    turn = text[start:text.rindex("<|im_end|>")]
+    assert turn.startswith("<think>") and reasoning in turn
+    d = make_qwen3_model(tmp_path / "m")
+    s = Server("--reasoning-parser", "qwen3", model=d)
+    try:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0)
+        args = dict(model=d.name, messages=USER, tools=TOOLS, max_tokens=500, extra_body={"engram_force": turn})
+        if not stream:
+            r = client.chat.completions.create(**args)
+            m = r.choices[0].message
+            got_reasoning, got_content, calls, finish = m.reasoning_content, m.content, m.tool_calls, r.choices[0].finish_reason
+        else:
+            got_reasoning, got_content, parts, finish = "", "", {}, None
+            for chunk in client.chat.completions.create(stream=True, **args):
+                delta = chunk.choices[0].delta
+                got_reasoning += getattr(delta, "reasoning_content", None) or ""
+                got_content += delta.content or ""
+                for tc in delta.tool_calls or []:
+                    parts[tc.index] = tc
+                finish = chunk.choices[0].finish_reason or finish
+            calls = [parts[i] for i in sorted(parts)]
+            got_content = got_content if got_content.strip() else None
+        assert got_reasoning.strip("\n") == reasoning and "<think>" not in got_reasoning
+        assert got_content is None and finish == "tool_calls"
+        check_calls(calls)
+        # without tools the rest is the content, and a model that does not think is all content
+        r = client.chat.completions.create(model=d.name, messages=USER, max_tokens=50,
+                                           extra_body={"engram_force": "<think>\nhm\n</think>\n\nParis: 14 C."})
+        assert r.choices[0].message.reasoning_content == "\nhm\n"
+        assert r.choices[0].message.content == "\n\nParis: 14 C."
+        r = client.chat.completions.create(model=d.name, messages=USER, max_tokens=50,
+                                           extra_body={"engram_force": "Paris: 14 C."})
+        assert r.choices[0].message.reasoning_content is None and r.choices[0].message.content == "Paris: 14 C."
+    finally:
+        s.stop()

@@ -1,0 +1,33 @@
+/* The reasoning a model writes before its answer, split from the content:
+ * what vLLM's --reasoning-parser does, returned as "reasoning_content".
+ * Qwen3 opens it with <think> at the very start of the output; DeepSeek-R1's
+ * template opens it in the prompt, so the output starts inside it (a
+ * leading <think> is taken if the model writes one anyway). Both close it
+ * with </think>. Text comes in pieces, as a stream produces it: each piece
+ * goes out at once except what may be part of a marker. */
+#ifndef ENGRAM_REASONING_H
+#define ENGRAM_REASONING_H
+
+#include <stddef.h>
+
+typedef enum { REASONING_NONE, REASONING_QWEN3, REASONING_DEEPSEEK_R1 } reasoning_format;
+
+typedef struct {
+    reasoning_format fmt;
+    int state; /* 0: at the start (is there a <think>?), 1: in the reasoning, 2: in the content */
+    char *held;
+    size_t held_len, held_cap;
+} reasoning_splitter;
+
+void reasoning_init(reasoning_splitter *r, reasoning_format fmt);
+void reasoning_free(reasoning_splitter *r);
+
+/* Takes the next len bytes of output: *reasoning and *content (heap,
+ * NUL-terminated, NULL when empty) are what can be given out now. Returns
+ * 0, or -1 out of memory. With REASONING_NONE everything is content. */
+int reasoning_feed(reasoning_splitter *r, const char *text, size_t len, char **reasoning, char **content);
+
+/* The end of the output: what is held goes out where it was. */
+int reasoning_finish(reasoning_splitter *r, char **reasoning, char **content);
+
+#endif
