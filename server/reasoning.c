@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char OPEN[] = "<think>", CLOSE[] = "</think>";
+static const char THINK_OPEN[] = "<think>", THINK_CLOSE[] = "</think>";
 
 void reasoning_init(reasoning_splitter *r, reasoning_format fmt) {
     memset(r, 0, sizeof(*r));
@@ -18,7 +18,7 @@ void reasoning_free(reasoning_splitter *r) {
     memset(r, 0, sizeof(*r));
 }
 
-static int add(char **out, const char *s, size_t n) {
+static int split_add(char **out, const char *s, size_t n) {
     if (!n) return 0;
     size_t have = *out ? strlen(*out) : 0;
     char *q = realloc(*out, have + n + 1);
@@ -38,14 +38,14 @@ static size_t partial_tail(const char *s, size_t n, const char *m) {
 }
 
 /* Decides what it can of held; keeps the rest unless final. */
-static int drain(reasoning_splitter *r, char **reasoning, char **content, bool final) {
+static int split_drain(reasoning_splitter *r, char **reasoning, char **content, bool final) {
     const char *h = r->held;
-    size_t n = r->held_len, at = 0, ol = strlen(OPEN), cl = strlen(CLOSE);
+    size_t n = r->held_len, at = 0, ol = strlen(THINK_OPEN), cl = strlen(THINK_CLOSE);
     for (;;) {
         if (r->state == 0) { /* the start: does the output open with <think>? */
             size_t m = n - at < ol ? n - at : ol;
-            if (!memcmp(h + at, OPEN, m) && m < ol && !final) break; /* could still be */
-            if (m == ol && !memcmp(h + at, OPEN, ol)) {
+            if (!memcmp(h + at, THINK_OPEN, m) && m < ol && !final) break; /* could still be */
+            if (m == ol && !memcmp(h + at, THINK_OPEN, ol)) {
                 at += ol;
                 r->state = 1;
             } else {
@@ -56,19 +56,19 @@ static int drain(reasoning_splitter *r, char **reasoning, char **content, bool f
         if (r->state == 1) {
             const char *c = NULL;
             for (size_t i = at; i + cl <= n && !c; i++)
-                if (!memcmp(h + i, CLOSE, cl)) c = h + i;
+                if (!memcmp(h + i, THINK_CLOSE, cl)) c = h + i;
             if (c) {
-                if (add(reasoning, h + at, (size_t)(c - (h + at)))) return -1;
+                if (split_add(reasoning, h + at, (size_t)(c - (h + at)))) return -1;
                 at = (size_t)(c - h) + cl;
                 r->state = 2;
                 continue;
             }
-            size_t keep = final ? 0 : partial_tail(h + at, n - at, CLOSE);
-            if (add(reasoning, h + at, n - at - keep)) return -1;
+            size_t keep = final ? 0 : partial_tail(h + at, n - at, THINK_CLOSE);
+            if (split_add(reasoning, h + at, n - at - keep)) return -1;
             at = n - keep;
             break;
         }
-        if (add(content, h + at, n - at)) return -1;
+        if (split_add(content, h + at, n - at)) return -1;
         at = n;
         break;
     }
@@ -77,7 +77,7 @@ static int drain(reasoning_splitter *r, char **reasoning, char **content, bool f
     return 0;
 }
 
-static int done(char **reasoning, char **content, int rc) {
+static int split_done(char **reasoning, char **content, int rc) {
     if (!rc) return 0;
     free(*reasoning), free(*content);
     *reasoning = *content = NULL;
@@ -95,11 +95,11 @@ int reasoning_feed(reasoning_splitter *r, const char *text, size_t len, char **r
     }
     memcpy(r->held + r->held_len, text, len);
     r->held_len += len;
-    return done(reasoning, content, drain(r, reasoning, content, false));
+    return split_done(reasoning, content, split_drain(r, reasoning, content, false));
 }
 
 int reasoning_finish(reasoning_splitter *r, char **reasoning, char **content) {
     *reasoning = *content = NULL;
     if (!r->held_len) return 0;
-    return done(reasoning, content, drain(r, reasoning, content, true));
+    return split_done(reasoning, content, split_drain(r, reasoning, content, true));
 }

@@ -1,12 +1,41 @@
-/* libFuzzer target: server/tool_calls.c on arbitrary text. The first two
- * bytes pick two cut points; the text fed in three pieces must give exactly
- * the content and calls of the text fed whole (a stream and a whole
- * response agree), and every call has a name and JSON arguments. */
+/* libFuzzer target: server/tool_calls.c and server/reasoning.c on arbitrary
+ * text. The first two bytes pick two cut points; the text fed in three
+ * pieces must give exactly what it gives fed whole (a stream and a whole
+ * response agree): the tool parser's content and calls, the reasoning
+ * splitter's reasoning and content for both formats (which together are the
+ * text less its markers). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../server/reasoning.c"
 #include "../../server/tool_calls.c"
+
+/* The reasoning and content of text cut at a and b, each joined (heap). */
+static void split_run(reasoning_format f, const char *text, size_t n, size_t a, size_t b, char **rs, char **cs) {
+    size_t cuts[3] = {a, b, n}, at = 0, rl = 0, cl = 0;
+    char *r = calloc(1, n + 1), *c = calloc(1, n + 1), *x, *y;
+    if (!r || !c) abort();
+    reasoning_splitter sp;
+    reasoning_init(&sp, f);
+    for (int i = 0; i < 4; i++) {
+        if (i < 3 ? reasoning_feed(&sp, text + at, cuts[i] - at, &x, &y) : reasoning_finish(&sp, &x, &y)) abort();
+        if (x) {
+            size_t k = strlen(x);
+            if (!k || rl + k > n) abort();
+            memcpy(r + rl, x, k + 1), rl += k, free(x);
+        }
+        if (y) {
+            size_t k = strlen(y);
+            if (!k || cl + k > n) abort();
+            memcpy(c + cl, y, k + 1), cl += k, free(y);
+        }
+        if (i < 3) at = cuts[i];
+    }
+    if (rl + cl > n) abort();
+    reasoning_free(&sp);
+    *rs = r, *cs = c;
+}
 
 /* Feeds text cut at a and b; returns the content (heap, "" when none). */
 static char *run(tool_parser *p, const char *text, size_t n, size_t a, size_t b) {
@@ -48,5 +77,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     free(c1), free(c2);
     tool_parser_free(&whole);
     tool_parser_free(&parts);
+    for (int f = REASONING_QWEN3; f <= REASONING_DEEPSEEK_R1; f++) {
+        char *r1, *k1, *r2, *k2;
+        split_run((reasoning_format)f, text, n, n, n, &r1, &k1);
+        split_run((reasoning_format)f, text, n, a, b, &r2, &k2);
+        if (strcmp(r1, r2) || strcmp(k1, k2)) abort();
+        free(r1), free(k1), free(r2), free(k2);
+    }
     return 0;
 }
