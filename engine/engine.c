@@ -794,7 +794,7 @@ static void sched_prefetch_ahead(engine *e) {
         int end = r->n_prompt - start < window ? r->n_prompt : start + window;
         window -= end - start;
         int from = r->pf_upto > start ? r->pf_upto : start;
-        if (from < end) { /* a failure (out of memory) only loses the hint */
+        if (from < end) {
             int lead = from < FORWARD_AHEAD_LEAD ? from : FORWARD_AHEAD_LEAD;
             forward_prefetch_ahead(e->fc, r->prompt + from - lead, lead, end - from);
             r->pf_upto = end;

@@ -439,8 +439,6 @@ static int plan_step(forward_ctx *fc, const forward_item *it, int n_items, batch
     return FORWARD_OK;
 }
 
-#define AHEAD_CHUNK 256 /* positions hashed per round */
-
 bool forward_ctx_prefetches_ahead(const forward_ctx *fc) { return fc->any_ahead; }
 
 _Static_assert(FORWARD_AHEAD_LEAD == NGRAM_HASH_MAX_NGRAM - 1, "the hash history's length");
@@ -448,21 +446,19 @@ _Static_assert(FORWARD_AHEAD_LEAD == NGRAM_HASH_MAX_NGRAM - 1, "the hash history
 int forward_prefetch_ahead(forward_ctx *fc, const int32_t *ids, int lead, int n_ahead) {
     const model_engram *e = fc->m->engram;
     if (!fc->any_ahead || lead < 0 || lead > FORWARD_AHEAD_LEAD || n_ahead <= 0) return 0;
-    int H = e->n_heads, back = FORWARD_AHEAD_LEAD, from = lead, to = lead + n_ahead;
-    int64_t *ids64 = malloc((size_t)(AHEAD_CHUNK + back) * sizeof(int64_t));
-    int64_t *cids = malloc((size_t)(AHEAD_CHUNK + back) * sizeof(int64_t));
-    int64_t *rows = malloc((size_t)AHEAD_CHUNK * H * sizeof(int64_t));
-    int rc = -1;
-    if (!ids64 || !cids || !rows) goto done;
-    /* the history at `from`: it keeps the last max_ngram_size-1 ids, so the
-     * `lead` tokens before it give the same state as the whole prefix */
+    /* the step's host scratch: free between steps (the fetchers borrow h_rows only until their finish) */
+    int H = e->n_heads, T = fc->max_tokens;
+    int64_t *ids64 = fc->h_ids64, *cids = fc->h_cids, *rows = fc->h_rows;
+    /* the history at the first position: it keeps the last max_ngram_size-1
+     * ids, so the `lead` tokens before it give the same state as the whole prefix */
     ngram_hash_history hist;
     ngram_hash_history_init(e->hash, &hist);
-    for (int k = 0; k < lead; k++) ids64[k] = ids[k];
-    ngram_hash_compress_ids(e->lookup, e->lookup_n, ids64, (size_t)lead, cids);
-    ngram_hash_history_push(e->hash, &hist, cids, (size_t)lead);
-    for (int a = from; a < to; a += AHEAD_CHUNK) {
-        int n = to - a < AHEAD_CHUNK ? to - a : AHEAD_CHUNK;
+    int64_t lead64[FORWARD_AHEAD_LEAD], lead_c[FORWARD_AHEAD_LEAD];
+    for (int k = 0; k < lead; k++) lead64[k] = ids[k];
+    ngram_hash_compress_ids(e->lookup, e->lookup_n, lead64, (size_t)lead, lead_c);
+    ngram_hash_history_push(e->hash, &hist, lead_c, (size_t)lead);
+    for (int a = lead; a < lead + n_ahead; a += T) {
+        int n = lead + n_ahead - a < T ? lead + n_ahead - a : T;
         for (int k = 0; k < n; k++) ids64[k] = ids[a + k];
         ngram_hash_compress_ids(e->lookup, e->lookup_n, ids64, (size_t)n, cids);
         for (int li = 0; li < e->n_layers; li++) {
@@ -473,10 +469,7 @@ int forward_prefetch_ahead(forward_ctx *fc, const int32_t *ids, int lead, int n_
         }
         ngram_hash_history_push(e->hash, &hist, cids, (size_t)n);
     }
-    rc = n_ahead;
-done:
-    free(ids64), free(cids), free(rows);
-    return rc;
+    return n_ahead;
 }
 
 /* x += a @ w^T (+ bias): the residual stream takes a product, fused where

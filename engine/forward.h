@@ -103,8 +103,8 @@ int forward_batch(forward_ctx *fc, const forward_item *items, int n_items);
  * ids[lead..lead+n_ahead) the positions' tokens. Rows the layer's hot-row
  * cache holds are left out (engram_fetch_drop_cached). Only the row caches change,
  * never a result. Returns n_ahead; 0 when no layer has such a store or the
- * arguments are out of range; -1 out of memory. Not while forward_batch runs
- * on another thread. */
+ * arguments are out of range. Uses the step's host scratch: not while
+ * forward_batch runs on another thread. */
 #define FORWARD_AHEAD_LEAD 15 /* the hash history: NGRAM_HASH_MAX_NGRAM - 1 tokens */
 int forward_prefetch_ahead(forward_ctx *fc, const int32_t *ids, int lead, int n_ahead);
 /* Whether forward_prefetch_ahead has any store to hand rows to. */
