@@ -65,8 +65,7 @@ typedef struct {
     api_kind kind;
     char id[64];
     long created;
-    char *text; /* generated text so far */
-    size_t tlen, tcap;
+    textbuf text; /* the choice's generated text so far */
     bool gates;    /* the request asked for "engram_gates" */
     bool logprobs; /* the request asked for logprobs */
     tool_format tools; /* parse tool calls out of each choice's text (the request gave tools) */
@@ -336,12 +335,19 @@ static cJSON *tool_calls_json(server *s, const tool_parser *p, int from, bool in
     return arr;
 }
 
+/* Appends what a parser gave (heap or NULL) to b and frees it. */
+static int take_into(textbuf *b, char *part) {
+    int rc = part ? textbuf_add(b, part, strlen(part)) : 0;
+    free(part);
+    return rc;
+}
+
 /* A chat choice's "message" out of the whole generated text: the reasoning
  * split off (--reasoning-parser), then the tool calls parsed out of the rest
  * (the request gave tools); *finish becomes "tool_calls" when there are
  * some. Returns 0, or -1 out of memory. */
 static int chat_message(conn *c, cJSON *ch, const char **finish) {
-    const char *text = c->text ? c->text : "";
+    const char *text = c->text.s ? c->text.s : "";
     cJSON *msg = cJSON_AddObjectToObject(ch, "message");
     cJSON_AddStringToObject(msg, "role", "assistant");
     if (!c->s->reasoning && !c->tools) {
@@ -352,50 +358,35 @@ static int chat_message(conn *c, cJSON *ch, const char **finish) {
     tool_parser tp;
     reasoning_init(&rs, c->s->reasoning);
     tool_parser_init(&tp, c->tools);
-    char *r1 = NULL, *r2 = NULL, *c1 = NULL, *c2 = NULL, *t1 = NULL, *t2 = NULL;
-    int rc = reasoning_feed(&rs, text, c->tlen, &r1, &c1) || reasoning_finish(&rs, &r2, &c2);
-    size_t l1 = c1 ? strlen(c1) : 0, l2 = c2 ? strlen(c2) : 0;
-    char *content = rc ? NULL : malloc(l1 + l2 + 1);
-    if (content) {
-        memcpy(content, c1 ? c1 : "", l1);
-        memcpy(content + l1, c2 ? c2 : "", l2 + 1);
+    textbuf reasoning = {0}, answer = {0}, content = {0}; /* answer: what follows the reasoning */
+    char *r, *a; /* each call sets both (NULL on failure); take_into frees them */
+    int rc = reasoning_feed(&rs, text, c->text.len, &r, &a);
+    rc |= take_into(&reasoning, r) | take_into(&answer, a);
+    rc |= reasoning_finish(&rs, &r, &a);
+    rc |= take_into(&reasoning, r) | take_into(&answer, a);
+    if (!rc && c->tools) { /* the calls out of the answer; the rest is the content */
+        rc = tool_parser_feed(&tp, answer.s ? answer.s : "", answer.len, &a);
+        rc |= take_into(&content, a);
+        rc |= tool_parser_finish(&tp, &a);
+        rc |= take_into(&content, a);
+    } else if (!rc) {
+        content = answer, answer = (textbuf){0};
     }
-    if (content && c->tools) { /* the calls out of the content; the rest stays */
-        rc = tool_parser_feed(&tp, content, l1 + l2, &t1) || tool_parser_finish(&tp, &t2);
-        free(content);
-        size_t m1 = t1 ? strlen(t1) : 0, m2 = t2 ? strlen(t2) : 0;
-        content = rc ? NULL : malloc(m1 + m2 + 1);
-        if (content) {
-            memcpy(content, t1 ? t1 : "", m1);
-            memcpy(content + m1, t2 ? t2 : "", m2 + 1);
-        }
-    }
-    if (content) {
-        size_t k = 0;
-        while (content[k] == ' ' || content[k] == '\n' || content[k] == '\t' || content[k] == '\r') k++;
-        if (content[k] || !tp.n_calls) cJSON_AddStringToObject(msg, "content", content);
+    if (!rc) {
+        size_t k = strspn(content.s ? content.s : "", " \n\t\r");
+        if (k < content.len || !tp.n_calls) cJSON_AddStringToObject(msg, "content", content.s ? content.s : "");
         else cJSON_AddNullToObject(msg, "content"); /* only calls */
-        if (c->s->reasoning) {
-            if (r1 || r2) {
-                char *r = malloc((r1 ? strlen(r1) : 0) + (r2 ? strlen(r2) : 0) + 1);
-                if (r) sprintf(r, "%s%s", r1 ? r1 : "", r2 ? r2 : "");
-                if (r) cJSON_AddStringToObject(msg, "reasoning_content", r);
-                else rc = -1;
-                free(r);
-            } else {
-                cJSON_AddNullToObject(msg, "reasoning_content");
-            }
-        }
+        if (c->s->reasoning && reasoning.len) cJSON_AddStringToObject(msg, "reasoning_content", reasoning.s);
+        else if (c->s->reasoning) cJSON_AddNullToObject(msg, "reasoning_content");
         if (tp.n_calls) {
             cJSON_AddItemToObject(msg, "tool_calls", tool_calls_json(c->s, &tp, 0, false));
             *finish = "tool_calls";
         }
     }
-    bool ok = content && !rc;
-    free(r1), free(r2), free(c1), free(c2), free(t1), free(t2), free(content);
+    textbuf_free(&reasoning), textbuf_free(&answer), textbuf_free(&content);
     reasoning_free(&rs);
     tool_parser_free(&tp);
-    return ok ? 0 : -1;
+    return rc ? -1 : 0;
 }
 
 /* Cancels and releases the choices after `from` that were never read. */
@@ -415,21 +406,10 @@ static enum MHD_Result continue_generation(conn *c) {
             free(o.text);
             return MHD_NO; /* closes the connection: on_completed cancels the request */
         }
-        if (o.len) {
-            if (c->tlen + o.len + 1 > c->tcap) {
-                size_t cap = (c->tlen + o.len + 1) * 2;
-                char *q = realloc(c->text, cap);
-                if (!q) {
-                    free(o.text);
-                    engine_cancel(c->req);
-                    return fail(c, 500, NULL, "Out of memory.");
-                }
-                c->text = q;
-                c->tcap = cap;
-            }
-            memcpy(c->text + c->tlen, o.text, o.len);
-            c->tlen += o.len;
-            c->text[c->tlen] = 0;
+        if (textbuf_add(&c->text, o.text, o.len)) {
+            free(o.text);
+            engine_cancel(c->req);
+            return fail(c, 500, NULL, "Out of memory.");
         }
         free(o.text);
         if (o.finish == ENGINE_FINISH_NONE) continue;
@@ -465,14 +445,13 @@ static enum MHD_Result continue_generation(conn *c) {
                 return fail(c, 500, NULL, "Out of memory.");
             }
         } else {
-            cJSON_AddStringToObject(ch, "text", c->text ? c->text : "");
+            cJSON_AddStringToObject(ch, "text", c->text.s ? c->text.s : "");
         }
         if (lps) cJSON_AddItemToObject(ch, "logprobs", lps);
         else cJSON_AddNullToObject(ch, "logprobs");
         cJSON_AddStringToObject(ch, "finish_reason", finish);
         c->completion_tokens += o.n_generated;
-        c->tlen = 0;
-        if (c->text) c->text[0] = 0;
+        textbuf_drop(&c->text, c->text.len);
         if (++c->cur < c->n_req) { /* the next choice (queued in the engine meanwhile) */
             c->req = c->reqs[c->cur];
             cJSON_Delete(gates);
@@ -514,9 +493,13 @@ static int sse_event(stream *st, cJSON *obj) {
     return rc ? -1 : 0;
 }
 
-/* One chunk with one choice: text (or NULL for none), logprobs (owned, or
- * NULL) and finish (or NULL). */
-static int sse_chunk(stream *st, const char *text, bool role, const char *finish, cJSON *lps) {
+/* One chunk with one choice, sent: for chat, a delta with the role (when
+ * role), the content text, the reasoning text and the tool calls completed
+ * since calls_from (each when given: NULL, or calls_from < 0, for none); for
+ * completions the text (""). Then logprobs (owned, or NULL) and finish (or
+ * NULL). */
+static int sse_delta(stream *st, bool role, const char *text, const char *reasoning, int calls_from, const char *finish,
+                     cJSON *lps) {
     bool chat = st->kind == API_CHAT;
     cJSON *root = response_head(st->s, st->id, chat ? "chat.completion.chunk" : "text_completion", st->created);
     cJSON *choices = cJSON_AddArrayToObject(root, "choices");
@@ -527,6 +510,8 @@ static int sse_chunk(stream *st, const char *text, bool role, const char *finish
         cJSON *delta = cJSON_AddObjectToObject(ch, "delta");
         if (role) cJSON_AddStringToObject(delta, "role", "assistant");
         if (text) cJSON_AddStringToObject(delta, "content", text);
+        if (reasoning) cJSON_AddStringToObject(delta, "reasoning_content", reasoning);
+        if (calls_from >= 0) cJSON_AddItemToObject(delta, "tool_calls", tool_calls_json(st->s, &st->tp, calls_from, true));
     } else {
         cJSON_AddStringToObject(ch, "text", text ? text : "");
     }
@@ -538,34 +523,9 @@ static int sse_chunk(stream *st, const char *text, bool role, const char *finish
     return sse_event(st, root);
 }
 
-/* A chat chunk whose delta carries the tool calls completed since `from`. */
-static int sse_tool_calls(stream *st, int from) {
-    cJSON *root = response_head(st->s, st->id, "chat.completion.chunk", st->created);
-    cJSON *choices = cJSON_AddArrayToObject(root, "choices");
-    cJSON *ch = cJSON_CreateObject();
-    cJSON_AddItemToArray(choices, ch);
-    cJSON_AddNumberToObject(ch, "index", st->cur);
-    cJSON *delta = cJSON_AddObjectToObject(ch, "delta");
-    cJSON_AddItemToObject(delta, "tool_calls", tool_calls_json(st->s, &st->tp, from, true));
-    cJSON_AddNullToObject(ch, "logprobs");
-    cJSON_AddNullToObject(ch, "finish_reason");
-    if (st->include_usage) cJSON_AddNullToObject(root, "usage");
-    return sse_event(st, root);
-}
-
-/* A chat chunk whose delta carries reasoning (and the read's logprobs). */
-static int sse_reasoning(stream *st, const char *text, cJSON *lps) {
-    cJSON *root = response_head(st->s, st->id, "chat.completion.chunk", st->created);
-    cJSON *choices = cJSON_AddArrayToObject(root, "choices");
-    cJSON *ch = cJSON_CreateObject();
-    cJSON_AddItemToArray(choices, ch);
-    cJSON_AddNumberToObject(ch, "index", st->cur);
-    cJSON_AddStringToObject(cJSON_AddObjectToObject(ch, "delta"), "reasoning_content", text);
-    if (lps) cJSON_AddItemToObject(ch, "logprobs", lps);
-    else cJSON_AddNullToObject(ch, "logprobs");
-    cJSON_AddNullToObject(ch, "finish_reason");
-    if (st->include_usage) cJSON_AddNullToObject(root, "usage");
-    return sse_event(st, root);
+/* A chunk of text (or NULL for none) with logprobs and finish (see sse_delta). */
+static int sse_chunk(stream *st, const char *text, bool role, const char *finish, cJSON *lps) {
+    return sse_delta(st, role, text, NULL, -1, finish, lps);
 }
 
 /* A streamed chat choice's next text (or its end, final): the reasoning
@@ -577,19 +537,19 @@ static int stream_chat_text(stream *st, const char *text, size_t len, cJSON *lps
     int had = st->tp.n_calls;
     int rc = final ? reasoning_finish(&st->rs, &r, &c) : reasoning_feed(&st->rs, text ? text : "", len, &r, &c);
     if (!rc && r) {
-        rc = sse_reasoning(st, r, lps);
+        rc = sse_delta(st, false, NULL, r, -1, NULL, lps);
         lps = NULL;
     }
     if (!rc && st->tools) {
-        rc = tool_parser_feed(&st->tp, c ? c : "", c ? strlen(c) : 0, &part);
-        char *rest = NULL;
-        if (!rc && final && !(rc = tool_parser_finish(&st->tp, &rest)) && rest) {
-            size_t pl = part ? strlen(part) : 0, rl = strlen(rest);
-            char *q = realloc(part, pl + rl + 1);
-            if (q) memcpy(q + pl, rest, rl + 1), part = q;
-            else rc = -1;
+        textbuf out = {0};
+        char *p; /* set by each call (NULL on failure); take_into frees it */
+        rc = tool_parser_feed(&st->tp, c ? c : "", c ? strlen(c) : 0, &p);
+        rc |= take_into(&out, p);
+        if (final) {
+            rc |= tool_parser_finish(&st->tp, &p);
+            rc |= take_into(&out, p);
         }
-        free(rest);
+        part = textbuf_take(&out);
     } else if (!rc) {
         part = c, c = NULL;
     }
@@ -597,7 +557,7 @@ static int stream_chat_text(stream *st, const char *text, size_t len, cJSON *lps
         rc = sse_chunk(st, part, false, NULL, lps);
         lps = NULL;
     }
-    if (!rc && st->tp.n_calls > had) rc = sse_tool_calls(st, had);
+    if (!rc && st->tp.n_calls > had) rc = sse_delta(st, false, NULL, NULL, had, NULL, NULL);
     cJSON_Delete(lps);
     free(r), free(c), free(part);
     return rc ? -1 : 0;
@@ -1234,7 +1194,7 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, e
     cJSON_Delete(c->choices);
     if (c->generating) atomic_fetch_sub(&c->s->active, 1);
     free(c->body);
-    free(c->text);
+    textbuf_free(&c->text);
     free(c);
     *con_cls = NULL;
 }

@@ -10,13 +10,14 @@
 
 #include <stddef.h>
 
+#include "textbuf.h"
+
 typedef enum { REASONING_NONE, REASONING_QWEN3, REASONING_DEEPSEEK_R1 } reasoning_format;
 
 typedef struct {
     reasoning_format fmt;
     int state; /* 0: at the start (is there a <think>?), 1: in the reasoning, 2: in the content */
-    char *held;
-    size_t held_len, held_cap;
+    textbuf held; /* text not yet given out: a possible marker */
 } reasoning_splitter;
 
 void reasoning_init(reasoning_splitter *r, reasoning_format fmt);

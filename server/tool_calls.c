@@ -21,35 +21,8 @@ void tool_parser_init(tool_parser *p, tool_format fmt) {
 void tool_parser_free(tool_parser *p) {
     for (int i = 0; i < p->n_calls; i++) free(p->calls[i].name), free(p->calls[i].arguments);
     free(p->calls);
-    free(p->held);
+    textbuf_free(&p->held);
     memset(p, 0, sizeof(*p));
-}
-
-/* A growing output string. */
-typedef struct {
-    char *s;
-    size_t len, cap;
-} buf;
-
-static int buf_add(buf *b, const char *s, size_t n) {
-    if (!n) return 0;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = (b->len + n + 1) * 2;
-        char *q = realloc(b->s, cap);
-        if (!q) return -1;
-        b->s = q;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->len, s, n);
-    b->len += n;
-    b->s[b->len] = 0;
-    return 0;
-}
-
-static const char *find(const char *s, size_t n, const char *pat, size_t m) {
-    for (size_t i = 0; i + m <= n; i++)
-        if (!memcmp(s + i, pat, m)) return s + i;
-    return NULL;
 }
 
 /* The call in the body of one block, or -1 when it is not one (it is then
@@ -86,71 +59,51 @@ static int parse_call(tool_parser *p, const char *body, size_t n) {
 
 /* Moves what can be decided from held into out (content) and p->calls;
  * keeps the rest. At the end (final), nothing is kept. */
-static int drain(tool_parser *p, buf *out, bool final) {
-    const char *h = p->held;
-    size_t n = p->held_len, at = 0;
+static int drain(tool_parser *p, textbuf *out, bool final) {
+    const char *h = p->held.s;
+    size_t n = p->held.len, at = 0;
     while (at < n) {
-        const char *o = find(h + at, n - at, OPEN, OPEN_LEN);
-        if (!o) {
-            /* content, except a tail that may begin a marker */
-            size_t keep = 0;
-            for (size_t k = OPEN_LEN - 1; k > 0 && !final; k--)
-                if (n - at >= k && !memcmp(h + n - k, OPEN, k)) {
-                    keep = k;
-                    break;
-                }
-            if (buf_add(out, h + at, n - at - keep)) return -1;
+        const char *o = memmem(h + at, n - at, OPEN, OPEN_LEN);
+        if (!o) { /* content, except a tail that may begin a marker */
+            size_t keep = final ? 0 : textbuf_marker_tail(h + at, n - at, OPEN);
+            if (textbuf_add(out, h + at, n - at - keep)) return -1;
             at = n - keep;
             break;
         }
-        if (buf_add(out, h + at, (size_t)(o - (h + at)))) return -1;
+        if (textbuf_add(out, h + at, (size_t)(o - (h + at)))) return -1;
         at = (size_t)(o - h);
         const char *body = h + at + OPEN_LEN;
-        const char *c = find(body, n - at - OPEN_LEN, CLOSE, CLOSE_LEN);
+        const char *c = memmem(body, n - at - OPEN_LEN, CLOSE, CLOSE_LEN);
         if (!c) {
-            if (final && buf_add(out, h + at, n - at)) return -1; /* never closed: content */
+            if (final && textbuf_add(out, h + at, n - at)) return -1; /* never closed: content */
             if (final) at = n;
             break;
         }
         int rc = parse_call(p, body, (size_t)(c - body));
         if (rc == -2) return -1;
         size_t end = (size_t)(c + CLOSE_LEN - h);
-        if (rc == -1 && buf_add(out, h + at, end - at)) return -1; /* not a call: content as it came */
+        if (rc == -1 && textbuf_add(out, h + at, end - at)) return -1; /* not a call: content as it came */
         at = end;
     }
-    memmove(p->held, p->held + at, n - at);
-    p->held_len = n - at;
+    textbuf_drop(&p->held, at);
     return 0;
 }
 
-static int give(buf *out, char **content, int rc) {
-    if (rc) {
-        free(out->s);
-        *content = NULL;
-        return -1;
-    }
-    *content = out->s; /* NULL when nothing was added */
-    return 0;
+static int give(textbuf *out, char **content, int rc) {
+    if (rc) textbuf_free(out);
+    *content = textbuf_take(out); /* NULL when nothing was added */
+    return rc ? -1 : 0;
 }
 
 int tool_parser_feed(tool_parser *p, const char *text, size_t len, char **content) {
-    buf out = {0};
+    textbuf out = {0};
     *content = NULL;
-    if (p->held_len + len + 1 > p->held_cap) {
-        size_t cap = (p->held_len + len + 1) * 2;
-        char *q = realloc(p->held, cap);
-        if (!q) return -1;
-        p->held = q;
-        p->held_cap = cap;
-    }
-    memcpy(p->held + p->held_len, text, len);
-    p->held_len += len;
+    if (textbuf_add(&p->held, text, len)) return -1;
     return give(&out, content, drain(p, &out, false));
 }
 
 int tool_parser_finish(tool_parser *p, char **content) {
-    buf out = {0};
+    textbuf out = {0};
     *content = NULL;
-    if (!p->held_len) return 0;
     return give(&out, content, drain(p, &out, true));
 }

@@ -18,6 +18,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "textbuf.h"
+
 typedef enum { TOOL_FORMAT_NONE, TOOL_FORMAT_HERMES } tool_format;
 
 /* The format a chat template's source teaches, or TOOL_FORMAT_NONE. */
@@ -30,8 +32,7 @@ typedef struct {
 
 typedef struct {
     tool_format fmt;
-    char *held; /* text not yet given out: a possible or open call */
-    size_t held_len, held_cap;
+    textbuf held; /* text not yet given out: a possible or open call */
     tool_call *calls; /* every call parsed so far */
     int n_calls, cap_calls;
 } tool_parser;

@@ -1,0 +1,59 @@
+/* A growable NUL-terminated byte string: generated text, and the input a
+ * stream parser holds and the output it gives (tool_calls.c, reasoning.c),
+ * with the marker test those parsers share. */
+#ifndef ENGRAM_TEXTBUF_H
+#define ENGRAM_TEXTBUF_H
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    char *s; /* NULL until something is added */
+    size_t len, cap;
+} textbuf;
+
+/* Appends n bytes; returns 0, or -1 out of memory (b unchanged). */
+static inline int textbuf_add(textbuf *b, const char *p, size_t n) {
+    if (!n) return 0;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = (b->len + n + 1) * 2;
+        char *q = realloc(b->s, cap);
+        if (!q) return -1;
+        b->s = q;
+        b->cap = cap;
+    }
+    memcpy(b->s + b->len, p, n);
+    b->len += n;
+    b->s[b->len] = 0;
+    return 0;
+}
+
+/* Drops the first n bytes. */
+static inline void textbuf_drop(textbuf *b, size_t n) {
+    if (!n) return;
+    memmove(b->s, b->s + n, b->len - n + 1);
+    b->len -= n;
+}
+
+/* Hands the string over (NULL when empty) and leaves b empty. */
+static inline char *textbuf_take(textbuf *b) {
+    char *s = b->len ? b->s : NULL;
+    if (!b->len) free(b->s);
+    *b = (textbuf){0};
+    return s;
+}
+
+static inline void textbuf_free(textbuf *b) {
+    free(b->s);
+    *b = (textbuf){0};
+}
+
+/* For stream parsers: the length of the longest tail of s[0..n) that is a
+ * proper beginning of marker (it may become the marker with more text). */
+static inline size_t textbuf_marker_tail(const char *s, size_t n, const char *marker) {
+    for (size_t k = strlen(marker) - 1; k > 0; k--)
+        if (n >= k && !memcmp(s + n - k, marker, k)) return k;
+    return 0;
+}
+
+#endif
