@@ -179,9 +179,7 @@ static int32_t cache_take(engram_fetch *f, int64_t row) {
 
 static void observe_stall(engram_fetch_stats *s, double sec) {
     if (sec < 0) sec = 0;
-    size_t b = 0;
-    while (b < ENGRAM_STORE_HIST_BUCKETS && sec > engram_store_hist_le[b]) b++;
-    s->stall_hist[b]++;
+    s->stall_hist[engram_store_hist_bucket(sec)]++;
     s->stalls++;
     s->stall_seconds += sec;
     if (sec > s->stall_max) s->stall_max = sec;

@@ -322,11 +322,15 @@ static double now_s(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+int engram_store_hist_bucket(double sec) {
+    int b = 0;
+    while (b < ENGRAM_STORE_HIST_BUCKETS && sec > engram_store_hist_le[b]) b++;
+    return b;
+}
+
 static void observe(counter *hist, counter *sum_ns, double sec) {
     if (sec < 0) sec = 0;
-    size_t b = 0;
-    while (b < ENGRAM_STORE_HIST_BUCKETS && sec > engram_store_hist_le[b]) b++;
-    atomic_fetch_add_explicit(&hist[b], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&hist[engram_store_hist_bucket(sec)], 1, memory_order_relaxed);
     atomic_fetch_add_explicit(sum_ns, (uint64_t)(sec * 1e9), memory_order_relaxed);
 }
 

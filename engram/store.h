@@ -196,6 +196,9 @@ engram_store_info engram_store_get_info(const engram_store *s);
  * upper bounds in seconds (one more bucket after them: +Inf). */
 #define ENGRAM_STORE_HIST_BUCKETS 12
 extern const double engram_store_hist_le[ENGRAM_STORE_HIST_BUCKETS];
+/* The bucket of a time in seconds: the first whose bound it does not exceed,
+ * ENGRAM_STORE_HIST_BUCKETS for +Inf. */
+int engram_store_hist_bucket(double sec);
 
 typedef struct {
     uint64_t lookups;          /* rows asked for by gathers, repeats included */
