@@ -22,7 +22,7 @@ void reasoning_free(reasoning_splitter *r) {
 
 /* Decides what it can of held; keeps the rest unless final. */
 static int split_drain(reasoning_splitter *r, textbuf *reasoning, textbuf *content, bool final) {
-    const char *h = r->held.s;
+    const char *h = r->held.s ? r->held.s : ""; /* nothing fed yet: no buffer */
     size_t n = r->held.len, at = 0;
     for (;;) {
         if (r->state == 0) { /* the start: does the output open with <think>? */

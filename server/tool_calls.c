@@ -60,7 +60,7 @@ static int parse_call(tool_parser *p, const char *body, size_t n) {
 /* Moves what can be decided from held into out (content) and p->calls;
  * keeps the rest. At the end (final), nothing is kept. */
 static int drain(tool_parser *p, textbuf *out, bool final) {
-    const char *h = p->held.s;
+    const char *h = p->held.s ? p->held.s : ""; /* nothing fed yet: no buffer */
     size_t n = p->held.len, at = 0;
     while (at < n) {
         const char *o = memmem(h + at, n - at, OPEN, OPEN_LEN);
