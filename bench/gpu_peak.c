@@ -22,7 +22,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "backend.h"
+#include "engine/backend/backend.h"
 
 #define CK(x)                                                                                               \
     do {                                                                                                    \

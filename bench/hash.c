@@ -11,9 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engram_v41.h"
-#include "ngram_hash.h"
-#include "util.h"
+#include "engram/engram_v41.h"
+#include "engram/ngram_hash.h"
+#include "base/util.h"
 
 static const char V41_CONFIG[] =
     "{\"text_config\":{\"hc_mult\":4,\"engram_layer_ids\":[1,14],"

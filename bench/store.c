@@ -25,8 +25,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "store.h"
-#include "util.h"
+#include "engram/store.h"
+#include "base/util.h"
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
 static uint64_t next64(void) {

@@ -34,8 +34,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "engine.h"
-#include "util.h"
+#include "engine/engine.h"
+#include "base/util.h"
 
 static void usage(FILE *f) {
     fprintf(f,

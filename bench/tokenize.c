@@ -1,11 +1,11 @@
-/* bench-tokenize: encode throughput of engine/tokenizer on one thread.
+/* bench-tokenize: encode throughput of tokenizer/ on one thread.
  * Usage: bench-tokenize --tokenizer DIR --text-file F [--doc-bytes N] [--seconds S]
  * The file is cut into documents of about N bytes at line ends (default:
  * the whole file is one document); documents are encoded one after the
  * other, repeatedly, for at least S seconds (default 3). Prints one JSON
  * line: bytes, tokens, seconds, MB/s (1e6 bytes). */
-#include "tokenizer.h"
-#include "util.h"
+#include "tokenizer/tokenizer.h"
+#include "base/util.h"
 
 #include <stdio.h>
 #include <stdlib.h>

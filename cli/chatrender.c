@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "chat_template.h"
-#include "util.h"
+#include "chat/chat_template.h"
+#include "base/util.h"
 
 static void usage(void) {
     fprintf(stderr,

@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engram.h"
+#include "engram/engram.h"
 
 static int parse_u64(const char *s, uint64_t *v) {
     char *end;

@@ -15,13 +15,13 @@
 
 #include <cjson/cJSON.h>
 
-#include "backend.h"
-#include "chat_template.h"
-#include "forward.h"
-#include "model.h"
-#include "sampler.h"
-#include "tokenizer.h"
-#include "util.h"
+#include "engine/backend/backend.h"
+#include "chat/chat_template.h"
+#include "engine/forward.h"
+#include "engine/model/model.h"
+#include "engine/sampler.h"
+#include "tokenizer/tokenizer.h"
+#include "base/util.h"
 
 static void usage(FILE *f) {
     fprintf(f,

@@ -7,8 +7,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "model.h"
-#include "store.h"
+#include "engine/model/model.h"
+#include "engram/store.h"
 
 static void usage(FILE *f) {
     fprintf(f, "usage: engram-tables export --model DIR --out DIR\n"

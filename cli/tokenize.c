@@ -2,10 +2,10 @@
  * prompt through the checkpoint's chat template, or (--jsonl) encode/decode
  * many inputs, one JSON value per line, for tests and scripts.
  * Errors: one line on stderr and exit code 1; usage errors exit 2. */
-#include "chat_template.h"
-#include "engram_lookup.h"
-#include "tokenizer.h"
-#include "util.h"
+#include "chat/chat_template.h"
+#include "engram/engram_lookup.h"
+#include "tokenizer/tokenizer.h"
+#include "base/util.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -18,9 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engram.h"
-#include "engram_v41.h"
-#include "tokenizer.h"
+#include "engram/engram.h"
+#include "engram/engram_v41.h"
+#include "tokenizer/tokenizer.h"
 
 static int usage(void) {
     fprintf(stderr, "usage: engram-v41dump config FILE [--tokenizer DIR] [--cids I,J,...]\n"

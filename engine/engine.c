@@ -4,7 +4,7 @@
  * step. Stop strings are matched on the generated text;
  * the longest tail that could still start a stop string is held back so a
  * stop string is never emitted, even when it spans tokens. */
-#include "engine.h"
+#include "engine/engine.h"
 
 #include <omp.h>
 #include <pthread.h>
@@ -14,10 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "forward.h"
-#include "kv_cache.h"
-#include "util.h"
+#include "engine/backend/backend.h"
+#include "engine/forward.h"
+#include "engine/kv_cache.h"
+#include "base/util.h"
 
 struct engine_request {
     pthread_mutex_t mu;

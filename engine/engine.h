@@ -14,10 +14,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engram_fetch.h"
-#include "model.h"
-#include "sampler.h"
-#include "tokenizer.h"
+#include "engine/engram_fetch.h"
+#include "engine/model/model.h"
+#include "engine/sampler.h"
+#include "tokenizer/tokenizer.h"
 
 typedef enum {
     ENGINE_OK = 0,

@@ -8,15 +8,15 @@
  * and host staging (pinned) of the same incoming rows and ints. A lookup's
  * slot is its row's cache slot, or C + its position among the incoming rows
  * when the cache is off or full of rows this step also needs. */
-#include "engram_fetch.h"
+#include "engine/engram_fetch.h"
 
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "row_index.h"
-#include "util.h"
+#include "engram/row_index.h"
+#include "base/util.h"
 
 struct engram_fetch {
     const backend_ops *ops;

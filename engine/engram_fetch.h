@@ -20,8 +20,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "backend.h"
-#include "store.h"
+#include "engine/backend/backend.h"
+#include "engram/store.h"
 
 typedef struct engram_fetch engram_fetch;
 

@@ -2,7 +2,7 @@
  * reference: key and query norms use no explicit eps (PyTorch then uses the
  * f32 machine epsilon), the conv's norms use 1e-5, the conv is depthwise with
  * dilation max_ngram_size, no bias, then SiLU. */
-#include "engram_module.h"
+#include "engine/engram_module.h"
 
 #include <float.h>
 #include <stdlib.h>

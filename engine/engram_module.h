@@ -8,8 +8,8 @@
 #ifndef ENGINE_ENGRAM_MODULE_H
 #define ENGINE_ENGRAM_MODULE_H
 
-#include "backend.h"
-#include "model.h"
+#include "engine/backend/backend.h"
+#include "engine/model/model.h"
 
 /* Scratch for up to max_tokens positions of one module call. */
 typedef struct {

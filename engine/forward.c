@@ -6,7 +6,7 @@
  *                                       each token over its own sequence
  *              x += down(silu(gate(h)) * up(h)) on h = rmsnorm(x)
  *   logits = lm_head(rmsnorm(x)) at each sequence's last token. */
-#include "forward.h"
+#include "engine/forward.h"
 
 #include <math.h>
 #include <stdbool.h>
@@ -14,9 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engram_fetch.h"
-#include "engram_module.h"
-#include "util.h"
+#include "engine/engram_fetch.h"
+#include "engine/engram_module.h"
+#include "base/util.h"
 
 const char *forward_status_str(int status) {
     switch (status) {

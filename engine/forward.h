@@ -12,10 +12,10 @@
 #ifndef ENGINE_FORWARD_H
 #define ENGINE_FORWARD_H
 
-#include "backend.h"
-#include "engram_fetch.h"
-#include "kv_cache.h"
-#include "model.h"
+#include "engine/backend/backend.h"
+#include "engine/engram_fetch.h"
+#include "engine/kv_cache.h"
+#include "engine/model/model.h"
 
 typedef enum {
     FORWARD_OK = 0,

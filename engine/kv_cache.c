@@ -1,7 +1,7 @@
 /* The paged KV cache (see kv_cache.h): a pool of blocks per layer, a stack
  * of free block ids, and growable block tables. Engine thread only: no
  * locking. */
-#include "kv_cache.h"
+#include "engine/kv_cache.h"
 
 #include <assert.h>
 #include <stdlib.h>

@@ -3,7 +3,7 @@
  * logits of every token seen in prompt or output; presence and frequency
  * penalties (OpenAI) subtract p*[count>0] + f*count over output tokens. The
  * generator is xoshiro256** seeded by splitmix64, reproducible everywhere. */
-#include "sampler.h"
+#include "engine/sampler.h"
 
 #include <math.h>
 #include <stdbool.h>

@@ -8,8 +8,8 @@
 
 #define ENGRAM_VERSION_STRING "0.1.0"
 
-#include "engram_fp8.h"
-#include "ngram_hash.h"
-#include "store.h"
+#include "engram/engram_fp8.h"
+#include "engram/ngram_hash.h"
+#include "engram/store.h"
 
 #endif

@@ -1,7 +1,7 @@
 /* FP8 e4m3fn + ue8m0 row decoding for DeepSeek-V4.1 Engram tables (see
  * engram_fp8.h). Every value is built from its bit fields, so the result is
  * the same on any IEEE machine: one f32 multiply of two exact factors. */
-#include "engram_fp8.h"
+#include "engram/engram_fp8.h"
 
 #include <assert.h>
 #include <string.h>

@@ -2,7 +2,8 @@
  * Lemire bounded integers), head table primes with one shared seen set, and
  * row ids per position with a per-sequence history (ENGRAM.md sections 4-5).
  * The compressed tokenizer lives in ngram_hash_compress.c. */
-#include "ngram_hash.h"
+#include "engram/ngram_hash.h"
+#include "base/err.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -275,95 +276,83 @@ ngram_hash_config ngram_hash_default_config(void) {
     return c;
 }
 
-static int fail(char *err, size_t errlen, int status, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(char *err, size_t errlen, int status, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return status;
-}
-
 /* Largest prime-search start accepted: keeps every prime and every layer's
  * row count far from the int64 limit. */
 #define MAX_VOCAB_START ((int64_t)1 << 56)
 
 static int validate(const ngram_hash_config *c, char *err, size_t errlen) {
-    if (!c) return fail(err, errlen, NGRAM_HASH_EINVAL, "config is NULL");
+    if (!c) return err_set(err, errlen, NGRAM_HASH_EINVAL, "config is NULL");
     if (c->max_ngram_size < 2 || c->max_ngram_size > NGRAM_HASH_MAX_NGRAM)
-        return fail(err, errlen, NGRAM_HASH_EINVAL, "max_ngram_size %d outside [2, %d]",
+        return err_set(err, errlen, NGRAM_HASH_EINVAL, "max_ngram_size %d outside [2, %d]",
                     c->max_ngram_size, NGRAM_HASH_MAX_NGRAM);
     if (c->n_head_per_ngram < 1 || c->n_head_per_ngram > NGRAM_HASH_MAX_HEADS)
-        return fail(err, errlen, NGRAM_HASH_EINVAL, "n_head_per_ngram %d outside [1, %d]",
+        return err_set(err, errlen, NGRAM_HASH_EINVAL, "n_head_per_ngram %d outside [1, %d]",
                     c->n_head_per_ngram, NGRAM_HASH_MAX_HEADS);
     if (c->n_layers < 1 || c->n_layers > NGRAM_HASH_MAX_LAYERS)
-        return fail(err, errlen, NGRAM_HASH_EINVAL, "layer_ids has %d entries, need 1..%d",
+        return err_set(err, errlen, NGRAM_HASH_EINVAL, "layer_ids has %d entries, need 1..%d",
                     c->n_layers, NGRAM_HASH_MAX_LAYERS);
-    if (!c->layer_ids) return fail(err, errlen, NGRAM_HASH_EINVAL, "layer_ids is NULL");
+    if (!c->layer_ids) return err_set(err, errlen, NGRAM_HASH_EINVAL, "layer_ids is NULL");
     if (!c->engram_vocab_size)
-        return fail(err, errlen, NGRAM_HASH_EINVAL, "engram_vocab_size is NULL");
+        return err_set(err, errlen, NGRAM_HASH_EINVAL, "engram_vocab_size is NULL");
     long total = (long)c->n_layers * (c->max_ngram_size - 1) * c->n_head_per_ngram;
     if (total > NGRAM_HASH_MAX_TOTAL_HEADS)
-        return fail(err, errlen, NGRAM_HASH_EINVAL,
+        return err_set(err, errlen, NGRAM_HASH_EINVAL,
                     "layer_ids x (max_ngram_size-1) x n_head_per_ngram = %ld heads, over %d",
                     total, NGRAM_HASH_MAX_TOTAL_HEADS);
     for (int i = 0; i < c->max_ngram_size - 1; i++) {
         int64_t v = c->engram_vocab_size[i];
         if (v < 1 || v > MAX_VOCAB_START)
-            return fail(err, errlen, NGRAM_HASH_EINVAL,
+            return err_set(err, errlen, NGRAM_HASH_EINVAL,
                         "engram_vocab_size[%d] = %lld outside [1, 2^56]", i, (long long)v);
     }
     for (int i = 0; i < c->n_layers; i++) {
         if (c->layer_ids[i] < 0)
-            return fail(err, errlen, NGRAM_HASH_EINVAL, "layer_ids[%d] = %lld is negative", i,
+            return err_set(err, errlen, NGRAM_HASH_EINVAL, "layer_ids[%d] = %lld is negative", i,
                         (long long)c->layer_ids[i]);
         for (int j = 0; j < i; j++)
             if (c->layer_ids[j] == c->layer_ids[i])
-                return fail(err, errlen, NGRAM_HASH_EINVAL, "layer_ids[%d] = %lld repeats", i,
+                return err_set(err, errlen, NGRAM_HASH_EINVAL, "layer_ids[%d] = %lld repeats", i,
                             (long long)c->layer_ids[i]);
     }
     if (c->n_embed_per_ngram < 1 || c->n_embed_per_ngram % c->n_head_per_ngram != 0)
-        return fail(err, errlen, NGRAM_HASH_EINVAL,
+        return err_set(err, errlen, NGRAM_HASH_EINVAL,
                     "n_embed_per_ngram %lld is not a positive multiple of n_head_per_ngram %d",
                     (long long)c->n_embed_per_ngram, c->n_head_per_ngram);
     int64_t e;
     if (__builtin_mul_overflow(c->n_embed_per_ngram, (int64_t)(c->max_ngram_size - 1), &e) ||
         e > ((int64_t)1 << 40))
-        return fail(err, errlen, NGRAM_HASH_EOVERFLOW,
+        return err_set(err, errlen, NGRAM_HASH_EOVERFLOW,
                     "n_embed_per_ngram %lld x (max_ngram_size-1) is too large",
                     (long long)c->n_embed_per_ngram);
     if (c->seed < 0)
-        return fail(err, errlen, NGRAM_HASH_EINVAL, "seed %lld is negative", (long long)c->seed);
+        return err_set(err, errlen, NGRAM_HASH_EINVAL, "seed %lld is negative", (long long)c->seed);
     for (int i = 0; i < c->n_layers; i++) {
         int64_t s;
         if (__builtin_mul_overflow(c->layer_ids[i], (int64_t)10007, &s) ||
             __builtin_add_overflow(s, c->seed, &s))
-            return fail(err, errlen, NGRAM_HASH_EOVERFLOW,
+            return err_set(err, errlen, NGRAM_HASH_EOVERFLOW,
                         "seed + 10007 * layer_ids[%d] overflows int64", i);
     }
     if (c->kernel_size < 1 || c->kernel_size > 1024)
-        return fail(err, errlen, NGRAM_HASH_EINVAL, "kernel_size %d outside [1, 1024]",
+        return err_set(err, errlen, NGRAM_HASH_EINVAL, "kernel_size %d outside [1, 1024]",
                     c->kernel_size);
     if (c->hc_mult < 1 || c->hc_mult > 1024)
-        return fail(err, errlen, NGRAM_HASH_EINVAL, "hc_mult %d outside [1, 1024]", c->hc_mult);
+        return err_set(err, errlen, NGRAM_HASH_EINVAL, "hc_mult %d outside [1, 1024]", c->hc_mult);
     if (c->pad_id < 0)
-        return fail(err, errlen, NGRAM_HASH_EINVAL, "pad_id %lld is negative",
+        return err_set(err, errlen, NGRAM_HASH_EINVAL, "pad_id %lld is negative",
                     (long long)c->pad_id);
     if (c->compressed_vocab_size < 1)
-        return fail(err, errlen, NGRAM_HASH_EINVAL, "compressed_vocab_size %lld is not positive",
+        return err_set(err, errlen, NGRAM_HASH_EINVAL, "compressed_vocab_size %lld is not positive",
                     (long long)c->compressed_vocab_size);
     if (c->compressed_pad_id < 0 || c->compressed_pad_id >= c->compressed_vocab_size)
-        return fail(err, errlen, NGRAM_HASH_EINVAL,
+        return err_set(err, errlen, NGRAM_HASH_EINVAL,
                     "compressed_pad_id %lld outside [0, compressed_vocab_size %lld)",
                     (long long)c->compressed_pad_id, (long long)c->compressed_vocab_size);
     return NGRAM_HASH_OK;
 }
 
 int ngram_hash_create(const ngram_hash_config *cfg, ngram_hash **out, char *err, size_t errlen) {
-    if (!out) return fail(err, errlen, NGRAM_HASH_EINVAL, "out is NULL");
+    if (!out) return err_set(err, errlen, NGRAM_HASH_EINVAL, "out is NULL");
     *out = NULL;
     int st = validate(cfg, err, errlen);
     if (st) return st;
@@ -417,7 +406,7 @@ int ngram_hash_create(const ngram_hash_config *cfg, ngram_hash **out, char *err,
                 p[hi] = (int64_t)c;
                 off[hi] = sum;
                 if (__builtin_add_overflow(sum, (int64_t)c, &sum)) {
-                    st = fail(err, errlen, NGRAM_HASH_EOVERFLOW,
+                    st = err_set(err, errlen, NGRAM_HASH_EOVERFLOW,
                               "engram_vocab_size: table rows of layer %lld overflow int64",
                               (long long)cfg->layer_ids[li]);
                     goto fail_out;
@@ -431,7 +420,7 @@ int ngram_hash_create(const ngram_hash_config *cfg, ngram_hash **out, char *err,
     return NGRAM_HASH_OK;
 
 oom:
-    st = fail(err, errlen, NGRAM_HASH_ENOMEM, "out of memory");
+    st = err_set(err, errlen, NGRAM_HASH_ENOMEM, "out of memory");
 fail_out:
     free(seen.slot);
     ngram_hash_destroy(h);

@@ -10,8 +10,8 @@
 #include <string.h>
 #include <utf8proc.h>
 
-#include "ngram_hash.h"
-#include "ngram_hash_internal.h"
+#include "engram/ngram_hash.h"
+#include "engram/ngram_hash_internal.h"
 
 /* U+E000 is the reference's sentinel for a lone space; every U+E000 of the
  * text becomes " " at the end, as in the reference. */

@@ -4,7 +4,8 @@
  * queue, or with pread, under a DRAM budget: a CLOCK row cache and a
  * prefetch thread that fills it ahead of the gathers). Rows are decoded to
  * f32 the same way in every tier. */
-#include "store.h"
+#include "engram/store.h"
+#include "base/err.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -21,8 +22,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "engram_fp8.h"
-#include "row_index.h"
+#include "engram/engram_fp8.h"
+#include "engram/row_index.h"
 
 /* Table files are little-endian; rows are decoded with native loads. */
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -50,16 +51,6 @@ const char *engram_store_dtype_name(int dtype) {
     case ENGRAM_STORE_FP8_UE8M0: return "fp8_ue8m0";
     default: return "?";
     }
-}
-
-static int fail(char *err, size_t errlen, int status, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return status;
 }
 
 uint32_t engram_store_row_bytes(int dtype, uint32_t cols) {
@@ -98,8 +89,8 @@ int engram_store_parse_header(const void *buf, size_t len, uint64_t file_size, e
     const uint8_t *p = buf;
     int E = ENGRAM_STORE_EFORMAT;
     if (!buf || len < ENGRAM_STORE_HEADER_BYTES)
-        return fail(err, errlen, E, "truncated header (%zu bytes, need %u)", len, ENGRAM_STORE_HEADER_BYTES);
-    if (memcmp(p, ENGRAM_STORE_MAGIC, 8)) return fail(err, errlen, E, "wrong magic (not an Engram table file)");
+        return err_set(err, errlen, E, "truncated header (%zu bytes, need %u)", len, ENGRAM_STORE_HEADER_BYTES);
+    if (memcmp(p, ENGRAM_STORE_MAGIC, 8)) return err_set(err, errlen, E, "wrong magic (not an Engram table file)");
     engram_store_header x;
     x.version = rd32(p + 8);
     x.dtype = rd32(p + 12);
@@ -109,25 +100,25 @@ int engram_store_parse_header(const void *buf, size_t len, uint64_t file_size, e
     x.row_stride = rd32(p + 32);
     x.data_offset = rd64(p + 40);
     if (x.version != ENGRAM_STORE_VERSION)
-        return fail(err, errlen, E, "unsupported version %u (this build reads %u)", x.version, ENGRAM_STORE_VERSION);
-    if (!strcmp(engram_store_dtype_name((int)x.dtype), "?")) return fail(err, errlen, E, "unknown dtype %u", x.dtype);
+        return err_set(err, errlen, E, "unsupported version %u (this build reads %u)", x.version, ENGRAM_STORE_VERSION);
+    if (!strcmp(engram_store_dtype_name((int)x.dtype), "?")) return err_set(err, errlen, E, "unknown dtype %u", x.dtype);
     uint32_t rb = engram_store_row_bytes((int)x.dtype, x.cols);
-    if (!rb) return fail(err, errlen, E, "cols %u invalid for dtype %s", x.cols, engram_store_dtype_name((int)x.dtype));
+    if (!rb) return err_set(err, errlen, E, "cols %u invalid for dtype %s", x.cols, engram_store_dtype_name((int)x.dtype));
     if (x.row_bytes != rb)
-        return fail(err, errlen, E, "row_bytes %u, expected %u for %u %s values", x.row_bytes, rb, x.cols,
+        return err_set(err, errlen, E, "row_bytes %u, expected %u for %u %s values", x.row_bytes, rb, x.cols,
                     engram_store_dtype_name((int)x.dtype));
     if (x.row_stride != engram_store_row_stride(rb))
-        return fail(err, errlen, E, "row_stride %u, expected %u", x.row_stride, engram_store_row_stride(rb));
-    if (rd32(p + 36)) return fail(err, errlen, E, "reserved field is not zero");
+        return err_set(err, errlen, E, "row_stride %u, expected %u", x.row_stride, engram_store_row_stride(rb));
+    if (rd32(p + 36)) return err_set(err, errlen, E, "reserved field is not zero");
     if (x.data_offset == 0 || x.data_offset % ENGRAM_STORE_BLOCK || x.data_offset > (1ull << 40))
-        return fail(err, errlen, E, "data_offset %llu is not a positive multiple of 4096",
+        return err_set(err, errlen, E, "data_offset %llu is not a positive multiple of 4096",
                     (unsigned long long)x.data_offset);
     if (x.rows < 1 || x.rows > (1ull << 48) / x.row_stride)
-        return fail(err, errlen, E, "rows %llu out of range", (unsigned long long)x.rows);
+        return err_set(err, errlen, E, "rows %llu out of range", (unsigned long long)x.rows);
     if (file_size) {
         uint64_t need = x.data_offset + (x.rows - 1) * x.row_stride + x.row_bytes;
         if (file_size < need)
-            return fail(err, errlen, E, "truncated: %llu rows need %llu bytes, file has %llu",
+            return err_set(err, errlen, E, "truncated: %llu rows need %llu bytes, file has %llu",
                         (unsigned long long)x.rows, (unsigned long long)need, (unsigned long long)file_size);
     }
     *h = x;
@@ -138,7 +129,7 @@ int engram_store_write(const char *path, int dtype, uint64_t rows, uint32_t cols
                        void *ctx, char *err, size_t errlen) {
     uint32_t rb = engram_store_row_bytes(dtype, cols);
     if (!path || !fill || !rb || rows < 1)
-        return fail(err, errlen, ENGRAM_STORE_EINVAL, "%s: bad table (dtype %d, %llu rows, %u cols)",
+        return err_set(err, errlen, ENGRAM_STORE_EINVAL, "%s: bad table (dtype %d, %llu rows, %u cols)",
                     path ? path : "(null)", dtype, (unsigned long long)rows, cols);
     uint32_t stride = engram_store_row_stride(rb);
     size_t tlen = strlen(path) + 5;
@@ -149,13 +140,13 @@ int engram_store_write(const char *path, int dtype, uint64_t rows, uint32_t cols
     if (!tmp || !chunk) {
         free(tmp);
         free(chunk);
-        return fail(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
+        return err_set(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
     }
     snprintf(tmp, tlen, "%s.tmp", path);
     int rc = ENGRAM_STORE_OK;
     FILE *f = fopen(tmp, "wb");
     if (!f) {
-        rc = fail(err, errlen, ENGRAM_STORE_EIO, "%s: cannot create: %s", tmp, strerror(errno));
+        rc = err_set(err, errlen, ENGRAM_STORE_EIO, "%s: cannot create: %s", tmp, strerror(errno));
         goto out;
     }
     uint8_t hdr[ENGRAM_STORE_BLOCK] = {0};
@@ -173,7 +164,7 @@ int engram_store_write(const char *path, int dtype, uint64_t rows, uint32_t cols
         size_t k = rows - r < per ? (size_t)(rows - r) : per;
         for (size_t i = 0; i < k; i++)
             if (fill(ctx, r + i, chunk + i * stride)) {
-                rc = fail(err, errlen, ENGRAM_STORE_EIO, "%s: row %llu could not be produced", path,
+                rc = err_set(err, errlen, ENGRAM_STORE_EIO, "%s: row %llu could not be produced", path,
                           (unsigned long long)(r + i));
                 goto close;
             }
@@ -188,16 +179,16 @@ int engram_store_write(const char *path, int dtype, uint64_t rows, uint32_t cols
     }
     if (fflush(f) || fsync(fileno(f))) goto ioerr;
 close:
-    if (fclose(f) && rc == ENGRAM_STORE_OK) rc = fail(err, errlen, ENGRAM_STORE_EIO, "%s: close: %s", tmp, strerror(errno));
+    if (fclose(f) && rc == ENGRAM_STORE_OK) rc = err_set(err, errlen, ENGRAM_STORE_EIO, "%s: close: %s", tmp, strerror(errno));
     if (rc == ENGRAM_STORE_OK && rename(tmp, path))
-        rc = fail(err, errlen, ENGRAM_STORE_EIO, "%s: cannot rename to %s: %s", tmp, path, strerror(errno));
+        rc = err_set(err, errlen, ENGRAM_STORE_EIO, "%s: cannot rename to %s: %s", tmp, path, strerror(errno));
     if (rc) unlink(tmp);
 out:
     free(tmp);
     free(chunk);
     return rc;
 ioerr:
-    rc = fail(err, errlen, ENGRAM_STORE_EIO, "%s: write failed: %s", tmp, strerror(errno));
+    rc = err_set(err, errlen, ENGRAM_STORE_EIO, "%s: write failed: %s", tmp, strerror(errno));
     goto close;
 }
 
@@ -215,7 +206,7 @@ static int dense_fill(void *ctx, uint64_t row, void *dst) {
 int engram_store_write_dense(const char *path, int dtype, uint64_t rows, uint32_t cols, const void *data,
                              char *err, size_t errlen) {
     dense_ctx d = {data, engram_store_row_bytes(dtype, cols)};
-    if (!data) return fail(err, errlen, ENGRAM_STORE_EINVAL, "no data");
+    if (!data) return err_set(err, errlen, ENGRAM_STORE_EINVAL, "no data");
     return engram_store_write(path, dtype, rows, cols, dense_fill, &d, err, errlen);
 }
 
@@ -875,26 +866,26 @@ static engram_store *store_new(const char *path, const engram_store_params *p) {
 
 int engram_store_open(const char *path, const engram_store_params *params, engram_store **out, char *err,
                       size_t errlen) {
-    if (!path || !out) return fail(err, errlen, ENGRAM_STORE_EINVAL, "engram_store_open: NULL argument");
+    if (!path || !out) return err_set(err, errlen, ENGRAM_STORE_EINVAL, "engram_store_open: NULL argument");
     engram_store_params p = params ? *params : engram_store_default_params();
     if (p.tier != ENGRAM_STORE_DRAM && p.tier != ENGRAM_STORE_NVME && p.tier != ENGRAM_STORE_AUTO)
-        return fail(err, errlen, ENGRAM_STORE_EINVAL, "%s: unknown tier %d", path, (int)p.tier);
+        return err_set(err, errlen, ENGRAM_STORE_EINVAL, "%s: unknown tier %d", path, (int)p.tier);
     if (p.tier != ENGRAM_STORE_DRAM && (p.queue_depth < 1 || p.queue_depth > 4096))
-        return fail(err, errlen, ENGRAM_STORE_EINVAL, "%s: queue depth %d outside 1..4096", path, p.queue_depth);
+        return err_set(err, errlen, ENGRAM_STORE_EINVAL, "%s: queue depth %d outside 1..4096", path, p.queue_depth);
     engram_store *s = store_new(path, &p);
-    if (!s) return fail(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
+    if (!s) return err_set(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
     int rc;
     /* Header through a buffered descriptor first: it may be any size. */
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat st;
     if (fd < 0 || fstat(fd, &st)) {
-        rc = fail(err, errlen, ENGRAM_STORE_EIO, "%s: cannot open: %s", path, strerror(errno));
+        rc = err_set(err, errlen, ENGRAM_STORE_EIO, "%s: cannot open: %s", path, strerror(errno));
         if (fd >= 0) close(fd);
         goto bad;
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        rc = fail(err, errlen, ENGRAM_STORE_EFORMAT, "%s: not a regular file", path);
+        rc = err_set(err, errlen, ENGRAM_STORE_EFORMAT, "%s: not a regular file", path);
         goto bad;
     }
     uint8_t hb[ENGRAM_STORE_HEADER_BYTES];
@@ -903,8 +894,8 @@ int engram_store_open(const char *path, const engram_store_params *params, engra
     if (got < 0 || engram_store_parse_header(hb, (size_t)got, (uint64_t)st.st_size ? (uint64_t)st.st_size : 1,
                                              &s->info.header, herr, sizeof(herr))) {
         close(fd);
-        rc = got < 0 ? fail(err, errlen, ENGRAM_STORE_EIO, "%s: read failed: %s", path, strerror(errno))
-                     : fail(err, errlen, ENGRAM_STORE_EFORMAT, "%s: %s", path, herr);
+        rc = got < 0 ? err_set(err, errlen, ENGRAM_STORE_EIO, "%s: read failed: %s", path, strerror(errno))
+                     : err_set(err, errlen, ENGRAM_STORE_EFORMAT, "%s: %s", path, herr);
         goto bad;
     }
     const engram_store_header *h = &s->info.header;
@@ -926,7 +917,7 @@ int engram_store_open(const char *path, const engram_store_params *params, engra
         s->map_len = (size_t)st.st_size;
         void *m = mmap(NULL, s->map_len, PROT_READ, MAP_SHARED, fd, 0);
         if (m == MAP_FAILED) {
-            rc = fail(err, errlen, ENGRAM_STORE_EIO, "%s: mmap failed: %s", path, strerror(errno));
+            rc = err_set(err, errlen, ENGRAM_STORE_EIO, "%s: mmap failed: %s", path, strerror(errno));
             goto bad;
         }
         s->map = m;
@@ -939,7 +930,7 @@ int engram_store_open(const char *path, const engram_store_params *params, engra
         }
         if (p.mlock) {
             if (mlock(m, s->map_len)) {
-                rc = fail(err, errlen, ENGRAM_STORE_ELOCK,
+                rc = err_set(err, errlen, ENGRAM_STORE_ELOCK,
                           "%s: mlock of %zu bytes failed: %s (raise RLIMIT_MEMLOCK or drop the lock option)",
                           path, s->map_len, strerror(errno));
                 goto bad;
@@ -965,7 +956,7 @@ int engram_store_open(const char *path, const engram_store_params *params, engra
     }
     s->run_bytes = h->row_stride < ENGRAM_STORE_BLOCK ? ENGRAM_STORE_BLOCK : h->row_stride;
     if (reader_init(s, &s->rd)) {
-        rc = fail(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
+        rc = err_set(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
         goto bad;
     }
     s->info.io_uring = s->rd.uring;
@@ -974,7 +965,7 @@ int engram_store_open(const char *path, const engram_store_params *params, engra
         note(s, "O_DIRECT read refused (%s); reading through the page cache", strerror(errno));
         int bfd = open(path, O_RDONLY | O_CLOEXEC);
         if (bfd < 0) {
-            rc = fail(err, errlen, ENGRAM_STORE_EIO, "%s: cannot open: %s", path, strerror(errno));
+            rc = err_set(err, errlen, ENGRAM_STORE_EIO, "%s: cannot open: %s", path, strerror(errno));
             goto bad;
         }
         close(s->fd);
@@ -982,18 +973,18 @@ int engram_store_open(const char *path, const engram_store_params *params, engra
         s->info.direct = false;
     }
     if (cache_init(s, p.dram_budget)) {
-        rc = fail(err, errlen, ENGRAM_STORE_ENOMEM, "%s: out of memory for a row cache of %llu bytes", path,
+        rc = err_set(err, errlen, ENGRAM_STORE_ENOMEM, "%s: out of memory for a row cache of %llu bytes", path,
                   (unsigned long long)p.dram_budget);
         goto bad;
     }
     if (s->c.n) {
         if (reader_init(s, &s->pf_rd)) {
-            rc = fail(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
+            rc = err_set(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
             goto bad;
         }
         int e = pthread_create(&s->pf_thread, NULL, prefetch_main, s);
         if (e) {
-            rc = fail(err, errlen, ENGRAM_STORE_ENOMEM, "%s: cannot start the prefetch thread: %s", path, strerror(e));
+            rc = err_set(err, errlen, ENGRAM_STORE_ENOMEM, "%s: cannot start the prefetch thread: %s", path, strerror(e));
             goto bad;
         }
         s->pf_started = true;
@@ -1007,15 +998,15 @@ bad:
 
 int engram_store_create_memory(int dtype, uint64_t rows, uint32_t cols, engram_store_row_fn fill, void *ctx,
                                const engram_store_params *params, engram_store **out, char *err, size_t errlen) {
-    if (!fill || !out) return fail(err, errlen, ENGRAM_STORE_EINVAL, "engram_store_create_memory: NULL argument");
+    if (!fill || !out) return err_set(err, errlen, ENGRAM_STORE_EINVAL, "engram_store_create_memory: NULL argument");
     uint32_t rb = engram_store_row_bytes(dtype, cols);
     if (!rb || !rows || rows > (UINT64_MAX - ENGRAM_STORE_BLOCK) / 4096 / (cols ? cols : 1))
-        return fail(err, errlen, ENGRAM_STORE_EINVAL, "in-memory table: bad shape (%llu rows, %u cols, dtype %d)",
+        return err_set(err, errlen, ENGRAM_STORE_EINVAL, "in-memory table: bad shape (%llu rows, %u cols, dtype %d)",
                     (unsigned long long)rows, cols, dtype);
     engram_store_params p = params ? *params : engram_store_default_params();
     p.tier = ENGRAM_STORE_DRAM;
     engram_store *s = store_new("(memory)", &p);
-    if (!s) return fail(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
+    if (!s) return err_set(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
     engram_store_header *h = &s->info.header;
     *h = (engram_store_header){.version = ENGRAM_STORE_VERSION, .dtype = (uint32_t)dtype, .rows = rows, .cols = cols,
                                .row_bytes = rb, .row_stride = engram_store_row_stride(rb),
@@ -1027,7 +1018,7 @@ int engram_store_create_memory(int dtype, uint64_t rows, uint32_t cols, engram_s
     if (m == MAP_FAILED) {
         s->map_len = 0;
         engram_store_close(s);
-        return fail(err, errlen, ENGRAM_STORE_ENOMEM, "in-memory table: cannot map %.2f GB: %s",
+        return err_set(err, errlen, ENGRAM_STORE_ENOMEM, "in-memory table: cannot map %.2f GB: %s",
                     (double)(h->data_offset + rows * h->row_stride) / 1e9, strerror(errno));
     }
     s->map = m;
@@ -1039,13 +1030,13 @@ int engram_store_create_memory(int dtype, uint64_t rows, uint32_t cols, engram_s
         if (!bad) bad |= fill(ctx, r, base + r * h->row_stride) != 0;
     if (bad) {
         engram_store_close(s);
-        return fail(err, errlen, ENGRAM_STORE_EIO, "in-memory table: the row generator failed");
+        return err_set(err, errlen, ENGRAM_STORE_EIO, "in-memory table: the row generator failed");
     }
     mprotect(m, s->map_len, PROT_READ); /* like a mapped file: nobody writes rows after this */
     if (s->p.mlock) {
         if (mlock(m, s->map_len)) {
             engram_store_close(s);
-            return fail(err, errlen, ENGRAM_STORE_ELOCK, "in-memory table: mlock failed: %s", strerror(errno));
+            return err_set(err, errlen, ENGRAM_STORE_ELOCK, "in-memory table: mlock failed: %s", strerror(errno));
         }
         s->info.locked = true;
     }

@@ -1,5 +1,5 @@
 /* Version string of the engram library (keeps the library non-empty until the
  * hashing module lands). */
-#include "engram.h"
+#include "engram/engram.h"
 
 const char *engram_version(void) { return ENGRAM_VERSION_STRING; }

@@ -4,7 +4,7 @@
 // widened to f32, f32 scores and accumulation, online softmax (flash style).
 // Long contexts are split over several blocks (flash-decoding) and merged by
 // a second kernel.
-#include "kernels.h"
+#include "kernels/kernels.h"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>

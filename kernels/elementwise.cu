@@ -3,7 +3,7 @@
 // add, bias add, row scaling, dtype conversion to bf16, and row gathers with
 // widening (embedding, f32 rows, Engram table rows). Each mirrors its CPU
 // reference in engine/backend_cpu.c.
-#include "kernels.h"
+#include "kernels/kernels.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

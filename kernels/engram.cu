@@ -2,7 +2,7 @@
 // short conv with SiLU, on one sequence or on a step of several sequences
 // with per-sequence history. (Table row gathers are in elementwise.cu.) Each
 // mirrors its CPU reference in engine/backend_cpu.c.
-#include "kernels.h"
+#include "kernels/kernels.h"
 
 #include <cuda_runtime.h>
 

@@ -1,7 +1,7 @@
 /* C ABI of the CUDA kernels. One .cu per op family; every launcher takes a
  * stream (cudaStream_t passed as void *) and returns 0 or a negative
  * kernels_status, checking the launch. Numerics follow the CPU reference in
- * engine/backend_cpu.c: f32 accumulation. */
+ * engine/backend/cpu/backend_cpu.c: f32 accumulation. */
 #ifndef KERNELS_H
 #define KERNELS_H
 
@@ -168,7 +168,7 @@ int kernels_gemv_glu(float *out, const float *x, const void *wg, const void *wu,
 /* next (T) = argmax of each row of logits (T, vocab), lowest id on ties. */
 int kernels_argmax_f32(int *next, const float *logits, int T, int vocab, void *stream);
 
-/* backend_ops.sample (engine/backend.h) on n rows: desc is the packed
+/* backend_ops.sample (engine/backend/backend.h) on n rows: desc is the packed
  * description of engine/sampler.h (KERNELS_SAMPLE_DESC_WORDS int32 words a
  * row: row, temperature, repetition, presence, frequency penalty bits, n_full,
  * n_bias, bias offset, n_pen, pen offset), out n result rows of

@@ -3,7 +3,7 @@
 // activations (not rounded), f32 accumulation. One warp per weight row, 16-byte
 // loads; the T activation rows are read through the cache by every warp.
 // Larger T goes through cuBLAS in the backend.
-#include "kernels.h"
+#include "kernels/kernels.h"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>

@@ -2,7 +2,7 @@
 // (dim / 4 threads, 128 to 1024),
 // f32 accumulation in the same order-independent way as the CPU reference up
 // to rounding (a block reduction, not a sequential sum).
-#include "kernels.h"
+#include "kernels/kernels.h"
 
 #include <cuda_runtime.h>
 

@@ -1,7 +1,7 @@
 // Sampling-side reductions: greedy argmax per row of logits, lowest id on
 // ties (the CPU reference scans ids upwards and keeps a strictly larger
 // value). NaN never wins.
-#include "kernels.h"
+#include "kernels/kernels.h"
 
 #include <cuda_runtime.h>
 #include <math.h>

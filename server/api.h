@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine.h"
+#include "engine/engine.h"
 
 /* An OpenAI error: HTTP status and the fields of {"error": {...}}. */
 typedef struct {

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api.h"
+#include "server/api.h"
 
 #define MAX_MESSAGES 4096
 #define MAX_BIAS 1024

@@ -5,7 +5,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 
-#include "server.h"
+#include "server/server.h"
 
 static const struct {
     int status;

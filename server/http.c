@@ -19,12 +19,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "chat_template.h"
-#include "server.h"
-#include "reasoning.h"
-#include "tool_calls.h"
-#include "tokenizer.h"
-#include "util.h"
+#include "chat/chat_template.h"
+#include "server/server.h"
+#include "chat/reasoning.h"
+#include "chat/tool_calls.h"
+#include "tokenizer/tokenizer.h"
+#include "base/util.h"
 
 #define SSE_BLOCK 4096
 

@@ -17,10 +17,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "reasoning.h"
-#include "server.h"
-#include "util.h"
+#include "engine/backend/backend.h"
+#include "chat/reasoning.h"
+#include "server/server.h"
+#include "base/util.h"
 
 typedef enum { OPT_STR, OPT_INT, OPT_REAL } opt_type; /* OPT_REAL: a number, checked where it is used */
 

@@ -13,7 +13,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "server.h"
+#include "server/server.h"
 
 #define N_BUCKETS 14
 static const double bucket_le[N_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,

@@ -8,8 +8,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "api.h"
-#include "engine.h"
+#include "server/api.h"
+#include "engine/engine.h"
 
 /* ---- errors.c: one table from HTTP status and engine status to OpenAI errors ---- */
 

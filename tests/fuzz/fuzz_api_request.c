@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../server/api_request.c"
+#include "server/api_request.c"
 
 static void check_error(const api_error *err) {
     if (err->status != 400 && err->status != 500) abort();

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "chat_template.h"
+#include "chat/chat_template.h"
 
 static const char *TEMPLATE =
     "{%- set ns = namespace(n=0) -%}"

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "chat_template.h"
+#include "chat/chat_template.h"
 
 static const char *MSGS =
     "[{\"role\":\"system\",\"content\":\"Be brief.\"},"

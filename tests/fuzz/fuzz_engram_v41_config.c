@@ -5,7 +5,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "engram_v41.h"
+#include "engram/engram_v41.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     engram_v41_config c;

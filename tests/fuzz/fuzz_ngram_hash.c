@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engram.h"
+#include "engram/engram.h"
 
 static int64_t take(const uint8_t **p, size_t *n, int bytes) {
     uint64_t v = 0;

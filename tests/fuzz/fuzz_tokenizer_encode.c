@@ -3,7 +3,7 @@
  * ENGRAM_SOURCE_DIR or next to this source file), then check that decoding
  * works and that incremental decoding adds up to the whole decode. The
  * first input byte selects add_special / skip_special. */
-#include "tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #include <stdint.h>
 #include <stdio.h>

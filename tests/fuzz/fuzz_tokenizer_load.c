@@ -2,7 +2,7 @@
  * loads is then exercised: encode a few strings, decode the ids with and
  * without special tokens, and stream-decode them, checking that the pieces
  * add up to the whole decode. */
-#include "tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -1,4 +1,4 @@
-/* libFuzzer target: server/tool_calls.c and server/reasoning.c on arbitrary
+/* libFuzzer target: chat/tool_calls.c and chat/reasoning.c on arbitrary
  * text. The first two bytes pick two cut points; the text fed in three
  * pieces must give exactly what it gives fed whole (a stream and a whole
  * response agree): the tool parser's content and calls, the reasoning
@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../server/reasoning.c"
-#include "../../server/tool_calls.c"
+#include "chat/reasoning.c"
+#include "chat/tool_calls.c"
 
 /* The reasoning and content of text cut at a and b, each joined (heap). */
 static void split_run(reasoning_format f, const char *text, size_t n, size_t a, size_t b, char **rs, char **cs) {

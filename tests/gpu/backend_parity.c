@@ -29,11 +29,11 @@
 
 #include <cuda_runtime.h>
 
-#include "backend.h"
-#include "engram_fetch.h"
-#include "store.h"
-#include "kernels.h"
-#include "numeric.h"
+#include "engine/backend/backend.h"
+#include "engine/engram_fetch.h"
+#include "engram/store.h"
+#include "kernels/kernels.h"
+#include "base/numeric.h"
 
 static const backend_ops *cpu, *gpu;
 extern int backend_cuda_attention_no_tiled; /* backend_cuda.c: 1 sends every token to the per-token kernel */

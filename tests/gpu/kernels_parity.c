@@ -1,5 +1,5 @@
 /* Parity of every CUDA kernel in kernels/ with its CPU reference op in
- * engine/backend_cpu.c, on fresh random inputs (never zeros), with the device
+ * engine/backend/cpu/backend_cpu.c, on fresh random inputs (never zeros), with the device
  * output poisoned (NaN) before each run so an unwritten element fails. Run on
  * the GPU machine: scripts/test-gpu. Prints one line per op; exits 1 if any
  * relative error ||gpu - cpu|| / ||cpu|| exceeds its bound or is NaN. */
@@ -10,8 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "kernels.h"
+#include "engine/backend/backend.h"
+#include "kernels/kernels.h"
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 static float frand(void) { /* uniform in [-1, 1) */

@@ -28,9 +28,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "forward.h"
-#include "model.h"
+#include "engine/backend/backend.h"
+#include "engine/forward.h"
+#include "engine/model/model.h"
 
 #define N_GEN 16
 #define N_SEQ 3

@@ -16,8 +16,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "backend.h"
-#include "sampler.h"
+#include "engine/backend/backend.h"
+#include "engine/sampler.h"
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 static uint64_t rnext(void) {

@@ -1,4 +1,4 @@
-"""Synthetic models end to end (engine/model_synthetic): engram-run generates
+"""Synthetic models end to end (engine/model/model_synthetic): engram-run generates
 from qwen3-0.6b's real shape with token-id prompts, deterministically per
 seed; bad specs and flag combinations fail with a clear message;
 bench-throughput runs a tiny workload to completion with exactly the asked

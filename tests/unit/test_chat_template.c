@@ -1,4 +1,4 @@
-/* Unit tests for engine/chat_template: core rendering cases, whitespace
+/* Unit tests for chat/chat_template: core rendering cases, whitespace
  * control, Python value semantics, errors and limits, ChatML fallback and
  * loading a checkpoint directory from tests/fixtures. */
 #include <check.h>
@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "chat_template.h"
+#include "chat/chat_template.h"
 
 static const char *MSGS = "[{\"role\":\"system\",\"content\":\"S\"},{\"role\":\"user\",\"content\":\"Hi\"},"
                           "{\"role\":\"assistant\",\"content\":\"Yo\"}]";

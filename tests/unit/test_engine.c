@@ -9,9 +9,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "backend.h"
-#include "engine.h"
-#include "forward.h"
+#include "engine/backend/backend.h"
+#include "engine/engine.h"
+#include "engine/forward.h"
 
 static char model_dir[1024];
 static engine *E;

@@ -7,10 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model.h"
-#include "numeric.h"
-#include "safetensors.h"
-#include "sampler.h"
+#include "engine/model/model.h"
+#include "base/numeric.h"
+#include "engine/model/safetensors.h"
+#include "engine/sampler.h"
 
 /* Builds a safetensors image from a header and n data bytes into buf. */
 static size_t build_st(uint8_t *buf, const char *header, size_t n_data) {

@@ -13,9 +13,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "backend.h"
-#include "engram_fetch.h"
-#include "store.h"
+#include "engine/backend/backend.h"
+#include "engine/engram_fetch.h"
+#include "engram/store.h"
 
 static char dir[] = "/tmp/test_engram_fetch.XXXXXX";
 

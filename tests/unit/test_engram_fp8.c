@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engram.h"
+#include "engram/engram.h"
 
 static uint32_t f32_bits(float f) {
     uint32_t u;

@@ -10,10 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "engram_module.h"
-#include "safetensors.h"
-#include "util.h"
+#include "engine/backend/backend.h"
+#include "engine/engram_module.h"
+#include "engine/model/safetensors.h"
+#include "base/util.h"
 
 static char dir[4096];
 

@@ -13,8 +13,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engram.h"
-#include "numeric.h"
+#include "engram/engram.h"
+#include "engine/model/dtype.h"
 
 static char dir[] = "/tmp/test_engram_store.XXXXXX";
 static char path[256];
@@ -41,9 +41,9 @@ static uint32_t next32(void) {
 
 /* Reference: the row's values as the engine's own conversions give them. */
 static void ref_row(int dt, const uint8_t *src, uint32_t cols, float *out) {
-    if (dt == ENGRAM_STORE_F32) numeric_to_f32(out, src, DTYPE_F32, cols);
-    if (dt == ENGRAM_STORE_BF16) numeric_to_f32(out, src, DTYPE_BF16, cols);
-    if (dt == ENGRAM_STORE_F16) numeric_to_f32(out, src, DTYPE_F16, cols);
+    if (dt == ENGRAM_STORE_F32) dtype_to_f32(out, src, DTYPE_F32, cols);
+    if (dt == ENGRAM_STORE_BF16) dtype_to_f32(out, src, DTYPE_BF16, cols);
+    if (dt == ENGRAM_STORE_F16) dtype_to_f32(out, src, DTYPE_F16, cols);
     if (dt == ENGRAM_STORE_FP8_UE8M0) engram_fp8_decode_row(src, src + cols, (int)cols, out);
 }
 
@@ -159,7 +159,7 @@ START_TEST(test_unpadded_tail) {
     ck_assert_int_eq(truncate(path, 4096 + 4 * 256 + 200), 0); /* stride 256, row 200 bytes */
     int64_t rows[3] = {4, 0, 4};
     float want[300], got[300];
-    for (int k = 0; k < 3; k++) numeric_to_f32(want + k * 100, d + rows[k] * 100, DTYPE_BF16, 100);
+    for (int k = 0; k < 3; k++) dtype_to_f32(want + k * 100, d + rows[k] * 100, DTYPE_BF16, 100);
     for (size_t t = 0; t < sizeof(tier_params) / sizeof(tier_params[0]); t++) {
         engram_store *s = NULL;
         ck_assert_msg(engram_store_open(path, &tier_params[t], &s, err, sizeof(err)) == 0, "%s", err);
@@ -272,7 +272,7 @@ static void *gather_worker(void *arg) {
         for (int i = 0; i < B; i++) rows[i] = zipfish(&w->seed, w->nrows);
         if (engram_store_gather(w->s, rows, B, got, NULL)) w->bad++;
         for (int i = 0; i < B; i++) {
-            numeric_to_f32(want, w->data + rows[i] * w->cols, DTYPE_BF16, w->cols);
+            dtype_to_f32(want, w->data + rows[i] * w->cols, DTYPE_BF16, w->cols);
             if (memcmp(want, got + i * w->cols, w->cols * sizeof(float))) w->bad++;
         }
     }
@@ -356,7 +356,7 @@ START_TEST(test_prefetch_no_duplicate_reads) {
         for (int pass = 0; pass < 2; pass++) {
             ck_assert_int_eq(engram_store_gather(s, rows, 64, got, NULL), 0);
             for (int i = 0; i < 64; i++) {
-                numeric_to_f32(want, data + rows[i] * COLS, DTYPE_BF16, COLS);
+                dtype_to_f32(want, data + rows[i] * COLS, DTYPE_BF16, COLS);
                 ck_assert(!memcmp(want, got + i * COLS, sizeof(want)));
             }
         }

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engram_v41.h"
+#include "engram/engram_v41.h"
 
 static char *fixture(size_t *len) {
     const char *src = getenv("ENGRAM_SOURCE_DIR");

@@ -8,9 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "forward.h"
-#include "kv_cache.h"
+#include "engine/backend/backend.h"
+#include "engine/forward.h"
+#include "engine/kv_cache.h"
 
 static kv_cache *make(int bs, int n_blocks) {
     kv_cache_params p = kv_cache_default_params();

@@ -1,4 +1,4 @@
-/* Unit tests for engine/model_synthetic: each spec's shape against the
+/* Unit tests for engine/model/model_synthetic: each spec's shape against the
  * published parameter counts of the release it copies, the same bits from the
  * same seed (on any thread count) and others from another seed, the value
  * distribution, bad specs refused with a message naming the problem, and the
@@ -13,10 +13,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "backend.h"
-#include "forward.h"
-#include "model.h"
-#include "numeric.h"
+#include "engine/backend/backend.h"
+#include "engine/forward.h"
+#include "engine/model/model.h"
+#include "base/numeric.h"
 
 /* Published sizes. Qwen3 model cards (huggingface.co/Qwen/Qwen3-*): "Number of
  * Parameters" 0.6B, 1.7B, 4.0B, 8.2B and "(Non-Embedding)" 0.44B, 1.4B, 3.6B,

@@ -10,8 +10,8 @@
 
 #include <utf8proc.h>
 
-#include "engram.h"
-#include "ngram_hash_internal.h"
+#include "engram/engram.h"
+#include "engram/ngram_hash_internal.h"
 
 /* ---- helpers ---- */
 

@@ -1,4 +1,4 @@
-/* Unit tests for server/reasoning: Qwen3's <think>...</think> at the start
+/* Unit tests for chat/reasoning: Qwen3's <think>...</think> at the start
  * and DeepSeek-R1's reasoning opened by the prompt, split from the content
  * the same way whether the text comes whole or in any two or three pieces. */
 #include <check.h>
@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../server/reasoning.c"
+#include "chat/reasoning.c"
 
 typedef struct {
     char r[1024], c[1024];

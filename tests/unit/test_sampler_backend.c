@@ -11,8 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "sampler.h"
+#include "engine/backend/backend.h"
+#include "engine/sampler.h"
 
 static uint64_t rng = 0x243F6A8885A308D3ull;
 static uint64_t rnext(void) {

@@ -1,9 +1,9 @@
-/* Unit tests of engine/tokenizer: a hand-made byte-level BPE whose results
+/* Unit tests of tokenizer/tokenizer: a hand-made byte-level BPE whose results
  * are worked out by hand (merges by rank, dropped unknown characters,
  * lossy UTF-8 in decode, incremental decoding holding back partial
  * characters, added tokens, templates, load errors), plus the project's
  * trained tokenizer (found through ENGRAM_SOURCE_DIR) across threads. */
-#include "tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #include <check.h>
 #include <pthread.h>

@@ -1,4 +1,4 @@
-/* Unit tests for server/tool_calls: Hermes-style calls found in whole texts
+/* Unit tests for chat/tool_calls: Hermes-style calls found in whole texts
  * and in every split of them into two and three pieces (a stream), with the
  * same content and calls; blocks that are not calls, unclosed blocks and
  * partial markers stay content; arguments given as an object or a string. */
@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../server/tool_calls.c"
+#include "chat/tool_calls.c"
 
 typedef struct {
     char content[4096];

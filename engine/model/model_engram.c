@@ -14,10 +14,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "model_internal.h"
-#include "engram_lookup.h"
-#include "numeric.h"
-#include "tokenizer.h"
+#include "engine/model/model_internal.h"
+#include "engram/engram_lookup.h"
+#include "engine/model/dtype.h"
+#include "tokenizer/tokenizer.h"
 
 ngram_hash_config model_engram_hash_config(const engram_config *ec, int64_t vc, int64_t compressed_pad_id) {
     return (ngram_hash_config){
@@ -153,7 +153,7 @@ static int load_conv(model *m, const char *name, int channels, int k, const floa
         snprintf(err, errlen, "out of memory");
         return MODEL_ERR_NOMEM;
     }
-    numeric_to_f32(buf, t->data, t->dt, (size_t)channels * k);
+    dtype_to_f32(buf, t->data, t->dt, (size_t)channels * k);
     *out = buf;
     return MODEL_OK;
 }

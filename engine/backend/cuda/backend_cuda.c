@@ -10,7 +10,7 @@
  * that backend.c loads on demand: a program that never asks for CUDA never
  * loads cuBLAS, and a CUDA build still starts on a machine without CUDA. It
  * calls back into the program (dtype_size), whose symbols are exported. */
-#include "backend.h"
+#include "engine/backend/backend.h"
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -20,8 +20,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "kernels.h"
-#include "sampler.h"
+#include "kernels/kernels.h"
+#include "engine/sampler.h"
 
 /* Tokens up to which a product takes the matrix-vector kernel rather than
  * cuBLAS (H100, 4096x4096 bf16: T=1 8.6 us against 20 us through cuBLAS with

@@ -3,9 +3,9 @@
  * an incremental decoder. Each stage mirrors the Rust code of `tokenizers`
  * so that ids and decoded text are byte-identical; comments name the HF
  * function a piece of code follows. */
-#include "tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
-#include "util.h"
+#include "base/util.h"
 
 #include <assert.h>
 #include <ctype.h>

@@ -18,7 +18,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "textbuf.h"
+#include "base/buf.h"
 
 typedef enum { TOOL_FORMAT_NONE, TOOL_FORMAT_HERMES } tool_format;
 

@@ -1,10 +1,10 @@
 /* Compressed-tokenizer table from a tokenizer (see engram_lookup.h). */
-#include "engram_lookup.h"
+#include "engram/engram_lookup.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "ngram_hash.h"
+#include "engram/ngram_hash.h"
 
 int engram_lookup_build(const tokenizer *tok, int64_t **lookup, int64_t *n_out, int64_t *vc, char *err,
                         size_t errlen) {

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "backend.h"
+#include "engine/backend/backend.h"
 
 #define CUDA_PLUGIN "libengram-cuda.so"
 

@@ -11,9 +11,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "ngram_hash.h"
-#include "store.h"
-#include "safetensors.h"
+#include "engram/ngram_hash.h"
+#include "engram/store.h"
+#include "engine/model/safetensors.h"
 
 typedef enum {
     MODEL_OK = 0,

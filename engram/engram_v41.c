@@ -3,7 +3,8 @@
  * that contradict each other (derived table rows against
  * engram_num_embeddings) or the tokenizer (compressed vocab). Every refusal is
  * a status and one line naming the key. */
-#include "engram_v41.h"
+#include "engram/engram_v41.h"
+#include "base/err.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -20,18 +21,6 @@ const char *engram_v41_status_str(int status) {
     case ENGRAM_V41_ENOMEM: return "out of memory";
     default: return "unknown status";
     }
-}
-
-static int fail(char *err, size_t errlen, int status, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(char *err, size_t errlen, int status, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return status;
 }
 
 /* JSON numbers are doubles: integers are exact up to 2^53. */
@@ -53,9 +42,9 @@ static int key_i64(const cJSON *o, const char *key, int64_t lo, int64_t hi, int6
                    const char *label, char *err, size_t errlen) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
     if (!v || cJSON_IsNull(v))
-        return fail(err, errlen, ENGRAM_V41_ECONFIG, "%s: missing key %s", label, key);
+        return err_set(err, errlen, ENGRAM_V41_ECONFIG, "%s: missing key %s", label, key);
     if (num_i64(v, lo, hi, out))
-        return fail(err, errlen, ENGRAM_V41_ECONFIG, "%s: key %s must be an integer in [%lld, %lld]",
+        return err_set(err, errlen, ENGRAM_V41_ECONFIG, "%s: key %s must be an integer in [%lld, %lld]",
                     label, key, (long long)lo, (long long)hi);
     return ENGRAM_V41_OK;
 }
@@ -73,16 +62,16 @@ static int key_array(const cJSON *o, const char *key, int max, int64_t lo, int64
                      int *n, const char *label, char *err, size_t errlen) {
     const cJSON *a = cJSON_GetObjectItemCaseSensitive(o, key);
     if (!a || cJSON_IsNull(a))
-        return fail(err, errlen, ENGRAM_V41_ECONFIG, "%s: missing key %s", label, key);
+        return err_set(err, errlen, ENGRAM_V41_ECONFIG, "%s: missing key %s", label, key);
     int len = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : -1;
     if (len < 1 || len > max)
-        return fail(err, errlen, ENGRAM_V41_ECONFIG, "%s: key %s must be an array of 1 to %d integers",
+        return err_set(err, errlen, ENGRAM_V41_ECONFIG, "%s: key %s must be an array of 1 to %d integers",
                     label, key, max);
     int i = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, a) {
         if (num_i64(e, lo, hi, &out[i]))
-            return fail(err, errlen, ENGRAM_V41_ECONFIG, "%s: %s[%d] must be an integer in [%lld, %lld]",
+            return err_set(err, errlen, ENGRAM_V41_ECONFIG, "%s: %s[%d] must be an integer in [%lld, %lld]",
                         label, key, i, (long long)lo, (long long)hi);
         i++;
     }
@@ -100,13 +89,13 @@ static int parse_object(const cJSON *o, const char *label, engram_v41_config *c,
     for (int i = 0; i < c->n_layers; i++)
         for (int j = 0; j < i; j++)
             if (c->layer_ids[j] == c->layer_ids[i])
-                return fail(err, errlen, ENGRAM_V41_ECONFIG, "%s: engram_layer_ids lists layer %lld twice",
+                return err_set(err, errlen, ENGRAM_V41_ECONFIG, "%s: engram_layer_ids lists layer %lld twice",
                             label, (long long)c->layer_ids[i]);
     if ((st = key_array(o, "engram_num_embeddings", ENGRAM_V41_MAX_LAYERS, 1, JSON_INT_MAX,
                         c->num_embeddings, &n_emb, label, err, errlen)))
         return st;
     if (n_emb != c->n_layers)
-        return fail(err, errlen, ENGRAM_V41_EMISMATCH,
+        return err_set(err, errlen, ENGRAM_V41_EMISMATCH,
                     "%s: engram_num_embeddings has %d entries but engram_layer_ids has %d", label, n_emb,
                     c->n_layers);
     if ((st = key_int(o, "engram_max_ngram_size", 2, NGRAM_HASH_MAX_NGRAM, &c->max_ngram_size, label,
@@ -117,11 +106,11 @@ static int parse_object(const cJSON *o, const char *label, engram_v41_config *c,
         return st;
     long total = (long)c->n_layers * (c->max_ngram_size - 1) * c->n_heads;
     if (total > MAX_TOTAL_HEADS)
-        return fail(err, errlen, ENGRAM_V41_ECONFIG,
+        return err_set(err, errlen, ENGRAM_V41_ECONFIG,
                     "%s: engram_n_heads %d x (engram_max_ngram_size-1) x %d layers = %ld hash heads, over %d",
                     label, c->n_heads, c->n_layers, total, MAX_TOTAL_HEADS);
     if (c->head_dim % 32)
-        return fail(err, errlen, ENGRAM_V41_ECONFIG,
+        return err_set(err, errlen, ENGRAM_V41_ECONFIG,
                     "%s: engram_head_dim %d is not a multiple of 32 (one ue8m0 scale per 32 values)",
                     label, c->head_dim);
 
@@ -131,7 +120,7 @@ static int parse_object(const cJSON *o, const char *label, engram_v41_config *c,
     if (p1 && cJSON_IsNull(p1)) p1 = NULL;
     if (p2 && cJSON_IsNull(p2)) p2 = NULL;
     if (!p1 && !p2)
-        return fail(err, errlen, ENGRAM_V41_ECONFIG, "%s: missing key engram_pad_token_id", label);
+        return err_set(err, errlen, ENGRAM_V41_ECONFIG, "%s: missing key engram_pad_token_id", label);
     if (p1 && (st = key_i64(o, "engram_pad_token_id", 0, JSON_INT_MAX, &c->pad_token_id, label, err,
                             errlen)))
         return st;
@@ -139,7 +128,7 @@ static int parse_object(const cJSON *o, const char *label, engram_v41_config *c,
                             err, errlen)))
         return st;
     if (p1 && p2 && v != c->pad_token_id)
-        return fail(err, errlen, ENGRAM_V41_EMISMATCH,
+        return err_set(err, errlen, ENGRAM_V41_EMISMATCH,
                     "%s: engram_pad_token_id %lld and engram_pad_id %lld disagree", label,
                     (long long)c->pad_token_id, (long long)v);
 
@@ -155,18 +144,18 @@ int engram_v41_config_parse(const char *json, size_t len, const char *label, eng
                             char *err, size_t errlen) {
     if (!label) label = "config.json";
     memset(c, 0, sizeof *c);
-    if (!json) return fail(err, errlen, ENGRAM_V41_EJSON, "%s: no text", label);
+    if (!json) return err_set(err, errlen, ENGRAM_V41_EJSON, "%s: no text", label);
     cJSON *root = cJSON_ParseWithLength(json, len);
     if (!root || !cJSON_IsObject(root)) {
         cJSON_Delete(root);
-        return fail(err, errlen, ENGRAM_V41_EJSON, "%s: not a JSON object", label);
+        return err_set(err, errlen, ENGRAM_V41_EJSON, "%s: not a JSON object", label);
     }
     const cJSON *o = root;
     const cJSON *tc = cJSON_GetObjectItemCaseSensitive(root, "text_config");
     if (cJSON_IsObject(tc) && cJSON_GetObjectItemCaseSensitive(tc, "engram_layer_ids")) o = tc;
     int st;
     if (!cJSON_GetObjectItemCaseSensitive(o, "engram_layer_ids"))
-        st = fail(err, errlen, ENGRAM_V41_ECONFIG,
+        st = err_set(err, errlen, ENGRAM_V41_ECONFIG,
                   "%s: missing key engram_layer_ids (in text_config or at top level)", label);
     else
         st = parse_object(o, label, c, err, errlen);
@@ -196,30 +185,30 @@ ngram_hash_config engram_v41_hash_config(const engram_v41_config *c, int64_t com
 int engram_v41_hash_create(const engram_v41_config *c, const engram_v41_tokenizer *tok,
                            const char *label, ngram_hash **out, char *err, size_t errlen) {
     if (!label) label = "config.json";
-    if (!out) return fail(err, errlen, ENGRAM_V41_ECONFIG, "%s: out is NULL", label);
+    if (!out) return err_set(err, errlen, ENGRAM_V41_ECONFIG, "%s: out is NULL", label);
     *out = NULL;
     if (!c || c->n_layers < 1)
-        return fail(err, errlen, ENGRAM_V41_ECONFIG, "%s: no parsed engram config", label);
+        return err_set(err, errlen, ENGRAM_V41_ECONFIG, "%s: no parsed engram config", label);
     const int64_t vc_stated = c->compressed_vocab_size;
     int64_t cpad;
     if (tok) {
         if (tok->vc != vc_stated)
-            return fail(err, errlen, ENGRAM_V41_EMISMATCH,
+            return err_set(err, errlen, ENGRAM_V41_EMISMATCH,
                         "%s: engram_compressed_vocab_size is %lld but the tokenizer compresses to %lld",
                         label, (long long)vc_stated, (long long)tok->vc);
         if (!tok->lookup || c->pad_token_id >= tok->n)
-            return fail(err, errlen, ENGRAM_V41_EMISMATCH,
+            return err_set(err, errlen, ENGRAM_V41_EMISMATCH,
                         "%s: engram_pad_token_id %lld is outside the tokenizer's %lld ids", label,
                         (long long)c->pad_token_id, (long long)tok->n);
         cpad = tok->lookup[c->pad_token_id];
         if (cpad < 0 || cpad >= tok->vc)
-            return fail(err, errlen, ENGRAM_V41_EMISMATCH,
+            return err_set(err, errlen, ENGRAM_V41_EMISMATCH,
                         "%s: engram_pad_token_id %lld compresses to %lld, outside [0, %lld)", label,
                         (long long)c->pad_token_id, (long long)cpad, (long long)tok->vc);
     } else {
         cpad = c->pad_token_id;
         if (cpad >= vc_stated)
-            return fail(err, errlen, ENGRAM_V41_EMISMATCH,
+            return err_set(err, errlen, ENGRAM_V41_EMISMATCH,
                         "%s: engram_pad_token_id %lld is not below engram_compressed_vocab_size %lld "
                         "(without a tokenizer it stands for its own compressed id)",
                         label, (long long)cpad, (long long)vc_stated);
@@ -229,13 +218,13 @@ int engram_v41_hash_create(const engram_v41_config *c, const engram_v41_tokenize
     ngram_hash *h = NULL;
     int hs = ngram_hash_create(&hc, &h, herr, sizeof herr);
     if (hs != NGRAM_HASH_OK)
-        return fail(err, errlen, hs == NGRAM_HASH_ENOMEM ? ENGRAM_V41_ENOMEM : ENGRAM_V41_ECONFIG,
+        return err_set(err, errlen, hs == NGRAM_HASH_ENOMEM ? ENGRAM_V41_ENOMEM : ENGRAM_V41_ECONFIG,
                     "%s: engram hash: %s", label, herr);
     for (int li = 0; li < c->n_layers; li++) {
         int64_t rows = ngram_hash_table_rows(h, li);
         if (rows != c->num_embeddings[li]) {
             ngram_hash_destroy(h);
-            return fail(err, errlen, ENGRAM_V41_EMISMATCH,
+            return err_set(err, errlen, ENGRAM_V41_EMISMATCH,
                         "%s: engram_num_embeddings[%d] is %lld but engram_vocab_size %lld, "
                         "engram_n_heads %d and engram_max_ngram_size %d give %lld rows for layer %lld",
                         label, li, (long long)c->num_embeddings[li], (long long)c->vocab_size,

@@ -10,7 +10,7 @@
 
 #include <stddef.h>
 
-#include "textbuf.h"
+#include "base/buf.h"
 
 typedef enum { REASONING_NONE, REASONING_QWEN3, REASONING_DEEPSEEK_R1 } reasoning_format;
 

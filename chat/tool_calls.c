@@ -1,5 +1,5 @@
 /* Tool calls in generated text (see tool_calls.h). */
-#include "tool_calls.h"
+#include "chat/tool_calls.h"
 
 #include <cjson/cJSON.h>
 #include <stdlib.h>

@@ -1,5 +1,5 @@
 /* Logging, file reading and overflow-checked arithmetic for engine/ and cli/. */
-#include "util.h"
+#include "base/util.h"
 
 #include <errno.h>
 #include <stdarg.h>

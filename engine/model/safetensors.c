@@ -4,7 +4,7 @@
  * We check what a lying file can get wrong: N past the end, offsets past the
  * end or reversed, byte counts that disagree with dtype x shape, overlapping
  * tensors, duplicate names, unknown dtypes, shapes that overflow. */
-#include "safetensors.h"
+#include "engine/model/safetensors.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

@@ -5,7 +5,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "model.h"
+#include "engine/model/model.h"
 
 /* config.json readers: absent or null -> def (INT32_MIN: required); present ->
  * checked for type and range. Return 0, or -1 with a message naming `key`. */

@@ -1,12 +1,11 @@
-/* Scalar conversions between the checkpoint dtypes and f32. */
-#ifndef ENGINE_NUMERIC_H
-#define ENGINE_NUMERIC_H
+/* Scalar conversions to f32 of the 16-bit float formats checkpoints and
+ * Engram tables store (bf16, IEEE half). Header-only: libc alone. */
+#ifndef BASE_NUMERIC_H
+#define BASE_NUMERIC_H
 
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-
-#include "safetensors.h"
 
 static inline float bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
@@ -38,8 +37,5 @@ static inline float f16_to_f32(uint16_t h) {
     memcpy(&f, &u, 4);
     return f;
 }
-
-/* dst[i] = src[i] as f32 for i < n; src in dtype F32, BF16 or F16. */
-void numeric_to_f32(float *dst, const void *src, dtype t, size_t n);
 
 #endif

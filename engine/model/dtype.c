@@ -1,9 +1,9 @@
 /* Bulk dtype conversion to f32. */
-#include "numeric.h"
+#include "engine/model/dtype.h"
 
 #include <assert.h>
 
-void numeric_to_f32(float *dst, const void *src, dtype t, size_t n) {
+void dtype_to_f32(float *dst, const void *src, dtype t, size_t n) {
     if (t == DTYPE_F32) {
         memcpy(dst, src, n * sizeof(float));
     } else if (t == DTYPE_BF16) {

@@ -14,8 +14,8 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
-#include "model_internal.h"
-#include "util.h"
+#include "engine/model/model_internal.h"
+#include "base/util.h"
 
 /* Shapes, copied from each release's config.json on the Hugging Face Hub:
  *   Qwen/Qwen3-0.6B   hidden 1024, intermediate 3072, 28 layers, 16 heads, 8 kv heads,

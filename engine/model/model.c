@@ -2,7 +2,7 @@
  * Everything read from disk is untrusted: every key is checked for type and
  * range, every tensor for presence, dtype and exact shape, and each failure
  * is one line naming the file and the key or tensor. */
-#include "model.h"
+#include "engine/model/model.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -12,9 +12,9 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "model_internal.h"
-#include "numeric.h"
-#include "util.h"
+#include "engine/model/model_internal.h"
+#include "engine/model/dtype.h"
+#include "base/util.h"
 
 const char *model_status_str(int status) {
     switch (status) {
@@ -333,7 +333,7 @@ int model__load_vector(model *m, const char *name, int n, const float **out, cha
         snprintf(err, errlen, "out of memory");
         return MODEL_ERR_NOMEM;
     }
-    numeric_to_f32(buf, t->data, t->dt, (size_t)n);
+    dtype_to_f32(buf, t->data, t->dt, (size_t)n);
     *out = buf;
     return MODEL_OK;
 }

@@ -1,5 +1,5 @@
 /* Reasoning split from content (see reasoning.h). */
-#include "reasoning.h"
+#include "chat/reasoning.h"
 
 #include <stdbool.h>
 #include <stdlib.h>

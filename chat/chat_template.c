@@ -4,7 +4,7 @@
  * trim_blocks, lstrip_blocks, loopcontrols). Values follow Python semantics.
  * All memory of a compile or a render lives in one arena; errors unwind with
  * longjmp to the public entry point, which frees the arena. */
-#include "chat_template.h"
+#include "chat/chat_template.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -19,7 +19,7 @@
 #include <unistd.h>
 #include <utf8proc.h>
 
-#include "util.h"
+#include "base/util.h"
 
 /* ------------------------------------------------------------------ */
 /* Status strings, limits                                               */

@@ -16,11 +16,11 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "backend.h"
-#include "numeric.h"
-#include "store.h"
-#include "util.h"
-#include "sampler.h"
+#include "engine/backend/backend.h"
+#include "engine/model/dtype.h"
+#include "engram/store.h"
+#include "base/util.h"
+#include "engine/sampler.h"
 
 /* ---- memory: plain host memory ---- */
 
@@ -157,7 +157,7 @@ static void cpu_matmul(float *out, const float *x, const weight *w, const float 
             }
             const float *rows = (const float *)w->data + (size_t)i0 * d;
             if (wf) {
-                numeric_to_f32(wf, (const char *)w->data + (size_t)i0 * d * esz, w->dt, (size_t)(i1 - i0) * d);
+                dtype_to_f32(wf, (const char *)w->data + (size_t)i0 * d * esz, w->dt, (size_t)(i1 - i0) * d);
                 rows = wf;
             }
             int t = 0;
@@ -189,7 +189,7 @@ static void cpu_rmsnorm(float *out, const float *x, const float *g, int T, int d
 static void cpu_embed(float *out, const weight *emb, const int32_t *ids, int T) {
     size_t esz = dtype_size(emb->dt);
     for (int t = 0; t < T; t++)
-        numeric_to_f32(out + (size_t)t * emb->cols,
+        dtype_to_f32(out + (size_t)t * emb->cols,
                        (const char *)emb->data + (size_t)ids[t] * emb->cols * esz, emb->dt,
                        (size_t)emb->cols);
 }
@@ -273,7 +273,7 @@ static void cpu_gather_rows(float *out, const weight *table, const int64_t *rows
     size_t esz = dtype_size(table->dt);
     for (int t = 0; t < T; t++)
         for (int h = 0; h < H; h++)
-            numeric_to_f32(out + ((size_t)t * H + h) * D,
+            dtype_to_f32(out + ((size_t)t * H + h) * D,
                            (const char *)table->data + (size_t)rows[(size_t)t * H + h] * D * esz,
                            table->dt, (size_t)D);
 }

@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 /* On success returns 0, *lookup is a heap array (caller frees) of *n entries
  * (the tokenizer's id space), *vc the compressed vocab size. On failure

@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "ngram_hash.h"
+#include "engram/ngram_hash.h"
 
 /* Status codes (0 ok, negative errors; append only). */
 typedef enum {

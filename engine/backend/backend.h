@@ -20,7 +20,7 @@
 #ifndef ENGINE_BACKEND_H
 #define ENGINE_BACKEND_H
 
-#include "model.h"
+#include "engine/model/model.h"
 
 /* One step's tokens: sequence s owns tokens seq_start[s] .. seq_start[s+1]-1,
  * at positions seq_pos0[s] onwards. Pointer fields are backend memory; the
