@@ -1,8 +1,8 @@
-/* A growable NUL-terminated byte string: generated text, and the input a
- * stream parser holds and the output it gives (tool_calls.c, reasoning.c),
- * with the marker test those parsers share. */
-#ifndef ENGRAM_TEXTBUF_H
-#define ENGRAM_TEXTBUF_H
+/* A growable NUL-terminated byte string (strbuf): generated text, SSE output,
+ * the input a stream parser holds and the output it gives, with the marker test
+ * those parsers share. The one growable buffer of the project. */
+#ifndef BASE_BUF_H
+#define BASE_BUF_H
 
 #include <stdlib.h>
 #include <string.h>
@@ -10,10 +10,10 @@
 typedef struct {
     char *s; /* NULL until something is added */
     size_t len, cap;
-} textbuf;
+} strbuf;
 
 /* Appends n bytes; returns 0, or -1 out of memory (b unchanged). */
-static inline int textbuf_add(textbuf *b, const char *p, size_t n) {
+static inline int strbuf_add(strbuf *b, const char *p, size_t n) {
     if (!n) return 0;
     if (b->len + n + 1 > b->cap) {
         size_t cap = (b->len + n + 1) * 2;
@@ -29,28 +29,28 @@ static inline int textbuf_add(textbuf *b, const char *p, size_t n) {
 }
 
 /* Drops the first n bytes. */
-static inline void textbuf_drop(textbuf *b, size_t n) {
+static inline void strbuf_drop(strbuf *b, size_t n) {
     if (!n) return;
     memmove(b->s, b->s + n, b->len - n + 1);
     b->len -= n;
 }
 
 /* Hands the string over (NULL when empty) and leaves b empty. */
-static inline char *textbuf_take(textbuf *b) {
+static inline char *strbuf_take(strbuf *b) {
     char *s = b->len ? b->s : NULL;
     if (!b->len) free(b->s);
-    *b = (textbuf){0};
+    *b = (strbuf){0};
     return s;
 }
 
-static inline void textbuf_free(textbuf *b) {
+static inline void strbuf_free(strbuf *b) {
     free(b->s);
-    *b = (textbuf){0};
+    *b = (strbuf){0};
 }
 
 /* For stream parsers: the length of the longest tail of s[0..n) that is a
  * proper beginning of marker (it may become the marker with more text). */
-static inline size_t textbuf_marker_tail(const char *s, size_t n, const char *marker) {
+static inline size_t strbuf_marker_tail(const char *s, size_t n, const char *marker) {
     for (size_t k = strlen(marker) - 1; k > 0; k--)
         if (n >= k && !memcmp(s + n - k, marker, k)) return k;
     return 0;

@@ -16,12 +16,12 @@ void reasoning_init(reasoning_splitter *r, reasoning_format fmt) {
 }
 
 void reasoning_free(reasoning_splitter *r) {
-    textbuf_free(&r->held);
+    strbuf_free(&r->held);
     memset(r, 0, sizeof(*r));
 }
 
 /* Decides what it can of held; keeps the rest unless final. */
-static int split_drain(reasoning_splitter *r, textbuf *reasoning, textbuf *content, bool final) {
+static int split_drain(reasoning_splitter *r, strbuf *reasoning, strbuf *content, bool final) {
     const char *h = r->held.s ? r->held.s : ""; /* nothing fed yet: no buffer */
     size_t n = r->held.len, at = 0;
     for (;;) {
@@ -39,40 +39,40 @@ static int split_drain(reasoning_splitter *r, textbuf *reasoning, textbuf *conte
         if (r->state == 1) {
             const char *c = n > at ? memmem(h + at, n - at, THINK_CLOSE, THINK_CLOSE_LEN) : NULL;
             if (c) {
-                if (textbuf_add(reasoning, h + at, (size_t)(c - (h + at)))) return -1;
+                if (strbuf_add(reasoning, h + at, (size_t)(c - (h + at)))) return -1;
                 at = (size_t)(c - h) + THINK_CLOSE_LEN;
                 r->state = 2;
                 continue;
             }
-            size_t keep = final ? 0 : textbuf_marker_tail(h + at, n - at, THINK_CLOSE);
-            if (textbuf_add(reasoning, h + at, n - at - keep)) return -1;
+            size_t keep = final ? 0 : strbuf_marker_tail(h + at, n - at, THINK_CLOSE);
+            if (strbuf_add(reasoning, h + at, n - at - keep)) return -1;
             at = n - keep;
             break;
         }
-        if (textbuf_add(content, h + at, n - at)) return -1;
+        if (strbuf_add(content, h + at, n - at)) return -1;
         at = n;
         break;
     }
-    textbuf_drop(&r->held, at);
+    strbuf_drop(&r->held, at);
     return 0;
 }
 
-static int split_give(textbuf *reasoning, textbuf *content, char **r, char **c, int rc) {
-    if (rc) textbuf_free(reasoning), textbuf_free(content);
-    *r = textbuf_take(reasoning);
-    *c = textbuf_take(content);
+static int split_give(strbuf *reasoning, strbuf *content, char **r, char **c, int rc) {
+    if (rc) strbuf_free(reasoning), strbuf_free(content);
+    *r = strbuf_take(reasoning);
+    *c = strbuf_take(content);
     return rc ? -1 : 0;
 }
 
 int reasoning_feed(reasoning_splitter *r, const char *text, size_t len, char **reasoning, char **content) {
-    textbuf rb = {0}, cb = {0};
+    strbuf rb = {0}, cb = {0};
     *reasoning = *content = NULL;
-    if (textbuf_add(&r->held, text, len)) return -1;
+    if (strbuf_add(&r->held, text, len)) return -1;
     return split_give(&rb, &cb, reasoning, content, split_drain(r, &rb, &cb, false));
 }
 
 int reasoning_finish(reasoning_splitter *r, char **reasoning, char **content) {
-    textbuf rb = {0}, cb = {0};
+    strbuf rb = {0}, cb = {0};
     *reasoning = *content = NULL;
     return split_give(&rb, &cb, reasoning, content, split_drain(r, &rb, &cb, true));
 }

@@ -17,7 +17,7 @@ typedef enum { REASONING_NONE, REASONING_QWEN3, REASONING_DEEPSEEK_R1 } reasonin
 typedef struct {
     reasoning_format fmt;
     int state; /* 0: at the start (is there a <think>?), 1: in the reasoning, 2: in the content */
-    textbuf held; /* text not yet given out: a possible marker */
+    strbuf held; /* text not yet given out: a possible marker */
 } reasoning_splitter;
 
 void reasoning_init(reasoning_splitter *r, reasoning_format fmt);

@@ -21,7 +21,7 @@ void tool_parser_init(tool_parser *p, tool_format fmt) {
 void tool_parser_free(tool_parser *p) {
     for (int i = 0; i < p->n_calls; i++) free(p->calls[i].name), free(p->calls[i].arguments);
     free(p->calls);
-    textbuf_free(&p->held);
+    strbuf_free(&p->held);
     memset(p, 0, sizeof(*p));
 }
 
@@ -59,51 +59,51 @@ static int parse_call(tool_parser *p, const char *body, size_t n) {
 
 /* Moves what can be decided from held into out (content) and p->calls;
  * keeps the rest. At the end (final), nothing is kept. */
-static int drain(tool_parser *p, textbuf *out, bool final) {
+static int drain(tool_parser *p, strbuf *out, bool final) {
     const char *h = p->held.s ? p->held.s : ""; /* nothing fed yet: no buffer */
     size_t n = p->held.len, at = 0;
     while (at < n) {
         const char *o = memmem(h + at, n - at, OPEN, OPEN_LEN);
         if (!o) { /* content, except a tail that may begin a marker */
-            size_t keep = final ? 0 : textbuf_marker_tail(h + at, n - at, OPEN);
-            if (textbuf_add(out, h + at, n - at - keep)) return -1;
+            size_t keep = final ? 0 : strbuf_marker_tail(h + at, n - at, OPEN);
+            if (strbuf_add(out, h + at, n - at - keep)) return -1;
             at = n - keep;
             break;
         }
-        if (textbuf_add(out, h + at, (size_t)(o - (h + at)))) return -1;
+        if (strbuf_add(out, h + at, (size_t)(o - (h + at)))) return -1;
         at = (size_t)(o - h);
         const char *body = h + at + OPEN_LEN;
         const char *c = memmem(body, n - at - OPEN_LEN, CLOSE, CLOSE_LEN);
         if (!c) {
-            if (final && textbuf_add(out, h + at, n - at)) return -1; /* never closed: content */
+            if (final && strbuf_add(out, h + at, n - at)) return -1; /* never closed: content */
             if (final) at = n;
             break;
         }
         int rc = parse_call(p, body, (size_t)(c - body));
         if (rc == -2) return -1;
         size_t end = (size_t)(c + CLOSE_LEN - h);
-        if (rc == -1 && textbuf_add(out, h + at, end - at)) return -1; /* not a call: content as it came */
+        if (rc == -1 && strbuf_add(out, h + at, end - at)) return -1; /* not a call: content as it came */
         at = end;
     }
-    textbuf_drop(&p->held, at);
+    strbuf_drop(&p->held, at);
     return 0;
 }
 
-static int give(textbuf *out, char **content, int rc) {
-    if (rc) textbuf_free(out);
-    *content = textbuf_take(out); /* NULL when nothing was added */
+static int give(strbuf *out, char **content, int rc) {
+    if (rc) strbuf_free(out);
+    *content = strbuf_take(out); /* NULL when nothing was added */
     return rc ? -1 : 0;
 }
 
 int tool_parser_feed(tool_parser *p, const char *text, size_t len, char **content) {
-    textbuf out = {0};
+    strbuf out = {0};
     *content = NULL;
-    if (textbuf_add(&p->held, text, len)) return -1;
+    if (strbuf_add(&p->held, text, len)) return -1;
     return give(&out, content, drain(p, &out, false));
 }
 
 int tool_parser_finish(tool_parser *p, char **content) {
-    textbuf out = {0};
+    strbuf out = {0};
     *content = NULL;
     return give(&out, content, drain(p, &out, true));
 }

@@ -32,7 +32,7 @@ typedef struct {
 
 typedef struct {
     tool_format fmt;
-    textbuf held; /* text not yet given out: a possible or open call */
+    strbuf held; /* text not yet given out: a possible or open call */
     tool_call *calls; /* every call parsed so far */
     int n_calls, cap_calls;
 } tool_parser;

@@ -65,7 +65,7 @@ typedef struct {
     api_kind kind;
     char id[64];
     long created;
-    textbuf text; /* the choice's generated text so far */
+    strbuf text; /* the choice's generated text so far */
     bool gates;    /* the request asked for "engram_gates" */
     bool logprobs; /* the request asked for logprobs */
     tool_format tools; /* parse tool calls out of each choice's text (the request gave tools) */
@@ -336,8 +336,8 @@ static cJSON *tool_calls_json(server *s, const tool_parser *p, int from, bool in
 }
 
 /* Appends what a parser gave (heap or NULL) to b and frees it. */
-static int take_into(textbuf *b, char *part) {
-    int rc = part ? textbuf_add(b, part, strlen(part)) : 0;
+static int take_into(strbuf *b, char *part) {
+    int rc = part ? strbuf_add(b, part, strlen(part)) : 0;
     free(part);
     return rc;
 }
@@ -358,7 +358,7 @@ static int chat_message(conn *c, cJSON *ch, const char **finish) {
     tool_parser tp;
     reasoning_init(&rs, c->s->reasoning);
     tool_parser_init(&tp, c->tools);
-    textbuf reasoning = {0}, answer = {0}, content = {0}; /* answer: what follows the reasoning */
+    strbuf reasoning = {0}, answer = {0}, content = {0}; /* answer: what follows the reasoning */
     char *r, *a; /* each call sets both (NULL on failure); take_into frees them */
     int rc = reasoning_feed(&rs, text, c->text.len, &r, &a);
     rc |= take_into(&reasoning, r) | take_into(&answer, a);
@@ -370,7 +370,7 @@ static int chat_message(conn *c, cJSON *ch, const char **finish) {
         rc |= tool_parser_finish(&tp, &a);
         rc |= take_into(&content, a);
     } else if (!rc) {
-        content = answer, answer = (textbuf){0};
+        content = answer, answer = (strbuf){0};
     }
     if (!rc) {
         size_t k = strspn(content.s ? content.s : "", " \n\t\r");
@@ -383,7 +383,7 @@ static int chat_message(conn *c, cJSON *ch, const char **finish) {
             *finish = "tool_calls";
         }
     }
-    textbuf_free(&reasoning), textbuf_free(&answer), textbuf_free(&content);
+    strbuf_free(&reasoning), strbuf_free(&answer), strbuf_free(&content);
     reasoning_free(&rs);
     tool_parser_free(&tp);
     return rc ? -1 : 0;
@@ -406,7 +406,7 @@ static enum MHD_Result continue_generation(conn *c) {
             free(o.text);
             return MHD_NO; /* closes the connection: on_completed cancels the request */
         }
-        if (textbuf_add(&c->text, o.text, o.len)) {
+        if (strbuf_add(&c->text, o.text, o.len)) {
             free(o.text);
             engine_cancel(c->req);
             return fail(c, 500, NULL, "Out of memory.");
@@ -451,7 +451,7 @@ static enum MHD_Result continue_generation(conn *c) {
         else cJSON_AddNullToObject(ch, "logprobs");
         cJSON_AddStringToObject(ch, "finish_reason", finish);
         c->completion_tokens += o.n_generated;
-        textbuf_drop(&c->text, c->text.len);
+        strbuf_drop(&c->text, c->text.len);
         if (++c->cur < c->n_req) { /* the next choice (queued in the engine meanwhile) */
             c->req = c->reqs[c->cur];
             cJSON_Delete(gates);
@@ -541,7 +541,7 @@ static int stream_chat_text(stream *st, const char *text, size_t len, cJSON *lps
         lps = NULL;
     }
     if (!rc && st->tools) {
-        textbuf out = {0};
+        strbuf out = {0};
         char *p; /* set by each call (NULL on failure); take_into frees it */
         rc = tool_parser_feed(&st->tp, c ? c : "", c ? strlen(c) : 0, &p);
         rc |= take_into(&out, p);
@@ -549,7 +549,7 @@ static int stream_chat_text(stream *st, const char *text, size_t len, cJSON *lps
             rc |= tool_parser_finish(&st->tp, &p);
             rc |= take_into(&out, p);
         }
-        part = textbuf_take(&out);
+        part = strbuf_take(&out);
     } else if (!rc) {
         part = c, c = NULL;
     }
@@ -1194,7 +1194,7 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, e
     cJSON_Delete(c->choices);
     if (c->generating) atomic_fetch_sub(&c->s->active, 1);
     free(c->body);
-    textbuf_free(&c->text);
+    strbuf_free(&c->text);
     free(c);
     *con_cls = NULL;
 }
