@@ -1,4 +1,5 @@
-/* Logging, file reading and overflow-checked arithmetic for engine/ and cli/. */
+/* Logging, file reading, overflow-checked arithmetic, number and size parsing
+ * and the clock for every folder. */
 #include "base/util.h"
 
 #include <errno.h>
@@ -63,6 +64,15 @@ double util_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int util_parse_long(const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
 }
 
 int util_parse_size(const char *s, uint64_t *out) {

@@ -1,5 +1,6 @@
-/* Small helpers shared by engine/ and cli/: logging, whole-file reads, checked
- * allocation of sizes that come from untrusted files. Nothing here exits. */
+/* Small helpers every folder may use: logging, whole-file reads, checked
+ * allocation of sizes that come from untrusted files, number and size parsing,
+ * the monotonic clock. Nothing here exits. */
 #ifndef ENGINE_UTIL_H
 #define ENGINE_UTIL_H
 
@@ -25,6 +26,12 @@ int util_mul_overflow(size_t a, size_t b, size_t *out);
  * (binary: 1K = 1024; either case; "KiB"/"KB" also accepted). Returns 0 and
  * *out > 0, or -1 for anything else: junk, a sign, zero, an overflow. */
 int util_parse_size(const char *s, uint64_t *out);
+
+/* Parses a decimal integer in [lo, hi]: the whole string, as strtol reads it
+ * (leading space and a sign allowed, nothing after the digits). Returns 0 with
+ * *out set, or -1 for junk, an empty string, an overflow or a value out of
+ * range, *out untouched. */
+int util_parse_long(const char *s, long lo, long hi, long *out);
 
 /* Monotonic seconds. */
 double util_now(void);
