@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /* log_error("fmt", ...) prints "error: <func>: message" to stderr. */
 #define log_error(...) util_log("error", __func__, __VA_ARGS__)
@@ -18,6 +19,12 @@ void util_log(const char *level, const char *func, const char *fmt, ...)
  * not counted). Refuses files over max_bytes. Returns NULL on failure, with a
  * message in err (errlen bytes). The caller frees the buffer. */
 char *util_read_file(const char *path, size_t max_bytes, size_t *len, char *err, size_t errlen);
+
+/* Reads f to its end (a pipe too: no size limit, no stat) into a
+ * NUL-terminated heap buffer of *len bytes (the NUL not counted); a read
+ * error ends the data as the end of the file would. Returns NULL when out of
+ * memory. The caller frees the buffer; f stays open. */
+char *util_read_stream(FILE *f, size_t *len);
 
 /* Writes out *out = a*b and returns 0, or returns -1 if the product overflows. */
 int util_mul_overflow(size_t a, size_t b, size_t *out);
