@@ -631,7 +631,8 @@ static void run_all(const fetch_options *o) {
             for (int k = 0; k < o->n_tok; k++) {
                 int tokens = (int)o->toks[k];
                 if (B.gpu) run_point(M_UVA, 1, tokens, dist, o->seconds, o->min_steps);
-                for (int i = 0; i < o->n_th; i++) run_point(M_CPU, (int)o->ths[i], tokens, dist, o->seconds, o->min_steps);
+                for (int i = 0; i < o->n_th; i++)
+                    run_point(M_CPU, (int)o->ths[i], tokens, dist, o->seconds, o->min_steps);
                 for (int i = 0; i < o->n_th; i++)
                     run_point(M_DEDUP, (int)o->ths[i], tokens, dist, o->seconds, o->min_steps);
             }

@@ -189,20 +189,33 @@ typedef struct {
     bool force;            /* --force-output */
 } bench_options;
 
+/* util_parse_long into an int or a uint64_t: 0, or -1 with *out untouched. */
+static int parse_int(const char *v, long lo, long hi, int *out) {
+    long lv;
+    if (util_parse_long(v, lo, hi, &lv)) return -1;
+    *out = (int)lv;
+    return 0;
+}
+static int parse_u64(const char *v, long lo, long hi, uint64_t *out) {
+    long lv;
+    if (util_parse_long(v, lo, hi, &lv)) return -1;
+    *out = (uint64_t)lv;
+    return 0;
+}
+
 /* Sets the option a (which takes a value) from v. Returns 0, 1 for a bad
  * value, -1 for an unknown option. */
 static int bench_option_set(bench_options *o, const char *a, const char *v) {
     engine_params *ep = &o->ep;
-    long lv = 0;
     int bad = 0;
     if (!strcmp(a, "-n")) bad = util_parse_long(v, 1, 1 << 20, &o->n);
     else if (!strcmp(a, "--len")) bad = parse_range(v, o->plen) || parse_range(v, o->olen);
     else if (!strcmp(a, "--prompt-len")) bad = parse_range(v, o->plen);
     else if (!strcmp(a, "--output-len")) bad = parse_range(v, o->olen);
-    else if (!strcmp(a, "--seed")) bad = util_parse_long(v, 0, LONG_MAX, &lv), o->seed = (uint64_t)lv;
+    else if (!strcmp(a, "--seed")) bad = parse_u64(v, 0, LONG_MAX, &o->seed);
     else if (!strcmp(a, "--prompts-from")) o->text_path = v;
     else if (!strcmp(a, "--synthetic")) ep->synthetic = v;
-    else if (!strcmp(a, "--synthetic-seed")) bad = util_parse_long(v, 0, LONG_MAX, &lv), ep->synthetic_seed = (uint64_t)lv;
+    else if (!strcmp(a, "--synthetic-seed")) bad = parse_u64(v, 0, LONG_MAX, &ep->synthetic_seed);
     else if (!strcmp(a, "--synthetic-table-dir")) ep->synthetic_table_dir = v;
     else if (!strcmp(a, "--model")) ep->model_dir = v;
     else if (!strcmp(a, "--engram-tables")) ep->engram_tables = v;
@@ -214,19 +227,19 @@ static int bench_option_set(bench_options *o, const char *a, const char *v) {
         ep->engram_store.use_pread = !strcmp(v, "pread");
     } else if (!strcmp(a, "--engram-dram-budget")) bad = util_parse_size(v, &ep->engram_store.dram_budget);
     else if (!strcmp(a, "--engram-hbm-cache")) bad = util_parse_size(v, &ep->engram_store.hbm_cache);
-    else if (!strcmp(a, "--engram-queue-depth")) bad = util_parse_long(v, 1, 4096, &lv), ep->engram_store.queue_depth = (int)lv;
-    else if (!strcmp(a, "--engram-lookahead")) bad = util_parse_long(v, 0, 1 << 24, &lv), ep->engram_lookahead = (int)lv;
+    else if (!strcmp(a, "--engram-queue-depth")) bad = parse_int(v, 1, 4096, &ep->engram_store.queue_depth);
+    else if (!strcmp(a, "--engram-lookahead")) bad = parse_int(v, 0, 1 << 24, &ep->engram_lookahead);
     else if (!strcmp(a, "--device")) ep->device = v;
-    else if (!strcmp(a, "--threads")) bad = util_parse_long(v, 1, 4096, &lv), ep->threads = (int)lv;
-    else if (!strcmp(a, "--max-num-seqs")) bad = util_parse_long(v, 1, 1 << 20, &lv), ep->max_num_seqs = (int)lv;
-    else if (!strcmp(a, "--max-num-batched-tokens")) bad = util_parse_long(v, 1, 1 << 24, &lv), ep->max_num_batched_tokens = (int)lv;
-    else if (!strcmp(a, "--prefill-chunk")) bad = util_parse_long(v, 1, 1 << 24, &lv), ep->prefill_chunk = (int)lv;
+    else if (!strcmp(a, "--threads")) bad = parse_int(v, 1, 4096, &ep->threads);
+    else if (!strcmp(a, "--max-num-seqs")) bad = parse_int(v, 1, 1 << 20, &ep->max_num_seqs);
+    else if (!strcmp(a, "--max-num-batched-tokens")) bad = parse_int(v, 1, 1 << 24, &ep->max_num_batched_tokens);
+    else if (!strcmp(a, "--prefill-chunk")) bad = parse_int(v, 1, 1 << 24, &ep->prefill_chunk);
     else if (!strcmp(a, "--gpu-memory-utilization")) {
         char *end;
         ep->gpu_memory_utilization = strtod(v, &end);
         bad = end == v || *end || !(ep->gpu_memory_utilization > 0 && ep->gpu_memory_utilization <= 1);
-    } else if (!strcmp(a, "--kv-cache-tokens")) bad = util_parse_long(v, 0, INT_MAX, &lv), ep->kv_cache_tokens = (int)lv;
-    else if (!strcmp(a, "--kv-block-size")) bad = util_parse_long(v, 1, 4096, &lv), ep->kv_block_size = (int)lv;
+    } else if (!strcmp(a, "--kv-cache-tokens")) bad = parse_int(v, 0, INT_MAX, &ep->kv_cache_tokens);
+    else if (!strcmp(a, "--kv-block-size")) bad = parse_int(v, 1, 4096, &ep->kv_block_size);
     else return -1;
     return bad ? 1 : 0;
 }
