@@ -1,4 +1,5 @@
-/* Logging, file reading and overflow-checked arithmetic for engine/ and cli/. */
+/* Logging, file reading, overflow-checked arithmetic, number and size parsing
+ * and the clock for every folder. */
 #include "base/util.h"
 
 #include <errno.h>
@@ -55,6 +56,28 @@ char *util_read_file(const char *path, size_t max_bytes, size_t *len, char *err,
     return buf;
 }
 
+char *util_read_stream(FILE *f, size_t *len) {
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    if (!buf) return NULL;
+    for (;;) {
+        if (n + 1 >= cap) {
+            char *nb = realloc(buf, cap *= 2);
+            if (!nb) {
+                free(buf);
+                return NULL;
+            }
+            buf = nb;
+        }
+        size_t got = fread(buf + n, 1, cap - n - 1, f);
+        if (got == 0) break;
+        n += got;
+    }
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
 int util_mul_overflow(size_t a, size_t b, size_t *out) {
     return __builtin_mul_overflow(a, b, out) ? -1 : 0;
 }
@@ -63,6 +86,15 @@ double util_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int util_parse_long(const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
 }
 
 int util_parse_size(const char *s, uint64_t *out) {

@@ -1,10 +1,12 @@
-/* Small helpers shared by engine/ and cli/: logging, whole-file reads, checked
- * allocation of sizes that come from untrusted files. Nothing here exits. */
+/* Small helpers every folder may use: logging, whole-file reads, checked
+ * allocation of sizes that come from untrusted files, number and size parsing,
+ * the monotonic clock. Nothing here exits. */
 #ifndef ENGINE_UTIL_H
 #define ENGINE_UTIL_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /* log_error("fmt", ...) prints "error: <func>: message" to stderr. */
 #define log_error(...) util_log("error", __func__, __VA_ARGS__)
@@ -18,6 +20,12 @@ void util_log(const char *level, const char *func, const char *fmt, ...)
  * message in err (errlen bytes). The caller frees the buffer. */
 char *util_read_file(const char *path, size_t max_bytes, size_t *len, char *err, size_t errlen);
 
+/* Reads f to its end (a pipe too: no size limit, no stat) into a
+ * NUL-terminated heap buffer of *len bytes (the NUL not counted); a read
+ * error ends the data as the end of the file would. Returns NULL when out of
+ * memory. The caller frees the buffer; f stays open. */
+char *util_read_stream(FILE *f, size_t *len);
+
 /* Writes out *out = a*b and returns 0, or returns -1 if the product overflows. */
 int util_mul_overflow(size_t a, size_t b, size_t *out);
 
@@ -25,6 +33,12 @@ int util_mul_overflow(size_t a, size_t b, size_t *out);
  * (binary: 1K = 1024; either case; "KiB"/"KB" also accepted). Returns 0 and
  * *out > 0, or -1 for anything else: junk, a sign, zero, an overflow. */
 int util_parse_size(const char *s, uint64_t *out);
+
+/* Parses a decimal integer in [lo, hi]: the whole string, as strtol reads it
+ * (leading space and a sign allowed, nothing after the digits). Returns 0 with
+ * *out set, or -1 for junk, an empty string, an overflow or a value out of
+ * range, *out untouched. */
+int util_parse_long(const char *s, long lo, long hi, long *out);
 
 /* Monotonic seconds. */
 double util_now(void);

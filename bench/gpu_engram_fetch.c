@@ -26,6 +26,7 @@
  * needed; uva skipped, copies skipped, dedup expanded on the host).
  * CUDA builds only; kernels in gpu_engram_fetch_kernels.cu. */
 #include <cuda_runtime.h>
+#include <limits.h>
 #include <math.h>
 #include <omp.h>
 #include <stdbool.h>
@@ -34,7 +35,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
+
+#include "base/util.h"
 
 int fetch_gather_uva(void *dst, const void *table, int row_bytes, const uint32_t *ids, long n, cudaStream_t s);
 int fetch_expand(void *dst, const void *urows, int row_bytes, const int32_t *inv, const int32_t *offs, long n,
@@ -53,12 +55,6 @@ int fetch_expand(void *dst, const void *urows, int row_bytes, const int32_t *inv
 #define MAX_THREADS 64
 #define SHARD_SHIFT 26 /* dedup inverse map entry: shard << 26 | index within the shard */
 #define HDR_OFFS 256   /* staging: shard offsets (64 int32), then the inverse map, then rows */
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static int parse_list(const char *s, long *out) {
     int n = 0;
@@ -304,14 +300,14 @@ static int n_results;
 static double step(method m, int t, size_t n, double *cpu_s, size_t *uniq) {
     size_t off;
     const uint32_t *ids = next_ids(n, &off);
-    double t0 = now(), t1 = t0;
+    double t0 = util_now(), t1 = t0;
     *uniq = n;
     if (m == M_UVA) {
         CK(fetch_gather_uva(B.d_out, B.d_tab, B.rb, B.d_pool + off, (long)n, B.st));
         CK(cudaStreamSynchronize(B.st));
     } else if (m == M_CPU) {
         cpu_gather(t, ids, n);
-        t1 = now();
+        t1 = util_now();
         if (B.gpu) {
             CK(cudaMemcpyAsync(B.d_out, B.stage, n * (size_t)B.rb, cudaMemcpyHostToDevice, B.st));
             CK(cudaStreamSynchronize(B.st));
@@ -323,7 +319,7 @@ static double step(method m, int t, size_t n, double *cpu_s, size_t *uniq) {
             exit(1);
         }
         *uniq = u;
-        t1 = now();
+        t1 = util_now();
         if (B.gpu) {
             size_t h = hdr_bytes(n);
             CK(cudaMemcpyAsync(B.d_stage, B.stage, h + u * (size_t)B.rb, cudaMemcpyHostToDevice, B.st));
@@ -332,7 +328,7 @@ static double step(method m, int t, size_t n, double *cpu_s, size_t *uniq) {
             CK(cudaStreamSynchronize(B.st));
         }
     }
-    double t2 = now();
+    double t2 = util_now();
     *cpu_s = m == M_UVA ? 0 : t1 - t0;
     (void)ids;
     return t2 - t0;
@@ -387,8 +383,8 @@ static void run_point(method m, int t, int tokens, const char *dist, double seco
     double c;
     step(m, t, n, &c, &uniq); /* warm-up */
     int k = 0;
-    double sum = 0, t0 = now();
-    while (k < MAX_STEPS && (k < min_steps || now() - t0 < seconds)) {
+    double sum = 0, t0 = util_now();
+    while (k < MAX_STEPS && (k < min_steps || util_now() - t0 < seconds)) {
         lat[k] = step(m, t, n, &cpu[k], &uniq);
         sum += lat[k++];
         usum += uniq;
@@ -449,82 +445,92 @@ static void thp_report(const char *when) {
     }
 }
 
-int main(int argc, char **argv) {
-    double gib = 48, seconds = 0.15;
-    long rbs[MAX_LIST] = {128, 264}, toks[MAX_LIST] = {1, 64, 256, 512, 4096, 16384}, ths[MAX_LIST] = {1, 4, 8, 16};
-    long regs[MAX_LIST] = {1, 8}, pool_m = 16;
-    int n_rb = 2, n_tok = 6, n_th = 4, n_reg = 2, min_steps = 20, heads = 16;
-    bool huge = true, cpu_check = false;
-    const char *dists[2] = {"uniform", "zipf"};
-    int n_dist = 2;
+/* ---- the program ---- */
+
+/* Everything the command line sets (defaults in fetch_options_parse). */
+typedef struct {
+    double gib, seconds;
+    long rbs[MAX_LIST], toks[MAX_LIST], ths[MAX_LIST], regs[MAX_LIST], pool_m;
+    int n_rb, n_tok, n_th, n_reg, min_steps, heads;
+    bool huge, cpu_check;
+    const char *dists[2];
+    int n_dist;
+} fetch_options;
+
+/* Sets the option a (which takes a value) from v. Returns 0, 1 for a bad
+ * value, -1 for an unknown option. */
+static int fetch_option_set(fetch_options *o, const char *a, const char *v) {
+    long lv = 0;
+    int bad = 0;
+    if (!strcmp(a, "--gib")) bad = (o->gib = atof(v)) <= 0;
+    else if (!strcmp(a, "--seconds")) bad = (o->seconds = atof(v)) < 0;
+    else if (!strcmp(a, "--min-steps")) bad = util_parse_long(v, 1, INT_MAX, &lv), o->min_steps = (int)lv;
+    else if (!strcmp(a, "--heads")) bad = util_parse_long(v, 1, INT_MAX, &lv), o->heads = (int)lv;
+    else if (!strcmp(a, "--pool-m")) bad = util_parse_long(v, 1, LONG_MAX, &o->pool_m);
+    else if (!strcmp(a, "--row-bytes")) bad = (o->n_rb = parse_list(v, o->rbs)) < 1;
+    else if (!strcmp(a, "--tokens")) bad = (o->n_tok = parse_list(v, o->toks)) < 1;
+    else if (!strcmp(a, "--threads")) bad = (o->n_th = parse_list(v, o->ths)) < 1;
+    else if (!strcmp(a, "--register-gib")) bad = (o->n_reg = parse_list(v, o->regs)) < 0;
+    else if (!strcmp(a, "--dist")) {
+        if (!strcmp(v, "uniform") || !strcmp(v, "zipf")) o->dists[0] = v, o->n_dist = 1;
+        else bad = strcmp(v, "uniform,zipf") != 0, o->n_dist = 2;
+    } else return -1;
+    return bad ? 1 : 0;
+}
+
+/* Fills o from argv. Returns -1 to go on, or 2 for a usage error (the
+ * message on stderr). */
+static int fetch_options_parse(int argc, char **argv, fetch_options *o) {
+    *o = (fetch_options){.gib = 48, .seconds = 0.15, .rbs = {128, 264}, .toks = {1, 64, 256, 512, 4096, 16384},
+                         .ths = {1, 4, 8, 16}, .regs = {1, 8}, .pool_m = 16, .n_rb = 2, .n_tok = 6, .n_th = 4,
+                         .n_reg = 2, .min_steps = 20, .heads = 16, .huge = true, .dists = {"uniform", "zipf"},
+                         .n_dist = 2};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--no-hugepages")) huge = false;
-        else if (!strcmp(a, "--cpu-check")) cpu_check = true;
+        if (!strcmp(a, "--no-hugepages")) o->huge = false;
+        else if (!strcmp(a, "--cpu-check")) o->cpu_check = true;
         else if (!v) {
             fprintf(stderr, "bench-gpu_engram_fetch: unknown option or missing value: %s (see the file's header)\n", a);
             return 2;
         } else {
             i++;
-            int bad = 0;
-            if (!strcmp(a, "--gib")) bad = (gib = atof(v)) <= 0;
-            else if (!strcmp(a, "--seconds")) bad = (seconds = atof(v)) < 0;
-            else if (!strcmp(a, "--min-steps")) bad = (min_steps = atoi(v)) < 1;
-            else if (!strcmp(a, "--heads")) bad = (heads = atoi(v)) < 1;
-            else if (!strcmp(a, "--pool-m")) bad = (pool_m = atol(v)) < 1;
-            else if (!strcmp(a, "--row-bytes")) bad = (n_rb = parse_list(v, rbs)) < 1;
-            else if (!strcmp(a, "--tokens")) bad = (n_tok = parse_list(v, toks)) < 1;
-            else if (!strcmp(a, "--threads")) bad = (n_th = parse_list(v, ths)) < 1;
-            else if (!strcmp(a, "--register-gib")) bad = (n_reg = parse_list(v, regs)) < 0;
-            else if (!strcmp(a, "--dist")) {
-                if (!strcmp(v, "uniform") || !strcmp(v, "zipf")) dists[0] = v, n_dist = 1;
-                else bad = strcmp(v, "uniform,zipf") != 0, n_dist = 2;
-            } else {
+            int set = fetch_option_set(o, a, v);
+            if (set < 0) {
                 fprintf(stderr, "bench-gpu_engram_fetch: unknown option %s (see the file's header)\n", a);
                 return 2;
             }
-            if (bad) {
+            if (set) {
                 fprintf(stderr, "bench-gpu_engram_fetch: bad value for %s: %s\n", a, v);
                 return 2;
             }
         }
     }
-    for (int i = 0; i < n_rb; i++)
-        if (rbs[i] < 4 || rbs[i] % 4) {
+    for (int i = 0; i < o->n_rb; i++)
+        if (o->rbs[i] < 4 || o->rbs[i] % 4) {
             fprintf(stderr, "bench-gpu_engram_fetch: row bytes must be a positive multiple of 4\n");
             return 2;
         }
-    for (int i = 0; i < n_th; i++)
-        if (ths[i] < 1 || ths[i] > MAX_THREADS) {
+    for (int i = 0; i < o->n_th; i++)
+        if (o->ths[i] < 1 || o->ths[i] > MAX_THREADS) {
             fprintf(stderr, "bench-gpu_engram_fetch: threads 1..%d\n", MAX_THREADS);
             return 2;
         }
-    B.gpu = !cpu_check;
-    B.heads = heads;
-    B.bytes = (size_t)(gib * 1073741824.0) / 4096 * 4096;
-    long max_tok = 0, max_rb = 0;
-    for (int i = 0; i < n_tok; i++) max_tok = toks[i] > max_tok ? toks[i] : max_tok;
-    for (int i = 0; i < n_rb; i++) max_rb = rbs[i] > max_rb ? rbs[i] : max_rb;
-    B.max_rows = (size_t)max_tok * (size_t)heads;
-    B.pool_n = (size_t)pool_m << 20;
-    if (B.pool_n < B.max_rows) B.pool_n = B.max_rows;
-    B.pool_n = B.pool_n / (size_t)heads * (size_t)heads;
-    size_t stage_bytes = hdr_bytes(B.max_rows) + B.max_rows * (size_t)max_rb;
+    return -1;
+}
 
-    if (B.gpu) {
-        struct cudaDeviceProp p;
-        CK(cudaGetDeviceProperties(&p, 0));
-        printf("device: %s, %d SMs, %.1f GiB; host: %d OpenMP procs\n", p.name, p.multiProcessorCount,
-               p.totalGlobalMem / 1073741824.0, omp_get_num_procs());
-        CK(cudaStreamCreateWithFlags(&B.st, cudaStreamNonBlocking));
-    }
+static long list_max(const long *v, int n, long floor) {
+    for (int i = 0; i < n; i++) floor = v[i] > floor ? v[i] : floor;
+    return floor;
+}
 
-    /* The table: anonymous memory, huge pages advised, filled in parallel. */
-    double t0 = now();
+/* The table: anonymous memory, huge pages advised, filled in parallel with
+ * random bytes. Returns 0, or -1 with the message on stderr. */
+static int table_fill(bool huge) {
+    double t0 = util_now();
     B.tab = mmap(NULL, B.bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (B.tab == MAP_FAILED) {
         fprintf(stderr, "bench-gpu_engram_fetch: mmap of %zu bytes failed\n", B.bytes);
-        return 1;
+        return -1;
     }
     if (huge && madvise(B.tab, B.bytes, MADV_HUGEPAGE)) perror("madvise(MADV_HUGEPAGE)");
     size_t fchunk = 2u << 20;
@@ -537,94 +543,135 @@ int main(int argc, char **argv) {
             w[i] = x;
         }
     }
-    double t_fill = now() - t0;
+    double t_fill = util_now() - t0;
     printf("table: %.2f GiB of random bytes, filled in %.2f s (%.1f GB/s), hugepages %s\n", B.bytes / 1073741824.0,
            t_fill, B.bytes / t_fill * 1e-9, huge ? "advised" : "off");
     thp_report("after fill");
+    return 0;
+}
 
-    /* cudaHostRegister: a few sizes registered and unregistered, then the whole table, kept. */
-    if (B.gpu) {
-        for (int i = 0; i < n_reg; i++) {
-            size_t sz = (size_t)regs[i] << 30;
-            if (sz >= B.bytes || sz == 0) continue;
-            t0 = now();
-            CK(cudaHostRegister(B.tab, sz, cudaHostRegisterMapped));
-            double tr = now() - t0;
-            t0 = now();
-            CK(cudaHostUnregister(B.tab));
-            double tu = now() - t0;
-            printf("cudaHostRegister %6.2f GiB: %8.3f s (%.1f GB/s), cudaHostUnregister %.3f s\n",
-                   sz / 1073741824.0, tr, sz / tr * 1e-9, tu);
-        }
-        t0 = now();
-        CK(cudaHostRegister(B.tab, B.bytes, cudaHostRegisterMapped));
-        double tr = now() - t0;
-        printf("cudaHostRegister %6.2f GiB: %8.3f s (%.1f GB/s) (the whole table, kept registered)\n",
-               B.bytes / 1073741824.0, tr, B.bytes / tr * 1e-9);
-        fflush(stdout);
-        CK(cudaHostGetDevicePointer((void **)&B.d_tab, B.tab, 0));
-        CK(cudaHostAlloc((void **)&B.stage, stage_bytes, cudaHostAllocDefault));
-        CK(cudaMalloc((void **)&B.d_out, B.max_rows * (size_t)max_rb));
-        CK(cudaMalloc((void **)&B.d_stage, stage_bytes));
-        CK(cudaMalloc((void **)&B.d_pool, B.pool_n * 4));
-        /* the pinned host-to-device copy rate, for scale */
-        size_t cb = stage_bytes;
-        memset(B.stage, 1, cb);
-        double ts[11];
-        for (int i = -2; i < 11; i++) {
-            t0 = now();
-            CK(cudaMemcpyAsync(B.d_stage, B.stage, cb, cudaMemcpyHostToDevice, B.st));
-            CK(cudaStreamSynchronize(B.st));
-            if (i >= 0) ts[i] = now() - t0;
-        }
-        qsort(ts, 11, sizeof(double), cmp_d);
-        printf("pinned H2D cudaMemcpyAsync of %.1f MB: median %.1f us, %.1f GB/s\n", cb * 1e-6, ts[5] * 1e6,
-               cb / ts[5] * 1e-9);
-    } else {
-        B.stage = malloc(stage_bytes);
+/* cudaHostRegister: a few sizes registered and unregistered, then the
+ * whole table, kept; the device buffers; the pinned host-to-device copy
+ * rate, for scale. Exits on a CUDA error. */
+static void gpu_setup(const fetch_options *o, size_t stage_bytes, long max_rb) {
+    for (int i = 0; i < o->n_reg; i++) {
+        size_t sz = (size_t)o->regs[i] << 30;
+        if (sz >= B.bytes || sz == 0) continue;
+        double t0 = util_now();
+        CK(cudaHostRegister(B.tab, sz, cudaHostRegisterMapped));
+        double tr = util_now() - t0;
+        t0 = util_now();
+        CK(cudaHostUnregister(B.tab));
+        double tu = util_now() - t0;
+        printf("cudaHostRegister %6.2f GiB: %8.3f s (%.1f GB/s), cudaHostUnregister %.3f s\n", sz / 1073741824.0, tr,
+               sz / tr * 1e-9, tu);
     }
+    double t0 = util_now();
+    CK(cudaHostRegister(B.tab, B.bytes, cudaHostRegisterMapped));
+    double tr = util_now() - t0;
+    printf("cudaHostRegister %6.2f GiB: %8.3f s (%.1f GB/s) (the whole table, kept registered)\n",
+           B.bytes / 1073741824.0, tr, B.bytes / tr * 1e-9);
+    fflush(stdout);
+    CK(cudaHostGetDevicePointer((void **)&B.d_tab, B.tab, 0));
+    CK(cudaHostAlloc((void **)&B.stage, stage_bytes, cudaHostAllocDefault));
+    CK(cudaMalloc((void **)&B.d_out, B.max_rows * (size_t)max_rb));
+    CK(cudaMalloc((void **)&B.d_stage, stage_bytes));
+    CK(cudaMalloc((void **)&B.d_pool, B.pool_n * 4));
+    size_t cb = stage_bytes;
+    memset(B.stage, 1, cb);
+    double ts[11];
+    for (int i = -2; i < 11; i++) {
+        t0 = util_now();
+        CK(cudaMemcpyAsync(B.d_stage, B.stage, cb, cudaMemcpyHostToDevice, B.st));
+        CK(cudaStreamSynchronize(B.st));
+        if (i >= 0) ts[i] = util_now() - t0;
+    }
+    qsort(ts, 11, sizeof(double), cmp_d);
+    printf("pinned H2D cudaMemcpyAsync of %.1f MB: median %.1f us, %.1f GB/s\n", cb * 1e-6, ts[5] * 1e6,
+           cb / ts[5] * 1e-9);
+}
+
+/* The host buffers: the id pool, the check rows, and per thread a dedup
+ * table and unique ids. Returns 0, or -1 with the message on stderr. */
+static int host_alloc(const fetch_options *o, long max_rb) {
     B.pool = malloc(B.pool_n * 4);
     B.ref = malloc(B.max_rows * (size_t)max_rb);
     B.back = malloc(B.max_rows * (size_t)max_rb);
     B.hcap = 64;
     while (B.hcap < 2 * B.max_rows + 64) B.hcap *= 2;
-    int max_t = 1;
-    for (int i = 0; i < n_th; i++) max_t = ths[i] > max_t ? (int)ths[i] : max_t;
+    int max_t = (int)list_max(o->ths, o->n_th, 1);
     for (int i = 0; i < max_t; i++) {
         B.ht[i] = calloc(B.hcap, sizeof(struct slot));
         B.uniq[i] = malloc(B.max_rows * 4);
         if (!B.ht[i] || !B.uniq[i]) {
             fprintf(stderr, "bench-gpu_engram_fetch: out of memory\n");
-            return 1;
+            return -1;
         }
     }
     if (!B.stage || !B.pool || !B.ref || !B.back) {
         fprintf(stderr, "bench-gpu_engram_fetch: out of memory\n");
-        return 1;
+        return -1;
     }
-    printf("steps: N tokens x %d heads, >= %.2f s and >= %d steps per point, id pool %zu ids (fresh ids every "
-           "step); OMP_WAIT_POLICY=%s\n",
-           heads, seconds, min_steps, B.pool_n, getenv("OMP_WAIT_POLICY") ? getenv("OMP_WAIT_POLICY") : "(unset)");
-    fflush(stdout);
+    return 0;
+}
 
-    for (int a = 0; a < n_rb; a++) {
-        B.rb = (int)rbs[a];
+/* Every point: row sizes x distributions x token counts x methods. */
+static void run_all(const fetch_options *o) {
+    for (int a = 0; a < o->n_rb; a++) {
+        B.rb = (int)o->rbs[a];
         B.rows = B.bytes / (size_t)B.rb;
         if (B.rows >= (1ull << 32)) B.rows = (1ull << 32) - 1; /* ids are uint32 */
-        for (int d = 0; d < n_dist; d++) {
-            t0 = now();
-            make_pool(!strcmp(dists[d], "zipf"));
+        for (int d = 0; d < o->n_dist; d++) {
+            const char *dist = o->dists[d];
+            double t0 = util_now();
+            make_pool(!strcmp(dist, "zipf"));
             printf("rows of %d bytes: %llu (%llu per head), %s ids drawn in %.2f s\n", B.rb,
-                   (unsigned long long)B.rows, (unsigned long long)(B.rows / (uint64_t)heads), dists[d], now() - t0);
-            for (int k = 0; k < n_tok; k++) {
-                if (B.gpu) run_point(M_UVA, 1, (int)toks[k], dists[d], seconds, min_steps);
-                for (int i = 0; i < n_th; i++) run_point(M_CPU, (int)ths[i], (int)toks[k], dists[d], seconds, min_steps);
-                for (int i = 0; i < n_th; i++)
-                    run_point(M_DEDUP, (int)ths[i], (int)toks[k], dists[d], seconds, min_steps);
+                   (unsigned long long)B.rows, (unsigned long long)(B.rows / (uint64_t)o->heads), dist,
+                   util_now() - t0);
+            for (int k = 0; k < o->n_tok; k++) {
+                int tokens = (int)o->toks[k];
+                if (B.gpu) run_point(M_UVA, 1, tokens, dist, o->seconds, o->min_steps);
+                for (int i = 0; i < o->n_th; i++)
+                    run_point(M_CPU, (int)o->ths[i], tokens, dist, o->seconds, o->min_steps);
+                for (int i = 0; i < o->n_th; i++)
+                    run_point(M_DEDUP, (int)o->ths[i], tokens, dist, o->seconds, o->min_steps);
             }
         }
     }
-    summary(rbs, n_rb, dists, n_dist, toks, n_tok);
+}
+
+int main(int argc, char **argv) {
+    fetch_options o;
+    int rc = fetch_options_parse(argc, argv, &o);
+    if (rc >= 0) return rc;
+    B.gpu = !o.cpu_check;
+    B.heads = o.heads;
+    B.bytes = (size_t)(o.gib * 1073741824.0) / 4096 * 4096;
+    long max_tok = list_max(o.toks, o.n_tok, 0), max_rb = list_max(o.rbs, o.n_rb, 0);
+    B.max_rows = (size_t)max_tok * (size_t)o.heads;
+    B.pool_n = (size_t)o.pool_m << 20;
+    if (B.pool_n < B.max_rows) B.pool_n = B.max_rows;
+    B.pool_n = B.pool_n / (size_t)o.heads * (size_t)o.heads;
+    size_t stage_bytes = hdr_bytes(B.max_rows) + B.max_rows * (size_t)max_rb;
+
+    if (B.gpu) {
+        struct cudaDeviceProp p;
+        CK(cudaGetDeviceProperties(&p, 0));
+        printf("device: %s, %d SMs, %.1f GiB; host: %d OpenMP procs\n", p.name, p.multiProcessorCount,
+               p.totalGlobalMem / 1073741824.0, omp_get_num_procs());
+        CK(cudaStreamCreateWithFlags(&B.st, cudaStreamNonBlocking));
+    }
+    if (table_fill(o.huge)) return 1;
+    if (B.gpu) gpu_setup(&o, stage_bytes, max_rb);
+    else B.stage = malloc(stage_bytes);
+    if (host_alloc(&o, max_rb)) return 1;
+    printf("steps: N tokens x %d heads, >= %.2f s and >= %d steps per point, id pool %zu ids (fresh ids every "
+           "step); OMP_WAIT_POLICY=%s\n",
+           o.heads, o.seconds, o.min_steps, B.pool_n,
+           getenv("OMP_WAIT_POLICY") ? getenv("OMP_WAIT_POLICY") : "(unset)");
+    fflush(stdout);
+    run_all(&o);
+    summary(o.rbs, o.n_rb, o.dists, o.n_dist, o.toks, o.n_tok);
     printf("all checks passed\n");
     return 0;
 }

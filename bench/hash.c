@@ -7,6 +7,7 @@
  *
  *   build/bench-hash [TOKENS] [RUNS] [CHUNK]   (default 1048576 7 4096) */
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,10 +59,10 @@ static void bench(const char *name, const ngram_hash *h, int64_t vc, size_t n, i
 }
 
 int main(int argc, char **argv) {
-    size_t n = argc > 1 ? (size_t)strtoull(argv[1], NULL, 10) : (size_t)1 << 20;
-    int runs = argc > 2 ? atoi(argv[2]) : 7;
-    size_t chunk = argc > 3 ? (size_t)strtoull(argv[3], NULL, 10) : 4096;
-    if (n < 1 || runs < 1 || chunk < 1) {
+    long n = 1L << 20, runs = 7, chunk = 4096;
+    if ((argc > 1 && util_parse_long(argv[1], 1, LONG_MAX, &n)) ||
+        (argc > 2 && util_parse_long(argv[2], 1, INT_MAX, &runs)) ||
+        (argc > 3 && util_parse_long(argv[3], 1, LONG_MAX, &chunk))) {
         fprintf(stderr, "usage: bench-hash [TOKENS] [RUNS] [CHUNK]\n");
         return 2;
     }
@@ -76,7 +77,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench-hash: demo config: %s\n", err);
         return 1;
     }
-    bench("demo", demo, dc.compressed_vocab_size, n, runs, chunk);
+    bench("demo", demo, dc.compressed_vocab_size, (size_t)n, (int)runs, (size_t)chunk);
     ngram_hash_destroy(demo);
 
     engram_v41_config vc;
@@ -86,7 +87,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench-hash: %s\n", err);
         return 1;
     }
-    bench("v4.1", v41, vc.compressed_vocab_size, n, runs, chunk);
+    bench("v4.1", v41, vc.compressed_vocab_size, (size_t)n, (int)runs, (size_t)chunk);
     ngram_hash_destroy(v41);
     return 0;
 }

@@ -3,6 +3,7 @@
  * caches with all OpenMP threads; prints the best of several passes in GB/s.
  *
  *   build/bench-membw [MiB]   (default 1024) */
+#include <limits.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,11 +11,15 @@
 #include "base/util.h"
 
 int main(int argc, char **argv) {
-    size_t mib = argc > 1 ? (size_t)atol(argv[1]) : 1024;
-    size_t n = mib * (1u << 20) / sizeof(float);
+    long mib = 1024;
+    if (argc > 1 && util_parse_long(argv[1], 1, LONG_MAX >> 20, &mib)) {
+        fprintf(stderr, "usage: bench-membw [MiB]\n");
+        return 2;
+    }
+    size_t n = (size_t)mib * (1u << 20) / sizeof(float);
     float *a = malloc(n * sizeof(float));
-    if (!a || n == 0) {
-        fprintf(stderr, "bench-membw: cannot allocate %zu MiB\n", mib);
+    if (!a) {
+        fprintf(stderr, "bench-membw: cannot allocate %ld MiB\n", mib);
         return 1;
     }
 #pragma omp parallel for
@@ -29,7 +34,7 @@ int main(int argc, char **argv) {
         if (gbs > best) best = gbs;
         sink += s;
     }
-    printf("read bandwidth: %.2f GB/s (best of 7 passes over %zu MiB, %d threads) [%g]\n", best, mib,
+    printf("read bandwidth: %.2f GB/s (best of 7 passes over %ld MiB, %d threads) [%g]\n", best, mib,
            omp_get_max_threads(), sink > 0 ? 1.0 : 0.0);
     free(a);
     return 0;

@@ -96,15 +96,6 @@ static void print_engram(engine *e) {
     }
 }
 
-static int parse_long(const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
-
 /* "LO:HI" with 1 <= LO <= HI. */
 static int parse_range(const char *s, int r[2]) {
     const char *colon = strchr(s, ':');
@@ -113,7 +104,7 @@ static int parse_range(const char *s, int r[2]) {
     if (!colon || colon - s >= (long)sizeof(lo)) return -1;
     memcpy(lo, s, (size_t)(colon - s));
     lo[colon - s] = 0;
-    if (parse_long(lo, 1, 1 << 24, &a) || parse_long(colon + 1, 1, 1 << 24, &b) || a > b) return -1;
+    if (util_parse_long(lo, 1, 1 << 24, &a) || util_parse_long(colon + 1, 1, 1 << 24, &b) || a > b) return -1;
     r[0] = (int)a;
     r[1] = (int)b;
     return 0;
@@ -186,22 +177,85 @@ static double pct(const double *sorted, int n, double p) { /* nearest rank */
     return sorted[k < 1 ? 0 : k - 1];
 }
 
-int main(int argc, char **argv) {
-    engine_params ep = engine_default_params();
-    long n = 512, lv;
-    int plen[2] = {100, 1024}, olen[2] = {100, 1024};
-    uint64_t seed = 0;
-    const char *text_path = NULL;
-    bool force = false;
+/* ---- options ---- */
+
+/* Everything the command line sets; defaults from bench_options_default. */
+typedef struct {
+    engine_params ep;
+    long n;                /* sequences */
+    int plen[2], olen[2];  /* prompt and output lengths ~ Uniform(LO, HI) */
+    uint64_t seed;
+    const char *text_path; /* --prompts-from */
+    bool force;            /* --force-output */
+} bench_options;
+
+/* util_parse_long into an int or a uint64_t: 0, or -1 with *out untouched. */
+static int parse_int(const char *v, long lo, long hi, int *out) {
+    long lv;
+    if (util_parse_long(v, lo, hi, &lv)) return -1;
+    *out = (int)lv;
+    return 0;
+}
+static int parse_u64(const char *v, long lo, long hi, uint64_t *out) {
+    long lv;
+    if (util_parse_long(v, lo, hi, &lv)) return -1;
+    *out = (uint64_t)lv;
+    return 0;
+}
+
+/* Sets the option a (which takes a value) from v. Returns 0, 1 for a bad
+ * value, -1 for an unknown option. */
+static int bench_option_set(bench_options *o, const char *a, const char *v) {
+    engine_params *ep = &o->ep;
+    int bad = 0;
+    if (!strcmp(a, "-n")) bad = util_parse_long(v, 1, 1 << 20, &o->n);
+    else if (!strcmp(a, "--len")) bad = parse_range(v, o->plen) || parse_range(v, o->olen);
+    else if (!strcmp(a, "--prompt-len")) bad = parse_range(v, o->plen);
+    else if (!strcmp(a, "--output-len")) bad = parse_range(v, o->olen);
+    else if (!strcmp(a, "--seed")) bad = parse_u64(v, 0, LONG_MAX, &o->seed);
+    else if (!strcmp(a, "--prompts-from")) o->text_path = v;
+    else if (!strcmp(a, "--synthetic")) ep->synthetic = v;
+    else if (!strcmp(a, "--synthetic-seed")) bad = parse_u64(v, 0, LONG_MAX, &ep->synthetic_seed);
+    else if (!strcmp(a, "--synthetic-table-dir")) ep->synthetic_table_dir = v;
+    else if (!strcmp(a, "--model")) ep->model_dir = v;
+    else if (!strcmp(a, "--engram-tables")) ep->engram_tables = v;
+    else if (!strcmp(a, "--engram-tier")) {
+        bad = strcmp(v, "dram") && strcmp(v, "nvme");
+        ep->engram_store.tier = strcmp(v, "nvme") ? ENGRAM_STORE_DRAM : ENGRAM_STORE_NVME;
+    } else if (!strcmp(a, "--engram-io")) {
+        bad = strcmp(v, "uring") && strcmp(v, "pread");
+        ep->engram_store.use_pread = !strcmp(v, "pread");
+    } else if (!strcmp(a, "--engram-dram-budget")) bad = util_parse_size(v, &ep->engram_store.dram_budget);
+    else if (!strcmp(a, "--engram-hbm-cache")) bad = util_parse_size(v, &ep->engram_store.hbm_cache);
+    else if (!strcmp(a, "--engram-queue-depth")) bad = parse_int(v, 1, 4096, &ep->engram_store.queue_depth);
+    else if (!strcmp(a, "--engram-lookahead")) bad = parse_int(v, 0, 1 << 24, &ep->engram_lookahead);
+    else if (!strcmp(a, "--device")) ep->device = v;
+    else if (!strcmp(a, "--threads")) bad = parse_int(v, 1, 4096, &ep->threads);
+    else if (!strcmp(a, "--max-num-seqs")) bad = parse_int(v, 1, 1 << 20, &ep->max_num_seqs);
+    else if (!strcmp(a, "--max-num-batched-tokens")) bad = parse_int(v, 1, 1 << 24, &ep->max_num_batched_tokens);
+    else if (!strcmp(a, "--prefill-chunk")) bad = parse_int(v, 1, 1 << 24, &ep->prefill_chunk);
+    else if (!strcmp(a, "--gpu-memory-utilization")) {
+        char *end;
+        ep->gpu_memory_utilization = strtod(v, &end);
+        bad = end == v || *end || !(ep->gpu_memory_utilization > 0 && ep->gpu_memory_utilization <= 1);
+    } else if (!strcmp(a, "--kv-cache-tokens")) bad = parse_int(v, 0, INT_MAX, &ep->kv_cache_tokens);
+    else if (!strcmp(a, "--kv-block-size")) bad = parse_int(v, 1, 4096, &ep->kv_block_size);
+    else return -1;
+    return bad ? 1 : 0;
+}
+
+/* Fills o from argv. Returns -1 to go on, or the exit status for main: 0
+ * after --help, 2 for a usage error (the message on stderr). */
+static int bench_options_parse(int argc, char **argv, bench_options *o) {
+    *o = (bench_options){.ep = engine_default_params(), .n = 512, .plen = {100, 1024}, .olen = {100, 1024}};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int bad = 0;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 0;
         }
         if (!strcmp(a, "--force-output")) {
-            force = true;
+            o->force = true;
             continue;
         }
         if (!v) {
@@ -210,167 +264,150 @@ int main(int argc, char **argv) {
             return 2;
         }
         i++;
-        if (!strcmp(a, "-n")) bad = parse_long(v, 1, 1 << 20, &n);
-        else if (!strcmp(a, "--len")) bad = parse_range(v, plen) || parse_range(v, olen);
-        else if (!strcmp(a, "--prompt-len")) bad = parse_range(v, plen);
-        else if (!strcmp(a, "--output-len")) bad = parse_range(v, olen);
-        else if (!strcmp(a, "--seed")) bad = parse_long(v, 0, LONG_MAX, &lv), seed = (uint64_t)lv;
-        else if (!strcmp(a, "--prompts-from")) text_path = v;
-        else if (!strcmp(a, "--synthetic")) ep.synthetic = v;
-        else if (!strcmp(a, "--synthetic-seed")) bad = parse_long(v, 0, LONG_MAX, &lv), ep.synthetic_seed = (uint64_t)lv;
-        else if (!strcmp(a, "--synthetic-table-dir")) ep.synthetic_table_dir = v;
-        else if (!strcmp(a, "--model")) ep.model_dir = v;
-        else if (!strcmp(a, "--engram-tables")) ep.engram_tables = v;
-        else if (!strcmp(a, "--engram-tier")) {
-            bad = strcmp(v, "dram") && strcmp(v, "nvme");
-            ep.engram_store.tier = strcmp(v, "nvme") ? ENGRAM_STORE_DRAM : ENGRAM_STORE_NVME;
-        } else if (!strcmp(a, "--engram-io")) {
-            bad = strcmp(v, "uring") && strcmp(v, "pread");
-            ep.engram_store.use_pread = !strcmp(v, "pread");
-        } else if (!strcmp(a, "--engram-dram-budget")) bad = util_parse_size(v, &ep.engram_store.dram_budget);
-        else if (!strcmp(a, "--engram-hbm-cache")) bad = util_parse_size(v, &ep.engram_store.hbm_cache);
-        else if (!strcmp(a, "--engram-queue-depth")) bad = parse_long(v, 1, 4096, &lv), ep.engram_store.queue_depth = (int)lv;
-        else if (!strcmp(a, "--engram-lookahead")) bad = parse_long(v, 0, 1 << 24, &lv), ep.engram_lookahead = (int)lv;
-        else if (!strcmp(a, "--device")) ep.device = v;
-        else if (!strcmp(a, "--threads")) bad = parse_long(v, 1, 4096, &lv), ep.threads = (int)lv;
-        else if (!strcmp(a, "--max-num-seqs")) bad = parse_long(v, 1, 1 << 20, &lv), ep.max_num_seqs = (int)lv;
-        else if (!strcmp(a, "--max-num-batched-tokens")) bad = parse_long(v, 1, 1 << 24, &lv), ep.max_num_batched_tokens = (int)lv;
-        else if (!strcmp(a, "--prefill-chunk")) bad = parse_long(v, 1, 1 << 24, &lv), ep.prefill_chunk = (int)lv;
-        else if (!strcmp(a, "--gpu-memory-utilization")) {
-            char *end;
-            ep.gpu_memory_utilization = strtod(v, &end);
-            bad = end == v || *end || !(ep.gpu_memory_utilization > 0 && ep.gpu_memory_utilization <= 1);
-        } else if (!strcmp(a, "--kv-cache-tokens")) bad = parse_long(v, 0, INT_MAX, &lv), ep.kv_cache_tokens = (int)lv;
-        else if (!strcmp(a, "--kv-block-size")) bad = parse_long(v, 1, 4096, &lv), ep.kv_block_size = (int)lv;
-        else {
+        int set = bench_option_set(o, a, v);
+        if (set < 0) {
             fprintf(stderr, "bench-throughput: unknown option %s\n", a);
             usage(stderr);
             return 2;
         }
-        if (bad) {
+        if (set) {
             fprintf(stderr, "bench-throughput: bad value for %s: %s\n", a, v);
             return 2;
         }
     }
-    if (!ep.synthetic == !ep.model_dir) {
+    if (!o->ep.synthetic == !o->ep.model_dir) {
         fprintf(stderr, "bench-throughput: need exactly one of --synthetic SPEC, --model DIR\n");
         usage(stderr);
         return 2;
     }
-    if (force && !text_path) {
+    if (o->force && !o->text_path) {
         fprintf(stderr, "bench-throughput: --force-output needs --prompts-from FILE\n");
         return 2;
     }
-    ep.max_queued = (int)n; /* every request is submitted at once */
-    char err[1024];
-    int32_t *text = NULL;
-    size_t n_text = 0;
-    if (text_path && load_tokens(text_path, &text, &n_text, err, sizeof(err))) {
-        fprintf(stderr, "bench-throughput: %s\n", err);
-        return 2;
-    }
+    o->ep.max_queued = (int)o->n; /* every request is submitted at once */
+    return -1;
+}
 
-    engine *e = NULL;
-    double t_load = util_now();
-    int rc = engine_create(&ep, &e, err, sizeof(err));
-    if (rc != ENGINE_OK) {
-        fprintf(stderr, "bench-throughput: %s\n", err);
-        free(text);
-        return rc == ENGINE_ERR_DEVICE ? 2 : 1;
-    }
-    t_load = util_now() - t_load;
-    int ctx = engine_context_length(e), vocab = engine_vocab_size(e);
+/* ---- the workload ---- */
 
-    /* The workload: lengths, then prompt ids (or text offsets), from one seeded stream. */
-    rng = seed;
-    int *np = malloc((size_t)n * sizeof(int)), *no = malloc((size_t)n * sizeof(int));
-    int32_t **prompts = calloc((size_t)n, sizeof(int32_t *));
-    engine_request **req = calloc((size_t)n, sizeof(engine_request *));
-    engine_output *fin = calloc((size_t)n, sizeof(engine_output));
-    double *ttft = malloc((size_t)n * sizeof(double));
-    const int32_t **forced = calloc((size_t)n, sizeof(int32_t *));
-    rc = 1;
-    if (!np || !no || !prompts || !req || !fin || !ttft || !forced) {
-        fprintf(stderr, "bench-throughput: out of memory\n");
-        goto done;
-    }
-    for (size_t k = 0; k < n_text; k++)
-        if (text[k] < 0 || text[k] >= vocab) {
-            fprintf(stderr, "bench-throughput: %s: token %zu is id %d, outside the model's vocab of %d\n", text_path,
-                    k, text[k], vocab);
-            goto done;
+/* The n requests and what came back; all owned here. main releases the
+ * requests before the engine goes, work_free the rest after (it takes a
+ * zeroed bench_work too). */
+typedef struct {
+    long n;
+    int32_t *text;          /* (n_text) the --prompts-from token file, or NULL */
+    size_t n_text;
+    int *np, *no;           /* (n) prompt and output lengths */
+    int32_t **prompts;      /* (n) each (np[i]) prompt ids */
+    const int32_t **forced; /* (n) --force-output: into text, each (no[i]); else NULL */
+    engine_request **req;   /* (n) */
+    engine_output *fin;     /* (n) each request's final output */
+    double *ttft;           /* (n) seconds to the first token, sorted after the run */
+    long long sum_prompt, sum_output;
+} bench_work;
+
+/* The per-request arrays for n requests. Returns 0, or -1 when out of memory. */
+static int work_alloc(bench_work *w, long n) {
+    w->n = n;
+    w->np = malloc((size_t)n * sizeof(int));
+    w->no = malloc((size_t)n * sizeof(int));
+    w->prompts = calloc((size_t)n, sizeof(int32_t *));
+    w->req = calloc((size_t)n, sizeof(engine_request *));
+    w->fin = calloc((size_t)n, sizeof(engine_output));
+    w->ttft = malloc((size_t)n * sizeof(double));
+    w->forced = calloc((size_t)n, sizeof(int32_t *));
+    return w->np && w->no && w->prompts && w->req && w->fin && w->ttft && w->forced ? 0 : -1;
+}
+
+static void work_free(bench_work *w) {
+    for (long i = 0; w->prompts && i < w->n; i++) free(w->prompts[i]);
+    free(w->prompts);
+    free(w->req);
+    free(w->fin);
+    free(w->np);
+    free(w->no);
+    free(w->ttft);
+    free(w->forced);
+    free(w->text);
+}
+
+/* The workload: lengths, then prompt ids (or text offsets), from one seeded
+ * stream. Returns 0, or -1 with the message on stderr. */
+static int work_make(bench_work *w, const bench_options *o, int ctx, int vocab) {
+    rng = o->seed;
+    for (size_t k = 0; k < w->n_text; k++)
+        if (w->text[k] < 0 || w->text[k] >= vocab) {
+            fprintf(stderr, "bench-throughput: %s: token %zu is id %d, outside the model's vocab of %d\n",
+                    o->text_path, k, w->text[k], vocab);
+            return -1;
         }
-    long long sum_prompt = 0, sum_output = 0;
-    for (long i = 0; i < n; i++) {
-        np[i] = uniform(plen[0], plen[1]);
-        no[i] = uniform(olen[0], olen[1]);
-        sum_prompt += np[i];
-        sum_output += no[i];
-        if (np[i] + no[i] > ctx) {
+    for (long i = 0; i < w->n; i++) {
+        int np = w->np[i] = uniform(o->plen[0], o->plen[1]), no = w->no[i] = uniform(o->olen[0], o->olen[1]);
+        w->sum_prompt += np;
+        w->sum_output += no;
+        if (np + no > ctx) {
             fprintf(stderr, "bench-throughput: request %ld needs %d tokens but the context is %d (lower --len or "
-                            "raise --kv-cache-tokens)\n", i, np[i] + no[i], ctx);
-            goto done;
+                            "raise --kv-cache-tokens)\n", i, np + no, ctx);
+            return -1;
         }
-        if (!(prompts[i] = malloc((size_t)np[i] * sizeof(int32_t)))) {
+        if (!(w->prompts[i] = malloc((size_t)np * sizeof(int32_t)))) {
             fprintf(stderr, "bench-throughput: out of memory\n");
-            goto done;
+            return -1;
         }
-        if (!text) {
-            for (int t = 0; t < np[i]; t++) prompts[i][t] = (int32_t)(next64() % (uint64_t)vocab);
+        if (!w->text) {
+            for (int t = 0; t < np; t++) w->prompts[i][t] = (int32_t)(next64() % (uint64_t)vocab);
             continue;
         }
-        size_t need = (size_t)np[i] + (force ? (size_t)no[i] : 0);
-        if (need > n_text) {
+        size_t need = (size_t)np + (o->force ? (size_t)no : 0);
+        if (need > w->n_text) {
             fprintf(stderr, "bench-throughput: request %ld needs %zu tokens of text but %s has %zu\n", i, need,
-                    text_path, n_text);
-            goto done;
+                    o->text_path, w->n_text);
+            return -1;
         }
-        size_t off = (size_t)(next64() % (uint64_t)(n_text - need + 1));
-        memcpy(prompts[i], text + off, (size_t)np[i] * sizeof(int32_t));
-        if (force) forced[i] = text + off + np[i];
+        size_t off = (size_t)(next64() % (uint64_t)(w->n_text - need + 1));
+        memcpy(w->prompts[i], w->text + off, (size_t)np * sizeof(int32_t));
+        if (o->force) w->forced[i] = w->text + off + np;
     }
-    const model *m = engine_model(e);
-    printf("bench-throughput: %s, device %s, %ld sequences, prompt %d..%d, output %d..%d, seed %llu\n", m->dir,
-           ep.device ? ep.device : "cpu", n, plen[0], plen[1], olen[0], olen[1], (unsigned long long)seed);
-    if (text)
-        printf("text: prompts are slices of %s (%zu tokens)%s\n", text_path, n_text,
-               force ? ", outputs forced to their continuations" : "");
-    engine_stats kv_now; /* the KV cache the engine made (sized from GPU memory when not given) */
-    engine_get_stats(e, &kv_now);
-    printf("engine: max_num_seqs %d, max_num_batched_tokens %d, prefill_chunk %d, kv_cache_tokens %d (context %d), "
-           "threads %d; loaded in %.2fs\n", ep.max_num_seqs, ep.max_num_batched_tokens, ep.prefill_chunk,
-           kv_now.kv_capacity, ctx, ep.threads, t_load);
-    fflush(stdout);
+    return 0;
+}
 
-    double t0 = util_now();
-    for (long i = 0; i < n; i++) {
+/* Submits every request at once: greedy, ignore_eos, exactly no[i] tokens.
+ * Returns 0, or -1 with the message on stderr. */
+static int work_submit(bench_work *w, engine *e) {
+    for (long i = 0; i < w->n; i++) {
         engine_request_params rp = {0};
-        rp.prompt = prompts[i];
-        rp.n_prompt = np[i];
-        rp.max_tokens = no[i];
+        rp.prompt = w->prompts[i];
+        rp.n_prompt = w->np[i];
+        rp.max_tokens = w->no[i];
         rp.sampling = sampler_default_params();
         rp.sampling.temperature = 0; /* greedy */
         rp.ignore_eos = true;
         rp.notify = on_output;
-        rp.forced = forced[i];
-        int src = engine_submit(e, &rp, &req[i]);
+        rp.forced = w->forced[i];
+        int src = engine_submit(e, &rp, &w->req[i]);
         if (src != ENGINE_OK) {
             fprintf(stderr, "bench-throughput: submit %ld: %s\n", i, engine_status_str(src));
-            goto done;
+            return -1;
         }
     }
-    long left = n;
+    return 0;
+}
+
+/* Reads every request's outputs until all have finished, sleeping on the
+ * output wake-ups (at most 100 ms at a time) when nothing is new. */
+static void work_wait(bench_work *w) {
+    long left = w->n;
     while (left > 0) {
         pthread_mutex_lock(&ev_mu);
         unsigned long seen = events;
         pthread_mutex_unlock(&ev_mu);
-        for (long i = 0; i < n; i++) {
-            if (fin[i].finish != ENGINE_FINISH_NONE) continue;
+        for (long i = 0; i < w->n; i++) {
+            if (w->fin[i].finish != ENGINE_FINISH_NONE) continue;
             engine_output o;
-            while (engine_request_read(req[i], &o, NULL, NULL)) { /* arms notify when nothing is new */
+            while (engine_request_read(w->req[i], &o, NULL, NULL)) { /* arms notify when nothing is new */
                 free(o.text);
                 if (o.finish != ENGINE_FINISH_NONE) {
-                    fin[i] = o;
+                    w->fin[i] = o;
                     left--;
                     break;
                 }
@@ -386,37 +423,76 @@ int main(int argc, char **argv) {
         }
         pthread_mutex_unlock(&ev_mu);
     }
+}
+
+/* ---- the report ---- */
+
+/* What one run measured, for the summary lines and the JSON line. */
+typedef struct {
+    double t_load, wall;
+    long long got_output, failed;
+    engine_stats st; /* after the last step */
+    double mean_step;
+} bench_result;
+
+/* Counts the tokens and failures (the first 5 on stderr), the wall time
+ * from t0 to the last finish and the sorted TTFTs, then waits for the last
+ * step's stats. */
+static void work_measure(bench_work *w, engine *e, double t0, bench_result *r) {
     double t_end = t0;
-    long long got_output = 0, failed = 0;
-    for (long i = 0; i < n; i++) {
-        const engine_output *o = &fin[i];
-        if (o->finish != ENGINE_FINISH_LENGTH || o->n_generated != no[i]) {
-            if (failed++ < 5)
+    for (long i = 0; i < w->n; i++) {
+        const engine_output *o = &w->fin[i];
+        if (o->finish != ENGINE_FINISH_LENGTH || o->n_generated != w->no[i]) {
+            if (r->failed++ < 5)
                 fprintf(stderr, "bench-throughput: request %ld ended with finish %d (error %s) after %d of %d tokens\n",
-                        i, (int)o->finish, engine_status_str(o->error), o->n_generated, no[i]);
+                        i, (int)o->finish, engine_status_str(o->error), o->n_generated, w->no[i]);
         }
-        got_output += o->n_generated;
+        r->got_output += o->n_generated;
         if (o->t_end > t_end) t_end = o->t_end;
-        ttft[i] = o->t_first_token > 0 ? o->t_first_token - o->t_submit : INFINITY;
+        w->ttft[i] = o->t_first_token > 0 ? o->t_first_token - o->t_submit : INFINITY;
     }
-    double wall = t_end - t0;
-    qsort(ttft, (size_t)n, sizeof(double), cmp_double);
+    r->wall = t_end - t0;
+    qsort(w->ttft, (size_t)w->n, sizeof(double), cmp_double);
     /* A request's finish is published inside its last step, the step's
      * stats just after it: wait for them (the running set empties). */
-    engine_stats st;
     for (int tries = 0;; tries++) {
-        engine_get_stats(e, &st);
-        if ((st.running == 0 && st.queued == 0) || tries == 2000) break;
+        engine_get_stats(e, &r->st);
+        if ((r->st.running == 0 && r->st.queued == 0) || tries == 2000) break;
         struct timespec ts = {0, 1000 * 1000};
         nanosleep(&ts, NULL);
     }
-    double mean_step = st.steps ? (double)st.step_tokens_total / (double)st.steps : 0;
-    printf("requests %ld (%lld failed), prompt tokens %lld, output tokens %lld (asked %lld)\n", n, failed, sum_prompt,
-           got_output, sum_output);
-    printf("wall %.3f s, output %.2f tok/s, total %.2f tok/s\n", wall, got_output / wall,
-           (sum_prompt + got_output) / wall);
-    printf("TTFT p50 %.3f s, p99 %.3f s\n", pct(ttft, (int)n, 50), pct(ttft, (int)n, 99));
-    printf("scheduler: %lld steps, mean step tokens %.1f, preemptions %lld\n", st.steps, mean_step, st.preemptions);
+    r->mean_step = r->st.steps ? (double)r->st.step_tokens_total / (double)r->st.steps : 0;
+}
+
+/* The lines before the run: the workload and the engine as made. */
+static void print_setup(const bench_options *o, const bench_work *w, engine *e, double t_load) {
+    const engine_params *ep = &o->ep;
+    printf("bench-throughput: %s, device %s, %ld sequences, prompt %d..%d, output %d..%d, seed %llu\n",
+           engine_model(e)->dir, ep->device ? ep->device : "cpu", o->n, o->plen[0], o->plen[1], o->olen[0],
+           o->olen[1], (unsigned long long)o->seed);
+    if (w->text)
+        printf("text: prompts are slices of %s (%zu tokens)%s\n", o->text_path, w->n_text,
+               o->force ? ", outputs forced to their continuations" : "");
+    engine_stats kv_now; /* the KV cache the engine made (sized from GPU memory when not given) */
+    engine_get_stats(e, &kv_now);
+    printf("engine: max_num_seqs %d, max_num_batched_tokens %d, prefill_chunk %d, kv_cache_tokens %d (context %d), "
+           "threads %d; loaded in %.2fs\n", ep->max_num_seqs, ep->max_num_batched_tokens, ep->prefill_chunk,
+           kv_now.kv_capacity, engine_context_length(e), ep->threads, t_load);
+    fflush(stdout);
+}
+
+/* The human-readable result lines, the Engram lines, then the JSON line. */
+static void print_result(const bench_options *o, const bench_work *w, engine *e, const bench_result *r) {
+    const engine_params *ep = &o->ep;
+    long n = o->n;
+    long long sp = w->sum_prompt, got = r->got_output;
+    double p50 = pct(w->ttft, (int)n, 50), p99 = pct(w->ttft, (int)n, 99);
+    printf("requests %ld (%lld failed), prompt tokens %lld, output tokens %lld (asked %lld)\n", n, r->failed, sp,
+           got, w->sum_output);
+    printf("wall %.3f s, output %.2f tok/s, total %.2f tok/s\n", r->wall, got / r->wall, (sp + got) / r->wall);
+    printf("TTFT p50 %.3f s, p99 %.3f s\n", p50, p99);
+    printf("scheduler: %lld steps, mean step tokens %.1f, preemptions %lld\n", r->st.steps, r->mean_step,
+           r->st.preemptions);
     print_engram(e);
     printf("{\"model\": \"%s\", \"device\": \"%s\", \"n\": %ld, \"prompt_len\": [%d, %d], \"output_len\": [%d, %d], "
            "\"seed\": %llu, \"max_num_seqs\": %d, \"max_num_batched_tokens\": %d, \"kv_cache_tokens\": %d, "
@@ -424,23 +500,49 @@ int main(int argc, char **argv) {
            "\"wall_s\": %.4f, \"output_tok_s\": %.3f, \"total_tok_s\": %.3f, \"ttft_p50_s\": %.4f, "
            "\"ttft_p99_s\": %.4f, \"steps\": %lld, \"mean_step_tokens\": %.2f, \"preemptions\": %lld, "
            "\"prompts_from\": %s%s%s, \"force_output\": %s}\n",
-           m->dir, ep.device ? ep.device : "cpu", n, plen[0], plen[1], olen[0], olen[1], (unsigned long long)seed,
-           ep.max_num_seqs, ep.max_num_batched_tokens, ep.kv_cache_tokens, ep.threads, t_load, sum_prompt,
-           got_output, failed, wall, got_output / wall, (sum_prompt + got_output) / wall, pct(ttft, (int)n, 50),
-           pct(ttft, (int)n, 99), st.steps, mean_step, st.preemptions, text ? "\"" : "",
-           text ? text_path : "null", text ? "\"" : "", force ? "true" : "false");
-    rc = failed ? 1 : 0;
+           engine_model(e)->dir, ep->device ? ep->device : "cpu", n, o->plen[0], o->plen[1], o->olen[0], o->olen[1],
+           (unsigned long long)o->seed, ep->max_num_seqs, ep->max_num_batched_tokens, ep->kv_cache_tokens,
+           ep->threads, r->t_load, sp, got, r->failed, r->wall, got / r->wall, (sp + got) / r->wall, p50, p99,
+           r->st.steps, r->mean_step, r->st.preemptions, w->text ? "\"" : "", w->text ? o->text_path : "null",
+           w->text ? "\"" : "", o->force ? "true" : "false");
+}
+
+int main(int argc, char **argv) {
+    bench_options o;
+    int rc = bench_options_parse(argc, argv, &o);
+    if (rc >= 0) return rc;
+    char err[1024];
+    bench_work w = {0};
+    if (o.text_path && load_tokens(o.text_path, &w.text, &w.n_text, err, sizeof(err))) {
+        fprintf(stderr, "bench-throughput: %s\n", err);
+        return 2;
+    }
+    engine *e = NULL;
+    bench_result r = {.t_load = util_now()};
+    rc = engine_create(&o.ep, &e, err, sizeof(err));
+    if (rc != ENGINE_OK) {
+        fprintf(stderr, "bench-throughput: %s\n", err);
+        free(w.text);
+        return rc == ENGINE_ERR_DEVICE ? 2 : 1;
+    }
+    r.t_load = util_now() - r.t_load;
+    rc = 1;
+    if (work_alloc(&w, o.n)) {
+        fprintf(stderr, "bench-throughput: out of memory\n");
+        goto done;
+    }
+    if (work_make(&w, &o, engine_context_length(e), engine_vocab_size(e))) goto done;
+    print_setup(&o, &w, e, r.t_load);
+    double t0 = util_now();
+    if (work_submit(&w, e)) goto done;
+    work_wait(&w);
+    work_measure(&w, e, t0, &r);
+    print_result(&o, &w, e, &r);
+    rc = r.failed ? 1 : 0;
 done:
-    for (long i = 0; req && i < n; i++) engine_request_release(req[i]);
+    /* the requests go before the engine, the prompts after it (the engine may read them until it stops) */
+    for (long i = 0; w.req && i < w.n; i++) engine_request_release(w.req[i]);
     engine_destroy(e);
-    for (long i = 0; prompts && i < n; i++) free(prompts[i]);
-    free(prompts);
-    free(req);
-    free(fin);
-    free(np);
-    free(no);
-    free(ttft);
-    free(forced);
-    free(text);
+    work_free(&w);
     return rc;
 }

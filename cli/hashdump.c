@@ -11,10 +11,12 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/util.h"
 #include "engram/engram.h"
 
 static int parse_u64(const char *s, uint64_t *v) {
@@ -26,11 +28,11 @@ static int parse_u64(const char *s, uint64_t *v) {
     return 0;
 }
 
+_Static_assert(sizeof(long) == sizeof(int64_t), "util_parse_long reads an int64");
+
 static int parse_i64(const char *s, int64_t *v) {
-    char *end;
-    errno = 0;
-    long long x = strtoll(s, &end, 10);
-    if (errno || *end) return -1;
+    long x;
+    if (util_parse_long(s, LONG_MIN, LONG_MAX, &x)) return -1;
     *v = x;
     return 0;
 }
@@ -68,28 +70,6 @@ static int cmd_raw(int argc, char **argv) {
     for (uint64_t i = 0; i < n; i++) printf("%s%" PRIu64, i ? " " : "", ngram_hash_pcg64_next64(&g));
     printf("\n");
     return 0;
-}
-
-static char *read_stdin(size_t *len) {
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    if (!buf) return NULL;
-    for (;;) {
-        if (n + 1 >= cap) {
-            char *nb = realloc(buf, cap *= 2);
-            if (!nb) {
-                free(buf);
-                return NULL;
-            }
-            buf = nb;
-        }
-        size_t got = fread(buf + n, 1, cap - n - 1, stdin);
-        if (got == 0) break;
-        n += got;
-    }
-    buf[n] = 0;
-    *len = n;
-    return buf;
 }
 
 /* An int64 from a JSON number or a decimal string (exact beyond 2^53). */
@@ -132,7 +112,7 @@ static void print_i64_array(const int64_t *v, size_t n) {
  * "sequences": [[compressed ids]] and "chunk": n (hash in chunks of n). */
 static int cmd_derive(void) {
     size_t len;
-    char *text = read_stdin(&len);
+    char *text = util_read_stream(stdin, &len);
     if (!text) return 1;
     cJSON *root = cJSON_Parse(text);
     free(text);
@@ -295,7 +275,7 @@ static ngram_hash_token_text *read_hex_lines(char *buf, size_t *count) {
 
 static int cmd_normalize(void) {
     size_t len, n;
-    char *buf = read_stdin(&len);
+    char *buf = util_read_stream(stdin, &len);
     if (!buf) return 1;
     ngram_hash_token_text *tok = read_hex_lines(buf, &n);
     if (!tok) {
@@ -322,7 +302,7 @@ static int cmd_normalize(void) {
 
 static int cmd_compress(void) {
     size_t len, n;
-    char *buf = read_stdin(&len);
+    char *buf = util_read_stream(stdin, &len);
     if (!buf) return 1;
     ngram_hash_token_text *tok = read_hex_lines(buf, &n);
     int64_t *lookup = malloc((n + 1) * sizeof *lookup);

@@ -9,6 +9,7 @@
 #include <limits.h>
 #include <omp.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,9 @@
 #include "engine/sampler.h"
 #include "tokenizer/tokenizer.h"
 #include "base/util.h"
+
+/* What main does next: go on (RUN_GO_ON) or return this exit status. */
+enum { RUN_GO_ON = -1 };
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -64,16 +68,7 @@ static void usage(FILE *f) {
             "  --engram-buffered      nvme: no O_DIRECT (reads go through the page cache)\n");
 }
 
-/* Parses a decimal integer in [lo, hi]; returns -1 on junk. */
-static int parse_long(const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
-
+/* Parses a float in [lo, hi] (the whole string); returns 0, or -1 on junk. */
 static int parse_float(const char *s, float lo, float hi, float *out) {
     char *end;
     errno = 0;
@@ -151,359 +146,462 @@ static int print_engram_rows(const model *m, const int32_t *prompt, int n_prompt
     return 0;
 }
 
-int main(int argc, char **argv) {
-    const char *model_dir = NULL, *prompt_ids = NULL, *prompt_text = NULL, *dump_logits = NULL;
-    const char *device = "auto";
-    long max_tokens = 32, prefill_chunk = 256, threads = 0;
-    bool print_ids = false, ignore_eos = false, warmup = false, print_gates = false, print_rows = false, chat = false;
-    sampler_params sp = sampler_default_params();
-    const char *engram_tables = NULL, *synthetic = NULL, *synth_dir = NULL;
-    uint64_t synth_seed = 0;
-    engram_store_params esp = engram_store_default_params();
-    esp.tier = ENGRAM_STORE_AUTO;
-    bool engram_store_flag = false; /* a store option, which needs --engram-table-dir */
-    bool tier_dram = false, budget_given = false;
+/* ---- options ---- */
 
+/* Everything the command line sets; run_options_default() gives the defaults. */
+typedef struct {
+    const char *model_dir, *synthetic, *synth_dir; /* exactly one of model_dir, synthetic */
+    const char *prompt_ids, *prompt_text;           /* exactly one */
+    const char *dump_logits, *device, *engram_tables;
+    long max_tokens, prefill_chunk, threads; /* threads 0: all cores */
+    uint64_t synth_seed;
+    bool print_ids, print_gates, print_rows, ignore_eos, warmup, chat;
+    sampler_params sp;
+    engram_store_params esp;
+    bool store_flag; /* a store option was given, which needs a table directory */
+} run_options;
+
+static void run_options_default(run_options *o) {
+    memset(o, 0, sizeof(*o));
+    o->device = "auto";
+    o->max_tokens = 32;
+    o->prefill_chunk = 256;
+    o->sp = sampler_default_params();
+    o->esp = engram_store_default_params();
+    o->esp.tier = ENGRAM_STORE_AUTO;
+}
+
+/* How an option's value is read into its field. */
+typedef enum {
+    OPT_TRUE,  /* no value: the bool field becomes true */
+    OPT_STR,   /* const char *, borrowed from argv */
+    OPT_LONG,  /* long in [lo, hi] */
+    OPT_INT,   /* int in [lo, hi] */
+    OPT_U64,   /* uint64_t in [lo, hi] */
+    OPT_FLOAT, /* float in [flo, fhi] */
+    OPT_SIZE,  /* uint64_t bytes, util_parse_size */
+    OPT_FUNC,  /* the option's own handler */
+} opt_kind;
+
+/* A handler's answer: the value is taken, is bad, or was refused with its own message. */
+enum { OPT_OK = 0, OPT_BAD = 1, OPT_REFUSED = 2 };
+
+typedef struct {
+    const char *name;
+    opt_kind kind;
+    size_t off;      /* offsetof(run_options, the field) */
+    long lo, hi;     /* OPT_LONG, OPT_INT, OPT_U64 */
+    float flo, fhi;  /* OPT_FLOAT */
+    int (*set)(run_options *o, const char *name, const char *v); /* OPT_FUNC */
+    bool store;      /* an Engram store option: needs a table directory */
+} run_option;
+
+static int set_table_dir(run_options *o, const char *a, const char *v) {
+    if (o->engram_tables && strcmp(o->engram_tables, v)) {
+        fprintf(stderr, "engram-run: %s %s contradicts the table directory %s given before\n", a, v,
+                o->engram_tables);
+        return OPT_REFUSED;
+    }
+    o->engram_tables = v;
+    return OPT_OK;
+}
+
+static int set_tier(run_options *o, const char *a, const char *v) {
+    if (!strcmp(v, "auto"))
+        o->esp.tier = ENGRAM_STORE_AUTO;
+    else if (!strcmp(v, "dram"))
+        o->esp.tier = ENGRAM_STORE_DRAM;
+    else if (!strcmp(v, "nvme"))
+        o->esp.tier = ENGRAM_STORE_NVME;
+    else
+        return OPT_BAD;
+    return OPT_OK;
+}
+
+static int set_io(run_options *o, const char *a, const char *v) {
+    if (strcmp(v, "uring") && strcmp(v, "pread")) return OPT_BAD;
+    o->esp.use_pread = !strcmp(v, "pread");
+    return OPT_OK;
+}
+
+#define AT(field) .off = offsetof(run_options, field)
+/* Every option but --help, in the order of usage(). A new option is one line
+ * here (and one in usage()); a cross-option rule goes in run_options_check. */
+static const run_option RUN_OPTIONS[] = {
+    {"--model", OPT_STR, AT(model_dir)},
+    {"--synthetic", OPT_STR, AT(synthetic)},
+    {"--synthetic-seed", OPT_U64, AT(synth_seed), .lo = 0, .hi = LONG_MAX},
+    {"--synthetic-table-dir", OPT_STR, AT(synth_dir)},
+    {"--prompt-ids", OPT_STR, AT(prompt_ids)},
+    {"--prompt", OPT_STR, AT(prompt_text)},
+    {"--chat", OPT_TRUE, AT(chat)},
+    {"--max-tokens", OPT_LONG, AT(max_tokens), .lo = 0, .hi = 1 << 24},
+    {"--temperature", OPT_FLOAT, AT(sp.temperature), .flo = 0.0f, .fhi = 100.0f},
+    {"--top-p", OPT_FLOAT, AT(sp.top_p), .flo = 1e-6f, .fhi = 1.0f},
+    {"--top-k", OPT_INT, AT(sp.top_k), .lo = 0, .hi = INT32_MAX},
+    {"--min-p", OPT_FLOAT, AT(sp.min_p), .flo = 0.0f, .fhi = 1.0f},
+    {"--repetition-penalty", OPT_FLOAT, AT(sp.repetition_penalty), .flo = 1e-3f, .fhi = 100.0f},
+    {"--presence-penalty", OPT_FLOAT, AT(sp.presence_penalty), .flo = -2.0f, .fhi = 2.0f},
+    {"--frequency-penalty", OPT_FLOAT, AT(sp.frequency_penalty), .flo = -2.0f, .fhi = 2.0f},
+    {"--seed", OPT_U64, AT(sp.seed), .lo = 0, .hi = LONG_MAX},
+    {"--ignore-eos", OPT_TRUE, AT(ignore_eos)},
+    {"--warmup", OPT_TRUE, AT(warmup)},
+    {"--device", OPT_STR, AT(device)},
+    {"--threads", OPT_LONG, AT(threads), .lo = 1, .hi = 4096},
+    {"--prefill-chunk", OPT_LONG, AT(prefill_chunk), .lo = 1, .hi = 1 << 20},
+    {"--print-ids", OPT_TRUE, AT(print_ids)},
+    {"--print-gates", OPT_TRUE, AT(print_gates)},
+    {"--print-rows", OPT_TRUE, AT(print_rows)},
+    {"--dump-logits", OPT_STR, AT(dump_logits)},
+    {"--engram-table-dir", OPT_FUNC, .set = set_table_dir},
+    {"--engram-tables", OPT_FUNC, .set = set_table_dir},
+    {"--engram-dram-budget", OPT_SIZE, AT(esp.dram_budget), .store = true},
+    {"--engram-hbm-cache", OPT_SIZE, AT(esp.hbm_cache)},
+    {"--engram-tier", OPT_FUNC, .set = set_tier, .store = true},
+    {"--engram-mlock", OPT_TRUE, AT(esp.mlock), .store = true},
+    {"--engram-hugepages", OPT_TRUE, AT(esp.hugepages), .store = true},
+    {"--engram-io", OPT_FUNC, .set = set_io, .store = true},
+    {"--engram-queue-depth", OPT_INT, AT(esp.queue_depth), .lo = 1, .hi = 4096, .store = true},
+    {"--engram-buffered", OPT_TRUE, AT(esp.no_direct), .store = true},
+};
+#undef AT
+
+/* Reads v into opt's field of o; returns OPT_OK, OPT_BAD or OPT_REFUSED. */
+static int run_option_set(const run_option *opt, run_options *o, const char *a, const char *v) {
+    char *field = (char *)o + opt->off;
+    long lv;
+    o->store_flag |= opt->store;
+    switch (opt->kind) {
+    case OPT_TRUE: *(bool *)field = true; return OPT_OK;
+    case OPT_STR: *(const char **)field = v; return OPT_OK;
+    case OPT_FLOAT: return parse_float(v, opt->flo, opt->fhi, (float *)field) ? OPT_BAD : OPT_OK;
+    case OPT_SIZE: return util_parse_size(v, (uint64_t *)field) ? OPT_BAD : OPT_OK;
+    case OPT_FUNC: return opt->set(o, a, v);
+    case OPT_LONG: case OPT_INT: case OPT_U64: break;
+    }
+    if (util_parse_long(v, opt->lo, opt->hi, &lv)) return OPT_BAD;
+    if (opt->kind == OPT_LONG) *(long *)field = lv;
+    else if (opt->kind == OPT_INT) *(int *)field = (int)lv;
+    else *(uint64_t *)field = (uint64_t)lv;
+    return OPT_OK;
+}
+
+/* Fills o from argv over the defaults; the last of a repeated option wins.
+ * Returns RUN_GO_ON, or the exit status for main: 0 after --help, 2 for an
+ * unknown option, a missing or bad value (the message on stderr). */
+static int run_options_parse(int argc, char **argv, run_options *o) {
+    run_options_default(o);
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        long lv;
-        int bad = 0;
-#define NEED_VALUE                                                                                 \
-    if (!v) {                                                                                      \
-        fprintf(stderr, "engram-run: %s needs a value\n", a);                                      \
-        return 2;                                                                                  \
-    }                                                                                              \
-    i++;
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 0;
-        } else if (!strcmp(a, "--print-ids")) {
-            print_ids = true;
-        } else if (!strcmp(a, "--chat")) {
-            chat = true;
-        } else if (!strcmp(a, "--print-rows")) {
-            print_rows = true;
-        } else if (!strcmp(a, "--print-gates")) {
-            print_gates = true;
-        } else if (!strcmp(a, "--ignore-eos")) {
-            ignore_eos = true;
-        } else if (!strcmp(a, "--warmup")) {
-            warmup = true;
-        } else if (!strcmp(a, "--model")) {
-            NEED_VALUE model_dir = v;
-        } else if (!strcmp(a, "--synthetic")) {
-            NEED_VALUE synthetic = v;
-        } else if (!strcmp(a, "--synthetic-table-dir")) {
-            NEED_VALUE synth_dir = v;
-        } else if (!strcmp(a, "--synthetic-seed")) {
-            NEED_VALUE bad = parse_long(v, 0, LONG_MAX, &lv);
-            synth_seed = (uint64_t)lv;
-        } else if (!strcmp(a, "--prompt-ids")) {
-            NEED_VALUE prompt_ids = v;
-        } else if (!strcmp(a, "--prompt")) {
-            NEED_VALUE prompt_text = v;
-        } else if (!strcmp(a, "--dump-logits")) {
-            NEED_VALUE dump_logits = v;
-        } else if (!strcmp(a, "--engram-table-dir") || !strcmp(a, "--engram-tables")) {
-            NEED_VALUE if (engram_tables && strcmp(engram_tables, v)) {
-                fprintf(stderr, "engram-run: %s %s contradicts the table directory %s given before\n", a, v,
-                        engram_tables);
-                return 2;
-            }
-            engram_tables = v;
-        } else if (!strcmp(a, "--engram-dram-budget")) {
-            NEED_VALUE engram_store_flag = budget_given = true;
-            bad = util_parse_size(v, &esp.dram_budget);
-        } else if (!strcmp(a, "--engram-hbm-cache")) {
-            NEED_VALUE bad = util_parse_size(v, &esp.hbm_cache);
-        } else if (!strcmp(a, "--engram-tier")) {
-            NEED_VALUE engram_store_flag = true;
-            tier_dram = !strcmp(v, "dram");
-            if (!strcmp(v, "auto"))
-                esp.tier = ENGRAM_STORE_AUTO;
-            else if (!strcmp(v, "dram"))
-                esp.tier = ENGRAM_STORE_DRAM;
-            else if (!strcmp(v, "nvme"))
-                esp.tier = ENGRAM_STORE_NVME;
-            else
-                bad = 1;
-        } else if (!strcmp(a, "--engram-io")) {
-            NEED_VALUE engram_store_flag = true;
-            if (!strcmp(v, "uring"))
-                esp.use_pread = false;
-            else if (!strcmp(v, "pread"))
-                esp.use_pread = true;
-            else
-                bad = 1;
-        } else if (!strcmp(a, "--engram-queue-depth")) {
-            NEED_VALUE engram_store_flag = true;
-            bad = parse_long(v, 1, 4096, &lv);
-            esp.queue_depth = (int)lv;
-        } else if (!strcmp(a, "--engram-mlock")) {
-            engram_store_flag = esp.mlock = true;
-        } else if (!strcmp(a, "--engram-hugepages")) {
-            engram_store_flag = esp.hugepages = true;
-        } else if (!strcmp(a, "--engram-buffered")) {
-            engram_store_flag = esp.no_direct = true;
-        } else if (!strcmp(a, "--device")) {
-            NEED_VALUE device = v;
-        } else if (!strcmp(a, "--max-tokens")) {
-            NEED_VALUE bad = parse_long(v, 0, 1 << 24, &max_tokens);
-        } else if (!strcmp(a, "--prefill-chunk")) {
-            NEED_VALUE bad = parse_long(v, 1, 1 << 20, &prefill_chunk);
-        } else if (!strcmp(a, "--threads")) {
-            NEED_VALUE bad = parse_long(v, 1, 4096, &threads);
-        } else if (!strcmp(a, "--seed")) {
-            NEED_VALUE bad = parse_long(v, 0, LONG_MAX, &lv);
-            sp.seed = (uint64_t)lv;
-        } else if (!strcmp(a, "--top-k")) {
-            NEED_VALUE bad = parse_long(v, 0, INT32_MAX, &lv);
-            sp.top_k = (int)lv;
-        } else if (!strcmp(a, "--temperature")) {
-            NEED_VALUE bad = parse_float(v, 0.0f, 100.0f, &sp.temperature);
-        } else if (!strcmp(a, "--top-p")) {
-            NEED_VALUE bad = parse_float(v, 1e-6f, 1.0f, &sp.top_p);
-        } else if (!strcmp(a, "--min-p")) {
-            NEED_VALUE bad = parse_float(v, 0.0f, 1.0f, &sp.min_p);
-        } else if (!strcmp(a, "--repetition-penalty")) {
-            NEED_VALUE bad = parse_float(v, 1e-3f, 100.0f, &sp.repetition_penalty);
-        } else if (!strcmp(a, "--presence-penalty")) {
-            NEED_VALUE bad = parse_float(v, -2.0f, 2.0f, &sp.presence_penalty);
-        } else if (!strcmp(a, "--frequency-penalty")) {
-            NEED_VALUE bad = parse_float(v, -2.0f, 2.0f, &sp.frequency_penalty);
-        } else {
+        }
+        const run_option *opt = NULL;
+        for (size_t k = 0; k < sizeof(RUN_OPTIONS) / sizeof(RUN_OPTIONS[0]) && !opt; k++)
+            if (!strcmp(a, RUN_OPTIONS[k].name)) opt = &RUN_OPTIONS[k];
+        if (!opt) {
             fprintf(stderr, "engram-run: unknown option %s\n", a);
             usage(stderr);
             return 2;
         }
-        if (bad) {
+        if (opt->kind != OPT_TRUE) {
+            if (!v) {
+                fprintf(stderr, "engram-run: %s needs a value\n", a);
+                return 2;
+            }
+            i++;
+        }
+        int set = run_option_set(opt, o, a, v);
+        if (set == OPT_REFUSED) return 2;
+        if (set == OPT_BAD) {
             fprintf(stderr, "engram-run: bad value for %s: %s%s\n", a, v,
-                    !strcmp(a, "--engram-dram-budget") || !strcmp(a, "--engram-hbm-cache")
-                        ? " (a positive size in bytes, optionally with K, M, G or T: 1K = 1024)"
-                        : "");
+                    opt->kind == OPT_SIZE ? " (a positive size in bytes, optionally with K, M, G or T: 1K = 1024)"
+                                          : "");
             return 2;
         }
-#undef NEED_VALUE
     }
-    if (!model_dir == !synthetic || (!prompt_ids == !prompt_text)) {
+    return RUN_GO_ON;
+}
+
+/* The rules between options. Returns RUN_GO_ON, or 2 with the message on stderr. */
+static int run_options_check(const run_options *o) {
+    /* util_parse_size refuses 0, the default: a budget not 0 was given */
+    bool tier_dram = o->esp.tier == ENGRAM_STORE_DRAM, budget_given = o->esp.dram_budget != 0;
+    if (!o->model_dir == !o->synthetic || (!o->prompt_ids == !o->prompt_text)) {
         fprintf(stderr, "engram-run: need one of --model, --synthetic and exactly one of --prompt-ids, --prompt\n");
         usage(stderr);
         return 2;
     }
-    if (synthetic && (prompt_text || chat)) {
-        fprintf(stderr, "engram-run: a synthetic model has no tokenizer: give the prompt with --prompt-ids\n");
+    const char *why = NULL;
+    if (o->synthetic && (o->prompt_text || o->chat))
+        why = "a synthetic model has no tokenizer: give the prompt with --prompt-ids";
+    else if (o->synthetic && o->engram_tables)
+        why = "a synthetic model makes its own tables: use --synthetic-table-dir, not --engram-tables";
+    else if ((o->synth_dir || o->synth_seed) && !o->synthetic)
+        why = "--synthetic-seed and --synthetic-table-dir need --synthetic";
+    else if (o->store_flag && !o->engram_tables && !o->synth_dir)
+        why = "--engram-dram-budget/-tier/-io/-queue-depth/-mlock/-hugepages/-buffered need "
+              "--engram-table-dir (alias --engram-tables) or --synthetic-table-dir";
+    else if (tier_dram && budget_given)
+        why = "--engram-dram-budget does not apply to --engram-tier dram (whole tables "
+              "mapped); use --engram-tier auto or nvme";
+    else if (o->chat && !o->prompt_text)
+        why = "--chat needs --prompt";
+    if (why) {
+        fprintf(stderr, "engram-run: %s\n", why);
         return 2;
     }
-    if (synthetic && engram_tables) {
-        fprintf(stderr, "engram-run: a synthetic model makes its own tables: use --synthetic-table-dir, not --engram-tables\n");
+    if (strcmp(o->device, "cpu") && strcmp(o->device, "cuda") && strcmp(o->device, "auto")) {
+        fprintf(stderr, "engram-run: device %s is unknown (expected cpu, cuda or auto)\n", o->device);
         return 2;
     }
-    if ((synth_dir || synth_seed) && !synthetic) {
-        fprintf(stderr, "engram-run: --synthetic-seed and --synthetic-table-dir need --synthetic\n");
-        return 2;
-    }
-    if (engram_store_flag && !engram_tables && !synth_dir) {
-        fprintf(stderr, "engram-run: --engram-dram-budget/-tier/-io/-queue-depth/-mlock/-hugepages/-buffered need "
-                        "--engram-table-dir (alias --engram-tables) or --synthetic-table-dir\n");
-        return 2;
-    }
-    if (tier_dram && budget_given) {
-        fprintf(stderr, "engram-run: --engram-dram-budget does not apply to --engram-tier dram (whole tables "
-                        "mapped); use --engram-tier auto or nvme\n");
-        return 2;
-    }
+    return RUN_GO_ON;
+}
 
-    if (chat && !prompt_text) {
-        fprintf(stderr, "engram-run: --chat needs --prompt\n");
-        return 2;
-    }
-    if (strcmp(device, "cpu") && strcmp(device, "cuda") && strcmp(device, "auto")) {
-        fprintf(stderr, "engram-run: device %s is unknown (expected cpu, cuda or auto)\n", device);
-        return 2;
-    }
-    if (threads > 0) omp_set_num_threads((int)threads);
+/* ---- the run ---- */
 
-    int rc = 1;
+/* One run's objects, all owned here and freed by run_free (which takes a
+ * zeroed run_ctx too). */
+typedef struct {
+    const run_options *o;  /* borrowed */
+    tokenizer *tok;        /* the checkpoint's; NULL when it has none or the model is synthetic */
+    tokenizer_stream *ts;  /* streams the output text to stdout when tok is set */
+    int32_t *prompt;       /* (n_prompt) */
+    int n_prompt;
+    model *m;
+    forward_ctx *fc;
+    forward_state *st;
+    sampler *smp;
+    float *logits;   /* (vocab_size) the last position's */
+    float *gates;    /* (need, nl) with --print-gates */
+    int32_t *out;    /* (max_tokens + 1) generated ids */
+    int n_out;
+    int nl;          /* Engram layers, 0 without */
+    long need;       /* positions: n_prompt + max_tokens */
+} run_ctx;
+
+static void run_free(run_ctx *r) {
+    free(r->prompt);
+    free(r->logits);
+    free(r->gates);
+    free(r->out);
+    sampler_destroy(r->smp);
+    tokenizer_stream_destroy(r->ts);
+    tokenizer_destroy(r->tok);
+    forward_state_destroy(r->st);
+    forward_ctx_destroy(r->fc);
+    model_destroy(r->m);
+}
+
+/* --chat: --prompt as one user message through the checkpoint's chat
+ * template, as apply_chat_template(tokenize=True) renders it. Returns the
+ * text (the caller frees it), or NULL with a message in err. */
+static char *run_chat_render(const char *model_dir, const char *prompt_text, char *err, size_t errlen) {
+    chat_template *tpl = NULL;
+    char *rendered = NULL;
+    cJSON *msgs = cJSON_CreateArray(), *msg = cJSON_CreateObject();
+    cJSON_AddStringToObject(msg, "role", "user");
+    cJSON_AddStringToObject(msg, "content", prompt_text);
+    cJSON_AddItemToArray(msgs, msg);
+    char *mj = cJSON_PrintUnformatted(msgs);
+    cJSON_Delete(msgs);
+    int crc = chat_template_load_dir(model_dir, &tpl, err, errlen);
+    if (crc == CHAT_TEMPLATE_OK) crc = chat_template_render(tpl, mj, NULL, true, &rendered, err, errlen);
+    chat_template_destroy(tpl);
+    free(mj);
+    return crc == CHAT_TEMPLATE_OK ? rendered : NULL;
+}
+
+/* The tokenizer (required for --prompt, used for printing text when
+ * present) and the prompt's ids. Returns RUN_GO_ON, or the exit status
+ * with the message on stderr. */
+static int run_prompt_load(run_ctx *r) {
+    const run_options *o = r->o;
+    const char *prompt_text = o->prompt_text;
     char err[1024];
-    int32_t *prompt = NULL;
-    int n_prompt = 0;
-    /* The checkpoint's tokenizer: required for --prompt, used for printing text when present. */
-    tokenizer *tok = NULL;
-    tokenizer_stream *ts = NULL;
-    if (synthetic || tokenizer_load(model_dir, &tok, err, sizeof(err)) != TOKENIZER_OK) {
-        tok = NULL;
+    if (o->synthetic || tokenizer_load(o->model_dir, &r->tok, err, sizeof(err)) != TOKENIZER_OK) {
+        r->tok = NULL;
         if (prompt_text) {
             fprintf(stderr, "engram-run: --prompt needs the checkpoint's tokenizer: %s\n", err);
             return 1;
         }
     }
     char *rendered = NULL;
-    if (chat) { /* as apply_chat_template(tokenize=True): render, then encode without special tokens */
-        chat_template *tpl = NULL;
-        cJSON *msgs = cJSON_CreateArray(), *msg = cJSON_CreateObject();
-        cJSON_AddStringToObject(msg, "role", "user");
-        cJSON_AddStringToObject(msg, "content", prompt_text);
-        cJSON_AddItemToArray(msgs, msg);
-        char *mj = cJSON_PrintUnformatted(msgs);
-        cJSON_Delete(msgs);
-        int crc = chat_template_load_dir(model_dir, &tpl, err, sizeof(err));
-        if (crc == CHAT_TEMPLATE_OK) crc = chat_template_render(tpl, mj, NULL, true, &rendered, err, sizeof(err));
-        chat_template_destroy(tpl);
-        free(mj);
-        if (crc != CHAT_TEMPLATE_OK) {
+    if (o->chat) { /* render, then encode without special tokens */
+        if (!(rendered = run_chat_render(o->model_dir, prompt_text, err, sizeof(err)))) {
             fprintf(stderr, "engram-run: chat template: %s\n", err);
-            tokenizer_destroy(tok);
             return 1;
         }
         prompt_text = rendered;
     }
     if (prompt_text) {
         size_t n = 0;
-        int trc = tokenizer_encode(tok, prompt_text, strlen(prompt_text), !chat, &prompt, &n);
+        int trc = tokenizer_encode(r->tok, prompt_text, strlen(prompt_text), !o->chat, &r->prompt, &n);
         free(rendered);
         if (trc != TOKENIZER_OK || n == 0 || n > INT32_MAX) {
             fprintf(stderr, "engram-run: cannot tokenize --prompt: %s\n",
                     trc ? tokenizer_status_str(trc) : "it encodes to no tokens");
-            free(prompt);
-            tokenizer_destroy(tok);
             return 1;
         }
-        n_prompt = (int)n;
-    } else if ((n_prompt = parse_ids(prompt_ids, &prompt)) <= 0) {
+        r->n_prompt = (int)n;
+    } else if ((r->n_prompt = parse_ids(o->prompt_ids, &r->prompt)) <= 0) {
         fprintf(stderr, "engram-run: --prompt-ids must be a comma-separated list of token ids\n");
-        tokenizer_destroy(tok);
         return 2;
     }
-    if (tok && tokenizer_stream_create(tok, true, &ts) != TOKENIZER_OK) {
+    if (r->tok && tokenizer_stream_create(r->tok, true, &r->ts) != TOKENIZER_OK) {
         fprintf(stderr, "engram-run: out of memory\n");
-        free(prompt);
-        tokenizer_destroy(tok);
         return 1;
     }
+    return RUN_GO_ON;
+}
 
-    model *m = NULL;
-    forward_ctx *fc = NULL;
-    forward_state *st = NULL;
-    sampler *smp = NULL;
-    float *logits = NULL, *gates = NULL;
-    int32_t *out = NULL;
-    double t0 = util_now();
-    if (synthetic) {
+/* The model: synthetic or loaded, its Engram tables from files when asked.
+ * Returns 0, or -1 with the message on stderr. */
+static int run_model_open(run_ctx *r) {
+    const run_options *o = r->o;
+    char err[1024];
+    if (o->synthetic) {
         model_synthetic_params msp = model_synthetic_default_params();
-        msp.table_dir = synth_dir;
-        msp.store = esp;
-        if (model_synthetic_ex(synthetic, synth_seed, &msp, &m, err, sizeof(err)) != MODEL_OK) {
+        msp.table_dir = o->synth_dir;
+        msp.store = o->esp;
+        if (model_synthetic_ex(o->synthetic, o->synth_seed, &msp, &r->m, err, sizeof(err)) != MODEL_OK) {
             fprintf(stderr, "engram-run: %s\n", err);
-            goto done;
+            return -1;
         }
         fprintf(stderr, "engram-run: synthetic %s (seed %llu): %lld backbone parameters, %.2f GB of bf16 weights\n",
-                synthetic, (unsigned long long)synth_seed, (long long)model_param_count(m), m->synth_bytes / 1e9);
-    } else if (model_load(model_dir, &m, err, sizeof(err)) != MODEL_OK) {
+                o->synthetic, (unsigned long long)o->synth_seed, (long long)model_param_count(r->m),
+                r->m->synth_bytes / 1e9);
+    } else if (model_load(o->model_dir, &r->m, err, sizeof(err)) != MODEL_OK) {
         fprintf(stderr, "engram-run: %s\n", err);
-        goto done;
+        return -1;
     }
-    if (engram_tables && model_engram_use_tables(m, engram_tables, &esp, err, sizeof(err)) != MODEL_OK) {
+    if (o->engram_tables && model_engram_use_tables(r->m, o->engram_tables, &o->esp, err, sizeof(err)) != MODEL_OK) {
         fprintf(stderr, "engram-run: %s\n", err);
-        goto done;
+        return -1;
     }
-    const model_config *c = &m->cfg;
-    for (int i = 0; i < n_prompt; i++)
-        if (prompt[i] >= model_sampling_vocab(m)) {
-            fprintf(stderr, "engram-run: prompt token %d is outside the vocabulary (%d ids)\n",
-                    prompt[i], model_sampling_vocab(m));
-            goto done;
+    return 0;
+}
+
+/* Checks the prompt against the model, then the buffers, the sampler, the
+ * backend and the forward context and state. Returns 0, or -1 with the
+ * message on stderr. */
+static int run_setup(run_ctx *r) {
+    const run_options *o = r->o;
+    const model_config *c = &r->m->cfg;
+    char err[1024];
+    for (int i = 0; i < r->n_prompt; i++)
+        if (r->prompt[i] >= model_sampling_vocab(r->m)) {
+            fprintf(stderr, "engram-run: prompt token %d is outside the vocabulary (%d ids)\n", r->prompt[i],
+                    model_sampling_vocab(r->m));
+            return -1;
         }
-    long need = n_prompt + max_tokens;
-    if (need > c->max_position_embeddings) {
-        fprintf(stderr, "engram-run: prompt (%d) + max tokens (%ld) exceed the context of %d\n",
-                n_prompt, max_tokens, c->max_position_embeddings);
-        goto done;
+    r->need = r->n_prompt + o->max_tokens;
+    if (r->need > c->max_position_embeddings) {
+        fprintf(stderr, "engram-run: prompt (%d) + max tokens (%ld) exceed the context of %d\n", r->n_prompt,
+                o->max_tokens, c->max_position_embeddings);
+        return -1;
     }
-    logits = malloc((size_t)c->vocab_size * sizeof(float));
-    out = malloc((size_t)(max_tokens + 1) * sizeof(int32_t));
-    smp = sampler_create(model_sampling_vocab(m), sp);
-    const backend_ops *ops = backend_select(device, err, sizeof(err));
+    r->logits = malloc((size_t)c->vocab_size * sizeof(float));
+    r->out = malloc((size_t)(o->max_tokens + 1) * sizeof(int32_t));
+    r->smp = sampler_create(model_sampling_vocab(r->m), o->sp);
+    const backend_ops *ops = backend_select(o->device, err, sizeof(err));
     if (!ops) {
         fprintf(stderr, "engram-run: %s\n", err);
-        goto done;
+        return -1;
     }
-    if (esp.hbm_cache && strcmp(ops->name, "cuda"))
+    if (o->esp.hbm_cache && strcmp(ops->name, "cuda"))
         fprintf(stderr, "engram-run: %s\n", "note: --engram-hbm-cache on the CPU backend keeps the hot rows in host memory (the CUDA path, for tests; no gain)");
-    if (forward_ctx_create(m, ops, (int)prefill_chunk, 1, &fc, err, sizeof(err)) != FORWARD_OK) {
+    if (forward_ctx_create(r->m, ops, (int)o->prefill_chunk, 1, &r->fc, err, sizeof(err)) != FORWARD_OK) {
         fprintf(stderr, "engram-run: %s\n", err);
-        goto done;
+        return -1;
     }
-    if (!logits || !out || !smp || forward_state_create(fc, NULL, (int)need, &st)) {
+    if (!r->logits || !r->out || !r->smp || forward_state_create(r->fc, NULL, (int)r->need, &r->st)) {
         fprintf(stderr, "engram-run: out of memory\n");
-        goto done;
+        return -1;
     }
-    int nl = m->engram ? m->engram->n_layers : 0;
-    if ((print_gates || print_rows) && !nl) {
+    r->nl = r->m->engram ? r->m->engram->n_layers : 0;
+    if ((o->print_gates || o->print_rows) && !r->nl) {
         fprintf(stderr, "engram-run: --print-gates/--print-rows: this model has no Engram layers\n");
-        goto done;
+        return -1;
     }
-    if (print_gates && !(gates = malloc((size_t)need * nl * sizeof(float)))) {
+    if (o->print_gates && !(r->gates = malloc((size_t)r->need * r->nl * sizeof(float)))) {
         fprintf(stderr, "engram-run: out of memory\n");
-        goto done;
+        return -1;
     }
-    if (warmup) { /* the same prompt and up to 8 decode steps, then back to position 0 */
-        int wrc = forward_run(fc, st, prompt, n_prompt, logits, NULL);
-        for (long i = 0; wrc == FORWARD_OK && i < 8 && i + 1 < max_tokens; i++)
-            wrc = forward_run(fc, st, &prompt[n_prompt - 1], 1, logits, NULL);
-        if (wrc != FORWARD_OK) {
-            fprintf(stderr, "engram-run: warmup: %s\n", forward_status_str(wrc));
-            goto done;
-        }
-        forward_state_reset(st);
+    return 0;
+}
+
+/* --warmup: the same prompt and up to 8 decode steps, then back to position
+ * 0. Returns 0, or -1 with the message on stderr. */
+static int run_warmup(run_ctx *r) {
+    int wrc = forward_run(r->fc, r->st, r->prompt, r->n_prompt, r->logits, NULL);
+    for (long i = 0; wrc == FORWARD_OK && i < 8 && i + 1 < r->o->max_tokens; i++)
+        wrc = forward_run(r->fc, r->st, &r->prompt[r->n_prompt - 1], 1, r->logits, NULL);
+    if (wrc != FORWARD_OK) {
+        fprintf(stderr, "engram-run: warmup: %s\n", forward_status_str(wrc));
+        return -1;
     }
-    double t1 = util_now();
-    int frc = forward_run(fc, st, prompt, n_prompt, logits, gates);
-    if (frc != FORWARD_OK) {
-        fprintf(stderr, "engram-run: %s\n", forward_status_str(frc));
-        goto done;
+    forward_state_reset(r->st);
+    return 0;
+}
+
+/* --dump-logits: the last prompt position's logits as raw f32. Returns 0 or -1. */
+static int run_dump_logits(const run_ctx *r) {
+    const char *path = r->o->dump_logits;
+    size_t n = (size_t)r->m->cfg.vocab_size;
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(r->logits, sizeof(float), n, f) != n || fclose(f) != 0) {
+        fprintf(stderr, "engram-run: cannot write %s: %s\n", path, strerror(errno));
+        return -1;
     }
-    double t2 = util_now();
-    if (dump_logits) {
-        FILE *f = fopen(dump_logits, "wb");
-        if (!f || fwrite(logits, sizeof(float), (size_t)c->vocab_size, f) != (size_t)c->vocab_size ||
-            fclose(f) != 0) {
-            fprintf(stderr, "engram-run: cannot write %s: %s\n", dump_logits, strerror(errno));
-            goto done;
-        }
-    }
-    int n_out = 0;
-    while (n_out < max_tokens) {
-        int32_t next = sampler_sample(smp, logits, prompt, n_prompt, out, n_out);
-        out[n_out++] = next;
-        if (ts) { /* stream the text as it comes, whole characters only */
+    return 0;
+}
+
+/* Samples up to max_tokens ids from the prompt's logits on, streaming the
+ * text when there is a tokenizer; stops at eos unless --ignore-eos. Returns
+ * 0, or -1 with the message on stderr. */
+static int run_decode(run_ctx *r) {
+    const run_options *o = r->o;
+    const model_config *c = &r->m->cfg;
+    while (r->n_out < o->max_tokens) {
+        int32_t next = sampler_sample(r->smp, r->logits, r->prompt, r->n_prompt, r->out, r->n_out);
+        r->out[r->n_out++] = next;
+        if (r->ts) { /* stream the text as it comes, whole characters only */
             char *piece = NULL;
             size_t plen = 0;
-            if (tokenizer_stream_step(ts, next, &piece, &plen) == TOKENIZER_OK) fwrite(piece, 1, plen, stdout);
+            if (tokenizer_stream_step(r->ts, next, &piece, &plen) == TOKENIZER_OK) fwrite(piece, 1, plen, stdout);
             fflush(stdout);
             free(piece);
         }
         bool eos = false;
-        for (int e = 0; e < c->n_eos && !ignore_eos; e++) eos |= next == c->eos_token_ids[e];
-        if (eos || n_out == max_tokens) break;
-        float *g = gates ? gates + (size_t)(n_prompt + n_out - 1) * nl : NULL;
-        if ((frc = forward_run(fc, st, &next, 1, logits, g)) != FORWARD_OK) {
+        for (int e = 0; e < c->n_eos && !o->ignore_eos; e++) eos |= next == c->eos_token_ids[e];
+        if (eos || r->n_out == o->max_tokens) break;
+        float *g = r->gates ? r->gates + (size_t)(r->n_prompt + r->n_out - 1) * r->nl : NULL;
+        int frc = forward_run(r->fc, r->st, &next, 1, r->logits, g);
+        if (frc != FORWARD_OK) {
             fprintf(stderr, "engram-run: %s\n", forward_status_str(frc));
-            goto done;
+            return -1;
         }
     }
-    double t3 = util_now();
+    return 0;
+}
+
+/* The timing lines on stderr: t0 start, t1 after load and warmup, t2 after
+ * the prefill, t3 after the decode; then the Engram share and store. */
+static void run_print_timings(const run_ctx *r, double t0, double t1, double t2, double t3) {
+    int n_out = r->n_out, n_prompt = r->n_prompt;
     fprintf(stderr,
             "engram-run: load %.2fs, prefill %d tokens in %.3fs (%.1f tok/s), decode %d tokens in "
             "%.3fs (%.2f tok/s), %.1f MB of weights read per token\n",
             t1 - t0, n_prompt, t2 - t1, n_prompt / (t2 - t1), n_out > 1 ? n_out - 1 : 0, t3 - t2,
-            n_out > 1 ? (n_out - 1) / (t3 - t2) : 0.0, model_weight_bytes_per_token(m) / 1e6);
-    if (nl)
+            n_out > 1 ? (n_out - 1) / (t3 - t2) : 0.0, model_weight_bytes_per_token(r->m) / 1e6);
+    if (r->nl)
         fprintf(stderr, "engram-run: Engram (hashing, gather, module) took %.1f%% of forward time\n",
-                100.0 * forward_ctx_engram_seconds(fc) / (t3 - t1));
-    if (engram_tables) {
+                100.0 * forward_ctx_engram_seconds(r->fc) / (t3 - t1));
+    if (r->o->engram_tables) {
         engram_store_stats es;
-        model_engram_store_stats(m, &es);
+        model_engram_store_stats(r->m, &es);
         fprintf(stderr,
                 "engram-run: Engram store: %llu lookups, %llu DRAM hits, %llu NVMe rows, %llu NVMe reads "
                 "(%.1f KiB), %llu rows handed ahead, %llu rows prefetched, %llu evictions, %.6f s stalled\n",
@@ -511,48 +609,78 @@ int main(int argc, char **argv) {
                 (unsigned long long)es.nvme_reads, es.nvme_bytes / 1024.0, (unsigned long long)es.prefetch_rows, (unsigned long long)es.prefetch_reads,
                 (unsigned long long)es.evictions, es.stall_seconds);
     }
-    if (ts) {
+}
+
+/* --print-gates: every token that went through the model (the prompt, then
+ * all but the last output) and its gates per Engram layer, one JSON line. */
+static void run_print_gates(const run_ctx *r) {
+    int n_fed = r->n_prompt + r->n_out - 1, nl = r->nl;
+    printf("{\"layers\": [");
+    for (int i = 0; i < nl; i++) printf("%s%d", i ? ", " : "", r->m->engram->layers[i].layer_id);
+    printf("], \"tokens\": [");
+    for (int t = 0; t < n_fed; t++)
+        printf("%s%d", t ? ", " : "", t < r->n_prompt ? r->prompt[t] : r->out[t - r->n_prompt]);
+    printf("], \"gates\": [");
+    for (int t = 0; t < n_fed; t++) {
+        printf("%s[", t ? ", " : "");
+        for (int i = 0; i < nl; i++) printf("%s%.9g", i ? ", " : "", r->gates[(size_t)t * nl + i]);
+        printf("]");
+    }
+    printf("]}\n");
+}
+
+/* stdout after the run: the rest of the streamed text, the gates, the rows,
+ * the ids. Returns 0, or -1 with the message on stderr. */
+static int run_print_outputs(const run_ctx *r) {
+    const run_options *o = r->o;
+    if (r->ts) {
         char *piece = NULL;
         size_t plen = 0;
-        if (tokenizer_stream_flush(ts, &piece, &plen) == TOKENIZER_OK) fwrite(piece, 1, plen, stdout);
+        if (tokenizer_stream_flush(r->ts, &piece, &plen) == TOKENIZER_OK) fwrite(piece, 1, plen, stdout);
         free(piece);
         printf("\n");
     }
-    if (print_gates) { /* every token that went through the model: the prompt, then all but the last output */
-        int n_fed = n_prompt + n_out - 1;
-        printf("{\"layers\": [");
-        for (int i = 0; i < nl; i++) printf("%s%d", i ? ", " : "", m->engram->layers[i].layer_id);
-        printf("], \"tokens\": [");
-        for (int t = 0; t < n_fed; t++) printf("%s%d", t ? ", " : "", t < n_prompt ? prompt[t] : out[t - n_prompt]);
-        printf("], \"gates\": [");
-        for (int t = 0; t < n_fed; t++) {
-            printf("%s[", t ? ", " : "");
-            for (int i = 0; i < nl; i++) printf("%s%.9g", i ? ", " : "", gates[(size_t)t * nl + i]);
-            printf("]");
-        }
-        printf("]}\n");
-    }
-    if (print_rows && print_engram_rows(m, prompt, n_prompt, out, n_out - 1) != 0) goto done;
-    if (print_ids) {
+    if (o->print_gates) run_print_gates(r);
+    if (o->print_rows && print_engram_rows(r->m, r->prompt, r->n_prompt, r->out, r->n_out - 1) != 0) return -1;
+    if (o->print_ids) {
         printf("[");
-        for (int i = 0; i < n_out; i++) printf("%s%d", i ? ", " : "", out[i]);
+        for (int i = 0; i < r->n_out; i++) printf("%s%d", i ? ", " : "", r->out[i]);
         printf("]\n");
-    } else if (!ts) {
+    } else if (!r->ts) {
         printf("generated ids:");
-        for (int i = 0; i < n_out; i++) printf(" %d", out[i]);
+        for (int i = 0; i < r->n_out; i++) printf(" %d", r->out[i]);
         printf("\n");
     }
-    rc = 0;
-done:
-    free(prompt);
-    free(logits);
-    free(gates);
-    free(out);
-    sampler_destroy(smp);
-    tokenizer_stream_destroy(ts);
-    tokenizer_destroy(tok);
-    forward_state_destroy(st);
-    forward_ctx_destroy(fc);
-    model_destroy(m);
+    return 0;
+}
+
+/* Load, prefill, decode, print. Returns the exit status: 0, or 1 with the
+ * message on stderr. */
+static int run_generate(run_ctx *r) {
+    double t0 = util_now();
+    if (run_model_open(r) || run_setup(r) || (r->o->warmup && run_warmup(r))) return 1;
+    double t1 = util_now();
+    int frc = forward_run(r->fc, r->st, r->prompt, r->n_prompt, r->logits, r->gates);
+    if (frc != FORWARD_OK) {
+        fprintf(stderr, "engram-run: %s\n", forward_status_str(frc));
+        return 1;
+    }
+    double t2 = util_now();
+    if ((r->o->dump_logits && run_dump_logits(r)) || run_decode(r)) return 1;
+    double t3 = util_now();
+    run_print_timings(r, t0, t1, t2, t3);
+    return run_print_outputs(r) ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+    run_options o;
+    int rc = run_options_parse(argc, argv, &o);
+    if (rc == RUN_GO_ON) rc = run_options_check(&o);
+    if (rc != RUN_GO_ON) return rc;
+    if (o.threads > 0) omp_set_num_threads((int)o.threads);
+    run_ctx r = {.o = &o};
+    rc = run_prompt_load(&r);
+    if (rc == RUN_GO_ON) rc = run_generate(&r);
+    run_free(&r);
     return rc;
 }

@@ -13,11 +13,13 @@
  * Errors: one line "error: ..." on stderr, exit status 1 (2 for usage). */
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/util.h"
 #include "engram/engram.h"
 #include "engram/engram_v41.h"
 #include "tokenizer/tokenizer.h"
@@ -33,25 +35,8 @@ static int usage(void) {
 static char *read_file(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        if (n + 1 >= cap) {
-            char *nb = realloc(buf, cap *= 2);
-            if (!nb) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = nb;
-        }
-        size_t got = fread(buf + n, 1, cap - n - 1, f);
-        if (got == 0) break;
-        n += got;
-    }
+    char *buf = util_read_stream(f, len);
     fclose(f);
-    if (buf) buf[n] = 0;
-    *len = n;
     return buf;
 }
 
@@ -214,9 +199,7 @@ static int cmd_decode(int argc, char **argv) {
         const char *a = argv[i];
         if (i + 1 >= argc) return usage();
         if (!strcmp(a, "--head-dim")) {
-            char *end;
-            head_dim = strtol(argv[++i], &end, 10);
-            if (*end) return usage();
+            if (util_parse_long(argv[++i], LONG_MIN, LONG_MAX, &head_dim)) return usage();
         } else if (!strcmp(a, "--packed")) {
             packed = argv[++i];
         } else if (!strcmp(a, "--values")) {
