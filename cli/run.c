@@ -383,6 +383,7 @@ int main(int argc, char **argv) {
     }
 
     model *m = NULL;
+    backend *be = NULL;
     forward_ctx *fc = NULL;
     forward_state *st = NULL;
     sampler *smp = NULL;
@@ -423,14 +424,14 @@ int main(int argc, char **argv) {
     logits = malloc((size_t)c->vocab_size * sizeof(float));
     out = malloc((size_t)(max_tokens + 1) * sizeof(int32_t));
     smp = sampler_create(model_sampling_vocab(m), sp);
-    const backend_ops *ops = backend_select(device, err, sizeof(err));
-    if (!ops) {
+    be = backend_select(device, NULL, err, sizeof(err));
+    if (!be) {
         fprintf(stderr, "engram-run: %s\n", err);
         goto done;
     }
-    if (esp.hbm_cache && strcmp(ops->name, "cuda"))
+    if (esp.hbm_cache && strcmp(backend_name(be), "cuda"))
         fprintf(stderr, "engram-run: %s\n", "note: --engram-hbm-cache on the CPU backend keeps the hot rows in host memory (the CUDA path, for tests; no gain)");
-    if (forward_ctx_create(m, ops, (int)prefill_chunk, 1, &fc, err, sizeof(err)) != FORWARD_OK) {
+    if (forward_ctx_create(m, be, (int)prefill_chunk, 1, &fc, err, sizeof(err)) != FORWARD_OK) {
         fprintf(stderr, "engram-run: %s\n", err);
         goto done;
     }
@@ -553,6 +554,7 @@ done:
     tokenizer_destroy(tok);
     forward_state_destroy(st);
     forward_ctx_destroy(fc);
+    backend_destroy(be);
     model_destroy(m);
     return rc;
 }
