@@ -155,6 +155,14 @@ void cuda__fetch_free(cuda_backend *g); /* after both streams are idle; accepts 
 /* Starts timing an op named by the format; returns its pair, or -1 when off. */
 __attribute__((format(printf, 2, 3))) int prof__begin(cuda_backend *g, const char *fmt, ...);
 void prof__end(cuda_backend *g, int i);
+/* Issues `launch` timed as one op named by the format and its arguments
+ * (untimed when profiling is off). */
+#define CUDA_TIMED(g, launch, ...)                                                                          \
+    do {                                                                                                    \
+        int pi_ = prof__begin(g, __VA_ARGS__);                                                              \
+        launch;                                                                                             \
+        prof__end(g, pi_);                                                                                  \
+    } while (0)
 /* A size class of T tokens, for op names. */
 const char *prof__tclass(int T);
 /* Turns timing on (mode 1 or 2, backend_params.cuda_profile); 0, or a CUDA error. */

@@ -67,30 +67,23 @@ void cu_matmul(backend *be, float *out, const float *x, const weight *w, const f
 
 void cu_rmsnorm(backend *be, float *out, const float *x, const float *gw, int T, int d, float eps) {
     cuda_backend *g = cuda__of(be);
-    int pi = prof__begin(g, "rmsnorm d=%d", d);
-    CHECK_K(kernels_rmsnorm_f32(out, x, gw, T, d, eps, g->stream));
-    prof__end(g, pi);
+    CUDA_TIMED(g, CHECK_K(kernels_rmsnorm_f32(out, x, gw, T, d, eps, g->stream)), "rmsnorm d=%d", d);
 }
 
 void cu_embed(backend *be, float *out, const weight *emb, const int32_t *ids, int T) {
     cuda_backend *g = cuda__of(be);
-    int pi = prof__begin(g, "embed");
-    CHECK_K(kernels_embed(out, emb->data, cuda__dtype(emb->dt), ids, T, emb->cols, g->stream));
-    prof__end(g, pi);
+    CUDA_TIMED(g, CHECK_K(kernels_embed(out, emb->data, cuda__dtype(emb->dt), ids, T, emb->cols, g->stream)),
+               "embed");
 }
 
 void cu_rope(backend *be, float *x, const int32_t *pos, int T, int n_heads, int hd, const float *inv_freq) {
     cuda_backend *g = cuda__of(be);
-    int pi = prof__begin(g, "rope");
-    CHECK_K(kernels_rope_f32(x, pos, T, n_heads, hd, inv_freq, g->stream));
-    prof__end(g, pi);
+    CUDA_TIMED(g, CHECK_K(kernels_rope_f32(x, pos, T, n_heads, hd, inv_freq, g->stream)), "rope");
 }
 
 void cu_kv_store(backend *be, void *kc, void *vc, const float *k, const float *v, const batch_desc *b, int kvw) {
     cuda_backend *g = cuda__of(be);
-    int pi = prof__begin(g, "kv_store");
-    CHECK_K(kernels_kv_store_bf16(kc, vc, k, v, b->slot, b->n_tokens, kvw, g->stream));
-    prof__end(g, pi);
+    CUDA_TIMED(g, CHECK_K(kernels_kv_store_bf16(kc, vc, k, v, b->slot, b->n_tokens, kvw, g->stream)), "kv_store");
 }
 
 void cu_attention(backend *be, float *out, const float *q, const void *kc, const void *vc, const batch_desc *b,
@@ -111,71 +104,58 @@ void cu_attention(backend *be, float *out, const float *q, const void *kc, const
     }
     a.work = g->att_work;
     a.work_floats = g->att_work_floats;
-    int pi = prof__begin(g, "attention %s %s ctx<=%d", b->max_q > 1 ? "mixed" : "decode", prof__tclass(b->n_tokens),
-                         b->max_ctx <= 512 ? 512 : b->max_ctx <= 1024 ? 1024 : b->max_ctx <= 2048 ? 2048 : 1 << 30);
-    CHECK_K(kernels_paged_attention_bf16(&a, g->stream));
-    prof__end(g, pi);
+    CUDA_TIMED(g, CHECK_K(kernels_paged_attention_bf16(&a, g->stream)), "attention %s %s ctx<=%d",
+               b->max_q > 1 ? "mixed" : "decode", prof__tclass(b->n_tokens),
+               b->max_ctx <= 512 ? 512 : b->max_ctx <= 1024 ? 1024 : b->max_ctx <= 2048 ? 2048 : 1 << 30);
 }
 
 void cu_swiglu(backend *be, float *gate, const float *up, size_t n) {
     cuda_backend *g = cuda__of(be);
-    int pi = prof__begin(g, "swiglu");
-    CHECK_K(kernels_swiglu_f32(gate, up, n, g->stream));
-    prof__end(g, pi);
+    CUDA_TIMED(g, CHECK_K(kernels_swiglu_f32(gate, up, n, g->stream)), "swiglu");
 }
 
 void cu_add(backend *be, float *x, const float *y, size_t n) {
     cuda_backend *g = cuda__of(be);
-    int pi = prof__begin(g, "add");
-    CHECK_K(kernels_add_f32(x, y, n, g->stream));
-    prof__end(g, pi);
+    CUDA_TIMED(g, CHECK_K(kernels_add_f32(x, y, n, g->stream)), "add");
 }
 
 void cu_gather_f32(backend *be, float *out, const float *x, const int32_t *idx, int n, int d) {
     cuda_backend *g = cuda__of(be);
-    int pi = prof__begin(g, "gather_f32");
-    CHECK_K(kernels_gather_f32(out, x, idx, n, d, g->stream));
-    prof__end(g, pi);
+    CUDA_TIMED(g, CHECK_K(kernels_gather_f32(out, x, idx, n, d, g->stream)), "gather_f32");
 }
 
 void cu_argmax(backend *be, int32_t *next, const float *logits, int T, int vocab) {
     cuda_backend *g = cuda__of(be);
-    int pi = prof__begin(g, "argmax");
-    CHECK_K(kernels_argmax_f32(next, logits, T, vocab, g->stream));
-    prof__end(g, pi);
+    CUDA_TIMED(g, CHECK_K(kernels_argmax_f32(next, logits, T, vocab, g->stream)), "argmax");
 }
 
 void cu_gather_rows(backend *be, float *out, const weight *table, const int64_t *rows, int T, int H) {
     cuda_backend *g = cuda__of(be);
     if (!table->data) cuda__fail(__func__, "the table is not on the device (served by a host store)");
-    int pi = prof__begin(g, "gather_rows");
-    CHECK_K(kernels_gather_rows(out, table->data, cuda__dtype(table->dt), (const long long *)rows, T, H,
-                                table->cols, g->stream));
-    prof__end(g, pi);
+    CUDA_TIMED(g,
+               CHECK_K(kernels_gather_rows(out, table->data, cuda__dtype(table->dt), (const long long *)rows, T, H,
+                                           table->cols, g->stream)),
+               "gather_rows");
 }
 
 void cu_engram_gate(backend *be, float *gate, const float *nk, const float *nq, int T, int d) {
     cuda_backend *g = cuda__of(be);
-    int pi = prof__begin(g, "engram_gate");
-    CHECK_K(kernels_engram_gate_f32(gate, nk, nq, T, d, g->stream));
-    prof__end(g, pi);
+    CUDA_TIMED(g, CHECK_K(kernels_engram_gate_f32(gate, nk, nq, T, d, g->stream)), "engram_gate");
 }
 
 void cu_scale_rows(backend *be, float *out, size_t ostride, const float *x, size_t xstride, const float *s, int T,
                    int d) {
     cuda_backend *g = cuda__of(be);
-    int pi = prof__begin(g, "scale_rows");
-    CHECK_K(kernels_scale_rows_f32(out, ostride, x, xstride, s, T, d, g->stream));
-    prof__end(g, pi);
+    CUDA_TIMED(g, CHECK_K(kernels_scale_rows_f32(out, ostride, x, xstride, s, T, d, g->stream)), "scale_rows");
 }
 
 void cu_short_conv(backend *be, float *out, const float *in, const float *w, const batch_desc *b, size_t hist_off,
                    int C, int K, int dil) {
     cuda_backend *g = cuda__of(be);
-    int pi = prof__begin(g, "short_conv");
-    CHECK_K(kernels_short_conv_batch_f32(out, in, w, b->seq_start, b->tok_seq, b->seq_hist, hist_off, b->n_seqs,
-                                         b->n_tokens, C, K, dil, g->stream));
-    prof__end(g, pi);
+    CUDA_TIMED(g,
+               CHECK_K(kernels_short_conv_batch_f32(out, in, w, b->seq_start, b->tok_seq, b->seq_hist, hist_off,
+                                                    b->n_seqs, b->n_tokens, C, K, dil, g->stream)),
+               "short_conv");
 }
 
 /* ---- fused ops (backend.h, "fused") ---- */
@@ -248,10 +228,10 @@ void cu_qk_rope_store(backend *be, float *q, const float *k, const float *v, voi
                       int n_heads, int n_kv, int hd, const float *qn, const float *kn, float eps,
                       const float *inv_freq) {
     cuda_backend *g = cuda__of(be);
-    int pi = prof__begin(g, "qk_rope_store");
-    CHECK_K(kernels_qk_rope_store_bf16(q, k, v, kc, vc, b->pos, b->slot, b->n_tokens, n_heads, n_kv, hd, qn, kn, eps,
-                                       inv_freq, g->stream));
-    prof__end(g, pi);
+    CUDA_TIMED(g,
+               CHECK_K(kernels_qk_rope_store_bf16(q, k, v, kc, vc, b->pos, b->slot, b->n_tokens, n_heads, n_kv, hd,
+                                                  qn, kn, eps, inv_freq, g->stream)),
+               "qk_rope_store");
 }
 
 /* ---- sampling ---- */
