@@ -147,7 +147,7 @@ static const shape shapes[] = {
 
 static void model_layer(const shape *s, double peak_tf, double copy_gbs) {
     char err[256];
-    const backend_ops *g = backend_cuda(err, sizeof(err));
+    backend *g = backend_cuda_create(NULL, err, sizeof(err));
     if (!g) {
         fprintf(stderr, "backend_cuda: %s\n", err);
         exit(1);
@@ -169,14 +169,14 @@ static void model_layer(const shape *s, double peak_tf, double copy_gbs) {
            params * 2e-6);
     for (size_t ti = 0; ti < sizeof(Ts) / sizeof(Ts[0]); ti++) {
         int T = Ts[ti];
-        for (int i = 0; i < 7; i++) g->matmul(out, x, &w[i], NULL, T);
+        for (int i = 0; i < 7; i++) backend_matmul(g, out, x, &w[i], NULL, T);
         CK(cudaDeviceSynchronize());
         float ts[9];
         int iters = T <= 64 ? 100 : T <= 1024 ? 20 : 5;
         for (int r = 0; r < 9; r++) {
             double t0 = now();
             for (int it = 0; it < iters; it++)
-                for (int i = 0; i < 7; i++) g->matmul(out, x, &w[i], NULL, T);
+                for (int i = 0; i < 7; i++) backend_matmul(g, out, x, &w[i], NULL, T);
             CK(cudaDeviceSynchronize());
             ts[r] = (float)((now() - t0) / iters);
         }
@@ -187,25 +187,26 @@ static void model_layer(const shape *s, double peak_tf, double copy_gbs) {
     }
     for (int i = 0; i < 7; i++) cudaFree((void *)w[i].data);
     cudaFree(x), cudaFree(out);
+    backend_destroy(g);
 }
 
 /* ---- single ops of a decode step ---- */
 
-static const backend_ops *G;
+static backend *G;
 typedef void (*op_fn)(void *ctx);
 static double time_op(const char *name, op_fn f, void *ctx) {
     uint64_t key[2] = {(uintptr_t)f, 0xfeed};
     for (int pass = 0; pass < 3; pass++) { /* plain (again if scratch grew), then recorded */
-        if (G->step_begin(key, sizeof(key))) break;
+        if (backend_step_begin(G, key, sizeof(key))) break;
         for (int i = 0; i < 100; i++) f(ctx);
-        G->step_end();
+        backend_step_end(G);
     }
     CK(cudaDeviceSynchronize());
     float ts[7];
     for (int r = 0; r < 7; r++) {
         double t0 = now();
         for (int it = 0; it < 10; it++)
-            if (!G->step_begin(key, sizeof(key))) {
+            if (!backend_step_begin(G, key, sizeof(key))) {
                 fprintf(stderr, "%s: not recorded\n", name);
                 exit(1);
             }
@@ -224,22 +225,22 @@ static struct {
     weight wq, wk, wgate, wdown;
     float *inv;
 } D;
-static void op_rmsnorm(void *c) { (void)c; G->rmsnorm(D.h, D.x, D.g, 1, 4096, 1e-5f); }
-static void op_qnorm(void *c) { (void)c; G->rmsnorm(D.q, D.q, D.g, 32, 128, 1e-5f); }
-static void op_rope_q(void *c) { (void)c; G->rope(D.q, D.b.pos, 1, 32, 128, D.inv); }
-static void op_rope_k(void *c) { (void)c; G->rope(D.k, D.b.pos, 1, 8, 128, D.inv); }
-static void op_kv_store(void *c) { (void)c; G->kv_store(D.kc, D.vc, D.k, D.v, &D.b, 1024); }
-static void op_attention(void *c) { (void)c; G->attention(D.att, D.q, D.kc, D.vc, &D.b, 32, 8, 128, 0); }
-static void op_add(void *c) { (void)c; G->add(D.x, D.tmp, 4096); }
-static void op_swiglu(void *c) { (void)c; G->swiglu(D.gate, D.up, 14336); }
-static void op_mm_q(void *c) { (void)c; G->matmul(D.q, D.h, &D.wq, NULL, 1); }
-static void op_mm_k(void *c) { (void)c; G->matmul(D.k, D.h, &D.wk, NULL, 1); }
-static void op_mm_gate(void *c) { (void)c; G->matmul(D.gate, D.h, &D.wgate, NULL, 1); }
-static void op_mm_down(void *c) { (void)c; G->matmul(D.tmp, D.gate, &D.wdown, NULL, 1); }
+static void op_rmsnorm(void *c) { (void)c; backend_rmsnorm(G, D.h, D.x, D.g, 1, 4096, 1e-5f); }
+static void op_qnorm(void *c) { (void)c; backend_rmsnorm(G, D.q, D.q, D.g, 32, 128, 1e-5f); }
+static void op_rope_q(void *c) { (void)c; backend_rope(G, D.q, D.b.pos, 1, 32, 128, D.inv); }
+static void op_rope_k(void *c) { (void)c; backend_rope(G, D.k, D.b.pos, 1, 8, 128, D.inv); }
+static void op_kv_store(void *c) { (void)c; backend_kv_store(G, D.kc, D.vc, D.k, D.v, &D.b, 1024); }
+static void op_attention(void *c) { (void)c; backend_attention(G, D.att, D.q, D.kc, D.vc, &D.b, 32, 8, 128, 0); }
+static void op_add(void *c) { (void)c; backend_add(G, D.x, D.tmp, 4096); }
+static void op_swiglu(void *c) { (void)c; backend_swiglu(G, D.gate, D.up, 14336); }
+static void op_mm_q(void *c) { (void)c; backend_matmul(G, D.q, D.h, &D.wq, NULL, 1); }
+static void op_mm_k(void *c) { (void)c; backend_matmul(G, D.k, D.h, &D.wk, NULL, 1); }
+static void op_mm_gate(void *c) { (void)c; backend_matmul(G, D.gate, D.h, &D.wgate, NULL, 1); }
+static void op_mm_down(void *c) { (void)c; backend_matmul(G, D.tmp, D.gate, &D.wdown, NULL, 1); }
 
 static void decode_ops(void) {
     char err[256];
-    if (!(G = backend_cuda(err, sizeof(err)))) {
+    if (!(G = backend_cuda_create(NULL, err, sizeof(err)))) {
         fprintf(stderr, "backend_cuda: %s\n", err);
         exit(1);
     }
@@ -279,6 +280,8 @@ static void decode_ops(void) {
     mm += 2 * time_op("matmul gate/up 14336x4096 x2", op_mm_gate, NULL);
     mm += time_op("matmul down 4096x14336", op_mm_down, NULL);
     printf("op sum per layer: products %.1f us, the rest %.1f us\n", mm * 1e6, sum * 1e6);
+    backend_destroy(G);
+    G = NULL;
 }
 
 int main(int argc, char **argv) {

@@ -46,6 +46,8 @@ static void usage(FILE *f) {
             "  --warmup               run the prompt and a few decode steps once, untimed, before the\n"
             "                         timed run (one-time GPU setup stays out of the timings)\n"
             "  --device cpu|cuda|auto backend (default auto: CUDA when a GPU is usable)\n"
+            "  --cuda-graphs 0|1     record decode steps as CUDA graphs (default 1)\n"
+            "  --cuda-profile 0|ops|graphs  time every CUDA op (graphs off) or every replay; printed at exit\n"
             "  --threads N            CPU threads (default: all cores)\n"
             "  --prefill-chunk N      prompt tokens per forward pass (default 256; 1 = token by token)\n"
             "  --print-ids            print the generated ids as one JSON array on the last stdout line\n"
@@ -158,6 +160,7 @@ typedef struct {
     bool print_ids, print_gates, print_rows, ignore_eos, warmup, chat;
     sampler_params sp;
     engram_store_params esp;
+    backend_params bp; /* --cuda-graphs, --cuda-profile */
     bool store_flag; /* a store option was given, which needs a table directory */
 } run_options;
 
@@ -169,6 +172,7 @@ static void run_options_default(run_options *o) {
     o->sp = sampler_default_params();
     o->esp = engram_store_default_params();
     o->esp.tier = ENGRAM_STORE_AUTO;
+    o->bp = backend_default_params();
 }
 
 /* How an option's value is read into its field. */
@@ -224,6 +228,18 @@ static int set_io(run_options *o, const char *a, const char *v) {
     return OPT_OK;
 }
 
+static int set_cuda_profile(run_options *o, const char *a, const char *v) {
+    if (!strcmp(v, "0") || !strcmp(v, "off"))
+        o->bp.cuda_profile = 0;
+    else if (!strcmp(v, "1") || !strcmp(v, "ops"))
+        o->bp.cuda_profile = 1;
+    else if (!strcmp(v, "graphs"))
+        o->bp.cuda_profile = 2;
+    else
+        return OPT_BAD;
+    return OPT_OK;
+}
+
 #define AT(field) .off = offsetof(run_options, field)
 /* Every option but --help, in the order of usage(). A new option is one line
  * here (and one in usage()); a cross-option rule goes in run_options_check. */
@@ -247,6 +263,8 @@ static const run_option RUN_OPTIONS[] = {
     {"--ignore-eos", OPT_TRUE, AT(ignore_eos)},
     {"--warmup", OPT_TRUE, AT(warmup)},
     {"--device", OPT_STR, AT(device)},
+    {"--cuda-graphs", OPT_INT, AT(bp.cuda_graphs), .lo = 0, .hi = 1},
+    {"--cuda-profile", OPT_FUNC, .set = set_cuda_profile},
     {"--threads", OPT_LONG, AT(threads), .lo = 1, .hi = 4096},
     {"--prefill-chunk", OPT_LONG, AT(prefill_chunk), .lo = 1, .hi = 1 << 20},
     {"--print-ids", OPT_TRUE, AT(print_ids)},
@@ -370,6 +388,7 @@ typedef struct {
     int32_t *prompt;       /* (n_prompt) */
     int n_prompt;
     model *m;
+    backend *be;
     forward_ctx *fc;
     forward_state *st;
     sampler *smp;
@@ -391,6 +410,7 @@ static void run_free(run_ctx *r) {
     tokenizer_destroy(r->tok);
     forward_state_destroy(r->st);
     forward_ctx_destroy(r->fc);
+    backend_destroy(r->be);
     model_destroy(r->m);
 }
 
@@ -505,14 +525,13 @@ static int run_setup(run_ctx *r) {
     r->logits = malloc((size_t)c->vocab_size * sizeof(float));
     r->out = malloc((size_t)(o->max_tokens + 1) * sizeof(int32_t));
     r->smp = sampler_create(model_sampling_vocab(r->m), o->sp);
-    const backend_ops *ops = backend_select(o->device, err, sizeof(err));
-    if (!ops) {
+    if (!(r->be = backend_select(o->device, &o->bp, err, sizeof(err)))) {
         fprintf(stderr, "engram-run: %s\n", err);
         return -1;
     }
-    if (o->esp.hbm_cache && strcmp(ops->name, "cuda"))
+    if (o->esp.hbm_cache && strcmp(backend_name(r->be), "cuda"))
         fprintf(stderr, "engram-run: %s\n", "note: --engram-hbm-cache on the CPU backend keeps the hot rows in host memory (the CUDA path, for tests; no gain)");
-    if (forward_ctx_create(r->m, ops, (int)o->prefill_chunk, 1, &r->fc, err, sizeof(err)) != FORWARD_OK) {
+    if (forward_ctx_create(r->m, r->be, (int)o->prefill_chunk, 1, &r->fc, err, sizeof(err)) != FORWARD_OK) {
         fprintf(stderr, "engram-run: %s\n", err);
         return -1;
     }

@@ -62,7 +62,7 @@ struct engine {
     engine_params p;
     model *m;
     tokenizer *tok;          /* NULL when the checkpoint has none */
-    const backend_ops *ops;
+    backend *be;
     forward_ctx *fc;         /* the model on the backend, and one step's scratch */
     kv_cache *kv;            /* the paged KV cache shared by every sequence */
     int chunk;               /* prompt tokens per piece: min(prefill_chunk, max_num_batched_tokens) */
@@ -135,6 +135,8 @@ engine_params engine_default_params(void) {
     p.kv_block_size = 16;
     p.engram_lookahead = 2048;
     p.engram_store = engram_store_default_params();
+    p.sample_on_backend = -1;
+    p.cuda_graphs = 1;
     return p;
 }
 
@@ -747,17 +749,17 @@ static int sched_sample_on_backend(engine *e, int n_items) {
                              r->prompt, r->n_prompt, s->out_ids, s->n_out))
             return -1;
     }
-    const backend_ops *o = e->ops;
+    backend *be = e->be;
     size_t bytes = sampler_desc_bytes(&e->desc);
     if (bytes > e->d_desc_bytes) { /* grows rarely: freeing backend memory drops recorded steps */
-        o->free(e->d_desc);
+        backend_free(be, e->d_desc);
         e->d_desc_bytes = 0;
-        if (!(e->d_desc = o->alloc(2 * bytes))) return -1;
+        if (!(e->d_desc = backend_alloc(be, 2 * bytes))) return -1;
         e->d_desc_bytes = 2 * bytes;
     }
-    o->upload(e->d_desc, e->desc.w, bytes);
-    o->sample(e->d_res, forward_ctx_logits(e->fc), e->d_desc, n, e->vocab, e->m->cfg.vocab_size, SAMPLE_CANDIDATES);
-    o->download(e->h_res, e->d_res, (size_t)n * SAMPLER_RESULT_BYTES(SAMPLE_CANDIDATES));
+    backend_upload(be, e->d_desc, e->desc.w, bytes);
+    backend_sample(be, e->d_res, forward_ctx_logits(e->fc), e->d_desc, n, e->vocab, e->m->cfg.vocab_size, SAMPLE_CANDIDATES);
+    backend_download(be, e->h_res, e->d_res, (size_t)n * SAMPLER_RESULT_BYTES(SAMPLE_CANDIDATES));
     return 0;
 }
 
@@ -769,7 +771,7 @@ static int32_t seq_take_candidate(engine *e, seq *s, int j) {
     if (next >= 0) return next;
     size_t V = (size_t)e->m->cfg.vocab_size;
     float *row = e->logits + (size_t)j * V;
-    e->ops->download(row, forward_ctx_logits(e->fc) + (size_t)e->row[j] * V, V * sizeof(float));
+    backend_download(e->be, row, forward_ctx_logits(e->fc) + (size_t)e->row[j] * V, V * sizeof(float));
     return sampler_sample_applied(s->smp, row);
 }
 
@@ -1047,12 +1049,12 @@ static void *engine_main(void *arg) {
  * used). Returns 0, or -1 with a message when not even one block fits. */
 static int kv_tokens_from_memory(engine *e, int *out, char *err, size_t errlen) {
     size_t fr = 0, total = 0;
-    e->ops->mem_info(&fr, &total);
+    backend_mem_info(e->be, &fr, &total);
     const model_config *c = &e->m->cfg;
     double util = e->p.gpu_memory_utilization > 0 && e->p.gpu_memory_utilization <= 1 ? e->p.gpu_memory_utilization
                                                                                         : 0.9;
     double keep = (1.0 - util) * (double)total, room = (double)fr - keep;
-    double per_token = (double)c->n_layers * 2.0 * c->n_kv_heads * c->head_dim * e->ops->kv_elem_bytes;
+    double per_token = (double)c->n_layers * 2.0 * c->n_kv_heads * c->head_dim * backend_kv_elem_bytes(e->be);
     int bs = e->p.kv_block_size > 0 ? e->p.kv_block_size : 16;
     double blocks = room > 0 ? floor(room / (per_token * bs)) : 0;
     double most = (double)e->p.max_num_seqs * e->ctx;
@@ -1061,7 +1063,7 @@ static int kv_tokens_from_memory(engine *e, int *out, char *err, size_t errlen) 
         snprintf(err, errlen,
                  "no %s memory left for a KV cache: %.2f of %.2f GB free, and --gpu-memory-utilization %.2f keeps "
                  "%.2f GB back; raise it or lower --max-num-batched-tokens / --engram-hbm-cache",
-                 e->ops->name, fr / 1e9, total / 1e9, util, keep / 1e9);
+                 backend_name(e->be), fr / 1e9, total / 1e9, util, keep / 1e9);
         return -1;
     }
     *out = (int)(blocks * bs);
@@ -1070,13 +1072,18 @@ static int kv_tokens_from_memory(engine *e, int *out, char *err, size_t errlen) 
 
 int engine_create(const engine_params *p, engine **out, char *err, size_t errlen) {
     *out = NULL;
-    const backend_ops *ops = backend_select(p->device, err, errlen);
-    if (!ops) return ENGINE_ERR_DEVICE;
+    backend_params bp = backend_default_params();
+    bp.cuda_graphs = p->cuda_graphs;
+    bp.cuda_profile = p->cuda_profile;
+    backend *be = backend_select(p->device, &bp, err, errlen);
+    if (!be) return ENGINE_ERR_DEVICE;
     engine *e = calloc(1, sizeof(*e));
     if (!e) {
+        backend_destroy(be);
         snprintf(err, errlen, "out of memory");
         return ENGINE_ERR_NOMEM;
     }
+    e->be = be; /* owned from here: engine_destroy frees it */
     e->p = *p;
     e->p.model_dir = e->p.synthetic = e->p.synthetic_table_dir = NULL;
     if (e->p.max_queued < 0) e->p.max_queued = 0;
@@ -1104,11 +1111,10 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
         e->tok = NULL;
         log_warn("no tokenizer (%s): requests must come as token ids", terr);
     }
-    e->ops = ops;
     e->ctx = e->m->cfg.max_position_embeddings;
     e->vocab = model_sampling_vocab(e->m);
     rc = ENGINE_ERR_NOMEM;
-    if (forward_ctx_create(e->m, ops, e->p.max_num_batched_tokens, e->p.max_num_seqs, &e->fc, err, errlen) !=
+    if (forward_ctx_create(e->m, be, e->p.max_num_batched_tokens, e->p.max_num_seqs, &e->fc, err, errlen) !=
         FORWARD_OK)
         goto fail;
     size_t S = (size_t)e->p.max_num_seqs;
@@ -1120,17 +1126,17 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
     e->next = malloc(S * sizeof(int32_t));
     e->row = malloc(S * sizeof(int32_t));
     e->res = malloc(S * sizeof(int));
-    /* ENGRAM_SAMPLE_ON_BACKEND: 0 never, 1 always (the CPU too: tests),
-     * unset: where the logits are not host memory already. */
-    const char *sob = getenv("ENGRAM_SAMPLE_ON_BACKEND");
-    e->dev_sample = ops->sample && (sob ? strcmp(sob, "0") != 0 : ops != backend_cpu());
+    /* sample_on_backend: 0 never, 1 always (the CPU too: tests), -1 (auto)
+     * where the logits are not host memory already. */
+    int sob = e->p.sample_on_backend;
+    e->dev_sample = backend_has(be, sample) && (sob >= 0 ? sob != 0 : strcmp(backend_name(be), "cpu") != 0);
     /* The CUDA op runs one block per row, so a step's rows cost about one
      * row's time: on an H100 274 us against 71 us to download one row, 217
      * for 4, 724 for 16 (gpu-sampling-parity). Below SAMPLE_MIN_ROWS rows the
-     * step downloads them; ENGRAM_SAMPLE_ON_BACKEND=1 takes the op always. */
-    e->dev_sample_min = sob && !strcmp(sob, "1") ? 1 : SAMPLE_MIN_ROWS;
+     * step downloads them; sample_on_backend 1 takes the op always. */
+    e->dev_sample_min = sob == 1 ? 1 : SAMPLE_MIN_ROWS;
     if (e->dev_sample) {
-        e->d_res = ops->alloc(S * SAMPLER_RESULT_BYTES(SAMPLE_CANDIDATES));
+        e->d_res = backend_alloc(be, S * SAMPLER_RESULT_BYTES(SAMPLE_CANDIDATES));
         e->h_res = malloc(S * SAMPLER_RESULT_BYTES(SAMPLE_CANDIDATES));
     }
     e->items = malloc(S * sizeof(*e->items));
@@ -1139,12 +1145,12 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
     e->preempted = calloc(S, sizeof(*e->preempted));
     e->free_states = calloc(S, sizeof(*e->free_states));
     int kv_tokens = e->p.kv_cache_tokens > 0 ? e->p.kv_cache_tokens : e->ctx;
-    if (e->p.kv_cache_tokens <= 0 && ops->mem_info && kv_tokens_from_memory(e, &kv_tokens, err, errlen)) goto fail;
+    if (e->p.kv_cache_tokens <= 0 && backend_has(be, mem_info) && kv_tokens_from_memory(e, &kv_tokens, err, errlen)) goto fail;
     if (!e->logits || !e->raw_logits || !e->ids || !e->next || !e->row || !e->res ||
         (e->dev_sample && (!e->d_res || !e->h_res)) || !e->items || !e->item_seq || !e->running ||
         !e->preempted || !e->free_states ||
         forward_kv_cache_create(e->fc, kv_tokens, e->p.kv_block_size, &e->kv) != KV_CACHE_OK) {
-        snprintf(err, errlen, "out of %s memory for a KV cache of %d tokens", ops->name, kv_tokens);
+        snprintf(err, errlen, "out of %s memory for a KV cache of %d tokens", backend_name(be), kv_tokens);
         goto fail;
     }
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
@@ -1189,10 +1195,11 @@ void engine_destroy(engine *e) {
     free(e->next);
     free(e->row);
     free(e->res);
-    if (e->ops) {
-        e->ops->free(e->d_desc);
-        e->ops->free(e->d_res);
+    if (e->be) {
+        backend_free(e->be, e->d_desc);
+        backend_free(e->be, e->d_res);
     }
+    backend_destroy(e->be); /* after everything in its memory */
     free(e->h_res);
     sampler_desc_free(&e->desc);
     free(e->items);

@@ -57,6 +57,12 @@ typedef struct {
                              * tokenizer; borrowed for engine_create */
     uint64_t synthetic_seed;
     const char *synthetic_table_dir; /* its Engram tables, made or reused (with engram_store) */
+    int sample_on_backend; /* sampling where the logits are (backend_ops.sample): -1 auto (default: on
+                            * where the logits are not host memory, for steps of several such rows),
+                            * 0 off, 1 always (every row, the CPU too) */
+    int cuda_graphs;       /* recorded steps on CUDA: 1 on (default), 0 off (backend_params) */
+    int cuda_profile;      /* CUDA op timing to stderr: 0 off (default), 1 every op, 2 recorded steps
+                            * kept and timed whole (backend_params) */
 } engine_params;
 
 engine_params engine_default_params(void);

@@ -19,7 +19,7 @@
 #include "base/util.h"
 
 struct engram_fetch {
-    const backend_ops *ops;
+    backend *be; /* borrowed */
     engram_store *store;
     int ch, max_rows, cols, dtype;
     size_t rb;           /* bytes of a stored row */
@@ -27,7 +27,7 @@ struct engram_fetch {
     /* backend memory */
     uint8_t *rows;
     int32_t *ints;
-    /* host staging (ops->host_alloc) */
+    /* host staging (backend_host_alloc) */
     uint8_t *st_rows;
     int32_t *st_ints;
     bool pending; /* a fetch was issued and its wait not yet measured */
@@ -64,7 +64,7 @@ static void *fetch_main(void *arg);
 
 void engram_fetch_destroy(engram_fetch *f) {
     if (!f) return;
-    const backend_ops *o = f->ops;
+    backend *be = f->be;
     if (f->th_started) {
         pthread_mutex_lock(&f->mu);
         while (f->job && !f->job_done) pthread_cond_wait(&f->cv, &f->mu); /* a started host half: let it end */
@@ -73,11 +73,11 @@ void engram_fetch_destroy(engram_fetch *f) {
         pthread_mutex_unlock(&f->mu);
         pthread_join(f->th, NULL);
     }
-    if (f->pending) o->fetch_sync(f->ch); /* the copy reads the staging freed below */
-    o->free(f->rows);
-    o->free(f->ints);
-    o->host_free(f->st_rows);
-    o->host_free(f->st_ints);
+    if (f->pending) backend_fetch_sync(be, f->ch); /* the copy reads the staging freed below */
+    backend_free(be, f->rows);
+    backend_free(be, f->ints);
+    backend_host_free(be, f->st_rows);
+    backend_host_free(be, f->st_ints);
     free(f->dk), free(f->dv), free(f->dstamp);
     free(f->uniq), free(f->lu), free(f->uslot), free(f->miss);
     free(f->crow), free(f->cref), free(f->cstamp);
@@ -87,7 +87,7 @@ void engram_fetch_destroy(engram_fetch *f) {
     free(f);
 }
 
-engram_fetch *engram_fetch_create(const backend_ops *ops, engram_store *store, int ch, int max_rows,
+engram_fetch *engram_fetch_create(backend *be, engram_store *store, int ch, int max_rows,
                                   uint64_t cache_bytes, char *err, size_t errlen) {
     engram_store_info in = engram_store_get_info(store);
     const engram_store_header *h = &in.header;
@@ -98,7 +98,7 @@ engram_fetch *engram_fetch_create(const backend_ops *ops, engram_store *store, i
     }
     pthread_mutex_init(&f->mu, NULL);
     pthread_cond_init(&f->cv, NULL);
-    f->ops = ops;
+    f->be = be;
     f->store = store;
     f->ch = ch % BACKEND_FETCH_CHANNELS;
     f->max_rows = max_rows < 1 ? 1 : max_rows;
@@ -115,10 +115,10 @@ engram_fetch *engram_fetch_create(const backend_ops *ops, engram_store *store, i
     while ((1ull << bits) < 2 * R) bits++;
     f->dmask = (1u << bits) - 1;
     f->dshift = 64 - bits;
-    f->rows = ops->alloc((C + R) * f->rb);
-    f->ints = ops->alloc(2 * R * sizeof(int32_t));
-    f->st_rows = ops->host_alloc(R * f->rb);
-    f->st_ints = ops->host_alloc(2 * R * sizeof(int32_t));
+    f->rows = backend_alloc(be, (C + R) * f->rb);
+    f->ints = backend_alloc(be, 2 * R * sizeof(int32_t));
+    f->st_rows = backend_host_alloc(be, R * f->rb);
+    f->st_ints = backend_host_alloc(be, 2 * R * sizeof(int32_t));
     f->dk = malloc(((size_t)f->dmask + 1) * sizeof(int64_t));
     f->dv = malloc(((size_t)f->dmask + 1) * sizeof(int32_t));
     f->dstamp = calloc((size_t)f->dmask + 1, sizeof(uint32_t));
@@ -136,7 +136,7 @@ engram_fetch *engram_fetch_create(const backend_ops *ops, engram_store *store, i
         if (ok) memset(f->crow, 0xff, C * sizeof(int64_t));
     }
     if (!ok) {
-        snprintf(err, errlen, "out of %s memory for Engram rows (%.2f GB cache, %d rows a step)", ops->name,
+        snprintf(err, errlen, "out of %s memory for Engram rows (%.2f GB cache, %d rows a step)", backend_name(be),
                  (double)C * f->rb / 1e9, f->max_rows);
         engram_fetch_destroy(f);
         return NULL;
@@ -189,12 +189,12 @@ static void observe_stall(engram_fetch_stats *s, double sec) {
  * of the staging, resolve every lookup to a slot, gather the misses into the
  * staging. Returns 0 or a negative engram_store_status (nothing staged). */
 static int prepare(engram_fetch *f, const int64_t *rows, int n) {
-    const backend_ops *o = f->ops;
+    backend *be = f->be;
     if (n > f->max_rows) return ENGRAM_STORE_EINVAL;
     for (int i = 0; i < n; i++)
         if (rows[i] < 0 || (uint64_t)rows[i] >= f->table_rows) return ENGRAM_STORE_ERANGE;
     /* The staging is rewritten below: the last copy out of it must be done. */
-    double stall = f->pending ? o->fetch_sync(f->ch) : -1;
+    double stall = f->pending ? backend_fetch_sync(be, f->ch) : -1;
     pthread_mutex_lock(&f->mu);
     if (stall >= 0) observe_stall(&f->st, stall);
     f->pending = false;
@@ -305,7 +305,7 @@ void engram_fetch_start(engram_fetch *f, const int64_t *rows, int n) {
 }
 
 int engram_fetch_finish(engram_fetch *f, float *out) {
-    const backend_ops *o = f->ops;
+    backend *be = f->be;
     pthread_mutex_lock(&f->mu);
     if (!f->job) {
         pthread_mutex_unlock(&f->mu);
@@ -317,7 +317,7 @@ int engram_fetch_finish(engram_fetch *f, float *out) {
     /* The compute has been given everything before this layer: from here
      * on, in its order, it waits for the rows, however long the host half
      * still takes. */
-    o->fetch_mark(f->ch);
+    backend_fetch_mark(be, f->ch);
     double t0 = util_now();
     pthread_mutex_lock(&f->mu);
     while (!f->job_done) pthread_cond_wait(&f->cv, &f->mu);
@@ -328,13 +328,13 @@ int engram_fetch_finish(engram_fetch *f, float *out) {
     if (rc || n < 1) return rc;
     size_t C = f->C, rb = f->rb;
     int m = f->n_rows, mc = f->n_cached;
-    if (m) o->fetch(f->ch, f->rows + C * rb, f->st_rows, (size_t)m * rb);
-    o->fetch(f->ch, f->ints, f->st_ints, (size_t)f->n_ints * sizeof(int32_t));
+    if (m) backend_fetch(be, f->ch, f->rows + C * rb, f->st_rows, (size_t)m * rb);
+    backend_fetch(be, f->ch, f->ints, f->st_ints, (size_t)f->n_ints * sizeof(int32_t));
     f->pending = true;
-    o->fetch_wait(f->ch);
-    if (mc) o->scatter_rows(f->rows, f->rows + C * rb, f->ints + n, mc, rb);
-    o->decode_rows(out, f->rows, f->dtype, rb, f->ints, n, f->cols);
-    o->fetch_release(f->ch);
+    backend_fetch_wait(be, f->ch);
+    if (mc) backend_scatter_rows(be, f->rows, f->rows + C * rb, f->ints + n, mc, rb);
+    backend_decode_rows(be, out, f->rows, f->dtype, rb, f->ints, n, f->cols);
+    backend_fetch_release(be, f->ch);
 
     pthread_mutex_lock(&f->mu);
     engram_fetch_stats *s = &f->st;

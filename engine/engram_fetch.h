@@ -7,7 +7,7 @@
  *   on the host, which knows every row before the backend needs it): dedupe
  *   the step's row ids and look the distinct rows up -> gather the misses
  *   as stored (bf16, FP8: half or a quarter of f32's bytes) into pinned
- *   staging -> one copy beside the compute (ops->fetch) -> the compute waits
+ *   staging -> one copy beside the compute (backend_fetch) -> the compute waits
  *   for it, moves new rows into their cache slots and decodes every lookup
  *   to f32 by slot.
  *
@@ -37,7 +37,7 @@ typedef struct {
                                * half: on the CPU backend the compute's wait for rows; on a GPU it is
                                * hidden while the GPU still runs earlier layers */
     uint64_t stalls;       /* fetches whose wait was measured (all but the last) */
-    double stall_seconds;  /* time the compute waited for rows (ops->fetch_sync) */
+    double stall_seconds;  /* time the compute waited for rows (backend_fetch_sync) */
     double stall_max;      /* the longest such wait */
     uint64_t stall_hist[ENGRAM_STORE_HIST_BUCKETS + 1]; /* per bucket of engram_store_hist_le, not cumulative */
     uint64_t cache_rows;     /* gauge: rows in the cache */
@@ -45,10 +45,10 @@ typedef struct {
 } engram_fetch_stats;
 
 /* A fetcher of up to max_rows lookups per step from store (borrowed), on
- * channel ch of ops, with a hot-row cache of cache_bytes of backend memory
+ * channel ch of be (borrowed), with a hot-row cache of cache_bytes of backend memory
  * (0: none; rows are then decoded straight from the step's copy). Returns
  * NULL with a message in err when memory runs out. */
-engram_fetch *engram_fetch_create(const backend_ops *ops, engram_store *store, int ch, int max_rows,
+engram_fetch *engram_fetch_create(backend *be, engram_store *store, int ch, int max_rows,
                                   uint64_t cache_bytes, char *err, size_t errlen);
 void engram_fetch_destroy(engram_fetch *f); /* accepts NULL; waits for its copy */
 

@@ -25,19 +25,19 @@ typedef struct {
 } engram_scratch;
 
 /* Returns 0, or -1 when memory runs out (nothing to free then). */
-int engram_scratch_init(engram_scratch *s, const backend_ops *ops, const model_engram *e, int d, int max_tokens);
-void engram_scratch_free(engram_scratch *s, const backend_ops *ops);
+int engram_scratch_init(engram_scratch *s, backend *be, const model_engram *e, int d, int max_tokens);
+void engram_scratch_free(engram_scratch *s, backend *be);
 
 /* Floats of conv history one sequence keeps per Engram layer: (K-1)*dil rows of G*d. */
 size_t engram_conv_history_floats(const model_engram *e, int d);
 
 /* Runs the module of layer w on the b->n_tokens <= s->max_tokens tokens of a step.
  * h (T, G, d): the streams' hidden states; emb (T, E): the step's table rows
- * as f32 (from ops->gather_rows over w->table, or engram_fetch over
+ * as f32 (from backend_gather_rows over w->table, or engram_fetch over
  * w->store; usually s->e); hist_off: where this layer's history starts in
  * each b->seq_hist entry (advanced to end at this step's last position).
  * out (T, G, d) = v_g + conv_g, to be added to h; gates (T, G) if not NULL. */
-void engram_module_run(const backend_ops *ops, const model_engram *e, const engram_weights *w, int d,
+void engram_module_run(backend *be, const model_engram *e, const engram_weights *w, int d,
                        const batch_desc *b, const float *h, const float *emb, size_t hist_off, engram_scratch *s,
                        float *out, float *gates);
 

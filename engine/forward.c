@@ -34,7 +34,7 @@ const char *forward_status_str(int status) {
 struct forward_ctx {
     model *m;                /* the model (host) */
     model *bm;               /* the backend's view of it (weights in backend memory) */
-    const backend_ops *ops;
+    backend *be;             /* borrowed */
     int max_tokens, max_seqs, max_blocks;
     int n_engram, n_heads_e; /* Engram layers, rows per token and layer */
     float *inv_freq;         /* (hd/2) rope frequencies after scaling */
@@ -111,13 +111,13 @@ static size_t desc_ints(size_t T, size_t S, size_t mb) { return 3 * T + 2 * S + 
  * entries. Returns 0, or -1 (the old buffers kept) when memory runs out. */
 static int ctx_alloc_desc(forward_ctx *fc, int max_blocks) {
     size_t n = desc_ints((size_t)fc->max_tokens, (size_t)fc->max_seqs, (size_t)max_blocks) * sizeof(int32_t);
-    int32_t *d = fc->ops->alloc(n), *h = malloc(n);
+    int32_t *d = backend_alloc(fc->be, n), *h = malloc(n);
     if (!d || !h) {
-        fc->ops->free(d);
+        backend_free(fc->be, d);
         free(h);
         return -1;
     }
-    fc->ops->free(fc->desc_i32);
+    backend_free(fc->be, fc->desc_i32);
     free(fc->h_i32);
     fc->desc_i32 = d;
     fc->h_i32 = h;
@@ -148,7 +148,7 @@ static int create_fetchers(forward_ctx *fc, char *err, size_t errlen) {
         engram_store *st = e->layers[li].store;
         if (!st) continue;
         uint64_t share = total ? (uint64_t)((unsigned __int128)cache * bytes[li] / total) : 0;
-        fc->fetch[li] = engram_fetch_create(fc->ops, st, ch++, fc->max_tokens * e->n_heads, share, err, errlen);
+        fc->fetch[li] = engram_fetch_create(fc->be, st, ch++, fc->max_tokens * e->n_heads, share, err, errlen);
         if (!fc->fetch[li]) return -1;
     }
     return 0;
@@ -156,12 +156,12 @@ static int create_fetchers(forward_ctx *fc, char *err, size_t errlen) {
 
 void forward_ctx_destroy(forward_ctx *fc) {
     if (!fc) return;
-    const backend_ops *o = fc->ops;
+    backend *be = fc->be;
     void *dev[] = {fc->inv_freq, fc->x, fc->h, fc->q, fc->k, fc->v, fc->att, fc->gate, fc->up, fc->tmp,
                    fc->eout, fc->egates, fc->lastx, fc->logits, fc->ids, fc->last, fc->next, fc->rows,
                    fc->desc_i32, fc->seq_hist};
-    for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++) o->free(dev[i]);
-    if (fc->n_engram) engram_scratch_free(&fc->es, o);
+    for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++) backend_free(be, dev[i]);
+    if (fc->n_engram) engram_scratch_free(&fc->es, be);
     for (int li = 0; li < ENGRAM_MAX_LAYERS; li++) engram_fetch_destroy(fc->fetch[li]);
     free(fc->h_i32);
     free(fc->h_last);
@@ -171,11 +171,11 @@ void forward_ctx_destroy(forward_ctx *fc) {
     free(fc->h_seq_hist);
     free(fc->h_gates);
     free(fc->zero_hist);
-    if (fc->bm) o->release(fc->bm, fc->m);
+    if (fc->bm) backend_release(be, fc->bm, fc->m);
     free(fc);
 }
 
-int forward_ctx_create(model *m, const backend_ops *ops, int max_tokens, int max_seqs, forward_ctx **out,
+int forward_ctx_create(model *m, backend *be, int max_tokens, int max_seqs, forward_ctx **out,
                        char *err, size_t errlen) {
     const model_config *c = &m->cfg;
     *out = NULL;
@@ -188,10 +188,10 @@ int forward_ctx_create(model *m, const backend_ops *ops, int max_tokens, int max
         return FORWARD_ERR_NOMEM;
     }
     fc->m = m;
-    fc->ops = ops;
+    fc->be = be;
     fc->max_tokens = max_tokens;
     fc->max_seqs = max_seqs;
-    if (!(fc->bm = ops->prepare(m, err, errlen))) {
+    if (!(fc->bm = backend_prepare(be, m, err, errlen))) {
         free(fc);
         return FORWARD_ERR_NOMEM;
     }
@@ -200,21 +200,21 @@ int forward_ctx_create(model *m, const backend_ops *ops, int max_tokens, int max
     size_t ff = (size_t)c->intermediate_size;
     const model_engram *e = m->engram;
     size_t G = e ? (size_t)e->hc_mult : 1;
-    fc->inv_freq = ops->alloc((size_t)c->head_dim / 2 * F);
-    fc->x = ops->alloc(T * d * F); /* one residual stream: model_load refuses hc_mult > 1 */
-    fc->h = ops->alloc(T * d * F);
-    fc->q = ops->alloc(T * qw * F);
-    fc->k = ops->alloc(T * kvw * F);
-    fc->v = ops->alloc(T * kvw * F);
-    fc->att = ops->alloc(T * qw * F);
-    fc->gate = ops->alloc(T * ff * F);
-    fc->up = ops->alloc(T * ff * F);
-    fc->tmp = ops->alloc(T * (qw > d ? qw : d) * F);
-    fc->lastx = ops->alloc(S * d * F);
-    fc->logits = ops->alloc(S * (size_t)c->vocab_size * F);
-    fc->ids = ops->alloc(T * sizeof(int32_t));
-    fc->last = ops->alloc(S * sizeof(int32_t));
-    fc->next = ops->alloc(S * sizeof(int32_t));
+    fc->inv_freq = backend_alloc(be, (size_t)c->head_dim / 2 * F);
+    fc->x = backend_alloc(be, T * d * F); /* one residual stream: model_load refuses hc_mult > 1 */
+    fc->h = backend_alloc(be, T * d * F);
+    fc->q = backend_alloc(be, T * qw * F);
+    fc->k = backend_alloc(be, T * kvw * F);
+    fc->v = backend_alloc(be, T * kvw * F);
+    fc->att = backend_alloc(be, T * qw * F);
+    fc->gate = backend_alloc(be, T * ff * F);
+    fc->up = backend_alloc(be, T * ff * F);
+    fc->tmp = backend_alloc(be, T * (qw > d ? qw : d) * F);
+    fc->lastx = backend_alloc(be, S * d * F);
+    fc->logits = backend_alloc(be, S * (size_t)c->vocab_size * F);
+    fc->ids = backend_alloc(be, T * sizeof(int32_t));
+    fc->last = backend_alloc(be, S * sizeof(int32_t));
+    fc->next = backend_alloc(be, S * sizeof(int32_t));
     fc->h_last = malloc(S * sizeof(int32_t));
     int ok = fc->inv_freq && fc->x && fc->h && fc->q && fc->k && fc->v && fc->att && fc->gate && fc->up &&
              fc->tmp && fc->lastx && fc->logits && fc->ids && fc->last && fc->next && fc->h_last;
@@ -223,10 +223,10 @@ int forward_ctx_create(model *m, const backend_ops *ops, int max_tokens, int max
         fc->n_heads_e = e->n_heads;
         size_t nr = (size_t)e->n_layers * T * e->n_heads;
         fc->hist_floats = (size_t)e->n_layers * engram_conv_history_floats(e, c->hidden_size);
-        fc->rows = ops->alloc(nr * sizeof(int64_t));
-        fc->eout = ops->alloc(T * G * d * F);
-        fc->egates = ops->alloc(T * G * F);
-        fc->seq_hist = ops->alloc(S * sizeof(float *));
+        fc->rows = backend_alloc(be, nr * sizeof(int64_t));
+        fc->eout = backend_alloc(be, T * G * d * F);
+        fc->egates = backend_alloc(be, T * G * F);
+        fc->seq_hist = backend_alloc(be, S * sizeof(float *));
         fc->h_rows = malloc(nr * sizeof(int64_t));
         fc->h_cids = malloc(T * sizeof(int64_t));
         fc->h_ids64 = malloc(T * sizeof(int64_t));
@@ -235,7 +235,7 @@ int forward_ctx_create(model *m, const backend_ops *ops, int max_tokens, int max
         fc->zero_hist = calloc(fc->hist_floats ? fc->hist_floats : 1, F);
         ok = fc->rows && fc->eout && fc->egates && fc->seq_hist && fc->h_rows && fc->h_cids && fc->h_ids64 &&
              fc->h_seq_hist && fc->h_gates && fc->zero_hist &&
-             engram_scratch_init(&fc->es, ops, e, c->hidden_size, max_tokens) == 0;
+             engram_scratch_init(&fc->es, be, e, c->hidden_size, max_tokens) == 0;
         if (!ok) fc->n_engram = fc->n_engram && fc->es.e ? fc->n_engram : 0;
         if (ok && create_fetchers(fc, err, errlen)) {
             forward_ctx_destroy(fc);
@@ -246,7 +246,7 @@ int forward_ctx_create(model *m, const backend_ops *ops, int max_tokens, int max
     if (ok) ok = ctx_alloc_desc(fc, (c->max_position_embeddings + 15) / 16 + 1) == 0;
     if (!ok) {
         forward_ctx_destroy(fc);
-        snprintf(err, errlen, "out of %s memory for a step of %d tokens", ops->name, max_tokens);
+        snprintf(err, errlen, "out of %s memory for a step of %d tokens", backend_name(be), max_tokens);
         return FORWARD_ERR_NOMEM;
     }
     float *f = malloc((size_t)c->head_dim / 2 * F);
@@ -256,14 +256,14 @@ int forward_ctx_create(model *m, const backend_ops *ops, int max_tokens, int max
         return FORWARD_ERR_NOMEM;
     }
     rope_freqs(c, f);
-    ops->upload(fc->inv_freq, f, (size_t)c->head_dim / 2 * F);
+    backend_upload(be, fc->inv_freq, f, (size_t)c->head_dim / 2 * F);
     free(f);
     *out = fc;
     return FORWARD_OK;
 }
 
 int forward_ctx_max_tokens(const forward_ctx *fc) { return fc->max_tokens; }
-const backend_ops *forward_ctx_ops(const forward_ctx *fc) { return fc->ops; }
+backend *forward_ctx_backend(const forward_ctx *fc) { return fc->be; }
 
 int forward_kv_cache_create(forward_ctx *fc, int n_tokens, int block_size, kv_cache **out) {
     const model *m = fc->m;
@@ -272,9 +272,8 @@ int forward_kv_cache_create(forward_ctx *fc, int n_tokens, int block_size, kv_ca
     p.n_layers = m->cfg.n_layers;
     p.kv_width = m->cfg.n_kv_heads * m->cfg.head_dim;
     p.n_blocks = n_tokens < 1 ? 1 : (n_tokens + p.block_size - 1) / p.block_size;
-    p.elem_bytes = fc->ops->kv_elem_bytes;
-    p.alloc = fc->ops->alloc;
-    p.free = fc->ops->free;
+    p.elem_bytes = backend_kv_elem_bytes(fc->be);
+    p.be = fc->be;
     int rc = kv_cache_create(&p, out);
     if (rc != KV_CACHE_OK) return rc;
     /* A block table never holds more than the model's positions in blocks of this size. */
@@ -304,7 +303,7 @@ int forward_state_create(forward_ctx *fc, kv_cache *kv, int max_tokens, forward_
         return FORWARD_ERR_NOMEM;
     }
     if (!kv) s->kv = s->own_kv;
-    if (fc->n_engram && !(s->conv_hist = fc->ops->alloc(fc->hist_floats * sizeof(float)))) {
+    if (fc->n_engram && !(s->conv_hist = backend_alloc(fc->be, fc->hist_floats * sizeof(float)))) {
         forward_state_destroy(s);
         return FORWARD_ERR_NOMEM;
     }
@@ -317,7 +316,7 @@ void forward_state_destroy(forward_state *s) {
     if (!s) return;
     kv_cache_seq_destroy(s->kv, &s->seq);
     kv_cache_destroy(s->own_kv);
-    s->fc->ops->free(s->conv_hist);
+    backend_free(s->fc->be, s->conv_hist);
     free(s);
 }
 
@@ -338,7 +337,7 @@ void forward_state_reset(forward_state *s) {
     const model_engram *e = fc->m->engram;
     if (!e) return;
     ngram_hash_history_init(e->hash, &s->hist);
-    if (s->conv_hist) fc->ops->upload(s->conv_hist, fc->zero_hist, fc->hist_floats * sizeof(float));
+    if (s->conv_hist) backend_upload(fc->be, s->conv_hist, fc->zero_hist, fc->hist_floats * sizeof(float));
 }
 
 int forward_state_reserve(forward_state *s, int n) {
@@ -409,8 +408,8 @@ static int plan_step(forward_ctx *fc, const forward_item *it, int n_items, batch
         int nb = (s->pos + it[i].n + bs - 1) / bs;
         memcpy(tables + (size_t)i * mb, s->seq.blocks, (size_t)nb * sizeof(int32_t));
     }
-    const backend_ops *o = fc->ops;
-    o->upload(fc->desc_i32, fc->h_i32, desc_ints((size_t)T, (size_t)S, (size_t)mb) * sizeof(int32_t));
+    backend *be = fc->be;
+    backend_upload(be, fc->desc_i32, fc->h_i32, desc_ints((size_t)T, (size_t)S, (size_t)mb) * sizeof(int32_t));
     int32_t *d = fc->desc_i32; /* the same offsets as the host copy */
     *b = (batch_desc){.n_seqs = S, .n_tokens = T, .block_size = bs, .max_blocks = mb, .max_q = max_q,
                       .max_ctx = max_ctx, .pos = d, .slot = d + (slot - pos), .tok_seq = d + (tok_seq - pos),
@@ -433,8 +432,8 @@ static int plan_step(forward_ctx *fc, const forward_item *it, int n_items, batch
             fc->h_seq_hist[i] = s->conv_hist;
             fc->engram_seconds += util_now() - t0;
         }
-        if (fc->rows_on_backend) o->upload(fc->rows, fc->h_rows, (size_t)e->n_layers * T * H * sizeof(int64_t));
-        o->upload(fc->seq_hist, fc->h_seq_hist, (size_t)S * sizeof(float *));
+        if (fc->rows_on_backend) backend_upload(be, fc->rows, fc->h_rows, (size_t)e->n_layers * T * H * sizeof(int64_t));
+        backend_upload(be, fc->seq_hist, fc->h_seq_hist, (size_t)S * sizeof(float *));
     }
     return FORWARD_OK;
 }
@@ -475,12 +474,12 @@ int forward_prefetch_ahead(forward_ctx *fc, const int32_t *ids, int lead, int n_
 /* x += a @ w^T (+ bias): the residual stream takes a product, fused where
  * the backend can, else through tmp. */
 static void add_product(forward_ctx *fc, const float *a, const weight *w, const float *bias, int T) {
-    const backend_ops *o = fc->ops;
-    if (o->matmul_add) {
-        o->matmul_add(fc->x, a, w, bias, T);
+    backend *be = fc->be;
+    if (backend_has(be, matmul_add)) {
+        backend_matmul_add(be, fc->x, a, w, bias, T);
     } else {
-        o->matmul(fc->tmp, a, w, bias, T);
-        o->add(fc->x, fc->tmp, (size_t)T * w->rows);
+        backend_matmul(be, fc->tmp, a, w, bias, T);
+        backend_add(be, fc->x, fc->tmp, (size_t)T * w->rows);
     }
 }
 
@@ -497,7 +496,7 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
     const model *bm = fc->bm;
     const model_engram *e = bm->engram;
     const model_config *c = &bm->cfg;
-    const backend_ops *o = fc->ops;
+    backend *be = fc->be;
     batch_desc b;
     /* Decode steps (one token per sequence) of up to STEP_RECORD_MAX_TOKENS
      * sequences, of a model without Engram (whose layers do host work), may be
@@ -505,7 +504,7 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
      * host time than such a step runs on a GPU. Larger steps hide the
      * launches behind their own work, and their batch changes too often for
      * a recording to pay. */
-    bool record = o->step_begin && !e && n_items <= STEP_RECORD_MAX_TOKENS;
+    bool record = backend_has(be, step_begin) && !e && n_items <= STEP_RECORD_MAX_TOKENS;
     for (int i = 0; i < n_items && record; i++) record = it[i].n == 1;
     int rc = plan_step(fc, it, n_items, &b, record);
     if (rc != FORWARD_OK) return rc;
@@ -522,7 +521,7 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
     int32_t *ids = fc->h_i32; /* the descriptor is uploaded: reuse its host copy for the ids */
     for (int i = 0, t = 0; i < S; i++)
         for (int k = 0; k < it[i].n; k++) ids[t++] = it[i].ids[k];
-    o->upload(fc->ids, ids, (size_t)T * sizeof(int32_t));
+    backend_upload(be, fc->ids, ids, (size_t)T * sizeof(int32_t));
     /* logits at the last token of the sequences that want them */
     int nl = 0;
     bool any_argmax = false;
@@ -530,14 +529,14 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
         if (it[i].logits || it[i].argmax || it[i].logits_row) fc->h_last[nl++] = b.h_seq_start[i + 1] - 1;
         any_argmax |= it[i].argmax != NULL;
     }
-    if (nl) o->upload(fc->last, fc->h_last, (size_t)nl * sizeof(int32_t));
+    if (nl) backend_upload(be, fc->last, fc->h_last, (size_t)nl * sizeof(int32_t));
     if (record) { /* every host value the ops below bake in */
         uint64_t key[6] = {(uintptr_t)fc, (uintptr_t)kv, (uint64_t)T, (uint64_t)nl, (uint64_t)b.max_blocks,
                            any_argmax};
-        if (o->step_begin(key, sizeof(key))) goto issued;
+        if (backend_step_begin(be, key, sizeof(key))) goto issued;
     }
 
-    o->embed(fc->x, &bm->embed, fc->ids, T);
+    backend_embed(be, fc->x, &bm->embed, fc->ids, T);
     for (int l = 0; l < c->n_layers; l++) {
         const layer_weights *L = &bm->layers[l];
 
@@ -555,14 +554,14 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
             if (fc->fetch[w->li]) {
                 if (engram_fetch_finish(fc->fetch[w->li], fc->es.e)) return finish_fetches(fc, FORWARD_ERR_IO);
             } else {
-                o->gather_rows(fc->es.e, &w->table, fc->rows + off, T, e->n_heads);
+                backend_gather_rows(be, fc->es.e, &w->table, fc->rows + off, T, e->n_heads);
             }
-            engram_module_run(o, e, w, d, &b, fc->x, fc->es.e, (size_t)w->li * (fc->hist_floats / e->n_layers),
+            engram_module_run(be, e, w, d, &b, fc->x, fc->es.e, (size_t)w->li * (fc->hist_floats / e->n_layers),
                               &fc->es, fc->eout, want ? fc->egates : NULL);
-            o->add(fc->x, fc->eout, (size_t)T * d);
+            backend_add(be, fc->x, fc->eout, (size_t)T * d);
             fc->engram_seconds += util_now() - t0;
             if (want) {
-                o->download(fc->h_gates, fc->egates, (size_t)T * G * sizeof(float));
+                backend_download(be, fc->h_gates, fc->egates, (size_t)T * G * sizeof(float));
                 for (int i = 0; i < S; i++) {
                     if (!it[i].gates) continue;
                     for (int k = 0; k < it[i].n; k++) {
@@ -577,58 +576,58 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
 
         /* attention block */
         /* (fused ops where the backend has them: backend.h, "fused") */
-        o->rmsnorm(fc->h, fc->x, L->attn_norm, T, d, eps);
-        if (o->matmul_qkv) {
-            o->matmul_qkv(fc->q, fc->k, fc->v, fc->h, &L->wq, &L->wk, &L->wv, L->bq, L->bk, L->bv, T);
+        backend_rmsnorm(be, fc->h, fc->x, L->attn_norm, T, d, eps);
+        if (backend_has(be, matmul_qkv)) {
+            backend_matmul_qkv(be, fc->q, fc->k, fc->v, fc->h, &L->wq, &L->wk, &L->wv, L->bq, L->bk, L->bv, T);
         } else {
-            o->matmul(fc->q, fc->h, &L->wq, L->bq, T);
-            o->matmul(fc->k, fc->h, &L->wk, L->bk, T);
-            o->matmul(fc->v, fc->h, &L->wv, L->bv, T);
+            backend_matmul(be, fc->q, fc->h, &L->wq, L->bq, T);
+            backend_matmul(be, fc->k, fc->h, &L->wk, L->bk, T);
+            backend_matmul(be, fc->v, fc->h, &L->wv, L->bv, T);
         }
-        if (o->qk_rope_store) {
-            o->qk_rope_store(fc->q, fc->k, fc->v, kv_cache_k_layer(kv, l), kv_cache_v_layer(kv, l), &b, nh, nkv, hd,
+        if (backend_has(be, qk_rope_store)) {
+            backend_qk_rope_store(be, fc->q, fc->k, fc->v, kv_cache_k_layer(kv, l), kv_cache_v_layer(kv, l), &b, nh, nkv, hd,
                              c->qk_norm ? L->q_norm : NULL, c->qk_norm ? L->k_norm : NULL, eps, fc->inv_freq);
         } else {
             if (c->qk_norm) { /* Qwen3: RMSNorm over each head's vector, before rope */
-                o->rmsnorm(fc->q, fc->q, L->q_norm, T * nh, hd, eps);
-                o->rmsnorm(fc->k, fc->k, L->k_norm, T * nkv, hd, eps);
+                backend_rmsnorm(be, fc->q, fc->q, L->q_norm, T * nh, hd, eps);
+                backend_rmsnorm(be, fc->k, fc->k, L->k_norm, T * nkv, hd, eps);
             }
-            o->rope(fc->q, b.pos, T, nh, hd, fc->inv_freq);
-            o->rope(fc->k, b.pos, T, nkv, hd, fc->inv_freq);
-            o->kv_store(kv_cache_k_layer(kv, l), kv_cache_v_layer(kv, l), fc->k, fc->v, &b, nkv * hd);
+            backend_rope(be, fc->q, b.pos, T, nh, hd, fc->inv_freq);
+            backend_rope(be, fc->k, b.pos, T, nkv, hd, fc->inv_freq);
+            backend_kv_store(be, kv_cache_k_layer(kv, l), kv_cache_v_layer(kv, l), fc->k, fc->v, &b, nkv * hd);
         }
-        o->attention(fc->att, fc->q, kv_cache_k_layer(kv, l), kv_cache_v_layer(kv, l), &b, nh, nkv, hd,
+        backend_attention(be, fc->att, fc->q, kv_cache_k_layer(kv, l), kv_cache_v_layer(kv, l), &b, nh, nkv, hd,
                      c->sliding_window);
         add_product(fc, fc->att, &L->wo, L->bo, T);
 
         /* feed-forward block (SwiGLU) */
-        o->rmsnorm(fc->h, fc->x, L->ffn_norm, T, d, eps);
-        if (o->matmul_glu) {
-            o->matmul_glu(fc->gate, fc->up, fc->h, &L->w_gate, &L->w_up, L->b_gate, L->b_up, T);
+        backend_rmsnorm(be, fc->h, fc->x, L->ffn_norm, T, d, eps);
+        if (backend_has(be, matmul_glu)) {
+            backend_matmul_glu(be, fc->gate, fc->up, fc->h, &L->w_gate, &L->w_up, L->b_gate, L->b_up, T);
         } else {
-            o->matmul(fc->gate, fc->h, &L->w_gate, L->b_gate, T);
-            o->matmul(fc->up, fc->h, &L->w_up, L->b_up, T);
-            o->swiglu(fc->gate, fc->up, (size_t)T * ff);
+            backend_matmul(be, fc->gate, fc->h, &L->w_gate, L->b_gate, T);
+            backend_matmul(be, fc->up, fc->h, &L->w_up, L->b_up, T);
+            backend_swiglu(be, fc->gate, fc->up, (size_t)T * ff);
         }
         add_product(fc, fc->gate, &L->w_down, L->b_down, T);
     }
     if (nl) {
-        o->gather_f32(fc->lastx, fc->x, fc->last, nl, d);
-        o->rmsnorm(fc->lastx, fc->lastx, bm->final_norm, nl, d, eps);
-        o->matmul(fc->logits, fc->lastx, &bm->lm_head, NULL, nl);
-        if (any_argmax) o->argmax(fc->next, fc->logits, nl, c->vocab_size);
+        backend_gather_f32(be, fc->lastx, fc->x, fc->last, nl, d);
+        backend_rmsnorm(be, fc->lastx, fc->lastx, bm->final_norm, nl, d, eps);
+        backend_matmul(be, fc->logits, fc->lastx, &bm->lm_head, NULL, nl);
+        if (any_argmax) backend_argmax(be, fc->next, fc->logits, nl, c->vocab_size);
     }
-    if (record) o->step_end();
+    if (record) backend_step_end(be);
 issued:
     for (int i = 0; i < S; i++) it[i].st->pos += it[i].n;
     if (nl == 0) return FORWARD_OK;
     int32_t *next = fc->h_last; /* reused: the indices are uploaded */
-    if (any_argmax) o->download(next, fc->next, (size_t)nl * sizeof(int32_t));
+    if (any_argmax) backend_download(be, next, fc->next, (size_t)nl * sizeof(int32_t));
     for (int i = 0, j = 0; i < S; i++) {
         if (!it[i].logits && !it[i].argmax && !it[i].logits_row) continue;
         if (it[i].logits_row) *it[i].logits_row = j;
         if (it[i].logits)
-            o->download(it[i].logits, fc->logits + (size_t)j * c->vocab_size, (size_t)c->vocab_size * sizeof(float));
+            backend_download(be, it[i].logits, fc->logits + (size_t)j * c->vocab_size, (size_t)c->vocab_size * sizeof(float));
         if (it[i].argmax) *it[i].argmax = next[j];
         j++;
     }

@@ -34,13 +34,13 @@ typedef struct forward_ctx forward_ctx;
 typedef struct forward_state forward_state;
 
 /* A context running up to max_tokens tokens of up to max_seqs sequences per
- * step on `ops`. m must outlive it. Returns FORWARD_OK and *out, or
+ * step on backend be. m and be (borrowed) must outlive it. Returns FORWARD_OK and *out, or
  * FORWARD_ERR_NOMEM with a message in err. */
-int forward_ctx_create(model *m, const backend_ops *ops, int max_tokens, int max_seqs, forward_ctx **out,
+int forward_ctx_create(model *m, backend *be, int max_tokens, int max_seqs, forward_ctx **out,
                        char *err, size_t errlen);
 void forward_ctx_destroy(forward_ctx *fc); /* accepts NULL; its states must be destroyed first */
 int forward_ctx_max_tokens(const forward_ctx *fc);
-const backend_ops *forward_ctx_ops(const forward_ctx *fc);
+backend *forward_ctx_backend(const forward_ctx *fc);
 /* Wall time spent in Engram so far (hashing, gathers, modules; on an
  * asynchronous backend the modules' launch time only). */
 double forward_ctx_engram_seconds(const forward_ctx *fc);

@@ -22,7 +22,14 @@ const char *kv_cache_status_str(int status) {
     return "unknown kv_cache status";
 }
 
-static void *kv_host_alloc(size_t bytes) { return malloc(bytes); }
+/* The pool's memory: the backend's when the params name one, else the heap. */
+static void *kv_alloc(const kv_cache *c, size_t bytes) {
+    return c->p.be ? backend_alloc(c->p.be, bytes) : malloc(bytes);
+}
+static void kv_free(const kv_cache *c, void *p) {
+    if (c->p.be) backend_free(c->p.be, p);
+    else free(p);
+}
 
 kv_cache_params kv_cache_default_params(void) {
     kv_cache_params p = {0};
@@ -37,18 +44,14 @@ int kv_cache_create(const kv_cache_params *p, kv_cache **out) {
     if (!c) return KV_CACHE_ERR_NOMEM;
     c->p = *p;
     if (!c->p.elem_bytes) c->p.elem_bytes = sizeof(float);
-    if (!c->p.alloc || !c->p.free) {
-        c->p.alloc = kv_host_alloc;
-        c->p.free = free;
-    }
     c->k = calloc((size_t)p->n_layers, sizeof(char *));
     c->v = calloc((size_t)p->n_layers, sizeof(char *));
     c->free_ids = malloc((size_t)p->n_blocks * sizeof(int));
     int ok = c->k && c->v && c->free_ids;
     size_t per_layer = (size_t)p->n_blocks * p->block_size * p->kv_width * c->p.elem_bytes;
     for (int l = 0; ok && l < p->n_layers; l++) {
-        c->k[l] = c->p.alloc(per_layer);
-        c->v[l] = c->p.alloc(per_layer);
+        c->k[l] = kv_alloc(c, per_layer);
+        c->v[l] = kv_alloc(c, per_layer);
         ok = c->k[l] && c->v[l];
     }
     if (!ok) {
@@ -65,8 +68,8 @@ int kv_cache_create(const kv_cache_params *p, kv_cache **out) {
 void kv_cache_destroy(kv_cache *c) {
     if (!c) return;
     for (int l = 0; l < c->p.n_layers; l++) {
-        if (c->k) c->p.free(c->k[l]);
-        if (c->v) c->p.free(c->v[l]);
+        if (c->k) kv_free(c, c->k[l]);
+        if (c->v) kv_free(c, c->v[l]);
     }
     free(c->k);
     free(c->v);

@@ -11,6 +11,8 @@
 
 #include <stddef.h>
 
+#include "engine/backend/backend.h"
+
 typedef enum {
     KV_CACHE_OK = 0,
     KV_CACHE_ERR_NOMEM = -1, /* the pool itself could not be allocated */
@@ -24,9 +26,8 @@ typedef struct {
     int kv_width;   /* n_kv_heads * head_dim floats per position and layer */
     int block_size; /* token positions per block; default 16 */
     int n_blocks;   /* blocks in the pool */
-    size_t elem_bytes;            /* bytes per element; 0: 4 (f32) */
-    void *(*alloc)(size_t bytes); /* where the pool lives (a backend's alloc); NULL: malloc */
-    void (*free)(void *p);        /* its free; NULL with alloc NULL */
+    size_t elem_bytes; /* bytes per element; 0: 4 (f32) */
+    backend *be;       /* the backend whose memory holds the pool (borrowed); NULL: malloc */
 } kv_cache_params;
 
 /* block_size 16; the other fields must be set by the caller. */

@@ -340,9 +340,10 @@ int main(int argc, char **argv) {
     }
     if (sizes[1]) { /* the backend the engine will pick (auto: CUDA when usable) */
         char berr[256];
-        const backend_ops *bo = backend_select(val[O_DEVICE], berr, sizeof(berr));
-        if (bo && strcmp(bo->name, "cuda"))
+        backend *bo = backend_select(val[O_DEVICE], NULL, berr, sizeof(berr));
+        if (bo && strcmp(backend_name(bo), "cuda"))
             fprintf(stderr, "engram-server: %s\n", "note: --engram-hbm-cache on the CPU backend keeps the hot rows in host memory (the CUDA path, for tests; no gain)");
+        backend_destroy(bo);
     }
     ep.engram_store.dram_budget = sizes[0];
     ep.engram_store.hbm_cache = sizes[1];

@@ -1,4 +1,4 @@
-/* Choosing a backend by name (see backend.h). The CUDA backend is a plugin,
+/* Making a backend by name (see backend.h). The CUDA backend is a plugin,
  * libengram-cuda.so, loaded from the program's own directory (or the library
  * path) the first time it is asked for, so CPU-only runs never load cuBLAS
  * and a CUDA build starts where CUDA is missing. */
@@ -13,9 +13,18 @@
 
 #define CUDA_PLUGIN "libengram-cuda.so"
 
+backend_params backend_default_params(void) {
+    backend_params p = {0};
+    p.cuda_graphs = 1;
+    return p;
+}
+
+/* The loaded plugin is process-wide (dlopen hands out one copy of a library
+ * per process), so its handle is the one static here; the backends made
+ * from it are not. */
 static pthread_mutex_t plugin_mu = PTHREAD_MUTEX_INITIALIZER;
 
-const backend_ops *backend_cuda(char *err, size_t errlen) {
+backend *backend_cuda_create(const backend_params *p, char *err, size_t errlen) {
     pthread_mutex_lock(&plugin_mu);
     static void *lib;
     if (!lib) {
@@ -34,26 +43,38 @@ const backend_ops *backend_cuda(char *err, size_t errlen) {
                  "libraries are missing; configure with -DENGRAM_CUDA=ON where nvcc exists)", CUDA_PLUGIN);
         return NULL;
     }
-    const backend_ops *(*entry)(char *, size_t);
-    void *sym = dlsym(lib, "engram_cuda_backend");
+    backend *(*entry)(const backend_params *, char *, size_t);
+    void *sym = dlsym(lib, "engram_cuda_backend_create");
     memcpy(&entry, &sym, sizeof(entry)); /* ISO C has no object-to-function cast */
     if (!entry) {
-        snprintf(err, errlen, "device cuda: %s has no engram_cuda_backend", CUDA_PLUGIN);
+        snprintf(err, errlen, "device cuda: %s has no engram_cuda_backend_create", CUDA_PLUGIN);
         return NULL;
     }
-    return entry(err, errlen);
+    backend_params d = backend_default_params();
+    return entry(p ? p : &d, err, errlen);
 }
 
-const backend_ops *backend_select(const char *device, char *err, size_t errlen) {
+/* The CPU backend, or NULL with err set when out of memory. */
+static backend *select_cpu(char *err, size_t errlen) {
+    backend *be = backend_cpu_create();
+    if (!be) snprintf(err, errlen, "out of memory");
+    return be;
+}
+
+backend *backend_select(const char *device, const backend_params *p, char *err, size_t errlen) {
     if (!device || strcmp(device, "auto") == 0) {
         /* No NVIDIA driver node: no GPU, and no reason to load CUDA at all. */
-        if (access("/dev/nvidiactl", F_OK) != 0) return backend_cpu();
+        if (access("/dev/nvidiactl", F_OK) != 0) return select_cpu(err, errlen);
         char e2[256];
-        const backend_ops *o = backend_cuda(e2, sizeof(e2));
-        return o ? o : backend_cpu();
+        backend *be = backend_cuda_create(p, e2, sizeof(e2));
+        return be ? be : select_cpu(err, errlen);
     }
-    if (strcmp(device, "cpu") == 0) return backend_cpu();
-    if (strcmp(device, "cuda") == 0) return backend_cuda(err, errlen);
+    if (strcmp(device, "cpu") == 0) return select_cpu(err, errlen);
+    if (strcmp(device, "cuda") == 0) return backend_cuda_create(p, err, errlen);
     snprintf(err, errlen, "unknown device '%s' (expected cpu, cuda or auto)", device);
     return NULL;
+}
+
+void backend_destroy(backend *be) {
+    if (be) be->ops->destroy(be);
 }

@@ -1,5 +1,8 @@
 /* The ops a backend provides to the forward pass, as a table of function
- * pointers chosen once at start (no #ifdef in forward.c).
+ * pointers chosen once at start (no #ifdef in forward.c), reached through a
+ * backend handle that every op takes first (ggml style): the handle holds the
+ * table and the backend's own state (streams, scratch, recorded steps, fetch
+ * channels, timers), so two handles are independent.
  *
  * Memory: activations, the KV cache, Engram conv histories and the batch
  * descriptor live in *backend memory* (host memory for the CPU, device memory
@@ -43,61 +46,68 @@ typedef struct {
 
 #define BACKEND_FETCH_CHANNELS 8 /* Engram layers with host tables, at most */
 
+typedef struct backend backend;
+
 typedef struct backend_ops {
     const char *name;
+    /* Frees the handle and everything the backend holds for it (streams,
+     * scratch, recordings); the caller has freed its backend memory and
+     * released its views first. */
+    void (*destroy)(backend *be);
     size_t kv_elem_bytes; /* bytes per K/V element in the cache: 4 (f32) on the CPU, 2 (bf16) on CUDA */
 
     /* ---- memory ---- */
-    void *(*alloc)(size_t bytes); /* backend memory, zero-filled; NULL when out of memory */
-    void (*free)(void *p);        /* accepts NULL */
-    void (*upload)(void *dst, const void *host, size_t bytes);
-    void (*download)(void *host, const void *src, size_t bytes); /* waits for earlier ops */
+    void *(*alloc)(backend *be, size_t bytes); /* backend memory, zero-filled; NULL when out of memory */
+    void (*free)(backend *be, void *p);        /* accepts NULL */
+    void (*upload)(backend *be, void *dst, const void *host, size_t bytes);
+    void (*download)(backend *be, void *host, const void *src, size_t bytes); /* waits for earlier ops */
     /* rows x width floats: dst[r * dpitch + i] = src[r * spitch + i] (pitches in floats) */
-    void (*copy2d)(float *dst, size_t dpitch, const float *src, size_t spitch, size_t width, size_t rows);
+    void (*copy2d)(backend *be, float *dst, size_t dpitch, const float *src, size_t spitch, size_t width, size_t rows);
     /* Bytes of backend memory free now and in all, for sizing the KV cache;
      * NULL where memory is the host's (the CPU). */
-    void (*mem_info)(size_t *free_bytes, size_t *total_bytes);
+    void (*mem_info)(backend *be, size_t *free_bytes, size_t *total_bytes);
     /* The model as this backend reads it; NULL when out of memory (err says
      * why). release undoes it. */
-    model *(*prepare)(model *m, char *err, size_t errlen);
-    void (*release)(model *view, model *m);
+    model *(*prepare)(backend *be, model *m, char *err, size_t errlen);
+    void (*release)(backend *be, model *view, model *m);
 
     /* ---- compute ---- */
     /* out (T, w.rows) = x (T, w.cols) @ w^T (+ bias (w.rows) if not NULL) */
-    void (*matmul)(float *out, const float *x, const weight *w, const float *bias, int T);
+    void (*matmul)(backend *be, float *out, const float *x, const weight *w, const float *bias, int T);
     /* out (T, d) = rmsnorm(x (T, d)) * g (d); out may alias x */
-    void (*rmsnorm)(float *out, const float *x, const float *g, int T, int d, float eps);
+    void (*rmsnorm)(backend *be, float *out, const float *x, const float *g, int T, int d, float eps);
     /* out (T, d) = rows ids[t] of the embedding, as f32 */
-    void (*embed)(float *out, const weight *emb, const int32_t *ids, int T);
+    void (*embed)(backend *be, float *out, const weight *emb, const int32_t *ids, int T);
     /* In place on x (T, n_heads, hd): rotate halves by pos[t] * inv_freq (hd/2). */
-    void (*rope)(float *x, const int32_t *pos, int T, int n_heads, int hd, const float *inv_freq);
+    void (*rope)(backend *be, float *x, const int32_t *pos, int T, int n_heads, int hd, const float *inv_freq);
     /* Writes each token's K and V rows (T, kvw) into row b->slot[t] of one
      * layer's cache storage kc, vc ((n_blocks * block_size, kvw) elements of
      * kv_elem_bytes). */
-    void (*kv_store)(void *kc, void *vc, const float *k, const float *v, const batch_desc *b, int kvw);
+    void (*kv_store)(backend *be, void *kc, void *vc, const float *k, const float *v, const batch_desc *b, int kvw);
     /* Causal attention of q (T, n_heads, hd): token t of sequence s at position
      * p attends to positions j <= p (and p - j < window unless window is 0)
      * of s, whose K row is kc + (block_tables[s][j / bs] * bs + j % bs) * n_kv*hd
      * (likewise V); GQA maps head h to kv head h / (n_heads / n_kv).
      * out (T, n_heads, hd). The tokens' own rows must be stored first. */
-    void (*attention)(float *out, const float *q, const void *kc, const void *vc, const batch_desc *b,
+    void (*attention)(backend *be, float *out, const float *q, const void *kc, const void *vc, const batch_desc *b,
                       int n_heads, int n_kv, int hd, int window);
     /* gate (n) = silu(gate) * up */
-    void (*swiglu)(float *gate, const float *up, size_t n);
+    void (*swiglu)(backend *be, float *gate, const float *up, size_t n);
     /* x (n) += y (n) */
-    void (*add)(float *x, const float *y, size_t n);
+    void (*add)(backend *be, float *x, const float *y, size_t n);
     /* out (n, d) = rows idx[i] of x (., d); idx in backend memory */
-    void (*gather_f32)(float *out, const float *x, const int32_t *idx, int n, int d);
+    void (*gather_f32)(backend *be, float *out, const float *x, const int32_t *idx, int n, int d);
     /* next (T) = argmax of each row of logits (T, vocab), lowest id on ties */
-    void (*argmax)(int32_t *next, const float *logits, int T, int vocab);
+    void (*argmax)(backend *be, int32_t *next, const float *logits, int T, int vocab);
 
     /* ---- Engram (ENGRAM.md section 6) ---- */
     /* out (T, H*D) = concatenation of table rows rows[t*H + h], as f32 */
-    void (*gather_rows)(float *out, const weight *table, const int64_t *rows, int T, int H);
+    void (*gather_rows)(backend *be, float *out, const weight *table, const int64_t *rows, int T, int H);
     /* gate (T) = sigmoid(sign(s) sqrt(max(|s|, 1e-6))), s = dot(nk[t], nq[t]) / sqrt(d) */
-    void (*engram_gate)(float *gate, const float *nk, const float *nq, int T, int d);
+    void (*engram_gate)(backend *be, float *gate, const float *nk, const float *nq, int T, int d);
     /* out[t * ostride + i] = s[t] * x[t * xstride + i] for i < d; out may alias x */
-    void (*scale_rows)(float *out, size_t ostride, const float *x, size_t xstride, const float *s, int T, int d);
+    void (*scale_rows)(backend *be, float *out, size_t ostride, const float *x, size_t xstride, const float *s, int T,
+                       int d);
     /* Depthwise causal conv then SiLU, per sequence, over in (T, C) (this
      * step's normed inputs): with R = (K-1)*dil and sequence s's history
      * hist = b->seq_hist[s] + hist_off (R rows of C: the inputs at its R
@@ -105,7 +115,7 @@ typedef struct backend_ops {
      *   out[t, c] = silu(sum_k w[c, k] * x(t - (K-1-k)*dil, c)),
      * x(u) being in's row u of s's tokens, or hist row R + u when u < 0.
      * Then each history is replaced by the last R rows of (history, inputs). */
-    void (*short_conv)(float *out, const float *in, const float *w, const batch_desc *b, size_t hist_off,
+    void (*short_conv)(backend *be, float *out, const float *in, const float *w, const batch_desc *b, size_t hist_off,
                        int C, int K, int dil);
 
     /* ---- Engram rows from host memory (engram_fetch.c) ----
@@ -113,30 +123,30 @@ typedef struct backend_ops {
      * the host into host_alloc'd staging, copied by fetch on a channel (one
      * per Engram layer, < BACKEND_FETCH_CHANNELS) while the compute goes on,
      * then decoded by decode_rows. */
-    void *(*host_alloc)(size_t bytes); /* host memory fetch copies from fastest (pinned); NULL when out */
-    void (*host_free)(void *p);        /* accepts NULL */
+    void *(*host_alloc)(backend *be, size_t bytes); /* host memory fetch copies from fastest (pinned); NULL when out */
+    void (*host_free)(backend *be, void *p);        /* accepts NULL */
     /* Marks the point the compute has reached before the host starts
      * gathering for channel ch: the GPU's wait for the rows is measured from
      * there (see fetch_sync). */
-    void (*fetch_mark)(int ch);
+    void (*fetch_mark)(backend *be, int ch);
     /* Copies bytes from host_alloc'd src to backend memory dst, beside the
      * compute; it starts once the ops issued before ch's last fetch_release
      * have run (dst may be what they read). src must stay untouched until
      * fetch_sync(ch). */
-    void (*fetch)(int ch, void *dst, const void *src, size_t bytes);
-    void (*fetch_wait)(int ch);    /* ops issued from now on run after ch's last fetch */
-    void (*fetch_release)(int ch); /* the ops issued so far are the last readers of ch's dst */
+    void (*fetch)(backend *be, int ch, void *dst, const void *src, size_t bytes);
+    void (*fetch_wait)(backend *be, int ch);    /* ops issued from now on run after ch's last fetch */
+    void (*fetch_release)(backend *be, int ch); /* the ops issued so far are the last readers of ch's dst */
     /* Blocks until ch's last fetch is done. Returns how long the compute
      * waited for it, in seconds: from when it reached the fetch_mark before
      * that fetch to when the rows arrived, 0 if they were there first. */
-    double (*fetch_sync)(int ch);
+    double (*fetch_sync)(backend *be, int ch);
     /* out[i*cols + j] = value j of the row at rows + idx[i]*stride, decoded
      * from dt (an engram_store_dtype) to f32 exactly, for i < n. idx in
      * backend memory. */
-    void (*decode_rows)(float *out, const void *rows, int dt, size_t stride, const int32_t *idx, int n,
+    void (*decode_rows)(backend *be, float *out, const void *rows, int dt, size_t stride, const int32_t *idx, int n,
                         int cols);
     /* Row slot[i] of dst = row i of src (row_bytes each), for i < n; slot in backend memory. */
-    void (*scatter_rows)(void *dst, const void *src, const int32_t *slot, int n, size_t row_bytes);
+    void (*scatter_rows)(backend *be, void *dst, const void *src, const int32_t *slot, int n, size_t row_bytes);
 
     /* ---- recorded steps (optional: NULL where a backend has none) ---- */
     /* A step whose ops depend on nothing but `key` (key_bytes <= 64: the
@@ -147,8 +157,8 @@ typedef struct backend_ops {
      * then call step_end (the backend may be recording them; step_end issues
      * them). No download, upload or alloc between the two. Recordings are
      * dropped whenever backend memory is freed or scratch is reallocated. */
-    int (*step_begin)(const void *key, size_t key_bytes);
-    void (*step_end)(void);
+    int (*step_begin)(backend *be, const void *key, size_t key_bytes);
+    void (*step_end)(backend *be);
 
     /* ---- fused (optional) ----
      * Each stands for a sequence of the ops above and gives the same result
@@ -156,21 +166,21 @@ typedef struct backend_ops {
      * forward.c then issues that sequence. */
     /* q (T, wq.rows), k (T, wk.rows), v (T, wv.rows) = x (T, cols) @ w^T (+ bias
      * where not NULL), for the three: matmul three times */
-    void (*matmul_qkv)(float *q, float *k, float *v, const float *x, const weight *wq, const weight *wk,
+    void (*matmul_qkv)(backend *be, float *q, float *k, float *v, const float *x, const weight *wq, const weight *wk,
                        const weight *wv, const float *bq, const float *bk, const float *bv, int T);
     /* x (T, w.rows) += a (T, w.cols) @ w^T (+ bias): matmul into scratch, then add */
-    void (*matmul_add)(float *x, const float *a, const weight *w, const float *bias, int T);
+    void (*matmul_add)(backend *be, float *x, const float *a, const weight *w, const float *bias, int T);
     /* gate (T, wg.rows) = silu(x @ wg^T + bg) * (x @ wu^T + bu); up (T, wu.rows)
      * is scratch the backend may use: matmul gate, matmul up, swiglu */
-    void (*matmul_glu)(float *gate, float *up, const float *x, const weight *wg, const weight *wu, const float *bg,
-                       const float *bu, int T);
+    void (*matmul_glu)(backend *be, float *gate, float *up, const float *x, const weight *wg, const weight *wu,
+                       const float *bg, const float *bu, int T);
     /* q (T, n_heads, hd) in place and each token's K and V rows: RMSNorm per
      * head by qn (hd) and kn when not NULL, rope of q and k by b->pos, then K
      * (normed, roped) and V stored as kv_store does; k is not written:
      * rmsnorm q and k per head (if qn), rope q, rope k, kv_store */
-    void (*qk_rope_store)(float *q, const float *k, const float *v, void *kc, void *vc, const batch_desc *b,
-                          int n_heads, int n_kv, int hd, const float *qn, const float *kn, float eps,
-                          const float *inv_freq);
+    void (*qk_rope_store)(backend *be, float *q, const float *k, const float *v, void *kc, void *vc,
+                          const batch_desc *b, int n_heads, int n_kv, int hd, const float *qn, const float *kn,
+                          float eps, const float *inv_freq);
 
     /* ---- sampling ---- */
     /* Sampling where the logits are (engine/sampler.h, "sampling with the
@@ -189,18 +199,170 @@ typedef struct backend_ops {
      *      a NaN.
      * n_cand is a power of two up to SAMPLER_MAX_CANDIDATES. NULL where a
      * backend has none. */
-    void (*sample)(void *out, float *logits, const int32_t *desc, int n, int vocab, int stride, int n_cand);
+    void (*sample)(backend *be, void *out, float *logits, const int32_t *desc, int n, int vocab, int stride,
+                   int n_cand);
 } backend_ops;
 
-/* The CPU reference backend (plain C, OpenMP). */
-const backend_ops *backend_cpu(void);
+/* How a backend is made; knobs a backend does not have are ignored. */
+typedef struct {
+    int cuda_graphs;  /* 1 on (default), 0 off: no recorded steps (step_begin always returns 0) */
+    int cuda_profile; /* 0 off (default); 1 every op timed by events (recorded steps off), totals per op
+                       * on stderr when the backend is destroyed; 2 the same with recorded steps on, each
+                       * replay timed as one op */
+} backend_params;
 
-/* The CUDA backend, or NULL when this build has none or no GPU is usable
- * (err says why). */
-const backend_ops *backend_cuda(char *err, size_t errlen);
+backend_params backend_default_params(void);
 
-/* "cpu", "cuda", or "auto" (CUDA when usable, else the CPU). NULL (err set)
- * for an unknown or unavailable device. */
-const backend_ops *backend_select(const char *device, char *err, size_t errlen);
+/* The handle. A backend's own handle type embeds it as its first member and
+ * its ops cast be back to that type; callers only pass it on (through the
+ * wrappers below) and never read its fields. */
+struct backend {
+    const backend_ops *ops;
+    backend_params params;
+};
+
+/* The CPU reference backend (plain C, OpenMP); NULL when out of memory. It
+ * has no knobs. */
+backend *backend_cpu_create(void);
+
+/* The CUDA backend (p NULL: the defaults), or NULL when this build has none
+ * or no GPU is usable (err says why). */
+backend *backend_cuda_create(const backend_params *p, char *err, size_t errlen);
+
+/* "cpu", "cuda", or "auto" (CUDA when usable, else the CPU), made with p
+ * (NULL: the defaults). NULL (err set) for an unknown or unavailable device
+ * or when memory runs out. */
+backend *backend_select(const char *device, const backend_params *p, char *err, size_t errlen);
+
+/* Frees a backend made by one of the above. Accepts NULL. */
+void backend_destroy(backend *be);
+
+/* ---- calling the ops ----
+ * One wrapper per op, so a call names the op once and the handle first, like
+ * every other module's functions: backend_matmul(be, out, x, w, bias, T).
+ * The contracts are those of backend_ops above. An optional op (mem_info,
+ * step_begin/step_end, the fused ops, sample) is called only where
+ * backend_has(be, op) says the backend provides it. */
+#define backend_has(be, op) ((be)->ops->op != NULL)
+
+static inline const char *backend_name(const backend *be) { return be->ops->name; }
+static inline size_t backend_kv_elem_bytes(const backend *be) { return be->ops->kv_elem_bytes; }
+
+static inline void *backend_alloc(backend *be, size_t bytes) { return be->ops->alloc(be, bytes); }
+static inline void backend_free(backend *be, void *p) { be->ops->free(be, p); }
+static inline void backend_upload(backend *be, void *dst, const void *host, size_t bytes) {
+    be->ops->upload(be, dst, host, bytes);
+}
+static inline void backend_download(backend *be, void *host, const void *src, size_t bytes) {
+    be->ops->download(be, host, src, bytes);
+}
+static inline void backend_copy2d(backend *be, float *dst, size_t dpitch, const float *src, size_t spitch,
+                                  size_t width, size_t rows) {
+    be->ops->copy2d(be, dst, dpitch, src, spitch, width, rows);
+}
+static inline void backend_mem_info(backend *be, size_t *free_bytes, size_t *total_bytes) {
+    be->ops->mem_info(be, free_bytes, total_bytes);
+}
+static inline model *backend_prepare(backend *be, model *m, char *err, size_t errlen) {
+    return be->ops->prepare(be, m, err, errlen);
+}
+static inline void backend_release(backend *be, model *view, model *m) { be->ops->release(be, view, m); }
+
+static inline void backend_matmul(backend *be, float *out, const float *x, const weight *w, const float *bias,
+                                  int T) {
+    be->ops->matmul(be, out, x, w, bias, T);
+}
+static inline void backend_rmsnorm(backend *be, float *out, const float *x, const float *g, int T, int d,
+                                   float eps) {
+    be->ops->rmsnorm(be, out, x, g, T, d, eps);
+}
+static inline void backend_embed(backend *be, float *out, const weight *emb, const int32_t *ids, int T) {
+    be->ops->embed(be, out, emb, ids, T);
+}
+static inline void backend_rope(backend *be, float *x, const int32_t *pos, int T, int n_heads, int hd,
+                                const float *inv_freq) {
+    be->ops->rope(be, x, pos, T, n_heads, hd, inv_freq);
+}
+static inline void backend_kv_store(backend *be, void *kc, void *vc, const float *k, const float *v,
+                                    const batch_desc *b, int kvw) {
+    be->ops->kv_store(be, kc, vc, k, v, b, kvw);
+}
+static inline void backend_attention(backend *be, float *out, const float *q, const void *kc, const void *vc,
+                                     const batch_desc *b, int n_heads, int n_kv, int hd, int window) {
+    be->ops->attention(be, out, q, kc, vc, b, n_heads, n_kv, hd, window);
+}
+static inline void backend_swiglu(backend *be, float *gate, const float *up, size_t n) {
+    be->ops->swiglu(be, gate, up, n);
+}
+static inline void backend_add(backend *be, float *x, const float *y, size_t n) { be->ops->add(be, x, y, n); }
+static inline void backend_gather_f32(backend *be, float *out, const float *x, const int32_t *idx, int n, int d) {
+    be->ops->gather_f32(be, out, x, idx, n, d);
+}
+static inline void backend_argmax(backend *be, int32_t *next, const float *logits, int T, int vocab) {
+    be->ops->argmax(be, next, logits, T, vocab);
+}
+
+static inline void backend_gather_rows(backend *be, float *out, const weight *table, const int64_t *rows, int T,
+                                       int H) {
+    be->ops->gather_rows(be, out, table, rows, T, H);
+}
+static inline void backend_engram_gate(backend *be, float *gate, const float *nk, const float *nq, int T, int d) {
+    be->ops->engram_gate(be, gate, nk, nq, T, d);
+}
+static inline void backend_scale_rows(backend *be, float *out, size_t ostride, const float *x, size_t xstride,
+                                      const float *s, int T, int d) {
+    be->ops->scale_rows(be, out, ostride, x, xstride, s, T, d);
+}
+static inline void backend_short_conv(backend *be, float *out, const float *in, const float *w, const batch_desc *b,
+                                      size_t hist_off, int C, int K, int dil) {
+    be->ops->short_conv(be, out, in, w, b, hist_off, C, K, dil);
+}
+
+static inline void *backend_host_alloc(backend *be, size_t bytes) { return be->ops->host_alloc(be, bytes); }
+static inline void backend_host_free(backend *be, void *p) { be->ops->host_free(be, p); }
+static inline void backend_fetch_mark(backend *be, int ch) { be->ops->fetch_mark(be, ch); }
+static inline void backend_fetch(backend *be, int ch, void *dst, const void *src, size_t bytes) {
+    be->ops->fetch(be, ch, dst, src, bytes);
+}
+static inline void backend_fetch_wait(backend *be, int ch) { be->ops->fetch_wait(be, ch); }
+static inline void backend_fetch_release(backend *be, int ch) { be->ops->fetch_release(be, ch); }
+static inline double backend_fetch_sync(backend *be, int ch) { return be->ops->fetch_sync(be, ch); }
+static inline void backend_decode_rows(backend *be, float *out, const void *rows, int dt, size_t stride,
+                                       const int32_t *idx, int n, int cols) {
+    be->ops->decode_rows(be, out, rows, dt, stride, idx, n, cols);
+}
+static inline void backend_scatter_rows(backend *be, void *dst, const void *src, const int32_t *slot, int n,
+                                        size_t row_bytes) {
+    be->ops->scatter_rows(be, dst, src, slot, n, row_bytes);
+}
+
+static inline int backend_step_begin(backend *be, const void *key, size_t key_bytes) {
+    return be->ops->step_begin(be, key, key_bytes);
+}
+static inline void backend_step_end(backend *be) { be->ops->step_end(be); }
+
+static inline void backend_matmul_qkv(backend *be, float *q, float *k, float *v, const float *x, const weight *wq,
+                                      const weight *wk, const weight *wv, const float *bq, const float *bk,
+                                      const float *bv, int T) {
+    be->ops->matmul_qkv(be, q, k, v, x, wq, wk, wv, bq, bk, bv, T);
+}
+static inline void backend_matmul_add(backend *be, float *x, const float *a, const weight *w, const float *bias,
+                                      int T) {
+    be->ops->matmul_add(be, x, a, w, bias, T);
+}
+static inline void backend_matmul_glu(backend *be, float *gate, float *up, const float *x, const weight *wg,
+                                      const weight *wu, const float *bg, const float *bu, int T) {
+    be->ops->matmul_glu(be, gate, up, x, wg, wu, bg, bu, T);
+}
+static inline void backend_qk_rope_store(backend *be, float *q, const float *k, const float *v, void *kc, void *vc,
+                                         const batch_desc *b, int n_heads, int n_kv, int hd, const float *qn,
+                                         const float *kn, float eps, const float *inv_freq) {
+    be->ops->qk_rope_store(be, q, k, v, kc, vc, b, n_heads, n_kv, hd, qn, kn, eps, inv_freq);
+}
+
+static inline void backend_sample(backend *be, void *out, float *logits, const int32_t *desc, int n, int vocab,
+                                  int stride, int n_cand) {
+    be->ops->sample(be, out, logits, desc, n, vocab, stride, n_cand);
+}
 
 #endif

@@ -35,8 +35,9 @@
 #include "kernels/kernels.h"
 #include "base/numeric.h"
 
-static const backend_ops *cpu, *gpu;
-extern int backend_cuda_attention_no_tiled; /* backend_cuda.c: 1 sends every token to the per-token kernel */
+static backend *cpu, *gpu;
+/* the CUDA plugin (cuda_ops.c): 1 sends every token of be to the per-token attention kernel */
+void backend_cuda_set_attention_no_tiled(backend *be, int on);
 static int failures;
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
@@ -81,12 +82,12 @@ static uint16_t f32_to_f16(float f) { /* normal range only, round to nearest eve
 
 /* device helpers, through the backend's own memory ops */
 static void *dev_copy(const void *h, size_t bytes) {
-    void *d = gpu->alloc(bytes);
+    void *d = backend_alloc(gpu, bytes);
     if (!d) {
         fprintf(stderr, "device alloc of %zu bytes failed\n", bytes);
         exit(2);
     }
-    gpu->upload(d, h, bytes);
+    backend_upload(gpu, d, h, bytes);
     return d;
 }
 static void *dev_poison(size_t bytes) { /* 0xFF bytes: NaN floats, -1 ints */
@@ -98,7 +99,7 @@ static void *dev_poison(size_t bytes) { /* 0xFF bytes: NaN floats, -1 ints */
 }
 static void *host_of(const void *d, size_t bytes) {
     void *h = xmalloc(bytes);
-    gpu->download(h, d, bytes);
+    backend_download(gpu, h, d, bytes);
     return h;
 }
 
@@ -141,8 +142,8 @@ static double now(void) {
 static void sync_gpu(void) {
     float x;
     static float *one;
-    if (!one) one = gpu->alloc(sizeof(float));
-    gpu->download(&x, one, sizeof(float));
+    if (!one) one = backend_alloc(gpu, sizeof(float));
+    backend_download(gpu, &x, one, sizeof(float));
 }
 
 /* ---- the mixed step ---- */
@@ -210,7 +211,7 @@ static void step_make(step *st, int n_seqs, const int *qn, const int *p0, int bs
 }
 
 static void step_free(step *st) {
-    for (int i = 0; i < st->n_dev; i++) gpu->free(st->dev[i]);
+    for (int i = 0; i < st->n_dev; i++) backend_free(gpu, st->dev[i]);
     free(st->pos), free(st->slot), free(st->tok_seq), free(st->seq_start), free(st->seq_pos0), free(st->tables);
 }
 
@@ -250,12 +251,12 @@ static void test_matmul(int rows, int cols, int T, dtype wt, int with_bias, doub
     }
     weight w = {.data = wh, .dt = wt, .rows = rows, .cols = cols};
     float *ref = xmalloc((size_t)T * rows * 4);
-    cpu->matmul(ref, x, &w, with_bias ? bias : NULL, T);
+    backend_matmul(cpu, ref, x, &w, with_bias ? bias : NULL, T);
     /* the device weight as prepare makes it: f32 and bf16 unchanged, f16 as bf16 */
     void *dw_src = dev_copy(wh, nw * dtype_size(wt)), *dw = NULL;
     dtype dwt_dt = wt == DTYPE_F32 ? DTYPE_F32 : DTYPE_BF16;
     if (wt == DTYPE_F16) {
-        dw = gpu->alloc(nw * 2);
+        dw = backend_alloc(gpu, nw * 2);
         if (kernels_to_bf16(dw, dw_src, KERNELS_F16, nw, NULL)) failures++;
     } else {
         dw = dev_copy(wh, nw * dtype_size(wt));
@@ -264,11 +265,11 @@ static void test_matmul(int rows, int cols, int T, dtype wt, int with_bias, doub
     weight dwt = {.data = dw, .dt = dwt_dt, .rows = rows, .cols = cols};
     float *dx = dev_copy(x, (size_t)T * cols * 4), *db = dev_copy(bias, (size_t)rows * 4);
     float *out = dev_poison((size_t)T * rows * 4);
-    gpu->matmul(out, dx, &dwt, with_bias ? db : NULL, T);
+    backend_matmul(gpu, out, dx, &dwt, with_bias ? db : NULL, T);
     char name[64];
     snprintf(name, sizeof(name), "matmul %s %dx%d T=%d%s", dtype_name(wt), rows, cols, T, with_bias ? " +b" : "");
     check(name, out, ref, (size_t)T * rows, bound);
-    gpu->free(dw_src), gpu->free(dw), gpu->free(dx), gpu->free(db), gpu->free(out);
+    backend_free(gpu, dw_src), backend_free(gpu, dw), backend_free(gpu, dx), backend_free(gpu, db), backend_free(gpu, out);
     free(wf), free(x), free(bias), free(w16), free(ref);
 }
 
@@ -279,7 +280,7 @@ static void test_gemv_kernel(int rows, int cols, int T) {
     for (size_t i = 0; i < nw; i++) w16[i] = f32_to_bf16(0.05f * frand());
     float *x = rand_f32((size_t)T * cols, 1.0f), *ref = xmalloc((size_t)T * rows * 4);
     weight w = {.data = w16, .dt = DTYPE_BF16, .rows = rows, .cols = cols};
-    cpu->matmul(ref, x, &w, NULL, T);
+    backend_matmul(cpu, ref, x, &w, NULL, T);
     void *dw = dev_copy(w16, nw * 2);
     float *dx = dev_copy(x, (size_t)T * cols * 4), *out = dev_poison((size_t)T * rows * 4);
     cudaDeviceSynchronize();
@@ -287,7 +288,7 @@ static void test_gemv_kernel(int rows, int cols, int T) {
     char name[64];
     snprintf(name, sizeof(name), "gemv kernel bf16 %dx%d T=%d", rows, cols, T);
     check(name, out, ref, (size_t)T * rows, 1e-5);
-    gpu->free(dw), gpu->free(dx), gpu->free(out);
+    backend_free(gpu, dw), backend_free(gpu, dx), backend_free(gpu, out);
     free(w16), free(x), free(ref);
 }
 
@@ -295,17 +296,17 @@ static void test_elementwise(void) {
     const int T = 43, d = 512, nh = 16, hd = 128;
     { /* rmsnorm over (T, d) and per head (qk norm), in place */
         float *x = rand_f32((size_t)T * nh * hd, 2.0f), *g = rand_f32(d, 1.0f), *ref = xmalloc((size_t)T * d * 4);
-        cpu->rmsnorm(ref, x, g, T, d, 1e-6f);
+        backend_rmsnorm(cpu, ref, x, g, T, d, 1e-6f);
         float *dx = dev_copy(x, (size_t)T * d * 4), *dg = dev_copy(g, d * 4), *out = dev_poison((size_t)T * d * 4);
-        gpu->rmsnorm(out, dx, dg, T, d, 1e-6f);
+        backend_rmsnorm(gpu, out, dx, dg, T, d, 1e-6f);
         check("rmsnorm (43, 512)", out, ref, (size_t)T * d, 1e-5);
         float *ref2 = xmalloc((size_t)T * nh * hd * 4);
         memcpy(ref2, x, (size_t)T * nh * hd * 4);
-        cpu->rmsnorm(ref2, ref2, g, T * nh, hd, 1e-6f);
+        backend_rmsnorm(cpu, ref2, ref2, g, T * nh, hd, 1e-6f);
         float *dx2 = dev_copy(x, (size_t)T * nh * hd * 4);
-        gpu->rmsnorm(dx2, dx2, dg, T * nh, hd, 1e-6f);
+        backend_rmsnorm(gpu, dx2, dx2, dg, T * nh, hd, 1e-6f);
         check("rmsnorm in place (688, 128)", dx2, ref2, (size_t)T * nh * hd, 1e-5);
-        gpu->free(dx), gpu->free(dg), gpu->free(out), gpu->free(dx2);
+        backend_free(gpu, dx), backend_free(gpu, dg), backend_free(gpu, out), backend_free(gpu, dx2);
         free(x), free(g), free(ref), free(ref2);
     }
     { /* rope at the mixed step's positions */
@@ -317,28 +318,28 @@ static void test_elementwise(void) {
         for (int t = 0; t < 37; t++) pos[1 + t] = t;
         for (int t = 0; t < 5; t++) pos[38 + t] = 130 + t;
         memcpy(ref, x, n * 4);
-        cpu->rope(ref, pos, T, nh, hd, inv);
+        backend_rope(cpu, ref, pos, T, nh, hd, inv);
         float *dx = dev_copy(x, n * 4), *dinv = dev_copy(inv, hd / 2 * 4);
         int32_t *dpos = dev_copy(pos, sizeof(pos));
-        gpu->rope(dx, dpos, T, nh, hd, dinv);
+        backend_rope(gpu, dx, dpos, T, nh, hd, dinv);
         check("rope", dx, ref, n, 1e-5);
-        gpu->free(dx), gpu->free(dinv), gpu->free(dpos);
+        backend_free(gpu, dx), backend_free(gpu, dinv), backend_free(gpu, dpos);
         free(x), free(inv), free(ref);
     }
     { /* swiglu, add */
         size_t n = (size_t)T * 1536;
         float *a = rand_f32(n, 4.0f), *b = rand_f32(n, 1.0f), *ref = xmalloc(n * 4);
         memcpy(ref, a, n * 4);
-        cpu->swiglu(ref, b, n);
+        backend_swiglu(cpu, ref, b, n);
         float *da = dev_copy(a, n * 4), *dbb = dev_copy(b, n * 4);
-        gpu->swiglu(da, dbb, n);
+        backend_swiglu(gpu, da, dbb, n);
         check("swiglu", da, ref, n, 1e-6);
         memcpy(ref, a, n * 4);
-        cpu->add(ref, b, n);
-        gpu->upload(da, a, n * 4);
-        gpu->add(da, dbb, n);
+        backend_add(cpu, ref, b, n);
+        backend_upload(gpu, da, a, n * 4);
+        backend_add(gpu, da, dbb, n);
         check("add", da, ref, n, 0);
-        gpu->free(da), gpu->free(dbb);
+        backend_free(gpu, da), backend_free(gpu, dbb);
         free(a), free(b), free(ref);
     }
     { /* scale_rows, strided: stream g of (T, G, d) from (T, d), and in place */
@@ -346,40 +347,40 @@ static void test_elementwise(void) {
         float *x = rand_f32((size_t)T * d, 1.0f), *s = rand_f32(T, 1.0f);
         float *ref = rand_f32((size_t)T * G * d, 1.0f);
         float *dout = dev_copy(ref, (size_t)T * G * d * 4); /* other streams must stay as they are */
-        cpu->scale_rows(ref + 2 * d, (size_t)G * d, x, d, s, T, d);
+        backend_scale_rows(cpu, ref + 2 * d, (size_t)G * d, x, d, s, T, d);
         float *dx = dev_copy(x, (size_t)T * d * 4), *ds = dev_copy(s, T * 4);
-        gpu->scale_rows(dout + 2 * d, (size_t)G * d, dx, d, ds, T, d);
+        backend_scale_rows(gpu, dout + 2 * d, (size_t)G * d, dx, d, ds, T, d);
         check("scale_rows strided", dout, ref, (size_t)T * G * d, 0);
         memcpy(ref, x, (size_t)T * d * 4);
-        cpu->scale_rows(ref, d, ref, d, s, T, d);
-        gpu->scale_rows(dx, d, dx, d, ds, T, d);
+        backend_scale_rows(cpu, ref, d, ref, d, s, T, d);
+        backend_scale_rows(gpu, dx, d, dx, d, ds, T, d);
         check("scale_rows in place", dx, ref, (size_t)T * d, 0);
-        gpu->free(dout), gpu->free(dx), gpu->free(ds);
+        backend_free(gpu, dout), backend_free(gpu, dx), backend_free(gpu, ds);
         free(x), free(s), free(ref);
     }
     { /* gather_f32 (last rows of sequences), copy2d */
         float *x = rand_f32((size_t)T * d, 1.0f), *ref = xmalloc((size_t)T * d * 4);
         int32_t idx[3] = {0, 37, 42};
-        cpu->gather_f32(ref, x, idx, 3, d);
+        backend_gather_f32(cpu, ref, x, idx, 3, d);
         float *dx = dev_copy(x, (size_t)T * d * 4), *out = dev_poison(3 * d * 4);
         int32_t *didx = dev_copy(idx, sizeof(idx));
-        gpu->gather_f32(out, dx, didx, 3, d);
+        backend_gather_f32(gpu, out, dx, didx, 3, d);
         check("gather_f32", out, ref, 3 * (size_t)d, 0);
-        cpu->copy2d(ref, 100, x + 7, d, 90, T);
+        backend_copy2d(cpu, ref, 100, x + 7, d, 90, T);
         float *o2 = dev_poison((size_t)T * 100 * 4);
-        gpu->copy2d(o2, 100, dx + 7, d, 90, T);
+        backend_copy2d(gpu, o2, 100, dx + 7, d, 90, T);
         float *got = host_of(o2, (size_t)T * 100 * 4);
         for (int t = 0; t < T; t++) /* compare the copied columns only */
             for (int i = 90; i < 100; i++) got[t * 100 + i] = ref[t * 100 + i] = 0;
         report("copy2d", got, ref, (size_t)T * 100, 0);
-        void *z = gpu->alloc(1000);
+        void *z = backend_alloc(gpu, 1000);
         unsigned char zb[1000];
-        gpu->download(zb, z, 1000);
+        backend_download(gpu, zb, z, 1000);
         int nz = 0;
         for (int i = 0; i < 1000; i++) nz += zb[i] != 0;
         printf("%-34s %s\n", "alloc zero-filled", nz ? "FAIL" : "ok");
         failures += nz != 0;
-        gpu->free(z), gpu->free(dx), gpu->free(out), gpu->free(didx), gpu->free(o2);
+        backend_free(gpu, z), backend_free(gpu, dx), backend_free(gpu, out), backend_free(gpu, didx), backend_free(gpu, o2);
         free(x), free(ref), free(got);
     }
     { /* argmax with planted ties: lowest id wins */
@@ -390,12 +391,12 @@ static void test_elementwise(void) {
             l[(size_t)r * V + a] = l[(size_t)r * V + b] = 100.0f + r;
         }
         int32_t ref[7];
-        cpu->argmax(ref, l, R, V);
+        backend_argmax(cpu, ref, l, R, V);
         float *dl = dev_copy(l, (size_t)R * V * 4);
         int32_t *out = dev_poison(sizeof(ref));
-        gpu->argmax(out, dl, R, V);
+        backend_argmax(gpu, out, dl, R, V);
         check_i32("argmax (7, 151936) with ties", out, ref, R);
-        gpu->free(dl), gpu->free(out);
+        backend_free(gpu, dl), backend_free(gpu, out);
         free(l);
     }
 }
@@ -414,15 +415,15 @@ static void test_gathers(void) {
     float *ref = xmalloc((size_t)T * H * D * 4 > (size_t)T * d * 4 ? (size_t)T * H * D * 4 : (size_t)T * d * 4);
     for (int k = 0; k < 3; k++) {
         weight w = {.data = tabs[k], .dt = dts[k], .rows = V, .cols = d};
-        cpu->embed(ref, &w, ids, T);
+        backend_embed(cpu, ref, &w, ids, T);
         weight dw = w;
         dw.data = dev_copy(tabs[k], (size_t)V * d * dtype_size(dts[k]));
         float *out = dev_poison((size_t)T * d * 4);
-        gpu->embed(out, &dw, dids, T);
+        backend_embed(gpu, out, &dw, dids, T);
         char name[64];
         snprintf(name, sizeof(name), "embed %s", dtype_name(dts[k]));
         check(name, out, ref, (size_t)T * d, 0);
-        gpu->free((void *)dw.data), gpu->free(out);
+        backend_free(gpu, (void *)dw.data), backend_free(gpu, out);
     }
     /* Engram table rows, int64 row ids near the end of the table too */
     int64_t *r = xmalloc((size_t)T * H * 8);
@@ -435,17 +436,17 @@ static void test_gathers(void) {
     const void *tt[3] = {tf, tb, th};
     for (int k = 0; k < 3; k++) {
         weight w = {.data = tt[k], .dt = dts[k], .rows = rows, .cols = D};
-        cpu->gather_rows(ref, &w, r, T, H);
+        backend_gather_rows(cpu, ref, &w, r, T, H);
         weight dw = w;
         dw.data = dev_copy(tt[k], (size_t)rows * D * dtype_size(dts[k]));
         float *out = dev_poison((size_t)T * H * D * 4);
-        gpu->gather_rows(out, &dw, dr, T, H);
+        backend_gather_rows(gpu, out, &dw, dr, T, H);
         char name[64];
         snprintf(name, sizeof(name), "gather_rows %s", dtype_name(dts[k]));
         check(name, out, ref, (size_t)T * H * D, 0);
-        gpu->free((void *)dw.data), gpu->free(out);
+        backend_free(gpu, (void *)dw.data), backend_free(gpu, out);
     }
-    gpu->free(dids), gpu->free(dr);
+    backend_free(gpu, dids), backend_free(gpu, dr);
     free(ef), free(eb), free(eh), free(ref), free(r), free(tf), free(tb), free(th);
 }
 
@@ -483,11 +484,11 @@ static void test_store_rows(void) {
         int32_t *idx = xmalloc((size_t)n * 4);
         for (int i = 0; i < n; i++) idx[i] = irand(R);
         float *ref = xmalloc((size_t)n * cols * 4);
-        cpu->decode_rows(ref, rows, dts[k], rb, idx, n, cols);
+        backend_decode_rows(cpu, ref, rows, dts[k], rb, idx, n, cols);
         void *drows = dev_copy(rows, (size_t)R * rb);
         int32_t *didx = dev_copy(idx, (size_t)n * 4);
         float *out = dev_poison((size_t)n * cols * 4);
-        gpu->decode_rows(out, drows, dts[k], rb, didx, n, cols);
+        backend_decode_rows(gpu, out, drows, dts[k], rb, didx, n, cols);
         char name[64];
         snprintf(name, sizeof(name), "decode_rows %s", engram_store_dtype_name(dts[k]));
         check_bits(name, out, ref, (size_t)n * cols * 4);
@@ -496,11 +497,11 @@ static void test_store_rows(void) {
         for (int i = 0; i < n; i++) slot[i] = (int32_t)((i * 7 + 3) % R); /* 7 is prime to R: distinct */
         unsigned char *dst = xmalloc((size_t)R * rb);
         memcpy(dst, rows, (size_t)R * rb);
-        cpu->scatter_rows(dst, rows, slot, n, rb);
+        backend_scatter_rows(cpu, dst, rows, slot, n, rb);
         int32_t *dslot = dev_copy(slot, (size_t)n * 4);
-        gpu->scatter_rows(drows, drows, dslot, 0, rb); /* n = 0: nothing */
+        backend_scatter_rows(gpu, drows, drows, dslot, 0, rb); /* n = 0: nothing */
         void *dsrc = dev_copy(rows, (size_t)n * rb);
-        gpu->scatter_rows(drows, dsrc, dslot, n, rb);
+        backend_scatter_rows(gpu, drows, dsrc, dslot, n, rb);
         snprintf(name, sizeof(name), "scatter_rows %s (%zu B)", engram_store_dtype_name(dts[k]), rb);
         check_bits(name, drows, dst, (size_t)R * rb);
         /* the whole path from a host store */
@@ -513,7 +514,7 @@ static void test_store_rows(void) {
         } else {
             engram_fetch *f = engram_fetch_create(gpu, st, 0, 4096, 300 * rb, err, sizeof(err));
             int64_t *ids = xmalloc(4096 * 8);
-            float *want = xmalloc((size_t)4096 * cols * 4), *dout = gpu->alloc((size_t)4096 * cols * 4);
+            float *want = xmalloc((size_t)4096 * cols * 4), *dout = backend_alloc(gpu, (size_t)4096 * cols * 4);
             int bad = !f;
             for (int it = 0; it < 20 && !bad; it++) {
                 int m = 1 + irand(4096);
@@ -530,11 +531,11 @@ static void test_store_rows(void) {
                    (unsigned long long)fs.cache_hits, bad || !fs.cache_hits ? "FAIL" : "ok");
             failures += bad || !fs.cache_hits;
             engram_fetch_destroy(f);
-            gpu->free(dout);
+            backend_free(gpu, dout);
             free(ids), free(want);
             engram_store_close(st);
         }
-        gpu->free(drows), gpu->free(didx), gpu->free(out), gpu->free(dslot), gpu->free(dsrc);
+        backend_free(gpu, drows), backend_free(gpu, didx), backend_free(gpu, out), backend_free(gpu, dslot), backend_free(gpu, dsrc);
         free(rows), free(idx), free(ref), free(slot), free(dst);
     }
 }
@@ -544,11 +545,11 @@ static void test_engram(const step *st) {
     { /* gate */
         float *nk = rand_f32((size_t)T * d, 1.0f), *nq = rand_f32((size_t)T * d, 1.0f), ref[64];
         for (int i = 0; i < d; i++) nk[i] = 0; /* s = 0: sign(0) = 0, gate 0.5 */
-        cpu->engram_gate(ref, nk, nq, T, d);
+        backend_engram_gate(cpu, ref, nk, nq, T, d);
         float *dk = dev_copy(nk, (size_t)T * d * 4), *dq = dev_copy(nq, (size_t)T * d * 4), *out = dev_poison(T * 4);
-        gpu->engram_gate(out, dk, dq, T, d);
+        backend_engram_gate(gpu, out, dk, dq, T, d);
         check("engram_gate", out, ref, T, 1e-5);
-        gpu->free(dk), gpu->free(dq), gpu->free(out);
+        backend_free(gpu, dk), backend_free(gpu, dq), backend_free(gpu, out);
         free(nk), free(nq);
     }
     { /* batched short conv: two layers' histories in one buffer per sequence (hist_off) */
@@ -565,19 +566,19 @@ static void test_engram(const step *st) {
         hb.seq_hist = hh;
         db.seq_hist = dhist;
         float *ref = xmalloc((size_t)T * C * 4);
-        cpu->short_conv(ref, in, w, &hb, hl, C, K, dil);
+        backend_short_conv(cpu, ref, in, w, &hb, hl, C, K, dil);
         float *din = dev_copy(in, (size_t)T * C * 4), *dw = dev_copy(w, (size_t)C * K * 4);
         float *out = dev_poison((size_t)T * C * 4);
-        gpu->short_conv(out, din, dw, &db, hl, C, K, dil);
+        backend_short_conv(gpu, out, din, dw, &db, hl, C, K, dil);
         check("short_conv (3 seqs: 1, 37, 5 tokens)", out, ref, (size_t)T * C, 1e-5);
         float *all_ref = xmalloc((size_t)ns * 2 * hl * 4), *all_got = xmalloc((size_t)ns * 2 * hl * 4);
         for (int s = 0; s < ns; s++) {
             memcpy(all_ref + s * 2 * hl, hh[s], 2 * hl * 4);
-            gpu->download(all_got + s * 2 * hl, dh[s], 2 * hl * 4);
+            backend_download(gpu, all_got + s * 2 * hl, dh[s], 2 * hl * 4);
         }
         report("short_conv histories after", all_got, all_ref, (size_t)ns * 2 * hl, 0);
-        for (int s = 0; s < ns; s++) gpu->free(dh[s]), free(hh[s]);
-        gpu->free(dhist), gpu->free(din), gpu->free(dw), gpu->free(out);
+        for (int s = 0; s < ns; s++) backend_free(gpu, dh[s]), free(hh[s]);
+        backend_free(gpu, dhist), backend_free(gpu, din), backend_free(gpu, dw), backend_free(gpu, out);
         free(in), free(w), free(ref), free(all_ref), free(all_got);
     }
 }
@@ -602,14 +603,14 @@ static void test_attention(const step *st, int n_blocks, int nh, int nkv, int hd
     }
     /* CPU cache: f32; GPU cache: kv_elem_bytes */
     float *kc = calloc(cache_rows * kvw, 4), *vc = calloc(cache_rows * kvw, 4);
-    size_t eb = gpu->kv_elem_bytes;
-    void *dkc = gpu->alloc(cache_rows * kvw * eb), *dvc = gpu->alloc(cache_rows * kvw * eb);
-    cpu->kv_store(kc, vc, hk, hv, &hist.h, kvw);
-    cpu->kv_store(kc, vc, k, v, &st->h, kvw);
+    size_t eb = backend_kv_elem_bytes(gpu);
+    void *dkc = backend_alloc(gpu, cache_rows * kvw * eb), *dvc = backend_alloc(gpu, cache_rows * kvw * eb);
+    backend_kv_store(cpu, kc, vc, hk, hv, &hist.h, kvw);
+    backend_kv_store(cpu, kc, vc, k, v, &st->h, kvw);
     float *dhk = dev_copy(hk, (size_t)(TH ? TH : 1) * kvw * 4), *dhv = dev_copy(hv, (size_t)(TH ? TH : 1) * kvw * 4);
     float *dk = dev_copy(k, (size_t)T * kvw * 4), *dv = dev_copy(v, (size_t)T * kvw * 4);
-    gpu->kv_store(dkc, dvc, dhk, dhv, &hist.d, kvw);
-    gpu->kv_store(dkc, dvc, dk, dv, &st->d, kvw);
+    backend_kv_store(gpu, dkc, dvc, dhk, dhv, &hist.d, kvw);
+    backend_kv_store(gpu, dkc, dvc, dk, dv, &st->d, kvw);
     char name[96];
     if (!exact_bf16 && eb == 2) { /* the bf16 cache against the f32 one */
         uint16_t *gk = host_of(dkc, cache_rows * kvw * 2);
@@ -620,19 +621,19 @@ static void test_attention(const step *st, int n_blocks, int nh, int nkv, int hd
         free(gk), free(gf);
     }
     float *ref = xmalloc((size_t)T * nh * hd * 4);
-    cpu->attention(ref, q, kc, vc, &st->h, nh, nkv, hd, window);
+    backend_attention(cpu, ref, q, kc, vc, &st->h, nh, nkv, hd, window);
     float *dq = dev_copy(q, (size_t)T * nh * hd * 4);
     for (int tiled = 0; tiled < 2; tiled++) {
         float *out = dev_poison((size_t)T * nh * hd * 4);
-        backend_cuda_attention_no_tiled = !tiled;
-        gpu->attention(out, dq, dkc, dvc, &st->d, nh, nkv, hd, window);
-        backend_cuda_attention_no_tiled = 0;
+        backend_cuda_set_attention_no_tiled(gpu, !tiled);
+        backend_attention(gpu, out, dq, dkc, dvc, &st->d, nh, nkv, hd, window);
+        backend_cuda_set_attention_no_tiled(gpu, 0);
         snprintf(name, sizeof(name), "attention %d:%d hd=%d w=%d%s %s", nh, nkv, hd, window,
                  exact_bf16 ? " bf16-exact" : "", tiled ? "mixed" : "per-token");
         check(name, out, ref, (size_t)T * nh * hd, exact_bf16 && !tiled ? 2e-4 : 1e-2);
-        gpu->free(out);
+        backend_free(gpu, out);
     }
-    gpu->free(dkc), gpu->free(dvc), gpu->free(dhk), gpu->free(dhv), gpu->free(dk), gpu->free(dv), gpu->free(dq);
+    backend_free(gpu, dkc), backend_free(gpu, dvc), backend_free(gpu, dhk), backend_free(gpu, dhv), backend_free(gpu, dk), backend_free(gpu, dv), backend_free(gpu, dq);
     step_free(&hist);
     free(hk), free(hv), free(k), free(v), free(q), free(kc), free(vc), free(ref);
 }
@@ -663,7 +664,7 @@ static tw tw_make(int rows, int cols, dtype dt) {
     return t;
 }
 static void tw_free(tw *t) {
-    gpu->free((void *)t->d.data), gpu->free(t->db);
+    backend_free(gpu, (void *)t->d.data), backend_free(gpu, t->db);
     free((void *)t->h.data), free(t->hb);
 }
 
@@ -675,40 +676,40 @@ static void test_fused_products(int T, dtype dt, int bias, double bound) {
     float *x = rand_f32((size_t)T * ff, 1.0f), *dx = dev_copy(x, (size_t)T * ff * 4);
     { /* q, k, v */
         float *ref = xmalloc((size_t)T * (nq + 2 * nkv) * 4);
-        cpu->matmul(ref, x, &wq.h, bias ? wq.hb : NULL, T);
-        cpu->matmul(ref + (size_t)T * nq, x, &wk.h, bias ? wk.hb : NULL, T);
-        cpu->matmul(ref + (size_t)T * (nq + nkv), x, &wv.h, bias ? wv.hb : NULL, T);
+        backend_matmul(cpu, ref, x, &wq.h, bias ? wq.hb : NULL, T);
+        backend_matmul(cpu, ref + (size_t)T * nq, x, &wk.h, bias ? wk.hb : NULL, T);
+        backend_matmul(cpu, ref + (size_t)T * (nq + nkv), x, &wv.h, bias ? wv.hb : NULL, T);
         float *o = dev_poison((size_t)T * (nq + 2 * nkv) * 4);
-        gpu->matmul_qkv(o, o + (size_t)T * nq, o + (size_t)T * (nq + nkv), dx, &wq.d, &wk.d, &wv.d,
+        backend_matmul_qkv(gpu, o, o + (size_t)T * nq, o + (size_t)T * (nq + nkv), dx, &wq.d, &wk.d, &wv.d,
                         bias ? wq.db : NULL, bias ? wk.db : NULL, bias ? wv.db : NULL, T);
         snprintf(name, sizeof(name), "matmul_qkv %s T=%d%s", dn, T, bias ? " +b" : "");
         check(name, o, ref, (size_t)T * (nq + 2 * nkv), bound);
-        gpu->free(o), free(ref);
+        backend_free(gpu, o), free(ref);
     }
     { /* o projection into the residual stream: x (T, nq) += a (T, cols) @ w^T */
         float *res = rand_f32((size_t)T * nq, 1.0f), *ref = xmalloc((size_t)T * nq * 4);
-        cpu->matmul(ref, x, &wq.h, bias ? wq.hb : NULL, T);
+        backend_matmul(cpu, ref, x, &wq.h, bias ? wq.hb : NULL, T);
         for (size_t i = 0; i < (size_t)T * nq; i++) ref[i] = res[i] + ref[i];
         float *dres = dev_copy(res, (size_t)T * nq * 4);
-        gpu->matmul_add(dres, dx, &wq.d, bias ? wq.db : NULL, T);
+        backend_matmul_add(gpu, dres, dx, &wq.d, bias ? wq.db : NULL, T);
         snprintf(name, sizeof(name), "matmul_add %s T=%d%s", dn, T, bias ? " +b" : "");
         check(name, dres, ref, (size_t)T * nq, bound);
-        gpu->free(dres), free(res), free(ref);
+        backend_free(gpu, dres), free(res), free(ref);
     }
     { /* gate and up: gate = silu(x wg^T + bg) * (x wu^T + bu) */
         tw wg = tw_make(ff, cols, dt), wu = tw_make(ff, cols, dt);
         float *ref = xmalloc((size_t)T * ff * 4), *up = xmalloc((size_t)T * ff * 4);
-        cpu->matmul(ref, x, &wg.h, bias ? wg.hb : NULL, T);
-        cpu->matmul(up, x, &wu.h, bias ? wu.hb : NULL, T);
-        cpu->swiglu(ref, up, (size_t)T * ff);
+        backend_matmul(cpu, ref, x, &wg.h, bias ? wg.hb : NULL, T);
+        backend_matmul(cpu, up, x, &wu.h, bias ? wu.hb : NULL, T);
+        backend_swiglu(cpu, ref, up, (size_t)T * ff);
         float *dg = dev_poison((size_t)T * ff * 4), *du = dev_poison((size_t)T * ff * 4);
-        gpu->matmul_glu(dg, du, dx, &wg.d, &wu.d, bias ? wg.db : NULL, bias ? wu.db : NULL, T);
+        backend_matmul_glu(gpu, dg, du, dx, &wg.d, &wu.d, bias ? wg.db : NULL, bias ? wu.db : NULL, T);
         snprintf(name, sizeof(name), "matmul_glu %s T=%d%s", dn, T, bias ? " +b" : "");
         check(name, dg, ref, (size_t)T * ff, bound);
-        gpu->free(dg), gpu->free(du), free(ref), free(up);
+        backend_free(gpu, dg), backend_free(gpu, du), free(ref), free(up);
         tw_free(&wg), tw_free(&wu);
     }
-    gpu->free(dx), free(x);
+    backend_free(gpu, dx), free(x);
     tw_free(&wq), tw_free(&wk), tw_free(&wv);
 }
 
@@ -726,13 +727,13 @@ static void test_qk_rope_store(const step *st, int n_blocks, int nh, int nkv, in
     float *kc = calloc(rows * kvw, 4), *vc = calloc(rows * kvw, 4);
     void *dkc = dev_poison(rows * kvw * 2), *dvc = dev_poison(rows * kvw * 2);
     if (with_norm) {
-        cpu->rmsnorm(q, q, qn, T * nh, hd, 1e-6f);
-        cpu->rmsnorm(k, k, kn, T * nkv, hd, 1e-6f);
+        backend_rmsnorm(cpu, q, q, qn, T * nh, hd, 1e-6f);
+        backend_rmsnorm(cpu, k, k, kn, T * nkv, hd, 1e-6f);
     }
-    cpu->rope(q, st->h.pos, T, nh, hd, inv);
-    cpu->rope(k, st->h.pos, T, nkv, hd, inv);
-    cpu->kv_store(kc, vc, k, v, &st->h, kvw);
-    gpu->qk_rope_store(dq, dk, dv, dkc, dvc, &st->d, nh, nkv, hd, with_norm ? dqn : NULL, with_norm ? dkn : NULL,
+    backend_rope(cpu, q, st->h.pos, T, nh, hd, inv);
+    backend_rope(cpu, k, st->h.pos, T, nkv, hd, inv);
+    backend_kv_store(cpu, kc, vc, k, v, &st->h, kvw);
+    backend_qk_rope_store(gpu, dq, dk, dv, dkc, dvc, &st->d, nh, nkv, hd, with_norm ? dqn : NULL, with_norm ? dkn : NULL,
                        1e-6f, dinv);
     char name[96];
     snprintf(name, sizeof(name), "qk_rope_store %d:%d hd=%d%s q", nh, nkv, hd, with_norm ? " norm" : "");
@@ -751,8 +752,8 @@ static void test_qk_rope_store(const step *st, int n_blocks, int nh, int nkv, in
                  c ? "V" : "K");
         report(name, a, r, (size_t)T * kvw, 4e-3);
     }
-    gpu->free(dq), gpu->free(dk), gpu->free(dv), gpu->free(dqn), gpu->free(dkn), gpu->free(dinv);
-    gpu->free(dkc), gpu->free(dvc);
+    backend_free(gpu, dq), backend_free(gpu, dk), backend_free(gpu, dv), backend_free(gpu, dqn), backend_free(gpu, dkn), backend_free(gpu, dinv);
+    backend_free(gpu, dkc), backend_free(gpu, dvc);
     free(q), free(k), free(v), free(qn), free(kn), free(inv), free(kc), free(vc), free(gk), free(gv), free(a), free(r);
 }
 
@@ -764,17 +765,17 @@ static void time_matmul(int n, int dmod, int T) {
     for (size_t i = 0; i < nw; i++) w16[i] = f32_to_bf16(0.02f * frand());
     weight w = {.data = dev_copy(w16, nw * 2), .dt = DTYPE_BF16, .rows = n, .cols = dmod};
     float *x = rand_f32((size_t)T * dmod, 1.0f), *dx = dev_copy(x, (size_t)T * dmod * 4);
-    float *out = gpu->alloc((size_t)T * n * 4);
-    for (int i = 0; i < 5; i++) gpu->matmul(out, dx, &w, NULL, T);
+    float *out = backend_alloc(gpu, (size_t)T * n * 4);
+    for (int i = 0; i < 5; i++) backend_matmul(gpu, out, dx, &w, NULL, T);
     sync_gpu();
     int iters = T <= 16 ? 200 : 50;
     double t0 = now();
-    for (int i = 0; i < iters; i++) gpu->matmul(out, dx, &w, NULL, T);
+    for (int i = 0; i < iters; i++) backend_matmul(gpu, out, dx, &w, NULL, T);
     sync_gpu();
     double dt = (now() - t0) / iters;
     printf("timing matmul bf16 %dx%d T=%-5d %8.1f us  %7.1f TFLOP/s  %7.1f GB/s of weights\n", n, dmod, T,
            dt * 1e6, 2.0 * T * nw / dt * 1e-12, nw * 2 / dt * 1e-9);
-    gpu->free((void *)w.data), gpu->free(dx), gpu->free(out);
+    backend_free(gpu, (void *)w.data), backend_free(gpu, dx), backend_free(gpu, out);
     free(w16), free(x);
 }
 
@@ -786,17 +787,17 @@ static void time_attention(int n_seqs, int q_each, int ctx, int nh, int nkv, int
     step_make(&st, n_seqs, qn, p0, bs, n_blocks);
     int T = st.h.n_tokens, kvw = nkv * hd;
     size_t cache = (size_t)n_blocks * bs * kvw * 2;
-    void *kc = gpu->alloc(cache), *vc = gpu->alloc(cache);
-    float *q = gpu->alloc((size_t)T * nh * hd * 4), *out = gpu->alloc((size_t)T * nh * hd * 4);
-    backend_cuda_attention_no_tiled = no_tiled;
-    for (int i = 0; i < 3; i++) gpu->attention(out, q, kc, vc, &st.d, nh, nkv, hd, 0);
+    void *kc = backend_alloc(gpu, cache), *vc = backend_alloc(gpu, cache);
+    float *q = backend_alloc(gpu, (size_t)T * nh * hd * 4), *out = backend_alloc(gpu, (size_t)T * nh * hd * 4);
+    backend_cuda_set_attention_no_tiled(gpu, no_tiled);
+    for (int i = 0; i < 3; i++) backend_attention(gpu, out, q, kc, vc, &st.d, nh, nkv, hd, 0);
     sync_gpu();
     int iters = 20;
     double t0 = now();
-    for (int i = 0; i < iters; i++) gpu->attention(out, q, kc, vc, &st.d, nh, nkv, hd, 0);
+    for (int i = 0; i < iters; i++) backend_attention(gpu, out, q, kc, vc, &st.d, nh, nkv, hd, 0);
     sync_gpu();
     double dt = (now() - t0) / iters;
-    backend_cuda_attention_no_tiled = 0;
+    backend_cuda_set_attention_no_tiled(gpu, 0);
     double flops = 0;
     for (int s = 0; s < n_seqs; s++)
         for (int i = 0; i < q_each; i++) flops += 4.0 * nh * hd * (ctx - q_each + i + 1);
@@ -805,13 +806,13 @@ static void time_attention(int n_seqs, int q_each, int ctx, int nh, int nkv, int
     printf("timing attention%s %d seqs x %d q, ctx %d, %d:%d hd %d: %8.1f us  %7.1f GB/s of K/V (each read once)"
            "  %6.1f TFLOP/s\n", no_tiled ? " (per-token)" : "", n_seqs, q_each, ctx, nh, nkv, hd, dt * 1e6,
            kv_bytes / dt * 1e-9, flops / dt * 1e-12);
-    gpu->free(kc), gpu->free(vc), gpu->free(q), gpu->free(out);
+    backend_free(gpu, kc), backend_free(gpu, vc), backend_free(gpu, q), backend_free(gpu, out);
     step_free(&st);
 }
 
 static void time_copies(void) {
     size_t bytes = (size_t)1 << 30;
-    void *a = gpu->alloc(bytes), *b = gpu->alloc(bytes);
+    void *a = backend_alloc(gpu, bytes), *b = backend_alloc(gpu, bytes);
     cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
     cudaDeviceSynchronize();
     double t0 = now();
@@ -828,13 +829,13 @@ static void time_copies(void) {
         printf("timing cudaMemcpy H2D pinned 1 GiB: %.1f GB/s\n", bytes / dt * 1e-9);
         cudaFreeHost(h);
     }
-    gpu->free(a), gpu->free(b);
+    backend_free(gpu, a), backend_free(gpu, b);
 }
 
 int main(int argc, char **argv) {
     char err[256];
-    cpu = backend_cpu();
-    gpu = backend_cuda(err, sizeof(err));
+    cpu = backend_cpu_create();
+    gpu = backend_cuda_create(NULL, err, sizeof(err));
     if (!gpu) {
         fprintf(stderr, "backend_cuda: %s\n", err);
         return 2;
@@ -921,5 +922,7 @@ int main(int argc, char **argv) {
         time_attention(1, 2048, 2048, 32, 8, 128, 0);
         time_copies();
     }
+    backend_destroy(gpu);
+    backend_destroy(cpu);
     return failures ? 1 : 0;
 }

@@ -67,12 +67,12 @@ static void compare(const char *op, const float *dev, const float *ref, size_t n
 }
 
 int main(void) {
-    const backend_ops *cpu = backend_cpu();
+    backend *cpu = backend_cpu_create();
     const int T = 37, d = 512, nh = 8, hd = 64, H = 8, D = 32, rows = 5000, K = 4, dil = 3;
 
     { /* rmsnorm */
         float *x = rand_host((size_t)T * d), *w = rand_host(d), *ref = malloc((size_t)T * d * 4);
-        cpu->rmsnorm(ref, x, w, T, d, 1e-6f);
+        backend_rmsnorm(cpu, ref, x, w, T, d, 1e-6f);
         float *dx = to_dev(x, (size_t)T * d * 4), *dw = to_dev(w, d * 4), *out = poisoned((size_t)T * d);
         if (kernels_rmsnorm_f32(out, dx, dw, T, d, 1e-6f, NULL)) failures++;
         compare("rmsnorm", out, ref, (size_t)T * d, 1e-5);
@@ -84,7 +84,7 @@ int main(void) {
         for (int i = 0; i < hd / 2; i++) inv[i] = 1.0f / powf(10000.0f, (float)(2 * i) / hd);
         for (int t = 0; t < T; t++) pos[t] = 1000 + 7 * t;
         memcpy(ref, x, n * 4);
-        cpu->rope(ref, pos, T, nh, hd, inv);
+        backend_rope(cpu, ref, pos, T, nh, hd, inv);
         float *dx = to_dev(x, n * 4), *dinv = to_dev(inv, hd / 2 * 4);
         int *dpos = to_dev(pos, T * 4);
         if (kernels_rope_f32(dx, dpos, T, nh, hd, dinv, NULL)) failures++;
@@ -94,12 +94,12 @@ int main(void) {
         size_t n = (size_t)T * 1024;
         float *g = rand_host(n), *u = rand_host(n), *ref = malloc(n * 4);
         memcpy(ref, g, n * 4);
-        cpu->swiglu(ref, u, n);
+        backend_swiglu(cpu, ref, u, n);
         float *dg = to_dev(g, n * 4), *du = to_dev(u, n * 4);
         if (kernels_swiglu_f32(dg, du, n, NULL)) failures++;
         compare("swiglu", dg, ref, n, 1e-6);
         memcpy(ref, g, n * 4);
-        cpu->add(ref, u, n);
+        backend_add(cpu, ref, u, n);
         float *da = to_dev(g, n * 4);
         if (kernels_add_f32(da, du, n, NULL)) failures++;
         compare("add", da, ref, n, 0);
@@ -116,7 +116,7 @@ int main(void) {
         for (int i = 0; i < T * H; i++) r[i] = (int64_t)((frand() + 1) * 0.5 * (rows - 1));
         weight w = {.data = tab, .dt = DTYPE_BF16, .rows = rows, .cols = D};
         float *ref = malloc((size_t)T * H * D * 4);
-        cpu->gather_rows(ref, &w, r, T, H);
+        backend_gather_rows(cpu, ref, &w, r, T, H);
         void *dt = to_dev(tab, (size_t)rows * D * 2);
         long long *dr = to_dev(r, (size_t)T * H * 8);
         float *out = poisoned((size_t)T * H * D);
@@ -125,7 +125,7 @@ int main(void) {
     }
     { /* engram gate */
         float *nk = rand_host((size_t)T * d), *nq = rand_host((size_t)T * d), ref[64];
-        cpu->engram_gate(ref, nk, nq, T, d);
+        backend_engram_gate(cpu, ref, nk, nq, T, d);
         float *dk = to_dev(nk, (size_t)T * d * 4), *dq = to_dev(nq, (size_t)T * d * 4), *out = poisoned(T);
         if (kernels_engram_gate_f32(out, dk, dq, T, d, NULL)) failures++;
         compare("engram_gate", out, ref, T, 1e-5);
@@ -139,7 +139,7 @@ int main(void) {
         int32_t start[2] = {0, T};
         float *hists[1] = {hist};
         batch_desc b = {.n_seqs = 1, .n_tokens = T, .seq_start = start, .h_seq_start = start, .seq_hist = hists};
-        cpu->short_conv(ref, in + (size_t)R * C, w, &b, 0, C, K, dil);
+        backend_short_conv(cpu, ref, in + (size_t)R * C, w, &b, 0, C, K, dil);
         free(hist);
         float *din = to_dev(in, (size_t)(R + T) * C * 4), *dw = to_dev(w, (size_t)C * K * 4);
         float *out = poisoned((size_t)T * C);
@@ -149,5 +149,6 @@ int main(void) {
     struct cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     printf("%s: %d failure(s) on %s\n", failures ? "FAIL" : "ok", failures, prop.name);
+    backend_destroy(cpu);
     return failures ? 1 : 0;
 }

@@ -89,19 +89,19 @@ static int argmax_of(const float *l, int V) {
     return b;
 }
 
-/* Runs N_SEQ (or 1) sequences on ops: step 0 the prompts, then N_GEN steps of
+/* Runs N_SEQ (or 1) sequences on be: step 0 the prompts, then N_GEN steps of
  * one token each. With tokens == NULL each sequence continues greedily and
  * its tokens are written to gen; else it is fed tokens (teacher forcing).
  * logits: (n_seq, N_GEN + 1, V), the last token's logits after each step. */
-static int run_steps(model *m, const backend_ops *ops, int n_seq, int32_t *const *prompts, const int *lens,
+static int run_steps(model *m, backend *be, int n_seq, int32_t *const *prompts, const int *lens,
                      const int32_t *tokens, int32_t *gen, float *logits) {
     char err[256];
     int V = m->cfg.vocab_size, rc;
     forward_ctx *fc = NULL;
     kv_cache *kv = NULL;
     forward_state *st[N_SEQ] = {0};
-    if ((rc = forward_ctx_create(m, ops, 64, 4, &fc, err, sizeof(err)))) {
-        fprintf(stderr, "%s: forward_ctx_create: %s\n", ops->name, err);
+    if ((rc = forward_ctx_create(m, be, 64, 4, &fc, err, sizeof(err)))) {
+        fprintf(stderr, "%s: forward_ctx_create: %s\n", backend_name(be), err);
         return rc;
     }
     if (forward_kv_cache_create(fc, n_seq * 128, 16, &kv)) {
@@ -126,7 +126,7 @@ static int run_steps(model *m, const backend_ops *ops, int n_seq, int32_t *const
         rc = forward_batch(fc, it, n_seq);
     }
 done:
-    if (rc) fprintf(stderr, "%s: forward: %s\n", ops->name, forward_status_str(rc));
+    if (rc) fprintf(stderr, "%s: forward: %s\n", backend_name(be), forward_status_str(rc));
     for (int i = 0; i < n_seq; i++) forward_state_destroy(st[i]);
     kv_cache_destroy(kv);
     forward_ctx_destroy(fc);
@@ -141,7 +141,7 @@ static void check_model(const char *dir) {
         failures++;
         return;
     }
-    const backend_ops *cpu = backend_cpu(), *gpu = backend_cuda(err, sizeof(err));
+    backend *cpu = backend_cpu_create(), *gpu = backend_cuda_create(NULL, err, sizeof(err));
     int V = m->cfg.vocab_size, vs = model_sampling_vocab(m);
     printf("%s (%d layers, d %d, %d:%d heads, hd %d%s, window %d)\n", dir, m->cfg.n_layers, m->cfg.hidden_size,
            m->cfg.n_heads, m->cfg.n_kv_heads, m->cfg.head_dim, m->engram ? ", Engram" : "", m->cfg.sliding_window);
@@ -221,15 +221,19 @@ static void check_model(const char *dir) {
     failures += fail;
     free(lc);
     free(lg);
+    backend_destroy(gpu);
+    backend_destroy(cpu);
     model_destroy(m);
 }
 
 int main(int argc, char **argv) {
     char err[256];
-    if (!backend_cuda(err, sizeof(err))) {
+    backend *probe = backend_cuda_create(NULL, err, sizeof(err));
+    if (!probe) {
         fprintf(stderr, "backend_cuda: %s\n", err);
         return 2;
     }
+    backend_destroy(probe);
     if (argc > 1) {
         for (int i = 1; i < argc; i++) check_model(argv[i]);
     } else {

@@ -42,7 +42,7 @@ static void fill_row(float *l, int V, int shape) {
 
 int main(void) {
     char err[256];
-    const backend_ops *cpu = backend_cpu(), *gpu = backend_cuda(err, sizeof(err));
+    backend *cpu = backend_cpu_create(), *gpu = backend_cuda_create(NULL, err, sizeof(err));
     if (!gpu) {
         fprintf(stderr, "%s\n", err);
         return 2;
@@ -54,11 +54,11 @@ int main(void) {
     long decided = 0, rows_done = 0;
     float *h = malloc((size_t)R * V * sizeof(float)), *hc = malloc((size_t)R * V * sizeof(float));
     float *hg = malloc((size_t)R * V * sizeof(float));
-    float *d_logits = gpu->alloc((size_t)R * V * sizeof(float));
+    float *d_logits = backend_alloc(gpu, (size_t)R * V * sizeof(float));
     unsigned char *rc = malloc(R * SAMPLER_RESULT_BYTES(SAMPLER_MAX_CANDIDATES));
     unsigned char *rg = malloc(R * SAMPLER_RESULT_BYTES(SAMPLER_MAX_CANDIDATES));
-    void *d_res = gpu->alloc(R * SAMPLER_RESULT_BYTES(SAMPLER_MAX_CANDIDATES));
-    void *d_desc = gpu->alloc((size_t)1 << 20);
+    void *d_res = backend_alloc(gpu, R * SAMPLER_RESULT_BYTES(SAMPLER_MAX_CANDIDATES));
+    void *d_desc = backend_alloc(gpu, (size_t)1 << 20);
     sampler_desc d = {0};
     for (int ci = 0; ci < 4; ci++) {
         int nc = cands[ci];
@@ -84,12 +84,12 @@ int main(void) {
         }
         h[(size_t)3 * V + 1000] = NAN; /* the row of r = 12 */
         memcpy(hc, h, (size_t)R * V * sizeof(float));
-        cpu->sample(rc, hc, d.w, R, V, V, nc);
-        gpu->upload(d_logits, h, (size_t)R * V * sizeof(float));
-        gpu->upload(d_desc, d.w, sampler_desc_bytes(&d));
-        gpu->sample(d_res, d_logits, d_desc, R, V, V, nc);
-        gpu->download(rg, d_res, R * SAMPLER_RESULT_BYTES(nc));
-        gpu->download(hg, d_logits, (size_t)R * V * sizeof(float));
+        backend_sample(cpu, rc, hc, d.w, R, V, V, nc);
+        backend_upload(gpu, d_logits, h, (size_t)R * V * sizeof(float));
+        backend_upload(gpu, d_desc, d.w, sampler_desc_bytes(&d));
+        backend_sample(gpu, d_res, d_logits, d_desc, R, V, V, nc);
+        backend_download(gpu, rg, d_res, R * SAMPLER_RESULT_BYTES(nc));
+        backend_download(gpu, hg, d_logits, (size_t)R * V * sizeof(float));
         int bad_rows = memcmp(hc, hg, (size_t)R * V * sizeof(float)) != 0;
         int bad_cand = 0, bad_tok = 0;
         for (int r = 0; r < R; r++) {
@@ -130,30 +130,30 @@ int main(void) {
     sampler_desc_begin(&d, R);
     for (int r = 0; r < R; r++) sampler_desc_set(&d, r, s, r, NULL, NULL, 0, NULL, 0, NULL, 0);
     for (int r = 0; r < R; r++) fill_row(h + (size_t)r * V, V, 2);
-    gpu->upload(d_logits, h, (size_t)R * V * sizeof(float));
-    gpu->upload(d_desc, d.w, sampler_desc_bytes(&d));
+    backend_upload(gpu, d_logits, h, (size_t)R * V * sizeof(float));
+    backend_upload(gpu, d_desc, d.w, sampler_desc_bytes(&d));
     for (int n = 1; n <= R; n *= 4) {
         cudaEvent_t e0, e1;
         cudaEventCreate(&e0);
         cudaEventCreate(&e1);
         const int reps = 50;
-        gpu->sample(d_res, d_logits, d_desc, n, V, V, 1024); /* warm */
-        gpu->download(rg, d_res, 16);
+        backend_sample(gpu, d_res, d_logits, d_desc, n, V, V, 1024); /* warm */
+        backend_download(gpu, rg, d_res, 16);
         cudaEventRecord(e0, 0);
-        for (int i = 0; i < reps; i++) gpu->sample(d_res, d_logits, d_desc, n, V, V, 1024);
+        for (int i = 0; i < reps; i++) backend_sample(gpu, d_res, d_logits, d_desc, n, V, V, 1024);
         cudaEventRecord(e1, 0);
         cudaDeviceSynchronize();
         float ms_op = 0;
         cudaEventElapsedTime(&ms_op, e0, e1);
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
-        for (int i = 0; i < reps; i++) gpu->download(hg, d_logits, (size_t)n * V * sizeof(float));
+        for (int i = 0; i < reps; i++) backend_download(gpu, hg, d_logits, (size_t)n * V * sizeof(float));
         clock_gettime(CLOCK_MONOTONIC, &t1);
         double us_dl = ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / 1e3 / reps;
         clock_gettime(CLOCK_MONOTONIC, &t0);
         for (int i = 0; i < reps; i++) {
-            gpu->sample(d_res, d_logits, d_desc, n, V, V, 1024);
-            gpu->download(rg, d_res, n * SAMPLER_RESULT_BYTES(1024));
+            backend_sample(gpu, d_res, d_logits, d_desc, n, V, V, 1024);
+            backend_download(gpu, rg, d_res, n * SAMPLER_RESULT_BYTES(1024));
         }
         clock_gettime(CLOCK_MONOTONIC, &t1);
         double us_all = ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / 1e3 / reps;
@@ -165,5 +165,7 @@ int main(void) {
     struct cudaDeviceProp prop;
     cudaGetDeviceProperties(&prop, 0);
     printf("%s: %d failure(s) on %s\n", failures ? "FAIL" : "ok", failures, prop.name);
+    backend_destroy(gpu);
+    backend_destroy(cpu);
     return failures ? 1 : 0;
 }

@@ -87,6 +87,7 @@ static result submit_run(engine_request_params p) {
 }
 
 START_TEST(test_greedy_matches_direct_run) {
+    backend *be = backend_cpu_create();
     result res = submit_run(greedy(PROMPT, NP, 20));
     ck_assert_int_eq(res.fin.finish, ENGINE_FINISH_LENGTH);
     ck_assert_int_eq(res.fin.n_generated, 20);
@@ -97,7 +98,7 @@ START_TEST(test_greedy_matches_direct_run) {
     model *m = (model *)engine_model(E); /* read-only here: the CPU view is the model itself */
     char err[256];
     forward_ctx *fc = NULL;
-    ck_assert_int_eq(forward_ctx_create(m, backend_cpu(), 256, 1, &fc, err, sizeof(err)), FORWARD_OK);
+    ck_assert_int_eq(forward_ctx_create(m, be, 256, 1, &fc, err, sizeof(err)), FORWARD_OK);
     forward_state *st = NULL;
     ck_assert_int_eq(forward_state_create(fc, NULL, 64, &st), FORWARD_OK);
     float *logits = malloc((size_t)m->cfg.vocab_size * sizeof(float));
@@ -124,6 +125,7 @@ START_TEST(test_greedy_matches_direct_run) {
     ck_assert_str_eq(again.text, res.text);
     free(again.text);
     free(res.text);
+    backend_destroy(be);
 }
 END_TEST
 
@@ -357,14 +359,13 @@ END_TEST
  * the same text as the host sampler, request by request and with several
  * running together. */
 START_TEST(test_sampled_on_backend_matches_host) {
-    setenv("ENGRAM_SAMPLE_ON_BACKEND", "1", 1);
     engine_params ep = engine_default_params();
+    ep.sample_on_backend = 1;
     ep.model_dir = model_dir;
     ep.threads = 1;
     engine *D = NULL;
     char err[512];
     int rc = engine_create(&ep, &D, err, sizeof(err));
-    unsetenv("ENGRAM_SAMPLE_ON_BACKEND");
     ck_assert_msg(rc == ENGINE_OK, "engine_create: %s", err);
     enum { N = 8 };
     engine_request_params p[N];

@@ -55,12 +55,12 @@ static int make_step(int64_t *rows) {
 }
 
 static void check_fetch(engram_store *s, uint64_t cache_rows) {
-    const backend_ops *o = backend_cpu();
+    backend *be = backend_cpu_create();
     engram_store_info in = engram_store_get_info(s);
     char err[512];
-    engram_fetch *f = engram_fetch_create(o, s, 0, MAX_ROWS, cache_rows * in.header.row_bytes, err, sizeof(err));
+    engram_fetch *f = engram_fetch_create(be, s, 0, MAX_ROWS, cache_rows * in.header.row_bytes, err, sizeof(err));
     ck_assert_msg(f != NULL, "%s", err);
-    float *out = o->alloc((size_t)MAX_ROWS * COLS * sizeof(float)), *ref = malloc((size_t)MAX_ROWS * COLS * sizeof(float));
+    float *out = backend_alloc(be, (size_t)MAX_ROWS * COLS * sizeof(float)), *ref = malloc((size_t)MAX_ROWS * COLS * sizeof(float));
     int64_t rows[MAX_ROWS];
     uint64_t lookups = 0;
     for (int step = 0; step < STEPS; step++) {
@@ -88,9 +88,10 @@ static void check_fetch(engram_store *s, uint64_t cache_rows) {
     if (cache_rows == 0) ck_assert_uint_eq(st.cache_hits, 0);
     if (cache_rows >= ROWS) ck_assert(st.cache_hits > st.unique / 4); /* the hot set stays */
     ck_assert_uint_eq(st.stalls, STEPS - 1); /* every fetch but the last was waited for */
-    o->free(out);
+    backend_free(be, out);
     free(ref);
     engram_fetch_destroy(f);
+    backend_destroy(be);
 }
 
 START_TEST(test_rows_bit_equal) {

@@ -30,14 +30,15 @@ static weight mat(const safetensors *st, const char *name, int rows, int cols) {
 }
 
 /* One step of sequences laid end to end: seq i has n[i] tokens and history hist[i]. */
-static int run_step(const model_engram *e, const engram_weights *w, int d, const float *x, const int64_t *rows,
-                    int n_seqs, const int *n, float **hist, engram_scratch *s, float *out, float *gates) {
+static int run_step(backend *be, const model_engram *e, const engram_weights *w, int d, const float *x,
+                    const int64_t *rows, int n_seqs, const int *n, float **hist, engram_scratch *s, float *out,
+                    float *gates) {
     int32_t start[4] = {0};
     for (int i = 0; i < n_seqs; i++) start[i + 1] = start[i] + n[i];
     batch_desc b = {.n_seqs = n_seqs, .n_tokens = start[n_seqs], .seq_start = start, .h_seq_start = start,
                     .seq_hist = hist};
-    backend_cpu()->gather_rows(s->e, &w->table, rows, b.n_tokens, e->n_heads);
-    engram_module_run(backend_cpu(), e, w, d, &b, x, s->e, 0, s, out, gates);
+    backend_gather_rows(be, s->e, &w->table, rows, b.n_tokens, e->n_heads);
+    engram_module_run(be, e, w, d, &b, x, s->e, 0, s, out, gates);
     return 0;
 }
 
@@ -99,7 +100,8 @@ START_TEST(module_hc4_matches_reference) {
 
     enum { A = 10 }; /* the split point */
     engram_scratch s;
-    ck_assert_int_eq(engram_scratch_init(&s, backend_cpu(), &e, d, T + A), 0);
+    backend *be = backend_cpu_create();
+    ck_assert_int_eq(engram_scratch_init(&s, be, &e, d, T + A), 0);
     size_t hn = engram_conv_history_floats(&e, d), TGd = (size_t)T * G * d;
     float *h1 = calloc(hn, sizeof(float)), *h2 = calloc(hn, sizeof(float));
     float *out = malloc((TGd + (size_t)A * G * d) * sizeof(float));
@@ -119,15 +121,15 @@ START_TEST(module_hc4_matches_reference) {
         float *hists[2] = {h1, h2};
         if (mode == 0) {
             int n0[1] = {T};
-            ck_assert_int_eq(run_step(&e, &w, d, x, rows, 1, n0, hists, &s, out, gates), 0);
+            ck_assert_int_eq(run_step(be, &e, &w, d, x, rows, 1, n0, hists, &s, out, gates), 0);
         } else if (mode == 1) {
             int n1[1] = {A}, n2[1] = {T - A};
-            ck_assert_int_eq(run_step(&e, &w, d, x, rows, 1, n1, hists, &s, out, gates), 0);
-            ck_assert_int_eq(run_step(&e, &w, d, x + (size_t)A * G * d, rows + (size_t)A * e.n_heads, 1, n2, hists,
+            ck_assert_int_eq(run_step(be, &e, &w, d, x, rows, 1, n1, hists, &s, out, gates), 0);
+            ck_assert_int_eq(run_step(be, &e, &w, d, x + (size_t)A * G * d, rows + (size_t)A * e.n_heads, 1, n2, hists,
                                       &s, out + (size_t)A * G * d, gates + (size_t)A * G), 0);
         } else {
             int n3[2] = {T, A};
-            ck_assert_int_eq(run_step(&e, &w, d, x2, rows2, 2, n3, hists, &s, out, gates), 0);
+            ck_assert_int_eq(run_step(be, &e, &w, d, x2, rows2, 2, n3, hists, &s, out, gates), 0);
         }
         double md = 0, mg = 0;
         for (size_t i = 0; i < TGd; i++) md = fmax(md, fabs(out[i] - ref[i]));
@@ -140,7 +142,8 @@ START_TEST(module_hc4_matches_reference) {
         ck_assert_msg(mg < 1e-5, "mode %d: max |gate - ref| = %g", mode, mg);
     }
     free(h1), free(h2), free(out), free(gates), free(x2), free(rows2), free(cids), free(rows), free(lookup);
-    engram_scratch_free(&s, backend_cpu());
+    engram_scratch_free(&s, be);
+    backend_destroy(be);
     safetensors_destroy(st);
     ngram_hash_destroy(e.hash);
     cJSON_Delete(g);

@@ -96,7 +96,7 @@ START_TEST(kv_paged_attention_bit_identical) {
         memcpy(kp + ((size_t)b * BS + r) * kvw, kc + (size_t)j * kvw, sizeof(float) * kvw);
         memcpy(vp + ((size_t)b * BS + r) * kvw, vc + (size_t)j * kvw, sizeof(float) * kvw);
     }
-    const backend_ops *ops = backend_cpu();
+    backend *be = backend_cpu_create();
     int32_t pos[T], tok_seq[T] = {0}, start[2] = {0, T}, pos0[1] = {POS0};
     for (int t = 0; t < T; t++) pos[t] = POS0 + t;
     batch_desc b = {.n_seqs = 1, .n_tokens = T, .block_size = BS, .max_blocks = NB, .max_q = T, .max_ctx = n,
@@ -104,15 +104,16 @@ START_TEST(kv_paged_attention_bit_identical) {
                     .h_seq_start = start, .h_seq_pos0 = pos0};
     for (int window = 0; window <= 5; window += 5) {
         b.block_tables = ident;
-        ops->attention(o1, q, kc, vc, &b, NH, NKV, HD, window);
+        backend_attention(be, o1, q, kc, vc, &b, NH, NKV, HD, window);
         b.block_tables = perm;
-        ops->attention(o2, q, kp, vp, &b, NH, NKV, HD, window);
+        backend_attention(be, o2, q, kp, vp, &b, NH, NKV, HD, window);
         ck_assert_int_eq(memcmp(o1, o2, sizeof(o1)), 0);
     }
     free(kc);
     free(vc);
     free(kp);
     free(vp);
+    backend_destroy(be);
 }
 END_TEST
 
@@ -129,10 +130,11 @@ static model *load_fixture(void) {
  * logits each gives alone in a private cache; the shared cache refuses a
  * sequence it cannot hold and is empty after both are reset. */
 START_TEST(kv_shared_states_match_private) {
+    backend *be = backend_cpu_create();
     model *m = load_fixture();
     char err[256];
     forward_ctx *fc = NULL;
-    ck_assert_int_eq(forward_ctx_create(m, backend_cpu(), 8, 2, &fc, err, sizeof(err)), FORWARD_OK);
+    ck_assert_int_eq(forward_ctx_create(m, be, 8, 2, &fc, err, sizeof(err)), FORWARD_OK);
     int V = m->cfg.vocab_size;
     enum { NA = 37, NB2 = 21 };
     int32_t a[NA], b[NB2];
@@ -161,7 +163,7 @@ START_TEST(kv_shared_states_match_private) {
 
     /* private runs, the prompt whole: bit-identical logits */
     forward_ctx *big = NULL;
-    ck_assert_int_eq(forward_ctx_create(m, backend_cpu(), 64, 1, &big, err, sizeof(err)), FORWARD_OK);
+    ck_assert_int_eq(forward_ctx_create(m, be, 64, 1, &big, err, sizeof(err)), FORWARD_OK);
     forward_state *pa = NULL, *pb = NULL;
     ck_assert_int_eq(forward_state_create(big, NULL, 64, &pa), FORWARD_OK);
     ck_assert_int_eq(forward_run(big, pa, a, NA, ra, NULL), FORWARD_OK);
@@ -183,6 +185,7 @@ START_TEST(kv_shared_states_match_private) {
     free(ra);
     free(rb);
     model_destroy(m);
+    backend_destroy(be);
 }
 END_TEST
 
@@ -190,6 +193,7 @@ END_TEST
  * token, a longer prompt), with gates and greedy argmax, give bit for bit the
  * logits and gates of each sequence run alone, whole and token by token. */
 START_TEST(forward_batch_bit_identical_to_alone) {
+    backend *be = backend_cpu_create();
     model *m = load_fixture();
     char err[256];
     int V = m->cfg.vocab_size, nl = m->engram->n_layers;
@@ -203,7 +207,7 @@ START_TEST(forward_batch_bit_identical_to_alone) {
     float *ref = malloc(sizeof(float) * V * S), *refg = calloc((size_t)N2 * nl * S, sizeof(float));
     float *tok = malloc(sizeof(float) * V);
     forward_ctx *one = NULL;
-    ck_assert_int_eq(forward_ctx_create(m, backend_cpu(), 64, 1, &one, err, sizeof(err)), FORWARD_OK);
+    ck_assert_int_eq(forward_ctx_create(m, be, 64, 1, &one, err, sizeof(err)), FORWARD_OK);
     for (int i = 0; i < S; i++) {
         forward_state *st = NULL;
         ck_assert_int_eq(forward_state_create(one, NULL, 64, &st), FORWARD_OK);
@@ -218,7 +222,7 @@ START_TEST(forward_batch_bit_identical_to_alone) {
     /* together: seq 0 as one chunk, seq 1 first as 32 tokens then its last one
      * beside seq 2's chunks; the steps mix prefill and decode */
     forward_ctx *fc = NULL;
-    ck_assert_int_eq(forward_ctx_create(m, backend_cpu(), 64, S, &fc, err, sizeof(err)), FORWARD_OK);
+    ck_assert_int_eq(forward_ctx_create(m, be, 64, S, &fc, err, sizeof(err)), FORWARD_OK);
     kv_cache *kv = NULL;
     ck_assert_int_eq(forward_kv_cache_create(fc, 256, 16, &kv), KV_CACHE_OK);
     forward_state *st[S];
@@ -266,6 +270,7 @@ START_TEST(forward_batch_bit_identical_to_alone) {
     forward_ctx_destroy(one);
     free(ref), free(refg), free(tok), free(got), free(gg);
     model_destroy(m);
+    backend_destroy(be);
 }
 END_TEST
 

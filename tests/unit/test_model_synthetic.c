@@ -164,6 +164,7 @@ END_TEST
 #define FULL_SPEC "qwen3-0.6b"
 #endif
 START_TEST(test_full_model_runs) {
+    backend *be = backend_cpu_create();
     model *m = make(FULL_SPEC, 1);
     model_config c;
     char err[512];
@@ -171,7 +172,7 @@ START_TEST(test_full_model_runs) {
     ck_assert_int_eq(model_param_count(m), model_config_param_count(&c));
     if (c.n_layers == 28) ck_assert_int_eq(model_param_count(m), 596049920LL);
     forward_ctx *fc = NULL;
-    ck_assert_int_eq(forward_ctx_create(m, backend_cpu(), 8, 1, &fc, err, sizeof(err)), FORWARD_OK);
+    ck_assert_int_eq(forward_ctx_create(m, be, 8, 1, &fc, err, sizeof(err)), FORWARD_OK);
     forward_state *st = NULL;
     ck_assert_int_eq(forward_state_create(fc, NULL, 8, &st), FORWARD_OK);
     float *logits = malloc((size_t)m->cfg.vocab_size * sizeof(float));
@@ -182,6 +183,7 @@ START_TEST(test_full_model_runs) {
     forward_state_destroy(st);
     forward_ctx_destroy(fc);
     model_destroy(m);
+    backend_destroy(be);
 }
 END_TEST
 
@@ -205,6 +207,7 @@ static long long mtime_of(const char *path) {
 }
 
 START_TEST(test_engram_table) {
+    backend *be = backend_cpu_create();
     ck_assert_ptr_nonnull(mkdtemp(dir));
     snprintf(tbl, sizeof(tbl), "%s/engram_layer_1.tbl", dir);
     snprintf(stamp, sizeof(stamp), "%s.synthetic", tbl);
@@ -225,7 +228,7 @@ START_TEST(test_engram_table) {
 
     /* it runs, and the gate sees the table */
     forward_ctx *fc = NULL;
-    ck_assert_int_eq(forward_ctx_create(m, backend_cpu(), 8, 1, &fc, err, sizeof(err)), FORWARD_OK);
+    ck_assert_int_eq(forward_ctx_create(m, be, 8, 1, &fc, err, sizeof(err)), FORWARD_OK);
     forward_state *st = NULL;
     ck_assert_int_eq(forward_state_create(fc, NULL, 8, &st), FORWARD_OK);
     float *logits = malloc((size_t)m->cfg.vocab_size * sizeof(float)), gates[4];
@@ -283,6 +286,7 @@ START_TEST(test_engram_table) {
 
     unlink(tbl);
     rmdir(dir);
+    backend_destroy(be);
 }
 END_TEST
 

@@ -54,7 +54,7 @@ static sampler_params rand_params(int V) {
 }
 
 START_TEST(candidates_pick_the_same_tokens) {
-    const backend_ops *cpu = backend_cpu();
+    backend *cpu = backend_cpu_create();
     long decided = 0, fallback = 0, tails = 0, draws = 0;
     for (int iter = 0; iter < 3000; iter++) {
         int V = irand(4) == 0 ? 1 + irand(8) : 16 + irand(2000);
@@ -88,7 +88,7 @@ START_TEST(candidates_pick_the_same_tokens) {
             ck_assert_int_eq(sampler_desc_begin(&d, 1), 0);
             ck_assert_int_eq(sampler_desc_set(&d, 0, dev, row, bias_ids, bias_vals, n_bias, prompt, n_prompt, out,
                                               n_out), 0);
-            cpu->sample(res, b, d.w, 1, V, stride, n_cand);
+            backend_sample(cpu, res, b, d.w, 1, V, stride, n_cand);
             /* the op's row is the reference's penalized row, bit for bit */
             ck_assert_int_eq(memcmp(a, b + (size_t)row * stride, (size_t)V * sizeof(float)), 0);
             double tail;
@@ -115,13 +115,14 @@ START_TEST(candidates_pick_the_same_tokens) {
     ck_assert_int_gt(decided, draws / 2);
     ck_assert_int_gt(fallback, 0);
     ck_assert_int_gt(tails, 100);
+    backend_destroy(cpu);
 }
 END_TEST
 
 /* Peaked rows, as a model's usually are, with the candidates far fewer than
  * the vocabulary: the candidates settle nearly every token. */
 START_TEST(candidates_settle_peaked_rows) {
-    const backend_ops *cpu = backend_cpu();
+    backend *cpu = backend_cpu_create();
     enum { V = 20000, N_CAND = 256, N = 300 };
     float *a = malloc(V * sizeof(float)), *b = malloc(V * sizeof(float));
     unsigned char *res = malloc(SAMPLER_RESULT_BYTES(N_CAND));
@@ -139,7 +140,7 @@ START_TEST(candidates_settle_peaked_rows) {
         int32_t want = sampler_sample(ref, a, NULL, 0, NULL, 0);
         sampler_desc_begin(&d, 1);
         sampler_desc_set(&d, 0, dev, 0, NULL, NULL, 0, NULL, 0, NULL, 0);
-        cpu->sample(res, b, d.w, 1, V, V, N_CAND);
+        backend_sample(cpu, res, b, d.w, 1, V, V, N_CAND);
         int32_t got = sampler_sample_candidates(dev, res, N_CAND);
         decided += got >= 0;
         if (got < 0) got = sampler_sample_applied(dev, b);
@@ -152,13 +153,14 @@ START_TEST(candidates_settle_peaked_rows) {
     free(a);
     free(b);
     free(res);
+    backend_destroy(cpu);
 }
 END_TEST
 
 /* NaN logits still give a token, on both ways (the row's NaN flag sends the
  * backend way to the row). */
 START_TEST(nan_rows_give_tokens) {
-    const backend_ops *cpu = backend_cpu();
+    backend *cpu = backend_cpu_create();
     enum { V = 64, N_CAND = 8 };
     float a[V], b[V];
     unsigned char res[SAMPLER_RESULT_BYTES(N_CAND)];
@@ -173,13 +175,14 @@ START_TEST(nan_rows_give_tokens) {
         ck_assert(want >= 0 && want < V);
         sampler_desc_begin(&d, 1);
         sampler_desc_set(&d, 0, dev, 0, NULL, NULL, 0, NULL, 0, NULL, 0);
-        cpu->sample(res, b, d.w, 1, V, V, N_CAND);
+        backend_sample(cpu, res, b, d.w, 1, V, V, N_CAND);
         ck_assert_int_eq(sampler_sample_candidates(dev, res, N_CAND), -1);
         ck_assert_int_eq(sampler_sample_applied(dev, b), want);
     }
     sampler_desc_free(&d);
     sampler_destroy(ref);
     sampler_destroy(dev);
+    backend_destroy(cpu);
 }
 END_TEST
 

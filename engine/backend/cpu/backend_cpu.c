@@ -22,6 +22,15 @@
 #include "base/util.h"
 #include "engine/sampler.h"
 
+/* The handle: the fetch channels' timers are all the state the CPU keeps. */
+typedef struct {
+    backend base; /* first: the ops get &base */
+    /* per channel: when the compute reached the mark, when the rows came, and
+     * whether a copy has come since the mark (see cpu_fetch) */
+    double fetch_t_mark[BACKEND_FETCH_CHANNELS], fetch_t_rows[BACKEND_FETCH_CHANNELS];
+    bool fetch_marked[BACKEND_FETCH_CHANNELS];
+} cpu_backend;
+
 /* ---- memory: plain host memory ---- */
 
 /* Large buffers (the KV cache above all) come straight from mmap: zero and
@@ -30,7 +39,7 @@
 #define ALLOC_HEADER 64
 #define ALLOC_MMAP_MIN ((size_t)1 << 20)
 
-static void *cpu_alloc(size_t bytes) {
+static void *cpu_alloc(backend *be, size_t bytes) {
     size_t n = bytes + ALLOC_HEADER;
     char *p;
     if (bytes >= ALLOC_MMAP_MIN) {
@@ -43,7 +52,7 @@ static void *cpu_alloc(size_t bytes) {
     return p + ALLOC_HEADER;
 }
 
-static void cpu_free(void *q) {
+static void cpu_free(backend *be, void *q) {
     if (!q) return;
     char *p = (char *)q - ALLOC_HEADER;
     size_t bytes;
@@ -51,15 +60,16 @@ static void cpu_free(void *q) {
     if (bytes >= ALLOC_MMAP_MIN) munmap(p, bytes + ALLOC_HEADER);
     else free(p);
 }
-static void cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
-static void cpu_copy2d(float *dst, size_t dpitch, const float *src, size_t spitch, size_t width, size_t rows) {
+static void cpu_copy(backend *be, void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
+static void cpu_copy2d(backend *be, float *dst, size_t dpitch, const float *src, size_t spitch, size_t width,
+                       size_t rows) {
     for (size_t r = 0; r < rows; r++) memcpy(dst + r * dpitch, src + r * spitch, width * sizeof(float));
 }
-static model *cpu_prepare(model *m, char *err, size_t errlen) {
+static model *cpu_prepare(backend *be, model *m, char *err, size_t errlen) {
     (void)err, (void)errlen;
     return m;
 }
-static void cpu_release(model *view, model *m) { (void)view, (void)m; }
+static void cpu_release(backend *be, model *view, model *m) { (void)view, (void)m; }
 
 /* ---- matrix product ----
  * Every output element is the same sum: eight lanes accumulate x[j+k]*r[j+k]
@@ -136,7 +146,7 @@ static void dot4(const float *x, size_t xs, const float *r, int n, float *out) {
  * sequences costs about what one costs. A few tokens read bf16 rows in place;
  * more widen the block to f32 first (the same values, so the same sums). */
 #define WIDEN_MIN_TOKENS 4
-static void cpu_matmul(float *out, const float *x, const weight *w, const float *bias, int T) {
+static void cpu_matmul(backend *be, float *out, const float *x, const weight *w, const float *bias, int T) {
     int n = w->rows, d = w->cols, nb = (n + ROW_BLOCK - 1) / ROW_BLOCK;
     size_t esz = dtype_size(w->dt);
 #pragma omp parallel
@@ -175,7 +185,7 @@ static void cpu_matmul(float *out, const float *x, const weight *w, const float 
     }
 }
 
-static void cpu_rmsnorm(float *out, const float *x, const float *g, int T, int d, float eps) {
+static void cpu_rmsnorm(backend *be, float *out, const float *x, const float *g, int T, int d, float eps) {
     for (int t = 0; t < T; t++) {
         const float *xt = x + (size_t)t * d;
         float *ot = out + (size_t)t * d;
@@ -186,7 +196,7 @@ static void cpu_rmsnorm(float *out, const float *x, const float *g, int T, int d
     }
 }
 
-static void cpu_embed(float *out, const weight *emb, const int32_t *ids, int T) {
+static void cpu_embed(backend *be, float *out, const weight *emb, const int32_t *ids, int T) {
     size_t esz = dtype_size(emb->dt);
     for (int t = 0; t < T; t++)
         dtype_to_f32(out + (size_t)t * emb->cols,
@@ -196,7 +206,7 @@ static void cpu_embed(float *out, const weight *emb, const int32_t *ids, int T) 
 
 /* Hugging Face's rotate_half layout: element i pairs with i + hd/2. The angle
  * is the f32 product pos * inv_freq, as transformers computes it. */
-static void cpu_rope(float *x, const int32_t *pos, int T, int n_heads, int hd, const float *inv_freq) {
+static void cpu_rope(backend *be, float *x, const int32_t *pos, int T, int n_heads, int hd, const float *inv_freq) {
     int half = hd / 2;
     for (int t = 0; t < T; t++)
         for (int i = 0; i < half; i++) {
@@ -211,15 +221,16 @@ static void cpu_rope(float *x, const int32_t *pos, int T, int n_heads, int hd, c
         }
 }
 
-static void cpu_kv_store(void *kc, void *vc, const float *k, const float *v, const batch_desc *b, int kvw) {
+static void cpu_kv_store(backend *be, void *kc, void *vc, const float *k, const float *v, const batch_desc *b,
+                         int kvw) {
     for (int t = 0; t < b->n_tokens; t++) {
         memcpy((float *)kc + (size_t)b->slot[t] * kvw, k + (size_t)t * kvw, (size_t)kvw * sizeof(float));
         memcpy((float *)vc + (size_t)b->slot[t] * kvw, v + (size_t)t * kvw, (size_t)kvw * sizeof(float));
     }
 }
 
-static void cpu_attention(float *out, const float *q, const void *kcache, const void *vcache, const batch_desc *b,
-                          int n_heads, int n_kv, int hd, int window) {
+static void cpu_attention(backend *be, float *out, const float *q, const void *kcache, const void *vcache,
+                          const batch_desc *b, int n_heads, int n_kv, int hd, int window) {
     const float *k = kcache, *v = vcache;
     int group = n_heads / n_kv, kvw = n_kv * hd, bs = b->block_size, T = b->n_tokens;
     float scale = 1.0f / sqrtf((float)hd);
@@ -260,15 +271,15 @@ static void cpu_attention(float *out, const float *q, const void *kcache, const 
     }
 }
 
-static void cpu_swiglu(float *gate, const float *up, size_t n) {
+static void cpu_swiglu(backend *be, float *gate, const float *up, size_t n) {
     for (size_t i = 0; i < n; i++) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
-static void cpu_add(float *x, const float *y, size_t n) {
+static void cpu_add(backend *be, float *x, const float *y, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] += y[i];
 }
 
-static void cpu_gather_rows(float *out, const weight *table, const int64_t *rows, int T, int H) {
+static void cpu_gather_rows(backend *be, float *out, const weight *table, const int64_t *rows, int T, int H) {
     int D = table->cols;
     size_t esz = dtype_size(table->dt);
     for (int t = 0; t < T; t++)
@@ -278,7 +289,7 @@ static void cpu_gather_rows(float *out, const weight *table, const int64_t *rows
                            table->dt, (size_t)D);
 }
 
-static void cpu_engram_gate(float *gate, const float *nk, const float *nq, int T, int d) {
+static void cpu_engram_gate(backend *be, float *gate, const float *nk, const float *nq, int T, int d) {
     for (int t = 0; t < T; t++) {
         float s = 0.0f;
         for (int i = 0; i < d; i++) s += nk[(size_t)t * d + i] * nq[(size_t)t * d + i];
@@ -289,11 +300,11 @@ static void cpu_engram_gate(float *gate, const float *nk, const float *nq, int T
     }
 }
 
-static void cpu_gather_f32(float *out, const float *x, const int32_t *idx, int n, int d) {
+static void cpu_gather_f32(backend *be, float *out, const float *x, const int32_t *idx, int n, int d) {
     for (int i = 0; i < n; i++) memcpy(out + (size_t)i * d, x + (size_t)idx[i] * d, (size_t)d * sizeof(float));
 }
 
-static void cpu_argmax(int32_t *next, const float *logits, int T, int vocab) {
+static void cpu_argmax(backend *be, int32_t *next, const float *logits, int T, int vocab) {
     for (int t = 0; t < T; t++) {
         const float *x = logits + (size_t)t * vocab;
         int32_t best = 0;
@@ -303,13 +314,14 @@ static void cpu_argmax(int32_t *next, const float *logits, int T, int vocab) {
     }
 }
 
-static void cpu_scale_rows(float *out, size_t ostride, const float *x, size_t xstride, const float *s, int T, int d) {
+static void cpu_scale_rows(backend *be, float *out, size_t ostride, const float *x, size_t xstride, const float *s,
+                           int T, int d) {
     for (int t = 0; t < T; t++)
         for (int i = 0; i < d; i++) out[(size_t)t * ostride + i] = s[t] * x[(size_t)t * xstride + i];
 }
 
-static void cpu_short_conv(float *out, const float *in, const float *w, const batch_desc *b, size_t hist_off,
-                           int C, int K, int dil) {
+static void cpu_short_conv(backend *be, float *out, const float *in, const float *w, const batch_desc *b,
+                           size_t hist_off, int C, int K, int dil) {
     int R = (K - 1) * dil;
     for (int s = 0; s < b->n_seqs; s++) {
         int a = b->h_seq_start[s], n = b->h_seq_start[s + 1] - a;
@@ -338,27 +350,31 @@ static void cpu_short_conv(float *out, const float *in, const float *w, const ba
  * once, issued when the host gather is done, so the compute's wait for the
  * rows is the time from the mark to the first copy after it. (engram_fetch
  * orders a channel's mark, copies and sync across its two threads.) */
-static double fetch_t_mark[BACKEND_FETCH_CHANNELS], fetch_t_rows[BACKEND_FETCH_CHANNELS];
-static bool fetch_marked[BACKEND_FETCH_CHANNELS];
-static void *cpu_host_alloc(size_t bytes) { return malloc(bytes ? bytes : 1); }
-static void cpu_fetch_mark(int ch) {
-    fetch_t_mark[ch] = fetch_t_rows[ch] = util_now();
-    fetch_marked[ch] = true;
+static void *cpu_host_alloc(backend *be, size_t bytes) { return malloc(bytes ? bytes : 1); }
+static void cpu_host_free(backend *be, void *p) { free(p); }
+static void cpu_fetch_mark(backend *be, int ch) {
+    cpu_backend *c = (cpu_backend *)be;
+    c->fetch_t_mark[ch] = c->fetch_t_rows[ch] = util_now();
+    c->fetch_marked[ch] = true;
 }
-static void cpu_fetch(int ch, void *dst, const void *src, size_t bytes) {
-    if (fetch_marked[ch]) fetch_t_rows[ch] = util_now(), fetch_marked[ch] = false;
+static void cpu_fetch(backend *be, int ch, void *dst, const void *src, size_t bytes) {
+    cpu_backend *c = (cpu_backend *)be;
+    if (c->fetch_marked[ch]) c->fetch_t_rows[ch] = util_now(), c->fetch_marked[ch] = false;
     if (bytes) memcpy(dst, src, bytes);
 }
-static double cpu_fetch_sync(int ch) { return fetch_t_rows[ch] - fetch_t_mark[ch]; }
+static double cpu_fetch_sync(backend *be, int ch) {
+    cpu_backend *c = (cpu_backend *)be;
+    return c->fetch_t_rows[ch] - c->fetch_t_mark[ch];
+}
 
-static void cpu_decode_rows(float *out, const void *rows, int dt, size_t stride, const int32_t *idx, int n,
+static void cpu_decode_rows(backend *be, float *out, const void *rows, int dt, size_t stride, const int32_t *idx, int n,
                             int cols) {
     for (int i = 0; i < n; i++)
         engram_store_decode_row(dt, (uint32_t)cols, (const char *)rows + (size_t)idx[i] * stride,
                                 out + (size_t)i * cols);
 }
 
-static void cpu_scatter_rows(void *dst, const void *src, const int32_t *slot, int n, size_t row_bytes) {
+static void cpu_scatter_rows(backend *be, void *dst, const void *src, const int32_t *slot, int n, size_t row_bytes) {
     for (int i = 0; i < n; i++)
         memcpy((char *)dst + (size_t)slot[i] * row_bytes, (const char *)src + (size_t)i * row_bytes, row_bytes);
 }
@@ -374,11 +390,12 @@ static uint32_t sample_key(float f) {
     return b & 0x80000000u ? ~b : b | 0x80000000u;
 }
 
-static _Thread_local const float *sample_row;
-
-static int sample_cmp(const void *a, const void *b) {
+/* Orders ids by their logits in row (qsort_r's argument), ties by id: a
+ * total order, so the sort's result is the one possible. */
+static int sample_cmp(const void *a, const void *b, void *row) {
+    const float *r = row;
     int32_t i = *(const int32_t *)a, j = *(const int32_t *)b;
-    uint32_t x = sample_key(sample_row[i]), y = sample_key(sample_row[j]);
+    uint32_t x = sample_key(r[i]), y = sample_key(r[j]);
     if (x != y) return x > y ? -1 : 1;
     return i < j ? -1 : i > j;
 }
@@ -390,7 +407,8 @@ static float sample_f(int32_t w) {
 }
 
 /* A full sort of each row: the reference, not the fast way. */
-static void cpu_sample(void *out, float *logits, const int32_t *desc, int n, int vocab, int stride, int n_cand) {
+static void cpu_sample(backend *be, void *out, float *logits, const int32_t *desc, int n, int vocab, int stride,
+                       int n_cand) {
     int32_t *idx = malloc((size_t)vocab * sizeof(int32_t));
     if (!idx) abort(); /* ops cannot report failure */
     for (int r = 0; r < n; r++) {
@@ -412,8 +430,7 @@ static void cpu_sample(void *out, float *logits, const int32_t *desc, int n, int
             idx[i] = i;
             if (isnan(row[i])) flags |= SAMPLER_RESULT_NAN;
         }
-        sample_row = row;
-        qsort(idx, (size_t)vocab, sizeof(int32_t), sample_cmp);
+        qsort_r(idx, (size_t)vocab, sizeof(int32_t), sample_cmp, row);
         int nf = h[SAMPLER_DESC_N_FULL], nv = nf < n_cand ? nf : n_cand;
         unsigned char *o = (unsigned char *)out + (size_t)r * SAMPLER_RESULT_BYTES(n_cand);
         int32_t *ids = (int32_t *)o;
@@ -434,8 +451,11 @@ static void cpu_sample(void *out, float *logits, const int32_t *desc, int n, int
     free(idx);
 }
 
+static void cpu_destroy(backend *be) { free(be); }
+
 static const backend_ops cpu_ops = {
     .name = "cpu",
+    .destroy = cpu_destroy,
     .kv_elem_bytes = sizeof(float),
     .alloc = cpu_alloc,
     .free = cpu_free,
@@ -459,7 +479,7 @@ static const backend_ops cpu_ops = {
     .scale_rows = cpu_scale_rows,
     .short_conv = cpu_short_conv,
     .host_alloc = cpu_host_alloc,
-    .host_free = free,
+    .host_free = cpu_host_free,
     .fetch_mark = cpu_fetch_mark,
     .fetch = cpu_fetch,
     .fetch_wait = cpu_fetch_mark,
@@ -470,4 +490,10 @@ static const backend_ops cpu_ops = {
     .sample = cpu_sample,
 };
 
-const backend_ops *backend_cpu(void) { return &cpu_ops; }
+backend *backend_cpu_create(void) {
+    cpu_backend *c = calloc(1, sizeof(*c));
+    if (!c) return NULL;
+    c->base.ops = &cpu_ops;
+    c->base.params = backend_default_params();
+    return &c->base;
+}

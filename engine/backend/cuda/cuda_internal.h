@@ -1,0 +1,175 @@
+/* Internal to the CUDA backend plugin (engine/backend/cuda/): the handle's
+ * state and what its files share. backend_cuda.c makes the handle and owns
+ * memory; cuda_ops.c the compute ops, cuda_view.c the device view of a model
+ * (uploading weights), cuda_graphs.c recorded steps, cuda_fetch.c the copy
+ * stream of Engram rows, cuda_profile.c op timing. */
+#ifndef ENGINE_BACKEND_CUDA_INTERNAL_H
+#define ENGINE_BACKEND_CUDA_INTERNAL_H
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include "engine/backend/backend.h"
+#include "kernels/kernels.h"
+
+/* Everything below is the plugin's own: hidden, so that no symbol of the
+ * program (which exports its symbols to the plugin) can stand in for one of
+ * these. */
+#pragma GCC visibility push(hidden)
+
+/* Recorded steps (CUDA graphs), looked up by the caller's key; the least
+ * recently used slot is replaced. A key seen once runs plainly (it warms
+ * cuBLAS and grows the scratch buffers), the second time it is recorded,
+ * from the third on replayed. */
+#define GRAPH_SLOTS 16
+#define GRAPH_KEY_MAX 64
+typedef struct {
+    unsigned char key[GRAPH_KEY_MAX];
+    size_t key_bytes;
+    int state; /* 0 free, 1 seen once, 2 recorded */
+    cudaGraphExec_t exec;
+    unsigned long long used;
+} cuda_graph_slot;
+
+/* Op timing (backend_params.cuda_profile): see cuda_profile.c. */
+#define PROF_PAIRS 1024
+#define PROF_NAMES 96
+typedef struct {
+    int on, n;
+    cudaEvent_t ev[2 * PROF_PAIRS];
+    int name[PROF_PAIRS];
+    struct {
+        char s[56];
+        double ms;
+        long calls;
+    } e[PROF_NAMES];
+    int ne;
+    double ms_sum, wall0, wall1;
+} cuda_profile;
+
+/* The handle. Each has its own streams, cuBLAS handle, scratch, recordings
+ * and fetch channels; what they share is the process's CUDA context on
+ * device 0 (the runtime's primary context: one per process and device). */
+typedef struct {
+    backend base; /* first: the ops get &base */
+    cudaStream_t stream; /* every op, in order */
+    cublasHandle_t blas;
+    void *blas_ws; /* cuBLAS's workspace (32 MiB) */
+    void *xb; /* bf16 copy of a product's activations */
+    size_t xb_bytes;
+    void *add_tmp; /* matmul_add's product when it cannot add in place */
+    size_t add_tmp_bytes;
+    float *att_work; /* attention split scratch */
+    size_t att_work_floats;
+    int attention_no_tiled; /* tests: every token through the per-token kernel */
+    int graphs_off; /* backend_params.cuda_graphs 0 (or op profiling): no recorded steps */
+    int capturing;  /* slot being recorded, or -1 */
+    unsigned long long tick;
+    cuda_graph_slot graphs[GRAPH_SLOTS];
+    /* Engram row copies: a second stream, and per channel the compute's mark
+     * (timing), the copy's end (timing) and the compute's last read */
+    cudaStream_t copy;
+    cudaEvent_t ev_mark[BACKEND_FETCH_CHANNELS], ev_copied[BACKEND_FETCH_CHANNELS],
+        ev_released[BACKEND_FETCH_CHANNELS];
+    int marked[BACKEND_FETCH_CHANNELS], copied[BACKEND_FETCH_CHANNELS], released[BACKEND_FETCH_CHANNELS];
+    cuda_profile prof;
+} cuda_backend;
+
+static inline cuda_backend *cuda__of(backend *be) { return (cuda_backend *)be; }
+
+/* A failed launch or CUDA call inside an op: the context is unusable and the
+ * op cannot report it (ops return nothing), so stop here. */
+__attribute__((noreturn)) void cuda__fail(const char *op, const char *what);
+#define CHECK_CUDA(x)                                                                                       \
+    do {                                                                                                    \
+        cudaError_t e_ = (x);                                                                               \
+        if (e_ != cudaSuccess) cuda__fail(__func__, cudaGetErrorString(e_));                                \
+    } while (0)
+#define CHECK_K(x)                                                                                          \
+    do {                                                                                                    \
+        int k_ = (x);                                                                                       \
+        if (k_) cuda__fail(__func__, kernels_status_str(k_));                                               \
+    } while (0)
+
+static inline int cuda__dtype(dtype t) {
+    return t == DTYPE_BF16 ? KERNELS_BF16 : t == DTYPE_F16 ? KERNELS_F16 : KERNELS_F32;
+}
+
+/* ---- compute (cuda_ops.c) ---- */
+void cu_matmul(backend *be, float *out, const float *x, const weight *w, const float *bias, int T);
+void cu_rmsnorm(backend *be, float *out, const float *x, const float *gw, int T, int d, float eps);
+void cu_embed(backend *be, float *out, const weight *emb, const int32_t *ids, int T);
+void cu_rope(backend *be, float *x, const int32_t *pos, int T, int n_heads, int hd, const float *inv_freq);
+void cu_kv_store(backend *be, void *kc, void *vc, const float *k, const float *v, const batch_desc *b, int kvw);
+void cu_attention(backend *be, float *out, const float *q, const void *kc, const void *vc, const batch_desc *b,
+                  int n_heads, int n_kv, int hd, int window);
+void cu_swiglu(backend *be, float *gate, const float *up, size_t n);
+void cu_add(backend *be, float *x, const float *y, size_t n);
+void cu_gather_f32(backend *be, float *out, const float *x, const int32_t *idx, int n, int d);
+void cu_argmax(backend *be, int32_t *next, const float *logits, int T, int vocab);
+void cu_gather_rows(backend *be, float *out, const weight *table, const int64_t *rows, int T, int H);
+void cu_engram_gate(backend *be, float *gate, const float *nk, const float *nq, int T, int d);
+void cu_scale_rows(backend *be, float *out, size_t ostride, const float *x, size_t xstride, const float *s, int T,
+                   int d);
+void cu_short_conv(backend *be, float *out, const float *in, const float *w, const batch_desc *b, size_t hist_off,
+                   int C, int K, int dil);
+void cu_matmul_qkv(backend *be, float *q, float *k, float *v, const float *x, const weight *wq, const weight *wk,
+                   const weight *wv, const float *bq, const float *bk, const float *bv, int T);
+void cu_matmul_add(backend *be, float *x, const float *a, const weight *w, const float *bias, int T);
+void cu_matmul_glu(backend *be, float *gate, float *up, const float *x, const weight *wg, const weight *wu,
+                   const float *bg, const float *bu, int T);
+void cu_qk_rope_store(backend *be, float *q, const float *k, const float *v, void *kc, void *vc, const batch_desc *b,
+                      int n_heads, int n_kv, int hd, const float *qn, const float *kn, float eps,
+                      const float *inv_freq);
+void cu_sample(backend *be, void *out, float *logits, const int32_t *desc, int n, int vocab, int stride, int n_cand);
+/* Frees the ops' scratch buffers (the handle's teardown). */
+void cuda__ops_free(cuda_backend *g);
+
+/* ---- the device view of a model (cuda_view.c) ---- */
+model *cu_prepare(backend *be, model *m, char *err, size_t errlen);
+void cu_release(backend *be, model *view, model *m);
+
+/* ---- recorded steps (cuda_graphs.c) ---- */
+int cu_step_begin(backend *be, const void *key, size_t key_bytes);
+void cu_step_end(backend *be);
+/* Drops every recorded step: they hold device addresses that are about to
+ * change. */
+void graphs__clear(cuda_backend *g);
+
+/* ---- Engram rows from host memory (cuda_fetch.c) ---- */
+void *cu_host_alloc(backend *be, size_t bytes);
+void cu_host_free(backend *be, void *p);
+void cu_fetch_mark(backend *be, int ch);
+void cu_fetch(backend *be, int ch, void *dst, const void *src, size_t bytes);
+void cu_fetch_wait(backend *be, int ch);
+void cu_fetch_release(backend *be, int ch);
+double cu_fetch_sync(backend *be, int ch);
+void cu_decode_rows(backend *be, float *out, const void *rows, int dt, size_t stride, const int32_t *idx, int n,
+                    int cols);
+void cu_scatter_rows(backend *be, void *dst, const void *src, const int32_t *slot, int n, size_t row_bytes);
+/* The copy stream and the channels' events; 0, or a CUDA error. */
+cudaError_t cuda__fetch_init(cuda_backend *g);
+void cuda__fetch_free(cuda_backend *g); /* after both streams are idle; accepts a partial init */
+
+/* ---- profiling (cuda_profile.c) ---- */
+/* Starts timing an op named by the format; returns its pair, or -1 when off. */
+__attribute__((format(printf, 2, 3))) int prof__begin(cuda_backend *g, const char *fmt, ...);
+void prof__end(cuda_backend *g, int i);
+/* Issues `launch` timed as one op named by the format and its arguments
+ * (untimed when profiling is off). */
+#define CUDA_TIMED(g, launch, ...)                                                                          \
+    do {                                                                                                    \
+        int pi_ = prof__begin(g, __VA_ARGS__);                                                              \
+        launch;                                                                                             \
+        prof__end(g, pi_);                                                                                  \
+    } while (0)
+/* A size class of T tokens, for op names. */
+const char *prof__tclass(int T);
+/* Turns timing on (mode 1 or 2, backend_params.cuda_profile); 0, or a CUDA error. */
+cudaError_t prof__init(cuda_backend *g, int mode);
+/* Prints the totals (when on) and frees the events. */
+void prof__finish(cuda_backend *g);
+
+#pragma GCC visibility pop
+
+#endif

@@ -1,0 +1,261 @@
+/* The compute ops of the CUDA backend, each issued on the handle's stream.
+ * Matrix products of 1 or 2 tokens (decode) go through a matrix-vector
+ * kernel (f32 activations), larger ones through cuBLAS: bf16 weights times
+ * activations rounded to bf16, or f32 weights times f32 activations (no
+ * TF32), all with f32 accumulation and output; the rest through kernels/. */
+#include <stddef.h>
+
+#include "engine/backend/cuda/cuda_internal.h"
+#include "engine/sampler.h"
+
+/* Tokens up to which a product takes the matrix-vector kernel rather than
+ * cuBLAS (H100, 4096x4096 bf16: T=1 8.6 us against 20 us through cuBLAS with
+ * the activation conversion; T=8 38 us against 17). */
+#define GEMV_MAX_TOKENS 2
+
+/* Grows a device scratch buffer to at least `bytes`. cudaFree waits for the
+ * work that may still read the old one. */
+static void cuda__grow(cuda_backend *g, void **buf, size_t *have, size_t bytes) {
+    if (bytes <= *have) return;
+    graphs__clear(g);
+    CHECK_CUDA(cudaFree(*buf));
+    *buf = NULL;
+    *have = 0;
+    size_t want = bytes + bytes / 4;
+    CHECK_CUDA(cudaMalloc(buf, want));
+    *have = want;
+}
+
+/* ---- compute ---- */
+
+static void cu_matmul_(cuda_backend *g, float *out, const float *x, const weight *w, const float *bias, int T) {
+    if (w->dt != DTYPE_BF16 && w->dt != DTYPE_F32)
+        cuda__fail(__func__, "weight is not a bf16 or f32 device view (prepare converts them)");
+    int f32 = w->dt == DTYPE_F32;
+    if (T <= GEMV_MAX_TOKENS && kernels_gemv_supported(x, w->data, T, w->cols)) { /* decode: one launch */
+        if (f32) CHECK_K(kernels_gemv_f32(out, x, w->data, bias, T, w->rows, w->cols, g->stream));
+        else CHECK_K(kernels_gemv_bf16(out, x, w->data, bias, T, w->rows, w->cols, g->stream));
+        return;
+    }
+    const float one = 1.0f, zero = 0.0f;
+    if (f32) { /* f32 checkpoints: f32 operands, pedantic f32 compute (never TF32) */
+        cublasStatus_t st = cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, w->rows, T, w->cols, &one, w->data,
+                                         CUDA_R_32F, w->cols, x, CUDA_R_32F, w->cols, &zero, out, CUDA_R_32F,
+                                         w->rows, CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_GEMM_DEFAULT);
+        if (st != CUBLAS_STATUS_SUCCESS) cuda__fail(__func__, cublasGetStatusString(st));
+        if (bias) CHECK_K(kernels_bias_add_f32(out, bias, T, w->rows, g->stream));
+        return;
+    }
+    size_t n = (size_t)T * w->cols;
+    cuda__grow(g, &g->xb, &g->xb_bytes, n * 2);
+    CHECK_K(kernels_to_bf16(g->xb, x, KERNELS_F32, n, g->stream));
+    /* column-major: out^T (rows, T) = W (cols, rows)^T x^T (cols, T) */
+    cublasStatus_t st = cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, w->rows, T, w->cols, &one, w->data,
+                                     CUDA_R_16BF, w->cols, g->xb, CUDA_R_16BF, w->cols, &zero, out, CUDA_R_32F,
+                                     w->rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (st != CUBLAS_STATUS_SUCCESS) cuda__fail(__func__, cublasGetStatusString(st));
+    if (bias) CHECK_K(kernels_bias_add_f32(out, bias, T, w->rows, g->stream));
+}
+
+void cu_matmul(backend *be, float *out, const float *x, const weight *w, const float *bias, int T) {
+    cuda_backend *g = cuda__of(be);
+    if (T <= 0) return;
+    int pi = prof__begin(g, "matmul %dx%d %s", w->rows, w->cols, prof__tclass(T));
+    cu_matmul_(g, out, x, w, bias, T);
+    prof__end(g, pi);
+}
+
+void cu_rmsnorm(backend *be, float *out, const float *x, const float *gw, int T, int d, float eps) {
+    cuda_backend *g = cuda__of(be);
+    CUDA_TIMED(g, CHECK_K(kernels_rmsnorm_f32(out, x, gw, T, d, eps, g->stream)), "rmsnorm d=%d", d);
+}
+
+void cu_embed(backend *be, float *out, const weight *emb, const int32_t *ids, int T) {
+    cuda_backend *g = cuda__of(be);
+    CUDA_TIMED(g, CHECK_K(kernels_embed(out, emb->data, cuda__dtype(emb->dt), ids, T, emb->cols, g->stream)),
+               "embed");
+}
+
+void cu_rope(backend *be, float *x, const int32_t *pos, int T, int n_heads, int hd, const float *inv_freq) {
+    cuda_backend *g = cuda__of(be);
+    CUDA_TIMED(g, CHECK_K(kernels_rope_f32(x, pos, T, n_heads, hd, inv_freq, g->stream)), "rope");
+}
+
+void cu_kv_store(backend *be, void *kc, void *vc, const float *k, const float *v, const batch_desc *b, int kvw) {
+    cuda_backend *g = cuda__of(be);
+    CUDA_TIMED(g, CHECK_K(kernels_kv_store_bf16(kc, vc, k, v, b->slot, b->n_tokens, kvw, g->stream)), "kv_store");
+}
+
+void cu_attention(backend *be, float *out, const float *q, const void *kc, const void *vc, const batch_desc *b,
+                  int n_heads, int n_kv, int hd, int window) {
+    cuda_backend *g = cuda__of(be);
+    kernels_attention_args a = {
+        .out = out, .q = q, .kc = kc, .vc = vc, .pos = b->pos, .tok_seq = b->tok_seq, .seq_start = b->seq_start,
+        .block_tables = b->block_tables, .h_seq_start = b->h_seq_start, .n_tokens = b->n_tokens,
+        .n_seqs = b->n_seqs, .block_size = b->block_size, .max_blocks = b->max_blocks, .n_heads = n_heads,
+        .n_kv = n_kv, .hd = hd, .window = window, .max_ctx = b->max_ctx,
+        .no_tiled = g->attention_no_tiled,
+    };
+    size_t need = kernels_paged_attention_work_floats(&a);
+    if (need) {
+        size_t have = g->att_work_floats * sizeof(float);
+        cuda__grow(g, (void **)&g->att_work, &have, need * sizeof(float));
+        g->att_work_floats = have / sizeof(float);
+    }
+    a.work = g->att_work;
+    a.work_floats = g->att_work_floats;
+    CUDA_TIMED(g, CHECK_K(kernels_paged_attention_bf16(&a, g->stream)), "attention %s %s ctx<=%d",
+               b->max_q > 1 ? "mixed" : "decode", prof__tclass(b->n_tokens),
+               b->max_ctx <= 512 ? 512 : b->max_ctx <= 1024 ? 1024 : b->max_ctx <= 2048 ? 2048 : 1 << 30);
+}
+
+void cu_swiglu(backend *be, float *gate, const float *up, size_t n) {
+    cuda_backend *g = cuda__of(be);
+    CUDA_TIMED(g, CHECK_K(kernels_swiglu_f32(gate, up, n, g->stream)), "swiglu");
+}
+
+void cu_add(backend *be, float *x, const float *y, size_t n) {
+    cuda_backend *g = cuda__of(be);
+    CUDA_TIMED(g, CHECK_K(kernels_add_f32(x, y, n, g->stream)), "add");
+}
+
+void cu_gather_f32(backend *be, float *out, const float *x, const int32_t *idx, int n, int d) {
+    cuda_backend *g = cuda__of(be);
+    CUDA_TIMED(g, CHECK_K(kernels_gather_f32(out, x, idx, n, d, g->stream)), "gather_f32");
+}
+
+void cu_argmax(backend *be, int32_t *next, const float *logits, int T, int vocab) {
+    cuda_backend *g = cuda__of(be);
+    CUDA_TIMED(g, CHECK_K(kernels_argmax_f32(next, logits, T, vocab, g->stream)), "argmax");
+}
+
+void cu_gather_rows(backend *be, float *out, const weight *table, const int64_t *rows, int T, int H) {
+    cuda_backend *g = cuda__of(be);
+    if (!table->data) cuda__fail(__func__, "the table is not on the device (served by a host store)");
+    CUDA_TIMED(g,
+               CHECK_K(kernels_gather_rows(out, table->data, cuda__dtype(table->dt), (const long long *)rows, T, H,
+                                           table->cols, g->stream)),
+               "gather_rows");
+}
+
+void cu_engram_gate(backend *be, float *gate, const float *nk, const float *nq, int T, int d) {
+    cuda_backend *g = cuda__of(be);
+    CUDA_TIMED(g, CHECK_K(kernels_engram_gate_f32(gate, nk, nq, T, d, g->stream)), "engram_gate");
+}
+
+void cu_scale_rows(backend *be, float *out, size_t ostride, const float *x, size_t xstride, const float *s, int T,
+                   int d) {
+    cuda_backend *g = cuda__of(be);
+    CUDA_TIMED(g, CHECK_K(kernels_scale_rows_f32(out, ostride, x, xstride, s, T, d, g->stream)), "scale_rows");
+}
+
+void cu_short_conv(backend *be, float *out, const float *in, const float *w, const batch_desc *b, size_t hist_off,
+                   int C, int K, int dil) {
+    cuda_backend *g = cuda__of(be);
+    CUDA_TIMED(g,
+               CHECK_K(kernels_short_conv_batch_f32(out, in, w, b->seq_start, b->tok_seq, b->seq_hist, hist_off,
+                                                    b->n_seqs, b->n_tokens, C, K, dil, g->stream)),
+               "short_conv");
+}
+
+/* ---- fused ops (backend.h, "fused") ---- */
+
+/* Whether a decode product of w takes the matrix-vector kernels. */
+static int cuda__gemv(const float *x, const weight *w, int T) {
+    return T <= GEMV_MAX_TOKENS && (w->dt == DTYPE_BF16 || w->dt == DTYPE_F32) &&
+           kernels_gemv_supported(x, w->data, T, w->cols);
+}
+
+void cu_matmul_qkv(backend *be, float *q, float *k, float *v, const float *x, const weight *wq, const weight *wk,
+                   const weight *wv, const float *bq, const float *bk, const float *bv, int T) {
+    cuda_backend *g = cuda__of(be);
+    if (T <= 0) return;
+    int pi = prof__begin(g, "matmul qkv %dx%d %s", wq->rows + wk->rows + wv->rows, wq->cols, prof__tclass(T));
+    if (cuda__gemv(x, wq, T) && cuda__gemv(x, wk, T) && cuda__gemv(x, wv, T) && wk->dt == wq->dt &&
+        wv->dt == wq->dt && wk->cols == wq->cols && wv->cols == wq->cols) {
+        CHECK_K(kernels_gemv3(q, k, v, x, wq->data, wk->data, wv->data, bq, bk, bv, wq->rows, wk->rows, wv->rows, T,
+                              wq->cols, wq->dt == DTYPE_F32, g->stream));
+    } else {
+        cu_matmul_(g, q, x, wq, bq, T);
+        cu_matmul_(g, k, x, wk, bk, T);
+        cu_matmul_(g, v, x, wv, bv, T);
+    }
+    prof__end(g, pi);
+}
+
+void cu_matmul_add(backend *be, float *x, const float *a, const weight *w, const float *bias, int T) {
+    cuda_backend *g = cuda__of(be);
+    if (T <= 0) return;
+    int pi = prof__begin(g, "matmul+add %dx%d %s", w->rows, w->cols, prof__tclass(T));
+    if (cuda__gemv(a, w, T)) {
+        CHECK_K(kernels_gemv_add(x, a, w->data, bias, T, w->rows, w->cols, w->dt == DTYPE_F32, g->stream));
+    } else if (w->dt == DTYPE_BF16 && !bias) { /* cuBLAS adds into x itself (beta = 1) */
+        size_t n = (size_t)T * w->cols;
+        cuda__grow(g, &g->xb, &g->xb_bytes, n * 2);
+        CHECK_K(kernels_to_bf16(g->xb, a, KERNELS_F32, n, g->stream));
+        const float one = 1.0f;
+        cublasStatus_t st = cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, w->rows, T, w->cols, &one, w->data,
+                                         CUDA_R_16BF, w->cols, g->xb, CUDA_R_16BF, w->cols, &one, x, CUDA_R_32F,
+                                         w->rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        if (st != CUBLAS_STATUS_SUCCESS) cuda__fail(__func__, cublasGetStatusString(st));
+    } else { /* f32 weights or a bias: the product, then the sum, as the ops do */
+        size_t n = (size_t)T * w->rows * sizeof(float);
+        cuda__grow(g, &g->add_tmp, &g->add_tmp_bytes, n);
+        cu_matmul_(g, g->add_tmp, a, w, bias, T);
+        CHECK_K(kernels_add_f32(x, g->add_tmp, (size_t)T * w->rows, g->stream));
+    }
+    prof__end(g, pi);
+}
+
+void cu_matmul_glu(backend *be, float *gate, float *up, const float *x, const weight *wg, const weight *wu,
+                   const float *bg, const float *bu, int T) {
+    cuda_backend *g = cuda__of(be);
+    if (T <= 0) return;
+    int pi = prof__begin(g, "matmul glu %dx%d %s", wg->rows, wg->cols, prof__tclass(T));
+    if (cuda__gemv(x, wg, T) && cuda__gemv(x, wu, T) && wg->dt == wu->dt && wg->rows == wu->rows &&
+        wg->cols == wu->cols) {
+        CHECK_K(kernels_gemv_glu(gate, x, wg->data, wu->data, bg, bu, T, wg->rows, wg->cols, wg->dt == DTYPE_F32,
+                                 g->stream));
+    } else {
+        cu_matmul_(g, gate, x, wg, bg, T);
+        cu_matmul_(g, up, x, wu, bu, T);
+        CHECK_K(kernels_swiglu_f32(gate, up, (size_t)T * wg->rows, g->stream));
+    }
+    prof__end(g, pi);
+}
+
+void cu_qk_rope_store(backend *be, float *q, const float *k, const float *v, void *kc, void *vc, const batch_desc *b,
+                      int n_heads, int n_kv, int hd, const float *qn, const float *kn, float eps,
+                      const float *inv_freq) {
+    cuda_backend *g = cuda__of(be);
+    CUDA_TIMED(g,
+               CHECK_K(kernels_qk_rope_store_bf16(q, k, v, kc, vc, b->pos, b->slot, b->n_tokens, n_heads, n_kv, hd,
+                                                  qn, kn, eps, inv_freq, g->stream)),
+               "qk_rope_store");
+}
+
+/* ---- sampling ---- */
+
+_Static_assert(KERNELS_SAMPLE_DESC_WORDS == SAMPLER_DESC_WORDS, "kernels.h and sampler.h disagree");
+_Static_assert(KERNELS_SAMPLE_MAX_CANDIDATES == SAMPLER_MAX_CANDIDATES, "kernels.h and sampler.h disagree");
+_Static_assert(KERNELS_SAMPLE_NAN == SAMPLER_RESULT_NAN, "kernels.h and sampler.h disagree");
+
+void cu_sample(backend *be, void *out, float *logits, const int32_t *desc, int n, int vocab, int stride, int n_cand) {
+    cuda_backend *g = cuda__of(be);
+    CHECK_K(kernels_sample_f32(out, logits, desc, n, vocab, stride, n_cand, g->stream));
+}
+
+
+/* Set by tests (exported from the plugin): every token of handle be through
+ * the per-token attention kernel when on. */
+__attribute__((visibility("default"))) void backend_cuda_set_attention_no_tiled(backend *be, int on);
+void backend_cuda_set_attention_no_tiled(backend *be, int on) { cuda__of(be)->attention_no_tiled = on; }
+
+void cuda__ops_free(cuda_backend *g) {
+    if (g->xb) cudaFree(g->xb);
+    if (g->add_tmp) cudaFree(g->add_tmp);
+    if (g->att_work) cudaFree(g->att_work);
+    g->xb = g->add_tmp = NULL;
+    g->att_work = NULL;
+    g->xb_bytes = g->add_tmp_bytes = g->att_work_floats = 0;
+}

@@ -1,0 +1,235 @@
+/* The device view of a model on the CUDA backend (prepare and release):
+ * every weight uploaded once, f16 matrices as bf16, bf16 and f32 ones in
+ * their dtype (an f32 checkpoint computes in f32), embeddings and Engram
+ * tables in their own dtype; a copy of the model struct points at them. */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "engine/backend/cuda/cuda_internal.h"
+
+typedef struct {
+    model m; /* handed out as the view; first member */
+    layer_weights *layers;
+    model_engram eng;
+    engram_weights *elayers;
+    void **dev; /* every device buffer of the view */
+    int n_dev, cap_dev;
+    struct {
+        const void *host;
+        int converted;
+        void *dev;
+    } *seen; /* uploads done, so a tensor used twice (tied embeddings) is uploaded once */
+    int n_seen, cap_seen;
+    size_t bytes;
+} cuda_view;
+
+static int view__keep(cuda_view *v, void *d) {
+    if (v->n_dev == v->cap_dev) {
+        int cap = v->cap_dev ? 2 * v->cap_dev : 256;
+        void **p = realloc(v->dev, (size_t)cap * sizeof(*p));
+        if (!p) return -1;
+        v->dev = p;
+        v->cap_dev = cap;
+    }
+    v->dev[v->n_dev++] = d;
+    return 0;
+}
+
+static void *view__find(const cuda_view *v, const void *host, int converted) {
+    for (int i = v->n_seen; i-- > 0;)
+        if (v->seen[i].host == host && v->seen[i].converted == converted) return v->seen[i].dev;
+    return NULL;
+}
+
+static int view__remember(cuda_view *v, const void *host, int converted, void *d) {
+    if (v->n_seen == v->cap_seen) {
+        int cap = v->cap_seen ? 2 * v->cap_seen : 256;
+        void *p = realloc(v->seen, (size_t)cap * sizeof(*v->seen));
+        if (!p) return -1;
+        v->seen = p;
+        v->cap_seen = cap;
+    }
+    v->seen[v->n_seen].host = host;
+    v->seen[v->n_seen].converted = converted;
+    v->seen[v->n_seen].dev = d;
+    v->n_seen++;
+    return 0;
+}
+
+static void view__oom(char *err, size_t errlen, const char *what, size_t bytes, size_t so_far) {
+    size_t fr = 0, total = 0;
+    cudaGetLastError();
+    cudaMemGetInfo(&fr, &total);
+    snprintf(err, errlen,
+             "out of GPU memory uploading %s (%zu bytes) after %zu bytes of weights; %zu of %zu bytes free", what,
+             bytes, so_far, fr, total);
+}
+
+/* Device copy of n elements of dtype t at host, as bf16 when to_bf16 (the
+ * conversion runs on the GPU), else unchanged. *out NULL for a NULL host. */
+static int view__upload(cuda_view *v, const void *host, dtype t, size_t n, int to_bf16, void **out,
+                        const char *what, char *err, size_t errlen) {
+    *out = NULL;
+    if (!host) return 0;
+    int conv = to_bf16 && t != DTYPE_BF16;
+    void *d = view__find(v, host, conv);
+    if (d) {
+        *out = d;
+        return 0;
+    }
+    if (t != DTYPE_F32 && t != DTYPE_BF16 && t != DTYPE_F16) {
+        snprintf(err, errlen, "%s: dtype %s is not supported on CUDA", what, dtype_name(t));
+        return -1;
+    }
+    size_t src_bytes = n * dtype_size(t), dst_bytes = conv ? n * 2 : src_bytes;
+    if (cudaMalloc(&d, dst_bytes ? dst_bytes : 1) != cudaSuccess) {
+        view__oom(err, errlen, what, dst_bytes, v->bytes);
+        return -1;
+    }
+    if (view__keep(v, d)) {
+        cudaFree(d);
+        snprintf(err, errlen, "out of host memory");
+        return -1;
+    }
+    if (view__remember(v, host, conv, d)) { /* d is freed with the view */
+        snprintf(err, errlen, "out of host memory");
+        return -1;
+    }
+    v->bytes += dst_bytes;
+    cudaError_t e;
+    if (!conv) {
+        e = cudaMemcpy(d, host, src_bytes, cudaMemcpyHostToDevice);
+    } else {
+        void *tmp = NULL;
+        if (cudaMalloc(&tmp, src_bytes ? src_bytes : 1) != cudaSuccess) {
+            view__oom(err, errlen, what, src_bytes, v->bytes);
+            return -1;
+        }
+        e = cudaMemcpy(tmp, host, src_bytes, cudaMemcpyHostToDevice);
+        if (e == cudaSuccess && kernels_to_bf16(d, tmp, cuda__dtype(t), n, NULL)) e = cudaGetLastError();
+        if (e == cudaSuccess) e = cudaDeviceSynchronize();
+        cudaFree(tmp);
+    }
+    if (e != cudaSuccess) {
+        snprintf(err, errlen, "uploading %s: %s", what, cudaGetErrorString(e));
+        return -1;
+    }
+    *out = d;
+    return 0;
+}
+
+/* A matrix for matmul (bf16 or f32 on the device: f16 becomes bf16) or, with
+ * keep_dtype, for row gathers (its own dtype). */
+static int view__weight(cuda_view *v, const weight *w, weight *out, int keep_dtype, const char *what, char *err,
+                        size_t errlen) {
+    *out = *w;
+    void *d;
+    int conv = !keep_dtype && w->dt == DTYPE_F16;
+    if (view__upload(v, w->data, w->dt, (size_t)w->rows * w->cols, conv, &d, what, err, errlen)) return -1;
+    out->data = d;
+    if (conv && w->data) out->dt = DTYPE_BF16;
+    return 0;
+}
+
+static int view__vec(cuda_view *v, const float *p, size_t n, const float **out, const char *what, char *err,
+                     size_t errlen) {
+    void *d;
+    if (view__upload(v, p, DTYPE_F32, n, 0, &d, what, err, errlen)) return -1;
+    *out = d;
+    return 0;
+}
+
+void cu_release(backend *be, model *view, model *m) {
+    cuda_backend *g = cuda__of(be);
+    (void)m;
+    if (!view) return;
+    cuda_view *v = (cuda_view *)view;
+    graphs__clear(g);
+    cudaDeviceSynchronize();
+    for (int i = 0; i < v->n_dev; i++) cudaFree(v->dev[i]);
+    free(v->dev);
+    free(v->seen);
+    free(v->layers);
+    free(v->elayers);
+    free(v);
+}
+
+static int view__engram(cuda_view *v, const model *m, char *err, size_t errlen) {
+    const model_engram *e = m->engram;
+    size_t d = (size_t)m->cfg.hidden_size;
+    char what[96];
+    v->eng = *e;
+    v->elayers = calloc((size_t)e->n_layers, sizeof(*v->elayers));
+    if (!v->elayers) return snprintf(err, errlen, "out of host memory"), -1;
+    v->eng.layers = v->elayers;
+    for (int i = 0; i < e->n_layers; i++) {
+        const engram_weights *w = &e->layers[i];
+        engram_weights *o = &v->elayers[i];
+        *o = *w;
+        int G = e->hc_mult;
+#define EW(field, keep)                                                                                     \
+    (snprintf(what, sizeof(what), "engram layer %d " #field, w->layer_id),                                   \
+     view__weight(v, &w->field, &o->field, keep, what, err, errlen))
+#define EV(field, n)                                                                                        \
+    (snprintf(what, sizeof(what), "engram layer %d " #field, w->layer_id),                                   \
+     view__vec(v, w->field, n, &o->field, what, err, errlen))
+        if (w->store) { /* rows come from the host store, never from a device table */
+            o->table.data = NULL;
+        } else if (EW(table, 1)) {
+            return -1;
+        }
+        if (EW(w_value, 0) || EV(b_value, d) || EV(conv_w, (size_t)G * d * e->kernel_size)) return -1;
+        for (int gi = 0; gi < G; gi++)
+            if (EW(w_key[gi], 0) || EV(b_key[gi], d) || EV(norm1[gi], d) || EV(norm2[gi], d) ||
+                EV(conv_norm[gi], d))
+                return -1;
+#undef EW
+#undef EV
+    }
+    v->m.engram = &v->eng;
+    return 0;
+}
+
+model *cu_prepare(backend *be, model *m, char *err, size_t errlen) {
+    const model_config *c = &m->cfg;
+    cuda_view *v = calloc(1, sizeof(*v));
+    if (!v) return snprintf(err, errlen, "out of host memory"), NULL;
+    v->m = *m;
+    v->m.files = NULL;
+    v->m.n_files = 0;
+    v->m.owned = NULL;
+    v->m.n_owned = v->m.cap_owned = 0;
+    v->m.engram = NULL;
+    size_t d = (size_t)c->hidden_size, hd = (size_t)c->head_dim, ff = (size_t)c->intermediate_size;
+    size_t qw = (size_t)c->n_heads * hd, kvw = (size_t)c->n_kv_heads * hd;
+    v->layers = calloc((size_t)c->n_layers, sizeof(*v->layers));
+    if (!v->layers) {
+        snprintf(err, errlen, "out of host memory");
+        goto fail;
+    }
+    v->m.layers = v->layers;
+    if (view__weight(v, &m->embed, &v->m.embed, 1, "embed_tokens", err, errlen) ||
+        view__weight(v, &m->lm_head, &v->m.lm_head, 0, "lm_head", err, errlen) ||
+        view__vec(v, m->final_norm, d, &v->m.final_norm, "norm", err, errlen))
+        goto fail;
+    if (m->engram && view__engram(v, m, err, errlen)) goto fail;
+    for (int l = 0; l < c->n_layers; l++) {
+        const layer_weights *L = &m->layers[l];
+        layer_weights *o = &v->layers[l];
+        char what[64];
+        *o = *L;
+#define LW(field) (snprintf(what, sizeof(what), "layer %d " #field, l), view__weight(v, &L->field, &o->field, 0, what, err, errlen))
+#define LV(field, n) (snprintf(what, sizeof(what), "layer %d " #field, l), view__vec(v, L->field, n, &o->field, what, err, errlen))
+        if (LW(wq) || LW(wk) || LW(wv) || LW(wo) || LW(w_gate) || LW(w_up) || LW(w_down) ||
+            LV(attn_norm, d) || LV(ffn_norm, d) || LV(bq, qw) || LV(bk, kvw) || LV(bv, kvw) || LV(bo, d) ||
+            LV(q_norm, hd) || LV(k_norm, hd) || LV(b_gate, ff) || LV(b_up, ff) || LV(b_down, d))
+            goto fail;
+#undef LW
+#undef LV
+        if (L->engram) o->engram = &v->elayers[L->engram - m->engram->layers];
+    }
+    return &v->m;
+fail:
+    cu_release(be, &v->m, m);
+    return NULL;
+}
