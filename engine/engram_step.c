@@ -217,7 +217,8 @@ int engram_step_prefetch_ahead(engram_step *es, const int32_t *ids, int lead, in
 
 void engram_step_fetch_start(engram_step *es, int T) {
     for (int li = 0; li < es->n_engram; li++) /* the host stores' rows, gathered beside what follows */
-        if (es->fetch[li]) engram_fetch_start(es->fetch[li], es->h_rows + (size_t)li * T * es->n_heads, T * es->n_heads);
+        if (es->fetch[li])
+            engram_fetch_start(es->fetch[li], es->h_rows + (size_t)li * T * es->n_heads, T * es->n_heads);
 }
 
 /* After a failed Engram layer: the other layers' fetches were started; end
