@@ -14,9 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/engram_fetch.h"
-#include "engine/engram_module.h"
-#include "base/util.h"
+#include "engine/engram_step.h"
 
 const char *forward_status_str(int status) {
     switch (status) {
@@ -34,36 +32,21 @@ const char *forward_status_str(int status) {
 struct forward_ctx {
     model *m;                /* the model (host) */
     model *bm;               /* the backend's view of it (weights in backend memory) */
-    backend *be;             /* borrowed */
+    backend *be;
     int max_tokens, max_seqs, max_blocks;
-    int n_engram, n_heads_e; /* Engram layers, rows per token and layer */
     float *inv_freq;         /* (hd/2) rope frequencies after scaling */
     /* step scratch, backend memory, for T = max_tokens tokens and S = max_seqs sequences */
     float *x, *h;            /* (T, d) residual stream, normed input */
     float *q, *k, *v, *att;  /* (T, n_heads*hd) (T, kvw) (T, kvw) (T, n_heads*hd) */
     float *gate, *up;        /* (T, ff) */
     float *tmp;              /* (T, max(d, n_heads*hd)) projection outputs */
-    float *eout;             /* (T, d) Engram module output */
-    float *egates;           /* (T, hc_mult) one layer's gates */
     float *lastx, *logits;   /* (S, d), (S, vocab) */
     int32_t *ids, *last, *next;
-    int64_t *rows;           /* (n_engram, T, H) */
     int32_t *desc_i32;       /* pos, slot, tok_seq (T each); seq_start (S+1), seq_pos0 (S), block tables (S, max_blocks) */
-    float **seq_hist;        /* (S) */
-    engram_scratch es;
-    engram_fetch *fetch[ENGRAM_MAX_LAYERS]; /* layers whose table is a host store, else NULL */
-    bool rows_on_backend;    /* some layer gathers from a table in backend memory: upload rows */
-    bool ahead[ENGRAM_MAX_LAYERS]; /* the layer's store reads NVMe behind a row cache (prefetch thread) */
-    bool any_ahead;
+    engram_step *eng;        /* the step's Engram work (engram_step.c); NULL without Engram */
     /* host mirrors */
     int32_t *h_i32;          /* like desc_i32 */
     int32_t *h_last;         /* (S) */
-    int64_t *h_rows, *h_cids, *h_ids64; /* (n_engram, T, H), (T), (T) */
-    float **h_seq_hist;      /* (S) */
-    float *h_gates;          /* (T, hc_mult) */
-    float *zero_hist;        /* host zeros of one sequence's conv histories */
-    size_t hist_floats;      /* one sequence's conv histories: n_engram x ((K-1)*dil, G*d) */
-    double engram_seconds;   /* wall time in hashing, gathers and modules */
 };
 
 struct forward_state {
@@ -72,8 +55,7 @@ struct forward_state {
     kv_cache *kv;            /* the paged cache holding this sequence's K/V rows */
     kv_cache *own_kv;        /* kv when the state made it itself, else NULL */
     kv_seq seq;              /* block table of positions 0..pos-1 */
-    ngram_hash_history hist; /* last max_ngram_size-1 compressed ids */
-    float *conv_hist;        /* backend memory: n_engram x ((K-1)*dil, G*d) normed conv inputs */
+    engram_step_seq eng;     /* hash history and conv history, with Engram */
 };
 
 /* Rope inverse frequencies as transformers computes them (f32), with linear
@@ -125,52 +107,15 @@ static int ctx_alloc_desc(forward_ctx *fc, int max_blocks) {
     return 0;
 }
 
-/* A fetcher per Engram layer whose table is a host store; the hot-row cache
- * (--engram-hbm-cache, one size for the model) is shared out in proportion
- * to the tables' bytes. Returns 0, or -1 with a message in err. */
-static int create_fetchers(forward_ctx *fc, char *err, size_t errlen) {
-    const model_engram *e = fc->m->engram;
-    uint64_t bytes[ENGRAM_MAX_LAYERS] = {0}, total = 0, cache = 0;
-    for (int li = 0; li < e->n_layers; li++) {
-        engram_store *st = e->layers[li].store;
-        if (!st) {
-            fc->rows_on_backend = true;
-            continue;
-        }
-        engram_store_info in = engram_store_get_info(st);
-        bytes[li] = in.header.rows * in.header.row_bytes;
-        fc->ahead[li] = in.tier == ENGRAM_STORE_NVME && in.cache_bytes > 0;
-        fc->any_ahead |= fc->ahead[li];
-        total += bytes[li];
-        cache = in.hbm_cache; /* the same in every layer's params */
-    }
-    for (int li = 0, ch = 0; li < e->n_layers; li++) {
-        engram_store *st = e->layers[li].store;
-        if (!st) continue;
-        uint64_t share = total ? (uint64_t)((unsigned __int128)cache * bytes[li] / total) : 0;
-        fc->fetch[li] = engram_fetch_create(fc->be, st, ch++, fc->max_tokens * e->n_heads, share, err, errlen);
-        if (!fc->fetch[li]) return -1;
-    }
-    return 0;
-}
-
 void forward_ctx_destroy(forward_ctx *fc) {
     if (!fc) return;
     backend *be = fc->be;
     void *dev[] = {fc->inv_freq, fc->x, fc->h, fc->q, fc->k, fc->v, fc->att, fc->gate, fc->up, fc->tmp,
-                   fc->eout, fc->egates, fc->lastx, fc->logits, fc->ids, fc->last, fc->next, fc->rows,
-                   fc->desc_i32, fc->seq_hist};
+                   fc->lastx, fc->logits, fc->ids, fc->last, fc->next, fc->desc_i32};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++) backend_free(be, dev[i]);
-    if (fc->n_engram) engram_scratch_free(&fc->es, be);
-    for (int li = 0; li < ENGRAM_MAX_LAYERS; li++) engram_fetch_destroy(fc->fetch[li]);
+    engram_step_destroy(fc->eng);
     free(fc->h_i32);
     free(fc->h_last);
-    free(fc->h_rows);
-    free(fc->h_cids);
-    free(fc->h_ids64);
-    free(fc->h_seq_hist);
-    free(fc->h_gates);
-    free(fc->zero_hist);
     if (fc->bm) backend_release(be, fc->bm, fc->m);
     free(fc);
 }
@@ -198,8 +143,6 @@ int forward_ctx_create(model *m, backend *be, int max_tokens, int max_seqs, forw
     size_t T = (size_t)max_tokens, S = (size_t)max_seqs, F = sizeof(float), d = (size_t)c->hidden_size;
     size_t qw = (size_t)c->n_heads * c->head_dim, kvw = (size_t)c->n_kv_heads * c->head_dim;
     size_t ff = (size_t)c->intermediate_size;
-    const model_engram *e = m->engram;
-    size_t G = e ? (size_t)e->hc_mult : 1;
     fc->inv_freq = backend_alloc(be, (size_t)c->head_dim / 2 * F);
     fc->x = backend_alloc(be, T * d * F); /* one residual stream: model_load refuses hc_mult > 1 */
     fc->h = backend_alloc(be, T * d * F);
@@ -218,29 +161,10 @@ int forward_ctx_create(model *m, backend *be, int max_tokens, int max_seqs, forw
     fc->h_last = malloc(S * sizeof(int32_t));
     int ok = fc->inv_freq && fc->x && fc->h && fc->q && fc->k && fc->v && fc->att && fc->gate && fc->up &&
              fc->tmp && fc->lastx && fc->logits && fc->ids && fc->last && fc->next && fc->h_last;
-    if (ok && e) {
-        fc->n_engram = e->n_layers;
-        fc->n_heads_e = e->n_heads;
-        size_t nr = (size_t)e->n_layers * T * e->n_heads;
-        fc->hist_floats = (size_t)e->n_layers * engram_conv_history_floats(e, c->hidden_size);
-        fc->rows = backend_alloc(be, nr * sizeof(int64_t));
-        fc->eout = backend_alloc(be, T * G * d * F);
-        fc->egates = backend_alloc(be, T * G * F);
-        fc->seq_hist = backend_alloc(be, S * sizeof(float *));
-        fc->h_rows = malloc(nr * sizeof(int64_t));
-        fc->h_cids = malloc(T * sizeof(int64_t));
-        fc->h_ids64 = malloc(T * sizeof(int64_t));
-        fc->h_seq_hist = calloc(S, sizeof(float *));
-        fc->h_gates = malloc(T * G * F);
-        fc->zero_hist = calloc(fc->hist_floats ? fc->hist_floats : 1, F);
-        ok = fc->rows && fc->eout && fc->egates && fc->seq_hist && fc->h_rows && fc->h_cids && fc->h_ids64 &&
-             fc->h_seq_hist && fc->h_gates && fc->zero_hist &&
-             engram_scratch_init(&fc->es, be, e, c->hidden_size, max_tokens) == 0;
-        if (!ok) fc->n_engram = fc->n_engram && fc->es.e ? fc->n_engram : 0;
-        if (ok && create_fetchers(fc, err, errlen)) {
-            forward_ctx_destroy(fc);
-            return FORWARD_ERR_NOMEM;
-        }
+    if (ok && m->engram &&
+        engram_step_create(m, fc->bm, be, max_tokens, max_seqs, &fc->eng, err, errlen) != FORWARD_OK) {
+        forward_ctx_destroy(fc);
+        return FORWARD_ERR_NOMEM;
     }
     /* block tables for 16-token blocks; forward_kv_cache_create widens them for smaller ones */
     if (ok) ok = ctx_alloc_desc(fc, (c->max_position_embeddings + 15) / 16 + 1) == 0;
@@ -303,7 +227,7 @@ int forward_state_create(forward_ctx *fc, kv_cache *kv, int max_tokens, forward_
         return FORWARD_ERR_NOMEM;
     }
     if (!kv) s->kv = s->own_kv;
-    if (fc->n_engram && !(s->conv_hist = backend_alloc(fc->be, fc->hist_floats * sizeof(float)))) {
+    if (fc->eng && engram_step_seq_init(fc->eng, &s->eng)) {
         forward_state_destroy(s);
         return FORWARD_ERR_NOMEM;
     }
@@ -316,28 +240,24 @@ void forward_state_destroy(forward_state *s) {
     if (!s) return;
     kv_cache_seq_destroy(s->kv, &s->seq);
     kv_cache_destroy(s->own_kv);
-    backend_free(s->fc->be, s->conv_hist);
+    engram_step_seq_free(s->fc->eng, &s->eng);
     free(s);
 }
 
 int forward_state_pos(const forward_state *s) { return s->pos; }
-double forward_ctx_engram_seconds(const forward_ctx *fc) { return fc->engram_seconds; }
+double forward_ctx_engram_seconds(const forward_ctx *fc) { return fc->eng ? engram_step_seconds(fc->eng) : 0.0; }
 
 int forward_ctx_fetch_stats(forward_ctx *fc, int li, engram_fetch_stats *out) {
+    if (fc->eng) return engram_step_fetch_stats(fc->eng, li, out);
     memset(out, 0, sizeof(*out));
-    if (li < 0 || li >= fc->n_engram || !fc->fetch[li]) return -1;
-    engram_fetch_get_stats(fc->fetch[li], out);
-    return 0;
+    return -1;
 }
 
 void forward_state_reset(forward_state *s) {
     forward_ctx *fc = s->fc;
     s->pos = 0;
     kv_cache_seq_free(s->kv, &s->seq);
-    const model_engram *e = fc->m->engram;
-    if (!e) return;
-    ngram_hash_history_init(e->hash, &s->hist);
-    if (s->conv_hist) backend_upload(fc->be, s->conv_hist, fc->zero_hist, fc->hist_floats * sizeof(float));
+    if (fc->eng) engram_step_seq_reset(fc->eng, &s->eng);
 }
 
 int forward_state_reserve(forward_state *s, int n) {
@@ -414,61 +334,20 @@ static int plan_step(forward_ctx *fc, const forward_item *it, int n_items, batch
     *b = (batch_desc){.n_seqs = S, .n_tokens = T, .block_size = bs, .max_blocks = mb, .max_q = max_q,
                       .max_ctx = max_ctx, .pos = d, .slot = d + (slot - pos), .tok_seq = d + (tok_seq - pos),
                       .seq_start = d + (seq_start - pos), .seq_pos0 = d + (seq_pos0 - pos),
-                      .block_tables = d + (tables - pos), .seq_hist = fc->seq_hist, .h_seq_start = seq_start,
+                      .block_tables = d + (tables - pos), .seq_hist = NULL, .h_seq_start = seq_start,
                       .h_seq_pos0 = seq_pos0};
 
-    if (e) { /* hashing: every Engram row of the step is known from here on */
-        int H = e->n_heads;
-        for (int i = 0; i < S; i++) {
-            forward_state *s = it[i].st;
-            double t0 = util_now();
-            int a = seq_start[i], n = it[i].n;
-            for (int k = 0; k < n; k++) fc->h_ids64[k] = it[i].ids[k];
-            ngram_hash_compress_ids(e->lookup, e->lookup_n, fc->h_ids64, (size_t)n, fc->h_cids);
-            for (int li = 0; li < e->n_layers; li++)
-                ngram_hash_layer_rows(e->hash, li, &s->hist, fc->h_cids, (size_t)n,
-                                      fc->h_rows + ((size_t)li * T + a) * H);
-            ngram_hash_history_push(e->hash, &s->hist, fc->h_cids, (size_t)n);
-            fc->h_seq_hist[i] = s->conv_hist;
-            fc->engram_seconds += util_now() - t0;
-        }
-        if (fc->rows_on_backend) backend_upload(be, fc->rows, fc->h_rows, (size_t)e->n_layers * T * H * sizeof(int64_t));
-        backend_upload(be, fc->seq_hist, fc->h_seq_hist, (size_t)S * sizeof(float *));
+    if (fc->eng) { /* hashing: every Engram row of the step is known from here on */
+        for (int i = 0; i < S; i++) engram_step_hash(fc->eng, i, &it[i].st->eng, it[i].ids, it[i].n, seq_start[i], T);
+        engram_step_upload(fc->eng, b);
     }
     return FORWARD_OK;
 }
 
-bool forward_ctx_prefetches_ahead(const forward_ctx *fc) { return fc->any_ahead; }
-
-_Static_assert(FORWARD_AHEAD_LEAD == NGRAM_HASH_MAX_NGRAM - 1, "the hash history's length");
+bool forward_ctx_prefetches_ahead(const forward_ctx *fc) { return fc->eng && engram_step_prefetches_ahead(fc->eng); }
 
 int forward_prefetch_ahead(forward_ctx *fc, const int32_t *ids, int lead, int n_ahead) {
-    const model_engram *e = fc->m->engram;
-    if (!fc->any_ahead || lead < 0 || lead > FORWARD_AHEAD_LEAD || n_ahead <= 0) return 0;
-    /* the step's host scratch: free between steps (the fetchers borrow h_rows only until their finish) */
-    int H = e->n_heads, T = fc->max_tokens;
-    int64_t *ids64 = fc->h_ids64, *cids = fc->h_cids, *rows = fc->h_rows;
-    /* the history at the first position: it keeps the last max_ngram_size-1
-     * ids, so the `lead` tokens before it give the same state as the whole prefix */
-    ngram_hash_history hist;
-    ngram_hash_history_init(e->hash, &hist);
-    int64_t lead64[FORWARD_AHEAD_LEAD], lead_c[FORWARD_AHEAD_LEAD];
-    for (int k = 0; k < lead; k++) lead64[k] = ids[k];
-    ngram_hash_compress_ids(e->lookup, e->lookup_n, lead64, (size_t)lead, lead_c);
-    ngram_hash_history_push(e->hash, &hist, lead_c, (size_t)lead);
-    for (int a = lead; a < lead + n_ahead; a += T) {
-        int n = lead + n_ahead - a < T ? lead + n_ahead - a : T;
-        for (int k = 0; k < n; k++) ids64[k] = ids[a + k];
-        ngram_hash_compress_ids(e->lookup, e->lookup_n, ids64, (size_t)n, cids);
-        for (int li = 0; li < e->n_layers; li++) {
-            if (!fc->ahead[li]) continue;
-            ngram_hash_layer_rows(e->hash, li, &hist, cids, (size_t)n, rows);
-            int m = fc->fetch[li] ? engram_fetch_drop_cached(fc->fetch[li], rows, n * H) : n * H;
-            engram_store_prefetch(e->layers[li].store, rows, (size_t)m);
-        }
-        ngram_hash_history_push(e->hash, &hist, cids, (size_t)n);
-    }
-    return n_ahead;
+    return fc->eng ? engram_step_prefetch_ahead(fc->eng, ids, lead, n_ahead) : 0;
 }
 
 /* x += a @ w^T (+ bias): the residual stream takes a product, fused where
@@ -483,18 +362,91 @@ static void add_product(forward_ctx *fc, const float *a, const weight *w, const 
     }
 }
 
-/* After a failed Engram layer: the other layers' fetches were started; end
- * them so the next step starts clean (a failed one issues nothing; the
- * others issue their copies, which keeps their hot-row caches whole). */
-static int finish_fetches(forward_ctx *fc, int rc) {
-    for (int li = 0; li < fc->n_engram; li++)
-        if (fc->fetch[li]) engram_fetch_finish(fc->fetch[li], fc->es.e);
-    return rc;
+/* Uploads the step's ids and the indices of the last tokens of the items
+ * that want logits (nl of them, returned); *any_argmax: some want the argmax. */
+static int upload_inputs(forward_ctx *fc, const forward_item *it, int S, const batch_desc *b, bool *any_argmax) {
+    backend *be = fc->be;
+    int32_t *ids = fc->h_i32; /* the descriptor is uploaded: reuse its host copy for the ids */
+    for (int i = 0, t = 0; i < S; i++)
+        for (int k = 0; k < it[i].n; k++) ids[t++] = it[i].ids[k];
+    backend_upload(be, fc->ids, ids, (size_t)b->n_tokens * sizeof(int32_t));
+    /* logits at the last token of the sequences that want them */
+    int nl = 0;
+    *any_argmax = false;
+    for (int i = 0; i < S; i++) {
+        if (it[i].logits || it[i].argmax || it[i].logits_row) fc->h_last[nl++] = b->h_seq_start[i + 1] - 1;
+        *any_argmax |= it[i].argmax != NULL;
+    }
+    if (nl) backend_upload(be, fc->last, fc->h_last, (size_t)nl * sizeof(int32_t));
+    return nl;
+}
+
+/* x += o_proj(attention(rope(q), rope(k), v)) on h = rmsnorm(x), this step's
+ * K/V rows stored in layer l of the cache first. */
+static void attention_block(forward_ctx *fc, const layer_weights *L, kv_cache *kv, int l, const batch_desc *b) {
+    const model_config *c = &fc->bm->cfg;
+    backend *be = fc->be;
+    int T = b->n_tokens, d = c->hidden_size, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
+    float eps = c->rms_norm_eps;
+    /* (fused ops where the backend has them: backend.h, "fused") */
+    backend_rmsnorm(be, fc->h, fc->x, L->attn_norm, T, d, eps);
+    if (backend_has(be, matmul_qkv)) {
+        backend_matmul_qkv(be, fc->q, fc->k, fc->v, fc->h, &L->wq, &L->wk, &L->wv, L->bq, L->bk, L->bv, T);
+    } else {
+        backend_matmul(be, fc->q, fc->h, &L->wq, L->bq, T);
+        backend_matmul(be, fc->k, fc->h, &L->wk, L->bk, T);
+        backend_matmul(be, fc->v, fc->h, &L->wv, L->bv, T);
+    }
+    if (backend_has(be, qk_rope_store)) {
+        backend_qk_rope_store(be, fc->q, fc->k, fc->v, kv_cache_k_layer(kv, l), kv_cache_v_layer(kv, l), b, nh, nkv, hd,
+                         c->qk_norm ? L->q_norm : NULL, c->qk_norm ? L->k_norm : NULL, eps, fc->inv_freq);
+    } else {
+        if (c->qk_norm) { /* Qwen3: RMSNorm over each head's vector, before rope */
+            backend_rmsnorm(be, fc->q, fc->q, L->q_norm, T * nh, hd, eps);
+            backend_rmsnorm(be, fc->k, fc->k, L->k_norm, T * nkv, hd, eps);
+        }
+        backend_rope(be, fc->q, b->pos, T, nh, hd, fc->inv_freq);
+        backend_rope(be, fc->k, b->pos, T, nkv, hd, fc->inv_freq);
+        backend_kv_store(be, kv_cache_k_layer(kv, l), kv_cache_v_layer(kv, l), fc->k, fc->v, b, nkv * hd);
+    }
+    backend_attention(be, fc->att, fc->q, kv_cache_k_layer(kv, l), kv_cache_v_layer(kv, l), b, nh, nkv, hd,
+                 c->sliding_window);
+    add_product(fc, fc->att, &L->wo, L->bo, T);
+}
+
+/* x += down(silu(gate(h)) * up(h)) on h = rmsnorm(x): the SwiGLU feed-forward. */
+static void ffn_block(forward_ctx *fc, const layer_weights *L, int T) {
+    const model_config *c = &fc->bm->cfg;
+    backend *be = fc->be;
+    backend_rmsnorm(be, fc->h, fc->x, L->ffn_norm, T, c->hidden_size, c->rms_norm_eps);
+    if (backend_has(be, matmul_glu)) {
+        backend_matmul_glu(be, fc->gate, fc->up, fc->h, &L->w_gate, &L->w_up, L->b_gate, L->b_up, T);
+    } else {
+        backend_matmul(be, fc->gate, fc->h, &L->w_gate, L->b_gate, T);
+        backend_matmul(be, fc->up, fc->h, &L->w_up, L->b_up, T);
+        backend_swiglu(be, fc->gate, fc->up, (size_t)T * (size_t)c->intermediate_size);
+    }
+    add_product(fc, fc->gate, &L->w_down, L->b_down, T);
+}
+
+/* After the pass: each item's logits (host copy), argmax or logits row, in
+ * the order of the nl rows the head computed. */
+static void read_results(forward_ctx *fc, const forward_item *it, int S, int nl, bool any_argmax) {
+    backend *be = fc->be;
+    int V = fc->bm->cfg.vocab_size;
+    int32_t *next = fc->h_last; /* reused: the indices are uploaded */
+    if (any_argmax) backend_download(be, next, fc->next, (size_t)nl * sizeof(int32_t));
+    for (int i = 0, j = 0; i < S; i++) {
+        if (!it[i].logits && !it[i].argmax && !it[i].logits_row) continue;
+        if (it[i].logits_row) *it[i].logits_row = j;
+        if (it[i].logits) backend_download(be, it[i].logits, fc->logits + (size_t)j * V, (size_t)V * sizeof(float));
+        if (it[i].argmax) *it[i].argmax = next[j];
+        j++;
+    }
 }
 
 int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
     const model *bm = fc->bm;
-    const model_engram *e = bm->engram;
     const model_config *c = &bm->cfg;
     backend *be = fc->be;
     batch_desc b;
@@ -504,32 +456,15 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
      * host time than such a step runs on a GPU. Larger steps hide the
      * launches behind their own work, and their batch changes too often for
      * a recording to pay. */
-    bool record = backend_has(be, step_begin) && !e && n_items <= STEP_RECORD_MAX_TOKENS;
+    bool record = backend_has(be, step_begin) && !bm->engram && n_items <= STEP_RECORD_MAX_TOKENS;
     for (int i = 0; i < n_items && record; i++) record = it[i].n == 1;
     int rc = plan_step(fc, it, n_items, &b, record);
     if (rc != FORWARD_OK) return rc;
-    for (int li = 0; e && li < e->n_layers; li++) /* the host stores' rows, gathered beside what follows */
-        if (fc->fetch[li])
-            engram_fetch_start(fc->fetch[li], fc->h_rows + (size_t)li * b.n_tokens * e->n_heads,
-                               b.n_tokens * e->n_heads);
-    int T = b.n_tokens, S = n_items;
-    int d = c->hidden_size, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
-    size_t ff = (size_t)c->intermediate_size;
-    float eps = c->rms_norm_eps;
+    if (fc->eng) engram_step_fetch_start(fc->eng, b.n_tokens);
+    int T = b.n_tokens, S = n_items, d = c->hidden_size;
     kv_cache *kv = it[0].st->kv;
-
-    int32_t *ids = fc->h_i32; /* the descriptor is uploaded: reuse its host copy for the ids */
-    for (int i = 0, t = 0; i < S; i++)
-        for (int k = 0; k < it[i].n; k++) ids[t++] = it[i].ids[k];
-    backend_upload(be, fc->ids, ids, (size_t)T * sizeof(int32_t));
-    /* logits at the last token of the sequences that want them */
-    int nl = 0;
-    bool any_argmax = false;
-    for (int i = 0; i < S; i++) {
-        if (it[i].logits || it[i].argmax || it[i].logits_row) fc->h_last[nl++] = b.h_seq_start[i + 1] - 1;
-        any_argmax |= it[i].argmax != NULL;
-    }
-    if (nl) backend_upload(be, fc->last, fc->h_last, (size_t)nl * sizeof(int32_t));
+    bool any_argmax;
+    int nl = upload_inputs(fc, it, S, &b, &any_argmax);
     if (record) { /* every host value the ops below bake in */
         uint64_t key[6] = {(uintptr_t)fc, (uintptr_t)kv, (uint64_t)T, (uint64_t)nl, (uint64_t)b.max_blocks,
                            any_argmax};
@@ -539,98 +474,21 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
     backend_embed(be, fc->x, &bm->embed, fc->ids, T);
     for (int l = 0; l < c->n_layers; l++) {
         const layer_weights *L = &bm->layers[l];
-
-        /* Engram: h = h + engram(h) at the start of the layer */
-        if (L->engram) {
-            const engram_weights *w = L->engram;
-            int G = e->hc_mult;
-            size_t off = (size_t)w->li * T * e->n_heads;
-            bool want = false;
-            for (int i = 0; i < S; i++) want |= it[i].gates != NULL;
-            double t0 = util_now();
-            /* The rows: a host store's were gathered (engram_fetch_start,
-             * after planning) while this thread issued the layers before this
-             * one and the backend ran them; now they are copied and decoded. */
-            if (fc->fetch[w->li]) {
-                if (engram_fetch_finish(fc->fetch[w->li], fc->es.e)) return finish_fetches(fc, FORWARD_ERR_IO);
-            } else {
-                backend_gather_rows(be, fc->es.e, &w->table, fc->rows + off, T, e->n_heads);
-            }
-            engram_module_run(be, e, w, d, &b, fc->x, fc->es.e, (size_t)w->li * (fc->hist_floats / e->n_layers),
-                              &fc->es, fc->eout, want ? fc->egates : NULL);
-            backend_add(be, fc->x, fc->eout, (size_t)T * d);
-            fc->engram_seconds += util_now() - t0;
-            if (want) {
-                backend_download(be, fc->h_gates, fc->egates, (size_t)T * G * sizeof(float));
-                for (int i = 0; i < S; i++) {
-                    if (!it[i].gates) continue;
-                    for (int k = 0; k < it[i].n; k++) {
-                        const float *g = fc->h_gates + (size_t)(b.h_seq_start[i] + k) * G;
-                        float sum = 0.0f;
-                        for (int j = 0; j < G; j++) sum += g[j];
-                        it[i].gates[(size_t)k * e->n_layers + w->li] = sum / (float)G;
-                    }
-                }
-            }
-        }
-
-        /* attention block */
-        /* (fused ops where the backend has them: backend.h, "fused") */
-        backend_rmsnorm(be, fc->h, fc->x, L->attn_norm, T, d, eps);
-        if (backend_has(be, matmul_qkv)) {
-            backend_matmul_qkv(be, fc->q, fc->k, fc->v, fc->h, &L->wq, &L->wk, &L->wv, L->bq, L->bk, L->bv, T);
-        } else {
-            backend_matmul(be, fc->q, fc->h, &L->wq, L->bq, T);
-            backend_matmul(be, fc->k, fc->h, &L->wk, L->bk, T);
-            backend_matmul(be, fc->v, fc->h, &L->wv, L->bv, T);
-        }
-        if (backend_has(be, qk_rope_store)) {
-            backend_qk_rope_store(be, fc->q, fc->k, fc->v, kv_cache_k_layer(kv, l), kv_cache_v_layer(kv, l), &b, nh, nkv, hd,
-                             c->qk_norm ? L->q_norm : NULL, c->qk_norm ? L->k_norm : NULL, eps, fc->inv_freq);
-        } else {
-            if (c->qk_norm) { /* Qwen3: RMSNorm over each head's vector, before rope */
-                backend_rmsnorm(be, fc->q, fc->q, L->q_norm, T * nh, hd, eps);
-                backend_rmsnorm(be, fc->k, fc->k, L->k_norm, T * nkv, hd, eps);
-            }
-            backend_rope(be, fc->q, b.pos, T, nh, hd, fc->inv_freq);
-            backend_rope(be, fc->k, b.pos, T, nkv, hd, fc->inv_freq);
-            backend_kv_store(be, kv_cache_k_layer(kv, l), kv_cache_v_layer(kv, l), fc->k, fc->v, &b, nkv * hd);
-        }
-        backend_attention(be, fc->att, fc->q, kv_cache_k_layer(kv, l), kv_cache_v_layer(kv, l), &b, nh, nkv, hd,
-                     c->sliding_window);
-        add_product(fc, fc->att, &L->wo, L->bo, T);
-
-        /* feed-forward block (SwiGLU) */
-        backend_rmsnorm(be, fc->h, fc->x, L->ffn_norm, T, d, eps);
-        if (backend_has(be, matmul_glu)) {
-            backend_matmul_glu(be, fc->gate, fc->up, fc->h, &L->w_gate, &L->w_up, L->b_gate, L->b_up, T);
-        } else {
-            backend_matmul(be, fc->gate, fc->h, &L->w_gate, L->b_gate, T);
-            backend_matmul(be, fc->up, fc->h, &L->w_up, L->b_up, T);
-            backend_swiglu(be, fc->gate, fc->up, (size_t)T * ff);
-        }
-        add_product(fc, fc->gate, &L->w_down, L->b_down, T);
+        /* Engram: x += engram(x) at the start of the layer */
+        if (L->engram && (rc = engram_step_layer(fc->eng, L->engram, &b, fc->x, it, S)) != FORWARD_OK) return rc;
+        attention_block(fc, L, kv, l, &b);
+        ffn_block(fc, L, T);
     }
-    if (nl) {
+    if (nl) { /* the head, at the last token of the sequences that want logits */
         backend_gather_f32(be, fc->lastx, fc->x, fc->last, nl, d);
-        backend_rmsnorm(be, fc->lastx, fc->lastx, bm->final_norm, nl, d, eps);
+        backend_rmsnorm(be, fc->lastx, fc->lastx, bm->final_norm, nl, d, c->rms_norm_eps);
         backend_matmul(be, fc->logits, fc->lastx, &bm->lm_head, NULL, nl);
         if (any_argmax) backend_argmax(be, fc->next, fc->logits, nl, c->vocab_size);
     }
     if (record) backend_step_end(be);
 issued:
     for (int i = 0; i < S; i++) it[i].st->pos += it[i].n;
-    if (nl == 0) return FORWARD_OK;
-    int32_t *next = fc->h_last; /* reused: the indices are uploaded */
-    if (any_argmax) backend_download(be, next, fc->next, (size_t)nl * sizeof(int32_t));
-    for (int i = 0, j = 0; i < S; i++) {
-        if (!it[i].logits && !it[i].argmax && !it[i].logits_row) continue;
-        if (it[i].logits_row) *it[i].logits_row = j;
-        if (it[i].logits)
-            backend_download(be, it[i].logits, fc->logits + (size_t)j * c->vocab_size, (size_t)c->vocab_size * sizeof(float));
-        if (it[i].argmax) *it[i].argmax = next[j];
-        j++;
-    }
+    if (nl) read_results(fc, it, S, nl, any_argmax);
     return FORWARD_OK;
 }
 

@@ -1,5 +1,7 @@
-/* Helpers shared by the files of the model module (model.c for the backbone,
- * model_engram.c for Engram). Not a public interface. */
+/* Helpers shared by the files of the model module. Not a public interface.
+ * Calls point one way: model.c (backbone) -> model_engram.c (Engram) ->
+ * model_read.c (config keys, tensors); model_synthetic.c -> model_read.c.
+ * Nothing in model_read.c or model_engram.c calls into model.c. */
 #ifndef ENGINE_MODEL_INTERNAL_H
 #define ENGINE_MODEL_INTERNAL_H
 
@@ -7,7 +9,7 @@
 
 #include "engine/model/model.h"
 
-/* config.json readers: absent or null -> def (INT32_MIN: required); present ->
+/* model_read.c: config.json readers: absent or null -> def (INT32_MIN: required); present ->
  * checked for type and range. Return 0, or -1 with a message naming `key`. */
 int model__get_int(const cJSON *o, const char *key, int def, int lo, int hi, int *out,
                    const char *label, char *err, size_t errlen);
@@ -16,7 +18,7 @@ int model__get_num(const cJSON *o, const char *key, double def, double lo, doubl
 int model__get_bool(const cJSON *o, const char *key, bool def, bool *out, const char *label,
                     char *err, size_t errlen);
 
-/* Tensor lookup over every file of the checkpoint; *file names the file. */
+/* model_read.c: tensor lookup over every file of the checkpoint; *file names the file. */
 const st_tensor *model__find_tensor(const model *m, const char *name, const char **file);
 /* A float matrix (rows, cols) read in place, or a vector (n) copied to f32. */
 int model__load_matrix(model *m, const char *name, int rows, int cols, weight *w, char *err,
@@ -24,7 +26,7 @@ int model__load_matrix(model *m, const char *name, int rows, int cols, weight *w
 int model__load_vector(model *m, const char *name, int n, const float **out, char *err,
                        size_t errlen);
 
-/* A heap f32 buffer of n floats owned by the model (freed by model_destroy). */
+/* model_read.c: a heap f32 buffer of n floats owned by the model (freed by model_destroy). */
 float *model__own(model *m, size_t n);
 
 /* model_engram.c: the "engram" object of config.json into c->engram. */

@@ -1,0 +1,221 @@
+/* What the engine's files share (not a public interface): the request
+ * object, the engine, and the scheduler's sequence. Calls point one way:
+ * engine.c (create, submit, the thread) -> scheduler.c (the step) ->
+ * sequence.c (a running request) -> holdback.c (its text, stop strings);
+ * each of them -> request.c (the object readers see: publish, read). */
+#ifndef ENGINE_ENGINE_INTERNAL_H
+#define ENGINE_ENGINE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "engine/backend/backend.h"
+#include "engine/engine.h"
+#include "engine/forward.h"
+#include "engine/kv_cache.h"
+#include "base/buf.h"
+
+/* Candidates per row that backend_ops.sample hands back: 8 KiB a row
+ * instead of the whole vocabulary (600 KiB for 151,936 ids). */
+#define SAMPLE_CANDIDATES 1024
+#define SAMPLE_MIN_ROWS 6
+#define AHEAD_SEGS 64 /* queued requests the lookahead hands over per step, at most (scheduler.c) */
+
+struct engine_request {
+    pthread_mutex_t mu;
+    atomic_int refs;
+    atomic_bool cancel;
+    engine_request *next; /* queue link, under engine.mu */
+    /* parameters, owned copies */
+    int32_t *prompt; /* (n_prompt) */
+    int n_prompt, max_tokens;
+    sampler_params sp;
+    bool ignore_eos;
+    char *stop[ENGINE_MAX_STOP];
+    int n_stop;
+    int32_t *bias_ids; /* (n_bias) */
+    float *bias_vals;  /* (n_bias) */
+    int n_bias;
+    engine_logprob *lp; /* (max_tokens) when logprobs were asked for */
+    int32_t *forced;    /* (max_tokens) output ids instead of sampled ones, or NULL */
+    int pf_upto;        /* prompt positions whose Engram rows went to the prefetch threads (engine thread) */
+    engine *eng;        /* the engine it was submitted to */
+    bool taken;         /* off the queue (under engine.mu): it holds a batch slot until its finish */
+    int n_top;          /* top alternatives per token */
+    int lp_published, lp_read; /* entries final / handed to readers, under mu */
+    float *gates;      /* (n_prompt + max_tokens, n_layers) when gates were asked for */
+    int32_t *gate_ids; /* (n_prompt + max_tokens) the tokens those gates belong to */
+    int n_gated, n_gate_layers;
+    void (*notify)(void *);
+    void *notify_ctx;
+    /* output, under mu */
+    strbuf pend; /* text not yet read */
+    int n_generated;
+    engine_finish finish;
+    bool finish_read; /* the finish has been returned by a read */
+    bool armed;       /* notify on the next publish */
+    bool progress;    /* a prefill chunk finished since the last read */
+    int error;
+    double t_submit, t_start, t_first_token, t_end;
+};
+
+struct engine {
+    engine_params p;
+    model *m;
+    tokenizer *tok;          /* NULL when the checkpoint has none */
+    backend *be;
+    forward_ctx *fc;         /* the model on the backend, and one step's scratch */
+    kv_cache *kv;            /* the paged KV cache shared by every sequence */
+    int chunk;               /* prompt tokens per piece: min(prefill_chunk, max_num_batched_tokens) */
+    float *logits;           /* (max_num_seqs, vocab_size) the step's logits, host */
+    float *raw_logits;       /* (vocab_size) a copy for logprobs, before sampling edits them */
+    int32_t *ids;            /* (max_num_batched_tokens) the step's ids */
+    int32_t *ahead;          /* (AHEAD_SEGS * FORWARD_AHEAD_LEAD + engram_lookahead) queued prompt pieces */
+    double last_poke;        /* when the waiting requests were last poked (sched_poke_waiting) */
+    engine_request **poke;   /* (poke_cap) queued requests to poke, referenced */
+    int poke_cap;
+    int32_t *next;           /* (max_num_seqs) argmax of each sequence's logits (greedy) */
+    /* sampling where the logits are (backend_ops.sample), see seq_device_sample */
+    bool dev_sample;         /* on: the backend samples for the requests it can serve */
+    int dev_sample_min;      /* ... in steps with at least this many of them */
+    int32_t *row;            /* (max_num_seqs) each item's row of forward_ctx_logits, or -1 */
+    int *res;                /* (max_num_seqs) each item's row of the sampling result, or -1 */
+    sampler_desc desc;       /* the step's description, host */
+    void *d_desc;            /* backend memory, d_desc_bytes */
+    size_t d_desc_bytes;
+    void *d_res;             /* (max_num_seqs) result rows, backend memory */
+    unsigned char *h_res;    /* the same, host */
+    forward_item *items;     /* (max_num_seqs) the step */
+    struct seq **item_seq;   /* (max_num_seqs) the sequence of each item */
+    int ctx, vocab;
+    /* scheduler, engine thread only */
+    struct seq **running;    /* (max_num_seqs) oldest first */
+    int n_running;
+    struct seq **preempted;  /* (max_num_seqs) waiting for recompute, first in line first */
+    int n_preempted;
+    forward_state **free_states; /* (max_num_seqs) states not in use, kept for reuse */
+    int n_free_states;
+    uint64_t next_arrival;
+    long long n_preemptions;
+    /* what engine_get_stats reports, under mu */
+    int st_running, st_preempted, st_kv_used, st_step_tokens;
+    long long st_preemptions, st_steps, st_step_tokens_total;
+    pthread_t thread;
+    bool thread_started;
+    pthread_mutex_t mu; /* queue, running, stopping */
+    pthread_cond_t cv;
+    engine_request *head, *tail;
+    int n_queued;
+    int n_taken;             /* requests off the queue whose finish is not yet published (under mu) */
+    atomic_bool stopping;
+    bool stopped;
+};
+
+/* ---- request.c ---- */
+
+/* Checks p against e (ids within the vocabulary, prompt + max_tokens within
+ * the context, stop strings and biases) and makes a request of owned copies
+ * with two references (the caller's and the engine's). Returns ENGINE_OK
+ * and *out, ENGINE_ERR_INVALID or ENGINE_ERR_NOMEM. */
+int engine__request_create(engine *e, const engine_request_params *p, engine_request **out);
+void engine__request_free(engine_request *r); /* whatever its references */
+
+/* Appends text to the request's unread output, records progress and (once)
+ * the finish, and fires an armed notify. Engine thread only. Returns
+ * ENGINE_ERR_NOMEM if the text could not be kept (the request then finishes
+ * with an error). */
+int engine__request_publish(engine_request *r, const char *text, size_t len, int n_generated,
+                            engine_finish finish, int error);
+
+/* Marks prefill progress (a chunk done, more to come) so a streaming reader
+ * can send a keep-alive during a long prefill. Engine thread only. */
+void engine__request_progress(engine_request *r);
+
+/* Fills *lp for token `id` from raw logits (vocab): log-softmax in double,
+ * and the n_top largest (ties to the lower id). */
+void engine__logprob_entry(const float *logits, int vocab, int32_t id, int n_top, engine_logprob *lp);
+
+/* ---- holdback.c ---- */
+
+/* Generated text of a running request and how much of it is published. */
+typedef struct {
+    strbuf text;
+    size_t emitted;
+} gen_text;
+
+/* Appends the text of token id (ts NULL: none, no tokenizer), and with
+ * `last` the stream's incomplete tail. Returns TOKENIZER_OK or an error
+ * (out of memory). */
+int engine__gen_text_add(gen_text *g, tokenizer_stream *ts, int32_t id, bool last);
+
+/* How far g may be published now that bytes from `scanned` on are new: up to
+ * the earliest stop string (*f becomes ENGINE_FINISH_STOP), all of it when
+ * *f already ends the request, else all but the longest tail that could
+ * still begin a stop string (held back so a stop string is never emitted,
+ * even when it spans tokens). */
+size_t engine__gen_text_upto(const engine_request *r, const gen_text *g, size_t scanned, engine_finish *f);
+
+/* ---- sequence.c ---- */
+
+/* A sequence is a request taken off the queue (engine thread only): its
+ * forward_state (block table in the shared KV cache, Engram history),
+ * sampler, detokenizer and generated text. */
+typedef struct seq {
+    engine_request *r;
+    uint64_t arrival;    /* admission order: smaller is older */
+    forward_state *st;   /* NULL while preempted */
+    sampler *smp;
+    tokenizer_stream *ts;
+    gen_text g;          /* generated text (holdback.c) */
+    int32_t *out_ids;    /* (max_tokens) generated ids */
+    int n_out;
+    int n_fed_max;       /* most tokens ever fed (for the gates' ids) */
+    int piece;           /* tokens scheduled this step, 0: none */
+} seq;
+
+/* ENGINE_FINISH_ABORT when stopping, ENGINE_FINISH_CANCEL when r is
+ * cancelled, else ENGINE_FINISH_NONE. */
+engine_finish engine__interrupted(engine *e, engine_request *r);
+
+/* The tokens a sequence feeds, in order: its prompt then its generated ids. */
+int32_t engine__seq_token(const seq *s, int i);
+/* The next piece of s: a prompt chunk aligned at multiples of chunk, else
+ * one token (a replayed or the last sampled one). */
+int engine__seq_next_piece(const engine *e, const seq *s);
+/* A forward state for s (reused or new): returns 0, or -1 out of memory. */
+int engine__seq_take_state(engine *e, seq *s);
+/* Gives s's state (and its KV blocks) back: s is preempted, recomputed later. */
+void engine__seq_release_state(engine *e, seq *s);
+/* Whether s samples through backend_ops.sample (see sequence.c). */
+bool engine__seq_device_sample(const engine *e, const seq *s);
+/* Greedy with nothing that needs the logits on the host: the backend's
+ * argmax is the token (the sampler's own rule, lowest id on ties). */
+bool engine__seq_pure_greedy(const engine *e, const seq *s);
+
+/* Makes a sequence of a request just taken off the queue; NULL (and the
+ * request finished with an error) when out of memory. */
+seq *engine__seq_create(engine *e, engine_request *r);
+/* Ends s: publishes the finish if it has none yet (f NONE: it has one),
+ * frees everything and drops the engine's reference. */
+void engine__seq_finish(engine *e, seq *s, engine_finish f, int error);
+
+/* Takes the next token of s (sampled from logits, or `next` when logits is
+ * NULL: the backend's greedy pick), publishes text, and returns true when s
+ * has finished (the finish published). */
+bool engine__seq_sample(engine *e, seq *s, float *logits, int32_t next);
+
+/* After the pass: one backend_ops.sample over the items of the step
+ * (e->item_seq) that left their logits on the backend, its result rows
+ * downloaded at once. Returns 0, or -1 when host memory runs out. */
+int engine__sample_on_backend(engine *e, int n_items);
+/* The token of item j, sampled on the backend: from its candidates, else
+ * (rarely) from its row, downloaded with biases and penalties applied. */
+int32_t engine__seq_take_candidate(engine *e, seq *s, int j);
+
+/* ---- scheduler.c ---- */
+
+/* One scheduler step (its phases: scheduler.c), then the stats that
+ * engine_get_stats reports. Engine thread only. */
+void engine__sched_step(engine *e);
+
+#endif

@@ -1,0 +1,65 @@
+/* The Engram work of a forward step, beside the transformer in forward.c:
+ * hashing the step's tokens into table rows (once per token and step), the
+ * host stores' fetchers that gather those rows while earlier layers run,
+ * each Engram layer's module and gates, and the lookahead that hands the
+ * rows of later steps to the NVMe stores' prefetch threads. Internal to the
+ * engine; forward.c owns one engram_step per forward_ctx. */
+#ifndef ENGINE_ENGRAM_STEP_H
+#define ENGINE_ENGRAM_STEP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "engine/backend/backend.h"
+#include "engine/engram_fetch.h"
+#include "engine/forward.h"
+#include "engine/model/model.h"
+
+typedef struct engram_step engram_step;
+
+/* One sequence's Engram state, kept in its forward_state. */
+typedef struct {
+    ngram_hash_history hist; /* last max_ngram_size-1 compressed ids */
+    float *conv_hist;        /* backend memory: n_engram x ((K-1)*dil, G*d) normed conv inputs */
+} engram_step_seq;
+
+/* The Engram part of a forward context of up to max_tokens tokens and
+ * max_seqs sequences per step, for m (host: hashing, stores) and bm (its
+ * backend view: module weights); both borrowed. Returns FORWARD_OK and *out,
+ * or FORWARD_ERR_NOMEM with a message in err. */
+int engram_step_create(const model *m, const model *bm, backend *be, int max_tokens, int max_seqs,
+                       engram_step **out, char *err, size_t errlen);
+void engram_step_destroy(engram_step *es); /* accepts NULL; its sequences must be freed first */
+
+/* A sequence's conv history (backend memory): returns 0, or -1 out of memory. */
+int engram_step_seq_init(engram_step *es, engram_step_seq *q);
+void engram_step_seq_reset(engram_step *es, engram_step_seq *q); /* start of sequence: pad history, zero conv */
+void engram_step_seq_free(engram_step *es, engram_step_seq *q);  /* es may be NULL (then q holds nothing) */
+
+/* Planning, on the host: sequence i of the step, n tokens ids at step
+ * offset a of T, following q's history (pushed). Every Engram row of those
+ * tokens is known afterwards. */
+void engram_step_hash(engram_step *es, int i, engram_step_seq *q, const int32_t *ids, int n, int a, int T);
+/* After every sequence is hashed: the rows (where a table is in backend
+ * memory) and the sequences' conv histories go up; sets b->seq_hist. */
+void engram_step_upload(engram_step *es, batch_desc *b);
+/* Each host store's fetcher starts gathering its layer's rows of the step
+ * (T tokens), on its own thread, while the layers before it are issued. */
+void engram_step_fetch_start(engram_step *es, int T);
+
+/* x += engram(x) for the Engram module w at the start of its layer, over the
+ * step b; each item's gates (when asked for) get this layer's column.
+ * Returns FORWARD_OK, or FORWARD_ERR_IO when a host store's rows could not be
+ * read (every started fetch is then finished, nothing more issued). */
+int engram_step_layer(engram_step *es, const engram_weights *w, const batch_desc *b, float *x,
+                      const forward_item *it, int n_items);
+
+/* forward_prefetch_ahead (forward.h) on es. */
+int engram_step_prefetch_ahead(engram_step *es, const int32_t *ids, int lead, int n_ahead);
+bool engram_step_prefetches_ahead(const engram_step *es);
+
+double engram_step_seconds(const engram_step *es); /* forward_ctx_engram_seconds */
+/* forward_ctx_fetch_stats: out zeroed first; -1 when layer li has no fetcher. */
+int engram_step_fetch_stats(engram_step *es, int li, engram_fetch_stats *out);
+
+#endif

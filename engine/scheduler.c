@@ -1,0 +1,361 @@
+/* The scheduler (engine thread): continuous batching over the paged KV
+ * cache. Each step admits, preempts and runs sequences as described below,
+ * hands the Engram rows of the prompts to come to the prefetch threads
+ * (lookahead), and pokes waiting requests so that gone clients are noticed. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/engine_internal.h"
+#include "base/util.h"
+
+/* ---- the scheduler (engine thread) ----
+ * A sequence is a request taken off the queue: its forward_state (block
+ * table in the shared KV cache, Engram history), sampler, detokenizer and
+ * generated text. Each step:
+ *   1. running sequences that were cancelled (or all, when stopping) finish
+ *      and give their blocks back;
+ *   2. running sequences, oldest first, get their next piece of work within
+ *      the token budget: a prompt chunk or one decode token; when the cache
+ *      cannot hold it, the youngest running sequence is preempted (its
+ *      blocks freed, to be recomputed later), the sequence itself last;
+ *   3. waiting sequences (preempted ones first, then the queue, FCFS) are
+ *      admitted while --max-num-seqs, the budget and free blocks allow;
+ *   4. all scheduled pieces run as one forward pass (forward_batch: the
+ *      step's tokens are hashed for Engram first, so its table rows are
+ *      known before the pass, then every weight is read once for all);
+ *   5. each sequence that has caught up takes its next token (the
+ *      backend's argmax for plain greedy requests, else the sampler on the
+ *      logits) and publishes text.
+ * Batch invariance: the CPU backend computes every token's row the same way
+ * whatever else is in the step, and however a prompt is cut into chunks, so
+ * a sequence's logits are bit for bit those of the sequence running alone.
+ * A recomputed sequence replays its generated tokens without sampling. */
+
+/* Removes list[i] of the *n sequences in list, keeping their order. */
+static void list_remove(seq **list, int *n, int i) {
+    memmove(list + i, list + i + 1, (size_t)(*n - i - 1) * sizeof(seq *));
+    (*n)--;
+}
+
+/* Frees the blocks of running sequence i (recomputed later) and moves it to
+ * the front of the waiting sequences. */
+static void sched_preempt(engine *e, int i) {
+    seq *s = e->running[i];
+    engine__seq_release_state(e, s);
+    s->piece = 0;
+    list_remove(e->running, &e->n_running, i);
+    memmove(e->preempted + 1, e->preempted, (size_t)e->n_preempted * sizeof(seq *));
+    e->preempted[0] = s;
+    e->n_preempted++;
+    e->n_preemptions++;
+}
+
+/* Inserts s among the running sequences, kept oldest first. */
+static void sched_insert_running(engine *e, seq *s) {
+    int i = e->n_running;
+    while (i > 0 && e->running[i - 1]->arrival > s->arrival) {
+        e->running[i] = e->running[i - 1];
+        i--;
+    }
+    e->running[i] = s;
+    e->n_running++;
+}
+
+static void sched_publish_stats(engine *e, int step_tokens) {
+    pthread_mutex_lock(&e->mu);
+    e->st_running = e->n_running;
+    e->st_preempted = e->n_preempted;
+    e->st_preemptions = e->n_preemptions;
+    e->st_kv_used = kv_cache_used_blocks(e->kv);
+    e->st_step_tokens = step_tokens;
+    if (step_tokens > 0) {
+        e->st_steps++;
+        e->st_step_tokens_total += (uint64_t)step_tokens;
+    }
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* Lookahead: the Engram rows of prompt tokens that the next steps will run
+ * go to the NVMe stores' prefetch threads now, so that their reads overlap
+ * this step's pass instead of stalling a later one. In the order they will
+ * run: the rest of the prompts in prefill, then the queued prompts (FCFS),
+ * over a window of engram_lookahead tokens beyond this step; each request
+ * remembers how far it was handed over, so a row is handed over once per
+ * request. Queued requests may be aborted by engine_stop on another thread,
+ * so their pieces are copied under mu and hashed outside it. */
+static void sched_prefetch_ahead(engine *e) {
+    int window = e->p.engram_lookahead;
+    if (window <= 0 || !e->ahead) return;
+    for (int i = 0; i < e->n_running && window > 0; i++) {
+        seq *s = e->running[i];
+        engine_request *r = s->r;
+        int start = forward_state_pos(s->st) + s->piece; /* after this step */
+        if (start >= r->n_prompt) continue;
+        int end = r->n_prompt - start < window ? r->n_prompt : start + window;
+        window -= end - start;
+        int from = r->pf_upto > start ? r->pf_upto : start;
+        if (from < end) {
+            int lead = from < FORWARD_AHEAD_LEAD ? from : FORWARD_AHEAD_LEAD;
+            forward_prefetch_ahead(e->fc, r->prompt + from - lead, lead, end - from);
+            r->pf_upto = end;
+        }
+    }
+    if (window <= 0) return;
+    struct ahead_seg { int at, lead, n; } seg[AHEAD_SEGS]; /* at: offset in e->ahead */
+    int nseg = 0, used = 0;
+    pthread_mutex_lock(&e->mu);
+    for (engine_request *r = e->head; r && window > 0 && nseg < AHEAD_SEGS; r = r->next) {
+        int end = r->n_prompt < window ? r->n_prompt : window;
+        window -= end;
+        if (r->pf_upto >= end) continue;
+        int from = r->pf_upto, lead = from < FORWARD_AHEAD_LEAD ? from : FORWARD_AHEAD_LEAD;
+        memcpy(e->ahead + used, r->prompt + from - lead, (size_t)(lead + end - from) * sizeof(int32_t));
+        seg[nseg++] = (struct ahead_seg){used, lead, end - from};
+        used += lead + end - from;
+        r->pf_upto = end;
+    }
+    pthread_mutex_unlock(&e->mu);
+    for (int k = 0; k < nseg; k++) forward_prefetch_ahead(e->fc, e->ahead + seg[k].at, seg[k].lead, seg[k].n);
+}
+
+/* Queued and preempted requests produce no output, so their readers stay
+ * suspended, and a client that went away would be noticed only once its
+ * request ran. Every POKE_SECONDS the engine marks progress on those that
+ * have waited that long: a streamed response then sends an SSE keep-alive, a
+ * suspended non-streamed one is resumed, and the server sees a closed
+ * connection on that write or read and cancels the request. Cancelled
+ * requests leave the queue here (within a second) instead of when they reach
+ * its head and a free slot. Pokes are made outside mu (a notify resumes a
+ * connection), on referenced requests. */
+#define POKE_SECONDS 1.0
+
+static void sched_poke_waiting(engine *e) {
+    double now = util_now();
+    if (now - e->last_poke < POKE_SECONDS) return;
+    e->last_poke = now;
+    for (int i = 0; i < e->n_preempted; i++) engine__request_progress(e->preempted[i]->r);
+    engine_request *dead = NULL;
+    int n = 0;
+    pthread_mutex_lock(&e->mu);
+    if (e->n_queued > e->poke_cap) {
+        engine_request **p = realloc(e->poke, (size_t)e->n_queued * sizeof(*p));
+        if (p) e->poke = p, e->poke_cap = e->n_queued;
+    }
+    for (engine_request *prev = NULL, *r = e->head, *next; r; r = next) {
+        next = r->next;
+        if (atomic_load(&r->cancel)) { /* unlink: it never ran */
+            if (prev) prev->next = next;
+            else e->head = next;
+            if (e->tail == r) e->tail = prev;
+            e->n_queued--;
+            r->next = dead;
+            dead = r;
+            continue;
+        }
+        if (n < e->poke_cap && now - r->t_submit >= POKE_SECONDS) { /* not the just-arrived */
+            atomic_fetch_add(&r->refs, 1);
+            e->poke[n++] = r;
+        }
+        prev = r;
+    }
+    pthread_mutex_unlock(&e->mu);
+    for (int i = 0; i < n; i++) {
+        engine__request_progress(e->poke[i]);
+        engine_request_release(e->poke[i]);
+    }
+    while (dead) {
+        engine_request *next = dead->next;
+        dead->next = NULL;
+        engine__request_publish(dead, NULL, 0, 0, ENGINE_FINISH_CANCEL, 0);
+        engine_request_release(dead);
+        dead = next;
+    }
+}
+
+/* Whether a sequence's first piece (of a prompt of np tokens) fits in this
+ * step: within the budget (or the step's only piece) and the free blocks. */
+static bool sched_fits(const engine *e, int np, int budget, int scheduled) {
+    int n = np < e->chunk ? np : e->chunk;
+    return !(n > budget && scheduled > 0) && kv_cache_blocks_for(e->kv, n) <= kv_cache_free_blocks(e->kv);
+}
+
+/* 1. The sequences of list (*n of them) whose request was cancelled (every
+ * one, when stopping) finish and give their blocks back. */
+static void sched_drop_interrupted(engine *e, seq **list, int *n) {
+    for (int i = 0; i < *n; i++) {
+        engine_finish f = engine__interrupted(e, list[i]->r);
+        if (f == ENGINE_FINISH_NONE) continue;
+        engine__seq_finish(e, list[i], f, 0);
+        list_remove(list, n, i);
+        i--;
+    }
+}
+
+/* 2. Running sequences, oldest first, get their next piece within *budget
+ * (*scheduled counts them); when the cache cannot hold one, the youngest
+ * running sequence is preempted, the sequence itself last. Returns true when
+ * one was preempted (nothing is admitted in this step then). */
+static bool sched_continue_running(engine *e, int *budget, int *scheduled) {
+    bool preempted_now = false;
+    for (int i = 0; i < e->n_running; i++) {
+        seq *s = e->running[i];
+        s->piece = 0;
+        int n = engine__seq_next_piece(e, s);
+        if (n > *budget) continue;
+        while (forward_state_reserve(s->st, n) == FORWARD_ERR_KV_FULL) {
+            preempted_now = true;
+            sched_preempt(e, e->n_running - 1); /* the youngest; s itself when it is */
+            if (e->n_running == i) break;
+        }
+        if (i >= e->n_running) break; /* s was preempted */
+        s->piece = n;
+        *budget -= n;
+        (*scheduled)++;
+    }
+    return preempted_now;
+}
+
+/* The queue's head, taken off the queue (it holds a batch slot from now on)
+ * when it is cancelled or its first piece fits; NULL otherwise. Looked at
+ * and taken under mu: engine_stop empties the queue from another thread. */
+static engine_request *sched_take_queued(engine *e, int budget, int scheduled) {
+    pthread_mutex_lock(&e->mu);
+    engine_request *r = e->head;
+    bool take = r != NULL;
+    if (take && !atomic_load(&r->cancel)) take = sched_fits(e, r->n_prompt, budget, scheduled);
+    if (take) {
+        e->head = r->next;
+        if (!e->head) e->tail = NULL;
+        r->next = NULL;
+        e->n_queued--;
+        e->n_taken++;
+        r->taken = true;
+    }
+    pthread_mutex_unlock(&e->mu);
+    return take ? r : NULL;
+}
+
+/* 3. Admissions while --max-num-seqs, the budget and free blocks allow:
+ * preempted sequences first, then the queue (FCFS). */
+static void sched_admit(engine *e, int budget, int scheduled) {
+    while (e->n_running < e->p.max_num_seqs && budget > 0) {
+        seq *s = NULL;
+        if (e->n_preempted > 0) {
+            s = e->preempted[0];
+            if (!sched_fits(e, s->r->n_prompt, budget, scheduled)) break;
+            list_remove(e->preempted, &e->n_preempted, 0);
+        } else {
+            engine_request *r = sched_take_queued(e, budget, scheduled);
+            if (!r) break;
+            if (atomic_load(&r->cancel)) { /* never ran */
+                engine__request_publish(r, NULL, 0, 0, ENGINE_FINISH_CANCEL, 0);
+                engine_request_release(r);
+                continue;
+            }
+            if (!(s = engine__seq_create(e, r))) continue;
+        }
+        int n = engine__seq_next_piece(e, s);
+        if (engine__seq_take_state(e, s) != 0 || forward_state_reserve(s->st, n) != FORWARD_OK) {
+            engine__seq_finish(e, s, ENGINE_FINISH_ERROR, ENGINE_ERR_NOMEM);
+            continue;
+        }
+        s->piece = n;
+        budget -= n;
+        scheduled++;
+        sched_insert_running(e, s);
+    }
+}
+
+/* 4. The scheduled pieces as the step's items, in running order: each
+ * sequence that catches up with this piece asks for its next token's
+ * logits, as the backend's argmax (plain greedy), a row left on the backend
+ * for backend_ops.sample, or a host copy. Returns the number of items;
+ * *tokens: the step's tokens. */
+static int sched_build_items(engine *e, int *tokens) {
+    int n_items = 0, n_dev = 0;
+    for (int i = 0; i < e->n_running; i++) { /* rows the backend would sample: worth it in numbers */
+        seq *s = e->running[i];
+        if (s->piece && forward_state_pos(s->st) + s->piece == s->r->n_prompt + s->n_out &&
+            !engine__seq_pure_greedy(e, s))
+            n_dev += engine__seq_device_sample(e, s);
+    }
+    bool dev_step = n_dev >= e->dev_sample_min;
+    *tokens = 0;
+    for (int i = 0; i < e->n_running; i++) {
+        seq *s = e->running[i];
+        if (!s->piece) continue;
+        engine_request *r = s->r;
+        int pos = forward_state_pos(s->st), n = s->piece, known = r->n_prompt + s->n_out;
+        bool caught_up = pos + n == known;
+        int32_t *ids = e->ids + *tokens;
+        for (int k = 0; k < n; k++) ids[k] = engine__seq_token(s, pos + k);
+        bool greedy = engine__seq_pure_greedy(e, s), dev = dev_step && !greedy && engine__seq_device_sample(e, s);
+        e->row[n_items] = -1;
+        e->items[n_items] = (forward_item){
+            .st = s->st, .ids = ids, .n = n,
+            .logits = caught_up && !greedy && !dev ? e->logits + (size_t)n_items * e->m->cfg.vocab_size : NULL,
+            .argmax = caught_up && greedy ? &e->next[n_items] : NULL,
+            .logits_row = caught_up && dev ? &e->row[n_items] : NULL,
+            .gates = r->gates ? r->gates + (size_t)pos * r->n_gate_layers : NULL};
+        e->item_seq[n_items++] = s;
+        *tokens += n;
+    }
+    return n_items;
+}
+
+/* 5. After the pass (frc its status): each sequence that has caught up
+ * takes its next token and publishes text, in running order; finished ones
+ * leave. When the pass failed, so does each sequence of the step. */
+static void sched_take_tokens(engine *e, int n_items, int frc) {
+    for (int j = 0; j < n_items; j++) {
+        seq *s = e->item_seq[j];
+        engine_request *r = s->r;
+        const forward_item *it = &e->items[j];
+        int pos = forward_state_pos(s->st) - (frc == FORWARD_OK ? it->n : 0);
+        s->piece = 0;
+        bool done = false;
+        if (frc != FORWARD_OK) { /* the whole step failed: so does each of its sequences */
+            engine__request_publish(r, NULL, 0, s->n_out, ENGINE_FINISH_ERROR, ENGINE_ERR_FORWARD);
+            done = true;
+        } else {
+            for (; s->n_fed_max < pos + it->n; s->n_fed_max++) /* written before any finish is published */
+                if (r->gate_ids) r->gate_ids[s->n_fed_max] = engine__seq_token(s, s->n_fed_max);
+            if (r->gate_ids) r->n_gated = s->n_fed_max;
+            if (it->logits_row) done = engine__seq_sample(e, s, NULL, engine__seq_take_candidate(e, s, j));
+            else if (it->logits || it->argmax)
+                done = engine__seq_sample(e, s, it->logits, it->argmax ? *it->argmax : 0);
+            else if (pos + it->n < r->n_prompt) engine__request_progress(r);
+        }
+        if (done) {
+            int i = 0;
+            while (e->running[i] != s) i++;
+            engine__seq_finish(e, s, ENGINE_FINISH_NONE, 0);
+            list_remove(e->running, &e->n_running, i);
+        }
+    }
+}
+
+/* One scheduler step, phases 1 to 5 above. Returns the tokens it ran. */
+static int sched_run_step(engine *e) {
+    sched_poke_waiting(e); /* waiting requests poked now and then */
+    sched_drop_interrupted(e, e->running, &e->n_running);
+    sched_drop_interrupted(e, e->preempted, &e->n_preempted);
+    int budget = e->p.max_num_batched_tokens, scheduled = 0;
+    if (!sched_continue_running(e, &budget, &scheduled)) sched_admit(e, budget, scheduled);
+    int tokens, n_items = sched_build_items(e, &tokens);
+    if (n_items == 0) return 0;
+    sched_prefetch_ahead(e);
+    int frc = forward_batch(e->fc, e->items, n_items);
+    if (frc != FORWARD_OK) log_error("step of %d sequences: %s", n_items, forward_status_str(frc));
+    else if (engine__sample_on_backend(e, n_items) != 0) {
+        log_error("step of %d sequences: out of memory for the sampling description", n_items);
+        frc = FORWARD_ERR_NOMEM; /* every sequence of the step fails, as for a failed pass */
+    }
+    sched_take_tokens(e, n_items, frc);
+    return tokens;
+}
+
+void engine__sched_step(engine *e) {
+    int tokens = sched_run_step(e);
+    sched_publish_stats(e, tokens);
+}

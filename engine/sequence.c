@@ -1,0 +1,159 @@
+/* A running request (seq, see engine_internal.h), engine thread only: its
+ * forward state taken and given back, its pieces of work, and its next
+ * token: sampled on the host from the step's logits, taken from the
+ * backend's argmax or from the candidates backend_ops.sample left, then
+ * detokenized and published (holdback.c decides how much). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/engine_internal.h"
+#include "base/util.h"
+
+engine_finish engine__interrupted(engine *e, engine_request *r) {
+    if (atomic_load(&e->stopping)) return ENGINE_FINISH_ABORT;
+    if (atomic_load(&r->cancel)) return ENGINE_FINISH_CANCEL;
+    return ENGINE_FINISH_NONE;
+}
+
+int32_t engine__seq_token(const seq *s, int i) {
+    return i < s->r->n_prompt ? s->r->prompt[i] : s->out_ids[i - s->r->n_prompt];
+}
+
+int engine__seq_next_piece(const engine *e, const seq *s) {
+    int pos = s->st ? forward_state_pos(s->st) : 0, np = s->r->n_prompt;
+    if (pos < np) return np - pos < e->chunk ? np - pos : e->chunk;
+    return 1;
+}
+
+void engine__seq_release_state(engine *e, seq *s) {
+    if (!s->st) return;
+    forward_state_reset(s->st); /* blocks back to the cache */
+    e->free_states[e->n_free_states++] = s->st;
+    s->st = NULL;
+}
+
+int engine__seq_take_state(engine *e, seq *s) {
+    if (e->n_free_states > 0) s->st = e->free_states[--e->n_free_states];
+    else if (forward_state_create(e->fc, e->kv, e->ctx, &s->st) != FORWARD_OK) return -1;
+    return 0;
+}
+
+/* Whether s samples through backend_ops.sample: the engine has it on, and
+ * nothing needs the whole row on the host (logprobs read every logit; top-k
+ * between SAMPLE_CANDIDATES and the vocabulary would leave a tail the op does
+ * not sum). Greedy requests with biases or penalties take it too (the first
+ * candidate is their argmax). The row comes down only when the candidates do
+ * not settle the token (sampler_sample_candidates). */
+bool engine__seq_device_sample(const engine *e, const seq *s) {
+    return e->dev_sample && !s->r->lp && sampler_candidates_ok(s->smp, SAMPLE_CANDIDATES);
+}
+
+bool engine__seq_pure_greedy(const engine *e, const seq *s) {
+    const engine_request *r = s->r;
+    const sampler_params *p = &r->sp;
+    return p->temperature <= 0.0f && !r->lp && r->n_bias == 0 && p->repetition_penalty == 1.0f &&
+           p->presence_penalty == 0.0f && p->frequency_penalty == 0.0f && e->vocab == e->m->cfg.vocab_size;
+}
+
+void engine__seq_finish(engine *e, seq *s, engine_finish f, int error) {
+    engine_request *r = s->r;
+    if (f != ENGINE_FINISH_NONE) engine__request_publish(r, NULL, 0, s->n_out, f, error);
+    engine__seq_release_state(e, s);
+    strbuf_free(&s->g.text);
+    free(s->out_ids);
+    tokenizer_stream_destroy(s->ts);
+    sampler_destroy(s->smp);
+    engine_request_release(r);
+    free(s);
+}
+
+bool engine__seq_sample(engine *e, seq *s, float *logits, int32_t next) {
+    engine_request *r = s->r;
+    const model_config *c = &e->m->cfg;
+    if (logits) {
+        if (r->lp) memcpy(e->raw_logits, logits, (size_t)e->vocab * sizeof(float)); /* the sampler edits them */
+        for (int i = 0; i < r->n_bias; i++) logits[r->bias_ids[i]] += r->bias_vals[i];
+        next = sampler_sample(s->smp, logits, r->prompt, r->n_prompt, s->out_ids, s->n_out);
+        if (r->lp) engine__logprob_entry(e->raw_logits, e->vocab, next, r->n_top, &r->lp[s->n_out]);
+    }
+    if (r->forced) next = r->forced[s->n_out]; /* engine_request_params.forced */
+    s->out_ids[s->n_out++] = next;
+
+    bool eos = false;
+    for (int k = 0; k < c->n_eos && !r->ignore_eos; k++) eos |= next == c->eos_token_ids[k];
+    engine_finish f = eos ? ENGINE_FINISH_STOP : s->n_out >= r->max_tokens ? ENGINE_FINISH_LENGTH : ENGINE_FINISH_NONE;
+    gen_text *g = &s->g;
+    size_t scanned = g->text.len;
+    if (engine__gen_text_add(g, s->ts, next, f != ENGINE_FINISH_NONE) != TOKENIZER_OK) {
+        engine__request_publish(r, NULL, 0, s->n_out, ENGINE_FINISH_ERROR, ENGINE_ERR_NOMEM);
+        return true;
+    }
+    size_t upto = engine__gen_text_upto(r, g, scanned, &f);
+    if (f == ENGINE_FINISH_NONE) f = engine__interrupted(e, r);
+    const char *text = upto > g->emitted ? g->text.s + g->emitted : NULL; /* none yet: no NULL + 0 */
+    engine__request_publish(r, text, upto - g->emitted, s->n_out, f, 0);
+    g->emitted = upto;
+    return f != ENGINE_FINISH_NONE;
+}
+
+seq *engine__seq_create(engine *e, engine_request *r) {
+    seq *s = calloc(1, sizeof(*s));
+    if (s) {
+        s->r = r;
+        s->arrival = e->next_arrival++;
+        s->smp = sampler_create(e->vocab, r->sp);
+        s->out_ids = malloc((size_t)r->max_tokens * sizeof(int32_t));
+    }
+    if (!s || !s->smp || !s->out_ids || (e->tok && tokenizer_stream_create(e->tok, true, &s->ts) != TOKENIZER_OK)) {
+        engine__request_publish(r, NULL, 0, 0, ENGINE_FINISH_ERROR, ENGINE_ERR_NOMEM);
+        if (s) {
+            s->ts = NULL;
+            engine__seq_finish(e, s, ENGINE_FINISH_NONE, 0);
+        } else {
+            engine_request_release(r);
+        }
+        return NULL;
+    }
+    pthread_mutex_lock(&r->mu);
+    r->t_start = util_now();
+    pthread_mutex_unlock(&r->mu);
+    return s;
+}
+
+/* Biases and penalties are applied on the backend too (the description). */
+int engine__sample_on_backend(engine *e, int n_items) {
+    int n = 0;
+    for (int j = 0; j < n_items; j++) e->res[j] = e->row[j] >= 0 ? n++ : -1;
+    if (n == 0) return 0;
+    if (sampler_desc_begin(&e->desc, n)) return -1;
+    for (int j = 0; j < n_items; j++) {
+        if (e->res[j] < 0) continue;
+        const seq *s = e->item_seq[j];
+        const engine_request *r = s->r;
+        if (sampler_desc_set(&e->desc, e->res[j], s->smp, e->row[j], r->bias_ids, r->bias_vals, r->n_bias,
+                             r->prompt, r->n_prompt, s->out_ids, s->n_out))
+            return -1;
+    }
+    backend *be = e->be;
+    size_t bytes = sampler_desc_bytes(&e->desc);
+    if (bytes > e->d_desc_bytes) { /* grows rarely: freeing backend memory drops recorded steps */
+        backend_free(be, e->d_desc);
+        e->d_desc_bytes = 0;
+        if (!(e->d_desc = backend_alloc(be, 2 * bytes))) return -1;
+        e->d_desc_bytes = 2 * bytes;
+    }
+    backend_upload(be, e->d_desc, e->desc.w, bytes);
+    backend_sample(be, e->d_res, forward_ctx_logits(e->fc), e->d_desc, n, e->vocab, e->m->cfg.vocab_size, SAMPLE_CANDIDATES);
+    backend_download(be, e->h_res, e->d_res, (size_t)n * SAMPLER_RESULT_BYTES(SAMPLE_CANDIDATES));
+    return 0;
+}
+
+int32_t engine__seq_take_candidate(engine *e, seq *s, int j) {
+    int32_t next = sampler_sample_candidates(s->smp, e->h_res + (size_t)e->res[j] * SAMPLER_RESULT_BYTES(SAMPLE_CANDIDATES),
+                                             SAMPLE_CANDIDATES);
+    if (next >= 0) return next;
+    size_t V = (size_t)e->m->cfg.vocab_size;
+    float *row = e->logits + (size_t)j * V;
+    backend_download(e->be, row, forward_ctx_logits(e->fc) + (size_t)e->row[j] * V, V * sizeof(float));
+    return sampler_sample_applied(s->smp, row);
+}
