@@ -1,5 +1,7 @@
-/* Scalar conversions to f32 of the 16-bit float formats checkpoints and
- * Engram tables store (bf16, IEEE half). Header-only: libc alone. */
+/* Scalar conversions to f32 of every float format checkpoints and Engram
+ * tables store: bf16, IEEE half, and the FP8 pair of DeepSeek-V4.1 rows
+ * (e4m3fn values, ue8m0 block scales). Each is exact and built from the bit
+ * fields, so every machine gives the same bits. Header-only: libc alone. */
 #ifndef BASE_NUMERIC_H
 #define BASE_NUMERIC_H
 
@@ -36,6 +38,35 @@ static inline float f16_to_f32(uint16_t h) {
     float f;
     memcpy(&f, &u, 4);
     return f;
+}
+
+static inline float bits_to_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* One e4m3fn code as f32, exact: sign, 4 exponent bits (bias 7), 3 mantissa
+ * bits; exponent 0 is subnormal (m/8 * 2^-6); no infinities; 0x7f and 0xff are
+ * NaN (returned as a quiet NaN with the code's sign); max 448. */
+static inline float fp8_e4m3_to_f32(uint8_t code) {
+    uint32_t sign = (uint32_t)(code & 0x80) << 24, exp = (code >> 3) & 0xf, man = code & 0x7;
+    if (exp == 0xf && man == 0x7) return bits_to_f32(sign | 0x7fc00000u); /* NaN */
+    if (exp == 0) {
+        /* subnormal m/8 * 2^-6 = m * 2^-9: exact in f32 */
+        float v = (float)man * 0x1p-9f;
+        return sign ? -v : v;
+    }
+    /* normal: rebias 7 -> 127, mantissa into the top 3 of 23 bits */
+    return bits_to_f32(sign | ((exp + 120u) << 23) | (man << 20));
+}
+
+/* One ue8m0 scale byte as f32, exact: 2^(byte-127) for byte 0..254 (byte 0 is
+ * the subnormal 2^-127, not zero); byte 255 is NaN (OCP MX spec). */
+static inline float fp8_ue8m0_to_f32(uint8_t byte) {
+    if (byte == 255) return bits_to_f32(0x7fc00000u);
+    if (byte == 0) return bits_to_f32(0x00400000u); /* 2^-127 is an f32 subnormal */
+    return bits_to_f32((uint32_t)byte << 23);
 }
 
 #endif

@@ -203,7 +203,12 @@ int main(int argc, char **argv) {
     long cols = 256, batch = 4096, compute_us = 1000;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--keep")) keep = 1;
+        if (!strcmp(a, "--help")) {
+            printf("usage: bench-store [--file PATH] [--gib G] [--dtype bf16|fp8] [--cols N] [--batch ROWS]\n"
+                   "                   [--seconds S] [--zipf S] [--keep] [--cache-only] [--compute-us US]\n"
+                   "(defaults and output: the header of bench/store.c)\n");
+            return 0;
+        } else if (!strcmp(a, "--keep")) keep = 1;
         else if (!strcmp(a, "--cache-only")) cache_only = 1;
         else if (v && !strcmp(a, "--compute-us")) compute_us = atol(argv[++i]);
         else if (v && !strcmp(a, "--file")) path = argv[++i];

@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engram/row_index.h"
+#include "engram/row_cache.h"
 #include "base/util.h"
 
 struct engram_fetch {
@@ -39,12 +39,10 @@ struct engram_fetch {
     int32_t *lu;      /* (max_rows) each lookup's distinct index */
     int32_t *uslot;   /* (max_rows) each distinct row's slot */
     int64_t *miss;    /* (max_rows) rows to gather: cached misses first */
-    /* the hot-row cache (CLOCK), indexed on the host */
-    uint32_t C, hand, used;
-    int64_t *crow;    /* (C) row held, -1 empty */
-    uint8_t *cref;    /* (C) CLOCK reference bit */
+    /* the hot-row cache, indexed on the host: engram/row_cache's CLOCK */
+    uint32_t C;       /* slots (cache.n) */
+    row_cache cache;
     uint32_t *cstamp; /* (C) gen of the last step that used the slot: not evicted in that step */
-    row_index cidx;
     /* the host half of a step runs on its own thread (start .. finish) */
     pthread_t th;
     bool th_started, stop;
@@ -80,8 +78,8 @@ void engram_fetch_destroy(engram_fetch *f) {
     backend_host_free(be, f->st_ints);
     free(f->dk), free(f->dv), free(f->dstamp);
     free(f->uniq), free(f->lu), free(f->uslot), free(f->miss);
-    free(f->crow), free(f->cref), free(f->cstamp);
-    row_index_free(&f->cidx);
+    free(f->cstamp);
+    row_cache_free(&f->cache);
     pthread_cond_destroy(&f->cv);
     pthread_mutex_destroy(&f->mu);
     free(f);
@@ -129,11 +127,8 @@ engram_fetch *engram_fetch_create(backend *be, engram_store *store, int ch, int 
     bool ok = f->rows && f->ints && f->st_rows && f->st_ints && f->dk && f->dv && f->dstamp && f->uniq && f->lu &&
               f->uslot && f->miss;
     if (ok && C) {
-        f->crow = malloc(C * sizeof(int64_t));
-        f->cref = calloc(C, 1);
         f->cstamp = calloc(C, sizeof(uint32_t));
-        ok = f->crow && f->cref && f->cstamp && row_index_init(&f->cidx, C, f->crow) == 0;
-        if (ok) memset(f->crow, 0xff, C * sizeof(int64_t));
+        ok = f->cstamp && row_cache_init(&f->cache, C) == 0;
     }
     if (!ok) {
         snprintf(err, errlen, "out of %s memory for Engram rows (%.2f GB cache, %d rows a step)", backend_name(be),
@@ -151,30 +146,19 @@ engram_fetch *engram_fetch_create(backend *be, engram_store *store, int ch, int 
     return f;
 }
 
-/* A cache slot for row (not indexed), taken from a row not used this step
- * (CLOCK: a referenced row gets a second chance), or -1 when every slot holds
- * a row of this step. */
+/* The hand passes over slots that hold a row of this step. */
+static bool used_this_step(const void *ctx, uint32_t k) {
+    const engram_fetch *f = ctx;
+    return f->cstamp[k] == f->gen;
+}
+
+/* A cache slot for row (absent), now indexed and stamped with this step,
+ * taken from a row not used this step, or -1 when every slot holds a row of
+ * this step. */
 static int32_t cache_take(engram_fetch *f, int64_t row) {
-    for (uint64_t step = 0; step < 2ull * f->C + 1; step++) {
-        uint32_t k = f->hand;
-        f->hand = k + 1 == f->C ? 0 : k + 1;
-        if (f->cstamp[k] == f->gen) continue;
-        if (f->crow[k] >= 0) {
-            if (f->cref[k]) {
-                f->cref[k] = 0;
-                continue;
-            }
-            row_index_remove(&f->cidx, f->crow[k]);
-            f->used--;
-        }
-        f->crow[k] = row;
-        f->cref[k] = 0; /* a new row must be hit once before it outlives a sweep */
-        f->cstamp[k] = f->gen;
-        row_index_insert(&f->cidx, row, (int32_t)k);
-        f->used++;
-        return (int32_t)k;
-    }
-    return -1;
+    int32_t k = row_cache_take(&f->cache, row, used_this_step, f, NULL);
+    if (k >= 0) f->cstamp[k] = f->gen;
+    return k;
 }
 
 static void observe_stall(engram_fetch_stats *s, double sec) {
@@ -230,10 +214,10 @@ static int prepare(engram_fetch *f, const int64_t *rows, int n) {
     /* cache lookups: hits first, so that no miss evicts a row this step reads */
     int hits = 0, mc = 0, m = 0;
     for (int j = 0; j < u; j++) {
-        int32_t k = f->C ? row_index_find(&f->cidx, f->uniq[j]) : -1;
+        int32_t k = row_cache_find(&f->cache, f->uniq[j]);
         f->uslot[j] = k;
         if (k >= 0) {
-            f->cref[k] = 1;
+            row_cache_hit(&f->cache, k);
             f->cstamp[k] = f->gen;
             hits++;
         }
@@ -256,12 +240,7 @@ static int prepare(engram_fetch *f, const int64_t *rows, int n) {
     }
     int rc = m ? engram_store_gather_raw(f->store, f->miss, (size_t)m, f->st_rows, NULL) : 0;
     if (rc) { /* the cache must not keep slots that never got their rows */
-        for (int q = 0; q < mc; q++) {
-            int32_t k = f->st_ints[n + q];
-            row_index_remove(&f->cidx, f->crow[k]);
-            f->crow[k] = -1;
-            f->used--;
-        }
+        for (int q = 0; q < mc; q++) row_cache_drop(&f->cache, f->st_ints[n + q]);
         return rc;
     }
     for (int i = 0; i < n; i++) f->st_ints[i] = f->uslot[f->lu[i]];
@@ -345,7 +324,7 @@ int engram_fetch_finish(engram_fetch *f, float *out) {
     s->copied_rows += (uint64_t)m;
     s->copied_bytes += (uint64_t)m * rb + (uint64_t)f->n_ints * sizeof(int32_t);
     s->gather_seconds += f->job_gather_s;
-    s->cache_rows = f->used;
+    s->cache_rows = f->cache.used;
     pthread_mutex_unlock(&f->mu);
     return 0;
 }
@@ -357,7 +336,7 @@ int engram_fetch_drop_cached(engram_fetch *f, int64_t *rows, int n) {
     if (!f->C || !idle) return n;
     int m = 0;
     for (int i = 0; i < n; i++)
-        if (row_index_find(&f->cidx, rows[i]) < 0) rows[m++] = rows[i];
+        if (row_cache_find(&f->cache, rows[i]) < 0) rows[m++] = rows[i];
     return m;
 }
 

@@ -1,10 +1,13 @@
 /* FP8 e4m3fn + ue8m0 row decoding for DeepSeek-V4.1 Engram tables (see
- * engram_fp8.h). Every value is built from its bit fields, so the result is
- * the same on any IEEE machine: one f32 multiply of two exact factors. */
+ * engram_fp8.h). Every factor is built from its bit fields (base/numeric.h),
+ * so the result is the same on any IEEE machine: one f32 multiply of two
+ * exact factors. */
 #include "engram/engram_fp8.h"
 
 #include <assert.h>
 #include <string.h>
+
+#include "base/numeric.h"
 
 const char *engram_fp8_status_str(int status) {
     switch (status) {
@@ -15,41 +18,17 @@ const char *engram_fp8_status_str(int status) {
     }
 }
 
-static float bits_f32(uint32_t u) {
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-float engram_fp8_e4m3_to_f32(uint8_t code) {
-    uint32_t sign = (uint32_t)(code & 0x80) << 24, exp = (code >> 3) & 0xf, man = code & 0x7;
-    if (exp == 0xf && man == 0x7) return bits_f32(sign | 0x7fc00000u); /* NaN */
-    if (exp == 0) {
-        /* subnormal m/8 * 2^-6 = m * 2^-9: exact in f32 */
-        float v = (float)man * 0x1p-9f;
-        return sign ? -v : v;
-    }
-    /* normal: rebias 7 -> 127, mantissa into the top 3 of 23 bits */
-    return bits_f32(sign | ((exp + 120u) << 23) | (man << 20));
-}
-
-float engram_fp8_ue8m0_to_f32(uint8_t byte) {
-    if (byte == 255) return bits_f32(0x7fc00000u);
-    if (byte == 0) return bits_f32(0x00400000u); /* 2^-127 is an f32 subnormal */
-    return bits_f32((uint32_t)byte << 23);
-}
-
 void engram_fp8_decode_row(const uint8_t *values, const uint8_t *scales, int head_dim, float *out) {
     assert(head_dim > 0 && head_dim % ENGRAM_FP8_BLOCK == 0);
     for (int b = 0; b < head_dim / ENGRAM_FP8_BLOCK; b++) {
-        const float s = engram_fp8_ue8m0_to_f32(scales[b]);
+        const float s = fp8_ue8m0_to_f32(scales[b]);
         const uint8_t *v = values + (size_t)b * ENGRAM_FP8_BLOCK;
         float *o = out + (size_t)b * ENGRAM_FP8_BLOCK;
         for (int i = 0; i < ENGRAM_FP8_BLOCK; i++) {
-            float p = engram_fp8_e4m3_to_f32(v[i]) * s;
+            float p = fp8_e4m3_to_f32(v[i]) * s;
             /* One NaN for every NaN product: which operand's payload a
              * multiply keeps differs between compilers and devices. */
-            o[i] = p != p ? bits_f32(0x7fc00000u) : p;
+            o[i] = p != p ? bits_to_f32(0x7fc00000u) : p;
         }
     }
 }

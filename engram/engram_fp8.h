@@ -4,7 +4,8 @@
  * layouts of the same bytes: the checkpoint's split tensors (embed.weight
  * [rows, head_dim] F8_E4M3 and embed.scale [rows, head_dim/32] F8_E8M0) and
  * the packed row (head_dim value bytes, then head_dim/32 scale bytes: 264 bytes
- * for head_dim 256). Pure functions: no I/O, no allocation. */
+ * for head_dim 256). Pure functions: no I/O, no allocation. The scalar
+ * conversions (fp8_e4m3_to_f32, fp8_ue8m0_to_f32) are in base/numeric.h. */
 #ifndef ENGRAM_ENGRAM_FP8_H
 #define ENGRAM_ENGRAM_FP8_H
 
@@ -25,15 +26,6 @@ const char *engram_fp8_status_str(int status);
 #define ENGRAM_FP8_BLOCK 32
 /* Largest head_dim accepted by engram_fp8_table_check. */
 #define ENGRAM_FP8_MAX_HEAD_DIM 65536
-
-/* One e4m3fn code as f32, exact: sign, 4 exponent bits (bias 7), 3 mantissa
- * bits; exponent 0 is subnormal (m/8 * 2^-6); no infinities; 0x7f and 0xff are
- * NaN (returned as a quiet NaN with the code's sign); max 448. */
-float engram_fp8_e4m3_to_f32(uint8_t code);
-
-/* One ue8m0 scale byte as f32, exact: 2^(byte-127) for byte 0..254 (byte 0 is
- * the subnormal 2^-127, not zero); byte 255 is NaN (OCP MX spec). */
-float engram_fp8_ue8m0_to_f32(uint8_t byte);
 
 /* Decodes one row: out[i] = e4m3(values[i]) * ue8m0(scales[i / 32]) for
  * i < head_dim, rounded once to f32 (exact unless it overflows: then +-inf;

@@ -194,6 +194,13 @@ static int contains_fffd(const char *s, size_t n) {
     return 0;
 }
 
+/* A heap copy of len bytes (one spare byte, so that len 0 allocates), or NULL. */
+static char *copy_bytes(const char *p, size_t len) {
+    char *k = malloc(len + 1);
+    if (k && len) memcpy(k, p, len);
+    return k;
+}
+
 int ngram_hash_compress_build(const ngram_hash_token_text *tokens, size_t n, int64_t *lookup,
                               int64_t *vc) {
     *vc = 0;
@@ -208,25 +215,21 @@ int ngram_hash_compress_build(const ngram_hash_token_text *tokens, size_t n, int
         char *key = NULL;
         size_t klen = 0;
         if (contains_fffd(t->text, t->text_len)) {
-            key = malloc(t->raw_len + 1);
-            if (!key) {
+            klen = t->raw_len;
+            if (!(key = copy_bytes(t->raw, klen))) {
                 st = NGRAM_HASH_ENOMEM;
                 break;
             }
-            if (t->raw_len) memcpy(key, t->raw, t->raw_len);
-            klen = t->raw_len;
         } else {
             st = ngram_hash_normalize(t->text, t->text_len, &key, &klen);
             if (st) break;
             if (klen == 0) {
                 free(key);
-                key = malloc(t->text_len + 1);
-                if (!key) {
+                klen = t->text_len;
+                if (!(key = copy_bytes(t->text, klen))) {
                     st = NGRAM_HASH_ENOMEM;
                     break;
                 }
-                if (t->text_len) memcpy(key, t->text, t->text_len);
-                klen = t->text_len;
             }
         }
         size_t s = (size_t)fnv1a(key, klen) & (cap - 1);

@@ -1,9 +1,9 @@
 /* An open-addressing index from row ids to the slots of a row cache that
  * holds them: linear probing, Fibonacci hashing, deletion by shifting later
  * entries of a probe chain back (no tombstones). The cache owns row[] (the
- * row each slot holds); the index only stores slot numbers. Used by the
- * store's DRAM row cache (store.c) and the backend's hot-row cache
- * (engine/engram_fetch.c). Not thread-safe: callers lock. */
+ * row each slot holds); the index only stores slot numbers. Used through
+ * engram/row_cache.h (the CLOCK of the store's DRAM row cache and of the
+ * backend's hot-row cache). Not thread-safe: callers lock. */
 #ifndef ENGRAM_ROW_INDEX_H
 #define ENGRAM_ROW_INDEX_H
 

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/numeric.h"
 #include "engram/engram.h"
 
 static uint32_t f32_bits(float f) {
@@ -27,22 +28,22 @@ static double e4m3_def(int code) {
 }
 
 START_TEST(test_known_values) {
-    ck_assert_uint_eq(f32_bits(engram_fp8_e4m3_to_f32(0x00)), 0x00000000u);
-    ck_assert_uint_eq(f32_bits(engram_fp8_e4m3_to_f32(0x80)), 0x80000000u); /* -0 */
-    ck_assert(engram_fp8_e4m3_to_f32(0x38) == 1.0f);
-    ck_assert(engram_fp8_e4m3_to_f32(0x01) == 0x1p-9f); /* smallest subnormal */
-    ck_assert(engram_fp8_e4m3_to_f32(0x07) == 7 * 0x1p-9f);
-    ck_assert(engram_fp8_e4m3_to_f32(0x08) == 0x1p-6f); /* smallest normal */
-    ck_assert(engram_fp8_e4m3_to_f32(0x7e) == 448.0f);
-    ck_assert(engram_fp8_e4m3_to_f32(0xfe) == -448.0f);
-    ck_assert(engram_fp8_e4m3_to_f32(0x78) == 256.0f); /* exponent 15 is finite in fn */
-    ck_assert(isnan(engram_fp8_e4m3_to_f32(0x7f)));
-    ck_assert(isnan(engram_fp8_e4m3_to_f32(0xff)));
-    ck_assert(engram_fp8_ue8m0_to_f32(127) == 1.0f);
-    ck_assert(engram_fp8_ue8m0_to_f32(0) == 0x1p-127f);
-    ck_assert(engram_fp8_ue8m0_to_f32(1) == 0x1p-126f);
-    ck_assert(engram_fp8_ue8m0_to_f32(254) == 0x1p127f);
-    ck_assert(isnan(engram_fp8_ue8m0_to_f32(255)));
+    ck_assert_uint_eq(f32_bits(fp8_e4m3_to_f32(0x00)), 0x00000000u);
+    ck_assert_uint_eq(f32_bits(fp8_e4m3_to_f32(0x80)), 0x80000000u); /* -0 */
+    ck_assert(fp8_e4m3_to_f32(0x38) == 1.0f);
+    ck_assert(fp8_e4m3_to_f32(0x01) == 0x1p-9f); /* smallest subnormal */
+    ck_assert(fp8_e4m3_to_f32(0x07) == 7 * 0x1p-9f);
+    ck_assert(fp8_e4m3_to_f32(0x08) == 0x1p-6f); /* smallest normal */
+    ck_assert(fp8_e4m3_to_f32(0x7e) == 448.0f);
+    ck_assert(fp8_e4m3_to_f32(0xfe) == -448.0f);
+    ck_assert(fp8_e4m3_to_f32(0x78) == 256.0f); /* exponent 15 is finite in fn */
+    ck_assert(isnan(fp8_e4m3_to_f32(0x7f)));
+    ck_assert(isnan(fp8_e4m3_to_f32(0xff)));
+    ck_assert(fp8_ue8m0_to_f32(127) == 1.0f);
+    ck_assert(fp8_ue8m0_to_f32(0) == 0x1p-127f);
+    ck_assert(fp8_ue8m0_to_f32(1) == 0x1p-126f);
+    ck_assert(fp8_ue8m0_to_f32(254) == 0x1p127f);
+    ck_assert(isnan(fp8_ue8m0_to_f32(255)));
 }
 END_TEST
 

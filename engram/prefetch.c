@@ -1,0 +1,96 @@
+/* The Engram store's prefetch thread (see engram_store_prefetch in
+ * store.h): a ring of row ids that the forward pass hands over as soon as a
+ * step's tokens are known, and one thread that reads the rows neither cached
+ * nor in flight into the NVMe tier's row cache with its own reader, so that
+ * the gathers find them there. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/err.h"
+#include "engram/store_internal.h"
+
+int engram_store_prefetch(engram_store *s, const int64_t *rows, size_t n) {
+    if (n && !rows) return ENGRAM_STORE_EINVAL;
+    if (!s || !s->pf_started || !n) return ENGRAM_STORE_OK;
+    pthread_mutex_lock(&s->pf_mu);
+    size_t room = PF_QUEUE - s->pf_len, k = n < room ? n : room;
+    for (size_t i = 0; i < k; i++) s->pf_q[(s->pf_head + s->pf_len + i) % PF_QUEUE] = rows[i];
+    s->pf_len += k;
+    if (k) pthread_cond_signal(&s->pf_cv);
+    pthread_mutex_unlock(&s->pf_mu);
+    counter_add(&s->prefetch_rows, n);
+    if (k < n) counter_add(&s->prefetch_dropped, n - k);
+    return ENGRAM_STORE_OK;
+}
+
+/* The prefetch thread: takes up to PF_BATCH ids, claims slots for those
+ * neither cached nor in flight, reads them with its own reader. Already
+ * cached rows get their reference bit: they are about to be used. It starts
+ * no batch while a gather runs: the disk is the gather's then. */
+static void *prefetch_main(void *arg) {
+    engram_store *s = arg;
+    const engram_store_header *h = &s->info.header;
+    int64_t ids[PF_BATCH];
+    row_req q[PF_BATCH];
+    for (;;) {
+        pthread_mutex_lock(&s->pf_mu);
+        while ((!s->pf_len || atomic_load(&s->gathering)) && !s->pf_stop)
+            pthread_cond_wait(s->pf_len ? &s->pf_idle : &s->pf_cv, &s->pf_mu);
+        if (s->pf_stop) {
+            pthread_mutex_unlock(&s->pf_mu);
+            return NULL;
+        }
+        size_t m = s->pf_len < PF_BATCH ? s->pf_len : PF_BATCH;
+        for (size_t i = 0; i < m; i++) ids[i] = s->pf_q[(s->pf_head + i) % PF_QUEUE];
+        s->pf_head = (s->pf_head + m) % PF_QUEUE;
+        s->pf_len -= m;
+        pthread_mutex_unlock(&s->pf_mu);
+
+        size_t nq = 0;
+        pthread_mutex_lock(&s->mu);
+        for (size_t i = 0; i < m; i++) {
+            if (ids[i] < 0 || (uint64_t)ids[i] >= h->rows) continue;
+            int32_t k = row_cache_find(&s->c.clock, ids[i]);
+            if (k >= 0)
+                row_cache_hit(&s->c.clock, k);
+            else if ((k = engram_store__alloc_slot(s, ids[i])) >= 0)
+                q[nq++] = (row_req){h->data_offset + (uint64_t)ids[i] * h->row_stride, NO_IDX, k};
+        }
+        pthread_mutex_unlock(&s->mu);
+        if (!nq) continue;
+        int rc = engram_store__read_reqs(s, &s->pf_rd, q, nq, (row_out){0});
+        if (rc) {
+            engram_store__fail_unfinished(s, q, nq);
+            engram_store__note(s, "prefetch read failed");
+        } else {
+            counter_add(&s->prefetch_reads, nq);
+        }
+    }
+}
+
+int engram_store__prefetch_start(engram_store *s, char *err, size_t errlen) {
+    s->pf_q = malloc(PF_QUEUE * sizeof(int64_t));
+    if (!s->pf_q || engram_store__reader_init(s, &s->pf_rd))
+        return err_set(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
+    int e = pthread_create(&s->pf_thread, NULL, prefetch_main, s);
+    if (e)
+        return err_set(err, errlen, ENGRAM_STORE_ENOMEM, "%s: cannot start the prefetch thread: %s", s->path,
+                       strerror(e));
+    s->pf_started = true;
+    return ENGRAM_STORE_OK;
+}
+
+void engram_store__prefetch_stop(engram_store *s) {
+    if (s->pf_started) {
+        pthread_mutex_lock(&s->pf_mu);
+        s->pf_stop = true;
+        pthread_cond_signal(&s->pf_cv);
+        pthread_cond_signal(&s->pf_idle);
+        pthread_mutex_unlock(&s->pf_mu);
+        pthread_join(s->pf_thread, NULL);
+        s->pf_started = false;
+    }
+    engram_store__reader_free(&s->pf_rd);
+    free(s->pf_q);
+    s->pf_q = NULL;
+}

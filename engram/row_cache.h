@@ -1,0 +1,60 @@
+/* The one CLOCK (second chance) of Engram's row caches: the store's DRAM row
+ * cache (engram/store_nvme.c) and the backend's HBM hot-row index
+ * (engine/engram_fetch.c). Fixed slots, each holding one row id or none,
+ * found by id through engram/row_index.h. The caller keeps the rows' bytes
+ * and whatever else a slot needs (load states, pins, step stamps) in arrays
+ * of its own, and tells the hand which slots to pass over. Not thread-safe:
+ * callers lock. */
+#ifndef ENGRAM_ROW_CACHE_H
+#define ENGRAM_ROW_CACHE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "engram/row_index.h"
+
+typedef struct {
+    uint32_t n;      /* slots (0: no cache) */
+    uint32_t hand;   /* the slot the hand looks at next */
+    uint64_t used;   /* slots holding a row (those in the index) */
+    int64_t *row;    /* (n) row id a slot holds, -1 none */
+    uint8_t *ref;    /* (n) reference bit: set by a hit, cleared as the hand passes */
+    row_index index; /* row id -> slot, over row[] */
+} row_cache;
+
+/* Slots the hand must pass over this sweep (pinned, being loaded, used by the
+ * current step): neither evicted nor stripped of their reference bit. */
+typedef bool (*row_cache_busy_fn)(const void *ctx, uint32_t slot);
+
+/* A cache of n slots (n <= 2^30: slots and the index fit int32), all
+ * empty. Returns 0, or -1 when out of memory (row_cache_free then frees what
+ * was made). n == 0 makes an empty cache that finds nothing, takes nothing. */
+int row_cache_init(row_cache *c, uint64_t n);
+
+/* Frees the arrays; accepts a zeroed or half-made cache. */
+void row_cache_free(row_cache *c);
+
+/* The slot holding row, or -1. */
+static inline int32_t row_cache_find(const row_cache *c, int64_t row) {
+    return c->n ? row_index_find(&c->index, row) : -1;
+}
+
+/* A hit on slot k: the row survives the hand's next pass. */
+static inline void row_cache_hit(row_cache *c, int32_t k) { c->ref[k] = 1; }
+
+/* CLOCK: moves the hand over at most two sweeps for a slot that is not busy
+ * and either empty or unreferenced (a referenced one loses its bit and is
+ * passed: the second chance), and puts row (absent) there, indexed, with its
+ * bit clear: a new row must be hit once before it outlives a sweep. Hits need
+ * no list surgery (LRU would move a node per hit), and a row must miss its
+ * bit twice over a full sweep before it goes, which keeps the hot set and
+ * lets one-off rows pass through. Returns the slot, and in *victim the row it
+ * evicted or -1 (victim may be NULL); or -1 when every slot is busy or the
+ * cache has none. */
+int32_t row_cache_take(row_cache *c, int64_t row, row_cache_busy_fn busy, const void *ctx, int64_t *victim);
+
+/* Empties slot k (holding a row): out of the index, row -1. For a slot that
+ * never got its row's bytes (a failed read). */
+void row_cache_drop(row_cache *c, int32_t k);
+
+#endif

@@ -1,0 +1,177 @@
+/* Internals of engram/store shared between its source files: the store
+ * struct, the NVMe tier's reads and its DRAM row cache, counters, and the
+ * helpers each tier calls (store.c: the interface; store_dram.c,
+ * store_nvme.c: the tiers; prefetch.c: the prefetch thread). */
+#ifndef ENGRAM_STORE_INTERNAL_H
+#define ENGRAM_STORE_INTERNAL_H
+
+#include <liburing.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "engram/row_cache.h"
+#include "engram/store.h"
+
+/* Table files are little-endian; rows are decoded with native loads. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "engram/store reads little-endian table files with native loads"
+#endif
+
+/* ---- the NVMe tier's row cache ----
+ *
+ * With a DRAM budget: a row cache of fixed slots, each holding one row's raw
+ * bytes as in the file (decoded on every gather, so a cached row costs
+ * row_bytes, not 4*cols). Rows are Zipfian: a small hot set takes most
+ * lookups. Replacement is engram/row_cache's CLOCK. A slot is EMPTY, LOADING
+ * (a read is in flight; whoever wants the row waits for it instead of
+ * reading it again), READY, or FAILED (its read failed; waiters report EIO).
+ * Gathers pin the slots they will read, so eviction never takes a row from
+ * under a gather. Reads go through a reader (a ring and aligned buffers):
+ * gathers share one under `io_mu`, the prefetch thread owns another, so its
+ * reads never hold a gather up; it pauses while a gather runs (the gather is
+ * on the forward pass's path, the prefetch is for later). Locks: `mu` guards
+ * the cache; a thread takes io_mu, then mu briefly, never the reverse while
+ * waiting. */
+enum { SLOT_EMPTY, SLOT_LOADING, SLOT_READY, SLOT_FAILED };
+#define NO_IDX SIZE_MAX
+#define SLOT_OVERHEAD 32u   /* bytes per slot besides its row: row id 8, state 1, ref 1, pins 4, index <= 16 */
+#define PF_QUEUE (1u << 16) /* prefetch ids waiting at most */
+#define PF_BATCH 128u       /* ids the prefetch thread resolves per round: how long a gather may find it reading */
+
+typedef struct {
+    row_cache clock; /* which row each slot holds, CLOCK (c.clock.n == 0: no cache) */
+    uint8_t *state;  /* (n) SLOT_* */
+    uint32_t *pins;  /* (n) gathers that will read the slot */
+    uint8_t *data;   /* (n, row_bytes) raw rows */
+} store_cache;
+
+/* One read: a run of whole blocks covering the rows of reqs[first..first+n). */
+typedef struct {
+    uint64_t off; /* file offset, a multiple of 4096 */
+    uint32_t len; /* bytes, a multiple of 4096 */
+    uint32_t first, n;
+} block_run;
+
+/* A row to read and where it goes. */
+typedef struct {
+    uint64_t off; /* file offset of the row */
+    size_t idx;   /* output row to decode into, or NO_IDX */
+    int32_t slot; /* cache slot to fill, or -1 */
+} row_req;
+
+/* Where gathered rows go: decoded to f32 (out + i*cols floats) or copied as
+ * they are in the file (out + i*row_bytes bytes). */
+typedef struct {
+    void *p;
+    bool raw;
+} row_out;
+
+typedef _Atomic uint64_t counter;
+
+/* What reads need: an io_uring (or pread when it is off) and queue_depth
+ * aligned buffers of run_bytes, with each buffer's submit time. */
+typedef struct {
+    struct io_uring ring;
+    bool uring;
+    uint8_t *buf; /* (queue_depth, run_bytes) */
+    double *t_sub;
+} reader;
+
+struct engram_store {
+    engram_store_params p;
+    engram_store_info info;
+    char *path;
+    int fd;
+    uint8_t *map; /* DRAM: the whole file */
+    size_t map_len;
+    /* NVMe reads */
+    pthread_mutex_t io_mu; /* the gathers' reader */
+    reader rd, pf_rd;      /* gathers', the prefetch thread's */
+    size_t run_bytes;      /* largest run: one row's blocks */
+    _Atomic int gathering; /* gathers between their lookup and their last read */
+    /* the row cache */
+    pthread_mutex_t mu;
+    pthread_cond_t ready; /* broadcast when slots leave SLOT_LOADING */
+    store_cache c;
+    /* prefetch: a ring of ids for one thread */
+    pthread_mutex_t pf_mu;
+    pthread_cond_t pf_cv;
+    int64_t *pf_q; /* (PF_QUEUE) */
+    pthread_cond_t pf_idle; /* under pf_mu: broadcast when `gathering` drops to 0 */
+    size_t pf_head, pf_len;
+    bool pf_stop, pf_started;
+    pthread_t pf_thread;
+    /* stats; times in nanoseconds */
+    counter lookups, dram_hits, nvme_hits, prefetch_rows, prefetch_reads, prefetch_dropped, evictions;
+    counter reads, bytes_read, read_ns, read_hist[ENGRAM_STORE_HIST_BUCKETS + 1];
+    counter gathers, stall_ns, stall_hist[ENGRAM_STORE_HIST_BUCKETS + 1];
+};
+
+static inline void counter_add(counter *c, uint64_t v) { atomic_fetch_add_explicit(c, v, memory_order_relaxed); }
+static inline uint64_t counter_get(const counter *c) {
+    return atomic_load_explicit((counter *)c, memory_order_relaxed);
+}
+
+/* One time into a histogram and its sum (nanoseconds). */
+static inline void counter_observe(counter *hist, counter *sum_ns, double sec) {
+    if (sec < 0) sec = 0;
+    atomic_fetch_add_explicit(&hist[engram_store_hist_bucket(sec)], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(sum_ns, (uint64_t)(sec * 1e9), memory_order_relaxed);
+}
+
+/* Output row i from a stored row at src: decoded or copied (see row_out). */
+static inline void engram_store__emit(const engram_store_header *h, const uint8_t *src, row_out o, size_t i) {
+    if (o.raw) memcpy((uint8_t *)o.p + i * h->row_bytes, src, h->row_bytes);
+    else engram_store_decode_row((int)h->dtype, h->cols, src, (float *)o.p + i * h->cols);
+}
+
+/* store.c */
+/* A note on stderr naming the store's file, unless params.quiet. */
+void engram_store__note(const engram_store *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A store with nothing open yet (engram_store_close frees it), or NULL. */
+engram_store *engram_store__new(const char *path, const engram_store_params *p);
+
+/* store_dram.c */
+/* The DRAM tier over fd (the table file, size bytes, header parsed into
+ * s->info): maps it MAP_SHARED, advises, locks. s owns fd from here, even on
+ * failure. Returns ENGRAM_STORE_OK, or _EIO/_ELOCK with a message. */
+int engram_store__dram_open(engram_store *s, int fd, size_t size, char *err, size_t errlen);
+/* Gathers n in-range rows from the mapping into out. */
+void engram_store__gather_mapped(const engram_store *s, const int64_t *rows, size_t n, row_out out);
+
+/* store_nvme.c */
+/* The NVMe tier over fd (a buffered descriptor of the table file, header
+ * parsed into s->info): O_DIRECT when allowed, the gathers' reader, the row
+ * cache of params.dram_budget and, with a cache, the prefetch thread. s owns
+ * fd from here, even on failure. Returns ENGRAM_STORE_OK, or _EIO/_ENOMEM
+ * with a message. */
+int engram_store__nvme_open(engram_store *s, int fd, char *err, size_t errlen);
+/* Frees the readers and the row cache (the prefetch thread is stopped). */
+void engram_store__nvme_free(engram_store *s);
+/* Gathers n in-range rows through the cache and the gathers' reader. */
+int engram_store__gather_nvme(engram_store *s, const int64_t *rows, size_t n, row_out out);
+/* A reader of queue_depth buffers, with an io_uring unless told to pread or
+ * refused (a note says so; pread then). Returns 0, or -1 out of memory. */
+int engram_store__reader_init(engram_store *s, reader *rd);
+/* Frees a reader; accepts a zeroed or half-made one. */
+void engram_store__reader_free(reader *rd);
+/* Reads the rows of q through rd (see store_nvme.c); callers own rd. */
+int engram_store__read_reqs(engram_store *s, reader *rd, row_req *q, size_t n, row_out out);
+/* Under mu: a slot for row, now LOADING and indexed, or -1 (all busy). */
+int32_t engram_store__alloc_slot(engram_store *s, int64_t row);
+/* After a failed read: the slots of q still LOADING become FAILED. */
+void engram_store__fail_unfinished(engram_store *s, const row_req *q, size_t n);
+
+/* prefetch.c */
+/* Starts the prefetch thread (its queue and reader). Returns
+ * ENGRAM_STORE_OK, or _ENOMEM with a message. */
+int engram_store__prefetch_start(engram_store *s, char *err, size_t errlen);
+/* Stops and joins it, frees its queue and reader; accepts a store that never
+ * started one. */
+void engram_store__prefetch_stop(engram_store *s);
+
+#endif

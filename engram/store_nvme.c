@@ -1,0 +1,378 @@
+/* The NVMe tier of the Engram store (see store.h): rows read from the table
+ * file with O_DIRECT (buffered when the filesystem refuses it), sorted and
+ * deduplicated into runs of whole blocks, through io_uring with a full queue
+ * or with pread; under a DRAM budget, a row cache (store_cache: the CLOCK of
+ * engram/row_cache plus per-slot load states, pins and bytes) that gathers
+ * and the prefetch thread (prefetch.c) fill. See store_internal.h for the
+ * slot states and the locks. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/err.h"
+#include "base/util.h"
+#include "engram/store_internal.h"
+
+/* ---- the row cache (callers hold mu) ---- */
+
+/* The hand passes over slots that a gather will read or a read is filling. */
+static bool slot_busy(const void *ctx, uint32_t k) {
+    const store_cache *c = ctx;
+    return c->pins[k] || c->state[k] == SLOT_LOADING;
+}
+
+/* A slot for row, now LOADING and indexed, or -1 when every slot is pinned
+ * or loading (a batch larger than the cache: the caller reads uncached). An
+ * evicted row is counted. */
+int32_t engram_store__alloc_slot(engram_store *s, int64_t row) {
+    store_cache *c = &s->c;
+    int64_t victim;
+    int32_t k = row_cache_take(&c->clock, row, slot_busy, c, &victim);
+    if (k < 0) return -1;
+    if (victim >= 0) counter_add(&s->evictions, 1);
+    c->state[k] = SLOT_LOADING;
+    return k;
+}
+
+/* After a read: the slots of q still LOADING failed; waiters see FAILED. */
+void engram_store__fail_unfinished(engram_store *s, const row_req *q, size_t n) {
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < n; i++) {
+        int32_t k = q[i].slot;
+        if (k >= 0 && s->c.state[k] == SLOT_LOADING) {
+            row_cache_drop(&s->c.clock, k);
+            s->c.state[k] = SLOT_FAILED;
+        }
+    }
+    pthread_cond_broadcast(&s->ready);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Sizes and allocates the row cache for a budget of `budget` bytes. */
+static int cache_init(engram_store *s, uint64_t budget) {
+    const engram_store_header *h = &s->info.header;
+    uint64_t n = budget / (h->row_bytes + SLOT_OVERHEAD);
+    if (n > h->rows) n = h->rows;
+    if (n > (1u << 29)) n = 1u << 29; /* the index (4n entries at most) stays within int32 slots */
+    if (!n) return 0;
+    store_cache *c = &s->c;
+    c->state = calloc(n, 1);
+    c->pins = calloc(n, sizeof(uint32_t));
+    c->data = malloc(n * h->row_bytes);
+    if (row_cache_init(&c->clock, n) || !c->state || !c->pins || !c->data) return -1;
+    s->info.cache_rows = n;
+    s->info.cache_bytes = n * (h->row_bytes + 8 + 1 + 1 + 4) + ((uint64_t)c->clock.index.mask + 1) * 4;
+    return 0;
+}
+
+/* ---- reads (callers hold io_mu, or own the reader) ---- */
+
+static int cmp_req(const void *a, const void *b) {
+    const row_req *x = a, *y = b;
+    return x->off < y->off ? -1 : x->off > y->off ? 1 : (x->idx > y->idx) - (x->idx < y->idx);
+}
+
+/* Reads run r into buf (pread path); returns bytes or -errno. */
+static ssize_t read_run(engram_store *s, const block_run *r, uint8_t *buf) {
+    size_t done = 0;
+    while (done < r->len) {
+        ssize_t k = pread(s->fd, buf + done, r->len - done, (off_t)(r->off + done));
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) return -errno;
+        if (k == 0) break; /* end of file: the caller checks what it needs */
+        done += (size_t)k;
+    }
+    return (ssize_t)done;
+}
+
+/* Delivers the rows of run r from buf, given `got` bytes were read: decoded
+ * into out for output rows, copied into their slots (then READY) for cached
+ * ones. A slot is LOADING and owned by this reader, so its bytes are written
+ * without the lock; the state flips under it. */
+static int finish_run(engram_store *s, const row_req *q, const block_run *r, const uint8_t *buf, ssize_t got,
+                      double latency, row_out out) {
+    const engram_store_header *h = &s->info.header;
+    if (got < 0) return -1;
+    q += r->first;
+    uint64_t need = q[r->n - 1].off + h->row_bytes - r->off;
+    if ((uint64_t)got < need) return -1;
+    counter_add(&s->reads, 1);
+    counter_add(&s->bytes_read, (uint64_t)got);
+    counter_observe(s->read_hist, &s->read_ns, latency);
+    bool cached = false;
+    for (uint32_t i = 0; i < r->n; i++) {
+        const uint8_t *src = buf + (q[i].off - r->off);
+        if (q[i].idx != NO_IDX) engram_store__emit(h, src, out, q[i].idx);
+        if (q[i].slot >= 0) {
+            memcpy(s->c.data + (size_t)q[i].slot * h->row_bytes, src, h->row_bytes);
+            cached = true;
+        }
+    }
+    if (cached) {
+        pthread_mutex_lock(&s->mu);
+        for (uint32_t i = 0; i < r->n; i++)
+            if (q[i].slot >= 0) s->c.state[q[i].slot] = SLOT_READY;
+        pthread_cond_broadcast(&s->ready);
+        pthread_mutex_unlock(&s->mu);
+    }
+    return 0;
+}
+
+/* io_uring: keeps up to queue_depth runs in flight; buffer k owns
+ * buf + k*run_bytes. Sets *done to the runs finished (all of them unless
+ * submitting failed: then the ring is closed and the caller goes on with
+ * pread). Returns ENGRAM_STORE_OK or ENGRAM_STORE_EIO. */
+static int read_runs_uring(engram_store *s, reader *rd, const row_req *q, const block_run *runs, size_t nr,
+                           size_t *done, row_out out) {
+    int qd = s->p.queue_depth;
+    int *free_bufs = malloc((size_t)qd * sizeof(int));
+    if (!free_bufs) return ENGRAM_STORE_ENOMEM;
+    int nfree = qd, inflight = 0, rc = ENGRAM_STORE_OK;
+    for (int k = 0; k < qd; k++) free_bufs[k] = qd - 1 - k;
+    size_t next = 0;
+    bool broken = false;
+    while ((next < nr && !broken) || inflight) {
+        int queued = 0;
+        while (next < nr && nfree && rc == ENGRAM_STORE_OK && !broken) {
+            struct io_uring_sqe *sqe = io_uring_get_sqe(&rd->ring);
+            if (!sqe) break;
+            int k = free_bufs[--nfree];
+            io_uring_prep_read(sqe, s->fd, rd->buf + (size_t)k * s->run_bytes, runs[next].len, runs[next].off);
+            io_uring_sqe_set_data64(sqe, ((uint64_t)next << 16) | (uint64_t)k);
+            rd->t_sub[k] = util_now();
+            next++;
+            queued++;
+        }
+        if (queued) {
+            if (io_uring_submit(&rd->ring) < 0) { /* the ring is unusable: give the runs back to pread */
+                broken = true;
+                next -= (size_t)queued;
+                nfree += queued; /* free_bufs still holds their indices */
+            } else {
+                inflight += queued;
+            }
+        }
+        if (!inflight) break;
+        struct io_uring_cqe *cqe;
+        int e = io_uring_wait_cqe(&rd->ring, &cqe);
+        if (e == -EINTR) continue;
+        if (e < 0) {
+            rc = ENGRAM_STORE_EIO;
+            break;
+        }
+        uint64_t tag = io_uring_cqe_get_data64(cqe);
+        int res = cqe->res;
+        io_uring_cqe_seen(&rd->ring, cqe);
+        inflight--;
+        size_t ri = (size_t)(tag >> 16);
+        int k = (int)(tag & 0xffff);
+        uint8_t *b = rd->buf + (size_t)k * s->run_bytes;
+        ssize_t got = res;
+        if (res > 0 && (uint32_t)res < runs[ri].len && res % 512 == 0) { /* short read: finish synchronously */
+            block_run rest = runs[ri];
+            rest.off += (uint64_t)res;
+            rest.len -= (uint32_t)res;
+            ssize_t more = read_run(s, &rest, b + res);
+            got = more < 0 ? more : res + more;
+        }
+        if (rc == ENGRAM_STORE_OK && finish_run(s, q, &runs[ri], b, got, util_now() - rd->t_sub[k], out))
+            rc = ENGRAM_STORE_EIO;
+        free_bufs[nfree++] = k;
+    }
+    while (inflight > 0) { /* after an error: drain */
+        struct io_uring_cqe *cqe;
+        if (io_uring_wait_cqe(&rd->ring, &cqe)) break;
+        io_uring_cqe_seen(&rd->ring, cqe);
+        inflight--;
+    }
+    free(free_bufs);
+    if (broken && rc == ENGRAM_STORE_OK) {
+        engram_store__note(s, "io_uring_submit failed; using pread from now on");
+        io_uring_queue_exit(&rd->ring);
+        rd->uring = false;
+        if (rd == &s->rd) s->info.io_uring = false;
+    }
+    *done = next;
+    return rc;
+}
+
+/* Reads the rows of q (sorted here by offset): rows sharing a block share
+ * one read. Returns ENGRAM_STORE_OK, _EIO or _ENOMEM; on failure the slots
+ * not filled are still LOADING (see engram_store__fail_unfinished). */
+int engram_store__read_reqs(engram_store *s, reader *rd, row_req *q, size_t n, row_out out) {
+    qsort(q, n, sizeof(row_req), cmp_req);
+    block_run *runs = malloc(n * sizeof(block_run));
+    if (!runs) return ENGRAM_STORE_ENOMEM;
+    /* stride <= 4096: a row lies in one block; larger strides are block aligned: a run per row */
+    size_t nr = 0;
+    for (size_t i = 0; i < n;) {
+        uint64_t b = q[i].off & ~(uint64_t)(ENGRAM_STORE_BLOCK - 1);
+        size_t j = i + 1;
+        while (j < n && (q[j].off & ~(uint64_t)(ENGRAM_STORE_BLOCK - 1)) == b) j++;
+        runs[nr++] = (block_run){b, (uint32_t)s->run_bytes, (uint32_t)i, (uint32_t)(j - i)};
+        i = j;
+    }
+    int rc = ENGRAM_STORE_OK;
+    size_t next = 0;
+    if (rd->uring) rc = read_runs_uring(s, rd, q, runs, nr, &next, out);
+    for (; next < nr && rc == ENGRAM_STORE_OK; next++) {
+        double t0 = util_now();
+        ssize_t got = read_run(s, &runs[next], rd->buf);
+        if (finish_run(s, q, &runs[next], rd->buf, got, util_now() - t0, out)) rc = ENGRAM_STORE_EIO;
+    }
+    free(runs);
+    return rc;
+}
+
+/* ---- gathers ---- */
+
+int engram_store__gather_nvme(engram_store *s, const int64_t *rows, size_t n, row_out out) {
+    const engram_store_header *h = &s->info.header;
+    store_cache *c = &s->c;
+    int32_t *slot_of = malloc(n * sizeof(int32_t)); /* (n) pinned slot of each row, or -1: read uncached */
+    row_req *q = malloc(n * sizeof(row_req));
+    if (!slot_of || !q) {
+        free(slot_of), free(q);
+        return ENGRAM_STORE_ENOMEM;
+    }
+    size_t nq = 0, hits = 0;
+    bool waits = false;
+    atomic_fetch_add(&s->gathering, 1); /* the prefetch thread holds off its next batch */
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t off = h->data_offset + (uint64_t)rows[i] * h->row_stride;
+        int32_t k = row_cache_find(&c->clock, rows[i]);
+        if (k >= 0) { /* cached, or in flight: a repeat in this call, or another thread's read */
+            c->pins[k]++;
+            if (c->state[k] == SLOT_READY) {
+                row_cache_hit(&c->clock, k);
+                hits++;
+            } else {
+                waits = true;
+            }
+        } else if ((k = engram_store__alloc_slot(s, rows[i])) >= 0) {
+            c->pins[k]++;
+            q[nq++] = (row_req){off, NO_IDX, k};
+        } else {
+            q[nq++] = (row_req){off, i, -1};
+        }
+        slot_of[i] = k;
+    }
+    pthread_mutex_unlock(&s->mu);
+    double t0 = util_now();
+    int rc = ENGRAM_STORE_OK;
+    if (nq) {
+        pthread_mutex_lock(&s->io_mu);
+        rc = engram_store__read_reqs(s, &s->rd, q, nq, out);
+        pthread_mutex_unlock(&s->io_mu);
+        if (rc) engram_store__fail_unfinished(s, q, nq);
+    }
+    if (atomic_fetch_sub(&s->gathering, 1) == 1 && s->pf_started) {
+        pthread_mutex_lock(&s->pf_mu);
+        pthread_cond_broadcast(&s->pf_idle);
+        pthread_mutex_unlock(&s->pf_mu);
+    }
+    /* Wait for rows in flight, note which failed, then decode outside the
+     * lock: a pinned READY slot is never evicted nor rewritten. */
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < n; i++) {
+        int32_t k = slot_of[i];
+        while (k >= 0 && c->state[k] == SLOT_LOADING) pthread_cond_wait(&s->ready, &s->mu);
+        if (k >= 0 && c->state[k] != SLOT_READY) rc = rc ? rc : ENGRAM_STORE_EIO;
+    }
+    pthread_mutex_unlock(&s->mu);
+    double stall = nq || waits ? util_now() - t0 : 0;
+    if (rc == ENGRAM_STORE_OK)
+        for (size_t i = 0; i < n; i++)
+            if (slot_of[i] >= 0) engram_store__emit(h, c->data + (size_t)slot_of[i] * h->row_bytes, out, i);
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < n; i++)
+        if (slot_of[i] >= 0) c->pins[slot_of[i]]--;
+    pthread_mutex_unlock(&s->mu);
+    counter_add(&s->lookups, n);
+    counter_add(&s->dram_hits, hits);
+    counter_add(&s->nvme_hits, n - hits);
+    counter_add(&s->gathers, 1);
+    counter_observe(s->stall_hist, &s->stall_ns, stall);
+    free(slot_of), free(q);
+    return rc;
+}
+
+/* ---- open and free ---- */
+
+/* A reader of queue_depth buffers, with an io_uring unless told to pread or
+ * refused (a note says so; pread then). Returns 0, or -1 out of memory. */
+int engram_store__reader_init(engram_store *s, reader *rd) {
+    int qd = s->p.queue_depth;
+    rd->t_sub = calloc((size_t)qd, sizeof(double));
+    if (!rd->t_sub || posix_memalign((void **)&rd->buf, ENGRAM_STORE_BLOCK, (size_t)qd * s->run_bytes)) {
+        rd->buf = NULL;
+        return -1;
+    }
+    if (!s->p.use_pread) {
+        int e = io_uring_queue_init((unsigned)qd, &rd->ring, 0);
+        if (e == 0)
+            rd->uring = true;
+        else
+            engram_store__note(s, "io_uring_queue_init failed (%s); using pread", strerror(-e));
+    }
+    return 0;
+}
+
+void engram_store__reader_free(reader *rd) {
+    if (rd->uring) io_uring_queue_exit(&rd->ring);
+    rd->uring = false;
+    free(rd->buf);
+    free(rd->t_sub);
+}
+
+
+/* Swaps s->fd for a buffered descriptor when O_DIRECT reads are refused:
+ * some filesystems accept O_DIRECT at open and refuse the read. */
+static int probe_direct(engram_store *s, char *err, size_t errlen) {
+    if (!s->info.direct || pread(s->fd, s->rd.buf, ENGRAM_STORE_BLOCK, 0) >= 0) return ENGRAM_STORE_OK;
+    engram_store__note(s, "O_DIRECT read refused (%s); reading through the page cache", strerror(errno));
+    int bfd = open(s->path, O_RDONLY | O_CLOEXEC);
+    if (bfd < 0) return err_set(err, errlen, ENGRAM_STORE_EIO, "%s: cannot open: %s", s->path, strerror(errno));
+    close(s->fd);
+    s->fd = bfd;
+    s->info.direct = false;
+    return ENGRAM_STORE_OK;
+}
+
+int engram_store__nvme_open(engram_store *s, int fd, char *err, size_t errlen) {
+    const engram_store_header *h = &s->info.header;
+    /* O_DIRECT unless told not to or refused. */
+    s->fd = -1;
+    if (!s->p.no_direct) {
+        s->fd = open(s->path, O_RDONLY | O_CLOEXEC | O_DIRECT);
+        if (s->fd < 0)
+            engram_store__note(s, "O_DIRECT refused by the filesystem (%s); reading through the page cache",
+                               strerror(errno));
+    }
+    if (s->fd >= 0) {
+        close(fd);
+        s->info.direct = true;
+    } else {
+        s->fd = fd;
+    }
+    s->run_bytes = h->row_stride < ENGRAM_STORE_BLOCK ? ENGRAM_STORE_BLOCK : h->row_stride;
+    if (engram_store__reader_init(s, &s->rd)) return err_set(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
+    s->info.io_uring = s->rd.uring;
+    int rc = probe_direct(s, err, errlen);
+    if (rc) return rc;
+    if (cache_init(s, s->p.dram_budget))
+        return err_set(err, errlen, ENGRAM_STORE_ENOMEM, "%s: out of memory for a row cache of %llu bytes", s->path,
+                       (unsigned long long)s->p.dram_budget);
+    return s->c.clock.n ? engram_store__prefetch_start(s, err, errlen) : ENGRAM_STORE_OK;
+}
+
+void engram_store__nvme_free(engram_store *s) {
+    engram_store__reader_free(&s->rd);
+    row_cache_free(&s->c.clock);
+    free(s->c.state);
+    free(s->c.pins);
+    free(s->c.data);
+}
