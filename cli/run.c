@@ -345,12 +345,10 @@ int main(int argc, char **argv) {
         cJSON_AddStringToObject(msg, "role", "user");
         cJSON_AddStringToObject(msg, "content", prompt_text);
         cJSON_AddItemToArray(msgs, msg);
-        char *mj = cJSON_PrintUnformatted(msgs);
-        cJSON_Delete(msgs);
         int crc = chat_template_load_dir(model_dir, &tpl, err, sizeof(err));
-        if (crc == CHAT_TEMPLATE_OK) crc = chat_template_render(tpl, mj, NULL, true, &rendered, err, sizeof(err));
+        if (crc == CHAT_TEMPLATE_OK) crc = chat_template_render(tpl, msgs, NULL, true, &rendered, err, sizeof(err));
         chat_template_destroy(tpl);
-        free(mj);
+        cJSON_Delete(msgs);
         if (crc != CHAT_TEMPLATE_OK) {
             fprintf(stderr, "engram-run: chat template: %s\n", err);
             tokenizer_destroy(tok);
