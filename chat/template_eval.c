@@ -244,44 +244,96 @@ static value slice_v(env *e, value o, value va, value vb, value vc) {
     return mk_list(l);
 }
 
+/* A name: a variable of the scope chain, else a global, else undefined. */
+static value eval_name(env *e, scope *sc, node *x) {
+    value *p = scope_find(sc, x->name, x->nlen);
+    if (p) return *p;
+    int g = tpl__lookup_name(GLOBAL_NAMES, x->name, x->nlen);
+    if (g >= 0) return tpl__mk_func(e, g <= 4 ? G_RANGE + g : G_UNSUPPORTED, mk_none());
+    return mk_undef(x->name, x->nlen);
+}
+
+/* List, tuple and dict literals. */
+static value eval_display(env *e, scope *sc, node *x) {
+    if (x->k != E_DICT) {
+        list *l = tpl__list_new(e, x->args.n);
+        for (size_t i = 0; i < x->args.n; i++) tpl__list_push(e, l, eval(e, sc, x->args.v[i]));
+        l->tuple = x->k == E_TUPLE;
+        return mk_list(l);
+    }
+    dict *d = tpl__dict_new(e);
+    for (size_t i = 0; i < x->args.n; i++) {
+        value k = eval(e, sc, x->args.v[i]);
+        if (k.t == V_LIST && !k.u.l->tuple) tpl__r_fail(e, "unhashable type: 'list'");
+        if (k.t == V_DICT || k.t == V_NS) tpl__r_fail(e, "unhashable type: 'dict'");
+        tpl__dict_set(e, d, k, eval(e, sc, x->kwargs.v[i]));
+    }
+    return mk_dict(d);
+}
+
+static value eval_slice(env *e, scope *sc, node *x) {
+    if (x->args.n != 1) tpl__env_fail(e, CHAT_TEMPLATE_ERR_UNSUPPORTED, "slices inside tuple subscripts are not supported");
+    value o = eval(e, sc, x->args.v[0]);
+    value va = x->a ? eval(e, sc, x->a) : mk_none();
+    value vb = x->b ? eval(e, sc, x->b) : mk_none();
+    value vc = x->c ? eval(e, sc, x->c) : mk_none();
+    return slice_v(e, o, va, vb, vc);
+}
+
+/* Calls, filters and tests: the callee or operand, then the arguments. */
+static value eval_apply(env *e, scope *sc, node *x) {
+    value v = eval(e, sc, x->a);
+    cargs a;
+    eval_args(e, sc, x, &a, NULL);
+    if (x->k == E_FILTER) return tpl__filter_apply(e, x->op, v, &a);
+    if (x->k == E_TEST) {
+        int t = tpl__test_run(e, (int)x->lit.u.i, v, &a);
+        return mk_bool(x->op ? !t : t);
+    }
+    const char *what = x->a->k == E_ATTR || x->a->k == E_NAME ? tpl__xstrndup(e, x->a->name, x->a->nlen) : "call";
+    return do_call(e, v, &a, what);
+}
+
+static value eval_unary(env *e, scope *sc, node *x) {
+    value v = eval(e, sc, x->a);
+    if (v.t == V_UNDEF) tpl__undef_fail(e, v);
+    if (!is_num(v)) tpl__r_fail(e, "bad operand type for unary %c: '%s'", x->k == E_NEG ? '-' : '+', tpl__type_name(v));
+    if (x->k == E_POS) return v.t == V_BOOL ? mk_int(v.u.b) : v;
+    if (v.t == V_FLOAT) return mk_float(-v.u.f);
+    if (num_i(v) == INT64_MIN) tpl__env_fail(e, CHAT_TEMPLATE_ERR_UNSUPPORTED, "integer overflow");
+    return mk_int(-num_i(v));
+}
+
+/* Chained comparisons a < b < c: each operand evaluated once, stopping at the first false. */
+static value eval_compare(env *e, scope *sc, node *x) {
+    value l = eval(e, sc, x->a);
+    for (size_t i = 0; i < x->args.n; i++) {
+        value rv = eval(e, sc, x->args.v[i]);
+        if (!tpl__compare(e, x->ops[i], l, rv)) return mk_bool(0);
+        l = rv;
+    }
+    return mk_bool(1);
+}
+
+static value eval_concat(env *e, scope *sc, node *x) {
+    sbuf b = {0};
+    for (size_t i = 0; i < x->args.n; i++) {
+        value s = tpl__py_str(e, eval(e, sc, x->args.v[i]));
+        tpl__sb_put(e, &b, s.u.s.p, s.u.s.n);
+    }
+    return mk_sbuf(&b);
+}
+
 static value eval(env *e, scope *sc, node *x) {
     tpl__step(e);
     if (++e->depth > e->lim.max_depth * 4) tpl__env_fail(e, CHAT_TEMPLATE_ERR_LIMIT, "recursion limit exceeded");
     value r;
     switch (x->k) {
     case E_LIT: r = x->lit; break;
-    case E_NAME: {
-        value *p = scope_find(sc, x->name, x->nlen);
-        if (p) {
-            r = *p;
-            break;
-        }
-        int g = tpl__lookup_name(GLOBAL_NAMES, x->name, x->nlen);
-        if (g >= 0)
-            r = tpl__mk_func(e, g <= 4 ? G_RANGE + g : G_UNSUPPORTED, mk_none());
-        else
-            r = mk_undef(x->name, x->nlen);
-        break;
-    }
+    case E_NAME: r = eval_name(e, sc, x); break;
     case E_LIST:
-    case E_TUPLE: {
-        list *l = tpl__list_new(e, x->args.n);
-        for (size_t i = 0; i < x->args.n; i++) tpl__list_push(e, l, eval(e, sc, x->args.v[i]));
-        l->tuple = x->k == E_TUPLE;
-        r = mk_list(l);
-        break;
-    }
-    case E_DICT: {
-        dict *d = tpl__dict_new(e);
-        for (size_t i = 0; i < x->args.n; i++) {
-            value k = eval(e, sc, x->args.v[i]);
-            if (k.t == V_LIST && !k.u.l->tuple) tpl__r_fail(e, "unhashable type: 'list'");
-            if (k.t == V_DICT || k.t == V_NS) tpl__r_fail(e, "unhashable type: 'dict'");
-            tpl__dict_set(e, d, k, eval(e, sc, x->kwargs.v[i]));
-        }
-        r = mk_dict(d);
-        break;
-    }
+    case E_TUPLE:
+    case E_DICT: r = eval_display(e, sc, x); break;
     case E_ATTR: r = tpl__getattr_v(e, eval(e, sc, x->a), x->name, x->nlen); break;
     case E_ITEM: {
         value o = eval(e, sc, x->a);
@@ -290,53 +342,12 @@ static value eval(env *e, scope *sc, node *x) {
         r = tpl__getitem_v(e, o, k);
         break;
     }
-    case E_SLICE: {
-        if (x->args.n != 1) tpl__env_fail(e, CHAT_TEMPLATE_ERR_UNSUPPORTED, "slices inside tuple subscripts are not supported");
-        value o = eval(e, sc, x->args.v[0]);
-        value va = x->a ? eval(e, sc, x->a) : mk_none();
-        value vb = x->b ? eval(e, sc, x->b) : mk_none();
-        value vc = x->c ? eval(e, sc, x->c) : mk_none();
-        r = slice_v(e, o, va, vb, vc);
-        break;
-    }
-    case E_CALL: {
-        value fn = eval(e, sc, x->a);
-        cargs a;
-        eval_args(e, sc, x, &a, NULL);
-        const char *what = x->a->k == E_ATTR || x->a->k == E_NAME ? tpl__xstrndup(e, x->a->name, x->a->nlen) : "call";
-        r = do_call(e, fn, &a, what);
-        break;
-    }
-    case E_FILTER: {
-        value v = eval(e, sc, x->a);
-        cargs a;
-        eval_args(e, sc, x, &a, NULL);
-        r = tpl__filter_apply(e, x->op, v, &a);
-        break;
-    }
-    case E_TEST: {
-        value v = eval(e, sc, x->a);
-        cargs a;
-        eval_args(e, sc, x, &a, NULL);
-        int t = tpl__test_run(e, (int)x->lit.u.i, v, &a);
-        r = mk_bool(x->op ? !t : t);
-        break;
-    }
+    case E_SLICE: r = eval_slice(e, sc, x); break;
+    case E_CALL:
+    case E_FILTER:
+    case E_TEST: r = eval_apply(e, sc, x); break;
     case E_NEG:
-    case E_POS: {
-        value v = eval(e, sc, x->a);
-        if (v.t == V_UNDEF) tpl__undef_fail(e, v);
-        if (!is_num(v)) tpl__r_fail(e, "bad operand type for unary %c: '%s'", x->k == E_NEG ? '-' : '+', tpl__type_name(v));
-        if (x->k == E_POS)
-            r = v.t == V_BOOL ? mk_int(v.u.b) : v;
-        else if (v.t == V_FLOAT)
-            r = mk_float(-v.u.f);
-        else {
-            if (num_i(v) == INT64_MIN) tpl__env_fail(e, CHAT_TEMPLATE_ERR_UNSUPPORTED, "integer overflow");
-            r = mk_int(-num_i(v));
-        }
-        break;
-    }
+    case E_POS: r = eval_unary(e, sc, x); break;
     case E_NOT: r = mk_bool(!tpl__truthy(eval(e, sc, x->a))); break;
     case E_AND: {
         value a = eval(e, sc, x->a);
@@ -349,34 +360,14 @@ static value eval(env *e, scope *sc, node *x) {
         break;
     }
     case E_BIN: r = tpl__arith(e, x->op, eval(e, sc, x->a), eval(e, sc, x->b)); break;
-    case E_CMP: {
-        value l = eval(e, sc, x->a);
-        r = mk_bool(1);
-        for (size_t i = 0; i < x->args.n; i++) {
-            value rv = eval(e, sc, x->args.v[i]);
-            if (!tpl__compare(e, x->ops[i], l, rv)) {
-                r = mk_bool(0);
-                break;
-            }
-            l = rv;
-        }
-        break;
-    }
+    case E_CMP: r = eval_compare(e, sc, x); break;
     case E_COND:
         if (tpl__truthy(eval(e, sc, x->a)))
             r = eval(e, sc, x->b);
         else
             r = x->c ? eval(e, sc, x->c) : mk_undef(NULL, 0);
         break;
-    case E_CONCAT: {
-        sbuf b = {0};
-        for (size_t i = 0; i < x->args.n; i++) {
-            value s = tpl__py_str(e, eval(e, sc, x->args.v[i]));
-            tpl__sb_put(e, &b, s.u.s.p, s.u.s.n);
-        }
-        r = mk_sbuf(&b);
-        break;
-    }
+    case E_CONCAT: r = eval_concat(e, sc, x); break;
     default: tpl__env_fail(e, CHAT_TEMPLATE_ERR_RENDER, "internal error: bad expression node");
     }
     e->depth--;

@@ -242,23 +242,15 @@ static value f_trim(env *e, value v, cargs *a) {
     return tpl__str_strip(e, tpl__py_str(e, v), x, 1, 1);
 }
 
-/* str_case modes: 0 lower, 1 upper, 3 capitalize, 4 jinja's title filter */
-static value f_upper(env *e, value v, cargs *a) {
+/* mode as tpl__str_case: 0 lower, 1 upper, 3 capitalize, 4 jinja's title filter */
+static value case_filter(env *e, value v, cargs *a, int mode) {
     (void)a;
-    return tpl__str_case(e, tpl__py_str(e, v), 1);
+    return tpl__str_case(e, tpl__py_str(e, v), mode);
 }
-static value f_lower(env *e, value v, cargs *a) {
-    (void)a;
-    return tpl__str_case(e, tpl__py_str(e, v), 0);
-}
-static value f_capitalize(env *e, value v, cargs *a) {
-    (void)a;
-    return tpl__str_case(e, tpl__py_str(e, v), 3);
-}
-static value f_title(env *e, value v, cargs *a) {
-    (void)a;
-    return tpl__str_case(e, tpl__py_str(e, v), 4);
-}
+static value f_upper(env *e, value v, cargs *a) { return case_filter(e, v, a, 1); }
+static value f_lower(env *e, value v, cargs *a) { return case_filter(e, v, a, 0); }
+static value f_capitalize(env *e, value v, cargs *a) { return case_filter(e, v, a, 3); }
+static value f_title(env *e, value v, cargs *a) { return case_filter(e, v, a, 4); }
 
 static value f_replace(env *e, value v, cargs *a) {
     value x, y, z;
@@ -267,21 +259,16 @@ static value f_replace(env *e, value v, cargs *a) {
     return tpl__str_replace(e, tpl__py_str(e, v), tpl__py_str(e, x), tpl__py_str(e, y), cnt);
 }
 
-static value first_last(env *e, value v, int last) {
+static value first_last(env *e, value v, cargs *a, int last) {
+    (void)a;
     if (v.t == V_UNDEF) return mk_undef(NULL, 0);
     if (last && v.t == V_LIST && v.u.l->gen) tpl__r_fail(e, "'generator' object is not reversible");
     list *l = tpl__iter_list(e, v);
     if (l->n == 0) return mk_undef(NULL, 0);
     return l->v[last ? l->n - 1 : 0];
 }
-static value f_first(env *e, value v, cargs *a) {
-    (void)a;
-    return first_last(e, v, 0);
-}
-static value f_last(env *e, value v, cargs *a) {
-    (void)a;
-    return first_last(e, v, 1);
-}
+static value f_first(env *e, value v, cargs *a) { return first_last(e, v, a, 0); }
+static value f_last(env *e, value v, cargs *a) { return first_last(e, v, a, 1); }
 
 static value f_join(env *e, value v, cargs *a) {
     value x, y;

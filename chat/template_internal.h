@@ -130,6 +130,7 @@ void tpl__charge(size_t nbytes);
 /* One evaluation step against lim.max_steps. */
 void tpl__step(env *e);
 void tpl__sb_put(env *e, sbuf *b, const char *s, size_t n);
+void tpl__sb_put_int(env *e, sbuf *b, int64_t i); /* decimal, as Python's str(int) */
 
 static inline void sb_puts(env *e, sbuf *b, const char *s) { tpl__sb_put(e, b, s, strlen(s)); }
 static inline void sb_putc(env *e, sbuf *b, char c) { tpl__sb_put(e, b, &c, 1); }

@@ -64,10 +64,7 @@ void tpl__json_dump(env *e, sbuf *b, value v, const json_opts *o, int level) {
     switch (v.t) { /* recursion bounded by CT_MAX_VALUE_DEPTH */
     case V_NONE: sb_puts(e, b, "null"); break;
     case V_BOOL: sb_puts(e, b, v.u.b ? "true" : "false"); break;
-    case V_INT:
-        snprintf(buf, sizeof buf, "%lld", (long long)v.u.i);
-        sb_puts(e, b, buf);
-        break;
+    case V_INT: tpl__sb_put_int(e, b, v.u.i); break;
     case V_FLOAT: json_float(e, b, v.u.f); break;
     case V_STR: json_str(e, b, v.u.s.p, v.u.s.n, o->ensure_ascii); break;
     case V_LIST:

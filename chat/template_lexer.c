@@ -157,6 +157,135 @@ static void lx_string(lexer *L, const char *s, size_t n, const char **out, size_
 static const char *const OPS2[] = {"//", "**", "==", "!=", ">=", "<=", NULL};
 static const char OPS1[] = "+-/*%~[](){}><=.:|,;";
 
+/* The end of a block or variable tag at s[*pos], with its whitespace
+ * control (-: strip what follows; a block's plain %} eats one newline):
+ * pushes it, moves *pos past it and returns 1; else 0. */
+static int lx_tag_end(lexer *L, size_t *pos, int is_block, int *line_starting) {
+    const char *s = L->s;
+    size_t n = L->n, i = *pos;
+    char close = is_block ? '%' : '}';
+    ttype t = is_block ? T_BEND : T_VEND;
+    if (is_block && s[i] == '+' && i + 2 < n + 0 && s[i + 1] == '%' && s[i + 2] == '}') {
+        lx_push(L, t, s + i, 3);
+        *pos = i + 3;
+        *line_starting = 0;
+        return 1;
+    }
+    if (s[i] == '-' && i + 2 < n && s[i + 1] == close && s[i + 2] == '}') {
+        lx_push(L, t, s + i, 3);
+        size_t w = ws_run(s, n, i + 3);
+        lx_count_lines(L, s + i + 3, w);
+        i += 3 + w;
+        *line_starting = w > 0 && s[i - 1] == '\n';
+        *pos = i;
+        return 1;
+    }
+    if (s[i] == close && i + 1 < n && s[i + 1] == '}') {
+        lx_push(L, t, s + i, 2);
+        i += 2;
+        *line_starting = 0;
+        if (is_block && i < n && s[i] == '\n') {
+            i++;
+            L->line++;
+            *line_starting = 1;
+        }
+        *pos = i;
+        return 1;
+    }
+    return 0;
+}
+
+static int is_digit_at(const char *s, size_t n, size_t j) { return j < n && s[j] >= '0' && s[j] <= '9'; }
+
+/* Digits with single underscores between them, from j; returns the end. */
+static size_t digits_end(const char *s, size_t n, size_t j) {
+    while (is_digit_at(s, n, j) || (j < n && s[j] == '_' && is_digit_at(s, n, j + 1))) j++;
+    return j;
+}
+
+/* An int or float literal at s[i] (a digit); returns the offset after it. */
+static size_t lx_number(lexer *L, size_t i) {
+    const char *s = L->s;
+    size_t n = L->n, j = digits_end(s, n, i);
+    int isf = 0;
+    if (j + 1 < n && s[j] == '.' && s[j + 1] >= '0' && s[j + 1] <= '9') {
+        isf = 1;
+        j = digits_end(s, n, j + 1);
+    }
+    if (j < n && (s[j] == 'e' || s[j] == 'E')) {
+        size_t k = j + 1;
+        if (k < n && (s[k] == '+' || s[k] == '-')) k++;
+        if (k < n && s[k] >= '0' && s[k] <= '9') {
+            isf = 1;
+            while (k < n && s[k] >= '0' && s[k] <= '9') k++;
+            j = k;
+        }
+    }
+    char buf[64];
+    size_t bn = 0;
+    for (size_t k = i; k < j && bn < sizeof buf - 1; k++)
+        if (s[k] != '_') buf[bn++] = s[k];
+    buf[bn] = 0;
+    if (j - i >= sizeof buf - 1) tpl__env_fail(L->e, CHAT_TEMPLATE_ERR_UNSUPPORTED, "numeric literal too long");
+    lx_push(L, isf ? T_FLOAT : T_INT, s + i, j - i);
+    if (isf) {
+        L->tk[L->ntk - 1].f = strtod(buf, NULL);
+        return j;
+    }
+    if (bn > 1 && buf[0] == '0') {
+        for (size_t k = 0; k < bn; k++)
+            if (buf[k] != '0') tpl__env_fail(L->e, CHAT_TEMPLATE_ERR_UNSUPPORTED, "unsupported integer literal");
+    }
+    errno = 0;
+    long long x = strtoll(buf, NULL, 10);
+    if (errno) tpl__env_fail(L->e, CHAT_TEMPLATE_ERR_UNSUPPORTED, "integer literal too large");
+    L->tk[L->ntk - 1].i = x;
+    return j;
+}
+
+/* A quoted string literal at s[i]; returns the offset after its closing quote. */
+static size_t lx_quoted(lexer *L, size_t i) {
+    const char *s = L->s;
+    size_t n = L->n, j = i + 1;
+    char c = s[i];
+    while (j < n && s[j] != c) {
+        if (s[j] == '\\' && j + 1 < n) j++;
+        j++;
+    }
+    if (j >= n) tpl__env_fail(L->e, CHAT_TEMPLATE_ERR_PARSE, "unterminated string literal");
+    int line = L->line;
+    lx_push(L, T_STR, NULL, 0);
+    token *k = &L->tk[L->ntk - 1];
+    lx_string(L, s + i + 1, j - i - 1, &k->p, &k->n);
+    k->line = line;
+    lx_count_lines(L, s + i, j - i);
+    return j + 1;
+}
+
+/* An operator at s[i] (two characters first), tracking bracket balance in
+ * *bal; returns the offset after it, or 0 when there is none. */
+static size_t lx_op(lexer *L, size_t i, int *bal) {
+    const char *s = L->s;
+    size_t n = L->n;
+    for (int k = 0; OPS2[k]; k++)
+        if (i + 1 < n && s[i] == OPS2[k][0] && s[i + 1] == OPS2[k][1]) {
+            lx_push(L, T_OP, s + i, 2);
+            return i + 2;
+        }
+    char c = s[i];
+    if (!c || !strchr(OPS1, c)) return 0;
+    if (c == '(' || c == '[' || c == '{')
+        (*bal)++;
+    else if (c == ')' || c == ']' || c == '}') {
+        if (*bal == 0) tpl__env_fail(L->e, CHAT_TEMPLATE_ERR_PARSE, "unexpected '%c'", c);
+        (*bal)--;
+    }
+    lx_push(L, T_OP, s + i, 1);
+    return i + 1;
+}
+
+static int is_name_start(char c) { return c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
+
 /* Tokenizes a block or variable tag starting at *pos; returns at its end tag. */
 static void lx_tag(lexer *L, size_t *pos, int is_block, int *line_starting) {
     const char *s = L->s;
@@ -165,141 +294,24 @@ static void lx_tag(lexer *L, size_t *pos, int is_block, int *line_starting) {
     for (;;) {
         L->e->line = L->line;
         if (i >= n) tpl__env_fail(L->e, CHAT_TEMPLATE_ERR_PARSE, "unexpected end of template, expected '%s'", is_block ? "%}" : "}}");
-        if (bal == 0) {
-            if (is_block) {
-                if (s[i] == '+' && i + 2 < n + 0 && s[i + 1] == '%' && s[i + 2] == '}') {
-                    lx_push(L, T_BEND, s + i, 3);
-                    i += 3;
-                    *line_starting = 0;
-                    break;
-                }
-                if (s[i] == '-' && i + 2 < n && s[i + 1] == '%' && s[i + 2] == '}') {
-                    lx_push(L, T_BEND, s + i, 3);
-                    size_t w = ws_run(s, n, i + 3);
-                    lx_count_lines(L, s + i + 3, w);
-                    i += 3 + w;
-                    *line_starting = w > 0 && s[i - 1] == '\n';
-                    break;
-                }
-                if (s[i] == '%' && i + 1 < n && s[i + 1] == '}') {
-                    lx_push(L, T_BEND, s + i, 2);
-                    i += 2;
-                    *line_starting = 0;
-                    if (i < n && s[i] == '\n') {
-                        i++;
-                        L->line++;
-                        *line_starting = 1;
-                    }
-                    break;
-                }
-            } else {
-                if (s[i] == '-' && i + 2 < n && s[i + 1] == '}' && s[i + 2] == '}') {
-                    lx_push(L, T_VEND, s + i, 3);
-                    size_t w = ws_run(s, n, i + 3);
-                    lx_count_lines(L, s + i + 3, w);
-                    i += 3 + w;
-                    *line_starting = w > 0 && s[i - 1] == '\n';
-                    break;
-                }
-                if (s[i] == '}' && i + 1 < n && s[i + 1] == '}') {
-                    lx_push(L, T_VEND, s + i, 2);
-                    i += 2;
-                    *line_starting = 0;
-                    break;
-                }
-            }
-        }
-        size_t w = ws_run(s, n, i);
+        if (bal == 0 && lx_tag_end(L, &i, is_block, line_starting)) break;
+        size_t w = ws_run(s, n, i), j;
+        char c = s[i];
         if (w) {
             lx_count_lines(L, s + i, w);
             i += w;
-            continue;
-        }
-        char c = s[i];
-        if ((c >= '0' && c <= '9')) {
-            size_t j = i;
-            while (j < n && ((s[j] >= '0' && s[j] <= '9') || (s[j] == '_' && j + 1 < n && s[j + 1] >= '0' && s[j + 1] <= '9'))) j++;
-            int isf = 0;
-            if (j + 1 < n && s[j] == '.' && s[j + 1] >= '0' && s[j + 1] <= '9') {
-                isf = 1;
-                j++;
-                while (j < n && ((s[j] >= '0' && s[j] <= '9') || (s[j] == '_' && j + 1 < n && s[j + 1] >= '0' && s[j + 1] <= '9'))) j++;
-            }
-            if (j < n && (s[j] == 'e' || s[j] == 'E')) {
-                size_t k = j + 1;
-                if (k < n && (s[k] == '+' || s[k] == '-')) k++;
-                if (k < n && s[k] >= '0' && s[k] <= '9') {
-                    isf = 1;
-                    while (k < n && s[k] >= '0' && s[k] <= '9') k++;
-                    j = k;
-                }
-            }
-            char buf[64];
-            size_t bn = 0;
-            for (size_t k = i; k < j && bn < sizeof buf - 1; k++)
-                if (s[k] != '_') buf[bn++] = s[k];
-            buf[bn] = 0;
-            if (j - i >= sizeof buf - 1) tpl__env_fail(L->e, CHAT_TEMPLATE_ERR_UNSUPPORTED, "numeric literal too long");
-            lx_push(L, isf ? T_FLOAT : T_INT, s + i, j - i);
-            if (isf)
-                L->tk[L->ntk - 1].f = strtod(buf, NULL);
-            else {
-                if (bn > 1 && buf[0] == '0') {
-                    for (size_t k = 0; k < bn; k++)
-                        if (buf[k] != '0') tpl__env_fail(L->e, CHAT_TEMPLATE_ERR_UNSUPPORTED, "unsupported integer literal");
-                }
-                errno = 0;
-                long long x = strtoll(buf, NULL, 10);
-                if (errno) tpl__env_fail(L->e, CHAT_TEMPLATE_ERR_UNSUPPORTED, "integer literal too large");
-                L->tk[L->ntk - 1].i = x;
-            }
-            i = j;
-            continue;
-        }
-        if (c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) {
-            size_t j = i;
-            while (j < n && (s[j] == '_' || (s[j] >= 'a' && s[j] <= 'z') || (s[j] >= 'A' && s[j] <= 'Z') || (s[j] >= '0' && s[j] <= '9'))) j++;
+        } else if (c >= '0' && c <= '9')
+            i = lx_number(L, i);
+        else if (is_name_start(c)) {
+            for (j = i; j < n && (is_name_start(s[j]) || (s[j] >= '0' && s[j] <= '9')); j++) {}
             lx_push(L, T_NAME, s + i, j - i);
             i = j;
-            continue;
-        }
-        if (c == '\'' || c == '"') {
-            size_t j = i + 1;
-            while (j < n && s[j] != c) {
-                if (s[j] == '\\' && j + 1 < n) j++;
-                j++;
-            }
-            if (j >= n) tpl__env_fail(L->e, CHAT_TEMPLATE_ERR_PARSE, "unterminated string literal");
-            int line = L->line;
-            lx_push(L, T_STR, NULL, 0);
-            token *k = &L->tk[L->ntk - 1];
-            lx_string(L, s + i + 1, j - i - 1, &k->p, &k->n);
-            k->line = line;
-            lx_count_lines(L, s + i, j - i);
-            i = j + 1;
-            continue;
-        }
-        int matched = 0;
-        for (int k = 0; OPS2[k]; k++)
-            if (i + 1 < n && s[i] == OPS2[k][0] && s[i + 1] == OPS2[k][1]) {
-                lx_push(L, T_OP, s + i, 2);
-                i += 2;
-                matched = 1;
-                break;
-            }
-        if (matched) continue;
-        if (c && strchr(OPS1, c)) {
-            if (c == '(' || c == '[' || c == '{')
-                bal++;
-            else if (c == ')' || c == ']' || c == '}') {
-                if (bal == 0) tpl__env_fail(L->e, CHAT_TEMPLATE_ERR_PARSE, "unexpected '%c'", c);
-                bal--;
-            }
-            lx_push(L, T_OP, s + i, 1);
-            i++;
-            continue;
-        }
-        tpl__env_fail(L->e, CHAT_TEMPLATE_ERR_PARSE, "unexpected character in tag");
+        } else if (c == '\'' || c == '"')
+            i = lx_quoted(L, i);
+        else if ((j = lx_op(L, i, &bal)))
+            i = j;
+        else
+            tpl__env_fail(L->e, CHAT_TEMPLATE_ERR_PARSE, "unexpected character in tag");
     }
     *pos = i;
 }

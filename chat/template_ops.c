@@ -110,76 +110,89 @@ value tpl__getitem_v(env *e, value o, value k) {
 }
 /* ---- arithmetic ---- */
 
+static void int_overflow(env *e) __attribute__((noreturn));
+static void int_overflow(env *e) {
+    tpl__env_fail(e, CHAT_TEMPLATE_ERR_UNSUPPORTED, "integer overflow (big integers are not supported)");
+}
+
+/* int op int with Python's semantics (floor division and modulo, ** by
+ * repeated multiplication); overflow is an error, not a big integer. */
+static value arith_int(env *e, int op, int64_t x, int64_t y) {
+    int64_t r = 0;
+    switch (op) {
+    case OP_ADD:
+        if (__builtin_add_overflow(x, y, &r)) int_overflow(e);
+        return mk_int(r);
+    case OP_SUB:
+        if (__builtin_sub_overflow(x, y, &r)) int_overflow(e);
+        return mk_int(r);
+    case OP_MUL:
+        if (__builtin_mul_overflow(x, y, &r)) int_overflow(e);
+        return mk_int(r);
+    case OP_DIV:
+        if (y == 0) tpl__r_fail(e, "division by zero");
+        return mk_float((double)x / (double)y);
+    case OP_FDIV:
+    case OP_MOD: {
+        if (y == 0) tpl__r_fail(e, "integer division or modulo by zero");
+        if (x == INT64_MIN && y == -1) int_overflow(e);
+        int64_t q = x / y, m = x % y;
+        if (m != 0 && ((m < 0) != (y < 0))) {
+            q--;
+            m += y;
+        }
+        return mk_int(op == OP_FDIV ? q : m);
+    }
+    case OP_POW:
+        if (y < 0) return mk_float(pow((double)x, (double)y));
+        r = 1;
+        for (int64_t i = 0; i < y; i++) {
+            if (__builtin_mul_overflow(r, x, &r)) int_overflow(e);
+            if (r == 0 || r == 1) break;
+            if (r == -1) {
+                r = (y - i - 1) % 2 ? -r : r;
+                break;
+            }
+        }
+        return mk_int(r);
+    }
+    tpl__r_fail(e, "internal error: bad arithmetic operator");
+}
+
+/* float op float with Python's semantics (floor division, modulo with the sign of y). */
+static value arith_float(env *e, int op, double x, double y) {
+    switch (op) {
+    case OP_ADD: return mk_float(x + y);
+    case OP_SUB: return mk_float(x - y);
+    case OP_MUL: return mk_float(x * y);
+    case OP_DIV:
+        if (y == 0) tpl__r_fail(e, "float division by zero");
+        return mk_float(x / y);
+    case OP_FDIV:
+    case OP_MOD: {
+        if (y == 0) tpl__r_fail(e, "float modulo");
+        double m = fmod(x, y), dv = (x - m) / y;
+        if (m != 0 && ((y < 0) != (m < 0))) {
+            m += y;
+            dv -= 1.0;
+        }
+        if (op == OP_MOD) return mk_float(m != 0 ? m : copysign(0.0, y));
+        double fd = floor(dv);
+        if (dv - fd > 0.5) fd += 1.0;
+        return mk_float(dv != 0 ? fd : copysign(0.0, x / y));
+    }
+    case OP_POW: return mk_float(pow(x, y));
+    }
+    tpl__r_fail(e, "internal error: bad arithmetic operator");
+}
+
 value tpl__arith(env *e, int op, value a, value b) {
     if (a.t == V_UNDEF) tpl__undef_fail(e, a);
     if (b.t == V_UNDEF) tpl__undef_fail(e, b);
     static const char *const opname[] = {"+", "-", "*", "/", "//", "%", "**"};
     if (is_num(a) && is_num(b)) {
-        int isf = a.t == V_FLOAT || b.t == V_FLOAT;
-        if (!isf) {
-            int64_t x = num_i(a), y = num_i(b), r = 0;
-            switch (op) {
-            case OP_ADD:
-                if (__builtin_add_overflow(x, y, &r)) goto ovf;
-                return mk_int(r);
-            case OP_SUB:
-                if (__builtin_sub_overflow(x, y, &r)) goto ovf;
-                return mk_int(r);
-            case OP_MUL:
-                if (__builtin_mul_overflow(x, y, &r)) goto ovf;
-                return mk_int(r);
-            case OP_DIV:
-                if (y == 0) tpl__r_fail(e, "division by zero");
-                return mk_float((double)x / (double)y);
-            case OP_FDIV:
-            case OP_MOD: {
-                if (y == 0) tpl__r_fail(e, "integer division or modulo by zero");
-                if (x == INT64_MIN && y == -1) goto ovf;
-                int64_t q = x / y, m = x % y;
-                if (m != 0 && ((m < 0) != (y < 0))) {
-                    q--;
-                    m += y;
-                }
-                return mk_int(op == OP_FDIV ? q : m);
-            }
-            case OP_POW:
-                if (y < 0) return mk_float(pow((double)x, (double)y));
-                r = 1;
-                for (int64_t i = 0; i < y; i++) {
-                    if (__builtin_mul_overflow(r, x, &r)) goto ovf;
-                    if (r == 0 || r == 1) break;
-                    if (r == -1) {
-                        r = (y - i - 1) % 2 ? -r : r;
-                        break;
-                    }
-                }
-                return mk_int(r);
-            }
-        } else {
-            double x = num_f(a), y = num_f(b);
-            switch (op) {
-            case OP_ADD: return mk_float(x + y);
-            case OP_SUB: return mk_float(x - y);
-            case OP_MUL: return mk_float(x * y);
-            case OP_DIV:
-                if (y == 0) tpl__r_fail(e, "float division by zero");
-                return mk_float(x / y);
-            case OP_FDIV:
-            case OP_MOD: {
-                if (y == 0) tpl__r_fail(e, "float modulo");
-                double m = fmod(x, y), dv = (x - m) / y;
-                if (m != 0 && ((y < 0) != (m < 0))) {
-                    m += y;
-                    dv -= 1.0;
-                }
-                if (op == OP_MOD) return mk_float(m != 0 ? m : copysign(0.0, y));
-                double fd = floor(dv);
-                if (dv - fd > 0.5) fd += 1.0;
-                return mk_float(dv != 0 ? fd : copysign(0.0, x / y));
-            }
-            case OP_POW: return mk_float(pow(x, y));
-            }
-        }
+        if (a.t != V_FLOAT && b.t != V_FLOAT) return arith_int(e, op, num_i(a), num_i(b));
+        return arith_float(e, op, num_f(a), num_f(b));
     }
     if (op == OP_ADD && a.t == V_STR && b.t == V_STR) {
         char *p = tpl__xalloc(e, a.u.s.n + b.u.s.n + 1);
@@ -227,8 +240,6 @@ value tpl__arith(env *e, int op, value a, value b) {
     }
     if (op == OP_MOD && a.t == V_STR) tpl__env_fail(e, CHAT_TEMPLATE_ERR_UNSUPPORTED, "printf-style string formatting is not supported");
     tpl__r_fail(e, "unsupported operand type(s) for %s: '%s' and '%s'", opname[op], tpl__type_name(a), tpl__type_name(b));
-ovf:
-    tpl__env_fail(e, CHAT_TEMPLATE_ERR_UNSUPPORTED, "integer overflow (big integers are not supported)");
 }
 
 int tpl__compare(env *e, int op, value a, value b) {

@@ -120,6 +120,14 @@ static void parse_call_args(parser *P, node *x) {
     expect_op(P, ")");
 }
 
+/* fn(args): the call node of callee fn. */
+static node *parse_call(parser *P, node *fn) {
+    node *c = nnew(P, E_CALL);
+    c->a = fn;
+    parse_call_args(P, c);
+    return c;
+}
+
 static node *parse_primary(parser *P) {
     token *t = cur(P);
     node *x;
@@ -286,12 +294,9 @@ static node *parse_postfix(parser *P, node *x) {
                 g->b = first;
                 x = g;
             }
-        } else if (tk_op(t, "(")) {
-            node *c = nnew(P, E_CALL);
-            c->a = x;
-            parse_call_args(P, c);
-            x = c;
-        } else
+        } else if (tk_op(t, "("))
+            x = parse_call(P, x);
+        else
             break;
     }
     return x;
@@ -358,12 +363,9 @@ static node *parse_filter_expr(parser *P, node *x) {
                 nl_push(P->e, &te->args, arg);
             }
             x = te;
-        } else if (tk_op(t, "(")) {
-            node *c = nnew(P, E_CALL);
-            c->a = x;
-            parse_call_args(P, c);
-            x = c;
-        } else
+        } else if (tk_op(t, "("))
+            x = parse_call(P, x);
+        else
             break;
     }
     return x;
@@ -546,161 +548,185 @@ static void parse_targets(parser *P, node *x, const char *extra_end) {
     x->op = x->nk > 1 || paren; /* unpack */
 }
 
+/* Parses a body up to {% end %} and consumes that end tag. */
+static void parse_until(parser *P, nlist *body, const char *end) {
+    const char *const ends[] = {end, NULL};
+    parse_body(P, body, ends);
+    P->i++;
+    expect_block_end(P);
+}
+
+/* {% if %}...{% elif %}...{% else %}...{% endif %}: elif chains nest in kwargs (the else body). */
+static node *parse_if(parser *P, int line) {
+    node *x;
+    P->i++;
+    x = nnew(P, S_IF);
+    x->line = line;
+    x->a = parse_tuple(P, 0, 1, 0, NULL);
+    expect_block_end(P);
+    static const char *const ends[] = {"elif", "else", "endif", NULL};
+    node *curif = x;
+    for (;;) {
+        parse_body(P, &curif->args, ends);
+        token *t = cur(P);
+        P->i++;
+        if (tk_name(t, "elif")) {
+            node *el = nnew(P, S_IF);
+            el->a = parse_tuple(P, 0, 1, 0, NULL);
+            expect_block_end(P);
+            nl_push(P->e, &curif->kwargs, el);
+            curif = el;
+            continue;
+        }
+        expect_block_end(P);
+        if (tk_name(t, "else")) parse_until(P, &curif->kwargs, "endif");
+        break;
+    }
+    return x;
+}
+
+/* {% for targets in iter [if cond] %}...[{% else %}...]{% endfor %} */
+static node *parse_for(parser *P, int line) {
+    node *x;
+    P->i++;
+    x = nnew(P, S_FOR);
+    x->line = line;
+    parse_targets(P, x, "in");
+    if (!tk_name(cur(P), "in")) p_fail(P, "expected 'in'");
+    P->i++;
+    x->a = parse_tuple(P, 0, 0, 0, "recursive");
+    if (tk_name(cur(P), "if")) {
+        P->i++;
+        x->b = parse_expr(P, 1);
+    }
+    if (tk_name(cur(P), "recursive")) p_unsupported(P, "feature", "recursive loops", 15);
+    expect_block_end(P);
+    static const char *const ends[] = {"endfor", "else", NULL};
+    P->loops++;
+    parse_body(P, &x->args, ends);
+    P->loops--;
+    int has_else = tk_name(cur(P), "else");
+    P->i++;
+    expect_block_end(P);
+    if (has_else) parse_until(P, &x->kwargs, "endfor");
+    return x;
+}
+
+/* {% set ns.attr = e %}, {% set a, b = e %} or the block form {% set x %}...{% endset %} */
+static node *parse_set(parser *P, int line) {
+    node *x;
+    P->i++;
+    if (cur(P)->t == T_NAME && tk_op(peek(P, 1), ".")) {
+        x = nnew(P, S_SETNS);
+        x->line = line;
+        token *ns = expect_name(P);
+        P->i++;
+        token *attr = expect_name(P);
+        x->name = ns->p;
+        x->nlen = ns->n;
+        x->knames = tpl__xalloc(P->e, sizeof(char *));
+        x->klens = tpl__xalloc(P->e, sizeof(size_t));
+        x->knames[0] = attr->p;
+        x->klens[0] = attr->n;
+        expect_op(P, "=");
+        x->a = parse_tuple(P, 0, 1, 0, NULL);
+        expect_block_end(P);
+        return x;
+    }
+    x = nnew(P, S_SET);
+    x->line = line;
+    parse_targets(P, x, NULL);
+    if (tk_op(cur(P), "=")) {
+        P->i++;
+        x->a = parse_tuple(P, 0, 1, 0, NULL);
+        expect_block_end(P);
+        return x;
+    }
+    if (x->nk != 1) p_fail(P, "expected '='");
+    if (tk_op(cur(P), "|")) p_unsupported(P, "feature", "filtered block set", 18);
+    expect_block_end(P);
+    x->k = S_SETBLOCK;
+    parse_until(P, &x->args, "endset");
+    return x;
+}
+
+/* {% macro name(params, with=defaults) %}...{% endmacro %} */
+static node *parse_macro(parser *P, int line) {
+    node *x;
+    P->i++;
+    x = nnew(P, S_MACRO);
+    x->line = line;
+    token *nm = expect_name(P);
+    x->name = nm->p;
+    x->nlen = nm->n;
+    expect_op(P, "(");
+    size_t cap = 0;
+    while (!tk_op(cur(P), ")")) {
+        if (x->nk) expect_op(P, ",");
+        if (tk_op(cur(P), ")")) break;
+        token *pn = expect_name(P);
+        if (x->nk == cap) {
+            cap = cap ? cap * 2 : 4;
+            const char **nk = tpl__xalloc(P->e, cap * sizeof(char *));
+            size_t *nl = tpl__xalloc(P->e, cap * sizeof(size_t));
+            node **dv = tpl__xalloc(P->e, cap * sizeof(node *));
+            if (x->nk) {
+                memcpy(nk, x->knames, x->nk * sizeof(char *));
+                memcpy(nl, x->klens, x->nk * sizeof(size_t));
+                memcpy(dv, x->kwargs.v, x->nk * sizeof(node *));
+            }
+            x->knames = nk;
+            x->klens = nl;
+            x->kwargs.v = dv;
+            x->kwargs.cap = cap;
+        }
+        x->knames[x->nk] = pn->p;
+        x->klens[x->nk] = pn->n;
+        node *def = NULL;
+        if (tk_op(cur(P), "=")) {
+            P->i++;
+            def = parse_expr(P, 1);
+        } else if (x->nk && x->kwargs.v[x->nk - 1])
+            p_fail(P, "non-default argument follows default argument");
+        x->kwargs.v[x->nk] = def;
+        x->nk++;
+        x->kwargs.n = x->nk;
+    }
+    P->i++;
+    expect_block_end(P);
+    static const char *const ends[] = {"endmacro", NULL};
+    int saved_loops = P->loops;
+    P->loops = 0;
+    parse_body(P, &x->args, ends);
+    P->loops = saved_loops;
+    P->i++;
+    if (cur(P)->t == T_NAME) P->i++; /* {% endmacro name %} */
+    expect_block_end(P);
+    return x;
+}
+
+/* {% generation %}: transformers' AssistantTracker; renders its body unchanged */
+static node *parse_generation(parser *P) {
+    node *x;
+    P->i++;
+    expect_block_end(P);
+    x = nnew(P, S_IF);
+    x->a = nnew(P, E_LIT);
+    x->a->lit = mk_bool(1);
+    parse_until(P, &x->args, "endgeneration");
+    return x;
+}
+
 static node *parse_statement(parser *P) {
     token *kw = cur(P);
     if (kw->t != T_NAME) p_fail(P, "tag name expected");
     int line = kw->line;
     P->e->line = line;
     node *x;
-    if (tk_name(kw, "if")) {
-        P->i++;
-        x = nnew(P, S_IF);
-        x->line = line;
-        x->a = parse_tuple(P, 0, 1, 0, NULL);
-        expect_block_end(P);
-        static const char *const ends[] = {"elif", "else", "endif", NULL};
-        node *curif = x;
-        for (;;) {
-            parse_body(P, &curif->args, ends);
-            token *t = cur(P);
-            P->i++;
-            if (tk_name(t, "elif")) {
-                node *el = nnew(P, S_IF);
-                el->a = parse_tuple(P, 0, 1, 0, NULL);
-                expect_block_end(P);
-                nl_push(P->e, &curif->kwargs, el);
-                curif = el;
-                continue;
-            }
-            if (tk_name(t, "else")) {
-                expect_block_end(P);
-                static const char *const ends2[] = {"endif", NULL};
-                parse_body(P, &curif->kwargs, ends2);
-                P->i++;
-            }
-            expect_block_end(P);
-            break;
-        }
-        return x;
-    }
-    if (tk_name(kw, "for")) {
-        P->i++;
-        x = nnew(P, S_FOR);
-        x->line = line;
-        parse_targets(P, x, "in");
-        if (!tk_name(cur(P), "in")) p_fail(P, "expected 'in'");
-        P->i++;
-        x->a = parse_tuple(P, 0, 0, 0, "recursive");
-        if (tk_name(cur(P), "if")) {
-            P->i++;
-            x->b = parse_expr(P, 1);
-        }
-        if (tk_name(cur(P), "recursive")) p_unsupported(P, "feature", "recursive loops", 15);
-        expect_block_end(P);
-        static const char *const ends[] = {"endfor", "else", NULL};
-        P->loops++;
-        parse_body(P, &x->args, ends);
-        P->loops--;
-        if (tk_name(cur(P), "else")) {
-            P->i++;
-            expect_block_end(P);
-            static const char *const ends2[] = {"endfor", NULL};
-            parse_body(P, &x->kwargs, ends2);
-        }
-        P->i++;
-        expect_block_end(P);
-        return x;
-    }
-    if (tk_name(kw, "set")) {
-        P->i++;
-        if (cur(P)->t == T_NAME && tk_op(peek(P, 1), ".")) {
-            x = nnew(P, S_SETNS);
-            x->line = line;
-            token *ns = expect_name(P);
-            P->i++;
-            token *attr = expect_name(P);
-            x->name = ns->p;
-            x->nlen = ns->n;
-            x->knames = tpl__xalloc(P->e, sizeof(char *));
-            x->klens = tpl__xalloc(P->e, sizeof(size_t));
-            x->knames[0] = attr->p;
-            x->klens[0] = attr->n;
-            expect_op(P, "=");
-            x->a = parse_tuple(P, 0, 1, 0, NULL);
-            expect_block_end(P);
-            return x;
-        }
-        x = nnew(P, S_SET);
-        x->line = line;
-        parse_targets(P, x, NULL);
-        if (tk_op(cur(P), "=")) {
-            P->i++;
-            x->a = parse_tuple(P, 0, 1, 0, NULL);
-            expect_block_end(P);
-            return x;
-        }
-        if (x->nk != 1) p_fail(P, "expected '='");
-        if (tk_op(cur(P), "|")) p_unsupported(P, "feature", "filtered block set", 18);
-        expect_block_end(P);
-        x->k = S_SETBLOCK;
-        static const char *const ends[] = {"endset", NULL};
-        parse_body(P, &x->args, ends);
-        P->i++;
-        expect_block_end(P);
-        return x;
-    }
-    if (tk_name(kw, "macro")) {
-        P->i++;
-        x = nnew(P, S_MACRO);
-        x->line = line;
-        token *nm = expect_name(P);
-        x->name = nm->p;
-        x->nlen = nm->n;
-        expect_op(P, "(");
-        size_t cap = 0;
-        while (!tk_op(cur(P), ")")) {
-            if (x->nk) expect_op(P, ",");
-            if (tk_op(cur(P), ")")) break;
-            token *pn = expect_name(P);
-            if (x->nk == cap) {
-                cap = cap ? cap * 2 : 4;
-                const char **nk = tpl__xalloc(P->e, cap * sizeof(char *));
-                size_t *nl = tpl__xalloc(P->e, cap * sizeof(size_t));
-                node **dv = tpl__xalloc(P->e, cap * sizeof(node *));
-                if (x->nk) {
-                    memcpy(nk, x->knames, x->nk * sizeof(char *));
-                    memcpy(nl, x->klens, x->nk * sizeof(size_t));
-                    memcpy(dv, x->kwargs.v, x->nk * sizeof(node *));
-                }
-                x->knames = nk;
-                x->klens = nl;
-                x->kwargs.v = dv;
-                x->kwargs.cap = cap;
-            }
-            x->knames[x->nk] = pn->p;
-            x->klens[x->nk] = pn->n;
-            node *def = NULL;
-            if (tk_op(cur(P), "=")) {
-                P->i++;
-                def = parse_expr(P, 1);
-            } else if (x->nk && x->kwargs.v[x->nk - 1])
-                p_fail(P, "non-default argument follows default argument");
-            x->kwargs.v[x->nk] = def;
-            x->nk++;
-            x->kwargs.n = x->nk;
-        }
-        P->i++;
-        expect_block_end(P);
-        static const char *const ends[] = {"endmacro", NULL};
-        int saved_loops = P->loops;
-        P->loops = 0;
-        parse_body(P, &x->args, ends);
-        P->loops = saved_loops;
-        P->i++;
-        if (cur(P)->t == T_NAME) P->i++; /* {% endmacro name %} */
-        expect_block_end(P);
-        return x;
-    }
+    if (tk_name(kw, "if")) return parse_if(P, line);
+    if (tk_name(kw, "for")) return parse_for(P, line);
+    if (tk_name(kw, "set")) return parse_set(P, line);
+    if (tk_name(kw, "macro")) return parse_macro(P, line);
     if (tk_name(kw, "break") || tk_name(kw, "continue")) {
         if (!P->loops) p_fail(P, "'%.*s' outside of a loop", (int)kw->n, kw->p);
         x = nnew(P, tk_name(kw, "break") ? S_BREAK : S_CONTINUE);
@@ -708,19 +734,7 @@ static node *parse_statement(parser *P) {
         expect_block_end(P);
         return x;
     }
-    if (tk_name(kw, "generation")) {
-        /* transformers' AssistantTracker: renders its body unchanged */
-        P->i++;
-        expect_block_end(P);
-        x = nnew(P, S_IF);
-        x->a = nnew(P, E_LIT);
-        x->a->lit = mk_bool(1);
-        static const char *const ends[] = {"endgeneration", NULL};
-        parse_body(P, &x->args, ends);
-        P->i++;
-        expect_block_end(P);
-        return x;
-    }
+    if (tk_name(kw, "generation")) return parse_generation(P);
     static const char *const known[] = {"filter", "call", "include", "import", "from", "extends", "block", "with",
                                         "autoescape", "do", "trans", NULL};
     if (tpl__lookup_name(known, kw->p, kw->n) >= 0) p_unsupported(P, "statement", kw->p, kw->n);

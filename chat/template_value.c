@@ -123,6 +123,12 @@ void tpl__sb_put(env *e, sbuf *b, const char *s, size_t n) {
     memcpy(b->p + b->n, s, n);
     b->n += n;
 }
+void tpl__sb_put_int(env *e, sbuf *b, int64_t i) {
+    char buf[32];
+    snprintf(buf, sizeof buf, "%lld", (long long)i);
+    sb_puts(e, b, buf);
+}
+
 list *tpl__list_new(env *e, size_t cap) {
     list *l = tpl__xcalloc(e, sizeof *l);
     if (cap) {
@@ -451,10 +457,7 @@ void tpl__py_str_into(env *e, sbuf *b, value v, int repr) {
         break;
     case V_NONE: sb_puts(e, b, "None"); break;
     case V_BOOL: sb_puts(e, b, v.u.b ? "True" : "False"); break;
-    case V_INT:
-        snprintf(buf, sizeof buf, "%lld", (long long)v.u.i);
-        sb_puts(e, b, buf);
-        break;
+    case V_INT: tpl__sb_put_int(e, b, v.u.i); break;
     case V_FLOAT:
         tpl__fmt_float(v.u.f, buf, sizeof buf);
         sb_puts(e, b, buf);
