@@ -30,6 +30,7 @@
 #ifndef ENGINE_CHAT_TEMPLATE_H
 #define ENGINE_CHAT_TEMPLATE_H
 
+#include <cjson/cJSON.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -61,22 +62,34 @@ int chat_template_load_dir(const char *dir, chat_template **out, char *err, size
 int chat_template_create(const char *source, const char *bos_token, const char *eos_token,
                          chat_template **out, char *err, size_t errlen);
 
-/* Renders messages_json (a JSON array of message objects) with optional
- * tools_json (a JSON array or NULL) and add_generation_prompt. On success *out
- * is a heap string owned by the caller (free()). On failure returns a negative
- * status and a one-line message in err. */
-int chat_template_render(const chat_template *t, const char *messages_json, const char *tools_json,
-                         bool add_generation_prompt, char **out, char *err, size_t errlen);
+/* Renders messages (a cJSON array of message objects) with tools (a cJSON
+ * array, or NULL: none) and add_generation_prompt. The trees are borrowed
+ * for the call. They are read as the server's old path read them (cJSON's
+ * printer, then a JSON reader): a number is what cJSON prints, so an
+ * integral double like 1.0 is the int 1; a string ends at its first NUL;
+ * strings must be valid UTF-8. On success *out is a heap string owned by
+ * the caller (free()). On failure returns a negative status and a one-line
+ * message in err. */
+int chat_template_render(const chat_template *t, const cJSON *messages, const cJSON *tools, bool add_generation_prompt,
+                         char **out, char *err, size_t errlen);
 
-/* Like chat_template_render, plus extra_json: NULL or a JSON object whose
+/* Like chat_template_render, plus extra: NULL or a cJSON object whose
  * members become template variables (apply_chat_template's **kwargs, e.g.
  * {"enable_thinking": false}); they override the special tokens. out_len
- * (may be NULL) receives the byte length: the prompt may contain NUL bytes
- * when the messages do ("\u0000"), as in Python. Thread-safe: renders of one
+ * (may be NULL) receives the byte length. Thread-safe: renders of one
  * template may run concurrently (needs about 2 MiB of stack at worst). */
-int chat_template_render_ex(const chat_template *t, const char *messages_json, const char *tools_json,
-                            const char *extra_json, bool add_generation_prompt, char **out, size_t *out_len,
-                            char *err, size_t errlen);
+int chat_template_render_ex(const chat_template *t, const cJSON *messages, const cJSON *tools, const cJSON *extra,
+                            bool add_generation_prompt, char **out, size_t *out_len, char *err, size_t errlen);
+
+/* Like chat_template_render_ex, with messages_json (a JSON array), tools_json
+ * and extra_json (NULL or JSON text) read with Python json.loads semantics,
+ * which a cJSON tree cannot carry: 1.0 stays a float and "\u0000" stays in
+ * a string (the prompt may then contain NUL bytes, as in Python; see
+ * out_len). For JSON files (engram-chatrender, engram-tokenize), where the
+ * output must match transformers byte for byte. */
+int chat_template_render_json(const chat_template *t, const char *messages_json, const char *tools_json,
+                              const char *extra_json, bool add_generation_prompt, char **out, size_t *out_len,
+                              char *err, size_t errlen);
 
 /* Resource limits of one render (and of compiling). A hostile template hits
  * one of them and gets CHAT_TEMPLATE_ERR_LIMIT, never an unbounded run. */

@@ -74,7 +74,7 @@ int main(int argc, char **argv) {
     if (m && (!tools || tl) && (!extra || ex)) {
         char *out = NULL;
         size_t out_len = 0;
-        st = chat_template_render_ex(t, m, tl, ex, agp, &out, &out_len, err, sizeof err);
+        st = chat_template_render_json(t, m, tl, ex, agp, &out, &out_len, err, sizeof err);
         if (st) {
             fprintf(stderr, "error: %s: %s\n", chat_template_status_str(st), err);
         } else {

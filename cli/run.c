@@ -424,12 +424,10 @@ static char *run_chat_render(const char *model_dir, const char *prompt_text, cha
     cJSON_AddStringToObject(msg, "role", "user");
     cJSON_AddStringToObject(msg, "content", prompt_text);
     cJSON_AddItemToArray(msgs, msg);
-    char *mj = cJSON_PrintUnformatted(msgs);
-    cJSON_Delete(msgs);
     int crc = chat_template_load_dir(model_dir, &tpl, err, errlen);
-    if (crc == CHAT_TEMPLATE_OK) crc = chat_template_render(tpl, mj, NULL, true, &rendered, err, errlen);
+    if (crc == CHAT_TEMPLATE_OK) crc = chat_template_render(tpl, msgs, NULL, true, &rendered, err, errlen);
     chat_template_destroy(tpl);
-    free(mj);
+    cJSON_Delete(msgs);
     return crc == CHAT_TEMPLATE_OK ? rendered : NULL;
 }
 

@@ -264,7 +264,7 @@ static int run_chat(const char *tok_path, const char *chat_file, const char *too
     int rc = chat_template_load_dir(dir, &ct, err, sizeof err);
     char *out = NULL;
     size_t out_len = 0;
-    if (!rc) rc = chat_template_render_ex(ct, msgs, tools, extra, agp, &out, &out_len, err, sizeof err);
+    if (!rc) rc = chat_template_render_json(ct, msgs, tools, extra, agp, &out, &out_len, err, sizeof err);
     if (rc) fprintf(stderr, "engram-tokenize: chat template: %s\n", err);
     else fwrite(out, 1, out_len, stdout);
     free(out);

@@ -5,6 +5,7 @@
 #ifndef SERVER_API_H
 #define SERVER_API_H
 
+#include <cjson/cJSON.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -36,10 +37,10 @@ typedef struct {
     char *prompt_text;      /* UTF-8 */
     int32_t *prompt_ids;    /* (n_prompt_ids) */
     int n_prompt_ids;
-    /* chat: the messages as a JSON array of {"role", "content" (string), ["name"],
-     * ["tool_calls"], ["tool_call_id"]} */
-    char *messages_json;
-    char *tools_json;       /* chat: the tools (a JSON array) when the model may call them, else NULL */
+    /* chat: the messages as an array of {"role", "content" (string), ["name"],
+     * ["tool_calls"], ["tool_call_id"]}; owned */
+    cJSON *messages;
+    cJSON *tools;           /* chat: the tools (an array) when the model may call them, else NULL; owned */
     int max_tokens;         /* -1 when absent (max_tokens or max_completion_tokens) */
     int n;                  /* choices, 1..API_MAX_N */
     bool stream;
@@ -72,7 +73,7 @@ void api_request_free(api_request *r); /* frees the members; accepts zeroed stru
 typedef struct {
     char *model;
     char *prompt_text;   /* or NULL */
-    char *messages_json; /* or NULL */
+    cJSON *messages;     /* as in api_request, or NULL; owned */
     bool add_special;
 } api_tokenize;
 

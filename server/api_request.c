@@ -199,7 +199,110 @@ static int parse_ids(const cJSON *arr, const char *name, int32_t **ids, int *n, 
 }
 
 /* Checks messages and rewrites them as [{"role", "content": string, ["name"]}]. */
-static int parse_messages(const cJSON *root, char **out, api_error *err) {
+/* A message's content as one string: a string, absent (assistant only), or a
+ * list of text parts (concatenated). Returns 0, -1 with err set, or -2 when
+ * out of memory. */
+static int message_content(const cJSON *m, const char *role, int i, char **out, api_error *err) {
+    char param[64];
+    const cJSON *c = field(m, "content");
+    size_t clen = 0, ccap = 64;
+    char *content = malloc(ccap);
+    if (!content) return -2;
+    content[0] = 0;
+    snprintf(param, sizeof(param), "messages[%d].content", i);
+    if (!c) {
+        if (strcmp(role, "assistant") != 0) {
+            api_error_set(err, 400, param, "Missing required parameter: '%s'.", param);
+            goto fail;
+        }
+    } else if (cJSON_IsString(c)) {
+        free(content);
+        if (!(content = strdup(c->valuestring))) return -2;
+    } else if (cJSON_IsArray(c)) {
+        const cJSON *part;
+        cJSON_ArrayForEach(part, c) {
+            const cJSON *type = cJSON_IsObject(part) ? field(part, "type") : NULL;
+            const cJSON *text = cJSON_IsObject(part) ? field(part, "text") : NULL;
+            if (!type || !cJSON_IsString(type) || strcmp(type->valuestring, "text") != 0 || !text ||
+                !cJSON_IsString(text)) {
+                api_error_set(err, 400, param,
+                              "Invalid content part in '%s': only {\"type\": \"text\", \"text\": string} "
+                              "parts are supported.",
+                              param);
+                goto fail;
+            }
+            size_t tl = strlen(text->valuestring);
+            if (clen + tl + 1 > ccap) {
+                ccap = (clen + tl + 1) * 2;
+                char *q = realloc(content, ccap);
+                if (!q) {
+                    free(content);
+                    return -2;
+                }
+                content = q;
+            }
+            memcpy(content + clen, text->valuestring, tl + 1);
+            clen += tl;
+        }
+    } else {
+        api_error_set(err, 400, param, "Invalid type for '%s': expected a string or an array of text parts.", param);
+        goto fail;
+    }
+    *out = content;
+    return 0;
+fail:
+    free(content);
+    return -1;
+}
+
+/* An assistant's tool calls, [{"id", "type": "function", "function": {"name",
+ * "arguments"}}], normalized into *out (NULL when there are none). Returns 0,
+ * -1 with err set, or -2 when out of memory. */
+static int message_tool_calls(const cJSON *m, const char *role, int i, cJSON **out, api_error *err) {
+    char param[64];
+    const cJSON *tc = field(m, "tool_calls");
+    *out = NULL;
+    if (!tc || (cJSON_IsArray(tc) && cJSON_GetArraySize(tc) == 0)) return 0;
+    snprintf(param, sizeof(param), "messages[%d].tool_calls", i);
+    if (strcmp(role, "assistant") != 0 || !cJSON_IsArray(tc)) {
+        api_error_set(err, 400, param, "Invalid '%s': only an assistant message has tool calls, as an array.", param);
+        return -1;
+    }
+    cJSON *calls = cJSON_CreateArray();
+    if (!calls) return -2;
+    const cJSON *call;
+    cJSON_ArrayForEach(call, tc) {
+        const cJSON *id = cJSON_IsObject(call) ? field(call, "id") : NULL;
+        const cJSON *fn = cJSON_IsObject(call) ? field(call, "function") : NULL;
+        const cJSON *fname = cJSON_IsObject(fn) ? field(fn, "name") : NULL;
+        const cJSON *fargs = cJSON_IsObject(fn) ? field(fn, "arguments") : NULL;
+        if ((id && !cJSON_IsString(id)) || !cJSON_IsString(fname) || !cJSON_IsString(fargs)) {
+            cJSON_Delete(calls);
+            api_error_set(err, 400, param,
+                          "Invalid entry in '%s': expected {\"id\": string, \"type\": \"function\", "
+                          "\"function\": {\"name\": string, \"arguments\": string}}.",
+                          param);
+            return -1;
+        }
+        cJSON *o = cJSON_CreateObject(), *f = cJSON_CreateObject();
+        bool ok = o && f && cJSON_AddItemToObject(o, "function", f);
+        if (!ok) cJSON_Delete(f); /* else o owns it */
+        ok = ok && (!id || cJSON_AddStringToObject(o, "id", id->valuestring)) &&
+             cJSON_AddStringToObject(o, "type", "function") && cJSON_AddStringToObject(f, "name", fname->valuestring) &&
+             cJSON_AddStringToObject(f, "arguments", fargs->valuestring) && cJSON_AddItemToArray(calls, o);
+        if (!ok) {
+            cJSON_Delete(o);
+            cJSON_Delete(calls);
+            return -2;
+        }
+    }
+    *out = calls;
+    return 0;
+}
+
+/* chat's messages, validated and normalized into a new array *out (owned by
+ * the caller): what the chat template renders. */
+static int parse_messages(const cJSON *root, cJSON **out, api_error *err) {
     const cJSON *msgs = field(root, "messages");
     if (!msgs) {
         api_error_set(err, 400, "messages", "Missing required parameter: 'messages'.");
@@ -213,6 +316,7 @@ static int parse_messages(const cJSON *root, char **out, api_error *err) {
     static const char *roles[] = {"system", "developer", "user", "assistant", "tool"};
     cJSON *norm = cJSON_CreateArray();
     char *content = NULL;
+    int rc;
     if (!norm) goto nomem;
     int i = 0;
     const cJSON *m;
@@ -234,93 +338,15 @@ static int parse_messages(const cJSON *root, char **out, api_error *err) {
                           param);
             goto fail;
         }
-        /* content: string, null (assistant only), or a list of text parts */
-        const cJSON *c = field(m, "content");
-        size_t clen = 0, ccap = 64;
-        content = malloc(ccap);
-        if (!content) goto nomem;
-        content[0] = 0;
-        snprintf(param, sizeof(param), "messages[%d].content", i);
-        if (!c) {
-            if (strcmp(role->valuestring, "assistant") != 0) {
-                api_error_set(err, 400, param, "Missing required parameter: '%s'.", param);
-                goto fail;
-            }
-        } else if (cJSON_IsString(c)) {
-            free(content);
-            if (!(content = strdup(c->valuestring))) goto nomem;
-        } else if (cJSON_IsArray(c)) {
-            const cJSON *part;
-            cJSON_ArrayForEach(part, c) {
-                const cJSON *type = cJSON_IsObject(part) ? field(part, "type") : NULL;
-                const cJSON *text = cJSON_IsObject(part) ? field(part, "text") : NULL;
-                if (!type || !cJSON_IsString(type) || strcmp(type->valuestring, "text") != 0 || !text ||
-                    !cJSON_IsString(text)) {
-                    api_error_set(err, 400, param,
-                                  "Invalid content part in '%s': only {\"type\": \"text\", \"text\": string} "
-                                  "parts are supported.",
-                                  param);
-                    goto fail;
-                }
-                size_t tl = strlen(text->valuestring);
-                if (clen + tl + 1 > ccap) {
-                    ccap = (clen + tl + 1) * 2;
-                    char *q = realloc(content, ccap);
-                    if (!q) goto nomem;
-                    content = q;
-                }
-                memcpy(content + clen, text->valuestring, tl + 1);
-                clen += tl;
-            }
-        } else {
-            api_error_set(err, 400, param, "Invalid type for '%s': expected a string or an array of text parts.", param);
-            goto fail;
-        }
+        if ((rc = message_content(m, role->valuestring, i, &content, err))) goto rc_fail;
         const cJSON *name = field(m, "name");
         if (name && !cJSON_IsString(name)) {
             snprintf(param, sizeof(param), "messages[%d].name", i);
             api_error_set(err, 400, param, "Invalid type for '%s': expected a string.", param);
             goto fail;
         }
-        /* an assistant's tool calls: [{"id", "type": "function", "function": {"name", "arguments"}}] */
-        const cJSON *tc = field(m, "tool_calls");
         cJSON *calls = NULL;
-        if (tc && !(cJSON_IsArray(tc) && cJSON_GetArraySize(tc) == 0)) {
-            snprintf(param, sizeof(param), "messages[%d].tool_calls", i);
-            if (strcmp(role->valuestring, "assistant") != 0 || !cJSON_IsArray(tc)) {
-                api_error_set(err, 400, param, "Invalid '%s': only an assistant message has tool calls, as an array.",
-                              param);
-                goto fail;
-            }
-            if (!(calls = cJSON_CreateArray())) goto nomem;
-            const cJSON *call;
-            cJSON_ArrayForEach(call, tc) {
-                const cJSON *id = cJSON_IsObject(call) ? field(call, "id") : NULL;
-                const cJSON *fn = cJSON_IsObject(call) ? field(call, "function") : NULL;
-                const cJSON *fname = cJSON_IsObject(fn) ? field(fn, "name") : NULL;
-                const cJSON *fargs = cJSON_IsObject(fn) ? field(fn, "arguments") : NULL;
-                if ((id && !cJSON_IsString(id)) || !cJSON_IsString(fname) || !cJSON_IsString(fargs)) {
-                    cJSON_Delete(calls);
-                    api_error_set(err, 400, param,
-                                  "Invalid entry in '%s': expected {\"id\": string, \"type\": \"function\", "
-                                  "\"function\": {\"name\": string, \"arguments\": string}}.",
-                                  param);
-                    goto fail;
-                }
-                cJSON *o = cJSON_CreateObject(), *f = cJSON_CreateObject();
-                bool ok = o && f && cJSON_AddItemToObject(o, "function", f);
-                if (!ok) cJSON_Delete(f); /* else o owns it */
-                ok = ok && (!id || cJSON_AddStringToObject(o, "id", id->valuestring)) &&
-                     cJSON_AddStringToObject(o, "type", "function") &&
-                     cJSON_AddStringToObject(f, "name", fname->valuestring) &&
-                     cJSON_AddStringToObject(f, "arguments", fargs->valuestring) && cJSON_AddItemToArray(calls, o);
-                if (!ok) {
-                    cJSON_Delete(o);
-                    cJSON_Delete(calls);
-                    goto nomem;
-                }
-            }
-        }
+        if ((rc = message_tool_calls(m, role->valuestring, i, &calls, err))) goto rc_fail;
         const cJSON *call_id = field(m, "tool_call_id");
         if (call_id && !cJSON_IsString(call_id)) {
             cJSON_Delete(calls);
@@ -346,9 +372,10 @@ static int parse_messages(const cJSON *root, char **out, api_error *err) {
         content = NULL;
         i++;
     }
-    if (!(*out = cJSON_PrintUnformatted(norm))) goto nomem;
-    cJSON_Delete(norm);
+    *out = norm;
     return 0;
+rc_fail:
+    if (rc == -1) goto fail;
 nomem:
     api_error_set(err, 500, NULL, "Out of memory.");
 fail:
@@ -463,8 +490,9 @@ static int parse_logit_bias(const cJSON *root, api_request *r, api_error *err) {
  * "required" and a named function would need constrained decoding. */
 #define MAX_TOOLS 256
 
-static int parse_tools(const cJSON *root, api_request *r, api_error *err) {
-    const cJSON *tools = field(root, "tools"), *choice = field(root, "tool_choice"), *v;
+static int parse_tools(cJSON *root, api_request *r, api_error *err) {
+    cJSON *tools = field(root, "tools");
+    const cJSON *choice = field(root, "tool_choice"), *v;
     if (choice && !(cJSON_IsString(choice) && (!strcmp(choice->valuestring, "none") ||
                                                !strcmp(choice->valuestring, "auto")))) {
         if (cJSON_IsString(choice) && !strcmp(choice->valuestring, "required"))
@@ -504,10 +532,7 @@ static int parse_tools(const cJSON *root, api_request *r, api_error *err) {
         i++;
     }
     if (count == 0 || (choice && !strcmp(choice->valuestring, "none"))) return 0;
-    if (!(r->tools_json = cJSON_PrintUnformatted(tools))) {
-        api_error_set(err, 500, NULL, "Out of memory.");
-        return -1;
-    }
+    r->tools = cJSON_DetachItemViaPointer(root, tools); /* the request owns it; the body is freed */
     return 0;
 }
 
@@ -562,7 +587,7 @@ int api_parse_request(api_kind kind, const char *body, size_t len, api_request *
     int rc;
     char *user = NULL;
     if (get_string(root, "model", &r->model, err) < 0) goto fail;
-    if (kind == API_CHAT ? parse_messages(root, &r->messages_json, err) : parse_prompt(root, r, err)) goto fail;
+    if (kind == API_CHAT ? parse_messages(root, &r->messages, err) : parse_prompt(root, r, err)) goto fail;
     if (refuse_unsupported(root, kind, err)) goto fail;
     if (kind == API_CHAT && parse_tools(root, r, err)) goto fail;
     if (get_int(root, "max_tokens", 1, 1 << 30, &ll, err) < 0) goto fail;
@@ -651,8 +676,8 @@ void api_request_free(api_request *r) {
     free(r->model);
     free(r->prompt_text);
     free(r->prompt_ids);
-    free(r->messages_json);
-    free(r->tools_json);
+    cJSON_Delete(r->messages);
+    cJSON_Delete(r->tools);
     free(r->force_text);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->bias_ids);
@@ -673,7 +698,7 @@ int api_parse_tokenize(const char *body, size_t len, api_tokenize *t, api_error 
         goto fail;
     }
     if (has_prompt && get_string(root, "prompt", &t->prompt_text, err) < 0) goto fail;
-    if (has_msgs && parse_messages(root, &t->messages_json, err)) goto fail;
+    if (has_msgs && parse_messages(root, &t->messages, err)) goto fail;
     t->add_special = has_prompt;
     if (get_bool(root, "add_special_tokens", &t->add_special, err) < 0) goto fail;
     cJSON_Delete(root);
@@ -687,7 +712,7 @@ fail:
 void api_tokenize_free(api_tokenize *t) {
     free(t->model);
     free(t->prompt_text);
-    free(t->messages_json);
+    cJSON_Delete(t->messages);
     memset(t, 0, sizeof(*t));
 }
 

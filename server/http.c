@@ -751,27 +751,31 @@ static tool_format template_tool_format(const chat_template *t) {
     static const char tools[] = "[{\"type\": \"function\", \"function\": {\"name\": \"probe\", \"description\": \"\", "
                                 "\"parameters\": {\"type\": \"object\", \"properties\": {}}}}]";
     char *out = NULL, err[256];
-    if (!t || chat_template_render(t, msgs, tools, false, &out, err, sizeof(err)) != CHAT_TEMPLATE_OK) return TOOL_FORMAT_NONE;
+    cJSON *m = cJSON_Parse(msgs), *tl = cJSON_Parse(tools);
+    int rc = t && m && tl ? chat_template_render(t, m, tl, false, &out, err, sizeof(err)) : CHAT_TEMPLATE_ERR_NOMEM;
+    cJSON_Delete(m);
+    cJSON_Delete(tl);
+    if (rc != CHAT_TEMPLATE_OK) return TOOL_FORMAT_NONE;
     tool_format f = tool_format_detect(out);
     free(out);
     return f;
 }
 
 /* Renders chat messages through the template (with the generation prompt). */
-static int render_chat(conn *c, const char *messages_json, const char *tools_json, char **out, enum MHD_Result *ret) {
+static int render_chat(conn *c, const cJSON *messages, const cJSON *tools, char **out, enum MHD_Result *ret) {
     char err[512];
     if (!c->s->tmpl) {
         *ret = fail(c, 400, "messages",
                     "This model has no tokenizer or chat template: use /v1/completions with a list of token ids.");
         return -1;
     }
-    if (tools_json && c->s->tool_fmt == TOOL_FORMAT_NONE) {
+    if (tools && c->s->tool_fmt == TOOL_FORMAT_NONE) {
         *ret = fail(c, 400, "tools",
                     "This model's chat template writes no tool calls this server can parse (it parses Hermes-style "
                     "<tool_call> blocks, as Qwen's templates write them).");
         return -1;
     }
-    int rc = chat_template_render(c->s->tmpl, messages_json, tools_json, true, out, err, sizeof(err));
+    int rc = chat_template_render(c->s->tmpl, messages, tools, true, out, err, sizeof(err));
     if (rc == CHAT_TEMPLATE_OK) return 0;
     api_error e;
     errors_set(&e, rc == CHAT_TEMPLATE_ERR_NOMEM ? 500 : 400, "messages", "The chat template failed: %s", err);
@@ -803,8 +807,8 @@ static enum MHD_Result handle_tokenize(conn *c) {
     int32_t *ids = NULL;
     size_t n = 0;
     if (check_model(c, t.model, &ret) ||
-        (t.messages_json && render_chat(c, t.messages_json, NULL, &rendered, &ret)) ||
-        encode_text(c, rendered ? rendered : t.prompt_text, t.add_special, t.messages_json ? "messages" : "prompt", &ids,
+        (t.messages && render_chat(c, t.messages, NULL, &rendered, &ret)) ||
+        encode_text(c, rendered ? rendered : t.prompt_text, t.add_special, t.messages ? "messages" : "prompt", &ids,
                     &n, &ret)) {
         free(rendered);
         api_tokenize_free(&t);
@@ -864,7 +868,7 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
     const char *pparam = kind == API_CHAT ? "messages" : "prompt";
     if (check_model(c, ar.model, &ret)) goto out;
     if (kind == API_CHAT) {
-        if (render_chat(c, ar.messages_json, ar.tools_json, &rendered, &ret) ||
+        if (render_chat(c, ar.messages, ar.tools, &rendered, &ret) ||
             encode_text(c, rendered, false, pparam, &ids, &n, &ret))
             goto out;
     } else if (ar.prompt_text) {
@@ -976,7 +980,7 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
         c->kind = kind;
         c->gates = ar.engram_gates;
         c->logprobs = ar.logprobs;
-        c->tools = ar.tools_json ? s->tool_fmt : TOOL_FORMAT_NONE;
+        c->tools = ar.tools ? s->tool_fmt : TOOL_FORMAT_NONE;
         c->created = created;
         memcpy(c->id, id, sizeof(id));
         ret = continue_generation(c);
@@ -993,7 +997,7 @@ static enum MHD_Result handle_generate(conn *c, api_kind kind) {
         st->kind = kind;
         st->include_usage = ar.include_usage;
         st->logprobs = ar.logprobs;
-        st->tools = ar.tools_json ? s->tool_fmt : TOOL_FORMAT_NONE;
+        st->tools = ar.tools ? s->tool_fmt : TOOL_FORMAT_NONE;
         tool_parser_init(&st->tp, st->tools);
         reasoning_init(&st->rs, s->reasoning);
         st->created = created;

@@ -28,12 +28,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         api_kind kind = data[0] % 4 == 0 ? API_COMPLETIONS : API_CHAT;
         api_request r;
         if (api_parse_request(kind, body, len, &r, &err) == 0) {
-            if (kind == API_CHAT && !r.messages_json) abort();
-            if (r.tools_json) { /* what the template and the parser get: a JSON array */
-                cJSON *t = cJSON_Parse(r.tools_json);
-                if (!cJSON_IsArray(t) || kind != API_CHAT) abort();
-                cJSON_Delete(t);
-            }
+            if (kind == API_CHAT && !cJSON_IsArray(r.messages)) abort();
+            /* what the template and the parser get: an array */
+            if (r.tools && (!cJSON_IsArray(r.tools) || kind != API_CHAT)) abort();
             if (r.force_text && !r.force_text[0]) abort();
             if (kind == API_COMPLETIONS && !r.prompt_text == !r.prompt_ids) abort();
             if (r.prompt_ids && r.n_prompt_ids < 1) abort();
@@ -51,7 +48,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 abort();
             if (r.include_usage && !r.stream) abort();
             if (r.n < 1 || r.n > API_MAX_N) abort();
-            if (r.messages_json && !api_utf8_valid(r.messages_json, strlen(r.messages_json))) abort();
+            char *mj = r.messages ? cJSON_PrintUnformatted(r.messages) : NULL;
+            if (mj && !api_utf8_valid(mj, strlen(mj))) abort();
+            free(mj);
             api_request_free(&r);
         } else {
             check_error(&err);
@@ -61,7 +60,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     case 2: {
         api_tokenize t;
         if (api_parse_tokenize(body, len, &t, &err) == 0) {
-            if (!t.prompt_text == !t.messages_json) abort();
+            if (!t.prompt_text == !t.messages) abort();
             api_tokenize_free(&t);
         } else {
             check_error(&err);

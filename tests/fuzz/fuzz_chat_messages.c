@@ -1,7 +1,9 @@
 /* libFuzzer target: arbitrary bytes as the messages JSON (and, split at the
  * first NUL, the tools JSON) rendered by a fixed template that walks every
- * field like real chat templates do. Exercises the JSON reader, value
- * semantics and tojson; any crash or sanitizer report is a bug. */
+ * field like real chat templates do. Exercises the JSON reader, the cJSON
+ * tree reader (when cJSON parses the bytes too), value semantics and
+ * tojson; any crash or sanitizer report is a bug. */
+#include <cjson/cJSON.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,7 +44,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t n1 = strlen(buf);
     const char *tools = n1 < size ? buf + n1 + 1 : NULL;
     char *out = NULL;
-    if (chat_template_render(t, buf, tools, size & 1, &out, err, sizeof err) == 0) free(out);
+    if (chat_template_render_json(t, buf, tools, NULL, size & 1, &out, NULL, err, sizeof err) == 0) free(out);
+    cJSON *mt = cJSON_Parse(buf), *tt = tools ? cJSON_Parse(tools) : NULL;
+    out = NULL;
+    if (mt && chat_template_render(t, mt, tt, size & 1, &out, err, sizeof err) == 0) free(out);
+    cJSON_Delete(mt);
+    cJSON_Delete(tt);
     free(buf);
     return 0;
 }

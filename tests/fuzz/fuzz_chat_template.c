@@ -1,6 +1,7 @@
 /* libFuzzer target: compiles arbitrary bytes as a chat template and renders
  * it against a fixed small conversation with tools, under tight limits so
  * each input finishes fast. Any crash, leak or sanitizer report is a bug. */
+#include <cjson/cJSON.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,8 @@ static const char *TOOLS = "[{\"type\":\"function\",\"function\":{\"name\":\"f\"
                            "\"parameters\":{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"}}}}}]";
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    static cJSON *msgs, *tools;
+    if (!msgs && (!(msgs = cJSON_Parse(MSGS)) || !(tools = cJSON_Parse(TOOLS)))) abort();
     if (size > (1u << 16)) return 0;
     char *src = malloc(size + 1);
     if (!src) return 0;
@@ -34,7 +37,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         lim.max_memory_bytes = 64u << 20;
         chat_template_set_limits(t, &lim);
         char *out = NULL;
-        if (chat_template_render(t, MSGS, (size & 1) ? TOOLS : NULL, size & 2, &out, err, sizeof err) == 0) free(out);
+        if (chat_template_render(t, msgs, (size & 1) ? tools : NULL, size & 2, &out, err, sizeof err) == 0) free(out);
         chat_template_destroy(t);
     }
     free(src);

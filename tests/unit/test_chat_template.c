@@ -2,6 +2,7 @@
  * control, Python value semantics, errors and limits, ChatML fallback and
  * loading a checkpoint directory from tests/fixtures. */
 #include <check.h>
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +22,7 @@ static char *render(const char *src, const char *msgs, const char *tools, bool a
         return NULL;
     }
     char *out = NULL;
-    *status = chat_template_render(t, msgs, tools, agp, &out, err, errlen);
+    *status = chat_template_render_json(t, msgs, tools, NULL, agp, &out, NULL, err, errlen);
     chat_template_destroy(t);
     return out;
 }
@@ -122,11 +123,11 @@ START_TEST(test_limits) {
     lim.max_output_bytes = 500;
     chat_template_set_limits(t, &lim);
     char *out = NULL;
-    ck_assert_int_eq(chat_template_render(t, "[]", NULL, false, &out, err, sizeof err), CHAT_TEMPLATE_ERR_LIMIT);
+    ck_assert_int_eq(chat_template_render_json(t, "[]", NULL, NULL, false, &out, NULL, err, sizeof err), CHAT_TEMPLATE_ERR_LIMIT);
     ck_assert_ptr_null(out);
     lim.max_output_bytes = 1000;
     chat_template_set_limits(t, &lim);
-    ck_assert_int_eq(chat_template_render(t, "[]", NULL, false, &out, err, sizeof err), 0);
+    ck_assert_int_eq(chat_template_render_json(t, "[]", NULL, NULL, false, &out, NULL, err, sizeof err), 0);
     ck_assert_uint_eq(strlen(out), 1000);
     free(out);
     chat_template_destroy(t);
@@ -140,7 +141,7 @@ START_TEST(test_fallback_chatml) {
     ck_assert_int_eq(chat_template_create(NULL, NULL, NULL, &t, err, sizeof err), 0);
     ck_assert(chat_template_is_fallback(t));
     char *out = NULL;
-    ck_assert_int_eq(chat_template_render(t, "[{\"role\":\"user\",\"content\":\"hi\"}]", NULL, true, &out, err, sizeof err), 0);
+    ck_assert_int_eq(chat_template_render_json(t, "[{\"role\":\"user\",\"content\":\"hi\"}]", NULL, NULL, true, &out, NULL, err, sizeof err), 0);
     ck_assert_str_eq(out, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
     free(out);
     chat_template_destroy(t);
@@ -157,13 +158,13 @@ START_TEST(test_load_fixture_dirs) {
     ck_assert(!chat_template_is_fallback(t));
     char *out = NULL;
     size_t out_len = 0;
-    ck_assert_int_eq(chat_template_render_ex(t, "[{\"role\":\"user\",\"content\":\"hi\"}]", NULL,
+    ck_assert_int_eq(chat_template_render_json(t, "[{\"role\":\"user\",\"content\":\"hi\"}]", NULL,
                                              "{\"enable_thinking\": false}", true, &out, &out_len, err, sizeof err), 0);
     ck_assert_str_eq(out, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n");
     ck_assert_uint_eq(out_len, strlen(out));
     free(out);
     /* a NUL inside content survives, with its length */
-    ck_assert_int_eq(chat_template_render_ex(t, "[{\"role\":\"user\",\"content\":\"a\\u0000b\"}]", NULL, NULL,
+    ck_assert_int_eq(chat_template_render_json(t, "[{\"role\":\"user\",\"content\":\"a\\u0000b\"}]", NULL, NULL,
                                              false, &out, &out_len, err, sizeof err), 0);
     ck_assert_uint_eq(out_len, strlen("<|im_start|>user\na") + 1 + strlen("b<|im_end|>\n"));
     ck_assert(memcmp(out + strlen("<|im_start|>user\na"), "\0b<|im_end|>\n", 13) == 0);
@@ -172,7 +173,7 @@ START_TEST(test_load_fixture_dirs) {
 
     snprintf(dir, sizeof dir, "%s/tests/fixtures/tokenizers/deepseek_v3", src ? src : ".");
     ck_assert_msg(chat_template_load_dir(dir, &t, err, sizeof err) == 0, "%s", err);
-    ck_assert_int_eq(chat_template_render(t, MSGS, NULL, true, &out, err, sizeof err), 0);
+    ck_assert_int_eq(chat_template_render_json(t, MSGS, NULL, NULL, true, &out, NULL, err, sizeof err), 0);
     ck_assert_str_eq(out, "<｜begin▁of▁sentence｜>S<｜User｜>Hi<｜Assistant｜>Yo<｜end▁of▁sentence｜><｜Assistant｜>");
     free(out);
     chat_template_destroy(t);
@@ -193,7 +194,7 @@ START_TEST(test_growing_limits) {
                        "{\"name\":\"f\",\"arguments\":{\"x\":[1,2.5,null]}}}]},{\"role\":\"tool\",\"content\":\"42\"}]";
     const char *tools = "[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{}}}]";
     char *want = NULL;
-    ck_assert_int_eq(chat_template_render(t, msgs, tools, true, &want, err, sizeof err), 0);
+    ck_assert_int_eq(chat_template_render_json(t, msgs, tools, NULL, true, &want, NULL, err, sizeof err), 0);
     size_t want_len = strlen(want);
     chat_template_limits lim;
     int ok = 0;
@@ -202,7 +203,7 @@ START_TEST(test_growing_limits) {
         lim.max_memory_bytes = mem;
         chat_template_set_limits(t, &lim);
         char *out = NULL;
-        int st = chat_template_render(t, msgs, tools, true, &out, err, sizeof err);
+        int st = chat_template_render_json(t, msgs, tools, NULL, true, &out, NULL, err, sizeof err);
         if (st == CHAT_TEMPLATE_ERR_LIMIT) {
             ck_assert_ptr_null(out);
             continue;
@@ -218,7 +219,7 @@ START_TEST(test_growing_limits) {
         lim.max_output_bytes = cap;
         chat_template_set_limits(t, &lim);
         char *out = NULL;
-        int st = chat_template_render(t, msgs, tools, true, &out, err, sizeof err);
+        int st = chat_template_render_json(t, msgs, tools, NULL, true, &out, NULL, err, sizeof err);
         if (cap < want_len) {
             ck_assert_int_eq(st, CHAT_TEMPLATE_ERR_LIMIT);
             ck_assert_ptr_null(out);
@@ -229,6 +230,52 @@ START_TEST(test_growing_limits) {
         }
     }
     free(want);
+    chat_template_destroy(t);
+}
+END_TEST
+
+/* cJSON trees render exactly as the server's old path did: the tree printed
+ * by cJSON, then read as JSON text (numbers as cJSON prints them, duplicate
+ * keys, escapes, non-ASCII, nesting), and bad UTF-8 fails both ways. */
+START_TEST(test_cjson_trees) {
+    static const char *const inputs[] = {
+        "[1, 1.0, -0.0, 2.5, 0.1, 1e15, 1e16, 3000000000, 12345678901234567, -2147483648, 1e400, -1e-7]",
+        "[{\"a\": 1, \"b\": [true, false, null], \"a\": 2}, {}, []]",
+        "[\"\\u00e9\\n\\t\\\"q\\\" \\\\ \\u0001 \\ud83d\\ude00 \\u2028 日本\"]",
+        "[[[[[[[[[[[[[[[[[[[[{\"deep\": [1, {\"x\": 2.0}]}]]]]]]]]]]]]]]]]]]]]",
+    };
+    const char *src = "{{ messages|tojson }}|{{ messages }}|{{ tools|tojson }}|{{ x }}|{{ messages[0] is mapping }}";
+    chat_template *t = NULL;
+    char err[256];
+    ck_assert_int_eq(chat_template_create(src, NULL, NULL, &t, err, sizeof err), 0);
+    cJSON *tools = cJSON_Parse("[{\"type\": \"function\", \"function\": {\"name\": \"f\", \"minimum\": 1.0}}]");
+    cJSON *extra = cJSON_Parse("{\"x\": 4.0}");
+    char *tools_text = cJSON_PrintUnformatted(tools), *extra_text = cJSON_PrintUnformatted(extra);
+    for (size_t i = 0; i < sizeof inputs / sizeof inputs[0]; i++) {
+        cJSON *msgs = cJSON_Parse(inputs[i]);
+        ck_assert_ptr_nonnull(msgs);
+        char *text = cJSON_PrintUnformatted(msgs), *want = NULL, *got = NULL;
+        size_t want_len = 0, got_len = 0;
+        ck_assert_int_eq(chat_template_render_json(t, text, tools_text, extra_text, false, &want, &want_len, err, sizeof err), 0);
+        ck_assert_int_eq(chat_template_render_ex(t, msgs, tools, extra, false, &got, &got_len, err, sizeof err), 0);
+        ck_assert_uint_eq(got_len, want_len);
+        ck_assert_str_eq(got, want);
+        free(want);
+        free(got);
+        free(text);
+        cJSON_Delete(msgs);
+    }
+    cJSON *bad = cJSON_CreateArray();
+    cJSON_AddItemToArray(bad, cJSON_CreateString("\xff"));
+    char *out = NULL;
+    ck_assert_int_eq(chat_template_render(t, bad, NULL, false, &out, err, sizeof err), CHAT_TEMPLATE_ERR_PARSE);
+    ck_assert_ptr_null(out);
+    ck_assert_int_eq(chat_template_render(t, NULL, NULL, false, &out, err, sizeof err), CHAT_TEMPLATE_ERR_PARSE);
+    cJSON_Delete(bad);
+    free(tools_text);
+    free(extra_text);
+    cJSON_Delete(tools);
+    cJSON_Delete(extra);
     chat_template_destroy(t);
 }
 END_TEST
@@ -247,6 +294,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_fallback_chatml);
     tcase_add_test(tc, test_load_fixture_dirs);
     tcase_add_test(tc, test_growing_limits);
+    tcase_add_test(tc, test_cjson_trees);
     suite_add_tcase(s, tc);
     return s;
 }
