@@ -181,15 +181,8 @@ static int submit(conn *c, api_kind kind, const api_request *ar, const prompt *p
 static enum MHD_Result start_whole(conn *c, const generation *g) {
     c->generating = true;
     atomic_fetch_add(&c->s->active, 1);
+    c->g = *g;
     c->req = g->reqs[0];
-    memcpy(c->reqs, g->reqs, sizeof(g->reqs));
-    c->n_req = g->n_req;
-    c->kind = g->kind;
-    c->gates = g->gates;
-    c->logprobs = g->logprobs;
-    c->tools = g->tools;
-    c->created = g->created;
-    memcpy(c->id, g->id, sizeof(g->id));
     return generate_continue(c);
 }
 
@@ -222,23 +215,23 @@ void generate_release(engine_request **reqs, int from, int n) {
  * c->choices; after the last one, the response. Returns 1 when another
  * choice follows, else 0 with the reply queued in *ret. */
 static int finish_choice(conn *c, engine_output *o, enum MHD_Result *ret) {
-    cJSON *gates = c->gates ? response_gates(c->s, c->req, o->n_prompt) : NULL;
+    cJSON *gates = c->g.gates ? response_gates(c->s, c->req, o->n_prompt) : NULL;
     size_t text_offset = 0;
-    cJSON *lps = c->logprobs ? response_logprobs(c->s, c->kind, engine_request_logprobs(c->req), 0, o->lp_end,
+    cJSON *lps = c->g.logprobs ? response_logprobs(c->s, c->g.kind, engine_request_logprobs(c->req), 0, o->lp_end,
                                                  &text_offset)
                              : NULL;
     engine_request_release(c->req);
-    c->req = c->reqs[c->cur] = NULL;
+    c->req = c->g.reqs[c->cur] = NULL;
     if (response_choice_add(c, o, lps)) {
-        generate_release(c->reqs, c->cur + 1, c->n_req);
+        generate_release(c->g.reqs, c->cur + 1, c->g.n_req);
         cJSON_Delete(gates);
         *ret = fail(c, 500, NULL, "Out of memory.");
         return 0;
     }
     c->completion_tokens += o->n_generated;
     strbuf_drop(&c->text, c->text.len);
-    if (++c->cur < c->n_req) { /* the next choice (queued in the engine meanwhile) */
-        c->req = c->reqs[c->cur];
+    if (++c->cur < c->g.n_req) { /* the next choice (queued in the engine meanwhile) */
+        c->req = c->g.reqs[c->cur];
         cJSON_Delete(gates);
         return 1;
     }
@@ -265,8 +258,8 @@ enum MHD_Result generate_continue(conn *c) {
         metrics_request_done(c->s->mx, response_finish_str(o.finish), &o, util_now());
         if (o.finish != ENGINE_FINISH_STOP && o.finish != ENGINE_FINISH_LENGTH) {
             engine_request_release(c->req);
-            c->req = c->reqs[c->cur] = NULL;
-            generate_release(c->reqs, c->cur + 1, c->n_req);
+            c->req = c->g.reqs[c->cur] = NULL;
+            generate_release(c->g.reqs, c->cur + 1, c->g.n_req);
             api_error err;
             response_finish_error(&o, &err);
             return reply_error(c, &err, NULL);
@@ -285,5 +278,5 @@ void generate_abort(conn *c) {
     free(o.text);
     metrics_request_done(c->s->mx, "abort", &o, util_now());
     engine_request_release(c->req);
-    generate_release(c->reqs, c->cur + 1, c->n_req);
+    generate_release(c->g.reqs, c->cur + 1, c->g.n_req);
 }

@@ -181,21 +181,21 @@ static int chat_message(conn *c, cJSON *ch, const char **finish) {
     const char *text = c->text.s ? c->text.s : "";
     cJSON *msg = cJSON_AddObjectToObject(ch, "message");
     cJSON_AddStringToObject(msg, "role", "assistant");
-    if (!c->s->reasoning && !c->tools) {
+    if (!c->s->reasoning && !c->g.tools) {
         cJSON_AddStringToObject(msg, "content", text);
         return 0;
     }
     reasoning_splitter rs;
     tool_parser tp;
     reasoning_init(&rs, c->s->reasoning);
-    tool_parser_init(&tp, c->tools);
+    tool_parser_init(&tp, c->g.tools);
     strbuf reasoning = {0}, answer = {0}, content = {0}; /* answer: what follows the reasoning */
     char *r, *a; /* each call sets both (NULL on failure); take_into frees them */
     int rc = reasoning_feed(&rs, text, c->text.len, &r, &a);
     rc |= take_into(&reasoning, r) | take_into(&answer, a);
     rc |= reasoning_finish(&rs, &r, &a);
     rc |= take_into(&reasoning, r) | take_into(&answer, a);
-    if (!rc && c->tools) { /* the calls out of the answer; the rest is the content */
+    if (!rc && c->g.tools) { /* the calls out of the answer; the rest is the content */
         rc = tool_parser_feed(&tp, answer.s ? answer.s : "", answer.len, &a);
         rc |= take_into(&content, a);
         rc |= tool_parser_finish(&tp, &a);
@@ -227,7 +227,7 @@ int response_choice_add(conn *c, const engine_output *o, cJSON *lps) {
     cJSON_AddItemToArray(c->choices, ch);
     cJSON_AddNumberToObject(ch, "index", c->cur);
     const char *finish = response_finish_str(o->finish);
-    if (c->kind == API_CHAT) {
+    if (c->g.kind == API_CHAT) {
         if (chat_message(c, ch, &finish)) {
             cJSON_Delete(lps);
             return -1;
@@ -242,7 +242,8 @@ int response_choice_add(conn *c, const engine_output *o, cJSON *lps) {
 }
 
 cJSON *response_completion(conn *c, const engine_output *o, cJSON *gates) {
-    cJSON *root = response_head(c->s, c->id, c->kind == API_CHAT ? "chat.completion" : "text_completion", c->created);
+    const char *object = c->g.kind == API_CHAT ? "chat.completion" : "text_completion";
+    cJSON *root = response_head(c->s, c->g.id, object, c->g.created);
     cJSON_AddItemToObject(root, "choices", c->choices);
     c->choices = NULL;
     engine_output tot = *o;

@@ -1,7 +1,8 @@
 /* What the files of the HTTP front end share: the server, one HTTP request
- * (conn) and one SSE stream (stream), and the functions each file offers the
+ * (conn), one submitted generation, and the functions each file offers the
  * others: http.c (replies, suspend and resume), prompt.c (request to prompt
- * ids), generate.c, response.c (response JSON), sse.c and endpoints.c. */
+ * ids), generate.c, response.c (response JSON), sse.c (streams) and
+ * endpoints.c (the other routes). */
 #ifndef SERVER_SERVER_INTERNAL_H
 #define SERVER_SERVER_INTERNAL_H
 
@@ -38,33 +39,9 @@ struct server {
     long started; /* unix seconds */
 };
 
-/* Per-connection state of one HTTP request (libmicrohttpd's con_cls). */
-typedef struct {
-    server *s;
-    struct MHD_Connection *mc;
-    const char *route; /* metrics label */
-    char *body;        /* (len) bytes received */
-    size_t len, cap;
-    bool too_big;
-    unsigned long long seen; /* body bytes received, kept or not */
-    bool generating; /* counted in server.active */
-    /* a non-streaming generation waiting on the engine: choice `cur` of n_req */
-    engine_request *req;               /* reqs[cur], the one being read */
-    engine_request *reqs[API_MAX_N];
-    int n_req, cur;
-    cJSON *choices;                    /* finished choices */
-    int completion_tokens;             /* summed over the finished choices */
-    api_kind kind;
-    char id[64];
-    long created;
-    strbuf text; /* the choice's generated text so far */
-    bool gates;    /* the request asked for "engram_gates" */
-    bool logprobs; /* the request asked for logprobs */
-    tool_format tools; /* parse tool calls out of each choice's text (the request gave tools) */
-} conn;
-
-/* A submitted generation, handed from generate.c to the non-streaming path
- * (a conn) or to sse.c (a stream): one engine request per choice. */
+/* A submitted generation: one engine request per choice, and what its
+ * response says. Made by generate.c, then held by a conn (non-streaming) or
+ * by a stream (sse.c). */
 typedef struct {
     engine_request *reqs[API_MAX_N]; /* (n_req) owned references */
     int n_req;
@@ -76,6 +53,25 @@ typedef struct {
     bool logprobs;
     tool_format tools;               /* TOOL_FORMAT_NONE unless the request gave tools */
 } generation;
+
+/* Per-connection state of one HTTP request (libmicrohttpd's con_cls). */
+typedef struct {
+    server *s;
+    struct MHD_Connection *mc;
+    const char *route; /* metrics label */
+    char *body;        /* (len) bytes received */
+    size_t len, cap;
+    bool too_big;
+    unsigned long long seen; /* body bytes received, kept or not */
+    bool generating; /* counted in server.active */
+    /* a non-streaming generation waiting on the engine: choice `cur` of g.n_req */
+    generation g;
+    engine_request *req;               /* g.reqs[cur], the one being read */
+    int cur;
+    cJSON *choices;                    /* finished choices */
+    int completion_tokens;             /* summed over the finished choices */
+    strbuf text; /* the choice's generated text so far */
+} conn;
 
 /* ---- http.c: replies (each counts in the metrics), suspend and resume ---- */
 
@@ -124,6 +120,8 @@ int prompt_encode(conn *c, const char *text, bool add_special, const char *param
 
 /* ---- generate.c: /v1/completions and /v1/chat/completions ---- */
 
+/* POST /v1/completions or /v1/chat/completions (kind): see the route
+ * handlers below. */
 enum MHD_Result handle_generate(conn *c, api_kind kind);
 
 /* Reads a non-streaming generation on: suspends the connection until the
@@ -188,6 +186,10 @@ static inline int take_into(strbuf *b, char *part) {
 enum MHD_Result sse_start(conn *c, generation *g);
 
 /* ---- endpoints.c: the other routes ---- */
+
+/* The route handlers, called by http.c's dispatch once the method, the API
+ * key, the body size and the engine's readiness have passed: each queues
+ * its reply (c->body holds the request body, NUL-terminated). */
 
 enum MHD_Result handle_models(conn *c);
 enum MHD_Result handle_model(conn *c, const char *id);

@@ -15,22 +15,16 @@
 typedef struct {
     server *s;
     struct MHD_Connection *mc;
-    engine_request *req;               /* reqs[cur], the choice being streamed */
-    engine_request *reqs[API_MAX_N];
-    int n_req, cur;
+    generation g;
+    engine_request *req;               /* g.reqs[cur], the choice being streamed */
+    int cur;
     int completion_tokens;             /* summed over the finished choices */
-    api_kind kind;
-    bool include_usage;
-    char id[64];
-    long created;
     char *buf; /* SSE bytes not yet handed to libmicrohttpd: buf[off..len) */
     size_t len, off, cap;
     bool ended;    /* [DONE] is in buf */
     bool recorded; /* metrics_request_done called */
-    bool logprobs; /* the request asked for logprobs */
     size_t text_offset; /* completions' logprobs.text_offset so far */
     engine_output last;
-    tool_format tools;  /* parse tool calls out of the text (the request gave tools) */
     tool_parser tp;     /* the current choice's */
     reasoning_splitter rs; /* the current choice's (--reasoning-parser) */
 } stream;
@@ -70,8 +64,8 @@ static int sse_event(stream *st, cJSON *obj) {
  * NULL). */
 static int sse_delta(stream *st, bool role, const char *text, const char *reasoning, int calls_from, const char *finish,
                      cJSON *lps) {
-    bool chat = st->kind == API_CHAT;
-    cJSON *root = response_head(st->s, st->id, chat ? "chat.completion.chunk" : "text_completion", st->created);
+    bool chat = st->g.kind == API_CHAT;
+    cJSON *root = response_head(st->s, st->g.id, chat ? "chat.completion.chunk" : "text_completion", st->g.created);
     cJSON *choices = cJSON_AddArrayToObject(root, "choices");
     cJSON *ch = cJSON_CreateObject();
     cJSON_AddItemToArray(choices, ch);
@@ -81,7 +75,8 @@ static int sse_delta(stream *st, bool role, const char *text, const char *reason
         if (role) cJSON_AddStringToObject(delta, "role", "assistant");
         if (text) cJSON_AddStringToObject(delta, "content", text);
         if (reasoning) cJSON_AddStringToObject(delta, "reasoning_content", reasoning);
-        if (calls_from >= 0) cJSON_AddItemToObject(delta, "tool_calls", response_tool_calls(st->s, &st->tp, calls_from, true));
+        if (calls_from >= 0)
+            cJSON_AddItemToObject(delta, "tool_calls", response_tool_calls(st->s, &st->tp, calls_from, true));
     } else {
         cJSON_AddStringToObject(ch, "text", text ? text : "");
     }
@@ -89,7 +84,7 @@ static int sse_delta(stream *st, bool role, const char *text, const char *reason
     else cJSON_AddNullToObject(ch, "logprobs");
     if (finish) cJSON_AddStringToObject(ch, "finish_reason", finish);
     else cJSON_AddNullToObject(ch, "finish_reason");
-    if (st->include_usage) cJSON_AddNullToObject(root, "usage");
+    if (st->g.include_usage) cJSON_AddNullToObject(root, "usage");
     return sse_event(st, root);
 }
 
@@ -110,7 +105,7 @@ static int stream_chat_text(stream *st, const char *text, size_t len, cJSON *lps
         rc = sse_delta(st, false, NULL, r, -1, NULL, lps);
         lps = NULL;
     }
-    if (!rc && st->tools) {
+    if (!rc && st->g.tools) {
         strbuf out = {0};
         char *p; /* set by each call (NULL on failure); take_into frees it */
         rc = tool_parser_feed(&st->tp, c ? c : "", c ? strlen(c) : 0, &p);
@@ -147,14 +142,15 @@ static int stream_format(stream *st, const engine_output *o) {
     st->last.t_start = o->t_start;
     st->last.t_first_token = o->t_first_token;
     if (o->progress && sse_append(st, ": keep-alive\n\n", 14)) return -1; /* long prefill: SSE comment */
-    cJSON *lps = st->logprobs && o->lp_end > o->lp_begin
-                     ? response_logprobs(st->s, st->kind, engine_request_logprobs(st->req), o->lp_begin, o->lp_end,
+    cJSON *lps = st->g.logprobs && o->lp_end > o->lp_begin
+                     ? response_logprobs(st->s, st->g.kind, engine_request_logprobs(st->req), o->lp_begin, o->lp_end,
                                          &st->text_offset)
                      : NULL;
-    bool split = st->kind == API_CHAT && (st->rs.fmt || st->tools);
+    bool split = st->g.kind == API_CHAT && (st->rs.fmt || st->g.tools);
     if (split) {
         if (stream_chat_text(st, o->text, o->len, lps, false)) return -1;
-    } else if ((o->len || lps) && sse_chunk(st, o->len ? o->text : (st->kind == API_CHAT ? NULL : ""), false, NULL, lps)) {
+    } else if ((o->len || lps) &&
+               sse_chunk(st, o->len ? o->text : (st->g.kind == API_CHAT ? NULL : ""), false, NULL, lps)) {
         return -1;
     }
     if (o->finish == ENGINE_FINISH_NONE) return 0;
@@ -165,23 +161,23 @@ static int stream_format(stream *st, const engine_output *o) {
             if (stream_chat_text(st, NULL, 0, NULL, true)) return -1;
             if (st->tp.n_calls) finish = "tool_calls";
             tool_parser_free(&st->tp);
-            tool_parser_init(&st->tp, st->tools);
+            tool_parser_init(&st->tp, st->g.tools);
             reasoning_free(&st->rs);
             reasoning_init(&st->rs, st->s->reasoning);
         }
-        if (sse_chunk(st, st->kind == API_CHAT ? NULL : "", false, finish, NULL)) return -1;
+        if (sse_chunk(st, st->g.kind == API_CHAT ? NULL : "", false, finish, NULL)) return -1;
         st->completion_tokens += o->n_generated;
-        if (st->cur + 1 < st->n_req) { /* on to the next choice */
+        if (st->cur + 1 < st->g.n_req) { /* on to the next choice */
             engine_request_release(st->req);
-            st->req = st->reqs[++st->cur];
-            st->reqs[st->cur - 1] = NULL;
+            st->req = st->g.reqs[++st->cur];
+            st->g.reqs[st->cur - 1] = NULL;
             st->recorded = false;
             st->text_offset = 0;
-            return st->kind == API_CHAT ? sse_chunk(st, "", true, NULL, NULL) : 0;
+            return st->g.kind == API_CHAT ? sse_chunk(st, "", true, NULL, NULL) : 0;
         }
-        if (st->include_usage) {
-            cJSON *root = response_head(st->s, st->id, st->kind == API_CHAT ? "chat.completion.chunk" : "text_completion",
-                                        st->created);
+        if (st->g.include_usage) {
+            const char *object = st->g.kind == API_CHAT ? "chat.completion.chunk" : "text_completion";
+            cJSON *root = response_head(st->s, st->g.id, object, st->g.created);
             cJSON_AddArrayToObject(root, "choices");
             engine_output tot = *o;
             tot.n_generated = st->completion_tokens;
@@ -236,7 +232,7 @@ static void stream_free(void *cls) {
         stream_record(st, "abort");
     }
     engine_request_release(st->req);
-    generate_release(st->reqs, st->cur + 1, st->n_req);
+    generate_release(st->g.reqs, st->cur + 1, st->g.n_req);
     tool_parser_free(&st->tp);
     reasoning_free(&st->rs);
     atomic_fetch_sub(&st->s->active, 1);
@@ -250,17 +246,10 @@ static stream *stream_create(conn *c, const generation *g) {
     if (!st) return NULL;
     st->s = c->s;
     st->mc = c->mc;
+    st->g = *g;
     st->req = g->reqs[0];
-    memcpy(st->reqs, g->reqs, sizeof(g->reqs));
-    st->n_req = g->n_req;
-    st->kind = g->kind;
-    st->include_usage = g->include_usage;
-    st->logprobs = g->logprobs;
-    st->tools = g->tools;
-    tool_parser_init(&st->tp, st->tools);
+    tool_parser_init(&st->tp, g->tools);
     reasoning_init(&st->rs, c->s->reasoning);
-    st->created = g->created;
-    memcpy(st->id, g->id, sizeof(g->id));
     return st;
 }
 
