@@ -14,10 +14,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine/engram_fetch.h"
-#include "engine/model/model.h"
-#include "engine/sampler.h"
+#include "engine/engram_fetch.h" /* engram_fetch_stats (engine_fetch_stats) */
+#include "engine/sampler.h"       /* sampler_params (engine_request_params) */
+#include "engram/store.h"         /* engram_store_params (engine_params), engram_store_stats */
 #include "tokenizer/tokenizer.h"
+
+typedef struct model model; /* engine/model/model.h: for engine_model's callers (tests, benchmarks) */
 
 typedef enum {
     ENGINE_OK = 0,
@@ -84,7 +86,9 @@ void engine_stop(engine *e);
 void engine_destroy(engine *e);
 
 /* Borrowed views, valid while the engine lives. The tokenizer is NULL when
- * the checkpoint has none (requests must then come as token ids). */
+ * the checkpoint has none (requests must then come as token ids). The model
+ * is for tests and benchmarks that look inside it; the server uses the
+ * accessors of engine_info.c below. */
 const model *engine_model(const engine *e);
 const tokenizer *engine_tokenizer(const engine *e);
 int engine_context_length(const engine *e); /* max prompt + generated tokens: the model's context,
@@ -109,6 +113,24 @@ void engine_get_stats(engine *e, engine_stats *out);
  * store) of Engram layer li (0-based among the Engram layers), or summed over
  * all layers for li < 0; zeros when there are none. Thread-safe. */
 void engine_fetch_stats(engine *e, int li, engram_fetch_stats *out);
+
+/* ---- engine_info.c: what the server may know of the model and backend ---- */
+
+/* Whether the model has Engram layers (requests may then ask for gates). */
+bool engine_has_engram(const engine *e);
+
+/* The backbone layer at which Engram layer li (0-based among the Engram
+ * layers, li < the n_layers of engine_request_gates) starts. */
+int engine_engram_layer_id(const engine *e, int li);
+
+/* The Engram stores' counters summed over the Engram layers (zeros where the
+ * tables come from the checkpoint). Thread-safe against the engine thread. */
+void engine_engram_store_stats(const engine *e, engram_store_stats *out);
+
+/* The backend a --device value ("cpu", "cuda", "auto" or NULL for "auto")
+ * resolves to on this machine: "cpu" or "cuda" (static), or NULL with err set
+ * when it names no usable backend. Needs no engine. */
+const char *engine_device_name(const char *device, char *err, size_t errlen);
 
 typedef enum {
     ENGINE_FINISH_NONE = 0, /* still running */

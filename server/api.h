@@ -11,19 +11,7 @@
 #include <stdint.h>
 
 #include "engine/engine.h"
-
-/* An OpenAI error: HTTP status and the fields of {"error": {...}}. */
-typedef struct {
-    int status;       /* 400, 401, 404, 405, 413, 500, 503 */
-    const char *type; /* "invalid_request_error", "server_error", ... (static) */
-    const char *code; /* static, or NULL */
-    char param[96];   /* the offending field ("" for none) */
-    char message[512];
-} api_error;
-
-/* Fills err with status 400, type invalid_request_error, param and message. */
-void api_error_set(api_error *err, int status, const char *param, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+#include "server/errors.h"
 
 typedef enum { API_COMPLETIONS, API_CHAT } api_kind;
 
@@ -89,8 +77,5 @@ typedef struct {
 
 int api_parse_detokenize(const char *body, size_t len, api_detokenize *out, api_error *err);
 void api_detokenize_free(api_detokenize *d);
-
-/* True if s[0..len) is well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
-bool api_utf8_valid(const char *s, size_t len);
 
 #endif

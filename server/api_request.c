@@ -7,57 +7,20 @@
 #include <cjson/cJSON.h>
 #include <limits.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/utf8.h"
 #include "server/api.h"
 
 #define MAX_MESSAGES 4096
 #define MAX_BIAS 1024
 #define MAX_PROMPT_IDS (1 << 20)
 
-void api_error_set(api_error *err, int status, const char *param, const char *fmt, ...) {
-    err->status = status;
-    err->type = status >= 500 ? "server_error" : "invalid_request_error";
-    err->code = NULL;
-    snprintf(err->param, sizeof(err->param), "%s", param ? param : "");
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->message, sizeof(err->message), fmt, ap);
-    va_end(ap);
-}
-
-bool api_utf8_valid(const char *str, size_t len) {
-    const unsigned char *s = (const unsigned char *)str;
-    size_t i = 0;
-    while (i < len) {
-        unsigned c = s[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        int n;
-        unsigned cp, min;
-        if ((c & 0xE0) == 0xC0) n = 1, cp = c & 0x1F, min = 0x80;
-        else if ((c & 0xF0) == 0xE0) n = 2, cp = c & 0x0F, min = 0x800;
-        else if ((c & 0xF8) == 0xF0) n = 3, cp = c & 0x07, min = 0x10000;
-        else return false;
-        if (len - i <= (size_t)n) return false;
-        for (int k = 1; k <= n; k++) {
-            if ((s[i + k] & 0xC0) != 0x80) return false;
-            cp = (cp << 6) | (s[i + k] & 0x3F);
-        }
-        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
-        i += (size_t)n + 1;
-    }
-    return true;
-}
-
 /* Parses body as one JSON object; NULL with err set otherwise. */
 static cJSON *parse_object(const char *body, size_t len, api_error *err) {
-    if (!api_utf8_valid(body, len)) {
+    if (!utf8_valid(body, len)) {
         api_error_set(err, 400, NULL, "The request body is not valid UTF-8.");
         return NULL;
     }

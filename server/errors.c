@@ -5,7 +5,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 
-#include "server/server.h"
+#include "engine/engine.h"
+#include "server/errors.h"
 
 static const struct {
     int status;
@@ -31,7 +32,7 @@ void errors_fill(api_error *err) {
     err->type = err->status >= 500 ? "server_error" : "invalid_request_error";
 }
 
-void errors_set(api_error *err, int status, const char *param, const char *fmt, ...) {
+void api_error_set(api_error *err, int status, const char *param, const char *fmt, ...) {
     err->status = status;
     err->type = NULL;
     err->code = NULL;

@@ -1,31 +1,15 @@
-/* Internal interfaces of server/: the HTTP front end (http.c), the OpenAI
- * error table (errors.c) and the Prometheus metrics (metrics.c). main.c owns
- * flags, env vars, the config file and signals, and is the only place that
- * exits. */
+/* Internal interfaces of server/ for main.c: the options (options.c), the
+ * HTTP server (http.c and the files of server_internal.h) and the Prometheus
+ * metrics (metrics.c); the OpenAI errors are errors.h's. main.c owns signals
+ * and is the only place that exits. */
 #ifndef SERVER_SERVER_H
 #define SERVER_SERVER_H
 
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "server/api.h"
 #include "engine/engine.h"
-
-/* ---- errors.c: one table from HTTP status and engine status to OpenAI errors ---- */
-
-/* Sets err for an HTTP status with the type and code of the table. */
-void errors_set(api_error *err, int status, const char *param, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-/* Fills in err->type and err->code from err->status when they are unset or
- * generic (the parsers only know 400/500). */
-void errors_fill(api_error *err);
-
-/* The HTTP status an engine_submit status maps to (400, 503, 500). */
-int errors_engine_http_status(int status);
-
-/* {"error": {"message", "type", "param", "code"}} as a heap string (NULL on OOM). */
-char *errors_json(const api_error *err);
+#include "server/api.h"
 
 /* ---- metrics.c ---- */
 
@@ -80,5 +64,35 @@ int server_active(server *s);
 /* Stops the HTTP daemon (call after engine_stop so that no connection waits
  * on the engine) and frees the server. Accepts NULL. */
 void server_stop(server *s);
+
+/* ---- options.c: flags, ENGRAM_<NAME> environment variables, the config file ---- */
+
+#define SERVER_OPTIONS_MAX 64 /* options in the table, at most */
+
+/* What engram-server was asked to do. Its strings are borrowed from argv,
+ * the environment, `owned` and name_buf: keep the struct where it is. */
+typedef struct {
+    engine_params engine;
+    server_params server;
+    bool synthetic;         /* --synthetic SPEC rather than --model DIR */
+    const char *source;     /* the --model directory or the --synthetic spec */
+    long shutdown_timeout;  /* --shutdown-timeout: seconds to let accepted requests finish */
+    char *owned[SERVER_OPTIONS_MAX]; /* the config file's values (heap), by option */
+    char name_buf[256];     /* the served model name when taken from the directory */
+} server_options;
+
+typedef enum {
+    SERVER_OPTIONS_OK = 0,
+    SERVER_OPTIONS_HELP = 1,  /* --help: the usage is on stdout */
+    SERVER_OPTIONS_ERR = -1,  /* a bad option: the problem (and for a bad flag the usage) is on stderr */
+} server_options_status;
+
+/* Reads the flags of argv, the ENGRAM_<NAME> environment variables and the
+ * config file (--config or ENGRAM_CONFIG; flags win over env over file),
+ * checks every value and fills *o. May print a note on stderr (an option
+ * that does nothing on this machine's backend). Call server_options_free
+ * whatever it returns. */
+server_options_status server_options_parse(int argc, char **argv, server_options *o);
+void server_options_free(server_options *o);
 
 #endif

@@ -1,17 +1,19 @@
 /* libFuzzer target: the server's request body parsers (server/api_request.c,
  * compiled in here: it has no I/O and links only cJSON). The first byte picks
  * the parser; the rest is the body. Accepted requests must satisfy the
- * invariants the HTTP layer and the engine rely on. */
+ * invariants the HTTP layer and the engine rely on. Its error table
+ * (server/errors.c, api_error_set) is compiled in too. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "server/api_request.c"
+#include "server/errors.c" /* api_error_set */
 
 static void check_error(const api_error *err) {
     if (err->status != 400 && err->status != 500) abort();
     if (!err->type || !err->message[0]) abort();
-    if (!api_utf8_valid(err->message, strlen(err->message)) && err->status == 400) {
+    if (!utf8_valid(err->message, strlen(err->message)) && err->status == 400) {
         /* messages quote at most ASCII field names and numbers */
         abort();
     }
@@ -39,7 +41,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             if (r.max_tokens == 0 || r.max_tokens < -1) abort();
             if (r.n_stop < 0 || r.n_stop > ENGINE_MAX_STOP) abort();
             for (int i = 0; i < r.n_stop; i++)
-                if (!r.stop[i] || !r.stop[i][0] || !api_utf8_valid(r.stop[i], strlen(r.stop[i]))) abort();
+                if (!r.stop[i] || !r.stop[i][0] || !utf8_valid(r.stop[i], strlen(r.stop[i]))) abort();
             for (int i = 0; i < r.n_bias; i++)
                 if (r.bias_ids[i] < 0 || !(r.bias_vals[i] >= -100 && r.bias_vals[i] <= 100)) abort();
             const sampler_params *sp = &r.sampling;
@@ -49,7 +51,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             if (r.include_usage && !r.stream) abort();
             if (r.n < 1 || r.n > API_MAX_N) abort();
             char *mj = r.messages ? cJSON_PrintUnformatted(r.messages) : NULL;
-            if (mj && !api_utf8_valid(mj, strlen(mj))) abort();
+            if (mj && !utf8_valid(mj, strlen(mj))) abort();
             free(mj);
             api_request_free(&r);
         } else {

@@ -1,0 +1,201 @@
+/* What the files of the HTTP front end share: the server, one HTTP request
+ * (conn), one submitted generation, and the functions each file offers the
+ * others: http.c (replies, suspend and resume), prompt.c (request to prompt
+ * ids), generate.c, response.c (response JSON), sse.c (streams) and
+ * endpoints.c (the other routes). */
+#ifndef SERVER_SERVER_INTERNAL_H
+#define SERVER_SERVER_INTERNAL_H
+
+#include <cjson/cJSON.h>
+#include <microhttpd.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "base/buf.h"
+#include "chat/chat_template.h"
+#include "chat/reasoning.h"
+#include "chat/tool_calls.h"
+#include "server/server.h"
+
+struct server {
+    server_params p;
+    engine *e;          /* borrowed */
+    metrics *mx;        /* borrowed */
+    const tokenizer *tok; /* borrowed from the engine; NULL if none */
+    chat_template *tmpl;
+    tool_format tool_fmt; /* how the template writes tool calls: what the model's output is parsed for */
+    reasoning_format reasoning; /* --reasoning-parser */
+    struct MHD_Daemon *d;
+    struct sockaddr_storage addr;
+    atomic_bool draining;
+    atomic_bool ready; /* the engine is loaded (e and tok set) */
+    atomic_int active; /* generations whose response is not finished */
+    atomic_ullong next_id;
+    unsigned long long id_salt;
+    long started; /* unix seconds */
+};
+
+/* A submitted generation: one engine request per choice, and what its
+ * response says. Made by generate.c, then held by a conn (non-streaming) or
+ * by a stream (sse.c). */
+typedef struct {
+    engine_request *reqs[API_MAX_N]; /* (n_req) owned references */
+    int n_req;
+    api_kind kind;
+    char id[64];                     /* "chatcmpl-..." or "cmpl-..." */
+    long created;                    /* unix seconds */
+    bool include_usage;              /* stream_options.include_usage */
+    bool gates;                      /* engram_gates */
+    bool logprobs;
+    tool_format tools;               /* TOOL_FORMAT_NONE unless the request gave tools */
+} generation;
+
+/* Per-connection state of one HTTP request (libmicrohttpd's con_cls). */
+typedef struct {
+    server *s;
+    struct MHD_Connection *mc;
+    const char *route; /* metrics label */
+    char *body;        /* (len) bytes received */
+    size_t len, cap;
+    bool too_big;
+    unsigned long long seen; /* body bytes received, kept or not */
+    bool generating; /* counted in server.active */
+    /* a non-streaming generation waiting on the engine: choice `cur` of g.n_req */
+    generation g;
+    engine_request *req;               /* g.reqs[cur], the one being read */
+    int cur;
+    cJSON *choices;                    /* finished choices */
+    int completion_tokens;             /* summed over the finished choices */
+    strbuf text; /* the choice's generated text so far */
+} conn;
+
+/* ---- http.c: replies (each counts in the metrics), suspend and resume ---- */
+
+/* Queues a response of len bytes of body (heap, taken; NULL: a 500 "Out of
+ * memory.") with the CORS header, Allow (when allow), Retry-After on 503 and
+ * Connection: close on 413. */
+enum MHD_Result reply(conn *c, int status, const char *ctype, char *body, size_t len, const char *allow);
+
+/* The error's JSON envelope (type and code filled in from its status). */
+enum MHD_Result reply_error(conn *c, api_error *err, const char *allow);
+
+/* obj (taken; NULL: a 500) as the JSON body. */
+enum MHD_Result reply_json(conn *c, int status, cJSON *obj);
+
+/* An error reply with the message msg (not a format) for the field param (or NULL). */
+enum MHD_Result fail(conn *c, int status, const char *param, const char *msg);
+
+/* CORS (off unless --cors-allow-origin): the allowed origin on r. */
+void http_add_cors(server *s, struct MHD_Response *r);
+
+/* engine_request_read's on_empty (suspends the connection mc) and the
+ * engine's notify (resumes it). */
+void http_suspend(void *mc);
+void http_resume(void *mc);
+
+/* Whether the client has closed its side of mc's connection (or reset it). */
+bool http_peer_gone(struct MHD_Connection *mc);
+
+/* ---- prompt.c: from a request to the prompt's token ids ---- */
+
+/* Refuses a request naming another model (404). Returns 0 when fine, else
+ * -1 with the reply queued in *ret. */
+int prompt_check_model(conn *c, const char *name, enum MHD_Result *ret);
+
+/* How a chat template writes an assistant's tool call: seen by rendering one. */
+tool_format template_tool_format(const chat_template *t);
+
+/* Renders chat messages through the template (with the generation prompt)
+ * into *out (heap). Returns 0, or -1 with the reply queued in *ret. */
+int render_chat(conn *c, const cJSON *messages, const cJSON *tools, char **out, enum MHD_Result *ret);
+
+/* Tokenizes text (the request's field param) into *ids (heap, *n). Returns
+ * 0, or -1 with the reply queued in *ret. */
+int prompt_encode(conn *c, const char *text, bool add_special, const char *param, int32_t **ids, size_t *n,
+                  enum MHD_Result *ret);
+
+/* ---- generate.c: /v1/completions and /v1/chat/completions ---- */
+
+/* POST /v1/completions or /v1/chat/completions (kind): see the route
+ * handlers below. */
+enum MHD_Result handle_generate(conn *c, api_kind kind);
+
+/* Reads a non-streaming generation on: suspends the connection until the
+ * engine has more, replies once the last choice has finished. */
+enum MHD_Result generate_continue(conn *c);
+
+/* Cancels and releases reqs[from..n) (never read), setting them NULL. */
+void generate_release(engine_request **reqs, int from, int n);
+
+/* The connection of a non-streaming generation closed: cancels what is left
+ * and records the request as aborted. */
+void generate_abort(conn *c);
+
+/* ---- response.c: the JSON of responses and chunks ---- */
+
+/* The finish_reason of a finish: "stop", "length", "error" or "abort". */
+const char *response_finish_str(engine_finish f);
+
+/* The error a request that did not finish normally earns. */
+void response_finish_error(const engine_output *o, api_error *err);
+
+/* {"prompt_tokens", "completion_tokens", "total_tokens"} of o. */
+cJSON *response_usage(const engine_output *o);
+
+/* {"id", "object", "created", "model"}: the head of a response or chunk. */
+cJSON *response_head(server *s, const char *id, const char *object, long created);
+
+/* The "logprobs" of a choice for entries [from, to) of lp, advancing
+ * *text_offset (completions' text_offset) by the tokens' text. */
+cJSON *response_logprobs(server *s, api_kind kind, const engine_logprob *lp, int from, int to, size_t *text_offset);
+
+/* {"layers", "n_prompt", "token_ids", "tokens", "gates"} of a finished request
+ * that asked for Engram gates; NULL when it has none. */
+cJSON *response_gates(server *s, engine_request *r, int n_prompt);
+
+/* OpenAI's "tool_calls" of p's calls from `from` on, with "index" in a
+ * stream's delta (indexed). */
+cJSON *response_tool_calls(server *s, const tool_parser *p, int from, bool indexed);
+
+/* Appends choice c->cur, finished with o, to c->choices: its text (chat: the
+ * message, with reasoning and tool calls split off), logprobs (lps, taken;
+ * or NULL) and finish_reason. Returns 0, or -1 out of memory. */
+int response_choice_add(conn *c, const engine_output *o, cJSON *lps);
+
+/* The whole non-streaming response of c's finished choices (taken from
+ * c->choices), usage summed over them (o: the last choice's output) and the
+ * gates (taken; or NULL). */
+cJSON *response_completion(conn *c, const engine_output *o, cJSON *gates);
+
+/* Appends what a parser gave (heap or NULL) to b and frees it. Returns 0, or
+ * -1 out of memory. */
+static inline int take_into(strbuf *b, char *part) {
+    int rc = part ? strbuf_add(b, part, strlen(part)) : 0;
+    free(part);
+    return rc;
+}
+
+/* ---- sse.c: streaming generations ---- */
+
+/* Answers c with the Server-Sent Events of g (taken: its requests are
+ * released when the response is freed, or here on failure). */
+enum MHD_Result sse_start(conn *c, generation *g);
+
+/* ---- endpoints.c: the other routes ---- */
+
+/* The route handlers, called by http.c's dispatch once the method, the API
+ * key, the body size and the engine's readiness have passed: each queues
+ * its reply (c->body holds the request body, NUL-terminated). */
+
+enum MHD_Result handle_models(conn *c);
+enum MHD_Result handle_model(conn *c, const char *id);
+enum MHD_Result handle_health(conn *c);
+enum MHD_Result handle_metrics(conn *c);
+enum MHD_Result handle_tokenize(conn *c);
+enum MHD_Result handle_detokenize(conn *c);
+
+#endif
