@@ -35,6 +35,7 @@
 #include <time.h>
 
 #include "engine/engine.h"
+#include "engine/model/model.h"
 #include "base/util.h"
 
 static void usage(FILE *f) {

@@ -10,6 +10,8 @@
  * when the cache is off or full of rows this step also needs. */
 #include "engine/engram_fetch.h"
 
+#include "engine/backend/backend.h"
+
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>

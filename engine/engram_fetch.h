@@ -20,7 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine/backend/backend.h"
+typedef struct backend backend; /* engine/backend/backend.h: only passed through here */
 #include "engram/store.h"
 
 typedef struct engram_fetch engram_fetch;
