@@ -25,6 +25,7 @@ const char *forward_status_str(int status) {
     case FORWARD_ERR_IO: return "an Engram table file could not be read";
     case FORWARD_ERR_KV_FULL: return "no free KV cache blocks";
     case FORWARD_ERR_BATCH: return "step larger than the forward context";
+    case FORWARD_ERR_UNSUPPORTED: return "the model needs an op this backend lacks";
     }
     return "unknown status";
 }
@@ -41,6 +42,8 @@ struct forward_ctx {
     float *gate, *up;        /* (T, ff) */
     float *tmp;              /* (T, max(d, n_heads*hd)) projection outputs */
     float *lastx, *logits;   /* (S, d), (S, vocab) */
+    float *rlogits, *moe_w;  /* (T, n_experts) router logits, (T, top_k) expert weights; with experts */
+    int32_t *moe_ids;        /* (T, top_k) chosen experts */
     int32_t *ids, *last, *next;
     int32_t *desc_i32;       /* pos, slot, tok_seq (T each); seq_start (S+1), seq_pos0 (S), block tables (S, max_blocks) */
     engram_step *eng;        /* the step's Engram work (engram_step.c); NULL without Engram */
@@ -111,7 +114,8 @@ void forward_ctx_destroy(forward_ctx *fc) {
     if (!fc) return;
     backend *be = fc->be;
     void *dev[] = {fc->inv_freq, fc->x, fc->h, fc->q, fc->k, fc->v, fc->att, fc->gate, fc->up, fc->tmp,
-                   fc->lastx, fc->logits, fc->ids, fc->last, fc->next, fc->desc_i32};
+                   fc->lastx, fc->logits, fc->ids, fc->last, fc->next, fc->desc_i32, fc->rlogits, fc->moe_w,
+                   fc->moe_ids};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++) backend_free(be, dev[i]);
     engram_step_destroy(fc->eng);
     free(fc->h_i32);
@@ -127,6 +131,11 @@ int forward_ctx_create(model *m, backend *be, int max_tokens, int max_seqs, forw
     if (max_tokens < 1) max_tokens = 1;
     if (max_seqs < 1) max_seqs = 1;
     if (max_seqs > max_tokens) max_seqs = max_tokens;
+    if (c->moe.n_experts && !(backend_has(be, moe_route) && backend_has(be, moe_experts))) {
+        snprintf(err, errlen, "the %s backend does not run mixture-of-experts layers yet (use --device cpu)",
+                 backend_name(be));
+        return FORWARD_ERR_UNSUPPORTED;
+    }
     forward_ctx *fc = calloc(1, sizeof(*fc));
     if (!fc) {
         snprintf(err, errlen, "out of memory");
@@ -161,6 +170,12 @@ int forward_ctx_create(model *m, backend *be, int max_tokens, int max_seqs, forw
     fc->h_last = malloc(S * sizeof(int32_t));
     int ok = fc->inv_freq && fc->x && fc->h && fc->q && fc->k && fc->v && fc->att && fc->gate && fc->up &&
              fc->tmp && fc->lastx && fc->logits && fc->ids && fc->last && fc->next && fc->h_last;
+    if (ok && c->moe.n_experts) {
+        fc->rlogits = backend_alloc(be, T * (size_t)c->moe.n_experts * F);
+        fc->moe_w = backend_alloc(be, T * (size_t)c->moe.top_k * F);
+        fc->moe_ids = backend_alloc(be, T * (size_t)c->moe.top_k * sizeof(int32_t));
+        ok = fc->rlogits && fc->moe_w && fc->moe_ids;
+    }
     if (ok && m->engram &&
         engram_step_create(m, fc->bm, be, max_tokens, max_seqs, &fc->eng, err, errlen) != FORWARD_OK) {
         forward_ctx_destroy(fc);
@@ -419,6 +434,13 @@ static void ffn_block(forward_ctx *fc, const layer_weights *L, int T) {
     const model_config *c = &fc->bm->cfg;
     backend *be = fc->be;
     backend_rmsnorm(be, fc->h, fc->x, L->ffn_norm, T, c->hidden_size, c->rms_norm_eps);
+    if (L->moe) { /* a sparse layer: route each token, run its experts, add */
+        backend_matmul(be, fc->rlogits, fc->h, &L->moe->router, NULL, T);
+        backend_moe_route(be, fc->moe_ids, fc->moe_w, fc->rlogits, fc->ids, L->moe, T);
+        backend_moe_experts(be, fc->tmp, fc->h, fc->moe_ids, fc->moe_w, L->moe, T);
+        backend_add(be, fc->x, fc->tmp, (size_t)T * c->hidden_size);
+        return;
+    }
     if (backend_has(be, matmul_glu)) {
         backend_matmul_glu(be, fc->gate, fc->up, fc->h, &L->w_gate, &L->w_up, L->b_gate, L->b_up, T);
     } else {

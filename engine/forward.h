@@ -26,6 +26,7 @@ typedef enum {
     FORWARD_ERR_KV_FULL = -5, /* the shared KV cache has too few free blocks; nothing was appended */
     FORWARD_ERR_BATCH = -6,   /* a malformed step: too many tokens or sequences, a state twice, or
                                * states of different KV caches or contexts */
+    FORWARD_ERR_UNSUPPORTED = -7, /* the model needs an op this backend does not have */
 } forward_status;
 
 const char *forward_status_str(int status);
@@ -35,7 +36,8 @@ typedef struct forward_state forward_state;
 
 /* A context running up to max_tokens tokens of up to max_seqs sequences per
  * step on backend be. m and be (borrowed) must outlive it. Returns FORWARD_OK and *out, or
- * FORWARD_ERR_NOMEM with a message in err. */
+ * FORWARD_ERR_NOMEM or FORWARD_ERR_UNSUPPORTED (the model's layers need ops
+ * be lacks, e.g. mixture of experts on CUDA) with a message in err. */
 int forward_ctx_create(model *m, backend *be, int max_tokens, int max_seqs, forward_ctx **out,
                        char *err, size_t errlen);
 void forward_ctx_destroy(forward_ctx *fc); /* accepts NULL; its states must be destroyed first */

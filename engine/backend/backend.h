@@ -100,6 +100,19 @@ typedef struct backend_ops {
     /* next (T) = argmax of each row of logits (T, vocab), lowest id on ties */
     void (*argmax)(backend *be, int32_t *next, const float *logits, int T, int vocab);
 
+    /* ---- mixture of experts (optional: NULL where a backend has none; a
+     * model with sparse layers then does not run there) ---- */
+    /* From router logits (T, moe->n_experts): ids (T, top_k) each token's
+     * chosen experts in ascending id order, wts (T, top_k) their weights
+     * (moe_scoring says how; tokens (T), the step's token ids, for routers
+     * that read them). */
+    void (*moe_route)(backend *be, int32_t *ids, float *wts, const float *logits, const int32_t *tokens,
+                      const moe_weights *moe, int T);
+    /* out (T, d) = sum over i in order of wts[t, i] * down_e(silu(gate_e x[t]) * up_e x[t]),
+     * e = ids[t, i], from 0; each token's result independent of the others. */
+    void (*moe_experts)(backend *be, float *out, const float *x, const int32_t *ids, const float *wts,
+                        const moe_weights *moe, int T);
+
     /* ---- Engram (ENGRAM.md section 6) ---- */
     /* out (T, H*D) = concatenation of table rows rows[t*H + h], as f32 */
     void (*gather_rows)(backend *be, float *out, const weight *table, const int64_t *rows, int T, int H);
@@ -305,6 +318,14 @@ static inline void backend_argmax(backend *be, int32_t *next, const float *logit
 static inline void backend_gather_rows(backend *be, float *out, const weight *table, const int64_t *rows, int T,
                                        int H) {
     be->ops->gather_rows(be, out, table, rows, T, H);
+}
+static inline void backend_moe_route(backend *be, int32_t *ids, float *wts, const float *logits,
+                                     const int32_t *tokens, const moe_weights *moe, int T) {
+    be->ops->moe_route(be, ids, wts, logits, tokens, moe, T);
+}
+static inline void backend_moe_experts(backend *be, float *out, const float *x, const int32_t *ids,
+                                       const float *wts, const moe_weights *moe, int T) {
+    be->ops->moe_experts(be, out, x, ids, wts, moe, T);
 }
 static inline void backend_engram_gate(backend *be, float *gate, const float *nk, const float *nq, int T, int d) {
     be->ops->engram_gate(be, gate, nk, nq, T, d);

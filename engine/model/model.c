@@ -44,6 +44,7 @@ static const struct {
     {"Qwen2ForCausalLM", "qwen2", ARCH_QWEN2},
     {"Qwen3ForCausalLM", "qwen3", ARCH_QWEN3},
     {"MistralForCausalLM", "mistral", ARCH_MISTRAL},
+    {"Qwen3MoeForCausalLM", "qwen3_moe", ARCH_QWEN3_MOE},
 };
 
 /* Rope settings from either transformers-5 rope_parameters or the classic
@@ -120,7 +121,7 @@ int model_config_parse(const char *json, size_t len, const char *label, model_co
             found = (int)i;
     if (found < 0)
         CFG_FAIL("%s: unsupported architecture %s (supported: LlamaForCausalLM, Qwen2ForCausalLM, "
-                 "Qwen3ForCausalLM, MistralForCausalLM)",
+                 "Qwen3ForCausalLM, MistralForCausalLM, Qwen3MoeForCausalLM)",
                  label, arch ? arch : mtype ? mtype : "(none: no architectures or model_type)");
     c->arch = known_archs[found].id;
 
@@ -173,7 +174,7 @@ int model_config_parse(const char *json, size_t len, const char *label, model_co
     c->qkv_bias = attn_bias || c->arch == ARCH_QWEN2; /* Qwen2 always has q/k/v biases */
     c->o_bias = attn_bias && c->arch != ARCH_QWEN2;
     c->mlp_bias = mlp_bias && c->arch == ARCH_LLAMA;
-    c->qk_norm = c->arch == ARCH_QWEN3;
+    c->qk_norm = c->arch == ARCH_QWEN3 || c->arch == ARCH_QWEN3_MOE;
     if (c->arch == ARCH_MISTRAL) {
         if (model__get_int(root, "sliding_window", 0, 1, 1 << 26, &c->sliding_window, label, err, errlen)) {
             rc = MODEL_ERR_CONFIG;
@@ -194,7 +195,9 @@ int model_config_parse(const char *json, size_t len, const char *label, model_co
         for (const cJSON *e = eos->child; e && c->n_eos < MODEL_MAX_EOS; e = e->next)
             if (cJSON_IsNumber(e) && e->valuedouble >= 0 && e->valuedouble < c->vocab_size)
                 c->eos_token_ids[c->n_eos++] = (int)e->valuedouble;
-    if (model__parse_engram_config(root, c, label, err, errlen)) rc = MODEL_ERR_CONFIG;
+    if (model__parse_moe_config(root, c, label, err, errlen) ||
+        model__parse_engram_config(root, c, label, err, errlen))
+        rc = MODEL_ERR_CONFIG;
 done:
     cJSON_Delete(root);
     return rc;
@@ -286,8 +289,11 @@ static int load_layer(model *m, int i, char *err, size_t errlen) {
         (rc = model__load_matrix(m, P("self_attn.k_proj.weight"), kv, d, &L->wk, err, errlen)) ||
         (rc = model__load_matrix(m, P("self_attn.v_proj.weight"), kv, d, &L->wv, err, errlen)) ||
         (rc = model__load_matrix(m, P("self_attn.o_proj.weight"), d, q, &L->wo, err, errlen)) ||
-        (rc = model__load_vector(m, P("post_attention_layernorm.weight"), d, &L->ffn_norm, err, errlen)) ||
-        (rc = model__load_matrix(m, P("mlp.gate_proj.weight"), ff, d, &L->w_gate, err, errlen)) ||
+        (rc = model__load_vector(m, P("post_attention_layernorm.weight"), d, &L->ffn_norm, err, errlen)))
+        return rc;
+    if (c->moe.layer_moe[i]) {
+        if ((rc = model__load_moe_layer(m, i, err, errlen))) return rc;
+    } else if ((rc = model__load_matrix(m, P("mlp.gate_proj.weight"), ff, d, &L->w_gate, err, errlen)) ||
         (rc = model__load_matrix(m, P("mlp.up_proj.weight"), ff, d, &L->w_up, err, errlen)) ||
         (rc = model__load_matrix(m, P("mlp.down_proj.weight"), d, ff, &L->w_down, err, errlen)))
         return rc;
@@ -364,6 +370,11 @@ int model_load(const char *dir, model **out, char *err, size_t errlen) {
         m->lm_head = m->embed;
     else if ((rc = model__load_matrix(m, "lm_head.weight", c->vocab_size, c->hidden_size, &m->lm_head, err, errlen)))
         goto fail;
+    if (c->moe.n_experts && !(m->moe = calloc((size_t)c->n_layers, sizeof(moe_weights)))) {
+        rc = MODEL_ERR_NOMEM;
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
     for (int i = 0; i < c->n_layers; i++)
         if ((rc = load_layer(m, i, err, errlen))) goto fail;
     if (c->engram.present && (rc = model__load_engram(m, err, errlen))) goto fail;
@@ -384,6 +395,7 @@ void model_destroy(model *m) {
     for (int i = 0; i < m->n_files; i++) safetensors_destroy(m->files[i]);
     free(m->files);
     model__destroy_engram(m->engram);
+    model__destroy_moe(m);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     free(m->layers);
@@ -404,8 +416,12 @@ size_t model_weight_bytes_per_token(const model *m) {
     size_t b = wbytes(&m->lm_head);
     for (int i = 0; i < m->cfg.n_layers; i++) {
         const layer_weights *L = &m->layers[i];
-        b += wbytes(&L->wq) + wbytes(&L->wk) + wbytes(&L->wv) + wbytes(&L->wo) + wbytes(&L->w_gate) +
-             wbytes(&L->w_up) + wbytes(&L->w_down);
+        b += wbytes(&L->wq) + wbytes(&L->wk) + wbytes(&L->wv) + wbytes(&L->wo);
+        if (L->moe) /* the router and the top_k experts a token uses (all of one size) */
+            b += wbytes(&L->moe->router) +
+                 (size_t)L->moe->top_k * (wbytes(&L->moe->gate[0]) + wbytes(&L->moe->up[0]) + wbytes(&L->moe->down[0]));
+        else
+            b += wbytes(&L->w_gate) + wbytes(&L->w_up) + wbytes(&L->w_down);
     }
     return b;
 }
@@ -413,13 +429,16 @@ size_t model_weight_bytes_per_token(const model *m) {
 int64_t model_config_param_count(const model_config *c) {
     int64_t d = c->hidden_size, hd = c->head_dim, q = (int64_t)c->n_heads * hd, kv = (int64_t)c->n_kv_heads * hd;
     int64_t ff = c->intermediate_size;
-    int64_t layer = d * q + 2 * d * kv + q * d + 3 * d * ff + 2 * d; /* q k v o, gate up down, two norms */
+    int64_t layer = d * q + 2 * d * kv + q * d + 2 * d; /* q k v o, two norms */
     if (c->qkv_bias) layer += q + 2 * kv;
     if (c->o_bias) layer += d;
-    if (c->mlp_bias) layer += 2 * ff + d;
     if (c->qk_norm) layer += 2 * hd;
+    int64_t n_moe = 0, E = c->moe.n_experts;
+    for (int i = 0; i < c->n_layers; i++) n_moe += c->moe.layer_moe[i];
+    int64_t mlp = (3 * d * ff + (c->mlp_bias ? 2 * ff + d : 0)) * (c->n_layers - n_moe);
+    int64_t experts = (E * d + E * 3 * d * (int64_t)c->moe.inter) * n_moe; /* router, gate up down each */
     int64_t emb = (int64_t)c->vocab_size * d;
-    return emb * (c->tie_word_embeddings ? 1 : 2) + layer * c->n_layers + d;
+    return emb * (c->tie_word_embeddings ? 1 : 2) + layer * c->n_layers + mlp + experts + d;
 }
 
 static int64_t welems(const weight *w) { return (int64_t)w->rows * w->cols; }
@@ -430,8 +449,14 @@ int64_t model_param_count(const model *m) {
     int64_t n = welems(&m->embed) + (m->lm_head.data == m->embed.data ? 0 : welems(&m->lm_head)) + d;
     for (int i = 0; i < c->n_layers; i++) {
         const layer_weights *L = &m->layers[i];
-        n += welems(&L->wq) + welems(&L->wk) + welems(&L->wv) + welems(&L->wo) + welems(&L->w_gate) +
-             welems(&L->w_up) + welems(&L->w_down) + 2 * d;
+        n += welems(&L->wq) + welems(&L->wk) + welems(&L->wv) + welems(&L->wo) + 2 * d;
+        if (L->moe) {
+            n += welems(&L->moe->router);
+            for (int e = 0; e < L->moe->n_experts; e++)
+                n += welems(&L->moe->gate[e]) + welems(&L->moe->up[e]) + welems(&L->moe->down[e]);
+        } else {
+            n += welems(&L->w_gate) + welems(&L->w_up) + welems(&L->w_down);
+        }
         if (L->bq) n += L->wq.rows + L->wk.rows + L->wv.rows;
         if (L->bo) n += d;
         if (L->b_gate) n += 2 * ff + d;

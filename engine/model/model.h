@@ -25,10 +25,12 @@ typedef enum {
 
 const char *model_status_str(int status);
 
-typedef enum { ARCH_LLAMA, ARCH_QWEN2, ARCH_QWEN3, ARCH_MISTRAL } model_arch;
+typedef enum { ARCH_LLAMA, ARCH_QWEN2, ARCH_QWEN3, ARCH_MISTRAL, ARCH_QWEN3_MOE } model_arch;
 typedef enum { ROPE_DEFAULT, ROPE_LINEAR, ROPE_LLAMA3 } rope_type;
 
 #define MODEL_MAX_EOS 8
+#define MODEL_MAX_LAYERS 1024
+#define MODEL_MAX_EXPERTS 1024
 #define ENGRAM_MAX_LAYERS 64
 #define ENGRAM_MAX_HC 16
 
@@ -48,6 +50,22 @@ typedef struct {
     int hc_mult;                   /* default 1 */
     int64_t compressed_vocab_size; /* 0 when the config does not state it */
 } engram_config;
+
+/* How a mixture-of-experts router turns its logits into the experts and
+ * weights of a token (moe_weights). */
+typedef enum {
+    MOE_SOFTMAX, /* Qwen3-MoE: softmax in f32, top-k by probability, optional renormalisation */
+} moe_scoring;
+
+/* The mixture-of-experts keys of config.json (Qwen3-MoE). */
+typedef struct {
+    int n_experts;       /* num_experts (or num_local_experts); 0: a dense model */
+    int top_k;           /* num_experts_per_tok */
+    int inter;           /* moe_intermediate_size: each expert's SwiGLU width */
+    bool norm_topk_prob; /* renormalise the chosen probabilities to sum to 1 */
+    bool layer_moe[MODEL_MAX_LAYERS]; /* layer i is sparse: not in mlp_only_layers and
+                                       * (i + 1) % decoder_sparse_step == 0 */
+} moe_config;
 
 typedef struct {
     model_arch arch;
@@ -75,6 +93,7 @@ typedef struct {
     int bos_token_id;   /* -1 if none */
     int eos_token_ids[MODEL_MAX_EOS];
     int n_eos;
+    moe_config moe;
     engram_config engram;
 } model_config;
 
@@ -120,14 +139,26 @@ typedef struct {
     engram_weights *layers; /* (n_layers) */
 } model_engram;
 
+/* One sparse layer's experts: a router and n_experts SwiGLU experts of
+ * width inter, each token using top_k of them (ENGINE: moe_route then
+ * moe_experts, backend.h). */
+typedef struct {
+    moe_scoring scoring;
+    int n_experts, top_k, inter;
+    bool norm_topk;   /* renormalise the chosen weights */
+    weight router;    /* (n_experts, d) */
+    weight *gate, *up, *down; /* (n_experts) each: (inter, d) (inter, d) (d, inter) */
+} moe_weights;
+
 typedef struct {
     const float *attn_norm;      /* (d) */
     weight wq, wk, wv, wo;       /* (n_heads*hd, d) (kv*hd, d) (kv*hd, d) (d, n_heads*hd) */
     const float *bq, *bk, *bv, *bo; /* biases or NULL */
     const float *q_norm, *k_norm; /* (hd) or NULL */
     const float *ffn_norm;       /* (d) */
-    weight w_gate, w_up, w_down; /* (ff, d) (ff, d) (d, ff) */
+    weight w_gate, w_up, w_down; /* (ff, d) (ff, d) (d, ff); unused where moe is set */
     const float *b_gate, *b_up, *b_down;
+    const moe_weights *moe;      /* a sparse layer's experts in place of the MLP, or NULL */
     const engram_weights *engram; /* the Engram module at the start of this layer, or NULL */
 } layer_weights;
 
@@ -139,6 +170,7 @@ struct model {
     const float *final_norm;  /* (d) */
     weight lm_head;           /* (vocab, d); the embedding when tied */
     layer_weights *layers;    /* (n_layers) */
+    moe_weights *moe;         /* (n_layers), allocated for a model with experts; layers point into it */
     model_engram *engram;     /* NULL for a model without Engram */
     /* ownership */
     safetensors **files;

@@ -1,6 +1,7 @@
 /* Helpers shared by the files of the model module. Not a public interface.
- * Calls point one way: model.c (backbone) -> model_engram.c (Engram) ->
- * model_read.c (config keys, tensors); model_synthetic.c -> model_read.c.
+ * Calls point one way: model.c (backbone) -> model_engram.c (Engram) and
+ * model_moe.c (experts) -> model_read.c (config keys, tensors);
+ * model_synthetic.c -> model_read.c.
  * Nothing in model_read.c or model_engram.c calls into model.c. */
 #ifndef ENGINE_MODEL_INTERNAL_H
 #define ENGINE_MODEL_INTERNAL_H
@@ -26,6 +27,11 @@ int model__load_matrix(model *m, const char *name, int rows, int cols, weight *w
 int model__load_vector(model *m, const char *name, int n, const float **out, char *err,
                        size_t errlen);
 
+/* model_read.c: rows [row0, row0 + rows) of slice e of a 3-D tensor of
+ * shape (n, srows, cols), read in place as a (rows, cols) matrix. */
+int model__load_slice(model *m, const char *name, int n, int e, int srows, int cols, int row0, int rows,
+                      weight *w, char *err, size_t errlen);
+
 /* model_read.c: a heap f32 buffer of n floats owned by the model (freed by model_destroy). */
 float *model__own(model *m, size_t n);
 
@@ -35,5 +41,13 @@ int model__parse_engram_config(const cJSON *root, model_config *c, const char *l
 /* model_engram.c: compressed tokenizer, hash tables and tensors, after the backbone. */
 int model__load_engram(model *m, char *err, size_t errlen);
 void model__destroy_engram(model_engram *e);
+
+/* model_moe.c: the mixture-of-experts keys into c->moe (all zero for a dense
+ * architecture). */
+int model__parse_moe_config(const cJSON *root, model_config *c, const char *label, char *err, size_t errlen);
+/* model_moe.c: layer i's router and experts into m->moe[i] (m->moe allocated
+ * by the caller), and m->layers[i].moe pointed at them. */
+int model__load_moe_layer(model *m, int i, char *err, size_t errlen);
+void model__destroy_moe(model *m); /* frees m->moe */
 
 #endif

@@ -151,3 +151,31 @@ int model__load_vector(model *m, const char *name, int n, const float **out, cha
     *out = buf;
     return MODEL_OK;
 }
+
+int model__load_slice(model *m, const char *name, int n, int e, int srows, int cols, int row0, int rows,
+                      weight *w, char *err, size_t errlen) {
+    const char *file = NULL;
+    const st_tensor *t = model__find_tensor(m, name, &file);
+    if (!t) {
+        snprintf(err, errlen, "%s: missing tensor %s", m->dir, name);
+        return MODEL_ERR_WEIGHTS;
+    }
+    if (!float_dtype(t->dt)) {
+        snprintf(err, errlen, "%s: tensor %s has dtype %s (expected F32, BF16 or F16)", file, name,
+                 dtype_name(t->dt));
+        return MODEL_ERR_WEIGHTS;
+    }
+    if (t->ndim != 3 || t->shape[0] != n || t->shape[1] != srows || t->shape[2] != cols) {
+        snprintf(err, errlen, "%s: tensor %s has %d dimensions [%lld, %lld, %lld], expected [%d, %d, %d]", file,
+                 name, t->ndim, (long long)(t->ndim > 0 ? t->shape[0] : 0), (long long)(t->ndim > 1 ? t->shape[1] : 0),
+                 (long long)(t->ndim > 2 ? t->shape[2] : 0), n, srows, cols);
+        return MODEL_ERR_WEIGHTS;
+    }
+    if ((uintptr_t)t->data % dtype_size(t->dt) != 0) {
+        snprintf(err, errlen, "%s: tensor %s is not aligned to its %zu-byte dtype", file, name, dtype_size(t->dt));
+        return MODEL_ERR_WEIGHTS;
+    }
+    size_t off = ((size_t)e * srows + (size_t)row0) * (size_t)cols * dtype_size(t->dt);
+    *w = (weight){.data = (const char *)t->data + off, .dt = t->dt, .rows = rows, .cols = cols};
+    return MODEL_OK;
+}

@@ -3,7 +3,9 @@
 The fixtures (tools/make_fixtures.py, run with transformers 5.17 / torch 2.11)
 hold tiny random Llama (llama3 rope scaling, f32), Qwen2 (q/k/v bias, tied
 embeddings, bf16, sharded with an index), Qwen3 (q/k norm, explicit head_dim,
-MQA, f16) and Mistral (sliding window 8) checkpoints, with transformers'
+MQA, f16) and Mistral (sliding window 8) checkpoints, and Qwen3-MoE ones
+(transformers 5.25: a dense layer among sparse ones, normalised top-2, f32;
+decoder_sparse_step 2, unnormalised top-3, bf16), with transformers'
 last-position logits and 24 greedy tokens. We require logits within 1e-4 max
 absolute difference and identical greedy tokens through prefill in one pass,
 in chunks, and token by token."""
@@ -15,7 +17,7 @@ import pytest
 
 from conftest import MODELS, run_bin
 
-NAMES = ["llama3", "qwen2", "qwen3", "mistral"]
+NAMES = ["llama3", "qwen2", "qwen3", "mistral", "qwen3_moe", "qwen3_moe_bf16"]
 
 
 def golden(name):
@@ -111,3 +113,30 @@ def test_stops_at_eos(tmp_path):
     p = run_bin("engram-run", "--model", d, "--prompt-ids", ",".join(map(str, g["prompt_ids"])),
                 "--temperature", "0", "--max-tokens", "24", "--print-ids")
     assert json.loads(p.stdout.splitlines()[-1]) == g["greedy_ids"][:3]
+
+
+def test_moe_stacked_experts_load_like_per_expert_ones(tmp_path):
+    """transformers 5 keeps experts stacked in memory (mlp.experts.gate_up_proj
+    [E, 2I, d], mlp.experts.down_proj [E, d, I]); a checkpoint written that way
+    gives the same logits as the release's per-expert tensors."""
+    from safetensors.numpy import load_file, save_file
+    src = MODELS / "qwen3_moe"
+    d = tmp_path / "m"
+    shutil.copytree(src, d)
+    t = load_file(str(d / "model.safetensors"))
+    cfg = json.loads((d / "config.json").read_text())
+    E = cfg.get("num_experts", cfg.get("num_local_experts"))
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}.mlp.experts"
+        if f"{p}.0.gate_proj.weight" not in t:
+            continue
+        gate_up = [np.concatenate([t.pop(f"{p}.{e}.gate_proj.weight"), t.pop(f"{p}.{e}.up_proj.weight")])
+                   for e in range(E)]
+        t[f"{p}.gate_up_proj"] = np.stack(gate_up)
+        t[f"{p}.down_proj"] = np.stack([t.pop(f"{p}.{e}.down_proj.weight") for e in range(E)])
+    save_file(t, str(d / "model.safetensors"))
+    g = golden("qwen3_moe")
+    ids, logits = generate(d, g["prompt_ids"], tmp_path, 256)
+    ref = np.fromfile(src / "logits.f32", dtype="<f4")
+    assert float(np.abs(logits - ref).max()) < 1e-4
+    assert ids == g["greedy_ids"]

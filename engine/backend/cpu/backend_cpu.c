@@ -29,6 +29,8 @@ typedef struct {
      * whether a copy has come since the mark (see cpu_fetch) */
     double fetch_t_mark[BACKEND_FETCH_CHANNELS], fetch_t_rows[BACKEND_FETCH_CHANNELS];
     bool fetch_marked[BACKEND_FETCH_CHANNELS];
+    float *moe_scratch; /* moe_experts' gathered rows and products, grown as steps need */
+    size_t moe_scratch_floats;
 } cpu_backend;
 
 /* ---- memory: plain host memory ---- */
@@ -279,6 +281,85 @@ static void cpu_add(backend *be, float *x, const float *y, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] += y[i];
 }
 
+/* ---- mixture of experts ---- */
+
+/* Qwen3-MoE's router, as transformers computes it: p = softmax(logits) in
+ * f32, the top_k largest p (the lower id first among equals), divided by
+ * their sum (added largest first) when norm_topk; then the chosen experts
+ * sorted by id, so that moe_experts adds them in the order transformers'
+ * index_add does. */
+static void cpu_moe_route(backend *be, int32_t *ids, float *wts, const float *logits, const int32_t *tokens,
+                          const moe_weights *moe, int T) {
+    int E = moe->n_experts, k = moe->top_k;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        const float *l = logits + (size_t)t * E;
+        float p[MODEL_MAX_EXPERTS], mx = -INFINITY, sum = 0.0f;
+        for (int e = 0; e < E; e++) mx = l[e] > mx ? l[e] : mx;
+        for (int e = 0; e < E; e++) sum += p[e] = expf(l[e] - mx);
+        for (int e = 0; e < E; e++) p[e] /= sum;
+        int32_t *id = ids + (size_t)t * k;
+        float *w = wts + (size_t)t * k, chosen = 0.0f;
+        for (int i = 0; i < k; i++) { /* selection: k is small */
+            int best = -1;
+            for (int e = 0; e < E; e++) {
+                bool taken = false;
+                for (int j = 0; j < i && !taken; j++) taken = id[j] == e;
+                if (!taken && (best < 0 || p[e] > p[best])) best = e;
+            }
+            id[i] = best;
+            w[i] = p[best];
+            chosen += p[best];
+        }
+        if (moe->norm_topk)
+            for (int i = 0; i < k; i++) w[i] /= chosen;
+        for (int i = 1; i < k; i++) /* by expert id */
+            for (int j = i; j > 0 && id[j - 1] > id[j]; j--) {
+                int32_t ti = id[j];
+                float tw = w[j];
+                id[j] = id[j - 1], w[j] = w[j - 1];
+                id[j - 1] = ti, w[j - 1] = tw;
+            }
+    }
+}
+
+/* Expert by expert: the tokens routed to it gathered, their SwiGLU through
+ * the same batch-invariant products as dense layers, each result scaled by
+ * its weight and added to its token's row. Experts go in ascending id, so
+ * each token's sum is the same whatever else is in the step. */
+static void cpu_moe_experts(backend *be, float *out, const float *x, const int32_t *ids, const float *wts,
+                            const moe_weights *moe, int T) {
+    cpu_backend *c = (cpu_backend *)be;
+    int d = moe->router.cols, I = moe->inter, k = moe->top_k;
+    size_t need = (size_t)T * (2 * (size_t)d + 2 * (size_t)I + 2);
+    if (need > c->moe_scratch_floats) {
+        free(c->moe_scratch);
+        if (!(c->moe_scratch = malloc(need * sizeof(float)))) abort(); /* host scratch: fatal, as in matmul */
+        c->moe_scratch_floats = need;
+    }
+    float *xs = c->moe_scratch, *g = xs + (size_t)T * d, *u = g + (size_t)T * I, *y = u + (size_t)T * I;
+    float *wt = y + (size_t)T * d;
+    int32_t *tok = (int32_t *)(wt + T);
+    memset(out, 0, (size_t)T * d * sizeof(float));
+    for (int e = 0; e < moe->n_experts; e++) {
+        int n = 0;
+        for (int t = 0; t < T; t++)
+            for (int i = 0; i < k; i++)
+                if (ids[(size_t)t * k + i] == e) tok[n] = t, wt[n++] = wts[(size_t)t * k + i];
+        if (!n) continue;
+        for (int j = 0; j < n; j++) memcpy(xs + (size_t)j * d, x + (size_t)tok[j] * d, (size_t)d * sizeof(float));
+        cpu_matmul(be, g, xs, &moe->gate[e], NULL, n);
+        cpu_matmul(be, u, xs, &moe->up[e], NULL, n);
+        cpu_swiglu(be, g, u, (size_t)n * I);
+        cpu_matmul(be, y, g, &moe->down[e], NULL, n);
+        for (int j = 0; j < n; j++) {
+            float *o = out + (size_t)tok[j] * d;
+            const float *r = y + (size_t)j * d;
+            for (int i = 0; i < d; i++) o[i] += r[i] * wt[j];
+        }
+    }
+}
+
 static void cpu_gather_rows(backend *be, float *out, const weight *table, const int64_t *rows, int T, int H) {
     int D = table->cols;
     size_t esz = dtype_size(table->dt);
@@ -451,7 +532,10 @@ static void cpu_sample(backend *be, void *out, float *logits, const int32_t *des
     free(idx);
 }
 
-static void cpu_destroy(backend *be) { free(be); }
+static void cpu_destroy(backend *be) {
+    free(((cpu_backend *)be)->moe_scratch);
+    free(be);
+}
 
 static const backend_ops cpu_ops = {
     .name = "cpu",
@@ -474,6 +558,8 @@ static const backend_ops cpu_ops = {
     .add = cpu_add,
     .gather_f32 = cpu_gather_f32,
     .argmax = cpu_argmax,
+    .moe_route = cpu_moe_route,
+    .moe_experts = cpu_moe_experts,
     .gather_rows = cpu_gather_rows,
     .engram_gate = cpu_engram_gate,
     .scale_rows = cpu_scale_rows,
