@@ -137,6 +137,10 @@ static void check_model(const char *dir) {
     char err[512];
     model *m = NULL;
     if (model_load(dir, &m, err, sizeof(err))) {
+        if (strstr(err, "unsupported architecture")) { /* a fixture for work not landed yet (README) */
+            printf("%s: skipped: %s\n", dir, err);
+            return;
+        }
         printf("%s: load failed: %s FAIL\n", dir, err);
         failures++;
         return;
@@ -155,6 +159,12 @@ static void check_model(const char *dir) {
     float *lc = calloc(per, sizeof(float)), *lg = calloc(per, sizeof(float));
     int32_t gen_c[N_SEQ * N_GEN], gen_g[N_SEQ * N_GEN];
     int fail = 0;
+    forward_ctx *probe = NULL;
+    if (forward_ctx_create(m, gpu, 1, 1, &probe, err, sizeof(err)) == FORWARD_ERR_UNSUPPORTED) {
+        printf("  skipped on this backend: %s\n", err); /* e.g. experts before the CUDA ops land */
+        fail = -1;
+    }
+    forward_ctx_destroy(probe);
     for (int batched = 0; batched < 2 && !fail; batched++) {
         int n = batched ? N_SEQ : 1;
         if (run_steps(m, cpu, n, prompts, lens, NULL, gen_c, lc) ||
@@ -217,8 +227,8 @@ static void check_model(const char *dir) {
         if (system(cmd)) fprintf(stderr, "could not remove %s\n", tdir);
         free(ls);
     }
-    printf("  %s\n", fail ? "FAIL" : "ok");
-    failures += fail;
+    printf("  %s\n", fail < 0 ? "skipped" : fail ? "FAIL" : "ok");
+    failures += fail > 0;
     free(lc);
     free(lg);
     backend_destroy(gpu);
