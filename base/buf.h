@@ -12,9 +12,11 @@ typedef struct {
     size_t len, cap;
 } strbuf;
 
-/* Appends n bytes; returns 0, or -1 out of memory (b unchanged). */
-static inline int strbuf_add(strbuf *b, const char *p, size_t n) {
-    if (!n) return 0;
+/* Makes room for n more bytes and the NUL, adding none: afterwards b->s is
+ * non-NULL and NUL-terminated at b->len, even for n = 0, and up to n bytes
+ * may be written at b->s + b->len directly. Returns 0, or -1 out of memory
+ * (b unchanged). */
+static inline int strbuf_reserve(strbuf *b, size_t n) {
     if (b->len + n + 1 > b->cap) {
         size_t cap = (b->len + n + 1) * 2;
         char *q = realloc(b->s, cap);
@@ -22,11 +24,22 @@ static inline int strbuf_add(strbuf *b, const char *p, size_t n) {
         b->s = q;
         b->cap = cap;
     }
+    b->s[b->len] = 0;
+    return 0;
+}
+
+/* Appends n bytes; returns 0, or -1 out of memory (b unchanged). */
+static inline int strbuf_add(strbuf *b, const char *p, size_t n) {
+    if (!n) return 0;
+    if (strbuf_reserve(b, n)) return -1;
     memcpy(b->s + b->len, p, n);
     b->len += n;
     b->s[b->len] = 0;
     return 0;
 }
+
+/* Appends one byte; returns 0, or -1 out of memory (b unchanged). */
+static inline int strbuf_addc(strbuf *b, char c) { return strbuf_add(b, &c, 1); }
 
 /* Drops the first n bytes. */
 static inline void strbuf_drop(strbuf *b, size_t n) {
