@@ -59,13 +59,9 @@ void tok__matcher_free(added_matcher *m) {
 }
 
 static int segs_add(seglist *l, int32_t added, size_t s, size_t e) {
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 16;
-        segment *v = realloc(l->v, cap * sizeof *v);
-        if (!v) return TOKENIZER_ERR_NOMEM;
-        l->v = v;
-        l->cap = cap;
-    }
+    segment *v = l->n < l->cap ? l->v : tok__grow(l->v, &l->cap, sizeof *v, 16);
+    if (!v) return TOKENIZER_ERR_NOMEM;
+    l->v = v;
     l->v[l->n++] = (segment){added, s, e};
     return 0;
 }

@@ -10,11 +10,9 @@
 #include <ctype.h>
 
 int tok__load_decoder(loadctx *c, const cJSON *j, component *k, int depth) {
-    const char *type = tok__jstr(j, "type");
-    if (!type) return tok__fail(c, TOKENIZER_ERR_PARSE, "decoder without a type");
-    if (!strcmp(type, "Sequence"))
-        return tok__load_seq(c, cJSON_GetObjectItemCaseSensitive(j, "decoders"), k, depth,
-                             tok__load_decoder, "decoder");
+    const char *type;
+    int rc = tok__load_type(c, j, k, depth, tok__load_decoder, "decoder", "decoders", &type);
+    if (rc <= 0) return rc;
     if (!strcmp(type, "ByteLevel")) k->type = DEC_BYTELEVEL;
     else if (!strcmp(type, "Fuse")) k->type = DEC_FUSE;
     else if (!strcmp(type, "ByteFallback")) k->type = DEC_BYTEFALLBACK;
@@ -382,13 +380,9 @@ int tokenizer_stream_step(tokenizer_stream *s, int32_t id, char **out, size_t *l
     *out = NULL;
     *len = 0;
     if (!s->bytewise) {
-        if (s->n_ids == s->cap) {
-            size_t cap = s->cap ? s->cap * 2 : 64;
-            int32_t *p = realloc(s->ids, cap * sizeof *p);
-            if (!p) return TOKENIZER_ERR_NOMEM;
-            s->ids = p;
-            s->cap = cap;
-        }
+        int32_t *p = s->n_ids < s->cap ? s->ids : tok__grow(s->ids, &s->cap, sizeof *p, 64);
+        if (!p) return TOKENIZER_ERR_NOMEM;
+        s->ids = p;
         s->ids[s->n_ids++] = id;
         return stream_generic(s, false, out, len);
     }

@@ -43,8 +43,9 @@ void tok__component_free(component *k) {
     free(k);
 }
 
-int tok__load_seq(loadctx *c, const cJSON *arr, component *k, int depth, component_loader f,
-                  const char *what) {
+/* A Sequence component: f loads each element of arr into k->sub. */
+static int load_seq(loadctx *c, const cJSON *arr, component *k, int depth, component_loader f,
+                    const char *what) {
     if (depth > TK_MAX_DEPTH) return tok__fail(c, TOKENIZER_ERR_PARSE, "%s nested too deeply", what);
     if (!cJSON_IsArray(arr)) return tok__fail(c, TOKENIZER_ERR_PARSE, "%s Sequence needs an array", what);
     int n = cJSON_GetArraySize(arr);
@@ -58,6 +59,14 @@ int tok__load_seq(loadctx *c, const cJSON *arr, component *k, int depth, compone
         if (rc) return rc;
     }
     return 0;
+}
+
+int tok__load_type(loadctx *c, const cJSON *j, component *k, int depth, component_loader f,
+                   const char *what, const char *seq_key, const char **type) {
+    *type = tok__jstr(j, "type");
+    if (!*type) return tok__fail(c, TOKENIZER_ERR_PARSE, "%s without a type", what);
+    if (strcmp(*type, "Sequence")) return 1;
+    return load_seq(c, cJSON_GetObjectItemCaseSensitive(j, seq_key), k, depth, f, what);
 }
 
 int tok__set_content(loadctx *c, component *k, const char *s) {

@@ -9,11 +9,9 @@
 #include <utf8proc.h>
 
 int tok__load_normalizer(loadctx *c, const cJSON *j, component *k, int depth) {
-    const char *type = tok__jstr(j, "type");
-    if (!type) return tok__fail(c, TOKENIZER_ERR_PARSE, "normalizer without a type");
-    if (!strcmp(type, "Sequence"))
-        return tok__load_seq(c, cJSON_GetObjectItemCaseSensitive(j, "normalizers"), k, depth,
-                             tok__load_normalizer, "normalizer");
+    const char *type;
+    int rc = tok__load_type(c, j, k, depth, tok__load_normalizer, "normalizer", "normalizers", &type);
+    if (rc <= 0) return rc;
     if (!strcmp(type, "NFC")) k->type = NORM_NFC;
     else if (!strcmp(type, "NFD")) k->type = NORM_NFD;
     else if (!strcmp(type, "NFKC")) k->type = NORM_NFKC;

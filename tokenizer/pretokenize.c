@@ -32,11 +32,9 @@ static int load_gpt2_pattern(loadctx *c, component *k) {
 }
 
 int tok__load_pretokenizer(loadctx *c, const cJSON *j, component *k, int depth) {
-    const char *type = tok__jstr(j, "type");
-    if (!type) return tok__fail(c, TOKENIZER_ERR_PARSE, "pre_tokenizer without a type");
-    if (!strcmp(type, "Sequence"))
-        return tok__load_seq(c, cJSON_GetObjectItemCaseSensitive(j, "pretokenizers"), k, depth,
-                             tok__load_pretokenizer, "pre_tokenizer");
+    const char *type;
+    int rc = tok__load_type(c, j, k, depth, tok__load_pretokenizer, "pre_tokenizer", "pretokenizers", &type);
+    if (rc <= 0) return rc;
     if (!strcmp(type, "Split")) {
         k->type = PRE_SPLIT;
         if (tok__pattern_load(c, cJSON_GetObjectItemCaseSensitive(j, "pattern"), &k->pat)) return c->status;
@@ -64,13 +62,9 @@ int tok__load_pretokenizer(loadctx *c, const cJSON *j, component *k, int depth) 
 
 int tok__pieces_add(piecelist *l, size_t off, size_t len, bool first) {
     if (!len) return 0; /* PreTokenizedString::split drops empty pieces */
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 64;
-        piece *v = realloc(l->v, cap * sizeof *v);
-        if (!v) return TOKENIZER_ERR_NOMEM;
-        l->v = v;
-        l->cap = cap;
-    }
+    piece *v = l->n < l->cap ? l->v : tok__grow(l->v, &l->cap, sizeof *v, 64);
+    if (!v) return TOKENIZER_ERR_NOMEM;
+    l->v = v;
     l->v[l->n++] = (piece){off, len, first};
     return 0;
 }
@@ -114,15 +108,12 @@ static int split_piece(piecelist *out, const piece *p, const spanlist *m, int be
             if (!is_match) rc = tok__pieces_add(out, p->off + rs, re - rs, p->first && rs == 0);
             break;
         case SPLIT_CONTIGUOUS:
-            if (have_cur && is_match == prev_match) cur_e = re;
-            else {
-                if (have_cur) rc = tok__pieces_add(out, p->off + cur_s, cur_e - cur_s, p->first && cur_s == 0);
-                cur_s = rs, cur_e = re, have_cur = true;
-            }
-            prev_match = is_match;
-            break;
         case SPLIT_MERGED_PREV:
-            if (is_match && !prev_match && have_cur) cur_e = re;
+            /* Contiguous joins a run to the previous one of the same kind,
+             * MergedWithPrevious a match to the non-match before it */
+            if (behavior == SPLIT_CONTIGUOUS ? have_cur && is_match == prev_match
+                                             : is_match && !prev_match && have_cur)
+                cur_e = re;
             else {
                 if (have_cur) rc = tok__pieces_add(out, p->off + cur_s, cur_e - cur_s, p->first && cur_s == 0);
                 cur_s = rs, cur_e = re, have_cur = true;

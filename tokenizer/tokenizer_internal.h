@@ -198,6 +198,16 @@ struct tokenizer {
 /* ------------------------------------------------------------------------ */
 /* Lists the stages fill                                                    */
 
+/* The array v (*cap elements of elem bytes) grown for more: twice the
+ * capacity, init at first. The new array with *cap updated, or NULL out of
+ * memory (v and *cap unchanged). */
+static inline void *tok__grow(void *v, size_t *cap, size_t elem, size_t init) {
+    size_t c = *cap ? *cap * 2 : init;
+    void *p = realloc(v, c * elem);
+    if (p) *cap = c;
+    return p;
+}
+
 typedef struct {
     size_t s, e;
 } span;
@@ -208,13 +218,9 @@ typedef struct {
 } spanlist;
 
 static inline int tok__spans_add(spanlist *l, size_t s, size_t e) {
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 64;
-        span *v = realloc(l->v, cap * sizeof *v);
-        if (!v) return TOKENIZER_ERR_NOMEM;
-        l->v = v;
-        l->cap = cap;
-    }
+    span *v = l->n < l->cap ? l->v : tok__grow(l->v, &l->cap, sizeof *v, 64);
+    if (!v) return TOKENIZER_ERR_NOMEM;
+    l->v = v;
     l->v[l->n++] = (span){s, e};
     return 0;
 }
@@ -276,13 +282,9 @@ typedef struct {
 } encoder;
 
 static inline int tok__ids_add(encoder *e, int32_t id) {
-    if (e->n_ids == e->ids_cap) {
-        size_t cap = e->ids_cap ? e->ids_cap * 2 : 256;
-        int32_t *p = realloc(e->ids, cap * sizeof *p);
-        if (!p) return TOKENIZER_ERR_NOMEM;
-        e->ids = p;
-        e->ids_cap = cap;
-    }
+    int32_t *p = e->n_ids < e->ids_cap ? e->ids : tok__grow(e->ids, &e->ids_cap, sizeof *p, 256);
+    if (!p) return TOKENIZER_ERR_NOMEM;
+    e->ids = p;
     e->ids[e->n_ids++] = id;
     return 0;
 }
@@ -319,9 +321,11 @@ char *tok__dup_n(const char *s, size_t n);
 const char *tok__jstr(const cJSON *o, const char *key);
 bool tok__jbool(const cJSON *o, const char *key, bool dflt);
 
-/* A Sequence component: f loads each element of arr into k->sub. */
-int tok__load_seq(loadctx *c, const cJSON *arr, component *k, int depth, component_loader f,
-                  const char *what);
+/* The start of every component loader (what: its name in messages): the
+ * "type" of j into *type and 1, or for a Sequence 0 once it is loaded here
+ * (the array under seq_key, each element by f), or a negative status. */
+int tok__load_type(loadctx *c, const cJSON *j, component *k, int depth, component_loader f,
+                   const char *what, const char *seq_key, const char **type);
 
 /* k->content = a copy of s (which must be present). */
 int tok__set_content(loadctx *c, component *k, const char *s);
