@@ -89,8 +89,11 @@ static bool single_word_ok(const char *s, size_t n, size_t st, size_t stop) {
 int tok__added_split(const tokenizer *t, const added_matcher *m, const char *s, size_t n,
                      seglist *out) {
     size_t start_offset = 0, i = 0;
-    while (m->any && i < n) {
-        int32_t hit = m->first_byte[(uint8_t)s[i]] ? longest_at(m, s, n, i) : -1;
+    if (!m->any) i = n;
+    while (i < n) {
+        while (i < n && !m->first_byte[(uint8_t)s[i]]) i++; /* the hot loop: kept tight */
+        if (i == n) break;
+        int32_t hit = longest_at(m, s, n, i);
         if (hit < 0) {
             i++;
             continue;
