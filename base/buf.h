@@ -4,6 +4,7 @@
 #ifndef BASE_BUF_H
 #define BASE_BUF_H
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,21 +13,40 @@ typedef struct {
     size_t len, cap;
 } strbuf;
 
-/* Appends n bytes; returns 0, or -1 out of memory (b unchanged). */
-static inline int strbuf_add(strbuf *b, const char *p, size_t n) {
-    if (!n) return 0;
+/* Makes room for n more bytes and the NUL, adding none: afterwards b->s is
+ * non-NULL and NUL-terminated at b->len, even for n = 0, and up to n bytes
+ * may be written at b->s + b->len directly. Returns 0, or -1 out of memory
+ * (b unchanged). */
+static inline int strbuf_reserve(strbuf *b, size_t n) {
     if (b->len + n + 1 > b->cap) {
-        size_t cap = (b->len + n + 1) * 2;
+        /* powers of two from 64: sizes malloc reuses well (encoding one
+         * 4 MB text over and over was 8% slower with twice the need) */
+        size_t cap = b->cap ? b->cap : 64;
+        while (cap < b->len + n + 1) {
+            if (cap > SIZE_MAX / 2) return -1;
+            cap *= 2;
+        }
         char *q = realloc(b->s, cap);
         if (!q) return -1;
         b->s = q;
         b->cap = cap;
     }
+    b->s[b->len] = 0;
+    return 0;
+}
+
+/* Appends n bytes; returns 0, or -1 out of memory (b unchanged). */
+static inline int strbuf_add(strbuf *b, const char *p, size_t n) {
+    if (!n) return 0;
+    if (strbuf_reserve(b, n)) return -1;
     memcpy(b->s + b->len, p, n);
     b->len += n;
     b->s[b->len] = 0;
     return 0;
 }
+
+/* Appends one byte; returns 0, or -1 out of memory (b unchanged). */
+static inline int strbuf_addc(strbuf *b, char c) { return strbuf_add(b, &c, 1); }
 
 /* Drops the first n bytes. */
 static inline void strbuf_drop(strbuf *b, size_t n) {

@@ -5,6 +5,7 @@
 #include "chat/chat_template.h"
 #include "engram/engram_lookup.h"
 #include "tokenizer/tokenizer.h"
+#include "base/utf8.h"
 #include "base/util.h"
 
 #include <errno.h>
@@ -66,16 +67,15 @@ static int hexval(int c) {
     return -1;
 }
 
+/* UTF-8 of cp (<= U+10FFFF); a lone surrogate, which base's utf8_encode
+ * refuses, gets its 3-byte (ill-formed) form so that encode rejects it. */
 static int put_utf8(char *o, unsigned cp) {
-    if (cp < 0x80) { o[0] = (char)cp; return 1; }
-    if (cp < 0x800) { o[0] = (char)(0xC0 | cp >> 6); o[1] = (char)(0x80 | (cp & 63)); return 2; }
-    if (cp < 0x10000) {
-        o[0] = (char)(0xE0 | cp >> 12); o[1] = (char)(0x80 | ((cp >> 6) & 63)); o[2] = (char)(0x80 | (cp & 63));
-        return 3;
-    }
-    o[0] = (char)(0xF0 | cp >> 18); o[1] = (char)(0x80 | ((cp >> 12) & 63));
-    o[2] = (char)(0x80 | ((cp >> 6) & 63)); o[3] = (char)(0x80 | (cp & 63));
-    return 4;
+    int m = utf8_encode((int32_t)cp, o);
+    if (m) return m;
+    o[0] = (char)(0xE0 | cp >> 12);
+    o[1] = (char)(0x80 | ((cp >> 6) & 63));
+    o[2] = (char)(0x80 | (cp & 63));
+    return 3;
 }
 
 /* Parses a JSON string literal at s (NUL bytes kept, unlike cJSON). Lone
@@ -310,6 +310,78 @@ static int run_vocab(const tokenizer *t) {
     return fflush(stdout) ? 1 : 0;
 }
 
+/* --engram-compress: the Engram compressed tokenizer as one JSON object. */
+static int run_compress(const tokenizer *t) {
+    char err[512];
+    int64_t *lookup, n, vc;
+    if (engram_lookup_build(t, &lookup, &n, &vc, err, sizeof err)) {
+        fprintf(stderr, "engram-tokenize: %s\n", err);
+        return 1;
+    }
+    printf("{\"vocab\": %lld, \"compressed\": %lld, \"lookup\": [", (long long)n, (long long)vc);
+    for (int64_t i = 0; i < n; i++) printf("%s%lld", i ? ", " : "", (long long)lookup[i]);
+    printf("]}\n");
+    free(lookup);
+    return 0;
+}
+
+/* --decode LIST: the text, or with --stream the pieces (print_stream).
+ * Returns the exit status (2 for a bad id list). */
+static int run_decode(const tokenizer *t, const char *list, bool skip_special, bool stream) {
+    int32_t *ids;
+    size_t n;
+    if (parse_ids(list, &ids, &n)) {
+        fprintf(stderr, "engram-tokenize: --decode: bad id list\n");
+        free(ids);
+        return 2;
+    }
+    char *out = NULL;
+    size_t len;
+    int rc;
+    if (stream) {
+        rc = print_stream(t, ids, n, skip_special);
+        fputc('\n', stdout);
+    } else
+        rc = tokenizer_decode(t, ids, n, skip_special, &out, &len);
+    free(ids);
+    if (rc) {
+        fprintf(stderr, "engram-tokenize: decode: %s\n", tokenizer_status_str(rc));
+        return 1;
+    }
+    if (!stream) {
+        fwrite(out, 1, len, stdout);
+        fputc('\n', stdout);
+        free(out);
+    }
+    return 0;
+}
+
+/* --text STR or --text-file F: the ids as a JSON array. */
+static int run_encode(const tokenizer *t, const char *text, const char *text_file, bool add_special) {
+    size_t len = 0;
+    char *buf = NULL;
+    if (text_file) {
+        char err[512];
+        buf = util_read_file(text_file, MAX_TEXT_FILE, &len, err, sizeof err);
+        if (!buf) {
+            fprintf(stderr, "engram-tokenize: %s\n", err);
+            return 1;
+        }
+    }
+    int32_t *ids;
+    size_t n;
+    int rc = tokenizer_encode(t, buf ? buf : text, buf ? len : strlen(text), add_special, &ids, &n);
+    free(buf);
+    if (rc) {
+        fprintf(stderr, "engram-tokenize: encode: %s\n", tokenizer_status_str(rc));
+        return 1;
+    }
+    json_put_ids(stdout, ids, n);
+    fputc('\n', stdout);
+    free(ids);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *dir = NULL, *text = NULL, *text_file = NULL, *decode = NULL, *chat = NULL, *tools = NULL,
                *extra = NULL;
@@ -356,78 +428,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, "engram-tokenize: %s\n", err);
         return 1;
     }
-    int status = 0;
-    if (compress) {
-        int64_t *lookup, n, vc;
-        if (engram_lookup_build(t, &lookup, &n, &vc, err, sizeof err)) {
-            fprintf(stderr, "engram-tokenize: %s\n", err);
-            status = 1;
-        } else {
-            printf("{\"vocab\": %lld, \"compressed\": %lld, \"lookup\": [", (long long)n, (long long)vc);
-            for (int64_t i = 0; i < n; i++) printf("%s%lld", i ? ", " : "", (long long)lookup[i]);
-            printf("]}\n");
-            free(lookup);
-        }
-    } else if (vocab) {
-        status = run_vocab(t);
-    } else if (jsonl) {
-        status = run_jsonl(t, add_special, skip_special, stream);
-    } else if (decode) {
-        int32_t *ids;
-        size_t n;
-        char *out;
-        size_t len;
-        if (parse_ids(decode, &ids, &n)) {
-            fprintf(stderr, "engram-tokenize: --decode: bad id list\n");
-            free(ids);
-            tokenizer_destroy(t);
-            return 2;
-        }
-        if (stream) {
-            rc = print_stream(t, ids, n, skip_special);
-            fputc('\n', stdout);
-            free(ids);
-            if (rc) {
-                fprintf(stderr, "engram-tokenize: decode: %s\n", tokenizer_status_str(rc));
-                status = 1;
-            }
-            tokenizer_destroy(t);
-            return status;
-        }
-        rc = tokenizer_decode(t, ids, n, skip_special, &out, &len);
-        free(ids);
-        if (rc) {
-            fprintf(stderr, "engram-tokenize: decode: %s\n", tokenizer_status_str(rc));
-            status = 1;
-        } else {
-            fwrite(out, 1, len, stdout);
-            fputc('\n', stdout);
-            free(out);
-        }
-    } else {
-        size_t len = 0;
-        char *buf = NULL;
-        if (text_file) {
-            buf = util_read_file(text_file, MAX_TEXT_FILE, &len, err, sizeof err);
-            if (!buf) {
-                fprintf(stderr, "engram-tokenize: %s\n", err);
-                tokenizer_destroy(t);
-                return 1;
-            }
-        }
-        int32_t *ids;
-        size_t n;
-        rc = tokenizer_encode(t, buf ? buf : text, buf ? len : strlen(text), add_special, &ids, &n);
-        free(buf);
-        if (rc) {
-            fprintf(stderr, "engram-tokenize: encode: %s\n", tokenizer_status_str(rc));
-            status = 1;
-        } else {
-            json_put_ids(stdout, ids, n);
-            fputc('\n', stdout);
-            free(ids);
-        }
-    }
+    int status;
+    if (compress) status = run_compress(t);
+    else if (vocab) status = run_vocab(t);
+    else if (jsonl) status = run_jsonl(t, add_special, skip_special, stream);
+    else if (decode) status = run_decode(t, decode, skip_special, stream);
+    else status = run_encode(t, text, text_file, add_special);
     tokenizer_destroy(t);
     return status;
 }

@@ -7,8 +7,8 @@
  * Character classes and normalization follow the Unicode version of the
  * system PCRE2 and utf8proc (14.0 on Debian 12); HF's own tables are newer,
  * so code points assigned after that version may split differently. */
-#ifndef ENGINE_TOKENIZER_H
-#define ENGINE_TOKENIZER_H
+#ifndef TOKENIZER_TOKENIZER_H
+#define TOKENIZER_TOKENIZER_H
 
 #include <stdbool.h>
 #include <stddef.h>
