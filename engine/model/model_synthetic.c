@@ -32,9 +32,14 @@
  *                     131072, rms_norm_eps 1e-5, tied, bos 128000, eos 128001
  *   meta-llama/Llama-3.1-8B  hidden 4096, intermediate 14336, 32 layers, 32/8 heads,
  *                     head_dim 128, rope_scaling llama3 factor 8, untied (else as 3.2-1B)
+ *   Qwen/Qwen3-30B-A3B  hidden 2048, intermediate 6144 (unused: every layer is sparse),
+ *                     48 layers, 32/4 heads, head_dim 128, 128 experts of moe_intermediate_size
+ *                     768, 8 per token, norm_topk_prob, decoder_sparse_step 1, no
+ *                     mlp_only_layers, untied (the other Qwen3 keys as for 0.6B)
  * None has attention or MLP biases. Published sizes (model cards): Qwen3 0.6B / 1.7B /
  * 4.0B / 8.2B total and 0.44B / 1.4B / 3.6B / 6.95B without embeddings; Llama-3.2-1B
- * 1.23B, Llama-3.1-8B 8.03B (tests/unit/test_model_synthetic.c checks them). */
+ * 1.23B, Llama-3.1-8B 8.03B, Qwen3-30B-A3B 30.5B total, 29.9B without embeddings
+ * (tests/unit/test_model_synthetic.c checks them). */
 typedef struct {
     const char *name, *hub;
     model_arch arch;
@@ -43,15 +48,17 @@ typedef struct {
     bool tie;
     double llama3_factor; /* 0: no rope scaling; else llama3 with low 1, high 4, original 8192 */
     int bos, eos;
+    int experts, topk, moe_inter; /* mixture of experts in every layer; 0: dense */
 } synth_shape;
 
 static const synth_shape shapes[] = {
-    {"qwen3-0.6b", "Qwen/Qwen3-0.6B", ARCH_QWEN3, 151936, 1024, 3072, 28, 16, 8, 128, 40960, 1e-6, 1e6, true, 0, 151643, 151645},
-    {"qwen3-1.7b", "Qwen/Qwen3-1.7B", ARCH_QWEN3, 151936, 2048, 6144, 28, 16, 8, 128, 40960, 1e-6, 1e6, true, 0, 151643, 151645},
-    {"qwen3-4b", "Qwen/Qwen3-4B", ARCH_QWEN3, 151936, 2560, 9728, 36, 32, 8, 128, 40960, 1e-6, 1e6, true, 0, 151643, 151645},
-    {"qwen3-8b", "Qwen/Qwen3-8B", ARCH_QWEN3, 151936, 4096, 12288, 36, 32, 8, 128, 40960, 1e-6, 1e6, false, 0, 151643, 151645},
-    {"llama3-1b", "meta-llama/Llama-3.2-1B", ARCH_LLAMA, 128256, 2048, 8192, 16, 32, 8, 64, 131072, 1e-5, 500000.0, true, 32.0, 128000, 128001},
-    {"llama3-8b", "meta-llama/Llama-3.1-8B", ARCH_LLAMA, 128256, 4096, 14336, 32, 32, 8, 128, 131072, 1e-5, 500000.0, false, 8.0, 128000, 128001},
+    {"qwen3-0.6b", "Qwen/Qwen3-0.6B", ARCH_QWEN3, 151936, 1024, 3072, 28, 16, 8, 128, 40960, 1e-6, 1e6, true, 0, 151643, 151645, 0, 0, 0},
+    {"qwen3-1.7b", "Qwen/Qwen3-1.7B", ARCH_QWEN3, 151936, 2048, 6144, 28, 16, 8, 128, 40960, 1e-6, 1e6, true, 0, 151643, 151645, 0, 0, 0},
+    {"qwen3-4b", "Qwen/Qwen3-4B", ARCH_QWEN3, 151936, 2560, 9728, 36, 32, 8, 128, 40960, 1e-6, 1e6, true, 0, 151643, 151645, 0, 0, 0},
+    {"qwen3-8b", "Qwen/Qwen3-8B", ARCH_QWEN3, 151936, 4096, 12288, 36, 32, 8, 128, 40960, 1e-6, 1e6, false, 0, 151643, 151645, 0, 0, 0},
+    {"llama3-1b", "meta-llama/Llama-3.2-1B", ARCH_LLAMA, 128256, 2048, 8192, 16, 32, 8, 64, 131072, 1e-5, 500000.0, true, 32.0, 128000, 128001, 0, 0, 0},
+    {"llama3-8b", "meta-llama/Llama-3.1-8B", ARCH_LLAMA, 128256, 4096, 14336, 32, 32, 8, 128, 131072, 1e-5, 500000.0, false, 8.0, 128000, 128001, 0, 0, 0},
+    {"qwen3-30b-a3b", "Qwen/Qwen3-30B-A3B", ARCH_QWEN3_MOE, 151936, 2048, 6144, 48, 32, 4, 128, 40960, 1e-6, 1e6, false, 0, 151643, 151645, 128, 8, 768},
 };
 #define N_SHAPES (sizeof(shapes) / sizeof(shapes[0]))
 
@@ -145,8 +152,15 @@ int model_synthetic_config(const char *spec, model_config *c, char *err, size_t 
         c->rope_high_freq_factor = 4.0;
         c->rope_original_max_pos = 8192;
     }
-    c->qk_norm = sh->arch == ARCH_QWEN3;
+    c->qk_norm = sh->arch == ARCH_QWEN3 || sh->arch == ARCH_QWEN3_MOE;
     c->tie_word_embeddings = sh->tie;
+    if (sh->experts) {
+        c->moe.n_experts = sh->experts;
+        c->moe.top_k = sh->topk;
+        c->moe.inter = sh->moe_inter;
+        c->moe.norm_topk_prob = true;
+        for (int i = 0; i < sh->layers; i++) c->moe.layer_moe[i] = true;
+    }
     c->bos_token_id = sh->bos;
     c->eos_token_ids[0] = sh->eos;
     c->n_eos = 1;
@@ -265,6 +279,17 @@ static void layout(model *m, arena *a) {
         place(a, &L->wk, kv, d);
         place(a, &L->wv, kv, d);
         place(a, &L->wo, d, q);
+        if (c->moe.layer_moe[i]) {
+            moe_weights *w = &m->moe[i];
+            place(a, &w->router, w->n_experts, d);
+            for (int e = 0; e < w->n_experts; e++) {
+                place(a, &w->gate[e], w->inter, d);
+                place(a, &w->up[e], w->inter, d);
+                place(a, &w->down[e], d, w->inter);
+            }
+            L->moe = w;
+            continue;
+        }
         place(a, &L->w_gate, ff, d);
         place(a, &L->w_up, ff, d);
         place(a, &L->w_down, d, ff);
@@ -285,6 +310,22 @@ static void fill_arena(const arena *a, uint64_t seed) {
         size_t off = (size_t)i * piece, len = a->used - off < piece ? a->used - off : piece;
         fill_bf16((uint16_t *)(a->base + off), len / 2, stream_start(seed, 0x5717u, (uint64_t)i));
     }
+}
+
+/* The experts' tables of weight views (filled by layout). */
+static int make_moe(model *m) {
+    const moe_config *mc = &m->cfg.moe;
+    if (!(m->moe = calloc((size_t)m->cfg.n_layers, sizeof(moe_weights)))) return MODEL_ERR_NOMEM;
+    for (int i = 0; i < m->cfg.n_layers; i++) {
+        moe_weights *w = &m->moe[i];
+        *w = (moe_weights){.scoring = MOE_SOFTMAX, .n_experts = mc->n_experts, .top_k = mc->top_k,
+                           .inter = mc->inter, .norm_topk = mc->norm_topk_prob};
+        if (!mc->layer_moe[i]) continue;
+        if (!(w->gate = calloc((size_t)mc->n_experts * 3, sizeof(weight)))) return MODEL_ERR_NOMEM;
+        w->up = w->gate + mc->n_experts;
+        w->down = w->up + mc->n_experts;
+    }
+    return MODEL_OK;
 }
 
 /* ---- Engram ---- */
@@ -522,7 +563,8 @@ int model_synthetic_ex(const char *spec, uint64_t seed, const model_synthetic_pa
     }
     snprintf(m->dir, dl, "synthetic:%s", spec);
     m->cfg = cfg;
-    if (!(m->layers = calloc((size_t)cfg.n_layers, sizeof(layer_weights)))) {
+    if (!(m->layers = calloc((size_t)cfg.n_layers, sizeof(layer_weights))) ||
+        (cfg.moe.n_experts && (rc = make_moe(m)))) {
         rc = MODEL_ERR_NOMEM;
         goto fail;
     }

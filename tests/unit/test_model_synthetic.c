@@ -36,6 +36,7 @@ static const struct {
     {"qwen3-8b", 8.2e9, 6.95e9, 0.1e9, 8190735360LL},
     {"llama3-1b", 1.23e9, 0, 0.01e9, 1235814400LL},
     {"llama3-8b", 8.03e9, 0, 0.01e9, 8030261248LL},
+    {"qwen3-30b-a3b", 30.5e9, 29.9e9, 0.1e9, 30532122624LL},
 };
 
 START_TEST(test_param_counts) {
@@ -187,6 +188,33 @@ START_TEST(test_full_model_runs) {
 }
 END_TEST
 
+/* The mixture-of-experts shape, one layer: its loaded weights count as its
+ * config says (every expert placed), and a token runs through router and
+ * experts to finite logits. */
+START_TEST(test_moe_layer_runs) {
+    backend *be = backend_cpu_create();
+    model *m = make("qwen3-30b-a3b+layers:1", 1);
+    model_config c;
+    char err[512];
+    ck_assert_int_eq(model_synthetic_config("qwen3-30b-a3b+layers:1", &c, err, sizeof(err)), MODEL_OK);
+    ck_assert_int_eq(model_param_count(m), model_config_param_count(&c));
+    ck_assert(m->layers[0].moe && m->layers[0].moe->n_experts == 128 && m->layers[0].moe->top_k == 8);
+    forward_ctx *fc = NULL;
+    ck_assert_int_eq(forward_ctx_create(m, be, 8, 1, &fc, err, sizeof(err)), FORWARD_OK);
+    forward_state *st = NULL;
+    ck_assert_int_eq(forward_state_create(fc, NULL, 8, &st), FORWARD_OK);
+    float *logits = malloc((size_t)m->cfg.vocab_size * sizeof(float));
+    int32_t ids[] = {7, 151935};
+    ck_assert_int_eq(forward_run(fc, st, ids, 2, logits, NULL), FORWARD_OK);
+    for (int i = 0; i < m->cfg.vocab_size; i++) ck_assert(isfinite(logits[i]));
+    free(logits);
+    forward_state_destroy(st);
+    forward_ctx_destroy(fc);
+    model_destroy(m);
+    backend_destroy(be);
+}
+END_TEST
+
 static char dir[] = "/tmp/test_model_synthetic.XXXXXX";
 static char tbl[300], stamp[320];
 
@@ -299,6 +327,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_bad_specs);
     tcase_add_test(tc, test_seeds);
     tcase_add_test(tc, test_full_model_runs);
+    tcase_add_test(tc, test_moe_layer_runs);
     tcase_add_test(tc, test_engram_table);
     suite_add_tcase(s, tc);
     return s;
