@@ -130,3 +130,52 @@ def test_disconnects_leave_no_blocks(tmp_path):
         wait_idle(s.url, timeout=1.5)
     finally:
         s.stop()
+
+
+def with_small_tokenizer(src, dst, vocab):
+    """A copy of a tokenizer-less fixture with a byte-level BPE of exactly `vocab`
+    ids trained by HF tokenizers (the server wants a tokenizer; prompts stay ids)."""
+    import shutil
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    shutil.copytree(src, dst)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator([" ".join(WORDS)] * 50, trainer)
+    assert tok.get_vocab_size() <= vocab
+    tok.save(str(dst / "tokenizer.json"))
+    return dst
+
+
+def test_moe_batch_invariance_chunked_and_preempted(tmp_path):
+    """A mixture-of-experts model (the Qwen3-MoE fixture, token-id prompts)
+    through the same scheduler: 16 concurrent requests give each one's greedy
+    output alone, with prompts in 5-token chunks and a KV cache small enough
+    that sequences are preempted and recomputed."""
+    from conftest import MODELS
+    moe = with_small_tokenizer(MODELS / "qwen3_moe", tmp_path / "moe", 512)
+    s = Server("--kv-cache-tokens", "160", "--kv-block-size", "16", "--max-num-seqs", "16", "--prefill-chunk", "5",
+               "--max-num-batched-tokens", "24", "--max-queued-requests", "64", model=moe)
+    try:
+        def ids(i):
+            return [(7 * i + 13 * k + 3) % 500 + 3 for k in range(4 + (i * 5) % 19)]
+
+        def run(p):
+            r = post(s.url, "/v1/completions", {"prompt": p, "max_tokens": 16, "temperature": 0,
+                                                "ignore_eos": True, "logprobs": 1})
+            assert r.status_code == 200, r.text
+            lp = r.json()["choices"][0]["logprobs"]
+            return lp["tokens"], lp["token_logprobs"]
+
+        prompts = [ids(i) for i in range(16)]
+        alone = [run(p) for p in prompts]
+        assert all(len(a[0]) == 16 for a in alone)
+        with ThreadPoolExecutor(16) as ex:
+            together = list(ex.map(run, prompts))
+        assert together == alone
+        text = wait_idle(s.url)
+        assert metric(text, "engram_num_preemptions_total") > 0
+    finally:
+        s.stop()
