@@ -2,7 +2,7 @@
  * layer's row ids out, history carried across chunks) on one thread, for the
  * demo layout (ENGRAM.md section 2, Vc 98627 = the DeepSeek-V3 tokenizer's)
  * and the DeepSeek-V4.1-Flash layout (section 7, Vc 99092, parsed by
- * engine/engram_v41). Uniform random compressed ids; the best of several runs;
+ * engram/engram_v41). Uniform random compressed ids; the best of several runs;
  * one line per config.
  *
  *   build/bench-hash [TOKENS] [RUNS] [CHUNK]   (default 1048576 7 4096) */

@@ -1,5 +1,5 @@
 /* engram-v41dump: hidden developer/test tool that exposes the DeepSeek-V4.1
- * Engram format (engine/engram_v41, engram/engram_fp8) to the differential
+ * Engram format (engram/engram_v41, engram/engram_fp8) to the differential
  * tests (tests/integration/test_engram_v41.py, test_badinput_engram_v41.py).
  * Not a user-facing command; its I/O formats serve the tests only:
  *   engram-v41dump config FILE [--tokenizer DIR] [--cids I,J,...]

@@ -2,7 +2,7 @@
 // angle = f32(pos) * inv_freq as transformers computes it), SwiGLU, residual
 // add, bias add, row scaling, dtype conversion to bf16, and row gathers with
 // widening (embedding, f32 rows, Engram table rows). Each mirrors its CPU
-// reference in engine/backend_cpu.c.
+// reference in engine/backend/cpu/backend_cpu.c.
 #include "kernels/kernels.h"
 
 #include <cuda_bf16.h>

@@ -1,7 +1,7 @@
 // Engram ops (ENGRAM.md section 6): the context gate and the depthwise causal
 // short conv with SiLU, on one sequence or on a step of several sequences
 // with per-sequence history. (Table row gathers are in elementwise.cu.) Each
-// mirrors its CPU reference in engine/backend_cpu.c.
+// mirrors its CPU reference in engine/backend/cpu/backend_cpu.c.
 #include "kernels/kernels.h"
 
 #include <cuda_runtime.h>
@@ -107,7 +107,7 @@ extern "C" int kernels_short_conv_batch_f32(float *out, const float *in, const f
 
 __device__ __forceinline__ float bits_f32(unsigned u) { return __uint_as_float(u); }
 
-/* The CPU's conversions, integer for integer (engine/numeric.h f16_to_f32,
+/* The CPU's conversions, integer for integer (base/numeric.h f16_to_f32,
  * engram/engram_fp8.c), so NaN payloads and subnormals come out the same. */
 __device__ float row_f16(unsigned short h) {
     unsigned sign = (unsigned)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;

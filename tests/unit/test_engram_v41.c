@@ -1,4 +1,4 @@
-/* Unit tests of engine/engram_v41: the production DeepSeek-V4.1-Flash config
+/* Unit tests of engram/engram_v41: the production DeepSeek-V4.1-Flash config
  * (tests/fixtures/deepseek_v41/config.json) gives table rows [384006168,
  * 384016682]; keys at top level work too; the derived ngram_hash_config; and
  * contradicting or malformed values refused with the key named. */
