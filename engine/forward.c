@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "engine/engram_step.h"
+#include "engine/forward_dsv4.h"
 
 const char *forward_status_str(int status) {
     switch (status) {
@@ -47,6 +48,8 @@ struct forward_ctx {
     int32_t *ids, *last, *next;
     int32_t *desc_i32;       /* pos, slot, tok_seq (T each); seq_start (S+1), seq_pos0 (S), block tables (S, max_blocks) */
     engram_step *eng;        /* the step's Engram work (engram_step.c); NULL without Engram */
+    dsv4_ctx *dsv4;          /* a DeepSeek-V4 model's own pass (forward_dsv4.c), else NULL */
+    dsv4_seq **dsv4_seqs;    /* host (S): the step's sequences' DeepSeek-V4 states */
     /* host mirrors */
     int32_t *h_i32;          /* like desc_i32 */
     int32_t *h_last;         /* (S) */
@@ -59,6 +62,7 @@ struct forward_state {
     kv_cache *own_kv;        /* kv when the state made it itself, else NULL */
     kv_seq seq;              /* block table of positions 0..pos-1 */
     engram_step_seq eng;     /* hash history and conv history, with Engram */
+    dsv4_seq *dsv4;          /* DeepSeek-V4 windows and compressed entries, or NULL */
 };
 
 /* Rope inverse frequencies as transformers computes them (f32), with linear
@@ -118,6 +122,8 @@ void forward_ctx_destroy(forward_ctx *fc) {
                    fc->moe_ids};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++) backend_free(be, dev[i]);
     engram_step_destroy(fc->eng);
+    dsv4_ctx_destroy(fc->dsv4);
+    free(fc->dsv4_seqs);
     free(fc->h_i32);
     free(fc->h_last);
     if (fc->bm) backend_release(be, fc->bm, fc->m);
@@ -131,6 +137,13 @@ int forward_ctx_create(model *m, backend *be, int max_tokens, int max_seqs, forw
     if (max_tokens < 1) max_tokens = 1;
     if (max_seqs < 1) max_seqs = 1;
     if (max_seqs > max_tokens) max_seqs = max_tokens;
+    if (c->arch == ARCH_DEEPSEEK_V4 && !(backend_has(be, dsv4_attention) && backend_has(be, dsv4_compress) &&
+                                         backend_has(be, dsv4_index) && backend_has(be, hc_split) &&
+                                         backend_has(be, moe_route))) {
+        snprintf(err, errlen, "the %s backend does not run DeepSeek-V4 models yet (use --device cpu)",
+                 backend_name(be));
+        return FORWARD_ERR_UNSUPPORTED;
+    }
     if (c->moe.n_experts && !(backend_has(be, moe_route) && backend_has(be, moe_experts))) {
         snprintf(err, errlen, "the %s backend does not run mixture-of-experts layers yet (use --device cpu)",
                  backend_name(be));
@@ -181,6 +194,9 @@ int forward_ctx_create(model *m, backend *be, int max_tokens, int max_seqs, forw
         forward_ctx_destroy(fc);
         return FORWARD_ERR_NOMEM;
     }
+    if (ok && c->arch == ARCH_DEEPSEEK_V4)
+        ok = dsv4_ctx_create(fc->bm, be, max_tokens, max_seqs, &fc->dsv4) == 0 &&
+             (fc->dsv4_seqs = calloc((size_t)max_seqs, sizeof(dsv4_seq *))) != NULL;
     /* block tables for 16-token blocks; forward_kv_cache_create widens them for smaller ones */
     if (ok) ok = ctx_alloc_desc(fc, (c->max_position_embeddings + 15) / 16 + 1) == 0;
     if (!ok) {
@@ -242,6 +258,10 @@ int forward_state_create(forward_ctx *fc, kv_cache *kv, int max_tokens, forward_
         return FORWARD_ERR_NOMEM;
     }
     if (!kv) s->kv = s->own_kv;
+    if (fc->dsv4 && dsv4_seq_create(fc->dsv4, max_tokens, &s->dsv4)) {
+        forward_state_destroy(s);
+        return FORWARD_ERR_NOMEM;
+    }
     if (fc->eng && engram_step_seq_init(fc->eng, &s->eng)) {
         forward_state_destroy(s);
         return FORWARD_ERR_NOMEM;
@@ -256,6 +276,7 @@ void forward_state_destroy(forward_state *s) {
     kv_cache_seq_destroy(s->kv, &s->seq);
     kv_cache_destroy(s->own_kv);
     engram_step_seq_free(s->fc->eng, &s->eng);
+    dsv4_seq_destroy(s->fc->dsv4, s->dsv4);
     free(s);
 }
 
@@ -478,7 +499,7 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
      * host time than such a step runs on a GPU. Larger steps hide the
      * launches behind their own work, and their batch changes too often for
      * a recording to pay. */
-    bool record = backend_has(be, step_begin) && !bm->engram && n_items <= STEP_RECORD_MAX_TOKENS;
+    bool record = backend_has(be, step_begin) && !bm->engram && !fc->dsv4 && n_items <= STEP_RECORD_MAX_TOKENS;
     for (int i = 0; i < n_items && record; i++) record = it[i].n == 1;
     int rc = plan_step(fc, it, n_items, &b, record);
     if (rc != FORWARD_OK) return rc;
@@ -493,6 +514,12 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
         if (backend_step_begin(be, key, sizeof(key))) goto issued;
     }
 
+    if (fc->dsv4) { /* DeepSeek-V4: its own pass and head (forward_dsv4.c) */
+        for (int i = 0; i < S; i++) fc->dsv4_seqs[i] = it[i].st->dsv4;
+        dsv4_forward(fc->dsv4, &b, fc->dsv4_seqs, fc->ids, fc->last, nl, fc->logits);
+        if (nl && any_argmax) backend_argmax(be, fc->next, fc->logits, nl, c->vocab_size);
+        goto issued;
+    }
     backend_embed(be, fc->x, &bm->embed, fc->ids, T);
     for (int l = 0; l < c->n_layers; l++) {
         const layer_weights *L = &bm->layers[l];

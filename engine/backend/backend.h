@@ -44,6 +44,18 @@ typedef struct {
     const int32_t *h_seq_start, *h_seq_pos0; /* host copies */
 } batch_desc;
 
+/* One DeepSeek-V4 layer's decode state of one sequence (DEEPSEEK_V4.md
+ * section 3), backend memory, owned by forward_dsv4.c. A position's rows are
+ * found by position, so the state needs no counters: after positions
+ * 0..P-1 the layer has floor(P / m) compressed entries. */
+typedef struct {
+    float *win;            /* (W, D) normed, rotated kv of the last W positions: position p at row p % W */
+    float *c_kv, *c_gate;  /* (2m, cw) compressor projections (before ape) of the last 2m positions, row p % 2m */
+    float *c_out;          /* (cap, D) compressed entries, entry w at row w (normed, rotated at w m) */
+    float *i_kv, *i_gate;  /* (2m, 2 dI) the indexer compressor's, likewise (CSA) */
+    float *i_out;          /* (cap, dI) index keys (CSA) */
+} dsv4_state;
+
 #define BACKEND_FETCH_CHANNELS 8 /* Engram layers with host tables, at most */
 
 typedef struct backend backend;
@@ -112,6 +124,47 @@ typedef struct backend_ops {
      * e = ids[t, i], from 0; each token's result independent of the others. */
     void (*moe_experts)(backend *be, float *out, const float *x, const int32_t *ids, const float *wts,
                         const moe_weights *moe, int T);
+
+    /* ---- DeepSeek-V4 (optional; DEEPSEEK_V4.md section 2; a model of this
+     * family runs only where all are set). st is a host array of the step's
+     * sequences' states of one layer, in batch order. ---- */
+    /* out (T, d) = x / sqrt(mean(x^2) + eps), no weight; out may alias x */
+    void (*rmsnorm_plain)(backend *be, float *out, const float *x, int T, int d, float eps);
+    /* A hyper-connection from mix (T, (2+N)N) = fn . rmsnorm_plain(X): post (T, N), comb (T, N, N)
+     * (softmax, + hc_eps, Sinkhorn with iters column and iters-1 row passes), x (T, d) = sum_j pre[j] X[j]
+     * with X (T, N, d). */
+    void (*hc_split)(backend *be, float *post, float *comb, float *x, const float *X, const float *mix,
+                     const float *base, const float *scale, int T, int N, int d, int iters, float hc_eps);
+    /* X[k] (T, N, d) = post[k] y + sum_j comb[j, k] X[j], y (T, d) */
+    void (*hc_merge)(backend *be, float *X, const float *y, const float *post, const float *comb, int T, int N, int d);
+    /* out (T, d) = sum_j (sigmoid(mix[j] scale[0] + base[j]) + hc_eps) X[j], mix (T, N) */
+    void (*hc_head)(backend *be, float *out, const float *X, const float *mix, const float *base, const float *scale,
+                    int T, int N, int d, float hc_eps);
+    /* In place on x (T, n_heads, hd): interleaved pairs of the last r channels of each head rotated by
+     * pos[t] * inv_freq (r/2); by minus that angle when inverse. */
+    void (*rope_tail)(backend *be, float *x, const int32_t *pos, int T, int n_heads, int hd, int r,
+                      const float *inv_freq, int inverse);
+    /* A compressor of rate m over the step's projections kv, gate (T, cw): every window that closes in the
+     * step becomes an entry (softmax over slots per channel with ape (m, cw), overlapping A/B halves when
+     * overlap (cw = 2 D), else cw = D; rmsnorm with norm (D); rope_tail at w m), written to the main
+     * (which 0: c_*) or indexer (which 1: i_*) state; then the last 2m projections go to the ring. */
+    void (*dsv4_compress)(backend *be, const float *kv, const float *gate, const batch_desc *b, dsv4_state *const *st,
+                          int which, int m, int D, int overlap, const float *ape, const float *norm, float eps, int r,
+                          const float *inv_freq);
+    /* The Lightning indexer: sel (T, K) = the top min(K, causal) entries w < floor((p+1)/m) by score
+     * sum_h wts[h] nI^-0.5 relu(q_h . key_w) dI^-0.5 (score descending, index ascending), -1 after;
+     * q (T, nI, dI) rotated, wts (T, nI). */
+    void (*dsv4_index)(backend *be, int32_t *sel, const float *q, const float *wts, const batch_desc *b,
+                       dsv4_state *const *st, int m, int K, int nI, int dI);
+    /* Attention of q (T, nh, D) over the window (the last W positions, the step's own kv (T, D) and the
+     * ring) and, with m > 0, compressed entries: those sel (T, K) names (CSA), or all w < floor((p+1)/m)
+     * (sel NULL: HCA); a sink logit per head; scale D^-0.5. out (T, nh, D). Then the ring takes the last
+     * W kv rows. */
+    void (*dsv4_attention)(backend *be, float *out, const float *q, const float *kv, const batch_desc *b,
+                           dsv4_state *const *st, int m, const int32_t *sel, int K, const float *sinks, int nh,
+                           int D, int W);
+    /* gate (n) = silu(min(gate, limit)) * clamp(up, -limit, limit) */
+    void (*swiglu_limit)(backend *be, float *gate, const float *up, size_t n, float limit);
 
     /* ---- Engram (ENGRAM.md section 6) ---- */
     /* out (T, H*D) = concatenation of table rows rows[t*H + h], as f32 */
@@ -384,6 +437,46 @@ static inline void backend_qk_rope_store(backend *be, float *q, const float *k, 
 static inline void backend_sample(backend *be, void *out, float *logits, const int32_t *desc, int n, int vocab,
                                   int stride, int n_cand) {
     be->ops->sample(be, out, logits, desc, n, vocab, stride, n_cand);
+}
+
+/* DeepSeek-V4 (backend_has(be, dsv4_attention) says whether the family runs here) */
+static inline void backend_rmsnorm_plain(backend *be, float *out, const float *x, int T, int d, float eps) {
+    be->ops->rmsnorm_plain(be, out, x, T, d, eps);
+}
+static inline void backend_hc_split(backend *be, float *post, float *comb, float *x, const float *X, const float *mix,
+                                    const float *base, const float *scale, int T, int N, int d, int iters,
+                                    float hc_eps) {
+    be->ops->hc_split(be, post, comb, x, X, mix, base, scale, T, N, d, iters, hc_eps);
+}
+static inline void backend_hc_merge(backend *be, float *X, const float *y, const float *post, const float *comb,
+                                    int T, int N, int d) {
+    be->ops->hc_merge(be, X, y, post, comb, T, N, d);
+}
+static inline void backend_hc_head(backend *be, float *out, const float *X, const float *mix, const float *base,
+                                   const float *scale, int T, int N, int d, float hc_eps) {
+    be->ops->hc_head(be, out, X, mix, base, scale, T, N, d, hc_eps);
+}
+static inline void backend_rope_tail(backend *be, float *x, const int32_t *pos, int T, int n_heads, int hd, int r,
+                                     const float *inv_freq, int inverse) {
+    be->ops->rope_tail(be, x, pos, T, n_heads, hd, r, inv_freq, inverse);
+}
+static inline void backend_dsv4_compress(backend *be, const float *kv, const float *gate, const batch_desc *b,
+                                         dsv4_state *const *st, int which, int m, int D, int overlap,
+                                         const float *ape, const float *norm, float eps, int r,
+                                         const float *inv_freq) {
+    be->ops->dsv4_compress(be, kv, gate, b, st, which, m, D, overlap, ape, norm, eps, r, inv_freq);
+}
+static inline void backend_dsv4_index(backend *be, int32_t *sel, const float *q, const float *wts,
+                                      const batch_desc *b, dsv4_state *const *st, int m, int K, int nI, int dI) {
+    be->ops->dsv4_index(be, sel, q, wts, b, st, m, K, nI, dI);
+}
+static inline void backend_dsv4_attention(backend *be, float *out, const float *q, const float *kv,
+                                          const batch_desc *b, dsv4_state *const *st, int m, const int32_t *sel,
+                                          int K, const float *sinks, int nh, int D, int W) {
+    be->ops->dsv4_attention(be, out, q, kv, b, st, m, sel, K, sinks, nh, D, W);
+}
+static inline void backend_swiglu_limit(backend *be, float *gate, const float *up, size_t n, float limit) {
+    be->ops->swiglu_limit(be, gate, up, n, limit);
 }
 
 #endif

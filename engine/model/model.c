@@ -45,6 +45,7 @@ static const struct {
     {"Qwen3ForCausalLM", "qwen3", ARCH_QWEN3},
     {"MistralForCausalLM", "mistral", ARCH_MISTRAL},
     {"Qwen3MoeForCausalLM", "qwen3_moe", ARCH_QWEN3_MOE},
+    {"DeepseekV4ForCausalLM", "deepseek_v4", ARCH_DEEPSEEK_V4},
 };
 
 /* Rope settings from either transformers-5 rope_parameters or the classic
@@ -121,9 +122,16 @@ int model_config_parse(const char *json, size_t len, const char *label, model_co
             found = (int)i;
     if (found < 0)
         CFG_FAIL("%s: unsupported architecture %s (supported: LlamaForCausalLM, Qwen2ForCausalLM, "
-                 "Qwen3ForCausalLM, MistralForCausalLM, Qwen3MoeForCausalLM)",
+                 "Qwen3ForCausalLM, MistralForCausalLM, Qwen3MoeForCausalLM, DeepseekV4ForCausalLM)",
                  label, arch ? arch : mtype ? mtype : "(none: no architectures or model_type)");
     c->arch = known_archs[found].id;
+    if (c->arch == ARCH_DEEPSEEK_V4) { /* its own keys (model_dsv4.c), then the shared token ids */
+        if (model__parse_dsv4_config(root, c, label, err, errlen)) {
+            rc = MODEL_ERR_CONFIG;
+            goto done;
+        }
+        goto token_ids;
+    }
 
     const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
     if (act && !(cJSON_IsString(act) && (strcmp(act->valuestring, "silu") == 0 ||
@@ -184,6 +192,7 @@ int model_config_parse(const char *json, size_t len, const char *label, model_co
         CFG_FAIL("%s: use_sliding_window is not supported for this architecture", label);
     }
 
+token_ids:
     c->bos_token_id = -1;
     const cJSON *bos = cJSON_GetObjectItemCaseSensitive(root, "bos_token_id");
     if (cJSON_IsNumber(bos) && bos->valuedouble >= 0 && bos->valuedouble < c->vocab_size)
@@ -195,8 +204,8 @@ int model_config_parse(const char *json, size_t len, const char *label, model_co
         for (const cJSON *e = eos->child; e && c->n_eos < MODEL_MAX_EOS; e = e->next)
             if (cJSON_IsNumber(e) && e->valuedouble >= 0 && e->valuedouble < c->vocab_size)
                 c->eos_token_ids[c->n_eos++] = (int)e->valuedouble;
-    if (model__parse_moe_config(root, c, label, err, errlen) ||
-        model__parse_engram_config(root, c, label, err, errlen))
+    if (c->arch != ARCH_DEEPSEEK_V4 && (model__parse_moe_config(root, c, label, err, errlen) ||
+                                        model__parse_engram_config(root, c, label, err, errlen)))
         rc = MODEL_ERR_CONFIG;
 done:
     cJSON_Delete(root);
@@ -363,6 +372,10 @@ int model_load(const char *dir, model **out, char *err, size_t errlen) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    if (c->arch == ARCH_DEEPSEEK_V4) { /* its own names and tensors (model_dsv4.c) */
+        if ((rc = model__load_dsv4(m, err, errlen))) goto fail;
+        goto loaded;
+    }
     if ((rc = model__load_matrix(m, "model.embed_tokens.weight", c->vocab_size, c->hidden_size, &m->embed, err, errlen)) ||
         (rc = model__load_vector(m, "model.norm.weight", c->hidden_size, &m->final_norm, err, errlen)))
         goto fail;
@@ -378,6 +391,7 @@ int model_load(const char *dir, model **out, char *err, size_t errlen) {
     for (int i = 0; i < c->n_layers; i++)
         if ((rc = load_layer(m, i, err, errlen))) goto fail;
     if (c->engram.present && (rc = model__load_engram(m, err, errlen))) goto fail;
+loaded:
 
     for (int i = 0; i < n_names; i++) free(names[i]);
     free(names);
@@ -396,6 +410,7 @@ void model_destroy(model *m) {
     free(m->files);
     model__destroy_engram(m->engram);
     model__destroy_moe(m);
+    model__destroy_dsv4(m);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     free(m->layers);

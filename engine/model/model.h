@@ -25,7 +25,7 @@ typedef enum {
 
 const char *model_status_str(int status);
 
-typedef enum { ARCH_LLAMA, ARCH_QWEN2, ARCH_QWEN3, ARCH_MISTRAL, ARCH_QWEN3_MOE } model_arch;
+typedef enum { ARCH_LLAMA, ARCH_QWEN2, ARCH_QWEN3, ARCH_MISTRAL, ARCH_QWEN3_MOE, ARCH_DEEPSEEK_V4 } model_arch;
 typedef enum { ROPE_DEFAULT, ROPE_LINEAR, ROPE_LLAMA3 } rope_type;
 
 #define MODEL_MAX_EOS 8
@@ -54,8 +54,32 @@ typedef struct {
 /* How a mixture-of-experts router turns its logits into the experts and
  * weights of a token (moe_weights). */
 typedef enum {
-    MOE_SOFTMAX, /* Qwen3-MoE: softmax in f32, top-k by probability, optional renormalisation */
+    MOE_SOFTMAX,      /* Qwen3-MoE: softmax in f32, top-k by probability, optional renormalisation */
+    MOE_SQRTSOFTPLUS, /* DeepSeek-V4 learned: s = sqrt(softplus(l)), top-k of s + bias, weights s renormalised */
+    MOE_HASH,         /* DeepSeek-V4 hash: experts tid2eid[token], weights s = sqrt(softplus(l)) renormalised */
 } moe_scoring;
+
+/* DeepSeek-V4 attention kind of a layer (DEEPSEEK_V4.md 1.2). */
+typedef enum { DSV4_SLIDING, DSV4_CSA, DSV4_HCA } dsv4_attn_kind;
+
+/* The DeepSeek-V4 keys of config.json (DEEPSEEK_V4.md section 1), resolved
+ * per layer whichever config style the file uses. */
+typedef struct {
+    int hc_mult, hc_iters;      /* N streams, Sinkhorn iterations */
+    float hc_eps;
+    int q_lora_rank, o_groups, o_lora_rank;
+    int rope_dim;               /* r = int(head_dim * partial_rotary_factor): rotary channels at each head's end */
+    int index_n_heads, index_head_dim, index_topk;
+    float routed_scaling, swiglu_limit;
+    double main_theta;          /* sliding layers: default rope */
+    double comp_theta;          /* CSA/HCA layers: default or YaRN */
+    bool comp_yarn;
+    double yarn_factor, yarn_beta_fast, yarn_beta_slow;
+    int yarn_original_max_pos;
+    dsv4_attn_kind attn[MODEL_MAX_LAYERS];
+    int rate[MODEL_MAX_LAYERS];   /* compression rate m of CSA/HCA layers, 0 for sliding ones */
+    bool hash_moe[MODEL_MAX_LAYERS];
+} dsv4_config;
 
 /* The mixture-of-experts keys of config.json (Qwen3-MoE). */
 typedef struct {
@@ -95,6 +119,7 @@ typedef struct {
     int n_eos;
     moe_config moe;
     engram_config engram;
+    dsv4_config dsv4; /* ARCH_DEEPSEEK_V4 only */
 } model_config;
 
 /* Parses config.json text (untrusted). `label` names the file in messages.
@@ -148,7 +173,39 @@ typedef struct {
     bool norm_topk;   /* renormalise the chosen weights */
     weight router;    /* (n_experts, d) */
     weight *gate, *up, *down; /* (n_experts) each: (inter, d) (inter, d) (d, inter) */
+    /* DeepSeek-V4 (zero / NULL elsewhere) */
+    const float *bias;        /* (n_experts) selection-only bias (MOE_SQRTSOFTPLUS) */
+    const int32_t *tid2eid;   /* (tid_rows, top_k) experts of each token id (MOE_HASH) */
+    int tid_rows;
+    float routed_scaling;     /* multiplies the routed weights; 0 means 1 */
+    float swiglu_limit;       /* gate clamped above, up to [-limit, limit]; 0: no clamp */
+    bool shared;              /* a shared expert of width inter, added unweighted */
+    weight sh_gate, sh_up, sh_down; /* (inter, d) (inter, d) (d, inter) */
 } moe_weights;
+
+/* A DeepSeek-V4 compressor (DEEPSEEK_V4.md 2.5): width cw = 2 D (CSA, overlapping) or D (HCA). */
+typedef struct {
+    weight wkv, wgate;  /* (cw, d) each */
+    const float *ape;   /* (m, cw) position bias */
+    const float *norm;  /* (D) */
+} dsv4_compressor;
+
+/* One DeepSeek-V4 layer beyond layer_weights' attn_norm, ffn_norm and moe. */
+typedef struct {
+    weight hc_attn_fn, hc_ffn_fn;           /* ((2+N)N, N d) */
+    const float *hc_attn_base, *hc_attn_scale, *hc_ffn_base, *hc_ffn_scale; /* ((2+N)N), (3) */
+    weight wq_a, wq_b, wkv, wo_a, wo_b;     /* (Q, d) (nh D, Q) (D, d) (G R, nh D / G) (d, G R) */
+    const float *q_norm, *kv_norm, *sinks;  /* (Q) (D) (nh) */
+    dsv4_compressor comp;                   /* CSA/HCA */
+    dsv4_compressor icomp;                  /* CSA: the indexer's, at width 2 dI */
+    weight iwq_b, iweights;                 /* CSA: (nI dI, Q), (nI, d) */
+} dsv4_layer;
+
+typedef struct {
+    dsv4_layer *layers;                     /* (n_layers) */
+    weight hc_head_fn;                      /* (N, N d) */
+    const float *hc_head_base, *hc_head_scale; /* (N), (1) */
+} dsv4_weights;
 
 typedef struct {
     const float *attn_norm;      /* (d) */
@@ -172,6 +229,7 @@ struct model {
     layer_weights *layers;    /* (n_layers) */
     moe_weights *moe;         /* (n_layers), allocated for a model with experts; layers point into it */
     model_engram *engram;     /* NULL for a model without Engram */
+    dsv4_weights *dsv4;       /* DeepSeek-V4's own tensors, or NULL */
     /* ownership */
     safetensors **files;
     int n_files;

@@ -50,4 +50,10 @@ int model__parse_moe_config(const cJSON *root, model_config *c, const char *labe
 int model__load_moe_layer(model *m, int i, char *err, size_t errlen);
 void model__destroy_moe(model *m); /* frees m->moe */
 
+/* model_dsv4.c: DeepSeek-V4's config.json keys (all of model_config for this
+ * architecture), and its weights into m->dsv4, m->moe and the layers. */
+int model__parse_dsv4_config(const cJSON *root, model_config *c, const char *label, char *err, size_t errlen);
+int model__load_dsv4(model *m, char *err, size_t errlen);
+void model__destroy_dsv4(model *m); /* frees m->dsv4 */
+
 #endif

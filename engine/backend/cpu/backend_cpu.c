@@ -17,6 +17,7 @@
 #include <sys/mman.h>
 
 #include "engine/backend/backend.h"
+#include "engine/backend/cpu/cpu_internal.h"
 #include "engine/model/dtype.h"
 #include "engram/store.h"
 #include "base/util.h"
@@ -288,12 +289,54 @@ static void cpu_add(backend *be, float *x, const float *y, size_t n) {
  * their sum (added largest first) when norm_topk; then the chosen experts
  * sorted by id, so that moe_experts adds them in the order transformers'
  * index_add does. */
+/* DeepSeek-V4's routers (MOD:1085-1130): s = sqrt(softplus(l)) (softplus is
+ * l itself above 20, as torch's); the experts tid2eid[token] (hash) or the
+ * top_k of s + bias, the lower id first among equals (learned); weights s
+ * renormalised with 1e-20 and scaled. */
+/* The chosen experts (and their weights) in ascending id. */
+static void sort_by_id(int32_t *id, float *w, int k) {
+    for (int i = 1; i < k; i++)
+        for (int j = i; j > 0 && id[j - 1] > id[j]; j--) {
+            int32_t ti = id[j];
+            float tw = w[j];
+            id[j] = id[j - 1], w[j] = w[j - 1];
+            id[j - 1] = ti, w[j - 1] = tw;
+        }
+}
+
+static void route_dsv4(int32_t *id, float *w, const float *l, int32_t token, const moe_weights *moe) {
+    int E = moe->n_experts, k = moe->top_k;
+    float s[MODEL_MAX_EXPERTS], sum = 0.0f;
+    for (int e = 0; e < E; e++) s[e] = sqrtf(l[e] > 20.0f ? l[e] : log1pf(expf(l[e])));
+    for (int i = 0; i < k; i++) {
+        if (moe->scoring == MOE_HASH) {
+            id[i] = moe->tid2eid[(size_t)token * k + i];
+        } else {
+            int best = -1;
+            for (int e = 0; e < E; e++) {
+                bool taken = false;
+                for (int j = 0; j < i && !taken; j++) taken = id[j] == e;
+                if (!taken && (best < 0 || s[e] + moe->bias[e] > s[best] + moe->bias[best])) best = e;
+            }
+            id[i] = best;
+        }
+        w[i] = s[id[i]];
+        sum += w[i];
+    }
+    for (int i = 0; i < k; i++) w[i] = w[i] / (sum + 1e-20f) * moe->routed_scaling;
+}
+
 static void cpu_moe_route(backend *be, int32_t *ids, float *wts, const float *logits, const int32_t *tokens,
                           const moe_weights *moe, int T) {
     int E = moe->n_experts, k = moe->top_k;
 #pragma omp parallel for schedule(static)
     for (int t = 0; t < T; t++) {
         const float *l = logits + (size_t)t * E;
+        if (moe->scoring != MOE_SOFTMAX) {
+            route_dsv4(ids + (size_t)t * k, wts + (size_t)t * k, l, tokens[t], moe);
+            sort_by_id(ids + (size_t)t * k, wts + (size_t)t * k, k);
+            continue;
+        }
         float p[MODEL_MAX_EXPERTS], mx = -INFINITY, sum = 0.0f;
         for (int e = 0; e < E; e++) mx = l[e] > mx ? l[e] : mx;
         for (int e = 0; e < E; e++) sum += p[e] = expf(l[e] - mx);
@@ -313,13 +356,7 @@ static void cpu_moe_route(backend *be, int32_t *ids, float *wts, const float *lo
         }
         if (moe->norm_topk)
             for (int i = 0; i < k; i++) w[i] /= chosen;
-        for (int i = 1; i < k; i++) /* by expert id */
-            for (int j = i; j > 0 && id[j - 1] > id[j]; j--) {
-                int32_t ti = id[j];
-                float tw = w[j];
-                id[j] = id[j - 1], w[j] = w[j - 1];
-                id[j - 1] = ti, w[j - 1] = tw;
-            }
+        sort_by_id(id, w, k);
     }
 }
 
@@ -350,7 +387,10 @@ static void cpu_moe_experts(backend *be, float *out, const float *x, const int32
         for (int j = 0; j < n; j++) memcpy(xs + (size_t)j * d, x + (size_t)tok[j] * d, (size_t)d * sizeof(float));
         cpu_matmul(be, g, xs, &moe->gate[e], NULL, n);
         cpu_matmul(be, u, xs, &moe->up[e], NULL, n);
-        cpu_swiglu(be, g, u, (size_t)n * I);
+        if (moe->swiglu_limit > 0.0f)
+            cpu__swiglu_limit(be, g, u, (size_t)n * I, moe->swiglu_limit);
+        else
+            cpu_swiglu(be, g, u, (size_t)n * I);
         cpu_matmul(be, y, g, &moe->down[e], NULL, n);
         for (int j = 0; j < n; j++) {
             float *o = out + (size_t)tok[j] * d;
@@ -574,6 +614,15 @@ static const backend_ops cpu_ops = {
     .decode_rows = cpu_decode_rows,
     .scatter_rows = cpu_scatter_rows,
     .sample = cpu_sample,
+    .rmsnorm_plain = cpu__rmsnorm_plain,
+    .hc_split = cpu__hc_split,
+    .hc_merge = cpu__hc_merge,
+    .hc_head = cpu__hc_head,
+    .rope_tail = cpu__rope_tail,
+    .dsv4_compress = cpu__dsv4_compress,
+    .dsv4_index = cpu__dsv4_index,
+    .dsv4_attention = cpu__dsv4_attention,
+    .swiglu_limit = cpu__swiglu_limit,
 };
 
 backend *backend_cpu_create(void) {

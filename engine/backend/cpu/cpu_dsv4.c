@@ -1,0 +1,265 @@
+/* The CPU reference of the DeepSeek-V4 ops (backend.h, DEEPSEEK_V4.md section
+ * 2): hyper-connections with Sinkhorn, the interleaved tail rope, the
+ * compressors, the Lightning indexer and the window + compressed attention
+ * with sinks. f32, each token's row computed alone (batch invariance). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/backend/cpu/cpu_internal.h"
+
+static float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+void cpu__rmsnorm_plain(backend *be, float *out, const float *x, int T, int d, float eps) {
+    (void)be;
+    for (int t = 0; t < T; t++) {
+        const float *xt = x + (size_t)t * d;
+        float *ot = out + (size_t)t * d;
+        double ss = 0.0;
+        for (int i = 0; i < d; i++) ss += (double)xt[i] * xt[i];
+        float scale = 1.0f / sqrtf((float)(ss / d) + eps);
+        for (int i = 0; i < d; i++) ot[i] = xt[i] * scale;
+    }
+}
+
+/* The order of MOD:956-995: every hc_eps where transformers puts it. */
+void cpu__hc_split(backend *be, float *post, float *comb, float *x, const float *X, const float *mix,
+                   const float *base, const float *scale, int T, int N, int d, int iters, float hc_eps) {
+    (void)be;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        const float *a = mix + (size_t)t * (2 + N) * N, *Xt = X + (size_t)t * N * d;
+        float pre[16], *po = post + (size_t)t * N, *C = comb + (size_t)t * N * N;
+        for (int j = 0; j < N; j++) {
+            pre[j] = sigmoidf(a[j] * scale[0] + base[j]) + hc_eps;
+            po[j] = 2.0f * sigmoidf(a[N + j] * scale[1] + base[N + j]);
+        }
+        for (int j = 0; j < N; j++) { /* softmax over k of row j */
+            float *row = C + j * N, mx = -INFINITY, sum = 0.0f;
+            for (int k = 0; k < N; k++) {
+                row[k] = a[2 * N + j * N + k] * scale[2] + base[2 * N + j * N + k];
+                mx = row[k] > mx ? row[k] : mx;
+            }
+            for (int k = 0; k < N; k++) sum += row[k] = expf(row[k] - mx);
+            for (int k = 0; k < N; k++) row[k] = row[k] / sum + hc_eps;
+        }
+        for (int it = 0; it < iters; it++) {
+            if (it > 0)
+                for (int j = 0; j < N; j++) { /* rows */
+                    float s = 0.0f;
+                    for (int k = 0; k < N; k++) s += C[j * N + k];
+                    for (int k = 0; k < N; k++) C[j * N + k] /= s + hc_eps;
+                }
+            for (int k = 0; k < N; k++) { /* columns */
+                float s = 0.0f;
+                for (int j = 0; j < N; j++) s += C[j * N + k];
+                for (int j = 0; j < N; j++) C[j * N + k] /= s + hc_eps;
+            }
+        }
+        float *xt = x + (size_t)t * d;
+        for (int i = 0; i < d; i++) {
+            float s = 0.0f;
+            for (int j = 0; j < N; j++) s += pre[j] * Xt[(size_t)j * d + i];
+            xt[i] = s;
+        }
+    }
+}
+
+void cpu__hc_merge(backend *be, float *X, const float *y, const float *post, const float *comb, int T, int N, int d) {
+    (void)be;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        float *Xt = X + (size_t)t * N * d, col[16];
+        const float *po = post + (size_t)t * N, *C = comb + (size_t)t * N * N, *yt = y + (size_t)t * d;
+        for (int i = 0; i < d; i++) {
+            for (int j = 0; j < N; j++) col[j] = Xt[(size_t)j * d + i];
+            for (int k = 0; k < N; k++) {
+                float s = 0.0f;
+                for (int j = 0; j < N; j++) s += C[j * N + k] * col[j];
+                Xt[(size_t)k * d + i] = po[k] * yt[i] + s;
+            }
+        }
+    }
+}
+
+void cpu__hc_head(backend *be, float *out, const float *X, const float *mix, const float *base, const float *scale,
+                  int T, int N, int d, float hc_eps) {
+    (void)be;
+    for (int t = 0; t < T; t++) {
+        float pre[16];
+        const float *Xt = X + (size_t)t * N * d;
+        for (int j = 0; j < N; j++) pre[j] = sigmoidf(mix[(size_t)t * N + j] * scale[0] + base[j]) + hc_eps;
+        for (int i = 0; i < d; i++) {
+            float s = 0.0f;
+            for (int j = 0; j < N; j++) s += pre[j] * Xt[(size_t)j * d + i];
+            out[(size_t)t * d + i] = s;
+        }
+    }
+}
+
+/* Interleaved pairs (c0, c0+1), c0 = hd - r + 2j, as MOD:345-369 rotates them. */
+static void rope_row(float *x, int n_heads, int hd, int r, int pos, const float *inv_freq, int inverse) {
+    for (int j = 0; j < r / 2; j++) {
+        float a = (float)pos * inv_freq[j], c = cosf(a), s = sinf(a);
+        if (inverse) s = -s;
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + (size_t)h * hd + hd - r + 2 * j, x0 = v[0], x1 = v[1];
+            v[0] = x0 * c - x1 * s;
+            v[1] = x1 * c + x0 * s;
+        }
+    }
+}
+
+void cpu__rope_tail(backend *be, float *x, const int32_t *pos, int T, int n_heads, int hd, int r,
+                    const float *inv_freq, int inverse) {
+    (void)be;
+    for (int t = 0; t < T; t++) rope_row(x + (size_t)t * n_heads * hd, n_heads, hd, r, pos[t], inv_freq, inverse);
+}
+
+/* Rows of position p of sequence s: the step's own (p >= pos0) or the ring's. */
+static const float *row_at(const float *step, const float *ring, int cap, int cw, int start, int pos0, int p) {
+    return p >= pos0 ? step + (size_t)(start + p - pos0) * cw : ring + (size_t)(p % cap) * cw;
+}
+
+void cpu__dsv4_compress(backend *be, const float *kv, const float *gate, const batch_desc *b, dsv4_state *const *st,
+                        int which, int m, int D, int overlap, const float *ape, const float *norm, float eps, int r,
+                        const float *inv_freq) {
+    int cw = overlap ? 2 * D : D, cap = 2 * m;
+    for (int s = 0; s < b->n_seqs; s++) {
+        float *rk = which ? st[s]->i_kv : st[s]->c_kv, *rg = which ? st[s]->i_gate : st[s]->c_gate;
+        float *out = which ? st[s]->i_out : st[s]->c_out;
+        int start = b->h_seq_start[s], pos0 = b->h_seq_pos0[s], P = pos0 + b->h_seq_start[s + 1] - start;
+#pragma omp parallel for schedule(static)
+        for (int w = pos0 / m; w < P / m; w++) {
+            float *e = out + (size_t)w * D;
+            for (int c = 0; c < D; c++) {
+                float g[256], v[256], mx = -INFINITY, sum = 0.0f, acc = 0.0f; /* 2m slots; m <= 128 */
+                int n = 0;
+                if (overlap && w > 0)
+                    for (int i = 0; i < m; i++, n++) { /* A halves of window w-1 */
+                        int p = (w - 1) * m + i;
+                        v[n] = row_at(kv, rk, cap, cw, start, pos0, p)[c];
+                        g[n] = row_at(gate, rg, cap, cw, start, pos0, p)[c] + ape[(size_t)i * cw + c];
+                    }
+                for (int i = 0; i < m; i++, n++) { /* B halves (or the whole row) of window w */
+                    int p = w * m + i, o = overlap ? D : 0;
+                    v[n] = row_at(kv, rk, cap, cw, start, pos0, p)[o + c];
+                    g[n] = row_at(gate, rg, cap, cw, start, pos0, p)[o + c] + ape[(size_t)i * cw + o + c];
+                }
+                for (int i = 0; i < n; i++) mx = g[i] > mx ? g[i] : mx;
+                for (int i = 0; i < n; i++) sum += g[i] = expf(g[i] - mx);
+                for (int i = 0; i < n; i++) acc += v[i] * (g[i] / sum);
+                e[c] = acc;
+            }
+            double ss = 0.0;
+            for (int c = 0; c < D; c++) ss += (double)e[c] * e[c];
+            float sc = 1.0f / sqrtf((float)(ss / D) + eps);
+            for (int c = 0; c < D; c++) e[c] = norm[c] * (e[c] * sc);
+            rope_row(e, 1, D, r, w * m, inv_freq, 0);
+        }
+        for (int p = P - cap > pos0 ? P - cap : pos0; p < P; p++) {
+            memcpy(rk + (size_t)(p % cap) * cw, kv + (size_t)(start + p - pos0) * cw, (size_t)cw * sizeof(float));
+            memcpy(rg + (size_t)(p % cap) * cw, gate + (size_t)(start + p - pos0) * cw, (size_t)cw * sizeof(float));
+        }
+    }
+}
+
+typedef struct {
+    float score;
+    int idx;
+} scored;
+
+/* Score descending, then index ascending: the oldest block wins a tie. */
+static int scored_cmp(const void *a, const void *b) {
+    const scored *x = a, *y = b;
+    if (x->score != y->score) return x->score > y->score ? -1 : 1;
+    return x->idx - y->idx;
+}
+
+void cpu__dsv4_index(backend *be, int32_t *sel, const float *q, const float *wts, const batch_desc *b,
+                     dsv4_state *const *st, int m, int K, int nI, int dI) {
+    (void)be;
+    float qs = 1.0f / sqrtf((float)dI), ws = 1.0f / sqrtf((float)nI);
+#pragma omp parallel for schedule(dynamic)
+    for (int t = 0; t < b->n_tokens; t++) {
+        int s = b->tok_seq[t], n = (b->pos[t] + 1) / m;
+        int32_t *out = sel + (size_t)t * K;
+        for (int i = 0; i < K; i++) out[i] = -1;
+        if (n == 0) continue;
+        scored *sc = malloc((size_t)n * sizeof(scored));
+        if (!sc) abort(); /* host scratch: fatal, as in matmul */
+        const float *keys = st[s]->i_out, *qt = q + (size_t)t * nI * dI, *wt = wts + (size_t)t * nI;
+        for (int w = 0; w < n; w++) {
+            float total = 0.0f;
+            for (int h = 0; h < nI; h++) {
+                float dot = 0.0f;
+                for (int c = 0; c < dI; c++) dot += qt[(size_t)h * dI + c] * keys[(size_t)w * dI + c];
+                total += (dot > 0.0f ? dot : 0.0f) * qs * (wt[h] * ws);
+            }
+            sc[w] = (scored){total, w};
+        }
+        if (n > K) qsort(sc, (size_t)n, sizeof(scored), scored_cmp);
+        for (int i = 0; i < n && i < K; i++) out[i] = sc[i].idx;
+        free(sc);
+    }
+}
+
+void cpu__dsv4_attention(backend *be, float *out, const float *q, const float *kv, const batch_desc *b,
+                         dsv4_state *const *st, int m, const int32_t *sel, int K, const float *sinks, int nh, int D,
+                         int W) {
+    (void)be;
+    float scale = 1.0f / sqrtf((float)D);
+    size_t most = (size_t)W + (m ? (size_t)(sel ? K : b->max_ctx / m + 1) : 0);
+#pragma omp parallel
+    {
+        float *l = malloc(most * sizeof(float));
+        const float **rows = malloc(most * sizeof(float *));
+        if (!l || !rows) abort(); /* host scratch: fatal, as in matmul */
+#pragma omp for schedule(dynamic)
+        for (int t = 0; t < b->n_tokens; t++) {
+            int s = b->tok_seq[t], p = b->pos[t], pos0 = b->h_seq_pos0[s], start = b->h_seq_start[s], n = 0;
+            for (int j = p - W + 1 > 0 ? p - W + 1 : 0; j <= p; j++)
+                rows[n++] = row_at(kv, st[s]->win, W, D, start, pos0, j);
+            if (m && sel) {
+                for (int i = 0; i < K; i++)
+                    if (sel[(size_t)t * K + i] >= 0) rows[n++] = st[s]->c_out + (size_t)sel[(size_t)t * K + i] * D;
+            } else if (m) {
+                for (int w = 0; w < (p + 1) / m; w++) rows[n++] = st[s]->c_out + (size_t)w * D;
+            }
+            for (int h = 0; h < nh; h++) {
+                const float *qh = q + ((size_t)t * nh + h) * D;
+                float mx = sinks[h], sum;
+                for (int i = 0; i < n; i++) {
+                    float dot = 0.0f;
+                    for (int c = 0; c < D; c++) dot += qh[c] * rows[i][c];
+                    l[i] = dot * scale;
+                    mx = l[i] > mx ? l[i] : mx;
+                }
+                sum = expf(sinks[h] - mx);
+                for (int i = 0; i < n; i++) sum += l[i] = expf(l[i] - mx);
+                float *o = out + ((size_t)t * nh + h) * D;
+                memset(o, 0, (size_t)D * sizeof(float));
+                for (int i = 0; i < n; i++) {
+                    float pr = l[i] / sum;
+                    for (int c = 0; c < D; c++) o[c] += pr * rows[i][c];
+                }
+            }
+        }
+        free(l);
+        free(rows);
+    }
+    for (int s = 0; s < b->n_seqs; s++) { /* the ring keeps the last W positions */
+        int start = b->h_seq_start[s], pos0 = b->h_seq_pos0[s], P = pos0 + b->h_seq_start[s + 1] - start;
+        for (int p = P - W > pos0 ? P - W : pos0; p < P; p++)
+            memcpy(st[s]->win + (size_t)(p % W) * D, kv + (size_t)(start + p - pos0) * D, (size_t)D * sizeof(float));
+    }
+}
+
+void cpu__swiglu_limit(backend *be, float *gate, const float *up, size_t n, float limit) {
+    (void)be;
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i] > limit ? limit : gate[i];
+        float u = up[i] > limit ? limit : up[i] < -limit ? -limit : up[i];
+        gate[i] = g / (1.0f + expf(-g)) * u;
+    }
+}

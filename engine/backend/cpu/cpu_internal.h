@@ -1,0 +1,26 @@
+/* What the CPU backend's files share: the DeepSeek-V4 ops of cpu_dsv4.c,
+ * registered in backend_cpu.c's ops table. Contracts in backend.h. */
+#ifndef ENGINE_BACKEND_CPU_INTERNAL_H
+#define ENGINE_BACKEND_CPU_INTERNAL_H
+
+#include "engine/backend/backend.h"
+
+void cpu__rmsnorm_plain(backend *be, float *out, const float *x, int T, int d, float eps);
+void cpu__hc_split(backend *be, float *post, float *comb, float *x, const float *X, const float *mix,
+                   const float *base, const float *scale, int T, int N, int d, int iters, float hc_eps);
+void cpu__hc_merge(backend *be, float *X, const float *y, const float *post, const float *comb, int T, int N, int d);
+void cpu__hc_head(backend *be, float *out, const float *X, const float *mix, const float *base, const float *scale,
+                  int T, int N, int d, float hc_eps);
+void cpu__rope_tail(backend *be, float *x, const int32_t *pos, int T, int n_heads, int hd, int r,
+                    const float *inv_freq, int inverse);
+void cpu__dsv4_compress(backend *be, const float *kv, const float *gate, const batch_desc *b, dsv4_state *const *st,
+                        int which, int m, int D, int overlap, const float *ape, const float *norm, float eps, int r,
+                        const float *inv_freq);
+void cpu__dsv4_index(backend *be, int32_t *sel, const float *q, const float *wts, const batch_desc *b,
+                     dsv4_state *const *st, int m, int K, int nI, int dI);
+void cpu__dsv4_attention(backend *be, float *out, const float *q, const float *kv, const batch_desc *b,
+                         dsv4_state *const *st, int m, const int32_t *sel, int K, const float *sinks, int nh, int D,
+                         int W);
+void cpu__swiglu_limit(backend *be, float *gate, const float *up, size_t n, float limit);
+
+#endif

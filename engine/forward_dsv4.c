@@ -1,0 +1,279 @@
+/* DeepSeek-V4 forward pass, one scheduler step, through backend ops:
+ *   X = N copies of embed(ids)                        (T, N, d) residual streams
+ *   per layer: (post, comb, x) = HC(attn_hc, X); X = post y + comb^T X with
+ *                y = attention(rmsnorm(x)): low-rank q, one K=V head, tail rope,
+ *                window + compressed entries (CSA: indexer top-k; HCA: all), sinks,
+ *                inverse rope, grouped output projection
+ *              the same around the MoE (sqrt-softplus or hash router, shared expert)
+ *   logits = head(rmsnorm(hc_head(X))) at the last tokens.
+ * Each sequence's state (forward_dsv4.h) holds what later steps read. */
+#include "engine/forward_dsv4.h"
+
+#include "engine/model/dtype.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct dsv4_seq {
+    dsv4_state *layers; /* (n_layers) host structs whose pointers cut `mem` */
+    void *mem;          /* backend memory of all layers */
+};
+
+struct dsv4_ctx {
+    const model *bm;
+    backend *be;
+    int max_tokens, max_seqs;
+    float *freq_main, *freq_comp;          /* (r/2) each */
+    float *X, *Xn;                         /* (T, N, d) streams, normed copy */
+    float *mix, *post, *comb;              /* (T, (2+N)N) (T, N) (T, N, N) */
+    float *xc, *h, *y;                     /* (T, d) collapsed, normed, block output */
+    float *qlat, *q, *kv, *att;            /* (T, Q) (T, nh, D) (T, D) (T, nh, D) */
+    float *ck, *cg, *ik, *ig, *iq, *iw;    /* (T, 2D) x2, (T, 2dI) x2, (T, nI, dI), (T, nI) */
+    int32_t *sel;                          /* (T, K) */
+    float *gin, *gout, *oa;                /* (T, nh D / G) (T, R) (T, G R) */
+    float *rlogits, *moe_w, *sg, *su;      /* (T, E) (T, k) (T, I) (T, I) */
+    int32_t *moe_ids;                      /* (T, k) */
+    float *lastX, *lastmix, *lasth;        /* (S, N, d) (S, N) (S, d) */
+    dsv4_state **st;                       /* host (S): the step's states of one layer */
+};
+
+/* DEEPSEEK_V4.md 1.4: default inv_freq theta^(-2j/r), or YaRN's blend (ROPE:488-499) in f32. */
+static void rope_freqs(const dsv4_config *v, double theta, bool yarn, float *f) {
+    int r = v->rope_dim;
+    double lo = 0, hi = 0;
+    if (yarn) {
+        double L0 = v->yarn_original_max_pos;
+        lo = floor(r * log(L0 / (v->yarn_beta_fast * 2 * M_PI)) / (2 * log(theta)));
+        hi = ceil(r * log(L0 / (v->yarn_beta_slow * 2 * M_PI)) / (2 * log(theta)));
+        lo = lo > 0 ? lo : 0;
+        hi = hi < r - 1 ? hi : r - 1;
+        if (lo == hi) hi += 0.001;
+    }
+    for (int j = 0; j < r / 2; j++) {
+        float p = powf((float)theta, (float)(2 * j) / (float)r), extra = 1.0f / p;
+        if (!yarn) {
+            f[j] = extra;
+            continue;
+        }
+        float inter = 1.0f / ((float)v->yarn_factor * p);
+        float ramp = ((float)j - (float)lo) / (float)(hi - lo);
+        ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+        float keep = 1.0f - ramp;
+        f[j] = inter * (1.0f - keep) + extra * keep;
+    }
+}
+
+void dsv4_ctx_destroy(dsv4_ctx *dc) {
+    if (!dc) return;
+    float **bufs[] = {&dc->freq_main, &dc->freq_comp, &dc->X, &dc->Xn, &dc->mix, &dc->post, &dc->comb, &dc->xc,
+                      &dc->h, &dc->y, &dc->qlat, &dc->q, &dc->kv, &dc->att, &dc->ck, &dc->cg, &dc->ik, &dc->ig,
+                      &dc->iq, &dc->iw, &dc->gin, &dc->gout, &dc->oa, &dc->rlogits, &dc->moe_w, &dc->sg, &dc->su,
+                      &dc->lastX, &dc->lastmix, &dc->lasth, (float **)&dc->sel, (float **)&dc->moe_ids};
+    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) backend_free(dc->be, *bufs[i]);
+    free(dc->st);
+    free(dc);
+}
+
+int dsv4_ctx_create(const model *bm, backend *be, int max_tokens, int max_seqs, dsv4_ctx **out) {
+    const model_config *c = &bm->cfg;
+    const dsv4_config *v = &c->dsv4;
+    *out = NULL;
+    dsv4_ctx *dc = calloc(1, sizeof(*dc));
+    if (!dc) return -1;
+    dc->bm = bm, dc->be = be, dc->max_tokens = max_tokens, dc->max_seqs = max_seqs;
+    size_t T = (size_t)max_tokens, S = (size_t)max_seqs, F = sizeof(float), N = (size_t)v->hc_mult;
+    size_t d = (size_t)c->hidden_size, D = (size_t)c->head_dim, nh = (size_t)c->n_heads, G = (size_t)v->o_groups;
+    size_t dI = (size_t)v->index_head_dim, nI = (size_t)v->index_n_heads, I = (size_t)c->moe.inter;
+    size_t E = (size_t)c->moe.n_experts, k = (size_t)c->moe.top_k, R = (size_t)v->o_lora_rank;
+    struct {
+        float **p;
+        size_t n;
+    } want[] = {
+        {&dc->freq_main, (size_t)v->rope_dim / 2 + 1}, {&dc->freq_comp, (size_t)v->rope_dim / 2 + 1},
+        {&dc->X, T * N * d}, {&dc->Xn, T * N * d}, {&dc->mix, T * (2 + N) * N}, {&dc->post, T * N},
+        {&dc->comb, T * N * N}, {&dc->xc, T * d}, {&dc->h, T * d}, {&dc->y, T * d},
+        {&dc->qlat, T * (size_t)v->q_lora_rank}, {&dc->q, T * nh * D}, {&dc->kv, T * D}, {&dc->att, T * nh * D},
+        {&dc->ck, T * 2 * D}, {&dc->cg, T * 2 * D}, {&dc->ik, T * 2 * dI}, {&dc->ig, T * 2 * dI},
+        {&dc->iq, T * nI * dI}, {&dc->iw, T * nI}, {(float **)&dc->sel, T * (size_t)v->index_topk},
+        {&dc->gin, T * nh * D / G}, {&dc->gout, T * R}, {&dc->oa, T * G * R}, {&dc->rlogits, T * E},
+        {&dc->moe_w, T * k}, {(float **)&dc->moe_ids, T * k}, {&dc->sg, T * I}, {&dc->su, T * I},
+        {&dc->lastX, S * N * d}, {&dc->lastmix, S * N}, {&dc->lasth, S * d},
+    };
+    bool ok = (dc->st = calloc(S, sizeof(dsv4_state *))) != NULL;
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]) && ok; i++) ok = (*want[i].p = backend_alloc(be, want[i].n * F));
+    float f[2][512];
+    if (!ok || v->rope_dim / 2 > 512) {
+        dsv4_ctx_destroy(dc);
+        return -1;
+    }
+    rope_freqs(v, v->main_theta, false, f[0]);
+    rope_freqs(v, v->comp_theta, v->comp_yarn, f[1]);
+    backend_upload(be, dc->freq_main, f[0], (size_t)v->rope_dim / 2 * F);
+    backend_upload(be, dc->freq_comp, f[1], (size_t)v->rope_dim / 2 * F);
+    *out = dc;
+    return 0;
+}
+
+/* Floats of layer l's state for max_tokens positions; with `s`, carves the pointers from base. */
+static size_t layer_state(const model_config *c, int l, int max_tokens, float *base, dsv4_state *s) {
+    const dsv4_config *v = &c->dsv4;
+    size_t W = (size_t)c->sliding_window, D = (size_t)c->head_dim, dI = (size_t)v->index_head_dim;
+    size_t m = (size_t)v->rate[l], cap = m ? (size_t)max_tokens / m + 1 : 0, n = 0;
+    float *nil = NULL;
+#define CUT(field, count) (s ? (s->field = base + n) : nil), n += (count)
+    CUT(win, W * D);
+    if (v->attn[l] != DSV4_SLIDING) {
+        size_t cw = v->attn[l] == DSV4_CSA ? 2 * D : D;
+        CUT(c_kv, 2 * m * cw);
+        CUT(c_gate, 2 * m * cw);
+        CUT(c_out, cap * D);
+    }
+    if (v->attn[l] == DSV4_CSA) {
+        CUT(i_kv, 2 * m * 2 * dI);
+        CUT(i_gate, 2 * m * 2 * dI);
+        CUT(i_out, cap * dI);
+    }
+#undef CUT
+    return n;
+}
+
+int dsv4_seq_create(dsv4_ctx *dc, int max_tokens, dsv4_seq **out) {
+    const model_config *c = &dc->bm->cfg;
+    size_t total = 0;
+    *out = NULL;
+    dsv4_seq *s = calloc(1, sizeof(*s));
+    if (!s || !(s->layers = calloc((size_t)c->n_layers, sizeof(dsv4_state)))) {
+        free(s);
+        return -1;
+    }
+    for (int l = 0; l < c->n_layers; l++) total += layer_state(c, l, max_tokens, NULL, NULL);
+    if (!(s->mem = backend_alloc(dc->be, total * sizeof(float)))) {
+        dsv4_seq_destroy(dc, s);
+        return -1;
+    }
+    float *base = s->mem;
+    for (int l = 0; l < c->n_layers; l++) base += layer_state(c, l, max_tokens, base, &s->layers[l]);
+    *out = s;
+    return 0;
+}
+
+void dsv4_seq_destroy(dsv4_ctx *dc, dsv4_seq *s) {
+    if (!s) return;
+    backend_free(dc->be, s->mem);
+    free(s->layers);
+    free(s);
+}
+
+/* (post, comb, xc) of one hyper-connection of the streams X. */
+static void hc_pre(dsv4_ctx *dc, const weight *fn, const float *base, const float *scale, int T) {
+    const model_config *c = &dc->bm->cfg;
+    int N = c->dsv4.hc_mult, d = c->hidden_size;
+    backend_rmsnorm_plain(dc->be, dc->Xn, dc->X, T, N * d, c->rms_norm_eps);
+    backend_matmul(dc->be, dc->mix, dc->Xn, fn, NULL, T);
+    backend_hc_split(dc->be, dc->post, dc->comb, dc->xc, dc->X, dc->mix, base, scale, T, N, d, c->dsv4.hc_iters,
+                     c->dsv4.hc_eps);
+}
+
+/* y (T, d) = Wo_b (grouped Wo_a (att)): group g of the heads through rows [g R, (g+1) R) of Wo_a. */
+static void grouped_out(dsv4_ctx *dc, const dsv4_layer *Y, int T) {
+    const model_config *c = &dc->bm->cfg;
+    int G = c->dsv4.o_groups, R = c->dsv4.o_lora_rank, gw = c->n_heads * c->head_dim / G;
+    size_t esz = (size_t)Y->wo_a.cols * dtype_size(Y->wo_a.dt); /* whole rows: a row slice of a plain matrix */
+    for (int g = 0; g < G; g++) {
+        weight wg = Y->wo_a;
+        wg.data = (const char *)Y->wo_a.data + (size_t)g * R * esz;
+        wg.rows = R;
+        backend_copy2d(dc->be, dc->gin, (size_t)gw, dc->att + (size_t)g * gw, (size_t)G * gw, (size_t)gw, (size_t)T);
+        backend_matmul(dc->be, dc->gout, dc->gin, &wg, NULL, T);
+        backend_copy2d(dc->be, dc->oa + (size_t)g * R, (size_t)G * R, dc->gout, (size_t)R, (size_t)R, (size_t)T);
+    }
+    backend_matmul(dc->be, dc->y, dc->oa, &Y->wo_b, NULL, T);
+}
+
+/* The layer's attention on h = input_layernorm(x) into y. */
+static void attention(dsv4_ctx *dc, int l, const batch_desc *b) {
+    const model_config *c = &dc->bm->cfg;
+    const dsv4_config *v = &c->dsv4;
+    const dsv4_layer *Y = &dc->bm->dsv4->layers[l];
+    backend *be = dc->be;
+    int T = b->n_tokens, nh = c->n_heads, D = c->head_dim, r = v->rope_dim, m = v->rate[l];
+    int nI = v->index_n_heads, dI = v->index_head_dim, K = v->index_topk;
+    float eps = c->rms_norm_eps;
+    const float *freq = v->attn[l] == DSV4_SLIDING ? dc->freq_main : dc->freq_comp;
+    backend_matmul(be, dc->qlat, dc->h, &Y->wq_a, NULL, T);
+    backend_rmsnorm(be, dc->qlat, dc->qlat, Y->q_norm, T, v->q_lora_rank, eps);
+    backend_matmul(be, dc->q, dc->qlat, &Y->wq_b, NULL, T);
+    backend_rmsnorm_plain(be, dc->q, dc->q, T * nh, D, eps); /* per head, no weight */
+    backend_rope_tail(be, dc->q, b->pos, T, nh, D, r, freq, 0);
+    backend_matmul(be, dc->kv, dc->h, &Y->wkv, NULL, T);
+    backend_rmsnorm(be, dc->kv, dc->kv, Y->kv_norm, T, D, eps);
+    backend_rope_tail(be, dc->kv, b->pos, T, 1, D, r, freq, 0);
+    int csa = v->attn[l] == DSV4_CSA;
+    if (m) { /* entries of windows closing in this step exist before the attention reads them */
+        backend_matmul(be, dc->ck, dc->h, &Y->comp.wkv, NULL, T);
+        backend_matmul(be, dc->cg, dc->h, &Y->comp.wgate, NULL, T);
+        backend_dsv4_compress(be, dc->ck, dc->cg, b, dc->st, 0, m, D, csa, Y->comp.ape, Y->comp.norm, eps, r, freq);
+    }
+    if (csa) {
+        backend_matmul(be, dc->ik, dc->h, &Y->icomp.wkv, NULL, T);
+        backend_matmul(be, dc->ig, dc->h, &Y->icomp.wgate, NULL, T);
+        backend_dsv4_compress(be, dc->ik, dc->ig, b, dc->st, 1, m, dI, 1, Y->icomp.ape, Y->icomp.norm, eps, r, freq);
+        backend_matmul(be, dc->iq, dc->qlat, &Y->iwq_b, NULL, T);
+        backend_rope_tail(be, dc->iq, b->pos, T, nI, dI, r, freq, 0);
+        backend_matmul(be, dc->iw, dc->h, &Y->iweights, NULL, T);
+        backend_dsv4_index(be, dc->sel, dc->iq, dc->iw, b, dc->st, m, K, nI, dI);
+    }
+    backend_dsv4_attention(be, dc->att, dc->q, dc->kv, b, dc->st, m, csa ? dc->sel : NULL, K, Y->sinks, nh, D,
+                           c->sliding_window);
+    backend_rope_tail(be, dc->att, b->pos, T, nh, D, r, freq, 1); /* values carried rotation(j): back to relative */
+    grouped_out(dc, Y, T);
+}
+
+/* The layer's MoE on h = post_attention_layernorm(x) into y: routed + shared expert. */
+static void moe(dsv4_ctx *dc, int l, const int32_t *ids, int T) {
+    const moe_weights *w = dc->bm->layers[l].moe;
+    backend *be = dc->be;
+    backend_matmul(be, dc->rlogits, dc->h, &w->router, NULL, T);
+    backend_moe_route(be, dc->moe_ids, dc->moe_w, dc->rlogits, ids, w, T);
+    backend_moe_experts(be, dc->y, dc->h, dc->moe_ids, dc->moe_w, w, T);
+    backend_matmul(be, dc->sg, dc->h, &w->sh_gate, NULL, T);
+    backend_matmul(be, dc->su, dc->h, &w->sh_up, NULL, T);
+    backend_swiglu_limit(be, dc->sg, dc->su, (size_t)T * w->inter, w->swiglu_limit);
+    backend_matmul(be, dc->xc, dc->sg, &w->sh_down, NULL, T); /* xc is free again: the shared output */
+    backend_add(be, dc->y, dc->xc, (size_t)T * dc->bm->cfg.hidden_size);
+}
+
+void dsv4_forward(dsv4_ctx *dc, const batch_desc *b, dsv4_seq *const *seqs, const int32_t *ids,
+                  const int32_t *last, int nl, float *logits) {
+    const model *bm = dc->bm;
+    const model_config *c = &bm->cfg;
+    const dsv4_weights *dw = bm->dsv4;
+    backend *be = dc->be;
+    int T = b->n_tokens, N = c->dsv4.hc_mult, d = c->hidden_size;
+    float eps = c->rms_norm_eps;
+    backend_embed(be, dc->xc, &bm->embed, ids, T);
+    for (int j = 0; j < N; j++) /* every stream starts as the embedding */
+        backend_copy2d(be, dc->X + (size_t)j * d, (size_t)N * d, dc->xc, (size_t)d, (size_t)d, (size_t)T);
+    for (int l = 0; l < c->n_layers; l++) {
+        const dsv4_layer *Y = &dw->layers[l];
+        const layer_weights *L = &bm->layers[l];
+        for (int s = 0; s < b->n_seqs; s++) dc->st[s] = &seqs[s]->layers[l];
+        hc_pre(dc, &Y->hc_attn_fn, Y->hc_attn_base, Y->hc_attn_scale, T);
+        backend_rmsnorm(be, dc->h, dc->xc, L->attn_norm, T, d, eps);
+        attention(dc, l, b);
+        backend_hc_merge(be, dc->X, dc->y, dc->post, dc->comb, T, N, d);
+        hc_pre(dc, &Y->hc_ffn_fn, Y->hc_ffn_base, Y->hc_ffn_scale, T);
+        backend_rmsnorm(be, dc->h, dc->xc, L->ffn_norm, T, d, eps);
+        moe(dc, l, ids, T);
+        backend_hc_merge(be, dc->X, dc->y, dc->post, dc->comb, T, N, d);
+    }
+    if (!nl) return;
+    backend_gather_f32(be, dc->lastX, dc->X, last, nl, N * d);
+    backend_rmsnorm_plain(be, dc->Xn, dc->lastX, nl, N * d, eps);
+    backend_matmul(be, dc->lastmix, dc->Xn, &dw->hc_head_fn, NULL, nl);
+    backend_hc_head(be, dc->lasth, dc->lastX, dc->lastmix, dw->hc_head_base, dw->hc_head_scale, nl, N, d,
+                    c->dsv4.hc_eps);
+    backend_rmsnorm(be, dc->lasth, dc->lasth, bm->final_norm, nl, d, eps);
+    backend_matmul(be, logits, dc->lasth, &bm->lm_head, NULL, nl);
+}

@@ -1,0 +1,30 @@
+/* The DeepSeek-V4 forward pass (DEEPSEEK_V4.md section 2) over one scheduler
+ * step, and each sequence's decode state (section 3): forward.c hands a
+ * DeepSeek-V4 model's steps here. Internal to engine/. */
+#ifndef ENGINE_FORWARD_DSV4_H
+#define ENGINE_FORWARD_DSV4_H
+
+#include "engine/backend/backend.h"
+#include "engine/model/model.h"
+
+typedef struct dsv4_ctx dsv4_ctx;
+typedef struct dsv4_seq dsv4_seq;
+
+/* Step scratch for up to max_tokens tokens of max_seqs sequences of model bm
+ * (the backend's view; borrowed, as is be). Returns 0, or -1 when memory runs out. */
+int dsv4_ctx_create(const model *bm, backend *be, int max_tokens, int max_seqs, dsv4_ctx **out);
+void dsv4_ctx_destroy(dsv4_ctx *dc); /* accepts NULL */
+
+/* One sequence's state for up to max_tokens positions, in backend memory.
+ * It needs no reset: every row is found by position and written before it is
+ * read, so a sequence restarting at position 0 simply overwrites it.
+ * Returns 0, or -1 when memory runs out. */
+int dsv4_seq_create(dsv4_ctx *dc, int max_tokens, dsv4_seq **out);
+void dsv4_seq_destroy(dsv4_ctx *dc, dsv4_seq *s); /* accepts NULL */
+
+/* Runs the step described by b (ids (T) in backend memory, seqs (n_seqs) in
+ * batch order), then the head at rows last (nl) into logits (nl, vocab). */
+void dsv4_forward(dsv4_ctx *dc, const batch_desc *b, dsv4_seq *const *seqs, const int32_t *ids,
+                  const int32_t *last, int nl, float *logits);
+
+#endif
