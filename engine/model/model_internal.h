@@ -39,6 +39,13 @@ int model__load_slice(model *m, const char *name, int n, int e, int srows, int c
  * scale is name.scale (release) or name.weight_scale_inv (transformers), F8_E8M0, U8 or F32. Read
  * in place. Returns MODEL_OK, or MODEL_ERR_WEIGHTS with one line naming the tensor. */
 int model__load_qmatrix(model *m, const char *name, int rows, int cols, weight *w, char *err, size_t errlen);
+/* model_read.c: model__load_slice for a stacked tensor that may be quantized (transformers'
+ * in-memory experts): name [n, srows, cols] F8_E4M3, or FP4 in I8 [n, srows, cols / 2] or F4,
+ * with name_scale_inv [n, grid rows, grid cols] (grid of one srows x cols matrix, as
+ * model__load_qmatrix); F32/BF16/F16 as model__load_slice. The rows taken must not split a
+ * scale block. Returns MODEL_OK, or MODEL_ERR_WEIGHTS with one line naming the tensor. */
+int model__load_qslice(model *m, const char *name, int n, int e, int srows, int cols, int row0, int rows,
+                       weight *w, char *err, size_t errlen);
 /* model_read.c: the quantization_config key into c->quant_block_* (128 x 128 when absent); only
  * quant_method "fp8" is accepted. Returns 0, or -1 with a message naming the key. */
 int model__parse_quant_config(const cJSON *root, model_config *c, const char *label, char *err, size_t errlen);

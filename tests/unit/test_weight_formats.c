@@ -239,6 +239,42 @@ START_TEST(fp4_hand_made) {
 }
 END_TEST
 
+/* Stacked experts (transformers' in-memory naming, name_scale_inv): FP8
+ * [2, 256, 128] with a [2, 2, 1] grid, sliced as gate and up halves of each
+ * expert; FP4 [2, 6, 64] in I8; a slice splitting a scale block is refused. */
+START_TEST(stacked_slices) {
+    enum { E = 2, R = 256, C = 128 };
+    uint8_t *q = malloc(E * R * C), s8[E * 2] = {127, 130, 100, 0}, p[E * 6 * 32], s4[E * 6 * 2];
+    for (int i = 0; i < E * R * C; i++) q[i] = (uint8_t)(i * 13 + i / 256);
+    for (int i = 0; i < (int)sizeof p; i++) p[i] = (uint8_t)(i * 37);
+    for (int i = 0; i < (int)sizeof s4; i++) s4[i] = (uint8_t)(110 + i);
+    tdesc t[] = {{"gu", "F8_E4M3", 3, {E, R, C}, q, E * R * C}, {"gu_scale_inv", "F8_E8M0", 3, {E, 2, 1}, s8, 4},
+                 {"dn", "I8", 3, {E, 6, 32}, p, sizeof p},      {"dn_scale_inv", "F8_E8M0", 3, {E, 6, 2}, s4, sizeof s4},
+                 {"noscale", "I8", 3, {E, 6, 32}, p, sizeof p}};
+    fake_model f;
+    fake_open(&f, t, 5, 0);
+    weight w;
+    char err[256] = "";
+    for (int e = 0; e < E; e++)
+        for (int half = 0; half < 2; half++) {
+            ck_assert_msg(model__load_qslice(&f.m, "gu", E, e, R, C, half * 128, 128, &w, err, sizeof err) == MODEL_OK,
+                          "%s", err);
+            ck_assert_int_eq(w.rows, 128);
+            check_against_def(&w, q + ((size_t)e * R + half * 128) * C, 0, s8 + e * 2 + half, 0, 128, 128);
+        }
+    ck_assert_msg(model__load_qslice(&f.m, "dn", E, 1, 6, 64, 2, 3, &w, err, sizeof err) == MODEL_OK, "%s", err);
+    check_against_def(&w, p + (6 + 2) * 32, 1, s4 + (6 + 2) * 2, 0, 1, 32);
+    ck_assert_int_eq(model__load_qslice(&f.m, "gu", E, 0, R, C, 64, 128, &w, err, sizeof err), MODEL_ERR_WEIGHTS);
+    ck_assert_msg(strstr(err, "tensor gu split its 128-row scale blocks"), "%s", err);
+    ck_assert_int_eq(model__load_qslice(&f.m, "dn", E, 0, 6, 48, 0, 6, &w, err, sizeof err), MODEL_ERR_WEIGHTS);
+    ck_assert_msg(strstr(err, "tensor dn (I8) has shape [2, 6, 32], expected [2, 6, 24]"), "%s", err);
+    ck_assert_int_eq(model__load_qslice(&f.m, "noscale", E, 0, 6, 64, 0, 6, &w, err, sizeof err), MODEL_ERR_WEIGHTS);
+    ck_assert_msg(strstr(err, "no scale tensor noscale_scale_inv"), "%s", err);
+    fake_close(&f);
+    free(q);
+}
+END_TEST
+
 /* Each bad input: MODEL_ERR_WEIGHTS, one line, naming the tensor at fault. */
 START_TEST(bad_inputs) {
     uint8_t z[4096] = {0};
@@ -416,6 +452,41 @@ START_TEST(golden_matmul) {
 }
 END_TEST
 
+/* The DeepSeek-V4 FP8 model fixture (release formats, the file the model
+ * loads): every quantized matrix in it loads through model__load_qmatrix with
+ * the shape its header implies, and the bf16 ones through the dense path. */
+START_TEST(dsv4_fixture_matrices) {
+    const char *src = getenv("ENGRAM_SOURCE_DIR");
+    char path[1024], err[512] = "";
+    snprintf(path, sizeof path, "%s/tests/fixtures/models/deepseek_v4_fp8/model.safetensors", src ? src : ".");
+    safetensors *st = NULL;
+    ck_assert_msg(safetensors_open(path, &st, err, sizeof err) == ST_OK, "%s", err);
+    model m = {0};
+    m.files = &st, m.n_files = 1, m.dir = "deepseek_v4_fp8";
+    m.cfg.quant_block_rows = m.cfg.quant_block_cols = 128;
+    int counts[3] = {0};
+    for (int k = 0; k < safetensors_count(st); k++) {
+        const st_tensor *t = safetensors_get(st, k);
+        size_t len = strlen(t->name);
+        if (t->ndim != 2 || len < 8 || strcmp(t->name + len - 7, ".weight") != 0) continue;
+        char base[256];
+        snprintf(base, sizeof base, "%.*s", (int)(len - 7), t->name);
+        int rows = (int)t->shape[0], cols = (int)t->shape[1] * (t->dt == DTYPE_I8 ? 2 : 1);
+        weight w;
+        ck_assert_msg(model__load_qmatrix(&m, base, rows, cols, &w, err, sizeof err) == MODEL_OK, "%s", err);
+        counts[w.fmt]++;
+        float *row = malloc((size_t)cols * sizeof(float));
+        model_weight_rows_to_f32(row, &w, rows - 1, 1);
+        for (int j = 0; j < cols; j++) ck_assert_msg(isfinite(row[j]), "%s (%d, %d)", t->name, rows - 1, j);
+        free(row);
+    }
+    ck_assert_int_gt(counts[WEIGHT_DENSE], 0);
+    ck_assert_int_gt(counts[WEIGHT_FP8], 0);
+    ck_assert_int_gt(counts[WEIGHT_FP4], 0);
+    safetensors_destroy(st);
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("weight_formats");
     TCase *tc = tcase_create("core");
@@ -424,10 +495,12 @@ static Suite *suite(void) {
     tcase_add_test(tc, safetensors_dtypes);
     tcase_add_test(tc, fp8_hand_made);
     tcase_add_test(tc, fp4_hand_made);
+    tcase_add_test(tc, stacked_slices);
     tcase_add_test(tc, bad_inputs);
     tcase_add_test(tc, quant_config);
     tcase_add_test(tc, golden_dequant);
     tcase_add_test(tc, golden_matmul);
+    tcase_add_test(tc, dsv4_fixture_matrices);
     suite_add_tcase(s, tc);
     return s;
 }
