@@ -1,7 +1,8 @@
 /* Scalar conversions to f32 of every float format checkpoints and Engram
- * tables store: bf16, IEEE half, and the FP8 pair of DeepSeek-V4.1 rows
- * (e4m3fn values, ue8m0 block scales). Each is exact and built from the bit
- * fields, so every machine gives the same bits. Header-only: libc alone. */
+ * tables store: bf16, IEEE half, the FP8 pair of DeepSeek-V4 weights and
+ * V4.1 rows (e4m3fn values, ue8m0 block scales) and the FP4 e2m1 codes of
+ * its experts. Each is exact and built from the bit fields, so every machine
+ * gives the same bits. Header-only: libc alone. */
 #ifndef BASE_NUMERIC_H
 #define BASE_NUMERIC_H
 
@@ -67,6 +68,17 @@ static inline float fp8_ue8m0_to_f32(uint8_t byte) {
     if (byte == 255) return bits_to_f32(0x7fc00000u);
     if (byte == 0) return bits_to_f32(0x00400000u); /* 2^-127 is an f32 subnormal */
     return bits_to_f32((uint32_t)byte << 23);
+}
+
+/* One e2m1 code (the low 4 bits of `code`) as f32, exact: sign, 2 exponent
+ * bits (bias 1), 1 mantissa bit; exponent 0 is subnormal (m/2); no NaN or
+ * infinity. Values 0, 0.5, 1, 1.5, 2, 3, 4, 6 and, for codes 8..15, the same
+ * negated (code 8 is -0). */
+static inline float fp4_e2m1_to_f32(uint8_t code) {
+    uint32_t sign = (uint32_t)(code & 0x8) << 28, exp = (code >> 1) & 0x3, man = code & 0x1;
+    if (exp == 0) return bits_to_f32(sign | (man ? 0x3f000000u : 0u)); /* +-0 or +-0.5 */
+    /* normal: 2^(exp-1) * (1 + man/2), rebias 1 -> 127, mantissa into the top bit of 23 */
+    return bits_to_f32(sign | ((exp + 126u) << 23) | (man << 22));
 }
 
 #endif

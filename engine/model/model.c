@@ -107,6 +107,10 @@ int model_config_parse(const char *json, size_t len, const char *label, model_co
     memset(c, 0, sizeof(*c));
     cJSON *root = cJSON_ParseWithLength(json, len);
     if (!cJSON_IsObject(root)) CFG_FAIL("%s: not a JSON object", label);
+    if (model__parse_quant_config(root, c, label, err, errlen)) {
+        rc = MODEL_ERR_CONFIG;
+        goto done;
+    }
 
     /* Architecture: architectures[0], else model_type. */
     const char *arch = NULL, *mtype = NULL;
@@ -425,7 +429,7 @@ int model_sampling_vocab(const model *m) {
     return v;
 }
 
-static size_t wbytes(const weight *w) { return (size_t)w->rows * (size_t)w->cols * dtype_size(w->dt); }
+static size_t wbytes(const weight *w) { return model_weight_bytes(w); } /* as stored: FP4 half a byte */
 
 size_t model_weight_bytes_per_token(const model *m) {
     size_t b = wbytes(&m->lm_head);

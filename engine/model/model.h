@@ -1,8 +1,8 @@
 /* A checkpoint directory in Hugging Face layout: config.json and the
  * *.safetensors files (all of them, or those named by
  * model.safetensors.index.json), mmap'd. Large matrices stay in their file
- * dtype (F32, BF16, F16) and are read in place; norms and biases are
- * converted to f32 at load. Or a synthetic model: a released architecture's
+ * dtype (F32, BF16, F16, or FP8/FP4 with block scales) and are read in place;
+ * norms and biases are converted to f32 at load. Or a synthetic model: a released architecture's
  * shape with random bf16 weights in memory (model_synthetic_ex). */
 #ifndef ENGINE_MODEL_H
 #define ENGINE_MODEL_H
@@ -117,6 +117,9 @@ typedef struct {
     int bos_token_id;   /* -1 if none */
     int eos_token_ids[MODEL_MAX_EOS];
     int n_eos;
+    /* quantization_config.weight_block_size: the FP8 scale grid is
+     * ceil(rows / quant_block_rows) x ceil(cols / quant_block_cols); 0 = 128 */
+    int quant_block_rows, quant_block_cols;
     moe_config moe;
     engram_config engram;
     dsv4_config dsv4; /* ARCH_DEEPSEEK_V4 only */
@@ -127,12 +130,36 @@ typedef struct {
 int model_config_parse(const char *json, size_t len, const char *label, model_config *cfg,
                        char *err, size_t errlen);
 
-/* A matrix read in place from the mapping: (rows, cols) row-major in `dt`. */
+/* How a matrix is stored (DEEPSEEK_V4.md 4.4). Quantized ones stay so in
+ * memory; products dequantize a few rows at a time (model_weight_rows_to_f32). */
+typedef enum {
+    WEIGHT_DENSE = 0, /* dt F32, BF16 or F16 */
+    WEIGHT_FP8,       /* dt F8_E4M3: one e4m3fn code per element, (rows, cols) bytes */
+    WEIGHT_FP4,       /* dt I8 or F4: two e2m1 codes per byte, (rows, cols / 2) bytes,
+                       * the low nibble the even column */
+} weight_format;
+
+/* A matrix read in place from the mapping: (rows, cols) row-major in `dt`.
+ * Quantized, element (i, j) is code(i, j) * scale[i / block_rows][j / block_cols],
+ * the product of two f32 values rounded once (as transformers' dequantisation). */
 typedef struct {
     const void *data; /* borrowed from the safetensors mapping */
     dtype dt;
-    int rows, cols;
+    int rows, cols;   /* logical shape: elements, not bytes */
+    weight_format fmt;
+    const void *scale; /* (scale_rows, scale_cols) borrowed, or NULL when dense */
+    dtype scale_dt;    /* F8_E8M0 (2^(b-127), 255 NaN), U8 (2^(b-127), 255 inf) or F32 (multipliers) */
+    int scale_rows, scale_cols;
+    int block_rows, block_cols; /* elements sharing one scale */
 } weight;
+
+/* dst (nrows, w->cols) = rows [row0, row0 + nrows) of w as f32, in any format:
+ * the values transformers' dequantisation gives, bit for bit (a NaN may differ
+ * in payload). The caller keeps the rows in range. */
+void model_weight_rows_to_f32(float *dst, const weight *w, int row0, int nrows);
+
+/* Bytes w occupies as stored: FP8 one per element, FP4 half of one, plus its scales. */
+size_t model_weight_bytes(const weight *w);
 
 /* One Engram module (ENGRAM.md section 6), G = hc_mult streams. */
 typedef struct {

@@ -32,6 +32,24 @@ int model__load_vector(model *m, const char *name, int n, const float **out, cha
 int model__load_slice(model *m, const char *name, int n, int e, int srows, int cols, int row0, int rows,
                       weight *w, char *err, size_t errlen);
 
+/* model_read.c: a matrix that may be quantized (DEEPSEEK_V4.md 4.4): name.weight (name without
+ * ".weight") of rows x cols elements, F32/BF16/F16 as model__load_matrix, or F8_E4M3 [rows, cols]
+ * with a scale grid [ceil(rows / B), ceil(cols / B)] (B = weight_block_size), or FP4 e2m1 packed
+ * two per byte (I8 [rows, cols / 2] or F4 [rows, cols]) with scales [rows, ceil(cols / 32)]. The
+ * scale is name.scale (release) or name.weight_scale_inv (transformers), F8_E8M0, U8 or F32. Read
+ * in place. Returns MODEL_OK, or MODEL_ERR_WEIGHTS with one line naming the tensor. */
+int model__load_qmatrix(model *m, const char *name, int rows, int cols, weight *w, char *err, size_t errlen);
+/* model_read.c: model__load_slice for a stacked tensor that may be quantized (transformers'
+ * in-memory experts): name [n, srows, cols] F8_E4M3, or FP4 in I8 [n, srows, cols / 2] or F4,
+ * with name_scale_inv [n, grid rows, grid cols] (grid of one srows x cols matrix, as
+ * model__load_qmatrix); F32/BF16/F16 as model__load_slice. The rows taken must not split a
+ * scale block. Returns MODEL_OK, or MODEL_ERR_WEIGHTS with one line naming the tensor. */
+int model__load_qslice(model *m, const char *name, int n, int e, int srows, int cols, int row0, int rows,
+                       weight *w, char *err, size_t errlen);
+/* model_read.c: the quantization_config key into c->quant_block_* (128 x 128 when absent); only
+ * quant_method "fp8" is accepted. Returns 0, or -1 with a message naming the key. */
+int model__parse_quant_config(const cJSON *root, model_config *c, const char *label, char *err, size_t errlen);
+
 /* model_read.c: a heap f32 buffer of n floats owned by the model (freed by model_destroy). */
 float *model__own(model *m, size_t n);
 

@@ -24,19 +24,26 @@ struct safetensors {
     int n;
 };
 
+/* Names as safetensors (0.8) writes them, with the bits of one element. */
 static const struct {
     const char *name;
-    size_t size;
+    size_t bits;
 } dtype_info[DTYPE_COUNT] = {
-    [DTYPE_F32] = {"F32", 4},    [DTYPE_BF16] = {"BF16", 2}, [DTYPE_F16] = {"F16", 2},
-    [DTYPE_F64] = {"F64", 8},    [DTYPE_I64] = {"I64", 8},   [DTYPE_I32] = {"I32", 4},
-    [DTYPE_I16] = {"I16", 2},    [DTYPE_I8] = {"I8", 1},     [DTYPE_U8] = {"U8", 1},
-    [DTYPE_BOOL] = {"BOOL", 1},  [DTYPE_F8_E4M3] = {"F8_E4M3", 1},
-    [DTYPE_F8_E5M2] = {"F8_E5M2", 1},
+    [DTYPE_F32] = {"F32", 32},          [DTYPE_BF16] = {"BF16", 16},
+    [DTYPE_F16] = {"F16", 16},          [DTYPE_F64] = {"F64", 64},
+    [DTYPE_I64] = {"I64", 64},          [DTYPE_I32] = {"I32", 32},
+    [DTYPE_I16] = {"I16", 16},          [DTYPE_I8] = {"I8", 8},
+    [DTYPE_U8] = {"U8", 8},             [DTYPE_BOOL] = {"BOOL", 8},
+    [DTYPE_F8_E4M3] = {"F8_E4M3", 8},   [DTYPE_F8_E5M2] = {"F8_E5M2", 8},
+    [DTYPE_F8_E8M0] = {"F8_E8M0", 8},   [DTYPE_F4] = {"F4", 4},
+    [DTYPE_U16] = {"U16", 16},          [DTYPE_U32] = {"U32", 32},
+    [DTYPE_U64] = {"U64", 64},          [DTYPE_F8_E4M3FNUZ] = {"F8_E4M3FNUZ", 8},
+    [DTYPE_F8_E5M2FNUZ] = {"F8_E5M2FNUZ", 8}, [DTYPE_C64] = {"C64", 64},
 };
 
 const char *dtype_name(dtype t) { return (unsigned)t < DTYPE_COUNT ? dtype_info[t].name : "?"; }
-size_t dtype_size(dtype t) { return (unsigned)t < DTYPE_COUNT ? dtype_info[t].size : 0; }
+size_t dtype_bits(dtype t) { return (unsigned)t < DTYPE_COUNT ? dtype_info[t].bits : 0; }
+size_t dtype_size(dtype t) { return (dtype_bits(t) + 7) / 8; }
 
 static int dtype_parse(const char *s, dtype *out) {
     for (int i = 0; i < DTYPE_COUNT; i++)
@@ -103,9 +110,19 @@ static int parse_entry(const cJSON *e, const uint8_t *base, size_t data_size, co
                  label, name, ob, oe, data_size);
         return -1;
     }
-    size_t nbytes;
-    if (__builtin_mul_overflow(numel, dtype_size(t->dt), &nbytes) ||
-        nbytes != (size_t)oe - (size_t)ob) {
+    /* Sub-byte dtypes (F4) must fill whole bytes, as safetensors itself demands. */
+    size_t nbits, nbytes;
+    if (__builtin_mul_overflow(numel, dtype_bits(t->dt), &nbits)) {
+        snprintf(err, errlen, "%s: tensor %s: shape overflows", label, name);
+        return -1;
+    }
+    if (nbits % 8) {
+        snprintf(err, errlen, "%s: tensor %s: %zu elements of %s do not fill whole bytes", label, name,
+                 numel, dtype_name(t->dt));
+        return -1;
+    }
+    nbytes = nbits / 8;
+    if (nbytes != (size_t)oe - (size_t)ob) {
         snprintf(err, errlen, "%s: tensor %s: %zu bytes at data_offsets but dtype %s x shape needs %zu",
                  label, name, (size_t)oe - (size_t)ob, dtype_name(t->dt), nbytes);
         return -1;

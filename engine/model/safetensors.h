@@ -19,13 +19,25 @@ typedef enum {
     DTYPE_I8,
     DTYPE_U8,
     DTYPE_BOOL,
-    DTYPE_F8_E4M3,
+    DTYPE_F8_E4M3, /* e4m3fn: torch.float8_e4m3fn writes "F8_E4M3" */
     DTYPE_F8_E5M2,
+    /* appended: the values above stay what they were */
+    DTYPE_F8_E8M0, /* ue8m0 exponent bytes (block scales), torch.float8_e8m0fnu */
+    DTYPE_F4,      /* e2m1, two per byte (torch.float4_e2m1fn_x2); shape counts elements */
+    DTYPE_U16,
+    DTYPE_U32,
+    DTYPE_U64,
+    DTYPE_F8_E4M3FNUZ,
+    DTYPE_F8_E5M2FNUZ,
+    DTYPE_C64,
     DTYPE_COUNT
 } dtype;
 
 const char *dtype_name(dtype t);
+/* Bytes per element; 1 for F4, whose byte holds two elements: sizes of F4
+ * data come from dtype_bits. 0 for an out-of-range t. */
 size_t dtype_size(dtype t);
+size_t dtype_bits(dtype t); /* bits per element: 4 for F4, else 8 * dtype_size */
 
 #define ST_MAX_DIMS 8
 #define ST_MAX_HEADER (100u << 20) /* the format's own limit on header bytes */

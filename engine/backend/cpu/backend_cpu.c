@@ -147,16 +147,19 @@ static void dot4(const float *x, size_t xs, const float *r, int n, float *out) {
 /* Each block of weight rows is read from memory once and used for all T
  * tokens: what bounds decode is reading the weights, so a step of many
  * sequences costs about what one costs. A few tokens read bf16 rows in place;
- * more widen the block to f32 first (the same values, so the same sums). */
+ * more widen the block to f32 first (the same values, so the same sums).
+ * FP8 and FP4 matrices are always widened: the block is dequantized into the
+ * thread's scratch (model_weight_rows_to_f32), so the product is bit for bit
+ * the one with the dequantized f32 matrix, and stays batch-invariant. */
 #define WIDEN_MIN_TOKENS 4
 static void cpu_matmul(backend *be, float *out, const float *x, const weight *w, const float *bias, int T) {
     int n = w->rows, d = w->cols, nb = (n + ROW_BLOCK - 1) / ROW_BLOCK;
-    size_t esz = dtype_size(w->dt);
+    bool dense_f32 = w->fmt == WEIGHT_DENSE && w->dt == DTYPE_F32;
 #pragma omp parallel
     {
         float *wf = NULL;
-        bool inplace_bf16 = w->dt == DTYPE_BF16 && T < WIDEN_MIN_TOKENS;
-        if (w->dt != DTYPE_F32 && !inplace_bf16 && !(wf = malloc((size_t)ROW_BLOCK * d * sizeof(float))))
+        bool inplace_bf16 = w->fmt == WEIGHT_DENSE && w->dt == DTYPE_BF16 && T < WIDEN_MIN_TOKENS;
+        if (!dense_f32 && !inplace_bf16 && !(wf = malloc((size_t)ROW_BLOCK * d * sizeof(float))))
             abort(); /* a few rows of scratch; treat as fatal */
 #pragma omp for schedule(static)
         for (int bi = 0; bi < nb; bi++) {
@@ -170,7 +173,7 @@ static void cpu_matmul(backend *be, float *out, const float *x, const weight *w,
             }
             const float *rows = (const float *)w->data + (size_t)i0 * d;
             if (wf) {
-                dtype_to_f32(wf, (const char *)w->data + (size_t)i0 * d * esz, w->dt, (size_t)(i1 - i0) * d);
+                model_weight_rows_to_f32(wf, w, i0, i1 - i0);
                 rows = wf;
             }
             int t = 0;
