@@ -179,11 +179,8 @@ static void hc_pre(dsv4_ctx *dc, const weight *fn, const float *base, const floa
 static void grouped_out(dsv4_ctx *dc, const dsv4_layer *Y, int T) {
     const model_config *c = &dc->bm->cfg;
     int G = c->dsv4.o_groups, R = c->dsv4.o_lora_rank, gw = c->n_heads * c->head_dim / G;
-    size_t esz = (size_t)Y->wo_a.cols * dtype_size(Y->wo_a.dt); /* whole rows: a row slice of a plain matrix */
     for (int g = 0; g < G; g++) {
-        weight wg = Y->wo_a;
-        wg.data = (const char *)Y->wo_a.data + (size_t)g * R * esz;
-        wg.rows = R;
+        weight wg = model_weight_row_view(&Y->wo_a, g * R, R); /* quantized too: the view keeps its scales */
         backend_copy2d(dc->be, dc->gin, (size_t)gw, dc->att + (size_t)g * gw, (size_t)G * gw, (size_t)gw, (size_t)T);
         backend_matmul(dc->be, dc->gout, dc->gin, &wg, NULL, T);
         backend_copy2d(dc->be, dc->oa + (size_t)g * R, (size_t)G * R, dc->gout, (size_t)R, (size_t)R, (size_t)T);

@@ -50,7 +50,7 @@ void model_weight_rows_to_f32(float *dst, const weight *w, int row0, int nrows) 
         const uint8_t *q = (const uint8_t *)w->data + (size_t)i * row_bytes;
         float *o = dst + (size_t)r * cols;
         for (int j0 = 0; j0 < w->cols; j0 += bc) {
-            float s = scale_at(w, i / w->block_rows, j0 / bc);
+            float s = scale_at(w, (w->row_base + i) / w->block_rows, j0 / bc);
             int j1 = j0 + bc < w->cols ? j0 + bc : w->cols;
             if (fp8) {
                 for (int j = j0; j < j1; j++) o[j] = lut[q[j]] * s;
@@ -66,4 +66,15 @@ size_t model_weight_bytes(const weight *w) {
     if (w->fmt == WEIGHT_DENSE) return n * dtype_size(w->dt);
     size_t scales = (size_t)w->scale_rows * (size_t)w->scale_cols * dtype_size(w->scale_dt);
     return (w->fmt == WEIGHT_FP8 ? n : n / 2) + scales;
+}
+
+weight model_weight_row_view(const weight *w, int row0, int rows) {
+    weight v = *w;
+    size_t row_bytes = w->fmt == WEIGHT_DENSE ? (size_t)w->cols * dtype_size(w->dt)
+                       : w->fmt == WEIGHT_FP8 ? (size_t)w->cols
+                                              : (size_t)w->cols / 2;
+    v.data = (const char *)w->data + (size_t)row0 * row_bytes;
+    v.rows = rows;
+    v.row_base = w->row_base + row0;
+    return v;
 }

@@ -151,6 +151,8 @@ typedef struct {
     dtype scale_dt;    /* F8_E8M0 (2^(b-127), 255 NaN), U8 (2^(b-127), 255 inf) or F32 (multipliers) */
     int scale_rows, scale_cols;
     int block_rows, block_cols; /* elements sharing one scale */
+    int row_base;      /* quantized row views (model_weight_row_view): rows of the whole matrix before
+                        * this view's first, so that row i reads scale row (row_base + i) / block_rows */
 } weight;
 
 /* dst (nrows, w->cols) = rows [row0, row0 + nrows) of w as f32, in any format:
@@ -160,6 +162,9 @@ void model_weight_rows_to_f32(float *dst, const weight *w, int row0, int nrows);
 
 /* Bytes w occupies as stored: FP8 one per element, FP4 half of one, plus its scales. */
 size_t model_weight_bytes(const weight *w);
+/* Rows [row0, row0 + rows) of w as a matrix of their own, read in place; a
+ * quantized view keeps reading its rows' scales (row_base). */
+weight model_weight_row_view(const weight *w, int row0, int rows);
 
 /* One Engram module (ENGRAM.md section 6), G = hc_mult streams. */
 typedef struct {

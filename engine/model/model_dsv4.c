@@ -208,8 +208,6 @@ int model__parse_dsv4_config(const cJSON *root, model_config *c, const char *lab
     if (act && !(cJSON_IsString(act) && strcmp(act->valuestring, "silu") == 0))
         FAIL("%s: key hidden_act must be \"silu\"", label);
     if (mlp_bias) FAIL("%s: mlp_bias true is not supported for DeepSeek-V4", label);
-    if (cJSON_GetObjectItemCaseSensitive(root, "quantization_config"))
-        FAIL("%s: quantized DeepSeek-V4 checkpoints are not supported yet (f32/bf16 only)", label);
     int D = c->head_dim;
     v->rope_dim = (int)(D * prf);
     if (model__get_int(root, "qk_rope_head_dim", v->rope_dim, 0, D, &r_key, label, err, errlen)) return -1;
@@ -252,8 +250,15 @@ static const char *find_name(const model *m, char *buf, size_t n, const char *co
     return buf;
 }
 
-/* The one place DeepSeek-V4 matrices are read: the quantized loader replaces this call. */
+/* The one place DeepSeek-V4 matrices are read: NAME.weight may be FP8 or FP4
+ * with its scale sibling (model__load_qmatrix); other names (hc_*_fn) are plain. */
 static int load_mat(model *m, const char *name, int rows, int cols, weight *w, char *err, size_t errlen) {
+    size_t n = strlen(name);
+    if (n > 7 && !strcmp(name + n - 7, ".weight")) {
+        char base[300];
+        snprintf(base, sizeof(base), "%.*s", (int)(n - 7), name);
+        return model__load_qmatrix(m, base, rows, cols, w, err, errlen);
+    }
     return model__load_matrix(m, name, rows, cols, w, err, errlen);
 }
 
@@ -353,9 +358,9 @@ static int load_experts(model *m, int i, moe_weights *w, char *err, size_t errle
         snprintf(gun, sizeof(gun), "%s", gu);
         snprintf(dn, sizeof(dn), "%s", layer_name(m, i, "ffn.experts.down_proj", "mlp.experts.down_proj"));
         for (int e = 0; e < E && !rc; e++)
-            if ((rc = model__load_slice(m, gun, E, e, 2 * I, d, 0, I, &w->gate[e], err, errlen)) ||
-                (rc = model__load_slice(m, gun, E, e, 2 * I, d, I, I, &w->up[e], err, errlen)) ||
-                (rc = model__load_slice(m, dn, E, e, d, I, 0, d, &w->down[e], err, errlen))) {}
+            if ((rc = model__load_qslice(m, gun, E, e, 2 * I, d, 0, I, &w->gate[e], err, errlen)) ||
+                (rc = model__load_qslice(m, gun, E, e, 2 * I, d, I, I, &w->up[e], err, errlen)) ||
+                (rc = model__load_qslice(m, dn, E, e, d, I, 0, d, &w->down[e], err, errlen))) {}
         return rc;
     }
     for (int e = 0; e < E && !rc; e++) {
