@@ -1,0 +1,374 @@
+#!/usr/bin/env python3
+"""Builds tests/fixtures/models/deepseek_v41: a tiny DeepSeek-V4 backbone (transformers 5.25's
+DeepseekV4ForCausalLM, f32, the shape and checks of tools/make_deepseek_v4_fixtures.py) carrying
+the DeepSeek-V4.1 Engram module as SGLang 0.5.23 implements it (../shared/DEEPSEEK_V4.md section 5)
+at layers 1 and 2, with golden logits and greedy tokens of the composition.
+
+Where SGLang's code runs and where it is transcribed
+  SGLang's `srt/layers/engram.py` imports its server (distributed groups, CUDA-graph contexts,
+  msgspec), so the module cannot be imported on the CPU outside a server. This tool reads that
+  file from the unpacked wheel (`pip download --no-deps sglang==0.5.23`, unzip; path in
+  $SGLANG_DIR, default /tmp/sgl/x/sglang) and executes SGLang's OWN source of these top-level
+  definitions, unchanged, in a namespace with a msgspec.Struct stand-in:
+    _is_prime, _find_next_prime, build_compressed_token_map (the compressed tokenizer, on this
+    fixture's tokenizer through transformers' PreTrainedTokenizerFast), compute_hash_multipliers,
+    EngramLayout (from_config: the shared prime sequence; column_bounds: per-head offsets),
+    compute_engram_hash_ids, EngramHasher (__init__, _torch_hash_ids in MODE_EXTEND with the
+    request's history and the blocked look-back, hash_windows), engram_gate (its torch path:
+    fused keys and value split, q_weight * k_weight, the two rstd terms, copysign sqrt, clamp).
+  Transcribed line by line (they sit in classes that need the server):
+    * EngramEmbedding._owned_rows, torch path with one TP rank: rows = weight[idx].float() viewed
+      in blocks of 32, times scale[idx].float() (float8_e8m0fnu, byte 0 = 2^-127), flattened,
+      rounded once to bf16 (exact here: e4m3 payload times a power of two);
+    * Engram.forward: emb.flatten(-2) -> kv = wkv(emb) -> engram_gate(residual, kv, q_weight,
+      k_weight, rms_norm_eps, 1e-6). wkv is stored FP8 e4m3 with 128 x 128 ue8m0 block scales
+      (`engram.wkv.scale`, which SGLang's loader renames weight_scale_inv) and applied here in f32
+      from its exact dequantisation (as transformers' dequantize=True does for the backbone);
+      SGLang's GPU kernels additionally quantize the activations, which no CPU reference does;
+    * the placement (deepseek_v4.py 4189-4200): hash ids of all layers computed once per forward
+      before layer 0; at the entry of each Engram layer, before its attention hyper-connection,
+      the Engram rewrites every stream of the residual [T, hc_mult, hidden]. Done here with a
+      pre-hook on transformers' decoder layer, whose first argument is that residual.
+  The transcribed gate is also computed by this tool's own line-by-line copy, asserted bit-equal
+  to SGLang's engram_gate on every call (it gives the gates recorded in golden.json).
+
+Checkpoint (model.safetensors): the backbone as save_pretrained writes it (f32, naming of
+DEEPSEEK_V4.md 4.3) plus, per Engram layer N, release-named tensors under the same `model.`
+prefix (DEEPSEEK_V4.md 5.9): model.layers.N.engram.embed.weight F8_E4M3 [rows, 64],
+.engram.embed.scale F8_E8M0 [rows, 2] (one exponent per 32 values), .engram.wkv.weight F8_E4M3
+[(hc_mult + 1) * hidden, 4 * 64] + .engram.wkv.scale F8_E8M0 [3, 2], .engram.q_weight and
+.engram.k_weight F32 [hc_mult, hidden] (randomised: init leaves them at 1).
+config.json: transformers' DeepseekV4 config plus the engram_* keys of V4.1 at the top level
+(engram_layer_ids [1, 2], engram_max_ngram_size 3, engram_n_heads 2, engram_head_dim 64,
+engram_vocab_size 1000, engram_num_embeddings = the sums of SGLang's primes,
+engram_pad_token_id 2, engram_compressed_vocab_size = SGLang's count on tokenizer.json).
+V4.1's backbone differences (section 5.8) are off: no hc_pre_from_prev_sublayer, q_head_norm as
+V4, compression ratios 4/8 through layer_types.
+tokenizer.json: a byte-level BPE of exactly the fixture's 512 ids trained here with HF tokenizers
+(specials <bos> <eos> <pad> = 0 1 2) on generated text with case and accent variants, so that
+the compressed tokenizer really merges ids (Vc < 512).
+
+golden.json: prompt_ids, greedy_ids, margins, the V4 tool's checks (router and indexer gaps,
+clamps, transformers' own cache: generate(), incremental and chunked prefill, with the Engram
+history carried across calls), rows (per Engram layer, [tokens][heads] for prompt + greedy[:-1]),
+gates (per layer, mean over streams, same tokens), engram_effect (max |logit change| when the
+Engram is removed), sglang_checks. logits.f32 / logits_all.f32 as in the V4 fixtures.
+
+Usage: python tools/make_deepseek_v41_fixture.py OUT_DIR   (torch on the CPU is enough)
+"""
+import __future__
+import ast, json, math, os, random, shutil, sys, types
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+from safetensors.torch import load_file, save_file
+from transformers import DeepseekV4ForCausalLM, PreTrainedTokenizerFast
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import make_deepseek_v4_fixtures as V4  # noqa: E402  (backbone config, randomisation, checks)
+
+NAME = "deepseek_v41"
+ENGRAM = dict(engram_layer_ids=[1, 2], engram_max_ngram_size=3, engram_n_heads=2, engram_head_dim=64,
+              engram_vocab_size=1000, engram_pad_token_id=2)
+CLAMP = 1e-6
+MIN_EFFECT = 0.5  # the Engram must move the last logits by at least this much
+
+# ----------------------------------------------------------------------------------------------
+# SGLang's own code
+
+
+def load_sglang():
+    root = os.environ.get("SGLANG_DIR", "/tmp/sgl/x/sglang")
+    path = os.path.join(root, "srt", "layers", "engram.py")
+    src = open(path).read()
+    want = {"_MILLER_RABIN_WITNESSES", "_is_prime", "_find_next_prime", "build_compressed_token_map",
+            "compute_hash_multipliers", "EngramLayout", "compute_engram_hash_ids", "EngramHasher", "engram_gate"}
+    body = [n for n in ast.parse(src).body
+            if (isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in want)
+            or (isinstance(n, ast.Assign) and any(getattr(t, "id", None) in want for t in n.targets))]
+    assert len(body) == len(want), sorted(want - {getattr(n, "name", None) for n in body})
+
+    class Struct:  # msgspec.Struct as EngramLayout uses it: keyword construction, frozen ignored
+        def __init_subclass__(cls, **kw):
+            super().__init_subclass__()
+
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    hash_src = open(os.path.join(root, "kernels", "ops", "embeddings", "engram_hash.py")).read()
+    modes = {}
+    exec(compile("\n".join(l for l in hash_src.splitlines() if l.startswith("MODE_")), "engram_hash", "exec"), modes)
+    ns = dict(torch=torch, np=np, nn=torch.nn, Optional=Optional, msgspec=types.SimpleNamespace(Struct=Struct),
+              _cuda_kernels=lambda t: False, fused_engram_gate=None, MM_PAD_SHIFT_VALUE=1_000_000,
+              logger=None, __name__="sglang_engram", **{k: v for k, v in modes.items() if k.startswith("MODE_")})
+    code = compile(ast.Module(body=body, type_ignores=[]), path, "exec",
+                   flags=__future__.annotations.compiler_flag, dont_inherit=True)
+    exec(code, ns)
+    return types.SimpleNamespace(**ns)
+
+
+SGL = load_sglang()
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer
+
+
+def corpus(rng):
+    """Generated words with case and accent variants, so that lowercase / StripAccents / NFKC
+    merge ids in the compressed tokenizer."""
+    syl = ["ka", "ri", "to", "me", "su", "la", "no", "vi", "de", "ro", "ta", "mi", "pe", "lu", "sa", "gé",
+           "ça", "ño", "ü", "ﬁ", "Å"]
+    lines = []
+    for _ in range(4000):
+        words = []
+        for _ in range(rng.randint(3, 9)):
+            w = "".join(rng.choice(syl) for _ in range(rng.randint(1, 3)))
+            r = rng.random()
+            words.append(w.upper() if r < 0.2 else w.capitalize() if r < 0.5 else w)
+        lines.append(" ".join(words) + rng.choice([".", ",", "!", "?", "\n", "  "]))
+    return lines
+
+
+def train_tokenizer(vocab):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<bos>", "<eos>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus(random.Random(41)), trainer)
+    assert tok.get_vocab_size() == vocab, tok.get_vocab_size()
+    return tok
+
+
+# ----------------------------------------------------------------------------------------------
+# The Engram tensors and the module
+
+
+def make_table(rows, dim, gen):
+    """FP8 e4m3 rows with one ue8m0 exponent per 32 values: random f32 rows whose 32-blocks have
+    magnitudes spread over 2^-3..2^3 (so the scale bytes vary), quantized block by block."""
+    x = torch.randn(rows, dim // 32, 32, generator=gen) * torch.pow(2.0, torch.randint(-3, 4, (rows, dim // 32, 1),
+                                                                                       generator=gen).float())
+    byte, s = V4.ue8m0_pow2_at_least(x.abs().amax(-1) / 448.0)
+    q = (x / s.unsqueeze(-1)).clamp(-448, 448).to(torch.float8_e4m3fn).view(rows, dim)
+    return q, byte.view(torch.float8_e8m0fnu)
+
+
+def owned_rows(weight, scale, indices):
+    """Transcription of EngramEmbedding._owned_rows' torch path (one TP rank: every row owned)."""
+    rows = weight[indices].float().unflatten(-1, (-1, 32))
+    values = (rows * scale[indices].float().unsqueeze(-1)).flatten(-2)
+    return values.to(torch.bfloat16)
+
+
+def gate_lines(x, kv, q_weight, k_weight, eps, clamp_value):
+    """This tool's copy of engram_gate's torch path that also returns the gate [T, hc]."""
+    hc_mult, dim = x.shape[-2:]
+    key, value = kv.split([hc_mult * dim, dim], dim=-1)
+    key = key.float().unflatten(-1, (hc_mult, dim))
+    weight = q_weight.float() * k_weight.float()
+    h = x.float()
+    rstd = torch.rsqrt(h.square().mean(-1) + eps) * torch.rsqrt(key.square().mean(-1) + eps)
+    dot = (h * weight * key).sum(-1) * rstd * dim ** -0.5
+    gate = torch.sigmoid(torch.copysign(dot.abs().clamp_min(clamp_value).sqrt(), dot))
+    out = (h + gate.unsqueeze(-1) * value.float().unsqueeze(-2)).to(x.dtype)
+    return out, gate
+
+
+class EngramRef:
+    """The V4.1 Engram of the composition: SGLang's hasher, the tables, wkv, the gate; hooked
+    into transformers' model. It follows one sequence across calls (prefill, chunks, decode)."""
+
+    def __init__(self, cfg_json, tok_fast, tensors, eps):
+        self.layout = SGL.EngramLayout.from_config(types.SimpleNamespace(**cfg_json))
+        self.hasher = SGL.EngramHasher(self.layout, tok_fast, cfg_json["engram_pad_token_id"],
+                                       cfg_json["engram_compressed_vocab_size"])
+        self.n = self.layout.max_ngram_size
+        self.eps = eps
+        self.t = {}
+        for li, lid in enumerate(self.layout.layer_ids):
+            p = f"model.layers.{lid}.engram."
+            wq, ws = tensors[p + "wkv.weight"], tensors[p + "wkv.scale"]
+            self.t[lid] = dict(li=li, weight=tensors[p + "embed.weight"], scale=tensors[p + "embed.scale"],
+                               wkv=V4.decode_fp8(wq, ws), q_weight=tensors[p + "q_weight"],
+                               k_weight=tensors[p + "k_weight"])
+        self.enabled = True
+        self.seq = []
+        self.hash_ids = None
+        self.record = None  # when a dict: gates[lid] and rows[lid] of the calls, appended
+
+    def begin(self, input_ids, pos0):
+        """Before layer 0: the new tokens join the sequence and every layer's hash ids are made
+        by SGLang's EXTEND path, whose history is the n-1 tokens before this call."""
+        ids = input_ids[0].tolist()
+        if pos0 == 0:
+            self.seq = []
+        assert len(self.seq) == pos0, (len(self.seq), pos0)
+        hist = ([0] * (self.n - 1) + self.seq)[-(self.n - 1):]  # oldest first, left-padded as history_row
+        T = len(ids)
+        positions = torch.arange(pos0, pos0 + T)
+        ids_t = torch.tensor(ids, dtype=torch.int64)
+        hash_ids, _ = self.hasher._torch_hash_ids(ids_t, positions, SGL.MODE_EXTEND,
+                                                  torch.tensor([hist], dtype=torch.int32), T, 0,
+                                                  torch.zeros(T, dtype=torch.int64), torch.tensor([0]))
+        self.hash_ids = hash_ids  # [T, n_engram_layers, n_hash_cols]
+        self.seq += ids
+
+    def layer(self, lid, x):
+        """Engram.forward on the residual x [T, hc_mult, hidden] of layer lid."""
+        e = self.t[lid]
+        idx = self.hash_ids[:, e["li"]]
+        emb = owned_rows(e["weight"], e["scale"], idx)
+        kv = F.linear(emb.flatten(-2).float(), e["wkv"])
+        out = SGL.engram_gate(x, kv, e["q_weight"], e["k_weight"], self.eps, CLAMP)
+        mine, gate = gate_lines(x, kv, e["q_weight"], e["k_weight"], self.eps, CLAMP)
+        assert torch.equal(out, mine), "the tool's gate copy differs from SGLang's engram_gate"
+        if self.record is not None:
+            self.record["gates"][lid] += gate.mean(-1).tolist()
+            self.record["rows"][lid] += idx.tolist()
+        return out
+
+    def install(self, model):
+        def model_pre(mod, args, kwargs):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            pos = kwargs.get("position_ids")
+            cache = kwargs.get("cache") or kwargs.get("past_key_values")
+            pos0 = int(pos[0, 0]) if pos is not None else (cache.get_seq_length() if cache is not None else 0)
+            self.begin(ids, pos0)
+        model.model.register_forward_pre_hook(model_pre, with_kwargs=True)
+        for lid in self.t:
+            def layer_pre(mod, args, kwargs, lid=lid):
+                if not self.enabled:
+                    return None
+                x = args[0]
+                assert x.shape[0] == 1
+                return (self.layer(lid, x[0]).unsqueeze(0),) + tuple(args[1:]), kwargs
+            model.model.layers[lid].register_forward_pre_hook(layer_pre, with_kwargs=True)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def sglang_checks(ref, tok_fast, vc):
+    """SGLang's functions against this fixture's values and the C engine's conventions."""
+    hs = ref.hasher
+    lay = ref.layout
+    flat = [p for per in lay.primes[0] for p in per]
+    return dict(
+        compressed_vocab_size=vc, compressed_pad_id=int(hs.pad_id),
+        primes={str(l): [list(p) for p in lay.primes[i]] for i, l in enumerate(lay.layer_ids)},
+        column_bounds={str(l): list(lay.column_bounds(i)) for i, l in enumerate(lay.layer_ids)},
+        multipliers=hs.multipliers.tolist(), table_rows=list(lay.num_embeddings),
+        first_primes=flat[:4], ids_merged_by_compression=len(tok_fast) - vc)
+
+
+def build(seed, out, tok):
+    cfg = V4.base_config(1e-2, 2.5, 1.75)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = DeepseekV4ForCausalLM(cfg).float().eval()
+    V4.perturb(model, gen)
+    prompt = torch.randint(3, V4.VOCAB, (V4.PROMPT_LEN,), generator=gen).tolist()
+    d = os.path.join(out, NAME)
+    if os.path.isdir(d):
+        shutil.rmtree(d)
+    model.save_pretrained(d)
+    tok.save(os.path.join(d, "tokenizer.json"))
+    tok_fast = PreTrainedTokenizerFast(tokenizer_file=os.path.join(d, "tokenizer.json"))
+    lookup, vc = SGL.build_compressed_token_map(tok_fast)
+    with open(os.path.join(d, "config.json")) as f:
+        cfg_json = json.load(f)
+    cfg_json.update(ENGRAM, engram_compressed_vocab_size=vc)
+    layout = SGL.EngramLayout.from_config(types.SimpleNamespace(**cfg_json, engram_num_embeddings=[0, 0]))
+    cfg_json["engram_num_embeddings"] = [sum(p for per in layer for p in per) for layer in layout.primes]
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg_json, f, indent=2)
+    # the Engram tensors beside the backbone's
+    st_path = os.path.join(d, "model.safetensors")
+    tensors = load_file(st_path)
+    H, N, hd = cfg.hidden_size, cfg.hc_mult, ENGRAM["engram_head_dim"]
+    C = (ENGRAM["engram_max_ngram_size"] - 1) * ENGRAM["engram_n_heads"]
+    for lid, rows in zip(ENGRAM["engram_layer_ids"], cfg_json["engram_num_embeddings"]):
+        p = f"model.layers.{lid}.engram."
+        tensors[p + "embed.weight"], tensors[p + "embed.scale"] = make_table(rows, hd, gen)
+        wkv = 1.5 / math.sqrt(C * hd) * torch.randn((N + 1) * H, C * hd, generator=gen)
+        tensors[p + "wkv.weight"], tensors[p + "wkv.scale"], _ = V4.quantize_fp8_block(wkv)
+        tensors[p + "q_weight"] = 1.0 + 0.25 * torch.randn(N, H, generator=gen)
+        tensors[p + "k_weight"] = 1.0 + 0.25 * torch.randn(N, H, generator=gen)
+    save_file(tensors, st_path, metadata={"format": "pt"})
+    gc = os.path.join(d, "generation_config.json")
+    if os.path.exists(gc):
+        os.remove(gc)
+
+    ref_model = DeepseekV4ForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
+    src_sd = model.state_dict()
+    for k, v in ref_model.state_dict().items():
+        assert torch.equal(v, src_sd[k]), f"{k} changed through save/load"
+    ref = EngramRef(cfg_json, tok_fast, load_file(st_path), cfg.rms_norm_eps)
+    ref.install(ref_model)
+    res, reasons = V4.evaluate(ref_model, prompt)
+    # rows and gates over prompt + greedy[:-1], one full forward (causal: equal to the decode's)
+    ref.record = dict(gates={l: [] for l in ref.t}, rows={l: [] for l in ref.t})
+    V4.full_logits(ref_model, prompt + res["tokens"][:-1])
+    rec, ref.record = ref.record, None
+    ref.enabled = False
+    plain = V4.full_logits(ref_model, prompt)[-1]
+    ref.enabled = True
+    effect = float((plain - res["logits_all"][-1]).abs().max())
+    if effect < MIN_EFFECT:
+        reasons.append(f"engram effect {effect:.2e}")
+    gates = np.array([rec["gates"][l] for l in ref.t])
+    if gates.std() < 0.05:
+        reasons.append(f"gates hardly vary ({gates.std():.3f})")
+    extra = dict(rows={str(l): rec["rows"][l] for l in ref.t}, gates={str(l): rec["gates"][l] for l in ref.t},
+                 engram_effect=effect, sglang_checks=sglang_checks(ref, tok_fast, vc))
+    return d, prompt, res, reasons, extra, cfg
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    out = sys.argv[1]
+    tok = train_tokenizer(V4.VOCAB)
+    for seed in range(4100, 4300):
+        d, prompt, res, reasons, extra, cfg = build(seed, out, tok)
+        if not reasons:
+            break
+        print(f"{NAME}: seed {seed} rejected ({'; '.join(reasons)})", flush=True)
+    else:
+        sys.exit(f"{NAME}: no acceptable seed")
+    la = res["logits_all"]
+    la[-1].numpy().astype("<f4").tofile(os.path.join(d, "logits.f32"))
+    la.numpy().astype("<f4").tofile(os.path.join(d, "logits_all.f32"))
+    golden = dict(
+        prompt_ids=prompt, greedy_ids=res["tokens"], margins=res["margins"], min_margin=res["min_margin"],
+        generate_matches_full_forwards=res["gen_out"] == res["tokens"],
+        generate_logits_max_abs_diff=res["gen_logits_diff"],
+        min_router_gap=res["min_router_gap"], router_calls_checked=res["router_calls"],
+        min_index_gap=res["min_index_gap"], index_rows_checked=res["index_rows"],
+        index_rows_selecting=res["index_rows_selecting"], index_zero_scores=res["index_zero_scores"],
+        swiglu_clamped=res["clamps"], incremental_decoding=res["incremental"], chunked_prefill=res["chunked"],
+        logits_all_shape=list(la.shape), seed=seed, **extra,
+        thresholds=dict(min_margin=V4.MIN_MARGIN, min_router_gap=V4.MIN_ROUTER_GAP,
+                        min_index_gap=V4.MIN_INDEX_GAP, incremental_tol=V4.INCR_TOL, min_engram_effect=MIN_EFFECT),
+        compute_dtype="float32", transformers=transformers.__version__, torch=torch.__version__, sglang="0.5.23",
+        notes=("Tiny random DeepseekV4ForCausalLM (the deepseek_v4 fixture's shape and checks) with the "
+               "DeepSeek-V4.1 Engram of SGLang 0.5.23 at layers 1 and 2 (see the tool's docstring for what "
+               "is SGLang's own code and what is transcribed). rows: per layer [token][column] table rows of "
+               "prompt + greedy[:-1]; gates: per layer the gate of each of those tokens, mean over the "
+               "hc_mult streams. engram_effect: max |last-position logit change| without the Engram."))
+    with open(os.path.join(d, "golden.json"), "w") as f:
+        json.dump(golden, f, indent=1)
+    sizes = {f: os.path.getsize(os.path.join(d, f)) for f in sorted(os.listdir(d))}
+    print(f"{NAME}: seed {seed} ok, min margin {res['min_margin']:.3e}, effect {extra['engram_effect']:.3f}, "
+          f"Vc {extra['sglang_checks']['compressed_vocab_size']}, incremental "
+          f"{res['incremental']['max_abs_diff_any']:.1e}, chunked {res['chunked']['max_abs_diff_any']:.1e}, "
+          f"files {sizes}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
