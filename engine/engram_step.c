@@ -247,14 +247,9 @@ static void collect_gates(engram_step *es, const engram_weights *w, const batch_
     }
 }
 
-int engram_step_layer(engram_step *es, const engram_weights *w, const batch_desc *b, float *x,
-                      const forward_item *it, int n_items) {
+int engram_step_rows(engram_step *es, const engram_weights *w, const batch_desc *b, const float **emb) {
     const model_engram *e = es->bm->engram;
-    backend *be = es->be;
-    int T = b->n_tokens, d = es->bm->cfg.hidden_size;
-    size_t off = (size_t)w->li * T * e->n_heads;
-    bool want = false;
-    for (int i = 0; i < n_items; i++) want |= it[i].gates != NULL;
+    int T = b->n_tokens;
     double t0 = util_now();
     /* The rows: a host store's were gathered (engram_fetch_start, after
      * planning) while this thread issued the layers before this one and the
@@ -262,9 +257,36 @@ int engram_step_layer(engram_step *es, const engram_weights *w, const batch_desc
     if (es->fetch[w->li]) {
         if (engram_fetch_finish(es->fetch[w->li], es->scratch.e)) return finish_fetches(es, FORWARD_ERR_IO);
     } else {
-        backend_gather_rows(be, es->scratch.e, &w->table, es->rows + off, T, e->n_heads);
+        backend_gather_rows(es->be, es->scratch.e, &w->table, es->rows + (size_t)w->li * T * e->n_heads, T,
+                            e->n_heads);
     }
-    engram_module_run(be, e, w, d, b, x, es->scratch.e, (size_t)w->li * (es->hist_floats / e->n_layers),
+    es->seconds += util_now() - t0;
+    *emb = es->scratch.e;
+    return FORWARD_OK;
+}
+
+float *engram_step_gates(engram_step *es, const forward_item *it, int n_items) {
+    for (int i = 0; i < n_items; i++)
+        if (it[i].gates) return es->egates;
+    return NULL;
+}
+
+void engram_step_gates_done(engram_step *es, const engram_weights *w, const batch_desc *b, const forward_item *it,
+                            int n_items) {
+    if (engram_step_gates(es, it, n_items)) collect_gates(es, w, b, it, n_items);
+}
+
+int engram_step_layer(engram_step *es, const engram_weights *w, const batch_desc *b, float *x,
+                      const forward_item *it, int n_items) {
+    const model_engram *e = es->bm->engram;
+    backend *be = es->be;
+    int T = b->n_tokens, d = es->bm->cfg.hidden_size;
+    bool want = engram_step_gates(es, it, n_items) != NULL;
+    const float *emb;
+    int rc = engram_step_rows(es, w, b, &emb);
+    if (rc != FORWARD_OK) return rc;
+    double t0 = util_now();
+    engram_module_run(be, e, w, d, b, x, emb, (size_t)w->li * (es->hist_floats / e->n_layers),
                       &es->scratch, es->eout, want ? es->egates : NULL);
     backend_add(be, x, es->eout, (size_t)T * d);
     es->seconds += util_now() - t0;

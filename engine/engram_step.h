@@ -54,6 +54,16 @@ void engram_step_fetch_start(engram_step *es, int T);
 int engram_step_layer(engram_step *es, const engram_weights *w, const batch_desc *b, float *x,
                       const forward_item *it, int n_items);
 
+/* The rows half of engram_step_layer, for a module run elsewhere (DeepSeek-V4.1's, in
+ * forward_dsv4.c): *emb = the step's rows of layer w as f32 (T, E), backend memory, valid until
+ * the next layer's rows. Returns FORWARD_OK, or FORWARD_ERR_IO as engram_step_layer does. */
+int engram_step_rows(engram_step *es, const engram_weights *w, const batch_desc *b, const float **emb);
+/* The (T, hc_mult) backend buffer such a module writes its gates to when an item wants them,
+ * else NULL; then engram_step_gates_done hands layer w's gates to those items. */
+float *engram_step_gates(engram_step *es, const forward_item *it, int n_items);
+void engram_step_gates_done(engram_step *es, const engram_weights *w, const batch_desc *b, const forward_item *it,
+                            int n_items);
+
 /* forward_prefetch_ahead (forward.h) on es. */
 int engram_step_prefetch_ahead(engram_step *es, const int32_t *ids, int lead, int n_ahead);
 bool engram_step_prefetches_ahead(const engram_step *es);

@@ -144,6 +144,11 @@ int forward_ctx_create(model *m, backend *be, int max_tokens, int max_seqs, forw
                  backend_name(be));
         return FORWARD_ERR_UNSUPPORTED;
     }
+    if (m->engram && m->engram->v41 && !backend_has(be, engram_v41_gate)) {
+        snprintf(err, errlen, "the %s backend does not run DeepSeek-V4.1's Engram yet (use --device cpu)",
+                 backend_name(be));
+        return FORWARD_ERR_UNSUPPORTED;
+    }
     if (c->moe.n_experts && !(backend_has(be, moe_route) && backend_has(be, moe_experts))) {
         snprintf(err, errlen, "the %s backend does not run mixture-of-experts layers yet (use --device cpu)",
                  backend_name(be));
@@ -516,7 +521,8 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
 
     if (fc->dsv4) { /* DeepSeek-V4: its own pass and head (forward_dsv4.c) */
         for (int i = 0; i < S; i++) fc->dsv4_seqs[i] = it[i].st->dsv4;
-        dsv4_forward(fc->dsv4, &b, fc->dsv4_seqs, fc->ids, fc->last, nl, fc->logits);
+        if ((rc = dsv4_forward(fc->dsv4, fc->eng, &b, fc->dsv4_seqs, fc->ids, it, S, fc->last, nl, fc->logits)))
+            return rc;
         if (nl && any_argmax) backend_argmax(be, fc->next, fc->logits, nl, c->vocab_size);
         goto issued;
     }

@@ -1,6 +1,8 @@
 /* DeepSeek-V4 forward pass, one scheduler step, through backend ops:
  *   X = N copies of embed(ids)                        (T, N, d) residual streams
- *   per layer: (post, comb, x) = HC(attn_hc, X); X = post y + comb^T X with
+ *   per layer: X[g] += gate_g(X[g], key_g) value    on DeepSeek-V4.1 Engram layers, before
+ *                the attention's HC: rows -> kv = wkv(rows) = N keys + one value
+ *              (post, comb, x) = HC(attn_hc, X); X = post y + comb^T X with
  *                y = attention(rmsnorm(x)): low-rank q, one K=V head, tail rope,
  *                window + compressed entries (CSA: indexer top-k; HCA: all), sinks,
  *                inverse rope, grouped output projection
@@ -35,6 +37,7 @@ struct dsv4_ctx {
     float *rlogits, *moe_w, *sg, *su;      /* (T, E) (T, k) (T, I) (T, I) */
     int32_t *moe_ids;                      /* (T, k) */
     float *lastX, *lastmix, *lasth;        /* (S, N, d) (S, N) (S, d) */
+    float *ekv;                            /* (T, (N+1) d) an Engram layer's keys and value (V4.1), or NULL */
     dsv4_state **st;                       /* host (S): the step's states of one layer */
 };
 
@@ -69,7 +72,7 @@ void dsv4_ctx_destroy(dsv4_ctx *dc) {
     float **bufs[] = {&dc->freq_main, &dc->freq_comp, &dc->X, &dc->Xn, &dc->mix, &dc->post, &dc->comb, &dc->xc,
                       &dc->h, &dc->y, &dc->qlat, &dc->q, &dc->kv, &dc->att, &dc->ck, &dc->cg, &dc->ik, &dc->ig,
                       &dc->iq, &dc->iw, &dc->gin, &dc->gout, &dc->oa, &dc->rlogits, &dc->moe_w, &dc->sg, &dc->su,
-                      &dc->lastX, &dc->lastmix, &dc->lasth, (float **)&dc->sel, (float **)&dc->moe_ids};
+                      &dc->lastX, &dc->lastmix, &dc->lasth, &dc->ekv, (float **)&dc->sel, (float **)&dc->moe_ids};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) backend_free(dc->be, *bufs[i]);
     free(dc->st);
     free(dc);
@@ -99,6 +102,7 @@ int dsv4_ctx_create(const model *bm, backend *be, int max_tokens, int max_seqs, 
         {&dc->gin, T * nh * D / G}, {&dc->gout, T * R}, {&dc->oa, T * G * R}, {&dc->rlogits, T * E},
         {&dc->moe_w, T * k}, {(float **)&dc->moe_ids, T * k}, {&dc->sg, T * I}, {&dc->su, T * I},
         {&dc->lastX, S * N * d}, {&dc->lastmix, S * N}, {&dc->lasth, S * d},
+        {&dc->ekv, bm->engram ? T * (N + 1) * d : 1},
     };
     bool ok = (dc->st = calloc(S, sizeof(dsv4_state *))) != NULL;
     for (size_t i = 0; i < sizeof(want) / sizeof(want[0]) && ok; i++) ok = (*want[i].p = backend_alloc(be, want[i].n * F));
@@ -241,8 +245,27 @@ static void moe(dsv4_ctx *dc, int l, const int32_t *ids, int T) {
     backend_add(be, dc->y, dc->xc, (size_t)T * dc->bm->cfg.hidden_size);
 }
 
-void dsv4_forward(dsv4_ctx *dc, const batch_desc *b, dsv4_seq *const *seqs, const int32_t *ids,
-                  const int32_t *last, int nl, float *logits) {
+/* SGLang's clamp_value of the gate's |s| (engram.py, Engram.__init__). */
+#define ENGRAM_V41_CLAMP 1e-6f
+
+/* DeepSeek-V4.1's Engram of layer w on the streams X (DEEPSEEK_V4.md 5.6-5.7): the step's rows
+ * (hashed at planning, from the checkpoint tensor or a store), kv = rows wkv^T, then each
+ * stream's gate adds the gated value in place. */
+static int engram_layer(dsv4_ctx *dc, engram_step *eng, const engram_weights *w, const batch_desc *b,
+                        const forward_item *it, int n_items) {
+    const model_config *c = &dc->bm->cfg;
+    const float *emb;
+    int T = b->n_tokens, rc = engram_step_rows(eng, w, b, &emb);
+    if (rc != FORWARD_OK) return rc;
+    backend_matmul(dc->be, dc->ekv, emb, &w->w_kv, NULL, T);
+    backend_engram_v41_gate(dc->be, dc->X, dc->ekv, w->qk, T, c->dsv4.hc_mult, c->hidden_size,
+                            dc->bm->engram->eps, ENGRAM_V41_CLAMP, engram_step_gates(eng, it, n_items));
+    engram_step_gates_done(eng, w, b, it, n_items);
+    return FORWARD_OK;
+}
+
+int dsv4_forward(dsv4_ctx *dc, engram_step *eng, const batch_desc *b, dsv4_seq *const *seqs, const int32_t *ids,
+                 const forward_item *it, int n_items, const int32_t *last, int nl, float *logits) {
     const model *bm = dc->bm;
     const model_config *c = &bm->cfg;
     const dsv4_weights *dw = bm->dsv4;
@@ -256,6 +279,8 @@ void dsv4_forward(dsv4_ctx *dc, const batch_desc *b, dsv4_seq *const *seqs, cons
         const dsv4_layer *Y = &dw->layers[l];
         const layer_weights *L = &bm->layers[l];
         for (int s = 0; s < b->n_seqs; s++) dc->st[s] = &seqs[s]->layers[l];
+        int rc = L->engram ? engram_layer(dc, eng, L->engram, b, it, n_items) : FORWARD_OK;
+        if (rc != FORWARD_OK) return rc;
         hc_pre(dc, &Y->hc_attn_fn, Y->hc_attn_base, Y->hc_attn_scale, T);
         backend_rmsnorm(be, dc->h, dc->xc, L->attn_norm, T, d, eps);
         attention(dc, l, b);
@@ -265,7 +290,7 @@ void dsv4_forward(dsv4_ctx *dc, const batch_desc *b, dsv4_seq *const *seqs, cons
         moe(dc, l, ids, T);
         backend_hc_merge(be, dc->X, dc->y, dc->post, dc->comb, T, N, d);
     }
-    if (!nl) return;
+    if (!nl) return FORWARD_OK;
     backend_gather_f32(be, dc->lastX, dc->X, last, nl, N * d);
     backend_rmsnorm_plain(be, dc->Xn, dc->lastX, nl, N * d, eps);
     backend_matmul(be, dc->lastmix, dc->Xn, &dw->hc_head_fn, NULL, nl);
@@ -273,4 +298,5 @@ void dsv4_forward(dsv4_ctx *dc, const batch_desc *b, dsv4_seq *const *seqs, cons
                     c->dsv4.hc_eps);
     backend_rmsnorm(be, dc->lasth, dc->lasth, bm->final_norm, nl, d, eps);
     backend_matmul(be, logits, dc->lasth, &bm->lm_head, NULL, nl);
+    return FORWARD_OK;
 }

@@ -5,6 +5,7 @@
 #define ENGINE_FORWARD_DSV4_H
 
 #include "engine/backend/backend.h"
+#include "engine/engram_step.h"
 #include "engine/model/model.h"
 
 typedef struct dsv4_ctx dsv4_ctx;
@@ -23,8 +24,12 @@ int dsv4_seq_create(dsv4_ctx *dc, int max_tokens, dsv4_seq **out);
 void dsv4_seq_destroy(dsv4_ctx *dc, dsv4_seq *s); /* accepts NULL */
 
 /* Runs the step described by b (ids (T) in backend memory, seqs (n_seqs) in
- * batch order), then the head at rows last (nl) into logits (nl, vocab). */
-void dsv4_forward(dsv4_ctx *dc, const batch_desc *b, dsv4_seq *const *seqs, const int32_t *ids,
-                  const int32_t *last, int nl, float *logits);
+ * batch order), then the head at rows last (nl) into logits (nl, vocab).
+ * With DeepSeek-V4.1's Engram, eng (the step's Engram work, hashed when the
+ * step was planned) gives each Engram layer its rows, and the items (n_items,
+ * batch order) that ask for gates get them. Returns FORWARD_OK, or
+ * FORWARD_ERR_IO when a host store's rows could not be read. */
+int dsv4_forward(dsv4_ctx *dc, engram_step *eng, const batch_desc *b, dsv4_seq *const *seqs, const int32_t *ids,
+                 const forward_item *it, int n_items, const int32_t *last, int nl, float *logits);
 
 #endif

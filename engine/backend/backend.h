@@ -184,6 +184,15 @@ typedef struct backend_ops {
     void (*short_conv)(backend *be, float *out, const float *in, const float *w, const batch_desc *b, size_t hist_off,
                        int C, int K, int dil);
 
+    /* DeepSeek-V4.1's Engram gate (DEEPSEEK_V4.md 5.6; optional: NULL where a backend has none,
+     * and a V4.1 Engram model does not run there). In place on X (T, N, d), for each token t and
+     * stream g, with kv (T, (N+1) d) holding the N keys then the shared value, w (N, d):
+     *   s = (sum_i X[g][i] w[g][i] key_g[i]) rsqrt(mean(X[g]^2) + eps) rsqrt(mean(key_g^2) + eps) d^-0.5
+     *   gate = sigmoid(copysign(sqrt(max(|s|, clamp)), s)); X[g] += gate * value;
+     * gates (T, N) = those gates when not NULL. */
+    void (*engram_v41_gate)(backend *be, float *X, const float *kv, const float *w, int T, int N, int d, float eps,
+                            float clamp, float *gates);
+
     /* ---- Engram rows from host memory (engram_fetch.c) ----
      * A table in a host store reaches the backend as raw rows: gathered by
      * the host into host_alloc'd staging, copied by fetch on a channel (one
@@ -390,6 +399,11 @@ static inline void backend_scale_rows(backend *be, float *out, size_t ostride, c
 static inline void backend_short_conv(backend *be, float *out, const float *in, const float *w, const batch_desc *b,
                                       size_t hist_off, int C, int K, int dil) {
     be->ops->short_conv(be, out, in, w, b, hist_off, C, K, dil);
+}
+
+static inline void backend_engram_v41_gate(backend *be, float *X, const float *kv, const float *w, int T, int N,
+                                           int d, float eps, float clamp, float *gates) {
+    be->ops->engram_v41_gate(be, X, kv, w, T, N, d, eps, clamp, gates);
 }
 
 static inline void *backend_host_alloc(backend *be, size_t bytes) { return be->ops->host_alloc(be, bytes); }

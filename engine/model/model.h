@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engram/engram_v41.h"
 #include "engram/ngram_hash.h"
 #include "engram/store.h"
 #include "engine/model/safetensors.h"
@@ -123,6 +124,7 @@ typedef struct {
     moe_config moe;
     engram_config engram;
     dsv4_config dsv4; /* ARCH_DEEPSEEK_V4 only */
+    engram_v41_config engram_v41; /* DeepSeek-V4.1's engram_* keys; n_layers 0 when absent */
 } model_config;
 
 /* Parses config.json text (untrusted). `label` names the file in messages.
@@ -180,6 +182,9 @@ typedef struct {
     const float *norm2[ENGRAM_MAX_HC]; /* (d) query norm, eps = f32 machine epsilon */
     const float *conv_norm[ENGRAM_MAX_HC]; /* (d) short_conv.norms.{g}, eps 1e-5 */
     const float *conv_w;           /* (G*d, K) depthwise causal conv, dilation max_ngram_size */
+    /* DeepSeek-V4.1 (DEEPSEEK_V4.md 5.6; table is then FP8 with one ue8m0 scale per 32 values) */
+    weight w_kv;                   /* ((G+1) d, E) wkv: G keys, then the shared value */
+    const float *qk;               /* (G, d) q_weight * k_weight, one f32 product as SGLang forms it */
 } engram_weights;
 
 /* Everything Engram needs at run time, derived at load. */
@@ -193,6 +198,8 @@ typedef struct {
     int n_heads;           /* H rows gathered per token and layer */
     int head_dim;          /* D */
     int embed_dim;         /* E = H * D */
+    bool v41;              /* DeepSeek-V4.1's module (fused wkv, per-stream gate, no conv) */
+    float eps;             /* V4.1: the gate's rstd floor, rms_norm_eps */
     engram_weights *layers; /* (n_layers) */
 } model_engram;
 

@@ -229,8 +229,9 @@ int model__parse_dsv4_config(const cJSON *root, model_config *c, const char *lab
         parse_ropes(root, c, label, err, errlen))
         return -1;
     if (cJSON_GetObjectItemCaseSensitive(root, "engram"))
-        FAIL("%s: Engram on a DeepSeek-V4 backbone is not supported yet", label);
-    return 0;
+        FAIL("%s: the demo Engram module (key engram) on a DeepSeek-V4 backbone is not supported; "
+             "DeepSeek-V4.1's Engram takes the engram_* keys", label);
+    return model__parse_dsv4_engram(root, c, label, err, errlen); /* V4.1's Engram, model_dsv4_engram.c */
 }
 
 /* ---- weights ---- */
@@ -488,7 +489,7 @@ int model__load_dsv4(model *m, char *err, size_t errlen) {
         return rc;
     for (int i = 0; i < c->n_layers; i++)
         if ((rc = load_layer(m, i, err, errlen))) return rc;
-    return MODEL_OK;
+    return c->engram_v41.n_layers ? model__load_dsv4_engram(m, err, errlen) : MODEL_OK;
 }
 
 void model__destroy_dsv4(model *m) {

@@ -236,16 +236,20 @@ int model__load_engram(model *m, char *err, size_t errlen) {
     return MODEL_OK;
 }
 
-/* The table-file dtype of a checkpoint tensor's dtype, 0 when it has none. */
+/* The table-file dtype of a checkpoint tensor's dtype, 0 when it has none. An F8_E4M3 table
+ * is DeepSeek-V4.1's (one ue8m0 scale per 32 values): its file rows are packed values + scales. */
 static int table_dtype(dtype dt) {
-    return dt == DTYPE_F32 ? ENGRAM_STORE_F32 : dt == DTYPE_BF16 ? ENGRAM_STORE_BF16 : dt == DTYPE_F16 ? ENGRAM_STORE_F16 : 0;
+    return dt == DTYPE_F32 ? ENGRAM_STORE_F32 : dt == DTYPE_BF16 ? ENGRAM_STORE_BF16 : dt == DTYPE_F16 ? ENGRAM_STORE_F16
+           : dt == DTYPE_F8_E4M3 ? ENGRAM_STORE_FP8_UE8M0 : 0;
 }
 
 /* Rows copied from the tensor, with progress on stderr: \r updates on a
  * terminal, else a line every quarter (logs are not terminals). */
 typedef struct {
     const uint8_t *data;
-    uint32_t row_bytes;
+    const uint8_t *scales;  /* FP8 tables: (rows, cols/32) ue8m0 bytes appended to each row, else NULL */
+    uint32_t scale_bytes;
+    uint32_t row_bytes;     /* of data */
     uint64_t rows;
     const char *path;
     bool tty;
@@ -255,6 +259,7 @@ typedef struct {
 static int export_fill(void *ctx, uint64_t row, void *dst) {
     export_ctx *x = ctx;
     memcpy(dst, x->data + row * x->row_bytes, x->row_bytes);
+    if (x->scales) memcpy((uint8_t *)dst + x->row_bytes, x->scales + row * x->scale_bytes, x->scale_bytes);
     int pct = (int)((row + 1) * 100 / x->rows);
     if (x->tty && pct != x->shown) {
         fprintf(stderr, "\rengram: writing %s: %3d%%%s", x->path, pct, pct == 100 ? "\n" : "");
@@ -275,7 +280,10 @@ static int export_layer(const model *m, int li, const char *path, char *err, siz
                  dtype_name(w->table.dt));
         return MODEL_ERR_WEIGHTS;
     }
-    export_ctx x = {w->table.data, engram_store_row_bytes(dt, (uint32_t)w->table.cols), (uint64_t)w->table.rows,
+    bool fp8 = dt == ENGRAM_STORE_FP8_UE8M0;
+    uint32_t cols = (uint32_t)w->table.cols;
+    export_ctx x = {w->table.data, fp8 ? w->table.scale : NULL, fp8 ? cols / 32 : 0,
+                    fp8 ? cols : engram_store_row_bytes(dt, cols), (uint64_t)w->table.rows,
                     path, isatty(STDERR_FILENO) == 1, -1};
     fprintf(stderr, "engram: layer %d: %d rows x %d %s -> %s\n", w->layer_id, w->table.rows, w->table.cols,
             engram_store_dtype_name(dt), path);

@@ -74,4 +74,10 @@ int model__parse_dsv4_config(const cJSON *root, model_config *c, const char *lab
 int model__load_dsv4(model *m, char *err, size_t errlen);
 void model__destroy_dsv4(model *m); /* frees m->dsv4 */
 
+/* model_dsv4_engram.c: DeepSeek-V4.1's engram_* keys into c->engram_v41 (n_layers 0 without
+ * them), refusing the V4.1 backbone keys not implemented; then, after the backbone, its
+ * compressed tokenizer, hash tables and Engram tensors into m->engram. */
+int model__parse_dsv4_engram(const cJSON *root, model_config *c, const char *label, char *err, size_t errlen);
+int model__load_dsv4_engram(model *m, char *err, size_t errlen);
+
 #endif

@@ -405,6 +405,10 @@ static void cpu_moe_experts(backend *be, float *out, const float *x, const int32
 
 static void cpu_gather_rows(backend *be, float *out, const weight *table, const int64_t *rows, int T, int H) {
     int D = table->cols;
+    if (table->fmt != WEIGHT_DENSE) { /* DeepSeek-V4.1's FP8 rows: decoded with their scales, exactly */
+        for (size_t i = 0; i < (size_t)T * H; i++) model_weight_rows_to_f32(out + i * D, table, (int)rows[i], 1);
+        return;
+    }
     size_t esz = dtype_size(table->dt);
     for (int t = 0; t < T; t++)
         for (int h = 0; h < H; h++)
@@ -626,6 +630,7 @@ static const backend_ops cpu_ops = {
     .dsv4_index = cpu__dsv4_index,
     .dsv4_attention = cpu__dsv4_attention,
     .swiglu_limit = cpu__swiglu_limit,
+    .engram_v41_gate = cpu__engram_v41_gate,
 };
 
 backend *backend_cpu_create(void) {

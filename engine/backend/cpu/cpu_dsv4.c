@@ -263,3 +263,32 @@ void cpu__swiglu_limit(backend *be, float *gate, const float *up, size_t n, floa
         gate[i] = g / (1.0f + expf(-g)) * u;
     }
 }
+
+/* DeepSeek-V4.1's Engram gate in SGLang's order (engram.py engram_gate): the rstd of the stream
+ * and of its key multiplied first, the dot product of (x w) key, then rstd and d^-0.5; sums of
+ * squares and the dot in double, as this file's norms. */
+void cpu__engram_v41_gate(backend *be, float *X, const float *kv, const float *w, int T, int N, int d, float eps,
+                          float clamp, float *gates) {
+    (void)be;
+    const float inv_sqrt_d = (float)(1.0 / sqrt((double)d));
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        const float *kvt = kv + (size_t)t * (N + 1) * d, *value = kvt + (size_t)N * d;
+        for (int g = 0; g < N; g++) {
+            float *x = X + ((size_t)t * N + g) * d;
+            const float *key = kvt + (size_t)g * d, *wg = w + (size_t)g * d;
+            double sx = 0.0, sk = 0.0, dot = 0.0;
+            for (int i = 0; i < d; i++) {
+                sx += (double)x[i] * x[i];
+                sk += (double)key[i] * key[i];
+                dot += (double)(x[i] * wg[i] * key[i]);
+            }
+            float rstd = 1.0f / sqrtf((float)(sx / d) + eps) * (1.0f / sqrtf((float)(sk / d) + eps));
+            float s = (float)dot * rstd * inv_sqrt_d;
+            float a = fabsf(s) > clamp ? fabsf(s) : clamp;
+            float gate = sigmoidf(copysignf(sqrtf(a), s));
+            for (int i = 0; i < d; i++) x[i] += gate * value[i];
+            if (gates) gates[(size_t)t * N + g] = gate;
+        }
+    }
+}

@@ -1,4 +1,4 @@
-/* What the CPU backend's files share: the DeepSeek-V4 ops of cpu_dsv4.c,
+/* What the CPU backend's files share: the DeepSeek-V4 (and V4.1 Engram) ops of cpu_dsv4.c,
  * registered in backend_cpu.c's ops table. Contracts in backend.h. */
 #ifndef ENGINE_BACKEND_CPU_INTERNAL_H
 #define ENGINE_BACKEND_CPU_INTERNAL_H
@@ -22,5 +22,7 @@ void cpu__dsv4_attention(backend *be, float *out, const float *q, const float *k
                          dsv4_state *const *st, int m, const int32_t *sel, int K, const float *sinks, int nh, int D,
                          int W);
 void cpu__swiglu_limit(backend *be, float *gate, const float *up, size_t n, float limit);
+void cpu__engram_v41_gate(backend *be, float *X, const float *kv, const float *w, int T, int N, int d, float eps,
+                          float clamp, float *gates);
 
 #endif
