@@ -38,7 +38,8 @@ static uint32_t stack_hash(const uint32_t *st, uint32_t len) {
 static int state_add(gstate *s, const uint32_t *st, uint32_t len) {
     uint32_t h = stack_hash(st, len);
     for (int i = 0; i < s->n; i++)
-        if (s->hash[i] == h && s->len[i] == len && !memcmp(s->data + s->off[i], st, len * sizeof(uint32_t))) return 0;
+        if (s->hash[i] == h && s->len[i] == len && (!len || !memcmp(s->data + s->off[i], st, len * sizeof(uint32_t))))
+            return 0;
     if (s->n >= GRAMMAR_MAX_STACKS) {
         s->overflow = true;
         return 0;
@@ -61,7 +62,7 @@ static int state_add(gstate *s, const uint32_t *st, uint32_t len) {
         s->data = d;
         s->cap_data = cap;
     }
-    memcpy(s->data + s->n_data, st, len * sizeof(uint32_t));
+    if (len) memcpy(s->data + s->n_data, st, len * sizeof(uint32_t)); /* st may be NULL when len is 0 */
     s->off[s->n] = (uint32_t)s->n_data;
     s->len[s->n] = len;
     s->hash[s->n] = h;

@@ -227,7 +227,7 @@ static uint32_t *state_key(const gstate *s, size_t *len) {
     k[at++] = (uint32_t)s->n;
     for (int i = 0; i < s->n; i++) {
         k[at++] = s->len[i];
-        memcpy(k + at, s->data + s->off[i], s->len[i] * sizeof(uint32_t));
+        if (s->len[i]) memcpy(k + at, s->data + s->off[i], s->len[i] * sizeof(uint32_t));
         at += s->len[i];
     }
     *len = n;
