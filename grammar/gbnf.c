@@ -28,6 +28,11 @@ const char *grammar_status_str(int status) {
     }
 }
 
+void grammar__scrub(char *msg) {
+    for (; msg && *msg; msg++)
+        if ((unsigned char)*msg < 0x20 || *msg == 0x7F) *msg = '?';
+}
+
 int grammar__u32_push(u32vec *a, uint32_t x) {
     if (a->n == a->cap) {
         size_t cap = a->cap ? a->cap * 2 : 16;
@@ -92,6 +97,7 @@ static int gb_fail(gb *b, int status, const char *fmt, const char *a) {
         char msg[200];
         snprintf(msg, sizeof(msg), fmt, a ? a : "");
         err_set(b->err, b->errlen, status, "grammar line %d: %s", b->line, msg);
+        grammar__scrub(b->err);
         b->status = status;
     }
     return -1;

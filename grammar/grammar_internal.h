@@ -46,6 +46,10 @@ typedef struct {
 /* Appends s (n bytes of UTF-8) as a GBNF literal "...". Returns 0, or -1 out of memory (regex.c). */
 int grammar__gbnf_literal(strbuf *b, const char *s, size_t n);
 
+/* Replaces control characters in a message by '?': messages quote the
+ * input, and must stay one line. */
+void grammar__scrub(char *msg);
+
 int grammar__u32_push(u32vec *a, uint32_t x); /* 0, or -1 out of memory */
 void grammar__u32_free(u32vec *a);
 

@@ -55,6 +55,7 @@ static int sc_fail(sc *c, int status, const char *fmt, ...) {
         vsnprintf(msg, sizeof(msg), fmt, ap);
         va_end(ap);
         err_set(c->err, c->errlen, status, "JSON schema: %s", msg);
+        grammar__scrub(c->err);
         c->status = status;
     }
     return -1;

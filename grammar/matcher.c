@@ -153,7 +153,7 @@ fail:
 static int state_copy(gstate *dst, const gstate *src) {
     state_clear(dst);
     for (int i = 0; i < src->n; i++)
-        if (state_add(dst, src->data + src->off[i], src->len[i])) return -1;
+        if (state_add(dst, src->len[i] ? src->data + src->off[i] : NULL, src->len[i])) return -1; /* data NULL: all empty */
     dst->overflow = src->overflow;
     return 0;
 }

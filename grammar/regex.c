@@ -30,6 +30,7 @@ static int rx_fail(rx *r, int status, const char *what) {
     if (r->status == GRAMMAR_OK) {
         r->status = status;
         err_set(r->err, r->errlen, status, "regex at offset %d: %s", (int)(r->p - r->s), what);
+        grammar__scrub(r->err);
     }
     return -1;
 }
