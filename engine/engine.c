@@ -78,6 +78,8 @@ void engine_get_stats(engine *e, engine_stats *out) {
     out->steps = e->st_steps;
     out->step_tokens = e->st_step_tokens;
     out->step_tokens_total = e->st_step_tokens_total;
+    out->grammar_masks = e->st_masks;
+    out->grammar_mask_seconds = e->st_mask_seconds;
     pthread_mutex_unlock(&e->mu);
 }
 
@@ -280,6 +282,8 @@ void engine_destroy(engine *e) {
     kv_cache_destroy(e->kv);
     forward_ctx_destroy(e->fc);
     free(e->next);
+    grammar_vocab_destroy(e->gvocab);
+    free(e->gmask);
     free(e->row);
     free(e->res);
     if (e->be) {

@@ -17,6 +17,7 @@
 #include "engine/engram_fetch.h" /* engram_fetch_stats (engine_fetch_stats) */
 #include "engine/sampler.h"       /* sampler_params (engine_request_params) */
 #include "engram/store.h"         /* engram_store_params (engine_params), engram_store_stats */
+#include "grammar/grammar.h"       /* grammar (engine_request_params) */
 #include "tokenizer/tokenizer.h"
 
 typedef struct model model; /* engine/model/model.h: for engine_model's callers (tests, benchmarks) */
@@ -105,6 +106,8 @@ typedef struct {
     long long steps;       /* scheduler steps that ran tokens */
     int step_tokens;       /* tokens in the latest step */
     long long step_tokens_total; /* tokens over all steps */
+    long long grammar_masks;     /* token masks computed for constrained sequences */
+    double grammar_mask_seconds; /* time spent computing them */
 } engine_stats;
 
 void engine_get_stats(engine *e, engine_stats *out);
@@ -175,6 +178,13 @@ typedef struct {
      * strings apply to the forced ids; logprobs describe the sampled ids).
      * NULL: sample as usual. */
     const int32_t *forced;
+    /* Structured output: the output must be a sentence of this grammar
+     * (borrowed; the request takes its own reference). Before each token is
+     * sampled the tokens the grammar does not allow get -inf (after logprobs,
+     * which report the model's distribution); EOS is allowed exactly when the
+     * grammar can end, and the request stops ("stop") once nothing more may
+     * follow. Needs the model's tokenizer; not with forced. NULL: none. */
+    grammar *grammar;
     /* Called on the engine thread, with no lock held, when new output appears
      * after engine_request_read armed it (see there). May be NULL. */
     void (*notify)(void *ctx);
@@ -185,7 +195,8 @@ typedef struct engine_request engine_request;
 
 /* Queues a request. Returns ENGINE_OK and *out (a reference the caller must
  * drop with engine_request_release), or ENGINE_ERR_INVALID (prompt empty or
- * out of range, prompt + max_tokens over the context, bad stop/bias),
+ * out of range, prompt + max_tokens over the context, bad stop/bias, a
+ * grammar without a tokenizer or with forced),
  * ENGINE_ERR_QUEUE_FULL, ENGINE_ERR_STOPPED or ENGINE_ERR_NOMEM. Thread-safe. */
 int engine_submit(engine *e, const engine_request_params *p, engine_request **out);
 

@@ -38,6 +38,7 @@ struct engine_request {
     int n_bias;
     engine_logprob *lp; /* (max_tokens) when logprobs were asked for */
     int32_t *forced;    /* (max_tokens) output ids instead of sampled ones, or NULL */
+    grammar *grammar;   /* one reference, or NULL: the output's grammar */
     int pf_upto;        /* prompt positions whose Engram rows went to the prefetch threads (engine thread) */
     engine *eng;        /* the engine it was submitted to */
     bool taken;         /* off the queue (under engine.mu): it holds a batch slot until its finish */
@@ -88,6 +89,12 @@ struct engine {
     forward_item *items;     /* (max_num_seqs) the step */
     struct seq **item_seq;   /* (max_num_seqs) the sequence of each item */
     int ctx, vocab;
+    /* constrained decoding, engine thread only: the tokenizer's vocabulary
+     * as a grammar trie (made by the first request with a grammar) */
+    grammar_vocab *gvocab;
+    uint32_t *gmask;         /* (grammar_vocab_mask_words) the mask of one row */
+    long long n_masks;
+    double mask_seconds;
     /* scheduler, engine thread only */
     struct seq **running;    /* (max_num_seqs) oldest first */
     int n_running;
@@ -99,7 +106,8 @@ struct engine {
     long long n_preemptions;
     /* what engine_get_stats reports, under mu */
     int st_running, st_preempted, st_kv_used, st_step_tokens;
-    long long st_preemptions, st_steps, st_step_tokens_total;
+    long long st_preemptions, st_steps, st_step_tokens_total, st_masks;
+    double st_mask_seconds;
     pthread_t thread;
     bool thread_started;
     pthread_mutex_t mu; /* queue, running, stopping */
@@ -166,6 +174,7 @@ typedef struct seq {
     forward_state *st;   /* NULL while preempted */
     sampler *smp;
     tokenizer_stream *ts;
+    grammar_matcher *gm; /* where the output is in the request's grammar, or NULL */
     gen_text g;          /* generated text (holdback.c) */
     int32_t *out_ids;    /* (max_tokens) generated ids */
     int n_out;

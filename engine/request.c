@@ -19,6 +19,7 @@ void engine__request_free(engine_request *r) {
     free(r->gate_ids);
     free(r->lp);
     free(r->forced);
+    grammar_release(r->grammar);
     strbuf_free(&r->pend);
     pthread_mutex_destroy(&r->mu);
     free(r);
@@ -35,6 +36,7 @@ int engine__request_create(engine *e, const engine_request_params *p, engine_req
         if (p->bias_ids[i] < 0 || p->bias_ids[i] >= e->vocab) return ENGINE_ERR_INVALID;
     for (int i = 0; i < p->n_stop; i++)
         if (!p->stop[i] || !p->stop[i][0]) return ENGINE_ERR_INVALID;
+    if (p->grammar && (!e->tok || p->forced)) return ENGINE_ERR_INVALID; /* token bytes come from the tokenizer */
     for (int i = 0; p->forced && i < p->max_tokens; i++)
         if (p->forced[i] < 0 || p->forced[i] >= e->vocab) return ENGINE_ERR_INVALID;
 
@@ -82,6 +84,7 @@ int engine__request_create(engine *e, const engine_request_params *p, engine_req
     r->max_tokens = p->max_tokens;
     r->sp = p->sampling;
     r->ignore_eos = p->ignore_eos;
+    r->grammar = p->grammar ? grammar_retain(p->grammar) : NULL;
     r->notify = p->notify;
     r->notify_ctx = p->notify_ctx;
     r->t_submit = util_now();

@@ -68,6 +68,8 @@ static void sched_publish_stats(engine *e, int step_tokens) {
     e->st_preemptions = e->n_preemptions;
     e->st_kv_used = kv_cache_used_blocks(e->kv);
     e->st_step_tokens = step_tokens;
+    e->st_masks = e->n_masks;
+    e->st_mask_seconds = e->mask_seconds;
     if (step_tokens > 0) {
         e->st_steps++;
         e->st_step_tokens_total += (uint64_t)step_tokens;

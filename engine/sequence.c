@@ -3,6 +3,7 @@
  * token: sampled on the host from the step's logits, taken from the
  * backend's argmax or from the candidates backend_ops.sample left, then
  * detokenized and published (holdback.c decides how much). */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -45,13 +46,13 @@ int engine__seq_take_state(engine *e, seq *s) {
  * candidate is their argmax). The row comes down only when the candidates do
  * not settle the token (sampler_sample_candidates). */
 bool engine__seq_device_sample(const engine *e, const seq *s) {
-    return e->dev_sample && !s->r->lp && sampler_candidates_ok(s->smp, SAMPLE_CANDIDATES);
+    return e->dev_sample && !s->r->lp && !s->gm && sampler_candidates_ok(s->smp, SAMPLE_CANDIDATES);
 }
 
 bool engine__seq_pure_greedy(const engine *e, const seq *s) {
     const engine_request *r = s->r;
     const sampler_params *p = &r->sp;
-    return p->temperature <= 0.0f && !r->lp && r->n_bias == 0 && p->repetition_penalty == 1.0f &&
+    return p->temperature <= 0.0f && !r->lp && !s->gm && r->n_bias == 0 && p->repetition_penalty == 1.0f &&
            p->presence_penalty == 0.0f && p->frequency_penalty == 0.0f && e->vocab == e->m->cfg.vocab_size;
 }
 
@@ -62,26 +63,60 @@ void engine__seq_finish(engine *e, seq *s, engine_finish f, int error) {
     strbuf_free(&s->g.text);
     free(s->out_ids);
     tokenizer_stream_destroy(s->ts);
+    grammar_matcher_destroy(s->gm);
     sampler_destroy(s->smp);
     engine_request_release(r);
     free(s);
 }
 
+/* The grammar's mask on a row of logits: -inf for every token it does not
+ * allow next. Returns the number of allowed tokens, or -1 out of memory. */
+static int seq_mask(engine *e, seq *s, float *logits) {
+    double t0 = util_now();
+    int n = grammar_matcher_mask(s->gm, e->gvocab, e->gmask);
+    e->mask_seconds += util_now() - t0;
+    e->n_masks++;
+    if (n < 0) return -1;
+    for (int w = 0; w < (e->vocab + 31) / 32; w++) {
+        uint32_t bits = e->gmask[w];
+        if (bits == UINT32_MAX) continue;
+        for (int i = w * 32; i < w * 32 + 32 && i < e->vocab; i++)
+            if (!((bits >> (i & 31)) & 1)) logits[i] = -INFINITY;
+    }
+    return n;
+}
+
 bool engine__seq_sample(engine *e, seq *s, float *logits, int32_t next) {
     engine_request *r = s->r;
     const model_config *c = &e->m->cfg;
+    bool grammar_done = false;
     if (logits) {
         if (r->lp) memcpy(e->raw_logits, logits, (size_t)e->vocab * sizeof(float)); /* the sampler edits them */
         for (int i = 0; i < r->n_bias; i++) logits[r->bias_ids[i]] += r->bias_vals[i];
+        int allowed = s->gm ? seq_mask(e, s, logits) : 1;
+        if (allowed < 0) {
+            engine__request_publish(r, NULL, 0, s->n_out, ENGINE_FINISH_ERROR, ENGINE_ERR_NOMEM);
+            return true;
+        }
+        if (allowed == 0) { /* only past a matcher limit: the output so far is kept, not repaired */
+            log_warn("a constrained request stopped: its grammar allows no token here");
+            engine__request_publish(r, NULL, 0, s->n_out, ENGINE_FINISH_STOP, 0);
+            return true;
+        }
         next = sampler_sample(s->smp, logits, r->prompt, r->n_prompt, s->out_ids, s->n_out);
         if (r->lp) engine__logprob_entry(e->raw_logits, e->vocab, next, r->n_top, &r->lp[s->n_out]);
     }
     if (r->forced) next = r->forced[s->n_out]; /* engine_request_params.forced */
     s->out_ids[s->n_out++] = next;
+    if (s->gm) { /* the sampled token was allowed, so it is accepted; the grammar may be complete */
+        if (!grammar_matcher_accept_token(s->gm, e->gvocab, next)) log_warn("a constrained token was not accepted");
+        grammar_done = grammar_matcher_ended(s->gm);
+    }
 
     bool eos = false;
     for (int k = 0; k < c->n_eos && !r->ignore_eos; k++) eos |= next == c->eos_token_ids[k];
-    engine_finish f = eos ? ENGINE_FINISH_STOP : s->n_out >= r->max_tokens ? ENGINE_FINISH_LENGTH : ENGINE_FINISH_NONE;
+    engine_finish f = eos || grammar_done ? ENGINE_FINISH_STOP
+                      : s->n_out >= r->max_tokens ? ENGINE_FINISH_LENGTH : ENGINE_FINISH_NONE;
     gen_text *g = &s->g;
     size_t scanned = g->text.len;
     if (engine__gen_text_add(g, s->ts, next, f != ENGINE_FINISH_NONE) != TOKENIZER_OK) {
@@ -96,6 +131,39 @@ bool engine__seq_sample(engine *e, seq *s, float *logits, int32_t next) {
     return f != ENGINE_FINISH_NONE;
 }
 
+/* The tokenizer's vocabulary as a grammar trie, made once (a second or so
+ * for 151k tokens). Returns 0, or -1 out of memory. */
+static int grammar_vocab_ready(engine *e) {
+    if (e->gvocab) return 0;
+    int n = e->vocab, rc = -1;
+    size_t tv = tokenizer_vocab_size(e->tok);
+    char **bytes = calloc((size_t)n, sizeof(char *));
+    size_t *lens = calloc((size_t)n, sizeof(size_t));
+    bool *special = calloc((size_t)n, 1);
+    char err[200];
+    if (!bytes || !lens || !special) goto out;
+    for (int i = 0; i < n && (size_t)i < tv; i++) {
+        special[i] = tokenizer_is_special(e->tok, i);
+        if (tokenizer_token_bytes(e->tok, i, &bytes[i], &lens[i]) != TOKENIZER_OK) bytes[i] = NULL, lens[i] = 0;
+    }
+    const model_config *c = &e->m->cfg;
+    if (grammar_vocab_create(n, (const char *const *)bytes, lens, special, c->eos_token_ids, c->n_eos, &e->gvocab, err,
+                             sizeof(err)) != GRAMMAR_OK) {
+        log_error("%s", err);
+        goto out;
+    }
+    if (!(e->gmask = malloc(grammar_vocab_mask_words(e->gvocab) * sizeof(uint32_t)))) {
+        grammar_vocab_destroy(e->gvocab);
+        e->gvocab = NULL;
+        goto out;
+    }
+    rc = 0;
+out:
+    for (int i = 0; bytes && i < n; i++) free(bytes[i]);
+    free(bytes), free(lens), free(special);
+    return rc;
+}
+
 seq *engine__seq_create(engine *e, engine_request *r) {
     seq *s = calloc(1, sizeof(*s));
     if (s) {
@@ -103,8 +171,10 @@ seq *engine__seq_create(engine *e, engine_request *r) {
         s->arrival = e->next_arrival++;
         s->smp = sampler_create(e->vocab, r->sp);
         s->out_ids = malloc((size_t)r->max_tokens * sizeof(int32_t));
+        if (r->grammar && grammar_vocab_ready(e) == 0) s->gm = grammar_matcher_create(r->grammar);
     }
-    if (!s || !s->smp || !s->out_ids || (e->tok && tokenizer_stream_create(e->tok, true, &s->ts) != TOKENIZER_OK)) {
+    if (!s || !s->smp || !s->out_ids || (r->grammar && !s->gm) ||
+        (e->tok && tokenizer_stream_create(e->tok, true, &s->ts) != TOKENIZER_OK)) {
         engine__request_publish(r, NULL, 0, 0, ENGINE_FINISH_ERROR, ENGINE_ERR_NOMEM);
         if (s) {
             s->ts = NULL;

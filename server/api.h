@@ -15,6 +15,16 @@
 
 typedef enum { API_COMPLETIONS, API_CHAT } api_kind;
 
+/* Structured output: what the output must be (generate.c compiles it). */
+typedef enum {
+    API_STRUCT_NONE = 0,
+    API_STRUCT_JSON_SCHEMA, /* structured_src: the schema, compact JSON */
+    API_STRUCT_JSON_OBJECT, /* any JSON object; structured_src "" */
+    API_STRUCT_REGEX,       /* structured_src: the regex */
+    API_STRUCT_CHOICE,      /* structured_src: the choices, a compact JSON array of strings */
+    API_STRUCT_GRAMMAR,     /* structured_src: GBNF */
+} api_struct_kind;
+
 #define API_MAX_N 16 /* choices per request ("n") */
 
 /* A validated /v1/completions or /v1/chat/completions body. */
@@ -46,6 +56,10 @@ typedef struct {
     int32_t *bias_ids;      /* (n_bias) logit_bias */
     float *bias_vals;       /* (n_bias) */
     int n_bias;
+    api_struct_kind structured; /* response_format json_schema / json_object, guided_json, guided_regex,
+                                 * guided_choice, guided_grammar or structured_outputs */
+    char *structured_src;       /* its canonical text (see api_struct_kind), heap */
+    const char *structured_param; /* the field it came from (static), for errors */
 } api_request;
 
 /* Parses and validates a request body of len bytes (not NUL-terminated;

@@ -1,9 +1,10 @@
 /* Request body parsers of the OpenAI-compatible API (see api.h): UTF-8 check,
  * cJSON parse, then every known field checked for type and range. Fields that
  * would change the semantics and are not implemented (tool_choice "required"
- * or naming a function, echo, suffix, best_of, response_format other than
- * text, ...) are refused with a 400 naming the
- * field; unknown fields are ignored, as OpenAI-compatible servers do. */
+ * or naming a function, echo, suffix, best_of, ...) are refused with a 400
+ * naming the field; unknown fields are ignored, as OpenAI-compatible servers
+ * do. Structured outputs (response_format, guided_*) are kept as canonical
+ * text for generate.c to compile. */
 #include <cjson/cJSON.h>
 #include <limits.h>
 #include <math.h>
@@ -508,15 +509,6 @@ static int refuse_unsupported(const cJSON *root, api_kind kind, api_error *err) 
         return unsupported(err, "functions", "the legacy functions are not implemented: use 'tools'");
     if ((v = field(root, "function_call")) && !(cJSON_IsString(v) && !strcmp(v->valuestring, "none")))
         return unsupported(err, "function_call", "the legacy functions are not implemented: use 'tools'");
-    if ((v = field(root, "response_format"))) {
-        const cJSON *t = cJSON_IsObject(v) ? field(v, "type") : NULL;
-        if (!t || !cJSON_IsString(t)) {
-            api_error_set(err, 400, "response_format", "Invalid value for 'response_format': expected {\"type\": \"text\"}.");
-            return -1;
-        }
-        if (strcmp(t->valuestring, "text") != 0)
-            return unsupported(err, "response_format", "only {\"type\": \"text\"} is implemented");
-    }
     if (kind == API_CHAT) {
         if ((v = field(root, "audio")) || ((v = field(root, "modalities")) && !(cJSON_IsArray(v) && cJSON_GetArraySize(v) == 1 && cJSON_IsString(v->child) && !strcmp(v->child->valuestring, "text"))))
             return unsupported(err, field(root, "audio") ? "audio" : "modalities", "only text output is implemented");
@@ -537,6 +529,103 @@ static int refuse_unsupported(const cJSON *root, api_kind kind, api_error *err) 
     return 0;
 }
 
+/* ---- structured outputs ---- */
+
+/* Records the request's structured output (src taken). One per request. */
+static int set_structured(api_request *r, api_struct_kind kind, const char *param, char *src, api_error *err) {
+    if (!src) {
+        api_error_set(err, 500, NULL, "Out of memory.");
+        return -1;
+    }
+    if (r->structured) {
+        free(src);
+        api_error_set(err, 400, param,
+                      "Only one of 'response_format' (json_schema or json_object), 'guided_json', 'guided_regex', "
+                      "'guided_choice', 'guided_grammar' and 'structured_outputs' may be given.");
+        return -1;
+    }
+    r->structured = kind;
+    r->structured_src = src;
+    r->structured_param = param;
+    return 0;
+}
+
+/* A JSON schema field (an object, true, or a string holding one) as compact JSON. */
+static int structured_json(api_request *r, const cJSON *v, const char *param, api_error *err) {
+    if (cJSON_IsString(v)) return set_structured(r, API_STRUCT_JSON_SCHEMA, param, strdup(v->valuestring), err);
+    if (!cJSON_IsObject(v) && !cJSON_IsTrue(v)) {
+        api_error_set(err, 400, param, "Invalid type for '%s': expected a JSON schema (an object).", param);
+        return -1;
+    }
+    return set_structured(r, API_STRUCT_JSON_SCHEMA, param, cJSON_PrintUnformatted(v), err);
+}
+
+static int structured_string(api_request *r, const cJSON *v, api_struct_kind kind, const char *param, api_error *err) {
+    if (!cJSON_IsString(v)) {
+        api_error_set(err, 400, param, "Invalid type for '%s': expected a string.", param);
+        return -1;
+    }
+    return set_structured(r, kind, param, strdup(v->valuestring), err);
+}
+
+static int structured_choice(api_request *r, const cJSON *v, const char *param, api_error *err) {
+    const cJSON *x;
+    bool ok = cJSON_IsArray(v) && cJSON_GetArraySize(v) > 0;
+    cJSON_ArrayForEach(x, v) ok = ok && cJSON_IsString(x);
+    if (!ok) {
+        api_error_set(err, 400, param, "Invalid value for '%s': expected a non-empty list of strings.", param);
+        return -1;
+    }
+    return set_structured(r, API_STRUCT_CHOICE, param, cJSON_PrintUnformatted(v), err);
+}
+
+/* response_format (text, json_object, json_schema), vLLM's guided_json,
+ * guided_regex, guided_choice, guided_grammar and structured_outputs. */
+static int parse_structured(const cJSON *root, api_request *r, api_error *err) {
+    const cJSON *v, *x;
+    if ((v = field(root, "response_format"))) {
+        const cJSON *t = cJSON_IsObject(v) ? field(v, "type") : NULL;
+        const char *type = cJSON_IsString(t) ? t->valuestring : "";
+        if (!strcmp(type, "json_object")) {
+            if (set_structured(r, API_STRUCT_JSON_OBJECT, "response_format", strdup(""), err)) return -1;
+        } else if (!strcmp(type, "json_schema")) {
+            const cJSON *js = field(v, "json_schema");
+            if (!cJSON_IsObject(js) || ((x = field(js, "name")) && !cJSON_IsString(x)) ||
+                ((x = field(js, "strict")) && !cJSON_IsBool(x))) {
+                api_error_set(err, 400, "response_format.json_schema",
+                              "Invalid value for 'response_format.json_schema': expected {\"name\": string, "
+                              "\"schema\": object, \"strict\": boolean}.");
+                return -1;
+            }
+            const cJSON *schema = field(js, "schema");
+            if (schema ? structured_json(r, schema, "response_format.json_schema.schema", err)
+                       : set_structured(r, API_STRUCT_JSON_SCHEMA, "response_format", strdup("{}"), err))
+                return -1;
+        } else if (strcmp(type, "text") != 0) {
+            api_error_set(err, 400, "response_format",
+                          "Invalid value for 'response_format': expected {\"type\": \"text\"}, {\"type\": "
+                          "\"json_object\"} or {\"type\": \"json_schema\", \"json_schema\": {...}}.");
+            return -1;
+        }
+    }
+    if ((v = field(root, "guided_json")) && structured_json(r, v, "guided_json", err)) return -1;
+    if ((v = field(root, "guided_regex")) && structured_string(r, v, API_STRUCT_REGEX, "guided_regex", err)) return -1;
+    if ((v = field(root, "guided_choice")) && structured_choice(r, v, "guided_choice", err)) return -1;
+    if ((v = field(root, "guided_grammar")) && structured_string(r, v, API_STRUCT_GRAMMAR, "guided_grammar", err)) return -1;
+    if ((v = field(root, "structured_outputs"))) {
+        if (!cJSON_IsObject(v)) {
+            api_error_set(err, 400, "structured_outputs", "Invalid type for 'structured_outputs': expected an object.");
+            return -1;
+        }
+        if ((x = field(v, "json")) && structured_json(r, x, "structured_outputs.json", err)) return -1;
+        if ((x = field(v, "regex")) && structured_string(r, x, API_STRUCT_REGEX, "structured_outputs.regex", err)) return -1;
+        if ((x = field(v, "choice")) && structured_choice(r, x, "structured_outputs.choice", err)) return -1;
+        if ((x = field(v, "grammar")) && structured_string(r, x, API_STRUCT_GRAMMAR, "structured_outputs.grammar", err))
+            return -1;
+    }
+    return 0;
+}
+
 int api_parse_request(api_kind kind, const char *body, size_t len, api_request *r, api_error *err) {
     memset(r, 0, sizeof(*r));
     r->kind = kind;
@@ -552,6 +641,7 @@ int api_parse_request(api_kind kind, const char *body, size_t len, api_request *
     if (get_string(root, "model", &r->model, err) < 0) goto fail;
     if (kind == API_CHAT ? parse_messages(root, &r->messages, err) : parse_prompt(root, r, err)) goto fail;
     if (refuse_unsupported(root, kind, err)) goto fail;
+    if (parse_structured(root, r, err)) goto fail;
     if (kind == API_CHAT && parse_tools(root, r, err)) goto fail;
     if (get_int(root, "max_tokens", 1, 1 << 30, &ll, err) < 0) goto fail;
     if (field(root, "max_tokens")) r->max_tokens = (int)ll;
@@ -642,6 +732,7 @@ void api_request_free(api_request *r) {
     cJSON_Delete(r->messages);
     cJSON_Delete(r->tools);
     free(r->force_text);
+    free(r->structured_src);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->bias_ids);
     free(r->bias_vals);

@@ -118,7 +118,8 @@ static int check_request(conn *c, api_kind kind, const api_request *ar, const pr
 }
 
 /* The engine request of choice 0 (choice i samples with seed + i). */
-static engine_request_params request_params(conn *c, const api_request *ar, const prompt *p, int max_tokens) {
+static engine_request_params request_params(conn *c, const api_request *ar, const prompt *p, int max_tokens,
+                                            grammar *gr) {
     server *s = c->s;
     engine_request_params rp = {0};
     rp.prompt = p->ids;
@@ -140,6 +141,7 @@ static engine_request_params request_params(conn *c, const api_request *ar, cons
     rp.bias_ids = ar->bias_ids;
     rp.bias_vals = ar->bias_vals;
     rp.n_bias = ar->n_bias;
+    rp.grammar = gr; /* each request takes its own reference */
     rp.notify = http_resume;
     rp.notify_ctx = c->mc;
     return rp;
@@ -150,12 +152,15 @@ static engine_request_params request_params(conn *c, const api_request *ar, cons
 static int submit(conn *c, api_kind kind, const api_request *ar, const prompt *p, int max_tokens, generation *g,
                   enum MHD_Result *ret) {
     server *s = c->s;
-    engine_request_params rp = request_params(c, ar, p, max_tokens);
+    grammar *gr = NULL;
+    if (structured_grammar(c, ar, &gr, ret)) return -1;
+    engine_request_params rp = request_params(c, ar, p, max_tokens, gr);
     for (int i = 0; i < ar->n; i++) {
         engine_request_params ri = rp;
         ri.sampling.seed = rp.sampling.seed + (uint64_t)i;
         int rc = engine_submit(s->e, &ri, &g->reqs[i]);
         if (rc != ENGINE_OK) {
+            grammar_release(gr);
             generate_release(g->reqs, 0, i);
             api_error err;
             int status = errors_engine_http_status(rc);
@@ -165,6 +170,7 @@ static int submit(conn *c, api_kind kind, const api_request *ar, const prompt *p
             return -1;
         }
     }
+    grammar_release(gr);
     g->n_req = ar->n;
     g->kind = kind;
     snprintf(g->id, sizeof(g->id), "%s-%016llx%08llx", kind == API_CHAT ? "chatcmpl" : "cmpl", s->id_salt,

@@ -40,6 +40,8 @@ struct metrics {
     unsigned long long finished[N_REASONS];
     unsigned long long prompt_tokens, generation_tokens;
     histogram e2e, ttft, queue, itl;
+    histogram grammar_compile;          /* structured outputs: compile seconds per new grammar */
+    unsigned long long grammar_cache_hits; /* requests whose grammar was compiled before */
 };
 
 metrics *metrics_create(void) {
@@ -94,6 +96,13 @@ void metrics_request_done(metrics *m, const char *reason, const engine_output *o
         if (o->t_first_token > 0 && o->n_generated > 1) /* mean gap of this request */
             observe(&m->itl, (end - o->t_first_token) / (o->n_generated - 1));
     }
+    pthread_mutex_unlock(&m->mu);
+}
+
+void metrics_grammar_compile(metrics *m, double seconds, bool cached) {
+    pthread_mutex_lock(&m->mu);
+    if (cached) m->grammar_cache_hits++;
+    else observe(&m->grammar_compile, seconds);
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -298,6 +307,20 @@ char *metrics_render(metrics *m, const engine_stats *st, const engram_store_stat
     render_histogram(&b, "engram_request_queue_time_seconds", "Time requests waited in the queue.", &m->queue);
     render_histogram(&b, "engram_inter_token_latency_seconds",
                      "Mean time between generated tokens, one observation per request.", &m->itl);
+    render_histogram(&b, "engram_grammar_compile_seconds",
+                     "Structured outputs: time to compile a schema, regex, choice list or grammar not in the cache.",
+                     &m->grammar_compile);
+    sb_printf(&b,
+              "# HELP engram_grammar_cache_hits_total Structured-output requests whose grammar was already compiled.\n"
+              "# TYPE engram_grammar_cache_hits_total counter\n"
+              "engram_grammar_cache_hits_total %llu\n"
+              "# HELP engram_grammar_masks_total Token masks computed for constrained sequences.\n"
+              "# TYPE engram_grammar_masks_total counter\n"
+              "engram_grammar_masks_total %lld\n"
+              "# HELP engram_grammar_mask_seconds_total Time the engine spent computing token masks.\n"
+              "# TYPE engram_grammar_mask_seconds_total counter\n"
+              "engram_grammar_mask_seconds_total %.6f\n",
+              m->grammar_cache_hits, st->grammar_masks, st->grammar_mask_seconds);
     pthread_mutex_unlock(&m->mu);
     if (es) render_store(&b, es);
     if (fs) render_fetch(&b, fs);

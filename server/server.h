@@ -25,6 +25,10 @@ void metrics_http(metrics *m, const char *route, int status);
  * "abort", "error"), token counts and the request's timestamps. */
 void metrics_request_done(metrics *m, const char *reason, const engine_output *o, double t_end);
 
+/* Records a structured-output grammar: compiled in `seconds`, or found in
+ * the cache (cached). */
+void metrics_grammar_compile(metrics *m, double seconds, bool cached);
+
 /* The Prometheus text exposition (version 0.0.4) as a heap string: the
  * server's own families, the engine's stats and the Engram stores' counters
  * (es: summed over the Engram layers). */

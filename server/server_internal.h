@@ -19,6 +19,7 @@
 #include "chat/chat_template.h"
 #include "chat/reasoning.h"
 #include "chat/tool_calls.h"
+#include "grammar/grammar.h"
 #include "server/server.h"
 
 struct server {
@@ -134,6 +135,13 @@ void generate_release(engine_request **reqs, int from, int n);
 /* The connection of a non-streaming generation closed: cancels what is left
  * and records the request as aborted. */
 void generate_abort(conn *c);
+
+/* ---- structured.c: structured outputs ---- */
+
+/* The compiled grammar of ar's structured output (*out one reference, or
+ * NULL when it asks for none), from the cache or compiled now. Returns 0,
+ * or -1 with the reply (400 naming the field) queued in *ret. */
+int structured_grammar(conn *c, const api_request *ar, grammar **out, enum MHD_Result *ret);
 
 /* ---- response.c: the JSON of responses and chunks ---- */
 

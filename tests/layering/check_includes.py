@@ -5,9 +5,10 @@
   base/       libc only (and base/)
   tokenizer/  base/
   chat/       base/
+  grammar/    base/
   engram/     base/, tokenizer/
-  engine/     base/, tokenizer/, engram/; kernels/ from engine/backend/cuda/ only
-  server/     base/, tokenizer/, chat/, and of engine/ only its public engine/engine.h
+  engine/     base/, tokenizer/, engram/, grammar/; kernels/ from engine/backend/cuda/ only
+  server/     base/, tokenizer/, chat/, grammar/, and of engine/ only its public engine/engine.h
   kernels/    nothing of ours
 cli/, bench/ and tests/ may include anything. Usage: check_includes.py [ROOT]"""
 import os
@@ -18,9 +19,10 @@ ALLOWED = {
     "base": {"base"},
     "tokenizer": {"base", "tokenizer"},
     "chat": {"base", "chat"},
+    "grammar": {"base", "grammar"},
     "engram": {"base", "tokenizer", "engram"},
-    "engine": {"base", "tokenizer", "engram", "engine"},
-    "server": {"base", "tokenizer", "chat", "server"},
+    "engine": {"base", "tokenizer", "engram", "grammar", "engine"},
+    "server": {"base", "tokenizer", "chat", "grammar", "server"},
     "kernels": {"kernels"},
 }
 SERVER_ENGINE_PUBLIC = {"engine/engine.h"}

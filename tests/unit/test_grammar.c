@@ -1,0 +1,346 @@
+/* Unit tests for grammar/: GBNF, JSON Schema, regex and choice compilers
+ * (what each accepts and rejects, byte by byte), their errors (named, never a
+ * crash), the matcher's bounds, and the vocabulary mask: over a toy
+ * vocabulary every masked-in token is accepted and every masked-out one
+ * rejected, and random walks of allowed tokens always end inside the language. */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "grammar/grammar.h"
+
+static char err[256];
+
+static grammar *gbnf(const char *text) {
+    grammar *g = NULL;
+    int rc = grammar_compile_gbnf(text, strlen(text), &g, err, sizeof(err));
+    ck_assert_msg(rc == GRAMMAR_OK, "%s: %s", text, err);
+    return g;
+}
+
+static grammar *schema(const char *json) {
+    grammar *g = NULL;
+    int rc = grammar_compile_json_schema(json, strlen(json), &g, err, sizeof(err));
+    ck_assert_msg(rc == GRAMMAR_OK, "%s: %s", json, err);
+    return g;
+}
+
+static grammar *regex(const char *re) {
+    grammar *g = NULL;
+    int rc = grammar_compile_regex(re, strlen(re), &g, err, sizeof(err));
+    ck_assert_msg(rc == GRAMMAR_OK, "%s: %s", re, err);
+    return g;
+}
+
+/* Whether s is a whole sentence of g. */
+static bool full(grammar *g, const char *s) {
+    grammar_matcher *m = grammar_matcher_create(g);
+    ck_assert_ptr_nonnull(m);
+    bool ok = grammar_matcher_accept_bytes(m, s, strlen(s)) && grammar_matcher_can_end(m);
+    grammar_matcher_destroy(m);
+    return ok;
+}
+
+/* Whether s is a prefix of a sentence of g (each byte accepted). */
+static bool prefix(grammar *g, const char *s) {
+    grammar_matcher *m = grammar_matcher_create(g);
+    bool ok = grammar_matcher_accept_bytes(m, s, strlen(s));
+    grammar_matcher_destroy(m);
+    return ok;
+}
+
+#define YES(g, s) ck_assert_msg(full(g, s), "should accept: %s", s)
+#define NO(g, s) ck_assert_msg(!full(g, s), "should reject: %s", s)
+
+START_TEST(test_gbnf_basics) {
+    grammar *g = gbnf("root ::= \"a\" b* | [x-z]+ \"!\"?\nb ::= \"b\" | \"cd\"\n");
+    YES(g, "a"), YES(g, "abcdb"), YES(g, "xyz"), YES(g, "zz!");
+    NO(g, ""), NO(g, "ac"), NO(g, "!"), NO(g, "xa");
+    ck_assert(prefix(g, "abc"));
+    grammar_release(g);
+    g = gbnf("root ::= [a-c]{2,3} d{2} e{1,}\nd ::= \"0\"\ne ::= \".\"  # comment\n");
+    YES(g, "ab00."), YES(g, "abc00..."), NO(g, "a00."), NO(g, "abca00."), NO(g, "ab0.");
+    grammar_release(g);
+    g = gbnf("root ::= [^a\\n] \"\\u00e9\" [\\u4e00-\\u9fff] .\n"); /* UTF-8 classes */
+    YES(g, "b\xc3\xa9\xe4\xb8\x80\xf0\x9f\x98\x80"), NO(g, "a\xc3\xa9\xe4\xb8\x80x"), NO(g, "\n\xc3\xa9\xe4\xb8\x80x");
+    NO(g, "b\xc3\xa9" "ax");
+    grammar_release(g);
+    g = gbnf("root ::= ( \"(\" root \")\" )* \n"); /* recursion, nesting */
+    YES(g, ""), YES(g, "(()())"), NO(g, "(()"), NO(g, "())");
+    grammar_release(g);
+}
+END_TEST
+
+START_TEST(test_gbnf_errors) {
+    static const struct { const char *text; int status; const char *needle; } bad[] = {
+        {"root ::= a\n", GRAMMAR_ERR_INVALID, "undefined rule 'a'"},
+        {"root ::= root \"x\" | \"y\"\n", GRAMMAR_ERR_INVALID, "left recursion"},
+        {"root ::= a\na ::= b? root \"x\"\nb ::= \"b\"\n", GRAMMAR_ERR_INVALID, "left recursion"},
+        {"a ::= \"x\"\n", GRAMMAR_ERR_INVALID, "no rule named 'root'"},
+        {"root ::= \"x\nroot2 ::= \"y\"", GRAMMAR_ERR_SYNTAX, "unterminated"},
+        {"root ::= [a-\n", GRAMMAR_ERR_SYNTAX, ""},
+        {"root ::= (\"a\"\n", GRAMMAR_ERR_SYNTAX, "')'"},
+        {"root ::= \"a\"{99999}\n", GRAMMAR_ERR_LIMIT, "10000"},
+        {"root ::= \"a\"\nroot ::= \"b\"\n", GRAMMAR_ERR_INVALID, "twice"},
+        {"root ::= \"\\q\"\n", GRAMMAR_ERR_SYNTAX, "escape"},
+        {"root ::= *\n", GRAMMAR_ERR_SYNTAX, "unexpected"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        grammar *g = (grammar *)1;
+        err[0] = 0;
+        int rc = grammar_compile_gbnf(bad[i].text, strlen(bad[i].text), &g, err, sizeof(err));
+        ck_assert_msg(rc == bad[i].status, "%s: got %d (%s)", bad[i].text, rc, err);
+        ck_assert_ptr_null(g);
+        ck_assert_msg(strstr(err, bad[i].needle) && strchr(err, '\n') == NULL, "%s: message %s", bad[i].text, err);
+    }
+    /* nested repetitions stay small (a rule per level); many wide ones hit the element limit */
+    grammar *g = gbnf("root ::= (((\"a\"){10000}){10000}){10000}\n");
+    grammar_release(g);
+    size_t cap = 200 * 32, n = 0;
+    char *big = malloc(cap);
+    n += (size_t)snprintf(big, cap, "root ::=");
+    for (int i = 0; i < 150; i++) n += (size_t)snprintf(big + n, cap - n, " \"ab\"{10000}");
+    ck_assert_int_eq(grammar_compile_gbnf(big, n, &g, err, sizeof(err)), GRAMMAR_ERR_LIMIT);
+    free(big);
+}
+END_TEST
+
+START_TEST(test_json_schema) {
+    grammar *g = schema("{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"age\":{\"type\":\"integer\"},"
+                        "\"tags\":{\"type\":\"array\",\"items\":{\"type\":\"string\"},\"maxItems\":2},"
+                        "\"kind\":{\"enum\":[\"a\",\"b\",1,null]}},\"required\":[\"name\",\"age\",\"tags\",\"kind\"],"
+                        "\"additionalProperties\":false}");
+    YES(g, "{\"name\":\"x\",\"age\":-3,\"tags\":[],\"kind\":\"a\"}");
+    YES(g, "{ \"name\": \"\\u00e9\\n\",\n  \"age\": 0, \"tags\": [\"p\", \"q\"], \"kind\": null}");
+    NO(g, "{\"name\":\"x\",\"age\":1.5,\"tags\":[],\"kind\":\"a\"}");
+    NO(g, "{\"name\":\"x\",\"age\":1,\"tags\":[\"a\",\"b\",\"c\"],\"kind\":\"a\"}");
+    NO(g, "{\"name\":\"x\",\"age\":01,\"tags\":[],\"kind\":\"a\"}");
+    NO(g, "{\"name\":\"x\",\"age\":1,\"tags\":[],\"kind\":\"c\"}");
+    NO(g, "{\"age\":1,\"name\":\"x\",\"tags\":[],\"kind\":\"a\"}"); /* the schema's order */
+    NO(g, "{\"name\":\"x\",\"age\":1,\"tags\":[],\"kind\":\"a\"}   ");
+    grammar_release(g);
+    /* optional properties, $defs and recursion, anyOf, nullable, const, lengths */
+    g = schema("{\"$defs\":{\"node\":{\"type\":\"object\",\"properties\":{\"v\":{\"const\":7},"
+               "\"kids\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/$defs/node\"}}},\"required\":[\"v\"]}},"
+               "\"type\":\"object\",\"properties\":{\"a\":{\"anyOf\":[{\"type\":\"string\",\"minLength\":2,\"maxLength\":3},{\"type\":\"null\"}]},"
+               "\"b\":{\"$ref\":\"#/$defs/node\"},\"c\":{\"type\":\"boolean\"}}}");
+    YES(g, "{}"), YES(g, "{\"c\":true}"), YES(g, "{\"a\":\"xy\",\"c\":false}"), YES(g, "{\"a\":null}");
+    YES(g, "{\"b\":{\"v\":7,\"kids\":[{\"v\":7},{\"v\":7,\"kids\":[]}]}}");
+    NO(g, "{\"a\":\"x\"}"), NO(g, "{\"a\":\"wxyz\"}"), NO(g, "{\"c\":true,\"a\":null}"), NO(g, "{\"b\":{\"v\":8}}");
+    NO(g, "{\"b\":{\"kids\":[]}}"), NO(g, "{,}");
+    grammar_release(g);
+    g = schema("{\"type\":\"array\",\"items\":{\"type\":\"number\"},\"minItems\":2}");
+    YES(g, "[1,2.5e3]"), YES(g, "[-0.5, 3, 4]"), NO(g, "[1]"), NO(g, "[1,]"), NO(g, "[.5,1]");
+    grammar_release(g);
+    g = schema("{\"type\":\"integer\",\"minimum\":-2,\"maximum\":3}");
+    YES(g, "-2"), YES(g, "3"), YES(g, "0"), NO(g, "4"), NO(g, "-3");
+    grammar_release(g);
+    g = schema("{\"type\":\"string\",\"pattern\":\"^a\\\"[0-9]+$\"}");
+    YES(g, "\"a\\\"12\""), NO(g, "\"a\"12\""), NO(g, "\"a\\\"\"");
+    grammar_release(g);
+    g = schema("{\"type\":\"object\",\"additionalProperties\":{\"type\":\"integer\"}}");
+    YES(g, "{\"x\":1, \"y\":2}"), NO(g, "{\"x\":\"1\"}");
+    grammar_release(g);
+    ck_assert_int_eq(grammar_compile_json_object(&g, err, sizeof(err)), GRAMMAR_OK);
+    YES(g, "{\"a\":[1,{\"b\":null}],\"c\":\"d\"}"), NO(g, "[]"), NO(g, "{\"a\"}");
+    grammar_release(g);
+}
+END_TEST
+
+START_TEST(test_json_schema_errors) {
+    static const struct { const char *json; const char *needle; } bad[] = {
+        {"{\"type\":\"object\",\"patternProperties\":{}}", "'patternProperties'"},
+        {"{\"oneOf\":[{\"type\":\"string\"}]}", "'oneOf'"},
+        {"{\"type\":\"string\",\"format\":\"hostname\"}", "'format'"},
+        {"{\"type\":\"number\",\"maximum\":3}", "'maximum'"},
+        {"{\"type\":\"array\",\"uniqueItems\":true}", "'uniqueItems'"},
+        {"{\"$ref\":\"#/$defs/missing\"}", "points to nothing"},
+        {"{\"$ref\":\"http://x/y\"}", "local"},
+        {"{\"type\":\"strin\"}", "unknown type"},
+        {"{\"type\":\"object\"", "not valid JSON"},
+        {"{\"type\":\"array\",\"maxItems\":100000}", "'maxItems'"},
+        {"{\"$defs\":{\"a\":{\"$ref\":\"#/$defs/a\"}},\"$ref\":\"#/$defs/a\"}", "left recursion"},
+        {"{\"type\":\"string\",\"pattern\":\"(a\"}", "'pattern'"},
+        {"{\"not\":{}}", "'not'"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        grammar *g = (grammar *)1;
+        err[0] = 0;
+        int rc = grammar_compile_json_schema(bad[i].json, strlen(bad[i].json), &g, err, sizeof(err));
+        ck_assert_msg(rc < 0 && !g, "%s: compiled", bad[i].json);
+        ck_assert_msg(strstr(err, bad[i].needle) != NULL, "%s: message %s", bad[i].json, err);
+    }
+    /* deep nesting is a limit, not a stack overflow */
+    char deep[4096];
+    size_t n = 0;
+    for (int i = 0; i < 200; i++) n += (size_t)snprintf(deep + n, sizeof(deep) - n, "{\"items\":");
+    n += (size_t)snprintf(deep + n, sizeof(deep) - n, "{}");
+    for (int i = 0; i < 200; i++) deep[n++] = '}';
+    deep[n] = 0;
+    grammar *g = NULL;
+    ck_assert_int_eq(grammar_compile_json_schema(deep, n, &g, err, sizeof(err)), GRAMMAR_ERR_LIMIT);
+}
+END_TEST
+
+START_TEST(test_regex) {
+    grammar *g = regex("^(ab|c)+\\d{2,3}[x-z\\s]?$");
+    YES(g, "ab12"), YES(g, "cabc123z"), YES(g, "c00 "), NO(g, "ab1"), NO(g, "12"), NO(g, "ab1234");
+    grammar_release(g);
+    g = regex("(?:[A-Z][a-z]*)( [A-Z][a-z]*)*\\.");
+    YES(g, "Hello World."), NO(g, "hello."), NO(g, "Hello world.");
+    grammar_release(g);
+    g = regex("a.c|\\(\\)|[^0-9]{2}");
+    YES(g, "abc"), YES(g, "a\xc3\xa9" "c"), YES(g, "()"), YES(g, "xy"), NO(g, "a\nc"), NO(g, "x1");
+    grammar_release(g);
+    g = regex("(?P<year>[0-9]{4})-(?<m>[0-9]{2})");
+    YES(g, "2024-05"), NO(g, "24-05");
+    grammar_release(g);
+    static const char *bad[] = {"(a", "a)", "*a", "a**", "\\1", "(?=a)", "a^", "$a", "[a", "a{3,2}", "a{20000}", "\\b"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        grammar *b = (grammar *)1;
+        int rc = grammar_compile_regex(bad[i], strlen(bad[i]), &b, err, sizeof(err));
+        ck_assert_msg(rc < 0 && !b, "%s compiled", bad[i]);
+    }
+    const char *ch[] = {"yes", "no", "n/a \"q\""};
+    size_t lens[] = {3, 2, 7};
+    ck_assert_int_eq(grammar_compile_choice(ch, lens, 3, &g, err, sizeof(err)), GRAMMAR_OK);
+    YES(g, "yes"), YES(g, "no"), YES(g, "n/a \"q\""), NO(g, "n"), NO(g, "yesno");
+    grammar_release(g);
+}
+END_TEST
+
+/* A toy vocabulary: every printable ASCII byte, a few UTF-8 bytes, and
+ * multi-byte pieces that cross JSON's structure; then EOS and a special. */
+static const char *toy[] = {"{", "}", "[", "]", "\"", ":", ",", " ", "\n", "  ", "\":", "\",", "\"}", "{\"", "\": \"",
+                            "true", "false", "null", "nu", "ll", "12", "-", "0", ".5", "e", "name", "age", "tags", "kind",
+                            "ab", "\\n", "\\", "u00e9", "\xc3", "\xa9", "\xc3\xa9", "],", "},", "}]", "a", "b", "x"};
+#define N_TOY (int)(sizeof(toy) / sizeof(toy[0]))
+
+static grammar_vocab *toy_vocab(int *eos) {
+    int n = N_TOY + 2 + 95;
+    const char **bytes = calloc((size_t)n, sizeof(char *));
+    size_t *lens = calloc((size_t)n, sizeof(size_t));
+    bool *special = calloc((size_t)n, 1);
+    static char ascii[95][2];
+    for (int i = 0; i < N_TOY; i++) bytes[i] = toy[i], lens[i] = strlen(toy[i]);
+    for (int i = 0; i < 95; i++) ascii[i][0] = (char)(32 + i), bytes[N_TOY + 2 + i] = ascii[i], lens[N_TOY + 2 + i] = 1;
+    *eos = N_TOY;
+    bytes[N_TOY] = "</s>", lens[N_TOY] = 4;
+    bytes[N_TOY + 1] = "<tool>", lens[N_TOY + 1] = 6, special[N_TOY + 1] = true;
+    int32_t e = N_TOY;
+    grammar_vocab *v = NULL;
+    ck_assert_int_eq(grammar_vocab_create(n, bytes, lens, special, &e, 1, &v, err, sizeof(err)), GRAMMAR_OK);
+    free(bytes), free(lens), free(special);
+    return v;
+}
+
+static uint64_t rng = 88172645463325252ull;
+static uint64_t next_rand(void) {
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return rng;
+}
+
+/* Random walks: at each step the mask must agree with accepting each token
+ * on a copy; the walk picks an allowed token (EOS half the time it may); the
+ * text of a walk that ended by EOS is a whole sentence. */
+static void walks(grammar *g, int n_walks, int max_steps) {
+    int eos;
+    grammar_vocab *v = toy_vocab(&eos);
+    int n = grammar_vocab_size(v);
+    uint32_t *mask = calloc(grammar_vocab_mask_words(v), 4);
+    char text[8192];
+    for (int w = 0; w < n_walks; w++) {
+        grammar_matcher *m = grammar_matcher_create(g);
+        size_t len = 0;
+        bool ended = false;
+        for (int step = 0; step < max_steps && !ended; step++) {
+            int count = grammar_matcher_mask(m, v, mask);
+            ck_assert_int_ge(count, 0);
+            int allowed[512], na = 0;
+            for (int id = 0; id < n; id++) {
+                bool in = (mask[id >> 5] >> (id & 31)) & 1;
+                grammar_matcher *c = grammar_matcher_clone(m);
+                bool acc = grammar_matcher_accept_token(c, v, id);
+                grammar_matcher_destroy(c);
+                ck_assert_msg(in == acc, "token %d: mask %d, accept %d after \"%.*s\"", id, in, acc, (int)len, text);
+                if (in) allowed[na++] = id;
+            }
+            ck_assert_int_eq(na, count);
+            if (na == 0) break;
+            int id = allowed[next_rand() % (uint64_t)na];
+            if (grammar_matcher_can_end(m) && next_rand() % 4 == 0) id = eos;
+            if (id == eos) {
+                ended = true;
+                break;
+            }
+            ck_assert(grammar_matcher_accept_token(m, v, id));
+            size_t tl = strlen(toy[id < N_TOY ? id : 0]);
+            const char *tb = id < N_TOY ? toy[id] : (char[]){(char)(32 + id - N_TOY - 2), 0};
+            if (id >= N_TOY) tl = 1;
+            if (len + tl < sizeof(text)) memcpy(text + len, tb, tl), len += tl;
+            if (grammar_matcher_ended(m)) ended = true;
+        }
+        if (ended) {
+            text[len] = 0;
+            ck_assert_msg(full(g, text), "walk ended outside the language: %s", text);
+        }
+        grammar_matcher_destroy(m);
+    }
+    free(mask);
+    grammar_vocab_destroy(v);
+}
+
+START_TEST(test_mask_random_walks) {
+    grammar *g = schema("{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":6},\"age\":{\"type\":\"integer\"},"
+                        "\"tags\":{\"type\":\"array\",\"items\":{\"enum\":[\"ab\",\"x\"]}},\"kind\":{\"type\":[\"boolean\",\"null\"]}},"
+                        "\"required\":[\"name\",\"age\"]}");
+    walks(g, 60, 60);
+    grammar_release(g);
+    g = regex("(ab|x)+ [0-9]{1,3}(\\.5)?");
+    walks(g, 40, 20);
+    grammar_release(g);
+    ck_assert_int_eq(grammar_compile_json_object(&g, err, sizeof(err)), GRAMMAR_OK);
+    walks(g, 40, 40);
+    grammar_release(g);
+}
+END_TEST
+
+START_TEST(test_matcher_bounds) {
+    /* ambiguity: the state stays within GRAMMAR_MAX_STACKS, and is cut, not grown */
+    grammar *g = gbnf("root ::= x*\nx ::= \"a\" | \"a\" \"a\" | \"a\" \"a\" \"a\" | y\ny ::= (\"a\" | \"a\")+\n");
+    grammar_matcher *m = grammar_matcher_create(g);
+    for (int i = 0; i < 2000; i++) ck_assert(grammar_matcher_accept_bytes(m, "a", 1));
+    ck_assert(grammar_matcher_can_end(m));
+    grammar_matcher_destroy(m);
+    grammar_release(g);
+    /* deep nesting stops at GRAMMAR_MAX_DEPTH instead of growing without end */
+    g = gbnf("root ::= \"(\" root \")\" | \"x\"\n");
+    m = grammar_matcher_create(g);
+    int i = 0;
+    while (i < 3 * GRAMMAR_MAX_DEPTH && grammar_matcher_accept_bytes(m, "(", 1)) i++;
+    ck_assert_int_lt(i, 3 * GRAMMAR_MAX_DEPTH);
+    ck_assert(grammar_matcher_overflowed(m));
+    grammar_matcher_destroy(m);
+    grammar_release(g);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("grammar");
+    TCase *tc = tcase_create("grammar");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_gbnf_basics);
+    tcase_add_test(tc, test_gbnf_errors);
+    tcase_add_test(tc, test_json_schema);
+    tcase_add_test(tc, test_json_schema_errors);
+    tcase_add_test(tc, test_regex);
+    tcase_add_test(tc, test_mask_random_walks);
+    tcase_add_test(tc, test_matcher_bounds);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
