@@ -346,7 +346,7 @@ int64_t model_param_count(const model *m);
  *                  parameters); the table is a file, or host memory (see
  *                  model_synthetic_params)
  *   +layers:N      only the first N layers (quick tests; the shape is otherwise kept;
- *                  deepseek-v4-flash+layers:2 is 9.1 GB)
+ *                  deepseek-v4-flash+layers:2 is 9.24 GB)
  * The compressed tokenizer of a synthetic Engram model is the identity
  * (compressed id = token id, Vc = vocab_size): there is no tokenizer. */
 typedef struct {
