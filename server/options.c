@@ -63,8 +63,9 @@ static const struct {
      "model's context length)"},
     {"kv-block-size", OPT_INT, 1, 4096, "16", "positions per KV cache block"},
     {"synthetic", OPT_STR, 0, 0, NULL,
-     "instead of --model: random bf16 weights of a real shape (qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b, llama3-1b, "
-     "llama3-8b, qwen3-30b-a3b; +engram:ROWS, +layers:N); no tokenizer, so prompts are token-id arrays on /v1/completions"},
+     "instead of --model: random weights of a real shape (qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b, llama3-1b, "
+     "llama3-8b, qwen3-30b-a3b in bf16; deepseek-v4-flash in its release's FP8/FP4 formats; +engram:ROWS, +layers:N); "
+     "no tokenizer, so prompts are token-id arrays on /v1/completions"},
     {"synthetic-seed", OPT_INT, 0, LONG_MAX, "0", "seed of the synthetic weights"},
     {"synthetic-table-dir", OPT_STR, 0, 0, NULL, "where a synthetic Engram table is written, or reused"},
     {"gpu-memory-utilization", OPT_REAL, 0, 0, "0.9",

@@ -432,6 +432,7 @@ int model_sampling_vocab(const model *m) {
 static size_t wbytes(const weight *w) { return model_weight_bytes(w); } /* as stored: FP4 half a byte */
 
 size_t model_weight_bytes_per_token(const model *m) {
+    if (m->cfg.arch == ARCH_DEEPSEEK_V4) return model__dsv4_bytes_per_token(m);
     size_t b = wbytes(&m->lm_head);
     for (int i = 0; i < m->cfg.n_layers; i++) {
         const layer_weights *L = &m->layers[i];
@@ -446,6 +447,7 @@ size_t model_weight_bytes_per_token(const model *m) {
 }
 
 int64_t model_config_param_count(const model_config *c) {
+    if (c->arch == ARCH_DEEPSEEK_V4) return model__dsv4_param_count(c);
     int64_t d = c->hidden_size, hd = c->head_dim, q = (int64_t)c->n_heads * hd, kv = (int64_t)c->n_kv_heads * hd;
     int64_t ff = c->intermediate_size;
     int64_t layer = d * q + 2 * d * kv + q * d + 2 * d; /* q k v o, two norms */
@@ -463,6 +465,7 @@ int64_t model_config_param_count(const model_config *c) {
 static int64_t welems(const weight *w) { return (int64_t)w->rows * w->cols; }
 
 int64_t model_param_count(const model *m) {
+    if (m->cfg.arch == ARCH_DEEPSEEK_V4) return model__dsv4_model_param_count(m);
     const model_config *c = &m->cfg;
     int64_t d = c->hidden_size, hd = c->head_dim, ff = c->intermediate_size;
     int64_t n = welems(&m->embed) + (m->lm_head.data == m->embed.data ? 0 : welems(&m->lm_head)) + d;

@@ -3,7 +3,7 @@
  * model.safetensors.index.json), mmap'd. Large matrices stay in their file
  * dtype (F32, BF16, F16, or FP8/FP4 with block scales) and are read in place;
  * norms and biases are converted to f32 at load. Or a synthetic model: a released architecture's
- * shape with random bf16 weights in memory (model_synthetic_ex). */
+ * shape with random weights in memory (model_synthetic_ex). */
 #ifndef ENGINE_MODEL_H
 #define ENGINE_MODEL_H
 
@@ -325,7 +325,10 @@ ngram_hash_config model_engram_hash_config(const engram_config *ec, int64_t vc, 
  * rows (padded vocabularies); those ids could not be hashed. */
 int model_sampling_vocab(const model *m);
 
-/* Bytes of weights read per decoded token (all matrices once, embedding row aside). */
+/* Bytes of weights read per decoded token, as stored (FP8 one per value, FP4
+ * half of one, plus scales): all matrices once, embedding row aside; of a
+ * mixture of experts the router and top_k experts (DeepSeek-V4: and the
+ * shared expert, compressors, indexer and hyper-connection matrices). */
 size_t model_weight_bytes_per_token(const model *m);
 
 /* Parameters of the backbone: embeddings (once when tied), every layer's
@@ -335,17 +338,22 @@ int64_t model_config_param_count(const model_config *c);
 int64_t model_param_count(const model *m);
 
 /* ---- synthetic models (model_synthetic.c) ----
- * A model of a real architecture's exact shape with random bf16 weights,
- * made in memory without a checkpoint, for benchmarks. SPEC is a name, then
- * options joined by '+':
+ * A model of a real architecture's exact shape with random weights, made in
+ * memory without a checkpoint, for benchmarks. SPEC is a name, then options
+ * joined by '+':
  *   qwen3-0.6b qwen3-1.7b qwen3-4b qwen3-8b llama3-1b (Llama-3.2-1B)
- *   llama3-8b (Llama-3.1-8B)                     config.json of the release
+ *   llama3-8b (Llama-3.1-8B) qwen3-30b-a3b       config.json of the release, bf16
+ *   deepseek-v4-flash                            DeepSeek-V4-Flash (284B) in the release's
+ *                                                formats: FP8 attention and shared expert,
+ *                                                FP4 routed experts, bf16 embed, head,
+ *                                                router, compressors; f32 hc, ape, sinks
  *   +engram:ROWS   an Engram module at layer 1 (DeepSeek's demo layout: orders
  *                  2..3, 8 heads per order, head dim 64) whose table has about
  *                  ROWS rows (suffix k, M, B: 1e3, 1e6, 1e9; "1.5B" is 96e9
  *                  parameters); the table is a file, or host memory (see
  *                  model_synthetic_params)
- *   +layers:N      only the first N layers (quick tests; the shape is otherwise kept)
+ *   +layers:N      only the first N layers (quick tests; the shape is otherwise kept;
+ *                  deepseek-v4-flash+layers:2 is 9.24 GB)
  * The compressed tokenizer of a synthetic Engram model is the identity
  * (compressed id = token id, Vc = vocab_size): there is no tokenizer. */
 typedef struct {
@@ -369,7 +377,9 @@ int model_synthetic_config(const char *spec, model_config *cfg, char *err, size_
 /* Makes a synthetic model: every matrix bf16 uniform with standard deviation
  * 0.02 from a counter-based generator seeded by seed (the same spec and seed
  * give the same bits on any thread count), norms 1, biases 0; filled by all
- * OpenMP threads. The model owns the memory (model_destroy frees it).
+ * OpenMP threads. DeepSeek-V4: FP8 codes of those values under 2^-13 block
+ * scales, FP4 random codes under 2^-7 (sd 0.023), other f32 tensors uniform
+ * sd 0.02 but hc scales 1, tid2eid random distinct experts (model_synthetic.c). The model owns the memory (model_destroy frees it).
  * Returns MODEL_OK and *out, or MODEL_ERR_CONFIG (bad spec), MODEL_ERR_NOMEM,
  * MODEL_ERR_IO (table file) with a one-line message. params may be NULL
  * (defaults: no table directory). */

@@ -383,24 +383,17 @@ static int load_experts(model *m, int i, moe_weights *w, char *err, size_t errle
     return MODEL_OK;
 }
 
-/* Layer i's router (learned with bias, or hash with tid2eid), experts and shared expert. */
+/* Layer i's router (learned with bias, or hash with tid2eid), experts and
+ * shared expert into m->moe[i] (set up by model__dsv4_alloc). */
 static int load_moe(model *m, int i, char *err, size_t errlen) {
     const model_config *c = &m->cfg;
     moe_weights *w = &m->moe[i];
-    int E = c->moe.n_experts, d = c->hidden_size, I = c->moe.inter, rc;
-    bool hash = c->dsv4.hash_moe[i];
-    *w = (moe_weights){.scoring = hash ? MOE_HASH : MOE_SQRTSOFTPLUS, .n_experts = E, .top_k = c->moe.top_k,
-                       .inter = I, .norm_topk = true, .routed_scaling = c->dsv4.routed_scaling,
-                       .swiglu_limit = c->dsv4.swiglu_limit, .shared = true};
-    if (!(w->gate = calloc((size_t)E * 3, sizeof(weight)))) {
-        snprintf(err, errlen, "out of memory");
-        return MODEL_ERR_NOMEM;
-    }
-    w->up = w->gate + E;
-    w->down = w->up + E;
-    if ((rc = layer_mat(m, i, "ffn.gate.weight", "mlp.gate.weight", E, d, &w->router, err, errlen)) ||
-        (rc = hash ? load_tid2eid(m, i, w, err, errlen)
-                   : layer_vec(m, i, "ffn.gate.bias", "mlp.gate.e_score_correction_bias", E, &w->bias, err, errlen)) ||
+    int d = c->hidden_size, I = c->moe.inter, rc;
+    if ((rc = layer_mat(m, i, "ffn.gate.weight", "mlp.gate.weight", w->n_experts, d, &w->router, err, errlen)) ||
+        (rc = w->scoring == MOE_HASH
+                  ? load_tid2eid(m, i, w, err, errlen)
+                  : layer_vec(m, i, "ffn.gate.bias", "mlp.gate.e_score_correction_bias", w->n_experts, &w->bias, err,
+                              errlen)) ||
         (rc = load_experts(m, i, w, err, errlen)) ||
         (rc = layer_mat(m, i, "ffn.shared_experts.w1.weight", "mlp.shared_experts.gate_proj.weight", I, d,
                         &w->sh_gate, err, errlen)) ||
@@ -409,7 +402,6 @@ static int load_moe(model *m, int i, char *err, size_t errlen) {
         (rc = layer_mat(m, i, "ffn.shared_experts.w2.weight", "mlp.shared_experts.down_proj.weight", d, I,
                         &w->sh_down, err, errlen)))
         return rc;
-    m->layers[i].moe = w;
     return MODEL_OK;
 }
 
@@ -463,11 +455,9 @@ int model__load_dsv4(model *m, char *err, size_t errlen) {
     const model_config *c = &m->cfg;
     int d = c->hidden_size, N = c->dsv4.hc_mult, V = c->vocab_size, rc;
     char buf[300];
-    if (!(m->dsv4 = calloc(1, sizeof(*m->dsv4))) ||
-        !(m->dsv4->layers = calloc((size_t)c->n_layers, sizeof(dsv4_layer))) ||
-        !(m->moe = calloc((size_t)c->n_layers, sizeof(moe_weights)))) {
+    if ((rc = model__dsv4_alloc(m))) {
         snprintf(err, errlen, "out of memory");
-        return MODEL_ERR_NOMEM;
+        return rc;
     }
     dsv4_weights *w = m->dsv4;
     if ((rc = load_mat(m, find_name(m, buf, sizeof(buf), NAMES("embed.weight", "embed_tokens.weight")), V, d,
@@ -496,4 +486,176 @@ void model__destroy_dsv4(model *m) {
     if (!m->dsv4) return;
     free(m->dsv4->layers);
     free(m->dsv4);
+}
+
+/* ---- the tensor list (synthetic models, parameter and byte counts) ---- */
+
+int model__dsv4_alloc(model *m) {
+    const model_config *c = &m->cfg;
+    int n = c->n_layers, E = c->moe.n_experts;
+    if (!(m->dsv4 = calloc(1, sizeof(*m->dsv4))) || !(m->dsv4->layers = calloc((size_t)n, sizeof(dsv4_layer))) ||
+        !(m->moe = calloc((size_t)n, sizeof(moe_weights))))
+        return MODEL_ERR_NOMEM;
+    for (int i = 0; i < n; i++) {
+        moe_weights *w = &m->moe[i];
+        *w = (moe_weights){.scoring = c->dsv4.hash_moe[i] ? MOE_HASH : MOE_SQRTSOFTPLUS, .n_experts = E,
+                           .top_k = c->moe.top_k, .inter = c->moe.inter, .norm_topk = true,
+                           .routed_scaling = c->dsv4.routed_scaling, .swiglu_limit = c->dsv4.swiglu_limit,
+                           .shared = true};
+        if (!(w->gate = calloc((size_t)E * 3, sizeof(weight)))) return MODEL_ERR_NOMEM;
+        w->up = w->gate + E;
+        w->down = w->up + E;
+        m->layers[i].moe = w;
+    }
+    return MODEL_OK;
+}
+
+typedef struct {
+    model *m;
+    dsv4_visit_fn fn;
+    void *ctx;
+} walk;
+
+/* The address of a field of p, or NULL when p is (a walk over a config alone). */
+#define SLOT(p, field) ((p) ? &(p)->field : NULL)
+
+static void mat(const walk *k, dsv4_store how, int rows, int cols, weight *w, bool per_token, int expert) {
+    dsv4_tensor t = {.kind = DSV4_MATRIX, .how = how, .rows = rows, .cols = cols, .w = w, .per_token = per_token,
+                     .expert = expert};
+    k->fn(k->ctx, &t);
+}
+
+/* init: a synthetic model's value for every element, or NAN for random ones. */
+static void vec(const walk *k, int rows, int cols, const float **v, float init) {
+    dsv4_tensor t = {.kind = DSV4_VECTOR, .how = DSV4_F32, .rows = rows, .cols = cols, .v = v, .init = init,
+                     .expert = -1};
+    k->fn(k->ctx, &t);
+}
+
+/* A hyper-connection: fn ((2+N)N, N d) fp32, base random, scale 1 as initialised. */
+static void walk_hc(const walk *k, weight *fn, const float **base, const float **scale) {
+    int N = k->m->cfg.dsv4.hc_mult, d = k->m->cfg.hidden_size;
+    mat(k, DSV4_F32, (2 + N) * N, N * d, fn, true, -1);
+    vec(k, 1, (2 + N) * N, base, NAN);
+    vec(k, 1, 3, scale, 1.0f);
+}
+
+/* A compressor of width cw over entries of D (CSA: cw = 2 D, ape (m, cw)). */
+static void walk_compressor(const walk *k, dsv4_compressor *p, int D, int cw, int rate) {
+    int d = k->m->cfg.hidden_size;
+    mat(k, DSV4_BF16, cw, d, SLOT(p, wkv), true, -1);
+    mat(k, DSV4_BF16, cw, d, SLOT(p, wgate), true, -1);
+    vec(k, rate, cw, SLOT(p, ape), NAN);
+    vec(k, 1, D, SLOT(p, norm), 1.0f);
+}
+
+static void walk_layer(const walk *k, int i) {
+    model *m = k->m;
+    const model_config *c = &m->cfg;
+    const dsv4_config *v = &c->dsv4;
+    layer_weights *L = m->layers ? &m->layers[i] : NULL;
+    dsv4_layer *Y = m->dsv4 ? &m->dsv4->layers[i] : NULL;
+    moe_weights *w = m->moe ? &m->moe[i] : NULL;
+    int d = c->hidden_size, D = c->head_dim, nh = c->n_heads, Q = v->q_lora_rank, G = v->o_groups;
+    int R = v->o_lora_rank, nI = v->index_n_heads, dI = v->index_head_dim, E = c->moe.n_experts, I = c->moe.inter;
+    vec(k, 1, d, SLOT(L, attn_norm), 1.0f);
+    vec(k, 1, d, SLOT(L, ffn_norm), 1.0f);
+    walk_hc(k, SLOT(Y, hc_attn_fn), SLOT(Y, hc_attn_base), SLOT(Y, hc_attn_scale));
+    walk_hc(k, SLOT(Y, hc_ffn_fn), SLOT(Y, hc_ffn_base), SLOT(Y, hc_ffn_scale));
+    mat(k, DSV4_FP8, Q, d, SLOT(Y, wq_a), true, -1);
+    vec(k, 1, Q, SLOT(Y, q_norm), 1.0f);
+    mat(k, DSV4_FP8, nh * D, Q, SLOT(Y, wq_b), true, -1);
+    mat(k, DSV4_FP8, D, d, SLOT(Y, wkv), true, -1);
+    vec(k, 1, D, SLOT(Y, kv_norm), 1.0f);
+    mat(k, DSV4_FP8, G * R, nh * D / G, SLOT(Y, wo_a), true, -1);
+    mat(k, DSV4_FP8, d, G * R, SLOT(Y, wo_b), true, -1);
+    vec(k, 1, nh, SLOT(Y, sinks), NAN);
+    if (v->attn[i] != DSV4_SLIDING) {
+        bool csa = v->attn[i] == DSV4_CSA;
+        walk_compressor(k, SLOT(Y, comp), D, csa ? 2 * D : D, v->rate[i]);
+        if (csa) {
+            walk_compressor(k, SLOT(Y, icomp), dI, 2 * dI, v->rate[i]);
+            mat(k, DSV4_FP8, nI * dI, Q, SLOT(Y, iwq_b), true, -1);
+            mat(k, DSV4_BF16, nI, d, SLOT(Y, iweights), true, -1);
+        }
+    }
+    mat(k, DSV4_BF16, E, d, SLOT(w, router), true, -1);
+    if (v->hash_moe[i]) {
+        dsv4_tensor t = {.kind = DSV4_IDS, .how = DSV4_I32, .rows = c->vocab_size, .cols = c->moe.top_k,
+                         .ids = SLOT(w, tid2eid), .tid_rows = SLOT(w, tid_rows), .expert = -1};
+        k->fn(k->ctx, &t);
+    } else {
+        vec(k, 1, E, SLOT(w, bias), NAN);
+    }
+    for (int e = 0; e < E; e++) {
+        bool on = w && w->gate;
+        mat(k, DSV4_FP4, I, d, on ? &w->gate[e] : NULL, false, e);
+        mat(k, DSV4_FP4, I, d, on ? &w->up[e] : NULL, false, e);
+        mat(k, DSV4_FP4, d, I, on ? &w->down[e] : NULL, false, e);
+    }
+    mat(k, DSV4_FP8, I, d, SLOT(w, sh_gate), true, -1);
+    mat(k, DSV4_FP8, I, d, SLOT(w, sh_up), true, -1);
+    mat(k, DSV4_FP8, d, I, SLOT(w, sh_down), true, -1);
+}
+
+void model__dsv4_walk(model *m, dsv4_visit_fn fn, void *ctx) {
+    const model_config *c = &m->cfg;
+    int d = c->hidden_size, N = c->dsv4.hc_mult, V = c->vocab_size;
+    dsv4_weights *w = m->dsv4;
+    walk k = {m, fn, ctx};
+    mat(&k, DSV4_BF16, V, d, &m->embed, false, -1); /* a token reads one row */
+    if (!c->tie_word_embeddings) mat(&k, DSV4_BF16, V, d, &m->lm_head, true, -1);
+    vec(&k, 1, d, &m->final_norm, 1.0f);
+    mat(&k, DSV4_F32, N, N * d, SLOT(w, hc_head_fn), true, -1);
+    vec(&k, 1, N, SLOT(w, hc_head_base), NAN);
+    vec(&k, 1, 1, SLOT(w, hc_head_scale), 1.0f);
+    for (int i = 0; i < c->n_layers; i++) walk_layer(&k, i);
+}
+
+/* Counting visitors: over the config (every tensor's stated shape), or over
+ * the weights in place (a matrix that was never set counts 0). */
+typedef struct {
+    int64_t n;
+    bool placed;
+} param_sum;
+
+static void count_param(void *ctx, const dsv4_tensor *t) {
+    param_sum *s = ctx;
+    if (t->kind == DSV4_IDS) return; /* tid2eid is a frozen table, not a parameter */
+    if (!s->placed) s->n += (int64_t)t->rows * t->cols;
+    else if (t->kind == DSV4_MATRIX) s->n += (int64_t)t->w->rows * t->w->cols;
+    else s->n += *t->v ? (int64_t)t->rows * t->cols : 0;
+}
+
+int64_t model__dsv4_param_count(const model_config *c) {
+    model m = {.cfg = *c}; /* no tensors: the walk hands out no slots, only shapes */
+    param_sum s = {0, false};
+    model__dsv4_walk(&m, count_param, &s);
+    return s.n;
+}
+
+int64_t model__dsv4_model_param_count(const model *m) {
+    param_sum s = {0, true};
+    model__dsv4_walk((model *)m, count_param, &s); /* the visitor only reads */
+    return s.n;
+}
+
+typedef struct {
+    size_t bytes;
+    int top_k;
+} byte_sum;
+
+/* As stored (FP4 half a byte, plus scales): the matrices every token reads,
+ * and top_k experts of each layer (all of one size: expert 0's, k times). */
+static void count_bytes(void *ctx, const dsv4_tensor *t) {
+    byte_sum *s = ctx;
+    if (t->kind != DSV4_MATRIX) return; /* vectors: a few KB per layer */
+    if (t->per_token) s->bytes += model_weight_bytes(t->w);
+    else if (t->expert == 0) s->bytes += (size_t)s->top_k * model_weight_bytes(t->w);
+}
+
+size_t model__dsv4_bytes_per_token(const model *m) {
+    byte_sum s = {0, m->cfg.moe.top_k};
+    model__dsv4_walk((model *)m, count_bytes, &s); /* the visitor only reads */
+    return s.bytes;
 }

@@ -1,7 +1,7 @@
 /* Helpers shared by the files of the model module. Not a public interface.
  * Calls point one way: model.c (backbone) -> model_engram.c (Engram) and
  * model_moe.c (experts) -> model_read.c (config keys, tensors);
- * model_synthetic.c -> model_read.c.
+ * model_synthetic.c -> model_read.c, and model_dsv4.c for DeepSeek-V4's tensor list.
  * Nothing in model_read.c or model_engram.c calls into model.c. */
 #ifndef ENGINE_MODEL_INTERNAL_H
 #define ENGINE_MODEL_INTERNAL_H
@@ -79,5 +79,40 @@ void model__destroy_dsv4(model *m); /* frees m->dsv4 */
  * compressed tokenizer, hash tables and Engram tensors into m->engram. */
 int model__parse_dsv4_engram(const cJSON *root, model_config *c, const char *label, char *err, size_t errlen);
 int model__load_dsv4_engram(model *m, char *err, size_t errlen);
+
+/* model_dsv4.c: m->dsv4, m->moe (routers' settings and empty expert tables,
+ * layers pointed at them) for m->cfg; m->layers allocated by the caller.
+ * Returns MODEL_OK or MODEL_ERR_NOMEM (model_destroy frees what was made). */
+int model__dsv4_alloc(model *m);
+
+/* How the release stores a DeepSeek-V4 tensor (DEEPSEEK_V4.md 4.1). */
+typedef enum { DSV4_BF16, DSV4_FP8, DSV4_FP4, DSV4_F32, DSV4_I32 } dsv4_store;
+typedef enum { DSV4_MATRIX, DSV4_VECTOR, DSV4_IDS } dsv4_tensor_kind;
+
+/* One tensor of the walk: its shape, its storage, and where it goes. */
+typedef struct {
+    dsv4_tensor_kind kind;
+    dsv4_store how;
+    int rows, cols;       /* elements; a vector (1, n); ape (rate, cw); tid2eid (vocab, top_k) */
+    weight *w;            /* DSV4_MATRIX: the slot */
+    const float **v;      /* DSV4_VECTOR: the slot of rows * cols f32 values owned by the model */
+    const int32_t **ids;  /* DSV4_IDS: tid2eid's slot, and its row count's */
+    int *tid_rows;
+    float init;           /* DSV4_VECTOR in a synthetic model: every value (1: norms, hc scales), NAN: random */
+    bool per_token;       /* every decoded token reads all of it (not the embedding, nor routed experts) */
+    int expert;           /* a routed expert's index, else -1 */
+} dsv4_tensor;
+typedef void (*dsv4_visit_fn)(void *ctx, const dsv4_tensor *t);
+
+/* model_dsv4.c: every tensor of a DeepSeek-V4 model of m->cfg, in the release's
+ * order (embed, head, norm, hc_head, then each layer's). Slots point into
+ * m->dsv4, m->moe, m->layers where those exist (model__dsv4_alloc), else NULL. */
+void model__dsv4_walk(model *m, dsv4_visit_fn fn, void *ctx);
+/* model_dsv4.c: parameters (every matrix and f32 vector; tid2eid is not one)
+ * from the config's shapes, or from the weights in place; bytes a decoded
+ * token reads (model_weight_bytes_per_token). */
+int64_t model__dsv4_param_count(const model_config *c);
+int64_t model__dsv4_model_param_count(const model *m);
+size_t model__dsv4_bytes_per_token(const model *m);
 
 #endif

@@ -1,6 +1,7 @@
 /* Synthetic models (see model.h): the exact shapes of released checkpoints
- * with random bf16 weights made in memory, so benchmarks can run real model
- * sizes without storing checkpoints. An optional Engram module at layer 1
+ * with random weights made in memory (bf16; DeepSeek-V4 in its release's FP8 /
+ * FP4 / bf16 / f32 mix), so benchmarks can run real model sizes without
+ * storing checkpoints. An optional Engram module at layer 1
  * reads a table written once, deterministically, as an engram/store table
  * file, because tables may be larger than RAM. */
 #include <errno.h>
@@ -36,10 +37,12 @@
  *                     48 layers, 32/4 heads, head_dim 128, 128 experts of moe_intermediate_size
  *                     768, 8 per token, norm_topk_prob, decoder_sparse_step 1, no
  *                     mlp_only_layers, untied (the other Qwen3 keys as for 0.6B)
+ *   deepseek-ai/DeepSeek-V4-Flash  DEEPSEEK_V4.md 1.1 defaults and the release's compress_ratios
+ *                     (dsv4_flash_config below, read by the loader's own parser)
  * None has attention or MLP biases. Published sizes (model cards): Qwen3 0.6B / 1.7B /
  * 4.0B / 8.2B total and 0.44B / 1.4B / 3.6B / 6.95B without embeddings; Llama-3.2-1B
- * 1.23B, Llama-3.1-8B 8.03B, Qwen3-30B-A3B 30.5B total, 29.9B without embeddings
- * (tests/unit/test_model_synthetic.c checks them). */
+ * 1.23B, Llama-3.1-8B 8.03B, Qwen3-30B-A3B 30.5B total, 29.9B without embeddings,
+ * DeepSeek-V4-Flash 284B total, 13B activated (tests/unit/test_model_synthetic.c checks them). */
 typedef struct {
     const char *name, *hub;
     model_arch arch;
@@ -59,6 +62,8 @@ static const synth_shape shapes[] = {
     {"llama3-1b", "meta-llama/Llama-3.2-1B", ARCH_LLAMA, 128256, 2048, 8192, 16, 32, 8, 64, 131072, 1e-5, 500000.0, true, 32.0, 128000, 128001, 0, 0, 0},
     {"llama3-8b", "meta-llama/Llama-3.1-8B", ARCH_LLAMA, 128256, 4096, 14336, 32, 32, 8, 128, 131072, 1e-5, 500000.0, false, 8.0, 128000, 128001, 0, 0, 0},
     {"qwen3-30b-a3b", "Qwen/Qwen3-30B-A3B", ARCH_QWEN3_MOE, 151936, 2048, 6144, 48, 32, 4, 128, 40960, 1e-6, 1e6, false, 0, 151643, 151645, 128, 8, 768},
+    /* only name, arch and layers are read: the rest comes from dsv4_flash_config */
+    {"deepseek-v4-flash", "deepseek-ai/DeepSeek-V4-Flash", ARCH_DEEPSEEK_V4, 129280, 4096, 2048, 43, 64, 1, 512, 1048576, 1e-6, 10000.0, false, 0, 0, 1, 256, 6, 2048},
 };
 #define N_SHAPES (sizeof(shapes) / sizeof(shapes[0]))
 
@@ -116,6 +121,38 @@ static int64_t synth_table_rows(const model_config *c) {
     return rows;
 }
 
+/* DeepSeek-V4-Flash's config.json in the release's own keys (DEEPSEEK_V4.md
+ * 1.1 defaults, stated rather than left to defaults; layers 0-1 sliding, then
+ * CSA m 4 on even and HCA m 128 on odd layers; 1.5 quantization_config), read
+ * by the loader's parser, so the synthetic model is configured exactly as the
+ * release would load. */
+static int dsv4_flash_config(model_config *c, char *err, size_t errlen) {
+    char json[4096];
+    size_t n = (size_t)snprintf(json, sizeof(json),
+        "{\"architectures\": [\"DeepseekV4ForCausalLM\"], \"model_type\": \"deepseek_v4\", \"vocab_size\": 129280, "
+        "\"hidden_size\": 4096, \"num_hidden_layers\": 43, \"num_attention_heads\": 64, \"num_key_value_heads\": 1, "
+        "\"head_dim\": 512, \"qk_rope_head_dim\": 64, \"q_lora_rank\": 1024, \"o_groups\": 8, \"o_lora_rank\": 1024, "
+        "\"sliding_window\": 128, \"index_n_heads\": 64, \"index_head_dim\": 128, \"index_topk\": 512, "
+        "\"hc_mult\": 4, \"hc_sinkhorn_iters\": 20, \"hc_eps\": 1e-6, \"rms_norm_eps\": 1e-6, "
+        "\"n_routed_experts\": 256, \"n_shared_experts\": 1, \"num_experts_per_tok\": 6, "
+        "\"moe_intermediate_size\": 2048, \"num_hash_layers\": 3, \"scoring_func\": \"sqrtsoftplus\", "
+        "\"routed_scaling_factor\": 1.5, \"swiglu_limit\": 10.0, \"hidden_act\": \"silu\", \"rope_theta\": 10000, "
+        "\"compress_rope_theta\": 160000, \"rope_scaling\": {\"type\": \"yarn\", \"factor\": 16, "
+        "\"original_max_position_embeddings\": 65536, \"beta_fast\": 32, \"beta_slow\": 1}, "
+        "\"max_position_embeddings\": 1048576, \"tie_word_embeddings\": false, \"bos_token_id\": 0, "
+        "\"eos_token_id\": 1, \"quantization_config\": {\"quant_method\": \"fp8\", \"activation_scheme\": "
+        "\"dynamic\", \"weight_block_size\": [128, 128], \"scale_fmt\": \"ue8m0\", \"expert_dtype\": \"fp4\"}, "
+        "\"compress_ratios\": [");
+    for (int i = 0; i < 43 && n < sizeof(json); i++)
+        n += (size_t)snprintf(json + n, sizeof(json) - n, "%s%d", i ? ", " : "", i < 2 ? 0 : i % 2 ? 128 : 4);
+    if (n < sizeof(json)) n += (size_t)snprintf(json + n, sizeof(json) - n, "]}");
+    if (n >= sizeof(json)) { /* a programmer error: the buffer is sized for this text */
+        snprintf(err, errlen, "synthetic deepseek-v4-flash: config text too long");
+        return MODEL_ERR_CONFIG;
+    }
+    return model_config_parse(json, n, "synthetic deepseek-v4-flash config", c, err, errlen);
+}
+
 int model_synthetic_config(const char *spec, model_config *c, char *err, size_t errlen) {
     memset(c, 0, sizeof(*c));
     if (!spec || !spec[0]) return spec_fail(err, errlen, "", "empty");
@@ -132,6 +169,10 @@ int model_synthetic_config(const char *spec, model_config *c, char *err, size_t 
             snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), "%s %s", i ? "," : "", shapes[i].name);
         snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), ")");
         return spec_fail(err, errlen, spec, msg);
+    }
+    if (sh->arch == ARCH_DEEPSEEK_V4) {
+        if (dsv4_flash_config(c, err, errlen)) return MODEL_ERR_CONFIG;
+        goto options;
     }
     c->arch = sh->arch;
     c->vocab_size = sh->vocab;
@@ -165,6 +206,7 @@ int model_synthetic_config(const char *spec, model_config *c, char *err, size_t 
     c->eos_token_ids[0] = sh->eos;
     c->n_eos = 1;
 
+options:;
     long long engram_rows = 0;
     for (char *opt; (opt = strtok_r(NULL, "+", &save));) {
         char *colon = strchr(opt, ':');
@@ -188,6 +230,8 @@ int model_synthetic_config(const char *spec, model_config *c, char *err, size_t 
             return spec_fail(err, errlen, spec, "unknown option (known: +engram:ROWS, +layers:N)");
         }
     }
+    if (engram_rows && c->arch == ARCH_DEEPSEEK_V4)
+        return spec_fail(err, errlen, spec, "+engram is not supported on a DeepSeek-V4 backbone yet");
     if (engram_rows) {
         if (c->n_layers <= SYN_ENGRAM_LAYER)
             return spec_fail(err, errlen, spec, "+engram needs at least 2 layers (the module sits at layer 1)");
@@ -259,10 +303,17 @@ typedef struct {
     size_t used;  /* bytes placed so far */
 } arena;
 
+/* `bytes` of the mapping (NULL while counting), page-aligned: every matrix
+ * (and every scale grid) starts on its own page. */
+static char *take(arena *a, size_t bytes) {
+    char *p = a->base ? a->base + a->used : NULL;
+    a->used += (bytes + 4095) & ~(size_t)4095;
+    return p;
+}
+
 static void place(arena *a, weight *w, int rows, int cols) {
-    size_t bytes = (size_t)rows * (size_t)cols * 2;
-    *w = (weight){.data = a->base ? a->base + a->used : NULL, .dt = DTYPE_BF16, .rows = rows, .cols = cols};
-    a->used += (bytes + 4095) & ~(size_t)4095; /* page-aligned: every matrix starts on its own page */
+    *w = (weight){.dt = DTYPE_BF16, .rows = rows, .cols = cols};
+    w->data = take(a, (size_t)rows * (size_t)cols * 2);
 }
 
 static void layout(model *m, arena *a) {
@@ -326,6 +377,210 @@ static int make_moe(model *m) {
         w->down = w->up + mc->n_experts;
     }
     return MODEL_OK;
+}
+
+/* ---- DeepSeek-V4: the release's formats ---- */
+
+/* Quantized matrices hold random codes under one ue8m0 scale per block, the
+ * power of two DeepSeek's quantizer gives a block whose largest value is
+ * a = sqrt(3) * SYN_STD (the bf16 matrices' bound): 2^ceil(log2(a / qmax)).
+ * FP8 (qmax 448): 2^-13; the codes are the bf16 fill's uniform values over
+ * 2^-13 (|x| <= 284) rounded to e4m3, so values stay uniform with standard
+ * deviation 0.02 at e4m3's 3-bit precision and no code is NaN (0x7f, 0xff
+ * need |x| > 464). FP4 (qmax 6): 2^-7; every e2m1 code is a number, so the
+ * nibbles are uniform random bits: values {0, .5, 1, 1.5, 2, 3, 4, 6} x 2^-7
+ * with random signs, standard deviation 2.93 x 2^-7 = 0.023. */
+#define SYN_FP8_SCALE_EXP (-13)
+#define SYN_FP4_SCALE_EXP (-7)
+
+typedef enum { FILL_BF16, FILL_F32, FILL_FP8, FILL_BITS, FILL_BYTE } fill_kind;
+
+typedef struct {
+    size_t off, bytes; /* in the mapping */
+    fill_kind kind;
+    uint8_t byte;      /* FILL_BYTE: every byte (a scale grid) */
+} region;
+
+typedef struct {
+    model *m;
+    arena a;
+    uint64_t seed;
+    region *regions; /* (n_regions) recorded while placing */
+    int n_regions, cap_regions;
+    int n_vectors;   /* f32 vectors made so far: each its own stream */
+    int rc;
+} dsv4_synth;
+
+static void add_region(dsv4_synth *s, const void *p, size_t bytes, fill_kind kind, uint8_t byte) {
+    if (!s->a.base || s->rc) return;
+    if (s->n_regions == s->cap_regions) {
+        int cap = s->cap_regions ? 2 * s->cap_regions : 1024;
+        region *r = realloc(s->regions, (size_t)cap * sizeof(region));
+        if (!r) {
+            s->rc = MODEL_ERR_NOMEM;
+            return;
+        }
+        s->regions = r, s->cap_regions = cap;
+    }
+    s->regions[s->n_regions++] = (region){(size_t)((const char *)p - s->a.base), bytes, kind, byte};
+}
+
+/* A quantized matrix: codes, then its scale grid of one exponent byte (F8_E8M0). */
+static void place_quant(dsv4_synth *s, const dsv4_tensor *t) {
+    bool fp8 = t->how == DSV4_FP8;
+    int br = fp8 ? 128 : 1, bc = fp8 ? 128 : 32; /* weight_block_size; FP4: per 32 of a row */
+    int gr = (t->rows + br - 1) / br, gc = (t->cols + bc - 1) / bc;
+    size_t n = (size_t)t->rows * (size_t)t->cols, code_bytes = fp8 ? n : n / 2, scale_bytes = (size_t)gr * gc;
+    weight *w = t->w;
+    *w = (weight){.dt = fp8 ? DTYPE_F8_E4M3 : DTYPE_I8, .rows = t->rows, .cols = t->cols,
+                  .fmt = fp8 ? WEIGHT_FP8 : WEIGHT_FP4, .scale_dt = DTYPE_F8_E8M0, .scale_rows = gr,
+                  .scale_cols = gc, .block_rows = br, .block_cols = bc};
+    w->data = take(&s->a, code_bytes);
+    w->scale = take(&s->a, scale_bytes);
+    add_region(s, w->data, code_bytes, fp8 ? FILL_FP8 : FILL_BITS, 0);
+    add_region(s, w->scale, scale_bytes, FILL_BYTE, (uint8_t)(127 + (fp8 ? SYN_FP8_SCALE_EXP : SYN_FP4_SCALE_EXP)));
+}
+
+/* dst[0..n) = f32 uniform in [-a, a), a = sqrt(3) * SYN_STD. */
+static void fill_f32(float *dst, size_t n, uint64_t s) {
+    const float scale = 1.7320508f * SYN_STD / 2147483648.0f;
+    for (size_t i = 0; i < n; i += 2) {
+        uint64_t r = mix64(s += 0x9e3779b97f4a7c15ull);
+        dst[i] = (float)(int32_t)(uint32_t)r * scale;
+        if (i + 1 < n) dst[i + 1] = (float)(int32_t)(uint32_t)(r >> 32) * scale;
+    }
+}
+
+/* tid2eid: top_k distinct random experts for every token id, each token its own stream. */
+static int32_t *make_tid2eid(dsv4_synth *s, int rows, int k) {
+    int E = s->m->cfg.moe.n_experts;
+    int32_t *ids = (int32_t *)model__own(s->m, (size_t)rows * k); /* an f32 buffer holds int32 as well */
+    if (!ids) return NULL;
+    for (int t = 0; t < rows; t++) {
+        uint64_t st = stream_start(s->seed, 0x71d2e1du, (uint64_t)t);
+        int32_t *row = ids + (size_t)t * k;
+        for (int j = 0; j < k;) {
+            row[j] = (int32_t)(mix64(st += 0x9e3779b97f4a7c15ull) % (uint64_t)E);
+            bool seen = false;
+            for (int i = 0; i < j; i++) seen |= row[i] == row[j];
+            j += !seen;
+        }
+    }
+    return ids;
+}
+
+/* The walk's visitor, twice: sizes (no mapping yet), then slots, fill regions, vectors. */
+static void dsv4_place(void *ctx, const dsv4_tensor *t) {
+    dsv4_synth *s = ctx;
+    if (t->kind == DSV4_MATRIX) {
+        if (t->how == DSV4_FP8 || t->how == DSV4_FP4) return place_quant(s, t);
+        bool f32 = t->how == DSV4_F32;
+        size_t bytes = (size_t)t->rows * (size_t)t->cols * (f32 ? 4 : 2);
+        *t->w = (weight){.dt = f32 ? DTYPE_F32 : DTYPE_BF16, .rows = t->rows, .cols = t->cols};
+        t->w->data = take(&s->a, bytes);
+        add_region(s, t->w->data, bytes, f32 ? FILL_F32 : FILL_BF16, 0);
+        return;
+    }
+    if (!s->a.base || s->rc) return; /* vectors and tables live outside the mapping */
+    if (t->kind == DSV4_IDS) {
+        if (!(*t->ids = make_tid2eid(s, t->rows, t->cols))) s->rc = MODEL_ERR_NOMEM;
+        *t->tid_rows = t->rows;
+        return;
+    }
+    size_t n = (size_t)t->rows * (size_t)t->cols;
+    float *v = model__own(s->m, n);
+    if (!v) {
+        s->rc = MODEL_ERR_NOMEM;
+        return;
+    }
+    if (isnan(t->init)) fill_f32(v, n, stream_start(s->seed, 0xf32u, (uint64_t)s->n_vectors++));
+    else for (size_t i = 0; i < n; i++) v[i] = t->init;
+    *t->v = v;
+}
+
+/* One piece (up to 1 MiB) of a region, from the stream of its first page. */
+static void fill_piece(const char *base, const region *r, size_t off, size_t len, uint64_t seed,
+                       const uint8_t *e4m3) {
+    char *p = (char *)base + r->off + off;
+    uint64_t st = stream_start(seed, 0xd5f4u + (uint64_t)r->kind, (r->off + off) / 4096);
+    if (r->kind == FILL_BF16) return fill_bf16((uint16_t *)p, len / 2, st);
+    if (r->kind == FILL_F32) return fill_f32((float *)p, len / 4, st);
+    if (r->kind == FILL_BYTE) return (void)memset(p, r->byte, len);
+    if (r->kind == FILL_FP8) { /* the bf16 fill's 16-bit uniform values, through the rounding table */
+        for (size_t i = 0; i < len; i += 4) {
+            uint64_t x = mix64(st += 0x9e3779b97f4a7c15ull);
+            for (size_t k = 0; k < 4 && i + k < len; k++) p[i + k] = (char)e4m3[(x >> (16 * k)) & 0xffff];
+        }
+        return;
+    }
+    size_t i = 0; /* FILL_BITS: FP4 nibbles, all numbers */
+    for (; i + 8 <= len; i += 8) {
+        uint64_t x = mix64(st += 0x9e3779b97f4a7c15ull);
+        memcpy(p + i, &x, 8);
+    }
+    uint64_t x = mix64(st += 0x9e3779b97f4a7c15ull);
+    memcpy(p + i, &x, len - i);
+}
+
+/* x (finite, |x| <= 448) as the nearest e4m3fn code, ties to even. */
+static uint8_t f32_to_e4m3(float x) {
+    uint8_t sign = signbit(x) ? 0x80 : 0;
+    float a = fabsf(x);
+    if (a < 0x1p-6f) return sign | (uint8_t)nearbyintf(a * 512.0f); /* subnormal steps of 2^-9; 8 is 2^-6's code */
+    uint32_t u;
+    memcpy(&u, &a, 4);
+    u += 0x7ffffu + ((u >> 20) & 1u); /* round the mantissa to 3 bits */
+    return sign | (uint8_t)((((u >> 23) - 127 + 7) << 3) | ((u >> 20) & 7u));
+}
+
+/* Fills every region in 1 MiB pieces, all threads; each piece's stream comes
+ * from its page, so the bits do not depend on the thread count. */
+static int fill_regions(const dsv4_synth *s) {
+    const size_t piece = 1u << 20;
+    size_t n = 0;
+    for (int i = 0; i < s->n_regions; i++) n += (s->regions[i].bytes + piece - 1) / piece;
+    struct { int r; size_t off; } *pieces = malloc(n * sizeof(*pieces));
+    uint8_t *e4m3 = malloc(65536);
+    if (!pieces || !e4m3) {
+        free(pieces), free(e4m3);
+        return MODEL_ERR_NOMEM;
+    }
+    const float k = 1.7320508f * SYN_STD / 32768.0f * 0x1p13f; /* fill_bf16's values over the FP8 scale */
+    for (int u = 0; u < 65536; u++) e4m3[u] = f32_to_e4m3((float)(int16_t)(uint16_t)u * k);
+    n = 0;
+    for (int i = 0; i < s->n_regions; i++)
+        for (size_t off = 0; off < s->regions[i].bytes; off += piece) pieces[n].r = i, pieces[n++].off = off;
+#pragma omp parallel for schedule(dynamic, 16)
+    for (long long i = 0; i < (long long)n; i++) {
+        const region *r = &s->regions[pieces[i].r];
+        size_t len = r->bytes - pieces[i].off < piece ? r->bytes - pieces[i].off : piece;
+        fill_piece(s->a.base, r, pieces[i].off, len, s->seed, e4m3);
+    }
+    free(pieces);
+    free(e4m3);
+    return MODEL_OK;
+}
+
+/* Every DeepSeek-V4 tensor (model__dsv4_walk): matrices in one mapping as the
+ * release stores them, f32 vectors (norms 1, hc scales 1, the rest random)
+ * and tid2eid owned by the model. */
+static int make_dsv4(model *m, uint64_t seed, char *err, size_t errlen) {
+    if (model__dsv4_alloc(m)) return MODEL_ERR_NOMEM;
+    dsv4_synth s = {.m = m, .seed = seed};
+    model__dsv4_walk(m, dsv4_place, &s); /* sizes */
+    void *base = mmap(NULL, s.a.used, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) {
+        snprintf(err, errlen, "%s: out of memory for %.2f GB of weights", m->dir, s.a.used / 1e9);
+        return MODEL_ERR_NOMEM;
+    }
+    m->synth = base;
+    m->synth_bytes = s.a.used;
+    madvise(base, s.a.used, MADV_HUGEPAGE);
+    s.a = (arena){.base = base};
+    model__dsv4_walk(m, dsv4_place, &s); /* slots, regions, vectors */
+    int rc = s.rc ? s.rc : fill_regions(&s);
+    free(s.regions);
+    return rc;
 }
 
 /* ---- Engram ---- */
@@ -564,9 +819,14 @@ int model_synthetic_ex(const char *spec, uint64_t seed, const model_synthetic_pa
     snprintf(m->dir, dl, "synthetic:%s", spec);
     m->cfg = cfg;
     if (!(m->layers = calloc((size_t)cfg.n_layers, sizeof(layer_weights))) ||
-        (cfg.moe.n_experts && (rc = make_moe(m)))) {
+        (cfg.arch != ARCH_DEEPSEEK_V4 && cfg.moe.n_experts && (rc = make_moe(m)))) {
         rc = MODEL_ERR_NOMEM;
         goto fail;
+    }
+    if (cfg.arch == ARCH_DEEPSEEK_V4) {
+        if ((rc = make_dsv4(m, seed, err, errlen))) goto fail;
+        *out = m;
+        return MODEL_OK;
     }
     if (cfg.engram.present && (rc = make_engram(m, err, errlen))) goto fail;
     /* the table file first: a refusal or a full disk costs no weight filling */

@@ -53,7 +53,7 @@ def test_bad_specs_and_flags(tmp_path):
     p = run_bin("engram-run", "--synthetic", "qwen3-9b", "--prompt-ids", "1", check=False)
     assert p.returncode == 1
     assert 'synthetic spec "qwen3-9b": unknown model (known: qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b, ' \
-           'llama3-1b, llama3-8b, qwen3-30b-a3b)' in p.stderr, p.stderr
+           'llama3-1b, llama3-8b, qwen3-30b-a3b, deepseek-v4-flash)' in p.stderr, p.stderr
     p = run_bin("engram-run", "--synthetic", "qwen3-0.6b+layers:99", "--prompt-ids", "1", check=False)
     assert p.returncode == 1 and "+layers:N needs N from 1 to 28" in p.stderr, p.stderr
     for args, needle in [

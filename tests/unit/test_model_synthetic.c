@@ -1,5 +1,6 @@
 /* Unit tests for engine/model/model_synthetic: each spec's shape against the
- * published parameter counts of the release it copies, the same bits from the
+ * published parameter counts of the release it copies (DeepSeek-V4-Flash: also
+ * its formats, value spreads, bytes per token and a layer run), the same bits from the
  * same seed (on any thread count) and others from another seed, the value
  * distribution, bad specs refused with a message naming the problem, and the
  * Engram table file (written, reused, replaced when stale, a foreign file
@@ -17,6 +18,7 @@
 #include "engine/forward.h"
 #include "engine/model/model.h"
 #include "base/numeric.h"
+#include "engine/model/dtype.h"
 
 /* Published sizes. Qwen3 model cards (huggingface.co/Qwen/Qwen3-*): "Number of
  * Parameters" 0.6B, 1.7B, 4.0B, 8.2B and "(Non-Embedding)" 0.44B, 1.4B, 3.6B,
@@ -113,6 +115,7 @@ START_TEST(test_bad_specs) {
     expect_bad("qwen3-0.6b+layers:29", "from 1 to 28");
     expect_bad("qwen3-0.6b+speed:9", "unknown option");
     expect_bad("qwen3-0.6b+layers:1+engram:10k", "at least 2 layers");
+    expect_bad("gpt2", "qwen3-30b-a3b, deepseek-v4-flash)");
 }
 END_TEST
 
@@ -212,6 +215,190 @@ START_TEST(test_moe_layer_runs) {
     forward_ctx_destroy(fc);
     model_destroy(m);
     backend_destroy(be);
+}
+END_TEST
+
+/* ---- DeepSeek-V4-Flash ---- */
+
+/* DEEPSEEK_V4.md 4.1, at V4-Flash size: the parameters of layer i (0-1
+ * sliding, then CSA on even and HCA on odd layers; the first 3 hash-routed,
+ * their tid2eid a table, not parameters), written out here apart from the
+ * engine's own tensor list. */
+enum { H = 4096, V4_VOCAB = 129280, NH = 64, HD = 512, QR = 1024, OG = 8, OR = 1024, NE = 256, TOPK = 6,
+       EI = 2048, HC = 4, IH = 64, ID = 128 };
+static long long v4_layer_params(int i, int experts) {
+    long long n = 2LL * H;                                                  /* attn_norm, ffn_norm */
+    n += 2 * ((2LL + HC) * HC * HC * H + (2 + HC) * HC + 3);                /* hc_attn_*, hc_ffn_* */
+    n += (long long)QR * H + QR + (long long)NH * HD * QR + (long long)HD * H + HD; /* wq_a q_norm wq_b wkv kv_norm */
+    n += (long long)OG * OR * (NH * HD / OG) + (long long)H * OG * OR + NH; /* wo_a wo_b attn_sink */
+    if (i >= 2 && i % 2 == 0) /* CSA: compressor [1024, 4096] x2, ape [4, 1024], norm; the indexer's */
+        n += 2LL * 2 * HD * H + 4 * 2 * HD + HD + 2LL * 2 * ID * H + 4 * 2 * ID + ID + (long long)IH * ID * QR +
+             (long long)IH * H;
+    if (i >= 2 && i % 2 == 1) /* HCA: compressor [512, 4096] x2, ape [128, 512], norm */
+        n += 2LL * HD * H + 128 * HD + HD;
+    n += (long long)NE * H + (i >= 3 ? NE : 0);                             /* router, bias (learned layers) */
+    return n + (long long)(experts + 1) * 3 * EI * H;                       /* routed, shared */
+}
+static long long v4_params(int layers, int experts) {
+    long long n = 2LL * V4_VOCAB * H + H + (long long)HC * HC * H + HC + 1; /* embed, head, norm, hc_head */
+    for (int i = 0; i < layers; i++) n += v4_layer_params(i, experts);
+    return n;
+}
+
+/* The model card (huggingface.co/deepseek-ai/DeepSeek-V4-Flash): 284B total,
+ * 13B activated; the MTP layer is not among the 43 (transformers does not build it). */
+START_TEST(test_dsv4_config_and_count) {
+    model_config c;
+    char err[512];
+    ck_assert_int_eq(model_synthetic_config("deepseek-v4-flash", &c, err, sizeof(err)), MODEL_OK);
+    const dsv4_config *v = &c.dsv4;
+    ck_assert_int_eq(c.arch, ARCH_DEEPSEEK_V4);
+    ck_assert(c.vocab_size == V4_VOCAB && c.hidden_size == H && c.n_layers == 43 && c.n_heads == NH &&
+              c.head_dim == HD && c.n_kv_heads == 1 && !c.tie_word_embeddings && c.sliding_window == 128);
+    ck_assert(v->rope_dim == 64 && v->q_lora_rank == QR && v->o_groups == OG && v->o_lora_rank == OR);
+    ck_assert(v->index_n_heads == IH && v->index_head_dim == ID && v->index_topk == 512);
+    ck_assert(v->hc_mult == HC && v->hc_iters == 20 && v->hc_eps == 1e-6f && c.rms_norm_eps == 1e-6f);
+    ck_assert(c.moe.n_experts == NE && c.moe.top_k == TOPK && c.moe.inter == EI);
+    ck_assert(v->routed_scaling == 1.5f && v->swiglu_limit == 10.0f);
+    ck_assert(v->main_theta == 10000 && v->comp_theta == 160000 && v->comp_yarn && v->yarn_factor == 16 &&
+              v->yarn_original_max_pos == 65536 && v->yarn_beta_fast == 32 && v->yarn_beta_slow == 1);
+    ck_assert(c.quant_block_rows == 128 && c.quant_block_cols == 128);
+    for (int i = 0; i < 43; i++) {
+        dsv4_attn_kind k = i < 2 ? DSV4_SLIDING : i % 2 ? DSV4_HCA : DSV4_CSA;
+        ck_assert_msg(v->attn[i] == k && v->rate[i] == (i < 2 ? 0 : i % 2 ? 128 : 4), "layer %d", i);
+        ck_assert(v->hash_moe[i] == (i < 3));
+    }
+    ck_assert_int_eq(model_synthetic_config("deepseek-v4-flash+layers:4", &c, err, sizeof(err)), MODEL_OK);
+    ck_assert(c.n_layers == 4 && c.dsv4.attn[3] == DSV4_HCA);
+    for (int n = 1; n <= 4; n++) {
+        char spec[64];
+        snprintf(spec, sizeof(spec), "deepseek-v4-flash+layers:%d", n);
+        ck_assert_int_eq(model_synthetic_config(spec, &c, err, sizeof(err)), MODEL_OK);
+        ck_assert_int_eq(model_config_param_count(&c), v4_params(n, NE));
+    }
+    ck_assert_int_eq(model_synthetic_config("deepseek-v4-flash", &c, err, sizeof(err)), MODEL_OK);
+    long long n = (long long)model_config_param_count(&c);
+    ck_assert_int_eq(n, 284332240471LL);
+    ck_assert_int_eq(n, v4_params(43, NE));
+    ck_assert_msg(llabs(n - 284000000000LL) <= 500000000LL, "total %lld vs the card's 284B", n);
+    /* activated: 6 routed experts of 256 and the shared one; the embedding
+     * table aside (a token reads one row of it) */
+    long long active = v4_params(43, TOPK) - (long long)V4_VOCAB * H;
+    ck_assert_msg(llabs(active - 13000000000LL) <= 500000000LL, "activated %lld vs the card's 13B", active);
+    ck_assert_int_eq(model_synthetic_config("deepseek-v4-flash+layers:44", &c, err, sizeof(err)), MODEL_ERR_CONFIG);
+    ck_assert_msg(strstr(err, "from 1 to 43"), "%s", err);
+    ck_assert_int_eq(model_synthetic_config("deepseek-v4-flash+engram:10k", &c, err, sizeof(err)), MODEL_ERR_CONFIG);
+    ck_assert_msg(strstr(err, "not supported on a DeepSeek-V4 backbone"), "%s", err);
+}
+END_TEST
+
+/* Mean, standard deviation and largest magnitude of a matrix as dequantised;
+ * fails on a value that is not finite. */
+static void spread(const weight *w, double *mean, double *sd, double *mx) {
+    float *row = malloc((size_t)w->cols * sizeof(float));
+    double s = 0, s2 = 0;
+    *mx = 0;
+    for (int r = 0; r < w->rows; r++) {
+        model_weight_rows_to_f32(row, w, r, 1);
+        for (int j = 0; j < w->cols; j++) {
+            ck_assert_msg(isfinite(row[j]), "value (%d, %d) is %g", r, j, row[j]);
+            s += row[j], s2 += (double)row[j] * row[j];
+            if (fabs(row[j]) > *mx) *mx = fabs(row[j]);
+        }
+    }
+    double n = (double)w->rows * w->cols;
+    *mean = s / n, *sd = sqrt(s2 / n - *mean * *mean);
+    free(row);
+}
+
+static uint64_t sample_hash(const model *m) { /* one 8-byte word per 64 KiB of the mapping */
+    uint64_t h = 1469598103934665603ull, x;
+    for (size_t off = 0; off + 8 <= m->synth_bytes; off += 65536) {
+        memcpy(&x, (const char *)m->synth + off, 8);
+        h = (h ^ x) * 1099511628211ull;
+    }
+    return h;
+}
+
+/* One layer (sliding, hash-routed) of V4-Flash, 5.7 GB: its tensors in the
+ * release's formats and spreads, every one placed (the parameter count from
+ * the weights), the bytes a token reads, and a run to finite logits. */
+START_TEST(test_dsv4_layer_runs) {
+#if defined(__SANITIZE_ADDRESS__)
+    return; /* 5.7 GB filled unoptimized and shadowed: minutes and gigabytes in the sanitizer run, which
+             * the one-layer qwen3-30b-a3b run already takes through the same fill and MoE paths */
+#endif
+    const char *spec = "deepseek-v4-flash+layers:1";
+    uint64_t h1 = 0;
+#if !defined(__SANITIZE_ADDRESS__)
+    omp_set_num_threads(1); /* the bits must not depend on the thread count */
+    model *a = make(spec, 5);
+    h1 = sample_hash(a);
+    model_destroy(a);
+    omp_set_num_threads(2);
+#endif
+    model *m = make(spec, 5);
+    if (h1) ck_assert_msg(sample_hash(m) == h1, "one thread and two made different weights");
+    model_config c;
+    char err[512];
+    ck_assert_int_eq(model_synthetic_config(spec, &c, err, sizeof(err)), MODEL_OK);
+    ck_assert_int_eq(model_param_count(m), model_config_param_count(&c));
+    ck_assert_int_eq(model_param_count(m), v4_params(1, NE));
+    const dsv4_layer *Y = &m->dsv4->layers[0];
+    const moe_weights *w = m->layers[0].moe;
+    ck_assert(m->embed.dt == DTYPE_BF16 && m->lm_head.dt == DTYPE_BF16 && m->lm_head.data != m->embed.data);
+    ck_assert(Y->hc_attn_fn.dt == DTYPE_F32 && m->dsv4->hc_head_fn.dt == DTYPE_F32 && w->router.dt == DTYPE_BF16);
+    const weight *fp8[] = {&Y->wq_a, &Y->wq_b, &Y->wkv, &Y->wo_a, &Y->wo_b, &w->sh_gate, &w->sh_up, &w->sh_down};
+    for (size_t i = 0; i < sizeof(fp8) / sizeof(fp8[0]); i++)
+        ck_assert(fp8[i]->fmt == WEIGHT_FP8 && fp8[i]->dt == DTYPE_F8_E4M3 && fp8[i]->scale_dt == DTYPE_F8_E8M0 &&
+                  fp8[i]->block_rows == 128 && fp8[i]->block_cols == 128 &&
+                  fp8[i]->scale_rows == (fp8[i]->rows + 127) / 128 && fp8[i]->scale_cols == (fp8[i]->cols + 127) / 128);
+    ck_assert(Y->wq_a.scale_rows == 8 && Y->wq_a.scale_cols == 32); /* [8, 32] in 4.1 */
+    for (int e = 0; e < NE; e += 51)
+        ck_assert(w->gate[e].fmt == WEIGHT_FP4 && w->gate[e].dt == DTYPE_I8 && w->up[e].fmt == WEIGHT_FP4 &&
+                  w->gate[e].scale_rows == EI && w->gate[e].scale_cols == H / 32 && w->down[e].rows == H &&
+                  w->down[e].scale_cols == EI / 32 && w->down[e].block_cols == 32);
+    /* spreads: FP8 uniform with sd 0.02 (|w| <= 288 x 2^-13), FP4 codes uniform (sd 2.93 x 2^-7) */
+    double mean, sd, mx;
+    spread(&Y->wq_a, &mean, &sd, &mx);
+    ck_assert_msg(fabs(mean) < 2e-4 && fabs(sd - 0.02) < 4e-4 && mx <= 288.0 / 8192, "FP8 mean %g sd %g max %g", mean,
+                  sd, mx);
+    spread(&w->down[17], &mean, &sd, &mx);
+    ck_assert_msg(fabs(mean) < 2e-4 && fabs(sd - 0.02286) < 4e-4 && mx == 6.0 / 128, "FP4 mean %g sd %g max %g", mean,
+                  sd, mx);
+    /* hash routing: every token id has 6 distinct experts */
+    ck_assert(w->scoring == MOE_HASH && w->tid2eid && w->tid_rows == V4_VOCAB);
+    for (int t = 0; t < V4_VOCAB; t += 997)
+        for (int i = 0; i < TOPK; i++) {
+            int32_t e = w->tid2eid[(size_t)t * TOPK + i];
+            ck_assert(e >= 0 && e < NE);
+            for (int j = 0; j < i; j++) ck_assert(e != w->tid2eid[(size_t)t * TOPK + j]);
+        }
+    ck_assert(m->final_norm[4095] == 1.0f && Y->q_norm[1023] == 1.0f && Y->hc_attn_scale[2] == 1.0f);
+    ck_assert(Y->sinks[0] != Y->sinks[1] && fabsf(Y->sinks[0]) < 0.035f);
+    /* bytes per token as stored: FP8 one per value + a scale byte per 128 x 128, FP4 half a byte + one
+     * per 32; the head, hc fns (f32), router (bf16), 6 experts and the shared one; not the embedding */
+#define Q8(r, cc) ((long long)(r) * (cc) + (long long)(((r) + 127) / 128) * (((cc) + 127) / 128))
+#define Q4(r, cc) ((long long)(r) * (cc) / 2 + (long long)(r) * ((cc) / 32))
+    long long bytes = 2LL * V4_VOCAB * H + 4LL * HC * HC * H + 2 * 4LL * (2 + HC) * HC * HC * H + Q8(QR, H) +
+                      Q8(NH * HD, QR) + Q8(HD, H) + Q8(OG * OR, NH * HD / OG) + Q8(H, OG * OR) + 2LL * NE * H +
+                      TOPK * (2 * Q4(EI, H) + Q4(H, EI)) + 2 * Q8(EI, H) + Q8(H, EI);
+    ck_assert_int_eq((long long)model_weight_bytes_per_token(m), bytes);
+    /* a run */
+    backend *be = backend_cpu_create();
+    forward_ctx *fc = NULL;
+    ck_assert_int_eq(forward_ctx_create(m, be, 8, 1, &fc, err, sizeof(err)), FORWARD_OK);
+    forward_state *st = NULL;
+    ck_assert_int_eq(forward_state_create(fc, NULL, 8, &st), FORWARD_OK);
+    float *logits = malloc((size_t)V4_VOCAB * sizeof(float));
+    int32_t ids[] = {0, 129279};
+    ck_assert_int_eq(forward_run(fc, st, ids, 2, logits, NULL), FORWARD_OK);
+    for (int i = 0; i < V4_VOCAB; i++) ck_assert(isfinite(logits[i]));
+    free(logits);
+    forward_state_destroy(st);
+    forward_ctx_destroy(fc);
+    backend_destroy(be);
+    model_destroy(m);
 }
 END_TEST
 
@@ -328,6 +515,8 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_seeds);
     tcase_add_test(tc, test_full_model_runs);
     tcase_add_test(tc, test_moe_layer_runs);
+    tcase_add_test(tc, test_dsv4_config_and_count);
+    tcase_add_test(tc, test_dsv4_layer_runs);
     tcase_add_test(tc, test_engram_table);
     suite_add_tcase(s, tc);
     return s;
