@@ -487,7 +487,7 @@ static int run_model_open(run_ctx *r) {
             fprintf(stderr, "engram-run: %s\n", err);
             return -1;
         }
-        fprintf(stderr, "engram-run: synthetic %s (seed %llu): %lld backbone parameters, %.2f GB of bf16 weights\n",
+        fprintf(stderr, "engram-run: synthetic %s (seed %llu): %lld backbone parameters, %.2f GB of weights\n",
                 o->synthetic, (unsigned long long)o->synth_seed, (long long)model_param_count(r->m),
                 r->m->synth_bytes / 1e9);
     } else if (model_load(o->model_dir, &r->m, err, sizeof(err)) != MODEL_OK) {
