@@ -357,7 +357,7 @@ START_TEST(kv_prefix_lru_eviction) {
     compute(c, &sa, a, 6, NULL); /* 3 blocks */
     compute(c, &sb, b, 5, NULL); /* 2 registered, 1 partial */
     kv_cache_seq_free(c, &sa);   /* a idle: older than b */
-    kv_cache_seq_free(c, &sb);
+    kv_cache_seq_destroy(c, &sb);
     ck_assert_int_eq(kv_cache_idle_blocks(c), 5);
     ck_assert_int_eq(kv_cache_free_blocks(c), 6);
     /* two blocks: the free one, then a's last (its chain's tail goes first) */
