@@ -60,6 +60,7 @@ static void usage(FILE *f) {
             "  --threads N                 engine CPU threads (default: all cores)\n"
             "  --max-num-seqs N            --max-num-batched-tokens N   --prefill-chunk N\n"
             "  --kv-cache-tokens N         --kv-block-size N            (engine defaults otherwise)\n"
+            "  --enable-prefix-caching 0/1 (engine default: 1)\n"
             "  --gpu-memory-utilization F  (default 0.9: the KV cache takes what it leaves on a GPU)\n");
 }
 
@@ -241,6 +242,7 @@ static int bench_option_set(bench_options *o, const char *a, const char *v) {
         bad = end == v || *end || !(ep->gpu_memory_utilization > 0 && ep->gpu_memory_utilization <= 1);
     } else if (!strcmp(a, "--kv-cache-tokens")) bad = parse_int(v, 0, INT_MAX, &ep->kv_cache_tokens);
     else if (!strcmp(a, "--kv-block-size")) bad = parse_int(v, 1, 4096, &ep->kv_block_size);
+    else if (!strcmp(a, "--enable-prefix-caching")) bad = parse_int(v, 0, 1, &ep->enable_prefix_caching);
     else return -1;
     return bad ? 1 : 0;
 }

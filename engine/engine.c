@@ -36,6 +36,7 @@ engine_params engine_default_params(void) {
     p.max_num_seqs = 16;
     p.max_num_batched_tokens = 512;
     p.kv_block_size = 16;
+    p.enable_prefix_caching = 1;
     p.engram_lookahead = 2048;
     p.sample_on_backend = -1;
     p.cuda_graphs = 1;
@@ -80,6 +81,10 @@ void engine_get_stats(engine *e, engine_stats *out) {
     out->step_tokens_total = e->st_step_tokens_total;
     out->grammar_masks = e->st_masks;
     out->grammar_mask_seconds = e->st_mask_seconds;
+    out->prefix_queries_tokens = e->st_prefix_queries;
+    out->prefix_hits_tokens = e->st_prefix_hits;
+    out->prefix_cached_blocks = e->st_prefix_cached;
+    out->prefix_evictions = e->st_prefix_evictions;
     pthread_mutex_unlock(&e->mu);
 }
 
@@ -143,8 +148,9 @@ static int kv_tokens_from_memory(engine *e, int *out, char *err, size_t errlen) 
     double util = e->p.gpu_memory_utilization > 0 && e->p.gpu_memory_utilization <= 1 ? e->p.gpu_memory_utilization
                                                                                         : 0.9;
     double keep = (1.0 - util) * (double)total, room = (double)fr - keep;
-    double per_token = (double)c->n_layers * 2.0 * c->n_kv_heads * c->head_dim * backend_kv_elem_bytes(e->be);
     int bs = e->p.kv_block_size > 0 ? e->p.kv_block_size : 16;
+    double per_token = (double)c->n_layers * 2.0 * c->n_kv_heads * c->head_dim * backend_kv_elem_bytes(e->be) +
+                       (e->prefix ? (double)forward_ctx_prefix_aux_bytes(e->fc) / bs : 0.0); /* a block's Engram snapshot */
     double blocks = room > 0 ? floor(room / (per_token * bs)) : 0;
     double most = (double)e->p.max_num_seqs * e->ctx;
     if (blocks * bs > most) blocks = ceil(most / bs);
@@ -233,12 +239,17 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
     e->running = calloc(S, sizeof(*e->running));
     e->preempted = calloc(S, sizeof(*e->preempted));
     e->free_states = calloc(S, sizeof(*e->free_states));
+    e->prefix = e->p.enable_prefix_caching != 0 && forward_ctx_prefix_cacheable(e->fc);
+    if (e->p.enable_prefix_caching && !e->prefix)
+        log_warn("prefix caching off: this model keeps per-sequence state outside the KV blocks");
     int kv_tokens = e->p.kv_cache_tokens > 0 ? e->p.kv_cache_tokens : e->ctx;
     if (e->p.kv_cache_tokens <= 0 && backend_has(be, mem_info) && kv_tokens_from_memory(e, &kv_tokens, err, errlen)) goto fail;
     if (!e->logits || !e->raw_logits || !e->ids || !e->next || !e->row || !e->res ||
         (e->dev_sample && (!e->d_res || !e->h_res)) || !e->items || !e->item_seq || !e->running ||
         !e->preempted || !e->free_states ||
-        forward_kv_cache_create(e->fc, kv_tokens, e->p.kv_block_size, &e->kv) != KV_CACHE_OK) {
+        (e->prefix ? forward_kv_cache_create_cached(e->fc, kv_tokens, e->p.kv_block_size,
+                                                    e->p.prefix_cache_max_blocks, &e->kv)
+                   : forward_kv_cache_create(e->fc, kv_tokens, e->p.kv_block_size, &e->kv)) != KV_CACHE_OK) {
         snprintf(err, errlen, "out of %s memory for a KV cache of %d tokens", backend_name(be), kv_tokens);
         goto fail;
     }
@@ -303,6 +314,7 @@ void engine_destroy(engine *e) {
     free(e->ids);
     free(e->ahead);
     free(e->poke);
+    free(e->toks);
     tokenizer_destroy(e->tok);
     model_destroy(e->m);
     pthread_cond_destroy(&e->cv);

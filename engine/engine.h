@@ -50,6 +50,12 @@ typedef struct {
                             * and scratch, at most max_num_seqs contexts; elsewhere the context length */
     double gpu_memory_utilization; /* share of the GPU's memory this engine may hold in all; default 0.9 */
     int kv_block_size;     /* positions per KV cache block; default 16 */
+    int enable_prefix_caching; /* 1 (default): full KV blocks (and their Engram state) stay cached after
+                                * their request and a prompt starting with the same blocks reuses them;
+                                * 0: off. Off, logged once, for models whose decode state is not only
+                                * KV blocks and Engram histories (forward_ctx_prefix_cacheable) */
+    int prefix_cache_max_blocks; /* most idle cached blocks kept (least recently used evicted first);
+                                  * 0 (default): as many as the pool has free */
     int engram_lookahead;  /* prompt tokens beyond each step whose Engram rows are handed to the
                             * prefetch threads of NVMe-tier stores before the step runs
                             * (forward_prefetch_ahead); 0: off; default 2048 */
@@ -108,6 +114,11 @@ typedef struct {
     long long step_tokens_total; /* tokens over all steps */
     long long grammar_masks;     /* token masks computed for constrained sequences */
     double grammar_mask_seconds; /* time spent computing them */
+    /* prefix caching */
+    long long prefix_queries_tokens; /* tokens of the sequences that looked up their prefix (admissions) */
+    long long prefix_hits_tokens;    /* of those, the ones the cache had */
+    int prefix_cached_blocks;        /* KV blocks registered in the cache, in use or idle */
+    long long prefix_evictions;      /* cached blocks evicted so far */
 } engine_stats;
 
 void engine_get_stats(engine *e, engine_stats *out);
@@ -169,7 +180,10 @@ typedef struct {
     const int32_t *bias_ids; /* (n_bias) logit_bias token ids, copied */
     const float *bias_vals;  /* (n_bias) values added to those logits */
     int n_bias;
-    bool want_gates;         /* keep the Engram gates of every token (engine_request_gates) */
+    bool want_gates;         /* keep the Engram gates of every token (engine_request_gates); such a
+                              * request computes its whole prompt (no prefix cache hits) */
+    const char *cache_salt;  /* prefix caching: only requests of the same salt share cached blocks;
+                              * NULL or "": none; copied */
     bool logprobs;           /* keep each generated token's logprob (engine_request_logprobs) */
     int top_logprobs;        /* and this many top alternatives, 0..ENGINE_MAX_TOP_LOGPROBS */
     /* Benchmarks and tests: (max_tokens) ids, copied, that the request
@@ -240,6 +254,7 @@ typedef struct {
      * are new with this read (one per generated token, in order). */
     int lp_begin, lp_end;
     bool progress;   /* a prefill chunk finished since the last read (for SSE keep-alives) */
+    int n_cached;    /* prompt tokens whose KV came from the prefix cache when the request started */
 } engine_output;
 
 /* Takes the output produced since the previous read (non-blocking). Returns

@@ -39,6 +39,8 @@ struct engine_request {
     engine_logprob *lp; /* (max_tokens) when logprobs were asked for */
     int32_t *forced;    /* (max_tokens) output ids instead of sampled ones, or NULL */
     grammar *grammar;   /* one reference, or NULL: the output's grammar */
+    char *cache_salt;   /* prefix caching salt, or NULL */
+    int n_cached;       /* prompt tokens from the prefix cache at the first admission, under mu */
     int pf_upto;        /* prompt positions whose Engram rows went to the prefetch threads (engine thread) */
     engine *eng;        /* the engine it was submitted to */
     bool taken;         /* off the queue (under engine.mu): it holds a batch slot until its finish */
@@ -104,10 +106,16 @@ struct engine {
     int n_free_states;
     uint64_t next_arrival;
     long long n_preemptions;
+    bool prefix;             /* prefix caching on (the KV cache registers blocks) */
+    int32_t *toks;           /* (toks_cap) a preempted sequence's tokens, contiguous (scheduler.c) */
+    int toks_cap;
+    long long prefix_queries, prefix_hits; /* tokens looked up, and found (engine_stats) */
     /* what engine_get_stats reports, under mu */
     int st_running, st_preempted, st_kv_used, st_step_tokens;
     long long st_preemptions, st_steps, st_step_tokens_total, st_masks;
     double st_mask_seconds;
+    long long st_prefix_queries, st_prefix_hits, st_prefix_evictions;
+    int st_prefix_cached;
     pthread_t thread;
     bool thread_started;
     pthread_mutex_t mu; /* queue, running, stopping */

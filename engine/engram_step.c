@@ -36,6 +36,8 @@ struct engram_step {
     float *h_gates;          /* (T, hc_mult) */
     float *zero_hist;        /* host zeros of one sequence's conv histories */
     size_t hist_floats;      /* one sequence's conv histories: n_engram x ((K-1)*dil, G*d) */
+    const engram_step_snap *snaps; /* (n_snaps) this step's block-boundary snapshots (borrowed) */
+    int n_snaps;
     double seconds;          /* wall time in hashing, gathers and modules */
 };
 
@@ -156,6 +158,50 @@ void engram_step_seq_reset(engram_step *es, engram_step_seq *q) {
 void engram_step_seq_free(engram_step *es, engram_step_seq *q) {
     if (es) backend_free(es->be, q->conv_hist);
     q->conv_hist = NULL;
+}
+
+/* ---- prefix caching: snapshots of the conv histories ---- */
+
+static void hash_tokens(engram_step *es, ngram_hash_history *hist, const int32_t *ids, int n, int64_t *rows,
+                        size_t layer_stride, const bool *only);
+
+size_t engram_step_seq_bytes(const engram_step *es) { return es->hist_floats * sizeof(float); }
+
+void engram_step_set_snaps(engram_step *es, const engram_step_snap *snaps, int n) {
+    es->snaps = snaps;
+    es->n_snaps = n;
+}
+
+/* Layer w's part of each snapshot of the step. The history at position
+ * pos0 + at is the conv inputs of the R positions before it: the last R - at
+ * rows of the history before the step (`before`: called before the module
+ * runs, which overwrites it), then the first min(at, R) of those that end at
+ * `at` among the step's inputs (after: the module left them in scratch.cin). */
+static void take_snaps(engram_step *es, const engram_weights *w, const batch_desc *b, bool before) {
+    const model_engram *e = es->bm->engram;
+    backend *be = es->be;
+    size_t C = (size_t)e->hc_mult * es->bm->cfg.hidden_size, per = es->hist_floats / e->n_layers;
+    int R = (int)(per / C);
+    for (int k = 0; k < es->n_snaps && R > 0; k++) {
+        const engram_step_snap *sn = &es->snaps[k];
+        float *dst = sn->dst + (size_t)w->li * per;
+        int old = R - sn->at; /* rows from the history before the step */
+        if (before && old > 0)
+            backend_copy2d(be, dst, C, es->h_seq_hist[sn->seq] + (size_t)w->li * per + (size_t)sn->at * C, C, C,
+                           (size_t)old);
+        if (!before) {
+            int n = sn->at < R ? sn->at : R, a = b->h_seq_start[sn->seq] + sn->at - n;
+            backend_copy2d(be, dst + (size_t)(R - n) * C, C, es->scratch.cin + (size_t)a * C, C, C, (size_t)n);
+        }
+    }
+}
+
+void engram_step_seq_resume(engram_step *es, engram_step_seq *q, const int32_t *ids, int lead, const float *snap) {
+    const model_engram *e = es->m->engram;
+    ngram_hash_history_init(e->hash, &q->hist);
+    for (int a = 0; a < lead; a += es->max_tokens) /* the history keeps the last max_ngram_size-1 ids */
+        hash_tokens(es, &q->hist, ids + a, lead - a < es->max_tokens ? lead - a : es->max_tokens, NULL, 0, NULL);
+    if (es->hist_floats) backend_copy2d(es->be, q->conv_hist, es->hist_floats, snap, es->hist_floats, es->hist_floats, 1);
 }
 
 /* ---- hashing ---- */
@@ -286,8 +332,10 @@ int engram_step_layer(engram_step *es, const engram_weights *w, const batch_desc
     int rc = engram_step_rows(es, w, b, &emb);
     if (rc != FORWARD_OK) return rc;
     double t0 = util_now();
+    if (es->n_snaps) take_snaps(es, w, b, true);
     engram_module_run(be, e, w, d, b, x, emb, (size_t)w->li * (es->hist_floats / e->n_layers),
                       &es->scratch, es->eout, want ? es->egates : NULL);
+    if (es->n_snaps) take_snaps(es, w, b, false);
     backend_add(be, x, es->eout, (size_t)T * d);
     es->seconds += util_now() - t0;
     if (want) collect_gates(es, w, b, it, n_items);

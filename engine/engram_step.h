@@ -36,6 +36,25 @@ int engram_step_seq_init(engram_step *es, engram_step_seq *q);
 void engram_step_seq_reset(engram_step *es, engram_step_seq *q); /* start of sequence: pad history, zero conv */
 void engram_step_seq_free(engram_step *es, engram_step_seq *q);  /* es may be NULL (then q holds nothing) */
 
+/* Prefix caching: a block boundary that sequence `seq` of the step crosses,
+ * `at` tokens into its piece (1..n): its conv histories there (those a
+ * sequence resumed at that position needs) go to dst, engram_step_seq_bytes
+ * of backend memory laid out as engram_step_seq.conv_hist. */
+typedef struct {
+    int seq, at;
+    float *dst;
+} engram_step_snap;
+
+/* Bytes of one sequence's conv histories (a snapshot). */
+size_t engram_step_seq_bytes(const engram_step *es);
+/* The step's snapshots (snaps borrowed until the step's layers are issued),
+ * taken by engram_step_layer; set before each step (n 0: none). */
+void engram_step_set_snaps(engram_step *es, const engram_step_snap *snaps, int n);
+/* Resumes q at a position p > 0 of a sequence: the hash history from the
+ * lead = min(p, FORWARD_AHEAD_LEAD) tokens before p (ids), the conv
+ * histories from a snapshot taken at p (backend memory). */
+void engram_step_seq_resume(engram_step *es, engram_step_seq *q, const int32_t *ids, int lead, const float *snap);
+
 /* Planning, on the host: sequence i of the step, n tokens ids at step
  * offset a of T, following q's history (pushed). Every Engram row of those
  * tokens is known afterwards. */

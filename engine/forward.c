@@ -50,6 +50,8 @@ struct forward_ctx {
     engram_step *eng;        /* the step's Engram work (engram_step.c); NULL without Engram */
     dsv4_ctx *dsv4;          /* a DeepSeek-V4 model's own pass (forward_dsv4.c), else NULL */
     dsv4_seq **dsv4_seqs;    /* host (S): the step's sequences' DeepSeek-V4 states */
+    bool prefix_ok;          /* forward_ctx_prefix_cacheable */
+    engram_step_snap *snaps; /* (T + S) a step's block-boundary snapshots, with Engram */
     /* host mirrors */
     int32_t *h_i32;          /* like desc_i32 */
     int32_t *h_last;         /* (S) */
@@ -124,6 +126,7 @@ void forward_ctx_destroy(forward_ctx *fc) {
     engram_step_destroy(fc->eng);
     dsv4_ctx_destroy(fc->dsv4);
     free(fc->dsv4_seqs);
+    free(fc->snaps);
     free(fc->h_i32);
     free(fc->h_last);
     if (fc->bm) backend_release(be, fc->bm, fc->m);
@@ -204,6 +207,13 @@ int forward_ctx_create(model *m, backend *be, int max_tokens, int max_seqs, forw
              (fc->dsv4_seqs = calloc((size_t)max_seqs, sizeof(dsv4_seq *))) != NULL;
     /* block tables for 16-token blocks; forward_kv_cache_create widens them for smaller ones */
     if (ok) ok = ctx_alloc_desc(fc, (c->max_position_embeddings + 15) / 16 + 1) == 0;
+    if (ok && fc->eng) ok = (fc->snaps = malloc((T + S) * sizeof(*fc->snaps))) != NULL;
+    /* Models that keep their whole decode state in the KV blocks and the
+     * Engram histories that forward_state_begin restores. DeepSeek-V4's
+     * compressed entries, open windows and index keys live in its own
+     * per-sequence state, which no cached block carries: caching is off for it
+     * (the engine says so once). */
+    fc->prefix_ok = c->arch != ARCH_DEEPSEEK_V4;
     if (!ok) {
         forward_ctx_destroy(fc);
         snprintf(err, errlen, "out of %s memory for a step of %d tokens", backend_name(be), max_tokens);
@@ -225,9 +235,15 @@ int forward_ctx_create(model *m, backend *be, int max_tokens, int max_seqs, forw
 int forward_ctx_max_tokens(const forward_ctx *fc) { return fc->max_tokens; }
 backend *forward_ctx_backend(const forward_ctx *fc) { return fc->be; }
 
-int forward_kv_cache_create(forward_ctx *fc, int n_tokens, int block_size, kv_cache **out) {
+/* max_idle < 0: prefix caching off. */
+static int kv_create(forward_ctx *fc, int n_tokens, int block_size, int max_idle, kv_cache **out) {
     const model *m = fc->m;
+    const model_config *c = &m->cfg;
     kv_cache_params p = kv_cache_default_params();
+    p.prefix_caching = max_idle >= 0;
+    p.max_idle = max_idle > 0 ? max_idle : 0;
+    p.aux_bytes = p.prefix_caching ? forward_ctx_prefix_aux_bytes(fc) : 0;
+    p.hash_seed = ((uint64_t)c->n_layers << 48) ^ ((uint64_t)c->hidden_size << 24) ^ (uint64_t)c->vocab_size;
     if (block_size > 0) p.block_size = block_size;
     p.n_layers = m->cfg.n_layers;
     p.kv_width = m->cfg.n_kv_heads * m->cfg.head_dim;
@@ -245,6 +261,17 @@ int forward_kv_cache_create(forward_ctx *fc, int n_tokens, int block_size, kv_ca
     }
     return KV_CACHE_OK;
 }
+
+int forward_kv_cache_create(forward_ctx *fc, int n_tokens, int block_size, kv_cache **out) {
+    return kv_create(fc, n_tokens, block_size, -1, out);
+}
+
+int forward_kv_cache_create_cached(forward_ctx *fc, int n_tokens, int block_size, int max_idle, kv_cache **out) {
+    return kv_create(fc, n_tokens, block_size, max_idle < 0 ? 0 : max_idle, out);
+}
+
+bool forward_ctx_prefix_cacheable(const forward_ctx *fc) { return fc->prefix_ok; }
+size_t forward_ctx_prefix_aux_bytes(const forward_ctx *fc) { return fc->eng ? engram_step_seq_bytes(fc->eng) : 0; }
 
 /* ---- states ---- */
 
@@ -299,6 +326,22 @@ void forward_state_reset(forward_state *s) {
     s->pos = 0;
     kv_cache_seq_free(s->kv, &s->seq);
     if (fc->eng) engram_step_seq_reset(fc->eng, &s->eng);
+}
+
+int forward_state_begin(forward_state *s, const char *salt, const int32_t *ids, int n_ids, int max_blocks) {
+    kv_cache *kv = s->kv;
+    if (s->pos || s->seq.n_blocks || !kv_cache_prefix_caching(kv) || !s->fc->prefix_ok) return 0;
+    kv_cache_seq_begin(kv, &s->seq, salt);
+    int bs = kv_cache_block_size(kv), most = (s->max_tokens - 1) / bs; /* room for one more token */
+    int nb = kv_cache_seq_attach(kv, &s->seq, ids, n_ids, max_blocks < most ? max_blocks : most);
+    if (nb == 0) return 0;
+    s->pos = nb * bs;
+    if (s->fc->eng) { /* the Engram state at pos: hash history from the ids, conv histories from the snapshot */
+        int lead = s->pos < FORWARD_AHEAD_LEAD ? s->pos : FORWARD_AHEAD_LEAD;
+        engram_step_seq_resume(s->fc->eng, &s->eng, ids + s->pos - lead, lead,
+                               kv_cache_aux(kv, s->seq.blocks[nb - 1]));
+    }
+    return s->pos;
 }
 
 int forward_state_reserve(forward_state *s, int n) {
@@ -364,11 +407,20 @@ static int plan_step(forward_ctx *fc, const forward_item *it, int n_items, batch
         mb = r < fc->max_blocks ? r : fc->max_blocks > mb ? fc->max_blocks : mb;
         max_ctx = mb * bs; /* an upper bound of every token's position + 1, as the ops want */
     }
+    int n_snaps = 0;
     for (int i = 0; i < S; i++) {
-        const forward_state *s = it[i].st;
+        forward_state *s = it[i].st;
         int nb = (s->pos + it[i].n + bs - 1) / bs;
         memcpy(tables + (size_t)i * mb, s->seq.blocks, (size_t)nb * sizeof(int32_t));
+        if (!s->seq.cached) continue;
+        /* prefix caching: the ids each block is registered under, and with
+         * Engram the conv histories at each block end the piece reaches */
+        kv_cache_seq_write_ids(s->kv, &s->seq, s->pos, it[i].ids, it[i].n);
+        for (int p = (s->pos / bs + 1) * bs; fc->eng && p <= s->pos + it[i].n; p += bs)
+            fc->snaps[n_snaps++] = (engram_step_snap){.seq = i, .at = p - s->pos,
+                                                      .dst = kv_cache_aux(s->kv, s->seq.blocks[p / bs - 1])};
     }
+    if (fc->eng) engram_step_set_snaps(fc->eng, fc->snaps, n_snaps);
     backend *be = fc->be;
     backend_upload(be, fc->desc_i32, fc->h_i32, desc_ints((size_t)T, (size_t)S, (size_t)mb) * sizeof(int32_t));
     int32_t *d = fc->desc_i32; /* the same offsets as the host copy */
@@ -542,7 +594,12 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
     }
     if (record) backend_step_end(be);
 issued:
-    for (int i = 0; i < S; i++) it[i].st->pos += it[i].n;
+    for (int i = 0; i < S; i++) {
+        it[i].st->pos += it[i].n;
+        /* the blocks this step filled, registered now that they are written
+         * (later steps read them after this one on the backend's stream) */
+        kv_cache_seq_commit(kv, &it[i].st->seq, it[i].st->pos);
+    }
     if (nl) read_results(fc, it, S, nl, any_argmax);
     return FORWARD_OK;
 }

@@ -54,6 +54,19 @@ int forward_ctx_fetch_stats(forward_ctx *fc, int li, engram_fetch_stats *out);
  * block_size (0: 16); fc's block tables are widened for blocks under 16. Returns KV_CACHE_OK and *out, or KV_CACHE_ERR_NOMEM. */
 int forward_kv_cache_create(forward_ctx *fc, int n_tokens, int block_size, kv_cache **out);
 
+/* Prefix caching (kv_cache.h): forward_kv_cache_create with it on, at most
+ * max_idle idle cached blocks (0: no bound but the pool); with Engram each
+ * block also keeps, beside its rows, the conv histories at its end
+ * (forward_ctx_prefix_aux_bytes). Returns as forward_kv_cache_create. */
+int forward_kv_cache_create_cached(forward_ctx *fc, int n_tokens, int block_size, int max_idle, kv_cache **out);
+/* Whether a sequence's whole decode state is its KV blocks and what
+ * forward_state_begin restores (the Engram histories): only then may states
+ * share cached blocks. A model with other per-sequence state must say false
+ * here until that state is kept with the blocks too. */
+bool forward_ctx_prefix_cacheable(const forward_ctx *fc);
+/* Backend bytes each cached block keeps beside its KV rows (0 without Engram). */
+size_t forward_ctx_prefix_aux_bytes(const forward_ctx *fc);
+
 /* A sequence of up to max_tokens positions (at most the model's
  * max_position_embeddings). Its KV rows live in blocks of `kv` (borrowed; it
  * must outlive the state), taken as tokens arrive and returned by
@@ -65,6 +78,15 @@ void forward_state_destroy(forward_state *s); /* accepts NULL; returns its block
 
 int forward_state_pos(const forward_state *s); /* tokens in the cache */
 void forward_state_reset(forward_state *s); /* position 0, empty histories; returns its KV blocks */
+
+/* Starts a sequence on a state at position 0 whose cache does prefix
+ * caching (else: nothing, 0): its full blocks will be registered as they are
+ * computed, under salt (borrowed until the state is reset; NULL: none); and
+ * the cached blocks holding the longest prefix of ids[0..n_ids), at most
+ * max_blocks, are taken: the state resumes after them (position, Engram
+ * hash and conv histories as if it had computed them). Returns the
+ * positions taken (a multiple of the block size). */
+int forward_state_begin(forward_state *s, const char *salt, const int32_t *ids, int n_ids, int max_blocks);
 
 /* Takes the KV blocks for n more tokens now (forward_batch would take them
  * itself). Returns FORWARD_OK, FORWARD_ERR_KV_FULL (nothing taken),

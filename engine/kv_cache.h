@@ -5,11 +5,24 @@
  * block holds, for every layer, the K and V rows of its positions:
  * K(layer, block) is (block_size, kv_width) elements, row-major, in the
  * memory and element type of the backend that reads them (f32 host memory
- * unless the params say otherwise). */
+ * unless the params say otherwise).
+ *
+ * Prefix caching (params.prefix_caching): blocks are reference counted, and
+ * a full block can be registered under a 64-bit hash chained over its
+ * parent's hash, its token ids and the sequence's salt. A registered block
+ * keeps its token ids and its parent's registration serial, and a lookup
+ * compares them (and the salt), so a hash collision can never hand out a
+ * block of other contents. A freed registered block stays cached, idle, on
+ * an LRU list, and is evicted (unregistered, reused) only when the pool
+ * needs a block or more than max_idle blocks are idle; blocks in use are
+ * never evicted. Each block may keep aux_bytes of backend memory beside its
+ * rows (the Engram conv history at the block's end, engram_step.h). */
 #ifndef ENGINE_KV_CACHE_H
 #define ENGINE_KV_CACHE_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "engine/backend/backend.h"
 
@@ -28,6 +41,13 @@ typedef struct {
     int n_blocks;   /* blocks in the pool */
     size_t elem_bytes; /* bytes per element; 0: 4 (f32) */
     backend *be;       /* the backend whose memory holds the pool (borrowed); NULL: malloc */
+    /* prefix caching */
+    bool prefix_caching; /* register full blocks and keep them cached after their sequence ends */
+    int max_idle;        /* most idle cached blocks kept (the least recently used go first); 0: the pool */
+    size_t aux_bytes;    /* per block, beside its rows, in the pool's memory; 0: none */
+    uint64_t hash_seed;  /* mixed into every chain (a model fingerprint) */
+    int hash_bits;       /* tests: chain hashes keep only their low hash_bits bits, so that
+                          * collisions happen (0: all 64) */
 } kv_cache_params;
 
 /* block_size 16; the other fields must be set by the caller. */
@@ -41,6 +61,12 @@ typedef struct {
     int *blocks;    /* (n_blocks) physical block ids, heap, owned by the table */
     int n_blocks;   /* blocks held */
     int cap;        /* entries allocated in blocks */
+    /* prefix caching, from kv_cache_seq_begin until kv_cache_seq_free */
+    bool cached;      /* its full blocks are registered (kv_cache_seq_commit) */
+    const char *salt; /* borrowed; NULL: none */
+    int n_committed;  /* leading blocks whose chain is known (hit or registered) */
+    uint64_t chain;   /* hash of blocks [0, n_committed) */
+    uint64_t serial;  /* registration serial of block n_committed-1's contents; 0: none */
 } kv_seq;
 
 /* Creates the pool: 2 * n_layers * n_blocks * block_size * kv_width elements.
@@ -51,7 +77,11 @@ void kv_cache_destroy(kv_cache *c); /* accepts NULL; every sequence must be free
 int kv_cache_block_size(const kv_cache *c);
 int kv_cache_n_blocks(const kv_cache *c);  /* blocks in the pool */
 int kv_cache_used_blocks(const kv_cache *c); /* blocks held by sequences */
-int kv_cache_free_blocks(const kv_cache *c);
+int kv_cache_free_blocks(const kv_cache *c); /* blocks a reserve may take: free or idle cached */
+bool kv_cache_prefix_caching(const kv_cache *c);
+int kv_cache_cached_blocks(const kv_cache *c); /* registered blocks, in use or idle */
+int kv_cache_idle_blocks(const kv_cache *c);   /* registered blocks no sequence holds */
+long long kv_cache_evictions(const kv_cache *c); /* registered blocks evicted so far */
 
 /* Blocks needed to hold n_tokens positions. */
 int kv_cache_blocks_for(const kv_cache *c, int n_tokens);
@@ -61,8 +91,10 @@ int kv_cache_blocks_for(const kv_cache *c, int n_tokens);
  * KV_CACHE_ERR_NOMEM (the table could not grow; s is unchanged). */
 int kv_cache_seq_reserve(kv_cache *c, kv_seq *s, int n_tokens);
 
-/* Returns every block of s to the pool and empties s (it may be reused).
- * Accepts an empty table. */
+/* Returns every block of s to the pool (a registered block no other
+ * sequence holds becomes idle cached, the last block first in line for
+ * eviction) and empties s (it may be reused, after kv_cache_seq_begin when
+ * its blocks are to be registered). Accepts an empty table. */
 void kv_cache_seq_free(kv_cache *c, kv_seq *s);
 
 /* kv_cache_seq_free, then frees the table's own array. */
@@ -78,5 +110,38 @@ void *kv_cache_v(kv_cache *c, int layer, int block);
  * block table. Borrowed from the pool. */
 void *kv_cache_k_layer(kv_cache *c, int layer);
 void *kv_cache_v_layer(kv_cache *c, int layer);
+
+/* ---- prefix caching (no-ops when the params leave it off) ---- */
+
+/* Makes the empty table s a cached one: the blocks it fills will be
+ * registered under chains seeded by salt (borrowed until kv_cache_seq_free;
+ * NULL or "": no salt). */
+void kv_cache_seq_begin(kv_cache *c, kv_seq *s, const char *salt);
+
+/* How many of the leading full blocks of ids[0..n_ids) are cached under
+ * salt, at most max_blocks; *n_idle (may be NULL): how many of those no
+ * sequence holds (taking them lowers kv_cache_free_blocks by that much);
+ * *serial (may be NULL): the registration serial of the last of them (0:
+ * none). Changes nothing. */
+int kv_cache_prefix_probe(const kv_cache *c, const int32_t *ids, int n_ids, const char *salt, int max_blocks,
+                          int *n_idle, uint64_t *serial);
+
+/* On a table just begun (kv_cache_seq_begin, no blocks): takes the blocks
+ * kv_cache_prefix_probe would count (a reference each). Returns how many;
+ * 0 when prefix caching is off or s is not empty. */
+int kv_cache_seq_attach(kv_cache *c, kv_seq *s, const int32_t *ids, int n_ids, int max_blocks);
+
+/* Records the token ids of positions pos..pos+n-1 of s (its blocks must be
+ * reserved): what kv_cache_seq_commit registers a block under. */
+void kv_cache_seq_write_ids(kv_cache *c, kv_seq *s, int pos, const int32_t *ids, int n);
+
+/* Once positions [0, n_tokens) of s are computed (their K/V rows and aux
+ * written): registers each full block among them not yet committed, unless
+ * a block of the same contents is registered already (s then chains on
+ * that one, and its own block stays unregistered). */
+void kv_cache_seq_commit(kv_cache *c, kv_seq *s, int n_tokens);
+
+/* The aux_bytes of block `block` (backend memory), or NULL without aux. */
+void *kv_cache_aux(kv_cache *c, int block);
 
 #endif

@@ -20,6 +20,7 @@ void engine__request_free(engine_request *r) {
     free(r->lp);
     free(r->forced);
     grammar_release(r->grammar);
+    free(r->cache_salt);
     strbuf_free(&r->pend);
     pthread_mutex_destroy(&r->mu);
     free(r);
@@ -64,8 +65,10 @@ int engine__request_create(engine *e, const engine_request_params *p, engine_req
     }
     if (p->forced && (r->forced = malloc((size_t)p->max_tokens * sizeof(int32_t))))
         memcpy(r->forced, p->forced, (size_t)p->max_tokens * sizeof(int32_t));
+    if (p->cache_salt && p->cache_salt[0]) r->cache_salt = strdup(p->cache_salt);
     bool nomem = !r->prompt || (p->n_bias && (!r->bias_ids || !r->bias_vals)) || (p->logprobs && !r->lp) ||
-                 (r->n_gate_layers && (!r->gates || !r->gate_ids)) || (p->forced && !r->forced);
+                 (r->n_gate_layers && (!r->gates || !r->gate_ids)) || (p->forced && !r->forced) ||
+                 (p->cache_salt && p->cache_salt[0] && !r->cache_salt);
     for (int i = 0; i < p->n_stop && !nomem; i++) {
         if (!(r->stop[i] = strdup(p->stop[i]))) nomem = true;
         r->n_stop = i + 1;
@@ -194,6 +197,7 @@ bool engine_request_read(engine_request *r, engine_output *out, void (*on_empty)
     out->t_submit = r->t_submit;
     out->t_start = r->t_start;
     out->t_first_token = r->t_first_token;
+    out->n_cached = r->n_cached;
     out->lp_begin = r->lp_read;
     out->lp_end = r->lp_read = r->lp_published;
     if (out->lp_end > out->lp_begin) news = true;

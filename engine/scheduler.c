@@ -67,6 +67,10 @@ static void sched_publish_stats(engine *e, int step_tokens) {
     e->st_preempted = e->n_preempted;
     e->st_preemptions = e->n_preemptions;
     e->st_kv_used = kv_cache_used_blocks(e->kv);
+    e->st_prefix_queries = e->prefix_queries;
+    e->st_prefix_hits = e->prefix_hits;
+    e->st_prefix_cached = kv_cache_cached_blocks(e->kv);
+    e->st_prefix_evictions = kv_cache_evictions(e->kv);
     e->st_step_tokens = step_tokens;
     e->st_masks = e->n_masks;
     e->st_mask_seconds = e->mask_seconds;
@@ -174,11 +178,91 @@ static void sched_poke_waiting(engine *e) {
     }
 }
 
-/* Whether a sequence's first piece (of a prompt of np tokens) fits in this
- * step: within the budget (or the step's only piece) and the free blocks. */
-static bool sched_fits(const engine *e, int np, int budget, int scheduled) {
+/* ---- admission with prefix caching ----
+ * A waiting request looks up the leading full blocks of its tokens (the
+ * prompt, and for a preempted sequence what it generated too) in the
+ * prefix cache, takes those it finds and computes the rest, always its last
+ * token at least (whose logits it needs). The blocks it fills are
+ * registered after each step. Two requests that begin with the same blocks
+ * not yet cached: the second is held back (with the queue behind it, FCFS)
+ * while the first, running, has not computed the block where the second's
+ * hits stop, so the shared blocks are computed once; it is then admitted
+ * with those blocks. Requests asking for Engram gates compute every token
+ * (their gates are the pass's), but their blocks are cached too. */
+
+/* A waiting sequence's tokens from the start, contiguous: its prompt, or
+ * for a preempted sequence that generated tokens, a copy with them in
+ * e->toks. *n: how many. NULL when memory runs out (then no lookup). */
+static const int32_t *sched_tokens(engine *e, const engine_request *r, const seq *s, int *n) {
+    int n_out = s ? s->n_out : 0;
+    *n = r->n_prompt + n_out;
+    if (n_out == 0) return r->prompt;
+    if (*n > e->toks_cap) {
+        int32_t *t = realloc(e->toks, (size_t)*n * sizeof(int32_t));
+        if (!t) return NULL;
+        e->toks = t;
+        e->toks_cap = *n;
+    }
+    memcpy(e->toks, r->prompt, (size_t)r->n_prompt * sizeof(int32_t));
+    memcpy(e->toks + r->n_prompt, s->out_ids, (size_t)n_out * sizeof(int32_t));
+    return e->toks;
+}
+
+static bool same_salt(const char *a, const char *b) { return !a ? !b : (b && !strcmp(a, b)); }
+
+/* Whether a running sequence will compute (and register) block k of ids
+ * (n of them) soon: it holds the same tokens up to that block's end under
+ * the same salt, and has not passed the block's end yet. */
+static bool sched_block_pending(engine *e, const engine_request *r, const int32_t *ids, int n, int k) {
+    int bs = kv_cache_block_size(e->kv), end = (k + 1) * bs;
+    for (int i = 0; i < e->n_running; i++) {
+        const seq *t = e->running[i];
+        const engine_request *tr = t->r;
+        if (forward_state_pos(t->st) >= end || tr->n_prompt + t->n_out < end || !same_salt(tr->cache_salt, r->cache_salt))
+            continue;
+        bool same = true;
+        for (int p = 0; p < end && same; p++) same = engine__seq_token(t, p) == ids[p];
+        if (same && end < n) return true;
+    }
+    return false;
+}
+
+/* Whether a sequence's first piece fits in this step (within the budget, or
+ * the step's only piece, and the free blocks), with the blocks the prefix
+ * cache has or, when those do not fit, without. Returns the cached blocks
+ * to take (0: none), or -1: not this step. */
+static int sched_fits(engine *e, const engine_request *r, const seq *s, int budget, int scheduled) {
+    int n_known, free_blocks = kv_cache_free_blocks(e->kv), np = r->n_prompt;
+    const int32_t *ids = e->prefix && !r->gates ? sched_tokens(e, r, s, &n_known) : NULL;
+    if (ids) {
+        int bs = kv_cache_block_size(e->kv), idle = 0;
+        int k = kv_cache_prefix_probe(e->kv, ids, n_known, r->cache_salt, (n_known - 1) / bs, &idle, NULL);
+        if ((k + 1) * bs < n_known && sched_block_pending(e, r, ids, n_known, k)) return -1;
+        int pos = k * bs, n = pos < np ? (np - pos < e->chunk ? np - pos : e->chunk) : 1;
+        if (k > 0 && !(n > budget && scheduled > 0) && kv_cache_blocks_for(e->kv, n) + idle <= free_blocks) return k;
+    }
     int n = np < e->chunk ? np : e->chunk;
-    return !(n > budget && scheduled > 0) && kv_cache_blocks_for(e->kv, n) <= kv_cache_free_blocks(e->kv);
+    return !(n > budget && scheduled > 0) && kv_cache_blocks_for(e->kv, n) <= free_blocks ? 0 : -1;
+}
+
+/* The state of a sequence being admitted, with `hit` cached blocks taken
+ * (see sched_fits). Returns 0, or -1 out of memory. */
+static int sched_start(engine *e, seq *s, int hit, bool first) {
+    if (engine__seq_take_state(e, s) != 0) return -1;
+    engine_request *r = s->r;
+    int n_known = 0;
+    const int32_t *ids = e->prefix ? sched_tokens(e, r, s, &n_known) : NULL;
+    int reused = ids ? forward_state_begin(s->st, r->cache_salt, ids, n_known, hit) : 0;
+    if (ids && !r->gates) {
+        e->prefix_queries += n_known;
+        e->prefix_hits += reused;
+    }
+    if (first) {
+        pthread_mutex_lock(&r->mu);
+        r->n_cached = reused < r->n_prompt ? reused : r->n_prompt;
+        pthread_mutex_unlock(&r->mu);
+    }
+    return 0;
 }
 
 /* 1. The sequences of list (*n of them) whose request was cancelled (every
@@ -218,13 +302,15 @@ static bool sched_continue_running(engine *e, int *budget, int *scheduled) {
 }
 
 /* The queue's head, taken off the queue (it holds a batch slot from now on)
- * when it is cancelled or its first piece fits; NULL otherwise. Looked at
- * and taken under mu: engine_stop empties the queue from another thread. */
-static engine_request *sched_take_queued(engine *e, int budget, int scheduled) {
+ * when it is cancelled or its first piece fits (*hit: sched_fits); NULL
+ * otherwise. Looked at and taken under mu: engine_stop empties the queue
+ * from another thread. */
+static engine_request *sched_take_queued(engine *e, int budget, int scheduled, int *hit) {
     pthread_mutex_lock(&e->mu);
     engine_request *r = e->head;
     bool take = r != NULL;
-    if (take && !atomic_load(&r->cancel)) take = sched_fits(e, r->n_prompt, budget, scheduled);
+    *hit = 0;
+    if (take && !atomic_load(&r->cancel)) take = (*hit = sched_fits(e, r, NULL, budget, scheduled)) >= 0;
     if (take) {
         e->head = r->next;
         if (!e->head) e->tail = NULL;
@@ -242,12 +328,14 @@ static engine_request *sched_take_queued(engine *e, int budget, int scheduled) {
 static void sched_admit(engine *e, int budget, int scheduled) {
     while (e->n_running < e->p.max_num_seqs && budget > 0) {
         seq *s = NULL;
-        if (e->n_preempted > 0) {
+        int hit;
+        bool first = e->n_preempted == 0;
+        if (!first) {
             s = e->preempted[0];
-            if (!sched_fits(e, s->r->n_prompt, budget, scheduled)) break;
+            if ((hit = sched_fits(e, s->r, s, budget, scheduled)) < 0) break;
             list_remove(e->preempted, &e->n_preempted, 0);
         } else {
-            engine_request *r = sched_take_queued(e, budget, scheduled);
+            engine_request *r = sched_take_queued(e, budget, scheduled, &hit);
             if (!r) break;
             if (atomic_load(&r->cancel)) { /* never ran */
                 engine__request_publish(r, NULL, 0, 0, ENGINE_FINISH_CANCEL, 0);
@@ -256,8 +344,8 @@ static void sched_admit(engine *e, int budget, int scheduled) {
             }
             if (!(s = engine__seq_create(e, r))) continue;
         }
-        int n = engine__seq_next_piece(e, s);
-        if (engine__seq_take_state(e, s) != 0 || forward_state_reserve(s->st, n) != FORWARD_OK) {
+        int n = 0;
+        if (sched_start(e, s, hit, first) != 0 || forward_state_reserve(s->st, n = engine__seq_next_piece(e, s)) != FORWARD_OK) {
             engine__seq_finish(e, s, ENGINE_FINISH_ERROR, ENGINE_ERR_NOMEM);
             continue;
         }

@@ -26,6 +26,7 @@ typedef enum {
 } api_struct_kind;
 
 #define API_MAX_N 16 /* choices per request ("n") */
+#define API_MAX_CACHE_SALT 1024 /* bytes of a cache_salt */
 
 /* A validated /v1/completions or /v1/chat/completions body. */
 typedef struct {
@@ -49,6 +50,8 @@ typedef struct {
     bool engram_gates;      /* our extension: return every token's Engram gates (not with stream) */
     char *force_text;       /* our extension "engram_force": the output is this text's tokens (tests of
                              * clients: tool calls, stop strings), or NULL */
+    char *cache_salt;       /* vLLM's extension: prefix caching shares blocks only between requests of the
+                             * same salt; NULL when absent, else 1..API_MAX_CACHE_SALT bytes */
     bool logprobs;          /* chat: logprobs; completions: logprobs present */
     int top_logprobs;       /* alternatives per token: chat top_logprobs, completions logprobs */
     char *stop[ENGINE_MAX_STOP];

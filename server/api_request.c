@@ -651,6 +651,12 @@ int api_parse_request(api_kind kind, const char *body, size_t len, api_request *
     r->n = rc ? (int)ll : 1;
     if (get_bool(root, "stream", &r->stream, err) < 0) goto fail;
     if (get_bool(root, "engram_gates", &r->engram_gates, err) < 0) goto fail;
+    if (get_string(root, "cache_salt", &r->cache_salt, err) < 0) goto fail;
+    if (r->cache_salt && (!r->cache_salt[0] || strlen(r->cache_salt) > API_MAX_CACHE_SALT)) {
+        api_error_set(err, 400, "cache_salt", "'cache_salt' must be a non-empty string of at most %d bytes.",
+                      API_MAX_CACHE_SALT);
+        goto fail;
+    }
     if (get_string(root, "engram_force", &r->force_text, err) < 0) goto fail;
     if (r->force_text && !r->force_text[0]) {
         api_error_set(err, 400, "engram_force", "'engram_force' must be a non-empty string.");
@@ -733,6 +739,7 @@ void api_request_free(api_request *r) {
     cJSON_Delete(r->tools);
     free(r->force_text);
     free(r->structured_src);
+    free(r->cache_salt);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->bias_ids);
     free(r->bias_vals);

@@ -134,6 +134,7 @@ static engine_request_params request_params(conn *c, const api_request *ar, cons
     rp.ignore_eos = ar->ignore_eos || p->forced;
     rp.forced = p->forced;
     rp.want_gates = ar->engram_gates;
+    rp.cache_salt = ar->cache_salt;
     rp.logprobs = ar->logprobs;
     rp.top_logprobs = ar->top_logprobs;
     for (int i = 0; i < ar->n_stop; i++) rp.stop[i] = ar->stop[i];
@@ -235,6 +236,7 @@ static int finish_choice(conn *c, engine_output *o, enum MHD_Result *ret) {
         return 0;
     }
     c->completion_tokens += o->n_generated;
+    if (c->cur == 0) c->cached_tokens = o->n_cached; /* the prompt's, counted once as prompt_tokens is */
     strbuf_drop(&c->text, c->text.len);
     if (++c->cur < c->g.n_req) { /* the next choice (queued in the engine meanwhile) */
         c->req = c->g.reqs[c->cur];

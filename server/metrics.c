@@ -1,7 +1,8 @@
 /* Prometheus metrics, names prefixed engram_ and shaped after vLLM's: HTTP
  * responses by route and status, requests by finish reason, prompt and
  * generated token counters, running/waiting gauges, latency histograms (end
- * to end, time to first token, queue time), process start time; and the
+ * to end, time to first token, queue time), process start time, the prefix
+ * cache (tokens queried and hit, cached blocks, evictions); and the
  * Engram table store's counters (engram_store_*), and the backend's (engram_fetch_*, engram_hbm_*,
  * engram_pcie_bytes_total, engram_prefetch_stall_seconds: how long the GPU waited for rows)
  * kept by the stores themselves. One mutex; rendered as the text exposition
@@ -302,6 +303,20 @@ char *metrics_render(metrics *m, const engine_stats *st, const engram_store_stat
               "# TYPE engram_scheduler_step_tokens_total counter\n"
               "engram_scheduler_step_tokens_total %lld\n",
               st->preemptions, st->steps, st->step_tokens_total);
+    sb_printf(&b,
+              "# HELP engram_prefix_cache_queries_tokens_total Tokens looked up in the prefix cache (admissions).\n"
+              "# TYPE engram_prefix_cache_queries_tokens_total counter\n"
+              "engram_prefix_cache_queries_tokens_total %lld\n"
+              "# HELP engram_prefix_cache_hits_tokens_total Of those, tokens whose KV came from the cache.\n"
+              "# TYPE engram_prefix_cache_hits_tokens_total counter\n"
+              "engram_prefix_cache_hits_tokens_total %lld\n"
+              "# HELP engram_prefix_cache_blocks KV blocks registered in the prefix cache (in use or idle).\n"
+              "# TYPE engram_prefix_cache_blocks gauge\n"
+              "engram_prefix_cache_blocks %d\n"
+              "# HELP engram_prefix_cache_evictions_total Cached KV blocks evicted (reused for other tokens).\n"
+              "# TYPE engram_prefix_cache_evictions_total counter\n"
+              "engram_prefix_cache_evictions_total %lld\n",
+              st->prefix_queries_tokens, st->prefix_hits_tokens, st->prefix_cached_blocks, st->prefix_evictions);
     render_histogram(&b, "engram_e2e_request_latency_seconds", "End-to-end request latency.", &m->e2e);
     render_histogram(&b, "engram_time_to_first_token_seconds", "Time from submission to the first token.", &m->ttft);
     render_histogram(&b, "engram_request_queue_time_seconds", "Time requests waited in the queue.", &m->queue);

@@ -62,6 +62,11 @@ static const struct {
      "KV cache positions shared by all sequences (0: on a GPU what --gpu-memory-utilization leaves, on the CPU the "
      "model's context length)"},
     {"kv-block-size", OPT_INT, 1, 4096, "16", "positions per KV cache block"},
+    {"enable-prefix-caching", OPT_INT, 0, 1, "1",
+     "keep full KV blocks (and their Engram state) cached after a request and reuse them for prompts that start "
+     "the same (1 on, 0 off)"},
+    {"prefix-cache-max-blocks", OPT_INT, 0, 1 << 30, "0",
+     "most idle cached KV blocks kept, the least recently used evicted first (0: as many as the cache has free)"},
     {"synthetic", OPT_STR, 0, 0, NULL,
      "instead of --model: random weights of a real shape (qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b, llama3-1b, "
      "llama3-8b, qwen3-30b-a3b in bf16; deepseek-v4-flash in its release's FP8/FP4 formats; +engram:ROWS, +layers:N); "
@@ -84,7 +89,7 @@ enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THRE
        O_CORS,
        O_CONN_TIMEOUT, O_PREFILL_CHUNK, O_SHUTDOWN, O_ENGRAM_TABLE_DIR, O_ENGRAM_TABLES, O_ENGRAM_BUDGET,
        O_ENGRAM_HBM, O_ENGRAM_TIER, O_ENGRAM_IO, O_ENGRAM_QD, O_ENGRAM_AHEAD,
-       O_MAX_SEQS, O_MAX_BATCHED, O_KV_TOKENS, O_KV_BLOCK, O_SYNTHETIC, O_SYNTH_SEED, O_SYNTH_DIR,
+       O_MAX_SEQS, O_MAX_BATCHED, O_KV_TOKENS, O_KV_BLOCK, O_PREFIX_CACHING, O_PREFIX_MAX, O_SYNTHETIC, O_SYNTH_SEED, O_SYNTH_DIR,
        O_GPU_UTIL, O_SAMPLE_ON_BACKEND, O_CUDA_GRAPHS, O_CUDA_PROFILE, O_COUNT };
 _Static_assert(O_COUNT == N_OPTS, "the O_ names follow the opts table");
 _Static_assert(N_OPTS <= SERVER_OPTIONS_MAX, "server_options.owned holds a value per option");
@@ -277,6 +282,8 @@ static server_options_status engine_options(const char **val, const long *num, e
     ep->max_num_batched_tokens = (int)num[O_MAX_BATCHED];
     ep->kv_cache_tokens = (int)num[O_KV_TOKENS];
     ep->kv_block_size = (int)num[O_KV_BLOCK];
+    ep->enable_prefix_caching = (int)num[O_PREFIX_CACHING];
+    ep->prefix_cache_max_blocks = (int)num[O_PREFIX_MAX];
     char *end;
     double u = strtod(val[O_GPU_UTIL], &end);
     if (end == val[O_GPU_UTIL] || *end || !(u > 0 && u <= 1)) {

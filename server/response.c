@@ -32,6 +32,8 @@ cJSON *response_usage(const engine_output *o) {
     cJSON_AddNumberToObject(u, "prompt_tokens", o->n_prompt);
     cJSON_AddNumberToObject(u, "completion_tokens", o->n_generated);
     cJSON_AddNumberToObject(u, "total_tokens", o->n_prompt + o->n_generated);
+    cJSON *d = cJSON_AddObjectToObject(u, "prompt_tokens_details"); /* OpenAI's: prompt tokens from the cache */
+    if (d) cJSON_AddNumberToObject(d, "cached_tokens", o->n_cached);
     return u;
 }
 
@@ -248,6 +250,7 @@ cJSON *response_completion(conn *c, const engine_output *o, cJSON *gates) {
     c->choices = NULL;
     engine_output tot = *o;
     tot.n_generated = c->completion_tokens;
+    tot.n_cached = c->cached_tokens;
     cJSON_AddItemToObject(root, "usage", response_usage(&tot));
     if (gates) cJSON_AddItemToObject(root, "engram_gates", gates);
     return root;

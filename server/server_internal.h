@@ -71,6 +71,7 @@ typedef struct {
     int cur;
     cJSON *choices;                    /* finished choices */
     int completion_tokens;             /* summed over the finished choices */
+    int cached_tokens;                 /* choice 0's prompt tokens from the prefix cache */
     strbuf text; /* the choice's generated text so far */
 } conn;
 
@@ -151,7 +152,7 @@ const char *response_finish_str(engine_finish f);
 /* The error a request that did not finish normally earns. */
 void response_finish_error(const engine_output *o, api_error *err);
 
-/* {"prompt_tokens", "completion_tokens", "total_tokens"} of o. */
+/* {"prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details": {"cached_tokens"}} of o. */
 cJSON *response_usage(const engine_output *o);
 
 /* {"id", "object", "created", "model"}: the head of a response or chunk. */

@@ -19,6 +19,7 @@ typedef struct {
     engine_request *req;               /* g.reqs[cur], the choice being streamed */
     int cur;
     int completion_tokens;             /* summed over the finished choices */
+    int cached_tokens;                 /* choice 0's prompt tokens from the prefix cache */
     char *buf; /* SSE bytes not yet handed to libmicrohttpd: buf[off..len) */
     size_t len, off, cap;
     bool ended;    /* [DONE] is in buf */
@@ -167,6 +168,7 @@ static int stream_format(stream *st, const engine_output *o) {
         }
         if (sse_chunk(st, st->g.kind == API_CHAT ? NULL : "", false, finish, NULL)) return -1;
         st->completion_tokens += o->n_generated;
+        if (st->cur == 0) st->cached_tokens = o->n_cached; /* the prompt's, counted once as prompt_tokens is */
         if (st->cur + 1 < st->g.n_req) { /* on to the next choice */
             engine_request_release(st->req);
             st->req = st->g.reqs[++st->cur];
@@ -181,6 +183,7 @@ static int stream_format(stream *st, const engine_output *o) {
             cJSON_AddArrayToObject(root, "choices");
             engine_output tot = *o;
             tot.n_generated = st->completion_tokens;
+            tot.n_cached = st->cached_tokens;
             cJSON_AddItemToObject(root, "usage", response_usage(&tot));
             if (sse_event(st, root)) return -1;
         }

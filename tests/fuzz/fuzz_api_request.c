@@ -34,6 +34,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             /* what the template and the parser get: an array */
             if (r.tools && (!cJSON_IsArray(r.tools) || kind != API_CHAT)) abort();
             if (r.force_text && !r.force_text[0]) abort();
+            if (r.cache_salt && (!r.cache_salt[0] || strlen(r.cache_salt) > API_MAX_CACHE_SALT)) abort();
             if (kind == API_COMPLETIONS && !r.prompt_text == !r.prompt_ids) abort();
             if (r.prompt_ids && r.n_prompt_ids < 1) abort();
             for (int i = 0; i < r.n_prompt_ids; i++)

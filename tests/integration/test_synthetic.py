@@ -94,7 +94,8 @@ def test_server_token_prompts():
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["model"] == "qwen3-0.6b+layers:2"
-        assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}, body
+        assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6,
+                                 "prompt_tokens_details": {"cached_tokens": 0}}, body
         check_error(post(s.url, "/v1/completions", {"prompt": "text", "max_tokens": 2}, key=None), 400, "prompt")
         check_error(post(s.url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, key=None),
                     400, "messages")

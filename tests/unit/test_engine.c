@@ -508,6 +508,7 @@ START_TEST(test_lookahead_skips_cached_rows) {
     ep.engram_store.tier = ENGRAM_STORE_NVME;
     ep.engram_store.dram_budget = 64 * 1024;
     ep.engram_store.hbm_cache = 1 << 20; /* every row of both requests */
+    ep.enable_prefix_caching = 0;        /* the second request computes its whole prompt again */
     engine *L = NULL;
     char err[512];
     ck_assert_msg(engine_create(&ep, &L, err, sizeof(err)) == ENGINE_OK, "engine_create: %s", err);
