@@ -200,24 +200,30 @@ def test_server_completion_gives_the_greedy_tokens(tmp_path):
 
 
 def test_server_batch_invariance(tmp_path):
-    """8 concurrent requests (prompts of different lengths, so the steps mix prefill
-    and decode) give the tokens each gives alone."""
+    """16 concurrent requests (prompts of different lengths, so the steps mix prefill
+    and decode; prompts in 5-token chunks; a KV cache so small that sequences are
+    preempted and recomputed) give the tokens and logprobs each gives alone."""
     from concurrent.futures import ThreadPoolExecutor
+    from serverutil import metric
     d = copy_fixture(tmp_path)
     write_tokenizer(d)
     prompt = golden()["prompt_ids"]
-    prompts = [prompt[: 9 + 4 * i] for i in range(8)]
-    s = Server("--max-num-seqs", "8", model=d)
+    prompts = [prompt[: 5 + (7 * i) % 40] for i in range(16)]
+    s = Server("--max-num-seqs", "16", "--prefill-chunk", "5", "--max-num-batched-tokens", "24",
+               "--kv-cache-tokens", "192", "--kv-block-size", "16", "--max-queued-requests", "64", model=d)
 
     def complete(p):
-        r = requests.post(s.url + "/v1/completions", timeout=60,
-                          json={"prompt": p, "max_tokens": 12, "temperature": 0, "logprobs": 0})
+        r = requests.post(s.url + "/v1/completions", timeout=120,
+                          json={"prompt": p, "max_tokens": 12, "temperature": 0, "logprobs": 0,
+                                "ignore_eos": True})
         assert r.status_code == 200, r.text
-        return r.json()["choices"][0]["logprobs"]["tokens"]
+        lp = r.json()["choices"][0]["logprobs"]
+        return lp["tokens"], lp["token_logprobs"]
     try:
         alone = [complete(p) for p in prompts]
-        with ThreadPoolExecutor(8) as ex:
+        with ThreadPoolExecutor(16) as ex:
             together = list(ex.map(complete, prompts))
         assert together == alone
+        assert metric(requests.get(s.url + "/metrics").text, "engram_num_preemptions_total") > 0
     finally:
         s.stop()
