@@ -173,7 +173,7 @@ static int load_layer(model *m, model_engram *e, int li, char *err, size_t errle
 int model__load_dsv4_engram(model *m, char *err, size_t errlen) {
     const model_config *c = &m->cfg;
     const engram_v41_config *v = &c->engram_v41;
-    char label[4096], terr[512];
+    char label[4096];
     snprintf(label, sizeof(label), "%s/config.json", m->dir);
     model_engram *e = calloc(1, sizeof(*e));
     if (!e) {
@@ -183,17 +183,8 @@ int model__load_dsv4_engram(model *m, char *err, size_t errlen) {
     m->engram = e;
     /* The compressed tokenizer, rebuilt as SGLang does at start (ENG:297-317): every hash
      * multiplier depends on its size, so a disagreement with the config refuses the load. */
-    tokenizer *tok = NULL;
-    if (tokenizer_load(m->dir, &tok, terr, sizeof(terr)) != 0) {
-        snprintf(err, errlen, "%s: the Engram needs the checkpoint's tokenizer: %s", m->dir, terr);
-        return MODEL_ERR_IO;
-    }
-    int rc = engram_lookup_build(tok, &e->lookup, &e->lookup_n, &e->vc, terr, sizeof(terr));
-    tokenizer_destroy(tok);
-    if (rc) {
-        snprintf(err, errlen, "%s: %s", m->dir, terr);
-        return MODEL_ERR_WEIGHTS;
-    }
+    int rc = model__engram_build_lookup(m, e, err, errlen);
+    if (rc) return rc;
     engram_v41_tokenizer t = {.lookup = e->lookup, .n = e->lookup_n, .vc = e->vc};
     int st = engram_v41_hash_create(v, &t, label, &e->hash, err, errlen);
     if (st) return st == ENGRAM_V41_ENOMEM ? MODEL_ERR_NOMEM : MODEL_ERR_CONFIG;

@@ -108,8 +108,7 @@ int model__parse_engram_config(const cJSON *root, model_config *c, const char *l
     return 0;
 }
 
-/* Builds the compressed lookup (ENGRAM.md section 3) from the checkpoint's tokenizer. */
-static int build_lookup(model *m, model_engram *e, char *err, size_t errlen) {
+int model__engram_build_lookup(model *m, model_engram *e, char *err, size_t errlen) {
     tokenizer *tok = NULL;
     char terr[512];
     if (tokenizer_load(m->dir, &tok, terr, sizeof(terr)) != 0) {
@@ -200,7 +199,7 @@ int model__load_engram(model *m, char *err, size_t errlen) {
         return MODEL_ERR_NOMEM;
     }
     m->engram = e;
-    int rc = build_lookup(m, e, err, errlen);
+    int rc = model__engram_build_lookup(m, e, err, errlen);
     if (rc) return rc;
     if (ec->compressed_vocab_size && ec->compressed_vocab_size != e->vc) {
         snprintf(err, errlen,

@@ -56,6 +56,9 @@ float *model__own(model *m, size_t n);
 /* model_engram.c: the "engram" object of config.json into c->engram. */
 int model__parse_engram_config(const cJSON *root, model_config *c, const char *label, char *err,
                                size_t errlen);
+/* model_engram.c: the compressed lookup (ENGRAM.md section 3) of e from the checkpoint's own
+ * tokenizer. Returns MODEL_OK, or MODEL_ERR_IO (no tokenizer) / MODEL_ERR_WEIGHTS with a message. */
+int model__engram_build_lookup(model *m, model_engram *e, char *err, size_t errlen);
 /* model_engram.c: compressed tokenizer, hash tables and tensors, after the backbone. */
 int model__load_engram(model *m, char *err, size_t errlen);
 void model__destroy_engram(model_engram *e);

@@ -95,20 +95,30 @@ const st_tensor *model__find_tensor(const model *m, const char *name, const char
 
 static bool float_dtype(dtype t) { return t == DTYPE_F32 || t == DTYPE_BF16 || t == DTYPE_F16; }
 
-/* Finds `name` with shape (rows, cols) (cols 0: a vector of rows). */
-static int get_tensor(model *m, const char *name, int rows, int cols, const st_tensor **out,
-                      char *err, size_t errlen) {
-    const char *file = NULL;
-    const st_tensor *t = model__find_tensor(m, name, &file);
+/* Finds `name`, which must be F32, BF16 or F16; *file names its file. */
+static int find_float_tensor(model *m, const char *name, const st_tensor **out, const char **file, char *err,
+                             size_t errlen) {
+    const st_tensor *t = model__find_tensor(m, name, file);
     if (!t) {
         snprintf(err, errlen, "%s: missing tensor %s", m->dir, name);
         return MODEL_ERR_WEIGHTS;
     }
     if (!float_dtype(t->dt)) {
-        snprintf(err, errlen, "%s: tensor %s has dtype %s (expected F32, BF16 or F16)", file, name,
+        snprintf(err, errlen, "%s: tensor %s has dtype %s (expected F32, BF16 or F16)", *file, name,
                  dtype_name(t->dt));
         return MODEL_ERR_WEIGHTS;
     }
+    *out = t;
+    return MODEL_OK;
+}
+
+/* Finds `name` with shape (rows, cols) (cols 0: a vector of rows). */
+static int get_tensor(model *m, const char *name, int rows, int cols, const st_tensor **out,
+                      char *err, size_t errlen) {
+    const char *file = NULL;
+    const st_tensor *t;
+    int rc = find_float_tensor(m, name, &t, &file, err, errlen);
+    if (rc) return rc;
     bool ok = cols ? (t->ndim == 2 && t->shape[0] == rows && t->shape[1] == cols)
                    : (t->ndim == 1 && t->shape[0] == rows);
     if (!ok) {
@@ -156,16 +166,9 @@ int model__load_vector(model *m, const char *name, int n, const float **out, cha
 int model__load_slice(model *m, const char *name, int n, int e, int srows, int cols, int row0, int rows,
                       weight *w, char *err, size_t errlen) {
     const char *file = NULL;
-    const st_tensor *t = model__find_tensor(m, name, &file);
-    if (!t) {
-        snprintf(err, errlen, "%s: missing tensor %s", m->dir, name);
-        return MODEL_ERR_WEIGHTS;
-    }
-    if (!float_dtype(t->dt)) {
-        snprintf(err, errlen, "%s: tensor %s has dtype %s (expected F32, BF16 or F16)", file, name,
-                 dtype_name(t->dt));
-        return MODEL_ERR_WEIGHTS;
-    }
+    const st_tensor *t;
+    int rc = find_float_tensor(m, name, &t, &file, err, errlen);
+    if (rc) return rc;
     if (t->ndim != 3 || t->shape[0] != n || t->shape[1] != srows || t->shape[2] != cols) {
         snprintf(err, errlen, "%s: tensor %s has %d dimensions [%lld, %lld, %lld], expected [%d, %d, %d]", file,
                  name, t->ndim, (long long)(t->ndim > 0 ? t->shape[0] : 0), (long long)(t->ndim > 1 ? t->shape[1] : 0),

@@ -15,9 +15,7 @@ void cpu__rmsnorm_plain(backend *be, float *out, const float *x, int T, int d, f
     for (int t = 0; t < T; t++) {
         const float *xt = x + (size_t)t * d;
         float *ot = out + (size_t)t * d;
-        double ss = 0.0;
-        for (int i = 0; i < d; i++) ss += (double)xt[i] * xt[i];
-        float scale = 1.0f / sqrtf((float)(ss / d) + eps);
+        float scale = cpu__rms_scale(xt, d, eps);
         for (int i = 0; i < d; i++) ot[i] = xt[i] * scale;
     }
 }

@@ -3,7 +3,17 @@
 #ifndef ENGINE_BACKEND_CPU_INTERNAL_H
 #define ENGINE_BACKEND_CPU_INTERNAL_H
 
+#include <math.h>
+
 #include "engine/backend/backend.h"
+
+/* 1 / sqrt(mean(x^2) + eps) over x (d), the sum in double: every RMSNorm of the
+ * CPU backend (weighted or not) scales its row by this. */
+static inline float cpu__rms_scale(const float *x, int d, float eps) {
+    double ss = 0.0;
+    for (int i = 0; i < d; i++) ss += (double)x[i] * x[i];
+    return 1.0f / sqrtf((float)(ss / d) + eps);
+}
 
 void cpu__rmsnorm_plain(backend *be, float *out, const float *x, int T, int d, float eps);
 void cpu__hc_split(backend *be, float *post, float *comb, float *x, const float *X, const float *mix,
