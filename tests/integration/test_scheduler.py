@@ -156,8 +156,11 @@ def test_moe_batch_invariance_chunked_and_preempted(tmp_path):
     that sequences are preempted and recomputed."""
     from conftest import MODELS
     moe = with_small_tokenizer(MODELS / "qwen3_moe", tmp_path / "moe", 512)
+    # prefix caching off: the runs alone would leave the prompts cached, and the
+    # concurrent run would then need too few blocks to be preempted
     s = Server("--kv-cache-tokens", "160", "--kv-block-size", "16", "--max-num-seqs", "16", "--prefill-chunk", "5",
-               "--max-num-batched-tokens", "24", "--max-queued-requests", "64", model=moe)
+               "--max-num-batched-tokens", "24", "--max-queued-requests", "64", "--enable-prefix-caching", "0",
+               model=moe)
     try:
         def ids(i):
             return [(7 * i + 13 * k + 3) % 500 + 3 for k in range(4 + (i * 5) % 19)]
