@@ -64,7 +64,7 @@ struct forward_state {
     kv_cache *own_kv;        /* kv when the state made it itself, else NULL */
     kv_seq seq;              /* block table of positions 0..pos-1 */
     engram_step_seq eng;     /* hash history and conv history, with Engram */
-    dsv4_seq *dsv4;          /* DeepSeek-V4 windows and compressed entries, or NULL */
+    dsv4_seq *dsv4;          /* DeepSeek-V4's open compression windows (the rest is in its blocks), or NULL */
 };
 
 /* Rope inverse frequencies as transformers computes them (f32), with linear
@@ -209,10 +209,12 @@ int forward_ctx_create(model *m, backend *be, int max_tokens, int max_seqs, forw
     if (ok) ok = ctx_alloc_desc(fc, (c->max_position_embeddings + 15) / 16 + 1) == 0;
     if (ok && fc->eng) ok = (fc->snaps = malloc((T + S) * sizeof(*fc->snaps))) != NULL;
     /* Models that keep their whole decode state in the KV blocks and the
-     * Engram histories that forward_state_begin restores. DeepSeek-V4's
-     * compressed entries, open windows and index keys live in its own
-     * per-sequence state, which no cached block carries: caching is off for it
-     * (the engine says so once). */
+     * Engram histories that forward_state_begin restores. DeepSeek-V4 keeps
+     * its window rows, compressed entries and index keys in the blocks, but
+     * its compressors' open windows (the projections of the last 2m
+     * positions) in the sequence's own state, which no cached block carries
+     * and forward_state_begin could only rebuild by running those positions
+     * again: caching stays off for it (the engine says so once). */
     fc->prefix_ok = c->arch != ARCH_DEEPSEEK_V4;
     if (!ok) {
         forward_ctx_destroy(fc);
@@ -240,6 +242,7 @@ static int kv_create(forward_ctx *fc, int n_tokens, int block_size, int max_idle
     const model *m = fc->m;
     const model_config *c = &m->cfg;
     kv_cache_params p = kv_cache_default_params();
+    size_t dsv4_elems[MODEL_MAX_LAYERS];
     p.prefix_caching = max_idle >= 0;
     p.max_idle = max_idle > 0 ? max_idle : 0;
     p.aux_bytes = p.prefix_caching ? forward_ctx_prefix_aux_bytes(fc) : 0;
@@ -250,6 +253,11 @@ static int kv_create(forward_ctx *fc, int n_tokens, int block_size, int max_idle
     p.n_blocks = n_tokens < 1 ? 1 : (n_tokens + p.block_size - 1) / p.block_size;
     p.elem_bytes = backend_kv_elem_bytes(fc->be);
     p.be = fc->be;
+    if (fc->dsv4) { /* DeepSeek-V4: its own block layout (forward_dsv4.h), f32 as its ops read it */
+        for (int l = 0; l < c->n_layers; l++) dsv4_elems[l] = dsv4_block_floats(c, l, p.block_size);
+        p.layer_block_elems = dsv4_elems;
+        p.elem_bytes = sizeof(float);
+    }
     int rc = kv_cache_create(&p, out);
     if (rc != KV_CACHE_OK) return rc;
     /* A block table never holds more than the model's positions in blocks of this size. */
@@ -290,7 +298,7 @@ int forward_state_create(forward_ctx *fc, kv_cache *kv, int max_tokens, forward_
         return FORWARD_ERR_NOMEM;
     }
     if (!kv) s->kv = s->own_kv;
-    if (fc->dsv4 && dsv4_seq_create(fc->dsv4, max_tokens, &s->dsv4)) {
+    if (fc->dsv4 && dsv4_seq_create(fc->dsv4, &s->dsv4)) {
         forward_state_destroy(s);
         return FORWARD_ERR_NOMEM;
     }
@@ -573,7 +581,7 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
 
     if (fc->dsv4) { /* DeepSeek-V4: its own pass and head (forward_dsv4.c) */
         for (int i = 0; i < S; i++) fc->dsv4_seqs[i] = it[i].st->dsv4;
-        if ((rc = dsv4_forward(fc->dsv4, fc->eng, &b, fc->dsv4_seqs, fc->ids, it, S, fc->last, nl, fc->logits)))
+        if ((rc = dsv4_forward(fc->dsv4, fc->eng, &b, kv, fc->dsv4_seqs, fc->ids, it, S, fc->last, nl, fc->logits)))
             return rc;
         if (nl && any_argmax) backend_argmax(be, fc->next, fc->logits, nl, c->vocab_size);
         goto issued;

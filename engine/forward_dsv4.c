@@ -8,7 +8,9 @@
  *                inverse rope, grouped output projection
  *              the same around the MoE (sqrt-softplus or hash router, shared expert)
  *   logits = head(rmsnorm(hc_head(X))) at the last tokens.
- * Each sequence's state (forward_dsv4.h) holds what later steps read. */
+ * What later steps read lives in the KV cache's blocks (window rows, compressed
+ * entries, index keys: backend.h, dsv4_kv) and, for the open compression
+ * windows, in each sequence's small state (forward_dsv4.h). */
 #include "engine/forward_dsv4.h"
 
 #include "engine/model/dtype.h"
@@ -20,6 +22,7 @@
 struct dsv4_seq {
     dsv4_state *layers; /* (n_layers) host structs whose pointers cut `mem` */
     void *mem;          /* backend memory of all layers */
+    size_t bytes;       /* of mem */
 };
 
 struct dsv4_ctx {
@@ -39,6 +42,7 @@ struct dsv4_ctx {
     float *lastX, *lastmix, *lasth;        /* (S, N, d) (S, N) (S, d) */
     float *ekv;                            /* (T, (N+1) d) an Engram layer's keys and value (V4.1), or NULL */
     dsv4_state **st;                       /* host (S): the step's states of one layer */
+    dsv4_kv cache;                         /* the current layer's store in the KV cache */
 };
 
 /* DEEPSEEK_V4.md 1.4: default inv_freq theta^(-2j/r), or YaRN's blend (ROPE:488-499) in f32. */
@@ -119,30 +123,32 @@ int dsv4_ctx_create(const model *bm, backend *be, int max_tokens, int max_seqs, 
     return 0;
 }
 
-/* Floats of layer l's state for max_tokens positions; with `s`, carves the pointers from base. */
-static size_t layer_state(const model_config *c, int l, int max_tokens, float *base, dsv4_state *s) {
+size_t dsv4_block_floats(const model_config *c, int l, int block_size) {
     const dsv4_config *v = &c->dsv4;
-    size_t W = (size_t)c->sliding_window, D = (size_t)c->head_dim, dI = (size_t)v->index_head_dim;
-    size_t m = (size_t)v->rate[l], cap = m ? (size_t)max_tokens / m + 1 : 0, n = 0;
+    return dsv4_kv_block_floats(block_size, v->rate[l], v->attn[l] == DSV4_CSA, c->head_dim, v->index_head_dim);
+}
+
+/* Floats of layer l's per-sequence state (the last 2m projections of its compressors); with `s`,
+ * carves the pointers from base. */
+static size_t layer_state(const model_config *c, int l, float *base, dsv4_state *s) {
+    const dsv4_config *v = &c->dsv4;
+    size_t D = (size_t)c->head_dim, dI = (size_t)v->index_head_dim, m = (size_t)v->rate[l], n = 0;
     float *nil = NULL;
 #define CUT(field, count) (s ? (s->field = base + n) : nil), n += (count)
-    CUT(win, W * D);
     if (v->attn[l] != DSV4_SLIDING) {
         size_t cw = v->attn[l] == DSV4_CSA ? 2 * D : D;
         CUT(c_kv, 2 * m * cw);
         CUT(c_gate, 2 * m * cw);
-        CUT(c_out, cap * D);
     }
     if (v->attn[l] == DSV4_CSA) {
         CUT(i_kv, 2 * m * 2 * dI);
         CUT(i_gate, 2 * m * 2 * dI);
-        CUT(i_out, cap * dI);
     }
 #undef CUT
     return n;
 }
 
-int dsv4_seq_create(dsv4_ctx *dc, int max_tokens, dsv4_seq **out) {
+int dsv4_seq_create(dsv4_ctx *dc, dsv4_seq **out) {
     const model_config *c = &dc->bm->cfg;
     size_t total = 0;
     *out = NULL;
@@ -151,16 +157,19 @@ int dsv4_seq_create(dsv4_ctx *dc, int max_tokens, dsv4_seq **out) {
         free(s);
         return -1;
     }
-    for (int l = 0; l < c->n_layers; l++) total += layer_state(c, l, max_tokens, NULL, NULL);
-    if (!(s->mem = backend_alloc(dc->be, total * sizeof(float)))) {
+    for (int l = 0; l < c->n_layers; l++) total += layer_state(c, l, NULL, NULL);
+    s->bytes = (total ? total : 1) * sizeof(float); /* a model of sliding layers only keeps nothing */
+    if (!(s->mem = backend_alloc(dc->be, s->bytes))) {
         dsv4_seq_destroy(dc, s);
         return -1;
     }
     float *base = s->mem;
-    for (int l = 0; l < c->n_layers; l++) base += layer_state(c, l, max_tokens, base, &s->layers[l]);
+    for (int l = 0; l < c->n_layers; l++) base += layer_state(c, l, base, &s->layers[l]);
     *out = s;
     return 0;
 }
+
+size_t dsv4_seq_bytes(const dsv4_seq *s) { return s->bytes; }
 
 void dsv4_seq_destroy(dsv4_ctx *dc, dsv4_seq *s) {
     if (!s) return;
@@ -214,18 +223,20 @@ static void attention(dsv4_ctx *dc, int l, const batch_desc *b) {
     if (m) { /* entries of windows closing in this step exist before the attention reads them */
         backend_matmul(be, dc->ck, dc->h, &Y->comp.wkv, NULL, T);
         backend_matmul(be, dc->cg, dc->h, &Y->comp.wgate, NULL, T);
-        backend_dsv4_compress(be, dc->ck, dc->cg, b, dc->st, 0, m, D, csa, Y->comp.ape, Y->comp.norm, eps, r, freq);
+        backend_dsv4_compress(be, dc->ck, dc->cg, b, dc->st, &dc->cache, 0, m, D, csa, Y->comp.ape, Y->comp.norm, eps,
+                              r, freq);
     }
     if (csa) {
         backend_matmul(be, dc->ik, dc->h, &Y->icomp.wkv, NULL, T);
         backend_matmul(be, dc->ig, dc->h, &Y->icomp.wgate, NULL, T);
-        backend_dsv4_compress(be, dc->ik, dc->ig, b, dc->st, 1, m, dI, 1, Y->icomp.ape, Y->icomp.norm, eps, r, freq);
+        backend_dsv4_compress(be, dc->ik, dc->ig, b, dc->st, &dc->cache, 1, m, dI, 1, Y->icomp.ape, Y->icomp.norm, eps,
+                              r, freq);
         backend_matmul(be, dc->iq, dc->qlat, &Y->iwq_b, NULL, T);
         backend_rope_tail(be, dc->iq, b->pos, T, nI, dI, r, freq, 0);
         backend_matmul(be, dc->iw, dc->h, &Y->iweights, NULL, T);
-        backend_dsv4_index(be, dc->sel, dc->iq, dc->iw, b, dc->st, m, K, nI, dI);
+        backend_dsv4_index(be, dc->sel, dc->iq, dc->iw, b, &dc->cache, m, K, nI, dI);
     }
-    backend_dsv4_attention(be, dc->att, dc->q, dc->kv, b, dc->st, m, csa ? dc->sel : NULL, K, Y->sinks, nh, D,
+    backend_dsv4_attention(be, dc->att, dc->q, dc->kv, b, &dc->cache, m, csa ? dc->sel : NULL, K, Y->sinks, nh, D,
                            c->sliding_window);
     backend_rope_tail(be, dc->att, b->pos, T, nh, D, r, freq, 1); /* values carried rotation(j): back to relative */
     grouped_out(dc, Y, T);
@@ -264,8 +275,8 @@ static int engram_layer(dsv4_ctx *dc, engram_step *eng, const engram_weights *w,
     return FORWARD_OK;
 }
 
-int dsv4_forward(dsv4_ctx *dc, engram_step *eng, const batch_desc *b, dsv4_seq *const *seqs, const int32_t *ids,
-                 const forward_item *it, int n_items, const int32_t *last, int nl, float *logits) {
+int dsv4_forward(dsv4_ctx *dc, engram_step *eng, const batch_desc *b, kv_cache *kv, dsv4_seq *const *seqs,
+                 const int32_t *ids, const forward_item *it, int n_items, const int32_t *last, int nl, float *logits) {
     const model *bm = dc->bm;
     const model_config *c = &bm->cfg;
     const dsv4_weights *dw = bm->dsv4;
@@ -279,6 +290,10 @@ int dsv4_forward(dsv4_ctx *dc, engram_step *eng, const batch_desc *b, dsv4_seq *
         const dsv4_layer *Y = &dw->layers[l];
         const layer_weights *L = &bm->layers[l];
         for (int s = 0; s < b->n_seqs; s++) dc->st[s] = &seqs[s]->layers[l];
+        int m = c->dsv4.rate[l];
+        dc->cache = (dsv4_kv){.base = kv_cache_k_layer(kv, l), .block_floats = dsv4_block_floats(c, l, b->block_size),
+                              .m = m, .slots = m ? (b->block_size + m - 1) / m : 0, .D = c->head_dim,
+                              .dI = c->dsv4.index_head_dim};
         int rc = L->engram ? engram_layer(dc, eng, L->engram, b, it, n_items) : FORWARD_OK;
         if (rc != FORWARD_OK) return rc;
         hc_pre(dc, &Y->hc_attn_fn, Y->hc_attn_base, Y->hc_attn_scale, T);

@@ -6,6 +6,7 @@
 
 #include "engine/backend/backend.h"
 #include "engine/engram_step.h"
+#include "engine/kv_cache.h"
 #include "engine/model/model.h"
 
 typedef struct dsv4_ctx dsv4_ctx;
@@ -16,20 +17,28 @@ typedef struct dsv4_seq dsv4_seq;
 int dsv4_ctx_create(const model *bm, backend *be, int max_tokens, int max_seqs, dsv4_ctx **out);
 void dsv4_ctx_destroy(dsv4_ctx *dc); /* accepts NULL */
 
-/* One sequence's state for up to max_tokens positions, in backend memory.
- * It needs no reset: every row is found by position and written before it is
- * read, so a sequence restarting at position 0 simply overwrites it.
- * Returns 0, or -1 when memory runs out. */
-int dsv4_seq_create(dsv4_ctx *dc, int max_tokens, dsv4_seq **out);
+/* Elements (f32) of one KV cache block of layer l for blocks of block_size
+ * positions: its window rows, compressed entries and index keys (the layout
+ * of backend.h's dsv4_kv). What forward.c makes the cache with. */
+size_t dsv4_block_floats(const model_config *c, int l, int block_size);
+
+/* One sequence's state apart from its KV blocks, in backend memory: the
+ * compressors' projections of its last 2m positions per compressed layer,
+ * the same size whatever its length. It needs no reset: every row is found
+ * by position and written before it is read, so a sequence restarting at
+ * position 0 simply overwrites it. Returns 0, or -1 when memory runs out. */
+int dsv4_seq_create(dsv4_ctx *dc, dsv4_seq **out);
 void dsv4_seq_destroy(dsv4_ctx *dc, dsv4_seq *s); /* accepts NULL */
+size_t dsv4_seq_bytes(const dsv4_seq *s);          /* backend memory it holds */
 
 /* Runs the step described by b (ids (T) in backend memory, seqs (n_seqs) in
- * batch order), then the head at rows last (nl) into logits (nl, vocab).
+ * batch order; kv the cache whose blocks b's tables name, made with
+ * dsv4_block_floats), then the head at rows last (nl) into logits (nl, vocab).
  * With DeepSeek-V4.1's Engram, eng (the step's Engram work, hashed when the
  * step was planned) gives each Engram layer its rows, and the items (n_items,
  * batch order) that ask for gates get them. Returns FORWARD_OK, or
  * FORWARD_ERR_IO when a host store's rows could not be read. */
-int dsv4_forward(dsv4_ctx *dc, engram_step *eng, const batch_desc *b, dsv4_seq *const *seqs, const int32_t *ids,
-                 const forward_item *it, int n_items, const int32_t *last, int nl, float *logits);
+int dsv4_forward(dsv4_ctx *dc, engram_step *eng, const batch_desc *b, kv_cache *kv, dsv4_seq *const *seqs,
+                 const int32_t *ids, const forward_item *it, int n_items, const int32_t *last, int nl, float *logits);
 
 #endif

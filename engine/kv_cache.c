@@ -21,7 +21,9 @@ typedef struct {
 
 struct kv_cache {
     kv_cache_params p;
-    char **k, **v;  /* (n_layers) x (n_blocks, block_size, kv_width) elements of elem_bytes */
+    char **k, **v;  /* (n_layers) x (n_blocks, block_size, kv_width) elements of elem_bytes; v NULLs with
+                     * layer_block_elems */
+    size_t *stride; /* (n_layers) bytes of one block of each layer's store */
     int *free_ids;  /* (n_blocks) stack of free block ids, top at n_free-1 */
     int n_free;
     /* prefix caching */
@@ -78,22 +80,26 @@ static int prefix_create(kv_cache *c) {
 }
 
 int kv_cache_create(const kv_cache_params *p, kv_cache **out) {
-    assert(p->n_layers > 0 && p->kv_width > 0 && p->block_size > 0 && p->n_blocks > 0 && p->max_idle >= 0);
+    assert(p->n_layers > 0 && (p->kv_width > 0 || p->layer_block_elems) && p->block_size > 0 && p->n_blocks > 0 &&
+           p->max_idle >= 0);
     *out = NULL;
     kv_cache *c = calloc(1, sizeof(*c));
     if (!c) return KV_CACHE_ERR_NOMEM;
     c->p = *p;
+    c->p.layer_block_elems = NULL; /* borrowed: only read here, into stride */
     if (!c->p.elem_bytes) c->p.elem_bytes = sizeof(float);
     if (!c->p.prefix_caching) c->p.aux_bytes = 0;
     c->k = calloc((size_t)p->n_layers, sizeof(char *));
     c->v = calloc((size_t)p->n_layers, sizeof(char *));
+    c->stride = calloc((size_t)p->n_layers, sizeof(size_t));
     c->free_ids = malloc((size_t)p->n_blocks * sizeof(int));
-    int ok = c->k && c->v && c->free_ids;
-    size_t per_layer = (size_t)p->n_blocks * p->block_size * p->kv_width * c->p.elem_bytes;
+    int ok = c->k && c->v && c->stride && c->free_ids;
     for (int l = 0; ok && l < p->n_layers; l++) {
-        c->k[l] = kv_alloc(c, per_layer);
-        c->v[l] = kv_alloc(c, per_layer);
-        ok = c->k[l] && c->v[l];
+        bool pairs = !p->layer_block_elems;
+        c->stride[l] = (pairs ? (size_t)p->block_size * p->kv_width : p->layer_block_elems[l]) * c->p.elem_bytes;
+        c->k[l] = kv_alloc(c, (size_t)p->n_blocks * c->stride[l]);
+        c->v[l] = pairs ? kv_alloc(c, (size_t)p->n_blocks * c->stride[l]) : NULL;
+        ok = c->k[l] && (c->v[l] || !pairs);
     }
     if (!ok || (c->p.prefix_caching && prefix_create(c))) {
         kv_cache_destroy(c);
@@ -119,12 +125,19 @@ void kv_cache_destroy(kv_cache *c) {
     free(c->bucket);
     free(c->k);
     free(c->v);
+    free(c->stride);
     free(c->free_ids);
     free(c);
 }
 
 int kv_cache_block_size(const kv_cache *c) { return c->p.block_size; }
 int kv_cache_n_blocks(const kv_cache *c) { return c->p.n_blocks; }
+
+size_t kv_cache_block_bytes(const kv_cache *c) {
+    size_t n = c->p.aux_bytes;
+    for (int l = 0; l < c->p.n_layers; l++) n += c->stride[l] * (c->v[l] ? 2 : 1);
+    return n;
+}
 int kv_cache_used_blocks(const kv_cache *c) { return c->p.n_blocks - c->n_free - c->n_idle; }
 int kv_cache_free_blocks(const kv_cache *c) { return c->n_free + c->n_idle; }
 bool kv_cache_prefix_caching(const kv_cache *c) { return c->p.prefix_caching; }
@@ -283,12 +296,12 @@ void kv_cache_seq_destroy(kv_cache *c, kv_seq *s) {
 
 void *kv_cache_k(kv_cache *c, int layer, int block) {
     assert(layer >= 0 && layer < c->p.n_layers && block >= 0 && block < c->p.n_blocks);
-    return c->k[layer] + (size_t)block * c->p.block_size * c->p.kv_width * c->p.elem_bytes;
+    return c->k[layer] + (size_t)block * c->stride[layer];
 }
 
 void *kv_cache_v(kv_cache *c, int layer, int block) {
     assert(layer >= 0 && layer < c->p.n_layers && block >= 0 && block < c->p.n_blocks);
-    return c->v[layer] + (size_t)block * c->p.block_size * c->p.kv_width * c->p.elem_bytes;
+    return c->v[layer] ? c->v[layer] + (size_t)block * c->stride[layer] : NULL;
 }
 
 void *kv_cache_k_layer(kv_cache *c, int layer) { return c->k[layer]; }

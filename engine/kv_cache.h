@@ -5,7 +5,10 @@
  * block holds, for every layer, the K and V rows of its positions:
  * K(layer, block) is (block_size, kv_width) elements, row-major, in the
  * memory and element type of the backend that reads them (f32 host memory
- * unless the params say otherwise).
+ * unless the params say otherwise). A model whose per-position state is not
+ * K/V pairs (DeepSeek-V4: window rows, compressed entries, index keys) gives
+ * instead the elements of one block of each layer (params.layer_block_elems)
+ * and lays them out itself; its blocks are taken, counted and freed the same way.
  *
  * Prefix caching (params.prefix_caching): blocks are reference counted, and
  * a full block can be registered under a 64-bit hash chained over its
@@ -36,11 +39,14 @@ const char *kv_cache_status_str(int status);
 
 typedef struct {
     int n_layers;   /* model layers */
-    int kv_width;   /* n_kv_heads * head_dim floats per position and layer */
+    int kv_width;   /* n_kv_heads * head_dim floats per position and layer (unused with layer_block_elems) */
     int block_size; /* token positions per block; default 16 */
     int n_blocks;   /* blocks in the pool */
     size_t elem_bytes; /* bytes per element; 0: 4 (f32) */
     backend *be;       /* the backend whose memory holds the pool (borrowed); NULL: malloc */
+    const size_t *layer_block_elems; /* (n_layers) elements of one block of each layer, in one store per
+                                      * layer and no V store (read at create, not kept); NULL: K and V
+                                      * of block_size * kv_width elements each */
     /* prefix caching */
     bool prefix_caching; /* register full blocks and keep them cached after their sequence ends */
     int max_idle;        /* most idle cached blocks kept (the least recently used go first); 0: the pool */
@@ -69,12 +75,13 @@ typedef struct {
     uint64_t serial;  /* registration serial of block n_committed-1's contents; 0: none */
 } kv_seq;
 
-/* Creates the pool: 2 * n_layers * n_blocks * block_size * kv_width elements.
- * Returns KV_CACHE_OK and *out, or KV_CACHE_ERR_NOMEM (*out NULL). */
+/* Creates the pool: 2 * n_layers * n_blocks * block_size * kv_width elements,
+ * or n_blocks * the sum of layer_block_elems. Returns KV_CACHE_OK and *out, or KV_CACHE_ERR_NOMEM (*out NULL). */
 int kv_cache_create(const kv_cache_params *p, kv_cache **out);
 void kv_cache_destroy(kv_cache *c); /* accepts NULL; every sequence must be freed first */
 
 int kv_cache_block_size(const kv_cache *c);
+size_t kv_cache_block_bytes(const kv_cache *c); /* bytes of one block, all layers (and aux) together */
 int kv_cache_n_blocks(const kv_cache *c);  /* blocks in the pool */
 int kv_cache_used_blocks(const kv_cache *c); /* blocks held by sequences */
 int kv_cache_free_blocks(const kv_cache *c); /* blocks a reserve may take: free or idle cached */
@@ -101,13 +108,15 @@ void kv_cache_seq_free(kv_cache *c, kv_seq *s);
 void kv_cache_seq_destroy(kv_cache *c, kv_seq *s);
 
 /* The K (or V) rows of one physical block in one layer:
- * (block_size, kv_width) elements. Borrowed from the pool. */
+ * (block_size, kv_width) elements (with layer_block_elems: the layer's block,
+ * and no V: NULL). Borrowed from the pool. */
 void *kv_cache_k(kv_cache *c, int layer, int block);
 void *kv_cache_v(kv_cache *c, int layer, int block);
 
 /* Base of layer `layer`'s K (or V) storage: block b starts at
- * base + b * block_size * kv_width. What the attention op reads through a
- * block table. Borrowed from the pool. */
+ * base + b * block_size * kv_width (with layer_block_elems: base + b *
+ * layer_block_elems[layer], and no V: NULL). What the attention op reads
+ * through a block table. Borrowed from the pool. */
 void *kv_cache_k_layer(kv_cache *c, int layer);
 void *kv_cache_v_layer(kv_cache *c, int layer);
 

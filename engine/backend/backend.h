@@ -44,16 +44,38 @@ typedef struct {
     const int32_t *h_seq_start, *h_seq_pos0; /* host copies */
 } batch_desc;
 
-/* One DeepSeek-V4 layer's decode state of one sequence (DEEPSEEK_V4.md
- * section 3), backend memory, owned by forward_dsv4.c. A position's rows are
- * found by position, so the state needs no counters: after positions
- * 0..P-1 the layer has floor(P / m) compressed entries. */
+/* One DeepSeek-V4 layer's per-position decode state (DEEPSEEK_V4.md section
+ * 3) in the paged KV cache: block b of the layer starts at base + b *
+ * block_floats and holds, for its bs = batch_desc.block_size positions,
+ *   (bs, D)     the normed, rotated kv rows, position p at row p % bs
+ *   (slots, D)  with m > 0, the compressed entries of the windows that start
+ *               in the block: entry w (positions [w m, (w+1) m)) in the block
+ *               of position w m, slot (w m % bs) / m
+ *   (slots, dI) on CSA layers, the index keys of those windows
+ * slots = ceil(bs / m) (the first positions of windows in one block are m
+ * apart, so that slot is unique): any rate, a divisor of bs or not, and a
+ * rate above bs gives one slot that blocks without a window start leave
+ * unused. Every row is written before it is read, so blocks need no reset. */
 typedef struct {
-    float *win;            /* (W, D) normed, rotated kv of the last W positions: position p at row p % W */
-    float *c_kv, *c_gate;  /* (2m, cw) compressor projections (before ape) of the last 2m positions, row p % 2m */
-    float *c_out;          /* (cap, D) compressed entries, entry w at row w (normed, rotated at w m) */
-    float *i_kv, *i_gate;  /* (2m, 2 dI) the indexer compressor's, likewise (CSA) */
-    float *i_out;          /* (cap, dI) index keys (CSA) */
+    float *base;         /* backend memory: the layer's store in the pool */
+    size_t block_floats; /* dsv4_kv_block_floats */
+    int m, slots, D, dI; /* rate (0: sliding), entries per block, kv and index key widths */
+} dsv4_kv;
+
+/* Floats of one block of a layer of rate m (0: sliding) in the layout above. */
+static inline size_t dsv4_kv_block_floats(int bs, int m, bool csa, int D, int dI) {
+    size_t slots = m ? (size_t)((bs + m - 1) / m) : 0;
+    return (size_t)bs * D + slots * D + (csa ? slots * dI : 0);
+}
+
+/* What one layer's state keeps of one sequence apart from the blocks, small
+ * and independent of its length (backend memory, owned by forward_dsv4.c):
+ * the compressors' open windows and the CSA overlap, i.e. the projections of
+ * the last 2m positions, position p at row p % 2m. Derived from those
+ * positions alone, so a sequence recomputed from position 0 rewrites it. */
+typedef struct {
+    float *c_kv, *c_gate;  /* (2m, cw) compressor projections (before ape), cw = 2D (CSA) or D (HCA) */
+    float *i_kv, *i_gate;  /* (2m, 2 dI) the indexer compressor's (CSA) */
 } dsv4_state;
 
 #define BACKEND_FETCH_CHANNELS 8 /* Engram layers with host tables, at most */
@@ -127,7 +149,8 @@ typedef struct backend_ops {
 
     /* ---- DeepSeek-V4 (optional; DEEPSEEK_V4.md section 2; a model of this
      * family runs only where all are set). st is a host array of the step's
-     * sequences' states of one layer, in batch order. ---- */
+     * sequences' states of one layer, in batch order; kv (host struct) is the
+     * layer's store in the KV cache, read and written through b's block tables. ---- */
     /* out (T, d) = x / sqrt(mean(x^2) + eps), no weight; out may alias x */
     void (*rmsnorm_plain)(backend *be, float *out, const float *x, int T, int d, float eps);
     /* A hyper-connection from mix (T, (2+N)N) = fn . rmsnorm_plain(X): post (T, N), comb (T, N, N)
@@ -146,22 +169,23 @@ typedef struct backend_ops {
                       const float *inv_freq, int inverse);
     /* A compressor of rate m over the step's projections kv, gate (T, cw): every window that closes in the
      * step becomes an entry (softmax over slots per channel with ape (m, cw), overlapping A/B halves when
-     * overlap (cw = 2 D), else cw = D; rmsnorm with norm (D); rope_tail at w m), written to the main
-     * (which 0: c_*) or indexer (which 1: i_*) state; then the last 2m projections go to the ring. */
+     * overlap (cw = 2 D), else cw = D; rmsnorm with norm (D); rope_tail at w m), written to the block
+     * of position w m: the entry (which 0: main compressor, st's c_*) or the index key (which 1: the
+     * indexer's, i_*); then the last 2m projections go to st's ring. */
     void (*dsv4_compress)(backend *be, const float *kv, const float *gate, const batch_desc *b, dsv4_state *const *st,
-                          int which, int m, int D, int overlap, const float *ape, const float *norm, float eps, int r,
-                          const float *inv_freq);
+                          const dsv4_kv *cache, int which, int m, int D, int overlap, const float *ape,
+                          const float *norm, float eps, int r, const float *inv_freq);
     /* The Lightning indexer: sel (T, K) = the top min(K, causal) entries w < floor((p+1)/m) by score
      * sum_h wts[h] nI^-0.5 relu(q_h . key_w) dI^-0.5 (score descending, index ascending), -1 after;
      * q (T, nI, dI) rotated, wts (T, nI). */
     void (*dsv4_index)(backend *be, int32_t *sel, const float *q, const float *wts, const batch_desc *b,
-                       dsv4_state *const *st, int m, int K, int nI, int dI);
-    /* Attention of q (T, nh, D) over the window (the last W positions, the step's own kv (T, D) and the
-     * ring) and, with m > 0, compressed entries: those sel (T, K) names (CSA), or all w < floor((p+1)/m)
-     * (sel NULL: HCA); a sink logit per head; scale D^-0.5. out (T, nh, D). Then the ring takes the last
-     * W kv rows. */
+                       const dsv4_kv *cache, int m, int K, int nI, int dI);
+    /* First the step's kv rows (T, D) go to their positions' blocks; then the attention of q (T, nh, D)
+     * over the window (the last W positions) and, with m > 0, compressed entries: those sel (T, K) names
+     * (CSA), or all w < floor((p+1)/m) (sel NULL: HCA); a sink logit per head; scale D^-0.5.
+     * out (T, nh, D). */
     void (*dsv4_attention)(backend *be, float *out, const float *q, const float *kv, const batch_desc *b,
-                           dsv4_state *const *st, int m, const int32_t *sel, int K, const float *sinks, int nh,
+                           const dsv4_kv *cache, int m, const int32_t *sel, int K, const float *sinks, int nh,
                            int D, int W);
     /* gate (n) = silu(min(gate, limit)) * clamp(up, -limit, limit) */
     void (*swiglu_limit)(backend *be, float *gate, const float *up, size_t n, float limit);
@@ -475,19 +499,19 @@ static inline void backend_rope_tail(backend *be, float *x, const int32_t *pos, 
     be->ops->rope_tail(be, x, pos, T, n_heads, hd, r, inv_freq, inverse);
 }
 static inline void backend_dsv4_compress(backend *be, const float *kv, const float *gate, const batch_desc *b,
-                                         dsv4_state *const *st, int which, int m, int D, int overlap,
-                                         const float *ape, const float *norm, float eps, int r,
+                                         dsv4_state *const *st, const dsv4_kv *cache, int which, int m, int D,
+                                         int overlap, const float *ape, const float *norm, float eps, int r,
                                          const float *inv_freq) {
-    be->ops->dsv4_compress(be, kv, gate, b, st, which, m, D, overlap, ape, norm, eps, r, inv_freq);
+    be->ops->dsv4_compress(be, kv, gate, b, st, cache, which, m, D, overlap, ape, norm, eps, r, inv_freq);
 }
 static inline void backend_dsv4_index(backend *be, int32_t *sel, const float *q, const float *wts,
-                                      const batch_desc *b, dsv4_state *const *st, int m, int K, int nI, int dI) {
-    be->ops->dsv4_index(be, sel, q, wts, b, st, m, K, nI, dI);
+                                      const batch_desc *b, const dsv4_kv *cache, int m, int K, int nI, int dI) {
+    be->ops->dsv4_index(be, sel, q, wts, b, cache, m, K, nI, dI);
 }
 static inline void backend_dsv4_attention(backend *be, float *out, const float *q, const float *kv,
-                                          const batch_desc *b, dsv4_state *const *st, int m, const int32_t *sel,
+                                          const batch_desc *b, const dsv4_kv *cache, int m, const int32_t *sel,
                                           int K, const float *sinks, int nh, int D, int W) {
-    be->ops->dsv4_attention(be, out, q, kv, b, st, m, sel, K, sinks, nh, D, W);
+    be->ops->dsv4_attention(be, out, q, kv, b, cache, m, sel, K, sinks, nh, D, W);
 }
 static inline void backend_swiglu_limit(backend *be, float *gate, const float *up, size_t n, float limit) {
     be->ops->swiglu_limit(be, gate, up, n, limit);

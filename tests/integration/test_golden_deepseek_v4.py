@@ -227,3 +227,38 @@ def test_server_batch_invariance(tmp_path):
         assert metric(requests.get(s.url + "/metrics").text, "engram_num_preemptions_total") > 0
     finally:
         s.stop()
+
+
+@pytest.mark.parametrize("block,tokens", [(16, 64), (6, 60)])
+def test_server_kv_budget_holds_the_decode_state(block, tokens, tmp_path):
+    """DeepSeek-V4's window rows, compressed entries and index keys live in the KV
+    blocks, so the KV budget is what limits its sequences: with room for one longest
+    sequence (54 positions) only, 16 concurrent requests are preempted and recomputed
+    again and again, on blocks other sequences wrote before, and still give the tokens
+    and logprobs each gives alone. Block size 6 divides neither rate (CSA 4, HCA 8)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from serverutil import metric
+    d = copy_fixture(tmp_path)
+    write_tokenizer(d)
+    prompt = golden()["prompt_ids"]
+    prompts = [prompt[: 5 + (7 * i) % 40] for i in range(16)]
+    assert max(map(len, prompts)) + 12 == 54
+    s = Server("--max-num-seqs", "16", "--prefill-chunk", "5", "--max-num-batched-tokens", "24",
+               "--kv-cache-tokens", str(tokens), "--kv-block-size", str(block), "--max-queued-requests", "64",
+               model=d)
+
+    def complete(p):
+        r = requests.post(s.url + "/v1/completions", timeout=120,
+                          json={"prompt": p, "max_tokens": 12, "temperature": 0, "logprobs": 0,
+                                "ignore_eos": True})
+        assert r.status_code == 200, r.text
+        lp = r.json()["choices"][0]["logprobs"]
+        return lp["tokens"], lp["token_logprobs"]
+    try:
+        alone = [complete(p) for p in prompts]
+        with ThreadPoolExecutor(16) as ex:
+            together = list(ex.map(complete, prompts))
+        assert together == alone
+        assert metric(requests.get(s.url + "/metrics").text, "engram_num_preemptions_total") > 0
+    finally:
+        s.stop()

@@ -119,17 +119,35 @@ static const float *row_at(const float *step, const float *ring, int cap, int cw
     return p >= pos0 ? step + (size_t)(start + p - pos0) * cw : ring + (size_t)(p % cap) * cw;
 }
 
+/* The block of sequence s holding position p, through the step's block tables (backend.h, dsv4_kv). */
+static float *block_of(const dsv4_kv *L, const batch_desc *b, int s, int p) {
+    int blk = b->block_tables[(size_t)s * b->max_blocks + p / b->block_size];
+    return L->base + (size_t)blk * L->block_floats;
+}
+
+/* The kv row (D) of position p of sequence s. */
+static float *kv_row(const dsv4_kv *L, const batch_desc *b, int s, int p) {
+    return block_of(L, b, s, p) + (size_t)(p % b->block_size) * L->D;
+}
+
+/* Compressed entry w (D) of sequence s, or its index key (dI) when key: in the block of position w m. */
+static float *entry_at(const dsv4_kv *L, const batch_desc *b, int s, int w, int key) {
+    int p = w * L->m, slot = p % b->block_size / L->m;
+    float *e = block_of(L, b, s, p) + (size_t)b->block_size * L->D;
+    return key ? e + (size_t)L->slots * L->D + (size_t)slot * L->dI : e + (size_t)slot * L->D;
+}
+
 void cpu__dsv4_compress(backend *be, const float *kv, const float *gate, const batch_desc *b, dsv4_state *const *st,
-                        int which, int m, int D, int overlap, const float *ape, const float *norm, float eps, int r,
-                        const float *inv_freq) {
+                        const dsv4_kv *cache, int which, int m, int D, int overlap, const float *ape,
+                        const float *norm, float eps, int r, const float *inv_freq) {
+    (void)be;
     int cw = overlap ? 2 * D : D, cap = 2 * m;
     for (int s = 0; s < b->n_seqs; s++) {
         float *rk = which ? st[s]->i_kv : st[s]->c_kv, *rg = which ? st[s]->i_gate : st[s]->c_gate;
-        float *out = which ? st[s]->i_out : st[s]->c_out;
         int start = b->h_seq_start[s], pos0 = b->h_seq_pos0[s], P = pos0 + b->h_seq_start[s + 1] - start;
 #pragma omp parallel for schedule(static)
         for (int w = pos0 / m; w < P / m; w++) {
-            float *e = out + (size_t)w * D;
+            float *e = entry_at(cache, b, s, w, which);
             for (int c = 0; c < D; c++) {
                 float g[256], v[256], mx = -INFINITY, sum = 0.0f, acc = 0.0f; /* 2m slots; m <= 128 */
                 int n = 0;
@@ -175,7 +193,7 @@ static int scored_cmp(const void *a, const void *b) {
 }
 
 void cpu__dsv4_index(backend *be, int32_t *sel, const float *q, const float *wts, const batch_desc *b,
-                     dsv4_state *const *st, int m, int K, int nI, int dI) {
+                     const dsv4_kv *cache, int m, int K, int nI, int dI) {
     (void)be;
     float qs = 1.0f / sqrtf((float)dI), ws = 1.0f / sqrtf((float)nI);
 #pragma omp parallel for schedule(dynamic)
@@ -186,12 +204,13 @@ void cpu__dsv4_index(backend *be, int32_t *sel, const float *q, const float *wts
         if (n == 0) continue;
         scored *sc = malloc((size_t)n * sizeof(scored));
         if (!sc) abort(); /* host scratch: fatal, as in matmul */
-        const float *keys = st[s]->i_out, *qt = q + (size_t)t * nI * dI, *wt = wts + (size_t)t * nI;
+        const float *qt = q + (size_t)t * nI * dI, *wt = wts + (size_t)t * nI;
         for (int w = 0; w < n; w++) {
+            const float *key = entry_at(cache, b, s, w, 1);
             float total = 0.0f;
             for (int h = 0; h < nI; h++) {
                 float dot = 0.0f;
-                for (int c = 0; c < dI; c++) dot += qt[(size_t)h * dI + c] * keys[(size_t)w * dI + c];
+                for (int c = 0; c < dI; c++) dot += qt[(size_t)h * dI + c] * key[c];
                 total += (dot > 0.0f ? dot : 0.0f) * qs * (wt[h] * ws);
             }
             sc[w] = (scored){total, w};
@@ -203,11 +222,13 @@ void cpu__dsv4_index(backend *be, int32_t *sel, const float *q, const float *wts
 }
 
 void cpu__dsv4_attention(backend *be, float *out, const float *q, const float *kv, const batch_desc *b,
-                         dsv4_state *const *st, int m, const int32_t *sel, int K, const float *sinks, int nh, int D,
+                         const dsv4_kv *cache, int m, const int32_t *sel, int K, const float *sinks, int nh, int D,
                          int W) {
     (void)be;
     float scale = 1.0f / sqrtf((float)D);
     size_t most = (size_t)W + (m ? (size_t)(sel ? K : b->max_ctx / m + 1) : 0);
+    for (int t = 0; t < b->n_tokens; t++) /* the step's rows first: its later tokens read its earlier ones */
+        memcpy(kv_row(cache, b, b->tok_seq[t], b->pos[t]), kv + (size_t)t * D, (size_t)D * sizeof(float));
 #pragma omp parallel
     {
         float *l = malloc(most * sizeof(float));
@@ -215,14 +236,13 @@ void cpu__dsv4_attention(backend *be, float *out, const float *q, const float *k
         if (!l || !rows) abort(); /* host scratch: fatal, as in matmul */
 #pragma omp for schedule(dynamic)
         for (int t = 0; t < b->n_tokens; t++) {
-            int s = b->tok_seq[t], p = b->pos[t], pos0 = b->h_seq_pos0[s], start = b->h_seq_start[s], n = 0;
-            for (int j = p - W + 1 > 0 ? p - W + 1 : 0; j <= p; j++)
-                rows[n++] = row_at(kv, st[s]->win, W, D, start, pos0, j);
+            int s = b->tok_seq[t], p = b->pos[t], n = 0;
+            for (int j = p - W + 1 > 0 ? p - W + 1 : 0; j <= p; j++) rows[n++] = kv_row(cache, b, s, j);
             if (m && sel) {
                 for (int i = 0; i < K; i++)
-                    if (sel[(size_t)t * K + i] >= 0) rows[n++] = st[s]->c_out + (size_t)sel[(size_t)t * K + i] * D;
+                    if (sel[(size_t)t * K + i] >= 0) rows[n++] = entry_at(cache, b, s, sel[(size_t)t * K + i], 0);
             } else if (m) {
-                for (int w = 0; w < (p + 1) / m; w++) rows[n++] = st[s]->c_out + (size_t)w * D;
+                for (int w = 0; w < (p + 1) / m; w++) rows[n++] = entry_at(cache, b, s, w, 0);
             }
             for (int h = 0; h < nh; h++) {
                 const float *qh = q + ((size_t)t * nh + h) * D;
@@ -245,11 +265,6 @@ void cpu__dsv4_attention(backend *be, float *out, const float *q, const float *k
         }
         free(l);
         free(rows);
-    }
-    for (int s = 0; s < b->n_seqs; s++) { /* the ring keeps the last W positions */
-        int start = b->h_seq_start[s], pos0 = b->h_seq_pos0[s], P = pos0 + b->h_seq_start[s + 1] - start;
-        for (int p = P - W > pos0 ? P - W : pos0; p < P; p++)
-            memcpy(st[s]->win + (size_t)(p % W) * D, kv + (size_t)(start + p - pos0) * D, (size_t)D * sizeof(float));
     }
 }
 

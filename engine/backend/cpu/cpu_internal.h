@@ -24,12 +24,12 @@ void cpu__hc_head(backend *be, float *out, const float *X, const float *mix, con
 void cpu__rope_tail(backend *be, float *x, const int32_t *pos, int T, int n_heads, int hd, int r,
                     const float *inv_freq, int inverse);
 void cpu__dsv4_compress(backend *be, const float *kv, const float *gate, const batch_desc *b, dsv4_state *const *st,
-                        int which, int m, int D, int overlap, const float *ape, const float *norm, float eps, int r,
-                        const float *inv_freq);
+                        const dsv4_kv *cache, int which, int m, int D, int overlap, const float *ape,
+                        const float *norm, float eps, int r, const float *inv_freq);
 void cpu__dsv4_index(backend *be, int32_t *sel, const float *q, const float *wts, const batch_desc *b,
-                     dsv4_state *const *st, int m, int K, int nI, int dI);
+                     const dsv4_kv *cache, int m, int K, int nI, int dI);
 void cpu__dsv4_attention(backend *be, float *out, const float *q, const float *kv, const batch_desc *b,
-                         dsv4_state *const *st, int m, const int32_t *sel, int K, const float *sinks, int nh, int D,
+                         const dsv4_kv *cache, int m, const int32_t *sel, int K, const float *sinks, int nh, int D,
                          int W);
 void cpu__swiglu_limit(backend *be, float *gate, const float *up, size_t n, float limit);
 void cpu__engram_v41_gate(backend *be, float *X, const float *kv, const float *w, int T, int N, int d, float eps,
