@@ -158,7 +158,7 @@ def test_moe_batch_invariance_chunked_and_preempted(tmp_path):
     moe = with_small_tokenizer(MODELS / "qwen3_moe", tmp_path / "moe", 512)
     # prefix caching off: the runs alone would leave the prompts cached, and the
     # concurrent run would then need too few blocks to be preempted
-    s = Server("--kv-cache-tokens", "160", "--kv-block-size", "16", "--max-num-seqs", "16", "--prefill-chunk", "5",
+    s = Server("--kv-cache-tokens", "96", "--kv-block-size", "16", "--max-num-seqs", "16", "--prefill-chunk", "5",
                "--max-num-batched-tokens", "24", "--max-queued-requests", "64", "--enable-prefix-caching", "0",
                model=moe)
     try:
@@ -166,7 +166,7 @@ def test_moe_batch_invariance_chunked_and_preempted(tmp_path):
             return [(7 * i + 13 * k + 3) % 500 + 3 for k in range(4 + (i * 5) % 19)]
 
         def run(p):
-            r = post(s.url, "/v1/completions", {"prompt": p, "max_tokens": 16, "temperature": 0,
+            r = post(s.url, "/v1/completions", {"prompt": p, "max_tokens": 24, "temperature": 0,
                                                 "ignore_eos": True, "logprobs": 1})
             assert r.status_code == 200, r.text
             lp = r.json()["choices"][0]["logprobs"]
@@ -174,11 +174,14 @@ def test_moe_batch_invariance_chunked_and_preempted(tmp_path):
 
         prompts = [ids(i) for i in range(16)]
         alone = [run(p) for p in prompts]
-        assert all(len(a[0]) == 16 for a in alone)
-        with ThreadPoolExecutor(16) as ex:
-            together = list(ex.map(run, prompts))
-        assert together == alone
-        text = wait_idle(s.url)
-        assert metric(text, "engram_num_preemptions_total") > 0
+        assert all(len(a[0]) == 24 for a in alone)
+        # preemption depends on how the requests overlap: up to three rounds until one preempts
+        for _ in range(3):
+            with ThreadPoolExecutor(16) as ex:
+                together = list(ex.map(run, prompts))
+            assert together == alone
+            if metric(wait_idle(s.url), "engram_num_preemptions_total") > 0:
+                break
+        assert metric(wait_idle(s.url), "engram_num_preemptions_total") > 0
     finally:
         s.stop()
