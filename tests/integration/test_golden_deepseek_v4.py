@@ -221,9 +221,12 @@ def test_server_batch_invariance(tmp_path):
         return lp["tokens"], lp["token_logprobs"]
     try:
         alone = [complete(p) for p in prompts]
-        with ThreadPoolExecutor(16) as ex:
-            together = list(ex.map(complete, prompts))
-        assert together == alone
+        for _ in range(3):  # preemption depends on how the requests overlap: until one round preempts
+            with ThreadPoolExecutor(16) as ex:
+                together = list(ex.map(complete, prompts))
+            assert together == alone
+            if metric(requests.get(s.url + "/metrics").text, "engram_num_preemptions_total") > 0:
+                break
         assert metric(requests.get(s.url + "/metrics").text, "engram_num_preemptions_total") > 0
     finally:
         s.stop()
@@ -256,9 +259,12 @@ def test_server_kv_budget_holds_the_decode_state(block, tokens, tmp_path):
         return lp["tokens"], lp["token_logprobs"]
     try:
         alone = [complete(p) for p in prompts]
-        with ThreadPoolExecutor(16) as ex:
-            together = list(ex.map(complete, prompts))
-        assert together == alone
+        for _ in range(3):  # preemption depends on how the requests overlap: until one round preempts
+            with ThreadPoolExecutor(16) as ex:
+                together = list(ex.map(complete, prompts))
+            assert together == alone
+            if metric(requests.get(s.url + "/metrics").text, "engram_num_preemptions_total") > 0:
+                break
         assert metric(requests.get(s.url + "/metrics").text, "engram_num_preemptions_total") > 0
     finally:
         s.stop()
