@@ -62,12 +62,27 @@ void grammar_tables_stats(grammar *g, int *n, size_t *bytes, double *seconds) {
 
 /* ---- making a table: the trie walked from tau alone ---- */
 
+#define MEMO_STATES 1024 /* distinct states one table's walk interns; past it, it walks without them */
+#define MEMO_SLOTS 2048  /* the interning hash, a power of two over MEMO_STATES */
+#define T_UNKNOWN (-2)
+#define T_DEAD (-1)
+#define T_BOTTOM (1 << 30) /* in a transition: tau's bottom frame finished on that byte */
+
 typedef struct {
     grammar_matcher *m;
     const grammar_vocab *v;
     table *t;
     uint32_t *bits; /* (words) accepted */
     u32vec unc;     /* uncertain runs */
+    /* the walk's states interned, with their transitions memoized: a string's
+     * characters lead back to a handful of states, so most trie nodes cost a
+     * lookup instead of an advance */
+    gstate *st;          /* (n_st) */
+    uint32_t *st_hash;   /* (n_st) */
+    int32_t (*next)[256]; /* (n_st) T_UNKNOWN, T_DEAD, or a state id, | T_BOTTOM */
+    int32_t *slot;       /* (MEMO_SLOTS) state id + 1, 0 free */
+    int n_st;
+    bool full;           /* MEMO_STATES reached */
 } build;
 
 static int add_run(build *b, uint32_t lo, uint32_t hi) {
@@ -79,11 +94,90 @@ static int add_run(build *b, uint32_t lo, uint32_t hi) {
     return grammar__u32_push(&b->unc, lo) || grammar__u32_push(&b->unc, hi) ? -1 : 0;
 }
 
-/* Sorts the tokens under trie node u, reached from tau with state s at depth d. */
+/* Folds the counters of one advance into t's maxima. */
+static void note_advance(table *t, const gstate *nx) {
+    if (nx->n > t->max_stacks) t->max_stacks = nx->n;
+    if (nx->work > t->max_work) t->max_work = nx->work;
+    if (nx->n_bottom > t->max_bottom) t->max_bottom = nx->n_bottom;
+    if (nx->max_rec > t->max_rec) t->max_rec = nx->max_rec;
+    if (nx->max_len > t->max_len) t->max_len = nx->max_len;
+    t->unsafe |= nx->overflow;
+}
+
+/* The id of state s among b's (interned now if new): >= 0, -1 out of memory,
+ * -2 when MEMO_STATES are taken. */
+static int intern(build *b, const gstate *s) {
+    uint32_t h = 2166136261u ^ (uint32_t)s->n;
+    for (int i = 0; i < s->n; i++) h = (h ^ s->hash[i]) * 16777619u;
+    for (uint32_t k = h & (MEMO_SLOTS - 1);; k = (k + 1) & (MEMO_SLOTS - 1)) {
+        int id = b->slot[k] - 1;
+        if (id < 0) break;
+        const gstate *o = &b->st[id];
+        bool same = b->st_hash[id] == h && o->n == s->n && o->n_data == s->n_data;
+        for (int i = 0; same && i < s->n; i++)
+            same = o->len[i] == s->len[i] && !memcmp(o->data + o->off[i], s->data + s->off[i], s->len[i] * sizeof(uint32_t));
+        if (same) return id;
+    }
+    if (b->n_st == MEMO_STATES) return -2;
+    int id = b->n_st;
+    b->st[id] = (gstate){0};
+    if (grammar__state_copy(&b->st[id], s)) return -1;
+    b->st_hash[id] = h;
+    for (int c = 0; c < 256; c++) b->next[id][c] = T_UNKNOWN;
+    uint32_t k = h & (MEMO_SLOTS - 1);
+    while (b->slot[k]) k = (k + 1) & (MEMO_SLOTS - 1);
+    b->slot[k] = id + 1;
+    b->n_st++;
+    return id;
+}
+
+/* The transition of state id on byte by (computed on first use). T_DEAD,
+ * a state id | T_BOTTOM, -1 out of memory, or -2 when the states ran out. */
+static int32_t step(build *b, int id, uint8_t by) {
+    int32_t x = b->next[id][by];
+    if (x != T_UNKNOWN) return x;
+    gstate *nx = grammar__level(b->m, 1); /* scratch: the memoized walk needs no other level */
+    if (!nx || grammar__advance(b->m->g, &b->st[id], by, nx, b->m->buf)) return -1;
+    note_advance(b->t, nx);
+    if (nx->n == 0) return b->next[id][by] = T_DEAD;
+    int to = intern(b, nx);
+    if (to < 0) return to == -2 ? (b->full = true, -2) : -1;
+    return b->next[id][by] = to | (nx->n_bottom ? T_BOTTOM : 0);
+}
+
+/* Sorts the tokens of child c (the walk reached it alive; bottom: tau's
+ * bottom frame finished on its byte). Returns 1 when c's subtree is to be
+ * walked on, else 0, or -1 out of memory. */
+static int sort_node(build *b, uint32_t c, bool bottom) {
+    const grammar_vocab *v = b->v;
+    for (uint32_t k = v->node_lo[c]; k < v->node_tok_end[c]; k++) {
+        int32_t id = v->rank_id[k];
+        b->bits[id >> 5] |= 1u << (id & 31);
+        b->t->n_acc++;
+    }
+    if (bottom) return add_run(b, v->node_tok_end[c], v->sub_end[c]) ? -1 : 0; /* longer tokens go on beneath tau */
+    return v->child_off[c + 1] > v->child_off[c];
+}
+
+/* The memoized walk: the tokens under trie node u, reached in state id.
+ * 0, -1 out of memory, -2 when the states ran out (the caller walks plainly). */
+static int memo_walk(build *b, uint32_t u, int id) {
+    const grammar_vocab *v = b->v;
+    for (uint32_t c = v->child_off[u]; c < v->child_off[u + 1]; c++) {
+        int32_t x = step(b, id, v->node_byte[c]);
+        if (x == T_DEAD) continue;
+        if (x < 0) return x;
+        int go = sort_node(b, c, x & T_BOTTOM);
+        if (go < 0) return -1;
+        if (go && (go = memo_walk(b, c, x & ~T_BOTTOM))) return go;
+    }
+    return 0;
+}
+
+/* The plain walk: the tokens under trie node u, reached with state s at depth d. */
 static int build_walk(build *b, uint32_t u, const gstate *s, int d) {
     const grammar *g = b->m->g;
     const grammar_vocab *v = b->v;
-    table *t = b->t;
     uint8_t first[32] = {0};
     grammar__first_bytes(g, s, first);
     for (uint32_t c = v->child_off[u]; c < v->child_off[u + 1]; c++) {
@@ -91,25 +185,17 @@ static int build_walk(build *b, uint32_t u, const gstate *s, int d) {
         if (!((first[by >> 3] >> (by & 7)) & 1)) continue; /* rejected without any expansion */
         gstate *nx = grammar__level(b->m, d + 1);
         if (!nx || grammar__advance(g, s, by, nx, b->m->buf)) return -1;
-        if (nx->n > t->max_stacks) t->max_stacks = nx->n;
-        if (nx->work > t->max_work) t->max_work = nx->work;
-        if (nx->n_bottom > t->max_bottom) t->max_bottom = nx->n_bottom;
-        if (nx->max_rec > t->max_rec) t->max_rec = nx->max_rec;
-        if (nx->max_len > t->max_len) t->max_len = nx->max_len;
-        t->unsafe |= nx->overflow;
+        note_advance(b->t, nx);
         if (nx->n == 0) continue;
-        for (uint32_t k = v->node_lo[c]; k < v->node_tok_end[c]; k++) {
-            int32_t id = v->rank_id[k];
-            b->bits[id >> 5] |= 1u << (id & 31);
-            t->n_acc++;
-        }
-        if (nx->n_bottom) { /* tau's bottom frame finished: longer tokens go on beneath it */
-            if (add_run(b, v->node_tok_end[c], v->sub_end[c])) return -1;
-        } else if (v->child_off[c + 1] > v->child_off[c] && build_walk(b, c, nx, d + 1)) {
-            return -1;
-        }
+        int go = sort_node(b, c, nx->n_bottom);
+        if (go < 0 || (go && build_walk(b, c, nx, d + 1))) return -1;
     }
     return 0;
+}
+
+static void memo_free(build *b) {
+    for (int i = 0; i < b->n_st; i++) grammar__state_free(&b->st[i]);
+    free(b->st), free(b->st_hash), free(b->next), free(b->slot);
 }
 
 /* The table of tau (klen entries), made now. NULL out of memory. */
@@ -123,7 +209,22 @@ static table *table_make(grammar_matcher *m, const grammar_vocab *v, const uint3
     t->klen = klen, t->hash = hash;
     /* the one-stack state {tau}: a copy of a state holding just it */
     gstate one = {.data = (uint32_t *)tau, .n_data = klen, .off = (uint32_t[]){0}, .len = (uint32_t[]){klen}, .hash = (uint32_t[]){0}, .n = 1};
-    if (grammar__state_copy(s0, &one) || build_walk(&b, 0, s0, 0)) goto fail;
+    if (grammar__state_copy(s0, &one)) goto fail;
+    b.st = malloc(MEMO_STATES * sizeof(gstate)), b.st_hash = malloc(MEMO_STATES * sizeof(uint32_t));
+    b.next = malloc(MEMO_STATES * sizeof(*b.next)), b.slot = calloc(MEMO_SLOTS, sizeof(int32_t));
+    if (!b.st || !b.st_hash || !b.next || !b.slot) goto fail;
+    int rc = intern(&b, s0);
+    if (rc >= 0) rc = memo_walk(&b, 0, rc);
+    if (rc == -2) { /* too many states to memoize: start again, walking plainly */
+        *t = (table){.klen = klen, .hash = hash};
+        memcpy(t->key, tau, klen * sizeof(uint32_t));
+        memset(b.bits, 0, words * sizeof(uint32_t));
+        b.unc.n = 0;
+        rc = build_walk(&b, 0, s0, 0);
+    }
+    memo_free(&b);
+    b.st = NULL, b.st_hash = NULL, b.next = NULL, b.slot = NULL, b.n_st = 0;
+    if (rc) goto fail;
     if ((size_t)t->n_acc < words) { /* a list is smaller than the bitset */
         if (!(t->acc_ids = malloc(((size_t)t->n_acc + 1) * sizeof(int32_t)))) goto fail;
         int k = 0;
@@ -138,6 +239,7 @@ static table *table_make(grammar_matcher *m, const grammar_vocab *v, const uint3
     t->n_unc = (int)(b.unc.n / 2);
     return t;
 fail:
+    memo_free(&b);
     free(b.bits), grammar__u32_free(&b.unc);
     if (t) free(t->acc_ids), free(t);
     return NULL;
