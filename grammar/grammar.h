@@ -132,7 +132,9 @@ bool grammar_matcher_accept_token(grammar_matcher *m, const grammar_vocab *v, in
 /* The tokens of v that may come next: bit id of mask (grammar_vocab_mask_words
  * words, written whole) is 1 when token id is allowed. EOS ids are allowed
  * exactly when the grammar can end. Returns the number of allowed tokens, or
- * -1 when out of memory. Masks of recent states are cached in m. */
+ * -1 when out of memory. Masks of recent states are cached in m; token
+ * tables in m's grammar, for the first vocabulary it is used with (masks over
+ * another one walk the trie: slower, the same result). */
 int grammar_matcher_mask(grammar_matcher *m, const grammar_vocab *v, uint32_t *mask);
 
 /* The same mask by the reference method alone: the trie walked with the full

@@ -12,7 +12,7 @@
 #include "grammar/grammar_internal.h"
 
 #define TAU 3                      /* entries of a stack's top that key a table: a string's character loop and what closes it */
-#define TABLES_MAX_BYTES (64 << 20) /* tables per grammar; past it masks walk the trie */
+#define TABLES_MAX_BYTES (16 << 20) /* tables per grammar (64 grammars are cached); past it masks walk the trie */
 
 typedef struct table {
     uint32_t key[TAU]; /* tau, bottom first */
