@@ -1,10 +1,12 @@
 /* Structured outputs: the time to compute one token mask over a real
  * vocabulary (Qwen3's 151,669 tokens by default) along a realistic JSON
  * schema's output. The output (a fixed instance, tokenized by the tokenizer)
- * is fed token by token; before each token the mask is computed twice: cold
- * (a fresh copy of the matcher, no cached masks: the trie walk itself) and as
- * the engine computes it (the matcher's per-state cache). Prints compile time,
- * vocabulary build time and mean / p50 / p99 / max per token.
+ * is fed token by token. Pass 0 computes each mask on a fresh copy of the
+ * matcher (the grammar's token tables are made as stacks are first met) and
+ * by the reference trie walk, and requires them equal; passes 1.. time masks
+ * cold (a fresh copy: no per-state cache, tables made) and as the engine
+ * computes them (the matcher's per-state cache). Prints compile time, table
+ * count, bytes and making time, and mean / p50 / p99 / max per token.
  *   bench-grammar [--tokenizer DIR] [--repeat N] */
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,22 +102,39 @@ int main(int argc, char **argv) {
     printf("vocabulary: %d tokens, trie built in %.1f ms; schema: %zu bytes, %d rules, %d elements, compiled in %.2f ms\n",
            n, 1e3 * t_vocab, sizeof(schema) - 1, grammar_n_rules(g), grammar_n_elems(g), 1e3 * t_compile);
     printf("output: %zu bytes, %zu tokens, %d passes\n", sizeof(instance) - 1, n_ids, repeat);
-    uint32_t *mask = malloc(grammar_vocab_mask_words(v) * sizeof(uint32_t));
-    int cap = (int)(n_ids + 1) * repeat, nc = 0, nw = 0;
-    double *cold = malloc((size_t)cap * sizeof(double)), *warm = malloc((size_t)cap * sizeof(double));
+    size_t words = grammar_vocab_mask_words(v);
+    uint32_t *mask = malloc(words * sizeof(uint32_t)), *ref = malloc(words * sizeof(uint32_t));
+    int cap = (int)(n_ids + 1) * (repeat + 1), nf = 0, nc = 0, nw = 0, nr = 0;
+    double *first = malloc((size_t)cap * sizeof(double)), *cold = malloc((size_t)cap * sizeof(double));
+    double *warm = malloc((size_t)cap * sizeof(double)), *refs = malloc((size_t)cap * sizeof(double));
     long long allowed = 0;
-    for (int r = 0; r < repeat; r++) {
+    /* pass 0 makes the grammar's token tables as stacks are met (and checks
+     * each mask against the reference walk); passes 1.. find them made */
+    for (int r = 0; r <= repeat; r++) {
         grammar_matcher *m = grammar_matcher_create(g);
         for (size_t k = 0; k <= n_ids; k++) {
             grammar_matcher *c = grammar_matcher_clone(m);
             t0 = util_now();
             int a = grammar_matcher_mask(c, v, mask);
-            cold[nc++] = util_now() - t0;
+            double dt = util_now() - t0;
+            if (r) cold[nc++] = dt;
+            else first[nf++] = dt;
+            if (r == 0) {
+                t0 = util_now();
+                int b = grammar_matcher_mask_reference(c, v, ref);
+                refs[nr++] = util_now() - t0;
+                if (a != b || memcmp(mask, ref, words * sizeof(uint32_t))) {
+                    fprintf(stderr, "bench-grammar: token %zu: the mask (%d allowed) differs from the reference (%d)\n", k, a, b);
+                    return 1;
+                }
+            }
             grammar_matcher_destroy(c);
-            t0 = util_now();
-            grammar_matcher_mask(m, v, mask);
-            warm[nw++] = util_now() - t0;
-            allowed += a;
+            if (r) {
+                t0 = util_now();
+                grammar_matcher_mask(m, v, mask);
+                warm[nw++] = util_now() - t0;
+                allowed += a;
+            }
             int32_t id = k < n_ids ? ids[k] : eos;
             if (!((mask[id >> 5] >> (id & 31)) & 1)) {
                 fprintf(stderr, "bench-grammar: token %zu (%d) of the instance is not allowed\n", k, id);
@@ -124,11 +143,21 @@ int main(int argc, char **argv) {
             if (k < n_ids && !grammar_matcher_accept_token(m, v, id)) return 1;
         }
         grammar_matcher_destroy(m);
+        if (r == 0) {
+            int n_tab;
+            size_t bytes_tab;
+            double s_tab;
+            grammar_tables_stats(g, &n_tab, &bytes_tab, &s_tab);
+            printf("token tables: %d made on first use in %.1f ms, %.2f MiB\n", n_tab, 1e3 * s_tab, bytes_tab / 1048576.0);
+        }
     }
-    printf("allowed tokens per mask: mean %.0f of %d\n", (double)allowed / nc, n);
-    report("mask, cold (trie walk)", cold, nc);
+    printf("allowed tokens per mask: mean %.0f of %d; every mask of pass 0 equals the reference walk's\n",
+           (double)allowed / nc, n);
+    report("mask, reference (trie walk)", refs, nr);
+    report("mask, pass 0 (tables made)", first, nf);
+    report("mask, tables made, no state cache", cold, nc);
     report("mask, as the engine (state cache)", warm, nw);
-    free(cold), free(warm), free(mask), free(ids);
+    free(first), free(cold), free(warm), free(refs), free(mask), free(ref), free(ids);
     for (int i = 0; i < n; i++) free(bytes[i]);
     free(bytes), free(lens), free(special);
     grammar_release(g);

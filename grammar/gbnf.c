@@ -57,6 +57,8 @@ grammar *grammar_retain(grammar *g) {
 
 void grammar_release(grammar *g) {
     if (!g || atomic_fetch_sub(&g->refs, 1) != 1) return;
+    grammar__tables_free(g);
+    pthread_mutex_destroy(&g->lock);
     free(g->elems);
     free(g->alt_start);
     free(g->alt_off);
@@ -723,6 +725,7 @@ static int gb_finish(gb *b, grammar **out) {
     grammar *g = calloc(1, sizeof(*g));
     if (!g) return gb_nomem(b);
     atomic_init(&g->refs, 1);
+    pthread_mutex_init(&g->lock, NULL);
     size_t n = 2, n_alts = 0;
     for (int i = 0; i < b->n_rules; i++) {
         n += b->rules[i].body.n;

@@ -1,7 +1,8 @@
 /* Structured outputs by constrained decoding: a context-free grammar over
  * bytes (compiled once, immutable, refcounted, shared across threads), an
  * incremental matcher per sequence (a bounded set of pushdown stacks, cheap to
- * copy), and the mask of a vocabulary's tokens that may come next (a prefix
+ * copy), and the mask of a vocabulary's tokens that may come next (per stack
+ * suffix, token tables of accepted and context-dependent tokens; a prefix
  * trie of the token bytes walked together with the matcher). Front ends
  * compile GBNF text, JSON Schema, "any JSON object", regular expressions and
  * choice lists to it. Every compiler bounds its time and memory and answers
@@ -131,7 +132,18 @@ bool grammar_matcher_accept_token(grammar_matcher *m, const grammar_vocab *v, in
 /* The tokens of v that may come next: bit id of mask (grammar_vocab_mask_words
  * words, written whole) is 1 when token id is allowed. EOS ids are allowed
  * exactly when the grammar can end. Returns the number of allowed tokens, or
- * -1 when out of memory. Masks of recent states are cached in m. */
+ * -1 when out of memory. Masks of recent states are cached in m; token
+ * tables in m's grammar, for the first vocabulary it is used with (masks over
+ * another one walk the trie: slower, the same result). */
 int grammar_matcher_mask(grammar_matcher *m, const grammar_vocab *v, uint32_t *mask);
+
+/* The same mask by the reference method alone: the trie walked with the full
+ * state, no tables, no cache (for tests and benchmarks: slow). */
+int grammar_matcher_mask_reference(grammar_matcher *m, const grammar_vocab *v, uint32_t *mask);
+
+/* The token tables masks use (one per stack suffix met, made on first use,
+ * kept for g's life, bounded in bytes): how many, their bytes, and the
+ * seconds spent making them. Thread-safe. */
+void grammar_tables_stats(grammar *g, int *n, size_t *bytes, double *seconds);
 
 #endif

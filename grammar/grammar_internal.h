@@ -5,6 +5,7 @@
 #ifndef GRAMMAR_GRAMMAR_INTERNAL_H
 #define GRAMMAR_GRAMMAR_INTERNAL_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -30,6 +31,10 @@ struct grammar {
     int n_rules;
     uint8_t (*classes)[32]; /* (n_classes, 256 bits) byte classes; class b < 256 is the single byte b */
     int n_classes;
+    /* token tables per stack suffix over one vocabulary (mask.c), filled on
+     * first use and kept for the grammar's life; the lock guards them */
+    pthread_mutex_t lock;
+    struct mask_tables *tables;
 };
 
 /* Whether byte b is in class c of g. */
@@ -53,6 +58,9 @@ void grammar__scrub(char *msg);
 int grammar__u32_push(u32vec *a, uint32_t x); /* 0, or -1 out of memory */
 void grammar__u32_free(u32vec *a);
 
+#define GRAMMAR_MAX_WORK (1L << 16) /* expansion steps per advance (matcher.c) */
+#define GRAMMAR_MAX_REC 4096         /* recursion of one expansion */
+
 /* ---- matcher states (matcher.c) ----
  * A state is a set of stacks of element positions, each with its top (last
  * entry) at a BYTES element; an empty stack means the grammar may end. The
@@ -64,6 +72,12 @@ typedef struct {
     int n, cap;
     long work;       /* expansion steps of the current advance */
     bool overflow;   /* a stack was dropped at a limit */
+    /* what the current advance reached, for mask.c's proof that a limit
+     * cannot be hit: deepest expansion recursion, longest stack formed, and
+     * how many times an expansion popped the last entry (the stack's bottom) */
+    int max_rec;
+    uint32_t max_len;
+    int n_bottom;
 } gstate;
 
 void grammar__state_free(gstate *s);
@@ -74,6 +88,47 @@ int grammar__advance(const grammar *g, const gstate *in, uint8_t c, gstate *out,
 void grammar__first_bytes(const grammar *g, const gstate *s, uint8_t bits[32]);
 /* Whether one stack of s is empty (the grammar may end). */
 bool grammar__state_can_end(const gstate *s);
+/* out = the stacks that the stack st (len entries) expands to, as after a pop
+ * (clears out first; fills its counters). buf as above. 0, or -1 out of memory. */
+int grammar__expand(const grammar *g, const uint32_t *st, uint32_t len, gstate *out, uint32_t *buf);
+/* dst = a copy of src's stacks. 0, or -1 out of memory. */
+int grammar__state_copy(gstate *dst, const gstate *src);
+
+/* The vocabulary (vocab.c): token bytes and their prefix trie. Tokens are
+ * also numbered by rank, their order by bytes: a trie subtree's tokens are a
+ * run of ranks, and tokens that share a prefix are neighbours. */
+struct grammar_vocab {
+    int n;                 /* token ids */
+    char *bytes;           /* all tokens' bytes, back to back */
+    size_t *tok_off;       /* (n + 1) token id's bytes are bytes[tok_off[id] .. tok_off[id+1]) */
+    uint8_t *usable;       /* (n) 1: a plain token (in the trie), 0: never allowed or EOS */
+    int32_t *eos;          /* (n_eos) */
+    int n_eos;
+    uint64_t serial;       /* unique per vocabulary made in this process (a key of mask.c's tables) */
+    int n_ranked;          /* usable tokens */
+    int32_t *rank_id;      /* (n_ranked) the usable token ids sorted by bytes */
+    /* the trie, nodes in breadth-first order, node 0 the root */
+    int n_nodes;
+    uint8_t *node_byte;    /* (n_nodes) the byte of the edge into the node */
+    uint32_t *child_off;   /* (n_nodes + 1) children of v: child_off[v] .. child_off[v+1] */
+    uint32_t *node_lo;     /* (n_nodes) the tokens ending at v are ranks node_lo[v] .. node_tok_end[v], */
+    uint32_t *node_tok_end; /* (n_nodes) */
+    uint32_t *sub_end;     /* (n_nodes) and those of its subtree node_lo[v] .. sub_end[v] */
+    int max_len;           /* longest token, bytes */
+};
+
+/* ---- masks from per-suffix token tables (mask.c) ---- */
+
+/* The mask of m's current state over v (grammar_vocab_mask_words words,
+ * written whole, EOS left out) from the grammar's token tables. Returns 1 when
+ * done, 0 when the tables cannot prove the answer equals the trie walk's (a
+ * limit might be hit, or the memory for tables is spent: the caller walks),
+ * -1 out of memory. */
+int grammar__mask_fast(grammar_matcher *m, const grammar_vocab *v, uint32_t *mask);
+/* m's scratch state for trie depth d (made on first use; vocab.c). NULL out of memory. */
+gstate *grammar__level(grammar_matcher *m, int d);
+/* Frees g's tables (grammar_release). */
+void grammar__tables_free(grammar *g);
 
 struct grammar_matcher {
     grammar *g;          /* one reference */

@@ -10,8 +10,6 @@
 
 #include "grammar/grammar_internal.h"
 
-#define MAX_WORK (1L << 16) /* expansion steps per advance */
-#define MAX_REC 4096        /* recursion of one expansion */
 
 void grammar__state_free(gstate *s) {
     free(s->data);
@@ -26,6 +24,9 @@ static void state_clear(gstate *s) {
     s->n_data = 0;
     s->work = 0;
     s->overflow = false;
+    s->max_rec = 0;
+    s->max_len = 0;
+    s->n_bottom = 0;
 }
 
 static uint32_t stack_hash(const uint32_t *st, uint32_t len) {
@@ -75,11 +76,16 @@ static int state_add(gstate *s, const uint32_t *st, uint32_t len) {
  * top is expanded (recursively, every alternative; an empty alternative pops
  * to what follows). Leaves buf[0..len) as it found it. */
 static int expand(const grammar *g, gstate *out, uint32_t *buf, uint32_t len, int rec) {
-    if (++out->work > MAX_WORK || rec > MAX_REC) {
+    if (++out->work > GRAMMAR_MAX_WORK || rec > GRAMMAR_MAX_REC) {
         out->overflow = true;
         return 0;
     }
-    if (len == 0) return state_add(out, buf, 0);
+    if (rec > out->max_rec) out->max_rec = rec;
+    if (len > out->max_len) out->max_len = len;
+    if (len == 0) {
+        out->n_bottom++;
+        return state_add(out, buf, 0);
+    }
     uint32_t p = buf[len - 1], e = g->elems[p];
     if (GE_TYPE(e) == GE_BYTES) return state_add(out, buf, len);
     uint32_t r = GE_VAL(e);
@@ -150,7 +156,13 @@ fail:
     return NULL;
 }
 
-static int state_copy(gstate *dst, const gstate *src) {
+int grammar__expand(const grammar *g, const uint32_t *st, uint32_t len, gstate *out, uint32_t *buf) {
+    state_clear(out);
+    if (len) memcpy(buf, st, len * sizeof(uint32_t));
+    return expand(g, out, buf, len, 0);
+}
+
+int grammar__state_copy(gstate *dst, const gstate *src) {
     state_clear(dst);
     for (int i = 0; i < src->n; i++)
         if (state_add(dst, src->len[i] ? src->data + src->off[i] : NULL, src->len[i])) return -1; /* data NULL: all empty */
@@ -164,7 +176,7 @@ grammar_matcher *grammar_matcher_clone(const grammar_matcher *m) {
     c->g = grammar_retain(m->g);
     c->buf = malloc((GRAMMAR_MAX_DEPTH + 2) * sizeof(uint32_t));
     c->overflowed = m->overflowed;
-    if (!c->buf || state_copy(&c->cur, &m->cur)) {
+    if (!c->buf || grammar__state_copy(&c->cur, &m->cur)) {
         grammar_matcher_destroy(c);
         return NULL;
     }

@@ -4,27 +4,14 @@
  * as no stack accepts its byte (so a mask costs the allowed prefixes, not the
  * vocabulary). Masks of recent states are cached in the matcher: inside a
  * JSON string or number the state repeats token after token. */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "base/err.h"
 #include "grammar/grammar_internal.h"
 
-struct grammar_vocab {
-    int n;                 /* token ids */
-    char *bytes;           /* all tokens' bytes, back to back */
-    size_t *tok_off;       /* (n + 1) token id's bytes are bytes[tok_off[id] .. tok_off[id+1]) */
-    uint8_t *usable;       /* (n) 1: a plain token (in the trie), 0: never allowed or EOS */
-    int32_t *eos;          /* (n_eos) */
-    int n_eos;
-    /* the trie, nodes in breadth-first order, node 0 the root */
-    int n_nodes;
-    uint8_t *node_byte;    /* (n_nodes) the byte of the edge into the node */
-    uint32_t *child_off;   /* (n_nodes + 1) children of v: child_off[v] .. child_off[v+1] */
-    uint32_t *node_tok_off; /* (n_nodes + 1) tokens ending at v: node_tok[node_tok_off[v] ..] */
-    int32_t *node_tok;
-    int max_len;           /* longest token, bytes */
-};
+static atomic_ullong next_serial = 1; /* grammar_vocab serials */
 
 static _Thread_local const char *tl_bytes; /* cmp_tok's vocabulary */
 static _Thread_local const size_t *tl_off;
@@ -48,9 +35,12 @@ static int build_trie(grammar_vocab *v, int32_t *ids, int m) {
     uint8_t *byte = malloc(cap);
     int32_t *end_node = malloc(((size_t)m + 1) * sizeof(int32_t));
     uint32_t *path = malloc(((size_t)v->max_len + 1) * sizeof(uint32_t));
-    if (!parent || !depth || !byte || !end_node || !path) goto nomem;
+    /* rank ranges per node (creation numbering): subtree [lo, sub_end), own tokens [lo, tok_end) */
+    uint32_t *lo = malloc(cap * sizeof(uint32_t)), *tok_end = malloc(cap * sizeof(uint32_t)), *sub_end = malloc(cap * sizeof(uint32_t));
+    if (!parent || !depth || !byte || !end_node || !path || !lo || !tok_end || !sub_end) goto nomem;
     size_t nn = 1;
     parent[0] = 0, depth[0] = 0, byte[0] = 0, path[0] = 0;
+    lo[0] = 0, tok_end[0] = 0, sub_end[0] = (uint32_t)m;
     const char *prev = NULL;
     size_t prev_len = 0;
     for (int i = 0; i < m; i++) {
@@ -59,8 +49,11 @@ static int build_trie(grammar_vocab *v, int32_t *ids, int m) {
         while (prev && common < len && common < prev_len && s[common] == prev[common]) common++;
         for (size_t d = common; d < len; d++) {
             parent[nn] = path[d], depth[nn] = (uint32_t)d + 1, byte[nn] = (uint8_t)s[d];
+            lo[nn] = tok_end[nn] = (uint32_t)i; /* tokens come in byte order: the first one through a node opens it */
             path[d + 1] = (uint32_t)nn++;
         }
+        for (size_t d = 1; d <= len; d++) sub_end[path[d]] = (uint32_t)i + 1;
+        tok_end[path[len]] = (uint32_t)i + 1; /* a node's own tokens sort before its subtree's longer ones */
         end_node[i] = (int32_t)path[len];
         prev = s, prev_len = len;
     }
@@ -88,29 +81,27 @@ static int build_trie(grammar_vocab *v, int32_t *ids, int m) {
     }
     v->node_byte = malloc(nn);
     v->child_off = malloc((nn + 1) * sizeof(uint32_t));
-    v->node_tok_off = calloc(nn + 1, sizeof(uint32_t));
-    v->node_tok = malloc(((size_t)m + 1) * sizeof(int32_t));
-    bool ok = v->node_byte && v->child_off && v->node_tok_off && v->node_tok;
+    v->node_lo = malloc(nn * sizeof(uint32_t));
+    v->node_tok_end = malloc(nn * sizeof(uint32_t));
+    v->sub_end = malloc(nn * sizeof(uint32_t));
+    bool ok = v->node_byte && v->child_off && v->node_lo && v->node_tok_end && v->sub_end;
     while (ok && head < tail) {
         uint32_t u = order[head];
         v->child_off[head] = (uint32_t)tail;
         v->node_byte[head] = byte[u];
+        v->node_lo[head] = lo[u], v->node_tok_end[head] = tok_end[u], v->sub_end[head] = sub_end[u];
         for (uint32_t c = first_child[u]; c != UINT32_MAX; c = next_sib[c]) newid[c] = (uint32_t)tail, order[tail++] = c;
         head++;
     }
     if (ok) {
         v->child_off[nn] = (uint32_t)tail;
-        for (int i = 0; i < m; i++) v->node_tok_off[newid[end_node[i]] + 1]++;
-        for (size_t k = 0; k < nn; k++) v->node_tok_off[k + 1] += v->node_tok_off[k];
-        for (size_t k = 0; k < nn; k++) last[k] = v->node_tok_off[k];
-        for (int i = 0; i < m; i++) v->node_tok[last[newid[end_node[i]]]++] = ids[i];
         v->n_nodes = (int)nn;
     }
     free(order), free(newid), free(first_child), free(next_sib), free(last);
-    free(parent), free(depth), free(byte), free(end_node), free(path);
+    free(parent), free(depth), free(byte), free(end_node), free(path), free(lo), free(tok_end), free(sub_end);
     return ok ? 0 : -1;
 nomem:
-    free(parent), free(depth), free(byte), free(end_node), free(path);
+    free(parent), free(depth), free(byte), free(end_node), free(path), free(lo), free(tok_end), free(sub_end);
     return -1;
 }
 
@@ -152,7 +143,9 @@ int grammar_vocab_create(int n, const char *const *bytes, const size_t *lens, co
     tl_bytes = v->bytes, tl_off = v->tok_off;
     qsort(ids, (size_t)m, sizeof(int32_t), cmp_tok);
     int rc = build_trie(v, ids, m);
-    free(ids);
+    v->rank_id = ids; /* sorted by bytes: rank -> id */
+    v->n_ranked = m;
+    v->serial = atomic_fetch_add(&next_serial, 1);
     if (rc) goto nomem;
     *out = v;
     return GRAMMAR_OK;
@@ -164,7 +157,7 @@ nomem:
 void grammar_vocab_destroy(grammar_vocab *v) {
     if (!v) return;
     free(v->bytes), free(v->tok_off), free(v->usable), free(v->eos);
-    free(v->node_byte), free(v->child_off), free(v->node_tok_off), free(v->node_tok);
+    free(v->rank_id), free(v->node_byte), free(v->child_off), free(v->node_lo), free(v->node_tok_end), free(v->sub_end);
     free(v);
 }
 
@@ -187,7 +180,7 @@ bool grammar_matcher_accept_token(grammar_matcher *m, const grammar_vocab *v, in
 /* ---- the mask ---- */
 
 /* The matcher's scratch state for trie depth d (made on first use). */
-static gstate *level(grammar_matcher *m, int d) {
+gstate *grammar__level(grammar_matcher *m, int d) {
     if (d >= m->n_levels) {
         int n = d + 16;
         gstate *l = realloc(m->levels, (size_t)n * sizeof(gstate));
@@ -206,11 +199,11 @@ static int walk(grammar_matcher *m, const grammar_vocab *v, uint32_t u, const gs
     for (uint32_t c = v->child_off[u]; c < v->child_off[u + 1]; c++) {
         uint8_t b = v->node_byte[c];
         if (!((first[b >> 3] >> (b & 7)) & 1)) continue;
-        gstate *nx = level(m, d + 1);
+        gstate *nx = grammar__level(m, d + 1);
         if (!nx || grammar__advance(m->g, s, b, nx, m->buf)) return -1;
         if (nx->n == 0) continue;
-        for (uint32_t k = v->node_tok_off[c]; k < v->node_tok_off[c + 1]; k++) {
-            int32_t id = v->node_tok[k];
+        for (uint32_t k = v->node_lo[c]; k < v->node_tok_end[c]; k++) {
+            int32_t id = v->rank_id[k];
             mask[id >> 5] |= 1u << (id & 31);
         }
         if (v->child_off[c + 1] > v->child_off[c] && walk(m, v, c, nx, d + 1, mask)) return -1;
@@ -232,6 +225,16 @@ static uint32_t *state_key(const gstate *s, size_t *len) {
     }
     *len = n;
     return k;
+}
+
+int grammar_matcher_mask_reference(grammar_matcher *m, const grammar_vocab *v, uint32_t *mask) {
+    memset(mask, 0, grammar_vocab_mask_words(v) * sizeof(uint32_t));
+    if (!grammar__level(m, v->max_len + 1) || walk(m, v, 0, &m->cur, 0, mask)) return -1;
+    if (grammar__state_can_end(&m->cur))
+        for (int k = 0; k < v->n_eos; k++) mask[v->eos[k] >> 5] |= 1u << (v->eos[k] & 31);
+    int count = 0;
+    for (size_t i = 0; i < grammar_vocab_mask_words(v); i++) count += __builtin_popcount(mask[i]);
+    return count;
 }
 
 int grammar_matcher_mask(grammar_matcher *m, const grammar_vocab *v, uint32_t *mask) {
@@ -257,12 +260,16 @@ int grammar_matcher_mask(grammar_matcher *m, const grammar_vocab *v, uint32_t *m
         }
         if (e->used < slot->used) slot = e;
     }
-    memset(mask, 0, words * sizeof(uint32_t));
-    if (!level(m, v->max_len + 1)) { /* every depth now: walk holds pointers into levels */
+    if (!grammar__level(m, v->max_len + 1)) { /* every depth now: walk holds pointers into levels */
         free(key);
         return -1;
     }
-    if (walk(m, v, 0, &m->cur, 0, mask)) {
+    int fast = grammar__mask_fast(m, v, mask);
+    if (fast == 0) {
+        memset(mask, 0, words * sizeof(uint32_t));
+        fast = walk(m, v, 0, &m->cur, 0, mask) ? -1 : 1;
+    }
+    if (fast < 0) {
         free(key);
         return -1;
     }

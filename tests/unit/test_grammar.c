@@ -2,13 +2,16 @@
  * (what each accepts and rejects, byte by byte), their errors (named, never a
  * crash), the matcher's bounds, and the vocabulary mask: over a toy
  * vocabulary every masked-in token is accepted and every masked-out one
- * rejected, and random walks of allowed tokens always end inside the language. */
+ * rejected, random walks of allowed tokens always end inside the language,
+ * and over Qwen3's real vocabulary the mask from token tables equals the
+ * reference trie walk's, step by step. */
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "grammar/grammar.h"
+#include "tokenizer/tokenizer.h"
 
 static char err[256];
 
@@ -306,12 +309,118 @@ START_TEST(test_mask_random_walks) {
 }
 END_TEST
 
+/* Qwen3's vocabulary (151,669 tokens) as a grammar vocabulary; *eos its EOS id. */
+static grammar_vocab *qwen3_vocab(int32_t *eos, tokenizer **tok_out) {
+    const char *src = getenv("ENGRAM_SOURCE_DIR");
+    char dir[4096];
+    snprintf(dir, sizeof dir, "xz -dc '%s/tests/fixtures/tokenizers/qwen3/tokenizer.json.xz'", src ? src : ".");
+    FILE *f = popen(dir, "r"); /* the fixture is stored compressed */
+    ck_assert_ptr_nonnull(f);
+    size_t cap = 16 << 20, len = 0, got;
+    char *json = malloc(cap);
+    while ((got = fread(json + len, 1, cap - len, f)) > 0)
+        if ((len += got) == cap) json = realloc(json, cap *= 2);
+    ck_assert_int_eq(pclose(f), 0);
+    tokenizer *tok = NULL;
+    ck_assert_msg(tokenizer_load_json(json, len, &tok, err, sizeof(err)) == 0, "%s", err);
+    free(json);
+    int n = (int)tokenizer_vocab_size(tok);
+    char **bytes = calloc((size_t)n, sizeof(char *));
+    size_t *lens = calloc((size_t)n, sizeof(size_t));
+    bool *special = calloc((size_t)n, 1);
+    for (int i = 0; i < n; i++) {
+        special[i] = tokenizer_is_special(tok, i);
+        if (tokenizer_token_bytes(tok, i, &bytes[i], &lens[i])) bytes[i] = NULL, lens[i] = 0;
+    }
+    *eos = tokenizer_eos_id(tok);
+    grammar_vocab *v = NULL;
+    ck_assert_int_eq(grammar_vocab_create(n, (const char *const *)bytes, lens, special, eos, 1, &v, err, sizeof(err)), GRAMMAR_OK);
+    for (int i = 0; i < n; i++) free(bytes[i]);
+    free(bytes), free(lens), free(special);
+    *tok_out = tok;
+    return v;
+}
+
+/* Random walks over the real vocabulary: each step's mask (token tables, no
+ * per-state cache: a fresh copy) must equal the reference trie walk's; half
+ * the steps pick a token with JSON structure in it, so walks leave strings. */
+static void real_walks(grammar *g, grammar_vocab *v, tokenizer *tok, int32_t eos, int n_walks, int max_steps) {
+    size_t words = grammar_vocab_mask_words(v);
+    int n = grammar_vocab_size(v);
+    uint32_t *fast = malloc(words * 4), *ref = malloc(words * 4);
+    int32_t *allowed = malloc((size_t)n * sizeof(int32_t)), *structural = malloc((size_t)n * sizeof(int32_t));
+    for (int w = 0; w < n_walks; w++) {
+        grammar_matcher *m = grammar_matcher_create(g);
+        for (int step = 0; step < max_steps; step++) {
+            grammar_matcher *c = grammar_matcher_clone(m);
+            int a = grammar_matcher_mask(c, v, fast), b = grammar_matcher_mask_reference(c, v, ref);
+            grammar_matcher_destroy(c);
+            ck_assert_int_eq(a, b);
+            ck_assert_msg(!memcmp(fast, ref, words * 4), "walk %d step %d: the mask differs from the reference", w, step);
+            int na = 0, ns = 0;
+            for (int id = 0; id < n; id++) {
+                if (!((fast[id >> 5] >> (id & 31)) & 1) || id == eos) continue;
+                allowed[na++] = id;
+                char *tb = NULL;
+                size_t tl = 0;
+                if (tokenizer_token_bytes(tok, id, &tb, &tl) == 0 && tl <= 3 && strpbrk(tb, "\"{}[],:0123456789"))
+                    structural[ns++] = id;
+                free(tb);
+            }
+            if (na == 0) break;
+            int32_t id = ns && next_rand() % 2 ? structural[next_rand() % (uint64_t)ns] : allowed[next_rand() % (uint64_t)na];
+            ck_assert(grammar_matcher_accept_token(m, v, id));
+        }
+        grammar_matcher_destroy(m);
+    }
+    free(fast), free(ref), free(allowed), free(structural);
+}
+
+START_TEST(test_mask_real_vocab) {
+    int32_t eos;
+    tokenizer *tok;
+    grammar_vocab *v = qwen3_vocab(&eos, &tok);
+    grammar *g = schema("{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":12},"
+                        "\"age\":{\"type\":\"integer\",\"minimum\":0},\"tags\":{\"type\":\"array\",\"items\":{\"type\":\"string\"}},"
+                        "\"role\":{\"enum\":[\"admin\",\"viewer\"]},\"zip\":{\"type\":\"string\",\"pattern\":\"^[0-9]{5}$\"},"
+                        "\"note\":{\"anyOf\":[{\"type\":\"string\"},{\"type\":\"null\"}]}},\"required\":[\"name\",\"age\"]}");
+    real_walks(g, v, tok, eos, 3, 30);
+    grammar_release(g);
+    g = schema("{\"$defs\":{\"node\":{\"type\":\"object\",\"properties\":{\"v\":{\"type\":\"number\"},"
+               "\"kids\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/$defs/node\"}}},\"required\":[\"v\",\"kids\"]}},"
+               "\"$ref\":\"#/$defs/node\"}");
+    real_walks(g, v, tok, eos, 2, 30);
+    grammar_release(g);
+    ck_assert_int_eq(grammar_compile_json_object(&g, err, sizeof(err)), GRAMMAR_OK);
+    real_walks(g, v, tok, eos, 2, 30);
+    int n_tab;
+    size_t bytes;
+    double secs;
+    grammar_tables_stats(g, &n_tab, &bytes, &secs);
+    ck_assert_int_gt(n_tab, 0); /* the tables did the work */
+    grammar_release(g);
+    grammar_vocab_destroy(v);
+    tokenizer_destroy(tok);
+}
+END_TEST
+
 START_TEST(test_matcher_bounds) {
     /* ambiguity: the state stays within GRAMMAR_MAX_STACKS, and is cut, not grown */
     grammar *g = gbnf("root ::= x*\nx ::= \"a\" | \"a\" \"a\" | \"a\" \"a\" \"a\" | y\ny ::= (\"a\" | \"a\")+\n");
     grammar_matcher *m = grammar_matcher_create(g);
     for (int i = 0; i < 2000; i++) ck_assert(grammar_matcher_accept_bytes(m, "a", 1));
     ck_assert(grammar_matcher_can_end(m));
+    int eos; /* at the limits the mask still agrees with accepting on a copy */
+    grammar_vocab *v = toy_vocab(&eos);
+    uint32_t *mask = calloc(grammar_vocab_mask_words(v), 4);
+    ck_assert_int_ge(grammar_matcher_mask(m, v, mask), 0);
+    for (int id = 0; id < grammar_vocab_size(v); id++) {
+        grammar_matcher *c = grammar_matcher_clone(m);
+        ck_assert_int_eq((mask[id >> 5] >> (id & 31)) & 1, grammar_matcher_accept_token(c, v, id));
+        grammar_matcher_destroy(c);
+    }
+    free(mask);
+    grammar_vocab_destroy(v);
     grammar_matcher_destroy(m);
     grammar_release(g);
     /* deep nesting stops at GRAMMAR_MAX_DEPTH instead of growing without end */
@@ -336,6 +445,7 @@ int main(void) {
     tcase_add_test(tc, test_json_schema_errors);
     tcase_add_test(tc, test_regex);
     tcase_add_test(tc, test_mask_random_walks);
+    tcase_add_test(tc, test_mask_real_vocab);
     tcase_add_test(tc, test_matcher_bounds);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
