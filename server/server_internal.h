@@ -137,6 +137,19 @@ void generate_abort(conn *c);
 
 /* ---- response.c: the JSON of responses and chunks ---- */
 
+/* Text that may hold the byte 0x00 (a token can decode to it) is carried
+ * with its length from the engine to the JSON: cJSON's strings end at the
+ * first NUL, so such text becomes a raw item that this escaper wrote. */
+
+/* Appends s[0..n) to b as a JSON string literal, quotes included, escaped as
+ * cJSON escapes (NUL as \u0000). Returns 0, or -1 out of memory. */
+int response_escape(strbuf *b, const char *s, size_t n);
+
+/* A JSON string item of the n bytes at s (any bytes, NUL included; s NULL
+ * for ""): a cJSON string when there is no NUL, else a raw item. NULL out
+ * of memory. */
+cJSON *response_string(const char *s, size_t n);
+
 /* The finish_reason of a finish: "stop", "length", "error" or "abort". */
 const char *response_finish_str(engine_finish f);
 
