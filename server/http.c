@@ -1,6 +1,7 @@
 /* The HTTP front end: libmicrohttpd (epoll, internal thread pool) takes
- * connections, reads bodies up to --max-body-bytes, checks the API key and
- * routes each request to its handler (generate.c, endpoints.c). A connection
+ * connections; the route, the API key and a declared body size are checked
+ * on the headers, before the body (up to --max-body-bytes) is read; each
+ * request then goes to its handler (generate.c, endpoints.c). A connection
  * waiting on the engine is suspended and resumed by the engine's notify
  * callback, so no HTTP thread ever blocks on generation; streams (sse.c) are
  * written by a content-reader callback. When the client goes away
@@ -42,7 +43,7 @@ enum MHD_Result reply(conn *c, int status, const char *ctype, char *body, size_t
     http_add_cors(c->s, r);
     if (allow) MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
     if (status == 503) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
-    if (status == 413) MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+    if (status == 413 || c->close) MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     metrics_http(c->s->mx, c->route, status);
     enum MHD_Result ret = MHD_queue_response(c->mc, (unsigned)status, r);
     MHD_destroy_response(r);
@@ -146,20 +147,32 @@ static enum MHD_Result handle_preflight(conn *c) {
     return ret;
 }
 
-static enum MHD_Result dispatch(conn *c, const char *url, const char *method) {
-    int found = -1;
-    const char *cors = c->s->p.cors_origin;
-    if (cors && cors[0] && !strcmp(method, "OPTIONS")) return handle_preflight(c);
-    if (!strcmp(url, "/")) {
-        c->route = "/";
-        return handle_page(c, method);
-    }
-    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]) && found < 0; i++) {
+/* The route of url (exact, or a prefix route's), or -1. */
+static int route_find(const char *url) {
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
         size_t pl = strlen(routes[i].path);
         if (routes[i].path[pl - 1] == '/' ? (!strncmp(url, routes[i].path, pl) && url[pl]) : !strcmp(url, routes[i].path))
-            found = (int)i;
+            return (int)i;
     }
+    return -1;
+}
+
+/* The checks that need only the request line and headers, made at
+ * libmicrohttpd's first call, before any body byte is read: the route, the
+ * method, the API key and a declared Content-Length over the limit. A
+ * refusal is queued at once; libmicrohttpd then skips the body, sends no
+ * "100 Continue", and closes the connection after the reply, so an
+ * unauthenticated or oversized upload costs the server no memory. Returns
+ * MHD_YES to go on reading the body, else the refusal's result. */
+static enum MHD_Result check_head(conn *c, const char *url, const char *method) {
+    server *s = c->s;
+    const char *cors = s->p.cors_origin;
+    c->route_idx = -1;
+    if ((cors && cors[0] && !strcmp(method, "OPTIONS")) || !strcmp(url, "/")) return MHD_YES; /* no key, no body */
+    int found = route_find(url);
     c->route = found >= 0 ? routes[found].label : "other";
+    c->route_idx = found;
+    c->close = true; /* a refusal below leaves the body unread: the connection cannot be reused */
     api_error err;
     if (found < 0) {
         api_error_set(&err, 404, NULL, "Unknown route: %s %.200s", method, url);
@@ -174,7 +187,29 @@ static enum MHD_Result dispatch(conn *c, const char *url, const char *method) {
         api_error_set(&err, 401, NULL, "Incorrect or missing API key: send 'Authorization: Bearer <key>'.");
         return reply_error(c, &err, NULL);
     }
-    if (c->too_big) {
+    const char *cl = MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl && strtoull(cl, NULL, 10) > s->p.max_body_bytes) {
+        api_error_set(&err, 413, NULL, "The request body is larger than the limit of %zu bytes.", s->p.max_body_bytes);
+        return reply_error(c, &err, NULL);
+    }
+    c->close = false;
+    return MHD_YES;
+}
+
+/* The whole request is in (c->body): the checks that need the body or the
+ * engine, then the route's handler. */
+static enum MHD_Result dispatch(conn *c, const char *url, const char *method) {
+    const char *cors = c->s->p.cors_origin;
+    if (cors && cors[0] && !strcmp(method, "OPTIONS")) return handle_preflight(c);
+    if (!strcmp(url, "/")) {
+        c->route = "/";
+        return handle_page(c, method);
+    }
+    int found = c->route_idx; /* check_head passed it */
+    if (found < 0) return MHD_NO;
+    api_error err;
+    if (c->too_big) { /* a chunked body (no Content-Length) that grew past the limit */
+        c->close = true;
         api_error_set(&err, 413, NULL, "The request body is larger than the limit of %zu bytes.", c->s->p.max_body_bytes);
         return reply_error(c, &err, NULL);
     }
@@ -198,28 +233,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
                                   void **con_cls) {
     server *s = cls;
     conn *c = *con_cls;
-    if (!c) {
+    if (!c) { /* the headers are in, no body byte has been read */
         if (!(c = calloc(1, sizeof(*c)))) return MHD_NO;
         c->s = s;
         c->mc = mc;
         c->route = "other";
         *con_cls = c;
-        /* A body far over the limit is refused before it is read; one a little
-         * over is read and dropped so the client sees the 413. */
-        const char *cl = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > 16 * (unsigned long long)s->p.max_body_bytes) {
-            c->too_big = true;
-            return dispatch(c, url, method);
-        }
-        return MHD_YES;
+        return check_head(c, url, method);
     }
-    if (*upload_data_size) {
+    if (*upload_data_size) { /* a body within the declared limit, or a chunked one */
         size_t n = *upload_data_size;
         *upload_data_size = 0;
         c->seen += n;
         if (c->too_big && c->seen > 16 * (unsigned long long)s->p.max_body_bytes)
             return dispatch(c, url, method); /* stop draining an endless body: 413 and close */
-        if (c->too_big) return MHD_YES;
+        if (c->too_big) return MHD_YES; /* read and dropped, so that the client sees the 413 */
         if (c->len + n > s->p.max_body_bytes) {
             c->too_big = true;
             free(c->body);

@@ -61,7 +61,9 @@ typedef struct {
     const char *route; /* metrics label */
     char *body;        /* (len) bytes received */
     size_t len, cap;
-    bool too_big;
+    int route_idx;     /* the route check_head found (-1: none or not a table route) */
+    bool close;        /* the reply says Connection: close (the body was left unread) */
+    bool too_big;      /* a chunked body grew past --max-body-bytes: read and dropped */
     unsigned long long seen; /* body bytes received, kept or not */
     bool generating; /* counted in server.active */
     /* a non-streaming generation waiting on the engine: choice `cur` of g.n_req */
@@ -77,7 +79,7 @@ typedef struct {
 
 /* Queues a response of len bytes of body (heap, taken; NULL: a 500 "Out of
  * memory.") with the CORS header, Allow (when allow), Retry-After on 503 and
- * Connection: close on 413. */
+ * Connection: close on 413 or when c->close. */
 enum MHD_Result reply(conn *c, int status, const char *ctype, char *body, size_t len, const char *allow);
 
 /* The error's JSON envelope (type and code filled in from its status). */
