@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "server/http_head.h"
 #include "server/server_internal.h"
 
 /* ---- replies ---- */
@@ -158,16 +159,33 @@ static int route_find(const char *url) {
 }
 
 /* The checks that need only the request line and headers, made at
- * libmicrohttpd's first call, before any body byte is read: the route, the
- * method, the API key and a declared Content-Length over the limit. A
+ * libmicrohttpd's first call, before any body byte is read: the framing,
+ * the route, the method, the API key and a declared Content-Length over the
+ * limit. A
  * refusal is queued at once; libmicrohttpd then skips the body, sends no
  * "100 Continue", and closes the connection after the reply, so an
  * unauthenticated or oversized upload costs the server no memory. Returns
  * MHD_YES to go on reading the body, else the refusal's result. */
-static enum MHD_Result check_head(conn *c, const char *url, const char *method) {
+static enum MHD_Result framing_header(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
+                                     const char *value, size_t value_size) {
+    (void)kind;
+    http_framing_header(cls, key, key_size, value ? value : "", value ? value_size : 0);
+    return MHD_YES;
+}
+
+static enum MHD_Result check_head(conn *c, const char *url, const char *method, const char *version) {
     server *s = c->s;
     const char *cors = s->p.cors_origin;
     c->route_idx = -1;
+    /* The door screened the connection's first head; a later one on a kept-alive
+     * connection is screened here, from the headers libmicrohttpd parsed. */
+    http_framing fr;
+    http_framing_init(&fr);
+    MHD_get_connection_values_n(c->mc, MHD_HEADER_KIND, framing_header, &fr);
+    if (http_framing_check(&fr, version && !strcmp(version, MHD_HTTP_VERSION_1_0))) {
+        c->close = true;
+        return fail(c, 400, NULL, fr.why);
+    }
     if ((cors && cors[0] && !strcmp(method, "OPTIONS")) || !strcmp(url, "/")) return MHD_YES; /* no key, no body */
     int found = route_find(url);
     c->route = found >= 0 ? routes[found].label : "other";
@@ -187,8 +205,7 @@ static enum MHD_Result check_head(conn *c, const char *url, const char *method) 
         api_error_set(&err, 401, NULL, "Incorrect or missing API key: send 'Authorization: Bearer <key>'.");
         return reply_error(c, &err, NULL);
     }
-    const char *cl = MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (cl && strtoull(cl, NULL, 10) > s->p.max_body_bytes) {
+    if (fr.n_length && fr.length > s->p.max_body_bytes) {
         api_error_set(&err, 413, NULL, "The request body is larger than the limit of %zu bytes.", s->p.max_body_bytes);
         return reply_error(c, &err, NULL);
     }
@@ -239,7 +256,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         c->mc = mc;
         c->route = "other";
         *con_cls = c;
-        return check_head(c, url, method);
+        return check_head(c, url, method, version);
     }
     if (*upload_data_size) { /* a body within the declared limit, or a chunked one */
         size_t n = *upload_data_size;
@@ -325,29 +342,33 @@ int server_start(const server_params *p, metrics *m, server **out, char *err, si
     int grc = getaddrinfo(p->host, port, &hints, &ai);
     if (grc != 0 || !ai) {
         snprintf(err, errlen, "cannot resolve host %s: %s", p->host, gai_strerror(grc));
-        chat_template_destroy(s->tmpl);
-        free(s);
-        return -1;
+        goto fail;
     }
     memcpy(&s->addr, ai->ai_addr, ai->ai_addrlen);
-    bool v6 = ai->ai_family == AF_INET6;
+    int drc = door_open(s, ai->ai_addr, ai->ai_addrlen, &s->door, err, errlen);
     freeaddrinfo(ai);
+    if (drc) goto fail;
 
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    if (v6) flags |= MHD_USE_IPv6;
-    s->d = MHD_start_daemon(flags, (uint16_t)p->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR,
-                            (struct sockaddr *)&s->addr, MHD_OPTION_THREAD_POOL_SIZE,
+    /* The door accepts and screens connections, then adds them here. */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
+                     MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC;
+    s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s, MHD_OPTION_THREAD_POOL_SIZE,
                             (unsigned)(p->http_threads > 0 ? p->http_threads : 4), MHD_OPTION_CONNECTION_TIMEOUT,
                             (unsigned)(p->connection_timeout > 0 ? p->connection_timeout : 300),
                             MHD_OPTION_THREAD_STACK_SIZE, (size_t)(8u << 20), MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
     if (!s->d) {
-        snprintf(err, errlen, "cannot listen on %s:%d (address in use or not available)", p->host, p->port);
-        chat_template_destroy(s->tmpl);
-        free(s);
-        return -1;
+        snprintf(err, errlen, "cannot start libmicrohttpd's threads");
+        goto fail;
     }
+    if (door_start(s->door, s->d, err, errlen)) goto fail;
     *out = s;
     return 0;
+fail:
+    door_close(s->door);
+    if (s->d) MHD_stop_daemon(s->d);
+    chat_template_destroy(s->tmpl);
+    free(s);
+    return -1;
 }
 
 void server_drain(server *s) {
@@ -360,13 +381,12 @@ void server_stop(server *s) {
     if (!s) return;
     /* Stop accepting, let requests in flight send their last bytes (the
      * engine has ended them), then stop the threads. */
-    MHD_socket lsock = MHD_quiesce_daemon(s->d);
+    door_close(s->door);
     for (int i = 0; i < 500 && atomic_load(&s->active) > 0; i++) {
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
     MHD_stop_daemon(s->d);
-    if (lsock != MHD_INVALID_SOCKET) close(lsock);
     chat_template_destroy(s->tmpl);
     free(s);
 }

@@ -21,6 +21,8 @@
 #include "chat/tool_calls.h"
 #include "server/server.h"
 
+typedef struct door door;
+
 struct server {
     server_params p;
     engine *e;          /* borrowed */
@@ -30,6 +32,7 @@ struct server {
     tool_format tool_fmt; /* how the template writes tool calls: what the model's output is parsed for */
     reasoning_format reasoning; /* --reasoning-parser */
     struct MHD_Daemon *d;
+    door *door;         /* the listening socket and accept loop */
     struct sockaddr_storage addr;
     atomic_bool draining;
     atomic_bool ready; /* the engine is loaded (e and tok set) */
@@ -101,6 +104,21 @@ void http_resume(void *mc);
 
 /* Whether the client has closed its side of mc's connection (or reset it). */
 bool http_peer_gone(struct MHD_Connection *mc);
+
+/* ---- door.c: the listening socket, ahead of libmicrohttpd ---- */
+
+/* Binds and listens on addr (s->p gives host and port for the message).
+ * Returns 0 and *out, or -1 with a message in err. */
+int door_open(server *s, const struct sockaddr *addr, socklen_t alen, door **out, char *err, size_t errlen);
+
+/* Starts the accept thread: each connection's first request head is
+ * screened (http_head.h), then the connection goes to d, or gets a 400, 431
+ * or 505 and is closed. Returns 0, or -1 with a message in err. */
+int door_start(door *dr, struct MHD_Daemon *d, char *err, size_t errlen);
+
+/* Stops accepting, closes the connections not handed over, frees dr.
+ * Accepts NULL. */
+void door_close(door *dr);
 
 /* ---- prompt.c: from a request to the prompt's token ids ---- */
 
