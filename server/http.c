@@ -88,13 +88,21 @@ bool http_peer_gone(struct MHD_Connection *mc) {
 
 /* ---- routes ---- */
 
+/* Whether the request carries the API key (constant time in the key). The
+ * header's length is libmicrohttpd's, not strlen's: a value with a NUL in it
+ * is not the key followed by junk. */
 static bool auth_ok(conn *c) {
     const char *key = c->s->p.api_key;
     if (!key || !key[0]) return true;
-    const char *h = MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
-    if (!h || strncmp(h, "Bearer ", 7) != 0) return false;
+    const char *h = NULL;
+    size_t hl = 0;
+    if (MHD_lookup_connection_value_n(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION,
+                                      strlen(MHD_HTTP_HEADER_AUTHORIZATION), &h, &hl) != MHD_YES ||
+        !h || hl < 7 || memcmp(h, "Bearer ", 7) != 0)
+        return false;
     h += 7;
-    size_t hl = strlen(h), kl = strlen(key);
+    hl -= 7;
+    size_t kl = strlen(key);
     unsigned diff = hl != kl;
     for (size_t i = 0; i < kl; i++) diff |= (unsigned char)key[i] ^ (unsigned char)(i < hl ? h[i] : 0);
     return diff == 0;

@@ -132,6 +132,17 @@ static int load_config(const char *path, char **vals) {
         fprintf(stderr, "engram-server: --config: %s\n", err);
         return -1;
     }
+    /* cJSON would cut a string at \u0000 (an api_key would lose its tail
+     * silently), and no option can hold a NUL: refuse the escape */
+    for (size_t i = 0; i + 5 < len; i++) {
+        size_t k = 0;
+        while (k < i && text[i - 1 - k] == '\\') k++;
+        if (text[i] == '\\' && k % 2 == 0 && !memcmp(text + i + 1, "u0000", 5)) {
+            fprintf(stderr, "engram-server: --config %s: a value holds \\u0000 (NUL), which no option can hold\n", path);
+            free(text);
+            return -1;
+        }
+    }
     cJSON *root = cJSON_ParseWithLength(text, len);
     free(text);
     if (!cJSON_IsObject(root)) {
@@ -153,8 +164,8 @@ static int load_config(const char *path, char **vals) {
             return -1;
         }
         char buf[64];
-        const char *v = NULL;
-        if (cJSON_IsString(item)) v = item->valuestring;
+        const char *v = NULL; /* a number for a numeric option, a string for the others: "8080" is no port */
+        if (cJSON_IsString(item) && opts[found].type == OPT_STR) v = item->valuestring;
         else if (cJSON_IsNumber(item) && opts[found].type != OPT_STR) {
             snprintf(buf, sizeof(buf), "%.17g", item->valuedouble);
             v = buf;
@@ -222,7 +233,15 @@ static server_options_status resolve(const char **flag_vals, char **file_vals, c
         char env[64];
         env_name(opts[i].flag, env, sizeof(env));
         const char *e = getenv(env);
-        val[i] = flag_vals[i] ? flag_vals[i] : (e && e[0]) ? e : file_vals[i] ? file_vals[i] : opts[i].def;
+        if (e && !e[0]) { /* set but empty: a missing secret must not turn authentication off */
+            fprintf(stderr, "engram-server: %s is set but empty: give it a value or unset it\n", env);
+            return SERVER_OPTIONS_ERR;
+        }
+        if (i == O_KEY && flag_vals[i] && !flag_vals[i][0]) { /* "--api-key $KEY" with KEY unset */
+            fprintf(stderr, "engram-server: --api-key is empty: give the key, or leave the flag out for no authentication\n");
+            return SERVER_OPTIONS_ERR;
+        }
+        val[i] = flag_vals[i] ? flag_vals[i] : e ? e : file_vals[i] ? file_vals[i] : opts[i].def;
         if (val[i] && opts[i].type == OPT_INT && parse_int(val[i], opts[i].lo, opts[i].hi, &num[i])) {
             fprintf(stderr, "engram-server: bad value for --%s: %s (an integer in [%ld, %ld])\n", opts[i].flag, val[i],
                     opts[i].lo, opts[i].hi);
@@ -397,6 +416,11 @@ server_options_status server_options_parse(int argc, char **argv, server_options
     const char *config = getenv("ENGRAM_CONFIG");
     server_options_status st = read_flags(argc, argv, flag_vals, &config);
     if (st != SERVER_OPTIONS_OK) return st;
+    if (config && !config[0]) {
+        fprintf(stderr, "engram-server: %s is empty: give a config file or unset it\n",
+                getenv("ENGRAM_CONFIG") == config ? "ENGRAM_CONFIG" : "--config");
+        return SERVER_OPTIONS_ERR;
+    }
     if (config && config[0] && load_config(config, o->owned)) return SERVER_OPTIONS_ERR;
     o->engine = engine_default_params();
     /* in this order, so that the first problem is the one reported */
