@@ -224,6 +224,7 @@ static enum MHD_Result check_head(conn *c, const char *url, const char *method, 
 /* The whole request is in (c->body): the checks that need the body or the
  * engine, then the route's handler. */
 static enum MHD_Result dispatch(conn *c, const char *url, const char *method) {
+    door_event(c->s->door, c->fd, DOOR_BODY); /* the request is in: no deadline while it runs */
     const char *cors = c->s->p.cors_origin;
     if (cors && cors[0] && !strcmp(method, "OPTIONS")) return handle_preflight(c);
     if (!strcmp(url, "/")) {
@@ -263,6 +264,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         c->s = s;
         c->mc = mc;
         c->route = "other";
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+        c->fd = ci ? ci->connect_fd : -1;
+        door_event(s->door, c->fd, DOOR_HEAD);
         *con_cls = c;
         return check_head(c, url, method, version);
     }
@@ -302,6 +306,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
 static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, enum MHD_RequestTerminationCode toe) {
     conn *c = *con_cls;
     if (!c) return;
+    door_event(c->s->door, c->fd, DOOR_DONE);
     if (c->req) generate_abort(c); /* a non-streaming request whose connection closed */
     cJSON_Delete(c->choices);
     if (c->generating) atomic_fetch_sub(&c->s->active, 1);
@@ -309,6 +314,16 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, e
     strbuf_free(&c->text);
     free(c);
     *con_cls = NULL;
+}
+
+/* libmicrohttpd's word that a connection is gone, before its fd is closed. */
+static void on_connection(void *cls, struct MHD_Connection *mc, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe) {
+    server *s = cls;
+    (void)socket_context;
+    if (toe != MHD_CONNECTION_NOTIFY_CLOSED) return;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci) door_event(s->door, ci->connect_fd, DOOR_CLOSED);
 }
 
 void server_set_engine(server *s, engine *e) {
@@ -360,20 +375,29 @@ int server_start(const server_params *p, metrics *m, server **out, char *err, si
     /* The door accepts and screens connections, then adds them here. */
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
                      MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC;
+    /* The caps are the door's: libmicrohttpd's own limit (1020 by default,
+     * split over its threads) must never refuse what the door let in. */
+    door_limits lim = door_get_limits(s->door);
     s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s, MHD_OPTION_THREAD_POOL_SIZE,
                             (unsigned)(p->http_threads > 0 ? p->http_threads : 4), MHD_OPTION_CONNECTION_TIMEOUT,
                             (unsigned)(p->connection_timeout > 0 ? p->connection_timeout : 300),
-                            MHD_OPTION_THREAD_STACK_SIZE, (size_t)(8u << 20), MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)(2 * lim.max_connections + 64),
+                            MHD_OPTION_THREAD_STACK_SIZE, (size_t)(8u << 20), MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                            MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_END);
     if (!s->d) {
         snprintf(err, errlen, "cannot start libmicrohttpd's threads");
         goto fail;
     }
     if (door_start(s->door, s->d, err, errlen)) goto fail;
+    fprintf(stderr, "engram-server: connections: at most %d, %d per client address; heads and bodies within %.0fs, "
+            "kept-alive connections idle at most %.0fs\n", lim.max_connections, lim.max_connections_per_ip,
+            lim.request_timeout, lim.idle_timeout);
     *out = s;
     return 0;
 fail:
     door_close(s->door);
     if (s->d) MHD_stop_daemon(s->d);
+    door_destroy(s->door);
     chat_template_destroy(s->tmpl);
     free(s);
     return -1;
@@ -395,6 +419,7 @@ void server_stop(server *s) {
         nanosleep(&ts, NULL);
     }
     MHD_stop_daemon(s->d);
+    door_destroy(s->door); /* after libmicrohttpd, which reports its closes to it */
     chat_template_destroy(s->tmpl);
     free(s);
 }

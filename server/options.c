@@ -38,7 +38,16 @@ static const struct {
      "chat responses return the reasoning as reasoning_content"},
     {"cors-allow-origin", OPT_STR, 0, 0, NULL,
      "send Access-Control-Allow-Origin with this value (e.g. * or https://app.example) and answer CORS preflights; off by default"},
-    {"connection-timeout", OPT_INT, 1, 86400, "300", "seconds an idle connection is kept"},
+    {"connection-timeout", OPT_INT, 1, 86400, "300",
+     "seconds an idle connection is kept: a kept-alive one must start its next request within them"},
+    {"request-timeout", OPT_INT, 1, 86400, "60",
+     "seconds for a request's head to arrive (from the connection's start, or within --connection-timeout on a "
+     "kept-alive one), and then its body: counted from the start, so a trickle of bytes cannot extend them"},
+    {"max-connections", OPT_INT, 0, 1 << 20, "0",
+     "open connections at most; when full the longest idle one is closed for a newcomer, which is refused (503) "
+     "only when none is idle (0: the descriptor limit, raised to its hard limit up to 65536, less 256)"},
+    {"max-connections-per-ip", OPT_INT, 0, 1 << 20, "0",
+     "open connections per client address, the same way (0: half of --max-connections)"},
     {"prefill-chunk", OPT_INT, 1, 1 << 20, "256", "prompt tokens per forward pass (streams get a keep-alive after each)"},
     {"shutdown-timeout", OPT_INT, 0, 86400, "0",
      "on SIGTERM/SIGINT, seconds to let accepted requests finish (new ones get 503) before aborting the rest"},
@@ -81,7 +90,7 @@ static const struct {
 /* The table's rows by name, in its order. */
 enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THREADS, O_HTTP_THREADS, O_REASONING,
        O_CORS,
-       O_CONN_TIMEOUT, O_PREFILL_CHUNK, O_SHUTDOWN, O_ENGRAM_TABLE_DIR, O_ENGRAM_TABLES, O_ENGRAM_BUDGET,
+       O_CONN_TIMEOUT, O_REQ_TIMEOUT, O_MAX_CONNS, O_MAX_CONNS_IP, O_PREFILL_CHUNK, O_SHUTDOWN, O_ENGRAM_TABLE_DIR, O_ENGRAM_TABLES, O_ENGRAM_BUDGET,
        O_ENGRAM_HBM, O_ENGRAM_TIER, O_ENGRAM_IO, O_ENGRAM_QD, O_ENGRAM_AHEAD,
        O_MAX_SEQS, O_MAX_BATCHED, O_KV_TOKENS, O_KV_BLOCK, O_SYNTHETIC, O_SYNTH_SEED, O_SYNTH_DIR,
        O_GPU_UTIL, O_SAMPLE_ON_BACKEND, O_CUDA_GRAPHS, O_CUDA_PROFILE, O_COUNT };
@@ -407,6 +416,9 @@ static void http_options(const char **val, const long *num, server_params *sp, c
     sp->reasoning = !strcmp(val[O_REASONING], "qwen3") ? REASONING_QWEN3 : !strcmp(val[O_REASONING], "deepseek_r1")
                                                                               ? REASONING_DEEPSEEK_R1 : REASONING_NONE;
     sp->connection_timeout = (int)num[O_CONN_TIMEOUT];
+    sp->request_timeout = (int)num[O_REQ_TIMEOUT];
+    sp->max_connections = (int)num[O_MAX_CONNS];
+    sp->max_connections_per_ip = (int)num[O_MAX_CONNS_IP];
 }
 
 server_options_status server_options_parse(int argc, char **argv, server_options *o) {

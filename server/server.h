@@ -21,6 +21,21 @@ void metrics_destroy(metrics *m); /* accepts NULL */
 /* Counts one HTTP response: route is one of the server's routes or "other". */
 void metrics_http(metrics *m, const char *route, int status);
 
+/* What happened to a connection, counted by reason. */
+typedef enum {
+    METRICS_CONN_REFUSED_TOTAL,   /* refused: --max-connections reached, none idle to close */
+    METRICS_CONN_REFUSED_PER_IP,  /* refused: --max-connections-per-ip reached, none of its own idle */
+    METRICS_CONN_EVICTED,         /* an idle connection closed to make room for a new one */
+    METRICS_CONN_REQUEST_TIMEOUT, /* closed: a head or body not in within --request-timeout */
+    METRICS_CONN_IDLE_TIMEOUT,    /* closed: no next request within --connection-timeout */
+    METRICS_CONN_N
+} metrics_conn_event;
+
+void metrics_connection(metrics *m, metrics_conn_event ev);
+
+/* The open connections now (a gauge). */
+void metrics_connections_open(metrics *m, int open);
+
 /* Records a finished generation: finish reason label ("stop", "length",
  * "abort", "error"), token counts and the request's timestamps. */
 void metrics_request_done(metrics *m, const char *reason, const engine_output *o, double t_end);
@@ -42,6 +57,9 @@ typedef struct {
     int http_threads;              /* libmicrohttpd thread pool size */
     const char *cors_origin;       /* NULL or "": no CORS headers */
     int connection_timeout;        /* seconds an idle connection is kept; 0: 300 */
+    int request_timeout;           /* seconds for a request's head, and its body after the head; 0: 60 */
+    int max_connections;           /* open connections at most; 0: from the descriptor limit */
+    int max_connections_per_ip;    /* per client address; 0: half of max_connections */
     int reasoning;                 /* a reasoning_format: how chat output's reasoning is split off */
 } server_params;
 

@@ -67,6 +67,7 @@ typedef struct {
     int route_idx;     /* the route check_head found (-1: none or not a table route) */
     bool close;        /* the reply says Connection: close (the body was left unread) */
     bool too_big;      /* a chunked body grew past --max-body-bytes: read and dropped */
+    int fd;            /* the connection's socket: its slot in the door's table */
     unsigned long long seen; /* body bytes received, kept or not */
     bool generating; /* counted in server.active */
     /* a non-streaming generation waiting on the engine: choice `cur` of g.n_req */
@@ -105,20 +106,47 @@ void http_resume(void *mc);
 /* Whether the client has closed its side of mc's connection (or reset it). */
 bool http_peer_gone(struct MHD_Connection *mc);
 
-/* ---- door.c: the listening socket, ahead of libmicrohttpd ---- */
+/* ---- door.c: the listening socket and the connection table, ahead of libmicrohttpd ---- */
 
-/* Binds and listens on addr (s->p gives host and port for the message).
- * Returns 0 and *out, or -1 with a message in err. */
+/* The caps and deadlines in force (the params' 0s resolved). */
+typedef struct {
+    int max_connections;        /* open connections in all */
+    int max_connections_per_ip; /* per client address */
+    double request_timeout;     /* seconds for a head, and for a body after its head */
+    double idle_timeout;        /* seconds a kept-alive connection may wait for its next request */
+} door_limits;
+
+/* Raises the descriptor limit to the hard limit (at most 65536), resolves
+ * the caps (0: from that limit, less 256 for the rest; per address, half),
+ * binds and listens on addr. Returns 0 and *out, or -1 with a message in
+ * err (a cap over the limit, the address in use). */
 int door_open(server *s, const struct sockaddr *addr, socklen_t alen, door **out, char *err, size_t errlen);
+
+door_limits door_get_limits(const door *dr);
 
 /* Starts the accept thread: each connection's first request head is
  * screened (http_head.h), then the connection goes to d, or gets a 400, 431
- * or 505 and is closed. Returns 0, or -1 with a message in err. */
+ * or 505 and is closed; over a cap it gets a 503 unless an idle connection
+ * could be closed for it. Returns 0, or -1 with a message in err. */
 int door_start(door *dr, struct MHD_Daemon *d, char *err, size_t errlen);
 
-/* Stops accepting, closes the connections not handed over, frees dr.
- * Accepts NULL. */
+/* What libmicrohttpd tells the door about a connection it holds (fd). */
+typedef enum {
+    DOOR_HEAD,   /* a request's head is in: its body is due within --request-timeout */
+    DOOR_BODY,   /* its body is in: the request runs, no deadline */
+    DOOR_DONE,   /* its response is over: the next request is due within --connection-timeout */
+    DOOR_CLOSED, /* the connection is closed (reported before its fd is) */
+} door_event_kind;
+
+/* Any thread. Accepts NULL. */
+void door_event(door *dr, int fd, door_event_kind ev);
+
+/* Stops accepting and closes the connections not handed over; those of
+ * libmicrohttpd stay (and keep reporting). Accepts NULL. */
 void door_close(door *dr);
+
+/* door_close, then frees dr: after libmicrohttpd has stopped. Accepts NULL. */
+void door_destroy(door *dr);
 
 /* ---- prompt.c: from a request to the prompt's token ids ---- */
 
