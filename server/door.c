@@ -267,7 +267,7 @@ static void hand_over(door *dr, int fd) {
     pthread_mutex_lock(&dr->mu);
     if (!ok) { /* libmicrohttpd has closed it; no event will come */
         slot_free(dr, fd);
-        fprintf(stderr, "engram-server: a connection could not be handed to libmicrohttpd: %s\n", strerror(e));
+        server_log("a connection could not be handed to libmicrohttpd: %s", strerror(e));
     }
 }
 
@@ -319,7 +319,7 @@ static void accept_all(door *dr) {
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED) continue;
             if (errno == EMFILE || errno == ENFILE) { /* out of descriptors: rest until the next sweep */
-                fprintf(stderr, "engram-server: accept: %s\n", strerror(errno));
+                server_log("accept: %s", strerror(errno));
                 struct epoll_event off = {.events = 0, .data.fd = dr->lfd};
                 dr->accept_off = epoll_ctl(dr->ep, EPOLL_CTL_MOD, dr->lfd, &off) == 0;
             }

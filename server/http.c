@@ -378,7 +378,8 @@ int server_start(const server_params *p, metrics *m, server **out, char *err, si
     /* The caps are the door's: libmicrohttpd's own limit (1020 by default,
      * split over its threads) must never refuse what the door let in. */
     door_limits lim = door_get_limits(s->door);
-    s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s, MHD_OPTION_THREAD_POOL_SIZE,
+    s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, server_log_mhd, s,
+                            MHD_OPTION_THREAD_POOL_SIZE,
                             (unsigned)(p->http_threads > 0 ? p->http_threads : 4), MHD_OPTION_CONNECTION_TIMEOUT,
                             (unsigned)(p->connection_timeout > 0 ? p->connection_timeout : 300),
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)(2 * lim.max_connections + 64),
@@ -389,8 +390,8 @@ int server_start(const server_params *p, metrics *m, server **out, char *err, si
         goto fail;
     }
     if (door_start(s->door, s->d, err, errlen)) goto fail;
-    fprintf(stderr, "engram-server: connections: at most %d, %d per client address; heads and bodies within %.0fs, "
-            "kept-alive connections idle at most %.0fs\n", lim.max_connections, lim.max_connections_per_ip,
+    server_log("connections: at most %d, %d per client address; heads and bodies within %.0fs, "
+            "kept-alive connections idle at most %.0fs", lim.max_connections, lim.max_connections_per_ip,
             lim.request_timeout, lim.idle_timeout);
     *out = s;
     return 0;

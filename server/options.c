@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <microhttpd.h>
+
 #include "base/util.h"
 #include "chat/reasoning.h"
 #include "server/server.h"
@@ -114,6 +116,7 @@ static void usage(FILE *f) {
     }
     fprintf(f, "  --%-22s JSON config file whose keys are the flag names with '_' (env ENGRAM_CONFIG)\n", "config FILE");
     fprintf(f, "Flags win over environment variables, which win over the config file.\n");
+    fprintf(f, "-h, --help: this text; -V, --version: the version.\n");
 }
 
 static void key_name(const char *flag, char *out, size_t n) {
@@ -203,6 +206,10 @@ static server_options_status read_flags(int argc, char **argv, const char **flag
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
+            return SERVER_OPTIONS_HELP;
+        }
+        if (!strcmp(a, "--version") || !strcmp(a, "-V")) {
+            printf("engram-server %s (libmicrohttpd %s, cJSON %s)\n", SERVER_VERSION, MHD_get_version(), cJSON_Version());
             return SERVER_OPTIONS_HELP;
         }
         if (strncmp(a, "--", 2) != 0) {

@@ -5,11 +5,24 @@
 #ifndef SERVER_SERVER_H
 #define SERVER_SERVER_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 
 #include "engine/engine.h"
 #include "server/api.h"
+
+/* ---- log.c ---- */
+
+/* One diagnostic line on stderr, "<UTC ISO 8601 time> engram-server: <message>"
+ * (fmt without a newline), written whole. Errors of the command line itself
+ * are plain lines (options.c). */
+void server_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* libmicrohttpd's external logger (MHD_OPTION_EXTERNAL_LOGGER): its messages
+ * as server_log lines prefixed "libmicrohttpd: ", except those of a client
+ * that went away (normal, and counted as an aborted request). */
+void server_log_mhd(void *cls, const char *fmt, va_list ap);
 
 /* ---- metrics.c ---- */
 
@@ -99,9 +112,11 @@ typedef struct {
     char name_buf[256];     /* the served model name when taken from the directory */
 } server_options;
 
+#define SERVER_VERSION "0.1.0" /* --version */
+
 typedef enum {
     SERVER_OPTIONS_OK = 0,
-    SERVER_OPTIONS_HELP = 1,  /* --help: the usage is on stdout */
+    SERVER_OPTIONS_HELP = 1,  /* --help or --version: the usage or the version is on stdout */
     SERVER_OPTIONS_ERR = -1,  /* a bad option: the problem (and for a bad flag the usage) is on stderr */
 } server_options_status;
 
