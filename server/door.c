@@ -253,12 +253,12 @@ static void linger(door *dr, int fd) {
 
 /* ---- screening and hand-over ---- */
 
-/* Hands fd to libmicrohttpd; its head and body must be in by the deadline
- * the head had. Called with mu held; drops it around the call. */
+/* Hands fd to libmicrohttpd; the body must follow its head within
+ * --request-timeout. Called with mu held; drops it around the call. */
 static void hand_over(door *dr, int fd) {
     slot *x = &dr->slots[fd];
     epoll_ctl(dr->ep, EPOLL_CTL_DEL, fd, NULL);
-    slot_set(dr, fd, SLOT_BODY, x->deadline);
+    slot_set(dr, fd, SLOT_BODY, util_now() + dr->lim.request_timeout);
     struct sockaddr_storage addr = x->addr;
     socklen_t alen = x->alen;
     pthread_mutex_unlock(&dr->mu); /* libmicrohttpd's threads report to door_event */
