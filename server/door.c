@@ -1,24 +1,9 @@
 /* The front door: the server's own listening socket and accept loop, ahead
- * of libmicrohttpd, and the table of every open connection. Each new
- * connection waits here, on one epoll thread, until its first request head
- * has arrived whole; the head is read with MSG_PEEK and screened
- * (http_head.c: strict syntax and unambiguous framing) before the connection
- * is handed to libmicrohttpd, which then reads the same bytes. A refused head
- * gets our own one error reply (libmicrohttpd 0.9.75 writes its status line
- * twice for a Content-Length it cannot parse) and a lingering close, so the
- * client reads the reply instead of a reset.
- *
- * The table caps connections in all and per client address, and closes the
- * longest idle ones first when a cap is reached (heads not yet in, kept-alive
- * connections between requests), refusing a newcomer only when none is idle.
- * Its deadlines are absolute, so a trickle of bytes cannot extend them: a
- * first head within min(--request-timeout, --connection-timeout) of the
- * accept, a body within --request-timeout of its head, the next request
- * within --connection-timeout of the last response. libmicrohttpd reports
- * each request's phases through door_event; a connection it holds is closed
- * by shutting its socket, which libmicrohttpd then sees. */
+ * of libmicrohttpd, and the table of every open connection (caps in all and
+ * per address, longest idle closed first, absolute deadlines). A connection
+ * waits here until its first request head is in, screened (http_head.c),
+ * then goes to libmicrohttpd, which reports each request's phases back. */
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -38,7 +23,16 @@
 #define DOOR_FD_TARGET 65536    /* the soft descriptor limit is raised up to this (or the hard limit) */
 
 /* HEAD and LINGER are held by the door; BODY, WORK, IDLE and CLOSING by
- * libmicrohttpd. HEAD, LINGER and IDLE are idle: on the idle list. */
+ * libmicrohttpd. HEAD, LINGER and IDLE are idle: on the idle list, whose
+ * oldest is closed for a newcomer when a cap is reached (a newcomer is
+ * refused only when none is idle). The deadlines are absolute, so a trickle
+ * of bytes cannot extend them: a first head within min(--request-timeout,
+ * --connection-timeout) of the accept, a body within --request-timeout of its
+ * head, the next request within --connection-timeout of the last response.
+ * The head is read with MSG_PEEK, so libmicrohttpd then reads the same bytes;
+ * a refused head gets our own one reply (libmicrohttpd 0.9.75 writes its
+ * status line twice for a Content-Length it cannot parse) and a lingering
+ * close, so the client reads the reply instead of a reset. */
 typedef enum { SLOT_FREE, SLOT_HEAD, SLOT_LINGER, SLOT_BODY, SLOT_WORK, SLOT_IDLE, SLOT_CLOSING } slot_phase;
 
 /* An open connection, indexed by its fd. */
