@@ -19,6 +19,45 @@
 #define MAX_BIAS 1024
 #define MAX_PROMPT_IDS (1 << 20)
 
+static int cmp_key(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* The first key found twice in one object of the tree at v (depth first),
+ * or NULL; *nomem when out of memory. cJSON keeps both entries and lookups
+ * see the first, where most parsers keep the last: a parser in front of this
+ * server could read another request than ours, so duplicates are refused. */
+static const char *duplicate_key(const cJSON *v, bool *nomem) {
+    int n = 0;
+    for (const cJSON *c = v->child; c; c = c->next) {
+        n++;
+        const char *k = c->child ? duplicate_key(c, nomem) : NULL; /* depth: cJSON's nesting limit */
+        if (k || *nomem) return k;
+    }
+    if (!cJSON_IsObject(v) || n < 2) return NULL;
+    const char **keys = malloc((size_t)n * sizeof(*keys)); /* sorted: n log n, bodies may hold 10^5 keys */
+    if (!keys) {
+        *nomem = true;
+        return NULL;
+    }
+    n = 0;
+    for (const cJSON *c = v->child; c; c = c->next) keys[n++] = c->string;
+    qsort(keys, (size_t)n, sizeof(*keys), cmp_key);
+    const char *dup = NULL;
+    for (int i = 1; i < n && !dup; i++)
+        if (!strcmp(keys[i - 1], keys[i])) dup = keys[i];
+    free(keys);
+    return dup;
+}
+
+/* The length of s's longest prefix of at most max bytes that ends on a UTF-8
+ * character boundary (s is valid UTF-8): quoted in messages, which must stay
+ * valid UTF-8. */
+static int utf8_prefix(const char *s, size_t max) {
+    size_t n = strlen(s);
+    if (n <= max) return (int)n;
+    while (max && ((unsigned char)s[max] & 0xC0) == 0x80) max--;
+    return (int)max;
+}
+
 /* Parses body as one JSON object; NULL with err set otherwise. */
 static cJSON *parse_object(const char *body, size_t len, api_error *err) {
     if (!utf8_valid(body, len)) {
@@ -58,6 +97,16 @@ static cJSON *parse_object(const char *body, size_t len, api_error *err) {
         api_error_set(err, 400, NULL, "The request body must be a JSON object.");
         return NULL;
     }
+    bool nomem = false;
+    const char *dup = duplicate_key(root, &nomem);
+    if (dup || nomem) {
+        char key[64];
+        snprintf(key, sizeof(key), "%.*s", utf8_prefix(dup ? dup : "", 60), dup ? dup : "");
+        if (nomem) api_error_set(err, 500, NULL, "Out of memory.");
+        else api_error_set(err, 400, key, "Duplicate key '%s' in the request body: each key may appear once per object.", key);
+        cJSON_Delete(root);
+        return NULL;
+    }
     return root;
 }
 
@@ -95,8 +144,15 @@ static int get_int(const cJSON *obj, const char *name, double lo, double hi, lon
         return -1;
     }
     double d = v->valuedouble;
-    if (d < lo || d > hi) {
-        api_error_set(err, 400, name, "Invalid value for '%s': %.17g is not in [%.17g, %.17g].", name, d, lo, hi);
+    /* long long holds [-2^63, 2^63): 2^63 itself (what 2^63 - 1 reads as in a
+     * double) must not reach the cast, whatever hi says */
+    if (d < lo || d > hi || d >= 0x1p63 || d < -0x1p63) {
+        if (hi >= 0x1p63)
+            api_error_set(err, 400, name,
+                          "Invalid value for '%s': %.17g is not in [-2^63, 2^63) (JSON numbers are read as doubles, "
+                          "so 2^63 - 1 reads as 2^63).", name, d);
+        else
+            api_error_set(err, 400, name, "Invalid value for '%s': %.17g is not in [%.17g, %.17g].", name, d, lo, hi);
         return -1;
     }
     *out = (long long)d;
@@ -713,7 +769,7 @@ int api_parse_request(api_kind kind, const char *body, size_t len, api_request *
     if (rc) sp->frequency_penalty = (float)d;
     if ((rc = get_number(root, "repetition_penalty", 0, 10, true, &d, err)) < 0) goto fail;
     if (rc) sp->repetition_penalty = (float)d;
-    if ((rc = get_int(root, "seed", -9223372036854775807.0, 9223372036854775807.0, &ll, err)) < 0) goto fail;
+    if ((rc = get_int(root, "seed", -0x1p63, 0x1p63, &ll, err)) < 0) goto fail; /* int64: the bound is exclusive above */
     if (rc) {
         sp->seed = (uint64_t)ll;
         r->has_seed = true;

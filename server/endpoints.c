@@ -103,9 +103,13 @@ enum MHD_Result handle_detokenize(conn *c) {
     int rc = tokenizer_decode(c->s->tok, d.ids, (size_t)d.n_ids, false, &text, &len);
     api_detokenize_free(&d);
     if (rc != TOKENIZER_OK) return fail(c, 500, NULL, "Decoding failed.");
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "prompt", text);
+    cJSON *root = cJSON_CreateObject(), *item = response_string(text, len); /* the text may hold NUL */
     free(text);
+    if (!root || !item || !cJSON_AddItemToObject(root, "prompt", item)) {
+        cJSON_Delete(item);
+        cJSON_Delete(root);
+        root = NULL; /* a 500 */
+    }
     return reply_json(c, 200, root);
 }
 

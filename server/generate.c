@@ -250,7 +250,11 @@ static int finish_choice(conn *c, engine_output *o, enum MHD_Result *ret) {
 enum MHD_Result generate_continue(conn *c) {
     engine_output o;
     while (engine_request_read(c->req, &o, http_suspend, c->mc)) {
-        if (o.progress && !o.len && o.finish == ENGINE_FINISH_NONE && http_peer_gone(c->mc)) {
+        /* libmicrohttpd does not watch a connection that waits for its
+         * response (suspended, or resumed with nothing to send): look at the
+         * socket at each wake-up, so that a client gone is noticed at the
+         * next token (or poke) */
+        if (o.finish == ENGINE_FINISH_NONE && http_peer_gone(c->mc)) {
             free(o.text);
             return MHD_NO; /* closes the connection: on_completed cancels the request */
         }

@@ -1,6 +1,7 @@
 /* The HTTP front end: libmicrohttpd (epoll, internal thread pool) takes
- * connections, reads bodies up to --max-body-bytes, checks the API key and
- * routes each request to its handler (generate.c, endpoints.c). A connection
+ * connections; the route, the API key and a declared body size are checked
+ * on the headers, before the body (up to --max-body-bytes) is read; each
+ * request then goes to its handler (generate.c, endpoints.c). A connection
  * waiting on the engine is suspended and resumed by the engine's notify
  * callback, so no HTTP thread ever blocks on generation; streams (sse.c) are
  * written by a content-reader callback. When the client goes away
@@ -12,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "server/http_head.h"
 #include "server/server_internal.h"
 
 /* ---- replies ---- */
@@ -42,7 +44,7 @@ enum MHD_Result reply(conn *c, int status, const char *ctype, char *body, size_t
     http_add_cors(c->s, r);
     if (allow) MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
     if (status == 503) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
-    if (status == 413) MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+    if (status == 413 || c->close) MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     metrics_http(c->s->mx, c->route, status);
     enum MHD_Result ret = MHD_queue_response(c->mc, (unsigned)status, r);
     MHD_destroy_response(r);
@@ -86,13 +88,21 @@ bool http_peer_gone(struct MHD_Connection *mc) {
 
 /* ---- routes ---- */
 
+/* Whether the request carries the API key (constant time in the key). The
+ * header's length is libmicrohttpd's, not strlen's: a value with a NUL in it
+ * is not the key followed by junk. */
 static bool auth_ok(conn *c) {
     const char *key = c->s->p.api_key;
     if (!key || !key[0]) return true;
-    const char *h = MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
-    if (!h || strncmp(h, "Bearer ", 7) != 0) return false;
+    const char *h = NULL;
+    size_t hl = 0;
+    if (MHD_lookup_connection_value_n(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION,
+                                      strlen(MHD_HTTP_HEADER_AUTHORIZATION), &h, &hl) != MHD_YES ||
+        !h || hl < 7 || memcmp(h, "Bearer ", 7) != 0)
+        return false;
     h += 7;
-    size_t hl = strlen(h), kl = strlen(key);
+    hl -= 7;
+    size_t kl = strlen(key);
     unsigned diff = hl != kl;
     for (size_t i = 0; i < kl; i++) diff |= (unsigned char)key[i] ^ (unsigned char)(i < hl ? h[i] : 0);
     return diff == 0;
@@ -146,20 +156,49 @@ static enum MHD_Result handle_preflight(conn *c) {
     return ret;
 }
 
-static enum MHD_Result dispatch(conn *c, const char *url, const char *method) {
-    int found = -1;
-    const char *cors = c->s->p.cors_origin;
-    if (cors && cors[0] && !strcmp(method, "OPTIONS")) return handle_preflight(c);
-    if (!strcmp(url, "/")) {
-        c->route = "/";
-        return handle_page(c, method);
-    }
-    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]) && found < 0; i++) {
+/* The route of url (exact, or a prefix route's), or -1. */
+static int route_find(const char *url) {
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
         size_t pl = strlen(routes[i].path);
         if (routes[i].path[pl - 1] == '/' ? (!strncmp(url, routes[i].path, pl) && url[pl]) : !strcmp(url, routes[i].path))
-            found = (int)i;
+            return (int)i;
     }
+    return -1;
+}
+
+/* The checks that need only the request line and headers, made at
+ * libmicrohttpd's first call, before any body byte is read: the framing,
+ * the route, the method, the API key and a declared Content-Length over the
+ * limit. A
+ * refusal is queued at once; libmicrohttpd then skips the body, sends no
+ * "100 Continue", and closes the connection after the reply, so an
+ * unauthenticated or oversized upload costs the server no memory. Returns
+ * MHD_YES to go on reading the body, else the refusal's result. */
+static enum MHD_Result framing_header(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
+                                     const char *value, size_t value_size) {
+    (void)kind;
+    http_framing_header(cls, key, key_size, value ? value : "", value ? value_size : 0);
+    return MHD_YES;
+}
+
+static enum MHD_Result check_head(conn *c, const char *url, const char *method, const char *version) {
+    server *s = c->s;
+    const char *cors = s->p.cors_origin;
+    c->route_idx = -1;
+    /* The door screened the connection's first head; a later one on a kept-alive
+     * connection is screened here, from the headers libmicrohttpd parsed. */
+    http_framing fr;
+    http_framing_init(&fr);
+    MHD_get_connection_values_n(c->mc, MHD_HEADER_KIND, framing_header, &fr);
+    if (http_framing_check(&fr, version && !strcmp(version, MHD_HTTP_VERSION_1_0))) {
+        c->close = true;
+        return fail(c, 400, NULL, fr.why);
+    }
+    if ((cors && cors[0] && !strcmp(method, "OPTIONS")) || !strcmp(url, "/")) return MHD_YES; /* no key, no body */
+    int found = route_find(url);
     c->route = found >= 0 ? routes[found].label : "other";
+    c->route_idx = found;
+    c->close = true; /* a refusal below leaves the body unread: the connection cannot be reused */
     api_error err;
     if (found < 0) {
         api_error_set(&err, 404, NULL, "Unknown route: %s %.200s", method, url);
@@ -174,7 +213,29 @@ static enum MHD_Result dispatch(conn *c, const char *url, const char *method) {
         api_error_set(&err, 401, NULL, "Incorrect or missing API key: send 'Authorization: Bearer <key>'.");
         return reply_error(c, &err, NULL);
     }
-    if (c->too_big) {
+    if (fr.n_length && fr.length > s->p.max_body_bytes) {
+        api_error_set(&err, 413, NULL, "The request body is larger than the limit of %zu bytes.", s->p.max_body_bytes);
+        return reply_error(c, &err, NULL);
+    }
+    c->close = false;
+    return MHD_YES;
+}
+
+/* The whole request is in (c->body): the checks that need the body or the
+ * engine, then the route's handler. */
+static enum MHD_Result dispatch(conn *c, const char *url, const char *method) {
+    door_event(c->s->door, c->fd, DOOR_BODY); /* the request is in: no deadline while it runs */
+    const char *cors = c->s->p.cors_origin;
+    if (cors && cors[0] && !strcmp(method, "OPTIONS")) return handle_preflight(c);
+    if (!strcmp(url, "/")) {
+        c->route = "/";
+        return handle_page(c, method);
+    }
+    int found = c->route_idx; /* check_head passed it */
+    if (found < 0) return MHD_NO;
+    api_error err;
+    if (c->too_big) { /* a chunked body (no Content-Length) that grew past the limit */
+        c->close = true;
         api_error_set(&err, 413, NULL, "The request body is larger than the limit of %zu bytes.", c->s->p.max_body_bytes);
         return reply_error(c, &err, NULL);
     }
@@ -198,28 +259,24 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
                                   void **con_cls) {
     server *s = cls;
     conn *c = *con_cls;
-    if (!c) {
+    if (!c) { /* the headers are in, no body byte has been read */
         if (!(c = calloc(1, sizeof(*c)))) return MHD_NO;
         c->s = s;
         c->mc = mc;
         c->route = "other";
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+        c->fd = ci ? ci->connect_fd : -1;
+        door_event(s->door, c->fd, DOOR_HEAD);
         *con_cls = c;
-        /* A body far over the limit is refused before it is read; one a little
-         * over is read and dropped so the client sees the 413. */
-        const char *cl = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > 16 * (unsigned long long)s->p.max_body_bytes) {
-            c->too_big = true;
-            return dispatch(c, url, method);
-        }
-        return MHD_YES;
+        return check_head(c, url, method, version);
     }
-    if (*upload_data_size) {
+    if (*upload_data_size) { /* a body within the declared limit, or a chunked one */
         size_t n = *upload_data_size;
         *upload_data_size = 0;
         c->seen += n;
         if (c->too_big && c->seen > 16 * (unsigned long long)s->p.max_body_bytes)
             return dispatch(c, url, method); /* stop draining an endless body: 413 and close */
-        if (c->too_big) return MHD_YES;
+        if (c->too_big) return MHD_YES; /* read and dropped, so that the client sees the 413 */
         if (c->len + n > s->p.max_body_bytes) {
             c->too_big = true;
             free(c->body);
@@ -249,6 +306,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
 static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, enum MHD_RequestTerminationCode toe) {
     conn *c = *con_cls;
     if (!c) return;
+    door_event(c->s->door, c->fd, DOOR_DONE);
     if (c->req) generate_abort(c); /* a non-streaming request whose connection closed */
     cJSON_Delete(c->choices);
     if (c->generating) atomic_fetch_sub(&c->s->active, 1);
@@ -256,6 +314,16 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, e
     strbuf_free(&c->text);
     free(c);
     *con_cls = NULL;
+}
+
+/* libmicrohttpd's word that a connection is gone, before its fd is closed. */
+static void on_connection(void *cls, struct MHD_Connection *mc, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe) {
+    server *s = cls;
+    (void)socket_context;
+    if (toe != MHD_CONNECTION_NOTIFY_CLOSED) return;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci) door_event(s->door, ci->connect_fd, DOOR_CLOSED);
 }
 
 void server_set_engine(server *s, engine *e) {
@@ -297,29 +365,43 @@ int server_start(const server_params *p, metrics *m, server **out, char *err, si
     int grc = getaddrinfo(p->host, port, &hints, &ai);
     if (grc != 0 || !ai) {
         snprintf(err, errlen, "cannot resolve host %s: %s", p->host, gai_strerror(grc));
-        chat_template_destroy(s->tmpl);
-        free(s);
-        return -1;
+        goto fail;
     }
     memcpy(&s->addr, ai->ai_addr, ai->ai_addrlen);
-    bool v6 = ai->ai_family == AF_INET6;
+    int drc = door_open(s, ai->ai_addr, ai->ai_addrlen, &s->door, err, errlen);
     freeaddrinfo(ai);
+    if (drc) goto fail;
 
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    if (v6) flags |= MHD_USE_IPv6;
-    s->d = MHD_start_daemon(flags, (uint16_t)p->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR,
-                            (struct sockaddr *)&s->addr, MHD_OPTION_THREAD_POOL_SIZE,
+    /* The door accepts and screens connections, then adds them here. */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
+                     MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC;
+    /* The caps are the door's: libmicrohttpd's own limit (1020 by default,
+     * split over its threads) must never refuse what the door let in. */
+    door_limits lim = door_get_limits(s->door);
+    s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, server_log_mhd, s,
+                            MHD_OPTION_THREAD_POOL_SIZE,
                             (unsigned)(p->http_threads > 0 ? p->http_threads : 4), MHD_OPTION_CONNECTION_TIMEOUT,
                             (unsigned)(p->connection_timeout > 0 ? p->connection_timeout : 300),
-                            MHD_OPTION_THREAD_STACK_SIZE, (size_t)(8u << 20), MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)(2 * lim.max_connections + 64),
+                            MHD_OPTION_THREAD_STACK_SIZE, (size_t)(8u << 20), MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                            MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_END);
     if (!s->d) {
-        snprintf(err, errlen, "cannot listen on %s:%d (address in use or not available)", p->host, p->port);
-        chat_template_destroy(s->tmpl);
-        free(s);
-        return -1;
+        snprintf(err, errlen, "cannot start libmicrohttpd's threads");
+        goto fail;
     }
+    if (door_start(s->door, s->d, err, errlen)) goto fail;
+    server_log("connections: at most %d, %d per client address; heads and bodies within %.0fs, "
+            "kept-alive connections idle at most %.0fs", lim.max_connections, lim.max_connections_per_ip,
+            lim.request_timeout, lim.idle_timeout);
     *out = s;
     return 0;
+fail:
+    door_close(s->door);
+    if (s->d) MHD_stop_daemon(s->d);
+    door_destroy(s->door);
+    chat_template_destroy(s->tmpl);
+    free(s);
+    return -1;
 }
 
 void server_drain(server *s) {
@@ -332,13 +414,13 @@ void server_stop(server *s) {
     if (!s) return;
     /* Stop accepting, let requests in flight send their last bytes (the
      * engine has ended them), then stop the threads. */
-    MHD_socket lsock = MHD_quiesce_daemon(s->d);
+    door_close(s->door);
     for (int i = 0; i < 500 && atomic_load(&s->active) > 0; i++) {
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
     MHD_stop_daemon(s->d);
-    if (lsock != MHD_INVALID_SOCKET) close(lsock);
+    door_destroy(s->door); /* after libmicrohttpd, which reports its closes to it */
     chat_template_destroy(s->tmpl);
     free(s);
 }

@@ -22,23 +22,23 @@
 static void wait_and_drain(engine *e, server *srv, const sigset_t *sigs, long shutdown_timeout) {
     int sig = 0;
     sigwait(sigs, &sig);
-    fprintf(stderr, "engram-server: %s, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    server_log("%s, stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
     server_drain(srv);
     if (shutdown_timeout <= 0) return;
-    fprintf(stderr, "engram-server: draining for up to %lds\n", shutdown_timeout);
+    server_log("draining for up to %lds", shutdown_timeout);
     double deadline = util_now() + (double)shutdown_timeout;
     for (;;) {
         /* wait first: a request that passed the draining check is submitted within this tick */
         struct timespec ts = {0, 20 * 1000 * 1000};
         if (sigtimedwait(sigs, NULL, &ts) >= 0) {
-            fprintf(stderr, "engram-server: second signal, aborting the drain\n");
+            server_log("second signal, aborting the drain");
             break;
         }
         engine_stats st;
         engine_get_stats(e, &st);
         if (st.running + st.queued == 0 && server_active(srv) == 0) break;
         if (util_now() >= deadline) {
-            fprintf(stderr, "engram-server: --shutdown-timeout reached, aborting %d request(s)\n",
+            server_log("--shutdown-timeout reached, aborting %d request(s)",
                     st.running + st.queued);
             break;
         }
@@ -55,28 +55,28 @@ static int serve(const server_options *o, const sigset_t *sigs) {
     int rc = 1;
     double t0 = util_now();
     if (!(mx = metrics_create())) {
-        fprintf(stderr, "engram-server: out of memory\n");
+        server_log("out of memory");
         goto done;
     }
     /* Listen first: while the model loads, /health answers 503 "loading". */
     if (server_start(&o->server, mx, &srv, err, sizeof(err)) != 0) {
-        fprintf(stderr, "engram-server: %s\n", err);
+        server_log("%s", err);
         goto done;
     }
     int erc = engine_create(&o->engine, &e, err, sizeof(err));
     if (erc != ENGINE_OK) {
-        fprintf(stderr, "engram-server: %s\n", err);
+        server_log("%s", err);
         rc = erc == ENGINE_ERR_DEVICE ? 2 : 1;
         goto done;
     }
     if (!engine_tokenizer(e) && !o->synthetic) {
-        fprintf(stderr, "engram-server: %s has no usable tokenizer.json: the server needs one\n", o->source);
+        server_log("%s has no usable tokenizer.json: the server needs one", o->source);
         goto done;
     }
     server_set_engine(srv, e);
     engine_stats kv_now;
     engine_get_stats(e, &kv_now);
-    fprintf(stderr, "engram-server: serving %s%s as \"%s\" on http://%s:%d (loaded in %.2fs; KV cache %d tokens)\n",
+    server_log("serving %s%s as \"%s\" on http://%s:%d (loaded in %.2fs; KV cache %d tokens)",
             o->synthetic ? "synthetic " : "", o->source, o->server.served_model_name, o->server.host, o->server.port,
             util_now() - t0, kv_now.kv_capacity);
     wait_and_drain(e, srv, sigs, o->shutdown_timeout);

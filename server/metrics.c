@@ -5,8 +5,8 @@
  * cache (tokens queried and hit, cached blocks, evictions); and the
  * Engram table store's counters (engram_store_*), and the backend's (engram_fetch_*, engram_hbm_*,
  * engram_pcie_bytes_total, engram_prefetch_stall_seconds: how long the GPU waited for rows)
- * kept by the stores themselves. One mutex; rendered as the text exposition
- * format. */
+ * kept by the stores themselves; the HTTP connections (open, refused and
+ * closed by reason). One mutex; rendered as the text exposition format. */
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -43,6 +43,8 @@ struct metrics {
     histogram e2e, ttft, queue, itl;
     histogram grammar_compile;          /* structured outputs: compile seconds per new grammar */
     unsigned long long grammar_cache_hits; /* requests whose grammar was compiled before */
+    unsigned long long conn[METRICS_CONN_N];
+    int conn_open;
 };
 
 metrics *metrics_create(void) {
@@ -69,6 +71,18 @@ void metrics_http(metrics *m, const char *route, int status) {
         if (statuses[i] == status) s = i;
     pthread_mutex_lock(&m->mu);
     m->http[r][s]++;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void metrics_connection(metrics *m, metrics_conn_event ev) {
+    pthread_mutex_lock(&m->mu);
+    m->conn[ev]++;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void metrics_connections_open(metrics *m, int open) {
+    pthread_mutex_lock(&m->mu);
+    m->conn_open = open;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -317,6 +331,23 @@ char *metrics_render(metrics *m, const engine_stats *st, const engram_store_stat
               "# TYPE engram_prefix_cache_evictions_total counter\n"
               "engram_prefix_cache_evictions_total %lld\n",
               st->prefix_queries_tokens, st->prefix_hits_tokens, st->prefix_cached_blocks, st->prefix_evictions);
+    sb_printf(&b,
+              "# HELP engram_http_connections Open HTTP connections (waiting for a head, in a request, kept alive).\n"
+              "# TYPE engram_http_connections gauge\n"
+              "engram_http_connections %d\n"
+              "# HELP engram_http_connections_refused_total Connections refused at accept by a cap, none idle to "
+              "close for them.\n"
+              "# TYPE engram_http_connections_refused_total counter\n"
+              "engram_http_connections_refused_total{reason=\"max_connections\"} %llu\n"
+              "engram_http_connections_refused_total{reason=\"max_connections_per_ip\"} %llu\n"
+              "# HELP engram_http_connections_closed_total Connections the server closed: idle ones to make room "
+              "(evicted), heads or bodies late (request_timeout), kept-alive ones with no next request (idle_timeout).\n"
+              "# TYPE engram_http_connections_closed_total counter\n"
+              "engram_http_connections_closed_total{reason=\"evicted\"} %llu\n"
+              "engram_http_connections_closed_total{reason=\"request_timeout\"} %llu\n"
+              "engram_http_connections_closed_total{reason=\"idle_timeout\"} %llu\n",
+              m->conn_open, m->conn[METRICS_CONN_REFUSED_TOTAL], m->conn[METRICS_CONN_REFUSED_PER_IP],
+              m->conn[METRICS_CONN_EVICTED], m->conn[METRICS_CONN_REQUEST_TIMEOUT], m->conn[METRICS_CONN_IDLE_TIMEOUT]);
     render_histogram(&b, "engram_e2e_request_latency_seconds", "End-to-end request latency.", &m->e2e);
     render_histogram(&b, "engram_time_to_first_token_seconds", "Time from submission to the first token.", &m->ttft);
     render_histogram(&b, "engram_request_queue_time_seconds", "Time requests waited in the queue.", &m->queue);

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <microhttpd.h>
+
 #include "base/util.h"
 #include "chat/reasoning.h"
 #include "server/server.h"
@@ -38,7 +40,16 @@ static const struct {
      "chat responses return the reasoning as reasoning_content"},
     {"cors-allow-origin", OPT_STR, 0, 0, NULL,
      "send Access-Control-Allow-Origin with this value (e.g. * or https://app.example) and answer CORS preflights; off by default"},
-    {"connection-timeout", OPT_INT, 1, 86400, "300", "seconds an idle connection is kept"},
+    {"connection-timeout", OPT_INT, 1, 86400, "300",
+     "seconds an idle connection is kept: a kept-alive one must start its next request within them"},
+    {"request-timeout", OPT_INT, 1, 86400, "60",
+     "seconds for a request's head to arrive (from the connection's start, or within --connection-timeout on a "
+     "kept-alive one), and then its body: counted from the start, so a trickle of bytes cannot extend them"},
+    {"max-connections", OPT_INT, 0, 1 << 20, "0",
+     "open connections at most; when full the longest idle one is closed for a newcomer, which is refused (503) "
+     "only when none is idle (0: the descriptor limit, raised to its hard limit up to 65536, less 256)"},
+    {"max-connections-per-ip", OPT_INT, 0, 1 << 20, "0",
+     "open connections per client address, the same way (0: half of --max-connections)"},
     {"prefill-chunk", OPT_INT, 1, 1 << 20, "256", "prompt tokens per forward pass (streams get a keep-alive after each)"},
     {"shutdown-timeout", OPT_INT, 0, 86400, "0",
      "on SIGTERM/SIGINT, seconds to let accepted requests finish (new ones get 503) before aborting the rest"},
@@ -87,7 +98,7 @@ static const struct {
 /* The table's rows by name, in its order. */
 enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THREADS, O_HTTP_THREADS, O_REASONING,
        O_CORS,
-       O_CONN_TIMEOUT, O_PREFILL_CHUNK, O_SHUTDOWN, O_ENGRAM_TABLE_DIR, O_ENGRAM_TABLES, O_ENGRAM_BUDGET,
+       O_CONN_TIMEOUT, O_REQ_TIMEOUT, O_MAX_CONNS, O_MAX_CONNS_IP, O_PREFILL_CHUNK, O_SHUTDOWN, O_ENGRAM_TABLE_DIR, O_ENGRAM_TABLES, O_ENGRAM_BUDGET,
        O_ENGRAM_HBM, O_ENGRAM_TIER, O_ENGRAM_IO, O_ENGRAM_QD, O_ENGRAM_AHEAD,
        O_MAX_SEQS, O_MAX_BATCHED, O_KV_TOKENS, O_KV_BLOCK, O_PREFIX_CACHING, O_PREFIX_MAX, O_SYNTHETIC, O_SYNTH_SEED, O_SYNTH_DIR,
        O_GPU_UTIL, O_SAMPLE_ON_BACKEND, O_CUDA_GRAPHS, O_CUDA_PROFILE, O_COUNT };
@@ -111,6 +122,7 @@ static void usage(FILE *f) {
     }
     fprintf(f, "  --%-22s JSON config file whose keys are the flag names with '_' (env ENGRAM_CONFIG)\n", "config FILE");
     fprintf(f, "Flags win over environment variables, which win over the config file.\n");
+    fprintf(f, "-h, --help: this text; -V, --version: the version.\n");
 }
 
 static void key_name(const char *flag, char *out, size_t n) {
@@ -138,6 +150,17 @@ static int load_config(const char *path, char **vals) {
         fprintf(stderr, "engram-server: --config: %s\n", err);
         return -1;
     }
+    /* cJSON would cut a string at \u0000 (an api_key would lose its tail
+     * silently), and no option can hold a NUL: refuse the escape */
+    for (size_t i = 0; i + 5 < len; i++) {
+        size_t k = 0;
+        while (k < i && text[i - 1 - k] == '\\') k++;
+        if (text[i] == '\\' && k % 2 == 0 && !memcmp(text + i + 1, "u0000", 5)) {
+            fprintf(stderr, "engram-server: --config %s: a value holds \\u0000 (NUL), which no option can hold\n", path);
+            free(text);
+            return -1;
+        }
+    }
     cJSON *root = cJSON_ParseWithLength(text, len);
     free(text);
     if (!cJSON_IsObject(root)) {
@@ -159,8 +182,8 @@ static int load_config(const char *path, char **vals) {
             return -1;
         }
         char buf[64];
-        const char *v = NULL;
-        if (cJSON_IsString(item)) v = item->valuestring;
+        const char *v = NULL; /* a number for a numeric option, a string for the others: "8080" is no port */
+        if (cJSON_IsString(item) && opts[found].type == OPT_STR) v = item->valuestring;
         else if (cJSON_IsNumber(item) && opts[found].type != OPT_STR) {
             snprintf(buf, sizeof(buf), "%.17g", item->valuedouble);
             v = buf;
@@ -189,6 +212,10 @@ static server_options_status read_flags(int argc, char **argv, const char **flag
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
+            return SERVER_OPTIONS_HELP;
+        }
+        if (!strcmp(a, "--version") || !strcmp(a, "-V")) {
+            printf("engram-server %s (libmicrohttpd %s, cJSON %s)\n", SERVER_VERSION, MHD_get_version(), cJSON_Version());
             return SERVER_OPTIONS_HELP;
         }
         if (strncmp(a, "--", 2) != 0) {
@@ -228,7 +255,15 @@ static server_options_status resolve(const char **flag_vals, char **file_vals, c
         char env[64];
         env_name(opts[i].flag, env, sizeof(env));
         const char *e = getenv(env);
-        val[i] = flag_vals[i] ? flag_vals[i] : (e && e[0]) ? e : file_vals[i] ? file_vals[i] : opts[i].def;
+        if (e && !e[0]) { /* set but empty: a missing secret must not turn authentication off */
+            fprintf(stderr, "engram-server: %s is set but empty: give it a value or unset it\n", env);
+            return SERVER_OPTIONS_ERR;
+        }
+        if (i == O_KEY && flag_vals[i] && !flag_vals[i][0]) { /* "--api-key $KEY" with KEY unset */
+            fprintf(stderr, "engram-server: --api-key is empty: give the key, or leave the flag out for no authentication\n");
+            return SERVER_OPTIONS_ERR;
+        }
+        val[i] = flag_vals[i] ? flag_vals[i] : e ? e : file_vals[i] ? file_vals[i] : opts[i].def;
         if (val[i] && opts[i].type == OPT_INT && parse_int(val[i], opts[i].lo, opts[i].hi, &num[i])) {
             fprintf(stderr, "engram-server: bad value for --%s: %s (an integer in [%ld, %ld])\n", opts[i].flag, val[i],
                     opts[i].lo, opts[i].hi);
@@ -396,6 +431,9 @@ static void http_options(const char **val, const long *num, server_params *sp, c
     sp->reasoning = !strcmp(val[O_REASONING], "qwen3") ? REASONING_QWEN3 : !strcmp(val[O_REASONING], "deepseek_r1")
                                                                               ? REASONING_DEEPSEEK_R1 : REASONING_NONE;
     sp->connection_timeout = (int)num[O_CONN_TIMEOUT];
+    sp->request_timeout = (int)num[O_REQ_TIMEOUT];
+    sp->max_connections = (int)num[O_MAX_CONNS];
+    sp->max_connections_per_ip = (int)num[O_MAX_CONNS_IP];
 }
 
 server_options_status server_options_parse(int argc, char **argv, server_options *o) {
@@ -405,6 +443,11 @@ server_options_status server_options_parse(int argc, char **argv, server_options
     const char *config = getenv("ENGRAM_CONFIG");
     server_options_status st = read_flags(argc, argv, flag_vals, &config);
     if (st != SERVER_OPTIONS_OK) return st;
+    if (config && !config[0]) {
+        fprintf(stderr, "engram-server: %s is empty: give a config file or unset it\n",
+                getenv("ENGRAM_CONFIG") == config ? "ENGRAM_CONFIG" : "--config");
+        return SERVER_OPTIONS_ERR;
+    }
     if (config && config[0] && load_config(config, o->owned)) return SERVER_OPTIONS_ERR;
     o->engine = engine_default_params();
     /* in this order, so that the first problem is the one reported */

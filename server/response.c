@@ -8,6 +8,37 @@
 #include "server/server_internal.h"
 #include "tokenizer/tokenizer.h"
 
+/* ---- strings with lengths: generated text may hold the byte 0x00 ---- */
+
+int response_escape(strbuf *b, const char *s, size_t n) {
+    /* cJSON's own escapes (its printer stops at the first NUL, ours does not) */
+    static const char hex[] = "0123456789abcdef";
+    if (strbuf_reserve(b, n + 2)) return -1;
+    int rc = strbuf_addc(b, '"');
+    for (size_t i = 0; i < n && !rc; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        const char *esc = ch == '"' ? "\\\"" : ch == '\\' ? "\\\\" : ch == '\b' ? "\\b" : ch == '\f' ? "\\f"
+                          : ch == '\n' ? "\\n" : ch == '\r' ? "\\r" : ch == '\t' ? "\\t" : NULL;
+        if (esc) rc = strbuf_add(b, esc, 2);
+        else if (ch < 0x20) rc = strbuf_add(b, (const char[]){'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15]}, 6);
+        else rc = strbuf_addc(b, (char)ch);
+    }
+    return rc || strbuf_addc(b, '"') ? -1 : 0;
+}
+
+cJSON *response_string(const char *s, size_t n) {
+    if (!memchr(s ? s : "", 0, s ? n : 0)) { /* the common case: cJSON's own string */
+        char *z = s ? strndup(s, n) : NULL;
+        cJSON *item = cJSON_CreateString(z ? z : "");
+        free(z);
+        return s && !z ? NULL : item;
+    }
+    strbuf b = {0};
+    cJSON *item = response_escape(&b, s, n) ? NULL : cJSON_CreateRaw(b.s); /* printed as is */
+    strbuf_free(&b);
+    return item;
+}
+
 const char *response_finish_str(engine_finish f) {
     switch (f) {
     case ENGINE_FINISH_STOP: return "stop";
@@ -48,20 +79,29 @@ cJSON *response_head(server *s, const char *id, const char *object, long created
 
 /* ---- logprobs ---- */
 
-/* The text of one token (special tokens kept), as a JSON string item. */
-static cJSON *token_text(server *s, int32_t id, size_t *len) {
+/* The text of one token (special tokens kept) into *out (heap, *len bytes;
+ * it may hold NUL): "<id>" without a tokenizer. Returns 0, or -1 out of memory. */
+static int token_text(server *s, int32_t id, char **out, size_t *len) {
     const tokenizer *tok = engine_tokenizer(s->e);
-    char *piece = NULL, num[16];
-    size_t n = 0;
-    if (!tok || tokenizer_decode(tok, &id, 1, false, &piece, &n) != TOKENIZER_OK) {
-        free(piece);
-        piece = NULL;
-        n = (size_t)snprintf(num, sizeof(num), "<%d>", id); /* no tokenizer: ids as text */
-    }
-    cJSON *str = cJSON_CreateString(piece ? piece : num);
-    if (len) *len = n;
+    *out = NULL;
+    *len = 0;
+    if (tok && tokenizer_decode(tok, &id, 1, false, out, len) == TOKENIZER_OK) return 0;
+    free(*out);
+    char num[16];
+    *len = (size_t)snprintf(num, sizeof(num), "<%d>", id); /* no tokenizer: ids as text */
+    return (*out = strdup(num)) ? 0 : -1;
+}
+
+/* The text of one token as a JSON string item (NULL out of memory); *len
+ * (when len) its bytes. */
+static cJSON *token_item(server *s, int32_t id, size_t *len) {
+    char *piece;
+    size_t n;
+    if (token_text(s, id, &piece, &n)) return NULL;
+    cJSON *item = response_string(piece, n);
     free(piece);
-    return str;
+    if (len) *len = n;
+    return item;
 }
 
 /* {"token", "logprob", "bytes"} of chat's logprobs.content entries: "bytes"
@@ -69,23 +109,51 @@ static cJSON *token_text(server *s, int32_t id, size_t *len) {
  * that piece, where "token" shows U+FFFD), as OpenAI's. */
 static cJSON *chat_token_lp(server *s, int32_t id, float logprob) {
     cJSON *o = cJSON_CreateObject();
-    cJSON *t = token_text(s, id, NULL);
     cJSON *bytes = cJSON_CreateArray();
     const tokenizer *tok = engine_tokenizer(s->e);
-    char *raw = NULL;
-    size_t n = 0;
+    char *text = NULL, *raw = NULL;
+    size_t tn = 0, n = 0;
+    int trc = token_text(s, id, &text, &tn);
     if (!tok || tokenizer_token_bytes(tok, id, &raw, &n) != TOKENIZER_OK) { /* as its text */
         free(raw);
         raw = NULL;
-        n = strlen(t->valuestring);
+        n = tn;
     }
-    const unsigned char *p = (const unsigned char *)(raw ? raw : t->valuestring);
-    for (size_t k = 0; k < n; k++) cJSON_AddItemToArray(bytes, cJSON_CreateNumber(p[k]));
+    const unsigned char *p = (const unsigned char *)(raw ? raw : text);
+    for (size_t k = 0; p && k < n; k++) cJSON_AddItemToArray(bytes, cJSON_CreateNumber(p[k]));
+    cJSON_AddItemToObject(o, "token", trc ? NULL : response_string(text, tn));
     free(raw);
-    cJSON_AddItemToObject(o, "token", t);
+    free(text);
     cJSON_AddNumberToObject(o, "logprob", logprob);
     cJSON_AddItemToObject(o, "bytes", bytes);
     return o;
+}
+
+/* completions' top_logprobs entry: {token text: logprob} for the
+ * alternatives, the first of two ids that share a text kept. Written by hand
+ * (a raw item) since a token's text, a key here, may hold NUL, which cJSON's
+ * keys cannot. NULL out of memory. */
+static cJSON *completion_alternatives(server *s, const engine_logprob *lp) {
+    char *texts[ENGINE_MAX_TOP_LOGPROBS] = {0};
+    size_t lens[ENGINE_MAX_TOP_LOGPROBS] = {0};
+    strbuf b = {0};
+    int rc = strbuf_addc(&b, '{'), n_keys = 0;
+    for (int k = 0; k < lp->n_top && k < ENGINE_MAX_TOP_LOGPROBS && !rc; k++) {
+        if ((rc = token_text(s, lp->top_ids[k], &texts[k], &lens[k]))) break;
+        bool dup = false;
+        for (int j = 0; j < k && !dup; j++) dup = lens[j] == lens[k] && !memcmp(texts[j], texts[k], lens[k]);
+        if (dup) continue;
+        cJSON *num = cJSON_CreateNumber(lp->top_logprobs[k]); /* cJSON's number format, as elsewhere */
+        char *v = num ? cJSON_PrintUnformatted(num) : NULL;
+        rc = !v || (n_keys++ && strbuf_addc(&b, ',')) || response_escape(&b, texts[k], lens[k]) ||
+             strbuf_addc(&b, ':') || strbuf_add(&b, v, strlen(v));
+        free(v);
+        cJSON_Delete(num);
+    }
+    cJSON *item = !rc && !strbuf_addc(&b, '}') ? cJSON_CreateRaw(b.s) : NULL;
+    for (int k = 0; k < ENGINE_MAX_TOP_LOGPROBS; k++) free(texts[k]);
+    strbuf_free(&b);
+    return item;
 }
 
 /* The "logprobs" of a choice for entries [from, to): chat's {"content": [...]}
@@ -107,16 +175,9 @@ cJSON *response_logprobs(server *s, api_kind kind, const engine_logprob *lp, int
     cJSON *top = cJSON_AddArrayToObject(o, "top_logprobs"), *off = cJSON_AddArrayToObject(o, "text_offset");
     for (int i = from; i < to; i++) {
         size_t len = 0;
-        cJSON_AddItemToArray(tokens, token_text(s, lp[i].id, &len));
+        cJSON_AddItemToArray(tokens, token_item(s, lp[i].id, &len));
         cJSON_AddItemToArray(tlp, cJSON_CreateNumber(lp[i].logprob));
-        cJSON *alts = cJSON_CreateObject();
-        for (int k = 0; k < lp[i].n_top; k++) {
-            cJSON *t = token_text(s, lp[i].top_ids[k], NULL);
-            if (!cJSON_GetObjectItemCaseSensitive(alts, t->valuestring)) /* two ids may share a text */
-                cJSON_AddNumberToObject(alts, t->valuestring, lp[i].top_logprobs[k]);
-            cJSON_Delete(t);
-        }
-        cJSON_AddItemToArray(top, alts);
+        cJSON_AddItemToArray(top, completion_alternatives(s, &lp[i]));
         cJSON_AddItemToArray(off, cJSON_CreateNumber((double)*text_offset));
         *text_offset += len;
     }
@@ -144,7 +205,7 @@ cJSON *response_gates(server *s, engine_request *r, int n_prompt) {
         char *piece = NULL;
         size_t len = 0;
         if (tok && tokenizer_decode(tok, ids + t, 1, false, &piece, &len) == TOKENIZER_OK)
-            cJSON_AddItemToArray(jtok, cJSON_CreateString(piece));
+            cJSON_AddItemToArray(jtok, response_string(piece, len));
         else
             cJSON_AddItemToArray(jtok, cJSON_CreateString(""));
         free(piece);
@@ -184,9 +245,12 @@ static int chat_message(conn *c, cJSON *ch, const char **finish) {
     cJSON *msg = cJSON_AddObjectToObject(ch, "message");
     cJSON_AddStringToObject(msg, "role", "assistant");
     if (!c->s->reasoning && !c->g.tools) {
-        cJSON_AddStringToObject(msg, "content", text);
-        return 0;
+        cJSON *content = response_string(text, c->text.len);
+        if (content && cJSON_AddItemToObject(msg, "content", content)) return 0;
+        cJSON_Delete(content);
+        return -1;
     }
+    /* chat/'s parsers hand back C strings: a NUL ends their pieces there */
     reasoning_splitter rs;
     tool_parser tp;
     reasoning_init(&rs, c->s->reasoning);
@@ -235,7 +299,12 @@ int response_choice_add(conn *c, const engine_output *o, cJSON *lps) {
             return -1;
         }
     } else {
-        cJSON_AddStringToObject(ch, "text", c->text.s ? c->text.s : "");
+        cJSON *text = response_string(c->text.s, c->text.len);
+        if (!text || !cJSON_AddItemToObject(ch, "text", text)) {
+            cJSON_Delete(text);
+            cJSON_Delete(lps);
+            return -1;
+        }
     }
     if (lps) cJSON_AddItemToObject(ch, "logprobs", lps);
     else cJSON_AddNullToObject(ch, "logprobs");

@@ -5,11 +5,24 @@
 #ifndef SERVER_SERVER_H
 #define SERVER_SERVER_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 
 #include "engine/engine.h"
 #include "server/api.h"
+
+/* ---- log.c ---- */
+
+/* One diagnostic line on stderr, "<UTC ISO 8601 time> engram-server: <message>"
+ * (fmt without a newline), written whole. Errors of the command line itself
+ * are plain lines (options.c). */
+void server_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* libmicrohttpd's external logger (MHD_OPTION_EXTERNAL_LOGGER): its messages
+ * as server_log lines prefixed "libmicrohttpd: ", except those of a client
+ * that went away (normal, and counted as an aborted request). */
+void server_log_mhd(void *cls, const char *fmt, va_list ap);
 
 /* ---- metrics.c ---- */
 
@@ -20,6 +33,21 @@ void metrics_destroy(metrics *m); /* accepts NULL */
 
 /* Counts one HTTP response: route is one of the server's routes or "other". */
 void metrics_http(metrics *m, const char *route, int status);
+
+/* What happened to a connection, counted by reason. */
+typedef enum {
+    METRICS_CONN_REFUSED_TOTAL,   /* refused: --max-connections reached, none idle to close */
+    METRICS_CONN_REFUSED_PER_IP,  /* refused: --max-connections-per-ip reached, none of its own idle */
+    METRICS_CONN_EVICTED,         /* an idle connection closed to make room for a new one */
+    METRICS_CONN_REQUEST_TIMEOUT, /* closed: a head or body not in within --request-timeout */
+    METRICS_CONN_IDLE_TIMEOUT,    /* closed: no next request within --connection-timeout */
+    METRICS_CONN_N
+} metrics_conn_event;
+
+void metrics_connection(metrics *m, metrics_conn_event ev);
+
+/* The open connections now (a gauge). */
+void metrics_connections_open(metrics *m, int open);
 
 /* Records a finished generation: finish reason label ("stop", "length",
  * "abort", "error"), token counts and the request's timestamps. */
@@ -46,6 +74,9 @@ typedef struct {
     int http_threads;              /* libmicrohttpd thread pool size */
     const char *cors_origin;       /* NULL or "": no CORS headers */
     int connection_timeout;        /* seconds an idle connection is kept; 0: 300 */
+    int request_timeout;           /* seconds for a request's head, and its body after the head; 0: 60 */
+    int max_connections;           /* open connections at most; 0: from the descriptor limit */
+    int max_connections_per_ip;    /* per client address; 0: half of max_connections */
     int reasoning;                 /* a reasoning_format: how chat output's reasoning is split off */
 } server_params;
 
@@ -85,9 +116,11 @@ typedef struct {
     char name_buf[256];     /* the served model name when taken from the directory */
 } server_options;
 
+#define SERVER_VERSION "0.1.0" /* --version */
+
 typedef enum {
     SERVER_OPTIONS_OK = 0,
-    SERVER_OPTIONS_HELP = 1,  /* --help: the usage is on stdout */
+    SERVER_OPTIONS_HELP = 1,  /* --help or --version: the usage or the version is on stdout */
     SERVER_OPTIONS_ERR = -1,  /* a bad option: the problem (and for a bad flag the usage) is on stderr */
 } server_options_status;
 

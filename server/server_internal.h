@@ -22,6 +22,8 @@
 #include "grammar/grammar.h"
 #include "server/server.h"
 
+typedef struct door door;
+
 struct server {
     server_params p;
     engine *e;          /* borrowed */
@@ -31,6 +33,7 @@ struct server {
     tool_format tool_fmt; /* how the template writes tool calls: what the model's output is parsed for */
     reasoning_format reasoning; /* --reasoning-parser */
     struct MHD_Daemon *d;
+    door *door;         /* the listening socket and accept loop */
     struct sockaddr_storage addr;
     atomic_bool draining;
     atomic_bool ready; /* the engine is loaded (e and tok set) */
@@ -62,7 +65,10 @@ typedef struct {
     const char *route; /* metrics label */
     char *body;        /* (len) bytes received */
     size_t len, cap;
-    bool too_big;
+    int route_idx;     /* the route check_head found (-1: none or not a table route) */
+    bool close;        /* the reply says Connection: close (the body was left unread) */
+    bool too_big;      /* a chunked body grew past --max-body-bytes: read and dropped */
+    int fd;            /* the connection's socket: its slot in the door's table */
     unsigned long long seen; /* body bytes received, kept or not */
     bool generating; /* counted in server.active */
     /* a non-streaming generation waiting on the engine: choice `cur` of g.n_req */
@@ -79,7 +85,7 @@ typedef struct {
 
 /* Queues a response of len bytes of body (heap, taken; NULL: a 500 "Out of
  * memory.") with the CORS header, Allow (when allow), Retry-After on 503 and
- * Connection: close on 413. */
+ * Connection: close on 413 or when c->close. */
 enum MHD_Result reply(conn *c, int status, const char *ctype, char *body, size_t len, const char *allow);
 
 /* The error's JSON envelope (type and code filled in from its status). */
@@ -101,6 +107,48 @@ void http_resume(void *mc);
 
 /* Whether the client has closed its side of mc's connection (or reset it). */
 bool http_peer_gone(struct MHD_Connection *mc);
+
+/* ---- door.c: the listening socket and the connection table, ahead of libmicrohttpd ---- */
+
+/* The caps and deadlines in force (the params' 0s resolved). */
+typedef struct {
+    int max_connections;        /* open connections in all */
+    int max_connections_per_ip; /* per client address */
+    double request_timeout;     /* seconds for a head, and for a body after its head */
+    double idle_timeout;        /* seconds a kept-alive connection may wait for its next request */
+} door_limits;
+
+/* Raises the descriptor limit to the hard limit (at most 65536), resolves
+ * the caps (0: from that limit, less 256 for the rest; per address, half),
+ * binds and listens on addr. Returns 0 and *out, or -1 with a message in
+ * err (a cap over the limit, the address in use). */
+int door_open(server *s, const struct sockaddr *addr, socklen_t alen, door **out, char *err, size_t errlen);
+
+door_limits door_get_limits(const door *dr);
+
+/* Starts the accept thread: each connection's first request head is
+ * screened (http_head.h), then the connection goes to d, or gets a 400, 431
+ * or 505 and is closed; over a cap it gets a 503 unless an idle connection
+ * could be closed for it. Returns 0, or -1 with a message in err. */
+int door_start(door *dr, struct MHD_Daemon *d, char *err, size_t errlen);
+
+/* What libmicrohttpd tells the door about a connection it holds (fd). */
+typedef enum {
+    DOOR_HEAD,   /* a request's head is in: its body is due within --request-timeout */
+    DOOR_BODY,   /* its body is in: the request runs, no deadline */
+    DOOR_DONE,   /* its response is over: the next request is due within --connection-timeout */
+    DOOR_CLOSED, /* the connection is closed (reported before its fd is) */
+} door_event_kind;
+
+/* Any thread. Accepts NULL. */
+void door_event(door *dr, int fd, door_event_kind ev);
+
+/* Stops accepting and closes the connections not handed over; those of
+ * libmicrohttpd stay (and keep reporting). Accepts NULL. */
+void door_close(door *dr);
+
+/* door_close, then frees dr: after libmicrohttpd has stopped. Accepts NULL. */
+void door_destroy(door *dr);
 
 /* ---- prompt.c: from a request to the prompt's token ids ---- */
 
@@ -145,6 +193,19 @@ void generate_abort(conn *c);
 int structured_grammar(conn *c, const api_request *ar, grammar **out, enum MHD_Result *ret);
 
 /* ---- response.c: the JSON of responses and chunks ---- */
+
+/* Text that may hold the byte 0x00 (a token can decode to it) is carried
+ * with its length from the engine to the JSON: cJSON's strings end at the
+ * first NUL, so such text becomes a raw item that this escaper wrote. */
+
+/* Appends s[0..n) to b as a JSON string literal, quotes included, escaped as
+ * cJSON escapes (NUL as \u0000). Returns 0, or -1 out of memory. */
+int response_escape(strbuf *b, const char *s, size_t n);
+
+/* A JSON string item of the n bytes at s (any bytes, NUL included; s NULL
+ * for ""): a cJSON string when there is no NUL, else a raw item. NULL out
+ * of memory. */
+cJSON *response_string(const char *s, size_t n);
 
 /* The finish_reason of a finish: "stop", "length", "error" or "abort". */
 const char *response_finish_str(engine_finish f);

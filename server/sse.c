@@ -59,12 +59,12 @@ static int sse_event(stream *st, cJSON *obj) {
 }
 
 /* One chunk with one choice, sent: for chat, a delta with the role (when
- * role), the content text, the reasoning text and the tool calls completed
- * since calls_from (each when given: NULL, or calls_from < 0, for none); for
- * completions the text (""). Then logprobs (owned, or NULL) and finish (or
- * NULL). */
-static int sse_delta(stream *st, bool role, const char *text, const char *reasoning, int calls_from, const char *finish,
-                     cJSON *lps) {
+ * role), the content text (tlen bytes, NUL allowed), the reasoning text and
+ * the tool calls completed since calls_from (each when given: NULL, or
+ * calls_from < 0, for none); for completions the text (""). Then logprobs
+ * (owned, or NULL) and finish (or NULL). */
+static int sse_delta(stream *st, bool role, const char *text, size_t tlen, const char *reasoning, int calls_from,
+                     const char *finish, cJSON *lps) {
     bool chat = st->g.kind == API_CHAT;
     cJSON *root = response_head(st->s, st->g.id, chat ? "chat.completion.chunk" : "text_completion", st->g.created);
     cJSON *choices = cJSON_AddArrayToObject(root, "choices");
@@ -74,12 +74,12 @@ static int sse_delta(stream *st, bool role, const char *text, const char *reason
     if (chat) {
         cJSON *delta = cJSON_AddObjectToObject(ch, "delta");
         if (role) cJSON_AddStringToObject(delta, "role", "assistant");
-        if (text) cJSON_AddStringToObject(delta, "content", text);
+        if (text) cJSON_AddItemToObject(delta, "content", response_string(text, tlen));
         if (reasoning) cJSON_AddStringToObject(delta, "reasoning_content", reasoning);
         if (calls_from >= 0)
             cJSON_AddItemToObject(delta, "tool_calls", response_tool_calls(st->s, &st->tp, calls_from, true));
     } else {
-        cJSON_AddStringToObject(ch, "text", text ? text : "");
+        cJSON_AddItemToObject(ch, "text", response_string(text, text ? tlen : 0));
     }
     if (lps) cJSON_AddItemToObject(ch, "logprobs", lps);
     else cJSON_AddNullToObject(ch, "logprobs");
@@ -89,9 +89,9 @@ static int sse_delta(stream *st, bool role, const char *text, const char *reason
     return sse_event(st, root);
 }
 
-/* A chunk of text (or NULL for none) with logprobs and finish (see sse_delta). */
-static int sse_chunk(stream *st, const char *text, bool role, const char *finish, cJSON *lps) {
-    return sse_delta(st, role, text, NULL, -1, finish, lps);
+/* A chunk of text (len bytes; or NULL for none) with logprobs and finish (see sse_delta). */
+static int sse_chunk(stream *st, const char *text, size_t len, bool role, const char *finish, cJSON *lps) {
+    return sse_delta(st, role, text, len, NULL, -1, finish, lps);
 }
 
 /* A streamed chat choice's next text (or its end, final): the reasoning
@@ -103,7 +103,7 @@ static int stream_chat_text(stream *st, const char *text, size_t len, cJSON *lps
     int had = st->tp.n_calls;
     int rc = final ? reasoning_finish(&st->rs, &r, &c) : reasoning_feed(&st->rs, text ? text : "", len, &r, &c);
     if (!rc && r) {
-        rc = sse_delta(st, false, NULL, r, -1, NULL, lps);
+        rc = sse_delta(st, false, NULL, 0, r, -1, NULL, lps);
         lps = NULL;
     }
     if (!rc && st->g.tools) {
@@ -120,10 +120,10 @@ static int stream_chat_text(stream *st, const char *text, size_t len, cJSON *lps
         part = c, c = NULL;
     }
     if (!rc && (part || lps)) {
-        rc = sse_chunk(st, part, false, NULL, lps);
+        rc = sse_chunk(st, part, part ? strlen(part) : 0, false, NULL, lps); /* chat/'s pieces are C strings */
         lps = NULL;
     }
-    if (!rc && st->tp.n_calls > had) rc = sse_delta(st, false, NULL, NULL, had, NULL, NULL);
+    if (!rc && st->tp.n_calls > had) rc = sse_delta(st, false, NULL, 0, NULL, had, NULL, NULL);
     cJSON_Delete(lps);
     free(r), free(c), free(part);
     return rc ? -1 : 0;
@@ -151,7 +151,7 @@ static int stream_format(stream *st, const engine_output *o) {
     if (split) {
         if (stream_chat_text(st, o->text, o->len, lps, false)) return -1;
     } else if ((o->len || lps) &&
-               sse_chunk(st, o->len ? o->text : (st->g.kind == API_CHAT ? NULL : ""), false, NULL, lps)) {
+               sse_chunk(st, o->len ? o->text : (st->g.kind == API_CHAT ? NULL : ""), o->len, false, NULL, lps)) {
         return -1;
     }
     if (o->finish == ENGINE_FINISH_NONE) return 0;
@@ -166,7 +166,7 @@ static int stream_format(stream *st, const engine_output *o) {
             reasoning_free(&st->rs);
             reasoning_init(&st->rs, st->s->reasoning);
         }
-        if (sse_chunk(st, st->g.kind == API_CHAT ? NULL : "", false, finish, NULL)) return -1;
+        if (sse_chunk(st, st->g.kind == API_CHAT ? NULL : "", 0, false, finish, NULL)) return -1;
         st->completion_tokens += o->n_generated;
         if (st->cur == 0) st->cached_tokens = o->n_cached; /* the prompt's, counted once as prompt_tokens is */
         if (st->cur + 1 < st->g.n_req) { /* on to the next choice */
@@ -175,7 +175,7 @@ static int stream_format(stream *st, const engine_output *o) {
             st->g.reqs[st->cur - 1] = NULL;
             st->recorded = false;
             st->text_offset = 0;
-            return st->g.kind == API_CHAT ? sse_chunk(st, "", true, NULL, NULL) : 0;
+            return st->g.kind == API_CHAT ? sse_chunk(st, "", 0, true, NULL, NULL) : 0;
         }
         if (st->g.include_usage) {
             const char *object = st->g.kind == API_CHAT ? "chat.completion.chunk" : "text_completion";
@@ -260,7 +260,7 @@ enum MHD_Result sse_start(conn *c, generation *g) {
     server *s = c->s;
     stream *st = stream_create(c, g);
     /* chat: the first delta carries the role */
-    bool ok = st && !(g->kind == API_CHAT && sse_chunk(st, "", true, NULL, NULL));
+    bool ok = st && !(g->kind == API_CHAT && sse_chunk(st, "", 0, true, NULL, NULL));
     struct MHD_Response *r =
         ok ? MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, SSE_BLOCK, stream_reader, st, stream_free) : NULL;
     if (!r) {

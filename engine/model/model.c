@@ -101,6 +101,29 @@ static int parse_rope(const cJSON *root, model_config *c, const char *label, cha
     return -1;
 }
 
+/* eos_token_id: an id or a list of ids, each in the vocabulary (vocab_size
+ * already read). One outside it would never stop a generation: refused,
+ * never dropped. Returns 0, or MODEL_ERR_CONFIG with a message in err. */
+static int parse_eos(const cJSON *root, model_config *c, const char *label, char *err, size_t errlen) {
+    int rc = MODEL_OK;
+    const cJSON *eos = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
+    if (!eos || cJSON_IsNull(eos)) return MODEL_OK;
+    bool list = cJSON_IsArray(eos);
+    if (!list && !cJSON_IsNumber(eos)) CFG_FAIL("%s: key eos_token_id must be a token id or a list of them", label);
+    if (list && cJSON_GetArraySize(eos) > MODEL_MAX_EOS)
+        CFG_FAIL("%s: key eos_token_id lists %d ids, more than the %d supported", label, cJSON_GetArraySize(eos),
+                 MODEL_MAX_EOS);
+    for (const cJSON *e = list ? eos->child : eos; e; e = list ? e->next : NULL) {
+        double v = cJSON_IsNumber(e) ? e->valuedouble : -1;
+        if (!cJSON_IsNumber(e) || v != floor(v)) CFG_FAIL("%s: key eos_token_id must hold integer token ids", label);
+        if (v < 0 || v >= c->vocab_size)
+            CFG_FAIL("%s: eos_token_id %.0f is outside the vocabulary (vocab_size %d)", label, v, c->vocab_size);
+        c->eos_token_ids[c->n_eos++] = (int)v;
+    }
+done:
+    return rc;
+}
+
 int model_config_parse(const char *json, size_t len, const char *label, model_config *c, char *err,
                        size_t errlen) {
     int rc = MODEL_OK;
@@ -201,13 +224,10 @@ token_ids:
     const cJSON *bos = cJSON_GetObjectItemCaseSensitive(root, "bos_token_id");
     if (cJSON_IsNumber(bos) && bos->valuedouble >= 0 && bos->valuedouble < c->vocab_size)
         c->bos_token_id = (int)bos->valuedouble;
-    const cJSON *eos = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
-    if (cJSON_IsNumber(eos) && eos->valuedouble >= 0 && eos->valuedouble < c->vocab_size)
-        c->eos_token_ids[c->n_eos++] = (int)eos->valuedouble;
-    else if (cJSON_IsArray(eos))
-        for (const cJSON *e = eos->child; e && c->n_eos < MODEL_MAX_EOS; e = e->next)
-            if (cJSON_IsNumber(e) && e->valuedouble >= 0 && e->valuedouble < c->vocab_size)
-                c->eos_token_ids[c->n_eos++] = (int)e->valuedouble;
+    if (parse_eos(root, c, label, err, errlen)) {
+        rc = MODEL_ERR_CONFIG;
+        goto done;
+    }
     if (c->arch != ARCH_DEEPSEEK_V4 && (model__parse_moe_config(root, c, label, err, errlen) ||
                                         model__parse_engram_config(root, c, label, err, errlen)))
         rc = MODEL_ERR_CONFIG;

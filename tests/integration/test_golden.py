@@ -108,7 +108,8 @@ def test_stops_at_eos(tmp_path):
     shutil.copytree(MODELS / "mistral", d)
     g = golden("mistral")
     cfg = json.loads((d / "config.json").read_text())
-    cfg["eos_token_id"] = [999999, g["greedy_ids"][2]]
+    # a list: an id never generated (in the vocabulary: one outside it is refused at load), then the one that stops
+    cfg["eos_token_id"] = [cfg["vocab_size"] - 1, g["greedy_ids"][2]]
     (d / "config.json").write_text(json.dumps(cfg))
     p = run_bin("engram-run", "--model", d, "--prompt-ids", ",".join(map(str, g["prompt_ids"])),
                 "--temperature", "0", "--max-tokens", "24", "--print-ids")
