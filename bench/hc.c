@@ -12,7 +12,7 @@
 
 static float *rnd(size_t n, float s) {
     float *p = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) p[i] = s * ((float)rand() / RAND_MAX - 0.5f);
+    for (size_t i = 0; i < n; i++) p[i] = s * (float)((double)rand() / RAND_MAX - 0.5);
     return p;
 }
 
