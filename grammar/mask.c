@@ -115,7 +115,8 @@ static int intern(build *b, const gstate *s) {
         const gstate *o = &b->st[id];
         bool same = b->st_hash[id] == h && o->n == s->n && o->n_data == s->n_data;
         for (int i = 0; same && i < s->n; i++)
-            same = o->len[i] == s->len[i] && !memcmp(o->data + o->off[i], s->data + s->off[i], s->len[i] * sizeof(uint32_t));
+            same = o->len[i] == s->len[i] &&
+                   (!s->len[i] || !memcmp(o->data + o->off[i], s->data + s->off[i], s->len[i] * sizeof(uint32_t)));
         if (same) return id;
     }
     if (b->n_st == MEMO_STATES) return -2;
@@ -350,9 +351,9 @@ int grammar__mask_fast(grammar_matcher *m, const grammar_vocab *v, uint32_t *mas
     pthread_mutex_lock(&m->g->lock);
     for (int i = 0; i < cur->n && rc == 0; i++) {
         uint32_t len = cur->len[i], k = len < TAU ? len : TAU;
-        const uint32_t *st = cur->data + cur->off[i];
         ts[i] = NULL;
         if (len == 0) continue;
+        const uint32_t *st = cur->data + cur->off[i]; /* data may be NULL while every stack is empty */
         if (table_get(m, v, st + len - k, k, &ts[i])) rc = -1;
         else if (!ts[i] || ts[i]->unsafe) rc = 1;
         else if (grammar__expand(m->g, st, len - k, &m->a, m->buf)) rc = -1;
