@@ -175,16 +175,11 @@ int model__load_dsv4_engram(model *m, char *err, size_t errlen) {
     const engram_v41_config *v = &c->engram_v41;
     char label[4096];
     snprintf(label, sizeof(label), "%s/config.json", m->dir);
-    model_engram *e = calloc(1, sizeof(*e));
-    if (!e) {
-        snprintf(err, errlen, "out of memory");
-        return MODEL_ERR_NOMEM;
-    }
-    m->engram = e;
     /* The compressed tokenizer, rebuilt as SGLang does at start (ENG:297-317): every hash
      * multiplier depends on its size, so a disagreement with the config refuses the load. */
-    int rc = model__engram_build_lookup(m, e, err, errlen);
+    int rc = model__engram_create(m, err, errlen);
     if (rc) return rc;
+    model_engram *e = m->engram;
     engram_v41_tokenizer t = {.lookup = e->lookup, .n = e->lookup_n, .vc = e->vc};
     int st = engram_v41_hash_create(v, &t, label, &e->hash, err, errlen);
     if (st) return st == ENGRAM_V41_ENOMEM ? MODEL_ERR_NOMEM : MODEL_ERR_CONFIG;

@@ -191,16 +191,21 @@ static int load_module(model *m, model_engram *e, int li, char *err, size_t errl
     return MODEL_OK;
 }
 
-int model__load_engram(model *m, char *err, size_t errlen) {
-    const engram_config *ec = &m->cfg.engram;
+int model__engram_create(model *m, char *err, size_t errlen) {
     model_engram *e = calloc(1, sizeof(*e));
     if (!e) {
         snprintf(err, errlen, "out of memory");
         return MODEL_ERR_NOMEM;
     }
     m->engram = e;
-    int rc = model__engram_build_lookup(m, e, err, errlen);
+    return model__engram_build_lookup(m, e, err, errlen);
+}
+
+int model__load_engram(model *m, char *err, size_t errlen) {
+    const engram_config *ec = &m->cfg.engram;
+    int rc = model__engram_create(m, err, errlen);
     if (rc) return rc;
+    model_engram *e = m->engram;
     if (ec->compressed_vocab_size && ec->compressed_vocab_size != e->vc) {
         snprintf(err, errlen,
                  "%s/config.json: engram.compressed_vocab_size is %lld but the tokenizer compresses to %lld",

@@ -59,6 +59,8 @@ int model__parse_engram_config(const cJSON *root, model_config *c, const char *l
 /* model_engram.c: the compressed lookup (ENGRAM.md section 3) of e from the checkpoint's own
  * tokenizer. Returns MODEL_OK, or MODEL_ERR_IO (no tokenizer) / MODEL_ERR_WEIGHTS with a message. */
 int model__engram_build_lookup(model *m, model_engram *e, char *err, size_t errlen);
+/* model_engram.c: m->engram allocated (model_destroy frees it) and its lookup built. */
+int model__engram_create(model *m, char *err, size_t errlen);
 /* model_engram.c: compressed tokenizer, hash tables and tensors, after the backbone. */
 int model__load_engram(model *m, char *err, size_t errlen);
 void model__destroy_engram(model_engram *e);
