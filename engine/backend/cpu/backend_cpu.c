@@ -368,24 +368,37 @@ static void cpu_moe_route(backend *be, int32_t *ids, float *wts, const float *lo
 static void cpu_moe_experts(backend *be, float *out, const float *x, const int32_t *ids, const float *wts,
                             const moe_weights *moe, int T) {
     cpu_backend *c = (cpu_backend *)be;
-    int d = moe->router.cols, I = moe->inter, k = moe->top_k;
-    size_t need = (size_t)T * (2 * (size_t)d + 2 * (size_t)I + 2);
+    int d = moe->router.cols, I = moe->inter, k = moe->top_k, E = moe->n_experts;
+    size_t Tk = (size_t)T * k;
+    size_t need = (size_t)T * (2 * (size_t)d + 2 * (size_t)I) + 2 * Tk + (size_t)E + 1;
     if (need > c->moe_scratch_floats) {
         free(c->moe_scratch);
         if (!(c->moe_scratch = malloc(need * sizeof(float)))) abort(); /* host scratch: fatal, as in matmul */
         c->moe_scratch_floats = need;
     }
     float *xs = c->moe_scratch, *g = xs + (size_t)T * d, *u = g + (size_t)T * I, *y = u + (size_t)T * I;
-    float *wt = y + (size_t)T * d;
-    int32_t *tok = (int32_t *)(wt + T);
+    float *wt = y + (size_t)T * d;          /* (T k) routed weights, grouped by expert */
+    int32_t *tok = (int32_t *)(wt + Tk);     /* (T k) their tokens, ascending within an expert */
+    int32_t *start = tok + Tk;               /* (E + 1) each expert's first entry in tok and wt */
+    /* One counting sort of the (token, expert) pairs instead of a scan of them all per expert. */
+    memset(start, 0, ((size_t)E + 1) * sizeof(int32_t));
+    for (size_t j = 0; j < Tk; j++) start[ids[j] + 1]++;
+    for (int e = 0; e < E; e++) start[e + 1] += start[e];
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < k; i++) {
+            int e = ids[(size_t)t * k + i];
+            int32_t at = start[e]++;
+            tok[at] = t, wt[at] = wts[(size_t)t * k + i];
+        }
+    for (int e = E; e > 0; e--) start[e] = start[e - 1]; /* the fill moved each start to its end */
+    start[0] = 0;
     memset(out, 0, (size_t)T * d * sizeof(float));
-    for (int e = 0; e < moe->n_experts; e++) {
-        int n = 0;
-        for (int t = 0; t < T; t++)
-            for (int i = 0; i < k; i++)
-                if (ids[(size_t)t * k + i] == e) tok[n] = t, wt[n++] = wts[(size_t)t * k + i];
+    for (int e = 0; e < E; e++) {
+        int n = start[e + 1] - start[e];
         if (!n) continue;
-        for (int j = 0; j < n; j++) memcpy(xs + (size_t)j * d, x + (size_t)tok[j] * d, (size_t)d * sizeof(float));
+        const int32_t *et = tok + start[e];
+        const float *ew = wt + start[e];
+        for (int j = 0; j < n; j++) memcpy(xs + (size_t)j * d, x + (size_t)et[j] * d, (size_t)d * sizeof(float));
         cpu_matmul(be, g, xs, &moe->gate[e], NULL, n);
         cpu_matmul(be, u, xs, &moe->up[e], NULL, n);
         if (moe->swiglu_limit > 0.0f)
@@ -394,9 +407,9 @@ static void cpu_moe_experts(backend *be, float *out, const float *x, const int32
             cpu_swiglu(be, g, u, (size_t)n * I);
         cpu_matmul(be, y, g, &moe->down[e], NULL, n);
         for (int j = 0; j < n; j++) {
-            float *o = out + (size_t)tok[j] * d;
+            float *o = out + (size_t)et[j] * d;
             const float *r = y + (size_t)j * d;
-            for (int i = 0; i < d; i++) o[i] += r[i] * wt[j];
+            for (int i = 0; i < d; i++) o[i] += r[i] * ew[j];
         }
     }
 }
