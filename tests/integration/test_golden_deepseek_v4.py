@@ -199,10 +199,12 @@ def test_server_completion_gives_the_greedy_tokens(tmp_path):
         s.stop()
 
 
-def test_server_batch_invariance(tmp_path):
-    """16 concurrent requests (prompts of different lengths, so the steps mix prefill
-    and decode; prompts in 5-token chunks; a KV cache so small that sequences are
-    preempted and recomputed) give the tokens and logprobs each gives alone."""
+def concurrent_equals_alone(tmp_path, kv_tokens, block):
+    """16 requests (prompts of different lengths: steps mix prefill and decode;
+    5-token chunks) run alone, then concurrently under a KV budget of kv_tokens in
+    blocks of `block`: the tokens and logprobs must equal the runs alone, and some
+    round (up to three: preemption depends on how the requests overlap) must
+    preempt. Returns the prompts."""
     from concurrent.futures import ThreadPoolExecutor
     from serverutil import metric
     d = copy_fixture(tmp_path)
@@ -210,44 +212,7 @@ def test_server_batch_invariance(tmp_path):
     prompt = golden()["prompt_ids"]
     prompts = [prompt[: 5 + (7 * i) % 40] for i in range(16)]
     s = Server("--max-num-seqs", "16", "--prefill-chunk", "5", "--max-num-batched-tokens", "24",
-               "--kv-cache-tokens", "192", "--kv-block-size", "16", "--max-queued-requests", "64", model=d)
-
-    def complete(p):
-        r = requests.post(s.url + "/v1/completions", timeout=120,
-                          json={"prompt": p, "max_tokens": 12, "temperature": 0, "logprobs": 0,
-                                "ignore_eos": True})
-        assert r.status_code == 200, r.text
-        lp = r.json()["choices"][0]["logprobs"]
-        return lp["tokens"], lp["token_logprobs"]
-    try:
-        alone = [complete(p) for p in prompts]
-        for _ in range(3):  # preemption depends on how the requests overlap: until one round preempts
-            with ThreadPoolExecutor(16) as ex:
-                together = list(ex.map(complete, prompts))
-            assert together == alone
-            if metric(requests.get(s.url + "/metrics").text, "engram_num_preemptions_total") > 0:
-                break
-        assert metric(requests.get(s.url + "/metrics").text, "engram_num_preemptions_total") > 0
-    finally:
-        s.stop()
-
-
-@pytest.mark.parametrize("block,tokens", [(16, 64), (6, 60)])
-def test_server_kv_budget_holds_the_decode_state(block, tokens, tmp_path):
-    """DeepSeek-V4's window rows, compressed entries and index keys live in the KV
-    blocks, so the KV budget is what limits its sequences: with room for one longest
-    sequence (54 positions) only, 16 concurrent requests are preempted and recomputed
-    again and again, on blocks other sequences wrote before, and still give the tokens
-    and logprobs each gives alone. Block size 6 divides neither rate (CSA 4, HCA 8)."""
-    from concurrent.futures import ThreadPoolExecutor
-    from serverutil import metric
-    d = copy_fixture(tmp_path)
-    write_tokenizer(d)
-    prompt = golden()["prompt_ids"]
-    prompts = [prompt[: 5 + (7 * i) % 40] for i in range(16)]
-    assert max(map(len, prompts)) + 12 == 54
-    s = Server("--max-num-seqs", "16", "--prefill-chunk", "5", "--max-num-batched-tokens", "24",
-               "--kv-cache-tokens", str(tokens), "--kv-block-size", str(block), "--max-queued-requests", "64",
+               "--kv-cache-tokens", str(kv_tokens), "--kv-block-size", str(block), "--max-queued-requests", "64",
                model=d)
 
     def complete(p):
@@ -259,7 +224,7 @@ def test_server_kv_budget_holds_the_decode_state(block, tokens, tmp_path):
         return lp["tokens"], lp["token_logprobs"]
     try:
         alone = [complete(p) for p in prompts]
-        for _ in range(3):  # preemption depends on how the requests overlap: until one round preempts
+        for _ in range(3):
             with ThreadPoolExecutor(16) as ex:
                 together = list(ex.map(complete, prompts))
             assert together == alone
@@ -268,3 +233,21 @@ def test_server_kv_budget_holds_the_decode_state(block, tokens, tmp_path):
         assert metric(requests.get(s.url + "/metrics").text, "engram_num_preemptions_total") > 0
     finally:
         s.stop()
+    return prompts
+
+
+def test_server_batch_invariance(tmp_path):
+    """16 concurrent requests with chunked prefill, preempted and recomputed, give
+    the tokens and logprobs each gives alone."""
+    concurrent_equals_alone(tmp_path, 192, 16)
+
+
+@pytest.mark.parametrize("block,tokens", [(16, 64), (6, 60)])
+def test_server_kv_budget_holds_the_decode_state(block, tokens, tmp_path):
+    """DeepSeek-V4's window rows, compressed entries and index keys live in the KV
+    blocks, so the KV budget is what limits its sequences: with room for one longest
+    sequence (54 positions) only, 16 concurrent requests are preempted and recomputed
+    again and again, on blocks other sequences wrote before, and still give the tokens
+    and logprobs each gives alone. Block size 6 divides neither rate (CSA 4, HCA 8)."""
+    prompts = concurrent_equals_alone(tmp_path, tokens, block)
+    assert max(map(len, prompts)) + 12 == 54
