@@ -25,6 +25,10 @@
 #           backbone alone, the table mapped whole, then a DRAM budget of a
 #           quarter of the table over NVMe (O_DIRECT, io_uring); NVME_CFGS
 #           picks among "base dram nvme", NVME_FLAGS adds flags to nvme
+#   moe30b  synthetic qwen3-30b-a3b (bf16, 61 GB): engram-run single-stream
+#           greedy decode (16-token prompt, 256 tokens, --warmup), then the
+#           paper's workload through bench-throughput (MOE_KV KV tokens,
+#           default 100000)
 #   pairs4b, pairs8b   PAIRS (default 3) interleaved tput/engram pairs
 #   stall   per-step GPU wait for the first Engram layer's rows at batch 1, 64
 #           and 256 (qwen3-4b, STALL_ROWS rows, default 781.25M; 256 prompt
@@ -61,6 +65,15 @@ run_sec() {
       timeout 200 "$pack/run" engram-run --synthetic llama3-8b --device cuda --prompt-ids "$(ids $n)" --prefill-chunk $n \
         --max-tokens 1 --temperature 0 --ignore-eos --warmup 2>&1 | grep -E '^engram-run'
     done ;;
+  moe30b)
+    echo "-- qwen3-30b-a3b: --prompt-ids 1..16 --max-tokens 256"
+    timeout 300 "$pack/run" engram-run --synthetic qwen3-30b-a3b --device cuda --prompt-ids "$(ids 16)" --max-tokens 256 \
+      --temperature 0 --ignore-eos --warmup 2>&1 | grep -E '^engram-run'
+    local f=(--synthetic qwen3-30b-a3b --device cuda -n 512 --len 100:1024 --max-num-seqs 512
+             --max-num-batched-tokens ${TPUT_BATCH:-16384} --prefill-chunk ${TPUT_CHUNK:-16384}
+             --kv-cache-tokens ${MOE_KV:-100000})
+    echo "-- bench-throughput ${f[*]}"
+    timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" ;;
   tput4b|tput8b|tput)
     local ms=(qwen3-4b qwen3-8b)
     [ "$1" = tput4b ] && ms=(qwen3-4b)

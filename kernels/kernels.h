@@ -163,6 +163,53 @@ int kernels_gemv_add(float *out, const float *x, const void *w, const float *bia
 int kernels_gemv_glu(float *out, const float *x, const void *wg, const void *wu, const float *bg, const float *bu,
                      int T, int rows, int cols, int f32, void *stream);
 
+/* ---- moe.cu ---- */
+
+/* A router as backend.h's moe_route describes it (moe_scoring's three kinds). */
+enum { KERNELS_MOE_SOFTMAX = 0, KERNELS_MOE_SQRTSOFTPLUS = 1, KERNELS_MOE_HASH = 2 };
+typedef struct {
+    int scoring, n_experts, top_k, norm_topk;
+    const float *bias;   /* (n_experts) selection bias (SQRTSOFTPLUS), device */
+    const int *tid2eid;  /* (token ids, top_k) experts (HASH), device */
+    float routed_scaling;
+} kernels_moe_router;
+
+/* ids, wts (T, top_k) from logits (T, n_experts) (and the step's token ids
+ * for HASH): the CPU's rule (larger first, lower id among equals), weights
+ * renormalised as it does, then sorted by expert id. n_experts <= 1024. */
+int kernels_moe_route(int *ids, float *wts, const float *logits, const int *tokens, const kernels_moe_router *r,
+                      int T, void *stream);
+
+/* Rows of the packed matrix are grouped by expert in tiles of this many. */
+#define KERNELS_MOE_TILE_M 32
+
+/* From ids (T, k) of E experts: pos (T k) each pair's row in the packed
+ * matrix, offsets (E + 1) each expert's first row, tile_start (E + 1) its
+ * first tile of KERNELS_MOE_TILE_M rows. At most T k / TILE_M + E tiles. */
+int kernels_moe_plan(int *pos, int *offsets, int *tile_start, const int *ids, int T, int k, int E, void *stream);
+
+/* xs[pos[j]] (d) = x[j / k] for j < T k, as bf16 (bf16 1) or f32. */
+int kernels_moe_gather(void *xs, int bf16, const float *x, const int *pos, int T, int k, int d, void *stream);
+
+/* The experts' products over the packed rows a (rows, K) (bf16 with bf16
+ * weights, else f32): w (E, glu ? 2N : N, K) the experts stacked (a GLU
+ * expert's N gate rows, then its N up rows). glu: out (rows, N), of a's type,
+ * = silu(min(g, limit)) * clamp(u, -limit, limit) (no clamp for limit 0);
+ * else out (rows, N) f32. max_tiles: the bound of kernels_moe_plan. */
+int kernels_moe_gemm(void *out, const void *a, const void *w, const int *offsets, const int *tile_start,
+                     int max_tiles, int E, int N, int K, int bf16, int glu, float limit, void *stream);
+
+/* Decode without a plan, pair j = (token j / k, expert ids[j]), activations
+ * f32: glu: out (T k, N) = the GLU of x (T, K) rows; else out (T k, N) =
+ * the pair's row of a (T k, K) times its expert's w. */
+int kernels_moe_gemv(float *out, const float *a, const void *w, const int *ids, int T, int k, int N, int K, int bf16,
+                     int glu, float limit, void *stream);
+
+/* out (T, d) = sum over s < k in order of wts[t k + s] * y[row], row =
+ * pos[t k + s] (or t k + s with pos NULL). */
+int kernels_moe_combine(float *out, const float *y, const int *pos, const float *wts, int T, int k, int d,
+                        void *stream);
+
 /* ---- sampling.cu ---- */
 
 /* next (T) = argmax of each row of logits (T, vocab), lowest id on ties. */

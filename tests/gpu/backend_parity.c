@@ -779,6 +779,139 @@ static void time_matmul(int n, int dmod, int T) {
     free(w16), free(x);
 }
 
+/* One sparse layer as cuda_view.c stacks it: gate and up of expert e as rows [2eI, 2eI + I) and
+ * [2eI + I, 2(e + 1)I) of one matrix, down as rows [e d, (e + 1) d) of another. The host copy of
+ * the struct points into the host buffers, the device copy into device ones. */
+typedef struct {
+    moe_weights h, dv;
+    weight *hm, *dm;
+    void *hgu, *hdn, *dgu, *ddn;
+    float *bias_h, *bias_d;
+    int32_t *tid_h, *tid_d;
+} moe_fix;
+
+static moe_fix moe_fix_make(int E, int k, int d, int I, dtype wt, float limit) {
+    moe_fix f = {0};
+    size_t es = dtype_size(wt), g1 = (size_t)I * d, ngu = 2 * (size_t)E * g1, ndn = (size_t)E * d * I;
+    float *gu = rand_f32(ngu, 0.05f), *dn = rand_f32(ndn, 0.05f);
+    f.hgu = gu, f.hdn = dn;
+    if (wt == DTYPE_BF16) {
+        uint16_t *a = xmalloc(ngu * 2), *b = xmalloc(ndn * 2);
+        for (size_t i = 0; i < ngu; i++) a[i] = f32_to_bf16(gu[i]);
+        for (size_t i = 0; i < ndn; i++) b[i] = f32_to_bf16(dn[i]);
+        free(gu), free(dn);
+        f.hgu = a, f.hdn = b;
+    }
+    f.dgu = dev_copy(f.hgu, ngu * es), f.ddn = dev_copy(f.hdn, ndn * es);
+    f.bias_h = rand_f32((size_t)E, 0.5f), f.bias_d = dev_copy(f.bias_h, (size_t)E * 4);
+    int rows = 97; /* token ids of the hash router */
+    f.tid_h = xmalloc((size_t)rows * k * 4);
+    for (int t = 0; t < rows; t++) /* k distinct experts per id */
+        for (int i = 0; i < k; i++) f.tid_h[t * k + i] = (t * 7 + i * (E / k)) % E;
+    f.tid_d = dev_copy(f.tid_h, (size_t)rows * k * 4);
+    f.hm = xmalloc(3 * (size_t)E * sizeof(weight)), f.dm = xmalloc(3 * (size_t)E * sizeof(weight));
+    moe_weights base = {.scoring = MOE_SOFTMAX, .n_experts = E, .top_k = k, .inter = I, .norm_topk = true,
+                        .router = {.dt = DTYPE_F32, .rows = E, .cols = d}, .tid_rows = rows,
+                        .routed_scaling = 1.5f, .swiglu_limit = limit};
+    f.h = f.dv = base;
+    f.h.gate = f.hm, f.h.up = f.hm + E, f.h.down = f.hm + 2 * E;
+    f.dv.gate = f.dm, f.dv.up = f.dm + E, f.dv.down = f.dm + 2 * E;
+    f.h.bias = f.bias_h, f.dv.bias = f.bias_d, f.h.tid2eid = f.tid_h, f.dv.tid2eid = f.tid_d;
+    for (int e = 0; e < E; e++) {
+        weight g = {.dt = wt, .rows = I, .cols = d}, dw = {.dt = wt, .rows = d, .cols = I};
+        f.h.gate[e] = f.h.up[e] = f.dv.gate[e] = f.dv.up[e] = g;
+        f.h.down[e] = f.dv.down[e] = dw;
+        f.h.gate[e].data = (char *)f.hgu + 2 * e * g1 * es, f.h.up[e].data = (char *)f.hgu + (2 * e + 1) * g1 * es;
+        f.dv.gate[e].data = (char *)f.dgu + 2 * e * g1 * es, f.dv.up[e].data = (char *)f.dgu + (2 * e + 1) * g1 * es;
+        f.h.down[e].data = (char *)f.hdn + e * g1 * es, f.dv.down[e].data = (char *)f.ddn + e * g1 * es;
+    }
+    return f;
+}
+
+static void moe_fix_free(moe_fix *f) {
+    backend_free(gpu, f->dgu), backend_free(gpu, f->ddn), backend_free(gpu, f->bias_d), backend_free(gpu, f->tid_d);
+    free(f->hgu), free(f->hdn), free(f->bias_h), free(f->tid_h), free(f->hm), free(f->dm);
+}
+
+/* The router of each scoring: ids exactly the CPU's, weights within 1e-6; then the experts of the
+ * routed tokens (T <= 2: the pair kernel, f32 activations; else the plan and the grouped products,
+ * tensor cores for bf16 with N % 64 and K % 32, bf16 activations). */
+static void test_moe(int E, int k, int d, int I, int T, dtype wt, float limit, moe_scoring sc, double bound) {
+    moe_fix f = moe_fix_make(E, k, d, I, wt, limit);
+    f.h.scoring = f.dv.scoring = sc;
+    size_t nl = (size_t)T * E, nk = (size_t)T * k, nx = (size_t)T * d;
+    float *logits = rand_f32(nl, 3.0f), *x = rand_f32(nx, 1.0f);
+    int32_t *tok = xmalloc((size_t)T * 4);
+    for (int t = 0; t < T; t++) tok[t] = irand(f.h.tid_rows);
+    int32_t *ids = xmalloc(nk * 4);
+    float *wts = xmalloc(nk * 4), *ref = xmalloc(nx * 4);
+    backend_moe_route(cpu, ids, wts, logits, tok, &f.h, T);
+    backend_moe_experts(cpu, ref, x, ids, wts, &f.h, T);
+    float *dl = dev_copy(logits, nl * 4), *dx = dev_copy(x, nx * 4), *dw = dev_poison(nk * 4), *out = dev_poison(nx * 4);
+    int32_t *dt = dev_copy(tok, (size_t)T * 4), *di = dev_poison(nk * 4);
+    backend_moe_route(gpu, di, dw, dl, dt, &f.dv, T);
+    const char *scn = sc == MOE_SOFTMAX ? "softmax" : sc == MOE_HASH ? "hash" : "sqrtsoftplus";
+    char name[96];
+    snprintf(name, sizeof(name), "moe_route %s E=%d k=%d T=%d", scn, E, k, T);
+    check_i32(name, di, ids, nk);
+    snprintf(name, sizeof(name), "moe_route %s weights T=%d", scn, T);
+    check(name, dw, wts, nk, 1e-6);
+    backend_upload(gpu, dw, wts, nk * 4); /* the experts from the CPU's routing exactly */
+    backend_upload(gpu, di, ids, nk * 4);
+    backend_moe_experts(gpu, out, dx, di, dw, &f.dv, T);
+    snprintf(name, sizeof(name), "moe_experts %s %dx%d E=%d k=%d T=%d%s", dtype_name(wt), d, I, E, k, T,
+             limit > 0 ? " clamp" : "");
+    check(name, out, ref, nx, bound);
+    backend_free(gpu, dl), backend_free(gpu, dx), backend_free(gpu, dw), backend_free(gpu, out);
+    backend_free(gpu, dt), backend_free(gpu, di);
+    free(logits), free(x), free(tok), free(ids), free(wts), free(ref);
+    moe_fix_free(&f);
+}
+
+/* The experts of Qwen3-30B-A3B's layer shape (E 128, top 8, d 2048, I 768, bf16) at T tokens,
+ * routed uniformly at random: time per call and the rate over the distinct experts' bytes. */
+static void time_moe(int T) {
+    int E = 128, k = 8, d = 2048, I = 768;
+    moe_fix f = moe_fix_make(E, k, d, I, DTYPE_BF16, 0.0f);
+    size_t nk = (size_t)T * k, nx = (size_t)T * d;
+    int32_t *ids = xmalloc(nk * 4);
+    float *wts = xmalloc(nk * 4), *x = rand_f32(nx, 1.0f);
+    int used[128] = {0}, n_used = 0;
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < k; i++) { /* k distinct ascending experts */
+            int e;
+            do {
+                e = irand(E);
+                int dup = 0;
+                for (int j = 0; j < i; j++) dup |= ids[t * k + j] == e;
+                if (!dup) break;
+            } while (1);
+            ids[t * k + i] = e;
+            wts[t * k + i] = 1.0f / k;
+        }
+    for (int t = 0; t < T; t++) /* sort each token's ids */
+        for (int i = 1; i < k; i++)
+            for (int j = i; j > 0 && ids[t * k + j - 1] > ids[t * k + j]; j--) {
+                int32_t tmp = ids[t * k + j];
+                ids[t * k + j] = ids[t * k + j - 1], ids[t * k + j - 1] = tmp;
+            }
+    for (size_t j = 0; j < nk; j++) n_used += !used[ids[j]]++;
+    int32_t *di = dev_copy(ids, nk * 4);
+    float *dw = dev_copy(wts, nk * 4), *dx = dev_copy(x, nx * 4), *out = backend_alloc(gpu, nx * 4);
+    for (int i = 0; i < 3; i++) backend_moe_experts(gpu, out, dx, di, dw, &f.dv, T);
+    sync_gpu();
+    int iters = T <= 64 ? 100 : 20;
+    double t0 = now();
+    for (int i = 0; i < iters; i++) backend_moe_experts(gpu, out, dx, di, dw, &f.dv, T);
+    sync_gpu();
+    double dt = (now() - t0) / iters, bytes = (double)n_used * 3 * d * I * 2;
+    printf("timing moe_experts bf16 E=%d k=%d %dx%d T=%-5d %8.1f us  %3d experts  %7.1f GB/s of their weights  "
+           "%6.1f TFLOP/s\n", E, k, d, I, T, dt * 1e6, n_used, bytes / dt * 1e-9, 6.0 * nk * d * I / dt * 1e-12);
+    backend_free(gpu, di), backend_free(gpu, dw), backend_free(gpu, dx), backend_free(gpu, out);
+    free(ids), free(wts), free(x);
+    moe_fix_free(&f);
+}
+
 static void time_attention(int n_seqs, int q_each, int ctx, int nh, int nkv, int hd, int no_tiled) {
     int qn[256], p0[256], bs = 16;
     for (int s = 0; s < n_seqs; s++) qn[s] = q_each, p0[s] = ctx - q_each;
@@ -868,6 +1001,18 @@ int main(int argc, char **argv) {
     test_fused_products(5, DTYPE_F32, 1, 1e-5);
     test_fused_products(43, DTYPE_BF16, 0, 1e-2); /* cuBLAS adding into the residual */
     test_fused_products(43, DTYPE_BF16, 1, 1e-2);
+    /* mixture of experts: routers of the three scorings; experts through the pair kernel (T <= 2,
+     * f32 activations), the tensor-core grouped products (bf16, tiles fit) and the general ones */
+    test_moe(128, 8, 256, 128, 1, DTYPE_BF16, 0.0f, MOE_SOFTMAX, 1e-5);
+    test_moe(128, 8, 256, 128, 2, DTYPE_F32, 0.0f, MOE_SOFTMAX, 1e-5);
+    test_moe(64, 6, 256, 128, 2, DTYPE_BF16, 7.0f, MOE_SQRTSOFTPLUS, 1e-5);
+    test_moe(128, 8, 256, 128, 37, DTYPE_BF16, 0.0f, MOE_SOFTMAX, 1e-2);
+    test_moe(128, 8, 256, 128, 300, DTYPE_BF16, 0.0f, MOE_SOFTMAX, 1e-2);
+    test_moe(64, 6, 256, 128, 300, DTYPE_BF16, 0.5f, MOE_SQRTSOFTPLUS, 1e-2);
+    test_moe(64, 6, 256, 128, 50, DTYPE_BF16, 0.0f, MOE_HASH, 1e-2);
+    test_moe(128, 8, 256, 128, 37, DTYPE_F32, 0.0f, MOE_SOFTMAX, 1e-5);
+    test_moe(16, 4, 100, 72, 20, DTYPE_BF16, 0.0f, MOE_SOFTMAX, 1e-2); /* off the tiles: the general kernel */
+    test_moe(16, 4, 100, 72, 20, DTYPE_F32, 0.0f, MOE_SOFTMAX, 1e-5);
 
     /* the mixed step: decode at 700, prefill 37 at 0, chunk of 5 at 130 */
     int qn[3] = {1, 37, 5}, p0[3] = {700, 0, 130}, n_blocks = 64;
@@ -913,6 +1058,12 @@ int main(int argc, char **argv) {
         time_matmul(14336, 4096, 1);
         time_matmul(4096, 14336, 1);
         time_matmul(14336, 4096, 512);
+        time_moe(1);
+        time_moe(2);
+        time_moe(8);
+        time_moe(64);
+        time_moe(256);
+        time_moe(2048);
         time_attention(64, 1, 2048, 32, 8, 128, 0);
         time_attention(1, 1, 32768, 32, 8, 128, 0);
         time_attention(1, 512, 512, 32, 8, 128, 0);

@@ -1,7 +1,8 @@
 /* Internal to the CUDA backend plugin (engine/backend/cuda/): the handle's
  * state and what its files share. backend_cuda.c makes the handle and owns
- * memory; cuda_ops.c the compute ops, cuda_view.c the device view of a model
- * (uploading weights), cuda_graphs.c recorded steps, cuda_fetch.c the copy
+ * memory; cuda_ops.c the compute ops, cuda_moe.c the mixture-of-experts
+ * ops, cuda_view.c the device view of a model (uploading weights),
+ * cuda_graphs.c recorded steps, cuda_fetch.c the copy
  * stream of Engram rows, cuda_profile.c op timing. */
 #ifndef ENGINE_BACKEND_CUDA_INTERNAL_H
 #define ENGINE_BACKEND_CUDA_INTERNAL_H
@@ -61,6 +62,8 @@ typedef struct {
     size_t add_tmp_bytes;
     float *att_work; /* attention split scratch */
     size_t att_work_floats;
+    void *moe_work; /* moe_experts' packed rows and products (cuda_moe.c) */
+    size_t moe_work_bytes;
     int attention_no_tiled; /* tests: every token through the per-token kernel */
     int graphs_off; /* backend_params.cuda_graphs 0 (or op profiling): no recorded steps */
     int capturing;  /* slot being recorded, or -1 */
@@ -122,8 +125,16 @@ void cu_qk_rope_store(backend *be, float *q, const float *k, const float *v, voi
                       int n_heads, int n_kv, int hd, const float *qn, const float *kn, float eps,
                       const float *inv_freq);
 void cu_sample(backend *be, void *out, float *logits, const int32_t *desc, int n, int vocab, int stride, int n_cand);
+/* Grows a device scratch buffer to at least `bytes` (drops recorded steps). */
+void cuda__grow(cuda_backend *g, void **buf, size_t *have, size_t bytes);
 /* Frees the ops' scratch buffers (the handle's teardown). */
 void cuda__ops_free(cuda_backend *g);
+
+/* ---- mixture of experts (cuda_moe.c) ---- */
+void cu_moe_route(backend *be, int32_t *ids, float *wts, const float *logits, const int32_t *tokens,
+                  const moe_weights *moe, int T);
+void cu_moe_experts(backend *be, float *out, const float *x, const int32_t *ids, const float *wts,
+                    const moe_weights *moe, int T);
 
 /* ---- the device view of a model (cuda_view.c) ---- */
 model *cu_prepare(backend *be, model *m, char *err, size_t errlen);

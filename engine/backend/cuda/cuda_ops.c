@@ -15,7 +15,7 @@
 
 /* Grows a device scratch buffer to at least `bytes`. cudaFree waits for the
  * work that may still read the old one. */
-static void cuda__grow(cuda_backend *g, void **buf, size_t *have, size_t bytes) {
+void cuda__grow(cuda_backend *g, void **buf, size_t *have, size_t bytes) {
     if (bytes <= *have) return;
     graphs__clear(g);
     CHECK_CUDA(cudaFree(*buf));
@@ -255,7 +255,9 @@ void cuda__ops_free(cuda_backend *g) {
     if (g->xb) cudaFree(g->xb);
     if (g->add_tmp) cudaFree(g->add_tmp);
     if (g->att_work) cudaFree(g->att_work);
-    g->xb = g->add_tmp = NULL;
+    if (g->moe_work) cudaFree(g->moe_work);
+    g->xb = g->add_tmp = g->moe_work = NULL;
+    g->moe_work_bytes = 0;
     g->att_work = NULL;
     g->xb_bytes = g->add_tmp_bytes = g->att_work_floats = 0;
 }

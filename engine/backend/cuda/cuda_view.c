@@ -12,6 +12,8 @@ typedef struct {
     layer_weights *layers;
     model_engram eng;
     engram_weights *elayers;
+    moe_weights *moe;  /* (n_layers) the sparse layers' experts, stacked on the device (view__moe) */
+    weight *moe_mats;  /* (n_layers, 3 n_experts) their gate, up and down views */
     void **dev; /* every device buffer of the view */
     int n_dev, cap_dev;
     struct {
@@ -156,6 +158,8 @@ void cu_release(backend *be, model *view, model *m) {
     free(v->seen);
     free(v->layers);
     free(v->elayers);
+    free(v->moe);
+    free(v->moe_mats);
     free(v);
 }
 
@@ -195,6 +199,114 @@ static int view__engram(cuda_view *v, const model *m, char *err, size_t errlen) 
     return 0;
 }
 
+/* A sparse layer's experts, stacked so that one launch covers them all
+ * (cuda_moe.c relies on this layout): gate and up of expert e as rows
+ * [2 e I, 2 e I + I) and [2 e I + I, 2 (e + 1) I) of one (2 E I, d) matrix,
+ * the down products as one (E d, I) matrix, in the weights' dtype (f16 as
+ * bf16). The router stays f32 whatever the checkpoint: its logits pick the
+ * experts, and f32 keeps the choice the CPU's. */
+static int view__stack(cuda_view *v, const weight *const *ws, int n, void **out, dtype *dt, const char *what,
+                       char *err, size_t errlen) {
+    dtype t = ws[0]->dt;
+    size_t each = (size_t)ws[0]->rows * ws[0]->cols, es = dtype_size(t);
+    for (int i = 0; i < n; i++)
+        if (ws[i]->fmt != WEIGHT_DENSE || ws[i]->dt != t || (size_t)ws[i]->rows * ws[i]->cols != each || !ws[i]->data) {
+            snprintf(err, errlen, "%s: experts of mixed or quantized formats are not supported on CUDA yet; use --device cpu",
+                     what);
+            return -1;
+        }
+    if (t != DTYPE_F32 && t != DTYPE_BF16 && t != DTYPE_F16) {
+        snprintf(err, errlen, "%s: dtype %s is not supported on CUDA", what, dtype_name(t));
+        return -1;
+    }
+    int conv = t == DTYPE_F16;
+    size_t dst_es = conv ? 2 : es, bytes = (size_t)n * each * dst_es;
+    void *d = NULL, *tmp = NULL;
+    if (cudaMalloc(&d, bytes) != cudaSuccess) {
+        view__oom(err, errlen, what, bytes, v->bytes);
+        return -1;
+    }
+    if (view__keep(v, d)) {
+        cudaFree(d);
+        return snprintf(err, errlen, "out of host memory"), -1;
+    }
+    v->bytes += bytes;
+    if (conv && cudaMalloc(&tmp, each * es) != cudaSuccess) {
+        view__oom(err, errlen, what, each * es, v->bytes);
+        return -1;
+    }
+    cudaError_t e = cudaSuccess;
+    for (int i = 0; i < n && e == cudaSuccess; i++) {
+        char *dst = (char *)d + (size_t)i * each * dst_es;
+        if (!conv) {
+            e = cudaMemcpy(dst, ws[i]->data, each * es, cudaMemcpyHostToDevice);
+        } else {
+            e = cudaMemcpy(tmp, ws[i]->data, each * es, cudaMemcpyHostToDevice);
+            if (e == cudaSuccess && kernels_to_bf16(dst, tmp, cuda__dtype(t), each, NULL)) e = cudaGetLastError();
+            if (e == cudaSuccess) e = cudaDeviceSynchronize();
+        }
+    }
+    cudaFree(tmp);
+    if (e != cudaSuccess) return snprintf(err, errlen, "uploading %s: %s", what, cudaGetErrorString(e)), -1;
+    *out = d;
+    *dt = conv ? DTYPE_BF16 : t;
+    return 0;
+}
+
+static int view__moe(cuda_view *v, int l, const moe_weights *in, moe_weights *o, char *err, size_t errlen) {
+    int E = in->n_experts;
+    char what[64];
+    *o = *in;
+    if (in->shared) {
+        snprintf(err, errlen, "layer %d: shared experts are not supported on CUDA yet; use --device cpu", l);
+        return -1;
+    }
+    weight *m = v->moe_mats + (size_t)l * 3 * E;
+    o->gate = m, o->up = m + E, o->down = m + 2 * E;
+    const weight **ws = malloc((size_t)2 * E * sizeof(*ws));
+    if (!ws) return snprintf(err, errlen, "out of host memory"), -1;
+    for (int e = 0; e < E; e++) ws[2 * e] = &in->gate[e], ws[2 * e + 1] = &in->up[e];
+    void *gu = NULL, *dn = NULL;
+    dtype gt, dt;
+    snprintf(what, sizeof(what), "layer %d experts' gate and up", l);
+    int rc = view__stack(v, ws, 2 * E, &gu, &gt, what, err, errlen);
+    for (int e = 0; e < E && !rc; e++) ws[e] = &in->down[e];
+    snprintf(what, sizeof(what), "layer %d experts' down", l);
+    if (!rc) rc = view__stack(v, ws, E, &dn, &dt, what, err, errlen);
+    free(ws);
+    if (rc) return -1;
+    size_t es = dtype_size(gt), gsz = (size_t)in->gate[0].rows * in->gate[0].cols * es;
+    size_t dsz = (size_t)in->down[0].rows * in->down[0].cols * dtype_size(dt);
+    for (int e = 0; e < E; e++) {
+        o->gate[e] = in->gate[e], o->up[e] = in->up[e], o->down[e] = in->down[e];
+        o->gate[e].data = (char *)gu + (size_t)2 * e * gsz, o->gate[e].dt = gt;
+        o->up[e].data = (char *)gu + ((size_t)2 * e + 1) * gsz, o->up[e].dt = gt;
+        o->down[e].data = (char *)dn + (size_t)e * dsz, o->down[e].dt = dt;
+    }
+    /* the router in f32: converted here, on the host */
+    const weight *r = &in->router;
+    size_t rn = (size_t)r->rows * r->cols;
+    float *rf = malloc(rn * sizeof(float));
+    if (!rf) return snprintf(err, errlen, "out of host memory"), -1;
+    model_weight_rows_to_f32(rf, r, 0, r->rows);
+    void *rd;
+    snprintf(what, sizeof(what), "layer %d router", l);
+    rc = view__upload(v, rf, DTYPE_F32, rn, 0, &rd, what, err, errlen);
+    free(rf); /* uploaded (a fresh host buffer: no other tensor can match it in v->seen) */
+    if (rc) return -1;
+    o->router.data = rd, o->router.dt = DTYPE_F32, o->router.fmt = WEIGHT_DENSE;
+    snprintf(what, sizeof(what), "layer %d expert bias", l);
+    if (view__vec(v, in->bias, (size_t)E, &o->bias, what, err, errlen)) return -1;
+    if (in->tid2eid) { /* int32 ids: copied as 4-byte words */
+        void *td;
+        snprintf(what, sizeof(what), "layer %d tid2eid", l);
+        if (view__upload(v, in->tid2eid, DTYPE_F32, (size_t)in->tid_rows * in->top_k, 0, &td, what, err, errlen))
+            return -1;
+        o->tid2eid = td;
+    }
+    return 0;
+}
+
 model *cu_prepare(backend *be, model *m, char *err, size_t errlen) {
     const model_config *c = &m->cfg;
     cuda_view *v = calloc(1, sizeof(*v));
@@ -218,6 +330,14 @@ model *cu_prepare(backend *be, model *m, char *err, size_t errlen) {
         view__vec(v, m->final_norm, d, &v->m.final_norm, "norm", err, errlen))
         goto fail;
     if (m->engram && view__engram(v, m, err, errlen)) goto fail;
+    if (c->moe.n_experts) {
+        v->moe = calloc((size_t)c->n_layers, sizeof(*v->moe));
+        v->moe_mats = calloc((size_t)c->n_layers * 3 * c->moe.n_experts, sizeof(*v->moe_mats));
+        if (!v->moe || !v->moe_mats) {
+            snprintf(err, errlen, "out of host memory");
+            goto fail;
+        }
+    }
     for (int l = 0; l < c->n_layers; l++) {
         const layer_weights *L = &m->layers[l];
         layer_weights *o = &v->layers[l];
@@ -232,6 +352,10 @@ model *cu_prepare(backend *be, model *m, char *err, size_t errlen) {
 #undef LW
 #undef LV
         if (L->engram) o->engram = &v->elayers[L->engram - m->engram->layers];
+        if (L->moe) {
+            if (view__moe(v, l, L->moe, &v->moe[l], err, errlen)) goto fail;
+            o->moe = &v->moe[l];
+        }
     }
     return &v->m;
 fail:

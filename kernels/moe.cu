@@ -1,0 +1,445 @@
+// Mixture-of-experts on the GPU: the router, the plan that groups a step's
+// (token, expert) pairs by expert, the grouped expert products, and the
+// combine. Same numbers as the CPU reference (backend_cpu.c, cpu_moe_route and
+// cpu_moe_experts) up to the order of f32 sums in the products.
+//
+// Why these pieces: the experts a token uses are only known on the device
+// after routing, and a host round trip per layer would stall the stream and
+// break recorded steps (CUDA graphs). So the grouping happens on the device
+// too: a counting pass gives each expert its rows of a packed activation
+// matrix and its tiles, and one launch of the grouped product covers every
+// expert, each tile finding its expert by a binary search over the tile
+// prefix sums. A decode step (a few pairs) skips the plan: one warp per weight
+// row and pair reads each routed expert's weights once, activations in f32.
+#include "kernels/kernels.h"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <mma.h>
+#include <stdint.h>
+
+static int moe_launch_status(void) { return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH; }
+
+// ---- router ----
+
+// (value, id) pairs: the larger value wins, the lower id among equals.
+__device__ __forceinline__ bool moe_better(float v, int i, float bv, int bi) {
+    return bi < 0 || v > bv || (v == bv && i < bi);
+}
+
+// One warp per token; s (E) of the block's shared memory per warp holds the
+// scores. Mirrors cpu_moe_route: softmax (then top-k of p, renormalised by
+// their sum taken largest first), or DeepSeek-V4's sqrt(softplus) with a
+// selection bias or a token's hashed experts; chosen experts sorted by id.
+__global__ void moe_route_kernel(int *ids, float *wts, const float *logits, const int *tokens, kernels_moe_router r,
+                                 int T) {
+    extern __shared__ float sm[];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int t = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (t >= T) return;
+    int E = r.n_experts, k = r.top_k;
+    float *s = sm + (size_t)warp * 2 * E, *sel = s + E; // scores, selection keys
+    const float *l = logits + (size_t)t * E;
+    if (r.scoring == KERNELS_MOE_SOFTMAX) {
+        float mx = -INFINITY;
+        for (int e = lane; e < E; e += 32) mx = fmaxf(mx, l[e]);
+        for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        float sum = 0.0f;
+        for (int e = lane; e < E; e += 32) sum += s[e] = expf(l[e] - mx);
+        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        for (int e = lane; e < E; e += 32) sel[e] = s[e] = s[e] / sum;
+    } else {
+        for (int e = lane; e < E; e += 32) {
+            float v = l[e];
+            s[e] = sqrtf(v > 20.0f ? v : log1pf(expf(v)));
+            sel[e] = r.scoring == KERNELS_MOE_SQRTSOFTPLUS ? s[e] + r.bias[e] : s[e];
+        }
+    }
+    __syncwarp();
+    int *id = ids + (size_t)t * k;
+    float *w = wts + (size_t)t * k;
+    if (r.scoring == KERNELS_MOE_HASH) {
+        if (lane == 0)
+            for (int i = 0; i < k; i++) id[i] = r.tid2eid[(size_t)tokens[t] * k + i];
+    } else {
+        unsigned taken = 0; // bit q: this lane's expert lane + 32 q is chosen (E <= 1024)
+        for (int i = 0; i < k; i++) { // k rounds of a warp argmax, as the CPU's selection (NaN never wins over a number)
+            float bv = 0.0f;
+            int bi = -1;
+            for (int e = lane; e < E; e += 32)
+                if (!(taken >> (e >> 5) & 1) && moe_better(sel[e], e, bv, bi)) bv = sel[e], bi = e;
+            for (int o = 16; o > 0; o >>= 1) {
+                float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+                int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+                if (oi >= 0 && moe_better(ov, oi, bv, bi)) bv = ov, bi = oi;
+            }
+            if (lane == 0) id[i] = bi;
+            if (lane == (bi & 31)) taken |= 1u << (bi >> 5);
+        }
+    }
+    __syncwarp();
+    if (lane) return;
+    float sum = 0.0f; // in selection order, as the CPU adds them
+    for (int i = 0; i < k; i++) sum += w[i] = s[id[i]];
+    if (r.scoring == KERNELS_MOE_SOFTMAX) {
+        if (r.norm_topk)
+            for (int i = 0; i < k; i++) w[i] /= sum;
+    } else {
+        float scale = r.routed_scaling;
+        for (int i = 0; i < k; i++) w[i] = w[i] / (sum + 1e-20f) * scale;
+    }
+    for (int i = 1; i < k; i++) // ascending id: the order the experts' results are added in
+        for (int j = i; j > 0 && id[j - 1] > id[j]; j--) {
+            int ti = id[j];
+            float tw = w[j];
+            id[j] = id[j - 1], w[j] = w[j - 1];
+            id[j - 1] = ti, w[j - 1] = tw;
+        }
+}
+
+extern "C" int kernels_moe_route(int *ids, float *wts, const float *logits, const int *tokens,
+                                 const kernels_moe_router *r, int T, void *stream) {
+    if (T <= 0) return KERNELS_OK;
+    if (!r || r->n_experts < 1 || r->n_experts > 1024 || r->top_k < 1 || r->top_k > r->n_experts)
+        return KERNELS_ERR_ARG;
+    if ((r->scoring == KERNELS_MOE_SQRTSOFTPLUS && !r->bias) || (r->scoring == KERNELS_MOE_HASH && !r->tid2eid))
+        return KERNELS_ERR_ARG;
+    int warps = 4;
+    size_t smem = (size_t)warps * 2 * r->n_experts * sizeof(float);
+    moe_route_kernel<<<(T + warps - 1) / warps, warps * 32, smem, (cudaStream_t)stream>>>(ids, wts, logits, tokens,
+                                                                                          *r, T);
+    return moe_launch_status();
+}
+
+// ---- plan ----
+
+// One block: counts per expert, their prefix sums (offsets, E + 1), tiles of
+// bm rows per expert and their prefix sums (tile_start, E + 1), and each
+// pair's row in the packed matrix (pos (T k)). Rows within an expert are in
+// arrival order of an atomic counter: any order gives the same results,
+// because a product's row depends only on its own activations.
+__global__ void moe_plan_kernel(int *pos, int *offsets, int *tile_start, const int *ids, int n, int E, int bm) {
+    extern __shared__ int cnt[]; // (E) counts, then (E) cursors
+    int *cur = cnt + E;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = 0;
+    __syncthreads();
+    for (int j = threadIdx.x; j < n; j += blockDim.x) atomicAdd(&cnt[ids[j]], 1);
+    __syncthreads();
+    if (threadIdx.x == 0) { // E is at most 1024: a serial scan is short
+        int o = 0, tl = 0;
+        for (int e = 0; e < E; e++) {
+            offsets[e] = o, tile_start[e] = tl, cur[e] = o;
+            o += cnt[e];
+            tl += (cnt[e] + bm - 1) / bm;
+        }
+        offsets[E] = o, tile_start[E] = tl;
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < n; j += blockDim.x) pos[j] = atomicAdd(&cur[ids[j]], 1);
+}
+
+extern "C" int kernels_moe_plan(int *pos, int *offsets, int *tile_start, const int *ids, int T, int k, int E,
+                                void *stream) {
+    if (T <= 0) return KERNELS_OK;
+    if (E < 1 || E > 1024 || k < 1) return KERNELS_ERR_ARG;
+    moe_plan_kernel<<<1, 1024, 2 * (size_t)E * sizeof(int), (cudaStream_t)stream>>>(pos, offsets, tile_start, ids,
+                                                                                    T * k, E, KERNELS_MOE_TILE_M);
+    return moe_launch_status();
+}
+
+// xs[pos[j]] = x[j / k] (a token's row once per chosen expert), bf16 or f32.
+template <typename A>
+__global__ void moe_gather_kernel(A *xs, const float *x, const int *pos, int n, int k, int d) {
+    int j = blockIdx.x;
+    if (j >= n) return;
+    const float *src = x + (size_t)(j / k) * d;
+    A *dst = xs + (size_t)pos[j] * d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+        if constexpr (sizeof(A) == 2) dst[i] = __float2bfloat16_rn(src[i]);
+        else dst[i] = src[i];
+    }
+}
+
+extern "C" int kernels_moe_gather(void *xs, int bf16, const float *x, const int *pos, int T, int k, int d,
+                                  void *stream) {
+    if (T <= 0) return KERNELS_OK;
+    int n = T * k;
+    int grid = n;
+    if (bf16) moe_gather_kernel<<<grid, 256, 0, (cudaStream_t)stream>>>((__nv_bfloat16 *)xs, x, pos, n, k, d);
+    else moe_gather_kernel<<<grid, 256, 0, (cudaStream_t)stream>>>((float *)xs, x, pos, n, k, d);
+    return moe_launch_status();
+}
+
+// ---- grouped products ----
+
+__device__ __forceinline__ float moe_glu(float g, float u, float limit) {
+    if (limit > 0.0f) {
+        g = g > limit ? limit : g;
+        u = u > limit ? limit : u < -limit ? -limit : u;
+    }
+    return g / (1.0f + expf(-g)) * u;
+}
+
+// Which expert owns tile m, and its rows [r0, r1); false past the last tile.
+__device__ __forceinline__ bool moe_tile(int m, const int *offsets, const int *tile_start, int E, int bm, int *e,
+                                         int *r0, int *r1) {
+    if (m >= tile_start[E]) return false;
+    int lo = 0, hi = E - 1; // the last e with tile_start[e] <= m (empty experts share a start: take the last)
+    while (lo < hi) {
+        int mid = (lo + hi + 1) >> 1;
+        if (tile_start[mid] <= m) lo = mid;
+        else hi = mid - 1;
+    }
+    *e = lo;
+    *r0 = offsets[lo] + (m - tile_start[lo]) * bm;
+    *r1 = min(*r0 + bm, offsets[lo + 1]);
+    return true;
+}
+
+#define MOE_BM KERNELS_MOE_TILE_M
+#define MOE_BN 64
+#define MOE_BK 32
+#define MOE_STAGES 3
+#define MOE_LDS (MOE_BK + 8) // bf16 elements per shared row: 80 bytes, off the bank period
+
+__device__ __forceinline__ void moe_cp16(void *smem, const void *gmem, bool valid) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    int n = valid ? 16 : 0; // 0 bytes read: the 16 are zero-filled
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void moe_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void moe_cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// Tensor-core tiles (bf16 in, f32 accumulate): a (rows, K) bf16 packed by
+// expert; w the experts' matrices stacked, (E, GLU ? 2N : N, K), a GLU
+// expert's gate rows first and its up rows after. GLU writes h (rows, N) bf16
+// = silu(gate) * up (clamped with limit > 0); plain writes y (rows, N) f32.
+// N % 64 == 0, K % 32 == 0. 4 warps: 2 along M (16 rows each) x 2 along N
+// (32 columns each).
+template <bool GLU>
+__global__ void __launch_bounds__(128) moe_gemm_bf16_kernel(void *out, const __nv_bfloat16 *a,
+                                                            const __nv_bfloat16 *w, const int *offsets,
+                                                            const int *tile_start, int E, int N, int K,
+                                                            float limit) {
+    using namespace nvcuda;
+    constexpr int NB = GLU ? 2 : 1;
+    __shared__ __align__(128) __nv_bfloat16 As[MOE_STAGES][MOE_BM][MOE_LDS];
+    __shared__ __align__(128) __nv_bfloat16 Bs[MOE_STAGES][NB * MOE_BN][MOE_LDS];
+    int e, r0, r1;
+    if (!moe_tile(blockIdx.y, offsets, tile_start, E, MOE_BM, &e, &r0, &r1)) return;
+    int n0 = blockIdx.x * MOE_BN, tid = threadIdx.x, warp = tid >> 5;
+    int wm = warp & 1, wn = warp >> 1;
+    const __nv_bfloat16 *we = w + (size_t)e * NB * N * K;
+    int nk = K / MOE_BK;
+    auto load = [&](int st, int kt) {
+        int k0 = kt * MOE_BK;
+        { // A: 32 rows x 4 chunks of 8 = 128 chunks, one per thread
+            int r = tid >> 2, c = (tid & 3) * 8;
+            bool ok = r0 + r < r1;
+            moe_cp16(&As[st][r][c], a + (size_t)(ok ? r0 + r : r0) * K + k0 + c, ok);
+        }
+        for (int i = tid; i < NB * MOE_BN * 4; i += 128) { // B: NB*64 rows x 4 chunks
+            int r = i >> 2, c = (i & 3) * 8;
+            int wr = r < MOE_BN ? n0 + r : N + n0 + (r - MOE_BN); // gate row, or the matching up row
+            moe_cp16(&Bs[st][r][c], we + (size_t)wr * K + k0 + c, true);
+        }
+    };
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[NB][2];
+#pragma unroll
+    for (int b = 0; b < NB; b++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[b][j], 0.0f);
+#pragma unroll
+    for (int s = 0; s < MOE_STAGES - 1; s++) {
+        if (s < nk) load(s, s);
+        moe_cp_commit();
+    }
+    for (int kt = 0; kt < nk; kt++) {
+        moe_cp_wait<MOE_STAGES - 2>();
+        __syncthreads();
+        int st = kt % MOE_STAGES;
+#pragma unroll
+        for (int kk = 0; kk < MOE_BK; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+            wmma::load_matrix_sync(fa, &As[st][wm * 16][kk], MOE_LDS);
+#pragma unroll
+            for (int b = 0; b < NB; b++)
+#pragma unroll
+                for (int j = 0; j < 2; j++) {
+                    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
+                    wmma::load_matrix_sync(fb, &Bs[st][b * MOE_BN + wn * 32 + j * 16][kk], MOE_LDS);
+                    wmma::mma_sync(acc[b][j], fa, fb, acc[b][j]);
+                }
+        }
+        int next = kt + MOE_STAGES - 1; // into the stage every warp finished with before this iteration's barrier
+        if (next < nk) load(next % MOE_STAGES, next);
+        moe_cp_commit();
+    }
+    moe_cp_wait<0>();
+    __syncthreads();
+    // Epilogue through shared memory (the pipeline's buffers are free now).
+    float *Cs = (float *)&Bs[0][0][0]; // NB x (32 x 64) f32 fits: NB*8 KiB <= the B stages
+#pragma unroll
+    for (int b = 0; b < NB; b++)
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+            wmma::store_matrix_sync(Cs + b * MOE_BM * MOE_BN + (wm * 16) * MOE_BN + wn * 32 + j * 16, acc[b][j],
+                                    MOE_BN, wmma::mem_row_major);
+    __syncthreads();
+    for (int i = tid; i < MOE_BM * MOE_BN; i += 128) {
+        int r = i / MOE_BN, c = i % MOE_BN;
+        if (r0 + r >= r1) continue;
+        size_t o = (size_t)(r0 + r) * N + n0 + c;
+        if (GLU) ((__nv_bfloat16 *)out)[o] = __float2bfloat16_rn(moe_glu(Cs[i], Cs[MOE_BM * MOE_BN + i], limit));
+        else ((float *)out)[o] = Cs[i];
+    }
+}
+
+// The general case (f32 weights, or shapes off the tensor-core tiles): one
+// thread per output element of a tile's rows, f32 (or bf16 widened) operands,
+// f32 sums in k order.
+template <typename W, bool GLU>
+__global__ void moe_gemm_simt_kernel(void *out, const W *a, const W *w, const int *offsets, const int *tile_start,
+                                     int E, int N, int K, float limit) {
+    int e, r0, r1;
+    if (!moe_tile(blockIdx.y, offsets, tile_start, E, MOE_BM, &e, &r0, &r1)) return;
+    int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    constexpr int NB = GLU ? 2 : 1;
+    const W *wg = w + ((size_t)e * NB * N + n) * K, *wu = wg + (size_t)N * K;
+    for (int r = r0; r < r1; r++) {
+        const W *x = a + (size_t)r * K;
+        float g = 0.0f, u = 0.0f;
+        for (int i = 0; i < K; i++) {
+            float xv = (float)x[i];
+            g += xv * (float)wg[i];
+            if (GLU) u += xv * (float)wu[i];
+        }
+        if (GLU) {
+            if constexpr (sizeof(W) == 2) ((W *)out)[(size_t)r * N + n] = __float2bfloat16_rn(moe_glu(g, u, limit));
+            else ((W *)out)[(size_t)r * N + n] = moe_glu(g, u, limit);
+        } else {
+            ((float *)out)[(size_t)r * N + n] = g;
+        }
+    }
+}
+
+extern "C" int kernels_moe_gemm(void *out, const void *a, const void *w, const int *offsets, const int *tile_start,
+                                int max_tiles, int E, int N, int K, int bf16, int glu, float limit, void *stream) {
+    if (max_tiles <= 0) return KERNELS_OK;
+    if (E < 1 || N < 1 || K < 1 || max_tiles > 65535) return KERNELS_ERR_ARG;
+    cudaStream_t s = (cudaStream_t)stream;
+    if (bf16 && N % MOE_BN == 0 && K % MOE_BK == 0 && ((uintptr_t)a & 15) == 0 && ((uintptr_t)w & 15) == 0) {
+        dim3 grid(N / MOE_BN, max_tiles);
+        if (glu) moe_gemm_bf16_kernel<true><<<grid, 128, 0, s>>>(out, (const __nv_bfloat16 *)a,
+                                                                 (const __nv_bfloat16 *)w, offsets, tile_start, E, N,
+                                                                 K, limit);
+        else moe_gemm_bf16_kernel<false><<<grid, 128, 0, s>>>(out, (const __nv_bfloat16 *)a,
+                                                              (const __nv_bfloat16 *)w, offsets, tile_start, E, N, K,
+                                                              limit);
+        return moe_launch_status();
+    }
+    dim3 grid((N + 127) / 128, max_tiles);
+    if (bf16) {
+        if (glu) moe_gemm_simt_kernel<__nv_bfloat16, true><<<grid, 128, 0, s>>>(
+            out, (const __nv_bfloat16 *)a, (const __nv_bfloat16 *)w, offsets, tile_start, E, N, K, limit);
+        else moe_gemm_simt_kernel<__nv_bfloat16, false><<<grid, 128, 0, s>>>(
+            out, (const __nv_bfloat16 *)a, (const __nv_bfloat16 *)w, offsets, tile_start, E, N, K, limit);
+    } else {
+        if (glu) moe_gemm_simt_kernel<float, true><<<grid, 128, 0, s>>>(out, (const float *)a, (const float *)w,
+                                                                       offsets, tile_start, E, N, K, limit);
+        else moe_gemm_simt_kernel<float, false><<<grid, 128, 0, s>>>(out, (const float *)a, (const float *)w,
+                                                                    offsets, tile_start, E, N, K, limit);
+    }
+    return moe_launch_status();
+}
+
+// ---- decode: one warp per (weight row, pair), f32 activations ----
+
+#define MOE_GEMV_WARPS 8
+
+__device__ __forceinline__ float moe_dot(const __nv_bfloat16 *wr, const float *x, int K, int lane) {
+    float acc = 0.0f;
+    if ((K & 7) == 0) {
+        for (int i = lane; i < K / 8; i += 32) {
+            uint4 raw = __ldg((const uint4 *)wr + i);
+            const __nv_bfloat162 *b2 = (const __nv_bfloat162 *)&raw;
+            float4 p = __ldg((const float4 *)x + 2 * i), q = __ldg((const float4 *)x + 2 * i + 1);
+            float2 w0 = __bfloat1622float2(b2[0]), w1 = __bfloat1622float2(b2[1]), w2 = __bfloat1622float2(b2[2]),
+                   w3 = __bfloat1622float2(b2[3]);
+            acc += p.x * w0.x + p.y * w0.y + p.z * w1.x + p.w * w1.y + q.x * w2.x + q.y * w2.y + q.z * w3.x +
+                   q.w * w3.y;
+        }
+    } else {
+        for (int i = lane; i < K; i += 32) acc += x[i] * __bfloat162float(wr[i]);
+    }
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    return acc;
+}
+__device__ __forceinline__ float moe_dot(const float *wr, const float *x, int K, int lane) {
+    float acc = 0.0f;
+    for (int i = lane; i < K; i += 32) acc += x[i] * wr[i];
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    return acc;
+}
+
+// Pair j = (token j / k, expert ids[j]). GLU: h (n, N) f32 from x rows; plain:
+// y (n, N) f32 from a (n, K) (the pairs' h).
+template <typename W, bool GLU>
+__global__ void __launch_bounds__(MOE_GEMV_WARPS * 32) moe_gemv_kernel(float *out, const float *a, const W *w,
+                                                                       const int *ids, int k, int N, int K,
+                                                                       float limit) {
+    int n = blockIdx.x * MOE_GEMV_WARPS + (threadIdx.x >> 5), j = blockIdx.y, lane = threadIdx.x & 31;
+    if (n >= N) return;
+    constexpr int NB = GLU ? 2 : 1;
+    const W *wr = w + ((size_t)ids[j] * NB * N + n) * K;
+    const float *x = a + (size_t)(GLU ? j / k : j) * K;
+    float g = moe_dot(wr, x, K, lane);
+    float u = GLU ? moe_dot(wr + (size_t)N * K, x, K, lane) : 0.0f;
+    if (lane == 0) out[(size_t)j * N + n] = GLU ? moe_glu(g, u, limit) : g;
+}
+
+extern "C" int kernels_moe_gemv(float *out, const float *a, const void *w, const int *ids, int T, int k, int N, int K,
+                                int bf16, int glu, float limit, void *stream) {
+    if (T <= 0) return KERNELS_OK;
+    int n = T * k;
+    if (N < 1 || K < 1 || n > 65535) return KERNELS_ERR_ARG;
+    if (bf16 && (K & 7) == 0 && (((uintptr_t)a | (uintptr_t)w) & 15)) return KERNELS_ERR_ARG;
+    dim3 grid((N + MOE_GEMV_WARPS - 1) / MOE_GEMV_WARPS, n);
+    cudaStream_t s = (cudaStream_t)stream;
+    if (bf16) {
+        if (glu) moe_gemv_kernel<__nv_bfloat16, true><<<grid, MOE_GEMV_WARPS * 32, 0, s>>>(
+            out, a, (const __nv_bfloat16 *)w, ids, k, N, K, limit);
+        else moe_gemv_kernel<__nv_bfloat16, false><<<grid, MOE_GEMV_WARPS * 32, 0, s>>>(
+            out, a, (const __nv_bfloat16 *)w, ids, k, N, K, limit);
+    } else {
+        if (glu) moe_gemv_kernel<float, true><<<grid, MOE_GEMV_WARPS * 32, 0, s>>>(out, a, (const float *)w, ids, k,
+                                                                                   N, K, limit);
+        else moe_gemv_kernel<float, false><<<grid, MOE_GEMV_WARPS * 32, 0, s>>>(out, a, (const float *)w, ids, k, N,
+                                                                                K, limit);
+    }
+    return moe_launch_status();
+}
+
+// ---- combine ----
+
+// out (T, d) = sum over i in order of wts[t k + i] * y[row(t k + i)], row =
+// pos[.] or the pair itself (pos NULL). Summed from 0 in the CPU's order.
+__global__ void moe_combine_kernel(float *out, const float *y, const int *pos, const float *wts, int T, int k, int d) {
+    int t = blockIdx.x;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+        float acc = 0.0f;
+        for (int s = 0; s < k; s++) {
+            int j = t * k + s;
+            acc += y[(size_t)(pos ? pos[j] : j) * d + i] * wts[j];
+        }
+        out[(size_t)t * d + i] = acc;
+    }
+}
+
+extern "C" int kernels_moe_combine(float *out, const float *y, const int *pos, const float *wts, int T, int k, int d,
+                                   void *stream) {
+    if (T <= 0) return KERNELS_OK;
+    moe_combine_kernel<<<T, 256, 0, (cudaStream_t)stream>>>(out, y, pos, wts, T, k, d);
+    return moe_launch_status();
+}
