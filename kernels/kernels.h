@@ -180,13 +180,16 @@ typedef struct {
 int kernels_moe_route(int *ids, float *wts, const float *logits, const int *tokens, const kernels_moe_router *r,
                       int T, void *stream);
 
-/* Rows of the packed matrix are grouped by expert in tiles of this many. */
-#define KERNELS_MOE_TILE_M 32
+/* The height (16, 32 or 64 rows) of the tiles each expert's rows are cut
+ * into for a step of T tokens, from the rows an expert gets on average
+ * (the environment's ENGRAM_MOE_TILE forces one, for benchmarks). */
+int kernels_moe_tile_rows(int T, int k, int E);
 
 /* From ids (T, k) of E experts: pos (T k) each pair's row in the packed
  * matrix, offsets (E + 1) each expert's first row, tile_start (E + 1) its
- * first tile of KERNELS_MOE_TILE_M rows. At most T k / TILE_M + E tiles. */
-int kernels_moe_plan(int *pos, int *offsets, int *tile_start, const int *ids, int T, int k, int E, void *stream);
+ * first tile of bm rows. At most T k / bm + E tiles. */
+int kernels_moe_plan(int *pos, int *offsets, int *tile_start, const int *ids, int T, int k, int E, int bm,
+                     void *stream);
 
 /* xs[pos[j]] (d) = x[j / k] for j < T k, as bf16 (bf16 1) or f32. */
 int kernels_moe_gather(void *xs, int bf16, const float *x, const int *pos, int T, int k, int d, void *stream);
@@ -195,9 +198,9 @@ int kernels_moe_gather(void *xs, int bf16, const float *x, const int *pos, int T
  * weights, else f32): w (E, glu ? 2N : N, K) the experts stacked (a GLU
  * expert's N gate rows, then its N up rows). glu: out (rows, N), of a's type,
  * = silu(min(g, limit)) * clamp(u, -limit, limit) (no clamp for limit 0);
- * else out (rows, N) f32. max_tiles: the bound of kernels_moe_plan. */
+ * else out (rows, N) f32. bm and max_tiles: the plan's tile height and bound. */
 int kernels_moe_gemm(void *out, const void *a, const void *w, const int *offsets, const int *tile_start,
-                     int max_tiles, int E, int N, int K, int bf16, int glu, float limit, void *stream);
+                     int max_tiles, int E, int N, int K, int bm, int bf16, int glu, float limit, void *stream);
 
 /* Decode without a plan, pair j = (token j / k, expert ids[j]), activations
  * f32: glu: out (T k, N) = the GLU of x (T, K) rows; else out (T k, N) =

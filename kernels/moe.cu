@@ -17,6 +17,8 @@
 #include <cuda_runtime.h>
 #include <mma.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 static int moe_launch_status(void) { return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH; }
 
@@ -138,12 +140,12 @@ __global__ void moe_plan_kernel(int *pos, int *offsets, int *tile_start, const i
     for (int j = threadIdx.x; j < n; j += blockDim.x) pos[j] = atomicAdd(&cur[ids[j]], 1);
 }
 
-extern "C" int kernels_moe_plan(int *pos, int *offsets, int *tile_start, const int *ids, int T, int k, int E,
+extern "C" int kernels_moe_plan(int *pos, int *offsets, int *tile_start, const int *ids, int T, int k, int E, int bm,
                                 void *stream) {
     if (T <= 0) return KERNELS_OK;
-    if (E < 1 || E > 1024 || k < 1) return KERNELS_ERR_ARG;
+    if (E < 1 || E > 1024 || k < 1 || bm < 1) return KERNELS_ERR_ARG;
     moe_plan_kernel<<<1, 1024, 2 * (size_t)E * sizeof(int), (cudaStream_t)stream>>>(pos, offsets, tile_start, ids,
-                                                                                    T * k, E, KERNELS_MOE_TILE_M);
+                                                                                    T * k, E, bm);
     return moe_launch_status();
 }
 
@@ -196,7 +198,6 @@ __device__ __forceinline__ bool moe_tile(int m, const int *offsets, const int *t
     return true;
 }
 
-#define MOE_BM KERNELS_MOE_TILE_M
 #define MOE_BN 64
 #define MOE_BK 32
 #define MOE_STAGES 3
@@ -210,45 +211,54 @@ __device__ __forceinline__ void moe_cp16(void *smem, const void *gmem, bool vali
 __device__ __forceinline__ void moe_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void moe_cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-// Tensor-core tiles (bf16 in, f32 accumulate): a (rows, K) bf16 packed by
-// expert; w the experts' matrices stacked, (E, GLU ? 2N : N, K), a GLU
-// expert's gate rows first and its up rows after. GLU writes h (rows, N) bf16
-// = silu(gate) * up (clamped with limit > 0); plain writes y (rows, N) f32.
-// N % 64 == 0, K % 32 == 0. 4 warps: 2 along M (16 rows each) x 2 along N
-// (32 columns each).
-template <bool GLU>
+// Tensor-core tiles (bf16 in, f32 accumulate) of BM rows x 64 columns: a
+// (rows, K) bf16 packed by expert; w the experts' matrices stacked, (E,
+// GLU ? 2N : N, K), a GLU expert's gate rows first and its up rows after. GLU
+// writes h (rows, N) bf16 = silu(gate) * up (clamped with limit > 0); plain
+// writes y (rows, N) f32. N % 64 == 0, K % 32 == 0. 4 warps, WM along M and
+// 4 / WM along N. The tile height follows the rows an expert gets: short
+// tiles when each expert has a few tokens (the weights stream through once,
+// little padding), tall ones when it has many (each weight tile feeds more
+// rows).
+template <bool GLU, int BM, int WM>
 __global__ void __launch_bounds__(128) moe_gemm_bf16_kernel(void *out, const __nv_bfloat16 *a,
                                                             const __nv_bfloat16 *w, const int *offsets,
                                                             const int *tile_start, int E, int N, int K,
                                                             float limit) {
     using namespace nvcuda;
-    constexpr int NB = GLU ? 2 : 1;
-    __shared__ __align__(128) __nv_bfloat16 As[MOE_STAGES][MOE_BM][MOE_LDS];
-    __shared__ __align__(128) __nv_bfloat16 Bs[MOE_STAGES][NB * MOE_BN][MOE_LDS];
+    constexpr int NB = GLU ? 2 : 1, WN = 4 / WM;
+    constexpr int FM = BM / WM / 16, FN = MOE_BN / WN / 16; // fragments per warp along M and N
+    constexpr int A_BYTES = MOE_STAGES * BM * MOE_LDS * 2, B_BYTES = MOE_STAGES * NB * MOE_BN * MOE_LDS * 2;
+    constexpr int C_BYTES = NB * BM * MOE_BN * 4;
+    __shared__ __align__(128) unsigned char smem[A_BYTES + B_BYTES > C_BYTES ? A_BYTES + B_BYTES : C_BYTES];
+    typedef __nv_bfloat16 arow[MOE_LDS];
+    arow *As = (arow *)smem, *Bs = (arow *)(smem + A_BYTES); // [stage * BM + r], [stage * NB * BN + r]
     int e, r0, r1;
-    if (!moe_tile(blockIdx.y, offsets, tile_start, E, MOE_BM, &e, &r0, &r1)) return;
+    if (!moe_tile(blockIdx.y, offsets, tile_start, E, BM, &e, &r0, &r1)) return;
     int n0 = blockIdx.x * MOE_BN, tid = threadIdx.x, warp = tid >> 5;
-    int wm = warp & 1, wn = warp >> 1;
+    int wm = warp % WM, wn = warp / WM;
     const __nv_bfloat16 *we = w + (size_t)e * NB * N * K;
     int nk = K / MOE_BK;
     auto load = [&](int st, int kt) {
         int k0 = kt * MOE_BK;
-        { // A: 32 rows x 4 chunks of 8 = 128 chunks, one per thread
-            int r = tid >> 2, c = (tid & 3) * 8;
+        for (int i = tid; i < BM * 4; i += 128) { // A: BM rows x 4 chunks of 8
+            int r = i >> 2, c = (i & 3) * 8;
             bool ok = r0 + r < r1;
-            moe_cp16(&As[st][r][c], a + (size_t)(ok ? r0 + r : r0) * K + k0 + c, ok);
+            moe_cp16(&As[st * BM + r][c], a + (size_t)(ok ? r0 + r : r0) * K + k0 + c, ok);
         }
         for (int i = tid; i < NB * MOE_BN * 4; i += 128) { // B: NB*64 rows x 4 chunks
             int r = i >> 2, c = (i & 3) * 8;
             int wr = r < MOE_BN ? n0 + r : N + n0 + (r - MOE_BN); // gate row, or the matching up row
-            moe_cp16(&Bs[st][r][c], we + (size_t)wr * K + k0 + c, true);
+            moe_cp16(&Bs[st * NB * MOE_BN + r][c], we + (size_t)wr * K + k0 + c, true);
         }
     };
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[NB][2];
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[NB][FM][FN];
 #pragma unroll
     for (int b = 0; b < NB; b++)
 #pragma unroll
-        for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[b][j], 0.0f);
+        for (int i = 0; i < FM; i++)
+#pragma unroll
+            for (int j = 0; j < FN; j++) wmma::fill_fragment(acc[b][i][j], 0.0f);
 #pragma unroll
     for (int s = 0; s < MOE_STAGES - 1; s++) {
         if (s < nk) load(s, s);
@@ -260,15 +270,18 @@ __global__ void __launch_bounds__(128) moe_gemm_bf16_kernel(void *out, const __n
         int st = kt % MOE_STAGES;
 #pragma unroll
         for (int kk = 0; kk < MOE_BK; kk += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
-            wmma::load_matrix_sync(fa, &As[st][wm * 16][kk], MOE_LDS);
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa[FM];
+#pragma unroll
+            for (int i = 0; i < FM; i++)
+                wmma::load_matrix_sync(fa[i], &As[st * BM + (wm * FM + i) * 16][kk], MOE_LDS);
 #pragma unroll
             for (int b = 0; b < NB; b++)
 #pragma unroll
-                for (int j = 0; j < 2; j++) {
+                for (int j = 0; j < FN; j++) {
                     wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
-                    wmma::load_matrix_sync(fb, &Bs[st][b * MOE_BN + wn * 32 + j * 16][kk], MOE_LDS);
-                    wmma::mma_sync(acc[b][j], fa, fb, acc[b][j]);
+                    wmma::load_matrix_sync(fb, &Bs[(st * NB + b) * MOE_BN + (wn * FN + j) * 16][kk], MOE_LDS);
+#pragma unroll
+                    for (int i = 0; i < FM; i++) wmma::mma_sync(acc[b][i][j], fa[i], fb, acc[b][i][j]);
                 }
         }
         int next = kt + MOE_STAGES - 1; // into the stage every warp finished with before this iteration's barrier
@@ -278,19 +291,21 @@ __global__ void __launch_bounds__(128) moe_gemm_bf16_kernel(void *out, const __n
     moe_cp_wait<0>();
     __syncthreads();
     // Epilogue through shared memory (the pipeline's buffers are free now).
-    float *Cs = (float *)&Bs[0][0][0]; // NB x (32 x 64) f32 fits: NB*8 KiB <= the B stages
+    float *Cs = (float *)smem;
 #pragma unroll
     for (int b = 0; b < NB; b++)
 #pragma unroll
-        for (int j = 0; j < 2; j++)
-            wmma::store_matrix_sync(Cs + b * MOE_BM * MOE_BN + (wm * 16) * MOE_BN + wn * 32 + j * 16, acc[b][j],
-                                    MOE_BN, wmma::mem_row_major);
+        for (int i = 0; i < FM; i++)
+#pragma unroll
+            for (int j = 0; j < FN; j++)
+                wmma::store_matrix_sync(Cs + b * BM * MOE_BN + ((wm * FM + i) * 16) * MOE_BN + (wn * FN + j) * 16,
+                                        acc[b][i][j], MOE_BN, wmma::mem_row_major);
     __syncthreads();
-    for (int i = tid; i < MOE_BM * MOE_BN; i += 128) {
+    for (int i = tid; i < BM * MOE_BN; i += 128) {
         int r = i / MOE_BN, c = i % MOE_BN;
         if (r0 + r >= r1) continue;
         size_t o = (size_t)(r0 + r) * N + n0 + c;
-        if (GLU) ((__nv_bfloat16 *)out)[o] = __float2bfloat16_rn(moe_glu(Cs[i], Cs[MOE_BM * MOE_BN + i], limit));
+        if (GLU) ((__nv_bfloat16 *)out)[o] = __float2bfloat16_rn(moe_glu(Cs[i], Cs[BM * MOE_BN + i], limit));
         else ((float *)out)[o] = Cs[i];
     }
 }
@@ -300,9 +315,9 @@ __global__ void __launch_bounds__(128) moe_gemm_bf16_kernel(void *out, const __n
 // f32 sums in k order.
 template <typename W, bool GLU>
 __global__ void moe_gemm_simt_kernel(void *out, const W *a, const W *w, const int *offsets, const int *tile_start,
-                                     int E, int N, int K, float limit) {
+                                     int E, int N, int K, float limit, int bm) {
     int e, r0, r1;
-    if (!moe_tile(blockIdx.y, offsets, tile_start, E, MOE_BM, &e, &r0, &r1)) return;
+    if (!moe_tile(blockIdx.y, offsets, tile_start, E, bm, &e, &r0, &r1)) return;
     int n = blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N) return;
     constexpr int NB = GLU ? 2 : 1;
@@ -324,32 +339,45 @@ __global__ void moe_gemm_simt_kernel(void *out, const W *a, const W *w, const in
     }
 }
 
+template <bool GLU>
+static void moe_gemm_tc(void *out, const void *a, const void *w, const int *offsets, const int *tile_start,
+                        int max_tiles, int E, int N, int K, int bm, float limit, cudaStream_t s) {
+    dim3 grid(N / MOE_BN, max_tiles);
+    const __nv_bfloat16 *ab = (const __nv_bfloat16 *)a, *wb = (const __nv_bfloat16 *)w;
+    if (bm == 16) moe_gemm_bf16_kernel<GLU, 16, 1><<<grid, 128, 0, s>>>(out, ab, wb, offsets, tile_start, E, N, K, limit);
+    else if (bm == 32) moe_gemm_bf16_kernel<GLU, 32, 2><<<grid, 128, 0, s>>>(out, ab, wb, offsets, tile_start, E, N, K, limit);
+    else moe_gemm_bf16_kernel<GLU, 64, 2><<<grid, 128, 0, s>>>(out, ab, wb, offsets, tile_start, E, N, K, limit);
+}
+
+extern "C" int kernels_moe_tile_rows(int T, int k, int E) {
+    int per = (int)(((long long)T * k + E - 1) / E); // rows an expert gets on average
+    const char *force = getenv("ENGRAM_MOE_TILE"); // benchmarks: one height for every step
+    if (force && (!strcmp(force, "16") || !strcmp(force, "32") || !strcmp(force, "64"))) return atoi(force);
+    return per <= 16 ? 16 : per <= 48 ? 32 : 64;
+}
+
 extern "C" int kernels_moe_gemm(void *out, const void *a, const void *w, const int *offsets, const int *tile_start,
-                                int max_tiles, int E, int N, int K, int bf16, int glu, float limit, void *stream) {
+                                int max_tiles, int E, int N, int K, int bm, int bf16, int glu, float limit,
+                                void *stream) {
     if (max_tiles <= 0) return KERNELS_OK;
-    if (E < 1 || N < 1 || K < 1 || max_tiles > 65535) return KERNELS_ERR_ARG;
+    if (E < 1 || N < 1 || K < 1 || max_tiles > 65535 || (bm != 16 && bm != 32 && bm != 64)) return KERNELS_ERR_ARG;
     cudaStream_t s = (cudaStream_t)stream;
     if (bf16 && N % MOE_BN == 0 && K % MOE_BK == 0 && ((uintptr_t)a & 15) == 0 && ((uintptr_t)w & 15) == 0) {
-        dim3 grid(N / MOE_BN, max_tiles);
-        if (glu) moe_gemm_bf16_kernel<true><<<grid, 128, 0, s>>>(out, (const __nv_bfloat16 *)a,
-                                                                 (const __nv_bfloat16 *)w, offsets, tile_start, E, N,
-                                                                 K, limit);
-        else moe_gemm_bf16_kernel<false><<<grid, 128, 0, s>>>(out, (const __nv_bfloat16 *)a,
-                                                              (const __nv_bfloat16 *)w, offsets, tile_start, E, N, K,
-                                                              limit);
+        if (glu) moe_gemm_tc<true>(out, a, w, offsets, tile_start, max_tiles, E, N, K, bm, limit, s);
+        else moe_gemm_tc<false>(out, a, w, offsets, tile_start, max_tiles, E, N, K, bm, limit, s);
         return moe_launch_status();
     }
     dim3 grid((N + 127) / 128, max_tiles);
     if (bf16) {
         if (glu) moe_gemm_simt_kernel<__nv_bfloat16, true><<<grid, 128, 0, s>>>(
-            out, (const __nv_bfloat16 *)a, (const __nv_bfloat16 *)w, offsets, tile_start, E, N, K, limit);
+            out, (const __nv_bfloat16 *)a, (const __nv_bfloat16 *)w, offsets, tile_start, E, N, K, limit, bm);
         else moe_gemm_simt_kernel<__nv_bfloat16, false><<<grid, 128, 0, s>>>(
-            out, (const __nv_bfloat16 *)a, (const __nv_bfloat16 *)w, offsets, tile_start, E, N, K, limit);
+            out, (const __nv_bfloat16 *)a, (const __nv_bfloat16 *)w, offsets, tile_start, E, N, K, limit, bm);
     } else {
         if (glu) moe_gemm_simt_kernel<float, true><<<grid, 128, 0, s>>>(out, (const float *)a, (const float *)w,
-                                                                       offsets, tile_start, E, N, K, limit);
+                                                                       offsets, tile_start, E, N, K, limit, bm);
         else moe_gemm_simt_kernel<float, false><<<grid, 128, 0, s>>>(out, (const float *)a, (const float *)w,
-                                                                    offsets, tile_start, E, N, K, limit);
+                                                                    offsets, tile_start, E, N, K, limit, bm);
     }
     return moe_launch_status();
 }
@@ -358,33 +386,25 @@ extern "C" int kernels_moe_gemm(void *out, const void *a, const void *w, const i
 
 #define MOE_GEMV_WARPS 8
 
-__device__ __forceinline__ float moe_dot(const __nv_bfloat16 *wr, const float *x, int K, int lane) {
-    float acc = 0.0f;
-    if ((K & 7) == 0) {
-        for (int i = lane; i < K / 8; i += 32) {
-            uint4 raw = __ldg((const uint4 *)wr + i);
-            const __nv_bfloat162 *b2 = (const __nv_bfloat162 *)&raw;
-            float4 p = __ldg((const float4 *)x + 2 * i), q = __ldg((const float4 *)x + 2 * i + 1);
-            float2 w0 = __bfloat1622float2(b2[0]), w1 = __bfloat1622float2(b2[1]), w2 = __bfloat1622float2(b2[2]),
-                   w3 = __bfloat1622float2(b2[3]);
-            acc += p.x * w0.x + p.y * w0.y + p.z * w1.x + p.w * w1.y + q.x * w2.x + q.y * w2.y + q.z * w3.x +
-                   q.w * w3.y;
-        }
-    } else {
-        for (int i = lane; i < K; i += 32) acc += x[i] * __bfloat162float(wr[i]);
+// Eight consecutive weights as f32 (one 16-byte load of bf16, two of f32).
+__device__ __forceinline__ void moe_load8(const __nv_bfloat16 *row, int i, float v[8]) {
+    uint4 raw = __ldg((const uint4 *)row + i);
+    const __nv_bfloat162 *b2 = (const __nv_bfloat162 *)&raw;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        float2 f = __bfloat1622float2(b2[j]);
+        v[2 * j] = f.x, v[2 * j + 1] = f.y;
     }
-    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-    return acc;
 }
-__device__ __forceinline__ float moe_dot(const float *wr, const float *x, int K, int lane) {
-    float acc = 0.0f;
-    for (int i = lane; i < K; i += 32) acc += x[i] * wr[i];
-    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-    return acc;
+__device__ __forceinline__ void moe_load8(const float *row, int i, float v[8]) {
+    float4 a = __ldg((const float4 *)row + 2 * i), b = __ldg((const float4 *)row + 2 * i + 1);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
 }
 
-// Pair j = (token j / k, expert ids[j]). GLU: h (n, N) f32 from x rows; plain:
-// y (n, N) f32 from a (n, K) (the pairs' h).
+// Pair j = (token j / k, expert ids[j]). GLU: h (n, N) f32 from x rows, the
+// gate and up rows read in one loop (both streams in flight); plain: y (n, N)
+// f32 from a (n, K) (the pairs' h). K % 8 == 0 and 16-byte aligned rows take
+// wide loads, other shapes one element per lane.
 template <typename W, bool GLU>
 __global__ void __launch_bounds__(MOE_GEMV_WARPS * 32) moe_gemv_kernel(float *out, const float *a, const W *w,
                                                                        const int *ids, int k, int N, int K,
@@ -392,10 +412,33 @@ __global__ void __launch_bounds__(MOE_GEMV_WARPS * 32) moe_gemv_kernel(float *ou
     int n = blockIdx.x * MOE_GEMV_WARPS + (threadIdx.x >> 5), j = blockIdx.y, lane = threadIdx.x & 31;
     if (n >= N) return;
     constexpr int NB = GLU ? 2 : 1;
-    const W *wr = w + ((size_t)ids[j] * NB * N + n) * K;
+    const W *wg = w + ((size_t)ids[j] * NB * N + n) * K, *wu = wg + (size_t)N * K;
     const float *x = a + (size_t)(GLU ? j / k : j) * K;
-    float g = moe_dot(wr, x, K, lane);
-    float u = GLU ? moe_dot(wr + (size_t)N * K, x, K, lane) : 0.0f;
+    float g = 0.0f, u = 0.0f;
+    if ((K & 7) == 0) {
+#pragma unroll 4
+        for (int i = lane; i < K / 8; i += 32) {
+            float vg[8], vu[8];
+            moe_load8(wg, i, vg);
+            if (GLU) moe_load8(wu, i, vu);
+            float4 p = __ldg((const float4 *)x + 2 * i), q = __ldg((const float4 *)x + 2 * i + 1);
+            float xv[8] = {p.x, p.y, p.z, p.w, q.x, q.y, q.z, q.w};
+#pragma unroll
+            for (int c = 0; c < 8; c++) {
+                g += xv[c] * vg[c];
+                if (GLU) u += xv[c] * vu[c];
+            }
+        }
+    } else {
+        for (int i = lane; i < K; i += 32) {
+            g += x[i] * (float)wg[i];
+            if (GLU) u += x[i] * (float)wu[i];
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        g += __shfl_xor_sync(0xffffffffu, g, o);
+        if (GLU) u += __shfl_xor_sync(0xffffffffu, u, o);
+    }
     if (lane == 0) out[(size_t)j * N + n] = GLU ? moe_glu(g, u, limit) : g;
 }
 
@@ -404,7 +447,7 @@ extern "C" int kernels_moe_gemv(float *out, const float *a, const void *w, const
     if (T <= 0) return KERNELS_OK;
     int n = T * k;
     if (N < 1 || K < 1 || n > 65535) return KERNELS_ERR_ARG;
-    if (bf16 && (K & 7) == 0 && (((uintptr_t)a | (uintptr_t)w) & 15)) return KERNELS_ERR_ARG;
+    if ((K & 7) == 0 && (((uintptr_t)a | (uintptr_t)w) & 15)) return KERNELS_ERR_ARG;
     dim3 grid((N + MOE_GEMV_WARPS - 1) / MOE_GEMV_WARPS, n);
     cudaStream_t s = (cudaStream_t)stream;
     if (bf16) {

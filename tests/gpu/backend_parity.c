@@ -870,7 +870,9 @@ static void test_moe(int E, int k, int d, int I, int T, dtype wt, float limit, m
 
 /* The experts of Qwen3-30B-A3B's layer shape (E 128, top 8, d 2048, I 768, bf16) at T tokens,
  * routed uniformly at random: time per call and the rate over the distinct experts' bytes. */
-static void time_moe(int T) {
+static void time_moe(int T, const char *tile) {
+    if (tile) setenv("ENGRAM_MOE_TILE", tile, 1);
+    else unsetenv("ENGRAM_MOE_TILE");
     int E = 128, k = 8, d = 2048, I = 768;
     moe_fix f = moe_fix_make(E, k, d, I, DTYPE_BF16, 0.0f);
     size_t nk = (size_t)T * k, nx = (size_t)T * d;
@@ -905,8 +907,8 @@ static void time_moe(int T) {
     for (int i = 0; i < iters; i++) backend_moe_experts(gpu, out, dx, di, dw, &f.dv, T);
     sync_gpu();
     double dt = (now() - t0) / iters, bytes = (double)n_used * 3 * d * I * 2;
-    printf("timing moe_experts bf16 E=%d k=%d %dx%d T=%-5d %8.1f us  %3d experts  %7.1f GB/s of their weights  "
-           "%6.1f TFLOP/s\n", E, k, d, I, T, dt * 1e6, n_used, bytes / dt * 1e-9, 6.0 * nk * d * I / dt * 1e-12);
+    printf("timing moe_experts bf16 E=%d k=%d %dx%d tile %-4s T=%-5d %8.1f us  %3d experts  %7.1f GB/s of their weights  "
+           "%6.1f TFLOP/s\n", E, k, d, I, tile ? tile : "auto", T, dt * 1e6, n_used, bytes / dt * 1e-9, 6.0 * nk * d * I / dt * 1e-12);
     backend_free(gpu, di), backend_free(gpu, dw), backend_free(gpu, dx), backend_free(gpu, out);
     free(ids), free(wts), free(x);
     moe_fix_free(&f);
@@ -1013,6 +1015,13 @@ int main(int argc, char **argv) {
     test_moe(128, 8, 256, 128, 37, DTYPE_F32, 0.0f, MOE_SOFTMAX, 1e-5);
     test_moe(16, 4, 100, 72, 20, DTYPE_BF16, 0.0f, MOE_SOFTMAX, 1e-2); /* off the tiles: the general kernel */
     test_moe(16, 4, 100, 72, 20, DTYPE_F32, 0.0f, MOE_SOFTMAX, 1e-5);
+    test_moe(32, 8, 256, 128, 600, DTYPE_BF16, 0.0f, MOE_SOFTMAX, 1e-2); /* 150 rows an expert: tiles of 64 */
+    setenv("ENGRAM_MOE_TILE", "16", 1); /* every tile height on the same kind of step */
+    test_moe(32, 8, 256, 128, 300, DTYPE_BF16, 0.0f, MOE_SOFTMAX, 1e-2);
+    setenv("ENGRAM_MOE_TILE", "64", 1);
+    test_moe(32, 8, 256, 128, 300, DTYPE_BF16, 0.5f, MOE_SOFTMAX, 1e-2);
+    test_moe(16, 4, 100, 72, 40, DTYPE_F32, 0.0f, MOE_SOFTMAX, 1e-5);
+    unsetenv("ENGRAM_MOE_TILE");
 
     /* the mixed step: decode at 700, prefill 37 at 0, chunk of 5 at 130 */
     int qn[3] = {1, 37, 5}, p0[3] = {700, 0, 130}, n_blocks = 64;
@@ -1058,12 +1067,16 @@ int main(int argc, char **argv) {
         time_matmul(14336, 4096, 1);
         time_matmul(4096, 14336, 1);
         time_matmul(14336, 4096, 512);
-        time_moe(1);
-        time_moe(2);
-        time_moe(8);
-        time_moe(64);
-        time_moe(256);
-        time_moe(2048);
+        const char *tiles[] = {NULL, "16", "32", "64"};
+        time_moe(1, NULL);
+        time_moe(2, NULL);
+        for (int i = 0; i < 4; i++) {
+            time_moe(8, tiles[i]);
+            time_moe(64, tiles[i]);
+            time_moe(256, tiles[i]);
+            time_moe(2048, tiles[i]);
+        }
+        unsetenv("ENGRAM_MOE_TILE");
         time_attention(64, 1, 2048, 32, 8, 128, 0);
         time_attention(1, 1, 32768, 32, 8, 128, 0);
         time_attention(1, 512, 512, 32, 8, 128, 0);

@@ -58,7 +58,7 @@ void cu_moe_experts(backend *be, float *out, const float *x, const int32_t *ids,
         prof__end(g, pi);
         return;
     }
-    int max_tiles = (int)((n + KERNELS_MOE_TILE_M - 1) / KERNELS_MOE_TILE_M) + E;
+    int bm = kernels_moe_tile_rows(T, k, E), max_tiles = (int)((n + bm - 1) / bm) + E;
     size_t need = n * 4 + 2 * ((size_t)E + 1) * 4 + n * (size_t)d * es + n * (size_t)I * es + n * (size_t)d * 4 + 96;
     cuda__grow(g, &g->moe_work, &g->moe_work_bytes, need);
     char *at = g->moe_work;
@@ -66,10 +66,10 @@ void cu_moe_experts(backend *be, float *out, const float *x, const int32_t *ids,
     int *tiles = (int *)carve(&at, ((size_t)E + 1) * 4);
     void *xs = carve(&at, n * (size_t)d * es), *h = carve(&at, n * (size_t)I * es);
     float *y = (float *)carve(&at, n * (size_t)d * 4);
-    CHECK_K(kernels_moe_plan(pos, offsets, tiles, ids, T, k, E, g->stream));
+    CHECK_K(kernels_moe_plan(pos, offsets, tiles, ids, T, k, E, bm, g->stream));
     CHECK_K(kernels_moe_gather(xs, bf16, x, pos, T, k, d, g->stream));
-    CHECK_K(kernels_moe_gemm(h, xs, gu, offsets, tiles, max_tiles, E, I, d, bf16, 1, moe->swiglu_limit, g->stream));
-    CHECK_K(kernels_moe_gemm(y, h, dn, offsets, tiles, max_tiles, E, d, I, bf16, 0, 0.0f, g->stream));
+    CHECK_K(kernels_moe_gemm(h, xs, gu, offsets, tiles, max_tiles, E, I, d, bm, bf16, 1, moe->swiglu_limit, g->stream));
+    CHECK_K(kernels_moe_gemm(y, h, dn, offsets, tiles, max_tiles, E, d, I, bm, bf16, 0, 0.0f, g->stream));
     CHECK_K(kernels_moe_combine(out, y, pos, wts, T, k, d, g->stream));
     prof__end(g, pi);
 }
