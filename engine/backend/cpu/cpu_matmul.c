@@ -152,7 +152,8 @@ typedef __m512 vf_avx512;
     _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
 #define vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
 __attribute__((target(ISA_TARGET))) static inline float hsum_avx512(__m512 v) {
-    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)); /* lanes i + (i+8) */
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    /* lanes i + (i+8); extractf64x4 is AVX512F, extractf32x8 would need DQ */
     return hsum_avx2(h);
 }
 #define vhsum(v) hsum_avx512(v)
