@@ -5,7 +5,8 @@ Same shapes as our side of bench/peers/cpu_llamacpp.sh: `llama3-1b` is engram-ru
 default model models/engram-lexicon's Qwen3 backbone (llama.cpp has no Engram). Matrices
 are bf16 uniform with standard deviation 0.02 (as our synthetic models), norms 1; the
 vocabulary is llama.cpp's "none" tokenizer with vocab_size dummy tokens (llama-bench
-feeds random token ids, so no tokenizer is needed). Tensors are written one at a time,
+feeds random token ids, so no tokenizer is needed). llama3's rope scaling is left out (no
+rope_freqs tensor): it changes the angles, not the work. Tensors are written one at a time,
 so memory stays near the largest tensor.
 
     python make_gguf.py SHAPE OUT.gguf        (needs the `gguf` and `numpy` packages)
