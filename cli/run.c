@@ -48,6 +48,7 @@ static void usage(FILE *f) {
             "  --device cpu|cuda|auto backend (default auto: CUDA when a GPU is usable)\n"
             "  --cuda-graphs 0|1     record decode steps as CUDA graphs (default 1)\n"
             "  --cuda-profile 0|ops|graphs  time every CUDA op (graphs off) or every replay; printed at exit\n"
+            "  --cpu-isa auto|avx512|avx2|generic  the CPU backend's matrix-product path (default auto)\n"
             "  --threads N            CPU threads (default: all cores)\n"
             "  --prefill-chunk N      prompt tokens per forward pass (default 256; 1 = token by token)\n"
             "  --print-ids            print the generated ids as one JSON array on the last stdout line\n"
@@ -160,7 +161,7 @@ typedef struct {
     bool print_ids, print_gates, print_rows, ignore_eos, warmup, chat;
     sampler_params sp;
     engram_store_params esp;
-    backend_params bp; /* --cuda-graphs, --cuda-profile */
+    backend_params bp; /* --cuda-graphs, --cuda-profile, --cpu-isa */
     bool store_flag; /* a store option was given, which needs a table directory */
 } run_options;
 
@@ -240,6 +241,13 @@ static int set_cuda_profile(run_options *o, const char *a, const char *v) {
     return OPT_OK;
 }
 
+static int set_cpu_isa(run_options *o, const char *a, const char *v) {
+    int isa = backend_cpu_isa_parse(v);
+    if (isa < 0) return OPT_BAD;
+    o->bp.cpu_isa = isa;
+    return OPT_OK;
+}
+
 #define AT(field) .off = offsetof(run_options, field)
 /* Every option but --help, in the order of usage(). A new option is one line
  * here (and one in usage()); a cross-option rule goes in run_options_check. */
@@ -265,6 +273,7 @@ static const run_option RUN_OPTIONS[] = {
     {"--device", OPT_STR, AT(device)},
     {"--cuda-graphs", OPT_INT, AT(bp.cuda_graphs), .lo = 0, .hi = 1},
     {"--cuda-profile", OPT_FUNC, .set = set_cuda_profile},
+    {"--cpu-isa", OPT_FUNC, .set = set_cpu_isa},
     {"--threads", OPT_LONG, AT(threads), .lo = 1, .hi = 4096},
     {"--prefill-chunk", OPT_LONG, AT(prefill_chunk), .lo = 1, .hi = 1 << 20},
     {"--print-ids", OPT_TRUE, AT(print_ids)},

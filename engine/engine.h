@@ -72,6 +72,9 @@ typedef struct {
     int cuda_graphs;       /* recorded steps on CUDA: 1 on (default), 0 off (backend_params) */
     int cuda_profile;      /* CUDA op timing to stderr: 0 off (default), 1 every op, 2 recorded steps
                             * kept and timed whole (backend_params) */
+    const char *cpu_isa;   /* the CPU backend's matrix-product path: "auto" (or NULL, the default),
+                            * "avx512", "avx2" or "generic" (backend_params; engine_create fails
+                            * with ENGINE_ERR_DEVICE for another name or a path the CPU lacks) */
 } engine_params;
 
 engine_params engine_default_params(void);

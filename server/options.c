@@ -92,6 +92,8 @@ static const struct {
     {"cuda-graphs", OPT_INT, 0, 1, "1", "record decode steps as CUDA graphs and replay them (0: off)"},
     {"cuda-profile", OPT_STR, 0, 0, "0",
      "time every CUDA op: 0 off, ops (graphs off), graphs (each replay as one op); totals on stderr at exit"},
+    {"cpu-isa", OPT_STR, 0, 0, "auto",
+     "the CPU backend's matrix-product path: auto (the best this CPU runs), avx512, avx2 or generic (portable C)"},
 };
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
 
@@ -101,7 +103,7 @@ enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THRE
        O_CONN_TIMEOUT, O_REQ_TIMEOUT, O_MAX_CONNS, O_MAX_CONNS_IP, O_PREFILL_CHUNK, O_SHUTDOWN, O_ENGRAM_TABLE_DIR, O_ENGRAM_TABLES, O_ENGRAM_BUDGET,
        O_ENGRAM_HBM, O_ENGRAM_TIER, O_ENGRAM_IO, O_ENGRAM_QD, O_ENGRAM_AHEAD,
        O_MAX_SEQS, O_MAX_BATCHED, O_KV_TOKENS, O_KV_BLOCK, O_PREFIX_CACHING, O_PREFIX_MAX, O_SYNTHETIC, O_SYNTH_SEED, O_SYNTH_DIR,
-       O_GPU_UTIL, O_SAMPLE_ON_BACKEND, O_CUDA_GRAPHS, O_CUDA_PROFILE, O_COUNT };
+       O_GPU_UTIL, O_SAMPLE_ON_BACKEND, O_CUDA_GRAPHS, O_CUDA_PROFILE, O_CPU_ISA, O_COUNT };
 _Static_assert(O_COUNT == N_OPTS, "the O_ names follow the opts table");
 _Static_assert(N_OPTS <= SERVER_OPTIONS_MAX, "server_options.owned holds a value per option");
 
@@ -334,6 +336,7 @@ static server_options_status engine_options(const char **val, const long *num, e
                        : !strcmp(prof, "ops") || !strcmp(prof, "1") ? 1
                        : !strcmp(prof, "graphs")                    ? 2
                                                                     : -1;
+    ep->cpu_isa = val[O_CPU_ISA]; /* checked by engine_create */
     if (ep->sample_on_backend == -2 || ep->cuda_profile < 0) {
         fprintf(stderr, "engram-server: bad value for --%s: %s\n", ep->cuda_profile < 0 ? "cuda-profile" : "sample-on-backend",
                 ep->cuda_profile < 0 ? prof : sob);

@@ -54,22 +54,27 @@ backend *backend_cuda_create(const backend_params *p, char *err, size_t errlen) 
     return entry(p ? p : &d, err, errlen);
 }
 
-/* The CPU backend, or NULL with err set when out of memory. */
-static backend *select_cpu(char *err, size_t errlen) {
-    backend *be = backend_cpu_create();
-    if (!be) snprintf(err, errlen, "out of memory");
-    return be;
+int backend_cpu_isa_parse(const char *s) {
+    static const char *names[] = {"auto", "generic", "avx2", "avx512"};
+    for (int i = 0; i < 4; i++)
+        if (s && strcmp(s, names[i]) == 0) return i;
+    return -1;
+}
+
+const char *backend_cpu_isa_str(int isa) {
+    static const char *names[] = {"auto", "generic", "avx2", "avx512"};
+    return isa >= 0 && isa < 4 ? names[isa] : "?";
 }
 
 backend *backend_select(const char *device, const backend_params *p, char *err, size_t errlen) {
     if (!device || strcmp(device, "auto") == 0) {
         /* No NVIDIA driver node: no GPU, and no reason to load CUDA at all. */
-        if (access("/dev/nvidiactl", F_OK) != 0) return select_cpu(err, errlen);
+        if (access("/dev/nvidiactl", F_OK) != 0) return backend_cpu_create_with(p, err, errlen);
         char e2[256];
         backend *be = backend_cuda_create(p, e2, sizeof(e2));
-        return be ? be : select_cpu(err, errlen);
+        return be ? be : backend_cpu_create_with(p, err, errlen);
     }
-    if (strcmp(device, "cpu") == 0) return select_cpu(err, errlen);
+    if (strcmp(device, "cpu") == 0) return backend_cpu_create_with(p, err, errlen);
     if (strcmp(device, "cuda") == 0) return backend_cuda_create(p, err, errlen);
     snprintf(err, errlen, "unknown device '%s' (expected cpu, cuda or auto)", device);
     return NULL;

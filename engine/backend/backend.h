@@ -308,7 +308,17 @@ typedef struct {
     int cuda_profile; /* 0 off (default); 1 every op timed by events (recorded steps off), totals per op
                        * on stderr when the backend is destroyed; 2 the same with recorded steps on, each
                        * replay timed as one op */
+    int cpu_isa;      /* the CPU's matrix-product code path: BACKEND_CPU_ISA_AUTO (default: the best this
+                       * CPU runs), _AVX512, _AVX2 or _GENERIC (portable C); asking for one the CPU lacks
+                       * fails backend_select. Each is batch-invariant; they agree within rounding */
 } backend_params;
+
+enum { BACKEND_CPU_ISA_AUTO, BACKEND_CPU_ISA_GENERIC, BACKEND_CPU_ISA_AVX2, BACKEND_CPU_ISA_AVX512 };
+
+/* "auto", "generic", "avx2", "avx512" as BACKEND_CPU_ISA_*, or -1. */
+int backend_cpu_isa_parse(const char *s);
+/* The name of a BACKEND_CPU_ISA_* value. */
+const char *backend_cpu_isa_str(int isa);
 
 backend_params backend_default_params(void);
 
@@ -320,9 +330,14 @@ struct backend {
     backend_params params;
 };
 
-/* The CPU reference backend (plain C, OpenMP); NULL when out of memory. It
- * has no knobs. */
+/* The CPU reference backend (OpenMP) with the defaults; NULL when out of
+ * memory. */
 backend *backend_cpu_create(void);
+
+/* The CPU backend made with p (NULL: the defaults): NULL (err set) when out
+ * of memory or when p->cpu_isa names a path this CPU cannot run. The handle's
+ * params.cpu_isa is the path taken, never AUTO. */
+backend *backend_cpu_create_with(const backend_params *p, char *err, size_t errlen);
 
 /* The CUDA backend (p NULL: the defaults), or NULL when this build has none
  * or no GPU is usable (err says why). */

@@ -10,6 +10,7 @@
  * contraction (-ffp-contract=off) so that this also holds across the
  * differently shaped loops below. */
 #include <math.h>
+#include <stdio.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -73,123 +74,6 @@ static model *cpu_prepare(backend *be, model *m, char *err, size_t errlen) {
     return m;
 }
 static void cpu_release(backend *be, model *view, model *m) { (void)view, (void)m; }
-
-/* ---- matrix product ----
- * Every output element is the same sum: eight lanes accumulate x[j+k]*r[j+k]
- * over j in steps of 8, the tail goes to lane 0, then a fixed tree. dot1 and
- * dot4 (four tokens sharing each weight load) perform exactly that. */
-
-#define ROW_BLOCK 16 /* weight rows widened to f32 at a time (stays in L1/L2) */
-
-/* Eight f32 lanes as one vector (GCC/Clang vector extension): the compiler
- * emits plain vector multiplies and adds in exactly this order. */
-typedef float v8 __attribute__((vector_size(32)));
-
-static inline v8 load8(const float *p) {
-    v8 v;
-    memcpy(&v, p, sizeof(v));
-    return v;
-}
-
-static inline float lanes_sum(v8 a) {
-    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-}
-
-static float dot1(const float *x, const float *r, int n) {
-    v8 a = {0};
-    int j = 0;
-    for (; j + 8 <= n; j += 8) a += load8(x + j) * load8(r + j);
-    for (; j < n; j++) a[0] += x[j] * r[j];
-    return lanes_sum(a);
-}
-
-/* dot1 over a bf16 row, widened in registers (exactly: bf16 is the top half of an f32) */
-typedef uint16_t u16x8 __attribute__((vector_size(16)));
-typedef uint32_t u32x8 __attribute__((vector_size(32)));
-
-static inline v8 load8_bf16(const uint16_t *p) {
-    u16x8 h;
-    memcpy(&h, p, sizeof(h));
-    u32x8 u = __builtin_convertvector(h, u32x8) << 16;
-    v8 v;
-    memcpy(&v, &u, sizeof(v));
-    return v;
-}
-
-static float dot1_bf16(const float *x, const uint16_t *r, int n) {
-    v8 a = {0};
-    int j = 0;
-    for (; j + 8 <= n; j += 8) a += load8(x + j) * load8_bf16(r + j);
-    for (; j < n; j++) a[0] += x[j] * bf16_to_f32(r[j]);
-    return lanes_sum(a);
-}
-
-static void dot4(const float *x, size_t xs, const float *r, int n, float *out) {
-    const float *x0 = x, *x1 = x + xs, *x2 = x + 2 * xs, *x3 = x + 3 * xs;
-    v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-    int j = 0;
-    for (; j + 8 <= n; j += 8) {
-        v8 w = load8(r + j);
-        a0 += load8(x0 + j) * w;
-        a1 += load8(x1 + j) * w;
-        a2 += load8(x2 + j) * w;
-        a3 += load8(x3 + j) * w;
-    }
-    for (; j < n; j++) {
-        a0[0] += x0[j] * r[j];
-        a1[0] += x1[j] * r[j];
-        a2[0] += x2[j] * r[j];
-        a3[0] += x3[j] * r[j];
-    }
-    out[0] = lanes_sum(a0), out[1] = lanes_sum(a1), out[2] = lanes_sum(a2), out[3] = lanes_sum(a3);
-}
-
-/* Each block of weight rows is read from memory once and used for all T
- * tokens: what bounds decode is reading the weights, so a step of many
- * sequences costs about what one costs. A few tokens read bf16 rows in place;
- * more widen the block to f32 first (the same values, so the same sums).
- * FP8 and FP4 matrices are always widened: the block is dequantized into the
- * thread's scratch (model_weight_rows_to_f32), so the product is bit for bit
- * the one with the dequantized f32 matrix, and stays batch-invariant. */
-#define WIDEN_MIN_TOKENS 4
-static void cpu_matmul(backend *be, float *out, const float *x, const weight *w, const float *bias, int T) {
-    int n = w->rows, d = w->cols, nb = (n + ROW_BLOCK - 1) / ROW_BLOCK;
-    bool dense_f32 = w->fmt == WEIGHT_DENSE && w->dt == DTYPE_F32;
-#pragma omp parallel
-    {
-        float *wf = NULL;
-        bool inplace_bf16 = w->fmt == WEIGHT_DENSE && w->dt == DTYPE_BF16 && T < WIDEN_MIN_TOKENS;
-        if (!dense_f32 && !inplace_bf16 && !(wf = malloc((size_t)ROW_BLOCK * d * sizeof(float))))
-            abort(); /* a few rows of scratch; treat as fatal */
-#pragma omp for schedule(static)
-        for (int bi = 0; bi < nb; bi++) {
-            int i0 = bi * ROW_BLOCK, i1 = i0 + ROW_BLOCK < n ? i0 + ROW_BLOCK : n;
-            if (inplace_bf16) {
-                for (int i = i0; i < i1; i++)
-                    for (int t = 0; t < T; t++)
-                        out[(size_t)t * n + i] = dot1_bf16(x + (size_t)t * d, (const uint16_t *)w->data + (size_t)i * d, d) +
-                                                 (bias ? bias[i] : 0.0f);
-                continue;
-            }
-            const float *rows = (const float *)w->data + (size_t)i0 * d;
-            if (wf) {
-                model_weight_rows_to_f32(wf, w, i0, i1 - i0);
-                rows = wf;
-            }
-            int t = 0;
-            for (; t + 4 <= T; t += 4)
-                for (int i = i0; i < i1; i++) {
-                    float o[4];
-                    dot4(x + (size_t)t * d, (size_t)d, rows + (size_t)(i - i0) * d, d, o);
-                    for (int k = 0; k < 4; k++) out[(size_t)(t + k) * n + i] = o[k] + (bias ? bias[i] : 0.0f);
-                }
-            for (; t < T; t++)
-                for (int i = i0; i < i1; i++)
-                    out[(size_t)t * n + i] = dot1(x + (size_t)t * d, rows + (size_t)(i - i0) * d, d) + (bias ? bias[i] : 0.0f);
-        }
-        free(wf);
-    }
-}
 
 static void cpu_rmsnorm(backend *be, float *out, const float *x, const float *g, int T, int d, float eps) {
     for (int t = 0; t < T; t++) {
@@ -399,13 +283,13 @@ static void cpu_moe_experts(backend *be, float *out, const float *x, const int32
         const int32_t *et = tok + start[e];
         const float *ew = wt + start[e];
         for (int j = 0; j < n; j++) memcpy(xs + (size_t)j * d, x + (size_t)et[j] * d, (size_t)d * sizeof(float));
-        cpu_matmul(be, g, xs, &moe->gate[e], NULL, n);
-        cpu_matmul(be, u, xs, &moe->up[e], NULL, n);
+        cpu__matmul(be, g, xs, &moe->gate[e], NULL, n);
+        cpu__matmul(be, u, xs, &moe->up[e], NULL, n);
         if (moe->swiglu_limit > 0.0f)
             cpu__swiglu_limit(be, g, u, (size_t)n * I, moe->swiglu_limit);
         else
             cpu_swiglu(be, g, u, (size_t)n * I);
-        cpu_matmul(be, y, g, &moe->down[e], NULL, n);
+        cpu__matmul(be, y, g, &moe->down[e], NULL, n);
         for (int j = 0; j < n; j++) {
             float *o = out + (size_t)et[j] * d;
             const float *r = y + (size_t)j * d;
@@ -606,7 +490,7 @@ static const backend_ops cpu_ops = {
     .copy2d = cpu_copy2d,
     .prepare = cpu_prepare,
     .release = cpu_release,
-    .matmul = cpu_matmul,
+    .matmul = cpu__matmul,
     .rmsnorm = cpu_rmsnorm,
     .embed = cpu_embed,
     .rope = cpu_rope,
@@ -644,10 +528,25 @@ static const backend_ops cpu_ops = {
     .engram_v41_gate = cpu__engram_v41_gate,
 };
 
-backend *backend_cpu_create(void) {
+backend *backend_cpu_create_with(const backend_params *p, char *err, size_t errlen) {
+    backend_params bp = p ? *p : backend_default_params();
+    int isa = cpu__isa_resolve(bp.cpu_isa);
+    if (isa < 0) {
+        snprintf(err, errlen, "cpu isa '%s' is not supported by this CPU", backend_cpu_isa_str(bp.cpu_isa));
+        return NULL;
+    }
     cpu_backend *c = calloc(1, sizeof(*c));
-    if (!c) return NULL;
+    if (!c) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
     c->base.ops = &cpu_ops;
-    c->base.params = backend_default_params();
+    c->base.params = bp;
+    c->base.params.cpu_isa = isa;
     return &c->base;
+}
+
+backend *backend_cpu_create(void) {
+    char err[128];
+    return backend_cpu_create_with(NULL, err, sizeof(err));
 }

@@ -1,5 +1,6 @@
-/* What the CPU backend's files share: the DeepSeek-V4 (and V4.1 Engram) ops of cpu_dsv4.c,
- * registered in backend_cpu.c's ops table. Contracts in backend.h. */
+/* What the CPU backend's files share: the matrix product of cpu_matmul.c and
+ * the DeepSeek-V4 (and V4.1 Engram) ops of cpu_dsv4.c, registered in
+ * backend_cpu.c's ops table. Contracts in backend.h. */
 #ifndef ENGINE_BACKEND_CPU_INTERNAL_H
 #define ENGINE_BACKEND_CPU_INTERNAL_H
 
@@ -14,6 +15,12 @@ static inline float cpu__rms_scale(const float *x, int d, float eps) {
     for (int i = 0; i < d; i++) ss += (double)x[i] * x[i];
     return 1.0f / sqrtf((float)(ss / d) + eps);
 }
+
+/* The matrix product (cpu_matmul.c), the backend's matmul op. */
+void cpu__matmul(backend *be, float *out, const float *x, const weight *w, const float *bias, int T);
+/* BACKEND_CPU_ISA_* (AUTO: the best this CPU runs) as the path to take, or -1
+ * when the CPU cannot run it. */
+int cpu__isa_resolve(int isa);
 
 void cpu__rmsnorm_plain(backend *be, float *out, const float *x, int T, int d, float eps);
 void cpu__hc_split(backend *be, float *post, float *comb, float *x, const float *X, const float *mix,

@@ -1,0 +1,212 @@
+/* The CPU backend's matrix product out = x W^T (+ bias), batch-invariant: an
+ * output element is one fixed sum whatever the number of tokens. One code
+ * path per ISA family, chosen when the backend is made (backend_params
+ * .cpu_isa): AVX-512 and AVX2 (FMA chains, bf16 widened in registers,
+ * cpu_matmul_isa.h) and the generic one (portable C vectors, no FMA: the
+ * backend's numerics before the SIMD paths, kept as the reference they are
+ * tested against). The families round differently (FMA, lane count), so a
+ * result is bit-identical within a family, and within tolerance across them. */
+#include <immintrin.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/numeric.h"
+#include "engine/backend/cpu/cpu_internal.h"
+#include "engine/model/model.h"
+#include "engine/model/safetensors.h"
+
+#define ROW_BLOCK 16 /* weight rows a thread takes at a time (stay in L1/L2) */
+
+/* ---- generic: every output element is the same sum: eight lanes accumulate
+ * x[j+k]*r[j+k] over j in steps of 8, the tail goes to lane 0, then a fixed
+ * tree. dot1 and dot4 (four tokens sharing each weight load) perform exactly
+ * that. ---- */
+
+/* Eight f32 lanes as one vector (GCC/Clang vector extension): the compiler
+ * emits plain vector multiplies and adds in exactly this order. */
+typedef float v8 __attribute__((vector_size(32)));
+
+static inline v8 load8(const float *p) {
+    v8 v;
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+static inline float lanes_sum(v8 a) {
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+static float dot1(const float *x, const float *r, int n) {
+    v8 a = {0};
+    int j = 0;
+    for (; j + 8 <= n; j += 8) a += load8(x + j) * load8(r + j);
+    for (; j < n; j++) a[0] += x[j] * r[j];
+    return lanes_sum(a);
+}
+
+/* dot1 over a bf16 row, widened in registers (exactly: bf16 is the top half of an f32) */
+typedef uint16_t u16x8 __attribute__((vector_size(16)));
+typedef uint32_t u32x8 __attribute__((vector_size(32)));
+
+static inline v8 load8_bf16(const uint16_t *p) {
+    u16x8 h;
+    memcpy(&h, p, sizeof(h));
+    u32x8 u = __builtin_convertvector(h, u32x8) << 16;
+    v8 v;
+    memcpy(&v, &u, sizeof(v));
+    return v;
+}
+
+static float dot1_bf16(const float *x, const uint16_t *r, int n) {
+    v8 a = {0};
+    int j = 0;
+    for (; j + 8 <= n; j += 8) a += load8(x + j) * load8_bf16(r + j);
+    for (; j < n; j++) a[0] += x[j] * bf16_to_f32(r[j]);
+    return lanes_sum(a);
+}
+
+static void dot4(const float *x, size_t xs, const float *r, int n, float *out) {
+    const float *x0 = x, *x1 = x + xs, *x2 = x + 2 * xs, *x3 = x + 3 * xs;
+    v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        v8 w = load8(r + j);
+        a0 += load8(x0 + j) * w;
+        a1 += load8(x1 + j) * w;
+        a2 += load8(x2 + j) * w;
+        a3 += load8(x3 + j) * w;
+    }
+    for (; j < n; j++) {
+        a0[0] += x0[j] * r[j];
+        a1[0] += x1[j] * r[j];
+        a2[0] += x2[j] * r[j];
+        a3[0] += x3[j] * r[j];
+    }
+    out[0] = lanes_sum(a0), out[1] = lanes_sum(a1), out[2] = lanes_sum(a2), out[3] = lanes_sum(a3);
+}
+
+/* Rows [0, nr) of a block for all T tokens (out: the block's first column):
+ * bf16 rows in place, or f32 rows (widened ones included) by dot4 and dot1. */
+static void generic_block(float *out, size_t n, const float *x, const void *w, int wbf16, int nr, int d, int T) {
+    if (wbf16) {
+        for (int i = 0; i < nr; i++)
+            for (int t = 0; t < T; t++)
+                out[(size_t)t * n + i] = dot1_bf16(x + (size_t)t * d, (const uint16_t *)w + (size_t)i * d, d);
+        return;
+    }
+    const float *rows = w;
+    int t = 0;
+    for (; t + 4 <= T; t += 4)
+        for (int i = 0; i < nr; i++) {
+            float o[4];
+            dot4(x + (size_t)t * d, (size_t)d, rows + (size_t)i * d, d, o);
+            for (int k = 0; k < 4; k++) out[(size_t)(t + k) * n + i] = o[k];
+        }
+    for (; t < T; t++)
+        for (int i = 0; i < nr; i++) out[(size_t)t * n + i] = dot1(x + (size_t)t * d, rows + (size_t)i * d, d);
+}
+
+/* ---- AVX2 + FMA: 8 lanes ---- */
+#define ISA(name) name##_avx2
+#define ISA_TARGET "avx2,fma"
+#define VL 8
+typedef __m256 vf_avx2;
+#define vf vf_avx2
+#define vzero() _mm256_setzero_ps()
+#define vloadx(p) _mm256_loadu_ps(p)
+#define vloadw(p) _mm256_loadu_ps(p)
+#define vloadw_bf16(p) \
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
+#define vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
+__attribute__((target(ISA_TARGET))) static inline float hsum_avx2(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)); /* lanes i + (i+4) */
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));                                         /* + (i+2) */
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));                                          /* + (i+1) */
+    return _mm_cvtss_f32(s);
+}
+#define vhsum(v) hsum_avx2(v)
+#include "engine/backend/cpu/cpu_matmul_isa.h"
+#undef ISA
+#undef ISA_TARGET
+#undef VL
+#undef vf
+#undef vzero
+#undef vloadx
+#undef vloadw
+#undef vloadw_bf16
+#undef vfma
+#undef vhsum
+
+/* ---- AVX-512 (F, BW, VL): 16 lanes ---- */
+#define ISA(name) name##_avx512
+#define ISA_TARGET "avx512f,avx512bw,avx512vl,avx2,fma"
+#define VL 16
+typedef __m512 vf_avx512;
+#define vf vf_avx512
+#define vzero() _mm512_setzero_ps()
+#define vloadx(p) _mm512_loadu_ps(p)
+#define vloadw(p) _mm512_loadu_ps(p)
+#define vloadw_bf16(p) \
+    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
+#define vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
+__attribute__((target(ISA_TARGET))) static inline float hsum_avx512(__m512 v) {
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    /* lanes i + (i+8); extractf64x4 is AVX512F, extractf32x8 would need DQ */
+    return hsum_avx2(h);
+}
+#define vhsum(v) hsum_avx512(v)
+#include "engine/backend/cpu/cpu_matmul_isa.h"
+
+/* ---- the product ---- */
+
+int cpu__isa_resolve(int isa) {
+    __builtin_cpu_init();
+    bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512vl");
+    switch (isa) {
+    case BACKEND_CPU_ISA_AUTO: return avx512 ? BACKEND_CPU_ISA_AVX512 : avx2 ? BACKEND_CPU_ISA_AVX2 : BACKEND_CPU_ISA_GENERIC;
+    case BACKEND_CPU_ISA_GENERIC: return isa;
+    case BACKEND_CPU_ISA_AVX2: return avx2 ? isa : -1;
+    case BACKEND_CPU_ISA_AVX512: return avx512 ? isa : -1;
+    default: return -1;
+    }
+}
+
+/* Each block of weight rows is read from memory once and used for all T
+ * tokens: what bounds decode is reading the weights, so a step of many
+ * sequences costs about what one costs. bf16 and f32 rows are read in place;
+ * f16, FP8 and FP4 ones are widened to f32 into the thread's scratch first
+ * (model_weight_rows_to_f32: exact, so the product is bit for bit the one
+ * with the widened f32 matrix, and stays batch-invariant). The generic path
+ * also widens bf16 from WIDEN_MIN_TOKENS tokens on (the same values, so the
+ * same sums), where dot4's shared loads pay for it. */
+#define WIDEN_MIN_TOKENS 4
+void cpu__matmul(backend *be, float *out, const float *x, const weight *w, const float *bias, int T) {
+    int n = w->rows, d = w->cols, nb = (n + ROW_BLOCK - 1) / ROW_BLOCK, isa = be->params.cpu_isa;
+    bool dense = w->fmt == WEIGHT_DENSE, bf16 = dense && w->dt == DTYPE_BF16;
+    bool inplace = dense && (w->dt == DTYPE_F32 || (bf16 && (isa != BACKEND_CPU_ISA_GENERIC || T < WIDEN_MIN_TOKENS)));
+#pragma omp parallel
+    {
+        float *wf = NULL;
+        if (!inplace && !(wf = malloc((size_t)ROW_BLOCK * d * sizeof(float))))
+            abort(); /* a few rows of scratch; treat as fatal */
+#pragma omp for schedule(static)
+        for (int bi = 0; bi < nb; bi++) {
+            int i0 = bi * ROW_BLOCK, nr = i0 + ROW_BLOCK < n ? ROW_BLOCK : n - i0;
+            const void *rows = wf;
+            if (wf) model_weight_rows_to_f32(wf, w, i0, nr);
+            else rows = (const char *)w->data + (size_t)i0 * d * dtype_size(w->dt);
+            int wbf16 = inplace && bf16;
+            if (isa == BACKEND_CPU_ISA_AVX512) block_avx512(out + i0, (size_t)n, x, rows, wbf16, nr, d, T);
+            else if (isa == BACKEND_CPU_ISA_AVX2) block_avx2(out + i0, (size_t)n, x, rows, wbf16, nr, d, T);
+            else generic_block(out + i0, (size_t)n, x, rows, wbf16, nr, d, T);
+            if (bias)
+                for (int t = 0; t < T; t++)
+                    for (int i = 0; i < nr; i++) out[(size_t)t * n + i0 + i] += bias[i0 + i];
+        }
+        free(wf);
+    }
+}

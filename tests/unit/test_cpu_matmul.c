@@ -1,0 +1,133 @@
+/* engine/backend/cpu: the matrix product on each ISA path this CPU runs
+ * (--cpu-isa generic, avx2, avx512), for bf16, f32 and f16 (widened) weights,
+ * shapes with row, token and reduction tails.
+ *   - Accuracy: every element is within the worst-case bound of recursive f32
+ *     summation of the exact products (|y - s| <= (d + 2) u sum|x_k w_k| (+ |b|),
+ *     u = 2^-24), s the sum in long double. This is the stated tolerance
+ *     between paths: the generic path (no FMA, 8 lanes) and the FMA paths (8 or
+ *     16 lanes) round differently, so they agree to it, not bit for bit.
+ *   - Batch invariance: on each path, each token's row of a T-token product
+ *     (T = 1..9) is bit-identical to that token's product alone.
+ * A path the CPU lacks is refused by backend_select with a clear error. */
+#include <check.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/numeric.h"
+#include "engine/backend/backend.h"
+#include "engine/model/model.h"
+
+enum { N = 37, TMAX = 9 }; /* 37 rows: two blocks of 16 and 5 (a 4-row group and one more) */
+
+static uint64_t rng = 88172645463325252ull;
+static uint64_t next(void) {
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return rng;
+}
+static float uniform(void) { return (float)((double)(next() >> 11) / 9007199254740992.0 - 0.5); }
+
+static float weight_at(const weight *w, size_t i) {
+    const uint16_t *h = w->data;
+    return w->dt == DTYPE_F32 ? ((const float *)w->data)[i] : w->dt == DTYPE_BF16 ? bf16_to_f32(h[i]) : f16_to_f32(h[i]);
+}
+
+/* Random weights of dt: bf16 from the top half of a uniform f32, f16 codes of
+ * magnitude 2^-5 .. 2^2 with random signs and mantissas. */
+static weight make_weight(dtype dt, int d) {
+    size_t n = (size_t)N * d, esz = dt == DTYPE_F32 ? 4 : 2;
+    void *data = malloc(n * esz);
+    for (size_t i = 0; i < n; i++) {
+        float f = uniform();
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        if (dt == DTYPE_F32) ((float *)data)[i] = f;
+        else if (dt == DTYPE_BF16) ((uint16_t *)data)[i] = (uint16_t)(u >> 16);
+        else ((uint16_t *)data)[i] = (uint16_t)((next() & 0x8000) | ((10 + next() % 8) << 10) | (next() & 0x3ff));
+    }
+    return (weight){.data = data, .dt = dt, .rows = N, .cols = d, .fmt = WEIGHT_DENSE};
+}
+
+static void check_path(int isa, dtype dt, int d) {
+    backend_params p = backend_default_params();
+    p.cpu_isa = isa;
+    char err[256] = "";
+    backend *be = backend_select("cpu", &p, err, sizeof(err));
+    ck_assert_msg(be != NULL, "%s: %s", backend_cpu_isa_str(isa), err);
+    weight w = make_weight(dt, d);
+    float *x = malloc((size_t)TMAX * d * sizeof(float)), bias[N];
+    float *y = malloc((size_t)TMAX * N * sizeof(float)), *y1 = malloc(N * sizeof(float));
+    for (int i = 0; i < TMAX * d; i++) x[i] = uniform();
+    for (int i = 0; i < N; i++) bias[i] = uniform();
+    for (int T = 1; T <= TMAX; T++) {
+        const float *b = T % 2 ? bias : NULL;
+        backend_matmul(be, y, x, &w, b, T);
+        for (int t = 0; t < T; t++) {
+            backend_matmul(be, y1, x + (size_t)t * d, &w, b, 1);
+            ck_assert_msg(memcmp(y1, y + (size_t)t * N, N * sizeof(float)) == 0,
+                          "%s dt %d d %d: token %d of %d differs from the token alone", backend_cpu_isa_str(isa),
+                          dt, d, t, T);
+            for (int i = 0; i < N; i++) {
+                long double s = b ? b[i] : 0, mag = b ? fabsf(b[i]) : 0;
+                for (int k = 0; k < d; k++) {
+                    long double v = (long double)x[(size_t)t * d + k] * weight_at(&w, (size_t)i * d + k);
+                    s += v, mag += fabsl(v);
+                }
+                double tol = (d + 2) * 0x1p-24 * (double)mag, e = fabs((double)(y1[i] - s));
+                ck_assert_msg(e <= tol, "%s dt %d d %d: y[%d][%d] = %.9g, exact %.9Lg, error %g > %g",
+                              backend_cpu_isa_str(isa), dt, d, t, i, y1[i], s, e, tol);
+            }
+        }
+    }
+    free((void *)w.data), free(x), free(y), free(y1);
+    backend_destroy(be);
+}
+
+static const int isas[] = {BACKEND_CPU_ISA_GENERIC, BACKEND_CPU_ISA_AVX2, BACKEND_CPU_ISA_AVX512};
+
+/* _i: the path; each dtype and width (tails of 8 and 16 lanes, a long row) */
+START_TEST(paths_accurate_and_batch_invariant) {
+    int isa = isas[_i];
+    backend_params p = backend_default_params();
+    p.cpu_isa = isa;
+    char err[256] = "";
+    backend *be = backend_select("cpu", &p, err, sizeof(err));
+    if (!be) { /* a path this CPU lacks: refused clearly, nothing to run */
+        ck_assert_ptr_nonnull(strstr(err, "not supported by this CPU"));
+        fprintf(stderr, "test_cpu_matmul: %s skipped: %s\n", backend_cpu_isa_str(isa), err);
+        return;
+    }
+    backend_destroy(be);
+    static const int ds[] = {5, 64, 200, 2048};
+    static const dtype dts[] = {DTYPE_BF16, DTYPE_F32, DTYPE_F16};
+    for (int j = 0; j < 3; j++)
+        for (int k = 0; k < 4; k++) check_path(isa, dts[j], ds[k]);
+}
+END_TEST
+
+/* auto resolves to a concrete path, and the names parse both ways. */
+START_TEST(auto_and_names) {
+    backend *be = backend_cpu_create();
+    ck_assert_int_ne(be->params.cpu_isa, BACKEND_CPU_ISA_AUTO);
+    backend_destroy(be);
+    for (int i = 0; i < 4; i++) ck_assert_int_eq(backend_cpu_isa_parse(backend_cpu_isa_str(i)), i);
+    ck_assert_int_eq(backend_cpu_isa_parse("sse"), -1);
+    ck_assert_int_eq(backend_cpu_isa_parse(NULL), -1);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("cpu_matmul");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 120);
+    tcase_add_loop_test(tc, paths_accurate_and_batch_invariant, 0, 3);
+    tcase_add_test(tc, auto_and_names);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
