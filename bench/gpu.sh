@@ -29,6 +29,11 @@
 #           greedy decode (16-token prompt, 256 tokens, --warmup), then the
 #           paper's workload through bench-throughput (MOE_KV KV tokens,
 #           default 100000)
+#   prefix  prefix caching (issue 20), synthetic qwen3-4b: the multi-turn chat
+#           workload (bench-throughput --multiturn 64:8, a shared system
+#           prompt of 1000 ids, user turns of 50..150, replies of 100..300)
+#           with caching on, then off; then the paper's workload (no reuse)
+#           on, off, on, off, interleaved
 #   pairs4b, pairs8b   PAIRS (default 3) interleaved tput/engram pairs
 #   stall   per-step GPU wait for the first Engram layer's rows at batch 1, 64
 #           and 256 (qwen3-4b, STALL_ROWS rows, default 781.25M; 256 prompt
@@ -74,6 +79,20 @@ run_sec() {
              --kv-cache-tokens ${MOE_KV:-100000})
     echo "-- bench-throughput ${f[*]}"
     timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" ;;
+  prefix)
+    local mt=(--synthetic qwen3-4b --device cuda --multiturn ${PREFIX_MT:-64:8} --system-len 1000 --prompt-len 50:150
+              --output-len 100:300 --max-num-seqs 512 --max-num-batched-tokens 16384 --prefill-chunk 16384
+              --kv-cache-tokens $(kv_for qwen3-4b))
+    for pc in 1 0; do
+      echo "-- bench-throughput ${mt[*]} --enable-prefix-caching $pc"
+      timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${mt[@]}" --enable-prefix-caching $pc | grep -vE '^warn'
+    done
+    local f=(--synthetic qwen3-4b --device cuda -n 512 --len 100:1024 --max-num-seqs 512
+             --max-num-batched-tokens 16384 --prefill-chunk 16384 --kv-cache-tokens $(kv_for qwen3-4b))
+    for pc in 1 0 1 0; do
+      echo "-- bench-throughput ${f[*]} --enable-prefix-caching $pc"
+      timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" --enable-prefix-caching $pc | grep -E '^(wall|TTFT|prefix)'
+    done ;;
   tput4b|tput8b|tput)
     local ms=(qwen3-4b qwen3-8b)
     [ "$1" = tput4b ] && ms=(qwen3-4b)

@@ -19,6 +19,16 @@
  *         24  int32    n token ids
  * Every id must be below the model's vocab.
  *
+ * Multi-turn chat (issue 20's prefix-caching workload): --multiturn C:T runs
+ * C conversations of T turns, all C at once, each turn submitted when the
+ * conversation's previous turn finishes. Every conversation starts with the
+ * same system prompt (--system-len ids, default 1000); turn t's prompt is the
+ * conversation so far (system prompt, earlier user turns and replies) plus
+ * a new user turn of --prompt-len ids; its reply (--output-len tokens) is
+ * forced to random ids drawn beforehand, so the next turn's prompt is known
+ * and every engine, cached or not, computes the same tokens. TTFT counts from
+ * each turn's submission; the prefix cache's hit rate is reported.
+ *
  *   build/bench-throughput (--synthetic SPEC | --model DIR) [-n 512]
  *       [--len 100:1024 | --prompt-len LO:HI --output-len LO:HI] [--seed 0]
  *       [--device cpu] [--max-num-seqs N] [--max-num-batched-tokens N]
@@ -48,6 +58,8 @@ static void usage(FILE *f) {
             "  --seed S                    lengths and prompt ids (default 0)\n"
             "  --prompts-from FILE         prompts are slices of this token file (see the file's header)\n"
             "  --force-output              with --prompts-from: outputs are the slices' continuations\n"
+            "  --multiturn C:T             C conversations of T turns sharing a system prompt (-n is C T)\n"
+            "  --system-len N              with --multiturn: the shared system prompt's ids (default 1000)\n"
             "  --synthetic SPEC            random weights of a real shape (see engram-run --help)\n"
             "  --synthetic-seed N          (default 0)\n"
             "  --synthetic-table-dir DIR   its Engram table file, made or reused\n"
@@ -189,6 +201,8 @@ typedef struct {
     uint64_t seed;
     const char *text_path; /* --prompts-from */
     bool force;            /* --force-output */
+    int conv, turns;       /* --multiturn C:T, or 0 */
+    int system_len;        /* --system-len */
 } bench_options;
 
 /* util_parse_long into an int or a uint64_t: 0, or -1 with *out untouched. */
@@ -216,6 +230,12 @@ static int bench_option_set(bench_options *o, const char *a, const char *v) {
     else if (!strcmp(a, "--output-len")) bad = parse_range(v, o->olen);
     else if (!strcmp(a, "--seed")) bad = parse_u64(v, 0, LONG_MAX, &o->seed);
     else if (!strcmp(a, "--prompts-from")) o->text_path = v;
+    else if (!strcmp(a, "--multiturn")) {
+        char *end;
+        long c = strtol(v, &end, 10), t = *end == ':' ? strtol(end + 1, &end, 10) : 0;
+        bad = *end || c < 1 || t < 1 || c > 65536 || t > 4096;
+        o->conv = (int)c, o->turns = (int)t;
+    } else if (!strcmp(a, "--system-len")) bad = parse_int(v, 0, 1 << 24, &o->system_len);
     else if (!strcmp(a, "--synthetic")) ep->synthetic = v;
     else if (!strcmp(a, "--synthetic-seed")) bad = parse_u64(v, 0, LONG_MAX, &ep->synthetic_seed);
     else if (!strcmp(a, "--synthetic-table-dir")) ep->synthetic_table_dir = v;
@@ -250,7 +270,8 @@ static int bench_option_set(bench_options *o, const char *a, const char *v) {
 /* Fills o from argv. Returns -1 to go on, or the exit status for main: 0
  * after --help, 2 for a usage error (the message on stderr). */
 static int bench_options_parse(int argc, char **argv, bench_options *o) {
-    *o = (bench_options){.ep = engine_default_params(), .n = 512, .plen = {100, 1024}, .olen = {100, 1024}};
+    *o = (bench_options){.ep = engine_default_params(), .n = 512, .plen = {100, 1024}, .olen = {100, 1024},
+                         .system_len = 1000};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -287,6 +308,11 @@ static int bench_options_parse(int argc, char **argv, bench_options *o) {
         fprintf(stderr, "bench-throughput: --force-output needs --prompts-from FILE\n");
         return 2;
     }
+    if (o->conv && o->text_path) {
+        fprintf(stderr, "bench-throughput: --multiturn makes its own prompts (no --prompts-from)\n");
+        return 2;
+    }
+    if (o->conv) o->n = (long)o->conv * o->turns;
     o->ep.max_queued = (int)o->n; /* every request is submitted at once */
     return -1;
 }
@@ -303,6 +329,8 @@ typedef struct {
     int *np, *no;           /* (n) prompt and output lengths */
     int32_t **prompts;      /* (n) each (np[i]) prompt ids */
     const int32_t **forced; /* (n) --force-output: into text, each (no[i]); else NULL */
+    int32_t **own_forced;   /* (n) --multiturn: the replies drawn beforehand (forced points at them) */
+    int turns;              /* --multiturn: request i is turn i % turns of conversation i / turns; else 0 */
     engine_request **req;   /* (n) */
     engine_output *fin;     /* (n) each request's final output */
     double *ttft;           /* (n) seconds to the first token, sorted after the run */
@@ -319,12 +347,15 @@ static int work_alloc(bench_work *w, long n) {
     w->fin = calloc((size_t)n, sizeof(engine_output));
     w->ttft = malloc((size_t)n * sizeof(double));
     w->forced = calloc((size_t)n, sizeof(int32_t *));
-    return w->np && w->no && w->prompts && w->req && w->fin && w->ttft && w->forced ? 0 : -1;
+    w->own_forced = calloc((size_t)n, sizeof(int32_t *));
+    return w->np && w->no && w->prompts && w->req && w->fin && w->ttft && w->forced && w->own_forced ? 0 : -1;
 }
 
 static void work_free(bench_work *w) {
     for (long i = 0; w->prompts && i < w->n; i++) free(w->prompts[i]);
+    for (long i = 0; w->own_forced && i < w->n; i++) free(w->own_forced[i]);
     free(w->prompts);
+    free(w->own_forced);
     free(w->req);
     free(w->fin);
     free(w->np);
@@ -334,10 +365,54 @@ static void work_free(bench_work *w) {
     free(w->text);
 }
 
+/* --multiturn: each conversation's turns, its history growing by a user
+ * turn and the forced reply of each. Returns 0, or -1 with the message on
+ * stderr. */
+static int work_make_multiturn(bench_work *w, const bench_options *o, int ctx, int vocab) {
+    int S = o->system_len, most = S + o->turns * (o->plen[1] + o->olen[1]);
+    int32_t *sys = malloc(((size_t)S + 1) * sizeof(int32_t)), *hist = malloc((size_t)most * sizeof(int32_t));
+    int rc = -1;
+    w->turns = o->turns;
+    if (!sys || !hist) goto oom;
+    for (int t = 0; t < S; t++) sys[t] = (int32_t)(next64() % (uint64_t)vocab);
+    for (int c = 0; c < o->conv; c++) {
+        int len = S;
+        memcpy(hist, sys, (size_t)S * sizeof(int32_t));
+        for (int t = 0; t < o->turns; t++) {
+            long i = (long)c * o->turns + t;
+            int nu = uniform(o->plen[0], o->plen[1]), no = w->no[i] = uniform(o->olen[0], o->olen[1]);
+            for (int k = 0; k < nu; k++) hist[len++] = (int32_t)(next64() % (uint64_t)vocab);
+            w->np[i] = len;
+            if (len + no > ctx) {
+                fprintf(stderr, "bench-throughput: turn %d of conversation %d needs %d tokens but the context is %d "
+                                "(fewer turns, shorter turns, or raise --kv-cache-tokens)\n", t, c, len + no, ctx);
+                goto done;
+            }
+            if (!(w->prompts[i] = malloc((size_t)len * sizeof(int32_t))) ||
+                !(w->own_forced[i] = malloc((size_t)no * sizeof(int32_t))))
+                goto oom;
+            memcpy(w->prompts[i], hist, (size_t)len * sizeof(int32_t));
+            for (int k = 0; k < no; k++) w->own_forced[i][k] = hist[len++] = (int32_t)(next64() % (uint64_t)vocab);
+            w->forced[i] = w->own_forced[i];
+            w->sum_prompt += w->np[i];
+            w->sum_output += no;
+        }
+    }
+    rc = 0;
+    goto done;
+oom:
+    fprintf(stderr, "bench-throughput: out of memory\n");
+done:
+    free(sys);
+    free(hist);
+    return rc;
+}
+
 /* The workload: lengths, then prompt ids (or text offsets), from one seeded
  * stream. Returns 0, or -1 with the message on stderr. */
 static int work_make(bench_work *w, const bench_options *o, int ctx, int vocab) {
     rng = o->seed;
+    if (o->conv) return work_make_multiturn(w, o, ctx, vocab);
     for (size_t k = 0; k < w->n_text; k++)
         if (w->text[k] < 0 || w->text[k] >= vocab) {
             fprintf(stderr, "bench-throughput: %s: token %zu is id %d, outside the model's vocab of %d\n",
@@ -374,44 +449,52 @@ static int work_make(bench_work *w, const bench_options *o, int ctx, int vocab) 
     return 0;
 }
 
-/* Submits every request at once: greedy, ignore_eos, exactly no[i] tokens.
- * Returns 0, or -1 with the message on stderr. */
-static int work_submit(bench_work *w, engine *e) {
-    for (long i = 0; i < w->n; i++) {
-        engine_request_params rp = {0};
-        rp.prompt = w->prompts[i];
-        rp.n_prompt = w->np[i];
-        rp.max_tokens = w->no[i];
-        rp.sampling = sampler_default_params();
-        rp.sampling.temperature = 0; /* greedy */
-        rp.ignore_eos = true;
-        rp.notify = on_output;
-        rp.forced = w->forced[i];
-        int src = engine_submit(e, &rp, &w->req[i]);
-        if (src != ENGINE_OK) {
-            fprintf(stderr, "bench-throughput: submit %ld: %s\n", i, engine_status_str(src));
-            return -1;
-        }
+/* Submits request i: greedy, ignore_eos, exactly no[i] tokens. Returns 0,
+ * or -1 with the message on stderr. */
+static int work_submit_one(bench_work *w, engine *e, long i) {
+    engine_request_params rp = {0};
+    rp.prompt = w->prompts[i];
+    rp.n_prompt = w->np[i];
+    rp.max_tokens = w->no[i];
+    rp.sampling = sampler_default_params();
+    rp.sampling.temperature = 0; /* greedy */
+    rp.ignore_eos = true;
+    rp.notify = on_output;
+    rp.forced = w->forced[i];
+    int src = engine_submit(e, &rp, &w->req[i]);
+    if (src != ENGINE_OK) {
+        fprintf(stderr, "bench-throughput: submit %ld: %s\n", i, engine_status_str(src));
+        return -1;
     }
     return 0;
 }
 
+/* Submits every request at once (with --multiturn, every first turn). */
+static int work_submit(bench_work *w, engine *e) {
+    for (long i = 0; i < w->n; i += w->turns ? w->turns : 1)
+        if (work_submit_one(w, e, i)) return -1;
+    return 0;
+}
+
 /* Reads every request's outputs until all have finished, sleeping on the
- * output wake-ups (at most 100 ms at a time) when nothing is new. */
-static void work_wait(bench_work *w) {
+ * output wake-ups (at most 100 ms at a time) when nothing is new; with
+ * --multiturn a finished turn submits the conversation's next one. Returns
+ * 0, or -1 when a submission failed. */
+static int work_wait(bench_work *w, engine *e) {
     long left = w->n;
     while (left > 0) {
         pthread_mutex_lock(&ev_mu);
         unsigned long seen = events;
         pthread_mutex_unlock(&ev_mu);
         for (long i = 0; i < w->n; i++) {
-            if (w->fin[i].finish != ENGINE_FINISH_NONE) continue;
+            if (!w->req[i] || w->fin[i].finish != ENGINE_FINISH_NONE) continue;
             engine_output o;
             while (engine_request_read(w->req[i], &o, NULL, NULL)) { /* arms notify when nothing is new */
                 free(o.text);
                 if (o.finish != ENGINE_FINISH_NONE) {
                     w->fin[i] = o;
                     left--;
+                    if (w->turns && (i + 1) % w->turns && work_submit_one(w, e, i + 1)) return -1;
                     break;
                 }
             }
@@ -426,6 +509,7 @@ static void work_wait(bench_work *w) {
         }
         pthread_mutex_unlock(&ev_mu);
     }
+    return 0;
 }
 
 /* ---- the report ---- */
@@ -496,18 +580,23 @@ static void print_result(const bench_options *o, const bench_work *w, engine *e,
     printf("TTFT p50 %.3f s, p99 %.3f s\n", p50, p99);
     printf("scheduler: %lld steps, mean step tokens %.1f, preemptions %lld\n", r->st.steps, r->mean_step,
            r->st.preemptions);
+    double hit = r->st.prefix_queries_tokens ? (double)r->st.prefix_hits_tokens / r->st.prefix_queries_tokens : 0;
+    printf("prefix cache: %lld of %lld prompt tokens hit (%.2f%%), %lld evictions\n", r->st.prefix_hits_tokens,
+           r->st.prefix_queries_tokens, 100 * hit, r->st.prefix_evictions);
     print_engram(e);
     printf("{\"model\": \"%s\", \"device\": \"%s\", \"n\": %ld, \"prompt_len\": [%d, %d], \"output_len\": [%d, %d], "
            "\"seed\": %llu, \"max_num_seqs\": %d, \"max_num_batched_tokens\": %d, \"kv_cache_tokens\": %d, "
            "\"threads\": %d, \"load_s\": %.3f, \"prompt_tokens\": %lld, \"output_tokens\": %lld, \"failed\": %lld, "
            "\"wall_s\": %.4f, \"output_tok_s\": %.3f, \"total_tok_s\": %.3f, \"ttft_p50_s\": %.4f, "
            "\"ttft_p99_s\": %.4f, \"steps\": %lld, \"mean_step_tokens\": %.2f, \"preemptions\": %lld, "
-           "\"prompts_from\": %s%s%s, \"force_output\": %s}\n",
+           "\"prompts_from\": %s%s%s, \"force_output\": %s, \"multiturn\": [%d, %d], \"system_len\": %d, "
+           "\"prefix_caching\": %d, \"prefix_hit_rate\": %.4f}\n",
            engine_model(e)->dir, ep->device ? ep->device : "cpu", n, o->plen[0], o->plen[1], o->olen[0], o->olen[1],
            (unsigned long long)o->seed, ep->max_num_seqs, ep->max_num_batched_tokens, ep->kv_cache_tokens,
            ep->threads, r->t_load, sp, got, r->failed, r->wall, got / r->wall, (sp + got) / r->wall, p50, p99,
            r->st.steps, r->mean_step, r->st.preemptions, w->text ? "\"" : "", w->text ? o->text_path : "null",
-           w->text ? "\"" : "", o->force ? "true" : "false");
+           w->text ? "\"" : "", o->force ? "true" : "false", o->conv, o->turns, o->conv ? o->system_len : 0,
+           ep->enable_prefix_caching, hit);
 }
 
 int main(int argc, char **argv) {
@@ -537,8 +626,7 @@ int main(int argc, char **argv) {
     if (work_make(&w, &o, engine_context_length(e), engine_vocab_size(e))) goto done;
     print_setup(&o, &w, e, r.t_load);
     double t0 = util_now();
-    if (work_submit(&w, e)) goto done;
-    work_wait(&w);
+    if (work_submit(&w, e) || work_wait(&w, e)) goto done;
     work_measure(&w, e, t0, &r);
     print_result(&o, &w, e, &r);
     rc = r.failed ? 1 : 0;
