@@ -57,7 +57,8 @@ Engram is removed), sglang_checks. logits.f32 / logits_all.f32 as in the V4 fixt
 deepseek_v41_backbone: the same composition (another seed) with two of V4.1's backbone differences
 on (DEEPSEEK_V4.md 5.8), config keys hc_pre_from_prev_sublayer true and q_head_norm false, and no
 hc_head tensors in the checkpoint (SGLang makes none when the collapse lags):
-  SGLang's own code run (exec'd unchanged from `kernels/ops/layernorm/mhc.py`): _mhc_pre_torch (the
+  SGLang's own code run (exec'd unchanged from `kernels/ops/layernorm/mhc.py` of the unpacked wheel,
+  so $SGLANG_DIR must hold the whole `sglang` package, not only srt/layers/engram.py): _mhc_pre_torch (the
     mix GEMM on the normed residual, post, the Sinkhorn comb, and its own collapse used to check the
     pre below bit for bit) and _mhc_post_torch (R' = post y + comb^T R).
   Transcribed (class methods or GPU kernels): the pre of the split (hc_split_sinkhorn_kernel:
@@ -148,7 +149,7 @@ def load_sglang_mhc():
     return types.SimpleNamespace(**{k: ns[k] for k in want})
 
 
-MHC = load_sglang_mhc()
+MHC = None  # load_sglang_mhc(), for the backbone fixture only
 MHC_POST_MULT_VALUE = 2.0  # deepseek_v4_mhc.py
 
 # ----------------------------------------------------------------------------------------------
@@ -295,6 +296,8 @@ class LaggedHC:
     head norm are replaced; `pre` is the mHC state handed from one hyper-connection to the next."""
 
     def __init__(self, cfg):
+        global MHC
+        MHC = MHC or load_sglang_mhc()
         self.cfg = cfg
         self.pre = None
         self.checks = 0  # triplets whose transcribed pre reproduced SGLang's collapse bit for bit

@@ -68,7 +68,10 @@ static int parse_layer_kinds(const cJSON *root, model_config *c, const char *lab
             if (r == 0) v->attn[i] = DSV4_SLIDING;
             else if (r == 4) v->attn[i] = DSV4_CSA, csa = 4;
             else if (r == 128) v->attn[i] = DSV4_HCA, hca = 128;
-            else FAIL("%s: compress_ratios[%d] must be 0, 4 or 128 (ratios 1 and 2 are DeepSeek-V4.1's)", label, i);
+            else if (r == 1 || r == 2)
+                FAIL("%s: compress_ratios[%d] is %g, DeepSeek-V4.1's ratio-%g compression (DEEPSEEK_V4.md 5.8), which "
+                     "is not implemented", label, i, r, r);
+            else FAIL("%s: compress_ratios[%d] must be 0, 4 or 128", label, i);
         }
     } else { /* transformers' default: HCA, HCA, then CSA when (i - 2) is odd */
         for (int i = 0; i < n; i++) v->attn[i] = i < 2 || (i - 2) % 2 == 0 ? DSV4_HCA : DSV4_CSA;

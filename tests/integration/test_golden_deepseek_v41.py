@@ -179,6 +179,14 @@ def test_v41_keys_not_implemented_are_refused(key, value, words, tmp_path):
     expect_error(d, tmp_path, *words)
 
 
+@pytest.mark.parametrize("ratio", [1, 2])
+def test_low_compression_ratios_are_refused(ratio, tmp_path):
+    """SGLang's compress_ratios may hold V4.1's 1 and 2; they are refused until implemented."""
+    d = copy_fixture(tmp_path)
+    edit_config(d, layer_types=None, compress_rates=None, compress_ratios=[0, ratio, 128, 4])
+    expect_error(d, tmp_path, "compress_ratios[1]", f"ratio-{ratio}", "not implemented")
+
+
 def test_v4_values_of_the_v41_keys_are_accepted(tmp_path):
     d = copy_fixture(tmp_path)
     edit_config(d, hc_pre_from_prev_sublayer=False, q_head_norm=True, kv_source_layer_ids=[],
