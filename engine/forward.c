@@ -147,6 +147,13 @@ int forward_ctx_create(model *m, backend *be, int max_tokens, int max_seqs, forw
                  backend_name(be));
         return FORWARD_ERR_UNSUPPORTED;
     }
+    if (c->arch == ARCH_DEEPSEEK_V4 && c->dsv4.hc_pre_from_prev &&
+        !(backend_has(be, hc_weights) && backend_has(be, hc_collapse))) {
+        snprintf(err, errlen,
+                 "the %s backend does not run DeepSeek-V4.1's lagged hyper-connections "
+                 "(hc_pre_from_prev_sublayer) yet (use --device cpu)", backend_name(be));
+        return FORWARD_ERR_UNSUPPORTED;
+    }
     if (m->engram && m->engram->v41 && !backend_has(be, engram_v41_gate)) {
         snprintf(err, errlen, "the %s backend does not run DeepSeek-V4.1's Engram yet (use --device cpu)",
                  backend_name(be));

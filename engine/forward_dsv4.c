@@ -8,6 +8,9 @@
  *                inverse rope, grouped output projection
  *              the same around the MoE (sqrt-softplus or hash router, shared expert)
  *   logits = head(rmsnorm(hc_head(X))) at the last tokens.
+ * DeepSeek-V4.1's backbone (hc_pre_from_prev_sublayer) collapses each sublayer's input with the
+ * previous hyper-connection's pre instead of its own (stream 0 at the first sublayer), the head
+ * with the last one's; its queries may skip the per-head norm (q_head_norm false).
  * What later steps read lives in the KV cache's blocks (window rows, compressed
  * entries, index keys: backend.h, dsv4_kv) and, for the open compression
  * windows, in each sequence's small state (forward_dsv4.h). */
@@ -32,6 +35,8 @@ struct dsv4_ctx {
     float *freq_main, *freq_comp;          /* (r/2) each */
     float *X, *Xn;                         /* (T, N, d) streams, normed copy */
     float *mix, *post, *comb;              /* (T, (2+N)N) (T, N) (T, N, N) */
+    float *pre[2];                         /* (T, N) x2: V4.1's pre of the last HC and of this one */
+    const float *lag;                      /* V4.1: the previous HC's pre (one of pre[]), NULL before the first */
     float *xc, *h, *y;                     /* (T, d) collapsed, normed, block output */
     float *qlat, *q, *kv, *att;            /* (T, Q) (T, nh, D) (T, D) (T, nh, D) */
     float *ck, *cg, *ik, *ig, *iq, *iw;    /* (T, 2D) x2, (T, 2dI) x2, (T, nI, dI), (T, nI) */
@@ -76,7 +81,8 @@ void dsv4_ctx_destroy(dsv4_ctx *dc) {
     float **bufs[] = {&dc->freq_main, &dc->freq_comp, &dc->X, &dc->Xn, &dc->mix, &dc->post, &dc->comb, &dc->xc,
                       &dc->h, &dc->y, &dc->qlat, &dc->q, &dc->kv, &dc->att, &dc->ck, &dc->cg, &dc->ik, &dc->ig,
                       &dc->iq, &dc->iw, &dc->gin, &dc->gout, &dc->oa, &dc->rlogits, &dc->moe_w, &dc->sg, &dc->su,
-                      &dc->lastX, &dc->lastmix, &dc->lasth, &dc->ekv, (float **)&dc->sel, (float **)&dc->moe_ids};
+                      &dc->lastX, &dc->lastmix, &dc->lasth, &dc->ekv, &dc->pre[0], &dc->pre[1], (float **)&dc->sel,
+                      (float **)&dc->moe_ids};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) backend_free(dc->be, *bufs[i]);
     free(dc->st);
     free(dc);
@@ -106,7 +112,7 @@ int dsv4_ctx_create(const model *bm, backend *be, int max_tokens, int max_seqs, 
         {&dc->gin, T * nh * D / G}, {&dc->gout, T * R}, {&dc->oa, T * G * R}, {&dc->rlogits, T * E},
         {&dc->moe_w, T * k}, {(float **)&dc->moe_ids, T * k}, {&dc->sg, T * I}, {&dc->su, T * I},
         {&dc->lastX, S * N * d}, {&dc->lastmix, S * N}, {&dc->lasth, S * d},
-        {&dc->ekv, bm->engram ? T * (N + 1) * d : 1},
+        {&dc->ekv, bm->engram ? T * (N + 1) * d : 1}, {&dc->pre[0], T * N}, {&dc->pre[1], T * N},
     };
     bool ok = (dc->st = calloc(S, sizeof(dsv4_state *))) != NULL;
     for (size_t i = 0; i < sizeof(want) / sizeof(want[0]) && ok; i++) ok = (*want[i].p = backend_alloc(be, want[i].n * F));
@@ -178,14 +184,25 @@ void dsv4_seq_destroy(dsv4_ctx *dc, dsv4_seq *s) {
     free(s);
 }
 
-/* (post, comb, xc) of one hyper-connection of the streams X. */
+/* (post, comb, xc) of one hyper-connection of the streams X. V4.1 (MHC:212-216, 467-481): the
+ * triplet still comes from X, but xc collapses with the previous HC's pre (stream 0 before the
+ * first), and this one's pre waits for the next. */
 static void hc_pre(dsv4_ctx *dc, const weight *fn, const float *base, const float *scale, int T) {
     const model_config *c = &dc->bm->cfg;
     int N = c->dsv4.hc_mult, d = c->hidden_size;
-    backend_rmsnorm_plain(dc->be, dc->Xn, dc->X, T, N * d, c->rms_norm_eps);
-    backend_matmul(dc->be, dc->mix, dc->Xn, fn, NULL, T);
-    backend_hc_split(dc->be, dc->post, dc->comb, dc->xc, dc->X, dc->mix, base, scale, T, N, d, c->dsv4.hc_iters,
-                     c->dsv4.hc_eps);
+    backend *be = dc->be;
+    backend_rmsnorm_plain(be, dc->Xn, dc->X, T, N * d, c->rms_norm_eps);
+    backend_matmul(be, dc->mix, dc->Xn, fn, NULL, T);
+    if (!c->dsv4.hc_pre_from_prev) {
+        backend_hc_split(be, dc->post, dc->comb, dc->xc, dc->X, dc->mix, base, scale, T, N, d, c->dsv4.hc_iters,
+                         c->dsv4.hc_eps);
+        return;
+    }
+    float *own = dc->lag == dc->pre[0] ? dc->pre[1] : dc->pre[0];
+    backend_hc_weights(be, own, dc->post, dc->comb, dc->mix, base, scale, T, N, c->dsv4.hc_iters, c->dsv4.hc_eps);
+    if (dc->lag) backend_hc_collapse(be, dc->xc, dc->X, dc->lag, T, N, d);
+    else backend_copy2d(be, dc->xc, (size_t)d, dc->X, (size_t)N * d, (size_t)d, (size_t)T);
+    dc->lag = own;
 }
 
 /* y (T, d) = Wo_b (grouped Wo_a (att)): group g of the heads through rows [g R, (g+1) R) of Wo_a. */
@@ -214,7 +231,7 @@ static void attention(dsv4_ctx *dc, int l, const batch_desc *b) {
     backend_matmul(be, dc->qlat, dc->h, &Y->wq_a, NULL, T);
     backend_rmsnorm(be, dc->qlat, dc->qlat, Y->q_norm, T, v->q_lora_rank, eps);
     backend_matmul(be, dc->q, dc->qlat, &Y->wq_b, NULL, T);
-    backend_rmsnorm_plain(be, dc->q, dc->q, T * nh, D, eps); /* per head, no weight */
+    if (v->q_head_norm) backend_rmsnorm_plain(be, dc->q, dc->q, T * nh, D, eps); /* per head, no weight */
     backend_rope_tail(be, dc->q, b->pos, T, nh, D, r, freq, 0);
     backend_matmul(be, dc->kv, dc->h, &Y->wkv, NULL, T);
     backend_rmsnorm(be, dc->kv, dc->kv, Y->kv_norm, T, D, eps);
@@ -284,6 +301,7 @@ int dsv4_forward(dsv4_ctx *dc, engram_step *eng, const batch_desc *b, kv_cache *
     int T = b->n_tokens, N = c->dsv4.hc_mult, d = c->hidden_size;
     float eps = c->rms_norm_eps;
     backend_embed(be, dc->xc, &bm->embed, ids, T);
+    dc->lag = NULL;
     for (int j = 0; j < N; j++) /* every stream starts as the embedding */
         backend_copy2d(be, dc->X + (size_t)j * d, (size_t)N * d, dc->xc, (size_t)d, (size_t)d, (size_t)T);
     for (int l = 0; l < c->n_layers; l++) {
@@ -307,10 +325,15 @@ int dsv4_forward(dsv4_ctx *dc, engram_step *eng, const batch_desc *b, kv_cache *
     }
     if (!nl) return FORWARD_OK;
     backend_gather_f32(be, dc->lastX, dc->X, last, nl, N * d);
-    backend_rmsnorm_plain(be, dc->Xn, dc->lastX, nl, N * d, eps);
-    backend_matmul(be, dc->lastmix, dc->Xn, &dw->hc_head_fn, NULL, nl);
-    backend_hc_head(be, dc->lasth, dc->lastX, dc->lastmix, dw->hc_head_base, dw->hc_head_scale, nl, N, d,
-                    c->dsv4.hc_eps);
+    if (c->dsv4.hc_pre_from_prev) { /* the last FFN HC's pre: SGM:4588-4596 */
+        backend_gather_f32(be, dc->lastmix, dc->lag, last, nl, N);
+        backend_hc_collapse(be, dc->lasth, dc->lastX, dc->lastmix, nl, N, d);
+    } else {
+        backend_rmsnorm_plain(be, dc->Xn, dc->lastX, nl, N * d, eps);
+        backend_matmul(be, dc->lastmix, dc->Xn, &dw->hc_head_fn, NULL, nl);
+        backend_hc_head(be, dc->lasth, dc->lastX, dc->lastmix, dw->hc_head_base, dw->hc_head_scale, nl, N, d,
+                        c->dsv4.hc_eps);
+    }
     backend_rmsnorm(be, dc->lasth, dc->lasth, bm->final_norm, nl, d, eps);
     backend_matmul(be, logits, dc->lasth, &bm->lm_head, NULL, nl);
     return FORWARD_OK;

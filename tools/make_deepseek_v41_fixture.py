@@ -54,7 +54,27 @@ history carried across calls), rows (per Engram layer, [tokens][heads] for promp
 gates (per layer, mean over streams, same tokens), engram_effect (max |logit change| when the
 Engram is removed), sglang_checks. logits.f32 / logits_all.f32 as in the V4 fixtures.
 
-Usage: python tools/make_deepseek_v41_fixture.py OUT_DIR   (torch on the CPU is enough)
+deepseek_v41_backbone: the same composition (another seed) with two of V4.1's backbone differences
+on (DEEPSEEK_V4.md 5.8), config keys hc_pre_from_prev_sublayer true and q_head_norm false, and no
+hc_head tensors in the checkpoint (SGLang makes none when the collapse lags):
+  SGLang's own code run (exec'd unchanged from `kernels/ops/layernorm/mhc.py` of the unpacked wheel,
+  so $SGLANG_DIR must hold the whole `sglang` package, not only srt/layers/engram.py): _mhc_pre_torch (the
+    mix GEMM on the normed residual, post, the Sinkhorn comb, and its own collapse used to check the
+    pre below bit for bit) and _mhc_post_torch (R' = post y + comb^T R).
+  Transcribed (class methods or GPU kernels): the pre of the split (hc_split_sinkhorn_kernel:
+    sigmoid(mix * scale[0] + base) + hc_eps, asserted to reproduce _mhc_pre_torch's collapse);
+    models/deepseek_v4_mhc.py _combine (the sublayer input is norm(sum_k pre[k] R[k]) with the
+    PREVIOUS hyper-connection's pre, mhc_combine's f32 accumulation in stream order; norm(R[0]) at
+    the model's first sublayer) and the layer loop of deepseek_v4_platform_stage.py
+    forward_hc_pre_from_prev (each HC's triplet from its own input residual, the post, the pre
+    handed on; an Engram rewrites the residual and keeps the pre, HcState.with_residual); the head
+    of deepseek_v4.py 4588-4601 (mhc_combine with the last FFN HC's pre, then the norm); and
+    MQALayer._compute_q_b with q_head_norm false (rope only, no per-head norm).
+  Those replace transformers' DeepseekV4DecoderLayer.forward, hc_head and q_b_norm on the loaded
+  reference model; attention, compressors, indexer and MoE stay transformers' own.
+
+Usage: python tools/make_deepseek_v41_fixture.py OUT_DIR [NAME...]  (default: both fixtures; torch on
+the CPU is enough)
 """
 import __future__
 import ast, json, math, os, random, shutil, sys, types
@@ -71,6 +91,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_deepseek_v4_fixtures as V4  # noqa: E402  (backbone config, randomisation, checks)
 
 NAME = "deepseek_v41"
+BACKBONE = "deepseek_v41_backbone"
+# per fixture: the first seed and the V4.1 backbone keys it turns on (DEEPSEEK_V4.md 5.8)
+FIXTURES = {NAME: (4100, {}), BACKBONE: (4300, dict(hc_pre_from_prev_sublayer=True, q_head_norm=False))}
 ENGRAM = dict(engram_layer_ids=[1, 2], engram_max_ngram_size=3, engram_n_heads=2, engram_head_dim=64,
               engram_vocab_size=1000, engram_pad_token_id=2)
 CLAMP = 1e-6
@@ -111,6 +134,23 @@ def load_sglang():
 
 
 SGL = load_sglang()
+
+
+def load_sglang_mhc():
+    """SGLang's torch forms of the mHC pre and post (kernels/ops/layernorm/mhc.py), exec'd as is."""
+    root = os.environ.get("SGLANG_DIR", "/tmp/sgl/x/sglang")
+    path = os.path.join(root, "kernels", "ops", "layernorm", "mhc.py")
+    want = {"_mhc_pre_torch", "_mhc_post_torch"}
+    body = [n for n in ast.parse(open(path).read()).body if isinstance(n, ast.FunctionDef) and n.name in want]
+    assert len(body) == len(want)
+    ns = dict(torch=torch, Tuple=tuple, __name__="sglang_mhc")
+    exec(compile(ast.Module(body=body, type_ignores=[]), path, "exec",
+                 flags=__future__.annotations.compiler_flag, dont_inherit=True), ns)
+    return types.SimpleNamespace(**{k: ns[k] for k in want})
+
+
+MHC = None  # load_sglang_mhc(), for the backbone fixture only
+MHC_POST_MULT_VALUE = 2.0  # deepseek_v4_mhc.py
 
 # ----------------------------------------------------------------------------------------------
 # Tokenizer
@@ -250,6 +290,76 @@ class EngramRef:
             model.model.layers[lid].register_forward_pre_hook(layer_pre, with_kwargs=True)
 
 
+class LaggedHC:
+    """V4.1's hyper-connections with hc_pre_from_prev_sublayer (DEEPSEEK_V4.md 5.8), installed on a
+    transformers DeepseekV4ForCausalLM: every decoder layer's forward, the hc_head and the query
+    head norm are replaced; `pre` is the mHC state handed from one hyper-connection to the next."""
+
+    def __init__(self, cfg):
+        global MHC
+        MHC = MHC or load_sglang_mhc()
+        self.cfg = cfg
+        self.pre = None
+        self.checks = 0  # triplets whose transcribed pre reproduced SGLang's collapse bit for bit
+
+    def triplet(self, hc, R):
+        """(pre, post, comb) of one HC from its input residual R [T, N, H] (mix_stats)."""
+        c = self.cfg
+        post, comb, collapse = MHC._mhc_pre_torch(R, hc.fn, hc.scale, hc.base, c.rms_norm_eps, c.hc_eps, c.hc_eps,
+                                                  MHC_POST_MULT_VALUE, c.hc_sinkhorn_iters)
+        # hc_split_sinkhorn_kernel's pre, from the same mixes as _mhc_pre_torch
+        n = c.hc_mult
+        x_flat = R.reshape(R.shape[0], -1).float()
+        rsqrt = torch.rsqrt(x_flat.square().mean(-1, keepdim=True) + c.rms_norm_eps)
+        mixes = F.linear(x_flat, hc.fn) * rsqrt
+        pre = torch.sigmoid(mixes[:, :n] * hc.scale[0] + hc.base[:n]) + c.hc_eps
+        assert torch.equal((pre.unsqueeze(-1) * R.float()).sum(dim=1).to(R.dtype), collapse)
+        self.checks += 1
+        return pre, post, comb
+
+    def combine(self, R, norm):
+        """_combine: norm(R[:, 0]) at the first sublayer, else norm(mhc_combine(R, pre))."""
+        if self.pre is None:
+            return norm(R[:, 0, :])
+        return norm(self.collapse(R))
+
+    def collapse(self, R):
+        """mhc_combine: y = sum_k pre[:, k] * R[:, k] accumulated in f32, k in order."""
+        acc = torch.zeros(R.shape[0], R.shape[2], dtype=torch.float32)
+        for k in range(R.shape[1]):
+            acc = acc + self.pre[:, k:k + 1].float() * R[:, k, :].float()
+        return acc.to(R.dtype)
+
+    def install(self, model):
+        ref = self
+
+        def layer_forward(layer, hidden_states, input_ids=None, **kwargs):
+            R = hidden_states[0]  # [T, N, H]; batch 1 as every call of this tool
+            pre, post, comb = ref.triplet(layer.attn_hc, R)
+            x = ref.combine(R, layer.input_layernorm)
+            y, _ = layer.self_attn(x.unsqueeze(0), **kwargs)
+            R = MHC._mhc_post_torch(y[0], R, post, comb)
+            ref.pre = pre
+            pre, post, comb = ref.triplet(layer.ffn_hc, R)
+            x = ref.combine(R, layer.post_attention_layernorm)
+            y = layer.mlp(x.unsqueeze(0), input_ids=input_ids)
+            R = MHC._mhc_post_torch(y[0], R, post, comb)
+            ref.pre = pre
+            return R.unsqueeze(0)
+
+        class Head(torch.nn.Module):  # deepseek_v4.py 4588-4596; the model's norm follows
+            def forward(self, x):
+                return ref.collapse(x[0]).unsqueeze(0)
+
+        def model_pre(mod, args, kwargs):
+            ref.pre = None
+        model.model.register_forward_pre_hook(model_pre, with_kwargs=True)
+        for layer in model.model.layers:
+            layer.forward = types.MethodType(layer_forward, layer)
+            layer.self_attn.q_b_norm = torch.nn.Identity()  # q_head_norm false: rope only
+        model.model.hc_head = Head()
+
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -266,14 +376,15 @@ def sglang_checks(ref, tok_fast, vc):
         first_primes=flat[:4], ids_merged_by_compression=len(tok_fast) - vc)
 
 
-def build(seed, out, tok):
+def build(seed, out, tok, name):
+    v41 = FIXTURES[name][1]
     cfg = V4.base_config(1e-2, 2.5, 1.75)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = DeepseekV4ForCausalLM(cfg).float().eval()
     V4.perturb(model, gen)
     prompt = torch.randint(3, V4.VOCAB, (V4.PROMPT_LEN,), generator=gen).tolist()
-    d = os.path.join(out, NAME)
+    d = os.path.join(out, name)
     if os.path.isdir(d):
         shutil.rmtree(d)
     model.save_pretrained(d)
@@ -282,7 +393,7 @@ def build(seed, out, tok):
     lookup, vc = SGL.build_compressed_token_map(tok_fast)
     with open(os.path.join(d, "config.json")) as f:
         cfg_json = json.load(f)
-    cfg_json.update(ENGRAM, engram_compressed_vocab_size=vc)
+    cfg_json.update(ENGRAM, engram_compressed_vocab_size=vc, **v41)
     layout = SGL.EngramLayout.from_config(types.SimpleNamespace(**cfg_json, engram_num_embeddings=[0, 0]))
     cfg_json["engram_num_embeddings"] = [sum(p for per in layer for p in per) for layer in layout.primes]
     with open(os.path.join(d, "config.json"), "w") as f:
@@ -299,6 +410,9 @@ def build(seed, out, tok):
         tensors[p + "wkv.weight"], tensors[p + "wkv.scale"], _ = V4.quantize_fp8_block(wkv)
         tensors[p + "q_weight"] = 1.0 + 0.25 * torch.randn(N, H, generator=gen)
         tensors[p + "k_weight"] = 1.0 + 0.25 * torch.randn(N, H, generator=gen)
+    if v41.get("hc_pre_from_prev_sublayer"):  # SGLang makes no hc_head then: the checkpoint has none
+        for k in [k for k in tensors if k.startswith("model.hc_head.")]:
+            del tensors[k]
     save_file(tensors, st_path, metadata={"format": "pt"})
     gc = os.path.join(d, "generation_config.json")
     if os.path.exists(gc):
@@ -307,9 +421,15 @@ def build(seed, out, tok):
     ref_model = DeepseekV4ForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
     src_sd = model.state_dict()
     for k, v in ref_model.state_dict().items():
-        assert torch.equal(v, src_sd[k]), f"{k} changed through save/load"
+        assert k.startswith("model.hc_head.") and v41 or torch.equal(v, src_sd[k]), f"{k} changed through save/load"
     ref = EngramRef(cfg_json, tok_fast, load_file(st_path), cfg.rms_norm_eps)
     ref.install(ref_model)
+    lag = None
+    if v41:
+        assert v41 == dict(hc_pre_from_prev_sublayer=True, q_head_norm=False)
+        lag = LaggedHC(cfg)
+        q_norms = [layer.self_attn.q_b_norm for layer in ref_model.model.layers]
+        lag.install(ref_model)
     res, reasons = V4.evaluate(ref_model, prompt)
     # rows and gates over prompt + greedy[:-1], one full forward (causal: equal to the decode's)
     ref.record = dict(gates={l: [] for l in ref.t}, rows={l: [] for l in ref.t})
@@ -326,21 +446,37 @@ def build(seed, out, tok):
         reasons.append(f"gates hardly vary ({gates.std():.3f})")
     extra = dict(rows={str(l): rec["rows"][l] for l in ref.t}, gates={str(l): rec["gates"][l] for l in ref.t},
                  engram_effect=effect, sglang_checks=sglang_checks(ref, tok_fast, vc))
+    if lag:
+        # what the query head norm would have changed: put transformers' back for one forward
+        for layer, qn in zip(ref_model.model.layers, q_norms):
+            layer.self_attn.q_b_norm = qn
+        qeffect = float((V4.full_logits(ref_model, prompt)[-1] - res["logits_all"][-1]).abs().max())
+        for layer in ref_model.model.layers:
+            layer.self_attn.q_b_norm = torch.nn.Identity()
+        if qeffect < MIN_EFFECT:
+            reasons.append(f"q_head_norm effect {qeffect:.2e}")
+        extra["v41_backbone"] = dict(v41, q_head_norm_effect=qeffect, pre_checked_against_sglang=lag.checks)
     return d, prompt, res, reasons, extra, cfg
 
 
 def main():
-    if len(sys.argv) != 2:
+    if len(sys.argv) < 2 or any(n not in FIXTURES for n in sys.argv[2:]):
         sys.exit(__doc__)
     out = sys.argv[1]
     tok = train_tokenizer(V4.VOCAB)
-    for seed in range(4100, 4300):
-        d, prompt, res, reasons, extra, cfg = build(seed, out, tok)
+    for name in sys.argv[2:] or list(FIXTURES):
+        make(out, tok, name)
+
+
+def make(out, tok, name):
+    seed0 = FIXTURES[name][0]
+    for seed in range(seed0, seed0 + 200):
+        d, prompt, res, reasons, extra, cfg = build(seed, out, tok, name)
         if not reasons:
             break
-        print(f"{NAME}: seed {seed} rejected ({'; '.join(reasons)})", flush=True)
+        print(f"{name}: seed {seed} rejected ({'; '.join(reasons)})", flush=True)
     else:
-        sys.exit(f"{NAME}: no acceptable seed")
+        sys.exit(f"{name}: no acceptable seed")
     la = res["logits_all"]
     la[-1].numpy().astype("<f4").tofile(os.path.join(d, "logits.f32"))
     la.numpy().astype("<f4").tofile(os.path.join(d, "logits_all.f32"))
@@ -360,11 +496,16 @@ def main():
                "DeepSeek-V4.1 Engram of SGLang 0.5.23 at layers 1 and 2 (see the tool's docstring for what "
                "is SGLang's own code and what is transcribed). rows: per layer [token][column] table rows of "
                "prompt + greedy[:-1]; gates: per layer the gate of each of those tokens, mean over the "
-               "hc_mult streams. engram_effect: max |last-position logit change| without the Engram."))
+               "hc_mult streams. engram_effect: max |last-position logit change| without the Engram."
+               + ("" if name == NAME else
+                  " V4.1 backbone: hc_pre_from_prev_sublayer (the collapse lags one hyper-connection, stream 0 "
+                  "at the first, no hc_head tensors) and q_head_norm false, as SGLang runs them; "
+                  "v41_backbone.q_head_norm_effect: max |last-position logit change| with transformers' "
+                  "query head norm put back.")))
     with open(os.path.join(d, "golden.json"), "w") as f:
         json.dump(golden, f, indent=1)
     sizes = {f: os.path.getsize(os.path.join(d, f)) for f in sorted(os.listdir(d))}
-    print(f"{NAME}: seed {seed} ok, min margin {res['min_margin']:.3e}, effect {extra['engram_effect']:.3f}, "
+    print(f"{name}: seed {seed} ok, min margin {res['min_margin']:.3e}, effect {extra['engram_effect']:.3f}, "
           f"Vc {extra['sglang_checks']['compressed_vocab_size']}, incremental "
           f"{res['incremental']['max_abs_diff_any']:.1e}, chunked {res['chunked']['max_abs_diff_any']:.1e}, "
           f"files {sizes}", flush=True)

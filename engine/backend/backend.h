@@ -163,6 +163,13 @@ typedef struct backend_ops {
     /* out (T, d) = sum_j (sigmoid(mix[j] scale[0] + base[j]) + hc_eps) X[j], mix (T, N) */
     void (*hc_head)(backend *be, float *out, const float *X, const float *mix, const float *base, const float *scale,
                     int T, int N, int d, float hc_eps);
+    /* DeepSeek-V4.1's lagged collapse (hc_pre_from_prev_sublayer; optional, a model that needs it runs
+     * only where both are set): hc_weights is hc_split without the collapse, and also writes
+     * pre (T, N) = sigmoid(mix[j] scale[0] + base[j]) + hc_eps; hc_collapse is x (T, d) = sum_j pre[j] X[j]
+     * with X (T, N, d), the next hyper-connection (or the head) collapsing with this one's pre. */
+    void (*hc_weights)(backend *be, float *pre, float *post, float *comb, const float *mix, const float *base,
+                       const float *scale, int T, int N, int iters, float hc_eps);
+    void (*hc_collapse)(backend *be, float *x, const float *X, const float *pre, int T, int N, int d);
     /* In place on x (T, n_heads, hd): interleaved pairs of the last r channels of each head rotated by
      * pos[t] * inv_freq (r/2); by minus that angle when inverse. */
     void (*rope_tail)(backend *be, float *x, const int32_t *pos, int T, int n_heads, int hd, int r,
@@ -508,6 +515,13 @@ static inline void backend_hc_merge(backend *be, float *X, const float *y, const
 static inline void backend_hc_head(backend *be, float *out, const float *X, const float *mix, const float *base,
                                    const float *scale, int T, int N, int d, float hc_eps) {
     be->ops->hc_head(be, out, X, mix, base, scale, T, N, d, hc_eps);
+}
+static inline void backend_hc_weights(backend *be, float *pre, float *post, float *comb, const float *mix,
+                                      const float *base, const float *scale, int T, int N, int iters, float hc_eps) {
+    be->ops->hc_weights(be, pre, post, comb, mix, base, scale, T, N, iters, hc_eps);
+}
+static inline void backend_hc_collapse(backend *be, float *x, const float *X, const float *pre, int T, int N, int d) {
+    be->ops->hc_collapse(be, x, X, pre, T, N, d);
 }
 static inline void backend_rope_tail(backend *be, float *x, const int32_t *pos, int T, int n_heads, int hd, int r,
                                      const float *inv_freq, int inverse) {

@@ -80,6 +80,10 @@ typedef struct {
     dsv4_attn_kind attn[MODEL_MAX_LAYERS];
     int rate[MODEL_MAX_LAYERS];   /* compression rate m of CSA/HCA layers, 0 for sliding ones */
     bool hash_moe[MODEL_MAX_LAYERS];
+    /* DeepSeek-V4.1's backbone (DEEPSEEK_V4.md 5.8): each hyper-connection collapses with the previous
+     * one's pre (stream 0 at the first; the head with the last one's, and no hc_head tensors), and
+     * queries without their per-head norm. V4: false, true. */
+    bool hc_pre_from_prev, q_head_norm;
 } dsv4_config;
 
 /* The mixture-of-experts keys of config.json (Qwen3-MoE). */
@@ -242,7 +246,7 @@ typedef struct {
 
 typedef struct {
     dsv4_layer *layers;                     /* (n_layers) */
-    weight hc_head_fn;                      /* (N, N d) */
+    weight hc_head_fn;                      /* (N, N d); none with hc_pre_from_prev */
     const float *hc_head_base, *hc_head_scale; /* (N), (1) */
 } dsv4_weights;
 

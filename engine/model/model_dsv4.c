@@ -68,7 +68,10 @@ static int parse_layer_kinds(const cJSON *root, model_config *c, const char *lab
             if (r == 0) v->attn[i] = DSV4_SLIDING;
             else if (r == 4) v->attn[i] = DSV4_CSA, csa = 4;
             else if (r == 128) v->attn[i] = DSV4_HCA, hca = 128;
-            else FAIL("%s: compress_ratios[%d] must be 0, 4 or 128 (ratios 1 and 2 are DeepSeek-V4.1's)", label, i);
+            else if (r == 1 || r == 2)
+                FAIL("%s: compress_ratios[%d] is %g, DeepSeek-V4.1's ratio-%g compression (DEEPSEEK_V4.md 5.8), which "
+                     "is not implemented", label, i, r, r);
+            else FAIL("%s: compress_ratios[%d] must be 0, 4 or 128", label, i);
         }
     } else { /* transformers' default: HCA, HCA, then CSA when (i - 2) is odd */
         for (int i = 0; i < n; i++) v->attn[i] = i < 2 || (i - 2) % 2 == 0 ? DSV4_HCA : DSV4_CSA;
@@ -190,7 +193,9 @@ int model__parse_dsv4_config(const cJSON *root, model_config *c, const char *lab
         model__get_int(root, "num_experts_per_tok", 6, 1, MODEL_MAX_EXPERTS, &c->moe.top_k, label, err, errlen) ||
         model__get_int(root, "moe_intermediate_size", 2048, 1, 1 << 20, &c->moe.inter, label, err, errlen) ||
         model__get_bool(root, "mlp_bias", false, &mlp_bias, label, err, errlen) ||
-        model__get_bool(root, "tie_word_embeddings", false, &c->tie_word_embeddings, label, err, errlen))
+        model__get_bool(root, "tie_word_embeddings", false, &c->tie_word_embeddings, label, err, errlen) ||
+        model__get_bool(root, "hc_pre_from_prev_sublayer", false, &v->hc_pre_from_prev, label, err, errlen) ||
+        model__get_bool(root, "q_head_norm", true, &v->q_head_norm, label, err, errlen))
         return -1;
     const char *ekey = cJSON_GetObjectItemCaseSensitive(root, "n_routed_experts") ? "n_routed_experts" : "num_local_experts";
     if (model__get_int(root, ekey, 256, 1, MODEL_MAX_EXPERTS, &c->moe.n_experts, label, err, errlen)) return -1;
@@ -463,13 +468,16 @@ int model__load_dsv4(model *m, char *err, size_t errlen) {
     if ((rc = load_mat(m, find_name(m, buf, sizeof(buf), NAMES("embed.weight", "embed_tokens.weight")), V, d,
                        &m->embed, err, errlen)) ||
         (rc = model__load_vector(m, find_name(m, buf, sizeof(buf), NAMES("norm.weight")), d, &m->final_norm, err,
-                                 errlen)) ||
-        (rc = load_mat(m, find_name(m, buf, sizeof(buf), NAMES("hc_head_fn", "hc_head.hc_fn")), N, N * d,
-                       &w->hc_head_fn, err, errlen)) ||
-        (rc = model__load_vector(m, find_name(m, buf, sizeof(buf), NAMES("hc_head_base", "hc_head.hc_base")), N,
-                                 &w->hc_head_base, err, errlen)) ||
-        (rc = model__load_vector(m, find_name(m, buf, sizeof(buf), NAMES("hc_head_scale", "hc_head.hc_scale")), 1,
-                                 &w->hc_head_scale, err, errlen)))
+                                 errlen)))
+        return rc;
+    /* V4.1's head collapses with the last hyper-connection's pre: SGLang makes no hc_head then */
+    if (!c->dsv4.hc_pre_from_prev &&
+        ((rc = load_mat(m, find_name(m, buf, sizeof(buf), NAMES("hc_head_fn", "hc_head.hc_fn")), N, N * d,
+                        &w->hc_head_fn, err, errlen)) ||
+         (rc = model__load_vector(m, find_name(m, buf, sizeof(buf), NAMES("hc_head_base", "hc_head.hc_base")), N,
+                                  &w->hc_head_base, err, errlen)) ||
+         (rc = model__load_vector(m, find_name(m, buf, sizeof(buf), NAMES("hc_head_scale", "hc_head.hc_scale")), 1,
+                                  &w->hc_head_scale, err, errlen))))
         return rc;
     /* the head is "head.weight" in both namings ("lm_head.weight" in memory), never under model. */
     if (c->tie_word_embeddings)
@@ -606,9 +614,11 @@ void model__dsv4_walk(model *m, dsv4_visit_fn fn, void *ctx) {
     mat(&k, DSV4_BF16, V, d, &m->embed, false, -1); /* a token reads one row */
     if (!c->tie_word_embeddings) mat(&k, DSV4_BF16, V, d, &m->lm_head, true, -1);
     vec(&k, 1, d, &m->final_norm, 1.0f);
-    mat(&k, DSV4_F32, N, N * d, SLOT(w, hc_head_fn), true, -1);
-    vec(&k, 1, N, SLOT(w, hc_head_base), NAN);
-    vec(&k, 1, 1, SLOT(w, hc_head_scale), 1.0f);
+    if (!c->dsv4.hc_pre_from_prev) {
+        mat(&k, DSV4_F32, N, N * d, SLOT(w, hc_head_fn), true, -1);
+        vec(&k, 1, N, SLOT(w, hc_head_base), NAN);
+        vec(&k, 1, 1, SLOT(w, hc_head_scale), 1.0f);
+    }
     for (int i = 0; i < c->n_layers; i++) walk_layer(&k, i);
 }
 

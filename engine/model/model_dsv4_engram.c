@@ -28,7 +28,6 @@ static int refuse_v41_key(const char *key, const char *what, const char *label, 
 }
 
 static int check_v41_backbone(const cJSON *root, const char *label, char *err, size_t errlen) {
-    bool b;
     int v;
     const char *lists[][2] = {{"kv_source_layer_ids", "compressed KV shared from kv_source layers"},
                               {"index_source_layer_ids", "top-k shared from index_source layers"}};
@@ -43,10 +42,6 @@ static int check_v41_backbone(const cJSON *root, const char *label, char *err, s
              "DEEPSEEK_V4.md 5.8)", label, mt->valuestring);
     if (cJSON_GetObjectItemCaseSensitive(root, "text_config") || cJSON_GetObjectItemCaseSensitive(root, "vision_config"))
         FAIL("%s: a nested text_config / vision_config (the DeepSeek-V4.1 release layout) is not supported", label);
-    if (model__get_bool(root, "hc_pre_from_prev_sublayer", false, &b, label, err, errlen)) return -1;
-    if (b) return refuse_v41_key("hc_pre_from_prev_sublayer", "lagged hyper-connection collapse", label, err, errlen);
-    if (model__get_bool(root, "q_head_norm", true, &b, label, err, errlen)) return -1;
-    if (!b) return refuse_v41_key("q_head_norm", "query heads without their norm", label, err, errlen);
     for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
         const cJSON *a = cJSON_GetObjectItemCaseSensitive(root, lists[i][0]);
         if (a && !cJSON_IsNull(a) && !(cJSON_IsArray(a) && cJSON_GetArraySize(a) == 0))

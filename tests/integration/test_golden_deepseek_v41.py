@@ -1,7 +1,9 @@
 """Golden tests of DeepSeek-V4.1's Engram on a DeepSeek-V4 backbone, on the CPU, against the
 composition of transformers 5.25's DeepseekV4ForCausalLM and SGLang 0.5.23's Engram (fixture
 tests/fixtures/models/deepseek_v41, made by tools/make_deepseek_v41_fixture.py: Engram at layers 1
-and 2, FP8 e4m3 rows with ue8m0 scales, FP8 wkv, a 512-id BPE tokenizer that compresses to 355).
+and 2, FP8 e4m3 rows with ue8m0 scales, FP8 wkv, a 512-id BPE tokenizer that compresses to 355),
+and the same with V4.1's backbone differences hc_pre_from_prev_sublayer and q_head_norm false as
+SGLang's code runs them (fixture deepseek_v41_backbone, same tool).
 Logits within 1e-4 (max |logit| about 7.5), greedy tokens identical, the hashed table rows
 identical, gates within 1e-5, every prefill chunking bit-identical, and the same bits whatever
 tier the tables come from (checkpoint tensors, DRAM table file, NVMe behind a 4 KiB DRAM budget,
@@ -16,14 +18,17 @@ import pytest
 from conftest import MODELS, run_bin
 
 NAME = "deepseek_v41"
+BACKBONE = "deepseek_v41_backbone"  # hc_pre_from_prev_sublayer true, q_head_norm false
 SRC = MODELS / NAME
 G = json.loads((SRC / "golden.json").read_text())
+GOLDEN = {n: json.loads((MODELS / n / "golden.json").read_text()) for n in (NAME, BACKBONE)}
 LAYERS = ["1", "2"]
 
 
 def run(model_dir, tmp_path, chunk, *extra, prompt=None, max_tokens=24, check=True):
     lf = tmp_path / f"logits-{chunk}.f32"
-    p = run_bin("engram-run", "--model", model_dir, "--prompt-ids", ",".join(map(str, prompt or G["prompt_ids"])),
+    g = GOLDEN.get(model_dir.name, G)  # a fixture's own prompt; copies (tmp dirs) take deepseek_v41's
+    p = run_bin("engram-run", "--model", model_dir, "--prompt-ids", ",".join(map(str, prompt or g["prompt_ids"])),
                 "--temperature", "0", "--max-tokens", max_tokens, "--ignore-eos", "--print-ids",
                 "--prefill-chunk", chunk, "--dump-logits", lf, *extra, check=check)
     if not check:
@@ -32,44 +37,66 @@ def run(model_dir, tmp_path, chunk, *extra, prompt=None, max_tokens=24, check=Tr
     return lines, np.fromfile(lf, dtype="<f4")
 
 
-REF = np.fromfile(SRC / "logits.f32", dtype="<f4")
-
-
+@pytest.mark.parametrize("name", [NAME, BACKBONE])
 @pytest.mark.parametrize("chunk", [256, 5, 1])
-def test_logits_greedy_rows_and_gates_match_reference(chunk, tmp_path):
-    lines, logits = run(SRC, tmp_path, chunk, "--print-gates", "--print-rows")
-    assert logits.shape == REF.shape and np.isfinite(logits).all()
-    diff = float(np.abs(logits - REF).max())
+def test_logits_greedy_rows_and_gates_match_reference(name, chunk, tmp_path):
+    src, g = MODELS / name, GOLDEN[name]
+    ref = np.fromfile(src / "logits.f32", dtype="<f4")
+    lines, logits = run(src, tmp_path, chunk, "--print-gates", "--print-rows")
+    assert logits.shape == ref.shape and np.isfinite(logits).all()
+    diff = float(np.abs(logits - ref).max())
     assert diff < 1e-4, f"max |logit diff| {diff}"
-    assert json.loads(lines[-1]) == G["greedy_ids"]
+    assert json.loads(lines[-1]) == g["greedy_ids"]
     rows = json.loads(lines[-2])
     assert rows["layers"] == [1, 2]
     ours = np.array(rows["rows"])  # (tokens, layers, columns)
     for li, lid in enumerate(LAYERS):
-        assert (ours[:, li, :] == np.array(G["rows"][lid])).all(), f"layer {lid}: rows differ"
+        assert (ours[:, li, :] == np.array(g["rows"][lid])).all(), f"layer {lid}: rows differ"
     gates = np.array(json.loads(lines[-3])["gates"])
-    ref_g = np.array([G["gates"][l] for l in LAYERS]).T
+    ref_g = np.array([g["gates"][l] for l in LAYERS]).T
     assert gates.shape == ref_g.shape
     assert float(np.abs(gates - ref_g).max()) < 1e-5
     assert gates.std() > 0.05  # the gates really vary
 
 
-def test_logits_at_every_prompt_position(tmp_path):
+@pytest.mark.parametrize("name", [NAME, BACKBONE])
+def test_logits_at_every_prompt_position(name, tmp_path):
     """Each prefix of the prompt, its last position against logits_all.f32 (prompt_len, vocab)."""
-    prompt = G["prompt_ids"]
-    ref = np.fromfile(SRC / "logits_all.f32", dtype="<f4").reshape(len(prompt), -1)
+    src = MODELS / name
+    prompt = GOLDEN[name]["prompt_ids"]
+    ref = np.fromfile(src / "logits_all.f32", dtype="<f4").reshape(len(prompt), -1)
     worst = 0.0
     for n in range(1, len(prompt) + 1):
-        _, logits = run(SRC, tmp_path, 7, prompt=prompt[:n], max_tokens=1)
+        _, logits = run(src, tmp_path, 7, prompt=prompt[:n], max_tokens=1)
         worst = max(worst, float(np.abs(logits - ref[n - 1]).max()))
     assert worst < 1e-4, f"max |logit diff| over all positions {worst}"
 
 
-def test_chunkings_are_bit_identical(tmp_path):
+@pytest.mark.parametrize("name", [NAME, BACKBONE])
+def test_chunkings_are_bit_identical(name, tmp_path):
     """The hash history and the backbone's decode state make every chunking equal full prefill."""
-    _, base = run(SRC, tmp_path, 256)
+    src = MODELS / name
+    _, base = run(src, tmp_path, 256)
     for chunk in [1, 2, 3, 5, 9]:
-        assert np.array_equal(run(SRC, tmp_path, chunk)[1], base), chunk
+        assert np.array_equal(run(src, tmp_path, chunk)[1], base), chunk
+
+
+def test_v41_backbone_keys_change_the_model(tmp_path):
+    """The backbone fixture's keys are read, not ignored: without q_head_norm false the logits move
+    (by about the golden q_head_norm_effect), and without hc_pre_from_prev_sublayer the model wants
+    the hc_head tensors that a V4.1 checkpoint does not have."""
+    src = MODELS / BACKBONE
+    d = tmp_path / "m"
+    shutil.copytree(src, d)
+    edit_config(d, q_head_norm=True)
+    _, logits = run(d, tmp_path, 256, prompt=GOLDEN[BACKBONE]["prompt_ids"], max_tokens=1)
+    ref = np.fromfile(src / "logits.f32", dtype="<f4")
+    moved = float(np.abs(logits - ref).max())
+    assert abs(moved - GOLDEN[BACKBONE]["v41_backbone"]["q_head_norm_effect"]) < 1e-3, moved
+    edit_config(d, q_head_norm=False, hc_pre_from_prev_sublayer=False)
+    expect_error(d, tmp_path, "hc_head")
+    edit_config(d, hc_pre_from_prev_sublayer="yes")
+    expect_error(d, tmp_path, "hc_pre_from_prev_sublayer")
 
 
 @pytest.mark.parametrize("tier", [["--engram-tier", "dram"],
@@ -134,8 +161,6 @@ def test_table_rows_disagreement_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("key,value,words", [
-    ("hc_pre_from_prev_sublayer", True, ["hc_pre_from_prev_sublayer", "not implemented"]),
-    ("q_head_norm", False, ["q_head_norm", "not implemented"]),
     ("kv_source_layer_ids", [1, 3], ["kv_source_layer_ids"]),
     ("index_source_layer_ids", [1], ["index_source_layer_ids"]),
     ("candidate_source_layer_id", 1, ["candidate_source_layer_id"]),
@@ -152,6 +177,14 @@ def test_v41_keys_not_implemented_are_refused(key, value, words, tmp_path):
     d = copy_fixture(tmp_path)
     edit_config(d, **{key: value})
     expect_error(d, tmp_path, *words)
+
+
+@pytest.mark.parametrize("ratio", [1, 2])
+def test_low_compression_ratios_are_refused(ratio, tmp_path):
+    """SGLang's compress_ratios may hold V4.1's 1 and 2; they are refused until implemented."""
+    d = copy_fixture(tmp_path)
+    edit_config(d, layer_types=None, compress_rates=None, compress_ratios=[0, ratio, 128, 4])
+    expect_error(d, tmp_path, "compress_ratios[1]", f"ratio-{ratio}", "not implemented")
 
 
 def test_v4_values_of_the_v41_keys_are_accepted(tmp_path):

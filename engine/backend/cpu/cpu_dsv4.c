@@ -20,47 +20,72 @@ void cpu__rmsnorm_plain(backend *be, float *out, const float *x, int T, int d, f
     }
 }
 
-/* The order of MOD:956-995: every hc_eps where transformers puts it. */
+/* One token's triplet from its mix a ((2+N)N) in the order of MOD:956-995 (every hc_eps where
+ * transformers puts it; SGLang's hc_split_sinkhorn_kernel is the same): pre (N), post (N), C (N, N). */
+static void hc_weights_row(float *pre, float *po, float *C, const float *a, const float *base, const float *scale,
+                           int N, int iters, float hc_eps) {
+    for (int j = 0; j < N; j++) {
+        pre[j] = sigmoidf(a[j] * scale[0] + base[j]) + hc_eps;
+        po[j] = 2.0f * sigmoidf(a[N + j] * scale[1] + base[N + j]);
+    }
+    for (int j = 0; j < N; j++) { /* softmax over k of row j */
+        float *row = C + j * N, mx = -INFINITY, sum = 0.0f;
+        for (int k = 0; k < N; k++) {
+            row[k] = a[2 * N + j * N + k] * scale[2] + base[2 * N + j * N + k];
+            mx = row[k] > mx ? row[k] : mx;
+        }
+        for (int k = 0; k < N; k++) sum += row[k] = expf(row[k] - mx);
+        for (int k = 0; k < N; k++) row[k] = row[k] / sum + hc_eps;
+    }
+    for (int it = 0; it < iters; it++) {
+        if (it > 0)
+            for (int j = 0; j < N; j++) { /* rows */
+                float s = 0.0f;
+                for (int k = 0; k < N; k++) s += C[j * N + k];
+                for (int k = 0; k < N; k++) C[j * N + k] /= s + hc_eps;
+            }
+        for (int k = 0; k < N; k++) { /* columns */
+            float s = 0.0f;
+            for (int j = 0; j < N; j++) s += C[j * N + k];
+            for (int j = 0; j < N; j++) C[j * N + k] /= s + hc_eps;
+        }
+    }
+}
+
+/* x (d) = sum_j pre[j] Xt[j], streams in order (f32, as both references accumulate). */
+static void collapse_row(float *x, const float *Xt, const float *pre, int N, int d) {
+    for (int i = 0; i < d; i++) {
+        float s = 0.0f;
+        for (int j = 0; j < N; j++) s += pre[j] * Xt[(size_t)j * d + i];
+        x[i] = s;
+    }
+}
+
 void cpu__hc_split(backend *be, float *post, float *comb, float *x, const float *X, const float *mix,
                    const float *base, const float *scale, int T, int N, int d, int iters, float hc_eps) {
     (void)be;
 #pragma omp parallel for schedule(static)
     for (int t = 0; t < T; t++) {
-        const float *a = mix + (size_t)t * (2 + N) * N, *Xt = X + (size_t)t * N * d;
-        float pre[16], *po = post + (size_t)t * N, *C = comb + (size_t)t * N * N;
-        for (int j = 0; j < N; j++) {
-            pre[j] = sigmoidf(a[j] * scale[0] + base[j]) + hc_eps;
-            po[j] = 2.0f * sigmoidf(a[N + j] * scale[1] + base[N + j]);
-        }
-        for (int j = 0; j < N; j++) { /* softmax over k of row j */
-            float *row = C + j * N, mx = -INFINITY, sum = 0.0f;
-            for (int k = 0; k < N; k++) {
-                row[k] = a[2 * N + j * N + k] * scale[2] + base[2 * N + j * N + k];
-                mx = row[k] > mx ? row[k] : mx;
-            }
-            for (int k = 0; k < N; k++) sum += row[k] = expf(row[k] - mx);
-            for (int k = 0; k < N; k++) row[k] = row[k] / sum + hc_eps;
-        }
-        for (int it = 0; it < iters; it++) {
-            if (it > 0)
-                for (int j = 0; j < N; j++) { /* rows */
-                    float s = 0.0f;
-                    for (int k = 0; k < N; k++) s += C[j * N + k];
-                    for (int k = 0; k < N; k++) C[j * N + k] /= s + hc_eps;
-                }
-            for (int k = 0; k < N; k++) { /* columns */
-                float s = 0.0f;
-                for (int j = 0; j < N; j++) s += C[j * N + k];
-                for (int j = 0; j < N; j++) C[j * N + k] /= s + hc_eps;
-            }
-        }
-        float *xt = x + (size_t)t * d;
-        for (int i = 0; i < d; i++) {
-            float s = 0.0f;
-            for (int j = 0; j < N; j++) s += pre[j] * Xt[(size_t)j * d + i];
-            xt[i] = s;
-        }
+        float pre[16];
+        hc_weights_row(pre, post + (size_t)t * N, comb + (size_t)t * N * N, mix + (size_t)t * (2 + N) * N, base,
+                       scale, N, iters, hc_eps);
+        collapse_row(x + (size_t)t * d, X + (size_t)t * N * d, pre, N, d);
     }
+}
+
+void cpu__hc_weights(backend *be, float *pre, float *post, float *comb, const float *mix, const float *base,
+                     const float *scale, int T, int N, int iters, float hc_eps) {
+    (void)be;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++)
+        hc_weights_row(pre + (size_t)t * N, post + (size_t)t * N, comb + (size_t)t * N * N,
+                       mix + (size_t)t * (2 + N) * N, base, scale, N, iters, hc_eps);
+}
+
+void cpu__hc_collapse(backend *be, float *x, const float *X, const float *pre, int T, int N, int d) {
+    (void)be;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) collapse_row(x + (size_t)t * d, X + (size_t)t * N * d, pre + (size_t)t * N, N, d);
 }
 
 void cpu__hc_merge(backend *be, float *X, const float *y, const float *post, const float *comb, int T, int N, int d) {
@@ -85,13 +110,8 @@ void cpu__hc_head(backend *be, float *out, const float *X, const float *mix, con
     (void)be;
     for (int t = 0; t < T; t++) {
         float pre[16];
-        const float *Xt = X + (size_t)t * N * d;
         for (int j = 0; j < N; j++) pre[j] = sigmoidf(mix[(size_t)t * N + j] * scale[0] + base[j]) + hc_eps;
-        for (int i = 0; i < d; i++) {
-            float s = 0.0f;
-            for (int j = 0; j < N; j++) s += pre[j] * Xt[(size_t)j * d + i];
-            out[(size_t)t * d + i] = s;
-        }
+        collapse_row(out + (size_t)t * d, X + (size_t)t * N * d, pre, N, d);
     }
 }
 

@@ -25,6 +25,9 @@ int cpu__isa_resolve(int isa);
 void cpu__rmsnorm_plain(backend *be, float *out, const float *x, int T, int d, float eps);
 void cpu__hc_split(backend *be, float *post, float *comb, float *x, const float *X, const float *mix,
                    const float *base, const float *scale, int T, int N, int d, int iters, float hc_eps);
+void cpu__hc_weights(backend *be, float *pre, float *post, float *comb, const float *mix, const float *base,
+                     const float *scale, int T, int N, int iters, float hc_eps);
+void cpu__hc_collapse(backend *be, float *x, const float *X, const float *pre, int T, int N, int d);
 void cpu__hc_merge(backend *be, float *X, const float *y, const float *post, const float *comb, int T, int N, int d);
 void cpu__hc_head(backend *be, float *out, const float *X, const float *mix, const float *base, const float *scale,
                   int T, int N, int d, float hc_eps);
