@@ -225,6 +225,7 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
     e->next = malloc(S * sizeof(int32_t));
     e->row = malloc(S * sizeof(int32_t));
     e->res = malloc(S * sizeof(int));
+    e->gallowed = malloc(S * sizeof(int));
     /* sample_on_backend: 0 never, 1 always (the CPU too: tests), -1 (auto)
      * where the logits are not host memory already. */
     int sob = e->p.sample_on_backend;
@@ -248,7 +249,7 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
         log_warn("prefix caching off: this model keeps per-sequence state outside the KV blocks");
     int kv_tokens = e->p.kv_cache_tokens > 0 ? e->p.kv_cache_tokens : e->ctx;
     if (e->p.kv_cache_tokens <= 0 && backend_has(be, mem_info) && kv_tokens_from_memory(e, &kv_tokens, err, errlen)) goto fail;
-    if (!e->logits || !e->raw_logits || !e->ids || !e->next || !e->row || !e->res ||
+    if (!e->logits || !e->raw_logits || !e->ids || !e->next || !e->row || !e->res || !e->gallowed ||
         (e->dev_sample && (!e->d_res || !e->h_res)) || !e->items || !e->item_seq || !e->running ||
         !e->preempted || !e->free_states ||
         (e->prefix ? forward_kv_cache_create_cached(e->fc, kv_tokens, e->p.kv_block_size,
@@ -301,6 +302,7 @@ void engine_destroy(engine *e) {
     free(e->gmask);
     free(e->row);
     free(e->res);
+    free(e->gallowed);
     if (e->be) {
         backend_free(e->be, e->d_desc);
         backend_free(e->be, e->d_res);

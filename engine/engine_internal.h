@@ -83,6 +83,8 @@ struct engine {
     int dev_sample_min;      /* ... in steps with at least this many of them */
     int32_t *row;            /* (max_num_seqs) each item's row of forward_ctx_logits, or -1 */
     int *res;                /* (max_num_seqs) each item's row of the sampling result, or -1 */
+    int *gallowed;           /* (max_num_seqs) a constrained item sampled on the backend: its grammar's
+                              * allowed tokens (0: none, -1: out of memory) */
     sampler_desc desc;       /* the step's description, host */
     void *d_desc;            /* backend memory, d_desc_bytes */
     size_t d_desc_bytes;
@@ -228,6 +230,9 @@ int engine__sample_on_backend(engine *e, int n_items);
 /* The token of item j, sampled on the backend: from its candidates, else
  * (rarely) from its row, downloaded with biases and penalties applied. */
 int32_t engine__seq_take_candidate(engine *e, seq *s, int j);
+/* Item j's token from the backend's sampling (a grammar that allows nothing
+ * ends the request instead), then engine__seq_sample. */
+bool engine__seq_sample_row(engine *e, seq *s, int j);
 
 /* ---- scheduler.c ---- */
 

@@ -307,6 +307,15 @@ int sampler_desc_set(sampler_desc *d, int r, sampler *s, int row, const int32_t 
         d->len += 2 * (size_t)n_pen;
     }
     h[SAMPLER_DESC_N_PEN] = n_pen;
+    h[SAMPLER_DESC_MASK_OFF] = -1;
+    return 0;
+}
+
+int sampler_desc_set_mask(sampler_desc *d, int r, const uint32_t *mask, int words) {
+    if (desc_reserve(d, (size_t)words)) return -1;
+    d->w[(size_t)r * SAMPLER_DESC_WORDS + SAMPLER_DESC_MASK_OFF] = (int32_t)d->len;
+    memcpy(d->w + d->len, mask, (size_t)words * sizeof(uint32_t));
+    d->len += (size_t)words;
     return 0;
 }
 

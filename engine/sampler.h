@@ -57,6 +57,8 @@ enum {
     SAMPLER_DESC_BIAS_OFF, /* word offset of their (id, value bits) pairs */
     SAMPLER_DESC_N_PEN,    /* distinct ids of prompt and output (0 when every penalty is off) */
     SAMPLER_DESC_PEN_OFF,  /* word offset of their (id, count in the output) pairs */
+    SAMPLER_DESC_MASK_OFF, /* word offset of the allowed tokens' bitmask ((vocab + 31) / 32 words, bit i of
+                            * word i / 32 for token i; the others become -inf after the biases), or -1 */
     SAMPLER_DESC_WORDS
 };
 
@@ -82,6 +84,10 @@ int sampler_desc_begin(sampler_desc *d, int n_rows);
 int sampler_desc_set(sampler_desc *d, int r, sampler *s, int row, const int32_t *bias_ids,
                      const float *bias_vals, int n_bias, const int32_t *prompt, int n_prompt,
                      const int32_t *output, int n_output);
+/* Row r (after sampler_desc_set) samples only among the tokens whose bit is
+ * set in mask (words of 32; a grammar's allowed tokens). Returns 0, or -1
+ * when out of memory. */
+int sampler_desc_set_mask(sampler_desc *d, int r, const uint32_t *mask, int words);
 size_t sampler_desc_bytes(const sampler_desc *d);
 void sampler_desc_free(sampler_desc *d); /* the buffer; d may be reused after */
 

@@ -411,7 +411,7 @@ static void sched_take_tokens(engine *e, int n_items, int frc) {
             for (; s->n_fed_max < pos + it->n; s->n_fed_max++) /* written before any finish is published */
                 if (r->gate_ids) r->gate_ids[s->n_fed_max] = engine__seq_token(s, s->n_fed_max);
             if (r->gate_ids) r->n_gated = s->n_fed_max;
-            if (it->logits_row) done = engine__seq_sample(e, s, NULL, engine__seq_take_candidate(e, s, j));
+            if (it->logits_row) done = engine__seq_sample_row(e, s, j);
             else if (it->logits || it->argmax)
                 done = engine__seq_sample(e, s, it->logits, it->argmax ? *it->argmax : 0);
             else if (pos + it->n < r->n_prompt) engine__request_progress(r);

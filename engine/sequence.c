@@ -46,7 +46,7 @@ int engine__seq_take_state(engine *e, seq *s) {
  * candidate is their argmax). The row comes down only when the candidates do
  * not settle the token (sampler_sample_candidates). */
 bool engine__seq_device_sample(const engine *e, const seq *s) {
-    return e->dev_sample && !s->r->lp && !s->gm && sampler_candidates_ok(s->smp, SAMPLE_CANDIDATES);
+    return e->dev_sample && !s->r->lp && sampler_candidates_ok(s->smp, SAMPLE_CANDIDATES);
 }
 
 bool engine__seq_pure_greedy(const engine *e, const seq *s) {
@@ -69,13 +69,34 @@ void engine__seq_finish(engine *e, seq *s, engine_finish f, int error) {
     free(s);
 }
 
-/* The grammar's mask on a row of logits: -inf for every token it does not
- * allow next. Returns the number of allowed tokens, or -1 out of memory. */
-static int seq_mask(engine *e, seq *s, float *logits) {
+/* The grammar's allowed next tokens into e->gmask (timed for the metrics).
+ * Returns their number, or -1 out of memory. */
+static int seq_grammar_mask(engine *e, seq *s) {
     double t0 = util_now();
     int n = grammar_matcher_mask(s->gm, e->gvocab, e->gmask);
     e->mask_seconds += util_now() - t0;
     e->n_masks++;
+    return n;
+}
+
+/* A constrained request whose grammar allows nothing (allowed 0: only past
+ * a matcher limit; the output so far is kept, not repaired) or ran out of
+ * memory (-1) ends here. Returns whether it did. */
+static bool seq_grammar_dead(engine_request *r, const seq *s, int allowed) {
+    if (allowed > 0) return false;
+    if (allowed < 0) {
+        engine__request_publish(r, NULL, 0, s->n_out, ENGINE_FINISH_ERROR, ENGINE_ERR_NOMEM);
+    } else {
+        log_warn("a constrained request stopped: its grammar allows no token here");
+        engine__request_publish(r, NULL, 0, s->n_out, ENGINE_FINISH_STOP, 0);
+    }
+    return true;
+}
+
+/* The grammar's mask on a row of logits: -inf for every token it does not
+ * allow next. Returns the number of allowed tokens, or -1 out of memory. */
+static int seq_mask(engine *e, seq *s, float *logits) {
+    int n = seq_grammar_mask(e, s);
     if (n < 0) return -1;
     for (int w = 0; w < (e->vocab + 31) / 32; w++) {
         uint32_t bits = e->gmask[w];
@@ -93,16 +114,7 @@ bool engine__seq_sample(engine *e, seq *s, float *logits, int32_t next) {
     if (logits) {
         if (r->lp) memcpy(e->raw_logits, logits, (size_t)e->vocab * sizeof(float)); /* the sampler edits them */
         for (int i = 0; i < r->n_bias; i++) logits[r->bias_ids[i]] += r->bias_vals[i];
-        int allowed = s->gm ? seq_mask(e, s, logits) : 1;
-        if (allowed < 0) {
-            engine__request_publish(r, NULL, 0, s->n_out, ENGINE_FINISH_ERROR, ENGINE_ERR_NOMEM);
-            return true;
-        }
-        if (allowed == 0) { /* only past a matcher limit: the output so far is kept, not repaired */
-            log_warn("a constrained request stopped: its grammar allows no token here");
-            engine__request_publish(r, NULL, 0, s->n_out, ENGINE_FINISH_STOP, 0);
-            return true;
-        }
+        if (seq_grammar_dead(r, s, s->gm ? seq_mask(e, s, logits) : 1)) return true;
         next = sampler_sample(s->smp, logits, r->prompt, r->n_prompt, s->out_ids, s->n_out);
         if (r->lp) engine__logprob_entry(e->raw_logits, e->vocab, next, r->n_top, &r->lp[s->n_out]);
     }
@@ -198,11 +210,16 @@ int engine__sample_on_backend(engine *e, int n_items) {
     if (sampler_desc_begin(&e->desc, n)) return -1;
     for (int j = 0; j < n_items; j++) {
         if (e->res[j] < 0) continue;
-        const seq *s = e->item_seq[j];
+        seq *s = e->item_seq[j];
         const engine_request *r = s->r;
         if (sampler_desc_set(&e->desc, e->res[j], s->smp, e->row[j], r->bias_ids, r->bias_vals, r->n_bias,
                              r->prompt, r->n_prompt, s->out_ids, s->n_out))
             return -1;
+        if (s->gm) { /* the grammar's mask goes with the row (when it allows nothing, the row's result is unused) */
+            e->gallowed[j] = seq_grammar_mask(e, s);
+            int words = (int)grammar_vocab_mask_words(e->gvocab);
+            if (sampler_desc_set_mask(&e->desc, e->res[j], e->gmask, words)) return -1;
+        }
     }
     backend *be = e->be;
     size_t bytes = sampler_desc_bytes(&e->desc);
@@ -216,6 +233,11 @@ int engine__sample_on_backend(engine *e, int n_items) {
     backend_sample(be, e->d_res, forward_ctx_logits(e->fc), e->d_desc, n, e->vocab, e->m->cfg.vocab_size, SAMPLE_CANDIDATES);
     backend_download(be, e->h_res, e->d_res, (size_t)n * SAMPLER_RESULT_BYTES(SAMPLE_CANDIDATES));
     return 0;
+}
+
+bool engine__seq_sample_row(engine *e, seq *s, int j) {
+    if (s->gm && seq_grammar_dead(s->r, s, e->gallowed[j])) return true;
+    return engine__seq_sample(e, s, NULL, engine__seq_take_candidate(e, s, j));
 }
 
 int32_t engine__seq_take_candidate(engine *e, seq *s, int j) {

@@ -221,11 +221,11 @@ int kernels_argmax_f32(int *next, const float *logits, int T, int vocab, void *s
 /* backend_ops.sample (engine/backend/backend.h) on n rows: desc is the packed
  * description of engine/sampler.h (KERNELS_SAMPLE_DESC_WORDS int32 words a
  * row: row, temperature, repetition, presence, frequency penalty bits, n_full,
- * n_bias, bias offset, n_pen, pen offset), out n result rows of
+ * n_bias, bias offset, n_pen, pen offset, allowed-token bitmask offset or -1), out n result rows of
  * 8 * n_cand + 16 bytes; n_cand a power of two up to
  * KERNELS_SAMPLE_MAX_CANDIDATES. Biases and penalties are applied to logits
  * in place. */
-#define KERNELS_SAMPLE_DESC_WORDS 10
+#define KERNELS_SAMPLE_DESC_WORDS 11
 #define KERNELS_SAMPLE_MAX_CANDIDATES 4096
 #define KERNELS_SAMPLE_NAN 1
 int kernels_sample_f32(void *out, float *logits, const int *desc, int n, int vocab, int stride, int n_cand,

@@ -76,6 +76,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(unsigned char *o
     float T = __int_as_float(h[1]), rp = __int_as_float(h[2]), pp = __int_as_float(h[3]), fp = __int_as_float(h[4]);
     int nf = h[5], n_bias = h[6], n_pen = h[8];
     const int *bias = desc + h[7], *pen = desc + h[9];
+    const unsigned *allowed = h[10] >= 0 ? (const unsigned *)desc + h[10] : NULL; // a grammar's mask
 
     // 1. biases in order (one thread: an id may repeat), then penalties (distinct ids)
     if (tid == 0) {
@@ -94,6 +95,11 @@ __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(unsigned char *o
         row[id] = l;
     }
     __syncthreads();
+    if (allowed) { // the tokens a grammar does not allow can never be sampled (after biases and penalties: -inf either way)
+        for (int i = tid; i < vocab; i += SAMPLE_THREADS)
+            if (!((allowed[i >> 5] >> (i & 31)) & 1)) row[i] = -INFINITY;
+        __syncthreads();
+    }
     const unsigned K = s_need; // candidates wanted, >= 1
 
     // 2. radix select of the K-th largest key, most significant byte first

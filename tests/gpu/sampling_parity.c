@@ -80,6 +80,12 @@ int main(void) {
             for (int i = 0; i < 40; i++) out[i] = i % 3 == 0 ? 5 : irand(V);
             int row = R - 1 - r; /* rows out of order */
             sampler_desc_set(&d, r, sc[r], row, bias_ids, bias_vals, r % 3 ? 3 : 0, prompt, 300, out, 40);
+            if (r % 4 == 3) { /* a grammar's mask: a few allowed tokens, or about half */
+                uint32_t mask[(V + 31) / 32];
+                for (int w = 0; w < (V + 31) / 32; w++) mask[w] = r % 8 == 3 ? (uint32_t)rnext() : 0;
+                for (int k = 0; k < 5; k++) mask[irand(V) >> 5] |= 1u << irand(32);
+                sampler_desc_set_mask(&d, r, mask, (V + 31) / 32);
+            }
             fill_row(h + (size_t)row * V, V, r);
         }
         h[(size_t)3 * V + 1000] = NAN; /* the row of r = 12 */

@@ -4,7 +4,9 @@
  * (several draws per sampler). Rows are built to hit the hard cases: ties
  * (logits on a coarse grid), -0 and +0, flat and peaked rows, tiny candidate
  * lists (so the tail is heavy and the fallback to the full row runs), top-k,
- * top-p, min-p, biases (repeated ids) and penalties. */
+ * top-p, min-p, biases (repeated ids), penalties and a grammar's mask of
+ * allowed tokens (the host sets the others to -inf after the biases, as
+ * engine/sequence.c does). */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -55,7 +57,7 @@ static sampler_params rand_params(int V) {
 
 START_TEST(candidates_pick_the_same_tokens) {
     backend *cpu = backend_cpu_create();
-    long decided = 0, fallback = 0, tails = 0, draws = 0;
+    long decided = 0, fallback = 0, tails = 0, draws = 0, n_masked = 0;
     for (int iter = 0; iter < 3000; iter++) {
         int V = irand(4) == 0 ? 1 + irand(8) : 16 + irand(2000);
         int n_cand = 1 << irand(8); /* 1 .. 128: often far below V */
@@ -76,18 +78,35 @@ START_TEST(candidates_pick_the_same_tokens) {
         int stride = V + irand(3);
         float *a = malloc((size_t)V * sizeof(float)), *b = malloc((size_t)2 * stride * sizeof(float));
         unsigned char *res = malloc(SAMPLER_RESULT_BYTES(n_cand));
+        int words = (V + 31) / 32;
+        uint32_t *mask = calloc((size_t)words, sizeof(uint32_t));
         sampler_desc d = {0};
         for (int step = 0; step < steps; step++) {
-            int row = irand(2);
+            int row = irand(2), masked = irand(3) == 0, keep = 1 + irand(8);
             fill_row(a, V);
             memcpy(b + (size_t)row * stride, a, (size_t)V * sizeof(float));
-            /* reference: what engine.c does on the host */
+            if (masked) { /* a few allowed tokens (sometimes one), or about half of them */
+                memset(mask, 0, (size_t)words * sizeof(uint32_t));
+                for (int i = 0; i < V; i++)
+                    if (irand(2) == 0 ? irand(V) < keep : irand(2)) mask[i >> 5] |= 1u << (i & 31);
+                int any = 0;
+                for (int w = 0; w < words; w++) any |= mask[w] != 0;
+                if (!any) mask[0] |= 1; /* the engine never samples a row whose grammar allows nothing */
+            }
+            /* reference: what engine/sequence.c does on the host */
             for (int i = 0; i < n_bias; i++) a[bias_ids[i]] += bias_vals[i];
+            if (masked)
+                for (int i = 0; i < V; i++)
+                    if (!((mask[i >> 5] >> (i & 31)) & 1)) a[i] = -INFINITY;
             int32_t want = sampler_sample(ref, a, prompt, n_prompt, out, n_out);
             /* backend op, then the candidates (or the row) */
             ck_assert_int_eq(sampler_desc_begin(&d, 1), 0);
             ck_assert_int_eq(sampler_desc_set(&d, 0, dev, row, bias_ids, bias_vals, n_bias, prompt, n_prompt, out,
                                               n_out), 0);
+            if (masked) {
+                ck_assert_int_eq(sampler_desc_set_mask(&d, 0, mask, words), 0);
+                n_masked++;
+            }
             backend_sample(cpu, res, b, d.w, 1, V, stride, n_cand);
             /* the op's row is the reference's penalized row, bit for bit */
             ck_assert_int_eq(memcmp(a, b + (size_t)row * stride, (size_t)V * sizeof(float)), 0);
@@ -97,6 +116,7 @@ START_TEST(candidates_pick_the_same_tokens) {
             int32_t got = sampler_sample_candidates(dev, res, n_cand);
             if (got >= 0) decided++;
             else fallback++, got = sampler_sample_applied(dev, b + (size_t)row * stride);
+            if (masked) ck_assert_msg((mask[got >> 5] >> (got & 31)) & 1, "a masked token was sampled");
             ck_assert_msg(got == want, "iter %d step %d: %d != %d (V %d n_cand %d T %g k %d p %g min_p %g)", iter,
                           step, got, want, V, n_cand, p.temperature, p.top_k, p.top_p, p.min_p);
             draws++;
@@ -106,11 +126,13 @@ START_TEST(candidates_pick_the_same_tokens) {
         free(a);
         free(b);
         free(res);
+        free(mask);
         sampler_destroy(ref);
         sampler_destroy(dev);
     }
-    fprintf(stderr, "draws %ld: %ld settled by the candidates, %ld from the row; %ld with a tail\n", draws, decided,
-            fallback, tails);
+    fprintf(stderr, "draws %ld (%ld masked): %ld settled by the candidates, %ld from the row; %ld with a tail\n",
+            draws, n_masked, decided, fallback, tails);
+    ck_assert_int_gt(n_masked, draws / 5);
     /* both ways were taken, and the tail mattered often */
     ck_assert_int_gt(decided, draws / 2);
     ck_assert_int_gt(fallback, 0);

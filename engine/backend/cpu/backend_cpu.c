@@ -441,6 +441,11 @@ static void cpu_sample(backend *be, void *out, float *logits, const int32_t *des
         float pp = sample_f(h[SAMPLER_DESC_PRES]), fp = sample_f(h[SAMPLER_DESC_FREQ]);
         const int32_t *bias = desc + h[SAMPLER_DESC_BIAS_OFF], *pen = desc + h[SAMPLER_DESC_PEN_OFF];
         for (int i = 0; i < h[SAMPLER_DESC_N_BIAS]; i++) row[bias[2 * i]] += sample_f(bias[2 * i + 1]);
+        if (h[SAMPLER_DESC_MASK_OFF] >= 0) { /* a grammar's allowed tokens: the rest can never be sampled */
+            const uint32_t *mask = (const uint32_t *)desc + h[SAMPLER_DESC_MASK_OFF];
+            for (int i = 0; i < vocab; i++)
+                if (!((mask[i >> 5] >> (i & 31)) & 1)) row[i] = -INFINITY;
+        }
         for (int i = 0; i < h[SAMPLER_DESC_N_PEN]; i++) { /* apply_penalties in sampler.c */
             float l = row[pen[2 * i]];
             int c = pen[2 * i + 1];
