@@ -34,6 +34,10 @@
 #           prompt of 1000 ids, user turns of 50..150, replies of 100..300)
 #           with caching on, then off; then the paper's workload (no reuse)
 #           on, off, on, off, interleaved
+#   structured  structured output's cost (issue 19), the default model
+#           (models/engram-lexicon): 64 sequences at once (prompts 100..200,
+#           512 output tokens), plain then every request constrained by
+#           bench/schemas/words.json, twice, interleaved
 #   pairs4b, pairs8b   PAIRS (default 3) interleaved tput/engram pairs
 #   stall   per-step GPU wait for the first Engram layer's rows at batch 1, 64
 #           and 256 (qwen3-4b, STALL_ROWS rows, default 781.25M; 256 prompt
@@ -92,6 +96,14 @@ run_sec() {
     for pc in 1 0 1 0; do
       echo "-- bench-throughput ${f[*]} --enable-prefix-caching $pc"
       timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" --enable-prefix-caching $pc | grep -E '^(wall|TTFT|prefix)'
+    done ;;
+  structured)
+    local f=(--model models/engram-lexicon --device cuda -n 64 --prompt-len 100:200 --output-len 512:512
+             --max-num-seqs 64)
+    for sch in "" --json-schema "" --json-schema; do
+      local x=(); [ -n "$sch" ] && x=(--json-schema bench/schemas/words.json)
+      echo "-- bench-throughput ${f[*]} ${x[*]}"
+      timeout 120 "$pack/run" bench-throughput "${f[@]}" "${x[@]}" | grep -E '^(requests|wall|structured)'
     done ;;
   tput4b|tput8b|tput)
     local ms=(qwen3-4b qwen3-8b)

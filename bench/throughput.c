@@ -29,6 +29,11 @@
  * and every engine, cached or not, computes the same tokens. TTFT counts from
  * each turn's submission; the prefix cache's hit rate is reported.
  *
+ * Structured output (issue 19's cost): --json-schema FILE constrains every
+ * request by that schema (compiled once, as the server caches it); a request
+ * the grammar ends early finishes "stop" and counts what it generated. Needs
+ * --model (a tokenizer); not with forced outputs.
+ *
  *   build/bench-throughput (--synthetic SPEC | --model DIR) [-n 512]
  *       [--len 100:1024 | --prompt-len LO:HI --output-len LO:HI] [--seed 0]
  *       [--device cpu] [--max-num-seqs N] [--max-num-batched-tokens N]
@@ -60,6 +65,7 @@ static void usage(FILE *f) {
             "  --force-output              with --prompts-from: outputs are the slices' continuations\n"
             "  --multiturn C:T             C conversations of T turns sharing a system prompt (-n is C T)\n"
             "  --system-len N              with --multiturn: the shared system prompt's ids (default 1000)\n"
+            "  --json-schema FILE          every request constrained by this JSON schema (needs --model)\n"
             "  --synthetic SPEC            random weights of a real shape (see engram-run --help)\n"
             "  --synthetic-seed N          (default 0)\n"
             "  --synthetic-table-dir DIR   its Engram table file, made or reused\n"
@@ -203,6 +209,7 @@ typedef struct {
     bool force;            /* --force-output */
     int conv, turns;       /* --multiturn C:T, or 0 */
     int system_len;        /* --system-len */
+    const char *schema_path; /* --json-schema */
 } bench_options;
 
 /* util_parse_long into an int or a uint64_t: 0, or -1 with *out untouched. */
@@ -236,6 +243,7 @@ static int bench_option_set(bench_options *o, const char *a, const char *v) {
         bad = *end || c < 1 || t < 1 || c > 65536 || t > 4096;
         o->conv = (int)c, o->turns = (int)t;
     } else if (!strcmp(a, "--system-len")) bad = parse_int(v, 0, 1 << 24, &o->system_len);
+    else if (!strcmp(a, "--json-schema")) o->schema_path = v;
     else if (!strcmp(a, "--synthetic")) ep->synthetic = v;
     else if (!strcmp(a, "--synthetic-seed")) bad = parse_u64(v, 0, LONG_MAX, &ep->synthetic_seed);
     else if (!strcmp(a, "--synthetic-table-dir")) ep->synthetic_table_dir = v;
@@ -313,6 +321,10 @@ static int bench_options_parse(int argc, char **argv, bench_options *o) {
         return 2;
     }
     if (o->conv) o->n = (long)o->conv * o->turns;
+    if (o->schema_path && (o->force || o->conv || !o->ep.model_dir)) {
+        fprintf(stderr, "bench-throughput: --json-schema needs --model (a tokenizer) and no forced outputs\n");
+        return 2;
+    }
     o->ep.max_queued = (int)o->n; /* every request is submitted at once */
     return -1;
 }
@@ -331,6 +343,7 @@ typedef struct {
     const int32_t **forced; /* (n) --force-output: into text, each (no[i]); else NULL */
     int32_t **own_forced;   /* (n) --multiturn: the replies drawn beforehand (forced points at them) */
     int turns;              /* --multiturn: request i is turn i % turns of conversation i / turns; else 0 */
+    grammar *grammar;       /* --json-schema, compiled; else NULL */
     engine_request **req;   /* (n) */
     engine_output *fin;     /* (n) each request's final output */
     double *ttft;           /* (n) seconds to the first token, sorted after the run */
@@ -461,6 +474,7 @@ static int work_submit_one(bench_work *w, engine *e, long i) {
     rp.ignore_eos = true;
     rp.notify = on_output;
     rp.forced = w->forced[i];
+    rp.grammar = w->grammar;
     int src = engine_submit(e, &rp, &w->req[i]);
     if (src != ENGINE_OK) {
         fprintf(stderr, "bench-throughput: submit %ld: %s\n", i, engine_status_str(src));
@@ -529,7 +543,8 @@ static void work_measure(bench_work *w, engine *e, double t0, bench_result *r) {
     double t_end = t0;
     for (long i = 0; i < w->n; i++) {
         const engine_output *o = &w->fin[i];
-        if (o->finish != ENGINE_FINISH_LENGTH || o->n_generated != w->no[i]) {
+        bool ended = w->grammar && o->finish == ENGINE_FINISH_STOP && o->n_generated <= w->no[i]; /* the grammar's end */
+        if (!ended && (o->finish != ENGINE_FINISH_LENGTH || o->n_generated != w->no[i])) {
             if (r->failed++ < 5)
                 fprintf(stderr, "bench-throughput: request %ld ended with finish %d (error %s) after %d of %d tokens\n",
                         i, (int)o->finish, engine_status_str(o->error), o->n_generated, w->no[i]);
@@ -584,6 +599,10 @@ static void print_result(const bench_options *o, const bench_work *w, engine *e,
     printf("prefix cache: %lld of %lld prompt tokens hit (%.2f%%), %lld evictions\n", r->st.prefix_hits_tokens,
            r->st.prefix_queries_tokens, 100 * hit, r->st.prefix_evictions);
     print_engram(e);
+    if (w->grammar)
+        printf("structured: %s, %lld masks, %.3f s computing them (%.2f us each)\n", o->schema_path,
+               r->st.grammar_masks, r->st.grammar_mask_seconds,
+               r->st.grammar_masks ? 1e6 * r->st.grammar_mask_seconds / r->st.grammar_masks : 0.0);
     printf("{\"model\": \"%s\", \"device\": \"%s\", \"n\": %ld, \"prompt_len\": [%d, %d], \"output_len\": [%d, %d], "
            "\"seed\": %llu, \"max_num_seqs\": %d, \"max_num_batched_tokens\": %d, \"kv_cache_tokens\": %d, "
            "\"threads\": %d, \"load_s\": %.3f, \"prompt_tokens\": %lld, \"output_tokens\": %lld, \"failed\": %lld, "
@@ -624,6 +643,20 @@ int main(int argc, char **argv) {
         goto done;
     }
     if (work_make(&w, &o, engine_context_length(e), engine_vocab_size(e))) goto done;
+    if (o.schema_path) {
+        size_t len;
+        char *text = util_read_file(o.schema_path, 1 << 20, &len, err, sizeof(err));
+        if (!text) {
+            fprintf(stderr, "bench-throughput: %s\n", err);
+            goto done;
+        }
+        int grc = grammar_compile_json_schema(text, len, &w.grammar, err, sizeof(err));
+        free(text);
+        if (grc) {
+            fprintf(stderr, "bench-throughput: %s: %s\n", o.schema_path, err);
+            goto done;
+        }
+    }
     print_setup(&o, &w, e, r.t_load);
     double t0 = util_now();
     if (work_submit(&w, e) || work_wait(&w, e)) goto done;
@@ -634,6 +667,7 @@ done:
     /* the requests go before the engine, the prompts after it (the engine may read them until it stops) */
     for (long i = 0; w.req && i < w.n; i++) engine_request_release(w.req[i]);
     engine_destroy(e);
+    grammar_release(w.grammar);
     work_free(&w);
     return rc;
 }
