@@ -58,6 +58,23 @@ int grammar_compile_json_schema(const char *json, size_t len, grammar **out, cha
 /* Any JSON object (response_format json_object), same whitespace rule. */
 int grammar_compile_json_object(grammar **out, char *err, size_t errlen);
 
+/* One alternative of grammar_compile_wrapped_json: a JSON value under schema
+ * between two literal texts (e.g. a chat template's tool-call syntax around
+ * one tool's arguments). All NUL-terminated UTF-8; borrowed. */
+typedef struct {
+    const char *prefix;
+    const char *schema; /* JSON text; NULL: an empty object, {} */
+    const char *suffix;
+} grammar_wrapped_json;
+
+/* root ::= item (sep item)*, at least one item and at most max_items (0: no
+ * limit), each item one of the n alternatives: prefix, a value of schema
+ * (the JSON Schema subset and whitespace of grammar_json_schema_to_gbnf),
+ * suffix. Returns GRAMMAR_OK and *out (one reference), or a negative status
+ * with err set; when a schema was at fault, *bad is its index (else -1). */
+int grammar_compile_wrapped_json(const grammar_wrapped_json *alts, int n, const char *sep, int max_items, int *bad,
+                                 grammar **out, char *err, size_t errlen);
+
 /* A regular expression (len bytes, UTF-8) to a GBNF expression *out (heap).
  * Supported: literals, escapes (\d \w \s \D \W \S \n \t \r \f \v \xHH \uHHHH
  * and escaped punctuation), classes [..] and [^..] with ranges, `.` (any

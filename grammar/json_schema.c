@@ -38,6 +38,7 @@ static const char json_rules[] =
 
 typedef struct {
     const cJSON *root;
+    const char *pre; /* prefix of the rule names made (several schemas in one grammar) */
     strbuf rules;  /* the rules made so far */
     const cJSON *ref_node[MAX_REFS];
     int n_refs, n_rules;
@@ -91,8 +92,9 @@ static int add_json_literal(sc *c, strbuf *b, const cJSON *v) {
 /* A new rule `name ::= body` (body taken). Writes its name into b. */
 static int new_rule(sc *c, strbuf *b, strbuf *body) {
     int id = c->n_rules++;
-    int rc = add(c, &c->rules, "s%d ::= ", id) || add_buf(c, &c->rules, body->s ? body->s : "\"\"", body->s ? body->len : 2) ||
-             add(c, &c->rules, "\n") || add(c, b, "s%d", id);
+    int rc = add(c, &c->rules, "%ss%d ::= ", c->pre, id) ||
+             add_buf(c, &c->rules, body->s ? body->s : "\"\"", body->s ? body->len : 2) || add(c, &c->rules, "\n") ||
+             add(c, b, "%ss%d", c->pre, id);
     strbuf_free(body);
     return rc ? -1 : 0;
 }
@@ -171,7 +173,7 @@ static int gen_ref(sc *c, const cJSON *s, strbuf *b) {
     const cJSON *t = resolve(c, r->valuestring);
     if (!t) return -1;
     for (int i = 0; i < c->n_refs; i++)
-        if (c->ref_node[i] == t) return add(c, b, "r%d", i);
+        if (c->ref_node[i] == t) return add(c, b, "%sr%d", c->pre, i);
     if (c->n_refs >= MAX_REFS) return sc_fail(c, GRAMMAR_ERR_LIMIT, "more than %d '$ref' targets", MAX_REFS);
     int id = c->n_refs++;
     c->ref_node[id] = t; /* before its body: a recursive reference finds it */
@@ -180,9 +182,10 @@ static int gen_ref(sc *c, const cJSON *s, strbuf *b) {
         strbuf_free(&body);
         return -1;
     }
-    int rc = add(c, &c->rules, "r%d ::= ", id) || add_buf(c, &c->rules, body.s, body.len) || add(c, &c->rules, "\n");
+    int rc = add(c, &c->rules, "%sr%d ::= ", c->pre, id) || add_buf(c, &c->rules, body.s, body.len) ||
+             add(c, &c->rules, "\n");
     strbuf_free(&body);
-    return rc ? -1 : add(c, b, "r%d", id);
+    return rc ? -1 : add(c, b, "%sr%d", c->pre, id);
 }
 
 static int gen_string(sc *c, const cJSON *s, strbuf *b) {
@@ -371,7 +374,7 @@ static int gen_object(sc *c, const cJSON *s, strbuf *b, int depth) {
         for (int j = m - 1; j >= 0; j--) {
             strbuf rule = {0}, name = {0};
             if (gen_member(c, opt[j], &rule, depth) ||
-                (next >= 0 && (add(c, &rule, " (\",\" ws s%d)? | s%d", next, next)))) {
+                (next >= 0 && (add(c, &rule, " (\",\" ws %ss%d)? | %ss%d", c->pre, next, c->pre, next)))) {
                 strbuf_free(&rule);
                 goto fail;
             }
@@ -382,7 +385,7 @@ static int gen_object(sc *c, const cJSON *s, strbuf *b, int depth) {
             }
             strbuf_free(&name);
         }
-        if (add(c, &body, " s%d?", next)) goto fail;
+        if (add(c, &body, " %ss%d?", c->pre, next)) goto fail;
     }
     if (add(c, &body, " \"}\"")) goto fail;
     return new_rule(c, b, &body);
@@ -469,8 +472,12 @@ static int gen(sc *c, const cJSON *s, strbuf *b, int depth) {
     return add(c, b, ")");
 }
 
-int grammar_json_schema_to_gbnf(const char *json, size_t len, char **out, char *err, size_t errlen) {
-    *out = NULL;
+/* The schema (JSON text of len bytes) as GBNF: its rules, names starting
+ * with pre, appended to rules, and the expression of its values to top (the
+ * fixed JSON rules are the caller's to add). Returns GRAMMAR_OK or a status
+ * with err set. */
+static int schema_gbnf(const char *json, size_t len, const char *pre, strbuf *rules, strbuf *top, char *err,
+                       size_t errlen) {
     if (len > GRAMMAR_MAX_TEXT) return err_set(err, errlen, GRAMMAR_ERR_LIMIT, "JSON schema: longer than %d bytes", GRAMMAR_MAX_TEXT);
     cJSON *root = cJSON_ParseWithLength(json, len);
     if (!root) return err_set(err, errlen, GRAMMAR_ERR_SYNTAX, "JSON schema: not valid JSON");
@@ -479,16 +486,25 @@ int grammar_json_schema_to_gbnf(const char *json, size_t len, char **out, char *
         cJSON_Delete(root);
         return err_set(err, errlen, GRAMMAR_ERR_NOMEM, "JSON schema: out of memory");
     }
-    c->root = root, c->err = err, c->errlen = errlen;
-    strbuf top = {0};
-    if (gen(c, root, &top, 0) == 0 && (add(c, &c->rules, "root ::= ") || add_buf(c, &c->rules, top.s, top.len) ||
-                                       add(c, &c->rules, "\n") || add_buf(c, &c->rules, json_rules, sizeof(json_rules) - 1)) == 0)
-        *out = strbuf_take(&c->rules);
+    c->root = root, c->pre = pre, c->rules = *rules, c->err = err, c->errlen = errlen;
+    gen(c, root, top, 0);
+    *rules = c->rules;
     int rc = c->status;
-    strbuf_free(&top);
-    strbuf_free(&c->rules);
     free(c);
     cJSON_Delete(root);
+    return rc;
+}
+
+int grammar_json_schema_to_gbnf(const char *json, size_t len, char **out, char *err, size_t errlen) {
+    *out = NULL;
+    strbuf rules = {0}, top = {0};
+    int rc = schema_gbnf(json, len, "", &rules, &top, err, errlen);
+    if (!rc && (strbuf_add(&rules, "root ::= ", 9) || strbuf_add(&rules, top.s, top.len) || strbuf_add(&rules, "\n", 1) ||
+                strbuf_add(&rules, json_rules, sizeof(json_rules) - 1)))
+        rc = err_set(err, errlen, GRAMMAR_ERR_NOMEM, "JSON schema: out of memory");
+    if (!rc) *out = strbuf_take(&rules);
+    strbuf_free(&rules);
+    strbuf_free(&top);
     return rc;
 }
 
@@ -505,4 +521,44 @@ int grammar_compile_json_schema(const char *json, size_t len, grammar **out, cha
 int grammar_compile_json_object(grammar **out, char *err, size_t errlen) {
     static const char schema[] = "{\"type\": \"object\"}";
     return grammar_compile_json_schema(schema, sizeof(schema) - 1, out, err, errlen);
+}
+
+int grammar_compile_wrapped_json(const grammar_wrapped_json *alts, int n, const char *sep, int max_items, int *bad,
+                                 grammar **out, char *err, size_t errlen) {
+    static const char no_params[] = "{\"type\": \"object\", \"additionalProperties\": false}";
+    *out = NULL;
+    *bad = -1;
+    if (n < 1) return err_set(err, errlen, GRAMMAR_ERR_INVALID, "no alternatives");
+    strbuf rules = {0}, item = {0};
+    int rc = strbuf_add(&item, "item ::= ", 9) ? GRAMMAR_ERR_NOMEM : GRAMMAR_OK;
+    for (int i = 0; i < n && !rc; i++) {
+        char pre[24];
+        snprintf(pre, sizeof(pre), "a%d-", i);
+        const char *schema = alts[i].schema ? alts[i].schema : no_params;
+        strbuf top = {0};
+        rc = schema_gbnf(schema, strlen(schema), pre, &rules, &top, err, errlen);
+        if (rc) {
+            *bad = i;
+        } else if ((i && strbuf_add(&item, " | ", 3)) || grammar__gbnf_literal(&item, alts[i].prefix, strlen(alts[i].prefix)) ||
+                   strbuf_add(&item, " ", 1) || strbuf_add(&item, top.s, top.len) || strbuf_add(&item, " ", 1) ||
+                   grammar__gbnf_literal(&item, alts[i].suffix, strlen(alts[i].suffix))) {
+            rc = err_set(err, errlen, GRAMMAR_ERR_NOMEM, "out of memory");
+        } else if (rules.len + item.len > GRAMMAR_MAX_TEXT) {
+            rc = err_set(err, errlen, GRAMMAR_ERR_LIMIT, "the grammar would be larger than %d bytes", GRAMMAR_MAX_TEXT);
+        }
+        strbuf_free(&top);
+    }
+    /* root ::= item, then up to max_items - 1 more (or any number), each after sep */
+    strbuf root = {0};
+    char rep[32] = "*";
+    if (max_items > 1) snprintf(rep, sizeof(rep), "{0,%d}", max_items - 1);
+    if (!rc && (strbuf_add(&root, "root ::= item", 13) ||
+                (max_items != 1 && (strbuf_add(&root, " (", 2) || grammar__gbnf_literal(&root, sep, strlen(sep)) ||
+                                    strbuf_add(&root, " item)", 6) || strbuf_add(&root, rep, strlen(rep)))) ||
+                strbuf_add(&root, "\n", 1) || strbuf_add(&root, item.s, item.len) || strbuf_add(&root, "\n", 1) ||
+                strbuf_add(&root, rules.s ? rules.s : "", rules.len) || strbuf_add(&root, json_rules, sizeof(json_rules) - 1)))
+        rc = err_set(err, errlen, GRAMMAR_ERR_NOMEM, "out of memory");
+    if (!rc) rc = grammar_compile_gbnf(root.s, root.len, out, err, errlen);
+    strbuf_free(&root), strbuf_free(&item), strbuf_free(&rules);
+    return rc;
 }

@@ -186,6 +186,37 @@ START_TEST(test_json_schema_errors) {
 }
 END_TEST
 
+/* Tool-call shaped grammars: each alternative's schema between its texts, items joined by sep. */
+START_TEST(test_wrapped_json) {
+    grammar_wrapped_json alts[] = {
+        {"<c>{\"name\": \"f\", \"arguments\": ", "{\"type\":\"object\",\"properties\":{\"x\":{\"type\":\"integer\"}},"
+                                                  "\"required\":[\"x\"],\"additionalProperties\":false}", "}</c>"},
+        {"<c>{\"name\": \"g\", \"arguments\": ", NULL, "}</c>"},
+    };
+    grammar *g = NULL;
+    int bad = 7;
+    ck_assert_int_eq(grammar_compile_wrapped_json(alts, 2, "\n", 0, &bad, &g, err, sizeof(err)), GRAMMAR_OK);
+    ck_assert_int_eq(bad, -1);
+    YES(g, "<c>{\"name\": \"f\", \"arguments\": {\"x\": 3}}</c>");
+    YES(g, "<c>{\"name\": \"g\", \"arguments\": {}}</c>\n<c>{\"name\": \"f\", \"arguments\": {\"x\":1}}</c>");
+    NO(g, ""), NO(g, "<c>{\"name\": \"g\", \"arguments\": {\"x\": 3}}</c>");
+    NO(g, "<c>{\"name\": \"f\", \"arguments\": {}}</c>"), NO(g, "<c>{\"name\": \"h\", \"arguments\": {}}</c>");
+    NO(g, "<c>{\"name\": \"g\", \"arguments\": {}}</c><c>{\"name\": \"g\", \"arguments\": {}}</c>");
+    grammar_release(g);
+    /* at most one item; a bad schema is named by its index */
+    ck_assert_int_eq(grammar_compile_wrapped_json(alts, 2, "\n", 1, &bad, &g, err, sizeof(err)), GRAMMAR_OK);
+    YES(g, "<c>{\"name\": \"g\", \"arguments\": {}}</c>");
+    NO(g, "<c>{\"name\": \"g\", \"arguments\": {}}</c>\n<c>{\"name\": \"g\", \"arguments\": {}}</c>");
+    grammar_release(g);
+    alts[1].schema = "{\"type\":\"object\",\"patternProperties\":{}}";
+    g = (grammar *)1;
+    ck_assert_int_eq(grammar_compile_wrapped_json(alts, 2, "\n", 0, &bad, &g, err, sizeof(err)), GRAMMAR_ERR_UNSUPPORTED);
+    ck_assert_int_eq(bad, 1);
+    ck_assert_ptr_null(g);
+    ck_assert_msg(strstr(err, "'patternProperties'") != NULL, "%s", err);
+}
+END_TEST
+
 START_TEST(test_regex) {
     grammar *g = regex("^(ab|c)+\\d{2,3}[x-z\\s]?$");
     YES(g, "ab12"), YES(g, "cabc123z"), YES(g, "c00 "), NO(g, "ab1"), NO(g, "12"), NO(g, "ab1234");
@@ -443,6 +474,7 @@ int main(void) {
     tcase_add_test(tc, test_gbnf_errors);
     tcase_add_test(tc, test_json_schema);
     tcase_add_test(tc, test_json_schema_errors);
+    tcase_add_test(tc, test_wrapped_json);
     tcase_add_test(tc, test_regex);
     tcase_add_test(tc, test_mask_random_walks);
     tcase_add_test(tc, test_mask_real_vocab);
