@@ -15,6 +15,11 @@ void reasoning_init(reasoning_splitter *r, reasoning_format fmt) {
     r->state = fmt == REASONING_NONE ? 2 : 0;
 }
 
+void reasoning_markers(reasoning_format fmt, const char **open, const char **close) {
+    *open = fmt == REASONING_QWEN3 ? THINK_OPEN : NULL;
+    *close = fmt == REASONING_NONE ? NULL : THINK_CLOSE;
+}
+
 void reasoning_free(reasoning_splitter *r) {
     strbuf_free(&r->held);
     memset(r, 0, sizeof(*r));

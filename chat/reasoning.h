@@ -21,6 +21,13 @@ typedef struct {
 } reasoning_splitter;
 
 void reasoning_init(reasoning_splitter *r, reasoning_format fmt);
+
+/* The markers of fmt's reasoning block, static strings: *open is NULL when
+ * the output starts inside the block (DeepSeek-R1), else the block is there
+ * only when the output starts with it (Qwen3); both NULL for REASONING_NONE.
+ * What constrained decoding needs to start after the block, as the splitter
+ * reads it. */
+void reasoning_markers(reasoning_format fmt, const char **open, const char **close);
 void reasoning_free(reasoning_splitter *r);
 
 /* Takes the next len bytes of output: *reasoning and *content (heap,

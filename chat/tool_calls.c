@@ -5,12 +5,35 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char OPEN[] = "<tool_call>", CLOSE[] = "</tool_call>";
+#define OPEN_TAG "<tool_call>"
+#define CLOSE_TAG "</tool_call>"
+static const char OPEN[] = OPEN_TAG, CLOSE[] = CLOSE_TAG;
 #define OPEN_LEN (sizeof(OPEN) - 1)
 #define CLOSE_LEN (sizeof(CLOSE) - 1)
 
 tool_format tool_format_detect(const char *src) {
     return src && strstr(src, OPEN) && strstr(src, CLOSE) ? TOOL_FORMAT_HERMES : TOOL_FORMAT_NONE;
+}
+
+int tool_format_call_text(tool_format fmt, const char *name, char **prefix, const char **suffix, const char **sep) {
+    *prefix = NULL;
+    *suffix = *sep = NULL;
+    if (fmt != TOOL_FORMAT_HERMES) return -1;
+    cJSON *s = cJSON_CreateString(name); /* the name as a JSON string: quotes escaped */
+    char *q = s ? cJSON_PrintUnformatted(s) : NULL;
+    cJSON_Delete(s);
+    strbuf b = {0};
+    int rc = !q || strbuf_add(&b, OPEN, OPEN_LEN) || strbuf_add(&b, "\n{\"name\": ", 10) || strbuf_add(&b, q, strlen(q)) ||
+             strbuf_add(&b, ", \"arguments\": ", 15);
+    free(q);
+    if (rc) {
+        strbuf_free(&b);
+        return -1;
+    }
+    *prefix = strbuf_take(&b);
+    *suffix = "}\n" CLOSE_TAG;
+    *sep = "\n";
+    return 0;
 }
 
 void tool_parser_init(tool_parser *p, tool_format fmt) {
@@ -76,7 +99,7 @@ static int drain(tool_parser *p, strbuf *out, bool final) {
         const char *c = memmem(body, n - at - OPEN_LEN, CLOSE, CLOSE_LEN);
         if (!c) {
             if (final && strbuf_add(out, h + at, n - at)) return -1; /* never closed: content */
-            if (final) at = n;
+            if (final) at = n, p->unclosed = true;
             break;
         }
         int rc = parse_call(p, body, (size_t)(c - body));

@@ -25,6 +25,14 @@ typedef enum { TOOL_FORMAT_NONE, TOOL_FORMAT_HERMES } tool_format;
 /* The format a chat template's source teaches, or TOOL_FORMAT_NONE. */
 tool_format tool_format_detect(const char *template_source);
 
+/* How fmt writes one call of the tool named name: the text before its
+ * arguments (*prefix, heap: the caller frees it), after them (*suffix) and
+ * between two calls (*sep), both static. Hermes: `<tool_call>\n{"name":
+ * "NAME", "arguments": ` ARGS `}\n</tool_call>`, calls a newline apart, as
+ * Qwen's templates write them (what a grammar forcing calls is made of).
+ * Returns 0, or -1 out of memory or for TOOL_FORMAT_NONE. */
+int tool_format_call_text(tool_format fmt, const char *name, char **prefix, const char **suffix, const char **sep);
+
 typedef struct {
     char *name;
     char *arguments; /* JSON text of an object (OpenAI's "arguments" string) */
@@ -35,6 +43,7 @@ typedef struct {
     strbuf held; /* text not yet given out: a possible or open call */
     tool_call *calls; /* every call parsed so far */
     int n_calls, cap_calls;
+    bool unclosed;    /* the text ended inside a call (tool_parser_finish): cut off by max_tokens, or broken */
 } tool_parser;
 
 void tool_parser_init(tool_parser *p, tool_format fmt);

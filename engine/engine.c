@@ -300,6 +300,8 @@ void engine_destroy(engine *e) {
     free(e->next);
     grammar_vocab_destroy(e->gvocab);
     free(e->gmask);
+    free(e->open_marker);
+    free(e->open_ids);
     free(e->row);
     free(e->res);
     free(e->gallowed);

@@ -159,6 +159,7 @@ typedef enum {
 } engine_finish;
 
 #define ENGINE_MAX_STOP 16
+#define ENGINE_MAX_MARKER 32 /* bytes of a reasoning marker (engine_request_params) */
 #define ENGINE_MAX_TOP_LOGPROBS 20
 
 /* The log-probability of one generated token under the model's distribution
@@ -202,6 +203,16 @@ typedef struct {
      * grammar can end, and the request stops ("stop") once nothing more may
      * follow. Needs the model's tokenizer; not with forced. NULL: none. */
     grammar *grammar;
+    /* With a grammar, the reasoning block a model may write before the
+     * constrained output (the server's --reasoning-parser), as markers on the
+     * output's bytes: the grammar applies from the byte after the first
+     * reasoning_close, and nothing is masked before it. reasoning_open NULL:
+     * the output starts inside the block (the prompt opened it); else there
+     * is a block only when the output starts with reasoning_open, so the
+     * first token is one the grammar allows or one whose bytes begin with
+     * reasoning_open. reasoning_close NULL: no block. Each at most
+     * ENGINE_MAX_MARKER bytes; copied. */
+    const char *reasoning_open, *reasoning_close;
     /* Called on the engine thread, with no lock held, when new output appears
      * after engine_request_read armed it (see there). May be NULL. */
     void (*notify)(void *ctx);

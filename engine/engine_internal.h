@@ -39,6 +39,7 @@ struct engine_request {
     engine_logprob *lp; /* (max_tokens) when logprobs were asked for */
     int32_t *forced;    /* (max_tokens) output ids instead of sampled ones, or NULL */
     grammar *grammar;   /* one reference, or NULL: the output's grammar */
+    char *reasoning_open, *reasoning_close; /* the reasoning block before the grammar, or NULL (engine.h) */
     char *cache_salt;   /* prefix caching salt, or NULL */
     int n_cached;       /* prompt tokens from the prefix cache at the first admission, under mu */
     int pf_upto;        /* prompt positions whose Engram rows went to the prefetch threads (engine thread) */
@@ -97,6 +98,9 @@ struct engine {
      * as a grammar trie (made by the first request with a grammar) */
     grammar_vocab *gvocab;
     uint32_t *gmask;         /* (grammar_vocab_mask_words) the mask of one row */
+    char *open_marker;       /* the reasoning_open that open_ids were found for, or NULL */
+    int32_t *open_ids;       /* (n_open_ids) the tokens whose bytes begin with it */
+    int n_open_ids;
     long long n_masks;
     double mask_seconds;
     /* scheduler, engine thread only */
@@ -185,6 +189,9 @@ typedef struct seq {
     sampler *smp;
     tokenizer_stream *ts;
     grammar_matcher *gm; /* where the output is in the request's grammar, or NULL */
+    int phase;           /* with gm: SEQ_GRAMMAR, SEQ_FIRST or SEQ_REASONING (sequence.c) */
+    char tail[ENGINE_MAX_MARKER]; /* SEQ_REASONING: the last bytes, a possible start of reasoning_close */
+    int n_tail;
     gen_text g;          /* generated text (holdback.c) */
     int32_t *out_ids;    /* (max_tokens) generated ids */
     int n_out;

@@ -21,6 +21,8 @@ void engine__request_free(engine_request *r) {
     free(r->forced);
     grammar_release(r->grammar);
     free(r->cache_salt);
+    free(r->reasoning_open);
+    free(r->reasoning_close);
     strbuf_free(&r->pend);
     pthread_mutex_destroy(&r->mu);
     free(r);
@@ -38,6 +40,10 @@ int engine__request_create(engine *e, const engine_request_params *p, engine_req
     for (int i = 0; i < p->n_stop; i++)
         if (!p->stop[i] || !p->stop[i][0]) return ENGINE_ERR_INVALID;
     if (p->grammar && (!e->tok || p->forced)) return ENGINE_ERR_INVALID; /* token bytes come from the tokenizer */
+    if ((p->reasoning_open && (!p->reasoning_close || !p->reasoning_open[0] ||
+                               strlen(p->reasoning_open) > ENGINE_MAX_MARKER)) ||
+        (p->reasoning_close && (!p->reasoning_close[0] || strlen(p->reasoning_close) > ENGINE_MAX_MARKER)))
+        return ENGINE_ERR_INVALID;
     for (int i = 0; p->forced && i < p->max_tokens; i++)
         if (p->forced[i] < 0 || p->forced[i] >= e->vocab) return ENGINE_ERR_INVALID;
 
@@ -66,9 +72,15 @@ int engine__request_create(engine *e, const engine_request_params *p, engine_req
     if (p->forced && (r->forced = malloc((size_t)p->max_tokens * sizeof(int32_t))))
         memcpy(r->forced, p->forced, (size_t)p->max_tokens * sizeof(int32_t));
     if (p->cache_salt && p->cache_salt[0]) r->cache_salt = strdup(p->cache_salt);
+    if (p->grammar && p->reasoning_close) {
+        r->reasoning_close = strdup(p->reasoning_close);
+        if (p->reasoning_open) r->reasoning_open = strdup(p->reasoning_open);
+    }
     bool nomem = !r->prompt || (p->n_bias && (!r->bias_ids || !r->bias_vals)) || (p->logprobs && !r->lp) ||
                  (r->n_gate_layers && (!r->gates || !r->gate_ids)) || (p->forced && !r->forced) ||
-                 (p->cache_salt && p->cache_salt[0] && !r->cache_salt);
+                 (p->cache_salt && p->cache_salt[0] && !r->cache_salt) ||
+                 (p->grammar && p->reasoning_close && !r->reasoning_close) ||
+                 (p->grammar && p->reasoning_open && !r->reasoning_open);
     for (int i = 0; i < p->n_stop && !nomem; i++) {
         if (!(r->stop[i] = strdup(p->stop[i]))) nomem = true;
         r->n_stop = i + 1;

@@ -69,13 +69,24 @@ void engine__seq_finish(engine *e, seq *s, engine_finish f, int error) {
     free(s);
 }
 
-/* The grammar's allowed next tokens into e->gmask (timed for the metrics).
- * Returns their number, or -1 out of memory. */
+/* Where a constrained sequence is (seq.phase): in the grammar, or before it
+ * in a reasoning block (engine_request_params.reasoning_open/close): at the
+ * first token, which decides whether there is one, or inside it (where
+ * nothing is masked). */
+enum { SEQ_GRAMMAR, SEQ_FIRST, SEQ_REASONING };
+
+/* The grammar's allowed next tokens into e->gmask (timed for the metrics);
+ * at SEQ_FIRST the tokens that open a reasoning block too. Not for
+ * SEQ_REASONING. Returns their number, or -1 out of memory. */
 static int seq_grammar_mask(engine *e, seq *s) {
     double t0 = util_now();
     int n = grammar_matcher_mask(s->gm, e->gvocab, e->gmask);
     e->mask_seconds += util_now() - t0;
     e->n_masks++;
+    for (int k = 0; n >= 0 && s->phase == SEQ_FIRST && k < e->n_open_ids; k++) {
+        int32_t id = e->open_ids[k];
+        if (!((e->gmask[id / 32] >> (id & 31)) & 1)) e->gmask[id / 32] |= 1u << (id & 31), n++;
+    }
     return n;
 }
 
@@ -107,6 +118,40 @@ static int seq_mask(engine *e, seq *s, float *logits) {
     return n;
 }
 
+/* Moves a constrained sequence past its sampled token next: through the
+ * reasoning block while there is one (its close marker may span tokens),
+ * then through the grammar (the token was allowed, so it is accepted).
+ * Returns true when the output is complete (nothing more may follow), or
+ * cannot go on: a token that closes the reasoning block with bytes after
+ * the marker that the grammar refuses (the output is kept, not repaired). */
+static bool seq_advance(engine *e, seq *s, int32_t next) {
+    const engine_request *r = s->r;
+    size_t n;
+    const char *b = grammar_vocab_token(e->gvocab, next, &n);
+    bool eos = grammar_vocab_is_eos(e->gvocab, next);
+    if (s->phase == SEQ_FIRST) { /* a block is there iff the output starts with its open marker */
+        size_t k = strlen(r->reasoning_open);
+        if (eos || n < k || memcmp(b, r->reasoning_open, k)) s->phase = SEQ_GRAMMAR;
+        else s->phase = SEQ_REASONING, b += k, n -= k;
+    }
+    if (s->phase == SEQ_GRAMMAR) { /* the whole token is the grammar's */
+        if (!grammar_matcher_accept_token(s->gm, e->gvocab, next)) log_warn("a constrained token was not accepted");
+        return grammar_matcher_ended(s->gm);
+    }
+    if (eos) return false; /* the caller stops at EOS */
+    size_t m = strlen(r->reasoning_close), i = 0;
+    while (i < n && s->phase == SEQ_REASONING) { /* a window of the last m bytes */
+        if (s->n_tail == (int)m) memmove(s->tail, s->tail + 1, m - 1), s->n_tail--;
+        s->tail[s->n_tail++] = b[i++];
+        if (s->n_tail == (int)m && !memcmp(s->tail, r->reasoning_close, m)) s->phase = SEQ_GRAMMAR;
+    }
+    if (s->phase == SEQ_GRAMMAR && !grammar_matcher_accept_bytes(s->gm, b + i, n - i)) {
+        log_warn("a constrained request stopped: the text after its reasoning block is outside its grammar");
+        return true;
+    }
+    return s->phase == SEQ_GRAMMAR && grammar_matcher_ended(s->gm);
+}
+
 bool engine__seq_sample(engine *e, seq *s, float *logits, int32_t next) {
     engine_request *r = s->r;
     const model_config *c = &e->m->cfg;
@@ -114,16 +159,13 @@ bool engine__seq_sample(engine *e, seq *s, float *logits, int32_t next) {
     if (logits) {
         if (r->lp) memcpy(e->raw_logits, logits, (size_t)e->vocab * sizeof(float)); /* the sampler edits them */
         for (int i = 0; i < r->n_bias; i++) logits[r->bias_ids[i]] += r->bias_vals[i];
-        if (seq_grammar_dead(r, s, s->gm ? seq_mask(e, s, logits) : 1)) return true;
+        if (seq_grammar_dead(r, s, s->gm && s->phase != SEQ_REASONING ? seq_mask(e, s, logits) : 1)) return true;
         next = sampler_sample(s->smp, logits, r->prompt, r->n_prompt, s->out_ids, s->n_out);
         if (r->lp) engine__logprob_entry(e->raw_logits, e->vocab, next, r->n_top, &r->lp[s->n_out]);
     }
     if (r->forced) next = r->forced[s->n_out]; /* engine_request_params.forced */
     s->out_ids[s->n_out++] = next;
-    if (s->gm) { /* the sampled token was allowed, so it is accepted; the grammar may be complete */
-        if (!grammar_matcher_accept_token(s->gm, e->gvocab, next)) log_warn("a constrained token was not accepted");
-        grammar_done = grammar_matcher_ended(s->gm);
-    }
+    if (s->gm) grammar_done = seq_advance(e, s, next);
 
     bool eos = false;
     for (int k = 0; k < c->n_eos && !r->ignore_eos; k++) eos |= next == c->eos_token_ids[k];
@@ -176,6 +218,30 @@ out:
     return rc;
 }
 
+/* The tokens whose bytes begin with open (a reasoning block's open marker;
+ * special tokens and EOS left out: they are not in the text), found once
+ * per marker. Returns 0, or -1 out of memory. */
+static int open_ids_ready(engine *e, const char *open) {
+    if (e->open_marker && !strcmp(e->open_marker, open)) return 0;
+    free(e->open_marker), free(e->open_ids);
+    e->open_marker = NULL, e->open_ids = NULL, e->n_open_ids = 0;
+    size_t k = strlen(open), tv = tokenizer_vocab_size(e->tok);
+    int n = 0;
+    for (int pass = 0; pass < 2; pass++) { /* count, then fill */
+        for (int32_t id = 0; id < e->vocab && (size_t)id < tv; id++) {
+            size_t len;
+            const char *b = grammar_vocab_token(e->gvocab, id, &len);
+            if (len < k || memcmp(b, open, k) || tokenizer_is_special(e->tok, id) || grammar_vocab_is_eos(e->gvocab, id))
+                continue;
+            if (pass) e->open_ids[e->n_open_ids++] = id;
+            else n++;
+        }
+        if (!pass && !(e->open_ids = malloc(((size_t)n + 1) * sizeof(int32_t)))) return -1;
+    }
+    if (!(e->open_marker = strdup(open))) return -1;
+    return 0;
+}
+
 seq *engine__seq_create(engine *e, engine_request *r) {
     seq *s = calloc(1, sizeof(*s));
     if (s) {
@@ -183,7 +249,9 @@ seq *engine__seq_create(engine *e, engine_request *r) {
         s->arrival = e->next_arrival++;
         s->smp = sampler_create(e->vocab, r->sp);
         s->out_ids = malloc((size_t)r->max_tokens * sizeof(int32_t));
-        if (r->grammar && grammar_vocab_ready(e) == 0) s->gm = grammar_matcher_create(r->grammar);
+        if (r->grammar && grammar_vocab_ready(e) == 0 && (!r->reasoning_open || open_ids_ready(e, r->reasoning_open) == 0))
+            s->gm = grammar_matcher_create(r->grammar);
+        s->phase = !r->reasoning_close ? SEQ_GRAMMAR : r->reasoning_open ? SEQ_FIRST : SEQ_REASONING;
     }
     if (!s || !s->smp || !s->out_ids || (r->grammar && !s->gm) ||
         (e->tok && tokenizer_stream_create(e->tok, true, &s->ts) != TOKENIZER_OK)) {
@@ -215,7 +283,9 @@ int engine__sample_on_backend(engine *e, int n_items) {
         if (sampler_desc_set(&e->desc, e->res[j], s->smp, e->row[j], r->bias_ids, r->bias_vals, r->n_bias,
                              r->prompt, r->n_prompt, s->out_ids, s->n_out))
             return -1;
-        if (s->gm) { /* the grammar's mask goes with the row (when it allows nothing, the row's result is unused) */
+        e->gallowed[j] = 1; /* unconstrained, or in a reasoning block: no mask */
+        if (s->gm && s->phase != SEQ_REASONING) { /* the grammar's mask goes with the row (when it allows
+                                                    * nothing, the row's result is unused) */
             e->gallowed[j] = seq_grammar_mask(e, s);
             int words = (int)grammar_vocab_mask_words(e->gvocab);
             if (sampler_desc_set_mask(&e->desc, e->res[j], e->gmask, words)) return -1;

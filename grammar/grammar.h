@@ -119,6 +119,9 @@ int grammar_vocab_size(const grammar_vocab *v);
 size_t grammar_vocab_mask_words(const grammar_vocab *v);
 /* Whether id is one of v's EOS ids. */
 bool grammar_vocab_is_eos(const grammar_vocab *v, int32_t id);
+/* The bytes of token id as given at creation (*len of them; special tokens'
+ * too), borrowed from v; NULL with *len 0 for an id out of range. */
+const char *grammar_vocab_token(const grammar_vocab *v, int32_t id, size_t *len);
 
 /* ---- the matcher: one sequence's position in the grammar ---- */
 

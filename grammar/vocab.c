@@ -170,6 +170,13 @@ bool grammar_vocab_is_eos(const grammar_vocab *v, int32_t id) {
     return false;
 }
 
+const char *grammar_vocab_token(const grammar_vocab *v, int32_t id, size_t *len) {
+    *len = 0;
+    if (id < 0 || id >= v->n) return NULL;
+    *len = v->tok_off[id + 1] - v->tok_off[id];
+    return v->bytes + v->tok_off[id];
+}
+
 bool grammar_matcher_accept_token(grammar_matcher *m, const grammar_vocab *v, int32_t id) {
     if (id < 0 || id >= v->n) return false;
     if (grammar_vocab_is_eos(v, id)) return grammar_matcher_can_end(m);

@@ -23,6 +23,8 @@ typedef enum {
     API_STRUCT_REGEX,       /* structured_src: the regex */
     API_STRUCT_CHOICE,      /* structured_src: the choices, a compact JSON array of strings */
     API_STRUCT_GRAMMAR,     /* structured_src: GBNF */
+    API_STRUCT_TOOL_CALLS,  /* tool_choice "required" or named: structured_src {"max", "tools": [{"index", "name",
+                             * ["parameters"]}]} (api_request.c) */
 } api_struct_kind;
 
 #define API_MAX_N 16 /* choices per request ("n") */
@@ -60,7 +62,8 @@ typedef struct {
     float *bias_vals;       /* (n_bias) */
     int n_bias;
     api_struct_kind structured; /* response_format json_schema / json_object, guided_json, guided_regex,
-                                 * guided_choice, guided_grammar or structured_outputs */
+                                 * guided_choice, guided_grammar, structured_outputs, or tool_choice
+                                 * "required" or named */
     char *structured_src;       /* its canonical text (see api_struct_kind), heap */
     const char *structured_param; /* the field it came from (static), for errors */
 } api_request;

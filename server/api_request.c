@@ -1,10 +1,10 @@
 /* Request body parsers of the OpenAI-compatible API (see api.h): UTF-8 check,
  * cJSON parse, then every known field checked for type and range. Fields that
- * would change the semantics and are not implemented (tool_choice "required"
- * or naming a function, echo, suffix, best_of, ...) are refused with a 400
- * naming the field; unknown fields are ignored, as OpenAI-compatible servers
- * do. Structured outputs (response_format, guided_*) are kept as canonical
- * text for generate.c to compile. */
+ * would change the semantics and are not implemented (echo, suffix, best_of,
+ * ...) are refused with a 400 naming the field; unknown fields are ignored,
+ * as OpenAI-compatible servers do. Structured outputs (response_format,
+ * guided_*, tool_choice "required" or named) are kept as canonical text for
+ * structured.c to compile. */
 #include <cjson/cJSON.h>
 #include <limits.h>
 #include <math.h>
@@ -507,27 +507,77 @@ static int parse_logit_bias(const cJSON *root, api_request *r, api_error *err) {
 /* chat's tools, [{"type": "function", "function": {"name", ["description"],
  * ["parameters"]}}], kept as given for the chat template, unless tool_choice
  * is "none". tool_choice "auto" (the default) lets the model choose;
- * "required" and a named function would need constrained decoding. */
+ * "required" (one call or more; one with parallel_tool_calls false) and a
+ * named function (one call of it) constrain the output to calls of the
+ * allowed tools with their parameter schemas: structured output of kind
+ * API_STRUCT_TOOL_CALLS, whose text is {"max": 0 or 1, "tools": [{"index",
+ * "name", ["parameters"]}]} (index: the tool's place in 'tools'). */
 #define MAX_TOOLS 256
+
+static int forced_tools(const cJSON *tools, const char *name, bool parallel, api_request *r, api_error *err) {
+    if (r->structured) {
+        api_error_set(err, 400, "tool_choice",
+                      "'tool_choice' \"required\" or a named function cannot be combined with 'response_format' "
+                      "(json_schema or json_object), 'guided_*' or 'structured_outputs'.");
+        return -1;
+    }
+    cJSON *src = cJSON_CreateObject(), *list = cJSON_AddArrayToObject(src, "tools");
+    cJSON_AddNumberToObject(src, "max", name || !parallel ? 1 : 0);
+    const cJSON *t;
+    int i = 0, n = 0;
+    cJSON_ArrayForEach(t, tools) {
+        const cJSON *fn = field(t, "function"), *params = field(fn, "parameters");
+        const char *tn = field(fn, "name")->valuestring;
+        if (!name || !strcmp(name, tn)) {
+            cJSON *x = cJSON_CreateObject();
+            cJSON_AddItemToArray(list, x);
+            cJSON_AddNumberToObject(x, "index", i);
+            cJSON_AddStringToObject(x, "name", tn);
+            if (params) cJSON_AddItemToObject(x, "parameters", cJSON_Duplicate(params, true));
+            n++;
+        }
+        i++;
+    }
+    if (n == 0) {
+        cJSON_Delete(src);
+        api_error_set(err, 400, "tool_choice", "'tool_choice' names the function '%.64s', which is not in 'tools'.", name);
+        return -1;
+    }
+    char *text = cJSON_PrintUnformatted(src);
+    cJSON_Delete(src);
+    if (!text) {
+        api_error_set(err, 500, NULL, "Out of memory.");
+        return -1;
+    }
+    r->structured = API_STRUCT_TOOL_CALLS;
+    r->structured_src = text;
+    r->structured_param = "tool_choice";
+    return 0;
+}
 
 static int parse_tools(cJSON *root, api_request *r, api_error *err) {
     cJSON *tools = field(root, "tools");
     const cJSON *choice = field(root, "tool_choice"), *v;
-    if (choice && !(cJSON_IsString(choice) && (!strcmp(choice->valuestring, "none") ||
-                                               !strcmp(choice->valuestring, "auto")))) {
-        if (cJSON_IsString(choice) && !strcmp(choice->valuestring, "required"))
-            return unsupported(err, "tool_choice", "\"required\" needs constrained decoding; \"auto\" and \"none\" work");
-        if (cJSON_IsObject(choice))
-            return unsupported(err, "tool_choice", "naming a function needs constrained decoding; \"auto\" and \"none\" work");
-        api_error_set(err, 400, "tool_choice", "Invalid value for 'tool_choice': expected \"none\" or \"auto\".");
+    const char *mode = "auto", *name = NULL;
+    if (cJSON_IsString(choice)) mode = choice->valuestring;
+    const cJSON *fn = cJSON_IsObject(choice) ? field(choice, "function") : NULL, *type = field(choice, "type");
+    if (cJSON_IsObject(choice) && cJSON_IsString(type) && !strcmp(type->valuestring, "function") &&
+        cJSON_IsString(field(fn, "name")))
+        mode = "named", name = field(fn, "name")->valuestring;
+    if ((choice && !cJSON_IsString(choice) && !name) ||
+        (strcmp(mode, "none") && strcmp(mode, "auto") && strcmp(mode, "required") && !name)) {
+        api_error_set(err, 400, "tool_choice",
+                      "Invalid value for 'tool_choice': expected \"none\", \"auto\", \"required\" or {\"type\": "
+                      "\"function\", \"function\": {\"name\": string}}.");
         return -1;
     }
+    bool parallel = true;
     if ((v = field(root, "parallel_tool_calls")) && !cJSON_IsBool(v)) {
         api_error_set(err, 400, "parallel_tool_calls", "Invalid type for 'parallel_tool_calls': expected a boolean.");
         return -1;
     }
-    if (!tools) return 0;
-    int count = cJSON_IsArray(tools) ? cJSON_GetArraySize(tools) : -1;
+    if (v) parallel = cJSON_IsTrue(v);
+    int count = !tools ? 0 : cJSON_IsArray(tools) ? cJSON_GetArraySize(tools) : -1;
     if (count < 0 || count > MAX_TOOLS) {
         api_error_set(err, 400, "tools", "'tools' must be an array of at most %d tools.", MAX_TOOLS);
         return -1;
@@ -535,12 +585,12 @@ static int parse_tools(cJSON *root, api_request *r, api_error *err) {
     const cJSON *t;
     int i = 0;
     cJSON_ArrayForEach(t, tools) {
-        const cJSON *type = cJSON_IsObject(t) ? field(t, "type") : NULL, *fn = cJSON_IsObject(t) ? field(t, "function") : NULL;
-        const cJSON *name = cJSON_IsObject(fn) ? field(fn, "name") : NULL;
-        const cJSON *desc = cJSON_IsObject(fn) ? field(fn, "description") : NULL;
-        const cJSON *params = cJSON_IsObject(fn) ? field(fn, "parameters") : NULL;
-        if (!cJSON_IsString(type) || strcmp(type->valuestring, "function") != 0 || !cJSON_IsString(name) ||
-            !name->valuestring[0] || (desc && !cJSON_IsString(desc)) || (params && !cJSON_IsObject(params))) {
+        const cJSON *ty = cJSON_IsObject(t) ? field(t, "type") : NULL, *f = cJSON_IsObject(t) ? field(t, "function") : NULL;
+        const cJSON *fname = cJSON_IsObject(f) ? field(f, "name") : NULL;
+        const cJSON *desc = cJSON_IsObject(f) ? field(f, "description") : NULL;
+        const cJSON *params = cJSON_IsObject(f) ? field(f, "parameters") : NULL;
+        if (!cJSON_IsString(ty) || strcmp(ty->valuestring, "function") != 0 || !cJSON_IsString(fname) ||
+            !fname->valuestring[0] || (desc && !cJSON_IsString(desc)) || (params && !cJSON_IsObject(params))) {
             char param[32];
             snprintf(param, sizeof(param), "tools[%d]", i);
             api_error_set(err, 400, param,
@@ -551,7 +601,14 @@ static int parse_tools(cJSON *root, api_request *r, api_error *err) {
         }
         i++;
     }
-    if (count == 0 || (choice && !strcmp(choice->valuestring, "none"))) return 0;
+    bool forced = name || !strcmp(mode, "required");
+    if (forced && count == 0) {
+        api_error_set(err, 400, "tool_choice", "'tool_choice' %s needs 'tools'.",
+                      name ? "naming a function" : "\"required\"");
+        return -1;
+    }
+    if (count == 0 || !strcmp(mode, "none")) return 0;
+    if (forced && forced_tools(tools, name, parallel, r, err)) return -1;
     r->tools = cJSON_DetachItemViaPointer(root, tools); /* the request owns it; the body is freed */
     return 0;
 }

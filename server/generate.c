@@ -143,6 +143,8 @@ static engine_request_params request_params(conn *c, const api_request *ar, cons
     rp.bias_vals = ar->bias_vals;
     rp.n_bias = ar->n_bias;
     rp.grammar = gr; /* each request takes its own reference */
+    if (ar->kind == API_CHAT) /* the reasoning is split off chat output: the constraint starts after it */
+        reasoning_markers(s->reasoning, &rp.reasoning_open, &rp.reasoning_close);
     rp.notify = http_resume;
     rp.notify_ctx = c->mc;
     return rp;

@@ -277,7 +277,7 @@ static int chat_message(conn *c, cJSON *ch, const char **finish) {
         else if (c->s->reasoning) cJSON_AddNullToObject(msg, "reasoning_content");
         if (tp.n_calls) {
             cJSON_AddItemToObject(msg, "tool_calls", response_tool_calls(c->s, &tp, 0, false));
-            *finish = "tool_calls";
+            if (!(tp.unclosed && !strcmp(*finish, "length"))) *finish = "tool_calls"; /* a call cut off: "length" */
         }
     }
     strbuf_free(&reasoning), strbuf_free(&answer), strbuf_free(&content);

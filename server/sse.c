@@ -160,7 +160,8 @@ static int stream_format(stream *st, const engine_output *o) {
         const char *finish = response_finish_str(o->finish);
         if (split) { /* what was held (an unclosed call, a partial marker) goes out where it was */
             if (stream_chat_text(st, NULL, 0, NULL, true)) return -1;
-            if (st->tp.n_calls) finish = "tool_calls";
+            if (st->tp.n_calls && !(st->tp.unclosed && o->finish == ENGINE_FINISH_LENGTH))
+                finish = "tool_calls"; /* a call cut off by max_tokens: "length" */
             tool_parser_free(&st->tp);
             tool_parser_init(&st->tp, st->g.tools);
             reasoning_free(&st->rs);

@@ -1,8 +1,10 @@
 /* Structured outputs on the request path: the grammar of a request's
  * response_format / guided_* field (api_struct_kind and canonical text),
- * compiled once per distinct text and kept in a small LRU cache shared by
- * the HTTP threads, so a schema sent again is not recompiled. Compile
- * errors are 400s naming the field; compile times go to the metrics. */
+ * or of tool_choice "required" / named (the tools' parameter schemas in the
+ * template's call syntax), compiled once per distinct text and kept in a
+ * small LRU cache shared by the HTTP threads, so a schema sent again is not
+ * recompiled. Compile errors are 400s naming the field; compile times go to
+ * the metrics. */
 #include <cjson/cJSON.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -75,13 +77,47 @@ static int compile_choice(const char *src, grammar **out, char *err, size_t errl
     return rc;
 }
 
-static int compile(api_struct_kind kind, const char *src, grammar **out, char *err, size_t errlen) {
+/* tool_choice's calls (api_struct_kind API_STRUCT_TOOL_CALLS): each allowed
+ * tool's parameters schema inside the call syntax of the template's format.
+ * On a schema error *bad is the tool's index in the request's 'tools'. */
+static int compile_tool_calls(tool_format fmt, const char *src, int *bad, grammar **out, char *err, size_t errlen) {
+    cJSON *j = cJSON_Parse(src);
+    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(j, "tools"), *t;
+    int n = cJSON_GetArraySize(tools), max = cJSON_GetObjectItemCaseSensitive(j, "max")->valueint, i = 0, b = -1;
+    int rc = GRAMMAR_ERR_NOMEM;
+    grammar_wrapped_json *alts = calloc((size_t)n + 1, sizeof(*alts));
+    char **owned = calloc(2 * (size_t)n + 1, sizeof(char *)); /* each tool's prefix and schema text */
+    const char *sep = "";
+    snprintf(err, errlen, "out of memory");
+    if (!alts || !owned) goto out;
+    cJSON_ArrayForEach(t, tools) {
+        const cJSON *params = cJSON_GetObjectItemCaseSensitive(t, "parameters");
+        if (tool_format_call_text(fmt, cJSON_GetObjectItemCaseSensitive(t, "name")->valuestring, &owned[2 * i],
+                                  &alts[i].suffix, &sep))
+            goto out;
+        if (params && !(owned[2 * i + 1] = cJSON_PrintUnformatted(params))) goto out;
+        alts[i].prefix = owned[2 * i];
+        alts[i].schema = owned[2 * i + 1];
+        i++;
+    }
+    rc = grammar_compile_wrapped_json(alts, n, sep, max, &b, out, err, errlen);
+    if (b >= 0) *bad = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(tools, b), "index")->valueint;
+out:
+    for (i = 0; owned && i < 2 * n; i++) free(owned[i]);
+    free(owned), free(alts);
+    cJSON_Delete(j);
+    return rc;
+}
+
+static int compile(api_struct_kind kind, const char *src, tool_format fmt, int *bad, grammar **out, char *err,
+                   size_t errlen) {
     switch (kind) {
     case API_STRUCT_JSON_SCHEMA: return grammar_compile_json_schema(src, strlen(src), out, err, errlen);
     case API_STRUCT_JSON_OBJECT: return grammar_compile_json_object(out, err, errlen);
     case API_STRUCT_REGEX: return grammar_compile_regex(src, strlen(src), out, err, errlen);
     case API_STRUCT_CHOICE: return compile_choice(src, out, err, errlen);
     case API_STRUCT_GRAMMAR: return grammar_compile_gbnf(src, strlen(src), out, err, errlen);
+    case API_STRUCT_TOOL_CALLS: return compile_tool_calls(fmt, src, bad, out, err, errlen);
     default: return GRAMMAR_ERR_INVALID;
     }
 }
@@ -105,14 +141,16 @@ int structured_grammar(conn *c, const api_request *ar, grammar **out, enum MHD_R
     if (g) {
         metrics_grammar_compile(c->s->mx, 0, true);
     } else {
-        char err[300];
+        char err[300], param[64];
+        int bad = -1;
         double t0 = util_now();
-        int rc = compile(ar->structured, ar->structured_src, &g, err, sizeof(err));
+        int rc = compile(ar->structured, ar->structured_src, c->s->tool_fmt, &bad, &g, err, sizeof(err));
         if (rc != GRAMMAR_OK) {
             free(key);
             api_error e;
-            api_error_set(&e, rc == GRAMMAR_ERR_NOMEM ? 500 : 400, ar->structured_param, "Invalid '%s': %s.",
-                          ar->structured_param, err);
+            if (bad >= 0) snprintf(param, sizeof(param), "tools[%d].function.parameters", bad);
+            else snprintf(param, sizeof(param), "%s", ar->structured_param);
+            api_error_set(&e, rc == GRAMMAR_ERR_NOMEM ? 500 : 400, param, "Invalid '%s': %s.", param, err);
             *ret = reply_error(c, &e, NULL);
             return -1;
         }

@@ -6,7 +6,7 @@ dtype; the model is nonsense, the shapes and bytes are real.
 
 Usage: gen_checkpoint.py OUT_DIR [--arch llama|qwen2|qwen3|mistral] [--hidden N]
        [--layers N] [--heads N] [--kv-heads N] [--head-dim N] [--ffn N] [--vocab N]
-       [--dtype bf16|f16|f32] [--tie] [--seed S] [--tokenizer DIR]
+       [--dtype bf16|f16|f32] [--tie] [--seed S] [--eos ID] [--tokenizer DIR]
        [--engram --tokenizer DIR [--engram-layers 1,3] [--engram-vocab N]
         [--engram-embed N] [--engram-heads N] [--engram-ngram N]]
 
@@ -56,6 +56,7 @@ def main():
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "f16", "f32"])
     ap.add_argument("--tie", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eos", type=int, default=2, help="config.json's eos_token_id (the tokenizer's, with --tokenizer)")
     ap.add_argument("--engram", action="store_true")
     ap.add_argument("--tokenizer")
     ap.add_argument("--engram-layers", default="1")
@@ -137,7 +138,7 @@ def main():
            "hidden_size": a.hidden, "intermediate_size": a.ffn, "num_hidden_layers": a.layers,
            "num_attention_heads": a.heads, "num_key_value_heads": a.kv_heads, "head_dim": hd,
            "max_position_embeddings": a.max_pos, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-           "hidden_act": "silu", "tie_word_embeddings": a.tie, "bos_token_id": 1, "eos_token_id": 2}
+           "hidden_act": "silu", "tie_word_embeddings": a.tie, "bos_token_id": 1, "eos_token_id": a.eos}
     if engram:
         cfg["engram"] = engram
     if a.tokenizer:  # Engram needs it; without Engram it serves text

@@ -97,7 +97,8 @@ def make_slow_model(dirpath):
 
 def make_qwen3_model(dirpath):
     """A tiny random checkpoint with Qwen3's real tokenizer and chat template
-    (tests/fixtures/tokenizers/qwen3): fast, with Qwen3's vocabulary."""
+    (tests/fixtures/tokenizers/qwen3): fast, with Qwen3's vocabulary and its
+    EOS (<|im_end|>, 151645, as Qwen3's config.json)."""
     import lzma
     src = SOURCE / "tests" / "fixtures" / "tokenizers" / "qwen3"
     tok = dirpath.parent / (dirpath.name + "-tok")
@@ -105,7 +106,7 @@ def make_qwen3_model(dirpath):
     (tok / "tokenizer.json").write_bytes(lzma.decompress((src / "tokenizer.json.xz").read_bytes()))
     (tok / "tokenizer_config.json").write_bytes((src / "tokenizer_config.json").read_bytes())
     subprocess.run([sys.executable, str(SOURCE / "tools" / "gen_checkpoint.py"), str(dirpath), "--hidden", "32",
-                    "--layers", "2", "--heads", "2", "--kv-heads", "1", "--ffn", "64", "--vocab", "151669", "--tie",
+                    "--layers", "2", "--heads", "2", "--kv-heads", "1", "--ffn", "64", "--vocab", "151669", "--tie", "--eos", "151645",
                     "--tokenizer", str(tok)], check=True, capture_output=True)
     return dirpath
 
