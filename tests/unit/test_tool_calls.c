@@ -134,6 +134,34 @@ START_TEST(test_detect) {
 }
 END_TEST
 
+/* The call text a forced call is built from parses back as that call (a
+ * name with a quote escaped); a text cut inside a call is marked unclosed. */
+START_TEST(test_call_text) {
+    char *prefix = NULL;
+    const char *suffix = NULL, *sep = NULL;
+    ck_assert_int_eq(tool_format_call_text(TOOL_FORMAT_NONE, "f", &prefix, &suffix, &sep), -1);
+    ck_assert_int_eq(tool_format_call_text(TOOL_FORMAT_HERMES, "get_\"x\"", &prefix, &suffix, &sep), 0);
+    ck_assert_str_eq(prefix, "<tool_call>\n{\"name\": \"get_\\\"x\\\"\", \"arguments\": ");
+    ck_assert_str_eq(suffix, "}\n</tool_call>");
+    ck_assert_str_eq(sep, "\n");
+    char text[256], *content = NULL;
+    snprintf(text, sizeof(text), "%s{\"a\": [1]}%s%s%s{}", prefix, suffix, sep, prefix);
+    tool_parser p;
+    tool_parser_init(&p, TOOL_FORMAT_HERMES);
+    ck_assert_int_eq(tool_parser_feed(&p, text, strlen(text), &content), 0);
+    free(content);
+    ck_assert_int_eq(tool_parser_finish(&p, &content), 0);
+    ck_assert_int_eq(p.n_calls, 1);
+    ck_assert_str_eq(p.calls[0].name, "get_\"x\"");
+    ck_assert_str_eq(p.calls[0].arguments, "{\"a\":[1]}");
+    ck_assert(p.unclosed);
+    ck_assert_ptr_nonnull(strstr(content, "<tool_call>"));
+    free(content);
+    free(prefix);
+    tool_parser_free(&p);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("tool_calls");
     TCase *tc = tcase_create("tool_calls");
@@ -142,6 +170,7 @@ int main(void) {
     tcase_add_test(tc, test_content_is_streamed_at_once);
     tcase_add_test(tc, test_not_calls_stay_content);
     tcase_add_test(tc, test_detect);
+    tcase_add_test(tc, test_call_text);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
