@@ -204,8 +204,9 @@ def test_reasoning_qwen3(model, stream):
     start the answer), write free text in it (not masked: <think> again is
     outside the schema) and close it; then the answer is masked to the
     schema. Without them no block is opened and the answer is constrained
-    from its first byte."""
-    s = Server("--reasoning-parser", "qwen3", model=model)
+    from its first byte. Host sampling and the backend's sampling op alike."""
+    # streamed: rows sampled by the backend's op (the mask in the sampling description); else on the host
+    s = Server("--reasoning-parser", "qwen3", "--sample-on-backend", "1" if stream else "0", model=model)
     client = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0)
     try:
         rf = {"type": "json_schema", "json_schema": {"name": "a", "schema": ANSWER}}
