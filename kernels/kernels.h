@@ -213,6 +213,73 @@ int kernels_moe_gemv(float *out, const float *a, const void *w, const int *ids, 
 int kernels_moe_combine(float *out, const float *y, const int *pos, const float *wts, int T, int k, int d,
                         void *stream);
 
+/* ---- dsv4.cu: DeepSeek-V4 (the CPU reference: engine/backend/cpu/cpu_dsv4.c) ---- */
+
+/* backend.h's hc_weights: pre, post (T, N), comb (T, N, N) from mix (T, (2+N)N). N <= 16. */
+int kernels_hc_weights(float *pre, float *post, float *comb, const float *mix, const float *base,
+                       const float *scale, int T, int N, int iters, float hc_eps, void *stream);
+/* x (T, d) = sum_j pre[t, j] X[t, j] */
+int kernels_hc_collapse(float *x, const float *X, const float *pre, int T, int N, int d, void *stream);
+/* out (T, d) = sum_j (sigmoid(mix[t, j] scale[0] + base[j]) + hc_eps) X[t, j] */
+int kernels_hc_head(float *out, const float *X, const float *mix, const float *base, const float *scale, int T,
+                    int N, int d, float hc_eps, void *stream);
+/* X[k] (T, N, d) = post[k] y + sum_j comb[j, k] X[j] */
+int kernels_hc_merge(float *X, const float *y, const float *post, const float *comb, int T, int N, int d,
+                     void *stream);
+/* In place on x (T, n_heads, hd): the interleaved pairs of each head's last r channels rotated by pos[t] *
+ * inv_freq (r/2), or by minus that angle when inverse. */
+int kernels_rope_tail(float *x, const int *pos, int T, int n_heads, int hd, int r, const float *inv_freq,
+                      int inverse, void *stream);
+/* out (T, d) = x / sqrt(mean(x^2) + eps) */
+int kernels_rmsnorm_plain(float *out, const float *x, int T, int d, float eps, void *stream);
+/* gate (n) = silu(min(gate, limit)) * clamp(up, -limit, limit) */
+int kernels_swiglu_limit(float *gate, const float *up, size_t n, float limit, void *stream);
+/* backend.h's engram_v41_gate */
+int kernels_engram_v41_gate(float *X, const float *kv, const float *w, int T, int N, int d, float eps, float clamp,
+                            float *gates, void *stream);
+
+/* One layer's paged decode state (backend.h, dsv4_kv), device memory. */
+typedef struct {
+    float *base;
+    size_t block_floats;
+    int m, slots, D, dI;
+} kernels_dsv4_kv;
+
+/* backend.h's dsv4_compress; ring_kv / ring_gate and h_seq_* are host arrays (the rings device memory). */
+typedef struct {
+    const float *kv, *gate;          /* (T, cw) the step's projections */
+    float *const *ring_kv, *const *ring_gate; /* (n_seqs) each sequence's ring of 2m rows */
+    const int *h_seq_start, *h_seq_pos0; /* host */
+    const int *block_tables;         /* device */
+    int n_seqs, max_blocks, block_size;
+    kernels_dsv4_kv cache;
+    int which, m, D, overlap, r;
+    const float *ape, *norm, *inv_freq;
+    float eps;
+} kernels_dsv4_compress_args;
+int kernels_dsv4_compress(const kernels_dsv4_compress_args *a, void *stream);
+
+/* backend.h's dsv4_index; work: kernels_dsv4_index_work_floats floats of scratch. */
+size_t kernels_dsv4_index_work_floats(int T, int max_ctx, int m);
+int kernels_dsv4_index(int *sel, float *work, const float *q, const float *wts, const kernels_dsv4_kv *cache,
+                       const int *pos, const int *tok_seq, const int *block_tables, int max_blocks, int block_size,
+                       int T, int max_ctx, int m, int K, int nI, int dI, void *stream);
+
+/* backend.h's dsv4_attention (the step's kv rows stored first). */
+typedef struct {
+    float *out;
+    const float *q, *kv;
+    const int *pos, *tok_seq, *block_tables; /* device */
+    int n_tokens, max_blocks, block_size, max_ctx;
+    kernels_dsv4_kv cache;
+    int m;
+    const int *sel; /* (T, K) or NULL */
+    int K;
+    const float *sinks;
+    int nh, D, W;
+} kernels_dsv4_attention_args;
+int kernels_dsv4_attention(const kernels_dsv4_attention_args *a, void *stream);
+
 /* ---- sampling.cu ---- */
 
 /* next (T) = argmax of each row of logits (T, vocab), lowest id on ties. */

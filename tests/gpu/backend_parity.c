@@ -914,6 +914,148 @@ static void time_moe(int T, const char *tile) {
     moe_fix_free(&f);
 }
 
+/* ---- DeepSeek-V4 ops (cpu_dsv4.c against kernels/dsv4.cu) ---- */
+
+static void test_dsv4_small(void) {
+    int T = 37, N = 4, d = 256, iters = 20;
+    float eps = 1e-6f, hc_eps = 1e-6f;
+    size_t nm = (size_t)T * (2 + N) * N;
+    float *mix = rand_f32(nm, 2.0f), *base = rand_f32((size_t)(2 + N) * N, 1.0f), *scale = rand_f32(3, 1.0f);
+    float *X = rand_f32((size_t)T * N * d, 1.0f), *y = rand_f32((size_t)T * d, 1.0f);
+    float *dmix = dev_copy(mix, nm * 4), *dbase = dev_copy(base, (size_t)(2 + N) * N * 4), *dscale = dev_copy(scale, 12);
+    float *dX = dev_copy(X, (size_t)T * N * d * 4), *dy = dev_copy(y, (size_t)T * d * 4);
+    /* hc_weights, hc_collapse, hc_split */
+    float *pre = xmalloc((size_t)T * N * 4), *post = xmalloc((size_t)T * N * 4), *comb = xmalloc((size_t)T * N * N * 4);
+    float *x = xmalloc((size_t)T * d * 4);
+    backend_hc_weights(cpu, pre, post, comb, mix, base, scale, T, N, iters, hc_eps);
+    float *gpre = dev_poison((size_t)T * N * 4), *gpost = dev_poison((size_t)T * N * 4);
+    float *gcomb = dev_poison((size_t)T * N * N * 4), *gx = dev_poison((size_t)T * d * 4);
+    backend_hc_weights(gpu, gpre, gpost, gcomb, dmix, dbase, dscale, T, N, iters, hc_eps);
+    check("hc_weights pre", gpre, pre, (size_t)T * N, 1e-5);
+    check("hc_weights post", gpost, post, (size_t)T * N, 1e-5);
+    check("hc_weights comb (Sinkhorn)", gcomb, comb, (size_t)T * N * N, 1e-5);
+    backend_hc_collapse(cpu, x, X, pre, T, N, d);
+    backend_hc_collapse(gpu, gx, dX, gpre, T, N, d);
+    check("hc_collapse", gx, x, (size_t)T * d, 1e-5);
+    backend_hc_split(cpu, post, comb, x, X, mix, base, scale, T, N, d, iters, hc_eps);
+    backend_hc_split(gpu, gpost, gcomb, gx, dX, dmix, dbase, dscale, T, N, d, iters, hc_eps);
+    check("hc_split x", gx, x, (size_t)T * d, 1e-5);
+    /* hc_merge (in place on X), hc_head */
+    backend_hc_merge(cpu, X, y, post, comb, T, N, d);
+    backend_hc_merge(gpu, dX, dy, gpost, gcomb, T, N, d);
+    check("hc_merge", dX, X, (size_t)T * N * d, 1e-5);
+    backend_hc_head(cpu, x, X, mix, base, scale, T, N, d, hc_eps);
+    backend_hc_head(gpu, gx, dX, dmix, dbase, dscale, T, N, d, hc_eps);
+    check("hc_head", gx, x, (size_t)T * d, 1e-5);
+    /* rmsnorm_plain, rope_tail, swiglu_limit */
+    backend_rmsnorm_plain(cpu, x, y, T, d, eps);
+    backend_rmsnorm_plain(gpu, gx, dy, T, d, eps);
+    check("rmsnorm_plain", gx, x, (size_t)T * d, 1e-5);
+    int32_t *pos = xmalloc((size_t)T * 4);
+    for (int t = 0; t < T; t++) pos[t] = irand(5000);
+    float inv[32];
+    for (int j = 0; j < 32; j++) inv[j] = powf(10000.0f, -2.0f * j / 64.0f);
+    int32_t *dpos = dev_copy(pos, (size_t)T * 4);
+    float *dinv = dev_copy(inv, sizeof(inv)), *q = rand_f32((size_t)T * 4 * 64, 1.0f);
+    float *dq = dev_copy(q, (size_t)T * 4 * 64 * 4);
+    for (int inverse = 0; inverse < 2; inverse++) {
+        backend_rope_tail(cpu, q, pos, T, 4, 64, 32 - 8 * inverse, inv, inverse);
+        backend_rope_tail(gpu, dq, dpos, T, 4, 64, 32 - 8 * inverse, dinv, inverse);
+        check(inverse ? "rope_tail inverse r=24" : "rope_tail r=32", dq, q, (size_t)T * 4 * 64, 1e-5);
+    }
+    float *g = rand_f32((size_t)T * d, 12.0f), *u = rand_f32((size_t)T * d, 12.0f);
+    float *dg = dev_copy(g, (size_t)T * d * 4), *du = dev_copy(u, (size_t)T * d * 4);
+    backend_swiglu_limit(cpu, g, u, (size_t)T * d, 7.0f);
+    backend_swiglu_limit(gpu, dg, du, (size_t)T * d, 7.0f);
+    check("swiglu_limit 7", dg, g, (size_t)T * d, 1e-5);
+    /* V4.1's Engram gate: X (T, N, d) += gate * value */
+    float *kv = rand_f32((size_t)T * (N + 1) * d, 1.0f), *w = rand_f32((size_t)N * d, 1.0f);
+    float *gates = xmalloc((size_t)T * N * 4), *dgates = dev_poison((size_t)T * N * 4);
+    float *dkv = dev_copy(kv, (size_t)T * (N + 1) * d * 4), *dw = dev_copy(w, (size_t)N * d * 4);
+    backend_engram_v41_gate(cpu, X, kv, w, T, N, d, eps, 1e-6f, gates);
+    backend_engram_v41_gate(gpu, dX, dkv, dw, T, N, d, eps, 1e-6f, dgates);
+    check("engram_v41_gate gates", dgates, gates, (size_t)T * N, 1e-5);
+    check("engram_v41_gate X", dX, X, (size_t)T * N * d, 1e-5);
+    void *frees[] = {dmix, dbase, dscale, dX, dy, gpre, gpost, gcomb, gx, dpos, dinv, dq, dg, du, dgates, dkv, dw};
+    for (size_t i = 0; i < sizeof(frees) / sizeof(frees[0]); i++) backend_free(gpu, frees[i]);
+    free(mix), free(base), free(scale), free(X), free(y), free(pre), free(post), free(comb), free(x), free(pos);
+    free(q), free(g), free(u), free(kv), free(w), free(gates);
+}
+
+/* The compressor, the indexer and the attention on one layer's paged state over the mixed step:
+ * the cache starts random (earlier positions), both backends run the same ops, and the caches,
+ * rings, selections and outputs are compared. m = 4 CSA (overlapping, with an indexer), m = 8 HCA,
+ * m = 0 sliding. */
+static void test_dsv4_layer(const step *st, int n_blocks, int m, int csa) {
+    int D = 64, dI = 32, nI = 4, nh = 4, K = 8, W = 24, r = 16, T = st->h.n_tokens, S = st->h.n_seqs;
+    int bs = st->h.block_size, slots = m ? (bs + m - 1) / m : 0;
+    size_t bf = dsv4_kv_block_floats(bs, m, csa, D, dI), ncache = (size_t)n_blocks * bf;
+    float *cache = rand_f32(ncache, 1.0f), *dcache = dev_copy(cache, ncache * 4);
+    dsv4_kv hk = {.base = cache, .block_floats = bf, .m = m, .slots = slots, .D = D, .dI = dI};
+    dsv4_kv gk = hk;
+    gk.base = dcache;
+    float inv[8];
+    for (int j = 0; j < 8; j++) inv[j] = powf(10000.0f, -2.0f * j / 16.0f);
+    float *dinv = dev_copy(inv, sizeof(inv));
+    char name[96];
+    if (m) {
+        for (int which = 0; which < 1 + csa; which++) {
+            int Dw = which ? dI : D, cw = csa ? 2 * Dw : Dw;
+            float *kv = rand_f32((size_t)T * cw, 1.0f), *gate = rand_f32((size_t)T * cw, 2.0f);
+            float *ape = rand_f32((size_t)m * cw, 1.0f), *norm = rand_f32((size_t)Dw, 1.0f);
+            float *dkv = dev_copy(kv, (size_t)T * cw * 4), *dgate = dev_copy(gate, (size_t)T * cw * 4);
+            float *dape = dev_copy(ape, (size_t)m * cw * 4), *dnorm = dev_copy(norm, (size_t)Dw * 4);
+            size_t ring = (size_t)2 * m * cw;
+            dsv4_state hs[8], gs[8];
+            dsv4_state *hp[8], *gp[8];
+            float *rings = rand_f32((size_t)S * 2 * ring, 1.0f), *drings = dev_copy(rings, (size_t)S * 2 * ring * 4);
+            for (int s = 0; s < S; s++) {
+                float *h0 = rings + (size_t)s * 2 * ring, *g0 = drings + (size_t)s * 2 * ring;
+                hs[s] = (dsv4_state){.c_kv = h0, .c_gate = h0 + ring, .i_kv = h0, .i_gate = h0 + ring};
+                gs[s] = (dsv4_state){.c_kv = g0, .c_gate = g0 + ring, .i_kv = g0, .i_gate = g0 + ring};
+                hp[s] = &hs[s], gp[s] = &gs[s];
+            }
+            backend_dsv4_compress(cpu, kv, gate, &st->h, hp, &hk, which, m, Dw, csa, ape, norm, 1e-6f, r, inv);
+            backend_dsv4_compress(gpu, dkv, dgate, &st->d, gp, &gk, which, m, Dw, csa, dape, dnorm, 1e-6f, r, dinv);
+            snprintf(name, sizeof(name), "dsv4_compress m=%d %s cache", m, which ? "indexer" : "main");
+            check(name, dcache, cache, ncache, 1e-5);
+            snprintf(name, sizeof(name), "dsv4_compress m=%d %s rings", m, which ? "indexer" : "main");
+            check(name, drings, rings, (size_t)S * 2 * ring, 0);
+            void *fr[] = {dkv, dgate, dape, dnorm, drings};
+            for (int i = 0; i < 5; i++) backend_free(gpu, fr[i]);
+            free(kv), free(gate), free(ape), free(norm), free(rings);
+        }
+    }
+    backend_upload(gpu, dcache, cache, ncache * 4); /* the same cache for the readers */
+    int32_t *sel = NULL, *dsel = NULL;
+    if (m && csa) {
+        float *q = rand_f32((size_t)T * nI * dI, 1.0f), *wts = rand_f32((size_t)T * nI, 1.0f);
+        float *dq = dev_copy(q, (size_t)T * nI * dI * 4), *dwts = dev_copy(wts, (size_t)T * nI * 4);
+        sel = xmalloc((size_t)T * K * 4);
+        dsel = dev_poison((size_t)T * K * 4);
+        backend_dsv4_index(cpu, sel, q, wts, &st->h, &hk, m, K, nI, dI);
+        backend_dsv4_index(gpu, dsel, dq, dwts, &st->d, &gk, m, K, nI, dI);
+        snprintf(name, sizeof(name), "dsv4_index m=%d K=%d", m, K);
+        check_i32(name, dsel, sel, (size_t)T * K);
+        backend_upload(gpu, dsel, sel, (size_t)T * K * 4);
+        backend_free(gpu, dq), backend_free(gpu, dwts);
+        free(q), free(wts);
+    }
+    float *q = rand_f32((size_t)T * nh * D, 1.0f), *kv = rand_f32((size_t)T * D, 1.0f), *sinks = rand_f32(nh, 2.0f);
+    float *dq = dev_copy(q, (size_t)T * nh * D * 4), *dkv = dev_copy(kv, (size_t)T * D * 4);
+    float *dsinks = dev_copy(sinks, (size_t)nh * 4), *out = xmalloc((size_t)T * nh * D * 4);
+    float *dout = dev_poison((size_t)T * nh * D * 4);
+    backend_dsv4_attention(cpu, out, q, kv, &st->h, &hk, m, sel, K, sinks, nh, D, W);
+    backend_dsv4_attention(gpu, dout, dq, dkv, &st->d, &gk, m, dsel, K, dsinks, nh, D, W);
+    snprintf(name, sizeof(name), "dsv4_attention m=%d%s W=%d", m, m ? csa ? " CSA" : " HCA" : " sliding", W);
+    check(name, dout, out, (size_t)T * nh * D, 1e-5);
+    snprintf(name, sizeof(name), "dsv4_attention m=%d rows stored", m);
+    check(name, dcache, cache, ncache, 0);
+    backend_free(gpu, dq), backend_free(gpu, dkv), backend_free(gpu, dsinks), backend_free(gpu, dout);
+    backend_free(gpu, dcache), backend_free(gpu, dinv), backend_free(gpu, dsel);
+    free(q), free(kv), free(sinks), free(out), free(cache), free(sel);
+}
+
 static void time_attention(int n_seqs, int q_each, int ctx, int nh, int nkv, int hd, int no_tiled) {
     int qn[256], p0[256], bs = 16;
     for (int s = 0; s < n_seqs; s++) qn[s] = q_each, p0[s] = ctx - q_each;
@@ -1005,6 +1147,7 @@ int main(int argc, char **argv) {
     test_fused_products(43, DTYPE_BF16, 1, 1e-2);
     /* mixture of experts: routers of the three scorings; experts through the pair kernel (T <= 2,
      * f32 activations), the tensor-core grouped products (bf16, tiles fit) and the general ones */
+    test_dsv4_small();
     test_moe(128, 8, 256, 128, 1, DTYPE_BF16, 0.0f, MOE_SOFTMAX, 1e-5);
     test_moe(128, 8, 256, 128, 2, DTYPE_F32, 0.0f, MOE_SOFTMAX, 1e-5);
     test_moe(64, 6, 256, 128, 2, DTYPE_BF16, 7.0f, MOE_SQRTSOFTPLUS, 1e-5);
@@ -1038,6 +1181,9 @@ int main(int argc, char **argv) {
     test_attention(&st, n_blocks, 4, 2, 16, 0, 1);   /* the fixtures' shape */
     test_attention(&st, n_blocks, 8, 8, 256, 0, 1);  /* no GQA, widest head */
     test_attention(&st, n_blocks, 28, 4, 128, 0, 0); /* G = 7 */
+    test_dsv4_layer(&st, n_blocks, 4, 1);
+    test_dsv4_layer(&st, n_blocks, 8, 0);
+    test_dsv4_layer(&st, n_blocks, 0, 0);
     step_free(&st);
     { /* a long prefill chunk far into its sequence beside a short decode */
         int q3[2] = {300, 1}, p3[2] = {1000, 50};

@@ -1,7 +1,7 @@
 /* Internal to the CUDA backend plugin (engine/backend/cuda/): the handle's
  * state and what its files share. backend_cuda.c makes the handle and owns
  * memory; cuda_ops.c the compute ops, cuda_moe.c the mixture-of-experts
- * ops, cuda_view.c the device view of a model (uploading weights),
+ * ops, cuda_dsv4.c DeepSeek-V4's, cuda_view.c the device view of a model (uploading weights),
  * cuda_graphs.c recorded steps, cuda_fetch.c the copy
  * stream of Engram rows, cuda_profile.c op timing. */
 #ifndef ENGINE_BACKEND_CUDA_INTERNAL_H
@@ -64,6 +64,8 @@ typedef struct {
     size_t att_work_floats;
     void *moe_work; /* moe_experts' packed rows and products (cuda_moe.c) */
     size_t moe_work_bytes;
+    void *dsv4_work; /* DeepSeek-V4 ops' scratch (cuda_dsv4.c) */
+    size_t dsv4_work_bytes;
     int attention_no_tiled; /* tests: every token through the per-token kernel */
     int graphs_off; /* backend_params.cuda_graphs 0 (or op profiling): no recorded steps */
     int capturing;  /* slot being recorded, or -1 */
@@ -135,6 +137,30 @@ void cu_moe_route(backend *be, int32_t *ids, float *wts, const float *logits, co
                   const moe_weights *moe, int T);
 void cu_moe_experts(backend *be, float *out, const float *x, const int32_t *ids, const float *wts,
                     const moe_weights *moe, int T);
+
+/* ---- DeepSeek-V4 (cuda_dsv4.c) ---- */
+void cu_rmsnorm_plain(backend *be, float *out, const float *x, int T, int d, float eps);
+void cu_hc_weights(backend *be, float *pre, float *post, float *comb, const float *mix, const float *base,
+                   const float *scale, int T, int N, int iters, float hc_eps);
+void cu_hc_collapse(backend *be, float *x, const float *X, const float *pre, int T, int N, int d);
+void cu_hc_split(backend *be, float *post, float *comb, float *x, const float *X, const float *mix,
+                 const float *base, const float *scale, int T, int N, int d, int iters, float hc_eps);
+void cu_hc_merge(backend *be, float *X, const float *y, const float *post, const float *comb, int T, int N, int d);
+void cu_hc_head(backend *be, float *out, const float *X, const float *mix, const float *base, const float *scale,
+                int T, int N, int d, float hc_eps);
+void cu_rope_tail(backend *be, float *x, const int32_t *pos, int T, int n_heads, int hd, int r,
+                  const float *inv_freq, int inverse);
+void cu_dsv4_compress(backend *be, const float *kv, const float *gate, const batch_desc *b, dsv4_state *const *st,
+                      const dsv4_kv *cache, int which, int m, int D, int overlap, const float *ape,
+                      const float *norm, float eps, int r, const float *inv_freq);
+void cu_dsv4_index(backend *be, int32_t *sel, const float *q, const float *wts, const batch_desc *b,
+                   const dsv4_kv *cache, int m, int K, int nI, int dI);
+void cu_dsv4_attention(backend *be, float *out, const float *q, const float *kv, const batch_desc *b,
+                       const dsv4_kv *cache, int m, const int32_t *sel, int K, const float *sinks, int nh, int D,
+                       int W);
+void cu_swiglu_limit(backend *be, float *gate, const float *up, size_t n, float limit);
+void cu_engram_v41_gate(backend *be, float *X, const float *kv, const float *w, int T, int N, int d, float eps,
+                        float clamp, float *gates);
 
 /* ---- the device view of a model (cuda_view.c) ---- */
 model *cu_prepare(backend *be, model *m, char *err, size_t errlen);

@@ -256,8 +256,9 @@ void cuda__ops_free(cuda_backend *g) {
     if (g->add_tmp) cudaFree(g->add_tmp);
     if (g->att_work) cudaFree(g->att_work);
     if (g->moe_work) cudaFree(g->moe_work);
-    g->xb = g->add_tmp = g->moe_work = NULL;
-    g->moe_work_bytes = 0;
+    if (g->dsv4_work) cudaFree(g->dsv4_work);
+    g->xb = g->add_tmp = g->moe_work = g->dsv4_work = NULL;
+    g->moe_work_bytes = g->dsv4_work_bytes = 0;
     g->att_work = NULL;
     g->xb_bytes = g->add_tmp_bytes = g->att_work_floats = 0;
 }

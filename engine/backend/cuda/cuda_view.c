@@ -14,6 +14,8 @@ typedef struct {
     engram_weights *elayers;
     moe_weights *moe;  /* (n_layers) the sparse layers' experts, stacked on the device (view__moe) */
     weight *moe_mats;  /* (n_layers, 3 n_experts) their gate, up and down views */
+    dsv4_weights dsv4; /* DeepSeek-V4's own tensors (view__dsv4) */
+    dsv4_layer *dsv4_layers;
     void **dev; /* every device buffer of the view */
     int n_dev, cap_dev;
     struct {
@@ -160,6 +162,7 @@ void cu_release(backend *be, model *view, model *m) {
     free(v->elayers);
     free(v->moe);
     free(v->moe_mats);
+    free(v->dsv4_layers);
     free(v);
 }
 
@@ -257,10 +260,11 @@ static int view__moe(cuda_view *v, int l, const moe_weights *in, moe_weights *o,
     int E = in->n_experts;
     char what[64];
     *o = *in;
-    if (in->shared) {
-        snprintf(err, errlen, "layer %d: shared experts are not supported on CUDA yet; use --device cpu", l);
+    snprintf(what, sizeof(what), "layer %d shared expert", l); /* DeepSeek-V4's: plain products (forward_dsv4.c) */
+    if (in->shared && (view__weight(v, &in->sh_gate, &o->sh_gate, 0, what, err, errlen) ||
+                       view__weight(v, &in->sh_up, &o->sh_up, 0, what, err, errlen) ||
+                       view__weight(v, &in->sh_down, &o->sh_down, 0, what, err, errlen)))
         return -1;
-    }
     weight *m = v->moe_mats + (size_t)l * 3 * E;
     o->gate = m, o->up = m + E, o->down = m + 2 * E;
     const weight **ws = malloc((size_t)2 * E * sizeof(*ws));
@@ -307,6 +311,58 @@ static int view__moe(cuda_view *v, int l, const moe_weights *in, moe_weights *o,
     return 0;
 }
 
+/* DeepSeek-V4's tensors beyond layer_weights (model.h, dsv4_weights): the
+ * hyper-connections, the low-rank attention, the compressors and the
+ * indexer, each uploaded as the dense ones are. */
+static int view__dsv4(cuda_view *v, const model *m, char *err, size_t errlen) {
+    const model_config *c = &m->cfg;
+    const dsv4_config *k = &c->dsv4;
+    int N = k->hc_mult, D = c->head_dim, dI = k->index_head_dim;
+    size_t mixw = (size_t)(2 + N) * N;
+    char what[64];
+    v->dsv4 = *m->dsv4;
+    v->dsv4_layers = calloc((size_t)c->n_layers, sizeof(*v->dsv4_layers));
+    if (!v->dsv4_layers) return snprintf(err, errlen, "out of host memory"), -1;
+    v->dsv4.layers = v->dsv4_layers;
+#define DW(in, out, name) (snprintf(what, sizeof(what), "layer %d %s", l, name), view__weight(v, in, out, 0, what, err, errlen))
+#define DV(in, out, n, name) (snprintf(what, sizeof(what), "layer %d %s", l, name), view__vec(v, in, n, out, what, err, errlen))
+    for (int l = 0; l < c->n_layers; l++) {
+        const dsv4_layer *L = &m->dsv4->layers[l];
+        dsv4_layer *o = &v->dsv4_layers[l];
+        *o = *L;
+        int rate = k->rate[l], csa = k->attn[l] == DSV4_CSA;
+        size_t cw = csa ? 2 * (size_t)D : (size_t)D;
+        if (DW(&L->hc_attn_fn, &o->hc_attn_fn, "hc_attn_fn") || DW(&L->hc_ffn_fn, &o->hc_ffn_fn, "hc_ffn_fn") ||
+            DV(L->hc_attn_base, &o->hc_attn_base, mixw, "hc_attn_base") ||
+            DV(L->hc_attn_scale, &o->hc_attn_scale, 3, "hc_attn_scale") ||
+            DV(L->hc_ffn_base, &o->hc_ffn_base, mixw, "hc_ffn_base") ||
+            DV(L->hc_ffn_scale, &o->hc_ffn_scale, 3, "hc_ffn_scale") || DW(&L->wq_a, &o->wq_a, "wq_a") ||
+            DW(&L->wq_b, &o->wq_b, "wq_b") || DW(&L->wkv, &o->wkv, "wkv") || DW(&L->wo_a, &o->wo_a, "wo_a") ||
+            DW(&L->wo_b, &o->wo_b, "wo_b") || DV(L->q_norm, &o->q_norm, (size_t)k->q_lora_rank, "q_norm") ||
+            DV(L->kv_norm, &o->kv_norm, (size_t)D, "kv_norm") || DV(L->sinks, &o->sinks, (size_t)c->n_heads, "sinks"))
+            return -1;
+        if (rate && (DW(&L->comp.wkv, &o->comp.wkv, "compressor wkv") ||
+                     DW(&L->comp.wgate, &o->comp.wgate, "compressor wgate") ||
+                     DV(L->comp.ape, &o->comp.ape, (size_t)rate * cw, "compressor ape") ||
+                     DV(L->comp.norm, &o->comp.norm, (size_t)D, "compressor norm")))
+            return -1;
+        if (rate && csa && (DW(&L->icomp.wkv, &o->icomp.wkv, "indexer wkv") ||
+                            DW(&L->icomp.wgate, &o->icomp.wgate, "indexer wgate") ||
+                            DV(L->icomp.ape, &o->icomp.ape, (size_t)rate * 2 * dI, "indexer ape") ||
+                            DV(L->icomp.norm, &o->icomp.norm, (size_t)dI, "indexer norm") ||
+                            DW(&L->iwq_b, &o->iwq_b, "indexer wq_b") || DW(&L->iweights, &o->iweights, "indexer weights")))
+            return -1;
+    }
+#undef DW
+#undef DV
+    if (view__weight(v, &m->dsv4->hc_head_fn, &v->dsv4.hc_head_fn, 0, "hc_head_fn", err, errlen) ||
+        view__vec(v, m->dsv4->hc_head_base, (size_t)N, &v->dsv4.hc_head_base, "hc_head_base", err, errlen) ||
+        view__vec(v, m->dsv4->hc_head_scale, 1, &v->dsv4.hc_head_scale, "hc_head_scale", err, errlen))
+        return -1;
+    v->m.dsv4 = &v->dsv4;
+    return 0;
+}
+
 model *cu_prepare(backend *be, model *m, char *err, size_t errlen) {
     const model_config *c = &m->cfg;
     cuda_view *v = calloc(1, sizeof(*v));
@@ -317,6 +373,7 @@ model *cu_prepare(backend *be, model *m, char *err, size_t errlen) {
     v->m.owned = NULL;
     v->m.n_owned = v->m.cap_owned = 0;
     v->m.engram = NULL;
+    v->m.dsv4 = NULL;
     size_t d = (size_t)c->hidden_size, hd = (size_t)c->head_dim, ff = (size_t)c->intermediate_size;
     size_t qw = (size_t)c->n_heads * hd, kvw = (size_t)c->n_kv_heads * hd;
     v->layers = calloc((size_t)c->n_layers, sizeof(*v->layers));
@@ -330,6 +387,7 @@ model *cu_prepare(backend *be, model *m, char *err, size_t errlen) {
         view__vec(v, m->final_norm, d, &v->m.final_norm, "norm", err, errlen))
         goto fail;
     if (m->engram && view__engram(v, m, err, errlen)) goto fail;
+    if (m->dsv4 && view__dsv4(v, m, err, errlen)) goto fail;
     if (c->moe.n_experts) {
         v->moe = calloc((size_t)c->n_layers, sizeof(*v->moe));
         v->moe_mats = calloc((size_t)c->n_layers * 3 * c->moe.n_experts, sizeof(*v->moe_mats));

@@ -1,0 +1,115 @@
+/* DeepSeek-V4 ops of the CUDA backend (kernels/dsv4.cu; the CPU reference is
+ * engine/backend/cpu/cpu_dsv4.c): the glue from backend.h's arguments to the
+ * kernels' (the step's host copies for the launches planned per sequence,
+ * each sequence's compressor rings by value). */
+#include <stdlib.h>
+
+#include "engine/backend/cuda/cuda_internal.h"
+
+static kernels_dsv4_kv kv_of(const dsv4_kv *c) {
+    return (kernels_dsv4_kv){.base = c->base, .block_floats = c->block_floats, .m = c->m, .slots = c->slots,
+                             .D = c->D, .dI = c->dI};
+}
+
+void cu_rmsnorm_plain(backend *be, float *out, const float *x, int T, int d, float eps) {
+    cuda_backend *g = cuda__of(be);
+    CUDA_TIMED(g, CHECK_K(kernels_rmsnorm_plain(out, x, T, d, eps, g->stream)), "rmsnorm_plain d=%d", d);
+}
+
+void cu_hc_weights(backend *be, float *pre, float *post, float *comb, const float *mix, const float *base,
+                   const float *scale, int T, int N, int iters, float hc_eps) {
+    cuda_backend *g = cuda__of(be);
+    CUDA_TIMED(g, CHECK_K(kernels_hc_weights(pre, post, comb, mix, base, scale, T, N, iters, hc_eps, g->stream)),
+               "hc_weights");
+}
+
+void cu_hc_collapse(backend *be, float *x, const float *X, const float *pre, int T, int N, int d) {
+    cuda_backend *g = cuda__of(be);
+    CUDA_TIMED(g, CHECK_K(kernels_hc_collapse(x, X, pre, T, N, d, g->stream)), "hc_collapse");
+}
+
+/* hc_weights, then the collapse with pre from scratch (hc_split keeps no pre). */
+void cu_hc_split(backend *be, float *post, float *comb, float *x, const float *X, const float *mix,
+                 const float *base, const float *scale, int T, int N, int d, int iters, float hc_eps) {
+    cuda_backend *g = cuda__of(be);
+    cuda__grow(g, &g->dsv4_work, &g->dsv4_work_bytes, (size_t)T * N * sizeof(float));
+    float *pre = g->dsv4_work;
+    int pi = prof__begin(g, "hc_split");
+    CHECK_K(kernels_hc_weights(pre, post, comb, mix, base, scale, T, N, iters, hc_eps, g->stream));
+    CHECK_K(kernels_hc_collapse(x, X, pre, T, N, d, g->stream));
+    prof__end(g, pi);
+}
+
+void cu_hc_merge(backend *be, float *X, const float *y, const float *post, const float *comb, int T, int N, int d) {
+    cuda_backend *g = cuda__of(be);
+    CUDA_TIMED(g, CHECK_K(kernels_hc_merge(X, y, post, comb, T, N, d, g->stream)), "hc_merge");
+}
+
+void cu_hc_head(backend *be, float *out, const float *X, const float *mix, const float *base, const float *scale,
+                int T, int N, int d, float hc_eps) {
+    cuda_backend *g = cuda__of(be);
+    CUDA_TIMED(g, CHECK_K(kernels_hc_head(out, X, mix, base, scale, T, N, d, hc_eps, g->stream)), "hc_head");
+}
+
+void cu_rope_tail(backend *be, float *x, const int32_t *pos, int T, int n_heads, int hd, int r,
+                  const float *inv_freq, int inverse) {
+    cuda_backend *g = cuda__of(be);
+    CUDA_TIMED(g, CHECK_K(kernels_rope_tail(x, pos, T, n_heads, hd, r, inv_freq, inverse, g->stream)), "rope_tail");
+}
+
+void cu_dsv4_compress(backend *be, const float *kv, const float *gate, const batch_desc *b, dsv4_state *const *st,
+                      const dsv4_kv *cache, int which, int m, int D, int overlap, const float *ape,
+                      const float *norm, float eps, int r, const float *inv_freq) {
+    cuda_backend *g = cuda__of(be);
+    float **rings = malloc((size_t)2 * (b->n_seqs ? b->n_seqs : 1) * sizeof(float *));
+    if (!rings) cuda__fail(__func__, "out of host memory");
+    for (int s = 0; s < b->n_seqs; s++) {
+        rings[s] = which ? st[s]->i_kv : st[s]->c_kv;
+        rings[b->n_seqs + s] = which ? st[s]->i_gate : st[s]->c_gate;
+    }
+    kernels_dsv4_compress_args a = {
+        .kv = kv, .gate = gate, .ring_kv = rings, .ring_gate = rings + b->n_seqs, .h_seq_start = b->h_seq_start,
+        .h_seq_pos0 = b->h_seq_pos0, .block_tables = b->block_tables, .n_seqs = b->n_seqs,
+        .max_blocks = b->max_blocks, .block_size = b->block_size, .cache = kv_of(cache), .which = which, .m = m,
+        .D = D, .overlap = overlap, .r = r, .ape = ape, .norm = norm, .inv_freq = inv_freq, .eps = eps,
+    };
+    CUDA_TIMED(g, CHECK_K(kernels_dsv4_compress(&a, g->stream)), "dsv4_compress m=%d", m);
+    free(rings);
+}
+
+void cu_dsv4_index(backend *be, int32_t *sel, const float *q, const float *wts, const batch_desc *b,
+                   const dsv4_kv *cache, int m, int K, int nI, int dI) {
+    cuda_backend *g = cuda__of(be);
+    size_t need = kernels_dsv4_index_work_floats(b->n_tokens, b->max_ctx, m) * sizeof(float);
+    cuda__grow(g, &g->dsv4_work, &g->dsv4_work_bytes, need);
+    kernels_dsv4_kv c = kv_of(cache);
+    CUDA_TIMED(g,
+               CHECK_K(kernels_dsv4_index(sel, g->dsv4_work, q, wts, &c, b->pos, b->tok_seq, b->block_tables,
+                                          b->max_blocks, b->block_size, b->n_tokens, b->max_ctx, m, K, nI, dI,
+                                          g->stream)),
+               "dsv4_index m=%d", m);
+}
+
+void cu_dsv4_attention(backend *be, float *out, const float *q, const float *kv, const batch_desc *b,
+                       const dsv4_kv *cache, int m, const int32_t *sel, int K, const float *sinks, int nh, int D,
+                       int W) {
+    cuda_backend *g = cuda__of(be);
+    kernels_dsv4_attention_args a = {
+        .out = out, .q = q, .kv = kv, .pos = b->pos, .tok_seq = b->tok_seq, .block_tables = b->block_tables,
+        .n_tokens = b->n_tokens, .max_blocks = b->max_blocks, .block_size = b->block_size, .max_ctx = b->max_ctx,
+        .cache = kv_of(cache), .m = m, .sel = sel, .K = K, .sinks = sinks, .nh = nh, .D = D, .W = W,
+    };
+    CUDA_TIMED(g, CHECK_K(kernels_dsv4_attention(&a, g->stream)), "dsv4_attention m=%d", m);
+}
+
+void cu_swiglu_limit(backend *be, float *gate, const float *up, size_t n, float limit) {
+    cuda_backend *g = cuda__of(be);
+    CUDA_TIMED(g, CHECK_K(kernels_swiglu_limit(gate, up, n, limit, g->stream)), "swiglu_limit");
+}
+
+void cu_engram_v41_gate(backend *be, float *X, const float *kv, const float *w, int T, int N, int d, float eps,
+                        float clamp, float *gates) {
+    cuda_backend *g = cuda__of(be);
+    CUDA_TIMED(g, CHECK_K(kernels_engram_v41_gate(X, kv, w, T, N, d, eps, clamp, gates, g->stream)),
+               "engram_v41_gate");
+}

@@ -1,0 +1,477 @@
+// DeepSeek-V4 on the GPU (DEEPSEEK_V4.md section 2): hyper-connections with
+// Sinkhorn, the interleaved tail rope, the compressors, the Lightning indexer,
+// the window + compressed attention with sinks, the clamped SwiGLU and
+// V4.1's Engram gate. Each kernel mirrors its CPU reference
+// (engine/backend/cpu/cpu_dsv4.c) line by line. Where a sum runs over one
+// thread, it runs in the CPU's order with rounded operations (no fused
+// multiply-add), so that the indexer's scores, which pick entries by rank,
+// are the CPU's bit for bit; reductions across threads differ from the CPU
+// only in their order. A first, plain version: per-token blocks, no tiling.
+#include "kernels/kernels.h"
+
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+
+static int dsv4_status(void) { return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH; }
+
+__device__ __forceinline__ float dsv4_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// ---- hyper-connections ----
+
+// One token's (pre, post, comb) from its mix ((2+N)N), cpu_dsv4.c hc_weights_row.
+__global__ void hc_weights_kernel(float *pre, float *post, float *comb, const float *mix, const float *base,
+                                  const float *scale, int T, int N, int iters, float hc_eps) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= T) return;
+    const float *a = mix + (size_t)t * (2 + N) * N;
+    float *pr = pre + (size_t)t * N, *po = post + (size_t)t * N, *C = comb + (size_t)t * N * N;
+    for (int j = 0; j < N; j++) {
+        pr[j] = dsv4_sigmoid(__fadd_rn(__fmul_rn(a[j], scale[0]), base[j])) + hc_eps;
+        po[j] = 2.0f * dsv4_sigmoid(__fadd_rn(__fmul_rn(a[N + j], scale[1]), base[N + j]));
+    }
+    for (int j = 0; j < N; j++) {
+        float *row = C + j * N, mx = -INFINITY, sum = 0.0f;
+        for (int k = 0; k < N; k++) {
+            row[k] = __fadd_rn(__fmul_rn(a[2 * N + j * N + k], scale[2]), base[2 * N + j * N + k]);
+            mx = row[k] > mx ? row[k] : mx;
+        }
+        for (int k = 0; k < N; k++) sum += row[k] = expf(row[k] - mx);
+        for (int k = 0; k < N; k++) row[k] = row[k] / sum + hc_eps;
+    }
+    for (int it = 0; it < iters; it++) {
+        if (it > 0)
+            for (int j = 0; j < N; j++) {
+                float s = 0.0f;
+                for (int k = 0; k < N; k++) s += C[j * N + k];
+                for (int k = 0; k < N; k++) C[j * N + k] /= s + hc_eps;
+            }
+        for (int k = 0; k < N; k++) {
+            float s = 0.0f;
+            for (int j = 0; j < N; j++) s += C[j * N + k];
+            for (int j = 0; j < N; j++) C[j * N + k] /= s + hc_eps;
+        }
+    }
+}
+
+extern "C" int kernels_hc_weights(float *pre, float *post, float *comb, const float *mix, const float *base,
+                                  const float *scale, int T, int N, int iters, float hc_eps, void *stream) {
+    if (T <= 0) return KERNELS_OK;
+    if (N < 1 || N > 16) return KERNELS_ERR_ARG;
+    hc_weights_kernel<<<(T + 127) / 128, 128, 0, (cudaStream_t)stream>>>(pre, post, comb, mix, base, scale, T, N,
+                                                                        iters, hc_eps);
+    return dsv4_status();
+}
+
+// x (T, d) = sum_j pre[t, j] X[t, j] (streams in order), or with head the
+// pre of the head: sigmoid(mix[t, j] scale[0] + base[j]) + hc_eps.
+__global__ void hc_collapse_kernel(float *x, const float *X, const float *pre, const float *mix, const float *base,
+                                   const float *scale, int N, int d, float hc_eps) {
+    int t = blockIdx.y;
+    __shared__ float w[16];
+    if (threadIdx.x < N)
+        w[threadIdx.x] = mix ? dsv4_sigmoid(__fadd_rn(__fmul_rn(mix[(size_t)t * N + threadIdx.x], scale[0]),
+                                                      base[threadIdx.x])) + hc_eps
+                             : pre[(size_t)t * N + threadIdx.x];
+    __syncthreads();
+    const float *Xt = X + (size_t)t * N * d;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < d; i += gridDim.x * blockDim.x) {
+        float s = 0.0f;
+        for (int j = 0; j < N; j++) s = __fadd_rn(s, __fmul_rn(w[j], Xt[(size_t)j * d + i]));
+        x[(size_t)t * d + i] = s;
+    }
+}
+
+static int hc_collapse_launch(float *x, const float *X, const float *pre, const float *mix, const float *base,
+                              const float *scale, int T, int N, int d, float hc_eps, void *stream) {
+    if (T <= 0) return KERNELS_OK;
+    if (N < 1 || N > 16 || T > 65535) return KERNELS_ERR_ARG;
+    dim3 grid((d + 255) / 256 < 8 ? (d + 255) / 256 : 8, T);
+    hc_collapse_kernel<<<grid, 256, 0, (cudaStream_t)stream>>>(x, X, pre, mix, base, scale, N, d, hc_eps);
+    return dsv4_status();
+}
+
+extern "C" int kernels_hc_collapse(float *x, const float *X, const float *pre, int T, int N, int d, void *stream) {
+    return hc_collapse_launch(x, X, pre, NULL, NULL, NULL, T, N, d, 0.0f, stream);
+}
+
+extern "C" int kernels_hc_head(float *out, const float *X, const float *mix, const float *base, const float *scale,
+                               int T, int N, int d, float hc_eps, void *stream) {
+    return hc_collapse_launch(out, X, NULL, mix, base, scale, T, N, d, hc_eps, stream);
+}
+
+// X[k] (T, N, d) = post[k] y + sum_j comb[j, k] X[j].
+__global__ void hc_merge_kernel(float *X, const float *y, const float *post, const float *comb, int N, int d) {
+    int t = blockIdx.y;
+    __shared__ float po[16], C[256];
+    if (threadIdx.x < N) po[threadIdx.x] = post[(size_t)t * N + threadIdx.x];
+    for (int i = threadIdx.x; i < N * N; i += blockDim.x) C[i] = comb[(size_t)t * N * N + i];
+    __syncthreads();
+    float *Xt = X + (size_t)t * N * d;
+    const float *yt = y + (size_t)t * d;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < d; i += gridDim.x * blockDim.x) {
+        float col[16];
+        for (int j = 0; j < N; j++) col[j] = Xt[(size_t)j * d + i];
+        for (int k = 0; k < N; k++) {
+            float s = 0.0f;
+            for (int j = 0; j < N; j++) s = __fadd_rn(s, __fmul_rn(C[j * N + k], col[j]));
+            Xt[(size_t)k * d + i] = __fadd_rn(__fmul_rn(po[k], yt[i]), s);
+        }
+    }
+}
+
+extern "C" int kernels_hc_merge(float *X, const float *y, const float *post, const float *comb, int T, int N, int d,
+                                void *stream) {
+    if (T <= 0) return KERNELS_OK;
+    if (N < 1 || N > 16 || T > 65535) return KERNELS_ERR_ARG;
+    dim3 grid((d + 255) / 256 < 8 ? (d + 255) / 256 : 8, T);
+    hc_merge_kernel<<<grid, 256, 0, (cudaStream_t)stream>>>(X, y, post, comb, N, d);
+    return dsv4_status();
+}
+
+// ---- rope on the last r channels, interleaved pairs ----
+
+__device__ __forceinline__ void dsv4_rope_pair(float *v, float pos, float f, int inverse) {
+    float a = pos * f, c = cosf(a), s = sinf(a);
+    if (inverse) s = -s;
+    float x0 = v[0], x1 = v[1];
+    v[0] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+    v[1] = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, s));
+}
+
+__global__ void rope_tail_kernel(float *x, const int *pos, int n_heads, int hd, int r, const float *inv_freq,
+                                 int inverse) {
+    int t = blockIdx.x;
+    for (int i = threadIdx.x; i < n_heads * (r / 2); i += blockDim.x) {
+        int h = i / (r / 2), j = i % (r / 2);
+        dsv4_rope_pair(x + ((size_t)t * n_heads + h) * hd + hd - r + 2 * j, (float)pos[t], inv_freq[j], inverse);
+    }
+}
+
+extern "C" int kernels_rope_tail(float *x, const int *pos, int T, int n_heads, int hd, int r, const float *inv_freq,
+                                 int inverse, void *stream) {
+    if (T <= 0) return KERNELS_OK;
+    rope_tail_kernel<<<T, 128, 0, (cudaStream_t)stream>>>(x, pos, n_heads, hd, r, inv_freq, inverse);
+    return dsv4_status();
+}
+
+// ---- the paged decode state (backend.h, dsv4_kv) ----
+
+__device__ __forceinline__ float *dsv4_block(const kernels_dsv4_kv &L, const int *bt, int max_blocks, int bs, int s,
+                                             int p) {
+    int blk = bt[(size_t)s * max_blocks + p / bs];
+    return L.base + (size_t)blk * L.block_floats;
+}
+__device__ __forceinline__ float *dsv4_kv_row(const kernels_dsv4_kv &L, const int *bt, int max_blocks, int bs, int s,
+                                              int p) {
+    return dsv4_block(L, bt, max_blocks, bs, s, p) + (size_t)(p % bs) * L.D;
+}
+__device__ __forceinline__ float *dsv4_entry(const kernels_dsv4_kv &L, const int *bt, int max_blocks, int bs, int s,
+                                             int w, int key) {
+    int p = w * L.m, slot = p % bs / L.m;
+    float *e = dsv4_block(L, bt, max_blocks, bs, s, p) + (size_t)bs * L.D;
+    return key ? e + (size_t)L.slots * L.D + (size_t)slot * L.dI : e + (size_t)slot * L.D;
+}
+
+// ---- compressor ----
+
+// Rows of position p: the step's (p >= pos0) or the ring's.
+__device__ __forceinline__ const float *dsv4_row_at(const float *step, const float *ring, int cap, int cw, int start,
+                                                    int pos0, int p) {
+    return p >= pos0 ? step + (size_t)(start + p - pos0) * cw : ring + (size_t)(p % cap) * cw;
+}
+
+// One block per closing window w of sequence s: channel c's softmax over the
+// window's slots (one thread per channel, slots in the CPU's order), then the
+// entry's norm (sum of squares in double) and the rope at w m.
+__global__ void compress_kernel(kernels_dsv4_compress_args a, int s, const float *rk, const float *rg, int start, int pos0,
+                                int w0) {
+    int w = w0 + blockIdx.x, m = a.m, D = a.D, cw = a.overlap ? 2 * D : D, cap = 2 * m;
+    float *e = dsv4_entry(a.cache, a.block_tables, a.max_blocks, a.block_size, s, w, a.which);
+    for (int c = threadIdx.x; c < D; c += blockDim.x) {
+        float g[256], v[256], mx = -INFINITY, sum = 0.0f, acc = 0.0f; // 2m slots; m <= 128
+        int n = 0;
+        if (a.overlap && w > 0)
+            for (int i = 0; i < m; i++, n++) {
+                int p = (w - 1) * m + i;
+                v[n] = dsv4_row_at(a.kv, rk, cap, cw, start, pos0, p)[c];
+                g[n] = __fadd_rn(dsv4_row_at(a.gate, rg, cap, cw, start, pos0, p)[c], a.ape[(size_t)i * cw + c]);
+            }
+        for (int i = 0; i < m; i++, n++) {
+            int p = w * m + i, o = a.overlap ? D : 0;
+            v[n] = dsv4_row_at(a.kv, rk, cap, cw, start, pos0, p)[o + c];
+            g[n] = __fadd_rn(dsv4_row_at(a.gate, rg, cap, cw, start, pos0, p)[o + c], a.ape[(size_t)i * cw + o + c]);
+        }
+        for (int i = 0; i < n; i++) mx = g[i] > mx ? g[i] : mx;
+        for (int i = 0; i < n; i++) sum += g[i] = expf(g[i] - mx);
+        for (int i = 0; i < n; i++) acc = __fadd_rn(acc, __fmul_rn(v[i], g[i] / sum));
+        e[c] = acc;
+    }
+    __syncthreads();
+    __shared__ double part[256];
+    double ss = 0.0;
+    for (int c = threadIdx.x; c < D; c += blockDim.x) ss += (double)e[c] * e[c];
+    part[threadIdx.x] = ss;
+    __syncthreads();
+    for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+        if (threadIdx.x < o) part[threadIdx.x] += part[threadIdx.x + o];
+        __syncthreads();
+    }
+    float sc = 1.0f / sqrtf((float)(part[0] / D) + a.eps);
+    for (int c = threadIdx.x; c < D; c += blockDim.x) e[c] = __fmul_rn(a.norm[c], __fmul_rn(e[c], sc));
+    __syncthreads();
+    for (int j = threadIdx.x; j < a.r / 2; j += blockDim.x) dsv4_rope_pair(e + D - a.r + 2 * j, (float)(w * m), a.inv_freq[j], 0);
+}
+
+// The last 2m projections of the sequence go to its ring, position p at row p % 2m.
+__global__ void compress_ring_kernel(float *rk, float *rg, const float *kv, const float *gate, int cw, int cap,
+                                     int start, int pos0, int p_lo) {
+    int p = p_lo + blockIdx.x;
+    for (int i = threadIdx.x; i < cw; i += blockDim.x) {
+        rk[(size_t)(p % cap) * cw + i] = kv[(size_t)(start + p - pos0) * cw + i];
+        rg[(size_t)(p % cap) * cw + i] = gate[(size_t)(start + p - pos0) * cw + i];
+    }
+}
+
+extern "C" int kernels_dsv4_compress(const kernels_dsv4_compress_args *a, void *stream) {
+    if (a->m < 1 || a->m > 128 || a->D < 1) return KERNELS_ERR_ARG;
+    cudaStream_t st = (cudaStream_t)stream;
+    int cw = a->overlap ? 2 * a->D : a->D, cap = 2 * a->m;
+    for (int s = 0; s < a->n_seqs; s++) { // per sequence: its windows and its ring (host copies of the bounds)
+        int start = a->h_seq_start[s], pos0 = a->h_seq_pos0[s], P = pos0 + a->h_seq_start[s + 1] - start;
+        int w0 = pos0 / a->m, w1 = P / a->m;
+        if (w1 > w0) compress_kernel<<<w1 - w0, 256, 0, st>>>(*a, s, a->ring_kv[s], a->ring_gate[s], start, pos0, w0);
+        int p_lo = P - cap > pos0 ? P - cap : pos0;
+        if (P > p_lo)
+            compress_ring_kernel<<<P - p_lo, 256, 0, st>>>(a->ring_kv[s], a->ring_gate[s], a->kv, a->gate, cw, cap,
+                                                           start, pos0, p_lo);
+    }
+    return dsv4_status();
+}
+
+// ---- Lightning indexer ----
+
+// One block per token: the scores of its n = (p+1)/m entries into work (one
+// thread per entry, heads and channels in the CPU's order), then each entry's
+// rank (score descending, index ascending) by counting; the first K ranks
+// are the selection, in rank order; -1 after.
+__global__ void index_kernel(int *sel, float *work, size_t work_stride, const float *q, const float *wts,
+                             kernels_dsv4_kv L, const int *pos, const int *tok_seq, const int *bt, int max_blocks,
+                             int bs, int m, int K, int nI, int dI) {
+    int t = blockIdx.x, s = tok_seq[t], n = (pos[t] + 1) / m;
+    int *out = sel + (size_t)t * K;
+    float *sc = work + (size_t)t * work_stride;
+    float qs = 1.0f / sqrtf((float)dI), ws = 1.0f / sqrtf((float)nI);
+    const float *qt = q + (size_t)t * nI * dI, *wt = wts + (size_t)t * nI;
+    for (int i = threadIdx.x; i < K; i += blockDim.x) out[i] = -1;
+    for (int w = threadIdx.x; w < n; w += blockDim.x) {
+        const float *key = dsv4_entry(L, bt, max_blocks, bs, s, w, 1);
+        float total = 0.0f;
+        for (int h = 0; h < nI; h++) {
+            float dot = 0.0f;
+            for (int c = 0; c < dI; c++) dot = __fadd_rn(dot, __fmul_rn(qt[(size_t)h * dI + c], key[c]));
+            total = __fadd_rn(total, __fmul_rn(__fmul_rn(dot > 0.0f ? dot : 0.0f, qs), __fmul_rn(wt[h], ws)));
+        }
+        sc[w] = total;
+    }
+    __syncthreads();
+    for (int w = threadIdx.x; w < n; w += blockDim.x) {
+        if (n <= K) {
+            out[w] = w; // all of them, in order (the CPU does not sort then)
+            continue;
+        }
+        float v = sc[w];
+        int rank = 0;
+        for (int u = 0; u < n; u++) rank += sc[u] > v || (sc[u] == v && u < w);
+        if (rank < K) out[rank] = w;
+    }
+}
+
+extern "C" size_t kernels_dsv4_index_work_floats(int T, int max_ctx, int m) {
+    return (size_t)T * (size_t)(max_ctx / m + 1);
+}
+
+extern "C" int kernels_dsv4_index(int *sel, float *work, const float *q, const float *wts,
+                                  const kernels_dsv4_kv *cache, const int *pos, const int *tok_seq,
+                                  const int *block_tables, int max_blocks, int block_size, int T, int max_ctx, int m,
+                                  int K, int nI, int dI, void *stream) {
+    if (T <= 0) return KERNELS_OK;
+    if (m < 1 || K < 1) return KERNELS_ERR_ARG;
+    index_kernel<<<T, 256, 0, (cudaStream_t)stream>>>(sel, work, (size_t)(max_ctx / m + 1), q, wts, *cache, pos,
+                                                      tok_seq, block_tables, max_blocks, block_size, m, K, nI, dI);
+    return dsv4_status();
+}
+
+// ---- attention over the window and the compressed entries, with sinks ----
+
+// The step's kv rows into their positions' blocks (before any token reads them).
+__global__ void dsv4_store_kernel(kernels_dsv4_kv L, const float *kv, const int *pos, const int *tok_seq,
+                                  const int *bt, int max_blocks, int bs) {
+    int t = blockIdx.x;
+    float *row = dsv4_kv_row(L, bt, max_blocks, bs, tok_seq[t], pos[t]);
+    for (int c = threadIdx.x; c < L.D; c += blockDim.x) row[c] = kv[(size_t)t * L.D + c];
+}
+
+// One block per (token, head): the rows' logits (one thread per row, channels
+// in order) into shared memory, the softmax with the sink, then each output
+// channel summed over the rows in order.
+__global__ void dsv4_attention_kernel(kernels_dsv4_attention_args a) {
+    extern __shared__ float l[];
+    __shared__ float red[256];
+    int t = blockIdx.x, h = blockIdx.y, s = a.tok_seq[t], p = a.pos[t], D = a.D;
+    const kernels_dsv4_kv &L = a.cache;
+    int lo = p - a.W + 1 > 0 ? p - a.W + 1 : 0, nw = p - lo + 1;
+    int nc = !a.m ? 0 : a.sel ? a.K : (p + 1) / a.m, n = nw + nc;
+    const float *qh = a.q + ((size_t)t * a.nh + h) * D;
+    float scale = 1.0f / sqrtf((float)D);
+    // row i: the window's position lo + i, then compressed entry (selected, or every one)
+    auto row = [&](int i) -> const float * {
+        if (i < nw) return dsv4_kv_row(L, a.block_tables, a.max_blocks, a.block_size, s, lo + i);
+        int j = i - nw, w = a.sel ? a.sel[(size_t)t * a.K + j] : j;
+        return w >= 0 ? dsv4_entry(L, a.block_tables, a.max_blocks, a.block_size, s, w, 0) : NULL;
+    };
+    float mx = a.sinks[h];
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float *r = row(i);
+        float v = -INFINITY;
+        if (r) {
+            float dot = 0.0f;
+            for (int c = 0; c < D; c++) dot = __fadd_rn(dot, __fmul_rn(qh[c], r[c]));
+            v = __fmul_rn(dot, scale);
+        }
+        l[i] = v;
+        mx = fmaxf(mx, v);
+    }
+    red[threadIdx.x] = mx;
+    __syncthreads();
+    for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+        if (threadIdx.x < o) red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + o]);
+        __syncthreads();
+    }
+    mx = red[0];
+    __syncthreads();
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) sum += l[i] = l[i] == -INFINITY ? 0.0f : expf(l[i] - mx);
+    red[threadIdx.x] = sum;
+    __syncthreads();
+    for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+        if (threadIdx.x < o) red[threadIdx.x] += red[threadIdx.x + o];
+        __syncthreads();
+    }
+    sum = red[0] + expf(a.sinks[h] - mx);
+    float *o = a.out + ((size_t)t * a.nh + h) * D;
+    for (int c = threadIdx.x; c < D; c += blockDim.x) {
+        float acc = 0.0f;
+        for (int i = 0; i < n; i++) {
+            if (l[i] == 0.0f) continue; // an unselected (-1) entry, or a weight that underflowed: adds nothing
+            acc = __fadd_rn(acc, __fmul_rn(l[i] / sum, row(i)[c]));
+        }
+        o[c] = acc;
+    }
+}
+
+extern "C" size_t kernels_dsv4_attention_smem(int W, int m, int K, int with_sel, int max_ctx) {
+    return ((size_t)W + (m ? (size_t)(with_sel ? K : max_ctx / m + 1) : 0)) * sizeof(float);
+}
+
+extern "C" int kernels_dsv4_attention(const kernels_dsv4_attention_args *a, void *stream) {
+    if (a->n_tokens <= 0) return KERNELS_OK;
+    if (a->nh < 1 || a->nh > 65535 || a->D < 1) return KERNELS_ERR_ARG;
+    cudaStream_t st = (cudaStream_t)stream;
+    dsv4_store_kernel<<<a->n_tokens, 256, 0, st>>>(a->cache, a->kv, a->pos, a->tok_seq, a->block_tables,
+                                                   a->max_blocks, a->block_size);
+    size_t smem = kernels_dsv4_attention_smem(a->W, a->m, a->K, a->sel != NULL, a->max_ctx);
+    if (smem > 48 * 1024) {
+        if (smem > 227 * 1024) return KERNELS_ERR_ARG;
+        cudaFuncSetAttribute(dsv4_attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    }
+    dsv4_attention_kernel<<<dim3(a->n_tokens, a->nh), 256, smem, st>>>(*a);
+    return dsv4_status();
+}
+
+// ---- clamped SwiGLU, V4.1's Engram gate ----
+
+__global__ void swiglu_limit_kernel(float *gate, const float *up, size_t n, float limit) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float g = gate[i] > limit ? limit : gate[i];
+        float u = up[i] > limit ? limit : up[i] < -limit ? -limit : up[i];
+        gate[i] = __fmul_rn(g / (1.0f + expf(-g)), u);
+    }
+}
+
+extern "C" int kernels_swiglu_limit(float *gate, const float *up, size_t n, float limit, void *stream) {
+    if (!n) return KERNELS_OK;
+    size_t blocks = (n + 255) / 256;
+    swiglu_limit_kernel<<<blocks < 4096 ? (unsigned)blocks : 4096u, 256, 0, (cudaStream_t)stream>>>(gate, up, n,
+                                                                                                      limit);
+    return dsv4_status();
+}
+
+// One block per (token, stream): sums of squares and the dot in double, the
+// gate, then x += gate * value.
+__global__ void engram_v41_gate_kernel(float *X, const float *kv, const float *w, int N, int d, float eps,
+                                       float clamp, float *gates) {
+    int t = blockIdx.x, g = blockIdx.y;
+    __shared__ double sx[256], sk[256], sd[256];
+    __shared__ float s_gate;
+    const float *kvt = kv + (size_t)t * (N + 1) * d, *value = kvt + (size_t)N * d;
+    float *x = X + ((size_t)t * N + g) * d;
+    const float *key = kvt + (size_t)g * d, *wg = w + (size_t)g * d;
+    double a = 0.0, b = 0.0, c = 0.0;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+        a += (double)x[i] * x[i];
+        b += (double)key[i] * key[i];
+        c += (double)__fmul_rn(__fmul_rn(x[i], wg[i]), key[i]);
+    }
+    sx[threadIdx.x] = a, sk[threadIdx.x] = b, sd[threadIdx.x] = c;
+    __syncthreads();
+    for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+        if (threadIdx.x < o) {
+            sx[threadIdx.x] += sx[threadIdx.x + o];
+            sk[threadIdx.x] += sk[threadIdx.x + o];
+            sd[threadIdx.x] += sd[threadIdx.x + o];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        float rstd = 1.0f / sqrtf((float)(sx[0] / d) + eps) * (1.0f / sqrtf((float)(sk[0] / d) + eps));
+        float s = (float)sd[0] * rstd * (float)(1.0 / sqrt((double)d));
+        float mag = fabsf(s) > clamp ? fabsf(s) : clamp;
+        s_gate = dsv4_sigmoid(copysignf(sqrtf(mag), s));
+        if (gates) gates[(size_t)t * N + g] = s_gate;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < d; i += blockDim.x) x[i] = __fadd_rn(x[i], __fmul_rn(s_gate, value[i]));
+}
+
+extern "C" int kernels_engram_v41_gate(float *X, const float *kv, const float *w, int T, int N, int d, float eps,
+                                       float clamp, float *gates, void *stream) {
+    if (T <= 0) return KERNELS_OK;
+    if (N < 1 || N > 65535) return KERNELS_ERR_ARG;
+    engram_v41_gate_kernel<<<dim3(T, N), 256, 0, (cudaStream_t)stream>>>(X, kv, w, N, d, eps, clamp, gates);
+    return dsv4_status();
+}
+
+// ---- weightless norm ----
+
+__global__ void rmsnorm_plain_kernel(float *out, const float *x, int d, float eps) {
+    int t = blockIdx.x;
+    __shared__ double part[256];
+    const float *xt = x + (size_t)t * d;
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) ss += (double)xt[i] * xt[i];
+    part[threadIdx.x] = ss;
+    __syncthreads();
+    for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+        if (threadIdx.x < o) part[threadIdx.x] += part[threadIdx.x + o];
+        __syncthreads();
+    }
+    float sc = 1.0f / sqrtf((float)(part[0] / d) + eps);
+    for (int i = threadIdx.x; i < d; i += blockDim.x) out[(size_t)t * d + i] = __fmul_rn(xt[i], sc);
+}
+
+extern "C" int kernels_rmsnorm_plain(float *out, const float *x, int T, int d, float eps, void *stream) {
+    if (T <= 0) return KERNELS_OK;
+    rmsnorm_plain_kernel<<<T, 256, 0, (cudaStream_t)stream>>>(out, x, d, eps);
+    return dsv4_status();
+}
