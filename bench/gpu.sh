@@ -33,7 +33,7 @@
 #           workload (bench-throughput --multiturn 64:8, a shared system
 #           prompt of 1000 ids, user turns of 50..150, replies of 100..300)
 #           with caching on, then off; then the paper's workload (no reuse)
-#           on, off, on, off, interleaved
+#           on, off, PREFIX_PAIRS times (default 2), interleaved
 #   structured  structured output's cost (issue 19), the default model
 #           (models/engram-lexicon): 64 sequences at once (prompts 100..200,
 #           512 output tokens), plain then every request constrained by
@@ -93,7 +93,8 @@ run_sec() {
     done
     local f=(--synthetic qwen3-4b --device cuda -n 512 --len 100:1024 --max-num-seqs 512
              --max-num-batched-tokens 16384 --prefill-chunk 16384 --kv-cache-tokens $(kv_for qwen3-4b))
-    for pc in 1 0 1 0; do
+    local pcs=(); for i in $(seq ${PREFIX_PAIRS:-2}); do pcs+=(1 0); done
+    for pc in "${pcs[@]}"; do
       echo "-- bench-throughput ${f[*]} --enable-prefix-caching $pc"
       timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" --enable-prefix-caching $pc | grep -E '^(wall|TTFT|prefix)'
     done ;;
