@@ -3,7 +3,9 @@
  * their dtype (an f32 checkpoint computes in f32), embeddings and Engram
  * tables in their own dtype; a copy of the model struct points at them. */
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "engine/backend/cuda/cuda_internal.h"
 
@@ -122,16 +124,77 @@ static int view__upload(cuda_view *v, const void *host, dtype t, size_t n, int t
     return 0;
 }
 
+/* Device copy of a temporary host buffer (a conversion made here): never
+ * remembered in v->seen, whose keys are the model's own tensors (a freed
+ * temporary's address comes back for the next one). */
+static int view__put(cuda_view *v, const void *host, size_t bytes, void **out, const char *what, char *err,
+                     size_t errlen) {
+    void *d = NULL;
+    if (cudaMalloc(&d, bytes ? bytes : 1) != cudaSuccess) {
+        view__oom(err, errlen, what, bytes, v->bytes);
+        return -1;
+    }
+    if (view__keep(v, d)) {
+        cudaFree(d);
+        return snprintf(err, errlen, "out of host memory"), -1;
+    }
+    v->bytes += bytes;
+    cudaError_t e = cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice);
+    if (e != cudaSuccess) return snprintf(err, errlen, "uploading %s: %s", what, cudaGetErrorString(e)), -1;
+    *out = d;
+    return 0;
+}
+
+/* f32 to bf16, rounded to nearest even (NaN kept a NaN). */
+static uint16_t bf16_of(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+/* An FP8 or FP4 matrix dequantized on the host (model_weight_rows_to_f32,
+ * exactly the CPU's values) into *out (malloc'd): bf16 when its scales are
+ * powers of two (ue8m0), where every value (a 3- or 1-bit mantissa times
+ * 2^k) is a bf16 exactly, else f32. There are no FP8/FP4 products on the GPU
+ * yet: this keeps the CPU's numbers at twice (FP8) or four times (FP4) the
+ * memory. */
+static int view__dequantize(const weight *w, void **out, dtype *dt) {
+    size_t n = (size_t)w->rows * w->cols;
+    int pow2 = w->scale_dt != DTYPE_F32;
+    float *f = malloc(n * sizeof(float));
+    if (!f) return -1;
+    model_weight_rows_to_f32(f, w, 0, w->rows);
+    *dt = pow2 ? DTYPE_BF16 : DTYPE_F32;
+    if (pow2) {
+        uint16_t *b = (uint16_t *)f; /* in place: element i's 2 bytes never pass element i's 4 */
+        for (size_t i = 0; i < n; i++) b[i] = bf16_of(f[i]);
+    }
+    *out = f;
+    return 0;
+}
+
 /* A matrix for matmul (bf16 or f32 on the device: f16 becomes bf16) or, with
  * keep_dtype, for row gathers (its own dtype). */
 static int view__weight(cuda_view *v, const weight *w, weight *out, int keep_dtype, const char *what, char *err,
                         size_t errlen) {
     *out = *w;
     void *d;
-    if (w->fmt != WEIGHT_DENSE) { /* no FP8/FP4 kernels yet: refuse rather than misread the codes */
-        snprintf(err, errlen, "%s: %s weights (%s with block scales) are not supported on CUDA yet; use --device cpu",
+    if (w->fmt != WEIGHT_DENSE && keep_dtype) { /* a table the gathers read as stored: no FP8/FP4 rows yet */
+        snprintf(err, errlen, "%s: %s rows (%s with block scales) are not supported on CUDA yet; use --device cpu",
                  what, w->fmt == WEIGHT_FP8 ? "FP8" : "FP4", dtype_name(w->dt));
         return -1;
+    }
+    if (w->fmt != WEIGHT_DENSE) { /* a product's matrix: dequantized, exactly */
+        void *h;
+        dtype dt;
+        if (view__dequantize(w, &h, &dt)) return snprintf(err, errlen, "out of host memory"), -1;
+        int rc = view__put(v, h, (size_t)w->rows * w->cols * dtype_size(dt), &d, what, err, errlen);
+        free(h);
+        if (rc) return -1;
+        out->data = d, out->dt = dt, out->fmt = WEIGHT_DENSE, out->scale = NULL;
+        return 0;
     }
     int conv = !keep_dtype && w->dt == DTYPE_F16;
     if (view__upload(v, w->data, w->dt, (size_t)w->rows * w->cols, conv, &d, what, err, errlen)) return -1;
@@ -191,6 +254,7 @@ static int view__engram(cuda_view *v, const model *m, char *err, size_t errlen) 
             return -1;
         }
         if (EW(w_value, 0) || EV(b_value, d) || EV(conv_w, (size_t)G * d * e->kernel_size)) return -1;
+        if (EW(w_kv, 0) || EV(qk, (size_t)G * d)) return -1; /* DeepSeek-V4.1's fused projection and gate weights */
         for (int gi = 0; gi < G; gi++)
             if (EW(w_key[gi], 0) || EV(b_key[gi], d) || EV(norm1[gi], d) || EV(norm2[gi], d) ||
                 EV(conv_norm[gi], d))
@@ -210,20 +274,24 @@ static int view__engram(cuda_view *v, const model *m, char *err, size_t errlen) 
  * experts, and f32 keeps the choice the CPU's. */
 static int view__stack(cuda_view *v, const weight *const *ws, int n, void **out, dtype *dt, const char *what,
                        char *err, size_t errlen) {
-    dtype t = ws[0]->dt;
-    size_t each = (size_t)ws[0]->rows * ws[0]->cols, es = dtype_size(t);
+    const weight *w0 = ws[0];
+    size_t each = (size_t)w0->rows * w0->cols;
     for (int i = 0; i < n; i++)
-        if (ws[i]->fmt != WEIGHT_DENSE || ws[i]->dt != t || (size_t)ws[i]->rows * ws[i]->cols != each || !ws[i]->data) {
-            snprintf(err, errlen, "%s: experts of mixed or quantized formats are not supported on CUDA yet; use --device cpu",
-                     what);
+        if (ws[i]->fmt != w0->fmt || ws[i]->dt != w0->dt || (size_t)ws[i]->rows * ws[i]->cols != each || !ws[i]->data ||
+            (ws[i]->fmt != WEIGHT_DENSE && ws[i]->scale_dt != w0->scale_dt)) {
+            snprintf(err, errlen, "%s: experts of mixed formats are not supported on CUDA; use --device cpu", what);
             return -1;
         }
-    if (t != DTYPE_F32 && t != DTYPE_BF16 && t != DTYPE_F16) {
+    dtype t = w0->dt;
+    if (w0->fmt == WEIGHT_DENSE && t != DTYPE_F32 && t != DTYPE_BF16 && t != DTYPE_F16) {
         snprintf(err, errlen, "%s: dtype %s is not supported on CUDA", what, dtype_name(t));
         return -1;
     }
-    int conv = t == DTYPE_F16;
-    size_t dst_es = conv ? 2 : es, bytes = (size_t)n * each * dst_es;
+    /* the device dtype: f16 as bf16; FP8/FP4 dequantized (view__dequantize) */
+    int conv = w0->fmt == WEIGHT_DENSE && t == DTYPE_F16;
+    dtype dev_t = w0->fmt != WEIGHT_DENSE ? (w0->scale_dt != DTYPE_F32 ? DTYPE_BF16 : DTYPE_F32)
+                  : conv ? DTYPE_BF16 : t;
+    size_t dst_es = dtype_size(dev_t), bytes = (size_t)n * each * dst_es;
     void *d = NULL, *tmp = NULL;
     if (cudaMalloc(&d, bytes) != cudaSuccess) {
         view__oom(err, errlen, what, bytes, v->bytes);
@@ -234,17 +302,26 @@ static int view__stack(cuda_view *v, const weight *const *ws, int n, void **out,
         return snprintf(err, errlen, "out of host memory"), -1;
     }
     v->bytes += bytes;
-    if (conv && cudaMalloc(&tmp, each * es) != cudaSuccess) {
-        view__oom(err, errlen, what, each * es, v->bytes);
+    if (conv && cudaMalloc(&tmp, each * 2) != cudaSuccess) {
+        view__oom(err, errlen, what, each * 2, v->bytes);
         return -1;
     }
     cudaError_t e = cudaSuccess;
     for (int i = 0; i < n && e == cudaSuccess; i++) {
         char *dst = (char *)d + (size_t)i * each * dst_es;
-        if (!conv) {
-            e = cudaMemcpy(dst, ws[i]->data, each * es, cudaMemcpyHostToDevice);
+        if (ws[i]->fmt != WEIGHT_DENSE) {
+            void *h;
+            dtype ht;
+            if (view__dequantize(ws[i], &h, &ht)) {
+                cudaFree(tmp);
+                return snprintf(err, errlen, "out of host memory"), -1;
+            }
+            e = cudaMemcpy(dst, h, each * dst_es, cudaMemcpyHostToDevice);
+            free(h);
+        } else if (!conv) {
+            e = cudaMemcpy(dst, ws[i]->data, each * dst_es, cudaMemcpyHostToDevice);
         } else {
-            e = cudaMemcpy(tmp, ws[i]->data, each * es, cudaMemcpyHostToDevice);
+            e = cudaMemcpy(tmp, ws[i]->data, each * 2, cudaMemcpyHostToDevice);
             if (e == cudaSuccess && kernels_to_bf16(dst, tmp, cuda__dtype(t), each, NULL)) e = cudaGetLastError();
             if (e == cudaSuccess) e = cudaDeviceSynchronize();
         }
@@ -252,7 +329,7 @@ static int view__stack(cuda_view *v, const weight *const *ws, int n, void **out,
     cudaFree(tmp);
     if (e != cudaSuccess) return snprintf(err, errlen, "uploading %s: %s", what, cudaGetErrorString(e)), -1;
     *out = d;
-    *dt = conv ? DTYPE_BF16 : t;
+    *dt = dev_t;
     return 0;
 }
 
@@ -286,6 +363,8 @@ static int view__moe(cuda_view *v, int l, const moe_weights *in, moe_weights *o,
         o->gate[e].data = (char *)gu + (size_t)2 * e * gsz, o->gate[e].dt = gt;
         o->up[e].data = (char *)gu + ((size_t)2 * e + 1) * gsz, o->up[e].dt = gt;
         o->down[e].data = (char *)dn + (size_t)e * dsz, o->down[e].dt = dt;
+        o->gate[e].fmt = o->up[e].fmt = o->down[e].fmt = WEIGHT_DENSE;
+        o->gate[e].scale = o->up[e].scale = o->down[e].scale = NULL;
     }
     /* the router in f32: converted here, on the host */
     const weight *r = &in->router;
@@ -295,8 +374,8 @@ static int view__moe(cuda_view *v, int l, const moe_weights *in, moe_weights *o,
     model_weight_rows_to_f32(rf, r, 0, r->rows);
     void *rd;
     snprintf(what, sizeof(what), "layer %d router", l);
-    rc = view__upload(v, rf, DTYPE_F32, rn, 0, &rd, what, err, errlen);
-    free(rf); /* uploaded (a fresh host buffer: no other tensor can match it in v->seen) */
+    rc = view__put(v, rf, rn * sizeof(float), &rd, what, err, errlen);
+    free(rf);
     if (rc) return -1;
     o->router.data = rd, o->router.dt = DTYPE_F32, o->router.fmt = WEIGHT_DENSE;
     snprintf(what, sizeof(what), "layer %d expert bias", l);
