@@ -13,7 +13,7 @@ int freq_sketch_init(freq_sketch *f, uint64_t slots, uint64_t seed) {
     f->seed = seed;
     f->sample = 10 * (slots > 64 ? slots : 64);
     f->cnt = calloc(2 * w, 1); /* 4 rows of w nibbles */
-    f->door = calloc(w / 64, sizeof(uint64_t));
+    f->door = calloc(w / 8, sizeof(uint64_t)); /* 8 bits per counter: its false positives let one-offs count twice */
     return f->cnt && f->door ? 0 : -1;
 }
 
@@ -45,9 +45,9 @@ static void nib_inc(uint8_t *c, uint64_t k) {
     if (nib_get(c, k) < FREQ_SKETCH_MAX) c[k >> 1] = (uint8_t)(c[k >> 1] + (1u << ((k & 1) * 4)));
 }
 
-/* Doorkeeper bits: two of its width bits, from the hash's other end. */
+/* Doorkeeper bits: two of its 8 * width bits, from the hash's other end. */
 static bool door_test_set(freq_sketch *f, uint64_t h, bool set) {
-    uint64_t a = (h >> 7) & (f->width - 1), b = (h >> 35) & (f->width - 1);
+    uint64_t m = 8 * f->width - 1, a = (h >> 5) & m, b = ((h >> 37) ^ (h << 11)) & m;
     bool in = (f->door[a >> 6] >> (a & 63) & 1) && (f->door[b >> 6] >> (b & 63) & 1);
     if (set) {
         f->door[a >> 6] |= 1ull << (a & 63);
@@ -59,7 +59,7 @@ static bool door_test_set(freq_sketch *f, uint64_t h, bool set) {
 /* Every counter halved (each nibble shifted right), the doorkeeper cleared. */
 static void halve(freq_sketch *f) {
     for (uint64_t i = 0; i < 2 * f->width; i++) f->cnt[i] = (uint8_t)((f->cnt[i] >> 1) & 0x77);
-    memset(f->door, 0, f->width / 64 * sizeof(uint64_t));
+    memset(f->door, 0, f->width / 8 * sizeof(uint64_t));
     f->added = 0;
 }
 

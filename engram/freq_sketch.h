@@ -4,7 +4,7 @@
  * A count-min sketch of 4-bit counters (4 rows, each id hashed once per row
  * under a seed; the estimate is the smallest of its 4 counters), all halved
  * after every `sample` recorded lookups so that old popularity fades, and a
- * doorkeeper (a one-bit-per-counter Bloom filter, cleared at each halving)
+ * doorkeeper (a Bloom filter of 8 bits per counter, cleared at each halving)
  * that absorbs each id's first lookup of a period: the many rows seen only
  * once never reach the counters. Deterministic: the same seed and the same
  * lookups give the same estimates. Not thread-safe: callers lock. */
@@ -18,7 +18,7 @@
 
 typedef struct {
     uint8_t *cnt;     /* (4, width) 4-bit counters, two a byte */
-    uint64_t *door;   /* (width) doorkeeper bits */
+    uint64_t *door;   /* (8 * width) doorkeeper bits */
     uint64_t width;   /* counters per row, a power of two */
     uint64_t seed;
     uint64_t sample;  /* recorded lookups between halvings */
@@ -27,7 +27,7 @@ typedef struct {
 
 /* A sketch sized for a cache of `slots` rows: width the power of two at or
  * above slots (at least 64), halving after 10 * slots lookups, as the paper
- * suggests. Costs width * 2.125 bytes. Returns 0, or -1 when out of memory
+ * suggests. Costs width * 3 bytes. Returns 0, or -1 when out of memory
  * (freq_sketch_free then frees what was made). */
 int freq_sketch_init(freq_sketch *f, uint64_t slots, uint64_t seed);
 void freq_sketch_free(freq_sketch *f); /* accepts a zeroed or half-made sketch */

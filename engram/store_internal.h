@@ -41,7 +41,7 @@
  * waiting. */
 enum { SLOT_EMPTY, SLOT_LOADING, SLOT_READY, SLOT_FAILED };
 #define NO_IDX SIZE_MAX
-#define SLOT_OVERHEAD 36u   /* bytes per slot besides its row: row id 8, state 1, ref 1, pins 4, index <= 16, sketch <= 4.25 */
+#define SLOT_OVERHEAD 38u   /* bytes per slot besides its row: row id 8, state 1, ref 1, pins 4, index <= 16, sketch <= 6 */
 #define PF_QUEUE (1u << 16) /* prefetch ids waiting at most */
 #define PF_BATCH 128u       /* ids the prefetch thread resolves per round: how long a gather may find it reading */
 

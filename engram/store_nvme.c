@@ -62,12 +62,12 @@ void engram_store__fail_unfinished(engram_store *s, const row_req *q, size_t n) 
 
 /* DRAM of a row cache of n slots: the rows, their id, state, ref and pins,
  * the index (a power of two >= 2n entries of 4 bytes) and the sketch (a
- * power of two >= n, at least 64, counters of 2 bytes and a doorkeeper bit). */
+ * power of two >= n, at least 64: 2 bytes of counters and 1 of doorkeeper each). */
 static uint64_t cache_footprint(uint32_t row_bytes, uint64_t n) {
     uint64_t idx = 2, w = 64;
     while (idx < 2 * n) idx <<= 1;
     while (w < n) w <<= 1;
-    return n * (row_bytes + 8 + 1 + 1 + 4) + idx * 4 + w * 2 + w / 8;
+    return n * (row_bytes + 8 + 1 + 1 + 4) + idx * 4 + w * 3;
 }
 
 /* Sizes and allocates the row cache for a budget of `budget` bytes. */
@@ -281,7 +281,6 @@ int engram_store__gather_nvme(engram_store *s, const int64_t *rows, size_t n, ro
     for (size_t i = 0; i < n; i++) {
         uint64_t off = h->data_offset + (uint64_t)rows[i] * h->row_stride;
         int32_t k = row_cache_find(&c->clock, rows[i]);
-        if (c->clock.n) freq_sketch_add(&c->sketch, (uint64_t)rows[i]);
         if (k >= 0) { /* cached, or in flight: a repeat in this call, or another thread's read */
             c->pins[k]++;
             if (c->state[k] == SLOT_READY) {
@@ -297,6 +296,9 @@ int engram_store__gather_nvme(engram_store *s, const int64_t *rows, size_t n, ro
             q[nq++] = (row_req){off, i, -1};
         }
         slot_of[i] = k;
+        /* counted after the admission: a row must have been asked for more often before this lookup
+         * than the victim was, so that rows as hot as each other do not evict each other in turn */
+        if (c->clock.n) freq_sketch_add(&c->sketch, (uint64_t)rows[i]);
     }
     pthread_mutex_unlock(&s->mu);
     double t0 = util_now();
