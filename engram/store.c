@@ -42,7 +42,7 @@ int engram_store_hist_bucket(double sec) {
 }
 
 engram_store_params engram_store_default_params(void) {
-    engram_store_params p = {.tier = ENGRAM_STORE_DRAM, .queue_depth = 64, .admission = ENGRAM_STORE_ADMIT_TINYLFU};
+    engram_store_params p = {.tier = ENGRAM_STORE_DRAM, .queue_depth = 64, .admission = ENGRAM_STORE_ADMIT_ALL};
     return p;
 }
 

@@ -112,9 +112,10 @@ typedef enum { ENGRAM_STORE_DRAM = 0, ENGRAM_STORE_NVME = 1, ENGRAM_STORE_AUTO =
 
 /* Which misses of a gather the NVMe tier's row cache keeps. */
 typedef enum {
-    ENGRAM_STORE_ADMIT_TINYLFU = 0, /* a miss displaces CLOCK's victim only when the frequency sketch has seen
-                                     * it more often lately (TinyLFU); one-off rows pass through uncached */
-    ENGRAM_STORE_ADMIT_ALL = 1,     /* every miss displaces the victim (admit on first touch) */
+    ENGRAM_STORE_ADMIT_ALL = 0,     /* every miss displaces the victim (admit on first touch); the default: on
+                                     * a trace of real text it hits more often (bench/RESULTS.md, "cache trace") */
+    ENGRAM_STORE_ADMIT_TINYLFU = 1, /* a miss displaces CLOCK's victim only when the frequency sketch had seen
+                                     * it more often than the victim before (TinyLFU); one-offs pass uncached */
 } engram_store_admission;
 
 /* What a store does with its hot-row file (engram_store_hot_path) at open. */
@@ -143,7 +144,7 @@ typedef struct {
     bool no_direct;   /* skip O_DIRECT: buffered reads through the page cache */
     bool quiet;       /* no fallback notes on stderr */
     /* the NVMe tier's row cache */
-    engram_store_admission admission; /* default TINYLFU */
+    engram_store_admission admission; /* default ALL */
     uint64_t sketch_seed; /* the frequency sketch's hash seed: the same seed, the same admissions */
     engram_store_warm warm_start;     /* default OFF */
 } engram_store_params;

@@ -66,9 +66,9 @@ static const struct {
     {"engram-queue-depth", OPT_INT, 1, 4096, "64", "nvme reads in flight"},
     {"engram-lookahead", OPT_INT, 0, 1 << 24, "2048",
      "prompt tokens beyond each step whose Engram rows the nvme tier reads ahead (0: off)"},
-    {"engram-cache-admission", OPT_STR, 0, 0, "tinylfu",
-     "which misses the nvme tier's DRAM row cache keeps: tinylfu (those a frequency sketch has seen more often "
-     "lately than the row they would evict) or all (every miss, admit on first touch)"},
+    {"engram-cache-admission", OPT_STR, 0, 0, "all",
+     "which misses the nvme tier's DRAM row cache keeps: all (every miss, admit on first touch) or tinylfu "
+     "(those a frequency sketch has seen more often lately than the row they would evict)"},
     {"engram-warm-start", OPT_STR, 0, 0, "background",
      "hot-row files beside the Engram tables (<table>.hot, written every --engram-hot-save-interval and at "
      "shutdown): background (read back while serving; /health says warming), wait (read back before ready), "
@@ -401,8 +401,8 @@ static server_options_status check_names(const char **val) {
         fprintf(stderr, "engram-server: bad value for --engram-io: %s (uring or pread)\n", val[O_ENGRAM_IO]);
         return SERVER_OPTIONS_ERR;
     }
-    if (!one_of(val[O_ENGRAM_ADMISSION], (const char *const[]){"tinylfu", "all", NULL})) {
-        fprintf(stderr, "engram-server: bad value for --engram-cache-admission: %s (tinylfu or all)\n",
+    if (!one_of(val[O_ENGRAM_ADMISSION], (const char *const[]){"all", "tinylfu", NULL})) {
+        fprintf(stderr, "engram-server: bad value for --engram-cache-admission: %s (all or tinylfu)\n",
                 val[O_ENGRAM_ADMISSION]);
         return SERVER_OPTIONS_ERR;
     }
