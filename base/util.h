@@ -43,4 +43,13 @@ int util_parse_long(const char *s, long lo, long hi, long *out);
 /* Monotonic seconds. */
 double util_now(void);
 
+#define UTIL_FNV1A_INIT 1469598103934665603ull
+/* FNV-1a 64 of n bytes at p, continuing from h (UTIL_FNV1A_INIT to start):
+ * a checksum for files we write ourselves, not a defence against anyone. */
+static inline uint64_t util_fnv1a(uint64_t h, const void *p, size_t n) {
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
 #endif

@@ -4,11 +4,13 @@
  * Requests (request.c), their text and stop strings (holdback.c) and
  * running sequences (sequence.c) have their own files; engine_internal.h
  * holds the structs they share. */
+#include <errno.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "engine/engine_internal.h"
 #include "base/util.h"
@@ -38,6 +40,7 @@ engine_params engine_default_params(void) {
     p.kv_block_size = 16;
     p.enable_prefix_caching = 1;
     p.engram_lookahead = 2048;
+    p.engram_hot_save_interval = 300;
     p.sample_on_backend = -1;
     p.cuda_graphs = 1;
     p.engram_store = engram_store_default_params();
@@ -97,6 +100,12 @@ static int engine_free_slots(const engine *e) {
     return free > 0 ? free : 0;
 }
 
+engine_warm engine_engram_warm(const engine *e) {
+    _Static_assert((int)ENGINE_WARM_WARMING == FORWARD_HOT_WARMING && (int)ENGINE_WARM_READY == FORWARD_HOT_READY,
+                   "engine_warm mirrors FORWARD_HOT_*");
+    return (engine_warm)atomic_load(&((engine *)e)->hot);
+}
+
 /* ---- the engine ---- */
 
 int engine_submit(engine *e, const engine_request_params *p, engine_request **out) {
@@ -123,17 +132,45 @@ int engine_submit(engine *e, const engine_request_params *p, engine_request **ou
     return ENGINE_OK;
 }
 
+/* An idle engine thread waits for work, and with hot-row files for the next
+ * save, or, while a store warms, a while (to warm the hot-row caches once
+ * it is done). */
+static void wait_for_work(engine *e, double next_save) {
+    pthread_mutex_lock(&e->mu);
+    while (!atomic_load(&e->stopping) && !e->head && e->n_running == 0 && e->n_preempted == 0) {
+        int hot = atomic_load(&e->hot);
+        if (hot == FORWARD_HOT_NONE || (hot == FORWARD_HOT_READY && next_save <= 0)) {
+            pthread_cond_wait(&e->cv, &e->mu);
+            continue;
+        }
+        double wait = hot == FORWARD_HOT_WARMING ? 0.05 : next_save - util_now();
+        if (wait <= 0) break;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts); /* the condition variable's clock */
+        double t = (double)ts.tv_sec + ts.tv_nsec * 1e-9 + wait;
+        ts.tv_sec = (time_t)t;
+        ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
+        if (pthread_cond_timedwait(&e->cv, &e->mu, &ts) == ETIMEDOUT) break;
+    }
+    pthread_mutex_unlock(&e->mu);
+}
+
 static void *engine_main(void *arg) {
     engine *e = arg;
     if (e->p.threads > 0) omp_set_num_threads(e->p.threads);
+    int every = e->p.engram_hot_save_interval;
+    double next_save = every > 0 ? util_now() + every : 0;
     for (;;) {
-        pthread_mutex_lock(&e->mu);
-        while (!atomic_load(&e->stopping) && !e->head && e->n_running == 0 && e->n_preempted == 0)
-            pthread_cond_wait(&e->cv, &e->mu);
-        pthread_mutex_unlock(&e->mu);
+        wait_for_work(e, next_save);
+        if (atomic_load(&e->hot) != FORWARD_HOT_NONE) { /* between steps: the hot-row caches are idle */
+            bool save = next_save > 0 && util_now() >= next_save;
+            atomic_store(&e->hot, forward_ctx_engram_hot(e->fc, save));
+            if (save) next_save = util_now() + every;
+        }
         engine__sched_step(e); /* when stopping, its first phase aborts every sequence */
         if (atomic_load(&e->stopping) && e->n_running == 0 && e->n_preempted == 0) break;
     }
+    if (atomic_load(&e->hot) != FORWARD_HOT_NONE) forward_ctx_engram_hot(e->fc, true); /* for the next start */
     return NULL;
 }
 
@@ -258,6 +295,10 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
         snprintf(err, errlen, "out of %s memory for a KV cache of %d tokens", backend_name(be), kv_tokens);
         goto fail;
     }
+    /* warm start: WAIT has read the stores' hot rows at open; the hot-row
+     * caches take theirs now, before any request */
+    atomic_init(&e->hot, p->engram_store.warm_start != ENGRAM_STORE_WARM_OFF ? forward_ctx_engram_hot(e->fc, false)
+                                                                            : FORWARD_HOT_NONE);
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
         snprintf(err, errlen, "cannot start the engine thread");
         goto fail;

@@ -61,7 +61,11 @@ typedef struct {
                             * (forward_prefetch_ahead); 0: off; default 2048 */
     const char *engram_tables; /* NULL: Engram tables from the checkpoint; else a directory of
                                 * table files (model_engram_use_tables), borrowed for engine_create */
-    engram_store_params engram_store; /* how those files are read; default engram_store_default_params() */
+    engram_store_params engram_store; /* how those files are read; default engram_store_default_params().
+                                       * With .warm_start on, the engine thread warms the backend's hot-row
+                                       * caches from the stores' hot-row files and writes those files
+                                       * every engram_hot_save_interval seconds and when it stops */
+    int engram_hot_save_interval; /* seconds; 0: only when the engine stops; default 300 */
     const char *synthetic;  /* instead of model_dir: a synthetic model spec (model_synthetic_ex), no
                              * tokenizer; borrowed for engine_create */
     uint64_t synthetic_seed;
@@ -143,6 +147,13 @@ int engine_engram_layer_id(const engine *e, int li);
 /* The Engram stores' counters summed over the Engram layers (zeros where the
  * tables come from the checkpoint). Thread-safe against the engine thread. */
 void engine_engram_store_stats(const engine *e, engram_store_stats *out);
+
+/* The warm start of the Engram row caches (engine_params.engram_store.warm_start):
+ * ENGINE_WARM_NONE (off, or no table read through a store), _WARMING (rows
+ * of the hot-row files still coming back: served meanwhile, more slowly) or
+ * _READY. Thread-safe. */
+typedef enum { ENGINE_WARM_NONE = 0, ENGINE_WARM_WARMING = 1, ENGINE_WARM_READY = 2 } engine_warm;
+engine_warm engine_engram_warm(const engine *e);
 
 /* The backend a --device value ("cpu", "cuda", "auto" or NULL for "auto")
  * resolves to on this machine: "cpu" or "cuda" (static), or NULL with err set

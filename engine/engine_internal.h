@@ -131,6 +131,7 @@ struct engine {
     int n_taken;             /* requests off the queue whose finish is not yet published (under mu) */
     atomic_bool stopping;
     bool stopped;
+    atomic_int hot; /* FORWARD_HOT_*: the Engram stores' warm start (forward_ctx_engram_hot), set by the engine thread */
 };
 
 /* ---- request.c ---- */

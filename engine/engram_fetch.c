@@ -45,6 +45,8 @@ struct engram_fetch {
     uint32_t C;       /* slots (cache.n) */
     row_cache cache;
     uint32_t *cstamp; /* (C) gen of the last step that used the slot: not evicted in that step */
+    uint32_t *chits;  /* (C) steps that found the slot's row since it came in (the hot-row file's counts) */
+    bool warming;     /* engram_fetch_warm's steps: not counted */
     /* the host half of a step runs on its own thread (start .. finish) */
     pthread_t th;
     bool th_started, stop;
@@ -81,6 +83,7 @@ void engram_fetch_destroy(engram_fetch *f) {
     free(f->dk), free(f->dv), free(f->dstamp);
     free(f->uniq), free(f->lu), free(f->uslot), free(f->miss);
     free(f->cstamp);
+    free(f->chits);
     row_cache_free(&f->cache);
     pthread_cond_destroy(&f->cv);
     pthread_mutex_destroy(&f->mu);
@@ -130,7 +133,8 @@ engram_fetch *engram_fetch_create(backend *be, engram_store *store, int ch, int 
               f->uslot && f->miss;
     if (ok && C) {
         f->cstamp = calloc(C, sizeof(uint32_t));
-        ok = f->cstamp && row_cache_init(&f->cache, C) == 0;
+        f->chits = calloc(C, sizeof(uint32_t));
+        ok = f->cstamp && f->chits && row_cache_init(&f->cache, C) == 0;
     }
     if (!ok) {
         snprintf(err, errlen, "out of %s memory for Engram rows (%.2f GB cache, %d rows a step)", backend_name(be),
@@ -159,7 +163,10 @@ static bool used_this_step(const void *ctx, uint32_t k) {
  * this step. */
 static int32_t cache_take(engram_fetch *f, int64_t row) {
     int32_t k = row_cache_take(&f->cache, row, used_this_step, f, NULL);
-    if (k >= 0) f->cstamp[k] = f->gen;
+    if (k >= 0) {
+        f->cstamp[k] = f->gen;
+        f->chits[k] = 0;
+    }
     return k;
 }
 
@@ -221,6 +228,7 @@ static int prepare(engram_fetch *f, const int64_t *rows, int n) {
         if (k >= 0) {
             row_cache_hit(&f->cache, k);
             f->cstamp[k] = f->gen;
+            if (f->chits[k] < UINT32_MAX) f->chits[k]++;
             hits++;
         }
     }
@@ -319,6 +327,11 @@ int engram_fetch_finish(engram_fetch *f, float *out) {
 
     pthread_mutex_lock(&f->mu);
     engram_fetch_stats *s = &f->st;
+    s->cache_rows = f->cache.used;
+    if (f->warming) {
+        pthread_mutex_unlock(&f->mu);
+        return 0;
+    }
     s->steps++;
     s->lookups += (uint64_t)n;
     s->unique += f->job_u;
@@ -326,7 +339,6 @@ int engram_fetch_finish(engram_fetch *f, float *out) {
     s->copied_rows += (uint64_t)m;
     s->copied_bytes += (uint64_t)m * rb + (uint64_t)f->n_ints * sizeof(int32_t);
     s->gather_seconds += f->job_gather_s;
-    s->cache_rows = f->cache.used;
     pthread_mutex_unlock(&f->mu);
     return 0;
 }
@@ -340,6 +352,32 @@ int engram_fetch_drop_cached(engram_fetch *f, int64_t *rows, int n) {
     for (int i = 0; i < n; i++)
         if (row_cache_find(&f->cache, rows[i]) < 0) rows[m++] = rows[i];
     return m;
+}
+
+uint32_t engram_fetch_cache_slots(const engram_fetch *f) { return f->C; }
+
+size_t engram_fetch_hot_rows(engram_fetch *f, int64_t *rows, uint32_t *counts) {
+    size_t n = 0;
+    for (uint32_t k = 0; k < f->C; k++)
+        if (f->cache.row[k] >= 0) {
+            rows[n] = f->cache.row[k];
+            counts[n++] = f->chits[k];
+        }
+    return n;
+}
+
+int engram_fetch_warm(engram_fetch *f, const int64_t *rows, size_t n, float *out) {
+    if (n > f->C) n = f->C;
+    int rc = 0;
+    f->warming = true;
+    for (size_t a = 0; a < n && !rc; a += (size_t)f->max_rows) {
+        int m = n - a < (size_t)f->max_rows ? (int)(n - a) : f->max_rows;
+        rc = engram_fetch_rows(f, rows + a, m, out);
+    }
+    if (f->pending) backend_fetch_sync(f->be, f->ch); /* not a step's wait: the next step must not count it */
+    f->pending = false;
+    f->warming = false;
+    return rc;
 }
 
 int engram_fetch_rows(engram_fetch *f, const int64_t *rows, int n, float *out) {

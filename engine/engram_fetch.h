@@ -74,6 +74,20 @@ int engram_fetch_rows(engram_fetch *f, const int64_t *rows, int n, float *out);
  * with a step in flight the cache is the fetch thread's, and all n stay. */
 int engram_fetch_drop_cached(engram_fetch *f, int64_t *rows, int n);
 
+/* Warm restarts (engram/store.h's hot-row file). Between steps only. */
+/* The rows the hot-row cache holds, with each one's hits since it came in
+ * (saturating), into rows and counts (room for engram_fetch_cache_slots
+ * each). Returns how many. */
+size_t engram_fetch_hot_rows(engram_fetch *f, int64_t *rows, uint32_t *counts);
+/* The hot-row cache's slots (0: no cache). */
+uint32_t engram_fetch_cache_slots(const engram_fetch *f);
+/* Brings rows (most wanted first; those past the cache's size are left
+ * out) into the hot-row cache as steps would, from the store (where a warm
+ * start has put them), max_rows at a time; out is scratch for the decode
+ * (backend memory of max_rows rows of cols f32). Not counted as steps.
+ * Returns 0, or a negative engram_store_status (the cache keeps what came). */
+int engram_fetch_warm(engram_fetch *f, const int64_t *rows, size_t n, float *out);
+
 /* A snapshot of f's counters. Thread-safe (the stats sit behind a lock). */
 void engram_fetch_get_stats(engram_fetch *f, engram_fetch_stats *out);
 void engram_fetch_stats_add(engram_fetch_stats *sum, const engram_fetch_stats *x);

@@ -30,6 +30,7 @@ struct engram_step {
     bool rows_on_backend;    /* some layer gathers from a table in backend memory: upload rows */
     bool ahead[ENGRAM_MAX_LAYERS]; /* the layer's store reads NVMe behind a row cache (prefetch thread) */
     bool any_ahead;
+    bool hbm_warmed[ENGRAM_MAX_LAYERS]; /* the fetcher's cache got its store's hot-row list */
     /* host mirrors */
     int64_t *h_rows, *h_cids, *h_ids64; /* (n_engram, T, H), (T), (T) */
     float **h_seq_hist;      /* (S) */
@@ -257,6 +258,45 @@ int engram_step_prefetch_ahead(engram_step *es, const int32_t *ids, int lead, in
         }
     }
     return n_ahead;
+}
+
+/* ---- warm restarts ---- */
+
+int engram_step_hot(engram_step *es, bool save) {
+    const model_engram *e = es->m->engram;
+    int state = FORWARD_HOT_NONE;
+    for (int li = 0; li < e->n_layers; li++) {
+        engram_store *st = e->layers[li].store;
+        engram_fetch *f = es->fetch[li];
+        if (!st || !engram_store_hot_path(st)) continue;
+        if (engram_store_warming(st)) { /* the file must not be replaced by a half-warm cache's */
+            state = FORWARD_HOT_WARMING;
+            continue;
+        }
+        if (state == FORWARD_HOT_NONE) state = FORWARD_HOT_READY;
+        if (f && !es->hbm_warmed[li]) { /* the store has the rows in DRAM now: up they go */
+            const int64_t *up;
+            size_t n = engram_store_hot_upper(st, &up);
+            double t0 = util_now();
+            int rc = n ? engram_fetch_warm(f, up, n, es->scratch.e) : 0;
+            if (n)
+                log_info("Engram layer %d: %zu hot rows into the backend's cache in %.2f s%s", e->layers[li].layer_id,
+                         n < engram_fetch_cache_slots(f) ? n : (size_t)engram_fetch_cache_slots(f),
+                         util_now() - t0, rc ? " (a read failed: the rest stays cold)" : "");
+            es->hbm_warmed[li] = true;
+        }
+        if (!save) continue;
+        uint32_t C = f ? engram_fetch_cache_slots(f) : 0;
+        int64_t *rows = malloc((C ? C : 1) * sizeof(int64_t));
+        uint32_t *counts = malloc((C ? C : 1) * sizeof(uint32_t));
+        char err[512] = "out of memory";
+        size_t n = rows && counts && f ? engram_fetch_hot_rows(f, rows, counts) : 0;
+        if (!rows || !counts || engram_store_hot_save(st, rows, counts, n, err, sizeof(err)))
+            log_warn("Engram hot-row file not written: %s", err);
+        free(rows);
+        free(counts);
+    }
+    return state;
 }
 
 /* ---- the layers ---- */

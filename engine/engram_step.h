@@ -87,6 +87,9 @@ void engram_step_gates_done(engram_step *es, const engram_weights *w, const batc
 int engram_step_prefetch_ahead(engram_step *es, const int32_t *ids, int lead, int n_ahead);
 bool engram_step_prefetches_ahead(const engram_step *es);
 
+/* forward_ctx_engram_hot on es. */
+int engram_step_hot(engram_step *es, bool save);
+
 double engram_step_seconds(const engram_step *es); /* forward_ctx_engram_seconds */
 /* forward_ctx_fetch_stats: out zeroed first; -1 when layer li has no fetcher. */
 int engram_step_fetch_stats(engram_step *es, int li, engram_fetch_stats *out);

@@ -452,6 +452,8 @@ static int plan_step(forward_ctx *fc, const forward_item *it, int n_items, batch
     return FORWARD_OK;
 }
 
+int forward_ctx_engram_hot(forward_ctx *fc, bool save) { return fc->eng ? engram_step_hot(fc->eng, save) : FORWARD_HOT_NONE; }
+
 bool forward_ctx_prefetches_ahead(const forward_ctx *fc) { return fc->eng && engram_step_prefetches_ahead(fc->eng); }
 
 int forward_prefetch_ahead(forward_ctx *fc, const int32_t *ids, int lead, int n_ahead) {

@@ -50,6 +50,16 @@ double forward_ctx_engram_seconds(const forward_ctx *fc);
  * layers) when its table is a host store; -1 (zeros) otherwise. Thread-safe. */
 int forward_ctx_fetch_stats(forward_ctx *fc, int li, engram_fetch_stats *out);
 
+/* Warm restarts of the host Engram stores (engram/store.h, hot-row file),
+ * between steps, on the thread that runs them: once a store has read its
+ * hot rows back, its layer's hot-row cache takes the rows of the file's
+ * tier above (once); with save, every store whose warm start is over writes
+ * its hot-row file with those of its cache and of the hot-row cache. Returns
+ * FORWARD_HOT_NONE (no store keeps a hot-row file), _WARMING (some store is
+ * still reading its rows back) or _READY. */
+enum { FORWARD_HOT_NONE = 0, FORWARD_HOT_WARMING = 1, FORWARD_HOT_READY = 2 };
+int forward_ctx_engram_hot(forward_ctx *fc, bool save);
+
 /* A KV cache in fc's backend memory: n_tokens positions in blocks of
  * block_size (0: 16); fc's block tables are widened for blocks under 16. Returns KV_CACHE_OK and *out, or KV_CACHE_ERR_NOMEM. */
 int forward_kv_cache_create(forward_ctx *fc, int n_tokens, int block_size, kv_cache **out);

@@ -25,8 +25,11 @@ int engram_store_prefetch(engram_store *s, const int64_t *rows, size_t n) {
 
 /* The prefetch thread: takes up to PF_BATCH ids, claims slots for those
  * neither cached nor in flight, reads them with its own reader. Already
- * cached rows get their reference bit: they are about to be used. It starts
- * no batch while a gather runs: the disk is the gather's then. */
+ * cached rows get their reference bit: they are about to be used. Its rows
+ * skip the admission filter: each is read because a step is about to use
+ * it, and a refused one would be read again by that step's gather, on the
+ * forward pass's path (the gather's lookup then counts it in the sketch).
+ * It starts no batch while a gather runs: the disk is the gather's then. */
 static void *prefetch_main(void *arg) {
     engram_store *s = arg;
     const engram_store_header *h = &s->info.header;
@@ -53,7 +56,7 @@ static void *prefetch_main(void *arg) {
             int32_t k = row_cache_find(&s->c.clock, ids[i]);
             if (k >= 0)
                 row_cache_hit(&s->c.clock, k);
-            else if ((k = engram_store__alloc_slot(s, ids[i])) >= 0)
+            else if ((k = engram_store__alloc_slot(s, ids[i], false)) >= 0)
                 q[nq++] = (row_req){h->data_offset + (uint64_t)ids[i] * h->row_stride, NO_IDX, k};
         }
         pthread_mutex_unlock(&s->mu);
@@ -70,7 +73,7 @@ static void *prefetch_main(void *arg) {
 
 int engram_store__prefetch_start(engram_store *s, char *err, size_t errlen) {
     s->pf_q = malloc(PF_QUEUE * sizeof(int64_t));
-    if (!s->pf_q || engram_store__reader_init(s, &s->pf_rd))
+    if (!s->pf_q || engram_store__reader_init(s, &s->pf_rd, s->p.queue_depth, s->run_bytes, 0))
         return err_set(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
     int e = pthread_create(&s->pf_thread, NULL, prefetch_main, s);
     if (e)

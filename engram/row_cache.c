@@ -25,28 +25,35 @@ void row_cache_free(row_cache *c) {
     c->n = 0;
 }
 
-int32_t row_cache_take(row_cache *c, int64_t row, row_cache_busy_fn busy, const void *ctx, int64_t *victim) {
-    if (victim) *victim = -1;
+int32_t row_cache_victim(row_cache *c, row_cache_busy_fn busy, const void *ctx) {
     for (uint64_t step = 0; step < 2ull * c->n + 1 && c->n; step++) {
         uint32_t k = c->hand;
+        if (!busy(ctx, k) && (c->row[k] < 0 || !c->ref[k])) return (int32_t)k; /* the hand stays on it */
+        if (!busy(ctx, k)) c->ref[k] = 0; /* second chance */
         c->hand = k + 1 == c->n ? 0 : k + 1;
-        if (busy(ctx, k)) continue;
-        if (c->row[k] >= 0) {
-            if (c->ref[k]) { /* second chance */
-                c->ref[k] = 0;
-                continue;
-            }
-            if (victim) *victim = c->row[k];
-            row_index_remove(&c->index, c->row[k]);
-            c->used--;
-        }
-        c->row[k] = row;
-        c->ref[k] = 0;
-        row_index_insert(&c->index, row, (int32_t)k);
-        c->used++;
-        return (int32_t)k;
     }
     return -1;
+}
+
+int64_t row_cache_put(row_cache *c, int32_t k, int64_t row) {
+    int64_t victim = c->row[k];
+    if (victim >= 0) {
+        row_index_remove(&c->index, victim);
+        c->used--;
+    }
+    c->row[k] = row;
+    c->ref[k] = 0;
+    row_index_insert(&c->index, row, k);
+    c->used++;
+    c->hand = (uint32_t)k + 1 == c->n ? 0 : (uint32_t)k + 1;
+    return victim;
+}
+
+int32_t row_cache_take(row_cache *c, int64_t row, row_cache_busy_fn busy, const void *ctx, int64_t *victim) {
+    int32_t k = row_cache_victim(c, busy, ctx);
+    int64_t v = k >= 0 ? row_cache_put(c, k, row) : -1;
+    if (victim) *victim = v;
+    return k;
 }
 
 void row_cache_drop(row_cache *c, int32_t k) {

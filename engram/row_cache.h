@@ -50,8 +50,18 @@ static inline void row_cache_hit(row_cache *c, int32_t k) { c->ref[k] = 1; }
  * bit twice over a full sweep before it goes, which keeps the hot set and
  * lets one-off rows pass through. Returns the slot, and in *victim the row it
  * evicted or -1 (victim may be NULL); or -1 when every slot is busy or the
- * cache has none. */
+ * cache has none. row_cache_victim then row_cache_put. */
 int32_t row_cache_take(row_cache *c, int64_t row, row_cache_busy_fn busy, const void *ctx, int64_t *victim);
+
+/* The first half of row_cache_take, for an admission policy that may say no:
+ * the slot the hand stops at (empty, or holding the row CLOCK would evict),
+ * with the hand left on it, so that a refused newcomer leaves the same
+ * victim first in line; or -1. */
+int32_t row_cache_victim(row_cache *c, row_cache_busy_fn busy, const void *ctx);
+
+/* The second half: row (absent) into slot k from row_cache_victim, indexed,
+ * bit clear, the hand past it. Returns the row evicted from k, or -1. */
+int64_t row_cache_put(row_cache *c, int32_t k, int64_t row);
 
 /* Empties slot k (holding a row): out of the index, row -1. For a slot that
  * never got its row's bytes (a failed read). */

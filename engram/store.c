@@ -2,8 +2,8 @@
  * Open reads and checks the header and picks the tier (AUTO: DRAM when the
  * budget holds the table); gathers check their row ids here and go to the
  * tier (store_dram.c: one MAP_SHARED mapping; store_nvme.c: O_DIRECT reads
- * under a DRAM row cache fed by prefetch.c); counters, stats and close. The
- * file format is table_file.c. */
+ * under a DRAM row cache fed by prefetch.c, warmed at open by store_hot.c);
+ * counters, stats and close. The file format is table_file.c. */
 #include "engram/store.h"
 
 #include <errno.h>
@@ -42,7 +42,7 @@ int engram_store_hist_bucket(double sec) {
 }
 
 engram_store_params engram_store_default_params(void) {
-    engram_store_params p = {.tier = ENGRAM_STORE_DRAM, .queue_depth = 64};
+    engram_store_params p = {.tier = ENGRAM_STORE_DRAM, .queue_depth = 64, .admission = ENGRAM_STORE_ADMIT_ALL};
     return p;
 }
 
@@ -175,7 +175,7 @@ int engram_store_open(const char *path, const engram_store_params *params, engra
     s->info.hbm_cache = p.hbm_cache;
     rc = p.tier == ENGRAM_STORE_DRAM ? engram_store__dram_open(s, fd, (size_t)size, err, errlen)
                                      : engram_store__nvme_open(s, fd, err, errlen);
-    if (rc) goto bad;
+    if (rc || (rc = engram_store__hot_open(s, err, errlen))) goto bad;
     *out = s;
     return ENGRAM_STORE_OK;
 bad:
@@ -199,6 +199,13 @@ void engram_store_get_stats(const engram_store *s, engram_store_stats *o) {
     o->prefetch_reads = counter_get(&s->prefetch_reads);
     o->prefetch_dropped = counter_get(&s->prefetch_dropped);
     o->evictions = counter_get(&s->evictions);
+    o->admissions = counter_get(&s->admissions);
+    o->rejections = counter_get(&s->rejections);
+    o->warm_rows = counter_get(&s->warm_rows);
+    o->warm_target = counter_get(&s->warm_target);
+    o->warm_ignored = counter_get(&s->warm_ignored);
+    o->warming = engram_store_warming(s);
+    o->warm_seconds = (double)counter_get(&s->warm_ns) * 1e-9;
     pthread_mutex_lock((pthread_mutex_t *)&s->mu);
     o->cache_rows = s->c.clock.used;
     pthread_mutex_unlock((pthread_mutex_t *)&s->mu);
@@ -223,6 +230,13 @@ void engram_store_stats_add(engram_store_stats *sum, const engram_store_stats *x
     sum->prefetch_reads += x->prefetch_reads;
     sum->prefetch_dropped += x->prefetch_dropped;
     sum->evictions += x->evictions;
+    sum->admissions += x->admissions;
+    sum->rejections += x->rejections;
+    sum->warm_rows += x->warm_rows;
+    sum->warm_target += x->warm_target;
+    sum->warm_ignored += x->warm_ignored;
+    sum->warming += x->warming;
+    if (x->warm_seconds > sum->warm_seconds) sum->warm_seconds = x->warm_seconds; /* they run side by side */
     sum->cache_rows += x->cache_rows;
     sum->cache_capacity += x->cache_capacity;
     sum->cache_bytes += x->cache_bytes;
@@ -239,6 +253,7 @@ void engram_store_stats_add(engram_store_stats *sum, const engram_store_stats *x
 
 void engram_store_close(engram_store *s) {
     if (!s) return;
+    engram_store__hot_close(s); /* its thread reads into the cache: first */
     engram_store__prefetch_stop(s);
     if (s->map) {
         if (s->info.locked) munlock(s->map, s->map_len);

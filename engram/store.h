@@ -4,8 +4,10 @@
  * through io_uring, or pread). Also the table file layout those tiers read:
  * a 4096-byte header, then rows at a power-of-two stride so that a row never
  * straddles more 4 KiB blocks than its size needs. Over NVMe a DRAM budget
- * buys a row cache (CLOCK over fixed slots) fed ahead of use by a prefetch
- * thread. No GPU here. */
+ * buys a row cache (CLOCK over fixed slots, admission by a TinyLFU frequency
+ * sketch) fed ahead of use by a prefetch thread, and a hot-row file beside
+ * the table that lets a restarted store warm that cache with large
+ * sequential reads. No GPU here. */
 #ifndef ENGRAM_STORE_H
 #define ENGRAM_STORE_H
 
@@ -108,6 +110,21 @@ int engram_store_write_dense(const char *path, int dtype, uint64_t rows, uint32_
  * at most the budget. */
 typedef enum { ENGRAM_STORE_DRAM = 0, ENGRAM_STORE_NVME = 1, ENGRAM_STORE_AUTO = 2 } engram_store_tier;
 
+/* Which misses of a gather the NVMe tier's row cache keeps. */
+typedef enum {
+    ENGRAM_STORE_ADMIT_ALL = 0,     /* every miss displaces the victim (admit on first touch); the default: on
+                                     * a trace of real text it hits more often (bench/RESULTS.md, "cache trace") */
+    ENGRAM_STORE_ADMIT_TINYLFU = 1, /* a miss displaces CLOCK's victim only when the frequency sketch had seen
+                                     * it more often than the victim before (TinyLFU); one-offs pass uncached */
+} engram_store_admission;
+
+/* What a store does with its hot-row file (engram_store_hot_path) at open. */
+typedef enum {
+    ENGRAM_STORE_WARM_OFF = 0,        /* neither read nor written */
+    ENGRAM_STORE_WARM_WAIT = 1,       /* read back before open returns */
+    ENGRAM_STORE_WARM_BACKGROUND = 2, /* read back by a thread while the store serves */
+} engram_store_warm;
+
 typedef struct {
     engram_store_tier tier; /* default DRAM */
     /* Bytes of host DRAM this store may hold. AUTO: DRAM tier when
@@ -126,6 +143,10 @@ typedef struct {
     bool use_pread;   /* skip io_uring: synchronous pread, one block run at a time */
     bool no_direct;   /* skip O_DIRECT: buffered reads through the page cache */
     bool quiet;       /* no fallback notes on stderr */
+    /* the NVMe tier's row cache */
+    engram_store_admission admission; /* default ALL */
+    uint64_t sketch_seed; /* the frequency sketch's hash seed: the same seed, the same admissions */
+    engram_store_warm warm_start;     /* default OFF */
 } engram_store_params;
 
 engram_store_params engram_store_default_params(void);
@@ -182,6 +203,52 @@ int engram_store_gather_raw(engram_store *s, const int64_t *rows, size_t n, void
  * ENGRAM_STORE_OK, or ENGRAM_STORE_EINVAL for rows NULL with n > 0. */
 int engram_store_prefetch(engram_store *s, const int64_t *rows, size_t n);
 
+/* ---- warm restarts: the hot-row file ----
+ * Beside the table, at its path + ".hot", a store keeps the identities of
+ * its hot rows: those its DRAM row cache holds, and those a tier above it
+ * holds (the backend's HBM cache, handed in by its owner), each with a count
+ * (how often it was used lately). At open, with warm_start on, the file is
+ * read back: its rows go into the row cache, most counted first up to the
+ * cache's size, read in offset order with large sequential reads (runs of up
+ * to 1 MiB that may take in a few unwanted blocks between wanted ones). A
+ * file written for another table (size, header, first and last data block
+ * differ), or damaged (checksum, bounds), is ignored with a note. The file
+ * only says which rows to read; the rows always come from the table, so it
+ * can never change a result.
+ *
+ * file layout (little-endian):
+ *   0  8 magic "ENGRHOT\0"    8 4 version (1)     12 4 reserved (0)
+ *  16  8 table file size      24 8 table identity (FNV-1a 64 of its header block, first and last data block)
+ *  32  8 table rows           40 8 n entries      48 8 unix time written    56 8 reserved (0)
+ *  64  n * {8 row id, 4 count, 4 tier (0 DRAM, 1 the tier above)}
+ *  then 8: FNV-1a 64 of every byte before it */
+#define ENGRAM_STORE_HOT_MAGIC "ENGRHOT"
+#define ENGRAM_STORE_HOT_VERSION 1u
+#define ENGRAM_STORE_HOT_HEAD 64u
+#define ENGRAM_STORE_HOT_ENTRY 16u
+
+/* The hot-row file's path: static storage of the store (its table's path + ".hot"). */
+const char *engram_store_hot_path(const engram_store *s);
+
+/* Writes the hot-row file atomically (path.tmp.PID, fsync, rename, fsync of the
+ * directory): the DRAM cache's rows with their sketch counts, then `n_upper`
+ * rows of the tier above with their counts (upper, upper_counts: borrowed;
+ * may be NULL with n_upper 0). Thread-safe against gathers. Returns
+ * ENGRAM_STORE_OK, or ENGRAM_STORE_EIO / _ENOMEM with a message naming the
+ * file; _EINVAL for a store without a file (made in memory). */
+int engram_store_hot_save(engram_store *s, const int64_t *upper, const uint32_t *upper_counts, size_t n_upper,
+                          char *err, size_t errlen);
+
+/* Whether the store is still reading its hot rows back (background warm
+ * start). Thread-safe. */
+bool engram_store_warming(const engram_store *s);
+
+/* The rows of the tier above that the hot-row file read at open listed,
+ * most counted first (*rows borrowed until close; NULL and 0 when none),
+ * for that tier's owner to warm from once engram_store_warming says done.
+ * Returns their number. */
+size_t engram_store_hot_upper(const engram_store *s, const int64_t **rows);
+
 /* A DRAM-tier store over an anonymous mapping of rows x cols values of dtype,
  * filled by fill (called once per row, from several threads at once: it must
  * be thread-safe). For tables made on the spot (synthetic models) that are
@@ -208,6 +275,13 @@ typedef struct {
     uint64_t prefetch_reads;   /* rows the prefetch thread read into the cache */
     uint64_t prefetch_dropped; /* ids dropped: prefetch queue full */
     uint64_t evictions;        /* cached rows evicted (CLOCK) */
+    uint64_t admissions;       /* rows taken into the cache (gathers' misses, prefetches, warm start) */
+    uint64_t rejections;       /* gathers' misses the admission policy kept out (read, not cached) */
+    uint64_t warm_rows;        /* rows read back from the hot-row file so far */
+    uint64_t warm_target;      /* gauge: rows the warm start will read in all (0: none) */
+    uint64_t warm_ignored;     /* hot-row files ignored: stale, foreign or damaged */
+    uint64_t warming;          /* gauge: 1 while a warm start reads */
+    double warm_seconds;       /* seconds the warm start took, once done */
     uint64_t cache_rows;       /* rows in the cache now (gauge) */
     uint64_t cache_capacity;   /* cache slots (gauge) */
     uint64_t cache_bytes;      /* DRAM held by the cache (gauge) */
@@ -224,7 +298,8 @@ typedef struct {
  * is read atomically). Thread-safe. */
 void engram_store_get_stats(const engram_store *s, engram_store_stats *out);
 
-/* sum += x, field by field (gauges too: a sum over stores). */
+/* sum += x, field by field (gauges too: a sum over stores), but warm_seconds:
+ * the longest (the stores warm side by side). */
 void engram_store_stats_add(engram_store_stats *sum, const engram_store_stats *x);
 
 /* MemAvailable of /proc/meminfo in bytes, 0 when unknown. */

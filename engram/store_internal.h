@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "engram/freq_sketch.h"
 #include "engram/row_cache.h"
 #include "engram/store.h"
 
@@ -26,7 +27,9 @@
  * With a DRAM budget: a row cache of fixed slots, each holding one row's raw
  * bytes as in the file (decoded on every gather, so a cached row costs
  * row_bytes, not 4*cols). Rows are Zipfian: a small hot set takes most
- * lookups. Replacement is engram/row_cache's CLOCK. A slot is EMPTY, LOADING
+ * lookups. Replacement is engram/row_cache's CLOCK; admission (which misses
+ * may displace CLOCK's victim at all) asks the TinyLFU sketch, which every
+ * gather's lookups feed. A slot is EMPTY, LOADING
  * (a read is in flight; whoever wants the row waits for it instead of
  * reading it again), READY, or FAILED (its read failed; waiters report EIO).
  * Gathers pin the slots they will read, so eviction never takes a row from
@@ -38,7 +41,7 @@
  * waiting. */
 enum { SLOT_EMPTY, SLOT_LOADING, SLOT_READY, SLOT_FAILED };
 #define NO_IDX SIZE_MAX
-#define SLOT_OVERHEAD 32u   /* bytes per slot besides its row: row id 8, state 1, ref 1, pins 4, index <= 16 */
+#define SLOT_OVERHEAD 38u   /* bytes per slot besides its row: row id 8, state 1, ref 1, pins 4, index <= 16, sketch <= 6 */
 #define PF_QUEUE (1u << 16) /* prefetch ids waiting at most */
 #define PF_BATCH 128u       /* ids the prefetch thread resolves per round: how long a gather may find it reading */
 
@@ -47,6 +50,7 @@ typedef struct {
     uint8_t *state;  /* (n) SLOT_* */
     uint32_t *pins;  /* (n) gathers that will read the slot */
     uint8_t *data;   /* (n, row_bytes) raw rows */
+    freq_sketch sketch; /* recent lookups of every row (admission, the hot-row file's counts) */
 } store_cache;
 
 /* One read: a run of whole blocks covering the rows of reqs[first..first+n). */
@@ -72,12 +76,18 @@ typedef struct {
 
 typedef _Atomic uint64_t counter;
 
-/* What reads need: an io_uring (or pread when it is off) and queue_depth
- * aligned buffers of run_bytes, with each buffer's submit time. */
+/* What reads need: an io_uring (or pread when it is off) and qd aligned
+ * buffers of run_max bytes, with each buffer's submit time. A run covers
+ * blocks of rows in offset order up to run_max bytes, and may take in up to
+ * gap_max bytes of blocks no row wants between two that one does: the
+ * gathers' reader reads one row's blocks (run_max = run_bytes, gap 0), the
+ * warm start's long sequential runs. */
 typedef struct {
     struct io_uring ring;
     bool uring;
-    uint8_t *buf; /* (queue_depth, run_bytes) */
+    int qd;
+    size_t run_max, gap_max;
+    uint8_t *buf; /* (qd, run_max) */
     double *t_sub;
 } reader;
 
@@ -105,8 +115,19 @@ struct engram_store {
     size_t pf_head, pf_len;
     bool pf_stop, pf_started;
     pthread_t pf_thread;
+    /* warm restarts (store_hot.c) */
+    char *hot_path;           /* path + ".hot" */
+    uint64_t table_size, table_id; /* the table's identity, written to and checked against the hot-row file */
+    int64_t *hot_rows;        /* (hot_n) rows the warm start reads, in offset order */
+    size_t hot_n;
+    int64_t *hot_upper;       /* (hot_n_upper) rows of the tier above, most counted first */
+    size_t hot_n_upper;
+    pthread_t warm_thread;
+    bool warm_started;
+    _Atomic bool warm_stop, warm_busy;
     /* stats; times in nanoseconds */
     counter lookups, dram_hits, nvme_hits, prefetch_rows, prefetch_reads, prefetch_dropped, evictions;
+    counter admissions, rejections, warm_rows, warm_target, warm_ignored, warm_ns;
     counter reads, bytes_read, read_ns, read_hist[ENGRAM_STORE_HIST_BUCKETS + 1];
     counter gathers, stall_ns, stall_hist[ENGRAM_STORE_HIST_BUCKETS + 1];
 };
@@ -154,17 +175,31 @@ int engram_store__nvme_open(engram_store *s, int fd, char *err, size_t errlen);
 void engram_store__nvme_free(engram_store *s);
 /* Gathers n in-range rows through the cache and the gathers' reader. */
 int engram_store__gather_nvme(engram_store *s, const int64_t *rows, size_t n, row_out out);
-/* A reader of queue_depth buffers, with an io_uring unless told to pread or
- * refused (a note says so; pread then). Returns 0, or -1 out of memory. */
-int engram_store__reader_init(engram_store *s, reader *rd);
+/* A reader of qd buffers of run_max bytes (see reader), with an io_uring
+ * unless told to pread or refused (a note says so; pread then). Returns 0,
+ * or -1 out of memory. */
+int engram_store__reader_init(engram_store *s, reader *rd, int qd, size_t run_max, size_t gap_max);
 /* Frees a reader; accepts a zeroed or half-made one. */
 void engram_store__reader_free(reader *rd);
 /* Reads the rows of q through rd (see store_nvme.c); callers own rd. */
 int engram_store__read_reqs(engram_store *s, reader *rd, row_req *q, size_t n, row_out out);
-/* Under mu: a slot for row, now LOADING and indexed, or -1 (all busy). */
-int32_t engram_store__alloc_slot(engram_store *s, int64_t row);
+/* Under mu: a slot for row, now LOADING and indexed, or -1 (all busy, or,
+ * when `filter`, refused by the admission policy). */
+int32_t engram_store__alloc_slot(engram_store *s, int64_t row, bool filter);
 /* After a failed read: the slots of q still LOADING become FAILED. */
 void engram_store__fail_unfinished(engram_store *s, const row_req *q, size_t n);
+
+/* store_hot.c */
+/* At open, for a file-backed store: its table's identity, and with
+ * warm_start on the hot-row file read back (WAIT: now; BACKGROUND: a
+ * thread started). A missing, stale or damaged file is noted and ignored.
+ * Returns ENGRAM_STORE_OK, or _ENOMEM. */
+int engram_store__hot_open(engram_store *s, char *err, size_t errlen);
+/* Stops and joins the warm thread; frees the hot-row lists. */
+void engram_store__hot_close(engram_store *s);
+/* Blocks while a gather runs (the prefetch and warm threads yield to it);
+ * returns at once without one. */
+void engram_store__wait_no_gather(engram_store *s);
 
 /* prefetch.c */
 /* Starts the prefetch thread (its queue and reader). Returns

@@ -2,8 +2,9 @@
  * file with O_DIRECT (buffered when the filesystem refuses it), sorted and
  * deduplicated into runs of whole blocks, through io_uring with a full queue
  * or with pread; under a DRAM budget, a row cache (store_cache: the CLOCK of
- * engram/row_cache plus per-slot load states, pins and bytes) that gathers
- * and the prefetch thread (prefetch.c) fill. See store_internal.h for the
+ * engram/row_cache plus per-slot load states, pins and bytes, admission by
+ * engram/freq_sketch) that gathers, the prefetch thread (prefetch.c) and the
+ * warm start (store_hot.c) fill. See store_internal.h for the
  * slot states and the locks. */
 #include <errno.h>
 #include <fcntl.h>
@@ -24,14 +25,23 @@ static bool slot_busy(const void *ctx, uint32_t k) {
 }
 
 /* A slot for row, now LOADING and indexed, or -1 when every slot is pinned
- * or loading (a batch larger than the cache: the caller reads uncached). An
- * evicted row is counted. */
-int32_t engram_store__alloc_slot(engram_store *s, int64_t row) {
+ * or loading (a batch larger than the cache: the caller reads uncached), or
+ * when `filter` and TinyLFU keeps row out: CLOCK's victim was used at least
+ * as often lately, so the cache is better off keeping it (the row is read
+ * uncached; the victim stays first in line). Empty slots take any row.
+ * Admissions and evictions are counted. */
+int32_t engram_store__alloc_slot(engram_store *s, int64_t row, bool filter) {
     store_cache *c = &s->c;
-    int64_t victim;
-    int32_t k = row_cache_take(&c->clock, row, slot_busy, c, &victim);
+    int32_t k = row_cache_victim(&c->clock, slot_busy, c);
     if (k < 0) return -1;
-    if (victim >= 0) counter_add(&s->evictions, 1);
+    int64_t victim = c->clock.row[k];
+    if (filter && victim >= 0 && s->p.admission == ENGRAM_STORE_ADMIT_TINYLFU &&
+        freq_sketch_estimate(&c->sketch, (uint64_t)row) <= freq_sketch_estimate(&c->sketch, (uint64_t)victim)) {
+        counter_add(&s->rejections, 1);
+        return -1;
+    }
+    if (row_cache_put(&c->clock, k, row) >= 0) counter_add(&s->evictions, 1);
+    counter_add(&s->admissions, 1);
     c->state[k] = SLOT_LOADING;
     return k;
 }
@@ -50,20 +60,36 @@ void engram_store__fail_unfinished(engram_store *s, const row_req *q, size_t n) 
     pthread_mutex_unlock(&s->mu);
 }
 
+/* DRAM of a row cache of n slots: the rows, their id, state, ref and pins,
+ * the index (a power of two >= 2n entries of 4 bytes) and the sketch (a
+ * power of two >= n, at least 64: 2 bytes of counters and 1 of doorkeeper each). */
+static uint64_t cache_footprint(uint32_t row_bytes, uint64_t n) {
+    uint64_t idx = 2, w = 64;
+    while (idx < 2 * n) idx <<= 1;
+    while (w < n) w <<= 1;
+    return n * (row_bytes + 8 + 1 + 1 + 4) + idx * 4 + w * 3;
+}
+
 /* Sizes and allocates the row cache for a budget of `budget` bytes. */
 static int cache_init(engram_store *s, uint64_t budget) {
     const engram_store_header *h = &s->info.header;
     uint64_t n = budget / (h->row_bytes + SLOT_OVERHEAD);
     if (n > h->rows) n = h->rows;
     if (n > (1u << 29)) n = 1u << 29; /* the index (4n entries at most) stays within int32 slots */
+    while (n && cache_footprint(h->row_bytes, n) > budget) { /* powers of two may overshoot: fewer slots */
+        uint64_t d = (cache_footprint(h->row_bytes, n) - budget) / (h->row_bytes + SLOT_OVERHEAD) + 1;
+        n = d < n ? n - d : 0;
+    }
     if (!n) return 0;
     store_cache *c = &s->c;
     c->state = calloc(n, 1);
     c->pins = calloc(n, sizeof(uint32_t));
     c->data = malloc(n * h->row_bytes);
-    if (row_cache_init(&c->clock, n) || !c->state || !c->pins || !c->data) return -1;
+    if (row_cache_init(&c->clock, n) || !c->state || !c->pins || !c->data ||
+        freq_sketch_init(&c->sketch, n, s->p.sketch_seed))
+        return -1;
     s->info.cache_rows = n;
-    s->info.cache_bytes = n * (h->row_bytes + 8 + 1 + 1 + 4) + ((uint64_t)c->clock.index.mask + 1) * 4;
+    s->info.cache_bytes = cache_footprint(h->row_bytes, n);
     return 0;
 }
 
@@ -126,7 +152,7 @@ static int finish_run(engram_store *s, const row_req *q, const block_run *r, con
  * pread). Returns ENGRAM_STORE_OK or ENGRAM_STORE_EIO. */
 static int read_runs_uring(engram_store *s, reader *rd, const row_req *q, const block_run *runs, size_t nr,
                            size_t *done, row_out out) {
-    int qd = s->p.queue_depth;
+    int qd = rd->qd;
     int *free_bufs = malloc((size_t)qd * sizeof(int));
     if (!free_bufs) return ENGRAM_STORE_ENOMEM;
     int nfree = qd, inflight = 0, rc = ENGRAM_STORE_OK;
@@ -139,7 +165,7 @@ static int read_runs_uring(engram_store *s, reader *rd, const row_req *q, const 
             struct io_uring_sqe *sqe = io_uring_get_sqe(&rd->ring);
             if (!sqe) break;
             int k = free_bufs[--nfree];
-            io_uring_prep_read(sqe, s->fd, rd->buf + (size_t)k * s->run_bytes, runs[next].len, runs[next].off);
+            io_uring_prep_read(sqe, s->fd, rd->buf + (size_t)k * rd->run_max, runs[next].len, runs[next].off);
             io_uring_sqe_set_data64(sqe, ((uint64_t)next << 16) | (uint64_t)k);
             rd->t_sub[k] = util_now();
             next++;
@@ -168,7 +194,7 @@ static int read_runs_uring(engram_store *s, reader *rd, const row_req *q, const 
         inflight--;
         size_t ri = (size_t)(tag >> 16);
         int k = (int)(tag & 0xffff);
-        uint8_t *b = rd->buf + (size_t)k * s->run_bytes;
+        uint8_t *b = rd->buf + (size_t)k * rd->run_max;
         ssize_t got = res;
         if (res > 0 && (uint32_t)res < runs[ri].len && res % 512 == 0) { /* short read: finish synchronously */
             block_run rest = runs[ri];
@@ -198,20 +224,31 @@ static int read_runs_uring(engram_store *s, reader *rd, const row_req *q, const 
     return rc;
 }
 
-/* Reads the rows of q (sorted here by offset): rows sharing a block share
- * one read. Returns ENGRAM_STORE_OK, _EIO or _ENOMEM; on failure the slots
- * not filled are still LOADING (see engram_store__fail_unfinished). */
+/* The block below off, and the block end above off + len. */
+static uint64_t block_floor(uint64_t off) { return off & ~(uint64_t)(ENGRAM_STORE_BLOCK - 1); }
+static uint64_t block_ceil(uint64_t end) { return block_floor(end + ENGRAM_STORE_BLOCK - 1); }
+
+/* Reads the rows of q (sorted here by offset) in runs of whole blocks:
+ * rows sharing a block share one read, and with the reader's run_max and
+ * gap_max (see reader) nearby rows share a longer one. Returns
+ * ENGRAM_STORE_OK, _EIO or _ENOMEM; on failure the slots not filled are
+ * still LOADING (see engram_store__fail_unfinished). */
 int engram_store__read_reqs(engram_store *s, reader *rd, row_req *q, size_t n, row_out out) {
+    const uint32_t rb = s->info.header.row_bytes;
     qsort(q, n, sizeof(row_req), cmp_req);
     block_run *runs = malloc(n * sizeof(block_run));
     if (!runs) return ENGRAM_STORE_ENOMEM;
-    /* stride <= 4096: a row lies in one block; larger strides are block aligned: a run per row */
+    /* a row never straddles more blocks than its size needs (the stride), so one fits any run_max >= run_bytes */
     size_t nr = 0;
     for (size_t i = 0; i < n;) {
-        uint64_t b = q[i].off & ~(uint64_t)(ENGRAM_STORE_BLOCK - 1);
+        uint64_t b = block_floor(q[i].off), e = block_ceil(q[i].off + rb);
         size_t j = i + 1;
-        while (j < n && (q[j].off & ~(uint64_t)(ENGRAM_STORE_BLOCK - 1)) == b) j++;
-        runs[nr++] = (block_run){b, (uint32_t)s->run_bytes, (uint32_t)i, (uint32_t)(j - i)};
+        for (; j < n; j++) {
+            uint64_t ej = block_ceil(q[j].off + rb);
+            if (ej - b > rd->run_max || block_floor(q[j].off) > e + rd->gap_max) break;
+            if (ej > e) e = ej;
+        }
+        runs[nr++] = (block_run){b, (uint32_t)(e - b), (uint32_t)i, (uint32_t)(j - i)};
         i = j;
     }
     int rc = ENGRAM_STORE_OK;
@@ -252,13 +289,16 @@ int engram_store__gather_nvme(engram_store *s, const int64_t *rows, size_t n, ro
             } else {
                 waits = true;
             }
-        } else if ((k = engram_store__alloc_slot(s, rows[i])) >= 0) {
+        } else if ((k = engram_store__alloc_slot(s, rows[i], true)) >= 0) {
             c->pins[k]++;
             q[nq++] = (row_req){off, NO_IDX, k};
         } else {
             q[nq++] = (row_req){off, i, -1};
         }
         slot_of[i] = k;
+        /* counted after the admission: a row must have been asked for more often before this lookup
+         * than the victim was, so that rows as hot as each other do not evict each other in turn */
+        if (c->clock.n) freq_sketch_add(&c->sketch, (uint64_t)rows[i]);
     }
     pthread_mutex_unlock(&s->mu);
     double t0 = util_now();
@@ -269,7 +309,7 @@ int engram_store__gather_nvme(engram_store *s, const int64_t *rows, size_t n, ro
         pthread_mutex_unlock(&s->io_mu);
         if (rc) engram_store__fail_unfinished(s, q, nq);
     }
-    if (atomic_fetch_sub(&s->gathering, 1) == 1 && s->pf_started) {
+    if (atomic_fetch_sub(&s->gathering, 1) == 1) { /* the prefetch and warm threads may go on */
         pthread_mutex_lock(&s->pf_mu);
         pthread_cond_broadcast(&s->pf_idle);
         pthread_mutex_unlock(&s->pf_mu);
@@ -302,12 +342,12 @@ int engram_store__gather_nvme(engram_store *s, const int64_t *rows, size_t n, ro
 
 /* ---- open and free ---- */
 
-/* A reader of queue_depth buffers, with an io_uring unless told to pread or
- * refused (a note says so; pread then). Returns 0, or -1 out of memory. */
-int engram_store__reader_init(engram_store *s, reader *rd) {
-    int qd = s->p.queue_depth;
+int engram_store__reader_init(engram_store *s, reader *rd, int qd, size_t run_max, size_t gap_max) {
+    rd->qd = qd;
+    rd->run_max = run_max;
+    rd->gap_max = gap_max;
     rd->t_sub = calloc((size_t)qd, sizeof(double));
-    if (!rd->t_sub || posix_memalign((void **)&rd->buf, ENGRAM_STORE_BLOCK, (size_t)qd * s->run_bytes)) {
+    if (!rd->t_sub || posix_memalign((void **)&rd->buf, ENGRAM_STORE_BLOCK, (size_t)qd * run_max)) {
         rd->buf = NULL;
         return -1;
     }
@@ -359,7 +399,7 @@ int engram_store__nvme_open(engram_store *s, int fd, char *err, size_t errlen) {
         s->fd = fd;
     }
     s->run_bytes = h->row_stride < ENGRAM_STORE_BLOCK ? ENGRAM_STORE_BLOCK : h->row_stride;
-    if (engram_store__reader_init(s, &s->rd)) return err_set(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
+    if (engram_store__reader_init(s, &s->rd, s->p.queue_depth, s->run_bytes, 0)) return err_set(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
     s->info.io_uring = s->rd.uring;
     int rc = probe_direct(s, err, errlen);
     if (rc) return rc;
@@ -375,4 +415,5 @@ void engram_store__nvme_free(engram_store *s) {
     free(s->c.state);
     free(s->c.pins);
     free(s->c.data);
+    freq_sketch_free(&s->c.sketch);
 }

@@ -35,6 +35,9 @@ enum MHD_Result handle_health(conn *c) {
     if (atomic_load(&c->s->draining)) return fail(c, 503, NULL, "The server is shutting down.");
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "status", "ok");
+    /* ready either way: with --engram-warm-start background the hot rows come back while it serves */
+    engine_warm w = engine_engram_warm(c->s->e);
+    if (w != ENGINE_WARM_NONE) cJSON_AddStringToObject(root, "engram_cache", w == ENGINE_WARM_WARMING ? "warming" : "ready");
     return reply_json(c, 200, root);
 }
 

@@ -220,6 +220,32 @@ static void render_store(strbuf *b, const engram_store_stats *es) {
               "engram_store_nvme_read_bytes_total %llu\n",
               (ull)es->cache_rows, (ull)es->cache_capacity, (ull)es->cache_bytes, (ull)es->nvme_reads,
               (ull)es->nvme_bytes);
+    sb_printf(b,
+              "# HELP engram_store_cache_admissions_total Rows taken into the DRAM row caches (gathers' misses, "
+              "prefetches, warm starts).\n"
+              "# TYPE engram_store_cache_admissions_total counter\n"
+              "engram_store_cache_admissions_total %llu\n"
+              "# HELP engram_store_cache_rejections_total Gathers' misses the admission policy (TinyLFU) kept out of "
+              "the DRAM row caches: read, not cached.\n"
+              "# TYPE engram_store_cache_rejections_total counter\n"
+              "engram_store_cache_rejections_total %llu\n"
+              "# HELP engram_store_warm_rows_total Rows of the hot-row files read back into the DRAM row caches.\n"
+              "# TYPE engram_store_warm_rows_total counter\n"
+              "engram_store_warm_rows_total %llu\n"
+              "# HELP engram_store_warm_target_rows Rows the warm starts read back in all.\n"
+              "# TYPE engram_store_warm_target_rows gauge\n"
+              "engram_store_warm_target_rows %llu\n"
+              "# HELP engram_store_warm_ignored_total Hot-row files ignored at start: stale, foreign or damaged.\n"
+              "# TYPE engram_store_warm_ignored_total counter\n"
+              "engram_store_warm_ignored_total %llu\n"
+              "# HELP engram_store_warming Stores still reading their hot rows back.\n"
+              "# TYPE engram_store_warming gauge\n"
+              "engram_store_warming %llu\n"
+              "# HELP engram_store_warm_seconds Seconds the longest warm start took (0 until done).\n"
+              "# TYPE engram_store_warm_seconds gauge\n"
+              "engram_store_warm_seconds %.6f\n",
+              (ull)es->admissions, (ull)es->rejections, (ull)es->warm_rows, (ull)es->warm_target,
+              (ull)es->warm_ignored, (ull)es->warming, es->warm_seconds);
     render_store_histogram(b, "engram_store_nvme_read_latency_seconds",
                            "Latency of reads from the Engram table files, submission to completion.",
                            es->nvme_read_hist, es->nvme_read_seconds);

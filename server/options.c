@@ -66,6 +66,15 @@ static const struct {
     {"engram-queue-depth", OPT_INT, 1, 4096, "64", "nvme reads in flight"},
     {"engram-lookahead", OPT_INT, 0, 1 << 24, "2048",
      "prompt tokens beyond each step whose Engram rows the nvme tier reads ahead (0: off)"},
+    {"engram-cache-admission", OPT_STR, 0, 0, "all",
+     "which misses the nvme tier's DRAM row cache keeps: all (every miss, admit on first touch) or tinylfu "
+     "(those a frequency sketch has seen more often lately than the row they would evict)"},
+    {"engram-warm-start", OPT_STR, 0, 0, "background",
+     "hot-row files beside the Engram tables (<table>.hot, written every --engram-hot-save-interval and at "
+     "shutdown): background (read back while serving; /health says warming), wait (read back before ready), "
+     "off (neither read nor written)"},
+    {"engram-hot-save-interval", OPT_INT, 0, 86400 * 365, "300",
+     "seconds between writes of the hot-row files (0: only at shutdown)"},
     {"max-num-seqs", OPT_INT, 1, 4096, "16", "sequences batched together in one scheduler step"},
     {"max-num-batched-tokens", OPT_INT, 1, 1 << 20, "512",
      "tokens per scheduler step (prompt chunks and decode tokens together)"},
@@ -101,7 +110,8 @@ static const struct {
 enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THREADS, O_HTTP_THREADS, O_REASONING,
        O_CORS,
        O_CONN_TIMEOUT, O_REQ_TIMEOUT, O_MAX_CONNS, O_MAX_CONNS_IP, O_PREFILL_CHUNK, O_SHUTDOWN, O_ENGRAM_TABLE_DIR, O_ENGRAM_TABLES, O_ENGRAM_BUDGET,
-       O_ENGRAM_HBM, O_ENGRAM_TIER, O_ENGRAM_IO, O_ENGRAM_QD, O_ENGRAM_AHEAD,
+       O_ENGRAM_HBM, O_ENGRAM_TIER, O_ENGRAM_IO, O_ENGRAM_QD, O_ENGRAM_AHEAD, O_ENGRAM_ADMISSION, O_ENGRAM_WARM,
+       O_ENGRAM_HOT_SAVE,
        O_MAX_SEQS, O_MAX_BATCHED, O_KV_TOKENS, O_KV_BLOCK, O_PREFIX_CACHING, O_PREFIX_MAX, O_SYNTHETIC, O_SYNTH_SEED, O_SYNTH_DIR,
        O_GPU_UTIL, O_SAMPLE_ON_BACKEND, O_CUDA_GRAPHS, O_CUDA_PROFILE, O_CPU_ISA, O_COUNT };
 _Static_assert(O_COUNT == N_OPTS, "the O_ names follow the opts table");
@@ -391,6 +401,16 @@ static server_options_status check_names(const char **val) {
         fprintf(stderr, "engram-server: bad value for --engram-io: %s (uring or pread)\n", val[O_ENGRAM_IO]);
         return SERVER_OPTIONS_ERR;
     }
+    if (!one_of(val[O_ENGRAM_ADMISSION], (const char *const[]){"all", "tinylfu", NULL})) {
+        fprintf(stderr, "engram-server: bad value for --engram-cache-admission: %s (all or tinylfu)\n",
+                val[O_ENGRAM_ADMISSION]);
+        return SERVER_OPTIONS_ERR;
+    }
+    if (!one_of(val[O_ENGRAM_WARM], (const char *const[]){"background", "wait", "off", NULL})) {
+        fprintf(stderr, "engram-server: bad value for --engram-warm-start: %s (background, wait or off)\n",
+                val[O_ENGRAM_WARM]);
+        return SERVER_OPTIONS_ERR;
+    }
     return SERVER_OPTIONS_OK;
 }
 
@@ -419,6 +439,11 @@ static server_options_status engram_store_options(const char **val, const long *
     es->use_pread = !strcmp(val[O_ENGRAM_IO], "pread");
     es->queue_depth = (int)num[O_ENGRAM_QD];
     ep->engram_lookahead = (int)num[O_ENGRAM_AHEAD];
+    es->admission = !strcmp(val[O_ENGRAM_ADMISSION], "all") ? ENGRAM_STORE_ADMIT_ALL : ENGRAM_STORE_ADMIT_TINYLFU;
+    es->warm_start = !strcmp(val[O_ENGRAM_WARM], "wait")  ? ENGRAM_STORE_WARM_WAIT
+                     : !strcmp(val[O_ENGRAM_WARM], "off") ? ENGRAM_STORE_WARM_OFF
+                                                          : ENGRAM_STORE_WARM_BACKGROUND;
+    ep->engram_hot_save_interval = (int)num[O_ENGRAM_HOT_SAVE];
     return SERVER_OPTIONS_OK;
 }
 

@@ -294,3 +294,79 @@ def test_server_lookahead_reads_the_prompt_ahead(tmp_path):
         finally:
             s.stop()
     assert got[0] == got[1]
+
+
+@pytest.mark.parametrize("hbm", [[], ["--engram-hbm-cache", "16K"]], ids=["dram", "dram-hbm"])
+def test_server_warm_restart(tmp_path, hbm):
+    """Warm restarts: a server over NVMe tables behind a DRAM budget writes a
+    hot-row file beside each table when it stops (SIGTERM); a new server on
+    the same tables with --engram-warm-start wait reads the rows back before
+    it is ready, and the same request is then served without one NVMe read
+    (every store lookup a DRAM hit; with a hot-row cache, more of its rows
+    found there than the first server found). A damaged hot-row file is
+    ignored (counted, logged) and the server starts cold. The completion and
+    gates equal those from the checkpoint's own tensors every time."""
+    import requests
+    from serverutil import Server, metric
+
+    model = FIXTURES[1]
+    out = tmp_path / "tables"
+    run_bin("engram-tables", "export", "--model", model, "--out", out)
+    body = dict(model="engram-lexicon", prompt="The capital of France is", max_tokens=8, temperature=0,
+                engram_gates=True)
+
+    def ask(s):
+        r = requests.post(s.url + "/v1/completions", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        j = r.json()
+        return (j["choices"][0]["text"], j["engram_gates"]), requests.get(s.url + "/metrics").text
+
+    s = Server(model=model)
+    try:
+        want, _ = ask(s)
+        assert "engram_cache" not in requests.get(s.url + "/health").json()  # no store, no warm start
+    finally:
+        s.stop()
+    args = ["--engram-tables", out, "--engram-tier", "nvme", "--engram-dram-budget", "1M", "--engram-lookahead", "0",
+            *hbm]
+    s = Server(*args, "--engram-warm-start", "wait", model=model)
+    try:
+        assert requests.get(s.url + "/health").json() == {"status": "ok", "engram_cache": "ready"}
+        got, m1 = ask(s)
+        assert got == want
+        assert metric(m1, "engram_store_hits_total", {"tier": "nvme"}) > 0  # cold: the rows came from the files
+        assert metric(m1, "engram_store_warm_target_rows") == 0
+    finally:
+        s.stop()
+    hot = sorted(out.glob("*.tbl.hot"))
+    assert len(hot) == 2 and all(f.stat().st_size > 72 for f in hot)  # both Engram layers
+    s = Server(*args, "--engram-warm-start", "wait", model=model)
+    try:
+        m = requests.get(s.url + "/metrics").text
+        assert metric(m, "engram_store_warm_rows_total") == metric(m, "engram_store_warm_target_rows") > 0
+        assert metric(m, "engram_store_warming") == 0 and metric(m, "engram_store_warm_ignored_total") == 0
+        reads = metric(m, "engram_store_nvme_reads_total")
+        got, m2 = ask(s)
+        assert got == want
+        assert metric(m2, "engram_store_hits_total", {"tier": "nvme"}) == 0
+        assert metric(m2, "engram_store_nvme_reads_total") == reads  # warm: not one read by the request
+        if hbm:
+            assert metric(m2, "engram_hbm_hits_total") > metric(m1, "engram_hbm_hits_total")
+            assert metric(m2, "engram_fetch_copied_rows_total") < metric(m1, "engram_fetch_copied_rows_total")
+    finally:
+        s.stop()
+    for f in hot:  # damaged: one byte of the first entry
+        b = bytearray(f.read_bytes())
+        b[64] ^= 0x40
+        f.write_bytes(bytes(b))
+    s = Server(*args, "--engram-warm-start", "background", model=model)
+    try:
+        m = requests.get(s.url + "/metrics").text
+        assert metric(m, "engram_store_warm_ignored_total") == 2 and metric(m, "engram_store_warm_rows_total") == 0
+        assert requests.get(s.url + "/health").json()["engram_cache"] == "ready"
+        got, m3 = ask(s)
+        assert got == want
+        assert metric(m3, "engram_store_hits_total", {"tier": "nvme"}) > 0
+    finally:
+        log = s.stop()
+    assert "ignored: checksum mismatch" in log

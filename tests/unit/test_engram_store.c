@@ -301,7 +301,7 @@ START_TEST(test_cache_concurrent) {
     ck_assert_int_eq(engram_store_write_dense(path, ENGRAM_STORE_BF16, NROWS, COLS, data, err, sizeof(err)), 0);
     for (int v = 0; v < 3; v++) {
         engram_store_params p = {.tier = ENGRAM_STORE_NVME, .queue_depth = v == 2 ? 1 : 16, .use_pread = v == 1,
-                                 .dram_budget = 60 * (COLS * 2 + 32), .quiet = true};
+                                 .dram_budget = 60 * (COLS * 2 + 38), .quiet = true}; /* 38: SLOT_OVERHEAD */
         engram_store *s = NULL;
         ck_assert_msg(engram_store_open(path, &p, &s, err, sizeof(err)) == 0, "%s", err);
         ck_assert_uint_eq(engram_store_get_info(s).cache_rows, 60);
