@@ -40,7 +40,7 @@ engine_params engine_default_params(void) {
     p.kv_block_size = 16;
     p.enable_prefix_caching = 1;
     p.engram_lookahead = 2048;
-    p.engram_hot_save_interval = 300;
+    p.engram_hot_save_interval = 0; /* at shutdown only: a periodic write pauses the steps */
     p.sample_on_backend = -1;
     p.cuda_graphs = 1;
     p.engram_store = engram_store_default_params();

@@ -73,8 +73,8 @@ static const struct {
      "hot-row files beside the Engram tables (<table>.hot, written every --engram-hot-save-interval and at "
      "shutdown): background (read back while serving; /health says warming), wait (read back before ready), "
      "off (neither read nor written)"},
-    {"engram-hot-save-interval", OPT_INT, 0, 86400 * 365, "300",
-     "seconds between writes of the hot-row files (0: only at shutdown)"},
+    {"engram-hot-save-interval", OPT_INT, 0, 86400 * 365, "0",
+     "seconds between writes of the hot-row files (0: only at shutdown; a write pauses the engine's steps)"},
     {"max-num-seqs", OPT_INT, 1, 4096, "16", "sequences batched together in one scheduler step"},
     {"max-num-batched-tokens", OPT_INT, 1, 1 << 20, "512",
      "tokens per scheduler step (prompt chunks and decode tokens together)"},
