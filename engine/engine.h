@@ -65,7 +65,7 @@ typedef struct {
                                        * With .warm_start on, the engine thread warms the backend's hot-row
                                        * caches from the stores' hot-row files and writes those files
                                        * every engram_hot_save_interval seconds and when it stops */
-    int engram_hot_save_interval; /* seconds; 0: only when the engine stops; default 300 */
+    int engram_hot_save_interval; /* seconds; 0: only when the engine stops; default 0 (a save pauses the steps) */
     const char *synthetic;  /* instead of model_dir: a synthetic model spec (model_synthetic_ex), no
                              * tokenizer; borrowed for engine_create */
     uint64_t synthetic_seed;
