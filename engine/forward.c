@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "engine/engram_step.h"
+#include "engine/expert_parallel.h"
 #include "engine/forward_dsv4.h"
 
 const char *forward_status_str(int status) {
@@ -49,6 +50,8 @@ struct forward_ctx {
     int32_t *desc_i32;       /* pos, slot, tok_seq (T each); seq_start (S+1), seq_pos0 (S), block tables (S, max_blocks) */
     engram_step *eng;        /* the step's Engram work (engram_step.c); NULL without Engram */
     dsv4_ctx *dsv4;          /* a DeepSeek-V4 model's own pass (forward_dsv4.c), else NULL */
+    const ep_rank *ep;       /* expert parallelism: this context's rank, or NULL (forward_ctx_set_expert_rank) */
+    float *pairs;            /* (T, top_k, d) with ep: the (token, slot) rows of the experts */
     dsv4_seq **dsv4_seqs;    /* host (S): the step's sequences' DeepSeek-V4 states */
     bool prefix_ok;          /* forward_ctx_prefix_cacheable */
     engram_step_snap *snaps; /* (T + S) a step's block-boundary snapshots, with Engram */
@@ -121,7 +124,7 @@ void forward_ctx_destroy(forward_ctx *fc) {
     backend *be = fc->be;
     void *dev[] = {fc->inv_freq, fc->x, fc->h, fc->q, fc->k, fc->v, fc->att, fc->gate, fc->up, fc->tmp,
                    fc->lastx, fc->logits, fc->ids, fc->last, fc->next, fc->desc_i32, fc->rlogits, fc->moe_w,
-                   fc->moe_ids};
+                   fc->moe_ids, fc->pairs};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++) backend_free(be, dev[i]);
     engram_step_destroy(fc->eng);
     dsv4_ctx_destroy(fc->dsv4);
@@ -239,6 +242,21 @@ int forward_ctx_create(model *m, backend *be, int max_tokens, int max_seqs, forw
     free(f);
     *out = fc;
     return FORWARD_OK;
+}
+
+int forward_ctx_set_expert_rank(forward_ctx *fc, const ep_rank *r, char *err, size_t errlen) {
+    const model_config *c = &fc->bm->cfg;
+    if (!c->moe.n_experts) return snprintf(err, errlen, "expert parallelism: the model has no experts"), -1;
+    if (!backend_has(fc->be, moe_pairs) || !backend_has(fc->be, moe_combine) || strcmp(backend_name(fc->be), "cpu"))
+        return snprintf(err, errlen, "expert parallelism runs on the cpu backend only for now (ranks in threads)"), -1;
+    if (r->n_ranks > c->moe.n_experts)
+        return snprintf(err, errlen, "expert parallelism: %d ranks for %d experts", r->n_ranks, c->moe.n_experts), -1;
+    size_t n = (size_t)fc->max_tokens * c->moe.top_k * c->hidden_size;
+    if (!fc->pairs && !(fc->pairs = backend_alloc(fc->be, n * sizeof(float))))
+        return snprintf(err, errlen, "out of memory"), -1;
+    fc->ep = r;
+    if (fc->dsv4) dsv4_ctx_set_expert_rank(fc->dsv4, r, fc->pairs);
+    return 0;
 }
 
 int forward_ctx_max_tokens(const forward_ctx *fc) { return fc->max_tokens; }
@@ -532,7 +550,7 @@ static void ffn_block(forward_ctx *fc, const layer_weights *L, int T) {
     if (L->moe) { /* a sparse layer: route each token, run its experts, add */
         backend_matmul(be, fc->rlogits, fc->h, &L->moe->router, NULL, T);
         backend_moe_route(be, fc->moe_ids, fc->moe_w, fc->rlogits, fc->ids, L->moe, T);
-        backend_moe_experts(be, fc->tmp, fc->h, fc->moe_ids, fc->moe_w, L->moe, T);
+        ep_moe_experts(fc->ep, be, fc->tmp, fc->pairs, fc->h, fc->moe_ids, fc->moe_w, L->moe, T);
         backend_add(be, fc->x, fc->tmp, (size_t)T * c->hidden_size);
         return;
     }

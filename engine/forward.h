@@ -14,6 +14,7 @@
 
 #include "engine/backend/backend.h"
 #include "engine/engram_fetch.h"
+#include "engine/expert_parallel.h"
 #include "engine/kv_cache.h"
 #include "engine/model/model.h"
 
@@ -42,6 +43,12 @@ int forward_ctx_create(model *m, backend *be, int max_tokens, int max_seqs, forw
                        char *err, size_t errlen);
 void forward_ctx_destroy(forward_ctx *fc); /* accepts NULL; its states must be destroyed first */
 int forward_ctx_max_tokens(const forward_ctx *fc);
+/* Expert parallelism (engine/expert_parallel.h): from now on the sparse
+ * layers compute only rank r's experts and meet the group's other ranks (the
+ * same model and steps, each in its own thread with its own context) in an
+ * all-reduce. r is borrowed. Returns 0, or -1 with a message (no experts, a
+ * backend other than the CPU's, more ranks than experts, out of memory). */
+int forward_ctx_set_expert_rank(forward_ctx *fc, const ep_rank *r, char *err, size_t errlen);
 backend *forward_ctx_backend(const forward_ctx *fc);
 /* Wall time spent in Engram so far (hashing, gathers, modules; on an
  * asynchronous backend the modules' launch time only). */

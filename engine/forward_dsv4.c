@@ -41,6 +41,8 @@ struct dsv4_ctx {
     float *qlat, *q, *kv, *att;            /* (T, Q) (T, nh, D) (T, D) (T, nh, D) */
     float *ck, *cg, *ik, *ig, *iq, *iw;    /* (T, 2D) x2, (T, 2dI) x2, (T, nI, dI), (T, nI) */
     int32_t *sel;                          /* (T, K) */
+    const ep_rank *ep;                     /* expert parallelism: this rank (dsv4_ctx_set_expert_rank), or NULL */
+    float *pairs;                          /* its (T, top_k, d) scratch, borrowed */
     float *gin, *gout, *oa;                /* (T, nh D / G) (T, R) (T, G R) */
     float *rlogits, *moe_w, *sg, *su;      /* (T, E) (T, k) (T, I) (T, I) */
     int32_t *moe_ids;                      /* (T, k) */
@@ -86,6 +88,11 @@ void dsv4_ctx_destroy(dsv4_ctx *dc) {
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) backend_free(dc->be, *bufs[i]);
     free(dc->st);
     free(dc);
+}
+
+void dsv4_ctx_set_expert_rank(dsv4_ctx *dc, const ep_rank *r, float *pairs) {
+    dc->ep = r;
+    dc->pairs = pairs;
 }
 
 int dsv4_ctx_create(const model *bm, backend *be, int max_tokens, int max_seqs, dsv4_ctx **out) {
@@ -265,7 +272,7 @@ static void moe(dsv4_ctx *dc, int l, const int32_t *ids, int T) {
     backend *be = dc->be;
     backend_matmul(be, dc->rlogits, dc->h, &w->router, NULL, T);
     backend_moe_route(be, dc->moe_ids, dc->moe_w, dc->rlogits, ids, w, T);
-    backend_moe_experts(be, dc->y, dc->h, dc->moe_ids, dc->moe_w, w, T);
+    ep_moe_experts(dc->ep, be, dc->y, dc->pairs, dc->h, dc->moe_ids, dc->moe_w, w, T);
     backend_matmul(be, dc->sg, dc->h, &w->sh_gate, NULL, T);
     backend_matmul(be, dc->su, dc->h, &w->sh_up, NULL, T);
     backend_swiglu_limit(be, dc->sg, dc->su, (size_t)T * w->inter, w->swiglu_limit);

@@ -6,6 +6,7 @@
 
 #include "engine/backend/backend.h"
 #include "engine/engram_step.h"
+#include "engine/expert_parallel.h"
 #include "engine/kv_cache.h"
 #include "engine/model/model.h"
 
@@ -16,6 +17,9 @@ typedef struct dsv4_seq dsv4_seq;
  * (the backend's view; borrowed, as is be). Returns 0, or -1 when memory runs out. */
 int dsv4_ctx_create(const model *bm, backend *be, int max_tokens, int max_seqs, dsv4_ctx **out);
 void dsv4_ctx_destroy(dsv4_ctx *dc); /* accepts NULL */
+/* Expert parallelism: the sparse layers as rank r of its group, pairs the (T, top_k, d) scratch of
+ * ep_moe_experts (both borrowed). */
+void dsv4_ctx_set_expert_rank(dsv4_ctx *dc, const ep_rank *r, float *pairs);
 
 /* Elements (f32) of one KV cache block of layer l for blocks of block_size
  * positions: its window rows, compressed entries and index keys (the layout

@@ -146,6 +146,13 @@ typedef struct backend_ops {
      * e = ids[t, i], from 0; each token's result independent of the others. */
     void (*moe_experts)(backend *be, float *out, const float *x, const int32_t *ids, const float *wts,
                         const moe_weights *moe, int T);
+    /* Expert parallelism (engine/expert_parallel.h; optional): pairs (T k, d) row t k + i = the
+     * product down_e(swiglu) of token t for e = ids[t, i] when lo <= e < hi, else zeros (each row
+     * as moe_experts computes it); then out (T, d) = sum over i in order of wts[t, i] pairs[t k + i],
+     * from 0: moe_experts' result, bit for bit, once every rank's rows are in. */
+    void (*moe_pairs)(backend *be, float *pairs, const float *x, const int32_t *ids, const moe_weights *moe, int T,
+                      int lo, int hi);
+    void (*moe_combine)(backend *be, float *out, const float *pairs, const float *wts, int T, int k, int d);
 
     /* ---- DeepSeek-V4 (optional; DEEPSEEK_V4.md section 2; a model of this
      * family runs only where all are set). st is a host array of the step's
@@ -434,6 +441,14 @@ static inline void backend_moe_route(backend *be, int32_t *ids, float *wts, cons
 static inline void backend_moe_experts(backend *be, float *out, const float *x, const int32_t *ids,
                                        const float *wts, const moe_weights *moe, int T) {
     be->ops->moe_experts(be, out, x, ids, wts, moe, T);
+}
+static inline void backend_moe_pairs(backend *be, float *pairs, const float *x, const int32_t *ids,
+                                     const moe_weights *moe, int T, int lo, int hi) {
+    be->ops->moe_pairs(be, pairs, x, ids, moe, T, lo, hi);
+}
+static inline void backend_moe_combine(backend *be, float *out, const float *pairs, const float *wts, int T, int k,
+                                       int d) {
+    be->ops->moe_combine(be, out, pairs, wts, T, k, d);
 }
 static inline void backend_engram_gate(backend *be, float *gate, const float *nk, const float *nq, int T, int d) {
     be->ops->engram_gate(be, gate, nk, nq, T, d);

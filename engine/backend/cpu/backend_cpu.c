@@ -245,44 +245,41 @@ static void cpu_moe_route(backend *be, int32_t *ids, float *wts, const float *lo
     }
 }
 
-/* Expert by expert: the tokens routed to it gathered, their SwiGLU through
- * the same batch-invariant products as dense layers, each result scaled by
- * its weight and added to its token's row. Experts go in ascending id, so
- * each token's sum is the same whatever else is in the step. */
-static void cpu_moe_experts(backend *be, float *out, const float *x, const int32_t *ids, const float *wts,
-                            const moe_weights *moe, int T) {
+/* Expert by expert, those of [lo, hi): the tokens routed to it gathered,
+ * their SwiGLU through the same batch-invariant products as dense layers;
+ * each result row goes to `sink`: scaled by its weight and added to its
+ * token's row of out (moe_experts: experts in ascending id, so each token's
+ * sum is the same whatever else is in the step), or copied to its pair's
+ * row (moe_pairs). */
+static void cpu_moe_run(backend *be, float *out, float *pairs, const float *x, const int32_t *ids, const float *wts,
+                        const moe_weights *moe, int T, int lo, int hi) {
     cpu_backend *c = (cpu_backend *)be;
     int d = moe->router.cols, I = moe->inter, k = moe->top_k, E = moe->n_experts;
     size_t Tk = (size_t)T * k;
-    size_t need = (size_t)T * (2 * (size_t)d + 2 * (size_t)I) + 2 * Tk + (size_t)E + 1;
+    size_t need = (size_t)T * (2 * (size_t)d + 2 * (size_t)I) + Tk + (size_t)E + 1;
     if (need > c->moe_scratch_floats) {
         free(c->moe_scratch);
         if (!(c->moe_scratch = malloc(need * sizeof(float)))) abort(); /* host scratch: fatal, as in matmul */
         c->moe_scratch_floats = need;
     }
     float *xs = c->moe_scratch, *g = xs + (size_t)T * d, *u = g + (size_t)T * I, *y = u + (size_t)T * I;
-    float *wt = y + (size_t)T * d;          /* (T k) routed weights, grouped by expert */
-    int32_t *tok = (int32_t *)(wt + Tk);     /* (T k) their tokens, ascending within an expert */
-    int32_t *start = tok + Tk;               /* (E + 1) each expert's first entry in tok and wt */
+    int32_t *pair = (int32_t *)(y + (size_t)T * d); /* (T k) pairs t k + i, grouped by expert, t ascending within */
+    int32_t *start = pair + Tk;                     /* (E + 1) each expert's first entry in pair */
     /* One counting sort of the (token, expert) pairs instead of a scan of them all per expert. */
     memset(start, 0, ((size_t)E + 1) * sizeof(int32_t));
     for (size_t j = 0; j < Tk; j++) start[ids[j] + 1]++;
     for (int e = 0; e < E; e++) start[e + 1] += start[e];
-    for (int t = 0; t < T; t++)
-        for (int i = 0; i < k; i++) {
-            int e = ids[(size_t)t * k + i];
-            int32_t at = start[e]++;
-            tok[at] = t, wt[at] = wts[(size_t)t * k + i];
-        }
+    for (size_t j = 0; j < Tk; j++) pair[start[ids[j]]++] = (int32_t)j;
     for (int e = E; e > 0; e--) start[e] = start[e - 1]; /* the fill moved each start to its end */
     start[0] = 0;
-    memset(out, 0, (size_t)T * d * sizeof(float));
-    for (int e = 0; e < E; e++) {
+    if (out) memset(out, 0, (size_t)T * d * sizeof(float));
+    if (pairs) memset(pairs, 0, Tk * d * sizeof(float));
+    for (int e = lo; e < hi; e++) {
         int n = start[e + 1] - start[e];
         if (!n) continue;
-        const int32_t *et = tok + start[e];
-        const float *ew = wt + start[e];
-        for (int j = 0; j < n; j++) memcpy(xs + (size_t)j * d, x + (size_t)et[j] * d, (size_t)d * sizeof(float));
+        const int32_t *ep = pair + start[e];
+        for (int j = 0; j < n; j++)
+            memcpy(xs + (size_t)j * d, x + (size_t)(ep[j] / k) * d, (size_t)d * sizeof(float));
         cpu__matmul(be, g, xs, &moe->gate[e], NULL, n);
         cpu__matmul(be, u, xs, &moe->up[e], NULL, n);
         if (moe->swiglu_limit > 0.0f)
@@ -291,9 +288,37 @@ static void cpu_moe_experts(backend *be, float *out, const float *x, const int32
             cpu_swiglu(be, g, u, (size_t)n * I);
         cpu__matmul(be, y, g, &moe->down[e], NULL, n);
         for (int j = 0; j < n; j++) {
-            float *o = out + (size_t)et[j] * d;
             const float *r = y + (size_t)j * d;
-            for (int i = 0; i < d; i++) o[i] += r[i] * ew[j];
+            if (pairs) {
+                memcpy(pairs + (size_t)ep[j] * d, r, (size_t)d * sizeof(float));
+                continue;
+            }
+            float *o = out + (size_t)(ep[j] / k) * d, w = wts[ep[j]];
+            for (int i = 0; i < d; i++) o[i] += r[i] * w;
+        }
+    }
+}
+
+static void cpu_moe_experts(backend *be, float *out, const float *x, const int32_t *ids, const float *wts,
+                            const moe_weights *moe, int T) {
+    cpu_moe_run(be, out, NULL, x, ids, wts, moe, T, 0, moe->n_experts);
+}
+
+static void cpu_moe_pairs(backend *be, float *pairs, const float *x, const int32_t *ids, const moe_weights *moe,
+                          int T, int lo, int hi) {
+    cpu_moe_run(be, NULL, pairs, x, ids, NULL, moe, T, lo, hi);
+}
+
+/* Each token's rows in slot order, from 0: the additions moe_experts makes. */
+static void cpu_moe_combine(backend *be, float *out, const float *pairs, const float *wts, int T, int k, int d) {
+    (void)be;
+    for (int t = 0; t < T; t++) {
+        float *o = out + (size_t)t * d;
+        memset(o, 0, (size_t)d * sizeof(float));
+        for (int s = 0; s < k; s++) {
+            const float *r = pairs + ((size_t)t * k + s) * d;
+            float w = wts[(size_t)t * k + s];
+            for (int i = 0; i < d; i++) o[i] += r[i] * w;
         }
     }
 }
@@ -507,6 +532,8 @@ static const backend_ops cpu_ops = {
     .argmax = cpu_argmax,
     .moe_route = cpu_moe_route,
     .moe_experts = cpu_moe_experts,
+    .moe_pairs = cpu_moe_pairs,
+    .moe_combine = cpu_moe_combine,
     .gather_rows = cpu_gather_rows,
     .engram_gate = cpu_engram_gate,
     .scale_rows = cpu_scale_rows,
