@@ -44,7 +44,7 @@ void cu_moe_experts(backend *be, float *out, const float *x, const int32_t *ids,
     size_t es = bf16 ? 2 : 4, n = (size_t)T * k;
     /* the stacking this relies on (view__moe): one base per product */
     const void *gu = moe->gate[0].data, *dn = moe->down[0].data;
-    if ((const char *)moe->up[0].data != (const char *)gu + (size_t)I * d * es || moe->shared)
+    if ((const char *)moe->up[0].data != (const char *)gu + (size_t)I * d * es) /* (a shared expert is forward_dsv4's) */
         cuda__fail(__func__, "experts are not a stacked device view (cuda_view.c prepares them)");
     int pi = prof__begin(g, "moe_experts E=%d k=%d %s", E, k, prof__tclass(T));
     if (T <= MOE_GEMV_TOKENS) {
