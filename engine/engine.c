@@ -272,6 +272,9 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
      * for 4, 724 for 16 (gpu-sampling-parity). Below SAMPLE_MIN_ROWS rows the
      * step downloads them; sample_on_backend 1 takes the op always. */
     e->dev_sample_min = sob == 1 ? 1 : SAMPLE_MIN_ROWS;
+    /* With the backend sampling, the engine thread mostly waits for the forward pass:
+     * the grammar masks are made on a worker meanwhile. */
+    if (e->dev_sample && engine__masks_start(e)) goto fail;
     if (e->dev_sample) {
         e->d_res = backend_alloc(be, S * SAMPLER_RESULT_BYTES(SAMPLE_CANDIDATES));
         e->h_res = malloc(S * SAMPLER_RESULT_BYTES(SAMPLE_CANDIDATES));
@@ -346,6 +349,7 @@ void engine_destroy(engine *e) {
     free(e->row);
     free(e->res);
     free(e->gallowed);
+    engine__masks_stop(e);
     if (e->be) {
         backend_free(e->be, e->d_desc);
         backend_free(e->be, e->d_res);

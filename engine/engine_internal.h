@@ -103,6 +103,17 @@ struct engine {
     int n_open_ids;
     long long n_masks;
     double mask_seconds;
+    /* The step's grammar masks, computed on a worker thread while the forward
+     * pass runs (with backend sampling: the engine thread only waits then).
+     * mw_busy under mw_mu; the worker owns the step's masked seqs meanwhile. */
+    pthread_t mw_thread;
+    bool mw_started, mw_thread_running, mw_busy, mw_stop;
+    pthread_mutex_t mw_mu;
+    pthread_cond_t mw_cv;
+    int mw_n;                /* items of the job (e->item_seq) */
+    uint32_t *mw_rows;       /* (max_num_seqs, mask words) one mask per item */
+    long long mw_masks;      /* the worker's count and time, added to n_masks and mask_seconds after */
+    double mw_seconds;
     /* scheduler, engine thread only */
     struct seq **running;    /* (max_num_seqs) oldest first */
     int n_running;
@@ -198,6 +209,9 @@ typedef struct seq {
     int n_out;
     int n_fed_max;       /* most tokens ever fed (for the gates' ids) */
     int piece;           /* tokens scheduled this step, 0: none */
+    bool mw_want;        /* this step's mask is the worker's to compute */
+    const uint32_t *pre_mask; /* the worker's mask for this step's token, or NULL */
+    int pre_allowed;     /* its allowed tokens (-1: out of memory) */
 } seq;
 
 /* ENGINE_FINISH_ABORT when stopping, ENGINE_FINISH_CANCEL when r is
@@ -238,6 +252,14 @@ int engine__sample_on_backend(engine *e, int n_items);
 /* The token of item j, sampled on the backend: from its candidates, else
  * (rarely) from its row, downloaded with biases and penalties applied. */
 int32_t engine__seq_take_candidate(engine *e, seq *s, int j);
+/* The step's grammar masks: begin hands the items that will sample with a
+ * mask to the worker (when it runs), wait takes them back; around the
+ * forward pass. */
+void engine__masks_begin(engine *e, int n_items);
+void engine__masks_wait(engine *e);
+int engine__masks_start(engine *e);  /* the worker; 0, or -1 */
+void engine__masks_stop(engine *e);  /* accepts a worker never started */
+
 /* Item j's token from the backend's sampling (a grammar that allows nothing
  * ends the request instead), then engine__seq_sample. */
 bool engine__seq_sample_row(engine *e, seq *s, int j);

@@ -435,7 +435,9 @@ static int sched_run_step(engine *e) {
     int tokens, n_items = sched_build_items(e, &tokens);
     if (n_items == 0) return 0;
     sched_prefetch_ahead(e);
+    engine__masks_begin(e, n_items); /* the grammar masks meanwhile, on the worker */
     int frc = forward_batch(e->fc, e->items, n_items);
+    engine__masks_wait(e);
     if (frc != FORWARD_OK) log_error("step of %d sequences: %s", n_items, forward_status_str(frc));
     else if (engine__sample_on_backend(e, n_items) != 0) {
         log_error("step of %d sequences: out of memory for the sampling description", n_items);

@@ -75,19 +75,126 @@ void engine__seq_finish(engine *e, seq *s, engine_finish f, int error) {
  * nothing is masked). */
 enum { SEQ_GRAMMAR, SEQ_FIRST, SEQ_REASONING };
 
-/* The grammar's allowed next tokens into e->gmask (timed for the metrics);
- * at SEQ_FIRST the tokens that open a reasoning block too. Not for
- * SEQ_REASONING. Returns their number, or -1 out of memory. */
-static int seq_grammar_mask(engine *e, seq *s) {
-    double t0 = util_now();
-    int n = grammar_matcher_mask(s->gm, e->gvocab, e->gmask);
-    e->mask_seconds += util_now() - t0;
-    e->n_masks++;
+/* The grammar's allowed next tokens into dst; at SEQ_FIRST the tokens that
+ * open a reasoning block too. Not for SEQ_REASONING. Reads e and s only, so
+ * the mask worker runs it. Returns their number, or -1 out of memory. */
+static int seq_mask_into(const engine *e, const seq *s, uint32_t *dst) {
+    int n = grammar_matcher_mask(s->gm, e->gvocab, dst);
     for (int k = 0; n >= 0 && s->phase == SEQ_FIRST && k < e->n_open_ids; k++) {
         int32_t id = e->open_ids[k];
-        if (!((e->gmask[id / 32] >> (id & 31)) & 1)) e->gmask[id / 32] |= 1u << (id & 31), n++;
+        if (!((dst[id / 32] >> (id & 31)) & 1)) dst[id / 32] |= 1u << (id & 31), n++;
     }
     return n;
+}
+
+/* This step's mask of s: the worker's when it made one, else made now
+ * (timed for the metrics) in e->gmask. Returns the allowed tokens' number,
+ * or -1 out of memory, and the mask in *mask. */
+static int seq_grammar_mask(engine *e, seq *s, const uint32_t **mask) {
+    if (s->pre_mask) {
+        *mask = s->pre_mask;
+        s->pre_mask = NULL;
+        return s->pre_allowed;
+    }
+    double t0 = util_now();
+    int n = seq_mask_into(e, s, e->gmask);
+    e->mask_seconds += util_now() - t0;
+    e->n_masks++;
+    *mask = e->gmask;
+    return n;
+}
+
+static void *mask_worker(void *arg) {
+    engine *e = arg;
+    size_t words = grammar_vocab_mask_words(e->gvocab);
+    pthread_mutex_lock(&e->mw_mu);
+    for (;;) {
+        while (!e->mw_busy && !e->mw_stop) pthread_cond_wait(&e->mw_cv, &e->mw_mu);
+        if (e->mw_stop) break;
+        int n = e->mw_n;
+        pthread_mutex_unlock(&e->mw_mu);
+        long long count = 0;
+        double t0 = util_now();
+        if (!words) words = grammar_vocab_mask_words(e->gvocab); /* the vocabulary came after the start */
+        for (int j = 0; j < n; j++) {
+            seq *s = e->item_seq[j];
+            if (!s->mw_want) continue;
+            uint32_t *dst = e->mw_rows + (size_t)j * words;
+            s->pre_allowed = seq_mask_into(e, s, dst);
+            s->pre_mask = dst;
+            count++;
+        }
+        double dt = util_now() - t0;
+        pthread_mutex_lock(&e->mw_mu);
+        e->mw_masks += count;
+        e->mw_seconds += dt;
+        e->mw_busy = false;
+        pthread_cond_broadcast(&e->mw_cv);
+    }
+    pthread_mutex_unlock(&e->mw_mu);
+    return NULL;
+}
+
+int engine__masks_start(engine *e) {
+    if (pthread_mutex_init(&e->mw_mu, NULL)) return -1;
+    if (pthread_cond_init(&e->mw_cv, NULL)) {
+        pthread_mutex_destroy(&e->mw_mu);
+        return -1;
+    }
+    e->mw_started = true; /* the lock and condition exist from here; the thread on the first constrained step */
+    return 0;
+}
+
+void engine__masks_stop(engine *e) {
+    if (!e->mw_started) return;
+    pthread_mutex_lock(&e->mw_mu);
+    e->mw_stop = true;
+    pthread_cond_broadcast(&e->mw_cv);
+    pthread_mutex_unlock(&e->mw_mu);
+    if (e->mw_thread_running) pthread_join(e->mw_thread, NULL);
+    pthread_cond_destroy(&e->mw_cv);
+    pthread_mutex_destroy(&e->mw_mu);
+    free(e->mw_rows);
+    e->mw_started = false;
+}
+
+void engine__masks_begin(engine *e, int n_items) {
+    if (!e->mw_started || !e->gvocab) return;
+    int want = 0;
+    for (int j = 0; j < n_items; j++) {
+        seq *s = e->item_seq[j];
+        const forward_item *it = &e->items[j];
+        s->pre_mask = NULL;
+        s->mw_want = s->gm && s->phase != SEQ_REASONING && (it->logits || it->logits_row || it->argmax);
+        want += s->mw_want;
+    }
+    if (!want) return;
+    if (!e->mw_rows) { /* the first constrained step: the rows and the thread */
+        e->mw_rows = malloc((size_t)e->p.max_num_seqs * grammar_vocab_mask_words(e->gvocab) * sizeof(uint32_t));
+        if (!e->mw_rows || pthread_create(&e->mw_thread, NULL, mask_worker, e)) {
+            free(e->mw_rows);
+            e->mw_rows = NULL;
+            for (int j = 0; j < n_items; j++) e->item_seq[j]->mw_want = false; /* made on the engine thread, as before */
+            return;
+        }
+        e->mw_thread_running = true;
+    }
+    pthread_mutex_lock(&e->mw_mu);
+    e->mw_n = n_items;
+    e->mw_busy = true;
+    pthread_cond_broadcast(&e->mw_cv);
+    pthread_mutex_unlock(&e->mw_mu);
+}
+
+void engine__masks_wait(engine *e) {
+    if (!e->mw_started) return;
+    pthread_mutex_lock(&e->mw_mu);
+    while (e->mw_busy) pthread_cond_wait(&e->mw_cv, &e->mw_mu);
+    e->n_masks += e->mw_masks;
+    e->mask_seconds += e->mw_seconds;
+    e->mw_masks = 0;
+    e->mw_seconds = 0;
+    pthread_mutex_unlock(&e->mw_mu);
 }
 
 /* A constrained request whose grammar allows nothing (allowed 0: only past
@@ -107,10 +214,11 @@ static bool seq_grammar_dead(engine_request *r, const seq *s, int allowed) {
 /* The grammar's mask on a row of logits: -inf for every token it does not
  * allow next. Returns the number of allowed tokens, or -1 out of memory. */
 static int seq_mask(engine *e, seq *s, float *logits) {
-    int n = seq_grammar_mask(e, s);
+    const uint32_t *mask;
+    int n = seq_grammar_mask(e, s, &mask);
     if (n < 0) return -1;
     for (int w = 0; w < (e->vocab + 31) / 32; w++) {
-        uint32_t bits = e->gmask[w];
+        uint32_t bits = mask[w];
         if (bits == UINT32_MAX) continue;
         for (int i = w * 32; i < w * 32 + 32 && i < e->vocab; i++)
             if (!((bits >> (i & 31)) & 1)) logits[i] = -INFINITY;
@@ -286,9 +394,10 @@ int engine__sample_on_backend(engine *e, int n_items) {
         e->gallowed[j] = 1; /* unconstrained, or in a reasoning block: no mask */
         if (s->gm && s->phase != SEQ_REASONING) { /* the grammar's mask goes with the row (when it allows
                                                     * nothing, the row's result is unused) */
-            e->gallowed[j] = seq_grammar_mask(e, s);
+            const uint32_t *mask;
+            e->gallowed[j] = seq_grammar_mask(e, s, &mask);
             int words = (int)grammar_vocab_mask_words(e->gvocab);
-            if (sampler_desc_set_mask(&e->desc, e->res[j], e->gmask, words)) return -1;
+            if (sampler_desc_set_mask(&e->desc, e->res[j], mask, words)) return -1;
         }
     }
     backend *be = e->be;
