@@ -703,7 +703,10 @@ int main(int argc, char **argv) {
     int rc = run_options_parse(argc, argv, &o);
     if (rc == RUN_GO_ON) rc = run_options_check(&o);
     if (rc != RUN_GO_ON) return rc;
-    if (o.threads > 0) omp_set_num_threads((int)o.threads);
+    if (o.threads > 0) { /* the backend's pool, and OpenMP's threads where loading uses them */
+        o.bp.cpu_threads = (int)o.threads;
+        omp_set_num_threads((int)o.threads);
+    }
     run_ctx r = {.o = &o};
     rc = run_prompt_load(&r);
     if (rc == RUN_GO_ON) rc = run_generate(&r);

@@ -325,6 +325,8 @@ typedef struct {
     int cpu_isa;      /* the CPU's matrix-product code path: BACKEND_CPU_ISA_AUTO (default: the best this
                        * CPU runs), _AVX512, _AVX2 or _GENERIC (portable C); asking for one the CPU lacks
                        * fails backend_select. Each is batch-invariant; they agree within rounding */
+    int cpu_threads;  /* the CPU backend's threads, the calling one included; 0 (default): OpenMP's
+                       * count for the creating thread (OMP_NUM_THREADS, else all cores) */
 } backend_params;
 
 enum { BACKEND_CPU_ISA_AUTO, BACKEND_CPU_ISA_GENERIC, BACKEND_CPU_ISA_AVX2, BACKEND_CPU_ISA_AVX512 };
@@ -344,7 +346,7 @@ struct backend {
     backend_params params;
 };
 
-/* The CPU reference backend (OpenMP) with the defaults; NULL when out of
+/* The CPU reference backend (its own thread pool) with the defaults; NULL when out of
  * memory. */
 backend *backend_cpu_create(void);
 

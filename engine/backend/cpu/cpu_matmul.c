@@ -184,29 +184,45 @@ int cpu__isa_resolve(int isa) {
  * also widens bf16 from WIDEN_MIN_TOKENS tokens on (the same values, so the
  * same sums), where dot4's shared loads pay for it. */
 #define WIDEN_MIN_TOKENS 4
-void cpu__matmul(backend *be, float *out, const float *x, const weight *w, const float *bias, int T) {
-    int n = w->rows, d = w->cols, nb = (n + ROW_BLOCK - 1) / ROW_BLOCK, isa = be->params.cpu_isa;
-    bool dense = w->fmt == WEIGHT_DENSE, bf16 = dense && w->dt == DTYPE_BF16;
-    bool inplace = dense && (w->dt == DTYPE_F32 || (bf16 && (isa != BACKEND_CPU_ISA_GENERIC || T < WIDEN_MIN_TOKENS)));
-#pragma omp parallel
-    {
-        float *wf = NULL;
-        if (!inplace && !(wf = malloc((size_t)ROW_BLOCK * d * sizeof(float))))
-            abort(); /* a few rows of scratch; treat as fatal */
-#pragma omp for schedule(static)
-        for (int bi = 0; bi < nb; bi++) {
+
+typedef struct {
+    float *out;
+    const float *x, *bias;
+    const weight *w;
+    int T, isa;
+    bool inplace, bf16;
+    cpu_range blocks; /* of ROW_BLOCK weight rows */
+} matmul_job;
+
+static void matmul_blocks(void *arg, int ith, int nth) {
+    matmul_job *j = arg;
+    const weight *w = j->w;
+    int n = w->rows, d = w->cols, T = j->T, b0, b1;
+    float *wf = NULL, *out = j->out;
+    if (!j->inplace && !(wf = malloc((size_t)ROW_BLOCK * d * sizeof(float))))
+        abort(); /* a few rows of scratch; treat as fatal */
+    while (cpu__range_take(&j->blocks, &b0, &b1))
+        for (int bi = b0; bi < b1; bi++) {
             int i0 = bi * ROW_BLOCK, nr = i0 + ROW_BLOCK < n ? ROW_BLOCK : n - i0;
             const void *rows = wf;
             if (wf) model_weight_rows_to_f32(wf, w, i0, nr);
             else rows = (const char *)w->data + (size_t)i0 * d * dtype_size(w->dt);
-            int wbf16 = inplace && bf16;
-            if (isa == BACKEND_CPU_ISA_AVX512) block_avx512(out + i0, (size_t)n, x, rows, wbf16, nr, d, T);
-            else if (isa == BACKEND_CPU_ISA_AVX2) block_avx2(out + i0, (size_t)n, x, rows, wbf16, nr, d, T);
-            else generic_block(out + i0, (size_t)n, x, rows, wbf16, nr, d, T);
-            if (bias)
+            int wbf16 = j->inplace && j->bf16;
+            if (j->isa == BACKEND_CPU_ISA_AVX512) block_avx512(out + i0, (size_t)n, j->x, rows, wbf16, nr, d, T);
+            else if (j->isa == BACKEND_CPU_ISA_AVX2) block_avx2(out + i0, (size_t)n, j->x, rows, wbf16, nr, d, T);
+            else generic_block(out + i0, (size_t)n, j->x, rows, wbf16, nr, d, T);
+            if (j->bias)
                 for (int t = 0; t < T; t++)
-                    for (int i = 0; i < nr; i++) out[(size_t)t * n + i0 + i] += bias[i0 + i];
+                    for (int i = 0; i < nr; i++) out[(size_t)t * n + i0 + i] += j->bias[i0 + i];
         }
-        free(wf);
-    }
+    free(wf);
+}
+
+void cpu__matmul(backend *be, float *out, const float *x, const weight *w, const float *bias, int T) {
+    int isa = be->params.cpu_isa;
+    bool dense = w->fmt == WEIGHT_DENSE, bf16 = dense && w->dt == DTYPE_BF16;
+    matmul_job j = {.out = out, .x = x, .bias = bias, .w = w, .T = T, .isa = isa, .bf16 = bf16,
+                    .blocks = cpu__range((w->rows + ROW_BLOCK - 1) / ROW_BLOCK, 1)};
+    j.inplace = dense && (w->dt == DTYPE_F32 || (bf16 && (isa != BACKEND_CPU_ISA_GENERIC || T < WIDEN_MIN_TOKENS)));
+    cpu__parallel(be, matmul_blocks, &j);
 }
