@@ -9,7 +9,7 @@
  * GB/s of weights read and GFLOP/s; and GFLOP per second of the process's CPU
  * time (best pass), which another process sharing the cores disturbs less
  * (with one thread: the kernel's own rate).
- *   bench-matmul [--isa auto|avx512|avx2|generic] [--threads N] [--layers L]
+ *   bench-matmul [--isa auto|avx512|avx2|generic|avx512bf16] [--threads N] [--layers L]
  *                    [--reps R] [T ...]   (default 4 layers, 7 reps, T = 1 64) */
 #include <stdint.h>
 #include <stdio.h>
@@ -104,7 +104,7 @@ int main(int argc, char **argv) {
     backend_destroy(be);
     return 0;
 usage:
-    fprintf(stderr, "usage: bench-matmul [--isa auto|avx512|avx2|generic] [--threads N] [--layers L] [--reps R] "
+    fprintf(stderr, "usage: bench-matmul [--isa auto|avx512|avx2|generic|avx512bf16] [--threads N] [--layers L] [--reps R] "
                     "[T ...]\n");
     return 2;
 }

@@ -35,9 +35,21 @@ typedef struct {
     bool fetch_marked[BACKEND_FETCH_CHANNELS];
     float *moe_scratch; /* moe_experts' gathered rows and products, grown as steps need */
     size_t moe_scratch_floats;
+    void *scratch; /* cpu__scratch's */
+    size_t scratch_bytes;
 } cpu_backend;
 
 void cpu__parallel(backend *be, cpu_pool_fn fn, void *arg) { cpu__pool_run(((cpu_backend *)be)->pool, fn, arg); }
+void *cpu__scratch(backend *be, size_t bytes) {
+    cpu_backend *c = (cpu_backend *)be;
+    if (bytes > c->scratch_bytes) {
+        free(c->scratch);
+        if (!(c->scratch = malloc(bytes))) abort(); /* host scratch: fatal, as in matmul */
+        c->scratch_bytes = bytes;
+    }
+    return c->scratch;
+}
+
 int cpu__threads(backend *be) { return cpu__pool_threads(((cpu_backend *)be)->pool); }
 
 /* ---- memory: plain host memory ---- */
@@ -541,6 +553,7 @@ static void cpu_sample(backend *be, void *out, float *logits, const int32_t *des
 static void cpu_destroy(backend *be) {
     cpu__pool_destroy(((cpu_backend *)be)->pool);
     free(((cpu_backend *)be)->moe_scratch);
+    free(((cpu_backend *)be)->scratch);
     free(be);
 }
 

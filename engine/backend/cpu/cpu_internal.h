@@ -11,6 +11,11 @@
 
 #include "engine/backend/backend.h"
 
+/* bytes of the backend's scratch for one op of the engine thread at a time
+ * (grown as needed, never shrunk; its contents do not survive the next call).
+ * Aborts when out of memory, as the ops' other host scratch does. */
+void *cpu__scratch(backend *be, size_t bytes);
+
 /* ---- the thread pool (cpu_pool.c) ---- */
 
 typedef struct cpu_pool cpu_pool;
