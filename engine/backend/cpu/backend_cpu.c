@@ -160,9 +160,7 @@ static void attention_items(void *arg, int ith, int nth) {
             float mx = -INFINITY;
             for (int j = j0; j <= i; j++) { /* position j is row j % bs of block blocks[j / bs] */
                 const float *kv = a->k + ((size_t)blocks[j / bs] * bs + j % bs) * kvw + (size_t)kh * hd;
-                float s = 0.0f;
-                for (int e = 0; e < hd; e++) s += qv[e] * kv[e];
-                sc[j] = s * scale;
+                sc[j] = cpu__dot(qv, kv, hd) * scale;
                 if (sc[j] > mx) mx = sc[j];
             }
             double sum = 0.0;

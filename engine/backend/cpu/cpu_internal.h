@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <string.h>
 
 #include "engine/backend/backend.h"
 
@@ -70,6 +71,31 @@ static inline float cpu__rms_scale(const float *x, int d, float eps) {
     double ss = 0.0;
     for (int i = 0; i < d; i++) ss += (double)x[i] * x[i];
     return 1.0f / sqrtf((float)(ss / d) + eps);
+}
+
+/* Eight f32 lanes as one vector (GCC/Clang vector extension): the compiler
+ * emits plain vector multiplies and adds in exactly this order. */
+typedef float cpu__v8 __attribute__((vector_size(32)));
+
+static inline cpu__v8 cpu__load8(const float *p) {
+    cpu__v8 v;
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+static inline float cpu__lanes_sum(cpu__v8 a) {
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+/* sum_j x[j] r[j] as one fixed sum whatever the caller: eight lanes over j in
+ * steps of 8, the tail into lane 0, then a fixed tree (the generic matrix
+ * path's element, and attention's scores). */
+static inline float cpu__dot(const float *x, const float *r, int n) {
+    cpu__v8 a = {0};
+    int j = 0;
+    for (; j + 8 <= n; j += 8) a += cpu__load8(x + j) * cpu__load8(r + j);
+    for (; j < n; j++) a[0] += x[j] * r[j];
+    return cpu__lanes_sum(a);
 }
 
 /* The matrix product (cpu_matmul.c), the backend's matmul op. */

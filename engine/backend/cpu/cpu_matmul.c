@@ -21,62 +21,40 @@
 
 /* ---- generic: every output element is the same sum: eight lanes accumulate
  * x[j+k]*r[j+k] over j in steps of 8, the tail goes to lane 0, then a fixed
- * tree. dot1 and dot4 (four tokens sharing each weight load) perform exactly
- * that. ---- */
+ * tree. cpu__dot (cpu_internal.h) and dot4 (four tokens sharing each weight
+ * load) perform exactly that. ---- */
 
-/* Eight f32 lanes as one vector (GCC/Clang vector extension): the compiler
- * emits plain vector multiplies and adds in exactly this order. */
-typedef float v8 __attribute__((vector_size(32)));
-
-static inline v8 load8(const float *p) {
-    v8 v;
-    memcpy(&v, p, sizeof(v));
-    return v;
-}
-
-static inline float lanes_sum(v8 a) {
-    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-}
-
-static float dot1(const float *x, const float *r, int n) {
-    v8 a = {0};
-    int j = 0;
-    for (; j + 8 <= n; j += 8) a += load8(x + j) * load8(r + j);
-    for (; j < n; j++) a[0] += x[j] * r[j];
-    return lanes_sum(a);
-}
-
-/* dot1 over a bf16 row, widened in registers (exactly: bf16 is the top half of an f32) */
+/* cpu__dot over a bf16 row, widened in registers (exactly: bf16 is the top half of an f32) */
 typedef uint16_t u16x8 __attribute__((vector_size(16)));
 typedef uint32_t u32x8 __attribute__((vector_size(32)));
 
-static inline v8 load8_bf16(const uint16_t *p) {
+static inline cpu__v8 load8_bf16(const uint16_t *p) {
     u16x8 h;
     memcpy(&h, p, sizeof(h));
     u32x8 u = __builtin_convertvector(h, u32x8) << 16;
-    v8 v;
+    cpu__v8 v;
     memcpy(&v, &u, sizeof(v));
     return v;
 }
 
 static float dot1_bf16(const float *x, const uint16_t *r, int n) {
-    v8 a = {0};
+    cpu__v8 a = {0};
     int j = 0;
-    for (; j + 8 <= n; j += 8) a += load8(x + j) * load8_bf16(r + j);
+    for (; j + 8 <= n; j += 8) a += cpu__load8(x + j) * load8_bf16(r + j);
     for (; j < n; j++) a[0] += x[j] * bf16_to_f32(r[j]);
-    return lanes_sum(a);
+    return cpu__lanes_sum(a);
 }
 
 static void dot4(const float *x, size_t xs, const float *r, int n, float *out) {
     const float *x0 = x, *x1 = x + xs, *x2 = x + 2 * xs, *x3 = x + 3 * xs;
-    v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    cpu__v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
     int j = 0;
     for (; j + 8 <= n; j += 8) {
-        v8 w = load8(r + j);
-        a0 += load8(x0 + j) * w;
-        a1 += load8(x1 + j) * w;
-        a2 += load8(x2 + j) * w;
-        a3 += load8(x3 + j) * w;
+        cpu__v8 w = cpu__load8(r + j);
+        a0 += cpu__load8(x0 + j) * w;
+        a1 += cpu__load8(x1 + j) * w;
+        a2 += cpu__load8(x2 + j) * w;
+        a3 += cpu__load8(x3 + j) * w;
     }
     for (; j < n; j++) {
         a0[0] += x0[j] * r[j];
@@ -84,11 +62,11 @@ static void dot4(const float *x, size_t xs, const float *r, int n, float *out) {
         a2[0] += x2[j] * r[j];
         a3[0] += x3[j] * r[j];
     }
-    out[0] = lanes_sum(a0), out[1] = lanes_sum(a1), out[2] = lanes_sum(a2), out[3] = lanes_sum(a3);
+    out[0] = cpu__lanes_sum(a0), out[1] = cpu__lanes_sum(a1), out[2] = cpu__lanes_sum(a2), out[3] = cpu__lanes_sum(a3);
 }
 
 /* Rows [0, nr) of a block for all T tokens (out: the block's first column):
- * bf16 rows in place, or f32 rows (widened ones included) by dot4 and dot1. */
+ * bf16 rows in place, or f32 rows (widened ones included) by dot4 and cpu__dot. */
 static void generic_block(float *out, size_t n, const float *x, const void *w, int wbf16, int nr, int d, int T) {
     if (wbf16) {
         for (int i = 0; i < nr; i++)
@@ -105,7 +83,7 @@ static void generic_block(float *out, size_t n, const float *x, const void *w, i
             for (int k = 0; k < 4; k++) out[(size_t)(t + k) * n + i] = o[k];
         }
     for (; t < T; t++)
-        for (int i = 0; i < nr; i++) out[(size_t)t * n + i] = dot1(x + (size_t)t * d, rows + (size_t)i * d, d);
+        for (int i = 0; i < nr; i++) out[(size_t)t * n + i] = cpu__dot(x + (size_t)t * d, rows + (size_t)i * d, d);
 }
 
 /* ---- AVX2 + FMA: 8 lanes ---- */
