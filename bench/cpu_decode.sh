@@ -4,8 +4,8 @@
 # variant of it, measures read bandwidth with bench-membw, then runs engram-run
 # three times each (greedy, 128 new tokens after a 16-token prompt) and prints
 # decode tokens/s next to the bound = bandwidth / weight bytes per token.
-# Run on a quiet machine (nothing else busy): OpenMP barriers suffer badly
-# when another process holds a core.
+# Run on a quiet machine (nothing else busy): decode reads memory at the
+# machine's rate only when no other process shares it.
 #   bench/cpu_decode.sh [THREADS]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -48,7 +48,8 @@ static void usage(FILE *f) {
             "  --device cpu|cuda|auto backend (default auto: CUDA when a GPU is usable)\n"
             "  --cuda-graphs 0|1     record decode steps as CUDA graphs (default 1)\n"
             "  --cuda-profile 0|ops|graphs  time every CUDA op (graphs off) or every replay; printed at exit\n"
-            "  --cpu-isa auto|avx512|avx2|generic  the CPU backend's matrix-product path (default auto)\n"
+            "  --cpu-isa auto|avx512|avx2|generic|avx512bf16  the CPU backend's matrix-product path (default auto;\n"
+            "                         avx512bf16: opt-in, activations rounded to bf16 for bf16 weights)\n"
             "  --threads N            CPU threads (default: all cores)\n"
             "  --prefill-chunk N      prompt tokens per forward pass (default 256; 1 = token by token)\n"
             "  --print-ids            print the generated ids as one JSON array on the last stdout line\n"
@@ -703,7 +704,10 @@ int main(int argc, char **argv) {
     int rc = run_options_parse(argc, argv, &o);
     if (rc == RUN_GO_ON) rc = run_options_check(&o);
     if (rc != RUN_GO_ON) return rc;
-    if (o.threads > 0) omp_set_num_threads((int)o.threads);
+    if (o.threads > 0) { /* the backend's pool, and OpenMP's threads where loading uses them */
+        o.bp.cpu_threads = (int)o.threads;
+        omp_set_num_threads((int)o.threads);
+    }
     run_ctx r = {.o = &o};
     rc = run_prompt_load(&r);
     if (rc == RUN_GO_ON) rc = run_generate(&r);

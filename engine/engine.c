@@ -207,8 +207,9 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
     backend_params bp = backend_default_params();
     bp.cuda_graphs = p->cuda_graphs;
     bp.cuda_profile = p->cuda_profile;
+    bp.cpu_threads = p->threads; /* the CPU backend's pool; omp_set_num_threads in engine_main covers the rest */
     if ((bp.cpu_isa = backend_cpu_isa_parse(p->cpu_isa ? p->cpu_isa : "auto")) < 0) {
-        snprintf(err, errlen, "unknown cpu isa '%s' (expected auto, avx512, avx2 or generic)", p->cpu_isa);
+        snprintf(err, errlen, "unknown cpu isa '%s' (expected auto, avx512, avx2, generic or avx512bf16)", p->cpu_isa);
         return ENGINE_ERR_DEVICE;
     }
     backend *be = backend_select(p->device, &bp, err, errlen);

@@ -41,7 +41,8 @@ typedef struct {
     const char *device;    /* "cpu", "cuda" or "auto" (CUDA when usable); NULL means "auto" */
     int max_queued;        /* requests waiting for a batch slot (those a free slot takes at the
                             * next step do not count); more get ENGINE_ERR_QUEUE_FULL; default 64 */
-    int threads;           /* CPU threads of the engine thread; 0: OpenMP's default */
+    int threads;           /* CPU threads of the engine (the CPU backend's pool, OpenMP's while loading);
+                            * 0: OpenMP's default (OMP_NUM_THREADS, else all cores) */
     int prefill_chunk;     /* prompt tokens per forward pass; default 256 */
     int max_num_seqs;      /* sequences running at once; default 16 */
     int max_num_batched_tokens; /* tokens per scheduler step; default 512 */

@@ -102,7 +102,8 @@ static const struct {
     {"cuda-profile", OPT_STR, 0, 0, "0",
      "time every CUDA op: 0 off, ops (graphs off), graphs (each replay as one op); totals on stderr at exit"},
     {"cpu-isa", OPT_STR, 0, 0, "auto",
-     "the CPU backend's matrix-product path: auto (the best this CPU runs), avx512, avx2 or generic (portable C)"},
+     "the CPU backend's matrix-product path: auto (the best this CPU runs), avx512, avx2, generic (portable C), or "
+     "avx512bf16 (opt-in: activations rounded to bf16 for bf16 weights, faster and less exact)"},
 };
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
 

@@ -9,7 +9,7 @@
 # (bench/peers/make_gguf.py). The first run downloads and builds (minutes).
 #
 #   bench/peers/cpu_llamacpp.sh [--shape llama3-1b|lexicon] [--rounds N] [--threads N]
-#                               [--prompt N] [--gen N] [--depth N] [--build native|avx2]
+#                               [--prompt N] [--gen N] [--depth N] [--build native|avx2] [--isa ISA]
 #
 #   --shape   llama3-1b (default): engram-run --synthetic llama3-1b (bf16);
 #             lexicon: the default model models/engram-lexicon (bf16, with its Engram
@@ -23,10 +23,12 @@
 #             prompt of N tokens (prefill is then not compared; default 0)
 #   --build   native (default: llama.cpp's GGML_NATIVE, AVX-512 here) or avx2 (no
 #             native flags: AVX2 + FMA + F16C)
+#   --isa     ours with --cpu-isa ISA (default auto; avx512bf16 rounds activations
+#             to bf16 as llama.cpp's bf16 path does)
 # Runs build/engram-run from the repository's build/ (scripts/build first).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-shape=llama3-1b rounds=5 threads=$(nproc) prompt=64 gen=32 depth=0 flavour=native
+shape=llama3-1b rounds=5 threads=$(nproc) prompt=64 gen=32 depth=0 flavour=native isa=auto
 while [ $# -gt 0 ]; do
   case $1 in
     --shape) shape=$2 ;;
@@ -36,7 +38,8 @@ while [ $# -gt 0 ]; do
     --gen) gen=$2 ;;
     --depth) depth=$2 ;;
     --build) flavour=$2 ;;
-    *) echo "usage: $0 [--shape llama3-1b|lexicon] [--rounds N] [--threads N] [--prompt N] [--gen N] [--depth N] [--build native|avx2]" >&2; exit 2 ;;
+    --isa) isa=$2 ;;
+    *) echo "usage: $0 [--shape llama3-1b|lexicon] [--rounds N] [--threads N] [--prompt N] [--gen N] [--depth N] [--build native|avx2] [--isa ISA]" >&2; exit 2 ;;
   esac
   shift 2
 done
@@ -79,14 +82,14 @@ ids=$(python3 -c "print(','.join(str(i % 8000 + 1) for i in range(1, $n_ids + 1)
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 echo "== $(date -u '+%F %H:%M UTC') $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "== shape $shape, $threads threads, prompt $prompt, gen $gen, depth $depth, llama.cpp $flavour build"
+echo "== shape $shape, $threads threads, prompt $prompt, gen $gen, depth $depth, llama.cpp $flavour build, ours --cpu-isa $isa"
 for r in $(seq "$rounds"); do
   if [ "$depth" = 0 ]; then
     "$bin" -m "$gguf" -t "$threads" -p "$prompt" -n "$gen" -r 1 -o jsonl 2>/dev/null | sed 's/^/llama: /' | tee -a "$log"
   else
     "$bin" -m "$gguf" -t "$threads" -p 0 -n "$gen" -d "$depth" -r 1 -o jsonl 2>/dev/null | sed 's/^/llama: /' | tee -a "$log"
   fi
-  build/engram-run "${ours[@]}" --device cpu --threads "$threads" --warmup --prompt-ids "$ids" \
+  build/engram-run "${ours[@]}" --device cpu --cpu-isa "$isa" --threads "$threads" --warmup --prompt-ids "$ids" \
     --max-tokens $((gen + 1)) --temperature 0 --ignore-eos 2>&1 >/dev/null | grep 'prefill' | sed 's/^/ours: /' | tee -a "$log"
 done
 python3 - "$log" "$depth" <<'EOF'

@@ -55,15 +55,15 @@ backend *backend_cuda_create(const backend_params *p, char *err, size_t errlen) 
 }
 
 int backend_cpu_isa_parse(const char *s) {
-    static const char *names[] = {"auto", "generic", "avx2", "avx512"};
-    for (int i = 0; i < 4; i++)
+    static const char *names[] = {"auto", "generic", "avx2", "avx512", "avx512bf16"};
+    for (int i = 0; i < 5; i++)
         if (s && strcmp(s, names[i]) == 0) return i;
     return -1;
 }
 
 const char *backend_cpu_isa_str(int isa) {
-    static const char *names[] = {"auto", "generic", "avx2", "avx512"};
-    return isa >= 0 && isa < 4 ? names[isa] : "?";
+    static const char *names[] = {"auto", "generic", "avx2", "avx512", "avx512bf16"};
+    return isa >= 0 && isa < 5 ? names[isa] : "?";
 }
 
 backend *backend_select(const char *device, const backend_params *p, char *err, size_t errlen) {

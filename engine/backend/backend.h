@@ -324,12 +324,17 @@ typedef struct {
                        * replay timed as one op */
     int cpu_isa;      /* the CPU's matrix-product code path: BACKEND_CPU_ISA_AUTO (default: the best this
                        * CPU runs), _AVX512, _AVX2 or _GENERIC (portable C); asking for one the CPU lacks
-                       * fails backend_select. Each is batch-invariant; they agree within rounding */
+                       * fails backend_select. Each is batch-invariant; they agree within rounding.
+                       * _AVX512BF16 (never chosen by AUTO) also rounds the activations to bf16 for
+                       * products with bf16 weights (vdpbf16ps): faster, less exact (cpu_matmul.c) */
+    int cpu_threads;  /* the CPU backend's threads, the calling one included; 0 (default): OpenMP's
+                       * count for the creating thread (OMP_NUM_THREADS, else all cores) */
 } backend_params;
 
-enum { BACKEND_CPU_ISA_AUTO, BACKEND_CPU_ISA_GENERIC, BACKEND_CPU_ISA_AVX2, BACKEND_CPU_ISA_AVX512 };
+enum { BACKEND_CPU_ISA_AUTO, BACKEND_CPU_ISA_GENERIC, BACKEND_CPU_ISA_AVX2, BACKEND_CPU_ISA_AVX512,
+       BACKEND_CPU_ISA_AVX512BF16 };
 
-/* "auto", "generic", "avx2", "avx512" as BACKEND_CPU_ISA_*, or -1. */
+/* "auto", "generic", "avx2", "avx512", "avx512bf16" as BACKEND_CPU_ISA_*, or -1. */
 int backend_cpu_isa_parse(const char *s);
 /* The name of a BACKEND_CPU_ISA_* value. */
 const char *backend_cpu_isa_str(int isa);
@@ -344,7 +349,7 @@ struct backend {
     backend_params params;
 };
 
-/* The CPU reference backend (OpenMP) with the defaults; NULL when out of
+/* The CPU reference backend (its own thread pool) with the defaults; NULL when out of
  * memory. */
 backend *backend_cpu_create(void);
 

@@ -6,6 +6,7 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
 
 from serverutil import Server, make_slow_model, metric, post
@@ -149,13 +150,16 @@ def with_small_tokenizer(src, dst, vocab):
     return dst
 
 
-def test_moe_batch_invariance_chunked_and_preempted(tmp_path):
+@pytest.mark.parametrize("fixture", ["qwen3_moe", "qwen3_moe_bf16"])
+def test_moe_batch_invariance_chunked_and_preempted(tmp_path, fixture):
     """A mixture-of-experts model (the Qwen3-MoE fixture, token-id prompts)
     through the same scheduler: 16 concurrent requests give each one's greedy
     output alone, with prompts in 5-token chunks and a KV cache small enough
-    that sequences are preempted and recomputed."""
+    that sequences are preempted and recomputed. Its f32 and its bf16 weights:
+    the matrix paths read bf16 in place (and avx512bf16 rounds the
+    activations for them only)."""
     from conftest import MODELS
-    moe = with_small_tokenizer(MODELS / "qwen3_moe", tmp_path / "moe", 512)
+    moe = with_small_tokenizer(MODELS / fixture, tmp_path / "moe", 512)
     # prefix caching off: the runs alone would leave the prompts cached, and the
     # concurrent run would then need too few blocks to be preempted
     s = Server("--kv-cache-tokens", "96", "--kv-block-size", "16", "--max-num-seqs", "16", "--prefill-chunk", "5",

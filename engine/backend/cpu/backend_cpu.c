@@ -1,6 +1,6 @@
 /* The CPU reference backend: f32 arithmetic, weights converted from their
- * checkpoint dtype as they are read, OpenMP across rows. Backend memory is
- * host memory, the model's own view is the model.
+ * checkpoint dtype as they are read, a thread pool (cpu_pool.c) across rows.
+ * Backend memory is host memory, the model's own view is the model.
  *
  * Batch invariance: every op computes an output row with the same arithmetic
  * whatever the other rows of the step are (the matrix product included: one
@@ -10,6 +10,7 @@
  * contraction (-ffp-contract=off) so that this also holds across the
  * differently shaped loops below. */
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -24,16 +25,32 @@
 #include "base/util.h"
 #include "engine/sampler.h"
 
-/* The handle: the fetch channels' timers are all the state the CPU keeps. */
+/* The handle: the thread pool, the fetch channels' timers and scratch. */
 typedef struct {
     backend base; /* first: the ops get &base */
+    cpu_pool *pool;
     /* per channel: when the compute reached the mark, when the rows came, and
      * whether a copy has come since the mark (see cpu_fetch) */
     double fetch_t_mark[BACKEND_FETCH_CHANNELS], fetch_t_rows[BACKEND_FETCH_CHANNELS];
     bool fetch_marked[BACKEND_FETCH_CHANNELS];
     float *moe_scratch; /* moe_experts' gathered rows and products, grown as steps need */
     size_t moe_scratch_floats;
+    void *scratch; /* cpu__scratch's */
+    size_t scratch_bytes;
 } cpu_backend;
+
+void cpu__parallel(backend *be, cpu_pool_fn fn, void *arg) { cpu__pool_run(((cpu_backend *)be)->pool, fn, arg); }
+void *cpu__scratch(backend *be, size_t bytes) {
+    cpu_backend *c = (cpu_backend *)be;
+    if (bytes > c->scratch_bytes) {
+        free(c->scratch);
+        if (!(c->scratch = malloc(bytes))) abort(); /* host scratch: fatal, as in matmul */
+        c->scratch_bytes = bytes;
+    }
+    return c->scratch;
+}
+
+int cpu__threads(backend *be) { return cpu__pool_threads(((cpu_backend *)be)->pool); }
 
 /* ---- memory: plain host memory ---- */
 
@@ -117,46 +134,57 @@ static void cpu_kv_store(backend *be, void *kc, void *vc, const float *k, const 
     }
 }
 
+typedef struct {
+    float *out;
+    const float *q, *k, *v;
+    const batch_desc *b;
+    int n_heads, n_kv, hd, window;
+    cpu_range items; /* (token, head) pairs */
+} attention_job;
+
+static void attention_items(void *arg, int ith, int nth) {
+    attention_job *a = arg;
+    const batch_desc *b = a->b;
+    int n_heads = a->n_heads, hd = a->hd, group = n_heads / a->n_kv, kvw = a->n_kv * hd, bs = b->block_size;
+    float scale = 1.0f / sqrtf((float)hd);
+    float *sc = malloc((size_t)b->max_ctx * sizeof(float));
+    if (!sc) abort();
+    int i0, i1;
+    while (cpu__range_take(&a->items, &i0, &i1))
+        for (int it = i0; it < i1; it++) {
+            int t = it / n_heads, h = it % n_heads;
+            int i = b->pos[t], kh = h / group;
+            const int32_t *blocks = b->block_tables + (size_t)b->tok_seq[t] * b->max_blocks;
+            int j0 = a->window > 0 && i - a->window + 1 > 0 ? i - a->window + 1 : 0;
+            const float *qv = a->q + ((size_t)t * n_heads + h) * hd;
+            float mx = -INFINITY;
+            for (int j = j0; j <= i; j++) { /* position j is row j % bs of block blocks[j / bs] */
+                const float *kv = a->k + ((size_t)blocks[j / bs] * bs + j % bs) * kvw + (size_t)kh * hd;
+                sc[j] = cpu__dot(qv, kv, hd) * scale;
+                if (sc[j] > mx) mx = sc[j];
+            }
+            double sum = 0.0;
+            for (int j = j0; j <= i; j++) {
+                sc[j] = expf(sc[j] - mx);
+                sum += sc[j];
+            }
+            float inv = (float)(1.0 / sum);
+            float *o = a->out + ((size_t)t * n_heads + h) * hd;
+            memset(o, 0, (size_t)hd * sizeof(float));
+            for (int j = j0; j <= i; j++) {
+                const float *vv = a->v + ((size_t)blocks[j / bs] * bs + j % bs) * kvw + (size_t)kh * hd;
+                float p = sc[j] * inv;
+                for (int e = 0; e < hd; e++) o[e] += p * vv[e];
+            }
+        }
+    free(sc);
+}
+
 static void cpu_attention(backend *be, float *out, const float *q, const void *kcache, const void *vcache,
                           const batch_desc *b, int n_heads, int n_kv, int hd, int window) {
-    const float *k = kcache, *v = vcache;
-    int group = n_heads / n_kv, kvw = n_kv * hd, bs = b->block_size, T = b->n_tokens;
-    float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel
-    {
-        float *sc = malloc((size_t)b->max_ctx * sizeof(float));
-        if (!sc) abort();
-#pragma omp for collapse(2) schedule(static)
-        for (int t = 0; t < T; t++)
-            for (int h = 0; h < n_heads; h++) {
-                int i = b->pos[t], kh = h / group;
-                const int32_t *blocks = b->block_tables + (size_t)b->tok_seq[t] * b->max_blocks;
-                int j0 = window > 0 && i - window + 1 > 0 ? i - window + 1 : 0;
-                const float *qv = q + ((size_t)t * n_heads + h) * hd;
-                float mx = -INFINITY;
-                for (int j = j0; j <= i; j++) { /* position j is row j % bs of block blocks[j / bs] */
-                    const float *kv = k + ((size_t)blocks[j / bs] * bs + j % bs) * kvw + (size_t)kh * hd;
-                    float s = 0.0f;
-                    for (int e = 0; e < hd; e++) s += qv[e] * kv[e];
-                    sc[j] = s * scale;
-                    if (sc[j] > mx) mx = sc[j];
-                }
-                double sum = 0.0;
-                for (int j = j0; j <= i; j++) {
-                    sc[j] = expf(sc[j] - mx);
-                    sum += sc[j];
-                }
-                float inv = (float)(1.0 / sum);
-                float *o = out + ((size_t)t * n_heads + h) * hd;
-                memset(o, 0, (size_t)hd * sizeof(float));
-                for (int j = j0; j <= i; j++) {
-                    const float *vv = v + ((size_t)blocks[j / bs] * bs + j % bs) * kvw + (size_t)kh * hd;
-                    float p = sc[j] * inv;
-                    for (int e = 0; e < hd; e++) o[e] += p * vv[e];
-                }
-            }
-        free(sc);
-    }
+    attention_job a = {.out = out, .q = q, .k = kcache, .v = vcache, .b = b, .n_heads = n_heads, .n_kv = n_kv,
+                       .hd = hd, .window = window, .items = cpu__range(b->n_tokens * n_heads, 1)};
+    cpu__parallel(be, attention_items, &a);
 }
 
 static void cpu_swiglu(backend *be, float *gate, const float *up, size_t n) {
@@ -211,38 +239,54 @@ static void route_dsv4(int32_t *id, float *w, const float *l, int32_t token, con
     for (int i = 0; i < k; i++) w[i] = w[i] / (sum + 1e-20f) * moe->routed_scaling;
 }
 
+typedef struct {
+    int32_t *ids;
+    float *wts;
+    const float *logits;
+    const int32_t *tokens;
+    const moe_weights *moe;
+    cpu_range toks;
+} route_job;
+
+static void route_tokens(void *arg, int ith, int nth) {
+    route_job *r = arg;
+    const moe_weights *moe = r->moe;
+    int E = moe->n_experts, k = moe->top_k, t0, t1;
+    while (cpu__range_take(&r->toks, &t0, &t1))
+        for (int t = t0; t < t1; t++) {
+            const float *l = r->logits + (size_t)t * E;
+            if (moe->scoring != MOE_SOFTMAX) {
+                route_dsv4(r->ids + (size_t)t * k, r->wts + (size_t)t * k, l, r->tokens[t], moe);
+                sort_by_id(r->ids + (size_t)t * k, r->wts + (size_t)t * k, k);
+                continue;
+            }
+            float p[MODEL_MAX_EXPERTS], mx = -INFINITY, sum = 0.0f;
+            for (int e = 0; e < E; e++) mx = l[e] > mx ? l[e] : mx;
+            for (int e = 0; e < E; e++) sum += p[e] = expf(l[e] - mx);
+            for (int e = 0; e < E; e++) p[e] /= sum;
+            int32_t *id = r->ids + (size_t)t * k;
+            float *w = r->wts + (size_t)t * k, chosen = 0.0f;
+            for (int i = 0; i < k; i++) { /* selection: k is small */
+                int best = -1;
+                for (int e = 0; e < E; e++) {
+                    bool taken = false;
+                    for (int j = 0; j < i && !taken; j++) taken = id[j] == e;
+                    if (!taken && (best < 0 || p[e] > p[best])) best = e;
+                }
+                id[i] = best;
+                w[i] = p[best];
+                chosen += p[best];
+            }
+            if (moe->norm_topk)
+                for (int i = 0; i < k; i++) w[i] /= chosen;
+            sort_by_id(id, w, k);
+        }
+}
+
 static void cpu_moe_route(backend *be, int32_t *ids, float *wts, const float *logits, const int32_t *tokens,
                           const moe_weights *moe, int T) {
-    int E = moe->n_experts, k = moe->top_k;
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < T; t++) {
-        const float *l = logits + (size_t)t * E;
-        if (moe->scoring != MOE_SOFTMAX) {
-            route_dsv4(ids + (size_t)t * k, wts + (size_t)t * k, l, tokens[t], moe);
-            sort_by_id(ids + (size_t)t * k, wts + (size_t)t * k, k);
-            continue;
-        }
-        float p[MODEL_MAX_EXPERTS], mx = -INFINITY, sum = 0.0f;
-        for (int e = 0; e < E; e++) mx = l[e] > mx ? l[e] : mx;
-        for (int e = 0; e < E; e++) sum += p[e] = expf(l[e] - mx);
-        for (int e = 0; e < E; e++) p[e] /= sum;
-        int32_t *id = ids + (size_t)t * k;
-        float *w = wts + (size_t)t * k, chosen = 0.0f;
-        for (int i = 0; i < k; i++) { /* selection: k is small */
-            int best = -1;
-            for (int e = 0; e < E; e++) {
-                bool taken = false;
-                for (int j = 0; j < i && !taken; j++) taken = id[j] == e;
-                if (!taken && (best < 0 || p[e] > p[best])) best = e;
-            }
-            id[i] = best;
-            w[i] = p[best];
-            chosen += p[best];
-        }
-        if (moe->norm_topk)
-            for (int i = 0; i < k; i++) w[i] /= chosen;
-        sort_by_id(id, w, k);
-    }
+    route_job r = {.ids = ids, .wts = wts, .logits = logits, .tokens = tokens, .moe = moe, .toks = cpu__range(T, 4)};
+    cpu__parallel(be, route_tokens, &r);
 }
 
 /* Expert by expert, those of [lo, hi): the tokens routed to it gathered,
@@ -505,7 +549,9 @@ static void cpu_sample(backend *be, void *out, float *logits, const int32_t *des
 }
 
 static void cpu_destroy(backend *be) {
+    cpu__pool_destroy(((cpu_backend *)be)->pool);
     free(((cpu_backend *)be)->moe_scratch);
+    free(((cpu_backend *)be)->scratch);
     free(be);
 }
 
@@ -570,8 +616,9 @@ backend *backend_cpu_create_with(const backend_params *p, char *err, size_t errl
         return NULL;
     }
     cpu_backend *c = calloc(1, sizeof(*c));
-    if (!c) {
-        snprintf(err, errlen, "out of memory");
+    if (!c || !(c->pool = cpu__pool_create(bp.cpu_threads > 0 ? bp.cpu_threads : omp_get_max_threads()))) {
+        free(c);
+        snprintf(err, errlen, "out of memory or threads");
         return NULL;
     }
     c->base.ops = &cpu_ops;

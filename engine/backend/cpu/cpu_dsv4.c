@@ -61,48 +61,72 @@ static void collapse_row(float *x, const float *Xt, const float *pre, int N, int
     }
 }
 
+/* The hyper-connection ops' arguments, one token a parallel item. */
+typedef struct {
+    float *pre, *post, *comb, *x, *X;
+    const float *cX, *y, *mix, *base, *scale;
+    int N, d, iters;
+    float hc_eps;
+} hc_job;
+
+static void hc_split_token(void *ctx, int t) {
+    hc_job *j = ctx;
+    int N = j->N;
+    float pre[16];
+    hc_weights_row(pre, j->post + (size_t)t * N, j->comb + (size_t)t * N * N, j->mix + (size_t)t * (2 + N) * N,
+                   j->base, j->scale, N, j->iters, j->hc_eps);
+    collapse_row(j->x + (size_t)t * j->d, j->cX + (size_t)t * N * j->d, pre, N, j->d);
+}
+
 void cpu__hc_split(backend *be, float *post, float *comb, float *x, const float *X, const float *mix,
                    const float *base, const float *scale, int T, int N, int d, int iters, float hc_eps) {
-    (void)be;
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < T; t++) {
-        float pre[16];
-        hc_weights_row(pre, post + (size_t)t * N, comb + (size_t)t * N * N, mix + (size_t)t * (2 + N) * N, base,
-                       scale, N, iters, hc_eps);
-        collapse_row(x + (size_t)t * d, X + (size_t)t * N * d, pre, N, d);
-    }
+    hc_job j = {.post = post, .comb = comb, .x = x, .cX = X, .mix = mix, .base = base, .scale = scale, .N = N,
+                .d = d, .iters = iters, .hc_eps = hc_eps};
+    cpu__parallel_for(be, T, 1, hc_split_token, &j);
+}
+
+static void hc_weights_token(void *ctx, int t) {
+    hc_job *j = ctx;
+    int N = j->N;
+    hc_weights_row(j->pre + (size_t)t * N, j->post + (size_t)t * N, j->comb + (size_t)t * N * N,
+                   j->mix + (size_t)t * (2 + N) * N, j->base, j->scale, N, j->iters, j->hc_eps);
 }
 
 void cpu__hc_weights(backend *be, float *pre, float *post, float *comb, const float *mix, const float *base,
                      const float *scale, int T, int N, int iters, float hc_eps) {
-    (void)be;
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < T; t++)
-        hc_weights_row(pre + (size_t)t * N, post + (size_t)t * N, comb + (size_t)t * N * N,
-                       mix + (size_t)t * (2 + N) * N, base, scale, N, iters, hc_eps);
+    hc_job j = {.pre = pre, .post = post, .comb = comb, .mix = mix, .base = base, .scale = scale, .N = N,
+                .iters = iters, .hc_eps = hc_eps};
+    cpu__parallel_for(be, T, 4, hc_weights_token, &j);
+}
+
+static void hc_collapse_token(void *ctx, int t) {
+    hc_job *j = ctx;
+    collapse_row(j->x + (size_t)t * j->d, j->cX + (size_t)t * j->N * j->d, j->pre + (size_t)t * j->N, j->N, j->d);
 }
 
 void cpu__hc_collapse(backend *be, float *x, const float *X, const float *pre, int T, int N, int d) {
-    (void)be;
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < T; t++) collapse_row(x + (size_t)t * d, X + (size_t)t * N * d, pre + (size_t)t * N, N, d);
+    hc_job j = {.x = x, .cX = X, .pre = (float *)pre, .N = N, .d = d}; /* pre only read */
+    cpu__parallel_for(be, T, 1, hc_collapse_token, &j);
+}
+
+static void hc_merge_token(void *ctx, int t) {
+    hc_job *j = ctx;
+    int N = j->N, d = j->d;
+    float *Xt = j->X + (size_t)t * N * d, col[16];
+    const float *po = j->post + (size_t)t * N, *C = j->comb + (size_t)t * N * N, *yt = j->y + (size_t)t * d;
+    for (int i = 0; i < d; i++) {
+        for (int jj = 0; jj < N; jj++) col[jj] = Xt[(size_t)jj * d + i];
+        for (int k = 0; k < N; k++) {
+            float s = 0.0f;
+            for (int jj = 0; jj < N; jj++) s += C[jj * N + k] * col[jj];
+            Xt[(size_t)k * d + i] = po[k] * yt[i] + s;
+        }
+    }
 }
 
 void cpu__hc_merge(backend *be, float *X, const float *y, const float *post, const float *comb, int T, int N, int d) {
-    (void)be;
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < T; t++) {
-        float *Xt = X + (size_t)t * N * d, col[16];
-        const float *po = post + (size_t)t * N, *C = comb + (size_t)t * N * N, *yt = y + (size_t)t * d;
-        for (int i = 0; i < d; i++) {
-            for (int j = 0; j < N; j++) col[j] = Xt[(size_t)j * d + i];
-            for (int k = 0; k < N; k++) {
-                float s = 0.0f;
-                for (int j = 0; j < N; j++) s += C[j * N + k] * col[j];
-                Xt[(size_t)k * d + i] = po[k] * yt[i] + s;
-            }
-        }
-    }
+    hc_job j = {.X = X, .y = y, .post = (float *)post, .comb = (float *)comb, .N = N, .d = d}; /* post, comb only read */
+    cpu__parallel_for(be, T, 1, hc_merge_token, &j);
 }
 
 void cpu__hc_head(backend *be, float *out, const float *X, const float *mix, const float *base, const float *scale,
@@ -157,42 +181,56 @@ static float *entry_at(const dsv4_kv *L, const batch_desc *b, int s, int w, int 
     return key ? e + (size_t)L->slots * L->D + (size_t)slot * L->dI : e + (size_t)slot * L->D;
 }
 
+typedef struct {
+    const float *kv, *gate, *rk, *rg, *ape, *norm, *inv_freq;
+    const batch_desc *b;
+    const dsv4_kv *cache;
+    int s, which, m, D, overlap, r, cw, cap, start, pos0, w0;
+    float eps;
+} compress_job;
+
+/* Compressed entry w0 + i of the job's sequence. */
+static void compress_window(void *ctx, int i) {
+    compress_job *j = ctx;
+    int w = j->w0 + i, m = j->m, D = j->D, cw = j->cw, cap = j->cap, start = j->start, pos0 = j->pos0;
+    float *e = entry_at(j->cache, j->b, j->s, w, j->which);
+    for (int c = 0; c < D; c++) {
+        float g[256], v[256], mx = -INFINITY, sum = 0.0f, acc = 0.0f; /* 2m slots; m <= 128 */
+        int n = 0;
+        if (j->overlap && w > 0)
+            for (int k = 0; k < m; k++, n++) { /* A halves of window w-1 */
+                int p = (w - 1) * m + k;
+                v[n] = row_at(j->kv, j->rk, cap, cw, start, pos0, p)[c];
+                g[n] = row_at(j->gate, j->rg, cap, cw, start, pos0, p)[c] + j->ape[(size_t)k * cw + c];
+            }
+        for (int k = 0; k < m; k++, n++) { /* B halves (or the whole row) of window w */
+            int p = w * m + k, o = j->overlap ? D : 0;
+            v[n] = row_at(j->kv, j->rk, cap, cw, start, pos0, p)[o + c];
+            g[n] = row_at(j->gate, j->rg, cap, cw, start, pos0, p)[o + c] + j->ape[(size_t)k * cw + o + c];
+        }
+        for (int k = 0; k < n; k++) mx = g[k] > mx ? g[k] : mx;
+        for (int k = 0; k < n; k++) sum += g[k] = expf(g[k] - mx);
+        for (int k = 0; k < n; k++) acc += v[k] * (g[k] / sum);
+        e[c] = acc;
+    }
+    double ss = 0.0;
+    for (int c = 0; c < D; c++) ss += (double)e[c] * e[c];
+    float sc = 1.0f / sqrtf((float)(ss / D) + j->eps);
+    for (int c = 0; c < D; c++) e[c] = j->norm[c] * (e[c] * sc);
+    rope_row(e, 1, D, j->r, w * m, j->inv_freq, 0);
+}
+
 void cpu__dsv4_compress(backend *be, const float *kv, const float *gate, const batch_desc *b, dsv4_state *const *st,
                         const dsv4_kv *cache, int which, int m, int D, int overlap, const float *ape,
                         const float *norm, float eps, int r, const float *inv_freq) {
-    (void)be;
     int cw = overlap ? 2 * D : D, cap = 2 * m;
     for (int s = 0; s < b->n_seqs; s++) {
         float *rk = which ? st[s]->i_kv : st[s]->c_kv, *rg = which ? st[s]->i_gate : st[s]->c_gate;
         int start = b->h_seq_start[s], pos0 = b->h_seq_pos0[s], P = pos0 + b->h_seq_start[s + 1] - start;
-#pragma omp parallel for schedule(static)
-        for (int w = pos0 / m; w < P / m; w++) {
-            float *e = entry_at(cache, b, s, w, which);
-            for (int c = 0; c < D; c++) {
-                float g[256], v[256], mx = -INFINITY, sum = 0.0f, acc = 0.0f; /* 2m slots; m <= 128 */
-                int n = 0;
-                if (overlap && w > 0)
-                    for (int i = 0; i < m; i++, n++) { /* A halves of window w-1 */
-                        int p = (w - 1) * m + i;
-                        v[n] = row_at(kv, rk, cap, cw, start, pos0, p)[c];
-                        g[n] = row_at(gate, rg, cap, cw, start, pos0, p)[c] + ape[(size_t)i * cw + c];
-                    }
-                for (int i = 0; i < m; i++, n++) { /* B halves (or the whole row) of window w */
-                    int p = w * m + i, o = overlap ? D : 0;
-                    v[n] = row_at(kv, rk, cap, cw, start, pos0, p)[o + c];
-                    g[n] = row_at(gate, rg, cap, cw, start, pos0, p)[o + c] + ape[(size_t)i * cw + o + c];
-                }
-                for (int i = 0; i < n; i++) mx = g[i] > mx ? g[i] : mx;
-                for (int i = 0; i < n; i++) sum += g[i] = expf(g[i] - mx);
-                for (int i = 0; i < n; i++) acc += v[i] * (g[i] / sum);
-                e[c] = acc;
-            }
-            double ss = 0.0;
-            for (int c = 0; c < D; c++) ss += (double)e[c] * e[c];
-            float sc = 1.0f / sqrtf((float)(ss / D) + eps);
-            for (int c = 0; c < D; c++) e[c] = norm[c] * (e[c] * sc);
-            rope_row(e, 1, D, r, w * m, inv_freq, 0);
-        }
+        compress_job j = {.kv = kv, .gate = gate, .rk = rk, .rg = rg, .ape = ape, .norm = norm, .inv_freq = inv_freq,
+                          .b = b, .cache = cache, .s = s, .which = which, .m = m, .D = D, .overlap = overlap, .r = r,
+                          .cw = cw, .cap = cap, .start = start, .pos0 = pos0, .w0 = pos0 / m, .eps = eps};
+        cpu__parallel_for(be, P / m - pos0 / m, 1, compress_window, &j);
         for (int p = P - cap > pos0 ? P - cap : pos0; p < P; p++) {
             memcpy(rk + (size_t)(p % cap) * cw, kv + (size_t)(start + p - pos0) * cw, (size_t)cw * sizeof(float));
             memcpy(rg + (size_t)(p % cap) * cw, gate + (size_t)(start + p - pos0) * cw, (size_t)cw * sizeof(float));
@@ -212,80 +250,99 @@ static int scored_cmp(const void *a, const void *b) {
     return x->idx - y->idx;
 }
 
+typedef struct {
+    int32_t *sel;
+    float *out;
+    const float *q, *kv, *wts, *sinks;
+    const int32_t *csel;
+    const batch_desc *b;
+    const dsv4_kv *cache;
+    int m, K, nI, dI, nh, D, W;
+    size_t most;
+} dsv4_job;
+
+static void index_token(void *ctx, int t) {
+    dsv4_job *j = ctx;
+    const batch_desc *b = j->b;
+    int m = j->m, K = j->K, nI = j->nI, dI = j->dI;
+    float qs = 1.0f / sqrtf((float)dI), ws = 1.0f / sqrtf((float)nI);
+    int s = b->tok_seq[t], n = (b->pos[t] + 1) / m;
+    int32_t *out = j->sel + (size_t)t * K;
+    for (int i = 0; i < K; i++) out[i] = -1;
+    if (n == 0) return;
+    scored *sc = malloc((size_t)n * sizeof(scored));
+    if (!sc) abort(); /* host scratch: fatal, as in matmul */
+    const float *qt = j->q + (size_t)t * nI * dI, *wt = j->wts + (size_t)t * nI;
+    for (int w = 0; w < n; w++) {
+        const float *key = entry_at(j->cache, b, s, w, 1);
+        float total = 0.0f;
+        for (int h = 0; h < nI; h++) {
+            float dot = 0.0f;
+            for (int c = 0; c < dI; c++) dot += qt[(size_t)h * dI + c] * key[c];
+            total += (dot > 0.0f ? dot : 0.0f) * qs * (wt[h] * ws);
+        }
+        sc[w] = (scored){total, w};
+    }
+    if (n > K) qsort(sc, (size_t)n, sizeof(scored), scored_cmp);
+    for (int i = 0; i < n && i < K; i++) out[i] = sc[i].idx;
+    free(sc);
+}
+
 void cpu__dsv4_index(backend *be, int32_t *sel, const float *q, const float *wts, const batch_desc *b,
                      const dsv4_kv *cache, int m, int K, int nI, int dI) {
-    (void)be;
-    float qs = 1.0f / sqrtf((float)dI), ws = 1.0f / sqrtf((float)nI);
-#pragma omp parallel for schedule(dynamic)
-    for (int t = 0; t < b->n_tokens; t++) {
-        int s = b->tok_seq[t], n = (b->pos[t] + 1) / m;
-        int32_t *out = sel + (size_t)t * K;
-        for (int i = 0; i < K; i++) out[i] = -1;
-        if (n == 0) continue;
-        scored *sc = malloc((size_t)n * sizeof(scored));
-        if (!sc) abort(); /* host scratch: fatal, as in matmul */
-        const float *qt = q + (size_t)t * nI * dI, *wt = wts + (size_t)t * nI;
-        for (int w = 0; w < n; w++) {
-            const float *key = entry_at(cache, b, s, w, 1);
-            float total = 0.0f;
-            for (int h = 0; h < nI; h++) {
-                float dot = 0.0f;
-                for (int c = 0; c < dI; c++) dot += qt[(size_t)h * dI + c] * key[c];
-                total += (dot > 0.0f ? dot : 0.0f) * qs * (wt[h] * ws);
-            }
-            sc[w] = (scored){total, w};
-        }
-        if (n > K) qsort(sc, (size_t)n, sizeof(scored), scored_cmp);
-        for (int i = 0; i < n && i < K; i++) out[i] = sc[i].idx;
-        free(sc);
+    dsv4_job j = {.sel = sel, .q = q, .wts = wts, .b = b, .cache = cache, .m = m, .K = K, .nI = nI, .dI = dI};
+    cpu__parallel_for(be, b->n_tokens, 1, index_token, &j);
+}
+
+static void attention_token(void *ctx, int t) {
+    dsv4_job *j = ctx;
+    const batch_desc *b = j->b;
+    const dsv4_kv *cache = j->cache;
+    int m = j->m, K = j->K, nh = j->nh, D = j->D, W = j->W;
+    const int32_t *sel = j->csel;
+    float scale = 1.0f / sqrtf((float)D);
+    float *l = malloc(j->most * sizeof(float));
+    const float **rows = malloc(j->most * sizeof(float *));
+    if (!l || !rows) abort(); /* host scratch: fatal, as in matmul */
+    int s = b->tok_seq[t], p = b->pos[t], n = 0;
+    for (int i = p - W + 1 > 0 ? p - W + 1 : 0; i <= p; i++) rows[n++] = kv_row(cache, b, s, i);
+    if (m && sel) {
+        for (int i = 0; i < K; i++)
+            if (sel[(size_t)t * K + i] >= 0) rows[n++] = entry_at(cache, b, s, sel[(size_t)t * K + i], 0);
+    } else if (m) {
+        for (int w = 0; w < (p + 1) / m; w++) rows[n++] = entry_at(cache, b, s, w, 0);
     }
+    for (int h = 0; h < nh; h++) {
+        const float *qh = j->q + ((size_t)t * nh + h) * D;
+        float mx = j->sinks[h], sum;
+        for (int i = 0; i < n; i++) {
+            float dot = 0.0f;
+            for (int c = 0; c < D; c++) dot += qh[c] * rows[i][c];
+            l[i] = dot * scale;
+            mx = l[i] > mx ? l[i] : mx;
+        }
+        sum = expf(j->sinks[h] - mx);
+        for (int i = 0; i < n; i++) sum += l[i] = expf(l[i] - mx);
+        float *o = j->out + ((size_t)t * nh + h) * D;
+        memset(o, 0, (size_t)D * sizeof(float));
+        for (int i = 0; i < n; i++) {
+            float pr = l[i] / sum;
+            for (int c = 0; c < D; c++) o[c] += pr * rows[i][c];
+        }
+    }
+    free(l);
+    free(rows);
 }
 
 void cpu__dsv4_attention(backend *be, float *out, const float *q, const float *kv, const batch_desc *b,
                          const dsv4_kv *cache, int m, const int32_t *sel, int K, const float *sinks, int nh, int D,
                          int W) {
-    (void)be;
-    float scale = 1.0f / sqrtf((float)D);
     size_t most = (size_t)W + (m ? (size_t)(sel ? K : b->max_ctx / m + 1) : 0);
     for (int t = 0; t < b->n_tokens; t++) /* the step's rows first: its later tokens read its earlier ones */
         memcpy(kv_row(cache, b, b->tok_seq[t], b->pos[t]), kv + (size_t)t * D, (size_t)D * sizeof(float));
-#pragma omp parallel
-    {
-        float *l = malloc(most * sizeof(float));
-        const float **rows = malloc(most * sizeof(float *));
-        if (!l || !rows) abort(); /* host scratch: fatal, as in matmul */
-#pragma omp for schedule(dynamic)
-        for (int t = 0; t < b->n_tokens; t++) {
-            int s = b->tok_seq[t], p = b->pos[t], n = 0;
-            for (int j = p - W + 1 > 0 ? p - W + 1 : 0; j <= p; j++) rows[n++] = kv_row(cache, b, s, j);
-            if (m && sel) {
-                for (int i = 0; i < K; i++)
-                    if (sel[(size_t)t * K + i] >= 0) rows[n++] = entry_at(cache, b, s, sel[(size_t)t * K + i], 0);
-            } else if (m) {
-                for (int w = 0; w < (p + 1) / m; w++) rows[n++] = entry_at(cache, b, s, w, 0);
-            }
-            for (int h = 0; h < nh; h++) {
-                const float *qh = q + ((size_t)t * nh + h) * D;
-                float mx = sinks[h], sum;
-                for (int i = 0; i < n; i++) {
-                    float dot = 0.0f;
-                    for (int c = 0; c < D; c++) dot += qh[c] * rows[i][c];
-                    l[i] = dot * scale;
-                    mx = l[i] > mx ? l[i] : mx;
-                }
-                sum = expf(sinks[h] - mx);
-                for (int i = 0; i < n; i++) sum += l[i] = expf(l[i] - mx);
-                float *o = out + ((size_t)t * nh + h) * D;
-                memset(o, 0, (size_t)D * sizeof(float));
-                for (int i = 0; i < n; i++) {
-                    float pr = l[i] / sum;
-                    for (int c = 0; c < D; c++) o[c] += pr * rows[i][c];
-                }
-            }
-        }
-        free(l);
-        free(rows);
-    }
+    dsv4_job j = {.out = out, .q = q, .sinks = sinks, .csel = sel, .b = b, .cache = cache, .m = m, .K = K, .nh = nh,
+                  .D = D, .W = W, .most = most};
+    cpu__parallel_for(be, b->n_tokens, 1, attention_token, &j);
 }
 
 void cpu__swiglu_limit(backend *be, float *gate, const float *up, size_t n, float limit) {
@@ -300,28 +357,38 @@ void cpu__swiglu_limit(backend *be, float *gate, const float *up, size_t n, floa
 /* DeepSeek-V4.1's Engram gate in SGLang's order (engram.py engram_gate): the rstd of the stream
  * and of its key multiplied first, the dot product of (x w) key, then rstd and d^-0.5; sums of
  * squares and the dot in double, as this file's norms. */
+typedef struct {
+    float *X, *gates;
+    const float *kv, *w;
+    int N, d;
+    float eps, clamp;
+} v41_gate_job;
+
+static void v41_gate_token(void *ctx, int t) {
+    v41_gate_job *j = ctx;
+    int N = j->N, d = j->d;
+    const float inv_sqrt_d = (float)(1.0 / sqrt((double)d));
+    const float *kvt = j->kv + (size_t)t * (N + 1) * d, *value = kvt + (size_t)N * d;
+    for (int g = 0; g < N; g++) {
+        float *x = j->X + ((size_t)t * N + g) * d;
+        const float *key = kvt + (size_t)g * d, *wg = j->w + (size_t)g * d;
+        double sx = 0.0, sk = 0.0, dot = 0.0;
+        for (int i = 0; i < d; i++) {
+            sx += (double)x[i] * x[i];
+            sk += (double)key[i] * key[i];
+            dot += (double)(x[i] * wg[i] * key[i]);
+        }
+        float rstd = 1.0f / sqrtf((float)(sx / d) + j->eps) * (1.0f / sqrtf((float)(sk / d) + j->eps));
+        float s = (float)dot * rstd * inv_sqrt_d;
+        float a = fabsf(s) > j->clamp ? fabsf(s) : j->clamp;
+        float gate = sigmoidf(copysignf(sqrtf(a), s));
+        for (int i = 0; i < d; i++) x[i] += gate * value[i];
+        if (j->gates) j->gates[(size_t)t * N + g] = gate;
+    }
+}
+
 void cpu__engram_v41_gate(backend *be, float *X, const float *kv, const float *w, int T, int N, int d, float eps,
                           float clamp, float *gates) {
-    (void)be;
-    const float inv_sqrt_d = (float)(1.0 / sqrt((double)d));
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < T; t++) {
-        const float *kvt = kv + (size_t)t * (N + 1) * d, *value = kvt + (size_t)N * d;
-        for (int g = 0; g < N; g++) {
-            float *x = X + ((size_t)t * N + g) * d;
-            const float *key = kvt + (size_t)g * d, *wg = w + (size_t)g * d;
-            double sx = 0.0, sk = 0.0, dot = 0.0;
-            for (int i = 0; i < d; i++) {
-                sx += (double)x[i] * x[i];
-                sk += (double)key[i] * key[i];
-                dot += (double)(x[i] * wg[i] * key[i]);
-            }
-            float rstd = 1.0f / sqrtf((float)(sx / d) + eps) * (1.0f / sqrtf((float)(sk / d) + eps));
-            float s = (float)dot * rstd * inv_sqrt_d;
-            float a = fabsf(s) > clamp ? fabsf(s) : clamp;
-            float gate = sigmoidf(copysignf(sqrtf(a), s));
-            for (int i = 0; i < d; i++) x[i] += gate * value[i];
-            if (gates) gates[(size_t)t * N + g] = gate;
-        }
-    }
+    v41_gate_job j = {.X = X, .gates = gates, .kv = kv, .w = w, .N = N, .d = d, .eps = eps, .clamp = clamp};
+    cpu__parallel_for(be, T, 1, v41_gate_token, &j);
 }

@@ -1,12 +1,69 @@
-/* What the CPU backend's files share: the matrix product of cpu_matmul.c and
- * the DeepSeek-V4 (and V4.1 Engram) ops of cpu_dsv4.c, registered in
- * backend_cpu.c's ops table. Contracts in backend.h. */
+/* What the CPU backend's files share: the thread pool of cpu_pool.c, the
+ * matrix product of cpu_matmul.c and the DeepSeek-V4 (and V4.1 Engram) ops of
+ * cpu_dsv4.c, registered in backend_cpu.c's ops table. Contracts in
+ * backend.h. */
 #ifndef ENGINE_BACKEND_CPU_INTERNAL_H
 #define ENGINE_BACKEND_CPU_INTERNAL_H
 
 #include <math.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <string.h>
 
 #include "engine/backend/backend.h"
+
+/* bytes of the backend's scratch for one op of the engine thread at a time
+ * (grown as needed, never shrunk; its contents do not survive the next call).
+ * Aborts when out of memory, as the ops' other host scratch does. */
+void *cpu__scratch(backend *be, size_t bytes);
+
+/* ---- the thread pool (cpu_pool.c) ---- */
+
+typedef struct cpu_pool cpu_pool;
+/* A job's body, run by each thread that joins it: ith in [0, nth), the
+ * caller 0. Not every thread joins every job (a preempted worker is left
+ * out), so a body takes its work from a cpu_range, never by ith; ith only
+ * picks per-thread scratch. */
+typedef void (*cpu_pool_fn)(void *arg, int ith, int nth);
+
+/* A pool of n threads, the caller's included (n - 1 workers), or NULL when
+ * out of memory or threads. */
+cpu_pool *cpu__pool_create(int n);
+/* Stops and joins the workers. Accepts NULL. */
+void cpu__pool_destroy(cpu_pool *p);
+int cpu__pool_threads(const cpu_pool *p);
+/* Runs fn(arg, ith, n) on the caller and on the workers that join in time;
+ * returns when every thread that ran it has returned. One caller at a time
+ * (the engine thread). */
+void cpu__pool_run(cpu_pool *p, cpu_pool_fn fn, void *arg);
+/* cpu__pool_run on be's pool. */
+void cpu__parallel(backend *be, cpu_pool_fn fn, void *arg);
+/* fn(ctx, i) for each i in [0, n), chunks of grain items spread over be's
+ * threads: the loops whose items need no per-thread scratch. */
+typedef void (*cpu_item_fn)(void *ctx, int i);
+void cpu__parallel_for(backend *be, int n, int grain, cpu_item_fn fn, void *ctx);
+/* The pool's thread count (per-thread scratch is indexed by ith below it). */
+int cpu__threads(backend *be);
+
+/* Items [0, n) handed out in chunks of grain to whichever thread asks next. */
+typedef struct {
+    _Atomic int next;
+    int n, grain;
+} cpu_range;
+
+static inline cpu_range cpu__range(int n, int grain) {
+    cpu_range r = {.n = n, .grain = grain < 1 ? 1 : grain};
+    atomic_init(&r.next, 0);
+    return r;
+}
+
+/* The next chunk [*i0, *i1), or false when none is left. */
+static inline bool cpu__range_take(cpu_range *r, int *i0, int *i1) {
+    int a = atomic_fetch_add_explicit(&r->next, r->grain, memory_order_relaxed);
+    if (a >= r->n) return false;
+    *i0 = a, *i1 = r->n - a > r->grain ? a + r->grain : r->n;
+    return true;
+}
 
 /* 1 / sqrt(mean(x^2) + eps) over x (d), the sum in double: every RMSNorm of the
  * CPU backend (weighted or not) scales its row by this. */
@@ -14,6 +71,31 @@ static inline float cpu__rms_scale(const float *x, int d, float eps) {
     double ss = 0.0;
     for (int i = 0; i < d; i++) ss += (double)x[i] * x[i];
     return 1.0f / sqrtf((float)(ss / d) + eps);
+}
+
+/* Eight f32 lanes as one vector (GCC/Clang vector extension): the compiler
+ * emits plain vector multiplies and adds in exactly this order. */
+typedef float cpu__v8 __attribute__((vector_size(32)));
+
+static inline cpu__v8 cpu__load8(const float *p) {
+    cpu__v8 v;
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+static inline float cpu__lanes_sum(cpu__v8 a) {
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+/* sum_j x[j] r[j] as one fixed sum whatever the caller: eight lanes over j in
+ * steps of 8, the tail into lane 0, then a fixed tree (the generic matrix
+ * path's element, and attention's scores). */
+static inline float cpu__dot(const float *x, const float *r, int n) {
+    cpu__v8 a = {0};
+    int j = 0;
+    for (; j + 8 <= n; j += 8) a += cpu__load8(x + j) * cpu__load8(r + j);
+    for (; j < n; j++) a[0] += x[j] * r[j];
+    return cpu__lanes_sum(a);
 }
 
 /* The matrix product (cpu_matmul.c), the backend's matmul op. */

@@ -21,62 +21,40 @@
 
 /* ---- generic: every output element is the same sum: eight lanes accumulate
  * x[j+k]*r[j+k] over j in steps of 8, the tail goes to lane 0, then a fixed
- * tree. dot1 and dot4 (four tokens sharing each weight load) perform exactly
- * that. ---- */
+ * tree. cpu__dot (cpu_internal.h) and dot4 (four tokens sharing each weight
+ * load) perform exactly that. ---- */
 
-/* Eight f32 lanes as one vector (GCC/Clang vector extension): the compiler
- * emits plain vector multiplies and adds in exactly this order. */
-typedef float v8 __attribute__((vector_size(32)));
-
-static inline v8 load8(const float *p) {
-    v8 v;
-    memcpy(&v, p, sizeof(v));
-    return v;
-}
-
-static inline float lanes_sum(v8 a) {
-    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-}
-
-static float dot1(const float *x, const float *r, int n) {
-    v8 a = {0};
-    int j = 0;
-    for (; j + 8 <= n; j += 8) a += load8(x + j) * load8(r + j);
-    for (; j < n; j++) a[0] += x[j] * r[j];
-    return lanes_sum(a);
-}
-
-/* dot1 over a bf16 row, widened in registers (exactly: bf16 is the top half of an f32) */
+/* cpu__dot over a bf16 row, widened in registers (exactly: bf16 is the top half of an f32) */
 typedef uint16_t u16x8 __attribute__((vector_size(16)));
 typedef uint32_t u32x8 __attribute__((vector_size(32)));
 
-static inline v8 load8_bf16(const uint16_t *p) {
+static inline cpu__v8 load8_bf16(const uint16_t *p) {
     u16x8 h;
     memcpy(&h, p, sizeof(h));
     u32x8 u = __builtin_convertvector(h, u32x8) << 16;
-    v8 v;
+    cpu__v8 v;
     memcpy(&v, &u, sizeof(v));
     return v;
 }
 
 static float dot1_bf16(const float *x, const uint16_t *r, int n) {
-    v8 a = {0};
+    cpu__v8 a = {0};
     int j = 0;
-    for (; j + 8 <= n; j += 8) a += load8(x + j) * load8_bf16(r + j);
+    for (; j + 8 <= n; j += 8) a += cpu__load8(x + j) * load8_bf16(r + j);
     for (; j < n; j++) a[0] += x[j] * bf16_to_f32(r[j]);
-    return lanes_sum(a);
+    return cpu__lanes_sum(a);
 }
 
 static void dot4(const float *x, size_t xs, const float *r, int n, float *out) {
     const float *x0 = x, *x1 = x + xs, *x2 = x + 2 * xs, *x3 = x + 3 * xs;
-    v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    cpu__v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
     int j = 0;
     for (; j + 8 <= n; j += 8) {
-        v8 w = load8(r + j);
-        a0 += load8(x0 + j) * w;
-        a1 += load8(x1 + j) * w;
-        a2 += load8(x2 + j) * w;
-        a3 += load8(x3 + j) * w;
+        cpu__v8 w = cpu__load8(r + j);
+        a0 += cpu__load8(x0 + j) * w;
+        a1 += cpu__load8(x1 + j) * w;
+        a2 += cpu__load8(x2 + j) * w;
+        a3 += cpu__load8(x3 + j) * w;
     }
     for (; j < n; j++) {
         a0[0] += x0[j] * r[j];
@@ -84,11 +62,11 @@ static void dot4(const float *x, size_t xs, const float *r, int n, float *out) {
         a2[0] += x2[j] * r[j];
         a3[0] += x3[j] * r[j];
     }
-    out[0] = lanes_sum(a0), out[1] = lanes_sum(a1), out[2] = lanes_sum(a2), out[3] = lanes_sum(a3);
+    out[0] = cpu__lanes_sum(a0), out[1] = cpu__lanes_sum(a1), out[2] = cpu__lanes_sum(a2), out[3] = cpu__lanes_sum(a3);
 }
 
 /* Rows [0, nr) of a block for all T tokens (out: the block's first column):
- * bf16 rows in place, or f32 rows (widened ones included) by dot4 and dot1. */
+ * bf16 rows in place, or f32 rows (widened ones included) by dot4 and cpu__dot. */
 static void generic_block(float *out, size_t n, const float *x, const void *w, int wbf16, int nr, int d, int T) {
     if (wbf16) {
         for (int i = 0; i < nr; i++)
@@ -105,7 +83,7 @@ static void generic_block(float *out, size_t n, const float *x, const void *w, i
             for (int k = 0; k < 4; k++) out[(size_t)(t + k) * n + i] = o[k];
         }
     for (; t < T; t++)
-        for (int i = 0; i < nr; i++) out[(size_t)t * n + i] = dot1(x + (size_t)t * d, rows + (size_t)i * d, d);
+        for (int i = 0; i < nr; i++) out[(size_t)t * n + i] = cpu__dot(x + (size_t)t * d, rows + (size_t)i * d, d);
 }
 
 /* ---- AVX2 + FMA: 8 lanes ---- */
@@ -159,6 +137,91 @@ __attribute__((target(ISA_TARGET))) static inline float hsum_avx512(__m512 v) {
 #define vhsum(v) hsum_avx512(v)
 #include "engine/backend/cpu/cpu_matmul_isa.h"
 
+/* ---- AVX-512 BF16 (opt-in, --cpu-isa avx512bf16): bf16 weights times
+ * activations rounded to bf16 (round to nearest even, once per product
+ * call), by vdpbf16ps: each of 16 lanes adds a pair of exact bf16 products
+ * per step. Every output element is one chain: acc = dpbf16(acc, x[k..k+32),
+ * w[k..k+32)) over k in steps of 32, the tail zero-padded, then the AVX-512
+ * tree; the tiles share loads as above, so it is batch-invariant too. Twice
+ * the multiply-adds per instruction and no widening, for the activations'
+ * rounding: the error bound grows by 2^-8 sum|x_k w_k| (test_cpu_matmul
+ * states and checks it), too much for the 1e-4 goldens, hence opt-in.
+ * Products with other weights take the avx512 path. ---- */
+#define BF16_TARGET "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma"
+
+__attribute__((target(BF16_TARGET))) static inline __m512bh bf16_tail(const uint16_t *p, int n) {
+    uint16_t b[32] = {0};
+    memcpy(b, p, (size_t)n * sizeof(uint16_t));
+    return (__m512bh)_mm512_loadu_si512(b);
+}
+
+/* out[t * ostride + r] = sum_k x[t * xstride + k] * w[r * d + k], r < NR, t < NT, x and w bf16. */
+__attribute__((target(BF16_TARGET), always_inline)) static inline void
+bf16_tile(float *out, size_t ostride, const uint16_t *x, size_t xstride, const uint16_t *w, int d, int NR, int NT) {
+    __m512 acc[4][4];
+    for (int r = 0; r < NR; r++)
+        for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 32 <= d; k += 32) {
+        __m512bh wv[4];
+        for (int r = 0; r < NR; r++) wv[r] = (__m512bh)_mm512_loadu_si512(w + (size_t)r * d + k);
+        for (int t = 0; t < NT; t++) {
+            __m512bh xv = (__m512bh)_mm512_loadu_si512(x + (size_t)t * xstride + k);
+            for (int r = 0; r < NR; r++) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], xv, wv[r]);
+        }
+    }
+    if (k < d) {
+        __m512bh wv[4];
+        for (int r = 0; r < NR; r++) wv[r] = bf16_tail(w + (size_t)r * d + k, d - k);
+        for (int t = 0; t < NT; t++) {
+            __m512bh xv = bf16_tail(x + (size_t)t * xstride + k, d - k);
+            for (int r = 0; r < NR; r++) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], xv, wv[r]);
+        }
+    }
+    for (int r = 0; r < NR; r++)
+        for (int t = 0; t < NT; t++) out[(size_t)t * ostride + r] = hsum_avx512(acc[r][t]);
+}
+
+/* Rows [0, nr) of a block (w: its first row) for all T tokens (xb: bf16),
+ * tiles of 4 rows x 4 tokens, then the leftovers one at a time. */
+__attribute__((target(BF16_TARGET))) static void block_bf16(float *out, size_t n, const uint16_t *xb,
+                                                           const uint16_t *w, int nr, int d, int T) {
+    int r = 0;
+    for (; r + 4 <= nr; r += 4) {
+        const uint16_t *wr = w + (size_t)r * d;
+        int t = 0;
+        for (; t + 4 <= T; t += 4) bf16_tile(out + (size_t)t * n + r, n, xb + (size_t)t * d, (size_t)d, wr, d, 4, 4);
+        for (; t < T; t++) bf16_tile(out + (size_t)t * n + r, n, xb + (size_t)t * d, (size_t)d, wr, d, 4, 1);
+    }
+    for (; r < nr; r++) {
+        const uint16_t *wr = w + (size_t)r * d;
+        int t = 0;
+        for (; t + 4 <= T; t += 4) bf16_tile(out + (size_t)t * n + r, n, xb + (size_t)t * d, (size_t)d, wr, d, 1, 4);
+        for (; t < T; t++) bf16_tile(out + (size_t)t * n + r, n, xb + (size_t)t * d, (size_t)d, wr, d, 1, 1);
+    }
+}
+
+/* T rows of x (d) rounded to bf16 as vcvtneps2bf16 does: nearest even,
+ * subnormal inputs as zero, NaN quiet. Row by row (the tail of a row through
+ * the same whole-vector instruction), so a token's rounding never depends on
+ * the batch. */
+__attribute__((target(BF16_TARGET))) static void round_bf16(uint16_t *out, const float *x, int T, int d) {
+    for (int t = 0; t < T; t++) {
+        const float *xt = x + (size_t)t * d;
+        uint16_t *ot = out + (size_t)t * d;
+        int k = 0;
+        for (; k + 16 <= d; k += 16)
+            _mm256_storeu_si256((__m256i *)(ot + k), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(xt + k)));
+        if (k < d) {
+            float b[16] = {0};
+            uint16_t h[16];
+            memcpy(b, xt + k, (size_t)(d - k) * sizeof(float));
+            _mm256_storeu_si256((__m256i *)h, (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(b)));
+            memcpy(ot + k, h, (size_t)(d - k) * sizeof(uint16_t));
+        }
+    }
+}
+
 /* ---- the product ---- */
 
 int cpu__isa_resolve(int isa) {
@@ -166,11 +229,13 @@ int cpu__isa_resolve(int isa) {
     bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                   __builtin_cpu_supports("avx512vl");
+    bool bf16 = avx512 && __builtin_cpu_supports("avx512bf16");
     switch (isa) {
     case BACKEND_CPU_ISA_AUTO: return avx512 ? BACKEND_CPU_ISA_AVX512 : avx2 ? BACKEND_CPU_ISA_AVX2 : BACKEND_CPU_ISA_GENERIC;
     case BACKEND_CPU_ISA_GENERIC: return isa;
     case BACKEND_CPU_ISA_AVX2: return avx2 ? isa : -1;
     case BACKEND_CPU_ISA_AVX512: return avx512 ? isa : -1;
+    case BACKEND_CPU_ISA_AVX512BF16: return bf16 ? isa : -1;
     default: return -1;
     }
 }
@@ -184,29 +249,52 @@ int cpu__isa_resolve(int isa) {
  * also widens bf16 from WIDEN_MIN_TOKENS tokens on (the same values, so the
  * same sums), where dot4's shared loads pay for it. */
 #define WIDEN_MIN_TOKENS 4
-void cpu__matmul(backend *be, float *out, const float *x, const weight *w, const float *bias, int T) {
-    int n = w->rows, d = w->cols, nb = (n + ROW_BLOCK - 1) / ROW_BLOCK, isa = be->params.cpu_isa;
-    bool dense = w->fmt == WEIGHT_DENSE, bf16 = dense && w->dt == DTYPE_BF16;
-    bool inplace = dense && (w->dt == DTYPE_F32 || (bf16 && (isa != BACKEND_CPU_ISA_GENERIC || T < WIDEN_MIN_TOKENS)));
-#pragma omp parallel
-    {
-        float *wf = NULL;
-        if (!inplace && !(wf = malloc((size_t)ROW_BLOCK * d * sizeof(float))))
-            abort(); /* a few rows of scratch; treat as fatal */
-#pragma omp for schedule(static)
-        for (int bi = 0; bi < nb; bi++) {
+
+typedef struct {
+    float *out;
+    const float *x, *bias;
+    const uint16_t *xb; /* x rounded to bf16 (avx512bf16 with bf16 weights), else NULL */
+    const weight *w;
+    int T, isa;
+    bool inplace, bf16;
+    cpu_range blocks; /* of ROW_BLOCK weight rows */
+} matmul_job;
+
+static void matmul_blocks(void *arg, int ith, int nth) {
+    matmul_job *j = arg;
+    const weight *w = j->w;
+    int n = w->rows, d = w->cols, T = j->T, b0, b1;
+    float *wf = NULL, *out = j->out;
+    if (!j->inplace && !(wf = malloc((size_t)ROW_BLOCK * d * sizeof(float))))
+        abort(); /* a few rows of scratch; treat as fatal */
+    while (cpu__range_take(&j->blocks, &b0, &b1))
+        for (int bi = b0; bi < b1; bi++) {
             int i0 = bi * ROW_BLOCK, nr = i0 + ROW_BLOCK < n ? ROW_BLOCK : n - i0;
             const void *rows = wf;
             if (wf) model_weight_rows_to_f32(wf, w, i0, nr);
             else rows = (const char *)w->data + (size_t)i0 * d * dtype_size(w->dt);
-            int wbf16 = inplace && bf16;
-            if (isa == BACKEND_CPU_ISA_AVX512) block_avx512(out + i0, (size_t)n, x, rows, wbf16, nr, d, T);
-            else if (isa == BACKEND_CPU_ISA_AVX2) block_avx2(out + i0, (size_t)n, x, rows, wbf16, nr, d, T);
-            else generic_block(out + i0, (size_t)n, x, rows, wbf16, nr, d, T);
-            if (bias)
+            int wbf16 = j->inplace && j->bf16;
+            if (j->xb) block_bf16(out + i0, (size_t)n, j->xb, rows, nr, d, T);
+            else if (j->isa >= BACKEND_CPU_ISA_AVX512) block_avx512(out + i0, (size_t)n, j->x, rows, wbf16, nr, d, T);
+            else if (j->isa == BACKEND_CPU_ISA_AVX2) block_avx2(out + i0, (size_t)n, j->x, rows, wbf16, nr, d, T);
+            else generic_block(out + i0, (size_t)n, j->x, rows, wbf16, nr, d, T);
+            if (j->bias)
                 for (int t = 0; t < T; t++)
-                    for (int i = 0; i < nr; i++) out[(size_t)t * n + i0 + i] += bias[i0 + i];
+                    for (int i = 0; i < nr; i++) out[(size_t)t * n + i0 + i] += j->bias[i0 + i];
         }
-        free(wf);
+    free(wf);
+}
+
+void cpu__matmul(backend *be, float *out, const float *x, const weight *w, const float *bias, int T) {
+    int isa = be->params.cpu_isa;
+    bool dense = w->fmt == WEIGHT_DENSE, bf16 = dense && w->dt == DTYPE_BF16;
+    matmul_job j = {.out = out, .x = x, .bias = bias, .w = w, .T = T, .isa = isa, .bf16 = bf16,
+                    .blocks = cpu__range((w->rows + ROW_BLOCK - 1) / ROW_BLOCK, 1)};
+    j.inplace = dense && (w->dt == DTYPE_F32 || (bf16 && (isa != BACKEND_CPU_ISA_GENERIC || T < WIDEN_MIN_TOKENS)));
+    if (isa == BACKEND_CPU_ISA_AVX512BF16 && bf16) {
+        uint16_t *xb = cpu__scratch(be, (size_t)T * w->cols * sizeof(uint16_t));
+        round_bf16(xb, x, T, w->cols);
+        j.xb = xb;
     }
+    cpu__parallel(be, matmul_blocks, &j);
 }

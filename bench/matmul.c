@@ -1,0 +1,110 @@
+/* bench-matmul: the CPU backend's matrix products at Llama-3.2-1B's layer
+ * shapes (bf16 weights: q 2048x2048, k and v 512x2048, o 2048x2048, gate and
+ * up 8192x2048, down 2048x8192), L layers of their own weights (more than the
+ * last-level cache, so decode streams from DRAM as a real step does), one
+ * backend_matmul per matrix, as the forward pass issues them: a decode step
+ * of a 1B model is 16 such layers plus the head, so this times the ~100
+ * parallel regions of a step without the model's load time.
+ * For each T: best and median of R passes over all layers, in ms per layer,
+ * GB/s of weights read and GFLOP/s; and GFLOP per second of the process's CPU
+ * time (best pass), which another process sharing the cores disturbs less
+ * (with one thread: the kernel's own rate).
+ *   bench-matmul [--isa auto|avx512|avx2|generic|avx512bf16] [--threads N] [--layers L]
+ *                    [--reps R] [T ...]   (default 4 layers, 7 reps, T = 1 64) */
+#include <stdint.h>
+#include <stdio.h>
+#include <time.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/util.h"
+#include "engine/backend/backend.h"
+
+static double cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+int main(int argc, char **argv) {
+    backend_params bp = backend_default_params();
+    long layers = 4, reps = 7, threads = 0;
+    int ts[16], nt = 0;
+    for (int i = 1; i < argc; i++) {
+        long v;
+        if (!strcmp(argv[i], "--isa") && i + 1 < argc) {
+            if ((bp.cpu_isa = backend_cpu_isa_parse(argv[++i])) < 0) goto usage;
+        } else if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
+            if (util_parse_long(argv[++i], 1, 4096, &threads)) goto usage;
+        } else if (!strcmp(argv[i], "--layers") && i + 1 < argc) {
+            if (util_parse_long(argv[++i], 1, 64, &layers)) goto usage;
+        } else if (!strcmp(argv[i], "--reps") && i + 1 < argc) {
+            if (util_parse_long(argv[++i], 1, 1000, &reps)) goto usage;
+        } else if (nt < 16 && !util_parse_long(argv[i], 1, 4096, &v)) {
+            ts[nt++] = (int)v;
+        } else {
+            goto usage;
+        }
+    }
+    if (!nt) ts[nt++] = 1, ts[nt++] = 64;
+    bp.cpu_threads = (int)threads;
+    char err[256];
+    backend *be = backend_cpu_create_with(&bp, err, sizeof(err));
+    if (!be) {
+        fprintf(stderr, "bench-matmul: %s\n", err);
+        return 1;
+    }
+    enum { NM = 7 };
+    static const int rows[NM] = {2048, 512, 512, 2048, 8192, 8192, 2048};
+    static const int cols[NM] = {2048, 2048, 2048, 2048, 2048, 2048, 8192};
+    weight *w = calloc((size_t)layers * NM, sizeof(weight));
+    size_t params = 0;
+    uint32_t s = 2463534242u;
+    for (int l = 0; l < layers; l++)
+        for (int m = 0; m < NM; m++) {
+            size_t n = (size_t)rows[m] * cols[m];
+            uint16_t *d = malloc(n * 2);
+            if (!d) return 1;
+            for (size_t i = 0; i < n; i++) { /* bf16 of magnitude about 2^-6 with random mantissas and signs */
+                s ^= s << 13, s ^= s >> 17, s ^= s << 5;
+                d[i] = (uint16_t)(0x3c00 | (s & 0x807f));
+            }
+            w[l * NM + m] = (weight){.data = d, .dt = DTYPE_BF16, .rows = rows[m], .cols = cols[m], .fmt = WEIGHT_DENSE};
+            params += n;
+        }
+    printf("isa %s, threads %ld, %ld layers (%.0f MB of bf16 weights)\n", backend_cpu_isa_str(be->params.cpu_isa),
+           threads, layers, params * 2 / 1e6);
+    for (int k = 0; k < nt; k++) {
+        int T = ts[k];
+        float *x = malloc((size_t)T * 8192 * sizeof(float)), *y = malloc((size_t)T * 8192 * sizeof(float));
+        for (size_t i = 0; i < (size_t)T * 8192; i++) x[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
+        double *t = malloc((size_t)reps * sizeof(double)), cpu = 1e30;
+        for (int r = -1; r < reps; r++) { /* pass -1 warms up */
+            double t0 = util_now(), c0 = cpu_now();
+            for (int l = 0; l < layers; l++)
+                for (int m = 0; m < NM; m++) backend_matmul(be, y, x, &w[l * NM + m], NULL, T);
+            if (r >= 0) t[r] = util_now() - t0;
+            if (r >= 0 && cpu_now() - c0 < cpu) cpu = cpu_now() - c0;
+        }
+        qsort(t, (size_t)reps, sizeof(double), cmp_double);
+        double best = t[0], med = t[reps / 2];
+        printf("T %4d: best %.3f ms/layer (%.2f GB/s, %.1f GFLOP/s), median %.3f ms/layer (%.2f GB/s, %.1f GFLOP/s), "
+               "%.1f GFLOP/cpu-s\n",
+               T, best * 1e3 / layers, params * 2 / best / 1e9, 2.0 * params * T / best / 1e9, med * 1e3 / layers,
+               params * 2 / med / 1e9, 2.0 * params * T / med / 1e9, 2.0 * params * T / cpu / 1e9);
+        free(x), free(y), free(t);
+    }
+    for (int i = 0; i < layers * NM; i++) free((void *)w[i].data);
+    free(w);
+    backend_destroy(be);
+    return 0;
+usage:
+    fprintf(stderr, "usage: bench-matmul [--isa auto|avx512|avx2|generic|avx512bf16] [--threads N] [--layers L] [--reps R] "
+                    "[T ...]\n");
+    return 2;
+}
