@@ -1,11 +1,14 @@
 /* Scalar conversions to f32 of every float format checkpoints and Engram
  * tables store: bf16, IEEE half, the FP8 pair of DeepSeek-V4 weights and
  * V4.1 rows (e4m3fn values, ue8m0 block scales) and the FP4 e2m1 codes of
- * its experts. Each is exact and built from the bit fields, so every machine
- * gives the same bits. Header-only: libc alone. */
+ * its experts; and the two roundings from f32 that synthetic weights and
+ * V4.1's fake quantisations need (bf16, e4m3fn; nearest, ties to even).
+ * Each is built from the bit fields, so every machine gives the same bits.
+ * Header-only: libc and libm alone. */
 #ifndef BASE_NUMERIC_H
 #define BASE_NUMERIC_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -79,6 +82,29 @@ static inline float fp4_e2m1_to_f32(uint8_t code) {
     if (exp == 0) return bits_to_f32(sign | (man ? 0x3f000000u : 0u)); /* +-0 or +-0.5 */
     /* normal: 2^(exp-1) * (1 + man/2), rebias 1 -> 127, mantissa into the top bit of 23 */
     return bits_to_f32(sign | ((exp + 126u) << 23) | (man << 22));
+}
+
+/* f32 (finite) to the nearest bf16, ties to even: torch's .to(torch.bfloat16). */
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* f32 rounded to bf16 and back. */
+static inline float f32_round_bf16(float f) { return bf16_to_f32(f32_to_bf16(f)); }
+
+/* f32 (finite, |x| <= 448) to the nearest e4m3fn code, ties to even: torch's
+ * .to(torch.float8_e4m3fn) within range. */
+static inline uint8_t f32_to_fp8_e4m3(float x) {
+    uint8_t sign = signbit(x) ? 0x80 : 0;
+    float a = fabsf(x);
+    if (a < 0x1p-6f) return sign | (uint8_t)nearbyintf(a * 512.0f); /* subnormal steps of 2^-9; 8 is 2^-6's code */
+    uint32_t u;
+    memcpy(&u, &a, 4);
+    u += 0x7ffffu + ((u >> 20) & 1u); /* round the mantissa to 3 bits */
+    return sign | (uint8_t)((((u >> 23) - 127 + 7) << 3) | ((u >> 20) & 7u));
 }
 
 #endif

@@ -10,7 +10,10 @@
  *   logits = head(rmsnorm(hc_head(X))) at the last tokens.
  * DeepSeek-V4.1's backbone (hc_pre_from_prev_sublayer) collapses each sublayer's input with the
  * previous hyper-connection's pre instead of its own (stream 0 at the first sublayer), the head
- * with the last one's; its queries may skip the per-head norm (q_head_norm false).
+ * with the last one's; its queries may skip the per-head norm (q_head_norm false). Its ratio-1/2
+ * layers attend to the window and the top-k of one entry per token (ratio 1) or pair (ratio 2),
+ * SGLang's fake-quantised latents, written by kv source layers and scored by index source layers
+ * whose top-k the later layers of the ratio reuse (low_sources).
  * What later steps read lives in the KV cache's blocks (window rows, compressed
  * entries, index keys: backend.h, dsv4_kv) and, for the open compression
  * windows, in each sequence's small state (forward_dsv4.h). */
@@ -43,6 +46,8 @@ struct dsv4_ctx {
     int32_t *sel;                          /* (T, K) */
     const ep_rank *ep;                     /* expert parallelism: this rank (dsv4_ctx_set_expert_rank), or NULL */
     float *pairs;                          /* its (T, top_k, d) scratch, borrowed */
+    int32_t *sel_low[2];                   /* (T, K) x2: V4.1's top-k of ratio 1 and 2, kept for later layers */
+    float *lat;                            /* (T, D) V4.1: the pre-rope latents of the groups closing at a token */
     float *gin, *gout, *oa;                /* (T, nh D / G) (T, R) (T, G R) */
     float *rlogits, *moe_w, *sg, *su;      /* (T, E) (T, k) (T, I) (T, I) */
     int32_t *moe_ids;                      /* (T, k) */
@@ -84,7 +89,7 @@ void dsv4_ctx_destroy(dsv4_ctx *dc) {
                       &dc->h, &dc->y, &dc->qlat, &dc->q, &dc->kv, &dc->att, &dc->ck, &dc->cg, &dc->ik, &dc->ig,
                       &dc->iq, &dc->iw, &dc->gin, &dc->gout, &dc->oa, &dc->rlogits, &dc->moe_w, &dc->sg, &dc->su,
                       &dc->lastX, &dc->lastmix, &dc->lasth, &dc->ekv, &dc->pre[0], &dc->pre[1], (float **)&dc->sel,
-                      (float **)&dc->moe_ids};
+                      (float **)&dc->moe_ids, (float **)&dc->sel_low[0], (float **)&dc->sel_low[1], &dc->lat};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) backend_free(dc->be, *bufs[i]);
     free(dc->st);
     free(dc);
@@ -120,6 +125,8 @@ int dsv4_ctx_create(const model *bm, backend *be, int max_tokens, int max_seqs, 
         {&dc->moe_w, T * k}, {(float **)&dc->moe_ids, T * k}, {&dc->sg, T * I}, {&dc->su, T * I},
         {&dc->lastX, S * N * d}, {&dc->lastmix, S * N}, {&dc->lasth, S * d},
         {&dc->ekv, bm->engram ? T * (N + 1) * d : 1}, {&dc->pre[0], T * N}, {&dc->pre[1], T * N},
+        {(float **)&dc->sel_low[0], T * (size_t)v->index_topk}, {(float **)&dc->sel_low[1], T * (size_t)v->index_topk},
+        {&dc->lat, T * D},
     };
     bool ok = (dc->st = calloc(S, sizeof(dsv4_state *))) != NULL;
     for (size_t i = 0; i < sizeof(want) / sizeof(want[0]) && ok; i++) ok = (*want[i].p = backend_alloc(be, want[i].n * F));
@@ -138,7 +145,9 @@ int dsv4_ctx_create(const model *bm, backend *be, int max_tokens, int max_seqs, 
 
 size_t dsv4_block_floats(const model_config *c, int l, int block_size) {
     const dsv4_config *v = &c->dsv4;
-    return dsv4_kv_block_floats(block_size, v->rate[l], v->attn[l] == DSV4_CSA, c->head_dim, v->index_head_dim);
+    bool low = v->attn[l] == DSV4_LOW, own = !low || v->kv_src[l] == l; /* V4.1: only kv sources keep entries */
+    return dsv4_kv_block_floats(block_size, v->rate[l], own, v->attn[l] == DSV4_CSA || (low && own && v->idx_src[l]),
+                                c->head_dim, v->index_head_dim);
 }
 
 /* Floats of layer l's per-sequence state (the last 2m projections of its compressors); with `s`,
@@ -148,7 +157,12 @@ static size_t layer_state(const model_config *c, int l, float *base, dsv4_state 
     size_t D = (size_t)c->head_dim, dI = (size_t)v->index_head_dim, m = (size_t)v->rate[l], n = 0;
     float *nil = NULL;
 #define CUT(field, count) (s ? (s->field = base + n) : nil), n += (count)
-    if (v->attn[l] != DSV4_SLIDING) {
+    if (v->attn[l] == DSV4_LOW) { /* a ratio-2 kv source's ring of pending pairs: kv and score */
+        if (v->kv_src[l] == l && m == 2) {
+            CUT(c_kv, 2 * m * D);
+            CUT(c_gate, 2 * m * D);
+        }
+    } else if (v->attn[l] != DSV4_SLIDING) {
         size_t cw = v->attn[l] == DSV4_CSA ? 2 * D : D;
         CUT(c_kv, 2 * m * cw);
         CUT(c_gate, 2 * m * cw);
@@ -225,8 +239,39 @@ static void grouped_out(dsv4_ctx *dc, const dsv4_layer *Y, int T) {
     backend_matmul(dc->be, dc->y, dc->oa, &Y->wo_b, NULL, T);
 }
 
-/* The layer's attention on h = input_layernorm(x) into y. */
-static void attention(dsv4_ctx *dc, int l, const batch_desc *b) {
+/* A V4.1 ratio-1/2 layer's sources (deepseek_v4_backend.py forward_low_ratio_sources): a kv source
+ * writes its groups' entries (and, owning them, their index keys from the pre-rope latents); an index
+ * source scores its kv source's keys with fp4 queries into the top-k of its ratio, which the later
+ * layers of the ratio reuse. */
+static void low_sources(dsv4_ctx *dc, int l, const batch_desc *b) {
+    const model_config *c = &dc->bm->cfg;
+    const dsv4_config *v = &c->dsv4;
+    const dsv4_layer *Y = &dc->bm->dsv4->layers[l];
+    backend *be = dc->be;
+    int T = b->n_tokens, D = c->head_dim, r = v->rope_dim, m = v->rate[l];
+    int nI = v->index_n_heads, dI = v->index_head_dim, K = v->index_topk;
+    float eps = c->rms_norm_eps;
+    if (v->kv_src[l] == l) {
+        backend_matmul(be, dc->ck, dc->h, &Y->comp.wkv, NULL, T);
+        if (m == 2) backend_matmul(be, dc->cg, dc->h, &Y->comp.wgate, NULL, T);
+        backend_dsv41_compress(be, dc->lat, dc->ck, dc->cg, b, dc->st, &dc->cache, m, D, Y->comp.norm, eps, r,
+                               dc->freq_comp);
+        if (v->idx_src[l]) {
+            backend_matmul(be, dc->ik, dc->lat, &Y->iwk, NULL, T);
+            backend_dsv41_index_keys(be, dc->ik, b, &dc->cache, m, dI, Y->ik_norm, eps, r, dc->freq_comp);
+        }
+    }
+    if (v->idx_src[l]) {
+        backend_matmul(be, dc->iq, dc->qlat, &Y->iwq_b, NULL, T);
+        backend_rope_tail(be, dc->iq, b->pos, T, nI, dI, r, dc->freq_comp, 0);
+        backend_fake_quant_fp4(be, dc->iq, (size_t)T * nI, dI);
+        backend_matmul(be, dc->iw, dc->h, &Y->iweights, NULL, T);
+        backend_dsv4_index(be, dc->sel_low[m - 1], dc->iq, dc->iw, b, &dc->cache, m, K, nI, dI);
+    }
+}
+
+/* V4's compressors and indexer (CSA, HCA) and the attention over their entries. */
+static void attend_v4(dsv4_ctx *dc, int l, const batch_desc *b, const float *freq) {
     const model_config *c = &dc->bm->cfg;
     const dsv4_config *v = &c->dsv4;
     const dsv4_layer *Y = &dc->bm->dsv4->layers[l];
@@ -234,15 +279,6 @@ static void attention(dsv4_ctx *dc, int l, const batch_desc *b) {
     int T = b->n_tokens, nh = c->n_heads, D = c->head_dim, r = v->rope_dim, m = v->rate[l];
     int nI = v->index_n_heads, dI = v->index_head_dim, K = v->index_topk;
     float eps = c->rms_norm_eps;
-    const float *freq = v->attn[l] == DSV4_SLIDING ? dc->freq_main : dc->freq_comp;
-    backend_matmul(be, dc->qlat, dc->h, &Y->wq_a, NULL, T);
-    backend_rmsnorm(be, dc->qlat, dc->qlat, Y->q_norm, T, v->q_lora_rank, eps);
-    backend_matmul(be, dc->q, dc->qlat, &Y->wq_b, NULL, T);
-    if (v->q_head_norm) backend_rmsnorm_plain(be, dc->q, dc->q, T * nh, D, eps); /* per head, no weight */
-    backend_rope_tail(be, dc->q, b->pos, T, nh, D, r, freq, 0);
-    backend_matmul(be, dc->kv, dc->h, &Y->wkv, NULL, T);
-    backend_rmsnorm(be, dc->kv, dc->kv, Y->kv_norm, T, D, eps);
-    backend_rope_tail(be, dc->kv, b->pos, T, 1, D, r, freq, 0);
     int csa = v->attn[l] == DSV4_CSA;
     if (m) { /* entries of windows closing in this step exist before the attention reads them */
         backend_matmul(be, dc->ck, dc->h, &Y->comp.wkv, NULL, T);
@@ -262,6 +298,33 @@ static void attention(dsv4_ctx *dc, int l, const batch_desc *b) {
     }
     backend_dsv4_attention(be, dc->att, dc->q, dc->kv, b, &dc->cache, m, csa ? dc->sel : NULL, K, Y->sinks, nh, D,
                            c->sliding_window);
+}
+
+/* The layer's attention on h = input_layernorm(x) into y. */
+static void attention(dsv4_ctx *dc, int l, const batch_desc *b) {
+    const model_config *c = &dc->bm->cfg;
+    const dsv4_config *v = &c->dsv4;
+    const dsv4_layer *Y = &dc->bm->dsv4->layers[l];
+    backend *be = dc->be;
+    int T = b->n_tokens, nh = c->n_heads, D = c->head_dim, r = v->rope_dim, m = v->rate[l];
+    float eps = c->rms_norm_eps;
+    const float *freq = v->attn[l] == DSV4_SLIDING ? dc->freq_main : dc->freq_comp;
+    backend_matmul(be, dc->qlat, dc->h, &Y->wq_a, NULL, T);
+    backend_rmsnorm(be, dc->qlat, dc->qlat, Y->q_norm, T, v->q_lora_rank, eps);
+    backend_matmul(be, dc->q, dc->qlat, &Y->wq_b, NULL, T);
+    if (v->q_head_norm) backend_rmsnorm_plain(be, dc->q, dc->q, T * nh, D, eps); /* per head, no weight */
+    backend_rope_tail(be, dc->q, b->pos, T, nh, D, r, freq, 0);
+    backend_matmul(be, dc->kv, dc->h, &Y->wkv, NULL, T);
+    backend_rmsnorm(be, dc->kv, dc->kv, Y->kv_norm, T, D, eps);
+    backend_rope_tail(be, dc->kv, b->pos, T, 1, D, r, freq, 0);
+    if (v->attn[l] == DSV4_LOW) {
+        low_sources(dc, l, b);
+        backend_dsv4_attention(be, dc->att, dc->q, dc->kv, b, &dc->cache, m, dc->sel_low[m - 1], v->index_topk,
+                               Y->sinks, nh, D,
+                               c->sliding_window);
+    } else {
+        attend_v4(dc, l, b, freq);
+    }
     backend_rope_tail(be, dc->att, b->pos, T, nh, D, r, freq, 1); /* values carried rotation(j): back to relative */
     grouped_out(dc, Y, T);
 }
@@ -316,9 +379,11 @@ int dsv4_forward(dsv4_ctx *dc, engram_step *eng, const batch_desc *b, kv_cache *
         const layer_weights *L = &bm->layers[l];
         for (int s = 0; s < b->n_seqs; s++) dc->st[s] = &seqs[s]->layers[l];
         int m = c->dsv4.rate[l];
+        int src = c->dsv4.attn[l] == DSV4_LOW ? c->dsv4.kv_src[l] : l; /* V4.1: entries at the kv source */
         dc->cache = (dsv4_kv){.base = kv_cache_k_layer(kv, l), .block_floats = dsv4_block_floats(c, l, b->block_size),
                               .m = m, .slots = m ? (b->block_size + m - 1) / m : 0, .D = c->head_dim,
-                              .dI = c->dsv4.index_head_dim};
+                              .dI = c->dsv4.index_head_dim, .ebase = kv_cache_k_layer(kv, src),
+                              .eblock_floats = dsv4_block_floats(c, src, b->block_size)};
         int rc = L->engram ? engram_layer(dc, eng, L->engram, b, it, n_items) : FORWARD_OK;
         if (rc != FORWARD_OK) return rc;
         hc_pre(dc, &Y->hc_attn_fn, Y->hc_attn_base, Y->hc_attn_scale, T);

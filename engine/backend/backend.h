@@ -60,18 +60,24 @@ typedef struct {
     float *base;         /* backend memory: the layer's store in the pool */
     size_t block_floats; /* dsv4_kv_block_floats */
     int m, slots, D, dI; /* rate (0: sliding), entries per block, kv and index key widths */
+    /* where the entries and index keys are: the layer's own store, or on a DeepSeek-V4.1
+     * ratio-1/2 layer its kv source's (same blocks, same layout) */
+    float *ebase;
+    size_t eblock_floats;
 } dsv4_kv;
 
-/* Floats of one block of a layer of rate m (0: sliding) in the layout above. */
-static inline size_t dsv4_kv_block_floats(int bs, int m, bool csa, int D, int dI) {
-    size_t slots = m ? (size_t)((bs + m - 1) / m) : 0;
-    return (size_t)bs * D + slots * D + (csa ? slots * dI : 0);
+/* Floats of one block of a layer of rate m (0: sliding) in the layout above; entries only when
+ * the layer keeps them (not a V4.1 layer that reads its kv source's), index keys when keys. */
+static inline size_t dsv4_kv_block_floats(int bs, int m, bool entries, bool keys, int D, int dI) {
+    size_t slots = m && entries ? (size_t)((bs + m - 1) / m) : 0;
+    return (size_t)bs * D + slots * D + (keys ? slots * dI : 0);
 }
 
 /* What one layer's state keeps of one sequence apart from the blocks, small
  * and independent of its length (backend memory, owned by forward_dsv4.c):
  * the compressors' open windows and the CSA overlap, i.e. the projections of
- * the last 2m positions, position p at row p % 2m. Derived from those
+ * the last 2m positions, position p at row p % 2m (a V4.1 ratio-2 kv source:
+ * its kv and score, SGLang's ring of pending pairs). Derived from those
  * positions alone, so a sequence recomputed from position 0 rewrites it. */
 typedef struct {
     float *c_kv, *c_gate;  /* (2m, cw) compressor projections (before ape), cw = 2D (CSA) or D (HCA) */
@@ -203,6 +209,26 @@ typedef struct backend_ops {
                            int D, int W);
     /* gate (n) = silu(min(gate, limit)) * clamp(up, -limit, limit) */
     void (*swiglu_limit)(backend *be, float *gate, const float *up, size_t n, float limit);
+    /* DeepSeek-V4.1's ratio-1/2 layers (optional: a model with such layers runs only where all three
+     * are set; DEEPSEEK_V4.md 5.8, SGLang's torch path deepseek_v4_backend.py _low_ratio_*). bf16() is
+     * rounding to bf16, fq_kv SGLang's fake_quant_compressed_kv (e2m1 with one e4m3 scale per 16), fq4
+     * its fake_quant_fp4 (e2m1 with one ue8m0 scale per 32).
+     * dsv41_compress: the compressor of a kv source of ratio m (1 or 2) over the step's projections
+     * kv and score (T, D) (score unused at ratio 1): each token at a position p that closes a group
+     * (p % m == m - 1) pools it (ratio 2: per channel, the softmax of the scores of p - 1 and p
+     * weighting their kv, p - 1 from st's ring when it is not in the step), lat (T, D) gets
+     * bf16(rmsnorm(bf16(pooled)) * norm) on that token's row (zero on the others), and entry p / m of
+     * the cache bf16-rounded fq_kv(bf16(rope_tail(lat, p - m + 1))). Then the last 2m projections go
+     * to st's ring. */
+    void (*dsv41_compress)(backend *be, float *lat, const float *kv, const float *score, const batch_desc *b,
+                           dsv4_state *const *st, const dsv4_kv *cache, int m, int D, const float *norm, float eps,
+                           int r, const float *inv_freq);
+    /* dsv41_index_keys: on the rows of k (T, dI) = lat wk^T whose token closes a group, the index key of
+     * entry p / m = fq4(bf16(rope_tail(bf16(rmsnorm(bf16(k)) * k_norm), p - m + 1))). */
+    void (*dsv41_index_keys)(backend *be, const float *k, const batch_desc *b, const dsv4_kv *cache, int m, int dI,
+                             const float *k_norm, float eps, int r, const float *inv_freq);
+    /* x (n, w) in place = fq4 of each row (w a multiple of 32): the index queries. */
+    void (*fake_quant_fp4)(backend *be, float *x, size_t n, int w);
 
     /* ---- Engram (ENGRAM.md section 6) ---- */
     /* out (T, H*D) = concatenation of table rows rows[t*H + h], as f32 */
@@ -564,6 +590,19 @@ static inline void backend_dsv4_attention(backend *be, float *out, const float *
 }
 static inline void backend_swiglu_limit(backend *be, float *gate, const float *up, size_t n, float limit) {
     be->ops->swiglu_limit(be, gate, up, n, limit);
+}
+static inline void backend_dsv41_compress(backend *be, float *lat, const float *kv, const float *score,
+                                          const batch_desc *b, dsv4_state *const *st, const dsv4_kv *cache, int m,
+                                          int D, const float *norm, float eps, int r, const float *inv_freq) {
+    be->ops->dsv41_compress(be, lat, kv, score, b, st, cache, m, D, norm, eps, r, inv_freq);
+}
+static inline void backend_dsv41_index_keys(backend *be, const float *k, const batch_desc *b, const dsv4_kv *cache,
+                                            int m, int dI, const float *k_norm, float eps, int r,
+                                            const float *inv_freq) {
+    be->ops->dsv41_index_keys(be, k, b, cache, m, dI, k_norm, eps, r, inv_freq);
+}
+static inline void backend_fake_quant_fp4(backend *be, float *x, size_t n, int w) {
+    be->ops->fake_quant_fp4(be, x, n, w);
 }
 
 #endif

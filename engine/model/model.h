@@ -60,8 +60,9 @@ typedef enum {
     MOE_HASH,         /* DeepSeek-V4 hash: experts tid2eid[token], weights s = sqrt(softplus(l)) renormalised */
 } moe_scoring;
 
-/* DeepSeek-V4 attention kind of a layer (DEEPSEEK_V4.md 1.2). */
-typedef enum { DSV4_SLIDING, DSV4_CSA, DSV4_HCA } dsv4_attn_kind;
+/* DeepSeek-V4 attention kind of a layer (DEEPSEEK_V4.md 1.2; DSV4_LOW: DeepSeek-V4.1's ratio 1 or 2,
+ * window plus the top-k of one entry per token or per pair, section 5.8). */
+typedef enum { DSV4_SLIDING, DSV4_CSA, DSV4_HCA, DSV4_LOW } dsv4_attn_kind;
 
 /* The DeepSeek-V4 keys of config.json (DEEPSEEK_V4.md section 1), resolved
  * per layer whichever config style the file uses. */
@@ -84,6 +85,12 @@ typedef struct {
      * one's pre (stream 0 at the first; the head with the last one's, and no hc_head tensors), and
      * queries without their per-head norm. V4: false, true. */
     bool hc_pre_from_prev, q_head_norm;
+    /* V4.1's ratio-1/2 layers (DSV4_LOW): kv_src, the layer whose compressed entries (and index keys) it
+     * reads, the nearest kv_source_layer_ids entry of its ratio at or before it (itself: it owns a
+     * compressor); idx_src, an index_source_layer_ids entry that computes the top-k the later layers of
+     * its ratio reuse. A layer owns index keys when it is both. -1 / false elsewhere. */
+    int kv_src[MODEL_MAX_LAYERS];
+    bool idx_src[MODEL_MAX_LAYERS];
 } dsv4_config;
 
 /* The mixture-of-experts keys of config.json (Qwen3-MoE). */
@@ -239,9 +246,11 @@ typedef struct {
     const float *hc_attn_base, *hc_attn_scale, *hc_ffn_base, *hc_ffn_scale; /* ((2+N)N), (3) */
     weight wq_a, wq_b, wkv, wo_a, wo_b;     /* (Q, d) (nh D, Q) (D, d) (G R, nh D / G) (d, G R) */
     const float *q_norm, *kv_norm, *sinks;  /* (Q) (D) (nh) */
-    dsv4_compressor comp;                   /* CSA/HCA */
+    dsv4_compressor comp;                   /* CSA/HCA; V4.1 kv sources: wkv, wgate (ratio 2), norm, no ape */
     dsv4_compressor icomp;                  /* CSA: the indexer's, at width 2 dI */
-    weight iwq_b, iweights;                 /* CSA: (nI dI, Q), (nI, d) */
+    weight iwq_b, iweights;                 /* CSA and V4.1 index sources: (nI dI, Q), (nI, d) */
+    weight iwk;                             /* V4.1 owner of index keys: (dI, D) on the pre-rope latent */
+    const float *ik_norm;                   /* (dI) its k_norm */
 } dsv4_layer;
 
 typedef struct {

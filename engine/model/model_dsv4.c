@@ -68,15 +68,64 @@ static int parse_layer_kinds(const cJSON *root, model_config *c, const char *lab
             if (r == 0) v->attn[i] = DSV4_SLIDING;
             else if (r == 4) v->attn[i] = DSV4_CSA, csa = 4;
             else if (r == 128) v->attn[i] = DSV4_HCA, hca = 128;
-            else if (r == 1 || r == 2)
-                FAIL("%s: compress_ratios[%d] is %g, DeepSeek-V4.1's ratio-%g compression (DEEPSEEK_V4.md 5.8), which "
-                     "is not implemented", label, i, r, r);
-            else FAIL("%s: compress_ratios[%d] must be 0, 4 or 128", label, i);
+            else if (r == 1 || r == 2) v->attn[i] = DSV4_LOW, v->rate[i] = (int)r; /* V4.1 (5.8) */
+            else FAIL("%s: compress_ratios[%d] must be 0, 1, 2, 4 or 128", label, i);
         }
     } else { /* transformers' default: HCA, HCA, then CSA when (i - 2) is odd */
         for (int i = 0; i < n; i++) v->attn[i] = i < 2 || (i - 2) % 2 == 0 ? DSV4_HCA : DSV4_CSA;
     }
-    for (int i = 0; i < n; i++) v->rate[i] = v->attn[i] == DSV4_CSA ? csa : v->attn[i] == DSV4_HCA ? hca : 0;
+    for (int i = 0; i < n; i++)
+        if (v->attn[i] != DSV4_LOW) v->rate[i] = v->attn[i] == DSV4_CSA ? csa : v->attn[i] == DSV4_HCA ? hca : 0;
+    return 0;
+}
+
+/* A list of layer ids (absent or null: empty) into a per-layer flag; ids past the layers are an error. */
+static int parse_layer_set(const cJSON *root, const char *key, int n, bool *in, const char *label, char *err,
+                           size_t errlen) {
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(root, key);
+    memset(in, 0, (size_t)n * sizeof(bool));
+    if (!a || cJSON_IsNull(a)) return 0;
+    if (!cJSON_IsArray(a)) FAIL("%s: key %s must be a list of layer ids", label, key);
+    for (const cJSON *e = a->child; e; e = e->next) {
+        if (!cJSON_IsNumber(e) || e->valuedouble != (int)e->valuedouble || e->valuedouble < 0 || e->valuedouble >= n)
+            FAIL("%s: key %s must hold layer ids in [0, %d)", label, key, n);
+        in[(int)e->valuedouble] = true;
+    }
+    return 0;
+}
+
+/* V4.1's sharing among ratio-1/2 layers, as SGLang resolves it (DEEPSEEK_V4.md 5.8;
+ * deepseek_v4_memory_pool.py source_layer_of; the backend's per-ratio top-k): a layer reads the
+ * compressed entries and index keys of the nearest kv source of its ratio at or before it, and
+ * the top-k of the last index source of its ratio at or before it. Ids of other layers are ignored,
+ * as SGLang ignores them. Layouts SGLang would run on unwritten storage are refused. */
+static int parse_low_sources(const cJSON *root, model_config *c, const char *label, char *err, size_t errlen) {
+    dsv4_config *v = &c->dsv4;
+    bool kv[MODEL_MAX_LAYERS], ix[MODEL_MAX_LAYERS];
+    int n = c->n_layers;
+    if (parse_layer_set(root, "kv_source_layer_ids", n, kv, label, err, errlen) ||
+        parse_layer_set(root, "index_source_layer_ids", n, ix, label, err, errlen))
+        return -1;
+    int last_kv[3] = {-1, -1, -1}, last_ix[3] = {-1, -1, -1};
+    for (int i = 0; i < n; i++) {
+        v->kv_src[i] = -1;
+        v->idx_src[i] = false;
+        if (v->attn[i] != DSV4_LOW) continue;
+        int r = v->rate[i];
+        if (kv[i]) last_kv[r] = i;
+        if (ix[i]) last_ix[r] = i;
+        if (last_kv[r] < 0)
+            FAIL("%s: layer %d has compress ratio %d but no kv_source_layer_ids entry of that ratio at or before it",
+                 label, i, r);
+        if (last_ix[r] < 0)
+            FAIL("%s: layer %d has compress ratio %d but no index_source_layer_ids entry of that ratio at or before it",
+                 label, i, r);
+        v->kv_src[i] = last_kv[r];
+        v->idx_src[i] = ix[i];
+        if (ix[i] && !ix[v->kv_src[i]])
+            FAIL("%s: index source layer %d reads the index keys of kv source layer %d, which is no index source "
+                 "and so never writes them", label, i, v->kv_src[i]);
+    }
     return 0;
 }
 
@@ -230,9 +279,13 @@ int model__parse_dsv4_config(const cJSON *root, model_config *c, const char *lab
     c->intermediate_size = c->moe.inter;
     c->moe.norm_topk_prob = true; /* both V4 routers always renormalise */
     for (int i = 0; i < c->n_layers; i++) c->moe.layer_moe[i] = true;
-    if (parse_layer_kinds(root, c, label, err, errlen) || parse_mlp_kinds(root, c, label, err, errlen) ||
-        parse_ropes(root, c, label, err, errlen))
+    if (parse_layer_kinds(root, c, label, err, errlen) || parse_low_sources(root, c, label, err, errlen) ||
+        parse_mlp_kinds(root, c, label, err, errlen) || parse_ropes(root, c, label, err, errlen))
         return -1;
+    for (int i = 0; i < c->n_layers; i++) /* SGLang's fake quantisations work in blocks of 16 and 32 */
+        if (v->attn[i] == DSV4_LOW && (D % 16 || v->index_head_dim % 32))
+            FAIL("%s: compress ratio %d needs head_dim a multiple of 16 (got %d) and index_head_dim a multiple of "
+                 "32 (got %d)", label, v->rate[i], D, v->index_head_dim);
     if (cJSON_GetObjectItemCaseSensitive(root, "engram"))
         FAIL("%s: the demo Engram module (key engram) on a DeepSeek-V4 backbone is not supported; "
              "DeepSeek-V4.1's Engram takes the engram_* keys", label);
@@ -424,6 +477,30 @@ static int load_hc(model *m, int i, const char *which, weight *fn, const float *
     return MODEL_OK;
 }
 
+/* A V4.1 ratio-1/2 layer's own tensors (dsv41_sparse.py): a kv source's compressor (wkv, wgate at
+ * ratio 2, norm; no ape), an index source's wq_b and weights_proj, and where it owns the index keys,
+ * wk and k_norm. Other ratio-1/2 layers hold none of them. */
+static int load_low(model *m, int i, char *err, size_t errlen) {
+    const dsv4_config *v = &m->cfg.dsv4;
+    dsv4_layer *Y = &m->dsv4->layers[i];
+    int d = m->cfg.hidden_size, D = m->cfg.head_dim, nI = v->index_n_heads, dI = v->index_head_dim, rc;
+    bool kv = v->kv_src[i] == i;
+    if (kv && ((rc = layer_mat(m, i, "attn.compressor.wkv.weight", NULL, D, d, &Y->comp.wkv, err, errlen)) ||
+               (v->rate[i] == 2 &&
+                (rc = layer_mat(m, i, "attn.compressor.wgate.weight", NULL, D, d, &Y->comp.wgate, err, errlen))) ||
+               (rc = layer_vec(m, i, "attn.compressor.norm.weight", NULL, D, &Y->comp.norm, err, errlen))))
+        return rc;
+    if (v->idx_src[i] &&
+        ((rc = layer_mat(m, i, "attn.indexer.wq_b.weight", NULL, nI * dI, v->q_lora_rank, &Y->iwq_b, err, errlen)) ||
+         (rc = layer_mat(m, i, "attn.indexer.weights_proj.weight", NULL, nI, d, &Y->iweights, err, errlen))))
+        return rc;
+    if (kv && v->idx_src[i] &&
+        ((rc = layer_mat(m, i, "attn.indexer.wk.weight", NULL, dI, D, &Y->iwk, err, errlen)) ||
+         (rc = layer_vec(m, i, "attn.indexer.k_norm.weight", NULL, dI, &Y->ik_norm, err, errlen))))
+        return rc;
+    return MODEL_OK;
+}
+
 static int load_layer(model *m, int i, char *err, size_t errlen) {
     const model_config *c = &m->cfg;
     const dsv4_config *v = &c->dsv4;
@@ -453,6 +530,7 @@ static int load_layer(model *m, int i, char *err, size_t errlen) {
          (rc = layer_mat(m, i, "attn.indexer.wq_b.weight", NULL, nI * dI, Q, &Y->iwq_b, err, errlen)) ||
          (rc = layer_mat(m, i, "attn.indexer.weights_proj.weight", NULL, nI, d, &Y->iweights, err, errlen))))
         return rc;
+    if (v->attn[i] == DSV4_LOW && (rc = load_low(m, i, err, errlen))) return rc;
     return load_moe(m, i, err, errlen);
 }
 
@@ -578,7 +656,22 @@ static void walk_layer(const walk *k, int i) {
     mat(k, DSV4_FP8, G * R, nh * D / G, SLOT(Y, wo_a), true, -1);
     mat(k, DSV4_FP8, d, G * R, SLOT(Y, wo_b), true, -1);
     vec(k, 1, nh, SLOT(Y, sinks), NAN);
-    if (v->attn[i] != DSV4_SLIDING) {
+    if (v->attn[i] == DSV4_LOW) { /* load_low's tensors */
+        bool kv = v->kv_src[i] == i;
+        if (kv) {
+            mat(k, DSV4_BF16, D, d, SLOT(Y, comp.wkv), true, -1);
+            if (v->rate[i] == 2) mat(k, DSV4_BF16, D, d, SLOT(Y, comp.wgate), true, -1);
+            vec(k, 1, D, SLOT(Y, comp.norm), 1.0f);
+        }
+        if (v->idx_src[i]) {
+            mat(k, DSV4_FP8, nI * dI, Q, SLOT(Y, iwq_b), true, -1);
+            mat(k, DSV4_BF16, nI, d, SLOT(Y, iweights), true, -1);
+        }
+        if (kv && v->idx_src[i]) {
+            mat(k, DSV4_BF16, dI, D, SLOT(Y, iwk), true, -1);
+            vec(k, 1, dI, SLOT(Y, ik_norm), 1.0f);
+        }
+    } else if (v->attn[i] != DSV4_SLIDING) {
         bool csa = v->attn[i] == DSV4_CSA;
         walk_compressor(k, SLOT(Y, comp), D, csa ? 2 * D : D, v->rate[i]);
         if (csa) {

@@ -1,7 +1,7 @@
 /* DeepSeek-V4.1's Engram on a DeepSeek-V4 backbone (DEEPSEEK_V4.md section 5, as SGLang 0.5.23
  * serves it): the engram_* keys of config.json (engram/engram_v41), the refusal of the V4.1
- * backbone keys this engine does not implement (5.8), and at load the compressed tokenizer rebuilt
- * from the checkpoint's tokenizer.json, the hash tables, and each Engram layer's release-named
+ * backbone keys this engine does not implement (5.8: the candidate top-k, vision), and at load
+ * the compressed tokenizer rebuilt from the checkpoint's tokenizer.json, the hash tables, and each Engram layer's release-named
  * tensors (5.9). Called by model_dsv4.c; reads tensors through model_read.c. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,8 +29,6 @@ static int refuse_v41_key(const char *key, const char *what, const char *label, 
 
 static int check_v41_backbone(const cJSON *root, const char *label, char *err, size_t errlen) {
     int v;
-    const char *lists[][2] = {{"kv_source_layer_ids", "compressed KV shared from kv_source layers"},
-                              {"index_source_layer_ids", "top-k shared from index_source layers"}};
     const char *ints[][2] = {{"candidate_source_layer_id", "two-level candidate top-k"},
                              {"candidate_topk_blocks", "two-level candidate top-k"},
                              {"candidate_block_size", "two-level candidate top-k"},
@@ -42,11 +40,6 @@ static int check_v41_backbone(const cJSON *root, const char *label, char *err, s
              "DEEPSEEK_V4.md 5.8)", label, mt->valuestring);
     if (cJSON_GetObjectItemCaseSensitive(root, "text_config") || cJSON_GetObjectItemCaseSensitive(root, "vision_config"))
         FAIL("%s: a nested text_config / vision_config (the DeepSeek-V4.1 release layout) is not supported", label);
-    for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
-        const cJSON *a = cJSON_GetObjectItemCaseSensitive(root, lists[i][0]);
-        if (a && !cJSON_IsNull(a) && !(cJSON_IsArray(a) && cJSON_GetArraySize(a) == 0))
-            return refuse_v41_key(lists[i][0], lists[i][1], label, err, errlen);
-    }
     for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
         if (model__get_int(root, ints[i][0], int_plain[i], -1, 1 << 30, &v, label, err, errlen)) return -1;
         if (v != int_plain[i]) return refuse_v41_key(ints[i][0], ints[i][1], label, err, errlen);

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "engine/model/model_internal.h"
+#include "base/numeric.h"
 #include "base/util.h"
 
 /* Shapes, copied from each release's config.json on the Hugging Face Hub:
@@ -277,13 +278,6 @@ static inline uint64_t stream_start(uint64_t seed, uint64_t salt, uint64_t idx) 
     return mix64(mix64(seed ^ salt) + idx * 0x9e3779b97f4a7c15ull);
 }
 
-static inline uint16_t f32_to_bf16(float f) { /* round to nearest even; f is finite */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
 /* dst[0..n) = bf16 uniform in [-a, a), a = sqrt(3) * SYN_STD, from splitmix64 at state s. */
 static void fill_bf16(uint16_t *dst, size_t n, uint64_t s) {
     const float scale = 1.7320508f * SYN_STD / 32768.0f;
@@ -522,17 +516,6 @@ static void fill_piece(const char *base, const region *r, size_t off, size_t len
     memcpy(p + i, &x, len - i);
 }
 
-/* x (finite, |x| <= 448) as the nearest e4m3fn code, ties to even. */
-static uint8_t f32_to_e4m3(float x) {
-    uint8_t sign = signbit(x) ? 0x80 : 0;
-    float a = fabsf(x);
-    if (a < 0x1p-6f) return sign | (uint8_t)nearbyintf(a * 512.0f); /* subnormal steps of 2^-9; 8 is 2^-6's code */
-    uint32_t u;
-    memcpy(&u, &a, 4);
-    u += 0x7ffffu + ((u >> 20) & 1u); /* round the mantissa to 3 bits */
-    return sign | (uint8_t)((((u >> 23) - 127 + 7) << 3) | ((u >> 20) & 7u));
-}
-
 /* Fills every region in 1 MiB pieces, all threads; each piece's stream comes
  * from its page, so the bits do not depend on the thread count. */
 static int fill_regions(const dsv4_synth *s) {
@@ -546,7 +529,7 @@ static int fill_regions(const dsv4_synth *s) {
         return MODEL_ERR_NOMEM;
     }
     const float k = 1.7320508f * SYN_STD / 32768.0f * 0x1p13f; /* fill_bf16's values over the FP8 scale */
-    for (int u = 0; u < 65536; u++) e4m3[u] = f32_to_e4m3((float)(int16_t)(uint16_t)u * k);
+    for (int u = 0; u < 65536; u++) e4m3[u] = f32_to_fp8_e4m3((float)(int16_t)(uint16_t)u * k);
     n = 0;
     for (int i = 0; i < s->n_regions; i++)
         for (size_t off = 0; off < s->regions[i].bytes; off += piece) pieces[n].r = i, pieces[n++].off = off;

@@ -44,10 +44,10 @@ START_TEST(dsv4_layer_block_layout) {
     ck_assert_int_eq(kv_cache_block_bytes(c), (10 + 24) * sizeof(float));
     kv_cache_destroy(c);
     /* a block: bs rows of D, ceil(bs / m) entries of D, and for CSA as many index keys of dI */
-    ck_assert_int_eq(dsv4_kv_block_floats(16, 4, true, 32, 16), 16 * 32 + 4 * 32 + 4 * 16);
-    ck_assert_int_eq(dsv4_kv_block_floats(16, 6, true, 32, 16), 16 * 32 + 3 * 32 + 3 * 16);
-    ck_assert_int_eq(dsv4_kv_block_floats(4, 8, false, 32, 16), 4 * 32 + 32);
-    ck_assert_int_eq(dsv4_kv_block_floats(16, 0, false, 32, 16), 16 * 32);
+    ck_assert_int_eq(dsv4_kv_block_floats(16, 4, true, true, 32, 16), 16 * 32 + 4 * 32 + 4 * 16);
+    ck_assert_int_eq(dsv4_kv_block_floats(16, 6, true, true, 32, 16), 16 * 32 + 3 * 32 + 3 * 16);
+    ck_assert_int_eq(dsv4_kv_block_floats(4, 8, true, false, 32, 16), 4 * 32 + 32);
+    ck_assert_int_eq(dsv4_kv_block_floats(16, 0, false, false, 32, 16), 16 * 32);
 }
 END_TEST
 

@@ -604,6 +604,9 @@ static const backend_ops cpu_ops = {
     .dsv4_compress = cpu__dsv4_compress,
     .dsv4_index = cpu__dsv4_index,
     .dsv4_attention = cpu__dsv4_attention,
+    .dsv41_compress = cpu__dsv41_compress,
+    .dsv41_index_keys = cpu__dsv41_index_keys,
+    .fake_quant_fp4 = cpu__fake_quant_fp4,
     .swiglu_limit = cpu__swiglu_limit,
     .engram_v41_gate = cpu__engram_v41_gate,
 };

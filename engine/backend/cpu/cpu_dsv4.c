@@ -1,11 +1,14 @@
 /* The CPU reference of the DeepSeek-V4 ops (backend.h, DEEPSEEK_V4.md section
  * 2): hyper-connections with Sinkhorn, the interleaved tail rope, the
  * compressors, the Lightning indexer and the window + compressed attention
- * with sinks. f32, each token's row computed alone (batch invariance). */
+ * with sinks; DeepSeek-V4.1's ratio-1/2 compressor and index keys with
+ * SGLang's bf16 roundings and FP4 fake quantisations (5.8). f32, each token's
+ * row computed alone (batch invariance). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/numeric.h"
 #include "engine/backend/cpu/cpu_internal.h"
 
 static float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -174,10 +177,12 @@ static float *kv_row(const dsv4_kv *L, const batch_desc *b, int s, int p) {
     return block_of(L, b, s, p) + (size_t)(p % b->block_size) * L->D;
 }
 
-/* Compressed entry w (D) of sequence s, or its index key (dI) when key: in the block of position w m. */
+/* Compressed entry w (D) of sequence s, or its index key (dI) when key: in the block of position w m
+ * of the store that keeps the entries (the layer's, or a V4.1 layer's kv source's). */
 static float *entry_at(const dsv4_kv *L, const batch_desc *b, int s, int w, int key) {
     int p = w * L->m, slot = p % b->block_size / L->m;
-    float *e = block_of(L, b, s, p) + (size_t)b->block_size * L->D;
+    int blk = b->block_tables[(size_t)s * b->max_blocks + p / b->block_size];
+    float *e = L->ebase + (size_t)blk * L->eblock_floats + (size_t)b->block_size * L->D;
     return key ? e + (size_t)L->slots * L->D + (size_t)slot * L->dI : e + (size_t)slot * L->D;
 }
 
@@ -343,6 +348,131 @@ void cpu__dsv4_attention(backend *be, float *out, const float *q, const float *k
     dsv4_job j = {.out = out, .q = q, .sinks = sinks, .csel = sel, .b = b, .cache = cache, .m = m, .K = K, .nh = nh,
                   .D = D, .W = W, .most = most};
     cpu__parallel_for(be, b->n_tokens, 1, attention_token, &j);
+}
+
+/* ---- DeepSeek-V4.1's ratio-1/2 layers: SGLang's torch path, fake quantisations included ---- */
+
+/* fp4_fake_quant.py round_fp4: |v| <= 6 onto the e2m1 grid (steps 0.5 / 1 / 2 below 2 / 4 / 6),
+ * nearest with ties to even (torch.round), the sign of v kept (0 stays 0). */
+static float round_fp4(float v) {
+    float a = fabsf(v), step = a < 2.0f ? 0.5f : a < 4.0f ? 1.0f : 2.0f;
+    float q = nearbyintf(a / step) * step;
+    return v > 0 ? q : v < 0 ? -q : 0.0f;
+}
+
+/* fake_quant_fp4 of one block of 32: scale = 2^ceil(log2(max(amax, 6 * 2^-126) / 6)) taken from the f32
+ * bits (ceil_pow2), then each value round_fp4(clamp(x / scale, -6, 6)) * scale. */
+static void fq4_block(float *x) {
+    float amax = 0.0f;
+    for (int i = 0; i < 32; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+    amax = amax > 6.0f * 0x1p-126f ? amax : 6.0f * 0x1p-126f;
+    float t = amax * (float)(1.0 / 6.0);
+    uint32_t u;
+    memcpy(&u, &t, 4);
+    int e = (int)((u >> 23) & 0xff) - 127 + ((u & 0x7fffff) != 0);
+    u = (uint32_t)(e + 127) << 23;
+    float scale;
+    memcpy(&scale, &u, 4);
+    for (int i = 0; i < 32; i++) {
+        float v = x[i] / scale;
+        x[i] = round_fp4(v < -6.0f ? -6.0f : v > 6.0f ? 6.0f : v) * scale;
+    }
+}
+
+/* fake_quant_compressed_kv of one block of 16: scale = e4m3(clamp(amax / 6, 2^-9, 448)), then each value
+ * round_fp4(clamp(x / scale, -6, 6)) * scale. */
+static void fq_kv_block(float *x) {
+    float amax = 0.0f;
+    for (int i = 0; i < 16; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+    float t = amax * (float)(1.0 / 6.0);
+    t = t < 0x1p-9f ? 0x1p-9f : t > 448.0f ? 448.0f : t;
+    float scale = fp8_e4m3_to_f32(f32_to_fp8_e4m3(t));
+    for (int i = 0; i < 16; i++) {
+        float v = x[i] / scale;
+        x[i] = round_fp4(v < -6.0f ? -6.0f : v > 6.0f ? 6.0f : v) * scale;
+    }
+}
+
+static void round_bf16_row(float *x, int n) {
+    for (int i = 0; i < n; i++) x[i] = f32_round_bf16(x[i]);
+}
+
+/* SGLang's RMSNorm of dsv41_sparse.py on a bf16 row: x * rsqrt(mean(x^2) + eps), times the weight,
+ * rounded back to bf16. */
+static void rmsnorm_bf16_row(float *x, const float *w, int n, float eps) {
+    double ss = 0.0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float sc = 1.0f / sqrtf((float)(ss / n) + eps);
+    for (int i = 0; i < n; i++) x[i] = f32_round_bf16(w[i] * (x[i] * sc));
+}
+
+void cpu__dsv41_compress(backend *be, float *lat, const float *kv, const float *score, const batch_desc *b,
+                         dsv4_state *const *st, const dsv4_kv *cache, int m, int D, const float *norm, float eps,
+                         int r, const float *inv_freq) {
+    (void)be;
+    int cap = 2 * m;
+    for (int s = 0; s < b->n_seqs; s++) {
+        float *rk = st[s]->c_kv, *rg = st[s]->c_gate;
+        int start = b->h_seq_start[s], pos0 = b->h_seq_pos0[s], n = b->h_seq_start[s + 1] - start;
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < n; i++) {
+            int p = pos0 + i;
+            float *l = lat + (size_t)(start + i) * D;
+            if (p % m != m - 1) {
+                memset(l, 0, (size_t)D * sizeof(float));
+                continue;
+            }
+            const float *v1 = kv + (size_t)(start + i) * D;
+            if (m == 1) {
+                memcpy(l, v1, (size_t)D * sizeof(float));
+            } else { /* pool_pairs: the partner p - 1 first */
+                const float *v0 = row_at(kv, rk, cap, D, start, pos0, p - 1);
+                const float *g0 = row_at(score, rg, cap, D, start, pos0, p - 1), *g1 = score + (size_t)(start + i) * D;
+                for (int c = 0; c < D; c++) {
+                    float mx = g0[c] > g1[c] ? g0[c] : g1[c], e0 = expf(g0[c] - mx), e1 = expf(g1[c] - mx);
+                    float sum = e0 + e1;
+                    l[c] = v0[c] * (e0 / sum) + v1[c] * (e1 / sum);
+                }
+            }
+            round_bf16_row(l, D); /* DeepseekV41Compressor.finish */
+            rmsnorm_bf16_row(l, norm, D, eps);
+            float *e = entry_at(cache, b, s, p / m, 0);
+            memcpy(e, l, (size_t)D * sizeof(float));
+            rope_row(e, 1, D, r, p - m + 1, inv_freq, 0); /* group_pos: the pair's first position */
+            round_bf16_row(e, D);
+            for (int c = 0; c < D; c += 16) fq_kv_block(e + c);
+        }
+        int P = pos0 + n;
+        if (m > 1)
+            for (int p = P - cap > pos0 ? P - cap : pos0; p < P; p++) {
+                memcpy(rk + (size_t)(p % cap) * D, kv + (size_t)(start + p - pos0) * D, (size_t)D * sizeof(float));
+                memcpy(rg + (size_t)(p % cap) * D, score + (size_t)(start + p - pos0) * D, (size_t)D * sizeof(float));
+            }
+    }
+}
+
+void cpu__dsv41_index_keys(backend *be, const float *k, const batch_desc *b, const dsv4_kv *cache, int m, int dI,
+                           const float *k_norm, float eps, int r, const float *inv_freq) {
+    (void)be;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < b->n_tokens; t++) {
+        int p = b->pos[t];
+        if (p % m != m - 1) continue;
+        float *key = entry_at(cache, b, b->tok_seq[t], p / m, 1);
+        memcpy(key, k + (size_t)t * dI, (size_t)dI * sizeof(float));
+        round_bf16_row(key, dI); /* wk is a bf16 linear */
+        rmsnorm_bf16_row(key, k_norm, dI, eps);
+        rope_row(key, 1, dI, r, p - m + 1, inv_freq, 0);
+        round_bf16_row(key, dI);
+        for (int c = 0; c < dI; c += 32) fq4_block(key + c);
+    }
+}
+
+void cpu__fake_quant_fp4(backend *be, float *x, size_t n, int w) {
+    (void)be;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++)
+        for (int c = 0; c < w; c += 32) fq4_block(x + i * (size_t)w + c);
 }
 
 void cpu__swiglu_limit(backend *be, float *gate, const float *up, size_t n, float limit) {
