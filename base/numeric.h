@@ -92,9 +92,6 @@ static inline uint16_t f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
-/* f32 rounded to bf16 and back. */
-static inline float f32_round_bf16(float f) { return bf16_to_f32(f32_to_bf16(f)); }
-
 /* f32 (finite, |x| <= 448) to the nearest e4m3fn code, ties to even: torch's
  * .to(torch.float8_e4m3fn) within range. */
 static inline uint8_t f32_to_fp8_e4m3(float x) {

@@ -73,7 +73,37 @@ hc_head tensors in the checkpoint (SGLang makes none when the collapse lags):
   Those replace transformers' DeepseekV4DecoderLayer.forward, hc_head and q_b_norm on the loaded
   reference model; attention, compressors, indexer and MoE stay transformers' own.
 
-Usage: python tools/make_deepseek_v41_fixture.py OUT_DIR [NAME...]  (default: both fixtures; torch on
+deepseek_v41_ratios and deepseek_v41_shared: the backbone fixture's composition (lagged HCs, no query
+head norm, the Engram) with V4.1's compress ratios 1 and 2 (DEEPSEEK_V4.md 5.8). config.json states the
+schedule as SGLang reads it: compress_ratios (1, 2, and 4 for a V4 CSA layer at rate 4),
+kv_source_layer_ids, index_source_layer_ids; ratios: [2, 1, 4, 1], every ratio-1/2 layer its own kv and
+index source; shared: [2, 1, 2, 1, 1], kv sources [0, 1, 2], index sources [0, 1, 3] (entries read from
+the nearest kv source of the ratio, top-k reused from the last index source, an index source scoring
+another layer's keys). index_head_dim 32 (SGLang's fp4 blocks).
+  SGLang's own code run (exec'd unchanged): dsv41_sparse.py DeepseekV41Compressor (project, pool_pairs,
+    its RMSNorm), DeepseekV41Indexer (queries, index_keys, head_weights, scores), rope_tail, _rope_fq4
+    (its CPU path), and the whole of kernels/ops/quantization/fp4_fake_quant.py (fake_quant_fp4: e2m1
+    with a ue8m0 scale per 32; fake_quant_compressed_kv: e2m1 with an e4m3 scale per 16). Stand-ins
+    only for GPU imports (see load_sglang_low).
+  Transcribed (the attention backend's torch path, deepseek_v4_backend.py 3409-3990, and the v41_indexer
+    torch top-k, scoring.py): the kv source's compression (_low_ratio_compress_torch: a ratio-2 group
+    closes at an odd position p and pools p - 1 with p, the partner from the state ring or the batch),
+    _low_ratio_write_group (latent = finish(pooled); index keys from the pre-rope latent at group_pos
+    p - m + 1; the entry _rope_fq4(latent, compressed_kv=True)), the full top-k (scores of the visible
+    keys of the kv source, -inf at j >= (p+1)//m, topk of min(index_topk, lc), picks past a query's
+    length dropped), the per-ratio reuse of the last index source's top-k, and source_layer_of.
+  One deliberate difference, as everywhere in this composition: activations are f32, so finish()'s
+    cast to SGLang's activation dtype (bf16) and the bf16 wk are f32 here (the fake quantisations stay).
+  The ratio-1/2 layers are HCA layers to transformers (the compress rope); LowRatio stands in for their
+  compressor and returns the kv source's entries and the top-k's block bias, as transformers' CSA
+  compressor does. Checkpoint: release names under model.: layers.N.attn.compressor.{wkv,wgate}.weight
+  BF16 (ratio 2 has wgate) and .norm.weight on kv sources; layers.N.attn.indexer.{wq_b,weights_proj,wk}
+  .weight BF16 and .k_norm.weight on index sources (wk, k_norm only where it is also a kv source).
+  A seed is rejected when any fake quantisation's result moves under a 1e-6 relative perturbation of its
+  input (QUANT_EPS: far above the C engine's f32 differences, so it cannot round another way) or an
+  indexer top-k gap is under 1e-5; golden.json v41_low_ratio records the checks.
+
+Usage: python tools/make_deepseek_v41_fixture.py OUT_DIR [NAME...]  (default: every fixture; torch on
 the CPU is enough)
 """
 import __future__
@@ -92,8 +122,26 @@ import make_deepseek_v4_fixtures as V4  # noqa: E402  (backbone config, randomis
 
 NAME = "deepseek_v41"
 BACKBONE = "deepseek_v41_backbone"
-# per fixture: the first seed and the V4.1 backbone keys it turns on (DEEPSEEK_V4.md 5.8)
-FIXTURES = {NAME: (4100, {}), BACKBONE: (4300, dict(hc_pre_from_prev_sublayer=True, q_head_norm=False))}
+RATIOS = "deepseek_v41_ratios"
+SHARED = "deepseek_v41_shared"
+LAG = dict(hc_pre_from_prev_sublayer=True, q_head_norm=False)
+# per fixture: the first seed, the V4.1 backbone keys it turns on (DEEPSEEK_V4.md 5.8) and its
+# compression schedule with V4.1's ratios 1 and 2 (compress_ratios, kv and index sources), if any
+FIXTURES = {
+    NAME: (4100, {}, None),
+    BACKBONE: (4300, LAG, None),
+    # every ratio-1/2 layer its own kv and index source; a V4 CSA layer (ratio 4) between them. Layer 0
+    # pools pairs: its input is the embedding alone, so a repeated token would give ratio 1 equal keys
+    RATIOS: (4500, LAG, dict(compress_ratios=[2, 1, 4, 1], kv_source_layer_ids=[0, 1, 3],
+                             index_source_layer_ids=[0, 1, 3])),
+    # layer 2 (ratio 2) owns entries but reuses layer 0's top-k; layer 3 (ratio 1) reads layer 1's
+    # entries and scores layer 1's keys with its own queries; layer 4 (ratio 1) reads layer 1's entries
+    # and reuses layer 3's top-k
+    SHARED: (4700, LAG, dict(compress_ratios=[2, 1, 2, 1, 1], kv_source_layer_ids=[0, 1, 2],
+                             index_source_layer_ids=[0, 1, 3])),
+}
+LOW_INDEX = dict(index_head_dim=32)  # SGLang's fp4 blocks are 32 wide
+QUANT_EPS = 1e-6  # relative perturbation a fake quantisation's input must survive unchanged
 ENGRAM = dict(engram_layer_ids=[1, 2], engram_max_ngram_size=3, engram_n_heads=2, engram_head_dim=64,
               engram_vocab_size=1000, engram_pad_token_id=2)
 CLAMP = 1e-6
@@ -361,6 +409,255 @@ class LaggedHC:
 
 
 # ----------------------------------------------------------------------------------------------
+# V4.1's ratio-1/2 layers (DEEPSEEK_V4.md 5.8): SGLang's dsv41_sparse.py and fp4_fake_quant.py run
+
+
+def load_sglang_low():
+    """SGLang's own DeepseekV41Compressor, DeepseekV41Indexer, RMSNorm, rope_tail, _rope_fq4 (from
+    srt/layers/attention/dsv4/dsv41_sparse.py) and the whole of kernels/ops/quantization/
+    fp4_fake_quant.py (pure torch), exec'd unchanged. Stand-ins for what they import from the GPU
+    side: linear_bf16_fp32 (x W^T in f32), ReplicatedLinear (a linear returning (y, None), in f32),
+    rocm_gemv_split_k_max_tokens (-1: no ROCm GEMV), is_gfx95_supported (false); on the CPU every
+    fused-kernel branch is off by SGLang's own tests (_fused_dsv41_kernels, torch.cuda)."""
+    root = os.environ.get("SGLANG_DIR", "/tmp/sgl/x/sglang")
+    fq = {}
+    path = os.path.join(root, "kernels", "ops", "quantization", "fp4_fake_quant.py")
+    exec(compile(open(path).read(), path, "exec"), fq)
+
+    class ReplicatedLinear(torch.nn.Linear):
+        def __init__(self, in_f, out_f, bias=False, quant_config=None, params_dtype=None, prefix=""):
+            super().__init__(in_f, out_f, bias=bias, dtype=params_dtype)
+
+        def forward(self, x):
+            return F.linear(x, self.weight.to(x.dtype)), None
+
+    path = os.path.join(root, "srt", "layers", "attention", "dsv4", "dsv41_sparse.py")
+    want = {"_fused_dsv41_kernels", "_rope_fq4", "RMSNorm", "rope_tail", "fused_low_ratio_compress_supported",
+            "DeepseekV41Compressor", "_small_weights_proj_max_m", "DeepseekV41Indexer"}
+    body = [n for n in ast.parse(open(path).read()).body
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in want]
+    assert len(body) == len(want)
+    ns = dict(torch=torch, nn=torch.nn, Optional=Optional, Tuple=tuple, __name__="sglang_dsv41_sparse",
+              linear_bf16_fp32=lambda x, w: F.linear(x.float(), w.float()), rmsnorm_fp32=None,
+              fake_quant_compressed_kv=fq["fake_quant_compressed_kv"], fake_quant_fp4=fq["fake_quant_fp4"],
+              ReplicatedLinear=ReplicatedLinear, QuantizationConfig=object, rocm_gemv_split_k_max_tokens=lambda **k: -1,
+              add_prefix=lambda name, prefix: f"{prefix}.{name}" if prefix else name, is_gfx95_supported=lambda: False)
+    exec(compile(ast.Module(body=body, type_ignores=[]), path, "exec",
+                 flags=__future__.annotations.compiler_flag, dont_inherit=True), ns)
+    return types.SimpleNamespace(**ns)
+
+
+SLOW = None  # load_sglang_low(), for the ratio fixtures only
+
+
+class LowState:
+    """What SGLang's pool keeps of the one sequence this tool follows, per kv source layer: every
+    position's projections (the ring of pending pairs is its last two), the compressed entries
+    (rotated, fake-quantised) and the index keys; per ratio, the top-k of the last index source in
+    the current forward. A call at position pos0 first drops what is at or after pos0."""
+
+    def __init__(self, cfg, low):
+        self.cfg, self.ratios = cfg, low["compress_ratios"]
+        self.kv_src, self.idx_src = {}, set()
+        last_kv, last_ix = {}, {}
+        for l, r in enumerate(self.ratios):
+            if r not in (1, 2):
+                continue
+            if l in low["kv_source_layer_ids"]:
+                last_kv[r] = l
+            if l in low["index_source_layer_ids"]:
+                last_ix[r] = l
+                self.idx_src.add(l)
+            self.kv_src[l] = last_kv[r]  # source_layer_of
+            assert r in last_ix
+        self.proj, self.entries, self.keys, self.sel = {}, {}, {}, {}
+        self.fragile = set()      # (layer, kind, position) whose fake quantisation moved under QUANT_EPS
+        self.quantised = 0        # values fake-quantised, checked
+        self.index_gaps = []      # k-th minus (k+1)-th score of each selecting query
+        self.index_rows = 0
+        self.entry_counts = {}
+
+
+class LowRatio(torch.nn.Module):
+    """Stands in for transformers' compressor of a ratio-1/2 layer (declared HCA there, so the layer
+    takes the compress rope and concatenates what this returns): SGLang's sources
+    (deepseek_v4_backend.py forward_low_ratio_sources, its torch path _low_ratio_compress_torch,
+    _low_ratio_pair_partners, _low_ratio_write_group and the torch full top-k, scoring.py
+    prefill_requests / _score_chunks / write_prefill) transcribed around SGLang's own modules; returns
+    the kv source's entries and the block bias of the top-k, as transformers' CSA compressor does."""
+
+    def __init__(self, state, layer_id, ratio, comp, indexer, rotary):
+        super().__init__()
+        self.s, self.l, self.m = state, layer_id, ratio
+        self.comp, self.indexer, self.rotary = comp, indexer, rotary
+
+    def freqs(self, pos):
+        cos, sin = self.rotary(torch.zeros(1), position_ids=pos.unsqueeze(0), layer_type="compress")
+        return torch.complex(cos[0].float(), sin[0].float())  # [n, r/2]: the composition's rope table
+
+    def fragile(self, fn, x, pos, kind):
+        """Records the positions (rows) whose fn(x) (exact bits) moves when x's elements move by up to
+        QUANT_EPS relative: values that close to a rounding boundary of a fake quantisation could
+        round the other way in any other correct f32 implementation."""
+        ref = fn(x)
+        self.s.quantised += sum(t.numel() for t in ref)
+        g = torch.Generator().manual_seed(self.l)
+        moved = torch.zeros(x.shape[0], dtype=torch.bool)
+        for _ in range(8):
+            y = fn(x * (1 + QUANT_EPS * (2 * torch.rand(x.shape, generator=g) - 1)))
+            for a, b in zip(ref, y):
+                moved |= (a != b).flatten(1).any(1)
+        self.s.fragile |= {(self.l, kind, int(p)) for p in pos[moved]}
+
+    def compress(self, x, pos):
+        s, l, m, comp = self.s, self.l, self.m, self.comp
+        r = s.cfg.qk_rope_head_dim
+        pos0 = int(pos[0])
+        kv, score = comp.project(x)
+        old = s.proj.get(l, (kv[:0], None if score is None else score[:0]))
+        s.proj[l] = (torch.cat([old[0][:pos0], kv]), None if score is None else torch.cat([old[1][:pos0], score]))
+        closing = (pos % m == m - 1).nonzero().squeeze(1)
+        ent = s.entries.get(l, kv.new_zeros(0, kv.shape[1]))[:pos0 // m]
+        keys = s.keys.get(l)
+        keys = None if keys is None else keys[:pos0 // m]
+        if len(closing):
+            p = pos[closing]
+            if m == 1:
+                pooled = kv[closing]
+            else:  # the partner p - 1: in the batch or carried in the ring, the same values
+                allkv, allsc = s.proj[l]
+                pooled = comp.pool_pairs(torch.stack([allkv[p - 1], allkv[p]], dim=1),
+                                         torch.stack([allsc[p - 1], allsc[p]], dim=1))
+            freqs = self.freqs(p - (m - 1))  # group_pos
+            owns = self.indexer is not None and self.indexer.owns_k
+
+            def write_group(pooled):
+                latent = comp.norm(pooled)  # finish, in the composition's f32 activations
+                out = [SLOW._rope_fq4(latent, freqs, r, compressed_kv=True)]
+                if owns:
+                    out.append(self.indexer.index_keys(latent, freqs))
+                return out
+            self.fragile(write_group, pooled, p, "entry")
+            out = write_group(pooled)
+            ent = torch.cat([ent, out[0]])
+            if owns:
+                keys = out[1] if keys is None else torch.cat([keys, out[1]])
+        s.entries[l], s.keys[l] = ent, keys
+
+    def topk(self, x, q_lora, pos):
+        s, m, ix = self.s, self.m, self.indexer
+        K = ix.index_topk
+        keys = s.keys[s.kv_src[self.l]]
+        lens = (pos + 1) // m
+        lc = int(lens.max())
+        sel = torch.full((len(pos), K), -1, dtype=torch.int64)
+        if lc == 0:
+            s.sel[m] = sel
+            return
+        freqs = self.freqs(pos)
+        self.fragile(lambda ql: [ix.queries(ql, freqs)], q_lora, pos, "query")
+        q = ix.queries(q_lora, freqs)
+        w = ix.head_weights(x)
+        j = torch.arange(lc)
+        sc = ix.scores(q, keys[:lc].float(), w)[:, :lc]
+        sc = sc.masked_fill(j[None, :] >= lens[:, None], -torch.inf)
+        k = min(K, lc)
+        idx = sc.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
+        sel[:, :k] = torch.where(idx < lens[:, None], idx, -1)
+        for t in range(len(pos)):
+            s.index_rows += 1
+            if int(lens[t]) > K:
+                v = torch.sort(sc[t, :int(lens[t])].double(), descending=True).values
+                s.index_gaps.append(float(v[K - 1] - v[K]))
+        s.sel[m] = sel
+
+    def forward(self, hidden_states, q_residual, position_ids, cache, layer_idx):
+        s, l = self.s, self.l
+        x, ql, pos = hidden_states[0].float(), q_residual[0].float(), position_ids[0]
+        with torch.no_grad():
+            if s.kv_src[l] == l:
+                self.compress(x, pos)
+            if l in s.idx_src:
+                self.topk(x, ql, pos)
+            ent = s.entries[s.kv_src[l]].float()
+            sel = s.sel[self.m]
+        n = ent.shape[0]
+        s.entry_counts[str(l)] = n
+        valid = sel >= 0
+        bias = torch.full((1, 1, len(pos), n + 1), float("-inf"))
+        bias[0, 0].scatter_(-1, torch.where(valid, sel, n), 0.0)
+        return ent.view(1, 1, n, ent.shape[-1]).to(hidden_states.dtype), bias[..., :n].to(hidden_states.dtype)
+
+
+def low_modules(cfg, low, tensors):
+    """SGLang's modules of each ratio-1/2 layer with the checkpoint's tensors, in f32."""
+    global SLOW
+    SLOW = SLOW or load_sglang_low()
+    sc = types.SimpleNamespace(index_n_heads=cfg.index_n_heads, index_head_dim=cfg.index_head_dim,
+                               qk_rope_head_dim=cfg.qk_rope_head_dim, index_topk=cfg.index_topk,
+                               kv_source_layer_ids=low["kv_source_layer_ids"], candidate_source_layer_id=-1,
+                               candidate_topk_blocks=0, candidate_block_size=0, q_lora_rank=cfg.q_lora_rank,
+                               hidden_size=cfg.hidden_size, rms_norm_eps=cfg.rms_norm_eps)
+    mods = {}
+    for l, r in enumerate(low["compress_ratios"]):
+        if r not in (1, 2):
+            continue
+        p = f"model.layers.{l}.attn."
+        comp = ix = None
+        if l in low["kv_source_layer_ids"]:
+            comp = SLOW.DeepseekV41Compressor(cfg.hidden_size, cfg.head_dim, r, cfg.rms_norm_eps, fused_compress=False)
+            sd = {"wkv.weight": tensors[p + "compressor.wkv.weight"], "norm.weight": tensors[p + "compressor.norm.weight"]}
+            if r == 2:
+                sd["wgate.weight"] = tensors[p + "compressor.wgate.weight"]
+            comp.load_state_dict(sd)
+            comp.float()
+        if l in low["index_source_layer_ids"]:
+            ix = SLOW.DeepseekV41Indexer(sc, l, cfg.head_dim, None, f"layers.{l}.attn.indexer")
+            sd = {k: tensors[p + "indexer." + k] for k in ix.state_dict()}
+            ix.load_state_dict(sd)
+            ix.float()
+            ix.forward_wk = lambda latent, ix=ix: ix.wk(latent)  # its fallback: the JIT GEMM needs CUDA
+        mods[l] = (r, comp, ix)
+    return mods
+
+
+def low_tensors(model, low, tensors, gen):
+    """The checkpoint of the ratio-1/2 layers, SGLang's names and dtypes (bf16 projections): a kv
+    source keeps transformers' HCA compressor as wkv, wgate (ratio 2) and norm, without ape; an index
+    source gets wq_b, weights_proj and, owning the keys, wk and k_norm. Other layers hold none."""
+    cfg = model.config
+    nI, dI, D, Q, H = cfg.index_n_heads, cfg.index_head_dim, cfg.head_dim, cfg.q_lora_rank, cfg.hidden_size
+    for l, r in enumerate(low["compress_ratios"]):
+        if r not in (1, 2):
+            continue
+        p = f"model.layers.{l}.attn."
+        kv = l in low["kv_source_layer_ids"]
+        for k in [k for k in tensors if k.startswith(p + "compressor.")]:
+            leaf = k[len(p + "compressor."):]
+            if not kv or leaf == "ape" or (leaf == "wgate.weight" and r == 1):
+                del tensors[k]
+            elif leaf != "norm.weight":
+                tensors[k] = tensors[k].to(torch.bfloat16)
+        if l in low["index_source_layer_ids"]:
+            tensors[p + "indexer.wq_b.weight"] = (1.5 / math.sqrt(Q) * torch.randn(nI * dI, Q, generator=gen)).to(
+                torch.bfloat16)
+            tensors[p + "indexer.weights_proj.weight"] = (
+                1.5 / math.sqrt(H) * torch.randn(nI, H, generator=gen)).to(torch.bfloat16)
+            if kv:
+                tensors[p + "indexer.wk.weight"] = (1.5 / math.sqrt(D) * torch.randn(dI, D, generator=gen)).to(
+                    torch.bfloat16)
+                tensors[p + "indexer.k_norm.weight"] = 1.0 + 0.25 * torch.randn(dI, generator=gen)
+
+
+def install_low(model, low, tensors):
+    state = LowState(model.config, low)
+    for l, (r, comp, ix) in low_modules(model.config, low, tensors).items():
+        attn = model.model.layers[l].self_attn
+        attn.compressor = LowRatio(state, l, r, comp, ix, attn.compressor.rotary_emb)
+    return state
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def sglang_checks(ref, tok_fast, vc):
@@ -376,9 +673,18 @@ def sglang_checks(ref, tok_fast, vc):
         first_primes=flat[:4], ids_merged_by_compression=len(tok_fast) - vc)
 
 
+def low_config(low):
+    """transformers' view of a ratio schedule: ratio-1/2 layers as HCA (compress rope; LowRatio stands
+    in for their compressor), ratio 4 as CSA with rate 4; hash routing on the even layers."""
+    n = len(low["compress_ratios"])
+    kinds = {0: V4.SWA, 1: V4.HCA, 2: V4.HCA, 4: V4.CSA}
+    return dict(num_hidden_layers=n, layer_types=[kinds[r] for r in low["compress_ratios"]],
+                mlp_layer_types=["hash_moe" if i % 2 == 0 else "moe" for i in range(n)], **LOW_INDEX)
+
+
 def build(seed, out, tok, name):
-    v41 = FIXTURES[name][1]
-    cfg = V4.base_config(1e-2, 2.5, 1.75)
+    v41, low = FIXTURES[name][1], FIXTURES[name][2]
+    cfg = V4.base_config(1e-2, 2.5, 1.75, **(low_config(low) if low else {}))
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = DeepseekV4ForCausalLM(cfg).float().eval()
@@ -394,6 +700,10 @@ def build(seed, out, tok, name):
     with open(os.path.join(d, "config.json")) as f:
         cfg_json = json.load(f)
     cfg_json.update(ENGRAM, engram_compressed_vocab_size=vc, **v41)
+    if low:  # SGLang's literal ratios (4: CSA at rate 4) and sources replace transformers' schedule
+        for k in ("layer_types", "compress_rates"):
+            cfg_json.pop(k, None)
+        cfg_json.update(low)
     layout = SGL.EngramLayout.from_config(types.SimpleNamespace(**cfg_json, engram_num_embeddings=[0, 0]))
     cfg_json["engram_num_embeddings"] = [sum(p for per in layer for p in per) for layer in layout.primes]
     with open(os.path.join(d, "config.json"), "w") as f:
@@ -410,6 +720,8 @@ def build(seed, out, tok, name):
         tensors[p + "wkv.weight"], tensors[p + "wkv.scale"], _ = V4.quantize_fp8_block(wkv)
         tensors[p + "q_weight"] = 1.0 + 0.25 * torch.randn(N, H, generator=gen)
         tensors[p + "k_weight"] = 1.0 + 0.25 * torch.randn(N, H, generator=gen)
+    if low:
+        low_tensors(model, low, tensors, gen)
     if v41.get("hc_pre_from_prev_sublayer"):  # SGLang makes no hc_head then: the checkpoint has none
         for k in [k for k in tensors if k.startswith("model.hc_head.")]:
             del tensors[k]
@@ -418,15 +730,21 @@ def build(seed, out, tok, name):
     if os.path.exists(gc):
         os.remove(gc)
 
-    ref_model = DeepseekV4ForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
+    ref_model = DeepseekV4ForCausalLM.from_pretrained(d, config=cfg, dtype=torch.float32,
+                                                      attn_implementation="eager").eval()
     src_sd = model.state_dict()
+    lows = [l for l, r in enumerate(low["compress_ratios"]) if r in (1, 2)] if low else []
     for k, v in ref_model.state_dict().items():
-        assert k.startswith("model.hc_head.") and v41 or torch.equal(v, src_sd[k]), f"{k} changed through save/load"
+        if k.startswith("model.hc_head.") and v41 or any(k.startswith(f"model.layers.{l}.self_attn.compressor.")
+                                                          for l in lows):
+            continue  # none in the checkpoint / LowRatio's, read from it below
+        assert torch.equal(v, src_sd[k]), f"{k} changed through save/load"
     ref = EngramRef(cfg_json, tok_fast, load_file(st_path), cfg.rms_norm_eps)
     ref.install(ref_model)
+    lowst = install_low(ref_model, low, load_file(st_path)) if low else None
     lag = None
     if v41:
-        assert v41 == dict(hc_pre_from_prev_sublayer=True, q_head_norm=False)
+        assert v41 == LAG
         lag = LaggedHC(cfg)
         q_norms = [layer.self_attn.q_b_norm for layer in ref_model.model.layers]
         lag.install(ref_model)
@@ -456,6 +774,17 @@ def build(seed, out, tok, name):
         if qeffect < MIN_EFFECT:
             reasons.append(f"q_head_norm effect {qeffect:.2e}")
         extra["v41_backbone"] = dict(v41, q_head_norm_effect=qeffect, pre_checked_against_sglang=lag.checks)
+    if lowst:
+        gap = min(lowst.index_gaps) if lowst.index_gaps else float("inf")
+        if lowst.fragile:
+            reasons.append(f"fake quantisations within {QUANT_EPS} of a rounding boundary at {sorted(lowst.fragile)}")
+        if gap < V4.MIN_INDEX_GAP:
+            reasons.append(f"ratio-1/2 index gap {gap:.1e}")
+        if len(lowst.index_gaps) < 10:
+            reasons.append("the ratio-1/2 top-k hardly selects")
+        extra["v41_low_ratio"] = dict(low, min_index_gap=gap, index_rows_selecting=len(lowst.index_gaps),
+                                      index_rows=lowst.index_rows, quantised_values_checked=lowst.quantised,
+                                      quant_eps=QUANT_EPS, entries_at_last_forward=lowst.entry_counts)
     return d, prompt, res, reasons, extra, cfg
 
 

@@ -98,8 +98,8 @@ QUANT_CONFIG = {"quant_method": "fp8", "activation_scheme": "dynamic", "weight_b
                 "scale_fmt": "ue8m0", "expert_dtype": "fp4"}
 
 
-def base_config(hc_eps, swiglu_limit, routed_scaling_factor):
-    return DeepseekV4Config(
+def base_config(hc_eps, swiglu_limit, routed_scaling_factor, **over):
+    kw = dict(
         vocab_size=VOCAB, hidden_size=64, moe_intermediate_size=32, num_hidden_layers=4,
         num_attention_heads=4, head_dim=32, partial_rotary_factor=0.25, q_lora_rank=32,
         o_groups=2, o_lora_rank=32, sliding_window=8,
@@ -112,6 +112,8 @@ def base_config(hc_eps, swiglu_limit, routed_scaling_factor):
                              beta_fast=32.0, beta_slow=1.0),
         max_position_embeddings=1024, hc_mult=4, hc_sinkhorn_iters=20, hc_eps=hc_eps, rms_norm_eps=1e-6,
         bos_token_id=0, eos_token_id=1, tie_word_embeddings=False, initializer_range=0.1)
+    kw.update(over)  # other layer schedules (tools/make_deepseek_v41_fixture.py)
+    return DeepseekV4Config(**kw)
 
 
 def specs():
@@ -521,7 +523,7 @@ def evaluate(model, prompt):
         logits_all=logits_all, tokens=tokens, margins=margins, gen_out=gen_out, gen_logits_diff=gen_logits_diff,
         min_margin=min(margins),
         min_router_gap=min(WATCH.router_gaps), router_calls=len(WATCH.router_gaps),
-        min_index_gap=min(WATCH.index_gaps), index_rows_selecting=WATCH.index_rows_selecting,
+        min_index_gap=min(WATCH.index_gaps, default=float("inf")), index_rows_selecting=WATCH.index_rows_selecting,
         index_rows=WATCH.index_rows, index_zero_scores=WATCH.index_zero_scores,
         clamps=clamps,
         incremental=dict(prefill_len=half, then="one token at a time",

@@ -210,21 +210,20 @@ typedef struct backend_ops {
     /* gate (n) = silu(min(gate, limit)) * clamp(up, -limit, limit) */
     void (*swiglu_limit)(backend *be, float *gate, const float *up, size_t n, float limit);
     /* DeepSeek-V4.1's ratio-1/2 layers (optional: a model with such layers runs only where all three
-     * are set; DEEPSEEK_V4.md 5.8, SGLang's torch path deepseek_v4_backend.py _low_ratio_*). bf16() is
-     * rounding to bf16, fq_kv SGLang's fake_quant_compressed_kv (e2m1 with one e4m3 scale per 16), fq4
-     * its fake_quant_fp4 (e2m1 with one ue8m0 scale per 32).
+     * are set; DEEPSEEK_V4.md 5.8, SGLang's torch path deepseek_v4_backend.py _low_ratio_*, in f32
+     * activations). fq_kv is SGLang's fake_quant_compressed_kv (e2m1 with one e4m3 scale per 16),
+     * fq4 its fake_quant_fp4 (e2m1 with one ue8m0 scale per 32).
      * dsv41_compress: the compressor of a kv source of ratio m (1 or 2) over the step's projections
      * kv and score (T, D) (score unused at ratio 1): each token at a position p that closes a group
      * (p % m == m - 1) pools it (ratio 2: per channel, the softmax of the scores of p - 1 and p
      * weighting their kv, p - 1 from st's ring when it is not in the step), lat (T, D) gets
-     * bf16(rmsnorm(bf16(pooled)) * norm) on that token's row (zero on the others), and entry p / m of
-     * the cache bf16-rounded fq_kv(bf16(rope_tail(lat, p - m + 1))). Then the last 2m projections go
-     * to st's ring. */
+     * rmsnorm(pooled) * norm on that token's row (zero on the others), and entry p / m of the cache
+     * fq_kv(rope_tail(lat, p - m + 1)). Then the last 2m projections go to st's ring. */
     void (*dsv41_compress)(backend *be, float *lat, const float *kv, const float *score, const batch_desc *b,
                            dsv4_state *const *st, const dsv4_kv *cache, int m, int D, const float *norm, float eps,
                            int r, const float *inv_freq);
     /* dsv41_index_keys: on the rows of k (T, dI) = lat wk^T whose token closes a group, the index key of
-     * entry p / m = fq4(bf16(rope_tail(bf16(rmsnorm(bf16(k)) * k_norm), p - m + 1))). */
+     * entry p / m = fq4(rope_tail(rmsnorm(k) * k_norm, p - m + 1)). */
     void (*dsv41_index_keys)(backend *be, const float *k, const batch_desc *b, const dsv4_kv *cache, int m, int dI,
                              const float *k_norm, float eps, int r, const float *inv_freq);
     /* x (n, w) in place = fq4 of each row (w a multiple of 32): the index queries. */

@@ -2,7 +2,8 @@
  * (layer_types + compress_rates, or the release's compress_ratios; mlp_layer_types
  * or num_hash_layers; nested or flat rope keys, YaRN on the compress rope) and
  * the weights in the release naming and in transformers' save_pretrained mix
- * (DEEPSEEK_V4.md sections 1 and 4). Called by model.c; calls model_read.c. */
+ * (DEEPSEEK_V4.md sections 1 and 4), V4.1's ratio-1/2 layers and their kv / index sources
+ * (5.8). Called by model.c; calls model_read.c. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,7 +30,7 @@ static int kind_of(const char *s) {
 
 /* The attention kind and rate of every layer: layer_types (+ compress_rates,
  * overridden by compress_rate_csa / compress_rate_hca), else the release's
- * literal compress_ratios (0, 4, 128), else transformers' default schedule. */
+ * literal compress_ratios (0, 4, 128; V4.1 adds 1 and 2, DSV4_LOW), else transformers' default schedule. */
 static int parse_layer_kinds(const cJSON *root, model_config *c, const char *label, char *err, size_t errlen) {
     dsv4_config *v = &c->dsv4;
     int csa = 4, hca = 128;

@@ -161,8 +161,6 @@ def test_table_rows_disagreement_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("key,value,words", [
-    ("kv_source_layer_ids", [1, 3], ["kv_source_layer_ids"]),
-    ("index_source_layer_ids", [1], ["index_source_layer_ids"]),
     ("candidate_source_layer_id", 1, ["candidate_source_layer_id"]),
     ("candidate_topk_blocks", 4, ["candidate_topk_blocks"]),
     ("candidate_block_size", 16, ["candidate_block_size"]),
@@ -177,14 +175,6 @@ def test_v41_keys_not_implemented_are_refused(key, value, words, tmp_path):
     d = copy_fixture(tmp_path)
     edit_config(d, **{key: value})
     expect_error(d, tmp_path, *words)
-
-
-@pytest.mark.parametrize("ratio", [1, 2])
-def test_low_compression_ratios_are_refused(ratio, tmp_path):
-    """SGLang's compress_ratios may hold V4.1's 1 and 2; they are refused until implemented."""
-    d = copy_fixture(tmp_path)
-    edit_config(d, layer_types=None, compress_rates=None, compress_ratios=[0, ratio, 128, 4])
-    expect_error(d, tmp_path, "compress_ratios[1]", f"ratio-{ratio}", "not implemented")
 
 
 def test_v4_values_of_the_v41_keys_are_accepted(tmp_path):

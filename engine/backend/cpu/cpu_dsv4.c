@@ -2,8 +2,8 @@
  * 2): hyper-connections with Sinkhorn, the interleaved tail rope, the
  * compressors, the Lightning indexer and the window + compressed attention
  * with sinks; DeepSeek-V4.1's ratio-1/2 compressor and index keys with
- * SGLang's bf16 roundings and FP4 fake quantisations (5.8). f32, each token's
- * row computed alone (batch invariance). */
+ * SGLang's FP4 fake quantisations (5.8). f32, each token's row computed alone
+ * (batch invariance). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -350,7 +350,9 @@ void cpu__dsv4_attention(backend *be, float *out, const float *q, const float *k
     cpu__parallel_for(be, b->n_tokens, 1, attention_token, &j);
 }
 
-/* ---- DeepSeek-V4.1's ratio-1/2 layers: SGLang's torch path, fake quantisations included ---- */
+/* ---- DeepSeek-V4.1's ratio-1/2 layers: SGLang's torch path with its fake quantisations, in f32
+ * activations where SGLang's are bf16 (its casts back to the activation dtype, DeepseekV41Compressor
+ * .finish and the bf16 wk, are then no-ops) ---- */
 
 /* fp4_fake_quant.py round_fp4: |v| <= 6 onto the e2m1 grid (steps 0.5 / 1 / 2 below 2 / 4 / 6),
  * nearest with ties to even (torch.round), the sign of v kept (0 stays 0). */
@@ -393,17 +395,13 @@ static void fq_kv_block(float *x) {
     }
 }
 
-static void round_bf16_row(float *x, int n) {
-    for (int i = 0; i < n; i++) x[i] = f32_round_bf16(x[i]);
-}
-
-/* SGLang's RMSNorm of dsv41_sparse.py on a bf16 row: x * rsqrt(mean(x^2) + eps), times the weight,
- * rounded back to bf16. */
-static void rmsnorm_bf16_row(float *x, const float *w, int n, float eps) {
+/* dsv41_sparse.py RMSNorm: x * rsqrt(mean(x^2) + eps), times the weight (f32; sums in double as this
+ * file's other norms). */
+static void rmsnorm_w_row(float *x, const float *w, int n, float eps) {
     double ss = 0.0;
     for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
     float sc = 1.0f / sqrtf((float)(ss / n) + eps);
-    for (int i = 0; i < n; i++) x[i] = f32_round_bf16(w[i] * (x[i] * sc));
+    for (int i = 0; i < n; i++) x[i] = w[i] * (x[i] * sc);
 }
 
 void cpu__dsv41_compress(backend *be, float *lat, const float *kv, const float *score, const batch_desc *b,
@@ -434,12 +432,10 @@ void cpu__dsv41_compress(backend *be, float *lat, const float *kv, const float *
                     l[c] = v0[c] * (e0 / sum) + v1[c] * (e1 / sum);
                 }
             }
-            round_bf16_row(l, D); /* DeepseekV41Compressor.finish */
-            rmsnorm_bf16_row(l, norm, D, eps);
+            rmsnorm_w_row(l, norm, D, eps); /* DeepseekV41Compressor.finish, in the f32 activations */
             float *e = entry_at(cache, b, s, p / m, 0);
             memcpy(e, l, (size_t)D * sizeof(float));
             rope_row(e, 1, D, r, p - m + 1, inv_freq, 0); /* group_pos: the pair's first position */
-            round_bf16_row(e, D);
             for (int c = 0; c < D; c += 16) fq_kv_block(e + c);
         }
         int P = pos0 + n;
@@ -460,10 +456,8 @@ void cpu__dsv41_index_keys(backend *be, const float *k, const batch_desc *b, con
         if (p % m != m - 1) continue;
         float *key = entry_at(cache, b, b->tok_seq[t], p / m, 1);
         memcpy(key, k + (size_t)t * dI, (size_t)dI * sizeof(float));
-        round_bf16_row(key, dI); /* wk is a bf16 linear */
-        rmsnorm_bf16_row(key, k_norm, dI, eps);
+        rmsnorm_w_row(key, k_norm, dI, eps);
         rope_row(key, 1, dI, r, p - m + 1, inv_freq, 0);
-        round_bf16_row(key, dI);
         for (int c = 0; c < dI; c += 32) fq4_block(key + c);
     }
 }
