@@ -830,7 +830,13 @@ def make(out, tok, name):
                   " V4.1 backbone: hc_pre_from_prev_sublayer (the collapse lags one hyper-connection, stream 0 "
                   "at the first, no hc_head tensors) and q_head_norm false, as SGLang runs them; "
                   "v41_backbone.q_head_norm_effect: max |last-position logit change| with transformers' "
-                  "query head norm put back.")))
+                  "query head norm put back.")
+               + ("" if name in (NAME, BACKBONE) else
+                  " V4.1 compress ratios 1 and 2 (v41_low_ratio: the schedule and sources, the indexer's smallest "
+                  "top-k gap, the fake-quantised values checked against a quant_eps perturbation, the entries "
+                  "of each layer's kv source at the last forward): SGLang's DeepseekV41Compressor, "
+                  "DeepseekV41Indexer and fp4_fake_quant.py run in f32 activations, its attention backend's "
+                  "torch path transcribed around them.")))
     with open(os.path.join(d, "golden.json"), "w") as f:
         json.dump(golden, f, indent=1)
     sizes = {f: os.path.getsize(os.path.join(d, f)) for f in sorted(os.listdir(d))}
