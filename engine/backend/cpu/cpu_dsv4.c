@@ -186,6 +186,15 @@ static float *entry_at(const dsv4_kv *L, const batch_desc *b, int s, int w, int 
     return key ? e + (size_t)L->slots * L->D + (size_t)slot * L->dI : e + (size_t)slot * L->D;
 }
 
+/* x (n) = x * rsqrt(mean(x^2) + eps) times the weight, sums in double: a compressor's norm (transformers'
+ * kv_norm, dsv41_sparse.py's RMSNorm: the same order). */
+static void rmsnorm_w_row(float *x, const float *w, int n, float eps) {
+    double ss = 0.0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float sc = 1.0f / sqrtf((float)(ss / n) + eps);
+    for (int i = 0; i < n; i++) x[i] = w[i] * (x[i] * sc);
+}
+
 typedef struct {
     const float *kv, *gate, *rk, *rg, *ape, *norm, *inv_freq;
     const batch_desc *b;
@@ -218,10 +227,7 @@ static void compress_window(void *ctx, int i) {
         for (int k = 0; k < n; k++) acc += v[k] * (g[k] / sum);
         e[c] = acc;
     }
-    double ss = 0.0;
-    for (int c = 0; c < D; c++) ss += (double)e[c] * e[c];
-    float sc = 1.0f / sqrtf((float)(ss / D) + j->eps);
-    for (int c = 0; c < D; c++) e[c] = j->norm[c] * (e[c] * sc);
+    rmsnorm_w_row(e, j->norm, D, j->eps);
     rope_row(e, 1, D, j->r, w * m, j->inv_freq, 0);
 }
 
@@ -395,49 +401,54 @@ static void fq_kv_block(float *x) {
     }
 }
 
-/* dsv41_sparse.py RMSNorm: x * rsqrt(mean(x^2) + eps), times the weight (f32; sums in double as this
- * file's other norms). */
-static void rmsnorm_w_row(float *x, const float *w, int n, float eps) {
-    double ss = 0.0;
-    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
-    float sc = 1.0f / sqrtf((float)(ss / n) + eps);
-    for (int i = 0; i < n; i++) x[i] = w[i] * (x[i] * sc);
+typedef struct {
+    float *lat;
+    const float *kv, *score, *rk, *rg, *norm, *inv_freq;
+    const batch_desc *b;
+    const dsv4_kv *cache;
+    int s, m, D, r, start, pos0;
+    float eps;
+} low_job;
+
+/* Token start + i of the job's sequence: its group's latent and entry when it closes one. */
+static void low_compress_token(void *ctx, int i) {
+    low_job *j = ctx;
+    int p = j->pos0 + i, m = j->m, D = j->D, cap = 2 * m;
+    float *l = j->lat + (size_t)(j->start + i) * D;
+    if (p % m != m - 1) {
+        memset(l, 0, (size_t)D * sizeof(float));
+        return;
+    }
+    const float *v1 = j->kv + (size_t)(j->start + i) * D;
+    if (m == 1) {
+        memcpy(l, v1, (size_t)D * sizeof(float));
+    } else { /* pool_pairs: the partner p - 1 first */
+        const float *v0 = row_at(j->kv, j->rk, cap, D, j->start, j->pos0, p - 1);
+        const float *g0 = row_at(j->score, j->rg, cap, D, j->start, j->pos0, p - 1);
+        const float *g1 = j->score + (size_t)(j->start + i) * D;
+        for (int c = 0; c < D; c++) {
+            float mx = g0[c] > g1[c] ? g0[c] : g1[c], e0 = expf(g0[c] - mx), e1 = expf(g1[c] - mx);
+            float sum = e0 + e1;
+            l[c] = v0[c] * (e0 / sum) + v1[c] * (e1 / sum);
+        }
+    }
+    rmsnorm_w_row(l, j->norm, D, j->eps); /* DeepseekV41Compressor.finish, in the f32 activations */
+    float *e = entry_at(j->cache, j->b, j->s, p / m, 0);
+    memcpy(e, l, (size_t)D * sizeof(float));
+    rope_row(e, 1, D, j->r, p - m + 1, j->inv_freq, 0); /* group_pos: the pair's first position */
+    for (int c = 0; c < D; c += 16) fq_kv_block(e + c);
 }
 
 void cpu__dsv41_compress(backend *be, float *lat, const float *kv, const float *score, const batch_desc *b,
                          dsv4_state *const *st, const dsv4_kv *cache, int m, int D, const float *norm, float eps,
                          int r, const float *inv_freq) {
-    (void)be;
     int cap = 2 * m;
     for (int s = 0; s < b->n_seqs; s++) {
         float *rk = st[s]->c_kv, *rg = st[s]->c_gate;
         int start = b->h_seq_start[s], pos0 = b->h_seq_pos0[s], n = b->h_seq_start[s + 1] - start;
-#pragma omp parallel for schedule(static)
-        for (int i = 0; i < n; i++) {
-            int p = pos0 + i;
-            float *l = lat + (size_t)(start + i) * D;
-            if (p % m != m - 1) {
-                memset(l, 0, (size_t)D * sizeof(float));
-                continue;
-            }
-            const float *v1 = kv + (size_t)(start + i) * D;
-            if (m == 1) {
-                memcpy(l, v1, (size_t)D * sizeof(float));
-            } else { /* pool_pairs: the partner p - 1 first */
-                const float *v0 = row_at(kv, rk, cap, D, start, pos0, p - 1);
-                const float *g0 = row_at(score, rg, cap, D, start, pos0, p - 1), *g1 = score + (size_t)(start + i) * D;
-                for (int c = 0; c < D; c++) {
-                    float mx = g0[c] > g1[c] ? g0[c] : g1[c], e0 = expf(g0[c] - mx), e1 = expf(g1[c] - mx);
-                    float sum = e0 + e1;
-                    l[c] = v0[c] * (e0 / sum) + v1[c] * (e1 / sum);
-                }
-            }
-            rmsnorm_w_row(l, norm, D, eps); /* DeepseekV41Compressor.finish, in the f32 activations */
-            float *e = entry_at(cache, b, s, p / m, 0);
-            memcpy(e, l, (size_t)D * sizeof(float));
-            rope_row(e, 1, D, r, p - m + 1, inv_freq, 0); /* group_pos: the pair's first position */
-            for (int c = 0; c < D; c += 16) fq_kv_block(e + c);
-        }
+        low_job j = {.lat = lat, .kv = kv, .score = score, .rk = rk, .rg = rg, .norm = norm, .inv_freq = inv_freq,
+                     .b = b, .cache = cache, .s = s, .m = m, .D = D, .r = r, .start = start, .pos0 = pos0, .eps = eps};
+        cpu__parallel_for(be, n, 1, low_compress_token, &j);
         int P = pos0 + n;
         if (m > 1)
             for (int p = P - cap > pos0 ? P - cap : pos0; p < P; p++) {
@@ -447,26 +458,45 @@ void cpu__dsv41_compress(backend *be, float *lat, const float *kv, const float *
     }
 }
 
+typedef struct {
+    const float *k, *k_norm, *inv_freq;
+    const batch_desc *b;
+    const dsv4_kv *cache;
+    int m, dI, r;
+    float eps;
+} key_job;
+
+static void low_index_key(void *ctx, int t) {
+    key_job *j = ctx;
+    int p = j->b->pos[t], m = j->m, dI = j->dI;
+    if (p % m != m - 1) return;
+    float *key = entry_at(j->cache, j->b, j->b->tok_seq[t], p / m, 1);
+    memcpy(key, j->k + (size_t)t * dI, (size_t)dI * sizeof(float));
+    rmsnorm_w_row(key, j->k_norm, dI, j->eps);
+    rope_row(key, 1, dI, j->r, p - m + 1, j->inv_freq, 0);
+    for (int c = 0; c < dI; c += 32) fq4_block(key + c);
+}
+
 void cpu__dsv41_index_keys(backend *be, const float *k, const batch_desc *b, const dsv4_kv *cache, int m, int dI,
                            const float *k_norm, float eps, int r, const float *inv_freq) {
-    (void)be;
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < b->n_tokens; t++) {
-        int p = b->pos[t];
-        if (p % m != m - 1) continue;
-        float *key = entry_at(cache, b, b->tok_seq[t], p / m, 1);
-        memcpy(key, k + (size_t)t * dI, (size_t)dI * sizeof(float));
-        rmsnorm_w_row(key, k_norm, dI, eps);
-        rope_row(key, 1, dI, r, p - m + 1, inv_freq, 0);
-        for (int c = 0; c < dI; c += 32) fq4_block(key + c);
-    }
+    key_job j = {.k = k, .k_norm = k_norm, .inv_freq = inv_freq, .b = b, .cache = cache, .m = m, .dI = dI, .r = r,
+                 .eps = eps};
+    cpu__parallel_for(be, b->n_tokens, 1, low_index_key, &j);
+}
+
+typedef struct {
+    float *x;
+    int w;
+} fq_job;
+
+static void fq4_row(void *ctx, int i) {
+    fq_job *j = ctx;
+    for (int c = 0; c < j->w; c += 32) fq4_block(j->x + (size_t)i * j->w + c);
 }
 
 void cpu__fake_quant_fp4(backend *be, float *x, size_t n, int w) {
-    (void)be;
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++)
-        for (int c = 0; c < w; c += 32) fq4_block(x + i * (size_t)w + c);
+    fq_job j = {x, w};
+    cpu__parallel_for(be, (int)n, 16, fq4_row, &j);
 }
 
 void cpu__swiglu_limit(backend *be, float *gate, const float *up, size_t n, float limit) {
