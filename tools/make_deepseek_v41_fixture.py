@@ -100,8 +100,9 @@ another layer's keys). index_head_dim 32 (SGLang's fp4 blocks).
   BF16 (ratio 2 has wgate) and .norm.weight on kv sources; layers.N.attn.indexer.{wq_b,weights_proj,wk}
   .weight BF16 and .k_norm.weight on index sources (wk, k_norm only where it is also a kv source).
   A seed is rejected when any fake quantisation's result moves under a 1e-6 relative perturbation of its
-  input (QUANT_EPS: far above the C engine's f32 differences, so it cannot round another way) or an
-  indexer top-k gap is under 1e-5; golden.json v41_low_ratio records the checks.
+  input (QUANT_EPS; the C engine's logits differ from these by about 5e-7 relative, so another correct f32
+  order of sums would have to drift more than that inside a layer to round one value the other way) or
+  an indexer top-k gap is under 1e-5; golden.json v41_low_ratio records the checks.
 
 Usage: python tools/make_deepseek_v41_fixture.py OUT_DIR [NAME...]  (default: every fixture; torch on
 the CPU is enough)
