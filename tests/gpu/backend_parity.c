@@ -61,12 +61,6 @@ static float *rand_f32(size_t n, float scale) {
     for (size_t i = 0; i < n; i++) p[i] = scale * frand();
     return p;
 }
-static uint16_t f32_to_bf16(float f) { /* round to nearest even (no NaN inputs here) */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7fff + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
-}
 static uint16_t f32_to_f16(float f) { /* normal range only, round to nearest even */
     uint32_t u;
     memcpy(&u, &f, 4);
@@ -989,11 +983,12 @@ static void test_dsv4_small(void) {
 static void test_dsv4_layer(const step *st, int n_blocks, int m, int csa) {
     int D = 64, dI = 32, nI = 4, nh = 4, K = 8, W = 24, r = 16, T = st->h.n_tokens, S = st->h.n_seqs;
     int bs = st->h.block_size, slots = m ? (bs + m - 1) / m : 0;
-    size_t bf = dsv4_kv_block_floats(bs, m, csa, D, dI), ncache = (size_t)n_blocks * bf;
+    size_t bf = dsv4_kv_block_floats(bs, m, true, csa, D, dI), ncache = (size_t)n_blocks * bf;
     float *cache = rand_f32(ncache, 1.0f), *dcache = dev_copy(cache, ncache * 4);
-    dsv4_kv hk = {.base = cache, .block_floats = bf, .m = m, .slots = slots, .D = D, .dI = dI};
+    dsv4_kv hk = {.base = cache, .block_floats = bf, .m = m, .slots = slots, .D = D, .dI = dI, .ebase = cache,
+                  .eblock_floats = bf};
     dsv4_kv gk = hk;
-    gk.base = dcache;
+    gk.base = gk.ebase = dcache;
     float inv[8];
     for (int j = 0; j < 8; j++) inv[j] = powf(10000.0f, -2.0f * j / 16.0f);
     float *dinv = dev_copy(inv, sizeof(inv));
