@@ -169,7 +169,8 @@ __device__ __forceinline__ float *dsv4_kv_row(const kernels_dsv4_kv &L, const in
 __device__ __forceinline__ float *dsv4_entry(const kernels_dsv4_kv &L, const int *bt, int max_blocks, int bs, int s,
                                              int w, int key) {
     int p = w * L.m, slot = p % bs / L.m;
-    float *e = dsv4_block(L, bt, max_blocks, bs, s, p) + (size_t)bs * L.D;
+    int blk = bt[(size_t)s * max_blocks + p / bs];
+    float *e = L.ebase + (size_t)blk * L.eblock_floats + (size_t)bs * L.D;
     return key ? e + (size_t)L.slots * L.D + (size_t)slot * L.dI : e + (size_t)slot * L.D;
 }
 

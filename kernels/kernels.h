@@ -243,6 +243,8 @@ typedef struct {
     float *base;
     size_t block_floats;
     int m, slots, D, dI;
+    float *ebase;         /* where the entries and index keys are (the layer's own store on V4) */
+    size_t eblock_floats;
 } kernels_dsv4_kv;
 
 /* backend.h's dsv4_compress; ring_kv / ring_gate and h_seq_* are host arrays (the rings device memory). */

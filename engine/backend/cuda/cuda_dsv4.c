@@ -8,7 +8,8 @@
 
 static kernels_dsv4_kv kv_of(const dsv4_kv *c) {
     return (kernels_dsv4_kv){.base = c->base, .block_floats = c->block_floats, .m = c->m, .slots = c->slots,
-                             .D = c->D, .dI = c->dI};
+                             .D = c->D, .dI = c->dI, .ebase = c->ebase ? c->ebase : c->base,
+                             .eblock_floats = c->ebase ? c->eblock_floats : c->block_floats};
 }
 
 void cu_rmsnorm_plain(backend *be, float *out, const float *x, int T, int d, float eps) {
