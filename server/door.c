@@ -201,8 +201,10 @@ static const char *status_text(int status) {
 }
 
 /* One JSON error reply with Connection: close, small enough for the empty
- * send buffer of a new socket. */
-static void send_error(door *dr, int fd, int status, const char *why) {
+ * send buffer of a new socket; an access log line for it (the head unread:
+ * no method, no route, no request id). */
+static void send_error(door *dr, int fd, const struct sockaddr_storage *addr, int status, const char *why) {
+    double t0 = util_now();
     api_error err;
     api_error_set(&err, status, NULL, "%s", why);
     char *body = errors_json(&err);
@@ -212,6 +214,13 @@ static void send_error(door *dr, int fd, int status, const char *why) {
                       status, status_text(status), body ? strlen(body) : 0, status == 503 ? "Retry-After: 1\r\n" : "");
     if (send(fd, head, (size_t)hl, MSG_NOSIGNAL | MSG_DONTWAIT | (body ? MSG_MORE : 0)) == hl && body)
         (void)!send(fd, body, strlen(body), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (dr->s->access_fd >= 0) {
+        char client[64];
+        http_addr_str((const struct sockaddr *)addr, client, sizeof(client));
+        server_access a = {.request_id = "-", .client = client, .method = "-", .route = "-", .status = status,
+                           .bytes = body ? strlen(body) : 0, .seconds = util_now() - t0, .end = "refused"};
+        server_access_write(dr->s->access_fd, &a);
+    }
     free(body);
     metrics_http(dr->s->mx, "other", status);
 }
@@ -226,7 +235,7 @@ static void refuse(door *dr, int fd, size_t n, int status, const char *why) {
         if (r <= 0) break;
         n -= (size_t)r;
     }
-    send_error(dr, fd, status, why);
+    send_error(dr, fd, &dr->slots[fd].addr, status, why);
     shutdown(fd, SHUT_WR);
     dr->slots[fd].drained = 0;
     slot_set(dr, fd, SLOT_LINGER, util_now() + DOOR_LINGER_S);
@@ -261,7 +270,7 @@ static void hand_over(door *dr, int fd) {
     pthread_mutex_lock(&dr->mu);
     if (!ok) { /* libmicrohttpd has closed it; no event will come */
         slot_free(dr, fd);
-        server_log("a connection could not be handed to libmicrohttpd: %s", strerror(e));
+        server_log_at(SERVER_LOG_WARN, "a connection could not be handed to libmicrohttpd: %s", strerror(e));
     }
 }
 
@@ -313,7 +322,7 @@ static void accept_all(door *dr) {
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED) continue;
             if (errno == EMFILE || errno == ENFILE) { /* out of descriptors: rest until the next sweep */
-                server_log("accept: %s", strerror(errno));
+                server_log_at(SERVER_LOG_WARN, "accept: %s", strerror(errno));
                 struct epoll_event off = {.events = 0, .data.fd = dr->lfd};
                 dr->accept_off = epoll_ctl(dr->ep, EPOLL_CTL_MOD, dr->lfd, &off) == 0;
             }
@@ -329,7 +338,7 @@ static void accept_all(door *dr) {
         ip_key(&addr, key);
         const char *why;
         if (!admit(dr, key, &why)) {
-            send_error(dr, fd, 503, why);
+            send_error(dr, fd, &addr, 503, why);
             close(fd);
             continue;
         }

@@ -8,21 +8,27 @@
  * libmicrohttpd frees the response and the request is cancelled in the
  * engine. */
 #include <errno.h>
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "base/util.h"
 #include "server/http_head.h"
 #include "server/server_internal.h"
 
 /* ---- replies ---- */
 
-void http_add_cors(server *s, struct MHD_Response *r) {
-    const char *o = s->p.cors_origin;
-    if (!o || !o[0]) return;
-    MHD_add_response_header(r, "Access-Control-Allow-Origin", o);
-    if (strcmp(o, "*") != 0) MHD_add_response_header(r, "Vary", "Origin");
+void http_response_common(conn *c, struct MHD_Response *r, int status) {
+    const char *o = c->s->p.cors_origin;
+    if (o && o[0]) {
+        MHD_add_response_header(r, "Access-Control-Allow-Origin", o);
+        if (strcmp(o, "*") != 0) MHD_add_response_header(r, "Vary", "Origin");
+    }
+    if (c->request_id[0]) MHD_add_response_header(r, "X-Request-Id", c->request_id);
+    c->status = status;
+    metrics_http(c->s->mx, c->route, status);
 }
 
 enum MHD_Result reply(conn *c, int status, const char *ctype, char *body, size_t len, const char *allow) {
@@ -41,11 +47,11 @@ enum MHD_Result reply(conn *c, int status, const char *ctype, char *body, size_t
         return MHD_NO;
     }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
-    http_add_cors(c->s, r);
+    http_response_common(c, r, status);
+    c->sent = len;
     if (allow) MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
     if (status == 503) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (status == 413 || c->close) MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
-    metrics_http(c->s->mx, c->route, status);
     enum MHD_Result ret = MHD_queue_response(c->mc, (unsigned)status, r);
     MHD_destroy_response(r);
     return ret;
@@ -67,6 +73,13 @@ enum MHD_Result fail(conn *c, int status, const char *param, const char *msg) {
     api_error err;
     api_error_set(&err, status, param, "%s", msg);
     return reply_error(c, &err, NULL);
+}
+
+void http_addr_str(const struct sockaddr *a, char *out, size_t n) {
+    char host[INET6_ADDRSTRLEN] = "-";
+    if (a->sa_family == AF_INET) inet_ntop(AF_INET, &((const struct sockaddr_in *)a)->sin_addr, host, sizeof(host));
+    else if (a->sa_family == AF_INET6) inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)a)->sin6_addr, host, sizeof(host));
+    snprintf(out, n, "%s", host);
 }
 
 /* ---- engine hooks: suspend when there is no output, resume on notify ---- */
@@ -146,11 +159,10 @@ static enum MHD_Result handle_page(conn *c, const char *method) {
 static enum MHD_Result handle_preflight(conn *c) {
     struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
     if (!r) return MHD_NO;
-    http_add_cors(c->s, r);
+    http_response_common(c, r, 204);
     MHD_add_response_header(r, "Access-Control-Allow-Methods", "GET, POST, OPTIONS");
     MHD_add_response_header(r, "Access-Control-Allow-Headers", "Authorization, Content-Type");
     MHD_add_response_header(r, "Access-Control-Max-Age", "600");
-    metrics_http(c->s->mx, c->route, 204);
     enum MHD_Result ret = MHD_queue_response(c->mc, 204, r);
     MHD_destroy_response(r);
     return ret;
@@ -254,6 +266,20 @@ static enum MHD_Result dispatch(conn *c, const char *url, const char *method) {
     return MHD_NO;
 }
 
+/* c's request id: the client's X-Request-Id when it is 1 to 64 of
+ * [A-Za-z0-9._:-] (a proxy's, kept so that both logs name the request the
+ * same), else one of ours. */
+static void request_id(conn *c) {
+    const char *h = MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, "X-Request-Id");
+    size_t n = h ? strspn(h, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-") : 0;
+    if (h && n && n <= 64 && !h[n]) {
+        memcpy(c->request_id, h, n + 1);
+        return;
+    }
+    snprintf(c->request_id, sizeof(c->request_id), "req-%016llx%08llx", c->s->id_salt,
+             (unsigned long long)atomic_fetch_add(&c->s->next_id, 1));
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const char *url, const char *method,
                                   const char *version, const char *upload_data, size_t *upload_data_size,
                                   void **con_cls) {
@@ -266,6 +292,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         c->route = "other";
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
         c->fd = ci ? ci->connect_fd : -1;
+        c->t0 = util_now();
+        snprintf(c->method, sizeof(c->method), "%s", method);
+        request_id(c);
         door_event(s->door, c->fd, DOOR_HEAD);
         *con_cls = c;
         return check_head(c, url, method, version);
@@ -303,9 +332,31 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
     return dispatch(c, url, method);
 }
 
+/* The access log's word for how a request ended. */
+static const char *end_str(enum MHD_RequestTerminationCode toe) {
+    switch (toe) {
+    case MHD_REQUEST_TERMINATED_COMPLETED_OK: return "ok";
+    case MHD_REQUEST_TERMINATED_TIMEOUT_REACHED: return "timeout";
+    case MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN: return "shutdown";
+    case MHD_REQUEST_TERMINATED_CLIENT_ABORT: return "client_abort";
+    default: return "error";
+    }
+}
+
+static void access_log(conn *c, struct MHD_Connection *mc, enum MHD_RequestTerminationCode toe) {
+    if (c->s->access_fd < 0) return;
+    char client[64] = "-";
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ci && ci->client_addr) http_addr_str(ci->client_addr, client, sizeof(client));
+    server_access a = {.request_id = c->request_id, .client = client, .method = c->method, .route = c->route,
+                       .status = c->status, .bytes = c->sent, .seconds = util_now() - c->t0, .end = end_str(toe)};
+    server_access_write(c->s->access_fd, &a);
+}
+
 static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, enum MHD_RequestTerminationCode toe) {
     conn *c = *con_cls;
     if (!c) return;
+    access_log(c, mc, toe);
     door_event(c->s->door, c->fd, DOOR_DONE);
     if (c->req) generate_abort(c); /* a non-streaming request whose connection closed */
     cJSON_Delete(c->choices);
@@ -341,6 +392,11 @@ int server_start(const server_params *p, metrics *m, server **out, char *err, si
     }
     s->p = *p;
     s->mx = m;
+    s->access_fd = -1;
+    if (p->access_log && p->access_log[0] && (s->access_fd = server_access_open(p->access_log, err, errlen)) < 0) {
+        free(s);
+        return -1;
+    }
     s->started = (long)time(NULL);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -350,6 +406,7 @@ int server_start(const server_params *p, metrics *m, server **out, char *err, si
     atomic_init(&s->active, 0);
     atomic_init(&s->next_id, 1);
     if (p->model_dir && chat_template_load_dir(p->model_dir, &s->tmpl, err, errlen) != CHAT_TEMPLATE_OK) {
+        if (s->access_fd >= 0) close(s->access_fd);
         free(s);
         return -1;
     }
@@ -400,6 +457,7 @@ fail:
     if (s->d) MHD_stop_daemon(s->d);
     door_destroy(s->door);
     chat_template_destroy(s->tmpl);
+    if (s->access_fd >= 0) close(s->access_fd);
     free(s);
     return -1;
 }
@@ -422,5 +480,6 @@ void server_stop(server *s) {
     MHD_stop_daemon(s->d);
     door_destroy(s->door); /* after libmicrohttpd, which reports its closes to it */
     chat_template_destroy(s->tmpl);
+    if (s->access_fd >= 0) close(s->access_fd);
     free(s);
 }

@@ -55,22 +55,22 @@ static int serve(const server_options *o, const sigset_t *sigs) {
     int rc = 1;
     double t0 = util_now();
     if (!(mx = metrics_create())) {
-        server_log("out of memory");
+        server_log_at(SERVER_LOG_ERROR, "out of memory");
         goto done;
     }
     /* Listen first: while the model loads, /health answers 503 "loading". */
     if (server_start(&o->server, mx, &srv, err, sizeof(err)) != 0) {
-        server_log("%s", err);
+        server_log_at(SERVER_LOG_ERROR, "%s", err);
         goto done;
     }
     int erc = engine_create(&o->engine, &e, err, sizeof(err));
     if (erc != ENGINE_OK) {
-        server_log("%s", err);
+        server_log_at(SERVER_LOG_ERROR, "%s", err);
         rc = erc == ENGINE_ERR_DEVICE ? 2 : 1;
         goto done;
     }
     if (!engine_tokenizer(e) && !o->synthetic) {
-        server_log("%s has no usable tokenizer.json: the server needs one", o->source);
+        server_log_at(SERVER_LOG_ERROR, "%s has no usable tokenizer.json: the server needs one", o->source);
         goto done;
     }
     server_set_engine(srv, e);
@@ -102,6 +102,7 @@ int main(int argc, char **argv) {
 
     server_options o;
     server_options_status st = server_options_parse(argc, argv, &o);
+    server_log_set_level(o.log_level);
     int rc = st == SERVER_OPTIONS_HELP ? 0 : st != SERVER_OPTIONS_OK ? 2 : serve(&o, &sigs);
     server_options_free(&o);
     return rc;

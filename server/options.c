@@ -40,6 +40,11 @@ static const struct {
      "chat responses return the reasoning as reasoning_content"},
     {"cors-allow-origin", OPT_STR, 0, 0, NULL,
      "send Access-Control-Allow-Origin with this value (e.g. * or https://app.example) and answer CORS preflights; off by default"},
+    {"access-log", OPT_STR, 0, 0, NULL,
+     "one JSON line per request (time, request_id, client, method, route, status, bytes, duration_ms, end) appended "
+     "to this file, or - for stderr; off by default"},
+    {"log-level", OPT_STR, 0, 0, "info",
+     "diagnostics shown: error, warning (libmicrohttpd's messages), info or debug (clients leaving mid-response)"},
     {"connection-timeout", OPT_INT, 1, 86400, "300",
      "seconds an idle connection is kept: a kept-alive one must start its next request within them"},
     {"request-timeout", OPT_INT, 1, 86400, "60",
@@ -109,7 +114,7 @@ static const struct {
 
 /* The table's rows by name, in its order. */
 enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THREADS, O_HTTP_THREADS, O_REASONING,
-       O_CORS,
+       O_CORS, O_ACCESS_LOG, O_LOG_LEVEL,
        O_CONN_TIMEOUT, O_REQ_TIMEOUT, O_MAX_CONNS, O_MAX_CONNS_IP, O_PREFILL_CHUNK, O_SHUTDOWN, O_ENGRAM_TABLE_DIR, O_ENGRAM_TABLES, O_ENGRAM_BUDGET,
        O_ENGRAM_HBM, O_ENGRAM_TIER, O_ENGRAM_IO, O_ENGRAM_QD, O_ENGRAM_AHEAD, O_ENGRAM_ADMISSION, O_ENGRAM_WARM,
        O_ENGRAM_HOT_SAVE,
@@ -394,6 +399,11 @@ static server_options_status check_names(const char **val) {
                 val[O_REASONING]);
         return SERVER_OPTIONS_ERR;
     }
+    server_log_level level;
+    if (server_log_level_parse(val[O_LOG_LEVEL], &level)) {
+        fprintf(stderr, "engram-server: bad value for --log-level: %s (error, warning, info or debug)\n", val[O_LOG_LEVEL]);
+        return SERVER_OPTIONS_ERR;
+    }
     if (!one_of(val[O_ENGRAM_TIER], (const char *const[]){"auto", "dram", "nvme", NULL})) {
         fprintf(stderr, "engram-server: bad value for --engram-tier: %s (auto, dram or nvme)\n", val[O_ENGRAM_TIER]);
         return SERVER_OPTIONS_ERR;
@@ -457,6 +467,7 @@ static void http_options(const char **val, const long *num, server_params *sp, c
     sp->max_body_bytes = (size_t)num[O_BODY];
     sp->http_threads = (int)num[O_HTTP_THREADS];
     sp->cors_origin = val[O_CORS];
+    sp->access_log = val[O_ACCESS_LOG];
     sp->reasoning = !strcmp(val[O_REASONING], "qwen3") ? REASONING_QWEN3 : !strcmp(val[O_REASONING], "deepseek_r1")
                                                                               ? REASONING_DEEPSEEK_R1 : REASONING_NONE;
     sp->connection_timeout = (int)num[O_CONN_TIMEOUT];
@@ -485,6 +496,7 @@ server_options_status server_options_parse(int argc, char **argv, server_options
         (st = check_names(val)) || (st = engram_store_options(val, num, &o->engine)))
         return st;
     http_options(val, num, &o->server, o->engine.model_dir);
+    server_log_level_parse(val[O_LOG_LEVEL], &o->log_level); /* checked by check_names */
     o->shutdown_timeout = num[O_SHUTDOWN];
     return SERVER_OPTIONS_OK;
 }

@@ -14,15 +14,50 @@
 
 /* ---- log.c ---- */
 
+typedef enum { SERVER_LOG_ERROR, SERVER_LOG_WARN, SERVER_LOG_INFO, SERVER_LOG_DEBUG } server_log_level;
+
+/* Lines above level are dropped from now on (--log-level; default info). */
+void server_log_set_level(server_log_level level);
+
+/* "error", "warning", "info" or "debug" into *out: 0, or -1 for another name. */
+int server_log_level_parse(const char *name, server_log_level *out);
+
 /* One diagnostic line on stderr, "<UTC ISO 8601 time> engram-server: <message>"
- * (fmt without a newline), written whole. Errors of the command line itself
- * are plain lines (options.c). */
+ * (fmt without a newline), written whole, at level info. Errors of the
+ * command line itself are plain lines (options.c). */
 void server_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* The same at another level: "error: ", "warning: " or "debug: " follows
+ * the prefix. */
+void server_log_at(server_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* libmicrohttpd's external logger (MHD_OPTION_EXTERNAL_LOGGER): its messages
- * as server_log lines prefixed "libmicrohttpd: ", except those of a client
- * that went away (normal, and counted as an aborted request). */
+ * as warnings prefixed "libmicrohttpd: ", but those of a client that went
+ * away (normal, and counted as an aborted request) at debug. */
 void server_log_mhd(void *cls, const char *fmt, va_list ap);
+
+/* One request as the access log records it (strings borrowed; a byte
+ * outside printable ASCII, '"' or '\\' is written as '?'). */
+typedef struct {
+    const char *request_id; /* the X-Request-Id the response carried; "-" for the door's own refusals */
+    const char *client;     /* the peer's address */
+    const char *method;     /* "-" when the head was refused unread */
+    const char *route;      /* the route's label ("/v1/completions", ..., "other"), never the raw URL */
+    int status;             /* the response's status; 0 when none was queued */
+    unsigned long long bytes; /* response body bytes handed to the socket */
+    double seconds;         /* from the request's head to its end */
+    const char *end;        /* how it ended: "ok", "error", "timeout", "client_abort", "shutdown", "refused" */
+} server_access;
+
+/* Opens the access log: path "-" is stderr, else a file opened for
+ * appending (created 0644). Returns the descriptor, or -1 with the reason in
+ * err. */
+int server_access_open(const char *path, char *err, size_t errlen);
+
+/* Appends a's line to fd (nothing when fd < 0) with one write(2): a JSON
+ * object {"time", "request_id", "client", "method", "route", "status",
+ * "bytes", "duration_ms", "end"}. Any thread. */
+void server_access_write(int fd, const server_access *a);
 
 /* ---- metrics.c ---- */
 
@@ -78,6 +113,7 @@ typedef struct {
     int max_connections;           /* open connections at most; 0: from the descriptor limit */
     int max_connections_per_ip;    /* per client address; 0: half of max_connections */
     int reasoning;                 /* a reasoning_format: how chat output's reasoning is split off */
+    const char *access_log;        /* NULL or "": none; "-": stderr; else a file appended to */
 } server_params;
 
 typedef struct server server;
@@ -112,6 +148,7 @@ typedef struct {
     bool synthetic;         /* --synthetic SPEC rather than --model DIR */
     const char *source;     /* the --model directory or the --synthetic spec */
     long shutdown_timeout;  /* --shutdown-timeout: seconds to let accepted requests finish */
+    server_log_level log_level; /* --log-level */
     char *owned[SERVER_OPTIONS_MAX]; /* the config file's values (heap), by option */
     char name_buf[256];     /* the served model name when taken from the directory */
 } server_options;

@@ -41,6 +41,7 @@ struct server {
     atomic_ullong next_id;
     unsigned long long id_salt;
     long started; /* unix seconds */
+    int access_fd; /* --access-log's descriptor; -1: none */
 };
 
 /* A submitted generation: one engine request per choice, and what its
@@ -79,6 +80,12 @@ typedef struct {
     int completion_tokens;             /* summed over the finished choices */
     int cached_tokens;                 /* choice 0's prompt tokens from the prefix cache */
     strbuf text; /* the choice's generated text so far */
+    /* what the access log says of the request */
+    double t0;                 /* util_now() when its head was in */
+    int status;                /* the queued response's status (0: none yet) */
+    unsigned long long sent;   /* response body bytes handed to libmicrohttpd (a stream's too) */
+    char method[16];
+    char request_id[65];       /* the X-Request-Id the response carries */
 } conn;
 
 /* ---- http.c: replies (each counts in the metrics), suspend and resume ---- */
@@ -97,13 +104,18 @@ enum MHD_Result reply_json(conn *c, int status, cJSON *obj);
 /* An error reply with the message msg (not a format) for the field param (or NULL). */
 enum MHD_Result fail(conn *c, int status, const char *param, const char *msg);
 
-/* CORS (off unless --cors-allow-origin): the allowed origin on r. */
-void http_add_cors(server *s, struct MHD_Response *r);
+/* What every response of c carries: CORS (off unless
+ * --cors-allow-origin), X-Request-Id; and its status counted (metrics) and
+ * kept for the access log. Call once, before queueing r. */
+void http_response_common(conn *c, struct MHD_Response *r, int status);
 
 /* engine_request_read's on_empty (suspends the connection mc) and the
  * engine's notify (resumes it). */
 void http_suspend(void *mc);
 void http_resume(void *mc);
+
+/* a's address as text (no port) into out. */
+void http_addr_str(const struct sockaddr *a, char *out, size_t n);
 
 /* Whether the client has closed its side of mc's connection (or reset it). */
 bool http_peer_gone(struct MHD_Connection *mc);

@@ -26,6 +26,7 @@ typedef struct {
     bool recorded; /* metrics_request_done called */
     size_t text_offset; /* completions' logprobs.text_offset so far */
     engine_output last;
+    unsigned long long *sent; /* the conn's count of body bytes sent (the reader runs only while it lives) */
     tool_parser tp;     /* the current choice's */
     reasoning_splitter rs; /* the current choice's (--reasoning-parser) */
 } stream;
@@ -208,6 +209,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
             size_t n = st->len - st->off < max ? st->len - st->off : max;
             memcpy(buf, st->buf + st->off, n);
             st->off += n;
+            *st->sent += n;
             return (ssize_t)n;
         }
         st->off = st->len = 0;
@@ -250,6 +252,7 @@ static stream *stream_create(conn *c, const generation *g) {
     if (!st) return NULL;
     st->s = c->s;
     st->mc = c->mc;
+    st->sent = &c->sent;
     st->g = *g;
     st->req = g->reqs[0];
     tool_parser_init(&st->tp, g->tools);
@@ -274,10 +277,9 @@ enum MHD_Result sse_start(conn *c, generation *g) {
     }
     atomic_fetch_add(&s->active, 1); /* until stream_free */
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
-    http_add_cors(s, r);
+    http_response_common(c, r, 200);
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     MHD_add_response_header(r, "X-Accel-Buffering", "no");
-    metrics_http(s->mx, c->route, 200);
     enum MHD_Result ret = MHD_queue_response(c->mc, 200, r);
     MHD_destroy_response(r);
     return ret;
