@@ -8,7 +8,7 @@
  *
  *   build/bench-store [--file PATH] [--gib G] [--dtype bf16|fp8] [--cols N]
  *                     [--batch ROWS] [--seconds S] [--zipf S] [--keep]
- *                     [--cache-only] [--compute-us US]
+ *                     [--cache-only] [--compute-us US] [--dram-check]
  *   defaults: /tmp/engram-bench-store.tbl, 3 GiB, bf16, 256 cols, 4096 rows
  *   per gather, 1.5 s per point, Zipf exponent 1.0, 1000 us of compute
  *   between a prefetch and its gather.
@@ -16,12 +16,18 @@
  * block reads/s and GB/s read from the file, rows per read (dedupe), and
  * rows per CPU second of the gathering thread. Cache points (after a warm-up
  * until the cache is full, at most 20 s): hit ratio (rows found in DRAM),
- * rows/s over the gather calls, NVMe reads/s, mean stall per gather. */
+ * rows/s over the gather calls, NVMe reads/s, mean stall per gather.
+ * --dram-check: only the DRAM tier (unlocked), at 16, 256 and 4096 rows per
+ * gather, each gather alone and with an fstat of the file before it: what
+ * checking the file's size before each gather would cost, against the
+ * SIGBUS guard's one flag load (engram/store_dram.c). */
+#include <fcntl.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -196,20 +202,75 @@ static void run_cache_point(const char *path, double frac, bool prefetch, long c
     engram_store_close(s);
 }
 
+/* The DRAM tier at a few gather sizes, each gather alone, then with an
+ * fstat of the file before it (the size check the SIGBUS guard replaces):
+ * mean microseconds per gather, interleaved rounds so that a neighbour's
+ * load hits both alike. */
+static void run_check_points(const char *path, const dist *d, double seconds, float *out, int64_t *rows) {
+    engram_store_params p = engram_store_default_params();
+    p.tier = ENGRAM_STORE_DRAM;
+    engram_store *s = NULL;
+    char err[512];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || engram_store_open(path, &p, &s, err, sizeof(err))) {
+        fprintf(stderr, "bench-store: %s\n", fd < 0 ? "cannot open the table" : err);
+        exit(1);
+    }
+    /* fault the whole table in first: the points measure gathers, not page faults */
+    uint64_t nrows = engram_store_get_info(s).header.rows;
+    for (uint64_t r = 0; r < nrows; r += 4096) {
+        size_t m = nrows - r < 4096 ? (size_t)(nrows - r) : 4096;
+        for (size_t i = 0; i < m; i++) rows[i] = (int64_t)(r + i);
+        engram_store_gather(s, rows, m, out, NULL);
+    }
+    double f0 = util_now();
+    struct stat st0;
+    for (int i = 0; i < 100000; i++) (void)!fstat(fd, &st0);
+    printf("fstat alone: %.3f us per call\n", (util_now() - f0) / 100000 * 1e6);
+    static const size_t sizes[] = {16, 256, 4096};
+    for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+        size_t batch = sizes[k];
+        double t[2] = {0, 0};
+        uint64_t n[2] = {0, 0};
+        while (t[0] + t[1] < 2 * seconds)
+            for (int check = 0; check < 2; check++)
+                for (int rep = 0; rep < 64; rep++) {
+                    draw(d, rows, batch);
+                    double t0 = util_now();
+                    struct stat st;
+                    if ((check && (fstat(fd, &st) || (uint64_t)st.st_size < 4096)) ||
+                        engram_store_gather(s, rows, batch, out, NULL)) {
+                        fprintf(stderr, "bench-store: gather failed\n");
+                        exit(1);
+                    }
+                    t[check] += util_now() - t0;
+                    n[check]++;
+                }
+        printf("dram check dist=%-7s rows/gather=%5zu us/gather: alone=%9.3f with_fstat=%9.3f (+%.3f us, %+.1f%%)\n",
+               d->name, batch, t[0] / n[0] * 1e6, t[1] / n[1] * 1e6, (t[1] / n[1] - t[0] / n[0]) * 1e6,
+               (t[1] / n[1] / (t[0] / n[0]) - 1) * 100);
+        fflush(stdout);
+    }
+    engram_store_close(s);
+    close(fd);
+}
+
 int main(int argc, char **argv) {
     const char *path = "/tmp/engram-bench-store.tbl";
     double gib = 3, seconds = 1.5, zipf_s = 1.0;
-    int dtype = ENGRAM_STORE_BF16, keep = 0, cache_only = 0;
+    int dtype = ENGRAM_STORE_BF16, keep = 0, cache_only = 0, dram_check = 0;
     long cols = 256, batch = 4096, compute_us = 1000;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) {
             printf("usage: bench-store [--file PATH] [--gib G] [--dtype bf16|fp8] [--cols N] [--batch ROWS]\n"
                    "                   [--seconds S] [--zipf S] [--keep] [--cache-only] [--compute-us US]\n"
+                   "                   [--dram-check]\n"
                    "(defaults and output: the header of bench/store.c)\n");
             return 0;
         } else if (!strcmp(a, "--keep")) keep = 1;
         else if (!strcmp(a, "--cache-only")) cache_only = 1;
+        else if (!strcmp(a, "--dram-check")) dram_check = 1;
         else if (v && !strcmp(a, "--compute-us")) compute_us = atol(argv[++i]);
         else if (v && !strcmp(a, "--file")) path = argv[++i];
         else if (v && !strcmp(a, "--gib")) gib = atof(argv[++i]);
@@ -262,6 +323,12 @@ int main(int argc, char **argv) {
     printf("batch %ld rows per gather, >= %.1f s per point, zipf s=%.2f\n", batch, seconds, zipf_s);
 
     const dist *ds[2] = {&uni, &zipf};
+    if (dram_check) {
+        for (int k = 0; k < 2; k++) run_check_points(path, ds[k], seconds, out, rows);
+        if (!keep) unlink(path);
+        free(zipf.cdf), free(out), free(rows), free(next);
+        return 0;
+    }
     for (int k = 0; k < 2 && !cache_only; k++) {
         engram_store_params p = engram_store_default_params();
         p.tier = ENGRAM_STORE_DRAM;

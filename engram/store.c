@@ -79,7 +79,12 @@ static int gather(engram_store *s, const int64_t *rows, size_t n, row_out out, s
         }
     if (!n) return ENGRAM_STORE_OK;
     if (s->map) {
-        engram_store__gather_mapped(s, rows, n, out);
+        if (engram_store__gather_mapped(s, rows, n, out)) {
+            if (!atomic_flag_test_and_set(&s->bad_noted))
+                engram_store__note(s, "the file shrank under its mapping (truncated or rewritten in place?): "
+                                      "every gather of this table fails from now on; restart to reload it");
+            return ENGRAM_STORE_EIO;
+        }
         counter_add(&s->lookups, n);
         counter_add(&s->dram_hits, n);
         return ENGRAM_STORE_OK;
@@ -215,6 +220,7 @@ void engram_store_get_stats(const engram_store *s, engram_store_stats *o) {
     o->nvme_bytes = counter_get(&s->bytes_read);
     o->nvme_read_seconds = (double)counter_get(&s->read_ns) * 1e-9;
     o->gathers = counter_get(&s->gathers);
+    o->tables_bad = atomic_load(&s->bad) ? 1 : 0;
     o->stall_seconds = (double)counter_get(&s->stall_ns) * 1e-9;
     for (int b = 0; b <= ENGRAM_STORE_HIST_BUCKETS; b++) {
         o->nvme_read_hist[b] = counter_get(&s->read_hist[b]);
@@ -244,6 +250,7 @@ void engram_store_stats_add(engram_store_stats *sum, const engram_store_stats *x
     sum->nvme_bytes += x->nvme_bytes;
     sum->nvme_read_seconds += x->nvme_read_seconds;
     sum->gathers += x->gathers;
+    sum->tables_bad += x->tables_bad;
     sum->stall_seconds += x->stall_seconds;
     for (int b = 0; b <= ENGRAM_STORE_HIST_BUCKETS; b++) {
         sum->nvme_read_hist[b] += x->nvme_read_hist[b];
@@ -256,6 +263,7 @@ void engram_store_close(engram_store *s) {
     engram_store__hot_close(s); /* its thread reads into the cache: first */
     engram_store__prefetch_stop(s);
     if (s->map) {
+        engram_store__guard_remove(s);
         if (s->info.locked) munlock(s->map, s->map_len);
         munmap(s->map, s->map_len);
     }

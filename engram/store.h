@@ -183,7 +183,9 @@ int engram_store_open(const char *path, const engram_store_params *params, engra
  * gather) are waited for, the other misses are read once and cached.
  * Thread-safe. Returns ENGRAM_STORE_OK; ENGRAM_STORE_ERANGE if some row is
  * out of range (nothing read, *bad gets its index; bad may be NULL);
- * ENGRAM_STORE_EIO or _ENOMEM on a failed read. */
+ * ENGRAM_STORE_EIO or _ENOMEM on a failed read; on the DRAM tier
+ * ENGRAM_STORE_EIO once the file has shrunk under the mapping (a SIGBUS
+ * caught: the store is bad for good, see engram_store_stats.tables_bad). */
 int engram_store_gather(engram_store *s, const int64_t *rows, size_t n, float *out, size_t *bad);
 
 /* Same, with each row copied as it is stored (row_bytes bytes of the file's
@@ -292,6 +294,7 @@ typedef struct {
     uint64_t gathers;          /* NVMe-tier gathers (each observed in the stall histogram) */
     double stall_seconds;      /* time gathers waited for rows not in DRAM (own reads, in-flight reads) */
     uint64_t stall_hist[ENGRAM_STORE_HIST_BUCKETS + 1]; /* gathers per stall bucket (not cumulative) */
+    uint64_t tables_bad;       /* 1 when the table file shrank under its DRAM mapping: every gather fails (gauge) */
 } engram_store_stats;
 
 /* Fills *out with s's counters (a consistent-enough snapshot: each counter

@@ -1,15 +1,110 @@
 /* The DRAM tier of the Engram store (see store.h): the table file mapped
  * MAP_SHARED (random access advised, optionally huge pages and mlock), or an
  * anonymous mapping filled on the spot (engram_store_create_memory); gathers
- * read mapped rows directly, spread over threads when large. */
+ * read mapped rows directly, spread over threads when large. A file that
+ * shrinks under its mapping is caught by a SIGBUS handler (the guard below):
+ * the gather fails with EIO and the store is marked bad instead of the
+ * process dying. */
 #include <errno.h>
 #include <omp.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "base/err.h"
 #include "engram/store_internal.h"
+
+/* ---- the SIGBUS guard ----
+ *
+ * A read of a mapped page that lies past the end of a file that was cut
+ * short (truncated, or rewritten in place) raises SIGBUS, whose default
+ * action kills the process. Table files must not change under a server, but
+ * an operator's mistake should cost the requests that needed the table, not
+ * the server. Measured against the other way, an fstat before each gather
+ * (bench-store --dram-check, bench/RESULTS.md), the handler costs the gather
+ * nothing (one flag load) where fstat costs about a microsecond per gather,
+ * and it is not racy (the file may shrink between the fstat and the loads).
+ *
+ * The handler looks the faulting address up in a fixed table of the mapped
+ * stores (lock-free: slots hold atomics), maps an anonymous zero page over
+ * the faulting page, so that the load completes (in whichever thread, an
+ * OpenMP worker included: no longjmp out of a parallel region), and marks
+ * the store bad. The gather checks the mark after its loads and fails with
+ * ENGRAM_STORE_EIO, and so does every later gather of that store: its
+ * mapping now holds zero pages where rows were. A SIGBUS at any other
+ * address goes to the handler installed before ours, or kills as it would
+ * have. mmap is not on POSIX's async-signal-safe list, but on Linux it is
+ * the system call itself (no lock, no allocation). */
+#define GUARD_SLOTS 256 /* mapped table files at once, at most (more are mapped unguarded, with a note) */
+
+static struct {
+    _Atomic(uintptr_t) lo, hi;       /* [lo, hi): the mapping; 0, 0 when free */
+    _Atomic(engram_store *) store;
+} guard[GUARD_SLOTS];
+static pthread_mutex_t guard_mu = PTHREAD_MUTEX_INITIALIZER; /* registrations (not the handler) */
+static struct sigaction guard_prev;
+static uintptr_t guard_page; /* the page size (sysconf is not for a signal handler) */
+static bool guard_installed;
+
+static void guard_handler(int sig, siginfo_t *si, void *uc) {
+    uintptr_t a = (uintptr_t)si->si_addr;
+    for (int i = 0; i < GUARD_SLOTS; i++) {
+        engram_store *s = atomic_load(&guard[i].store);
+        if (!s || a < atomic_load(&guard[i].lo) || a >= atomic_load(&guard[i].hi)) continue;
+        uintptr_t page = a & ~(guard_page - 1);
+        atomic_store(&s->bad, 1);
+        if (mmap((void *)page, (size_t)guard_page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+                 0) != MAP_FAILED)
+            return; /* the load is retried and reads zeros; the gather fails on the mark */
+        break;
+    }
+    /* not ours (or the page could not be replaced): as if we were not here */
+    if (guard_prev.sa_flags & SA_SIGINFO) {
+        guard_prev.sa_sigaction(sig, si, uc);
+    } else if (guard_prev.sa_handler != SIG_IGN && guard_prev.sa_handler != SIG_DFL) {
+        guard_prev.sa_handler(sig);
+    } else { /* the default action: the fault repeats on return and kills */
+        signal(SIGBUS, SIG_DFL);
+    }
+}
+
+/* Registers s's mapping with the guard (installing the handler the first
+ * time). Returns 0, or -1 when the table is full (s stays unguarded). */
+static int guard_add(engram_store *s) {
+    pthread_mutex_lock(&guard_mu);
+    if (!guard_installed) {
+        struct sigaction sa = {0};
+        guard_page = (uintptr_t)sysconf(_SC_PAGESIZE);
+        sa.sa_sigaction = guard_handler;
+        sa.sa_flags = SA_SIGINFO;
+        sigemptyset(&sa.sa_mask);
+        guard_installed = sigaction(SIGBUS, &sa, &guard_prev) == 0;
+    }
+    int rc = -1;
+    for (int i = 0; i < GUARD_SLOTS && guard_installed && rc; i++)
+        if (!atomic_load(&guard[i].store)) {
+            atomic_store(&guard[i].lo, (uintptr_t)s->map);
+            atomic_store(&guard[i].hi, (uintptr_t)s->map + s->map_len);
+            atomic_store(&guard[i].store, s); /* last: the handler reads store first */
+            rc = 0;
+        }
+    pthread_mutex_unlock(&guard_mu);
+    return rc;
+}
+
+void engram_store__guard_remove(engram_store *s) {
+    pthread_mutex_lock(&guard_mu);
+    for (int i = 0; i < GUARD_SLOTS; i++)
+        if (atomic_load(&guard[i].store) == s) {
+            atomic_store(&guard[i].store, NULL);
+            atomic_store(&guard[i].lo, 0);
+            atomic_store(&guard[i].hi, 0);
+        }
+    pthread_mutex_unlock(&guard_mu);
+}
 
 int engram_store__dram_open(engram_store *s, int fd, size_t size, char *err, size_t errlen) {
     s->fd = fd;
@@ -18,6 +113,9 @@ int engram_store__dram_open(engram_store *s, int fd, size_t size, char *err, siz
     if (m == MAP_FAILED)
         return err_set(err, errlen, ENGRAM_STORE_EIO, "%s: mmap failed: %s", s->path, strerror(errno));
     s->map = m;
+    if (guard_add(s))
+        engram_store__note(s, "more than %d mapped tables: a file shrinking under this one would stop the process",
+                           GUARD_SLOTS);
     madvise(m, s->map_len, MADV_RANDOM);
     if (s->p.hugepages) {
         if (madvise(m, s->map_len, MADV_HUGEPAGE) == 0)
@@ -91,7 +189,8 @@ int engram_store_create_memory(int dtype, uint64_t rows, uint32_t cols, engram_s
  * most: waking threads costs more than small gathers take. */
 #define GATHER_PER_THREAD 256
 
-void engram_store__gather_mapped(const engram_store *s, const int64_t *rows, size_t n, row_out out) {
+int engram_store__gather_mapped(engram_store *s, const int64_t *rows, size_t n, row_out out) {
+    if (atomic_load(&s->bad)) return ENGRAM_STORE_EIO;
     const engram_store_header *h = &s->info.header;
     const uint8_t *base = s->map + h->data_offset;
     /* leave two cores to the threads that issue the backend's work */
@@ -105,4 +204,5 @@ void engram_store__gather_mapped(const engram_store *s, const int64_t *rows, siz
                 __builtin_prefetch(base + (uint64_t)rows[i + 8] * h->row_stride + o);
         engram_store__emit(h, base + (uint64_t)rows[i] * h->row_stride, out, i);
     }
+    return atomic_load(&s->bad) ? ENGRAM_STORE_EIO : ENGRAM_STORE_OK; /* a page was cut off under the loads */
 }

@@ -98,6 +98,8 @@ struct engram_store {
     int fd;
     uint8_t *map; /* DRAM: the whole file */
     size_t map_len;
+    _Atomic int bad; /* DRAM: the file shrank under the mapping (set by the SIGBUS guard); gathers fail */
+    atomic_flag bad_noted; /* the note about it was written */
     /* NVMe reads */
     pthread_mutex_t io_mu; /* the gathers' reader */
     reader rd, pf_rd;      /* gathers', the prefetch thread's */
@@ -161,8 +163,12 @@ engram_store *engram_store__new(const char *path, const engram_store_params *p);
  * s->info): maps it MAP_SHARED, advises, locks. s owns fd from here, even on
  * failure. Returns ENGRAM_STORE_OK, or _EIO/_ELOCK with a message. */
 int engram_store__dram_open(engram_store *s, int fd, size_t size, char *err, size_t errlen);
-/* Gathers n in-range rows from the mapping into out. */
-void engram_store__gather_mapped(const engram_store *s, const int64_t *rows, size_t n, row_out out);
+/* Gathers n in-range rows from the mapping into out. Returns
+ * ENGRAM_STORE_OK, or _EIO when the store is bad (its file shrank under the
+ * mapping, now or before). */
+int engram_store__gather_mapped(engram_store *s, const int64_t *rows, size_t n, row_out out);
+/* Takes s's mapping out of the SIGBUS guard (before it is unmapped). */
+void engram_store__guard_remove(engram_store *s);
 
 /* store_nvme.c */
 /* The NVMe tier over fd (a buffered descriptor of the table file, header

@@ -33,6 +33,11 @@ enum MHD_Result handle_model(conn *c, const char *id) {
 enum MHD_Result handle_health(conn *c) {
     if (!atomic_load(&c->s->ready)) return fail(c, 503, NULL, "The model is loading.");
     if (atomic_load(&c->s->draining)) return fail(c, 503, NULL, "The server is shutting down.");
+    engram_store_stats es = {0};
+    engine_engram_store_stats(c->s->e, &es);
+    if (es.tables_bad)
+        return fail(c, 503, NULL, "An Engram table file shrank under the server (truncated or rewritten in place): "
+                                  "generations fail until it is restarted.");
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "status", "ok");
     /* ready either way: with --engram-warm-start background the hot rows come back while it serves */

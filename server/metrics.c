@@ -212,13 +212,17 @@ static void render_store(strbuf *b, const engram_store_stats *es) {
               "# HELP engram_store_cache_bytes DRAM held by the row caches over NVMe.\n"
               "# TYPE engram_store_cache_bytes gauge\n"
               "engram_store_cache_bytes %llu\n"
+              "# HELP engram_store_tables_bad Engram table files that shrank under their DRAM mapping: their gathers "
+              "fail (500) until a restart.\n"
+              "# TYPE engram_store_tables_bad gauge\n"
+              "engram_store_tables_bad %llu\n"
               "# HELP engram_store_nvme_reads_total Reads from the Engram table files (runs of whole 4 KiB blocks).\n"
               "# TYPE engram_store_nvme_reads_total counter\n"
               "engram_store_nvme_reads_total %llu\n"
               "# HELP engram_store_nvme_read_bytes_total Bytes read from the Engram table files.\n"
               "# TYPE engram_store_nvme_read_bytes_total counter\n"
               "engram_store_nvme_read_bytes_total %llu\n",
-              (ull)es->cache_rows, (ull)es->cache_capacity, (ull)es->cache_bytes, (ull)es->nvme_reads,
+              (ull)es->cache_rows, (ull)es->cache_capacity, (ull)es->cache_bytes, (ull)es->tables_bad, (ull)es->nvme_reads,
               (ull)es->nvme_bytes);
     sb_printf(b,
               "# HELP engram_store_cache_admissions_total Rows taken into the DRAM row caches (gathers' misses, "
