@@ -41,14 +41,32 @@ const char *engram_store_status_str(int status);
  *             else to a multiple of 4096)
  *  36     4   reserved (0)
  *  40     8   data_offset (a positive multiple of 4096)
- *  48..   zero up to data_offset
+ *  48..   the checksums' fields below, then zero up to data_offset
  * Row r's bytes sit at data_offset + r*row_stride; the file is at least
  * data_offset + (rows-1)*row_stride + row_bytes long (writers pad it to a
- * multiple of 4096). */
+ * multiple of 4096).
+ * Per-block checksums (written by engram_store_write since issue 23; a file
+ * without them has zeros here, as every file before had, and readers that
+ * do not know them ignore these bytes):
+ *  48     8   "ENGRSUM\0" (zeros: no checksums)
+ *  56     4   checksum kind (1: CRC-32C, base/crc32c.h)
+ *  60     4   block_bytes: data bytes per checksum (65536)
+ *  64     8   sums_offset: where the checksums are (after the data, a multiple of 4096)
+ *  72     8   n_blocks: ceil(data bytes / block_bytes)
+ *  80     4   CRC-32C of the n_blocks checksums as stored
+ *  84     4   CRC-32C of header bytes [0, 84)
+ * The data are the bytes [data_offset, sums_offset): the rows and their
+ * padding; block i is [data_offset + i*block_bytes, + block_bytes), the last
+ * one shorter. The checksums are n_blocks little-endian uint32 at
+ * sums_offset, padded with zeros to a multiple of 4096. The serving path
+ * does not check them; engram-tables verify does. */
 #define ENGRAM_STORE_MAGIC "ENGRTBL"
 #define ENGRAM_STORE_VERSION 1u
 #define ENGRAM_STORE_BLOCK 4096u
 #define ENGRAM_STORE_HEADER_BYTES 48u
+#define ENGRAM_STORE_SUM_MAGIC "ENGRSUM"
+#define ENGRAM_STORE_SUM_CRC32C 1u
+#define ENGRAM_STORE_SUM_BLOCK 65536u
 #define ENGRAM_STORE_MAX_COLS (1 << 20)
 
 typedef enum {
@@ -95,10 +113,28 @@ typedef int (*engram_store_row_fn)(void *ctx, uint64_t row, void *dst);
 
 /* Writes a table file at path (through path.tmp, renamed at the end):
  * header, then rows from fill (called once per row in order; a non-zero
- * return aborts with ENGRAM_STORE_EIO), padding to a multiple of 4096.
+ * return aborts with ENGRAM_STORE_EIO), padding to a multiple of 4096, then
+ * the per-block checksums.
  * Returns ENGRAM_STORE_OK or a negative status with a message. */
 int engram_store_write(const char *path, int dtype, uint64_t rows, uint32_t cols, engram_store_row_fn fill,
                        void *ctx, char *err, size_t errlen);
+
+/* What engram_store_verify found. */
+typedef struct {
+    bool has_checksums;   /* false: a file written before checksums (nothing was checked) */
+    uint32_t block_bytes;
+    uint64_t n_blocks;    /* blocks checked */
+    int64_t first_bad;    /* the first block whose bytes do not match its checksum; -1: none */
+    uint64_t bad_offset;  /* its file offset and length */
+    uint64_t bad_len;
+    uint64_t bad_row_first, bad_row_last; /* the rows it holds bytes of (last < first: only padding) */
+} engram_store_verify_result;
+
+/* Checks every block of the table file at path against its checksum.
+ * Returns ENGRAM_STORE_OK with *r filled (r->first_bad says whether a block
+ * is bad), or _EIO (cannot read), _EFORMAT (a bad header, a damaged header
+ * or checksum table, a file too short for its checksums) with a message. */
+int engram_store_verify(const char *path, engram_store_verify_result *r, char *err, size_t errlen);
 
 /* Same, from rows laid end to end in memory (rows*row_bytes bytes, borrowed). */
 int engram_store_write_dense(const char *path, int dtype, uint64_t rows, uint32_t cols, const void *data,

@@ -1,16 +1,20 @@
 /* The Engram table file (see store.h for the layout): dtypes and row sizes,
  * the 4096-byte header (parse and check untrusted bytes; write), the export
- * writer (header, rows at their stride, padding to whole blocks; through a
- * temporary file renamed at the end), and the decoding of a stored row to
- * f32 that every tier shares. */
+ * writer (header, rows at their stride, padding to whole blocks, per-block
+ * CRC-32C checksums; through a temporary file renamed at the end), the
+ * checksums' verifier, and the decoding of a stored row to f32 that every
+ * tier shares. */
 #include "engram/store.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/crc32c.h"
 #include "base/err.h"
 #include "base/numeric.h"
 #include "engram/engram_fp8.h"
@@ -104,10 +108,40 @@ int engram_store_parse_header(const void *buf, size_t len, uint64_t file_size, e
     return ENGRAM_STORE_OK;
 }
 
+/* ---- per-block checksums ---- */
+
+#define SUM_META 48u   /* where the checksum fields start */
+#define SUM_HDR_END 88u /* and end (the header's own CRC last) */
+
+/* The CRC-32C of each ENGRAM_STORE_SUM_BLOCK bytes of a stream fed in any
+ * pieces. */
+typedef struct {
+    uint32_t *sums; /* (n) */
+    uint64_t n, done;
+    uint32_t crc, fill;
+} block_sums;
+
+static void sums_feed(block_sums *b, const uint8_t *p, size_t n) {
+    while (n) {
+        size_t k = ENGRAM_STORE_SUM_BLOCK - b->fill < n ? ENGRAM_STORE_SUM_BLOCK - b->fill : n;
+        b->crc = crc32c(b->crc, p, k);
+        b->fill += (uint32_t)k, p += k, n -= k;
+        if (b->fill == ENGRAM_STORE_SUM_BLOCK && b->done < b->n) {
+            b->sums[b->done++] = b->crc;
+            b->crc = b->fill = 0;
+        }
+    }
+}
+
+static void sums_finish(block_sums *b) {
+    if (b->fill && b->done < b->n) b->sums[b->done++] = b->crc;
+}
+
 /* The header block of a table (one data block after it): fields as
- * engram_store_parse_header reads them, zeros to 4096. */
+ * engram_store_parse_header reads them, the checksums' fields (sums_offset
+ * 0: none), zeros to 4096. */
 static void header_encode(uint8_t hdr[ENGRAM_STORE_BLOCK], int dtype, uint64_t rows, uint32_t cols, uint32_t rb,
-                          uint32_t stride) {
+                          uint32_t stride, uint64_t sums_offset, uint64_t n_blocks, uint32_t sums_crc) {
     memset(hdr, 0, ENGRAM_STORE_BLOCK);
     memcpy(hdr, ENGRAM_STORE_MAGIC, 8);
     wr32(hdr + 8, ENGRAM_STORE_VERSION);
@@ -117,6 +151,14 @@ static void header_encode(uint8_t hdr[ENGRAM_STORE_BLOCK], int dtype, uint64_t r
     wr32(hdr + 28, rb);
     wr32(hdr + 32, stride);
     wr64(hdr + 40, ENGRAM_STORE_BLOCK);
+    if (!sums_offset) return;
+    memcpy(hdr + SUM_META, ENGRAM_STORE_SUM_MAGIC, 8);
+    wr32(hdr + 56, ENGRAM_STORE_SUM_CRC32C);
+    wr32(hdr + 60, ENGRAM_STORE_SUM_BLOCK);
+    wr64(hdr + 64, sums_offset);
+    wr64(hdr + 72, n_blocks);
+    wr32(hdr + 80, sums_crc);
+    wr32(hdr + 84, crc32c(0, hdr, 84));
 }
 
 int engram_store_write(const char *path, int dtype, uint64_t rows, uint32_t cols, engram_store_row_fn fill,
@@ -131,9 +173,13 @@ int engram_store_write(const char *path, int dtype, uint64_t rows, uint32_t cols
     /* a chunk of whole rows, at least 1 MiB */
     size_t per = stride >= (1u << 20) ? 1 : (1u << 20) / stride;
     uint8_t *chunk = calloc(per, stride);
-    if (!tmp || !chunk) {
+    uint64_t data_len = (rows * stride + ENGRAM_STORE_BLOCK - 1) / ENGRAM_STORE_BLOCK * ENGRAM_STORE_BLOCK;
+    block_sums bs = {.n = (data_len + ENGRAM_STORE_SUM_BLOCK - 1) / ENGRAM_STORE_SUM_BLOCK};
+    bs.sums = calloc(bs.n + ENGRAM_STORE_BLOCK / 4, 4); /* room for the padding to a block */
+    if (!tmp || !chunk || !bs.sums) {
         free(tmp);
         free(chunk);
+        free(bs.sums);
         return err_set(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
     }
     snprintf(tmp, tlen, "%s.tmp", path);
@@ -144,7 +190,7 @@ int engram_store_write(const char *path, int dtype, uint64_t rows, uint32_t cols
         goto out;
     }
     uint8_t hdr[ENGRAM_STORE_BLOCK];
-    header_encode(hdr, dtype, rows, cols, rb, stride);
+    header_encode(hdr, dtype, rows, cols, rb, stride, 0, 0, 0); /* the checksums' fields at the end */
     if (fwrite(hdr, 1, sizeof(hdr), f) != sizeof(hdr)) goto ioerr;
     uint64_t total = 0;
     for (uint64_t r = 0; r < rows;) {
@@ -156,6 +202,7 @@ int engram_store_write(const char *path, int dtype, uint64_t rows, uint32_t cols
                 goto close;
             }
         if (fwrite(chunk, stride, k, f) != k) goto ioerr;
+        sums_feed(&bs, chunk, k * stride);
         total += (uint64_t)k * stride;
         r += k;
     }
@@ -163,7 +210,16 @@ int engram_store_write(const char *path, int dtype, uint64_t rows, uint32_t cols
         size_t pad = ENGRAM_STORE_BLOCK - total % ENGRAM_STORE_BLOCK;
         memset(hdr, 0, sizeof(hdr));
         if (fwrite(hdr, 1, pad, f) != pad) goto ioerr;
+        sums_feed(&bs, hdr, pad);
     }
+    sums_finish(&bs);
+    /* the checksums (little-endian: the host's, see the check at the top),
+     * padded to whole blocks, then the header again with their fields */
+    size_t sums_len = (size_t)(bs.n * 4 + ENGRAM_STORE_BLOCK - 1) / ENGRAM_STORE_BLOCK * ENGRAM_STORE_BLOCK;
+    if (fwrite(bs.sums, 1, sums_len, f) != sums_len) goto ioerr;
+    header_encode(hdr, dtype, rows, cols, rb, stride, ENGRAM_STORE_BLOCK + data_len, bs.n,
+                  crc32c(0, bs.sums, (size_t)bs.n * 4));
+    if (fseek(f, 0, SEEK_SET) || fwrite(hdr, 1, sizeof(hdr), f) != sizeof(hdr)) goto ioerr;
     if (fflush(f) || fsync(fileno(f))) goto ioerr;
 close:
     if (fclose(f) && rc == ENGRAM_STORE_OK)
@@ -174,10 +230,112 @@ close:
 out:
     free(tmp);
     free(chunk);
+    free(bs.sums);
     return rc;
 ioerr:
     rc = err_set(err, errlen, ENGRAM_STORE_EIO, "%s: write failed: %s", tmp, strerror(errno));
     goto close;
+}
+
+/* Reads the checksums' fields of hdr (SUM_HDR_END bytes of a file whose
+ * table header h parsed, size bytes long) into r and *sums_offset, and
+ * checks them. Returns OK (r->has_checksums false when the fields are all
+ * zero, as in a file written before them) or EFORMAT with a message. */
+static int sums_header(const uint8_t *hdr, const engram_store_header *h, uint64_t size,
+                       engram_store_verify_result *r, uint64_t *sums_offset, uint32_t *sums_crc, char *err,
+                       size_t errlen) {
+    int E = ENGRAM_STORE_EFORMAT;
+    bool zero = true;
+    for (uint32_t i = SUM_META; i < SUM_HDR_END; i++) zero &= hdr[i] == 0;
+    if (zero) return ENGRAM_STORE_OK;
+    if (memcmp(hdr + SUM_META, ENGRAM_STORE_SUM_MAGIC, 8) || rd32(hdr + 84) != crc32c(0, hdr, 84))
+        return err_set(err, errlen, E, "the header is damaged (its checksum does not match)");
+    r->has_checksums = true;
+    r->block_bytes = rd32(hdr + 60);
+    *sums_offset = rd64(hdr + 64);
+    r->n_blocks = rd64(hdr + 72);
+    *sums_crc = rd32(hdr + 80);
+    uint64_t data_end = h->data_offset + (h->rows * h->row_stride + ENGRAM_STORE_BLOCK - 1) / ENGRAM_STORE_BLOCK *
+                                             ENGRAM_STORE_BLOCK;
+    if (rd32(hdr + 56) != ENGRAM_STORE_SUM_CRC32C)
+        return err_set(err, errlen, E, "unknown checksum kind %u (this build knows 1, CRC-32C)", rd32(hdr + 56));
+    if (!r->block_bytes || r->block_bytes % ENGRAM_STORE_BLOCK || r->block_bytes > (1u << 30))
+        return err_set(err, errlen, E, "checksum block size %u is not a multiple of 4096 up to 1 GiB", r->block_bytes);
+    if (*sums_offset != data_end ||
+        r->n_blocks != (data_end - h->data_offset + r->block_bytes - 1) / r->block_bytes)
+        return err_set(err, errlen, E, "the checksum fields disagree with the table's size");
+    if (size < *sums_offset + r->n_blocks * 4)
+        return err_set(err, errlen, E, "truncated: the checksums need %llu bytes, the file has %llu",
+                       (unsigned long long)(*sums_offset + r->n_blocks * 4), (unsigned long long)size);
+    return ENGRAM_STORE_OK;
+}
+
+int engram_store_verify(const char *path, engram_store_verify_result *r, char *err, size_t errlen) {
+    memset(r, 0, sizeof(*r));
+    r->first_bad = -1;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st)) {
+        int rc = err_set(err, errlen, ENGRAM_STORE_EIO, "%s: cannot open: %s", path, strerror(errno));
+        if (fd >= 0) close(fd);
+        return rc;
+    }
+    uint8_t hdr[SUM_HDR_END];
+    uint32_t *sums = NULL;
+    uint8_t *buf = NULL;
+    char why[256];
+    engram_store_header h;
+    uint64_t sums_offset = 0;
+    uint32_t sums_crc = 0;
+    ssize_t got = pread(fd, hdr, sizeof(hdr), 0);
+    /* the header's own checksum first: a flipped bit is named as such, not
+     * as whatever field it made absurd */
+    bool summed = got == (ssize_t)sizeof(hdr) && !memcmp(hdr + SUM_META, ENGRAM_STORE_SUM_MAGIC, 8);
+    int rc = got < 0 ? err_set(why, sizeof(why), ENGRAM_STORE_EIO, "read failed: %s", strerror(errno))
+             : summed && rd32(hdr + 84) != crc32c(0, hdr, 84)
+                 ? err_set(why, sizeof(why), ENGRAM_STORE_EFORMAT, "the header is damaged (its checksum does not match)")
+                 : engram_store_parse_header(hdr, (size_t)got, (uint64_t)st.st_size ? (uint64_t)st.st_size : 1, &h,
+                                             why, sizeof(why));
+    if (!rc && got < (ssize_t)sizeof(hdr)) rc = err_set(why, sizeof(why), ENGRAM_STORE_EFORMAT, "truncated header");
+    if (!rc) rc = sums_header(hdr, &h, (uint64_t)st.st_size, r, &sums_offset, &sums_crc, why, sizeof(why));
+    if (rc || !r->has_checksums) goto out;
+    size_t sl = (size_t)r->n_blocks * 4;
+    if (!(sums = malloc(sl ? sl : 1)) || !(buf = malloc(r->block_bytes))) {
+        rc = err_set(why, sizeof(why), ENGRAM_STORE_ENOMEM, "out of memory");
+        goto out;
+    }
+    if (pread(fd, sums, sl, (off_t)sums_offset) != (ssize_t)sl) {
+        rc = err_set(why, sizeof(why), ENGRAM_STORE_EIO, "cannot read the checksums: %s", strerror(errno));
+        goto out;
+    }
+    if (crc32c(0, sums, sl) != sums_crc) {
+        rc = err_set(why, sizeof(why), ENGRAM_STORE_EFORMAT, "the checksum table is damaged (its checksum does not match)");
+        goto out;
+    }
+    for (uint64_t i = 0; i < r->n_blocks; i++) {
+        uint64_t off = h.data_offset + i * r->block_bytes;
+        size_t len = sums_offset - off < r->block_bytes ? (size_t)(sums_offset - off) : r->block_bytes;
+        ssize_t n = pread(fd, buf, len, (off_t)off);
+        if (n != (ssize_t)len) {
+            rc = err_set(why, sizeof(why), ENGRAM_STORE_EIO, "block %llu: read failed: %s", (unsigned long long)i,
+                         n < 0 ? strerror(errno) : "short read");
+            goto out;
+        }
+        if (crc32c(0, buf, len) == sums[i]) continue;
+        r->first_bad = (int64_t)i;
+        r->bad_offset = off;
+        r->bad_len = len;
+        r->bad_row_first = (off - h.data_offset) / h.row_stride;
+        uint64_t last = (off + len - 1 - h.data_offset) / h.row_stride;
+        r->bad_row_last = last < h.rows ? last : h.rows - 1; /* below first: the block holds only padding */
+        break;
+    }
+out:
+    if (rc) err_set(err, errlen, rc, "%s: %s", path, why);
+    free(sums);
+    free(buf);
+    close(fd);
+    return rc;
 }
 
 typedef struct {
