@@ -62,22 +62,11 @@ static int split_drain(reasoning_splitter *r, strbuf *reasoning, strbuf *content
     return 0;
 }
 
-static int split_give(strbuf *reasoning, strbuf *content, char **r, char **c, int rc) {
-    if (rc) strbuf_free(reasoning), strbuf_free(content);
-    *r = strbuf_take(reasoning);
-    *c = strbuf_take(content);
-    return rc ? -1 : 0;
-}
-
-int reasoning_feed(reasoning_splitter *r, const char *text, size_t len, char **reasoning, char **content) {
-    strbuf rb = {0}, cb = {0};
-    *reasoning = *content = NULL;
+int reasoning_feed(reasoning_splitter *r, const char *text, size_t len, strbuf *reasoning, strbuf *content) {
     if (strbuf_add(&r->held, text, len)) return -1;
-    return split_give(&rb, &cb, reasoning, content, split_drain(r, &rb, &cb, false));
+    return split_drain(r, reasoning, content, false);
 }
 
-int reasoning_finish(reasoning_splitter *r, char **reasoning, char **content) {
-    strbuf rb = {0}, cb = {0};
-    *reasoning = *content = NULL;
-    return split_give(&rb, &cb, reasoning, content, split_drain(r, &rb, &cb, true));
+int reasoning_finish(reasoning_splitter *r, strbuf *reasoning, strbuf *content) {
+    return split_drain(r, reasoning, content, true);
 }

@@ -4,7 +4,8 @@
  * template opens it in the prompt, so the output starts inside it (a
  * leading <think> is taken if the model writes one anyway). Both close it
  * with </think>. Text comes in pieces, as a stream produces it: each piece
- * goes out at once except what may be part of a marker. */
+ * goes out at once except what may be part of a marker. Text is bytes with
+ * lengths (a token may decode to 0x00): nothing here stops at a NUL. */
 #ifndef ENGRAM_REASONING_H
 #define ENGRAM_REASONING_H
 
@@ -30,12 +31,13 @@ void reasoning_init(reasoning_splitter *r, reasoning_format fmt);
 void reasoning_markers(reasoning_format fmt, const char **open, const char **close);
 void reasoning_free(reasoning_splitter *r);
 
-/* Takes the next len bytes of output: *reasoning and *content (heap,
- * NUL-terminated, NULL when empty) are what can be given out now. Returns
- * 0, or -1 out of memory. With REASONING_NONE everything is content. */
-int reasoning_feed(reasoning_splitter *r, const char *text, size_t len, char **reasoning, char **content);
+/* Takes the next len bytes of output (any bytes) and appends to reasoning
+ * and content what can be given out now. Returns 0, or -1 out of memory
+ * (the buffers may then hold part of it: free them). With REASONING_NONE
+ * everything is content. */
+int reasoning_feed(reasoning_splitter *r, const char *text, size_t len, strbuf *reasoning, strbuf *content);
 
 /* The end of the output: what is held goes out where it was. */
-int reasoning_finish(reasoning_splitter *r, char **reasoning, char **content);
+int reasoning_finish(reasoning_splitter *r, strbuf *reasoning, strbuf *content);
 
 #endif

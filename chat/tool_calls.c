@@ -2,6 +2,8 @@
 #include "chat/tool_calls.h"
 
 #include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,15 +50,23 @@ void tool_parser_free(tool_parser *p) {
     memset(p, 0, sizeof(*p));
 }
 
+/* Whether body[0..n) holds a NUL: a raw byte, or the escape \u0000 (its
+ * backslash not itself escaped). */
+static bool has_nul(const char *body, size_t n) {
+    if (memchr(body, 0, n)) return true;
+    for (const char *q = body; (q = memmem(q, n - (size_t)(q - body), "\\u0000", 6)); q++) {
+        size_t k = 0; /* backslashes before q */
+        while (q - k > body && q[-(ptrdiff_t)k - 1] == '\\') k++;
+        if (k % 2 == 0) return true;
+    }
+    return false;
+}
+
 /* The call in the body of one block, or -1 when it is not one (it is then
  * content), -2 out of memory. */
 static int parse_call(tool_parser *p, const char *body, size_t n) {
-    char *text = malloc(n + 1);
-    if (!text) return -2;
-    memcpy(text, body, n);
-    text[n] = 0;
-    cJSON *j = cJSON_Parse(text);
-    free(text);
+    if (has_nul(body, n)) return -1; /* cJSON's strings would end at it: content, whole */
+    cJSON *j = cJSON_ParseWithLength(body, n);
     const cJSON *name = cJSON_IsObject(j) ? cJSON_GetObjectItemCaseSensitive(j, "name") : NULL;
     const cJSON *args = cJSON_IsObject(j) ? cJSON_GetObjectItemCaseSensitive(j, "arguments") : NULL;
     if (!cJSON_IsString(name) || !name->valuestring[0] || !(cJSON_IsObject(args) || cJSON_IsString(args))) {
@@ -112,21 +122,9 @@ static int drain(tool_parser *p, strbuf *out, bool final) {
     return 0;
 }
 
-static int give(strbuf *out, char **content, int rc) {
-    if (rc) strbuf_free(out);
-    *content = strbuf_take(out); /* NULL when nothing was added */
-    return rc ? -1 : 0;
-}
-
-int tool_parser_feed(tool_parser *p, const char *text, size_t len, char **content) {
-    strbuf out = {0};
-    *content = NULL;
+int tool_parser_feed(tool_parser *p, const char *text, size_t len, strbuf *content) {
     if (strbuf_add(&p->held, text, len)) return -1;
-    return give(&out, content, drain(p, &out, false));
+    return drain(p, content, false);
 }
 
-int tool_parser_finish(tool_parser *p, char **content) {
-    strbuf out = {0};
-    *content = NULL;
-    return give(&out, content, drain(p, &out, true));
-}
+int tool_parser_finish(tool_parser *p, strbuf *content) { return drain(p, content, true); }

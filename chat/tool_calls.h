@@ -11,7 +11,10 @@
  * content as it came. The parser takes the text in pieces, as a stream
  * produces it: content comes out at once except what may be the start of a
  * call (held until it is or is not one), and each call comes out whole when
- * its end marker arrives. */
+ * its end marker arrives. Text is bytes with lengths (a token may decode to
+ * 0x00): a block holding a NUL, raw or escaped as \u0000, stays content
+ * whole (JSON allows no raw control byte, and a parsed call's strings are C
+ * strings that would end there). */
 #ifndef ENGRAM_TOOL_CALLS_H
 #define ENGRAM_TOOL_CALLS_H
 
@@ -49,14 +52,14 @@ typedef struct {
 void tool_parser_init(tool_parser *p, tool_format fmt);
 void tool_parser_free(tool_parser *p);
 
-/* Takes the next len bytes of generated text. *content (heap, NUL-
- * terminated, or NULL when empty) is the content that can be given out now;
- * the calls completed by this text are appended to p->calls. Returns 0, or
- * -1 out of memory. */
-int tool_parser_feed(tool_parser *p, const char *text, size_t len, char **content);
+/* Takes the next len bytes of generated text (any bytes) and appends to
+ * content what can be given out now; the calls completed by this text are
+ * appended to p->calls. Returns 0, or -1 out of memory (content may then
+ * hold part of it: free it). */
+int tool_parser_feed(tool_parser *p, const char *text, size_t len, strbuf *content);
 
 /* The end of the text: what is still held (an unfinished call or a partial
  * marker) is content. Same conventions as tool_parser_feed. */
-int tool_parser_finish(tool_parser *p, char **content);
+int tool_parser_finish(tool_parser *p, strbuf *content);
 
 #endif

@@ -250,35 +250,35 @@ static int chat_message(conn *c, cJSON *ch, const char **finish) {
         cJSON_Delete(content);
         return -1;
     }
-    /* chat/'s parsers hand back C strings: a NUL ends their pieces there */
+    /* chat/'s parsers take and give bytes with lengths: a NUL is text */
     reasoning_splitter rs;
     tool_parser tp;
     reasoning_init(&rs, c->s->reasoning);
     tool_parser_init(&tp, c->g.tools);
     strbuf reasoning = {0}, answer = {0}, content = {0}; /* answer: what follows the reasoning */
-    char *r, *a; /* each call sets both (NULL on failure); take_into frees them */
-    int rc = reasoning_feed(&rs, text, c->text.len, &r, &a);
-    rc |= take_into(&reasoning, r) | take_into(&answer, a);
-    rc |= reasoning_finish(&rs, &r, &a);
-    rc |= take_into(&reasoning, r) | take_into(&answer, a);
-    if (!rc && c->g.tools) { /* the calls out of the answer; the rest is the content */
-        rc = tool_parser_feed(&tp, answer.s ? answer.s : "", answer.len, &a);
-        rc |= take_into(&content, a);
-        rc |= tool_parser_finish(&tp, &a);
-        rc |= take_into(&content, a);
-    } else if (!rc) {
+    int rc = reasoning_feed(&rs, text, c->text.len, &reasoning, &answer) ||
+             reasoning_finish(&rs, &reasoning, &answer);
+    if (!rc && c->g.tools) /* the calls out of the answer; the rest is the content */
+        rc = tool_parser_feed(&tp, answer.s ? answer.s : "", answer.len, &content) ||
+             tool_parser_finish(&tp, &content);
+    else if (!rc)
         content = answer, answer = (strbuf){0};
-    }
     if (!rc) {
-        size_t k = strspn(content.s ? content.s : "", " \n\t\r");
-        if (k < content.len || !tp.n_calls) cJSON_AddStringToObject(msg, "content", content.s ? content.s : "");
-        else cJSON_AddNullToObject(msg, "content"); /* only calls */
-        if (c->s->reasoning && reasoning.len) cJSON_AddStringToObject(msg, "reasoning_content", reasoning.s);
-        else if (c->s->reasoning) cJSON_AddNullToObject(msg, "reasoning_content");
-        if (tp.n_calls) {
-            cJSON_AddItemToObject(msg, "tool_calls", response_tool_calls(c->s, &tp, 0, false));
-            if (!(tp.unclosed && !strcmp(*finish, "length"))) *finish = "tool_calls"; /* a call cut off: "length" */
+        size_t k = 0; /* leading whitespace (a NUL is not) */
+        while (k < content.len && (content.s[k] == ' ' || content.s[k] == '\n' || content.s[k] == '\t' ||
+                                   content.s[k] == '\r'))
+            k++;
+        cJSON *item = k < content.len || !tp.n_calls ? response_string(content.s, content.len)
+                                                     : cJSON_CreateNull(); /* only calls */
+        rc = !item || !cJSON_AddItemToObject(msg, "content", item);
+        if (c->s->reasoning) {
+            cJSON *ri = reasoning.len ? response_string(reasoning.s, reasoning.len) : cJSON_CreateNull();
+            rc |= !ri || !cJSON_AddItemToObject(msg, "reasoning_content", ri);
         }
+    }
+    if (!rc && tp.n_calls) {
+        cJSON_AddItemToObject(msg, "tool_calls", response_tool_calls(c->s, &tp, 0, false));
+        if (!(tp.unclosed && !strcmp(*finish, "length"))) *finish = "tool_calls"; /* a call cut off: "length" */
     }
     strbuf_free(&reasoning), strbuf_free(&answer), strbuf_free(&content);
     reasoning_free(&rs);

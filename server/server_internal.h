@@ -253,14 +253,6 @@ int response_choice_add(conn *c, const engine_output *o, cJSON *lps);
  * gates (taken; or NULL). */
 cJSON *response_completion(conn *c, const engine_output *o, cJSON *gates);
 
-/* Appends what a parser gave (heap or NULL) to b and frees it. Returns 0, or
- * -1 out of memory. */
-static inline int take_into(strbuf *b, char *part) {
-    int rc = part ? strbuf_add(b, part, strlen(part)) : 0;
-    free(part);
-    return rc;
-}
-
 /* ---- sse.c: streaming generations ---- */
 
 /* Answers c with the Server-Sent Events of g (taken: its requests are

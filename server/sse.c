@@ -60,12 +60,12 @@ static int sse_event(stream *st, cJSON *obj) {
 }
 
 /* One chunk with one choice, sent: for chat, a delta with the role (when
- * role), the content text (tlen bytes, NUL allowed), the reasoning text and
- * the tool calls completed since calls_from (each when given: NULL, or
- * calls_from < 0, for none); for completions the text (""). Then logprobs
- * (owned, or NULL) and finish (or NULL). */
-static int sse_delta(stream *st, bool role, const char *text, size_t tlen, const char *reasoning, int calls_from,
-                     const char *finish, cJSON *lps) {
+ * role), the content text (tlen bytes, NUL allowed), the reasoning text
+ * (rlen bytes, the same) and the tool calls completed since calls_from (each
+ * when given: NULL, or calls_from < 0, for none); for completions the text
+ * (""). Then logprobs (owned, or NULL) and finish (or NULL). */
+static int sse_delta(stream *st, bool role, const char *text, size_t tlen, const char *reasoning, size_t rlen,
+                     int calls_from, const char *finish, cJSON *lps) {
     bool chat = st->g.kind == API_CHAT;
     cJSON *root = response_head(st->s, st->g.id, chat ? "chat.completion.chunk" : "text_completion", st->g.created);
     cJSON *choices = cJSON_AddArrayToObject(root, "choices");
@@ -76,7 +76,7 @@ static int sse_delta(stream *st, bool role, const char *text, size_t tlen, const
         cJSON *delta = cJSON_AddObjectToObject(ch, "delta");
         if (role) cJSON_AddStringToObject(delta, "role", "assistant");
         if (text) cJSON_AddItemToObject(delta, "content", response_string(text, tlen));
-        if (reasoning) cJSON_AddStringToObject(delta, "reasoning_content", reasoning);
+        if (reasoning) cJSON_AddItemToObject(delta, "reasoning_content", response_string(reasoning, rlen));
         if (calls_from >= 0)
             cJSON_AddItemToObject(delta, "tool_calls", response_tool_calls(st->s, &st->tp, calls_from, true));
     } else {
@@ -92,7 +92,7 @@ static int sse_delta(stream *st, bool role, const char *text, size_t tlen, const
 
 /* A chunk of text (len bytes; or NULL for none) with logprobs and finish (see sse_delta). */
 static int sse_chunk(stream *st, const char *text, size_t len, bool role, const char *finish, cJSON *lps) {
-    return sse_delta(st, role, text, len, NULL, -1, finish, lps);
+    return sse_delta(st, role, text, len, NULL, 0, -1, finish, lps);
 }
 
 /* A streamed chat choice's next text (or its end, final): the reasoning
@@ -100,33 +100,24 @@ static int sse_chunk(stream *st, const char *text, size_t len, bool role, const 
  * may start a tool call, and each call when it closes. lps (owned) rides on
  * the first chunk. */
 static int stream_chat_text(stream *st, const char *text, size_t len, cJSON *lps, bool final) {
-    char *r = NULL, *c = NULL, *part = NULL;
+    strbuf r = {0}, c = {0}, part = {0}; /* bytes with lengths: a NUL is text */
     int had = st->tp.n_calls;
     int rc = final ? reasoning_finish(&st->rs, &r, &c) : reasoning_feed(&st->rs, text ? text : "", len, &r, &c);
-    if (!rc && r) {
-        rc = sse_delta(st, false, NULL, 0, r, -1, NULL, lps);
+    if (!rc && r.len) {
+        rc = sse_delta(st, false, NULL, 0, r.s, r.len, -1, NULL, lps);
         lps = NULL;
     }
-    if (!rc && st->g.tools) {
-        strbuf out = {0};
-        char *p; /* set by each call (NULL on failure); take_into frees it */
-        rc = tool_parser_feed(&st->tp, c ? c : "", c ? strlen(c) : 0, &p);
-        rc |= take_into(&out, p);
-        if (final) {
-            rc |= tool_parser_finish(&st->tp, &p);
-            rc |= take_into(&out, p);
-        }
-        part = strbuf_take(&out);
-    } else if (!rc) {
-        part = c, c = NULL;
-    }
-    if (!rc && (part || lps)) {
-        rc = sse_chunk(st, part, part ? strlen(part) : 0, false, NULL, lps); /* chat/'s pieces are C strings */
+    if (!rc && st->g.tools)
+        rc = tool_parser_feed(&st->tp, c.s ? c.s : "", c.len, &part) || (final && tool_parser_finish(&st->tp, &part));
+    else if (!rc)
+        part = c, c = (strbuf){0};
+    if (!rc && (part.len || lps)) {
+        rc = sse_chunk(st, part.len ? part.s : NULL, part.len, false, NULL, lps);
         lps = NULL;
     }
-    if (!rc && st->tp.n_calls > had) rc = sse_delta(st, false, NULL, 0, NULL, had, NULL, NULL);
+    if (!rc && st->tp.n_calls > had) rc = sse_delta(st, false, NULL, 0, NULL, 0, had, NULL, NULL);
     cJSON_Delete(lps);
-    free(r), free(c), free(part);
+    strbuf_free(&r), strbuf_free(&c), strbuf_free(&part);
     return rc ? -1 : 0;
 }
 

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from conftest import BUILD, SOURCE
-from serverutil import MODEL as FIXTURE, Server, post, sse_events
+from serverutil import MODEL as FIXTURE, Server, make_qwen3_model, post, sse_events
 
 MODEL = SOURCE / "models" / "engram-lexicon"
 NUL_ID = 191
@@ -117,5 +117,39 @@ def test_nul_among_alternatives():
         alts = r.json()["choices"][0]["logprobs"]["top_logprobs"][0]
         assert isinstance(alts.get("\x00"), float), alts
         assert tokenize_decode([[NUL_ID]])[0] == "\x00"
+    finally:
+        s.stop()
+
+
+QWEN3_NUL_ID = 188  # Qwen3's byte-level token for the byte 0x00 ("\u0100")
+
+
+@pytest.mark.parametrize("parser", ["qwen3", "deepseek_r1"])
+def test_chat_parsers_keep_nul(tmp_path, parser):
+    """chat/'s output parsers (reasoning, tool calls) carry lengths: output
+    of NUL bytes with tools given and a reasoning parser on comes back whole,
+    as content (qwen3: no <think> at the start) or as reasoning_content
+    (deepseek_r1: the output starts inside the reasoning), whole and
+    streamed. The reference is HF tokenizers' decode of the same ids."""
+    from tokenizers import Tokenizer
+    d = make_qwen3_model(tmp_path / "m")
+    want = Tokenizer.from_file(str(d / "tokenizer.json")).decode([QWEN3_NUL_ID] * 4)
+    assert want == "\x00" * 4
+    s = Server("--reasoning-parser", parser, model=d)
+    try:
+        tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+        body = {"messages": [{"role": "user", "content": "hi"}], "tools": tools, "max_tokens": 4, "temperature": 0,
+                "logit_bias": {str(QWEN3_NUL_ID): 100}, "ignore_eos": True}
+        r = post(s.url, "/v1/chat/completions", body)
+        assert r.status_code == 200, r.text
+        msg = r.json()["choices"][0]["message"]
+        got = (msg["content"], msg["reasoning_content"])
+        assert got == ((want, None) if parser == "qwen3" else ("", want)), got
+        assert '\\u0000' in r.text  # JSON's escape, not a raw byte
+        events = sse_events(post(s.url, "/v1/chat/completions", {**body, "stream": True}, stream=True))
+        deltas = [json.loads(e)["choices"][0]["delta"] for e in events[:-1] if json.loads(e)["choices"]]
+        content = "".join(x.get("content") or "" for x in deltas)
+        reasoning = "".join(x.get("reasoning_content") or "" for x in deltas)
+        assert (content, reasoning) == ((want, "") if parser == "qwen3" else ("", want))
     finally:
         s.stop()

@@ -1,7 +1,9 @@
 /* Unit tests for chat/tool_calls: Hermes-style calls found in whole texts
  * and in every split of them into two and three pieces (a stream), with the
  * same content and calls; blocks that are not calls, unclosed blocks and
- * partial markers stay content; arguments given as an object or a string. */
+ * partial markers stay content; arguments given as an object or a string;
+ * a NUL byte (a token may decode to it) cuts nothing: outside a call it is
+ * content, inside one the block stays content whole. */
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,32 +12,34 @@
 #include "chat/tool_calls.c"
 
 typedef struct {
-    char content[4096];
+    char content[4096]; /* NUL-terminated copy of the content (for the string checks) */
     size_t len;
 } collected;
 
-static void add(collected *c, char *s) {
-    if (!s) return;
-    size_t n = strlen(s);
-    ck_assert(n > 0); /* empty content comes as NULL */
-    ck_assert_uint_lt(c->len + n, sizeof(c->content));
-    memcpy(c->content + c->len, s, n + 1);
-    c->len += n;
-    free(s);
+static void add(collected *c, strbuf *s) {
+    ck_assert_uint_lt(c->len + s->len, sizeof(c->content));
+    memcpy(c->content + c->len, s->s ? s->s : "", s->len);
+    c->len += s->len;
+    c->content[c->len] = 0;
+    strbuf_free(s);
 }
 
-/* Feeds text in pieces cut at the given offsets (sorted, within the text). */
-static void run(tool_parser *p, collected *c, const char *text, const size_t *cuts, int n_cuts) {
-    size_t at = 0, n = strlen(text);
-    char *s;
+/* Feeds text (n bytes) in pieces cut at the given offsets (sorted, within it). */
+static void run_n(tool_parser *p, collected *c, const char *text, size_t n, const size_t *cuts, int n_cuts) {
+    size_t at = 0;
+    strbuf s = {0};
     for (int i = 0; i <= n_cuts; i++) {
         size_t end = i < n_cuts ? cuts[i] : n;
         ck_assert_int_eq(tool_parser_feed(p, text + at, end - at, &s), 0);
-        add(c, s);
+        add(c, &s);
         at = end;
     }
     ck_assert_int_eq(tool_parser_finish(p, &s), 0);
-    add(c, s);
+    add(c, &s);
+}
+
+static void run(tool_parser *p, collected *c, const char *text, const size_t *cuts, int n_cuts) {
+    run_n(p, c, text, strlen(text), cuts, n_cuts);
 }
 
 static const char TWO_CALLS[] =
@@ -78,22 +82,22 @@ START_TEST(test_content_is_streamed_at_once) {
      * tail that may start one waits */
     tool_parser p;
     tool_parser_init(&p, TOOL_FORMAT_HERMES);
-    char *s;
+    strbuf s = {0};
     ck_assert_int_eq(tool_parser_feed(&p, "a < b and ", 10, &s), 0);
-    ck_assert_str_eq(s, "a < b and ");
-    free(s);
+    ck_assert_str_eq(s.s, "a < b and ");
+    strbuf_free(&s);
     ck_assert_int_eq(tool_parser_feed(&p, "x <tool", 7, &s), 0);
-    ck_assert_str_eq(s, "x ");
-    free(s);
+    ck_assert_str_eq(s.s, "x ");
+    strbuf_free(&s);
     ck_assert_int_eq(tool_parser_feed(&p, "box>", 4, &s), 0); /* "<toolbox>": not a marker after all */
-    ck_assert_str_eq(s, "<toolbox>");
-    free(s);
+    ck_assert_str_eq(s.s, "<toolbox>");
+    strbuf_free(&s);
     ck_assert_int_eq(tool_parser_feed(&p, "<tool_call>{\"na", 15, &s), 0); /* an open call: held */
-    ck_assert_ptr_null(s);
+    ck_assert_uint_eq(s.len, 0);
     ck_assert_int_eq(p.n_calls, 0);
     ck_assert_int_eq(tool_parser_finish(&p, &s), 0); /* never closed: content as it came */
-    ck_assert_str_eq(s, "<tool_call>{\"na");
-    free(s);
+    ck_assert_str_eq(s.s, "<tool_call>{\"na");
+    strbuf_free(&s);
     tool_parser_free(&p);
 }
 END_TEST
@@ -127,6 +131,43 @@ START_TEST(test_not_calls_stay_content) {
 }
 END_TEST
 
+/* text (a literal with NULs) fed whole and cut at every point: content
+ * want, and want_calls calls. */
+#define CHECK_NUL(text, want, want_calls)                                                  \
+    do {                                                                                \
+        size_t n_ = sizeof(text) - 1;                                                   \
+        for (size_t cut = 0; cut <= n_; cut++) {                                        \
+            tool_parser p_;                                                             \
+            collected c_ = {{0}, 0};                                                    \
+            tool_parser_init(&p_, TOOL_FORMAT_HERMES);                                  \
+            run_n(&p_, &c_, text, n_, &cut, 1);                                         \
+            ck_assert_uint_eq(c_.len, sizeof(want) - 1);                                \
+            ck_assert(!memcmp(c_.content, want, sizeof(want) - 1));                     \
+            ck_assert_int_eq(p_.n_calls, want_calls);                                      \
+            tool_parser_free(&p_);                                                      \
+        }                                                                               \
+    } while (0)
+
+START_TEST(test_nul_cuts_nothing) {
+    /* issue 23: content around a call keeps its NULs */
+    CHECK_NUL("a\0b<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>c\0", "a\0bc\0", 1);
+    /* a NUL inside a call (raw: no JSON allows it; escaped: cJSON would cut its
+     * string there): the block stays content, whole */
+    CHECK_NUL("<tool_call>{\"name\": \"f\", \"arguments\": {\"x\": \"a\0b\"}}</tool_call>",
+              "<tool_call>{\"name\": \"f\", \"arguments\": {\"x\": \"a\0b\"}}</tool_call>", 0);
+    CHECK_NUL("<tool_call>{\"name\": \"f\0g\", \"arguments\": {}}</tool_call>x",
+              "<tool_call>{\"name\": \"f\0g\", \"arguments\": {}}</tool_call>x", 0);
+    CHECK_NUL("<tool_call>{\"name\": \"f\", \"arguments\": {}}\0</tool_call>",
+              "<tool_call>{\"name\": \"f\", \"arguments\": {}}\0</tool_call>", 0);
+    CHECK_NUL("<tool_call>{\"name\": \"f\", \"arguments\": {\"x\": \"a\\u0000b\"}}</tool_call>",
+              "<tool_call>{\"name\": \"f\", \"arguments\": {\"x\": \"a\\u0000b\"}}</tool_call>", 0);
+    /* an escaped backslash before u0000 is no NUL: a call */
+    CHECK_NUL("<tool_call>{\"name\": \"f\", \"arguments\": {\"x\": \"\\\\u0000\"}}</tool_call>", "", 1);
+    /* a NUL inside a marker: no marker */
+    CHECK_NUL("<tool_\0call>{}</tool_call>", "<tool_\0call>{}</tool_call>", 0);
+}
+END_TEST
+
 START_TEST(test_detect) {
     ck_assert_int_eq(tool_format_detect("... <tool_call>\n{{ x }}\n</tool_call> ..."), TOOL_FORMAT_HERMES);
     ck_assert_int_eq(tool_format_detect("{{ messages }}"), TOOL_FORMAT_NONE);
@@ -144,19 +185,20 @@ START_TEST(test_call_text) {
     ck_assert_str_eq(prefix, "<tool_call>\n{\"name\": \"get_\\\"x\\\"\", \"arguments\": ");
     ck_assert_str_eq(suffix, "}\n</tool_call>");
     ck_assert_str_eq(sep, "\n");
-    char text[256], *content = NULL;
+    char text[256];
+    strbuf content = {0};
     snprintf(text, sizeof(text), "%s{\"a\": [1]}%s%s%s{}", prefix, suffix, sep, prefix);
     tool_parser p;
     tool_parser_init(&p, TOOL_FORMAT_HERMES);
     ck_assert_int_eq(tool_parser_feed(&p, text, strlen(text), &content), 0);
-    free(content);
+    strbuf_free(&content);
     ck_assert_int_eq(tool_parser_finish(&p, &content), 0);
     ck_assert_int_eq(p.n_calls, 1);
     ck_assert_str_eq(p.calls[0].name, "get_\"x\"");
     ck_assert_str_eq(p.calls[0].arguments, "{\"a\":[1]}");
     ck_assert(p.unclosed);
-    ck_assert_ptr_nonnull(strstr(content, "<tool_call>"));
-    free(content);
+    ck_assert_ptr_nonnull(strstr(content.s, "<tool_call>"));
+    strbuf_free(&content);
     free(prefix);
     tool_parser_free(&p);
 }
@@ -171,6 +213,7 @@ int main(void) {
     tcase_add_test(tc, test_not_calls_stay_content);
     tcase_add_test(tc, test_detect);
     tcase_add_test(tc, test_call_text);
+    tcase_add_test(tc, test_nul_cuts_nothing);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
