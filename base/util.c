@@ -1,6 +1,7 @@
 /* Logging, file reading, overflow-checked arithmetic, number and size parsing
  * and the clock for every folder. */
 #include "base/util.h"
+#include "base/fault.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -44,7 +45,7 @@ char *util_read_file(const char *path, size_t max_bytes, size_t *len, char *err,
         fclose(f);
         return NULL;
     }
-    if (n && fread(buf, 1, n, f) != n) {
+    if (n && fault_read((long)fread(buf, 1, n, f), (long)n, false) != (long)n) {
         snprintf(err, errlen, "%s: short read", path);
         free(buf);
         fclose(f);
@@ -69,9 +70,13 @@ char *util_read_stream(FILE *f, size_t *len) {
             }
             buf = nb;
         }
-        size_t got = fread(buf + n, 1, cap - n - 1, f);
+        long got = fault_read((long)fread(buf + n, 1, cap - n - 1, f), (long)(cap - n - 1), false);
+        if (got < 0 || (got == 0 && ferror(f))) { /* a failed read is no end of file */
+            free(buf);
+            return NULL;
+        }
         if (got == 0) break;
-        n += got;
+        n += (size_t)got;
     }
     buf[n] = 0;
     *len = n;

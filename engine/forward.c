@@ -593,6 +593,7 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
     const model_config *c = &bm->cfg;
     backend *be = fc->be;
     batch_desc b;
+    backend_take_failure(be); /* a mark left by a step that failed before it looked */
     /* Decode steps (one token per sequence) of up to STEP_RECORD_MAX_TOKENS
      * sequences, of a model without Engram (whose layers do host work), may be
      * recorded once and replayed by the backend: launching the ops costs more
@@ -644,7 +645,7 @@ issued:
         kv_cache_seq_commit(kv, &it[i].st->seq, it[i].st->pos);
     }
     if (nl) read_results(fc, it, S, nl, any_argmax);
-    return FORWARD_OK;
+    return backend_take_failure(be) ? FORWARD_ERR_NOMEM : FORWARD_OK; /* an op's scratch: its output is garbage */
 }
 
 float *forward_ctx_logits(forward_ctx *fc) { return fc->logits; }

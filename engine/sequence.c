@@ -411,7 +411,7 @@ int engine__sample_on_backend(engine *e, int n_items) {
     backend_upload(be, e->d_desc, e->desc.w, bytes);
     backend_sample(be, e->d_res, forward_ctx_logits(e->fc), e->d_desc, n, e->vocab, e->m->cfg.vocab_size, SAMPLE_CANDIDATES);
     backend_download(be, e->h_res, e->d_res, (size_t)n * SAMPLER_RESULT_BYTES(SAMPLE_CANDIDATES));
-    return 0;
+    return backend_take_failure(be) ? -1 : 0;
 }
 
 bool engine__seq_sample_row(engine *e, seq *s, int j) {

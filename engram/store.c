@@ -5,6 +5,7 @@
  * under a DRAM row cache fed by prefetch.c, warmed at open by store_hot.c);
  * counters, stats and close. The file format is table_file.c. */
 #include "engram/store.h"
+#include "base/fault.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -138,7 +139,7 @@ static int open_header(engram_store *s, const char *path, uint64_t *size, int *r
         return -1;
     }
     uint8_t hb[ENGRAM_STORE_HEADER_BYTES];
-    ssize_t got = pread(fd, hb, sizeof(hb), 0);
+    ssize_t got = fault_read(pread(fd, hb, sizeof(hb), 0), (long)sizeof(hb), false);
     char herr[256];
     if (got < 0 || engram_store_parse_header(hb, (size_t)got, (uint64_t)st.st_size ? (uint64_t)st.st_size : 1,
                                              &s->info.header, herr, sizeof(herr))) {

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "base/err.h"
+#include "base/fault.h"
 #include "base/util.h"
 #include "engram/store_internal.h"
 
@@ -104,7 +105,7 @@ static int cmp_req(const void *a, const void *b) {
 static ssize_t read_run(engram_store *s, const block_run *r, uint8_t *buf) {
     size_t done = 0;
     while (done < r->len) {
-        ssize_t k = pread(s->fd, buf + done, r->len - done, (off_t)(r->off + done));
+        ssize_t k = fault_read(pread(s->fd, buf + done, r->len - done, (off_t)(r->off + done)), (long)(r->len - done), false);
         if (k < 0 && errno == EINTR) continue;
         if (k < 0) return -errno;
         if (k == 0) break; /* end of file: the caller checks what it needs */
@@ -189,7 +190,7 @@ static int read_runs_uring(engram_store *s, reader *rd, const row_req *q, const 
             break;
         }
         uint64_t tag = io_uring_cqe_get_data64(cqe);
-        int res = cqe->res;
+        int res = (int)fault_read(cqe->res, cqe->res, true);
         io_uring_cqe_seen(&rd->ring, cqe);
         inflight--;
         size_t ri = (size_t)(tag >> 16);

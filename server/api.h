@@ -68,6 +68,15 @@ typedef struct {
     const char *structured_param; /* the field it came from (static), for errors */
 } api_request;
 
+/* Routes cJSON's allocations through a hook that notes a failure, so that a
+ * body cJSON could not parse for want of memory is a 500, not a 400. Call
+ * once, before any thread parses (cJSON's hooks are process-wide). */
+void api_json_init(void);
+
+/* Whether a cJSON allocation of this thread failed since the last call
+ * (clears the mark): a tree built meanwhile may lack a field. */
+bool api_json_take_oom(void);
+
 /* Parses and validates a request body of len bytes (not NUL-terminated;
  * untrusted: any bytes). The body must be well-formed UTF-8 and one JSON
  * object. Returns 0 with *out filled (free with api_request_free), or -1 with

@@ -19,6 +19,25 @@
 #define MAX_BIAS 1024
 #define MAX_PROMPT_IDS (1 << 20)
 
+/* cJSON's allocations, through a hook that notes a failure in this thread:
+ * cJSON answers NULL both for bad JSON and for want of memory, and the
+ * client should hear a 500 for the second, not a 400. */
+static _Thread_local bool json_oom;
+
+static void *json_malloc(size_t n) {
+    void *p = malloc(n);
+    if (!p) json_oom = true;
+    return p;
+}
+
+void api_json_init(void) { cJSON_InitHooks(&(cJSON_Hooks){json_malloc, free}); }
+
+bool api_json_take_oom(void) {
+    bool was = json_oom;
+    json_oom = false;
+    return was;
+}
+
 static int cmp_key(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 /* The first key found twice in one object of the tree at v (depth first),
@@ -79,6 +98,7 @@ static cJSON *parse_object(const char *body, size_t len, api_error *err) {
         }
     }
     const char *end = NULL;
+    json_oom = false;
     cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, false);
     if (root) {
         while (end && end < body + len && (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n')) end++;
@@ -86,6 +106,10 @@ static cJSON *parse_object(const char *body, size_t len, api_error *err) {
             cJSON_Delete(root);
             root = NULL;
         }
+    }
+    if (!root && api_json_take_oom()) {
+        api_error_set(err, 500, NULL, "Out of memory.");
+        return NULL;
     }
     if (!root) {
         api_error_set(err, 400, NULL,

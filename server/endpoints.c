@@ -20,7 +20,7 @@ enum MHD_Result handle_models(conn *c) {
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "object", "list");
     cJSON *data = cJSON_AddArrayToObject(root, "data");
-    cJSON_AddItemToArray(data, model_card(c->s));
+    json_push(data, model_card(c->s));
     return reply_json(c, 200, root);
 }
 
@@ -77,7 +77,7 @@ enum MHD_Result handle_tokenize(conn *c) {
     }
     cJSON *root = cJSON_CreateObject();
     cJSON *arr = cJSON_AddArrayToObject(root, "tokens");
-    for (size_t i = 0; i < n; i++) cJSON_AddItemToArray(arr, cJSON_CreateNumber(ids[i]));
+    for (size_t i = 0; i < n; i++) json_push(arr, cJSON_CreateNumber(ids[i]));
     cJSON_AddNumberToObject(root, "count", (double)n);
     cJSON_AddNumberToObject(root, "max_model_len", engine_context_length(c->s->e));
     free(ids);
@@ -113,7 +113,7 @@ enum MHD_Result handle_detokenize(conn *c) {
     if (rc != TOKENIZER_OK) return fail(c, 500, NULL, "Decoding failed.");
     cJSON *root = cJSON_CreateObject(), *item = response_string(text, len); /* the text may hold NUL */
     free(text);
-    if (!root || !item || !cJSON_AddItemToObject(root, "prompt", item)) {
+    if (!root || !item || !cJSON_AddItemToObjectCS(root, "prompt", item)) {
         cJSON_Delete(item);
         cJSON_Delete(root);
         root = NULL; /* a 500 */

@@ -66,6 +66,7 @@ enum MHD_Result reply_error(conn *c, api_error *err, const char *allow) {
 enum MHD_Result reply_json(conn *c, int status, cJSON *obj) {
     char *s = obj ? cJSON_PrintUnformatted(obj) : NULL;
     cJSON_Delete(obj);
+    if (api_json_take_oom()) free(s), s = NULL; /* a field of the tree would be missing: a 500 */
     return reply(c, status, "application/json", s, s ? strlen(s) : 0, NULL);
 }
 
@@ -285,6 +286,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
                                   void **con_cls) {
     server *s = cls;
     conn *c = *con_cls;
+    api_json_take_oom(); /* a mark left by another connection's callback on this thread is not ours */
     if (!c) { /* the headers are in, no body byte has been read */
         if (!(c = calloc(1, sizeof(*c)))) return MHD_NO;
         c->s = s;

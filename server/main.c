@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <time.h>
 
+#include "base/fault.h"
 #include "base/util.h"
 #include "server/server.h"
 
@@ -74,6 +75,7 @@ static int serve(const server_options *o, const sigset_t *sigs) {
         goto done;
     }
     server_set_engine(srv, e);
+    fault_phase("serving"); /* ENGRAM_FAULT_PHASE=serving: faults on requests' paths, not on the load */
     engine_stats kv_now;
     engine_get_stats(e, &kv_now);
     server_log("serving %s%s as \"%s\" on http://%s:%d (loaded in %.2fs; KV cache %d tokens)",
@@ -103,6 +105,7 @@ int main(int argc, char **argv) {
     server_options o;
     server_options_status st = server_options_parse(argc, argv, &o);
     server_log_set_level(o.log_level);
+    api_json_init(); /* before any thread: cJSON's hooks are process-wide */
     int rc = st == SERVER_OPTIONS_HELP ? 0 : st != SERVER_OPTIONS_OK ? 2 : serve(&o, &sigs);
     server_options_free(&o);
     return rc;

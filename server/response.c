@@ -29,9 +29,10 @@ int response_escape(strbuf *b, const char *s, size_t n) {
 cJSON *response_string(const char *s, size_t n) {
     if (!memchr(s ? s : "", 0, s ? n : 0)) { /* the common case: cJSON's own string */
         char *z = s ? strndup(s, n) : NULL;
+        if (s && !z) return NULL;
         cJSON *item = cJSON_CreateString(z ? z : "");
         free(z);
-        return s && !z ? NULL : item;
+        return item;
     }
     strbuf b = {0};
     cJSON *item = response_escape(&b, s, n) ? NULL : cJSON_CreateRaw(b.s); /* printed as is */
@@ -120,12 +121,12 @@ static cJSON *chat_token_lp(server *s, int32_t id, float logprob) {
         n = tn;
     }
     const unsigned char *p = (const unsigned char *)(raw ? raw : text);
-    for (size_t k = 0; p && k < n; k++) cJSON_AddItemToArray(bytes, cJSON_CreateNumber(p[k]));
-    cJSON_AddItemToObject(o, "token", trc ? NULL : response_string(text, tn));
+    for (size_t k = 0; p && k < n; k++) json_push(bytes, cJSON_CreateNumber(p[k]));
+    json_put(o, "token", trc ? NULL : response_string(text, tn));
     free(raw);
     free(text);
     cJSON_AddNumberToObject(o, "logprob", logprob);
-    cJSON_AddItemToObject(o, "bytes", bytes);
+    json_put(o, "bytes", bytes);
     return o;
 }
 
@@ -166,8 +167,8 @@ cJSON *response_logprobs(server *s, api_kind kind, const engine_logprob *lp, int
             cJSON *e = chat_token_lp(s, lp[i].id, lp[i].logprob);
             cJSON *top = cJSON_AddArrayToObject(e, "top_logprobs");
             for (int k = 0; k < lp[i].n_top; k++)
-                cJSON_AddItemToArray(top, chat_token_lp(s, lp[i].top_ids[k], lp[i].top_logprobs[k]));
-            cJSON_AddItemToArray(content, e);
+                json_push(top, chat_token_lp(s, lp[i].top_ids[k], lp[i].top_logprobs[k]));
+            json_push(content, e);
         }
         return o;
     }
@@ -175,10 +176,10 @@ cJSON *response_logprobs(server *s, api_kind kind, const engine_logprob *lp, int
     cJSON *top = cJSON_AddArrayToObject(o, "top_logprobs"), *off = cJSON_AddArrayToObject(o, "text_offset");
     for (int i = from; i < to; i++) {
         size_t len = 0;
-        cJSON_AddItemToArray(tokens, token_item(s, lp[i].id, &len));
-        cJSON_AddItemToArray(tlp, cJSON_CreateNumber(lp[i].logprob));
-        cJSON_AddItemToArray(top, completion_alternatives(s, &lp[i]));
-        cJSON_AddItemToArray(off, cJSON_CreateNumber((double)*text_offset));
+        json_push(tokens, token_item(s, lp[i].id, &len));
+        json_push(tlp, cJSON_CreateNumber(lp[i].logprob));
+        json_push(top, completion_alternatives(s, &lp[i]));
+        json_push(off, cJSON_CreateNumber((double)*text_offset));
         *text_offset += len;
     }
     return o;
@@ -195,23 +196,23 @@ cJSON *response_gates(server *s, engine_request *r, int n_prompt) {
     const tokenizer *tok = engine_tokenizer(s->e);
     cJSON *o = cJSON_CreateObject();
     cJSON *layers = cJSON_AddArrayToObject(o, "layers");
-    for (int l = 0; l < nl; l++) cJSON_AddItemToArray(layers, cJSON_CreateNumber(engine_engram_layer_id(s->e, l)));
+    for (int l = 0; l < nl; l++) json_push(layers, cJSON_CreateNumber(engine_engram_layer_id(s->e, l)));
     cJSON_AddNumberToObject(o, "n_prompt", n_prompt);
     cJSON *jids = cJSON_AddArrayToObject(o, "token_ids");
     cJSON *jtok = cJSON_AddArrayToObject(o, "tokens");
     cJSON *jg = cJSON_AddArrayToObject(o, "gates");
     for (int t = 0; t < n; t++) {
-        cJSON_AddItemToArray(jids, cJSON_CreateNumber(ids[t]));
+        json_push(jids, cJSON_CreateNumber(ids[t]));
         char *piece = NULL;
         size_t len = 0;
         if (tok && tokenizer_decode(tok, ids + t, 1, false, &piece, &len) == TOKENIZER_OK)
-            cJSON_AddItemToArray(jtok, response_string(piece, len));
+            json_push(jtok, response_string(piece, len));
         else
-            cJSON_AddItemToArray(jtok, cJSON_CreateString(""));
+            json_push(jtok, cJSON_CreateString(""));
         free(piece);
         cJSON *row = cJSON_CreateArray();
-        for (int l = 0; l < nl; l++) cJSON_AddItemToArray(row, cJSON_CreateNumber(g[(size_t)t * nl + l]));
-        cJSON_AddItemToArray(jg, row);
+        for (int l = 0; l < nl; l++) json_push(row, cJSON_CreateNumber(g[(size_t)t * nl + l]));
+        json_push(jg, row);
     }
     return o;
 }
@@ -231,7 +232,7 @@ cJSON *response_tool_calls(server *s, const tool_parser *p, int from, bool index
         cJSON *f = cJSON_AddObjectToObject(o, "function");
         cJSON_AddStringToObject(f, "name", p->calls[i].name);
         cJSON_AddStringToObject(f, "arguments", p->calls[i].arguments);
-        cJSON_AddItemToArray(arr, o);
+        json_push(arr, o);
     }
     return arr;
 }
@@ -246,7 +247,7 @@ static int chat_message(conn *c, cJSON *ch, const char **finish) {
     cJSON_AddStringToObject(msg, "role", "assistant");
     if (!c->s->reasoning && !c->g.tools) {
         cJSON *content = response_string(text, c->text.len);
-        if (content && cJSON_AddItemToObject(msg, "content", content)) return 0;
+        if (content && cJSON_AddItemToObjectCS(msg, "content", content)) return 0;
         cJSON_Delete(content);
         return -1;
     }
@@ -270,14 +271,14 @@ static int chat_message(conn *c, cJSON *ch, const char **finish) {
             k++;
         cJSON *item = k < content.len || !tp.n_calls ? response_string(content.s, content.len)
                                                      : cJSON_CreateNull(); /* only calls */
-        rc = !item || !cJSON_AddItemToObject(msg, "content", item);
+        rc = !item || !cJSON_AddItemToObjectCS(msg, "content", item);
         if (c->s->reasoning) {
             cJSON *ri = reasoning.len ? response_string(reasoning.s, reasoning.len) : cJSON_CreateNull();
-            rc |= !ri || !cJSON_AddItemToObject(msg, "reasoning_content", ri);
+            rc |= !ri || !cJSON_AddItemToObjectCS(msg, "reasoning_content", ri);
         }
     }
     if (!rc && tp.n_calls) {
-        cJSON_AddItemToObject(msg, "tool_calls", response_tool_calls(c->s, &tp, 0, false));
+        json_put(msg, "tool_calls", response_tool_calls(c->s, &tp, 0, false));
         if (!(tp.unclosed && !strcmp(*finish, "length"))) *finish = "tool_calls"; /* a call cut off: "length" */
     }
     strbuf_free(&reasoning), strbuf_free(&answer), strbuf_free(&content);
@@ -290,7 +291,11 @@ static int chat_message(conn *c, cJSON *ch, const char **finish) {
 int response_choice_add(conn *c, const engine_output *o, cJSON *lps) {
     if (!c->choices) c->choices = cJSON_CreateArray();
     cJSON *ch = cJSON_CreateObject();
-    cJSON_AddItemToArray(c->choices, ch);
+    if (!c->choices || !ch) {
+        cJSON_Delete(ch), cJSON_Delete(lps);
+        return -1;
+    }
+    json_push(c->choices, ch);
     cJSON_AddNumberToObject(ch, "index", c->cur);
     const char *finish = response_finish_str(o->finish);
     if (c->g.kind == API_CHAT) {
@@ -300,27 +305,27 @@ int response_choice_add(conn *c, const engine_output *o, cJSON *lps) {
         }
     } else {
         cJSON *text = response_string(c->text.s, c->text.len);
-        if (!text || !cJSON_AddItemToObject(ch, "text", text)) {
+        if (!text || !cJSON_AddItemToObjectCS(ch, "text", text)) {
             cJSON_Delete(text);
             cJSON_Delete(lps);
             return -1;
         }
     }
-    if (lps) cJSON_AddItemToObject(ch, "logprobs", lps);
+    if (lps) json_put(ch, "logprobs", lps);
     else cJSON_AddNullToObject(ch, "logprobs");
     cJSON_AddStringToObject(ch, "finish_reason", finish);
-    return 0;
+    return api_json_take_oom() ? -1 : 0; /* the choice would lack a field */
 }
 
 cJSON *response_completion(conn *c, const engine_output *o, cJSON *gates) {
     const char *object = c->g.kind == API_CHAT ? "chat.completion" : "text_completion";
     cJSON *root = response_head(c->s, c->g.id, object, c->g.created);
-    cJSON_AddItemToObject(root, "choices", c->choices);
+    json_put(root, "choices", c->choices);
     c->choices = NULL;
     engine_output tot = *o;
     tot.n_generated = c->completion_tokens;
     tot.n_cached = c->cached_tokens;
-    cJSON_AddItemToObject(root, "usage", response_usage(&tot));
-    if (gates) cJSON_AddItemToObject(root, "engram_gates", gates);
+    json_put(root, "usage", response_usage(&tot));
+    if (gates) json_put(root, "engram_gates", gates);
     return root;
 }

@@ -204,6 +204,21 @@ void generate_abort(conn *c);
  * or -1 with the reply (400 naming the field) queued in *ret. */
 int structured_grammar(conn *c, const api_request *ar, grammar **out, enum MHD_Result *ret);
 
+/* ---- building cJSON trees that cannot leak ---- */
+
+/* item into arr, or deleted when arr is NULL (its own creation failed). A
+ * failed allocation anywhere in a tree is caught before the tree is sent
+ * (api_json_take_oom, in reply_json and the SSE writer). */
+static inline void json_push(cJSON *arr, cJSON *item) {
+    if (!cJSON_AddItemToArray(arr, item)) cJSON_Delete(item);
+}
+
+/* item into obj under key, a string literal (cJSON keeps the pointer: no
+ * allocation that could fail), or deleted when obj is NULL. */
+static inline void json_put(cJSON *obj, const char *key, cJSON *item) {
+    if (!cJSON_AddItemToObjectCS(obj, key, item)) cJSON_Delete(item);
+}
+
 /* ---- response.c: the JSON of responses and chunks ---- */
 
 /* Text that may hold the byte 0x00 (a token can decode to it) is carried

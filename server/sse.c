@@ -49,10 +49,12 @@ static int sse_data(stream *st, const char *text) {
     return sse_append(st, "data: ", 6) || sse_append(st, text, strlen(text)) || sse_append(st, "\n\n", 2) ? -1 : 0;
 }
 
-/* Appends `data: <json>\n\n` and frees obj. */
+/* Appends `data: <json>\n\n` and frees obj; -1 when an allocation failed
+ * while obj was built (a field would be missing) or printed. */
 static int sse_event(stream *st, cJSON *obj) {
     char *s = obj ? cJSON_PrintUnformatted(obj) : NULL;
     cJSON_Delete(obj);
+    if (api_json_take_oom()) free(s), s = NULL;
     if (!s) return -1;
     int rc = sse_data(st, s);
     free(s);
@@ -70,19 +72,23 @@ static int sse_delta(stream *st, bool role, const char *text, size_t tlen, const
     cJSON *root = response_head(st->s, st->g.id, chat ? "chat.completion.chunk" : "text_completion", st->g.created);
     cJSON *choices = cJSON_AddArrayToObject(root, "choices");
     cJSON *ch = cJSON_CreateObject();
-    cJSON_AddItemToArray(choices, ch);
+    if (!choices || !ch) {
+        cJSON_Delete(ch), cJSON_Delete(root), cJSON_Delete(lps);
+        return -1;
+    }
+    json_push(choices, ch);
     cJSON_AddNumberToObject(ch, "index", st->cur);
     if (chat) {
         cJSON *delta = cJSON_AddObjectToObject(ch, "delta");
         if (role) cJSON_AddStringToObject(delta, "role", "assistant");
-        if (text) cJSON_AddItemToObject(delta, "content", response_string(text, tlen));
-        if (reasoning) cJSON_AddItemToObject(delta, "reasoning_content", response_string(reasoning, rlen));
+        if (text) json_put(delta, "content", response_string(text, tlen));
+        if (reasoning) json_put(delta, "reasoning_content", response_string(reasoning, rlen));
         if (calls_from >= 0)
-            cJSON_AddItemToObject(delta, "tool_calls", response_tool_calls(st->s, &st->tp, calls_from, true));
+            json_put(delta, "tool_calls", response_tool_calls(st->s, &st->tp, calls_from, true));
     } else {
-        cJSON_AddItemToObject(ch, "text", response_string(text, text ? tlen : 0));
+        json_put(ch, "text", response_string(text, text ? tlen : 0));
     }
-    if (lps) cJSON_AddItemToObject(ch, "logprobs", lps);
+    if (lps) json_put(ch, "logprobs", lps);
     else cJSON_AddNullToObject(ch, "logprobs");
     if (finish) cJSON_AddStringToObject(ch, "finish_reason", finish);
     else cJSON_AddNullToObject(ch, "finish_reason");
@@ -177,7 +183,7 @@ static int stream_format(stream *st, const engine_output *o) {
             engine_output tot = *o;
             tot.n_generated = st->completion_tokens;
             tot.n_cached = st->cached_tokens;
-            cJSON_AddItemToObject(root, "usage", response_usage(&tot));
+            json_put(root, "usage", response_usage(&tot));
             if (sse_event(st, root)) return -1;
         }
     } else {
@@ -195,6 +201,7 @@ static int stream_format(stream *st, const engine_output *o) {
 
 static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
     stream *st = cls;
+    api_json_take_oom(); /* a mark left by another connection's callback on this thread is not ours */
     for (;;) {
         if (st->off < st->len) {
             size_t n = st->len - st->off < max ? st->len - st->off : max;

@@ -339,6 +339,12 @@ typedef struct backend_ops {
      * backend has none. */
     void (*sample)(backend *be, void *out, float *logits, const int32_t *desc, int n, int vocab, int stride,
                    int n_cand);
+    /* Optional: whether an op failed since the last call (host scratch out
+     * of memory: the ops return nothing, so one that cannot get its scratch
+     * leaves its output unwritten and says so here), clearing the mark; the
+     * step's results are then garbage and the step fails. NULL: ops never
+     * fail (the CUDA backend aborts on a device error). */
+    bool (*take_failure)(backend *be);
 } backend_ops;
 
 /* How a backend is made; knobs a backend does not have are ignored. */
@@ -543,6 +549,7 @@ static inline void backend_sample(backend *be, void *out, float *logits, const i
                                   int stride, int n_cand) {
     be->ops->sample(be, out, logits, desc, n, vocab, stride, n_cand);
 }
+static inline bool backend_take_failure(backend *be) { return be->ops->take_failure && be->ops->take_failure(be); }
 
 /* DeepSeek-V4 (backend_has(be, dsv4_attention) says whether the family runs here) */
 static inline void backend_rmsnorm_plain(backend *be, float *out, const float *x, int T, int d, float eps) {

@@ -11,6 +11,7 @@
  * differently shaped loops below. */
 #include <math.h>
 #include <omp.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -37,14 +38,23 @@ typedef struct {
     size_t moe_scratch_floats;
     void *scratch; /* cpu__scratch's */
     size_t scratch_bytes;
+    atomic_bool failed; /* an op could not get its scratch since take_failure last looked */
 } cpu_backend;
+
+void cpu__fail(backend *be) { atomic_store(&((cpu_backend *)be)->failed, true); }
+
+static bool cpu_take_failure(backend *be) { return atomic_exchange(&((cpu_backend *)be)->failed, false); }
 
 void cpu__parallel(backend *be, cpu_pool_fn fn, void *arg) { cpu__pool_run(((cpu_backend *)be)->pool, fn, arg); }
 void *cpu__scratch(backend *be, size_t bytes) {
     cpu_backend *c = (cpu_backend *)be;
     if (bytes > c->scratch_bytes) {
         free(c->scratch);
-        if (!(c->scratch = malloc(bytes))) abort(); /* host scratch: fatal, as in matmul */
+        c->scratch_bytes = 0;
+        if (!(c->scratch = malloc(bytes))) {
+            cpu__fail(be);
+            return NULL;
+        }
         c->scratch_bytes = bytes;
     }
     return c->scratch;
@@ -148,7 +158,7 @@ static void attention_items(void *arg, int ith, int nth) {
     int n_heads = a->n_heads, hd = a->hd, group = n_heads / a->n_kv, kvw = a->n_kv * hd, bs = b->block_size;
     float scale = 1.0f / sqrtf((float)hd);
     float *sc = malloc((size_t)b->max_ctx * sizeof(float));
-    if (!sc) abort();
+    if (!sc) return; /* the other workers take the items (cpu__range_done) */
     int i0, i1;
     while (cpu__range_take(&a->items, &i0, &i1))
         for (int it = i0; it < i1; it++) {
@@ -185,6 +195,7 @@ static void cpu_attention(backend *be, float *out, const float *q, const void *k
     attention_job a = {.out = out, .q = q, .k = kcache, .v = vcache, .b = b, .n_heads = n_heads, .n_kv = n_kv,
                        .hd = hd, .window = window, .items = cpu__range(b->n_tokens * n_heads, 1)};
     cpu__parallel(be, attention_items, &a);
+    if (!cpu__range_done(&a.items)) cpu__fail(be);
 }
 
 static void cpu_swiglu(backend *be, float *gate, const float *up, size_t n) {
@@ -303,7 +314,11 @@ static void cpu_moe_run(backend *be, float *out, float *pairs, const float *x, c
     size_t need = (size_t)T * (2 * (size_t)d + 2 * (size_t)I) + Tk + (size_t)E + 1;
     if (need > c->moe_scratch_floats) {
         free(c->moe_scratch);
-        if (!(c->moe_scratch = malloc(need * sizeof(float)))) abort(); /* host scratch: fatal, as in matmul */
+        c->moe_scratch_floats = 0;
+        if (!(c->moe_scratch = malloc(need * sizeof(float)))) {
+            cpu__fail(be);
+            return;
+        }
         c->moe_scratch_floats = need;
     }
     float *xs = c->moe_scratch, *g = xs + (size_t)T * d, *u = g + (size_t)T * I, *y = u + (size_t)T * I;
@@ -502,7 +517,10 @@ static float sample_f(int32_t w) {
 static void cpu_sample(backend *be, void *out, float *logits, const int32_t *desc, int n, int vocab, int stride,
                        int n_cand) {
     int32_t *idx = malloc((size_t)vocab * sizeof(int32_t));
-    if (!idx) abort(); /* ops cannot report failure */
+    if (!idx) {
+        cpu__fail(be);
+        return;
+    }
     for (int r = 0; r < n; r++) {
         const int32_t *h = desc + (size_t)r * SAMPLER_DESC_WORDS;
         float *row = logits + (size_t)h[SAMPLER_DESC_ROW] * stride;
@@ -594,6 +612,7 @@ static const backend_ops cpu_ops = {
     .decode_rows = cpu_decode_rows,
     .scatter_rows = cpu_scatter_rows,
     .sample = cpu_sample,
+    .take_failure = cpu_take_failure,
     .rmsnorm_plain = cpu__rmsnorm_plain,
     .hc_split = cpu__hc_split,
     .hc_merge = cpu__hc_merge,

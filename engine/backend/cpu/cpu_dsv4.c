@@ -270,6 +270,7 @@ typedef struct {
     const dsv4_kv *cache;
     int m, K, nI, dI, nh, D, W;
     size_t most;
+    atomic_bool failed; /* an item could not get its host scratch */
 } dsv4_job;
 
 static void index_token(void *ctx, int t) {
@@ -282,7 +283,10 @@ static void index_token(void *ctx, int t) {
     for (int i = 0; i < K; i++) out[i] = -1;
     if (n == 0) return;
     scored *sc = malloc((size_t)n * sizeof(scored));
-    if (!sc) abort(); /* host scratch: fatal, as in matmul */
+    if (!sc) { /* host scratch: the step fails */
+        atomic_store(&j->failed, true);
+        return;
+    }
     const float *qt = j->q + (size_t)t * nI * dI, *wt = j->wts + (size_t)t * nI;
     for (int w = 0; w < n; w++) {
         const float *key = entry_at(j->cache, b, s, w, 1);
@@ -303,6 +307,7 @@ void cpu__dsv4_index(backend *be, int32_t *sel, const float *q, const float *wts
                      const dsv4_kv *cache, int m, int K, int nI, int dI) {
     dsv4_job j = {.sel = sel, .q = q, .wts = wts, .b = b, .cache = cache, .m = m, .K = K, .nI = nI, .dI = dI};
     cpu__parallel_for(be, b->n_tokens, 1, index_token, &j);
+    if (atomic_load(&j.failed)) cpu__fail(be);
 }
 
 static void attention_token(void *ctx, int t) {
@@ -314,7 +319,11 @@ static void attention_token(void *ctx, int t) {
     float scale = 1.0f / sqrtf((float)D);
     float *l = malloc(j->most * sizeof(float));
     const float **rows = malloc(j->most * sizeof(float *));
-    if (!l || !rows) abort(); /* host scratch: fatal, as in matmul */
+    if (!l || !rows) { /* host scratch: the step fails */
+        atomic_store(&j->failed, true);
+        free(l), free(rows);
+        return;
+    }
     int s = b->tok_seq[t], p = b->pos[t], n = 0;
     for (int i = p - W + 1 > 0 ? p - W + 1 : 0; i <= p; i++) rows[n++] = kv_row(cache, b, s, i);
     if (m && sel) {
@@ -354,6 +363,7 @@ void cpu__dsv4_attention(backend *be, float *out, const float *q, const float *k
     dsv4_job j = {.out = out, .q = q, .sinks = sinks, .csel = sel, .b = b, .cache = cache, .m = m, .K = K, .nh = nh,
                   .D = D, .W = W, .most = most};
     cpu__parallel_for(be, b->n_tokens, 1, attention_token, &j);
+    if (atomic_load(&j.failed)) cpu__fail(be);
 }
 
 /* ---- DeepSeek-V4.1's ratio-1/2 layers: SGLang's torch path with its fake quantisations, in f32

@@ -266,7 +266,7 @@ static void matmul_blocks(void *arg, int ith, int nth) {
     int n = w->rows, d = w->cols, T = j->T, b0, b1;
     float *wf = NULL, *out = j->out;
     if (!j->inplace && !(wf = malloc((size_t)ROW_BLOCK * d * sizeof(float))))
-        abort(); /* a few rows of scratch; treat as fatal */
+        return; /* the other workers take the blocks (cpu__range_done) */
     while (cpu__range_take(&j->blocks, &b0, &b1))
         for (int bi = b0; bi < b1; bi++) {
             int i0 = bi * ROW_BLOCK, nr = i0 + ROW_BLOCK < n ? ROW_BLOCK : n - i0;
@@ -293,8 +293,10 @@ void cpu__matmul(backend *be, float *out, const float *x, const weight *w, const
     j.inplace = dense && (w->dt == DTYPE_F32 || (bf16 && (isa != BACKEND_CPU_ISA_GENERIC || T < WIDEN_MIN_TOKENS)));
     if (isa == BACKEND_CPU_ISA_AVX512BF16 && bf16) {
         uint16_t *xb = cpu__scratch(be, (size_t)T * w->cols * sizeof(uint16_t));
+        if (!xb) return; /* cpu__scratch marked the failure */
         round_bf16(xb, x, T, w->cols);
         j.xb = xb;
     }
     cpu__parallel(be, matmul_blocks, &j);
+    if (!cpu__range_done(&j.blocks)) cpu__fail(be);
 }

@@ -23,7 +23,7 @@ static void *cu_alloc(backend *be, size_t bytes) {
     cuda_backend *g = cuda__of(be);
     void *p = NULL;
     if (bytes == 0) bytes = 1;
-    if (cudaMalloc(&p, bytes) != cudaSuccess) {
+    if (cuda__malloc((void **)&p, bytes) != cudaSuccess) {
         cudaGetLastError(); /* clear the allocation error */
         return NULL;
     }
@@ -168,7 +168,7 @@ static int cu_init(cuda_backend *g, const backend_params *p, char *err, size_t e
     cublasStatus_t st = cublasCreate(&g->blas);
     if (st == CUBLAS_STATUS_SUCCESS) st = cublasSetStream(g->blas, g->stream);
     /* its own workspace, so recorded steps never see cuBLAS allocate */
-    if (st == CUBLAS_STATUS_SUCCESS && cudaMalloc(&g->blas_ws, (size_t)32 << 20) != cudaSuccess) {
+    if (st == CUBLAS_STATUS_SUCCESS && cuda__malloc((void **)&g->blas_ws, (size_t)32 << 20) != cudaSuccess) {
         snprintf(err, errlen, "CUDA device 0: no memory for the cuBLAS workspace");
         return -1;
     }

@@ -12,6 +12,18 @@
 
 #include "engine/backend/backend.h"
 #include "kernels/kernels.h"
+#include "base/fault.h"
+
+/* Device and pinned allocations go through these: in a fault-injection
+ * build (ENGRAM_FAULT) the Nth of them fails as the driver's out of memory
+ * would (ENGRAM_FAULT_CUDA_ALLOC=N), so that tests can see every caller
+ * handle it. */
+static inline cudaError_t cuda__malloc(void **p, size_t bytes) {
+    return fault_hit(FAULT_CUDA_ALLOC) ? cudaErrorMemoryAllocation : cudaMalloc(p, bytes);
+}
+static inline cudaError_t cuda__host_alloc(void **p, size_t bytes) {
+    return fault_hit(FAULT_CUDA_ALLOC) ? cudaErrorMemoryAllocation : cudaHostAlloc(p, bytes, cudaHostAllocDefault);
+}
 
 /* Everything below is the plugin's own: hidden, so that no symbol of the
  * program (which exports its symbols to the plugin) can stand in for one of

@@ -22,7 +22,7 @@ void cuda__grow(cuda_backend *g, void **buf, size_t *have, size_t bytes) {
     *buf = NULL;
     *have = 0;
     size_t want = bytes + bytes / 4;
-    CHECK_CUDA(cudaMalloc(buf, want));
+    CHECK_CUDA(cuda__malloc(buf, want));
     *have = want;
 }
 

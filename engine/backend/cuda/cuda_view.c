@@ -88,7 +88,7 @@ static int view__upload(cuda_view *v, const void *host, dtype t, size_t n, int t
         return -1;
     }
     size_t src_bytes = n * dtype_size(t), dst_bytes = conv ? n * 2 : src_bytes;
-    if (cudaMalloc(&d, dst_bytes ? dst_bytes : 1) != cudaSuccess) {
+    if (cuda__malloc((void **)&d, dst_bytes ? dst_bytes : 1) != cudaSuccess) {
         view__oom(err, errlen, what, dst_bytes, v->bytes);
         return -1;
     }
@@ -107,7 +107,7 @@ static int view__upload(cuda_view *v, const void *host, dtype t, size_t n, int t
         e = cudaMemcpy(d, host, src_bytes, cudaMemcpyHostToDevice);
     } else {
         void *tmp = NULL;
-        if (cudaMalloc(&tmp, src_bytes ? src_bytes : 1) != cudaSuccess) {
+        if (cuda__malloc((void **)&tmp, src_bytes ? src_bytes : 1) != cudaSuccess) {
             view__oom(err, errlen, what, src_bytes, v->bytes);
             return -1;
         }
