@@ -157,17 +157,21 @@ static int apply_config(loadctx *c, tokenizer *t, const char *text, size_t len) 
 
 /* Grows the per-id arrays of the model if added tokens extend the id space. */
 static int grow_ids(loadctx *c, tokenizer *t) {
-    size_t old = t->n_ids;
+    size_t old = t->n_ids, n = old;
     for (size_t i = 0; i < t->n_added; i++)
-        if ((size_t)t->added[i].id + 1 > t->n_ids) t->n_ids = (size_t)t->added[i].id + 1;
-    if (t->n_ids <= old) return 0;
-    char **tok = realloc(t->tok, t->n_ids * sizeof *tok);
-    if (tok) t->tok = tok;
-    uint32_t *tl = realloc(t->tok_len, t->n_ids * sizeof *tl);
-    if (tl) t->tok_len = tl;
-    if (!tok || !tl) return tok__fail(c, TOKENIZER_ERR_NOMEM, "out of memory");
-    memset(t->tok + old, 0, (t->n_ids - old) * sizeof *tok);
-    memset(t->tok_len + old, 0, (t->n_ids - old) * sizeof *tl);
+        if ((size_t)t->added[i].id + 1 > n) n = (size_t)t->added[i].id + 1;
+    if (n <= old) return 0;
+    /* n_ids grows last: tokenizer_destroy frees tok[0..n_ids), which must
+     * be allocated and set even when a realloc here fails (fault injection) */
+    char **tok = realloc(t->tok, n * sizeof *tok);
+    if (!tok) return tok__fail(c, TOKENIZER_ERR_NOMEM, "out of memory");
+    t->tok = tok;
+    memset(t->tok + old, 0, (n - old) * sizeof *tok);
+    uint32_t *tl = realloc(t->tok_len, n * sizeof *tl);
+    if (!tl) return tok__fail(c, TOKENIZER_ERR_NOMEM, "out of memory");
+    t->tok_len = tl;
+    memset(t->tok_len + old, 0, (n - old) * sizeof *tl);
+    t->n_ids = n;
     return 0;
 }
 
