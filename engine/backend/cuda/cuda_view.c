@@ -130,7 +130,7 @@ static int view__upload(cuda_view *v, const void *host, dtype t, size_t n, int t
 static int view__put(cuda_view *v, const void *host, size_t bytes, void **out, const char *what, char *err,
                      size_t errlen) {
     void *d = NULL;
-    if (cudaMalloc(&d, bytes ? bytes : 1) != cudaSuccess) {
+    if (cuda__malloc((void **)&d, bytes ? bytes : 1) != cudaSuccess) {
         view__oom(err, errlen, what, bytes, v->bytes);
         return -1;
     }
@@ -293,7 +293,7 @@ static int view__stack(cuda_view *v, const weight *const *ws, int n, void **out,
                   : conv ? DTYPE_BF16 : t;
     size_t dst_es = dtype_size(dev_t), bytes = (size_t)n * each * dst_es;
     void *d = NULL, *tmp = NULL;
-    if (cudaMalloc(&d, bytes) != cudaSuccess) {
+    if (cuda__malloc((void **)&d, bytes) != cudaSuccess) {
         view__oom(err, errlen, what, bytes, v->bytes);
         return -1;
     }
@@ -302,7 +302,7 @@ static int view__stack(cuda_view *v, const weight *const *ws, int n, void **out,
         return snprintf(err, errlen, "out of host memory"), -1;
     }
     v->bytes += bytes;
-    if (conv && cudaMalloc(&tmp, each * 2) != cudaSuccess) {
+    if (conv && cuda__malloc((void **)&tmp, each * 2) != cudaSuccess) {
         view__oom(err, errlen, what, each * 2, v->bytes);
         return -1;
     }
