@@ -82,11 +82,11 @@ static int parse_float(const char *s, float lo, float hi, float *out) {
     return 0;
 }
 
-/* "1,2,3" -> ids; returns the count or -1. */
+/* "1,2,3" -> ids; returns the count, -1 for a bad list, -2 out of memory. */
 static int parse_ids(const char *s, int32_t **out) {
     int cap = 16, n = 0;
     int32_t *ids = malloc((size_t)cap * sizeof(int32_t));
-    if (!ids) return -1;
+    if (!ids) return -2;
     const char *p = s;
     while (*p) {
         char *end;
@@ -100,7 +100,7 @@ static int parse_ids(const char *s, int32_t **out) {
             int32_t *q = realloc(ids, (size_t)(cap *= 2) * sizeof(int32_t));
             if (!q) {
                 free(ids);
-                return -1;
+                return -2;
             }
             ids = q;
         }
@@ -474,6 +474,10 @@ static int run_prompt_load(run_ctx *r) {
         }
         r->n_prompt = (int)n;
     } else if ((r->n_prompt = parse_ids(o->prompt_ids, &r->prompt)) <= 0) {
+        if (r->n_prompt == -2) {
+            fprintf(stderr, "engram-run: out of memory\n");
+            return 1;
+        }
         fprintf(stderr, "engram-run: --prompt-ids must be a comma-separated list of token ids\n");
         return 2;
     }

@@ -17,8 +17,9 @@ int engram_lookup_build(const tokenizer *tok, int64_t **lookup, int64_t *n_out, 
     for (size_t i = 0; rc == 0 && i < n; i++) {
         int32_t id = (int32_t)i;
         size_t len = 0, raw_len = 0;
-        if (tokenizer_decode(tok, &id, 1, false, &decoded[i], &len) != TOKENIZER_OK) {
-            rc = err_set(err, errlen, -1, "tokenizer cannot decode token %zu", i);
+        int drc = tokenizer_decode(tok, &id, 1, false, &decoded[i], &len);
+        if (drc != TOKENIZER_OK) {
+            rc = err_set(err, errlen, -1, "tokenizer cannot decode token %zu: %s", i, tokenizer_status_str(drc));
             break;
         }
         const char *raw = tokenizer_id_to_token(tok, id, &raw_len);

@@ -98,33 +98,39 @@ def test_access_log_lines_match_responses():
 
 def test_access_log_to_stderr_and_off_by_default():
     s = Server("--access-log", "-")
-    requests.get(s.url + "/v1/models")
-    deadline = time.time() + 10
-    while '"route":"/v1/models"' not in s.output():
-        assert time.time() < deadline, s.output()
-        time.sleep(0.05)
-    s.stop()
+    try:
+        requests.get(s.url + "/v1/models")
+        deadline = time.time() + 10
+        while '"route":"/v1/models"' not in s.output():
+            assert time.time() < deadline, s.output()
+            time.sleep(0.05)
+    finally:
+        s.stop()
     s = Server()
-    requests.get(s.url + "/v1/models")
-    out = s.stop()
+    try:
+        requests.get(s.url + "/v1/models")
+    finally:
+        out = s.stop()
     assert '"request_id"' not in out
 
 
 def test_log_level_debug_shows_client_gone_and_error_hides_info():
     s = Server("--log-level", "debug")
-    body = json.dumps({"prompt": [1, 2, 3], "max_tokens": 200, "stream": True, "ignore_eos": True}).encode()
-    for _ in range(3):
-        c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
-        c.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-        c.recv(100)
-        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        c.close()
-    deadline = time.time() + 10
-    while metric(requests.get(s.url + "/metrics").text, "engram_request_success_total",
-                 {"finished_reason": "abort"}) != 3:
-        assert time.time() < deadline
-        time.sleep(0.05)
-    out = s.stop()
+    try:
+        body = json.dumps({"prompt": [1, 2, 3], "max_tokens": 200, "stream": True, "ignore_eos": True}).encode()
+        for _ in range(3):
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+            c.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            assert c.recv(100).startswith(b"HTTP/1.1 200")
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            c.close()
+        deadline = time.time() + 10
+        while metric(requests.get(s.url + "/metrics").text, "engram_request_success_total",
+                     {"finished_reason": "abort"}) != 3:
+            assert time.time() < deadline
+            time.sleep(0.05)
+    finally:
+        out = s.stop()
     assert "engram-server: debug: libmicrohttpd: " in out, out
     s = Server("--log-level", "error")
     out = s.stop()
