@@ -45,6 +45,7 @@ typedef struct {
     int status;
     char *err;
     size_t errlen;
+    const cJSON *checked; /* a schema with a type list whose keywords gen checked against all its types */
 } sc;
 
 static int sc_fail(sc *c, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -111,8 +112,27 @@ static bool in_list(const char *k, const char *const *list) {
     return false;
 }
 
-/* Refuses any keyword of s outside ok (and the annotations). */
+/* The keywords each type takes (with "type", "enum" and "const"). */
+static const char *const kw_string[] = {"type", "minLength", "maxLength", "pattern", "format", "enum", "const", NULL};
+static const char *const kw_number[] = {"type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+                                        "enum", "const", NULL};
+static const char *const kw_array[] = {"type", "items", "minItems", "maxItems", "enum", "const", NULL};
+static const char *const kw_object[] = {"type", "properties", "required", "additionalProperties", "enum", "const",
+                                        NULL};
+static const char *const kw_plain[] = {"type", "enum", "const", NULL}; /* boolean, null */
+
+static const char *const *type_keywords(const char *type) {
+    if (!strcmp(type, "string")) return kw_string;
+    if (!strcmp(type, "integer") || !strcmp(type, "number")) return kw_number;
+    if (!strcmp(type, "array")) return kw_array;
+    if (!strcmp(type, "object")) return kw_object;
+    return kw_plain;
+}
+
+/* Refuses any keyword of s outside ok (and the annotations); s of a type
+ * list was checked against all its types already (gen). */
 static int check_keywords(sc *c, const cJSON *s, const char *const *ok) {
+    if (s == c->checked) return 0;
     const cJSON *k;
     cJSON_ArrayForEach(k, s) {
         if (in_list(k->string, annotations) || in_list(k->string, ok)) continue;
@@ -189,8 +209,7 @@ static int gen_ref(sc *c, const cJSON *s, strbuf *b) {
 }
 
 static int gen_string(sc *c, const cJSON *s, strbuf *b) {
-    static const char *const ok[] = {"type", "minLength", "maxLength", "pattern", "format", "enum", "const", NULL};
-    if (check_keywords(c, s, ok)) return -1;
+    if (check_keywords(c, s, kw_string)) return -1;
     long lo = count_kw(c, s, "minLength"), hi = count_kw(c, s, "maxLength");
     if (lo == -2 || hi == -2) return -1;
     const cJSON *pat = get(s, "pattern"), *fmt = get(s, "format");
@@ -241,8 +260,7 @@ static int num_kw(sc *c, const cJSON *s, const char *k, double *v) {
 /* integer and number, with the bounds that are cheap to express exactly:
  * a lower bound of 0 (no minus sign), and small integer ranges (listed). */
 static int gen_number(sc *c, const cJSON *s, strbuf *b, bool integer) {
-    static const char *const ok[] = {"type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "const", NULL};
-    if (check_keywords(c, s, ok)) return -1;
+    if (check_keywords(c, s, kw_number)) return -1;
     double lo = 0, hi = 0, xlo = 0, xhi = 0;
     int hlo = num_kw(c, s, "minimum", &lo), hhi = num_kw(c, s, "maximum", &hi);
     int hxlo = num_kw(c, s, "exclusiveMinimum", &xlo), hxhi = num_kw(c, s, "exclusiveMaximum", &xhi);
@@ -272,8 +290,7 @@ static int gen_number(sc *c, const cJSON *s, strbuf *b, bool integer) {
 }
 
 static int gen_array(sc *c, const cJSON *s, strbuf *b, int depth) {
-    static const char *const ok[] = {"type", "items", "minItems", "maxItems", "enum", "const", NULL};
-    if (check_keywords(c, s, ok)) return -1;
+    if (check_keywords(c, s, kw_array)) return -1;
     long lo = count_kw(c, s, "minItems"), hi = count_kw(c, s, "maxItems");
     if (lo == -2 || hi == -2) return -1;
     if (lo < 0) lo = 0;
@@ -310,8 +327,7 @@ static int gen_member(sc *c, const cJSON *k, strbuf *b, int depth) {
 /* Objects: required properties first, then optional ones (each present or
  * not, in order); without properties, a map of additionalProperties. */
 static int gen_object(sc *c, const cJSON *s, strbuf *b, int depth) {
-    static const char *const ok[] = {"type", "properties", "required", "additionalProperties", "enum", "const", NULL};
-    if (check_keywords(c, s, ok)) return -1;
+    if (check_keywords(c, s, kw_object)) return -1;
     const cJSON *props = get(s, "properties"), *req = get(s, "required"), *addl = get(s, "additionalProperties"), *k;
     if (props && !cJSON_IsObject(props)) return sc_fail(c, GRAMMAR_ERR_INVALID, "'properties' must be an object");
     if (req && !cJSON_IsArray(req)) return sc_fail(c, GRAMMAR_ERR_INVALID, "'required' must be an array");
@@ -401,9 +417,8 @@ static int gen_typed(sc *c, const cJSON *s, const char *type, strbuf *b, int dep
     if (!strcmp(type, "number")) return gen_number(c, s, b, false);
     if (!strcmp(type, "object")) return gen_object(c, s, b, depth);
     if (!strcmp(type, "array")) return gen_array(c, s, b, depth);
-    static const char *const ok[] = {"type", "enum", "const", NULL};
-    if (!strcmp(type, "boolean")) return check_keywords(c, s, ok) ? -1 : add(c, b, "jbool");
-    if (!strcmp(type, "null")) return check_keywords(c, s, ok) ? -1 : add(c, b, "jnull");
+    if (!strcmp(type, "boolean")) return check_keywords(c, s, kw_plain) ? -1 : add(c, b, "jbool");
+    if (!strcmp(type, "null")) return check_keywords(c, s, kw_plain) ? -1 : add(c, b, "jnull");
     return sc_fail(c, GRAMMAR_ERR_INVALID, "unknown type '%.40s'", type);
 }
 
@@ -462,12 +477,25 @@ static int gen(sc *c, const cJSON *s, strbuf *b, int depth) {
     }
     if (cJSON_IsString(type)) return gen_typed(c, s, type->valuestring, b, depth);
     if (!cJSON_IsArray(type) || !type->child) return sc_fail(c, GRAMMAR_ERR_INVALID, "'type' must be a string or a non-empty array");
+    /* A type list (["string", "null"]: OpenAI's strict mode writes optional fields so): a keyword
+     * applies to the values of its own type only, so each must belong to one of the listed types,
+     * and each alternative takes its own type's and ignores the others'. */
+    const cJSON *t, *k;
+    cJSON_ArrayForEach(t, type)
+        if (!cJSON_IsString(t)) return sc_fail(c, GRAMMAR_ERR_INVALID, "'type' must list strings");
+    cJSON_ArrayForEach(k, s) {
+        bool known = in_list(k->string, annotations) || (!strcmp(k->string, "uniqueItems") && cJSON_IsFalse(k));
+        cJSON_ArrayForEach(t, type) known = known || in_list(k->string, type_keywords(t->valuestring));
+        if (!known) return sc_fail(c, GRAMMAR_ERR_UNSUPPORTED, "unsupported keyword '%.60s'", k->string);
+    }
     if (add(c, b, "(")) return -1;
-    const cJSON *t;
     int i = 0;
     cJSON_ArrayForEach(t, type) {
-        if (!cJSON_IsString(t)) return sc_fail(c, GRAMMAR_ERR_INVALID, "'type' must list strings");
-        if ((i++ && add(c, b, " | ")) || gen_typed(c, s, t->valuestring, b, depth)) return -1;
+        const cJSON *saved = c->checked;
+        c->checked = s; /* for this alternative's own check; its children are other schemas */
+        int rc = (i++ && add(c, b, " | ")) || gen_typed(c, s, t->valuestring, b, depth);
+        c->checked = saved;
+        if (rc) return -1;
     }
     return add(c, b, ")");
 }

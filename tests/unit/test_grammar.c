@@ -145,6 +145,16 @@ START_TEST(test_json_schema) {
     g = schema("{\"type\":\"object\",\"additionalProperties\":{\"type\":\"integer\"}}");
     YES(g, "{\"x\":1, \"y\":2}"), NO(g, "{\"x\":\"1\"}");
     grammar_release(g);
+    /* type lists, as OpenAI's strict mode writes optional fields: each keyword applies to its own type */
+    g = schema("{\"type\":\"object\",\"properties\":{\"s\":{\"type\":[\"string\",\"null\"],\"maxLength\":3},"
+               "\"n\":{\"type\":[\"integer\",\"null\"],\"minimum\":0},"
+               "\"o\":{\"type\":[\"object\",\"null\"],\"properties\":{\"x\":{\"type\":\"boolean\"}},"
+               "\"required\":[\"x\"],\"additionalProperties\":false}},"
+               "\"required\":[\"s\",\"n\",\"o\"],\"additionalProperties\":false}");
+    YES(g, "{\"s\":\"abc\",\"n\":0,\"o\":{\"x\":true}}"), YES(g, "{\"s\":null,\"n\":null,\"o\":null}");
+    NO(g, "{\"s\":\"abcd\",\"n\":0,\"o\":null}"), NO(g, "{\"s\":null,\"n\":-1,\"o\":null}");
+    NO(g, "{\"s\":null,\"n\":1,\"o\":{}}"), NO(g, "{\"s\":3,\"n\":1,\"o\":null}");
+    grammar_release(g);
     ck_assert_int_eq(grammar_compile_json_object(&g, err, sizeof(err)), GRAMMAR_OK);
     YES(g, "{\"a\":[1,{\"b\":null}],\"c\":\"d\"}"), NO(g, "[]"), NO(g, "{\"a\"}");
     grammar_release(g);
@@ -166,6 +176,7 @@ START_TEST(test_json_schema_errors) {
         {"{\"$defs\":{\"a\":{\"$ref\":\"#/$defs/a\"}},\"$ref\":\"#/$defs/a\"}", "left recursion"},
         {"{\"type\":\"string\",\"pattern\":\"(a\"}", "'pattern'"},
         {"{\"not\":{}}", "'not'"},
+        {"{\"type\":[\"string\",\"null\"],\"minItems\":1}", "'minItems'"}, /* a keyword of no listed type */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         grammar *g = (grammar *)1;
