@@ -4,7 +4,6 @@
 
 #include <pthread.h>
 #include <stdlib.h>
-#include <string.h>
 
 struct ep_group {
     int n;
@@ -42,26 +41,22 @@ void ep_expert_range(const ep_rank *r, int E, int *lo, int *hi) {
 }
 
 /* Each rank publishes its buffer; then each sums its own slice of the
- * elements over all buffers in rank order into scratch, and after a second
- * barrier (no buffer changes while any rank still reads) writes that slice
- * into every buffer. All ranks end with the same bits. */
+ * elements over all buffers in rank order and writes the sum into every
+ * buffer's slice at once (no other rank reads or writes that slice), so all
+ * ranks end with the same bits. The second barrier: every slice written
+ * before any rank reads its buffer. */
 void ep_all_reduce_sum(const ep_rank *r, float *buf, size_t n) {
     ep_group *g = r->group;
     int R = g->n, k = r->rank;
     g->bufs[k] = buf;
     pthread_barrier_wait(&g->bar);
     size_t lo = n * (size_t)k / (size_t)R, hi = n * ((size_t)k + 1) / (size_t)R;
-    float *tmp = hi > lo ? malloc((hi - lo) * sizeof(float)) : NULL;
-    if (hi > lo && !tmp) abort(); /* host scratch: fatal, as the CPU backend's */
     for (size_t i = lo; i < hi; i++) {
         float s = g->bufs[0][i];
         for (int q = 1; q < R; q++) s += g->bufs[q][i];
-        tmp[i - lo] = s;
+        for (int q = 0; q < R; q++) g->bufs[q][i] = s;
     }
-    pthread_barrier_wait(&g->bar); /* every slice summed before any buffer changes */
-    for (int q = 0; q < R; q++) memcpy(g->bufs[q] + lo, tmp, (hi - lo) * sizeof(float));
-    free(tmp);
-    pthread_barrier_wait(&g->bar); /* every buffer whole before any rank reads its own */
+    pthread_barrier_wait(&g->bar);
 }
 
 void ep_moe_experts(const ep_rank *r, backend *be, float *out, float *pairs, const float *x, const int32_t *ids,
