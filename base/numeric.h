@@ -84,10 +84,12 @@ static inline float fp4_e2m1_to_f32(uint8_t code) {
     return bits_to_f32(sign | ((exp + 126u) << 23) | (man << 22));
 }
 
-/* f32 (finite) to the nearest bf16, ties to even: torch's .to(torch.bfloat16). */
+/* f32 to the nearest bf16, ties to even: torch's .to(torch.bfloat16); a NaN
+ * stays a NaN (rounding could carry a small payload into infinity). */
 static inline uint16_t f32_to_bf16(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
     u += 0x7fffu + ((u >> 16) & 1u);
     return (uint16_t)(u >> 16);
 }

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/numeric.h"
 #include "engine/backend/cuda/cuda_internal.h"
 
 typedef struct {
@@ -71,6 +72,23 @@ static void view__oom(char *err, size_t errlen, const char *what, size_t bytes, 
              bytes, so_far, fr, total);
 }
 
+/* bytes of device memory kept with the view (freed with it) into *out: 0,
+ * or -1 with the message (out of GPU or host memory). */
+static int view__alloc(cuda_view *v, size_t bytes, void **out, const char *what, char *err, size_t errlen) {
+    void *d = NULL;
+    if (cuda__malloc(&d, bytes ? bytes : 1) != cudaSuccess) {
+        view__oom(err, errlen, what, bytes, v->bytes);
+        return -1;
+    }
+    if (view__keep(v, d)) {
+        cudaFree(d);
+        return snprintf(err, errlen, "out of host memory"), -1;
+    }
+    v->bytes += bytes;
+    *out = d;
+    return 0;
+}
+
 /* Device copy of n elements of dtype t at host, as bf16 when to_bf16 (the
  * conversion runs on the GPU), else unchanged. *out NULL for a NULL host. */
 static int view__upload(cuda_view *v, const void *host, dtype t, size_t n, int to_bf16, void **out,
@@ -88,20 +106,11 @@ static int view__upload(cuda_view *v, const void *host, dtype t, size_t n, int t
         return -1;
     }
     size_t src_bytes = n * dtype_size(t), dst_bytes = conv ? n * 2 : src_bytes;
-    if (cuda__malloc((void **)&d, dst_bytes ? dst_bytes : 1) != cudaSuccess) {
-        view__oom(err, errlen, what, dst_bytes, v->bytes);
-        return -1;
-    }
-    if (view__keep(v, d)) {
-        cudaFree(d);
-        snprintf(err, errlen, "out of host memory");
-        return -1;
-    }
+    if (view__alloc(v, dst_bytes, &d, what, err, errlen)) return -1;
     if (view__remember(v, host, conv, d)) { /* d is freed with the view */
         snprintf(err, errlen, "out of host memory");
         return -1;
     }
-    v->bytes += dst_bytes;
     cudaError_t e;
     if (!conv) {
         e = cudaMemcpy(d, host, src_bytes, cudaMemcpyHostToDevice);
@@ -129,29 +138,12 @@ static int view__upload(cuda_view *v, const void *host, dtype t, size_t n, int t
  * temporary's address comes back for the next one). */
 static int view__put(cuda_view *v, const void *host, size_t bytes, void **out, const char *what, char *err,
                      size_t errlen) {
-    void *d = NULL;
-    if (cuda__malloc((void **)&d, bytes ? bytes : 1) != cudaSuccess) {
-        view__oom(err, errlen, what, bytes, v->bytes);
-        return -1;
-    }
-    if (view__keep(v, d)) {
-        cudaFree(d);
-        return snprintf(err, errlen, "out of host memory"), -1;
-    }
-    v->bytes += bytes;
+    void *d;
+    if (view__alloc(v, bytes, &d, what, err, errlen)) return -1;
     cudaError_t e = cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice);
     if (e != cudaSuccess) return snprintf(err, errlen, "uploading %s: %s", what, cudaGetErrorString(e)), -1;
     *out = d;
     return 0;
-}
-
-/* f32 to bf16, rounded to nearest even (NaN kept a NaN). */
-static uint16_t bf16_of(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
 }
 
 /* An FP8 or FP4 matrix dequantized on the host (model_weight_rows_to_f32,
@@ -169,7 +161,7 @@ static int view__dequantize(const weight *w, void **out, dtype *dt) {
     *dt = pow2 ? DTYPE_BF16 : DTYPE_F32;
     if (pow2) {
         uint16_t *b = (uint16_t *)f; /* in place: element i's 2 bytes never pass element i's 4 */
-        for (size_t i = 0; i < n; i++) b[i] = bf16_of(f[i]);
+        for (size_t i = 0; i < n; i++) b[i] = f32_to_bf16(f[i]);
     }
     *out = f;
     return 0;
@@ -292,16 +284,8 @@ static int view__stack(cuda_view *v, const weight *const *ws, int n, void **out,
     dtype dev_t = w0->fmt != WEIGHT_DENSE ? (w0->scale_dt != DTYPE_F32 ? DTYPE_BF16 : DTYPE_F32)
                   : conv ? DTYPE_BF16 : t;
     size_t dst_es = dtype_size(dev_t), bytes = (size_t)n * each * dst_es;
-    void *d = NULL, *tmp = NULL;
-    if (cuda__malloc((void **)&d, bytes) != cudaSuccess) {
-        view__oom(err, errlen, what, bytes, v->bytes);
-        return -1;
-    }
-    if (view__keep(v, d)) {
-        cudaFree(d);
-        return snprintf(err, errlen, "out of host memory"), -1;
-    }
-    v->bytes += bytes;
+    void *d, *tmp = NULL;
+    if (view__alloc(v, bytes, &d, what, err, errlen)) return -1;
     if (conv && cuda__malloc((void **)&tmp, each * 2) != cudaSuccess) {
         view__oom(err, errlen, what, each * 2, v->bytes);
         return -1;
