@@ -101,6 +101,39 @@ static double copy_rate(void) {
     return gbs;
 }
 
+/* What a library kernel reads per second: cublasSasum over 1 GiB of f32
+ * (reads only, one value out), median of 20: the ceiling a matrix-vector
+ * product that streams its weights can reach. */
+static double read_rate(void) {
+    size_t bytes = (size_t)1 << 30;
+    float *a, r;
+    CK(cudaMalloc((void **)&a, bytes));
+    CK(cudaMemset(a, 0, bytes));
+    cublasHandle_t h;
+    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) exit(1);
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    float ms[20];
+    int n = (int)(bytes / 4);
+    for (int i = 0; i < 3; i++) cublasSasum(h, n, a, 1, &r);
+    for (int i = 0; i < 20; i++) {
+        CK(cudaEventRecord(e0, 0));
+        cublasSasum(h, n, a, 1, &r); /* host result: returns once the kernel is done */
+        CK(cudaEventRecord(e1, 0));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaEventElapsedTime(&ms[i], e0, e1));
+    }
+    qsort(ms, 20, sizeof(float), cmp_f);
+    double gbs = bytes / (ms[10] * 1e-3) * 1e-9;
+    printf("read: cublasSasum 1 GiB f32: median %.3f ms (min %.3f, max %.3f), %.0f GB/s\n", ms[10], ms[0], ms[19],
+           gbs);
+    cublasDestroy(h);
+    CK(cudaFree(a));
+    cudaEventDestroy(e0), cudaEventDestroy(e1);
+    return gbs;
+}
+
 static double gemm_rate(int n, cudaDataType ct) {
     cublasHandle_t h;
     if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) exit(1);
@@ -218,11 +251,15 @@ static double time_op(const char *name, op_fn f, void *ctx) {
     return ts[3];
 }
 
+/* The products' weights come in NW copies used in turn, so 100 calls in a
+ * graph read more than the 50 MB L2 holds (one 4096x4096 bf16 matrix fits). */
+#define NW 8
 static struct {
     float *x, *h, *q, *k, *v, *att, *gate, *up, *tmp, *g;
     void *kc, *vc;
     batch_desc b;
-    weight wq, wk, wgate, wdown;
+    weight wq[NW], wk[NW], wv[NW], wgate[2], wup[2], wdown[2];
+    int iq, ik, ig, id;
     float *inv;
 } D;
 static void op_rmsnorm(void *c) { (void)c; backend_rmsnorm(G, D.h, D.x, D.g, 1, 4096, 1e-5f); }
@@ -233,10 +270,23 @@ static void op_kv_store(void *c) { (void)c; backend_kv_store(G, D.kc, D.vc, D.k,
 static void op_attention(void *c) { (void)c; backend_attention(G, D.att, D.q, D.kc, D.vc, &D.b, 32, 8, 128, 0); }
 static void op_add(void *c) { (void)c; backend_add(G, D.x, D.tmp, 4096); }
 static void op_swiglu(void *c) { (void)c; backend_swiglu(G, D.gate, D.up, 14336); }
-static void op_mm_q(void *c) { (void)c; backend_matmul(G, D.q, D.h, &D.wq, NULL, 1); }
-static void op_mm_k(void *c) { (void)c; backend_matmul(G, D.k, D.h, &D.wk, NULL, 1); }
-static void op_mm_gate(void *c) { (void)c; backend_matmul(G, D.gate, D.h, &D.wgate, NULL, 1); }
-static void op_mm_down(void *c) { (void)c; backend_matmul(G, D.tmp, D.gate, &D.wdown, NULL, 1); }
+static void op_mm_q(void *c) { (void)c; backend_matmul(G, D.q, D.h, &D.wq[D.iq++ % NW], NULL, 1); }
+static void op_mm_k(void *c) { (void)c; backend_matmul(G, D.k, D.h, &D.wk[D.ik++ % NW], NULL, 1); }
+static void op_mm_gate(void *c) { (void)c; backend_matmul(G, D.gate, D.h, &D.wgate[D.ig++ % 2], NULL, 1); }
+static void op_mm_down(void *c) { (void)c; backend_matmul(G, D.tmp, D.gate, &D.wdown[D.id++ % 2], NULL, 1); }
+/* the fused ops the forward pass calls at T <= 2 */
+static void op_qkv(void *c) {
+    (void)c;
+    int i = D.iq++ % NW;
+    backend_matmul_qkv(G, D.q, D.k, D.v, D.h, &D.wq[i], &D.wk[i], &D.wv[i], NULL, NULL, NULL, 1);
+}
+static void op_o_add(void *c) { (void)c; backend_matmul_add(G, D.x, D.att, &D.wq[D.iq++ % NW], NULL, 1); }
+static void op_glu(void *c) {
+    (void)c;
+    int i = D.ig++ % 2;
+    backend_matmul_glu(G, D.gate, D.up, D.h, &D.wgate[i], &D.wup[i], NULL, NULL, 1);
+}
+static void op_down_add(void *c) { (void)c; backend_matmul_add(G, D.x, D.gate, &D.wdown[D.id++ % 2], NULL, 1); }
 
 static void decode_ops(void) {
     char err[256];
@@ -261,11 +311,21 @@ static void decode_ops(void) {
     D.b = (batch_desc){.n_seqs = 1, .n_tokens = 1, .block_size = 16, .max_blocks = 32, .max_q = 1, .max_ctx = 512,
                        .pos = d, .slot = d + 1, .tok_seq = d + 2, .seq_start = d + 3, .seq_pos0 = d + 5,
                        .block_tables = d + 6, .h_seq_start = h_ss, .h_seq_pos0 = h_p0};
-    D.wq = (weight){.data = dev_rand_bf16(4096 * 4096, 0.02f), .dt = DTYPE_BF16, .rows = 4096, .cols = 4096};
-    D.wk = (weight){.data = dev_rand_bf16(1024 * 4096, 0.02f), .dt = DTYPE_BF16, .rows = 1024, .cols = 4096};
-    D.wgate = (weight){.data = dev_rand_bf16(14336 * 4096, 0.02f), .dt = DTYPE_BF16, .rows = 14336, .cols = 4096};
-    D.wdown = (weight){.data = dev_rand_bf16(4096 * 14336, 0.02f), .dt = DTYPE_BF16, .rows = 4096, .cols = 14336};
-    printf("ops of one llama3-8b decode layer (T = 1, context 272), each 100 x in one graph:\n");
+    for (int i = 0; i < NW; i++) {
+        D.wq[i] = (weight){.data = dev_rand_bf16(4096 * 4096, 0.02f), .dt = DTYPE_BF16, .rows = 4096, .cols = 4096};
+        D.wk[i] = (weight){.data = dev_rand_bf16(1024 * 4096, 0.02f), .dt = DTYPE_BF16, .rows = 1024, .cols = 4096};
+        D.wv[i] = (weight){.data = dev_rand_bf16(1024 * 4096, 0.02f), .dt = DTYPE_BF16, .rows = 1024, .cols = 4096};
+    }
+    for (int i = 0; i < 2; i++) {
+        D.wgate[i] = (weight){.data = dev_rand_bf16(14336 * 4096, 0.02f), .dt = DTYPE_BF16, .rows = 14336,
+                              .cols = 4096};
+        D.wup[i] = (weight){.data = dev_rand_bf16(14336 * 4096, 0.02f), .dt = DTYPE_BF16, .rows = 14336, .cols = 4096};
+        D.wdown[i] = (weight){.data = dev_rand_bf16(4096 * 14336, 0.02f), .dt = DTYPE_BF16, .rows = 4096,
+                              .cols = 14336};
+    }
+    const char *gk = getenv("ENGRAM_GEMV");
+    printf("ops of one llama3-8b decode layer (T = 1, context 272), each 100 x in one graph "
+           "(weights in %d copies, read in turn; ENGRAM_GEMV=%s):\n", NW, gk ? gk : "(default)");
     double sum = 0, mm = 0;
     sum += 2 * time_op("rmsnorm (1, 4096) x2", op_rmsnorm, NULL);
     time_op("rmsnorm per head (32, 128)", op_qnorm, NULL); /* qwen3 only */
@@ -280,6 +340,13 @@ static void decode_ops(void) {
     mm += 2 * time_op("matmul gate/up 14336x4096 x2", op_mm_gate, NULL);
     mm += time_op("matmul down 4096x14336", op_mm_down, NULL);
     printf("op sum per layer: products %.1f us, the rest %.1f us\n", mm * 1e6, sum * 1e6);
+    /* the fused products of the forward pass: bytes of weights over the time */
+    double fq = time_op("fused qkv 6144x4096", op_qkv, NULL), fo = time_op("fused o + add 4096x4096", op_o_add, NULL);
+    double fg = time_op("fused gate/up glu 2x14336x4096", op_glu, NULL);
+    double fd = time_op("fused down + add 4096x14336", op_down_add, NULL);
+    printf("fused products: qkv %.0f, o %.0f, glu %.0f, down %.0f GB/s of weights; %.1f us per layer\n",
+           6144.0 * 4096 * 2 / fq * 1e-9, 4096.0 * 4096 * 2 / fo * 1e-9, 2 * 14336.0 * 4096 * 2 / fg * 1e-9,
+           4096.0 * 14336 * 2 / fd * 1e-9, (fq + fo + fg + fd) * 1e6);
     backend_destroy(G);
     G = NULL;
 }
@@ -289,6 +356,7 @@ int main(int argc, char **argv) {
     CK(cudaGetDeviceProperties(&p, 0));
     printf("device: %s, %d SMs, %.1f GiB\n", p.name, p.multiProcessorCount, p.totalGlobalMem / 1073741824.0);
     double gbs = copy_rate();
+    read_rate();
     gemm_rate(8192, CUDA_R_16BF);
     double tf = gemm_rate(8192, CUDA_R_32F);
     for (int a = 1; a < argc; a++)

@@ -5,11 +5,14 @@
 // Long contexts are split over several blocks (flash-decoding) and merged by
 // a second kernel.
 #include "kernels/kernels.h"
+#include "kernels/tc.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #define ATT_THREADS 128 /* one key per thread in the score phase; one dim per thread in the value phase */
 #define ATT_MAX_HD 256
@@ -467,6 +470,210 @@ static int dec_supported(int hd, int G) {
     return (hd == 16 || hd == 32 || hd == 64 || hd == 128 || hd == 256) && G <= 8;
 }
 
+/* ---- tensor-core decode kernel (head sizes 64 and 128, G <= 16) ----
+ * One block of 4 warps per (token, kv head, split), as the kernel above, but
+ * the G query heads of the kv head are the rows of mma.sync m16n8k16 tiles
+ * (rows past G are zero and never stored), as in the prefill kernel: the
+ * scores of 16 keys are HD / 16 x 2 mmas instead of 16 x G dot products and
+ * shuffle trees per key. Chunks of 64 keys of K and V go to shared memory by
+ * cp.async, two chunks in flight; each warp takes 16 keys of a chunk and keeps
+ * its own online softmax (log2 domain); the warps are merged at the end. The
+ * query and the softmax weights are rounded to bf16 for the tensor cores (as
+ * in the prefill kernel: decode and prefill round alike), sums are f32. */
+#define TCD_KEYS 64 /* keys per chunk: 16 per warp */
+
+template <int HD>
+__global__ void __launch_bounds__(128)
+decode_tc_kernel(float *out, float *work, const float *q, const __nv_bfloat16 *kc, const __nv_bfloat16 *vc,
+                 const int *pos, const int *tok_seq, const int *seq_start, const int *block_tables, int block_size,
+                 int max_blocks, int n_heads, int n_kv, int window, int n_splits, int split_len, float qscale,
+                 int tiled_q) {
+    constexpr int LD = HD + 8; /* padded row (bf16): conflict-free ldmatrix */
+    extern __shared__ __align__(16) unsigned char smraw[];
+    __nv_bfloat16 *Ks = (__nv_bfloat16 *)smraw; /* (2, TCD_KEYS, LD) */
+    __nv_bfloat16 *Vs = Ks + 2 * TCD_KEYS * LD;  /* (2, TCD_KEYS, LD) */
+    const int G = n_heads / n_kv;
+    const int t = blockIdx.x, kh = blockIdx.y, z = blockIdx.z;
+    const int p = pos[t], s = tok_seq[t];
+    if (seq_start[s + 1] - seq_start[s] >= tiled_q) return; /* the tiled kernel's token */
+    const int kbeg = att_first_key(p, window) + z * split_len;
+    const int kend = min(kbeg + split_len - 1, p);
+    if (kbeg > p) return; /* an empty split: the merge skips it */
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, tq = lane & 3;
+    const int kvw = n_kv * HD;
+    const int *bt = block_tables + (size_t)s * max_blocks;
+
+    /* the query rows gq and gq + 8 (heads of this kv head) as A fragments */
+    uint32_t qf[HD / 16][4];
+    {
+        const float *q0 = q + ((size_t)t * n_heads + kh * G + gq) * HD;
+        const float *q1 = q0 + 8 * HD;
+        bool v0 = gq < G, v1 = gq + 8 < G;
+#pragma unroll
+        for (int ks = 0; ks < HD / 16; ks++) {
+            int e = ks * 16 + 2 * tq;
+            float2 a = v0 ? *(const float2 *)(q0 + e) : make_float2(0.0f, 0.0f);
+            float2 b = v1 ? *(const float2 *)(q1 + e) : make_float2(0.0f, 0.0f);
+            float2 c = v0 ? *(const float2 *)(q0 + e + 8) : make_float2(0.0f, 0.0f);
+            float2 d = v1 ? *(const float2 *)(q1 + e + 8) : make_float2(0.0f, 0.0f);
+            qf[ks][0] = pack_bf16(a.x, a.y), qf[ks][1] = pack_bf16(b.x, b.y);
+            qf[ks][2] = pack_bf16(c.x, c.y), qf[ks][3] = pack_bf16(d.x, d.y);
+        }
+    }
+    /* chunk c's K and V rows into stage c & 1 (keys past kend zero-filled) */
+    auto load = [&](int c) {
+        __nv_bfloat16 *ks = Ks + (c & 1) * TCD_KEYS * LD, *vs = Vs + (c & 1) * TCD_KEYS * LD;
+        for (int i = tid; i < TCD_KEYS * (HD / 8); i += 128) {
+            int jj = i / (HD / 8), e = (i % (HD / 8)) * 8, j = kbeg + c * TCD_KEYS + jj;
+            bool ok = j <= kend;
+            size_t off = ok ? ((size_t)bt[j / block_size] * block_size + j % block_size) * kvw + (size_t)kh * HD + e
+                            : 0;
+            tc_cp16(ks + jj * LD + e, kc + off, ok);
+            tc_cp16(vs + jj * LD + e, vc + off, ok);
+        }
+        tc_cp_commit();
+    };
+
+    float o[HD / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < HD / 8; nt++) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f; /* rows gq, gq + 8; l per lane until the end */
+    const int n_chunks = (kend - kbeg) / TCD_KEYS + 1;
+    load(0);
+    for (int c = 0; c < n_chunks; c++) {
+        if (c + 1 < n_chunks) {
+            load(c + 1);
+            tc_cp_wait<1>();
+        } else {
+            tc_cp_wait<0>();
+        }
+        __syncthreads();
+        const int k0 = kbeg + c * TCD_KEYS + warp * 16; /* this warp's 16 keys */
+        if (k0 <= kend) {
+            const __nv_bfloat16 *kw = Ks + ((c & 1) * TCD_KEYS + warp * 16) * LD;
+            const __nv_bfloat16 *vw = Vs + ((c & 1) * TCD_KEYS + warp * 16) * LD;
+            /* scores: key tiles 0-7 and 8-15 of the warp's keys */
+            float sc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+            const int mi = lane >> 3, ri = lane & 7;
+#pragma unroll
+            for (int ks = 0; ks < HD / 16; ks++) {
+                uint32_t b[4]; /* matrices: keys 0-7 dims lo, keys 0-7 dims hi, keys 8-15 lo, 8-15 hi */
+                tc_ldsm4(b, kw + ((mi >> 1) * 8 + ri) * LD + ks * 16 + (mi & 1) * 8);
+                mma_bf16(sc[0], qf[ks], b[0], b[1]);
+                mma_bf16(sc[1], qf[ks], b[2], b[3]);
+            }
+            float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int u = 0; u < 2; u++) {
+                    bool ok = k0 + nt * 8 + 2 * tq + u <= kend;
+                    sc[nt][u] = ok ? sc[nt][u] * qscale : -INFINITY;
+                    sc[nt][2 + u] = ok ? sc[nt][2 + u] * qscale : -INFINITY;
+                    mx0 = fmaxf(mx0, sc[nt][u]), mx1 = fmaxf(mx1, sc[nt][2 + u]);
+                }
+#pragma unroll
+            for (int o_ = 1; o_ <= 2; o_ <<= 1) {
+                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o_));
+                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o_));
+            }
+            /* key k0 is in range, so every row's maximum is finite */
+            float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+            float al0 = exp2f(m0 - mn0), al1 = exp2f(m1 - mn1);
+            m0 = mn0, m1 = mn1;
+            float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int u = 0; u < 2; u++) {
+                    sc[nt][u] = exp2f(sc[nt][u] - mn0), sc[nt][2 + u] = exp2f(sc[nt][2 + u] - mn1);
+                    sum0 += sc[nt][u], sum1 += sc[nt][2 + u];
+                }
+            l0 = l0 * al0 + sum0, l1 = l1 * al1 + sum1;
+#pragma unroll
+            for (int nt = 0; nt < HD / 8; nt++) o[nt][0] *= al0, o[nt][1] *= al0, o[nt][2] *= al1, o[nt][3] *= al1;
+            /* o += P V: the two score tiles are the A fragment of the 16 keys */
+            uint32_t pa[4] = {pack_bf16(sc[0][0], sc[0][1]), pack_bf16(sc[0][2], sc[0][3]),
+                              pack_bf16(sc[1][0], sc[1][1]), pack_bf16(sc[1][2], sc[1][3])};
+#pragma unroll
+            for (int nt = 0; nt < HD / 8; nt += 2) {
+                uint32_t b[4]; /* keys 0-7 dims nt, keys 8-15 dims nt, keys 0-7 dims nt+1, keys 8-15 dims nt+1 */
+                tc_ldsm4_t(b, vw + ((mi & 1) * 8 + ri) * LD + (nt + (mi >> 1)) * 8);
+                mma_bf16(o[nt], pa, b[0], b[1]);
+                mma_bf16(o[nt + 1], pa, b[2], b[3]);
+            }
+        }
+        __syncthreads(); /* stage c & 1 is loaded again at c + 2 */
+    }
+#pragma unroll
+    for (int o_ = 1; o_ <= 2; o_ <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, o_);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, o_);
+    }
+    /* merge the warps: partial sums (4, G, HD), maxima and sums (4, G) each, over the K/V stages */
+    float *ps = (float *)smraw, *ms = ps + 4 * G * HD, *ls = ms + 4 * G;
+    int rr[2] = {gq, gq + 8};
+    float mm[2] = {m0, m1}, lv[2] = {l0, l1};
+#pragma unroll
+    for (int h2 = 0; h2 < 2; h2++) {
+        int g = rr[h2];
+        if (g >= G) continue;
+        float *dst = ps + ((size_t)warp * G + g) * HD + 2 * tq;
+#pragma unroll
+        for (int nt = 0; nt < HD / 8; nt++) *(float2 *)(dst + nt * 8) = make_float2(o[nt][2 * h2], o[nt][2 * h2 + 1]);
+        if (tq == 0) ms[warp * G + g] = mm[h2], ls[warp * G + g] = lv[h2];
+    }
+    __syncthreads();
+    for (int i = tid; i < G * HD; i += 128) {
+        int g = i / HD, e = i % HD, h = kh * G + g;
+        float M = -INFINITY;
+        for (int r = 0; r < 4; r++) M = fmaxf(M, ms[r * G + g]);
+        float a = 0.0f, lsum = 0.0f;
+        for (int r = 0; r < 4; r++) {
+            float f = exp2f(ms[r * G + g] - M); /* 0 for a warp that saw no key */
+            a += ps[((size_t)r * G + g) * HD + e] * f;
+            lsum += ls[r * G + g] * f;
+        }
+        if (n_splits == 1) {
+            out[((size_t)t * n_heads + h) * HD + e] = a / lsum;
+        } else { /* work: as the kernel above, m in the natural-log domain */
+            float *wk = work + (((size_t)t * n_heads + h) * n_splits + z) * (HD + 2);
+            wk[e] = a;
+            if (e == 0) wk[HD] = M * 0.69314718056f, wk[HD + 1] = lsum;
+        }
+    }
+}
+
+template <int HD>
+static int tcd_launch(const kernels_attention_args *a, int ns, int len, int tiled_q, cudaStream_t st) {
+    size_t smem = (size_t)4 * TCD_KEYS * (HD + 8) * sizeof(__nv_bfloat16);
+    static int configured;
+    if (!configured) {
+        if (smem > 48 * 1024 && cudaFuncSetAttribute(decode_tc_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                     (int)smem) != cudaSuccess)
+            return KERNELS_ERR_LAUNCH;
+        configured = 1;
+    }
+    dim3 grid(a->n_tokens, a->n_kv, ns);
+    decode_tc_kernel<HD><<<grid, 128, smem, st>>>(
+        a->out, a->work, a->q, (const __nv_bfloat16 *)a->kc, (const __nv_bfloat16 *)a->vc, a->pos, a->tok_seq,
+        a->seq_start, a->block_tables, a->block_size, a->max_blocks, a->n_heads, a->n_kv, a->window, ns, len,
+        1.4426950409f / sqrtf((float)HD), tiled_q);
+    return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
+}
+
+/* The tensor-core decode kernel unless the arguments (tests) or
+ * ENGRAM_DECODE_ATTENTION=simt (benchmarks: the two kernels in one run) ask
+ * for the f32 one. */
+static int tcd_supported(const kernels_attention_args *a) {
+    static int simt = -1;
+    if (simt < 0) {
+        const char *v = getenv("ENGRAM_DECODE_ATTENTION");
+        simt = v && !strcmp(v, "simt");
+    }
+    return (a->hd == 64 || a->hd == 128) && a->n_heads / a->n_kv <= 16 && !a->decode_simt && !simt;
+}
+
 template <int MAXG>
 static int att_launch(const kernels_attention_args *a, int ns, int len, int tiled_q, cudaStream_t st) {
     int G = a->n_heads / a->n_kv;
@@ -500,22 +707,6 @@ static int att_launch(const kernels_attention_args *a, int ns, int len, int tile
 
 #define TQ_ROWS 64
 #define TK 64
-
-__device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *(uint32_t *)&v;
-}
-
-__device__ __forceinline__ uint32_t pack_bf16_raw(__nv_bfloat16 lo, __nv_bfloat16 hi) {
-    return (uint32_t)*(const uint16_t *)&lo | ((uint32_t)*(const uint16_t *)&hi << 16);
-}
 
 template <int HD>
 __global__ void __launch_bounds__(128)
@@ -696,7 +887,7 @@ static int prefill_supported(int hd) {
  * seq_start says which kinds the step has. */
 typedef struct {
     int tiled_q, max_q, n_short, ns, len;
-    int dec; /* the decode kernel for these head sizes (else the general one) */
+    int dec; /* 2: the tensor-core decode kernel, 1: the f32 one, 0: the general one */
 } att_split;
 
 static att_split att_prepare(const kernels_attention_args *a) {
@@ -714,9 +905,9 @@ static att_split att_prepare(const kernels_attention_args *a) {
         }
     }
     p.ns = 1, p.len = 0;
-    p.dec = dec_supported(a->hd, G);
+    p.dec = tcd_supported(a) ? 2 : dec_supported(a->hd, G);
     if (p.n_short) att_plan(p.n_short, a->n_kv, a->max_ctx, a->window, p.dec ? DEC_MIN_SPLIT : ATT_MIN_SPLIT,
-                            p.dec ? 32 : ATT_THREADS, &p.ns, &p.len);
+                            p.dec == 2 ? TCD_KEYS : p.dec ? 32 : ATT_THREADS, &p.ns, &p.len);
     return p;
 }
 
@@ -750,7 +941,9 @@ extern "C" int kernels_paged_attention_bf16(const kernels_attention_args *a, voi
     if (n_short == 0) return KERNELS_OK;
     if (ns > 1 && (!a->work || a->work_floats < (size_t)a->n_tokens * a->n_heads * ns * (a->hd + 2)))
         return KERNELS_ERR_ARG;
-    if (p.dec) {
+    if (p.dec == 2) {
+        rc = a->hd == 64 ? tcd_launch<64>(a, ns, len, tiled_q, st) : tcd_launch<128>(a, ns, len, tiled_q, st);
+    } else if (p.dec) {
         switch (a->hd) {
         case 16: rc = dec_launch_g<16>(a, ns, len, tiled_q, st); break;
         case 32: rc = dec_launch_g<32>(a, ns, len, tiled_q, st); break;

@@ -123,6 +123,7 @@ typedef struct {
     int n_tokens, n_seqs, block_size, max_blocks, n_heads, n_kv, hd, window;
     int max_ctx;         /* at least pos + 1 of every token */
     int no_tiled;        /* 1: the per-token kernel for every token (tests) */
+    int decode_simt;     /* 1: the f32 per-token kernel, not the tensor-core one (tests) */
     float *work;         /* split scratch of kernels_paged_attention_work_floats floats, or NULL when that is 0 */
     size_t work_floats;
 } kernels_attention_args;

@@ -8,6 +8,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #define GEMV_WARPS 8
 
@@ -100,11 +102,124 @@ gemv_kernel(gemv_args a, const float *x, int cols) {
     }
 }
 
+/* The same products with a block of GEMV_WARPS warps on R consecutive rows
+ * (row-wise segments as above, looked up per row): every thread strides
+ * along the rows' columns 16 bytes at a time, so a block reads R contiguous
+ * spans (fewer DRAM pages open at once than a warp per row) and each x load
+ * serves R rows; the warps' partial sums meet in shared memory. */
+template <int T, typename W, int MODE, int R>
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+gemv_block_kernel(gemv_args a, const float *x, int cols) {
+    constexpr int NT = GEMV_WARPS * 32, NA = MODE == GEMV_GLU ? 2 : 1;
+    __shared__ float red[GEMV_WARPS][NA][R][T];
+    const int row0 = blockIdx.x * R, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const W *wr[R], *wu[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        int row = min(row0 + r, a.end2 - 1); /* rows past the end: read row end2 - 1, never stored */
+        int seg = row < a.end0 ? 0 : row < a.end1 ? 1 : 2;
+        int local = seg == 0 ? row : seg == 1 ? row - a.end0 : row - a.end1;
+        wr[r] = (const W *)(seg == 0 ? a.w0 : seg == 1 ? a.w1 : a.w2) + (size_t)local * cols;
+        wu[r] = (const W *)a.w1 + (size_t)local * cols; /* GLU: the up row */
+    }
+    float acc[NA][R][T];
+#pragma unroll
+    for (int k = 0; k < NA; k++)
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+            for (int t = 0; t < T; t++) acc[k][r][t] = 0.0f;
+    const int n8 = cols >> 3;
+#pragma unroll 2
+    for (int i = tid; i < n8; i += NT) {
+        float wv[NA][R][8];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            gemv_load8(wr[r], i, wv[0][r]);
+            if (MODE == GEMV_GLU) gemv_load8(wu[r], i, wv[NA - 1][r]);
+        }
+#pragma unroll
+        for (int t = 0; t < T; t++) {
+            const float4 *xp = (const float4 *)(x + (size_t)t * cols) + 2 * i;
+            float4 p = __ldg(xp), q = __ldg(xp + 1);
+#pragma unroll
+            for (int k = 0; k < NA; k++)
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    const float *w8 = wv[k][r];
+                    acc[k][r][t] += p.x * w8[0] + p.y * w8[1] + p.z * w8[2] + p.w * w8[3] + q.x * w8[4] +
+                                    q.y * w8[5] + q.z * w8[6] + q.w * w8[7];
+                }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < NA; k++)
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+            for (int t = 0; t < T; t++) {
+                float v = acc[k][r][t];
+                for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+                if (lane == 0) red[warp][k][r][t] = v;
+            }
+    __syncthreads();
+    if (tid >= R * T) return;
+    const int r = tid / T, t = tid % T, row = row0 + r;
+    if (row >= a.end2) return;
+    float sum[NA];
+#pragma unroll
+    for (int k = 0; k < NA; k++) {
+        sum[k] = 0.0f;
+        for (int w = 0; w < GEMV_WARPS; w++) sum[k] += red[w][k][r][t];
+    }
+    int seg = row < a.end0 ? 0 : row < a.end1 ? 1 : 2;
+    int local = seg == 0 ? row : seg == 1 ? row - a.end0 : row - a.end1;
+    float *out = seg == 0 ? a.out0 : seg == 1 ? a.out1 : a.out2;
+    const float *bias = seg == 0 ? a.b0 : seg == 1 ? a.b1 : a.b2;
+    int ld = seg == 0 ? a.ld0 : seg == 1 ? a.ld1 : a.ld2;
+    float bv = bias ? bias[local] : 0.0f;
+    float *o = out + (size_t)t * ld + local;
+    if (MODE == GEMV_GLU) {
+        float gv = sum[0] + bv, bu = a.b1 ? a.b1[local] : 0.0f;
+        *o = gv / (1.0f + expf(-gv)) * (sum[NA - 1] + bu);
+    } else if (MODE == GEMV_ADD) {
+        *o = *o + (sum[0] + bv);
+    } else {
+        *o = sum[0] + bv;
+    }
+}
+
+/* Which kernel: ENGRAM_GEMV=warp|block (benchmarks: both in one run), else
+ * GEMV_DEFAULT. */
+#define GEMV_DEFAULT 1 /* 0: warp per row, 1: block on R rows */
+static int gemv_block_mode(void) {
+    static int mode = -1;
+    if (mode < 0) {
+        const char *v = getenv("ENGRAM_GEMV");
+        mode = v && !strcmp(v, "warp") ? 0 : v && !strcmp(v, "block") ? 1 : GEMV_DEFAULT;
+    }
+    return mode;
+}
+
+template <int T, typename W, int MODE>
+static void gemv_block_launch(const gemv_args &a, const float *x, int cols, cudaStream_t st) {
+    /* R by rows: enough blocks to fill the GPU several times over */
+    int rows = a.end2;
+    if (rows >= 8192) gemv_block_kernel<T, W, MODE, 4><<<(rows + 3) / 4, GEMV_WARPS * 32, 0, st>>>(a, x, cols);
+    else if (rows >= 2048) gemv_block_kernel<T, W, MODE, 2><<<(rows + 1) / 2, GEMV_WARPS * 32, 0, st>>>(a, x, cols);
+    else gemv_block_kernel<T, W, MODE, 1><<<rows, GEMV_WARPS * 32, 0, st>>>(a, x, cols);
+}
+
 template <typename W, int MODE>
 static int gemv_run(const gemv_args &a, const float *x, int T, int cols, void *stream) {
     if (a.end2 == 0) return KERNELS_OK;
     dim3 grid((a.end2 + GEMV_WARPS - 1) / GEMV_WARPS), block(GEMV_WARPS * 32);
     cudaStream_t st = (cudaStream_t)stream;
+    if (gemv_block_mode() && T <= 2) {
+        if (T == 1) gemv_block_launch<1, W, MODE>(a, x, cols, st);
+        else gemv_block_launch<2, W, MODE>(a, x, cols, st);
+        return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
+    }
     switch (T) {
     case 1: gemv_kernel<1, W, MODE><<<grid, block, 0, st>>>(a, x, cols); break;
     case 2: gemv_kernel<2, W, MODE><<<grid, block, 0, st>>>(a, x, cols); break;

@@ -12,6 +12,7 @@
 // prefix sums. A decode step (a few pairs) skips the plan: one warp per weight
 // row and pair reads each routed expert's weights once, activations in f32.
 #include "kernels/kernels.h"
+#include "kernels/tc.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -203,13 +204,6 @@ __device__ __forceinline__ bool moe_tile(int m, const int *offsets, const int *t
 #define MOE_STAGES 3
 #define MOE_LDS (MOE_BK + 8) // bf16 elements per shared row: 80 bytes, off the bank period
 
-__device__ __forceinline__ void moe_cp16(void *smem, const void *gmem, bool valid) {
-    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    int n = valid ? 16 : 0; // 0 bytes read: the 16 are zero-filled
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
-}
-__device__ __forceinline__ void moe_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void moe_cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 // Tensor-core tiles (bf16 in, f32 accumulate) of BM rows x 64 columns: a
 // (rows, K) bf16 packed by expert; w the experts' matrices stacked, (E,
@@ -244,12 +238,12 @@ __global__ void __launch_bounds__(128) moe_gemm_bf16_kernel(void *out, const __n
         for (int i = tid; i < BM * 4; i += 128) { // A: BM rows x 4 chunks of 8
             int r = i >> 2, c = (i & 3) * 8;
             bool ok = r0 + r < r1;
-            moe_cp16(&As[st * BM + r][c], a + (size_t)(ok ? r0 + r : r0) * K + k0 + c, ok);
+            tc_cp16(&As[st * BM + r][c], a + (size_t)(ok ? r0 + r : r0) * K + k0 + c, ok);
         }
         for (int i = tid; i < NB * MOE_BN * 4; i += 128) { // B: NB*64 rows x 4 chunks
             int r = i >> 2, c = (i & 3) * 8;
             int wr = r < MOE_BN ? n0 + r : N + n0 + (r - MOE_BN); // gate row, or the matching up row
-            moe_cp16(&Bs[st * NB * MOE_BN + r][c], we + (size_t)wr * K + k0 + c, true);
+            tc_cp16(&Bs[st * NB * MOE_BN + r][c], we + (size_t)wr * K + k0 + c, true);
         }
     };
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[NB][FM][FN];
@@ -262,10 +256,10 @@ __global__ void __launch_bounds__(128) moe_gemm_bf16_kernel(void *out, const __n
 #pragma unroll
     for (int s = 0; s < MOE_STAGES - 1; s++) {
         if (s < nk) load(s, s);
-        moe_cp_commit();
+        tc_cp_commit();
     }
     for (int kt = 0; kt < nk; kt++) {
-        moe_cp_wait<MOE_STAGES - 2>();
+        tc_cp_wait<MOE_STAGES - 2>();
         __syncthreads();
         int st = kt % MOE_STAGES;
 #pragma unroll
@@ -286,9 +280,9 @@ __global__ void __launch_bounds__(128) moe_gemm_bf16_kernel(void *out, const __n
         }
         int next = kt + MOE_STAGES - 1; // into the stage every warp finished with before this iteration's barrier
         if (next < nk) load(next % MOE_STAGES, next);
-        moe_cp_commit();
+        tc_cp_commit();
     }
-    moe_cp_wait<0>();
+    tc_cp_wait<0>();
     __syncthreads();
     // Epilogue through shared memory (the pipeline's buffers are free now).
     float *Cs = (float *)smem;

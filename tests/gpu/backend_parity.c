@@ -38,6 +38,8 @@
 static backend *cpu, *gpu;
 /* the CUDA plugin (cuda_ops.c): 1 sends every token of be to the per-token attention kernel */
 void backend_cuda_set_attention_no_tiled(backend *be, int on);
+/* 1 sends per-token tokens to the f32 decode kernel instead of the tensor-core one */
+void backend_cuda_set_attention_decode_simt(backend *be, int on);
 static int failures;
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
@@ -617,14 +619,19 @@ static void test_attention(const step *st, int n_blocks, int nh, int nkv, int hd
     float *ref = xmalloc((size_t)T * nh * hd * 4);
     backend_attention(cpu, ref, q, kc, vc, &st->h, nh, nkv, hd, window);
     float *dq = dev_copy(q, (size_t)T * nh * hd * 4);
-    for (int tiled = 0; tiled < 2; tiled++) {
+    /* mode 0: every token per-token, the f32 kernel; 1: the same, the
+     * tensor-core decode kernel where it applies (q and softmax weights
+     * rounded to bf16); 2: the mixed step (tiled prefill + decode) */
+    for (int mode = 0; mode < 3; mode++) {
         float *out = dev_poison((size_t)T * nh * hd * 4);
-        backend_cuda_set_attention_no_tiled(gpu, !tiled);
+        backend_cuda_set_attention_no_tiled(gpu, mode < 2);
+        backend_cuda_set_attention_decode_simt(gpu, mode == 0);
         backend_attention(gpu, out, dq, dkc, dvc, &st->d, nh, nkv, hd, window);
         backend_cuda_set_attention_no_tiled(gpu, 0);
+        backend_cuda_set_attention_decode_simt(gpu, 0);
         snprintf(name, sizeof(name), "attention %d:%d hd=%d w=%d%s %s", nh, nkv, hd, window,
-                 exact_bf16 ? " bf16-exact" : "", tiled ? "mixed" : "per-token");
-        check(name, out, ref, (size_t)T * nh * hd, exact_bf16 && !tiled ? 2e-4 : 1e-2);
+                 exact_bf16 ? " bf16-exact" : "", mode == 0 ? "per-token f32" : mode == 1 ? "per-token" : "mixed");
+        check(name, out, ref, (size_t)T * nh * hd, exact_bf16 && mode == 0 ? 2e-4 : 1e-2);
         backend_free(gpu, out);
     }
     backend_free(gpu, dkc), backend_free(gpu, dvc), backend_free(gpu, dhk), backend_free(gpu, dhv), backend_free(gpu, dk), backend_free(gpu, dv), backend_free(gpu, dq);
@@ -1051,8 +1058,8 @@ static void test_dsv4_layer(const step *st, int n_blocks, int m, int csa) {
     free(q), free(kv), free(sinks), free(out), free(cache), free(sel);
 }
 
-static void time_attention(int n_seqs, int q_each, int ctx, int nh, int nkv, int hd, int no_tiled) {
-    int qn[256], p0[256], bs = 16;
+static void time_attention(int n_seqs, int q_each, int ctx, int nh, int nkv, int hd, int no_tiled, int simt) {
+    int qn[512], p0[512], bs = 16;
     for (int s = 0; s < n_seqs; s++) qn[s] = q_each, p0[s] = ctx - q_each;
     int n_blocks = n_seqs * ((ctx + bs - 1) / bs);
     step st;
@@ -1062,6 +1069,7 @@ static void time_attention(int n_seqs, int q_each, int ctx, int nh, int nkv, int
     void *kc = backend_alloc(gpu, cache), *vc = backend_alloc(gpu, cache);
     float *q = backend_alloc(gpu, (size_t)T * nh * hd * 4), *out = backend_alloc(gpu, (size_t)T * nh * hd * 4);
     backend_cuda_set_attention_no_tiled(gpu, no_tiled);
+    backend_cuda_set_attention_decode_simt(gpu, simt);
     for (int i = 0; i < 3; i++) backend_attention(gpu, out, q, kc, vc, &st.d, nh, nkv, hd, 0);
     sync_gpu();
     int iters = 20;
@@ -1070,13 +1078,14 @@ static void time_attention(int n_seqs, int q_each, int ctx, int nh, int nkv, int
     sync_gpu();
     double dt = (now() - t0) / iters;
     backend_cuda_set_attention_no_tiled(gpu, 0);
+    backend_cuda_set_attention_decode_simt(gpu, 0);
     double flops = 0;
     for (int s = 0; s < n_seqs; s++)
         for (int i = 0; i < q_each; i++) flops += 4.0 * nh * hd * (ctx - q_each + i + 1);
     double kv_bytes = 0;
     for (int s = 0; s < n_seqs; s++) kv_bytes += 2.0 * ctx * kvw * 2;
-    printf("timing attention%s %d seqs x %d q, ctx %d, %d:%d hd %d: %8.1f us  %7.1f GB/s of K/V (each read once)"
-           "  %6.1f TFLOP/s\n", no_tiled ? " (per-token)" : "", n_seqs, q_each, ctx, nh, nkv, hd, dt * 1e6,
+    printf("timing attention%s%s %d seqs x %d q, ctx %d, %d:%d hd %d: %8.1f us  %7.1f GB/s of K/V (each read once)"
+           "  %6.1f TFLOP/s\n", no_tiled ? " (per-token)" : "", simt ? " (f32 decode kernel)" : "", n_seqs, q_each, ctx, nh, nkv, hd, dt * 1e6,
            kv_bytes / dt * 1e-9, flops / dt * 1e-12);
     backend_free(gpu, kc), backend_free(gpu, vc), backend_free(gpu, q), backend_free(gpu, out);
     step_free(&st);
@@ -1176,6 +1185,7 @@ int main(int argc, char **argv) {
     test_attention(&st, n_blocks, 4, 2, 16, 0, 1);   /* the fixtures' shape */
     test_attention(&st, n_blocks, 8, 8, 256, 0, 1);  /* no GQA, widest head */
     test_attention(&st, n_blocks, 28, 4, 128, 0, 0); /* G = 7 */
+    test_attention(&st, n_blocks, 32, 2, 128, 0, 1); /* G = 16: every mma row a head */
     test_dsv4_layer(&st, n_blocks, 4, 1);
     test_dsv4_layer(&st, n_blocks, 8, 0);
     test_dsv4_layer(&st, n_blocks, 0, 0);
@@ -1218,13 +1228,18 @@ int main(int argc, char **argv) {
             time_moe(2048, tiles[i]);
         }
         unsetenv("ENGRAM_MOE_TILE");
-        time_attention(64, 1, 2048, 32, 8, 128, 0);
-        time_attention(1, 1, 32768, 32, 8, 128, 0);
-        time_attention(1, 512, 512, 32, 8, 128, 0);
-        time_attention(1, 512, 512, 32, 8, 128, 1);
-        time_attention(4, 512, 4096, 32, 8, 128, 0);
-        time_attention(4, 512, 4096, 32, 8, 128, 1);
-        time_attention(1, 2048, 2048, 32, 8, 128, 0);
+        for (int simt = 1; simt >= 0; simt--) { /* the decode kernels, f32 then tensor cores */
+            time_attention(64, 1, 2048, 32, 8, 128, 0, simt);
+            time_attention(512, 1, 1024, 32, 8, 128, 0, simt); /* the paper's workload's decode step */
+            time_attention(64, 1, 2048, 32, 8, 64, 0, simt);   /* llama3-1b's heads */
+            time_attention(1, 1, 32768, 32, 8, 128, 0, simt);
+            time_attention(1, 1, 1024, 32, 8, 128, 0, simt);   /* single stream */
+        }
+        time_attention(1, 512, 512, 32, 8, 128, 0, 0);
+        time_attention(1, 512, 512, 32, 8, 128, 1, 0);
+        time_attention(4, 512, 4096, 32, 8, 128, 0, 0);
+        time_attention(4, 512, 4096, 32, 8, 128, 1, 0);
+        time_attention(1, 2048, 2048, 32, 8, 128, 0, 0);
         time_copies();
     }
     backend_destroy(gpu);

@@ -79,6 +79,7 @@ typedef struct {
     void *dsv4_work; /* DeepSeek-V4 ops' scratch (cuda_dsv4.c) */
     size_t dsv4_work_bytes;
     int attention_no_tiled; /* tests: every token through the per-token kernel */
+    int attention_decode_simt; /* tests: per-token tokens through the f32 kernel, not the tensor-core one */
     int graphs_off; /* backend_params.cuda_graphs 0 (or op profiling): no recorded steps */
     int capturing;  /* slot being recorded, or -1 */
     unsigned long long tick;

@@ -94,7 +94,7 @@ void cu_attention(backend *be, float *out, const float *q, const void *kc, const
         .block_tables = b->block_tables, .h_seq_start = b->h_seq_start, .n_tokens = b->n_tokens,
         .n_seqs = b->n_seqs, .block_size = b->block_size, .max_blocks = b->max_blocks, .n_heads = n_heads,
         .n_kv = n_kv, .hd = hd, .window = window, .max_ctx = b->max_ctx,
-        .no_tiled = g->attention_no_tiled,
+        .no_tiled = g->attention_no_tiled, .decode_simt = g->attention_decode_simt,
     };
     size_t need = kernels_paged_attention_work_floats(&a);
     if (need) {
@@ -250,6 +250,8 @@ void cu_sample(backend *be, void *out, float *logits, const int32_t *desc, int n
  * the per-token attention kernel when on. */
 __attribute__((visibility("default"))) void backend_cuda_set_attention_no_tiled(backend *be, int on);
 void backend_cuda_set_attention_no_tiled(backend *be, int on) { cuda__of(be)->attention_no_tiled = on; }
+__attribute__((visibility("default"))) void backend_cuda_set_attention_decode_simt(backend *be, int on);
+void backend_cuda_set_attention_decode_simt(backend *be, int on) { cuda__of(be)->attention_decode_simt = on; }
 
 void cuda__ops_free(cuda_backend *g) {
     if (g->xb) cudaFree(g->xb);
