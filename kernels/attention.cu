@@ -5,6 +5,7 @@
 // Long contexts are split over several blocks (flash-decoding) and merged by
 // a second kernel.
 #include "kernels/kernels.h"
+#include "kernels/pdl.cuh"
 #include "kernels/tc.cuh"
 
 #include <cuda_bf16.h>
@@ -45,6 +46,8 @@ extern "C" int kernels_kv_store_bf16(void *kc, void *vc, const float *k, const f
 __global__ void qk_rope_store_kernel(float *q, const float *k, const float *v, __nv_bfloat16 *kc,
                                      __nv_bfloat16 *vc, const int *pos, const int *slot, int n_heads, int n_kv,
                                      int hd, const float *qn, const float *kn, float eps, const float *inv_freq) {
+    pdl_trigger();
+    pdl_wait();
     const int t = blockIdx.x, h = blockIdx.y, half = hd / 2, i = threadIdx.x;
     const bool isq = h < n_heads;
     const int kh = h - n_heads;
@@ -87,9 +90,10 @@ extern "C" int kernels_qk_rope_store_bf16(float *q, const float *k, const float 
     if (T < 0 || n_heads <= 0 || n_kv <= 0 || hd <= 0 || hd % 2 || hd > 256) return KERNELS_ERR_ARG;
     if (T == 0) return KERNELS_OK;
     int threads = (hd / 2 + 31) / 32 * 32;
-    qk_rope_store_kernel<<<dim3(T, n_heads + n_kv), threads, 0, (cudaStream_t)stream>>>(
-        q, k, v, (__nv_bfloat16 *)kc, (__nv_bfloat16 *)vc, pos, slot, n_heads, n_kv, hd, qn, kn, eps, inv_freq);
-    return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
+    cudaError_t e = pdl_launch(qk_rope_store_kernel, dim3(T, n_heads + n_kv), dim3(threads), 0, (cudaStream_t)stream,
+                               q, k, v, (__nv_bfloat16 *)kc, (__nv_bfloat16 *)vc, pos, slot, n_heads, n_kv, hd, qn,
+                               kn, eps, inv_freq);
+    return e == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
 }
 
 /* Keys one token attends to: [j0, p]. */
@@ -280,6 +284,8 @@ paged_attention_kernel(float *out, float *work, const float *q, const __nv_bfloa
 __global__ void attention_merge_kernel(float *out, const float *work, const int *pos, const int *tok_seq,
                                        const int *seq_start, int n_heads, int hd, int window, int n_splits,
                                        int split_len, int tiled_q) {
+    pdl_trigger();
+    pdl_wait();
     int t = blockIdx.x, h = blockIdx.y, s = tok_seq[t];
     if (seq_start[s + 1] - seq_start[s] >= tiled_q) return;
     int p = pos[t], j0 = att_first_key(p, window);
@@ -322,6 +328,8 @@ decode_attention_kernel(float *out, float *work, const float *q, const __nv_bflo
                         const int *pos, const int *tok_seq, const int *seq_start, const int *block_tables,
                         int block_size, int max_blocks, int n_heads, int n_kv, int window, int n_splits,
                         int split_len, float qscale, int tiled_q) {
+    pdl_trigger();
+    pdl_wait();
     constexpr int L = HD / 8, GPW = 32 / L, NG = DEC_WARPS * GPW;
     extern __shared__ float dsm[]; /* (NG, G, HD) partial sums, then (NG, G) maxima and sums */
     const int G = n_heads / n_kv;
@@ -451,11 +459,11 @@ static int dec_launch(const kernels_attention_args *a, int ns, int len, int tile
         configured = 1;
     }
     dim3 grid(a->n_tokens, a->n_kv, ns);
-    decode_attention_kernel<HD, MAXG><<<grid, DEC_WARPS * 32, smem, st>>>(
-        a->out, a->work, a->q, (const __nv_bfloat16 *)a->kc, (const __nv_bfloat16 *)a->vc, a->pos, a->tok_seq,
-        a->seq_start, a->block_tables, a->block_size, a->max_blocks, a->n_heads, a->n_kv, a->window, ns, len,
-        1.4426950409f / sqrtf((float)HD), tiled_q);
-    return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
+    cudaError_t e = pdl_launch(decode_attention_kernel<HD, MAXG>, grid, dim3(DEC_WARPS * 32), smem, st, a->out,
+                               a->work, a->q, (const __nv_bfloat16 *)a->kc, (const __nv_bfloat16 *)a->vc, a->pos,
+                               a->tok_seq, a->seq_start, a->block_tables, a->block_size, a->max_blocks, a->n_heads,
+                               a->n_kv, a->window, ns, len, 1.4426950409f / sqrtf((float)HD), tiled_q);
+    return e == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
 }
 
 template <int HD>
@@ -488,6 +496,8 @@ decode_tc_kernel(float *out, float *work, const float *q, const __nv_bfloat16 *k
                  const int *pos, const int *tok_seq, const int *seq_start, const int *block_tables, int block_size,
                  int max_blocks, int n_heads, int n_kv, int window, int n_splits, int split_len, float qscale,
                  int tiled_q) {
+    pdl_trigger();
+    pdl_wait();
     constexpr int LD = HD + 8; /* padded row (bf16): conflict-free ldmatrix */
     extern __shared__ __align__(16) unsigned char smraw[];
     __nv_bfloat16 *Ks = (__nv_bfloat16 *)smraw; /* (2, TCD_KEYS, LD) */
@@ -655,11 +665,11 @@ static int tcd_launch(const kernels_attention_args *a, int ns, int len, int tile
         configured = 1;
     }
     dim3 grid(a->n_tokens, a->n_kv, ns);
-    decode_tc_kernel<HD><<<grid, 128, smem, st>>>(
-        a->out, a->work, a->q, (const __nv_bfloat16 *)a->kc, (const __nv_bfloat16 *)a->vc, a->pos, a->tok_seq,
-        a->seq_start, a->block_tables, a->block_size, a->max_blocks, a->n_heads, a->n_kv, a->window, ns, len,
-        1.4426950409f / sqrtf((float)HD), tiled_q);
-    return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
+    cudaError_t e = pdl_launch(decode_tc_kernel<HD>, grid, dim3(128), smem, st, a->out, a->work, a->q,
+                               (const __nv_bfloat16 *)a->kc, (const __nv_bfloat16 *)a->vc, a->pos, a->tok_seq,
+                               a->seq_start, a->block_tables, a->block_size, a->max_blocks, a->n_heads, a->n_kv,
+                               a->window, ns, len, 1.4426950409f / sqrtf((float)HD), tiled_q);
+    return e == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
 }
 
 /* The tensor-core decode kernel unless the arguments (tests) or
@@ -958,8 +968,8 @@ extern "C" int kernels_paged_attention_bf16(const kernels_attention_args *a, voi
                 : att_launch<16>(a, ns, len, tiled_q, st);
     }
     if (rc || ns == 1) return rc;
-    attention_merge_kernel<<<dim3(a->n_tokens, a->n_heads), 128, 0, st>>>(a->out, a->work, a->pos, a->tok_seq,
-                                                                          a->seq_start, a->n_heads, a->hd, a->window,
-                                                                          ns, len, tiled_q);
-    return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
+    cudaError_t e = pdl_launch(attention_merge_kernel, dim3(a->n_tokens, a->n_heads), dim3(128), 0, st, a->out,
+                               (const float *)a->work, a->pos, a->tok_seq, a->seq_start, a->n_heads, a->hd, a->window,
+                               ns, len, tiled_q);
+    return e == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
 }

@@ -4,6 +4,7 @@
 // loads; the T activation rows are read through the cache by every warp.
 // Larger T goes through cuBLAS in the backend.
 #include "kernels/kernels.h"
+#include "kernels/pdl.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -54,6 +55,13 @@ gemv_kernel(gemv_args a, const float *x, int cols) {
     const W *wr = wb + (size_t)local * cols;
     const W *wu = (const W *)a.w1 + (size_t)local * cols; /* GLU: the up row */
     int n8 = cols >> 3;
+    /* the row's first 2 KB into L2 while the op before may still run */
+    if (lane * 128 < min(cols * (int)sizeof(W), 2048)) {
+        pdl_prefetch_l2((const char *)wr + lane * 128);
+        if (MODE == GEMV_GLU) pdl_prefetch_l2((const char *)wu + lane * 128);
+    }
+    pdl_trigger();
+    pdl_wait();
     float acc[T], acc2[MODE == GEMV_GLU ? T : 1];
 #pragma unroll
     for (int t = 0; t < T; t++) acc[t] = 0.0f;
@@ -122,6 +130,16 @@ gemv_block_kernel(gemv_args a, const float *x, int cols) {
         wr[r] = (const W *)(seg == 0 ? a.w0 : seg == 1 ? a.w1 : a.w2) + (size_t)local * cols;
         wu[r] = (const W *)a.w1 + (size_t)local * cols; /* GLU: the up row */
     }
+    /* the rows' first 2 KB into L2 while the op before may still run */
+    {
+        int lines = min(cols * (int)sizeof(W), 2048) / 128, r = tid / 16, l = tid % 16;
+        if (r < R && l < lines) {
+            pdl_prefetch_l2((const char *)wr[r] + l * 128);
+            if (MODE == GEMV_GLU) pdl_prefetch_l2((const char *)wu[r] + l * 128);
+        }
+    }
+    pdl_trigger();
+    pdl_wait();
     float acc[NA][R][T];
 #pragma unroll
     for (int k = 0; k < NA; k++)
@@ -205,9 +223,10 @@ template <int T, typename W, int MODE>
 static void gemv_block_launch(const gemv_args &a, const float *x, int cols, cudaStream_t st) {
     /* R by rows: enough blocks to fill the GPU several times over */
     int rows = a.end2;
-    if (rows >= 8192) gemv_block_kernel<T, W, MODE, 4><<<(rows + 3) / 4, GEMV_WARPS * 32, 0, st>>>(a, x, cols);
-    else if (rows >= 2048) gemv_block_kernel<T, W, MODE, 2><<<(rows + 1) / 2, GEMV_WARPS * 32, 0, st>>>(a, x, cols);
-    else gemv_block_kernel<T, W, MODE, 1><<<rows, GEMV_WARPS * 32, 0, st>>>(a, x, cols);
+    dim3 block(GEMV_WARPS * 32);
+    if (rows >= 8192) pdl_launch(gemv_block_kernel<T, W, MODE, 4>, dim3((rows + 3) / 4), block, 0, st, a, x, cols);
+    else if (rows >= 2048) pdl_launch(gemv_block_kernel<T, W, MODE, 2>, dim3((rows + 1) / 2), block, 0, st, a, x, cols);
+    else pdl_launch(gemv_block_kernel<T, W, MODE, 1>, dim3(rows), block, 0, st, a, x, cols);
 }
 
 template <typename W, int MODE>
@@ -221,14 +240,14 @@ static int gemv_run(const gemv_args &a, const float *x, int T, int cols, void *s
         return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
     }
     switch (T) {
-    case 1: gemv_kernel<1, W, MODE><<<grid, block, 0, st>>>(a, x, cols); break;
-    case 2: gemv_kernel<2, W, MODE><<<grid, block, 0, st>>>(a, x, cols); break;
-    case 3: gemv_kernel<3, W, MODE><<<grid, block, 0, st>>>(a, x, cols); break;
-    case 4: gemv_kernel<4, W, MODE><<<grid, block, 0, st>>>(a, x, cols); break;
-    case 5: gemv_kernel<5, W, MODE><<<grid, block, 0, st>>>(a, x, cols); break;
-    case 6: gemv_kernel<6, W, MODE><<<grid, block, 0, st>>>(a, x, cols); break;
-    case 7: gemv_kernel<7, W, MODE><<<grid, block, 0, st>>>(a, x, cols); break;
-    default: gemv_kernel<8, W, MODE><<<grid, block, 0, st>>>(a, x, cols); break;
+    case 1: pdl_launch(gemv_kernel<1, W, MODE>, grid, block, 0, st, a, x, cols); break;
+    case 2: pdl_launch(gemv_kernel<2, W, MODE>, grid, block, 0, st, a, x, cols); break;
+    case 3: pdl_launch(gemv_kernel<3, W, MODE>, grid, block, 0, st, a, x, cols); break;
+    case 4: pdl_launch(gemv_kernel<4, W, MODE>, grid, block, 0, st, a, x, cols); break;
+    case 5: pdl_launch(gemv_kernel<5, W, MODE>, grid, block, 0, st, a, x, cols); break;
+    case 6: pdl_launch(gemv_kernel<6, W, MODE>, grid, block, 0, st, a, x, cols); break;
+    case 7: pdl_launch(gemv_kernel<7, W, MODE>, grid, block, 0, st, a, x, cols); break;
+    default: pdl_launch(gemv_kernel<8, W, MODE>, grid, block, 0, st, a, x, cols); break;
     }
     return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
 }

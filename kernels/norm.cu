@@ -3,6 +3,7 @@
 // f32 accumulation in the same order-independent way as the CPU reference up
 // to rounding (a block reduction, not a sequential sum).
 #include "kernels/kernels.h"
+#include "kernels/pdl.cuh"
 
 #include <cuda_runtime.h>
 
@@ -16,6 +17,8 @@ extern "C" const char *kernels_status_str(int status) {
 }
 
 __global__ void rmsnorm_f32_kernel(float *out, const float *x, const float *w, int dim, float eps) {
+    pdl_trigger();
+    pdl_wait();
     const float *xr = x + (size_t)blockIdx.x * dim;
     float *outr = out + (size_t)blockIdx.x * dim;
     float ss = 0.0f;
@@ -43,6 +46,8 @@ extern "C" int kernels_rmsnorm_f32(float *out, const float *x, const float *w, i
      * a row's result does not depend on how many rows the step has */
     int threads = (dim / 4 + 31) / 32 * 32;
     threads = threads < 128 ? 128 : threads > 1024 ? 1024 : threads;
-    rmsnorm_f32_kernel<<<rows, threads, 0, (cudaStream_t)stream>>>(out, x, w, dim, eps);
-    return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
+    return pdl_launch(rmsnorm_f32_kernel, dim3(rows), dim3(threads), 0, (cudaStream_t)stream, out, x, w, dim, eps) ==
+                   cudaSuccess
+               ? KERNELS_OK
+               : KERNELS_ERR_LAUNCH;
 }

@@ -1,0 +1,48 @@
+// Programmatic dependent launch (Hopper): a kernel launched by pdl_launch may
+// start while the kernel before it on the stream is still running, so the
+// next product's weights stream in during the previous op's last wave instead
+// of after it (the gap between two kernels of a decode step is a few us of an
+// idle memory system; a decode layer has about nine of them). Rules for a
+// kernel launched this way:
+//   - pdl_wait() before touching any memory an earlier op writes or reads
+//     (activations, caches, outputs); before it only constant data (weights)
+//     may be read. It returns once every earlier kernel has finished and its
+//     writes are visible.
+//   - pdl_trigger() lets the next kernel begin launching; it is called at the
+//     start (the next kernel waits for this one's completion before touching
+//     anything this one writes, so early is safe).
+// A kernel launched without the attribute (ENGRAM_PDL=0, or a plain <<<>>>)
+// runs as usual: pdl_wait() returns at once, pdl_trigger() does nothing.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <stdlib.h>
+#include <string.h>
+
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
+
+// 128 bytes at p into L2 (no register, no wait): weights before pdl_wait().
+__device__ __forceinline__ void pdl_prefetch_l2(const void *p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
+
+// ENGRAM_PDL=0 turns the attribute off (benchmarks: both ways in one run).
+static inline bool pdl_on() {
+    static int on = -1;
+    if (on < 0) {
+        const char *v = getenv("ENGRAM_PDL");
+        on = !(v && !strcmp(v, "0"));
+    }
+    return on;
+}
+
+template <typename... P, typename... A>
+static inline cudaError_t pdl_launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
+                                     A... args) {
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = st;
+    cfg.attrs = at, cfg.numAttrs = pdl_on() ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, ((P)args)...);
+}
