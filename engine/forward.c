@@ -160,7 +160,7 @@ int forward_ctx_create(model *m, backend *be, int max_tokens, int max_seqs, forw
     bool low = false;
     for (int l = 0; c->arch == ARCH_DEEPSEEK_V4 && l < c->n_layers; l++) low |= c->dsv4.attn[l] == DSV4_LOW;
     if (low && !(backend_has(be, dsv41_compress) && backend_has(be, dsv41_index_keys) &&
-                 backend_has(be, fake_quant_fp4))) {
+                 backend_has(be, fake_quant_fp4) && (c->dsv4.cand_src < 0 || backend_has(be, dsv41_index)))) {
         snprintf(err, errlen, "the %s backend does not run DeepSeek-V4.1's compress ratios 1 and 2 yet (use --device cpu)",
                  backend_name(be));
         return FORWARD_ERR_UNSUPPORTED;

@@ -13,7 +13,8 @@
  * with the last one's; its queries may skip the per-head norm (q_head_norm false). Its ratio-1/2
  * layers attend to the window and the top-k of one entry per token (ratio 1) or pair (ratio 2),
  * SGLang's fake-quantised latents, written by kv source layers and scored by index source layers
- * whose top-k the later layers of the ratio reuse (low_sources).
+ * whose top-k the later layers of the ratio reuse (low_sources), the later index sources within the
+ * blocks a candidate source chose (V4.1's two-level top-k).
  * What later steps read lives in the KV cache's blocks (window rows, compressed
  * entries, index keys: backend.h, dsv4_kv) and, for the open compression
  * windows, in each sequence's small state (forward_dsv4.h). */
@@ -47,6 +48,7 @@ struct dsv4_ctx {
     const ep_rank *ep;                     /* expert parallelism: this rank (dsv4_ctx_set_expert_rank), or NULL */
     float *pairs;                          /* its (T, top_k, d) scratch, borrowed */
     int32_t *sel_low[2];                   /* (T, K) x2: V4.1's top-k of ratio 1 and 2, kept for later layers */
+    int32_t *cand;                         /* (T, cand_blocks) V4.1: the candidate source's blocks of the step */
     float *lat;                            /* (T, D) V4.1: the pre-rope latents of the groups closing at a token */
     float *gin, *gout, *oa;                /* (T, nh D / G) (T, R) (T, G R) */
     float *rlogits, *moe_w, *sg, *su;      /* (T, E) (T, k) (T, I) (T, I) */
@@ -89,7 +91,8 @@ void dsv4_ctx_destroy(dsv4_ctx *dc) {
                       &dc->h, &dc->y, &dc->qlat, &dc->q, &dc->kv, &dc->att, &dc->ck, &dc->cg, &dc->ik, &dc->ig,
                       &dc->iq, &dc->iw, &dc->gin, &dc->gout, &dc->oa, &dc->rlogits, &dc->moe_w, &dc->sg, &dc->su,
                       &dc->lastX, &dc->lastmix, &dc->lasth, &dc->ekv, &dc->pre[0], &dc->pre[1], (float **)&dc->sel,
-                      (float **)&dc->moe_ids, (float **)&dc->sel_low[0], (float **)&dc->sel_low[1], &dc->lat};
+                      (float **)&dc->moe_ids, (float **)&dc->sel_low[0], (float **)&dc->sel_low[1], &dc->lat,
+                      (float **)&dc->cand};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) backend_free(dc->be, *bufs[i]);
     free(dc->st);
     free(dc);
@@ -126,7 +129,7 @@ int dsv4_ctx_create(const model *bm, backend *be, int max_tokens, int max_seqs, 
         {&dc->lastX, S * N * d}, {&dc->lastmix, S * N}, {&dc->lasth, S * d},
         {&dc->ekv, bm->engram ? T * (N + 1) * d : 1}, {&dc->pre[0], T * N}, {&dc->pre[1], T * N},
         {(float **)&dc->sel_low[0], T * (size_t)v->index_topk}, {(float **)&dc->sel_low[1], T * (size_t)v->index_topk},
-        {&dc->lat, T * D},
+        {&dc->lat, T * D}, {(float **)&dc->cand, T * (size_t)(v->cand_blocks ? v->cand_blocks : 1)},
     };
     bool ok = (dc->st = calloc(S, sizeof(dsv4_state *))) != NULL;
     for (size_t i = 0; i < sizeof(want) / sizeof(want[0]) && ok; i++) ok = (*want[i].p = backend_alloc(be, want[i].n * F));
@@ -242,7 +245,8 @@ static void grouped_out(dsv4_ctx *dc, const dsv4_layer *Y, int T) {
 /* A V4.1 ratio-1/2 layer's sources (deepseek_v4_backend.py forward_low_ratio_sources): a kv source
  * writes its groups' entries (and, owning them, their index keys from the pre-rope latents); an index
  * source scores its kv source's keys with fp4 queries into the top-k of its ratio, which the later
- * layers of the ratio reuse. */
+ * layers of the ratio reuse. With a candidate source (_low_ratio_index_topk) that layer also publishes
+ * each token's best blocks of entries, and every later index source takes its top-k among them. */
 static void low_sources(dsv4_ctx *dc, int l, const batch_desc *b) {
     const model_config *c = &dc->bm->cfg;
     const dsv4_config *v = &c->dsv4;
@@ -266,7 +270,14 @@ static void low_sources(dsv4_ctx *dc, int l, const batch_desc *b) {
         backend_rope_tail(be, dc->iq, b->pos, T, nI, dI, r, dc->freq_comp, 0);
         backend_fake_quant_fp4(be, dc->iq, (size_t)T * nI, dI);
         backend_matmul(be, dc->iw, dc->h, &Y->iweights, NULL, T);
-        backend_dsv4_index(be, dc->sel_low[m - 1], dc->iq, dc->iw, b, &dc->cache, m, K, nI, dI);
+        int32_t *sel = dc->sel_low[m - 1];
+        if (v->cand_src < 0 || l < v->cand_src) { /* the full top-k */
+            backend_dsv4_index(be, sel, dc->iq, dc->iw, b, &dc->cache, m, K, nI, dI);
+        } else { /* two-level: the source publishes its blocks, the later index sources select within them */
+            bool src = l == v->cand_src;
+            backend_dsv41_index(be, sel, dc->iq, dc->iw, b, &dc->cache, m, K, nI, dI, src ? dc->cand : NULL,
+                                src ? NULL : dc->cand, v->cand_blocks, v->cand_block);
+        }
     }
 }
 

@@ -104,6 +104,21 @@ another layer's keys). index_head_dim 32 (SGLang's fp4 blocks).
   order of sums would have to drift more than that inside a layer to round one value the other way) or
   an indexer top-k gap is under 1e-5; golden.json v41_low_ratio records the checks.
 
+deepseek_v41_candidates: the ratio fixtures' composition with V4.1's two-level candidate top-k
+(DEEPSEEK_V4.md 5.8): compress_ratios [2, 1, 1, 1, 1], kv sources [0, 1], index sources [0, 1, 2, 4],
+candidate_source_layer_id 1, candidate_topk_blocks 3, candidate_block_size 4.
+  SGLang's own code run (exec'd unchanged): select_candidate_block_ids and topk_among_blocks of
+    kernels/ops/attention/dsv4/candidate_blocks.py (the torch forms; the file's Triton and JIT kernels
+    are not loaded), and DeepseekV41Indexer's is_candidate_source / uses_candidates, which decide each
+    layer's role.
+  Transcribed: v41_indexer/dense_blocks.py's torch path (_torch_publish_prefill: the source's own full
+    top-k plus its published blocks of the masked scores; _torch_consume_prefill: topk_among_blocks of
+    the consumer's scores within the source's blocks, misses filled with lc, then write_prefill), one
+    published list per forward as deepseek_v4_backend.py _low_ratio_index_topk keeps it.
+  Seeds are also rejected when the source's last kept and first dropped block maxima, or a consumer's
+  k-th and (k+1)-th candidate scores, are under 1e-5 apart (torch's topk has no tie rule), or when the
+  candidates change fewer than 10 consumer rows' selection; golden.json v41_candidates records them.
+
 Usage: python tools/make_deepseek_v41_fixture.py OUT_DIR [NAME...]  (default: every fixture; torch on
 the CPU is enough)
 """
@@ -125,6 +140,7 @@ NAME = "deepseek_v41"
 BACKBONE = "deepseek_v41_backbone"
 RATIOS = "deepseek_v41_ratios"
 SHARED = "deepseek_v41_shared"
+CANDIDATES = "deepseek_v41_candidates"
 LAG = dict(hc_pre_from_prev_sublayer=True, q_head_norm=False)
 # per fixture: the first seed, the V4.1 backbone keys it turns on (DEEPSEEK_V4.md 5.8) and its
 # compression schedule with V4.1's ratios 1 and 2 (compress_ratios, kv and index sources), if any
@@ -140,6 +156,12 @@ FIXTURES = {
     # and reuses layer 3's top-k
     SHARED: (4700, LAG, dict(compress_ratios=[2, 1, 2, 1, 1], kv_source_layer_ids=[0, 1, 2],
                              index_source_layer_ids=[0, 1, 3])),
+    # the two-level candidate top-k: layer 1 (ratio 1) publishes 3 blocks of 4 entries per token; layers 2
+    # and 4 (ratio 1) score layer 1's keys and select within them, layer 3 reuses layer 2's top-k; layer 0
+    # (ratio 2, before the source) keeps the full top-k
+    CANDIDATES: (4900, LAG, dict(compress_ratios=[2, 1, 1, 1, 1], kv_source_layer_ids=[0, 1],
+                                 index_source_layer_ids=[0, 1, 2, 4], candidate_source_layer_id=1,
+                                 candidate_topk_blocks=3, candidate_block_size=4)),
 }
 LOW_INDEX = dict(index_head_dim=32)  # SGLang's fp4 blocks are 32 wide
 QUANT_EPS = 1e-6  # relative perturbation a fake quantisation's input must survive unchanged
@@ -451,6 +473,25 @@ def load_sglang_low():
 SLOW = None  # load_sglang_low(), for the ratio fixtures only
 
 
+def load_sglang_candidates():
+    """SGLang's torch forms of the two-level top-k, select_candidate_block_ids and topk_among_blocks
+    (kernels/ops/attention/dsv4/candidate_blocks.py, pure torch; the file's Triton and JIT kernels are
+    not loaded), exec'd unchanged."""
+    root = os.environ.get("SGLANG_DIR", "/tmp/sgl/x/sglang")
+    path = os.path.join(root, "kernels", "ops", "attention", "dsv4", "candidate_blocks.py")
+    want = {"select_candidate_block_ids", "topk_among_blocks"}
+    body = [n for n in ast.parse(open(path).read()).body if isinstance(n, ast.FunctionDef) and n.name in want]
+    assert len(body) == len(want)
+    from typing import Union
+    ns = dict(torch=torch, F=F, Optional=Optional, Union=Union, __name__="sglang_candidate_blocks")
+    exec(compile(ast.Module(body=body, type_ignores=[]), path, "exec",
+                 flags=__future__.annotations.compiler_flag, dont_inherit=True), ns)
+    return types.SimpleNamespace(**{k: ns[k] for k in want})
+
+
+SCAND = None  # load_sglang_candidates(), for the candidates fixture only
+
+
 class LowState:
     """What SGLang's pool keeps of the one sequence this tool follows, per kv source layer: every
     position's projections (the ring of pending pairs is its last two), the compressed entries
@@ -477,6 +518,9 @@ class LowState:
         self.index_gaps = []      # k-th minus (k+1)-th score of each selecting query
         self.index_rows = 0
         self.entry_counts = {}
+        self.cand = None          # the candidate source's blocks of the current forward [T, <= blocks]
+        self.block_gaps = []      # V4.1 candidates: the source's last kept minus first dropped block key
+        self.cand_rows = 0        # consumer rows whose candidate top-k differs from their full top-k
 
 
 class LowRatio(torch.nn.Module):
@@ -552,8 +596,10 @@ class LowRatio(torch.nn.Module):
         lens = (pos + 1) // m
         lc = int(lens.max())
         sel = torch.full((len(pos), K), -1, dtype=torch.int64)
-        if lc == 0:
+        if lc == 0:  # SGLang skips the request: nothing published, nothing selected
             s.sel[m] = sel
+            if ix.is_candidate_source:
+                s.cand = torch.full((len(pos), 0), -1, dtype=torch.int32)
             return
         freqs = self.freqs(pos)
         self.fragile(lambda ql: [ix.queries(ql, freqs)], q_lora, pos, "query")
@@ -563,14 +609,43 @@ class LowRatio(torch.nn.Module):
         sc = ix.scores(q, keys[:lc].float(), w)[:, :lc]
         sc = sc.masked_fill(j[None, :] >= lens[:, None], -torch.inf)
         k = min(K, lc)
-        idx = sc.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
+        full = sc.topk(k, dim=-1, sorted=False).indices
+        idx = full
+        cand = None  # per row, the positions the top-k chose among (the candidates' or all causal ones)
+        if ix.is_candidate_source:  # dense_blocks.py _torch_publish_prefill
+            s.cand = SCAND.select_candidate_block_ids(sc, lens[:, None], topk_blocks=ix.candidate_topk_blocks,
+                                                      block_size=ix.candidate_block_size)
+            self.block_gaps(sc, lens)
+        elif ix.uses_candidates:  # _torch_consume_prefill
+            idx = SCAND.topk_among_blocks(sc, lens, s.cand, k, block_size=ix.candidate_block_size)
+            idx = idx.masked_fill(idx < 0, lc)
+            bs = ix.candidate_block_size
+            cand = [sorted(int(b) * bs + i for b in s.cand[t] if b >= 0 for i in range(bs)
+                           if int(b) * bs + i < int(lens[t])) for t in range(len(pos))]
+        idx = idx.sort(dim=-1).values  # write_prefill
         sel[:, :k] = torch.where(idx < lens[:, None], idx, -1)
         for t in range(len(pos)):
             s.index_rows += 1
-            if int(lens[t]) > K:
-                v = torch.sort(sc[t, :int(lens[t])].double(), descending=True).values
+            among = cand[t] if cand is not None else list(range(int(lens[t])))
+            if len(among) > K:
+                v = torch.sort(sc[t, among].double(), descending=True).values
                 s.index_gaps.append(float(v[K - 1] - v[K]))
+            if cand is not None and set(sel[t, :k].tolist()) != set(
+                    x for x in full[t].tolist() if x < int(lens[t])):
+                s.cand_rows += 1
         s.sel[m] = sel
+
+    def block_gaps(self, sc, lens):
+        """Per row with more older blocks than the source keeps beside its newest: the gap between the
+        last kept and the first dropped block maximum (SGLang's topk breaks ties by no rule)."""
+        ix = self.indexer
+        bs, nb = ix.candidate_block_size, ix.candidate_topk_blocks
+        for t in range(sc.shape[0]):
+            n = int(lens[t])
+            nblk = -(-n // bs)
+            if nblk - 1 > nb - 1:
+                keys = sorted((float(sc[t, b * bs:(b + 1) * bs].max()) for b in range(nblk - 1)), reverse=True)
+                self.s.block_gaps.append(keys[nb - 2] - keys[nb - 1] if nb > 1 else float("inf"))
 
     def forward(self, hidden_states, q_residual, position_ids, cache, layer_idx):
         s, l = self.s, self.l
@@ -592,12 +667,16 @@ class LowRatio(torch.nn.Module):
 
 def low_modules(cfg, low, tensors):
     """SGLang's modules of each ratio-1/2 layer with the checkpoint's tensors, in f32."""
-    global SLOW
+    global SLOW, SCAND
     SLOW = SLOW or load_sglang_low()
+    if low.get("candidate_source_layer_id", -1) >= 0:
+        SCAND = SCAND or load_sglang_candidates()
     sc = types.SimpleNamespace(index_n_heads=cfg.index_n_heads, index_head_dim=cfg.index_head_dim,
                                qk_rope_head_dim=cfg.qk_rope_head_dim, index_topk=cfg.index_topk,
-                               kv_source_layer_ids=low["kv_source_layer_ids"], candidate_source_layer_id=-1,
-                               candidate_topk_blocks=0, candidate_block_size=0, q_lora_rank=cfg.q_lora_rank,
+                               kv_source_layer_ids=low["kv_source_layer_ids"],
+                               candidate_source_layer_id=low.get("candidate_source_layer_id", -1),
+                               candidate_topk_blocks=low.get("candidate_topk_blocks", 0),
+                               candidate_block_size=low.get("candidate_block_size", 0), q_lora_rank=cfg.q_lora_rank,
                                hidden_size=cfg.hidden_size, rms_norm_eps=cfg.rms_norm_eps)
     mods = {}
     for l, r in enumerate(low["compress_ratios"]):
@@ -783,6 +862,15 @@ def build(seed, out, tok, name):
             reasons.append(f"ratio-1/2 index gap {gap:.1e}")
         if len(lowst.index_gaps) < 10:
             reasons.append("the ratio-1/2 top-k hardly selects")
+        if low.get("candidate_source_layer_id", -1) >= 0:
+            bgap = min(lowst.block_gaps) if lowst.block_gaps else float("inf")
+            if bgap < V4.MIN_INDEX_GAP:
+                reasons.append(f"candidate block gap {bgap:.1e}")
+            if len(lowst.block_gaps) < 10 or lowst.cand_rows < 10:
+                reasons.append(f"the candidates hardly matter ({len(lowst.block_gaps)} rows choosing blocks, "
+                               f"{lowst.cand_rows} consumer rows changed)")
+            extra["v41_candidates"] = dict(min_block_gap=bgap, source_rows_choosing_blocks=len(lowst.block_gaps),
+                                           consumer_rows_changed_by_candidates=lowst.cand_rows)
         extra["v41_low_ratio"] = dict(low, min_index_gap=gap, index_rows_selecting=len(lowst.index_gaps),
                                       index_rows=lowst.index_rows, quantised_values_checked=lowst.quantised,
                                       quant_eps=QUANT_EPS, entries_at_last_forward=lowst.entry_counts)

@@ -228,6 +228,17 @@ typedef struct backend_ops {
                              const float *k_norm, float eps, int r, const float *inv_freq);
     /* x (n, w) in place = fq4 of each row (w a multiple of 32): the index queries. */
     void (*fake_quant_fp4)(backend *be, float *x, size_t n, int w);
+    /* dsv41_index: dsv4_index's scores and selection with V4.1's two-level candidates (optional: a
+     * model with a candidate source runs only where it is set; v41_indexer/dense_blocks.py and
+     * candidate_blocks.py's torch forms). Entries come in blocks of bs (entry w in block w / bs).
+     * With publish (T, nb) (the candidate source): besides sel, the ids of the min(nb, ceil(n / bs))
+     * blocks with the highest maximum score over their causal entries w < n = floor((p+1)/m), the
+     * newest block ((n - 1) / bs) always first, then by maximum descending, id ascending; -1 after.
+     * With among (T, nb) (a later index source): sel is the top min(K, candidates) of the causal
+     * entries of the blocks among names (-1 ignored) instead of all causal entries. */
+    void (*dsv41_index)(backend *be, int32_t *sel, const float *q, const float *wts, const batch_desc *b,
+                        const dsv4_kv *cache, int m, int K, int nI, int dI, int32_t *publish, const int32_t *among,
+                        int nb, int bs);
 
     /* ---- Engram (ENGRAM.md section 6) ---- */
     /* out (T, H*D) = concatenation of table rows rows[t*H + h], as f32 */
@@ -609,6 +620,11 @@ static inline void backend_dsv41_index_keys(backend *be, const float *k, const b
 }
 static inline void backend_fake_quant_fp4(backend *be, float *x, size_t n, int w) {
     be->ops->fake_quant_fp4(be, x, n, w);
+}
+static inline void backend_dsv41_index(backend *be, int32_t *sel, const float *q, const float *wts,
+                                       const batch_desc *b, const dsv4_kv *cache, int m, int K, int nI, int dI,
+                                       int32_t *publish, const int32_t *among, int nb, int bs) {
+    be->ops->dsv41_index(be, sel, q, wts, b, cache, m, K, nI, dI, publish, among, nb, bs);
 }
 
 #endif

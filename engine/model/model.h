@@ -91,6 +91,12 @@ typedef struct {
      * its ratio reuse. A layer owns index keys when it is both. -1 / false elsewhere. */
     int kv_src[MODEL_MAX_LAYERS];
     bool idx_src[MODEL_MAX_LAYERS];
+    /* V4.1's two-level candidate top-k (candidate_source_layer_id, candidate_topk_blocks,
+     * candidate_block_size; dsv41_sparse.py, v41_indexer/dense_blocks.py): the index source cand_src
+     * publishes, per token, the cand_blocks blocks of cand_block consecutive entries with the highest
+     * score (its newest block always), and every later index source takes its top-k among their
+     * entries only. cand_src -1: off. */
+    int cand_src, cand_blocks, cand_block;
 } dsv4_config;
 
 /* The mixture-of-experts keys of config.json (Qwen3-MoE). */

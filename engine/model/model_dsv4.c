@@ -95,6 +95,37 @@ static int parse_layer_set(const cJSON *root, const char *key, int n, bool *in, 
     return 0;
 }
 
+/* V4.1's two-level candidate top-k (DEEPSEEK_V4.md 5.8; dsv41_sparse.py DeepseekV41Indexer:
+ * is_candidate_source = layer == candidate_source_layer_id, uses_candidates = 0 <= it < layer). SGLang
+ * keeps one published block list per step and hands it to every later indexer whatever its ratio,
+ * which its backends read in the source's compressed positions (the DeepGEMM sparse table) or in
+ * the consumer's own (the torch path): a consumer of another ratio than the source has no single
+ * meaning there, so it is refused, as is a source that publishes nothing (no index source) and an
+ * empty candidate set. */
+static int parse_candidates(const cJSON *root, model_config *c, const char *label, char *err, size_t errlen) {
+    dsv4_config *v = &c->dsv4;
+    int src, nb, bs;
+    if (model__get_int(root, "candidate_source_layer_id", -1, -1, MODEL_MAX_LAYERS - 1, &src, label, err, errlen) ||
+        model__get_int(root, "candidate_topk_blocks", 0, 0, 1 << 20, &nb, label, err, errlen) ||
+        model__get_int(root, "candidate_block_size", 0, 0, 1 << 20, &bs, label, err, errlen))
+        return -1;
+    v->cand_src = -1, v->cand_blocks = v->cand_block = 0;
+    if (src < 0) return 0; /* SGLang reads the other two only through a candidate source */
+    if (src >= c->n_layers || v->attn[src] != DSV4_LOW || !v->idx_src[src])
+        FAIL("%s: candidate_source_layer_id %d is no index source of compress ratio 1 or 2 (index_source_layer_ids), "
+             "so it would publish no candidates", label, src);
+    if (nb < 1 || bs < 1)
+        FAIL("%s: candidate_topk_blocks (%d) and candidate_block_size (%d) must be at least 1 with a candidate source",
+             label, nb, bs);
+    for (int i = src + 1; i < c->n_layers; i++)
+        if (v->attn[i] == DSV4_LOW && v->idx_src[i] && v->rate[i] != v->rate[src])
+            FAIL("%s: index source layer %d (compress ratio %d) would take its top-k among the candidate blocks of "
+                 "layer %d (compress ratio %d): candidates across ratios are not supported", label, i, v->rate[i], src,
+                 v->rate[src]);
+    v->cand_src = src, v->cand_blocks = nb, v->cand_block = bs;
+    return 0;
+}
+
 /* V4.1's sharing among ratio-1/2 layers, as SGLang resolves it (DEEPSEEK_V4.md 5.8;
  * deepseek_v4_memory_pool.py source_layer_of; the backend's per-ratio top-k): a layer reads the
  * compressed entries and index keys of the nearest kv source of its ratio at or before it, and
@@ -127,7 +158,7 @@ static int parse_low_sources(const cJSON *root, model_config *c, const char *lab
             FAIL("%s: index source layer %d reads the index keys of kv source layer %d, which is no index source "
                  "and so never writes them", label, i, v->kv_src[i]);
     }
-    return 0;
+    return parse_candidates(root, c, label, err, errlen);
 }
 
 /* Which layers route by token id: mlp_layer_types, else the first

@@ -1,6 +1,6 @@
 /* DeepSeek-V4.1's Engram on a DeepSeek-V4 backbone (DEEPSEEK_V4.md section 5, as SGLang 0.5.23
  * serves it): the engram_* keys of config.json (engram/engram_v41), the refusal of the V4.1
- * backbone keys this engine does not implement (5.8: the candidate top-k, vision), and at load
+ * backbone keys this engine does not implement (5.8: vision), and at load
  * the compressed tokenizer rebuilt from the checkpoint's tokenizer.json, the hash tables, and each Engram layer's release-named
  * tensors (5.9). Called by model_dsv4.c; reads tensors through model_read.c. */
 #include <stdio.h>
@@ -29,11 +29,8 @@ static int refuse_v41_key(const char *key, const char *what, const char *label, 
 
 static int check_v41_backbone(const cJSON *root, const char *label, char *err, size_t errlen) {
     int v;
-    const char *ints[][2] = {{"candidate_source_layer_id", "two-level candidate top-k"},
-                             {"candidate_topk_blocks", "two-level candidate top-k"},
-                             {"candidate_block_size", "two-level candidate top-k"},
-                             {"vision_n_layers", "vision tower (image tokens in the Engram hash)"}};
-    const int int_plain[] = {-1, 0, 0, 0};
+    const char *ints[][2] = {{"vision_n_layers", "vision tower (image tokens in the Engram hash)"}};
+    const int int_plain[] = {0};
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
     if (cJSON_IsString(mt) && strcmp(mt->valuestring, "deepseek_v4") != 0)
         FAIL("%s: model_type %s: only deepseek_v4 is supported (deepseek_v41 changes the backbone, "

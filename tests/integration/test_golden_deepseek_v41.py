@@ -161,9 +161,7 @@ def test_table_rows_disagreement_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("key,value,words", [
-    ("candidate_source_layer_id", 1, ["candidate_source_layer_id"]),
-    ("candidate_topk_blocks", 4, ["candidate_topk_blocks"]),
-    ("candidate_block_size", 16, ["candidate_block_size"]),
+    ("candidate_source_layer_id", 1, ["candidate_source_layer_id 1", "no index source"]),
     ("vision_n_layers", 2, ["vision_n_layers"]),
     ("model_type", "deepseek_v41", ["deepseek_v41"]),
     ("text_config", {"engram_layer_ids": [1]}, ["text_config"]),
@@ -180,7 +178,8 @@ def test_v41_keys_not_implemented_are_refused(key, value, words, tmp_path):
 def test_v4_values_of_the_v41_keys_are_accepted(tmp_path):
     d = copy_fixture(tmp_path)
     edit_config(d, hc_pre_from_prev_sublayer=False, q_head_norm=True, kv_source_layer_ids=[],
-                index_source_layer_ids=[], candidate_source_layer_id=-1, candidate_topk_blocks=0)
+                index_source_layer_ids=[], candidate_source_layer_id=-1, candidate_topk_blocks=4,
+                candidate_block_size=16)  # SGLang reads the block keys only through a candidate source
     _, logits = run(d, tmp_path, 256, max_tokens=1)
     assert np.array_equal(logits, run(SRC, tmp_path, 256, max_tokens=1)[1])
 

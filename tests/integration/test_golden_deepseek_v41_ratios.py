@@ -156,12 +156,14 @@ def test_other_sources_change_the_logits(kv, index, tmp_path):
     (dict(index_source_layer_ids=[0, 1, 9]), ["index_source_layer_ids", "[0, 5)"]),
     (dict(compress_ratios=[2, 1, 2, 3, 1]), ["compress_ratios[3]", "0, 1, 2, 4 or 128"]),
     (dict(index_head_dim=48), ["index_head_dim", "32"]),
-    (dict(candidate_source_layer_id=1, candidate_topk_blocks=4), ["candidate_source_layer_id", "not implemented"]),
+    (dict(candidate_source_layer_id=0, candidate_topk_blocks=4, candidate_block_size=4),
+     ["index source layer 1", "across ratios"]),
 ], ids=["no-kv-source", "no-index-source", "keys-never-written", "not-a-list", "id-out-of-range", "ratio-3",
-        "index-dim", "candidates"])
+        "index-dim", "candidates-across-ratios"])
 def test_bad_sources_are_refused(edit, words, tmp_path):
-    """Layouts SGLang would run on storage nobody wrote, and the two-level candidate top-k (not
-    implemented), are refused with one line naming what."""
+    """Layouts SGLang would run on storage nobody wrote, or that have no single meaning there
+    (candidates of one ratio handed to an index source of another), are refused with one line naming
+    what."""
     d = copy_fixture(tmp_path, SHARED)
     edit_config(d, **edit)
     expect_error(d, tmp_path, SHARED, *words)

@@ -626,6 +626,7 @@ static const backend_ops cpu_ops = {
     .dsv41_compress = cpu__dsv41_compress,
     .dsv41_index_keys = cpu__dsv41_index_keys,
     .fake_quant_fp4 = cpu__fake_quant_fp4,
+    .dsv41_index = cpu__dsv41_index,
     .swiglu_limit = cpu__swiglu_limit,
     .engram_v41_gate = cpu__engram_v41_gate,
 };

@@ -261,6 +261,8 @@ static int scored_cmp(const void *a, const void *b) {
     return x->idx - y->idx;
 }
 
+static int scored_idx_cmp(const void *a, const void *b) { return ((const scored *)a)->idx - ((const scored *)b)->idx; }
+
 typedef struct {
     int32_t *sel;
     float *out;
@@ -269,43 +271,84 @@ typedef struct {
     const batch_desc *b;
     const dsv4_kv *cache;
     int m, K, nI, dI, nh, D, W;
+    int32_t *publish;      /* (T, nb) V4.1's candidate source: its blocks, or NULL */
+    const int32_t *among;  /* (T, nb) a later index source: the blocks it selects within, or NULL */
+    int nb, bs;            /* blocks published, entries per block */
     size_t most;
     atomic_bool failed; /* an item could not get its host scratch */
 } dsv4_job;
 
+/* The index score of entry w for token t: sum_h wts[h] nI^-0.5 relu(q_h . key_w) dI^-0.5. */
+static float index_score(const dsv4_job *j, int t, int s, int w) {
+    int nI = j->nI, dI = j->dI;
+    float qs = 1.0f / sqrtf((float)dI), ws = 1.0f / sqrtf((float)nI), total = 0.0f;
+    const float *qt = j->q + (size_t)t * nI * dI, *wt = j->wts + (size_t)t * nI;
+    const float *key = entry_at(j->cache, j->b, s, w, 1);
+    for (int h = 0; h < nI; h++) {
+        float dot = 0.0f;
+        for (int c = 0; c < dI; c++) dot += qt[(size_t)h * dI + c] * key[c];
+        total += (dot > 0.0f ? dot : 0.0f) * qs * (wt[h] * ws);
+    }
+    return total;
+}
+
+/* The candidate source's blocks of one token (candidate_blocks.py select_candidate_block_ids) from
+ * sc (n) in entry order: each block keyed by the maximum over its entries, the newest block first
+ * (SGLang keys it +inf), then the nb - 1 others of the highest keys; keys (ceil(n / bs)) scratch. */
+static void publish_blocks(const scored *sc, int n, int bs, int nb, scored *keys, int32_t *out) {
+    int nblk = (n + bs - 1) / bs, k = 0;
+    for (int i = 0; i < nb; i++) out[i] = -1;
+    if (n == 0) return;
+    out[k++] = nblk - 1;
+    for (int bl = 0; bl < nblk - 1; bl++) { /* full blocks: only the newest may be partial */
+        float mx = sc[bl * bs].score;
+        for (int w = bl * bs + 1; w < (bl + 1) * bs; w++) mx = sc[w].score > mx ? sc[w].score : mx;
+        keys[bl] = (scored){mx, bl};
+    }
+    if (nblk - 1 > nb - 1) qsort(keys, (size_t)(nblk - 1), sizeof(scored), scored_cmp);
+    for (int i = 0; i < nblk - 1 && k < nb; i++) out[k++] = keys[i].idx;
+}
+
 static void index_token(void *ctx, int t) {
     dsv4_job *j = ctx;
     const batch_desc *b = j->b;
-    int m = j->m, K = j->K, nI = j->nI, dI = j->dI;
-    float qs = 1.0f / sqrtf((float)dI), ws = 1.0f / sqrtf((float)nI);
-    int s = b->tok_seq[t], n = (b->pos[t] + 1) / m;
-    int32_t *out = j->sel + (size_t)t * K;
+    int m = j->m, K = j->K, bs = j->bs;
+    int s = b->tok_seq[t], n = (b->pos[t] + 1) / m, c = 0;
+    int32_t *out = j->sel + (size_t)t * K, *pub = j->publish ? j->publish + (size_t)t * j->nb : NULL;
     for (int i = 0; i < K; i++) out[i] = -1;
+    for (int i = 0; pub && i < j->nb; i++) pub[i] = -1;
     if (n == 0) return;
-    scored *sc = malloc((size_t)n * sizeof(scored));
+    scored *sc = malloc((size_t)(n + (pub ? (n + bs - 1) / bs : 0)) * sizeof(scored));
     if (!sc) { /* host scratch: the step fails */
         atomic_store(&j->failed, true);
         return;
     }
-    const float *qt = j->q + (size_t)t * nI * dI, *wt = j->wts + (size_t)t * nI;
-    for (int w = 0; w < n; w++) {
-        const float *key = entry_at(j->cache, b, s, w, 1);
-        float total = 0.0f;
-        for (int h = 0; h < nI; h++) {
-            float dot = 0.0f;
-            for (int c = 0; c < dI; c++) dot += qt[(size_t)h * dI + c] * key[c];
-            total += (dot > 0.0f ? dot : 0.0f) * qs * (wt[h] * ws);
-        }
-        sc[w] = (scored){total, w};
+    if (j->among) { /* only the causal entries of the published blocks are candidates */
+        const int32_t *blk = j->among + (size_t)t * j->nb;
+        for (int i = 0; i < j->nb; i++)
+            for (int w = blk[i] * bs; blk[i] >= 0 && w < (blk[i] + 1) * bs && w < n; w++)
+                sc[c++] = (scored){index_score(j, t, s, w), w};
+    } else {
+        for (int w = 0; w < n; w++) sc[c++] = (scored){index_score(j, t, s, w), w};
     }
-    if (n > K) qsort(sc, (size_t)n, sizeof(scored), scored_cmp);
-    for (int i = 0; i < n && i < K; i++) out[i] = sc[i].idx;
+    if (pub) publish_blocks(sc, n, bs, j->nb, sc + n, pub); /* sc still in entry order */
+    if (c > K) qsort(sc, (size_t)c, sizeof(scored), scored_cmp);
+    else if (j->among) qsort(sc, (size_t)c, sizeof(scored), scored_idx_cmp); /* all kept: in entry order, as
+                                                                              * the full top-k keeps them */
+    for (int i = 0; i < c && i < K; i++) out[i] = sc[i].idx;
     free(sc);
 }
 
 void cpu__dsv4_index(backend *be, int32_t *sel, const float *q, const float *wts, const batch_desc *b,
                      const dsv4_kv *cache, int m, int K, int nI, int dI) {
-    dsv4_job j = {.sel = sel, .q = q, .wts = wts, .b = b, .cache = cache, .m = m, .K = K, .nI = nI, .dI = dI};
+    cpu__dsv41_index(be, sel, q, wts, b, cache, m, K, nI, dI, NULL, NULL, 0, 1);
+}
+
+void cpu__dsv41_index(backend *be, int32_t *sel, const float *q, const float *wts, const batch_desc *b,
+                      const dsv4_kv *cache, int m, int K, int nI, int dI, int32_t *publish, const int32_t *among,
+                      int nb, int bs) {
+    dsv4_job j = {.sel = sel, .q = q, .wts = wts, .b = b, .cache = cache, .m = m, .K = K, .nI = nI, .dI = dI,
+                  .publish = publish, .among = among, .nb = nb, .bs = bs};
     cpu__parallel_for(be, b->n_tokens, 1, index_token, &j);
     if (atomic_load(&j.failed)) cpu__fail(be);
 }

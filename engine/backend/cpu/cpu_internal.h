@@ -144,6 +144,9 @@ void cpu__dsv41_compress(backend *be, float *lat, const float *kv, const float *
 void cpu__dsv41_index_keys(backend *be, const float *k, const batch_desc *b, const dsv4_kv *cache, int m, int dI,
                            const float *k_norm, float eps, int r, const float *inv_freq);
 void cpu__fake_quant_fp4(backend *be, float *x, size_t n, int w);
+void cpu__dsv41_index(backend *be, int32_t *sel, const float *q, const float *wts, const batch_desc *b,
+                      const dsv4_kv *cache, int m, int K, int nI, int dI, int32_t *publish, const int32_t *among,
+                      int nb, int bs);
 void cpu__engram_v41_gate(backend *be, float *X, const float *kv, const float *w, int T, int N, int d, float eps,
                           float clamp, float *gates);
 
