@@ -723,11 +723,11 @@ __global__ void __launch_bounds__(128)
 prefill_attention_kernel(float *out, const float *q, const __nv_bfloat16 *kc, const __nv_bfloat16 *vc,
                          const int *pos, const int *seq_start, const int *block_tables, int block_size, int max_blocks,
                          int n_heads, int n_kv, int window, float scale, int tiled_q) {
-    constexpr int LD = HD + 8; /* padded smem row (bf16): conflict-free fragment loads */
+    constexpr int LD = HD + 8; /* padded smem row (bf16): conflict-free ldmatrix */
     extern __shared__ __align__(16) unsigned char smraw[];
-    __nv_bfloat16 *Ks = (__nv_bfloat16 *)smraw; /* (TK, LD) */
-    __nv_bfloat16 *Vs = Ks + TK * LD;            /* (TK, LD) */
-    __nv_bfloat16 *Qs = Vs + TK * LD;            /* (TQ_ROWS, LD) */
+    __nv_bfloat16 *Ks = (__nv_bfloat16 *)smraw; /* (2, TK, LD): two chunks in flight */
+    __nv_bfloat16 *Vs = Ks + 2 * TK * LD;        /* (2, TK, LD) */
+    __nv_bfloat16 *Qs = Vs + 2 * TK * LD;        /* (TQ_ROWS, LD) */
 
     const int G = n_heads / n_kv, QT = TQ_ROWS / G;
     const int s = blockIdx.y, kh = blockIdx.z;
@@ -737,11 +737,27 @@ prefill_attention_kernel(float *out, const float *q, const __nv_bfloat16 *kc, co
     const int ntok = min(QT, first + n_q - tok0);
     if (ntok <= 0) return;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int gq = lane >> 2, tq = lane & 3;
+    const int gq = lane >> 2, tq = lane & 3, mi = lane >> 3, ri = lane & 7;
     const int kvw = n_kv * HD;
     const int *bt = block_tables + (size_t)s * max_blocks;
     const int p_first = pos[tok0], p_last = p_first + ntok - 1; /* a sequence's tokens are consecutive */
     const int kbeg = att_first_key(p_first, window), kend = p_last;
+
+    /* chunk c's K and V rows into stage c & 1 (keys past kend zero-filled) */
+    auto load = [&](int c) {
+        __nv_bfloat16 *ks = Ks + (c & 1) * TK * LD, *vs = Vs + (c & 1) * TK * LD;
+        for (int i = tid; i < TK * (HD / 8); i += 128) {
+            int jj = i / (HD / 8), e = (i % (HD / 8)) * 8, j = kbeg + c * TK + jj;
+            bool ok = j <= kend;
+            size_t off = ok ? ((size_t)bt[j / block_size] * block_size + j % block_size) * kvw + (size_t)kh * HD + e
+                            : 0;
+            tc_cp16(ks + jj * LD + e, kc + off, ok);
+            tc_cp16(vs + jj * LD + e, vc + off, ok);
+        }
+        tc_cp_commit();
+    };
+    const int n_chunks = (kend - kbeg) / TK + 1;
+    load(0); /* in flight while the queries are staged */
 
     /* queries -> bf16 in shared memory, then into A fragments */
     for (int i = tid; i < TQ_ROWS * (HD / 2); i += 128) {
@@ -768,89 +784,90 @@ prefill_attention_kernel(float *out, const float *q, const __nv_bfloat16 *kc, co
     int wr_first = warp * 16 / G, wr_last = min((warp * 16 + 15) / G, ntok - 1);
     int w_lo = att_first_key(p_first + wr_first, window), w_hi = p_first + wr_last;
     bool warp_has_rows = warp * 16 < QT * G && wr_first < ntok;
+    const float sl2 = scale * 1.4426950409f; /* scores in the log2 domain */
 
     float o[HD / 8][4];
 #pragma unroll
     for (int nt = 0; nt < HD / 8; nt++) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f; /* l per lane until the end */
 
-    for (int c0 = kbeg; c0 <= kend; c0 += TK) {
-        __syncthreads(); /* the previous chunk's K/V are no longer read */
-        for (int i = tid; i < TK * (HD / 8); i += 128) {
-            int jj = i / (HD / 8), e = (i % (HD / 8)) * 8, j = c0 + jj;
-            uint4 kv4 = make_uint4(0, 0, 0, 0), vv4 = make_uint4(0, 0, 0, 0);
-            if (j <= kend) {
-                size_t row = (size_t)bt[j / block_size] * block_size + j % block_size;
-                kv4 = *(const uint4 *)(kc + row * kvw + (size_t)kh * HD + e);
-                vv4 = *(const uint4 *)(vc + row * kvw + (size_t)kh * HD + e);
-            }
-            *(uint4 *)(Ks + jj * LD + e) = kv4;
-            *(uint4 *)(Vs + jj * LD + e) = vv4;
+    for (int c = 0; c < n_chunks; c++) {
+        if (c + 1 < n_chunks) {
+            load(c + 1);
+            tc_cp_wait<1>();
+        } else {
+            tc_cp_wait<0>();
         }
         __syncthreads();
-        if (!warp_has_rows || c0 > w_hi || c0 + TK - 1 < w_lo) continue;
-
-        float sc[TK / 8][4];
+        const int c0 = kbeg + c * TK;
+        if (warp_has_rows && c0 <= w_hi && c0 + TK - 1 >= w_lo) {
+            const __nv_bfloat16 *kst = Ks + (c & 1) * TK * LD, *vst = Vs + (c & 1) * TK * LD;
+            float sc[TK / 8][4];
 #pragma unroll
-        for (int nt = 0; nt < TK / 8; nt++) {
-            sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
-            const __nv_bfloat16 *kr = Ks + (nt * 8 + gq) * LD + 2 * tq;
+            for (int nt = 0; nt < TK / 8; nt++) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
 #pragma unroll
-            for (int ks = 0; ks < HD / 16; ks++)
-                mma_bf16(sc[nt], qf[ks], *(const uint32_t *)(kr + ks * 16), *(const uint32_t *)(kr + ks * 16 + 8));
-        }
-        /* mask, scale, running max */
-        float mx0 = -INFINITY, mx1 = -INFINITY;
+            for (int nt = 0; nt < TK / 8; nt += 2)
 #pragma unroll
-        for (int nt = 0; nt < TK / 8; nt++)
+                for (int ks = 0; ks < HD / 16; ks++) {
+                    uint32_t b[4]; /* keys nt lo/hi dims, keys nt+1 lo/hi dims */
+                    tc_ldsm4(b, kst + (nt * 8 + (mi >> 1) * 8 + ri) * LD + ks * 16 + (mi & 1) * 8);
+                    mma_bf16(sc[nt], qf[ks], b[0], b[1]);
+                    mma_bf16(sc[nt + 1], qf[ks], b[2], b[3]);
+                }
+            /* mask, scale, running max */
+            float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-            for (int u = 0; u < 2; u++) {
-                int j = c0 + nt * 8 + 2 * tq + u;
-                float v0 = j >= lo0 && j <= hi0 ? sc[nt][u] * scale : -INFINITY;
-                float v1 = j >= lo1 && j <= hi1 ? sc[nt][2 + u] * scale : -INFINITY;
-                sc[nt][u] = v0, sc[nt][2 + u] = v1;
-                mx0 = fmaxf(mx0, v0), mx1 = fmaxf(mx1, v1);
+            for (int nt = 0; nt < TK / 8; nt++)
+#pragma unroll
+                for (int u = 0; u < 2; u++) {
+                    int j = c0 + nt * 8 + 2 * tq + u;
+                    float v0 = j >= lo0 && j <= hi0 ? sc[nt][u] * sl2 : -INFINITY;
+                    float v1 = j >= lo1 && j <= hi1 ? sc[nt][2 + u] * sl2 : -INFINITY;
+                    sc[nt][u] = v0, sc[nt][2 + u] = v1;
+                    mx0 = fmaxf(mx0, v0), mx1 = fmaxf(mx1, v1);
+                }
+#pragma unroll
+            for (int o_ = 1; o_ <= 2; o_ <<= 1) {
+                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o_));
+                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o_));
             }
+            float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+            float ref0 = mn0 == -INFINITY ? 0.0f : mn0, ref1 = mn1 == -INFINITY ? 0.0f : mn1;
+            float al0 = exp2f(m0 - ref0), al1 = exp2f(m1 - ref1);
+            m0 = mn0, m1 = mn1;
+            float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
-        for (int o_ = 1; o_ <= 2; o_ <<= 1) {
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o_));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o_));
-        }
-        float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-        float ref0 = mn0 == -INFINITY ? 0.0f : mn0, ref1 = mn1 == -INFINITY ? 0.0f : mn1;
-        float al0 = expf(m0 - ref0), al1 = expf(m1 - ref1);
-        m0 = mn0, m1 = mn1;
-        float sum0 = 0.0f, sum1 = 0.0f;
+            for (int nt = 0; nt < TK / 8; nt++)
 #pragma unroll
-        for (int nt = 0; nt < TK / 8; nt++)
+                for (int u = 0; u < 2; u++) {
+                    sc[nt][u] = exp2f(sc[nt][u] - ref0);
+                    sc[nt][2 + u] = exp2f(sc[nt][2 + u] - ref1);
+                    sum0 += sc[nt][u], sum1 += sc[nt][2 + u];
+                }
+            l0 = l0 * al0 + sum0, l1 = l1 * al1 + sum1;
 #pragma unroll
-            for (int u = 0; u < 2; u++) {
-                sc[nt][u] = expf(sc[nt][u] - ref0);
-                sc[nt][2 + u] = expf(sc[nt][2 + u] - ref1);
-                sum0 += sc[nt][u], sum1 += sc[nt][2 + u];
-            }
+            for (int nt = 0; nt < HD / 8; nt++) o[nt][0] *= al0, o[nt][1] *= al0, o[nt][2] *= al1, o[nt][3] *= al1;
+            /* o += P V: the score accumulators of key tiles 2kk, 2kk+1 are the A fragment of k-step kk */
 #pragma unroll
-        for (int o_ = 1; o_ <= 2; o_ <<= 1) {
-            sum0 += __shfl_xor_sync(0xffffffffu, sum0, o_);
-            sum1 += __shfl_xor_sync(0xffffffffu, sum1, o_);
-        }
-        l0 = l0 * al0 + sum0, l1 = l1 * al1 + sum1;
+            for (int kk = 0; kk < TK / 16; kk++) {
+                uint32_t pa[4] = {pack_bf16(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16(sc[2 * kk][2], sc[2 * kk][3]),
+                                  pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
+                                  pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
 #pragma unroll
-        for (int nt = 0; nt < HD / 8; nt++) o[nt][0] *= al0, o[nt][1] *= al0, o[nt][2] *= al1, o[nt][3] *= al1;
-        /* o += P V: the score accumulators of key tiles 2kk, 2kk+1 are the A fragment of k-step kk */
-#pragma unroll
-        for (int kk = 0; kk < TK / 16; kk++) {
-            uint32_t pa[4] = {pack_bf16(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16(sc[2 * kk][2], sc[2 * kk][3]),
-                              pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
-                              pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
-            const __nv_bfloat16 *v0r = Vs + (kk * 16 + 2 * tq) * LD + gq;
-#pragma unroll
-            for (int nt = 0; nt < HD / 8; nt++) {
-                const __nv_bfloat16 *vp = v0r + nt * 8;
-                uint32_t b0 = pack_bf16_raw(vp[0], vp[LD]), b1 = pack_bf16_raw(vp[8 * LD], vp[9 * LD]);
-                mma_bf16(o[nt], pa, b0, b1);
+                for (int nt = 0; nt < HD / 8; nt += 2) {
+                    uint32_t b[4]; /* keys 0-7 / 8-15 of the step, dims nt then nt+1 */
+                    tc_ldsm4_t(b, vst + (kk * 16 + (mi & 1) * 8 + ri) * LD + (nt + (mi >> 1)) * 8);
+                    mma_bf16(o[nt], pa, b[0], b[1]);
+                    mma_bf16(o[nt + 1], pa, b[2], b[3]);
+                }
             }
         }
+        __syncthreads(); /* stage c & 1 is loaded again at c + 2 */
+    }
+#pragma unroll
+    for (int o_ = 1; o_ <= 2; o_ <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, o_);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, o_);
     }
     /* out: rows r0, r1 of the tile */
     int rr[2] = {r0, r1};
@@ -869,7 +886,7 @@ prefill_attention_kernel(float *out, const float *q, const __nv_bfloat16 *kc, co
 
 template <int HD>
 static int prefill_launch(const kernels_attention_args *a, int tiled_q, int max_q, cudaStream_t st) {
-    size_t smem = (size_t)(2 * TK + TQ_ROWS) * (HD + 8) * sizeof(__nv_bfloat16);
+    size_t smem = (size_t)(4 * TK + TQ_ROWS) * (HD + 8) * sizeof(__nv_bfloat16);
     static int configured;
     if (!configured) {
         if (cudaFuncSetAttribute(prefill_attention_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
