@@ -351,7 +351,7 @@ int engram_step_rows(engram_step *es, const engram_weights *w, const batch_desc 
     return FORWARD_OK;
 }
 
-float *engram_step_gates(engram_step *es, const forward_item *it, int n_items) {
+float *engram_step_gates(const engram_step *es, const forward_item *it, int n_items) {
     for (int i = 0; i < n_items; i++)
         if (it[i].gates) return es->egates;
     return NULL;
@@ -362,15 +362,25 @@ void engram_step_gates_done(engram_step *es, const engram_weights *w, const batc
     if (engram_step_gates(es, it, n_items)) collect_gates(es, w, b, it, n_items);
 }
 
+bool engram_step_recordable(const engram_step *es, const forward_item *it, int n_items) {
+    return es->n_snaps == 0 && !engram_step_gates(es, it, n_items);
+}
+
 int engram_step_layer(engram_step *es, const engram_weights *w, const batch_desc *b, float *x,
                       const forward_item *it, int n_items) {
+    const float *emb;
+    int rc = engram_step_rows(es, w, b, &emb);
+    if (rc != FORWARD_OK) return rc;
+    engram_step_apply(es, w, b, x, emb, it, n_items);
+    return FORWARD_OK;
+}
+
+void engram_step_apply(engram_step *es, const engram_weights *w, const batch_desc *b, float *x, const float *emb,
+                       const forward_item *it, int n_items) {
     const model_engram *e = es->bm->engram;
     backend *be = es->be;
     int T = b->n_tokens, d = es->bm->cfg.hidden_size;
     bool want = engram_step_gates(es, it, n_items) != NULL;
-    const float *emb;
-    int rc = engram_step_rows(es, w, b, &emb);
-    if (rc != FORWARD_OK) return rc;
     double t0 = util_now();
     if (es->n_snaps) take_snaps(es, w, b, true);
     engram_module_run(be, e, w, d, b, x, emb, (size_t)w->li * (es->hist_floats / e->n_layers),
@@ -379,5 +389,4 @@ int engram_step_layer(engram_step *es, const engram_weights *w, const batch_desc
     backend_add(be, x, es->eout, (size_t)T * d);
     es->seconds += util_now() - t0;
     if (want) collect_gates(es, w, b, it, n_items);
-    return FORWARD_OK;
 }

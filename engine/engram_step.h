@@ -74,12 +74,20 @@ int engram_step_layer(engram_step *es, const engram_weights *w, const batch_desc
                       const forward_item *it, int n_items);
 
 /* The rows half of engram_step_layer, for a module run elsewhere (DeepSeek-V4.1's, in
- * forward_dsv4.c): *emb = the step's rows of layer w as f32 (T, E), backend memory, valid until
- * the next layer's rows. Returns FORWARD_OK, or FORWARD_ERR_IO as engram_step_layer does. */
+ * forward_dsv4.c) or apart from the rest (a recorded step): *emb = the step's rows of layer w as
+ * f32 (T, E), backend memory, valid until the next layer's rows. Returns FORWARD_OK, or
+ * FORWARD_ERR_IO as engram_step_layer does. */
 int engram_step_rows(engram_step *es, const engram_weights *w, const batch_desc *b, const float **emb);
+/* The other half: x += engram(x) from those rows, and the gates. Only backend ops, each with the
+ * same host arguments for steps of one shape, when engram_step_recordable. */
+void engram_step_apply(engram_step *es, const engram_weights *w, const batch_desc *b, float *x, const float *emb,
+                       const forward_item *it, int n_items);
+/* Whether the step's backend ops between two rows halves may be recorded once and replayed (no
+ * snapshots, no gates to download). */
+bool engram_step_recordable(const engram_step *es, const forward_item *it, int n_items);
 /* The (T, hc_mult) backend buffer such a module writes its gates to when an item wants them,
  * else NULL; then engram_step_gates_done hands layer w's gates to those items. */
-float *engram_step_gates(engram_step *es, const forward_item *it, int n_items);
+float *engram_step_gates(const engram_step *es, const forward_item *it, int n_items);
 void engram_step_gates_done(engram_step *es, const engram_weights *w, const batch_desc *b, const forward_item *it,
                             int n_items);
 

@@ -595,12 +595,14 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
     batch_desc b;
     backend_take_failure(be); /* a mark left by a step that failed before it looked */
     /* Decode steps (one token per sequence) of up to STEP_RECORD_MAX_TOKENS
-     * sequences, of a model without Engram (whose layers do host work), may be
-     * recorded once and replayed by the backend: launching the ops costs more
-     * host time than such a step runs on a GPU. Larger steps hide the
-     * launches behind their own work, and their batch changes too often for
-     * a recording to pay. */
-    bool record = backend_has(be, step_begin) && !bm->engram && !fc->dsv4 && n_items <= STEP_RECORD_MAX_TOKENS;
+     * sequences may be recorded once and replayed by the backend: launching
+     * the ops costs more host time than such a step runs on a GPU. Larger
+     * steps hide the launches behind their own work, and their batch changes
+     * too often for a recording to pay. With Engram the step is recorded in
+     * segments between the layers' rows, which are copied live (how many
+     * rows miss the hot-row cache changes every step). */
+    bool record = backend_has(be, step_begin) && !fc->dsv4 && n_items <= STEP_RECORD_MAX_TOKENS &&
+                  (!bm->engram || engram_step_recordable(fc->eng, it, n_items));
     for (int i = 0; i < n_items && record; i++) record = it[i].n == 1;
     int rc = plan_step(fc, it, n_items, &b, record);
     if (rc != FORWARD_OK) return rc;
@@ -609,11 +611,10 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
     kv_cache *kv = it[0].st->kv;
     bool any_argmax;
     int nl = upload_inputs(fc, it, S, &b, &any_argmax);
-    if (record) { /* every host value the ops below bake in */
-        uint64_t key[6] = {(uintptr_t)fc, (uintptr_t)kv, (uint64_t)T, (uint64_t)nl, (uint64_t)b.max_blocks,
-                           any_argmax};
-        if (backend_step_begin(be, key, sizeof(key))) goto issued;
-    }
+    /* every host value the ops below bake in, and the segment */
+    uint64_t key[7] = {(uintptr_t)fc, (uintptr_t)kv, (uint64_t)T, (uint64_t)nl, (uint64_t)b.max_blocks, any_argmax, 0};
+    bool replayed = record && backend_step_begin(be, key, sizeof(key));
+    if (replayed && !bm->engram) goto issued;
 
     if (fc->dsv4) { /* DeepSeek-V4: its own pass and head (forward_dsv4.c) */
         for (int i = 0; i < S; i++) fc->dsv4_seqs[i] = it[i].st->dsv4;
@@ -622,21 +623,30 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
         if (nl && any_argmax) backend_argmax(be, fc->next, fc->logits, nl, c->vocab_size);
         goto issued;
     }
-    backend_embed(be, fc->x, &bm->embed, fc->ids, T);
+    if (!replayed) backend_embed(be, fc->x, &bm->embed, fc->ids, T);
     for (int l = 0; l < c->n_layers; l++) {
         const layer_weights *L = &bm->layers[l];
-        /* Engram: x += engram(x) at the start of the layer */
-        if (L->engram && (rc = engram_step_layer(fc->eng, L->engram, &b, fc->x, it, S)) != FORWARD_OK) return rc;
+        /* Engram: x += engram(x) at the start of the layer; its rows come
+         * between two recorded segments */
+        if (L->engram) {
+            const float *emb;
+            if (record && !replayed) backend_step_end(be);
+            if ((rc = engram_step_rows(fc->eng, L->engram, &b, &emb)) != FORWARD_OK) return rc;
+            key[6]++;
+            replayed = record && backend_step_begin(be, key, sizeof(key));
+            if (!replayed) engram_step_apply(fc->eng, L->engram, &b, fc->x, emb, it, S);
+        }
+        if (replayed) continue;
         attention_block(fc, L, kv, l, &b);
         ffn_block(fc, L, T);
     }
-    if (nl) { /* the head, at the last token of the sequences that want logits */
+    if (nl && !replayed) { /* the head, at the last token of the sequences that want logits */
         backend_gather_f32(be, fc->lastx, fc->x, fc->last, nl, d);
         backend_rmsnorm(be, fc->lastx, fc->lastx, bm->final_norm, nl, d, c->rms_norm_eps);
         backend_matmul(be, fc->logits, fc->lastx, &bm->lm_head, NULL, nl);
         if (any_argmax) backend_argmax(be, fc->next, fc->logits, nl, c->vocab_size);
     }
-    if (record) backend_step_end(be);
+    if (record && !replayed) backend_step_end(be);
 issued:
     for (int i = 0; i < S; i++) {
         it[i].st->pos += it[i].n;

@@ -34,7 +34,7 @@ static inline cudaError_t cuda__host_alloc(void **p, size_t bytes) {
  * recently used slot is replaced. A key seen once runs plainly (it warms
  * cuBLAS and grows the scratch buffers), the second time it is recorded,
  * from the third on replayed. */
-#define GRAPH_SLOTS 16
+#define GRAPH_SLOTS 48
 #define GRAPH_KEY_MAX 64
 typedef struct {
     unsigned char key[GRAPH_KEY_MAX];
