@@ -304,7 +304,8 @@ typedef struct {
 } engine_output;
 
 /* Takes the output produced since the previous read (non-blocking). Returns
- * true if there is something new (text, or the finish). If there is nothing
+ * true if there is something new (text, or the finish; on an engine without
+ * a tokenizer, whose tokens have no text, generated tokens too). If there is nothing
  * new and the request has not finished, calls on_empty(ctx) (if not NULL)
  * while holding the request's lock and arms the notify callback: the engine
  * calls notify once when output next appears. This lets the caller suspend

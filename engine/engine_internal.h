@@ -55,6 +55,7 @@ struct engine_request {
     /* output, under mu */
     strbuf pend; /* text not yet read */
     int n_generated;
+    int n_read;       /* n_generated at the latest read */
     engine_finish finish;
     bool finish_read; /* the finish has been returned by a read */
     bool armed;       /* notify on the next publish */
