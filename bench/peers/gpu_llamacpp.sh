@@ -144,7 +144,7 @@ for k in ["decode", "prefill 512", "prefill 8192"] + ["batched %d" % p for p in 
         continue
     best = max(llama[k].items(), key=lambda kv: st.median(kv[1]))  # llama.cpp's better -ub
     a, b = st.median(best[1]), st.median(ours[k])
-    ub = "" if best[0] is None else " (-ub %s)" % best[0]
+    ub = " (-ub %s)" % best[0] if len(llama[k]) > 1 else ""
     print("| %s | %.1f%s | %.1f | %.2fx |" % (k, a, ub, b, b / a))
 print("(batched: total tokens, prompt and generated, over the run's time: llama-batched-bench's S t/s, "
       "bench-throughput's total tok/s)")
