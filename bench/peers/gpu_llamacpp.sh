@@ -91,6 +91,7 @@ if [ ! -f "$gguf" ]; then
 fi
 [ $build_only = 1 ] && exit 0
 
+set +e # a failed run leaves its row "missing" in the table; the rest go on
 ids() { seq -s, 1 "$1"; }
 log=$work/run.log
 : >"$log"
@@ -100,10 +101,10 @@ echo "== llama-bench ${lb[*]} -p 0 -n 128 | -p 512,8192 -n 0 -b 8192 -ub 512,204
 echo "== llama-batched-bench ${bb[*]}"
 for r in $(seq "$rounds"); do
   echo "-- round $r"
-  "$bin/llama-bench" "${lb[@]}" -p 0 -n 128 2>/dev/null | sed 's/^/llama-bench: /' | tee -a "$log"
+  "$bin/llama-bench" "${lb[@]}" -p 0 -n 128 2>>"$work/llama.err" | sed 's/^/llama-bench: /' | tee -a "$log"
   "$pack/run" engram-run --synthetic llama3-8b --device cuda --prompt-ids "$(ids 16)" --max-tokens 129 \
     --temperature 0 --ignore-eos --warmup 2>&1 | grep '^engram-run: load' | sed 's/^/ours decode: /' | tee -a "$log"
-  "$bin/llama-bench" "${lb[@]}" -p 512,8192 -n 0 -b 8192 -ub 512,2048 2>/dev/null | sed 's/^/llama-bench: /' |
+  "$bin/llama-bench" "${lb[@]}" -p 512,8192 -n 0 -b 8192 -ub 512,2048 2>>"$work/llama.err" | sed 's/^/llama-bench: /' |
     tee -a "$log"
   for n in 512 8192; do
     "$pack/run" engram-run --synthetic llama3-8b --device cuda --prompt-ids "$(ids $n)" --prefill-chunk $n \
