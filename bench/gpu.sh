@@ -42,12 +42,28 @@
 #   stall   per-step GPU wait for the first Engram layer's rows at batch 1, 64
 #           and 256 (qwen3-4b, STALL_ROWS rows, default 781.25M; 256 prompt
 #           and 256 output tokens per sequence)
+#   itl     decode stalls against throughput through the server (issue 21):
+#           the paper's workload (ITL_N = 512 requests at once, prompt and
+#           output lengths Uniform(100, 1024), --max-num-batched-tokens and
+#           --prefill-chunk 16384) through bench-throughput, then sent by
+#           tools/loadgen.py (python3, standard library only: random token-id
+#           prompts, streamed) to engram-server at each
+#           --max-prefill-tokens-decoding of ITL_CAPS (default 0 4096 2048
+#           1024 512): output tok/s, TTFT and ITL p50/p99, the prefill beside
+#           each decode step, and a table against bench-throughput. Needs
+#           bin/engram-server and its libraries in the pack. ITL_MODEL,
+#           ITL_DEVICE, ITL_N, ITL_LEN, ITL_BATCH, ITL_KV, ITL_VOCAB resize it;
+#           a CPU check of the section in seconds, from a pack of the CPU
+#           build's engram-server and bench-throughput (DIR/bin, DIR/run):
+#             ITL_MODEL=qwen3-0.6b+layers:1 ITL_DEVICE=cpu ITL_N=8 ITL_LEN=16:48
+#             ITL_BATCH=64 ITL_KV=4096 ITL_CAPS="0 16" bench/gpu.sh DIR OUT itl
 # Each section's output goes to OUTDIR/SECTION.log as well as stdout.
 set -uo pipefail
 pack=$(cd "$1" && pwd); outdir=$2; shift 2
 mkdir -p "$outdir"
 secs=("$@"); [ ${#secs[@]} -gt 0 ] || secs=(peak decode single ttft tput)
 ids() { seq -s, 1 "$1"; } # prompt ids 1..N
+http_get() { python3 -c 'import sys, urllib.request as u; sys.stdout.write(u.urlopen(sys.argv[1], timeout=5).read().decode())' "$1"; }
 # KV cache tokens for the throughput runs on an 80 GB H100: both models keep
 # 147,456 bytes per token (36 layers, 8 KV heads of 128, K and V bf16); what
 # is left after weights (8.0 / 16.4 GB) and step scratch (~3 GB).
@@ -152,6 +168,59 @@ run_sec() {
       echo "-- bench-throughput ${f[*]}"
       timeout 300 "$pack/run" bench-throughput "${f[@]}" | grep -vE '^\{'
     done ;;
+  itl)
+    local m=${ITL_MODEL:-qwen3-4b} n=${ITL_N:-512} len=${ITL_LEN:-100:1024} b=${ITL_BATCH:-16384}
+    local e=(--synthetic $m --device ${ITL_DEVICE:-cuda} --max-num-seqs $n --max-num-batched-tokens $b
+             --prefill-chunk $b --kv-cache-tokens ${ITL_KV:-$(kv_for qwen3-4b)})
+    echo "-- bench-throughput ${e[*]} -n $n --len $len"
+    timeout ${ITL_TIMEOUT:-240} "$pack/run" bench-throughput "${e[@]}" -n $n --len $len | tee "$outdir/itl-bench.txt" |
+      grep -vE '^\{|^warn'
+    local missing; missing=$(LD_LIBRARY_PATH=$pack/lib:${LD_LIBRARY_PATH:-} ldd "$pack/bin/engram-server" 2>&1 | grep -E 'not found|No such')
+    if [ -n "$missing" ]; then echo "itl: the pack's engram-server cannot run: $missing"; return 1; fi
+    local port=${ITL_PORT:-18181} cap
+    for cap in ${ITL_CAPS:-0 4096 2048 1024 512}; do
+      local s=("${e[@]}" --max-prefill-tokens-decoding $cap --port $port --max-queued-requests $((2 * n))
+               --http-threads ${ITL_HTTP_THREADS:-8})
+      local l=(--client http --base-url http://127.0.0.1:$port/v1 --token-ids ${ITL_VOCAB:-151936} --concurrency $n
+               --requests $n --prompt-tokens $len --max-tokens $len --ignore-eos --json "$outdir/itl-$cap.json")
+      echo "-- engram-server ${s[*]}"
+      echo "-- python3 tools/loadgen.py ${l[*]}"
+      "$pack/run" engram-server "${s[@]}" >"$outdir/itl-server-$cap.log" 2>&1 &
+      local spid=$! i
+      for i in $(seq 600); do http_get http://127.0.0.1:$port/health >/dev/null 2>&1 && break; sleep 0.5; done
+      time timeout ${ITL_TIMEOUT:-240} python3 tools/loadgen.py "${l[@]}" # user + sys near real: the client was the limit
+      echo "loadgen rc=$?"
+      http_get http://127.0.0.1:$port/metrics | awk '
+        /^engram_scheduler_decode_step_prompt_tokens_bucket/ { split($1, a, "\""); if ($2 != last) printf " le=%s:%s", a[2], $2; last = $2 }
+        /^engram_scheduler_decode_step_prompt_tokens_(sum|count)|^engram_scheduler_steps_total|^engram_num_preemptions_total/ { v[$1] = $2 }
+        END { printf "\nsteps %s, decode steps %s, prompt tokens beside decodes %s (mean %.1f), preemptions %s\n",
+              v["engram_scheduler_steps_total"], v["engram_scheduler_decode_step_prompt_tokens_count"],
+              v["engram_scheduler_decode_step_prompt_tokens_sum"],
+              v["engram_scheduler_decode_step_prompt_tokens_count"] ? v["engram_scheduler_decode_step_prompt_tokens_sum"] / v["engram_scheduler_decode_step_prompt_tokens_count"] : 0,
+              v["engram_num_preemptions_total"] }' | sed 's/^ le/decode steps by prompt tokens (cumulative): le/'
+      kill $spid; wait $spid 2>/dev/null
+      grep -E 'error|fatal' "$outdir/itl-server-$cap.log" | head -5
+    done
+    python3 - "$outdir" ${ITL_CAPS:-0 4096 2048 1024 512} <<'PY'
+import json, sys
+out, caps = sys.argv[1], sys.argv[2:]
+bench = [json.loads(l) for l in open(f"{out}/itl-bench.txt") if l.startswith("{")]
+ref = bench[0]["output_tok_s"] if bench else None
+print("max_prefill_tokens_decoding  out_tok/s  vs_bench  ttft_p50_s  ttft_p99_s  itl_p50_ms  itl_p99_ms  failed")
+if ref:
+    print(f"{'bench-throughput':>27}  {ref:9.1f}  {1:8.3f}  {bench[0]['ttft_p50_s']:10.3f}  {bench[0]['ttft_p99_s']:10.3f}")
+for c in caps:
+    try:
+        lv = json.load(open(f"{out}/itl-{c}.json"))["levels"][0]
+    except (OSError, ValueError, IndexError) as ex:
+        print(f"{c:>27}  (no result: {ex})")
+        continue
+    t, ms = lv["output_tok_per_s"] or 0, lambda x: 1e3 * x if x is not None else float("nan")
+    print(f"{c:>27}  {t:9.1f}  {t / ref if ref else float('nan'):8.3f}  {lv['ttft_s']['p50'] or 0:10.3f}  "
+          f"{lv['ttft_s']['p99'] or 0:10.3f}  {ms(lv['itl_s']['p50']):10.1f}  {ms(lv['itl_s']['p99']):10.1f}  "
+          f"{lv['failed']:6d}")
+PY
+    ;;
   *) echo "gpu.sh: unknown section $1" ;;
   esac
 }

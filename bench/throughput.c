@@ -37,6 +37,7 @@
  *   build/bench-throughput (--synthetic SPEC | --model DIR) [-n 512]
  *       [--len 100:1024 | --prompt-len LO:HI --output-len LO:HI] [--seed 0]
  *       [--device cpu] [--max-num-seqs N] [--max-num-batched-tokens N]
+ *       [--max-prefill-tokens-decoding N]
  *       [--kv-cache-tokens N] [--threads N] ...
  * Human-readable lines, then one JSON line with every number. Exit 1 when a
  * request fails or ends with another token count than it asked for. */
@@ -77,6 +78,7 @@ static void usage(FILE *f) {
             "  --device cpu|cuda           (default cpu)\n"
             "  --threads N                 engine CPU threads (default: all cores)\n"
             "  --max-num-seqs N            --max-num-batched-tokens N   --prefill-chunk N\n"
+            "  --max-prefill-tokens-decoding N  prompt tokens per step while sequences decode (0: off)\n"
             "  --kv-cache-tokens N         --kv-block-size N            (engine defaults otherwise)\n"
             "  --enable-prefix-caching 0/1 (engine default: 1)\n"
             "  --gpu-memory-utilization F  (default 0.9: the KV cache takes what it leaves on a GPU)\n");
@@ -264,6 +266,8 @@ static int bench_option_set(bench_options *o, const char *a, const char *v) {
     else if (!strcmp(a, "--max-num-seqs")) bad = parse_int(v, 1, 1 << 20, &ep->max_num_seqs);
     else if (!strcmp(a, "--max-num-batched-tokens")) bad = parse_int(v, 1, 1 << 24, &ep->max_num_batched_tokens);
     else if (!strcmp(a, "--prefill-chunk")) bad = parse_int(v, 1, 1 << 24, &ep->prefill_chunk);
+    else if (!strcmp(a, "--max-prefill-tokens-decoding"))
+        bad = parse_int(v, 0, 1 << 24, &ep->max_prefill_tokens_decoding);
     else if (!strcmp(a, "--gpu-memory-utilization")) {
         char *end;
         ep->gpu_memory_utilization = strtod(v, &end);
@@ -577,9 +581,10 @@ static void print_setup(const bench_options *o, const bench_work *w, engine *e, 
                o->force ? ", outputs forced to their continuations" : "");
     engine_stats kv_now; /* the KV cache the engine made (sized from GPU memory when not given) */
     engine_get_stats(e, &kv_now);
-    printf("engine: max_num_seqs %d, max_num_batched_tokens %d, prefill_chunk %d, kv_cache_tokens %d (context %d), "
-           "threads %d; loaded in %.2fs\n", ep->max_num_seqs, ep->max_num_batched_tokens, ep->prefill_chunk,
-           kv_now.kv_capacity, engine_context_length(e), ep->threads, t_load);
+    printf("engine: max_num_seqs %d, max_num_batched_tokens %d, max_prefill_tokens_decoding %d, prefill_chunk %d, "
+           "kv_cache_tokens %d (context %d), threads %d; loaded in %.2fs\n", ep->max_num_seqs,
+           ep->max_num_batched_tokens, ep->max_prefill_tokens_decoding, ep->prefill_chunk, kv_now.kv_capacity,
+           engine_context_length(e), ep->threads, t_load);
     fflush(stdout);
 }
 
@@ -595,6 +600,9 @@ static void print_result(const bench_options *o, const bench_work *w, engine *e,
     printf("TTFT p50 %.3f s, p99 %.3f s\n", p50, p99);
     printf("scheduler: %lld steps, mean step tokens %.1f, preemptions %lld\n", r->st.steps, r->mean_step,
            r->st.preemptions);
+    double dmean = r->st.decode_steps ? (double)r->st.decode_step_prompt_tokens / r->st.decode_steps : 0;
+    printf("decode steps: %lld, prompt tokens beside their decodes mean %.1f, max %d\n", r->st.decode_steps, dmean,
+           r->st.decode_step_prompt_max);
     double hit = r->st.prefix_queries_tokens ? (double)r->st.prefix_hits_tokens / r->st.prefix_queries_tokens : 0;
     printf("prefix cache: %lld of %lld prompt tokens hit (%.2f%%), %lld evictions\n", r->st.prefix_hits_tokens,
            r->st.prefix_queries_tokens, 100 * hit, r->st.prefix_evictions);
@@ -604,16 +612,19 @@ static void print_result(const bench_options *o, const bench_work *w, engine *e,
                r->st.grammar_masks, r->st.grammar_mask_seconds,
                r->st.grammar_masks ? 1e6 * r->st.grammar_mask_seconds / r->st.grammar_masks : 0.0);
     printf("{\"model\": \"%s\", \"device\": \"%s\", \"n\": %ld, \"prompt_len\": [%d, %d], \"output_len\": [%d, %d], "
-           "\"seed\": %llu, \"max_num_seqs\": %d, \"max_num_batched_tokens\": %d, \"kv_cache_tokens\": %d, "
+           "\"seed\": %llu, \"max_num_seqs\": %d, \"max_num_batched_tokens\": %d, "
+           "\"max_prefill_tokens_decoding\": %d, \"kv_cache_tokens\": %d, "
            "\"threads\": %d, \"load_s\": %.3f, \"prompt_tokens\": %lld, \"output_tokens\": %lld, \"failed\": %lld, "
            "\"wall_s\": %.4f, \"output_tok_s\": %.3f, \"total_tok_s\": %.3f, \"ttft_p50_s\": %.4f, "
            "\"ttft_p99_s\": %.4f, \"steps\": %lld, \"mean_step_tokens\": %.2f, \"preemptions\": %lld, "
+           "\"decode_steps\": %lld, \"decode_step_prompt_mean\": %.2f, \"decode_step_prompt_max\": %d, "
            "\"prompts_from\": %s%s%s, \"force_output\": %s, \"multiturn\": [%d, %d], \"system_len\": %d, "
            "\"prefix_caching\": %d, \"prefix_hit_rate\": %.4f}\n",
            engine_model(e)->dir, ep->device ? ep->device : "cpu", n, o->plen[0], o->plen[1], o->olen[0], o->olen[1],
-           (unsigned long long)o->seed, ep->max_num_seqs, ep->max_num_batched_tokens, ep->kv_cache_tokens,
+           (unsigned long long)o->seed, ep->max_num_seqs, ep->max_num_batched_tokens, ep->max_prefill_tokens_decoding,
+           ep->kv_cache_tokens,
            ep->threads, r->t_load, sp, got, r->failed, r->wall, got / r->wall, (sp + got) / r->wall, p50, p99,
-           r->st.steps, r->mean_step, r->st.preemptions, w->text ? "\"" : "", w->text ? o->text_path : "null",
+           r->st.steps, r->mean_step, r->st.preemptions, r->st.decode_steps, dmean, r->st.decode_step_prompt_max, w->text ? "\"" : "", w->text ? o->text_path : "null",
            w->text ? "\"" : "", o->force ? "true" : "false", o->conv, o->turns, o->conv ? o->system_len : 0,
            ep->enable_prefix_caching, hit);
 }

@@ -82,6 +82,10 @@ void engine_get_stats(engine *e, engine_stats *out) {
     out->steps = e->st_steps;
     out->step_tokens = e->st_step_tokens;
     out->step_tokens_total = e->st_step_tokens_total;
+    out->decode_steps = e->st_decode_steps;
+    out->decode_step_prompt_tokens = e->st_decode_prompt_tokens;
+    memcpy(out->decode_step_prompt_hist, e->st_decode_prompt_hist, sizeof(out->decode_step_prompt_hist));
+    out->decode_step_prompt_max = e->st_decode_prompt_max;
     out->grammar_masks = e->st_masks;
     out->grammar_mask_seconds = e->st_mask_seconds;
     out->prefix_queries_tokens = e->st_prefix_queries;
@@ -89,6 +93,10 @@ void engine_get_stats(engine *e, engine_stats *out) {
     out->prefix_cached_blocks = e->st_prefix_cached;
     out->prefix_evictions = e->st_prefix_evictions;
     pthread_mutex_unlock(&e->mu);
+}
+
+int engine_prompt_bucket_le(int k) {
+    return k <= 0 ? 0 : k < ENGINE_PROMPT_BUCKETS - 1 ? 1 << (k - 1) : -1;
 }
 
 /* Batch slots a newly queued request could take at the next step without
@@ -227,6 +235,8 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
     if (e->p.prefill_chunk < 1) e->p.prefill_chunk = 256;
     if (e->p.max_num_seqs < 1) e->p.max_num_seqs = 16;
     if (e->p.max_num_batched_tokens < 1) e->p.max_num_batched_tokens = 512;
+    if (e->p.max_prefill_tokens_decoding < 0 || e->p.max_prefill_tokens_decoding >= e->p.max_num_batched_tokens)
+        e->p.max_prefill_tokens_decoding = 0; /* the step's budget bounds prompts anyway */
     if (e->p.kv_block_size < 1) e->p.kv_block_size = 16;
     if (e->p.engram_lookahead < 0) e->p.engram_lookahead = 0;
     if (e->p.engram_lookahead > (1 << 24)) e->p.engram_lookahead = 1 << 24;

@@ -46,6 +46,11 @@ typedef struct {
     int prefill_chunk;     /* prompt tokens per forward pass; default 256 */
     int max_num_seqs;      /* sequences running at once; default 16 */
     int max_num_batched_tokens; /* tokens per scheduler step; default 512 */
+    int max_prefill_tokens_decoding; /* while any sequence decodes, prompt tokens per step at most: decode
+                                      * tokens go first, then prompt chunks cut to fit this (a bound on how
+                                      * long a step, and so each decode's next token, waits for prefill);
+                                      * with no sequence decoding prompts get the whole step. 0 (default),
+                                      * or >= max_num_batched_tokens: off, prompt chunks go whole */
     int kv_cache_tokens;   /* KV cache positions, shared by all sequences; 0: on a backend that reports
                             * its memory (CUDA), what gpu_memory_utilization leaves after the weights
                             * and scratch, at most max_num_seqs contexts; elsewhere the context length */
@@ -110,6 +115,12 @@ int engine_context_length(const engine *e); /* max prompt + generated tokens: th
                                             * or the KV cache's positions when fewer */
 int engine_vocab_size(const engine *e);     /* ids a prompt or logit_bias may use */
 
+#define ENGINE_PROMPT_BUCKETS 22 /* engine_stats.decode_step_prompt_hist: 0, 1, 2, 4, ..., 2^19, more */
+
+/* The upper bound of bucket k of decode_step_prompt_hist (0, then 2^(k-1)),
+ * or -1 for the last bucket (no bound). */
+int engine_prompt_bucket_le(int k);
+
 typedef struct {
     int queued;  /* requests waiting: in the queue, or preempted */
     int running; /* sequences in the running batch */
@@ -120,6 +131,15 @@ typedef struct {
     long long steps;       /* scheduler steps that ran tokens */
     int step_tokens;       /* tokens in the latest step */
     long long step_tokens_total; /* tokens over all steps */
+    /* Steps that ran decode tokens (a sequence's next token after its
+     * prompt) and the prompt tokens that ran beside them: the prefill that
+     * each of those decodes waited for. Histogram: bucket 0 counts steps of
+     * no prompt token, bucket k >= 1 those of at most 2^(k-1) (more than
+     * half that), the last bucket everything above. */
+    long long decode_steps;
+    long long decode_step_prompt_tokens; /* summed over those steps */
+    long long decode_step_prompt_hist[ENGINE_PROMPT_BUCKETS];
+    int decode_step_prompt_max;          /* the most in any one of them */
     long long grammar_masks;     /* token masks computed for constrained sequences */
     double grammar_mask_seconds; /* time spent computing them */
     /* prefix caching */
@@ -284,7 +304,8 @@ typedef struct {
 } engine_output;
 
 /* Takes the output produced since the previous read (non-blocking). Returns
- * true if there is something new (text, or the finish). If there is nothing
+ * true if there is something new (text, or the finish; on an engine without
+ * a tokenizer, whose tokens have no text, generated tokens too). If there is nothing
  * new and the request has not finished, calls on_empty(ctx) (if not NULL)
  * while holding the request's lock and arms the notify callback: the engine
  * calls notify once when output next appears. This lets the caller suspend

@@ -55,6 +55,7 @@ struct engine_request {
     /* output, under mu */
     strbuf pend; /* text not yet read */
     int n_generated;
+    int n_read;       /* n_generated at the latest read */
     engine_finish finish;
     bool finish_read; /* the finish has been returned by a read */
     bool armed;       /* notify on the next publish */
@@ -130,6 +131,8 @@ struct engine {
     /* what engine_get_stats reports, under mu */
     int st_running, st_preempted, st_kv_used, st_step_tokens;
     long long st_preemptions, st_steps, st_step_tokens_total, st_masks;
+    long long st_decode_steps, st_decode_prompt_tokens, st_decode_prompt_hist[ENGINE_PROMPT_BUCKETS];
+    int st_decode_prompt_max;
     double st_mask_seconds;
     long long st_prefix_queries, st_prefix_hits, st_prefix_evictions;
     int st_prefix_cached;
@@ -220,8 +223,9 @@ engine_finish engine__interrupted(engine *e, engine_request *r);
 
 /* The tokens a sequence feeds, in order: its prompt then its generated ids. */
 int32_t engine__seq_token(const seq *s, int i);
-/* The next piece of s: a prompt chunk aligned at multiples of chunk, else
- * one token (a replayed or the last sampled one). */
+/* The next piece of s: a prompt chunk of up to chunk tokens (the scheduler
+ * may cut it shorter, scheduler.c's sched_budget), else one token (a
+ * replayed or the last sampled one). */
 int engine__seq_next_piece(const engine *e, const seq *s);
 /* A forward state for s (reused or new): returns 0, or -1 out of memory. */
 int engine__seq_take_state(engine *e, seq *s);

@@ -154,6 +154,9 @@ int engine__request_publish(engine_request *r, const char *text, size_t len, int
         error = ENGINE_ERR_NOMEM;
         len = 0;
     }
+    /* Without a tokenizer tokens have no text: a new token is news then,
+     * so that streams can show each step's tokens as they come. */
+    bool new_token = !r->eng->tok && n_generated > r->n_generated;
     r->n_generated = n_generated;
     if (r->lp) r->lp_published = n_generated;
     if (n_generated > 0 && r->t_first_token == 0) r->t_first_token = util_now();
@@ -164,7 +167,7 @@ int engine__request_publish(engine_request *r, const char *text, size_t len, int
         r->t_end = util_now();
     }
     if (ends && slot_locked) e->n_taken--;
-    bool fire = r->armed && (len || r->finish != ENGINE_FINISH_NONE);
+    bool fire = r->armed && (len || new_token || r->finish != ENGINE_FINISH_NONE);
     if (fire) r->armed = false;
     void (*notify)(void *) = r->notify;
     void *ctx = r->notify_ctx;
@@ -206,6 +209,8 @@ bool engine_request_read(engine_request *r, engine_output *out, void (*on_empty)
     }
     out->n_prompt = r->n_prompt;
     out->n_generated = r->n_generated;
+    if (!r->eng->tok && r->n_generated > r->n_read) news = true; /* tokens without text (engine__request_publish) */
+    r->n_read = r->n_generated;
     out->t_submit = r->t_submit;
     out->t_start = r->t_start;
     out->t_first_token = r->t_first_token;

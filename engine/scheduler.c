@@ -17,7 +17,10 @@
  *   2. running sequences, oldest first, get their next piece of work within
  *      the token budget: a prompt chunk or one decode token; when the cache
  *      cannot hold it, the youngest running sequence is preempted (its
- *      blocks freed, to be recomputed later), the sequence itself last;
+ *      blocks freed, to be recomputed later), the sequence itself last.
+ *      With --max-prefill-tokens-decoding N and a sequence decoding, the
+ *      decode tokens go first and the prompt chunks after them share N
+ *      tokens, cut to fit (see sched_budget);
  *   3. waiting sequences (preempted ones first, then the queue, FCFS) are
  *      admitted while --max-num-seqs, the budget and free blocks allow;
  *   4. all scheduled pieces run as one forward pass (forward_batch: the
@@ -30,6 +33,45 @@
  * whatever else is in the step, and however a prompt is cut into chunks, so
  * a sequence's logits are bit for bit those of the sequence running alone.
  * A recomputed sequence replays its generated tokens without sampling. */
+
+/* What a step may still take. tokens: of --max-num-batched-tokens. prompt:
+ * prompt tokens left under --max-prefill-tokens-decoding, or -1 when that
+ * does not apply this step (off, or no sequence decoding): then a prompt
+ * chunk goes whole or waits for a step with room, as every chunk did
+ * before the cap. Under the cap a chunk is cut to what is left, so the
+ * oldest prompt in prefill runs at least min(N, tokens left after the
+ * decodes) of its tokens every step: prompts never stall while decodes run
+ * unless the decodes alone fill --max-num-batched-tokens. A chunk cut
+ * anywhere computes the same rows (batch invariance, above). */
+typedef struct {
+    int tokens, prompt;
+} sched_budget;
+
+/* The budget of a step: the prompt cap applies when it is set and a running
+ * sequence is past its prompt (its next piece is a decode token). */
+static sched_budget sched_step_budget(const engine *e) {
+    sched_budget b = {e->p.max_num_batched_tokens, -1};
+    for (int i = 0; i < e->n_running && e->p.max_prefill_tokens_decoding > 0; i++)
+        if (forward_state_pos(e->running[i]->st) >= e->running[i]->r->n_prompt) {
+            b.prompt = e->p.max_prefill_tokens_decoding;
+            break;
+        }
+    return b;
+}
+
+/* A piece of n tokens at position pos of r within budget b: a prompt chunk
+ * cut to the prompt cap (and to the step's tokens) when it applies. */
+static int sched_cut(const sched_budget *b, const engine_request *r, int pos, int n) {
+    if (b->prompt < 0 || pos >= r->n_prompt) return n;
+    int room = b->prompt < b->tokens ? b->prompt : b->tokens;
+    return n < room ? n : room;
+}
+
+/* Takes a piece of n tokens at position pos of r out of b. */
+static void sched_take(sched_budget *b, const engine_request *r, int pos, int n) {
+    b->tokens -= n;
+    if (b->prompt >= 0 && pos < r->n_prompt) b->prompt -= n;
+}
 
 /* Removes list[i] of the *n sequences in list, keeping their order. */
 static void list_remove(seq **list, int *n, int i) {
@@ -61,7 +103,16 @@ static void sched_insert_running(engine *e, seq *s) {
     e->n_running++;
 }
 
-static void sched_publish_stats(engine *e, int step_tokens) {
+/* The bucket of engine_stats.decode_step_prompt_hist that n prompt tokens fall in. */
+static int sched_prompt_bucket(int n) {
+    int k = 0;
+    while (k < ENGINE_PROMPT_BUCKETS - 1 && n > engine_prompt_bucket_le(k)) k++;
+    return k;
+}
+
+/* step_tokens: the step's tokens, prompt_tokens of them from prompts;
+ * decodes: its decode tokens. */
+static void sched_publish_stats(engine *e, int step_tokens, int prompt_tokens, int decodes) {
     pthread_mutex_lock(&e->mu);
     e->st_running = e->n_running;
     e->st_preempted = e->n_preempted;
@@ -77,6 +128,12 @@ static void sched_publish_stats(engine *e, int step_tokens) {
     if (step_tokens > 0) {
         e->st_steps++;
         e->st_step_tokens_total += (uint64_t)step_tokens;
+    }
+    if (decodes > 0) {
+        e->st_decode_steps++;
+        e->st_decode_prompt_tokens += prompt_tokens;
+        e->st_decode_prompt_hist[sched_prompt_bucket(prompt_tokens)]++;
+        if (prompt_tokens > e->st_decode_prompt_max) e->st_decode_prompt_max = prompt_tokens;
     }
     pthread_mutex_unlock(&e->mu);
 }
@@ -231,18 +288,20 @@ static bool sched_block_pending(engine *e, const engine_request *r, const int32_
  * the step's only piece, and the free blocks), with the blocks the prefix
  * cache has or, when those do not fit, without. Returns the cached blocks
  * to take (0: none), or -1: not this step. */
-static int sched_fits(engine *e, const engine_request *r, const seq *s, int budget, int scheduled) {
+static int sched_fits(engine *e, const engine_request *r, const seq *s, const sched_budget *b, int scheduled) {
+    int budget = b->tokens;
     int n_known, free_blocks = kv_cache_free_blocks(e->kv), np = r->n_prompt;
     const int32_t *ids = e->prefix && !r->gates ? sched_tokens(e, r, s, &n_known) : NULL;
     if (ids) {
         int bs = kv_cache_block_size(e->kv), idle = 0;
         int k = kv_cache_prefix_probe(e->kv, ids, n_known, r->cache_salt, (n_known - 1) / bs, &idle, NULL);
         if ((k + 1) * bs < n_known && sched_block_pending(e, r, ids, n_known, k)) return -1;
-        int pos = k * bs, n = pos < np ? (np - pos < e->chunk ? np - pos : e->chunk) : 1;
-        if (k > 0 && !(n > budget && scheduled > 0) && kv_cache_blocks_for(e->kv, n) + idle <= free_blocks) return k;
+        int pos = k * bs, n = sched_cut(b, r, pos, pos < np ? (np - pos < e->chunk ? np - pos : e->chunk) : 1);
+        if (k > 0 && n > 0 && !(n > budget && scheduled > 0) && kv_cache_blocks_for(e->kv, n) + idle <= free_blocks)
+            return k;
     }
-    int n = np < e->chunk ? np : e->chunk;
-    return !(n > budget && scheduled > 0) && kv_cache_blocks_for(e->kv, n) <= free_blocks ? 0 : -1;
+    int n = sched_cut(b, r, 0, np < e->chunk ? np : e->chunk);
+    return n > 0 && !(n > budget && scheduled > 0) && kv_cache_blocks_for(e->kv, n) <= free_blocks ? 0 : -1;
 }
 
 /* The state of a sequence being admitted, with `hit` cached blocks taken
@@ -277,17 +336,22 @@ static void sched_drop_interrupted(engine *e, seq **list, int *n) {
     }
 }
 
-/* 2. Running sequences, oldest first, get their next piece within *budget
- * (*scheduled counts them); when the cache cannot hold one, the youngest
- * running sequence is preempted, the sequence itself last. Returns true when
- * one was preempted (nothing is admitted in this step then). */
-static bool sched_continue_running(engine *e, int *budget, int *scheduled) {
+/* Which running sequences sched_continue takes. */
+enum { PIECES_ALL, PIECES_DECODE, PIECES_PROMPT };
+
+/* Running sequences of kind `which`, oldest first, get their next piece
+ * within *b (*scheduled counts them); when the cache cannot hold one, the
+ * youngest running sequence is preempted, the sequence itself last (a
+ * younger one may have been given its piece by an earlier call: it loses
+ * it). Returns true when one was preempted. */
+static bool sched_continue(engine *e, sched_budget *b, int *scheduled, int which) {
     bool preempted_now = false;
     for (int i = 0; i < e->n_running; i++) {
         seq *s = e->running[i];
-        s->piece = 0;
-        int n = engine__seq_next_piece(e, s);
-        if (n > *budget) continue;
+        int pos = forward_state_pos(s->st);
+        if (which != PIECES_ALL && (pos < s->r->n_prompt) != (which == PIECES_PROMPT)) continue;
+        int n = sched_cut(b, s->r, pos, engine__seq_next_piece(e, s));
+        if (n == 0 || n > b->tokens) continue;
         while (forward_state_reserve(s->st, n) == FORWARD_ERR_KV_FULL) {
             preempted_now = true;
             sched_preempt(e, e->n_running - 1); /* the youngest; s itself when it is */
@@ -295,22 +359,33 @@ static bool sched_continue_running(engine *e, int *budget, int *scheduled) {
         }
         if (i >= e->n_running) break; /* s was preempted */
         s->piece = n;
-        *budget -= n;
+        sched_take(b, s->r, pos, n);
         (*scheduled)++;
     }
     return preempted_now;
+}
+
+/* 2. Running sequences get their next piece within *b, oldest first; under
+ * the prompt cap the decode tokens first, then the prompt chunks in what is
+ * left. Returns true when one was preempted (nothing is admitted in this
+ * step then). */
+static bool sched_continue_running(engine *e, sched_budget *b, int *scheduled) {
+    for (int i = 0; i < e->n_running; i++) e->running[i]->piece = 0;
+    if (b->prompt < 0) return sched_continue(e, b, scheduled, PIECES_ALL);
+    bool preempted_now = sched_continue(e, b, scheduled, PIECES_DECODE);
+    return sched_continue(e, b, scheduled, PIECES_PROMPT) || preempted_now;
 }
 
 /* The queue's head, taken off the queue (it holds a batch slot from now on)
  * when it is cancelled or its first piece fits (*hit: sched_fits); NULL
  * otherwise. Looked at and taken under mu: engine_stop empties the queue
  * from another thread. */
-static engine_request *sched_take_queued(engine *e, int budget, int scheduled, int *hit) {
+static engine_request *sched_take_queued(engine *e, const sched_budget *b, int scheduled, int *hit) {
     pthread_mutex_lock(&e->mu);
     engine_request *r = e->head;
     bool take = r != NULL;
     *hit = 0;
-    if (take && !atomic_load(&r->cancel)) take = (*hit = sched_fits(e, r, NULL, budget, scheduled)) >= 0;
+    if (take && !atomic_load(&r->cancel)) take = (*hit = sched_fits(e, r, NULL, b, scheduled)) >= 0;
     if (take) {
         e->head = r->next;
         if (!e->head) e->tail = NULL;
@@ -325,17 +400,17 @@ static engine_request *sched_take_queued(engine *e, int budget, int scheduled, i
 
 /* 3. Admissions while --max-num-seqs, the budget and free blocks allow:
  * preempted sequences first, then the queue (FCFS). */
-static void sched_admit(engine *e, int budget, int scheduled) {
-    while (e->n_running < e->p.max_num_seqs && budget > 0) {
+static void sched_admit(engine *e, sched_budget *b, int scheduled) {
+    while (e->n_running < e->p.max_num_seqs && b->tokens > 0 && b->prompt != 0) {
         seq *s = NULL;
         int hit;
         bool first = e->n_preempted == 0;
         if (!first) {
             s = e->preempted[0];
-            if ((hit = sched_fits(e, s->r, s, budget, scheduled)) < 0) break;
+            if ((hit = sched_fits(e, s->r, s, b, scheduled)) < 0) break;
             list_remove(e->preempted, &e->n_preempted, 0);
         } else {
-            engine_request *r = sched_take_queued(e, budget, scheduled, &hit);
+            engine_request *r = sched_take_queued(e, b, scheduled, &hit);
             if (!r) break;
             if (atomic_load(&r->cancel)) { /* never ran */
                 engine__request_publish(r, NULL, 0, 0, ENGINE_FINISH_CANCEL, 0);
@@ -344,13 +419,15 @@ static void sched_admit(engine *e, int budget, int scheduled) {
             }
             if (!(s = engine__seq_create(e, r))) continue;
         }
-        int n = 0;
-        if (sched_start(e, s, hit, first) != 0 || forward_state_reserve(s->st, n = engine__seq_next_piece(e, s)) != FORWARD_OK) {
+        int n = 0, pos = 0;
+        if (sched_start(e, s, hit, first) != 0 ||
+            forward_state_reserve(s->st, n = sched_cut(b, s->r, pos = forward_state_pos(s->st),
+                                                        engine__seq_next_piece(e, s))) != FORWARD_OK) {
             engine__seq_finish(e, s, ENGINE_FINISH_ERROR, ENGINE_ERR_NOMEM);
             continue;
         }
         s->piece = n;
-        budget -= n;
+        sched_take(b, s->r, pos, n);
         scheduled++;
         sched_insert_running(e, s);
     }
@@ -360,8 +437,9 @@ static void sched_admit(engine *e, int budget, int scheduled) {
  * sequence that catches up with this piece asks for its next token's
  * logits, as the backend's argmax (plain greedy), a row left on the backend
  * for backend_ops.sample, or a host copy. Returns the number of items;
- * *tokens: the step's tokens. */
-static int sched_build_items(engine *e, int *tokens) {
+ * *tokens: the step's tokens, *prompt of them prompt tokens; *decodes: its
+ * decode tokens. */
+static int sched_build_items(engine *e, int *tokens, int *prompt, int *decodes) {
     int n_items = 0, n_dev = 0;
     for (int i = 0; i < e->n_running; i++) { /* rows the backend would sample: worth it in numbers */
         seq *s = e->running[i];
@@ -370,7 +448,7 @@ static int sched_build_items(engine *e, int *tokens) {
             n_dev += engine__seq_device_sample(e, s);
     }
     bool dev_step = n_dev >= e->dev_sample_min;
-    *tokens = 0;
+    *tokens = *prompt = *decodes = 0;
     for (int i = 0; i < e->n_running; i++) {
         seq *s = e->running[i];
         if (!s->piece) continue;
@@ -389,6 +467,8 @@ static int sched_build_items(engine *e, int *tokens) {
             .gates = r->gates ? r->gates + (size_t)pos * r->n_gate_layers : NULL};
         e->item_seq[n_items++] = s;
         *tokens += n;
+        if (pos < r->n_prompt) *prompt += n;
+        else (*decodes)++;
     }
     return n_items;
 }
@@ -425,14 +505,16 @@ static void sched_take_tokens(engine *e, int n_items, int frc) {
     }
 }
 
-/* One scheduler step, phases 1 to 5 above. Returns the tokens it ran. */
-static int sched_run_step(engine *e) {
+/* One scheduler step, phases 1 to 5 above. Returns the tokens it ran,
+ * *prompt of them prompt tokens, and *decodes its decode tokens. */
+static int sched_run_step(engine *e, int *prompt, int *decodes) {
     sched_poke_waiting(e); /* waiting requests poked now and then */
     sched_drop_interrupted(e, e->running, &e->n_running);
     sched_drop_interrupted(e, e->preempted, &e->n_preempted);
-    int budget = e->p.max_num_batched_tokens, scheduled = 0;
-    if (!sched_continue_running(e, &budget, &scheduled)) sched_admit(e, budget, scheduled);
-    int tokens, n_items = sched_build_items(e, &tokens);
+    sched_budget b = sched_step_budget(e);
+    int scheduled = 0;
+    if (!sched_continue_running(e, &b, &scheduled)) sched_admit(e, &b, scheduled);
+    int tokens, n_items = sched_build_items(e, &tokens, prompt, decodes);
     if (n_items == 0) return 0;
     sched_prefetch_ahead(e);
     engine__masks_begin(e, n_items); /* the grammar masks meanwhile, on the worker */
@@ -448,6 +530,6 @@ static int sched_run_step(engine *e) {
 }
 
 void engine__sched_step(engine *e) {
-    int tokens = sched_run_step(e);
-    sched_publish_stats(e, tokens);
+    int prompt = 0, decodes = 0, tokens = sched_run_step(e, &prompt, &decodes);
+    sched_publish_stats(e, tokens, prompt, decodes);
 }

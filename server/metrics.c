@@ -164,6 +164,20 @@ static void render_histogram(strbuf *b, const char *name, const char *help, cons
     sb_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name, h->n, name, h->sum, name, h->n);
 }
 
+/* A histogram of token counts from per-bucket counts over
+ * engine_prompt_bucket_le (the last bucket unbounded). */
+static void render_tokens_histogram(strbuf *b, const char *name, const char *help, const long long *counts,
+                                    long long sum) {
+    sb_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    long long cum = 0;
+    for (int k = 0; k < ENGINE_PROMPT_BUCKETS - 1; k++) {
+        cum += counts[k];
+        sb_printf(b, "%s_bucket{le=\"%d\"} %lld\n", name, engine_prompt_bucket_le(k), cum);
+    }
+    cum += counts[ENGINE_PROMPT_BUCKETS - 1];
+    sb_printf(b, "%s_bucket{le=\"+Inf\"} %lld\n%s_sum %lld\n%s_count %lld\n", name, cum, name, sum, name, cum);
+}
+
 /* A histogram from per-bucket counts over engram_store_hist_le (+Inf last). */
 static void render_store_histogram(strbuf *b, const char *name, const char *help, const uint64_t *counts,
                                    double sum) {
@@ -347,6 +361,10 @@ char *metrics_render(metrics *m, const engine_stats *st, const engram_store_stat
               "# TYPE engram_scheduler_step_tokens_total counter\n"
               "engram_scheduler_step_tokens_total %lld\n",
               st->preemptions, st->steps, st->step_tokens_total);
+    render_tokens_histogram(&b, "engram_scheduler_decode_step_prompt_tokens",
+                            "Prompt tokens in each scheduler step that ran decode tokens (the prefill those decodes "
+                            "waited for; --max-prefill-tokens-decoding bounds it).",
+                            st->decode_step_prompt_hist, st->decode_step_prompt_tokens);
     sb_printf(&b,
               "# HELP engram_prefix_cache_queries_tokens_total Tokens looked up in the prefix cache (admissions).\n"
               "# TYPE engram_prefix_cache_queries_tokens_total counter\n"

@@ -83,6 +83,9 @@ static const struct {
     {"max-num-seqs", OPT_INT, 1, 4096, "16", "sequences batched together in one scheduler step"},
     {"max-num-batched-tokens", OPT_INT, 1, 1 << 20, "512",
      "tokens per scheduler step (prompt chunks and decode tokens together)"},
+    {"max-prefill-tokens-decoding", OPT_INT, 0, 1 << 20, "0",
+     "while any sequence decodes, prompt tokens per step at most: decode tokens first, then prompt chunks cut "
+     "to fit (bounds how long a decode waits for prefill; 0: off, prompts share --max-num-batched-tokens)"},
     {"kv-cache-tokens", OPT_INT, 0, 1 << 30, "0",
      "KV cache positions shared by all sequences (0: on a GPU what --gpu-memory-utilization leaves, on the CPU the "
      "model's context length)"},
@@ -118,7 +121,7 @@ enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THRE
        O_CONN_TIMEOUT, O_REQ_TIMEOUT, O_MAX_CONNS, O_MAX_CONNS_IP, O_PREFILL_CHUNK, O_SHUTDOWN, O_ENGRAM_TABLE_DIR, O_ENGRAM_TABLES, O_ENGRAM_BUDGET,
        O_ENGRAM_HBM, O_ENGRAM_TIER, O_ENGRAM_IO, O_ENGRAM_QD, O_ENGRAM_AHEAD, O_ENGRAM_ADMISSION, O_ENGRAM_WARM,
        O_ENGRAM_HOT_SAVE,
-       O_MAX_SEQS, O_MAX_BATCHED, O_KV_TOKENS, O_KV_BLOCK, O_PREFIX_CACHING, O_PREFIX_MAX, O_SYNTHETIC, O_SYNTH_SEED, O_SYNTH_DIR,
+       O_MAX_SEQS, O_MAX_BATCHED, O_MAX_PREFILL_DECODING, O_KV_TOKENS, O_KV_BLOCK, O_PREFIX_CACHING, O_PREFIX_MAX, O_SYNTHETIC, O_SYNTH_SEED, O_SYNTH_DIR,
        O_GPU_UTIL, O_SAMPLE_ON_BACKEND, O_CUDA_GRAPHS, O_CUDA_PROFILE, O_CPU_ISA, O_COUNT };
 _Static_assert(O_COUNT == N_OPTS, "the O_ names follow the opts table");
 _Static_assert(N_OPTS <= SERVER_OPTIONS_MAX, "server_options.owned holds a value per option");
@@ -333,6 +336,7 @@ static server_options_status engine_options(const char **val, const long *num, e
     ep->prefill_chunk = (int)num[O_PREFILL_CHUNK];
     ep->max_num_seqs = (int)num[O_MAX_SEQS];
     ep->max_num_batched_tokens = (int)num[O_MAX_BATCHED];
+    ep->max_prefill_tokens_decoding = (int)num[O_MAX_PREFILL_DECODING];
     ep->kv_cache_tokens = (int)num[O_KV_TOKENS];
     ep->kv_block_size = (int)num[O_KV_BLOCK];
     ep->enable_prefix_caching = (int)num[O_PREFIX_CACHING];

@@ -1,5 +1,6 @@
 /* A streaming generation as Server-Sent Events: one chunk per engine read
- * (a delta of text, reasoning or tool calls, with logprobs), a keep-alive
+ * (a delta of text, reasoning or tool calls, with logprobs; of empty text
+ * for new tokens of a model without a tokenizer), a keep-alive
  * comment after each prefill chunk, the finish chunk of each choice, usage
  * when asked for, then [DONE]. The stream is owned by its libmicrohttpd
  * response, whose content-reader callback reads the engine; the connection
@@ -25,6 +26,7 @@ typedef struct {
     bool ended;    /* [DONE] is in buf */
     bool recorded; /* metrics_request_done called */
     size_t text_offset; /* completions' logprobs.text_offset so far */
+    int n_shown;        /* the current choice's tokens a chunk went out for (no tokenizer: empty text) */
     engine_output last;
     unsigned long long *sent; /* the conn's count of body bytes sent (the reader runs only while it lives) */
     tool_parser tp;     /* the current choice's */
@@ -146,9 +148,13 @@ static int stream_format(stream *st, const engine_output *o) {
                                          &st->text_offset)
                      : NULL;
     bool split = st->g.kind == API_CHAT && (st->rs.fmt || st->g.tools);
+    /* a model without a tokenizer (synthetic) has no text: a chunk of none
+     * for each read with new tokens still shows clients when tokens come */
+    bool untexted = !engine_tokenizer(st->s->e) && o->n_generated > st->n_shown && o->finish == ENGINE_FINISH_NONE;
+    st->n_shown = o->n_generated;
     if (split) {
         if (stream_chat_text(st, o->text, o->len, lps, false)) return -1;
-    } else if ((o->len || lps) &&
+    } else if ((o->len || lps || untexted) &&
                sse_chunk(st, o->len ? o->text : (st->g.kind == API_CHAT ? NULL : ""), o->len, false, NULL, lps)) {
         return -1;
     }
@@ -174,6 +180,7 @@ static int stream_format(stream *st, const engine_output *o) {
             st->g.reqs[st->cur - 1] = NULL;
             st->recorded = false;
             st->text_offset = 0;
+            st->n_shown = 0;
             return st->g.kind == API_CHAT ? sse_chunk(st, "", 0, true, NULL, NULL) : 0;
         }
         if (st->g.include_usage) {

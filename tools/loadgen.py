@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Load generator for any OpenAI-compatible server: streams completions (or chat
-completions) through the official `openai` SDK at each concurrency level in
-turn and reports throughput and latency percentiles (TTFT, inter-token, end to
-end) as a table, and optionally as JSON. Exit status 1 if any request failed.
+completions) through the official `openai` SDK, or a small HTTP/1.1 client of
+the standard library where that SDK is not installed (the GPU machine), at
+each concurrency level in turn and reports throughput and latency percentiles
+(TTFT, inter-token, end to end) as a table, and optionally as JSON. Prompts
+are words, or random token ids (--token-ids: for servers of models without a
+tokenizer). Exit status 1 if any request failed.
 
 Example (a server from scripts/serve on 127.0.0.1:8080):
   .venv/bin/python tools/loadgen.py --concurrency 1,4,16,64 --requests 64 \\
@@ -15,8 +18,12 @@ import math
 import random
 import sys
 import time
+import urllib.parse
 
-import openai
+try:
+    import openai
+except ImportError:  # --client http still works
+    openai = None
 
 # Short, common English words: most BPE vocabularies hold each one, with its
 # leading space, as a single token, so N words make a prompt of about N tokens.
@@ -68,8 +75,120 @@ def percentile(xs, q):
     return xs[f] + (xs[c] - xs[f]) * (k - f)
 
 
-def make_prompt(rng, words, n):
+def make_prompt(rng, words, n, vocab=None):
+    """n words, or with vocab n token ids drawn uniformly from [0, vocab)."""
+    if vocab:
+        return [rng.randrange(vocab) for _ in range(n)]
     return " ".join(rng.choice(words) for _ in range(n))
+
+
+class HTTPStatusError(Exception):
+    """A reply other than 200: its status and body (the server's error object)."""
+
+
+class HTTPClient:
+    """The standard library's stand-in for the SDK calls loadgen makes: POST a
+    streamed request and yield each SSE event's JSON, GET the model list.
+    HTTP/1.1, one connection per request (Connection: close), chunked or
+    sized bodies; http:// or https://. Every read is bounded by `timeout`."""
+
+    def __init__(self, base_url, api_key, timeout):
+        u = urllib.parse.urlsplit(base_url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"expected an http(s):// base URL, got {base_url!r}")
+        self.host, self.tls = u.hostname, u.scheme == "https"
+        self.port = u.port or (443 if self.tls else 80)
+        self.prefix = u.path.rstrip("/")
+        self.api_key, self.timeout = api_key, timeout
+
+    async def _read(self, aw):
+        return await asyncio.wait_for(aw, self.timeout)
+
+    async def _request(self, method, path, body=None):
+        """Sends the request; returns (reader, writer, status, headers)."""
+        reader, writer = await self._read(asyncio.open_connection(self.host, self.port, ssl=self.tls or None))
+        data = b"" if body is None else json.dumps(body).encode()
+        head = (f"{method} {self.prefix}{path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                f"Authorization: Bearer {self.api_key}\r\nAccept: text/event-stream, application/json\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n")
+        writer.write(head.encode() + data)
+        await writer.drain()
+        status = int((await self._read(reader.readline())).split()[1])
+        headers = {}
+        while (line := await self._read(reader.readline())) not in (b"\r\n", b"\n", b""):
+            k, _, v = line.decode("latin-1").partition(":")
+            headers[k.strip().lower()] = v.strip()
+        return reader, writer, status, headers
+
+    async def _body(self, reader, headers):
+        """Yields the body's bytes as they come."""
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            while size := int((await self._read(reader.readline())).split(b";")[0], 16):
+                yield await self._read(reader.readexactly(size))
+                await self._read(reader.readexactly(2))
+        elif "content-length" in headers:
+            yield await self._read(reader.readexactly(int(headers["content-length"])))
+        else:
+            while data := await self._read(reader.read(65536)):
+                yield data
+
+    async def _whole(self, reader, headers):
+        return b"".join([d async for d in self._body(reader, headers)])
+
+    async def stream(self, path, body):
+        """POSTs body and yields the JSON of each SSE data event up to [DONE]."""
+        reader, writer, status, headers = await self._request("POST", path, body)
+        try:
+            if status != 200:
+                raise HTTPStatusError(f"HTTP {status}: {(await self._whole(reader, headers)).decode(errors='replace')}")
+            buf = b""
+            async for data in self._body(reader, headers):
+                buf += data.replace(b"\r\n", b"\n")
+                *events, buf = buf.split(b"\n\n")
+                for ev in events:
+                    payload = b"\n".join(l[5:].lstrip(b" ") for l in ev.split(b"\n") if l.startswith(b"data:"))
+                    if not payload:
+                        continue  # a comment (keep-alive)
+                    if payload == b"[DONE]":
+                        return
+                    yield json.loads(payload)
+        finally:
+            writer.close()
+
+    async def model_ids(self):
+        reader, writer, status, headers = await self._request("GET", "/models")
+        try:
+            body = await self._whole(reader, headers)
+            if status != 200:
+                raise HTTPStatusError(f"HTTP {status}: {body.decode(errors='replace')}")
+            return [m["id"] for m in json.loads(body)["data"]]
+        finally:
+            writer.close()
+
+    async def close(self):
+        pass
+
+
+class SDKClient:
+    """The official SDK behind the same calls (chunks as plain dicts)."""
+
+    def __init__(self, base_url, api_key, timeout):
+        self.c = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
+
+    async def stream(self, path, body):
+        body = dict(body)
+        extra = {k: body.pop(k) for k in ("ignore_eos",) if k in body}
+        if extra:
+            body["extra_body"] = extra
+        create = self.c.chat.completions.create if path == "/chat/completions" else self.c.completions.create
+        async for chunk in await create(**body):
+            yield chunk.model_dump()
+
+    async def model_ids(self):
+        return [m.id for m in (await self.c.models.list()).data]
+
+    async def close(self):
+        await self.c.close()
 
 
 class Result:
@@ -88,30 +207,32 @@ class Result:
 
 async def one_request(client, args, prompt, max_tokens):
     res = Result()
-    common = dict(model=args.model, max_tokens=max_tokens, stream=True, temperature=args.temperature)
+    body = dict(model=args.model, max_tokens=max_tokens, stream=True, temperature=args.temperature)
     if args.include_usage:
-        common["stream_options"] = {"include_usage": True}
+        body["stream_options"] = {"include_usage": True}
     if args.ignore_eos:
-        common["extra_body"] = {"ignore_eos": True}
+        body["ignore_eos"] = True
+    if args.chat:
+        path, body["messages"] = "/chat/completions", [{"role": "user", "content": prompt}]
+    else:
+        path, body["prompt"] = "/completions", prompt
     res.t_start = time.perf_counter()
     try:
-        if args.chat:
-            stream = await client.chat.completions.create(messages=[{"role": "user", "content": prompt}], **common)
-        else:
-            stream = await client.completions.create(prompt=prompt, **common)
-        async for chunk in stream:
+        async for chunk in client.stream(path, body):
             now = time.perf_counter()
-            if chunk.usage is not None:
-                res.usage_out, res.usage_prompt = chunk.usage.completion_tokens, chunk.usage.prompt_tokens
-            for ch in chunk.choices or []:
-                text = (ch.delta.content if args.chat else ch.text) or ""
-                if text:
+            if chunk.get("usage"):
+                res.usage_out, res.usage_prompt = chunk["usage"]["completion_tokens"], chunk["usage"]["prompt_tokens"]
+            for ch in chunk.get("choices") or []:
+                text = ((ch.get("delta") or {}).get("content") if args.chat else ch.get("text")) or ""
+                # token-id prompts: the model may have no tokenizer, so its
+                # chunks carry no text; each one stands for the tokens it came for
+                if text or args.token_ids:
                     res.chunk_times.append(now)
                     res.n_chunks += 1
                     if res.t_first is None:
                         res.t_first = now
-                if ch.finish_reason:
-                    res.finish = ch.finish_reason
+                if ch.get("finish_reason"):
+                    res.finish = ch["finish_reason"]
         res.t_end = time.perf_counter()
         if res.finish is None:
             res.error = "stream ended without a finish_reason"
@@ -137,7 +258,7 @@ async def run_level(client, args, conc, words):
         if deadline is not None and time.perf_counter() >= deadline:
             return None
         issued += 1
-        return make_prompt(rng, words, rng.randint(*args.prompt_tokens)), rng.randint(*args.max_tokens)
+        return make_prompt(rng, words, rng.randint(*args.prompt_tokens), args.token_ids), rng.randint(*args.max_tokens)
 
     async def worker():
         while (spec := next_spec()) is not None:
@@ -224,21 +345,24 @@ async def main_async(args):
             words = f.read().split()
         if not words:
             sys.exit(f"loadgen: {args.words_file} has no words")
-    client = openai.AsyncOpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0, timeout=args.timeout)
+    if args.client == "auto":
+        args.client = "openai" if openai else "http"
+    client = (SDKClient if args.client == "openai" else HTTPClient)(args.base_url, args.api_key, args.timeout)
     if args.model is None:
-        models = await client.models.list()
-        if not models.data:
+        ids = await client.model_ids()
+        if not ids:
             sys.exit("loadgen: the server lists no models; pass --model")
-        args.model = models.data[0].id
+        args.model = ids[0]
 
     if args.warmup:
-        warm = await asyncio.gather(*(one_request(client, args, make_prompt(random.Random(i), words, 8), 4)
-                                      for i in range(args.warmup)))
+        warm = await asyncio.gather(*(one_request(client, args, make_prompt(random.Random(i), words, 8, args.token_ids),
+                                                  4) for i in range(args.warmup)))
         bad = [r.error for r in warm if not r.ok]
         if bad:
             print(f"loadgen: warm-up failed: {bad[0]}", file=sys.stderr)
 
-    print(f"model {args.model} at {args.base_url}, {'chat' if args.chat else 'completions'}, prompt tokens "
+    print(f"model {args.model} at {args.base_url} ({args.client} client), {'chat' if args.chat else 'completions'}, "
+          f"{'token-id ' if args.token_ids else ''}prompt tokens "
           f"{_rng_str(args.prompt_tokens)}, max tokens {_rng_str(args.max_tokens)}, "
           f"ignore_eos {args.ignore_eos}, " +
           (f"{args.duration:g} s per level" if args.duration is not None else f"{args.requests} requests per level"))
@@ -294,6 +418,13 @@ def main(argv=None):
     ap.add_argument("--seed", metavar="S", type=int, default=0,
                     help="seed of the prompts and drawn lengths; each level is reproducible on its own "
                          "(default: %(default)s)")
+    ap.add_argument("--token-ids", metavar="VOCAB", type=int,
+                    help="prompts of --prompt-tokens random token ids in [0, VOCAB) instead of words (completions "
+                         "only; for models without a tokenizer, whose chunks carry no text: then every chunk with "
+                         "a choice counts as tokens arriving)")
+    ap.add_argument("--client", choices=("auto", "openai", "http"), default="auto",
+                    help="openai: the official SDK; http: the standard library's HTTP/1.1 (no packages needed); "
+                         "auto: the SDK when it is installed (default: %(default)s)")
     ap.add_argument("--words-file", metavar="FILE", help="take prompt words from this text file instead of the "
                     "built-in list of common English words")
     ap.add_argument("--ignore-eos", action="store_true",
@@ -314,6 +445,10 @@ def main(argv=None):
         ap.error("--requests must be >= 1")
     if args.duration is not None and args.duration <= 0:
         ap.error("--duration must be > 0")
+    if args.token_ids is not None and (args.token_ids < 1 or args.chat):
+        ap.error("--token-ids takes a vocabulary size >= 1, and completions (not --chat)")
+    if args.client == "openai" and not openai:
+        ap.error("--client openai: the openai package is not installed")
     return asyncio.run(main_async(args))
 
 

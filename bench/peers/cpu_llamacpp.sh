@@ -3,10 +3,11 @@
 # and output lengths, runs interleaved, then a ratio table (medians, ranges).
 #
 # llama.cpp is built from the source the llama-cpp-python sdist on PyPI vendors
-# (pinned below), CPU only, outside the repository (no llama.cpp code here):
-# everything lives in $ENGRAM_PEERS_CACHE (default ~/.cache/engram-peers): the
-# sdist, a venv with the `gguf` package, the build, the random-weight GGUFs
-# (bench/peers/make_gguf.py). The first run downloads and builds (minutes).
+# (pinned in bench/peers/common.sh), CPU only, outside the repository (no
+# llama.cpp code here): everything lives in $ENGRAM_PEERS_CACHE (default
+# ~/.cache/engram-peers): the sdist, a venv with the `gguf` package, the build,
+# the random-weight GGUFs (bench/peers/make_gguf.py). The first run downloads
+# and builds (minutes). bench/peers/gpu_llamacpp.sh is the GPU variant.
 #
 #   bench/peers/cpu_llamacpp.sh [--shape llama3-1b|lexicon] [--rounds N] [--threads N]
 #                               [--prompt N] [--gen N] [--depth N] [--build native|avx2] [--isa ISA]
@@ -28,6 +29,7 @@
 # Runs build/engram-run from the repository's build/ (scripts/build first).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. bench/peers/common.sh
 shape=llama3-1b rounds=5 threads=$(nproc) prompt=64 gen=32 depth=0 flavour=native isa=auto
 while [ $# -gt 0 ]; do
   case $1 in
@@ -55,20 +57,10 @@ case $flavour in
 esac
 [ -x build/engram-run ] || { echo "$0: build/engram-run missing: run scripts/build first" >&2; exit 1; }
 
-version=0.3.36 # llama-cpp-python; vendors llama.cpp 0c1e570
-cache=${ENGRAM_PEERS_CACHE:-$HOME/.cache/engram-peers}
-src=$cache/llama_cpp_python-$version/vendor/llama.cpp
+cache=$peers_cache src=$peers_src
 bin=$cache/build-$flavour/bin/llama-bench
 gguf=$cache/$shape-bf16.gguf
-mkdir -p "$cache"
-if [ ! -x "$cache/venv/bin/python" ]; then
-  python3 -m venv "$cache/venv"
-  "$cache/venv/bin/pip" install -q gguf numpy
-fi
-if [ ! -d "$src" ]; then
-  "$cache/venv/bin/pip" download -q --no-deps --no-binary :all: "llama-cpp-python==$version" -d "$cache/dl"
-  tar -xzf "$cache/dl/llama_cpp_python-$version.tar.gz" -C "$cache"
-fi
+peers_fetch
 if [ ! -x "$bin" ]; then
   cmake -S "$src" -B "$cache/build-$flavour" -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=OFF -DLLAMA_OPENSSL=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF "${flags[@]}" >/dev/null

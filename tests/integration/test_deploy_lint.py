@@ -42,7 +42,7 @@ def exported_metrics():
     """The metric names server/metrics.c renders (histograms with their series)."""
     src = (SOURCE / "server" / "metrics.c").read_text()
     names = set(re.findall(r"# TYPE (engram_\w+) ", src))
-    for h in re.findall(r'render_(?:store_)?histogram\(&?b, "(engram_\w+)"', src):
+    for h in re.findall(r'render_(?:\w+_)?histogram\(&?b, "(engram_\w+)"', src):
         names |= {h + "_bucket", h + "_sum", h + "_count"}
     assert "engram_num_requests_waiting" in names and "engram_time_to_first_token_seconds_bucket" in names
     return names

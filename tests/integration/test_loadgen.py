@@ -1,7 +1,9 @@
 """tools/loadgen.py against a real engram-server on the default model: every
 request succeeds at each concurrency level, the token count is exact with
 ignore_eos (and agrees with the server's own counter), the percentiles are
-ordered, and a run whose requests fail exits 1."""
+ordered, and a run whose requests fail exits 1; the same through its
+standard-library HTTP client, and with token-id prompts on a synthetic model
+(no tokenizer: chunks without text still time the tokens)."""
 import json
 import subprocess
 import sys
@@ -77,7 +79,49 @@ def test_loadgen_levels_and_counts(tmp_path):
         s.stop()
 
 
+def test_loadgen_http_client(tmp_path):
+    """--client http (no openai package needed, as on the GPU machine): the same
+    counts as the SDK's on the default model, errors reported with their status."""
+    s = Server("--api-key", API_KEY, model=MODEL)
+    try:
+        out = tmp_path / "load.json"
+        p = loadgen(s.url, "--client", "http", "--concurrency", "4", "--requests", 8, "--prompt-tokens", "8:24",
+                    "--max-tokens", 12, "--ignore-eos", "--json", out)
+        assert p.returncode == 0, p.stdout + p.stderr
+        res = json.loads(out.read_text())
+        assert res["config"]["model"] == "engram-lexicon" and res["config"]["client"] == "http"
+        lv = res["levels"][0]
+        assert lv["ok"] == 8 and lv["output_tokens"] == 8 * 12 and lv["tokens_source"] == "usage", lv
+        assert 0 < lv["content_chunks"] <= lv["output_tokens"] and ordered(lv["itl_s"]) and ordered(lv["ttft_s"])
+        p = subprocess.run([sys.executable, str(LOADGEN), "--base-url", s.url + "/v1", "--api-key", "wrong",
+                            "--client", "http", "--model", "m", "--concurrency", "1", "--requests", "1"],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 1 and "HTTP 401" in p.stderr, p.stdout + p.stderr
+    finally:
+        s.stop()
+
+
+def test_loadgen_token_ids_on_synthetic(tmp_path):
+    """--token-ids: prompts of random ids, exact in length (the server counts
+    them), on a model without a tokenizer, whose streamed chunks have no text:
+    every chunk with a choice times its tokens, so ITL has samples."""
+    s = Server("--synthetic", "qwen3-0.6b+layers:1", "--threads", "2", "--max-num-seqs", "4", model=None)
+    try:
+        out = tmp_path / "load.json"
+        p = loadgen(s.url, "--client", "http", "--token-ids", 151936, "--concurrency", "4", "--requests", 6,
+                    "--prompt-tokens", "10:30", "--max-tokens", "5:9", "--ignore-eos", "--json", out)
+        assert p.returncode == 0, p.stdout + p.stderr
+        lv = json.loads(out.read_text())["levels"][0]
+        assert lv["ok"] == 6 and lv["tokens_source"] == "usage" and 10 <= lv["prompt_tokens_mean"] <= 30, lv
+        assert 6 * 5 <= lv["output_tokens"] <= 6 * 9
+        assert 6 < lv["content_chunks"] <= lv["output_tokens"], lv  # more than the finish chunks alone
+        assert ordered(lv["itl_s"]) and ordered(lv["ttft_s"]), lv
+    finally:
+        s.stop()
+
+
 def test_loadgen_bad_arguments():
-    for bad in (["--concurrency", "0"], ["--concurrency", "a,b"], ["--max-tokens", "9:3"], ["--requests", "0"]):
+    for bad in (["--concurrency", "0"], ["--concurrency", "a,b"], ["--max-tokens", "9:3"], ["--requests", "0"],
+                ["--token-ids", "0"], ["--token-ids", "100", "--chat"]):
         p = subprocess.run([sys.executable, str(LOADGEN), *bad], capture_output=True, text=True, timeout=30)
         assert p.returncode == 2 and "error" in p.stderr, (bad, p.stderr)

@@ -7,7 +7,7 @@ import json
 
 from conftest import run_bin
 import requests
-from serverutil import Server, check_error, post
+from serverutil import Server, check_error, post, sse_events
 
 ENV_THREADS = ("--threads", "2")
 
@@ -96,6 +96,17 @@ def test_server_token_prompts():
         assert body["model"] == "qwen3-0.6b+layers:2"
         assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6,
                                  "prompt_tokens_details": {"cached_tokens": 0}}, body
+        # streamed, the tokens have no text: a chunk of empty text still comes for each read with new
+        # tokens (each token, unless the reader lags), the last token with the finish
+        r = post(s.url, "/v1/completions", {"prompt": [1, 2, 3], "max_tokens": 6, "temperature": 0,
+                                            "ignore_eos": True, "stream": True}, key=None, stream=True)
+        assert r.status_code == 200, r.text
+        events = sse_events(r)
+        assert events[-1] == "[DONE]"
+        choices = [c for e in events[:-1] for c in json.loads(e)["choices"]]
+        assert all(c["text"] == "" for c in choices), choices
+        assert [c["finish_reason"] for c in choices][-1] == "length"
+        assert 1 <= sum(c["finish_reason"] is None for c in choices) <= 5, choices
         check_error(post(s.url, "/v1/completions", {"prompt": "text", "max_tokens": 2}, key=None), 400, "prompt")
         check_error(post(s.url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, key=None),
                     400, "messages")

@@ -1,7 +1,8 @@
 /* Unit tests for engine/engine: requests through the engine thread on the
  * qwen3_engram fixture (greedy output equals a direct forward + sampler run,
  * determinism, stop strings held back and cut, EOS, parameter checks, the
- * notify hook, cancellation, stop with queued requests, forced output ids). */
+ * notify hook, cancellation, stop with queued requests, forced output ids,
+ * the prompt cap while sequences decode). */
 #include <check.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -540,6 +541,136 @@ START_TEST(test_lookahead_skips_cached_rows) {
 }
 END_TEST
 
+/* An engine on the fixture with small steps (16-token chunks, 32 tokens a
+ * step) and cap as its --max-prefill-tokens-decoding. */
+static engine *small_step_engine(int cap) {
+    engine_params ep = engine_default_params();
+    ep.model_dir = model_dir;
+    ep.threads = 1;
+    ep.max_num_seqs = 8;
+    ep.prefill_chunk = 16;
+    ep.max_num_batched_tokens = 32;
+    ep.max_prefill_tokens_decoding = cap;
+    ep.enable_prefix_caching = 0; /* every prompt computed whole, alone or together */
+    engine *x = NULL;
+    char err[512];
+    ck_assert_msg(engine_create(&ep, &x, err, sizeof(err)) == ENGINE_OK, "engine_create: %s", err);
+    return x;
+}
+
+/* Waits for the last step's stats (published just after its finishes) and returns them. */
+static engine_stats idle_stats(engine *x) {
+    engine_stats st;
+    for (int tries = 0;; tries++) {
+        engine_get_stats(x, &st);
+        if ((st.running == 0 && st.queued == 0) || tries == 20000) break;
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+    }
+    return st;
+}
+
+enum { CAP_REQS = 8, CAP_OUT = 16, CAP = 4 };
+
+/* Request i of the cap tests: a short prompt first (it decodes while the
+ * others are still in prefill), then longer ones of up to 69 tokens. */
+static int cap_prompt(int i, int32_t *ids) {
+    int n = i == 0 ? 3 : 10 + 8 * i;
+    for (int k = 0; k < n; k++) ids[k] = (int32_t)((37 * i + 11 * k + 5) % 1600);
+    return n;
+}
+
+/* Submits the CAP_REQS requests to x (all at once when together, else each
+ * alone) and keeps each one's generated ids and logprobs. */
+static void cap_run(engine *x, bool together, engine_logprob out[CAP_REQS][CAP_OUT]) {
+    int32_t ids[CAP_REQS][80];
+    engine_request *r[CAP_REQS];
+    for (int i = 0; i < CAP_REQS; i++) {
+        engine_request_params p = greedy(ids[i], cap_prompt(i, ids[i]), CAP_OUT);
+        p.logprobs = true; /* the ids and their logprobs' bits: the logits themselves */
+        ck_assert_int_eq(engine_submit(x, &p, &r[i]), ENGINE_OK);
+        if (together && i + 1 < CAP_REQS) continue;
+        for (int j = together ? 0 : i; j <= i; j++) {
+            result res = run_to_end(r[j]);
+            ck_assert_int_eq(res.fin.finish, ENGINE_FINISH_LENGTH);
+            memcpy(out[j], engine_request_logprobs(r[j]), sizeof(out[j]));
+            free(res.text);
+            engine_request_release(r[j]);
+        }
+    }
+}
+
+/* --max-prefill-tokens-decoding: with the cap, no step that runs a decode
+ * token carries more than CAP prompt tokens (and some carry prompt tokens:
+ * prompts go on beside the decodes); without it, steps do (the same
+ * requests, so the check can fail). The outputs are bit for bit those of
+ * each request alone, with the cap or without. */
+START_TEST(test_prefill_cap_while_decoding) {
+    engine *off = small_step_engine(0), *on = small_step_engine(CAP);
+    static engine_logprob alone[CAP_REQS][CAP_OUT], off_lp[CAP_REQS][CAP_OUT], on_lp[CAP_REQS][CAP_OUT];
+    cap_run(off, false, alone);
+    engine_stats before = idle_stats(off);
+    cap_run(off, true, off_lp);
+    cap_run(on, true, on_lp);
+    engine_stats st_off = idle_stats(off), st_on = idle_stats(on);
+    for (int i = 0; i < CAP_REQS; i++)
+        for (int t = 0; t < CAP_OUT; t++) {
+            ck_assert_msg(off_lp[i][t].id == alone[i][t].id && on_lp[i][t].id == alone[i][t].id,
+                          "request %d token %d: alone %d, together %d, capped %d", i, t, alone[i][t].id,
+                          off_lp[i][t].id, on_lp[i][t].id);
+            ck_assert(!memcmp(&off_lp[i][t].logprob, &alone[i][t].logprob, sizeof(float)));
+            ck_assert(!memcmp(&on_lp[i][t].logprob, &alone[i][t].logprob, sizeof(float)));
+        }
+    ck_assert_int_gt(st_off.decode_step_prompt_max, CAP);
+    ck_assert_int_gt(st_off.decode_steps, before.decode_steps);
+    ck_assert_int_le(st_on.decode_step_prompt_max, CAP);
+    ck_assert_int_gt(st_on.decode_step_prompt_tokens, 0);
+    long long sum = 0; /* the histogram holds every decode step, none above CAP's bucket */
+    for (int k = 0; k < ENGINE_PROMPT_BUCKETS; k++) {
+        sum += st_on.decode_step_prompt_hist[k];
+        if (engine_prompt_bucket_le(k) < 0 || engine_prompt_bucket_le(k) > CAP)
+            ck_assert_int_eq(st_on.decode_step_prompt_hist[k], 0);
+    }
+    ck_assert_int_eq(sum, st_on.decode_steps);
+    engine_destroy(on);
+    engine_destroy(off);
+}
+END_TEST
+
+/* Under the cap a prompt still goes on while another sequence decodes: a
+ * 69-token prompt submitted after a long generation started gets its first
+ * token while that generation runs (69 / CAP steps, not its 200). */
+START_TEST(test_prefill_cap_keeps_prompts_going) {
+    engine *on = small_step_engine(CAP);
+    int32_t ids[80];
+    engine_request *a = NULL, *b = NULL;
+    engine_request_params pa = greedy(PROMPT, NP, 200), pb = greedy(ids, cap_prompt(CAP_REQS - 1, ids), 1);
+    ck_assert_int_eq(engine_submit(on, &pa, &a), ENGINE_OK);
+    for (int tries = 0; tries < 200000; tries++) { /* a decodes */
+        engine_output o;
+        if (engine_request_read(a, &o, NULL, NULL)) free(o.text);
+        if (o.n_generated > 0) break;
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+    }
+    ck_assert_int_eq(engine_submit(on, &pb, &b), ENGINE_OK);
+    result rb = run_to_end(b);
+    ck_assert_int_eq(rb.fin.finish, ENGINE_FINISH_LENGTH);
+    engine_output oa;
+    if (engine_request_read(a, &oa, NULL, NULL)) free(oa.text);
+    ck_assert_msg(oa.finish == ENGINE_FINISH_NONE && oa.n_generated < 200, "the prompt waited for the decode to end");
+    engine_cancel(a);
+    result ra = run_to_end(a);
+    free(ra.text);
+    free(rb.text);
+    engine_request_release(a);
+    engine_request_release(b);
+    engine_stats st = idle_stats(on);
+    ck_assert_int_le(st.decode_step_prompt_max, CAP);
+    engine_destroy(on);
+}
+END_TEST
+
 START_TEST(test_bad_create) {
     engine_params p = engine_default_params();
     p.model_dir = "/nonexistent";
@@ -573,6 +704,8 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_queue_counts_only_waiting);
     tcase_add_test(tc, test_lookahead_hands_prompts_ahead);
     tcase_add_test(tc, test_lookahead_skips_cached_rows);
+    tcase_add_test(tc, test_prefill_cap_while_decoding);
+    tcase_add_test(tc, test_prefill_cap_keeps_prompts_going);
     tcase_add_test(tc, test_bad_create);
     suite_add_tcase(s, tc);
     return s;
