@@ -164,16 +164,19 @@ static void warm_run(engram_store *s, bool background) {
     double t0 = util_now();
     reader rd = {0};
     row_req *q = malloc(WARM_BATCH * sizeof(row_req));
-    if (!q || engram_store__reader_init(s, &rd, WARM_QD, WARM_RUN, WARM_GAP)) {
+    int64_t *ids = malloc(WARM_BATCH * sizeof(int64_t));
+    if (!q || !ids || engram_store__reader_init(s, &rd, WARM_QD, WARM_RUN, WARM_GAP)) {
         engram_store__note(s, "warm start: out of memory; the cache starts cold");
         goto done;
     }
     for (size_t a = 0; a < s->hot_n && !atomic_load(&s->warm_stop); a += WARM_BATCH) {
         if (background) engram_store__wait_no_gather(s);
         size_t m = s->hot_n - a < WARM_BATCH ? s->hot_n - a : WARM_BATCH, nq = 0;
+        memcpy(ids, s->hot_rows + a, m * sizeof(int64_t));
         pthread_mutex_lock(&s->mu);
-        for (size_t i = 0; i < m; i++) {
-            int64_t row = s->hot_rows[a + i];
+        size_t mm = engram_store__drop_above(s, ids, m); /* the tier above took those already */
+        for (size_t i = 0; i < mm; i++) {
+            int64_t row = ids[i];
             int32_t k = row_cache_find(&s->c.clock, row);
             if (k < 0 && (k = engram_store__alloc_slot(s, row, false)) >= 0)
                 q[nq++] = (row_req){h->data_offset + (uint64_t)row * h->row_stride, NO_IDX, k};
@@ -190,6 +193,7 @@ static void warm_run(engram_store *s, bool background) {
 done:
     engram_store__reader_free(&rd);
     free(q);
+    free(ids);
     counter_add(&s->warm_ns, (uint64_t)((util_now() - t0) * 1e9));
     engram_store__note(s, "warm start: %llu of %zu hot rows read back in %.2f s",
                        (unsigned long long)counter_get(&s->warm_rows), s->hot_n, util_now() - t0);
