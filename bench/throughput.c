@@ -154,42 +154,6 @@ static void on_output(void *ctx) {
     pthread_mutex_unlock(&ev_mu);
 }
 
-/* Reads a token file (format above) into *ids (n ids, malloc'd). Returns 0,
- * or -1 with a message in err. */
-static int load_tokens(const char *path, int32_t **ids, size_t *n, char *err, size_t errlen) {
-    FILE *f = fopen(path, "rb");
-    uint8_t h[24];
-    *ids = NULL;
-    if (!f) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
-        return -1;
-    }
-    uint32_t version;
-    uint64_t count;
-    if (fread(h, 1, sizeof(h), f) != sizeof(h) || memcmp(h, "ENGRTOK\0", 8)) {
-        snprintf(err, errlen, "%s: not a token file (magic \"ENGRTOK\")", path);
-        goto fail;
-    }
-    memcpy(&version, h + 8, 4); /* the format is little-endian, like every host this builds on */
-    memcpy(&count, h + 16, 8);
-    if (version != 1 || count == 0 || count > ((uint64_t)1 << 31)) {
-        snprintf(err, errlen, "%s: version %u, %llu tokens: unsupported", path, version, (unsigned long long)count);
-        goto fail;
-    }
-    if (!(*ids = malloc(count * sizeof(int32_t))) || fread(*ids, sizeof(int32_t), count, f) != count) {
-        snprintf(err, errlen, "%s: cannot read %llu tokens", path, (unsigned long long)count);
-        goto fail;
-    }
-    fclose(f);
-    *n = (size_t)count;
-    return 0;
-fail:
-    free(*ids);
-    *ids = NULL;
-    fclose(f);
-    return -1;
-}
-
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
@@ -630,7 +594,7 @@ int main(int argc, char **argv) {
     if (rc >= 0) return rc;
     char err[1024];
     bench_work w = {0};
-    if (o.text_path && load_tokens(o.text_path, &w.text, &w.n_text, err, sizeof(err))) {
+    if (o.text_path && util_read_token_file(o.text_path, &w.text, &w.n_text, NULL, err, sizeof(err))) {
         fprintf(stderr, "bench-throughput: %s\n", err);
         return 2;
     }

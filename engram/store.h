@@ -327,6 +327,16 @@ const char *engram_store_hot_path(const engram_store *s);
 int engram_store_hot_save(engram_store *s, const int64_t *upper, const uint32_t *upper_counts, size_t n_upper,
                           char *err, size_t errlen);
 
+/* Writes the hot-row file atomically (as engram_store_hot_save) with exactly
+ * rows[0..n) and their counts (borrowed), all for the row cache (tier 0),
+ * whatever the store holds: a profile made offline (engram-tables profile),
+ * so that a fresh store starts warm from rows a corpus like its traffic uses
+ * most. Returns ENGRAM_STORE_OK, _ERANGE (a row outside the table: nothing
+ * written), _EIO / _ENOMEM with a message; _EINVAL for a store without a
+ * hot-row file (warm_start off, or made in memory). */
+int engram_store_hot_write(engram_store *s, const int64_t *rows, const uint32_t *counts, size_t n, char *err,
+                           size_t errlen);
+
 /* Whether the store is still reading its hot rows back (background warm
  * start). Thread-safe. */
 bool engram_store_warming(const engram_store *s);
