@@ -20,6 +20,42 @@ void util_log(const char *level, const char *func, const char *fmt, ...) {
     va_end(ap);
 }
 
+int util_read_token_file(const char *path, int32_t **ids, size_t *n, uint32_t *vocab, char *err, size_t errlen) {
+    FILE *f = fopen(path, "rb");
+    uint8_t h[24];
+    *ids = NULL;
+    if (!f) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    uint32_t version, v;
+    uint64_t count;
+    if (fread(h, 1, sizeof(h), f) != sizeof(h) || memcmp(h, "ENGRTOK\0", 8)) {
+        snprintf(err, errlen, "%s: not a token file (magic \"ENGRTOK\")", path);
+        goto fail;
+    }
+    memcpy(&version, h + 8, 4); /* the format is little-endian, like every host this builds on */
+    memcpy(&v, h + 12, 4);
+    memcpy(&count, h + 16, 8);
+    if (version != 1 || count == 0 || count > ((uint64_t)1 << 31)) {
+        snprintf(err, errlen, "%s: version %u, %llu tokens: unsupported", path, version, (unsigned long long)count);
+        goto fail;
+    }
+    if (!(*ids = malloc(count * sizeof(int32_t))) || fread(*ids, sizeof(int32_t), count, f) != count) {
+        snprintf(err, errlen, "%s: cannot read %llu tokens", path, (unsigned long long)count);
+        goto fail;
+    }
+    fclose(f);
+    *n = (size_t)count;
+    if (vocab) *vocab = v;
+    return 0;
+fail:
+    free(*ids);
+    *ids = NULL;
+    fclose(f);
+    return -1;
+}
+
 char *util_read_file(const char *path, size_t max_bytes, size_t *len, char *err, size_t errlen) {
     FILE *f = fopen(path, "rb");
     if (!f) {

@@ -20,6 +20,14 @@ void util_log(const char *level, const char *func, const char *fmt, ...)
  * message in err (errlen bytes). The caller frees the buffer. */
 char *util_read_file(const char *path, size_t max_bytes, size_t *len, char *err, size_t errlen);
 
+/* Reads a token file (tools/make_text_tokens.py's output, little-endian:
+ * magic "ENGRTOK\0", uint32 version 1, uint32 the tokenizer's vocab size or
+ * 0, uint64 n, then n int32 ids) into *ids (n ids, malloc'd; the caller
+ * frees them), *n and *vocab (vocab may be NULL). Returns 0, or -1 with a
+ * message in err: unreadable, another format or version, no tokens or over
+ * 2^31 of them, fewer ids than it says. */
+int util_read_token_file(const char *path, int32_t **ids, size_t *n, uint32_t *vocab, char *err, size_t errlen);
+
 /* Reads f to its end (a pipe too: no size limit, no stat) into a
  * NUL-terminated heap buffer of *len bytes (the NUL not counted); a read
  * error ends the data as the end of the file would. Returns NULL when out of
@@ -43,7 +51,7 @@ int util_parse_long(const char *s, long lo, long hi, long *out);
 /* Monotonic seconds. */
 double util_now(void);
 
-#define UTIL_FNV1A_INIT 1469598103934665603ull
+#define UTIL_FNV1A_INIT 14695981039346656037ull /* the offset basis (0xcbf29ce484222325) */
 /* FNV-1a 64 of n bytes at p, continuing from h (UTIL_FNV1A_INIT to start):
  * a checksum for files we write ourselves, not a defence against anyone. */
 static inline uint64_t util_fnv1a(uint64_t h, const void *p, size_t n) {

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "base/util.h"
 #include "engram/ngram_hash.h"
 #include "engram/store.h"
 
@@ -58,31 +59,25 @@ static int64_t *zipf_trace(double s, uint64_t R, size_t N) {
 
 /* Layer 0's rows of every token of a token file; *rows gets the table size. */
 static int64_t *token_trace(const char *path, size_t *n_out, uint64_t *rows) {
-    FILE *f = fopen(path, "rb");
-    uint8_t head[24];
-    if (!f || fread(head, 1, 24, f) != 24 || memcmp(head, "ENGRTOK", 8)) {
-        fprintf(stderr, "%s: not a token file\n", path);
+    int32_t *ids;
+    size_t n;
+    uint32_t vocab;
+    char err[512];
+    if (util_read_token_file(path, &ids, &n, &vocab, err, sizeof(err))) {
+        fprintf(stderr, "%s\n", err);
         exit(1);
     }
-    uint64_t n;
-    uint32_t vocab;
-    memcpy(&vocab, head + 12, 4);
-    memcpy(&n, head + 16, 8);
-    int32_t *ids = malloc(n * sizeof(int32_t));
-    if (fread(ids, 4, n, f) != n) exit(1);
-    fclose(f);
     ngram_hash_config c = ngram_hash_default_config();
     c.compressed_vocab_size = vocab ? vocab : 151936;
     c.compressed_pad_id = c.pad_id;
     ngram_hash *h;
-    char err[256];
     if (ngram_hash_create(&c, &h, err, sizeof(err))) {
         fprintf(stderr, "%s\n", err);
         exit(1);
     }
     int H = ngram_hash_n_heads(h);
     int64_t *t = malloc(n * H * sizeof(int64_t)), *cids = malloc(n * sizeof(int64_t));
-    for (uint64_t i = 0; i < n; i++) cids[i] = ids[i];
+    for (size_t i = 0; i < n; i++) cids[i] = ids[i];
     ngram_hash_history hist;
     ngram_hash_history_init(h, &hist);
     ngram_hash_layer_rows(h, 0, &hist, cids, n, t);

@@ -75,6 +75,7 @@ static void usage(FILE *f) {
             "  --engram-tier dram|nvme|auto  --engram-io uring|pread   --engram-queue-depth N\n"
             "  --engram-lookahead N        prompt tokens read ahead on the nvme tier (default 2048, 0: off)\n"
             "  --engram-dram-budget SIZE   --engram-hbm-cache SIZE    (see engram-run --help)\n"
+            "  --engram-tiers exclusive|inclusive  the DRAM row cache and the HBM cache (default exclusive)\n"
             "  --device cpu|cuda           (default cpu)\n"
             "  --threads N                 engine CPU threads (default: all cores)\n"
             "  --max-num-seqs N            --max-num-batched-tokens N   --prefill-chunk N\n"
@@ -93,21 +94,22 @@ static void print_engram(engine *e) {
     model_engram_store_stats(m, &ss);
     if (ss.lookups)
         printf("engram store: %llu lookups, DRAM hits %llu (%.2f%%), NVMe rows %llu, NVMe reads %llu (%.1f MB), "
-               "prefetched %llu\n",
+               "prefetched %llu, moved up to the HBM cache %llu, demoted from it %llu\n",
                (unsigned long long)ss.lookups, (unsigned long long)ss.dram_hits, 100.0 * ss.dram_hits / ss.lookups,
                (unsigned long long)ss.nvme_hits, (unsigned long long)ss.nvme_reads, ss.nvme_bytes / 1e6,
-               (unsigned long long)ss.prefetch_reads);
+               (unsigned long long)ss.prefetch_reads, (unsigned long long)ss.promotions,
+               (unsigned long long)ss.demotions);
     for (int li = 0; m->engram && li < m->engram->n_layers; li++) {
         engram_fetch_stats f;
         engine_fetch_stats(e, li, &f);
         if (!f.steps) continue;
         printf("engram fetch, layer %d: %llu steps, %llu lookups, %llu distinct, HBM hits %llu (%.2f%% of distinct), "
-               "%llu rows copied (%.2f MB), host gather %.1f us/step, the issuing thread waited for it %.1f us/step, "
+               "%llu rows copied (%.2f MB), %llu copied back, host gather %.1f us/step, the issuing thread waited for it %.1f us/step, "
                "compute waited for rows mean %.1f us, max %.1f us over %llu steps\n",
                (int)m->engram->layers[li].layer_id, (unsigned long long)f.steps, (unsigned long long)f.lookups,
                (unsigned long long)f.unique, (unsigned long long)f.cache_hits,
                f.unique ? 100.0 * f.cache_hits / f.unique : 0.0, (unsigned long long)f.copied_rows,
-               f.copied_bytes / 1e6, 1e6 * f.gather_seconds / f.steps, 1e6 * f.host_wait_seconds / f.steps, f.stalls ? 1e6 * f.stall_seconds / f.stalls : 0.0,
+               f.copied_bytes / 1e6, (unsigned long long)f.copied_back_rows, 1e6 * f.gather_seconds / f.steps, 1e6 * f.host_wait_seconds / f.steps, f.stalls ? 1e6 * f.stall_seconds / f.stalls : 0.0,
                1e6 * f.stall_max, (unsigned long long)f.stalls);
         printf("engram fetch, layer %d: compute wait histogram (steps per bucket, le seconds):", (int)m->engram->layers[li].layer_id);
         for (int b = 0; b <= ENGRAM_STORE_HIST_BUCKETS; b++) {
@@ -152,42 +154,6 @@ static void on_output(void *ctx) {
     events++;
     pthread_cond_signal(&ev_cv);
     pthread_mutex_unlock(&ev_mu);
-}
-
-/* Reads a token file (format above) into *ids (n ids, malloc'd). Returns 0,
- * or -1 with a message in err. */
-static int load_tokens(const char *path, int32_t **ids, size_t *n, char *err, size_t errlen) {
-    FILE *f = fopen(path, "rb");
-    uint8_t h[24];
-    *ids = NULL;
-    if (!f) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
-        return -1;
-    }
-    uint32_t version;
-    uint64_t count;
-    if (fread(h, 1, sizeof(h), f) != sizeof(h) || memcmp(h, "ENGRTOK\0", 8)) {
-        snprintf(err, errlen, "%s: not a token file (magic \"ENGRTOK\")", path);
-        goto fail;
-    }
-    memcpy(&version, h + 8, 4); /* the format is little-endian, like every host this builds on */
-    memcpy(&count, h + 16, 8);
-    if (version != 1 || count == 0 || count > ((uint64_t)1 << 31)) {
-        snprintf(err, errlen, "%s: version %u, %llu tokens: unsupported", path, version, (unsigned long long)count);
-        goto fail;
-    }
-    if (!(*ids = malloc(count * sizeof(int32_t))) || fread(*ids, sizeof(int32_t), count, f) != count) {
-        snprintf(err, errlen, "%s: cannot read %llu tokens", path, (unsigned long long)count);
-        goto fail;
-    }
-    fclose(f);
-    *n = (size_t)count;
-    return 0;
-fail:
-    free(*ids);
-    *ids = NULL;
-    fclose(f);
-    return -1;
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -259,6 +225,10 @@ static int bench_option_set(bench_options *o, const char *a, const char *v) {
         ep->engram_store.use_pread = !strcmp(v, "pread");
     } else if (!strcmp(a, "--engram-dram-budget")) bad = util_parse_size(v, &ep->engram_store.dram_budget);
     else if (!strcmp(a, "--engram-hbm-cache")) bad = util_parse_size(v, &ep->engram_store.hbm_cache);
+    else if (!strcmp(a, "--engram-tiers")) {
+        bad = strcmp(v, "exclusive") && strcmp(v, "inclusive");
+        ep->engram_store.tiers = strcmp(v, "inclusive") ? ENGRAM_STORE_EXCLUSIVE : ENGRAM_STORE_INCLUSIVE;
+    }
     else if (!strcmp(a, "--engram-queue-depth")) bad = parse_int(v, 1, 4096, &ep->engram_store.queue_depth);
     else if (!strcmp(a, "--engram-lookahead")) bad = parse_int(v, 0, 1 << 24, &ep->engram_lookahead);
     else if (!strcmp(a, "--device")) ep->device = v;
@@ -635,7 +605,7 @@ int main(int argc, char **argv) {
     if (rc >= 0) return rc;
     char err[1024];
     bench_work w = {0};
-    if (o.text_path && load_tokens(o.text_path, &w.text, &w.n_text, err, sizeof(err))) {
+    if (o.text_path && util_read_token_file(o.text_path, &w.text, &w.n_text, NULL, err, sizeof(err))) {
         fprintf(stderr, "bench-throughput: %s\n", err);
         return 2;
     }

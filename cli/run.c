@@ -63,6 +63,9 @@ static void usage(FILE *f) {
             "                         on NVMe behind a row cache of SIZE (default: all of them when they fit in\n"
             "                         MemAvailable, else half of MemAvailable)\n"
             "  --engram-hbm-cache SIZE  backend memory for hot rows (GPU HBM; host memory on the CPU)\n"
+            "  --engram-tiers exclusive|inclusive  exclusive (default): the nvme tier's DRAM row cache and the\n"
+            "                         hot-row cache hold no row in common (DRAM takes what HBM evicts);\n"
+            "                         inclusive: each keeps what it reads\n"
             "  --engram-tier auto|dram|nvme  auto (default): as the budget decides; dram: whole tables mmap'd\n"
             "                         (MAP_SHARED); nvme: always from the file, cached only within the budget\n"
             "  --engram-mlock         dram: lock the tables in RAM (failure is an error)\n"
@@ -224,6 +227,12 @@ static int set_tier(run_options *o, const char *a, const char *v) {
     return OPT_OK;
 }
 
+static int set_tiers(run_options *o, const char *a, const char *v) {
+    if (strcmp(v, "exclusive") && strcmp(v, "inclusive")) return OPT_BAD;
+    o->esp.tiers = strcmp(v, "inclusive") ? ENGRAM_STORE_EXCLUSIVE : ENGRAM_STORE_INCLUSIVE;
+    return OPT_OK;
+}
+
 static int set_io(run_options *o, const char *a, const char *v) {
     if (strcmp(v, "uring") && strcmp(v, "pread")) return OPT_BAD;
     o->esp.use_pread = !strcmp(v, "pread");
@@ -285,6 +294,7 @@ static const run_option RUN_OPTIONS[] = {
     {"--engram-tables", OPT_FUNC, .set = set_table_dir},
     {"--engram-dram-budget", OPT_SIZE, AT(esp.dram_budget), .store = true},
     {"--engram-hbm-cache", OPT_SIZE, AT(esp.hbm_cache)},
+    {"--engram-tiers", OPT_FUNC, .set = set_tiers},
     {"--engram-tier", OPT_FUNC, .set = set_tier, .store = true},
     {"--engram-mlock", OPT_TRUE, AT(esp.mlock), .store = true},
     {"--engram-hugepages", OPT_TRUE, AT(esp.hugepages), .store = true},
@@ -639,6 +649,19 @@ static void run_print_timings(const run_ctx *r, double t0, double t1, double t2,
                 (unsigned long long)es.lookups, (unsigned long long)es.dram_hits, (unsigned long long)es.nvme_hits,
                 (unsigned long long)es.nvme_reads, es.nvme_bytes / 1024.0, (unsigned long long)es.prefetch_rows, (unsigned long long)es.prefetch_reads,
                 (unsigned long long)es.evictions, es.stall_seconds);
+        engram_fetch_stats fs = {0};
+        for (int li = 0; li < r->nl; li++) {
+            engram_fetch_stats x;
+            if (forward_ctx_fetch_stats(r->fc, li, &x) == 0) engram_fetch_stats_add(&fs, &x);
+        }
+        if (fs.cache_capacity) /* the hot-row cache and the store's DRAM cache, as tiers */
+            fprintf(stderr,
+                    "engram-run: Engram tiers: %s, %llu HBM hits, %llu rows moved up, %llu copied back, "
+                    "%llu demoted to DRAM, %zu rows in both caches\n",
+                    r->o->esp.tiers == ENGRAM_STORE_EXCLUSIVE ? "exclusive" : "inclusive",
+                    (unsigned long long)fs.cache_hits, (unsigned long long)es.promotions,
+                    (unsigned long long)fs.copied_back_rows, (unsigned long long)es.demotions,
+                    forward_ctx_engram_tier_overlap(r->fc));
     }
 }
 

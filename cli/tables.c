@@ -7,17 +7,30 @@
  *   engram-tables verify FILE                    every block against its CRC-32C checksum:
  *       exit 0 and one JSON line when all match (or when the file has no
  *       checksums, which the line and a note on stderr say), exit 1 naming the
- *       first bad block (its bytes and rows) or what else is wrong */
+ *       first bad block (its bytes and rows) or what else is wrong
+ *   engram-tables profile --model DIR --tokens FILE --tables DIR [--top N]
+ *       the offline profile: every token of FILE (tools/make_text_tokens.py's
+ *       format, one stream) hashed as the engine hashes it (engram/ngram_hash
+ *       over the model's compressed tokenizer), each layer's rows counted, and
+ *       the hot-row file DIR/engram_layer_<id>.tbl.hot written with them (the
+ *       N most frequent with --top), so that a server started with
+ *       --engram-warm-start reads the rows its traffic will want most into its
+ *       DRAM cache first; missing table files are exported first */
+#include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "base/util.h"
 #include "engine/model/model.h"
+#include "engram/ngram_hash.h"
 #include "engram/store.h"
 
 static void usage(FILE *f) {
     fprintf(f, "usage: engram-tables export --model DIR --out DIR\n"
                "       engram-tables info FILE\n"
-               "       engram-tables verify FILE\n");
+               "       engram-tables verify FILE\n"
+               "       engram-tables profile --model DIR --tokens FILE --tables DIR [--top N]\n");
 }
 
 static int cmd_info(const char *path) {
@@ -81,6 +94,116 @@ static int cmd_export(const char *model_dir, const char *out_dir) {
     return rc;
 }
 
+/* A row and how often the token stream asked for it. */
+typedef struct {
+    int64_t row;
+    uint32_t count;
+} row_count;
+
+static int cmp_i64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Most counted first, then by row: the order the warm start takes them in. */
+static int cmp_hot(const void *a, const void *b) {
+    const row_count *x = a, *y = b;
+    if (x->count != y->count) return x->count > y->count ? -1 : 1;
+    return (x->row > y->row) - (x->row < y->row);
+}
+
+/* rows (n, sorted here) to distinct rows with their counts (saturating at
+ * UINT32_MAX), most counted first, into *out (malloc'd). Returns how many,
+ * or SIZE_MAX out of memory. */
+static size_t count_rows(int64_t *rows, size_t n, row_count **out) {
+    qsort(rows, n, sizeof(int64_t), cmp_i64);
+    size_t d = 0;
+    for (size_t i = 0; i < n; i++) d += !i || rows[i] != rows[i - 1];
+    row_count *rc = malloc((d ? d : 1) * sizeof(row_count));
+    if (!rc) return SIZE_MAX;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!i || rows[i] != rows[i - 1]) rc[k++] = (row_count){rows[i], 0};
+        if (rc[k - 1].count < UINT32_MAX) rc[k - 1].count++;
+    }
+    qsort(rc, d, sizeof(row_count), cmp_hot);
+    *out = rc;
+    return d;
+}
+
+static int cmd_profile(const char *model_dir, const char *tokens, const char *tables, size_t top) {
+    char err[1024];
+    model *m = NULL;
+    int32_t *ids = NULL;
+    int64_t *cids = NULL, *rows = NULL, *hot = NULL;
+    uint32_t *counts = NULL;
+    size_t n = 0;
+    uint32_t vocab = 0;
+    int rc = 1;
+    if (model_load(model_dir, &m, err, sizeof(err)) != MODEL_OK || util_read_token_file(tokens, &ids, &n, &vocab, err, sizeof(err)))
+        goto out;
+    const model_engram *e = m->engram;
+    if (!e) {
+        snprintf(err, sizeof(err), "%s: the model has no Engram layers", model_dir);
+        goto out;
+    }
+    if (vocab && (int64_t)vocab != e->lookup_n) {
+        snprintf(err, sizeof(err), "%s: made with a tokenizer of %u ids; the model's has %lld", tokens, vocab,
+                 (long long)e->lookup_n);
+        goto out;
+    }
+    /* the tables as files (written from the checkpoint when missing), each with its hot-row file's path */
+    engram_store_params sp = engram_store_default_params();
+    sp.tier = ENGRAM_STORE_NVME;
+    sp.warm_start = ENGRAM_STORE_WARM_WAIT; /* no cache: nothing is read back, but the file has its path */
+    sp.quiet = true;
+    if (model_engram_use_tables(m, tables, &sp, err, sizeof(err)) != MODEL_OK) goto out;
+    int H = e->n_heads;
+    cids = malloc(n * sizeof(int64_t));
+    rows = malloc(n * (size_t)H * sizeof(int64_t));
+    if (!cids || !rows) {
+        snprintf(err, sizeof(err), "out of memory for %zu tokens", n);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) cids[i] = ids[i]; /* compressed in place below */
+    if (ngram_hash_compress_ids(e->lookup, e->lookup_n, cids, n, cids)) {
+        snprintf(err, sizeof(err), "%s: a token id outside the model's %lld ids", tokens, (long long)e->lookup_n);
+        goto out;
+    }
+    for (int li = 0; li < e->n_layers; li++) {
+        ngram_hash_history hist; /* one stream: the padded history before its first token, as a request's */
+        ngram_hash_history_init(e->hash, &hist);
+        ngram_hash_layer_rows(e->hash, li, &hist, cids, n, rows);
+        row_count *rc_ = NULL;
+        size_t d = count_rows(rows, n * (size_t)H, &rc_);
+        if (d == SIZE_MAX) {
+            snprintf(err, sizeof(err), "out of memory");
+            goto out;
+        }
+        size_t w = top && top < d ? top : d;
+        free(hot), free(counts);
+        hot = malloc((w ? w : 1) * sizeof(int64_t));
+        counts = malloc((w ? w : 1) * sizeof(uint32_t));
+        for (size_t i = 0; hot && counts && i < w; i++) hot[i] = rc_[i].row, counts[i] = rc_[i].count;
+        free(rc_);
+        engram_store *st = e->layers[li].store;
+        if (!hot || !counts) {
+            snprintf(err, sizeof(err), "out of memory");
+            goto out;
+        }
+        if (engram_store_hot_write(st, hot, counts, w, err, sizeof(err))) goto out;
+        printf("{\"layer\": %d, \"file\": \"%s\", \"tokens\": %zu, \"lookups\": %zu, \"distinct\": %zu, "
+               "\"written\": %zu}\n",
+               e->layers[li].layer_id, engram_store_hot_path(st), n, n * (size_t)H, d, w);
+    }
+    rc = 0;
+out:
+    if (rc) fprintf(stderr, "engram-tables: %s\n", err);
+    free(ids), free(cids), free(rows), free(hot), free(counts);
+    model_destroy(m);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
         usage(stdout);
@@ -88,6 +211,27 @@ int main(int argc, char **argv) {
     }
     if (argc == 3 && !strcmp(argv[1], "info")) return cmd_info(argv[2]);
     if (argc == 3 && !strcmp(argv[1], "verify")) return cmd_verify(argv[2]);
+    if (argc >= 2 && !strcmp(argv[1], "profile")) {
+        const char *model_dir = NULL, *tokens = NULL, *tables = NULL;
+        size_t top = 0;
+        for (int i = 2; i < argc; i++) {
+            long v;
+            if (i + 1 < argc && !strcmp(argv[i], "--model"))
+                model_dir = argv[++i];
+            else if (i + 1 < argc && !strcmp(argv[i], "--tokens"))
+                tokens = argv[++i];
+            else if (i + 1 < argc && !strcmp(argv[i], "--tables"))
+                tables = argv[++i];
+            else if (i + 1 < argc && !strcmp(argv[i], "--top") && util_parse_long(argv[++i], 1, LONG_MAX, &v) == 0)
+                top = (size_t)v;
+            else {
+                fprintf(stderr, "engram-tables: unknown, incomplete or bad option %s\n", argv[i]);
+                usage(stderr);
+                return 2;
+            }
+        }
+        if (model_dir && tokens && tables) return cmd_profile(model_dir, tokens, tables, top);
+    }
     if (argc >= 2 && !strcmp(argv[1], "export")) {
         const char *model_dir = NULL, *out_dir = NULL;
         for (int i = 2; i < argc; i++) {

@@ -1,13 +1,28 @@
 /* Engram rows from a host store to backend memory (see engram_fetch.h).
  *
  * Backend memory of one fetcher:
- *   rows: (C + max_rows) rows of row_bytes: the hot-row cache's C slots, then
- *         the step's incoming rows (what the copy brings, misses only)
+ *   rows: (C + max_rows [+ max_rows]) rows of row_bytes: the hot-row cache's
+ *         C slots, then the step's incoming rows (what the copy brings,
+ *         misses only), then with exclusive tiers the outgoing rows (those
+ *         the incoming ones evict from their slots, collected for the copy
+ *         back)
  *   ints: (2 * max_rows) int32: each lookup's slot in rows, then the cache
  *         slots that the first incoming rows move into
- * and host staging (pinned) of the same incoming rows and ints. A lookup's
- * slot is its row's cache slot, or C + its position among the incoming rows
- * when the cache is off or full of rows this step also needs. */
+ * and host staging (pinned) of the same incoming rows and ints, and of the
+ * outgoing rows. A lookup's slot is its row's cache slot, or C + its
+ * position among the incoming rows when the cache is off or full of rows
+ * this step also needs.
+ *
+ * Exclusive tiers (engram_store_tiers): a miss that takes a cache slot is
+ * gathered with engram_store_gather_up (it leaves the store's DRAM cache);
+ * the row it evicts is collected from its slot before the incoming row
+ * overwrites it, copied back beside the compute (backend_fetch_back), and
+ * handed to the store's cache (engram_store_demote) by the next step's host
+ * half, once its fetch_sync has seen the copy done. Copying the evicted row
+ * back rather than reading it again from the table: the copy costs a
+ * row's bytes on the PCIe link's other direction, a read costs the disk
+ * a random 4 KiB read when the disk is the bottleneck (bench/RESULTS.md,
+ * "exclusive tiers"). */
 #include "engine/engram_fetch.h"
 
 #include "engine/backend/backend.h"
@@ -32,6 +47,7 @@ struct engram_fetch {
     /* host staging (backend_host_alloc) */
     uint8_t *st_rows;
     int32_t *st_ints;
+    uint8_t *st_back; /* (max_rows) outgoing rows copied back (exclusive tiers) */
     bool pending; /* a fetch was issued and its wait not yet measured */
     /* dedupe: open addressing over the step's ids, valid where stamp == gen */
     int64_t *dk;
@@ -46,6 +62,12 @@ struct engram_fetch {
     row_cache cache;
     uint32_t *cstamp; /* (C) gen of the last step that used the slot: not evicted in that step */
     uint32_t *chits;  /* (C) steps that found the slot's row since it came in (the hot-row file's counts) */
+    pthread_mutex_t cache_mu; /* the index: changed by the fetch thread, read by the store's prefetch and
+                               * warm threads (engram_store_set_above) and the lookahead */
+    /* exclusive tiers */
+    bool exclusive;
+    int64_t *back;    /* (max_rows) the row each move of the last step evicted (-1: none), row by row in st_back */
+    int n_back;       /* moves copied back, for the next host half to hand to the store */
     bool warming;     /* engram_fetch_warm's steps: not counted */
     /* the host half of a step runs on its own thread (start .. finish) */
     pthread_t th;
@@ -56,6 +78,7 @@ struct engram_fetch {
     const int64_t *job_rows;
     int job_n, job_rc;
     int n_ints, n_rows, n_cached; /* what the finished host half staged: ints (lookups + moves), copied rows, moves */
+    int n_evicted;    /* of the moves, those that evicted a row (exclusive tiers: copied back) */
     double job_gather_s;
     uint64_t job_u, job_hits;
     pthread_mutex_t mu;
@@ -64,9 +87,21 @@ struct engram_fetch {
 
 static void *fetch_main(void *arg);
 
+/* engram_store_above_fn: drops the rows the hot-row cache holds. */
+static size_t drop_held(void *ctx, int64_t *rows, size_t n) {
+    engram_fetch *f = ctx;
+    size_t m = 0;
+    pthread_mutex_lock(&f->cache_mu);
+    for (size_t i = 0; i < n; i++)
+        if (row_cache_find(&f->cache, rows[i]) < 0) rows[m++] = rows[i];
+    pthread_mutex_unlock(&f->cache_mu);
+    return m;
+}
+
 void engram_fetch_destroy(engram_fetch *f) {
     if (!f) return;
     backend *be = f->be;
+    if (f->C && f->store) engram_store_set_above(f->store, NULL, NULL); /* its threads stop asking us */
     if (f->th_started) {
         pthread_mutex_lock(&f->mu);
         while (f->job && !f->job_done) pthread_cond_wait(&f->cv, &f->mu); /* a started host half: let it end */
@@ -80,6 +115,8 @@ void engram_fetch_destroy(engram_fetch *f) {
     backend_free(be, f->ints);
     backend_host_free(be, f->st_rows);
     backend_host_free(be, f->st_ints);
+    backend_host_free(be, f->st_back);
+    free(f->back);
     free(f->dk), free(f->dv), free(f->dstamp);
     free(f->uniq), free(f->lu), free(f->uslot), free(f->miss);
     free(f->cstamp);
@@ -87,6 +124,7 @@ void engram_fetch_destroy(engram_fetch *f) {
     row_cache_free(&f->cache);
     pthread_cond_destroy(&f->cv);
     pthread_mutex_destroy(&f->mu);
+    pthread_mutex_destroy(&f->cache_mu);
     free(f);
 }
 
@@ -100,6 +138,7 @@ engram_fetch *engram_fetch_create(backend *be, engram_store *store, int ch, int 
         return NULL;
     }
     pthread_mutex_init(&f->mu, NULL);
+    pthread_mutex_init(&f->cache_mu, NULL);
     pthread_cond_init(&f->cv, NULL);
     f->be = be;
     f->store = store;
@@ -113,12 +152,14 @@ engram_fetch *engram_fetch_create(backend *be, engram_store *store, int ch, int 
     if (C > h->rows) C = h->rows;
     if (C > (1u << 30)) C = 1u << 30; /* slots and the index stay in int32 */
     f->C = (uint32_t)C;
+    /* exclusive only where the store has a cache to share rows with (not the DRAM tier's whole table) */
+    f->exclusive = C && in.tiers == ENGRAM_STORE_EXCLUSIVE && in.cache_rows > 0;
     size_t R = (size_t)f->max_rows;
     uint32_t bits = 1;
     while ((1ull << bits) < 2 * R) bits++;
     f->dmask = (1u << bits) - 1;
     f->dshift = 64 - bits;
-    f->rows = backend_alloc(be, (C + R) * f->rb);
+    f->rows = backend_alloc(be, (C + R + (f->exclusive ? R : 0)) * f->rb);
     f->ints = backend_alloc(be, 2 * R * sizeof(int32_t));
     f->st_rows = backend_host_alloc(be, R * f->rb);
     f->st_ints = backend_host_alloc(be, 2 * R * sizeof(int32_t));
@@ -136,6 +177,11 @@ engram_fetch *engram_fetch_create(backend *be, engram_store *store, int ch, int 
         f->chits = calloc(C, sizeof(uint32_t));
         ok = f->cstamp && f->chits && row_cache_init(&f->cache, C) == 0;
     }
+    if (ok && f->exclusive) {
+        f->st_back = backend_host_alloc(be, R * f->rb);
+        f->back = malloc(R * sizeof(int64_t));
+        ok = f->st_back && f->back;
+    }
     if (!ok) {
         snprintf(err, errlen, "out of %s memory for Engram rows (%.2f GB cache, %d rows a step)", backend_name(be),
                  (double)C * f->rb / 1e9, f->max_rows);
@@ -149,6 +195,7 @@ engram_fetch *engram_fetch_create(backend *be, engram_store *store, int ch, int 
         return NULL;
     }
     f->th_started = true;
+    if (C) engram_store_set_above(store, drop_held, f);
     return f;
 }
 
@@ -159,10 +206,10 @@ static bool used_this_step(const void *ctx, uint32_t k) {
 }
 
 /* A cache slot for row (absent), now indexed and stamped with this step,
- * taken from a row not used this step, or -1 when every slot holds a row of
- * this step. */
-static int32_t cache_take(engram_fetch *f, int64_t row) {
-    int32_t k = row_cache_take(&f->cache, row, used_this_step, f, NULL);
+ * taken from a row not used this step (*victim: that row, or -1), or -1
+ * when every slot holds a row of this step. */
+static int32_t cache_take(engram_fetch *f, int64_t row, int64_t *victim) {
+    int32_t k = row_cache_take(&f->cache, row, used_this_step, f, victim);
     if (k >= 0) {
         f->cstamp[k] = f->gen;
         f->chits[k] = 0;
@@ -195,6 +242,10 @@ static int prepare(engram_fetch *f, const int64_t *rows, int n) {
     pthread_cond_broadcast(&f->cv);
     pthread_mutex_unlock(&f->mu);
     double t0 = util_now();
+    /* the rows the last step evicted are back on the host (the sync above): down to the store's cache, before
+     * this step's misses look there */
+    if (f->n_back) engram_store_demote(f->store, f->back, (size_t)f->n_back, f->st_back);
+    f->n_back = 0;
     if (++f->gen == 0) { /* stamps wrapped: forget them all */
         memset(f->dstamp, 0, ((size_t)f->dmask + 1) * sizeof(uint32_t));
         if (f->C) memset(f->cstamp, 0, (size_t)f->C * sizeof(uint32_t));
@@ -221,7 +272,8 @@ static int prepare(engram_fetch *f, const int64_t *rows, int n) {
         f->lu[i] = f->dv[k];
     }
     /* cache lookups: hits first, so that no miss evicts a row this step reads */
-    int hits = 0, mc = 0, m = 0;
+    int hits = 0, mc = 0, m = 0, ev = 0;
+    pthread_mutex_lock(&f->cache_mu);
     for (int j = 0; j < u; j++) {
         int32_t k = row_cache_find(&f->cache, f->uniq[j]);
         f->uslot[j] = k;
@@ -236,21 +288,28 @@ static int prepare(engram_fetch *f, const int64_t *rows, int n) {
      * come first in the copy, then move to their slots), else read in place */
     for (int j = 0; j < u; j++) {
         if (f->uslot[j] >= 0) continue;
-        int32_t k = f->C ? cache_take(f, f->uniq[j]) : -1;
+        int64_t victim = -1;
+        int32_t k = f->C ? cache_take(f, f->uniq[j], &victim) : -1;
         if (k < 0) continue;
         f->uslot[j] = k;
+        if (f->exclusive) f->back[mc] = victim, ev += victim >= 0;
         f->st_ints[n + mc] = k; /* where the copy's row mc moves to */
         f->miss[mc++] = f->uniq[j];
     }
+    pthread_mutex_unlock(&f->cache_mu);
     m = mc;
     for (int j = 0; j < u; j++) {
         if (f->uslot[j] >= 0) continue;
         f->uslot[j] = (int32_t)f->C + m;
         f->miss[m++] = f->uniq[j];
     }
-    int rc = m ? engram_store_gather_raw(f->store, f->miss, (size_t)m, f->st_rows, NULL) : 0;
-    if (rc) { /* the cache must not keep slots that never got their rows */
+    /* exclusive: the first mc go up into the cache, out of the store's */
+    int rc = m ? engram_store_gather_up(f->store, f->miss, (size_t)m, f->exclusive ? (size_t)mc : 0, f->st_rows, NULL)
+               : 0;
+    if (rc) { /* the cache must not keep slots that never got their rows (their victims are lost: re-read later) */
+        pthread_mutex_lock(&f->cache_mu);
         for (int q = 0; q < mc; q++) row_cache_drop(&f->cache, f->st_ints[n + q]);
+        pthread_mutex_unlock(&f->cache_mu);
         return rc;
     }
     for (int i = 0; i < n; i++) f->st_ints[i] = f->uslot[f->lu[i]];
@@ -258,6 +317,7 @@ static int prepare(engram_fetch *f, const int64_t *rows, int n) {
     f->n_ints = n + mc;
     f->n_rows = m;
     f->n_cached = mc;
+    f->n_evicted = ev;
     f->job_u = (uint64_t)u;
     f->job_hits = (uint64_t)hits;
     return 0;
@@ -316,11 +376,17 @@ int engram_fetch_finish(engram_fetch *f, float *out) {
     pthread_mutex_unlock(&f->mu);
     if (rc || n < 1) return rc;
     size_t C = f->C, rb = f->rb;
-    int m = f->n_rows, mc = f->n_cached;
+    int m = f->n_rows, mc = f->n_cached, ev = f->n_evicted;
+    size_t R = (size_t)f->max_rows;
     if (m) backend_fetch(be, f->ch, f->rows + C * rb, f->st_rows, (size_t)m * rb);
     backend_fetch(be, f->ch, f->ints, f->st_ints, (size_t)f->n_ints * sizeof(int32_t));
     f->pending = true;
     backend_fetch_wait(be, f->ch);
+    if (ev) { /* the rows the moves evict, out of their slots before the moves overwrite them, and back */
+        backend_collect_rows(be, f->rows + (C + R) * rb, f->rows, f->ints + n, mc, rb);
+        backend_fetch_back(be, f->ch, f->st_back, f->rows + (C + R) * rb, (size_t)mc * rb);
+        f->n_back = mc; /* the next host half hands them down after its fetch_sync */
+    }
     if (mc) backend_scatter_rows(be, f->rows, f->rows + C * rb, f->ints + n, mc, rb);
     backend_decode_rows(be, out, f->rows, f->dtype, rb, f->ints, n, f->cols);
     backend_fetch_release(be, f->ch);
@@ -337,6 +403,7 @@ int engram_fetch_finish(engram_fetch *f, float *out) {
     s->unique += f->job_u;
     s->cache_hits += f->job_hits;
     s->copied_rows += (uint64_t)m;
+    s->copied_back_rows += (uint64_t)ev;
     s->copied_bytes += (uint64_t)m * rb + (uint64_t)f->n_ints * sizeof(int32_t);
     s->gather_seconds += f->job_gather_s;
     pthread_mutex_unlock(&f->mu);
@@ -344,14 +411,19 @@ int engram_fetch_finish(engram_fetch *f, float *out) {
 }
 
 int engram_fetch_drop_cached(engram_fetch *f, int64_t *rows, int n) {
-    pthread_mutex_lock(&f->mu);
-    bool idle = !f->job; /* only the caller's thread starts a job: it stays idle until we return */
-    pthread_mutex_unlock(&f->mu);
-    if (!f->C || !idle) return n;
-    int m = 0;
-    for (int i = 0; i < n; i++)
-        if (row_cache_find(&f->cache, rows[i]) < 0) rows[m++] = rows[i];
-    return m;
+    return f->C && n > 0 ? (int)drop_held(f, rows, (size_t)n) : n;
+}
+
+size_t engram_fetch_tier_overlap(engram_fetch *f) {
+    if (!f->C) return 0;
+    int64_t *rows = malloc((size_t)f->C * sizeof(int64_t));
+    if (!rows) return 0;
+    size_t n = 0;
+    for (uint32_t k = 0; k < f->C; k++)
+        if (f->cache.row[k] >= 0) rows[n++] = f->cache.row[k];
+    size_t both = engram_store_count_cached(f->store, rows, n);
+    free(rows);
+    return both;
 }
 
 uint32_t engram_fetch_cache_slots(const engram_fetch *f) { return f->C; }
@@ -397,6 +469,7 @@ void engram_fetch_stats_add(engram_fetch_stats *sum, const engram_fetch_stats *x
     sum->unique += x->unique;
     sum->cache_hits += x->cache_hits;
     sum->copied_rows += x->copied_rows;
+    sum->copied_back_rows += x->copied_back_rows;
     sum->copied_bytes += x->copied_bytes;
     sum->gather_seconds += x->gather_seconds;
     sum->host_wait_seconds += x->host_wait_seconds;

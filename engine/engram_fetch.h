@@ -11,6 +11,11 @@
  *   for it, moves new rows into their cache slots and decodes every lookup
  *   to f32 by slot.
  *
+ *   with exclusive tiers (engram_store_tiers, the default) the cache and the
+ *   store's DRAM cache hold no row in common: a row the cache takes leaves
+ *   the store's, and a row it evicts is copied back to the host and goes to
+ *   the store's (engram_store_demote).
+ *
  * The same code runs on the CPU backend (where the copy is a memcpy), so the
  * cache and its slot bookkeeping are tested in CI. The result is bit-equal to
  * engram_store_gather wherever the rows came from. */
@@ -31,6 +36,7 @@ typedef struct {
     uint64_t unique;       /* distinct rows per step, summed (= lookups without a cache: no dedupe) */
     uint64_t cache_hits;   /* distinct rows found in the hot-row cache */
     uint64_t copied_rows;  /* rows copied host -> backend (the misses) */
+    uint64_t copied_back_rows; /* exclusive tiers: rows the cache evicted, copied backend -> host for the store's cache */
     uint64_t copied_bytes; /* bytes copied host -> backend (rows and slot indices) */
     double gather_seconds; /* host time resolving and gathering */
     double host_wait_seconds; /* time the thread issuing the layers waited at the layer for that host
@@ -70,9 +76,15 @@ int engram_fetch_rows(engram_fetch *f, const int64_t *rows, int n, float *out);
 
 /* Drops from rows[0..n) those the hot-row cache holds now, keeping the
  * others in order; returns how many are left. Read ahead, a cached row would
- * be a wasted NVMe read. Between steps only (no start without its finish):
- * with a step in flight the cache is the fetch thread's, and all n stay. */
+ * be a wasted NVMe read. Thread-safe (a step in flight may hold it up while
+ * its host half changes the cache). The store's prefetch and warm threads
+ * ask the same before they read a row (engram_store_set_above). */
 int engram_fetch_drop_cached(engram_fetch *f, int64_t *rows, int n);
+
+/* How many rows the hot-row cache and the store's DRAM cache both hold now:
+ * with exclusive tiers 0 always (the check the tests make), with inclusive
+ * ones the overlap. Between steps only; costs a lookup per cached row. */
+size_t engram_fetch_tier_overlap(engram_fetch *f);
 
 /* Warm restarts (engram/store.h's hot-row file). Between steps only. */
 /* The rows the hot-row cache holds, with each one's hits since it came in

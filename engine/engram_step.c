@@ -144,6 +144,13 @@ int engram_step_fetch_stats(engram_step *es, int li, engram_fetch_stats *out) {
     return 0;
 }
 
+size_t engram_step_tier_overlap(engram_step *es) {
+    size_t n = 0;
+    for (int li = 0; li < es->n_engram; li++)
+        if (es->fetch[li]) n += engram_fetch_tier_overlap(es->fetch[li]);
+    return n;
+}
+
 /* ---- sequences ---- */
 
 int engram_step_seq_init(engram_step *es, engram_step_seq *q) {

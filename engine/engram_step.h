@@ -101,5 +101,7 @@ int engram_step_hot(engram_step *es, bool save);
 double engram_step_seconds(const engram_step *es); /* forward_ctx_engram_seconds */
 /* forward_ctx_fetch_stats: out zeroed first; -1 when layer li has no fetcher. */
 int engram_step_fetch_stats(engram_step *es, int li, engram_fetch_stats *out);
+/* forward_ctx_engram_tier_overlap. */
+size_t engram_step_tier_overlap(engram_step *es);
 
 #endif

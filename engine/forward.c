@@ -356,6 +356,8 @@ void forward_state_destroy(forward_state *s) {
 int forward_state_pos(const forward_state *s) { return s->pos; }
 double forward_ctx_engram_seconds(const forward_ctx *fc) { return fc->eng ? engram_step_seconds(fc->eng) : 0.0; }
 
+size_t forward_ctx_engram_tier_overlap(forward_ctx *fc) { return fc->eng ? engram_step_tier_overlap(fc->eng) : 0; }
+
 int forward_ctx_fetch_stats(forward_ctx *fc, int li, engram_fetch_stats *out) {
     if (fc->eng) return engram_step_fetch_stats(fc->eng, li, out);
     memset(out, 0, sizeof(*out));

@@ -56,6 +56,10 @@ double forward_ctx_engram_seconds(const forward_ctx *fc);
 /* The row fetcher's counters of Engram layer li (0-based among the Engram
  * layers) when its table is a host store; -1 (zeros) otherwise. Thread-safe. */
 int forward_ctx_fetch_stats(forward_ctx *fc, int li, engram_fetch_stats *out);
+/* Rows that a layer's hot-row cache and its store's DRAM cache both hold,
+ * summed over the layers (engram_fetch_tier_overlap: 0 with exclusive
+ * tiers). Between steps, on the thread that runs them. */
+size_t forward_ctx_engram_tier_overlap(forward_ctx *fc);
 
 /* Warm restarts of the host Engram stores (engram/store.h, hot-row file),
  * between steps, on the thread that runs them: once a store has read its

@@ -29,7 +29,8 @@ int engram_store_prefetch(engram_store *s, const int64_t *rows, size_t n) {
  * skip the admission filter: each is read because a step is about to use
  * it, and a refused one would be read again by that step's gather, on the
  * forward pass's path (the gather's lookup then counts it in the sketch).
- * It starts no batch while a gather runs: the disk is the gather's then. */
+ * It starts no batch while a gather runs: the disk is the gather's then.
+ * Rows the tier above holds are left out (engram_store_set_above). */
 static void *prefetch_main(void *arg) {
     engram_store *s = arg;
     const engram_store_header *h = &s->info.header;
@@ -51,6 +52,7 @@ static void *prefetch_main(void *arg) {
 
         size_t nq = 0;
         pthread_mutex_lock(&s->mu);
+        m = engram_store__drop_above(s, ids, m); /* under mu: a row cannot move up between this and its claim */
         for (size_t i = 0; i < m; i++) {
             if (ids[i] < 0 || (uint64_t)ids[i] >= h->rows) continue;
             int32_t k = row_cache_find(&s->c.clock, ids[i]);

@@ -43,7 +43,8 @@ int engram_store_hist_bucket(double sec) {
 }
 
 engram_store_params engram_store_default_params(void) {
-    engram_store_params p = {.tier = ENGRAM_STORE_DRAM, .queue_depth = 64, .admission = ENGRAM_STORE_ADMIT_ALL};
+    engram_store_params p = {.tier = ENGRAM_STORE_DRAM, .queue_depth = 64, .admission = ENGRAM_STORE_ADMIT_ALL,
+                             .tiers = ENGRAM_STORE_EXCLUSIVE};
     return p;
 }
 
@@ -70,8 +71,8 @@ void engram_store__note(const engram_store *s, const char *fmt, ...) {
 
 /* ---- gathers: checked here, served by the tier ---- */
 
-static int gather(engram_store *s, const int64_t *rows, size_t n, row_out out, size_t *bad) {
-    if (!s || (n && (!rows || !out.p)) || n > UINT32_MAX) return ENGRAM_STORE_EINVAL;
+static int gather(engram_store *s, const int64_t *rows, size_t n, size_t n_up, row_out out, size_t *bad) {
+    if (!s || (n && (!rows || !out.p)) || n > UINT32_MAX || n_up > n) return ENGRAM_STORE_EINVAL;
     const engram_store_header *h = &s->info.header;
     for (size_t i = 0; i < n; i++)
         if (rows[i] < 0 || (uint64_t)rows[i] >= h->rows) {
@@ -90,17 +91,21 @@ static int gather(engram_store *s, const int64_t *rows, size_t n, row_out out, s
         counter_add(&s->dram_hits, n);
         return ENGRAM_STORE_OK;
     }
-    int rc = engram_store__gather_nvme(s, rows, n, out);
+    int rc = engram_store__gather_nvme(s, rows, n, n_up, out);
     if (rc == ENGRAM_STORE_EIO) engram_store__note(s, "read failed");
     return rc;
 }
 
 int engram_store_gather(engram_store *s, const int64_t *rows, size_t n, float *out, size_t *bad) {
-    return gather(s, rows, n, (row_out){out, false}, bad);
+    return gather(s, rows, n, 0, (row_out){out, false}, bad);
 }
 
 int engram_store_gather_raw(engram_store *s, const int64_t *rows, size_t n, void *out, size_t *bad) {
-    return gather(s, rows, n, (row_out){out, true}, bad);
+    return gather(s, rows, n, 0, (row_out){out, true}, bad);
+}
+
+int engram_store_gather_up(engram_store *s, const int64_t *rows, size_t n, size_t n_up, void *out, size_t *bad) {
+    return gather(s, rows, n, n_up, (row_out){out, true}, bad);
 }
 
 /* ---- open, stats, close ---- */
@@ -112,6 +117,8 @@ engram_store *engram_store__new(const char *path, const engram_store_params *p) 
         return NULL;
     }
     s->p = *p;
+    s->info.hbm_cache = p->hbm_cache; /* carried for the tier above */
+    s->info.tiers = p->tiers;
     s->fd = -1;
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->io_mu, NULL);
@@ -178,7 +185,6 @@ int engram_store_open(const char *path, const engram_store_params *params, engra
         s->p = p;
     }
     s->info.tier = p.tier;
-    s->info.hbm_cache = p.hbm_cache;
     rc = p.tier == ENGRAM_STORE_DRAM ? engram_store__dram_open(s, fd, (size_t)size, err, errlen)
                                      : engram_store__nvme_open(s, fd, err, errlen);
     if (rc || (rc = engram_store__hot_open(s, err, errlen))) goto bad;
@@ -207,6 +213,8 @@ void engram_store_get_stats(const engram_store *s, engram_store_stats *o) {
     o->evictions = counter_get(&s->evictions);
     o->admissions = counter_get(&s->admissions);
     o->rejections = counter_get(&s->rejections);
+    o->promotions = counter_get(&s->promotions);
+    o->demotions = counter_get(&s->demotions);
     o->warm_rows = counter_get(&s->warm_rows);
     o->warm_target = counter_get(&s->warm_target);
     o->warm_ignored = counter_get(&s->warm_ignored);
@@ -239,6 +247,8 @@ void engram_store_stats_add(engram_store_stats *sum, const engram_store_stats *x
     sum->evictions += x->evictions;
     sum->admissions += x->admissions;
     sum->rejections += x->rejections;
+    sum->promotions += x->promotions;
+    sum->demotions += x->demotions;
     sum->warm_rows += x->warm_rows;
     sum->warm_target += x->warm_target;
     sum->warm_ignored += x->warm_ignored;

@@ -154,6 +154,17 @@ typedef enum {
                                      * it more often than the victim before (TinyLFU); one-offs pass uncached */
 } engram_store_admission;
 
+/* How the NVMe tier's row cache shares rows with the tier above it (the
+ * backend's hot-row cache, engine/engram_fetch, --engram-hbm-cache). The
+ * store only carries the choice; the tier above acts on it through
+ * engram_store_gather_up and engram_store_demote. */
+typedef enum {
+    ENGRAM_STORE_INCLUSIVE = 0, /* the row cache keeps what it gathers, whatever the tier above holds (the two
+                                 * overlap: behind the HBM cache the DRAM cache hit 1.87%, bench/RESULTS.md) */
+    ENGRAM_STORE_EXCLUSIVE = 1, /* the default: a row the tier above takes leaves the row cache (or is read past
+                                 * it), and the row cache takes what the tier above evicts: the two add up */
+} engram_store_tiers;
+
 /* What a store does with its hot-row file (engram_store_hot_path) at open. */
 typedef enum {
     ENGRAM_STORE_WARM_OFF = 0,        /* neither read nor written */
@@ -171,6 +182,7 @@ typedef struct {
      * row cache (0: none, every row is read from the file). DRAM: unused. */
     uint64_t dram_budget;
     uint64_t hbm_cache; /* bytes of GPU memory for hot rows; carried for the CUDA backend, unused here */
+    engram_store_tiers tiers; /* default EXCLUSIVE; carried for the tier above, like hbm_cache */
     /* DRAM */
     bool mlock;     /* lock the mapping in RAM; failure is an error (ENGRAM_STORE_ELOCK) */
     bool hugepages; /* madvise(MADV_HUGEPAGE); a refusal is reported on stderr, not an error */
@@ -202,6 +214,7 @@ typedef struct {
     uint64_t cache_rows;  /* NVMe: row cache slots (0: no cache, no prefetch) */
     uint64_t cache_bytes; /* NVMe: DRAM the row cache holds, <= dram_budget */
     uint64_t hbm_cache;   /* params.hbm_cache, for the backend that keeps hot rows (engine/engram_fetch) */
+    engram_store_tiers tiers; /* params.tiers, for the same */
 } engram_store_info;
 
 /* Opens the table file at path for the tier in params (NULL: defaults).
@@ -228,6 +241,43 @@ int engram_store_gather(engram_store *s, const int64_t *rows, size_t n, float *o
  * dtype, rows end to end in out): for a backend that decodes rows itself,
  * so that half (bf16) or a quarter (FP8) of the bytes cross to it. */
 int engram_store_gather_raw(engram_store *s, const int64_t *rows, size_t n, void *out, size_t *bad);
+
+/* ---- exclusive tiers: the row cache and the tier above (engram_store_tiers) ---- */
+
+/* engram_store_gather_raw for a tier above that keeps rows[0..n_up) itself
+ * from now on: those leave the row cache once copied (a cached one gives up
+ * its slot, one in flight is waited for and then dropped, a miss is read
+ * past the cache: nothing admitted), counted in promotions; rows[n_up..n)
+ * are gathered as engram_store_gather_raw does. The DRAM tier (the table
+ * mapped whole) and NVMe without a cache gather all n as ever. */
+int engram_store_gather_up(engram_store *s, const int64_t *rows, size_t n, size_t n_up, void *out, size_t *bad);
+
+/* Rows the tier above evicted, with their bytes as stored (data: n rows of
+ * row_bytes end to end, borrowed), into the row cache: DRAM takes what the
+ * tier above drops. Ids < 0 (no row) are skipped, so are rows the cache
+ * holds or reads already, and rows out of range. They take CLOCK's victim
+ * without asking the admission policy: the tier above chose them, and its
+ * hits never reached the sketch. A no-op for the DRAM tier and NVMe
+ * without a cache. Thread-safe. Returns the rows taken in (counted in
+ * demotions). */
+size_t engram_store_demote(engram_store *s, const int64_t *rows, size_t n, const void *data);
+
+/* Drops from rows[0..n) those the tier above holds, keeping the others in
+ * order; returns how many are left. Called by the prefetch and warm
+ * threads under the row cache's lock, so it must not call into the store. */
+typedef size_t (*engram_store_above_fn)(void *ctx, int64_t *rows, size_t n);
+
+/* Tells the store which rows the tier above holds (fn(ctx, ...), or NULL:
+ * none), so that its prefetch and warm threads do not read those into the
+ * row cache: with exclusive tiers a row the tier above took while its id
+ * waited in the prefetch queue would otherwise sit in both. Set it before
+ * rows move up, clear it before ctx goes. Thread-safe. */
+void engram_store_set_above(engram_store *s, engram_store_above_fn fn, void *ctx);
+
+/* How many of rows[0..n) the row cache holds or reads now (0 on the DRAM
+ * tier: no cache). A check of the tiers' exclusion (engine/engram_fetch's
+ * overlap count); it takes the cache's lock once. Thread-safe. */
+size_t engram_store_count_cached(engram_store *s, const int64_t *rows, size_t n);
 
 /* Hints that rows will be gathered soon (the forward pass calls it with each
  * step's row ids as soon as its tokens are known). Never blocks on I/O: the
@@ -277,6 +327,16 @@ const char *engram_store_hot_path(const engram_store *s);
 int engram_store_hot_save(engram_store *s, const int64_t *upper, const uint32_t *upper_counts, size_t n_upper,
                           char *err, size_t errlen);
 
+/* Writes the hot-row file atomically (as engram_store_hot_save) with exactly
+ * rows[0..n) and their counts (borrowed), all for the row cache (tier 0),
+ * whatever the store holds: a profile made offline (engram-tables profile),
+ * so that a fresh store starts warm from rows a corpus like its traffic uses
+ * most. Returns ENGRAM_STORE_OK, _ERANGE (a row outside the table: nothing
+ * written), _EIO / _ENOMEM with a message; _EINVAL for a store without a
+ * hot-row file (warm_start off, or made in memory). */
+int engram_store_hot_write(engram_store *s, const int64_t *rows, const uint32_t *counts, size_t n, char *err,
+                           size_t errlen);
+
 /* Whether the store is still reading its hot rows back (background warm
  * start). Thread-safe. */
 bool engram_store_warming(const engram_store *s);
@@ -313,8 +373,10 @@ typedef struct {
     uint64_t prefetch_reads;   /* rows the prefetch thread read into the cache */
     uint64_t prefetch_dropped; /* ids dropped: prefetch queue full */
     uint64_t evictions;        /* cached rows evicted (CLOCK) */
-    uint64_t admissions;       /* rows taken into the cache (gathers' misses, prefetches, warm start) */
+    uint64_t admissions;       /* rows taken into the cache (gathers' misses, prefetches, warm start, demotions) */
     uint64_t rejections;       /* gathers' misses the admission policy kept out (read, not cached) */
+    uint64_t promotions;       /* exclusive tiers: rows that left the row cache, or passed it, for the tier above */
+    uint64_t demotions;        /* exclusive tiers: rows the tier above evicted, taken into the row cache */
     uint64_t warm_rows;        /* rows read back from the hot-row file so far */
     uint64_t warm_target;      /* gauge: rows the warm start will read in all (0: none) */
     uint64_t warm_ignored;     /* hot-row files ignored: stale, foreign or damaged */

@@ -149,7 +149,6 @@ int engram_store_create_memory(int dtype, uint64_t rows, uint32_t cols, engram_s
                                .row_bytes = rb, .row_stride = engram_store_row_stride(rb),
                                .data_offset = ENGRAM_STORE_BLOCK};
     s->info.tier = ENGRAM_STORE_DRAM;
-    s->info.hbm_cache = s->p.hbm_cache;
     s->map_len = (size_t)(h->data_offset + rows * h->row_stride);
     void *m = mmap(NULL, s->map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (m == MAP_FAILED) {

@@ -164,16 +164,19 @@ static void warm_run(engram_store *s, bool background) {
     double t0 = util_now();
     reader rd = {0};
     row_req *q = malloc(WARM_BATCH * sizeof(row_req));
-    if (!q || engram_store__reader_init(s, &rd, WARM_QD, WARM_RUN, WARM_GAP)) {
+    int64_t *ids = malloc(WARM_BATCH * sizeof(int64_t));
+    if (!q || !ids || engram_store__reader_init(s, &rd, WARM_QD, WARM_RUN, WARM_GAP)) {
         engram_store__note(s, "warm start: out of memory; the cache starts cold");
         goto done;
     }
     for (size_t a = 0; a < s->hot_n && !atomic_load(&s->warm_stop); a += WARM_BATCH) {
         if (background) engram_store__wait_no_gather(s);
         size_t m = s->hot_n - a < WARM_BATCH ? s->hot_n - a : WARM_BATCH, nq = 0;
+        memcpy(ids, s->hot_rows + a, m * sizeof(int64_t));
         pthread_mutex_lock(&s->mu);
-        for (size_t i = 0; i < m; i++) {
-            int64_t row = s->hot_rows[a + i];
+        size_t mm = engram_store__drop_above(s, ids, m); /* the tier above took those already */
+        for (size_t i = 0; i < mm; i++) {
+            int64_t row = ids[i];
             int32_t k = row_cache_find(&s->c.clock, row);
             if (k < 0 && (k = engram_store__alloc_slot(s, row, false)) >= 0)
                 q[nq++] = (row_req){h->data_offset + (uint64_t)row * h->row_stride, NO_IDX, k};
@@ -190,6 +193,7 @@ static void warm_run(engram_store *s, bool background) {
 done:
     engram_store__reader_free(&rd);
     free(q);
+    free(ids);
     counter_add(&s->warm_ns, (uint64_t)((util_now() - t0) * 1e9));
     engram_store__note(s, "warm start: %llu of %zu hot rows read back in %.2f s",
                        (unsigned long long)counter_get(&s->warm_rows), s->hot_n, util_now() - t0);
@@ -314,33 +318,11 @@ static void sync_dir(const char *path) {
     free(d);
 }
 
-int engram_store_hot_save(engram_store *s, const int64_t *upper, const uint32_t *upper_counts, size_t n_upper,
-                          char *err, size_t errlen) {
-    if (!s || !s->hot_path || (n_upper && !upper))
-        return err_set(err, errlen, ENGRAM_STORE_EINVAL, "engram_store_hot_save: no hot-row file for this store");
-    /* the cache's READY rows with their counts, under the lock; then the tier above's */
-    size_t cap = (size_t)s->c.clock.n + n_upper, n = 0;
-    uint8_t *b = malloc(ENGRAM_STORE_HOT_HEAD + cap * ENGRAM_STORE_HOT_ENTRY + 8);
-    if (!b) return err_set(err, errlen, ENGRAM_STORE_ENOMEM, "%s: out of memory", s->hot_path);
-    uint8_t *p = b + ENGRAM_STORE_HOT_HEAD;
-    for (uint32_t k0 = 0; k0 < s->c.clock.n; k0 += 65536) { /* the lock in pieces: gathers go on between */
-        pthread_mutex_lock(&s->mu);
-        for (uint32_t k = k0; k < s->c.clock.n && k - k0 < 65536; k++) {
-            int64_t row = s->c.clock.row[k];
-            if (row < 0 || s->c.state[k] != SLOT_READY) continue;
-            put64(p, (uint64_t)row);
-            put32(p + 8, freq_sketch_estimate(&s->c.sketch, (uint64_t)row));
-            put32(p + 12, 0);
-            p += ENGRAM_STORE_HOT_ENTRY, n++;
-        }
-        pthread_mutex_unlock(&s->mu);
-    }
-    for (size_t i = 0; i < n_upper; i++) {
-        put64(p, (uint64_t)upper[i]);
-        put32(p + 8, upper_counts ? upper_counts[i] : 1);
-        put32(p + 12, 1);
-        p += ENGRAM_STORE_HOT_ENTRY, n++;
-    }
+/* Writes the hot-row file atomically from n entries of ENGRAM_STORE_HOT_ENTRY
+ * bytes that the caller put at b + ENGRAM_STORE_HOT_HEAD (b: room for the
+ * head and the checksum after them too): the head, the checksum, then
+ * path.tmp.PID, fsync, rename, fsync of the directory. Frees b. */
+static int hot_write(engram_store *s, uint8_t *b, size_t n, char *err, size_t errlen) {
     memset(b, 0, ENGRAM_STORE_HOT_HEAD);
     memcpy(b, ENGRAM_STORE_HOT_MAGIC, 8);
     put32(b + 8, ENGRAM_STORE_HOT_VERSION);
@@ -349,8 +331,8 @@ int engram_store_hot_save(engram_store *s, const int64_t *upper, const uint32_t 
     put64(b + 32, s->info.header.rows);
     put64(b + 40, n);
     put64(b + 48, (uint64_t)time(NULL));
-    size_t len = (size_t)(p - b);
-    put64(p, util_fnv1a(UTIL_FNV1A_INIT, b, len));
+    size_t len = ENGRAM_STORE_HOT_HEAD + n * ENGRAM_STORE_HOT_ENTRY;
+    put64(b + len, util_fnv1a(UTIL_FNV1A_INIT, b, len));
     len += 8;
 
     /* the temp file's name is this process's: servers sharing the tables may save at once (the last rename wins) */
@@ -380,4 +362,53 @@ out:
     free(b);
     if (rc == ENGRAM_STORE_ENOMEM) err_set(err, errlen, rc, "%s: out of memory", s->hot_path);
     return rc;
+}
+
+/* One entry at p. */
+static void put_entry(uint8_t *p, int64_t row, uint32_t count, uint32_t tier) {
+    put64(p, (uint64_t)row);
+    put32(p + 8, count);
+    put32(p + 12, tier);
+}
+
+int engram_store_hot_save(engram_store *s, const int64_t *upper, const uint32_t *upper_counts, size_t n_upper,
+                          char *err, size_t errlen) {
+    if (!s || !s->hot_path || (n_upper && !upper))
+        return err_set(err, errlen, ENGRAM_STORE_EINVAL, "engram_store_hot_save: no hot-row file for this store");
+    /* the cache's READY rows with their counts, under the lock; then the tier above's */
+    size_t cap = (size_t)s->c.clock.n + n_upper, n = 0;
+    uint8_t *b = malloc(ENGRAM_STORE_HOT_HEAD + cap * ENGRAM_STORE_HOT_ENTRY + 8);
+    if (!b) return err_set(err, errlen, ENGRAM_STORE_ENOMEM, "%s: out of memory", s->hot_path);
+    uint8_t *p = b + ENGRAM_STORE_HOT_HEAD;
+    for (uint32_t k0 = 0; k0 < s->c.clock.n; k0 += 65536) { /* the lock in pieces: gathers go on between */
+        pthread_mutex_lock(&s->mu);
+        for (uint32_t k = k0; k < s->c.clock.n && k - k0 < 65536; k++) {
+            int64_t row = s->c.clock.row[k];
+            if (row < 0 || s->c.state[k] != SLOT_READY) continue;
+            put_entry(p, row, freq_sketch_estimate(&s->c.sketch, (uint64_t)row), 0);
+            p += ENGRAM_STORE_HOT_ENTRY, n++;
+        }
+        pthread_mutex_unlock(&s->mu);
+    }
+    for (size_t i = 0; i < n_upper; i++) {
+        put_entry(p, upper[i], upper_counts ? upper_counts[i] : 1, 1);
+        p += ENGRAM_STORE_HOT_ENTRY, n++;
+    }
+    return hot_write(s, b, n, err, errlen);
+}
+
+int engram_store_hot_write(engram_store *s, const int64_t *rows, const uint32_t *counts, size_t n, char *err,
+                           size_t errlen) {
+    if (!s || !s->hot_path || (n && (!rows || !counts)))
+        return err_set(err, errlen, ENGRAM_STORE_EINVAL, "engram_store_hot_write: no hot-row file for this store");
+    for (size_t i = 0; i < n; i++)
+        if (rows[i] < 0 || (uint64_t)rows[i] >= s->info.header.rows)
+            return err_set(err, errlen, ENGRAM_STORE_ERANGE, "%s: row %lld outside the table's %llu rows",
+                           s->hot_path, (long long)rows[i], (unsigned long long)s->info.header.rows);
+    uint8_t *b = n <= (SIZE_MAX - ENGRAM_STORE_HOT_HEAD - 8) / ENGRAM_STORE_HOT_ENTRY
+                     ? malloc(ENGRAM_STORE_HOT_HEAD + n * ENGRAM_STORE_HOT_ENTRY + 8)
+                     : NULL;
+    if (!b) return err_set(err, errlen, ENGRAM_STORE_ENOMEM, "%s: out of memory", s->hot_path);
+    for (size_t i = 0; i < n; i++) put_entry(b + ENGRAM_STORE_HOT_HEAD + i * ENGRAM_STORE_HOT_ENTRY, rows[i], counts[i], 0);
+    return hot_write(s, b, n, err, errlen);
 }

@@ -109,6 +109,8 @@ struct engram_store {
     pthread_mutex_t mu;
     pthread_cond_t ready; /* broadcast when slots leave SLOT_LOADING */
     store_cache c;
+    engram_store_above_fn above; /* under mu: the rows the tier above holds (engram_store_set_above), or NULL */
+    void *above_ctx;
     /* prefetch: a ring of ids for one thread */
     pthread_mutex_t pf_mu;
     pthread_cond_t pf_cv;
@@ -129,7 +131,7 @@ struct engram_store {
     _Atomic bool warm_stop, warm_busy;
     /* stats; times in nanoseconds */
     counter lookups, dram_hits, nvme_hits, prefetch_rows, prefetch_reads, prefetch_dropped, evictions;
-    counter admissions, rejections, warm_rows, warm_target, warm_ignored, warm_ns;
+    counter admissions, rejections, promotions, demotions, warm_rows, warm_target, warm_ignored, warm_ns;
     counter reads, bytes_read, read_ns, read_hist[ENGRAM_STORE_HIST_BUCKETS + 1];
     counter gathers, stall_ns, stall_hist[ENGRAM_STORE_HIST_BUCKETS + 1];
 };
@@ -179,8 +181,9 @@ void engram_store__guard_remove(engram_store *s);
 int engram_store__nvme_open(engram_store *s, int fd, char *err, size_t errlen);
 /* Frees the readers and the row cache (the prefetch thread is stopped). */
 void engram_store__nvme_free(engram_store *s);
-/* Gathers n in-range rows through the cache and the gathers' reader. */
-int engram_store__gather_nvme(engram_store *s, const int64_t *rows, size_t n, row_out out);
+/* Gathers n in-range rows through the cache and the gathers' reader; the
+ * first n_up leave the cache for the tier above (engram_store_gather_up). */
+int engram_store__gather_nvme(engram_store *s, const int64_t *rows, size_t n, size_t n_up, row_out out);
 /* A reader of qd buffers of run_max bytes (see reader), with an io_uring
  * unless told to pread or refused (a note says so; pread then). Returns 0,
  * or -1 out of memory. */
@@ -192,6 +195,9 @@ int engram_store__read_reqs(engram_store *s, reader *rd, row_req *q, size_t n, r
 /* Under mu: a slot for row, now LOADING and indexed, or -1 (all busy, or,
  * when `filter`, refused by the admission policy). */
 int32_t engram_store__alloc_slot(engram_store *s, int64_t row, bool filter);
+/* Under mu: drops from rows[0..n) those the tier above holds (see
+ * engram_store_set_above); returns how many are left. */
+size_t engram_store__drop_above(engram_store *s, int64_t *rows, size_t n);
 /* After a failed read: the slots of q still LOADING become FAILED. */
 void engram_store__fail_unfinished(engram_store *s, const row_req *q, size_t n);
 

@@ -266,7 +266,7 @@ int engram_store__read_reqs(engram_store *s, reader *rd, row_req *q, size_t n, r
 
 /* ---- gathers ---- */
 
-int engram_store__gather_nvme(engram_store *s, const int64_t *rows, size_t n, row_out out) {
+int engram_store__gather_nvme(engram_store *s, const int64_t *rows, size_t n, size_t n_up, row_out out) {
     const engram_store_header *h = &s->info.header;
     store_cache *c = &s->c;
     int32_t *slot_of = malloc(n * sizeof(int32_t)); /* (n) pinned slot of each row, or -1: read uncached */
@@ -290,7 +290,7 @@ int engram_store__gather_nvme(engram_store *s, const int64_t *rows, size_t n, ro
             } else {
                 waits = true;
             }
-        } else if ((k = engram_store__alloc_slot(s, rows[i], true)) >= 0) {
+        } else if (i >= n_up && (k = engram_store__alloc_slot(s, rows[i], true)) >= 0) { /* rows going up pass */
             c->pins[k]++;
             q[nq++] = (row_req){off, NO_IDX, k};
         } else {
@@ -331,7 +331,20 @@ int engram_store__gather_nvme(engram_store *s, const int64_t *rows, size_t n, ro
     pthread_mutex_lock(&s->mu);
     for (size_t i = 0; i < n; i++)
         if (slot_of[i] >= 0) c->pins[slot_of[i]]--;
+    /* rows going up leave the cache once no other gather reads them (one that does keeps the row: rare, and
+     * engram_store_count_cached would show it) */
+    size_t up = 0;
+    for (size_t i = 0; i < n_up && rc == ENGRAM_STORE_OK && c->clock.n; i++) {
+        int32_t k = slot_of[i];
+        if (k >= 0 && (c->pins[k] || c->state[k] != SLOT_READY)) continue;
+        if (k >= 0) {
+            row_cache_drop(&c->clock, k);
+            c->state[k] = SLOT_EMPTY;
+        }
+        up++;
+    }
     pthread_mutex_unlock(&s->mu);
+    counter_add(&s->promotions, up);
     counter_add(&s->lookups, n);
     counter_add(&s->dram_hits, hits);
     counter_add(&s->nvme_hits, n - hits);
@@ -339,6 +352,59 @@ int engram_store__gather_nvme(engram_store *s, const int64_t *rows, size_t n, ro
     counter_observe(s->stall_hist, &s->stall_ns, stall);
     free(slot_of), free(q);
     return rc;
+}
+
+/* ---- the tier above (exclusive tiers) ---- */
+
+size_t engram_store_demote(engram_store *s, const int64_t *rows, size_t n, const void *data) {
+    if (!s || !s->c.clock.n || !n || !rows || !data) return 0;
+    const engram_store_header *h = &s->info.header;
+    store_cache *c = &s->c;
+    size_t taken = 0;
+    /* slots claimed under the lock (LOADING: a gather that wants the row waits), bytes copied outside it */
+    int32_t *slot = malloc(n * sizeof(int32_t));
+    if (!slot) return 0;
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < n; i++) {
+        slot[i] = -1;
+        if (rows[i] < 0 || (uint64_t)rows[i] >= h->rows || row_cache_find(&c->clock, rows[i]) >= 0) continue;
+        slot[i] = engram_store__alloc_slot(s, rows[i], false);
+    }
+    pthread_mutex_unlock(&s->mu);
+    for (size_t i = 0; i < n; i++)
+        if (slot[i] >= 0)
+            memcpy(c->data + (size_t)slot[i] * h->row_bytes, (const uint8_t *)data + i * h->row_bytes, h->row_bytes);
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < n; i++)
+        if (slot[i] >= 0) {
+            c->state[slot[i]] = SLOT_READY;
+            taken++;
+        }
+    pthread_cond_broadcast(&s->ready);
+    pthread_mutex_unlock(&s->mu);
+    free(slot);
+    counter_add(&s->demotions, taken);
+    return taken;
+}
+
+void engram_store_set_above(engram_store *s, engram_store_above_fn fn, void *ctx) {
+    pthread_mutex_lock(&s->mu);
+    s->above = fn;
+    s->above_ctx = ctx;
+    pthread_mutex_unlock(&s->mu);
+}
+
+size_t engram_store__drop_above(engram_store *s, int64_t *rows, size_t n) {
+    return s->above ? s->above(s->above_ctx, rows, n) : n;
+}
+
+size_t engram_store_count_cached(engram_store *s, const int64_t *rows, size_t n) {
+    size_t k = 0;
+    if (!s || !s->c.clock.n) return 0;
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < n; i++) k += rows[i] >= 0 && row_cache_find(&s->c.clock, rows[i]) >= 0;
+    pthread_mutex_unlock(&s->mu);
+    return k;
 }
 
 /* ---- open and free ---- */

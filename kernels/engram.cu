@@ -172,21 +172,34 @@ extern "C" int kernels_engram_decode_rows(float *out, const void *rows, int dt, 
 }
 
 /* One block per row; 4-byte words when the row allows. */
-__global__ void scatter_rows_kernel(unsigned char *dst, const unsigned char *src, const int *slot, size_t rb) {
+/* One block per row: row i of src to row slot[i] of dst (scatter), or row
+ * slot[i] of src to row i of dst (collect). */
+__global__ void move_rows_kernel(unsigned char *dst, const unsigned char *src, const int *slot, size_t rb,
+                                 int collect) {
     int i = blockIdx.x;
-    unsigned char *d = dst + (size_t)slot[i] * rb;
-    const unsigned char *s = src + (size_t)i * rb;
+    unsigned char *d = dst + (size_t)(collect ? i : slot[i]) * rb;
+    const unsigned char *s = src + (size_t)(collect ? slot[i] : i) * rb;
     if (rb % 4 == 0)
         for (size_t k = threadIdx.x; k < rb / 4; k += blockDim.x) ((unsigned *)d)[k] = ((const unsigned *)s)[k];
     else
         for (size_t k = threadIdx.x; k < rb; k += blockDim.x) d[k] = s[k];
 }
 
-extern "C" int kernels_scatter_rows(void *dst, const void *src, const int *slot, int n, size_t row_bytes,
-                                    void *stream) {
+static int move_rows(void *dst, const void *src, const int *slot, int n, size_t row_bytes, int collect,
+                     void *stream) {
     if (n < 0 || row_bytes == 0) return KERNELS_ERR_ARG;
     if (n == 0) return KERNELS_OK;
-    scatter_rows_kernel<<<n, 64, 0, (cudaStream_t)stream>>>((unsigned char *)dst, (const unsigned char *)src, slot,
-                                                            row_bytes);
+    move_rows_kernel<<<n, 64, 0, (cudaStream_t)stream>>>((unsigned char *)dst, (const unsigned char *)src, slot,
+                                                         row_bytes, collect);
     return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
+}
+
+extern "C" int kernels_scatter_rows(void *dst, const void *src, const int *slot, int n, size_t row_bytes,
+                                    void *stream) {
+    return move_rows(dst, src, slot, n, row_bytes, 0, stream);
+}
+
+extern "C" int kernels_collect_rows(void *dst, const void *src, const int *slot, int n, size_t row_bytes,
+                                    void *stream) {
+    return move_rows(dst, src, slot, n, row_bytes, 1, stream);
 }

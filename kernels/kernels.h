@@ -73,6 +73,8 @@ int kernels_engram_decode_rows(float *out, const void *rows, int dt, size_t stri
 
 /* Row slot[i] of dst = row i of src (row_bytes each), for i < n. */
 int kernels_scatter_rows(void *dst, const void *src, const int *slot, int n, size_t row_bytes, void *stream);
+/* Row i of dst = row slot[i] of src (row_bytes each), for i < n: the inverse. */
+int kernels_collect_rows(void *dst, const void *src, const int *slot, int n, size_t row_bytes, void *stream);
 
 int kernels_engram_gate_f32(float *gate, const float *nk, const float *nq, int T, int d, void *stream);
 

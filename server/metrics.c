@@ -240,13 +240,21 @@ static void render_store(strbuf *b, const engram_store_stats *es) {
               (ull)es->nvme_bytes);
     sb_printf(b,
               "# HELP engram_store_cache_admissions_total Rows taken into the DRAM row caches (gathers' misses, "
-              "prefetches, warm starts).\n"
+              "prefetches, warm starts, demotions).\n"
               "# TYPE engram_store_cache_admissions_total counter\n"
               "engram_store_cache_admissions_total %llu\n"
               "# HELP engram_store_cache_rejections_total Gathers' misses the admission policy (TinyLFU) kept out of "
               "the DRAM row caches: read, not cached.\n"
               "# TYPE engram_store_cache_rejections_total counter\n"
               "engram_store_cache_rejections_total %llu\n"
+              "# HELP engram_store_cache_promotions_total Exclusive tiers: rows that left the DRAM row caches, or "
+              "passed them, for the backend's hot-row cache.\n"
+              "# TYPE engram_store_cache_promotions_total counter\n"
+              "engram_store_cache_promotions_total %llu\n"
+              "# HELP engram_store_cache_demotions_total Exclusive tiers: rows the backend's hot-row cache evicted, "
+              "taken into the DRAM row caches.\n"
+              "# TYPE engram_store_cache_demotions_total counter\n"
+              "engram_store_cache_demotions_total %llu\n"
               "# HELP engram_store_warm_rows_total Rows of the hot-row files read back into the DRAM row caches.\n"
               "# TYPE engram_store_warm_rows_total counter\n"
               "engram_store_warm_rows_total %llu\n"
@@ -262,7 +270,7 @@ static void render_store(strbuf *b, const engram_store_stats *es) {
               "# HELP engram_store_warm_seconds Seconds the longest warm start took (0 until done).\n"
               "# TYPE engram_store_warm_seconds gauge\n"
               "engram_store_warm_seconds %.6f\n",
-              (ull)es->admissions, (ull)es->rejections, (ull)es->warm_rows, (ull)es->warm_target,
+              (ull)es->admissions, (ull)es->rejections, (ull)es->promotions, (ull)es->demotions, (ull)es->warm_rows, (ull)es->warm_target,
               (ull)es->warm_ignored, (ull)es->warming, es->warm_seconds);
     render_store_histogram(b, "engram_store_nvme_read_latency_seconds",
                            "Latency of reads from the Engram table files, submission to completion.",
@@ -291,6 +299,10 @@ static void render_fetch(strbuf *b, const engram_fetch_stats *fs) {
               "# HELP engram_fetch_copied_rows_total Rows copied from host memory to the backend.\n"
               "# TYPE engram_fetch_copied_rows_total counter\n"
               "engram_fetch_copied_rows_total %llu\n"
+              "# HELP engram_fetch_copied_back_rows_total Exclusive tiers: rows the backend's hot-row cache evicted, "
+              "copied back to host memory for the DRAM row caches.\n"
+              "# TYPE engram_fetch_copied_back_rows_total counter\n"
+              "engram_fetch_copied_back_rows_total %llu\n"
               "# HELP engram_pcie_bytes_total Bytes copied from host memory to the backend for Engram rows (rows as "
               "stored, plus slot indices).\n"
               "# TYPE engram_pcie_bytes_total counter\n"
@@ -301,7 +313,7 @@ static void render_fetch(strbuf *b, const engram_fetch_stats *fs) {
               "# HELP engram_hbm_cache_capacity_rows Row slots of the backend's hot-row cache.\n"
               "# TYPE engram_hbm_cache_capacity_rows gauge\n"
               "engram_hbm_cache_capacity_rows %llu\n",
-              (ull)fs->lookups, (ull)fs->unique, (ull)fs->cache_hits, (ull)fs->copied_rows, (ull)fs->copied_bytes,
+              (ull)fs->lookups, (ull)fs->unique, (ull)fs->cache_hits, (ull)fs->copied_rows, (ull)fs->copied_back_rows, (ull)fs->copied_bytes,
               (ull)fs->cache_rows, (ull)fs->cache_capacity);
     render_store_histogram(b, "engram_prefetch_stall_seconds",
                            "Per step and Engram layer, how long the compute waited for its rows: from reaching the "

@@ -65,6 +65,9 @@ static const struct {
      "DRAM for the Engram tables (K/M/G/T, 1K = 1024); below their size they stay on NVMe behind a row cache of this size; "
      "default: all of them when they fit in MemAvailable, else half of MemAvailable"},
     {"engram-hbm-cache", OPT_STR, 0, 0, NULL, "backend memory for hot Engram rows (GPU HBM; host memory on the CPU backend)"},
+    {"engram-tiers", OPT_STR, 0, 0, "exclusive",
+     "exclusive (the nvme tier's DRAM row cache and the --engram-hbm-cache hold no row in common: DRAM takes what "
+     "HBM evicts) or inclusive (each keeps what it reads)"},
     {"engram-tier", OPT_STR, 0, 0, "auto",
      "auto (as the budget decides), dram (whole tables mmap'd MAP_SHARED) or nvme (always from the file, cached within the budget)"},
     {"engram-io", OPT_STR, 0, 0, "uring", "nvme reads: uring (io_uring) or pread"},
@@ -119,7 +122,7 @@ static const struct {
 enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THREADS, O_HTTP_THREADS, O_REASONING,
        O_CORS, O_ACCESS_LOG, O_LOG_LEVEL,
        O_CONN_TIMEOUT, O_REQ_TIMEOUT, O_MAX_CONNS, O_MAX_CONNS_IP, O_PREFILL_CHUNK, O_SHUTDOWN, O_ENGRAM_TABLE_DIR, O_ENGRAM_TABLES, O_ENGRAM_BUDGET,
-       O_ENGRAM_HBM, O_ENGRAM_TIER, O_ENGRAM_IO, O_ENGRAM_QD, O_ENGRAM_AHEAD, O_ENGRAM_ADMISSION, O_ENGRAM_WARM,
+       O_ENGRAM_HBM, O_ENGRAM_TIERS, O_ENGRAM_TIER, O_ENGRAM_IO, O_ENGRAM_QD, O_ENGRAM_AHEAD, O_ENGRAM_ADMISSION, O_ENGRAM_WARM,
        O_ENGRAM_HOT_SAVE,
        O_MAX_SEQS, O_MAX_BATCHED, O_MAX_PREFILL_DECODING, O_KV_TOKENS, O_KV_BLOCK, O_PREFIX_CACHING, O_PREFIX_MAX, O_SYNTHETIC, O_SYNTH_SEED, O_SYNTH_DIR,
        O_GPU_UTIL, O_SAMPLE_ON_BACKEND, O_CUDA_GRAPHS, O_CUDA_PROFILE, O_CPU_ISA, O_COUNT };
@@ -412,6 +415,11 @@ static server_options_status check_names(const char **val) {
         fprintf(stderr, "engram-server: bad value for --engram-tier: %s (auto, dram or nvme)\n", val[O_ENGRAM_TIER]);
         return SERVER_OPTIONS_ERR;
     }
+    if (!one_of(val[O_ENGRAM_TIERS], (const char *const[]){"exclusive", "inclusive", NULL})) {
+        fprintf(stderr, "engram-server: bad value for --engram-tiers: %s (exclusive or inclusive)\n",
+                val[O_ENGRAM_TIERS]);
+        return SERVER_OPTIONS_ERR;
+    }
     if (!one_of(val[O_ENGRAM_IO], (const char *const[]){"uring", "pread", NULL})) {
         fprintf(stderr, "engram-server: bad value for --engram-io: %s (uring or pread)\n", val[O_ENGRAM_IO]);
         return SERVER_OPTIONS_ERR;
@@ -452,6 +460,7 @@ static server_options_status engram_store_options(const char **val, const long *
                : !strcmp(val[O_ENGRAM_TIER], "nvme") ? ENGRAM_STORE_NVME
                                                       : ENGRAM_STORE_AUTO;
     es->use_pread = !strcmp(val[O_ENGRAM_IO], "pread");
+    es->tiers = !strcmp(val[O_ENGRAM_TIERS], "inclusive") ? ENGRAM_STORE_INCLUSIVE : ENGRAM_STORE_EXCLUSIVE;
     es->queue_depth = (int)num[O_ENGRAM_QD];
     ep->engram_lookahead = (int)num[O_ENGRAM_AHEAD];
     es->admission = !strcmp(val[O_ENGRAM_ADMISSION], "all") ? ENGRAM_STORE_ADMIT_ALL : ENGRAM_STORE_ADMIT_TINYLFU;

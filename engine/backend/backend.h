@@ -296,6 +296,15 @@ typedef struct backend_ops {
                         int cols);
     /* Row slot[i] of dst = row i of src (row_bytes each), for i < n; slot in backend memory. */
     void (*scatter_rows)(backend *be, void *dst, const void *src, const int32_t *slot, int n, size_t row_bytes);
+    /* Row i of dst = row slot[i] of src (row_bytes each), for i < n: scatter_rows' inverse; slot in backend
+     * memory. */
+    void (*collect_rows)(backend *be, void *dst, const void *src, const int32_t *slot, int n, size_t row_bytes);
+    /* Copies bytes from backend memory src to host_alloc'd dst, beside the
+     * compute (fetch's way back: rows the hot-row cache evicts, to the host's
+     * cache below it): it starts once the ops issued so far have run (src is
+     * what they wrote) and holds no later op up. src must not be written
+     * again, nor dst read, until fetch_sync(ch), which waits for it too. */
+    void (*fetch_back)(backend *be, int ch, void *dst, const void *src, size_t bytes);
 
     /* ---- recorded steps (optional: NULL where a backend has none) ---- */
     /* A step whose ops depend on nothing but `key` (key_bytes <= 64: the
@@ -530,6 +539,13 @@ static inline void backend_decode_rows(backend *be, float *out, const void *rows
 static inline void backend_scatter_rows(backend *be, void *dst, const void *src, const int32_t *slot, int n,
                                         size_t row_bytes) {
     be->ops->scatter_rows(be, dst, src, slot, n, row_bytes);
+}
+static inline void backend_collect_rows(backend *be, void *dst, const void *src, const int32_t *slot, int n,
+                                        size_t row_bytes) {
+    be->ops->collect_rows(be, dst, src, slot, n, row_bytes);
+}
+static inline void backend_fetch_back(backend *be, int ch, void *dst, const void *src, size_t bytes) {
+    be->ops->fetch_back(be, ch, dst, src, bytes);
 }
 
 static inline int backend_step_begin(backend *be, const void *key, size_t key_bytes) {

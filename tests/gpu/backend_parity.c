@@ -17,8 +17,10 @@
  *          rel err per element <= 2^-9, summed randomly: ~2e-3 observed),
  *          attention over a bf16 cache of f32 K/V, the tiled prefill
  *          attention (queries and softmax weights rounded to bf16).
- * Engram rows as stored (decode_rows, scatter_rows, engram_fetch over a host
- * store of random bytes in f32, bf16, f16 and FP8): bit for bit.
+ * Engram rows as stored (decode_rows, scatter_rows, collect_rows, fetch_back,
+ * engram_fetch over a host store of random bytes in f32, bf16, f16 and FP8,
+ * mapped whole and on NVMe behind a small DRAM cache with exclusive tiers):
+ * bit for bit.
  * Exit status 1 if any op fails. */
 #include <math.h>
 #include <stdint.h>
@@ -26,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cuda_runtime.h>
 
@@ -447,10 +450,11 @@ static void test_gathers(void) {
 }
 
 /* Rows as a host store keeps them (f32, bf16, f16, FP8 with ue8m0 scales:
- * random bytes, so NaNs, infinities and subnormals too): decode_rows and
- * scatter_rows bit for bit against the CPU, then whole engram_fetch steps
- * (pinned staging, the copy stream, a small hot-row cache) against
- * engram_store_gather. */
+ * random bytes, so NaNs, infinities and subnormals too): decode_rows,
+ * scatter_rows and collect_rows bit for bit against the CPU, fetch_back
+ * against the rows it copies, then whole engram_fetch steps (pinned staging,
+ * the copy stream, a small hot-row cache; over NVMe with exclusive tiers
+ * the copies back too) against engram_store_gather. */
 static int random_row(void *ctx, uint64_t row, void *dst) {
     size_t rb = *(const size_t *)ctx;
     uint64_t z = row * 0x9E3779B97F4A7C15ull + 1;
@@ -468,6 +472,41 @@ static void check_bits(const char *op, const void *dev, const void *ref, size_t 
     printf("%-34s bytes=%-9zu differing=%zu %s\n", op, bytes, bad, bad ? "FAIL" : "ok");
     failures += bad != 0;
     free(got);
+}
+
+/* 20 engram_fetch steps from st (a hot set and a tail) against
+ * engram_store_gather of ref (the same rows); with exclusive tiers also no
+ * row in both caches after each step, and rows copied back. */
+static void check_fetch_steps(const char *name, engram_store *st, engram_store *ref, int R, int cols, size_t rb) {
+    char err[256];
+    engram_fetch *f = engram_fetch_create(gpu, st, 0, 4096, 300 * rb, err, sizeof(err));
+    int64_t *ids = xmalloc(4096 * 8);
+    float *want = xmalloc((size_t)4096 * cols * 4), *dout = backend_alloc(gpu, (size_t)4096 * cols * 4);
+    bool excl = engram_store_get_info(st).tiers == ENGRAM_STORE_EXCLUSIVE && engram_store_get_info(st).cache_rows;
+    int bad = !f;
+    size_t both = 0;
+    for (int it = 0; it < 20 && !bad; it++) {
+        int m = 1 + irand(4096);
+        for (int i = 0; i < m; i++) ids[i] = irand(2) ? irand(100) : irand(R);
+        engram_store_gather(ref, ids, (size_t)m, want, NULL);
+        bad |= engram_fetch_rows(f, ids, m, dout) != 0;
+        float *got = host_of(dout, (size_t)m * cols * 4);
+        bad |= memcmp(got, want, (size_t)m * cols * 4) != 0;
+        free(got);
+        if (excl) both += engram_fetch_tier_overlap(f);
+    }
+    engram_fetch_stats fs = {0};
+    if (f) engram_fetch_get_stats(f, &fs);
+    engram_store_stats ss;
+    engram_store_get_stats(st, &ss);
+    bool moved = !excl || (fs.copied_back_rows > 0 && ss.demotions > 0 && both == 0);
+    printf("%-34s 20 steps, %llu lookups, %llu HBM hits, %llu copied back, %zu in both caches %s\n", name,
+           (unsigned long long)fs.lookups, (unsigned long long)fs.cache_hits,
+           (unsigned long long)fs.copied_back_rows, both, bad || !fs.cache_hits || !moved ? "FAIL" : "ok");
+    failures += bad || !fs.cache_hits || !moved;
+    engram_fetch_destroy(f);
+    backend_free(gpu, dout);
+    free(ids), free(want);
 }
 
 static void test_store_rows(void) {
@@ -500,6 +539,24 @@ static void test_store_rows(void) {
         backend_scatter_rows(gpu, drows, dsrc, dslot, n, rb);
         snprintf(name, sizeof(name), "scatter_rows %s (%zu B)", engram_store_dtype_name(dts[k]), rb);
         check_bits(name, drows, dst, (size_t)R * rb);
+        /* collect: the same slots back out of dst, then to pinned host memory beside the compute */
+        unsigned char *back = xmalloc((size_t)n * rb);
+        backend_collect_rows(cpu, back, dst, slot, n, rb);
+        void *dback = dev_poison((size_t)n * rb);
+        backend_collect_rows(gpu, dback, drows, dslot, n, rb);
+        snprintf(name, sizeof(name), "collect_rows %s (%zu B)", engram_store_dtype_name(dts[k]), rb);
+        check_bits(name, dback, back, (size_t)n * rb);
+        unsigned char *pinned = backend_host_alloc(gpu, (size_t)n * rb);
+        memset(pinned, 0xa5, (size_t)n * rb);
+        backend_fetch_back(gpu, 1, pinned, dback, (size_t)n * rb);
+        backend_fetch_sync(gpu, 1);
+        size_t diff = 0;
+        for (size_t i = 0; i < (size_t)n * rb; i++) diff += pinned[i] != back[i];
+        printf("%-34s bytes=%-9zu differing=%zu %s\n", "fetch_back", (size_t)n * rb, diff, diff ? "FAIL" : "ok");
+        failures += diff != 0;
+        backend_host_free(gpu, pinned);
+        backend_free(gpu, dback);
+        free(back);
         /* the whole path from a host store */
         engram_store *st = NULL;
         char err[256];
@@ -508,27 +565,25 @@ static void test_store_rows(void) {
             printf("store: %s FAIL\n", err);
             failures++;
         } else {
-            engram_fetch *f = engram_fetch_create(gpu, st, 0, 4096, 300 * rb, err, sizeof(err));
-            int64_t *ids = xmalloc(4096 * 8);
-            float *want = xmalloc((size_t)4096 * cols * 4), *dout = backend_alloc(gpu, (size_t)4096 * cols * 4);
-            int bad = !f;
-            for (int it = 0; it < 20 && !bad; it++) {
-                int m = 1 + irand(4096);
-                for (int i = 0; i < m; i++) ids[i] = irand(2) ? irand(100) : irand(R);
-                engram_store_gather(st, ids, (size_t)m, want, NULL);
-                bad |= engram_fetch_rows(f, ids, m, dout) != 0;
-                float *got = host_of(dout, (size_t)m * cols * 4);
-                bad |= memcmp(got, want, (size_t)m * cols * 4) != 0;
-                free(got);
+            check_fetch_steps("engram_fetch", st, st, R, cols, rb);
+            /* the same rows in a file on the NVMe tier, a DRAM cache of 500 rows, exclusive tiers */
+            char tdir[] = "/tmp/gpu_backend_parity.XXXXXX", path[128];
+            engram_store *nv = NULL;
+            sp.tier = ENGRAM_STORE_NVME;
+            sp.dram_budget = 500 * (rb + 64);
+            sp.tiers = ENGRAM_STORE_EXCLUSIVE;
+            sp.quiet = true;
+            snprintf(path, sizeof(path), "%s/t.tbl", mkdtemp(tdir) ? tdir : "/tmp");
+            if (engram_store_write(path, dts[k], R, cols, random_row, &rb, err, sizeof(err)) ||
+                engram_store_open(path, &sp, &nv, err, sizeof(err))) {
+                printf("nvme store: %s FAIL\n", err);
+                failures++;
+            } else {
+                check_fetch_steps("engram_fetch nvme exclusive", nv, st, R, cols, rb);
             }
-            engram_fetch_stats fs = {0};
-            if (f) engram_fetch_get_stats(f, &fs);
-            printf("%-34s 20 steps, %llu lookups, %llu HBM hits %s\n", "engram_fetch", (unsigned long long)fs.lookups,
-                   (unsigned long long)fs.cache_hits, bad || !fs.cache_hits ? "FAIL" : "ok");
-            failures += bad || !fs.cache_hits;
-            engram_fetch_destroy(f);
-            backend_free(gpu, dout);
-            free(ids), free(want);
+            engram_store_close(nv);
+            unlink(path);
+            rmdir(tdir);
             engram_store_close(st);
         }
         backend_free(gpu, drows), backend_free(gpu, didx), backend_free(gpu, out), backend_free(gpu, dslot), backend_free(gpu, dsrc);

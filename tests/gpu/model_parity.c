@@ -199,11 +199,12 @@ static void check_model(const char *dir) {
         char tdir[] = "/tmp/gpu_model_parity.XXXXXX";
         float *ls = calloc(per, sizeof(float));
         if (!mkdtemp(tdir) || !ls) fail = 1;
-        struct { engram_store_tier tier; uint64_t budget, cache; const char *what; } runs[] = {
-            {ENGRAM_STORE_DRAM, 0, 0, "store dram, no HBM cache"},
-            {ENGRAM_STORE_DRAM, 0, 4096, "store dram, 4 KiB HBM cache"},
-            {ENGRAM_STORE_DRAM, 0, 1ull << 30, "store dram, HBM cache of every row"},
-            {ENGRAM_STORE_NVME, 4096, 65536, "store nvme (4 KiB DRAM budget), 64 KiB HBM cache"},
+        struct { engram_store_tier tier; uint64_t budget, cache; engram_store_tiers tiers; const char *what; } runs[] = {
+            {ENGRAM_STORE_DRAM, 0, 0, ENGRAM_STORE_EXCLUSIVE, "store dram, no HBM cache"},
+            {ENGRAM_STORE_DRAM, 0, 4096, ENGRAM_STORE_EXCLUSIVE, "store dram, 4 KiB HBM cache"},
+            {ENGRAM_STORE_DRAM, 0, 1ull << 30, ENGRAM_STORE_EXCLUSIVE, "store dram, HBM cache of every row"},
+            {ENGRAM_STORE_NVME, 4096, 65536, ENGRAM_STORE_EXCLUSIVE, "store nvme (4 KiB DRAM budget), 64 KiB HBM cache, exclusive"},
+            {ENGRAM_STORE_NVME, 4096, 65536, ENGRAM_STORE_INCLUSIVE, "store nvme (4 KiB DRAM budget), 64 KiB HBM cache, inclusive"},
         };
         for (size_t r = 0; r < sizeof(runs) / sizeof(runs[0]) && !fail; r++) {
             model *ms = NULL;
@@ -211,6 +212,7 @@ static void check_model(const char *dir) {
             sp.tier = runs[r].tier;
             sp.dram_budget = runs[r].budget;
             sp.hbm_cache = runs[r].cache;
+            sp.tiers = runs[r].tiers;
             sp.quiet = true;
             if (model_load(dir, &ms, err, sizeof(err)) || model_engram_use_tables(ms, tdir, &sp, err, sizeof(err))) {
                 printf("  %s: %s FAIL\n", runs[r].what, err);

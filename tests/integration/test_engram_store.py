@@ -33,6 +33,11 @@ TIERS = {
     # the backend's hot-row cache (engram_fetch; host memory on the CPU backend): a few rows, evicting all the time
     "dram-hbm-1K": ["--engram-tier", "dram", "--engram-hbm-cache", "1K"],
     "nvme-budget-2K-hbm-16K": ["--engram-tier", "nvme", "--engram-dram-budget", "2K", "--engram-hbm-cache", "16K"],
+    # the two caches as tiers: exclusive (the default above) and inclusive
+    "nvme-budget-2K-hbm-16K-inclusive": ["--engram-tier", "nvme", "--engram-dram-budget", "2K", "--engram-hbm-cache",
+                                         "16K", "--engram-tiers", "inclusive"],
+    "nvme-budget-64K-hbm-4K-exclusive": ["--engram-tier", "nvme", "--engram-dram-budget", "64K", "--engram-hbm-cache",
+                                         "4K", "--engram-tiers", "exclusive"],
 }
 
 
@@ -180,6 +185,40 @@ def test_store_counters(tmp_path):
                 "--engram-table-dir", d)
     s = store_summary(p.stderr)
     assert s["dram"] == s["lookups"] > 0 and s["reads"] == 0 and s["ahead"] == s["prefetched"] == 0  # mapped: no-op
+
+
+def tiers_summary(stderr):
+    m = re.search(r"Engram tiers: (\w+), (\d+) HBM hits, (\d+) rows moved up, (\d+) copied back, (\d+) demoted to "
+                  r"DRAM, (\d+) rows in both caches", stderr)
+    assert m, stderr
+    return dict(zip(("hits", "up", "back", "down", "both"), map(int, m.groups()[1:])), policy=m.group(1))
+
+
+@pytest.mark.parametrize("policy", ["exclusive", "inclusive"])
+def test_tiers(tmp_path, policy):
+    """The DRAM row cache over NVMe and the hot-row cache (host memory on the
+    CPU backend) as tiers, both smaller than the rows the run touches: with
+    exclusive ones (the default) rows move up out of DRAM, the ones the
+    hot-row cache evicts are copied back and demoted to DRAM, and no row is
+    in both caches after the run; inclusive ones overlap and move nothing.
+    The ids are the checkpoint's either way (test_bitwise_identical has the
+    logits and gates)."""
+    model = SOURCE / "models" / "engram-lexicon"
+    d = tmp_path / "t"
+    args = ["--model", model, "--prompt", "The capital of France is Paris, and the capital of Italy is Rome; the "
+            "capital of Spain is", "--max-tokens", "24", "--temperature", "0", "--ignore-eos", "--print-ids"]
+    ref = run_bin("engram-run", *args).stdout.splitlines()[-1]
+    flags = ["--engram-table-dir", d, "--engram-tier", "nvme", "--engram-dram-budget", "64K", "--engram-hbm-cache", "16K"]
+    p = run_bin("engram-run", *args, *flags, *([] if policy == "exclusive" else ["--engram-tiers", policy]))
+    assert p.stdout.splitlines()[-1] == ref
+    t = tiers_summary(p.stderr)
+    assert t["policy"] == policy
+    if policy == "exclusive":
+        assert t["both"] == 0 and t["up"] > 0 and t["back"] > 0 and 0 < t["down"] <= t["back"], t
+    else:
+        assert t["both"] > 0 and t["up"] == t["back"] == t["down"] == 0, t
+    bad = run_bin("engram-run", *args, *flags, "--engram-tiers", "both", check=False)
+    assert bad.returncode == 2 and "--engram-tiers" in bad.stderr, bad.stderr
 
 
 def test_store_flag_needs_tables():

@@ -1,11 +1,14 @@
 /* engine/engram_fetch on the CPU backend: steps of random row ids (a hot set
  * and a long tail, repeats inside a step) through the dedupe, the hot-row
  * cache (none, smaller than a step's distinct rows, larger than the table)
- * and the staging copy come out bit-equal to engram_store_gather, which
- * test_engram_store checks against the reference conversions; for every
- * stored dtype, from the DRAM tier and from NVMe under a tiny DRAM budget.
- * The counters add up (lookups, distinct rows, hits, copied rows), a bad row
- * id is refused without disturbing the next step. */
+ * and the staging copy come out bit-equal to engram_store_gather (from a
+ * second store mapping the same file whole), which test_engram_store checks
+ * against the reference conversions; for every stored dtype, from the DRAM
+ * tier and from NVMe under a tiny DRAM budget, with inclusive and exclusive
+ * tiers. The counters add up (lookups, distinct rows, hits, copied rows),
+ * a bad row id is refused without disturbing the next step; with exclusive
+ * tiers no row is ever in both caches after a step, and evicted rows go
+ * down to the store's cache (copied back, demoted). */
 #include <check.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -27,9 +30,8 @@ static uint32_t next32(void) {
 
 enum { ROWS = 3000, COLS = 64, MAX_ROWS = 256, STEPS = 60 };
 
-/* One table of dtype dt written to dir, opened on tier (NVMe: a budget of
- * about 50 rows, so the store's own cache evicts all the time). */
-static engram_store *open_table(int dt, engram_store_tier tier, char *path, size_t plen) {
+/* A table of dtype dt written to dir. */
+static void write_table(int dt, char *path, size_t plen) {
     uint32_t rb = engram_store_row_bytes(dt, COLS);
     uint8_t *data = malloc((size_t)ROWS * rb);
     for (size_t i = 0; i < (size_t)ROWS * rb; i++) data[i] = (uint8_t)next32();
@@ -37,8 +39,16 @@ static engram_store *open_table(int dt, engram_store_tier tier, char *path, size
     char err[512];
     ck_assert_int_eq(engram_store_write_dense(path, dt, ROWS, COLS, data, err, sizeof(err)), ENGRAM_STORE_OK);
     free(data);
+}
+
+/* The table at path opened on tier (NVMe: a budget of about 50 rows, so the
+ * store's own cache evicts all the time) with the tiers policy. */
+static engram_store *open_table(int dt, const char *path, engram_store_tier tier, engram_store_tiers tiers) {
+    uint32_t rb = engram_store_row_bytes(dt, COLS);
+    char err[512];
     engram_store_params p = engram_store_default_params();
     p.tier = tier;
+    p.tiers = tiers;
     p.dram_budget = tier == ENGRAM_STORE_NVME ? 50u * (rb + 64) : 0;
     p.quiet = true;
     engram_store *s = NULL;
@@ -54,7 +64,8 @@ static int make_step(int64_t *rows) {
     return n;
 }
 
-static void check_fetch(engram_store *s, uint64_t cache_rows) {
+/* s's fetcher against ref (the same table, mapped whole). */
+static void check_fetch(engram_store *s, engram_store *ref_store, uint64_t cache_rows) {
     backend *be = backend_cpu_create();
     engram_store_info in = engram_store_get_info(s);
     char err[512];
@@ -67,10 +78,14 @@ static void check_fetch(engram_store *s, uint64_t cache_rows) {
         int n = make_step(rows);
         lookups += (uint64_t)n;
         ck_assert_int_eq(engram_fetch_rows(f, rows, n, out), 0);
-        ck_assert_int_eq(engram_store_gather(s, rows, (size_t)n, ref, NULL), ENGRAM_STORE_OK);
+        ck_assert_int_eq(engram_store_gather(ref_store, rows, (size_t)n, ref, NULL), ENGRAM_STORE_OK);
         ck_assert_msg(memcmp(out, ref, (size_t)n * COLS * sizeof(float)) == 0,
-                      "dtype %s, cache %llu rows, step %d: rows differ", engram_store_dtype_name((int)in.header.dtype),
-                      (unsigned long long)cache_rows, step);
+                      "dtype %s, cache %llu rows, %s tiers, step %d: rows differ",
+                      engram_store_dtype_name((int)in.header.dtype), (unsigned long long)cache_rows,
+                      in.tiers == ENGRAM_STORE_EXCLUSIVE ? "exclusive" : "inclusive", step);
+        if (in.tiers == ENGRAM_STORE_EXCLUSIVE)
+            ck_assert_msg(engram_fetch_tier_overlap(f) == 0, "cache %llu rows, step %d: %zu rows in both tiers",
+                          (unsigned long long)cache_rows, step, engram_fetch_tier_overlap(f));
         if (step == STEPS / 2) { /* a bad id: refused, nothing issued */
             int64_t bad[2] = {1, ROWS};
             ck_assert_int_eq(engram_fetch_rows(f, bad, 2, out), ENGRAM_STORE_ERANGE);
@@ -88,6 +103,16 @@ static void check_fetch(engram_store *s, uint64_t cache_rows) {
     if (cache_rows == 0) ck_assert_uint_eq(st.cache_hits, 0);
     if (cache_rows >= ROWS) ck_assert(st.cache_hits > st.unique / 4); /* the hot set stays */
     ck_assert_uint_eq(st.stalls, STEPS - 1); /* every fetch but the last was waited for */
+    /* exclusive tiers over a DRAM row cache: rows move up and come back down when the cache evicts them */
+    bool excl = in.tiers == ENGRAM_STORE_EXCLUSIVE && in.cache_rows && cache_rows;
+    engram_store_stats ss;
+    engram_store_get_stats(s, &ss);
+    if (!excl) ck_assert_uint_eq(st.copied_back_rows, 0);
+    if (excl && cache_rows < 1000) ck_assert(st.copied_back_rows > 0); /* fewer slots than the rows asked for */
+    if (excl && cache_rows >= ROWS) ck_assert_uint_eq(st.copied_back_rows, 0); /* nothing ever evicted */
+    ck_assert(ss.demotions <= st.copied_back_rows); /* what reached the store (the last step's wait) */
+    if (excl && cache_rows < 1000) ck_assert(ss.demotions > 0 && ss.promotions > 0);
+    if (!excl) ck_assert_uint_eq(ss.demotions + ss.promotions, 0);
     backend_free(be, out);
     free(ref);
     engram_fetch_destroy(f);
@@ -98,15 +123,23 @@ START_TEST(test_rows_bit_equal) {
     ck_assert_ptr_nonnull(mkdtemp(dir));
     int dts[] = {ENGRAM_STORE_F32, ENGRAM_STORE_BF16, ENGRAM_STORE_F16, ENGRAM_STORE_FP8_UE8M0};
     engram_store_tier tiers[] = {ENGRAM_STORE_DRAM, ENGRAM_STORE_NVME};
-    for (int t = 0; t < 2; t++)
-        for (int i = 0; i < 4; i++) {
-            char path[300];
-            engram_store *s = open_table(dts[i], tiers[t], path, sizeof(path));
-            uint64_t caches[] = {0, 30, 200, 100000}; /* 30 and 200: fewer slots than a step's rows */
-            for (int c = 0; c < 4; c++) check_fetch(s, caches[c]);
-            engram_store_close(s);
-            unlink(path);
-        }
+    engram_store_tiers policies[] = {ENGRAM_STORE_INCLUSIVE, ENGRAM_STORE_EXCLUSIVE};
+    for (int i = 0; i < 4; i++) {
+        char path[300];
+        write_table(dts[i], path, sizeof(path));
+        engram_store *ref = open_table(dts[i], path, ENGRAM_STORE_DRAM, ENGRAM_STORE_INCLUSIVE);
+        for (int t = 0; t < 2; t++)
+            for (int x = 0; x < 2; x++) {
+                uint64_t caches[] = {0, 30, 200, 100000}; /* 30 and 200: fewer slots than a step's rows */
+                for (int c = 0; c < 4; c++) { /* a fresh store each time: its cache starts empty */
+                    engram_store *s = open_table(dts[i], path, tiers[t], policies[x]);
+                    check_fetch(s, ref, caches[c]);
+                    engram_store_close(s);
+                }
+            }
+        engram_store_close(ref);
+        unlink(path);
+    }
     rmdir(dir);
 }
 END_TEST

@@ -486,6 +486,15 @@ static void cpu_scatter_rows(backend *be, void *dst, const void *src, const int3
         memcpy((char *)dst + (size_t)slot[i] * row_bytes, (const char *)src + (size_t)i * row_bytes, row_bytes);
 }
 
+static void cpu_collect_rows(backend *be, void *dst, const void *src, const int32_t *slot, int n, size_t row_bytes) {
+    for (int i = 0; i < n; i++)
+        memcpy((char *)dst + (size_t)i * row_bytes, (const char *)src + (size_t)slot[i] * row_bytes, row_bytes);
+}
+
+static void cpu_fetch_back(backend *be, int ch, void *dst, const void *src, size_t bytes) {
+    if (bytes) memcpy(dst, src, bytes); /* at once: nothing issued before it is still running */
+}
+
 /* ---- sampling ---- */
 
 /* The order sampler_sample sorts in, as one unsigned key: larger is earlier.
@@ -611,6 +620,8 @@ static const backend_ops cpu_ops = {
     .fetch_sync = cpu_fetch_sync,
     .decode_rows = cpu_decode_rows,
     .scatter_rows = cpu_scatter_rows,
+    .collect_rows = cpu_collect_rows,
+    .fetch_back = cpu_fetch_back,
     .sample = cpu_sample,
     .take_failure = cpu_take_failure,
     .rmsnorm_plain = cpu__rmsnorm_plain,

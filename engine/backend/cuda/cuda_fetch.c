@@ -1,7 +1,8 @@
 /* Engram rows from host memory on the CUDA backend (backend.h, "Engram rows
  * from host memory"): pinned staging, the copies on a second stream of the
- * handle beside the compute, one channel (three events) per Engram layer,
- * and the decode and scatter kernels on the compute stream. */
+ * handle beside the compute, the copies back (rows the hot-row cache
+ * evicts) on a third, one channel (five events) per Engram layer, and the
+ * decode, scatter and collect kernels on the compute stream. */
 #include "engine/backend/cuda/cuda_internal.h"
 
 void *cu_host_alloc(backend *be, size_t bytes) {
@@ -44,6 +45,10 @@ void cu_fetch_release(backend *be, int ch) {
 
 double cu_fetch_sync(backend *be, int ch) {
     cuda_backend *g = cuda__of(be);
+    if (g->backed[ch]) { /* the copy back: no timing, only done */
+        CHECK_CUDA(cudaEventSynchronize(g->ev_backed[ch]));
+        g->backed[ch] = 0;
+    }
     if (!g->copied[ch]) return 0.0;
     CHECK_CUDA(cudaEventSynchronize(g->ev_copied[ch]));
     if (!g->marked[ch]) return 0.0;
@@ -66,12 +71,32 @@ void cu_scatter_rows(backend *be, void *dst, const void *src, const int32_t *slo
 }
 
 
+void cu_collect_rows(backend *be, void *dst, const void *src, const int32_t *slot, int n, size_t row_bytes) {
+    cuda_backend *g = cuda__of(be);
+    CHECK_K(kernels_collect_rows(dst, src, slot, n, row_bytes, g->stream));
+}
+
+/* On the back stream, from the compute's point now: the compute goes on at
+ * once, and so do the channels' copies up on the copy stream. */
+void cu_fetch_back(backend *be, int ch, void *dst, const void *src, size_t bytes) {
+    cuda_backend *g = cuda__of(be);
+    if (!bytes) return;
+    CHECK_CUDA(cudaEventRecord(g->ev_back_from[ch], g->stream));
+    CHECK_CUDA(cudaStreamWaitEvent(g->back, g->ev_back_from[ch], 0));
+    CHECK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, g->back));
+    CHECK_CUDA(cudaEventRecord(g->ev_backed[ch], g->back));
+    g->backed[ch] = 1;
+}
+
 cudaError_t cuda__fetch_init(cuda_backend *g) {
     cudaError_t e = cudaStreamCreateWithFlags(&g->copy, cudaStreamNonBlocking);
+    if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&g->back, cudaStreamNonBlocking);
     for (int ch = 0; ch < BACKEND_FETCH_CHANNELS && e == cudaSuccess; ch++) {
         e = cudaEventCreate(&g->ev_mark[ch]);
         if (e == cudaSuccess) e = cudaEventCreate(&g->ev_copied[ch]);
         if (e == cudaSuccess) e = cudaEventCreateWithFlags(&g->ev_released[ch], cudaEventDisableTiming);
+        if (e == cudaSuccess) e = cudaEventCreateWithFlags(&g->ev_back_from[ch], cudaEventDisableTiming);
+        if (e == cudaSuccess) e = cudaEventCreateWithFlags(&g->ev_backed[ch], cudaEventDisableTiming);
     }
     return e;
 }
@@ -81,6 +106,9 @@ void cuda__fetch_free(cuda_backend *g) {
         if (g->ev_mark[ch]) cudaEventDestroy(g->ev_mark[ch]);
         if (g->ev_copied[ch]) cudaEventDestroy(g->ev_copied[ch]);
         if (g->ev_released[ch]) cudaEventDestroy(g->ev_released[ch]);
+        if (g->ev_back_from[ch]) cudaEventDestroy(g->ev_back_from[ch]);
+        if (g->ev_backed[ch]) cudaEventDestroy(g->ev_backed[ch]);
     }
     if (g->copy) cudaStreamDestroy(g->copy);
+    if (g->back) cudaStreamDestroy(g->back);
 }

@@ -85,11 +85,16 @@ typedef struct {
     unsigned long long tick;
     cuda_graph_slot graphs[GRAPH_SLOTS];
     /* Engram row copies: a second stream, and per channel the compute's mark
-     * (timing), the copy's end (timing) and the compute's last read */
-    cudaStream_t copy;
+     * (timing), the copy's end (timing) and the compute's last read; the
+     * copies back (fetch_back) on a third stream, so that the next layer's
+     * copy up never queues behind a copy back waiting for the compute: per
+     * channel the compute's point it starts from and its end */
+    cudaStream_t copy, back;
     cudaEvent_t ev_mark[BACKEND_FETCH_CHANNELS], ev_copied[BACKEND_FETCH_CHANNELS],
-        ev_released[BACKEND_FETCH_CHANNELS];
-    int marked[BACKEND_FETCH_CHANNELS], copied[BACKEND_FETCH_CHANNELS], released[BACKEND_FETCH_CHANNELS];
+        ev_released[BACKEND_FETCH_CHANNELS], ev_back_from[BACKEND_FETCH_CHANNELS],
+        ev_backed[BACKEND_FETCH_CHANNELS];
+    int marked[BACKEND_FETCH_CHANNELS], copied[BACKEND_FETCH_CHANNELS], released[BACKEND_FETCH_CHANNELS],
+        backed[BACKEND_FETCH_CHANNELS];
     cuda_profile prof;
 } cuda_backend;
 
@@ -197,6 +202,8 @@ double cu_fetch_sync(backend *be, int ch);
 void cu_decode_rows(backend *be, float *out, const void *rows, int dt, size_t stride, const int32_t *idx, int n,
                     int cols);
 void cu_scatter_rows(backend *be, void *dst, const void *src, const int32_t *slot, int n, size_t row_bytes);
+void cu_collect_rows(backend *be, void *dst, const void *src, const int32_t *slot, int n, size_t row_bytes);
+void cu_fetch_back(backend *be, int ch, void *dst, const void *src, size_t bytes);
 /* The copy stream and the channels' events; 0, or a CUDA error. */
 cudaError_t cuda__fetch_init(cuda_backend *g);
 void cuda__fetch_free(cuda_backend *g); /* after both streams are idle; accepts a partial init */
