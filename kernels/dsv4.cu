@@ -8,6 +8,7 @@
 // are the CPU's bit for bit; reductions across threads differ from the CPU
 // only in their order. A first, plain version: per-token blocks, no tiling.
 #include "kernels/kernels.h"
+#include "kernels/fp8.cuh"
 
 #include <cuda_runtime.h>
 #include <math.h>
@@ -176,6 +177,24 @@ __device__ __forceinline__ float *dsv4_entry(const kernels_dsv4_kv &L, const int
 
 // ---- compressor ----
 
+// x (n) = w * (x * rsqrt(mean(x^2) + eps)) by the whole block (blockDim.x a power of two, at most 256), the
+// sum of squares in double: cpu_dsv4.c rmsnorm_w_row, the reduction in another order. x is written by the
+// block before (the caller syncs) and read by it after (this syncs last).
+__device__ void dsv4_rmsnorm_w_block(float *x, const float *w, int n, float eps) {
+    __shared__ double part[256];
+    double ss = 0.0;
+    for (int c = threadIdx.x; c < n; c += blockDim.x) ss += (double)x[c] * x[c];
+    part[threadIdx.x] = ss;
+    __syncthreads();
+    for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+        if (threadIdx.x < o) part[threadIdx.x] += part[threadIdx.x + o];
+        __syncthreads();
+    }
+    float sc = 1.0f / sqrtf((float)(part[0] / n) + eps);
+    for (int c = threadIdx.x; c < n; c += blockDim.x) x[c] = __fmul_rn(w[c], __fmul_rn(x[c], sc));
+    __syncthreads();
+}
+
 // Rows of position p: the step's (p >= pos0) or the ring's.
 __device__ __forceinline__ const float *dsv4_row_at(const float *step, const float *ring, int cap, int cw, int start,
                                                     int pos0, int p) {
@@ -209,18 +228,7 @@ __global__ void compress_kernel(kernels_dsv4_compress_args a, int s, const float
         e[c] = acc;
     }
     __syncthreads();
-    __shared__ double part[256];
-    double ss = 0.0;
-    for (int c = threadIdx.x; c < D; c += blockDim.x) ss += (double)e[c] * e[c];
-    part[threadIdx.x] = ss;
-    __syncthreads();
-    for (int o = blockDim.x / 2; o > 0; o >>= 1) {
-        if (threadIdx.x < o) part[threadIdx.x] += part[threadIdx.x + o];
-        __syncthreads();
-    }
-    float sc = 1.0f / sqrtf((float)(part[0] / D) + a.eps);
-    for (int c = threadIdx.x; c < D; c += blockDim.x) e[c] = __fmul_rn(a.norm[c], __fmul_rn(e[c], sc));
-    __syncthreads();
+    dsv4_rmsnorm_w_block(e, a.norm, D, a.eps);
     for (int j = threadIdx.x; j < a.r / 2; j += blockDim.x) dsv4_rope_pair(e + D - a.r + 2 * j, (float)(w * m), a.inv_freq[j], 0);
 }
 
@@ -250,56 +258,227 @@ extern "C" int kernels_dsv4_compress(const kernels_dsv4_compress_args *a, void *
     return dsv4_status();
 }
 
-// ---- Lightning indexer ----
+// ---- DeepSeek-V4.1's ratio-1/2 layers: SGLang's fake quantisations (cpu_dsv4.c round_fp4, fq4_block,
+// fq_kv_block), each block of values by one thread in the CPU's order, every operation rounded as the
+// CPU's, so the quantised values are the CPU's bits on the same inputs ----
 
-// One block per token: the scores of its n = (p+1)/m entries into work (one
-// thread per entry, heads and channels in the CPU's order), then each entry's
-// rank (score descending, index ascending) by counting; the first K ranks
-// are the selection, in rank order; -1 after.
-__global__ void index_kernel(int *sel, float *work, size_t work_stride, const float *q, const float *wts,
-                             kernels_dsv4_kv L, const int *pos, const int *tok_seq, const int *bt, int max_blocks,
-                             int bs, int m, int K, int nI, int dI) {
-    int t = blockIdx.x, s = tok_seq[t], n = (pos[t] + 1) / m;
-    int *out = sel + (size_t)t * K;
-    float *sc = work + (size_t)t * work_stride;
+// |v| <= 6 onto the e2m1 grid (steps 0.5 / 1 / 2 below 2 / 4 / 6), nearest with ties to even, v's sign.
+__device__ __forceinline__ float dsv41_round_fp4(float v) {
+    float a = fabsf(v), step = a < 2.0f ? 0.5f : a < 4.0f ? 1.0f : 2.0f;
+    float q = __fmul_rn(rintf(a / step), step);
+    return v > 0 ? q : v < 0 ? -q : 0.0f;
+}
+
+__device__ __forceinline__ float dsv41_amax(const float *x, int n) {
+    float amax = 0.0f;
+    for (int i = 0; i < n; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+    return amax;
+}
+
+// x (n) in place: round_fp4(clamp(x / scale, -6, 6)) * scale.
+__device__ __forceinline__ void dsv41_fq_apply(float *x, int n, float scale) {
+    for (int i = 0; i < n; i++) {
+        float v = x[i] / scale;
+        x[i] = __fmul_rn(dsv41_round_fp4(v < -6.0f ? -6.0f : v > 6.0f ? 6.0f : v), scale);
+    }
+}
+
+// fake_quant_fp4 of one block of 32: scale 2^ceil(log2(max(amax, 6 2^-126) / 6)) from the f32 bits.
+__device__ void dsv41_fq4_block(float *x) {
+    float amax = dsv41_amax(x, 32);
+    amax = amax > 6.0f * 0x1p-126f ? amax : 6.0f * 0x1p-126f;
+    unsigned u = __float_as_uint(__fmul_rn(amax, (float)(1.0 / 6.0)));
+    int e = (int)((u >> 23) & 0xff) - 127 + ((u & 0x7fffff) != 0);
+    dsv41_fq_apply(x, 32, __uint_as_float((unsigned)(e + 127) << 23));
+}
+
+// fake_quant_compressed_kv of one block of 16: scale e4m3(clamp(amax / 6, 2^-9, 448)).
+__device__ void dsv41_fq_kv_block(float *x) {
+    float t = __fmul_rn(dsv41_amax(x, 16), (float)(1.0 / 6.0));
+    t = t < 0x1p-9f ? 0x1p-9f : t > 448.0f ? 448.0f : t;
+    dsv41_fq_apply(x, 16, fp8_e4m3_f32(fp8_f32_e4m3(t)));
+}
+
+// One block per token start + i of sequence s, at position p = pos0 + i (cpu_dsv4.c low_compress_token):
+// a token that closes a group (p % m == m - 1) pools it (ratio 2: per channel the softmax of the scores
+// of p - 1 and p weighting their kv, p - 1 from the ring when it precedes the step), its lat row gets
+// rmsnorm(pooled) * norm and entry p / m the fake-quantised rope of that at the group's first position;
+// the other tokens' lat rows are zeros.
+__global__ void low_compress_kernel(kernels_dsv4_compress_args a, int s, const float *rk, const float *rg, int start,
+                                    int pos0) {
+    int i = blockIdx.x, p = pos0 + i, m = a.m, D = a.D, cap = 2 * m;
+    float *l = a.lat + (size_t)(start + i) * D;
+    if (p % m != m - 1) { // the whole block leaves: p is the block's
+        for (int c = threadIdx.x; c < D; c += blockDim.x) l[c] = 0.0f;
+        return;
+    }
+    const float *v1 = a.kv + (size_t)(start + i) * D;
+    for (int c = threadIdx.x; c < D; c += blockDim.x) {
+        if (m == 1) {
+            l[c] = v1[c];
+            continue;
+        }
+        const float *v0 = dsv4_row_at(a.kv, rk, cap, D, start, pos0, p - 1);
+        const float *g0 = dsv4_row_at(a.gate, rg, cap, D, start, pos0, p - 1);
+        const float *g1 = a.gate + (size_t)(start + i) * D;
+        float mx = g0[c] > g1[c] ? g0[c] : g1[c], e0 = expf(g0[c] - mx), e1 = expf(g1[c] - mx);
+        float sum = e0 + e1;
+        l[c] = __fadd_rn(__fmul_rn(v0[c], e0 / sum), __fmul_rn(v1[c], e1 / sum));
+    }
+    __syncthreads();
+    dsv4_rmsnorm_w_block(l, a.norm, D, a.eps);
+    float *e = dsv4_entry(a.cache, a.block_tables, a.max_blocks, a.block_size, s, p / m, 0);
+    for (int c = threadIdx.x; c < D; c += blockDim.x) e[c] = l[c];
+    __syncthreads();
+    for (int j = threadIdx.x; j < a.r / 2; j += blockDim.x)
+        dsv4_rope_pair(e + D - a.r + 2 * j, (float)(p - m + 1), a.inv_freq[j], 0);
+    __syncthreads();
+    for (int c = threadIdx.x * 16; c < D; c += blockDim.x * 16) dsv41_fq_kv_block(e + c);
+}
+
+extern "C" int kernels_dsv41_compress(const kernels_dsv4_compress_args *a, void *stream) {
+    if (a->m < 1 || a->m > 2 || a->D < 16 || a->D % 16 || !a->lat) return KERNELS_ERR_ARG;
+    cudaStream_t st = (cudaStream_t)stream;
+    int cap = 2 * a->m;
+    for (int s = 0; s < a->n_seqs; s++) { // per sequence: its tokens, then (ratio 2) its ring
+        int start = a->h_seq_start[s], pos0 = a->h_seq_pos0[s], n = a->h_seq_start[s + 1] - start, P = pos0 + n;
+        if (n > 0) low_compress_kernel<<<n, 256, 0, st>>>(*a, s, a->ring_kv[s], a->ring_gate[s], start, pos0);
+        int p_lo = P - cap > pos0 ? P - cap : pos0;
+        if (a->m > 1 && P > p_lo)
+            compress_ring_kernel<<<P - p_lo, 256, 0, st>>>(a->ring_kv[s], a->ring_gate[s], a->kv, a->gate, a->D, cap,
+                                                           start, pos0, p_lo);
+    }
+    return dsv4_status();
+}
+
+// One block per token closing a group: the index key of entry p / m = fq4(rope_tail(rmsnorm(k) * k_norm,
+// p - m + 1)) (cpu_dsv4.c low_index_key).
+__global__ void low_index_key_kernel(const float *k, kernels_dsv4_kv L, const int *pos, const int *tok_seq,
+                                     const int *bt, int max_blocks, int bs, int m, int dI, const float *k_norm,
+                                     float eps, int r, const float *inv_freq) {
+    int t = blockIdx.x, p = pos[t];
+    if (p % m != m - 1) return; // the whole block
+    float *key = dsv4_entry(L, bt, max_blocks, bs, tok_seq[t], p / m, 1);
+    for (int c = threadIdx.x; c < dI; c += blockDim.x) key[c] = k[(size_t)t * dI + c];
+    __syncthreads();
+    dsv4_rmsnorm_w_block(key, k_norm, dI, eps);
+    for (int j = threadIdx.x; j < r / 2; j += blockDim.x)
+        dsv4_rope_pair(key + dI - r + 2 * j, (float)(p - m + 1), inv_freq[j], 0);
+    __syncthreads();
+    for (int c = threadIdx.x * 32; c < dI; c += blockDim.x * 32) dsv41_fq4_block(key + c);
+}
+
+extern "C" int kernels_dsv41_index_keys(const float *k, const kernels_dsv4_kv *cache, const int *pos,
+                                        const int *tok_seq, const int *block_tables, int max_blocks, int block_size,
+                                        int T, int m, int dI, const float *k_norm, float eps, int r,
+                                        const float *inv_freq, void *stream) {
+    if (T <= 0) return KERNELS_OK;
+    if (m < 1 || dI < 32 || dI % 32) return KERNELS_ERR_ARG;
+    low_index_key_kernel<<<T, 256, 0, (cudaStream_t)stream>>>(k, *cache, pos, tok_seq, block_tables, max_blocks,
+                                                             block_size, m, dI, k_norm, eps, r, inv_freq);
+    return dsv4_status();
+}
+
+// One thread per block of 32 values (a row's blocks are consecutive: w % 32 == 0).
+__global__ void fake_quant_fp4_kernel(float *x, size_t blocks) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < blocks; i += (size_t)gridDim.x * blockDim.x)
+        dsv41_fq4_block(x + i * 32);
+}
+
+extern "C" int kernels_fake_quant_fp4(float *x, size_t n, int w, void *stream) {
+    if (w < 32 || w % 32) return KERNELS_ERR_ARG;
+    size_t blocks = n * (size_t)(w / 32), grid = (blocks + 127) / 128;
+    if (!blocks) return KERNELS_OK;
+    fake_quant_fp4_kernel<<<grid < 4096 ? (unsigned)grid : 4096u, 128, 0, (cudaStream_t)stream>>>(x, blocks);
+    return dsv4_status();
+}
+
+// ---- Lightning indexer (V4's, and V4.1's with two-level candidates) ----
+
+// Floats of one token's scratch: the scores of its candidates (every causal entry, at most n_max, or the
+// nb * bs slots of the blocks it selects within), after n_max of them the candidate source's block keys
+// (at most n_max).
+static size_t index_stride(const kernels_dsv4_index_args *a) {
+    size_t n_max = (size_t)(a->max_ctx / a->m + 1), slots = a->among ? (size_t)a->nb * a->bs : 0;
+    return n_max + (slots > n_max ? slots : n_max);
+}
+
+// One block per token (cpu_dsv4.c index_token). The candidates: the n = (p+1)/m causal entries, or with
+// among the causal entries of the blocks it names (slot j: entry among[j / bs] bs + j % bs, none for a
+// -1 block or past n). Their scores go to work (one thread per candidate, heads and channels in the
+// CPU's order, so bit for bit the CPU's); then each candidate's rank by counting: with more than K
+// candidates, score descending then index ascending, the first K ranks in rank order; else all of them
+// in index order; -1 after. With publish (the candidate source): its blocks as publish_blocks picks
+// them, the newest first, then the others by their largest score descending, id ascending.
+__global__ void index_kernel(kernels_dsv4_index_args a, size_t stride) {
+    int t = blockIdx.x, s = a.tok_seq[t], n = (a.pos[t] + 1) / a.m, K = a.K, nI = a.nI, dI = a.dI, bs = a.bs;
+    int *out = a.sel + (size_t)t * K, *pub = a.publish ? a.publish + (size_t)t * a.nb : NULL;
+    const int *blk = a.among ? a.among + (size_t)t * a.nb : NULL;
+    float *sc = a.work + (size_t)t * stride;
     float qs = 1.0f / sqrtf((float)dI), ws = 1.0f / sqrtf((float)nI);
-    const float *qt = q + (size_t)t * nI * dI, *wt = wts + (size_t)t * nI;
+    const float *qt = a.q + (size_t)t * nI * dI, *wt = a.wts + (size_t)t * nI;
+    int slots = blk ? a.nb * bs : n, c = 0; // candidate slots, candidates
+    auto entry = [&](int j) -> int {       // the entry of slot j, or -1
+        if (!blk) return j;
+        int w = blk[j / bs] * bs + j % bs;
+        return blk[j / bs] >= 0 && w < n ? w : -1;
+    };
+    for (int j = 0; j < slots; j++) c += entry(j) >= 0;
     for (int i = threadIdx.x; i < K; i += blockDim.x) out[i] = -1;
-    for (int w = threadIdx.x; w < n; w += blockDim.x) {
-        const float *key = dsv4_entry(L, bt, max_blocks, bs, s, w, 1);
+    for (int i = threadIdx.x; pub && i < a.nb; i += blockDim.x) pub[i] = -1;
+    for (int j = threadIdx.x; j < slots; j += blockDim.x) {
+        int w = entry(j);
+        if (w < 0) continue;
+        const float *key = dsv4_entry(a.cache, a.block_tables, a.max_blocks, a.block_size, s, w, 1);
         float total = 0.0f;
         for (int h = 0; h < nI; h++) {
             float dot = 0.0f;
-            for (int c = 0; c < dI; c++) dot = __fadd_rn(dot, __fmul_rn(qt[(size_t)h * dI + c], key[c]));
+            for (int i = 0; i < dI; i++) dot = __fadd_rn(dot, __fmul_rn(qt[(size_t)h * dI + i], key[i]));
             total = __fadd_rn(total, __fmul_rn(__fmul_rn(dot > 0.0f ? dot : 0.0f, qs), __fmul_rn(wt[h], ws)));
         }
-        sc[w] = total;
+        sc[j] = total;
     }
     __syncthreads();
-    for (int w = threadIdx.x; w < n; w += blockDim.x) {
-        if (n <= K) {
-            out[w] = w; // all of them, in order (the CPU does not sort then)
-            continue;
+    if (pub && n > 0) { // no among here: slot w is entry w
+        int nblk = (n + bs - 1) / bs, full = nblk - 1; // only the newest block may be partial
+        float *key = sc + (a.max_ctx / a.m + 1);
+        for (int b = threadIdx.x; b < full; b += blockDim.x) {
+            float mx = sc[b * bs];
+            for (int w = b * bs + 1; w < (b + 1) * bs; w++) mx = sc[w] > mx ? sc[w] : mx;
+            key[b] = mx;
         }
-        float v = sc[w];
-        int rank = 0;
-        for (int u = 0; u < n; u++) rank += sc[u] > v || (sc[u] == v && u < w);
+        __syncthreads();
+        if (threadIdx.x == 0) pub[0] = nblk - 1;
+        for (int b = threadIdx.x; b < full; b += blockDim.x) {
+            int rank = b; // all of them fit: in id order (the CPU sorts only when some are left out)
+            if (full > a.nb - 1) {
+                rank = 0;
+                for (int u = 0; u < full; u++) rank += key[u] > key[b] || (key[u] == key[b] && u < b);
+            }
+            if (rank < a.nb - 1) pub[1 + rank] = b;
+        }
+    }
+    for (int j = threadIdx.x; j < slots; j += blockDim.x) {
+        int w = entry(j), rank = 0;
+        if (w < 0) continue;
+        float v = sc[j];
+        for (int u = 0; u < slots; u++) {
+            int wu = entry(u);
+            rank += wu >= 0 && (c <= K ? wu < w : sc[u] > v || (sc[u] == v && wu < w));
+        }
         if (rank < K) out[rank] = w;
     }
 }
 
-extern "C" size_t kernels_dsv4_index_work_floats(int T, int max_ctx, int m) {
-    return (size_t)T * (size_t)(max_ctx / m + 1);
+extern "C" size_t kernels_dsv4_index_work_floats(const kernels_dsv4_index_args *a) {
+    return (size_t)(a->n_tokens > 0 ? a->n_tokens : 0) * index_stride(a);
 }
 
-extern "C" int kernels_dsv4_index(int *sel, float *work, const float *q, const float *wts,
-                                  const kernels_dsv4_kv *cache, const int *pos, const int *tok_seq,
-                                  const int *block_tables, int max_blocks, int block_size, int T, int max_ctx, int m,
-                                  int K, int nI, int dI, void *stream) {
-    if (T <= 0) return KERNELS_OK;
-    if (m < 1 || K < 1) return KERNELS_ERR_ARG;
-    index_kernel<<<T, 256, 0, (cudaStream_t)stream>>>(sel, work, (size_t)(max_ctx / m + 1), q, wts, *cache, pos,
-                                                      tok_seq, block_tables, max_blocks, block_size, m, K, nI, dI);
+extern "C" int kernels_dsv4_index(const kernels_dsv4_index_args *a, void *stream) {
+    if (a->n_tokens <= 0) return KERNELS_OK;
+    if (a->m < 1 || a->K < 1 || ((a->publish || a->among) && (a->nb < 1 || a->bs < 1)) || (a->publish && a->among))
+        return KERNELS_ERR_ARG;
+    index_kernel<<<a->n_tokens, 256, 0, (cudaStream_t)stream>>>(*a, index_stride(a));
     return dsv4_status();
 }
 

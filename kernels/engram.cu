@@ -3,6 +3,7 @@
 // with per-sequence history. (Table row gathers are in elementwise.cu.) Each
 // mirrors its CPU reference in engine/backend/cpu/backend_cpu.c.
 #include "kernels/kernels.h"
+#include "kernels/fp8.cuh"
 
 #include <cuda_runtime.h>
 
@@ -107,8 +108,8 @@ extern "C" int kernels_short_conv_batch_f32(float *out, const float *in, const f
 
 __device__ __forceinline__ float bits_f32(unsigned u) { return __uint_as_float(u); }
 
-/* The CPU's conversions, integer for integer (base/numeric.h f16_to_f32,
- * engram/engram_fp8.c), so NaN payloads and subnormals come out the same. */
+/* The CPU's conversions, integer for integer (base/numeric.h f16_to_f32; FP8
+ * in kernels/fp8.cuh), so NaN payloads and subnormals come out the same. */
 __device__ float row_f16(unsigned short h) {
     unsigned sign = (unsigned)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;
     if (e == 0x1f) return bits_f32(sign | 0x7f800000u | (m << 13));
@@ -124,22 +125,6 @@ __device__ float row_f16(unsigned short h) {
     return bits_f32(sign | ((e + 127 - 15) << 23) | (m << 13));
 }
 
-__device__ float row_e4m3(unsigned char code) {
-    unsigned sign = (unsigned)(code & 0x80) << 24, e = (code >> 3) & 0xf, m = code & 0x7;
-    if (e == 0xf && m == 0x7) return bits_f32(sign | 0x7fc00000u);
-    if (e == 0) {
-        float v = __fmul_rn((float)m, 0x1p-9f);
-        return sign ? -v : v;
-    }
-    return bits_f32(sign | ((e + 120u) << 23) | (m << 20));
-}
-
-__device__ float row_ue8m0(unsigned char b) {
-    if (b == 255) return bits_f32(0x7fc00000u);
-    if (b == 0) return bits_f32(0x00400000u);
-    return bits_f32((unsigned)b << 23);
-}
-
 __global__ void decode_rows_kernel(float *out, const unsigned char *rows, int dt, size_t stride, const int *idx,
                                    int n, int cols) {
     size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -152,7 +137,7 @@ __global__ void decode_rows_kernel(float *out, const unsigned char *rows, int dt
     case KERNELS_ROW_BF16: v = bits_f32((unsigned)((const unsigned short *)r)[j] << 16); break;
     case KERNELS_ROW_F16: v = row_f16(((const unsigned short *)r)[j]); break;
     default:
-        v = __fmul_rn(row_e4m3(r[j]), row_ue8m0(r[cols + j / 32]));
+        v = __fmul_rn(fp8_e4m3_f32(r[j]), fp8_ue8m0_f32(r[cols + j / 32]));
         if (v != v) v = bits_f32(0x7fc00000u); /* the CPU's one NaN (engram_fp8_decode_row) */
         break;
     }
@@ -168,6 +153,28 @@ extern "C" int kernels_engram_decode_rows(float *out, const void *rows, int dt, 
     size_t total = (size_t)n * cols;
     decode_rows_kernel<<<(unsigned)((total + 255) / 256), 256, 0, (cudaStream_t)stream>>>(
         out, (const unsigned char *)rows, dt, stride, idx, n, cols);
+    return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
+}
+
+/* ---- a device table of FP8 rows (DeepSeek-V4.1's Engram in checkpoint tensors) ---- */
+
+/* One block per gathered row i (= t H + h): table row rows[i], each value its
+ * e4m3 code times its 32 values' ue8m0 scale, one f32 multiply (the CPU's
+ * model_weight_rows_to_f32; a NaN may differ in payload). */
+__global__ void gather_rows_fp8_kernel(float *out, const unsigned char *codes, const unsigned char *scales,
+                                       const long long *rows, int D) {
+    size_t i = blockIdx.x;
+    const unsigned char *c = codes + (size_t)rows[i] * D, *s = scales + (size_t)rows[i] * (D / 32);
+    for (int j = threadIdx.x; j < D; j += blockDim.x)
+        out[i * D + j] = __fmul_rn(fp8_e4m3_f32(c[j]), fp8_ue8m0_f32(s[j / 32]));
+}
+
+extern "C" int kernels_gather_rows_fp8(float *out, const void *codes, const void *scales, const long long *rows,
+                                       int T, int H, int D, void *stream) {
+    if (T < 0 || H <= 0 || D <= 0 || D % 32) return KERNELS_ERR_ARG;
+    if (T == 0) return KERNELS_OK;
+    gather_rows_fp8_kernel<<<(unsigned)((size_t)T * H), 128, 0, (cudaStream_t)stream>>>(
+        out, (const unsigned char *)codes, (const unsigned char *)scales, rows, D);
     return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
 }
 

@@ -71,6 +71,12 @@ enum { KERNELS_ROW_F32 = 1, KERNELS_ROW_BF16 = 2, KERNELS_ROW_F16 = 3, KERNELS_R
 int kernels_engram_decode_rows(float *out, const void *rows, int dt, size_t stride, const int *idx, int n, int cols,
                                void *stream);
 
+/* out (T, H*D) = table rows rows[t*H + h] of a device table of FP8 rows
+ * (DeepSeek-V4.1's Engram): e4m3 codes (., D) and ue8m0 scales (., D/32),
+ * value = code times its 32 values' scale (one f32 rounding). D % 32 == 0. */
+int kernels_gather_rows_fp8(float *out, const void *codes, const void *scales, const long long *rows, int T, int H,
+                            int D, void *stream);
+
 /* Row slot[i] of dst = row i of src (row_bytes each), for i < n. */
 int kernels_scatter_rows(void *dst, const void *src, const int *slot, int n, size_t row_bytes, void *stream);
 /* Row i of dst = row slot[i] of src (row_bytes each), for i < n: the inverse. */
@@ -250,9 +256,11 @@ typedef struct {
     size_t eblock_floats;
 } kernels_dsv4_kv;
 
-/* backend.h's dsv4_compress; ring_kv / ring_gate and h_seq_* are host arrays (the rings device memory). */
+/* backend.h's dsv4_compress and, with lat, dsv41_compress (gate is then the score, used at ratio 2; which,
+ * overlap and ape unused); ring_kv / ring_gate and h_seq_* are host arrays (the rings device memory). */
 typedef struct {
     const float *kv, *gate;          /* (T, cw) the step's projections */
+    float *lat;                      /* (T, D) V4.1's latents out (kernels_dsv41_compress) */
     float *const *ring_kv, *const *ring_gate; /* (n_seqs) each sequence's ring of 2m rows */
     const int *h_seq_start, *h_seq_pos0; /* host */
     const int *block_tables;         /* device */
@@ -264,11 +272,30 @@ typedef struct {
 } kernels_dsv4_compress_args;
 int kernels_dsv4_compress(const kernels_dsv4_compress_args *a, void *stream);
 
-/* backend.h's dsv4_index; work: kernels_dsv4_index_work_floats floats of scratch. */
-size_t kernels_dsv4_index_work_floats(int T, int max_ctx, int m);
-int kernels_dsv4_index(int *sel, float *work, const float *q, const float *wts, const kernels_dsv4_kv *cache,
-                       const int *pos, const int *tok_seq, const int *block_tables, int max_blocks, int block_size,
-                       int T, int max_ctx, int m, int K, int nI, int dI, void *stream);
+/* DeepSeek-V4.1's ratio-1/2 ops with SGLang's fake quantisations, bit for bit the CPU's on the same
+ * inputs (cpu_dsv4.c): backend.h's dsv41_compress (m 1 or 2, D % 16 == 0), dsv41_index_keys (dI % 32
+ * == 0) and fake_quant_fp4 (w % 32 == 0). */
+int kernels_dsv41_compress(const kernels_dsv4_compress_args *a, void *stream);
+int kernels_dsv41_index_keys(const float *k, const kernels_dsv4_kv *cache, const int *pos, const int *tok_seq,
+                             const int *block_tables, int max_blocks, int block_size, int T, int m, int dI,
+                             const float *k_norm, float eps, int r, const float *inv_freq, void *stream);
+int kernels_fake_quant_fp4(float *x, size_t n, int w, void *stream);
+
+/* backend.h's dsv4_index (publish and among NULL) and dsv41_index (V4.1's two-level candidates). */
+typedef struct {
+    int *sel;                /* (n_tokens, K) */
+    const float *q, *wts;    /* (n_tokens, nI, dI) rotated queries, (n_tokens, nI) head weights */
+    const int *pos, *tok_seq, *block_tables; /* device */
+    int n_tokens, max_blocks, block_size, max_ctx;
+    kernels_dsv4_kv cache;
+    int m, K, nI, dI;
+    int *publish;            /* (n_tokens, nb) the candidate source's blocks out, or NULL */
+    const int *among;        /* (n_tokens, nb) the blocks a later index source selects within, or NULL */
+    int nb, bs;              /* blocks published, entries per block (with publish or among) */
+    float *work;             /* kernels_dsv4_index_work_floats floats of scratch */
+} kernels_dsv4_index_args;
+size_t kernels_dsv4_index_work_floats(const kernels_dsv4_index_args *a);
+int kernels_dsv4_index(const kernels_dsv4_index_args *a, void *stream);
 
 /* backend.h's dsv4_attention (the step's kv rows stored first). */
 typedef struct {

@@ -133,6 +133,16 @@ static void check_i32(const char *op, const int32_t *dev, const int32_t *ref, si
     free(got);
 }
 
+/* compares device bytes with host bytes, bit for bit */
+static void check_bits(const char *op, const void *dev, const void *ref, size_t bytes) {
+    unsigned char *got = host_of(dev, bytes);
+    size_t bad = 0;
+    for (size_t i = 0; i < bytes; i++) bad += got[i] != ((const unsigned char *)ref)[i];
+    printf("%-34s bytes=%-9zu differing=%zu %s\n", op, bytes, bad, bad ? "FAIL" : "ok");
+    failures += bad != 0;
+    free(got);
+}
+
 static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -445,6 +455,27 @@ static void test_gathers(void) {
         check(name, out, ref, (size_t)T * H * D, 0);
         backend_free(gpu, (void *)dw.data), backend_free(gpu, out);
     }
+    { /* DeepSeek-V4.1's FP8 rows as a device table: random codes but the NaN ones, scale bytes 0..254
+       * (2^-127 to 2^127: products down to subnormals and up to infinities), bit for bit */
+        uint8_t *codes = xmalloc((size_t)rows * D), *scales = xmalloc((size_t)rows * D / 32);
+        for (size_t i = 0; i < (size_t)rows * D; i++) {
+            codes[i] = (uint8_t)(rnext() >> 56);
+            if ((codes[i] & 0x7f) == 0x7f) codes[i]--; /* 0x7f, 0xff are NaN: their payloads may differ */
+        }
+        for (size_t i = 0; i < (size_t)rows * D / 32; i++) scales[i] = (uint8_t)irand(255);
+        weight w = {.data = codes, .dt = DTYPE_F8_E4M3, .rows = rows, .cols = D, .fmt = WEIGHT_FP8,
+                    .scale = scales, .scale_dt = DTYPE_F8_E8M0, .scale_rows = rows, .scale_cols = D / 32,
+                    .block_rows = 1, .block_cols = 32};
+        backend_gather_rows(cpu, ref, &w, r, T, H);
+        weight dw = w;
+        dw.data = dev_copy(codes, (size_t)rows * D);
+        dw.scale = dev_copy(scales, (size_t)rows * D / 32);
+        float *out = dev_poison((size_t)T * H * D * 4);
+        backend_gather_rows(gpu, out, &dw, dr, T, H);
+        check_bits("gather_rows fp8 (ue8m0 per 32)", out, ref, (size_t)T * H * D * 4);
+        backend_free(gpu, (void *)dw.data), backend_free(gpu, (void *)dw.scale), backend_free(gpu, out);
+        free(codes), free(scales);
+    }
     backend_free(gpu, dids), backend_free(gpu, dr);
     free(ef), free(eb), free(eh), free(ref), free(r), free(tf), free(tb), free(th);
 }
@@ -463,15 +494,6 @@ static int random_row(void *ctx, uint64_t row, void *dst) {
         ((unsigned char *)dst)[i] = (unsigned char)(z >> 24);
     }
     return 0;
-}
-
-static void check_bits(const char *op, const void *dev, const void *ref, size_t bytes) {
-    unsigned char *got = host_of(dev, bytes);
-    size_t bad = 0;
-    for (size_t i = 0; i < bytes; i++) bad += got[i] != ((const unsigned char *)ref)[i];
-    printf("%-34s bytes=%-9zu differing=%zu %s\n", op, bytes, bad, bad ? "FAIL" : "ok");
-    failures += bad != 0;
-    free(got);
 }
 
 /* 20 engram_fetch steps from st (a hot set and a tail) against
@@ -1113,6 +1135,138 @@ static void test_dsv4_layer(const step *st, int n_blocks, int m, int csa) {
     free(q), free(kv), free(sinks), free(out), free(cache), free(sel);
 }
 
+/* ---- DeepSeek-V4.1's ratio-1/2 ops (cpu_dsv4.c against kernels/dsv4.cu) ---- */
+
+/* SGLang's fake quantisation of the index queries on identical inputs: bit for bit. Rows of blocks of
+ * 32 at scales from 2^-140 to 2^20, and hand-made blocks: all zeros, signed zeros, an amax of exactly
+ * 6 (scale 1) with every e2m1 tie (0.25, 0.75, ... 5: nearest even) and the clamp at 6, a block whose
+ * amax / 6 is a power of two, one under the 6 * 2^-126 floor. */
+static void test_dsv41_fake_quant(void) {
+    int n = 37, w = 128, nb = n * w / 32;
+    float *x = xmalloc((size_t)n * w * 4);
+    for (int b = 0; b < nb; b++) {
+        float sc = ldexpf(1.0f, irand(161) - 140);
+        for (int i = 0; i < 32; i++) x[b * 32 + i] = sc * frand();
+    }
+    const float ties[32] = {0.25f, -0.25f, 0.75f, -0.75f, 1.25f, 1.75f, 2.5f, -2.5f, 3.5f, -3.5f, 5.0f, -5.0f,
+                            6.0f, -6.0f, 0.0f, -0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 0.1f, 0.3f,
+                            0.6f, 0.9f, 1.1f, 2.2f, 2.9f, 4.4f, 5.5f, 5.9f};
+    memcpy(x, ties, sizeof(ties));
+    for (int i = 0; i < 32; i++) x[32 + i] = 0.0f, x[64 + i] = i % 2 ? -0.0f : 0.0f;
+    for (int i = 0; i < 32; i++) x[96 + i] = 0.01f * (float)(i - 16), x[128 + i] = 0x1p-130f * (float)(i - 16);
+    x[96] = 12.0f; /* amax / 6 = 2 */
+    float *dx = dev_copy(x, (size_t)n * w * 4);
+    backend_fake_quant_fp4(cpu, x, (size_t)n, w);
+    backend_fake_quant_fp4(gpu, dx, (size_t)n, w);
+    check_bits("fake_quant_fp4 (index queries)", dx, x, (size_t)n * w * 4);
+    backend_free(gpu, dx);
+    free(x);
+}
+
+/* A fake-quantised cache: bit for bit but for at most max_flips elements. An ulp between libm's and
+ * CUDA's cosf or expf before the quantiser moves a value across a rounding midpoint now and then (one
+ * element one grid step); a wrong index, rounding or scale changes many more. */
+static void check_fq(const char *op, const float *dev, const float *ref, size_t n, int max_flips) {
+    float *got = host_of(dev, n * sizeof(float));
+    size_t diff = 0;
+    double worst = 0;
+    int nan = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(got[i]) != isnan(ref[i])) nan = 1;
+        if (memcmp(&got[i], &ref[i], 4)) {
+            diff++;
+            if (fabs((double)got[i] - ref[i]) > worst) worst = fabs((double)got[i] - ref[i]);
+        }
+    }
+    int ok = !nan && diff <= (size_t)max_flips;
+    printf("%-34s n=%-9zu differing=%zu (at most %d) max_abs=%.3e %s\n", op, n, diff, max_flips, worst,
+           ok ? "ok" : nan ? "FAIL (NaN)" : "FAIL");
+    failures += !ok;
+    free(got);
+}
+
+/* A V4.1 kv source of ratio m that owns its index keys, over the mixed step, its cache random at first:
+ * dsv41_compress (latents, entries, rings), dsv41_index_keys, then on the CPU's cache the indexer's
+ * three forms: the full top-k (dsv4_index), the candidate source publishing its blocks, a later index
+ * source selecting within them (K below and above the candidates' count). With rope 0 the rope's
+ * frequencies are zero (the identity on both backends): the caches must then be the CPU's bit for bit
+ * where no exp is involved (ratio 1; index keys); with the real rope an ulp may flip a quantised value. */
+static void test_dsv41_layer(const step *st, int n_blocks, int m, int rope) {
+    int D = 64, dI = 32, nI = 4, r = 16, T = st->h.n_tokens, S = st->h.n_seqs, bs = st->h.block_size;
+    int slots = (bs + m - 1) / m, flips = 2;
+    size_t bf = dsv4_kv_block_floats(bs, m, true, true, D, dI), ncache = (size_t)n_blocks * bf;
+    float *cache = rand_f32(ncache, 1.0f), *dcache = dev_copy(cache, ncache * 4);
+    dsv4_kv hk = {.base = cache, .block_floats = bf, .m = m, .slots = slots, .D = D, .dI = dI, .ebase = cache,
+                  .eblock_floats = bf};
+    dsv4_kv gk = hk;
+    gk.base = gk.ebase = dcache;
+    float inv[8];
+    for (int j = 0; j < 8; j++) inv[j] = rope ? powf(160000.0f, -2.0f * j / 16.0f) : 0.0f;
+    float *dinv = dev_copy(inv, sizeof(inv));
+    char name[96];
+    /* the compressor: each sequence's ring (2m rows of kv, then of score) random, as earlier pairs left it */
+    float *kv = rand_f32((size_t)T * D, 1.0f), *score = rand_f32((size_t)T * D, 2.0f), *norm = rand_f32(D, 1.0f);
+    float *dkv = dev_copy(kv, (size_t)T * D * 4), *dscore = dev_copy(score, (size_t)T * D * 4);
+    float *dnorm = dev_copy(norm, (size_t)D * 4), *lat = xmalloc((size_t)T * D * 4);
+    float *dlat = dev_poison((size_t)T * D * 4);
+    size_t ring = (size_t)2 * m * D;
+    float *rings = rand_f32((size_t)S * 2 * ring, 1.0f), *drings = dev_copy(rings, (size_t)S * 2 * ring * 4);
+    dsv4_state hs[8], gs[8], *hp[8], *gp[8];
+    for (int s = 0; s < S; s++) {
+        float *h0 = rings + (size_t)s * 2 * ring, *g0 = drings + (size_t)s * 2 * ring;
+        hs[s] = (dsv4_state){.c_kv = h0, .c_gate = h0 + ring};
+        gs[s] = (dsv4_state){.c_kv = g0, .c_gate = g0 + ring};
+        hp[s] = &hs[s], gp[s] = &gs[s];
+    }
+    backend_dsv41_compress(cpu, lat, kv, score, &st->h, hp, &hk, m, D, norm, 1e-6f, r, inv);
+    backend_dsv41_compress(gpu, dlat, dkv, dscore, &st->d, gp, &gk, m, D, dnorm, 1e-6f, r, dinv);
+    snprintf(name, sizeof(name), "dsv41_compress m=%d%s latents", m, rope ? "" : " (no rope)");
+    check(name, dlat, lat, (size_t)T * D, 1e-5);
+    snprintf(name, sizeof(name), "dsv41_compress m=%d%s cache", m, rope ? "" : " (no rope)");
+    check_fq(name, dcache, cache, ncache, rope || m == 2 ? flips : 0);
+    snprintf(name, sizeof(name), "dsv41_compress m=%d rings", m);
+    check(name, drings, rings, (size_t)S * 2 * ring, 0);
+    /* the index keys of the groups closing in the step, from the same cache */
+    backend_upload(gpu, dcache, cache, ncache * 4);
+    float *k = rand_f32((size_t)T * dI, 1.0f), *kn = rand_f32(dI, 1.0f);
+    float *dk = dev_copy(k, (size_t)T * dI * 4), *dkn = dev_copy(kn, (size_t)dI * 4);
+    backend_dsv41_index_keys(cpu, k, &st->h, &hk, m, dI, kn, 1e-6f, r, inv);
+    backend_dsv41_index_keys(gpu, dk, &st->d, &gk, m, dI, dkn, 1e-6f, r, dinv);
+    snprintf(name, sizeof(name), "dsv41_index_keys m=%d%s cache", m, rope ? "" : " (no rope)");
+    check_fq(name, dcache, cache, ncache, rope ? flips : 0);
+    if (rope) { /* the indexer's three forms on one cache (the CPU's): selections exact */
+        backend_upload(gpu, dcache, cache, ncache * 4);
+        int nb = 3, cbs = 4, Ks[2] = {8, 16};
+        float *q = rand_f32((size_t)T * nI * dI, 1.0f), *wts = rand_f32((size_t)T * nI, 1.0f);
+        float *dq = dev_copy(q, (size_t)T * nI * dI * 4), *dwts = dev_copy(wts, (size_t)T * nI * 4);
+        int32_t *sel = xmalloc((size_t)T * 16 * 4), *pub = xmalloc((size_t)T * nb * 4);
+        int32_t *dsel = dev_poison((size_t)T * 16 * 4), *dpub = dev_poison((size_t)T * nb * 4);
+        for (int ki = 0; ki < 2; ki++) {
+            int K = Ks[ki];
+            backend_dsv4_index(cpu, sel, q, wts, &st->h, &hk, m, K, nI, dI);
+            backend_dsv4_index(gpu, dsel, dq, dwts, &st->d, &gk, m, K, nI, dI);
+            snprintf(name, sizeof(name), "dsv4_index m=%d K=%d (V4.1 keys)", m, K);
+            check_i32(name, dsel, sel, (size_t)T * K);
+            backend_dsv41_index(cpu, sel, q, wts, &st->h, &hk, m, K, nI, dI, pub, NULL, nb, cbs);
+            backend_dsv41_index(gpu, dsel, dq, dwts, &st->d, &gk, m, K, nI, dI, dpub, NULL, nb, cbs);
+            snprintf(name, sizeof(name), "dsv41_index m=%d K=%d publish: sel", m, K);
+            check_i32(name, dsel, sel, (size_t)T * K);
+            snprintf(name, sizeof(name), "dsv41_index m=%d K=%d publish: blocks", m, K);
+            check_i32(name, dpub, pub, (size_t)T * nb);
+            backend_upload(gpu, dpub, pub, (size_t)T * nb * 4); /* the same candidates for both */
+            backend_dsv41_index(cpu, sel, q, wts, &st->h, &hk, m, K, nI, dI, NULL, pub, nb, cbs);
+            backend_dsv41_index(gpu, dsel, dq, dwts, &st->d, &gk, m, K, nI, dI, NULL, dpub, nb, cbs);
+            snprintf(name, sizeof(name), "dsv41_index m=%d K=%d among blocks", m, K);
+            check_i32(name, dsel, sel, (size_t)T * K);
+        }
+        backend_free(gpu, dq), backend_free(gpu, dwts), backend_free(gpu, dsel), backend_free(gpu, dpub);
+        free(q), free(wts), free(sel), free(pub);
+    }
+    void *fr[] = {dcache, dinv, dkv, dscore, dnorm, dlat, drings, dk, dkn};
+    for (size_t i = 0; i < sizeof(fr) / sizeof(fr[0]); i++) backend_free(gpu, fr[i]);
+    free(cache), free(kv), free(score), free(norm), free(lat), free(rings), free(k), free(kn);
+}
+
 static void time_attention(int n_seqs, int q_each, int ctx, int nh, int nkv, int hd, int no_tiled, int simt) {
     int qn[512], p0[512], bs = 16;
     for (int s = 0; s < n_seqs; s++) qn[s] = q_each, p0[s] = ctx - q_each;
@@ -1207,6 +1361,7 @@ int main(int argc, char **argv) {
     /* mixture of experts: routers of the three scorings; experts through the pair kernel (T <= 2,
      * f32 activations), the tensor-core grouped products (bf16, tiles fit) and the general ones */
     test_dsv4_small();
+    test_dsv41_fake_quant();
     test_moe(128, 8, 256, 128, 1, DTYPE_BF16, 0.0f, MOE_SOFTMAX, 1e-5);
     test_moe(128, 8, 256, 128, 2, DTYPE_F32, 0.0f, MOE_SOFTMAX, 1e-5);
     test_moe(64, 6, 256, 128, 2, DTYPE_BF16, 7.0f, MOE_SQRTSOFTPLUS, 1e-5);
@@ -1244,6 +1399,8 @@ int main(int argc, char **argv) {
     test_dsv4_layer(&st, n_blocks, 4, 1);
     test_dsv4_layer(&st, n_blocks, 8, 0);
     test_dsv4_layer(&st, n_blocks, 0, 0);
+    for (int m = 1; m <= 2; m++)
+        for (int rope = 0; rope < 2; rope++) test_dsv41_layer(&st, n_blocks, m, rope);
     step_free(&st);
     { /* a long prefill chunk far into its sequence beside a short decode */
         int q3[2] = {300, 1}, p3[2] = {1000, 50};

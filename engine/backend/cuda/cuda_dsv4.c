@@ -1,4 +1,5 @@
-/* DeepSeek-V4 ops of the CUDA backend (kernels/dsv4.cu; the CPU reference is
+/* DeepSeek-V4 ops of the CUDA backend, V4.1's ratio-1/2 ops and two-level
+ * top-k included (kernels/dsv4.cu; the CPU reference is
  * engine/backend/cpu/cpu_dsv4.c): the glue from backend.h's arguments to the
  * kernels' (the step's host copies for the launches planned per sequence,
  * each sequence's compressor rings by value). */
@@ -58,37 +59,88 @@ void cu_rope_tail(backend *be, float *x, const int32_t *pos, int T, int n_heads,
     CUDA_TIMED(g, CHECK_K(kernels_rope_tail(x, pos, T, n_heads, hd, r, inv_freq, inverse, g->stream)), "rope_tail");
 }
 
-void cu_dsv4_compress(backend *be, const float *kv, const float *gate, const batch_desc *b, dsv4_state *const *st,
-                      const dsv4_kv *cache, int which, int m, int D, int overlap, const float *ape,
-                      const float *norm, float eps, int r, const float *inv_freq) {
-    cuda_backend *g = cuda__of(be);
+/* The step's sequences' rings of one compressor, host arrays in batch order: (2 n_seqs) kv rings, then
+ * gate (score) rings; free()d by the caller. */
+static float **rings_of(const batch_desc *b, dsv4_state *const *st, int which) {
     float **rings = malloc((size_t)2 * (b->n_seqs ? b->n_seqs : 1) * sizeof(float *));
     if (!rings) cuda__fail(__func__, "out of host memory");
     for (int s = 0; s < b->n_seqs; s++) {
         rings[s] = which ? st[s]->i_kv : st[s]->c_kv;
         rings[b->n_seqs + s] = which ? st[s]->i_gate : st[s]->c_gate;
     }
-    kernels_dsv4_compress_args a = {
+    return rings;
+}
+
+/* The compressor's launch arguments but for its weights and kind. */
+static kernels_dsv4_compress_args compress_args(const float *kv, const float *gate, const batch_desc *b,
+                                                float **rings, const dsv4_kv *cache, int m, int D, int r,
+                                                const float *norm, float eps, const float *inv_freq) {
+    return (kernels_dsv4_compress_args){
         .kv = kv, .gate = gate, .ring_kv = rings, .ring_gate = rings + b->n_seqs, .h_seq_start = b->h_seq_start,
         .h_seq_pos0 = b->h_seq_pos0, .block_tables = b->block_tables, .n_seqs = b->n_seqs,
-        .max_blocks = b->max_blocks, .block_size = b->block_size, .cache = kv_of(cache), .which = which, .m = m,
-        .D = D, .overlap = overlap, .r = r, .ape = ape, .norm = norm, .inv_freq = inv_freq, .eps = eps,
+        .max_blocks = b->max_blocks, .block_size = b->block_size, .cache = kv_of(cache), .m = m, .D = D, .r = r,
+        .norm = norm, .inv_freq = inv_freq, .eps = eps,
     };
+}
+
+void cu_dsv4_compress(backend *be, const float *kv, const float *gate, const batch_desc *b, dsv4_state *const *st,
+                      const dsv4_kv *cache, int which, int m, int D, int overlap, const float *ape,
+                      const float *norm, float eps, int r, const float *inv_freq) {
+    cuda_backend *g = cuda__of(be);
+    float **rings = rings_of(b, st, which);
+    kernels_dsv4_compress_args a = compress_args(kv, gate, b, rings, cache, m, D, r, norm, eps, inv_freq);
+    a.which = which, a.overlap = overlap, a.ape = ape;
     CUDA_TIMED(g, CHECK_K(kernels_dsv4_compress(&a, g->stream)), "dsv4_compress m=%d", m);
     free(rings);
 }
 
-void cu_dsv4_index(backend *be, int32_t *sel, const float *q, const float *wts, const batch_desc *b,
-                   const dsv4_kv *cache, int m, int K, int nI, int dI) {
+void cu_dsv41_compress(backend *be, float *lat, const float *kv, const float *score, const batch_desc *b,
+                       dsv4_state *const *st, const dsv4_kv *cache, int m, int D, const float *norm, float eps, int r,
+                       const float *inv_freq) {
     cuda_backend *g = cuda__of(be);
-    size_t need = kernels_dsv4_index_work_floats(b->n_tokens, b->max_ctx, m) * sizeof(float);
-    cuda__grow(g, &g->dsv4_work, &g->dsv4_work_bytes, need);
+    float **rings = rings_of(b, st, 0); /* a ratio-2 kv source's ring of pending pairs (none at ratio 1) */
+    kernels_dsv4_compress_args a = compress_args(kv, score, b, rings, cache, m, D, r, norm, eps, inv_freq);
+    a.lat = lat;
+    CUDA_TIMED(g, CHECK_K(kernels_dsv41_compress(&a, g->stream)), "dsv41_compress m=%d", m);
+    free(rings);
+}
+
+void cu_dsv41_index_keys(backend *be, const float *k, const batch_desc *b, const dsv4_kv *cache, int m, int dI,
+                         const float *k_norm, float eps, int r, const float *inv_freq) {
+    cuda_backend *g = cuda__of(be);
     kernels_dsv4_kv c = kv_of(cache);
     CUDA_TIMED(g,
-               CHECK_K(kernels_dsv4_index(sel, g->dsv4_work, q, wts, &c, b->pos, b->tok_seq, b->block_tables,
-                                          b->max_blocks, b->block_size, b->n_tokens, b->max_ctx, m, K, nI, dI,
-                                          g->stream)),
-               "dsv4_index m=%d", m);
+               CHECK_K(kernels_dsv41_index_keys(k, &c, b->pos, b->tok_seq, b->block_tables, b->max_blocks,
+                                                b->block_size, b->n_tokens, m, dI, k_norm, eps, r, inv_freq,
+                                                g->stream)),
+               "dsv41_index_keys m=%d", m);
+}
+
+void cu_fake_quant_fp4(backend *be, float *x, size_t n, int w) {
+    cuda_backend *g = cuda__of(be);
+    CUDA_TIMED(g, CHECK_K(kernels_fake_quant_fp4(x, n, w, g->stream)), "fake_quant_fp4");
+}
+
+/* V4's indexer is V4.1's without candidates, as on the CPU: one kernel for both. */
+void cu_dsv41_index(backend *be, int32_t *sel, const float *q, const float *wts, const batch_desc *b,
+                    const dsv4_kv *cache, int m, int K, int nI, int dI, int32_t *publish, const int32_t *among,
+                    int nb, int bs) {
+    cuda_backend *g = cuda__of(be);
+    kernels_dsv4_index_args a = {
+        .sel = sel, .q = q, .wts = wts, .pos = b->pos, .tok_seq = b->tok_seq, .block_tables = b->block_tables,
+        .n_tokens = b->n_tokens, .max_blocks = b->max_blocks, .block_size = b->block_size, .max_ctx = b->max_ctx,
+        .cache = kv_of(cache), .m = m, .K = K, .nI = nI, .dI = dI, .publish = publish, .among = among, .nb = nb,
+        .bs = bs,
+    };
+    cuda__grow(g, &g->dsv4_work, &g->dsv4_work_bytes, kernels_dsv4_index_work_floats(&a) * sizeof(float));
+    a.work = g->dsv4_work;
+    CUDA_TIMED(g, CHECK_K(kernels_dsv4_index(&a, g->stream)), "dsv4_index m=%d%s", m,
+               publish ? " publish" : among ? " among" : "");
+}
+
+void cu_dsv4_index(backend *be, int32_t *sel, const float *q, const float *wts, const batch_desc *b,
+                   const dsv4_kv *cache, int m, int K, int nI, int dI) {
+    cu_dsv41_index(be, sel, q, wts, b, cache, m, K, nI, dI, NULL, NULL, 0, 1);
 }
 
 void cu_dsv4_attention(backend *be, float *out, const float *q, const float *kv, const batch_desc *b,

@@ -177,6 +177,15 @@ void cu_dsv4_attention(backend *be, float *out, const float *q, const float *kv,
                        const dsv4_kv *cache, int m, const int32_t *sel, int K, const float *sinks, int nh, int D,
                        int W);
 void cu_swiglu_limit(backend *be, float *gate, const float *up, size_t n, float limit);
+void cu_dsv41_compress(backend *be, float *lat, const float *kv, const float *score, const batch_desc *b,
+                       dsv4_state *const *st, const dsv4_kv *cache, int m, int D, const float *norm, float eps, int r,
+                       const float *inv_freq);
+void cu_dsv41_index_keys(backend *be, const float *k, const batch_desc *b, const dsv4_kv *cache, int m, int dI,
+                         const float *k_norm, float eps, int r, const float *inv_freq);
+void cu_fake_quant_fp4(backend *be, float *x, size_t n, int w);
+void cu_dsv41_index(backend *be, int32_t *sel, const float *q, const float *wts, const batch_desc *b,
+                    const dsv4_kv *cache, int m, int K, int nI, int dI, int32_t *publish, const int32_t *among,
+                    int nb, int bs);
 void cu_engram_v41_gate(backend *be, float *X, const float *kv, const float *w, int T, int N, int d, float eps,
                         float clamp, float *gates);
 

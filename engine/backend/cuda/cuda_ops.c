@@ -132,6 +132,13 @@ void cu_argmax(backend *be, int32_t *next, const float *logits, int T, int vocab
 void cu_gather_rows(backend *be, float *out, const weight *table, const int64_t *rows, int T, int H) {
     cuda_backend *g = cuda__of(be);
     if (!table->data) cuda__fail(__func__, "the table is not on the device (served by a host store)");
+    if (table->fmt == WEIGHT_FP8) { /* DeepSeek-V4.1's rows as stored (view__fp8_rows): decoded here */
+        CUDA_TIMED(g,
+                   CHECK_K(kernels_gather_rows_fp8(out, table->data, table->scale, (const long long *)rows, T, H,
+                                                   table->cols, g->stream)),
+                   "gather_rows fp8");
+        return;
+    }
     CUDA_TIMED(g,
                CHECK_K(kernels_gather_rows(out, table->data, cuda__dtype(table->dt), (const long long *)rows, T, H,
                                            table->cols, g->stream)),

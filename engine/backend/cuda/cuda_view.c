@@ -133,9 +133,9 @@ static int view__upload(cuda_view *v, const void *host, dtype t, size_t n, int t
     return 0;
 }
 
-/* Device copy of a temporary host buffer (a conversion made here): never
- * remembered in v->seen, whose keys are the model's own tensors (a freed
- * temporary's address comes back for the next one). */
+/* Device copy of bytes at host, never remembered in v->seen: a temporary
+ * host buffer (a conversion made here; a freed temporary's address comes back
+ * for the next one) or a tensor read once (an FP8 table). */
 static int view__put(cuda_view *v, const void *host, size_t bytes, void **out, const char *what, char *err,
                      size_t errlen) {
     void *d;
@@ -167,17 +167,36 @@ static int view__dequantize(const weight *w, void **out, dtype *dt) {
     return 0;
 }
 
+/* A table the gathers read as stored, quantized: DeepSeek-V4.1's Engram rows
+ * (e4m3 codes, one ue8m0 scale per 32 values of a row), codes and scales
+ * uploaded side by side for kernels_gather_rows_fp8 to decode; any other
+ * quantized table is refused. */
+static int view__fp8_rows(cuda_view *v, const weight *w, weight *out, const char *what, char *err, size_t errlen) {
+    if (w->fmt != WEIGHT_FP8 || w->scale_dt != DTYPE_F8_E8M0 || w->block_rows != 1 || w->block_cols != 32 ||
+        w->row_base || w->scale_cols != w->cols / 32) {
+        snprintf(err, errlen,
+                 "%s: %s rows (%s with %s block scales) are not supported on CUDA; use --device cpu (FP8 rows with "
+                 "one F8_E8M0 scale per 32 values are)", what, w->fmt == WEIGHT_FP8 ? "FP8" : "FP4",
+                 dtype_name(w->dt), dtype_name(w->scale_dt));
+        return -1;
+    }
+    void *codes, *scales;
+    if (!w->data) return 0; /* no rows here (out->data stays NULL, as view__upload leaves it) */
+    if (view__put(v, w->data, (size_t)w->rows * w->cols, &codes, what, err, errlen) ||
+        view__put(v, w->scale, (size_t)w->scale_rows * w->scale_cols, &scales, what, err, errlen))
+        return -1;
+    out->data = codes;
+    out->scale = scales;
+    return 0;
+}
+
 /* A matrix for matmul (bf16 or f32 on the device: f16 becomes bf16) or, with
  * keep_dtype, for row gathers (its own dtype). */
 static int view__weight(cuda_view *v, const weight *w, weight *out, int keep_dtype, const char *what, char *err,
                         size_t errlen) {
     *out = *w;
     void *d;
-    if (w->fmt != WEIGHT_DENSE && keep_dtype) { /* a table the gathers read as stored: no FP8/FP4 rows yet */
-        snprintf(err, errlen, "%s: %s rows (%s with block scales) are not supported on CUDA yet; use --device cpu",
-                 what, w->fmt == WEIGHT_FP8 ? "FP8" : "FP4", dtype_name(w->dt));
-        return -1;
-    }
+    if (w->fmt != WEIGHT_DENSE && keep_dtype) return view__fp8_rows(v, w, out, what, err, errlen);
     if (w->fmt != WEIGHT_DENSE) { /* a product's matrix: dequantized, exactly */
         void *h;
         dtype dt;
@@ -412,8 +431,12 @@ static int view__dsv4(cuda_view *v, const model *m, char *err, size_t errlen) {
         if (rate && csa && (DW(&L->icomp.wkv, &o->icomp.wkv, "indexer wkv") ||
                             DW(&L->icomp.wgate, &o->icomp.wgate, "indexer wgate") ||
                             DV(L->icomp.ape, &o->icomp.ape, (size_t)rate * 2 * dI, "indexer ape") ||
-                            DV(L->icomp.norm, &o->icomp.norm, (size_t)dI, "indexer norm") ||
-                            DW(&L->iwq_b, &o->iwq_b, "indexer wq_b") || DW(&L->iweights, &o->iweights, "indexer weights")))
+                            DV(L->icomp.norm, &o->icomp.norm, (size_t)dI, "indexer norm")))
+            return -1;
+        /* the indexer's queries (CSA, V4.1 index sources) and V4.1's index-key owners' wk and k_norm: a
+         * layer without them holds NULL tensors, which stay NULL */
+        if (DW(&L->iwq_b, &o->iwq_b, "indexer wq_b") || DW(&L->iweights, &o->iweights, "indexer weights") ||
+            DW(&L->iwk, &o->iwk, "indexer wk") || DV(L->ik_norm, &o->ik_norm, (size_t)dI, "indexer k_norm"))
             return -1;
     }
 #undef DW
