@@ -172,6 +172,7 @@ static int view__dequantize(const weight *w, void **out, dtype *dt) {
  * uploaded side by side for kernels_gather_rows_fp8 to decode; any other
  * quantized table is refused. */
 static int view__fp8_rows(cuda_view *v, const weight *w, weight *out, const char *what, char *err, size_t errlen) {
+    *out = *w;
     if (w->fmt != WEIGHT_FP8 || w->scale_dt != DTYPE_F8_E8M0 || w->block_rows != 1 || w->block_cols != 32 ||
         w->row_base || w->scale_cols != w->cols / 32) {
         snprintf(err, errlen,
@@ -196,7 +197,11 @@ static int view__weight(cuda_view *v, const weight *w, weight *out, int keep_dty
                         size_t errlen) {
     *out = *w;
     void *d;
-    if (w->fmt != WEIGHT_DENSE && keep_dtype) return view__fp8_rows(v, w, out, what, err, errlen);
+    if (w->fmt != WEIGHT_DENSE && keep_dtype) { /* rows gathered as stored: only Engram tables (view__fp8_rows) */
+        snprintf(err, errlen, "%s: %s rows (%s with block scales) are not supported on CUDA; use --device cpu",
+                 what, w->fmt == WEIGHT_FP8 ? "FP8" : "FP4", dtype_name(w->dt));
+        return -1;
+    }
     if (w->fmt != WEIGHT_DENSE) { /* a product's matrix: dequantized, exactly */
         void *h;
         dtype dt;
@@ -261,6 +266,9 @@ static int view__engram(cuda_view *v, const model *m, char *err, size_t errlen) 
      view__vec(v, w->field, n, &o->field, what, err, errlen))
         if (w->store) { /* rows come from the host store, never from a device table */
             o->table.data = NULL;
+        } else if (w->table.fmt != WEIGHT_DENSE) { /* DeepSeek-V4.1's FP8 rows, decoded by the gathers */
+            snprintf(what, sizeof(what), "engram layer %d table", w->layer_id);
+            if (view__fp8_rows(v, &w->table, &o->table, what, err, errlen)) return -1;
         } else if (EW(table, 1)) {
             return -1;
         }
