@@ -395,12 +395,12 @@ extern "C" int kernels_fake_quant_fp4(float *x, size_t n, int w, void *stream) {
 
 // ---- Lightning indexer (V4's, and V4.1's with two-level candidates) ----
 
-// Floats of one token's scratch: the scores of its candidates (every causal entry, at most n_max, or the
-// nb * bs slots of the blocks it selects within), after n_max of them the candidate source's block keys
-// (at most n_max).
+// Floats of one token's scratch: the scores of its candidate slots (every causal entry, at most n_max, or
+// the nb * bs slots of the blocks it selects within), then for the candidate source (whose slots are the
+// n_max entries) its block keys (fewer than n_max).
 static size_t index_stride(const kernels_dsv4_index_args *a) {
-    size_t n_max = (size_t)(a->max_ctx / a->m + 1), slots = a->among ? (size_t)a->nb * a->bs : 0;
-    return n_max + (slots > n_max ? slots : n_max);
+    size_t n_max = (size_t)(a->max_ctx / a->m + 1);
+    return (a->among ? (size_t)a->nb * a->bs : n_max) + (a->publish ? n_max : 0);
 }
 
 // One block per token (cpu_dsv4.c index_token). The candidates: the n = (p+1)/m causal entries, or with
