@@ -28,6 +28,24 @@ void cuda__grow(cuda_backend *g, void **buf, size_t *have, size_t bytes) {
 
 /* ---- compute ---- */
 
+/* The activations x (T, cols) rounded to bf16 into g->xb, for cu_gemm_xb. */
+static void cu_x_bf16(cuda_backend *g, const float *x, int T, int cols) {
+    size_t n = (size_t)T * cols;
+    cuda__grow(g, &g->xb, &g->xb_bytes, n * 2);
+    CHECK_K(kernels_to_bf16(g->xb, x, KERNELS_F32, n, g->stream));
+}
+
+/* out (T, rows) = g->xb @ w^T (+ bias) + beta * out, bf16 weights, f32 output. */
+static void cu_gemm_xb(cuda_backend *g, float *out, const weight *w, const float *bias, int T, float beta) {
+    const float one = 1.0f;
+    /* column-major: out^T (rows, T) = W (cols, rows)^T x^T (cols, T) */
+    cublasStatus_t st = cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, w->rows, T, w->cols, &one, w->data,
+                                     CUDA_R_16BF, w->cols, g->xb, CUDA_R_16BF, w->cols, &beta, out, CUDA_R_32F,
+                                     w->rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (st != CUBLAS_STATUS_SUCCESS) cuda__fail(__func__, cublasGetStatusString(st));
+    if (bias) CHECK_K(kernels_bias_add_f32(out, bias, T, w->rows, g->stream));
+}
+
 static void cu_matmul_(cuda_backend *g, float *out, const float *x, const weight *w, const float *bias, int T) {
     if (w->dt != DTYPE_BF16 && w->dt != DTYPE_F32)
         cuda__fail(__func__, "weight is not a bf16 or f32 device view (prepare converts them)");
@@ -46,15 +64,8 @@ static void cu_matmul_(cuda_backend *g, float *out, const float *x, const weight
         if (bias) CHECK_K(kernels_bias_add_f32(out, bias, T, w->rows, g->stream));
         return;
     }
-    size_t n = (size_t)T * w->cols;
-    cuda__grow(g, &g->xb, &g->xb_bytes, n * 2);
-    CHECK_K(kernels_to_bf16(g->xb, x, KERNELS_F32, n, g->stream));
-    /* column-major: out^T (rows, T) = W (cols, rows)^T x^T (cols, T) */
-    cublasStatus_t st = cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, w->rows, T, w->cols, &one, w->data,
-                                     CUDA_R_16BF, w->cols, g->xb, CUDA_R_16BF, w->cols, &zero, out, CUDA_R_32F,
-                                     w->rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    if (st != CUBLAS_STATUS_SUCCESS) cuda__fail(__func__, cublasGetStatusString(st));
-    if (bias) CHECK_K(kernels_bias_add_f32(out, bias, T, w->rows, g->stream));
+    cu_x_bf16(g, x, T, w->cols);
+    cu_gemm_xb(g, out, w, bias, T, 0.0f);
 }
 
 void cu_matmul(backend *be, float *out, const float *x, const weight *w, const float *bias, int T) {
@@ -182,6 +193,12 @@ void cu_matmul_qkv(backend *be, float *q, float *k, float *v, const float *x, co
         wv->dt == wq->dt && wk->cols == wq->cols && wv->cols == wq->cols) {
         CHECK_K(kernels_gemv3(q, k, v, x, wq->data, wk->data, wv->data, bq, bk, bv, wq->rows, wk->rows, wv->rows, T,
                               wq->cols, wq->dt == DTYPE_F32, g->stream));
+    } else if (wq->dt == DTYPE_BF16 && wk->dt == DTYPE_BF16 && wv->dt == DTYPE_BF16 && wk->cols == wq->cols &&
+               wv->cols == wq->cols) { /* x rounded to bf16 once for the three */
+        cu_x_bf16(g, x, T, wq->cols);
+        cu_gemm_xb(g, q, wq, bq, T, 0.0f);
+        cu_gemm_xb(g, k, wk, bk, T, 0.0f);
+        cu_gemm_xb(g, v, wv, bv, T, 0.0f);
     } else {
         cu_matmul_(g, q, x, wq, bq, T);
         cu_matmul_(g, k, x, wk, bk, T);
@@ -197,14 +214,8 @@ void cu_matmul_add(backend *be, float *x, const float *a, const weight *w, const
     if (cuda__gemv(a, w, T)) {
         CHECK_K(kernels_gemv_add(x, a, w->data, bias, T, w->rows, w->cols, w->dt == DTYPE_F32, g->stream));
     } else if (w->dt == DTYPE_BF16 && !bias) { /* cuBLAS adds into x itself (beta = 1) */
-        size_t n = (size_t)T * w->cols;
-        cuda__grow(g, &g->xb, &g->xb_bytes, n * 2);
-        CHECK_K(kernels_to_bf16(g->xb, a, KERNELS_F32, n, g->stream));
-        const float one = 1.0f;
-        cublasStatus_t st = cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, w->rows, T, w->cols, &one, w->data,
-                                         CUDA_R_16BF, w->cols, g->xb, CUDA_R_16BF, w->cols, &one, x, CUDA_R_32F,
-                                         w->rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-        if (st != CUBLAS_STATUS_SUCCESS) cuda__fail(__func__, cublasGetStatusString(st));
+        cu_x_bf16(g, a, T, w->cols);
+        cu_gemm_xb(g, x, w, NULL, T, 1.0f);
     } else { /* f32 weights or a bias: the product, then the sum, as the ops do */
         size_t n = (size_t)T * w->rows * sizeof(float);
         cuda__grow(g, &g->add_tmp, &g->add_tmp_bytes, n);
@@ -224,8 +235,14 @@ void cu_matmul_glu(backend *be, float *gate, float *up, const float *x, const we
         CHECK_K(kernels_gemv_glu(gate, x, wg->data, wu->data, bg, bu, T, wg->rows, wg->cols, wg->dt == DTYPE_F32,
                                  g->stream));
     } else {
-        cu_matmul_(g, gate, x, wg, bg, T);
-        cu_matmul_(g, up, x, wu, bu, T);
+        if (wg->dt == DTYPE_BF16 && wu->dt == DTYPE_BF16 && wu->cols == wg->cols) { /* x to bf16 once */
+            cu_x_bf16(g, x, T, wg->cols);
+            cu_gemm_xb(g, gate, wg, bg, T, 0.0f);
+            cu_gemm_xb(g, up, wu, bu, T, 0.0f);
+        } else {
+            cu_matmul_(g, gate, x, wg, bg, T);
+            cu_matmul_(g, up, x, wu, bu, T);
+        }
         CHECK_K(kernels_swiglu_f32(gate, up, (size_t)T * wg->rows, g->stream));
     }
     prof__end(g, pi);
