@@ -1,8 +1,12 @@
 /* engram-tables: the aligned Engram table files of engram/store.
  *   engram-tables export --model DIR --out DIR   one file per Engram layer,
  *       OUT/engram_layer_<layer_id>.tbl, rows copied bit for bit from the
- *       checkpoint tensor in its dtype (f32, bf16, f16); the same code as
- *       the servers' first-start export (model_engram_export_tables)
+ *       checkpoint tensor in its dtype (f32, bf16, f16; FP8 rows with their
+ *       ue8m0 scales packed); the same code as the servers' first-start
+ *       export (model_engram_export_tables)
+ *   engram-tables export --synthetic SPEC [--synthetic-seed N] --out DIR
+ *       the same from a synthetic model whose tables are tensors in memory
+ *       (deepseek-v4.1-flash: its DeepSeek-V4.1 tables, FP8 as made)
  *   engram-tables info FILE                      the header as one JSON line
  *   engram-tables verify FILE                    every block against its CRC-32C checksum:
  *       exit 0 and one JSON line when all match (or when the file has no
@@ -27,7 +31,7 @@
 #include "engram/store.h"
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: engram-tables export --model DIR --out DIR\n"
+    fprintf(f, "usage: engram-tables export (--model DIR | --synthetic SPEC [--synthetic-seed N]) --out DIR\n"
                "       engram-tables info FILE\n"
                "       engram-tables verify FILE\n"
                "       engram-tables profile --model DIR --tokens FILE --tables DIR [--top N]\n");
@@ -78,14 +82,16 @@ static int cmd_verify(const char *path) {
     return 0;
 }
 
-static int cmd_export(const char *model_dir, const char *out_dir) {
+/* Exactly one of model_dir and spec. */
+static int cmd_export(const char *model_dir, const char *spec, uint64_t seed, const char *out_dir) {
     char err[1024];
     model *m = NULL;
-    if (model_load(model_dir, &m, err, sizeof(err)) != MODEL_OK) {
+    int rc = model_dir ? model_load(model_dir, &m, err, sizeof(err)) : model_synthetic(spec, seed, &m, err, sizeof(err));
+    if (rc != MODEL_OK) {
         fprintf(stderr, "engram-tables: %s\n", err);
         return 1;
     }
-    int rc = 0;
+    rc = 0;
     if (model_engram_export_tables(m, out_dir, false, err, sizeof(err)) != MODEL_OK) {
         fprintf(stderr, "engram-tables: %s\n", err);
         rc = 1;
@@ -233,19 +239,26 @@ int main(int argc, char **argv) {
         if (model_dir && tokens && tables) return cmd_profile(model_dir, tokens, tables, top);
     }
     if (argc >= 2 && !strcmp(argv[1], "export")) {
-        const char *model_dir = NULL, *out_dir = NULL;
+        const char *model_dir = NULL, *spec = NULL, *out_dir = NULL;
+        uint64_t seed = 0;
         for (int i = 2; i < argc; i++) {
+            long v;
             if (i + 1 < argc && !strcmp(argv[i], "--model"))
                 model_dir = argv[++i];
+            else if (i + 1 < argc && !strcmp(argv[i], "--synthetic"))
+                spec = argv[++i];
+            else if (i + 1 < argc && !strcmp(argv[i], "--synthetic-seed") &&
+                     util_parse_long(argv[++i], 0, LONG_MAX, &v) == 0)
+                seed = (uint64_t)v;
             else if (i + 1 < argc && !strcmp(argv[i], "--out"))
                 out_dir = argv[++i];
             else {
-                fprintf(stderr, "engram-tables: unknown or incomplete option %s\n", argv[i]);
+                fprintf(stderr, "engram-tables: unknown, incomplete or bad option %s\n", argv[i]);
                 usage(stderr);
                 return 2;
             }
         }
-        if (model_dir && out_dir) return cmd_export(model_dir, out_dir);
+        if (!model_dir != !spec && out_dir) return cmd_export(model_dir, spec, seed, out_dir);
     }
     usage(stderr);
     return 2;

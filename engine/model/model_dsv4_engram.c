@@ -2,7 +2,8 @@
  * serves it): the engram_* keys of config.json (engram/engram_v41), the refusal of the V4.1
  * backbone keys this engine does not implement (5.8: vision), and at load
  * the compressed tokenizer rebuilt from the checkpoint's tokenizer.json, the hash tables, and each Engram layer's release-named
- * tensors (5.9). Called by model_dsv4.c; reads tensors through model_read.c. */
+ * tensors (5.9). Called by model_dsv4.c; reads tensors through model_read.c. The module's shape
+ * (model__dsv4_engram_init) also serves synthetic models (model_synthetic.c). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,30 +82,30 @@ static const st_tensor *engram_tensor(const model *m, int lid, const char *leaf,
     return model__find_tensor(m, buf, file);
 }
 
-/* embed.weight F8_E4M3 [rows, D] and embed.scale F8_E8M0 [rows, D/32]: an FP8 matrix whose
- * blocks are 1 x 32, read in place (ENGRAM.md 7: value = e4m3 * 2^(byte - 127)). */
-static int load_table(model *m, int lid, int64_t rows, int D, weight *w, char *err, size_t errlen) {
+/* embed.weight F8_E4M3 [rows, D] and embed.scale F8_E8M0 [rows, D/32] into the table w that
+ * model__dsv4_engram_init shaped: read in place (ENGRAM.md 7: value = e4m3 * 2^(byte - 127)). */
+static int load_table(model *m, int lid, weight *w, char *err, size_t errlen) {
     char wn[256], sn[256];
     const char *wf = NULL, *sf = NULL;
     const st_tensor *t = engram_tensor(m, lid, "embed.weight", wn, sizeof(wn), &wf);
     const st_tensor *s = engram_tensor(m, lid, "embed.scale", sn, sizeof(sn), &sf);
+    int rows = w->rows, D = w->cols;
     if (!t || !s) {
         snprintf(err, errlen, "%s: missing tensor %s", m->dir, t ? sn : wn);
         return MODEL_ERR_WEIGHTS;
     }
     if (t->dt != DTYPE_F8_E4M3 || t->ndim != 2 || t->shape[0] != rows || t->shape[1] != D) {
-        snprintf(err, errlen, "%s: tensor %s must be F8_E4M3 of shape [%lld, %d] (engram_num_embeddings, engram_head_dim)",
-                 wf, wn, (long long)rows, D);
+        snprintf(err, errlen, "%s: tensor %s must be F8_E4M3 of shape [%d, %d] (engram_num_embeddings, engram_head_dim)",
+                 wf, wn, rows, D);
         return MODEL_ERR_WEIGHTS;
     }
     if (s->dt != DTYPE_F8_E8M0 || s->ndim != 2 || s->shape[0] != rows || s->shape[1] != D / 32) {
-        snprintf(err, errlen, "%s: tensor %s must be F8_E8M0 of shape [%lld, %d] (one exponent per 32 values)", sf, sn,
-                 (long long)rows, D / 32);
+        snprintf(err, errlen, "%s: tensor %s must be F8_E8M0 of shape [%d, %d] (one exponent per 32 values)", sf, sn,
+                 rows, D / 32);
         return MODEL_ERR_WEIGHTS;
     }
-    *w = (weight){.data = t->data, .dt = DTYPE_F8_E4M3, .rows = (int)rows, .cols = D, .fmt = WEIGHT_FP8,
-                  .scale = s->data, .scale_dt = DTYPE_F8_E8M0, .scale_rows = (int)rows, .scale_cols = D / 32,
-                  .block_rows = 1, .block_cols = 32};
+    w->data = t->data;
+    w->scale = s->data;
     return MODEL_OK;
 }
 
@@ -131,40 +132,26 @@ static int load_qk(model *m, int lid, int N, int d, const float **out, char *err
     return MODEL_OK;
 }
 
-static int load_layer(model *m, model_engram *e, int li, char *err, size_t errlen) {
-    const model_config *c = &m->cfg;
-    engram_weights *w = &e->layers[li];
-    int d = c->hidden_size, N = e->hc_mult, rc;
-    w->li = li;
-    w->layer_id = (int)c->engram_v41.layer_ids[li];
-    int64_t rows = ngram_hash_table_rows(e->hash, li);
-    if (rows > INT32_MAX) {
-        snprintf(err, errlen, "%s: Engram layer %d table of %lld rows is too large for this build", m->dir, w->layer_id,
-                 (long long)rows);
-        return MODEL_ERR_CONFIG;
-    }
+static int load_layer(model *m, engram_weights *w, char *err, size_t errlen) {
+    const model_engram *e = m->engram;
+    int d = m->cfg.hidden_size, N = e->hc_mult, rc;
     char base[256];
     const char *file;
     engram_tensor(m, w->layer_id, "wkv.weight", base, sizeof(base), &file);
     base[strlen(base) - strlen(".weight")] = '\0'; /* model__load_qmatrix takes the name without .weight */
-    if ((rc = load_table(m, w->layer_id, rows, e->head_dim, &w->table, err, errlen)) ||
+    if ((rc = load_table(m, w->layer_id, &w->table, err, errlen)) ||
         (rc = model__load_qmatrix(m, base, (N + 1) * d, e->embed_dim, &w->w_kv, err, errlen)) ||
         (rc = load_qk(m, w->layer_id, N, d, &w->qk, err, errlen)))
         return rc;
-    m->layers[w->layer_id].engram = w;
     return MODEL_OK;
 }
 
-int model__load_dsv4_engram(model *m, char *err, size_t errlen) {
+int model__dsv4_engram_init(model *m, char *err, size_t errlen) {
     const model_config *c = &m->cfg;
     const engram_v41_config *v = &c->engram_v41;
+    model_engram *e = m->engram;
     char label[4096];
     snprintf(label, sizeof(label), "%s/config.json", m->dir);
-    /* The compressed tokenizer, rebuilt as SGLang does at start (ENG:297-317): every hash
-     * multiplier depends on its size, so a disagreement with the config refuses the load. */
-    int rc = model__engram_create(m, err, errlen);
-    if (rc) return rc;
-    model_engram *e = m->engram;
     engram_v41_tokenizer t = {.lookup = e->lookup, .n = e->lookup_n, .vc = e->vc};
     int st = engram_v41_hash_create(v, &t, label, &e->hash, err, errlen);
     if (st) return st == ENGRAM_V41_ENOMEM ? MODEL_ERR_NOMEM : MODEL_ERR_CONFIG;
@@ -181,7 +168,30 @@ int model__load_dsv4_engram(model *m, char *err, size_t errlen) {
         snprintf(err, errlen, "out of memory");
         return MODEL_ERR_NOMEM;
     }
-    for (int li = 0; li < e->n_layers; li++)
-        if ((rc = load_layer(m, e, li, err, errlen))) return rc;
+    for (int li = 0; li < e->n_layers; li++) {
+        engram_weights *w = &e->layers[li];
+        int64_t rows = ngram_hash_table_rows(e->hash, li);
+        w->li = li;
+        w->layer_id = (int)v->layer_ids[li];
+        if (rows > INT32_MAX) {
+            snprintf(err, errlen, "%s: Engram layer %d table of %lld rows is too large for this build", m->dir,
+                     w->layer_id, (long long)rows);
+            return MODEL_ERR_CONFIG;
+        }
+        w->table = (weight){.dt = DTYPE_F8_E4M3, .rows = (int)rows, .cols = e->head_dim, .fmt = WEIGHT_FP8,
+                            .scale_dt = DTYPE_F8_E8M0, .scale_rows = (int)rows, .scale_cols = e->head_dim / 32,
+                            .block_rows = 1, .block_cols = 32};
+        m->layers[w->layer_id].engram = w;
+    }
+    return MODEL_OK;
+}
+
+int model__load_dsv4_engram(model *m, char *err, size_t errlen) {
+    /* The compressed tokenizer, rebuilt as SGLang does at start (ENG:297-317): every hash
+     * multiplier depends on its size, so a disagreement with the config refuses the load. */
+    int rc = model__engram_create(m, err, errlen);
+    if (rc || (rc = model__dsv4_engram_init(m, err, errlen))) return rc;
+    for (int li = 0; li < m->engram->n_layers; li++)
+        if ((rc = load_layer(m, &m->engram->layers[li], err, errlen))) return rc;
     return MODEL_OK;
 }

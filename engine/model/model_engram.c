@@ -284,6 +284,11 @@ static int export_layer(const model *m, int li, const char *path, char *err, siz
                  dtype_name(w->table.dt));
         return MODEL_ERR_WEIGHTS;
     }
+    if (!w->table.data) { /* a synthetic model's table made as a file or a store, never as a tensor */
+        snprintf(err, errlen, "%s: Engram layer %d's table is no tensor in memory (it is read through a store); "
+                 "a synthetic model writes its table files itself with --synthetic-table-dir", m->dir, w->layer_id);
+        return MODEL_ERR_CONFIG;
+    }
     bool fp8 = dt == ENGRAM_STORE_FP8_UE8M0;
     uint32_t cols = (uint32_t)w->table.cols;
     export_ctx x = {w->table.data, fp8 ? w->table.scale : NULL, fp8 ? cols / 32 : 0,

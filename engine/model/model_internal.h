@@ -84,6 +84,12 @@ void model__destroy_dsv4(model *m); /* frees m->dsv4 */
  * compressed tokenizer, hash tables and Engram tensors into m->engram. */
 int model__parse_dsv4_engram(const cJSON *root, model_config *c, const char *label, char *err, size_t errlen);
 int model__load_dsv4_engram(model *m, char *err, size_t errlen);
+/* model_dsv4_engram.c: the module's shape from c->engram_v41 and the compressed lookup already in
+ * m->engram (lookup, lookup_n, vc): the hash tables (refused when the config disagrees with them
+ * or with vc), the sizes, and one engram_weights per Engram layer hooked into its layer, its table
+ * shaped as FP8 rows with ue8m0 scales but no tensor set (data NULL). Shared by the loader and
+ * synthetic models (model_synthetic.c, identity lookup). */
+int model__dsv4_engram_init(model *m, char *err, size_t errlen);
 
 /* model_dsv4.c: m->dsv4, m->moe (routers' settings and empty expert tables,
  * layers pointed at them) for m->cfg; m->layers allocated by the caller.

@@ -40,6 +40,8 @@
  *                     mlp_only_layers, untied (the other Qwen3 keys as for 0.6B)
  *   deepseek-ai/DeepSeek-V4-Flash  DEEPSEEK_V4.md 1.1 defaults and the release's compress_ratios
  *                     (dsv4_flash_config below, read by the loader's own parser)
+ *   DeepSeek-V4.1-Flash  no public config.json: what DEEPSEEK_V4.md 5.8 and ENGRAM.md 7 state,
+ *                     the rest assumed from V4-Flash (dsv41_flash_config below)
  * None has attention or MLP biases. Published sizes (model cards): Qwen3 0.6B / 1.7B /
  * 4.0B / 8.2B total and 0.44B / 1.4B / 3.6B / 6.95B without embeddings; Llama-3.2-1B
  * 1.23B, Llama-3.1-8B 8.03B, Qwen3-30B-A3B 30.5B total, 29.9B without embeddings,
@@ -53,18 +55,26 @@ typedef struct {
     double llama3_factor; /* 0: no rope scaling; else llama3 with low 1, high 4, original 8192 */
     int bos, eos;
     int experts, topk, moe_inter; /* mixture of experts in every layer; 0: dense */
+    /* DeepSeek shapes: their config.json text through the loader's parser (only name, arch and
+     * layers above are read) */
+    int (*config)(model_config *c, char *err, size_t errlen);
 } synth_shape;
 
+static int dsv4_flash_config(model_config *c, char *err, size_t errlen);
+static int dsv41_flash_config(model_config *c, char *err, size_t errlen);
+
 static const synth_shape shapes[] = {
-    {"qwen3-0.6b", "Qwen/Qwen3-0.6B", ARCH_QWEN3, 151936, 1024, 3072, 28, 16, 8, 128, 40960, 1e-6, 1e6, true, 0, 151643, 151645, 0, 0, 0},
-    {"qwen3-1.7b", "Qwen/Qwen3-1.7B", ARCH_QWEN3, 151936, 2048, 6144, 28, 16, 8, 128, 40960, 1e-6, 1e6, true, 0, 151643, 151645, 0, 0, 0},
-    {"qwen3-4b", "Qwen/Qwen3-4B", ARCH_QWEN3, 151936, 2560, 9728, 36, 32, 8, 128, 40960, 1e-6, 1e6, true, 0, 151643, 151645, 0, 0, 0},
-    {"qwen3-8b", "Qwen/Qwen3-8B", ARCH_QWEN3, 151936, 4096, 12288, 36, 32, 8, 128, 40960, 1e-6, 1e6, false, 0, 151643, 151645, 0, 0, 0},
-    {"llama3-1b", "meta-llama/Llama-3.2-1B", ARCH_LLAMA, 128256, 2048, 8192, 16, 32, 8, 64, 131072, 1e-5, 500000.0, true, 32.0, 128000, 128001, 0, 0, 0},
-    {"llama3-8b", "meta-llama/Llama-3.1-8B", ARCH_LLAMA, 128256, 4096, 14336, 32, 32, 8, 128, 131072, 1e-5, 500000.0, false, 8.0, 128000, 128001, 0, 0, 0},
-    {"qwen3-30b-a3b", "Qwen/Qwen3-30B-A3B", ARCH_QWEN3_MOE, 151936, 2048, 6144, 48, 32, 4, 128, 40960, 1e-6, 1e6, false, 0, 151643, 151645, 128, 8, 768},
-    /* only name, arch and layers are read: the rest comes from dsv4_flash_config */
-    {"deepseek-v4-flash", "deepseek-ai/DeepSeek-V4-Flash", ARCH_DEEPSEEK_V4, 129280, 4096, 2048, 43, 64, 1, 512, 1048576, 1e-6, 10000.0, false, 0, 0, 1, 256, 6, 2048},
+    {"qwen3-0.6b", "Qwen/Qwen3-0.6B", ARCH_QWEN3, 151936, 1024, 3072, 28, 16, 8, 128, 40960, 1e-6, 1e6, true, 0, 151643, 151645, 0, 0, 0, NULL},
+    {"qwen3-1.7b", "Qwen/Qwen3-1.7B", ARCH_QWEN3, 151936, 2048, 6144, 28, 16, 8, 128, 40960, 1e-6, 1e6, true, 0, 151643, 151645, 0, 0, 0, NULL},
+    {"qwen3-4b", "Qwen/Qwen3-4B", ARCH_QWEN3, 151936, 2560, 9728, 36, 32, 8, 128, 40960, 1e-6, 1e6, true, 0, 151643, 151645, 0, 0, 0, NULL},
+    {"qwen3-8b", "Qwen/Qwen3-8B", ARCH_QWEN3, 151936, 4096, 12288, 36, 32, 8, 128, 40960, 1e-6, 1e6, false, 0, 151643, 151645, 0, 0, 0, NULL},
+    {"llama3-1b", "meta-llama/Llama-3.2-1B", ARCH_LLAMA, 128256, 2048, 8192, 16, 32, 8, 64, 131072, 1e-5, 500000.0, true, 32.0, 128000, 128001, 0, 0, 0, NULL},
+    {"llama3-8b", "meta-llama/Llama-3.1-8B", ARCH_LLAMA, 128256, 4096, 14336, 32, 32, 8, 128, 131072, 1e-5, 500000.0, false, 8.0, 128000, 128001, 0, 0, 0, NULL},
+    {"qwen3-30b-a3b", "Qwen/Qwen3-30B-A3B", ARCH_QWEN3_MOE, 151936, 2048, 6144, 48, 32, 4, 128, 40960, 1e-6, 1e6, false, 0, 151643, 151645, 128, 8, 768, NULL},
+    {.name = "deepseek-v4-flash", .hub = "deepseek-ai/DeepSeek-V4-Flash", .arch = ARCH_DEEPSEEK_V4, .layers = 43,
+     .config = dsv4_flash_config},
+    {.name = "deepseek-v4.1-flash", .hub = "(no public config)", .arch = ARCH_DEEPSEEK_V4, .layers = 40,
+     .config = dsv41_flash_config},
 };
 #define N_SHAPES (sizeof(shapes) / sizeof(shapes[0]))
 
@@ -78,6 +88,9 @@ static const synth_shape shapes[] = {
 #define SYN_PAD_ID 2
 #define SYN_MIN_ROWS 1000
 #define SYN_MAX_ROWS 2000000000LL /* table rows must stay below 2^31 (weight.rows is an int) */
+
+#define SYN_OPTIONS "+layers:N, +experts:N, +engram:ROWS, +engram-rows:SCALE"
+#define SYN_V41_MIN_SCALE 1e-5 /* engram_vocab_size 160: 24 primes from 163, some 6,000 rows a layer */
 
 #define SYN_STD 0.02f /* matrices: uniform with this standard deviation */
 #define SYN_TABLE_VERSION 1 /* bump when the table generator changes */
@@ -122,20 +135,44 @@ static int64_t synth_table_rows(const model_config *c) {
     return rows;
 }
 
-/* DeepSeek-V4-Flash's config.json in the release's own keys (DEEPSEEK_V4.md
- * 1.1 defaults, stated rather than left to defaults; layers 0-1 sliding, then
- * CSA m 4 on even and HCA m 128 on odd layers; 1.5 quantization_config), read
- * by the loader's parser, so the synthetic model is configured exactly as the
- * release would load. */
-static int dsv4_flash_config(model_config *c, char *err, size_t errlen) {
-    char json[4096];
+/* DeepSeek-V4.1's Engram cut to the spec: the Engram layers below +layers:N (the others go; the
+ * kept ones' primes are unchanged, as the search runs in engram_layer_ids order), and with
+ * +engram-rows:SCALE the prime search started from SCALE x engram_vocab_size, each layer's rows
+ * then derived as the V4.1 config's are (engram_num_embeddings: the sum of its heads' primes).
+ * At SCALE 1 the stated rows stay, and the model's build checks them against the derivation. */
+static int v41_fit(model_config *c, double scale) {
+    engram_v41_config *v = &c->engram_v41;
+    int n = 0;
+    for (int i = 0; i < v->n_layers; i++)
+        if (v->layer_ids[i] < c->n_layers) v->layer_ids[n] = v->layer_ids[i], v->num_embeddings[n++] = v->num_embeddings[i];
+    v->n_layers = n;
+    if (!n || scale == 1) return MODEL_OK;
+    v->vocab_size = llround(scale * (double)v->vocab_size);
+    for (int i = 0; i < v->max_ngram_size - 1; i++) v->vocab_starts[i] = v->vocab_size;
+    ngram_hash_config hc = engram_v41_hash_config(v, v->compressed_vocab_size, v->pad_token_id); /* identity lookup */
+    ngram_hash *h = NULL;
+    if (ngram_hash_create(&hc, &h, NULL, 0) != NGRAM_HASH_OK) return MODEL_ERR_CONFIG;
+    for (int li = 0; li < n; li++) v->num_embeddings[li] = ngram_hash_table_rows(h, li);
+    ngram_hash_destroy(h);
+    return MODEL_OK;
+}
+
+/* A DeepSeek-V4 config.json in the release's own keys, read by the loader's parser, so a
+ * synthetic model is configured exactly as a checkpoint of that config would load: DEEPSEEK_V4.md
+ * 1.1's V4-Flash values (stated rather than left to defaults; 1.5 quantization_config), layers
+ * 0-1 sliding, then CSA m 4 on even and HCA m 128 on odd layers, with the given hidden size,
+ * layers, q_lora_rank, routed experts, rms_norm_eps and further keys (`extra`, text that ends in
+ * ", " or is empty). */
+static int dsv4_json_config(model_config *c, const char *label, int hidden, int layers, int q_lora_rank, int experts,
+                            const char *eps, const char *extra, char *err, size_t errlen) {
+    char json[8192];
     size_t n = (size_t)snprintf(json, sizeof(json),
-        "{\"architectures\": [\"DeepseekV4ForCausalLM\"], \"model_type\": \"deepseek_v4\", \"vocab_size\": 129280, "
-        "\"hidden_size\": 4096, \"num_hidden_layers\": 43, \"num_attention_heads\": 64, \"num_key_value_heads\": 1, "
-        "\"head_dim\": 512, \"qk_rope_head_dim\": 64, \"q_lora_rank\": 1024, \"o_groups\": 8, \"o_lora_rank\": 1024, "
+        "{%s\"architectures\": [\"DeepseekV4ForCausalLM\"], \"model_type\": \"deepseek_v4\", \"vocab_size\": 129280, "
+        "\"hidden_size\": %d, \"num_hidden_layers\": %d, \"num_attention_heads\": 64, \"num_key_value_heads\": 1, "
+        "\"head_dim\": 512, \"qk_rope_head_dim\": 64, \"q_lora_rank\": %d, \"o_groups\": 8, \"o_lora_rank\": 1024, "
         "\"sliding_window\": 128, \"index_n_heads\": 64, \"index_head_dim\": 128, \"index_topk\": 512, "
-        "\"hc_mult\": 4, \"hc_sinkhorn_iters\": 20, \"hc_eps\": 1e-6, \"rms_norm_eps\": 1e-6, "
-        "\"n_routed_experts\": 256, \"n_shared_experts\": 1, \"num_experts_per_tok\": 6, "
+        "\"hc_mult\": 4, \"hc_sinkhorn_iters\": 20, \"hc_eps\": 1e-6, \"rms_norm_eps\": %s, "
+        "\"n_routed_experts\": %d, \"n_shared_experts\": 1, \"num_experts_per_tok\": 6, "
         "\"moe_intermediate_size\": 2048, \"num_hash_layers\": 3, \"scoring_func\": \"sqrtsoftplus\", "
         "\"routed_scaling_factor\": 1.5, \"swiglu_limit\": 10.0, \"hidden_act\": \"silu\", \"rope_theta\": 10000, "
         "\"compress_rope_theta\": 160000, \"rope_scaling\": {\"type\": \"yarn\", \"factor\": 16, "
@@ -143,15 +180,42 @@ static int dsv4_flash_config(model_config *c, char *err, size_t errlen) {
         "\"max_position_embeddings\": 1048576, \"tie_word_embeddings\": false, \"bos_token_id\": 0, "
         "\"eos_token_id\": 1, \"quantization_config\": {\"quant_method\": \"fp8\", \"activation_scheme\": "
         "\"dynamic\", \"weight_block_size\": [128, 128], \"scale_fmt\": \"ue8m0\", \"expert_dtype\": \"fp4\"}, "
-        "\"compress_ratios\": [");
-    for (int i = 0; i < 43 && n < sizeof(json); i++)
+        "\"compress_ratios\": [", extra, hidden, layers, q_lora_rank, eps, experts);
+    for (int i = 0; i < layers && n < sizeof(json); i++)
         n += (size_t)snprintf(json + n, sizeof(json) - n, "%s%d", i ? ", " : "", i < 2 ? 0 : i % 2 ? 128 : 4);
     if (n < sizeof(json)) n += (size_t)snprintf(json + n, sizeof(json) - n, "]}");
     if (n >= sizeof(json)) { /* a programmer error: the buffer is sized for this text */
-        snprintf(err, errlen, "synthetic deepseek-v4-flash: config text too long");
+        snprintf(err, errlen, "%s: config text too long", label);
         return MODEL_ERR_CONFIG;
     }
-    return model_config_parse(json, n, "synthetic deepseek-v4-flash config", c, err, errlen);
+    return model_config_parse(json, n, label, c, err, errlen);
+}
+
+static int dsv4_flash_config(model_config *c, char *err, size_t errlen) {
+    return dsv4_json_config(c, "synthetic deepseek-v4-flash config", 4096, 43, 1024, 256, "1e-6", "", err, errlen);
+}
+
+/* DeepSeek-V4.1-Flash, whose config.json is not public. Stated (DEEPSEEK_V4.md 5.8, from a
+ * third-party repackaged config, and SGLang's kernels specialised for hidden 5120 and hc_fn
+ * [24, 20480], i.e. hc_mult 4): hidden 5120, 40 layers, q_lora_rank 1280, 384 routed experts,
+ * rms_norm_eps 1e-20; V4.1's backbone keys (5.8: hc_pre_from_prev_sublayer true, so no hc_head,
+ * and q_head_norm false); the Engram (ENGRAM.md 7, DEEPSEEK_V4.md 5.1): layers 1 and 14 with
+ * 384,006,168 and 384,016,682 rows, orders 2..4 of 8 heads, prime search from 16,000,000, rows of
+ * 256 FP8 e4m3 values + 8 ue8m0 bytes, pad id 2, fused wkv, one gate per stream, no short conv.
+ * Assumed from V4-Flash (dsv4_json_config): the vocabulary, head counts and sizes, o_groups and
+ * o_lora_rank, window, indexer, hc iterations and eps, 6 experts of 2048 per token + 1 shared,
+ * 3 hash layers, router, ropes, the FP8 / FP4-expert formats, and compress_ratios (4 and 128 as
+ * V4-Flash; V4.1's ratios 1 and 2 appear in no stated config, so there are no kv or index source
+ * layers and no candidate top-k). engram_compressed_vocab_size is the vocabulary, not the release's
+ * 99,092: a synthetic model has no tokenizer, its compressed lookup is the identity. The keys sit
+ * at the top level, as SGLang's normalize_deepseek_v41_config flattens them (the loader refuses a
+ * nested text_config). */
+static int dsv41_flash_config(model_config *c, char *err, size_t errlen) {
+    return dsv4_json_config(c, "synthetic deepseek-v4.1-flash config", 5120, 40, 1280, 384, "1e-20",
+        "\"hc_pre_from_prev_sublayer\": true, \"q_head_norm\": false, \"engram_layer_ids\": [1, 14], "
+        "\"engram_num_embeddings\": [384006168, 384016682], \"engram_max_ngram_size\": 4, "
+        "\"engram_vocab_size\": 16000000, \"engram_n_heads\": 8, \"engram_head_dim\": 256, "
+        "\"engram_pad_token_id\": 2, \"engram_compressed_vocab_size\": 129280, ", err, errlen);
 }
 
 int model_synthetic_config(const char *spec, model_config *c, char *err, size_t errlen) {
@@ -171,8 +235,8 @@ int model_synthetic_config(const char *spec, model_config *c, char *err, size_t 
         snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), ")");
         return spec_fail(err, errlen, spec, msg);
     }
-    if (sh->arch == ARCH_DEEPSEEK_V4) {
-        if (dsv4_flash_config(c, err, errlen)) return MODEL_ERR_CONFIG;
+    if (sh->config) {
+        if (sh->config(c, err, errlen)) return MODEL_ERR_CONFIG;
         goto options;
     }
     c->arch = sh->arch;
@@ -209,30 +273,55 @@ int model_synthetic_config(const char *spec, model_config *c, char *err, size_t 
 
 options:;
     long long engram_rows = 0;
+    double v41_scale = 1;
     for (char *opt; (opt = strtok_r(NULL, "+", &save));) {
         char *colon = strchr(opt, ':');
-        if (!colon) return spec_fail(err, errlen, spec, "an option must be +engram:ROWS or +layers:N");
+        if (!colon) return spec_fail(err, errlen, spec, "an option must be " SYN_OPTIONS);
         *colon = 0;
         const char *val = colon + 1;
+        char msg[160];
         if (!strcmp(opt, "engram")) {
+            if (c->engram_v41.n_layers)
+                return spec_fail(err, errlen, spec, "this shape has DeepSeek-V4.1's own Engram layers: scale their "
+                                                    "tables with +engram-rows:SCALE");
             engram_rows = parse_count(val);
             if (engram_rows < SYN_MIN_ROWS || engram_rows > SYN_MAX_ROWS)
                 return spec_fail(err, errlen, spec,
                                  "+engram:ROWS needs a row count from 1000 to 2e9 (suffix k, M or B allowed)");
+        } else if (!strcmp(opt, "engram-rows")) {
+            if (!c->engram_v41.n_layers)
+                return spec_fail(err, errlen, spec, "+engram-rows:SCALE is for shapes with DeepSeek-V4.1's Engram "
+                                                    "(deepseek-v4.1-flash); others take +engram:ROWS");
+            char *end;
+            v41_scale = strtod(val, &end);
+            if (end == val || *end || !(v41_scale >= SYN_V41_MIN_SCALE && v41_scale <= 1))
+                return spec_fail(err, errlen, spec, "+engram-rows:SCALE needs a fraction of the release's rows from "
+                                                    "1e-5 to 1 (e.g. 0.01)");
+        } else if (!strcmp(opt, "experts")) {
+            long long n = parse_count(val);
+            if (!c->moe.n_experts)
+                return spec_fail(err, errlen, spec, "+experts:N needs a mixture-of-experts shape");
+            if (n < c->moe.top_k || n > c->moe.n_experts) {
+                snprintf(msg, sizeof(msg), "+experts:N needs N from %d (experts per token) to %d", c->moe.top_k,
+                         c->moe.n_experts);
+                return spec_fail(err, errlen, spec, msg);
+            }
+            c->moe.n_experts = (int)n;
         } else if (!strcmp(opt, "layers")) {
             long long n = parse_count(val);
             if (n < 1 || n > sh->layers) {
-                char msg[128];
                 snprintf(msg, sizeof(msg), "+layers:N needs N from 1 to %d", sh->layers);
                 return spec_fail(err, errlen, spec, msg);
             }
             c->n_layers = (int)n;
         } else {
-            return spec_fail(err, errlen, spec, "unknown option (known: +engram:ROWS, +layers:N)");
+            return spec_fail(err, errlen, spec, "unknown option (known: " SYN_OPTIONS ")");
         }
     }
     if (engram_rows && c->arch == ARCH_DEEPSEEK_V4)
         return spec_fail(err, errlen, spec, "+engram is not supported on a DeepSeek-V4 backbone yet");
+    if (c->engram_v41.n_layers && v41_fit(c, v41_scale) != MODEL_OK)
+        return spec_fail(err, errlen, spec, "+engram-rows: the hash tables cannot be built");
     if (engram_rows) {
         if (c->n_layers <= SYN_ENGRAM_LAYER)
             return spec_fail(err, errlen, spec, "+engram needs at least 2 layers (the module sits at layer 1)");
@@ -516,20 +605,23 @@ static void fill_piece(const char *base, const region *r, size_t off, size_t len
     memcpy(p + i, &x, len - i);
 }
 
+/* The e4m3 code of each of fill_bf16's 16-bit uniform values over the FP8 scale 2^-13 (65536
+ * bytes, the caller frees), or NULL. */
+static uint8_t *make_e4m3_table(void) {
+    uint8_t *e4m3 = malloc(65536);
+    const float k = 1.7320508f * SYN_STD / 32768.0f * 0x1p13f;
+    for (int u = 0; e4m3 && u < 65536; u++) e4m3[u] = f32_to_fp8_e4m3((float)(int16_t)(uint16_t)u * k);
+    return e4m3;
+}
+
 /* Fills every region in 1 MiB pieces, all threads; each piece's stream comes
  * from its page, so the bits do not depend on the thread count. */
-static int fill_regions(const dsv4_synth *s) {
+static int fill_regions(const dsv4_synth *s, const uint8_t *e4m3) {
     const size_t piece = 1u << 20;
     size_t n = 0;
     for (int i = 0; i < s->n_regions; i++) n += (s->regions[i].bytes + piece - 1) / piece;
     struct { int r; size_t off; } *pieces = malloc(n * sizeof(*pieces));
-    uint8_t *e4m3 = malloc(65536);
-    if (!pieces || !e4m3) {
-        free(pieces), free(e4m3);
-        return MODEL_ERR_NOMEM;
-    }
-    const float k = 1.7320508f * SYN_STD / 32768.0f * 0x1p13f; /* fill_bf16's values over the FP8 scale */
-    for (int u = 0; u < 65536; u++) e4m3[u] = f32_to_fp8_e4m3((float)(int16_t)(uint16_t)u * k);
+    if (!pieces) return MODEL_ERR_NOMEM;
     n = 0;
     for (int i = 0; i < s->n_regions; i++)
         for (size_t off = 0; off < s->regions[i].bytes; off += piece) pieces[n].r = i, pieces[n++].off = off;
@@ -540,20 +632,82 @@ static int fill_regions(const dsv4_synth *s) {
         fill_piece(s->a.base, r, pieces[i].off, len, s->seed, e4m3);
     }
     free(pieces);
-    free(e4m3);
     return MODEL_OK;
+}
+
+/* ---- DeepSeek-V4.1's Engram (DEEPSEEK_V4.md 5.3, 5.6, 5.9) ---- */
+
+/* Row `row` of a V4.1 table of seed `seed` (one per layer): cols e4m3 codes to values, then
+ * cols/32 ue8m0 bytes to scales. The codes are the FP8 matrices' (fill_bf16's uniform values over
+ * 2^-13, through the e4m3 table); each block of 32 takes the scale 2^-14, 2^-13 or 2^-12 at random
+ * (values of standard deviation 0.01 to 0.04), so that a block read with another block's scale
+ * would show. Its own stream: any thread makes any row, into the tensors or a table file (packed:
+ * scales = values + cols), with the same bits. */
+static void v41_row(uint64_t seed, uint32_t cols, uint64_t row, const uint8_t *e4m3, uint8_t *values,
+                    uint8_t *scales) {
+    uint64_t st = stream_start(seed, 0xf8e4u, row), x = 0;
+    for (uint32_t i = 0; i < cols; i += 4) {
+        x = mix64(st += 0x9e3779b97f4a7c15ull);
+        for (int k = 0; k < 4; k++) values[i + k] = e4m3[(x >> (16 * k)) & 0xffff];
+    }
+    for (uint32_t b = 0; b < cols / 32; b++) {
+        if (b % 8 == 0) x = mix64(st += 0x9e3779b97f4a7c15ull);
+        scales[b] = (uint8_t)(127 + SYN_FP8_SCALE_EXP - 1 + ((x >> (8 * (b % 8))) & 0xff) % 3);
+    }
+}
+
+/* The generator's seed of Engram layer `layer_id`'s table (the demo's and V4.1's alike). */
+static uint64_t table_seed(uint64_t seed, int layer_id) { return seed ^ ((uint64_t)layer_id << 32); }
+
+/* Each Engram layer's tensors beside the backbone's, in the same two passes: wkv FP8 with
+ * 128 x 128 ue8m0 blocks as the release stores it (5.6), q_weight * k_weight as initialised (ones),
+ * and with `tables` the table (5.9: values (rows, D) e4m3, scales (rows, D/32) ue8m0, rows
+ * contiguous) in the mapping; without, the table is a file read through a store. */
+static void v41_place(dsv4_synth *s, bool tables) {
+    model_engram *e = s->m->engram;
+    int d = s->m->cfg.hidden_size;
+    for (int li = 0; e && li < e->n_layers; li++) {
+        engram_weights *w = &e->layers[li];
+        dsv4_place(s, &(dsv4_tensor){.kind = DSV4_MATRIX, .how = DSV4_FP8, .rows = (e->hc_mult + 1) * d,
+                                     .cols = e->embed_dim, .w = &w->w_kv, .per_token = true, .expert = -1});
+        dsv4_place(s, &(dsv4_tensor){.kind = DSV4_VECTOR, .how = DSV4_F32, .rows = e->hc_mult, .cols = d,
+                                     .v = &w->qk, .init = 1.0f, .expert = -1});
+        if (!tables) continue;
+        size_t rows = (size_t)w->table.rows, D = (size_t)w->table.cols;
+        w->table.data = take(&s->a, rows * D);
+        w->table.scale = take(&s->a, rows * D / 32);
+    }
+}
+
+/* The tables v41_place put in the mapping, row by row, all threads. */
+static void fill_v41_tables(const model *m, uint64_t seed, const uint8_t *e4m3) {
+    const model_engram *e = m->engram;
+    for (int li = 0; e && li < e->n_layers; li++) {
+        const engram_weights *w = &e->layers[li];
+        if (!w->table.data) continue;
+        uint8_t *values = (uint8_t *)w->table.data, *scales = (uint8_t *)w->table.scale;
+        uint32_t D = (uint32_t)w->table.cols;
+        uint64_t ls = table_seed(seed, w->layer_id);
+#pragma omp parallel for schedule(static, 4096)
+        for (long long r = 0; r < (long long)w->table.rows; r++)
+            v41_row(ls, D, (uint64_t)r, e4m3, values + (size_t)r * D, scales + (size_t)r * (D / 32));
+    }
 }
 
 /* Every DeepSeek-V4 tensor (model__dsv4_walk): matrices in one mapping as the
  * release stores them, f32 vectors (norms 1, hc scales 1, the rest random)
- * and tid2eid owned by the model. */
-static int make_dsv4(model *m, uint64_t seed, char *err, size_t errlen) {
+ * and tid2eid owned by the model; then V4.1's Engram tensors, with the tables
+ * when `tables` (v41_place). */
+static int make_dsv4(model *m, uint64_t seed, bool tables, char *err, size_t errlen) {
     if (model__dsv4_alloc(m)) return MODEL_ERR_NOMEM;
     dsv4_synth s = {.m = m, .seed = seed};
     model__dsv4_walk(m, dsv4_place, &s); /* sizes */
+    v41_place(&s, tables);
     void *base = mmap(NULL, s.a.used, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED) {
-        snprintf(err, errlen, "%s: out of memory for %.2f GB of weights", m->dir, s.a.used / 1e9);
+        snprintf(err, errlen, "%s: out of memory for %.2f GB of weights%s", m->dir, s.a.used / 1e9,
+                 tables ? " and Engram tables (smaller with +engram-rows:SCALE, or in files with "
+                          "--synthetic-table-dir)" : "");
         return MODEL_ERR_NOMEM;
     }
     m->synth = base;
@@ -561,26 +715,39 @@ static int make_dsv4(model *m, uint64_t seed, char *err, size_t errlen) {
     madvise(base, s.a.used, MADV_HUGEPAGE);
     s.a = (arena){.base = base};
     model__dsv4_walk(m, dsv4_place, &s); /* slots, regions, vectors */
-    int rc = s.rc ? s.rc : fill_regions(&s);
+    v41_place(&s, tables);
+    uint8_t *e4m3 = make_e4m3_table();
+    int rc = s.rc ? s.rc : !e4m3 ? MODEL_ERR_NOMEM : fill_regions(&s, e4m3);
+    if (!rc) fill_v41_tables(m, seed, e4m3);
+    free(e4m3);
     free(s.regions);
     return rc;
 }
 
 /* ---- Engram ---- */
 
-/* The module and the hashing tables; the table itself comes from a file or
- * host memory (table_row). */
-static int make_engram(model *m, char *err, size_t errlen) {
-    const engram_config *ec = &m->cfg.engram;
+/* m->engram with the identity compressed lookup: a synthetic model has no
+ * tokenizer, so compressed id = token id and Vc = vocab_size. */
+static int identity_engram(model *m) {
     model_engram *e = calloc(1, sizeof(*e));
     if (!e) return MODEL_ERR_NOMEM;
     m->engram = e;
     int64_t V = m->cfg.vocab_size;
     if (!(e->lookup = malloc((size_t)V * sizeof(int64_t)))) return MODEL_ERR_NOMEM;
-    for (int64_t i = 0; i < V; i++) e->lookup[i] = i; /* no tokenizer: compressed id = token id */
+    for (int64_t i = 0; i < V; i++) e->lookup[i] = i;
     e->lookup_n = V;
     e->vc = V;
-    ngram_hash_config hc = model_engram_hash_config(ec, V, ec->pad_id); /* identity lookup */
+    return MODEL_OK;
+}
+
+/* The demo module and the hashing tables; the table itself comes from a file or
+ * host memory (table_row). */
+static int make_engram(model *m, char *err, size_t errlen) {
+    const engram_config *ec = &m->cfg.engram;
+    int rc = identity_engram(m);
+    if (rc) return rc;
+    model_engram *e = m->engram;
+    ngram_hash_config hc = model_engram_hash_config(ec, e->vc, ec->pad_id); /* identity lookup */
     char herr[256];
     if (ngram_hash_create(&hc, &e->hash, herr, sizeof(herr)) != NGRAM_HASH_OK) {
         snprintf(err, errlen, "%s: engram: %s", m->dir, herr);
@@ -642,18 +809,19 @@ static int make_vectors(model *m, uint64_t seed) {
     return MODEL_OK;
 }
 
-/* The table file's rows come from the store's writer one at a time; this
- * makes them in parallel batches and hands them out. */
-/* Row `row` of the synthetic table of `seed`: its own generator stream, so
+/* Row `row` of the demo's synthetic table of `seed`: its own generator stream, so
  * any thread makes any row, in a file (table_fill) or in memory (mem_fill),
  * with the same bits. */
 static void table_row(uint64_t seed, uint32_t cols, uint64_t row, void *dst) {
     fill_bf16(dst, cols, stream_start(seed, 0x7ab1eu, row));
 }
 
+/* A layer's table rows as its file stores them: bf16 (the demo's) or packed FP8 + ue8m0 (V4.1's). */
 typedef struct {
-    uint64_t seed, rows;
+    uint64_t seed, rows;  /* table_seed of the layer */
     uint32_t cols, rb;
+    int dtype;            /* ENGRAM_STORE_BF16 or ENGRAM_STORE_FP8_UE8M0 */
+    const uint8_t *e4m3;  /* FP8: make_e4m3_table's (borrowed) */
     uint8_t *buf;   /* (batch, rb) rows [b0, b1) */
     uint64_t b0, b1, batch;
     const char *path;
@@ -661,6 +829,13 @@ typedef struct {
     double t0, last;
 } table_gen;
 
+static void gen_row(const table_gen *g, uint64_t row, uint8_t *dst) {
+    if (g->dtype == ENGRAM_STORE_FP8_UE8M0) v41_row(g->seed, g->cols, row, g->e4m3, dst, dst + g->cols);
+    else table_row(g->seed, g->cols, row, dst);
+}
+
+/* The store's writer asks for rows one at a time; this makes them in
+ * parallel batches and hands them out. */
 static int table_fill(void *ctx, uint64_t row, void *dst) {
     table_gen *g = ctx;
     if (row < g->b0 || row >= g->b1) {
@@ -668,7 +843,7 @@ static int table_fill(void *ctx, uint64_t row, void *dst) {
         g->b1 = row + g->batch < g->rows ? row + g->batch : g->rows;
         long long n = (long long)(g->b1 - g->b0);
 #pragma omp parallel for schedule(static)
-        for (long long i = 0; i < n; i++) table_row(g->seed, g->cols, g->b0 + (uint64_t)i, g->buf + (size_t)i * g->rb);
+        for (long long i = 0; i < n; i++) gen_row(g, g->b0 + (uint64_t)i, g->buf + (size_t)i * g->rb);
         double now = util_now();
         if (!g->quiet && now - g->last >= 5.0) {
             g->last = now;
@@ -681,17 +856,19 @@ static int table_fill(void *ctx, uint64_t row, void *dst) {
     return 0;
 }
 
-/* Makes (or reuses) dir/engram_layer_<id>.tbl for the model's Engram layer.
+/* Makes (or reuses) dir/engram_layer_<id>.tbl for Engram layer li.
  * A file is reused when its stamp (path.synthetic) says the same generator,
  * seed and shape made it; a stale synthetic file is replaced; any other file
  * of that name is refused, never overwritten. */
-static int make_table(model *m, const char *dir, uint64_t seed, bool quiet, char *err, size_t errlen) {
-    const engram_weights *w = &m->engram->layers[0];
+static int make_table(model *m, int li, const char *dir, uint64_t seed, bool quiet, char *err, size_t errlen) {
+    const engram_weights *w = &m->engram->layers[li];
+    int dt = w->table.dt == DTYPE_F8_E4M3 ? ENGRAM_STORE_FP8_UE8M0 : ENGRAM_STORE_BF16;
+    const char *dn = engram_store_dtype_name(dt);
     char path[4096], stamp_path[4200], stamp[256];
     snprintf(path, sizeof(path), MODEL_ENGRAM_TABLE_FMT, dir, w->layer_id);
     snprintf(stamp_path, sizeof(stamp_path), "%s.synthetic", path);
-    snprintf(stamp, sizeof(stamp), "engram synthetic table v%d seed %llu layer %d rows %d cols %d bf16\n",
-             SYN_TABLE_VERSION, (unsigned long long)seed, w->layer_id, w->table.rows, w->table.cols);
+    snprintf(stamp, sizeof(stamp), "engram synthetic table v%d seed %llu layer %d rows %d cols %d %s\n",
+             SYN_TABLE_VERSION, (unsigned long long)seed, w->layer_id, w->table.rows, w->table.cols, dn);
     if (mkdir(dir, 0755) && errno != EEXIST) {
         snprintf(err, errlen, "%s: cannot create the table directory: %s", dir, strerror(errno));
         return MODEL_ERR_IO;
@@ -717,7 +894,7 @@ static int make_table(model *m, const char *dir, uint64_t seed, bool quiet, char
         unlink(stamp_path);
         free(old);
     }
-    uint32_t rb = engram_store_row_bytes(ENGRAM_STORE_BF16, (uint32_t)w->table.cols);
+    uint32_t rb = engram_store_row_bytes(dt, (uint32_t)w->table.cols);
     uint64_t bytes = ENGRAM_STORE_BLOCK + (uint64_t)w->table.rows * engram_store_row_stride(rb);
     struct statvfs vfs;
     if (statvfs(dir, &vfs) == 0 && (uint64_t)vfs.f_bavail * vfs.f_frsize < bytes + (64u << 20)) {
@@ -725,16 +902,23 @@ static int make_table(model *m, const char *dir, uint64_t seed, bool quiet, char
                  bytes / 1e9, (double)vfs.f_bavail * vfs.f_frsize / 1e9);
         return MODEL_ERR_IO;
     }
-    table_gen g = {.seed = seed ^ ((uint64_t)w->layer_id << 32), .rows = (uint64_t)w->table.rows,
-                   .cols = (uint32_t)w->table.cols, .rb = rb, .batch = (32u << 20) / rb + 1, .path = path, .quiet = quiet};
-    if (!(g.buf = malloc((size_t)g.batch * rb))) return MODEL_ERR_NOMEM;
+    table_gen g = {.seed = table_seed(seed, w->layer_id), .rows = (uint64_t)w->table.rows,
+                   .cols = (uint32_t)w->table.cols, .rb = rb, .dtype = dt, .batch = (32u << 20) / rb + 1, .path = path,
+                   .quiet = quiet};
+    uint8_t *e4m3 = dt == ENGRAM_STORE_FP8_UE8M0 ? make_e4m3_table() : NULL;
+    g.e4m3 = e4m3;
+    if (!(g.buf = malloc((size_t)g.batch * rb)) || (dt == ENGRAM_STORE_FP8_UE8M0 && !e4m3)) {
+        free(g.buf), free(e4m3);
+        return MODEL_ERR_NOMEM;
+    }
     g.t0 = g.last = util_now();
     if (!quiet)
-        fprintf(stderr, "synthetic table %s: writing %d rows x %d bf16 (%.2f GB)\n", path, w->table.rows,
-                w->table.cols, bytes / 1e9);
+        fprintf(stderr, "synthetic table %s: writing %d rows x %d %s (%.2f GB)\n", path, w->table.rows,
+                w->table.cols, dn, bytes / 1e9);
     char serr[512];
-    int src = engram_store_write(path, ENGRAM_STORE_BF16, g.rows, g.cols, table_fill, &g, serr, sizeof(serr));
+    int src = engram_store_write(path, dt, g.rows, g.cols, table_fill, &g, serr, sizeof(serr));
     free(g.buf);
+    free(e4m3);
     if (src) {
         snprintf(err, errlen, "%s", serr);
         return src == ENGRAM_STORE_ENOMEM ? MODEL_ERR_NOMEM : MODEL_ERR_IO;
@@ -750,22 +934,23 @@ static int make_table(model *m, const char *dir, uint64_t seed, bool quiet, char
     return MODEL_OK;
 }
 
-/* The same rows in host memory, for tables larger than the disk. */
-typedef struct {
-    uint64_t seed;
-    uint32_t cols;
-} mem_gen;
+/* make_table for every Engram layer. */
+static int make_tables(model *m, const char *dir, uint64_t seed, bool quiet, char *err, size_t errlen) {
+    int rc = MODEL_OK;
+    for (int li = 0; li < m->engram->n_layers && rc == MODEL_OK; li++) rc = make_table(m, li, dir, seed, quiet, err, errlen);
+    return rc;
+}
 
+/* The same rows in host memory, for tables larger than the disk. */
 static int mem_fill(void *ctx, uint64_t row, void *dst) {
-    const mem_gen *g = ctx;
-    table_row(g->seed, g->cols, row, dst);
+    gen_row(ctx, row, dst);
     return 0;
 }
 
 static int make_memory_table(model *m, uint64_t seed, const engram_store_params *sp, bool quiet, char *err,
                              size_t errlen) {
     engram_weights *w = &m->engram->layers[0];
-    mem_gen g = {.seed = seed ^ ((uint64_t)w->layer_id << 32), .cols = (uint32_t)w->table.cols};
+    table_gen g = {.seed = table_seed(seed, w->layer_id), .cols = (uint32_t)w->table.cols, .dtype = ENGRAM_STORE_BF16};
     uint32_t rb = engram_store_row_bytes(ENGRAM_STORE_BF16, g.cols);
     double gb = (double)w->table.rows * engram_store_row_stride(rb) / 1e9, t0 = util_now();
     if (!quiet)
@@ -807,13 +992,20 @@ int model_synthetic_ex(const char *spec, uint64_t seed, const model_synthetic_pa
         goto fail;
     }
     if (cfg.arch == ARCH_DEEPSEEK_V4) {
-        if ((rc = make_dsv4(m, seed, err, errlen))) goto fail;
+        /* V4.1's Engram: its shape (the loader's, with the identity lookup), the table files
+         * first (a refusal or a full disk costs no weight filling), else the tables as tensors */
+        if (cfg.engram_v41.n_layers &&
+            ((rc = identity_engram(m)) || (rc = model__dsv4_engram_init(m, err, errlen)) ||
+             (p.table_dir && (rc = make_tables(m, p.table_dir, seed, p.quiet, err, errlen)))))
+            goto fail;
+        if ((rc = make_dsv4(m, seed, !p.table_dir, err, errlen))) goto fail;
+        if (m->engram && p.table_dir && (rc = model_engram_use_tables(m, p.table_dir, &p.store, err, errlen))) goto fail;
         *out = m;
         return MODEL_OK;
     }
     if (cfg.engram.present && (rc = make_engram(m, err, errlen))) goto fail;
     /* the table file first: a refusal or a full disk costs no weight filling */
-    if (m->engram && p.table_dir && (rc = make_table(m, p.table_dir, seed, p.quiet, err, errlen))) goto fail;
+    if (m->engram && p.table_dir && (rc = make_tables(m, p.table_dir, seed, p.quiet, err, errlen))) goto fail;
 
     arena a = {0};
     layout(m, &a);

@@ -107,7 +107,7 @@ START_TEST(test_bad_specs) {
     expect_bad("", "empty");
     expect_bad("qwen3-9b", "unknown model (known: qwen3-0.6b");
     expect_bad("gpt2", "llama3-8b");
-    expect_bad("qwen3-0.6b+engram", "+engram:ROWS or +layers:N");
+    expect_bad("qwen3-0.6b+engram", "an option must be +layers:N, +experts:N, +engram:ROWS");
     expect_bad("qwen3-0.6b+engram:12", "from 1000 to 2e9");
     expect_bad("qwen3-0.6b+engram:3e9", "from 1000 to 2e9");
     expect_bad("qwen3-0.6b+engram:1.5x", "from 1000 to 2e9");
@@ -115,7 +115,7 @@ START_TEST(test_bad_specs) {
     expect_bad("qwen3-0.6b+layers:29", "from 1 to 28");
     expect_bad("qwen3-0.6b+speed:9", "unknown option");
     expect_bad("qwen3-0.6b+layers:1+engram:10k", "at least 2 layers");
-    expect_bad("gpt2", "qwen3-30b-a3b, deepseek-v4-flash)");
+    expect_bad("gpt2", "qwen3-30b-a3b, deepseek-v4-flash, deepseek-v4.1-flash)");
 }
 END_TEST
 
