@@ -57,6 +57,28 @@
 #           build's engram-server and bench-throughput (DIR/bin, DIR/run):
 #             ITL_MODEL=qwen3-0.6b+layers:1 ITL_DEVICE=cpu ITL_N=8 ITL_LEN=16:48
 #             ITL_BATCH=64 ITL_KV=4096 ITL_CAPS="0 16" bench/gpu.sh DIR OUT itl
+#   stall41 the same for DeepSeek-V4.1 (issue 17): synthetic
+#           deepseek-v4.1-flash+layers:V41_LAYERS (default 2: Engram layer 1
+#           alone; 15 takes layer 14 too) +experts:V41_EXPERTS (default 384, all;
+#           FP4 experts are dequantized to bf16 on upload, about 24 GB a layer)
+#           +engram-rows:V41_SCALE (default 0.1: the prime search from 1.6M,
+#           38.4M rows of 264 B a layer, a 19.7 GB file at the store's 512-byte
+#           row stride; the release's 384M rows need 197 GB a layer, more than
+#           the machine's DRAM and disk), at batch sizes V41_BATCHES (default
+#           "1 64 256"; 256 prompt and 256 output tokens each), for each of
+#           V41_TIERS (default "hbm dram nvme hbmcache"): hbm the tables as
+#           tensors uploaded to the GPU (FP8 rows on the device), dram a table
+#           file in V41_TBL_DIR (default .gpu-tbl41) mapped whole, nvme the file
+#           behind a DRAM budget of a quarter of it (O_DIRECT, io_uring),
+#           hbmcache the file with --engram-hbm-cache V41_HBM (default 16G);
+#           then base: +layers:1, the backbone before Engram layer 1 without
+#           it (embedding, layer 0, head). Needs the CUDA backend to run V4.1's
+#           Engram: FP8 tables on the device for hbm and the host store's
+#           packed FP8 rows decoded on the GPU for the others (branch
+#           v41cuda; main refuses FP8 table rows on CUDA). The shape has
+#           V4-Flash's compress ratios (4, 128), so V4.1's ratio-1/2 ops are
+#           not needed. Each model start fills ~16 GB of weights and uploads
+#           them: split the tiers over device calls (V41_TIERS=hbm, ...)
 # Each section's output goes to OUTDIR/SECTION.log as well as stdout.
 set -uo pipefail
 pack=$(cd "$1" && pwd); outdir=$2; shift 2
@@ -221,6 +243,27 @@ for c in caps:
           f"{lv['failed']:6d}")
 PY
     ;;
+  stall41)
+    local scale=${V41_SCALE:-0.1} spec="deepseek-v4.1-flash+layers:${V41_LAYERS:-2}+experts:${V41_EXPERTS:-384}"
+    local budget; budget=$(awk -v s="$scale" 'BEGIN { printf "%dM", 384006168 * s * 512 / 4 / 1048576 }')
+    spec+="+engram-rows:$scale"
+    df -h ${V41_TBL_DIR:-.} | tail -1
+    for tier in ${V41_TIERS:-hbm dram nvme hbmcache} base; do
+      local t=(--synthetic-table-dir ${V41_TBL_DIR:-.gpu-tbl41})
+      case $tier in
+        hbm) t=(--synthetic $spec) ;;
+        dram) t=(--synthetic $spec "${t[@]}" --engram-tier dram) ;;
+        nvme) t=(--synthetic $spec "${t[@]}" --engram-tier nvme --engram-dram-budget $budget) ;;
+        hbmcache) t=(--synthetic $spec "${t[@]}" --engram-tier dram --engram-hbm-cache ${V41_HBM:-16G}) ;;
+        base) t=(--synthetic deepseek-v4.1-flash+layers:1+experts:${V41_EXPERTS:-384}) ;;
+      esac
+      for b in ${V41_BATCHES:-1 64 256}; do
+        local f=("${t[@]}" --device cuda -n $b --prompt-len 256:256 --output-len 256:256 --max-num-seqs $b
+                 --kv-cache-tokens 200000 ${ENGRAM_FLAGS:-})
+        echo "-- $tier: bench-throughput ${f[*]}"
+        timeout ${V41_TIMEOUT:-400} "$pack/run" bench-throughput "${f[@]}" | grep -vE '^\{'
+      done
+    done ;;
   *) echo "gpu.sh: unknown section $1" ;;
   esac
 }

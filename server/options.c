@@ -100,7 +100,8 @@ static const struct {
      "most idle cached KV blocks kept, the least recently used evicted first (0: as many as the cache has free)"},
     {"synthetic", OPT_STR, 0, 0, NULL,
      "instead of --model: random weights of a real shape (qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b, llama3-1b, "
-     "llama3-8b, qwen3-30b-a3b in bf16; deepseek-v4-flash in its release's FP8/FP4 formats; +engram:ROWS, +layers:N); "
+     "llama3-8b, qwen3-30b-a3b in bf16; deepseek-v4-flash, deepseek-v4.1-flash in the release's FP8/FP4 formats; "
+     "+layers:N, +experts:N, +engram:ROWS, +engram-rows:SCALE); "
      "no tokenizer, so prompts are token-id arrays on /v1/completions"},
     {"synthetic-seed", OPT_INT, 0, LONG_MAX, "0", "seed of the synthetic weights"},
     {"synthetic-table-dir", OPT_STR, 0, 0, NULL, "where a synthetic Engram table is written, or reused"},

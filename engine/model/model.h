@@ -366,13 +366,24 @@ int64_t model_param_count(const model *m);
  *                                                formats: FP8 attention and shared expert,
  *                                                FP4 routed experts, bf16 embed, head,
  *                                                router, compressors; f32 hc, ape, sinks
+ *   deepseek-v4.1-flash                          DeepSeek-V4.1-Flash as DEEPSEEK_V4.md 5.8 and
+ *                                                ENGRAM.md 7 state it (hidden 5120, 40 layers,
+ *                                                384 experts, V4.1's backbone keys, Engram at
+ *                                                layers 1 and 14: FP8 rows + ue8m0 scales),
+ *                                                the rest assumed from V4-Flash, same formats
  *   +engram:ROWS   an Engram module at layer 1 (DeepSeek's demo layout: orders
  *                  2..3, 8 heads per order, head dim 64) whose table has about
  *                  ROWS rows (suffix k, M, B: 1e3, 1e6, 1e9; "1.5B" is 96e9
  *                  parameters); the table is a file, or host memory (see
- *                  model_synthetic_params)
+ *                  model_synthetic_params); not on the DeepSeek shapes
+ *   +engram-rows:SCALE  deepseek-v4.1-flash: its prime search starts at SCALE x
+ *                  engram_vocab_size (1e-5..1), the tables' rows follow (about
+ *                  SCALE x the release's 384M each)
+ *   +experts:N     mixture-of-experts shapes: only the first N routed experts
+ *                  (at least the experts per token)
  *   +layers:N      only the first N layers (quick tests; the shape is otherwise kept;
- *                  deepseek-v4-flash+layers:2 is 9.24 GB)
+ *                  deepseek-v4-flash+layers:2 is 9.24 GB; V4.1's Engram layers at or
+ *                  past N go)
  * The compressed tokenizer of a synthetic Engram model is the identity
  * (compressed id = token id, Vc = vocab_size): there is no tokenizer. */
 typedef struct {
@@ -381,7 +392,9 @@ typedef struct {
      * and reused when it is the one this spec and seed make. NULL with
      * +engram: the table is made in host memory at each start (the same
      * bits; a DRAM-tier store over an anonymous mapping, private to the
-     * process): for tables larger than the disk. */
+     * process): for tables larger than the disk. NULL with
+     * deepseek-v4.1-flash: the tables are FP8 tensors in the model's mapping
+     * (the same bits; model_engram_export_tables writes them out). */
     const char *table_dir;
     engram_store_params store; /* how the tables are read */
     bool quiet;                /* no progress lines on stderr */
@@ -398,7 +411,10 @@ int model_synthetic_config(const char *spec, model_config *cfg, char *err, size_
  * give the same bits on any thread count), norms 1, biases 0; filled by all
  * OpenMP threads. DeepSeek-V4: FP8 codes of those values under 2^-13 block
  * scales, FP4 random codes under 2^-7 (sd 0.023), other f32 tensors uniform
- * sd 0.02 but hc scales 1, tid2eid random distinct experts (model_synthetic.c). The model owns the memory (model_destroy frees it).
+ * sd 0.02 but hc scales 1, tid2eid random distinct experts; V4.1's Engram: wkv
+ * FP8 as above, q_weight * k_weight 1, table rows of those e4m3 codes under a
+ * random ue8m0 scale per 32 (2^-14, 2^-13 or 2^-12) (model_synthetic.c). The
+ * model owns the memory (model_destroy frees it).
  * Returns MODEL_OK and *out, or MODEL_ERR_CONFIG (bad spec), MODEL_ERR_NOMEM,
  * MODEL_ERR_IO (table file) with a one-line message. params may be NULL
  * (defaults: no table directory). */

@@ -1,9 +1,11 @@
 /* Synthetic models (see model.h): the exact shapes of released checkpoints
  * with random weights made in memory (bf16; DeepSeek-V4 in its release's FP8 /
  * FP4 / bf16 / f32 mix), so benchmarks can run real model sizes without
- * storing checkpoints. An optional Engram module at layer 1
- * reads a table written once, deterministically, as an engram/store table
- * file, because tables may be larger than RAM. */
+ * storing checkpoints. An optional Engram module at layer 1 (the paper's demo
+ * layout), or DeepSeek-V4.1-Flash's own two, reads tables made
+ * deterministically row by row: as an engram/store table file written once
+ * (tables may be larger than RAM), or in memory (the demo's as a store,
+ * V4.1's as the checkpoint tensors the loader would map). */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>

@@ -1,6 +1,7 @@
 """Synthetic models end to end (engine/model/model_synthetic): engram-run generates
 from qwen3-0.6b's real shape with token-id prompts, deterministically per
-seed; bad specs and flag combinations fail with a clear message;
+seed; engram-tables exports deepseek-v4.1-flash's FP8 table (its rows as the
+V4.1 prime search gives them, recomputed here); bad specs and flag combinations fail with a clear message;
 bench-throughput runs a tiny workload to completion with exactly the asked
 token counts; engram-server serves a synthetic model to token-id prompts."""
 import json
@@ -49,11 +50,41 @@ def test_run_engram_table(tmp_path):
     assert info["cols"] == 64 and info["dtype"] == "bf16" and abs(info["rows"] - 50000) < 500, info
 
 
+def primes_after(start, n):
+    """The n primes after start, by trial division (DEEPSEEK_V4.md 5.3's search, one layer, no others seen)."""
+    out, x = [], start
+    while len(out) < n:
+        x += 1
+        if x > 1 and all(x % d for d in range(2, int(x ** 0.5) + 1)):
+            out.append(x)
+    return out
+
+
+def test_tables_export_synthetic_v41(tmp_path):
+    """engram-tables export --synthetic: deepseek-v4.1-flash's FP8 table of layer 1 as a table file,
+    its rows the sum of the 24 primes the V4.1 search takes from SCALE x 16,000,000 - 1."""
+    spec = "deepseek-v4.1-flash+layers:2+experts:8+engram-rows:1e-5"
+    run_bin("engram-tables", "export", "--synthetic", spec, "--synthetic-seed", "2", "--out", tmp_path)
+    f = tmp_path / "engram_layer_1.tbl"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engram_layer_1.tbl"]  # layer 14 is past +layers:2
+    info = json.loads(run_bin("engram-tables", "info", f).stdout)
+    assert info["dtype"] == "fp8_ue8m0" and info["cols"] == 256 and info["row_bytes"] == 264, info
+    assert info["rows"] == sum(primes_after(160 - 1, 3 * 8)), info
+    assert json.loads(run_bin("engram-tables", "verify", f).stdout)["verified"] is True
+    p = run_bin("engram-tables", "export", "--synthetic", "qwen3-0.6b+layers:2+engram:10k", "--out", tmp_path / "x",
+                check=False)
+    assert p.returncode == 1 and "--synthetic-table-dir" in p.stderr, p.stderr
+    for args in (("--synthetic", spec), ("--synthetic", spec, "--model", tmp_path, "--out", tmp_path),
+                 ("--synthetic", spec, "--synthetic-seed", "-1", "--out", tmp_path)):
+        p = run_bin("engram-tables", "export", *args, check=False)
+        assert p.returncode == 2 and "usage: engram-tables export (--model DIR | --synthetic SPEC" in p.stderr, p.stderr
+
+
 def test_bad_specs_and_flags(tmp_path):
     p = run_bin("engram-run", "--synthetic", "qwen3-9b", "--prompt-ids", "1", check=False)
     assert p.returncode == 1
     assert 'synthetic spec "qwen3-9b": unknown model (known: qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b, ' \
-           'llama3-1b, llama3-8b, qwen3-30b-a3b, deepseek-v4-flash)' in p.stderr, p.stderr
+           'llama3-1b, llama3-8b, qwen3-30b-a3b, deepseek-v4-flash, deepseek-v4.1-flash)' in p.stderr, p.stderr
     p = run_bin("engram-run", "--synthetic", "qwen3-0.6b+layers:99", "--prompt-ids", "1", check=False)
     assert p.returncode == 1 and "+layers:N needs N from 1 to 28" in p.stderr, p.stderr
     for args, needle in [
