@@ -66,13 +66,13 @@
 #           row stride; the release's 384M rows need 197 GB a layer, more than
 #           the machine's DRAM and disk), at batch sizes V41_BATCHES (default
 #           "1 64 256"; 256 prompt and 256 output tokens each), for each of
-#           V41_TIERS (default "hbm dram nvme hbmcache"): hbm the tables as
+#           V41_TIERS (default "hbm dram nvme hbmcache base"): hbm the tables as
 #           tensors uploaded to the GPU (FP8 rows on the device), dram a table
 #           file in V41_TBL_DIR (default .gpu-tbl41) mapped whole, nvme the file
 #           behind a DRAM budget of a quarter of it (O_DIRECT, io_uring),
 #           hbmcache the file with --engram-hbm-cache V41_HBM (default 16G);
-#           then base: +layers:1, the backbone before Engram layer 1 without
-#           it (embedding, layer 0, head). Needs the CUDA backend to run V4.1's
+#           base +layers:1, the backbone before Engram layer 1 without it
+#           (embedding, layer 0, head). Needs the CUDA backend to run V4.1's
 #           Engram: FP8 tables on the device for hbm and the host store's
 #           packed FP8 rows decoded on the GPU for the others (branch
 #           v41cuda; main refuses FP8 table rows on CUDA). The shape has
@@ -248,7 +248,7 @@ PY
     local budget; budget=$(awk -v s="$scale" 'BEGIN { printf "%dM", 384006168 * s * 512 / 4 / 1048576 }')
     spec+="+engram-rows:$scale"
     df -h ${V41_TBL_DIR:-.} | tail -1
-    for tier in ${V41_TIERS:-hbm dram nvme hbmcache} base; do
+    for tier in ${V41_TIERS:-hbm dram nvme hbmcache base}; do
       local t=(--synthetic-table-dir ${V41_TBL_DIR:-.gpu-tbl41})
       case $tier in
         hbm) t=(--synthetic $spec) ;;
