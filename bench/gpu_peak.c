@@ -101,39 +101,6 @@ static double copy_rate(void) {
     return gbs;
 }
 
-/* What a library kernel reads per second: cublasSasum over 1 GiB of f32
- * (reads only, one value out), median of 20: the ceiling a matrix-vector
- * product that streams its weights can reach. */
-static double read_rate(void) {
-    size_t bytes = (size_t)1 << 30;
-    float *a, r;
-    CK(cudaMalloc((void **)&a, bytes));
-    CK(cudaMemset(a, 0, bytes));
-    cublasHandle_t h;
-    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) exit(1);
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    float ms[20];
-    int n = (int)(bytes / 4);
-    for (int i = 0; i < 3; i++) cublasSasum(h, n, a, 1, &r);
-    for (int i = 0; i < 20; i++) {
-        CK(cudaEventRecord(e0, 0));
-        cublasSasum(h, n, a, 1, &r); /* host result: returns once the kernel is done */
-        CK(cudaEventRecord(e1, 0));
-        CK(cudaEventSynchronize(e1));
-        CK(cudaEventElapsedTime(&ms[i], e0, e1));
-    }
-    qsort(ms, 20, sizeof(float), cmp_f);
-    double gbs = bytes / (ms[10] * 1e-3) * 1e-9;
-    printf("read: cublasSasum 1 GiB f32: median %.3f ms (min %.3f, max %.3f), %.0f GB/s\n", ms[10], ms[0], ms[19],
-           gbs);
-    cublasDestroy(h);
-    CK(cudaFree(a));
-    cudaEventDestroy(e0), cudaEventDestroy(e1);
-    return gbs;
-}
-
 static double gemm_rate(int n, cudaDataType ct) {
     cublasHandle_t h;
     if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) exit(1);
@@ -356,7 +323,6 @@ int main(int argc, char **argv) {
     CK(cudaGetDeviceProperties(&p, 0));
     printf("device: %s, %d SMs, %.1f GiB\n", p.name, p.multiProcessorCount, p.totalGlobalMem / 1073741824.0);
     double gbs = copy_rate();
-    read_rate();
     gemm_rate(8192, CUDA_R_16BF);
     double tf = gemm_rate(8192, CUDA_R_32F);
     for (int a = 1; a < argc; a++)

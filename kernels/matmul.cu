@@ -207,16 +207,20 @@ gemv_block_kernel(gemv_args a, const float *x, int cols) {
     }
 }
 
-/* Which kernel: ENGRAM_GEMV=warp|block (benchmarks: both in one run), else
- * GEMV_DEFAULT. */
-#define GEMV_DEFAULT 1 /* 0: warp per row, 1: block on R rows */
-static int gemv_block_mode(void) {
-    static int mode = -1;
-    if (mode < 0) {
+/* Which kernel, by measurement (bench-gpu_peak ops, H100, bench/RESULTS.md):
+ * the block kernel on matrices up to GEMV_BLOCK_MAX_BYTES (4096x4096 12.5
+ * against 14.8 us, 1024x4096 3.9 against 7.1), a warp per row on larger ones
+ * and for gate|up (2x14336x4096 GLU 78.7 against 90.4 us). ENGRAM_GEMV=warp|
+ * block forces one (benchmarks: both in one run). */
+#define GEMV_BLOCK_MAX_BYTES (64u << 20)
+static bool gemv_use_block(int mode, int rows, int cols, size_t wbytes) {
+    static int force = -1;
+    if (force < 0) {
         const char *v = getenv("ENGRAM_GEMV");
-        mode = v && !strcmp(v, "warp") ? 0 : v && !strcmp(v, "block") ? 1 : GEMV_DEFAULT;
+        force = v && !strcmp(v, "warp") ? 0 : v && !strcmp(v, "block") ? 1 : 2;
     }
-    return mode;
+    if (force < 2) return force;
+    return mode != GEMV_GLU && (size_t)rows * cols * wbytes <= GEMV_BLOCK_MAX_BYTES;
 }
 
 template <int T, typename W, int MODE>
@@ -234,7 +238,7 @@ static int gemv_run(const gemv_args &a, const float *x, int T, int cols, void *s
     if (a.end2 == 0) return KERNELS_OK;
     dim3 grid((a.end2 + GEMV_WARPS - 1) / GEMV_WARPS), block(GEMV_WARPS * 32);
     cudaStream_t st = (cudaStream_t)stream;
-    if (gemv_block_mode() && T <= 2) {
+    if (T <= 2 && gemv_use_block(MODE, a.end2, cols, sizeof(W))) {
         if (T == 1) gemv_block_launch<1, W, MODE>(a, x, cols, st);
         else gemv_block_launch<2, W, MODE>(a, x, cols, st);
         return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
