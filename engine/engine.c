@@ -277,11 +277,13 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
     /* sample_on_backend: 0 never, 1 always (the CPU too: tests), -1 (auto)
      * where the logits are not host memory already. */
     int sob = e->p.sample_on_backend;
-    e->dev_sample = backend_has(be, sample) && (sob >= 0 ? sob != 0 : strcmp(backend_name(be), "cpu") != 0);
+    e->dev_sample = backend_has(be, sample) && backend_has(be, sample_argmax) &&
+                    (sob >= 0 ? sob != 0 : strcmp(backend_name(be), "cpu") != 0);
     /* The CUDA op runs one block per row, so a step's rows cost about one
      * row's time: on an H100 274 us against 71 us to download one row, 217
      * for 4, 724 for 16 (gpu-sampling-parity). Below SAMPLE_MIN_ROWS rows the
-     * step downloads them; sample_on_backend 1 takes the op always. */
+     * step downloads them; sample_on_backend 1 takes the op always. Greedy
+     * rows (sample_argmax: one pass over a row) go to the backend in any number. */
     e->dev_sample_min = sob == 1 ? 1 : SAMPLE_MIN_ROWS;
     /* With the backend sampling, the engine thread mostly waits for the forward pass:
      * the grammar masks are made on a worker meanwhile. */

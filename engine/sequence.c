@@ -39,14 +39,18 @@ int engine__seq_take_state(engine *e, seq *s) {
     return 0;
 }
 
-/* Whether s samples through backend_ops.sample: the engine has it on, and
- * nothing needs the whole row on the host (logprobs read every logit; top-k
- * between SAMPLE_CANDIDATES and the vocabulary would leave a tail the op does
- * not sum). Greedy requests with biases or penalties take it too (the first
- * candidate is their argmax). The row comes down only when the candidates do
- * not settle the token (sampler_sample_candidates). */
+/* Whether s samples on the backend: the engine has it on, and nothing needs
+ * the whole row on the host (logprobs read every logit; top-k between
+ * SAMPLE_CANDIDATES and the vocabulary would leave a tail the op does not
+ * sum; greedy rows take no candidates). The row comes down only when the
+ * result does not settle the token (sampler_sample_candidates, a NaN). */
 bool engine__seq_device_sample(const engine *e, const seq *s) {
-    return e->dev_sample && !s->r->lp && sampler_candidates_ok(s->smp, SAMPLE_CANDIDATES);
+    return e->dev_sample && !s->r->lp &&
+           (s->r->sp.temperature <= 0.0f || sampler_candidates_ok(s->smp, SAMPLE_CANDIDATES));
+}
+
+bool engine__seq_device_greedy(const engine *e, const seq *s) {
+    return s->r->sp.temperature <= 0.0f && engine__seq_device_sample(e, s);
 }
 
 bool engine__seq_pure_greedy(const engine *e, const seq *s) {
@@ -378,11 +382,20 @@ seq *engine__seq_create(engine *e, engine_request *r) {
     return s;
 }
 
-/* Biases and penalties are applied on the backend too (the description). */
+/* Biases and penalties are applied on the backend too (the description).
+ * The description's rows: the sampled ones first (backend_ops.sample), then
+ * the greedy ones (sample_argmax), whose ids follow the sampled rows' results
+ * in d_res: one download for both. */
 int engine__sample_on_backend(engine *e, int n_items) {
-    int n = 0;
-    for (int j = 0; j < n_items; j++) e->res[j] = e->row[j] >= 0 ? n++ : -1;
+    int ns = 0, n = 0;
+    for (int j = 0; j < n_items; j++) {
+        n += e->row[j] >= 0;
+        ns += e->row[j] >= 0 && !engine__seq_device_greedy(e, e->item_seq[j]);
+    }
+    e->n_sampled = ns;
     if (n == 0) return 0;
+    for (int j = 0, a = 0, g = ns; j < n_items; j++)
+        e->res[j] = e->row[j] < 0 ? -1 : engine__seq_device_greedy(e, e->item_seq[j]) ? g++ : a++;
     if (sampler_desc_begin(&e->desc, n)) return -1;
     for (int j = 0; j < n_items; j++) {
         if (e->res[j] < 0) continue;
@@ -409,8 +422,13 @@ int engine__sample_on_backend(engine *e, int n_items) {
         e->d_desc_bytes = 2 * bytes;
     }
     backend_upload(be, e->d_desc, e->desc.w, bytes);
-    backend_sample(be, e->d_res, forward_ctx_logits(e->fc), e->d_desc, n, e->vocab, e->m->cfg.vocab_size, SAMPLE_CANDIDATES);
-    backend_download(be, e->h_res, e->d_res, (size_t)n * SAMPLER_RESULT_BYTES(SAMPLE_CANDIDATES));
+    float *logits = forward_ctx_logits(e->fc);
+    int V = e->m->cfg.vocab_size;
+    size_t sampled = (size_t)ns * SAMPLER_RESULT_BYTES(SAMPLE_CANDIDATES);
+    if (ns) backend_sample(be, e->d_res, logits, e->d_desc, ns, e->vocab, V, SAMPLE_CANDIDATES);
+    if (n > ns)
+        backend_sample_argmax(be, (int32_t *)((char *)e->d_res + sampled), logits, e->d_desc, ns, n - ns, e->vocab, V);
+    backend_download(be, e->h_res, e->d_res, sampled + (size_t)(n - ns) * sizeof(int32_t));
     return backend_take_failure(be) ? -1 : 0;
 }
 
@@ -420,8 +438,14 @@ bool engine__seq_sample_row(engine *e, seq *s, int j) {
 }
 
 int32_t engine__seq_take_candidate(engine *e, seq *s, int j) {
-    int32_t next = sampler_sample_candidates(s->smp, e->h_res + (size_t)e->res[j] * SAMPLER_RESULT_BYTES(SAMPLE_CANDIDATES),
-                                             SAMPLE_CANDIDATES);
+    size_t rb = SAMPLER_RESULT_BYTES(SAMPLE_CANDIDATES);
+    int32_t next;
+    if (e->res[j] < e->n_sampled) {
+        next = sampler_sample_candidates(s->smp, e->h_res + (size_t)e->res[j] * rb, SAMPLE_CANDIDATES);
+    } else { /* a greedy row: its id, -1 when the row holds a NaN */
+        size_t at = (size_t)e->n_sampled * rb + (size_t)(e->res[j] - e->n_sampled) * sizeof(int32_t);
+        memcpy(&next, e->h_res + at, sizeof(next));
+    }
     if (next >= 0) return next;
     size_t V = (size_t)e->m->cfg.vocab_size;
     float *row = e->logits + (size_t)j * V;

@@ -359,6 +359,14 @@ typedef struct backend_ops {
      * backend has none. */
     void (*sample)(backend *be, void *out, float *logits, const int32_t *desc, int n, int vocab, int stride,
                    int n_cand);
+    /* The greedy rows of a description (temperature 0: a grammar's mask, biases or penalties kept
+     * them off argmax): rows first .. first + n - 1 of desc get sample's step 1 (biases, the mask,
+     * penalties, in place), then next[r - first] (backend memory) = the lowest id of the row's
+     * largest logit (sampler_sample's greedy rule; -0 equal to +0), or -1 when the row holds a NaN
+     * (the caller then decides on the row). One pass over the row, no candidates: a grammar's
+     * greedy row costs what argmax costs. NULL where sample is. */
+    void (*sample_argmax)(backend *be, int32_t *next, float *logits, const int32_t *desc, int first, int n,
+                          int vocab, int stride);
     /* Optional: whether an op failed since the last call (host scratch out
      * of memory: the ops return nothing, so one that cannot get its scratch
      * leaves its output unwritten and says so here), clearing the mark; the
@@ -575,6 +583,10 @@ static inline void backend_qk_rope_store(backend *be, float *q, const float *k, 
 static inline void backend_sample(backend *be, void *out, float *logits, const int32_t *desc, int n, int vocab,
                                   int stride, int n_cand) {
     be->ops->sample(be, out, logits, desc, n, vocab, stride, n_cand);
+}
+static inline void backend_sample_argmax(backend *be, int32_t *next, float *logits, const int32_t *desc, int first,
+                                         int n, int vocab, int stride) {
+    be->ops->sample_argmax(be, next, logits, desc, first, n, vocab, stride);
 }
 static inline bool backend_take_failure(backend *be) { return be->ops->take_failure && be->ops->take_failure(be); }
 

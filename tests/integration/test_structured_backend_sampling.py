@@ -1,8 +1,9 @@
 """A grammar's mask applied where the sampling happens: with
---sample-on-backend 1 the constrained rows are sampled by backend_ops.sample
-(the CPU backend's reference op here; the CUDA kernel on a GPU, checked by
-tests/gpu/sampling_parity.c), the mask of allowed tokens carried in the
-sampling description, instead of the host sampler over a masked row. The
+--sample-on-backend 1 the constrained rows are sampled by backend_ops.sample,
+greedy ones by backend_ops.sample_argmax (the CPU backend's reference ops
+here; the CUDA kernels on a GPU, checked by tests/gpu/sampling_parity.c), the
+mask of allowed tokens carried in the sampling description, instead of the
+host sampler over a masked row. The
 outputs must be the host path's exactly (same tokens for the same seed) and
 valid against the schema (jsonschema), greedy and sampled, n > 1, streamed."""
 import json
@@ -51,6 +52,7 @@ def outputs(s, **kw):
 
 @pytest.mark.parametrize("kw", [
     {"temperature": 0},
+    {"temperature": 0, "frequency_penalty": 0.5, "logit_bias": {"5": 3.0}},
     {"temperature": 1.0, "seed": 7, "n": 3},
     {"temperature": 0.8, "top_p": 0.9, "seed": 11, "n": 2},
     {"temperature": 1.2, "seed": 3, "frequency_penalty": 0.5, "logit_bias": {"5": 3.0}},
