@@ -115,7 +115,8 @@ struct engine {
     pthread_mutex_t mw_mu;
     pthread_cond_t mw_cv;
     int mw_n;                /* items of the job (e->item_seq) */
-    uint32_t *mw_rows;       /* (max_num_seqs, mask words) one mask per item */
+    uint32_t *mw_rows;       /* (max_num_seqs, mask words) item j's mask in row j; backend_host_alloc'd: the
+                              * sampling ops read them uploaded as they are (engine__sample_on_backend) */
     long long mw_masks;      /* the worker's count and time, added to n_masks and mask_seconds after */
     double mw_seconds;
     /* scheduler, engine thread only */

@@ -319,6 +319,10 @@ int sampler_desc_set_mask(sampler_desc *d, int r, const uint32_t *mask, int word
     return 0;
 }
 
+void sampler_desc_mask_at(sampler_desc *d, int r, size_t off) {
+    d->w[(size_t)r * SAMPLER_DESC_WORDS + SAMPLER_DESC_MASK_OFF] = (int32_t)off;
+}
+
 size_t sampler_desc_bytes(const sampler_desc *d) { return d->len * sizeof(int32_t); }
 
 void sampler_desc_free(sampler_desc *d) {

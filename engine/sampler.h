@@ -88,6 +88,10 @@ int sampler_desc_set(sampler_desc *d, int r, sampler *s, int row, const int32_t 
  * set in mask (words of 32; a grammar's allowed tokens). Returns 0, or -1
  * when out of memory. */
 int sampler_desc_set_mask(sampler_desc *d, int r, const uint32_t *mask, int words);
+/* The same with the mask placed by the caller in the uploaded buffer, at
+ * word offset off (at or past sampler_desc_bytes / 4: the masks go up
+ * separately, no copy made here). */
+void sampler_desc_mask_at(sampler_desc *d, int r, size_t off);
 size_t sampler_desc_bytes(const sampler_desc *d);
 void sampler_desc_free(sampler_desc *d); /* the buffer; d may be reused after */
 

@@ -79,6 +79,10 @@ void engine__seq_finish(engine *e, seq *s, engine_finish f, int error) {
  * nothing is masked). */
 enum { SEQ_GRAMMAR, SEQ_FIRST, SEQ_REASONING };
 
+/* Whether s's next token is masked: it has a grammar and is not inside a
+ * reasoning block. */
+static bool seq_masked(const seq *s) { return s->gm && s->phase != SEQ_REASONING; }
+
 /* The grammar's allowed next tokens into dst; at SEQ_FIRST the tokens that
  * open a reasoning block too. Not for SEQ_REASONING. Reads e and s only, so
  * the mask worker runs it. Returns their number, or -1 out of memory. */
@@ -133,7 +137,9 @@ static void *mask_worker(void *arg) {
         e->mw_masks += count;
         e->mw_seconds += dt;
         e->mw_busy = false;
-        pthread_cond_broadcast(&e->mw_cv);
+        pthread_mutex_unlock(&e->mw_mu);
+        pthread_cond_broadcast(&e->mw_cv); /* after the unlock: the woken thread does not wait for the lock */
+        pthread_mutex_lock(&e->mw_mu);
     }
     pthread_mutex_unlock(&e->mw_mu);
     return NULL;
@@ -158,7 +164,8 @@ void engine__masks_stop(engine *e) {
     if (e->mw_thread_running) pthread_join(e->mw_thread, NULL);
     pthread_cond_destroy(&e->mw_cv);
     pthread_mutex_destroy(&e->mw_mu);
-    free(e->mw_rows);
+    backend_host_free(e->be, e->mw_rows);
+    e->mw_rows = NULL;
     e->mw_started = false;
 }
 
@@ -169,14 +176,15 @@ void engine__masks_begin(engine *e, int n_items) {
         seq *s = e->item_seq[j];
         const forward_item *it = &e->items[j];
         s->pre_mask = NULL;
-        s->mw_want = s->gm && s->phase != SEQ_REASONING && (it->logits || it->logits_row || it->argmax);
+        s->mw_want = seq_masked(s) && (it->logits || it->logits_row || it->argmax);
         want += s->mw_want;
     }
     if (!want) return;
     if (!e->mw_rows) { /* the first constrained step: the rows and the thread */
-        e->mw_rows = malloc((size_t)e->p.max_num_seqs * grammar_vocab_mask_words(e->gvocab) * sizeof(uint32_t));
+        size_t bytes = (size_t)e->p.max_num_seqs * grammar_vocab_mask_words(e->gvocab) * sizeof(uint32_t);
+        e->mw_rows = backend_host_alloc(e->be, bytes); /* pinned on a GPU: they are uploaded as they are */
         if (!e->mw_rows || pthread_create(&e->mw_thread, NULL, mask_worker, e)) {
-            free(e->mw_rows);
+            backend_host_free(e->be, e->mw_rows);
             e->mw_rows = NULL;
             for (int j = 0; j < n_items; j++) e->item_seq[j]->mw_want = false; /* made on the engine thread, as before */
             return;
@@ -186,8 +194,8 @@ void engine__masks_begin(engine *e, int n_items) {
     pthread_mutex_lock(&e->mw_mu);
     e->mw_n = n_items;
     e->mw_busy = true;
-    pthread_cond_broadcast(&e->mw_cv);
     pthread_mutex_unlock(&e->mw_mu);
+    pthread_cond_broadcast(&e->mw_cv); /* after the unlock (the worker's mw_cv outlives it: masks_stop joins first) */
 }
 
 void engine__masks_wait(engine *e) {
@@ -271,7 +279,7 @@ bool engine__seq_sample(engine *e, seq *s, float *logits, int32_t next) {
     if (logits) {
         if (r->lp) memcpy(e->raw_logits, logits, (size_t)e->vocab * sizeof(float)); /* the sampler edits them */
         for (int i = 0; i < r->n_bias; i++) logits[r->bias_ids[i]] += r->bias_vals[i];
-        if (seq_grammar_dead(r, s, s->gm && s->phase != SEQ_REASONING ? seq_mask(e, s, logits) : 1)) return true;
+        if (seq_grammar_dead(r, s, seq_masked(s) ? seq_mask(e, s, logits) : 1)) return true;
         next = sampler_sample(s->smp, logits, r->prompt, r->n_prompt, s->out_ids, s->n_out);
         if (r->lp) engine__logprob_entry(e->raw_logits, e->vocab, next, r->n_top, &r->lp[s->n_out]);
     }
@@ -385,7 +393,9 @@ seq *engine__seq_create(engine *e, engine_request *r) {
 /* Biases and penalties are applied on the backend too (the description).
  * The description's rows: the sampled ones first (backend_ops.sample), then
  * the greedy ones (sample_argmax), whose ids follow the sampled rows' results
- * in d_res: one download for both. */
+ * in d_res: one download for both. The grammar's masks are not copied into
+ * the description: they go up from the worker's rows (item j's mask in slot
+ * j, host_alloc'd: pinned on a GPU) right behind it, in a second upload. */
 int engine__sample_on_backend(engine *e, int n_items) {
     int ns = 0, n = 0;
     for (int j = 0; j < n_items; j++) {
@@ -397,6 +407,8 @@ int engine__sample_on_backend(engine *e, int n_items) {
     for (int j = 0, a = 0, g = ns; j < n_items; j++)
         e->res[j] = e->row[j] < 0 ? -1 : engine__seq_device_greedy(e, e->item_seq[j]) ? g++ : a++;
     if (sampler_desc_begin(&e->desc, n)) return -1;
+    size_t words = e->gvocab ? grammar_vocab_mask_words(e->gvocab) : 0;
+    int n_slots = 0; /* the worker's rows 0 .. n_slots - 1 go up behind the description */
     for (int j = 0; j < n_items; j++) {
         if (e->res[j] < 0) continue;
         seq *s = e->item_seq[j];
@@ -405,23 +417,32 @@ int engine__sample_on_backend(engine *e, int n_items) {
                              r->prompt, r->n_prompt, s->out_ids, s->n_out))
             return -1;
         e->gallowed[j] = 1; /* unconstrained, or in a reasoning block: no mask */
-        if (s->gm && s->phase != SEQ_REASONING) { /* the grammar's mask goes with the row (when it allows
-                                                    * nothing, the row's result is unused) */
+        if (seq_masked(s)) { /* the grammar's mask goes with the row (when it allows nothing, the row's result
+                              * is unused) */
             const uint32_t *mask;
             e->gallowed[j] = seq_grammar_mask(e, s, &mask);
-            int words = (int)grammar_vocab_mask_words(e->gvocab);
-            if (sampler_desc_set_mask(&e->desc, e->res[j], mask, words)) return -1;
+            if (e->mw_rows) {
+                uint32_t *slot = e->mw_rows + (size_t)j * words;
+                if (mask != slot) memcpy(slot, mask, words * sizeof(uint32_t)); /* made on this thread */
+                n_slots = j + 1;
+            } else if (sampler_desc_set_mask(&e->desc, e->res[j], mask, (int)words)) {
+                return -1; /* no worker rows (out of memory at the start): copied in */
+            }
         }
     }
+    size_t at = e->desc.len; /* words: where the slots land */
+    for (int j = 0; j < n_slots; j++)
+        if (e->res[j] >= 0 && seq_masked(e->item_seq[j])) sampler_desc_mask_at(&e->desc, e->res[j], at + (size_t)j * words);
     backend *be = e->be;
-    size_t bytes = sampler_desc_bytes(&e->desc);
-    if (bytes > e->d_desc_bytes) { /* grows rarely: freeing backend memory drops recorded steps */
+    size_t bytes = sampler_desc_bytes(&e->desc), slot_bytes = (size_t)n_slots * words * sizeof(uint32_t);
+    if (bytes + slot_bytes > e->d_desc_bytes) { /* grows rarely: freeing backend memory drops recorded steps */
         backend_free(be, e->d_desc);
         e->d_desc_bytes = 0;
-        if (!(e->d_desc = backend_alloc(be, 2 * bytes))) return -1;
-        e->d_desc_bytes = 2 * bytes;
+        if (!(e->d_desc = backend_alloc(be, 2 * (bytes + slot_bytes)))) return -1;
+        e->d_desc_bytes = 2 * (bytes + slot_bytes);
     }
     backend_upload(be, e->d_desc, e->desc.w, bytes);
+    if (slot_bytes) backend_upload(be, (char *)e->d_desc + bytes, e->mw_rows, slot_bytes);
     float *logits = forward_ctx_logits(e->fc);
     int V = e->m->cfg.vocab_size;
     size_t sampled = (size_t)ns * SAMPLER_RESULT_BYTES(SAMPLE_CANDIDATES);

@@ -86,3 +86,33 @@ def test_masks_counted_on_the_backend_path(servers):
     outputs(dev, temperature=0)
     after = metric(requests.get(dev.url + "/metrics").text, "engram_grammar_masks_total")
     assert after > before
+
+
+def test_mixed_steps_equal_host(servers):
+    """Constrained and free rows, greedy and sampled, in the same steps: the
+    description then holds sampled rows, greedy rows (sample_argmax) and
+    masks behind it for some of them only. Each request's output is the host
+    path's (steps are batch-invariant), and the constrained ones validate."""
+    from concurrent.futures import ThreadPoolExecutor
+    kinds = [
+        {"response_format": FORMAT, "temperature": 0},
+        {"response_format": FORMAT, "temperature": 0.9, "seed": 4},
+        {"temperature": 0, "logit_bias": {"7": 2.0}},
+        {"temperature": 0.7, "seed": 9},
+        {"response_format": FORMAT, "temperature": 0, "presence_penalty": 0.8},
+        {"temperature": 0},
+    ]
+
+    def one(s, kw):
+        r = client(s).chat.completions.create(model="m", messages=ASK, max_tokens=60, **kw)
+        return r.choices[0].message.content, r.choices[0].finish_reason
+
+    got = {}
+    for s in servers:
+        with ThreadPoolExecutor(len(kinds)) as ex:
+            got[s] = list(ex.map(lambda kw: one(s, kw), kinds))
+    host, dev = servers
+    assert got[host] == got[dev]
+    for kw, (text, finish) in zip(kinds, got[dev]):
+        if "response_format" in kw and finish == "stop":
+            jsonschema.validate(json.loads(text), SCHEMA)
