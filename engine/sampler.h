@@ -36,6 +36,10 @@ int32_t sampler_sample(sampler *s, float *logits, const int32_t *prompt, int n_p
  * applied: what sampler_sample does after its penalties. */
 int32_t sampler_sample_applied(sampler *s, float *logits);
 
+/* A grammar's mask on logits (vocab): -inf for every token whose bit (bit
+ * i % 32 of word i / 32) is clear. */
+void sampler_apply_mask(float *logits, int vocab, const uint32_t *mask);
+
 /* ---- sampling with the logits on a backend (backend_ops.sample) ----
  * The backend applies a step's biases and penalties where the logits are,
  * and hands back per row only its n_cand best candidates (ids and logits,

@@ -228,13 +228,7 @@ static bool seq_grammar_dead(engine_request *r, const seq *s, int allowed) {
 static int seq_mask(engine *e, seq *s, float *logits) {
     const uint32_t *mask;
     int n = seq_grammar_mask(e, s, &mask);
-    if (n < 0) return -1;
-    for (int w = 0; w < (e->vocab + 31) / 32; w++) {
-        uint32_t bits = mask[w];
-        if (bits == UINT32_MAX) continue;
-        for (int i = w * 32; i < w * 32 + 32 && i < e->vocab; i++)
-            if (!((bits >> (i & 31)) & 1)) logits[i] = -INFINITY;
-    }
+    if (n >= 0) sampler_apply_mask(logits, e->vocab, mask);
     return n;
 }
 
