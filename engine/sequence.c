@@ -426,7 +426,8 @@ int engine__sample_on_backend(engine *e, int n_items) {
     }
     size_t at = e->desc.len; /* words: where the slots land */
     for (int j = 0; j < n_slots; j++)
-        if (e->res[j] >= 0 && seq_masked(e->item_seq[j])) sampler_desc_mask_at(&e->desc, e->res[j], at + (size_t)j * words);
+        if (e->res[j] >= 0 && seq_masked(e->item_seq[j]))
+            sampler_desc_mask_at(&e->desc, e->res[j], at + (size_t)j * words);
     backend *be = e->be;
     size_t bytes = sampler_desc_bytes(&e->desc), slot_bytes = (size_t)n_slots * words * sizeof(uint32_t);
     if (bytes + slot_bytes > e->d_desc_bytes) { /* grows rarely: freeing backend memory drops recorded steps */
