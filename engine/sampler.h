@@ -62,7 +62,8 @@ enum {
     SAMPLER_DESC_N_PEN,    /* distinct ids of prompt and output (0 when every penalty is off) */
     SAMPLER_DESC_PEN_OFF,  /* word offset of their (id, count in the output) pairs */
     SAMPLER_DESC_MASK_OFF, /* word offset of the allowed tokens' bitmask ((vocab + 31) / 32 words, bit i of
-                            * word i / 32 for token i; the others become -inf after the biases), or -1 */
+                            * word i / 32 for token i; the others become -inf after the biases and
+                            * penalties), or -1 */
     SAMPLER_DESC_WORDS
 };
 

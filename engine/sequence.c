@@ -137,9 +137,7 @@ static void *mask_worker(void *arg) {
         e->mw_masks += count;
         e->mw_seconds += dt;
         e->mw_busy = false;
-        pthread_mutex_unlock(&e->mw_mu);
-        pthread_cond_broadcast(&e->mw_cv); /* after the unlock: the woken thread does not wait for the lock */
-        pthread_mutex_lock(&e->mw_mu);
+        pthread_cond_broadcast(&e->mw_cv);
     }
     pthread_mutex_unlock(&e->mw_mu);
     return NULL;
@@ -194,8 +192,8 @@ void engine__masks_begin(engine *e, int n_items) {
     pthread_mutex_lock(&e->mw_mu);
     e->mw_n = n_items;
     e->mw_busy = true;
+    pthread_cond_broadcast(&e->mw_cv);
     pthread_mutex_unlock(&e->mw_mu);
-    pthread_cond_broadcast(&e->mw_cv); /* after the unlock (the worker's mw_cv outlives it: masks_stop joins first) */
 }
 
 void engine__masks_wait(engine *e) {

@@ -346,7 +346,8 @@ typedef struct backend_ops {
      * backend memory). Row r works on logits row h[SAMPLER_DESC_ROW] (rows of
      * `stride` floats, ids below `vocab`), h its header:
      *   1. adds its biases in order, then applies its penalties (sampler.c's
-     *      f32 operations, each listed id once), in place;
+     *      f32 operations, each listed id once), then its mask (-inf where a
+     *      grammar says no), in place;
      *   2. writes result row r (out + r * SAMPLER_RESULT_BYTES(n_cand),
      *      backend memory): n_valid = min(h[N_FULL], n_cand) candidates, the
      *      largest logits in (logit descending, id ascending) order, -0 equal
