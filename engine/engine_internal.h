@@ -82,6 +82,7 @@ struct engine {
     int32_t *next;           /* (max_num_seqs) argmax of each sequence's logits (greedy) */
     /* sampling where the logits are (backend_ops.sample), see seq_device_sample */
     bool dev_sample;         /* on: the backend samples for the requests it can serve */
+    bool dev_greedy;         /* on: and picks the greedy rows the forward's argmax does not (sample_argmax) */
     int dev_sample_min;      /* ... in steps with at least this many of them */
     int32_t *row;            /* (max_num_seqs) each item's row of forward_ctx_logits, or -1 */
     int *res;                /* (max_num_seqs) each item's row of the step's description, or -1: rows below
@@ -235,10 +236,11 @@ int engine__seq_next_piece(const engine *e, const seq *s);
 int engine__seq_take_state(engine *e, seq *s);
 /* Gives s's state (and its KV blocks) back: s is preempted, recomputed later. */
 void engine__seq_release_state(engine *e, seq *s);
-/* Whether s samples on the backend (see sequence.c). */
+/* Whether s samples on the backend with backend_ops.sample (see sequence.c). */
 bool engine__seq_device_sample(const engine *e, const seq *s);
-/* ... greedily: backend_ops.sample_argmax picks its token (one pass over the
- * row: worth it for any number of rows, unlike sample's candidates). */
+/* Whether s is greedy with its token picked on the backend by sample_argmax
+ * (one pass over the row: worth it for any number of rows, unlike sample's
+ * candidates). */
 bool engine__seq_device_greedy(const engine *e, const seq *s);
 /* Greedy with nothing that needs the logits on the host: the backend's
  * argmax is the token (the sampler's own rule, lowest id on ties). */

@@ -39,18 +39,20 @@ int engine__seq_take_state(engine *e, seq *s) {
     return 0;
 }
 
-/* Whether s samples on the backend: the engine has it on, and nothing needs
- * the whole row on the host (logprobs read every logit; top-k between
- * SAMPLE_CANDIDATES and the vocabulary would leave a tail the op does not
- * sum; greedy rows take no candidates). The row comes down only when the
- * result does not settle the token (sampler_sample_candidates, a NaN). */
+/* Whether s samples on the backend (a temperature above 0): the engine has
+ * it on, and nothing needs the whole row on the host (logprobs read every
+ * logit; top-k between SAMPLE_CANDIDATES and the vocabulary would leave a
+ * tail the op does not sum). The row comes down only when the candidates do
+ * not settle the token (sampler_sample_candidates). */
 bool engine__seq_device_sample(const engine *e, const seq *s) {
-    return e->dev_sample && !s->r->lp &&
-           (s->r->sp.temperature <= 0.0f || sampler_candidates_ok(s->smp, SAMPLE_CANDIDATES));
+    return e->dev_sample && s->r->sp.temperature > 0.0f && !s->r->lp &&
+           sampler_candidates_ok(s->smp, SAMPLE_CANDIDATES);
 }
 
+/* Greedy rows need no candidates: only logprobs keep them on the host (the
+ * row comes down when it holds a NaN). */
 bool engine__seq_device_greedy(const engine *e, const seq *s) {
-    return s->r->sp.temperature <= 0.0f && engine__seq_device_sample(e, s);
+    return e->dev_greedy && s->r->sp.temperature <= 0.0f && !s->r->lp;
 }
 
 bool engine__seq_pure_greedy(const engine *e, const seq *s) {
