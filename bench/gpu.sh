@@ -3,7 +3,7 @@
 # scripts/gpu-pack (its bin/ and lib/), from the repository root:
 #   bench/gpu.sh PACK OUTDIR [SECTION...]   (scripts/gpu-pack copies it to PACK/gpu.sh)
 # Sections (default: peak decode single ttft tput):
-#   check   the three parity checks (PACK/check)
+#   check   the four parity checks (PACK/check)
 #   peak    bench-gpu_peak llama3-8b llama3-1b: device copy rate, cuBLAS bf16
 #           8192^3, one layer's products through the backend at T = 1..8192
 #   decode  engram-run single-stream greedy decode, synthetic llama3-1b,

@@ -82,6 +82,7 @@ static void usage(FILE *f) {
             "  --max-prefill-tokens-decoding N  prompt tokens per step while sequences decode (0: off)\n"
             "  --kv-cache-tokens N         --kv-block-size N            (engine defaults otherwise)\n"
             "  --enable-prefix-caching 0/1 (engine default: 1)\n"
+            "  --sample-on-backend 0|1|auto  as engram-server's (1 on the CPU: the GPU's host path, masks on a worker)\n"
             "  --gpu-memory-utilization F  (default 0.9: the KV cache takes what it leaves on a GPU)\n");
 }
 
@@ -245,6 +246,10 @@ static int bench_option_set(bench_options *o, const char *a, const char *v) {
     } else if (!strcmp(a, "--kv-cache-tokens")) bad = parse_int(v, 0, INT_MAX, &ep->kv_cache_tokens);
     else if (!strcmp(a, "--kv-block-size")) bad = parse_int(v, 1, 4096, &ep->kv_block_size);
     else if (!strcmp(a, "--enable-prefix-caching")) bad = parse_int(v, 0, 1, &ep->enable_prefix_caching);
+    else if (!strcmp(a, "--sample-on-backend")) {
+        ep->sample_on_backend = !strcmp(v, "auto") ? -1 : !strcmp(v, "1") ? 1 : !strcmp(v, "0") ? 0 : -2;
+        bad = ep->sample_on_backend == -2;
+    }
     else return -1;
     return bad ? 1 : 0;
 }

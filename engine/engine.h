@@ -76,9 +76,10 @@ typedef struct {
                              * tokenizer; borrowed for engine_create */
     uint64_t synthetic_seed;
     const char *synthetic_table_dir; /* its Engram tables, made or reused (with engram_store) */
-    int sample_on_backend; /* sampling where the logits are (backend_ops.sample): -1 auto (default: on
-                            * where the logits are not host memory, for steps of several such rows),
-                            * 0 off, 1 always (every row, the CPU too) */
+    int sample_on_backend; /* sampling where the logits are (backend_ops.sample, sample_argmax): -1 auto
+                            * (default: sampled rows where the logits are not host memory, in steps
+                            * of several such rows; greedy rows with a grammar's mask, biases or
+                            * penalties on every backend), 0 off, 1 always (every row, the CPU too) */
     int cuda_graphs;       /* recorded steps on CUDA: 1 on (default), 0 off (backend_params) */
     int cuda_profile;      /* CUDA op timing to stderr: 0 off (default), 1 every op, 2 recorded steps
                             * kept and timed whole (backend_params) */

@@ -82,15 +82,19 @@ struct engine {
     int32_t *next;           /* (max_num_seqs) argmax of each sequence's logits (greedy) */
     /* sampling where the logits are (backend_ops.sample), see seq_device_sample */
     bool dev_sample;         /* on: the backend samples for the requests it can serve */
+    bool dev_greedy;         /* on: and picks the greedy rows the forward's argmax does not (sample_argmax) */
     int dev_sample_min;      /* ... in steps with at least this many of them */
     int32_t *row;            /* (max_num_seqs) each item's row of forward_ctx_logits, or -1 */
-    int *res;                /* (max_num_seqs) each item's row of the sampling result, or -1 */
+    int *res;                /* (max_num_seqs) each item's row of the step's description, or -1: rows below
+                              * n_sampled are backend_ops.sample's, the others sample_argmax's (greedy) */
+    int n_sampled;
     int *gallowed;           /* (max_num_seqs) a constrained item sampled on the backend: its grammar's
                               * allowed tokens (0: none, -1: out of memory) */
     sampler_desc desc;       /* the step's description, host */
     void *d_desc;            /* backend memory, d_desc_bytes */
     size_t d_desc_bytes;
-    void *d_res;             /* (max_num_seqs) result rows, backend memory */
+    void *d_res;             /* (max_num_seqs) result rows, backend memory: n_sampled of sample's, then
+                              * sample_argmax's int32 ids */
     unsigned char *h_res;    /* the same, host */
     forward_item *items;     /* (max_num_seqs) the step */
     struct seq **item_seq;   /* (max_num_seqs) the sequence of each item */
@@ -112,7 +116,8 @@ struct engine {
     pthread_mutex_t mw_mu;
     pthread_cond_t mw_cv;
     int mw_n;                /* items of the job (e->item_seq) */
-    uint32_t *mw_rows;       /* (max_num_seqs, mask words) one mask per item */
+    uint32_t *mw_rows;       /* (max_num_seqs, mask words) item j's mask in row j; backend_host_alloc'd: the
+                              * sampling ops read them uploaded as they are (engine__sample_on_backend) */
     long long mw_masks;      /* the worker's count and time, added to n_masks and mask_seconds after */
     double mw_seconds;
     /* scheduler, engine thread only */
@@ -231,8 +236,12 @@ int engine__seq_next_piece(const engine *e, const seq *s);
 int engine__seq_take_state(engine *e, seq *s);
 /* Gives s's state (and its KV blocks) back: s is preempted, recomputed later. */
 void engine__seq_release_state(engine *e, seq *s);
-/* Whether s samples through backend_ops.sample (see sequence.c). */
+/* Whether s samples on the backend with backend_ops.sample (see sequence.c). */
 bool engine__seq_device_sample(const engine *e, const seq *s);
+/* Whether s is greedy with its token picked on the backend by sample_argmax
+ * (one pass over the row: worth it for any number of rows, unlike sample's
+ * candidates). */
+bool engine__seq_device_greedy(const engine *e, const seq *s);
 /* Greedy with nothing that needs the logits on the host: the backend's
  * argmax is the token (the sampler's own rule, lowest id on ties). */
 bool engine__seq_pure_greedy(const engine *e, const seq *s);
@@ -250,11 +259,13 @@ void engine__seq_finish(engine *e, seq *s, engine_finish f, int error);
 bool engine__seq_sample(engine *e, seq *s, float *logits, int32_t next);
 
 /* After the pass: one backend_ops.sample over the items of the step
- * (e->item_seq) that left their logits on the backend, its result rows
- * downloaded at once. Returns 0, or -1 when host memory runs out. */
+ * (e->item_seq) that left their logits on the backend to be sampled, one
+ * sample_argmax over the greedy ones, their results downloaded at once.
+ * Returns 0, or -1 when host memory runs out. */
 int engine__sample_on_backend(engine *e, int n_items);
-/* The token of item j, sampled on the backend: from its candidates, else
- * (rarely) from its row, downloaded with biases and penalties applied. */
+/* The token of item j, sampled on the backend: from its candidates or its
+ * greedy id, else (rarely) from its row, downloaded with biases, the mask and
+ * penalties applied. */
 int32_t engine__seq_take_candidate(engine *e, seq *s, int j);
 /* The step's grammar masks: begin hands the items that will sample with a
  * mask to the worker (when it runs), wait takes them back; around the

@@ -218,6 +218,20 @@ int32_t sampler_sample_applied(sampler *s, float *logits) {
     return pick(p, s->idx, s->vals, n, n, 0.0, uniform(s), s->probs);
 }
 
+void sampler_apply_mask(float *logits, int vocab, const uint32_t *mask) {
+    for (int w = 0; w * 32 < vocab; w++) {
+        uint32_t bits = mask[w];
+        int i0 = w * 32, i1 = i0 + 32 < vocab ? i0 + 32 : vocab;
+        if (bits == UINT32_MAX) continue;
+        if (bits == 0) { /* most words, outside a string: a plain fill */
+            for (int i = i0; i < i1; i++) logits[i] = -INFINITY;
+            continue;
+        }
+        for (int i = i0; i < i1; i++)
+            if (!((bits >> (i - i0)) & 1)) logits[i] = -INFINITY;
+    }
+}
+
 int32_t sampler_sample(sampler *s, float *logits, const int32_t *prompt, int n_prompt,
                        const int32_t *output, int n_output) {
     apply_penalties(s, logits, prompt, n_prompt, output, n_output);
@@ -317,6 +331,10 @@ int sampler_desc_set_mask(sampler_desc *d, int r, const uint32_t *mask, int word
     memcpy(d->w + d->len, mask, (size_t)words * sizeof(uint32_t));
     d->len += (size_t)words;
     return 0;
+}
+
+void sampler_desc_mask_at(sampler_desc *d, int r, size_t off) {
+    d->w[(size_t)r * SAMPLER_DESC_WORDS + SAMPLER_DESC_MASK_OFF] = (int32_t)off;
 }
 
 size_t sampler_desc_bytes(const sampler_desc *d) { return d->len * sizeof(int32_t); }

@@ -36,6 +36,10 @@ int32_t sampler_sample(sampler *s, float *logits, const int32_t *prompt, int n_p
  * applied: what sampler_sample does after its penalties. */
 int32_t sampler_sample_applied(sampler *s, float *logits);
 
+/* A grammar's mask on logits (vocab): -inf for every token whose bit (bit
+ * i % 32 of word i / 32) is clear. */
+void sampler_apply_mask(float *logits, int vocab, const uint32_t *mask);
+
 /* ---- sampling with the logits on a backend (backend_ops.sample) ----
  * The backend applies a step's biases and penalties where the logits are,
  * and hands back per row only its n_cand best candidates (ids and logits,
@@ -58,7 +62,8 @@ enum {
     SAMPLER_DESC_N_PEN,    /* distinct ids of prompt and output (0 when every penalty is off) */
     SAMPLER_DESC_PEN_OFF,  /* word offset of their (id, count in the output) pairs */
     SAMPLER_DESC_MASK_OFF, /* word offset of the allowed tokens' bitmask ((vocab + 31) / 32 words, bit i of
-                            * word i / 32 for token i; the others become -inf after the biases), or -1 */
+                            * word i / 32 for token i; the others become -inf after the biases and
+                            * penalties), or -1 */
     SAMPLER_DESC_WORDS
 };
 
@@ -88,6 +93,10 @@ int sampler_desc_set(sampler_desc *d, int r, sampler *s, int row, const int32_t 
  * set in mask (words of 32; a grammar's allowed tokens). Returns 0, or -1
  * when out of memory. */
 int sampler_desc_set_mask(sampler_desc *d, int r, const uint32_t *mask, int words);
+/* The same with the mask placed by the caller in the uploaded buffer, at
+ * word offset off (at or past sampler_desc_bytes / 4: the masks go up
+ * separately, no copy made here). */
+void sampler_desc_mask_at(sampler_desc *d, int r, size_t off);
 size_t sampler_desc_bytes(const sampler_desc *d);
 void sampler_desc_free(sampler_desc *d); /* the buffer; d may be reused after */
 

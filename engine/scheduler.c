@@ -436,15 +436,15 @@ static void sched_admit(engine *e, sched_budget *b, int scheduled) {
 /* 4. The scheduled pieces as the step's items, in running order: each
  * sequence that catches up with this piece asks for its next token's
  * logits, as the backend's argmax (plain greedy), a row left on the backend
- * for backend_ops.sample, or a host copy. Returns the number of items;
+ * for backend_ops.sample or sample_argmax (greedy with a grammar's mask,
+ * biases or penalties), or a host copy. Returns the number of items;
  * *tokens: the step's tokens, *prompt of them prompt tokens; *decodes: its
  * decode tokens. */
 static int sched_build_items(engine *e, int *tokens, int *prompt, int *decodes) {
     int n_items = 0, n_dev = 0;
     for (int i = 0; i < e->n_running; i++) { /* rows the backend would sample: worth it in numbers */
         seq *s = e->running[i];
-        if (s->piece && forward_state_pos(s->st) + s->piece == s->r->n_prompt + s->n_out &&
-            !engine__seq_pure_greedy(e, s))
+        if (s->piece && forward_state_pos(s->st) + s->piece == s->r->n_prompt + s->n_out)
             n_dev += engine__seq_device_sample(e, s);
     }
     bool dev_step = n_dev >= e->dev_sample_min;
@@ -457,7 +457,8 @@ static int sched_build_items(engine *e, int *tokens, int *prompt, int *decodes) 
         bool caught_up = pos + n == known;
         int32_t *ids = e->ids + *tokens;
         for (int k = 0; k < n; k++) ids[k] = engine__seq_token(s, pos + k);
-        bool greedy = engine__seq_pure_greedy(e, s), dev = dev_step && !greedy && engine__seq_device_sample(e, s);
+        bool greedy = engine__seq_pure_greedy(e, s);
+        bool dev = !greedy && (engine__seq_device_greedy(e, s) || (dev_step && engine__seq_device_sample(e, s)));
         e->row[n_items] = -1;
         e->items[n_items] = (forward_item){
             .st = s->st, .ids = ids, .n = n,

@@ -39,14 +39,20 @@ int engine__seq_take_state(engine *e, seq *s) {
     return 0;
 }
 
-/* Whether s samples through backend_ops.sample: the engine has it on, and
- * nothing needs the whole row on the host (logprobs read every logit; top-k
- * between SAMPLE_CANDIDATES and the vocabulary would leave a tail the op does
- * not sum). Greedy requests with biases or penalties take it too (the first
- * candidate is their argmax). The row comes down only when the candidates do
+/* Whether s samples on the backend (a temperature above 0): the engine has
+ * it on, and nothing needs the whole row on the host (logprobs read every
+ * logit; top-k between SAMPLE_CANDIDATES and the vocabulary would leave a
+ * tail the op does not sum). The row comes down only when the candidates do
  * not settle the token (sampler_sample_candidates). */
 bool engine__seq_device_sample(const engine *e, const seq *s) {
-    return e->dev_sample && !s->r->lp && sampler_candidates_ok(s->smp, SAMPLE_CANDIDATES);
+    return e->dev_sample && s->r->sp.temperature > 0.0f && !s->r->lp &&
+           sampler_candidates_ok(s->smp, SAMPLE_CANDIDATES);
+}
+
+/* Greedy rows need no candidates: only logprobs keep them on the host (the
+ * row comes down when it holds a NaN). */
+bool engine__seq_device_greedy(const engine *e, const seq *s) {
+    return e->dev_greedy && s->r->sp.temperature <= 0.0f && !s->r->lp;
 }
 
 bool engine__seq_pure_greedy(const engine *e, const seq *s) {
@@ -74,6 +80,10 @@ void engine__seq_finish(engine *e, seq *s, engine_finish f, int error) {
  * first token, which decides whether there is one, or inside it (where
  * nothing is masked). */
 enum { SEQ_GRAMMAR, SEQ_FIRST, SEQ_REASONING };
+
+/* Whether s's next token is masked: it has a grammar and is not inside a
+ * reasoning block. */
+static bool seq_masked(const seq *s) { return s->gm && s->phase != SEQ_REASONING; }
 
 /* The grammar's allowed next tokens into dst; at SEQ_FIRST the tokens that
  * open a reasoning block too. Not for SEQ_REASONING. Reads e and s only, so
@@ -154,7 +164,8 @@ void engine__masks_stop(engine *e) {
     if (e->mw_thread_running) pthread_join(e->mw_thread, NULL);
     pthread_cond_destroy(&e->mw_cv);
     pthread_mutex_destroy(&e->mw_mu);
-    free(e->mw_rows);
+    backend_host_free(e->be, e->mw_rows);
+    e->mw_rows = NULL;
     e->mw_started = false;
 }
 
@@ -165,14 +176,15 @@ void engine__masks_begin(engine *e, int n_items) {
         seq *s = e->item_seq[j];
         const forward_item *it = &e->items[j];
         s->pre_mask = NULL;
-        s->mw_want = s->gm && s->phase != SEQ_REASONING && (it->logits || it->logits_row || it->argmax);
+        s->mw_want = seq_masked(s) && (it->logits || it->logits_row || it->argmax);
         want += s->mw_want;
     }
     if (!want) return;
     if (!e->mw_rows) { /* the first constrained step: the rows and the thread */
-        e->mw_rows = malloc((size_t)e->p.max_num_seqs * grammar_vocab_mask_words(e->gvocab) * sizeof(uint32_t));
+        size_t bytes = (size_t)e->p.max_num_seqs * grammar_vocab_mask_words(e->gvocab) * sizeof(uint32_t);
+        e->mw_rows = backend_host_alloc(e->be, bytes); /* pinned on a GPU: they are uploaded as they are */
         if (!e->mw_rows || pthread_create(&e->mw_thread, NULL, mask_worker, e)) {
-            free(e->mw_rows);
+            backend_host_free(e->be, e->mw_rows);
             e->mw_rows = NULL;
             for (int j = 0; j < n_items; j++) e->item_seq[j]->mw_want = false; /* made on the engine thread, as before */
             return;
@@ -216,13 +228,7 @@ static bool seq_grammar_dead(engine_request *r, const seq *s, int allowed) {
 static int seq_mask(engine *e, seq *s, float *logits) {
     const uint32_t *mask;
     int n = seq_grammar_mask(e, s, &mask);
-    if (n < 0) return -1;
-    for (int w = 0; w < (e->vocab + 31) / 32; w++) {
-        uint32_t bits = mask[w];
-        if (bits == UINT32_MAX) continue;
-        for (int i = w * 32; i < w * 32 + 32 && i < e->vocab; i++)
-            if (!((bits >> (i & 31)) & 1)) logits[i] = -INFINITY;
-    }
+    if (n >= 0) sampler_apply_mask(logits, e->vocab, mask);
     return n;
 }
 
@@ -267,7 +273,7 @@ bool engine__seq_sample(engine *e, seq *s, float *logits, int32_t next) {
     if (logits) {
         if (r->lp) memcpy(e->raw_logits, logits, (size_t)e->vocab * sizeof(float)); /* the sampler edits them */
         for (int i = 0; i < r->n_bias; i++) logits[r->bias_ids[i]] += r->bias_vals[i];
-        if (seq_grammar_dead(r, s, s->gm && s->phase != SEQ_REASONING ? seq_mask(e, s, logits) : 1)) return true;
+        if (seq_grammar_dead(r, s, seq_masked(s) ? seq_mask(e, s, logits) : 1)) return true;
         next = sampler_sample(s->smp, logits, r->prompt, r->n_prompt, s->out_ids, s->n_out);
         if (r->lp) engine__logprob_entry(e->raw_logits, e->vocab, next, r->n_top, &r->lp[s->n_out]);
     }
@@ -378,12 +384,25 @@ seq *engine__seq_create(engine *e, engine_request *r) {
     return s;
 }
 
-/* Biases and penalties are applied on the backend too (the description). */
+/* Biases and penalties are applied on the backend too (the description).
+ * The description's rows: the sampled ones first (backend_ops.sample), then
+ * the greedy ones (sample_argmax), whose ids follow the sampled rows' results
+ * in d_res: one download for both. The grammar's masks are not copied into
+ * the description: they go up from the worker's rows (item j's mask in slot
+ * j, host_alloc'd: pinned on a GPU) right behind it, in a second upload. */
 int engine__sample_on_backend(engine *e, int n_items) {
-    int n = 0;
-    for (int j = 0; j < n_items; j++) e->res[j] = e->row[j] >= 0 ? n++ : -1;
+    int ns = 0, n = 0;
+    for (int j = 0; j < n_items; j++) {
+        n += e->row[j] >= 0;
+        ns += e->row[j] >= 0 && !engine__seq_device_greedy(e, e->item_seq[j]);
+    }
+    e->n_sampled = ns;
     if (n == 0) return 0;
+    for (int j = 0, a = 0, g = ns; j < n_items; j++)
+        e->res[j] = e->row[j] < 0 ? -1 : engine__seq_device_greedy(e, e->item_seq[j]) ? g++ : a++;
     if (sampler_desc_begin(&e->desc, n)) return -1;
+    size_t words = e->gvocab ? grammar_vocab_mask_words(e->gvocab) : 0;
+    int n_slots = 0; /* the worker's rows 0 .. n_slots - 1 go up behind the description */
     for (int j = 0; j < n_items; j++) {
         if (e->res[j] < 0) continue;
         seq *s = e->item_seq[j];
@@ -392,25 +411,40 @@ int engine__sample_on_backend(engine *e, int n_items) {
                              r->prompt, r->n_prompt, s->out_ids, s->n_out))
             return -1;
         e->gallowed[j] = 1; /* unconstrained, or in a reasoning block: no mask */
-        if (s->gm && s->phase != SEQ_REASONING) { /* the grammar's mask goes with the row (when it allows
-                                                    * nothing, the row's result is unused) */
+        if (seq_masked(s)) { /* the grammar's mask goes with the row (when it allows nothing, the row's result
+                              * is unused) */
             const uint32_t *mask;
             e->gallowed[j] = seq_grammar_mask(e, s, &mask);
-            int words = (int)grammar_vocab_mask_words(e->gvocab);
-            if (sampler_desc_set_mask(&e->desc, e->res[j], mask, words)) return -1;
+            if (e->mw_rows) {
+                uint32_t *slot = e->mw_rows + (size_t)j * words;
+                if (mask != slot) memcpy(slot, mask, words * sizeof(uint32_t)); /* made on this thread */
+                n_slots = j + 1;
+            } else if (sampler_desc_set_mask(&e->desc, e->res[j], mask, (int)words)) {
+                return -1; /* no worker rows (out of memory at the start): copied in */
+            }
         }
     }
+    size_t at = e->desc.len; /* words: where the slots land */
+    for (int j = 0; j < n_slots; j++)
+        if (e->res[j] >= 0 && seq_masked(e->item_seq[j]))
+            sampler_desc_mask_at(&e->desc, e->res[j], at + (size_t)j * words);
     backend *be = e->be;
-    size_t bytes = sampler_desc_bytes(&e->desc);
-    if (bytes > e->d_desc_bytes) { /* grows rarely: freeing backend memory drops recorded steps */
+    size_t bytes = sampler_desc_bytes(&e->desc), slot_bytes = (size_t)n_slots * words * sizeof(uint32_t);
+    if (bytes + slot_bytes > e->d_desc_bytes) { /* grows rarely: freeing backend memory drops recorded steps */
         backend_free(be, e->d_desc);
         e->d_desc_bytes = 0;
-        if (!(e->d_desc = backend_alloc(be, 2 * bytes))) return -1;
-        e->d_desc_bytes = 2 * bytes;
+        if (!(e->d_desc = backend_alloc(be, 2 * (bytes + slot_bytes)))) return -1;
+        e->d_desc_bytes = 2 * (bytes + slot_bytes);
     }
     backend_upload(be, e->d_desc, e->desc.w, bytes);
-    backend_sample(be, e->d_res, forward_ctx_logits(e->fc), e->d_desc, n, e->vocab, e->m->cfg.vocab_size, SAMPLE_CANDIDATES);
-    backend_download(be, e->h_res, e->d_res, (size_t)n * SAMPLER_RESULT_BYTES(SAMPLE_CANDIDATES));
+    if (slot_bytes) backend_upload(be, (char *)e->d_desc + bytes, e->mw_rows, slot_bytes);
+    float *logits = forward_ctx_logits(e->fc);
+    int V = e->m->cfg.vocab_size;
+    size_t sampled = (size_t)ns * SAMPLER_RESULT_BYTES(SAMPLE_CANDIDATES);
+    if (ns) backend_sample(be, e->d_res, logits, e->d_desc, ns, e->vocab, V, SAMPLE_CANDIDATES);
+    if (n > ns)
+        backend_sample_argmax(be, (int32_t *)((char *)e->d_res + sampled), logits, e->d_desc, ns, n - ns, e->vocab, V);
+    backend_download(be, e->h_res, e->d_res, sampled + (size_t)(n - ns) * sizeof(int32_t));
     return backend_take_failure(be) ? -1 : 0;
 }
 
@@ -420,8 +454,14 @@ bool engine__seq_sample_row(engine *e, seq *s, int j) {
 }
 
 int32_t engine__seq_take_candidate(engine *e, seq *s, int j) {
-    int32_t next = sampler_sample_candidates(s->smp, e->h_res + (size_t)e->res[j] * SAMPLER_RESULT_BYTES(SAMPLE_CANDIDATES),
-                                             SAMPLE_CANDIDATES);
+    size_t rb = SAMPLER_RESULT_BYTES(SAMPLE_CANDIDATES);
+    int32_t next;
+    if (e->res[j] < e->n_sampled) {
+        next = sampler_sample_candidates(s->smp, e->h_res + (size_t)e->res[j] * rb, SAMPLE_CANDIDATES);
+    } else { /* a greedy row: its id, -1 when the row holds a NaN */
+        size_t at = (size_t)e->n_sampled * rb + (size_t)(e->res[j] - e->n_sampled) * sizeof(int32_t);
+        memcpy(&next, e->h_res + at, sizeof(next));
+    }
     if (next >= 0) return next;
     size_t V = (size_t)e->m->cfg.vocab_size;
     float *row = e->logits + (size_t)j * V;

@@ -329,6 +329,11 @@ int kernels_argmax_f32(int *next, const float *logits, int T, int vocab, void *s
 #define KERNELS_SAMPLE_NAN 1
 int kernels_sample_f32(void *out, float *logits, const int *desc, int n, int vocab, int stride, int n_cand,
                        void *stream);
+/* backend_ops.sample_argmax: rows first .. first + n - 1 of desc edited as
+ * kernels_sample_f32 edits them (the mask too), then next[r - first] = the
+ * lowest id of the largest logit, or -1 when the row holds a NaN. */
+int kernels_sample_argmax_f32(int *next, float *logits, const int *desc, int first, int n, int vocab, int stride,
+                              void *stream);
 
 #ifdef __cplusplus
 }

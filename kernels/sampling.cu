@@ -10,14 +10,11 @@ __device__ __forceinline__ void argmax_pick(float &v, int &i, float v2, int i2) 
     if (v2 > v || (v2 == v && i2 < i)) v = v2, i = i2;
 }
 
-__global__ void argmax_kernel(int *next, const float *logits, int vocab) {
-    const float *row = logits + (size_t)blockIdx.x * vocab;
-    float best = -INFINITY;
-    int bi = 0x7fffffff;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        float v = row[i];
-        if (!isnan(v)) argmax_pick(best, bi, v, i);
-    }
+#define ARGMAX_THREADS 1024
+
+// The block's (best, bi) pairs reduced by argmax_pick; thread 0 gets the
+// winner's id, 0 when no thread saw a value that is not NaN.
+__device__ int argmax_reduce(float best, int bi) {
     for (int o = 16; o > 0; o >>= 1)
         argmax_pick(best, bi, __shfl_xor_sync(0xffffffffu, best, o), __shfl_xor_sync(0xffffffffu, bi, o));
     __shared__ float bv[32];
@@ -25,16 +22,27 @@ __global__ void argmax_kernel(int *next, const float *logits, int vocab) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (lane == 0) bv[warp] = best, bx[warp] = bi;
     __syncthreads();
-    if (threadIdx.x == 0) {
+    if (threadIdx.x == 0)
         for (int w = 1; w < (int)(blockDim.x >> 5); w++) argmax_pick(best, bi, bv[w], bx[w]);
-        next[blockIdx.x] = bi == 0x7fffffff ? 0 : bi; /* an all-NaN or all -inf row: id 0 */
+    return bi == 0x7fffffff ? 0 : bi; /* an all-NaN row: id 0 */
+}
+
+__global__ void __launch_bounds__(ARGMAX_THREADS) argmax_kernel(int *next, const float *logits, int vocab) {
+    const float *row = logits + (size_t)blockIdx.x * vocab;
+    float best = -INFINITY;
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        float v = row[i];
+        if (!isnan(v)) argmax_pick(best, bi, v, i);
     }
+    int id = argmax_reduce(best, bi);
+    if (threadIdx.x == 0) next[blockIdx.x] = id;
 }
 
 extern "C" int kernels_argmax_f32(int *next, const float *logits, int T, int vocab, void *stream) {
     if (T < 0 || vocab <= 0) return KERNELS_ERR_ARG;
     if (T == 0) return KERNELS_OK;
-    argmax_kernel<<<T, 1024, 0, (cudaStream_t)stream>>>(next, logits, vocab);
+    argmax_kernel<<<T, ARGMAX_THREADS, 0, (cudaStream_t)stream>>>(next, logits, vocab);
     return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
 }
 
@@ -62,6 +70,26 @@ __device__ __forceinline__ float sample_unkey(unsigned k) {
     return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
 
+// Step 1 of the op on the row that header h names, but the mask: biases in
+// order (one thread: an id may repeat), then penalties (distinct ids, one
+// thread each). Ends with the block synchronised.
+__device__ void sample_bias_penalize(float *row, const int *h, const int *desc) {
+    float rp = __int_as_float(h[2]), pp = __int_as_float(h[3]), fp = __int_as_float(h[4]);
+    int n_bias = h[6], n_pen = h[8];
+    const int *bias = desc + h[7], *pen = desc + h[9];
+    if (threadIdx.x == 0)
+        for (int i = 0; i < n_bias; i++) row[bias[2 * i]] = __fadd_rn(row[bias[2 * i]], __int_as_float(bias[2 * i + 1]));
+    __syncthreads();
+    for (int i = threadIdx.x; i < n_pen; i += blockDim.x) {
+        int id = pen[2 * i], c = pen[2 * i + 1];
+        float l = row[id];
+        if (rp != 1.0f) l = l > 0 ? __fdiv_rn(l, rp) : __fmul_rn(l, rp);
+        l = __fsub_rn(l, __fadd_rn(__fmul_rn(pp, (float)(c > 0)), __fmul_rn(fp, (float)c)));
+        row[id] = l;
+    }
+    __syncthreads();
+}
+
 __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(unsigned char *out, float *logits, const int *desc,
                                                                 int vocab, int stride, int n_cand) {
     __shared__ unsigned long long cand[SAMPLE_MAX];
@@ -73,28 +101,18 @@ __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(unsigned char *o
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int *h = desc + (size_t)blockIdx.x * KERNELS_SAMPLE_DESC_WORDS;
     float *row = logits + (size_t)h[0] * stride;
-    float T = __int_as_float(h[1]), rp = __int_as_float(h[2]), pp = __int_as_float(h[3]), fp = __int_as_float(h[4]);
-    int nf = h[5], n_bias = h[6], n_pen = h[8];
-    const int *bias = desc + h[7], *pen = desc + h[9];
+    float T = __int_as_float(h[1]);
+    int nf = h[5];
     const unsigned *allowed = h[10] >= 0 ? (const unsigned *)desc + h[10] : NULL; // a grammar's mask
 
-    // 1. biases in order (one thread: an id may repeat), then penalties (distinct ids)
+    // 1. biases and penalties, then the mask
     if (tid == 0) {
-        for (int i = 0; i < n_bias; i++) row[bias[2 * i]] = __fadd_rn(row[bias[2 * i]], __int_as_float(bias[2 * i + 1]));
         s_nan = 0;
         s_prefix = 0;
         s_need = (unsigned)min(nf, n_cand);
         s_count = 0;
     }
-    __syncthreads();
-    for (int i = tid; i < n_pen; i += SAMPLE_THREADS) {
-        int id = pen[2 * i], c = pen[2 * i + 1];
-        float l = row[id];
-        if (rp != 1.0f) l = l > 0 ? __fdiv_rn(l, rp) : __fmul_rn(l, rp);
-        l = __fsub_rn(l, __fadd_rn(__fmul_rn(pp, (float)(c > 0)), __fmul_rn(fp, (float)c)));
-        row[id] = l;
-    }
-    __syncthreads();
+    sample_bias_penalize(row, h, desc);
     if (allowed) { // the tokens a grammar does not allow can never be sampled (after biases and penalties: -inf either way)
         for (int i = tid; i < vocab; i += SAMPLE_THREADS)
             if (!((allowed[i >> 5] >> (i & 31)) & 1)) row[i] = -INFINITY;
@@ -260,5 +278,40 @@ extern "C" int kernels_sample_f32(void *out, float *logits, const int *desc, int
     if (n == 0) return KERNELS_OK;
     sample_kernel<<<n, SAMPLE_THREADS, 0, (cudaStream_t)stream>>>((unsigned char *)out, logits, desc, vocab, stride,
                                                                  n_cand);
+    return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
+}
+
+// ---- greedy rows of a description (backend_ops.sample_argmax) ----
+// One block per row: biases and penalties as sample_kernel applies them,
+// then one pass that writes -inf where the mask says no (in place, as the
+// sampling op leaves its rows) and takes the argmax as argmax_kernel does;
+// a NaN left in the row makes it -1.
+__global__ void __launch_bounds__(ARGMAX_THREADS) sample_argmax_kernel(int *next, float *logits, const int *desc,
+                                                                       int first, int vocab, int stride) {
+    const int *h = desc + (size_t)(first + blockIdx.x) * KERNELS_SAMPLE_DESC_WORDS;
+    float *row = logits + (size_t)h[0] * stride;
+    const unsigned *allowed = h[10] >= 0 ? (const unsigned *)desc + h[10] : NULL;
+    sample_bias_penalize(row, h, desc);
+    float best = -INFINITY;
+    int bi = 0x7fffffff, nan = 0;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        float v = row[i];
+        if (allowed && !((allowed[i >> 5] >> (i & 31)) & 1)) {
+            if (v != -INFINITY) row[i] = -INFINITY;
+            v = -INFINITY;
+        }
+        if (isnan(v)) nan = 1;
+        else argmax_pick(best, bi, v, i);
+    }
+    nan = __syncthreads_or(nan);
+    int id = argmax_reduce(best, bi);
+    if (threadIdx.x == 0) next[blockIdx.x] = nan ? -1 : id;
+}
+
+extern "C" int kernels_sample_argmax_f32(int *next, float *logits, const int *desc, int first, int n, int vocab,
+                                         int stride, void *stream) {
+    if (n < 0 || first < 0 || vocab <= 0 || stride < vocab) return KERNELS_ERR_ARG;
+    if (n == 0) return KERNELS_OK;
+    sample_argmax_kernel<<<n, ARGMAX_THREADS, 0, (cudaStream_t)stream>>>(next, logits, desc, first, vocab, stride);
     return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
 }

@@ -109,7 +109,8 @@ static const struct {
      "share of the GPU's memory the server may hold; with --kv-cache-tokens 0 the KV cache takes what the "
      "weights and scratch leave of it"},
     {"sample-on-backend", OPT_STR, 0, 0, "auto",
-     "sample where the logits are: auto (on a GPU, in steps of 6 or more such rows), 1 (every step, the CPU too), 0 (never)"},
+     "sample where the logits are: auto (sampled rows on a GPU in steps of 6 or more of them; greedy rows with a "
+     "grammar, biases or penalties on every backend), 1 (every row, the CPU too), 0 (never)"},
     {"cuda-graphs", OPT_INT, 0, 1, "1", "record decode steps as CUDA graphs and replay them (0: off)"},
     {"cuda-profile", OPT_STR, 0, 0, "0",
      "time every CUDA op: 0 off, ops (graphs off), graphs (each replay as one op); totals on stderr at exit"},

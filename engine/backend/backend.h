@@ -346,7 +346,8 @@ typedef struct backend_ops {
      * backend memory). Row r works on logits row h[SAMPLER_DESC_ROW] (rows of
      * `stride` floats, ids below `vocab`), h its header:
      *   1. adds its biases in order, then applies its penalties (sampler.c's
-     *      f32 operations, each listed id once), in place;
+     *      f32 operations, each listed id once), then its mask (-inf where a
+     *      grammar says no), in place;
      *   2. writes result row r (out + r * SAMPLER_RESULT_BYTES(n_cand),
      *      backend memory): n_valid = min(h[N_FULL], n_cand) candidates, the
      *      largest logits in (logit descending, id ascending) order, -0 equal
@@ -359,6 +360,14 @@ typedef struct backend_ops {
      * backend has none. */
     void (*sample)(backend *be, void *out, float *logits, const int32_t *desc, int n, int vocab, int stride,
                    int n_cand);
+    /* The greedy rows of a description (temperature 0: a grammar's mask, biases or penalties kept
+     * them off argmax): rows first .. first + n - 1 of desc get sample's step 1 (biases, the mask,
+     * penalties, in place), then next[r - first] (backend memory) = the lowest id of the row's
+     * largest logit (sampler_sample's greedy rule; -0 equal to +0), or -1 when the row holds a NaN
+     * (the caller then decides on the row). One pass over the row, no candidates: a grammar's
+     * greedy row costs what argmax costs. NULL where sample is. */
+    void (*sample_argmax)(backend *be, int32_t *next, float *logits, const int32_t *desc, int first, int n,
+                          int vocab, int stride);
     /* Optional: whether an op failed since the last call (host scratch out
      * of memory: the ops return nothing, so one that cannot get its scratch
      * leaves its output unwritten and says so here), clearing the mark; the
@@ -575,6 +584,10 @@ static inline void backend_qk_rope_store(backend *be, float *q, const float *k, 
 static inline void backend_sample(backend *be, void *out, float *logits, const int32_t *desc, int n, int vocab,
                                   int stride, int n_cand) {
     be->ops->sample(be, out, logits, desc, n, vocab, stride, n_cand);
+}
+static inline void backend_sample_argmax(backend *be, int32_t *next, float *logits, const int32_t *desc, int first,
+                                         int n, int vocab, int stride) {
+    be->ops->sample_argmax(be, next, logits, desc, first, n, vocab, stride);
 }
 static inline bool backend_take_failure(backend *be) { return be->ops->take_failure && be->ops->take_failure(be); }
 

@@ -7,9 +7,11 @@
  * cannot settle it, sampler_sample_applied on the downloaded row) picks. The
  * tail mass may differ in summation order and expf ulps: its relative error
  * must stay under 2^-19 (TAIL_REL in sampler.c). Then the op's time against a
- * download of the same rows. Exit status 1 on any mismatch. */
+ * download of the same rows; then sample_argmax (argmax_parity). Exit status
+ * 1 on any mismatch. */
 #include <cuda_runtime.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +40,106 @@ static void fill_row(float *l, int V, int shape) {
         }
         if (l[i] == 0.0f && irand(2)) l[i] = -0.0f;
     }
+}
+
+/* backend_ops.sample_argmax (the greedy rows of a description: a grammar's
+ * mask, biases, penalties): GA rows after GS rows that are not the op's, in
+ * the order the engine lays them; masks allowing a few tokens, about half,
+ * one, or none of the row's maximum; ties, -0 and +0; a row whose allowed
+ * tokens are all -inf (id 0), a NaN the mask hides and one it lets through
+ * (-1). Identical: the ids and the edited rows, bit for bit. Then the op's
+ * time on 1 to 64 rows against backend_ops.sample's on the same rows (what
+ * a constrained greedy row paid before). Returns the failures. */
+static int argmax_parity(backend *cpu, backend *gpu, sampler_desc *d) {
+    enum { V = 151936, GS = 2, GA = 64, W = (V + 31) / 32 };
+    size_t bytes = (size_t)GA * V * sizeof(float);
+    float *h = malloc(bytes), *hc = malloc(bytes), *hg = malloc(bytes), *d_logits = backend_alloc(gpu, bytes);
+    int32_t nc[GA], ng[GA], *d_next = backend_alloc(gpu, GA * sizeof(int32_t));
+    uint32_t *mask = malloc(W * sizeof(uint32_t));
+    int32_t prompt[200], out[30], bias_ids[3] = {5, 5, 77};
+    float bias_vals[3] = {3.5f, -1.25f, 40.0f};
+    void *d_desc = backend_alloc(gpu, (size_t)8 << 20); /* GA masks of W words and the lists */
+    sampler_desc_begin(d, GS + GA);
+    sampler *s = sampler_create(V, sampler_default_params());
+    for (int r = 0; r < GS; r++) sampler_desc_set(d, r, s, r, NULL, NULL, 0, NULL, 0, NULL, 0);
+    for (int r = 0; r < GA; r++) {
+        sampler_params p = sampler_default_params();
+        p.temperature = 0.0f;
+        if (r % 3 == 1) p.repetition_penalty = 1.3f, p.presence_penalty = 0.4f, p.frequency_penalty = 0.1f;
+        sampler *g = sampler_create(V, p);
+        for (int i = 0; i < 200; i++) prompt[i] = irand(V);
+        for (int i = 0; i < 30; i++) out[i] = i % 3 == 0 ? 5 : irand(V);
+        int row = GA - 1 - r; /* rows out of order */
+        float *l = h + (size_t)row * V;
+        fill_row(l, V, r);
+        sampler_desc_set(d, GS + r, g, row, bias_ids, bias_vals, r % 4 == 2 ? 3 : 0, prompt, 200, out, 30);
+        sampler_destroy(g);
+        if (r % 8 == 7) continue; /* no mask: biases or penalties alone */
+        for (int w = 0; w < W; w++) mask[w] = r % 8 == 1 ? (uint32_t)rnext() : 0;
+        int keep = r % 8 == 2 ? 1 : 5;
+        for (int k = 0; k < keep; k++) {
+            int id = irand(V);
+            mask[id >> 5] |= 1u << (id & 31);
+        }
+        if (r % 8 == 3) { /* the row's maximum not allowed */
+            int top = 0;
+            for (int i = 1; i < V; i++) top = l[i] > l[top] ? i : top;
+            mask[top >> 5] &= ~(1u << (top & 31));
+        }
+        if (r == 4) /* every allowed token -inf */
+            for (int i = 0; i < V; i++)
+                if ((mask[i >> 5] >> (i & 31)) & 1) l[i] = -INFINITY;
+        if (r == 5 || r == 6) { /* a NaN, hidden by the mask (5) or let through (6) */
+            int at = irand(V);
+            bool on = (mask[at >> 5] >> (at & 31)) & 1;
+            if (on != (r == 6)) mask[at >> 5] ^= 1u << (at & 31);
+            l[at] = NAN;
+        }
+        sampler_desc_set_mask(d, GS + r, mask, W);
+    }
+    if (sampler_desc_bytes(d) > ((size_t)8 << 20)) abort();
+    memcpy(hc, h, bytes);
+    backend_sample_argmax(cpu, nc, hc, d->w, GS, GA, V, V);
+    backend_upload(gpu, d_logits, h, bytes);
+    backend_upload(gpu, d_desc, d->w, sampler_desc_bytes(d));
+    backend_sample_argmax(gpu, d_next, d_logits, d_desc, GS, GA, V, V);
+    backend_download(gpu, ng, d_next, GA * sizeof(int32_t));
+    backend_download(gpu, hg, d_logits, bytes);
+    int bad_ids = 0, bad_rows = memcmp(hc, hg, bytes) != 0;
+    for (int r = 0; r < GA; r++) bad_ids += nc[r] != ng[r];
+    int special = nc[4] == 0 && ng[6] == -1 && ng[5] >= 0; /* the all -inf and NaN rows as the contract says */
+    int failures = bad_ids || bad_rows || !special;
+    printf("sample_argmax rows=%d (after %d sampled) vocab=%d rows_equal=%d id_mismatch=%d special_rows=%d %s\n", GA, GS,
+           V, !bad_rows, bad_ids, special, failures ? "FAIL" : "ok");
+
+    /* time: the op against backend_ops.sample (1024 candidates) on the same masked rows */
+    for (int r = 0; r < GA; r++) fill_row(h + (size_t)r * V, V, 2);
+    backend_upload(gpu, d_logits, h, bytes);
+    void *d_res = backend_alloc(gpu, GA * SAMPLER_RESULT_BYTES(1024));
+    for (int n = 1; n <= GA; n *= 4) {
+        double us[2];
+        for (int op = 0; op < 2; op++) { /* wall time of reps ops queued on the backend's stream, then one sync */
+            const int reps = 50;
+            struct timespec t0, t1;
+            for (int i = 0; i <= reps; i++) {
+                if (i == 1) clock_gettime(CLOCK_MONOTONIC, &t0); /* the first is warm-up */
+                if (op) backend_sample(gpu, d_res, d_logits, d_desc, n, V, V, 1024);
+                else backend_sample_argmax(gpu, d_next, d_logits, d_desc, GS, n, V, V);
+                if (i == 0) backend_download(gpu, ng, d_next, sizeof(int32_t));
+            }
+            backend_download(gpu, ng, d_next, sizeof(int32_t));
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            us[op] = ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / 1e3 / reps;
+        }
+        printf("time rows=%-2d sample_argmax %.1f us | sample (1024 candidates) %.1f us\n", n, us[0], us[1]);
+    }
+    sampler_destroy(s);
+    backend_free(gpu, d_res);
+    backend_free(gpu, d_desc);
+    backend_free(gpu, d_next);
+    backend_free(gpu, d_logits);
+    free(h), free(hc), free(hg), free(mask);
+    return failures;
 }
 
 int main(void) {
@@ -168,6 +270,9 @@ int main(void) {
                n, ms_op * 1000 / reps, us_all, us_dl);
     }
     sampler_destroy(s);
+    free(h), free(hc), free(hg);
+    backend_free(gpu, d_logits);
+    failures += argmax_parity(cpu, gpu, &d);
     struct cudaDeviceProp prop;
     cudaGetDeviceProperties(&prop, 0);
     printf("%s: %d failure(s) on %s\n", failures ? "FAIL" : "ok", failures, prop.name);

@@ -356,17 +356,21 @@ START_TEST(test_detach) {
 }
 END_TEST
 
-/* Sampled requests through backend_ops.sample (forced on for the CPU) give
- * the same text as the host sampler, request by request and with several
- * running together. */
+/* Sampled requests through backend_ops.sample (forced on for the CPU), and
+ * greedy ones with biases and penalties through sample_argmax, give the same
+ * text as the host sampler (an engine with it off), request by request and
+ * with several running together. */
 START_TEST(test_sampled_on_backend_matches_host) {
     engine_params ep = engine_default_params();
-    ep.sample_on_backend = 1;
     ep.model_dir = model_dir;
     ep.threads = 1;
-    engine *D = NULL;
+    engine *D = NULL, *H = NULL;
     char err[512];
-    int rc = engine_create(&ep, &D, err, sizeof(err));
+    ep.sample_on_backend = 0;
+    int rc = engine_create(&ep, &H, err, sizeof(err));
+    ck_assert_msg(rc == ENGINE_OK, "engine_create: %s", err);
+    ep.sample_on_backend = 1;
+    rc = engine_create(&ep, &D, err, sizeof(err));
     ck_assert_msg(rc == ENGINE_OK, "engine_create: %s", err);
     enum { N = 8 };
     engine_request_params p[N];
@@ -384,7 +388,7 @@ START_TEST(test_sampled_on_backend_matches_host) {
     }
     engine_request *rh[N], *rd[N];
     for (int i = 0; i < N; i++) { /* all at once: batched steps on both engines */
-        ck_assert_int_eq(engine_submit(E, &p[i], &rh[i]), ENGINE_OK);
+        ck_assert_int_eq(engine_submit(H, &p[i], &rh[i]), ENGINE_OK);
         ck_assert_int_eq(engine_submit(D, &p[i], &rd[i]), ENGINE_OK);
     }
     for (int i = 0; i < N; i++) {
@@ -397,6 +401,7 @@ START_TEST(test_sampled_on_backend_matches_host) {
         engine_request_release(rd[i]);
     }
     engine_destroy(D);
+    engine_destroy(H);
 }
 END_TEST
 

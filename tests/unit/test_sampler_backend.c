@@ -9,6 +9,7 @@
  * engine/sequence.c does). */
 #include <check.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -208,6 +209,100 @@ START_TEST(nan_rows_give_tokens) {
 }
 END_TEST
 
+/* backend_ops.sample_argmax against the host's greedy path (sequence.c:
+ * biases added, -inf where the grammar's mask says no, then sampler_sample at
+ * temperature 0 with its penalties): one op over many rows of a description
+ * whose first rows are not its own, rows out of order, ties on a coarse
+ * grid, -0 and +0, masks that hide the row's maximum or allow one token, rows
+ * whose allowed tokens are all -inf, NaNs hidden by the mask (no effect) and
+ * not hidden (the op says -1; sampler_sample_applied on its row decides). */
+START_TEST(greedy_rows_take_the_masked_argmax) {
+    backend *cpu = backend_cpu_create();
+    enum { V = 3001, R = 24, SKIP = 3, ITERS = 60 };
+    int words = (V + 31) / 32;
+    float *ref = malloc((size_t)R * V * sizeof(float)), *dev = malloc((size_t)R * V * sizeof(float));
+    uint32_t *mask = malloc((size_t)words * sizeof(uint32_t));
+    int32_t next[R], prompt[40], out[30], bias_ids[3] = {17, 17, 2900};
+    float bias_vals[3] = {2.0f, 1.5f, 9.0f};
+    sampler_desc d = {0};
+    long masked = 0, nan_rows = 0, hidden_max = 0, all_inf = 0;
+    for (int iter = 0; iter < ITERS; iter++) {
+        sampler *smp[R];
+        int32_t want[R];
+        ck_assert_int_eq(sampler_desc_begin(&d, SKIP + R), 0);
+        for (int r = 0; r < SKIP; r++) { /* rows of backend_ops.sample: not the op's */
+            sampler *s = sampler_create(V, sampler_default_params());
+            ck_assert_int_eq(sampler_desc_set(&d, r, s, 0, NULL, NULL, 0, NULL, 0, NULL, 0), 0);
+            sampler_destroy(s);
+        }
+        for (int r = 0; r < R; r++) {
+            sampler_params p = rand_params(V);
+            p.temperature = 0.0f;
+            smp[r] = sampler_create(V, p);
+            int row = (r * 7 + iter) % R, n_bias = irand(4), kind = irand(8);
+            float *a = ref + (size_t)row * V, *b = dev + (size_t)row * V;
+            fill_row(a, V);
+            for (int i = 0; i < 40; i++) prompt[i] = irand(V);
+            for (int i = 0; i < 30; i++) out[i] = i % 4 ? irand(V) : 17;
+            bool use_mask = kind < 6;
+            if (use_mask) { /* few allowed, about half, or one */
+                memset(mask, 0, (size_t)words * sizeof(uint32_t));
+                int keep = kind == 0 ? 1 : 1 + irand(20);
+                for (int i = 0; i < V; i++)
+                    if (kind == 1 ? irand(2) : irand(V) < keep) mask[i >> 5] |= 1u << (i & 31);
+                mask[irand(V) >> 5] |= 1u << irand(32); /* at least one (maybe past V: unused) */
+                mask[0] |= kind == 0; /* one allowed token at least */
+                int top = 0;
+                for (int i = 1; i < V; i++) top = a[i] > a[top] ? i : top;
+                if (irand(2)) mask[top >> 5] &= ~(1u << (top & 31)), hidden_max++; /* the maximum is not allowed */
+                if (kind == 2) { /* every allowed token -inf: the host takes id 0, allowed or not */
+                    for (int i = 0; i < V; i++)
+                        if ((mask[i >> 5] >> (i & 31)) & 1) a[i] = -INFINITY;
+                    all_inf++;
+                }
+                if (kind == 3) { /* a NaN the mask hides, or one it lets through */
+                    int at = irand(V);
+                    a[at] = NAN;
+                    nan_rows += (mask[at >> 5] >> (at & 31)) & 1;
+                }
+                masked++;
+            } else if (kind == 6) {
+                a[irand(V)] = NAN;
+                nan_rows++;
+            }
+            memcpy(b, a, V * sizeof(float));
+            for (int i = 0; i < n_bias; i++) a[bias_ids[i]] += bias_vals[i];
+            if (use_mask)
+                for (int i = 0; i < V; i++)
+                    if (!((mask[i >> 5] >> (i & 31)) & 1)) a[i] = -INFINITY;
+            want[r] = sampler_sample(smp[r], a, prompt, 40, out, 30);
+            ck_assert_int_eq(sampler_desc_set(&d, SKIP + r, smp[r], row, bias_ids, bias_vals, n_bias, prompt, 40, out,
+                                              30), 0);
+            if (use_mask) ck_assert_int_eq(sampler_desc_set_mask(&d, SKIP + r, mask, words), 0);
+        }
+        backend_sample_argmax(cpu, next, dev, d.w, SKIP, R, V, V);
+        for (int r = 0; r < R; r++) {
+            const int32_t *h = d.w + (size_t)(SKIP + r) * SAMPLER_DESC_WORDS;
+            float *b = dev + (size_t)h[SAMPLER_DESC_ROW] * V;
+            bool nan = false;
+            for (int i = 0; i < V; i++) nan |= isnan(b[i]);
+            ck_assert_int_eq(next[r], nan ? -1 : want[r]);
+            if (nan) ck_assert_int_eq(sampler_sample_applied(smp[r], b), want[r]); /* the row is left edited */
+            sampler_destroy(smp[r]);
+        }
+    }
+    fprintf(stderr, "greedy rows %d: %ld masked (%ld hiding the maximum, %ld all -inf), %ld with a NaN let through\n",
+            ITERS * R, masked, hidden_max, all_inf, nan_rows);
+    ck_assert_int_gt(nan_rows, 0);
+    ck_assert_int_gt(all_inf, 0);
+    sampler_desc_free(&d);
+    free(ref);
+    free(dev);
+    free(mask);
+    backend_destroy(cpu);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("sampler_backend");
     TCase *tc = tcase_create("core");
@@ -215,6 +310,7 @@ int main(void) {
     tcase_add_test(tc, candidates_pick_the_same_tokens);
     tcase_add_test(tc, candidates_settle_peaked_rows);
     tcase_add_test(tc, nan_rows_give_tokens);
+    tcase_add_test(tc, greedy_rows_take_the_masked_argmax);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -522,6 +522,27 @@ static float sample_f(int32_t w) {
     return f;
 }
 
+/* Step 1 of sample on the row that header h of desc names: its biases in
+ * order, its penalties, then the grammar's mask (last, as the CUDA kernel:
+ * a masked token is -inf whatever a penalty made of it), in place. Returns
+ * the row. */
+static float *sample_edit(float *logits, const int32_t *desc, const int32_t *h, int vocab, int stride) {
+    float *row = logits + (size_t)h[SAMPLER_DESC_ROW] * stride;
+    float rp = sample_f(h[SAMPLER_DESC_REP]), pp = sample_f(h[SAMPLER_DESC_PRES]), fp = sample_f(h[SAMPLER_DESC_FREQ]);
+    const int32_t *bias = desc + h[SAMPLER_DESC_BIAS_OFF], *pen = desc + h[SAMPLER_DESC_PEN_OFF];
+    for (int i = 0; i < h[SAMPLER_DESC_N_BIAS]; i++) row[bias[2 * i]] += sample_f(bias[2 * i + 1]);
+    for (int i = 0; i < h[SAMPLER_DESC_N_PEN]; i++) { /* apply_penalties in sampler.c */
+        float l = row[pen[2 * i]];
+        int c = pen[2 * i + 1];
+        if (rp != 1.0f) l = l > 0 ? l / rp : l * rp;
+        l -= pp * (c > 0) + fp * (float)c;
+        row[pen[2 * i]] = l;
+    }
+    if (h[SAMPLER_DESC_MASK_OFF] >= 0) /* a grammar's allowed tokens: the rest can never be sampled */
+        sampler_apply_mask(row, vocab, (const uint32_t *)desc + h[SAMPLER_DESC_MASK_OFF]);
+    return row;
+}
+
 /* A full sort of each row: the reference, not the fast way. */
 static void cpu_sample(backend *be, void *out, float *logits, const int32_t *desc, int n, int vocab, int stride,
                        int n_cand) {
@@ -532,23 +553,8 @@ static void cpu_sample(backend *be, void *out, float *logits, const int32_t *des
     }
     for (int r = 0; r < n; r++) {
         const int32_t *h = desc + (size_t)r * SAMPLER_DESC_WORDS;
-        float *row = logits + (size_t)h[SAMPLER_DESC_ROW] * stride;
-        float T = sample_f(h[SAMPLER_DESC_TEMP]), rp = sample_f(h[SAMPLER_DESC_REP]);
-        float pp = sample_f(h[SAMPLER_DESC_PRES]), fp = sample_f(h[SAMPLER_DESC_FREQ]);
-        const int32_t *bias = desc + h[SAMPLER_DESC_BIAS_OFF], *pen = desc + h[SAMPLER_DESC_PEN_OFF];
-        for (int i = 0; i < h[SAMPLER_DESC_N_BIAS]; i++) row[bias[2 * i]] += sample_f(bias[2 * i + 1]);
-        if (h[SAMPLER_DESC_MASK_OFF] >= 0) { /* a grammar's allowed tokens: the rest can never be sampled */
-            const uint32_t *mask = (const uint32_t *)desc + h[SAMPLER_DESC_MASK_OFF];
-            for (int i = 0; i < vocab; i++)
-                if (!((mask[i >> 5] >> (i & 31)) & 1)) row[i] = -INFINITY;
-        }
-        for (int i = 0; i < h[SAMPLER_DESC_N_PEN]; i++) { /* apply_penalties in sampler.c */
-            float l = row[pen[2 * i]];
-            int c = pen[2 * i + 1];
-            if (rp != 1.0f) l = l > 0 ? l / rp : l * rp;
-            l -= pp * (c > 0) + fp * (float)c;
-            row[pen[2 * i]] = l;
-        }
+        float *row = sample_edit(logits, desc, h, vocab, stride);
+        float T = sample_f(h[SAMPLER_DESC_TEMP]);
         int32_t flags = 0;
         for (int i = 0; i < vocab; i++) {
             idx[i] = i;
@@ -573,6 +579,50 @@ static void cpu_sample(backend *be, void *out, float *logits, const int32_t *des
         memcpy(o + 8 * (size_t)n_cand + 12, &flags, sizeof(flags));
     }
     free(idx);
+}
+
+typedef struct {
+    int32_t *next;
+    float *logits;
+    const int32_t *desc;
+    int first, vocab, stride;
+} argmax_job;
+
+/* sampler.c's argmax (a strictly larger logit wins, so ties go to the lowest
+ * id) on row r after sample_edit, or -1 when it holds a NaN. With a mask only
+ * the allowed ids are looked at: the others are -inf now, never larger than
+ * row[best] and never NaN (id 0, where the scan starts, is looked at always). */
+static void sample_argmax_row(void *ctx, int r) {
+    const argmax_job *j = ctx;
+    const int32_t *h = j->desc + (size_t)(j->first + r) * SAMPLER_DESC_WORDS;
+    const float *row = sample_edit(j->logits, j->desc, h, j->vocab, j->stride);
+    const uint32_t *mask = h[SAMPLER_DESC_MASK_OFF] >= 0 ? (const uint32_t *)j->desc + h[SAMPLER_DESC_MASK_OFF] : NULL;
+    int32_t best = 0;
+    bool nan = isnan(row[0]);
+    for (int w = 0; w * 32 < j->vocab; w++) {
+        int i0 = w * 32, i1 = i0 + 32 < j->vocab ? i0 + 32 : j->vocab;
+        uint32_t bits = mask ? mask[w] : UINT32_MAX;
+        if (bits == UINT32_MAX) {
+            for (int i = i0; i < i1; i++) {
+                nan |= isnan(row[i]);
+                if (row[i] > row[best]) best = i;
+            }
+            continue;
+        }
+        for (; bits; bits &= bits - 1) {
+            int i = i0 + __builtin_ctz(bits);
+            if (i >= i1) break;
+            nan |= isnan(row[i]);
+            if (row[i] > row[best]) best = i;
+        }
+    }
+    j->next[r] = nan ? -1 : best;
+}
+
+static void cpu_sample_argmax(backend *be, int32_t *next, float *logits, const int32_t *desc, int first, int n,
+                              int vocab, int stride) {
+    argmax_job j = {.next = next, .logits = logits, .desc = desc, .first = first, .vocab = vocab, .stride = stride};
+    cpu__parallel_for(be, n, 1, sample_argmax_row, &j);
 }
 
 static void cpu_destroy(backend *be) {
@@ -623,6 +673,7 @@ static const backend_ops cpu_ops = {
     .collect_rows = cpu_collect_rows,
     .fetch_back = cpu_fetch_back,
     .sample = cpu_sample,
+    .sample_argmax = cpu_sample_argmax,
     .take_failure = cpu_take_failure,
     .rmsnorm_plain = cpu__rmsnorm_plain,
     .hc_split = cpu__hc_split,

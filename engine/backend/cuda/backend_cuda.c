@@ -146,6 +146,7 @@ static const backend_ops cuda_ops = {
     .matmul_glu = cu_matmul_glu,
     .qk_rope_store = cu_qk_rope_store,
     .sample = cu_sample,
+    .sample_argmax = cu_sample_argmax,
 };
 
 /* A failed CUDA call while making a handle: err says why. */

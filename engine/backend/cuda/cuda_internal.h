@@ -145,6 +145,8 @@ void cu_qk_rope_store(backend *be, float *q, const float *k, const float *v, voi
                       int n_heads, int n_kv, int hd, const float *qn, const float *kn, float eps,
                       const float *inv_freq);
 void cu_sample(backend *be, void *out, float *logits, const int32_t *desc, int n, int vocab, int stride, int n_cand);
+void cu_sample_argmax(backend *be, int32_t *next, float *logits, const int32_t *desc, int first, int n, int vocab,
+                      int stride);
 /* Grows a device scratch buffer to at least `bytes` (drops recorded steps). */
 void cuda__grow(cuda_backend *g, void **buf, size_t *have, size_t bytes);
 /* Frees the ops' scratch buffers (the handle's teardown). */

@@ -269,6 +269,13 @@ void cu_sample(backend *be, void *out, float *logits, const int32_t *desc, int n
     CHECK_K(kernels_sample_f32(out, logits, desc, n, vocab, stride, n_cand, g->stream));
 }
 
+void cu_sample_argmax(backend *be, int32_t *next, float *logits, const int32_t *desc, int first, int n, int vocab,
+                      int stride) {
+    cuda_backend *g = cuda__of(be);
+    CUDA_TIMED(g, CHECK_K(kernels_sample_argmax_f32(next, logits, desc, first, n, vocab, stride, g->stream)),
+               "sample_argmax");
+}
+
 
 /* Set by tests (exported from the plugin): every token of handle be through
  * the per-token attention kernel when on. */
