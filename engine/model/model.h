@@ -172,6 +172,11 @@ typedef struct {
     int block_rows, block_cols; /* elements sharing one scale */
     int row_base;      /* quantized row views (model_weight_row_view): rows of the whole matrix before
                         * this view's first, so that row i reads scale row (row_base + i) / block_rows */
+    bool f32_activations; /* its products keep the activations in f32 on every backend path: no path that
+                           * rounds them to bf16 for bf16 weights takes it (the CPU's avx512bf16; CUDA,
+                           * whose view holds it in f32). Set where the output is fake-quantised or ranked
+                           * (DeepSeek-V4.1's ratio-1/2 compressors and indexers), which turns that 2^-9
+                           * rounding into other quantised values and other top-k choices. */
 } weight;
 
 /* dst (nrows, w->cols) = rows [row0, row0 + nrows) of w as f32, in any format:

@@ -533,6 +533,21 @@ static int load_low(model *m, int i, char *err, size_t errlen) {
     return MODEL_OK;
 }
 
+/* V4.1's ratio-1/2 products whose outputs SGLang's fake quantisations or the indexer's top-k read:
+ * the compressor's kv and score (pooled, normed, fq_kv'd entries; latents into wk), the index keys'
+ * wk and the queries' wq_b (fq4), the head weights (scores ranked). They keep f32 activations
+ * everywhere (weight.f32_activations): a bf16 rounding of their input would move quantised values
+ * and top-k choices, which no later rounding bound covers. */
+void model__dsv4_mark_f32_products(model *m) {
+    const dsv4_config *v = &m->cfg.dsv4;
+    for (int i = 0; i < m->cfg.n_layers; i++) {
+        dsv4_layer *Y = &m->dsv4->layers[i];
+        if (v->attn[i] != DSV4_LOW) continue;
+        weight *ws[] = {&Y->comp.wkv, &Y->comp.wgate, &Y->iwk, &Y->iwq_b, &Y->iweights};
+        for (size_t k = 0; k < sizeof(ws) / sizeof(ws[0]); k++) ws[k]->f32_activations = true;
+    }
+}
+
 static int load_layer(model *m, int i, char *err, size_t errlen) {
     const model_config *c = &m->cfg;
     const dsv4_config *v = &c->dsv4;
@@ -597,6 +612,7 @@ int model__load_dsv4(model *m, char *err, size_t errlen) {
         return rc;
     for (int i = 0; i < c->n_layers; i++)
         if ((rc = load_layer(m, i, err, errlen))) return rc;
+    model__dsv4_mark_f32_products(m);
     return c->engram_v41.n_layers ? model__load_dsv4_engram(m, err, errlen) : MODEL_OK;
 }
 

@@ -77,6 +77,9 @@ void model__destroy_moe(model *m); /* frees m->moe */
  * architecture), and its weights into m->dsv4, m->moe and the layers. */
 int model__parse_dsv4_config(const cJSON *root, model_config *c, const char *label, char *err, size_t errlen);
 int model__load_dsv4(model *m, char *err, size_t errlen);
+/* model_dsv4.c: weight.f32_activations on V4.1's ratio-1/2 products (the loader's and synthetic
+ * models' weights, once their matrices are set). */
+void model__dsv4_mark_f32_products(model *m);
 void model__destroy_dsv4(model *m); /* frees m->dsv4 */
 
 /* model_dsv4_engram.c: DeepSeek-V4.1's engram_* keys into c->engram_v41 (n_layers 0 without

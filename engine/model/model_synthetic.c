@@ -721,6 +721,7 @@ static int make_dsv4(model *m, uint64_t seed, bool tables, char *err, size_t err
     uint8_t *e4m3 = make_e4m3_table();
     int rc = s.rc ? s.rc : !e4m3 ? MODEL_ERR_NOMEM : fill_regions(&s, e4m3);
     if (!rc) fill_v41_tables(m, seed, e4m3);
+    model__dsv4_mark_f32_products(m);
     free(e4m3);
     free(s.regions);
     return rc;

@@ -8,7 +8,10 @@
  *     16 lanes) round differently, so they agree to it, not bit for bit.
  *     The opt-in avx512bf16 path rounds the activations to bf16 (unit roundoff
  *     2^-8) for bf16 weights: its bound there is (2^-8 + (d + 3) u) sum|x_k w_k|
- *     (+ |b|).
+ *     (+ |b|); but not for a weight that keeps f32 activations
+ *     (weight.f32_activations, DeepSeek-V4.1's quantised and ranked products),
+ *     whose products on that path are held to the f32 bound and equal the
+ *     avx512 path's bit for bit.
  *   - Batch invariance: on each path, each token's row of a T-token product
  *     (T = 1..9) is bit-identical to that token's product alone.
  * A path the CPU lacks is refused by backend_select with a clear error. */
@@ -53,13 +56,14 @@ static weight make_weight(dtype dt, int d) {
     return (weight){.data = data, .dt = dt, .rows = N, .cols = d, .fmt = WEIGHT_DENSE};
 }
 
-static void check_path(int isa, dtype dt, int d) {
+static void check_path(int isa, dtype dt, int d, bool f32_act) {
     backend_params p = backend_default_params();
     p.cpu_isa = isa;
     char err[256] = "";
     backend *be = backend_select("cpu", &p, err, sizeof(err));
     ck_assert_msg(be != NULL, "%s: %s", backend_cpu_isa_str(isa), err);
     weight w = make_weight(dt, d);
+    w.f32_activations = f32_act;
     float *x = malloc((size_t)TMAX * d * sizeof(float)), bias[N];
     float *y = malloc((size_t)TMAX * N * sizeof(float)), *y1 = malloc(N * sizeof(float));
     for (int i = 0; i < TMAX * d; i++) x[i] = uniform();
@@ -78,8 +82,8 @@ static void check_path(int isa, dtype dt, int d) {
                     long double v = (long double)x[(size_t)t * d + k] * weight_at(&w, (size_t)i * d + k);
                     s += v, mag += fabsl(v);
                 }
-                double rel = isa == BACKEND_CPU_ISA_AVX512BF16 && dt == DTYPE_BF16 ? 0x1p-8 + (d + 3) * 0x1p-24
-                                                                                   : (d + 2) * 0x1p-24;
+                bool xb = isa == BACKEND_CPU_ISA_AVX512BF16 && dt == DTYPE_BF16 && !f32_act; /* x rounded */
+                double rel = xb ? 0x1p-8 + (d + 3) * 0x1p-24 : (d + 2) * 0x1p-24;
                 double tol = rel * (double)mag, e = fabs((double)(y1[i] - s));
                 ck_assert_msg(e <= tol, "%s dt %d d %d: y[%d][%d] = %.9g, exact %.9Lg, error %g > %g",
                               backend_cpu_isa_str(isa), dt, d, t, i, y1[i], s, e, tol);
@@ -109,7 +113,39 @@ START_TEST(paths_accurate_and_batch_invariant) {
     static const int ds[] = {5, 64, 200, 2048};
     static const dtype dts[] = {DTYPE_BF16, DTYPE_F32, DTYPE_F16};
     for (int j = 0; j < 3; j++)
-        for (int k = 0; k < 4; k++) check_path(isa, dts[j], ds[k]);
+        for (int k = 0; k < 4; k++) check_path(isa, dts[j], ds[k], false);
+    for (int k = 0; k < 4; k++) check_path(isa, DTYPE_BF16, ds[k], true); /* f32 activations kept */
+}
+END_TEST
+
+/* A bf16 weight that keeps f32 activations: the avx512bf16 path's product is the avx512 path's,
+ * bit for bit, at every token count (the activations are not rounded: the same code runs). */
+START_TEST(f32_activations_take_the_f32_path) {
+    backend_params p = backend_default_params();
+    char err[256] = "";
+    p.cpu_isa = BACKEND_CPU_ISA_AVX512BF16;
+    backend *bf = backend_select("cpu", &p, err, sizeof(err));
+    if (!bf) {
+        fprintf(stderr, "test_cpu_matmul: avx512bf16 skipped: %s\n", err);
+        return;
+    }
+    p.cpu_isa = BACKEND_CPU_ISA_AVX512;
+    backend *f = backend_select("cpu", &p, err, sizeof(err));
+    ck_assert_msg(f != NULL, "%s", err);
+    enum { D = 200, T = 40 };
+    weight w = make_weight(DTYPE_BF16, D);
+    w.f32_activations = true;
+    float *x = malloc((size_t)T * D * sizeof(float)), *y = malloc((size_t)T * N * sizeof(float));
+    float *yf = malloc((size_t)T * N * sizeof(float));
+    for (int i = 0; i < T * D; i++) x[i] = uniform();
+    for (int t = 1; t <= T; t += 13) {
+        backend_matmul(bf, y, x, &w, NULL, t);
+        backend_matmul(f, yf, x, &w, NULL, t);
+        ck_assert_msg(memcmp(y, yf, (size_t)t * N * sizeof(float)) == 0, "T=%d: avx512bf16 rounded the activations", t);
+    }
+    free((void *)w.data), free(x), free(y), free(yf);
+    backend_destroy(bf);
+    backend_destroy(f);
 }
 END_TEST
 
@@ -132,6 +168,7 @@ int main(void) {
     tcase_set_timeout(tc, 120);
     tcase_add_loop_test(tc, paths_accurate_and_batch_invariant, 0, 4);
     tcase_add_test(tc, auto_and_names);
+    tcase_add_test(tc, f32_activations_take_the_f32_path);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

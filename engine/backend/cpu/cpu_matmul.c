@@ -146,7 +146,8 @@ __attribute__((target(ISA_TARGET))) static inline float hsum_avx512(__m512 v) {
  * the multiply-adds per instruction and no widening, for the activations'
  * rounding: the error bound grows by 2^-8 sum|x_k w_k| (test_cpu_matmul
  * states and checks it), too much for the 1e-4 goldens, hence opt-in.
- * Products with other weights take the avx512 path. ---- */
+ * Products with other weights, and those whose weight asks for f32
+ * activations (weight.f32_activations), take the avx512 path. ---- */
 #define BF16_TARGET "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma"
 
 __attribute__((target(BF16_TARGET))) static inline __m512bh bf16_tail(const uint16_t *p, int n) {
@@ -291,7 +292,7 @@ void cpu__matmul(backend *be, float *out, const float *x, const weight *w, const
     matmul_job j = {.out = out, .x = x, .bias = bias, .w = w, .T = T, .isa = isa, .bf16 = bf16,
                     .blocks = cpu__range((w->rows + ROW_BLOCK - 1) / ROW_BLOCK, 1)};
     j.inplace = dense && (w->dt == DTYPE_F32 || (bf16 && (isa != BACKEND_CPU_ISA_GENERIC || T < WIDEN_MIN_TOKENS)));
-    if (isa == BACKEND_CPU_ISA_AVX512BF16 && bf16) {
+    if (isa == BACKEND_CPU_ISA_AVX512BF16 && bf16 && !w->f32_activations) { /* else the avx512 path */
         uint16_t *xb = cpu__scratch(be, (size_t)T * w->cols * sizeof(uint16_t));
         if (!xb) return; /* cpu__scratch marked the failure */
         round_bf16(xb, x, T, w->cols);

@@ -1,6 +1,7 @@
 /* The device view of a model on the CUDA backend (prepare and release):
  * every weight uploaded once, f16 matrices as bf16, bf16 and f32 ones in
- * their dtype (an f32 checkpoint computes in f32), embeddings and Engram
+ * their dtype (an f32 checkpoint computes in f32), those whose products keep
+ * f32 activations (weight.f32_activations) in f32, embeddings and Engram
  * tables in their own dtype; a copy of the model struct points at them. */
 #include <stdio.h>
 #include <stdint.h>
@@ -151,10 +152,12 @@ static int view__put(cuda_view *v, const void *host, size_t bytes, void **out, c
  * powers of two (ue8m0), where every value (a 3- or 1-bit mantissa times
  * 2^k) is a bf16 exactly, else f32. There are no FP8/FP4 products on the GPU
  * yet: this keeps the CPU's numbers at twice (FP8) or four times (FP4) the
- * memory. */
-static int view__dequantize(const weight *w, void **out, dtype *dt) {
+ * memory. With f32 (a weight whose products keep f32 activations), any
+ * matrix, bf16 and f16 ones too, widened to f32: cuBLAS multiplies bf16 only
+ * by bf16, so f32 is how the product keeps the activations. */
+static int view__dequantize(const weight *w, int f32, void **out, dtype *dt) {
     size_t n = (size_t)w->rows * w->cols;
-    int pow2 = w->scale_dt != DTYPE_F32;
+    int pow2 = !f32 && w->scale_dt != DTYPE_F32;
     float *f = malloc(n * sizeof(float));
     if (!f) return -1;
     model_weight_rows_to_f32(f, w, 0, w->rows);
@@ -191,8 +194,9 @@ static int view__fp8_rows(cuda_view *v, const weight *w, weight *out, const char
     return 0;
 }
 
-/* A matrix for matmul (bf16 or f32 on the device: f16 becomes bf16) or, with
- * keep_dtype, for row gathers (its own dtype). */
+/* A matrix for matmul (bf16 or f32 on the device: f16 becomes bf16, FP8/FP4
+ * bf16 or f32, one that keeps f32 activations f32) or, with keep_dtype, for
+ * row gathers (its own dtype). */
 static int view__weight(cuda_view *v, const weight *w, weight *out, int keep_dtype, const char *what, char *err,
                         size_t errlen) {
     *out = *w;
@@ -202,10 +206,14 @@ static int view__weight(cuda_view *v, const weight *w, weight *out, int keep_dty
                  what, w->fmt == WEIGHT_FP8 ? "FP8" : "FP4", dtype_name(w->dt));
         return -1;
     }
-    if (w->fmt != WEIGHT_DENSE) { /* a product's matrix: dequantized, exactly */
+    /* a product's matrix: FP8/FP4 dequantized, exactly; one whose products keep f32 activations
+     * (weight.f32_activations) in f32, as cu_matmul multiplies f32 activations only by f32 weights
+     * from 3 tokens on (bf16 ones by activations rounded to bf16) */
+    int widen = !keep_dtype && w->f32_activations && w->data && w->dt != DTYPE_F32;
+    if (w->fmt != WEIGHT_DENSE || widen) {
         void *h;
         dtype dt;
-        if (view__dequantize(w, &h, &dt)) return snprintf(err, errlen, "out of host memory"), -1;
+        if (view__dequantize(w, widen, &h, &dt)) return snprintf(err, errlen, "out of host memory"), -1;
         int rc = view__put(v, h, (size_t)w->rows * w->cols * dtype_size(dt), &d, what, err, errlen);
         free(h);
         if (rc) return -1;
@@ -323,7 +331,7 @@ static int view__stack(cuda_view *v, const weight *const *ws, int n, void **out,
         if (ws[i]->fmt != WEIGHT_DENSE) {
             void *h;
             dtype ht;
-            if (view__dequantize(ws[i], &h, &ht)) {
+            if (view__dequantize(ws[i], 0, &h, &ht)) {
                 cudaFree(tmp);
                 return snprintf(err, errlen, "out of host memory"), -1;
             }
