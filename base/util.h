@@ -53,7 +53,8 @@ double util_now(void);
 
 #define UTIL_FNV1A_INIT 14695981039346656037ull /* the offset basis (0xcbf29ce484222325) */
 /* FNV-1a 64 of n bytes at p, continuing from h (UTIL_FNV1A_INIT to start):
- * a checksum for files we write ourselves, not a defence against anyone. */
+ * checksums of the files we write ourselves and the in-memory hash tables
+ * (tokenizer, templates, compressed ids, the door): not a defence against anyone. */
 static inline uint64_t util_fnv1a(uint64_t h, const void *p, size_t n) {
     const unsigned char *b = p;
     for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ull;

@@ -188,11 +188,7 @@ int tpl__py_eq(value a, value b) {
     }
 }
 
-static uint64_t str_hash(const char *s, size_t n) {
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
-    return h;
-}
+static uint64_t str_hash(const char *s, size_t n) { return util_fnv1a(UTIL_FNV1A_INIT, s, n); }
 value *tpl__dict_find_s(dict *d, const char *s, size_t n) {
     if (d->idx) {
         size_t mask = d->idx_cap - 1, j = (size_t)str_hash(s, n) & mask;

@@ -12,6 +12,7 @@
 
 #include "engram/ngram_hash.h"
 #include "engram/ngram_hash_internal.h"
+#include "base/util.h"
 
 /* U+E000 is the reference's sentinel for a lone space; every U+E000 of the
  * text becomes " " at the end, as in the reference. */
@@ -177,14 +178,7 @@ typedef struct {
     int64_t id;
 } key_slot;
 
-static uint64_t fnv1a(const char *s, size_t n) {
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 1099511628211ull;
-    }
-    return h;
-}
+static uint64_t fnv1a(const char *s, size_t n) { return util_fnv1a(UTIL_FNV1A_INIT, s, n); }
 
 static int contains_fffd(const char *s, size_t n) {
     for (size_t i = 0; i + 2 < n; i++)

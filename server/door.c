@@ -82,9 +82,7 @@ static void ip_key(const struct sockaddr_storage *a, unsigned char key[16]) {
 }
 
 static size_t ip_hash(const unsigned char key[16], size_t cap) {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (int i = 0; i < 16; i++) h = (h ^ key[i]) * 1099511628211ull;
-    return (size_t)h & (cap - 1);
+    return (size_t)util_fnv1a(UTIL_FNV1A_INIT, key, 16) & (cap - 1);
 }
 
 /* The entry of key, or where it would go. */

@@ -9,6 +9,7 @@
 
 #include "base/buf.h"
 #include "base/err.h"
+#include "base/util.h"
 
 #include <cjson/cJSON.h>
 #include <pthread.h>
@@ -63,8 +64,7 @@ struct component {
 /* Hash maps                                                                */
 
 static inline uint64_t tok__hash_bytes(const char *s, size_t n) {
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)s[i]) * 1099511628211ull;
+    uint64_t h = util_fnv1a(UTIL_FNV1A_INIT, s, n);
     return h ^ (h >> 29);
 }
 

@@ -19,6 +19,7 @@
 #include "engine/model/model.h"
 #include "base/numeric.h"
 #include "engine/model/dtype.h"
+#include "base/util.h"
 
 /* Published sizes. Qwen3 model cards (huggingface.co/Qwen/Qwen3-*): "Number of
  * Parameters" 0.6B, 1.7B, 4.0B, 8.2B and "(Non-Embedding)" 0.44B, 1.4B, 3.6B,
@@ -312,7 +313,7 @@ static void spread(const weight *w, double *mean, double *sd, double *mx) {
 }
 
 static uint64_t sample_hash(const model *m) { /* one 8-byte word per 64 KiB of the mapping */
-    uint64_t h = 1469598103934665603ull, x;
+    uint64_t h = UTIL_FNV1A_INIT, x;
     for (size_t off = 0; off + 8 <= m->synth_bytes; off += 65536) {
         memcpy(&x, (const char *)m->synth + off, 8);
         h = (h ^ x) * 1099511628211ull;
