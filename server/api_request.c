@@ -141,7 +141,9 @@ static cJSON *field(const cJSON *obj, const char *name) {
 }
 
 /* Reads an optional number in [lo, hi] (open at lo when lo_open). Returns 1
- * if present, 0 if absent, -1 with err set if bad. */
+ * if present, 0 if absent, -1 with err set if bad. The engine keeps these as
+ * floats: a value above an open bound that rounds to it as a float (1e-300
+ * to 0) is refused too, else it would pass here and be the bound there. */
 static int get_number(const cJSON *obj, const char *name, double lo, double hi, bool lo_open, double *out,
                       api_error *err) {
     cJSON *v = field(obj, name);
@@ -154,6 +156,11 @@ static int get_number(const cJSON *obj, const char *name, double lo, double hi, 
     if (d < lo || d > hi || (lo_open && d == lo)) {
         api_error_set(err, 400, name, "Invalid value for '%s': %g is not in %s%g, %g].", name, d,
                       lo_open ? "(" : "[", lo, hi);
+        return -1;
+    }
+    if (lo_open && (float)d == (float)lo) {
+        api_error_set(err, 400, name, "Invalid value for '%s': %g rounds to %g as a 32-bit float, which is not in (%g, %g].",
+                      name, d, (double)(float)d, lo, hi);
         return -1;
     }
     *out = d;

@@ -1,7 +1,8 @@
 """Values that used to pass silently (issue 23, the low findings): an
 Authorization header with a NUL, a seed of 2^63, duplicate JSON keys, config
 values of the wrong JSON type, empty ENGRAM_* variables, an api_key holding
-\\u0000 and an eos_token_id outside the vocabulary. Each is now a clean
+\\u0000, an eos_token_id outside the vocabulary, and sampling values above an
+open bound that round to it as a float (repetition_penalty 1e-300). Each is now a clean
 refusal naming what is wrong."""
 import json
 import os
@@ -58,6 +59,17 @@ def test_seed_bounds_exact(server):
     for seed in (2 ** 63 - 1024, -(2 ** 63), 0, -1):  # the largest double below 2^63, the smallest int64
         r = post(server.url, "/v1/completions", json.dumps({**base, "seed": seed}))
         assert r.status_code == 200, (seed, r.text)
+
+
+@pytest.mark.parametrize("field", ["repetition_penalty", "top_p"])
+def test_open_bound_as_float(server, field):
+    """Above the open bound 0 as a double, but 0.0 as the engine's float: refused, saying so."""
+    base = {"prompt": [1, 2], "max_tokens": 1}
+    for v in (1e-300, 1e-46):
+        e = check_error(post(server.url, "/v1/completions", {**base, field: v}), 400, param=field)
+        assert field in e["message"] and "32-bit float" in e["message"], e
+    r = post(server.url, "/v1/completions", {**base, field: 1e-45})  # the smallest float above 0 (a subnormal)
+    assert r.status_code == 200, r.text
 
 
 @pytest.mark.parametrize("body,param", [
