@@ -615,10 +615,37 @@ static int parse_grammar(gb *b) {
 
 /* ---- checks and flattening ---- */
 
+/* The bytes a sentence of root can end with, into g->end_bytes: the classes
+ * of the last byte elements of root's alternatives, reached from their ends
+ * through the rules referenced there (and, past a nullable element, the one
+ * before it). Each rule visited once; stk and seen hold R entries. */
+static void find_end_bytes(grammar *g, const bool *nullable, int *stk, bool *seen) {
+    int sp = 0, root = (int)GE_VAL(g->elems[0]);
+    stk[sp++] = root, seen[root] = true;
+    while (sp > 0) {
+        int r = stk[--sp];
+        for (uint32_t a = g->alt_off[r]; a < g->alt_off[r + 1]; a++) {
+            uint32_t p = g->alt_start[a];
+            while (GE_TYPE(g->elems[p]) != GE_END) p++;
+            while (p-- > g->alt_start[a]) { /* from the last element back, while what follows may be empty */
+                uint32_t e = g->elems[p];
+                if (GE_TYPE(e) == GE_BYTES) {
+                    for (int k = 0; k < 32; k++) g->end_bytes[k] |= g->classes[GE_VAL(e)][k];
+                    break;
+                }
+                int q = (int)GE_VAL(e);
+                if (!seen[q]) seen[q] = true, stk[sp++] = q;
+                if (!nullable[q]) break;
+            }
+        }
+    }
+}
+
 /* Left recursion (a rule that can reach itself without consuming a byte)
  * would make the matcher expand forever: refused. nullable[r]: rule r
- * matches the empty string (worklist over the alternatives' pending refs). */
-static int check_left_recursion(gb *b, const grammar *g) {
+ * matches the empty string (worklist over the alternatives' pending refs).
+ * Then the bytes a sentence can end with (find_end_bytes). */
+static int check_left_recursion(gb *b, grammar *g) {
     int R = g->n_rules, A = (int)g->alt_off[R], rc = -1;
     bool *nullable = calloc((size_t)R, 1);
     int *pending = calloc((size_t)A + 1, sizeof(int)), *alt_rule = malloc(((size_t)A + 1) * sizeof(int));
@@ -698,6 +725,10 @@ static int check_left_recursion(gb *b, const grammar *g) {
             if (state[s] == 0) sp++, stk[sp] = s, it[sp] = adj_off[s], state[s] = 1;
         }
     }
+    bool *seen = calloc((size_t)R, 1);
+    if (!seen) goto nomem;
+    find_end_bytes(g, nullable, stk, seen);
+    free(seen);
     rc = 0;
     goto out;
 nomem:

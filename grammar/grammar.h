@@ -141,6 +141,11 @@ bool grammar_matcher_accept_bytes(grammar_matcher *m, const void *bytes, size_t 
 bool grammar_matcher_can_end(const grammar_matcher *m);
 /* Whether it can end and nothing more may follow (the output is complete). */
 bool grammar_matcher_ended(const grammar_matcher *m);
+/* Whether accepting these n bytes might leave the output complete
+ * (grammar_matcher_ended): false when the last byte is one no sentence of
+ * the grammar ends with, so the caller can put the accept off (it cannot end
+ * the output); true otherwise, and for n 0. Cheap: no advance. */
+bool grammar_matcher_may_end_after(const grammar_matcher *m, const void *bytes, size_t n);
 /* Whether the state was ever cut at GRAMMAR_MAX_STACKS or GRAMMAR_MAX_DEPTH
  * (what survives is still in the language, but less may be allowed). */
 bool grammar_matcher_overflowed(const grammar_matcher *m);

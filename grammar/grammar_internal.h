@@ -31,6 +31,7 @@ struct grammar {
     int n_rules;
     uint8_t (*classes)[32]; /* (n_classes, 256 bits) byte classes; class b < 256 is the single byte b */
     int n_classes;
+    uint8_t end_bytes[32]; /* (256 bits) the bytes a sentence of the grammar can end with */
     /* token tables per stack suffix over one vocabulary (mask.c), filled on
      * first use and kept for the grammar's life; the lock guards them */
     pthread_mutex_t lock;

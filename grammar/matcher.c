@@ -231,4 +231,13 @@ bool grammar_matcher_ended(const grammar_matcher *m) {
     return true;
 }
 
+/* ended needs an empty stack: one whose bytes completed a sentence of root,
+ * so the last byte is one a sentence ends with (the stacks cut at a limit
+ * change which stacks survive, not how a surviving one emptied). */
+bool grammar_matcher_may_end_after(const grammar_matcher *m, const void *bytes, size_t n) {
+    if (n == 0) return true;
+    uint8_t c = ((const uint8_t *)bytes)[n - 1];
+    return (m->g->end_bytes[c >> 3] >> (c & 7)) & 1;
+}
+
 bool grammar_matcher_overflowed(const grammar_matcher *m) { return m->overflowed; }

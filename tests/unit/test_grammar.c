@@ -289,6 +289,7 @@ static uint64_t next_rand(void) {
 /* Random walks: at each step the mask must agree with accepting each token
  * on a copy; the walk picks an allowed token (EOS half the time it may); the
  * text of a walk that ended by EOS is a whole sentence. */
+static long n_put_off; /* accepts that grammar_matcher_may_end_after let wait */
 static void walks(grammar *g, int n_walks, int max_steps) {
     int eos;
     grammar_vocab *v = toy_vocab(&eos);
@@ -306,7 +307,14 @@ static void walks(grammar *g, int n_walks, int max_steps) {
             for (int id = 0; id < n; id++) {
                 bool in = (mask[id >> 5] >> (id & 31)) & 1;
                 grammar_matcher *c = grammar_matcher_clone(m);
+                size_t tl;
+                const char *tb = grammar_vocab_token(v, id, &tl);
+                bool may = grammar_matcher_may_end_after(c, tb, tl);
                 bool acc = grammar_matcher_accept_token(c, v, id);
+                if (acc && id != eos) { /* an accept that may_end_after says cannot end the output does not */
+                    ck_assert_msg(may || !grammar_matcher_ended(c), "token %d ended the output after \"%.*s\"", id, (int)len, text);
+                    n_put_off += !may;
+                }
                 grammar_matcher_destroy(c);
                 ck_assert_msg(in == acc, "token %d: mask %d, accept %d after \"%.*s\"", id, in, acc, (int)len, text);
                 if (in) allowed[na++] = id;
@@ -348,6 +356,35 @@ START_TEST(test_mask_random_walks) {
     ck_assert_int_eq(grammar_compile_json_object(&g, err, sizeof(err)), GRAMMAR_OK);
     walks(g, 40, 40);
     grammar_release(g);
+    ck_assert_int_gt(n_put_off, 1000); /* most accepts cannot end these outputs */
+}
+END_TEST
+
+/* The last bytes grammar_matcher_may_end_after allows are those the
+ * sentences of each grammar end with (read off the grammars by hand). */
+static void ends_with(grammar *g, const char *yes, const char *no) {
+    grammar_matcher *m = grammar_matcher_create(g);
+    for (const char *p = yes; *p; p++) ck_assert_msg(grammar_matcher_may_end_after(m, p, 1), "may end with '%c'", *p);
+    for (const char *p = no; *p; p++) ck_assert_msg(!grammar_matcher_may_end_after(m, p, 1), "cannot end with '%c'", *p);
+    ck_assert(grammar_matcher_may_end_after(m, "", 0)); /* no bytes: the caller decides */
+    ck_assert(!grammar_matcher_may_end_after(m, "}a", 2) || strchr(yes, 'a')); /* the last byte counts */
+    grammar_matcher_destroy(m);
+    grammar_release(g);
+}
+
+START_TEST(test_may_end_after) {
+    grammar *g = NULL;
+    ck_assert_int_eq(grammar_compile_json_object(&g, err, sizeof(err)), GRAMMAR_OK);
+    ends_with(g, "}", "{]\" a1,:\n");
+    ends_with(schema("{\"type\":\"array\",\"items\":{\"type\":\"integer\"}}"), "]", "[}0 ,");
+    ends_with(schema("{\"type\":\"string\"}"), "\"", "ab\\");
+    ends_with(schema("{\"type\":\"integer\"}"), "0123456789", "-.e ");
+    ends_with(regex("(ab|x)+ [0-9]{1,3}(\\.5)?"), "0123456789", "abx .");
+    ends_with(gbnf("root ::= \"a\" b? c\nb ::= \"b\" | x\nx ::= [p-r] \"\"\nc ::= \"\" | \"z\"\n"), "abpqrz", "cs");
+    const char *choices[] = {"yes", "no", "maybe"};
+    size_t lens[] = {3, 2, 5};
+    ck_assert_int_eq(grammar_compile_choice(choices, lens, 3, &g, err, sizeof(err)), GRAMMAR_OK);
+    ends_with(g, "soe", "ynmab");
 }
 END_TEST
 
@@ -488,6 +525,7 @@ int main(void) {
     tcase_add_test(tc, test_wrapped_json);
     tcase_add_test(tc, test_regex);
     tcase_add_test(tc, test_mask_random_walks);
+    tcase_add_test(tc, test_may_end_after);
     tcase_add_test(tc, test_mask_real_vocab);
     tcase_add_test(tc, test_matcher_bounds);
     suite_add_tcase(s, tc);
