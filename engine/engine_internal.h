@@ -209,6 +209,8 @@ typedef struct seq {
     sampler *smp;
     tokenizer_stream *ts;
     grammar_matcher *gm; /* where the output is in the request's grammar, or NULL */
+    int32_t gm_pending;  /* a sampled token gm has yet to take, or -1: taken by the mask worker at the start
+                          * of the next step's job, off the engine thread (sequence.c, seq_advance) */
     int phase;           /* with gm: SEQ_GRAMMAR, SEQ_FIRST or SEQ_REASONING (sequence.c) */
     char tail[ENGINE_MAX_MARKER]; /* SEQ_REASONING: the last bytes, a possible start of reasoning_close */
     int n_tail;

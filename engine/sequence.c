@@ -85,6 +85,14 @@ enum { SEQ_GRAMMAR, SEQ_FIRST, SEQ_REASONING };
  * reasoning block. */
 static bool seq_masked(const seq *s) { return s->gm && s->phase != SEQ_REASONING; }
 
+/* Gives gm the token put off by seq_advance, if any. Reads and writes s's
+ * matcher alone: the mask worker runs it for the step's sequences. */
+static void seq_take_pending(const engine *e, seq *s) {
+    if (s->gm_pending < 0) return;
+    if (!grammar_matcher_accept_token(s->gm, e->gvocab, s->gm_pending)) log_warn("a constrained token was not accepted");
+    s->gm_pending = -1;
+}
+
 /* The grammar's allowed next tokens into dst; at SEQ_FIRST the tokens that
  * open a reasoning block too. Not for SEQ_REASONING. Reads e and s only, so
  * the mask worker runs it. Returns their number, or -1 out of memory. */
@@ -106,6 +114,7 @@ static int seq_grammar_mask(engine *e, seq *s, const uint32_t **mask) {
         s->pre_mask = NULL;
         return s->pre_allowed;
     }
+    seq_take_pending(e, s);
     double t0 = util_now();
     int n = seq_mask_into(e, s, e->gmask);
     e->mask_seconds += util_now() - t0;
@@ -124,6 +133,7 @@ static void *mask_worker(void *arg) {
         int n = e->mw_n;
         pthread_mutex_unlock(&e->mw_mu);
         long long count = 0;
+        for (int j = 0; j < n; j++) seq_take_pending(e, e->item_seq[j]); /* the tokens the engine thread put off */
         double t0 = util_now();
         if (!words) words = grammar_vocab_mask_words(e->gvocab); /* the vocabulary came after the start */
         for (int j = 0; j < n; j++) {
@@ -234,9 +244,10 @@ static int seq_mask(engine *e, seq *s, float *logits) {
 
 /* Moves a constrained sequence past its sampled token next: through the
  * reasoning block while there is one (its close marker may span tokens),
- * then through the grammar (the token was allowed, so it is accepted).
- * Returns true when the output is complete (nothing more may follow), or
- * cannot go on: a token that closes the reasoning block with bytes after
+ * then through the grammar (the token was allowed, so it is accepted; one
+ * that cannot complete the output is put off, s->gm_pending, and taken
+ * before the matcher is next read). Returns true when the output is
+ * complete (nothing more may follow), or cannot go on: a token that closes the reasoning block with bytes after
  * the marker that the grammar refuses (the output is kept, not repaired). */
 static bool seq_advance(engine *e, seq *s, int32_t next) {
     const engine_request *r = s->r;
@@ -248,7 +259,15 @@ static bool seq_advance(engine *e, seq *s, int32_t next) {
         if (eos || n < k || memcmp(b, r->reasoning_open, k)) s->phase = SEQ_GRAMMAR;
         else s->phase = SEQ_REASONING, b += k, n -= k;
     }
+    seq_take_pending(e, s);
     if (s->phase == SEQ_GRAMMAR) { /* the whole token is the grammar's */
+        if (!eos && !grammar_matcher_may_end_after(s->gm, b, n)) {
+            /* it cannot complete the output, so nothing here needs it taken yet: the mask worker takes
+             * it before the next mask, during the next forward pass, off the engine thread, whose time
+             * between steps a GPU waits for (without the worker, seq_grammar_mask takes it) */
+            s->gm_pending = next;
+            return false;
+        }
         if (!grammar_matcher_accept_token(s->gm, e->gvocab, next)) log_warn("a constrained token was not accepted");
         return grammar_matcher_ended(s->gm);
     }
@@ -366,6 +385,7 @@ seq *engine__seq_create(engine *e, engine_request *r) {
         if (r->grammar && grammar_vocab_ready(e) == 0 && (!r->reasoning_open || open_ids_ready(e, r->reasoning_open) == 0))
             s->gm = grammar_matcher_create(r->grammar);
         s->phase = !r->reasoning_close ? SEQ_GRAMMAR : r->reasoning_open ? SEQ_FIRST : SEQ_REASONING;
+        s->gm_pending = -1;
     }
     if (!s || !s->smp || !s->out_ids || (r->grammar && !s->gm) ||
         (e->tok && tokenizer_stream_create(e->tok, true, &s->ts) != TOKENIZER_OK)) {
