@@ -79,6 +79,7 @@ typedef struct {
     int max_rec;
     uint32_t max_len;
     int n_bottom;
+    uint32_t min_len; /* the shortest stack an expansion began from: entries below its top were not read */
 } gstate;
 
 void grammar__state_free(gstate *s);

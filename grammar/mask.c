@@ -4,7 +4,10 @@
  * tau), rejected, or uncertain (tau's bottom frame finishes before the token
  * does, so what lies beneath decides). A mask is then the union of its
  * stacks' accepted sets plus the uncertain tokens checked on the full state.
- * Tables are made on first use and kept in the grammar for its life. */
+ * Tables are made on first use and kept in the grammar for its life. A
+ * table is keyed by the entries its walk read, often fewer than tau's: the
+ * stacks of a counted repetition's copies (an array of at least 64 items)
+ * differ deep down, and share the tables of their tops. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,8 +18,8 @@
 #define TABLES_MAX_BYTES (16 << 20) /* tables per grammar (64 grammars are cached); past it masks walk the trie */
 
 typedef struct table {
-    uint32_t key[TAU]; /* tau, bottom first */
-    uint32_t klen, hash;
+    uint32_t key[TAU]; /* tau's top entries that the walk read (klen of them), bottom first */
+    uint32_t klen, hash; /* hash: key_step over the key, top down */
     uint32_t *acc_bits; /* (words) accepted token ids as a bitset, or NULL when */
     int32_t *acc_ids;   /* (n_acc) listed (few accepted) */
     int n_acc;
@@ -26,7 +29,8 @@ typedef struct table {
      * bottom pops, recursion, stack length; and whether a limit was hit */
     int max_stacks, max_bottom, max_rec;
     long max_work;
-    uint32_t max_len;
+    uint32_t max_len; /* over the key's klen entries */
+    uint32_t min_len; /* while made: the shortest stack an expansion began from */
     bool unsafe;
     struct table *next; /* hash chain */
 } table;
@@ -101,6 +105,7 @@ static void note_advance(table *t, const gstate *nx) {
     if (nx->n_bottom > t->max_bottom) t->max_bottom = nx->n_bottom;
     if (nx->max_rec > t->max_rec) t->max_rec = nx->max_rec;
     if (nx->max_len > t->max_len) t->max_len = nx->max_len;
+    if (nx->min_len < t->min_len) t->min_len = nx->min_len;
     t->unsafe |= nx->overflow;
 }
 
@@ -199,15 +204,23 @@ static void memo_free(build *b) {
     free(b->st), free(b->st_hash), free(b->next), free(b->slot);
 }
 
-/* The table of tau (klen entries), made now. NULL out of memory. */
-static table *table_make(grammar_matcher *m, const grammar_vocab *v, const uint32_t *tau, uint32_t klen, uint32_t hash) {
+/* The hash of the key of a stack's top n entries, top down, so that the
+ * keys of 1, 2, .. entries hash as one pass goes (table_get). */
+static uint32_t key_step(uint32_t h, uint32_t entry) { return (h ^ entry) * 16777619u; }
+#define KEY_SEED 2166136261u
+
+/* The table of tau (klen entries), made now, then keyed by the entries its
+ * walk read: with min_len the shortest stack an expansion began from, the
+ * entries below index min_len - 1 were never read, so the table is that of
+ * every stack with the same top (bottom pops read them all). NULL out of memory. */
+static table *table_make(grammar_matcher *m, const grammar_vocab *v, const uint32_t *tau, uint32_t klen) {
     size_t words = grammar_vocab_mask_words(v);
     table *t = calloc(1, sizeof(*t));
     build b = {.m = m, .v = v, .t = t, .bits = calloc(words, sizeof(uint32_t))};
     gstate *s0 = grammar__level(m, 0);
     if (!t || !b.bits || !s0) goto fail;
     memcpy(t->key, tau, klen * sizeof(uint32_t));
-    t->klen = klen, t->hash = hash;
+    t->klen = klen, t->min_len = klen; /* its top is read */
     /* the one-stack state {tau}: a copy of a state holding just it */
     gstate one = {.data = (uint32_t *)tau, .n_data = klen, .off = (uint32_t[]){0}, .len = (uint32_t[]){klen}, .hash = (uint32_t[]){0}, .n = 1};
     if (grammar__state_copy(s0, &one)) goto fail;
@@ -217,7 +230,7 @@ static table *table_make(grammar_matcher *m, const grammar_vocab *v, const uint3
     int rc = intern(&b, s0);
     if (rc >= 0) rc = memo_walk(&b, 0, rc);
     if (rc == -2) { /* too many states to memoize: start again, walking plainly */
-        *t = (table){.klen = klen, .hash = hash};
+        *t = (table){.klen = klen, .min_len = klen};
         memcpy(t->key, tau, klen * sizeof(uint32_t));
         memset(b.bits, 0, words * sizeof(uint32_t));
         b.unc.n = 0;
@@ -238,6 +251,12 @@ static table *table_make(grammar_matcher *m, const grammar_vocab *v, const uint3
     b.bits = NULL;
     t->unc = b.unc.v;
     t->n_unc = (int)(b.unc.n / 2);
+    uint32_t used = t->min_len == 0 ? klen : t->min_len >= klen ? 1 : klen - t->min_len + 1;
+    memmove(t->key, t->key + (klen - used), used * sizeof(uint32_t));
+    t->max_len -= klen - used; /* the entries left out lie under every stack the walk made */
+    t->klen = used;
+    t->hash = KEY_SEED;
+    for (uint32_t j = 1; j <= used; j++) t->hash = key_step(t->hash, t->key[used - j]);
     return t;
 fail:
     memo_free(&b);
@@ -250,13 +269,13 @@ static size_t table_bytes(const table *t, size_t words) {
     return sizeof(*t) + (t->acc_bits ? words * 4 : (size_t)t->n_acc * 4) + (size_t)t->n_unc * 8;
 }
 
-/* The table of tau, found or made (under g's lock). *t NULL when the tables
- * are over another vocabulary or out of room. 0, or -1 out of memory. */
+/* The table of a stack whose top klen entries are tau (bottom first): one
+ * keyed by its top 1, 2, .. klen entries, found, or made from all klen
+ * (under g's lock). *t NULL when the tables are over another vocabulary or
+ * out of room. 0, or -1 out of memory. */
 static int table_get(grammar_matcher *m, const grammar_vocab *v, const uint32_t *tau, uint32_t klen, const table **out) {
     grammar *g = m->g;
     *out = NULL;
-    uint32_t h = 2166136261u ^ klen;
-    for (uint32_t i = 0; i < klen; i++) h = (h ^ tau[i]) * 16777619u;
     struct mask_tables *ts = g->tables;
     if (!ts) {
         if (!(ts = calloc(1, sizeof(*ts))) || !(ts->buckets = calloc(256, sizeof(table *)))) {
@@ -267,11 +286,15 @@ static int table_get(grammar_matcher *m, const grammar_vocab *v, const uint32_t 
         g->tables = ts;
     }
     if (ts->vocab != v->serial) return 0; /* bound to the first vocabulary (one per engine) */
-    for (table *t = ts->buckets[h & (ts->n_buckets - 1)]; t; t = t->next)
-        if (t->hash == h && t->klen == klen && !memcmp(t->key, tau, klen * sizeof(uint32_t))) {
-            *out = t;
-            return 0;
-        }
+    uint32_t h = KEY_SEED;
+    for (uint32_t j = 1; j <= klen; j++) {
+        h = key_step(h, tau[klen - j]);
+        for (table *t = ts->buckets[h & (ts->n_buckets - 1)]; t; t = t->next)
+            if (t->hash == h && t->klen == j && !memcmp(t->key, tau + klen - j, j * sizeof(uint32_t))) {
+                *out = t;
+                return 0;
+            }
+    }
     size_t words = grammar_vocab_mask_words(v);
     if (ts->bytes + sizeof(table) + words * 4 > TABLES_MAX_BYTES) return 0;
     if (ts->n >= ts->n_buckets) { /* grow to keep chains short */
@@ -288,11 +311,11 @@ static int table_get(grammar_matcher *m, const grammar_vocab *v, const uint32_t 
         ts->buckets = bk, ts->n_buckets = nb;
     }
     double t0 = util_now();
-    table *t = table_make(m, v, tau, klen, h);
+    table *t = table_make(m, v, tau, klen);
     if (!t) return -1;
     ts->seconds += util_now() - t0;
-    t->next = ts->buckets[h & (ts->n_buckets - 1)];
-    ts->buckets[h & (ts->n_buckets - 1)] = t;
+    t->next = ts->buckets[t->hash & (ts->n_buckets - 1)];
+    ts->buckets[t->hash & (ts->n_buckets - 1)] = t;
     ts->n++;
     ts->bytes += table_bytes(t, words);
     *out = t;
@@ -356,7 +379,7 @@ int grammar__mask_fast(grammar_matcher *m, const grammar_vocab *v, uint32_t *mas
         const uint32_t *st = cur->data + cur->off[i]; /* data may be NULL while every stack is empty */
         if (table_get(m, v, st + len - k, k, &ts[i])) rc = -1;
         else if (!ts[i] || ts[i]->unsafe) rc = 1;
-        else if (grammar__expand(m->g, st, len - k, &m->a, m->buf)) rc = -1;
+        else if (k = ts[i]->klen, grammar__expand(m->g, st, len - k, &m->a, m->buf)) rc = -1; /* the rest: under its key */
         else if (m->a.overflow || ts[i]->max_rec + m->a.max_rec > GRAMMAR_MAX_REC ||
                  len - k + ts[i]->max_len > GRAMMAR_MAX_DEPTH)
             rc = 1;

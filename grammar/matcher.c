@@ -27,6 +27,7 @@ static void state_clear(gstate *s) {
     s->max_rec = 0;
     s->max_len = 0;
     s->n_bottom = 0;
+    s->min_len = UINT32_MAX;
 }
 
 static uint32_t stack_hash(const uint32_t *st, uint32_t len) {
@@ -82,6 +83,7 @@ static int expand(const grammar *g, gstate *out, uint32_t *buf, uint32_t len, in
     }
     if (rec > out->max_rec) out->max_rec = rec;
     if (len > out->max_len) out->max_len = len;
+    if (len < out->min_len) out->min_len = len;
     if (len == 0) {
         out->n_bottom++;
         return state_add(out, buf, 0);

@@ -470,6 +470,12 @@ START_TEST(test_mask_real_vocab) {
                "\"$ref\":\"#/$defs/node\"}");
     real_walks(g, v, tok, eos, 2, 30);
     grammar_release(g);
+    /* the copies of a counted repetition: their stacks differ deep down and share the tables of their tops */
+    g = schema("{\"type\":\"array\",\"minItems\":6,\"items\":{\"type\":\"object\",\"properties\":{\"w\":{\"type\":\"string\","
+               "\"maxLength\":8},\"k\":{\"enum\":[\"a\",\"bc\"]},\"n\":{\"type\":\"array\",\"items\":{\"type\":\"integer\"},"
+               "\"maxItems\":3}},\"required\":[\"w\",\"k\",\"n\"],\"additionalProperties\":false}}");
+    real_walks(g, v, tok, eos, 2, 60);
+    grammar_release(g);
     ck_assert_int_eq(grammar_compile_json_object(&g, err, sizeof(err)), GRAMMAR_OK);
     real_walks(g, v, tok, eos, 2, 30);
     int n_tab;
