@@ -11,8 +11,12 @@
  * the one below) each take T random allowed tokens per pass, as N
  * constrained sequences of a random-weight model do in the engine: each
  * step masks every matcher (its state cache on, the tables shared) and
- * advances it by its token; the mean time of both per step and per token.
- *   bench-grammar [--tokenizer DIR] [--repeat N] [--walk N [--steps T] [--schema FILE] [--seed S]] */
+ * advances it by its token, the matchers split across --threads W threads;
+ * the time a step takes (pass 0, which makes the tables, and the others)
+ * and the threads' time per token.
+ *   bench-grammar [--tokenizer DIR] [--repeat N]
+ *                 [--walk N [--steps T] [--schema FILE] [--seed S] [--threads W]] */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,59 +52,108 @@ static const char instance[] =
     "\"orders\": [{\"sku\": \"AE-1843\", \"qty\": 2, \"price\": 19.99}, {\"sku\": \"NOTE-G\", \"qty\": 1, \"price\": 4.5}], "
     "\"note\": \"First published the algorithm for Bernoulli numbers, in her notes on the Analytical Engine.\"}";
 
-/* The --walk mode: n matchers of g, steps tokens each, repeat passes. */
-static int walk(grammar *g, const grammar_vocab *v, int32_t eos, int n, int steps, int repeat, uint64_t seed) {
-    size_t words = grammar_vocab_mask_words(v);
+/* The --walk mode: n matchers of g, steps tokens each, repeat passes, the
+ * matchers of a step split across `threads` threads (matcher i on thread i %
+ * threads), each masking its matchers and advancing them by their picks, as
+ * the engine's mask workers would (the step ends when all are done). */
+typedef struct {
+    grammar *g;
+    const grammar_vocab *v;
+    int32_t eos;
+    int n, steps, repeat, threads, tid;
+    grammar_matcher **m;
+    uint64_t *rng;          /* (n) each matcher's own: the walk is the same for any thread count */
+    pthread_barrier_t *bar;
+    double t_first, t_rest, t_mask, t_adv; /* thread 0: step walls; this thread: its masks, advances */
+    long long allowed, restarts;
+    int failed;
+} walker;
+
+static void *walk_thread(void *arg) {
+    walker *w = arg;
+    size_t words = grammar_vocab_mask_words(w->v);
     uint32_t *mask = malloc(words * sizeof(uint32_t));
-    grammar_matcher **m = calloc((size_t)n, sizeof(*m));
-    int32_t *pick = malloc((size_t)n * sizeof(int32_t));
-    if (!mask || !m || !pick) return 1;
-    double t_mask = 0, t_adv = 0, t_first = 0;
-    long long n_tok = 0, restarts = 0, allowed = 0;
-    for (int r = 0; r <= repeat; r++) { /* pass 0 makes the tables: not timed */
-        for (int i = 0; i < n; i++) grammar_matcher_destroy(m[i]), m[i] = grammar_matcher_create(g);
-        for (int k = 0; k < steps; k++) {
+    for (int r = 0; r <= w->repeat; r++) { /* pass 0 makes the tables */
+        for (int i = w->tid; i < w->n; i += w->threads) grammar_matcher_destroy(w->m[i]), w->m[i] = grammar_matcher_create(w->g);
+        for (int k = 0; k < w->steps; k++) {
+            pthread_barrier_wait(w->bar);
             double t0 = util_now();
-            for (int i = 0; i < n; i++) { /* a random allowed token: the count-th set bit */
-                int a = grammar_matcher_mask(m[i], v, mask);
-                if (a <= 0) return fprintf(stderr, "bench-grammar: matcher %d allows nothing\n", i), 1;
-                seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
-                long want = (long)(seed % (uint64_t)a);
-                allowed += a;
-                for (size_t w = 0;; w++) {
-                    int c = __builtin_popcount(mask[w]);
-                    if (want >= c) { want -= c; continue; }
-                    uint32_t x = mask[w];
-                    while (want--) x &= x - 1;
-                    pick[i] = (int32_t)(w * 32 + (size_t)__builtin_ctz(x));
+            for (int i = w->tid; i < w->n && mask; i += w->threads) { /* a random allowed token: the count-th set bit */
+                double ta = util_now();
+                int a = grammar_matcher_mask(w->m[i], w->v, mask);
+                double tb = util_now();
+                if (a <= 0) {
+                    w->failed = 1;
                     break;
                 }
-            }
-            double t1 = util_now();
-            for (int i = 0; i < n; i++)
-                if (pick[i] == eos || !grammar_matcher_accept_token(m[i], v, pick[i]) || grammar_matcher_ended(m[i])) {
-                    grammar_matcher_destroy(m[i]); /* the output is complete: a new sequence */
-                    m[i] = grammar_matcher_create(g);
-                    restarts += r > 0;
+                uint64_t x = w->rng[i];
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                w->rng[i] = x;
+                long want = (long)(x % (uint64_t)a);
+                int32_t pick = -1;
+                for (size_t q = 0; pick < 0; q++) {
+                    int c = __builtin_popcount(mask[q]);
+                    if (want >= c) {
+                        want -= c;
+                        continue;
+                    }
+                    uint32_t bits = mask[q];
+                    while (want--) bits &= bits - 1;
+                    pick = (int32_t)(q * 32 + (size_t)__builtin_ctz(bits));
                 }
-            double t2 = util_now();
-            if (r) t_mask += t1 - t0, t_adv += t2 - t1, n_tok += n;
-            else t_first += t2 - t0;
+                double tc = util_now();
+                if (pick == w->eos || !grammar_matcher_accept_token(w->m[i], w->v, pick) || grammar_matcher_ended(w->m[i])) {
+                    grammar_matcher_destroy(w->m[i]); /* the output is complete: a new sequence */
+                    w->m[i] = grammar_matcher_create(w->g);
+                    w->restarts += r > 0;
+                }
+                if (r) w->t_mask += tb - ta, w->t_adv += util_now() - tc, w->allowed += a;
+            }
+            pthread_barrier_wait(w->bar);
+            if (w->tid == 0) *(r ? &w->t_rest : &w->t_first) += util_now() - t0;
         }
     }
-    double st = (double)n_tok / n;
-    printf("walk: %d matchers x %d tokens x %d passes, %lld outputs completed, allowed tokens per mask: mean %.0f\n", n,
-           steps, repeat, restarts, (double)allowed / (n_tok + (long long)n * steps));
+    w->failed |= !mask;
+    free(mask);
+    return NULL;
+}
+
+static int walk(grammar *g, const grammar_vocab *v, int32_t eos, int n, int steps, int repeat, int threads, uint64_t seed) {
+    grammar_matcher **m = calloc((size_t)n, sizeof(*m));
+    uint64_t *rng = malloc((size_t)n * sizeof(uint64_t));
+    walker *w = calloc((size_t)threads, sizeof(walker));
+    pthread_t *th = calloc((size_t)threads, sizeof(pthread_t));
+    pthread_barrier_t bar;
+    if (!m || !rng || !w || !th || pthread_barrier_init(&bar, NULL, (unsigned)threads)) return 1;
+    for (int i = 0; i < n; i++) rng[i] = (seed + 0x9e3779b97f4a7c15ull * (uint64_t)(i + 1)) | 1;
+    for (int t = 0; t < threads; t++) {
+        w[t] = (walker){.g = g, .v = v, .eos = eos, .n = n, .steps = steps, .repeat = repeat, .threads = threads,
+                        .tid = t, .m = m, .rng = rng, .bar = &bar};
+        if (pthread_create(&th[t], NULL, walk_thread, &w[t])) return 1;
+    }
+    double t_mask = 0, t_adv = 0;
+    long long allowed = 0, restarts = 0;
+    int failed = 0;
+    for (int t = 0; t < threads; t++) {
+        pthread_join(th[t], NULL);
+        t_mask += w[t].t_mask, t_adv += w[t].t_adv, allowed += w[t].allowed, restarts += w[t].restarts;
+        failed |= w[t].failed;
+    }
+    if (failed) return fprintf(stderr, "bench-grammar: a matcher allowed nothing\n"), 1;
+    long long n_tok = (long long)n * steps * repeat;
     int n_tab;
     size_t bytes_tab;
     double s_tab;
     grammar_tables_stats(g, &n_tab, &bytes_tab, &s_tab);
-    printf("pass 0 (tables made): %.1f ms, of which %d token tables made in %.1f ms, %.2f MiB\n", 1e3 * t_first, n_tab,
-           1e3 * s_tab, bytes_tab / 1048576.0);
-    printf("masks    %9.1f us a step  %7.2f us a token\n", 1e6 * t_mask / st, 1e6 * t_mask / n_tok);
-    printf("advances %9.1f us a step  %7.2f us a token\n", 1e6 * t_adv / st, 1e6 * t_adv / n_tok);
+    printf("walk: %d matchers x %d tokens x %d passes on %d threads, %lld outputs completed, allowed tokens per mask: "
+           "mean %.0f\n", n, steps, repeat, threads, restarts, (double)allowed / n_tok);
+    printf("pass 0 (tables made): %.1f ms a pass, %.1f us a step; %d token tables made in %.1f ms (thread time), %.2f MiB\n",
+           1e3 * w[0].t_first, 1e6 * w[0].t_first / steps, n_tab, 1e3 * s_tab, bytes_tab / 1048576.0);
+    printf("passes 1..: %.1f us a step (masks and advances, all threads done)\n", 1e6 * w[0].t_rest / ((double)steps * repeat));
+    printf("thread time: masks %.2f us a token, advances %.2f us a token\n", 1e6 * t_mask / n_tok, 1e6 * t_adv / n_tok);
     for (int i = 0; i < n; i++) grammar_matcher_destroy(m[i]);
-    free(m), free(mask), free(pick);
+    pthread_barrier_destroy(&bar);
+    free(m), free(rng), free(w), free(th);
     return 0;
 }
 
@@ -120,13 +173,14 @@ static void report(const char *what, double *t, int n) {
 int main(int argc, char **argv) {
     const char *dir = "../shared/tokenizers/qwen3";
     const char *schema_file = NULL;
-    int repeat = 3, n_walk = 0, steps = 256;
+    int repeat = 3, n_walk = 0, steps = 256, threads = 1;
     uint64_t seed = 1;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--tokenizer")) dir = argv[i + 1];
         else if (!strcmp(argv[i], "--repeat")) repeat = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--walk")) n_walk = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--steps")) steps = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]) > 0 ? atoi(argv[i + 1]) : 1;
         else if (!strcmp(argv[i], "--schema")) schema_file = argv[i + 1];
         else if (!strcmp(argv[i], "--seed")) seed = strtoull(argv[i + 1], NULL, 10) | 1;
         else {
@@ -173,7 +227,7 @@ int main(int argc, char **argv) {
     if (n_walk > 0) {
         printf("vocabulary: %d tokens; schema: %zu bytes, %d rules, %d elements, compiled in %.2f ms\n", n, text_len,
                grammar_n_rules(g), grammar_n_elems(g), 1e3 * t_compile);
-        int rc = walk(g, v, eos, n_walk, steps, repeat, seed);
+        int rc = walk(g, v, eos, n_walk, steps, repeat, threads, seed);
         grammar_release(g);
         grammar_vocab_destroy(v);
         tokenizer_destroy(tok);

@@ -582,10 +582,15 @@ static void print_result(const bench_options *o, const bench_work *w, engine *e,
     printf("prefix cache: %lld of %lld prompt tokens hit (%.2f%%), %lld evictions\n", r->st.prefix_hits_tokens,
            r->st.prefix_queries_tokens, 100 * hit, r->st.prefix_evictions);
     print_engram(e);
-    if (w->grammar)
-        printf("structured: %s, %lld masks, %.3f s computing them (%.2f us each)\n", o->schema_path,
-               r->st.grammar_masks, r->st.grammar_mask_seconds,
-               r->st.grammar_masks ? 1e6 * r->st.grammar_mask_seconds / r->st.grammar_masks : 0.0);
+    if (w->grammar) {
+        int n_tab;
+        size_t tab_bytes;
+        double tab_s;
+        grammar_tables_stats(w->grammar, &n_tab, &tab_bytes, &tab_s);
+        printf("structured: %s, %lld masks, %.3f s computing them (%.2f us each), of which %.3f s making %d token "
+               "tables on first use\n", o->schema_path, r->st.grammar_masks, r->st.grammar_mask_seconds,
+               r->st.grammar_masks ? 1e6 * r->st.grammar_mask_seconds / r->st.grammar_masks : 0.0, tab_s, n_tab);
+    }
     printf("{\"model\": \"%s\", \"device\": \"%s\", \"n\": %ld, \"prompt_len\": [%d, %d], \"output_len\": [%d, %d], "
            "\"seed\": %llu, \"max_num_seqs\": %d, \"max_num_batched_tokens\": %d, "
            "\"max_prefill_tokens_decoding\": %d, \"kv_cache_tokens\": %d, "
