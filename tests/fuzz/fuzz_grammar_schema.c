@@ -3,7 +3,8 @@
  * the compiler; the rest is its input. A compiled grammar is then walked by
  * a matcher over a toy vocabulary: each step's mask must agree with
  * accepting each token on a copy, and a walk that ends by EOS must be a
- * whole sentence when its bytes are fed to a fresh matcher. Errors must be
+ * whole sentence when its bytes are fed to a fresh matcher, and no accept
+ * that grammar_matcher_may_end_after rules out ends the output. Errors must be
  * one line; nothing may crash, hang or leak. */
 #include <stdint.h>
 #include <stdlib.h>
@@ -36,9 +37,12 @@ static void walk(grammar *g, const uint8_t *seed, size_t n_seed) {
         for (int id = 0; id < N_TOY; id++) {
             grammar_matcher *c = grammar_matcher_clone(m);
             if (!c) abort();
+            bool may = grammar_matcher_may_end_after(c, toy[id], strlen(toy[id]));
             bool acc = grammar_matcher_accept_token(c, v, id), in = (mask[0] >> id) & 1;
+            bool ended = acc && id != N_TOY - 1 && grammar_matcher_ended(c);
             grammar_matcher_destroy(c);
             if (acc != in) abort(); /* the mask and the matcher disagree */
+            if (ended && !may) abort(); /* an accept put off as unable to end the output ended it */
             if (in) allowed[na++] = id;
         }
         if (na != count) abort();
