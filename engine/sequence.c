@@ -247,8 +247,9 @@ static int seq_mask(engine *e, seq *s, float *logits) {
  * then through the grammar (the token was allowed, so it is accepted; one
  * that cannot complete the output is put off, s->gm_pending, and taken
  * before the matcher is next read). Returns true when the output is
- * complete (nothing more may follow), or cannot go on: a token that closes the reasoning block with bytes after
- * the marker that the grammar refuses (the output is kept, not repaired). */
+ * complete (nothing more may follow), or cannot go on: a token that closes
+ * the reasoning block with bytes after the marker that the grammar refuses
+ * (the output is kept, not repaired). */
 static bool seq_advance(engine *e, seq *s, int32_t next) {
     const engine_request *r = s->r;
     size_t n;
