@@ -379,7 +379,9 @@ int grammar__mask_fast(grammar_matcher *m, const grammar_vocab *v, uint32_t *mas
         const uint32_t *st = cur->data + cur->off[i]; /* data may be NULL while every stack is empty */
         if (table_get(m, v, st + len - k, k, &ts[i])) rc = -1;
         else if (!ts[i] || ts[i]->unsafe) rc = 1;
-        else if (k = ts[i]->klen, grammar__expand(m->g, st, len - k, &m->a, m->buf)) rc = -1; /* the rest: under its key */
+        if (rc) continue;
+        k = ts[i]->klen; /* the rest c lies under the table's key, which may be shorter */
+        if (grammar__expand(m->g, st, len - k, &m->a, m->buf)) rc = -1;
         else if (m->a.overflow || ts[i]->max_rec + m->a.max_rec > GRAMMAR_MAX_REC ||
                  len - k + ts[i]->max_len > GRAMMAR_MAX_DEPTH)
             rc = 1;
