@@ -10,6 +10,7 @@
 
 #include "base/err.h"
 #include "base/utf8.h"
+#include "base/util.h"
 #include "grammar/grammar_internal.h"
 
 #define MAX_NEST 256       /* ( group ) nesting in the text */
@@ -136,11 +137,7 @@ static int gb_new_rule(gb *b, const char *name, size_t name_len, u32vec *body) {
     return b->n_rules++;
 }
 
-static uint32_t name_hash(const char *s, size_t n) {
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)s[i]) * 16777619u;
-    return h;
-}
+static uint32_t name_hash(const char *s, size_t n) { return (uint32_t)util_fnv1a(UTIL_FNV1A_INIT, s, n); }
 
 /* The rule named s[0..n), made (undefined) when new. Returns its index or -1. */
 static int gb_rule_named(gb *b, const char *s, size_t n) {

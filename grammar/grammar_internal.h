@@ -43,6 +43,12 @@ static inline int grammar__class_has(const grammar *g, uint32_t c, uint8_t b) {
     return (g->classes[c][b >> 3] >> (b & 7)) & 1;
 }
 
+/* One step of the grammar's hashes over uint32 words (stacks, states,
+ * table keys: FNV-1a's 32-bit prime, a word at a time, for speed on the
+ * masks' hot path), from GRAMMAR_HASH_INIT. Byte strings take util_fnv1a. */
+#define GRAMMAR_HASH_INIT 2166136261u
+static inline uint32_t grammar__hash_step(uint32_t h, uint32_t w) { return (h ^ w) * 16777619u; }
+
 /* A growable uint32 vector. */
 typedef struct {
     uint32_t *v;

@@ -19,7 +19,8 @@
 
 typedef struct table {
     uint32_t key[TAU]; /* tau's top entries that the walk read (klen of them), bottom first */
-    uint32_t klen, hash; /* hash: key_step over the key, top down */
+    uint32_t klen, hash; /* hash: the key's entries top down, so that table_get hashes the keys of
+                          * a stack's top 1, 2, .. entries in one pass */
     uint32_t *acc_bits; /* (words) accepted token ids as a bitset, or NULL when */
     int32_t *acc_ids;   /* (n_acc) listed (few accepted) */
     int n_acc;
@@ -112,8 +113,8 @@ static void note_advance(table *t, const gstate *nx) {
 /* The id of state s among b's (interned now if new): >= 0, -1 out of memory,
  * -2 when MEMO_STATES are taken. */
 static int intern(build *b, const gstate *s) {
-    uint32_t h = 2166136261u ^ (uint32_t)s->n;
-    for (int i = 0; i < s->n; i++) h = (h ^ s->hash[i]) * 16777619u;
+    uint32_t h = GRAMMAR_HASH_INIT ^ (uint32_t)s->n;
+    for (int i = 0; i < s->n; i++) h = grammar__hash_step(h, s->hash[i]);
     for (uint32_t k = h & (MEMO_SLOTS - 1);; k = (k + 1) & (MEMO_SLOTS - 1)) {
         int id = b->slot[k] - 1;
         if (id < 0) break;
@@ -204,11 +205,6 @@ static void memo_free(build *b) {
     free(b->st), free(b->st_hash), free(b->next), free(b->slot);
 }
 
-/* The hash of the key of a stack's top n entries, top down, so that the
- * keys of 1, 2, .. entries hash as one pass goes (table_get). */
-static uint32_t key_step(uint32_t h, uint32_t entry) { return (h ^ entry) * 16777619u; }
-#define KEY_SEED 2166136261u
-
 /* The table of tau (klen entries), made now, then keyed by the entries its
  * walk read: with min_len the shortest stack an expansion began from, the
  * entries below index min_len - 1 were never read, so the table is that of
@@ -255,8 +251,8 @@ static table *table_make(grammar_matcher *m, const grammar_vocab *v, const uint3
     memmove(t->key, t->key + (klen - used), used * sizeof(uint32_t));
     t->max_len -= klen - used; /* the entries left out lie under every stack the walk made */
     t->klen = used;
-    t->hash = KEY_SEED;
-    for (uint32_t j = 1; j <= used; j++) t->hash = key_step(t->hash, t->key[used - j]);
+    t->hash = GRAMMAR_HASH_INIT;
+    for (uint32_t j = 1; j <= used; j++) t->hash = grammar__hash_step(t->hash, t->key[used - j]);
     return t;
 fail:
     memo_free(&b);
@@ -286,9 +282,9 @@ static int table_get(grammar_matcher *m, const grammar_vocab *v, const uint32_t 
         g->tables = ts;
     }
     if (ts->vocab != v->serial) return 0; /* bound to the first vocabulary (one per engine) */
-    uint32_t h = KEY_SEED;
+    uint32_t h = GRAMMAR_HASH_INIT;
     for (uint32_t j = 1; j <= klen; j++) {
-        h = key_step(h, tau[klen - j]);
+        h = grammar__hash_step(h, tau[klen - j]);
         for (table *t = ts->buckets[h & (ts->n_buckets - 1)]; t; t = t->next)
             if (t->hash == h && t->klen == j && !memcmp(t->key, tau + klen - j, j * sizeof(uint32_t))) {
                 *out = t;

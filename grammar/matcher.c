@@ -31,8 +31,8 @@ static void state_clear(gstate *s) {
 }
 
 static uint32_t stack_hash(const uint32_t *st, uint32_t len) {
-    uint32_t h = 2166136261u ^ len;
-    for (uint32_t i = 0; i < len; i++) h = (h ^ st[i]) * 16777619u;
+    uint32_t h = GRAMMAR_HASH_INIT ^ len;
+    for (uint32_t i = 0; i < len; i++) h = grammar__hash_step(h, st[i]);
     return h;
 }
 
