@@ -207,12 +207,13 @@ gemv_block_kernel(gemv_args a, const float *x, int cols) {
     }
 }
 
-/* Which kernel, by measurement (bench-gpu_peak ops, H100, bench/RESULTS.md):
- * the block kernel on matrices up to GEMV_BLOCK_MAX_BYTES (4096x4096 12.5
- * against 14.8 us, 1024x4096 3.9 against 7.1), a warp per row on larger ones
- * and for gate|up (2x14336x4096 GLU 78.7 against 90.4 us). ENGRAM_GEMV=warp|
- * block forces one (benchmarks: both in one run). */
-#define GEMV_BLOCK_MAX_BYTES (64u << 20)
+/* Which kernel, by measurement (H100, bench/RESULTS.md): the block kernel on
+ * matrices up to GEMV_BLOCK_MAX_BYTES (alone in a graph 1024x4096 takes 4.9
+ * against 7.3 us; llama3-1b, whose products are all small, decodes 1.5%
+ * faster with it), a warp per row on larger ones and for gate|up (2x14336x4096
+ * GLU 77.7 against 92.2 us; llama3-8b and qwen3-8b decode 1.2-1.6% faster
+ * with warps everywhere). ENGRAM_GEMV=warp|block forces one (benchmarks). */
+#define GEMV_BLOCK_MAX_BYTES (16u << 20)
 static bool gemv_use_block(int mode, int rows, int cols, size_t wbytes) {
     static int force = -1;
     if (force < 0) {

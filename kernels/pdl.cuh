@@ -11,8 +11,11 @@
 //   - pdl_trigger() lets the next kernel begin launching; it is called at the
 //     start (the next kernel waits for this one's completion before touching
 //     anything this one writes, so early is safe).
-// A kernel launched without the attribute (ENGRAM_PDL=0, or a plain <<<>>>)
+// A kernel launched without the attribute (the default, or a plain <<<>>>)
 // runs as usual: pdl_wait() returns at once, pdl_trigger() does nothing.
+// Off by default, by measurement (H100, bench/RESULTS.md): each op alone gains
+// 0.4-1.5 us, but a whole llama3-8b decode step lost 10% with it on (140.3
+// against 158.0 tok/s, same call); ENGRAM_PDL=1 turns it on for experiments.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -25,12 +28,12 @@ __device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.lau
 // 128 bytes at p into L2 (no register, no wait): weights before pdl_wait().
 __device__ __forceinline__ void pdl_prefetch_l2(const void *p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
 
-// ENGRAM_PDL=0 turns the attribute off (benchmarks: both ways in one run).
+// ENGRAM_PDL=1 turns the attribute on (benchmarks: both ways in one run).
 static inline bool pdl_on() {
     static int on = -1;
     if (on < 0) {
         const char *v = getenv("ENGRAM_PDL");
-        on = !(v && !strcmp(v, "0"));
+        on = v && !strcmp(v, "1");
     }
     return on;
 }
