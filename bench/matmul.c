@@ -9,8 +9,13 @@
  * GB/s of weights read and GFLOP/s; and GFLOP per second of the process's CPU
  * time (best pass), which another process sharing the cores disturbs less
  * (with one thread: the kernel's own rate).
+ * --shape lexicon: the default model's layers instead (models/engram-lexicon:
+ * q 256x256, k and v 128x256, o 256x256, gate and up 704x256, down 256x704):
+ * 1.5 MB a layer, where a step lives in the caches and per-product overheads
+ * (the pool's handoff, the tiles' reductions) rule.
  *   bench-matmul [--isa auto|avx512|avx2|generic|avx512bf16] [--threads N] [--layers L]
- *                    [--reps R] [T ...]   (default 4 layers, 7 reps, T = 1 64) */
+ *                    [--reps R] [--shape llama3-1b|lexicon] [T ...]
+ *                    (default llama3-1b, 4 layers, 7 reps, T = 1 64) */
 #include <stdint.h>
 #include <stdio.h>
 #include <time.h>
@@ -34,7 +39,7 @@ static int cmp_double(const void *a, const void *b) {
 int main(int argc, char **argv) {
     backend_params bp = backend_default_params();
     long layers = 4, reps = 7, threads = 0;
-    int ts[16], nt = 0;
+    int ts[16], nt = 0, lexicon = 0;
     for (int i = 1; i < argc; i++) {
         long v;
         if (!strcmp(argv[i], "--isa") && i + 1 < argc) {
@@ -45,6 +50,9 @@ int main(int argc, char **argv) {
             if (util_parse_long(argv[++i], 1, 64, &layers)) goto usage;
         } else if (!strcmp(argv[i], "--reps") && i + 1 < argc) {
             if (util_parse_long(argv[++i], 1, 1000, &reps)) goto usage;
+        } else if (!strcmp(argv[i], "--shape") && i + 1 < argc) {
+            i++;
+            if (!(lexicon = !strcmp(argv[i], "lexicon")) && strcmp(argv[i], "llama3-1b")) goto usage;
         } else if (nt < 16 && !util_parse_long(argv[i], 1, 4096, &v)) {
             ts[nt++] = (int)v;
         } else {
@@ -60,8 +68,11 @@ int main(int argc, char **argv) {
         return 1;
     }
     enum { NM = 7 };
-    static const int rows[NM] = {2048, 512, 512, 2048, 8192, 8192, 2048};
-    static const int cols[NM] = {2048, 2048, 2048, 2048, 2048, 2048, 8192};
+    static const int shapes[2][2][NM] = {
+        {{2048, 512, 512, 2048, 8192, 8192, 2048}, {2048, 2048, 2048, 2048, 2048, 2048, 8192}}, /* rows, cols */
+        {{256, 128, 128, 256, 704, 704, 256}, {256, 256, 256, 256, 256, 256, 704}},
+    };
+    const int *rows = shapes[lexicon][0], *cols = shapes[lexicon][1];
     weight *w = calloc((size_t)layers * NM, sizeof(weight));
     size_t params = 0;
     uint32_t s = 2463534242u;
@@ -77,8 +88,8 @@ int main(int argc, char **argv) {
             w[l * NM + m] = (weight){.data = d, .dt = DTYPE_BF16, .rows = rows[m], .cols = cols[m], .fmt = WEIGHT_DENSE};
             params += n;
         }
-    printf("isa %s, threads %ld, %ld layers (%.0f MB of bf16 weights)\n", backend_cpu_isa_str(be->params.cpu_isa),
-           threads, layers, params * 2 / 1e6);
+    printf("isa %s, threads %ld, %ld %s layers (%.1f MB of bf16 weights)\n", backend_cpu_isa_str(be->params.cpu_isa),
+           threads, layers, lexicon ? "lexicon" : "llama3-1b", params * 2 / 1e6);
     for (int k = 0; k < nt; k++) {
         int T = ts[k];
         float *x = malloc((size_t)T * 8192 * sizeof(float)), *y = malloc((size_t)T * 8192 * sizeof(float));
@@ -105,6 +116,6 @@ int main(int argc, char **argv) {
     return 0;
 usage:
     fprintf(stderr, "usage: bench-matmul [--isa auto|avx512|avx2|generic|avx512bf16] [--threads N] [--layers L] [--reps R] "
-                    "[T ...]\n");
+                    "[--shape llama3-1b|lexicon] [T ...]\n");
     return 2;
 }

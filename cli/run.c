@@ -630,14 +630,16 @@ static int run_decode(run_ctx *r) {
     return 0;
 }
 
-/* The timing lines on stderr: t0 start, t1 after load and warmup, t2 after
+/* The timing lines on stderr: t0 start, tw after the load (before the
+ * warmup, which runs the whole prompt once more: apart, so that a long
+ * prompt's warmup is not read as load time), t1 after the warmup, t2 after
  * the prefill, t3 after the decode; then the Engram share and store. */
-static void run_print_timings(const run_ctx *r, double t0, double t1, double t2, double t3) {
+static void run_print_timings(const run_ctx *r, double t0, double tw, double t1, double t2, double t3) {
     int n_out = r->n_out, n_prompt = r->n_prompt;
     fprintf(stderr,
-            "engram-run: load %.2fs, prefill %d tokens in %.3fs (%.1f tok/s), decode %d tokens in "
+            "engram-run: load %.2fs, warmup %.2fs, prefill %d tokens in %.3fs (%.1f tok/s), decode %d tokens in "
             "%.3fs (%.2f tok/s), %.1f MB of weights read per token\n",
-            t1 - t0, n_prompt, t2 - t1, n_prompt / (t2 - t1), n_out > 1 ? n_out - 1 : 0, t3 - t2,
+            tw - t0, t1 - tw, n_prompt, t2 - t1, n_prompt / (t2 - t1), n_out > 1 ? n_out - 1 : 0, t3 - t2,
             n_out > 1 ? (n_out - 1) / (t3 - t2) : 0.0, model_weight_bytes_per_token(r->m) / 1e6);
     if (r->nl)
         fprintf(stderr, "engram-run: Engram (hashing, gather, module) took %.1f%% of forward time\n",
@@ -714,7 +716,9 @@ static int run_print_outputs(const run_ctx *r) {
  * message on stderr. */
 static int run_generate(run_ctx *r) {
     double t0 = util_now();
-    if (run_model_open(r) || run_setup(r) || (r->o->warmup && run_warmup(r))) return 1;
+    if (run_model_open(r) || run_setup(r)) return 1;
+    double tw = util_now();
+    if (r->o->warmup && run_warmup(r)) return 1;
     double t1 = util_now();
     int frc = forward_run(r->fc, r->st, r->prompt, r->n_prompt, r->logits, r->gates);
     if (frc != FORWARD_OK) {
@@ -724,7 +728,7 @@ static int run_generate(run_ctx *r) {
     double t2 = util_now();
     if ((r->o->dump_logits && run_dump_logits(r)) || run_decode(r)) return 1;
     double t3 = util_now();
-    run_print_timings(r, t0, t1, t2, t3);
+    run_print_timings(r, t0, tw, t1, t2, t3);
     return run_print_outputs(r) ? 1 : 0;
 }
 

@@ -1,8 +1,8 @@
 /* The CPU backend's matrix product out = x W^T (+ bias), batch-invariant: an
  * output element is one fixed sum whatever the number of tokens. One code
  * path per ISA family, chosen when the backend is made (backend_params
- * .cpu_isa): AVX-512 and AVX2 (FMA chains, bf16 widened in registers,
- * cpu_matmul_isa.h) and the generic one (portable C vectors, no FMA: the
+ * .cpu_isa): AVX-512 and AVX2 (FMA chains, bf16 widened in registers by a
+ * shift and a mask per pair of elements, cpu_matmul_isa.h) and the generic one (portable C vectors, no FMA: the
  * backend's numerics before the SIMD paths, kept as the reference they are
  * tested against). The families round differently (FMA, lane count), so a
  * result is bit-identical within a family, and within tolerance across them. */
@@ -90,14 +90,18 @@ static void generic_block(float *out, size_t n, const float *x, const void *w, i
 #define ISA(name) name##_avx2
 #define ISA_TARGET "avx2,fma"
 #define VL 8
+#define TILE_R 2 /* 8 accumulators, 4 widened vectors, 2 of x: 16 registers */
 typedef __m256 vf_avx2;
 #define vf vf_avx2
+#define vi __m256i
 #define vzero() _mm256_setzero_ps()
 #define vloadx(p) _mm256_loadu_ps(p)
 #define vloadw(p) _mm256_loadu_ps(p)
-#define vloadw_bf16(p) \
-    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
+#define vloadi(p) _mm256_loadu_si256((const __m256i *)(p))
+#define vlo(u) _mm256_castsi256_ps(_mm256_slli_epi32(u, 16))
+#define vhi(u) _mm256_castsi256_ps(_mm256_and_si256(u, _mm256_set1_epi32((int)0xffff0000u)))
 #define vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define vpin(v) (void)(v) /* 16 registers: pinning the tile's x would spill */
 __attribute__((target(ISA_TARGET))) static inline float hsum_avx2(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)); /* lanes i + (i+4) */
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));                                         /* + (i+2) */
@@ -109,26 +113,35 @@ __attribute__((target(ISA_TARGET))) static inline float hsum_avx2(__m256 v) {
 #undef ISA
 #undef ISA_TARGET
 #undef VL
+#undef TILE_R
 #undef vf
+#undef vi
 #undef vzero
 #undef vloadx
 #undef vloadw
-#undef vloadw_bf16
+#undef vloadi
+#undef vlo
+#undef vhi
 #undef vfma
+#undef vpin
 #undef vhsum
 
 /* ---- AVX-512 (F, BW, VL): 16 lanes ---- */
 #define ISA(name) name##_avx512
 #define ISA_TARGET "avx512f,avx512bw,avx512vl,avx2,fma"
 #define VL 16
+#define TILE_R 4 /* 16 accumulators, 8 widened vectors, 8 of x (pinned): 32 registers */
 typedef __m512 vf_avx512;
 #define vf vf_avx512
+#define vi __m512i
 #define vzero() _mm512_setzero_ps()
 #define vloadx(p) _mm512_loadu_ps(p)
 #define vloadw(p) _mm512_loadu_ps(p)
-#define vloadw_bf16(p) \
-    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
+#define vloadi(p) _mm512_loadu_si512(p)
+#define vlo(u) _mm512_castsi512_ps(_mm512_slli_epi32(u, 16))
+#define vhi(u) _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32((int)0xffff0000u)))
 #define vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define vpin(v) __asm__("" : "+v"(v))
 __attribute__((target(ISA_TARGET))) static inline float hsum_avx512(__m512 v) {
     __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
     /* lanes i + (i+8); extractf64x4 is AVX512F, extractf32x8 would need DQ */
@@ -253,7 +266,8 @@ int cpu__isa_resolve(int isa) {
 
 typedef struct {
     float *out;
-    const float *x, *bias;
+    const float *x, *bias; /* x: (T, xs) */
+    size_t xs;             /* x's row stride: d, or the paired rows' length (avx2, avx512 with bf16 weights) */
     const uint16_t *xb; /* x rounded to bf16 (avx512bf16 with bf16 weights), else NULL */
     const weight *w;
     int T, isa;
@@ -276,8 +290,8 @@ static void matmul_blocks(void *arg, int ith, int nth) {
             else rows = (const char *)w->data + (size_t)i0 * d * dtype_size(w->dt);
             int wbf16 = j->inplace && j->bf16;
             if (j->xb) block_bf16(out + i0, (size_t)n, j->xb, rows, nr, d, T);
-            else if (j->isa >= BACKEND_CPU_ISA_AVX512) block_avx512(out + i0, (size_t)n, j->x, rows, wbf16, nr, d, T);
-            else if (j->isa == BACKEND_CPU_ISA_AVX2) block_avx2(out + i0, (size_t)n, j->x, rows, wbf16, nr, d, T);
+            else if (j->isa >= BACKEND_CPU_ISA_AVX512) block_avx512(out + i0, (size_t)n, j->x, j->xs, rows, wbf16, nr, d, T);
+            else if (j->isa == BACKEND_CPU_ISA_AVX2) block_avx2(out + i0, (size_t)n, j->x, j->xs, rows, wbf16, nr, d, T);
             else generic_block(out + i0, (size_t)n, j->x, rows, wbf16, nr, d, T);
             if (j->bias)
                 for (int t = 0; t < T; t++)
@@ -289,14 +303,22 @@ static void matmul_blocks(void *arg, int ith, int nth) {
 void cpu__matmul(backend *be, float *out, const float *x, const weight *w, const float *bias, int T) {
     int isa = be->params.cpu_isa;
     bool dense = w->fmt == WEIGHT_DENSE, bf16 = dense && w->dt == DTYPE_BF16;
-    matmul_job j = {.out = out, .x = x, .bias = bias, .w = w, .T = T, .isa = isa, .bf16 = bf16,
+    int d = w->cols;
+    matmul_job j = {.out = out, .x = x, .xs = (size_t)d, .bias = bias, .w = w, .T = T, .isa = isa, .bf16 = bf16,
                     .blocks = cpu__range((w->rows + ROW_BLOCK - 1) / ROW_BLOCK, 1)};
     j.inplace = dense && (w->dt == DTYPE_F32 || (bf16 && (isa != BACKEND_CPU_ISA_GENERIC || T < WIDEN_MIN_TOKENS)));
     if (isa == BACKEND_CPU_ISA_AVX512BF16 && bf16 && !w->f32_activations) { /* else the avx512 path */
-        uint16_t *xb = cpu__scratch(be, (size_t)T * w->cols * sizeof(uint16_t));
+        uint16_t *xb = cpu__scratch(be, (size_t)T * d * sizeof(uint16_t));
         if (!xb) return; /* cpu__scratch marked the failure */
-        round_bf16(xb, x, T, w->cols);
+        round_bf16(xb, x, T, d);
         j.xb = xb;
+    } else if (bf16 && isa != BACKEND_CPU_ISA_GENERIC) { /* avx2, avx512 (avx512bf16's f32-activation products too) */
+        int step = isa == BACKEND_CPU_ISA_AVX2 ? 16 : 32, dp = (d + step - 1) / step * step;
+        float *xp = cpu__scratch(be, (size_t)T * dp * sizeof(float));
+        if (!xp) return;
+        if (isa == BACKEND_CPU_ISA_AVX2) pair_x_avx2(xp, x, T, d, dp);
+        else pair_x_avx512(xp, x, T, d, dp);
+        j.x = xp, j.xs = (size_t)dp;
     }
     cpu__parallel(be, matmul_blocks, &j);
     if (!cpu__range_done(&j.blocks)) cpu__fail(be);
