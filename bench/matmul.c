@@ -12,9 +12,11 @@
  * --shape lexicon: the default model's layers instead (models/engram-lexicon:
  * q 256x256, k and v 128x256, o 256x256, gate and up 704x256, down 256x704):
  * 1.5 MB a layer, where a step lives in the caches and per-product overheads
- * (the pool's handoff, the tiles' reductions) rule.
+ * (the pool's handoff, the tiles' reductions) rule. Matrices are 64-byte
+ * aligned; --offset B (even, < 64) starts each B bytes past a cache line, as
+ * tensors in a safetensors file mostly do (models/engram-lexicon's: 8).
  *   bench-matmul [--isa auto|avx512|avx2|generic|avx512bf16] [--threads N] [--layers L]
- *                    [--reps R] [--shape llama3-1b|lexicon] [T ...]
+ *                    [--reps R] [--shape llama3-1b|lexicon] [--offset B] [T ...]
  *                    (default llama3-1b, 4 layers, 7 reps, T = 1 64) */
 #include <stdint.h>
 #include <stdio.h>
@@ -39,7 +41,7 @@ static int cmp_double(const void *a, const void *b) {
 int main(int argc, char **argv) {
     backend_params bp = backend_default_params();
     long layers = 4, reps = 7, threads = 0;
-    int ts[16], nt = 0, lexicon = 0;
+    int ts[16], nt = 0, lexicon = 0, offset = 0;
     for (int i = 1; i < argc; i++) {
         long v;
         if (!strcmp(argv[i], "--isa") && i + 1 < argc) {
@@ -50,6 +52,9 @@ int main(int argc, char **argv) {
             if (util_parse_long(argv[++i], 1, 64, &layers)) goto usage;
         } else if (!strcmp(argv[i], "--reps") && i + 1 < argc) {
             if (util_parse_long(argv[++i], 1, 1000, &reps)) goto usage;
+        } else if (!strcmp(argv[i], "--offset") && i + 1 < argc) {
+            if (util_parse_long(argv[++i], 0, 62, &v) || v % 2) goto usage;
+            offset = (int)v;
         } else if (!strcmp(argv[i], "--shape") && i + 1 < argc) {
             i++;
             if (!(lexicon = !strcmp(argv[i], "lexicon")) && strcmp(argv[i], "llama3-1b")) goto usage;
@@ -79,8 +84,11 @@ int main(int argc, char **argv) {
     for (int l = 0; l < layers; l++)
         for (int m = 0; m < NM; m++) {
             size_t n = (size_t)rows[m] * cols[m];
-            uint16_t *d = malloc(n * 2);
-            if (!d) return 1;
+            /* 64-byte aligned, as a synthetic model's matrices (page-aligned)
+             * and unlike most of a safetensors file's (--offset B: B bytes past) */
+            char *raw = aligned_alloc(64, (n * 2 + 64 + 63) / 64 * 64);
+            if (!raw) return 1;
+            uint16_t *d = (uint16_t *)(raw + offset);
             for (size_t i = 0; i < n; i++) { /* bf16 of magnitude about 2^-6 with random mantissas and signs */
                 s ^= s << 13, s ^= s >> 17, s ^= s << 5;
                 d[i] = (uint16_t)(0x3c00 | (s & 0x807f));
@@ -92,7 +100,7 @@ int main(int argc, char **argv) {
            threads, layers, lexicon ? "lexicon" : "llama3-1b", params * 2 / 1e6);
     for (int k = 0; k < nt; k++) {
         int T = ts[k];
-        float *x = malloc((size_t)T * 8192 * sizeof(float)), *y = malloc((size_t)T * 8192 * sizeof(float));
+        float *x = aligned_alloc(64, (size_t)T * 8192 * sizeof(float)), *y = aligned_alloc(64, (size_t)T * 8192 * sizeof(float));
         for (size_t i = 0; i < (size_t)T * 8192; i++) x[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
         double *t = malloc((size_t)reps * sizeof(double)), cpu = 1e30;
         for (int r = -1; r < reps; r++) { /* pass -1 warms up */
@@ -110,12 +118,12 @@ int main(int argc, char **argv) {
                params * 2 / med / 1e9, 2.0 * params * T / med / 1e9, 2.0 * params * T / cpu / 1e9);
         free(x), free(y), free(t);
     }
-    for (int i = 0; i < layers * NM; i++) free((void *)w[i].data);
+    for (int i = 0; i < layers * NM; i++) free((char *)w[i].data - offset);
     free(w);
     backend_destroy(be);
     return 0;
 usage:
     fprintf(stderr, "usage: bench-matmul [--isa auto|avx512|avx2|generic|avx512bf16] [--threads N] [--layers L] [--reps R] "
-                    "[--shape llama3-1b|lexicon] [T ...]\n");
+                    "[--shape llama3-1b|lexicon] [--offset B] [T ...]\n");
     return 2;
 }

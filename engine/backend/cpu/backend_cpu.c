@@ -51,10 +51,13 @@ void *cpu__scratch(backend *be, size_t bytes) {
     if (bytes > c->scratch_bytes) {
         free(c->scratch);
         c->scratch_bytes = 0;
-        if (!(c->scratch = malloc(bytes))) {
+        void *p = NULL; /* cache-line aligned: the matrix tiles load whole vectors of it */
+        if (posix_memalign(&p, 64, bytes)) {
+            c->scratch = NULL;
             cpu__fail(be);
             return NULL;
         }
+        c->scratch = p;
         c->scratch_bytes = bytes;
     }
     return c->scratch;
