@@ -38,6 +38,8 @@ typedef struct {
     size_t moe_scratch_floats;
     void *scratch; /* cpu__scratch's */
     size_t scratch_bytes;
+    void **tscratch; /* (threads) cpu__thread_scratch's, one per pool thread */
+    size_t *tscratch_bytes;
     atomic_bool failed; /* an op could not get its scratch since take_failure last looked */
 } cpu_backend;
 
@@ -61,6 +63,18 @@ void *cpu__scratch(backend *be, size_t bytes) {
         c->scratch_bytes = bytes;
     }
     return c->scratch;
+}
+
+void *cpu__thread_scratch(backend *be, int ith, size_t bytes) {
+    cpu_backend *c = (cpu_backend *)be;
+    if (bytes > c->tscratch_bytes[ith]) {
+        void *p = NULL;
+        free(c->tscratch[ith]);
+        c->tscratch[ith] = NULL, c->tscratch_bytes[ith] = 0;
+        if (posix_memalign(&p, 64, bytes)) return NULL;
+        c->tscratch[ith] = p, c->tscratch_bytes[ith] = bytes;
+    }
+    return c->tscratch[ith];
 }
 
 int cpu__threads(backend *be) { return cpu__pool_threads(((cpu_backend *)be)->pool); }
@@ -148,6 +162,7 @@ static void cpu_kv_store(backend *be, void *kc, void *vc, const float *k, const 
 }
 
 typedef struct {
+    backend *be;
     float *out;
     const float *q, *k, *v;
     const batch_desc *b;
@@ -160,7 +175,7 @@ static void attention_items(void *arg, int ith, int nth) {
     const batch_desc *b = a->b;
     int n_heads = a->n_heads, hd = a->hd, group = n_heads / a->n_kv, kvw = a->n_kv * hd, bs = b->block_size;
     float scale = 1.0f / sqrtf((float)hd);
-    float *sc = malloc((size_t)b->max_ctx * sizeof(float));
+    float *sc = cpu__thread_scratch(a->be, ith, (size_t)b->max_ctx * sizeof(float));
     if (!sc) return; /* the other workers take the items (cpu__range_done) */
     int i0, i1;
     while (cpu__range_take(&a->items, &i0, &i1))
@@ -190,12 +205,11 @@ static void attention_items(void *arg, int ith, int nth) {
                 for (int e = 0; e < hd; e++) o[e] += p * vv[e];
             }
         }
-    free(sc);
 }
 
 static void cpu_attention(backend *be, float *out, const float *q, const void *kcache, const void *vcache,
                           const batch_desc *b, int n_heads, int n_kv, int hd, int window) {
-    attention_job a = {.out = out, .q = q, .k = kcache, .v = vcache, .b = b, .n_heads = n_heads, .n_kv = n_kv,
+    attention_job a = {.be = be, .out = out, .q = q, .k = kcache, .v = vcache, .b = b, .n_heads = n_heads, .n_kv = n_kv,
                        .hd = hd, .window = window, .items = cpu__range(b->n_tokens * n_heads, 1)};
     cpu__parallel(be, attention_items, &a);
     if (!cpu__range_done(&a.items)) cpu__fail(be);
@@ -629,6 +643,10 @@ static void cpu_sample_argmax(backend *be, int32_t *next, float *logits, const i
 }
 
 static void cpu_destroy(backend *be) {
+    cpu_backend *c = (cpu_backend *)be;
+    for (int i = 0; c->tscratch && i < cpu__pool_threads(c->pool); i++) free(c->tscratch[i]);
+    free(c->tscratch);
+    free(c->tscratch_bytes);
     cpu__pool_destroy(((cpu_backend *)be)->pool);
     free(((cpu_backend *)be)->moe_scratch);
     free(((cpu_backend *)be)->scratch);
@@ -707,6 +725,15 @@ backend *backend_cpu_create_with(const backend_params *p, char *err, size_t errl
     if (!c || !(c->pool = cpu__pool_create(bp.cpu_threads > 0 ? bp.cpu_threads : omp_get_max_threads()))) {
         free(c);
         snprintf(err, errlen, "out of memory or threads");
+        return NULL;
+    }
+    int n = cpu__pool_threads(c->pool);
+    c->tscratch = calloc((size_t)n, sizeof(void *));
+    c->tscratch_bytes = calloc((size_t)n, sizeof(size_t));
+    if (!c->tscratch || !c->tscratch_bytes) {
+        c->base.ops = &cpu_ops;
+        cpu_destroy(&c->base);
+        snprintf(err, errlen, "out of memory");
         return NULL;
     }
     c->base.ops = &cpu_ops;

@@ -16,6 +16,10 @@
  * (grown as needed, never shrunk; its contents do not survive the next call).
  * NULL (and cpu__fail) when out of memory: the op leaves its output unwritten. */
 void *cpu__scratch(backend *be, size_t bytes);
+/* bytes of pool thread ith's own scratch (cache-line aligned, grown as
+ * needed, never shrunk; valid for the rest of the job that asked), or NULL
+ * when out of memory: the job body then takes no work (see cpu__range_done). */
+void *cpu__thread_scratch(backend *be, int ith, size_t bytes);
 
 /* ---- the thread pool (cpu_pool.c) ---- */
 

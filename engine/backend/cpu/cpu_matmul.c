@@ -265,6 +265,7 @@ int cpu__isa_resolve(int isa) {
 #define WIDEN_MIN_TOKENS 4
 
 typedef struct {
+    backend *be;
     float *out;
     const float *x, *bias; /* x: (T, xs) */
     size_t xs;             /* x's row stride: d, or the paired rows' length (avx2, avx512 with bf16 weights) */
@@ -279,15 +280,15 @@ static void matmul_blocks(void *arg, int ith, int nth) {
     matmul_job *j = arg;
     const weight *w = j->w;
     int n = w->rows, d = w->cols, T = j->T, b0, b1;
-    float *wf = NULL, *out = j->out;
-    if (!j->inplace && !(wf = malloc((size_t)ROW_BLOCK * d * sizeof(float))))
+    float *out = j->out;
+    float *wf = NULL; /* the block's rows widened to f32, unless read in place */
+    if (!j->inplace && !(wf = cpu__thread_scratch(j->be, ith, (size_t)ROW_BLOCK * d * sizeof(float))))
         return; /* the other workers take the blocks (cpu__range_done) */
     while (cpu__range_take(&j->blocks, &b0, &b1))
         for (int bi = b0; bi < b1; bi++) {
             int i0 = bi * ROW_BLOCK, nr = i0 + ROW_BLOCK < n ? ROW_BLOCK : n - i0;
-            const void *rows = wf;
-            if (wf) model_weight_rows_to_f32(wf, w, i0, nr);
-            else rows = (const char *)w->data + (size_t)i0 * d * dtype_size(w->dt);
+            const void *rows = (const char *)w->data + (size_t)i0 * d * dtype_size(w->dt);
+            if (wf) model_weight_rows_to_f32(wf, w, i0, nr), rows = wf;
             int wbf16 = j->inplace && j->bf16;
             if (j->xb) block_bf16(out + i0, (size_t)n, j->xb, rows, nr, d, T);
             else if (j->isa >= BACKEND_CPU_ISA_AVX512) block_avx512(out + i0, (size_t)n, j->x, j->xs, rows, wbf16, nr, d, T);
@@ -297,14 +298,13 @@ static void matmul_blocks(void *arg, int ith, int nth) {
                 for (int t = 0; t < T; t++)
                     for (int i = 0; i < nr; i++) out[(size_t)t * n + i0 + i] += j->bias[i0 + i];
         }
-    free(wf);
 }
 
 void cpu__matmul(backend *be, float *out, const float *x, const weight *w, const float *bias, int T) {
     int isa = be->params.cpu_isa;
     bool dense = w->fmt == WEIGHT_DENSE, bf16 = dense && w->dt == DTYPE_BF16;
     int d = w->cols;
-    matmul_job j = {.out = out, .x = x, .xs = (size_t)d, .bias = bias, .w = w, .T = T, .isa = isa, .bf16 = bf16,
+    matmul_job j = {.be = be, .out = out, .x = x, .xs = (size_t)d, .bias = bias, .w = w, .T = T, .isa = isa, .bf16 = bf16,
                     .blocks = cpu__range((w->rows + ROW_BLOCK - 1) / ROW_BLOCK, 1)};
     j.inplace = dense && (w->dt == DTYPE_F32 || (bf16 && (isa != BACKEND_CPU_ISA_GENERIC || T < WIDEN_MIN_TOKENS)));
     if (isa == BACKEND_CPU_ISA_AVX512BF16 && bf16 && !w->f32_activations) { /* else the avx512 path */
