@@ -178,11 +178,14 @@ bf16_tile(float *out, size_t ostride, const uint16_t *x, size_t xstride, const u
     int k = 0;
     for (; k + 32 <= d; k += 32) {
         __m512bh wv[4];
+        __m512i xv[4]; /* pinned, as the f32 tiles' x (cpu_matmul_isa.h) */
         for (int r = 0; r < NR; r++) wv[r] = (__m512bh)_mm512_loadu_si512(w + (size_t)r * d + k);
         for (int t = 0; t < NT; t++) {
-            __m512bh xv = (__m512bh)_mm512_loadu_si512(x + (size_t)t * xstride + k);
-            for (int r = 0; r < NR; r++) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], xv, wv[r]);
+            xv[t] = _mm512_loadu_si512(x + (size_t)t * xstride + k);
+            __asm__("" : "+v"(xv[t]));
         }
+        for (int t = 0; t < NT; t++)
+            for (int r = 0; r < NR; r++) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], (__m512bh)xv[t], wv[r]);
     }
     if (k < d) {
         __m512bh wv[4];
