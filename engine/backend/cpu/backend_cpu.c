@@ -188,10 +188,32 @@ static void attention_items(void *arg, int ith, int nth) {
             int j0 = a->window > 0 && i - a->window + 1 > 0 ? i - a->window + 1 : 0;
             const float *qv = a->q + ((size_t)t * n_heads + h) * hd;
             float mx = -INFINITY;
-            for (int j = j0; j <= i; j++) { /* position j is row j % bs of block blocks[j / bs] */
-                const float *kv = a->k + ((size_t)blocks[j / bs] * bs + j % bs) * kvw + (size_t)kh * hd;
-                sc[j] = cpu__dot(qv, kv, hd) * scale;
-                if (sc[j] > mx) mx = sc[j];
+            int js = j0; /* the score loop's position */
+            for (; js + 8 <= i + 1; js += 8) { /* eight positions' cpu__dot side by side, one reduction */
+                const float *kv[8];
+                cpu__v8 acc[8];
+                for (int p = 0; p < 8; p++) {
+                    int jp = js + p; /* position jp is row jp % bs of block blocks[jp / bs] */
+                    kv[p] = a->k + ((size_t)blocks[jp / bs] * bs + jp % bs) * kvw + (size_t)kh * hd;
+                    acc[p] = (cpu__v8){0};
+                }
+                int e = 0;
+                for (; e + 8 <= hd; e += 8) {
+                    cpu__v8 qe = cpu__load8(qv + e);
+                    for (int p = 0; p < 8; p++) acc[p] += qe * cpu__load8(kv[p] + e);
+                }
+                for (; e < hd; e++)
+                    for (int p = 0; p < 8; p++) acc[p][0] += qv[e] * kv[p][e];
+                cpu__v8 s = cpu__lanes_sum8(acc);
+                for (int p = 0; p < 8; p++) {
+                    sc[js + p] = s[p] * scale;
+                    if (sc[js + p] > mx) mx = sc[js + p];
+                }
+            }
+            for (; js <= i; js++) {
+                const float *kv = a->k + ((size_t)blocks[js / bs] * bs + js % bs) * kvw + (size_t)kh * hd;
+                sc[js] = cpu__dot(qv, kv, hd) * scale;
+                if (sc[js] > mx) mx = sc[js];
             }
             for (int j = j0; j <= i; j++) sc[j] = expf(sc[j] - mx);
             double sum = 0.0; /* apart from the calls, so that it stays in a register */

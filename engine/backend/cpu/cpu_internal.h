@@ -101,6 +101,20 @@ static inline float cpu__lanes_sum(cpu__v8 a) {
     return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
 }
 
+/* cpu__lanes_sum of each of a[0..8), as the 8 lanes of one vector: the same
+ * pairs added in the same order ((0+1)+(2+3))+((4+5)+(6+7)), by shuffles
+ * across the eight (14 shuffles and 7 adds instead of 8 trees one by one). */
+static inline cpu__v8 cpu__lanes_sum8(const cpu__v8 a[8]) {
+#define EVEN(u, v) __builtin_shufflevector(u, v, 0, 2, 4, 6, 8, 10, 12, 14)
+#define ODD(u, v) __builtin_shufflevector(u, v, 1, 3, 5, 7, 9, 11, 13, 15)
+    cpu__v8 s[4], t[2];
+    for (int i = 0; i < 4; i++) s[i] = EVEN(a[2 * i], a[2 * i + 1]) + ODD(a[2 * i], a[2 * i + 1]); /* (0+1), (2+3), ... */
+    for (int i = 0; i < 2; i++) t[i] = EVEN(s[2 * i], s[2 * i + 1]) + ODD(s[2 * i], s[2 * i + 1]); /* (0+1)+(2+3), ... */
+    return EVEN(t[0], t[1]) + ODD(t[0], t[1]);
+#undef EVEN
+#undef ODD
+}
+
 /* sum_j x[j] r[j] as one fixed sum whatever the caller: eight lanes over j in
  * steps of 8, the tail into lane 0, then a fixed tree (the generic matrix
  * path's element, and attention's scores). */
