@@ -14,7 +14,9 @@
  *     avx512 path's bit for bit.
  *   - Batch invariance: on each path, each token's row of a T-token product
  *     (T = 1..9) is bit-identical to that token's product alone.
- * A path the CPU lacks is refused by backend_select with a clear error. */
+ * A path the CPU lacks is refused by backend_select with a clear error.
+ * And attention's batched reduction (cpu__lanes_sum8) is bit for bit eight
+ * cpu__lanes_sum trees, on sums whose order shows (mixed magnitudes). */
 #include <check.h>
 #include <math.h>
 #include <stdint.h>
@@ -24,6 +26,7 @@
 
 #include "base/numeric.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/cpu/cpu_internal.h"
 #include "engine/model/model.h"
 
 enum { N = 37, TMAX = 9 }; /* 37 rows: two blocks of 16 and 5 (a 4-row group and one more) */
@@ -149,6 +152,20 @@ START_TEST(f32_activations_take_the_f32_path) {
 }
 END_TEST
 
+START_TEST(lanes_sum8_is_eight_trees) {
+    for (int rep = 0; rep < 1000; rep++) {
+        cpu__v8 a[8];
+        for (int p = 0; p < 8; p++)
+            for (int l = 0; l < 8; l++) a[p][l] = ldexpf(uniform(), (int)(next() % 48) - 24);
+        cpu__v8 s = cpu__lanes_sum8(a);
+        for (int p = 0; p < 8; p++) {
+            float one = cpu__lanes_sum(a[p]);
+            ck_assert_msg(memcmp(&one, &s[p], sizeof(float)) == 0, "row %d: %a against %a", p, s[p], one);
+        }
+    }
+}
+END_TEST
+
 /* auto resolves to a concrete path, never the opt-in avx512bf16, and the
  * names parse both ways. */
 START_TEST(auto_and_names) {
@@ -169,6 +186,7 @@ int main(void) {
     tcase_add_loop_test(tc, paths_accurate_and_batch_invariant, 0, 4);
     tcase_add_test(tc, auto_and_names);
     tcase_add_test(tc, f32_activations_take_the_f32_path);
+    tcase_add_test(tc, lanes_sum8_is_eight_trees);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
