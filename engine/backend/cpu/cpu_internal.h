@@ -108,8 +108,10 @@ static inline cpu__v8 cpu__lanes_sum8(const cpu__v8 a[8]) {
 #define EVEN(u, v) __builtin_shufflevector(u, v, 0, 2, 4, 6, 8, 10, 12, 14)
 #define ODD(u, v) __builtin_shufflevector(u, v, 1, 3, 5, 7, 9, 11, 13, 15)
     cpu__v8 s[4], t[2];
-    for (int i = 0; i < 4; i++) s[i] = EVEN(a[2 * i], a[2 * i + 1]) + ODD(a[2 * i], a[2 * i + 1]); /* (0+1), (2+3), ... */
-    for (int i = 0; i < 2; i++) t[i] = EVEN(s[2 * i], s[2 * i + 1]) + ODD(s[2 * i], s[2 * i + 1]); /* (0+1)+(2+3), ... */
+    for (int i = 0; i < 4; i++) /* lanes (0+1), (2+3), ... of a[2i], then of a[2i+1] */
+        s[i] = EVEN(a[2 * i], a[2 * i + 1]) + ODD(a[2 * i], a[2 * i + 1]);
+    for (int i = 0; i < 2; i++) /* (0+1)+(2+3), (4+5)+(6+7) of four vectors */
+        t[i] = EVEN(s[2 * i], s[2 * i + 1]) + ODD(s[2 * i], s[2 * i + 1]);
     return EVEN(t[0], t[1]) + ODD(t[0], t[1]);
 #undef EVEN
 #undef ODD

@@ -2,9 +2,9 @@
  * output element is one fixed sum whatever the number of tokens. One code
  * path per ISA family, chosen when the backend is made (backend_params
  * .cpu_isa): AVX-512 and AVX2 (FMA chains, bf16 widened in registers by a
- * shift and a mask per pair of elements, cpu_matmul_isa.h) and the generic one (portable C vectors, no FMA: the
- * backend's numerics before the SIMD paths, kept as the reference they are
- * tested against). The families round differently (FMA, lane count), so a
+ * shift and a mask per pair of elements, cpu_matmul_isa.h) and the generic
+ * one (portable C vectors, no FMA: the backend's numerics before the SIMD
+ * paths, kept as the reference they are tested against). The families round differently (FMA, lane count), so a
  * result is bit-identical within a family, and within tolerance across them. */
 #include <immintrin.h>
 #include <stdbool.h>
@@ -294,8 +294,10 @@ static void matmul_blocks(void *arg, int ith, int nth) {
             if (wf) model_weight_rows_to_f32(wf, w, i0, nr), rows = wf;
             int wbf16 = j->inplace && j->bf16;
             if (j->xb) block_bf16(out + i0, (size_t)n, j->xb, rows, nr, d, T);
-            else if (j->isa >= BACKEND_CPU_ISA_AVX512) block_avx512(out + i0, (size_t)n, j->x, j->xs, rows, wbf16, nr, d, T);
-            else if (j->isa == BACKEND_CPU_ISA_AVX2) block_avx2(out + i0, (size_t)n, j->x, j->xs, rows, wbf16, nr, d, T);
+            else if (j->isa >= BACKEND_CPU_ISA_AVX512)
+                block_avx512(out + i0, (size_t)n, j->x, j->xs, rows, wbf16, nr, d, T);
+            else if (j->isa == BACKEND_CPU_ISA_AVX2)
+                block_avx2(out + i0, (size_t)n, j->x, j->xs, rows, wbf16, nr, d, T);
             else generic_block(out + i0, (size_t)n, j->x, rows, wbf16, nr, d, T);
             if (j->bias)
                 for (int t = 0; t < T; t++)
@@ -307,7 +309,8 @@ void cpu__matmul(backend *be, float *out, const float *x, const weight *w, const
     int isa = be->params.cpu_isa;
     bool dense = w->fmt == WEIGHT_DENSE, bf16 = dense && w->dt == DTYPE_BF16;
     int d = w->cols;
-    matmul_job j = {.be = be, .out = out, .x = x, .xs = (size_t)d, .bias = bias, .w = w, .T = T, .isa = isa, .bf16 = bf16,
+    matmul_job j = {.be = be, .out = out, .x = x, .xs = (size_t)d, .bias = bias, .w = w, .T = T, .isa = isa,
+                    .bf16 = bf16,
                     .blocks = cpu__range((w->rows + ROW_BLOCK - 1) / ROW_BLOCK, 1)};
     j.inplace = dense && (w->dt == DTYPE_F32 || (bf16 && (isa != BACKEND_CPU_ISA_GENERIC || T < WIDEN_MIN_TOKENS)));
     if (isa == BACKEND_CPU_ISA_AVX512BF16 && bf16 && !w->f32_activations) { /* else the avx512 path */
