@@ -102,6 +102,14 @@ typedef __m256 vf_avx2;
 #define vhi(u) _mm256_castsi256_ps(_mm256_and_si256(u, _mm256_set1_epi32((int)0xffff0000u)))
 #define vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define vpin(v) (void)(v) /* 16 registers: pinning the tile's x would spill */
+#define vstorex(p, v) _mm256_storeu_ps(p, v)
+/* 16 floats at p: per 128-bit lane (a0 a2 b0 b2 | a4 a6 b4 b6), then the middle quarters swapped */
+__attribute__((target(ISA_TARGET))) static inline void deinterleave_avx2(const float *p, __m256 *e, __m256 *o) {
+    __m256 a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + 8);
+    *e = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xd8));
+    *o = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xdd)), 0xd8));
+}
+#define vdeinterleave(p, e, o) deinterleave_avx2(p, &(e), &(o))
 __attribute__((target(ISA_TARGET))) static inline float hsum_avx2(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)); /* lanes i + (i+4) */
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));                                         /* + (i+2) */
@@ -124,6 +132,8 @@ __attribute__((target(ISA_TARGET))) static inline float hsum_avx2(__m256 v) {
 #undef vhi
 #undef vfma
 #undef vpin
+#undef vstorex
+#undef vdeinterleave
 #undef vhsum
 
 /* ---- AVX-512 (F, BW, VL): 16 lanes ---- */
@@ -142,6 +152,13 @@ typedef __m512 vf_avx512;
 #define vhi(u) _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32((int)0xffff0000u)))
 #define vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define vpin(v) __asm__("" : "+v"(v))
+#define vstorex(p, v) _mm512_storeu_ps(p, v)
+__attribute__((target(ISA_TARGET))) static inline void deinterleave_avx512(const float *p, __m512 *e, __m512 *o) {
+    __m512 a = _mm512_loadu_ps(p), b = _mm512_loadu_ps(p + 16);
+    *e = _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b);
+    *o = _mm512_permutex2var_ps(a, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), b);
+}
+#define vdeinterleave(p, e, o) deinterleave_avx512(p, &(e), &(o))
 __attribute__((target(ISA_TARGET))) static inline float hsum_avx512(__m512 v) {
     __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
     /* lanes i + (i+8); extractf64x4 is AVX512F, extractf32x8 would need DQ */

@@ -8,7 +8,8 @@
  *   vzero(), vloadx(p), vloadw(p), vfma(a, b, c) (a * b + c, one rounding),
  *   vhsum(v) (a fixed tree); vloadi(p) (VL 32-bit words), vlo(u) and vhi(u)
  *   (the low and high bf16 halves of each word as f32, exactly); vpin(v)
- *   (v held in a register here: see ISA(tile))
+ *   (v held in a register here: see ISA(tile)); vstorex(p, v);
+ *   vdeinterleave(p, e, o) (2 VL floats at p: the even ones to e, the odd to o)
  * f32 rows: every output element is one chain acc = fma(x[k..k+VL),
  * w[k..k+VL), acc) over k in steps of VL, the tail zero-padded to a whole
  * vector, then vhsum.
@@ -107,11 +108,18 @@ ISA(tile_bf16)(float *out, size_t ostride, const float *xp, size_t xstride, cons
 /* T rows of x (d) into pair order for the bf16 tiles: per 2 VL elements the
  * VL even ones, then the VL odd ones; rows of dp (d rounded up to 2 VL),
  * the tail zeros. */
-static void ISA(pair_x)(float *xp, const float *x, int T, int d, int dp) {
+__attribute__((target(ISA_TARGET))) static void ISA(pair_x)(float *xp, const float *x, int T, int d, int dp) {
     for (int t = 0; t < T; t++) {
         const float *xt = x + (size_t)t * d;
         float *o = xp + (size_t)t * dp;
-        for (int k = 0; k < dp; k += 2 * VL)
+        int k = 0;
+        for (; k + 2 * VL <= d; k += 2 * VL) { /* it runs on the engine thread alone: by shuffles */
+            vf e, od;
+            vdeinterleave(xt + k, e, od);
+            vstorex(o + k, e);
+            vstorex(o + k + VL, od);
+        }
+        for (; k < dp; k += 2 * VL)
             for (int i = 0; i < VL; i++) {
                 o[k + i] = k + 2 * i < d ? xt[k + 2 * i] : 0.0f;
                 o[k + VL + i] = k + 2 * i + 1 < d ? xt[k + 2 * i + 1] : 0.0f;
