@@ -478,6 +478,60 @@ static int dec_supported(int hd, int G) {
     return (hd == 16 || hd == 32 || hd == 64 || hd == 128 || hd == 256) && G <= 8;
 }
 
+/* ---- tensor-core pieces shared by the decode and prefill kernels ---- */
+#define TK 64 /* keys per chunk staged in shared memory */
+
+/* Chunk c (keys kbeg + c TK ..) of one kv head's K and V rows into stage
+ * c & 1 of Ks / Vs (rows of LD bf16) by cp.async, 16 bytes per copy, 128
+ * threads; keys past kend are zero-filled (their scores are masked, and a
+ * zero V keeps 0 x V finite). Commits the copies as one group. */
+template <int HD, int LD>
+__device__ __forceinline__ void att_load_chunk(__nv_bfloat16 *Ks, __nv_bfloat16 *Vs, const __nv_bfloat16 *kc,
+                                               const __nv_bfloat16 *vc, const int *bt, int block_size, int kvw,
+                                               int kh, int kbeg, int kend, int c, int tid) {
+    __nv_bfloat16 *ks = Ks + (c & 1) * TK * LD, *vs = Vs + (c & 1) * TK * LD;
+    for (int i = tid; i < TK * (HD / 8); i += 128) {
+        int jj = i / (HD / 8), e = (i % (HD / 8)) * 8, j = kbeg + c * TK + jj;
+        bool ok = j <= kend;
+        size_t off = ok ? ((size_t)bt[j / block_size] * block_size + j % block_size) * kvw + (size_t)kh * HD + e : 0;
+        tc_cp16(ks + jj * LD + e, kc + off, ok);
+        tc_cp16(vs + jj * LD + e, vc + off, ok);
+    }
+    tc_cp_commit();
+}
+
+/* The scores of 16 keys (rows k16 .. k16 + 15 in shared memory) against the
+ * query fragments qf: key tiles 0-7 into s0, 8-15 into s1 (accumulated). */
+template <int HD, int LD>
+__device__ __forceinline__ void att_qk16(float s0[4], float s1[4], const uint32_t (*qf)[4],
+                                         const __nv_bfloat16 *k16, int lane) {
+    const int mi = lane >> 3, ri = lane & 7;
+#pragma unroll
+    for (int ks = 0; ks < HD / 16; ks++) {
+        uint32_t b[4]; /* matrices: keys 0-7 dims lo, keys 0-7 dims hi, keys 8-15 lo, 8-15 hi */
+        tc_ldsm4(b, k16 + ((mi >> 1) * 8 + ri) * LD + ks * 16 + (mi & 1) * 8);
+        mma_bf16(s0, qf[ks], b[0], b[1]);
+        mma_bf16(s1, qf[ks], b[2], b[3]);
+    }
+}
+
+/* o += P V over 16 keys (V rows v16 .. v16 + 15): the softmax weights of key
+ * tiles 0-7 (p0) and 8-15 (p1), as score accumulators, are the A fragment. */
+template <int HD, int LD>
+__device__ __forceinline__ void att_pv16(float (*o)[4], const float p0[4], const float p1[4],
+                                         const __nv_bfloat16 *v16, int lane) {
+    const int mi = lane >> 3, ri = lane & 7;
+    uint32_t pa[4] = {pack_bf16(p0[0], p0[1]), pack_bf16(p0[2], p0[3]), pack_bf16(p1[0], p1[1]),
+                      pack_bf16(p1[2], p1[3])};
+#pragma unroll
+    for (int nt = 0; nt < HD / 8; nt += 2) {
+        uint32_t b[4]; /* keys 0-7 / 8-15, dims nt then nt+1 */
+        tc_ldsm4_t(b, v16 + ((mi & 1) * 8 + ri) * LD + (nt + (mi >> 1)) * 8);
+        mma_bf16(o[nt], pa, b[0], b[1]);
+        mma_bf16(o[nt + 1], pa, b[2], b[3]);
+    }
+}
+
 /* ---- tensor-core decode kernel (head sizes 64 and 128, G <= 16) ----
  * One block of 4 warps per (token, kv head, split), as the kernel above, but
  * the G query heads of the kv head are the rows of mma.sync m16n8k16 tiles
@@ -488,7 +542,6 @@ static int dec_supported(int hd, int G) {
  * its own online softmax (log2 domain); the warps are merged at the end. The
  * query and the softmax weights are rounded to bf16 for the tensor cores (as
  * in the prefill kernel: decode and prefill round alike), sums are f32. */
-#define TCD_KEYS 64 /* keys per chunk: 16 per warp */
 
 template <int HD>
 __global__ void __launch_bounds__(128)
@@ -500,8 +553,8 @@ decode_tc_kernel(float *out, float *work, const float *q, const __nv_bfloat16 *k
     pdl_wait();
     constexpr int LD = HD + 8; /* padded row (bf16): conflict-free ldmatrix */
     extern __shared__ __align__(16) unsigned char smraw[];
-    __nv_bfloat16 *Ks = (__nv_bfloat16 *)smraw; /* (2, TCD_KEYS, LD) */
-    __nv_bfloat16 *Vs = Ks + 2 * TCD_KEYS * LD;  /* (2, TCD_KEYS, LD) */
+    __nv_bfloat16 *Ks = (__nv_bfloat16 *)smraw; /* (2, TK, LD) */
+    __nv_bfloat16 *Vs = Ks + 2 * TK * LD;  /* (2, TK, LD) */
     const int G = n_heads / n_kv;
     const int t = blockIdx.x, kh = blockIdx.y, z = blockIdx.z;
     const int p = pos[t], s = tok_seq[t];
@@ -530,25 +583,13 @@ decode_tc_kernel(float *out, float *work, const float *q, const __nv_bfloat16 *k
             qf[ks][2] = pack_bf16(c.x, c.y), qf[ks][3] = pack_bf16(d.x, d.y);
         }
     }
-    /* chunk c's K and V rows into stage c & 1 (keys past kend zero-filled) */
-    auto load = [&](int c) {
-        __nv_bfloat16 *ks = Ks + (c & 1) * TCD_KEYS * LD, *vs = Vs + (c & 1) * TCD_KEYS * LD;
-        for (int i = tid; i < TCD_KEYS * (HD / 8); i += 128) {
-            int jj = i / (HD / 8), e = (i % (HD / 8)) * 8, j = kbeg + c * TCD_KEYS + jj;
-            bool ok = j <= kend;
-            size_t off = ok ? ((size_t)bt[j / block_size] * block_size + j % block_size) * kvw + (size_t)kh * HD + e
-                            : 0;
-            tc_cp16(ks + jj * LD + e, kc + off, ok);
-            tc_cp16(vs + jj * LD + e, vc + off, ok);
-        }
-        tc_cp_commit();
-    };
+    auto load = [&](int c) { att_load_chunk<HD, LD>(Ks, Vs, kc, vc, bt, block_size, kvw, kh, kbeg, kend, c, tid); };
 
     float o[HD / 8][4];
 #pragma unroll
     for (int nt = 0; nt < HD / 8; nt++) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f; /* rows gq, gq + 8; l per lane until the end */
-    const int n_chunks = (kend - kbeg) / TCD_KEYS + 1;
+    const int n_chunks = (kend - kbeg) / TK + 1;
     load(0);
     for (int c = 0; c < n_chunks; c++) {
         if (c + 1 < n_chunks) {
@@ -558,20 +599,13 @@ decode_tc_kernel(float *out, float *work, const float *q, const __nv_bfloat16 *k
             tc_cp_wait<0>();
         }
         __syncthreads();
-        const int k0 = kbeg + c * TCD_KEYS + warp * 16; /* this warp's 16 keys */
+        const int k0 = kbeg + c * TK + warp * 16; /* this warp's 16 keys */
         if (k0 <= kend) {
-            const __nv_bfloat16 *kw = Ks + ((c & 1) * TCD_KEYS + warp * 16) * LD;
-            const __nv_bfloat16 *vw = Vs + ((c & 1) * TCD_KEYS + warp * 16) * LD;
+            const __nv_bfloat16 *kw = Ks + ((c & 1) * TK + warp * 16) * LD;
+            const __nv_bfloat16 *vw = Vs + ((c & 1) * TK + warp * 16) * LD;
             /* scores: key tiles 0-7 and 8-15 of the warp's keys */
             float sc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
-            const int mi = lane >> 3, ri = lane & 7;
-#pragma unroll
-            for (int ks = 0; ks < HD / 16; ks++) {
-                uint32_t b[4]; /* matrices: keys 0-7 dims lo, keys 0-7 dims hi, keys 8-15 lo, 8-15 hi */
-                tc_ldsm4(b, kw + ((mi >> 1) * 8 + ri) * LD + ks * 16 + (mi & 1) * 8);
-                mma_bf16(sc[0], qf[ks], b[0], b[1]);
-                mma_bf16(sc[1], qf[ks], b[2], b[3]);
-            }
+            att_qk16<HD, LD>(sc[0], sc[1], qf, kw, lane);
             float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
             for (int nt = 0; nt < 2; nt++)
@@ -602,16 +636,7 @@ decode_tc_kernel(float *out, float *work, const float *q, const __nv_bfloat16 *k
             l0 = l0 * al0 + sum0, l1 = l1 * al1 + sum1;
 #pragma unroll
             for (int nt = 0; nt < HD / 8; nt++) o[nt][0] *= al0, o[nt][1] *= al0, o[nt][2] *= al1, o[nt][3] *= al1;
-            /* o += P V: the two score tiles are the A fragment of the 16 keys */
-            uint32_t pa[4] = {pack_bf16(sc[0][0], sc[0][1]), pack_bf16(sc[0][2], sc[0][3]),
-                              pack_bf16(sc[1][0], sc[1][1]), pack_bf16(sc[1][2], sc[1][3])};
-#pragma unroll
-            for (int nt = 0; nt < HD / 8; nt += 2) {
-                uint32_t b[4]; /* keys 0-7 dims nt, keys 8-15 dims nt, keys 0-7 dims nt+1, keys 8-15 dims nt+1 */
-                tc_ldsm4_t(b, vw + ((mi & 1) * 8 + ri) * LD + (nt + (mi >> 1)) * 8);
-                mma_bf16(o[nt], pa, b[0], b[1]);
-                mma_bf16(o[nt + 1], pa, b[2], b[3]);
-            }
+            att_pv16<HD, LD>(o, sc[0], sc[1], vw, lane); /* o += P V over the 16 keys */
         }
         __syncthreads(); /* stage c & 1 is loaded again at c + 2 */
     }
@@ -656,7 +681,7 @@ decode_tc_kernel(float *out, float *work, const float *q, const __nv_bfloat16 *k
 
 template <int HD>
 static int tcd_launch(const kernels_attention_args *a, int ns, int len, int tiled_q, cudaStream_t st) {
-    size_t smem = (size_t)4 * TCD_KEYS * (HD + 8) * sizeof(__nv_bfloat16);
+    size_t smem = (size_t)4 * TK * (HD + 8) * sizeof(__nv_bfloat16);
     static int configured;
     if (!configured) {
         if (smem > 48 * 1024 && cudaFuncSetAttribute(decode_tc_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -716,7 +741,6 @@ static int att_launch(const kernels_attention_args *a, int ns, int len, int tile
  * weights are rounded to bf16 for the tensor cores; sums are f32. */
 
 #define TQ_ROWS 64
-#define TK 64
 
 template <int HD>
 __global__ void __launch_bounds__(128)
@@ -737,25 +761,13 @@ prefill_attention_kernel(float *out, const float *q, const __nv_bfloat16 *kc, co
     const int ntok = min(QT, first + n_q - tok0);
     if (ntok <= 0) return;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int gq = lane >> 2, tq = lane & 3, mi = lane >> 3, ri = lane & 7;
+    const int gq = lane >> 2, tq = lane & 3;
     const int kvw = n_kv * HD;
     const int *bt = block_tables + (size_t)s * max_blocks;
     const int p_first = pos[tok0], p_last = p_first + ntok - 1; /* a sequence's tokens are consecutive */
     const int kbeg = att_first_key(p_first, window), kend = p_last;
 
-    /* chunk c's K and V rows into stage c & 1 (keys past kend zero-filled) */
-    auto load = [&](int c) {
-        __nv_bfloat16 *ks = Ks + (c & 1) * TK * LD, *vs = Vs + (c & 1) * TK * LD;
-        for (int i = tid; i < TK * (HD / 8); i += 128) {
-            int jj = i / (HD / 8), e = (i % (HD / 8)) * 8, j = kbeg + c * TK + jj;
-            bool ok = j <= kend;
-            size_t off = ok ? ((size_t)bt[j / block_size] * block_size + j % block_size) * kvw + (size_t)kh * HD + e
-                            : 0;
-            tc_cp16(ks + jj * LD + e, kc + off, ok);
-            tc_cp16(vs + jj * LD + e, vc + off, ok);
-        }
-        tc_cp_commit();
-    };
+    auto load = [&](int c) { att_load_chunk<HD, LD>(Ks, Vs, kc, vc, bt, block_size, kvw, kh, kbeg, kend, c, tid); };
     const int n_chunks = (kend - kbeg) / TK + 1;
     load(0); /* in flight while the queries are staged */
 
@@ -806,14 +818,7 @@ prefill_attention_kernel(float *out, const float *q, const __nv_bfloat16 *kc, co
 #pragma unroll
             for (int nt = 0; nt < TK / 8; nt++) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
 #pragma unroll
-            for (int nt = 0; nt < TK / 8; nt += 2)
-#pragma unroll
-                for (int ks = 0; ks < HD / 16; ks++) {
-                    uint32_t b[4]; /* keys nt lo/hi dims, keys nt+1 lo/hi dims */
-                    tc_ldsm4(b, kst + (nt * 8 + (mi >> 1) * 8 + ri) * LD + ks * 16 + (mi & 1) * 8);
-                    mma_bf16(sc[nt], qf[ks], b[0], b[1]);
-                    mma_bf16(sc[nt + 1], qf[ks], b[2], b[3]);
-                }
+            for (int nt = 0; nt < TK / 8; nt += 2) att_qk16<HD, LD>(sc[nt], sc[nt + 1], qf, kst + nt * 8 * LD, lane);
             /* mask, scale, running max */
             float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
@@ -847,20 +852,9 @@ prefill_attention_kernel(float *out, const float *q, const __nv_bfloat16 *kc, co
             l0 = l0 * al0 + sum0, l1 = l1 * al1 + sum1;
 #pragma unroll
             for (int nt = 0; nt < HD / 8; nt++) o[nt][0] *= al0, o[nt][1] *= al0, o[nt][2] *= al1, o[nt][3] *= al1;
-            /* o += P V: the score accumulators of key tiles 2kk, 2kk+1 are the A fragment of k-step kk */
+            /* o += P V, 16 keys at a time */
 #pragma unroll
-            for (int kk = 0; kk < TK / 16; kk++) {
-                uint32_t pa[4] = {pack_bf16(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16(sc[2 * kk][2], sc[2 * kk][3]),
-                                  pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
-                                  pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
-#pragma unroll
-                for (int nt = 0; nt < HD / 8; nt += 2) {
-                    uint32_t b[4]; /* keys 0-7 / 8-15 of the step, dims nt then nt+1 */
-                    tc_ldsm4_t(b, vst + (kk * 16 + (mi & 1) * 8 + ri) * LD + (nt + (mi >> 1)) * 8);
-                    mma_bf16(o[nt], pa, b[0], b[1]);
-                    mma_bf16(o[nt + 1], pa, b[2], b[3]);
-                }
-            }
+            for (int kk = 0; kk < TK / 16; kk++) att_pv16<HD, LD>(o, sc[2 * kk], sc[2 * kk + 1], vst + kk * 16 * LD, lane);
         }
         __syncthreads(); /* stage c & 1 is loaded again at c + 2 */
     }
@@ -934,7 +928,7 @@ static att_split att_prepare(const kernels_attention_args *a) {
     p.ns = 1, p.len = 0;
     p.dec = tcd_supported(a) ? 2 : dec_supported(a->hd, G);
     if (p.n_short) att_plan(p.n_short, a->n_kv, a->max_ctx, a->window, p.dec ? DEC_MIN_SPLIT : ATT_MIN_SPLIT,
-                            p.dec == 2 ? TCD_KEYS : p.dec ? 32 : ATT_THREADS, &p.ns, &p.len);
+                            p.dec == 2 ? TK : p.dec ? 32 : ATT_THREADS, &p.ns, &p.len);
     return p;
 }
 

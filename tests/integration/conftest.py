@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 
+import numpy as np
 import pytest
 
 SOURCE = pathlib.Path(os.environ.get("ENGRAM_SOURCE_DIR", pathlib.Path(__file__).resolve().parents[2]))
@@ -22,6 +23,18 @@ def run_bin(name, *args, timeout=300, check=True):
     if check:
         assert p.returncode == 0, f"{name} {args} failed: {p.stderr[-2000:]}"
     return p
+
+
+def greedy_logits(model_dir, tmp_path, chunk, prompt, *extra, max_tokens=24, check=True):
+    """engram-run greedy on prompt (ids) in chunks of chunk: (printed id lines, the dumped logits as
+    f32), or the CompletedProcess when check is False (a run expected to fail)."""
+    lf = tmp_path / f"logits-{chunk}.f32"
+    p = run_bin("engram-run", "--model", model_dir, "--prompt-ids", ",".join(map(str, prompt)),
+                "--temperature", "0", "--max-tokens", max_tokens, "--ignore-eos", "--print-ids",
+                "--prefill-chunk", chunk, "--dump-logits", lf, *extra, check=check)
+    if not check:
+        return p
+    return p.stdout.strip().splitlines(), np.fromfile(lf, dtype="<f4")
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import struct
 import numpy as np
 import pytest
 
-from conftest import MODELS, run_bin
+from conftest import MODELS, greedy_logits, run_bin
 
 NAME = "deepseek_v41"
 BACKBONE = "deepseek_v41_backbone"  # hc_pre_from_prev_sublayer true, q_head_norm false
@@ -26,15 +26,9 @@ LAYERS = ["1", "2"]
 
 
 def run(model_dir, tmp_path, chunk, *extra, prompt=None, max_tokens=24, check=True):
-    lf = tmp_path / f"logits-{chunk}.f32"
     g = GOLDEN.get(model_dir.name, G)  # a fixture's own prompt; copies (tmp dirs) take deepseek_v41's
-    p = run_bin("engram-run", "--model", model_dir, "--prompt-ids", ",".join(map(str, prompt or g["prompt_ids"])),
-                "--temperature", "0", "--max-tokens", max_tokens, "--ignore-eos", "--print-ids",
-                "--prefill-chunk", chunk, "--dump-logits", lf, *extra, check=check)
-    if not check:
-        return p
-    lines = p.stdout.strip().splitlines()
-    return lines, np.fromfile(lf, dtype="<f4")
+    return greedy_logits(model_dir, tmp_path, chunk, prompt or g["prompt_ids"], *extra, max_tokens=max_tokens,
+                         check=check)
 
 
 @pytest.mark.parametrize("name", [NAME, BACKBONE])

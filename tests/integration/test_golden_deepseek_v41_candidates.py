@@ -16,21 +16,11 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import MODELS, run_bin
+from conftest import MODELS, greedy_logits as run
 
 NAME = "deepseek_v41_candidates"
 SRC = MODELS / NAME
 G = json.loads((SRC / "golden.json").read_text())
-
-
-def run(model_dir, tmp_path, chunk, prompt, max_tokens=24, check=True):
-    lf = tmp_path / f"logits-{chunk}.f32"
-    p = run_bin("engram-run", "--model", model_dir, "--prompt-ids", ",".join(map(str, prompt)),
-                "--temperature", "0", "--max-tokens", max_tokens, "--ignore-eos", "--print-ids",
-                "--prefill-chunk", chunk, "--dump-logits", lf, check=check)
-    if not check:
-        return p
-    return p.stdout.strip().splitlines(), np.fromfile(lf, dtype="<f4")
 
 
 def test_logits_greedy_decode_and_chunks_match_reference(tmp_path):

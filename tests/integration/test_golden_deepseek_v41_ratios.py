@@ -20,22 +20,12 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import MODELS, run_bin
+from conftest import MODELS, greedy_logits as run, run_bin
 from serverutil import Server, metric
 
 RATIOS = "deepseek_v41_ratios"
 SHARED = "deepseek_v41_shared"
 GOLDEN = {n: json.loads((MODELS / n / "golden.json").read_text()) for n in (RATIOS, SHARED)}
-
-
-def run(model_dir, tmp_path, chunk, prompt, max_tokens=24, check=True):
-    lf = tmp_path / f"logits-{chunk}.f32"
-    p = run_bin("engram-run", "--model", model_dir, "--prompt-ids", ",".join(map(str, prompt)),
-                "--temperature", "0", "--max-tokens", max_tokens, "--ignore-eos", "--print-ids",
-                "--prefill-chunk", chunk, "--dump-logits", lf, check=check)
-    if not check:
-        return p
-    return p.stdout.strip().splitlines(), np.fromfile(lf, dtype="<f4")
 
 
 @pytest.mark.parametrize("name", [RATIOS, SHARED])
