@@ -42,21 +42,46 @@ typedef struct {
     const float *b0, *b1, *b2;
     int end0, end1, end2;
     int ld0, ld1, ld2;
+    int pdl; /* launched with programmatic dependent launch: prefetch rows before the wait */
 } gemv_args;
+
+/* Row `row` of the stacked matrix: its segment and its row in that segment. */
+__device__ __forceinline__ int gemv_seg(const gemv_args &a, int row, int *local) {
+    int seg = row < a.end0 ? 0 : row < a.end1 ? 1 : 2;
+    *local = seg == 0 ? row : seg == 1 ? row - a.end0 : row - a.end1;
+    return seg;
+}
+
+/* Stores token t's sums of a row (s: the product, u: GLU's up product) as MODE says. */
+template <int MODE>
+__device__ __forceinline__ void gemv_store(const gemv_args &a, int seg, int local, int t, float s, float u) {
+    float *out = seg == 0 ? a.out0 : seg == 1 ? a.out1 : a.out2;
+    const float *bias = seg == 0 ? a.b0 : seg == 1 ? a.b1 : a.b2;
+    int ld = seg == 0 ? a.ld0 : seg == 1 ? a.ld1 : a.ld2;
+    float bv = bias ? bias[local] : 0.0f;
+    float *o = out + (size_t)t * ld + local;
+    if (MODE == GEMV_GLU) {
+        float gv = s + bv, bu = a.b1 ? a.b1[local] : 0.0f;
+        *o = gv / (1.0f + expf(-gv)) * (u + bu);
+    } else if (MODE == GEMV_ADD) {
+        *o = *o + (s + bv);
+    } else {
+        *o = s + bv;
+    }
+}
 
 template <int T, typename W, int MODE>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_kernel(gemv_args a, const float *x, int cols) {
     int row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (row >= a.end2) return;
-    int seg = row < a.end0 ? 0 : row < a.end1 ? 1 : 2;
-    int local = seg == 0 ? row : seg == 1 ? row - a.end0 : row - a.end1;
+    int local, seg = gemv_seg(a, row, &local);
     const W *wb = (const W *)(seg == 0 ? a.w0 : seg == 1 ? a.w1 : a.w2);
     const W *wr = wb + (size_t)local * cols;
     const W *wu = (const W *)a.w1 + (size_t)local * cols; /* GLU: the up row */
     int n8 = cols >> 3;
     /* the row's first 2 KB into L2 while the op before may still run */
-    if (lane * 128 < min(cols * (int)sizeof(W), 2048)) {
+    if (a.pdl && lane * 128 < min(cols * (int)sizeof(W), 2048)) {
         pdl_prefetch_l2((const char *)wr + lane * 128);
         if (MODE == GEMV_GLU) pdl_prefetch_l2((const char *)wu + lane * 128);
     }
@@ -89,25 +114,9 @@ gemv_kernel(gemv_args a, const float *x, int cols) {
         if (MODE == GEMV_GLU)
             for (int o = 16; o > 0; o >>= 1) acc2[t] += __shfl_xor_sync(0xffffffffu, acc2[t], o);
     }
-    if (lane == 0) {
-        float *out = seg == 0 ? a.out0 : seg == 1 ? a.out1 : a.out2;
-        const float *bias = seg == 0 ? a.b0 : seg == 1 ? a.b1 : a.b2;
-        int ld = seg == 0 ? a.ld0 : seg == 1 ? a.ld1 : a.ld2;
-        float bv = bias ? bias[local] : 0.0f;
-        float bu = MODE == GEMV_GLU && a.b1 ? a.b1[local] : 0.0f;
+    if (lane == 0)
 #pragma unroll
-        for (int t = 0; t < T; t++) {
-            float *o = out + (size_t)t * ld + local;
-            if (MODE == GEMV_GLU) {
-                float gv = acc[t] + bv;
-                *o = gv / (1.0f + expf(-gv)) * (acc2[MODE == GEMV_GLU ? t : 0] + bu);
-            } else if (MODE == GEMV_ADD) {
-                *o = *o + (acc[t] + bv);
-            } else {
-                *o = acc[t] + bv;
-            }
-        }
-    }
+        for (int t = 0; t < T; t++) gemv_store<MODE>(a, seg, local, t, acc[t], acc2[MODE == GEMV_GLU ? t : 0]);
 }
 
 /* The same products with a block of GEMV_WARPS warps on R consecutive rows
@@ -125,15 +134,14 @@ gemv_block_kernel(gemv_args a, const float *x, int cols) {
 #pragma unroll
     for (int r = 0; r < R; r++) {
         int row = min(row0 + r, a.end2 - 1); /* rows past the end: read row end2 - 1, never stored */
-        int seg = row < a.end0 ? 0 : row < a.end1 ? 1 : 2;
-        int local = seg == 0 ? row : seg == 1 ? row - a.end0 : row - a.end1;
+        int local, seg = gemv_seg(a, row, &local);
         wr[r] = (const W *)(seg == 0 ? a.w0 : seg == 1 ? a.w1 : a.w2) + (size_t)local * cols;
         wu[r] = (const W *)a.w1 + (size_t)local * cols; /* GLU: the up row */
     }
     /* the rows' first 2 KB into L2 while the op before may still run */
     {
         int lines = min(cols * (int)sizeof(W), 2048) / 128, r = tid / 16, l = tid % 16;
-        if (r < R && l < lines) {
+        if (a.pdl && r < R && l < lines) {
             pdl_prefetch_l2((const char *)wr[r] + l * 128);
             if (MODE == GEMV_GLU) pdl_prefetch_l2((const char *)wu[r] + l * 128);
         }
@@ -190,21 +198,8 @@ gemv_block_kernel(gemv_args a, const float *x, int cols) {
         sum[k] = 0.0f;
         for (int w = 0; w < GEMV_WARPS; w++) sum[k] += red[w][k][r][t];
     }
-    int seg = row < a.end0 ? 0 : row < a.end1 ? 1 : 2;
-    int local = seg == 0 ? row : seg == 1 ? row - a.end0 : row - a.end1;
-    float *out = seg == 0 ? a.out0 : seg == 1 ? a.out1 : a.out2;
-    const float *bias = seg == 0 ? a.b0 : seg == 1 ? a.b1 : a.b2;
-    int ld = seg == 0 ? a.ld0 : seg == 1 ? a.ld1 : a.ld2;
-    float bv = bias ? bias[local] : 0.0f;
-    float *o = out + (size_t)t * ld + local;
-    if (MODE == GEMV_GLU) {
-        float gv = sum[0] + bv, bu = a.b1 ? a.b1[local] : 0.0f;
-        *o = gv / (1.0f + expf(-gv)) * (sum[NA - 1] + bu);
-    } else if (MODE == GEMV_ADD) {
-        *o = *o + (sum[0] + bv);
-    } else {
-        *o = sum[0] + bv;
-    }
+    int local, seg = gemv_seg(a, row, &local);
+    gemv_store<MODE>(a, seg, local, t, sum[0], sum[NA - 1]);
 }
 
 /* Which kernel, by measurement (H100, bench/RESULTS.md): the block kernel on
@@ -235,8 +230,9 @@ static void gemv_block_launch(const gemv_args &a, const float *x, int cols, cuda
 }
 
 template <typename W, int MODE>
-static int gemv_run(const gemv_args &a, const float *x, int T, int cols, void *stream) {
+static int gemv_run(gemv_args a, const float *x, int T, int cols, void *stream) {
     if (a.end2 == 0) return KERNELS_OK;
+    a.pdl = pdl_on();
     dim3 grid((a.end2 + GEMV_WARPS - 1) / GEMV_WARPS), block(GEMV_WARPS * 32);
     cudaStream_t st = (cudaStream_t)stream;
     if (T <= 2 && gemv_use_block(MODE, a.end2, cols, sizeof(W))) {
