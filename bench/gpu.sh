@@ -25,6 +25,15 @@
 #           backbone alone, the table mapped whole, then a DRAM budget of a
 #           quarter of the table over NVMe (O_DIRECT, io_uring); NVME_CFGS
 #           picks among "base dram nvme", NVME_FLAGS adds flags to nvme
+#   steady4b  the nvme4b workload and table as a server lives them (issue 22):
+#           the disk's random-read ceiling (bench-store --ceiling, a 4 GiB
+#           file in TBL_DIR), the table mapped whole (the reference), then
+#           for each STEADY_HBM (default "0 4G": without, then with the HBM
+#           cache) the nvme tier cold for two passes (pass 1 the cold start,
+#           pass 2 new prompts of the same text: the steady state), its
+#           hot-row file written as the engine stops, and a restart on it
+#           (new prompts again: the warm restart); --timeline STEADY_TL
+#           (default 5) seconds of output tok/s and hit ratios per run
 #   moe30b  synthetic qwen3-30b-a3b (bf16, 61 GB): engram-run single-stream
 #           greedy decode (16-token prompt, 256 tokens, --warmup), then the
 #           paper's workload through bench-throughput (MOE_KV KV tokens,
@@ -178,6 +187,32 @@ run_sec() {
         nvme) f=("${e[@]}" "${w[@]}" --engram-tier nvme --engram-dram-budget ${NVME_BUDGET:-6103M} ${NVME_FLAGS:-}) ;;
       esac
       echo "-- bench-throughput ${f[*]}"
+      timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" | grep -vE '^\{'
+    done ;;
+  steady4b)
+    local rows=${NVME_ROWS:-200M} tdir=${TBL_DIR:-.gpu-tbl}
+    local w=(--device cuda -n ${NVME_N:-512} --len 100:1024 --max-num-seqs 512 --max-num-batched-tokens 16384
+             --prefill-chunk 16384 --kv-cache-tokens 420000 --prompts-from "$pack/text.tok" --force-output
+             --timeline ${STEADY_TL:-5})
+    local e=(--synthetic qwen3-4b+engram:$rows --synthetic-table-dir $tdir)
+    local nv=(--engram-tier nvme --engram-dram-budget ${NVME_BUDGET:-6103M} --engram-warm-start background ${NVME_FLAGS:-})
+    mkdir -p $tdir; df -h $tdir | tail -1
+    echo "-- bench-store --ceiling --gib 4 --file $tdir/ceiling.tbl"
+    rm -f $tdir/ceiling.tbl
+    timeout 120 "$pack/run" bench-store --ceiling --gib 4 --seconds 1.5 --file $tdir/ceiling.tbl
+    local f=("${e[@]}" "${w[@]}" --engram-tier dram)
+    echo "-- bench-throughput ${f[*]}"
+    timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" | grep -vE '^\{'
+    local hbm
+    for hbm in ${STEADY_HBM:-0 4G}; do
+      local h=(); [ "$hbm" = 0 ] || h=(--engram-hbm-cache $hbm)
+      rm -f $tdir/*.hot # cold
+      f=("${e[@]}" "${w[@]}" "${nv[@]}" "${h[@]}" --passes 2)
+      echo "-- bench-throughput ${f[*]}"
+      timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" | grep -vE '^\{'
+      ls -la $tdir/*.hot
+      f=("${e[@]}" "${w[@]}" "${nv[@]}" "${h[@]}" --seed 2)
+      echo "-- (restart) bench-throughput ${f[*]}"
       timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" | grep -vE '^\{'
     done ;;
   pairs4b|pairs8b) # PAIRS times the backbone then the Engram model, interleaved (run-to-run noise)

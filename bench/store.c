@@ -20,7 +20,10 @@
  * --dram-check: only the DRAM tier (unlocked), at 16, 256 and 4096 rows per
  * gather, each gather alone and with an fstat of the file before it: what
  * checking the file's size before each gather would cost, against the
- * SIGBUS guard's one flag load (engram/store_dram.c). */
+ * SIGBUS guard's one flag load (engram/store_dram.c).
+ * --ceiling: only the NVMe points under the uniform distribution (io_uring,
+ * queue depths 1..256): the disk's random-read ceiling, as fio would measure
+ * it, for the reads/s the engine's NVMe tier reaches (issue 22). */
 #include <fcntl.h>
 #include <math.h>
 #include <stdbool.h>
@@ -258,19 +261,20 @@ static void run_check_points(const char *path, const dist *d, double seconds, fl
 int main(int argc, char **argv) {
     const char *path = "/tmp/engram-bench-store.tbl";
     double gib = 3, seconds = 1.5, zipf_s = 1.0;
-    int dtype = ENGRAM_STORE_BF16, keep = 0, cache_only = 0, dram_check = 0;
+    int dtype = ENGRAM_STORE_BF16, keep = 0, cache_only = 0, dram_check = 0, ceiling = 0;
     long cols = 256, batch = 4096, compute_us = 1000;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) {
             printf("usage: bench-store [--file PATH] [--gib G] [--dtype bf16|fp8] [--cols N] [--batch ROWS]\n"
                    "                   [--seconds S] [--zipf S] [--keep] [--cache-only] [--compute-us US]\n"
-                   "                   [--dram-check]\n"
+                   "                   [--dram-check] [--ceiling]\n"
                    "(defaults and output: the header of bench/store.c)\n");
             return 0;
         } else if (!strcmp(a, "--keep")) keep = 1;
         else if (!strcmp(a, "--cache-only")) cache_only = 1;
         else if (!strcmp(a, "--dram-check")) dram_check = 1;
+        else if (!strcmp(a, "--ceiling")) ceiling = 1;
         else if (v && !strcmp(a, "--compute-us")) compute_us = atol(argv[++i]);
         else if (v && !strcmp(a, "--file")) path = argv[++i];
         else if (v && !strcmp(a, "--gib")) gib = atof(argv[++i]);
@@ -329,20 +333,21 @@ int main(int argc, char **argv) {
         free(zipf.cdf), free(out), free(rows), free(next);
         return 0;
     }
-    for (int k = 0; k < 2 && !cache_only; k++) {
+    for (int k = 0; k < 2 && !cache_only && !ceiling; k++) {
         engram_store_params p = engram_store_default_params();
         p.tier = ENGRAM_STORE_DRAM;
         p.mlock = true;
         run_point(path, &p, "dram mmap mlock", ds[k], (size_t)batch, seconds, out, rows);
     }
     static const int qds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
-    for (int k = 0; k < 2 && !cache_only; k++) {
+    for (int k = 0; k < (ceiling ? 1 : 2) && !cache_only; k++) {
         for (size_t q = 0; q < sizeof(qds) / sizeof(qds[0]); q++) {
             engram_store_params p = engram_store_default_params();
             p.tier = ENGRAM_STORE_NVME;
             p.queue_depth = qds[q];
             run_point(path, &p, "nvme io_uring O_DIRECT", ds[k], (size_t)batch, seconds, out, rows);
         }
+        if (ceiling) break;
         engram_store_params p = engram_store_default_params();
         p.tier = ENGRAM_STORE_NVME;
         p.queue_depth = 1;
@@ -350,10 +355,12 @@ int main(int argc, char **argv) {
         run_point(path, &p, "nvme pread O_DIRECT", ds[k], (size_t)batch, seconds, out, rows);
     }
     static const double fracs[] = {0.01, 0.05, 0.10, 0.25};
+    if (ceiling) goto out;
     printf("cache points: queue depth 64, %ld us of compute between a prefetch and its gather\n", compute_us);
     for (size_t f = 0; f < sizeof(fracs) / sizeof(fracs[0]); f++)
         for (int pf = 0; pf < 2; pf++)
             run_cache_point(path, fracs[f], pf, compute_us, &zipf, zipf_s, (size_t)batch, seconds, out, rows, next);
+out:
     if (!keep) unlink(path);
     free(zipf.cdf), free(out), free(rows), free(next);
     return 0;

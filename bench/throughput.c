@@ -29,6 +29,15 @@
  * and every engine, cached or not, computes the same tokens. TTFT counts from
  * each turn's submission; the prefix cache's hit rate is reported.
  *
+ * Steady state and warm restarts (issue 22): --passes N runs the workload N
+ * times on one engine, pass p with the prompts of seed + p (new slices of the
+ * same text), each pass reported alone (its store and fetch counters are the
+ * pass's own): the first pass of a cold store, then its steady state.
+ * --engram-warm-start background|wait writes the hot-row files when the
+ * engine stops and reads them back at the next start; --timeline S prints
+ * output tokens/s and the DRAM hit ratio every S seconds, so a restart's
+ * way back to steady state can be read off.
+ *
  * Structured output (issue 19's cost): --json-schema FILE constrains every
  * request by that schema (compiled once, as the server caches it); a request
  * the grammar ends early finishes "stop" and counts what it generated. Needs
@@ -62,6 +71,8 @@ static void usage(FILE *f) {
             "  --prompt-len LO:HI          prompt lengths alone\n"
             "  --output-len LO:HI          output lengths alone\n"
             "  --seed S                    lengths and prompt ids (default 0)\n"
+            "  --passes N                  the workload N times on one engine, pass p with seed + p (default 1)\n"
+            "  --timeline S                output tok/s and the Engram DRAM hit ratio every S seconds\n"
             "  --prompts-from FILE         prompts are slices of this token file (see the file's header)\n"
             "  --force-output              with --prompts-from: outputs are the slices' continuations\n"
             "  --multiturn C:T             C conversations of T turns sharing a system prompt (-n is C T)\n"
@@ -76,6 +87,8 @@ static void usage(FILE *f) {
             "  --engram-lookahead N        prompt tokens read ahead on the nvme tier (default 2048, 0: off)\n"
             "  --engram-dram-budget SIZE   --engram-hbm-cache SIZE    (see engram-run --help)\n"
             "  --engram-tiers exclusive|inclusive  the DRAM row cache and the HBM cache (default exclusive)\n"
+            "  --engram-cache-admission all|tinylfu  the nvme tier's DRAM row cache admission (default all)\n"
+            "  --engram-warm-start off|background|wait  hot-row files read at start, written at the end (default off)\n"
             "  --device cpu|cuda           (default cpu)\n"
             "  --threads N                 engine CPU threads (default: all cores)\n"
             "  --max-num-seqs N            --max-num-batched-tokens N   --prefill-chunk N\n"
@@ -86,13 +99,60 @@ static void usage(FILE *f) {
             "  --gpu-memory-utilization F  (default 0.9: the KV cache takes what it leaves on a GPU)\n");
 }
 
-/* What the Engram tables cost, when they are read through a host store:
- * the store's tiers, then per Engram layer what reached the backend and how
- * long the compute waited for it (the first layer is the hard case). */
-static void print_engram(engine *e) {
+/* The counters at the start of a pass: each pass reports its own. */
+typedef struct {
+    engine_stats st;
+    engram_store_stats ss;
+    engram_fetch_stats *f; /* per Engram layer */
+    int n_f;
+} bench_snap;
+
+static int n_engram_layers(engine *e) {
+    const model *m = engine_model(e);
+    return m->engram ? m->engram->n_layers : 0;
+}
+
+/* Takes the counters now. Returns 0, or -1 when out of memory. */
+static int snap_take(engine *e, bench_snap *s) {
+    engine_get_stats(e, &s->st);
+    model_engram_store_stats(engine_model(e), &s->ss);
+    s->n_f = n_engram_layers(e);
+    if (!s->f && s->n_f && !(s->f = calloc((size_t)s->n_f, sizeof(*s->f)))) return -1;
+    for (int li = 0; li < s->n_f; li++) engine_fetch_stats(e, li, &s->f[li]);
+    return 0;
+}
+
+/* a -= b for the store's counters (its gauges and the warm start's fields stay). */
+static void store_stats_sub(engram_store_stats *a, const engram_store_stats *b) {
+    a->lookups -= b->lookups, a->dram_hits -= b->dram_hits, a->nvme_hits -= b->nvme_hits;
+    a->prefetch_reads -= b->prefetch_reads, a->promotions -= b->promotions, a->demotions -= b->demotions;
+    a->nvme_reads -= b->nvme_reads, a->nvme_bytes -= b->nvme_bytes;
+}
+
+/* a -= b for a layer's fetch counters (stall_max stays the run's). */
+static void fetch_stats_sub(engram_fetch_stats *a, const engram_fetch_stats *b) {
+    a->steps -= b->steps, a->lookups -= b->lookups, a->unique -= b->unique, a->cache_hits -= b->cache_hits;
+    a->copied_rows -= b->copied_rows, a->copied_back_rows -= b->copied_back_rows;
+    a->copied_bytes -= b->copied_bytes, a->gather_seconds -= b->gather_seconds;
+    a->host_wait_seconds -= b->host_wait_seconds, a->stalls -= b->stalls, a->stall_seconds -= b->stall_seconds;
+    for (int k = 0; k <= ENGRAM_STORE_HIST_BUCKETS; k++) a->stall_hist[k] -= b->stall_hist[k];
+}
+
+/* What the Engram tables cost in this pass (since s0), when they are read
+ * through a host store: the store's tiers, then per Engram layer what
+ * reached the backend and how long the compute waited for it (the first
+ * layer is the hard case). */
+static void print_engram(engine *e, const bench_snap *s0, double wall) {
     const model *m = engine_model(e);
     engram_store_stats ss;
     model_engram_store_stats(m, &ss);
+    store_stats_sub(&ss, &s0->ss);
+    if (ss.warm_target || ss.warm_ignored)
+        printf("engram warm start: %llu of %llu rows read back%s (%.2f s), %llu hot-row files ignored\n",
+               (unsigned long long)ss.warm_rows, (unsigned long long)ss.warm_target,
+               ss.warming ? ", still reading" : "", ss.warm_seconds, (unsigned long long)ss.warm_ignored);
+    if (ss.nvme_reads)
+        printf("engram nvme: %.0f reads/s, %.1f MB/s over the pass\n", ss.nvme_reads / wall, ss.nvme_bytes / 1e6 / wall);
     if (ss.lookups)
         printf("engram store: %llu lookups, DRAM hits %llu (%.2f%%), NVMe rows %llu, NVMe reads %llu (%.1f MB), "
                "prefetched %llu, moved up to the HBM cache %llu, demoted from it %llu\n",
@@ -103,6 +163,7 @@ static void print_engram(engine *e) {
     for (int li = 0; m->engram && li < m->engram->n_layers; li++) {
         engram_fetch_stats f;
         engine_fetch_stats(e, li, &f);
+        if (li < s0->n_f) fetch_stats_sub(&f, &s0->f[li]);
         if (!f.steps) continue;
         printf("engram fetch, layer %d: %llu steps, %llu lookups, %llu distinct, HBM hits %llu (%.2f%% of distinct), "
                "%llu rows copied (%.2f MB), %llu copied back, host gather %.1f us/step, the issuing thread waited for it %.1f us/step, "
@@ -179,6 +240,8 @@ typedef struct {
     int conv, turns;       /* --multiturn C:T, or 0 */
     int system_len;        /* --system-len */
     const char *schema_path; /* --json-schema */
+    int passes;            /* --passes */
+    double timeline;       /* --timeline seconds, or 0 */
 } bench_options;
 
 /* util_parse_long into an int or a uint64_t: 0, or -1 with *out untouched. */
@@ -205,6 +268,12 @@ static int bench_option_set(bench_options *o, const char *a, const char *v) {
     else if (!strcmp(a, "--prompt-len")) bad = parse_range(v, o->plen);
     else if (!strcmp(a, "--output-len")) bad = parse_range(v, o->olen);
     else if (!strcmp(a, "--seed")) bad = parse_u64(v, 0, LONG_MAX, &o->seed);
+    else if (!strcmp(a, "--passes")) bad = parse_int(v, 1, 1000, &o->passes);
+    else if (!strcmp(a, "--timeline")) {
+        char *end;
+        o->timeline = strtod(v, &end);
+        bad = end == v || *end || !(o->timeline >= 0.1 && o->timeline <= 3600);
+    }
     else if (!strcmp(a, "--prompts-from")) o->text_path = v;
     else if (!strcmp(a, "--multiturn")) {
         char *end;
@@ -229,6 +298,15 @@ static int bench_option_set(bench_options *o, const char *a, const char *v) {
     else if (!strcmp(a, "--engram-tiers")) {
         bad = strcmp(v, "exclusive") && strcmp(v, "inclusive");
         ep->engram_store.tiers = strcmp(v, "inclusive") ? ENGRAM_STORE_EXCLUSIVE : ENGRAM_STORE_INCLUSIVE;
+    }
+    else if (!strcmp(a, "--engram-cache-admission")) {
+        bad = strcmp(v, "all") && strcmp(v, "tinylfu");
+        ep->engram_store.admission = strcmp(v, "all") ? ENGRAM_STORE_ADMIT_TINYLFU : ENGRAM_STORE_ADMIT_ALL;
+    } else if (!strcmp(a, "--engram-warm-start")) {
+        bad = strcmp(v, "off") && strcmp(v, "background") && strcmp(v, "wait");
+        ep->engram_store.warm_start = !strcmp(v, "wait")         ? ENGRAM_STORE_WARM_WAIT
+                                      : !strcmp(v, "background") ? ENGRAM_STORE_WARM_BACKGROUND
+                                                                 : ENGRAM_STORE_WARM_OFF;
     }
     else if (!strcmp(a, "--engram-queue-depth")) bad = parse_int(v, 1, 4096, &ep->engram_store.queue_depth);
     else if (!strcmp(a, "--engram-lookahead")) bad = parse_int(v, 0, 1 << 24, &ep->engram_lookahead);
@@ -258,7 +336,7 @@ static int bench_option_set(bench_options *o, const char *a, const char *v) {
  * after --help, 2 for a usage error (the message on stderr). */
 static int bench_options_parse(int argc, char **argv, bench_options *o) {
     *o = (bench_options){.ep = engine_default_params(), .n = 512, .plen = {100, 1024}, .olen = {100, 1024},
-                         .system_len = 1000};
+                         .system_len = 1000, .passes = 1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -315,7 +393,7 @@ static int bench_options_parse(int argc, char **argv, bench_options *o) {
  * zeroed bench_work too). */
 typedef struct {
     long n;
-    int32_t *text;          /* (n_text) the --prompts-from token file, or NULL */
+    const int32_t *text;    /* (n_text) the --prompts-from token file (main's), or NULL */
     size_t n_text;
     int *np, *no;           /* (n) prompt and output lengths */
     int32_t **prompts;      /* (n) each (np[i]) prompt ids */
@@ -326,6 +404,7 @@ typedef struct {
     engine_request **req;   /* (n) */
     engine_output *fin;     /* (n) each request's final output */
     double *ttft;           /* (n) seconds to the first token, sorted after the run */
+    int *gen;               /* (n) tokens read so far (--timeline) */
     long long sum_prompt, sum_output;
 } bench_work;
 
@@ -340,7 +419,9 @@ static int work_alloc(bench_work *w, long n) {
     w->ttft = malloc((size_t)n * sizeof(double));
     w->forced = calloc((size_t)n, sizeof(int32_t *));
     w->own_forced = calloc((size_t)n, sizeof(int32_t *));
-    return w->np && w->no && w->prompts && w->req && w->fin && w->ttft && w->forced && w->own_forced ? 0 : -1;
+    w->gen = calloc((size_t)n, sizeof(int));
+    return w->np && w->no && w->prompts && w->req && w->fin && w->ttft && w->forced && w->own_forced && w->gen ? 0
+                                                                                                             : -1;
 }
 
 static void work_free(bench_work *w) {
@@ -354,7 +435,7 @@ static void work_free(bench_work *w) {
     free(w->no);
     free(w->ttft);
     free(w->forced);
-    free(w->text);
+    free(w->gen);
 }
 
 /* --multiturn: each conversation's turns, its history growing by a user
@@ -469,12 +550,48 @@ static int work_submit(bench_work *w, engine *e) {
     return 0;
 }
 
+/* --timeline: the interval's output tokens/s and the Engram hit ratios (the
+ * store's DRAM, the backend's hot-row cache) since the last line. */
+typedef struct {
+    double every, next, t_last;
+    long long tokens, tokens_last;
+    uint64_t lookups, dram_hits, unique, cache_hits;
+} timeline;
+
+static void timeline_line(timeline *tl, engine *e, double t0, double now, bool print) {
+    engram_store_stats ss;
+    model_engram_store_stats(engine_model(e), &ss);
+    uint64_t unique = 0, hits = 0;
+    for (int li = 0; li < n_engram_layers(e); li++) {
+        engram_fetch_stats f;
+        engine_fetch_stats(e, li, &f);
+        unique += f.unique, hits += f.cache_hits;
+    }
+    double dt = now - tl->t_last;
+    uint64_t dl = ss.lookups - tl->lookups, du = unique - tl->unique;
+    if (print) {
+        printf("timeline: t %7.1f s  output %9.1f tok/s", now - t0, (tl->tokens - tl->tokens_last) / dt);
+        if (dl) printf("  DRAM hits %6.2f%%", 100.0 * (double)(ss.dram_hits - tl->dram_hits) / (double)dl);
+        if (du && hits) printf("  HBM cache hits %6.2f%%", 100.0 * (double)(hits - tl->cache_hits) / (double)du);
+        if (ss.warming)
+            printf("  (warm start reading: %llu of %llu rows)", (unsigned long long)ss.warm_rows,
+                   (unsigned long long)ss.warm_target);
+        printf("\n");
+        fflush(stdout);
+    }
+    tl->t_last = now, tl->tokens_last = tl->tokens;
+    tl->lookups = ss.lookups, tl->dram_hits = ss.dram_hits, tl->unique = unique, tl->cache_hits = hits;
+}
+
 /* Reads every request's outputs until all have finished, sleeping on the
  * output wake-ups (at most 100 ms at a time) when nothing is new; with
- * --multiturn a finished turn submits the conversation's next one. Returns
- * 0, or -1 when a submission failed. */
-static int work_wait(bench_work *w, engine *e) {
+ * --multiturn a finished turn submits the conversation's next one; with
+ * --timeline a line every that many seconds. Returns 0, or -1 when a
+ * submission failed. */
+static int work_wait(bench_work *w, engine *e, double timeline_every, double t0) {
     long left = w->n;
+    timeline tl = {.every = timeline_every, .next = t0 + timeline_every, .t_last = t0};
+    if (timeline_every > 0) timeline_line(&tl, e, t0, t0, false); /* the counters as the pass starts */
     while (left > 0) {
         pthread_mutex_lock(&ev_mu);
         unsigned long seen = events;
@@ -484,6 +601,8 @@ static int work_wait(bench_work *w, engine *e) {
             engine_output o;
             while (engine_request_read(w->req[i], &o, NULL, NULL)) { /* arms notify when nothing is new */
                 free(o.text);
+                tl.tokens += o.n_generated - w->gen[i];
+                w->gen[i] = o.n_generated;
                 if (o.finish != ENGINE_FINISH_NONE) {
                     w->fin[i] = o;
                     left--;
@@ -491,6 +610,10 @@ static int work_wait(bench_work *w, engine *e) {
                     break;
                 }
             }
+        }
+        if (tl.every > 0 && util_now() >= tl.next) {
+            timeline_line(&tl, e, t0, util_now(), true);
+            tl.next += tl.every;
         }
         pthread_mutex_lock(&ev_mu);
         if (left > 0 && events == seen) {
@@ -518,7 +641,7 @@ typedef struct {
 /* Counts the tokens and failures (the first 5 on stderr), the wall time
  * from t0 to the last finish and the sorted TTFTs, then waits for the last
  * step's stats. */
-static void work_measure(bench_work *w, engine *e, double t0, bench_result *r) {
+static void work_measure(bench_work *w, engine *e, double t0, const bench_snap *s0, bench_result *r) {
     double t_end = t0;
     for (long i = 0; i < w->n; i++) {
         const engine_output *o = &w->fin[i];
@@ -542,6 +665,13 @@ static void work_measure(bench_work *w, engine *e, double t0, bench_result *r) {
         struct timespec ts = {0, 1000 * 1000};
         nanosleep(&ts, NULL);
     }
+    /* this pass's own counts (decode_step_prompt_max stays the run's) */
+    const engine_stats *b = &s0->st;
+    r->st.steps -= b->steps, r->st.step_tokens_total -= b->step_tokens_total, r->st.preemptions -= b->preemptions;
+    r->st.decode_steps -= b->decode_steps, r->st.decode_step_prompt_tokens -= b->decode_step_prompt_tokens;
+    r->st.grammar_masks -= b->grammar_masks, r->st.grammar_mask_seconds -= b->grammar_mask_seconds;
+    r->st.prefix_queries_tokens -= b->prefix_queries_tokens, r->st.prefix_hits_tokens -= b->prefix_hits_tokens;
+    r->st.prefix_evictions -= b->prefix_evictions;
     r->mean_step = r->st.steps ? (double)r->st.step_tokens_total / (double)r->st.steps : 0;
 }
 
@@ -564,7 +694,8 @@ static void print_setup(const bench_options *o, const bench_work *w, engine *e, 
 }
 
 /* The human-readable result lines, the Engram lines, then the JSON line. */
-static void print_result(const bench_options *o, const bench_work *w, engine *e, const bench_result *r) {
+static void print_result(const bench_options *o, const bench_work *w, engine *e, const bench_snap *s0, int pass,
+                         const bench_result *r) {
     const engine_params *ep = &o->ep;
     long n = o->n;
     long long sp = w->sum_prompt, got = r->got_output;
@@ -581,7 +712,7 @@ static void print_result(const bench_options *o, const bench_work *w, engine *e,
     double hit = r->st.prefix_queries_tokens ? (double)r->st.prefix_hits_tokens / r->st.prefix_queries_tokens : 0;
     printf("prefix cache: %lld of %lld prompt tokens hit (%.2f%%), %lld evictions\n", r->st.prefix_hits_tokens,
            r->st.prefix_queries_tokens, 100 * hit, r->st.prefix_evictions);
-    print_engram(e);
+    print_engram(e, s0, r->wall);
     if (w->grammar) {
         int n_tab;
         size_t tab_bytes;
@@ -599,14 +730,14 @@ static void print_result(const bench_options *o, const bench_work *w, engine *e,
            "\"ttft_p99_s\": %.4f, \"steps\": %lld, \"mean_step_tokens\": %.2f, \"preemptions\": %lld, "
            "\"decode_steps\": %lld, \"decode_step_prompt_mean\": %.2f, \"decode_step_prompt_max\": %d, "
            "\"prompts_from\": %s%s%s, \"force_output\": %s, \"multiturn\": [%d, %d], \"system_len\": %d, "
-           "\"prefix_caching\": %d, \"prefix_hit_rate\": %.4f}\n",
+           "\"prefix_caching\": %d, \"prefix_hit_rate\": %.4f, \"pass\": %d}\n",
            engine_model(e)->dir, ep->device ? ep->device : "cpu", n, o->plen[0], o->plen[1], o->olen[0], o->olen[1],
            (unsigned long long)o->seed, ep->max_num_seqs, ep->max_num_batched_tokens, ep->max_prefill_tokens_decoding,
            ep->kv_cache_tokens,
            ep->threads, r->t_load, sp, got, r->failed, r->wall, got / r->wall, (sp + got) / r->wall, p50, p99,
            r->st.steps, r->mean_step, r->st.preemptions, r->st.decode_steps, dmean, r->st.decode_step_prompt_max, w->text ? "\"" : "", w->text ? o->text_path : "null",
            w->text ? "\"" : "", o->force ? "true" : "false", o->conv, o->turns, o->conv ? o->system_len : 0,
-           ep->enable_prefix_caching, hit);
+           ep->enable_prefix_caching, hit, pass + 1);
 }
 
 int main(int argc, char **argv) {
@@ -614,51 +745,77 @@ int main(int argc, char **argv) {
     int rc = bench_options_parse(argc, argv, &o);
     if (rc >= 0) return rc;
     char err[1024];
-    bench_work w = {0};
-    if (o.text_path && util_read_token_file(o.text_path, &w.text, &w.n_text, NULL, err, sizeof(err))) {
+    int32_t *text = NULL;
+    size_t n_text = 0;
+    if (o.text_path && util_read_token_file(o.text_path, &text, &n_text, NULL, err, sizeof(err))) {
         fprintf(stderr, "bench-throughput: %s\n", err);
         return 2;
     }
+    /* one workload per pass, all kept until the engine stops (it may read prompts until then) */
+    bench_work *ws = calloc((size_t)o.passes, sizeof(bench_work));
+    bench_snap s0 = {0};
+    grammar *g = NULL;
     engine *e = NULL;
-    bench_result r = {.t_load = util_now()};
+    double t_load = util_now();
+    if (!ws) {
+        fprintf(stderr, "bench-throughput: out of memory\n");
+        free(text);
+        return 1;
+    }
     rc = engine_create(&o.ep, &e, err, sizeof(err));
     if (rc != ENGINE_OK) {
         fprintf(stderr, "bench-throughput: %s\n", err);
-        free(w.text);
+        free(text);
+        free(ws);
         return rc == ENGINE_ERR_DEVICE ? 2 : 1;
     }
-    r.t_load = util_now() - r.t_load;
+    t_load = util_now() - t_load;
     rc = 1;
-    if (work_alloc(&w, o.n)) {
-        fprintf(stderr, "bench-throughput: out of memory\n");
-        goto done;
-    }
-    if (work_make(&w, &o, engine_context_length(e), engine_vocab_size(e))) goto done;
     if (o.schema_path) {
         size_t len;
-        char *text = util_read_file(o.schema_path, 1 << 20, &len, err, sizeof(err));
-        if (!text) {
+        char *schema = util_read_file(o.schema_path, 1 << 20, &len, err, sizeof(err));
+        if (!schema) {
             fprintf(stderr, "bench-throughput: %s\n", err);
             goto done;
         }
-        int grc = grammar_compile_json_schema(text, len, &w.grammar, err, sizeof(err));
-        free(text);
+        int grc = grammar_compile_json_schema(schema, len, &g, err, sizeof(err));
+        free(schema);
         if (grc) {
             fprintf(stderr, "bench-throughput: %s: %s\n", o.schema_path, err);
             goto done;
         }
     }
-    print_setup(&o, &w, e, r.t_load);
-    double t0 = util_now();
-    if (work_submit(&w, e) || work_wait(&w, e)) goto done;
-    work_measure(&w, e, t0, &r);
-    print_result(&o, &w, e, &r);
-    rc = r.failed ? 1 : 0;
+    long long failed = 0;
+    for (int pass = 0; pass < o.passes; pass++) {
+        bench_work *w = &ws[pass];
+        bench_options po = o;
+        po.seed = o.seed + (uint64_t)pass; /* new prompts (and lengths) each pass */
+        w->text = text, w->n_text = n_text, w->grammar = g;
+        if (work_alloc(w, o.n) || snap_take(e, &s0)) {
+            fprintf(stderr, "bench-throughput: out of memory\n");
+            goto done;
+        }
+        if (work_make(w, &po, engine_context_length(e), engine_vocab_size(e))) goto done;
+        if (pass == 0) print_setup(&o, w, e, t_load);
+        if (o.passes > 1) printf("pass %d of %d (seed %llu)\n", pass + 1, o.passes, (unsigned long long)po.seed);
+        bench_result r = {.t_load = t_load};
+        double t0 = util_now();
+        if (work_submit(w, e) || work_wait(w, e, o.timeline, t0)) goto done;
+        work_measure(w, e, t0, &s0, &r);
+        print_result(&po, w, e, &s0, pass, &r);
+        fflush(stdout);
+        failed += r.failed;
+    }
+    rc = failed ? 1 : 0;
 done:
     /* the requests go before the engine, the prompts after it (the engine may read them until it stops) */
-    for (long i = 0; w.req && i < w.n; i++) engine_request_release(w.req[i]);
+    for (int p = 0; p < o.passes; p++)
+        for (long i = 0; ws[p].req && i < ws[p].n; i++) engine_request_release(ws[p].req[i]);
     engine_destroy(e);
-    grammar_release(w.grammar);
-    work_free(&w);
+    grammar_release(g);
+    for (int p = 0; p < o.passes; p++) work_free(&ws[p]);
+    free(ws);
+    free(s0.f);
+    free(text);
     return rc;
 }
