@@ -14,6 +14,10 @@
  *     avx512 path's bit for bit.
  *   - Batch invariance: on each path, each token's row of a T-token product
  *     (T = 1..9) is bit-identical to that token's product alone.
+ *   - Row-range invariance: the product with rows [r0, r0 + n) of the matrix
+ *     (model_weight_row_view, as a tensor-parallel rank holds them) is
+ *     bit-identical to those columns of the whole product, for ranges that
+ *     start and end inside the row blocks and tiles.
  * A path the CPU lacks is refused by backend_select with a clear error.
  * And attention's batched reduction (cpu__lanes_sum8) is bit for bit eight
  * cpu__lanes_sum trees, on sums whose order shows (mixed magnitudes). */
@@ -69,11 +73,22 @@ static void check_path(int isa, dtype dt, int d, bool f32_act) {
     w.f32_activations = f32_act;
     float *x = malloc((size_t)TMAX * d * sizeof(float)), bias[N];
     float *y = malloc((size_t)TMAX * N * sizeof(float)), *y1 = malloc(N * sizeof(float));
+    float *yv = malloc((size_t)TMAX * N * sizeof(float));
     for (int i = 0; i < TMAX * d; i++) x[i] = uniform();
     for (int i = 0; i < N; i++) bias[i] = uniform();
     for (int T = 1; T <= TMAX; T++) {
         const float *b = T % 2 ? bias : NULL;
         backend_matmul(be, y, x, &w, b, T);
+        static const int ranges[][2] = {{5, 11}, {16, 21}, {3, 1}, {33, 4}, {1, 35}};
+        for (int r = 0; r < 5; r++) {
+            int r0 = ranges[r][0], nr = ranges[r][1];
+            weight v = model_weight_row_view(&w, r0, nr);
+            backend_matmul(be, yv, x, &v, b ? b + r0 : NULL, T);
+            for (int t = 0; t < T; t++)
+                ck_assert_msg(!memcmp(yv + (size_t)t * nr, y + (size_t)t * N + r0, (size_t)nr * sizeof(float)),
+                              "%s dt %d d %d: rows [%d, %d) of %d tokens differ from the whole product's",
+                              backend_cpu_isa_str(isa), dt, d, r0, r0 + nr, T);
+        }
         for (int t = 0; t < T; t++) {
             backend_matmul(be, y1, x + (size_t)t * d, &w, b, 1);
             ck_assert_msg(memcmp(y1, y + (size_t)t * N, N * sizeof(float)) == 0,
@@ -93,7 +108,7 @@ static void check_path(int isa, dtype dt, int d, bool f32_act) {
             }
         }
     }
-    free((void *)w.data), free(x), free(y), free(y1);
+    free((void *)w.data), free(x), free(y), free(y1), free(yv);
     backend_destroy(be);
 }
 
