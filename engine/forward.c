@@ -8,6 +8,7 @@
  *   logits = lm_head(rmsnorm(x)) at each sequence's last token. */
 #include "engine/forward.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 #include "engine/engram_step.h"
 #include "engine/expert_parallel.h"
 #include "engine/forward_dsv4.h"
+#include "engine/tensor_parallel.h"
 
 const char *forward_status_str(int status) {
     switch (status) {
@@ -50,8 +52,10 @@ struct forward_ctx {
     int32_t *desc_i32;       /* pos, slot, tok_seq (T each); seq_start (S+1), seq_pos0 (S), block tables (S, max_blocks) */
     engram_step *eng;        /* the step's Engram work (engram_step.c); NULL without Engram */
     dsv4_ctx *dsv4;          /* a DeepSeek-V4 model's own pass (forward_dsv4.c), else NULL */
-    const ep_rank *ep;       /* expert parallelism: this context's rank, or NULL (forward_ctx_set_expert_rank) */
+    const par_rank *ep;       /* expert parallelism: this context's rank, or NULL (forward_ctx_set_expert_rank) */
     float *pairs;            /* (T, top_k, d) with ep: the (token, slot) rows of the experts */
+    const par_rank *tp;      /* tensor parallelism: this context's rank, or NULL (forward_ctx_set_tensor_rank) */
+    float *tp_gath, *tp_part; /* with tp: (T, max(n_heads hd, ff) R) gathered inputs, (T, d / R) output rows */
     dsv4_seq **dsv4_seqs;    /* host (S): the step's sequences' DeepSeek-V4 states */
     bool prefix_ok;          /* forward_ctx_prefix_cacheable */
     engram_step_snap *snaps; /* (T + S) a step's block-boundary snapshots, with Engram */
@@ -124,7 +128,7 @@ void forward_ctx_destroy(forward_ctx *fc) {
     backend *be = fc->be;
     void *dev[] = {fc->inv_freq, fc->x, fc->h, fc->q, fc->k, fc->v, fc->att, fc->gate, fc->up, fc->tmp,
                    fc->lastx, fc->logits, fc->ids, fc->last, fc->next, fc->desc_i32, fc->rlogits, fc->moe_w,
-                   fc->moe_ids, fc->pairs};
+                   fc->moe_ids, fc->pairs, fc->tp_gath, fc->tp_part};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++) backend_free(be, dev[i]);
     engram_step_destroy(fc->eng);
     dsv4_ctx_destroy(fc->dsv4);
@@ -252,7 +256,7 @@ int forward_ctx_create(model *m, backend *be, int max_tokens, int max_seqs, forw
     return FORWARD_OK;
 }
 
-int forward_ctx_set_expert_rank(forward_ctx *fc, const ep_rank *r, char *err, size_t errlen) {
+int forward_ctx_set_expert_rank(forward_ctx *fc, const par_rank *r, char *err, size_t errlen) {
     const model_config *c = &fc->bm->cfg;
     if (!c->moe.n_experts) return snprintf(err, errlen, "expert parallelism: the model has no experts"), -1;
     if (!backend_has(fc->be, moe_pairs) || !backend_has(fc->be, moe_combine) || strcmp(backend_name(fc->be), "cpu"))
@@ -264,6 +268,24 @@ int forward_ctx_set_expert_rank(forward_ctx *fc, const ep_rank *r, char *err, si
         return snprintf(err, errlen, "out of memory"), -1;
     fc->ep = r;
     if (fc->dsv4) dsv4_ctx_set_expert_rank(fc->dsv4, r, fc->pairs);
+    return 0;
+}
+
+int forward_ctx_set_tensor_rank(forward_ctx *fc, const par_rank *r, char *err, size_t errlen) {
+    const model_tp *tp = &fc->m->tp;
+    const model_config *c = &fc->bm->cfg;
+    if (tp->n_ranks != r->n_ranks || tp->rank != r->rank)
+        return snprintf(err, errlen, "tensor parallelism: the model is rank %d of %d's slice, the group's rank is %d of %d",
+                        tp->rank, tp->n_ranks, r->rank, r->n_ranks), -1;
+    if (strcmp(backend_name(fc->be), "cpu"))
+        return snprintf(err, errlen, "tensor parallelism runs on the cpu backend only for now (ranks in threads)"), -1;
+    size_t T = (size_t)fc->max_tokens, R = (size_t)r->n_ranks, qw = (size_t)c->n_heads * c->head_dim;
+    size_t ff = (size_t)c->intermediate_size, wide = (qw > ff ? qw : ff) * R;
+    if (tp->mode == MODEL_TP_GATHER && !fc->tp_gath &&
+        (!(fc->tp_gath = backend_alloc(fc->be, T * wide * sizeof(float))) ||
+         !(fc->tp_part = backend_alloc(fc->be, T * (size_t)c->hidden_size / R * sizeof(float)))))
+        return snprintf(err, errlen, "out of memory"), -1;
+    fc->tp = r;
     return 0;
 }
 
@@ -489,10 +511,14 @@ int forward_prefetch_ahead(forward_ctx *fc, const int32_t *ids, int lead, int n_
 }
 
 /* x += a @ w^T (+ bias): the residual stream takes a product, fused where
- * the backend can, else through tmp. */
+ * the backend can, else through tmp. Under tensor parallelism a is this
+ * rank's share of the input and w its slice: the ranks meet in tp_matmul. */
 static void add_product(forward_ctx *fc, const float *a, const weight *w, const float *bias, int T) {
     backend *be = fc->be;
-    if (backend_has(be, matmul_add)) {
+    if (fc->tp) {
+        tp_matmul(fc->tp, fc->m->tp.mode, be, fc->tmp, fc->tp_gath, fc->tp_part, a, w, bias, T);
+        backend_add(be, fc->x, fc->tmp, (size_t)T * fc->bm->cfg.hidden_size);
+    } else if (backend_has(be, matmul_add)) {
         backend_matmul_add(be, fc->x, a, w, bias, T);
     } else {
         backend_matmul(be, fc->tmp, a, w, bias, T);
@@ -596,6 +622,7 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
     backend *be = fc->be;
     batch_desc b;
     backend_take_failure(be); /* a mark left by a step that failed before it looked */
+    assert(fc->m->tp.n_ranks <= 1 || fc->tp); /* a slice runs only in its group (forward_ctx_set_tensor_rank) */
     /* Decode steps (one token per sequence) of up to STEP_RECORD_MAX_TOKENS
      * sequences may be recorded once and replayed by the backend: launching
      * the ops costs more host time than such a step runs on a GPU. Larger

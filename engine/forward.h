@@ -14,7 +14,7 @@
 
 #include "engine/backend/backend.h"
 #include "engine/engram_fetch.h"
-#include "engine/expert_parallel.h"
+#include "engine/parallel.h"
 #include "engine/kv_cache.h"
 #include "engine/model/model.h"
 
@@ -48,7 +48,17 @@ int forward_ctx_max_tokens(const forward_ctx *fc);
  * same model and steps, each in its own thread with its own context) in an
  * all-reduce. r is borrowed. Returns 0, or -1 with a message (no experts, a
  * backend other than the CPU's, more ranks than experts, out of memory). */
-int forward_ctx_set_expert_rank(forward_ctx *fc, const ep_rank *r, char *err, size_t errlen);
+int forward_ctx_set_expert_rank(forward_ctx *fc, const par_rank *r, char *err, size_t errlen);
+/* Tensor parallelism (engine/tensor_parallel.h): a context made on rank r's
+ * model slice (model_tp_slice) runs its share of every step and meets the
+ * group's other ranks (the same steps, each in its own thread with its own
+ * context and KV cache, which holds only the rank's KV heads) in the
+ * collectives of o_proj and down. Call it before the first step; a slice's
+ * context runs no step without it. r is borrowed; with expert parallelism
+ * too, its group may be the same as the experts' or another. Returns 0, or
+ * -1 with a message (r is not the slice's rank, a backend other than the
+ * CPU's, out of memory). */
+int forward_ctx_set_tensor_rank(forward_ctx *fc, const par_rank *r, char *err, size_t errlen);
 backend *forward_ctx_backend(const forward_ctx *fc);
 /* Wall time spent in Engram so far (hashing, gathers, modules; on an
  * asynchronous backend the modules' launch time only). */

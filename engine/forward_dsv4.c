@@ -45,7 +45,7 @@ struct dsv4_ctx {
     float *qlat, *q, *kv, *att;            /* (T, Q) (T, nh, D) (T, D) (T, nh, D) */
     float *ck, *cg, *ik, *ig, *iq, *iw;    /* (T, 2D) x2, (T, 2dI) x2, (T, nI, dI), (T, nI) */
     int32_t *sel;                          /* (T, K) */
-    const ep_rank *ep;                     /* expert parallelism: this rank (dsv4_ctx_set_expert_rank), or NULL */
+    const par_rank *ep;                     /* expert parallelism: this rank (dsv4_ctx_set_expert_rank), or NULL */
     float *pairs;                          /* its (T, top_k, d) scratch, borrowed */
     int32_t *sel_low[2];                   /* (T, K) x2: V4.1's top-k of ratio 1 and 2, kept for later layers */
     int32_t *cand;                         /* (T, cand_blocks) V4.1: the candidate source's blocks of the step */
@@ -98,7 +98,7 @@ void dsv4_ctx_destroy(dsv4_ctx *dc) {
     free(dc);
 }
 
-void dsv4_ctx_set_expert_rank(dsv4_ctx *dc, const ep_rank *r, float *pairs) {
+void dsv4_ctx_set_expert_rank(dsv4_ctx *dc, const par_rank *r, float *pairs) {
     dc->ep = r;
     dc->pairs = pairs;
 }

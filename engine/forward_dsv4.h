@@ -19,7 +19,7 @@ int dsv4_ctx_create(const model *bm, backend *be, int max_tokens, int max_seqs, 
 void dsv4_ctx_destroy(dsv4_ctx *dc); /* accepts NULL */
 /* Expert parallelism: the sparse layers as rank r of its group, pairs the (T, top_k, d) scratch of
  * ep_moe_experts (both borrowed). */
-void dsv4_ctx_set_expert_rank(dsv4_ctx *dc, const ep_rank *r, float *pairs);
+void dsv4_ctx_set_expert_rank(dsv4_ctx *dc, const par_rank *r, float *pairs);
 
 /* Elements (f32) of one KV cache block of layer l for blocks of block_size
  * positions: its window rows, compressed entries and index keys (the layout

@@ -430,6 +430,13 @@ fail:
 
 void model_destroy(model *m) {
     if (!m) return;
+    if (m->parent) { /* a tensor-parallel slice (model_tp.c): the rest is its parent's */
+        for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
+        free(m->owned);
+        free(m->layers);
+        free(m);
+        return;
+    }
     for (int i = 0; i < m->n_files; i++) safetensors_destroy(m->files[i]);
     free(m->files);
     model__destroy_engram(m->engram);

@@ -284,6 +284,17 @@ typedef struct {
 
 typedef struct model model;
 
+/* How the products after a tensor-parallel split meet (engine/tensor_parallel.h). */
+typedef enum {
+    MODEL_TP_GATHER = 0, /* o_proj and down cut by output rows over the all-gathered input: bit-exact */
+    MODEL_TP_REDUCE = 1, /* o_proj and down cut by input columns, partial sums all-reduced: fewer bytes */
+} model_tp_mode;
+
+typedef struct {
+    int rank, n_ranks;
+    model_tp_mode mode;
+} model_tp;
+
 struct model {
     model_config cfg;
     weight embed;             /* (vocab, d) */
@@ -301,6 +312,10 @@ struct model {
     char *dir;       /* the checkpoint directory, or "synthetic:SPEC" */
     void *synth;     /* a synthetic model's matrices: one anonymous mapping, or NULL */
     size_t synth_bytes;
+    /* a tensor-parallel rank's share (model_tp_slice): the model it was cut from (borrowed; every
+     * pointer not in `layers` or `owned` is that model's), else NULL */
+    const model *parent;
+    model_tp tp;     /* the slice's rank; n_ranks 0 (or 1) for a whole model */
 };
 
 /* Loads a checkpoint directory. Returns MODEL_OK and *out, or a negative
@@ -308,6 +323,34 @@ struct model {
 int model_load(const char *dir, model **out, char *err, size_t errlen);
 
 void model_destroy(model *m); /* accepts NULL */
+
+/* ---- tensor parallelism (model_tp.c) ----
+ * Rank k of R holds the query heads [k nh/R, (k+1) nh/R) and their KV heads:
+ * nkv/R of them when R divides nkv, else (nkv divides R) the one its query
+ * heads share, replicated on R/nkv ranks as vLLM does; and the rows
+ * [k ff/R, (k+1) ff/R) of each dense MLP's gate and up. With MODEL_TP_GATHER
+ * it also holds the output rows [k d/R, (k+1) d/R) of o_proj and down (and
+ * of their biases), each over the whole input; with MODEL_TP_REDUCE their
+ * input columns matching its heads and its intermediate rows (copied: a
+ * column slice is not contiguous; dense dtypes only), the biases on rank 0.
+ * Everything else (embedding, norms, head, routers and experts, Engram) is
+ * shared with the whole model: experts are split by expert parallelism. */
+
+/* Whether n_ranks ranks can split c's heads and widths as above. Returns
+ * MODEL_OK, or MODEL_ERR_CONFIG with a one-line message naming the count
+ * that n_ranks does not divide (or the architecture it cannot split). */
+int model_tp_check(const model_config *c, int n_ranks, model_tp_mode mode, char *err, size_t errlen);
+
+/* Rank `rank`'s share of m (which must outlive it) as a model of its own: its
+ * config has the rank's n_heads, n_kv_heads and intermediate_size (hidden_size
+ * stays whole: the residual stream is replicated), its layers row views into
+ * m's matrices (no copy; MODEL_TP_REDUCE: o_proj and down column copies), so
+ * a backend that uploads a model (prepare) uploads about 1/R of the sliced
+ * matrices. model_destroy frees only what the slice owns. Returns MODEL_OK
+ * and *out, MODEL_ERR_CONFIG (model_tp_check, or a quantized matrix to cut by
+ * columns) or MODEL_ERR_NOMEM, with a message. */
+int model_tp_slice(const model *m, int rank, int n_ranks, model_tp_mode mode, model **out, char *err,
+                   size_t errlen);
 
 /* Writes every Engram layer's table file dir/engram_layer_<layer_id>.tbl
  * (dir is created when missing; its parent must exist): rows copied bit for

@@ -26,7 +26,7 @@ static const int lens[N_SEQ] = {37, 5, 12};
 
 /* The logits (N_SEQ, N_GEN + 1, V) of the greedy run, as rank r of its group
  * (r NULL: alone). Returns 0, or a forward status. */
-static int run(model *m, const ep_rank *r, float *logits) {
+static int run(model *m, const par_rank *r, float *logits) {
     char err[256];
     backend *be = backend_cpu_create();
     forward_ctx *fc = NULL;
@@ -65,7 +65,7 @@ static int run(model *m, const ep_rank *r, float *logits) {
 
 typedef struct {
     model *m;
-    ep_rank r;
+    par_rank r;
     float *logits;
     int rc;
 } rank_job;
@@ -90,7 +90,7 @@ static void check_model(const char *name) {
     for (int gi = 0; gi < 3; gi++) {
         int R = groups[gi];
         if (R > m->cfg.moe.n_experts) continue;
-        ep_group *g = ep_group_create(R);
+        par_group *g = par_group_create(R);
         ck_assert_ptr_nonnull(g);
         rank_job jobs[MAX_RANKS];
         pthread_t th[MAX_RANKS];
@@ -106,7 +106,7 @@ static void check_model(const char *name) {
                           "%s: %d ranks: rank %d's logits differ from one rank's", name, R, k);
             free(jobs[k].logits);
         }
-        ep_group_destroy(g);
+        par_group_destroy(g);
     }
     free(one);
     model_destroy(m);
@@ -122,24 +122,24 @@ START_TEST(deepseek_v4_fp8_fp4) { check_model("deepseek_v4_fp8"); }
 END_TEST
 
 typedef struct {
-    ep_rank r;
+    par_rank r;
     float buf[7];
 } reduce_job;
 
 static void *reduce_main(void *arg) {
     reduce_job *j = arg;
-    ep_all_reduce_sum(&j->r, j->buf, 7);
+    par_all_reduce_sum(&j->r, NULL, j->buf, 7);
     return NULL;
 }
 
 /* The all-reduce: every rank ends with the rank-ordered sum; the expert ranges tile [0, E). */
 START_TEST(all_reduce_and_ranges) {
     enum { R = 3 };
-    ep_group *g = ep_group_create(R);
+    par_group *g = par_group_create(R);
     reduce_job j[R];
     pthread_t th[R];
     for (int k = 0; k < R; k++) {
-        j[k].r = (ep_rank){.group = g, .rank = k, .n_ranks = R};
+        j[k].r = (par_rank){.group = g, .rank = k, .n_ranks = R};
         for (int i = 0; i < 7; i++) j[k].buf[i] = (float)((k + 1) * 10 + i) * 0.1f;
         pthread_create(&th[k], NULL, reduce_main, &j[k]);
     }
@@ -150,14 +150,14 @@ START_TEST(all_reduce_and_ranges) {
         want += (float)(30 + i) * 0.1f;
         for (int k = 0; k < R; k++) ck_assert_msg(j[k].buf[i] == want, "rank %d element %d", k, i);
     }
-    ep_group_destroy(g);
+    par_group_destroy(g);
     for (int E = 1; E <= 40; E++)
         for (int n = 1; n <= 8 && n <= E; n++) {
             int next = 0;
             for (int k = 0; k < n; k++) {
-                ep_rank r = {.rank = k, .n_ranks = n};
+                par_rank r = {.rank = k, .n_ranks = n};
                 int lo, hi;
-                ep_expert_range(&r, E, &lo, &hi);
+                par_range(&r, E, &lo, &hi);
                 ck_assert_int_eq(lo, next);
                 ck_assert(hi - lo == E / n || hi - lo == E / n + 1);
                 next = hi;
@@ -177,7 +177,7 @@ START_TEST(refusals) {
     backend *be = backend_cpu_create();
     forward_ctx *fc = NULL;
     ck_assert_int_eq(forward_ctx_create(m, be, 8, 1, &fc, err, sizeof(err)), 0);
-    ep_rank r = {.rank = 0, .n_ranks = 2};
+    par_rank r = {.rank = 0, .n_ranks = 2};
     ck_assert_int_eq(forward_ctx_set_expert_rank(fc, &r, err, sizeof(err)), -1);
     ck_assert_ptr_nonnull(strstr(err, "no experts"));
     forward_ctx_destroy(fc);
