@@ -8,7 +8,6 @@
  *   logits = lm_head(rmsnorm(x)) at each sequence's last token. */
 #include "engine/forward.h"
 
-#include <assert.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -622,7 +621,7 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
     backend *be = fc->be;
     batch_desc b;
     backend_take_failure(be); /* a mark left by a step that failed before it looked */
-    assert(fc->m->tp.n_ranks <= 1 || fc->tp); /* a slice runs only in its group (forward_ctx_set_tensor_rank) */
+    if (fc->m->tp.n_ranks > 1 && !fc->tp) return FORWARD_ERR_BATCH; /* a slice runs only in its group */
     /* Decode steps (one token per sequence) of up to STEP_RECORD_MAX_TOKENS
      * sequences may be recorded once and replayed by the backend: launching
      * the ops costs more host time than such a step runs on a GPU. Larger

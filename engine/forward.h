@@ -25,8 +25,9 @@ typedef enum {
     FORWARD_ERR_NOMEM = -3,
     FORWARD_ERR_IO = -4, /* an external Engram table could not be read; reset the states before reuse */
     FORWARD_ERR_KV_FULL = -5, /* the shared KV cache has too few free blocks; nothing was appended */
-    FORWARD_ERR_BATCH = -6,   /* a malformed step: too many tokens or sequences, a state twice, or
-                               * states of different KV caches or contexts */
+    FORWARD_ERR_BATCH = -6,   /* a malformed step: too many tokens or sequences, a state twice,
+                               * states of different KV caches or contexts, or a tensor-parallel
+                               * slice's context outside its group */
     FORWARD_ERR_UNSUPPORTED = -7, /* the model needs an op this backend does not have */
 } forward_status;
 
@@ -53,8 +54,8 @@ int forward_ctx_set_expert_rank(forward_ctx *fc, const par_rank *r, char *err, s
  * model slice (model_tp_slice) runs its share of every step and meets the
  * group's other ranks (the same steps, each in its own thread with its own
  * context and KV cache, which holds only the rank's KV heads) in the
- * collectives of o_proj and down. Call it before the first step; a slice's
- * context runs no step without it. r is borrowed; with expert parallelism
+ * collectives of o_proj and down. Call it before the first step; without
+ * it a slice's context runs no step (FORWARD_ERR_BATCH). r is borrowed; with expert parallelism
  * too, its group may be the same as the experts' or another. Returns 0, or
  * -1 with a message (r is not the slice's rank, a backend other than the
  * CPU's, out of memory). */

@@ -355,6 +355,13 @@ START_TEST(refusals) {
     par_rank r = {.rank = 0, .n_ranks = 2};
     ck_assert_int_eq(forward_ctx_set_tensor_rank(fc, &r, err, sizeof(err)), -1);
     ck_assert_msg(strstr(err, "rank 1 of 2's slice"), "%s", err);
+    /* and without its group it runs no step */
+    forward_state *st = NULL;
+    ck_assert_int_eq(forward_state_create(fc, NULL, 8, &st), FORWARD_OK);
+    int32_t id = 1;
+    forward_item it = {.st = st, .ids = &id, .n = 1};
+    ck_assert_int_eq(forward_batch(fc, &it, 1), FORWARD_ERR_BATCH);
+    forward_state_destroy(st);
     forward_ctx_destroy(fc);
     backend_destroy(be);
     model_destroy(s);
