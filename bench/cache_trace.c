@@ -125,7 +125,7 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < N; i++) distinct += !i || srt[i] != srt[i - 1];
     free(srt);
     char err[512];
-    if (engram_store_write(path, ENGRAM_STORE_F32, R, 8, fill_zero, NULL, err, sizeof(err))) {
+    if (engram_store_write(path, ENGRAM_STORE_F32, R, 8, 0, fill_zero, NULL, err, sizeof(err))) {
         fprintf(stderr, "%s\n", err);
         return 1;
     }

@@ -9,6 +9,7 @@
  *   build/bench-store [--file PATH] [--gib G] [--dtype bf16|fp8] [--cols N]
  *                     [--batch ROWS] [--seconds S] [--zipf S] [--keep]
  *                     [--cache-only] [--compute-us US] [--dram-check]
+ *                     [--ceiling] [--stride B] [--stride-compare B [--rounds N]]
  *   defaults: /tmp/engram-bench-store.tbl, 3 GiB, bf16, 256 cols, 4096 rows
  *   per gather, 1.5 s per point, Zipf exponent 1.0, 1000 us of compute
  *   between a prefetch and its gather.
@@ -23,7 +24,16 @@
  * SIGBUS guard's one flag load (engram/store_dram.c).
  * --ceiling: only the NVMe points under the uniform distribution (io_uring,
  * queue depths 1..256): the disk's random-read ceiling, as fio would measure
- * it, for the reads/s the engine's NVMe tier reaches (issue 22). */
+ * it, for the reads/s the engine's NVMe tier reaches (issue 22).
+ * --stride B: the table's rows B bytes apart (default 0: the store's stride,
+ * engram_store_row_stride; B may be up to the old power of two).
+ * --stride-compare B: only the NVMe tier (O_DIRECT, io_uring at queue depths
+ * 1, 16 and 64, uniform rows), over two tables of the same rows (as many as
+ * --gib holds at stride B), one at stride B and one at the store's own
+ * (engram_store_row_stride: dense for V4.1's 264-byte rows); the points
+ * alternate between the two files, --rounds times (default 3), so that a
+ * neighbour's load hits both alike. The dense table's rows may straddle two
+ * 4 KiB blocks: its reads/s and read_GB/s say what that costs. */
 #include <fcntl.h>
 #include <math.h>
 #include <stdbool.h>
@@ -62,6 +72,29 @@ static uint64_t gcd(uint64_t a, uint64_t b) {
         a = b, b = t;
     }
     return a;
+}
+
+/* Writes a table of nrows rows at stride (0: dense) with fill_row's bytes
+ * and says so. Returns 0, or 1 with a message (an existing file is never
+ * overwritten). */
+static int write_table(const char *path, int dtype, uint64_t nrows, uint32_t cols, uint32_t stride) {
+    uint32_t rb = engram_store_row_bytes(dtype, cols);
+    char err[512];
+    double t0 = util_now();
+    if (access(path, F_OK) == 0) {
+        fprintf(stderr, "bench-store: %s exists; refusing to overwrite\n", path);
+        return 1;
+    }
+    if (engram_store_write(path, dtype, nrows, cols, stride, fill_row, &rb, err, sizeof(err))) {
+        fprintf(stderr, "bench-store: %s\n", err);
+        return 1;
+    }
+    if (!stride) stride = engram_store_row_stride(rb);
+    printf("table %s: %llu rows x %u %s, row %u B, stride %u B, %.2f GiB, written in %.1f s\n", path,
+           (unsigned long long)nrows, cols, engram_store_dtype_name(dtype), rb, stride,
+           (double)nrows * stride / (1ull << 30), util_now() - t0);
+    fflush(stdout);
+    return 0;
 }
 
 /* CPU seconds of this thread: on a shared machine, rows per CPU second is the
@@ -128,9 +161,9 @@ static void run_point(const char *path, const engram_store_params *p, const char
     }
     engram_store_info in = engram_store_get_info(s);
     double rb = in.header.row_bytes;
-    printf("%-26s locked=%d dist=%-7s qd=%-3d direct=%d rows/s=%11.0f row_GB/s=%7.3f reads/s=%10.0f read_GB/s=%7.3f "
-           "rows/read=%5.2f rows/cpu_s=%11.0f\n",
-           label, in.locked, d->name, p->tier == ENGRAM_STORE_NVME ? p->queue_depth : 0, in.direct, nrows / t,
+    printf("%-26s stride=%-4u locked=%d dist=%-7s qd=%-3d direct=%d rows/s=%11.0f row_GB/s=%7.3f reads/s=%10.0f "
+           "read_GB/s=%7.3f rows/read=%5.2f rows/cpu_s=%11.0f\n",
+           label, in.header.row_stride, in.locked, d->name, p->tier == ENGRAM_STORE_NVME ? p->queue_depth : 0, in.direct, nrows / t,
            nrows * rb / t / 1e9, (in.reads - in0.reads) / t, (in.bytes_read - in0.bytes_read) / t / 1e9,
            in.reads ? (double)nrows / (double)(in.reads - in0.reads) : 0.0, nrows / cpu);
     fflush(stdout);
@@ -258,17 +291,53 @@ static void run_check_points(const char *path, const dist *d, double seconds, fl
     close(fd);
 }
 
+/* --stride-compare: the same rows at two strides over NVMe, point by point
+ * in turn (see the header). */
+static void run_stride_compare(const char *padded, const char *dense, size_t batch, double seconds, int rounds,
+                               long cols) {
+    engram_store *s = NULL;
+    char err[512];
+    if (engram_store_open(dense, NULL, &s, err, sizeof(err))) {
+        fprintf(stderr, "bench-store: %s\n", err);
+        exit(1);
+    }
+    uint64_t nrows = engram_store_get_info(s).header.rows;
+    engram_store_close(s);
+    dist uni = {"uniform", NULL, nrows, 1};
+    float *out = malloc(batch * (size_t)cols * sizeof(float));
+    int64_t *rows = malloc(batch * sizeof(int64_t));
+    if (!out || !rows) {
+        fprintf(stderr, "bench-store: out of memory\n");
+        exit(1);
+    }
+    printf("batch %zu rows per gather, >= %.1f s per point, %d rounds\n", batch, seconds, rounds);
+    static const int qds[] = {1, 16, 64};
+    for (int r = 0; r < rounds; r++)
+        for (size_t q = 0; q < sizeof(qds) / sizeof(qds[0]); q++)
+            for (int k = 0; k < 2; k++) {
+                engram_store_params p = engram_store_default_params();
+                p.tier = ENGRAM_STORE_NVME;
+                p.queue_depth = qds[q];
+                char label[64];
+                snprintf(label, sizeof(label), "round %d %s", r + 1, k ? "dense" : "padded");
+                run_point(k ? dense : padded, &p, label, &uni, batch, seconds, out, rows);
+            }
+    free(out), free(rows);
+}
+
 int main(int argc, char **argv) {
     const char *path = "/tmp/engram-bench-store.tbl";
     double gib = 3, seconds = 1.5, zipf_s = 1.0;
     int dtype = ENGRAM_STORE_BF16, keep = 0, cache_only = 0, dram_check = 0, ceiling = 0;
     long cols = 256, batch = 4096, compute_us = 1000;
+    uint32_t stride = 0, compare = 0;
+    int rounds = 3;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) {
             printf("usage: bench-store [--file PATH] [--gib G] [--dtype bf16|fp8] [--cols N] [--batch ROWS]\n"
                    "                   [--seconds S] [--zipf S] [--keep] [--cache-only] [--compute-us US]\n"
-                   "                   [--dram-check] [--ceiling]\n"
+                   "                   [--dram-check] [--ceiling] [--stride B] [--stride-compare B [--rounds N]]\n"
                    "(defaults and output: the header of bench/store.c)\n");
             return 0;
         } else if (!strcmp(a, "--keep")) keep = 1;
@@ -282,6 +351,9 @@ int main(int argc, char **argv) {
         else if (v && !strcmp(a, "--zipf")) zipf_s = atof(argv[++i]);
         else if (v && !strcmp(a, "--cols")) cols = atol(argv[++i]);
         else if (v && !strcmp(a, "--batch")) batch = atol(argv[++i]);
+        else if (v && !strcmp(a, "--stride")) stride = (uint32_t)atol(argv[++i]);
+        else if (v && !strcmp(a, "--stride-compare")) compare = (uint32_t)atol(argv[++i]);
+        else if (v && !strcmp(a, "--rounds")) rounds = atoi(argv[++i]);
         else if (v && !strcmp(a, "--dtype")) {
             i++;
             dtype = !strcmp(v, "fp8") ? ENGRAM_STORE_FP8_UE8M0 : !strcmp(v, "bf16") ? ENGRAM_STORE_BF16 : 0;
@@ -291,25 +363,23 @@ int main(int argc, char **argv) {
         }
     }
     uint32_t rb = engram_store_row_bytes(dtype, (uint32_t)cols);
-    if (!rb || gib <= 0 || gib > 4 || batch < 1 || batch > (1 << 22) || compute_us < 0 || compute_us > 999999) {
-        fprintf(stderr, "bench-store: bad --dtype/--cols/--gib (at most 4)/--batch\n");
+    if (!rb || gib <= 0 || gib > 4 || batch < 1 || batch > (1 << 22) || compute_us < 0 || compute_us > 999999 ||
+        rounds < 1 || (compare && compare < rb)) {
+        fprintf(stderr, "bench-store: bad --dtype/--cols/--gib (at most 4)/--batch/--rounds/--stride-compare\n");
         return 2;
     }
-    uint32_t stride = engram_store_row_stride(rb);
-    uint64_t nrows = (uint64_t)(gib * (double)(1ull << 30)) / stride;
-    char err[512];
-    double t0 = util_now();
-    if (access(path, F_OK) == 0) {
-        fprintf(stderr, "bench-store: %s exists; refusing to overwrite\n", path);
-        return 1;
+    if (!stride) stride = engram_store_row_stride(rb);
+    uint64_t nrows = (uint64_t)(gib * (double)(1ull << 30)) / (compare ? compare : stride);
+    if (compare) {
+        char dense[4200], padded[4200];
+        snprintf(dense, sizeof(dense), "%s.dense", path);
+        snprintf(padded, sizeof(padded), "%s.%u", path, compare);
+        int rc = write_table(dense, dtype, nrows, (uint32_t)cols, 0) || write_table(padded, dtype, nrows, (uint32_t)cols, compare);
+        if (!rc) run_stride_compare(padded, dense, (size_t)batch, seconds, rounds, cols);
+        if (!keep) unlink(dense), unlink(padded);
+        return rc;
     }
-    if (engram_store_write(path, dtype, nrows, (uint32_t)cols, fill_row, &rb, err, sizeof(err))) {
-        fprintf(stderr, "bench-store: %s\n", err);
-        return 1;
-    }
-    printf("table %s: %llu rows x %ld %s, row %u B, stride %u B, %.2f GiB, written in %.1f s\n", path,
-           (unsigned long long)nrows, cols, engram_store_dtype_name(dtype), rb, stride,
-           (double)nrows * stride / (1ull << 30), util_now() - t0);
+    if (write_table(path, dtype, nrows, (uint32_t)cols, stride)) return 1;
 
     dist uni = {"uniform", NULL, nrows, 1}, zipf = {"zipf", NULL, nrows, 1000003};
     while (gcd(zipf.mul, nrows) != 1) zipf.mul += 2;

@@ -2,8 +2,8 @@
  * Engram table as f32 wherever the table lives (DRAM: the table file mmap'd
  * MAP_SHARED, optionally mlock'd and huge-page advised; NVMe: O_DIRECT reads
  * through io_uring, or pread). Also the table file layout those tiers read:
- * a 4096-byte header, then rows at a power-of-two stride so that a row never
- * straddles more 4 KiB blocks than its size needs. Over NVMe a DRAM budget
+ * a 4096-byte header, then rows at their own size rounded up to 8 bytes (a
+ * row may straddle two 4 KiB blocks: the NVMe tier reads both). Over NVMe a DRAM budget
  * buys a row cache (CLOCK over fixed slots, admission by a TinyLFU frequency
  * sketch) fed ahead of use by a prefetch thread, and a hot-row file beside
  * the table that lets a restarted store warm that cache with large
@@ -37,8 +37,12 @@ const char *engram_store_status_str(int status);
  *  16     8   rows
  *  24     4   cols (values per row: head_dim)
  *  28     4   row_bytes (bytes of one row's data)
- *  32     4   row_stride (row_bytes rounded up to a power of two when <= 4096,
- *             else to a multiple of 4096)
+ *  32     4   row_stride (engram_store_row_stride: row_bytes rounded up to a
+ *             multiple of 8; files written before issue 17 have row_bytes
+ *             rounded up to a power of two when <= 4096, else to a multiple
+ *             of 4096; readers take any stride between the two that is a
+ *             multiple of 8, so the version stayed 1: a reader from before
+ *             refuses a new file whose stride differs, naming row_stride)
  *  36     4   reserved (0)
  *  40     8   data_offset (a positive multiple of 4096)
  *  48..   the checksums' fields below, then zero up to data_offset
@@ -93,8 +97,10 @@ typedef struct {
  * dtype, cols out of [1, ENGRAM_STORE_MAX_COLS], FP8 cols not a multiple of 32). */
 uint32_t engram_store_row_bytes(int dtype, uint32_t cols);
 
-/* The stride for a row of row_bytes: the next power of two up to 4096, then
- * the next multiple of 4096. */
+/* The stride writers use for a row of row_bytes: row_bytes rounded up to a
+ * multiple of 8 (the next power of two for rows under 8 bytes), so that
+ * rows stay 8-byte aligned and a table costs its rows' bytes, not up to
+ * twice as much (DeepSeek-V4.1's 264-byte rows: 264, not 512). */
 uint32_t engram_store_row_stride(uint32_t row_bytes);
 
 /* Decodes one stored row of cols values of dtype to f32, exactly (bf16/f16
@@ -113,11 +119,14 @@ typedef int (*engram_store_row_fn)(void *ctx, uint64_t row, void *dst);
 
 /* Writes a table file at path (through path.tmp, renamed at the end):
  * header, then rows from fill (called once per row in order; a non-zero
- * return aborts with ENGRAM_STORE_EIO), padding to a multiple of 4096, then
- * the per-block checksums.
- * Returns ENGRAM_STORE_OK or a negative status with a message. */
-int engram_store_write(const char *path, int dtype, uint64_t rows, uint32_t cols, engram_store_row_fn fill,
-                       void *ctx, char *err, size_t errlen);
+ * return aborts with ENGRAM_STORE_EIO) at `stride` bytes apart (0: the
+ * dense engram_store_row_stride; another stride a reader accepts, such as
+ * the old power of two, for tests and benchmarks), zeros between them,
+ * padding to a multiple of 4096, then the per-block checksums.
+ * Returns ENGRAM_STORE_OK or a negative status with a message (_EINVAL for
+ * a bad shape or stride). */
+int engram_store_write(const char *path, int dtype, uint64_t rows, uint32_t cols, uint32_t stride,
+                       engram_store_row_fn fill, void *ctx, char *err, size_t errlen);
 
 /* What engram_store_verify found. */
 typedef struct {
@@ -127,7 +136,8 @@ typedef struct {
     int64_t first_bad;    /* the first block whose bytes do not match its checksum; -1: none */
     uint64_t bad_offset;  /* its file offset and length */
     uint64_t bad_len;
-    uint64_t bad_row_first, bad_row_last; /* the rows it holds bytes of (last < first: only padding) */
+    uint64_t bad_row_first, bad_row_last; /* the rows it holds bytes of, one straddling in from the block
+                                           * before included (last < first: only padding) */
 } engram_store_verify_result;
 
 /* Checks every block of the table file at path against its checksum.

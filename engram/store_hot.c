@@ -165,7 +165,8 @@ static void warm_run(engram_store *s, bool background) {
     reader rd = {0};
     row_req *q = malloc(WARM_BATCH * sizeof(row_req));
     int64_t *ids = malloc(WARM_BATCH * sizeof(int64_t));
-    if (!q || !ids || engram_store__reader_init(s, &rd, WARM_QD, WARM_RUN, WARM_GAP)) {
+    size_t run = WARM_RUN > s->run_bytes ? WARM_RUN : s->run_bytes; /* a row of over 1 MiB is one run */
+    if (!q || !ids || engram_store__reader_init(s, &rd, WARM_QD, run, WARM_GAP)) {
         engram_store__note(s, "warm start: out of memory; the cache starts cold");
         goto done;
     }

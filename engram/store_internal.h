@@ -81,7 +81,8 @@ typedef _Atomic uint64_t counter;
  * blocks of rows in offset order up to run_max bytes, and may take in up to
  * gap_max bytes of blocks no row wants between two that one does: the
  * gathers' reader reads one row's blocks (run_max = run_bytes, gap 0), the
- * warm start's long sequential runs. */
+ * warm start's long sequential runs. A row is never cut between runs: one
+ * row's blocks (run_bytes) always fit run_max. */
 typedef struct {
     struct io_uring ring;
     bool uring;
@@ -103,7 +104,8 @@ struct engram_store {
     /* NVMe reads */
     pthread_mutex_t io_mu; /* the gathers' reader */
     reader rd, pf_rd;      /* gathers', the prefetch thread's */
-    size_t run_bytes;      /* largest run: one row's blocks */
+    size_t run_bytes;      /* the most bytes of blocks one row spans (store_nvme.c, row_span): every reader's
+                            * run_max is at least this */
     _Atomic int gathering; /* gathers between their lookup and their last read */
     /* the row cache */
     pthread_mutex_t mu;

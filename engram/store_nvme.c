@@ -239,7 +239,8 @@ int engram_store__read_reqs(engram_store *s, reader *rd, row_req *q, size_t n, r
     qsort(q, n, sizeof(row_req), cmp_req);
     block_run *runs = malloc(n * sizeof(block_run));
     if (!runs) return ENGRAM_STORE_ENOMEM;
-    /* a row never straddles more blocks than its size needs (the stride), so one fits any run_max >= run_bytes */
+    /* a row spans at most run_bytes of blocks (row_span), so one row always fits a run (run_max >= run_bytes):
+     * a row straddling two blocks is one read of both, copied out at its offset in the first (finish_run) */
     size_t nr = 0;
     for (size_t i = 0; i < n;) {
         uint64_t b = block_floor(q[i].off), e = block_ceil(q[i].off + rb);
@@ -436,6 +437,21 @@ void engram_store__reader_free(reader *rd) {
 }
 
 
+/* The most bytes of whole blocks one row spans. Rows start at multiples of
+ * g = gcd(stride, block) inside a block: at most block - g into one, so a
+ * row of row_bytes reaches at most block - g + row_bytes past a block's
+ * start. A power-of-two stride up to the block (g = stride >= row_bytes)
+ * keeps every row in one block; the dense stride (264 B: g = 8) lets one
+ * row in 16 straddle two. */
+static size_t row_span(const engram_store_header *h) {
+    uint32_t a = h->row_stride, b = ENGRAM_STORE_BLOCK;
+    while (b) {
+        uint32_t t = a % b;
+        a = b, b = t;
+    }
+    return (size_t)block_ceil(ENGRAM_STORE_BLOCK - a + h->row_bytes);
+}
+
 /* Swaps s->fd for a buffered descriptor when O_DIRECT reads are refused:
  * some filesystems accept O_DIRECT at open and refuse the read. */
 static int probe_direct(engram_store *s, char *err, size_t errlen) {
@@ -465,7 +481,7 @@ int engram_store__nvme_open(engram_store *s, int fd, char *err, size_t errlen) {
     } else {
         s->fd = fd;
     }
-    s->run_bytes = h->row_stride < ENGRAM_STORE_BLOCK ? ENGRAM_STORE_BLOCK : h->row_stride;
+    s->run_bytes = row_span(h);
     if (engram_store__reader_init(s, &s->rd, s->p.queue_depth, s->run_bytes, 0)) return err_set(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
     s->info.io_uring = s->rd.uring;
     int rc = probe_direct(s, err, errlen);

@@ -45,12 +45,35 @@ uint32_t engram_store_row_bytes(int dtype, uint32_t cols) {
     }
 }
 
+/* The alignment of a row: 8 bytes (rows are read with 8-byte loads), or the
+ * row's own power of two for rows under 8 bytes. */
+static uint32_t row_align(uint32_t row_bytes) {
+    uint32_t a = 1;
+    while (a < row_bytes && a < 8) a <<= 1;
+    return a;
+}
+
 uint32_t engram_store_row_stride(uint32_t row_bytes) {
+    uint32_t a = row_align(row_bytes);
+    return (row_bytes + a - 1) / a * a;
+}
+
+/* The stride files had before issue 17 (a power of two up to 4096, then a
+ * multiple of 4096): the most padding any writer of this format used, so the
+ * largest stride a reader accepts. */
+static uint32_t row_stride_pow2(uint32_t row_bytes) {
     if (row_bytes > ENGRAM_STORE_BLOCK)
         return (row_bytes + ENGRAM_STORE_BLOCK - 1) / ENGRAM_STORE_BLOCK * ENGRAM_STORE_BLOCK;
     uint32_t s = 1;
     while (s < row_bytes) s <<= 1;
     return s;
+}
+
+/* Whether a file may put rows of row_bytes at `stride`: aligned as
+ * engram_store_row_stride aligns, from the dense stride up to the old
+ * power-of-two one. Any of those reads correctly; others are damage. */
+static bool stride_ok(uint32_t row_bytes, uint32_t stride) {
+    return stride >= row_bytes && stride <= row_stride_pow2(row_bytes) && stride % row_align(row_bytes) == 0;
 }
 
 static uint32_t rd32(const uint8_t *p) {
@@ -90,8 +113,9 @@ int engram_store_parse_header(const void *buf, size_t len, uint64_t file_size, e
     if (x.row_bytes != rb)
         return err_set(err, errlen, E, "row_bytes %u, expected %u for %u %s values", x.row_bytes, rb, x.cols,
                        engram_store_dtype_name((int)x.dtype));
-    if (x.row_stride != engram_store_row_stride(rb))
-        return err_set(err, errlen, E, "row_stride %u, expected %u", x.row_stride, engram_store_row_stride(rb));
+    if (!stride_ok(rb, x.row_stride))
+        return err_set(err, errlen, E, "row_stride %u invalid for %u-byte rows (a multiple of %u from %u to %u)",
+                       x.row_stride, rb, row_align(rb), engram_store_row_stride(rb), row_stride_pow2(rb));
     if (rd32(p + 36)) return err_set(err, errlen, E, "reserved field is not zero");
     if (x.data_offset == 0 || x.data_offset % ENGRAM_STORE_BLOCK || x.data_offset > (1ull << 40))
         return err_set(err, errlen, E, "data_offset %llu is not a positive multiple of 4096",
@@ -161,13 +185,13 @@ static void header_encode(uint8_t hdr[ENGRAM_STORE_BLOCK], int dtype, uint64_t r
     wr32(hdr + 84, crc32c(0, hdr, 84));
 }
 
-int engram_store_write(const char *path, int dtype, uint64_t rows, uint32_t cols, engram_store_row_fn fill,
-                       void *ctx, char *err, size_t errlen) {
+int engram_store_write(const char *path, int dtype, uint64_t rows, uint32_t cols, uint32_t stride,
+                       engram_store_row_fn fill, void *ctx, char *err, size_t errlen) {
     uint32_t rb = engram_store_row_bytes(dtype, cols);
-    if (!path || !fill || !rb || rows < 1)
-        return err_set(err, errlen, ENGRAM_STORE_EINVAL, "%s: bad table (dtype %d, %llu rows, %u cols)",
-                       path ? path : "(null)", dtype, (unsigned long long)rows, cols);
-    uint32_t stride = engram_store_row_stride(rb);
+    if (rb && !stride) stride = engram_store_row_stride(rb);
+    if (!path || !fill || !rb || rows < 1 || !stride_ok(rb, stride) || rows > (1ull << 48) / stride)
+        return err_set(err, errlen, ENGRAM_STORE_EINVAL, "%s: bad table (dtype %d, %llu rows, %u cols, stride %u)",
+                       path ? path : "(null)", dtype, (unsigned long long)rows, cols, stride);
     size_t tlen = strlen(path) + 5;
     char *tmp = malloc(tlen);
     /* a chunk of whole rows, at least 1 MiB */
@@ -325,8 +349,10 @@ int engram_store_verify(const char *path, engram_store_verify_result *r, char *e
         r->first_bad = (int64_t)i;
         r->bad_offset = off;
         r->bad_len = len;
-        r->bad_row_first = (off - h.data_offset) / h.row_stride;
-        uint64_t last = (off + len - 1 - h.data_offset) / h.row_stride;
+        /* every row with a byte in [off, off + len): the first one may start in the block before and
+         * straddle in (at the dense stride), the bytes of a stride past a row's end are padding */
+        uint64_t lo = off - h.data_offset, last = (lo + len - 1) / h.row_stride;
+        r->bad_row_first = lo < h.row_bytes ? 0 : (lo - h.row_bytes) / h.row_stride + 1;
         r->bad_row_last = last < h.rows ? last : h.rows - 1; /* below first: the block holds only padding */
         break;
     }
@@ -353,7 +379,7 @@ int engram_store_write_dense(const char *path, int dtype, uint64_t rows, uint32_
                              char *err, size_t errlen) {
     dense_ctx d = {data, engram_store_row_bytes(dtype, cols)};
     if (!data) return err_set(err, errlen, ENGRAM_STORE_EINVAL, "no data");
-    return engram_store_write(path, dtype, rows, cols, dense_fill, &d, err, errlen);
+    return engram_store_write(path, dtype, rows, cols, 0, dense_fill, &d, err, errlen);
 }
 
 void engram_store_decode_row(int dtype, uint32_t cols, const void *row, float *restrict out) {

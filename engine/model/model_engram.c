@@ -296,7 +296,7 @@ static int export_layer(const model *m, int li, const char *path, char *err, siz
                     path, isatty(STDERR_FILENO) == 1, -1};
     fprintf(stderr, "engram: layer %d: %d rows x %d %s -> %s\n", w->layer_id, w->table.rows, w->table.cols,
             engram_store_dtype_name(dt), path);
-    int rc = engram_store_write(path, dt, x.rows, (uint32_t)w->table.cols, export_fill, &x, err, errlen);
+    int rc = engram_store_write(path, dt, x.rows, (uint32_t)w->table.cols, 0, export_fill, &x, err, errlen);
     if (rc && x.tty && x.shown >= 0 && x.shown < 100) fputc('\n', stderr);
     return rc == ENGRAM_STORE_OK ? MODEL_OK : rc == ENGRAM_STORE_ENOMEM ? MODEL_ERR_NOMEM : MODEL_ERR_IO;
 }

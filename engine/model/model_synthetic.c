@@ -919,7 +919,7 @@ static int make_table(model *m, int li, const char *dir, uint64_t seed, bool qui
         fprintf(stderr, "synthetic table %s: writing %d rows x %d %s (%.2f GB)\n", path, w->table.rows,
                 w->table.cols, dn, bytes / 1e9);
     char serr[512];
-    int src = engram_store_write(path, dt, g.rows, g.cols, table_fill, &g, serr, sizeof(serr));
+    int src = engram_store_write(path, dt, g.rows, g.cols, 0, table_fill, &g, serr, sizeof(serr));
     free(g.buf);
     free(e4m3);
     if (src) {

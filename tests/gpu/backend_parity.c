@@ -599,7 +599,7 @@ static void test_store_rows(void) {
             sp.tiers = ENGRAM_STORE_EXCLUSIVE;
             sp.quiet = true;
             snprintf(path, sizeof(path), "%s/t.tbl", mkdtemp(tdir) ? tdir : "/tmp");
-            if (engram_store_write(path, dts[k], R, cols, random_row, &rb, err, sizeof(err)) ||
+            if (engram_store_write(path, dts[k], R, cols, 0, random_row, &rb, err, sizeof(err)) ||
                 engram_store_open(path, &sp, &nv, err, sizeof(err))) {
                 printf("nvme store: %s FAIL\n", err);
                 failures++;

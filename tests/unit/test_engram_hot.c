@@ -296,6 +296,61 @@ START_TEST(test_hot_ignored) {
 }
 END_TEST
 
+
+/* DeepSeek-V4.1's 264-byte FP8 rows at the dense stride, 2 MiB of them (so
+ * the warm start's 1 MiB runs end somewhere inside): a profile of every row
+ * that straddles two 4 KiB blocks, the last row and a few others, written
+ * as a hot-row file and read back (waiting, then in the background), gives
+ * those rows bit for bit from DRAM without one NVMe read. */
+START_TEST(test_hot_v41_dense) {
+    enum { V_COLS = 256, V_RB = 264, V_ROWS = 8177 }; /* row 8176, the last, straddles */
+    free(table);
+    table = malloc((size_t)V_ROWS * V_RB);
+    for (size_t i = 0; i < (size_t)V_ROWS * V_RB; i++) table[i] = (uint8_t)next32();
+    char err[512];
+    ck_assert_int_eq(engram_store_write_dense(path, ENGRAM_STORE_FP8_UE8M0, V_ROWS, V_COLS, table, err, sizeof(err)), 0);
+    int64_t rows[1024];
+    uint32_t counts[1024];
+    size_t n = 0;
+    for (int64_t r = 0; r < V_ROWS; r++)
+        if ((uint64_t)r * V_RB % 4096 + V_RB > 4096) rows[n++] = r;
+    ck_assert_int_eq(rows[n - 1], V_ROWS - 1);
+    for (int i = 0; i < 200; i++) rows[n++] = (int64_t)(next32() % V_ROWS); /* repeats are fine: counted once */
+    for (size_t i = 0; i < n; i++) counts[i] = 1 + i % 7;
+    engram_store_params p = engram_store_default_params();
+    p.tier = ENGRAM_STORE_NVME;
+    p.dram_budget = 1024 * (V_RB + 38);
+    p.queue_depth = 8;
+    p.warm_start = ENGRAM_STORE_WARM_WAIT;
+    p.quiet = true;
+    engram_store *s = NULL;
+    ck_assert_msg(engram_store_open(path, &p, &s, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_int_eq(engram_store_hot_write(s, rows, counts, n, err, sizeof(err)), 0);
+    engram_store_close(s);
+    uint8_t *got = malloc(n * V_RB);
+    for (int mode = 0; mode < 2; mode++) {
+        p.warm_start = mode ? ENGRAM_STORE_WARM_BACKGROUND : ENGRAM_STORE_WARM_WAIT;
+        ck_assert_msg(engram_store_open(path, &p, &s, err, sizeof(err)) == 0, "%s", err);
+        while (engram_store_warming(s)) usleep(1000);
+        engram_store_stats st = stats(s);
+        ck_assert_uint_gt(st.warm_rows, 500);
+        ck_assert_uint_eq(st.warm_rows, st.warm_target);
+        ck_assert_uint_gt(st.nvme_reads, 1); /* more than one 1 MiB run */
+        uint64_t reads = st.nvme_reads;
+        memset(got, 0xA5, n * V_RB);
+        ck_assert_int_eq(engram_store_gather_raw(s, rows, n, got, NULL), 0);
+        for (size_t i = 0; i < n; i++)
+            ck_assert_msg(!memcmp(got + i * V_RB, table + rows[i] * V_RB, V_RB), "mode %d row %lld", mode,
+                          (long long)rows[i]);
+        st = stats(s);
+        ck_assert_uint_eq(st.nvme_reads, reads); /* every row from DRAM */
+        ck_assert_uint_eq(st.dram_hits, n);
+        engram_store_close(s);
+    }
+    free(got);
+}
+END_TEST
+
 static Suite *hot_suite(void) {
     Suite *s = suite_create("engram_hot");
     TCase *tc = tcase_create("sketch");
@@ -310,6 +365,7 @@ static Suite *hot_suite(void) {
     tcase_add_test(tc, test_admission_deterministic);
     tcase_add_test(tc, test_hot_round_trip);
     tcase_add_test(tc, test_hot_ignored);
+    tcase_add_test(tc, test_hot_v41_dense);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -7,10 +7,12 @@
  * past the end) refused with a message naming the problem. */
 #include <check.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "engram/engram.h"
@@ -49,10 +51,13 @@ static void ref_row(int dt, const uint8_t *src, uint32_t cols, float *out) {
 
 START_TEST(test_strides) {
     ck_assert_uint_eq(engram_store_row_bytes(ENGRAM_STORE_FP8_UE8M0, 256), 264);
-    ck_assert_uint_eq(engram_store_row_stride(264), 512);
+    ck_assert_uint_eq(engram_store_row_stride(264), 264); /* dense (issue 17): 512 before */
+    ck_assert_uint_eq(engram_store_row_stride(66), 72);
     ck_assert_uint_eq(engram_store_row_stride(512), 512);
     ck_assert_uint_eq(engram_store_row_stride(1), 1);
-    ck_assert_uint_eq(engram_store_row_stride(4097), 8192);
+    ck_assert_uint_eq(engram_store_row_stride(2), 2);
+    ck_assert_uint_eq(engram_store_row_stride(6), 8);
+    ck_assert_uint_eq(engram_store_row_stride(4097), 4104);
     ck_assert_uint_eq(engram_store_row_bytes(ENGRAM_STORE_FP8_UE8M0, 48), 0);
     ck_assert_uint_eq(engram_store_row_bytes(ENGRAM_STORE_BF16, 0), 0);
     ck_assert_uint_eq(engram_store_row_bytes(9, 8), 0);
@@ -156,7 +161,7 @@ START_TEST(test_unpadded_tail) {
     char err[256];
     for (int i = 0; i < 500; i++) d[i] = (uint16_t)(0x3f80 + i);
     ck_assert_int_eq(engram_store_write_dense(path, ENGRAM_STORE_BF16, 5, 100, d, err, sizeof(err)), 0);
-    ck_assert_int_eq(truncate(path, 4096 + 4 * 256 + 200), 0); /* stride 256, row 200 bytes */
+    ck_assert_int_eq(truncate(path, 4096 + 4 * 200 + 200), 0); /* stride 200 (dense), row 200 bytes */
     int64_t rows[3] = {4, 0, 4};
     float want[300], got[300];
     for (int k = 0; k < 3; k++) dtype_to_f32(want + k * 100, d + rows[k] * 100, DTYPE_BF16, 100);
@@ -167,7 +172,7 @@ START_TEST(test_unpadded_tail) {
         ck_assert(!memcmp(got, want, sizeof(got)));
         engram_store_close(s);
     }
-    ck_assert_int_eq(truncate(path, 4096 + 4 * 256 + 199), 0);
+    ck_assert_int_eq(truncate(path, 4096 + 4 * 200 + 199), 0);
     engram_store *s = NULL;
     ck_assert_int_eq(engram_store_open(path, NULL, &s, err, sizeof(err)), ENGRAM_STORE_EFORMAT);
 }
@@ -224,8 +229,11 @@ START_TEST(test_bad_files) {
     expect_bad(b, n, ENGRAM_STORE_EFORMAT, "row_bytes 32, expected 36");
     memcpy(b, good, n), put32(b + 24, 0);
     expect_bad(b, n, ENGRAM_STORE_EFORMAT, "cols 0");
+    /* 32-byte rows: strides 32 (dense, and the old power of two) only */
     memcpy(b, good, n), put32(b + 32, 64);
-    expect_bad(b, n, ENGRAM_STORE_EFORMAT, "row_stride 64, expected 32");
+    expect_bad(b, n, ENGRAM_STORE_EFORMAT, "row_stride 64 invalid for 32-byte rows (a multiple of 8 from 32 to 32)");
+    memcpy(b, good, n), put32(b + 32, 24);
+    expect_bad(b, n, ENGRAM_STORE_EFORMAT, "row_stride 24 invalid");
     memcpy(b, good, n), put32(b + 36, 1);
     expect_bad(b, n, ENGRAM_STORE_EFORMAT, "reserved");
     memcpy(b, good, n), put64(b + 40, 100);
@@ -241,7 +249,7 @@ START_TEST(test_bad_files) {
     engram_store_params p = {.tier = ENGRAM_STORE_NVME, .queue_depth = 0};
     write_bytes(good, n);
     ck_assert_int_eq(engram_store_open(path, &p, &s, err, sizeof(err)), ENGRAM_STORE_EINVAL);
-    ck_assert_int_eq(engram_store_write(path, 0, 1, 1, NULL, NULL, err, sizeof(err)), ENGRAM_STORE_EINVAL);
+    ck_assert_int_eq(engram_store_write(path, 0, 1, 1, 0, NULL, NULL, err, sizeof(err)), ENGRAM_STORE_EINVAL);
 }
 END_TEST
 
@@ -374,6 +382,149 @@ START_TEST(test_prefetch_no_duplicate_reads) {
 }
 END_TEST
 
+
+/* ---- DeepSeek-V4.1's rows at the dense stride (issue 17) ---- */
+
+enum { V41_COLS = 256, V41_RB = 264, V41_ROWS = 1009 }; /* row 1008, the last, straddles blocks 65 and 66 */
+
+static int copy_row(void *ctx, uint64_t row, void *dst) {
+    memcpy(dst, (const uint8_t *)ctx + row * V41_RB, V41_RB);
+    return 0;
+}
+
+/* Whether row r at stride 264 has bytes in two 4 KiB blocks (the data start at a block). */
+static bool straddles(int64_t r) { return (uint64_t)r * V41_RB % 4096 + V41_RB > 4096; }
+
+/* Gathers rows through s raw and decoded; both must be the bytes written
+ * (data) and engram_fp8's decoding of them. */
+static void v41_check(engram_store *s, const uint8_t *data, const int64_t *rows, size_t n, const char *what) {
+    uint8_t *raw = malloc(n * V41_RB);
+    float *got = malloc(n * V41_COLS * sizeof(float)), want[V41_COLS];
+    memset(raw, 0xA5, n * V41_RB);
+    ck_assert_int_eq(engram_store_gather_raw(s, rows, n, raw, NULL), 0);
+    ck_assert_int_eq(engram_store_gather(s, rows, n, got, NULL), 0);
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *src = data + rows[i] * V41_RB;
+        ck_assert_msg(!memcmp(raw + i * V41_RB, src, V41_RB), "%s: row %lld raw", what, (long long)rows[i]);
+        engram_fp8_decode_row(src, src + V41_COLS, V41_COLS, want);
+        ck_assert_msg(!memcmp(got + i * V41_COLS, want, sizeof(want)), "%s: row %lld", what, (long long)rows[i]);
+    }
+    free(raw), free(got);
+}
+
+/* 264-byte FP8 rows at the dense stride (one in 16 straddling two blocks,
+ * the last row among them) and at the old 512-byte one (a file from before
+ * issue 17): every tier returns the rows written, bit for bit, from a full
+ * file and from one cut right after its last row; a straddling row costs
+ * one read of its two blocks; prefetched rows come back the same. */
+START_TEST(test_v41_dense_stride) {
+    uint8_t *data = malloc((size_t)V41_ROWS * V41_RB);
+    for (size_t i = 0; i < (size_t)V41_ROWS * V41_RB; i++) data[i] = (uint8_t)next32();
+    int64_t rows[V41_ROWS];
+    size_t n = 0, n_straddle = 0;
+    for (int64_t r = 0; r < V41_ROWS; r++)
+        if (straddles(r)) rows[n++] = r;
+    n_straddle = n;
+    ck_assert_uint_eq(n_straddle, 64); /* one row in 16: 1009 / 16, and the last */
+    ck_assert(straddles(V41_ROWS - 1));
+    rows[n++] = 0;
+    rows[n++] = 14; /* ends 48 bytes before block 1 */
+    for (int i = 0; i < 100; i++) rows[n++] = (int64_t)(next32() % V41_ROWS);
+    char err[512], what[64];
+    for (int v = 0; v < 2; v++) {
+        uint32_t stride = v ? 512 : 0;
+        ck_assert_msg(engram_store_write(path, ENGRAM_STORE_FP8_UE8M0, V41_ROWS, V41_COLS, stride, copy_row, data, err,
+                                         sizeof(err)) == 0, "%s", err);
+        /* the header block, the rows at their stride padded to a block, one block of checksums */
+        struct stat st;
+        ck_assert_int_eq(stat(path, &st), 0);
+        ck_assert_uint_eq((uint64_t)st.st_size, 4096 + ((uint64_t)V41_ROWS * (v ? 512 : 264) + 4095) / 4096 * 4096 + 4096);
+        for (int cut = 0; cut < 2; cut++) {
+            if (cut) ck_assert_int_eq(truncate(path, 4096 + (V41_ROWS - 1) * (v ? 512 : 264) + V41_RB), 0);
+            for (size_t t = 0; t < sizeof(tier_params) / sizeof(tier_params[0]); t++) {
+                engram_store *s = NULL;
+                ck_assert_msg(engram_store_open(path, &tier_params[t], &s, err, sizeof(err)) == 0, "%s", err);
+                engram_store_info in = engram_store_get_info(s);
+                ck_assert_uint_eq(in.header.row_stride, v ? 512 : 264);
+                ck_assert_uint_eq(in.header.row_bytes, V41_RB);
+                snprintf(what, sizeof(what), "stride %u cut %d tier %zu", in.header.row_stride, cut, t);
+                v41_check(s, data, rows, n, what);
+                engram_store_close(s);
+            }
+        }
+        unlink(path);
+    }
+    /* one read per row alone: both blocks of a straddling row at once, one block of another */
+    ck_assert_int_eq(engram_store_write(path, ENGRAM_STORE_FP8_UE8M0, V41_ROWS, V41_COLS, 0, copy_row, data, err,
+                                        sizeof(err)), 0);
+    engram_store *s = NULL;
+    ck_assert_int_eq(engram_store_open(path, &tier_params[2], &s, err, sizeof(err)), 0); /* NVMe, no cache */
+    for (int64_t r = 0; r < 40; r++) {
+        engram_store_info a = engram_store_get_info(s);
+        v41_check(s, data, &r, 1, "alone");
+        engram_store_info b = engram_store_get_info(s);
+        ck_assert_uint_eq(b.reads - a.reads, 2); /* raw and decoded */
+        ck_assert_uint_eq(b.bytes_read - a.bytes_read, straddles(r) ? 2 * 8192 : 2 * 4096);
+    }
+    engram_store_close(s);
+    /* the lookahead: straddling rows prefetched into a cache that holds them all, then gathered from DRAM */
+    engram_store_params p = {.tier = ENGRAM_STORE_NVME, .queue_depth = 8, .dram_budget = 200 * (V41_RB + 38),
+                             .quiet = true};
+    ck_assert_int_eq(engram_store_open(path, &p, &s, err, sizeof(err)), 0);
+    ck_assert_int_eq(engram_store_prefetch(s, rows, n_straddle), 0);
+    for (int tries = 0; tries < 5000; tries++) {
+        engram_store_stats es;
+        engram_store_get_stats(s, &es);
+        if (es.prefetch_reads == n_straddle) break;
+        usleep(1000);
+    }
+    v41_check(s, data, rows, n_straddle, "prefetched");
+    engram_store_stats es;
+    engram_store_get_stats(s, &es);
+    ck_assert_uint_eq(es.prefetch_reads, n_straddle);
+    ck_assert_uint_eq(es.dram_hits, 2 * n_straddle); /* raw and decoded: nothing read by the gathers */
+    ck_assert_uint_eq(es.evictions, 0);
+    engram_store_close(s);
+    free(data);
+}
+END_TEST
+
+/* A damaged checksum block names every row with a byte in it: at 264 bytes
+ * a row, the one straddling in from the block before first. */
+START_TEST(test_v41_bad_block_rows) {
+    uint8_t *data = malloc((size_t)V41_ROWS * V41_RB);
+    for (size_t i = 0; i < (size_t)V41_ROWS * V41_RB; i++) data[i] = (uint8_t)next32();
+    char err[512];
+    for (int v = 0; v < 2; v++) {
+        uint32_t stride = v ? 512 : 264;
+        ck_assert_int_eq(engram_store_write(path, ENGRAM_STORE_FP8_UE8M0, V41_ROWS, V41_COLS, stride, copy_row, data,
+                                            err, sizeof(err)), 0);
+        /* one byte of checksum block 1 ([65536, 131072) of the data) */
+        FILE *f = fopen(path, "r+b");
+        ck_assert_int_eq(fseek(f, 4096 + 65536 + 1000, SEEK_SET), 0);
+        int c = fgetc(f);
+        ck_assert_int_eq(fseek(f, 4096 + 65536 + 1000, SEEK_SET), 0);
+        fputc(c ^ 1, f);
+        fclose(f);
+        engram_store_verify_result r;
+        ck_assert_msg(engram_store_verify(path, &r, err, sizeof(err)) == 0, "%s", err);
+        ck_assert_int_eq(r.first_bad, 1);
+        /* the rows with a byte in [65536, 131072): at 264, row 248 = [65472, 65736) straddles in, row 496 =
+         * [130944, 131208) straddles out; at 512 rows 128..255 exactly */
+        ck_assert_uint_eq(r.bad_row_first, v ? 128 : 248);
+        ck_assert_uint_eq(r.bad_row_last, v ? 255 : 496);
+        for (uint64_t row = r.bad_row_first - 1; row <= r.bad_row_last + 1; row++) {
+            uint64_t lo = row * stride, hi = lo + V41_RB; /* the row's data bytes */
+            bool touches = lo < 131072 && hi > 65536;
+            ck_assert_msg(touches == (row >= r.bad_row_first && row <= r.bad_row_last), "stride %u row %llu", stride,
+                          (unsigned long long)row);
+        }
+        unlink(path);
+    }
+    free(data);
+}
+END_TEST
+
 static Suite *store_suite(void) {
     Suite *s = suite_create("engram_store");
     TCase *tc = tcase_create("core");
@@ -386,6 +537,8 @@ static Suite *store_suite(void) {
     tcase_add_test(tc, test_bad_files);
     tcase_add_test(tc, test_cache_concurrent);
     tcase_add_test(tc, test_prefetch_no_duplicate_reads);
+    tcase_add_test(tc, test_v41_dense_stride);
+    tcase_add_test(tc, test_v41_bad_block_rows);
     suite_add_tcase(s, tc);
     return s;
 }
