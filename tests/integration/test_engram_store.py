@@ -73,7 +73,7 @@ def test_export_info(exported):
         info = json.loads(run_bin("engram-tables", "info", f).stdout)
         assert info["data_offset"] % 4096 == 0
         stride = info["row_stride"]
-        assert stride >= info["row_bytes"] and (stride & (stride - 1)) == 0 and 4096 % stride == 0
+        assert stride >= info["row_bytes"] and stride % 8 == 0 and stride - info["row_bytes"] < 8  # dense
         assert f.stat().st_size % 4096 == 0
         assert f.stat().st_size >= info["data_offset"] + info["rows"] * stride
 

@@ -110,6 +110,49 @@ def test_store_tiers_are_bit_identical(tier, tmp_path):
         assert json.loads(lines[-1]) == G["greedy_ids"]
 
 
+def checkpoint_tensors(path):
+    """The raw bytes of every tensor of a safetensors file, by name (F8 dtypes as uint8, read by the
+    format's own layout: an 8-byte header length, the JSON header, the data)."""
+    b = path.read_bytes()
+    n = struct.unpack("<Q", b[:8])[0]
+    head = json.loads(b[8:8 + n])
+    return {k: (v["shape"], np.frombuffer(b, np.uint8, v["data_offsets"][1] - v["data_offsets"][0],
+                                          8 + n + v["data_offsets"][0]))
+            for k, v in head.items() if k != "__metadata__"}
+
+
+def test_exported_table_layout(tmp_path):
+    """engram-tables export writes V4.1's rows (64 e4m3 bytes, then 2 ue8m0 scale bytes: 66) at the
+    dense stride, 72 bytes apart (66 rounded up to 8; a power of two, 128, before issue 17), so that
+    rows straddle 4 KiB blocks: read here by store.h's documented layout, every row is the
+    checkpoint's bytes, the padding zero, the file no longer than its rows need, and the per-block
+    checksums hold (engram-tables verify)."""
+    tables = tmp_path / "tables"
+    run_bin("engram-tables", "export", "--model", SRC, "--out", tables)
+    ckpt = checkpoint_tensors(SRC / "model.safetensors")
+    for lid in LAYERS:
+        f = tables / f"engram_layer_{lid}.tbl"
+        b = f.read_bytes()
+        assert b[:8] == b"ENGRTBL\0"
+        version, dtype, rows, cols, row_bytes, stride, reserved, data_offset = struct.unpack("<IIQIIIIQ", b[8:48])
+        (rows_w, cols_w), weight = ckpt[f"model.layers.{lid}.engram.embed.weight"]
+        (rows_s, groups), scale = ckpt[f"model.layers.{lid}.engram.embed.scale"]
+        assert (version, dtype, rows, cols, reserved, data_offset) == (1, 4, rows_w, cols_w, 0, 4096)
+        assert rows_s == rows and groups * 32 == cols and row_bytes == cols + groups
+        assert stride == (row_bytes + 7) // 8 * 8 == 72
+        assert any(r * stride % 4096 + row_bytes > 4096 for r in range(rows))  # some rows straddle two blocks
+        data_end = data_offset + (rows * stride + 4095) // 4096 * 4096
+        n_sums = (data_end - data_offset + 65535) // 65536
+        assert len(b) == data_end + (n_sums * 4 + 4095) // 4096 * 4096
+        t = np.frombuffer(b, np.uint8, rows * stride, data_offset).reshape(rows, stride)
+        assert (t[:, :cols] == weight.reshape(rows, cols)).all()
+        assert (t[:, cols:row_bytes] == scale.reshape(rows, groups)).all()
+        tail = np.frombuffer(b, np.uint8, data_end - data_offset - rows * stride, data_offset + rows * stride)
+        assert (t[:, row_bytes:] == 0).all() and not tail.any()
+        v = json.loads(run_bin("engram-tables", "verify", f).stdout)
+        assert v["blocks"] == n_sums and v["verified"] is True, v
+
+
 # ---- refusals: one line naming what is wrong ----
 
 
