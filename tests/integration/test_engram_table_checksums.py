@@ -3,7 +3,8 @@ engram-tables export (engram/table_file.c), checked by engram-tables verify.
 The checksums are compared with the crc32c package (ICRAR's, an outside
 implementation); a flipped byte is named by block, bytes and rows; a file
 without checksums (as written before them) still loads and verify says it has
-none."""
+none. Both for 32-byte f32 rows (qwen3_engram) and for V4.1's 66-byte FP8
+rows at the dense stride of 72 (deepseek_v41), whose rows straddle blocks."""
 import shutil
 import struct
 
@@ -12,13 +13,15 @@ import pytest
 
 from conftest import MODELS, run_bin
 
-MODEL = MODELS / "qwen3_engram"
+@pytest.fixture(scope="module", params=[MODELS / "qwen3_engram", MODELS / "deepseek_v41"], ids=lambda p: p.name)
+def model(request):
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def tables(tmp_path_factory):
+def tables(model, tmp_path_factory):
     out = tmp_path_factory.mktemp("tables")
-    run_bin("engram-tables", "export", "--model", MODEL, "--out", out)
+    run_bin("engram-tables", "export", "--model", model, "--out", out)
     return out
 
 
@@ -26,7 +29,7 @@ def layout(b):
     """The header fields (store.h's layout) of a table file's bytes."""
     rows, cols, rb, stride, _, data_off = struct.unpack_from("<QIIIIQ", b, 16)
     magic, kind, block, sums_off, n_blocks, sums_crc, hdr_crc = struct.unpack_from("<8sIIQQII", b, 48)
-    return dict(rows=rows, stride=stride, data_off=data_off, magic=magic, kind=kind, block=block, sums_off=sums_off,
+    return dict(rows=rows, row_bytes=rb, stride=stride, data_off=data_off, magic=magic, kind=kind, block=block, sums_off=sums_off,
                 n_blocks=n_blocks, sums_crc=sums_crc, hdr_crc=hdr_crc)
 
 
@@ -69,7 +72,11 @@ def test_flipped_byte_names_its_block(tables, tmp_path, block):
     f = flipped(tables, tmp_path, "engram_layer_1.tbl", off)
     p = run_bin("engram-tables", "verify", f, check=False)
     assert p.returncode == 1 and p.stdout == ""
-    first, last = (i * 65536) // h["stride"], min(h["rows"] - 1, ((i + 1) * 65536 - 1) // h["stride"])
+    # every row with a byte in the block: the first may start in the block before and straddle in
+    lo, rb, stride = i * 65536, h["row_bytes"], h["stride"]
+    first = 0 if lo < rb else (lo - rb) // stride + 1
+    last = min(h["rows"] - 1, (lo + 65535) // stride)
+    assert first * stride < lo + 65536 and first * stride + rb > lo and (first == 0 or (first - 1) * stride + rb <= lo)
     assert f"block {i} (bytes {h['data_off'] + i * 65536}.." in p.stderr, p.stderr
     assert f"rows {first}..{last})" in p.stderr and str(f) in p.stderr, p.stderr
     assert (p.stderr.count("\n"), "does not match its checksum" in p.stderr) == (1, True)
@@ -86,7 +93,7 @@ def test_damaged_header_or_table(tables, tmp_path, off, needle):
     assert p.returncode == 1 and needle in p.stderr and str(f) in p.stderr, p.stderr
 
 
-def test_file_without_checksums_loads_and_verify_says_so(tables, tmp_path):
+def test_file_without_checksums_loads_and_verify_says_so(model, tables, tmp_path):
     """A file as written before checksums: zeros after byte 48, no checksum
     table. The store reads it as before (same generated ids), verify says
     there is nothing to check."""
@@ -99,7 +106,7 @@ def test_file_without_checksums_loads_and_verify_says_so(tables, tmp_path):
         f.write_bytes(bytes(b[:h["sums_off"]]))
         p = run_bin("engram-tables", "verify", f)
         assert '"checksums": null' in p.stdout and "has no checksums" in p.stderr, p.stderr
-    args = ["--model", MODEL, "--prompt-ids", "5,6,7,8", "--max-tokens", "6", "--temperature", "0", "--print-ids"]
+    args = ["--model", model, "--prompt-ids", "5,6,7,8", "--max-tokens", "6", "--temperature", "0", "--print-ids"]
     for tier in ("dram", "nvme"):
         old = run_bin("engram-run", *args, "--engram-tables", d, "--engram-tier", tier).stdout.splitlines()[-1]
         new = run_bin("engram-run", *args, "--engram-tables", tables, "--engram-tier", tier).stdout.splitlines()[-1]
