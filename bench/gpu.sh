@@ -71,9 +71,9 @@
 #           alone; 15 takes layer 14 too) +experts:V41_EXPERTS (default 384, all;
 #           FP4 experts are dequantized to bf16 on upload, about 24 GB a layer)
 #           +engram-rows:V41_SCALE (default 0.1: the prime search from 1.6M,
-#           38.4M rows of 264 B a layer, a 19.7 GB file at the store's 512-byte
-#           row stride; the release's 384M rows need 197 GB a layer, more than
-#           the machine's DRAM and disk), at batch sizes V41_BATCHES (default
+#           38.4M rows of 264 B a layer, a 10.1 GB file at the store's dense
+#           264-byte row stride; the release's 384M rows need 101 GB a layer,
+#           within the machine's DRAM but more than its disk), at batch sizes V41_BATCHES (default
 #           "1 64 256"; 256 prompt and 256 output tokens each), for each of
 #           V41_TIERS (default "hbm dram nvme hbmcache base"): hbm the tables as
 #           tensors uploaded to the GPU (FP8 rows on the device), dram a table
@@ -280,7 +280,8 @@ PY
     ;;
   stall41)
     local scale=${V41_SCALE:-0.1} spec="deepseek-v4.1-flash+layers:${V41_LAYERS:-2}+experts:${V41_EXPERTS:-384}"
-    local budget; budget=$(awk -v s="$scale" 'BEGIN { printf "%dM", 384006168 * s * 512 / 4 / 1048576 }')
+    # (a quarter of the table file at its dense 264-byte stride; runs before issue 17 took a quarter of 512 a row)
+    local budget; budget=$(awk -v s="$scale" 'BEGIN { printf "%dM", 384006168 * s * 264 / 4 / 1048576 }')
     spec+="+engram-rows:$scale"
     df -h ${V41_TBL_DIR:-.} | tail -1
     for tier in ${V41_TIERS:-hbm dram nvme hbmcache base}; do

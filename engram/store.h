@@ -41,8 +41,10 @@ const char *engram_store_status_str(int status);
  *             multiple of 8; files written before issue 17 have row_bytes
  *             rounded up to a power of two when <= 4096, else to a multiple
  *             of 4096; readers take any stride between the two that is a
- *             multiple of 8, so the version stayed 1: a reader from before
- *             refuses a new file whose stride differs, naming row_stride)
+ *             multiple of 8 (of the row's power of two under 8 bytes). The
+ *             version stayed 1: a reader from before refuses a new file
+ *             whose stride differs from its power of two, naming
+ *             row_stride, and reads the others, whose layout is unchanged)
  *  36     4   reserved (0)
  *  40     8   data_offset (a positive multiple of 4096)
  *  48..   the checksums' fields below, then zero up to data_offset
