@@ -3,7 +3,8 @@
  * MAP_SHARED, optionally mlock'd and huge-page advised; NVMe: O_DIRECT reads
  * through io_uring, or pread). Also the table file layout those tiers read:
  * a 4096-byte header, then rows at their own size rounded up to 8 bytes (a
- * row may straddle two 4 KiB blocks: the NVMe tier reads both). Over NVMe a DRAM budget
+ * row may straddle two 4 KiB blocks: the NVMe tier reads both), or at a
+ * power of two where that pads by under 1/8. Over NVMe a DRAM budget
  * buys a row cache (CLOCK over fixed slots, admission by a TinyLFU frequency
  * sketch) fed ahead of use by a prefetch thread, and a hot-row file beside
  * the table that lets a restarted store warm that cache with large
@@ -38,7 +39,8 @@ const char *engram_store_status_str(int status);
  *  24     4   cols (values per row: head_dim)
  *  28     4   row_bytes (bytes of one row's data)
  *  32     4   row_stride (engram_store_row_stride: row_bytes rounded up to a
- *             multiple of 8; files written before issue 17 have row_bytes
+ *             multiple of 8, or the old power-of-two stride when that pads by
+ *             under 1/8; files written before issue 17 have row_bytes
  *             rounded up to a power of two when <= 4096, else to a multiple
  *             of 4096; readers take any stride between the two that is a
  *             multiple of 8 (of the row's power of two under 8 bytes). The
@@ -102,7 +104,10 @@ uint32_t engram_store_row_bytes(int dtype, uint32_t cols);
 /* The stride writers use for a row of row_bytes: row_bytes rounded up to a
  * multiple of 8 (the next power of two for rows under 8 bytes), so that
  * rows stay 8-byte aligned and a table costs its rows' bytes, not up to
- * twice as much (DeepSeek-V4.1's 264-byte rows: 264, not 512). */
+ * twice as much (DeepSeek-V4.1's 264-byte rows: 264, not 512); but the old
+ * power-of-two stride where that pads a row by less than 1/8 of it (4000 ->
+ * 4096: at the dense stride nearly every such row would cross a 4 KiB
+ * block). Rows of a power-of-two size keep it either way. */
 uint32_t engram_store_row_stride(uint32_t row_bytes);
 
 /* Decodes one stored row of cols values of dtype to f32, exactly (bf16/f16

@@ -198,9 +198,11 @@ int engram_store__gather_mapped(engram_store *s, const int64_t *rows, size_t n, 
     if (room < nt) nt = room > 1 ? room : 1;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (size_t i = 0; i < n; i++) {
-        if (i + 8 < n) /* random rows: start the miss of a row a few rows ahead */
-            for (uint32_t o = 0; o < h->row_bytes; o += 64)
-                __builtin_prefetch(base + (uint64_t)rows[i + 8] * h->row_stride + o);
+        if (i + 8 < n) { /* random rows: start the miss of a row a few rows ahead */
+            const uint8_t *ahead = base + (uint64_t)rows[i + 8] * h->row_stride;
+            for (uint32_t o = 0; o < h->row_bytes; o += 64) __builtin_prefetch(ahead + o);
+            __builtin_prefetch(ahead + h->row_bytes - 1); /* a row off a cache line (dense stride) ends in one more */
+        }
         engram_store__emit(h, base + (uint64_t)rows[i] * h->row_stride, out, i);
     }
     return atomic_load(&s->bad) ? ENGRAM_STORE_EIO : ENGRAM_STORE_OK; /* a page was cut off under the loads */

@@ -45,7 +45,9 @@ uint32_t engram_store_row_bytes(int dtype, uint32_t cols) {
     }
 }
 
-/* The alignment of a row: 8 bytes (rows are read with 8-byte loads), or the
+/* The alignment of a row: 8 bytes, so that every row starts where an 8-byte
+ * load may read it (a UVA gather over the mapped table reads rows 8 bytes at
+ * a time when their size allows: bench/gpu_engram_fetch_kernels.cu), or the
  * row's own power of two for rows under 8 bytes. */
 static uint32_t row_align(uint32_t row_bytes) {
     uint32_t a = 1;
@@ -53,7 +55,8 @@ static uint32_t row_align(uint32_t row_bytes) {
     return a;
 }
 
-uint32_t engram_store_row_stride(uint32_t row_bytes) {
+/* The least stride: row_bytes rounded up to its alignment. */
+static uint32_t row_stride_dense(uint32_t row_bytes) {
     uint32_t a = row_align(row_bytes);
     return (row_bytes + a - 1) / a * a;
 }
@@ -69,9 +72,23 @@ static uint32_t row_stride_pow2(uint32_t row_bytes) {
     return s;
 }
 
+/* Dense (row_stride_dense) unless the power-of-two stride
+ * pads a row by less than 1/8 of the stride: then that. At the dense stride
+ * a row crosses a 4 KiB block with a chance of about row_bytes / 4096 (one
+ * row in 16 at 264 bytes, nearly every row at 4000), and the NVMe tier then
+ * reads two blocks for it; one row in 16 costs nothing measurable
+ * (bench/RESULTS.md, "Dense row stride"), but a second block for most rows
+ * to save under 1/8 of the file is the worse deal. Rows of a power-of-two
+ * size (bf16 and f32 rows of a power-of-two head_dim) are dense either way;
+ * DeepSeek-V4.1's 264-byte rows, which 512 would pad by 48%, go dense. */
+uint32_t engram_store_row_stride(uint32_t row_bytes) {
+    uint32_t p = row_stride_pow2(row_bytes);
+    return (uint64_t)(p - row_bytes) * 8 < p ? p : row_stride_dense(row_bytes);
+}
+
 /* Whether a file may put rows of row_bytes at `stride`: aligned as
- * engram_store_row_stride aligns, from the dense stride up to the old
- * power-of-two one. Any of those reads correctly; others are damage. */
+ * row_align says, from the dense stride up to the old power-of-two one. Any
+ * of those reads correctly; others are damage. */
 static bool stride_ok(uint32_t row_bytes, uint32_t stride) {
     return stride >= row_bytes && stride <= row_stride_pow2(row_bytes) && stride % row_align(row_bytes) == 0;
 }
@@ -115,7 +132,7 @@ int engram_store_parse_header(const void *buf, size_t len, uint64_t file_size, e
                        engram_store_dtype_name((int)x.dtype));
     if (!stride_ok(rb, x.row_stride))
         return err_set(err, errlen, E, "row_stride %u invalid for %u-byte rows (a multiple of %u from %u to %u)",
-                       x.row_stride, rb, row_align(rb), engram_store_row_stride(rb), row_stride_pow2(rb));
+                       x.row_stride, rb, row_align(rb), row_stride_dense(rb), row_stride_pow2(rb));
     if (rd32(p + 36)) return err_set(err, errlen, E, "reserved field is not zero");
     if (x.data_offset == 0 || x.data_offset % ENGRAM_STORE_BLOCK || x.data_offset > (1ull << 40))
         return err_set(err, errlen, E, "data_offset %llu is not a positive multiple of 4096",

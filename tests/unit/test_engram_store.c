@@ -57,7 +57,13 @@ START_TEST(test_strides) {
     ck_assert_uint_eq(engram_store_row_stride(1), 1);
     ck_assert_uint_eq(engram_store_row_stride(2), 2);
     ck_assert_uint_eq(engram_store_row_stride(6), 8);
-    ck_assert_uint_eq(engram_store_row_stride(4097), 4104);
+    ck_assert_uint_eq(engram_store_row_stride(4097), 4104); /* 8192 would pad by half */
+    ck_assert_uint_eq(engram_store_row_stride(200), 200);   /* 256 would pad by 22% */
+    ck_assert_uint_eq(engram_store_row_stride(448), 448);   /* 512 would pad by exactly 1/8 */
+    ck_assert_uint_eq(engram_store_row_stride(452), 512);   /* under 1/8: the power of two stays */
+    ck_assert_uint_eq(engram_store_row_stride(4000), 4096);
+    ck_assert_uint_eq(engram_store_row_stride(8000), 8192);
+    ck_assert_uint_eq(engram_store_row_stride(6000), 6000);
     ck_assert_uint_eq(engram_store_row_bytes(ENGRAM_STORE_FP8_UE8M0, 48), 0);
     ck_assert_uint_eq(engram_store_row_bytes(ENGRAM_STORE_BF16, 0), 0);
     ck_assert_uint_eq(engram_store_row_bytes(9, 8), 0);
