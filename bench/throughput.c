@@ -72,7 +72,7 @@ static void usage(FILE *f) {
             "  --output-len LO:HI          output lengths alone\n"
             "  --seed S                    lengths and prompt ids (default 0)\n"
             "  --passes N                  the workload N times on one engine, pass p with seed + p (default 1)\n"
-            "  --timeline S                output tok/s and the Engram DRAM hit ratio every S seconds\n"
+            "  --timeline S                output tok/s, the Engram hit ratios and NVMe reads/s every S seconds\n"
             "  --prompts-from FILE         prompts are slices of this token file (see the file's header)\n"
             "  --force-output              with --prompts-from: outputs are the slices' continuations\n"
             "  --multiturn C:T             C conversations of T turns sharing a system prompt (-n is C T)\n"
@@ -555,7 +555,7 @@ static int work_submit(bench_work *w, engine *e) {
 typedef struct {
     double every, next, t_last;
     long long tokens, tokens_last;
-    uint64_t lookups, dram_hits, unique, cache_hits;
+    uint64_t lookups, dram_hits, unique, cache_hits, nvme_reads;
 } timeline;
 
 static void timeline_line(timeline *tl, engine *e, double t0, double now, bool print) {
@@ -573,6 +573,7 @@ static void timeline_line(timeline *tl, engine *e, double t0, double now, bool p
         printf("timeline: t %7.1f s  output %9.1f tok/s", now - t0, (tl->tokens - tl->tokens_last) / dt);
         if (dl) printf("  DRAM hits %6.2f%%", 100.0 * (double)(ss.dram_hits - tl->dram_hits) / (double)dl);
         if (du && hits) printf("  HBM cache hits %6.2f%%", 100.0 * (double)(hits - tl->cache_hits) / (double)du);
+        if (ss.nvme_reads) printf("  NVMe %7.0f reads/s", (double)(ss.nvme_reads - tl->nvme_reads) / dt);
         if (ss.warming)
             printf("  (warm start reading: %llu of %llu rows)", (unsigned long long)ss.warm_rows,
                    (unsigned long long)ss.warm_target);
@@ -581,6 +582,7 @@ static void timeline_line(timeline *tl, engine *e, double t0, double now, bool p
     }
     tl->t_last = now, tl->tokens_last = tl->tokens;
     tl->lookups = ss.lookups, tl->dram_hits = ss.dram_hits, tl->unique = unique, tl->cache_hits = hits;
+    tl->nvme_reads = ss.nvme_reads;
 }
 
 /* Reads every request's outputs until all have finished, sleeping on the
