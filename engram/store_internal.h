@@ -42,7 +42,10 @@
 enum { SLOT_EMPTY, SLOT_LOADING, SLOT_READY, SLOT_FAILED };
 #define NO_IDX SIZE_MAX
 #define SLOT_OVERHEAD 38u   /* bytes per slot besides its row: row id 8, state 1, ref 1, pins 4, index <= 16, sketch <= 6 */
-#define PF_QUEUE (1u << 16) /* prefetch ids waiting at most */
+/* Prefetch ids waiting at most: a whole prefill step's rows (16,384 tokens x 24 rows of V4.1's
+ * layer: 393k) fit, so --engram-lookahead can cover the next step (8 MiB of ids, only on the
+ * nvme tier with a row cache, touched as used). Ids beyond it are dropped and counted. */
+#define PF_QUEUE (1u << 20)
 #define PF_BATCH 128u       /* ids the prefetch thread resolves per round: how long a gather may find it reading */
 
 typedef struct {
