@@ -278,6 +278,11 @@ int forward_ctx_set_tensor_rank(forward_ctx *fc, const par_rank *r, char *err, s
                         tp->rank, tp->n_ranks, r->rank, r->n_ranks), -1;
     if (strcmp(backend_name(fc->be), "cpu"))
         return snprintf(err, errlen, "tensor parallelism runs on the cpu backend only for now (ranks in threads)"), -1;
+    if (fc->dsv4) { /* its own pass holds the gathers' scratch (forward_dsv4.c, grouped_out) */
+        dsv4_ctx_set_tensor_rank(fc->dsv4, r);
+        fc->tp = r;
+        return 0;
+    }
     size_t T = (size_t)fc->max_tokens, R = (size_t)r->n_ranks, qw = (size_t)c->n_heads * c->head_dim;
     size_t ff = (size_t)c->intermediate_size, wide = (qw > ff ? qw : ff) * R;
     if (tp->mode == MODEL_TP_GATHER && !fc->tp_gath &&

@@ -21,6 +21,11 @@ void dsv4_ctx_destroy(dsv4_ctx *dc); /* accepts NULL */
  * ep_moe_experts (both borrowed). */
 void dsv4_ctx_set_expert_rank(dsv4_ctx *dc, const par_rank *r, float *pairs);
 
+/* Tensor parallelism: the attention as rank r (borrowed) of the group its model slice was cut for
+ * (model_tp_slice: its heads, its share of wo_a and wo_b's rows). The context was made on that
+ * slice, so its scratch already holds the gathers. */
+void dsv4_ctx_set_tensor_rank(dsv4_ctx *dc, const par_rank *r);
+
 /* Elements (f32) of one KV cache block of layer l for blocks of block_size
  * positions: its window rows, compressed entries and index keys (the layout
  * of backend.h's dsv4_kv). What forward.c makes the cache with. */

@@ -434,6 +434,7 @@ void model_destroy(model *m) {
         for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
         free(m->owned);
         free(m->layers);
+        model__destroy_dsv4(m); /* its own, or NULL */
         free(m);
         return;
     }

@@ -10,11 +10,31 @@
 #include "engine/model/model.h"
 #include "engine/model/model_internal.h"
 
+/* DeepSeek-V4's attention, split by output group (model.h): the heads, and
+ * wo_a's rows by whole groups (R divides G) or by equal shares of one group
+ * (R a multiple of G); wo_b's output rows gathered. */
+static int dsv4_check(const model_config *c, int R, model_tp_mode mode, char *err, size_t errlen) {
+    int G = c->dsv4.o_groups, Ro = c->dsv4.o_lora_rank;
+    if (mode != MODEL_TP_GATHER)
+        return snprintf(err, errlen, "tensor parallelism: DeepSeek-V4's attention splits by the all-gather variant "
+                                     "only (the all-reduce one would cut wo_b by columns, FP8 in the release)"),
+               MODEL_ERR_CONFIG;
+    if (c->n_heads % R)
+        return snprintf(err, errlen, "tensor parallelism: %d ranks do not divide the model's %d attention heads",
+                        R, c->n_heads), MODEL_ERR_CONFIG;
+    if (G % R && (R % G || Ro % (R / G)))
+        return snprintf(err, errlen,
+                        "tensor parallelism: %d ranks neither divide DeepSeek-V4's %d output groups (o_groups) nor "
+                        "split each group's %d wo_a rows (o_lora_rank) evenly", R, G, Ro), MODEL_ERR_CONFIG;
+    if (c->hidden_size % R)
+        return snprintf(err, errlen, "tensor parallelism: %d ranks do not divide the model's hidden_size %d", R,
+                        c->hidden_size), MODEL_ERR_CONFIG;
+    return MODEL_OK;
+}
+
 int model_tp_check(const model_config *c, int R, model_tp_mode mode, char *err, size_t errlen) {
     if (R < 1) return snprintf(err, errlen, "tensor parallelism: %d ranks", R), MODEL_ERR_CONFIG;
-    if (c->arch == ARCH_DEEPSEEK_V4)
-        return snprintf(err, errlen, "tensor parallelism does not split DeepSeek-V4's attention yet "
-                                     "(its experts split by expert parallelism)"), MODEL_ERR_CONFIG;
+    if (c->arch == ARCH_DEEPSEEK_V4) return dsv4_check(c, R, mode, err, errlen);
     if (c->n_heads % R)
         return snprintf(err, errlen, "tensor parallelism: %d ranks do not divide the model's %d attention heads",
                         R, c->n_heads), MODEL_ERR_CONFIG;
@@ -56,6 +76,39 @@ static int col_slice(model *s, const weight *w, int c0, int n, weight *out, cons
     return MODEL_OK;
 }
 
+/* DeepSeek-V4: rank k's query heads [k nh/R, (k+1) nh/R) (wq_b's rows and
+ * their sinks), wo_a's rows [k G Ro/R, (k+1) G Ro/R) (its groups, or its
+ * share of one group) and wo_b's output rows [k d/R, (k+1) d/R). wq_a, wkv,
+ * the compressors, the indexer and the hyper-connections stay whole: every
+ * rank computes the single K=V head and its entries. The config keeps
+ * o_groups and o_lora_rank of the whole projection (forward_dsv4.c's
+ * grouped_out cuts it by rank); n_heads is the rank's. */
+static int dsv4_slice(const model *m, model *s, int k, int R) {
+    const model_config *c = &m->cfg;
+    int nh = c->n_heads / R, D = c->head_dim, d = c->hidden_size / R;
+    int rows = c->dsv4.o_groups * c->dsv4.o_lora_rank / R;
+    if (!(s->dsv4 = malloc(sizeof(*s->dsv4))) ||
+        !(s->dsv4->layers = malloc((size_t)c->n_layers * sizeof(dsv4_layer)))) {
+        free(s->dsv4);
+        s->dsv4 = NULL;
+        return MODEL_ERR_NOMEM;
+    }
+    dsv4_layer *layers = s->dsv4->layers;
+    *s->dsv4 = *m->dsv4;
+    s->dsv4->layers = layers;
+    s->cfg.n_heads = nh;
+    for (int l = 0; l < c->n_layers; l++) {
+        const dsv4_layer *W = &m->dsv4->layers[l];
+        dsv4_layer *Y = &layers[l];
+        *Y = *W;
+        Y->wq_b = model_weight_row_view(&W->wq_b, k * nh * D, nh * D);
+        Y->sinks = W->sinks + k * nh; /* each head's sink goes with its head */
+        Y->wo_a = model_weight_row_view(&W->wo_a, k * rows, rows);
+        Y->wo_b = model_weight_row_view(&W->wo_b, k * d, d);
+    }
+    return MODEL_OK;
+}
+
 int model_tp_slice(const model *m, int k, int R, model_tp_mode mode, model **out, char *err, size_t errlen) {
     const model_config *c = &m->cfg;
     *out = NULL;
@@ -68,9 +121,19 @@ int model_tp_slice(const model *m, int k, int R, model_tp_mode mode, model **out
     s->parent = m;
     s->owned = NULL, s->n_owned = s->cap_owned = 0;
     s->tp = (model_tp){.rank = k, .n_ranks = R, .mode = mode};
+    s->dsv4 = NULL; /* a DeepSeek-V4 slice owns its own (dsv4_slice) */
     if (!(s->layers = calloc((size_t)c->n_layers, sizeof(*s->layers)))) {
         free(s);
         return snprintf(err, errlen, "out of memory"), MODEL_ERR_NOMEM;
+    }
+    if (c->arch == ARCH_DEEPSEEK_V4) {
+        memcpy(s->layers, m->layers, (size_t)c->n_layers * sizeof(*s->layers)); /* norms, experts, Engram: shared */
+        if ((rc = dsv4_slice(m, s, k, R)) != MODEL_OK) {
+            model_destroy(s);
+            return snprintf(err, errlen, "out of memory"), rc;
+        }
+        *out = s;
+        return MODEL_OK;
     }
     int hd = c->head_dim, nh = c->n_heads / R, nkv = c->n_kv_heads >= R ? c->n_kv_heads / R : 1;
     int kv0 = (int)((long long)k * c->n_kv_heads / R); /* its first KV head (floor: the shared one) */

@@ -366,10 +366,93 @@ START_TEST(refusals) {
     backend_destroy(be);
     model_destroy(s);
     model_destroy(m);
-    m = load("deepseek_v4");
-    ck_assert_int_eq(model_tp_slice(m, 0, 2, MODEL_TP_GATHER, &s, err, sizeof(err)), MODEL_ERR_CONFIG);
-    ck_assert_msg(strstr(err, "DeepSeek-V4"), "%s", err);
+}
+END_TEST
+
+/* DeepSeek-V4's split (4 heads in 2 output groups on the fixtures): a rank's
+ * wq_b rows and sinks are its heads', its wo_a rows its groups' (R = 2) or
+ * half of one group's (R = 4), its wo_b rows 1/R of the output; the rest is
+ * the whole model's. Counts that do not divide, and the all-reduce variant,
+ * are refused with a message. */
+START_TEST(dsv4_slices_and_refusals) {
+    char err[256];
+    model *m = load("deepseek_v4_fp8"), *s = NULL;
+    const dsv4_layer *W = &m->dsv4->layers[1];
+    for (int R = 2; R <= 4; R += 2)
+        for (int k = 0; k < R; k++) {
+            ck_assert_int_eq(model_tp_slice(m, k, R, MODEL_TP_GATHER, &s, err, sizeof(err)), MODEL_OK);
+            const dsv4_layer *Y = &s->dsv4->layers[1];
+            int nh = 4 / R, D = m->cfg.head_dim, rows = W->wo_a.rows / R, d = m->cfg.hidden_size / R;
+            ck_assert_int_eq(s->cfg.n_heads, nh);
+            ck_assert_int_eq(s->cfg.dsv4.o_groups, m->cfg.dsv4.o_groups); /* the whole projection's */
+            ck_assert_int_eq(Y->wq_b.rows, nh * D);
+            ck_assert_int_eq(Y->wq_b.row_base, k * nh * D); /* FP8: its scale rows follow it */
+            ck_assert_ptr_eq(Y->wq_b.data, (const char *)W->wq_b.data + (size_t)k * nh * D * W->wq_b.cols);
+            ck_assert_ptr_eq(Y->sinks, W->sinks + k * nh);
+            ck_assert_int_eq(Y->wo_a.rows, rows);
+            ck_assert_ptr_eq(Y->wo_a.data, (const char *)W->wo_a.data + (size_t)k * rows * W->wo_a.cols);
+            ck_assert_int_eq(Y->wo_b.rows, d);
+            ck_assert_int_eq(Y->wo_b.cols, W->wo_b.cols);
+            ck_assert_ptr_eq(Y->wo_b.data, (const char *)W->wo_b.data + (size_t)k * d * W->wo_b.cols);
+            ck_assert_ptr_eq(Y->wq_a.data, W->wq_a.data);
+            ck_assert_ptr_eq(Y->wkv.data, W->wkv.data);
+            ck_assert_ptr_eq(Y->comp.wkv.data, W->comp.wkv.data);
+            ck_assert_ptr_eq(Y->iwq_b.data, W->iwq_b.data);
+            ck_assert_ptr_eq(s->layers[1].moe, m->layers[1].moe);
+            model_destroy(s);
+        }
+    ck_assert_int_eq(model_tp_slice(m, 0, 3, MODEL_TP_GATHER, &s, err, sizeof(err)), MODEL_ERR_CONFIG);
+    ck_assert_ptr_null(s);
+    ck_assert_msg(strstr(err, "3 ranks do not divide the model's 4 attention heads"), "%s", err);
+    ck_assert_int_eq(model_tp_slice(m, 0, 8, MODEL_TP_GATHER, &s, err, sizeof(err)), MODEL_ERR_CONFIG);
+    ck_assert_msg(strstr(err, "8 ranks do not divide the model's 4 attention heads"), "%s", err);
+    ck_assert_int_eq(model_tp_slice(m, 0, 2, MODEL_TP_REDUCE, &s, err, sizeof(err)), MODEL_ERR_CONFIG);
+    ck_assert_msg(strstr(err, "all-gather variant only"), "%s", err);
+    model_config c = m->cfg;
+    c.n_heads = 12, c.dsv4.o_groups = 3; /* 2 ranks: neither divide 3 groups nor a multiple of them */
+    ck_assert_int_eq(model_tp_check(&c, 2, MODEL_TP_GATHER, err, sizeof(err)), MODEL_ERR_CONFIG);
+    ck_assert_msg(strstr(err, "2 ranks neither divide DeepSeek-V4's 3 output groups"), "%s", err);
+    c.n_heads = 64, c.dsv4.o_groups = 8, c.dsv4.o_lora_rank = 1024; /* the release: 8 ranks, a group each */
+    ck_assert_int_eq(model_tp_check(&c, 8, MODEL_TP_GATHER, err, sizeof(err)), MODEL_OK);
+    ck_assert_int_eq(model_tp_check(&c, 16, MODEL_TP_GATHER, err, sizeof(err)), MODEL_OK); /* half a group */
+    c.dsv4.o_lora_rank = 3; /* 16 ranks: a group's 3 rows in halves */
+    ck_assert_int_eq(model_tp_check(&c, 16, MODEL_TP_GATHER, err, sizeof(err)), MODEL_ERR_CONFIG);
+    ck_assert_msg(strstr(err, "3 wo_a rows (o_lora_rank)"), "%s", err);
+    c = m->cfg;
+    c.hidden_size = 66;
+    ck_assert_int_eq(model_tp_check(&c, 4, MODEL_TP_GATHER, err, sizeof(err)), MODEL_ERR_CONFIG);
+    ck_assert_msg(strstr(err, "hidden_size 66"), "%s", err);
     model_destroy(m);
+}
+END_TEST
+
+/* DeepSeek-V4 and V4.1 split by output group (R = 2: a group a rank; R = 4:
+ * half a group a rank, the heads' outputs gathered first): every rank's
+ * logits equal one rank's bit for bit through a prefill of 37, 5 and 12
+ * tokens and 6 decode steps that cross the window of 8 and the compressors'
+ * window ends (4 and 8: positions 8, 16, 40); with expert parallelism on the
+ * same group and as a second axis. */
+START_TEST(deepseek_v4) {
+    check_exact("deepseek_v4", 2, 1, false, BACKEND_CPU_ISA_AUTO);
+    check_exact("deepseek_v4", 4, 1, false, BACKEND_CPU_ISA_AUTO);
+    check_exact("deepseek_v4", 2, 2, true, BACKEND_CPU_ISA_AUTO);  /* experts split over the TP group */
+    check_exact("deepseek_v4", 2, 2, false, BACKEND_CPU_ISA_AUTO); /* 2 x 2: a TP axis and an EP axis */
+}
+END_TEST
+START_TEST(deepseek_v4_fp8) { /* FP8 wq_b, wo_a, wo_b row views reading their scales; FP4 experts */
+    check_exact("deepseek_v4_fp8", 2, 1, false, BACKEND_CPU_ISA_AUTO);
+    check_exact("deepseek_v4_fp8", 4, 1, false, BACKEND_CPU_ISA_AUTO);
+    check_exact("deepseek_v4_fp8", 4, 4, true, BACKEND_CPU_ISA_AUTO);
+    check_exact("deepseek_v4_fp8", 2, 4, false, BACKEND_CPU_ISA_AUTO); /* 8 threads */
+}
+END_TEST
+START_TEST(deepseek_v41) { /* Engram (replicated), lagged hyper-connections, ratio 1/2 layers, candidates */
+    const char *names[] = {"deepseek_v41", "deepseek_v41_ratios", "deepseek_v41_candidates", "deepseek_v41_shared"};
+    for (int i = 0; i < 4; i++) {
+        check_exact(names[i], 2, 1, false, BACKEND_CPU_ISA_AUTO);
+        check_exact(names[i], 4, 1, false, BACKEND_CPU_ISA_AUTO);
+    }
+    check_exact("deepseek_v41", 2, 2, true, BACKEND_CPU_ISA_AUTO);
 }
 END_TEST
 
@@ -389,6 +472,10 @@ int main(void) {
     tcase_add_test(tc, qwen3_moe_bf16);
     tcase_add_test(tc, isa_paths);
     tcase_add_test(tc, all_reduce_variant);
+    tcase_add_test(tc, dsv4_slices_and_refusals);
+    tcase_add_test(tc, deepseek_v4);
+    tcase_add_test(tc, deepseek_v4_fp8);
+    tcase_add_test(tc, deepseek_v41);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

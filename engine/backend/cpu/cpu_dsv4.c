@@ -4,6 +4,7 @@
  * with sinks; DeepSeek-V4.1's ratio-1/2 compressor and index keys with
  * SGLang's FP4 fake quantisations (5.8). f32, each token's row computed alone
  * (batch invariance). */
+#include <assert.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,16 +143,26 @@ void cpu__hc_head(backend *be, float *out, const float *X, const float *mix, con
     }
 }
 
-/* Interleaved pairs (c0, c0+1), c0 = hd - r + 2j, as MOD:345-369 rotates them. */
+/* Interleaved pairs (c0, c0+1), c0 = hd - r + 2j, as MOD:345-369 rotates them, each product
+ * rounded on its own as torch's elementwise ops round it. Head by head, through arrays of the
+ * rotated evens and odds: with the pairs rotated in place inside a loop over the heads, GCC 12 at
+ * -O3 vectorized that loop as complex multiplies (vfmaddsub: fused, -ffp-contract=off
+ * notwithstanding) when there were heads enough, so a head's bits depended on how many heads the
+ * call had (a tensor-parallel rank has fewer; tests/unit/test_tensor_parallel.c). */
+#define ROPE_MAX_PAIRS 512 /* dsv4_ctx_create refuses more */
 static void rope_row(float *x, int n_heads, int hd, int r, int pos, const float *inv_freq, int inverse) {
-    for (int j = 0; j < r / 2; j++) {
-        float a = (float)pos * inv_freq[j], c = cosf(a), s = sinf(a);
-        if (inverse) s = -s;
-        for (int h = 0; h < n_heads; h++) {
-            float *v = x + (size_t)h * hd + hd - r + 2 * j, x0 = v[0], x1 = v[1];
-            v[0] = x0 * c - x1 * s;
-            v[1] = x1 * c + x0 * s;
-        }
+    float c[ROPE_MAX_PAIRS], s[ROPE_MAX_PAIRS], y0[ROPE_MAX_PAIRS], y1[ROPE_MAX_PAIRS];
+    int n = r / 2;
+    assert(n <= ROPE_MAX_PAIRS);
+    for (int j = 0; j < n; j++) {
+        float a = (float)pos * inv_freq[j];
+        c[j] = cosf(a), s[j] = inverse ? -sinf(a) : sinf(a);
+    }
+    for (int h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * hd + hd - r;
+        for (int j = 0; j < n; j++) y0[j] = v[2 * j] * c[j] - v[2 * j + 1] * s[j];
+        for (int j = 0; j < n; j++) y1[j] = v[2 * j + 1] * c[j] + v[2 * j] * s[j];
+        for (int j = 0; j < n; j++) v[2 * j] = y0[j], v[2 * j + 1] = y1[j];
     }
 }
 
