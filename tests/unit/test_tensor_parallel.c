@@ -9,7 +9,11 @@
  * bit for bit (greedy tokens follow), on every CPU matrix-product path; the
  * MoE models also with expert parallelism on the same group and on a second
  * axis (2 x 2 ranks). The all-reduce variant, fed the single rank's tokens,
- * stays within a stated tolerance. Also the refusals. */
+ * stays within a stated tolerance. DeepSeek-V4 and V4.1 (f32, FP8/FP4, with
+ * Engram, ratio 1/2 layers and candidates) split by output group at 2 and 4
+ * ranks (4 heads in 2 groups: 8 ranks do not divide the heads), the same
+ * bit-exact check, with expert parallelism too; the CPU tail rope's head-count
+ * invariance that it relies on. Also the refusals. */
 #include <check.h>
 #include <math.h>
 #include <pthread.h>
@@ -292,6 +296,42 @@ START_TEST(collectives) {
 }
 END_TEST
 
+/* What a DeepSeek-V4 rank relies on beside the products: the CPU's tail rope
+ * rotates each head the same whatever the number of heads in the call (64
+ * query heads alone, 8 on a rank of 8, 1 for a compressed entry). GCC 12 once
+ * vectorized the rotation over the heads as fused complex multiplies, which
+ * changed a head's bits with the count. Every head of every call is checked
+ * against the rotation computed one pair at a time, each product rounded on
+ * its own (torch's elementwise order). */
+START_TEST(rope_tail_head_count) {
+    enum { T = 5, D = 64, r = 32, MAXH = 24 };
+    backend *be = backend_cpu_create();
+    float *x = backend_alloc(be, (size_t)T * MAXH * D * sizeof(float)), f[r / 2];
+    int32_t pos[T] = {0, 1, 7, 130, 4095};
+    for (int j = 0; j < r / 2; j++) f[j] = 1.0f / powf(160000.0f, (float)(2 * j) / r);
+    const int counts[] = {1, 2, 3, 7, 8, 16, 24};
+    for (int inv = 0; inv < 2; inv++)
+        for (int ci = 0; ci < 7; ci++) {
+            int nh = counts[ci];
+            for (int i = 0; i < T * nh * D; i++) x[i] = sinf(0.37f * (float)(i % (nh * D)) + (float)(i / (nh * D)));
+            backend_rope_tail(be, x, pos, T, nh, D, r, f, inv);
+            for (int t = 0; t < T; t++)
+                for (int h = 0; h < nh; h++)
+                    for (int j = 0; j < r / 2; j++) {
+                        int c0 = D - r + 2 * j, i0 = (t * nh + h) * D + c0;
+                        float x0 = sinf(0.37f * (float)(h * D + c0) + (float)t);
+                        float x1 = sinf(0.37f * (float)(h * D + c0 + 1) + (float)t);
+                        float a = (float)pos[t] * f[j], c = cosf(a), s = inv ? -sinf(a) : sinf(a);
+                        volatile float p0 = x0 * c, p1 = x1 * s, p2 = x1 * c, p3 = x0 * s; /* rounded apart */
+                        ck_assert_msg(x[i0] == p0 - p1 && x[i0 + 1] == p2 + p3,
+                                      "%d heads (inverse %d): token %d head %d pair %d rotated otherwise", nh, inv, t, h, j);
+                    }
+        }
+    backend_free(be, x);
+    backend_destroy(be);
+}
+END_TEST
+
 /* A slice is row views into the whole model's matrices (no copy), 1/R of
  * each sliced one, and its config counts the rank's heads. */
 START_TEST(slice_views) {
@@ -472,6 +512,7 @@ int main(void) {
     tcase_add_test(tc, qwen3_moe_bf16);
     tcase_add_test(tc, isa_paths);
     tcase_add_test(tc, all_reduce_variant);
+    tcase_add_test(tc, rope_tail_head_count);
     tcase_add_test(tc, dsv4_slices_and_refusals);
     tcase_add_test(tc, deepseek_v4);
     tcase_add_test(tc, deepseek_v4_fp8);
