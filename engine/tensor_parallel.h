@@ -16,6 +16,10 @@
  *   layer and fewer bytes, but the sum is taken in another order: within a
  *   stated tolerance of one rank, not equal to it.
  *
+ * DeepSeek-V4's attention (forward_dsv4.c, grouped_out) splits by output
+ * group and meets by the all-gather of its wo_a outputs and then tp_matmul
+ * over wo_b: bit-exact too.
+ *
  * tests/unit/test_tensor_parallel.c proves both on the fixture models;
  * bench/RESULTS.md, "tensor parallelism", has the bytes per step. Internal
  * to engine/. */

@@ -334,11 +334,18 @@ void model_destroy(model *m); /* accepts NULL */
  * input columns matching its heads and its intermediate rows (copied: a
  * column slice is not contiguous; dense dtypes only), the biases on rank 0.
  * Everything else (embedding, norms, head, routers and experts, Engram) is
- * shared with the whole model: experts are split by expert parallelism. */
+ * shared with the whole model: experts are split by expert parallelism.
+ * DeepSeek-V4 (MODEL_TP_GATHER only) splits its attention by output group:
+ * rank k holds the query heads [k nh/R, (k+1) nh/R) (wq_b's rows, their
+ * sinks), wo_a's rows [k G R_o/R, (k+1) G R_o/R) (whole groups when R divides
+ * G, else, R a multiple of G, a share of one group) and wo_b's output rows
+ * [k d/R, (k+1) d/R); wq_a, wkv, the compressors, the indexer and the
+ * hyper-connections stay whole, and its config keeps o_groups and
+ * o_lora_rank of the whole projection (n_heads is the rank's). */
 
 /* Whether n_ranks ranks can split c's heads and widths as above. Returns
  * MODEL_OK, or MODEL_ERR_CONFIG with a one-line message naming the count
- * that n_ranks does not divide (or the architecture it cannot split). */
+ * that n_ranks does not divide (or the variant it cannot split by). */
 int model_tp_check(const model_config *c, int n_ranks, model_tp_mode mode, char *err, size_t errlen);
 
 /* Rank `rank`'s share of m (which must outlive it) as a model of its own: its
