@@ -27,6 +27,9 @@ deepseek_v4
     160000: pair 0 keeps its frequency, pair 1 is half interpolated, pairs 2-3 divided by 4); the
     sliding layer uses plain RoPE (theta 10000). hc_eps 1e-2 so that every eps placement of the
     hyper-connections shows in the logits.
+deepseek_v4_groups8
+    As deepseek_v4 but 8 query heads in 8 output groups of o_lora_rank 16 (one head a group), another
+    seed: what tensor parallelism's split by output group needs to run at 8 ranks.
 deepseek_v4_fp8
     Same shape, another seed and hc_eps 1e-6 (the release value), written in the release's
     quantized formats (DEEPSEEK_V4.md 4.4) with quantization_config {"quant_method": "fp8",
@@ -120,6 +123,10 @@ def specs():
     # name, config, quantized, first seed
     yield "deepseek_v4", base_config(1e-2, 2.5, 1.75), False, 4000
     yield "deepseek_v4_fp8", base_config(1e-6, 3.0, 2.5), True, 5000
+    # 8 heads in 8 output groups (one head a group, as deepseek-v4-flash's 64 in 8 are 8 a group):
+    # tensor parallelism's split by output group at 2, 4 and 8 ranks (tests/unit/test_tensor_parallel.c)
+    yield "deepseek_v4_groups8", base_config(1e-2, 2.5, 1.75, num_attention_heads=8, o_groups=8,
+                                             o_lora_rank=16), False, 6000
 
 
 # ----------------------------------------------------------------------------------------------

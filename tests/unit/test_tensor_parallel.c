@@ -11,7 +11,8 @@
  * axis (2 x 2 ranks). The all-reduce variant, fed the single rank's tokens,
  * stays within a stated tolerance. DeepSeek-V4 and V4.1 (f32, FP8/FP4, with
  * Engram, ratio 1/2 layers and candidates) split by output group at 2 and 4
- * ranks (4 heads in 2 groups: 8 ranks do not divide the heads), the same
+ * ranks (4 heads in 2 groups), deepseek_v4_groups8 (8 heads, 8 groups) at 2,
+ * 4 and 8, the same
  * bit-exact check, with expert parallelism too; the CPU tail rope's head-count
  * invariance that it relies on. Also the refusals. */
 #include <check.h>
@@ -479,6 +480,16 @@ START_TEST(deepseek_v4) {
     check_exact("deepseek_v4", 2, 2, false, BACKEND_CPU_ISA_AUTO); /* 2 x 2: a TP axis and an EP axis */
 }
 END_TEST
+/* 8 heads in 8 output groups, one a group as deepseek-v4-flash's 8 groups on
+ * 8 ranks: every split takes whole groups, only wo_a's outputs gathered. */
+START_TEST(deepseek_v4_groups8) {
+    check_exact("deepseek_v4_groups8", 2, 1, false, BACKEND_CPU_ISA_AUTO);
+    check_exact("deepseek_v4_groups8", 4, 1, false, BACKEND_CPU_ISA_AUTO);
+    check_exact("deepseek_v4_groups8", 8, 1, false, BACKEND_CPU_ISA_AUTO);
+    check_exact("deepseek_v4_groups8", 8, 8, true, BACKEND_CPU_ISA_AUTO); /* the experts over the same 8 ranks */
+    check_exact("deepseek_v4_groups8", 4, 2, false, BACKEND_CPU_ISA_AUTO); /* 4 x 2 */
+}
+END_TEST
 START_TEST(deepseek_v4_fp8) { /* FP8 wq_b, wo_a, wo_b row views reading their scales; FP4 experts */
     check_exact("deepseek_v4_fp8", 2, 1, false, BACKEND_CPU_ISA_AUTO);
     check_exact("deepseek_v4_fp8", 4, 1, false, BACKEND_CPU_ISA_AUTO);
@@ -515,6 +526,7 @@ int main(void) {
     tcase_add_test(tc, rope_tail_head_count);
     tcase_add_test(tc, dsv4_slices_and_refusals);
     tcase_add_test(tc, deepseek_v4);
+    tcase_add_test(tc, deepseek_v4_groups8);
     tcase_add_test(tc, deepseek_v4_fp8);
     tcase_add_test(tc, deepseek_v41);
     suite_add_tcase(s, tc);
