@@ -54,7 +54,8 @@ int forward_ctx_set_expert_rank(forward_ctx *fc, const par_rank *r, char *err, s
  * model slice (model_tp_slice) runs its share of every step and meets the
  * group's other ranks (the same steps, each in its own thread with its own
  * context and KV cache, which holds only the rank's KV heads) in the
- * collectives of o_proj and down. Call it before the first step; without
+ * collectives of o_proj and down (DeepSeek-V4: of wo_a's outputs and wo_b,
+ * its cache holding the whole single K=V head on every rank). Call it before the first step; without
  * it a slice's context runs no step (FORWARD_ERR_BATCH). r is borrowed; with expert parallelism
  * too, its group may be the same as the experts' or another. Returns 0, or
  * -1 with a message (r is not the slice's rank, a backend other than the
