@@ -34,6 +34,11 @@
 #           hot-row file written as the engine stops, and a restart on it
 #           (new prompts again: the warm restart); --timeline STEADY_TL
 #           (default 5) seconds of output tok/s and hit ratios per run
+#   profile4b  the same table and workload started warm from the offline
+#           profile (issue 22): engram-tables profile of PACK/text.tok (the
+#           corpus the prompts are drawn from: the best case of a profile made
+#           from past traffic) writes the hot-row file, then one nvme run with
+#           --engram-warm-start wait (the rows read before the first request)
 #   moe30b  synthetic qwen3-30b-a3b (bf16, 61 GB): engram-run single-stream
 #           greedy decode (16-token prompt, 256 tokens, --warmup), then the
 #           paper's workload through bench-throughput (MOE_KV KV tokens,
@@ -213,6 +218,17 @@ run_sec() {
       echo "-- (restart) bench-throughput ${f[*]}"
       timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" | grep -vE '^\{'
     done ;;
+  profile4b)
+    local rows=${NVME_ROWS:-200M} tdir=${TBL_DIR:-.gpu-tbl}
+    mkdir -p $tdir; rm -f $tdir/*.hot
+    echo "-- engram-tables profile --synthetic qwen3-4b+engram:$rows --tokens $pack/text.tok --tables $tdir"
+    time "$pack/run" engram-tables profile --synthetic qwen3-4b+engram:$rows --tokens "$pack/text.tok" --tables $tdir
+    local f=(--synthetic qwen3-4b+engram:$rows --synthetic-table-dir $tdir --device cuda -n ${NVME_N:-512} --len 100:1024
+             --max-num-seqs 512 --max-num-batched-tokens 16384 --prefill-chunk 16384 --kv-cache-tokens 420000
+             --prompts-from "$pack/text.tok" --force-output --timeline ${STEADY_TL:-5} --engram-tier nvme
+             --engram-dram-budget ${NVME_BUDGET:-6103M} --engram-warm-start wait ${NVME_FLAGS:-})
+    echo "-- bench-throughput ${f[*]}"
+    timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" | grep -vE '^\{' ;;
   pairs4b|pairs8b) # PAIRS times the backbone then the Engram model, interleaved (run-to-run noise)
     local x=${1#pairs}
     for i in $(seq ${PAIRS:-3}); do echo "-- pair $i"; run_sec tput$x; run_sec engram$x; done ;;

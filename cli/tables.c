@@ -12,14 +12,17 @@
  *       exit 0 and one JSON line when all match (or when the file has no
  *       checksums, which the line and a note on stderr say), exit 1 naming the
  *       first bad block (its bytes and rows) or what else is wrong
- *   engram-tables profile --model DIR --tokens FILE --tables DIR [--top N]
+ *   engram-tables profile (--model DIR | --synthetic SPEC [--synthetic-seed N])
+ *                         --tokens FILE --tables DIR [--top N]
  *       the offline profile: every token of FILE (tools/make_text_tokens.py's
  *       format, one stream) hashed as the engine hashes it (engram/ngram_hash
  *       over the model's compressed tokenizer), each layer's rows counted, and
  *       the hot-row file DIR/engram_layer_<id>.tbl.hot written with them (the
  *       N most frequent with --top), so that a server started with
  *       --engram-warm-start reads the rows its traffic will want most into its
- *       DRAM cache first; missing table files are exported first */
+ *       DRAM cache first; missing table files are exported first (a
+ *       synthetic model's: its table file in DIR, made as the engine's
+ *       --synthetic-table-dir makes it, or reused) */
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,7 +37,8 @@ static void usage(FILE *f) {
     fprintf(f, "usage: engram-tables export (--model DIR | --synthetic SPEC [--synthetic-seed N]) --out DIR\n"
                "       engram-tables info FILE\n"
                "       engram-tables verify FILE\n"
-               "       engram-tables profile --model DIR --tokens FILE --tables DIR [--top N]\n");
+               "       engram-tables profile (--model DIR | --synthetic SPEC [--synthetic-seed N]) --tokens FILE\n"
+               "                             --tables DIR [--top N]\n");
 }
 
 static int cmd_info(const char *path) {
@@ -137,7 +141,9 @@ static size_t count_rows(int64_t *rows, size_t n, row_count **out) {
     return d;
 }
 
-static int cmd_profile(const char *model_dir, const char *tokens, const char *tables, size_t top) {
+/* Exactly one of model_dir and spec. */
+static int cmd_profile(const char *model_dir, const char *spec, uint64_t seed, const char *tokens, const char *tables,
+                       size_t top) {
     char err[1024];
     model *m = NULL;
     int32_t *ids = NULL;
@@ -146,24 +152,30 @@ static int cmd_profile(const char *model_dir, const char *tokens, const char *ta
     size_t n = 0;
     uint32_t vocab = 0;
     int rc = 1;
-    if (model_load(model_dir, &m, err, sizeof(err)) != MODEL_OK || util_read_token_file(tokens, &ids, &n, &vocab, err, sizeof(err)))
-        goto out;
-    const model_engram *e = m->engram;
-    if (!e) {
-        snprintf(err, sizeof(err), "%s: the model has no Engram layers", model_dir);
-        goto out;
-    }
-    if (vocab && (int64_t)vocab != e->lookup_n) {
-        snprintf(err, sizeof(err), "%s: made with a tokenizer of %u ids; the model's has %lld", tokens, vocab,
-                 (long long)e->lookup_n);
-        goto out;
-    }
-    /* the tables as files (written from the checkpoint when missing), each with its hot-row file's path */
+    /* the tables as files, each with its hot-row file's path: a checkpoint's written from it when
+     * missing; a synthetic model's made (or reused) in the table dir as the engine makes them */
     engram_store_params sp = engram_store_default_params();
     sp.tier = ENGRAM_STORE_NVME;
     sp.warm_start = ENGRAM_STORE_WARM_WAIT; /* no cache: nothing is read back, but the file has its path */
     sp.quiet = true;
-    if (model_engram_use_tables(m, tables, &sp, err, sizeof(err)) != MODEL_OK) goto out;
+    model_synthetic_params msp = model_synthetic_default_params();
+    msp.table_dir = tables, msp.store = sp;
+    if ((spec ? model_synthetic_ex(spec, seed, &msp, &m, err, sizeof(err)) : model_load(model_dir, &m, err, sizeof(err))) !=
+            MODEL_OK ||
+        util_read_token_file(tokens, &ids, &n, &vocab, err, sizeof(err)))
+        goto out;
+    const model_engram *e = m->engram;
+    if (!e) {
+        snprintf(err, sizeof(err), "%s: the model has no Engram layers", spec ? spec : model_dir);
+        goto out;
+    }
+    /* a checkpoint's tokenizer must be the file's; a synthetic model has none (any id below its vocab) */
+    if (vocab && (spec ? (int64_t)vocab > e->lookup_n : (int64_t)vocab != e->lookup_n)) {
+        snprintf(err, sizeof(err), "%s: made with a tokenizer of %u ids; the model's has %lld", tokens, vocab,
+                 (long long)e->lookup_n);
+        goto out;
+    }
+    if (!spec && model_engram_use_tables(m, tables, &sp, err, sizeof(err)) != MODEL_OK) goto out;
     int H = e->n_heads;
     cids = malloc(n * sizeof(int64_t));
     rows = malloc(n * (size_t)H * sizeof(int64_t));
@@ -218,12 +230,18 @@ int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "info")) return cmd_info(argv[2]);
     if (argc == 3 && !strcmp(argv[1], "verify")) return cmd_verify(argv[2]);
     if (argc >= 2 && !strcmp(argv[1], "profile")) {
-        const char *model_dir = NULL, *tokens = NULL, *tables = NULL;
+        const char *model_dir = NULL, *spec = NULL, *tokens = NULL, *tables = NULL;
         size_t top = 0;
+        uint64_t seed = 0;
         for (int i = 2; i < argc; i++) {
             long v;
             if (i + 1 < argc && !strcmp(argv[i], "--model"))
                 model_dir = argv[++i];
+            else if (i + 1 < argc && !strcmp(argv[i], "--synthetic"))
+                spec = argv[++i];
+            else if (i + 1 < argc && !strcmp(argv[i], "--synthetic-seed") &&
+                     util_parse_long(argv[++i], 0, LONG_MAX, &v) == 0)
+                seed = (uint64_t)v;
             else if (i + 1 < argc && !strcmp(argv[i], "--tokens"))
                 tokens = argv[++i];
             else if (i + 1 < argc && !strcmp(argv[i], "--tables"))
@@ -236,7 +254,7 @@ int main(int argc, char **argv) {
                 return 2;
             }
         }
-        if (model_dir && tokens && tables) return cmd_profile(model_dir, tokens, tables, top);
+        if (!model_dir != !spec && tokens && tables) return cmd_profile(model_dir, spec, seed, tokens, tables, top);
     }
     if (argc >= 2 && !strcmp(argv[1], "export")) {
         const char *model_dir = NULL, *spec = NULL, *out_dir = NULL;
