@@ -126,3 +126,31 @@ def test_server_warms_from_the_profile(corpus):
         k = len(got)
         assert 0 < k < len(w), (lid, k, len(w))
         assert sorted(r for r, _, _ in got) == sorted(r for r, _ in w[:k]), lid
+
+
+def test_synthetic_profile_warms_a_run(corpus, tmp_path):
+    """--synthetic: the profile of a synthetic model's table (made in the
+    table dir as the engine makes it) is the one bench-throughput's warm start
+    reads back on that table, every row of it; a run over slices of the same
+    token file then reads from disk only the rows of N-grams that reach
+    before a prompt's first token (the padded history: at most 2 tokens x 8
+    heads x orders 2..3 = 24 rows a request), which one stream never has."""
+    import re
+
+    d, tok, n, want = corpus
+    spec, tables = "qwen3-0.6b+layers:2+engram:20k", tmp_path / "syn"
+    p = run_bin("engram-tables", "profile", "--synthetic", spec, "--tokens", tok, "--tables", tables)
+    line = json.loads(p.stdout.splitlines()[-1])
+    assert line["tokens"] == n and line["written"] == line["distinct"] > 1000
+    hot = read_hot(tables / f"engram_layer_{line['layer']}.tbl.hot")
+    counts = [c for _, c, _ in hot]
+    assert len(hot) == line["written"] and sum(counts) == line["lookups"] == 16 * n
+    assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1]
+    r = run_bin("bench-throughput", "--synthetic", spec, "--synthetic-table-dir", tables, "-n", "4", "--len", "16:32",
+                "--prompts-from", tok, "--force-output", "--engram-tier", "nvme", "--engram-dram-budget", "64M",
+                "--engram-warm-start", "wait", "--engram-lookahead", "0", "--threads", "2")
+    warm = re.search(r"engram warm start: (\d+) of (\d+) rows read back", r.stdout)
+    assert warm and int(warm[1]) == int(warm[2]) == line["written"], r.stdout
+    store = re.search(r"engram store: (\d+) lookups, DRAM hits (\d+) .*NVMe rows (\d+)", r.stdout)
+    assert store and int(store[1]) > 500 and int(store[3]) <= 24 * 4, r.stdout
+    assert int(store[2]) + int(store[3]) == int(store[1])
