@@ -15,8 +15,10 @@
  * (the pool's handoff, the tiles' reductions) rule. Matrices are 64-byte
  * aligned; --offset B (even, < 64) starts each B bytes past a cache line, as
  * tensors in a safetensors file mostly do (models/engram-lexicon's: 8).
+ * --by-matrix: also each matrix shape's GFLOP per CPU-second on its own (its
+ * best pass), to see which shape a change moves.
  *   bench-matmul [--isa auto|avx512|avx2|generic|avx512bf16] [--threads N] [--layers L]
- *                    [--reps R] [--shape llama3-1b|lexicon] [--offset B] [T ...]
+ *                    [--reps R] [--shape llama3-1b|lexicon] [--offset B] [--by-matrix] [T ...]
  *                    (default llama3-1b, 4 layers, 7 reps, T = 1 64) */
 #include <stdint.h>
 #include <stdio.h>
@@ -41,7 +43,7 @@ static int cmp_double(const void *a, const void *b) {
 int main(int argc, char **argv) {
     backend_params bp = backend_default_params();
     long layers = 4, reps = 7, threads = 0;
-    int ts[16], nt = 0, lexicon = 0, offset = 0;
+    int ts[16], nt = 0, lexicon = 0, offset = 0, by_matrix = 0;
     for (int i = 1; i < argc; i++) {
         long v;
         if (!strcmp(argv[i], "--isa") && i + 1 < argc) {
@@ -55,6 +57,8 @@ int main(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--offset") && i + 1 < argc) {
             if (util_parse_long(argv[++i], 0, 62, &v) || v % 2) goto usage;
             offset = (int)v;
+        } else if (!strcmp(argv[i], "--by-matrix")) {
+            by_matrix = 1;
         } else if (!strcmp(argv[i], "--shape") && i + 1 < argc) {
             i++;
             if (!(lexicon = !strcmp(argv[i], "lexicon")) && strcmp(argv[i], "llama3-1b")) goto usage;
@@ -102,11 +106,18 @@ int main(int argc, char **argv) {
         int T = ts[k];
         float *x = aligned_alloc(64, (size_t)T * 8192 * sizeof(float)), *y = aligned_alloc(64, (size_t)T * 8192 * sizeof(float));
         for (size_t i = 0; i < (size_t)T * 8192; i++) x[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
-        double *t = malloc((size_t)reps * sizeof(double)), cpu = 1e30;
+        double *t = malloc((size_t)reps * sizeof(double)), cpu = 1e30, mcpu[NM];
+        for (int m = 0; m < NM; m++) mcpu[m] = 1e30;
         for (int r = -1; r < reps; r++) { /* pass -1 warms up */
-            double t0 = util_now(), c0 = cpu_now();
+            double t0 = util_now(), c0 = cpu_now(), mc[NM] = {0};
             for (int l = 0; l < layers; l++)
-                for (int m = 0; m < NM; m++) backend_matmul(be, y, x, &w[l * NM + m], NULL, T);
+                for (int m = 0; m < NM; m++) {
+                    double c = by_matrix ? cpu_now() : 0;
+                    backend_matmul(be, y, x, &w[l * NM + m], NULL, T);
+                    if (by_matrix) mc[m] += cpu_now() - c;
+                }
+            for (int m = 0; r >= 0 && m < NM; m++)
+                if (mc[m] < mcpu[m]) mcpu[m] = mc[m];
             if (r >= 0) t[r] = util_now() - t0;
             if (r >= 0 && cpu_now() - c0 < cpu) cpu = cpu_now() - c0;
         }
@@ -116,6 +127,8 @@ int main(int argc, char **argv) {
                "%.1f GFLOP/cpu-s\n",
                T, best * 1e3 / layers, params * 2 / best / 1e9, 2.0 * params * T / best / 1e9, med * 1e3 / layers,
                params * 2 / med / 1e9, 2.0 * params * T / med / 1e9, 2.0 * params * T / cpu / 1e9);
+        for (int m = 0; by_matrix && m < NM; m++)
+            printf("  %dx%d: %.1f GFLOP/cpu-s\n", rows[m], cols[m], 2.0 * rows[m] * cols[m] * T * layers / mcpu[m] / 1e9);
         free(x), free(y), free(t);
     }
     for (int i = 0; i < layers * NM; i++) free((char *)w[i].data - offset);
@@ -124,6 +137,6 @@ int main(int argc, char **argv) {
     return 0;
 usage:
     fprintf(stderr, "usage: bench-matmul [--isa auto|avx512|avx2|generic|avx512bf16] [--threads N] [--layers L] [--reps R] "
-                    "[--shape llama3-1b|lexicon] [--offset B] [T ...]\n");
+                    "[--shape llama3-1b|lexicon] [--offset B] [--by-matrix] [T ...]\n");
     return 2;
 }

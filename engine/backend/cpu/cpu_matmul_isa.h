@@ -6,7 +6,10 @@
  *   VL               f32 lanes per vector; vf the vector type, vi its integer twin
  *   TILE_R           rows of a bf16 tile of 4 tokens (as many as the registers hold)
  *   vzero(), vloadx(p), vloadw(p), vfma(a, b, c) (a * b + c, one rounding),
- *   vhsum(v) (a fixed tree); vloadi(p) (VL 32-bit words), vlo(u) and vhi(u)
+ *   vhsum(v) (a fixed tree); vsums4x4(out, ostride, acc) and vsums8x1(out, acc)
+ *   (vhsum of a 4 x 4 or 8 x 1 tile's accumulators acc[4 r + t] into
+ *   out[t * ostride + r], bit for bit, all at once where the family can);
+ *   vloadi(p) (VL 32-bit words), vlo(u) and vhi(u)
  *   (the low and high bf16 halves of each word as f32, exactly); vpin(v)
  *   (v held in a register here: see ISA(tile)); vstorex(p, v);
  *   vdeinterleave(p, e, o) (2 VL floats at p: the even ones to e, the odd to o)
@@ -29,6 +32,16 @@ __attribute__((target(ISA_TARGET))) static inline vf ISA(tailx)(const float *p, 
     float b[VL] = {0};
     memcpy(b, p, (size_t)n * sizeof(float));
     return vloadx(b);
+}
+
+/* out[t * ostride + r] = vhsum(acc[4 r + t]), r < NR, t < NT: a tile's sums. */
+__attribute__((target(ISA_TARGET), always_inline)) static inline void ISA(sums)(float *out, size_t ostride,
+                                                                                const vf *acc, int NR, int NT) {
+    if (NR == 4 && NT == 4) vsums4x4(out, ostride, acc);
+    else if (NR == 8 && NT == 1) vsums8x1(out, acc);
+    else
+        for (int r = 0; r < NR; r++)
+            for (int t = 0; t < NT; t++) out[(size_t)t * ostride + r] = vhsum(acc[4 * r + t]);
 }
 
 /* out[t * ostride + r] = sum_k x[t * xstride + k] * w[r * d + k], r < NR, t < NT,
@@ -60,8 +73,7 @@ ISA(tile)(float *out, size_t ostride, const float *x, size_t xstride, const floa
         for (int r = 0; r < NR; r++)
             for (int t = 0; t < NT; t++) acc[r][t] = vfma(xv[t], wv[r], acc[r][t]);
     }
-    for (int r = 0; r < NR; r++)
-        for (int t = 0; t < NT; t++) out[(size_t)t * ostride + r] = vhsum(acc[r][t]);
+    ISA(sums)(out, ostride, &acc[0][0], NR, NT);
 }
 
 /* The same for bf16 rows and x in pair order (xstride: the paired row's
@@ -101,8 +113,7 @@ ISA(tile_bf16)(float *out, size_t ostride, const float *xp, size_t xstride, cons
             for (int r = 0; r < NR; r++) acc[r][t] = vfma(xo, hi[r], vfma(xe, lo[r], acc[r][t]));
         }
     }
-    for (int r = 0; r < NR; r++)
-        for (int t = 0; t < NT; t++) out[(size_t)t * ostride + r] = vhsum(acc[r][t]);
+    ISA(sums)(out, ostride, &acc[0][0], NR, NT);
 }
 
 /* T rows of x (d) into pair order for the bf16 tiles: per 2 VL elements the
