@@ -11,11 +11,24 @@
  * machine the caller does the work alone instead of waiting for a time
  * slice. Hence jobs take their work from a cpu_range (cpu_internal.h) rather
  * than by thread number, and what a chunk computes never depends on which
- * thread runs it. */
+ * thread runs it.
+ * On a machine whose cores other processes hold, the workers are worse than
+ * useless: woken for every job (a system call each) they come late to it, or
+ * join and lose their core mid-job, and the caller waits a time slice for them
+ * (measured on the default model's decode with two threads beside other jobs:
+ * 1.6-1.9x slower than one thread, the worker mostly joining on the caller's
+ * own CPU, the other one taken). So the caller keeps their record: when a
+ * worker joins a job on the caller's CPU, holds one up past the spin, or
+ * misses MISSES jobs of some length in a row, the pool runs its jobs on the
+ * caller alone for a while (SOLO_MIN_NS, doubled on each failed try up to
+ * SOLO_MAX_NS, back to the minimum after GOOD_STREAK good jobs), then tries
+ * the workers again. Where the workers have their cores they join every job
+ * from their own CPUs and this never starts. */
 #include <errno.h>
 #include <immintrin.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -31,10 +44,25 @@
  * step (a norm, a rope: microseconds), far shorter than a scheduler tick. */
 #define SPIN_NS 100000
 
+/* A job the caller ran this long with no worker joining it counts against
+ * the workers (a spinning worker joins within a microsecond); shorter ones
+ * may end before a worker could. */
+#define MISS_NS 10000
+/* Jobs in a row that count against the workers before the pool runs alone;
+ * jobs in a row the workers joined in time from their own CPUs before a
+ * failed try stops doubling the solo period. */
+#define MISSES 4
+#define GOOD_STREAK 256
+/* How long the pool runs alone before it tries the workers again. */
+#define SOLO_MIN_NS 1000000
+#define SOLO_MAX_NS 64000000
+
 /* The job word: the job's number (high 32 bits), CLOSED once the caller's
- * own share is done (no worker joins after that) and the workers in it. */
+ * own share is done (no worker joins after that), JOINED once a worker has,
+ * and the workers in it. */
 #define JOB_CLOSED (1ull << 31)
-#define JOB_COUNT (JOB_CLOSED - 1)
+#define JOB_JOINED (1ull << 30)
+#define JOB_COUNT (JOB_JOINED - 1)
 
 struct cpu_pool {
     int n;                     /* threads, the caller included */
@@ -47,6 +75,13 @@ struct cpu_pool {
     _Atomic int sleepers;      /* workers asleep (or about to be) on gen */
     _Atomic int caller_sleeps; /* the caller asleep (or about to be) on done */
     _Atomic bool stop;
+    _Atomic int caller_cpu;    /* the CPU the caller published the job from */
+    _Atomic bool crowded;      /* a worker joined the job on that CPU */
+    /* the caller's own: the workers' record (see the top of the file) */
+    int misses;          /* jobs of some length in a row that no worker joined */
+    int streak;          /* good jobs in a row */
+    uint64_t solo_until; /* jobs run on the caller alone until this time (ns) */
+    uint64_t solo_ns;    /* how long the next solo period lasts */
 };
 
 typedef struct {
@@ -82,10 +117,13 @@ static void *worker_main(void *v) {
     free(v);
     cpu_pool *p = a.p;
     uint32_t seen = 0;
+    bool crowded = false; /* the last job we joined ran on the caller's CPU: spinning would take it from the caller */
     for (;;) {
         uint64_t t0 = 0;
         bool moved = false;
-        for (int i = 0; !(moved = atomic_load_explicit(&p->gen, memory_order_acquire) != seen) && spin_on(&t0, i); i++) {
+        for (int i = 0; !(moved = atomic_load_explicit(&p->gen, memory_order_acquire) != seen) && !crowded &&
+                        spin_on(&t0, i);
+             i++) {
         }
         if (!moved) {
             /* Dekker with the caller: it bumps gen then reads sleepers; we
@@ -99,9 +137,12 @@ static void *worker_main(void *v) {
         if (atomic_load_explicit(&p->stop, memory_order_relaxed)) return NULL;
         uint64_t w = atomic_load(&p->job);
         bool joined = false;
-        while ((uint32_t)(w >> 32) == seen && !(w & JOB_CLOSED) && !(joined = atomic_compare_exchange_weak(&p->job, &w, w + 1))) {
+        while ((uint32_t)(w >> 32) == seen && !(w & JOB_CLOSED) &&
+               !(joined = atomic_compare_exchange_weak(&p->job, &w, (w + 1) | JOB_JOINED))) {
         }
         if (!joined) continue; /* came late: the job is done or closing without us */
+        crowded = sched_getcpu() == atomic_load_explicit(&p->caller_cpu, memory_order_relaxed);
+        if (crowded) atomic_store_explicit(&p->crowded, true, memory_order_relaxed);
         p->fn(p->arg, a.ith, p->n);
         w = atomic_fetch_sub(&p->job, 1) - 1;
         if ((w & JOB_CLOSED) && !(w & JOB_COUNT)) {
@@ -115,6 +156,7 @@ cpu_pool *cpu__pool_create(int n) {
     cpu_pool *p = calloc(1, sizeof(*p));
     if (!p) return NULL;
     p->n = n < 1 ? 1 : n;
+    p->solo_ns = SOLO_MIN_NS;
     if (p->n > 1 && !(p->workers = calloc((size_t)p->n - 1, sizeof(pthread_t)))) {
         free(p);
         return NULL;
@@ -144,18 +186,49 @@ void cpu__pool_destroy(cpu_pool *p) {
 
 int cpu__pool_threads(const cpu_pool *p) { return p->n; }
 
+/* A job counted against the workers: after MISSES in a row of those no
+ * worker came to, or at once for one a worker crowded or held up, the next
+ * jobs run on the caller alone for solo_ns, and the period after that doubles
+ * unless GOOD_STREAK good jobs come first. */
+static void workers_missed(cpu_pool *p, bool at_once) {
+    p->streak = 0;
+    if (++p->misses < MISSES && !at_once) return;
+    p->misses = 0;
+    p->solo_until = now_ns() + p->solo_ns;
+    p->solo_ns = p->solo_ns * 2 > SOLO_MAX_NS ? SOLO_MAX_NS : p->solo_ns * 2;
+}
+
+/* A job the workers joined from their own CPUs without holding it up. */
+static void workers_came(cpu_pool *p) {
+    p->misses = 0;
+    if (++p->streak >= GOOD_STREAK) p->solo_ns = SOLO_MIN_NS;
+}
+
 void cpu__pool_run(cpu_pool *p, cpu_pool_fn fn, void *arg) {
     if (p->n == 1) {
         fn(arg, 0, 1);
         return;
     }
+    uint64_t start = now_ns();
+    if (start < p->solo_until) { /* the workers lost their cores lately: they sleep, not woken */
+        fn(arg, 0, p->n);
+        return;
+    }
     p->fn = fn, p->arg = arg;
+    atomic_store_explicit(&p->caller_cpu, sched_getcpu(), memory_order_relaxed);
+    atomic_store_explicit(&p->crowded, false, memory_order_relaxed);
     uint32_t g = atomic_load_explicit(&p->gen, memory_order_relaxed) + 1;
     atomic_store(&p->job, (uint64_t)g << 32);
     atomic_store(&p->gen, g); /* seq_cst: publishes fn, arg and the job word with it */
     if (atomic_load(&p->sleepers)) futex_wake(&p->gen);
     fn(arg, 0, p->n);
-    if (!(atomic_fetch_or(&p->job, JOB_CLOSED) & JOB_COUNT)) return;
+    uint64_t w = atomic_fetch_or(&p->job, JOB_CLOSED);
+    if (!(w & JOB_COUNT)) {
+        if ((w & JOB_JOINED) && atomic_load(&p->crowded)) workers_missed(p, true);
+        else if (w & JOB_JOINED) workers_came(p);
+        else if (now_ns() - start > MISS_NS) workers_missed(p, false);
+        return;
+    }
     uint64_t t0 = 0;
     for (int i = 0; atomic_load_explicit(&p->job, memory_order_acquire) & JOB_COUNT; i++)
         if (!spin_on(&t0, i)) { /* a worker was preempted mid-job: sleep until the last one leaves */
@@ -166,8 +239,11 @@ void cpu__pool_run(cpu_pool *p, cpu_pool_fn fn, void *arg) {
                 futex_wait(&p->done, d);
             }
             atomic_store(&p->caller_sleeps, 0);
-            break;
+            workers_missed(p, true);
+            return;
         }
+    if (atomic_load(&p->crowded)) workers_missed(p, true);
+    else workers_came(p);
 }
 
 typedef struct {
