@@ -19,6 +19,16 @@
 
 #define ROW_BLOCK 16 /* weight rows a thread takes at a time (stay in L1/L2) */
 
+/* Part `part` of `parts` of the bytes at p (NULL: none) prefetched to L2: the
+ * tiles of a block each fetch a slice of the rows that come next, which then
+ * arrive from DRAM while these are multiplied instead of stalling the first
+ * tile that needs them. */
+static inline void prefetch_part(const void *p, size_t bytes, int part, int parts) {
+    if (!p || parts <= 0) return;
+    size_t lines = (bytes / 64 + (size_t)parts - 1) / (size_t)parts;
+    for (size_t i = 0; i < lines; i++) _mm_prefetch((const char *)p + ((size_t)part * lines + i) * 64, _MM_HINT_T1);
+}
+
 /* ---- generic: every output element is the same sum: eight lanes accumulate
  * x[j+k]*r[j+k] over j in steps of 8, the tail goes to lane 0, then a fixed
  * tree. cpu__dot (cpu_internal.h) and dot4 (four tokens sharing each weight
@@ -272,14 +282,12 @@ bf16_tile(float *out, size_t ostride, const uint16_t *x, size_t xstride, const u
 __attribute__((target(BF16_TARGET))) static void block_bf16(float *out, size_t n, const uint16_t *xb,
                                                            const uint16_t *w, int nr, int d, int T,
                                                            const uint16_t *next) {
-    int r = 0, groups = T / 4;
-    size_t lines = groups ? ((size_t)4 * d * sizeof(uint16_t) / 64 + groups - 1) / groups : 0; /* per tile */
+    int r = 0;
     for (; r + 4 <= nr; r += 4) {
-        const uint16_t *wr = w + (size_t)r * d;
-        const char *pf = (const char *)(r + 8 <= nr ? wr + (size_t)4 * d : next);
+        const uint16_t *wr = w + (size_t)r * d, *pf = r + 8 <= nr ? wr + (size_t)4 * d : next;
         int t = 0;
         for (; t + 4 <= T; t += 4) {
-            for (size_t i = 0; pf && i < lines; i++) _mm_prefetch(pf + (size_t)(t / 4 * lines + i) * 64, _MM_HINT_T1);
+            prefetch_part(pf, (size_t)4 * d * sizeof(uint16_t), t / 4, T / 4);
             bf16_tile(out + (size_t)t * n + r, n, xb + (size_t)t * d, (size_t)d, wr, d, 4, 4);
         }
         for (; t < T; t++) bf16_tile(out + (size_t)t * n + r, n, xb + (size_t)t * d, (size_t)d, wr, d, 4, 1);
@@ -375,9 +383,9 @@ static void matmul_blocks(void *arg, int ith, int nth) {
             int wbf16 = j->inplace && j->bf16;
             if (j->xb) block_bf16(out + i0, (size_t)n, j->xb, rows, nr, d, T, next);
             else if (j->isa >= BACKEND_CPU_ISA_AVX512)
-                block_avx512(out + i0, (size_t)n, j->x, j->xs, rows, wbf16, nr, d, T);
+                block_avx512(out + i0, (size_t)n, j->x, j->xs, rows, wbf16, nr, d, T, next);
             else if (j->isa == BACKEND_CPU_ISA_AVX2)
-                block_avx2(out + i0, (size_t)n, j->x, j->xs, rows, wbf16, nr, d, T);
+                block_avx2(out + i0, (size_t)n, j->x, j->xs, rows, wbf16, nr, d, T, next);
             else generic_block(out + i0, (size_t)n, j->x, rows, wbf16, nr, d, T);
             if (j->bias)
                 for (int t = 0; t < T; t++)
