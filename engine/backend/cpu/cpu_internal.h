@@ -61,7 +61,6 @@ static inline cpu_range cpu__range(int n, int grain) {
     return r;
 }
 
-/* The next chunk [*i0, *i1), or false when none is left. */
 /* Whether every item of r was taken. A body that cannot get its host
  * scratch returns without taking any (the other workers do its share); when
  * none of them could, items are left, and the op calls cpu__fail. */
@@ -72,6 +71,7 @@ static inline bool cpu__range_done(cpu_range *r) { return atomic_load(&r->next) 
  * aborting. Any thread. */
 void cpu__fail(backend *be);
 
+/* The next chunk [*i0, *i1), or false when none is left. */
 static inline bool cpu__range_take(cpu_range *r, int *i0, int *i1) {
     int a = atomic_fetch_add_explicit(&r->next, r->grain, memory_order_relaxed);
     if (a >= r->n) return false;
@@ -129,10 +129,6 @@ static inline float cpu__dot(const float *x, const float *r, int n) {
 }
 
 /* The matrix product (cpu_matmul.c), the backend's matmul op. */
-/* An op's host scratch allocation failed: its output is left unwritten and
- * the step fails (the ops table's take_failure). Any thread. */
-void cpu__fail(backend *be);
-
 void cpu__matmul(backend *be, float *out, const float *x, const weight *w, const float *bias, int T);
 /* BACKEND_CPU_ISA_* (AUTO: the best this CPU runs) as the path to take, or -1
  * when the CPU cannot run it. */
