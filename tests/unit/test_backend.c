@@ -1,8 +1,14 @@
 /* engine/backend: the handle. Two CPU backends are independent (a fetch
  * channel's timers belong to its handle, not to the process), backend_select
  * makes the CPU backend by name and refuses an unknown device, and destroy
- * accepts NULL. */
+ * accepts NULL. The CPU's SwiGLU on every ISA path is bit for bit
+ * x / (1 + expf(-x)) * u with libm's expf (the AVX-512 path computes glibc's
+ * expf itself, 16 at a time), over every 512th float and the edges of its
+ * fast range. */
 #include <check.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -45,11 +51,49 @@ START_TEST(select_by_name) {
 }
 END_TEST
 
+START_TEST(swiglu_is_libm_expf) {
+    enum { STRIDE = 4096 };
+    size_t n = ((size_t)1 << 32) / STRIDE + 64;
+    float *g = malloc(n * sizeof(float)), *x = malloc(n * sizeof(float)), *u = malloc(n * sizeof(float));
+    float *want = malloc(n * sizeof(float));
+    ck_assert(g && x && u && want);
+    size_t m = 0;
+    for (uint64_t b = 0; b < ((uint64_t)1 << 32); b += STRIDE) {
+        uint32_t v = (uint32_t)(b + (b >> 12) % STRIDE); /* every low mantissa position over the run */
+        memcpy(&x[m++], &v, 4);
+    }
+    static const float edges[] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, 88.72f, 88.73f, -103.9f, -104.0f,
+                                  64.0f, 127.99f, 128.0f, -128.0f, 0x1p-126f, 0x1p-149f, -0x1p-149f};
+    for (size_t i = 0; i < sizeof(edges) / sizeof(edges[0]); i++) x[m++] = edges[i];
+    for (size_t i = 0; i < m; i++) u[i] = i % 3 ? 1.0f : -0.75f, want[i] = x[i] / (1.0f + expf(-x[i])) * u[i];
+    for (int isa = BACKEND_CPU_ISA_GENERIC; isa <= BACKEND_CPU_ISA_AVX512BF16; isa++) {
+        backend_params p = backend_default_params();
+        p.cpu_isa = isa;
+        char err[256];
+        backend *be = backend_select("cpu", &p, err, sizeof(err));
+        if (!be) continue; /* a path this CPU lacks */
+        for (size_t len = m; len >= m - 15; len -= 15) { /* a whole run, and a tail */
+            memcpy(g, x, len * sizeof(float));
+            backend_swiglu(be, g, u, len);
+            size_t bad = 0, first = 0;
+            for (size_t i = 0; i < len; i++) /* one assertion per run: check marks each one */
+                if (memcmp(&want[i], &g[i], 4) && !(isnan(want[i]) && isnan(g[i])) && !bad++) first = i;
+            ck_assert_msg(!bad, "%s: %zu differ, first x = %a: %a, libm %a", backend_cpu_isa_str(isa), bad, x[first],
+                          g[first], want[first]);
+        }
+        backend_destroy(be);
+    }
+    free(g), free(x), free(u), free(want);
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("backend");
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, two_cpu_backends_are_independent);
     tcase_add_test(tc, select_by_name);
+    tcase_add_test(tc, swiglu_is_libm_expf);
+    tcase_set_timeout(tc, 120);
     suite_add_tcase(s, tc);
     return s;
 }
