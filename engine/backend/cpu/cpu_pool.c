@@ -141,7 +141,8 @@ static void *worker_main(void *v) {
                !(joined = atomic_compare_exchange_weak(&p->job, &w, (w + 1) | JOB_JOINED))) {
         }
         if (!joined) continue; /* came late: the job is done or closing without us */
-        crowded = sched_getcpu() == atomic_load_explicit(&p->caller_cpu, memory_order_relaxed);
+        int cpu = sched_getcpu(); /* -1 where the system cannot say: never crowded */
+        crowded = cpu >= 0 && cpu == atomic_load_explicit(&p->caller_cpu, memory_order_relaxed);
         if (crowded) atomic_store_explicit(&p->crowded, true, memory_order_relaxed);
         p->fn(p->arg, a.ith, p->n);
         w = atomic_fetch_sub(&p->job, 1) - 1;
