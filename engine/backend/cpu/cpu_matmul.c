@@ -241,15 +241,16 @@ __attribute__((target(BF16_TARGET))) static inline __m512bh bf16_tail(const uint
     return (__m512bh)_mm512_loadu_si512(b);
 }
 
-/* out[t * ostride + r] = sum_k x[t * xstride + k] * w[r * d + k], r < NR, t < NT, x and w bf16. */
+/* out[t * ostride + r] = sum_k x[t * xstride + k] * w[r * d + k], r < NR, t < NT, x and w bf16
+ * (NR up to 8 for one token: decode's tile, eight chains in flight). */
 __attribute__((target(BF16_TARGET), always_inline)) static inline void
 bf16_tile(float *out, size_t ostride, const uint16_t *x, size_t xstride, const uint16_t *w, int d, int NR, int NT) {
-    __m512 acc[4][4];
+    __m512 acc[8][4];
     for (int r = 0; r < NR; r++)
         for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_ps();
     int k = 0;
     for (; k + 32 <= d; k += 32) {
-        __m512bh wv[4];
+        __m512bh wv[8];
         __m512i xv[4]; /* pinned, as the f32 tiles' x (cpu_matmul_isa.h) */
         for (int r = 0; r < NR; r++) wv[r] = (__m512bh)_mm512_loadu_si512(w + (size_t)r * d + k);
         for (int t = 0; t < NT; t++) {
@@ -260,7 +261,7 @@ bf16_tile(float *out, size_t ostride, const uint16_t *x, size_t xstride, const u
             for (int r = 0; r < NR; r++) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], (__m512bh)xv[t], wv[r]);
     }
     if (k < d) {
-        __m512bh wv[4];
+        __m512bh wv[8];
         for (int r = 0; r < NR; r++) wv[r] = bf16_tail(w + (size_t)r * d + k, d - k);
         for (int t = 0; t < NT; t++) {
             __m512bh xv = bf16_tail(x + (size_t)t * xstride + k, d - k);
@@ -268,6 +269,7 @@ bf16_tile(float *out, size_t ostride, const uint16_t *x, size_t xstride, const u
         }
     }
     if (NR == 4 && NT == 4) sums4x4_avx512(out, ostride, &acc[0][0]);
+    else if (NR == 8 && NT == 1) sums8x1_avx512(out, &acc[0][0]);
     else
         for (int r = 0; r < NR; r++)
             for (int t = 0; t < NT; t++) out[(size_t)t * ostride + r] = hsum_avx512(acc[r][t]);
@@ -283,6 +285,16 @@ __attribute__((target(BF16_TARGET))) static void block_bf16(float *out, size_t n
                                                            const uint16_t *w, int nr, int d, int T,
                                                            const uint16_t *next) {
     int r = 0;
+    if (T < 4) { /* decode: 8 rows at a time, as the f32 paths */
+        for (int t = 0; t < T; t++) {
+            const uint16_t *xt = xb + (size_t)t * d;
+            float *ot = out + (size_t)t * n;
+            for (r = 0; r + 8 <= nr; r += 8) bf16_tile(ot + r, n, xt, (size_t)d, w + (size_t)r * d, d, 8, 1);
+            for (; r + 4 <= nr; r += 4) bf16_tile(ot + r, n, xt, (size_t)d, w + (size_t)r * d, d, 4, 1);
+            for (; r < nr; r++) bf16_tile(ot + r, n, xt, (size_t)d, w + (size_t)r * d, d, 1, 1);
+        }
+        return;
+    }
     for (; r + 4 <= nr; r += 4) {
         const uint16_t *wr = w + (size_t)r * d, *pf = r + 8 <= nr ? wr + (size_t)4 * d : next;
         int t = 0;
