@@ -10,7 +10,7 @@
 
 #include "engine/backend/cpu/cpu_internal.h"
 
-enum { ITEMS = 97, JOBS = 3000 };
+enum { ITEMS = 97, JOBS = 1500 };
 
 typedef struct {
     cpu_range items;
