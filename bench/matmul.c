@@ -136,7 +136,8 @@ int main(int argc, char **argv) {
                T, best * 1e3 / layers, params * 2 / best / 1e9, 2.0 * params * T / best / 1e9, med * 1e3 / layers,
                params * 2 / med / 1e9, 2.0 * params * T / med / 1e9, 2.0 * params * T / cpu / 1e9);
         for (int m = 0; by_matrix && m < NM; m++)
-            printf("  %dx%d: %.1f GFLOP/cpu-s\n", rows[m], cols[m], 2.0 * rows[m] * cols[m] * T * layers / mcpu[m] / 1e9);
+            printf("  %dx%d: %.1f GFLOP/cpu-s\n", rows[m], cols[m],
+                   2.0 * rows[m] * cols[m] * T * layers / mcpu[m] / 1e9);
         free(x), free(y), free(t);
     }
     for (int i = 0; i < layers * NM; i++) free((char *)w[i].data - offset);

@@ -319,9 +319,11 @@ __attribute__((target(EXPF_AVX512))) static __m512d expf8_avx512(__m512d xd) {
 __attribute__((target(EXPF_AVX512))) static __m512 expf16_avx512(__m512 x) {
     __m512i top = _mm512_and_si512(_mm512_srli_epi32(_mm512_castps_si512(x), 20), _mm512_set1_epi32(0x7ff));
     __mmask16 slow = _mm512_cmpgt_epi32_mask(top, _mm512_set1_epi32(0x42a));
+    __m256 xhi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1));
     __m256 lo = _mm512_cvtpd_ps(expf8_avx512(_mm512_cvtps_pd(_mm512_castps512_ps256(x))));
-    __m256 hi = _mm512_cvtpd_ps(expf8_avx512(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)))));
-    __m512 e = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(lo)), _mm256_castps_pd(hi), 1));
+    __m256 hi = _mm512_cvtpd_ps(expf8_avx512(_mm512_cvtps_pd(xhi)));
+    __m512d e2 = _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi), 1);
+    __m512 e = _mm512_castpd_ps(e2);
     if (slow) {
         float xs[16], es[16];
         _mm512_storeu_ps(xs, x), _mm512_storeu_ps(es, e);
@@ -339,7 +341,8 @@ __attribute__((target(EXPF_AVX512))) static size_t swiglu_avx512(float *gate, co
     for (; i + 16 <= i1; i += 16) {
         __m512 g = _mm512_loadu_ps(gate + i);
         __m512 e = expf16_avx512(_mm512_sub_ps(_mm512_setzero_ps(), g));
-        _mm512_storeu_ps(gate + i, _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), e)), _mm512_loadu_ps(up + i)));
+        __m512 silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+        _mm512_storeu_ps(gate + i, _mm512_mul_ps(silu, _mm512_loadu_ps(up + i)));
     }
     return i;
 }

@@ -22,7 +22,8 @@
 /* Part `part` of `parts` of the bytes at p (NULL: none) prefetched to L2: the
  * tiles of a block each fetch a slice of the rows that come next, which then
  * arrive from DRAM while these are multiplied instead of stalling the first
- * tile that needs them. */
+ * tile that needs them. (A prefetch never faults: the slices of a last, short
+ * block may run past the matrix.) */
 static inline void prefetch_part(const void *p, size_t bytes, int part, int parts) {
     if (!p || parts <= 0) return;
     size_t lines = (bytes / 64 + (size_t)parts - 1) / (size_t)parts;
@@ -199,7 +200,8 @@ __attribute__((target(ISA_TARGET))) static inline __m512 hsum16_avx512(const __m
         w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0x88),
                              _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0xdd));
     for (int i = 0; i < 2; i++) /* + (i+2): quarter q holds v[8i + q]'s two, then v[8i + q + 4]'s */
-        z[i] = _mm512_add_ps(_mm512_shuffle_ps(w[2 * i], w[2 * i + 1], 0x44), _mm512_shuffle_ps(w[2 * i], w[2 * i + 1], 0xee));
+        z[i] = _mm512_add_ps(_mm512_shuffle_ps(w[2 * i], w[2 * i + 1], 0x44),
+                             _mm512_shuffle_ps(w[2 * i], w[2 * i + 1], 0xee));
     return _mm512_add_ps(_mm512_shuffle_ps(z[0], z[1], 0x88), _mm512_shuffle_ps(z[0], z[1], 0xdd)); /* + (i+1) */
 }
 /* A 4 x 4 tile's sums, acc[4 r + t] to out[t * ostride + r]: token t's four rows are quarter t. */
@@ -215,7 +217,8 @@ __attribute__((target(ISA_TARGET))) static inline void sums4x4_avx512(float *out
 __attribute__((target(ISA_TARGET))) static inline void sums8x1_avx512(float *out, const __m512 *acc) {
     __m512 v[16];
     for (int r = 0; r < 8; r++) v[r] = acc[4 * r], v[r + 8] = _mm512_setzero_ps();
-    __m512 s = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0), hsum16_avx512(v));
+    __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+    __m512 s = _mm512_permutexvar_ps(order, hsum16_avx512(v));
     _mm256_storeu_ps(out, _mm512_castps512_ps256(s));
 }
 #define vsums4x4(out, ostride, acc) sums4x4_avx512(out, ostride, acc)
@@ -383,14 +386,16 @@ static void matmul_blocks(void *arg, int ith, int nth) {
         return; /* the other workers take the blocks (cpu__range_done) */
     /* The next chunk is taken before this one runs, so its rows can be
      * prefetched while this one's last rows are multiplied. */
-    int n0, n1;
+    int n0 = 0, n1 = 0;
     bool more = cpu__range_take(&j->blocks, &b0, &b1);
     for (; more; b0 = n0, b1 = n1) {
         more = cpu__range_take(&j->blocks, &n0, &n1);
         for (int bi = b0; bi < b1; bi++) {
-            int i0 = bi * ROW_BLOCK, nr = i0 + ROW_BLOCK < n ? ROW_BLOCK : n - i0, inext = bi + 1 < b1 ? bi + 1 : n0;
-            const void *rows = (const char *)w->data + (size_t)i0 * d * dtype_size(w->dt);
-            const void *next = bi + 1 < b1 || more ? (const char *)w->data + (size_t)inext * ROW_BLOCK * d * dtype_size(w->dt) : NULL;
+            int i0 = bi * ROW_BLOCK, nr = i0 + ROW_BLOCK < n ? ROW_BLOCK : n - i0;
+            int bn = bi + 1 < b1 ? bi + 1 : more ? n0 : -1; /* the thread's next block, -1: none */
+            size_t row_bytes = (size_t)d * dtype_size(w->dt);
+            const void *rows = (const char *)w->data + (size_t)i0 * row_bytes;
+            const void *next = bn < 0 ? NULL : (const char *)w->data + (size_t)bn * ROW_BLOCK * row_bytes;
             if (wf) model_weight_rows_to_f32(wf, w, i0, nr), rows = wf;
             int wbf16 = j->inplace && j->bf16;
             if (j->xb) block_bf16(out + i0, (size_t)n, j->xb, rows, nr, d, T, next);
