@@ -186,99 +186,6 @@ static void cpu_kv_store(backend *be, void *kc, void *vc, const float *k, const 
     }
 }
 
-typedef struct {
-    backend *be;
-    float *out;
-    const float *q, *k, *v;
-    const batch_desc *b;
-    int n_heads, n_kv, hd, window;
-    cpu_range items; /* (token, head) pairs */
-} attention_job;
-
-#define ATT_CHUNK 64 /* output elements of a head held in registers while its positions are added */
-
-static void attention_items(void *arg, int ith, int nth) {
-    attention_job *a = arg;
-    const batch_desc *b = a->b;
-    int n_heads = a->n_heads, hd = a->hd, group = n_heads / a->n_kv, kvw = a->n_kv * hd, bs = b->block_size;
-    float scale = 1.0f / sqrtf((float)hd);
-    float *sc = cpu__thread_scratch(a->be, ith, (size_t)b->max_ctx * sizeof(float));
-    if (!sc) return; /* the other workers take the items (cpu__range_done) */
-    int i0, i1;
-    while (cpu__range_take(&a->items, &i0, &i1))
-        for (int it = i0; it < i1; it++) {
-            int t = it / n_heads, h = it % n_heads;
-            int i = b->pos[t], kh = h / group;
-            const int32_t *blocks = b->block_tables + (size_t)b->tok_seq[t] * b->max_blocks;
-            int j0 = a->window > 0 && i - a->window + 1 > 0 ? i - a->window + 1 : 0;
-            const float *qv = a->q + ((size_t)t * n_heads + h) * hd;
-            float mx = -INFINITY;
-            int js = j0; /* the score loop's position */
-            for (; js + 8 <= i + 1; js += 8) { /* eight positions' cpu__dot side by side, one reduction */
-                const float *kv[8];
-                cpu__v8 acc[8];
-                for (int p = 0; p < 8; p++) {
-                    int jp = js + p; /* position jp is row jp % bs of block blocks[jp / bs] */
-                    kv[p] = a->k + ((size_t)blocks[jp / bs] * bs + jp % bs) * kvw + (size_t)kh * hd;
-                    acc[p] = (cpu__v8){0};
-                }
-                int e = 0;
-                for (; e + 8 <= hd; e += 8) {
-                    cpu__v8 qe = cpu__load8(qv + e);
-                    for (int p = 0; p < 8; p++) acc[p] += qe * cpu__load8(kv[p] + e);
-                }
-                for (; e < hd; e++)
-                    for (int p = 0; p < 8; p++) acc[p][0] += qv[e] * kv[p][e];
-                cpu__v8 s = cpu__lanes_sum8(acc);
-                for (int p = 0; p < 8; p++) {
-                    sc[js + p] = s[p] * scale;
-                    if (sc[js + p] > mx) mx = sc[js + p];
-                }
-            }
-            for (; js <= i; js++) {
-                const float *kv = a->k + ((size_t)blocks[js / bs] * bs + js % bs) * kvw + (size_t)kh * hd;
-                sc[js] = cpu__dot(qv, kv, hd) * scale;
-                if (sc[js] > mx) mx = sc[js];
-            }
-            for (int j = j0; j <= i; j++) sc[j] = expf(sc[j] - mx);
-            double sum = 0.0; /* apart from the calls, so that it stays in a register */
-            for (int j = j0; j <= i; j++) sum += sc[j];
-            float inv = (float)(1.0 / sum);
-            float *o = a->out + ((size_t)t * n_heads + h) * hd;
-            /* o[e] = sum_j p_j v_j[e], j in order, 64 elements at a time in
-             * registers (accumulated in o itself, each j's add waited for the
-             * store of the one before: a third of the op's time) */
-            for (int e0 = 0; e0 < hd; e0 += ATT_CHUNK) {
-                int ne = hd - e0 < ATT_CHUNK ? hd - e0 : ATT_CHUNK;
-                cpu__v8 acc[ATT_CHUNK / 8] = {{0}};
-                if (ne < ATT_CHUNK) { /* a head's tail: element by element, the same sums */
-                    float *ot = o + e0;
-                    memset(ot, 0, (size_t)ne * sizeof(float));
-                    for (int j = j0; j <= i; j++) {
-                        const float *vv = a->v + ((size_t)blocks[j / bs] * bs + j % bs) * kvw + (size_t)kh * hd + e0;
-                        float p = sc[j] * inv;
-                        for (int e = 0; e < ne; e++) ot[e] += p * vv[e];
-                    }
-                    continue;
-                }
-                for (int j = j0; j <= i; j++) {
-                    const float *vv = a->v + ((size_t)blocks[j / bs] * bs + j % bs) * kvw + (size_t)kh * hd + e0;
-                    float p = sc[j] * inv;
-                    for (int c = 0; c < ATT_CHUNK / 8; c++) acc[c] += p * cpu__load8(vv + 8 * c);
-                }
-                memcpy(o + e0, acc, sizeof(acc));
-            }
-        }
-}
-
-static void cpu_attention(backend *be, float *out, const float *q, const void *kcache, const void *vcache,
-                          const batch_desc *b, int n_heads, int n_kv, int hd, int window) {
-    attention_job a = {.be = be, .out = out, .q = q, .k = kcache, .v = vcache, .b = b, .n_heads = n_heads, .n_kv = n_kv,
-                       .hd = hd, .window = window, .items = cpu__range(b->n_tokens * n_heads, 1)};
-    cpu__parallel(be, attention_items, &a);
-    if (!cpu__range_done(&a.items)) cpu__fail(be);
-}
-
 /* glibc's expf (2.28 on) for CPUs with FMA, __expf_fma, 16 floats at a time:
  * the same steps in double in the same instructions, so the same bits (the
  * scalar call costs ~15 ns; SwiGLU's expf was 4% of a 1B prefill and 8% of
@@ -822,7 +729,7 @@ static const backend_ops cpu_ops = {
     .embed = cpu_embed,
     .rope = cpu_rope,
     .kv_store = cpu_kv_store,
-    .attention = cpu_attention,
+    .attention = cpu__attention,
     .swiglu = cpu_swiglu,
     .add = cpu_add,
     .gather_f32 = cpu_gather_f32,

@@ -1,6 +1,7 @@
 /* What the CPU backend's files share: the thread pool of cpu_pool.c, the
- * matrix product of cpu_matmul.c and the DeepSeek-V4 (and V4.1 Engram) ops of
- * cpu_dsv4.c, registered in backend_cpu.c's ops table. Contracts in
+ * matrix product of cpu_matmul.c, the attention of cpu_attention.c and the
+ * DeepSeek-V4 (and V4.1 Engram) ops of cpu_dsv4.c, registered in
+ * backend_cpu.c's ops table. Contracts in
  * backend.h. */
 #ifndef ENGINE_BACKEND_CPU_INTERNAL_H
 #define ENGINE_BACKEND_CPU_INTERNAL_H
@@ -8,6 +9,7 @@
 #include <math.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "engine/backend/backend.h"
@@ -117,6 +119,46 @@ static inline cpu__v8 cpu__lanes_sum8(const cpu__v8 a[8]) {
 #undef ODD
 }
 
+/* exp of eight floats, as the CPU's attention takes its softmax weights:
+ * x = k ln2 + r with |r| <= ln2/2 (k an integer, r by two products with a
+ * split ln2, all in double), exp(r) by its Taylor series to r^8 (relative
+ * error under 3e-10), times 2^k, then rounded once to float: the correctly
+ * rounded exp but in the rarest cases, the same bits on every x86 (plain
+ * IEEE double operations, no libm: glibc's expf differs by variant), and a
+ * quarter of the time of eight expf calls. x below -104 gives 0 as expf does
+ * (and above 100, infinity); NaN stays NaN. */
+typedef double cpu__v4d __attribute__((vector_size(32)));
+typedef int64_t cpu__v4l __attribute__((vector_size(32)));
+typedef float cpu__v4f __attribute__((vector_size(16)));
+
+static inline cpu__v4d cpu__exp4d(cpu__v4d x) {
+    const double shift = 0x1.8p52, log2e = 0x1.71547652b82fep0;
+    const double ln2hi = 0x1.62e42fee00000p-1, ln2lo = 0x1.a39ef35793c76p-33;
+    cpu__v4l lo = x < -104.0, hi = x > 100.0; /* NaN: neither */
+    x = (cpu__v4d)((lo & (cpu__v4l)(cpu__v4d){-104.0, -104.0, -104.0, -104.0}) | (~lo & (cpu__v4l)x));
+    x = (cpu__v4d)((hi & (cpu__v4l)(cpu__v4d){100.0, 100.0, 100.0, 100.0}) | (~hi & (cpu__v4l)x));
+    cpu__v4d z = x * log2e + shift; /* k in the low bits (round to nearest) */
+    cpu__v4d kd = z - shift;
+    cpu__v4d r = (x - kd * ln2hi) - kd * ln2lo;
+    cpu__v4d p = r * (1.0 / 40320) + 1.0 / 5040;
+    p = p * r + 1.0 / 720;
+    p = p * r + 1.0 / 120;
+    p = p * r + 1.0 / 24;
+    p = p * r + 1.0 / 6;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    cpu__v4l k = (cpu__v4l)z - (cpu__v4l)(cpu__v4d){shift, shift, shift, shift};
+    return p * (cpu__v4d)((k + 1023) << 52);
+}
+
+static inline cpu__v8 cpu__exp8(cpu__v8 x) {
+    cpu__v4f a = __builtin_shufflevector(x, x, 0, 1, 2, 3), b = __builtin_shufflevector(x, x, 4, 5, 6, 7);
+    cpu__v4f ea = __builtin_convertvector(cpu__exp4d(__builtin_convertvector(a, cpu__v4d)), cpu__v4f);
+    cpu__v4f eb = __builtin_convertvector(cpu__exp4d(__builtin_convertvector(b, cpu__v4d)), cpu__v4f);
+    return __builtin_shufflevector(ea, eb, 0, 1, 2, 3, 4, 5, 6, 7);
+}
+
 /* sum_j x[j] r[j] as one fixed sum whatever the caller: eight lanes over j in
  * steps of 8, the tail into lane 0, then a fixed tree (the generic matrix
  * path's element, and attention's scores). */
@@ -130,6 +172,9 @@ static inline float cpu__dot(const float *x, const float *r, int n) {
 
 /* The matrix product (cpu_matmul.c), the backend's matmul op. */
 void cpu__matmul(backend *be, float *out, const float *x, const weight *w, const float *bias, int T);
+/* The attention op (cpu_attention.c). */
+void cpu__attention(backend *be, float *out, const float *q, const void *kcache, const void *vcache,
+                    const batch_desc *b, int n_heads, int n_kv, int hd, int window);
 /* BACKEND_CPU_ISA_* (AUTO: the best this CPU runs) as the path to take, or -1
  * when the CPU cannot run it. */
 int cpu__isa_resolve(int isa);

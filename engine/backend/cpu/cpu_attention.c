@@ -1,0 +1,418 @@
+/* The CPU backend's attention op over the paged KV cache, batch-invariant.
+ *
+ * A query (one token's head) attends to the positions [j0, i]: i its own
+ * position, j0 = i - window + 1 (or 0). They are cut into chunks at fixed
+ * multiples of ATT_CHUNK positions, and each chunk c gives a partial
+ *   s_j = dot(q, k_j) / sqrt(hd)     (cpu__dot's sum: eight lanes, then a tree)
+ *   m_c = max_j s_j,  e_j = exp(s_j - m_c)   (cpu__exp8),
+ *   l_c = sum_j e_j   (in double, j ascending),  u_c[e] = sum_j e_j v_j[e]   (j ascending)
+ * which are merged in chunk order (att_merge) before o = u / l. Every sum has
+ * one order, fixed by the query's positions alone: a query's output is the
+ * same bits whatever else the step holds, however the work is split and
+ * whichever thread runs it.
+ *
+ * The work: a tile is up to ATT_TILE consecutive tokens of one sequence, and
+ * its queries are all their heads, which share each pass over the K and V
+ * rows: the row of a position (all KV heads, contiguous) comes from memory
+ * once per tile and the other heads and tokens read it again from L1. One
+ * item per (token, head), reading its head's 256 bytes of every 2 KB row,
+ * streamed a 2k context's K and V four times per layer at a third of the
+ * bandwidth of a contiguous read (bench/RESULTS.md, "CPU decode at 2k
+ * context"). Steps of many tiles (prefills, batches) take one tile per work
+ * item and merge its chunks as they go; steps of a few (one sequence's
+ * decode) take one (tile, chunk) per item, so that every thread has a part of
+ * the context, and merge the partials after: the same partials, merged in
+ * the same order. */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "engine/backend/cpu/cpu_internal.h"
+
+#define ATT_TILE 4    /* most tokens of a tile */
+#define ATT_CHUNK 128 /* positions of a chunk */
+#define ATT_SPLIT 2   /* a step of fewer than ATT_SPLIT x threads tiles is split by chunks */
+
+typedef struct {
+    int t0, nt;   /* the tile's tokens t0 .. t0 + nt - 1, of one sequence */
+    int jlo, jhi; /* the positions any of them attends to */
+    int item0;    /* split: the tile's first (tile, chunk) item */
+} att_tile;
+
+typedef struct {
+    backend *be;
+    float *out;
+    const float *q, *k, *v;
+    const batch_desc *b;
+    int n_heads, n_kv, hd, window;
+    const att_tile *tiles;
+    int nq; /* most queries of a tile: its tokens times n_heads */
+    /* split: item i is chunk ichunk[i] of tile itile[i], its partial (l, m,
+     * u as att_chunk writes them) at part + i pstride floats */
+    const int32_t *itile, *ichunk;
+    float *part;
+    size_t pstride;
+    cpu_range items; /* split: (tile, chunk) pairs; else tiles */
+} attention_job;
+
+/* The positions [*j0, *i] token t attends to. */
+static void att_range(const attention_job *a, int t, int *j0, int *i) {
+    *i = a->b->pos[t];
+    *j0 = a->window > 0 && *i - a->window + 1 > 0 ? *i - a->window + 1 : 0;
+}
+
+/* Whether query r of tile tl (token r / n_heads) has positions in chunk c. */
+static bool att_in_chunk(const attention_job *a, const att_tile *tl, int r, int c) {
+    int j0, i;
+    att_range(a, tl->t0 + r / a->n_heads, &j0, &i);
+    return c >= 0 && j0 < (c + 1) * ATT_CHUNK && i >= c * ATT_CHUNK;
+}
+
+/* Part r of nr of the cache lines of rows[0, n) (kvw floats each), asked for
+ * ahead of their use, spread over the queries of the block before them (the
+ * first reader of a row would otherwise wait for it, heads apart in it). */
+static inline void att_prefetch(const float *const *rows, int n, size_t kvw, int r, int nr) {
+    size_t lines = kvw / 16, total = (size_t)n * lines, l0 = total * r / nr, l1 = total * (r + 1) / nr;
+    for (size_t l = l0; l < l1; l++) __builtin_prefetch(rows[l / lines] + l % lines * 16, 0, 1);
+}
+
+/* The four kernels below are not inlined: in att_chunk the compiler spilled
+ * their row pointers to keep the loop variables around them in registers. */
+
+/* s[p] = cpu__dot(q, k[p] + off, hd) * scale for eight positions side by
+ * side, their lane trees reduced together (cpu__lanes_sum8: the same bits). */
+__attribute__((noinline)) static void att_scores8(float *s, const float *q, const float *const k[8], size_t off,
+                                                  int hd, float scale) {
+    cpu__v8 acc[8];
+    for (int p = 0; p < 8; p++) acc[p] = (cpu__v8){0};
+    int e = 0;
+    for (; e + 8 <= hd; e += 8) {
+        cpu__v8 qe = cpu__load8(q + e);
+        for (int p = 0; p < 8; p++) acc[p] += qe * cpu__load8(k[p] + off + e);
+    }
+    for (; e < hd; e++)
+        for (int p = 0; p < 8; p++) acc[p][0] += q[e] * k[p][off + e];
+    cpu__v8 r = cpu__lanes_sum8(acc);
+    for (int p = 0; p < 8; p++) s[p] = r[p] * scale;
+}
+
+/* att_scores8 for two queries of one KV head (each row loaded once) */
+__attribute__((noinline)) static void att_scores8x2(float *s1, float *s2, const float *q1, const float *q2,
+                                                    const float *const k[8], size_t off, int hd, float scale) {
+    cpu__v8 a1[8], a2[8];
+    for (int p = 0; p < 8; p++) a1[p] = a2[p] = (cpu__v8){0};
+    int e = 0;
+    for (; e + 8 <= hd; e += 8) {
+        cpu__v8 x1 = cpu__load8(q1 + e), x2 = cpu__load8(q2 + e);
+        for (int p = 0; p < 8; p++) {
+            cpu__v8 kv = cpu__load8(k[p] + off + e);
+            a1[p] += x1 * kv;
+            a2[p] += x2 * kv;
+        }
+    }
+    for (; e < hd; e++)
+        for (int p = 0; p < 8; p++) a1[p][0] += q1[e] * k[p][off + e], a2[p][0] += q2[e] * k[p][off + e];
+    cpu__v8 r1 = cpu__lanes_sum8(a1), r2 = cpu__lanes_sum8(a2);
+    for (int p = 0; p < 8; p++) s1[p] = r1[p] * scale, s2[p] = r2[p] * scale;
+}
+
+/* u[e] += w[j] v[j][off + e] for j in [j1, j2], in order (u: hd floats in
+ * memory, 64 of them at a time in registers while the positions are added). */
+__attribute__((noinline)) static void att_pv(float *u, const float *w, const float *const *v, size_t off, int j1,
+                                             int j2, int hd) {
+    int e0 = 0;
+    for (; e0 + 64 <= hd; e0 += 64) {
+        cpu__v8 acc[8];
+        for (int c = 0; c < 8; c++) acc[c] = cpu__load8(u + e0 + 8 * c);
+        for (int j = j1; j <= j2; j++)
+            for (int c = 0; c < 8; c++) acc[c] += w[j] * cpu__load8(v[j] + off + e0 + 8 * c);
+        memcpy(u + e0, acc, sizeof(acc));
+    }
+    for (; e0 < hd; e0++) /* a head's tail (under 64): element by element, the same sums */
+        for (int j = j1; j <= j2; j++) u[e0] += w[j] * v[j][off + e0];
+}
+
+/* att_pv for two queries of one KV head over the same positions (each row
+ * loaded once) */
+__attribute__((noinline)) static void att_pv2(float *u1, float *u2, const float *w1, const float *w2,
+                                              const float *const *v, size_t off, int j1, int j2, int hd) {
+    int e0 = 0;
+    for (; e0 + 64 <= hd; e0 += 64) {
+        cpu__v8 a1[8], a2[8];
+        for (int c = 0; c < 8; c++) a1[c] = cpu__load8(u1 + e0 + 8 * c), a2[c] = cpu__load8(u2 + e0 + 8 * c);
+        for (int j = j1; j <= j2; j++)
+            for (int c = 0; c < 8; c++) {
+                cpu__v8 x = cpu__load8(v[j] + off + e0 + 8 * c);
+                a1[c] += w1[j] * x;
+                a2[c] += w2[j] * x;
+            }
+        memcpy(u1 + e0, a1, sizeof(a1));
+        memcpy(u2 + e0, a2, sizeof(a2));
+    }
+    for (; e0 < hd; e0++)
+        for (int j = j1; j <= j2; j++) u1[e0] += w1[j] * v[j][off + e0], u2[e0] += w2[j] * v[j][off + e0];
+}
+
+typedef int32_t cpu__v8i __attribute__((vector_size(32)));
+
+/* max_j s[j] over n > 0 floats, in any order: the same value (a NaN may be
+ * skipped or kept; its query's output is NaN either way) */
+static float att_max(const float *s, int n) {
+    float mx = s[0];
+    int j = 0;
+    if (n >= 8) {
+        cpu__v8 mv = cpu__load8(s);
+        for (j = 8; j + 8 <= n; j += 8) {
+            cpu__v8 x = cpu__load8(s + j);
+            cpu__v8i gt = x > mv;
+            mv = (cpu__v8)((gt & (cpu__v8i)x) | (~gt & (cpu__v8i)mv));
+        }
+        mx = mv[0];
+        for (int k = 1; k < 8; k++)
+            if (mv[k] > mx) mx = mv[k];
+    }
+    for (; j < n; j++)
+        if (s[j] > mx) mx = s[j];
+    return mx;
+}
+
+/* s[j] = exp(s[j] - mx) for j in [0, n) */
+static void att_exp(float *s, int n, float mx) {
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        cpu__v8 e = cpu__exp8(cpu__load8(s + j) - mx);
+        memcpy(s + j, &e, sizeof(e));
+    }
+    if (j < n) {
+        cpu__v8 x = {0};
+        memcpy(&x, s + j, (size_t)(n - j) * sizeof(float));
+        x = cpu__exp8(x - mx);
+        memcpy(s + j, &x, (size_t)(n - j) * sizeof(float));
+    }
+}
+
+/* The partials of chunk c for tile tl's queries, r = token * n_heads + head:
+ * l (nq doubles), m (nq), u (nq, hd); a query with no position in the chunk
+ * is left alone. sc: (nq, ATT_CHUNK) scratch. */
+static void att_chunk(const attention_job *a, const att_tile *tl, int c, float *sc, double *l, float *m, float *u) {
+    const batch_desc *b = a->b;
+    int n_heads = a->n_heads, hd = a->hd, G = n_heads / a->n_kv, nq = tl->nt * n_heads, bs = b->block_size;
+    size_t kvw = (size_t)a->n_kv * hd;
+    const int32_t *blocks = b->block_tables + (size_t)b->tok_seq[tl->t0] * b->max_blocks;
+    const float *q = a->q + (size_t)tl->t0 * n_heads * hd; /* query r at q + r hd */
+    float scale = 1.0f / sqrtf((float)hd);
+    int p0 = c * ATT_CHUNK > tl->jlo ? c * ATT_CHUNK : tl->jlo;
+    int p1 = (c + 1) * ATT_CHUNK - 1 < tl->jhi ? (c + 1) * ATT_CHUNK - 1 : tl->jhi;
+    /* position j's row of K (V), every head: row j % bs of block blocks[j / bs] */
+#define ROW(base, j) ((base) + ((size_t)blocks[(j) / bs] * bs + (j) % bs) * kvw)
+    /* scores, eight positions at a time; the next eight's K rows prefetched
+     * (beyond the chunk: the tile's next chunk follows) */
+    for (int js = p0; js <= p1; js += 8) {
+        int n = p1 - js + 1 < 8 ? p1 - js + 1 : 8, nn = 0;
+        const float *kr[8], *next[8];
+        for (int p = 0; p < n; p++) kr[p] = ROW(a->k, js + p);
+        for (; nn < 8 && js + 8 + nn <= tl->jhi; nn++) next[nn] = ROW(a->k, js + 8 + nn);
+        for (int r = 0; r < nq; r++) {
+            int j0, i;
+            att_range(a, tl->t0 + r / n_heads, &j0, &i);
+            att_prefetch(next, nn, kvw, r, nq);
+            size_t off = (size_t)(r % n_heads / G) * hd;
+            float *s = sc + (size_t)r * ATT_CHUNK - p0; /* s[j]: position j's score */
+            if (n == 8 && js >= j0 && js + 7 <= i) {
+                if (r % G + 1 < G) { /* and the next head of the group: the same token, positions and rows */
+                    att_scores8x2(s + js, s + ATT_CHUNK + js, q + (size_t)r * hd, q + (size_t)(r + 1) * hd, kr, off,
+                                  hd, scale);
+                    r++;
+                } else {
+                    att_scores8(s + js, q + (size_t)r * hd, kr, off, hd, scale);
+                }
+                continue;
+            }
+            for (int p = 0; p < n; p++)
+                if (js + p >= j0 && js + p <= i) s[js + p] = cpu__dot(q + (size_t)r * hd, kr[p] + off, hd) * scale;
+        }
+    }
+    {
+        const float *first[8];
+        int nn = 0;
+        for (; nn < 8 && p0 + nn <= p1; nn++) first[nn] = ROW(a->v, p0 + nn);
+        att_prefetch(first, nn, kvw, 0, 1);
+    }
+    for (int r = 0; r < nq; r++) { /* scores -> e_j in place, m */
+        int j0, i;
+        att_range(a, tl->t0 + r / n_heads, &j0, &i);
+        int j1 = j0 > p0 ? j0 : p0, j2 = i < p1 ? i : p1;
+        if (j1 > j2) continue;
+        float *s = sc + (size_t)r * ATT_CHUNK - p0;
+        m[r] = att_max(s + j1, j2 - j1 + 1);
+        att_exp(s + j1, j2 - j1 + 1, m[r]);
+        memset(u + (size_t)r * hd, 0, (size_t)hd * sizeof(float));
+    }
+    /* l: eight queries' sums side by side over the positions they share (one
+     * alone waits on its adds' latency), each in its own order */
+    for (int r0 = 0; r0 < nq; r0 += 8) {
+        int nr = nq - r0 < 8 ? nq - r0 : 8, j1[8], j2[8], c1 = p0, c2 = p1;
+        double sum[8] = {0};
+        const float *s[8];
+        for (int k = 0; k < nr; k++) {
+            int j0, i;
+            att_range(a, tl->t0 + (r0 + k) / n_heads, &j0, &i);
+            j1[k] = j0 > p0 ? j0 : p0, j2[k] = i < p1 ? i : p1;
+            s[k] = sc + (size_t)(r0 + k) * ATT_CHUNK - p0;
+            if (j1[k] > c1) c1 = j1[k];
+            if (j2[k] < c2) c2 = j2[k];
+        }
+        if (nr < 8 || c1 > c2) c2 = c1 - 1; /* nothing shared: each alone */
+        for (int k = 0; k < nr; k++)
+            for (int j = j1[k]; j < c1 && j <= j2[k]; j++) sum[k] += s[k][j];
+        for (int j = c1; j <= c2; j++)
+            for (int k = 0; k < 8; k++) sum[k] += s[k][j];
+        for (int k = 0; k < nr; k++) {
+            for (int j = c2 + 1 > j1[k] ? c2 + 1 : j1[k]; j <= j2[k]; j++) sum[k] += s[k][j];
+            if (j1[k] <= j2[k]) l[r0 + k] = sum[k];
+        }
+    }
+    /* u, eight positions at a time; the next eight's V rows prefetched */
+    for (int jb = p0; jb <= p1; jb += 8) {
+        int je = p1 - jb + 1 < 8 ? p1 : jb + 7, nn = 0;
+        const float *vrow[8], *const *vr = vrow - jb, *next[8]; /* vr[j]: position j's V row */
+        for (int j = jb; j <= je; j++) vrow[j - jb] = ROW(a->v, j);
+        for (; nn < 8 && jb + 8 + nn <= p1; nn++) next[nn] = ROW(a->v, jb + 8 + nn);
+        for (int r = 0; r < nq; r++) {
+            int j0, i;
+            att_range(a, tl->t0 + r / n_heads, &j0, &i);
+            att_prefetch(next, nn, kvw, r, nq);
+            int j1 = j0 > jb ? j0 : jb, j2 = i < je ? i : je;
+            if (j1 > j2) continue;
+            const float *w = sc + (size_t)r * ATT_CHUNK - p0;
+            size_t off = (size_t)(r % n_heads / G) * hd;
+            if (r % G + 1 < G) { /* and the next head of the group: the same positions and rows */
+                att_pv2(u + (size_t)r * hd, u + (size_t)(r + 1) * hd, w, w + ATT_CHUNK, vr, off, j1, j2, hd);
+                r++;
+            } else {
+                att_pv(u + (size_t)r * hd, w, vr, off, j1, j2, hd);
+            }
+        }
+    }
+#undef ROW
+}
+
+/* A query's (l, m, u) of its chunks so far, merged with the next chunk's
+ * (lc, mc, uc): both rescaled to the larger maximum. first: there were none. */
+static void att_merge(double *l, float *m, float *u, double lc, float mc, const float *uc, int hd, bool first) {
+    if (first) {
+        *l = lc, *m = mc;
+        memcpy(u, uc, (size_t)hd * sizeof(float));
+        return;
+    }
+    float mx = mc > *m ? mc : *m;
+    cpu__v8 f = cpu__exp8((cpu__v8){*m - mx, mc - mx});
+    *l = *l * f[0] + lc * f[1];
+    for (int e = 0; e < hd; e++) u[e] = u[e] * f[0] + uc[e] * f[1];
+    *m = mx;
+}
+
+/* o = u / l for each query of the tile */
+static void att_out(const attention_job *a, const att_tile *tl, const double *l, const float *u) {
+    int hd = a->hd;
+    for (int r = 0; r < tl->nt * a->n_heads; r++) {
+        float inv = (float)(1.0 / l[r]), *o = a->out + ((size_t)tl->t0 * a->n_heads + r) * hd;
+        for (int e = 0; e < hd; e++) o[e] = u[(size_t)r * hd + e] * inv;
+    }
+}
+
+static void attention_items(void *arg, int ith, int nth) {
+    attention_job *a = arg;
+    int nq = a->nq, hd = a->hd;
+    /* scores (nq, ATT_CHUNK); a chunk's l, the running L; m, M; u, U (nq, hd) */
+    size_t floats = (size_t)nq * ATT_CHUNK + 2 * (size_t)nq * (hd + 3);
+    float *sc = cpu__thread_scratch(a->be, ith, floats * sizeof(float));
+    if (!sc) return; /* the other workers take the items (cpu__range_done) */
+    double *l = (double *)(sc + (size_t)nq * ATT_CHUNK), *L = l + nq;
+    float *m = (float *)(L + nq), *M = m + nq, *u = M + nq, *U = u + (size_t)nq * hd;
+    int i0, i1;
+    while (cpu__range_take(&a->items, &i0, &i1))
+        for (int it = i0; it < i1; it++) {
+            if (a->itile) { /* one chunk's partials, merged by att_merge_tile */
+                float *p = a->part + (size_t)it * a->pstride;
+                att_chunk(a, &a->tiles[a->itile[it]], a->ichunk[it], sc, (double *)p, p + 2 * nq, p + 3 * nq);
+                continue;
+            }
+            const att_tile *tl = &a->tiles[it];
+            for (int c = tl->jlo / ATT_CHUNK; c <= tl->jhi / ATT_CHUNK; c++) {
+                att_chunk(a, tl, c, sc, l, m, u);
+                for (int r = 0; r < tl->nt * a->n_heads; r++)
+                    if (att_in_chunk(a, tl, r, c))
+                        att_merge(&L[r], &M[r], U + (size_t)r * hd, l[r], m[r], u + (size_t)r * hd, hd,
+                                  !att_in_chunk(a, tl, r, c - 1));
+            }
+            att_out(a, tl, L, U);
+        }
+}
+
+/* A split step: tile i's partials merged in chunk order, then its outputs.
+ * The running (l, m, u) is kept in the partial of the tile's first chunk. */
+static void att_merge_tile(void *ctx, int i) {
+    attention_job *a = ctx;
+    const att_tile *tl = &a->tiles[i];
+    int nq = a->nq, hd = a->hd, c0 = tl->jlo / ATT_CHUNK;
+    float *p0 = a->part + (size_t)tl->item0 * a->pstride, *M = p0 + 2 * nq, *U = p0 + 3 * nq;
+    double *L = (double *)p0;
+    for (int r = 0; r < tl->nt * a->n_heads; r++)
+        for (int c = c0; c <= tl->jhi / ATT_CHUNK; c++) {
+            bool first = !att_in_chunk(a, tl, r, c - 1);
+            if (!att_in_chunk(a, tl, r, c) || (first && c == c0)) continue; /* c0's is in place */
+            float *p = a->part + (size_t)(tl->item0 + c - c0) * a->pstride;
+            att_merge(&L[r], &M[r], U + (size_t)r * hd, ((double *)p)[r], p[2 * nq + r], p + 3 * nq + (size_t)r * hd,
+                      hd, first);
+        }
+    att_out(a, tl, L, U);
+}
+
+void cpu__attention(backend *be, float *out, const float *q, const void *kcache, const void *vcache,
+                    const batch_desc *b, int n_heads, int n_kv, int hd, int window) {
+    attention_job a = {.be = be, .out = out, .q = q, .k = kcache, .v = vcache, .b = b, .n_heads = n_heads,
+                       .n_kv = n_kv, .hd = hd, .window = window};
+    int n_tiles = 0, n_chunks = 0, tile_max = 1;
+    for (int s = 0; s < b->n_seqs; s++) {
+        int n = b->h_seq_start[s + 1] - b->h_seq_start[s];
+        n_tiles += (n + ATT_TILE - 1) / ATT_TILE;
+        if (n > tile_max) tile_max = n < ATT_TILE ? n : ATT_TILE;
+    }
+    a.nq = tile_max * n_heads;
+    /* split's items and partials: a tile has at most max_ctx / ATT_CHUNK + 1 chunks */
+    bool split = n_tiles < ATT_SPLIT * cpu__threads(be);
+    int max_items = split ? n_tiles * (b->max_ctx / ATT_CHUNK + 1) : 0;
+    a.pstride = ((size_t)a.nq * (hd + 3) + 1) & ~(size_t)1; /* even: the next partial's doubles aligned */
+    size_t head = ((size_t)n_tiles * sizeof(att_tile) + (size_t)max_items * 2 * sizeof(int32_t) + 63) & ~(size_t)63;
+    char *mem = cpu__scratch(be, head + (size_t)max_items * a.pstride * sizeof(float));
+    if (!mem) return;
+    att_tile *tiles = (att_tile *)mem;
+    int32_t *itile = (int32_t *)(tiles + n_tiles), *ichunk = itile + max_items;
+    n_tiles = 0;
+    for (int s = 0; s < b->n_seqs; s++)
+        for (int t = b->h_seq_start[s], end = b->h_seq_start[s + 1]; t < end; t += ATT_TILE) {
+            att_tile *tl = &tiles[n_tiles];
+            tl->t0 = t, tl->nt = end - t < ATT_TILE ? end - t : ATT_TILE;
+            tl->jlo = INT32_MAX, tl->jhi = -1, tl->item0 = n_chunks;
+            for (int u = t; u < t + tl->nt; u++) {
+                int j0, i;
+                att_range(&a, u, &j0, &i);
+                if (j0 < tl->jlo) tl->jlo = j0;
+                if (i > tl->jhi) tl->jhi = i;
+            }
+            for (int c = tl->jlo / ATT_CHUNK; split && c <= tl->jhi / ATT_CHUNK; c++)
+                itile[n_chunks] = n_tiles, ichunk[n_chunks++] = c;
+            n_tiles++;
+        }
+    a.tiles = tiles;
+    split = split && n_chunks > n_tiles; /* one chunk a tile: nothing to split */
+    if (split) a.itile = itile, a.ichunk = ichunk, a.part = (float *)(mem + head);
+    a.items = cpu__range(split ? n_chunks : n_tiles, 1);
+    cpu__parallel(be, attention_items, &a);
+    if (!cpu__range_done(&a.items)) {
+        cpu__fail(be);
+        return;
+    }
+    if (split) cpu__parallel_for(be, n_tiles, 1, att_merge_tile, &a);
+}
