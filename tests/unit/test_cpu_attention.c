@@ -141,8 +141,8 @@ static void check_accuracy(const fixture *f, const float *out, int s, int i) {
             long double got = out[(((size_t)s * TMAX + i) * nh + h) * hd + e];
             int c = p / 128 - j0 / 128 + 1, lanes = hd / 8 + hd % 8;
             long double bound = (2 * (lanes + 8) * A + (n < 128 ? n : 128) + 4 * c + 16) * ldexpl(1, -24) * mag;
-            ck_assert_msg(fabsl(got - ref) <= bound, "seq %d query %d head %d elem %d: %.9Lg against %.9Lg (bound %.3Lg)", s,
-                          i, h, e, got, ref, bound);
+            ck_assert_msg(fabsl(got - ref) <= bound, "seq %d query %d head %d elem %d: %.9Lg, not %.9Lg (bound %.3Lg)",
+                          s, i, h, e, got, ref, bound);
         }
     }
     free(w);

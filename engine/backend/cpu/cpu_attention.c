@@ -72,8 +72,12 @@ static bool att_in_chunk(const attention_job *a, const att_tile *tl, int r, int 
  * ahead of their use, spread over the queries of the block before them (the
  * first reader of a row would otherwise wait for it, heads apart in it). */
 static inline void att_prefetch(const float *const *rows, int n, size_t kvw, int r, int nr) {
-    size_t lines = kvw / 16, total = (size_t)n * lines, l0 = total * r / nr, l1 = total * (r + 1) / nr;
-    for (size_t l = l0; l < l1; l++) __builtin_prefetch(rows[l / lines] + l % lines * 16, 0, 1);
+    size_t lines = (kvw + 15) / 16, l0 = (size_t)n * lines * r / nr, l1 = (size_t)n * lines * (r + 1) / nr;
+    size_t row = l0 / lines, col = l0 - row * lines;
+    for (size_t l = l0; l < l1; l++) {
+        __builtin_prefetch(rows[row] + col * 16, 0, 1);
+        if (++col == lines) col = 0, row++;
+    }
 }
 
 /* The four kernels below are not inlined: in att_chunk the compiler spilled
@@ -191,57 +195,69 @@ static void att_exp(float *s, int n, float mx) {
     }
 }
 
-/* The partials of chunk c for tile tl's queries, r = token * n_heads + head:
- * l (nq doubles), m (nq), u (nq, hd); a query with no position in the chunk
- * is left alone. sc: (nq, ATT_CHUNK) scratch. */
-static void att_chunk(const attention_job *a, const att_tile *tl, int c, float *sc, double *l, float *m, float *u) {
+/* A query of a tile: its positions [j0, i], its KV head's offset in a row,
+ * and whether the next query is the next head of the same group (the same
+ * token, positions and rows: the kernels take the two together). */
+typedef struct {
+    int j0, i, off, pair;
+} att_query;
+
+/* The queries of tile tl, r = token * n_heads + head. */
+static void att_queries(const attention_job *a, const att_tile *tl, att_query *qs) {
+    int G = a->n_heads / a->n_kv;
+    for (int r = 0; r < tl->nt * a->n_heads; r++) {
+        att_range(a, tl->t0 + r / a->n_heads, &qs[r].j0, &qs[r].i);
+        qs[r].off = r % a->n_heads / G * a->hd;
+        qs[r].pair = r % G + 1 < G;
+    }
+}
+
+/* The partials of chunk c for tile tl's queries qs: l (nq doubles), m (nq),
+ * u (nq, hd); a query with no position in the chunk is left alone.
+ * sc: (nq, ATT_CHUNK) scratch. */
+static void att_chunk(const attention_job *a, const att_tile *tl, const att_query *qs, int c, float *sc, double *l,
+                      float *m, float *u) {
     const batch_desc *b = a->b;
-    int n_heads = a->n_heads, hd = a->hd, G = n_heads / a->n_kv, nq = tl->nt * n_heads, bs = b->block_size;
+    int hd = a->hd, nq = tl->nt * a->n_heads, bs = b->block_size;
     size_t kvw = (size_t)a->n_kv * hd;
     const int32_t *blocks = b->block_tables + (size_t)b->tok_seq[tl->t0] * b->max_blocks;
-    const float *q = a->q + (size_t)tl->t0 * n_heads * hd; /* query r at q + r hd */
+    const float *q = a->q + (size_t)tl->t0 * a->n_heads * hd; /* query r at q + r hd */
     float scale = 1.0f / sqrtf((float)hd);
     int p0 = c * ATT_CHUNK > tl->jlo ? c * ATT_CHUNK : tl->jlo;
     int p1 = (c + 1) * ATT_CHUNK - 1 < tl->jhi ? (c + 1) * ATT_CHUNK - 1 : tl->jhi;
-    /* position j's row of K (V), every head: row j % bs of block blocks[j / bs] */
-#define ROW(base, j) ((base) + ((size_t)blocks[(j) / bs] * bs + (j) % bs) * kvw)
-    /* scores, eight positions at a time; the next eight's K rows prefetched
-     * (beyond the chunk: the tile's next chunk follows) */
+    /* position j's rows of K and V, every head (row j % bs of block blocks[j / bs]),
+     * at kr[j], vr[j]; K's up to eight beyond the chunk, to be prefetched */
+    const float *krows[ATT_CHUNK + 8], *vrows[ATT_CHUNK + 8], **kr = krows - p0, **vr = vrows - p0;
+    int pk = p1 + 8 < tl->jhi ? p1 + 8 : tl->jhi;
+    for (int j = p0; j <= pk; j++) {
+        size_t row = (size_t)blocks[j / bs] * bs + j % bs;
+        kr[j] = a->k + row * kvw, vr[j] = a->v + row * kvw;
+    }
+    /* scores, eight positions at a time, the next eight's K rows prefetched
+     * (beyond the chunk: the tile's next chunk comes next) */
     for (int js = p0; js <= p1; js += 8) {
-        int n = p1 - js + 1 < 8 ? p1 - js + 1 : 8, nn = 0;
-        const float *kr[8], *next[8];
-        for (int p = 0; p < n; p++) kr[p] = ROW(a->k, js + p);
-        for (; nn < 8 && js + 8 + nn <= tl->jhi; nn++) next[nn] = ROW(a->k, js + 8 + nn);
+        int n = p1 - js + 1 < 8 ? p1 - js + 1 : 8, nn = pk - js - 7 < 8 ? pk - js - 7 : 8;
         for (int r = 0; r < nq; r++) {
-            int j0, i;
-            att_range(a, tl->t0 + r / n_heads, &j0, &i);
-            att_prefetch(next, nn, kvw, r, nq);
-            size_t off = (size_t)(r % n_heads / G) * hd;
+            const att_query *x = &qs[r];
+            if (nn > 0) att_prefetch(kr + js + 8, nn, kvw, r, nq);
             float *s = sc + (size_t)r * ATT_CHUNK - p0; /* s[j]: position j's score */
-            if (n == 8 && js >= j0 && js + 7 <= i) {
-                if (r % G + 1 < G) { /* and the next head of the group: the same token, positions and rows */
-                    att_scores8x2(s + js, s + ATT_CHUNK + js, q + (size_t)r * hd, q + (size_t)(r + 1) * hd, kr, off,
-                                  hd, scale);
+            if (n == 8 && js >= x->j0 && js + 7 <= x->i) {
+                if (x->pair) {
+                    att_scores8x2(s + js, s + ATT_CHUNK + js, q + (size_t)r * hd, q + (size_t)(r + 1) * hd, kr + js,
+                                  (size_t)x->off, hd, scale);
                     r++;
                 } else {
-                    att_scores8(s + js, q + (size_t)r * hd, kr, off, hd, scale);
+                    att_scores8(s + js, q + (size_t)r * hd, kr + js, (size_t)x->off, hd, scale);
                 }
                 continue;
             }
-            for (int p = 0; p < n; p++)
-                if (js + p >= j0 && js + p <= i) s[js + p] = cpu__dot(q + (size_t)r * hd, kr[p] + off, hd) * scale;
+            for (int j = js; j < js + n; j++)
+                if (j >= x->j0 && j <= x->i) s[j] = cpu__dot(q + (size_t)r * hd, kr[j] + x->off, hd) * scale;
         }
     }
-    {
-        const float *first[8];
-        int nn = 0;
-        for (; nn < 8 && p0 + nn <= p1; nn++) first[nn] = ROW(a->v, p0 + nn);
-        att_prefetch(first, nn, kvw, 0, 1);
-    }
+    att_prefetch(vr + p0, p1 - p0 + 1 < 8 ? p1 - p0 + 1 : 8, kvw, 0, 1);
     for (int r = 0; r < nq; r++) { /* scores -> e_j in place, m */
-        int j0, i;
-        att_range(a, tl->t0 + r / n_heads, &j0, &i);
-        int j1 = j0 > p0 ? j0 : p0, j2 = i < p1 ? i : p1;
+        int j1 = qs[r].j0 > p0 ? qs[r].j0 : p0, j2 = qs[r].i < p1 ? qs[r].i : p1;
         if (j1 > j2) continue;
         float *s = sc + (size_t)r * ATT_CHUNK - p0;
         m[r] = att_max(s + j1, j2 - j1 + 1);
@@ -255,9 +271,7 @@ static void att_chunk(const attention_job *a, const att_tile *tl, int c, float *
         double sum[8] = {0};
         const float *s[8];
         for (int k = 0; k < nr; k++) {
-            int j0, i;
-            att_range(a, tl->t0 + (r0 + k) / n_heads, &j0, &i);
-            j1[k] = j0 > p0 ? j0 : p0, j2[k] = i < p1 ? i : p1;
+            j1[k] = qs[r0 + k].j0 > p0 ? qs[r0 + k].j0 : p0, j2[k] = qs[r0 + k].i < p1 ? qs[r0 + k].i : p1;
             s[k] = sc + (size_t)(r0 + k) * ATT_CHUNK - p0;
             if (j1[k] > c1) c1 = j1[k];
             if (j2[k] < c2) c2 = j2[k];
@@ -272,29 +286,23 @@ static void att_chunk(const attention_job *a, const att_tile *tl, int c, float *
             if (j1[k] <= j2[k]) l[r0 + k] = sum[k];
         }
     }
-    /* u, eight positions at a time; the next eight's V rows prefetched */
+    /* u, eight positions at a time, the next eight's V rows prefetched */
     for (int jb = p0; jb <= p1; jb += 8) {
-        int je = p1 - jb + 1 < 8 ? p1 : jb + 7, nn = 0;
-        const float *vrow[8], *const *vr = vrow - jb, *next[8]; /* vr[j]: position j's V row */
-        for (int j = jb; j <= je; j++) vrow[j - jb] = ROW(a->v, j);
-        for (; nn < 8 && jb + 8 + nn <= p1; nn++) next[nn] = ROW(a->v, jb + 8 + nn);
+        int je = p1 - jb + 1 < 8 ? p1 : jb + 7, nn = p1 - jb - 7 < 8 ? p1 - jb - 7 : 8;
         for (int r = 0; r < nq; r++) {
-            int j0, i;
-            att_range(a, tl->t0 + r / n_heads, &j0, &i);
-            att_prefetch(next, nn, kvw, r, nq);
-            int j1 = j0 > jb ? j0 : jb, j2 = i < je ? i : je;
+            const att_query *x = &qs[r];
+            if (nn > 0) att_prefetch(vr + jb + 8, nn, kvw, r, nq);
+            int j1 = x->j0 > jb ? x->j0 : jb, j2 = x->i < je ? x->i : je;
             if (j1 > j2) continue;
             const float *w = sc + (size_t)r * ATT_CHUNK - p0;
-            size_t off = (size_t)(r % n_heads / G) * hd;
-            if (r % G + 1 < G) { /* and the next head of the group: the same positions and rows */
-                att_pv2(u + (size_t)r * hd, u + (size_t)(r + 1) * hd, w, w + ATT_CHUNK, vr, off, j1, j2, hd);
+            if (x->pair) {
+                att_pv2(u + (size_t)r * hd, u + (size_t)(r + 1) * hd, w, w + ATT_CHUNK, vr, (size_t)x->off, j1, j2, hd);
                 r++;
             } else {
-                att_pv(u + (size_t)r * hd, w, vr, off, j1, j2, hd);
+                att_pv(u + (size_t)r * hd, w, vr, (size_t)x->off, j1, j2, hd);
             }
         }
     }
-#undef ROW
 }
 
 /* A query's (l, m, u) of its chunks so far, merged with the next chunk's
@@ -324,23 +332,27 @@ static void att_out(const attention_job *a, const att_tile *tl, const double *l,
 static void attention_items(void *arg, int ith, int nth) {
     attention_job *a = arg;
     int nq = a->nq, hd = a->hd;
-    /* scores (nq, ATT_CHUNK); a chunk's l, the running L; m, M; u, U (nq, hd) */
+    /* scores (nq, ATT_CHUNK); a chunk's l, the running L; m, M; u, U (nq, hd); the queries */
     size_t floats = (size_t)nq * ATT_CHUNK + 2 * (size_t)nq * (hd + 3);
-    float *sc = cpu__thread_scratch(a->be, ith, floats * sizeof(float));
+    float *sc = cpu__thread_scratch(a->be, ith, floats * sizeof(float) + (size_t)nq * sizeof(att_query));
     if (!sc) return; /* the other workers take the items (cpu__range_done) */
     double *l = (double *)(sc + (size_t)nq * ATT_CHUNK), *L = l + nq;
     float *m = (float *)(L + nq), *M = m + nq, *u = M + nq, *U = u + (size_t)nq * hd;
+    att_query *qs = (att_query *)(sc + floats);
     int i0, i1;
     while (cpu__range_take(&a->items, &i0, &i1))
         for (int it = i0; it < i1; it++) {
             if (a->itile) { /* one chunk's partials, merged by att_merge_tile */
+                const att_tile *tl = &a->tiles[a->itile[it]];
                 float *p = a->part + (size_t)it * a->pstride;
-                att_chunk(a, &a->tiles[a->itile[it]], a->ichunk[it], sc, (double *)p, p + 2 * nq, p + 3 * nq);
+                att_queries(a, tl, qs);
+                att_chunk(a, tl, qs, a->ichunk[it], sc, (double *)p, p + 2 * nq, p + 3 * nq);
                 continue;
             }
             const att_tile *tl = &a->tiles[it];
+            att_queries(a, tl, qs);
             for (int c = tl->jlo / ATT_CHUNK; c <= tl->jhi / ATT_CHUNK; c++) {
-                att_chunk(a, tl, c, sc, l, m, u);
+                att_chunk(a, tl, qs, c, sc, l, m, u);
                 for (int r = 0; r < tl->nt * a->n_heads; r++)
                     if (att_in_chunk(a, tl, r, c))
                         att_merge(&L[r], &M[r], U + (size_t)r * hd, l[r], m[r], u + (size_t)r * hd, hd,
