@@ -68,16 +68,17 @@ static bool att_in_chunk(const attention_job *a, const att_tile *tl, int r, int 
     return c >= 0 && j0 < (c + 1) * ATT_CHUNK && i >= c * ATT_CHUNK;
 }
 
-/* Part r of nr of the cache lines of rows[0, n) (kvw floats each), asked for
- * ahead of their use, spread over the queries of the block before them (the
- * first reader of a row would otherwise wait for it, heads apart in it). */
-static inline void att_prefetch(const float *const *rows, int n, size_t kvw, int r, int nr) {
-    size_t lines = (kvw + 15) / 16, l0 = (size_t)n * lines * r / nr, l1 = (size_t)n * lines * (r + 1) / nr;
-    size_t row = l0 / lines, col = l0 - row * lines;
-    for (size_t l = l0; l < l1; l++) {
-        __builtin_prefetch(rows[row] + col * 16, 0, 1);
-        if (++col == lines) col = 0, row++;
-    }
+/* One load per cache line of rows[0, n) (kvw floats each), in order: a
+ * decode tile's chunk read from DRAM as one sequential stream before its
+ * compute. (Its queries read each row a head at a time, and the hardware
+ * prefetcher does not follow that; prefetch instructions spread over the
+ * compute did not help either: 1.1 ms a layer at 2k context, 1.0 with this
+ * pass, bench/RESULTS.md.) The sum keeps the loads. */
+__attribute__((noinline)) static float att_touch(const float *const *rows, int n, size_t kvw) {
+    float t = 0.0f;
+    for (int p = 0; p < n; p++)
+        for (size_t e = 0; e < kvw; e += 16) t += rows[p][e];
+    return t;
 }
 
 /* The four kernels below are not inlined: in att_chunk the compiler spilled
@@ -225,21 +226,20 @@ static void att_chunk(const attention_job *a, const att_tile *tl, const att_quer
     float scale = 1.0f / sqrtf((float)hd);
     int p0 = c * ATT_CHUNK > tl->jlo ? c * ATT_CHUNK : tl->jlo;
     int p1 = (c + 1) * ATT_CHUNK - 1 < tl->jhi ? (c + 1) * ATT_CHUNK - 1 : tl->jhi;
-    /* position j's rows of K and V, every head (row j % bs of block blocks[j / bs]),
-     * at kr[j], vr[j]; K's up to eight beyond the chunk, to be prefetched */
-    const float *krows[ATT_CHUNK + 8], *vrows[ATT_CHUNK + 8], **kr = krows - p0, **vr = vrows - p0;
-    int pk = p1 + 8 < tl->jhi ? p1 + 8 : tl->jhi;
-    for (int j = p0; j <= pk; j++) {
+    /* position j's rows of K and V, every head, at kr[j], vr[j] (row j % bs of block blocks[j / bs]) */
+    const float *krows[ATT_CHUNK], *vrows[ATT_CHUNK], **kr = krows - p0, **vr = vrows - p0;
+    for (int j = p0; j <= p1; j++) {
         size_t row = (size_t)blocks[j / bs] * bs + j % bs;
         kr[j] = a->k + row * kvw, vr[j] = a->v + row * kvw;
     }
-    /* scores, eight positions at a time, the next eight's K rows prefetched
-     * (beyond the chunk: the tile's next chunk comes next) */
-    for (int js = p0; js <= p1; js += 8) {
-        int n = p1 - js + 1 < 8 ? p1 - js + 1 : 8, nn = pk - js - 7 < 8 ? pk - js - 7 : 8;
+    if (tl->nt == 1) { /* a decode tile: nothing else reads the chunk */
+        float t = att_touch(kr + p0, p1 - p0 + 1, kvw) + att_touch(vr + p0, p1 - p0 + 1, kvw);
+        __asm__ volatile("" : : "x"(t));
+    }
+    for (int js = p0; js <= p1; js += 8) { /* scores, eight positions at a time */
+        int n = p1 - js + 1 < 8 ? p1 - js + 1 : 8;
         for (int r = 0; r < nq; r++) {
             const att_query *x = &qs[r];
-            if (nn > 0) att_prefetch(kr + js + 8, nn, kvw, r, nq);
             float *s = sc + (size_t)r * ATT_CHUNK - p0; /* s[j]: position j's score */
             if (n == 8 && js >= x->j0 && js + 7 <= x->i) {
                 if (x->pair) {
@@ -255,7 +255,6 @@ static void att_chunk(const attention_job *a, const att_tile *tl, const att_quer
                 if (j >= x->j0 && j <= x->i) s[j] = cpu__dot(q + (size_t)r * hd, kr[j] + x->off, hd) * scale;
         }
     }
-    att_prefetch(vr + p0, p1 - p0 + 1 < 8 ? p1 - p0 + 1 : 8, kvw, 0, 1);
     for (int r = 0; r < nq; r++) { /* scores -> e_j in place, m */
         int j1 = qs[r].j0 > p0 ? qs[r].j0 : p0, j2 = qs[r].i < p1 ? qs[r].i : p1;
         if (j1 > j2) continue;
@@ -286,12 +285,10 @@ static void att_chunk(const attention_job *a, const att_tile *tl, const att_quer
             if (j1[k] <= j2[k]) l[r0 + k] = sum[k];
         }
     }
-    /* u, eight positions at a time, the next eight's V rows prefetched */
-    for (int jb = p0; jb <= p1; jb += 8) {
-        int je = p1 - jb + 1 < 8 ? p1 : jb + 7, nn = p1 - jb - 7 < 8 ? p1 - jb - 7 : 8;
+    for (int jb = p0; jb <= p1; jb += 8) { /* u, eight positions at a time */
+        int je = p1 - jb + 1 < 8 ? p1 : jb + 7;
         for (int r = 0; r < nq; r++) {
             const att_query *x = &qs[r];
-            if (nn > 0) att_prefetch(vr + jb + 8, nn, kvw, r, nq);
             int j1 = x->j0 > jb ? x->j0 : jb, j2 = x->i < je ? x->i : je;
             if (j1 > j2) continue;
             const float *w = sc + (size_t)r * ATT_CHUNK - p0;
