@@ -233,8 +233,8 @@ static void att_chunk(const attention_job *a, const att_tile *tl, const att_quer
         kr[j] = a->k + row * kvw, vr[j] = a->v + row * kvw;
     }
     if (tl->nt == 1) { /* a decode tile: nothing else reads the chunk */
-        float t = att_touch(kr + p0, p1 - p0 + 1, kvw) + att_touch(vr + p0, p1 - p0 + 1, kvw);
-        __asm__ volatile("" : : "x"(t));
+        volatile float keep = att_touch(kr + p0, p1 - p0 + 1, kvw) + att_touch(vr + p0, p1 - p0 + 1, kvw);
+        (void)keep;
     }
     for (int js = p0; js <= p1; js += 8) { /* scores, eight positions at a time */
         int n = p1 - js + 1 < 8 ? p1 - js + 1 : 8;
@@ -378,46 +378,52 @@ static void att_merge_tile(void *ctx, int i) {
     att_out(a, tl, L, U);
 }
 
+/* The tile of tokens [t, min(t + ATT_TILE, end)) of a sequence whose tokens end at end. */
+static att_tile att_tile_at(const attention_job *a, int t, int end) {
+    att_tile tl = {.t0 = t, .nt = end - t < ATT_TILE ? end - t : ATT_TILE, .jlo = INT32_MAX, .jhi = -1};
+    for (int u = t; u < t + tl.nt; u++) {
+        int j0, i;
+        att_range(a, u, &j0, &i);
+        if (j0 < tl.jlo) tl.jlo = j0;
+        if (i > tl.jhi) tl.jhi = i;
+    }
+    return tl;
+}
+
 void cpu__attention(backend *be, float *out, const float *q, const void *kcache, const void *vcache,
                     const batch_desc *b, int n_heads, int n_kv, int hd, int window) {
     attention_job a = {.be = be, .out = out, .q = q, .k = kcache, .v = vcache, .b = b, .n_heads = n_heads,
                        .n_kv = n_kv, .hd = hd, .window = window};
     int n_tiles = 0, n_chunks = 0, tile_max = 1;
-    for (int s = 0; s < b->n_seqs; s++) {
-        int n = b->h_seq_start[s + 1] - b->h_seq_start[s];
-        n_tiles += (n + ATT_TILE - 1) / ATT_TILE;
-        if (n > tile_max) tile_max = n < ATT_TILE ? n : ATT_TILE;
-    }
+    for (int s = 0; s < b->n_seqs; s++)
+        for (int t = b->h_seq_start[s], end = b->h_seq_start[s + 1]; t < end; t += ATT_TILE) {
+            att_tile tl = att_tile_at(&a, t, end);
+            n_tiles++, n_chunks += tl.jhi / ATT_CHUNK - tl.jlo / ATT_CHUNK + 1;
+            if (tl.nt > tile_max) tile_max = tl.nt;
+        }
     a.nq = tile_max * n_heads;
-    /* split's items and partials: a tile has at most max_ctx / ATT_CHUNK + 1 chunks */
-    bool split = n_tiles < ATT_SPLIT * cpu__threads(be);
-    int max_items = split ? n_tiles * (b->max_ctx / ATT_CHUNK + 1) : 0;
+    /* split: fewer tiles than threads have work for, and some of more than one chunk */
+    bool split = n_tiles < ATT_SPLIT * cpu__threads(be) && n_chunks > n_tiles;
+    int n_items = split ? n_chunks : n_tiles;
     a.pstride = ((size_t)a.nq * (hd + 3) + 1) & ~(size_t)1; /* even: the next partial's doubles aligned */
-    size_t head = ((size_t)n_tiles * sizeof(att_tile) + (size_t)max_items * 2 * sizeof(int32_t) + 63) & ~(size_t)63;
-    char *mem = cpu__scratch(be, head + (size_t)max_items * a.pstride * sizeof(float));
+    size_t head = ((size_t)n_tiles * sizeof(att_tile) + (size_t)n_items * 2 * sizeof(int32_t) + 63) & ~(size_t)63;
+    char *mem = cpu__scratch(be, head + (split ? (size_t)n_items * a.pstride * sizeof(float) : 0));
     if (!mem) return;
     att_tile *tiles = (att_tile *)mem;
-    int32_t *itile = (int32_t *)(tiles + n_tiles), *ichunk = itile + max_items;
-    n_tiles = 0;
+    int32_t *itile = (int32_t *)(tiles + n_tiles), *ichunk = itile + n_items;
+    n_tiles = n_chunks = 0;
     for (int s = 0; s < b->n_seqs; s++)
         for (int t = b->h_seq_start[s], end = b->h_seq_start[s + 1]; t < end; t += ATT_TILE) {
             att_tile *tl = &tiles[n_tiles];
-            tl->t0 = t, tl->nt = end - t < ATT_TILE ? end - t : ATT_TILE;
-            tl->jlo = INT32_MAX, tl->jhi = -1, tl->item0 = n_chunks;
-            for (int u = t; u < t + tl->nt; u++) {
-                int j0, i;
-                att_range(&a, u, &j0, &i);
-                if (j0 < tl->jlo) tl->jlo = j0;
-                if (i > tl->jhi) tl->jhi = i;
-            }
+            *tl = att_tile_at(&a, t, end);
+            tl->item0 = n_chunks;
             for (int c = tl->jlo / ATT_CHUNK; split && c <= tl->jhi / ATT_CHUNK; c++)
                 itile[n_chunks] = n_tiles, ichunk[n_chunks++] = c;
             n_tiles++;
         }
     a.tiles = tiles;
-    split = split && n_chunks > n_tiles; /* one chunk a tile: nothing to split */
     if (split) a.itile = itile, a.ichunk = ichunk, a.part = (float *)(mem + head);
-    a.items = cpu__range(split ? n_chunks : n_tiles, 1);
+    a.items = cpu__range(n_items, 1);
     cpu__parallel(be, attention_items, &a);
     if (!cpu__range_done(&a.items)) {
         cpu__fail(be);
