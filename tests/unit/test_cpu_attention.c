@@ -12,7 +12,8 @@
  *     maximum by 4 u A more, doubled by the softmax; a chunk's weighted sum
  *     by (128 + 1) u, each merge's rescaling by 3 u, the exps by 0.51 u.)
  *   - Batch invariance: each query's output is bit-identical whether its token
- *     runs alone (a decode step: its context split across the threads),
+ *     runs alone (a decode step: its context split across the threads by
+ *     chunks, and at 45 positions, one chunk, by KV heads),
  *     with its sequence's other tokens in tiles that start elsewhere, or in a
  *     step of many sequences (a tile per work item), on 1, 2 or 3 threads.
  * And the exp it takes (cpu__exp8) against libm's exp in double: within
@@ -178,7 +179,7 @@ START_TEST(accurate_and_batch_invariant) {
         step(be, &f, S, all, first, cnt, got);
         ck_assert_msg(memcmp(ref, got, nout * sizeof(float)) == 0, "whole step, %d threads", threads);
         for (int s = 0; s < S; s++) {
-            /* each token alone: a decode step, its chunks split across the threads */
+            /* each token alone: a decode step, its chunks (or KV heads) split across the threads */
             memset(got, 0, nout * sizeof(float));
             for (int i = first[s]; i < TMAX; i++) step(be, &f, 1, &s, &i, (int[]){1}, got);
             size_t row = (size_t)f.nh * f.hd, o = ((size_t)s * TMAX + first[s]) * row;

@@ -21,8 +21,8 @@
  * context"). Steps of many tiles (prefills, batches) take one tile per work
  * item and merge its chunks as they go; steps of a few (one sequence's
  * decode) take one (tile, chunk) per item, so that every thread has a part of
- * the context, and merge the partials after: the same partials, merged in
- * the same order. */
+ * the context (at short contexts, one part of the KV heads of a chunk), and
+ * merge the partials after: the same partials, merged in the same order. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -47,9 +47,11 @@ typedef struct {
     int n_heads, n_kv, hd, window;
     const att_tile *tiles;
     int nq; /* most queries of a tile: its tokens times n_heads */
-    /* split: item i is chunk ichunk[i] of tile itile[i], its partial (l, m,
-     * u as att_chunk writes them) at part + i pstride floats */
+    /* split: item i is part i % parts (of the KV heads) of chunk ichunk[k]
+     * of tile itile[k], k = i / parts, whose partial (l, m, u as att_chunk
+     * writes them) is at part + k pstride floats */
     const int32_t *itile, *ichunk;
+    int parts;
     float *part;
     size_t pstride;
     cpu_range items; /* split: (tile, chunk) pairs; else tiles */
@@ -68,16 +70,16 @@ static bool att_in_chunk(const attention_job *a, const att_tile *tl, int r, int 
     return c >= 0 && j0 < (c + 1) * ATT_CHUNK && i >= c * ATT_CHUNK;
 }
 
-/* One load per cache line of rows[0, n) (kvw floats each), in order: a
+/* One load per cache line of rows[0, n) (floats [off, off + len) of each), in order: a
  * decode tile's chunk read from DRAM as one sequential stream before its
  * compute. (Its queries read each row a head at a time, and the hardware
  * prefetcher does not follow that; prefetch instructions spread over the
  * compute did not help either: 1.1 ms a layer at 2k context, 1.0 with this
  * pass, bench/RESULTS.md.) The sum keeps the loads. */
-__attribute__((noinline)) static float att_touch(const float *const *rows, int n, size_t kvw) {
+__attribute__((noinline)) static float att_touch(const float *const *rows, int n, size_t off, size_t len) {
     float t = 0.0f;
     for (int p = 0; p < n; p++)
-        for (size_t e = 0; e < kvw; e += 16) t += rows[p][e];
+        for (size_t e = off; e < off + len; e += 16) t += rows[p][e];
     return t;
 }
 
@@ -213,13 +215,13 @@ static void att_queries(const attention_job *a, const att_tile *tl, att_query *q
     }
 }
 
-/* The partials of chunk c for tile tl's queries qs: l (nq doubles), m (nq),
- * u (nq, hd); a query with no position in the chunk is left alone.
- * sc: (nq, ATT_CHUNK) scratch. */
-static void att_chunk(const attention_job *a, const att_tile *tl, const att_query *qs, int c, float *sc, double *l,
-                      float *m, float *u) {
+/* The partials of chunk c for tile tl's queries qs[ra, rb) (whole KV head
+ * groups): l (nq doubles), m (nq), u (nq, hd), indexed by query; a query
+ * with no position in the chunk is left alone. sc: (nq, ATT_CHUNK) scratch. */
+static void att_chunk(const attention_job *a, const att_tile *tl, const att_query *qs, int c, int ra, int rb,
+                      float *sc, double *l, float *m, float *u) {
     const batch_desc *b = a->b;
-    int hd = a->hd, nq = tl->nt * a->n_heads, bs = b->block_size;
+    int hd = a->hd, bs = b->block_size;
     size_t kvw = (size_t)a->n_kv * hd;
     const int32_t *blocks = b->block_tables + (size_t)b->tok_seq[tl->t0] * b->max_blocks;
     const float *q = a->q + (size_t)tl->t0 * a->n_heads * hd; /* query r at q + r hd */
@@ -233,12 +235,13 @@ static void att_chunk(const attention_job *a, const att_tile *tl, const att_quer
         kr[j] = a->k + row * kvw, vr[j] = a->v + row * kvw;
     }
     if (tl->nt == 1) { /* a decode tile: nothing else reads the chunk */
-        volatile float keep = att_touch(kr + p0, p1 - p0 + 1, kvw) + att_touch(vr + p0, p1 - p0 + 1, kvw);
+        size_t off = (size_t)qs[ra].off, len = (size_t)(qs[rb - 1].off + hd) - off; /* its heads' part of a row */
+        volatile float keep = att_touch(kr + p0, p1 - p0 + 1, off, len) + att_touch(vr + p0, p1 - p0 + 1, off, len);
         (void)keep;
     }
     for (int js = p0; js <= p1; js += 8) { /* scores, eight positions at a time */
         int n = p1 - js + 1 < 8 ? p1 - js + 1 : 8;
-        for (int r = 0; r < nq; r++) {
+        for (int r = ra; r < rb; r++) {
             const att_query *x = &qs[r];
             float *s = sc + (size_t)r * ATT_CHUNK - p0; /* s[j]: position j's score */
             if (n == 8 && js >= x->j0 && js + 7 <= x->i) {
@@ -255,7 +258,7 @@ static void att_chunk(const attention_job *a, const att_tile *tl, const att_quer
                 if (j >= x->j0 && j <= x->i) s[j] = cpu__dot(q + (size_t)r * hd, kr[j] + x->off, hd) * scale;
         }
     }
-    for (int r = 0; r < nq; r++) { /* scores -> e_j in place, m */
+    for (int r = ra; r < rb; r++) { /* scores -> e_j in place, m */
         int j1 = qs[r].j0 > p0 ? qs[r].j0 : p0, j2 = qs[r].i < p1 ? qs[r].i : p1;
         if (j1 > j2) continue;
         float *s = sc + (size_t)r * ATT_CHUNK - p0;
@@ -265,8 +268,8 @@ static void att_chunk(const attention_job *a, const att_tile *tl, const att_quer
     }
     /* l: eight queries' sums side by side over the positions they share (one
      * alone waits on its adds' latency), each in its own order */
-    for (int r0 = 0; r0 < nq; r0 += 8) {
-        int nr = nq - r0 < 8 ? nq - r0 : 8, j1[8], j2[8], c1 = p0, c2 = p1;
+    for (int r0 = ra; r0 < rb; r0 += 8) {
+        int nr = rb - r0 < 8 ? rb - r0 : 8, j1[8], j2[8], c1 = p0, c2 = p1;
         double sum[8] = {0};
         const float *s[8];
         for (int k = 0; k < nr; k++) {
@@ -287,7 +290,7 @@ static void att_chunk(const attention_job *a, const att_tile *tl, const att_quer
     }
     for (int jb = p0; jb <= p1; jb += 8) { /* u, eight positions at a time */
         int je = p1 - jb + 1 < 8 ? p1 : jb + 7;
-        for (int r = 0; r < nq; r++) {
+        for (int r = ra; r < rb; r++) {
             const att_query *x = &qs[r];
             int j1 = x->j0 > jb ? x->j0 : jb, j2 = x->i < je ? x->i : je;
             if (j1 > j2) continue;
@@ -339,17 +342,20 @@ static void attention_items(void *arg, int ith, int nth) {
     int i0, i1;
     while (cpu__range_take(&a->items, &i0, &i1))
         for (int it = i0; it < i1; it++) {
-            if (a->itile) { /* one chunk's partials, merged by att_merge_tile */
-                const att_tile *tl = &a->tiles[a->itile[it]];
-                float *p = a->part + (size_t)it * a->pstride;
+            if (a->itile) { /* a part of one chunk's partials, merged by att_merge_tile */
+                int k = it / a->parts, part = it % a->parts, G = a->n_heads / a->n_kv;
+                const att_tile *tl = &a->tiles[a->itile[k]];
+                float *p = a->part + (size_t)k * a->pstride;
+                int ra = a->parts > 1 ? part * a->n_kv / a->parts * G : 0;
+                int rb = a->parts > 1 ? (part + 1) * a->n_kv / a->parts * G : tl->nt * a->n_heads;
                 att_queries(a, tl, qs);
-                att_chunk(a, tl, qs, a->ichunk[it], sc, (double *)p, p + 2 * nq, p + 3 * nq);
+                att_chunk(a, tl, qs, a->ichunk[k], ra, rb, sc, (double *)p, p + 2 * nq, p + 3 * nq);
                 continue;
             }
             const att_tile *tl = &a->tiles[it];
             att_queries(a, tl, qs);
             for (int c = tl->jlo / ATT_CHUNK; c <= tl->jhi / ATT_CHUNK; c++) {
-                att_chunk(a, tl, qs, c, sc, l, m, u);
+                att_chunk(a, tl, qs, c, 0, tl->nt * a->n_heads, sc, l, m, u);
                 for (int r = 0; r < tl->nt * a->n_heads; r++)
                     if (att_in_chunk(a, tl, r, c))
                         att_merge(&L[r], &M[r], U + (size_t)r * hd, l[r], m[r], u + (size_t)r * hd, hd,
@@ -402,15 +408,21 @@ void cpu__attention(backend *be, float *out, const float *q, const void *kcache,
             if (tl.nt > tile_max) tile_max = tl.nt;
         }
     a.nq = tile_max * n_heads;
-    /* split: fewer tiles than threads have work for, and some of more than one chunk */
-    bool split = n_tiles < ATT_SPLIT * cpu__threads(be) && n_chunks > n_tiles;
-    int n_items = split ? n_chunks : n_tiles;
+    /* split: fewer tiles than threads have work for, into their chunks, and
+     * (single-token tiles) the chunks into parts of the KV heads, when the
+     * chunks are still too few (a short context) */
+    int want = ATT_SPLIT * cpu__threads(be);
+    bool split = n_tiles < want && (n_chunks > n_tiles || (tile_max == 1 && n_kv > 1));
+    a.parts = 1;
+    if (split && tile_max == 1)
+        while (a.parts < n_kv && n_chunks * a.parts < want) a.parts++;
+    int n_items = split ? n_chunks * a.parts : n_tiles;
     a.pstride = ((size_t)a.nq * (hd + 3) + 1) & ~(size_t)1; /* even: the next partial's doubles aligned */
-    size_t head = ((size_t)n_tiles * sizeof(att_tile) + (size_t)n_items * 2 * sizeof(int32_t) + 63) & ~(size_t)63;
-    char *mem = cpu__scratch(be, head + (split ? (size_t)n_items * a.pstride * sizeof(float) : 0));
+    size_t head = ((size_t)n_tiles * sizeof(att_tile) + (size_t)n_chunks * 2 * sizeof(int32_t) + 63) & ~(size_t)63;
+    char *mem = cpu__scratch(be, head + (split ? (size_t)n_chunks * a.pstride * sizeof(float) : 0));
     if (!mem) return;
     att_tile *tiles = (att_tile *)mem;
-    int32_t *itile = (int32_t *)(tiles + n_tiles), *ichunk = itile + n_items;
+    int32_t *itile = (int32_t *)(tiles + n_tiles), *ichunk = itile + n_chunks;
     n_tiles = n_chunks = 0;
     for (int s = 0; s < b->n_seqs; s++)
         for (int t = b->h_seq_start[s], end = b->h_seq_start[s + 1]; t < end; t += ATT_TILE) {
