@@ -207,7 +207,7 @@ static double ulp_of(float r) { return r == 0.0f ? ldexp(1, -149) : nextafterf(f
 
 START_TEST(exp8_against_libm) {
     double worst = 0;
-    for (uint32_t bits = 0; bits < 0x7f800000u; bits += 2039) { /* every 2039th finite float, both signs */
+    for (uint32_t bits = 0; bits < 0x7f800000u; bits += 16411) { /* every 16411th finite float, both signs (every one: bench/RESULTS.md) */
         float x;
         memcpy(&x, &bits, sizeof(x));
         for (int sign = 0; sign < 2; sign++, x = -x) {
