@@ -129,6 +129,19 @@ double util_now(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+double util_cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+void util_sort_doubles(double *x, size_t n) { qsort(x, n, sizeof(double), cmp_double); }
+
 int util_parse_long(const char *s, long lo, long hi, long *out) {
     char *end;
     errno = 0;

@@ -50,6 +50,11 @@ int util_parse_long(const char *s, long lo, long hi, long *out);
 
 /* Monotonic seconds. */
 double util_now(void);
+/* This process's CPU seconds (all its threads): what a benchmark spent, beside util_now's wall. */
+double util_cpu_now(void);
+
+/* Sorts n doubles ascending (qsort; the benchmarks' percentiles). */
+void util_sort_doubles(double *x, size_t n);
 
 #define UTIL_FNV1A_INIT 14695981039346656037ull /* the offset basis (0xcbf29ce484222325) */
 /* FNV-1a 64 of n bytes at p, continuing from h (UTIL_FNV1A_INIT to start):

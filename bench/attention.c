@@ -20,17 +20,6 @@
 #include "base/util.h"
 #include "engine/backend/backend.h"
 
-static double cpu_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 int main(int argc, char **argv) {
     backend_params bp = backend_default_params();
     long layers = 16, reps = 7, threads = 0, S = 1, T = 1, nh = 32, nkv = 8, hd = 64;
@@ -99,18 +88,18 @@ int main(int argc, char **argv) {
                         .seq_pos0 = pos0, .block_tables = bt, .h_seq_start = start, .h_seq_pos0 = pos0};
         double *ms = malloc(sizeof(double) * reps), best_cpu = 1e30;
         for (long r = 0; r < reps; r++) {
-            double t0 = util_now(), c0 = cpu_now();
+            double t0 = util_now(), c0 = util_cpu_now();
             for (long l = 0; l < layers; l++)
                 backend_attention(be, out, q, kc[l], vc[l], &b, (int)nh, (int)nkv, (int)hd, 0);
             ms[r] = (util_now() - t0) * 1e3 / layers;
-            double cs = (cpu_now() - c0) / layers;
+            double cs = (util_cpu_now() - c0) / layers;
             if (cs < best_cpu) best_cpu = cs;
         }
         /* the scores and the weighted sum: 2 multiply-adds per (query head, key, element) */
         double pairs = 0;
         for (int t = 0; t < T; t++) pairs += ctx - T + t + 1;
         double flop = 4.0 * S * pairs * nh * hd, bytes = 2.0 * S * ctx * kvw * sizeof(float);
-        qsort(ms, (size_t)reps, sizeof(double), cmp_double);
+        util_sort_doubles(ms, (size_t)reps);
         printf("ctx %6d: best %.3f ms/layer, median %.3f (%.2f GB/s of KV, %.1f GFLOP/s), %.1f GFLOP/cpu-s\n", ctx,
                ms[0], ms[reps / 2], bytes / ms[0] * 1e-6, flop / ms[0] * 1e-6, flop / best_cpu * 1e-9);
         for (long l = 0; l < layers; l++) backend_free(be, kc[l]), backend_free(be, vc[l]);

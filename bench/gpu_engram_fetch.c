@@ -88,11 +88,6 @@ static uint64_t gcd(uint64_t a, uint64_t b) {
     return a;
 }
 
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 static size_t inv_bytes(size_t n) { return round_up(n * 4, 256); }
 static size_t hdr_bytes(size_t n) { return HDR_OFFS + inv_bytes(n); }
@@ -389,8 +384,8 @@ static void run_point(method m, int t, int tokens, const char *dist, double seco
         sum += lat[k++];
         usum += uniq;
     }
-    qsort(lat, (size_t)k, sizeof(double), cmp_d);
-    qsort(cpu, (size_t)k, sizeof(double), cmp_d);
+    util_sort_doubles(lat, (size_t)k);
+    util_sort_doubles(cpu, (size_t)k);
     int i99 = (int)ceil(0.99 * k) - 1;
     result r = {B.rb, dist, tokens, m, t, lat[k / 2], lat[i99 < 0 ? 0 : i99], (double)n * k / sum};
     char nm[32];
@@ -586,7 +581,7 @@ static void gpu_setup(const fetch_options *o, size_t stage_bytes, long max_rb) {
         CK(cudaStreamSynchronize(B.st));
         if (i >= 0) ts[i] = util_now() - t0;
     }
-    qsort(ts, 11, sizeof(double), cmp_d);
+    util_sort_doubles(ts, 11);
     printf("pinned H2D cudaMemcpyAsync of %.1f MB: median %.1f us, %.1f GB/s\n", cb * 1e-6, ts[5] * 1e6,
            cb / ts[5] * 1e-9);
 }

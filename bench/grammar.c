@@ -157,15 +157,10 @@ static int walk(grammar *g, const grammar_vocab *v, int32_t eos, int n, int step
     return 0;
 }
 
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static void report(const char *what, double *t, int n) {
     double sum = 0;
     for (int i = 0; i < n; i++) sum += t[i];
-    qsort(t, (size_t)n, sizeof(double), cmp_d);
+    util_sort_doubles(t, (size_t)n);
     printf("%-34s mean %8.1f us  p50 %8.1f us  p99 %8.1f us  max %8.1f us  (%d masks)\n", what, 1e6 * sum / n,
            1e6 * t[n / 2], 1e6 * t[(int)(0.99 * (n - 1))], 1e6 * t[n - 1], n);
 }

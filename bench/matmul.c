@@ -32,17 +32,6 @@
 
 #define HUGE (2u << 20) /* a transparent huge page */
 
-static double cpu_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 int main(int argc, char **argv) {
     backend_params bp = backend_default_params();
     long layers = 4, reps = 7, threads = 0;
@@ -117,19 +106,19 @@ int main(int argc, char **argv) {
         double *t = malloc((size_t)reps * sizeof(double)), cpu = 1e30, mcpu[NM];
         for (int m = 0; m < NM; m++) mcpu[m] = 1e30;
         for (int r = -1; r < reps; r++) { /* pass -1 warms up */
-            double t0 = util_now(), c0 = cpu_now(), mc[NM] = {0};
+            double t0 = util_now(), c0 = util_cpu_now(), mc[NM] = {0};
             for (int l = 0; l < layers; l++)
                 for (int m = 0; m < NM; m++) {
-                    double c = by_matrix ? cpu_now() : 0;
+                    double c = by_matrix ? util_cpu_now() : 0;
                     backend_matmul(be, y, x, &w[l * NM + m], NULL, T);
-                    if (by_matrix) mc[m] += cpu_now() - c;
+                    if (by_matrix) mc[m] += util_cpu_now() - c;
                 }
             for (int m = 0; r >= 0 && m < NM; m++)
                 if (mc[m] < mcpu[m]) mcpu[m] = mc[m];
             if (r >= 0) t[r] = util_now() - t0;
-            if (r >= 0 && cpu_now() - c0 < cpu) cpu = cpu_now() - c0;
+            if (r >= 0 && util_cpu_now() - c0 < cpu) cpu = util_cpu_now() - c0;
         }
-        qsort(t, (size_t)reps, sizeof(double), cmp_double);
+        util_sort_doubles(t, (size_t)reps);
         double best = t[0], med = t[reps / 2];
         printf("T %4d: best %.3f ms/layer (%.2f GB/s, %.1f GFLOP/s), median %.3f ms/layer (%.2f GB/s, %.1f GFLOP/s), "
                "%.1f GFLOP/cpu-s\n",

@@ -218,10 +218,6 @@ static void on_output(void *ctx) {
     pthread_mutex_unlock(&ev_mu);
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 static double pct(const double *sorted, int n, double p) { /* nearest rank */
     int k = (int)ceil(p / 100.0 * n);
     return sorted[k < 1 ? 0 : k - 1];
@@ -658,7 +654,7 @@ static void work_measure(bench_work *w, engine *e, double t0, const bench_snap *
         w->ttft[i] = o->t_first_token > 0 ? o->t_first_token - o->t_submit : INFINITY;
     }
     r->wall = t_end - t0;
-    qsort(w->ttft, (size_t)w->n, sizeof(double), cmp_double);
+    util_sort_doubles(w->ttft, (size_t)w->n);
     /* A request's finish is published inside its last step, the step's
      * stats just after it: wait for them (the running set empties). */
     for (int tries = 0;; tries++) {
