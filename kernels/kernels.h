@@ -217,6 +217,13 @@ int kernels_moe_gemm(void *out, const void *a, const void *w, const int *offsets
 int kernels_moe_gemv(float *out, const float *a, const void *w, const int *ids, int T, int k, int N, int K, int bf16,
                      int glu, float limit, void *stream);
 
+/* Decode's down product and combine in one launch: out (T, N) = sum over s <
+ * k in order of wts[t k + s] * (h[t k + s] (K) times row n of expert ids[t k
+ * + s]'s w (E, N, K)), k <= 32: kernels_moe_gemv then kernels_moe_combine
+ * without the staging. */
+int kernels_moe_down_combine(float *out, const float *h, const void *w, const int *ids, const float *wts, int T, int k,
+                             int N, int K, int bf16, void *stream);
+
 /* out (T, d) = sum over s < k in order of wts[t k + s] * y[row], row =
  * pos[t k + s] (or t k + s with pos NULL). */
 int kernels_moe_combine(float *out, const float *y, const int *pos, const float *wts, int T, int k, int d,

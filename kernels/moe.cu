@@ -59,11 +59,12 @@ __global__ void moe_route_kernel(int *ids, float *wts, const float *logits, cons
         }
     }
     __syncwarp();
-    int *id = ids + (size_t)t * k;
-    float *w = wts + (size_t)t * k;
+    // Lane i < k keeps choice i (id, weight) in registers: the sum, the
+    // scaling and the sort by id below never touch global memory, which a
+    // single lane's serial loop over ids/wts did (about 8 us a layer).
+    int my_id = -1;
     if (r.scoring == KERNELS_MOE_HASH) {
-        if (lane == 0)
-            for (int i = 0; i < k; i++) id[i] = r.tid2eid[(size_t)tokens[t] * k + i];
+        if (lane < k) my_id = r.tid2eid[(size_t)tokens[t] * k + lane];
     } else {
         unsigned taken = 0; // bit q: this lane's expert lane + 32 q is chosen (E <= 1024)
         for (int i = 0; i < k; i++) { // k rounds of a warp argmax, as the CPU's selection (NaN never wins over a number)
@@ -76,34 +77,32 @@ __global__ void moe_route_kernel(int *ids, float *wts, const float *logits, cons
                 int oi = __shfl_xor_sync(0xffffffffu, bi, o);
                 if (oi >= 0 && moe_better(ov, oi, bv, bi)) bv = ov, bi = oi;
             }
-            if (lane == 0) id[i] = bi;
+            if (lane == i) my_id = bi; // bi is the same on every lane after the butterfly
             if (lane == (bi & 31)) taken |= 1u << (bi >> 5);
         }
     }
-    __syncwarp();
-    if (lane) return;
-    float sum = 0.0f; // in selection order, as the CPU adds them
-    for (int i = 0; i < k; i++) sum += w[i] = s[id[i]];
+    float my_w = lane < k ? s[my_id] : 0.0f;
+    float sum = 0.0f; // in selection order, as the CPU adds them (every lane the same sum)
+    for (int i = 0; i < k; i++) sum += __shfl_sync(0xffffffffu, my_w, i);
     if (r.scoring == KERNELS_MOE_SOFTMAX) {
-        if (r.norm_topk)
-            for (int i = 0; i < k; i++) w[i] /= sum;
+        if (r.norm_topk) my_w /= sum;
     } else {
-        float scale = r.routed_scaling;
-        for (int i = 0; i < k; i++) w[i] = w[i] / (sum + 1e-20f) * scale;
+        my_w = my_w / (sum + 1e-20f) * r.routed_scaling;
     }
-    for (int i = 1; i < k; i++) // ascending id: the order the experts' results are added in
-        for (int j = i; j > 0 && id[j - 1] > id[j]; j--) {
-            int ti = id[j];
-            float tw = w[j];
-            id[j] = id[j - 1], w[j] = w[j - 1];
-            id[j - 1] = ti, w[j - 1] = tw;
-        }
+    // Ascending id, equal ids in selection order (the CPU's stable insertion
+    // sort): the order the experts' results are added in.
+    int rank = 0;
+    for (int i = 0; i < k; i++) {
+        int oi = __shfl_sync(0xffffffffu, my_id, i);
+        rank += oi < my_id || (oi == my_id && i < lane);
+    }
+    if (lane < k) ids[(size_t)t * k + rank] = my_id, wts[(size_t)t * k + rank] = my_w;
 }
 
 extern "C" int kernels_moe_route(int *ids, float *wts, const float *logits, const int *tokens,
                                  const kernels_moe_router *r, int T, void *stream) {
     if (T <= 0) return KERNELS_OK;
-    if (!r || r->n_experts < 1 || r->n_experts > 1024 || r->top_k < 1 || r->top_k > r->n_experts)
+    if (!r || r->n_experts < 1 || r->n_experts > 1024 || r->top_k < 1 || r->top_k > r->n_experts || r->top_k > 32)
         return KERNELS_ERR_ARG;
     if ((r->scoring == KERNELS_MOE_SQRTSOFTPLUS && !r->bias) || (r->scoring == KERNELS_MOE_HASH && !r->tid2eid))
         return KERNELS_ERR_ARG;
@@ -395,19 +394,13 @@ __device__ __forceinline__ void moe_load8(const float *row, int i, float v[8]) {
     v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
 }
 
-// Pair j = (token j / k, expert ids[j]). GLU: h (n, N) f32 from x rows, the
-// gate and up rows read in one loop (both streams in flight); plain: y (n, N)
-// f32 from a (n, K) (the pairs' h). K % 8 == 0 and 16-byte aligned rows take
-// wide loads, other shapes one element per lane.
+// One warp's dot products of x (K, f32) with a weight row wg (and wu for a
+// GLU's up row: both streams in flight), summed over the warp in the same
+// order on every lane. K % 8 == 0 and 16-byte aligned rows take wide loads,
+// other shapes one element per lane.
 template <typename W, bool GLU>
-__global__ void __launch_bounds__(MOE_GEMV_WARPS * 32) moe_gemv_kernel(float *out, const float *a, const W *w,
-                                                                       const int *ids, int k, int N, int K,
-                                                                       float limit) {
-    int n = blockIdx.x * MOE_GEMV_WARPS + (threadIdx.x >> 5), j = blockIdx.y, lane = threadIdx.x & 31;
-    if (n >= N) return;
-    constexpr int NB = GLU ? 2 : 1;
-    const W *wg = w + ((size_t)ids[j] * NB * N + n) * K, *wu = wg + (size_t)N * K;
-    const float *x = a + (size_t)(GLU ? j / k : j) * K;
+__device__ __forceinline__ void moe_dot(const W *wg, const W *wu, const float *x, int K, int lane, float *g_out,
+                                        float *u_out) {
     float g = 0.0f, u = 0.0f;
     if ((K & 7) == 0) {
 #pragma unroll 4
@@ -433,7 +426,56 @@ __global__ void __launch_bounds__(MOE_GEMV_WARPS * 32) moe_gemv_kernel(float *ou
         g += __shfl_xor_sync(0xffffffffu, g, o);
         if (GLU) u += __shfl_xor_sync(0xffffffffu, u, o);
     }
+    *g_out = g, *u_out = u;
+}
+
+// Pair j = (token j / k, expert ids[j]). GLU: h (n, N) f32 from x rows, the
+// gate and up rows read in one loop; plain: y (n, N) f32 from a (n, K) (the
+// pairs' h).
+template <typename W, bool GLU>
+__global__ void __launch_bounds__(MOE_GEMV_WARPS * 32) moe_gemv_kernel(float *out, const float *a, const W *w,
+                                                                       const int *ids, int k, int N, int K,
+                                                                       float limit) {
+    int n = blockIdx.x * MOE_GEMV_WARPS + (threadIdx.x >> 5), j = blockIdx.y, lane = threadIdx.x & 31;
+    if (n >= N) return;
+    constexpr int NB = GLU ? 2 : 1;
+    const W *wg = w + ((size_t)ids[j] * NB * N + n) * K, *wu = wg + (size_t)N * K;
+    float g, u;
+    moe_dot<W, GLU>(wg, wu, a + (size_t)(GLU ? j / k : j) * K, K, lane, &g, &u);
     if (lane == 0) out[(size_t)j * N + n] = GLU ? moe_glu(g, u, limit) : g;
+}
+
+// The down product and the combine in one launch: block (n, t) has a warp
+// per pair of token t, each the dot of its pair's h (K) with row n of its
+// expert's down matrix; then out[t, n] = sum over the pairs in order of
+// wts * dot, from 0, as moe_combine_kernel adds them. This saves the (T k,
+// d) f32 staging of y and a launch per layer.
+template <typename W>
+__global__ void moe_down_combine_kernel(float *out, const float *h, const W *w, const int *ids, const float *wts,
+                                        int k, int N, int K) {
+    __shared__ float dots[32];
+    int n = blockIdx.x, t = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int j = t * k + warp;
+    float g, u;
+    moe_dot<W, false>(w + ((size_t)ids[j] * N + n) * K, NULL, h + (size_t)j * K, K, lane, &g, &u);
+    if (lane == 0) dots[warp] = g;
+    __syncthreads();
+    if (threadIdx.x) return;
+    float acc = 0.0f;
+    for (int s = 0; s < k; s++) acc += dots[s] * wts[t * k + s];
+    out[(size_t)t * N + n] = acc;
+}
+
+extern "C" int kernels_moe_down_combine(float *out, const float *h, const void *w, const int *ids, const float *wts,
+                                        int T, int k, int N, int K, int bf16, void *stream) {
+    if (T <= 0) return KERNELS_OK;
+    if (N < 1 || K < 1 || k < 1 || k > 32 || T > 65535) return KERNELS_ERR_ARG;
+    if ((K & 7) == 0 && (((uintptr_t)h | (uintptr_t)w) & 15)) return KERNELS_ERR_ARG;
+    dim3 grid(N, T);
+    cudaStream_t s = (cudaStream_t)stream;
+    if (bf16) moe_down_combine_kernel<<<grid, k * 32, 0, s>>>(out, h, (const __nv_bfloat16 *)w, ids, wts, k, N, K);
+    else moe_down_combine_kernel<<<grid, k * 32, 0, s>>>(out, h, (const float *)w, ids, wts, k, N, K);
+    return moe_launch_status();
 }
 
 extern "C" int kernels_moe_gemv(float *out, const float *a, const void *w, const int *ids, int T, int k, int N, int K,

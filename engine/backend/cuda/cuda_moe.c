@@ -48,13 +48,12 @@ void cu_moe_experts(backend *be, float *out, const float *x, const int32_t *ids,
         cuda__fail(__func__, "experts are not a stacked device view (cuda_view.c prepares them)");
     int pi = prof__begin(g, "moe_experts E=%d k=%d %s", E, k, prof__tclass(T));
     if (T <= MOE_GEMV_TOKENS) {
-        size_t need = n * (size_t)I * 4 + n * (size_t)d * 4 + 64;
+        size_t need = n * (size_t)I * 4 + 32;
         cuda__grow(g, &g->moe_work, &g->moe_work_bytes, need);
         char *at = g->moe_work;
-        float *h = (float *)carve(&at, n * (size_t)I * 4), *y = (float *)carve(&at, n * (size_t)d * 4);
+        float *h = (float *)carve(&at, n * (size_t)I * 4);
         CHECK_K(kernels_moe_gemv(h, x, gu, ids, T, k, I, d, bf16, 1, moe->swiglu_limit, g->stream));
-        CHECK_K(kernels_moe_gemv(y, h, dn, ids, T, k, d, I, bf16, 0, 0.0f, g->stream));
-        CHECK_K(kernels_moe_combine(out, y, NULL, wts, T, k, d, g->stream));
+        CHECK_K(kernels_moe_down_combine(out, h, dn, ids, wts, T, k, d, I, bf16, g->stream));
         prof__end(g, pi);
         return;
     }
