@@ -42,7 +42,7 @@ typedef struct {
     const float *b0, *b1, *b2;
     int end0, end1, end2;
     int ld0, ld1, ld2;
-    int pdl; /* launched with programmatic dependent launch: prefetch rows before the wait */
+    int pdl; /* pdl_flags(): launched with programmatic dependent launch, and how */
 } gemv_args;
 
 /* Row `row` of the stacked matrix: its segment and its row in that segment. */
@@ -81,11 +81,11 @@ gemv_kernel(gemv_args a, const float *x, int cols) {
     const W *wu = (const W *)a.w1 + (size_t)local * cols; /* GLU: the up row */
     int n8 = cols >> 3;
     /* the row's first 2 KB into L2 while the op before may still run */
-    if (a.pdl && lane * 128 < min(cols * (int)sizeof(W), 2048)) {
+    if ((a.pdl & PDL_PREFETCH) && lane * 128 < min(cols * (int)sizeof(W), 2048)) {
         pdl_prefetch_l2((const char *)wr + lane * 128);
         if (MODE == GEMV_GLU) pdl_prefetch_l2((const char *)wu + lane * 128);
     }
-    pdl_trigger();
+    if (!(a.pdl & PDL_LATE)) pdl_trigger();
     pdl_wait();
     float acc[T], acc2[MODE == GEMV_GLU ? T : 1];
 #pragma unroll
@@ -108,6 +108,7 @@ gemv_kernel(gemv_args a, const float *x, int cols) {
                            q.y * wv2[5] + q.z * wv2[6] + q.w * wv2[7];
         }
     }
+    if (a.pdl & PDL_LATE) pdl_trigger();
 #pragma unroll
     for (int t = 0; t < T; t++) {
         for (int o = 16; o > 0; o >>= 1) acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], o);
@@ -141,12 +142,12 @@ gemv_block_kernel(gemv_args a, const float *x, int cols) {
     /* the rows' first 2 KB into L2 while the op before may still run */
     {
         int lines = min(cols * (int)sizeof(W), 2048) / 128, r = tid / 16, l = tid % 16;
-        if (a.pdl && r < R && l < lines) {
+        if ((a.pdl & PDL_PREFETCH) && r < R && l < lines) {
             pdl_prefetch_l2((const char *)wr[r] + l * 128);
             if (MODE == GEMV_GLU) pdl_prefetch_l2((const char *)wu[r] + l * 128);
         }
     }
-    pdl_trigger();
+    if (!(a.pdl & PDL_LATE)) pdl_trigger();
     pdl_wait();
     float acc[NA][R][T];
 #pragma unroll
@@ -178,6 +179,7 @@ gemv_block_kernel(gemv_args a, const float *x, int cols) {
                 }
         }
     }
+    if (a.pdl & PDL_LATE) pdl_trigger();
 #pragma unroll
     for (int k = 0; k < NA; k++)
 #pragma unroll
@@ -232,7 +234,7 @@ static void gemv_block_launch(const gemv_args &a, const float *x, int cols, cuda
 template <typename W, int MODE>
 static int gemv_run(gemv_args a, const float *x, int T, int cols, void *stream) {
     if (a.end2 == 0) return KERNELS_OK;
-    a.pdl = pdl_on();
+    a.pdl = pdl_flags();
     dim3 grid((a.end2 + GEMV_WARPS - 1) / GEMV_WARPS), block(GEMV_WARPS * 32);
     cudaStream_t st = (cudaStream_t)stream;
     if (T <= 2 && gemv_use_block(MODE, a.end2, cols, sizeof(W))) {

@@ -28,15 +28,28 @@ __device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.lau
 // 128 bytes at p into L2 (no register, no wait): weights before pdl_wait().
 __device__ __forceinline__ void pdl_prefetch_l2(const void *p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
 
-// ENGRAM_PDL=1 turns the attribute on (benchmarks: both ways in one run).
-static inline bool pdl_on() {
-    static int on = -1;
-    if (on < 0) {
+// How the matrix-vector kernels use it (bits of pdl_flags()): PDL_PREFETCH,
+// the rows' first 2 KB into L2 before the wait; PDL_LATE, the trigger after
+// the main loop instead of at the start, so the next kernel launches as this
+// one drains rather than a chain of them launching at once.
+enum { PDL_PREFETCH = 1, PDL_LATE = 2 };
+
+// ENGRAM_PDL turns the attribute on (benchmarks: the variants in one run):
+// 1 (early trigger, prefetch), late (late trigger, prefetch), late-nopf,
+// nopf; unset or 0: off.
+static inline int pdl_flags() {
+    static int flags = -1;
+    if (flags < 0) {
         const char *v = getenv("ENGRAM_PDL");
-        on = v && !strcmp(v, "1");
+        flags = !v || !strcmp(v, "0") || !*v  ? 0
+                : !strcmp(v, "late")          ? 4 | PDL_PREFETCH | PDL_LATE
+                : !strcmp(v, "late-nopf")     ? 4 | PDL_LATE
+                : !strcmp(v, "nopf")          ? 4
+                                              : 4 | PDL_PREFETCH;
     }
-    return on;
+    return flags;
 }
+static inline bool pdl_on() { return pdl_flags() != 0; }
 
 template <typename... P, typename... A>
 static inline cudaError_t pdl_launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
