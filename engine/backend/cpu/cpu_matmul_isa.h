@@ -89,13 +89,6 @@ ISA(tile_bf16)(float *out, size_t ostride, const float *xp, size_t xstride, cons
         vf lo[8], hi[8];
         for (int r = 0; r < NR; r++) {
             vi u = vloadi(w + (size_t)r * d + k);
-            /* Decode's tile pins the words too: left to itself the compiler
-             * folds the load into both the shift and the mask, reading every
-             * weight twice (at the default model's shapes, 1 token: 60 ->
-             * 69 GFLOP/s from L2 with rows 8 bytes past a cache line, as its
-             * file has them, each load then split across two lines). The
-             * 4-token tiles have no register to spare for it. */
-            if (NT == 1) vpin(u);
             lo[r] = vlo(u), hi[r] = vhi(u);
         }
         vf xe[4], xo[4]; /* pinned, as in ISA(tile) */
