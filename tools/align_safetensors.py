@@ -6,8 +6,8 @@ of 64. A tensor's address in the engine's mmap is then the data start plus its
 offset, so every tensor whose offset is a multiple of 64 (all of them when
 their sizes are) is cache-line aligned. The CPU's matrix products read rows in
 64-byte vectors; 8 bytes past a line, as save_file left models/engram-lexicon,
-every load is split across two lines and the default model decoded 17% slower
-(bench/RESULTS.md, "the default model's shape on the CPU").
+every load is split across two lines: the tile 19-26% slower, the default
+model's decode 13-19% (bench/RESULTS.md, "The default model's shape on the CPU").
 
     tools/align_safetensors.py FILE [FILE ...]
 
