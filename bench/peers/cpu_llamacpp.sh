@@ -19,7 +19,11 @@
 #   --threads threads of both (default: all cores)
 #   --prompt  prompt tokens, llama-bench pp (default 64)
 #   --gen     generated tokens, llama-bench tg (default 32; ours decodes as many
-#             steps after the prefill's token)
+#             steps after the prefill's token). Ours decodes after the prompt, so
+#             llama-bench's tg runs at depth --prompt too (-d): at depth 0 its
+#             attention reads an empty cache, and on the default model's shape
+#             (256 + 256) that alone made its decode 25-35% faster than the same
+#             work after the prompt (bench/RESULTS.md, "the default model's shape")
 #   --depth   context already in the cache when decoding: llama-bench -d N, ours a
 #             prompt of N tokens (prefill is then not compared; default 0)
 #   --build   native (default: llama.cpp's GGML_NATIVE, AVX-512 here) or avx2 (no
@@ -77,7 +81,8 @@ echo "== $(date -u '+%F %H:%M UTC') $(lscpu | sed -n 's/^Model name: *//p'), $(n
 echo "== shape $shape, $threads threads, prompt $prompt, gen $gen, depth $depth, llama.cpp $flavour build, ours --cpu-isa $isa"
 for r in $(seq "$rounds"); do
   if [ "$depth" = 0 ]; then
-    "$bin" -m "$gguf" -t "$threads" -p "$prompt" -n "$gen" -r 1 -o jsonl 2>/dev/null | sed 's/^/llama: /' | tee -a "$log"
+    "$bin" -m "$gguf" -t "$threads" -p "$prompt" -n 0 -r 1 -o jsonl 2>/dev/null | sed 's/^/llama: /' | tee -a "$log"
+    "$bin" -m "$gguf" -t "$threads" -p 0 -n "$gen" -d "$prompt" -r 1 -o jsonl 2>/dev/null | sed 's/^/llama: /' | tee -a "$log"
   else
     "$bin" -m "$gguf" -t "$threads" -p 0 -n "$gen" -d "$depth" -r 1 -o jsonl 2>/dev/null | sed 's/^/llama: /' | tee -a "$log"
   fi

@@ -4,6 +4,7 @@ export.py, f32 compute from the exported bf16 weights): last-position logits
 within 1e-4, the same 24 greedy tokens, and the same Engram gates, for a chat
 prompt rendered through the model's chat template."""
 import json
+import struct
 
 import numpy as np
 
@@ -38,3 +39,13 @@ def test_default_model_answers_in_its_domain():
     text = p.stdout
     assert "river" in text.lower()
     assert sum(ch.isalpha() for ch in text) > 40
+
+
+def test_default_model_tensors_on_cache_lines():
+    """Every tensor of the file starts on a 64-byte boundary (tools/align_safetensors.py;
+    the CPU's products read rows in 64-byte vectors), so a re-export cannot lose it unseen."""
+    with open(MODEL / "model.safetensors", "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+    starts = [8 + n + v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"]
+    assert len(starts) > 80 and [s for s in starts if s % 64] == []

@@ -8,9 +8,13 @@ engine must reproduce (tests/integration/test_default_model.py)."""
 import json
 import os
 import shutil
+import sys
 
 import torch
 from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from align_safetensors import align  # noqa: E402
 
 PROMPT = '<|im_start|>user\nWhat does "memory" mean?<|im_end|>\n<|im_start|>assistant\n'
 
@@ -24,6 +28,7 @@ def export(model, tok, tok_dir, out, engram_cfg):
         for n, p in mod.named_parameters():
             sd[f"model.layers.{lid}.engram.{n}"] = p.detach().to(torch.bfloat16).contiguous()
     save_file(sd, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    align(os.path.join(out, "model.safetensors"))  # tensors on cache lines for the CPU's products
     cfg = model.lm.config.to_dict()
     cfg["architectures"] = ["Qwen3ForCausalLM"]
     cfg["dtype"] = "bfloat16"

@@ -45,7 +45,8 @@ void cpu__pool_run(cpu_pool *p, cpu_pool_fn fn, void *arg);
 /* cpu__pool_run on be's pool. */
 void cpu__parallel(backend *be, cpu_pool_fn fn, void *arg);
 /* fn(ctx, i) for each i in [0, n), chunks of grain items spread over be's
- * threads: the loops whose items need no per-thread scratch. */
+ * threads (n <= grain: on the caller, no job): the loops whose items need no
+ * per-thread scratch. */
 typedef void (*cpu_item_fn)(void *ctx, int i);
 void cpu__parallel_for(backend *be, int n, int grain, cpu_item_fn fn, void *ctx);
 /* The pool's thread count (per-thread scratch is indexed by ith below it). */

@@ -262,6 +262,11 @@ static void for_items(void *arg, int ith, int nth) {
 
 void cpu__parallel_for(backend *be, int n, int grain, cpu_item_fn fn, void *ctx) {
     if (n <= 0) return;
+    if (n <= grain) { /* one chunk: one thread runs it either way, so no handoff (a decode step's
+                         attention merge, six a step on the default model; DeepSeek-V4's per-token ops) */
+        for (int i = 0; i < n; i++) fn(ctx, i);
+        return;
+    }
     for_job j = {.fn = fn, .ctx = ctx, .items = cpu__range(n, grain)};
     cpu__parallel(be, for_items, &j);
 }
