@@ -8,14 +8,18 @@
 //     (activations, caches, outputs); before it only constant data (weights)
 //     may be read. It returns once every earlier kernel has finished and its
 //     writes are visible.
-//   - pdl_trigger() lets the next kernel begin launching; it is called at the
-//     start (the next kernel waits for this one's completion before touching
-//     anything this one writes, so early is safe).
+//   - pdl_trigger() lets the next kernel begin launching. Anywhere is safe
+//     (the next kernel's pdl_wait() still waits for this one to finish); the
+//     matrix-vector kernels call it at the start or, with PDL_LATE, after
+//     their main loop.
 // A kernel launched without the attribute (the default, or a plain <<<>>>)
 // runs as usual: pdl_wait() returns at once, pdl_trigger() does nothing.
-// Off by default, by measurement (H100, bench/RESULTS.md): each op alone gains
-// 0.4-1.5 us, but a whole llama3-8b decode step lost 10% with it on (140.3
-// against 158.0 tok/s, same call); ENGRAM_PDL=1 turns it on for experiments.
+// Off by default, by measurement (H100, bench/RESULTS.md, single-stream
+// decode, variants interleaved in one call): the early trigger costs llama3-8b
+// and qwen3-8b 8-10% with or without the L2 prefetch (each kernel that
+// triggers at its start lets the next one launch too, so a chain of waiting
+// kernels is resident at once); the late trigger is within -2.6..+2.7% of off
+// (llama3-1b and qwen3-30b-a3b gain 1.5-2.7%, the 8B models lose 1-2.6%).
 #pragma once
 
 #include <cuda_runtime.h>
