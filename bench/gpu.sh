@@ -39,6 +39,14 @@
 #           corpus the prompts are drawn from: the best case of a profile made
 #           from past traffic) writes the hot-row file, then one nvme run with
 #           --engram-warm-start wait (the rows read before the first request)
+#   dsv4    DeepSeek-V4-Flash's layers (issue 18 (b), (c)): synthetic
+#           deepseek-v4-flash+layers:L for each L of DSV4_LAYERS (default "2 4";
+#           FP4 experts dequantized to bf16 on upload, ~13 GB a layer), decode
+#           at batch 1, 64 and 256 (16-token prompts, 256 output tokens each)
+#           through bench-throughput: a layer's step time is the difference of
+#           two L's steps over their difference in layers; then --cuda-profile
+#           ops (graphs off) at the first L, batch 1 and 64: each op's time,
+#           the hyper-connections' (hc_*) among them
 #   moe30b  synthetic qwen3-30b-a3b (bf16, 61 GB): engram-run single-stream
 #           greedy decode (16-token prompt, 256 tokens, --warmup), then the
 #           paper's workload through bench-throughput (MOE_KV KV tokens,
@@ -123,6 +131,23 @@ run_sec() {
       echo "-- llama3-8b: --prompt-ids 1..$n --prefill-chunk $n --max-tokens 1"
       timeout 200 "$pack/run" engram-run --synthetic llama3-8b --device cuda --prompt-ids "$(ids $n)" --prefill-chunk $n \
         --max-tokens 1 --temperature 0 --ignore-eos --warmup 2>&1 | grep -E '^engram-run'
+    done ;;
+  dsv4)
+    local L B
+    for L in ${DSV4_LAYERS:-2 4}; do
+      for B in 1 64 256; do
+        local f=(--synthetic deepseek-v4-flash+layers:$L --device cuda -n $B --prompt-len 16:16 --output-len 256:256
+                 --max-num-seqs $B --kv-cache-tokens $((B * 300 + 1024)))
+        echo "-- bench-throughput ${f[*]}"
+        timeout 300 "$pack/run" bench-throughput "${f[@]}" | grep -E '^(wall|scheduler|requests)'
+      done
+    done
+    L=${DSV4_LAYERS:-2}; L=${L%% *}
+    for B in 1 64; do
+      local f=(--synthetic deepseek-v4-flash+layers:$L --device cuda -n $B --prompt-len 16:16 --output-len 64:64
+               --max-num-seqs $B --kv-cache-tokens $((B * 100 + 1024)) --cuda-profile ops)
+      echo "-- bench-throughput ${f[*]}"
+      timeout 300 "$pack/run" bench-throughput "${f[@]}" 2>&1 | grep -E '^(wall|cuda profile)'
     done ;;
   moe30b)
     echo "-- qwen3-30b-a3b: --prompt-ids 1..16 --max-tokens 256"

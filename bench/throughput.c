@@ -90,6 +90,7 @@ static void usage(FILE *f) {
             "  --engram-cache-admission all|tinylfu  the nvme tier's DRAM row cache admission (default all)\n"
             "  --engram-warm-start off|background|wait  hot-row files read at start, written at the end (default off)\n"
             "  --device cpu|cuda           (default cpu)\n"
+            "  --cuda-graphs 0|1, --cuda-profile 0|ops|graphs   as engram-run's\n"
             "  --threads N                 engine CPU threads (default: all cores)\n"
             "  --max-num-seqs N            --max-num-batched-tokens N   --prefill-chunk N\n"
             "  --max-prefill-tokens-decoding N  prompt tokens per step while sequences decode (0: off)\n"
@@ -307,6 +308,11 @@ static int bench_option_set(bench_options *o, const char *a, const char *v) {
     else if (!strcmp(a, "--engram-queue-depth")) bad = parse_int(v, 1, 4096, &ep->engram_store.queue_depth);
     else if (!strcmp(a, "--engram-lookahead")) bad = parse_int(v, 0, 1 << 24, &ep->engram_lookahead);
     else if (!strcmp(a, "--device")) ep->device = v;
+    else if (!strcmp(a, "--cuda-graphs")) bad = parse_int(v, 0, 1, &ep->cuda_graphs);
+    else if (!strcmp(a, "--cuda-profile")) { /* as engram-run's: per-op totals on stderr at exit */
+        ep->cuda_profile = !strcmp(v, "ops") || !strcmp(v, "1") ? 1 : !strcmp(v, "graphs") ? 2 : !strcmp(v, "0") ? 0 : -1;
+        bad = ep->cuda_profile < 0;
+    }
     else if (!strcmp(a, "--threads")) bad = parse_int(v, 1, 4096, &ep->threads);
     else if (!strcmp(a, "--max-num-seqs")) bad = parse_int(v, 1, 1 << 20, &ep->max_num_seqs);
     else if (!strcmp(a, "--max-num-batched-tokens")) bad = parse_int(v, 1, 1 << 24, &ep->max_num_batched_tokens);
