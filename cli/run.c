@@ -505,6 +505,10 @@ static int run_prompt_load(run_ctx *r) {
 static int run_model_open(run_ctx *r) {
     const run_options *o = r->o;
     char err[1024];
+    if (!(r->be = backend_select(o->device, &o->bp, err, sizeof(err)))) { /* first: the weights' alignment is its */
+        fprintf(stderr, "engram-run: %s\n", err);
+        return -1;
+    }
     if (o->synthetic) {
         model_synthetic_params msp = model_synthetic_default_params();
         msp.table_dir = o->synth_dir;
@@ -516,7 +520,7 @@ static int run_model_open(run_ctx *r) {
         fprintf(stderr, "engram-run: synthetic %s (seed %llu): %lld backbone parameters, %.2f GB of weights\n",
                 o->synthetic, (unsigned long long)o->synth_seed, (long long)model_param_count(r->m),
                 r->m->synth_bytes / 1e9);
-    } else if (model_load(o->model_dir, &r->m, err, sizeof(err)) != MODEL_OK) {
+    } else if (model_load_ex(o->model_dir, backend_weight_align(r->be), &r->m, err, sizeof(err)) != MODEL_OK) {
         fprintf(stderr, "engram-run: %s\n", err);
         return -1;
     }
@@ -549,10 +553,6 @@ static int run_setup(run_ctx *r) {
     r->logits = malloc((size_t)c->vocab_size * sizeof(float));
     r->out = malloc((size_t)(o->max_tokens + 1) * sizeof(int32_t));
     r->smp = sampler_create(model_sampling_vocab(r->m), o->sp);
-    if (!(r->be = backend_select(o->device, &o->bp, err, sizeof(err)))) {
-        fprintf(stderr, "engram-run: %s\n", err);
-        return -1;
-    }
     if (o->esp.hbm_cache && strcmp(backend_name(r->be), "cuda"))
         fprintf(stderr, "engram-run: %s\n", "note: --engram-hbm-cache on the CPU backend keeps the hot rows in host memory (the CUDA path, for tests; no gain)");
     if (forward_ctx_create(r->m, r->be, (int)o->prefill_chunk, 1, &r->fc, err, sizeof(err)) != FORWARD_OK) {

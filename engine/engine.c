@@ -249,7 +249,7 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
     int rc = ENGINE_ERR_LOAD;
     model_synthetic_params msp = {.table_dir = p->synthetic_table_dir, .store = p->engram_store};
     if (p->synthetic ? model_synthetic_ex(p->synthetic, p->synthetic_seed, &msp, &e->m, err, errlen) != MODEL_OK
-                     : model_load(p->model_dir, &e->m, err, errlen) != MODEL_OK)
+                     : model_load_ex(p->model_dir, backend_weight_align(be), &e->m, err, errlen) != MODEL_OK)
         goto fail;
     if (p->engram_tables && model_engram_use_tables(e->m, p->engram_tables, &p->engram_store, err, errlen))
         goto fail;

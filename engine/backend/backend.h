@@ -95,6 +95,11 @@ typedef struct backend_ops {
      * released its views first. */
     void (*destroy)(backend *be);
     size_t kv_elem_bytes; /* bytes per K/V element in the cache: 4 (f32) on the CPU, 2 (bf16) on CUDA */
+    /* Alignment the products want of weights they read in place from the
+     * loaded file (the CPU: 64, a cache line; a load split across two lines
+     * costs its decode products 19-26%), or 0 where prepare copies them
+     * anyway (CUDA). model_load_ex copies a file whose tensors miss it. */
+    size_t weight_align;
 
     /* ---- memory ---- */
     void *(*alloc)(backend *be, size_t bytes); /* backend memory, zero-filled; NULL when out of memory */
@@ -439,6 +444,7 @@ void backend_destroy(backend *be);
 #define backend_has(be, op) ((be)->ops->op != NULL)
 
 static inline const char *backend_name(const backend *be) { return be->ops->name; }
+static inline size_t backend_weight_align(const backend *be) { return be->ops->weight_align; }
 static inline size_t backend_kv_elem_bytes(const backend *be) { return be->ops->kv_elem_bytes; }
 
 static inline void *backend_alloc(backend *be, size_t bytes) { return be->ops->alloc(be, bytes); }

@@ -351,6 +351,10 @@ static int load_layer(model *m, int i, char *err, size_t errlen) {
 }
 
 int model_load(const char *dir, model **out, char *err, size_t errlen) {
+    return model_load_ex(dir, 0, out, err, errlen);
+}
+
+int model_load_ex(const char *dir, size_t weight_align, model **out, char *err, size_t errlen) {
     *out = NULL;
     model *m = calloc(1, sizeof(*m));
     if (!m || !(m->dir = strdup(dir))) {
@@ -381,7 +385,7 @@ int model_load(const char *dir, model **out, char *err, size_t errlen) {
     }
     for (int i = 0; i < n_names; i++) {
         snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
-        int st = safetensors_open(path, &m->files[m->n_files], err, errlen);
+        int st = safetensors_open_ex(path, weight_align, &m->files[m->n_files], err, errlen);
         if (st != ST_OK) {
             rc = st == ST_ERR_IO ? MODEL_ERR_IO : st == ST_ERR_NOMEM ? MODEL_ERR_NOMEM : MODEL_ERR_WEIGHTS;
             goto fail;

@@ -322,6 +322,11 @@ struct model {
  * status with a one-line message naming the file and the tensor or key. */
 int model_load(const char *dir, model **out, char *err, size_t errlen);
 
+/* The same, with each file's tensors on weight_align boundaries when the
+ * backend reads them in place (backend_ops.weight_align; safetensors_open_ex
+ * copies a file whose data section misses it), 0: as mapped. */
+int model_load_ex(const char *dir, size_t weight_align, model **out, char *err, size_t errlen);
+
 void model_destroy(model *m); /* accepts NULL */
 
 /* ---- tensor parallelism (model_tp.c) ----

@@ -19,6 +19,7 @@
 struct safetensors {
     char *label;
     void *map; /* owned mapping, or NULL when parsing a caller's buffer */
+    void *copy; /* owned aligned copy of the file (safetensors_open_ex), or NULL */
     size_t map_size;
     st_tensor *tensors;
     int n;
@@ -203,6 +204,21 @@ int safetensors_parse(const uint8_t *data, size_t size, const char *label, safet
 }
 
 int safetensors_open(const char *path, safetensors **out, char *err, size_t errlen) {
+    return safetensors_open_ex(path, 0, out, err, errlen);
+}
+
+/* How far the data section of a mapped file of size bytes starts past an
+ * align boundary (0 when aligned, or when the header length is out of range:
+ * the parse then says why). */
+static size_t data_misalign(const uint8_t *map, size_t size, size_t align) {
+    if (align < 2 || size < 8) return 0;
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | map[i];
+    if (hlen > size - 8) return 0;
+    return (size_t)((8 + hlen) & (align - 1));
+}
+
+int safetensors_open_ex(const char *path, size_t align, safetensors **out, char *err, size_t errlen) {
     *out = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -226,13 +242,29 @@ int safetensors_open(const char *path, safetensors **out, char *err, size_t errl
         }
     }
     close(fd);
-    int rc = safetensors_parse(map ? map : (const void *)"", size, path, out, err, errlen);
+    uint8_t *copy = NULL; /* the aligned copy's allocation, when one is made */
+    const uint8_t *image = map ? map : (const void *)"";
+    size_t mis = map ? data_misalign(map, size, align) : 0;
+    if (mis) {
+        if (!(copy = aligned_alloc(align, (size + 2 * align - 1) / align * align))) {
+            munmap(map, size);
+            snprintf(err, errlen, "%s: out of memory for an aligned copy of %zu bytes", path, size);
+            return ST_ERR_NOMEM;
+        }
+        memcpy(copy + (align - mis), map, size); /* the data section now starts at copy + k align */
+        munmap(map, size);
+        map = NULL;
+        image = copy + (align - mis);
+    }
+    int rc = safetensors_parse(image, size, path, out, err, errlen);
     if (rc != ST_OK) {
         if (map) munmap(map, size);
+        free(copy);
         return rc;
     }
     (*out)->map = map;
     (*out)->map_size = size;
+    (*out)->copy = copy;
     return ST_OK;
 }
 
@@ -241,6 +273,7 @@ void safetensors_destroy(safetensors *st) {
     for (int i = 0; i < st->n; i++) free(st->tensors[i].name);
     free(st->tensors);
     if (st->map) munmap(st->map, st->map_size);
+    free(st->copy);
     free(st->label);
     free(st);
 }

@@ -70,6 +70,14 @@ int safetensors_parse(const uint8_t *data, size_t size, const char *label, safet
 /* Opens and mmaps `path`, then parses it; the mapping lives until destroy. */
 int safetensors_open(const char *path, safetensors **out, char *err, size_t errlen);
 
+/* The same, but when align > 1 (a power of two) and the data section does
+ * not start on an align boundary in the file (the format pads its header to
+ * 8 bytes only), the file is copied into anonymous memory placed so that it
+ * does: each tensor whose offset in the section is a multiple of align (every
+ * tensor of a checkpoint whose tensors are whole cache lines) then starts on
+ * one. The copy is private memory where the mapping was shared page cache. */
+int safetensors_open_ex(const char *path, size_t align, safetensors **out, char *err, size_t errlen);
+
 void safetensors_destroy(safetensors *st); /* accepts NULL */
 
 int safetensors_count(const safetensors *st);

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/numeric.h"
 #include "engine/backend/backend.h"
@@ -364,6 +365,80 @@ START_TEST(quant_config) {
 }
 END_TEST
 
+/* ---- safetensors_open_ex: a file whose data section misses a cache line ---- */
+
+/* Writes a file of two bf16 tensors (64 and 96 elements, 128 and 192 bytes:
+ * whole cache lines) whose data section starts `mis` bytes past a 64-byte
+ * boundary (the header padded with spaces), returns its path. */
+static const char *write_misaligned(size_t mis, uint16_t *a, uint16_t *b) {
+    static char path[256];
+    snprintf(path, sizeof path, "/tmp/test_weight_formats_%d_%zu.safetensors", (int)getpid(), mis);
+    char hdr[512];
+    int h = snprintf(hdr, sizeof hdr, "{\"a\":{\"dtype\":\"BF16\",\"shape\":[64],\"data_offsets\":[0,128]},"
+                                      "\"b\":{\"dtype\":\"BF16\",\"shape\":[96],\"data_offsets\":[128,320]}}");
+    while ((8 + h) % 64 != (int)mis) hdr[h++] = ' ';
+    for (int i = 0; i < 64; i++) a[i] = (uint16_t)(0x3f80 + i);
+    for (int i = 0; i < 96; i++) b[i] = (uint16_t)(0xbf80 + 3 * i);
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    uint8_t len[8];
+    for (int i = 0; i < 8; i++) len[i] = (uint8_t)((uint64_t)h >> (8 * i));
+    ck_assert_int_eq(fwrite(len, 1, 8, f), 8);
+    ck_assert_int_eq(fwrite(hdr, 1, (size_t)h, f), (size_t)h);
+    ck_assert_int_eq(fwrite(a, 2, 64, f), 64);
+    ck_assert_int_eq(fwrite(b, 2, 96, f), 96);
+    fclose(f);
+    return path;
+}
+
+/* With align 64 every tensor starts on a cache line and holds the file's
+ * bytes, whatever the header's padding; without it the tensors are where the
+ * mapping puts them (mis past a line). */
+START_TEST(open_aligned_copy) {
+    size_t cases[] = {0, 8, 24, 56};
+    for (int c = 0; c < 4; c++) {
+        uint16_t a[64], b[96];
+        const char *path = write_misaligned(cases[c], a, b);
+        for (int aligned = 0; aligned <= 1; aligned++) {
+            safetensors *st = NULL;
+            char err[256];
+            ck_assert_msg(safetensors_open_ex(path, aligned ? 64 : 0, &st, err, sizeof err) == ST_OK, "%s", err);
+            const st_tensor *ta = safetensors_find(st, "a"), *tb = safetensors_find(st, "b");
+            ck_assert_ptr_nonnull(ta);
+            ck_assert_ptr_nonnull(tb);
+            size_t want = aligned ? 0 : cases[c];
+            ck_assert_uint_eq((uintptr_t)ta->data % 64, want);
+            ck_assert_uint_eq((uintptr_t)tb->data % 64, want);
+            ck_assert_int_eq(memcmp(ta->data, a, sizeof a), 0);
+            ck_assert_int_eq(memcmp(tb->data, b, sizeof b), 0);
+            safetensors_destroy(st);
+        }
+        unlink(path);
+    }
+}
+END_TEST
+
+/* A header length past the file's end: the same parse error with or without
+ * the aligned copy (the copy is never made from it). */
+START_TEST(open_aligned_bad_header) {
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/test_weight_formats_bad_%d.safetensors", (int)getpid());
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    uint8_t bytes[16] = {0xff, 0xff, 0, 0, 0, 0, 0, 0, '{', '}', ' ', ' ', ' ', ' ', ' ', ' '};
+    ck_assert_int_eq(fwrite(bytes, 1, sizeof bytes, f), sizeof bytes);
+    fclose(f);
+    for (int aligned = 0; aligned <= 1; aligned++) {
+        safetensors *st = NULL;
+        char err[256] = "";
+        ck_assert_int_eq(safetensors_open_ex(path, aligned ? 64 : 0, &st, err, sizeof err), ST_ERR_FORMAT);
+        ck_assert_ptr_null(st);
+        ck_assert_msg(strstr(err, path), "%s", err);
+    }
+    unlink(path);
+}
+END_TEST
+
 /* ---- the golden fixture ---- */
 
 static safetensors *open_fixture(const char *file) {
@@ -498,6 +573,8 @@ static Suite *suite(void) {
     tcase_add_test(tc, stacked_slices);
     tcase_add_test(tc, bad_inputs);
     tcase_add_test(tc, quant_config);
+    tcase_add_test(tc, open_aligned_copy);
+    tcase_add_test(tc, open_aligned_bad_header);
     tcase_add_test(tc, golden_dequant);
     tcase_add_test(tc, golden_matmul);
     tcase_add_test(tc, dsv4_fixture_matrices);

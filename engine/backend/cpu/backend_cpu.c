@@ -715,6 +715,7 @@ static void cpu_destroy(backend *be) {
 
 static const backend_ops cpu_ops = {
     .name = "cpu",
+    .weight_align = 64,
     .destroy = cpu_destroy,
     .kv_elem_bytes = sizeof(float),
     .alloc = cpu_alloc,
