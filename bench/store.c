@@ -10,6 +10,7 @@
  *                     [--batch ROWS] [--seconds S] [--zipf S] [--keep]
  *                     [--cache-only] [--compute-us US] [--dram-check]
  *                     [--ceiling] [--stride B] [--stride-compare B [--rounds N]]
+ *                     [--hits W [--rounds N]]
  *   defaults: /tmp/engram-bench-store.tbl, 3 GiB, bf16, 256 cols, 4096 rows
  *   per gather, 1.5 s per point, Zipf exponent 1.0, 1000 us of compute
  *   between a prefetch and its gather.
@@ -33,7 +34,17 @@
  * (engram_store_row_stride: dense for V4.1's 264-byte rows); the points
  * alternate between the two files, --rounds times (default 3), so that a
  * neighbour's load hits both alike. The dense table's rows may straddle two
- * 4 KiB blocks: its reads/s and read_GB/s say what that costs. */
+ * 4 KiB blocks: its reads/s and read_GB/s say what that costs.
+ * --hits W: the NVMe tier's DRAM-cache hit path against the DRAM tier
+ * (issue 22): W distinct rows scattered over the table (default 1/2 of it)
+ * are read once into a row cache that holds them all (buffered reads: the
+ * file is in the page cache), then batches of --batch rows drawn from them
+ * (all hits) are gathered raw, as the engine does, through that cache and,
+ * with the same rows, from the table mmap'd (faulted in first); uniform
+ * and Zipf(s) over the working set, alternating between the tiers in
+ * --rounds rounds of >= --seconds each. Per round: microseconds per gather
+ * and per row, rows per CPU second, and the NVMe tier's over the DRAM
+ * tier's time. */
 #include <fcntl.h>
 #include <math.h>
 #include <stdbool.h>
@@ -291,6 +302,117 @@ static void run_check_points(const char *path, const dist *d, double seconds, fl
     close(fd);
 }
 
+static int cmp_i64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static engram_store *open_or_die(const char *path, const engram_store_params *p) {
+    engram_store *s = NULL;
+    char err[512];
+    if (engram_store_open(path, p, &s, err, sizeof(err))) {
+        fprintf(stderr, "bench-store: %s\n", err);
+        exit(1);
+    }
+    return s;
+}
+
+/* Mean seconds per gather of `reps` batches (rows[r * batch ..]) through s, raw, and CPU seconds of this thread. */
+static double time_gathers(engram_store *s, const int64_t *rows, size_t batch, int reps, void *out, double *cpu) {
+    double t0 = util_now(), c0 = cpu_now();
+    for (int r = 0; r < reps; r++)
+        if (engram_store_gather_raw(s, rows + (size_t)r * batch, batch, out, NULL)) {
+            fprintf(stderr, "bench-store: gather failed\n");
+            exit(1);
+        }
+    *cpu = cpu_now() - c0;
+    return (util_now() - t0) / reps;
+}
+
+/* --hits: the row cache's hit path against the mapped table (see the header). */
+static void run_hit_points(const char *path, uint64_t nrows, uint64_t ws_n, size_t batch, double seconds, int rounds,
+                           double zipf_s) {
+    /* the working set: ranks scattered over the table (distinct: mul is coprime with nrows) */
+    uint64_t mul = 1000003;
+    while (gcd(mul, nrows) != 1) mul += 2;
+    int64_t *ws = malloc(ws_n * sizeof(int64_t));
+    double *cdf = malloc(ws_n * sizeof(double));
+    enum { REPS = 16 }; /* gathers per timing: one draw of REPS batches, the same for both tiers */
+    int64_t *rows = malloc(REPS * batch * sizeof(int64_t));
+    void *out = malloc(batch * 4096);
+    if (!ws || !cdf || !rows || !out) {
+        fprintf(stderr, "bench-store: out of memory\n");
+        exit(1);
+    }
+    for (uint64_t r = 0; r < ws_n; r++) ws[r] = (int64_t)((unsigned __int128)r * mul % nrows);
+    qsort(ws, ws_n, sizeof(int64_t), cmp_i64); /* filled in offset order: rows sharing a block share a read */
+    double acc = 0;
+    for (uint64_t r = 0; r < ws_n; r++) cdf[r] = (acc += pow((double)(r + 1), -zipf_s));
+    for (uint64_t r = 0; r < ws_n; r++) cdf[r] /= acc;
+    uint64_t wmul = 1000003;
+    while (gcd(wmul, ws_n) != 1) wmul += 2;
+    dist ds[2] = {{"uniform", NULL, ws_n, 1}, {"zipf", cdf, ws_n, wmul}};
+
+    engram_store_params p = engram_store_default_params();
+    p.tier = ENGRAM_STORE_DRAM;
+    engram_store *dram = open_or_die(path, &p);
+    uint32_t rb = engram_store_get_info(dram).header.row_bytes;
+    p = engram_store_default_params();
+    p.tier = ENGRAM_STORE_NVME;
+    p.no_direct = true; /* the fill reads the page cache: this measures hits, not the disk */
+    p.dram_budget = (ws_n * (rb + 38)) / 4 * 5 + (64u << 20); /* 38: SLOT_OVERHEAD; room for the powers of two */
+    engram_store *nvme = open_or_die(path, &p);
+    double t0 = util_now(), cpu;
+    for (uint64_t r = 0; r < nrows; r += batch) { /* fault the mapping in: the points measure gathers, not faults */
+        size_t m = nrows - r < batch ? (size_t)(nrows - r) : batch;
+        for (size_t i = 0; i < m; i++) rows[i] = (int64_t)(r + i);
+        time_gathers(dram, rows, m, 1, out, &cpu);
+    }
+    for (uint64_t r = 0; r < ws_n; r += batch)
+        time_gathers(nvme, ws + r, ws_n - r < batch ? (size_t)(ws_n - r) : batch, 1, out, &cpu);
+    engram_store_stats st;
+    engram_store_get_stats(nvme, &st);
+    engram_store_info in = engram_store_get_info(nvme);
+    printf("hit path: %llu rows x %u B, working set %llu rows, row cache %llu slots (%.2f GiB) holding %llu, "
+           "filled and mapping faulted in %.1f s; %zu rows a gather, %d rounds, >= %.1f s a point\n",
+           (unsigned long long)nrows, rb, (unsigned long long)ws_n, (unsigned long long)in.cache_rows,
+           (double)in.cache_bytes / (1ull << 30), (unsigned long long)st.cache_rows, util_now() - t0, batch, rounds,
+           seconds);
+    if (st.cache_rows < ws_n) {
+        fprintf(stderr, "bench-store: the row cache holds %llu of the %llu working-set rows\n",
+                (unsigned long long)st.cache_rows, (unsigned long long)ws_n);
+        exit(1);
+    }
+    fflush(stdout);
+    for (int round = 1; round <= rounds; round++)
+        for (int k = 0; k < 2; k++) {
+            double t[2] = {0, 0}, c[2] = {0, 0};
+            uint64_t g = 0;
+            engram_store_stats a, b;
+            engram_store_get_stats(nvme, &a);
+            while (t[0] + t[1] < 2 * seconds) { /* the tiers in turn, over the same rows */
+                for (int r = 0; r < REPS; r++) draw(&ds[k], rows + (size_t)r * batch, batch);
+                for (size_t i = 0; i < REPS * batch; i++) rows[i] = ws[rows[i]];
+                for (int tier = 0; tier < 2; tier++) {
+                    double ci;
+                    t[tier] += REPS * time_gathers(tier ? nvme : dram, rows, batch, REPS, out, &ci);
+                    c[tier] += ci;
+                }
+                g += REPS;
+            }
+            engram_store_get_stats(nvme, &b);
+            printf("round %d dist=%-7s dram: %8.1f us/gather %6.1f ns/row %10.0f rows/cpu_s | nvme hits: %8.1f us/gather "
+                   "%6.1f ns/row %10.0f rows/cpu_s hit=%.4f | nvme/dram %.2f\n",
+                   round, ds[k].name, t[0] / g * 1e6, t[0] / g / batch * 1e9, g * batch / c[0], t[1] / g * 1e6,
+                   t[1] / g / batch * 1e9, g * batch / c[1],
+                   (double)(b.dram_hits - a.dram_hits) / (double)(b.lookups - a.lookups), t[1] / t[0]);
+            fflush(stdout);
+        }
+    engram_store_close(nvme);
+    engram_store_close(dram);
+    free(ws), free(cdf), free(rows), free(out);
+}
+
 /* --stride-compare: the same rows at two strides over NVMe, point by point
  * in turn (see the header). */
 static void run_stride_compare(const char *padded, const char *dense, size_t batch, double seconds, int rounds,
@@ -332,12 +454,14 @@ int main(int argc, char **argv) {
     long cols = 256, batch = 4096, compute_us = 1000;
     uint32_t stride = 0, compare = 0;
     int rounds = 3;
+    long long hits = -1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) {
             printf("usage: bench-store [--file PATH] [--gib G] [--dtype bf16|fp8] [--cols N] [--batch ROWS]\n"
                    "                   [--seconds S] [--zipf S] [--keep] [--cache-only] [--compute-us US]\n"
                    "                   [--dram-check] [--ceiling] [--stride B] [--stride-compare B [--rounds N]]\n"
+                   "                   [--hits W [--rounds N]]\n"
                    "(defaults and output: the header of bench/store.c)\n");
             return 0;
         } else if (!strcmp(a, "--keep")) keep = 1;
@@ -354,6 +478,7 @@ int main(int argc, char **argv) {
         else if (v && !strcmp(a, "--stride")) stride = (uint32_t)atol(argv[++i]);
         else if (v && !strcmp(a, "--stride-compare")) compare = (uint32_t)atol(argv[++i]);
         else if (v && !strcmp(a, "--rounds")) rounds = atoi(argv[++i]);
+        else if (v && !strcmp(a, "--hits")) hits = atoll(argv[++i]);
         else if (v && !strcmp(a, "--dtype")) {
             i++;
             dtype = !strcmp(v, "fp8") ? ENGRAM_STORE_FP8_UE8M0 : !strcmp(v, "bf16") ? ENGRAM_STORE_BF16 : 0;
@@ -380,6 +505,12 @@ int main(int argc, char **argv) {
         return rc;
     }
     if (write_table(path, dtype, nrows, (uint32_t)cols, stride)) return 1;
+    if (hits >= 0) {
+        if (hits == 0 || (uint64_t)hits > nrows) hits = (long long)(nrows / 2);
+        run_hit_points(path, nrows, (uint64_t)hits, (size_t)batch, seconds, rounds, zipf_s);
+        if (!keep) unlink(path);
+        return 0;
+    }
 
     dist uni = {"uniform", NULL, nrows, 1}, zipf = {"zipf", NULL, nrows, 1000003};
     while (gcd(zipf.mul, nrows) != 1) zipf.mul += 2;
