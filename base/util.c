@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -121,6 +122,15 @@ char *util_read_stream(FILE *f, size_t *len) {
 
 int util_mul_overflow(size_t a, size_t b, size_t *out) {
     return __builtin_mul_overflow(a, b, out) ? -1 : 0;
+}
+
+void *util_alloc_huge(size_t bytes) {
+    const size_t huge = 2u << 20; /* x86-64's huge page; smaller arrays fit the TLB anyway */
+    if (bytes < huge) return malloc(bytes);
+    void *p;
+    if (posix_memalign(&p, huge, bytes)) return NULL;
+    madvise(p, bytes, MADV_HUGEPAGE);
+    return p;
 }
 
 double util_now(void) {

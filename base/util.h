@@ -48,6 +48,14 @@ int util_parse_size(const char *s, uint64_t *out);
  * range, *out untouched. */
 int util_parse_long(const char *s, long lo, long hi, long *out);
 
+/* bytes of heap for an array read at random, on transparent huge pages
+ * where the kernel allows them (madvise; a refusal changes nothing): a
+ * random load into gigabytes of 4 KiB pages misses the TLB nearly every
+ * time, and its page walk (two-dimensional in a virtual machine) costs more
+ * than the load. Uninitialized, as malloc; freed with free. NULL when out
+ * of memory. */
+void *util_alloc_huge(size_t bytes);
+
 /* Monotonic seconds. */
 double util_now(void);
 /* This process's CPU seconds (all its threads): what a benchmark spent, beside util_now's wall. */

@@ -42,9 +42,11 @@
  * (all hits) are gathered raw, as the engine does, through that cache and,
  * with the same rows, from the table mmap'd (faulted in first); uniform
  * and Zipf(s) over the working set, alternating between the tiers in
- * --rounds rounds of >= --seconds each. Per round: microseconds per gather
- * and per row, rows per CPU second, and the NVMe tier's over the DRAM
- * tier's time. */
+ * --rounds rounds of >= --seconds each, each gather followed by
+ * --compute-us of sleep (the step's compute; the store's threads work
+ * then). Per round: microseconds per gather and nanoseconds per row, wall
+ * (the gathers alone) and CPU (the whole process, the gaps included), and
+ * the NVMe tier's wall time over the DRAM tier's. */
 #include <fcntl.h>
 #include <math.h>
 #include <stdbool.h>
@@ -317,21 +319,29 @@ static engram_store *open_or_die(const char *path, const engram_store_params *p)
     return s;
 }
 
-/* Mean seconds per gather of `reps` batches (rows[r * batch ..]) through s, raw, and CPU seconds of this thread. */
-static double time_gathers(engram_store *s, const int64_t *rows, size_t batch, int reps, void *out, double *cpu) {
-    double t0 = util_now(), c0 = cpu_now();
-    for (int r = 0; r < reps; r++)
+/* Mean seconds per gather of `reps` batches (rows[r * batch ..]) through s, raw, each followed by gap_us of
+ * sleep (the step's compute), and the CPU seconds of the whole process over them, gaps included: the store's
+ * own threads' work after a gather counts too. */
+static double time_gathers(engram_store *s, const int64_t *rows, size_t batch, int reps, long gap_us, void *out,
+                           double *cpu) {
+    double t = 0, c0 = util_cpu_now();
+    for (int r = 0; r < reps; r++) {
+        double t0 = util_now();
         if (engram_store_gather_raw(s, rows + (size_t)r * batch, batch, out, NULL)) {
             fprintf(stderr, "bench-store: gather failed\n");
             exit(1);
         }
-    *cpu = cpu_now() - c0;
-    return (util_now() - t0) / reps;
+        t += util_now() - t0;
+        struct timespec ts = {gap_us / 1000000, gap_us % 1000000 * 1000};
+        if (gap_us) nanosleep(&ts, NULL); /* as the engine's fetcher thread waits for the next step */
+    }
+    *cpu = util_cpu_now() - c0;
+    return t / reps;
 }
 
 /* --hits: the row cache's hit path against the mapped table (see the header). */
 static void run_hit_points(const char *path, uint64_t nrows, uint64_t ws_n, size_t batch, double seconds, int rounds,
-                           double zipf_s) {
+                           double zipf_s, long gap_us) {
     /* the working set: ranks scattered over the table (distinct: mul is coprime with nrows) */
     uint64_t mul = 1000003;
     while (gcd(mul, nrows) != 1) mul += 2;
@@ -366,18 +376,18 @@ static void run_hit_points(const char *path, uint64_t nrows, uint64_t ws_n, size
     for (uint64_t r = 0; r < nrows; r += batch) { /* fault the mapping in: the points measure gathers, not faults */
         size_t m = nrows - r < batch ? (size_t)(nrows - r) : batch;
         for (size_t i = 0; i < m; i++) rows[i] = (int64_t)(r + i);
-        time_gathers(dram, rows, m, 1, out, &cpu);
+        time_gathers(dram, rows, m, 1, 0, out, &cpu);
     }
     for (uint64_t r = 0; r < ws_n; r += batch)
-        time_gathers(nvme, ws + r, ws_n - r < batch ? (size_t)(ws_n - r) : batch, 1, out, &cpu);
+        time_gathers(nvme, ws + r, ws_n - r < batch ? (size_t)(ws_n - r) : batch, 1, 0, out, &cpu);
     engram_store_stats st;
     engram_store_get_stats(nvme, &st);
     engram_store_info in = engram_store_get_info(nvme);
     printf("hit path: %llu rows x %u B, working set %llu rows, row cache %llu slots (%.2f GiB) holding %llu, "
-           "filled and mapping faulted in %.1f s; %zu rows a gather, %d rounds, >= %.1f s a point\n",
+           "filled and mapping faulted in %.1f s; %zu rows a gather, %ld us between gathers, %d rounds, >= %.1f s a point\n",
            (unsigned long long)nrows, rb, (unsigned long long)ws_n, (unsigned long long)in.cache_rows,
-           (double)in.cache_bytes / (1ull << 30), (unsigned long long)st.cache_rows, util_now() - t0, batch, rounds,
-           seconds);
+           (double)in.cache_bytes / (1ull << 30), (unsigned long long)st.cache_rows, util_now() - t0, batch, gap_us,
+           rounds, seconds);
     if (st.cache_rows < ws_n) {
         fprintf(stderr, "bench-store: the row cache holds %llu of the %llu working-set rows\n",
                 (unsigned long long)st.cache_rows, (unsigned long long)ws_n);
@@ -395,16 +405,16 @@ static void run_hit_points(const char *path, uint64_t nrows, uint64_t ws_n, size
                 for (size_t i = 0; i < REPS * batch; i++) rows[i] = ws[rows[i]];
                 for (int tier = 0; tier < 2; tier++) {
                     double ci;
-                    t[tier] += REPS * time_gathers(tier ? nvme : dram, rows, batch, REPS, out, &ci);
+                    t[tier] += REPS * time_gathers(tier ? nvme : dram, rows, batch, REPS, gap_us, out, &ci);
                     c[tier] += ci;
                 }
                 g += REPS;
             }
             engram_store_get_stats(nvme, &b);
-            printf("round %d dist=%-7s dram: %8.1f us/gather %6.1f ns/row %10.0f rows/cpu_s | nvme hits: %8.1f us/gather "
-                   "%6.1f ns/row %10.0f rows/cpu_s hit=%.4f | nvme/dram %.2f\n",
-                   round, ds[k].name, t[0] / g * 1e6, t[0] / g / batch * 1e9, g * batch / c[0], t[1] / g * 1e6,
-                   t[1] / g / batch * 1e9, g * batch / c[1],
+            printf("round %d dist=%-7s dram: %7.1f us/gather %5.1f ns/row cpu %5.1f ns/row | nvme hits: %7.1f us/gather "
+                   "%5.1f ns/row cpu %5.1f ns/row hit=%.4f | nvme/dram %.2f\n",
+                   round, ds[k].name, t[0] / g * 1e6, t[0] / g / batch * 1e9, c[0] / g / batch * 1e9, t[1] / g * 1e6,
+                   t[1] / g / batch * 1e9, c[1] / g / batch * 1e9,
                    (double)(b.dram_hits - a.dram_hits) / (double)(b.lookups - a.lookups), t[1] / t[0]);
             fflush(stdout);
         }
@@ -507,7 +517,7 @@ int main(int argc, char **argv) {
     if (write_table(path, dtype, nrows, (uint32_t)cols, stride)) return 1;
     if (hits >= 0) {
         if (hits == 0 || (uint64_t)hits > nrows) hits = (long long)(nrows / 2);
-        run_hit_points(path, nrows, (uint64_t)hits, (size_t)batch, seconds, rounds, zipf_s);
+        run_hit_points(path, nrows, (uint64_t)hits, (size_t)batch, seconds, rounds, zipf_s, compute_us);
         if (!keep) unlink(path);
         return 0;
     }

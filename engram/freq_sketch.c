@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/util.h"
+
 int freq_sketch_init(freq_sketch *f, uint64_t slots, uint64_t seed) {
     memset(f, 0, sizeof(*f));
     uint64_t w = 64;
@@ -12,16 +14,21 @@ int freq_sketch_init(freq_sketch *f, uint64_t slots, uint64_t seed) {
     f->width = w;
     f->seed = seed;
     f->sample = 10 * (slots > 64 ? slots : 64);
-    f->cnt = calloc(2 * w, 1); /* 4 rows of w nibbles */
-    f->door = calloc(w / 8, sizeof(uint64_t)); /* 8 bits per counter: its false positives let one-offs count twice */
-    return f->cnt && f->door ? 0 : -1;
+    f->cnt = util_alloc_huge(2 * w); /* 4 rows of w nibbles, read at random */
+    f->door = util_alloc_huge(w / 8 * sizeof(uint64_t)); /* 8 bits per counter: its false positives let one-offs count twice */
+    if (!f->cnt || !f->door) return -1;
+    memset(f->cnt, 0, 2 * w);
+    memset(f->door, 0, w / 8 * sizeof(uint64_t));
+    return 0;
 }
 
 void freq_sketch_free(freq_sketch *f) {
     free(f->cnt);
     free(f->door);
+    free(f->owed);
     f->cnt = NULL;
     f->door = NULL;
+    f->owed = NULL;
 }
 
 /* splitmix64's finalizer over id and the seed: the 4 rows' positions come
@@ -46,8 +53,15 @@ static void nib_inc(uint8_t *c, uint64_t k) {
 }
 
 /* Doorkeeper bits: two of its 8 * width bits, from the hash's other end. */
+static void door_bits(const freq_sketch *f, uint64_t h, uint64_t *a, uint64_t *b) {
+    uint64_t m = 8 * f->width - 1;
+    *a = (h >> 5) & m;
+    *b = ((h >> 37) ^ (h << 11)) & m;
+}
+
 static bool door_test_set(freq_sketch *f, uint64_t h, bool set) {
-    uint64_t m = 8 * f->width - 1, a = (h >> 5) & m, b = ((h >> 37) ^ (h << 11)) & m;
+    uint64_t a, b;
+    door_bits(f, h, &a, &b);
     bool in = (f->door[a >> 6] >> (a & 63) & 1) && (f->door[b >> 6] >> (b & 63) & 1);
     if (set) {
         f->door[a >> 6] |= 1ull << (a & 63);
@@ -63,7 +77,8 @@ static void halve(freq_sketch *f) {
     f->added = 0;
 }
 
-void freq_sketch_add(freq_sketch *f, uint64_t id) {
+/* Counts one lookup of id (freq_sketch_add without settling first). */
+static void record(freq_sketch *f, uint64_t id) {
     uint64_t h = mix(f, id);
     if (door_test_set(f, h, true)) {
         /* conservative update: only the smallest counters grow, which keeps collisions from inflating */
@@ -78,8 +93,47 @@ void freq_sketch_add(freq_sketch *f, uint64_t id) {
     if (++f->added >= f->sample) halve(f);
 }
 
+/* Starts loading the 6 lines counting id touches (always_inline: see engram/row_index.h, row_index_prefetch). */
+static inline __attribute__((always_inline)) void prefetch(const freq_sketch *f, uint64_t id) {
+    uint64_t h = mix(f, id), a, b;
+    for (int i = 0; i < 4; i++) __builtin_prefetch(f->cnt + (at(f, h, i) >> 1), 1);
+    door_bits(f, h, &a, &b);
+    __builtin_prefetch(f->door + (a >> 6), 1);
+    __builtin_prefetch(f->door + (b >> 6), 1);
+}
+
+/* Lookups between a prefetch and its count: the lines of the next ones load while these count. */
+#define AHEAD 16
+
+uint32_t freq_sketch_settle(freq_sketch *f, uint32_t max) {
+    uint32_t end = f->owed_n - f->owed_head > max ? f->owed_head + max : f->owed_n;
+    for (uint32_t j = f->owed_head; j < end && j < f->owed_head + AHEAD; j++) prefetch(f, f->owed[j]);
+    for (uint32_t j = f->owed_head; j < end; j++) {
+        if (j + AHEAD < end) prefetch(f, f->owed[j + AHEAD]);
+        record(f, f->owed[j]);
+    }
+    f->owed_head = end;
+    if (f->owed_head == f->owed_n) f->owed_head = f->owed_n = 0;
+    return f->owed_n - f->owed_head;
+}
+
+void freq_sketch_add(freq_sketch *f, uint64_t id) {
+    freq_sketch_settle(f, UINT32_MAX);
+    record(f, id);
+}
+
+void freq_sketch_defer(freq_sketch *f, uint64_t id) {
+    if (!f->owed && !(f->owed = malloc(FREQ_SKETCH_OWED * sizeof(uint64_t)))) {
+        record(f, id); /* nothing is owed without the list: counting now keeps the order */
+        return;
+    }
+    if (f->owed_n == FREQ_SKETCH_OWED) freq_sketch_settle(f, UINT32_MAX);
+    f->owed[f->owed_n++] = id;
+}
+
 void freq_sketch_seed(freq_sketch *f, uint64_t id, uint32_t count) {
     if (!count) return;
+    freq_sketch_settle(f, UINT32_MAX);
     uint64_t h = mix(f, id);
     door_test_set(f, h, true);
     uint32_t want = count - 1 < FREQ_SKETCH_MAX ? count - 1 : FREQ_SKETCH_MAX;
@@ -89,12 +143,13 @@ void freq_sketch_seed(freq_sketch *f, uint64_t id, uint32_t count) {
     }
 }
 
-uint32_t freq_sketch_estimate(const freq_sketch *f, uint64_t id) {
+uint32_t freq_sketch_estimate(freq_sketch *f, uint64_t id) {
+    freq_sketch_settle(f, UINT32_MAX);
     uint64_t h = mix(f, id);
     uint32_t m = FREQ_SKETCH_MAX;
     for (int i = 0; i < 4; i++) {
         uint32_t v = nib_get(f->cnt, at(f, h, i));
         if (v < m) m = v;
     }
-    return m + (door_test_set((freq_sketch *)f, h, false) ? 1u : 0u);
+    return m + (door_test_set(f, h, false) ? 1u : 0u);
 }

@@ -2,7 +2,8 @@
  * store.h): a ring of row ids that the forward pass hands over as soon as a
  * step's tokens are known, and one thread that reads the rows neither cached
  * nor in flight into the NVMe tier's row cache with its own reader, so that
- * the gathers find them there. */
+ * the gathers find them there. Between reads it counts the gathers'
+ * lookups in the admission sketch, which they defer to it. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,7 +31,9 @@ int engram_store_prefetch(engram_store *s, const int64_t *rows, size_t n) {
  * it, and a refused one would be read again by that step's gather, on the
  * forward pass's path (the gather's lookup then counts it in the sketch).
  * It starts no batch while a gather runs: the disk is the gather's then.
- * Rows the tier above holds are left out (engram_store_set_above). */
+ * Rows the tier above holds are left out (engram_store_set_above). With no
+ * ids waiting it counts the lookups gathers deferred (freq_sketch_defer),
+ * SKETCH_BATCH per hold of the lock, also only while no gather runs. */
 static void *prefetch_main(void *arg) {
     engram_store *s = arg;
     const engram_store_header *h = &s->info.header;
@@ -38,8 +41,11 @@ static void *prefetch_main(void *arg) {
     row_req q[PF_BATCH];
     for (;;) {
         pthread_mutex_lock(&s->pf_mu);
-        while ((!s->pf_len || atomic_load(&s->gathering)) && !s->pf_stop)
-            pthread_cond_wait(s->pf_len ? &s->pf_idle : &s->pf_cv, &s->pf_mu);
+        bool work;
+        while (!(work = s->pf_len || atomic_load(&s->sketch_owed)) || atomic_load(&s->gathering)) {
+            if (s->pf_stop) break;
+            pthread_cond_wait(work ? &s->pf_idle : &s->pf_cv, &s->pf_mu);
+        }
         if (s->pf_stop) {
             pthread_mutex_unlock(&s->pf_mu);
             return NULL;
@@ -49,6 +55,12 @@ static void *prefetch_main(void *arg) {
         s->pf_head = (s->pf_head + m) % PF_QUEUE;
         s->pf_len -= m;
         pthread_mutex_unlock(&s->pf_mu);
+        if (!m) { /* no ids: the sketch's owed lookups */
+            pthread_mutex_lock(&s->mu);
+            if (!freq_sketch_settle(&s->c.sketch, SKETCH_BATCH)) atomic_store(&s->sketch_owed, false);
+            pthread_mutex_unlock(&s->mu);
+            continue;
+        }
 
         size_t nq = 0;
         pthread_mutex_lock(&s->mu);

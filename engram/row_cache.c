@@ -5,14 +5,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/util.h"
+
 int row_cache_init(row_cache *c, uint64_t n) {
     memset(c, 0, sizeof(*c));
     if (!n) return 0;
     c->n = (uint32_t)n;
-    c->row = malloc(n * sizeof(int64_t));
-    c->ref = calloc(n, 1);
+    c->row = util_alloc_huge(n * sizeof(int64_t)); /* read at random, as the index */
+    c->ref = util_alloc_huge(n);
     if (!c->row || !c->ref || row_index_init(&c->index, n, c->row)) return -1;
     memset(c->row, 0xff, n * sizeof(int64_t)); /* -1: empty */
+    memset(c->ref, 0, n);
     return 0;
 }
 

@@ -39,6 +39,25 @@ static inline int32_t row_cache_find(const row_cache *c, int64_t row) {
     return c->n ? row_index_find(&c->index, row) : -1;
 }
 
+/* Prefetching for a caller that looks many rows up in a row: stage 1 starts
+ * loading row's index entry; stage 2, some lookups later (the entry
+ * loaded), starts loading the row id and reference bit of the slot the
+ * entry names and returns that slot (a guess, see row_index_guess: for
+ * prefetching the caller's own per-slot arrays), or -1. (always_inline:
+ * see row_index_prefetch.) */
+static inline __attribute__((always_inline)) void row_cache_prefetch(const row_cache *c, int64_t row) {
+    if (c->n) row_index_prefetch(&c->index, row);
+}
+
+static inline __attribute__((always_inline)) int32_t row_cache_prefetch_slot(const row_cache *c, int64_t row) {
+    int32_t k = c->n ? row_index_guess(&c->index, row) : -1;
+    if (k >= 0) {
+        __builtin_prefetch(&c->row[k]);
+        __builtin_prefetch(&c->ref[k], 1);
+    }
+    return k;
+}
+
 /* A hit on slot k: the row survives the hand's next pass. */
 static inline void row_cache_hit(row_cache *c, int32_t k) { c->ref[k] = 1; }
 

@@ -181,29 +181,33 @@ int engram_store_create_memory(int dtype, uint64_t rows, uint32_t cols, engram_s
     return ENGRAM_STORE_OK;
 }
 
-/* Mapped rows: each output row is independent, so large gathers spread over
- * threads (a random DRAM row costs a memory latency; on the H100 machine 16
- * threads gather 128-byte rows at 56 M rows/s for 1024 rows, 172 M rows/s
- * for 262144: bench/RESULTS.md). A thread per GATHER_PER_THREAD rows at
- * most: waking threads costs more than small gathers take. */
+/* Random rows: each output row is independent, so large gathers spread
+ * over threads (a random DRAM row costs a memory latency; on the H100
+ * machine 16 threads gather 128-byte rows at 56 M rows/s for 1024 rows, 172
+ * M rows/s for 262144: bench/RESULTS.md). A thread per GATHER_PER_THREAD
+ * rows at most: waking threads costs more than small gathers take. */
 #define GATHER_PER_THREAD 256
 
-int engram_store__gather_mapped(engram_store *s, const int64_t *rows, size_t n, row_out out) {
-    if (atomic_load(&s->bad)) return ENGRAM_STORE_EIO;
-    const engram_store_header *h = &s->info.header;
-    const uint8_t *base = s->map + h->data_offset;
+void engram_store__emit_rows(const engram_store_header *h, const uint8_t *base, uint64_t stride, const int64_t *idx,
+                             size_t n, row_out out) {
     /* leave two cores to the threads that issue the backend's work */
     int nt = omp_get_max_threads(), want = (int)(n / GATHER_PER_THREAD) + 1, room = omp_get_num_procs() - 2;
     if (want < nt) nt = want;
     if (room < nt) nt = room > 1 ? room : 1;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (size_t i = 0; i < n; i++) {
-        if (i + 8 < n) { /* random rows: start the miss of a row a few rows ahead */
-            const uint8_t *ahead = base + (uint64_t)rows[i + 8] * h->row_stride;
+        if (i + 8 < n && idx[i + 8] >= 0) { /* start the miss of a row a few rows ahead */
+            const uint8_t *ahead = base + (uint64_t)idx[i + 8] * stride;
             for (uint32_t o = 0; o < h->row_bytes; o += 64) __builtin_prefetch(ahead + o);
             __builtin_prefetch(ahead + h->row_bytes - 1); /* a row off a cache line (dense stride) ends in one more */
         }
-        engram_store__emit(h, base + (uint64_t)rows[i] * h->row_stride, out, i);
+        if (idx[i] >= 0) engram_store__emit(h, base + (uint64_t)idx[i] * stride, out, i);
     }
+}
+
+int engram_store__gather_mapped(engram_store *s, const int64_t *rows, size_t n, row_out out) {
+    if (atomic_load(&s->bad)) return ENGRAM_STORE_EIO;
+    const engram_store_header *h = &s->info.header;
+    engram_store__emit_rows(h, s->map + h->data_offset, h->row_stride, rows, n, out);
     return atomic_load(&s->bad) ? ENGRAM_STORE_EIO : ENGRAM_STORE_OK; /* a page was cut off under the loads */
 }

@@ -29,7 +29,9 @@
  * row_bytes, not 4*cols). Rows are Zipfian: a small hot set takes most
  * lookups. Replacement is engram/row_cache's CLOCK; admission (which misses
  * may displace CLOCK's victim at all) asks the TinyLFU sketch, which every
- * gather's lookups feed. A slot is EMPTY, LOADING
+ * gather's lookups feed (deferred: the prefetch thread counts them after
+ * the gather, between steps; any estimate counts the rest first, so
+ * admissions see exactly what counting at once gives). A slot is EMPTY, LOADING
  * (a read is in flight; whoever wants the row waits for it instead of
  * reading it again), READY, or FAILED (its read failed; waiters report EIO).
  * Gathers pin the slots they will read, so eviction never takes a row from
@@ -47,6 +49,7 @@ enum { SLOT_EMPTY, SLOT_LOADING, SLOT_READY, SLOT_FAILED };
  * nvme tier with a row cache, touched as used). Ids beyond it are dropped and counted. */
 #define PF_QUEUE (1u << 20)
 #define PF_BATCH 128u       /* ids the prefetch thread resolves per round: how long a gather may find it reading */
+#define SKETCH_BATCH 256u   /* deferred lookups the prefetch thread counts per hold of mu (~40 us): a gather's wait for it */
 
 typedef struct {
     row_cache clock; /* which row each slot holds, CLOCK (c.clock.n == 0: no cache) */
@@ -121,6 +124,7 @@ struct engram_store {
     pthread_cond_t pf_cv;
     int64_t *pf_q; /* (PF_QUEUE) */
     pthread_cond_t pf_idle; /* under pf_mu: broadcast when `gathering` drops to 0 */
+    _Atomic bool sketch_owed; /* set under mu: the sketch holds deferred lookups for the prefetch thread to count */
     size_t pf_head, pf_len;
     bool pf_stop, pf_started;
     pthread_t pf_thread;
@@ -174,6 +178,13 @@ int engram_store__dram_open(engram_store *s, int fd, size_t size, char *err, siz
  * ENGRAM_STORE_OK, or _EIO when the store is bad (its file shrank under the
  * mapping, now or before). */
 int engram_store__gather_mapped(engram_store *s, const int64_t *rows, size_t n, row_out out);
+/* Emits output row i from base + idx[i] * stride (a stored row) for every
+ * idx[i] >= 0 (the others are left as they are), each row's lines
+ * prefetched a few rows ahead, spread over threads when n is large: the
+ * copy of both tiers' gathers (the mapped table's rows; the row cache's
+ * slots). */
+void engram_store__emit_rows(const engram_store_header *h, const uint8_t *base, uint64_t stride, const int64_t *idx,
+                             size_t n, row_out out);
 /* Takes s's mapping out of the SIGBUS guard (before it is unmapped). */
 void engram_store__guard_remove(engram_store *s);
 

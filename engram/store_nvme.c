@@ -83,12 +83,15 @@ static int cache_init(engram_store *s, uint64_t budget) {
     }
     if (!n) return 0;
     store_cache *c = &s->c;
-    c->state = calloc(n, 1);
-    c->pins = calloc(n, sizeof(uint32_t));
-    c->data = malloc(n * h->row_bytes);
+    /* every array here is read at random by gathers: on huge pages */
+    c->state = util_alloc_huge(n);
+    c->pins = util_alloc_huge(n * sizeof(uint32_t));
+    c->data = util_alloc_huge(n * h->row_bytes); /* touched as slots fill */
     if (row_cache_init(&c->clock, n) || !c->state || !c->pins || !c->data ||
         freq_sketch_init(&c->sketch, n, s->p.sketch_seed))
         return -1;
+    memset(c->state, SLOT_EMPTY, n);
+    memset(c->pins, 0, n * sizeof(uint32_t));
     s->info.cache_rows = n;
     s->info.cache_bytes = cache_footprint(h->row_bytes, n);
     return 0;
@@ -267,20 +270,48 @@ int engram_store__read_reqs(engram_store *s, reader *rd, row_req *q, size_t n, r
 
 /* ---- gathers ---- */
 
+/* Lookups between a prefetch and its use. Each lookup's row touches lines
+ * in arrays of tens of millions of entries (its index entry; its slot's row
+ * id, reference bit, state and pins), each a cache miss and most a TLB
+ * miss: looked up one after another they cost the sum of their latencies.
+ * So the loop starts them ahead, in two stages: 2 * AHEAD lookups ahead the
+ * index entry (its address comes from the row id alone), AHEAD ahead the
+ * lines of the slot that entry names (the entry is in cache by then). The
+ * lookups and admissions stay in order, one row after another, and so do
+ * the sketch's counts (deferred: freq_sketch_defer). */
+#define AHEAD 16
+
+/* Stage 1 and 2 of the prefetch for row (see AHEAD; always_inline: see row_index_prefetch). */
+static inline __attribute__((always_inline)) void prefetch_entry(const store_cache *c, int64_t row) {
+    row_cache_prefetch(&c->clock, row);
+}
+
+static inline __attribute__((always_inline)) void prefetch_slot(const store_cache *c, int64_t row) {
+    int32_t k = row_cache_prefetch_slot(&c->clock, row);
+    if (k >= 0) {
+        __builtin_prefetch(&c->state[k]);
+        __builtin_prefetch(&c->pins[k], 1);
+    }
+}
+
 int engram_store__gather_nvme(engram_store *s, const int64_t *rows, size_t n, size_t n_up, row_out out) {
     const engram_store_header *h = &s->info.header;
     store_cache *c = &s->c;
-    int32_t *slot_of = malloc(n * sizeof(int32_t)); /* (n) pinned slot of each row, or -1: read uncached */
+    int64_t *slot_of = malloc(n * sizeof(int64_t)); /* (n) pinned slot of each row, or -1: read uncached */
+    uint32_t *pend = malloc(n * sizeof(uint32_t));  /* (np) the rows whose slots were not READY at the lookup */
     row_req *q = malloc(n * sizeof(row_req));
-    if (!slot_of || !q) {
-        free(slot_of), free(q);
+    if (!slot_of || !pend || !q) {
+        free(slot_of), free(pend), free(q);
         return ENGRAM_STORE_ENOMEM;
     }
-    size_t nq = 0, hits = 0;
-    bool waits = false;
+    size_t nq = 0, np = 0, hits = 0;
+    bool waits = false, cache = c->clock.n > 0;
     atomic_fetch_add(&s->gathering, 1); /* the prefetch thread holds off its next batch */
     pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < 2 * AHEAD && i < n && cache; i++) prefetch_entry(c, rows[i]);
     for (size_t i = 0; i < n; i++) {
+        if (cache && i + 2 * AHEAD < n) prefetch_entry(c, rows[i + 2 * AHEAD]);
+        if (cache && i + AHEAD < n) prefetch_slot(c, rows[i + AHEAD]);
         uint64_t off = h->data_offset + (uint64_t)rows[i] * h->row_stride;
         int32_t k = row_cache_find(&c->clock, rows[i]);
         if (k >= 0) { /* cached, or in flight: a repeat in this call, or another thread's read */
@@ -290,17 +321,21 @@ int engram_store__gather_nvme(engram_store *s, const int64_t *rows, size_t n, si
                 hits++;
             } else {
                 waits = true;
+                pend[np++] = (uint32_t)i;
             }
         } else if (i >= n_up && (k = engram_store__alloc_slot(s, rows[i], true)) >= 0) { /* rows going up pass */
             c->pins[k]++;
             q[nq++] = (row_req){off, NO_IDX, k};
+            pend[np++] = (uint32_t)i;
         } else {
             q[nq++] = (row_req){off, i, -1};
         }
         slot_of[i] = k;
         /* counted after the admission: a row must have been asked for more often before this lookup
-         * than the victim was, so that rows as hot as each other do not evict each other in turn */
-        if (c->clock.n) freq_sketch_add(&c->sketch, (uint64_t)rows[i]);
+         * than the victim was, so that rows as hot as each other do not evict each other in turn; counted
+         * later, off the gather's path (its 6 random lines cost more than the hit itself), by the prefetch
+         * thread, or first thing by the next estimate */
+        if (cache) freq_sketch_defer(&c->sketch, (uint64_t)rows[i]);
     }
     pthread_mutex_unlock(&s->mu);
     double t0 = util_now();
@@ -316,42 +351,51 @@ int engram_store__gather_nvme(engram_store *s, const int64_t *rows, size_t n, si
         pthread_cond_broadcast(&s->pf_idle);
         pthread_mutex_unlock(&s->pf_mu);
     }
-    /* Wait for rows in flight, note which failed, then decode outside the
-     * lock: a pinned READY slot is never evicted nor rewritten. */
+    /* Wait for rows in flight and note which failed (a slot READY at the
+     * lookup stays so while pinned: only the others are checked), then copy
+     * outside the lock: a pinned READY slot is never evicted nor rewritten. */
+    if (np) {
+        pthread_mutex_lock(&s->mu);
+        for (size_t j = 0; j < np; j++) {
+            int64_t k = slot_of[pend[j]];
+            while (c->state[k] == SLOT_LOADING) pthread_cond_wait(&s->ready, &s->mu);
+            if (c->state[k] != SLOT_READY) rc = rc ? rc : ENGRAM_STORE_EIO;
+        }
+        pthread_mutex_unlock(&s->mu);
+    }
+    double stall = nq || waits ? util_now() - t0 : 0;
+    if (rc == ENGRAM_STORE_OK) engram_store__emit_rows(h, c->data, h->row_bytes, slot_of, n, out);
     pthread_mutex_lock(&s->mu);
     for (size_t i = 0; i < n; i++) {
-        int32_t k = slot_of[i];
-        while (k >= 0 && c->state[k] == SLOT_LOADING) pthread_cond_wait(&s->ready, &s->mu);
-        if (k >= 0 && c->state[k] != SLOT_READY) rc = rc ? rc : ENGRAM_STORE_EIO;
-    }
-    pthread_mutex_unlock(&s->mu);
-    double stall = nq || waits ? util_now() - t0 : 0;
-    if (rc == ENGRAM_STORE_OK)
-        for (size_t i = 0; i < n; i++)
-            if (slot_of[i] >= 0) engram_store__emit(h, c->data + (size_t)slot_of[i] * h->row_bytes, out, i);
-    pthread_mutex_lock(&s->mu);
-    for (size_t i = 0; i < n; i++)
+        if (i + AHEAD < n && slot_of[i + AHEAD] >= 0) __builtin_prefetch(&c->pins[slot_of[i + AHEAD]], 1);
         if (slot_of[i] >= 0) c->pins[slot_of[i]]--;
+    }
     /* rows going up leave the cache once no other gather reads them (one that does keeps the row: rare, and
      * engram_store_count_cached would show it) */
     size_t up = 0;
-    for (size_t i = 0; i < n_up && rc == ENGRAM_STORE_OK && c->clock.n; i++) {
-        int32_t k = slot_of[i];
+    for (size_t i = 0; i < n_up && rc == ENGRAM_STORE_OK && cache; i++) {
+        int64_t k = slot_of[i];
         if (k >= 0 && (c->pins[k] || c->state[k] != SLOT_READY)) continue;
         if (k >= 0) {
-            row_cache_drop(&c->clock, k);
+            row_cache_drop(&c->clock, (int32_t)k);
             c->state[k] = SLOT_EMPTY;
         }
         up++;
     }
+    if (cache) atomic_store(&s->sketch_owed, true);
     pthread_mutex_unlock(&s->mu);
+    if (cache) { /* the prefetch thread counts the lookups now, while the step computes */
+        pthread_mutex_lock(&s->pf_mu);
+        pthread_cond_signal(&s->pf_cv);
+        pthread_mutex_unlock(&s->pf_mu);
+    }
     counter_add(&s->promotions, up);
     counter_add(&s->lookups, n);
     counter_add(&s->dram_hits, hits);
     counter_add(&s->nvme_hits, n - hits);
     counter_add(&s->gathers, 1);
     counter_observe(s->stall_hist, &s->stall_ns, stall);
-    free(slot_of), free(q);
+    free(slot_of), free(pend), free(q);
     return rc;
 }
 
