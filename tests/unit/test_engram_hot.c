@@ -1,7 +1,10 @@
 /* Unit tests of the Engram store's steady-state parts: the TinyLFU frequency
  * sketch (never below the exact counts a plain array keeps, deterministic
- * under a seed, halving), admission (a hot set survives a scan of one-off
- * rows under TinyLFU and not under admit-on-first-touch), and warm restarts
+ * under a seed, halving; lookups deferred and counted later leave it exactly
+ * as counting each at once does), admission (a hot set survives a scan of
+ * one-off rows under TinyLFU and not under admit-on-first-touch; the store's
+ * staged, deferred gathers admit, reject, evict and hit exactly as a
+ * one-lookup-at-a-time model of CLOCK and TinyLFU), and warm restarts
  * (the hot-row file round-trips: a reopened store serves the saved rows
  * from DRAM without one NVMe read, waiting or in the background; a file
  * written for another table, damaged, truncated or foreign is ignored and
@@ -14,6 +17,7 @@
 #include <unistd.h>
 
 #include "engram/freq_sketch.h"
+#include "engram/row_cache.h"
 #include "engram/store.h"
 
 static char dir[] = "/tmp/test_engram_hot.XXXXXX";
@@ -95,6 +99,40 @@ START_TEST(test_sketch_seeded) {
     }
     ck_assert_int_gt(differ, 0);
     freq_sketch_free(&a), freq_sketch_free(&b), freq_sketch_free(&c);
+}
+END_TEST
+
+/* Deferred lookups (freq_sketch_defer), counted in chunks of any size at
+ * any time, with estimates and a seed in between (which count the rest
+ * first), and past a full list: the counters, the doorkeeper and the
+ * halving clock end bit for bit as those of a sketch that counted each
+ * lookup at once, and every estimate on the way agrees. Through several
+ * halvings (a sketch of 64: sample 640). */
+START_TEST(test_sketch_deferred) {
+    freq_sketch a, b;
+    ck_assert_int_eq(freq_sketch_init(&a, 64, 11), 0);
+    ck_assert_int_eq(freq_sketch_init(&b, 64, 11), 0);
+    for (int i = 0; i < 20000; i++) {
+        uint64_t id = next32() % 100 < 60 ? next32() % 30 : next32() % 5000;
+        freq_sketch_add(&a, id);
+        freq_sketch_defer(&b, id);
+        uint32_t r = next32() % 1000;
+        if (r < 20) freq_sketch_settle(&b, next32() % 300);
+        else if (r < 25) ck_assert_uint_eq(freq_sketch_estimate(&b, id), freq_sketch_estimate(&a, id));
+        else if (r < 26) freq_sketch_seed(&a, id + 7, 9), freq_sketch_seed(&b, id + 7, 9);
+    }
+    for (uint32_t i = 0; i < FREQ_SKETCH_OWED + 100; i++) { /* one past a full list: it counts them first */
+        uint64_t id = next32() % 3000;
+        freq_sketch_add(&a, id);
+        freq_sketch_defer(&b, id);
+    }
+    ck_assert_uint_gt(freq_sketch_settle(&b, 0), 0);
+    ck_assert_uint_eq(freq_sketch_settle(&b, UINT32_MAX), 0);
+    ck_assert_uint_eq(a.added, b.added);
+    ck_assert(!memcmp(a.cnt, b.cnt, 2 * a.width));
+    ck_assert(!memcmp(a.door, b.door, a.width));
+    for (uint64_t id = 0; id < 5000; id++) ck_assert_uint_eq(freq_sketch_estimate(&a, id), freq_sketch_estimate(&b, id));
+    freq_sketch_free(&a), freq_sketch_free(&b);
 }
 END_TEST
 
@@ -200,6 +238,86 @@ START_TEST(test_admission_deterministic) {
         unlink(hot);
     }
     ck_assert(!memcmp(held[0], held[1], sizeof(held[0])));
+}
+END_TEST
+
+/* The semantics of a gather through the row cache, one lookup at a time,
+ * written plainly (the reference for the store's staged lookups and
+ * deferred counts): each row in order is found (a DRAM hit when an earlier
+ * gather loaded it; either way its slot is pinned to the gather's end), or
+ * takes CLOCK's victim, passing over the gather's pinned slots, unless
+ * TinyLFU counts the victim at least as often (then it is read uncached);
+ * then the row counts in the sketch. */
+typedef struct {
+    row_cache c;
+    freq_sketch f;
+    bool tinylfu;
+    uint8_t pinned[128], ready[128];
+    uint64_t hits, admitted, rejected, evicted;
+} cache_model;
+
+static bool model_busy(const void *ctx, uint32_t k) { return ((const cache_model *)ctx)->pinned[k]; }
+
+static void model_gather(cache_model *m, const int64_t *rows, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        int32_t k = row_cache_find(&m->c, rows[i]);
+        if (k >= 0) {
+            if (m->ready[k]) row_cache_hit(&m->c, k), m->hits++;
+            m->pinned[k] = 1;
+        } else if ((k = row_cache_victim(&m->c, model_busy, m)) >= 0) {
+            int64_t v = m->c.row[k];
+            if (m->tinylfu && v >= 0 &&
+                freq_sketch_estimate(&m->f, (uint64_t)rows[i]) <= freq_sketch_estimate(&m->f, (uint64_t)v)) {
+                m->rejected++;
+            } else {
+                m->evicted += row_cache_put(&m->c, k, rows[i]) >= 0;
+                m->admitted++;
+                m->pinned[k] = 1, m->ready[k] = 0;
+            }
+        }
+        freq_sketch_add(&m->f, (uint64_t)rows[i]);
+    }
+    for (int k = 0; k < 128; k++)
+        if (m->pinned[k]) m->pinned[k] = 0, m->ready[k] = 1;
+}
+
+/* The store against that model, under both admission policies: gathers of
+ * 1 to 300 rows (shorter and longer than the lookup loop's prefetch
+ * distances) of a skewed trace through a cache of 128 slots agree after
+ * every gather on hits, admissions, rejections and evictions, and at the
+ * end on the rows cached; the rows are the table's. */
+START_TEST(test_gather_model) {
+    write_table(0);
+    int64_t rows[300];
+    for (int a = 0; a < 2; a++) {
+        engram_store *s = open_store(ENGRAM_STORE_WARM_OFF, a ? ENGRAM_STORE_ADMIT_ALL : ENGRAM_STORE_ADMIT_TINYLFU, 128);
+        ck_assert_uint_eq(stats(s).cache_capacity, 128);
+        cache_model m = {.tinylfu = !a};
+        ck_assert_int_eq(row_cache_init(&m.c, 128), 0);
+        ck_assert_int_eq(freq_sketch_init(&m.f, 128, 3), 0); /* open_store's seed */
+        for (int g = 0; g < 300; g++) {
+            size_t n = 1 + next32() % 300;
+            for (size_t i = 0; i < n; i++) rows[i] = next32() % 100 < 70 ? next32() % 300 : next32() % NROWS;
+            gather_check(s, rows, n);
+            model_gather(&m, rows, n);
+            engram_store_stats st = stats(s);
+            ck_assert_uint_eq(st.dram_hits, m.hits);
+            ck_assert_uint_eq(st.admissions, m.admitted);
+            ck_assert_uint_eq(st.rejections, m.rejected);
+            ck_assert_uint_eq(st.evictions, m.evicted);
+        }
+        ck_assert_uint_gt(m.hits, 1000);
+        ck_assert_uint_gt(a ? m.evicted : m.rejected, 1000);
+        int64_t held[128];
+        size_t nh = 0;
+        for (int k = 0; k < 128; k++)
+            if (m.c.row[k] >= 0) held[nh++] = m.c.row[k];
+        ck_assert_uint_eq(stats(s).cache_rows, nh);
+        ck_assert_uint_eq(engram_store_count_cached(s, held, nh), nh);
+        row_cache_free(&m.c);
+        freq_sketch_free(&m.f);
+        engram_store_close(s);
+    }
 }
 END_TEST
 
@@ -357,12 +475,14 @@ static Suite *hot_suite(void) {
     tcase_add_test(tc, test_sketch_bounds);
     tcase_add_test(tc, test_sketch_halving);
     tcase_add_test(tc, test_sketch_seeded);
+    tcase_add_test(tc, test_sketch_deferred);
     suite_add_tcase(s, tc);
     tc = tcase_create("store");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_admission_scan);
     tcase_add_test(tc, test_admission_deterministic);
+    tcase_add_test(tc, test_gather_model);
     tcase_add_test(tc, test_hot_round_trip);
     tcase_add_test(tc, test_hot_ignored);
     tcase_add_test(tc, test_hot_v41_dense);
