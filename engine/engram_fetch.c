@@ -420,7 +420,7 @@ size_t engram_fetch_tier_overlap(engram_fetch *f) {
     if (!rows) return 0;
     size_t n = 0;
     for (uint32_t k = 0; k < f->C; k++)
-        if (f->cache.row[k] >= 0) rows[n++] = f->cache.row[k];
+        if (f->cache.slot[k].row >= 0) rows[n++] = f->cache.slot[k].row;
     size_t both = engram_store_count_cached(f->store, rows, n);
     free(rows);
     return both;
@@ -431,8 +431,8 @@ uint32_t engram_fetch_cache_slots(const engram_fetch *f) { return f->C; }
 size_t engram_fetch_hot_rows(engram_fetch *f, int64_t *rows, uint32_t *counts) {
     size_t n = 0;
     for (uint32_t k = 0; k < f->C; k++)
-        if (f->cache.row[k] >= 0) {
-            rows[n] = f->cache.row[k];
+        if (f->cache.slot[k].row >= 0) {
+            rows[n] = f->cache.slot[k].row;
             counts[n++] = f->chits[k];
         }
     return n;

@@ -1,10 +1,10 @@
 /* The one CLOCK (second chance) of Engram's row caches: the store's DRAM row
  * cache (engram/store_nvme.c) and the backend's HBM hot-row index
  * (engine/engram_fetch.c). Fixed slots, each holding one row id or none,
- * found by id through engram/row_index.h. The caller keeps the rows' bytes
- * and whatever else a slot needs (load states, pins, step stamps) in arrays
- * of its own, and tells the hand which slots to pass over. Not thread-safe:
- * callers lock. */
+ * found by id through engram/row_index.h. Each slot (row_slot) has room for
+ * the owner's pins and load state; the caller keeps the rows' bytes and
+ * anything else a slot needs (step stamps) in arrays of its own, and tells
+ * the hand which slots to pass over. Not thread-safe: callers lock. */
 #ifndef ENGRAM_ROW_CACHE_H
 #define ENGRAM_ROW_CACHE_H
 
@@ -17,9 +17,8 @@ typedef struct {
     uint32_t n;      /* slots (0: no cache) */
     uint32_t hand;   /* the slot the hand looks at next */
     uint64_t used;   /* slots holding a row (those in the index) */
-    int64_t *row;    /* (n) row id a slot holds, -1 none */
-    uint8_t *ref;    /* (n) reference bit: set by a hit, cleared as the hand passes */
-    row_index index; /* row id -> slot, over row[] */
+    row_slot *slot;  /* (n) row id a slot holds (-1 none); reference bit: set by a hit, cleared as the hand passes */
+    row_index index; /* row id -> slot, over slot[] */
 } row_cache;
 
 /* Slots the hand must pass over this sweep (pinned, being loaded, used by the
@@ -41,25 +40,21 @@ static inline int32_t row_cache_find(const row_cache *c, int64_t row) {
 
 /* Prefetching for a caller that looks many rows up in a row: stage 1 starts
  * loading row's index entry; stage 2, some lookups later (the entry
- * loaded), starts loading the row id and reference bit of the slot the
- * entry names and returns that slot (a guess, see row_index_guess: for
- * prefetching the caller's own per-slot arrays), or -1. (always_inline:
- * see row_index_prefetch.) */
+ * loaded), starts loading the slot the entry names (row_slot: one line) and
+ * returns it (a guess, see row_index_guess: for prefetching the caller's
+ * own per-slot arrays), or -1. (always_inline: see row_index_prefetch.) */
 static inline __attribute__((always_inline)) void row_cache_prefetch(const row_cache *c, int64_t row) {
     if (c->n) row_index_prefetch(&c->index, row);
 }
 
 static inline __attribute__((always_inline)) int32_t row_cache_prefetch_slot(const row_cache *c, int64_t row) {
     int32_t k = c->n ? row_index_guess(&c->index, row) : -1;
-    if (k >= 0) {
-        __builtin_prefetch(&c->row[k]);
-        __builtin_prefetch(&c->ref[k], 1);
-    }
+    if (k >= 0) __builtin_prefetch(&c->slot[k], 1);
     return k;
 }
 
 /* A hit on slot k: the row survives the hand's next pass. */
-static inline void row_cache_hit(row_cache *c, int32_t k) { c->ref[k] = 1; }
+static inline void row_cache_hit(row_cache *c, int32_t k) { c->slot[k].ref = 1; }
 
 /* CLOCK: moves the hand over at most two sweeps for a slot that is not busy
  * and either empty or unreferenced (a referenced one loses its bit and is

@@ -384,8 +384,8 @@ int engram_store_hot_save(engram_store *s, const int64_t *upper, const uint32_t 
     for (uint32_t k0 = 0; k0 < s->c.clock.n; k0 += 65536) { /* the lock in pieces: gathers go on between */
         pthread_mutex_lock(&s->mu);
         for (uint32_t k = k0; k < s->c.clock.n && k - k0 < 65536; k++) {
-            int64_t row = s->c.clock.row[k];
-            if (row < 0 || s->c.state[k] != SLOT_READY) continue;
+            int64_t row = s->c.clock.slot[k].row;
+            if (row < 0 || s->c.clock.slot[k].state != SLOT_READY) continue;
             put_entry(p, row, freq_sketch_estimate(&s->c.sketch, (uint64_t)row), 0);
             p += ENGRAM_STORE_HOT_ENTRY, n++;
         }

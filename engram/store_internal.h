@@ -43,7 +43,7 @@
  * waiting. */
 enum { SLOT_EMPTY, SLOT_LOADING, SLOT_READY, SLOT_FAILED };
 #define NO_IDX SIZE_MAX
-#define SLOT_OVERHEAD 38u   /* bytes per slot besides its row: row id 8, state 1, ref 1, pins 4, index <= 16, sketch <= 6 */
+#define SLOT_OVERHEAD 38u   /* bytes per slot besides its row: row_slot 16, index <= 16, sketch <= 6 */
 /* Prefetch ids waiting at most: a whole prefill step's rows (16,384 tokens x 24 rows of V4.1's
  * layer: 393k) fit, so --engram-lookahead can cover the next step (8 MiB of ids, only on the
  * nvme tier with a row cache, touched as used). Ids beyond it are dropped and counted. */
@@ -52,9 +52,8 @@ enum { SLOT_EMPTY, SLOT_LOADING, SLOT_READY, SLOT_FAILED };
 #define SKETCH_BATCH 256u   /* deferred lookups the prefetch thread counts per hold of mu (~40 us): a gather's wait for it */
 
 typedef struct {
-    row_cache clock; /* which row each slot holds, CLOCK (c.clock.n == 0: no cache) */
-    uint8_t *state;  /* (n) SLOT_* */
-    uint32_t *pins;  /* (n) gathers that will read the slot */
+    row_cache clock; /* which row each slot holds, CLOCK (c.clock.n == 0: no cache); each slot's state
+                      * (SLOT_*) and pins (gathers that will read it) in its row_slot */
     uint8_t *data;   /* (n, row_bytes) raw rows */
     freq_sketch sketch; /* recent lookups of every row (admission, the hot-row file's counts) */
 } store_cache;

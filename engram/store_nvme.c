@@ -22,7 +22,7 @@
 /* The hand passes over slots that a gather will read or a read is filling. */
 static bool slot_busy(const void *ctx, uint32_t k) {
     const store_cache *c = ctx;
-    return c->pins[k] || c->state[k] == SLOT_LOADING;
+    return c->clock.slot[k].pins || c->clock.slot[k].state == SLOT_LOADING;
 }
 
 /* A slot for row, now LOADING and indexed, or -1 when every slot is pinned
@@ -35,7 +35,7 @@ int32_t engram_store__alloc_slot(engram_store *s, int64_t row, bool filter) {
     store_cache *c = &s->c;
     int32_t k = row_cache_victim(&c->clock, slot_busy, c);
     if (k < 0) return -1;
-    int64_t victim = c->clock.row[k];
+    int64_t victim = c->clock.slot[k].row;
     if (filter && victim >= 0 && s->p.admission == ENGRAM_STORE_ADMIT_TINYLFU &&
         freq_sketch_estimate(&c->sketch, (uint64_t)row) <= freq_sketch_estimate(&c->sketch, (uint64_t)victim)) {
         counter_add(&s->rejections, 1);
@@ -43,7 +43,7 @@ int32_t engram_store__alloc_slot(engram_store *s, int64_t row, bool filter) {
     }
     if (row_cache_put(&c->clock, k, row) >= 0) counter_add(&s->evictions, 1);
     counter_add(&s->admissions, 1);
-    c->state[k] = SLOT_LOADING;
+    c->clock.slot[k].state = SLOT_LOADING;
     return k;
 }
 
@@ -52,23 +52,24 @@ void engram_store__fail_unfinished(engram_store *s, const row_req *q, size_t n) 
     pthread_mutex_lock(&s->mu);
     for (size_t i = 0; i < n; i++) {
         int32_t k = q[i].slot;
-        if (k >= 0 && s->c.state[k] == SLOT_LOADING) {
+        if (k >= 0 && s->c.clock.slot[k].state == SLOT_LOADING) {
             row_cache_drop(&s->c.clock, k);
-            s->c.state[k] = SLOT_FAILED;
+            s->c.clock.slot[k].state = SLOT_FAILED;
         }
     }
     pthread_cond_broadcast(&s->ready);
     pthread_mutex_unlock(&s->mu);
 }
 
-/* DRAM of a row cache of n slots: the rows, their id, state, ref and pins,
- * the index (a power of two >= 2n entries of 4 bytes) and the sketch (a
- * power of two >= n, at least 64: 2 bytes of counters and 1 of doorkeeper each). */
+/* DRAM of a row cache of n slots: the rows, their slots (row_slot: id,
+ * ref, pins, state), the index (a power of two >= 2n entries of 4 bytes)
+ * and the sketch (a power of two >= n, at least 64: 2 bytes of counters and
+ * 1 of doorkeeper each). */
 static uint64_t cache_footprint(uint32_t row_bytes, uint64_t n) {
     uint64_t idx = 2, w = 64;
     while (idx < 2 * n) idx <<= 1;
     while (w < n) w <<= 1;
-    return n * (row_bytes + 8 + 1 + 1 + 4) + idx * 4 + w * 3;
+    return n * (row_bytes + sizeof(row_slot)) + idx * 4 + w * 3;
 }
 
 /* Sizes and allocates the row cache for a budget of `budget` bytes. */
@@ -83,15 +84,8 @@ static int cache_init(engram_store *s, uint64_t budget) {
     }
     if (!n) return 0;
     store_cache *c = &s->c;
-    /* every array here is read at random by gathers: on huge pages */
-    c->state = util_alloc_huge(n);
-    c->pins = util_alloc_huge(n * sizeof(uint32_t));
-    c->data = util_alloc_huge(n * h->row_bytes); /* touched as slots fill */
-    if (row_cache_init(&c->clock, n) || !c->state || !c->pins || !c->data ||
-        freq_sketch_init(&c->sketch, n, s->p.sketch_seed))
-        return -1;
-    memset(c->state, SLOT_EMPTY, n);
-    memset(c->pins, 0, n * sizeof(uint32_t));
+    c->data = util_alloc_huge(n * h->row_bytes); /* read at random by gathers; touched as slots fill */
+    if (row_cache_init(&c->clock, n) || !c->data || freq_sketch_init(&c->sketch, n, s->p.sketch_seed)) return -1;
     s->info.cache_rows = n;
     s->info.cache_bytes = cache_footprint(h->row_bytes, n);
     return 0;
@@ -143,7 +137,7 @@ static int finish_run(engram_store *s, const row_req *q, const block_run *r, con
     if (cached) {
         pthread_mutex_lock(&s->mu);
         for (uint32_t i = 0; i < r->n; i++)
-            if (q[i].slot >= 0) s->c.state[q[i].slot] = SLOT_READY;
+            if (q[i].slot >= 0) s->c.clock.slot[q[i].slot].state = SLOT_READY;
         pthread_cond_broadcast(&s->ready);
         pthread_mutex_unlock(&s->mu);
     }
@@ -271,9 +265,9 @@ int engram_store__read_reqs(engram_store *s, reader *rd, row_req *q, size_t n, r
 /* ---- gathers ---- */
 
 /* Lookups between a prefetch and its use. Each lookup's row touches lines
- * in arrays of tens of millions of entries (its index entry; its slot's row
- * id, reference bit, state and pins), each a cache miss and most a TLB
- * miss: looked up one after another they cost the sum of their latencies.
+ * in arrays of tens of millions of entries (its index entry; its slot: row
+ * id, reference bit, state and pins in one line), each a cache miss and
+ * most a TLB miss: looked up one after another they cost the sum of their latencies.
  * So the loop starts them ahead, in two stages: 2 * AHEAD lookups ahead the
  * index entry (its address comes from the row id alone), AHEAD ahead the
  * lines of the slot that entry names (the entry is in cache by then). The
@@ -287,11 +281,7 @@ static inline __attribute__((always_inline)) void prefetch_entry(const store_cac
 }
 
 static inline __attribute__((always_inline)) void prefetch_slot(const store_cache *c, int64_t row) {
-    int32_t k = row_cache_prefetch_slot(&c->clock, row);
-    if (k >= 0) {
-        __builtin_prefetch(&c->state[k]);
-        __builtin_prefetch(&c->pins[k], 1);
-    }
+    (void)row_cache_prefetch_slot(&c->clock, row); /* its row id, bit, pins and state: one line */
 }
 
 int engram_store__gather_nvme(engram_store *s, const int64_t *rows, size_t n, size_t n_up, row_out out) {
@@ -315,8 +305,8 @@ int engram_store__gather_nvme(engram_store *s, const int64_t *rows, size_t n, si
         uint64_t off = h->data_offset + (uint64_t)rows[i] * h->row_stride;
         int32_t k = row_cache_find(&c->clock, rows[i]);
         if (k >= 0) { /* cached, or in flight: a repeat in this call, or another thread's read */
-            c->pins[k]++;
-            if (c->state[k] == SLOT_READY) {
+            c->clock.slot[k].pins++;
+            if (c->clock.slot[k].state == SLOT_READY) {
                 row_cache_hit(&c->clock, k);
                 hits++;
             } else {
@@ -324,7 +314,7 @@ int engram_store__gather_nvme(engram_store *s, const int64_t *rows, size_t n, si
                 pend[np++] = (uint32_t)i;
             }
         } else if (i >= n_up && (k = engram_store__alloc_slot(s, rows[i], true)) >= 0) { /* rows going up pass */
-            c->pins[k]++;
+            c->clock.slot[k].pins++;
             q[nq++] = (row_req){off, NO_IDX, k};
             pend[np++] = (uint32_t)i;
         } else {
@@ -358,8 +348,8 @@ int engram_store__gather_nvme(engram_store *s, const int64_t *rows, size_t n, si
         pthread_mutex_lock(&s->mu);
         for (size_t j = 0; j < np; j++) {
             int64_t k = slot_of[pend[j]];
-            while (c->state[k] == SLOT_LOADING) pthread_cond_wait(&s->ready, &s->mu);
-            if (c->state[k] != SLOT_READY) rc = rc ? rc : ENGRAM_STORE_EIO;
+            while (c->clock.slot[k].state == SLOT_LOADING) pthread_cond_wait(&s->ready, &s->mu);
+            if (c->clock.slot[k].state != SLOT_READY) rc = rc ? rc : ENGRAM_STORE_EIO;
         }
         pthread_mutex_unlock(&s->mu);
     }
@@ -367,18 +357,18 @@ int engram_store__gather_nvme(engram_store *s, const int64_t *rows, size_t n, si
     if (rc == ENGRAM_STORE_OK) engram_store__emit_rows(h, c->data, h->row_bytes, slot_of, n, out);
     pthread_mutex_lock(&s->mu);
     for (size_t i = 0; i < n; i++) {
-        if (i + AHEAD < n && slot_of[i + AHEAD] >= 0) __builtin_prefetch(&c->pins[slot_of[i + AHEAD]], 1);
-        if (slot_of[i] >= 0) c->pins[slot_of[i]]--;
+        if (i + AHEAD < n && slot_of[i + AHEAD] >= 0) __builtin_prefetch(&c->clock.slot[slot_of[i + AHEAD]], 1);
+        if (slot_of[i] >= 0) c->clock.slot[slot_of[i]].pins--;
     }
     /* rows going up leave the cache once no other gather reads them (one that does keeps the row: rare, and
      * engram_store_count_cached would show it) */
     size_t up = 0;
     for (size_t i = 0; i < n_up && rc == ENGRAM_STORE_OK && cache; i++) {
         int64_t k = slot_of[i];
-        if (k >= 0 && (c->pins[k] || c->state[k] != SLOT_READY)) continue;
+        if (k >= 0 && (c->clock.slot[k].pins || c->clock.slot[k].state != SLOT_READY)) continue;
         if (k >= 0) {
             row_cache_drop(&c->clock, (int32_t)k);
-            c->state[k] = SLOT_EMPTY;
+            c->clock.slot[k].state = SLOT_EMPTY;
         }
         up++;
     }
@@ -422,7 +412,7 @@ size_t engram_store_demote(engram_store *s, const int64_t *rows, size_t n, const
     pthread_mutex_lock(&s->mu);
     for (size_t i = 0; i < n; i++)
         if (slot[i] >= 0) {
-            c->state[slot[i]] = SLOT_READY;
+            c->clock.slot[slot[i]].state = SLOT_READY;
             taken++;
         }
     pthread_cond_broadcast(&s->ready);
@@ -539,8 +529,6 @@ int engram_store__nvme_open(engram_store *s, int fd, char *err, size_t errlen) {
 void engram_store__nvme_free(engram_store *s) {
     engram_store__reader_free(&s->rd);
     row_cache_free(&s->c.clock);
-    free(s->c.state);
-    free(s->c.pins);
     free(s->c.data);
     freq_sketch_free(&s->c.sketch);
 }

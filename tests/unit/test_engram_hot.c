@@ -265,7 +265,7 @@ static void model_gather(cache_model *m, const int64_t *rows, size_t n) {
             if (m->ready[k]) row_cache_hit(&m->c, k), m->hits++;
             m->pinned[k] = 1;
         } else if ((k = row_cache_victim(&m->c, model_busy, m)) >= 0) {
-            int64_t v = m->c.row[k];
+            int64_t v = m->c.slot[k].row;
             if (m->tinylfu && v >= 0 &&
                 freq_sketch_estimate(&m->f, (uint64_t)rows[i]) <= freq_sketch_estimate(&m->f, (uint64_t)v)) {
                 m->rejected++;
@@ -311,7 +311,7 @@ START_TEST(test_gather_model) {
         int64_t held[128];
         size_t nh = 0;
         for (int k = 0; k < 128; k++)
-            if (m.c.row[k] >= 0) held[nh++] = m.c.row[k];
+            if (m.c.slot[k].row >= 0) held[nh++] = m.c.slot[k].row;
         ck_assert_uint_eq(stats(s).cache_rows, nh);
         ck_assert_uint_eq(engram_store_count_cached(s, held, nh), nh);
         row_cache_free(&m.c);
