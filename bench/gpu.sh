@@ -47,6 +47,10 @@
 #           two L's steps over their difference in layers; then --cuda-profile
 #           ops (graphs off) at the first L, batch 1 and 64: each op's time,
 #           the hyper-connections' (hc_*) among them
+#   hits    the nvme tier's DRAM-cache hit path against the mapped table on
+#           this host's CPU (issue 22): bench-store --hits over a 4 GiB table
+#           of 128-byte rows in TBL_DIR, HITS_ROWS (default 16M) rows all in
+#           the row cache, gathers of 8,800 rows (profile4b's step) 3 ms apart
 #   moe30b  synthetic qwen3-30b-a3b (bf16, 61 GB): engram-run single-stream
 #           greedy decode (16-token prompt, 256 tokens, --warmup), then the
 #           paper's workload through bench-throughput (MOE_KV KV tokens,
@@ -254,6 +258,13 @@ run_sec() {
              --engram-dram-budget ${NVME_BUDGET:-6103M} --engram-warm-start wait ${NVME_FLAGS:-})
     echo "-- bench-throughput ${f[*]}"
     timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" | grep -vE '^\{' ;;
+  hits)
+    local tdir=${TBL_DIR:-.gpu-tbl}
+    mkdir -p $tdir; rm -f $tdir/hits.tbl
+    local f=(--hits ${HITS_ROWS:-16000000} --gib 4 --cols 64 --batch 8800 --compute-us 3000 --seconds 0.5 --rounds 3
+             --file $tdir/hits.tbl)
+    echo "-- bench-store ${f[*]}"
+    timeout 300 "$pack/run" bench-store "${f[@]}" ;;
   pairs4b|pairs8b) # PAIRS times the backbone then the Engram model, interleaved (run-to-run noise)
     local x=${1#pairs}
     for i in $(seq ${PAIRS:-3}); do echo "-- pair $i"; run_sec tput$x; run_sec engram$x; done ;;

@@ -127,7 +127,12 @@ void freq_sketch_defer(freq_sketch *f, uint64_t id) {
         record(f, id); /* nothing is owed without the list: counting now keeps the order */
         return;
     }
-    if (f->owed_n == FREQ_SKETCH_OWED) freq_sketch_settle(f, UINT32_MAX);
+    if (f->owed_n == FREQ_SKETCH_OWED) { /* the oldest sixteenth now (a few ms), the list moved down */
+        freq_sketch_settle(f, FREQ_SKETCH_OWED / 16);
+        memmove(f->owed, f->owed + f->owed_head, (f->owed_n - f->owed_head) * sizeof(uint64_t));
+        f->owed_n -= f->owed_head;
+        f->owed_head = 0;
+    }
     f->owed[f->owed_n++] = id;
 }
 

@@ -50,7 +50,8 @@ void freq_sketch_add(freq_sketch *f, uint64_t id);
 
 /* One lookup of id, counted later: by freq_sketch_settle, or by the next
  * add, seed or estimate (which settle first), in the order of the calls.
- * A full list is settled first; without memory for one it counts now. */
+ * A full list has its oldest sixteenth counted first; without memory for a
+ * list it counts now. */
 void freq_sketch_defer(freq_sketch *f, uint64_t id);
 
 /* Counts up to max deferred lookups, oldest first (their lines prefetched

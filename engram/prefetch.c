@@ -31,9 +31,11 @@ int engram_store_prefetch(engram_store *s, const int64_t *rows, size_t n) {
  * it, and a refused one would be read again by that step's gather, on the
  * forward pass's path (the gather's lookup then counts it in the sketch).
  * It starts no batch while a gather runs: the disk is the gather's then.
- * Rows the tier above holds are left out (engram_store_set_above). With no
- * ids waiting it counts the lookups gathers deferred (freq_sketch_defer),
- * SKETCH_BATCH per hold of the lock, also only while no gather runs. */
+ * Rows the tier above holds are left out (engram_store_set_above). It also
+ * counts the lookups gathers deferred (freq_sketch_defer), SKETCH_BATCH per
+ * hold of the lock and round (ids or not: reads that never stop must not
+ * leave the counts to pile up for a gather), also only while no gather
+ * runs. */
 static void *prefetch_main(void *arg) {
     engram_store *s = arg;
     const engram_store_header *h = &s->info.header;
@@ -55,12 +57,12 @@ static void *prefetch_main(void *arg) {
         s->pf_head = (s->pf_head + m) % PF_QUEUE;
         s->pf_len -= m;
         pthread_mutex_unlock(&s->pf_mu);
-        if (!m) { /* no ids: the sketch's owed lookups */
+        if (atomic_load(&s->sketch_owed)) { /* the sketch's owed lookups first: a few tens of microseconds */
             pthread_mutex_lock(&s->mu);
             if (!freq_sketch_settle(&s->c.sketch, SKETCH_BATCH)) atomic_store(&s->sketch_owed, false);
             pthread_mutex_unlock(&s->mu);
-            continue;
         }
+        if (!m) continue;
 
         size_t nq = 0;
         pthread_mutex_lock(&s->mu);
