@@ -105,16 +105,21 @@ static inline __attribute__((always_inline)) void prefetch(const freq_sketch *f,
 /* Lookups between a prefetch and its count: the lines of the next ones load while these count. */
 #define AHEAD 16
 
+/* The i-th owed lookup, oldest first. */
+static uint64_t owed_at(const freq_sketch *f, uint32_t i) {
+    return f->owed[(f->owed_head + i) & (FREQ_SKETCH_OWED - 1)];
+}
+
 uint32_t freq_sketch_settle(freq_sketch *f, uint32_t max) {
-    uint32_t end = f->owed_n - f->owed_head > max ? f->owed_head + max : f->owed_n;
-    for (uint32_t j = f->owed_head; j < end && j < f->owed_head + AHEAD; j++) prefetch(f, f->owed[j]);
-    for (uint32_t j = f->owed_head; j < end; j++) {
-        if (j + AHEAD < end) prefetch(f, f->owed[j + AHEAD]);
-        record(f, f->owed[j]);
+    uint32_t m = f->owed_n < max ? f->owed_n : max;
+    for (uint32_t j = 0; j < m && j < AHEAD; j++) prefetch(f, owed_at(f, j));
+    for (uint32_t j = 0; j < m; j++) {
+        if (j + AHEAD < m) prefetch(f, owed_at(f, j + AHEAD));
+        record(f, owed_at(f, j));
     }
-    f->owed_head = end;
-    if (f->owed_head == f->owed_n) f->owed_head = f->owed_n = 0;
-    return f->owed_n - f->owed_head;
+    f->owed_head = (f->owed_head + m) & (FREQ_SKETCH_OWED - 1);
+    f->owed_n -= m;
+    return f->owed_n;
 }
 
 void freq_sketch_add(freq_sketch *f, uint64_t id) {
@@ -127,13 +132,8 @@ void freq_sketch_defer(freq_sketch *f, uint64_t id) {
         record(f, id); /* nothing is owed without the list: counting now keeps the order */
         return;
     }
-    if (f->owed_n == FREQ_SKETCH_OWED) { /* the oldest sixteenth now (a few ms), the list moved down */
-        freq_sketch_settle(f, FREQ_SKETCH_OWED / 16);
-        memmove(f->owed, f->owed + f->owed_head, (f->owed_n - f->owed_head) * sizeof(uint64_t));
-        f->owed_n -= f->owed_head;
-        f->owed_head = 0;
-    }
-    f->owed[f->owed_n++] = id;
+    if (f->owed_n == FREQ_SKETCH_OWED) freq_sketch_settle(f, FREQ_SKETCH_OWED / 16); /* the oldest sixteenth: a few ms */
+    f->owed[(f->owed_head + f->owed_n++) & (FREQ_SKETCH_OWED - 1)] = id;
 }
 
 void freq_sketch_seed(freq_sketch *f, uint64_t id, uint32_t count) {

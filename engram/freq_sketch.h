@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 #define FREQ_SKETCH_MAX 15u /* a counter saturates here */
-#define FREQ_SKETCH_OWED (1u << 20) /* lookups deferred at most (8 MiB, allocated at the first); one more settles them */
+#define FREQ_SKETCH_OWED (1u << 20) /* lookups deferred at most (8 MiB, allocated at the first; a power of two) */
 
 typedef struct {
     uint8_t *cnt;     /* (4, width) 4-bit counters, two a byte */
@@ -33,7 +33,7 @@ typedef struct {
     uint64_t seed;
     uint64_t sample;  /* recorded lookups between halvings */
     uint64_t added;   /* recorded since the last halving */
-    uint64_t *owed;   /* (FREQ_SKETCH_OWED) deferred lookups, owed[owed_head..owed_n) not yet counted, oldest first */
+    uint64_t *owed;   /* (FREQ_SKETCH_OWED) a ring of deferred lookups: owed_n of them from owed_head, oldest first */
     uint32_t owed_head, owed_n;
 } freq_sketch;
 
