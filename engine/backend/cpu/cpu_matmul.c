@@ -19,17 +19,6 @@
 
 #define ROW_BLOCK 16 /* weight rows a thread takes at a time (stay in L1/L2) */
 
-/* Part `part` of `parts` of the bytes at p (NULL: none) prefetched to L2: the
- * tiles of a block each fetch a slice of the rows that come next, which then
- * arrive from DRAM while these are multiplied instead of stalling the first
- * tile that needs them. (A prefetch never faults: the slices of a last, short
- * block may run past the matrix.) */
-static inline void prefetch_part(const void *p, size_t bytes, int part, int parts) {
-    if (!p || parts <= 0) return;
-    size_t lines = (bytes / 64 + (size_t)parts - 1) / (size_t)parts;
-    for (size_t i = 0; i < lines; i++) _mm_prefetch((const char *)p + ((size_t)part * lines + i) * 64, _MM_HINT_T1);
-}
-
 /* ---- generic: every output element is the same sum: eight lanes accumulate
  * x[j+k]*r[j+k] over j in steps of 8, the tail goes to lane 0, then a fixed
  * tree. cpu__dot (cpu_internal.h) and dot4 (four tokens sharing each weight
@@ -280,13 +269,10 @@ bf16_tile(float *out, size_t ostride, const uint16_t *x, size_t xstride, const u
 
 /* Rows [0, nr) of a block (w: its first row) for all T tokens (xb: bf16):
  * 4 rows at a time over the token groups of 4 (the rows stay in L1, x comes
- * from L2), then the leftovers one at a time. Meanwhile each 4 x 4 tile
- * prefetches to L2 its slice of the 4 rows that come next (those of this
- * block, then next's: the thread's next block, or NULL): without it the first
- * tile of every 4 rows waited for them from DRAM. */
+ * from L2), then the leftovers one at a time. (Software prefetch of the
+ * rows that come next was measured: no gain at 16 or 64 tokens, bench/RESULTS.md.) */
 __attribute__((target(BF16_TARGET))) static void block_bf16(float *out, size_t n, const uint16_t *xb,
-                                                           const uint16_t *w, int nr, int d, int T,
-                                                           const uint16_t *next) {
+                                                           const uint16_t *w, int nr, int d, int T) {
     int r = 0;
     if (T < 4) { /* decode: 8 rows at a time, as the f32 paths */
         for (int t = 0; t < T; t++) {
@@ -299,12 +285,9 @@ __attribute__((target(BF16_TARGET))) static void block_bf16(float *out, size_t n
         return;
     }
     for (; r + 4 <= nr; r += 4) {
-        const uint16_t *wr = w + (size_t)r * d, *pf = r + 8 <= nr ? wr + (size_t)4 * d : next;
+        const uint16_t *wr = w + (size_t)r * d;
         int t = 0;
-        for (; t + 4 <= T; t += 4) {
-            prefetch_part(pf, (size_t)4 * d * sizeof(uint16_t), t / 4, T / 4);
-            bf16_tile(out + (size_t)t * n + r, n, xb + (size_t)t * d, (size_t)d, wr, d, 4, 4);
-        }
+        for (; t + 4 <= T; t += 4) bf16_tile(out + (size_t)t * n + r, n, xb + (size_t)t * d, (size_t)d, wr, d, 4, 4);
         for (; t < T; t++) bf16_tile(out + (size_t)t * n + r, n, xb + (size_t)t * d, (size_t)d, wr, d, 4, 1);
     }
     for (; r < nr; r++) {
@@ -384,25 +367,18 @@ static void matmul_blocks(void *arg, int ith, int nth) {
     float *wf = NULL; /* the block's rows widened to f32, unless read in place */
     if (!j->inplace && !(wf = cpu__thread_scratch(j->be, ith, (size_t)ROW_BLOCK * d * sizeof(float))))
         return; /* the other workers take the blocks (cpu__range_done) */
-    /* The next chunk is taken before this one runs, so its rows can be
-     * prefetched while this one's last rows are multiplied. */
-    int n0 = 0, n1 = 0;
-    bool more = cpu__range_take(&j->blocks, &b0, &b1);
-    for (; more; b0 = n0, b1 = n1) {
-        more = cpu__range_take(&j->blocks, &n0, &n1);
+    while (cpu__range_take(&j->blocks, &b0, &b1)) {
         for (int bi = b0; bi < b1; bi++) {
             int i0 = bi * ROW_BLOCK, nr = i0 + ROW_BLOCK < n ? ROW_BLOCK : n - i0;
-            int bn = bi + 1 < b1 ? bi + 1 : more ? n0 : -1; /* the thread's next block, -1: none */
             size_t row_bytes = (size_t)d * dtype_size(w->dt);
             const void *rows = (const char *)w->data + (size_t)i0 * row_bytes;
-            const void *next = bn < 0 ? NULL : (const char *)w->data + (size_t)bn * ROW_BLOCK * row_bytes;
             if (wf) model_weight_rows_to_f32(wf, w, i0, nr), rows = wf;
             int wbf16 = j->inplace && j->bf16;
-            if (j->xb) block_bf16(out + i0, (size_t)n, j->xb, rows, nr, d, T, next);
+            if (j->xb) block_bf16(out + i0, (size_t)n, j->xb, rows, nr, d, T);
             else if (j->isa >= BACKEND_CPU_ISA_AVX512)
-                block_avx512(out + i0, (size_t)n, j->x, j->xs, rows, wbf16, nr, d, T, next);
+                block_avx512(out + i0, (size_t)n, j->x, j->xs, rows, wbf16, nr, d, T);
             else if (j->isa == BACKEND_CPU_ISA_AVX2)
-                block_avx2(out + i0, (size_t)n, j->x, j->xs, rows, wbf16, nr, d, T, next);
+                block_avx2(out + i0, (size_t)n, j->x, j->xs, rows, wbf16, nr, d, T);
             else generic_block(out + i0, (size_t)n, j->x, rows, wbf16, nr, d, T);
             if (j->bias)
                 for (int t = 0; t < T; t++)

@@ -142,18 +142,14 @@ __attribute__((target(ISA_TARGET))) static void ISA(pair_x)(float *xp, const flo
  * tiles of 4 rows x 4 tokens; bf16 rows (x in pair order, rows of xs) by
  * token groups of 4, each over the block's rows TILE_R at a time (the group's x
  * and the block's rows stay in L1), then the leftover tokens one at a time
- * over 8 rows (decode's tile: eight chains in flight), then leftover rows.
- * With bf16 rows each token group prefetches to L2 its slice of next (the
- * block of nr rows the thread takes next, or NULL), as block_bf16 does. */
+ * over 8 rows (decode's tile: eight chains in flight), then leftover rows. */
 __attribute__((target(ISA_TARGET))) static void ISA(block)(float *out, size_t n, const float *x, size_t xs,
-                                                          const void *w, int wbf16, int nr, int d, int T,
-                                                          const void *next) {
+                                                          const void *w, int wbf16, int nr, int d, int T) {
     int r = 0;
     if (wbf16) {
         const uint16_t *wh = w;
         int t = 0, rt = nr / TILE_R * TILE_R;
         for (; t + 4 <= T; t += 4) {
-            prefetch_part(next, (size_t)nr * d * sizeof(uint16_t), t / 4, T / 4);
             for (r = 0; r < rt; r += TILE_R)
                 ISA(tile_bf16)(out + (size_t)t * n + r, n, x + (size_t)t * xs, xs, wh + (size_t)r * d, d, TILE_R, 4);
             for (; r < nr; r++)
