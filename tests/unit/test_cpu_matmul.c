@@ -115,7 +115,9 @@ static void check_path(int isa, dtype dt, int d, bool f32_act) {
 static const int isas[] = {BACKEND_CPU_ISA_GENERIC, BACKEND_CPU_ISA_AVX2, BACKEND_CPU_ISA_AVX512,
                            BACKEND_CPU_ISA_AVX512BF16};
 
-/* _i: the path; each dtype and width (tails of 8 and 16 lanes, a long row) */
+/* _i: the path; each dtype and width (tails of 8 and 16 lanes, a long row, and
+ * one past two of the avx512bf16 prefill's reduction pieces (BF16_KC, 2048)
+ * with a tail: its chains paused and taken up again) */
 START_TEST(paths_accurate_and_batch_invariant) {
     int isa = isas[_i];
     backend_params p = backend_default_params();
@@ -128,11 +130,11 @@ START_TEST(paths_accurate_and_batch_invariant) {
         return;
     }
     backend_destroy(be);
-    static const int ds[] = {5, 64, 200, 2048};
+    static const int ds[] = {5, 64, 200, 2048, 4200};
     static const dtype dts[] = {DTYPE_BF16, DTYPE_F32, DTYPE_F16};
     for (int j = 0; j < 3; j++)
-        for (int k = 0; k < 4; k++) check_path(isa, dts[j], ds[k], false);
-    for (int k = 0; k < 4; k++) check_path(isa, DTYPE_BF16, ds[k], true); /* f32 activations kept */
+        for (int k = 0; k < 5; k++) check_path(isa, dts[j], ds[k], false);
+    for (int k = 0; k < 5; k++) check_path(isa, DTYPE_BF16, ds[k], true); /* f32 activations kept */
 }
 END_TEST
 

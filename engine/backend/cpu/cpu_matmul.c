@@ -234,14 +234,21 @@ __attribute__((target(BF16_TARGET))) static inline __m512bh bf16_tail(const uint
 }
 
 /* out[t * ostride + r] = sum_k x[t * xstride + k] * w[r * d + k], r < NR, t < NT, x and w bf16
- * (NR up to 8 for one token: decode's tile, eight chains in flight). */
+ * (NR up to 8 for one token: decode's tile, eight chains in flight), the
+ * chains taken over k in [k0, k1) only: k0 a multiple of 32, k1 = d or a
+ * multiple of 32 below it. They start from zeros (k0 = 0) or from carry's
+ * vectors (acc[r][t] at carry[4 r + t]) and end in carry (k1 < d) or in
+ * out's sums (k1 = d). Stopping a chain at k1 and going on from the stored
+ * f32 vectors changes no bit of it, so a product cut into pieces of k
+ * (block_bf16) is bit for bit the uncut one. */
 __attribute__((target(BF16_TARGET), always_inline)) static inline void
-bf16_tile(float *out, size_t ostride, const uint16_t *x, size_t xstride, const uint16_t *w, int d, int NR, int NT) {
+bf16_tile(float *out, size_t ostride, const uint16_t *x, size_t xstride, const uint16_t *w, int d, int k0, int k1,
+          __m512 *carry, int NR, int NT) {
     __m512 acc[8][4];
     for (int r = 0; r < NR; r++)
-        for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_ps();
-    int k = 0;
-    for (; k + 32 <= d; k += 32) {
+        for (int t = 0; t < NT; t++) acc[r][t] = k0 ? carry[4 * r + t] : _mm512_setzero_ps();
+    int k = k0;
+    for (; k + 32 <= k1; k += 32) {
         __m512bh wv[8];
         __m512i xv[4]; /* pinned, as the f32 tiles' x (cpu_matmul_isa.h) */
         for (int r = 0; r < NR; r++) wv[r] = (__m512bh)_mm512_loadu_si512(w + (size_t)r * d + k);
@@ -252,7 +259,7 @@ bf16_tile(float *out, size_t ostride, const uint16_t *x, size_t xstride, const u
         for (int t = 0; t < NT; t++)
             for (int r = 0; r < NR; r++) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], (__m512bh)xv[t], wv[r]);
     }
-    if (k < d) {
+    if (k < k1) { /* k1 = d: the row's tail */
         __m512bh wv[8];
         for (int r = 0; r < NR; r++) wv[r] = bf16_tail(w + (size_t)r * d + k, d - k);
         for (int t = 0; t < NT; t++) {
@@ -260,52 +267,82 @@ bf16_tile(float *out, size_t ostride, const uint16_t *x, size_t xstride, const u
             for (int r = 0; r < NR; r++) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], xv, wv[r]);
         }
     }
-    if (NR == 4 && NT == 4) sums4x4_avx512(out, ostride, &acc[0][0]);
+    if (k1 < d) {
+        for (int r = 0; r < NR; r++)
+            for (int t = 0; t < NT; t++) carry[4 * r + t] = acc[r][t];
+    } else if (NR == 4 && NT == 4) sums4x4_avx512(out, ostride, &acc[0][0]);
     else if (NR == 8 && NT == 1) sums8x1_avx512(out, &acc[0][0]);
     else
         for (int r = 0; r < NR; r++)
             for (int t = 0; t < NT; t++) out[(size_t)t * ostride + r] = hsum_avx512(acc[r][t]);
 }
 
-/* Rows [0, nr) of a block (w: its first row) for all T tokens (xb: bf16):
- * 4 rows at a time over the token groups of 4 (the rows stay in L1, x comes
- * from L2), then the leftovers one at a time. (Software prefetch of the
- * rows that come next was measured: no gain at 16 or 64 tokens, bench/RESULTS.md.) */
-__attribute__((target(BF16_TARGET))) static void block_bf16(float *out, size_t n, const uint16_t *xb,
-                                                           const uint16_t *w, int nr, int d, int T) {
+/* The reduction's piece for prefill (bf16 elements, a multiple of 32): a
+ * tile's 4 rows and 4 tokens of it, 4 KiB each, stay in L1 together, and
+ * all T tokens of it (T KiB at T = 256... 2 T KiB) in L2 across the block's
+ * rows. The same for every T and every matrix: a piece only moves where a
+ * chain is paused, never its order. */
+#define BF16_KC 2048
+
+/* Rows [0, nr) of a block (w: its first row) for all T tokens (xb: bf16).
+ * Decode (T < 4): 8 rows at a time over the whole row, as the f32 paths.
+ * Prefill: the reduction in pieces of BF16_KC (so the piece of x, read from
+ * L2, serves the block's 16 rows, where whole rows of x came from L3 once
+ * per 4 rows), each piece over the rows 4 at a time and the token groups of
+ * 4 (the rows' piece stays in L1, x's comes from L2), then the leftovers;
+ * a paused tile's chains wait in carry (per thread, slot per row unit and
+ * token unit). (Software prefetch of the rows that come next was measured:
+ * no gain at 16 or 64 tokens, bench/RESULTS.md.) */
+__attribute__((target(BF16_TARGET))) static void block_bf16(float *out, size_t n, const uint16_t *xb, size_t xs,
+                                                           const uint16_t *w, int nr, int d, int T,
+                                                           __m512 *carry) {
     int r = 0;
-    if (T < 4) { /* decode: 8 rows at a time, as the f32 paths */
+    if (T < 4) {
         for (int t = 0; t < T; t++) {
-            const uint16_t *xt = xb + (size_t)t * d;
+            const uint16_t *xt = xb + (size_t)t * xs;
             float *ot = out + (size_t)t * n;
-            for (r = 0; r + 8 <= nr; r += 8) bf16_tile(ot + r, n, xt, (size_t)d, w + (size_t)r * d, d, 8, 1);
-            for (; r + 4 <= nr; r += 4) bf16_tile(ot + r, n, xt, (size_t)d, w + (size_t)r * d, d, 4, 1);
-            for (; r < nr; r++) bf16_tile(ot + r, n, xt, (size_t)d, w + (size_t)r * d, d, 1, 1);
+            for (r = 0; r + 8 <= nr; r += 8) bf16_tile(ot + r, n, xt, xs, w + (size_t)r * d, d, 0, d, NULL, 8, 1);
+            for (; r + 4 <= nr; r += 4) bf16_tile(ot + r, n, xt, xs, w + (size_t)r * d, d, 0, d, NULL, 4, 1);
+            for (; r < nr; r++) bf16_tile(ot + r, n, xt, xs, w + (size_t)r * d, d, 0, d, NULL, 1, 1);
         }
         return;
     }
-    for (; r + 4 <= nr; r += 4) {
-        const uint16_t *wr = w + (size_t)r * d;
-        int t = 0;
-        for (; t + 4 <= T; t += 4) bf16_tile(out + (size_t)t * n + r, n, xb + (size_t)t * d, (size_t)d, wr, d, 4, 4);
-        for (; t < T; t++) bf16_tile(out + (size_t)t * n + r, n, xb + (size_t)t * d, (size_t)d, wr, d, 4, 1);
-    }
-    for (; r < nr; r++) {
-        const uint16_t *wr = w + (size_t)r * d;
-        int t = 0;
-        for (; t + 4 <= T; t += 4) bf16_tile(out + (size_t)t * n + r, n, xb + (size_t)t * d, (size_t)d, wr, d, 1, 4);
-        for (; t < T; t++) bf16_tile(out + (size_t)t * n + r, n, xb + (size_t)t * d, (size_t)d, wr, d, 1, 1);
+    int tslots = T / 4 + T % 4; /* token units: groups of 4, then single tokens */
+    for (int k0 = 0; k0 < d; k0 += BF16_KC) {
+        int k1 = k0 + BF16_KC < d ? k0 + BF16_KC : d;
+        for (r = 0; r < nr;) {
+            int NR = r + 4 <= nr ? 4 : 1, unit = r < nr / 4 * 4 ? r / 4 : nr / 4 + r % 4;
+            const uint16_t *wr = w + (size_t)r * d;
+            __m512 *c = carry + (size_t)unit * tslots * 16;
+            int t = 0;
+            for (; t + 4 <= T; t += 4, c += 16)
+                if (NR == 4) bf16_tile(out + (size_t)t * n + r, n, xb + (size_t)t * xs, xs, wr, d, k0, k1, c, 4, 4);
+                else bf16_tile(out + (size_t)t * n + r, n, xb + (size_t)t * xs, xs, wr, d, k0, k1, c, 1, 4);
+            for (; t < T; t++, c += 16)
+                if (NR == 4) bf16_tile(out + (size_t)t * n + r, n, xb + (size_t)t * xs, xs, wr, d, k0, k1, c, 4, 1);
+                else bf16_tile(out + (size_t)t * n + r, n, xb + (size_t)t * xs, xs, wr, d, k0, k1, c, 1, 1);
+            r += NR;
+        }
     }
 }
+
+/* The row stride of x rounded to bf16: d rounded up to a cache line, and a
+ * line more, so that the rows of a power-of-two d do not all fall in the
+ * same cache sets (d = 8192: rows 16 KiB apart, 64 tokens' pieces in 8 of
+ * L2's 128 KiB of sets, measured slower). */
+static size_t bf16_x_stride(int d) { return (size_t)(d + 31) / 32 * 32 + 32; }
+
+/* carry's vectors for block_bf16: row units (ROW_BLOCK / 4 groups, 3 single rows) x token units */
+static size_t bf16_carry_bytes(int T) { return (size_t)(ROW_BLOCK / 4 + 3) * (T / 4 + T % 4) * 16 * 64; }
 
 /* T rows of x (d) rounded to bf16 as vcvtneps2bf16 does: nearest even,
  * subnormal inputs as zero, NaN quiet. Row by row (the tail of a row through
  * the same whole-vector instruction), so a token's rounding never depends on
  * the batch. */
-__attribute__((target(BF16_TARGET))) static void round_bf16(uint16_t *out, const float *x, int T, int d) {
+__attribute__((target(BF16_TARGET))) static void round_bf16(uint16_t *out, size_t os, const float *x, int T, int d) {
     for (int t = 0; t < T; t++) {
         const float *xt = x + (size_t)t * d;
-        uint16_t *ot = out + (size_t)t * d;
+        uint16_t *ot = out + (size_t)t * os;
         int k = 0;
         for (; k + 16 <= d; k += 16)
             _mm256_storeu_si256((__m256i *)(ot + k), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(xt + k)));
@@ -352,7 +389,8 @@ typedef struct {
     float *out;
     const float *x, *bias; /* x: (T, xs) */
     size_t xs;             /* x's row stride: d, or the paired rows' length (avx2, avx512 with bf16 weights) */
-    const uint16_t *xb; /* x rounded to bf16 (avx512bf16 with bf16 weights), else NULL */
+    const uint16_t *xb; /* (T, xbs): x rounded to bf16 (avx512bf16 with bf16 weights), else NULL */
+    size_t xbs;
     const weight *w;
     int T, isa;
     bool inplace, bf16;
@@ -364,9 +402,12 @@ static void matmul_blocks(void *arg, int ith, int nth) {
     const weight *w = j->w;
     int n = w->rows, d = w->cols, T = j->T, b0, b1;
     float *out = j->out;
-    float *wf = NULL; /* the block's rows widened to f32, unless read in place */
+    float *wf = NULL;     /* the block's rows widened to f32, unless read in place */
+    void *carry = NULL;   /* block_bf16's paused chains (prefill) */
     if (!j->inplace && !(wf = cpu__thread_scratch(j->be, ith, (size_t)ROW_BLOCK * d * sizeof(float))))
         return; /* the other workers take the blocks (cpu__range_done) */
+    if (j->xb && T >= 4 && d > BF16_KC && !(carry = cpu__thread_scratch(j->be, ith, bf16_carry_bytes(T))))
+        return; /* (xb: rows in place, so the scratch is carry's alone) */
     while (cpu__range_take(&j->blocks, &b0, &b1)) {
         for (int bi = b0; bi < b1; bi++) {
             int i0 = bi * ROW_BLOCK, nr = i0 + ROW_BLOCK < n ? ROW_BLOCK : n - i0;
@@ -374,7 +415,7 @@ static void matmul_blocks(void *arg, int ith, int nth) {
             const void *rows = (const char *)w->data + (size_t)i0 * row_bytes;
             if (wf) model_weight_rows_to_f32(wf, w, i0, nr), rows = wf;
             int wbf16 = j->inplace && j->bf16;
-            if (j->xb) block_bf16(out + i0, (size_t)n, j->xb, rows, nr, d, T);
+            if (j->xb) block_bf16(out + i0, (size_t)n, j->xb, j->xbs, rows, nr, d, T, carry);
             else if (j->isa >= BACKEND_CPU_ISA_AVX512)
                 block_avx512(out + i0, (size_t)n, j->x, j->xs, rows, wbf16, nr, d, T);
             else if (j->isa == BACKEND_CPU_ISA_AVX2)
@@ -396,10 +437,11 @@ void cpu__matmul(backend *be, float *out, const float *x, const weight *w, const
                     .blocks = cpu__range((w->rows + ROW_BLOCK - 1) / ROW_BLOCK, 1)};
     j.inplace = dense && (w->dt == DTYPE_F32 || (bf16 && (isa != BACKEND_CPU_ISA_GENERIC || T < WIDEN_MIN_TOKENS)));
     if (isa == BACKEND_CPU_ISA_AVX512BF16 && bf16 && !w->f32_activations) { /* else the avx512 path */
-        uint16_t *xb = cpu__scratch(be, (size_t)T * d * sizeof(uint16_t));
+        size_t xbs = bf16_x_stride(d);
+        uint16_t *xb = cpu__scratch(be, (size_t)T * xbs * sizeof(uint16_t));
         if (!xb) return; /* cpu__scratch marked the failure */
-        round_bf16(xb, x, T, d);
-        j.xb = xb;
+        round_bf16(xb, xbs, x, T, d);
+        j.xb = xb, j.xbs = xbs;
     } else if (bf16 && isa != BACKEND_CPU_ISA_GENERIC) { /* avx2, avx512 (avx512bf16's f32-activation products too) */
         int step = isa == BACKEND_CPU_ISA_AVX2 ? 16 : 32, dp = (d + step - 1) / step * step;
         float *xp = cpu__scratch(be, (size_t)T * dp * sizeof(float));
