@@ -3,8 +3,11 @@
  * {"error": {"message", "type", "param", "code"}}. */
 #include <cjson/cJSON.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
+#include "base/utf8.h"
 #include "engine/engine.h"
 #include "server/errors.h"
 
@@ -32,6 +35,28 @@ void errors_fill(api_error *err) {
     err->type = err->status >= 500 ? "server_error" : "invalid_request_error";
 }
 
+/* The message as well-formed UTF-8, in place: the text it quotes from a
+ * request may be cut mid-character by a precision (%.40s) or be no UTF-8 at
+ * all (a URL's raw bytes); each malformed run becomes one '?', so the JSON
+ * error body stays valid. */
+static void message_utf8(char *m) {
+    const uint8_t *u = (const uint8_t *)m;
+    size_t n = strlen(m), o = 0;
+    for (size_t i = 0; i < n;) {
+        int32_t cp;
+        size_t k = u[i] < 0x80 ? 1 : utf8_decode(u + i, n - i, &cp);
+        if (k) {
+            memmove(m + o, m + i, k);
+            o += k, i += k;
+        } else {
+            bool incomplete;
+            i += utf8_bad_prefix(u + i, n - i, &incomplete);
+            m[o++] = '?';
+        }
+    }
+    m[o] = '\0';
+}
+
 void api_error_set(api_error *err, int status, const char *param, const char *fmt, ...) {
     err->status = status;
     err->type = NULL;
@@ -41,6 +66,7 @@ void api_error_set(api_error *err, int status, const char *param, const char *fm
     va_start(ap, fmt);
     vsnprintf(err->message, sizeof(err->message), fmt, ap);
     va_end(ap);
+    message_utf8(err->message);
     errors_fill(err);
 }
 
