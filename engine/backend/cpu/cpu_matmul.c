@@ -408,7 +408,12 @@ static void matmul_blocks(void *arg, int ith, int nth) {
         return; /* the other workers take the blocks (cpu__range_done) */
     if (j->xb && T >= 4 && d > BF16_KC && !(carry = cpu__thread_scratch(j->be, ith, bf16_carry_bytes(T))))
         return; /* (xb: rows in place, so the scratch is carry's alone) */
-    while (cpu__range_take(&j->blocks, &b0, &b1)) {
+    /* The next chunk is taken before this one runs (measured: the default
+     * model decodes ~6% faster than taking it after, bench/RESULTS.md). */
+    int n0 = 0, n1 = 0;
+    bool more = cpu__range_take(&j->blocks, &b0, &b1);
+    for (; more; b0 = n0, b1 = n1) {
+        more = cpu__range_take(&j->blocks, &n0, &n1);
         for (int bi = b0; bi < b1; bi++) {
             int i0 = bi * ROW_BLOCK, nr = i0 + ROW_BLOCK < n ? ROW_BLOCK : n - i0;
             size_t row_bytes = (size_t)d * dtype_size(w->dt);
