@@ -309,10 +309,7 @@ static int bench_option_set(bench_options *o, const char *a, const char *v) {
     else if (!strcmp(a, "--engram-lookahead")) bad = parse_int(v, 0, 1 << 24, &ep->engram_lookahead);
     else if (!strcmp(a, "--device")) ep->device = v;
     else if (!strcmp(a, "--cuda-graphs")) bad = parse_int(v, 0, 1, &ep->cuda_graphs);
-    else if (!strcmp(a, "--cuda-profile")) { /* as engram-run's: per-op totals on stderr at exit */
-        ep->cuda_profile = !strcmp(v, "ops") || !strcmp(v, "1") ? 1 : !strcmp(v, "graphs") ? 2 : !strcmp(v, "0") ? 0 : -1;
-        bad = ep->cuda_profile < 0;
-    }
+    else if (!strcmp(a, "--cuda-profile")) bad = (ep->cuda_profile = engine_cuda_profile_mode(v)) < 0;
     else if (!strcmp(a, "--threads")) bad = parse_int(v, 1, 4096, &ep->threads);
     else if (!strcmp(a, "--max-num-seqs")) bad = parse_int(v, 1, 1 << 20, &ep->max_num_seqs);
     else if (!strcmp(a, "--max-num-batched-tokens")) bad = parse_int(v, 1, 1 << 24, &ep->max_num_batched_tokens);

@@ -17,6 +17,7 @@
 #include <cjson/cJSON.h>
 
 #include "engine/backend/backend.h"
+#include "engine/engine.h"
 #include "chat/chat_template.h"
 #include "engine/forward.h"
 #include "engine/model/model.h"
@@ -242,15 +243,7 @@ static int set_io(run_options *o, const char *a, const char *v) {
 }
 
 static int set_cuda_profile(run_options *o, const char *a, const char *v) {
-    if (!strcmp(v, "0") || !strcmp(v, "off"))
-        o->bp.cuda_profile = 0;
-    else if (!strcmp(v, "1") || !strcmp(v, "ops"))
-        o->bp.cuda_profile = 1;
-    else if (!strcmp(v, "graphs"))
-        o->bp.cuda_profile = 2;
-    else
-        return OPT_BAD;
-    return OPT_OK;
+    return (o->bp.cuda_profile = engine_cuda_profile_mode(v)) < 0 ? OPT_BAD : OPT_OK;
 }
 
 static int set_cpu_isa(run_options *o, const char *a, const char *v) {

@@ -95,6 +95,13 @@ void engine_get_stats(engine *e, engine_stats *out) {
     pthread_mutex_unlock(&e->mu);
 }
 
+int engine_cuda_profile_mode(const char *v) {
+    return !strcmp(v, "0") || !strcmp(v, "off")  ? 0
+           : !strcmp(v, "1") || !strcmp(v, "ops") ? 1
+           : !strcmp(v, "graphs")                 ? 2
+                                                  : -1;
+}
+
 int engine_prompt_bucket_le(int k) {
     return k <= 0 ? 0 : k < ENGINE_PROMPT_BUCKETS - 1 ? 1 << (k - 1) : -1;
 }

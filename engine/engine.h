@@ -122,6 +122,10 @@ int engine_vocab_size(const engine *e);     /* ids a prompt or logit_bias may us
  * or -1 for the last bucket (no bound). */
 int engine_prompt_bucket_le(int k);
 
+/* engine_params.cuda_profile from a --cuda-profile value ("0"/"off", "1"/"ops",
+ * "graphs"), or -1 for another: the one reading of the flag every program takes. */
+int engine_cuda_profile_mode(const char *v);
+
 typedef struct {
     int queued;  /* requests waiting: in the queue, or preempted */
     int running; /* sequences in the running batch */

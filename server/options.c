@@ -357,10 +357,7 @@ static server_options_status engine_options(const char **val, const long *num, e
     const char *sob = val[O_SAMPLE_ON_BACKEND], *prof = val[O_CUDA_PROFILE];
     ep->sample_on_backend = !strcmp(sob, "auto") ? -1 : !strcmp(sob, "1") ? 1 : !strcmp(sob, "0") ? 0 : -2;
     ep->cuda_graphs = (int)num[O_CUDA_GRAPHS];
-    ep->cuda_profile = !strcmp(prof, "0") || !strcmp(prof, "off") ? 0
-                       : !strcmp(prof, "ops") || !strcmp(prof, "1") ? 1
-                       : !strcmp(prof, "graphs")                    ? 2
-                                                                    : -1;
+    ep->cuda_profile = engine_cuda_profile_mode(prof);
     ep->cpu_isa = val[O_CPU_ISA]; /* checked by engine_create */
     if (ep->sample_on_backend == -2 || ep->cuda_profile < 0) {
         fprintf(stderr, "engram-server: bad value for --%s: %s\n", ep->cuda_profile < 0 ? "cuda-profile" : "sample-on-backend",
