@@ -212,20 +212,18 @@ int kernels_moe_gemm(void *out, const void *a, const void *w, const int *offsets
                      int max_tiles, int E, int N, int K, int bm, int bf16, int glu, float limit, void *stream);
 
 /* Decode without a plan, pair j = (token j / k, expert ids[j]), activations
- * f32: glu: out (T k, N) = the GLU of x (T, K) rows; else out (T k, N) =
- * the pair's row of a (T k, K) times its expert's w. */
-int kernels_moe_gemv(float *out, const float *a, const void *w, const int *ids, int T, int k, int N, int K, int bf16,
-                     int glu, float limit, void *stream);
+ * f32: out (T k, N) = the GLU of x (T, K) rows with the expert's gate and up
+ * rows (w as kernels_moe_gemm's). */
+int kernels_moe_glu_gemv(float *out, const float *x, const void *w, const int *ids, int T, int k, int N, int K,
+                         int bf16, float limit, void *stream);
 
 /* Decode's down product and combine in one launch: out (T, N) = sum over s <
  * k in order of wts[t k + s] * (h[t k + s] (K) times row n of expert ids[t k
- * + s]'s w (E, N, K)), k <= 32: kernels_moe_gemv then kernels_moe_combine
- * without the staging. */
+ * + s]'s w (E, N, K)), k <= 32, from 0 as kernels_moe_combine adds them. */
 int kernels_moe_down_combine(float *out, const float *h, const void *w, const int *ids, const float *wts, int T, int k,
                              int N, int K, int bf16, void *stream);
 
-/* out (T, d) = sum over s < k in order of wts[t k + s] * y[row], row =
- * pos[t k + s] (or t k + s with pos NULL). */
+/* out (T, d) = sum over s < k in order of wts[t k + s] * y[pos[t k + s]]. */
 int kernels_moe_combine(float *out, const float *y, const int *pos, const float *wts, int T, int k, int d,
                         void *stream);
 

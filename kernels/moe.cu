@@ -10,7 +10,8 @@
 // matrix and its tiles, and one launch of the grouped product covers every
 // expert, each tile finding its expert by a binary search over the tile
 // prefix sums. A decode step (a few pairs) skips the plan: one warp per weight
-// row and pair reads each routed expert's weights once, activations in f32.
+// row and pair reads each routed expert's weights once, activations in f32,
+// and the down product sums a token's pairs itself (no combine).
 #include "kernels/kernels.h"
 #include "kernels/tc.cuh"
 
@@ -429,20 +430,18 @@ __device__ __forceinline__ void moe_dot(const W *wg, const W *wu, const float *x
     *g_out = g, *u_out = u;
 }
 
-// Pair j = (token j / k, expert ids[j]). GLU: h (n, N) f32 from x rows, the
-// gate and up rows read in one loop; plain: y (n, N) f32 from a (n, K) (the
-// pairs' h).
-template <typename W, bool GLU>
-__global__ void __launch_bounds__(MOE_GEMV_WARPS * 32) moe_gemv_kernel(float *out, const float *a, const W *w,
-                                                                       const int *ids, int k, int N, int K,
-                                                                       float limit) {
+// Pair j = (token j / k, expert ids[j]): h (n, N) f32 = the GLU of token j /
+// k's x row, the gate and up rows read in one loop.
+template <typename W>
+__global__ void __launch_bounds__(MOE_GEMV_WARPS * 32) moe_glu_gemv_kernel(float *out, const float *x, const W *w,
+                                                                           const int *ids, int k, int N, int K,
+                                                                           float limit) {
     int n = blockIdx.x * MOE_GEMV_WARPS + (threadIdx.x >> 5), j = blockIdx.y, lane = threadIdx.x & 31;
     if (n >= N) return;
-    constexpr int NB = GLU ? 2 : 1;
-    const W *wg = w + ((size_t)ids[j] * NB * N + n) * K, *wu = wg + (size_t)N * K;
+    const W *wg = w + ((size_t)ids[j] * 2 * N + n) * K, *wu = wg + (size_t)N * K;
     float g, u;
-    moe_dot<W, GLU>(wg, wu, a + (size_t)(GLU ? j / k : j) * K, K, lane, &g, &u);
-    if (lane == 0) out[(size_t)j * N + n] = GLU ? moe_glu(g, u, limit) : g;
+    moe_dot<W, true>(wg, wu, x + (size_t)(j / k) * K, K, lane, &g, &u);
+    if (lane == 0) out[(size_t)j * N + n] = moe_glu(g, u, limit);
 }
 
 // The down product and the combine in one launch: block (n, t) has a warp
@@ -478,39 +477,30 @@ extern "C" int kernels_moe_down_combine(float *out, const float *h, const void *
     return moe_launch_status();
 }
 
-extern "C" int kernels_moe_gemv(float *out, const float *a, const void *w, const int *ids, int T, int k, int N, int K,
-                                int bf16, int glu, float limit, void *stream) {
+extern "C" int kernels_moe_glu_gemv(float *out, const float *x, const void *w, const int *ids, int T, int k, int N,
+                                    int K, int bf16, float limit, void *stream) {
     if (T <= 0) return KERNELS_OK;
     int n = T * k;
     if (N < 1 || K < 1 || n > 65535) return KERNELS_ERR_ARG;
-    if ((K & 7) == 0 && (((uintptr_t)a | (uintptr_t)w) & 15)) return KERNELS_ERR_ARG;
-    dim3 grid((N + MOE_GEMV_WARPS - 1) / MOE_GEMV_WARPS, n);
+    if ((K & 7) == 0 && (((uintptr_t)x | (uintptr_t)w) & 15)) return KERNELS_ERR_ARG;
+    dim3 grid((N + MOE_GEMV_WARPS - 1) / MOE_GEMV_WARPS, n), block(MOE_GEMV_WARPS * 32);
     cudaStream_t s = (cudaStream_t)stream;
-    if (bf16) {
-        if (glu) moe_gemv_kernel<__nv_bfloat16, true><<<grid, MOE_GEMV_WARPS * 32, 0, s>>>(
-            out, a, (const __nv_bfloat16 *)w, ids, k, N, K, limit);
-        else moe_gemv_kernel<__nv_bfloat16, false><<<grid, MOE_GEMV_WARPS * 32, 0, s>>>(
-            out, a, (const __nv_bfloat16 *)w, ids, k, N, K, limit);
-    } else {
-        if (glu) moe_gemv_kernel<float, true><<<grid, MOE_GEMV_WARPS * 32, 0, s>>>(out, a, (const float *)w, ids, k,
-                                                                                   N, K, limit);
-        else moe_gemv_kernel<float, false><<<grid, MOE_GEMV_WARPS * 32, 0, s>>>(out, a, (const float *)w, ids, k, N,
-                                                                                K, limit);
-    }
+    if (bf16) moe_glu_gemv_kernel<<<grid, block, 0, s>>>(out, x, (const __nv_bfloat16 *)w, ids, k, N, K, limit);
+    else moe_glu_gemv_kernel<<<grid, block, 0, s>>>(out, x, (const float *)w, ids, k, N, K, limit);
     return moe_launch_status();
 }
 
 // ---- combine ----
 
-// out (T, d) = sum over i in order of wts[t k + i] * y[row(t k + i)], row =
-// pos[.] or the pair itself (pos NULL). Summed from 0 in the CPU's order.
+// out (T, d) = sum over i in order of wts[t k + i] * y[pos[t k + i]] (the
+// plan's rows). Summed from 0 in the CPU's order.
 __global__ void moe_combine_kernel(float *out, const float *y, const int *pos, const float *wts, int T, int k, int d) {
     int t = blockIdx.x;
     for (int i = threadIdx.x; i < d; i += blockDim.x) {
         float acc = 0.0f;
         for (int s = 0; s < k; s++) {
             int j = t * k + s;
-            acc += y[(size_t)(pos ? pos[j] : j) * d + i] * wts[j];
+            acc += y[(size_t)pos[j] * d + i] * wts[j];
         }
         out[(size_t)t * d + i] = acc;
     }

@@ -52,7 +52,7 @@ void cu_moe_experts(backend *be, float *out, const float *x, const int32_t *ids,
         cuda__grow(g, &g->moe_work, &g->moe_work_bytes, need);
         char *at = g->moe_work;
         float *h = (float *)carve(&at, n * (size_t)I * 4);
-        CHECK_K(kernels_moe_gemv(h, x, gu, ids, T, k, I, d, bf16, 1, moe->swiglu_limit, g->stream));
+        CHECK_K(kernels_moe_glu_gemv(h, x, gu, ids, T, k, I, d, bf16, moe->swiglu_limit, g->stream));
         CHECK_K(kernels_moe_down_combine(out, h, dn, ids, wts, T, k, d, I, bf16, g->stream));
         prof__end(g, pi);
         return;
