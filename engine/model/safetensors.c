@@ -134,6 +134,13 @@ static int parse_entry(const cJSON *e, const uint8_t *base, size_t data_size, co
     return t->name ? 0 : -1;
 }
 
+/* The header's length: the file's first 8 bytes, little-endian (size >= 8). */
+static uint64_t header_len(const uint8_t *data) {
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | data[i];
+    return hlen;
+}
+
 int safetensors_parse(const uint8_t *data, size_t size, const char *label, safetensors **out,
                       char *err, size_t errlen) {
     *out = NULL;
@@ -141,8 +148,7 @@ int safetensors_parse(const uint8_t *data, size_t size, const char *label, safet
         snprintf(err, errlen, "%s: %zu bytes, too short for a safetensors header", label, size);
         return ST_ERR_FORMAT;
     }
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | data[i];
+    uint64_t hlen = header_len(data);
     if (hlen > ST_MAX_HEADER || hlen > size - 8) {
         snprintf(err, errlen, "%s: header length %llu past the end of the %zu-byte file", label,
                  (unsigned long long)hlen, size);
@@ -212,8 +218,7 @@ int safetensors_open(const char *path, safetensors **out, char *err, size_t errl
  * the parse then says why). */
 static size_t data_misalign(const uint8_t *map, size_t size, size_t align) {
     if (align < 2 || size < 8) return 0;
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | map[i];
+    uint64_t hlen = header_len(map);
     if (hlen > size - 8) return 0;
     return (size_t)((8 + hlen) & (align - 1));
 }
