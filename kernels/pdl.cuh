@@ -36,7 +36,7 @@ __device__ __forceinline__ void pdl_prefetch_l2(const void *p) { asm volatile("p
 // the rows' first 2 KB into L2 before the wait; PDL_LATE, the trigger after
 // the main loop instead of at the start, so the next kernel launches as this
 // one drains rather than a chain of them launching at once.
-enum { PDL_PREFETCH = 1, PDL_LATE = 2 };
+enum { PDL_PREFETCH = 1, PDL_LATE = 2, PDL_ON = 4 };
 
 // ENGRAM_PDL turns the attribute on (benchmarks: the variants in one run):
 // 1 (early trigger, prefetch), late (late trigger, prefetch), late-nopf,
@@ -45,11 +45,11 @@ static inline int pdl_flags() {
     static int flags = -1;
     if (flags < 0) {
         const char *v = getenv("ENGRAM_PDL");
-        flags = !v || !strcmp(v, "0") || !*v  ? 0
-                : !strcmp(v, "late")          ? 4 | PDL_PREFETCH | PDL_LATE
-                : !strcmp(v, "late-nopf")     ? 4 | PDL_LATE
-                : !strcmp(v, "nopf")          ? 4
-                                              : 4 | PDL_PREFETCH;
+        flags = !v || !*v || !strcmp(v, "0") ? 0
+                : !strcmp(v, "late")           ? PDL_ON | PDL_PREFETCH | PDL_LATE
+                : !strcmp(v, "late-nopf")      ? PDL_ON | PDL_LATE
+                : !strcmp(v, "nopf")           ? PDL_ON
+                                               : PDL_ON | PDL_PREFETCH;
     }
     return flags;
 }
