@@ -275,15 +275,6 @@ int engram_store__read_reqs(engram_store *s, reader *rd, row_req *q, size_t n, r
  * the sketch's counts (deferred: freq_sketch_defer). */
 #define AHEAD 16
 
-/* Stage 1 and 2 of the prefetch for row (see AHEAD; always_inline: see row_index_prefetch). */
-static inline __attribute__((always_inline)) void prefetch_entry(const store_cache *c, int64_t row) {
-    row_cache_prefetch(&c->clock, row);
-}
-
-static inline __attribute__((always_inline)) void prefetch_slot(const store_cache *c, int64_t row) {
-    (void)row_cache_prefetch_slot(&c->clock, row); /* its row id, bit, pins and state: one line */
-}
-
 int engram_store__gather_nvme(engram_store *s, const int64_t *rows, size_t n, size_t n_up, row_out out) {
     const engram_store_header *h = &s->info.header;
     store_cache *c = &s->c;
@@ -298,10 +289,10 @@ int engram_store__gather_nvme(engram_store *s, const int64_t *rows, size_t n, si
     bool waits = false, cache = c->clock.n > 0;
     atomic_fetch_add(&s->gathering, 1); /* the prefetch thread holds off its next batch */
     pthread_mutex_lock(&s->mu);
-    for (size_t i = 0; i < 2 * AHEAD && i < n && cache; i++) prefetch_entry(c, rows[i]);
+    for (size_t i = 0; i < 2 * AHEAD && i < n && cache; i++) row_cache_prefetch(&c->clock, rows[i]);
     for (size_t i = 0; i < n; i++) {
-        if (cache && i + 2 * AHEAD < n) prefetch_entry(c, rows[i + 2 * AHEAD]);
-        if (cache && i + AHEAD < n) prefetch_slot(c, rows[i + AHEAD]);
+        if (cache && i + 2 * AHEAD < n) row_cache_prefetch(&c->clock, rows[i + 2 * AHEAD]); /* stage 1 */
+        if (cache && i + AHEAD < n) (void)row_cache_prefetch_slot(&c->clock, rows[i + AHEAD]); /* stage 2 */
         uint64_t off = h->data_offset + (uint64_t)rows[i] * h->row_stride;
         int32_t k = row_cache_find(&c->clock, rows[i]);
         if (k >= 0) { /* cached, or in flight: a repeat in this call, or another thread's read */
