@@ -33,7 +33,9 @@
 #           pass 2 new prompts of the same text: the steady state), its
 #           hot-row file written as the engine stops, and a restart on it
 #           (new prompts again: the warm restart); --timeline STEADY_TL
-#           (default 5) seconds of output tok/s and hit ratios per run
+#           (default 5) seconds of output tok/s and hit ratios per run;
+#           STEADY_PASSES (default 2) passes of the cold run, STEADY_RESTART=0
+#           skips the restart
 #   profile4b  the same table and workload started warm from the offline
 #           profile (issue 22): engram-tables profile of PACK/text.tok (the
 #           corpus the prompts are drawn from: the best case of a profile made
@@ -46,7 +48,8 @@
 #           through bench-throughput: a layer's step time is the difference of
 #           two L's steps over their difference in layers; then --cuda-profile
 #           ops (graphs off) at the first L, batch 1 and 64: each op's time,
-#           the hyper-connections' (hc_*) among them
+#           the hyper-connections' (hc_*) among them; DSV4_BATCHES (default
+#           "1 64 256", empty for the profile alone) picks the timed batches
 #   hits    the nvme tier's DRAM-cache hit path against the mapped table on
 #           this host's CPU (issue 22): bench-store --hits over a 4 GiB table
 #           of 128-byte rows in TBL_DIR, HITS_ROWS (default 16M) rows all in
@@ -57,7 +60,8 @@
 #           default 100000)
 #   prefix  prefix caching (issue 20), synthetic qwen3-4b: the multi-turn chat
 #           workload (bench-throughput --multiturn 64:8, a shared system
-#           prompt of 1000 ids, user turns of 50..150, replies of 100..300)
+#           prompt of 1000 ids, user turns of 50..150, replies of 100..300;
+#           PREFIX_MT, PREFIX_PLEN, PREFIX_OLEN resize it)
 #           with caching on, then off; then the paper's workload (no reuse)
 #           on, off, PREFIX_PAIRS times (default 2), interleaved
 #   structured  structured output's cost (issue 19), the default model
@@ -139,7 +143,7 @@ run_sec() {
   dsv4)
     local L B
     for L in ${DSV4_LAYERS:-2 4}; do
-      for B in 1 64 256; do
+      for B in ${DSV4_BATCHES-1 64 256}; do
         local f=(--synthetic deepseek-v4-flash+layers:$L --device cuda -n $B --prompt-len 16:16 --output-len 256:256
                  --max-num-seqs $B --kv-cache-tokens $((B * 300 + 1024)))
         echo "-- bench-throughput ${f[*]}"
@@ -163,8 +167,8 @@ run_sec() {
     echo "-- bench-throughput ${f[*]}"
     timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" ;;
   prefix)
-    local mt=(--synthetic qwen3-4b --device cuda --multiturn ${PREFIX_MT:-64:8} --system-len 1000 --prompt-len 50:150
-              --output-len 100:300 --max-num-seqs 512 --max-num-batched-tokens 16384 --prefill-chunk 16384
+    local mt=(--synthetic qwen3-4b --device cuda --multiturn ${PREFIX_MT:-64:8} --system-len 1000 --prompt-len ${PREFIX_PLEN:-50:150}
+              --output-len ${PREFIX_OLEN:-100:300} --max-num-seqs 512 --max-num-batched-tokens 16384 --prefill-chunk 16384
               --kv-cache-tokens $(kv_for qwen3-4b))
     for pc in 1 0; do
       echo "-- bench-throughput ${mt[*]} --enable-prefix-caching $pc"
@@ -239,10 +243,11 @@ run_sec() {
     for hbm in ${STEADY_HBM:-0 4G}; do
       local h=(); [ "$hbm" = 0 ] || h=(--engram-hbm-cache $hbm)
       rm -f $tdir/*.hot # cold
-      f=("${e[@]}" "${w[@]}" "${nv[@]}" "${h[@]}" --passes 2)
+      f=("${e[@]}" "${w[@]}" "${nv[@]}" "${h[@]}" --passes ${STEADY_PASSES:-2})
       echo "-- bench-throughput ${f[*]}"
       timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" | grep -vE '^\{'
       ls -la $tdir/*.hot
+      [ "${STEADY_RESTART:-1}" = 1 ] || continue
       f=("${e[@]}" "${w[@]}" "${nv[@]}" "${h[@]}" --seed 2)
       echo "-- (restart) bench-throughput ${f[*]}"
       timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" | grep -vE '^\{'

@@ -21,46 +21,73 @@ __device__ __forceinline__ float dsv4_sigmoid(float x) { return 1.0f / (1.0f + e
 // ---- hyper-connections ----
 
 // One token's (pre, post, comb) from its mix ((2+N)N), cpu_dsv4.c hc_weights_row.
+// The Sinkhorn iterations run on a copy of comb in the thread's own array
+// (registers when NT, the stream count, is known at compile time; local
+// memory otherwise): in global memory every one of their ~1,300 dependent
+// loads and stores went through the cache (64 us a call at T = 1 on an H100).
+// The operations and their order are the CPU's.
+template <int NT>
 __global__ void hc_weights_kernel(float *pre, float *post, float *comb, const float *mix, const float *base,
-                                  const float *scale, int T, int N, int iters, float hc_eps) {
+                                  const float *scale, int T, int n_rt, int iters, float hc_eps) {
+    const int N = NT ? NT : n_rt;
     int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= T) return;
     const float *a = mix + (size_t)t * (2 + N) * N;
-    float *pr = pre + (size_t)t * N, *po = post + (size_t)t * N, *C = comb + (size_t)t * N * N;
+    float *pr = pre + (size_t)t * N, *po = post + (size_t)t * N;
+    float C[NT ? NT * NT : 256];
+#pragma unroll
     for (int j = 0; j < N; j++) {
         pr[j] = dsv4_sigmoid(__fadd_rn(__fmul_rn(a[j], scale[0]), base[j])) + hc_eps;
         po[j] = 2.0f * dsv4_sigmoid(__fadd_rn(__fmul_rn(a[N + j], scale[1]), base[N + j]));
     }
+#pragma unroll
     for (int j = 0; j < N; j++) {
         float *row = C + j * N, mx = -INFINITY, sum = 0.0f;
+#pragma unroll
         for (int k = 0; k < N; k++) {
             row[k] = __fadd_rn(__fmul_rn(a[2 * N + j * N + k], scale[2]), base[2 * N + j * N + k]);
             mx = row[k] > mx ? row[k] : mx;
         }
+#pragma unroll
         for (int k = 0; k < N; k++) sum += row[k] = expf(row[k] - mx);
+#pragma unroll
         for (int k = 0; k < N; k++) row[k] = row[k] / sum + hc_eps;
     }
     for (int it = 0; it < iters; it++) {
         if (it > 0)
+#pragma unroll
             for (int j = 0; j < N; j++) {
                 float s = 0.0f;
+#pragma unroll
                 for (int k = 0; k < N; k++) s += C[j * N + k];
+#pragma unroll
                 for (int k = 0; k < N; k++) C[j * N + k] /= s + hc_eps;
             }
+#pragma unroll
         for (int k = 0; k < N; k++) {
             float s = 0.0f;
+#pragma unroll
             for (int j = 0; j < N; j++) s += C[j * N + k];
+#pragma unroll
             for (int j = 0; j < N; j++) C[j * N + k] /= s + hc_eps;
         }
     }
+    float *Ct = comb + (size_t)t * N * N;
+#pragma unroll
+    for (int i = 0; i < N * N; i++) Ct[i] = C[i];
 }
 
 extern "C" int kernels_hc_weights(float *pre, float *post, float *comb, const float *mix, const float *base,
                                   const float *scale, int T, int N, int iters, float hc_eps, void *stream) {
     if (T <= 0) return KERNELS_OK;
     if (N < 1 || N > 16) return KERNELS_ERR_ARG;
-    hc_weights_kernel<<<(T + 127) / 128, 128, 0, (cudaStream_t)stream>>>(pre, post, comb, mix, base, scale, T, N,
-                                                                        iters, hc_eps);
+    dim3 grid((T + 127) / 128);
+    if (N == 4) /* DeepSeek-V4's hc_mult */
+        hc_weights_kernel<4><<<grid, 128, 0, (cudaStream_t)stream>>>(pre, post, comb, mix, base, scale, T, N, iters,
+                                                                    hc_eps);
+    else
+        hc_weights_kernel<0><<<grid, 128, 0, (cudaStream_t)stream>>>(pre, post, comb, mix, base, scale, T, N, iters,
+                                                                    hc_eps);
     return dsv4_status();
 }
 
@@ -634,24 +661,42 @@ extern "C" int kernels_engram_v41_gate(float *X, const float *kv, const float *w
 
 // ---- weightless norm ----
 
+// One block a row. The sum of squares in double (as the CPU's), from
+// float4 loads where the row allows: a hyper-connection norm's row is
+// N d = 16,384 floats, and at T = 1 one block of 256 threads reading one
+// float at a time took 22 us.
+template <int BLOCK>
 __global__ void rmsnorm_plain_kernel(float *out, const float *x, int d, float eps) {
     int t = blockIdx.x;
-    __shared__ double part[256];
+    __shared__ double part[BLOCK];
     const float *xt = x + (size_t)t * d;
     double ss = 0.0;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) ss += (double)xt[i] * xt[i];
+    if ((d & 3) == 0 && ((uintptr_t)xt & 15) == 0) {
+        const float4 *x4 = (const float4 *)xt;
+        for (int i = threadIdx.x; i < d / 4; i += BLOCK) {
+            float4 v = x4[i];
+            ss += (double)v.x * v.x;
+            ss += (double)v.y * v.y;
+            ss += (double)v.z * v.z;
+            ss += (double)v.w * v.w;
+        }
+    } else
+        for (int i = threadIdx.x; i < d; i += BLOCK) ss += (double)xt[i] * xt[i];
     part[threadIdx.x] = ss;
     __syncthreads();
-    for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+    for (int o = BLOCK / 2; o > 0; o >>= 1) {
         if (threadIdx.x < o) part[threadIdx.x] += part[threadIdx.x + o];
         __syncthreads();
     }
     float sc = 1.0f / sqrtf((float)(part[0] / d) + eps);
-    for (int i = threadIdx.x; i < d; i += blockDim.x) out[(size_t)t * d + i] = __fmul_rn(xt[i], sc);
+    for (int i = threadIdx.x; i < d; i += BLOCK) out[(size_t)t * d + i] = __fmul_rn(xt[i], sc);
 }
 
 extern "C" int kernels_rmsnorm_plain(float *out, const float *x, int T, int d, float eps, void *stream) {
     if (T <= 0) return KERNELS_OK;
-    rmsnorm_plain_kernel<<<T, 256, 0, (cudaStream_t)stream>>>(out, x, d, eps);
+    if (d >= 8192) /* few long rows: more threads a row */
+        rmsnorm_plain_kernel<1024><<<T, 1024, 0, (cudaStream_t)stream>>>(out, x, d, eps);
+    else
+        rmsnorm_plain_kernel<256><<<T, 256, 0, (cudaStream_t)stream>>>(out, x, d, eps);
     return dsv4_status();
 }

@@ -1032,6 +1032,30 @@ static void test_dsv4_small(void) {
     backend_rmsnorm_plain(cpu, x, y, T, d, eps);
     backend_rmsnorm_plain(gpu, gx, dy, T, d, eps);
     check("rmsnorm_plain", gx, x, (size_t)T * d, 1e-5);
+    { /* the kernels' other paths: Sinkhorn for a stream count other than 4,
+       * long rows (the hyper-connections' N d) with float4 loads and without */
+        int N3 = 3, T3 = 5;
+        float *m3 = rand_f32((size_t)T3 * 5 * N3, 2.0f), *b3 = rand_f32((size_t)5 * N3, 1.0f);
+        float *p3 = xmalloc((size_t)T3 * N3 * 4), *q3 = xmalloc((size_t)T3 * N3 * 4), *c3 = xmalloc((size_t)T3 * 9 * 4);
+        float *dm3 = dev_copy(m3, (size_t)T3 * 5 * N3 * 4), *db3 = dev_copy(b3, (size_t)5 * N3 * 4);
+        float *dp3 = dev_poison((size_t)T3 * N3 * 4), *dq3 = dev_poison((size_t)T3 * N3 * 4);
+        float *dc3 = dev_poison((size_t)T3 * 9 * 4);
+        backend_hc_weights(cpu, p3, q3, c3, m3, b3, scale, T3, N3, iters, hc_eps);
+        backend_hc_weights(gpu, dp3, dq3, dc3, dm3, db3, dscale, T3, N3, iters, hc_eps);
+        check("hc_weights comb N=3", dc3, c3, (size_t)T3 * 9, 1e-5);
+        for (int dl = 16384; dl >= 16383; dl--) {
+            float *r = rand_f32((size_t)3 * dl, 1.0f), *o = xmalloc((size_t)3 * dl * 4);
+            float *dr = dev_copy(r, (size_t)3 * dl * 4), *dout = dev_poison((size_t)3 * dl * 4);
+            backend_rmsnorm_plain(cpu, o, r, 3, dl, eps);
+            backend_rmsnorm_plain(gpu, dout, dr, 3, dl, eps);
+            check(dl == 16384 ? "rmsnorm_plain d=16384" : "rmsnorm_plain d=16383", dout, o, (size_t)3 * dl, 1e-5);
+            backend_free(gpu, dr), backend_free(gpu, dout);
+            free(r), free(o);
+        }
+        void *f3[] = {dm3, db3, dp3, dq3, dc3};
+        for (size_t i = 0; i < sizeof(f3) / sizeof(*f3); i++) backend_free(gpu, f3[i]);
+        free(m3), free(b3), free(p3), free(q3), free(c3);
+    }
     int32_t *pos = xmalloc((size_t)T * 4);
     for (int t = 0; t < T; t++) pos[t] = irand(5000);
     float inv[32];
