@@ -245,13 +245,26 @@ static void op_mm_down(void *c) { (void)c; backend_matmul(G, D.tmp, D.gate, &D.w
 static void op_qkv(void *c) {
     (void)c;
     int i = D.iq++ % NW;
-    backend_matmul_qkv(G, D.q, D.k, D.v, D.h, &D.wq[i], &D.wk[i], &D.wv[i], NULL, NULL, NULL, 1);
+    backend_matmul_qkv(G, D.q, D.k, D.v, D.h, NULL, &D.wq[i], &D.wk[i], &D.wv[i], NULL, NULL, NULL, 1);
 }
 static void op_o_add(void *c) { (void)c; backend_matmul_add(G, D.x, D.att, &D.wq[D.iq++ % NW], NULL, 1); }
 static void op_glu(void *c) {
     (void)c;
     int i = D.ig++ % 2;
-    backend_matmul_glu(G, D.gate, D.up, D.h, &D.wgate[i], &D.wup[i], NULL, NULL, 1);
+    backend_matmul_glu(G, D.gate, D.up, D.h, NULL, &D.wgate[i], &D.wup[i], NULL, NULL, 1);
+}
+/* the same with the RMSNorm before them folded in, as the forward pass calls them */
+static void op_norm_qkv(void *c) {
+    (void)c;
+    int i = D.iq++ % NW;
+    backend_norm n = {D.g, 1e-5f, D.h};
+    backend_matmul_qkv(G, D.q, D.k, D.v, D.x, &n, &D.wq[i], &D.wk[i], &D.wv[i], NULL, NULL, NULL, 1);
+}
+static void op_norm_glu(void *c) {
+    (void)c;
+    int i = D.ig++ % 2;
+    backend_norm n = {D.g, 1e-5f, D.h};
+    backend_matmul_glu(G, D.gate, D.up, D.x, &n, &D.wgate[i], &D.wup[i], NULL, NULL, 1);
 }
 static void op_down_add(void *c) { (void)c; backend_matmul_add(G, D.x, D.gate, &D.wdown[D.id++ % 2], NULL, 1); }
 
@@ -294,7 +307,8 @@ static void decode_ops(void) {
     printf("ops of one llama3-8b decode layer (T = 1, context 272), each 100 x in one graph "
            "(weights in %d copies, read in turn; ENGRAM_GEMV=%s):\n", NW, gk ? gk : "(default)");
     double sum = 0, mm = 0;
-    sum += 2 * time_op("rmsnorm (1, 4096) x2", op_rmsnorm, NULL);
+    double rn = time_op("rmsnorm (1, 4096) x2", op_rmsnorm, NULL);
+    sum += 2 * rn;
     time_op("rmsnorm per head (32, 128)", op_qnorm, NULL); /* qwen3 only */
     sum += time_op("rope q (32 heads)", op_rope_q, NULL);
     sum += time_op("rope k (8 heads)", op_rope_k, NULL);
@@ -314,6 +328,11 @@ static void decode_ops(void) {
     printf("fused products: qkv %.0f, o %.0f, glu %.0f, down %.0f GB/s of weights; %.1f us per layer\n",
            6144.0 * 4096 * 2 / fq * 1e-9, 4096.0 * 4096 * 2 / fo * 1e-9, 2 * 14336.0 * 4096 * 2 / fg * 1e-9,
            4096.0 * 14336 * 2 / fd * 1e-9, (fq + fo + fg + fd) * 1e6);
+    /* the norms folded into the products that read them, against a norm kernel and the product */
+    double nq = time_op("fused rmsnorm + qkv 6144x4096", op_norm_qkv, NULL);
+    double ng = time_op("fused rmsnorm + gate/up glu", op_norm_glu, NULL);
+    printf("norms folded: qkv %.2f us against %.2f + %.2f, glu %.2f against %.2f + %.2f; %.2f us per layer saved\n",
+           nq * 1e6, rn * 1e6, fq * 1e6, ng * 1e6, rn * 1e6, fg * 1e6, (2 * rn + fq + fg - nq - ng) * 1e6);
     backend_destroy(G);
     G = NULL;
 }

@@ -556,11 +556,13 @@ static void attention_block(forward_ctx *fc, const layer_weights *L, kv_cache *k
     backend *be = fc->be;
     int T = b->n_tokens, d = c->hidden_size, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
     float eps = c->rms_norm_eps;
-    /* (fused ops where the backend has them: backend.h, "fused") */
-    backend_rmsnorm(be, fc->h, fc->x, L->attn_norm, T, d, eps);
+    /* (fused ops where the backend has them: backend.h, "fused"; the norm
+     * goes into the product, its only reader) */
     if (backend_has(be, matmul_qkv)) {
-        backend_matmul_qkv(be, fc->q, fc->k, fc->v, fc->h, &L->wq, &L->wk, &L->wv, L->bq, L->bk, L->bv, T);
+        backend_norm norm = {L->attn_norm, eps, fc->h};
+        backend_matmul_qkv(be, fc->q, fc->k, fc->v, fc->x, &norm, &L->wq, &L->wk, &L->wv, L->bq, L->bk, L->bv, T);
     } else {
+        backend_rmsnorm(be, fc->h, fc->x, L->attn_norm, T, d, eps);
         backend_matmul(be, fc->q, fc->h, &L->wq, L->bq, T);
         backend_matmul(be, fc->k, fc->h, &L->wk, L->bk, T);
         backend_matmul(be, fc->v, fc->h, &L->wv, L->bv, T);
@@ -586,17 +588,20 @@ static void attention_block(forward_ctx *fc, const layer_weights *L, kv_cache *k
 static void ffn_block(forward_ctx *fc, const layer_weights *L, int T) {
     const model_config *c = &fc->bm->cfg;
     backend *be = fc->be;
-    backend_rmsnorm(be, fc->h, fc->x, L->ffn_norm, T, c->hidden_size, c->rms_norm_eps);
-    if (L->moe) { /* a sparse layer: route each token, run its experts, add */
+    float eps = c->rms_norm_eps;
+    if (L->moe) { /* a sparse layer: route each token, run its experts, add (h read twice: not folded) */
+        backend_rmsnorm(be, fc->h, fc->x, L->ffn_norm, T, c->hidden_size, eps);
         backend_matmul(be, fc->rlogits, fc->h, &L->moe->router, NULL, T);
         backend_moe_route(be, fc->moe_ids, fc->moe_w, fc->rlogits, fc->ids, L->moe, T);
         ep_moe_experts(fc->ep, be, fc->tmp, fc->pairs, fc->h, fc->moe_ids, fc->moe_w, L->moe, T);
         backend_add(be, fc->x, fc->tmp, (size_t)T * c->hidden_size);
         return;
     }
-    if (backend_has(be, matmul_glu)) {
-        backend_matmul_glu(be, fc->gate, fc->up, fc->h, &L->w_gate, &L->w_up, L->b_gate, L->b_up, T);
+    if (backend_has(be, matmul_glu)) { /* the norm folded in, as in attention_block */
+        backend_norm norm = {L->ffn_norm, eps, fc->h};
+        backend_matmul_glu(be, fc->gate, fc->up, fc->x, &norm, &L->w_gate, &L->w_up, L->b_gate, L->b_up, T);
     } else {
+        backend_rmsnorm(be, fc->h, fc->x, L->ffn_norm, T, c->hidden_size, eps);
         backend_matmul(be, fc->gate, fc->h, &L->w_gate, L->b_gate, T);
         backend_matmul(be, fc->up, fc->h, &L->w_up, L->b_up, T);
         backend_swiglu(be, fc->gate, fc->up, (size_t)T * (size_t)c->intermediate_size);

@@ -160,17 +160,20 @@ int kernels_gemv_f32(float *out, const float *x, const void *w, const float *bia
                      void *stream);
 
 /* Fused decode products (same T, cols and alignment rules as kernels_gemv_bf16;
- * f32: the weights are f32, else bf16), one launch each:
+ * f32: the weights are f32, else bf16), one launch each. Those with a norm
+ * (cols, 16-byte aligned; NULL: none) take rmsnorm(x) * norm (eps) as their
+ * input x: each x row's sum of squares gathered as it is loaded, the sums
+ * scaled by its inverse RMS at the end (no normed copy of x is written).
  * three products of one input: out_i (T, rows_i) = x @ w_i^T + b_i (b_i may be NULL) */
 int kernels_gemv3(float *out0, float *out1, float *out2, const float *x, const void *w0, const void *w1,
                   const void *w2, const float *b0, const float *b1, const float *b2, int rows0, int rows1, int rows2,
-                  int T, int cols, int f32, void *stream);
+                  int T, int cols, const float *norm, float eps, int f32, void *stream);
 /* out (T, rows) += x @ w^T + bias (the sum x @ w^T + bias first) */
 int kernels_gemv_add(float *out, const float *x, const void *w, const float *bias, int T, int rows, int cols, int f32,
                      void *stream);
 /* out (T, rows) = silu(x @ wg^T + bg) * (x @ wu^T + bu) */
 int kernels_gemv_glu(float *out, const float *x, const void *wg, const void *wu, const float *bg, const float *bu,
-                     int T, int rows, int cols, int f32, void *stream);
+                     int T, int rows, int cols, const float *norm, float eps, int f32, void *stream);
 
 /* ---- moe.cu ---- */
 

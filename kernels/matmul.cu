@@ -2,6 +2,9 @@
 // for a few tokens (T <= 8), bf16 or f32 weights read once from memory and f32
 // activations (not rounded), f32 accumulation. One warp per weight row, 16-byte
 // loads; the T activation rows are read through the cache by every warp.
+// The input may be RMSNorm'd on the way in (NORM): every warp (or block) sees
+// all of x anyway, so it sums the squares as it loads x and scales its sums by
+// the inverse RMS at the end, and no norm kernel runs before the product.
 // Larger T goes through cuBLAS in the backend.
 #include "kernels/kernels.h"
 #include "kernels/pdl.cuh"
@@ -30,11 +33,31 @@ __device__ __forceinline__ void gemv_load8(const float *row, int i, float w[8]) 
     w[0] = a.x, w[1] = a.y, w[2] = a.z, w[3] = a.w, w[4] = b.x, w[5] = b.y, w[6] = b.z, w[7] = b.w;
 }
 
+/* Eight activations of row xr at i as the product takes them: with NORM their
+ * squares added to *ss (the row's sum for its inverse RMS) and each times the
+ * norm's weight g; the scale by the inverse RMS comes at the end (gemv_rms). */
+template <bool NORM>
+__device__ __forceinline__ void gemv_x8(const float *xr, int i, const float g[8], float v[8], float *ss) {
+    gemv_load8(xr, i, v);
+    if (NORM)
+#pragma unroll
+        for (int j = 0; j < 8; j++) *ss += v[j] * v[j], v[j] *= g[j];
+}
+
+__device__ __forceinline__ float gemv_dot8(const float a[8], const float w[8]) {
+    return a[0] * w[0] + a[1] * w[1] + a[2] * w[2] + a[3] * w[3] + a[4] * w[4] + a[5] * w[5] + a[6] * w[6] +
+           a[7] * w[7];
+}
+
+/* rmsnorm's scale of a row of cols values whose squares sum to ss (norm.cu's formula). */
+__device__ __forceinline__ float gemv_rms(float ss, int cols, float eps) { return rsqrtf(ss / (float)cols + eps); }
+
 /* What one launch computes: up to three products of the same input stacked
  * as one matrix (rows end[0], end[1], end[2] cumulative; segment i writes
  * out[i] (T, ld[i]) and adds bias[i]), or with MODE GEMV_ADD the first one
  * added into out[0], or with MODE GEMV_GLU gate = w[0], up = w[1] (rows
- * end[0] each) and out[0] = silu(gate x + b0) * (up x + b1). */
+ * end[0] each) and out[0] = silu(gate x + b0) * (up x + b1). With NORM the
+ * input is rmsnorm(x) * norm (eps) instead of x. */
 enum { GEMV_PLAIN = 0, GEMV_ADD = 1, GEMV_GLU = 2 };
 typedef struct {
     const void *w0, *w1, *w2;
@@ -43,6 +66,8 @@ typedef struct {
     int end0, end1, end2;
     int ld0, ld1, ld2;
     int pdl; /* pdl_flags(): launched with programmatic dependent launch, and how */
+    const float *norm; /* (cols) with NORM: the RMSNorm's weight */
+    float eps;
 } gemv_args;
 
 /* Row `row` of the stacked matrix: its segment and its row in that segment. */
@@ -70,7 +95,7 @@ __device__ __forceinline__ void gemv_store(const gemv_args &a, int seg, int loca
     }
 }
 
-template <int T, typename W, int MODE>
+template <int T, typename W, int MODE, bool NORM>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_kernel(gemv_args a, const float *x, int cols) {
     int row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
@@ -87,25 +112,26 @@ gemv_kernel(gemv_args a, const float *x, int cols) {
     }
     if (!(a.pdl & PDL_LATE)) pdl_trigger();
     pdl_wait();
-    float acc[T], acc2[MODE == GEMV_GLU ? T : 1];
+    /* the lanes stride over all of a row's columns: the warp sees each x row whole */
+    float acc[T], acc2[MODE == GEMV_GLU ? T : 1], ss[NORM ? T : 1];
 #pragma unroll
     for (int t = 0; t < T; t++) acc[t] = 0.0f;
 #pragma unroll
     for (int t = 0; t < (MODE == GEMV_GLU ? T : 1); t++) acc2[t] = 0.0f;
+#pragma unroll
+    for (int t = 0; t < (NORM ? T : 1); t++) ss[t] = 0.0f;
 #pragma unroll 4
     for (int i = lane; i < n8; i += 32) {
-        float wv[8], wv2[8];
+        float wv[8], wv2[8], g[8];
         gemv_load8(wr, i, wv);
         if (MODE == GEMV_GLU) gemv_load8(wu, i, wv2);
+        if (NORM) gemv_load8(a.norm, i, g);
 #pragma unroll
         for (int t = 0; t < T; t++) {
-            const float4 *xp = (const float4 *)(x + (size_t)t * cols) + 2 * i;
-            float4 p = __ldg(xp), q = __ldg(xp + 1);
-            acc[t] += p.x * wv[0] + p.y * wv[1] + p.z * wv[2] + p.w * wv[3] + q.x * wv[4] + q.y * wv[5] +
-                      q.z * wv[6] + q.w * wv[7];
-            if (MODE == GEMV_GLU)
-                acc2[t] += p.x * wv2[0] + p.y * wv2[1] + p.z * wv2[2] + p.w * wv2[3] + q.x * wv2[4] +
-                           q.y * wv2[5] + q.z * wv2[6] + q.w * wv2[7];
+            float xv[8];
+            gemv_x8<NORM>(x + (size_t)t * cols, i, g, xv, &ss[NORM ? t : 0]);
+            acc[t] += gemv_dot8(xv, wv);
+            if (MODE == GEMV_GLU) acc2[t] += gemv_dot8(xv, wv2);
         }
     }
     if (a.pdl & PDL_LATE) pdl_trigger();
@@ -114,6 +140,12 @@ gemv_kernel(gemv_args a, const float *x, int cols) {
         for (int o = 16; o > 0; o >>= 1) acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], o);
         if (MODE == GEMV_GLU)
             for (int o = 16; o > 0; o >>= 1) acc2[t] += __shfl_xor_sync(0xffffffffu, acc2[t], o);
+        if (NORM) {
+            for (int o = 16; o > 0; o >>= 1) ss[t] += __shfl_xor_sync(0xffffffffu, ss[t], o);
+            float r = gemv_rms(ss[t], cols, a.eps);
+            acc[t] *= r;
+            if (MODE == GEMV_GLU) acc2[t] *= r;
+        }
     }
     if (lane == 0)
 #pragma unroll
@@ -125,11 +157,12 @@ gemv_kernel(gemv_args a, const float *x, int cols) {
  * along the rows' columns 16 bytes at a time, so a block reads R contiguous
  * spans (fewer DRAM pages open at once than a warp per row) and each x load
  * serves R rows; the warps' partial sums meet in shared memory. */
-template <int T, typename W, int MODE, int R>
+template <int T, typename W, int MODE, bool NORM, int R>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_block_kernel(gemv_args a, const float *x, int cols) {
     constexpr int NT = GEMV_WARPS * 32, NA = MODE == GEMV_GLU ? 2 : 1;
     __shared__ float red[GEMV_WARPS][NA][R][T];
+    __shared__ float red_ss[GEMV_WARPS][T]; /* with NORM: the warps' sums of squares of each x row */
     const int row0 = blockIdx.x * R, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const W *wr[R], *wu[R];
 #pragma unroll
@@ -149,34 +182,33 @@ gemv_block_kernel(gemv_args a, const float *x, int cols) {
     }
     if (!(a.pdl & PDL_LATE)) pdl_trigger();
     pdl_wait();
-    float acc[NA][R][T];
+    float acc[NA][R][T], ss[NORM ? T : 1];
 #pragma unroll
     for (int k = 0; k < NA; k++)
 #pragma unroll
         for (int r = 0; r < R; r++)
 #pragma unroll
             for (int t = 0; t < T; t++) acc[k][r][t] = 0.0f;
+#pragma unroll
+    for (int t = 0; t < (NORM ? T : 1); t++) ss[t] = 0.0f;
     const int n8 = cols >> 3;
 #pragma unroll 2
     for (int i = tid; i < n8; i += NT) {
-        float wv[NA][R][8];
+        float wv[NA][R][8], g[8];
 #pragma unroll
         for (int r = 0; r < R; r++) {
             gemv_load8(wr[r], i, wv[0][r]);
             if (MODE == GEMV_GLU) gemv_load8(wu[r], i, wv[NA - 1][r]);
         }
+        if (NORM) gemv_load8(a.norm, i, g);
 #pragma unroll
         for (int t = 0; t < T; t++) {
-            const float4 *xp = (const float4 *)(x + (size_t)t * cols) + 2 * i;
-            float4 p = __ldg(xp), q = __ldg(xp + 1);
+            float xv[8];
+            gemv_x8<NORM>(x + (size_t)t * cols, i, g, xv, &ss[NORM ? t : 0]);
 #pragma unroll
             for (int k = 0; k < NA; k++)
 #pragma unroll
-                for (int r = 0; r < R; r++) {
-                    const float *w8 = wv[k][r];
-                    acc[k][r][t] += p.x * w8[0] + p.y * w8[1] + p.z * w8[2] + p.w * w8[3] + q.x * w8[4] +
-                                    q.y * w8[5] + q.z * w8[6] + q.w * w8[7];
-                }
+                for (int r = 0; r < R; r++) acc[k][r][t] += gemv_dot8(xv, wv[k][r]);
         }
     }
     if (a.pdl & PDL_LATE) pdl_trigger();
@@ -190,15 +222,28 @@ gemv_block_kernel(gemv_args a, const float *x, int cols) {
                 for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
                 if (lane == 0) red[warp][k][r][t] = v;
             }
+    if (NORM) /* the block's threads together saw each x row once */
+#pragma unroll
+        for (int t = 0; t < T; t++) {
+            float v = ss[t];
+            for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+            if (lane == 0) red_ss[warp][t] = v;
+        }
     __syncthreads();
     if (tid >= R * T) return;
     const int r = tid / T, t = tid % T, row = row0 + r;
     if (row >= a.end2) return;
-    float sum[NA];
+    float sum[NA], sst = 0.0f;
 #pragma unroll
     for (int k = 0; k < NA; k++) {
         sum[k] = 0.0f;
         for (int w = 0; w < GEMV_WARPS; w++) sum[k] += red[w][k][r][t];
+    }
+    if (NORM) {
+        for (int w = 0; w < GEMV_WARPS; w++) sst += red_ss[w][t];
+        float rs = gemv_rms(sst, cols, a.eps);
+#pragma unroll
+        for (int k = 0; k < NA; k++) sum[k] *= rs;
     }
     int local, seg = gemv_seg(a, row, &local);
     gemv_store<MODE>(a, seg, local, t, sum[0], sum[NA - 1]);
@@ -221,38 +266,50 @@ static bool gemv_use_block(int mode, int rows, int cols, size_t wbytes) {
     return mode != GEMV_GLU && (size_t)rows * cols * wbytes <= GEMV_BLOCK_MAX_BYTES;
 }
 
-template <int T, typename W, int MODE>
+template <int T, typename W, int MODE, bool NORM>
 static void gemv_block_launch(const gemv_args &a, const float *x, int cols, cudaStream_t st) {
     /* R by rows: enough blocks to fill the GPU several times over */
     int rows = a.end2;
     dim3 block(GEMV_WARPS * 32);
-    if (rows >= 8192) pdl_launch(gemv_block_kernel<T, W, MODE, 4>, dim3((rows + 3) / 4), block, 0, st, a, x, cols);
-    else if (rows >= 2048) pdl_launch(gemv_block_kernel<T, W, MODE, 2>, dim3((rows + 1) / 2), block, 0, st, a, x, cols);
-    else pdl_launch(gemv_block_kernel<T, W, MODE, 1>, dim3(rows), block, 0, st, a, x, cols);
+    if (rows >= 8192)
+        pdl_launch(gemv_block_kernel<T, W, MODE, NORM, 4>, dim3((rows + 3) / 4), block, 0, st, a, x, cols);
+    else if (rows >= 2048)
+        pdl_launch(gemv_block_kernel<T, W, MODE, NORM, 2>, dim3((rows + 1) / 2), block, 0, st, a, x, cols);
+    else pdl_launch(gemv_block_kernel<T, W, MODE, NORM, 1>, dim3(rows), block, 0, st, a, x, cols);
 }
 
-template <typename W, int MODE>
+template <typename W, int MODE, bool NORM>
 static int gemv_run(gemv_args a, const float *x, int T, int cols, void *stream) {
     if (a.end2 == 0) return KERNELS_OK;
     a.pdl = pdl_flags();
     dim3 grid((a.end2 + GEMV_WARPS - 1) / GEMV_WARPS), block(GEMV_WARPS * 32);
     cudaStream_t st = (cudaStream_t)stream;
     if (T <= 2 && gemv_use_block(MODE, a.end2, cols, sizeof(W))) {
-        if (T == 1) gemv_block_launch<1, W, MODE>(a, x, cols, st);
-        else gemv_block_launch<2, W, MODE>(a, x, cols, st);
+        if (T == 1) gemv_block_launch<1, W, MODE, NORM>(a, x, cols, st);
+        else gemv_block_launch<2, W, MODE, NORM>(a, x, cols, st);
         return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
     }
     switch (T) {
-    case 1: pdl_launch(gemv_kernel<1, W, MODE>, grid, block, 0, st, a, x, cols); break;
-    case 2: pdl_launch(gemv_kernel<2, W, MODE>, grid, block, 0, st, a, x, cols); break;
-    case 3: pdl_launch(gemv_kernel<3, W, MODE>, grid, block, 0, st, a, x, cols); break;
-    case 4: pdl_launch(gemv_kernel<4, W, MODE>, grid, block, 0, st, a, x, cols); break;
-    case 5: pdl_launch(gemv_kernel<5, W, MODE>, grid, block, 0, st, a, x, cols); break;
-    case 6: pdl_launch(gemv_kernel<6, W, MODE>, grid, block, 0, st, a, x, cols); break;
-    case 7: pdl_launch(gemv_kernel<7, W, MODE>, grid, block, 0, st, a, x, cols); break;
-    default: pdl_launch(gemv_kernel<8, W, MODE>, grid, block, 0, st, a, x, cols); break;
+    case 1: pdl_launch(gemv_kernel<1, W, MODE, NORM>, grid, block, 0, st, a, x, cols); break;
+    case 2: pdl_launch(gemv_kernel<2, W, MODE, NORM>, grid, block, 0, st, a, x, cols); break;
+    case 3: pdl_launch(gemv_kernel<3, W, MODE, NORM>, grid, block, 0, st, a, x, cols); break;
+    case 4: pdl_launch(gemv_kernel<4, W, MODE, NORM>, grid, block, 0, st, a, x, cols); break;
+    case 5: pdl_launch(gemv_kernel<5, W, MODE, NORM>, grid, block, 0, st, a, x, cols); break;
+    case 6: pdl_launch(gemv_kernel<6, W, MODE, NORM>, grid, block, 0, st, a, x, cols); break;
+    case 7: pdl_launch(gemv_kernel<7, W, MODE, NORM>, grid, block, 0, st, a, x, cols); break;
+    default: pdl_launch(gemv_kernel<8, W, MODE, NORM>, grid, block, 0, st, a, x, cols); break;
     }
     return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
+}
+
+/* The products of a with bf16 (or f32) weights, on rmsnorm(x) * a.norm when a.norm is set. */
+template <int MODE>
+static int gemv_run_norm(const gemv_args &a, const float *x, int T, int cols, int f32, void *stream) {
+    if (a.norm)
+        return f32 ? gemv_run<float, MODE, true>(a, x, T, cols, stream)
+                   : gemv_run<__nv_bfloat16, MODE, true>(a, x, T, cols, stream);
+    return f32 ? gemv_run<float, MODE, false>(a, x, T, cols, stream)
+               : gemv_run<__nv_bfloat16, MODE, false>(a, x, T, cols, stream);
 }
 
 template <typename W>
@@ -260,7 +317,7 @@ static int gemv_launch(float *out, const float *x, const void *w, const float *b
                        void *stream) {
     if (rows < 0 || !kernels_gemv_supported(x, w, T, cols)) return KERNELS_ERR_ARG;
     gemv_args a = {w, w, w, out, out, out, bias, bias, bias, rows, rows, rows, rows, rows, rows};
-    return gemv_run<W, GEMV_PLAIN>(a, x, T, cols, stream);
+    return gemv_run<W, GEMV_PLAIN, false>(a, x, T, cols, stream);
 }
 
 extern "C" int kernels_gemv_supported(const float *x, const void *w, int T, int cols) {
@@ -282,28 +339,30 @@ static int gemv_w_ok(const float *x, const void *w, int T, int cols) { return ke
 
 extern "C" int kernels_gemv3(float *out0, float *out1, float *out2, const float *x, const void *w0, const void *w1,
                              const void *w2, const float *b0, const float *b1, const float *b2, int rows0, int rows1,
-                             int rows2, int T, int cols, int f32, void *stream) {
+                             int rows2, int T, int cols, const float *norm, float eps, int f32, void *stream) {
     if (rows0 < 0 || rows1 < 0 || rows2 < 0 || !gemv_w_ok(x, w0, T, cols) || !gemv_w_ok(x, w1, T, cols) ||
-        !gemv_w_ok(x, w2, T, cols))
+        !gemv_w_ok(x, w2, T, cols) || (norm && !gemv_w_ok(x, norm, T, cols)))
         return KERNELS_ERR_ARG;
     gemv_args a = {w0, w1, w2, out0, out1, out2, b0, b1, b2, rows0, rows0 + rows1, rows0 + rows1 + rows2,
                    rows0, rows1, rows2};
-    return f32 ? gemv_run<float, GEMV_PLAIN>(a, x, T, cols, stream)
-               : gemv_run<__nv_bfloat16, GEMV_PLAIN>(a, x, T, cols, stream);
+    a.norm = norm, a.eps = eps;
+    return gemv_run_norm<GEMV_PLAIN>(a, x, T, cols, f32, stream);
 }
 
 extern "C" int kernels_gemv_add(float *out, const float *x, const void *w, const float *bias, int T, int rows,
                                 int cols, int f32, void *stream) {
     if (rows < 0 || !gemv_w_ok(x, w, T, cols)) return KERNELS_ERR_ARG;
     gemv_args a = {w, w, w, out, out, out, bias, bias, bias, rows, rows, rows, rows, rows, rows};
-    return f32 ? gemv_run<float, GEMV_ADD>(a, x, T, cols, stream)
-               : gemv_run<__nv_bfloat16, GEMV_ADD>(a, x, T, cols, stream);
+    return f32 ? gemv_run<float, GEMV_ADD, false>(a, x, T, cols, stream)
+               : gemv_run<__nv_bfloat16, GEMV_ADD, false>(a, x, T, cols, stream);
 }
 
 extern "C" int kernels_gemv_glu(float *out, const float *x, const void *wg, const void *wu, const float *bg,
-                                const float *bu, int T, int rows, int cols, int f32, void *stream) {
-    if (rows < 0 || !gemv_w_ok(x, wg, T, cols) || !gemv_w_ok(x, wu, T, cols)) return KERNELS_ERR_ARG;
+                                const float *bu, int T, int rows, int cols, const float *norm, float eps, int f32,
+                                void *stream) {
+    if (rows < 0 || !gemv_w_ok(x, wg, T, cols) || !gemv_w_ok(x, wu, T, cols) || (norm && !gemv_w_ok(x, norm, T, cols)))
+        return KERNELS_ERR_ARG;
     gemv_args a = {wg, wu, wg, out, out, out, bg, bu, bg, rows, rows, rows, rows, rows, rows};
-    return f32 ? gemv_run<float, GEMV_GLU>(a, x, T, cols, stream)
-               : gemv_run<__nv_bfloat16, GEMV_GLU>(a, x, T, cols, stream);
+    a.norm = norm, a.eps = eps;
+    return gemv_run_norm<GEMV_GLU>(a, x, T, cols, f32, stream);
 }

@@ -86,6 +86,16 @@ typedef struct {
 
 #define BACKEND_FETCH_CHANNELS 8 /* Engram layers with host tables, at most */
 
+/* An RMSNorm that a fused product applies to its input x (T, cols) first: each
+ * row as rmsnorm does, with weight g (cols) and eps. h (T, cols, backend
+ * memory) is where the backend may put the normed rows; it need not (the
+ * CUDA decode products scale x as they load it), so h holds nothing after. */
+typedef struct {
+    const float *g;
+    float eps;
+    float *h;
+} backend_norm;
+
 typedef struct backend backend;
 
 typedef struct backend_ops {
@@ -326,17 +336,19 @@ typedef struct backend_ops {
     /* ---- fused (optional) ----
      * Each stands for a sequence of the ops above and gives the same result
      * up to rounding; NULL where a backend has none (the CPU reference), and
-     * forward.c then issues that sequence. */
+     * forward.c then issues that sequence. The products that take a norm
+     * (NULL: none) stand for rmsnorm first, their input being its output. */
     /* q (T, wq.rows), k (T, wk.rows), v (T, wv.rows) = x (T, cols) @ w^T (+ bias
-     * where not NULL), for the three: matmul three times */
-    void (*matmul_qkv)(backend *be, float *q, float *k, float *v, const float *x, const weight *wq, const weight *wk,
-                       const weight *wv, const float *bq, const float *bk, const float *bv, int T);
+     * where not NULL), for the three: (rmsnorm,) matmul three times */
+    void (*matmul_qkv)(backend *be, float *q, float *k, float *v, const float *x, const backend_norm *norm,
+                       const weight *wq, const weight *wk, const weight *wv, const float *bq, const float *bk,
+                       const float *bv, int T);
     /* x (T, w.rows) += a (T, w.cols) @ w^T (+ bias): matmul into scratch, then add */
     void (*matmul_add)(backend *be, float *x, const float *a, const weight *w, const float *bias, int T);
     /* gate (T, wg.rows) = silu(x @ wg^T + bg) * (x @ wu^T + bu); up (T, wu.rows)
-     * is scratch the backend may use: matmul gate, matmul up, swiglu */
-    void (*matmul_glu)(backend *be, float *gate, float *up, const float *x, const weight *wg, const weight *wu,
-                       const float *bg, const float *bu, int T);
+     * is scratch the backend may use: (rmsnorm,) matmul gate, matmul up, swiglu */
+    void (*matmul_glu)(backend *be, float *gate, float *up, const float *x, const backend_norm *norm,
+                       const weight *wg, const weight *wu, const float *bg, const float *bu, int T);
     /* q (T, n_heads, hd) in place and each token's K and V rows: RMSNorm per
      * head by qn (hd) and kn when not NULL, rope of q and k by b->pos, then K
      * (normed, roped) and V stored as kv_store does; k is not written:
@@ -568,18 +580,18 @@ static inline int backend_step_begin(backend *be, const void *key, size_t key_by
 }
 static inline void backend_step_end(backend *be) { be->ops->step_end(be); }
 
-static inline void backend_matmul_qkv(backend *be, float *q, float *k, float *v, const float *x, const weight *wq,
-                                      const weight *wk, const weight *wv, const float *bq, const float *bk,
-                                      const float *bv, int T) {
-    be->ops->matmul_qkv(be, q, k, v, x, wq, wk, wv, bq, bk, bv, T);
+static inline void backend_matmul_qkv(backend *be, float *q, float *k, float *v, const float *x,
+                                      const backend_norm *norm, const weight *wq, const weight *wk, const weight *wv,
+                                      const float *bq, const float *bk, const float *bv, int T) {
+    be->ops->matmul_qkv(be, q, k, v, x, norm, wq, wk, wv, bq, bk, bv, T);
 }
 static inline void backend_matmul_add(backend *be, float *x, const float *a, const weight *w, const float *bias,
                                       int T) {
     be->ops->matmul_add(be, x, a, w, bias, T);
 }
-static inline void backend_matmul_glu(backend *be, float *gate, float *up, const float *x, const weight *wg,
-                                      const weight *wu, const float *bg, const float *bu, int T) {
-    be->ops->matmul_glu(be, gate, up, x, wg, wu, bg, bu, T);
+static inline void backend_matmul_glu(backend *be, float *gate, float *up, const float *x, const backend_norm *norm,
+                                      const weight *wg, const weight *wu, const float *bg, const float *bu, int T) {
+    be->ops->matmul_glu(be, gate, up, x, norm, wg, wu, bg, bu, T);
 }
 static inline void backend_qk_rope_store(backend *be, float *q, const float *k, const float *v, void *kc, void *vc,
                                          const batch_desc *b, int n_heads, int n_kv, int hd, const float *qn,

@@ -761,8 +761,8 @@ static void test_fused_products(int T, dtype dt, int bias, double bound) {
         backend_matmul(cpu, ref + (size_t)T * nq, x, &wk.h, bias ? wk.hb : NULL, T);
         backend_matmul(cpu, ref + (size_t)T * (nq + nkv), x, &wv.h, bias ? wv.hb : NULL, T);
         float *o = dev_poison((size_t)T * (nq + 2 * nkv) * 4);
-        backend_matmul_qkv(gpu, o, o + (size_t)T * nq, o + (size_t)T * (nq + nkv), dx, &wq.d, &wk.d, &wv.d,
-                        bias ? wq.db : NULL, bias ? wk.db : NULL, bias ? wv.db : NULL, T);
+        backend_matmul_qkv(gpu, o, o + (size_t)T * nq, o + (size_t)T * (nq + nkv), dx, NULL, &wq.d, &wk.d, &wv.d,
+                           bias ? wq.db : NULL, bias ? wk.db : NULL, bias ? wv.db : NULL, T);
         snprintf(name, sizeof(name), "matmul_qkv %s T=%d%s", dn, T, bias ? " +b" : "");
         check(name, o, ref, (size_t)T * (nq + 2 * nkv), bound);
         backend_free(gpu, o), free(ref);
@@ -784,7 +784,7 @@ static void test_fused_products(int T, dtype dt, int bias, double bound) {
         backend_matmul(cpu, up, x, &wu.h, bias ? wu.hb : NULL, T);
         backend_swiglu(cpu, ref, up, (size_t)T * ff);
         float *dg = dev_poison((size_t)T * ff * 4), *du = dev_poison((size_t)T * ff * 4);
-        backend_matmul_glu(gpu, dg, du, dx, &wg.d, &wu.d, bias ? wg.db : NULL, bias ? wu.db : NULL, T);
+        backend_matmul_glu(gpu, dg, du, dx, NULL, &wg.d, &wu.d, bias ? wg.db : NULL, bias ? wu.db : NULL, T);
         snprintf(name, sizeof(name), "matmul_glu %s T=%d%s", dn, T, bias ? " +b" : "");
         check(name, dg, ref, (size_t)T * ff, bound);
         backend_free(gpu, dg), backend_free(gpu, du), free(ref), free(up);
@@ -792,6 +792,57 @@ static void test_fused_products(int T, dtype dt, int bias, double bound) {
     }
     backend_free(gpu, dx), free(x);
     tw_free(&wq), tw_free(&wk), tw_free(&wv);
+}
+
+/* The qkv and gate/up products with the RMSNorm before them folded in (backend_norm) against the
+ * CPU's rmsnorm, then its products (and swiglu). The shapes pick the kernel: at T <= 2 the
+ * matrix-vector kernels fold the norm into their loads of x (a block on 1, 2 or 4 rows of up to
+ * 16 MiB of weights, a warp per row above and for gate|up), at larger T the norm runs into h and
+ * cuBLAS takes the normed rows. */
+static void test_norm_products(int T, dtype dt, int bias, int cols, int nq, int nkv, int ff, double bound) {
+    char name[96];
+    const char *dn = dtype_name(dt);
+    const float eps = 1e-6f;
+    tw wq = tw_make(nq, cols, dt), wk = tw_make(nkv, cols, dt), wv = tw_make(nkv, cols, dt);
+    tw wg = tw_make(ff, cols, dt), wu = tw_make(ff, cols, dt);
+    float *x = rand_f32((size_t)T * cols, 3.0f), *g = rand_f32(cols, 1.0f), *h = xmalloc((size_t)T * cols * 4);
+    for (int i = 0; i < cols; i++) g[i] += 1.0f; /* a norm weight around 1, as trained ones are */
+    backend_rmsnorm(cpu, h, x, g, T, cols, eps);
+    float *dx = dev_copy(x, (size_t)T * cols * 4), *dgw = dev_copy(g, (size_t)cols * 4);
+    backend_norm norm = {dgw, eps, dev_poison((size_t)T * cols * 4)};
+    { /* q, k, v of rmsnorm(x) */
+        size_t n = (size_t)T * (nq + 2 * nkv);
+        float *ref = xmalloc(n * 4);
+        backend_matmul(cpu, ref, h, &wq.h, bias ? wq.hb : NULL, T);
+        backend_matmul(cpu, ref + (size_t)T * nq, h, &wk.h, bias ? wk.hb : NULL, T);
+        backend_matmul(cpu, ref + (size_t)T * (nq + nkv), h, &wv.h, bias ? wv.hb : NULL, T);
+        float *o = dev_poison(n * 4);
+        backend_matmul_qkv(gpu, o, o + (size_t)T * nq, o + (size_t)T * (nq + nkv), dx, &norm, &wq.d, &wk.d, &wv.d,
+                           bias ? wq.db : NULL, bias ? wk.db : NULL, bias ? wv.db : NULL, T);
+        snprintf(name, sizeof(name), "rmsnorm+matmul_qkv %s %dx%d T=%d%s", dn, nq + 2 * nkv, cols, T, bias ? " +b" : "");
+        check(name, o, ref, n, bound);
+        backend_free(gpu, o), free(ref);
+    }
+    { /* gate and up of rmsnorm(x) */
+        size_t n = (size_t)T * ff;
+        float *ref = xmalloc(n * 4), *up = xmalloc(n * 4);
+        backend_matmul(cpu, ref, h, &wg.h, bias ? wg.hb : NULL, T);
+        backend_matmul(cpu, up, h, &wu.h, bias ? wu.hb : NULL, T);
+        backend_swiglu(cpu, ref, up, n);
+        float *dg = dev_poison(n * 4), *du = dev_poison(n * 4);
+        backend_matmul_glu(gpu, dg, du, dx, &norm, &wg.d, &wu.d, bias ? wg.db : NULL, bias ? wu.db : NULL, T);
+        snprintf(name, sizeof(name), "rmsnorm+matmul_glu %s 2x%dx%d T=%d%s", dn, ff, cols, T, bias ? " +b" : "");
+        check(name, dg, ref, n, bound);
+        backend_free(gpu, dg), backend_free(gpu, du), free(ref), free(up);
+    }
+    /* x is the residual stream: the fused products read it, never write it */
+    float *x_after = host_of(dx, (size_t)T * cols * 4);
+    snprintf(name, sizeof(name), "rmsnorm+products leave x T=%d", T);
+    report(name, x_after, x, (size_t)T * cols, 0);
+    free(x_after);
+    backend_free(gpu, dx), backend_free(gpu, dgw), backend_free(gpu, norm.h);
+    free(x), free(g), free(h);
+    tw_free(&wq), tw_free(&wk), tw_free(&wv), tw_free(&wg), tw_free(&wu);
 }
 
 /* qk_rope_store on the mixed step against rmsnorm per head, rope, kv_store */
@@ -1429,6 +1480,16 @@ int main(int argc, char **argv) {
     test_fused_products(5, DTYPE_F32, 1, 1e-5);
     test_fused_products(43, DTYPE_BF16, 0, 1e-2); /* cuBLAS adding into the residual */
     test_fused_products(43, DTYPE_BF16, 1, 1e-2);
+    /* the same with the norm before them folded in: the block kernel on 1 row (a 1536-row qkv), 2
+     * (6144 rows) and 4 (10240 rows), the warp kernel (a 25 MiB qkv; every gate|up), f32 weights,
+     * then the unfolded norm before cuBLAS (T > 2) */
+    test_norm_products(1, DTYPE_BF16, 1, 1024, 1024, 256, 1536, 1e-5);
+    test_norm_products(2, DTYPE_BF16, 0, 1024, 4096, 1024, 2048, 1e-5);
+    test_norm_products(1, DTYPE_BF16, 0, 512, 8192, 1024, 512, 1e-5);
+    test_norm_products(2, DTYPE_BF16, 1, 2048, 4096, 1024, 1024, 1e-5);
+    test_norm_products(1, DTYPE_F32, 1, 1024, 1024, 256, 1536, 1e-5);
+    test_norm_products(5, DTYPE_F32, 1, 1024, 1024, 256, 1536, 1e-5);
+    test_norm_products(43, DTYPE_BF16, 1, 1024, 1024, 256, 1536, 1e-2);
     /* mixture of experts: routers of the three scorings; experts through the pair kernel (T <= 2,
      * f32 activations), the tensor-core grouped products (bf16, tiles fit) and the general ones */
     test_dsv4_small();

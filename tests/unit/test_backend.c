@@ -4,7 +4,9 @@
  * accepts NULL. The CPU's SwiGLU on every ISA path is bit for bit
  * x / (1 + expf(-x)) * u with libm's expf (the AVX-512 path computes glibc's
  * expf itself, 16 at a time), over every 512th float and the edges of its
- * fast range. */
+ * fast range. The forward pass through a backend with the optional fused
+ * products that take a norm (backend_norm) gives the CPU's logits bit for bit
+ * when those ops are the sequences they stand for. */
 #include <check.h>
 #include <math.h>
 #include <stdint.h>
@@ -14,6 +16,7 @@
 #include <time.h>
 
 #include "engine/backend/backend.h"
+#include "engine/forward.h"
 
 START_TEST(two_cpu_backends_are_independent) {
     backend *a = backend_cpu_create(), *b = backend_cpu_create();
@@ -87,12 +90,90 @@ START_TEST(swiglu_is_libm_expf) {
 }
 END_TEST
 
+/* The CPU's ops plus matmul_qkv and matmul_glu as backend.h says they read:
+ * rmsnorm (when given a norm) into norm->h, then the products; h is then
+ * poisoned, as it holds nothing after (a backend that folds the norm never
+ * writes it), so a reader of h after the op would see NaN. */
+static backend_ops fused_ops;
+
+static const float *seq_norm(backend *be, const float *x, const backend_norm *norm, int T, int cols) {
+    if (!norm) return x;
+    backend_rmsnorm(be, norm->h, x, norm->g, T, cols, norm->eps);
+    return norm->h;
+}
+static void seq_poison(const backend_norm *norm, int T, int cols) {
+    for (size_t i = 0; norm && i < (size_t)T * cols; i++) norm->h[i] = NAN;
+}
+static void seq_matmul_qkv(backend *be, float *q, float *k, float *v, const float *x, const backend_norm *norm,
+                           const weight *wq, const weight *wk, const weight *wv, const float *bq, const float *bk,
+                           const float *bv, int T) {
+    const float *in = seq_norm(be, x, norm, T, wq->cols);
+    backend_matmul(be, q, in, wq, bq, T);
+    backend_matmul(be, k, in, wk, bk, T);
+    backend_matmul(be, v, in, wv, bv, T);
+    seq_poison(norm, T, wq->cols);
+}
+static void seq_matmul_glu(backend *be, float *gate, float *up, const float *x, const backend_norm *norm,
+                           const weight *wg, const weight *wu, const float *bg, const float *bu, int T) {
+    const float *in = seq_norm(be, x, norm, T, wg->cols);
+    backend_matmul(be, gate, in, wg, bg, T);
+    backend_matmul(be, up, in, wu, bu, T);
+    backend_swiglu(be, gate, up, (size_t)T * wg->rows);
+    seq_poison(norm, T, wg->cols);
+}
+
+/* A prompt of 7 tokens, then 3 single-token steps: the logits of each (4, V). */
+static void run_fixture(model *m, backend *be, float *logits) {
+    char err[256];
+    forward_ctx *fc = NULL;
+    forward_state *st = NULL;
+    ck_assert_int_eq(forward_ctx_create(m, be, 16, 1, &fc, err, sizeof(err)), FORWARD_OK);
+    ck_assert_int_eq(forward_state_create(fc, NULL, 16, &st), FORWARD_OK);
+    int32_t ids[10] = {1, 7, 3, 12, 5, 9, 2, 11, 4, 6};
+    size_t V = (size_t)m->cfg.vocab_size;
+    ck_assert_int_eq(forward_run(fc, st, ids, 7, logits, NULL), FORWARD_OK);
+    for (int i = 7; i < 10; i++) ck_assert_int_eq(forward_run(fc, st, ids + i, 1, logits + (i - 6) * V, NULL), FORWARD_OK);
+    forward_state_destroy(st);
+    forward_ctx_destroy(fc);
+}
+
+START_TEST(forward_folds_norms_into_fused_products) {
+    /* biases (qwen2), per-head q/k norms (qwen3), sparse layers whose FFN norm has two readers and
+     * stays unfolded (qwen3_moe), Engram layers (qwen3_engram) */
+    static const char *fixtures[] = {"llama3", "qwen2", "qwen3", "qwen3_moe", "qwen3_engram"};
+    const char *src = getenv("ENGRAM_SOURCE_DIR");
+    for (size_t f = 0; f < sizeof(fixtures) / sizeof(fixtures[0]); f++) {
+        char dir[512], err[512];
+        snprintf(dir, sizeof(dir), "%s/tests/fixtures/models/%s", src ? src : ".", fixtures[f]);
+        model *m = NULL;
+        ck_assert_msg(model_load(dir, &m, err, sizeof(err)) == MODEL_OK, "%s: %s", dir, err);
+        size_t n = 4 * (size_t)m->cfg.vocab_size;
+        float *want = malloc(n * sizeof(float)), *got = malloc(n * sizeof(float));
+        ck_assert(want && got);
+        backend *be = backend_cpu_create();
+        run_fixture(m, be, want);
+        const backend_ops *cpu_ops = be->ops;
+        fused_ops = *cpu_ops;
+        fused_ops.matmul_qkv = seq_matmul_qkv;
+        fused_ops.matmul_glu = seq_matmul_glu;
+        be->ops = &fused_ops;
+        run_fixture(m, be, got);
+        be->ops = cpu_ops;
+        ck_assert_msg(!memcmp(want, got, n * sizeof(float)), "%s: the fused path's logits differ", fixtures[f]);
+        backend_destroy(be);
+        model_destroy(m);
+        free(want), free(got);
+    }
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("backend");
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, two_cpu_backends_are_independent);
     tcase_add_test(tc, select_by_name);
     tcase_add_test(tc, swiglu_is_libm_expf);
+    tcase_add_test(tc, forward_folds_norms_into_fused_products);
     tcase_set_timeout(tc, 120);
     suite_add_tcase(s, tc);
     return s;

@@ -136,11 +136,12 @@ void cu_scale_rows(backend *be, float *out, size_t ostride, const float *x, size
                    int d);
 void cu_short_conv(backend *be, float *out, const float *in, const float *w, const batch_desc *b, size_t hist_off,
                    int C, int K, int dil);
-void cu_matmul_qkv(backend *be, float *q, float *k, float *v, const float *x, const weight *wq, const weight *wk,
-                   const weight *wv, const float *bq, const float *bk, const float *bv, int T);
+void cu_matmul_qkv(backend *be, float *q, float *k, float *v, const float *x, const backend_norm *norm,
+                   const weight *wq, const weight *wk, const weight *wv, const float *bq, const float *bk,
+                   const float *bv, int T);
 void cu_matmul_add(backend *be, float *x, const float *a, const weight *w, const float *bias, int T);
-void cu_matmul_glu(backend *be, float *gate, float *up, const float *x, const weight *wg, const weight *wu,
-                   const float *bg, const float *bu, int T);
+void cu_matmul_glu(backend *be, float *gate, float *up, const float *x, const backend_norm *norm,
+                   const weight *wg, const weight *wu, const float *bg, const float *bu, int T);
 void cu_qk_rope_store(backend *be, float *q, const float *k, const float *v, void *kc, void *vc, const batch_desc *b,
                       int n_heads, int n_kv, int hd, const float *qn, const float *kn, float eps,
                       const float *inv_freq);

@@ -2,8 +2,11 @@
  * Matrix products of 1 or 2 tokens (decode) go through a matrix-vector
  * kernel (f32 activations), larger ones through cuBLAS: bf16 weights times
  * activations rounded to bf16, or f32 weights times f32 activations (no
- * TF32), all with f32 accumulation and output; the rest through kernels/. */
+ * TF32), all with f32 accumulation and output; the rest through kernels/.
+ * The decode kernels of the qkv and gate/up products also apply the RMSNorm
+ * before them (backend_norm), so a decode layer runs no norm kernel. */
 #include <stddef.h>
+#include <stdint.h>
 
 #include "engine/backend/cuda/cuda_internal.h"
 #include "engine/sampler.h"
@@ -178,31 +181,46 @@ void cu_short_conv(backend *be, float *out, const float *in, const float *w, con
 
 /* ---- fused ops (backend.h, "fused") ---- */
 
-/* Whether a decode product of w takes the matrix-vector kernels. */
-static int cuda__gemv(const float *x, const weight *w, int T) {
+/* Whether a decode product of w takes the matrix-vector kernels (with a
+ * norm, which they fold in: its weight aligned as they load it). */
+static int cuda__gemv(const float *x, const backend_norm *norm, const weight *w, int T) {
     return T <= GEMV_MAX_TOKENS && (w->dt == DTYPE_BF16 || w->dt == DTYPE_F32) &&
-           kernels_gemv_supported(x, w->data, T, w->cols);
+           kernels_gemv_supported(x, w->data, T, w->cols) && (!norm || (uintptr_t)norm->g % 16 == 0);
 }
 
-void cu_matmul_qkv(backend *be, float *q, float *k, float *v, const float *x, const weight *wq, const weight *wk,
-                   const weight *wv, const float *bq, const float *bk, const float *bv, int T) {
+/* The input of a fused product that does not fold its norm: x, or x normed
+ * into norm->h by the rmsnorm op's kernel. */
+static const float *cu_normed(cuda_backend *g, const float *x, const backend_norm *norm, int T, int cols) {
+    if (!norm) return x;
+    CHECK_K(kernels_rmsnorm_f32(norm->h, x, norm->g, T, cols, norm->eps, g->stream));
+    return norm->h;
+}
+
+void cu_matmul_qkv(backend *be, float *q, float *k, float *v, const float *x, const backend_norm *norm,
+                   const weight *wq, const weight *wk, const weight *wv, const float *bq, const float *bk,
+                   const float *bv, int T) {
     cuda_backend *g = cuda__of(be);
     if (T <= 0) return;
-    int pi = prof__begin(g, "matmul qkv %dx%d %s", wq->rows + wk->rows + wv->rows, wq->cols, prof__tclass(T));
-    if (cuda__gemv(x, wq, T) && cuda__gemv(x, wk, T) && cuda__gemv(x, wv, T) && wk->dt == wq->dt &&
-        wv->dt == wq->dt && wk->cols == wq->cols && wv->cols == wq->cols) {
+    int pi = prof__begin(g, "matmul qkv%s %dx%d %s", norm ? "+norm" : "", wq->rows + wk->rows + wv->rows, wq->cols,
+                         prof__tclass(T));
+    if (cuda__gemv(x, norm, wq, T) && cuda__gemv(x, norm, wk, T) && cuda__gemv(x, norm, wv, T) &&
+        wk->dt == wq->dt && wv->dt == wq->dt && wk->cols == wq->cols && wv->cols == wq->cols) {
         CHECK_K(kernels_gemv3(q, k, v, x, wq->data, wk->data, wv->data, bq, bk, bv, wq->rows, wk->rows, wv->rows, T,
-                              wq->cols, wq->dt == DTYPE_F32, g->stream));
-    } else if (wq->dt == DTYPE_BF16 && wk->dt == DTYPE_BF16 && wv->dt == DTYPE_BF16 && wk->cols == wq->cols &&
-               wv->cols == wq->cols) { /* x rounded to bf16 once for the three */
-        cu_x_bf16(g, x, T, wq->cols);
-        cu_gemm_xb(g, q, wq, bq, T, 0.0f);
-        cu_gemm_xb(g, k, wk, bk, T, 0.0f);
-        cu_gemm_xb(g, v, wv, bv, T, 0.0f);
+                              wq->cols, norm ? norm->g : NULL, norm ? norm->eps : 0.0f, wq->dt == DTYPE_F32,
+                              g->stream));
     } else {
-        cu_matmul_(g, q, x, wq, bq, T);
-        cu_matmul_(g, k, x, wk, bk, T);
-        cu_matmul_(g, v, x, wv, bv, T);
+        x = cu_normed(g, x, norm, T, wq->cols);
+        if (wq->dt == DTYPE_BF16 && wk->dt == DTYPE_BF16 && wv->dt == DTYPE_BF16 && wk->cols == wq->cols &&
+            wv->cols == wq->cols) { /* x rounded to bf16 once for the three */
+            cu_x_bf16(g, x, T, wq->cols);
+            cu_gemm_xb(g, q, wq, bq, T, 0.0f);
+            cu_gemm_xb(g, k, wk, bk, T, 0.0f);
+            cu_gemm_xb(g, v, wv, bv, T, 0.0f);
+        } else {
+            cu_matmul_(g, q, x, wq, bq, T);
+            cu_matmul_(g, k, x, wk, bk, T);
+            cu_matmul_(g, v, x, wv, bv, T);
+        }
     }
     prof__end(g, pi);
 }
@@ -211,7 +229,7 @@ void cu_matmul_add(backend *be, float *x, const float *a, const weight *w, const
     cuda_backend *g = cuda__of(be);
     if (T <= 0) return;
     int pi = prof__begin(g, "matmul+add %dx%d %s", w->rows, w->cols, prof__tclass(T));
-    if (cuda__gemv(a, w, T)) {
+    if (cuda__gemv(a, NULL, w, T)) {
         CHECK_K(kernels_gemv_add(x, a, w->data, bias, T, w->rows, w->cols, w->dt == DTYPE_F32, g->stream));
     } else if (w->dt == DTYPE_BF16 && !bias) { /* cuBLAS adds into x itself (beta = 1) */
         cu_x_bf16(g, a, T, w->cols);
@@ -225,16 +243,17 @@ void cu_matmul_add(backend *be, float *x, const float *a, const weight *w, const
     prof__end(g, pi);
 }
 
-void cu_matmul_glu(backend *be, float *gate, float *up, const float *x, const weight *wg, const weight *wu,
-                   const float *bg, const float *bu, int T) {
+void cu_matmul_glu(backend *be, float *gate, float *up, const float *x, const backend_norm *norm,
+                   const weight *wg, const weight *wu, const float *bg, const float *bu, int T) {
     cuda_backend *g = cuda__of(be);
     if (T <= 0) return;
-    int pi = prof__begin(g, "matmul glu %dx%d %s", wg->rows, wg->cols, prof__tclass(T));
-    if (cuda__gemv(x, wg, T) && cuda__gemv(x, wu, T) && wg->dt == wu->dt && wg->rows == wu->rows &&
+    int pi = prof__begin(g, "matmul glu%s %dx%d %s", norm ? "+norm" : "", wg->rows, wg->cols, prof__tclass(T));
+    if (cuda__gemv(x, norm, wg, T) && cuda__gemv(x, norm, wu, T) && wg->dt == wu->dt && wg->rows == wu->rows &&
         wg->cols == wu->cols) {
-        CHECK_K(kernels_gemv_glu(gate, x, wg->data, wu->data, bg, bu, T, wg->rows, wg->cols, wg->dt == DTYPE_F32,
-                                 g->stream));
+        CHECK_K(kernels_gemv_glu(gate, x, wg->data, wu->data, bg, bu, T, wg->rows, wg->cols, norm ? norm->g : NULL,
+                                 norm ? norm->eps : 0.0f, wg->dt == DTYPE_F32, g->stream));
     } else {
+        x = cu_normed(g, x, norm, T, wg->cols);
         if (wg->dt == DTYPE_BF16 && wu->dt == DTYPE_BF16 && wu->cols == wg->cols) { /* x to bf16 once */
             cu_x_bf16(g, x, T, wg->cols);
             cu_gemm_xb(g, gate, wg, bg, T, 0.0f);
