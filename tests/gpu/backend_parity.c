@@ -9,7 +9,8 @@
  *   0      copies, gathers, widening, argmax, row scaling, history updates
  *   1e-5   element-wise f32 math with a different reduction order (norms,
  *          rope, gate, conv; libm vs CUDA transcendental ulps), the decode
- *          matrix-vector product on bf16 weights (1 or 2 tokens), every
+ *          matrix-vector product on bf16 weights (1 or 2 tokens; with an
+ *          RMSNorm folded in, against rmsnorm then the product), every
  *          product on f32 weights (kept f32, pedantic f32 in cuBLAS), and
  *          DeepSeek-V4.1's ratio-1/2 products on bf16 weights as a fixture's
  *          view holds them (f32 activations kept: weight.f32_activations)

@@ -18,6 +18,10 @@
  * batched: three sequences sharing one KV cache, prompts of 37, 5 and 12
  *          tokens in one step, then 16 steps of one token each (teacher
  *          forced), same checks per sequence.
+ *          (single's decode steps, one token, take the matrix-vector kernels
+ *          with the RMSNorms folded into the qkv and gate/up products; the
+ *          prompts and the batched steps of 3 tokens norm before cuBLAS; the
+ *          fixtures hold f32, bf16 and f16 weights.)
  * free:    the GPU's own greedy continuation of the single prompt, reported
  *          as the number of leading tokens equal to the CPU's (information).
  * store:   Engram models again on the GPU with their tables read through a
