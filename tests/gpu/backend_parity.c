@@ -287,22 +287,28 @@ static void test_matmul(int rows, int cols, int T, dtype wt, int with_bias, doub
 }
 
 /* kernels_gemv_bf16 called directly, at a T the backend sends to cuBLAS */
-static void test_gemv_kernel(int rows, int cols, int T) {
+/* With norm: kernels_gemv3 (one product) on rmsnorm(x) * g, against the CPU's rmsnorm then matmul. */
+static void test_gemv_kernel(int rows, int cols, int T, int norm) {
     size_t nw = (size_t)rows * cols;
     uint16_t *w16 = xmalloc(nw * 2);
     for (size_t i = 0; i < nw; i++) w16[i] = f32_to_bf16(0.05f * frand());
-    float *x = rand_f32((size_t)T * cols, 1.0f), *ref = xmalloc((size_t)T * rows * 4);
+    float *x = rand_f32((size_t)T * cols, 1.0f), *ref = xmalloc((size_t)T * rows * 4), *g = rand_f32(cols, 1.0f);
+    float *h = xmalloc((size_t)T * cols * 4);
     weight w = {.data = w16, .dt = DTYPE_BF16, .rows = rows, .cols = cols};
-    backend_matmul(cpu, ref, x, &w, NULL, T);
+    backend_rmsnorm(cpu, h, x, g, T, cols, 1e-5f);
+    backend_matmul(cpu, ref, norm ? h : x, &w, NULL, T);
     void *dw = dev_copy(w16, nw * 2);
     float *dx = dev_copy(x, (size_t)T * cols * 4), *out = dev_poison((size_t)T * rows * 4);
+    float *dg = dev_copy(g, (size_t)cols * 4);
     cudaDeviceSynchronize();
-    if (kernels_gemv_bf16(out, dx, dw, NULL, T, rows, cols, NULL)) failures++;
+    if (norm ? kernels_gemv3(out, out, out, dx, dw, dw, dw, NULL, NULL, NULL, rows, 0, 0, T, cols, dg, 1e-5f, 0, NULL)
+             : kernels_gemv_bf16(out, dx, dw, NULL, T, rows, cols, NULL))
+        failures++;
     char name[64];
-    snprintf(name, sizeof(name), "gemv kernel bf16 %dx%d T=%d", rows, cols, T);
+    snprintf(name, sizeof(name), "gemv kernel bf16%s %dx%d T=%d", norm ? " rmsnorm" : "", rows, cols, T);
     check(name, out, ref, (size_t)T * rows, 1e-5);
-    backend_free(gpu, dw), backend_free(gpu, dx), backend_free(gpu, out);
-    free(w16), free(x), free(ref);
+    backend_free(gpu, dw), backend_free(gpu, dx), backend_free(gpu, out), backend_free(gpu, dg);
+    free(w16), free(x), free(ref), free(g), free(h);
 }
 
 static void test_elementwise(void) {
@@ -1461,7 +1467,8 @@ int main(int argc, char **argv) {
     test_matmul(4096, 1024, 2, DTYPE_BF16, 0, 1e-5);
     test_matmul(1000, 600, 1, DTYPE_F32, 1, 1e-5); /* f32 weights stay f32 */
     test_matmul(4096, 1024, 2, DTYPE_F32, 0, 1e-5);
-    test_gemv_kernel(4096, 1024, 8); /* the kernel takes up to 8 tokens */
+    test_gemv_kernel(4096, 1024, 8, 0); /* the kernel takes up to 8 tokens */
+    test_gemv_kernel(4096, 1024, 8, 1); /* and folds an RMSNorm at any of them */
     /* cuBLAS: more tokens, or cols not a multiple of 8; f32 weights in
      * pedantic f32 (no TF32), so only the summation order differs */
     test_matmul(1000, 600, 5, DTYPE_F32, 1, 1e-5);
