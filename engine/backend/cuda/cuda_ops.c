@@ -7,6 +7,8 @@
  * before them (backend_norm), so a decode layer runs no norm kernel. */
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "engine/backend/cuda/cuda_internal.h"
 #include "engine/sampler.h"
@@ -188,6 +190,17 @@ static int cuda__gemv(const float *x, const backend_norm *norm, const weight *w,
            kernels_gemv_supported(x, w->data, T, w->cols) && (!norm || (uintptr_t)norm->g % 16 == 0);
 }
 
+/* Whether the decode products fold their norm: ENGRAM_NORM_FOLD=0 runs the
+ * norm's own kernel first instead (benchmarks: the fold's gain in one build). */
+static int cuda__norm_fold(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *v = getenv("ENGRAM_NORM_FOLD");
+        on = !(v && !strcmp(v, "0"));
+    }
+    return on;
+}
+
 /* The input of a fused product that does not fold its norm: x, or x normed
  * into norm->h by the rmsnorm op's kernel. */
 static const float *cu_normed(cuda_backend *g, const float *x, const backend_norm *norm, int T, int cols) {
@@ -203,6 +216,7 @@ void cu_matmul_qkv(backend *be, float *q, float *k, float *v, const float *x, co
     if (T <= 0) return;
     int pi = prof__begin(g, "matmul qkv%s %dx%d %s", norm ? "+norm" : "", wq->rows + wk->rows + wv->rows, wq->cols,
                          prof__tclass(T));
+    if (norm && !cuda__norm_fold()) x = cu_normed(g, x, norm, T, wq->cols), norm = NULL;
     if (cuda__gemv(x, norm, wq, T) && cuda__gemv(x, norm, wk, T) && cuda__gemv(x, norm, wv, T) &&
         wk->dt == wq->dt && wv->dt == wq->dt && wk->cols == wq->cols && wv->cols == wq->cols) {
         CHECK_K(kernels_gemv3(q, k, v, x, wq->data, wk->data, wv->data, bq, bk, bv, wq->rows, wk->rows, wv->rows, T,
@@ -248,6 +262,7 @@ void cu_matmul_glu(backend *be, float *gate, float *up, const float *x, const ba
     cuda_backend *g = cuda__of(be);
     if (T <= 0) return;
     int pi = prof__begin(g, "matmul glu%s %dx%d %s", norm ? "+norm" : "", wg->rows, wg->cols, prof__tclass(T));
+    if (norm && !cuda__norm_fold()) x = cu_normed(g, x, norm, T, wg->cols), norm = NULL;
     if (cuda__gemv(x, norm, wg, T) && cuda__gemv(x, norm, wu, T) && wg->dt == wu->dt && wg->rows == wu->rows &&
         wg->cols == wu->cols) {
         CHECK_K(kernels_gemv_glu(gate, x, wg->data, wu->data, bg, bu, T, wg->rows, wg->cols, norm ? norm->g : NULL,
