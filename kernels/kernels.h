@@ -206,25 +206,43 @@ int kernels_moe_plan(int *pos, int *offsets, int *tile_start, const int *ids, in
 /* xs[pos[j]] (d) = x[j / k] for j < T k, as bf16 (bf16 1) or f32. */
 int kernels_moe_gather(void *xs, int bf16, const float *x, const int *pos, int T, int k, int d, void *stream);
 
-/* The experts' products over the packed rows a (rows, K) (bf16 with bf16
- * weights, else f32): w (E, glu ? 2N : N, K) the experts stacked (a GLU
- * expert's N gate rows, then its N up rows). glu: out (rows, N), of a's type,
- * = silu(min(g, limit)) * clamp(u, -limit, limit) (no clamp for limit 0);
- * else out (rows, N) f32. bm and max_tiles: the plan's tile height and bound. */
-int kernels_moe_gemm(void *out, const void *a, const void *w, const int *offsets, const int *tile_start,
-                     int max_tiles, int E, int N, int K, int bm, int bf16, int glu, float limit, void *stream);
+/* The experts' matrices of one product, stacked (E, R, K) as the view holds
+ * them (R rows an expert: 2N for a GLU, its N gate rows then its N up rows;
+ * N otherwise): f32, bf16, or FP4 as DeepSeek-V4's routed experts are
+ * stored, w (E, R, K / 2) bytes of e2m1 codes (two per byte, the low nibble
+ * the even column) and scale (E, R, K / 32) ue8m0 bytes (2^(b-127), 255
+ * NaN), one per 32 values along K. FP4 is dequantized in the products' load
+ * path, exactly (fp8.cuh, fp4_dequant8): its results are those of the same
+ * products on the bf16 expansion (cuda_view.c), bit for bit. */
+enum { KERNELS_MOE_F32 = 0, KERNELS_MOE_BF16 = 1, KERNELS_MOE_FP4 = 2 };
+typedef struct {
+    const void *w;
+    const unsigned char *scale; /* FP4 only */
+    int fmt;                    /* KERNELS_MOE_F32, _BF16 or _FP4 */
+} kernels_moe_weights;
+
+/* The experts' products over the packed rows a (rows, K) (f32 with f32
+ * weights, else bf16), w the experts (E, glu ? 2N : N, K). glu: out (rows,
+ * N), of a's type, = silu(min(g, limit)) * clamp(u, -limit, limit) (no clamp
+ * for limit 0); else out (rows, N) f32. bm and max_tiles: the plan's tile
+ * height and bound. Tensor cores for bf16 and FP4 when N % 64 == 0 and K %
+ * 32 == 0, one thread per output element otherwise: the same kernel and
+ * order for bf16 and FP4 of one shape. FP4 needs K % 32 == 0. */
+int kernels_moe_gemm(void *out, const void *a, const kernels_moe_weights *w, const int *offsets,
+                     const int *tile_start, int max_tiles, int E, int N, int K, int bm, int glu, float limit,
+                     void *stream);
 
 /* Decode without a plan, pair j = (token j / k, expert ids[j]), activations
  * f32: out (T k, N) = the GLU of x (T, K) rows with the expert's gate and up
- * rows (w as kernels_moe_gemm's). */
-int kernels_moe_glu_gemv(float *out, const float *x, const void *w, const int *ids, int T, int k, int N, int K,
-                         int bf16, float limit, void *stream);
+ * rows (w as kernels_moe_gemm's, (E, 2N, K)). */
+int kernels_moe_glu_gemv(float *out, const float *x, const kernels_moe_weights *w, const int *ids, int T, int k,
+                         int N, int K, float limit, void *stream);
 
 /* Decode's down product and combine in one launch: out (T, N) = sum over s <
  * k in order of wts[t k + s] * (h[t k + s] (K) times row n of expert ids[t k
  * + s]'s w (E, N, K)), k <= 32, from 0 as kernels_moe_combine adds them. */
-int kernels_moe_down_combine(float *out, const float *h, const void *w, const int *ids, const float *wts, int T, int k,
-                             int N, int K, int bf16, void *stream);
+int kernels_moe_down_combine(float *out, const float *h, const kernels_moe_weights *w, const int *ids,
+                             const float *wts, int T, int k, int N, int K, void *stream);
 
 /* out (T, d) = sum over s < k in order of wts[t k + s] * y[pos[t k + s]]. */
 int kernels_moe_combine(float *out, const float *y, const int *pos, const float *wts, int T, int k, int d,

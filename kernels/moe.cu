@@ -12,7 +12,16 @@
 // prefix sums. A decode step (a few pairs) skips the plan: one warp per weight
 // row and pair reads each routed expert's weights once, activations in f32,
 // and the down product sums a token's pairs itself (no combine).
+//
+// The experts' weights are f32, bf16, or FP4 as DeepSeek-V4 stores its routed
+// experts (e2m1 codes and a ue8m0 scale per 32 values): every product reads
+// a weight through one of the row types below, FP4 dequantized where it is
+// loaded (into shared memory for the tensor cores, into registers for the
+// others) to exactly the bf16 values of its expansion, in the same order, so
+// an FP4 product is bit for bit the product on the bf16-expanded weights
+// while reading a quarter of their bytes.
 #include "kernels/kernels.h"
+#include "kernels/fp8.cuh"
 #include "kernels/tc.cuh"
 
 #include <cuda_bf16.h>
@@ -199,6 +208,31 @@ __device__ __forceinline__ bool moe_tile(int m, const int *offsets, const int *t
     return true;
 }
 
+// ---- the experts' weights, whatever their format ----
+
+// An FP4 matrix (or one of its rows): codes, 8 to a 32-bit word (the low
+// nibble first), and one ue8m0 scale byte per 32 values (per 4 words).
+struct moe_fp4 {
+    const uint32_t *q;
+    const unsigned char *s;
+};
+
+// Row r of a (rows, K) matrix (or r rows past a row): a pointer for dense
+// weights, a moe_fp4 for FP4.
+__device__ __forceinline__ const __nv_bfloat16 *moe_row(const __nv_bfloat16 *w, size_t r, int K) { return w + r * K; }
+__device__ __forceinline__ const float *moe_row(const float *w, size_t r, int K) { return w + r * K; }
+__device__ __forceinline__ moe_fp4 moe_row(moe_fp4 w, size_t r, int K) {
+    return {w.q + r * (K / 8), w.s + r * (K / 32)};
+}
+
+// Element i of a row as f32 (the general kernels).
+__device__ __forceinline__ float moe_at(const __nv_bfloat16 *row, int i) { return (float)row[i]; }
+__device__ __forceinline__ float moe_at(const float *row, int i) { return row[i]; }
+__device__ __forceinline__ float moe_at(moe_fp4 row, int i) {
+    unsigned q = ((const unsigned char *)row.q)[i >> 1] >> (4 * (i & 1));
+    return __fmul_rn(fp4_e2m1_f32(q), fp8_ue8m0_f32(row.s[i >> 5]));
+}
+
 #define MOE_BN 64
 #define MOE_BK 32
 #define MOE_STAGES 3
@@ -214,25 +248,41 @@ __device__ __forceinline__ bool moe_tile(int m, const int *offsets, const int *t
 // tiles when each expert has a few tokens (the weights stream through once,
 // little padding), tall ones when it has many (each weight tile feeds more
 // rows).
-template <bool GLU, int BM, int WM>
+//
+// FP4 weights (wq codes, ws scales): the pipeline carries their codes (16
+// bytes a row and k-step of 32, one scale's worth), and each step
+// dequantizes its stage into one bf16 tile before the products read it: the
+// same bf16 operands as the expanded weights' tile, the same products in the
+// same order. A thread dequantizes the same row (or half row) at every step,
+// so it reads that row's scales 4 steps at a time (one 32-bit word, when K %
+// 128 == 0, as in DeepSeek-V4's shapes), the next word loaded 4 steps before
+// it is needed.
+template <bool GLU, int BM, int WM, bool FP4>
 __global__ void __launch_bounds__(128) moe_gemm_bf16_kernel(void *out, const __nv_bfloat16 *a,
-                                                            const __nv_bfloat16 *w, const int *offsets,
+                                                            const __nv_bfloat16 *w, const unsigned char *wq,
+                                                            const unsigned char *ws, const int *offsets,
                                                             const int *tile_start, int E, int N, int K,
                                                             float limit) {
     using namespace nvcuda;
     constexpr int NB = GLU ? 2 : 1, WN = 4 / WM;
     constexpr int FM = BM / WM / 16, FN = MOE_BN / WN / 16; // fragments per warp along M and N
-    constexpr int A_BYTES = MOE_STAGES * BM * MOE_LDS * 2, B_BYTES = MOE_STAGES * NB * MOE_BN * MOE_LDS * 2;
+    constexpr int A_BYTES = MOE_STAGES * BM * MOE_LDS * 2;
+    constexpr int B_BYTES = (FP4 ? 1 : MOE_STAGES) * NB * MOE_BN * MOE_LDS * 2; // FP4: one dequantized stage
+    constexpr int Q_BYTES = FP4 ? MOE_STAGES * NB * MOE_BN * 16 : 0;           // FP4: the codes' stages
     constexpr int C_BYTES = NB * BM * MOE_BN * 4;
-    __shared__ __align__(128) unsigned char smem[A_BYTES + B_BYTES > C_BYTES ? A_BYTES + B_BYTES : C_BYTES];
+    constexpr int P_BYTES = A_BYTES + B_BYTES + Q_BYTES;
+    __shared__ __align__(128) unsigned char smem[P_BYTES > C_BYTES ? P_BYTES : C_BYTES];
     typedef __nv_bfloat16 arow[MOE_LDS];
     arow *As = (arow *)smem, *Bs = (arow *)(smem + A_BYTES); // [stage * BM + r], [stage * NB * BN + r]
+    uint4 *Qs = (uint4 *)(smem + A_BYTES + B_BYTES);         // FP4: [stage * NB * BN + r], 32 codes
     int e, r0, r1;
     if (!moe_tile(blockIdx.y, offsets, tile_start, E, BM, &e, &r0, &r1)) return;
     int n0 = blockIdx.x * MOE_BN, tid = threadIdx.x, warp = tid >> 5;
     int wm = warp % WM, wn = warp / WM;
-    const __nv_bfloat16 *we = w + (size_t)e * NB * N * K;
+    size_t e_row = (size_t)e * NB * N; // the expert's first row in the stack
+    const __nv_bfloat16 *we = w + e_row * K;
     int nk = K / MOE_BK;
+    auto wrow = [&](int r) { return r < MOE_BN ? n0 + r : N + n0 + (r - MOE_BN); }; // gate row, or the matching up row
     auto load = [&](int st, int kt) {
         int k0 = kt * MOE_BK;
         for (int i = tid; i < BM * 4; i += 128) { // A: BM rows x 4 chunks of 8
@@ -240,12 +290,26 @@ __global__ void __launch_bounds__(128) moe_gemm_bf16_kernel(void *out, const __n
             bool ok = r0 + r < r1;
             tc_cp16(&As[st * BM + r][c], a + (size_t)(ok ? r0 + r : r0) * K + k0 + c, ok);
         }
-        for (int i = tid; i < NB * MOE_BN * 4; i += 128) { // B: NB*64 rows x 4 chunks
-            int r = i >> 2, c = (i & 3) * 8;
-            int wr = r < MOE_BN ? n0 + r : N + n0 + (r - MOE_BN); // gate row, or the matching up row
-            tc_cp16(&Bs[st * NB * MOE_BN + r][c], we + (size_t)wr * K + k0 + c, true);
+        if constexpr (FP4) { // B: NB*64 rows x 16 bytes of codes
+            for (int r = tid; r < NB * MOE_BN; r += 128)
+                tc_cp16(&Qs[st * NB * MOE_BN + r], wq + (e_row + wrow(r)) * (K / 2) + k0 / 2, true);
+        } else { // B: NB*64 rows x 4 chunks
+            for (int i = tid; i < NB * MOE_BN * 4; i += 128) {
+                int r = i >> 2, c = (i & 3) * 8;
+                tc_cp16(&Bs[st * NB * MOE_BN + r][c], we + (size_t)wrow(r) * K + k0 + c, true);
+            }
         }
     };
+    // FP4: this thread's row of the B tile and its part (PER threads a row), and that row's scales
+    constexpr int PER = 128 / (NB * MOE_BN), WORDS = 4 / PER; // 32-bit code words a thread dequantizes
+    int qr = tid / PER, qp = tid % PER;
+    const unsigned char *srow = FP4 ? ws + (e_row + wrow(qr)) * (K / 32) : NULL;
+    bool words = (K & 127) == 0; // 4 scales to an aligned word; otherwise one byte a step, read when needed
+    uint32_t s_cur = 0, s_next = 0;
+    if (FP4 && words) {
+        s_cur = __ldg((const uint32_t *)srow);
+        if (nk > 4) s_next = __ldg((const uint32_t *)srow + 1);
+    }
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[NB][FM][FN];
 #pragma unroll
     for (int b = 0; b < NB; b++)
@@ -261,7 +325,23 @@ __global__ void __launch_bounds__(128) moe_gemm_bf16_kernel(void *out, const __n
     for (int kt = 0; kt < nk; kt++) {
         tc_cp_wait<MOE_STAGES - 2>();
         __syncthreads();
-        int st = kt % MOE_STAGES;
+        int st = kt % MOE_STAGES, bst = FP4 ? 0 : st;
+        if constexpr (FP4) { // stage st's codes -> the bf16 tile (every warp is past the last step's products)
+            if (words && kt && (kt & 3) == 0) {
+                s_cur = s_next;
+                if (kt + 4 < nk) s_next = __ldg((const uint32_t *)srow + (kt >> 2) + 1);
+            }
+            float sf = fp8_ue8m0_f32(words ? (unsigned char)(s_cur >> (8 * (kt & 3))) : __ldg(srow + kt));
+            const uint32_t *q = (const uint32_t *)&Qs[st * NB * MOE_BN + qr] + qp * WORDS;
+#pragma unroll
+            for (int j = 0; j < WORDS; j++) {
+                float v[8];
+                fp4_dequant8(q[j], sf, v);
+                *(uint4 *)&Bs[qr][(qp * WORDS + j) * 8] = make_uint4(pack_bf16(v[0], v[1]), pack_bf16(v[2], v[3]),
+                                                                     pack_bf16(v[4], v[5]), pack_bf16(v[6], v[7]));
+            }
+            __syncthreads();
+        }
 #pragma unroll
         for (int kk = 0; kk < MOE_BK; kk += 16) {
             wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa[FM];
@@ -273,7 +353,7 @@ __global__ void __launch_bounds__(128) moe_gemm_bf16_kernel(void *out, const __n
 #pragma unroll
                 for (int j = 0; j < FN; j++) {
                     wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
-                    wmma::load_matrix_sync(fb, &Bs[(st * NB + b) * MOE_BN + (wn * FN + j) * 16][kk], MOE_LDS);
+                    wmma::load_matrix_sync(fb, &Bs[(bst * NB + b) * MOE_BN + (wn * FN + j) * 16][kk], MOE_LDS);
 #pragma unroll
                     for (int i = 0; i < FM; i++) wmma::mma_sync(acc[b][i][j], fa[i], fb, acc[b][i][j]);
                 }
@@ -306,41 +386,63 @@ __global__ void __launch_bounds__(128) moe_gemm_bf16_kernel(void *out, const __n
 
 // The general case (f32 weights, or shapes off the tensor-core tiles): one
 // thread per output element of a tile's rows, f32 (or bf16 widened) operands,
-// f32 sums in k order.
-template <typename W, bool GLU>
-__global__ void moe_gemm_simt_kernel(void *out, const W *a, const W *w, const int *offsets, const int *tile_start,
-                                     int E, int N, int K, float limit, int bm) {
+// f32 sums in k order. A the activations' type (bf16 for bf16 and FP4
+// weights), M the weights' (moe_row).
+template <typename A, typename M, bool GLU>
+__global__ void moe_gemm_simt_kernel(void *out, const A *a, M w, const int *offsets, const int *tile_start, int E,
+                                     int N, int K, float limit, int bm) {
     int e, r0, r1;
     if (!moe_tile(blockIdx.y, offsets, tile_start, E, bm, &e, &r0, &r1)) return;
     int n = blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N) return;
     constexpr int NB = GLU ? 2 : 1;
-    const W *wg = w + ((size_t)e * NB * N + n) * K, *wu = wg + (size_t)N * K;
+    auto wg = moe_row(w, (size_t)e * NB * N + n, K), wu = moe_row(w, (size_t)e * NB * N + N + n, K);
     for (int r = r0; r < r1; r++) {
-        const W *x = a + (size_t)r * K;
+        const A *x = a + (size_t)r * K;
         float g = 0.0f, u = 0.0f;
         for (int i = 0; i < K; i++) {
             float xv = (float)x[i];
-            g += xv * (float)wg[i];
-            if (GLU) u += xv * (float)wu[i];
+            g += xv * moe_at(wg, i);
+            if (GLU) u += xv * moe_at(wu, i);
         }
         if (GLU) {
-            if constexpr (sizeof(W) == 2) ((W *)out)[(size_t)r * N + n] = __float2bfloat16_rn(moe_glu(g, u, limit));
-            else ((W *)out)[(size_t)r * N + n] = moe_glu(g, u, limit);
+            if constexpr (sizeof(A) == 2) ((A *)out)[(size_t)r * N + n] = __float2bfloat16_rn(moe_glu(g, u, limit));
+            else ((A *)out)[(size_t)r * N + n] = moe_glu(g, u, limit);
         } else {
             ((float *)out)[(size_t)r * N + n] = g;
         }
     }
 }
 
-template <bool GLU>
-static void moe_gemm_tc(void *out, const void *a, const void *w, const int *offsets, const int *tile_start,
-                        int max_tiles, int E, int N, int K, int bm, float limit, cudaStream_t s) {
+template <bool GLU, bool FP4>
+static void moe_gemm_tc(void *out, const void *a, const kernels_moe_weights *w, const int *offsets,
+                        const int *tile_start, int max_tiles, int E, int N, int K, int bm, float limit,
+                        cudaStream_t s) {
     dim3 grid(N / MOE_BN, max_tiles);
-    const __nv_bfloat16 *ab = (const __nv_bfloat16 *)a, *wb = (const __nv_bfloat16 *)w;
-    if (bm == 16) moe_gemm_bf16_kernel<GLU, 16, 1><<<grid, 128, 0, s>>>(out, ab, wb, offsets, tile_start, E, N, K, limit);
-    else if (bm == 32) moe_gemm_bf16_kernel<GLU, 32, 2><<<grid, 128, 0, s>>>(out, ab, wb, offsets, tile_start, E, N, K, limit);
-    else moe_gemm_bf16_kernel<GLU, 64, 2><<<grid, 128, 0, s>>>(out, ab, wb, offsets, tile_start, E, N, K, limit);
+    const __nv_bfloat16 *ab = (const __nv_bfloat16 *)a, *wb = (const __nv_bfloat16 *)w->w;
+    const unsigned char *wq = (const unsigned char *)w->w, *ws = w->scale;
+    if (bm == 16)
+        moe_gemm_bf16_kernel<GLU, 16, 1, FP4><<<grid, 128, 0, s>>>(out, ab, wb, wq, ws, offsets, tile_start, E, N, K, limit);
+    else if (bm == 32)
+        moe_gemm_bf16_kernel<GLU, 32, 2, FP4><<<grid, 128, 0, s>>>(out, ab, wb, wq, ws, offsets, tile_start, E, N, K, limit);
+    else
+        moe_gemm_bf16_kernel<GLU, 64, 2, FP4><<<grid, 128, 0, s>>>(out, ab, wb, wq, ws, offsets, tile_start, E, N, K, limit);
+}
+
+template <typename A, typename M>
+static void moe_gemm_simt(void *out, const void *a, M w, const int *offsets, const int *tile_start, int max_tiles,
+                          int E, int N, int K, int bm, int glu, float limit, cudaStream_t s) {
+    dim3 grid((N + 127) / 128, max_tiles);
+    if (glu) moe_gemm_simt_kernel<A, M, true><<<grid, 128, 0, s>>>(out, (const A *)a, w, offsets, tile_start, E, N, K, limit, bm);
+    else moe_gemm_simt_kernel<A, M, false><<<grid, 128, 0, s>>>(out, (const A *)a, w, offsets, tile_start, E, N, K, limit, bm);
+}
+
+// The FP4 matrix of w, or false when its shape or addresses do not fit the
+// kernels (K % 32 == 0, 4-byte aligned code rows and a valid scale pointer).
+static bool moe_fp4_of(const kernels_moe_weights *w, int K, moe_fp4 *m) {
+    if (K % 32 || ((uintptr_t)w->w & 3) || !w->scale) return false;
+    *m = {(const uint32_t *)w->w, w->scale};
+    return true;
 }
 
 extern "C" int kernels_moe_tile_rows(int T, int k, int E) {
@@ -350,28 +452,34 @@ extern "C" int kernels_moe_tile_rows(int T, int k, int E) {
     return per <= 16 ? 16 : per <= 48 ? 32 : 64;
 }
 
-extern "C" int kernels_moe_gemm(void *out, const void *a, const void *w, const int *offsets, const int *tile_start,
-                                int max_tiles, int E, int N, int K, int bm, int bf16, int glu, float limit,
-                                void *stream) {
+extern "C" int kernels_moe_gemm(void *out, const void *a, const kernels_moe_weights *w, const int *offsets,
+                                const int *tile_start, int max_tiles, int E, int N, int K, int bm, int glu,
+                                float limit, void *stream) {
     if (max_tiles <= 0) return KERNELS_OK;
-    if (E < 1 || N < 1 || K < 1 || max_tiles > 65535 || (bm != 16 && bm != 32 && bm != 64)) return KERNELS_ERR_ARG;
+    if (!w || E < 1 || N < 1 || K < 1 || max_tiles > 65535 || (bm != 16 && bm != 32 && bm != 64)) return KERNELS_ERR_ARG;
     cudaStream_t s = (cudaStream_t)stream;
-    if (bf16 && N % MOE_BN == 0 && K % MOE_BK == 0 && ((uintptr_t)a & 15) == 0 && ((uintptr_t)w & 15) == 0) {
-        if (glu) moe_gemm_tc<true>(out, a, w, offsets, tile_start, max_tiles, E, N, K, bm, limit, s);
-        else moe_gemm_tc<false>(out, a, w, offsets, tile_start, max_tiles, E, N, K, bm, limit, s);
-        return moe_launch_status();
-    }
-    dim3 grid((N + 127) / 128, max_tiles);
-    if (bf16) {
-        if (glu) moe_gemm_simt_kernel<__nv_bfloat16, true><<<grid, 128, 0, s>>>(
-            out, (const __nv_bfloat16 *)a, (const __nv_bfloat16 *)w, offsets, tile_start, E, N, K, limit, bm);
-        else moe_gemm_simt_kernel<__nv_bfloat16, false><<<grid, 128, 0, s>>>(
-            out, (const __nv_bfloat16 *)a, (const __nv_bfloat16 *)w, offsets, tile_start, E, N, K, limit, bm);
+    bool tiles = N % MOE_BN == 0 && K % MOE_BK == 0 && ((uintptr_t)a & 15) == 0 && ((uintptr_t)w->w & 15) == 0;
+    if (w->fmt == KERNELS_MOE_FP4) {
+        moe_fp4 m;
+        if (!moe_fp4_of(w, K, &m)) return KERNELS_ERR_ARG;
+        if (tiles) { // the tiles bf16 weights of this shape take: the same products
+            if (glu) moe_gemm_tc<true, true>(out, a, w, offsets, tile_start, max_tiles, E, N, K, bm, limit, s);
+            else moe_gemm_tc<false, true>(out, a, w, offsets, tile_start, max_tiles, E, N, K, bm, limit, s);
+        } else {
+            moe_gemm_simt<__nv_bfloat16>(out, a, m, offsets, tile_start, max_tiles, E, N, K, bm, glu, limit, s);
+        }
+    } else if (w->fmt == KERNELS_MOE_BF16) {
+        if (tiles) {
+            if (glu) moe_gemm_tc<true, false>(out, a, w, offsets, tile_start, max_tiles, E, N, K, bm, limit, s);
+            else moe_gemm_tc<false, false>(out, a, w, offsets, tile_start, max_tiles, E, N, K, bm, limit, s);
+        } else {
+            moe_gemm_simt<__nv_bfloat16>(out, a, (const __nv_bfloat16 *)w->w, offsets, tile_start, max_tiles, E, N,
+                                         K, bm, glu, limit, s);
+        }
+    } else if (w->fmt == KERNELS_MOE_F32) {
+        moe_gemm_simt<float>(out, a, (const float *)w->w, offsets, tile_start, max_tiles, E, N, K, bm, glu, limit, s);
     } else {
-        if (glu) moe_gemm_simt_kernel<float, true><<<grid, 128, 0, s>>>(out, (const float *)a, (const float *)w,
-                                                                       offsets, tile_start, E, N, K, limit, bm);
-        else moe_gemm_simt_kernel<float, false><<<grid, 128, 0, s>>>(out, (const float *)a, (const float *)w,
-                                                                    offsets, tile_start, E, N, K, limit, bm);
+        return KERNELS_ERR_ARG;
     }
     return moe_launch_status();
 }
@@ -380,7 +488,9 @@ extern "C" int kernels_moe_gemm(void *out, const void *a, const void *w, const i
 
 #define MOE_GEMV_WARPS 8
 
-// Eight consecutive weights as f32 (one 16-byte load of bf16, two of f32).
+// Eight consecutive weights, elements 8i..8i+7 of a row, as f32 (one
+// 16-byte load of bf16, two of f32, one 4-byte load of FP4 codes and their
+// scale byte).
 __device__ __forceinline__ void moe_load8(const __nv_bfloat16 *row, int i, float v[8]) {
     uint4 raw = __ldg((const uint4 *)row + i);
     const __nv_bfloat162 *b2 = (const __nv_bfloat162 *)&raw;
@@ -394,14 +504,18 @@ __device__ __forceinline__ void moe_load8(const float *row, int i, float v[8]) {
     float4 a = __ldg((const float4 *)row + 2 * i), b = __ldg((const float4 *)row + 2 * i + 1);
     v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
 }
+__device__ __forceinline__ void moe_load8(moe_fp4 row, int i, float v[8]) {
+    fp4_dequant8(__ldg(row.q + i), fp8_ue8m0_f32(__ldg(row.s + (i >> 2))), v);
+}
 
 // One warp's dot products of x (K, f32) with a weight row wg (and wu for a
 // GLU's up row: both streams in flight), summed over the warp in the same
 // order on every lane. K % 8 == 0 and 16-byte aligned rows take wide loads,
-// other shapes one element per lane.
-template <typename W, bool GLU>
-__device__ __forceinline__ void moe_dot(const W *wg, const W *wu, const float *x, int K, int lane, float *g_out,
-                                        float *u_out) {
+// other shapes one element per lane (never FP4, whose K is a multiple of
+// 32): either way each lane sums the same elements in the same order for
+// every weight format.
+template <typename R, bool GLU>
+__device__ __forceinline__ void moe_dot(R wg, R wu, const float *x, int K, int lane, float *g_out, float *u_out) {
     float g = 0.0f, u = 0.0f;
     if ((K & 7) == 0) {
 #pragma unroll 4
@@ -419,8 +533,8 @@ __device__ __forceinline__ void moe_dot(const W *wg, const W *wu, const float *x
         }
     } else {
         for (int i = lane; i < K; i += 32) {
-            g += x[i] * (float)wg[i];
-            if (GLU) u += x[i] * (float)wu[i];
+            g += x[i] * moe_at(wg, i);
+            if (GLU) u += x[i] * moe_at(wu, i);
         }
     }
     for (int o = 16; o > 0; o >>= 1) {
@@ -432,15 +546,15 @@ __device__ __forceinline__ void moe_dot(const W *wg, const W *wu, const float *x
 
 // Pair j = (token j / k, expert ids[j]): h (n, N) f32 = the GLU of token j /
 // k's x row, the gate and up rows read in one loop.
-template <typename W>
-__global__ void __launch_bounds__(MOE_GEMV_WARPS * 32) moe_glu_gemv_kernel(float *out, const float *x, const W *w,
+template <typename M>
+__global__ void __launch_bounds__(MOE_GEMV_WARPS * 32) moe_glu_gemv_kernel(float *out, const float *x, M w,
                                                                            const int *ids, int k, int N, int K,
                                                                            float limit) {
     int n = blockIdx.x * MOE_GEMV_WARPS + (threadIdx.x >> 5), j = blockIdx.y, lane = threadIdx.x & 31;
     if (n >= N) return;
-    const W *wg = w + ((size_t)ids[j] * 2 * N + n) * K, *wu = wg + (size_t)N * K;
+    auto wg = moe_row(w, (size_t)ids[j] * 2 * N + n, K), wu = moe_row(wg, N, K);
     float g, u;
-    moe_dot<W, true>(wg, wu, x + (size_t)(j / k) * K, K, lane, &g, &u);
+    moe_dot<decltype(wg), true>(wg, wu, x + (size_t)(j / k) * K, K, lane, &g, &u);
     if (lane == 0) out[(size_t)j * N + n] = moe_glu(g, u, limit);
 }
 
@@ -449,14 +563,15 @@ __global__ void __launch_bounds__(MOE_GEMV_WARPS * 32) moe_glu_gemv_kernel(float
 // expert's down matrix; then out[t, n] = sum over the pairs in order of
 // wts * dot, from 0, as moe_combine_kernel adds them. This saves the (T k,
 // d) f32 staging of y and a launch per layer.
-template <typename W>
-__global__ void moe_down_combine_kernel(float *out, const float *h, const W *w, const int *ids, const float *wts,
-                                        int k, int N, int K) {
+template <typename M>
+__global__ void moe_down_combine_kernel(float *out, const float *h, M w, const int *ids, const float *wts, int k,
+                                        int N, int K) {
     __shared__ float dots[32];
     int n = blockIdx.x, t = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int j = t * k + warp;
     float g, u;
-    moe_dot<W, false>(w + ((size_t)ids[j] * N + n) * K, NULL, h + (size_t)j * K, K, lane, &g, &u);
+    auto row = moe_row(w, (size_t)ids[j] * N + n, K);
+    moe_dot<decltype(row), false>(row, row, h + (size_t)j * K, K, lane, &g, &u);
     if (lane == 0) dots[warp] = g;
     __syncthreads();
     if (threadIdx.x) return;
@@ -465,28 +580,43 @@ __global__ void moe_down_combine_kernel(float *out, const float *h, const W *w, 
     out[(size_t)t * N + n] = acc;
 }
 
-extern "C" int kernels_moe_down_combine(float *out, const float *h, const void *w, const int *ids, const float *wts,
-                                        int T, int k, int N, int K, int bf16, void *stream) {
+// The weights' alignment the decode kernels' wide loads need: 16 bytes for
+// dense rows when K % 8 == 0; FP4 (K % 32 == 0) reads 4-byte words.
+static bool moe_gemv_weights_ok(const kernels_moe_weights *w, int K) {
+    if (w->fmt == KERNELS_MOE_FP4) return K % 32 == 0 && !((uintptr_t)w->w & 3) && w->scale;
+    return (w->fmt == KERNELS_MOE_BF16 || w->fmt == KERNELS_MOE_F32) && ((K & 7) || !((uintptr_t)w->w & 15));
+}
+
+extern "C" int kernels_moe_down_combine(float *out, const float *h, const kernels_moe_weights *w, const int *ids,
+                                        const float *wts, int T, int k, int N, int K, void *stream) {
     if (T <= 0) return KERNELS_OK;
-    if (N < 1 || K < 1 || k < 1 || k > 32 || T > 65535) return KERNELS_ERR_ARG;
-    if ((K & 7) == 0 && (((uintptr_t)h | (uintptr_t)w) & 15)) return KERNELS_ERR_ARG;
+    if (!w || N < 1 || K < 1 || k < 1 || k > 32 || T > 65535) return KERNELS_ERR_ARG;
+    if (!moe_gemv_weights_ok(w, K) || ((K & 7) == 0 && ((uintptr_t)h & 15))) return KERNELS_ERR_ARG;
     dim3 grid(N, T);
     cudaStream_t s = (cudaStream_t)stream;
-    if (bf16) moe_down_combine_kernel<<<grid, k * 32, 0, s>>>(out, h, (const __nv_bfloat16 *)w, ids, wts, k, N, K);
-    else moe_down_combine_kernel<<<grid, k * 32, 0, s>>>(out, h, (const float *)w, ids, wts, k, N, K);
+    if (w->fmt == KERNELS_MOE_FP4)
+        moe_down_combine_kernel<<<grid, k * 32, 0, s>>>(out, h, moe_fp4{(const uint32_t *)w->w, w->scale}, ids, wts,
+                                                        k, N, K);
+    else if (w->fmt == KERNELS_MOE_BF16)
+        moe_down_combine_kernel<<<grid, k * 32, 0, s>>>(out, h, (const __nv_bfloat16 *)w->w, ids, wts, k, N, K);
+    else moe_down_combine_kernel<<<grid, k * 32, 0, s>>>(out, h, (const float *)w->w, ids, wts, k, N, K);
     return moe_launch_status();
 }
 
-extern "C" int kernels_moe_glu_gemv(float *out, const float *x, const void *w, const int *ids, int T, int k, int N,
-                                    int K, int bf16, float limit, void *stream) {
+extern "C" int kernels_moe_glu_gemv(float *out, const float *x, const kernels_moe_weights *w, const int *ids, int T,
+                                    int k, int N, int K, float limit, void *stream) {
     if (T <= 0) return KERNELS_OK;
     int n = T * k;
-    if (N < 1 || K < 1 || n > 65535) return KERNELS_ERR_ARG;
-    if ((K & 7) == 0 && (((uintptr_t)x | (uintptr_t)w) & 15)) return KERNELS_ERR_ARG;
+    if (!w || N < 1 || K < 1 || n > 65535) return KERNELS_ERR_ARG;
+    if (!moe_gemv_weights_ok(w, K) || ((K & 7) == 0 && ((uintptr_t)x & 15))) return KERNELS_ERR_ARG;
     dim3 grid((N + MOE_GEMV_WARPS - 1) / MOE_GEMV_WARPS, n), block(MOE_GEMV_WARPS * 32);
     cudaStream_t s = (cudaStream_t)stream;
-    if (bf16) moe_glu_gemv_kernel<<<grid, block, 0, s>>>(out, x, (const __nv_bfloat16 *)w, ids, k, N, K, limit);
-    else moe_glu_gemv_kernel<<<grid, block, 0, s>>>(out, x, (const float *)w, ids, k, N, K, limit);
+    if (w->fmt == KERNELS_MOE_FP4)
+        moe_glu_gemv_kernel<<<grid, block, 0, s>>>(out, x, moe_fp4{(const uint32_t *)w->w, w->scale}, ids, k, N, K,
+                                                   limit);
+    else if (w->fmt == KERNELS_MOE_BF16)
+        moe_glu_gemv_kernel<<<grid, block, 0, s>>>(out, x, (const __nv_bfloat16 *)w->w, ids, k, N, K, limit);
+    else moe_glu_gemv_kernel<<<grid, block, 0, s>>>(out, x, (const float *)w->w, ids, k, N, K, limit);
     return moe_launch_status();
 }
 

@@ -1007,6 +1007,117 @@ static void test_moe(int E, int k, int d, int I, int T, dtype wt, float limit, m
     moe_fix_free(&f);
 }
 
+/* DeepSeek-V4's FP4 experts (e2m1 codes, two per byte, and one ue8m0 scale per 32 values of a
+ * row), stacked as cuda_view.c stacks them: packed (codes and scales as stored, the kernels
+ * dequantize them) in f.dv, and the same matrices expanded to bf16 on the host
+ * (model_weight_rows_to_f32, then f32_to_bf16: the view's fallback) in e16; f.h the host's FP4
+ * weights for the CPU. Scales mostly 2^-9..2^-4, one block in 16 a tiny one (2^-127, the
+ * subnormal, to 2^-125) and one in 16 a large one (2^1..2^3), so that every exponent path of
+ * the dequantization runs. */
+typedef struct {
+    moe_fix f;
+    moe_weights e16;
+    weight *em;
+    void *sgu, *sdn, *dsgu, *dsdn, *egu, *edn; /* host scales, device scales, device bf16 stacks */
+} moe_fp4_fix;
+
+static void fp4_fill(uint8_t *q, uint8_t *sc, size_t rows, int cols) {
+    for (size_t i = 0; i < rows * cols / 2; i++) q[i] = (uint8_t)rnext();
+    for (size_t i = 0; i < rows * cols / 32; i++) {
+        int r = irand(16);
+        sc[i] = (uint8_t)(r == 0 ? irand(3) : r == 1 ? 128 + irand(3) : 118 + irand(6));
+    }
+}
+
+/* a device bf16 copy of n FP4 matrices (rows, cols) stacked (host codes q, scales sc) */
+static void *fp4_expand(const uint8_t *q, const uint8_t *sc, int n, int rows, int cols) {
+    size_t each = (size_t)rows * cols, total = (size_t)n * each;
+    float *f = xmalloc(total * 4);
+    weight w = {.data = q, .dt = DTYPE_I8, .rows = n * rows, .cols = cols, .fmt = WEIGHT_FP4, .scale = sc,
+                .scale_dt = DTYPE_F8_E8M0, .scale_rows = n * rows, .scale_cols = cols / 32, .block_rows = 1,
+                .block_cols = 32};
+    model_weight_rows_to_f32(f, &w, 0, n * rows);
+    uint16_t *b = xmalloc(total * 2);
+    for (size_t i = 0; i < total; i++) b[i] = f32_to_bf16(f[i]);
+    void *d = dev_copy(b, total * 2);
+    free(f), free(b);
+    return d;
+}
+
+static moe_fp4_fix moe_fp4_make(int E, int k, int d, int I, float limit) {
+    moe_fp4_fix x = {0};
+    moe_fix *f = &x.f;
+    *f = moe_fix_make(E, k, d, I, DTYPE_F32, limit); /* router, bias, ids; its f32 experts are replaced */
+    free(f->hgu), free(f->hdn), backend_free(gpu, f->dgu), backend_free(gpu, f->ddn);
+    size_t g1 = (size_t)I * d, ngu = 2 * (size_t)E * g1, ndn = (size_t)E * d * I;
+    f->hgu = xmalloc(ngu / 2), f->hdn = xmalloc(ndn / 2);
+    x.sgu = xmalloc(ngu / 32), x.sdn = xmalloc(ndn / 32);
+    fp4_fill(f->hgu, x.sgu, 2 * (size_t)E * I, d);
+    fp4_fill(f->hdn, x.sdn, (size_t)E * d, I);
+    f->dgu = dev_copy(f->hgu, ngu / 2), f->ddn = dev_copy(f->hdn, ndn / 2);
+    x.dsgu = dev_copy(x.sgu, ngu / 32), x.dsdn = dev_copy(x.sdn, ndn / 32);
+    x.egu = fp4_expand(f->hgu, x.sgu, 2 * E, I, d), x.edn = fp4_expand(f->hdn, x.sdn, E, d, I);
+    x.em = xmalloc(3 * (size_t)E * sizeof(weight));
+    x.e16 = f->dv;
+    x.e16.gate = x.em, x.e16.up = x.em + E, x.e16.down = x.em + 2 * E;
+    for (int e = 0; e < E; e++) {
+        weight g = {.dt = DTYPE_I8, .rows = I, .cols = d, .fmt = WEIGHT_FP4, .scale_dt = DTYPE_F8_E8M0,
+                    .scale_rows = I, .scale_cols = d / 32, .block_rows = 1, .block_cols = 32};
+        weight dw = {.dt = DTYPE_I8, .rows = d, .cols = I, .fmt = WEIGHT_FP4, .scale_dt = DTYPE_F8_E8M0,
+                     .scale_rows = d, .scale_cols = I / 32, .block_rows = 1, .block_cols = 32};
+        size_t ge = 2 * e * g1, ue = (2 * e + 1) * g1, de = e * g1; /* elements before the matrix */
+        f->h.gate[e] = f->dv.gate[e] = f->h.up[e] = f->dv.up[e] = g;
+        f->h.down[e] = f->dv.down[e] = dw;
+        f->h.gate[e].data = (char *)f->hgu + ge / 2, f->h.gate[e].scale = (char *)x.sgu + ge / 32;
+        f->h.up[e].data = (char *)f->hgu + ue / 2, f->h.up[e].scale = (char *)x.sgu + ue / 32;
+        f->h.down[e].data = (char *)f->hdn + de / 2, f->h.down[e].scale = (char *)x.sdn + de / 32;
+        f->dv.gate[e].data = (char *)f->dgu + ge / 2, f->dv.gate[e].scale = (char *)x.dsgu + ge / 32;
+        f->dv.up[e].data = (char *)f->dgu + ue / 2, f->dv.up[e].scale = (char *)x.dsgu + ue / 32;
+        f->dv.down[e].data = (char *)f->ddn + de / 2, f->dv.down[e].scale = (char *)x.dsdn + de / 32;
+        weight gb = {.dt = DTYPE_BF16, .rows = I, .cols = d}, db = {.dt = DTYPE_BF16, .rows = d, .cols = I};
+        x.e16.gate[e] = x.e16.up[e] = gb, x.e16.down[e] = db;
+        x.e16.gate[e].data = (char *)x.egu + ge * 2, x.e16.up[e].data = (char *)x.egu + ue * 2;
+        x.e16.down[e].data = (char *)x.edn + de * 2;
+    }
+    return x;
+}
+
+static void moe_fp4_free(moe_fp4_fix *x) {
+    backend_free(gpu, x->dsgu), backend_free(gpu, x->dsdn), backend_free(gpu, x->egu), backend_free(gpu, x->edn);
+    free(x->sgu), free(x->sdn), free(x->em);
+    moe_fix_free(&x->f);
+}
+
+/* FP4 experts at T tokens (the CPU's routing): packed on the GPU against the same experts expanded
+ * to bf16 on the GPU, bit for bit (the same bf16 operands in the same order: T <= 2 the pair
+ * kernels, else the grouped products, tensor cores when N % 64 allows, else the general kernel),
+ * and against the CPU's FP4 products within the bf16 path's bound. */
+static void test_moe_fp4(int E, int k, int d, int I, int T, float limit, double bound) {
+    moe_fp4_fix x = moe_fp4_make(E, k, d, I, limit);
+    moe_fix *f = &x.f;
+    size_t nl = (size_t)T * E, nk = (size_t)T * k, nx = (size_t)T * d;
+    float *logits = rand_f32(nl, 3.0f), *xin = rand_f32(nx, 1.0f);
+    int32_t *ids = xmalloc(nk * 4);
+    float *wts = xmalloc(nk * 4), *ref = xmalloc(nx * 4);
+    backend_moe_route(cpu, ids, wts, logits, NULL, &f->h, T);
+    backend_moe_experts(cpu, ref, xin, ids, wts, &f->h, T);
+    float *dx = dev_copy(xin, nx * 4), *dw = dev_copy(wts, nk * 4);
+    int32_t *di = dev_copy(ids, nk * 4);
+    float *out = dev_poison(nx * 4), *out16 = dev_poison(nx * 4);
+    backend_moe_experts(gpu, out, dx, di, dw, &f->dv, T);
+    backend_moe_experts(gpu, out16, dx, di, dw, &x.e16, T);
+    float *want = host_of(out16, nx * 4);
+    char name[96];
+    snprintf(name, sizeof(name), "moe_experts fp4=bf16 %dx%d E=%d T=%d%s", d, I, E, T, limit > 0 ? " clamp" : "");
+    check_bits(name, out, want, nx * 4);
+    snprintf(name, sizeof(name), "moe_experts fp4 %dx%d E=%d k=%d T=%d%s", d, I, E, k, T, limit > 0 ? " clamp" : "");
+    check(name, out, ref, nx, bound);
+    backend_free(gpu, dx), backend_free(gpu, dw), backend_free(gpu, di), backend_free(gpu, out);
+    backend_free(gpu, out16);
+    free(logits), free(xin), free(ids), free(wts), free(ref), free(want);
+    moe_fp4_free(&x);
+}
+
 /* The experts of Qwen3-30B-A3B's layer shape (E 128, top 8, d 2048, I 768, bf16) at T tokens,
  * routed uniformly at random: time per call and the rate over the distinct experts' bytes. */
 static void time_moe(int T, const char *tile) {
@@ -1518,6 +1629,24 @@ int main(int argc, char **argv) {
     setenv("ENGRAM_MOE_TILE", "64", 1);
     test_moe(32, 8, 256, 128, 300, DTYPE_BF16, 0.5f, MOE_SOFTMAX, 1e-2);
     test_moe(16, 4, 100, 72, 40, DTYPE_F32, 0.0f, MOE_SOFTMAX, 1e-5);
+    unsetenv("ENGRAM_MOE_TILE");
+    /* DeepSeek-V4's FP4 experts, packed: bit for bit the bf16 expansion's products. T 1, 2: the pair
+     * kernels; 16, 64, 300: the grouped products on tensor cores (8 of 128 experts: 1, 4 and 19
+     * rows an expert, tiles of 16, 16 and 32; then tiles of 64 and 16 forced on 75 rows an expert);
+     * I 96: gate and up off the tiles (the general kernel), down on them with K % 128 != 0 (the
+     * scales a byte a step, not a word every 4) */
+    for (int i = 0; i < 5; i++) {
+        int T = (int[]){1, 2, 16, 64, 300}[i];
+        double bound = T <= 2 ? 1e-5 : 1e-2;
+        test_moe_fp4(128, 8, 256, 128, T, 0.0f, bound);
+        test_moe_fp4(128, 8, 256, 128, T, 0.5f, bound);
+    }
+    test_moe_fp4(16, 4, 256, 96, 40, 0.5f, 1e-2);
+    test_moe_fp4(16, 4, 256, 96, 1, 0.0f, 1e-5);
+    setenv("ENGRAM_MOE_TILE", "64", 1); /* every tile height on one step */
+    test_moe_fp4(32, 8, 256, 128, 300, 0.5f, 1e-2);
+    setenv("ENGRAM_MOE_TILE", "16", 1);
+    test_moe_fp4(32, 8, 256, 128, 300, 0.0f, 1e-2);
     unsetenv("ENGRAM_MOE_TILE");
 
     /* the mixed step: decode at 700, prefill 37 at 0, chunk of 5 at 130 */

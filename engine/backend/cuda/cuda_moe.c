@@ -4,7 +4,9 @@
  * f32 activations, as dense decode does; larger steps pack each expert's
  * tokens into tiles (the plan) and run every expert's products in one
  * tensor-core launch each (bf16 activations, as cuBLAS products do). The
- * experts' weights are stacked by the view (cuda_view.c, view__moe). */
+ * experts' weights are stacked by the view (cuda_view.c, view__moe), in
+ * f32, bf16, or FP4 as stored (DeepSeek-V4's routed experts), which the
+ * kernels dequantize as they load it. */
 #include <stddef.h>
 #include <stdint.h>
 
@@ -35,16 +37,32 @@ static char *carve(char **at, size_t bytes) {
     return p;
 }
 
+/* The stacked matrix whose first expert is w0 (view__moe), for the kernels. */
+static kernels_moe_weights moe_weights_of(const weight *w0) {
+    kernels_moe_weights k = {.w = w0->data, .fmt = KERNELS_MOE_F32};
+    if (w0->fmt == WEIGHT_FP4) k.fmt = KERNELS_MOE_FP4, k.scale = w0->scale;
+    else if (w0->dt == DTYPE_BF16) k.fmt = KERNELS_MOE_BF16;
+    return k;
+}
+
+/* Bytes from one expert's matrix to the next in the stack (view__moe). */
+static size_t moe_stride(const weight *w0) {
+    size_t n = (size_t)w0->rows * w0->cols;
+    return w0->fmt == WEIGHT_FP4 ? n / 2 : n * dtype_size(w0->dt);
+}
+
 void cu_moe_experts(backend *be, float *out, const float *x, const int32_t *ids, const float *wts,
                     const moe_weights *moe, int T) {
     cuda_backend *g = cuda__of(be);
     if (T <= 0) return;
     int d = moe->router.cols, I = moe->inter, k = moe->top_k, E = moe->n_experts;
-    int bf16 = moe->gate[0].dt == DTYPE_BF16;
+    kernels_moe_weights gu = moe_weights_of(&moe->gate[0]), dn = moe_weights_of(&moe->down[0]);
+    /* the activations: bf16 with bf16 or FP4 weights (view__moe makes gate, up and down one kind) */
+    int bf16 = gu.fmt != KERNELS_MOE_F32;
     size_t es = bf16 ? 2 : 4, n = (size_t)T * k;
     /* the stacking this relies on (view__moe): one base per product */
-    const void *gu = moe->gate[0].data, *dn = moe->down[0].data;
-    if ((const char *)moe->up[0].data != (const char *)gu + (size_t)I * d * es) /* (a shared expert is forward_dsv4's) */
+    if ((const char *)moe->up[0].data != (const char *)gu.w + moe_stride(&moe->gate[0]) ||
+        (bf16 != (dn.fmt != KERNELS_MOE_F32))) /* (a shared expert is forward_dsv4's) */
         cuda__fail(__func__, "experts are not a stacked device view (cuda_view.c prepares them)");
     int pi = prof__begin(g, "moe_experts E=%d k=%d %s", E, k, prof__tclass(T));
     if (T <= MOE_GEMV_TOKENS) {
@@ -52,8 +70,8 @@ void cu_moe_experts(backend *be, float *out, const float *x, const int32_t *ids,
         cuda__grow(g, &g->moe_work, &g->moe_work_bytes, need);
         char *at = g->moe_work;
         float *h = (float *)carve(&at, n * (size_t)I * 4);
-        CHECK_K(kernels_moe_glu_gemv(h, x, gu, ids, T, k, I, d, bf16, moe->swiglu_limit, g->stream));
-        CHECK_K(kernels_moe_down_combine(out, h, dn, ids, wts, T, k, d, I, bf16, g->stream));
+        CHECK_K(kernels_moe_glu_gemv(h, x, &gu, ids, T, k, I, d, moe->swiglu_limit, g->stream));
+        CHECK_K(kernels_moe_down_combine(out, h, &dn, ids, wts, T, k, d, I, g->stream));
         prof__end(g, pi);
         return;
     }
@@ -67,8 +85,8 @@ void cu_moe_experts(backend *be, float *out, const float *x, const int32_t *ids,
     float *y = (float *)carve(&at, n * (size_t)d * 4);
     CHECK_K(kernels_moe_plan(pos, offsets, tiles, ids, T, k, E, bm, g->stream));
     CHECK_K(kernels_moe_gather(xs, bf16, x, pos, T, k, d, g->stream));
-    CHECK_K(kernels_moe_gemm(h, xs, gu, offsets, tiles, max_tiles, E, I, d, bm, bf16, 1, moe->swiglu_limit, g->stream));
-    CHECK_K(kernels_moe_gemm(y, h, dn, offsets, tiles, max_tiles, E, d, I, bm, bf16, 0, 0.0f, g->stream));
+    CHECK_K(kernels_moe_gemm(h, xs, &gu, offsets, tiles, max_tiles, E, I, d, bm, 1, moe->swiglu_limit, g->stream));
+    CHECK_K(kernels_moe_gemm(y, h, &dn, offsets, tiles, max_tiles, E, d, I, bm, 0, 0.0f, g->stream));
     CHECK_K(kernels_moe_combine(out, y, pos, wts, T, k, d, g->stream));
     prof__end(g, pi);
 }

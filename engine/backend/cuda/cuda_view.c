@@ -2,7 +2,9 @@
  * every weight uploaded once, f16 matrices as bf16, bf16 and f32 ones in
  * their dtype (an f32 checkpoint computes in f32), those whose products keep
  * f32 activations (weight.f32_activations) in f32, embeddings and Engram
- * tables in their own dtype; a copy of the model struct points at them. */
+ * tables in their own dtype, DeepSeek-V4's FP4 routed experts as stored
+ * (the MoE kernels dequantize them), other FP8/FP4 matrices dequantized; a
+ * copy of the model struct points at them. */
 #include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -150,8 +152,9 @@ static int view__put(cuda_view *v, const void *host, size_t bytes, void **out, c
 /* An FP8 or FP4 matrix dequantized on the host (model_weight_rows_to_f32,
  * exactly the CPU's values) into *out (malloc'd): bf16 when its scales are
  * powers of two (ue8m0), where every value (a 3- or 1-bit mantissa times
- * 2^k) is a bf16 exactly, else f32. There are no FP8/FP4 products on the GPU
- * yet: this keeps the CPU's numbers at twice (FP8) or four times (FP4) the
+ * 2^k) is a bf16 exactly, else f32. The products of these matrices have no
+ * FP8/FP4 kernels (the routed experts' do: view__stack keeps theirs packed):
+ * this keeps the CPU's numbers at twice (FP8) or four times (FP4) the
  * memory. With f32 (a weight whose products keep f32 activations), any
  * matrix, bf16 and f16 ones too, widened to f32: cuBLAS multiplies bf16 only
  * by bf16, so f32 is how the product keeps the activations. */
@@ -293,22 +296,73 @@ static int view__engram(cuda_view *v, const model *m, char *err, size_t errlen) 
     return 0;
 }
 
+/* Rows of FP4 scales of w (one row of scales a row of w: block_rows 1). */
+static const uint8_t *view__fp4_scales(const weight *w) {
+    return (const uint8_t *)w->scale + (size_t)w->row_base * w->scale_cols;
+}
+
+/* Whether w, an expert's FP4 matrix, stays packed on the device (codes and
+ * scales as stored, dequantized by the MoE kernels): DeepSeek-V4's layout,
+ * one ue8m0 scale per 32 values of a row. U8 scales hold the same exponent,
+ * but their 255 is +inf where the kernels read F8_E8M0's NaN: such a matrix
+ * is expanded instead. ENGRAM_FP4_EXPERTS=bf16 expands every one (A/B
+ * timings, and a fallback). */
+static int view__fp4_packed(const weight *w) {
+    if (w->fmt != WEIGHT_FP4 || w->block_rows != 1 || w->block_cols != 32 || w->cols % 32 ||
+        w->scale_cols != w->cols / 32 || !w->data)
+        return 0;
+    const char *force = getenv("ENGRAM_FP4_EXPERTS");
+    if (force && !strcmp(force, "bf16")) return 0;
+    if (w->scale_dt == DTYPE_F8_E8M0) return 1;
+    return w->scale_dt == DTYPE_U8 && !memchr(view__fp4_scales(w), 255, (size_t)w->rows * w->scale_cols);
+}
+
+/* Bytes from one expert's matrix to the next in a stack of w's kind as the
+ * device holds it (the codes of an FP4 one), and between their scales. */
+static size_t view__stride(const weight *w) {
+    size_t n = (size_t)w->rows * w->cols;
+    return w->fmt == WEIGHT_FP4 ? n / 2 : n * dtype_size(w->dt);
+}
+
 /* A sparse layer's experts, stacked so that one launch covers them all
  * (cuda_moe.c relies on this layout): gate and up of expert e as rows
  * [2 e I, 2 e I + I) and [2 e I + I, 2 (e + 1) I) of one (2 E I, d) matrix,
  * the down products as one (E d, I) matrix, in the weights' dtype (f16 as
- * bf16). The router stays f32 whatever the checkpoint: its logits pick the
- * experts, and f32 keeps the choice the CPU's. */
-static int view__stack(cuda_view *v, const weight *const *ws, int n, void **out, dtype *dt, const char *what,
-                       char *err, size_t errlen) {
+ * bf16), FP4 ones packed as stored (view__fp4_packed: codes (rows, cols / 2)
+ * bytes and their scales (rows, cols / 32) stacked the same way), other
+ * FP8/FP4 ones dequantized. *o: the first matrix of the stack as the device
+ * holds it; the others follow it at view__stride. The router stays f32
+ * whatever the checkpoint: its logits pick the experts, and f32 keeps the
+ * choice the CPU's. */
+static int view__stack(cuda_view *v, const weight *const *ws, int n, weight *o, const char *what, char *err,
+                       size_t errlen) {
     const weight *w0 = ws[0];
     size_t each = (size_t)w0->rows * w0->cols;
+    int packed = view__fp4_packed(w0);
     for (int i = 0; i < n; i++)
         if (ws[i]->fmt != w0->fmt || ws[i]->dt != w0->dt || (size_t)ws[i]->rows * ws[i]->cols != each || !ws[i]->data ||
-            (ws[i]->fmt != WEIGHT_DENSE && ws[i]->scale_dt != w0->scale_dt)) {
+            (ws[i]->fmt != WEIGHT_DENSE && ws[i]->scale_dt != w0->scale_dt) ||
+            (packed && (!view__fp4_packed(ws[i]) || ws[i]->rows != w0->rows))) {
             snprintf(err, errlen, "%s: experts of mixed formats are not supported on CUDA; use --device cpu", what);
             return -1;
         }
+    *o = *w0;
+    o->row_base = 0;
+    if (packed) { /* codes and scales side by side, copied as they are */
+        size_t qb = each / 2, sb = (size_t)w0->rows * w0->scale_cols;
+        void *q, *sc;
+        if (view__alloc(v, n * qb, &q, what, err, errlen) || view__alloc(v, n * sb, &sc, what, err, errlen)) return -1;
+        cudaError_t e = cudaSuccess;
+        for (int i = 0; i < n && e == cudaSuccess; i++) {
+            e = cudaMemcpy((char *)q + i * qb, ws[i]->data, qb, cudaMemcpyHostToDevice);
+            if (e == cudaSuccess) e = cudaMemcpy((char *)sc + i * sb, view__fp4_scales(ws[i]), sb, cudaMemcpyHostToDevice);
+        }
+        if (e != cudaSuccess) return snprintf(err, errlen, "uploading %s: %s", what, cudaGetErrorString(e)), -1;
+        o->data = q, o->scale = sc;
+        o->scale_dt = DTYPE_F8_E8M0; /* a U8 one has no 255 (view__fp4_packed): the same values */
+        o->scale_rows = w0->rows;
+        return 0;
+    }
     dtype t = w0->dt;
     if (w0->fmt == WEIGHT_DENSE && t != DTYPE_F32 && t != DTYPE_BF16 && t != DTYPE_F16) {
         snprintf(err, errlen, "%s: dtype %s is not supported on CUDA", what, dtype_name(t));
@@ -347,9 +401,18 @@ static int view__stack(cuda_view *v, const weight *const *ws, int n, void **out,
     }
     cudaFree(tmp);
     if (e != cudaSuccess) return snprintf(err, errlen, "uploading %s: %s", what, cudaGetErrorString(e)), -1;
-    *out = d;
-    *dt = dev_t;
+    o->data = d, o->dt = dev_t, o->fmt = WEIGHT_DENSE, o->scale = NULL;
     return 0;
+}
+
+/* Expert e's matrix of a stack whose first one is w0 (view__stack); in is
+ * the host matrix it stands for (its name and shape). */
+static weight view__nth(const weight *w0, size_t e, const weight *in) {
+    weight o = *w0;
+    o.rows = in->rows, o.cols = in->cols;
+    o.data = (const char *)w0->data + e * view__stride(w0);
+    if (w0->fmt == WEIGHT_FP4) o.scale = (const uint8_t *)w0->scale + e * (size_t)w0->rows * w0->scale_cols;
+    return o;
 }
 
 static int view__moe(cuda_view *v, int l, const moe_weights *in, moe_weights *o, char *err, size_t errlen) {
@@ -366,24 +429,24 @@ static int view__moe(cuda_view *v, int l, const moe_weights *in, moe_weights *o,
     const weight **ws = malloc((size_t)2 * E * sizeof(*ws));
     if (!ws) return snprintf(err, errlen, "out of host memory"), -1;
     for (int e = 0; e < E; e++) ws[2 * e] = &in->gate[e], ws[2 * e + 1] = &in->up[e];
-    void *gu = NULL, *dn = NULL;
-    dtype gt, dt;
+    weight gu, dn;
     snprintf(what, sizeof(what), "layer %d experts' gate and up", l);
-    int rc = view__stack(v, ws, 2 * E, &gu, &gt, what, err, errlen);
+    int rc = view__stack(v, ws, 2 * E, &gu, what, err, errlen);
     for (int e = 0; e < E && !rc; e++) ws[e] = &in->down[e];
     snprintf(what, sizeof(what), "layer %d experts' down", l);
-    if (!rc) rc = view__stack(v, ws, E, &dn, &dt, what, err, errlen);
+    if (!rc) rc = view__stack(v, ws, E, &dn, what, err, errlen);
     free(ws);
     if (rc) return -1;
-    size_t es = dtype_size(gt), gsz = (size_t)in->gate[0].rows * in->gate[0].cols * es;
-    size_t dsz = (size_t)in->down[0].rows * in->down[0].cols * dtype_size(dt);
+    /* one activation dtype for both products (cuda_moe.c): f32 with f32 weights, else bf16 */
+    if ((gu.fmt == WEIGHT_DENSE && gu.dt == DTYPE_F32) != (dn.fmt == WEIGHT_DENSE && dn.dt == DTYPE_F32)) {
+        snprintf(err, errlen, "layer %d experts: gate/up and down of mixed formats are not supported on CUDA; use "
+                 "--device cpu", l);
+        return -1;
+    }
     for (int e = 0; e < E; e++) {
-        o->gate[e] = in->gate[e], o->up[e] = in->up[e], o->down[e] = in->down[e];
-        o->gate[e].data = (char *)gu + (size_t)2 * e * gsz, o->gate[e].dt = gt;
-        o->up[e].data = (char *)gu + ((size_t)2 * e + 1) * gsz, o->up[e].dt = gt;
-        o->down[e].data = (char *)dn + (size_t)e * dsz, o->down[e].dt = dt;
-        o->gate[e].fmt = o->up[e].fmt = o->down[e].fmt = WEIGHT_DENSE;
-        o->gate[e].scale = o->up[e].scale = o->down[e].scale = NULL;
+        o->gate[e] = view__nth(&gu, 2 * (size_t)e, &in->gate[e]);
+        o->up[e] = view__nth(&gu, 2 * (size_t)e + 1, &in->up[e]);
+        o->down[e] = view__nth(&dn, (size_t)e, &in->down[e]);
     }
     /* the router in f32: converted here, on the host */
     const weight *r = &in->router;
