@@ -23,7 +23,8 @@
  * Engram rows as stored (decode_rows, scatter_rows, collect_rows, fetch_back,
  * engram_fetch over a host store of random bytes in f32, bf16, f16 and FP8,
  * mapped whole and on NVMe behind a small DRAM cache with exclusive tiers):
- * bit for bit.
+ * bit for bit. DeepSeek-V4's FP4 experts kept packed against the same experts
+ * expanded to bf16, both on the GPU: bit for bit.
  * Exit status 1 if any op fails. */
 #include <math.h>
 #include <stdint.h>

@@ -28,7 +28,11 @@
  *          host store (exported to a temporary directory: DRAM tier, then
  *          NVMe under a tiny DRAM budget), with no hot-row cache, one of 4 KiB
  *          (evicting all the time) and one holding every row: the batched
- *          run's logits must equal the device-table run's bit for bit. */
+ *          run's logits must equal the device-table run's bit for bit.
+ * fp4:     models with FP4 routed experts (DeepSeek-V4's release format),
+ *          which the device keeps packed, again with them expanded to bf16
+ *          on upload (ENGRAM_FP4_EXPERTS=bf16): the batched run's logits must
+ *          be bit-equal; such a model must run. */
 #include <glob.h>
 #include <math.h>
 #include <unistd.h>
@@ -141,6 +145,13 @@ done:
     return rc;
 }
 
+/* Whether m has FP4 routed experts (kept packed on the device, cuda_view.c). */
+static int has_fp4_experts(const model *m) {
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        if (m->layers[l].moe && m->layers[l].moe->gate[0].fmt == WEIGHT_FP4) return 1;
+    return 0;
+}
+
 static void check_model(const char *dir) {
     char err[512];
     model *m = NULL;
@@ -172,7 +183,7 @@ static void check_model(const char *dir) {
     /* an op or a weight format the backend lacks (FP8/FP4 weights: the view refuses them by name); the
      * DeepSeek-V4.1 fixtures have every op and format on CUDA, so there a skip is a failure */
     if (prc == FORWARD_ERR_UNSUPPORTED || (prc != FORWARD_OK && strstr(err, "not supported on CUDA"))) {
-        int must_run = strstr(dir, "deepseek_v41") != NULL;
+        int must_run = strstr(dir, "deepseek_v41") != NULL || has_fp4_experts(m);
         printf("  %s on this backend: %s\n", must_run ? "refused (FAIL)" : "skipped", err);
         fail = must_run ? 1 : -1;
     }
@@ -204,6 +215,19 @@ static void check_model(const char *dir) {
             while (same < N_GEN && gen_g[same] == gen_c[same]) same++;
             printf("  free-running greedy: %d of %d leading tokens equal\n", same, N_GEN);
         }
+    }
+    if (!fail && has_fp4_experts(m)) { /* lg: the batched GPU run, fed gen_c, packed experts */
+        float *le = calloc(per, sizeof(float));
+        setenv("ENGRAM_FP4_EXPERTS", "bf16", 1); /* read when the view is made (forward_ctx_create) */
+        if (!le || run_steps(m, gpu, N_SEQ, prompts, lens, gen_c, NULL, le)) {
+            fail = 1;
+        } else {
+            int same = memcmp(le, lg, per * sizeof(float)) == 0;
+            printf("  FP4 experts packed: logits %s those of the bf16 expansion\n", same ? "bit-equal to" : "DIFFER from");
+            fail |= !same;
+        }
+        unsetenv("ENGRAM_FP4_EXPERTS");
+        free(le);
     }
     if (!fail && m->engram) { /* lg: the batched GPU run, fed gen_c */
         char tdir[] = "/tmp/gpu_model_parity.XXXXXX";
