@@ -154,6 +154,13 @@ void cuda__grow(cuda_backend *g, void **buf, size_t *have, size_t bytes);
 void cuda__ops_free(cuda_backend *g);
 
 /* ---- mixture of experts (cuda_moe.c) ---- */
+/* Bytes from one expert's matrix to the next in the view's stacks (cuda_view.c, view__stack):
+ * dense ones in their device dtype, FP4 ones kept packed (the codes; their scales lie
+ * rows * cols / 32 bytes apart). */
+static inline size_t cuda__expert_stride(const weight *w) {
+    size_t n = (size_t)w->rows * w->cols;
+    return w->fmt == WEIGHT_FP4 ? n / 2 : n * dtype_size(w->dt);
+}
 void cu_moe_route(backend *be, int32_t *ids, float *wts, const float *logits, const int32_t *tokens,
                   const moe_weights *moe, int T);
 void cu_moe_experts(backend *be, float *out, const float *x, const int32_t *ids, const float *wts,

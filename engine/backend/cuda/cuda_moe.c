@@ -45,12 +45,6 @@ static kernels_moe_weights moe_weights_of(const weight *w0) {
     return k;
 }
 
-/* Bytes from one expert's matrix to the next in the stack (view__moe). */
-static size_t moe_stride(const weight *w0) {
-    size_t n = (size_t)w0->rows * w0->cols;
-    return w0->fmt == WEIGHT_FP4 ? n / 2 : n * dtype_size(w0->dt);
-}
-
 void cu_moe_experts(backend *be, float *out, const float *x, const int32_t *ids, const float *wts,
                     const moe_weights *moe, int T) {
     cuda_backend *g = cuda__of(be);
@@ -61,7 +55,7 @@ void cu_moe_experts(backend *be, float *out, const float *x, const int32_t *ids,
     int bf16 = gu.fmt != KERNELS_MOE_F32;
     size_t es = bf16 ? 2 : 4, n = (size_t)T * k;
     /* the stacking this relies on (view__moe): one base per product */
-    if ((const char *)moe->up[0].data != (const char *)gu.w + moe_stride(&moe->gate[0]) ||
+    if ((const char *)moe->up[0].data != (const char *)gu.w + cuda__expert_stride(&moe->gate[0]) ||
         (bf16 != (dn.fmt != KERNELS_MOE_F32))) /* (a shared expert is forward_dsv4's) */
         cuda__fail(__func__, "experts are not a stacked device view (cuda_view.c prepares them)");
     int pi = prof__begin(g, "moe_experts E=%d k=%d %s", E, k, prof__tclass(T));

@@ -317,13 +317,6 @@ static int view__fp4_packed(const weight *w) {
     return w->scale_dt == DTYPE_U8 && !memchr(view__fp4_scales(w), 255, (size_t)w->rows * w->scale_cols);
 }
 
-/* Bytes from one expert's matrix to the next in a stack of w's kind as the
- * device holds it (the codes of an FP4 one), and between their scales. */
-static size_t view__stride(const weight *w) {
-    size_t n = (size_t)w->rows * w->cols;
-    return w->fmt == WEIGHT_FP4 ? n / 2 : n * dtype_size(w->dt);
-}
-
 /* A sparse layer's experts, stacked so that one launch covers them all
  * (cuda_moe.c relies on this layout): gate and up of expert e as rows
  * [2 e I, 2 e I + I) and [2 e I + I, 2 (e + 1) I) of one (2 E I, d) matrix,
@@ -331,7 +324,7 @@ static size_t view__stride(const weight *w) {
  * bf16), FP4 ones packed as stored (view__fp4_packed: codes (rows, cols / 2)
  * bytes and their scales (rows, cols / 32) stacked the same way), other
  * FP8/FP4 ones dequantized. *o: the first matrix of the stack as the device
- * holds it; the others follow it at view__stride. The router stays f32
+ * holds it; the others follow it at cuda__expert_stride. The router stays f32
  * whatever the checkpoint: its logits pick the experts, and f32 keeps the
  * choice the CPU's. */
 static int view__stack(cuda_view *v, const weight *const *ws, int n, weight *o, const char *what, char *err,
@@ -410,7 +403,7 @@ static int view__stack(cuda_view *v, const weight *const *ws, int n, weight *o, 
 static weight view__nth(const weight *w0, size_t e, const weight *in) {
     weight o = *w0;
     o.rows = in->rows, o.cols = in->cols;
-    o.data = (const char *)w0->data + e * view__stride(w0);
+    o.data = (const char *)w0->data + e * cuda__expert_stride(w0);
     if (w0->fmt == WEIGHT_FP4) o.scale = (const uint8_t *)w0->scale + e * (size_t)w0->rows * w0->scale_cols;
     return o;
 }
