@@ -122,17 +122,19 @@ static int counting_step_begin(backend *be, const void *key, size_t key_bytes) {
 }
 
 /* Runs the schedule on be, each sequence greedy on its own logits: a sequence's prompt step is its join
- * step, then one token per step until it has sched_gen; it leaves (its state and blocks freed) after
- * its last. logits (SCHED_STEPS * SCHED_SEQS, V): row step * SCHED_SEQS + seq, zeros where the sequence
- * is not in the step. *n_replays: the steps (segments) the backend replayed. */
+ * step, then one token per step until it has sched_gen; it leaves after its last, its state reset (its
+ * blocks back to the cache) and put back in the pool of 4 the next one to join takes from, as the
+ * engine does (freeing backend memory would drop the recordings). logits (SCHED_STEPS * SCHED_SEQS, V):
+ * row step * SCHED_SEQS + seq, zeros where the sequence is not in the step. *n_replays: the steps
+ * (segments) the backend replayed. */
 static int run_schedule(model *m, backend *be, float *logits, int *n_replays) {
     char err[256];
     int V = m->cfg.vocab_size, vs = model_sampling_vocab(m), rc;
     forward_ctx *fc = NULL;
     kv_cache *kv = NULL;
-    forward_state *st[SCHED_SEQS] = {0};
+    forward_state *st[SCHED_SEQS] = {0}, *pool[4] = {0};
     int32_t prompt[SCHED_SEQS][37], tok[SCHED_SEQS];
-    int done[SCHED_SEQS] = {0};
+    int done[SCHED_SEQS] = {0}, n_pool = 0;
     backend_ops counted = *be->ops;
     real_ops = be->ops;
     replays = 0;
@@ -145,6 +147,7 @@ static int run_schedule(model *m, backend *be, float *logits, int *n_replays) {
         rc = FORWARD_ERR_NOMEM;
         goto done;
     }
+    for (; n_pool < 4 && !rc; n_pool++) rc = forward_state_create(fc, kv, 128, &pool[n_pool]);
     for (int i = 0; i < SCHED_SEQS; i++)
         for (int k = 0; k < sched_len[i]; k++) prompt[i][k] = (int32_t)((7 * k + 11 * i + 3) % vs);
     for (int g = 0; g < SCHED_STEPS && !rc; g++) {
@@ -153,7 +156,7 @@ static int run_schedule(model *m, backend *be, float *logits, int *n_replays) {
         for (int i = 0; i < SCHED_SEQS && !rc; i++) {
             float *l = logits + ((size_t)g * SCHED_SEQS + i) * V;
             if (g == sched_join[i]) {
-                rc = forward_state_create(fc, kv, 128, &st[i]);
+                st[i] = pool[--n_pool];
                 it[n] = (forward_item){.st = st[i], .ids = prompt[i], .n = sched_len[i], .logits = l};
             } else if (st[i]) {
                 tok[i] = argmax_of(l - (size_t)SCHED_SEQS * V, V); /* its row of the step before */
@@ -166,14 +169,17 @@ static int run_schedule(model *m, backend *be, float *logits, int *n_replays) {
         }
         if (!rc && n) rc = forward_batch(fc, it, n);
         for (int j = 0; j < n && !rc; j++)
-            if (done[who[j]] == sched_gen[who[j]]) { /* it leaves: a later sequence takes its blocks */
-                forward_state_destroy(st[who[j]]);
+            if (done[who[j]] == sched_gen[who[j]]) { /* it leaves: a later sequence takes its state and blocks */
+                forward_state_reset(st[who[j]]);
+                pool[n_pool++] = st[who[j]];
                 st[who[j]] = NULL;
             }
     }
 done:
     if (rc) fprintf(stderr, "%s: schedule: %s\n", backend_name(be), forward_status_str(rc));
-    for (int i = 0; i < SCHED_SEQS; i++) forward_state_destroy(st[i]);
+    for (int i = 0; i < SCHED_SEQS; i++)
+        if (st[i]) pool[n_pool++] = st[i];
+    for (int i = 0; i < n_pool; i++) forward_state_destroy(pool[i]);
     kv_cache_destroy(kv);
     forward_ctx_destroy(fc);
     be->ops = real_ops;
