@@ -184,8 +184,9 @@ typedef struct backend_ops {
      * family runs only where all are set). st (host struct) is one layer's
      * layout of the sequences' states, read and written through b->seq_state;
      * kv (host struct) is the layer's store in the KV cache, read and written
-     * through b's block tables. Every step-dependent value is read from b's
-     * backend memory, never its host copies, so a decode step may be recorded. ---- */
+     * through b's block tables. A backend that records steps reads whatever
+     * changes from step to step in b's backend memory, never in its host
+     * copies, so that one recording replays for any decode step of its key. ---- */
     /* out (T, d) = x / sqrt(mean(x^2) + eps), no weight; out may alias x */
     void (*rmsnorm_plain)(backend *be, float *out, const float *x, int T, int d, float eps);
     /* A hyper-connection from mix (T, (2+N)N) = fn . rmsnorm_plain(X): post (T, N), comb (T, N, N)
