@@ -358,6 +358,16 @@ int engram_step_rows(engram_step *es, const engram_weights *w, const batch_desc 
     return FORWARD_OK;
 }
 
+int engram_step_rows_cut(engram_step *es, engram_step_seg *sg, const engram_weights *w, const batch_desc *b,
+                         const float **emb) {
+    if (sg->record && !sg->replayed) backend_step_end(es->be);
+    int rc = engram_step_rows(es, w, b, emb);
+    if (rc != FORWARD_OK) return rc;
+    sg->key[sizeof(sg->key) / sizeof(sg->key[0]) - 1]++;
+    sg->replayed = sg->record && backend_step_begin(es->be, sg->key, sizeof(sg->key));
+    return FORWARD_OK;
+}
+
 float *engram_step_gates(const engram_step *es, const forward_item *it, int n_items) {
     for (int i = 0; i < n_items; i++)
         if (it[i].gates) return es->egates;

@@ -78,6 +78,19 @@ int engram_step_layer(engram_step *es, const engram_weights *w, const batch_desc
  * f32 (T, E), backend memory, valid until the next layer's rows. Returns FORWARD_OK, or
  * FORWARD_ERR_IO as engram_step_layer does. */
 int engram_step_rows(engram_step *es, const engram_weights *w, const batch_desc *b, const float **emb);
+/* A decode step recorded in segments cut at each Engram layer's rows (forward.c, and forward_dsv4.c for
+ * DeepSeek-V4.1): key holds every host value the step's ops bake in, its last word the segment's number;
+ * record: the step may be recorded (one token per sequence, engram_step_recordable); replayed: the
+ * backend replayed the current segment itself, so its ops are not to be issued. */
+typedef struct {
+    uint64_t key[7];
+    bool record, replayed;
+} engram_step_seg;
+/* engram_step_rows between two segments of sg: the current one ends, the rows are gathered and copied
+ * live (how many miss a hot-row cache changes every step), and the next one begins (sg->replayed says
+ * how). Returns what engram_step_rows returns. */
+int engram_step_rows_cut(engram_step *es, engram_step_seg *sg, const engram_weights *w, const batch_desc *b,
+                         const float **emb);
 /* The other half: x += engram(x) from those rows, and the gates. Only backend ops, each with the
  * same host arguments for steps of one shape, when engram_step_recordable. */
 void engram_step_apply(engram_step *es, const engram_weights *w, const batch_desc *b, float *x, const float *emb,

@@ -638,53 +638,58 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
      * steps hide the launches behind their own work, and their batch changes
      * too often for a recording to pay. With Engram the step is recorded in
      * segments between the layers' rows, which are copied live (how many
-     * rows miss the hot-row cache changes every step). */
-    bool record = backend_has(be, step_begin) && !fc->dsv4 && n_items <= STEP_RECORD_MAX_TOKENS &&
-                  (!bm->engram || engram_step_recordable(fc->eng, it, n_items));
+     * rows miss the hot-row cache changes every step). A DeepSeek-V4 step
+     * too: its ops read every sequence's positions and compressor rings from
+     * the step's uploads, so one recording serves any sequences. Prefill
+     * steps are never recorded. */
+    bool record = backend_has(be, step_begin) && n_items <= STEP_RECORD_MAX_TOKENS;
     for (int i = 0; i < n_items && record; i++) record = it[i].n == 1;
     int rc = plan_step(fc, it, n_items, &b, record);
     if (rc != FORWARD_OK) return rc;
+    /* after planning, which lays out this step's snapshots */
+    record = record && (!bm->engram || engram_step_recordable(fc->eng, it, n_items));
     if (fc->eng) engram_step_fetch_start(fc->eng, b.n_tokens);
     int T = b.n_tokens, S = n_items, d = c->hidden_size;
     kv_cache *kv = it[0].st->kv;
     bool any_argmax;
     int nl = upload_inputs(fc, it, S, &b, &any_argmax);
+    if (fc->dsv4) {
+        for (int i = 0; i < S; i++) fc->dsv4_seqs[i] = it[i].st->dsv4;
+        dsv4_step_upload(fc->dsv4, fc->dsv4_seqs, &b);
+    }
     /* every host value the ops below bake in, and the segment */
-    uint64_t key[7] = {(uintptr_t)fc, (uintptr_t)kv, (uint64_t)T, (uint64_t)nl, (uint64_t)b.max_blocks, any_argmax, 0};
-    bool replayed = record && backend_step_begin(be, key, sizeof(key));
-    if (replayed && !bm->engram) goto issued;
+    engram_step_seg sg = {.key = {(uintptr_t)fc, (uintptr_t)kv, (uint64_t)T, (uint64_t)nl, (uint64_t)b.max_blocks,
+                                  any_argmax, 0},
+                          .record = record};
+    sg.replayed = record && backend_step_begin(be, sg.key, sizeof(sg.key));
+    if (sg.replayed && !bm->engram) goto issued;
 
     if (fc->dsv4) { /* DeepSeek-V4: its own pass and head (forward_dsv4.c) */
-        for (int i = 0; i < S; i++) fc->dsv4_seqs[i] = it[i].st->dsv4;
-        if ((rc = dsv4_forward(fc->dsv4, fc->eng, &b, kv, fc->dsv4_seqs, fc->ids, it, S, fc->last, nl, fc->logits)))
+        if ((rc = dsv4_forward(fc->dsv4, fc->eng, &sg, &b, kv, fc->ids, it, S, fc->last, nl, fc->logits)))
             return rc;
-        if (nl && any_argmax) backend_argmax(be, fc->next, fc->logits, nl, c->vocab_size);
-        goto issued;
-    }
-    if (!replayed) backend_embed(be, fc->x, &bm->embed, fc->ids, T);
-    for (int l = 0; l < c->n_layers; l++) {
-        const layer_weights *L = &bm->layers[l];
-        /* Engram: x += engram(x) at the start of the layer; its rows come
-         * between two recorded segments */
-        if (L->engram) {
-            const float *emb;
-            if (record && !replayed) backend_step_end(be);
-            if ((rc = engram_step_rows(fc->eng, L->engram, &b, &emb)) != FORWARD_OK) return rc;
-            key[6]++;
-            replayed = record && backend_step_begin(be, key, sizeof(key));
-            if (!replayed) engram_step_apply(fc->eng, L->engram, &b, fc->x, emb, it, S);
+    } else {
+        if (!sg.replayed) backend_embed(be, fc->x, &bm->embed, fc->ids, T);
+        for (int l = 0; l < c->n_layers; l++) {
+            const layer_weights *L = &bm->layers[l];
+            /* Engram: x += engram(x) at the start of the layer; its rows come
+             * between two recorded segments */
+            if (L->engram) {
+                const float *emb;
+                if ((rc = engram_step_rows_cut(fc->eng, &sg, L->engram, &b, &emb)) != FORWARD_OK) return rc;
+                if (!sg.replayed) engram_step_apply(fc->eng, L->engram, &b, fc->x, emb, it, S);
+            }
+            if (sg.replayed) continue;
+            attention_block(fc, L, kv, l, &b);
+            ffn_block(fc, L, T);
         }
-        if (replayed) continue;
-        attention_block(fc, L, kv, l, &b);
-        ffn_block(fc, L, T);
+        if (nl && !sg.replayed) { /* the head, at the last token of the sequences that want logits */
+            backend_gather_f32(be, fc->lastx, fc->x, fc->last, nl, d);
+            backend_rmsnorm(be, fc->lastx, fc->lastx, bm->final_norm, nl, d, c->rms_norm_eps);
+            backend_matmul(be, fc->logits, fc->lastx, &bm->lm_head, NULL, nl);
+        }
     }
-    if (nl && !replayed) { /* the head, at the last token of the sequences that want logits */
-        backend_gather_f32(be, fc->lastx, fc->x, fc->last, nl, d);
-        backend_rmsnorm(be, fc->lastx, fc->lastx, bm->final_norm, nl, d, c->rms_norm_eps);
-        backend_matmul(be, fc->logits, fc->lastx, &bm->lm_head, NULL, nl);
-        if (any_argmax) backend_argmax(be, fc->next, fc->logits, nl, c->vocab_size);
-    }
-    if (record && !replayed) backend_step_end(be);
+    if (nl && any_argmax && !sg.replayed) backend_argmax(be, fc->next, fc->logits, nl, c->vocab_size);
+    if (record && !sg.replayed) backend_step_end(be);
 issued:
     for (int i = 0; i < S; i++) {
         it[i].st->pos += it[i].n;

@@ -28,9 +28,8 @@
 #include <string.h>
 
 struct dsv4_seq {
-    dsv4_state *layers; /* (n_layers) host structs whose pointers cut `mem` */
-    void *mem;          /* backend memory of all layers */
-    size_t bytes;       /* of mem */
+    void *mem;    /* backend memory of all layers, cut as dsv4_ctx.layout says */
+    size_t bytes; /* of mem */
 };
 
 struct dsv4_ctx {
@@ -58,7 +57,9 @@ struct dsv4_ctx {
     int32_t *moe_ids;                      /* (T, k) */
     float *lastX, *lastmix, *lasth;        /* (S, N, d) (S, N) (S, d) */
     float *ekv;                            /* (T, (N+1) d) an Engram layer's keys and value (V4.1), or NULL */
-    dsv4_state **st;                       /* host (S): the step's states of one layer */
+    dsv4_state *layout;                    /* host (n_layers): where each layer's rings are in a sequence's state */
+    size_t state_floats;                   /* of one sequence's state */
+    float **seq_state, **h_seq_state;      /* (S) backend and host: the step's sequences' states (batch_desc) */
     dsv4_kv cache;                         /* the current layer's store in the KV cache */
 };
 
@@ -88,6 +89,30 @@ static void rope_freqs(const dsv4_config *v, double theta, bool yarn, float *f) 
     }
 }
 
+/* Floats of layer l's per-sequence state (the last 2m projections of its compressors), starting `at`
+ * floats into a sequence's state: s gets where its rings are. */
+static size_t layer_state(const model_config *c, int l, size_t at, dsv4_state *s) {
+    const dsv4_config *v = &c->dsv4;
+    size_t D = (size_t)c->head_dim, dI = (size_t)v->index_head_dim, m = (size_t)v->rate[l], n = 0;
+#define CUT(field, count) s->field = at + n, n += (count)
+    if (v->attn[l] == DSV4_LOW) { /* a ratio-2 kv source's ring of pending pairs: kv and score */
+        if (v->kv_src[l] == l && m == 2) {
+            CUT(c_kv, 2 * m * D);
+            CUT(c_gate, 2 * m * D);
+        }
+    } else if (v->attn[l] != DSV4_SLIDING) {
+        size_t cw = v->attn[l] == DSV4_CSA ? 2 * D : D;
+        CUT(c_kv, 2 * m * cw);
+        CUT(c_gate, 2 * m * cw);
+    }
+    if (v->attn[l] == DSV4_CSA) {
+        CUT(i_kv, 2 * m * 2 * dI);
+        CUT(i_gate, 2 * m * 2 * dI);
+    }
+#undef CUT
+    return n;
+}
+
 void dsv4_ctx_destroy(dsv4_ctx *dc) {
     if (!dc) return;
     float **bufs[] = {&dc->freq_main, &dc->freq_comp, &dc->X, &dc->Xn, &dc->mix, &dc->post, &dc->comb, &dc->xc,
@@ -96,9 +121,10 @@ void dsv4_ctx_destroy(dsv4_ctx *dc) {
                       &dc->lastX, &dc->lastmix, &dc->lasth, &dc->ekv, &dc->pre[0], &dc->pre[1], (float **)&dc->sel,
                       &dc->tp_att, &dc->tp_oa, &dc->tp_part,
                       (float **)&dc->moe_ids, (float **)&dc->sel_low[0], (float **)&dc->sel_low[1], &dc->lat,
-                      (float **)&dc->cand};
+                      (float **)&dc->cand, (float **)&dc->seq_state};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) backend_free(dc->be, *bufs[i]);
-    free(dc->st);
+    free(dc->layout);
+    free(dc->h_seq_state);
     free(dc);
 }
 
@@ -142,9 +168,13 @@ int dsv4_ctx_create(const model *bm, backend *be, int max_tokens, int max_seqs, 
         {&dc->tp_att, P > G ? T * nh * P * D : 0}, {&dc->tp_oa, P > 1 ? T * G * R : 0},
         {&dc->tp_part, P > 1 ? T * d / P : 0},
     };
-    bool ok = (dc->st = calloc(S, sizeof(dsv4_state *))) != NULL;
+    bool ok = (dc->layout = calloc((size_t)c->n_layers, sizeof(dsv4_state))) &&
+              (dc->h_seq_state = calloc(S, sizeof(float *))) &&
+              (dc->seq_state = backend_alloc(be, S * sizeof(float *)));
     for (size_t i = 0; i < sizeof(want) / sizeof(want[0]) && ok; i++)
         ok = !want[i].n || (*want[i].p = backend_alloc(be, want[i].n * F));
+    for (int l = 0; ok && l < c->n_layers; l++)
+        dc->state_floats += layer_state(c, l, dc->state_floats, &dc->layout[l]);
     float f[2][512];
     if (!ok || v->rope_dim / 2 > 512) {
         dsv4_ctx_destroy(dc);
@@ -165,50 +195,23 @@ size_t dsv4_block_floats(const model_config *c, int l, int block_size) {
                                 c->head_dim, v->index_head_dim);
 }
 
-/* Floats of layer l's per-sequence state (the last 2m projections of its compressors); with `s`,
- * carves the pointers from base. */
-static size_t layer_state(const model_config *c, int l, float *base, dsv4_state *s) {
-    const dsv4_config *v = &c->dsv4;
-    size_t D = (size_t)c->head_dim, dI = (size_t)v->index_head_dim, m = (size_t)v->rate[l], n = 0;
-    float *nil = NULL;
-#define CUT(field, count) (s ? (s->field = base + n) : nil), n += (count)
-    if (v->attn[l] == DSV4_LOW) { /* a ratio-2 kv source's ring of pending pairs: kv and score */
-        if (v->kv_src[l] == l && m == 2) {
-            CUT(c_kv, 2 * m * D);
-            CUT(c_gate, 2 * m * D);
-        }
-    } else if (v->attn[l] != DSV4_SLIDING) {
-        size_t cw = v->attn[l] == DSV4_CSA ? 2 * D : D;
-        CUT(c_kv, 2 * m * cw);
-        CUT(c_gate, 2 * m * cw);
-    }
-    if (v->attn[l] == DSV4_CSA) {
-        CUT(i_kv, 2 * m * 2 * dI);
-        CUT(i_gate, 2 * m * 2 * dI);
-    }
-#undef CUT
-    return n;
-}
-
 int dsv4_seq_create(dsv4_ctx *dc, dsv4_seq **out) {
-    const model_config *c = &dc->bm->cfg;
-    size_t total = 0;
     *out = NULL;
     dsv4_seq *s = calloc(1, sizeof(*s));
-    if (!s || !(s->layers = calloc((size_t)c->n_layers, sizeof(dsv4_state)))) {
-        free(s);
-        return -1;
-    }
-    for (int l = 0; l < c->n_layers; l++) total += layer_state(c, l, NULL, NULL);
-    s->bytes = (total ? total : 1) * sizeof(float); /* a model of sliding layers only keeps nothing */
+    if (!s) return -1;
+    s->bytes = (dc->state_floats ? dc->state_floats : 1) * sizeof(float); /* sliding layers only: nothing */
     if (!(s->mem = backend_alloc(dc->be, s->bytes))) {
         dsv4_seq_destroy(dc, s);
         return -1;
     }
-    float *base = s->mem;
-    for (int l = 0; l < c->n_layers; l++) base += layer_state(c, l, base, &s->layers[l]);
     *out = s;
     return 0;
+}
+
+void dsv4_step_upload(dsv4_ctx *dc, dsv4_seq *const *seqs, batch_desc *b) {
+    for (int s = 0; s < b->n_seqs; s++) dc->h_seq_state[s] = seqs[s]->mem;
+    backend_upload(dc->be, dc->seq_state, dc->h_seq_state, (size_t)b->n_seqs * sizeof(float *));
+    b->seq_state = dc->seq_state;
 }
 
 size_t dsv4_seq_bytes(const dsv4_seq *s) { return s->bytes; }
@@ -216,7 +219,6 @@ size_t dsv4_seq_bytes(const dsv4_seq *s) { return s->bytes; }
 void dsv4_seq_destroy(dsv4_ctx *dc, dsv4_seq *s) {
     if (!s) return;
     backend_free(dc->be, s->mem);
-    free(s->layers);
     free(s);
 }
 
@@ -285,8 +287,8 @@ static void low_sources(dsv4_ctx *dc, int l, const batch_desc *b) {
     if (v->kv_src[l] == l) {
         backend_matmul(be, dc->ck, dc->h, &Y->comp.wkv, NULL, T);
         if (m == 2) backend_matmul(be, dc->cg, dc->h, &Y->comp.wgate, NULL, T);
-        backend_dsv41_compress(be, dc->lat, dc->ck, dc->cg, b, dc->st, &dc->cache, m, D, Y->comp.norm, eps, r,
-                               dc->freq_comp);
+        backend_dsv41_compress(be, dc->lat, dc->ck, dc->cg, b, &dc->layout[l], &dc->cache, m, D, Y->comp.norm,
+                               eps, r, dc->freq_comp);
         if (v->idx_src[l]) {
             backend_matmul(be, dc->ik, dc->lat, &Y->iwk, NULL, T);
             backend_dsv41_index_keys(be, dc->ik, b, &dc->cache, m, dI, Y->ik_norm, eps, r, dc->freq_comp);
@@ -321,14 +323,14 @@ static void attend_v4(dsv4_ctx *dc, int l, const batch_desc *b, const float *fre
     if (m) { /* entries of windows closing in this step exist before the attention reads them */
         backend_matmul(be, dc->ck, dc->h, &Y->comp.wkv, NULL, T);
         backend_matmul(be, dc->cg, dc->h, &Y->comp.wgate, NULL, T);
-        backend_dsv4_compress(be, dc->ck, dc->cg, b, dc->st, &dc->cache, 0, m, D, csa, Y->comp.ape, Y->comp.norm, eps,
-                              r, freq);
+        backend_dsv4_compress(be, dc->ck, dc->cg, b, &dc->layout[l], &dc->cache, 0, m, D, csa, Y->comp.ape,
+                              Y->comp.norm, eps, r, freq);
     }
     if (csa) {
         backend_matmul(be, dc->ik, dc->h, &Y->icomp.wkv, NULL, T);
         backend_matmul(be, dc->ig, dc->h, &Y->icomp.wgate, NULL, T);
-        backend_dsv4_compress(be, dc->ik, dc->ig, b, dc->st, &dc->cache, 1, m, dI, 1, Y->icomp.ape, Y->icomp.norm, eps,
-                              r, freq);
+        backend_dsv4_compress(be, dc->ik, dc->ig, b, &dc->layout[l], &dc->cache, 1, m, dI, 1, Y->icomp.ape,
+                              Y->icomp.norm, eps, r, freq);
         backend_matmul(be, dc->iq, dc->qlat, &Y->iwq_b, NULL, T);
         backend_rope_tail(be, dc->iq, b->pos, T, nI, dI, r, freq, 0);
         backend_matmul(be, dc->iw, dc->h, &Y->iweights, NULL, T);
@@ -387,12 +389,12 @@ static void moe(dsv4_ctx *dc, int l, const int32_t *ids, int T) {
 /* DeepSeek-V4.1's Engram of layer w on the streams X (DEEPSEEK_V4.md 5.6-5.7): the step's rows
  * (hashed at planning, from the checkpoint tensor or a store), kv = rows wkv^T, then each
  * stream's gate adds the gated value in place. */
-static int engram_layer(dsv4_ctx *dc, engram_step *eng, const engram_weights *w, const batch_desc *b,
-                        const forward_item *it, int n_items) {
+static int engram_layer(dsv4_ctx *dc, engram_step *eng, engram_step_seg *sg, const engram_weights *w,
+                        const batch_desc *b, const forward_item *it, int n_items) {
     const model_config *c = &dc->bm->cfg;
     const float *emb;
-    int T = b->n_tokens, rc = engram_step_rows(eng, w, b, &emb);
-    if (rc != FORWARD_OK) return rc;
+    int T = b->n_tokens, rc = engram_step_rows_cut(eng, sg, w, b, &emb); /* live, between two segments */
+    if (rc != FORWARD_OK || sg->replayed) return rc;
     backend_matmul(dc->be, dc->ekv, emb, &w->w_kv, NULL, T);
     backend_engram_v41_gate(dc->be, dc->X, dc->ekv, w->qk, T, c->dsv4.hc_mult, c->hidden_size,
                             dc->bm->engram->eps, ENGRAM_V41_CLAMP, engram_step_gates(eng, it, n_items));
@@ -400,7 +402,7 @@ static int engram_layer(dsv4_ctx *dc, engram_step *eng, const engram_weights *w,
     return FORWARD_OK;
 }
 
-int dsv4_forward(dsv4_ctx *dc, engram_step *eng, const batch_desc *b, kv_cache *kv, dsv4_seq *const *seqs,
+int dsv4_forward(dsv4_ctx *dc, engram_step *eng, engram_step_seg *sg, const batch_desc *b, kv_cache *kv,
                  const int32_t *ids, const forward_item *it, int n_items, const int32_t *last, int nl, float *logits) {
     const model *bm = dc->bm;
     const model_config *c = &bm->cfg;
@@ -408,22 +410,26 @@ int dsv4_forward(dsv4_ctx *dc, engram_step *eng, const batch_desc *b, kv_cache *
     backend *be = dc->be;
     int T = b->n_tokens, N = c->dsv4.hc_mult, d = c->hidden_size;
     float eps = c->rms_norm_eps;
-    backend_embed(be, dc->xc, &bm->embed, ids, T);
-    dc->lag = NULL;
-    for (int j = 0; j < N; j++) /* every stream starts as the embedding */
-        backend_copy2d(be, dc->X + (size_t)j * d, (size_t)N * d, dc->xc, (size_t)d, (size_t)d, (size_t)T);
+    if (!sg->replayed) {
+        backend_embed(be, dc->xc, &bm->embed, ids, T);
+        for (int j = 0; j < N; j++) /* every stream starts as the embedding */
+            backend_copy2d(be, dc->X + (size_t)j * d, (size_t)N * d, dc->xc, (size_t)d, (size_t)d, (size_t)T);
+    }
     for (int l = 0; l < c->n_layers; l++) {
         const dsv4_layer *Y = &dw->layers[l];
         const layer_weights *L = &bm->layers[l];
-        for (int s = 0; s < b->n_seqs; s++) dc->st[s] = &seqs[s]->layers[l];
+        /* V4.1: the HC before this layer's first is the previous layer's second (hc_pre alternates pre[0]
+         * and pre[1]), set here so that a segment issued after a replayed one finds it */
+        dc->lag = l ? dc->pre[1] : NULL;
         int m = c->dsv4.rate[l];
         int src = c->dsv4.attn[l] == DSV4_LOW ? c->dsv4.kv_src[l] : l; /* V4.1: entries at the kv source */
         dc->cache = (dsv4_kv){.base = kv_cache_k_layer(kv, l), .block_floats = dsv4_block_floats(c, l, b->block_size),
                               .m = m, .slots = m ? (b->block_size + m - 1) / m : 0, .D = c->head_dim,
                               .dI = c->dsv4.index_head_dim, .ebase = kv_cache_k_layer(kv, src),
                               .eblock_floats = dsv4_block_floats(c, src, b->block_size)};
-        int rc = L->engram ? engram_layer(dc, eng, L->engram, b, it, n_items) : FORWARD_OK;
+        int rc = L->engram ? engram_layer(dc, eng, sg, L->engram, b, it, n_items) : FORWARD_OK;
         if (rc != FORWARD_OK) return rc;
+        if (sg->replayed) continue;
         hc_pre(dc, &Y->hc_attn_fn, Y->hc_attn_base, Y->hc_attn_scale, T);
         backend_rmsnorm(be, dc->h, dc->xc, L->attn_norm, T, d, eps);
         attention(dc, l, b);
@@ -433,7 +439,7 @@ int dsv4_forward(dsv4_ctx *dc, engram_step *eng, const batch_desc *b, kv_cache *
         moe(dc, l, ids, T);
         backend_hc_merge(be, dc->X, dc->y, dc->post, dc->comb, T, N, d);
     }
-    if (!nl) return FORWARD_OK;
+    if (!nl || sg->replayed) return FORWARD_OK;
     backend_gather_f32(be, dc->lastX, dc->X, last, nl, N * d);
     if (c->dsv4.hc_pre_from_prev) { /* the last FFN HC's pre: SGM:4588-4596 */
         backend_gather_f32(be, dc->lastmix, dc->lag, last, nl, N);

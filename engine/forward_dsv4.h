@@ -40,14 +40,20 @@ int dsv4_seq_create(dsv4_ctx *dc, dsv4_seq **out);
 void dsv4_seq_destroy(dsv4_ctx *dc, dsv4_seq *s); /* accepts NULL */
 size_t dsv4_seq_bytes(const dsv4_seq *s);          /* backend memory it holds */
 
-/* Runs the step described by b (ids (T) in backend memory, seqs (n_seqs) in
- * batch order; kv the cache whose blocks b's tables name, made with
- * dsv4_block_floats), then the head at rows last (nl) into logits (nl, vocab).
- * With DeepSeek-V4.1's Engram, eng (the step's Engram work, hashed when the
- * step was planned) gives each Engram layer its rows, and the items (n_items,
- * batch order) that ask for gates get them. Returns FORWARD_OK, or
+/* Before a step's ops (and before a recorded step is looked up): the table of the step's sequences'
+ * states (seqs, n_seqs of them in batch order) goes up, and b->seq_state points at it. */
+void dsv4_step_upload(dsv4_ctx *dc, dsv4_seq *const *seqs, batch_desc *b);
+
+/* Runs the step described by b (ids (T) in backend memory, its sequences'
+ * states uploaded by dsv4_step_upload; kv the cache whose blocks b's tables
+ * name, made with dsv4_block_floats), then the head at rows last (nl) into
+ * logits (nl, vocab). With DeepSeek-V4.1's Engram, eng (the step's Engram
+ * work, hashed when the step was planned) gives each Engram layer its rows,
+ * and the items (n_items, batch order) that ask for gates get them. sg: the
+ * step's recorded segments (forward.c), cut at each Engram layer; the ops of
+ * a segment the backend replayed are not issued. Returns FORWARD_OK, or
  * FORWARD_ERR_IO when a host store's rows could not be read. */
-int dsv4_forward(dsv4_ctx *dc, engram_step *eng, const batch_desc *b, kv_cache *kv, dsv4_seq *const *seqs,
+int dsv4_forward(dsv4_ctx *dc, engram_step *eng, engram_step_seg *sg, const batch_desc *b, kv_cache *kv,
                  const int32_t *ids, const forward_item *it, int n_items, const int32_t *last, int nl, float *logits);
 
 #endif

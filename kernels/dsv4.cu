@@ -228,12 +228,28 @@ __device__ __forceinline__ const float *dsv4_row_at(const float *step, const flo
     return p >= pos0 ? step + (size_t)(start + p - pos0) * cw : ring + (size_t)(p % cap) * cw;
 }
 
-// One block per closing window w of sequence s: channel c's softmax over the
-// window's slots (one thread per channel, slots in the CPU's order), then the
-// entry's norm (sum of squares in double) and the rope at w m.
-__global__ void compress_kernel(kernels_dsv4_compress_args a, int s, const float *rk, const float *rg, int start, int pos0,
-                                int w0) {
-    int w = w0 + blockIdx.x, m = a.m, D = a.D, cw = a.overlap ? 2 * D : D, cap = 2 * m;
+// Token t's sequence s, where its step rows start and its first position, and its rings (the layer's
+// offsets into its state): what the compressors read, from device memory.
+struct dsv4_seq_of {
+    int s, start, pos0;
+    float *rk, *rg;
+};
+__device__ __forceinline__ dsv4_seq_of dsv4_seq_at(const kernels_dsv4_compress_args &a, int t) {
+    int s = a.tok_seq[t];
+    float *st = a.seq_state[s];
+    return {s, a.seq_start[s], a.seq_pos0[s], st + a.ring_kv, st + a.ring_gate};
+}
+
+// One block per token; the token at the last position of window w (p = w m + m - 1, each closing
+// window has one in the step) makes its entry: channel c's softmax over the window's slots (one thread
+// per channel, slots in the CPU's order), then the entry's norm (sum of squares in double) and the rope
+// at w m. The other blocks leave at once.
+__global__ void compress_kernel(kernels_dsv4_compress_args a) {
+    int t = blockIdx.x, last = a.pos[t], m = a.m, D = a.D, cw = a.overlap ? 2 * D : D, cap = 2 * m;
+    if (last % m != m - 1) return; // the whole block: no window closes here
+    dsv4_seq_of q = dsv4_seq_at(a, t);
+    int w = last / m, s = q.s, start = q.start, pos0 = q.pos0;
+    const float *rk = q.rk, *rg = q.rg;
     float *e = dsv4_entry(a.cache, a.block_tables, a.max_blocks, a.block_size, s, w, a.which);
     for (int c = threadIdx.x; c < D; c += blockDim.x) {
         float g[256], v[256], mx = -INFINITY, sum = 0.0f, acc = 0.0f; // 2m slots; m <= 128
@@ -259,29 +275,25 @@ __global__ void compress_kernel(kernels_dsv4_compress_args a, int s, const float
     for (int j = threadIdx.x; j < a.r / 2; j += blockDim.x) dsv4_rope_pair(e + D - a.r + 2 * j, (float)(w * m), a.inv_freq[j], 0);
 }
 
-// The last 2m projections of the sequence go to its ring, position p at row p % 2m.
-__global__ void compress_ring_kernel(float *rk, float *rg, const float *kv, const float *gate, int cw, int cap,
-                                     int start, int pos0, int p_lo) {
-    int p = p_lo + blockIdx.x;
+// One block per token: the last 2m projections of each sequence (its tokens at p >= P - 2m, P the
+// sequence's end in the step) go to its ring, position p at row p % 2m. Launched after the entries,
+// which read the rows these overwrite.
+__global__ void compress_ring_kernel(kernels_dsv4_compress_args a, int cw) {
+    int t = blockIdx.x, p = a.pos[t], cap = 2 * a.m;
+    dsv4_seq_of q = dsv4_seq_at(a, t);
+    if (p < q.pos0 + a.seq_start[q.s + 1] - q.start - cap) return;
     for (int i = threadIdx.x; i < cw; i += blockDim.x) {
-        rk[(size_t)(p % cap) * cw + i] = kv[(size_t)(start + p - pos0) * cw + i];
-        rg[(size_t)(p % cap) * cw + i] = gate[(size_t)(start + p - pos0) * cw + i];
+        q.rk[(size_t)(p % cap) * cw + i] = a.kv[(size_t)t * cw + i];
+        q.rg[(size_t)(p % cap) * cw + i] = a.gate[(size_t)t * cw + i];
     }
 }
 
 extern "C" int kernels_dsv4_compress(const kernels_dsv4_compress_args *a, void *stream) {
+    if (a->n_tokens <= 0) return KERNELS_OK;
     if (a->m < 1 || a->m > 128 || a->D < 1) return KERNELS_ERR_ARG;
     cudaStream_t st = (cudaStream_t)stream;
-    int cw = a->overlap ? 2 * a->D : a->D, cap = 2 * a->m;
-    for (int s = 0; s < a->n_seqs; s++) { // per sequence: its windows and its ring (host copies of the bounds)
-        int start = a->h_seq_start[s], pos0 = a->h_seq_pos0[s], P = pos0 + a->h_seq_start[s + 1] - start;
-        int w0 = pos0 / a->m, w1 = P / a->m;
-        if (w1 > w0) compress_kernel<<<w1 - w0, 256, 0, st>>>(*a, s, a->ring_kv[s], a->ring_gate[s], start, pos0, w0);
-        int p_lo = P - cap > pos0 ? P - cap : pos0;
-        if (P > p_lo)
-            compress_ring_kernel<<<P - p_lo, 256, 0, st>>>(a->ring_kv[s], a->ring_gate[s], a->kv, a->gate, cw, cap,
-                                                           start, pos0, p_lo);
-    }
+    compress_kernel<<<a->n_tokens, 256, 0, st>>>(*a);
+    compress_ring_kernel<<<a->n_tokens, 256, 0, st>>>(*a, a->overlap ? 2 * a->D : a->D);
     return dsv4_status();
 }
 
@@ -326,20 +338,21 @@ __device__ void dsv41_fq_kv_block(float *x) {
     dsv41_fq_apply(x, 16, fp8_e4m3_f32(fp8_f32_e4m3(t)));
 }
 
-// One block per token start + i of sequence s, at position p = pos0 + i (cpu_dsv4.c low_compress_token):
+// One block per token t, at position p (cpu_dsv4.c low_compress_token):
 // a token that closes a group (p % m == m - 1) pools it (ratio 2: per channel the softmax of the scores
 // of p - 1 and p weighting their kv, p - 1 from the ring when it precedes the step), its lat row gets
 // rmsnorm(pooled) * norm and entry p / m the fake-quantised rope of that at the group's first position;
 // the other tokens' lat rows are zeros.
-__global__ void low_compress_kernel(kernels_dsv4_compress_args a, int s, const float *rk, const float *rg, int start,
-                                    int pos0) {
-    int i = blockIdx.x, p = pos0 + i, m = a.m, D = a.D, cap = 2 * m;
-    float *l = a.lat + (size_t)(start + i) * D;
+__global__ void low_compress_kernel(kernels_dsv4_compress_args a) {
+    int t = blockIdx.x, p = a.pos[t], m = a.m, D = a.D, cap = 2 * m;
+    float *l = a.lat + (size_t)t * D;
     if (p % m != m - 1) { // the whole block leaves: p is the block's
         for (int c = threadIdx.x; c < D; c += blockDim.x) l[c] = 0.0f;
         return;
     }
-    const float *v1 = a.kv + (size_t)(start + i) * D;
+    dsv4_seq_of q = dsv4_seq_at(a, t);
+    int s = q.s, start = q.start, pos0 = q.pos0;
+    const float *v1 = a.kv + (size_t)t * D, *rk = q.rk, *rg = q.rg;
     for (int c = threadIdx.x; c < D; c += blockDim.x) {
         if (m == 1) {
             l[c] = v1[c];
@@ -347,7 +360,7 @@ __global__ void low_compress_kernel(kernels_dsv4_compress_args a, int s, const f
         }
         const float *v0 = dsv4_row_at(a.kv, rk, cap, D, start, pos0, p - 1);
         const float *g0 = dsv4_row_at(a.gate, rg, cap, D, start, pos0, p - 1);
-        const float *g1 = a.gate + (size_t)(start + i) * D;
+        const float *g1 = a.gate + (size_t)t * D;
         float mx = g0[c] > g1[c] ? g0[c] : g1[c], e0 = expf(g0[c] - mx), e1 = expf(g1[c] - mx);
         float sum = e0 + e1;
         l[c] = __fadd_rn(__fmul_rn(v0[c], e0 / sum), __fmul_rn(v1[c], e1 / sum));
@@ -364,17 +377,11 @@ __global__ void low_compress_kernel(kernels_dsv4_compress_args a, int s, const f
 }
 
 extern "C" int kernels_dsv41_compress(const kernels_dsv4_compress_args *a, void *stream) {
+    if (a->n_tokens <= 0) return KERNELS_OK;
     if (a->m < 1 || a->m > 2 || a->D < 16 || a->D % 16 || !a->lat) return KERNELS_ERR_ARG;
     cudaStream_t st = (cudaStream_t)stream;
-    int cap = 2 * a->m;
-    for (int s = 0; s < a->n_seqs; s++) { // per sequence: its tokens, then (ratio 2) its ring
-        int start = a->h_seq_start[s], pos0 = a->h_seq_pos0[s], n = a->h_seq_start[s + 1] - start, P = pos0 + n;
-        if (n > 0) low_compress_kernel<<<n, 256, 0, st>>>(*a, s, a->ring_kv[s], a->ring_gate[s], start, pos0);
-        int p_lo = P - cap > pos0 ? P - cap : pos0;
-        if (a->m > 1 && P > p_lo)
-            compress_ring_kernel<<<P - p_lo, 256, 0, st>>>(a->ring_kv[s], a->ring_gate[s], a->kv, a->gate, a->D, cap,
-                                                           start, pos0, p_lo);
-    }
+    low_compress_kernel<<<a->n_tokens, 256, 0, st>>>(*a); // then (ratio 2) the rings
+    if (a->m > 1) compress_ring_kernel<<<a->n_tokens, 256, 0, st>>>(*a, a->D);
     return dsv4_status();
 }
 

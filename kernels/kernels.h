@@ -283,14 +283,16 @@ typedef struct {
 } kernels_dsv4_kv;
 
 /* backend.h's dsv4_compress and, with lat, dsv41_compress (gate is then the score, used at ratio 2; which,
- * overlap and ape unused); ring_kv / ring_gate and h_seq_* are host arrays (the rings device memory). */
+ * overlap and ape unused). Everything that changes from step to step is read from device memory, so a
+ * recorded launch serves any step of n_tokens tokens: the grid is one block per token, each deciding
+ * from its position whether it closes a window. */
 typedef struct {
     const float *kv, *gate;          /* (T, cw) the step's projections */
     float *lat;                      /* (T, D) V4.1's latents out (kernels_dsv41_compress) */
-    float *const *ring_kv, *const *ring_gate; /* (n_seqs) each sequence's ring of 2m rows */
-    const int *h_seq_start, *h_seq_pos0; /* host */
-    const int *block_tables;         /* device */
-    int n_seqs, max_blocks, block_size;
+    float *const *seq_state;         /* (n_seqs) device: each sequence's state, holding its rings of 2m rows */
+    size_t ring_kv, ring_gate;       /* where the rings are in a state (floats) */
+    const int *pos, *tok_seq, *seq_start, *seq_pos0, *block_tables; /* device: batch_desc's */
+    int n_tokens, max_blocks, block_size;
     kernels_dsv4_kv cache;
     int which, m, D, overlap, r;
     const float *ape, *norm, *inv_freq;

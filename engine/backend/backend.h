@@ -41,6 +41,7 @@ typedef struct {
     const int32_t *seq_pos0;  /* (n_seqs) */
     const int32_t *block_tables; /* (n_seqs, max_blocks) physical blocks of positions 0.. */
     float *const *seq_hist;   /* (n_seqs) each sequence's Engram conv history (see short_conv), or NULL */
+    float *const *seq_state;  /* (n_seqs) each sequence's DeepSeek-V4 state (see dsv4_state), or NULL */
     const int32_t *h_seq_start, *h_seq_pos0; /* host copies */
 } batch_desc;
 
@@ -78,10 +79,14 @@ static inline size_t dsv4_kv_block_floats(int bs, int m, bool entries, bool keys
  * the compressors' open windows and the CSA overlap, i.e. the projections of
  * the last 2m positions, position p at row p % 2m (a V4.1 ratio-2 kv source:
  * its kv and score, SGLang's ring of pending pairs). Derived from those
- * positions alone, so a sequence recomputed from position 0 rewrites it. */
+ * positions alone, so a sequence recomputed from position 0 rewrites it.
+ * Every sequence's state has the same layout, so one dsv4_state per layer
+ * says where its rings start (floats into batch_desc.seq_state[s]): the ops
+ * find a step's sequences through the uploaded table, and a recorded step
+ * replays for other sequences. */
 typedef struct {
-    float *c_kv, *c_gate;  /* (2m, cw) compressor projections (before ape), cw = 2D (CSA) or D (HCA) */
-    float *i_kv, *i_gate;  /* (2m, 2 dI) the indexer compressor's (CSA) */
+    size_t c_kv, c_gate;  /* (2m, cw) compressor projections (before ape), cw = 2D (CSA) or D (HCA) */
+    size_t i_kv, i_gate;  /* (2m, 2 dI) the indexer compressor's (CSA) */
 } dsv4_state;
 
 #define BACKEND_FETCH_CHANNELS 8 /* Engram layers with host tables, at most */
@@ -176,9 +181,12 @@ typedef struct backend_ops {
     void (*moe_combine)(backend *be, float *out, const float *pairs, const float *wts, int T, int k, int d);
 
     /* ---- DeepSeek-V4 (optional; DEEPSEEK_V4.md section 2; a model of this
-     * family runs only where all are set). st is a host array of the step's
-     * sequences' states of one layer, in batch order; kv (host struct) is the
-     * layer's store in the KV cache, read and written through b's block tables. ---- */
+     * family runs only where all are set). st (host struct) is one layer's
+     * layout of the sequences' states, read and written through b->seq_state;
+     * kv (host struct) is the layer's store in the KV cache, read and written
+     * through b's block tables. A backend that records steps reads whatever
+     * changes from step to step in b's backend memory, never in its host
+     * copies, so that one recording replays for any decode step of its key. ---- */
     /* out (T, d) = x / sqrt(mean(x^2) + eps), no weight; out may alias x */
     void (*rmsnorm_plain)(backend *be, float *out, const float *x, int T, int d, float eps);
     /* A hyper-connection from mix (T, (2+N)N) = fn . rmsnorm_plain(X): post (T, N), comb (T, N, N)
@@ -207,7 +215,7 @@ typedef struct backend_ops {
      * overlap (cw = 2 D), else cw = D; rmsnorm with norm (D); rope_tail at w m), written to the block
      * of position w m: the entry (which 0: main compressor, st's c_*) or the index key (which 1: the
      * indexer's, i_*); then the last 2m projections go to st's ring. */
-    void (*dsv4_compress)(backend *be, const float *kv, const float *gate, const batch_desc *b, dsv4_state *const *st,
+    void (*dsv4_compress)(backend *be, const float *kv, const float *gate, const batch_desc *b, const dsv4_state *st,
                           const dsv4_kv *cache, int which, int m, int D, int overlap, const float *ape,
                           const float *norm, float eps, int r, const float *inv_freq);
     /* The Lightning indexer: sel (T, K) = the top min(K, causal) entries w < floor((p+1)/m) by score
@@ -235,7 +243,7 @@ typedef struct backend_ops {
      * rmsnorm(pooled) * norm on that token's row (zero on the others), and entry p / m of the cache
      * fq_kv(rope_tail(lat, p - m + 1)). Then the last 2m projections go to st's ring. */
     void (*dsv41_compress)(backend *be, float *lat, const float *kv, const float *score, const batch_desc *b,
-                           dsv4_state *const *st, const dsv4_kv *cache, int m, int D, const float *norm, float eps,
+                           const dsv4_state *st, const dsv4_kv *cache, int m, int D, const float *norm, float eps,
                            int r, const float *inv_freq);
     /* dsv41_index_keys: on the rows of k (T, dI) = lat wk^T whose token closes a group, the index key of
      * entry p / m = fq4(rope_tail(rmsnorm(k) * k_norm, p - m + 1)). */
@@ -638,7 +646,7 @@ static inline void backend_rope_tail(backend *be, float *x, const int32_t *pos, 
     be->ops->rope_tail(be, x, pos, T, n_heads, hd, r, inv_freq, inverse);
 }
 static inline void backend_dsv4_compress(backend *be, const float *kv, const float *gate, const batch_desc *b,
-                                         dsv4_state *const *st, const dsv4_kv *cache, int which, int m, int D,
+                                         const dsv4_state *st, const dsv4_kv *cache, int which, int m, int D,
                                          int overlap, const float *ape, const float *norm, float eps, int r,
                                          const float *inv_freq) {
     be->ops->dsv4_compress(be, kv, gate, b, st, cache, which, m, D, overlap, ape, norm, eps, r, inv_freq);
@@ -656,7 +664,7 @@ static inline void backend_swiglu_limit(backend *be, float *gate, const float *u
     be->ops->swiglu_limit(be, gate, up, n, limit);
 }
 static inline void backend_dsv41_compress(backend *be, float *lat, const float *kv, const float *score,
-                                          const batch_desc *b, dsv4_state *const *st, const dsv4_kv *cache, int m,
+                                          const batch_desc *b, const dsv4_state *st, const dsv4_kv *cache, int m,
                                           int D, const float *norm, float eps, int r, const float *inv_freq) {
     be->ops->dsv41_compress(be, lat, kv, score, b, st, cache, m, D, norm, eps, r, inv_freq);
 }

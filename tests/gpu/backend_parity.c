@@ -1257,6 +1257,22 @@ static void test_dsv4_small(void) {
     free(q), free(g), free(u), free(kv), free(w), free(gates);
 }
 
+/* The step with its sequences' DeepSeek-V4 states (batch_desc.seq_state): sequence s's at rings + s per
+ * (host) and drings + s per (device), the device table in dtab (freed by the caller). At most 8 sequences. */
+typedef struct {
+    batch_desc h, d;
+    float *hp[8], *gp[8];
+    void *dtab;
+} step_states;
+
+static void states_of(step_states *w, const step *st, float *rings, float *drings, size_t per) {
+    w->h = st->h, w->d = st->d;
+    for (int s = 0; s < st->h.n_seqs; s++) w->hp[s] = rings + (size_t)s * per, w->gp[s] = drings + (size_t)s * per;
+    w->dtab = dev_copy(w->gp, (size_t)st->h.n_seqs * sizeof(float *));
+    w->h.seq_state = w->hp;
+    w->d.seq_state = w->dtab;
+}
+
 /* The compressor, the indexer and the attention on one layer's paged state over the mixed step:
  * the cache starts random (earlier positions), both backends run the same ops, and the caches,
  * rings, selections and outputs are compared. m = 4 CSA (overlapping, with an indexer), m = 8 HCA,
@@ -1282,23 +1298,18 @@ static void test_dsv4_layer(const step *st, int n_blocks, int m, int csa) {
             float *dkv = dev_copy(kv, (size_t)T * cw * 4), *dgate = dev_copy(gate, (size_t)T * cw * 4);
             float *dape = dev_copy(ape, (size_t)m * cw * 4), *dnorm = dev_copy(norm, (size_t)Dw * 4);
             size_t ring = (size_t)2 * m * cw;
-            dsv4_state hs[8], gs[8];
-            dsv4_state *hp[8], *gp[8];
+            dsv4_state lay = {.c_kv = 0, .c_gate = ring, .i_kv = 0, .i_gate = ring};
             float *rings = rand_f32((size_t)S * 2 * ring, 1.0f), *drings = dev_copy(rings, (size_t)S * 2 * ring * 4);
-            for (int s = 0; s < S; s++) {
-                float *h0 = rings + (size_t)s * 2 * ring, *g0 = drings + (size_t)s * 2 * ring;
-                hs[s] = (dsv4_state){.c_kv = h0, .c_gate = h0 + ring, .i_kv = h0, .i_gate = h0 + ring};
-                gs[s] = (dsv4_state){.c_kv = g0, .c_gate = g0 + ring, .i_kv = g0, .i_gate = g0 + ring};
-                hp[s] = &hs[s], gp[s] = &gs[s];
-            }
-            backend_dsv4_compress(cpu, kv, gate, &st->h, hp, &hk, which, m, Dw, csa, ape, norm, 1e-6f, r, inv);
-            backend_dsv4_compress(gpu, dkv, dgate, &st->d, gp, &gk, which, m, Dw, csa, dape, dnorm, 1e-6f, r, dinv);
+            step_states w;
+            states_of(&w, st, rings, drings, 2 * ring);
+            backend_dsv4_compress(cpu, kv, gate, &w.h, &lay, &hk, which, m, Dw, csa, ape, norm, 1e-6f, r, inv);
+            backend_dsv4_compress(gpu, dkv, dgate, &w.d, &lay, &gk, which, m, Dw, csa, dape, dnorm, 1e-6f, r, dinv);
             snprintf(name, sizeof(name), "dsv4_compress m=%d %s cache", m, which ? "indexer" : "main");
             check(name, dcache, cache, ncache, 1e-5);
             snprintf(name, sizeof(name), "dsv4_compress m=%d %s rings", m, which ? "indexer" : "main");
             check(name, drings, rings, (size_t)S * 2 * ring, 0);
-            void *fr[] = {dkv, dgate, dape, dnorm, drings};
-            for (int i = 0; i < 5; i++) backend_free(gpu, fr[i]);
+            void *fr[] = {dkv, dgate, dape, dnorm, drings, w.dtab};
+            for (int i = 0; i < 6; i++) backend_free(gpu, fr[i]);
             free(kv), free(gate), free(ape), free(norm), free(rings);
         }
     }
@@ -1408,15 +1419,11 @@ static void test_dsv41_layer(const step *st, int n_blocks, int m, int rope) {
     float *dlat = dev_poison((size_t)T * D * 4);
     size_t ring = (size_t)2 * m * D;
     float *rings = rand_f32((size_t)S * 2 * ring, 1.0f), *drings = dev_copy(rings, (size_t)S * 2 * ring * 4);
-    dsv4_state hs[8], gs[8], *hp[8], *gp[8];
-    for (int s = 0; s < S; s++) {
-        float *h0 = rings + (size_t)s * 2 * ring, *g0 = drings + (size_t)s * 2 * ring;
-        hs[s] = (dsv4_state){.c_kv = h0, .c_gate = h0 + ring};
-        gs[s] = (dsv4_state){.c_kv = g0, .c_gate = g0 + ring};
-        hp[s] = &hs[s], gp[s] = &gs[s];
-    }
-    backend_dsv41_compress(cpu, lat, kv, score, &st->h, hp, &hk, m, D, norm, 1e-6f, r, inv);
-    backend_dsv41_compress(gpu, dlat, dkv, dscore, &st->d, gp, &gk, m, D, dnorm, 1e-6f, r, dinv);
+    dsv4_state lay = {.c_kv = 0, .c_gate = ring};
+    step_states w;
+    states_of(&w, st, rings, drings, 2 * ring);
+    backend_dsv41_compress(cpu, lat, kv, score, &w.h, &lay, &hk, m, D, norm, 1e-6f, r, inv);
+    backend_dsv41_compress(gpu, dlat, dkv, dscore, &w.d, &lay, &gk, m, D, dnorm, 1e-6f, r, dinv);
     snprintf(name, sizeof(name), "dsv41_compress m=%d%s latents", m, rope ? "" : " (no rope)");
     check(name, dlat, lat, (size_t)T * D, 1e-5);
     snprintf(name, sizeof(name), "dsv41_compress m=%d%s cache", m, rope ? "" : " (no rope)");
@@ -1459,7 +1466,7 @@ static void test_dsv41_layer(const step *st, int n_blocks, int m, int rope) {
         backend_free(gpu, dq), backend_free(gpu, dwts), backend_free(gpu, dsel), backend_free(gpu, dpub);
         free(q), free(wts), free(sel), free(pub);
     }
-    void *fr[] = {dcache, dinv, dkv, dscore, dnorm, dlat, drings, dk, dkn};
+    void *fr[] = {dcache, dinv, dkv, dscore, dnorm, dlat, drings, dk, dkn, w.dtab};
     for (size_t i = 0; i < sizeof(fr) / sizeof(fr[0]); i++) backend_free(gpu, fr[i]);
     free(cache), free(kv), free(score), free(norm), free(lat), free(rings), free(k), free(kn);
 }

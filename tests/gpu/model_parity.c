@@ -32,7 +32,15 @@
  * fp4:     models with FP4 routed experts (DeepSeek-V4's release format),
  *          which the device keeps packed, again with them expanded to bf16
  *          on upload (ENGRAM_FP4_EXPERTS=bf16): the batched run's logits must
- *          be bit-equal; such a model must run. */
+ *          be bit-equal; such a model must run.
+ * graphs:  a greedy schedule of 5 sequences (prompts of 37, 5, 12, 23 and 9
+ *          tokens) joining and leaving over SCHED_STEPS steps, up to 4 at a
+ *          time, on the GPU with recorded steps (CUDA graphs) and without:
+ *          every step's logits bit-equal, and some steps replayed (counted at
+ *          step_begin), so that replays meet other sequences than the ones
+ *          recorded and compression windows closing (DeepSeek-V4: ratios 1
+ *          to 8 in the fixtures). Engram models also with their tables in a
+ *          DRAM store (steps recorded in segments around the live rows). */
 #include <glob.h>
 #include <math.h>
 #include <unistd.h>
@@ -99,6 +107,103 @@ static int argmax_of(const float *l, int V) {
     for (int i = 1; i < V; i++)
         if (l[i] > l[b]) b = i;
     return b;
+}
+
+/* ---- graphs: the join-and-leave schedule ---- */
+
+#define SCHED_SEQS 5
+#define SCHED_STEPS 48
+static const int sched_join[SCHED_SEQS] = {0, 0, 6, 14, 30}; /* the step a sequence's prompt runs in */
+static const int sched_gen[SCHED_SEQS] = {40, 20, 30, 12, 16}; /* then its decode steps, one token each */
+static const int sched_len[SCHED_SEQS] = {37, 5, 12, 23, 9};
+
+static const backend_ops *real_ops;
+static int replays;
+static int counting_step_begin(backend *be, const void *key, size_t key_bytes) {
+    int r = real_ops->step_begin(be, key, key_bytes);
+    replays += r;
+    return r;
+}
+
+/* Runs the schedule on be, each sequence greedy on its own logits: a sequence's prompt step is its join
+ * step, then one token per step until it has sched_gen; it leaves after its last, its state reset (its
+ * blocks back to the cache) and put back in the pool of 4 the next one to join takes from, as the
+ * engine does (freeing backend memory would drop the recordings). logits (SCHED_STEPS * SCHED_SEQS, V):
+ * row step * SCHED_SEQS + seq, zeros where the sequence is not in the step. *n_replays: the steps
+ * (segments) the backend replayed. */
+static int run_schedule(model *m, backend *be, float *logits, int *n_replays) {
+    char err[256];
+    int V = m->cfg.vocab_size, vs = model_sampling_vocab(m), rc;
+    forward_ctx *fc = NULL;
+    kv_cache *kv = NULL;
+    forward_state *st[SCHED_SEQS] = {0}, *pool[4] = {0};
+    int32_t prompt[SCHED_SEQS][37], tok[SCHED_SEQS];
+    int done[SCHED_SEQS] = {0}, n_pool = 0;
+    backend_ops counted = *be->ops;
+    real_ops = be->ops;
+    replays = 0;
+    if (counted.step_begin) counted.step_begin = counting_step_begin, be->ops = &counted;
+    if ((rc = forward_ctx_create(m, be, 64, 4, &fc, err, sizeof(err)))) {
+        fprintf(stderr, "%s: forward_ctx_create: %s\n", backend_name(be), err);
+        goto done;
+    }
+    if (forward_kv_cache_create(fc, 4 * 128, 16, &kv)) {
+        rc = FORWARD_ERR_NOMEM;
+        goto done;
+    }
+    for (; n_pool < 4 && !rc; n_pool++) rc = forward_state_create(fc, kv, 128, &pool[n_pool]);
+    for (int i = 0; i < SCHED_SEQS; i++)
+        for (int k = 0; k < sched_len[i]; k++) prompt[i][k] = (int32_t)((7 * k + 11 * i + 3) % vs);
+    for (int g = 0; g < SCHED_STEPS && !rc; g++) {
+        forward_item it[SCHED_SEQS];
+        int n = 0, who[SCHED_SEQS];
+        for (int i = 0; i < SCHED_SEQS && !rc; i++) {
+            float *l = logits + ((size_t)g * SCHED_SEQS + i) * V;
+            if (g == sched_join[i]) {
+                st[i] = pool[--n_pool];
+                it[n] = (forward_item){.st = st[i], .ids = prompt[i], .n = sched_len[i], .logits = l};
+            } else if (st[i]) {
+                tok[i] = argmax_of(l - (size_t)SCHED_SEQS * V, V); /* its row of the step before */
+                it[n] = (forward_item){.st = st[i], .ids = &tok[i], .n = 1, .logits = l};
+                done[i]++;
+            } else {
+                continue;
+            }
+            who[n++] = i;
+        }
+        if (!rc && n) rc = forward_batch(fc, it, n);
+        for (int j = 0; j < n && !rc; j++)
+            if (done[who[j]] == sched_gen[who[j]]) { /* it leaves: a later sequence takes its state and blocks */
+                forward_state_reset(st[who[j]]);
+                pool[n_pool++] = st[who[j]];
+                st[who[j]] = NULL;
+            }
+    }
+done:
+    if (rc) fprintf(stderr, "%s: schedule: %s\n", backend_name(be), forward_status_str(rc));
+    for (int i = 0; i < SCHED_SEQS; i++)
+        if (st[i]) pool[n_pool++] = st[i];
+    for (int i = 0; i < n_pool; i++) forward_state_destroy(pool[i]);
+    kv_cache_destroy(kv);
+    forward_ctx_destroy(fc);
+    be->ops = real_ops;
+    *n_replays = replays;
+    return rc;
+}
+
+/* The schedule's logits with graphs (got) against without (want): bit-equal, and some step replayed. */
+static int graphs_report(const char *what, const float *got, const float *want, int V, int n_replays) {
+    int first = -1;
+    for (int g = 0; g < SCHED_STEPS && first < 0; g++)
+        if (memcmp(got + (size_t)g * SCHED_SEQS * V, want + (size_t)g * SCHED_SEQS * V,
+                   (size_t)SCHED_SEQS * V * sizeof(float)))
+            first = g;
+    int ok = first < 0 && n_replays > 0;
+    printf("  graphs, %-30s %d steps replayed; logits %s graphs off's", what, n_replays,
+           first < 0 ? "bit-equal to" : "DIFFER from");
+    if (first >= 0) printf(" (first at step %d)", first);
+    printf(" %s\n", ok ? "ok" : "FAIL");
+    return !ok;
 }
 
 /* Runs N_SEQ (or 1) sequences on be: step 0 the prompts, then N_GEN steps of
@@ -229,6 +334,19 @@ static void check_model(const char *dir) {
         unsetenv("ENGRAM_FP4_EXPERTS");
         free(le);
     }
+    size_t sched = (size_t)SCHED_STEPS * SCHED_SEQS * V;
+    float *lg_off = calloc(sched, sizeof(float)), *lg_on = calloc(sched, sizeof(float));
+    if (!fail) { /* graphs: the same GPU with recorded steps off (lg_off) and on */
+        backend_params bp = backend_default_params();
+        bp.cuda_graphs = 0;
+        backend *plain = backend_cuda_create(&bp, err, sizeof(err));
+        int n_off = 0, n_on = 0;
+        if (!plain || !lg_off || !lg_on || run_schedule(m, plain, lg_off, &n_off) || run_schedule(m, gpu, lg_on, &n_on))
+            fail = 1;
+        else
+            fail |= graphs_report(m->engram ? "device tables:" : "", lg_on, lg_off, V, n_on) | (n_off != 0);
+        backend_destroy(plain);
+    }
     if (!fail && m->engram) { /* lg: the batched GPU run, fed gen_c */
         char tdir[] = "/tmp/gpu_model_parity.XXXXXX";
         float *ls = calloc(per, sizeof(float));
@@ -257,6 +375,11 @@ static void check_model(const char *dir) {
                 int same = memcmp(ls, lg, per * sizeof(float)) == 0;
                 printf("  %s: logits %s the device table's\n", runs[r].what, same ? "bit-equal to" : "DIFFER from");
                 fail |= !same;
+                int n_on = 0;
+                if (r == 0 && run_schedule(ms, gpu, lg_on, &n_on)) /* segments around the live rows */
+                    fail = 1;
+                else if (r == 0)
+                    fail |= graphs_report("store dram:", lg_on, lg_off, V, n_on);
             }
             model_destroy(ms);
         }
@@ -269,6 +392,8 @@ static void check_model(const char *dir) {
     failures += fail > 0;
     free(lc);
     free(lg);
+    free(lg_off);
+    free(lg_on);
     backend_destroy(gpu);
     backend_destroy(cpu);
     model_destroy(m);

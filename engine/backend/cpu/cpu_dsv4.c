@@ -242,12 +242,13 @@ static void compress_window(void *ctx, int i) {
     rope_row(e, 1, D, j->r, w * m, j->inv_freq, 0);
 }
 
-void cpu__dsv4_compress(backend *be, const float *kv, const float *gate, const batch_desc *b, dsv4_state *const *st,
+void cpu__dsv4_compress(backend *be, const float *kv, const float *gate, const batch_desc *b, const dsv4_state *st,
                         const dsv4_kv *cache, int which, int m, int D, int overlap, const float *ape,
                         const float *norm, float eps, int r, const float *inv_freq) {
     int cw = overlap ? 2 * D : D, cap = 2 * m;
     for (int s = 0; s < b->n_seqs; s++) {
-        float *rk = which ? st[s]->i_kv : st[s]->c_kv, *rg = which ? st[s]->i_gate : st[s]->c_gate;
+        float *rk = b->seq_state[s] + (which ? st->i_kv : st->c_kv);
+        float *rg = b->seq_state[s] + (which ? st->i_gate : st->c_gate);
         int start = b->h_seq_start[s], pos0 = b->h_seq_pos0[s], P = pos0 + b->h_seq_start[s + 1] - start;
         compress_job j = {.kv = kv, .gate = gate, .rk = rk, .rg = rg, .ape = ape, .norm = norm, .inv_freq = inv_freq,
                           .b = b, .cache = cache, .s = s, .which = which, .m = m, .D = D, .overlap = overlap, .r = r,
@@ -504,11 +505,11 @@ static void low_compress_token(void *ctx, int i) {
 }
 
 void cpu__dsv41_compress(backend *be, float *lat, const float *kv, const float *score, const batch_desc *b,
-                         dsv4_state *const *st, const dsv4_kv *cache, int m, int D, const float *norm, float eps,
+                         const dsv4_state *st, const dsv4_kv *cache, int m, int D, const float *norm, float eps,
                          int r, const float *inv_freq) {
     int cap = 2 * m;
     for (int s = 0; s < b->n_seqs; s++) {
-        float *rk = st[s]->c_kv, *rg = st[s]->c_gate;
+        float *rk = b->seq_state[s] + st->c_kv, *rg = b->seq_state[s] + st->c_gate;
         int start = b->h_seq_start[s], pos0 = b->h_seq_pos0[s], n = b->h_seq_start[s + 1] - start;
         low_job j = {.lat = lat, .kv = kv, .score = score, .rk = rk, .rg = rg, .norm = norm, .inv_freq = inv_freq,
                      .b = b, .cache = cache, .s = s, .m = m, .D = D, .r = r, .start = start, .pos0 = pos0, .eps = eps};

@@ -191,7 +191,7 @@ void cpu__hc_head(backend *be, float *out, const float *X, const float *mix, con
                   int T, int N, int d, float hc_eps);
 void cpu__rope_tail(backend *be, float *x, const int32_t *pos, int T, int n_heads, int hd, int r,
                     const float *inv_freq, int inverse);
-void cpu__dsv4_compress(backend *be, const float *kv, const float *gate, const batch_desc *b, dsv4_state *const *st,
+void cpu__dsv4_compress(backend *be, const float *kv, const float *gate, const batch_desc *b, const dsv4_state *st,
                         const dsv4_kv *cache, int which, int m, int D, int overlap, const float *ape,
                         const float *norm, float eps, int r, const float *inv_freq);
 void cpu__dsv4_index(backend *be, int32_t *sel, const float *q, const float *wts, const batch_desc *b,
@@ -201,7 +201,7 @@ void cpu__dsv4_attention(backend *be, float *out, const float *q, const float *k
                          int W);
 void cpu__swiglu_limit(backend *be, float *gate, const float *up, size_t n, float limit);
 void cpu__dsv41_compress(backend *be, float *lat, const float *kv, const float *score, const batch_desc *b,
-                         dsv4_state *const *st, const dsv4_kv *cache, int m, int D, const float *norm, float eps,
+                         const dsv4_state *st, const dsv4_kv *cache, int m, int D, const float *norm, float eps,
                          int r, const float *inv_freq);
 void cpu__dsv41_index_keys(backend *be, const float *k, const batch_desc *b, const dsv4_kv *cache, int m, int dI,
                            const float *k_norm, float eps, int r, const float *inv_freq);

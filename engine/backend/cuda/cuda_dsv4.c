@@ -1,10 +1,10 @@
 /* DeepSeek-V4 ops of the CUDA backend, V4.1's ratio-1/2 ops and two-level
  * top-k included (kernels/dsv4.cu; the CPU reference is
  * engine/backend/cpu/cpu_dsv4.c): the glue from backend.h's arguments to the
- * kernels' (the step's host copies for the launches planned per sequence,
- * each sequence's compressor rings by value). */
-#include <stdlib.h>
-
+ * kernels'. No launch depends on the step's host copies (positions, which
+ * sequences): grids follow the token count and bounds the recorded step's
+ * key holds (max_ctx, rounded up by forward.c's plan_step), so decode steps
+ * may be recorded. */
 #include "engine/backend/cuda/cuda_internal.h"
 
 static kernels_dsv4_kv kv_of(const dsv4_kv *c) {
@@ -59,50 +59,37 @@ void cu_rope_tail(backend *be, float *x, const int32_t *pos, int T, int n_heads,
     CUDA_TIMED(g, CHECK_K(kernels_rope_tail(x, pos, T, n_heads, hd, r, inv_freq, inverse, g->stream)), "rope_tail");
 }
 
-/* The step's sequences' rings of one compressor, host arrays in batch order: (2 n_seqs) kv rings, then
- * gate (score) rings; free()d by the caller. */
-static float **rings_of(const batch_desc *b, dsv4_state *const *st, int which) {
-    float **rings = malloc((size_t)2 * (b->n_seqs ? b->n_seqs : 1) * sizeof(float *));
-    if (!rings) cuda__fail(__func__, "out of host memory");
-    for (int s = 0; s < b->n_seqs; s++) {
-        rings[s] = which ? st[s]->i_kv : st[s]->c_kv;
-        rings[b->n_seqs + s] = which ? st[s]->i_gate : st[s]->c_gate;
-    }
-    return rings;
-}
-
-/* The compressor's launch arguments but for its weights and kind. */
+/* The compressor's launch arguments but for its weights and kind: the step from b's device arrays, the
+ * rings of compressor `which` (0 main, 1 the indexer's) at the layer's offsets into each sequence's state. */
 static kernels_dsv4_compress_args compress_args(const float *kv, const float *gate, const batch_desc *b,
-                                                float **rings, const dsv4_kv *cache, int m, int D, int r,
-                                                const float *norm, float eps, const float *inv_freq) {
+                                                const dsv4_state *st, int which, const dsv4_kv *cache, int m, int D,
+                                                int r, const float *norm, float eps, const float *inv_freq) {
     return (kernels_dsv4_compress_args){
-        .kv = kv, .gate = gate, .ring_kv = rings, .ring_gate = rings + b->n_seqs, .h_seq_start = b->h_seq_start,
-        .h_seq_pos0 = b->h_seq_pos0, .block_tables = b->block_tables, .n_seqs = b->n_seqs,
-        .max_blocks = b->max_blocks, .block_size = b->block_size, .cache = kv_of(cache), .m = m, .D = D, .r = r,
-        .norm = norm, .inv_freq = inv_freq, .eps = eps,
+        .kv = kv, .gate = gate, .seq_state = b->seq_state, .ring_kv = which ? st->i_kv : st->c_kv,
+        .ring_gate = which ? st->i_gate : st->c_gate, .pos = b->pos, .tok_seq = b->tok_seq,
+        .seq_start = b->seq_start, .seq_pos0 = b->seq_pos0, .block_tables = b->block_tables,
+        .n_tokens = b->n_tokens, .max_blocks = b->max_blocks, .block_size = b->block_size, .cache = kv_of(cache),
+        .m = m, .D = D, .r = r, .norm = norm, .inv_freq = inv_freq, .eps = eps,
     };
 }
 
-void cu_dsv4_compress(backend *be, const float *kv, const float *gate, const batch_desc *b, dsv4_state *const *st,
+void cu_dsv4_compress(backend *be, const float *kv, const float *gate, const batch_desc *b, const dsv4_state *st,
                       const dsv4_kv *cache, int which, int m, int D, int overlap, const float *ape,
                       const float *norm, float eps, int r, const float *inv_freq) {
     cuda_backend *g = cuda__of(be);
-    float **rings = rings_of(b, st, which);
-    kernels_dsv4_compress_args a = compress_args(kv, gate, b, rings, cache, m, D, r, norm, eps, inv_freq);
+    kernels_dsv4_compress_args a = compress_args(kv, gate, b, st, which, cache, m, D, r, norm, eps, inv_freq);
     a.which = which, a.overlap = overlap, a.ape = ape;
     CUDA_TIMED(g, CHECK_K(kernels_dsv4_compress(&a, g->stream)), "dsv4_compress m=%d", m);
-    free(rings);
 }
 
 void cu_dsv41_compress(backend *be, float *lat, const float *kv, const float *score, const batch_desc *b,
-                       dsv4_state *const *st, const dsv4_kv *cache, int m, int D, const float *norm, float eps, int r,
+                       const dsv4_state *st, const dsv4_kv *cache, int m, int D, const float *norm, float eps, int r,
                        const float *inv_freq) {
     cuda_backend *g = cuda__of(be);
-    float **rings = rings_of(b, st, 0); /* a ratio-2 kv source's ring of pending pairs (none at ratio 1) */
-    kernels_dsv4_compress_args a = compress_args(kv, score, b, rings, cache, m, D, r, norm, eps, inv_freq);
+    /* a ratio-2 kv source's ring of pending pairs (none at ratio 1) */
+    kernels_dsv4_compress_args a = compress_args(kv, score, b, st, 0, cache, m, D, r, norm, eps, inv_freq);
     a.lat = lat;
     CUDA_TIMED(g, CHECK_K(kernels_dsv41_compress(&a, g->stream)), "dsv41_compress m=%d", m);
-    free(rings);
 }
 
 void cu_dsv41_index_keys(backend *be, const float *k, const batch_desc *b, const dsv4_kv *cache, int m, int dI,
@@ -132,6 +119,7 @@ void cu_dsv41_index(backend *be, int32_t *sel, const float *q, const float *wts,
         .cache = kv_of(cache), .m = m, .K = K, .nI = nI, .dI = dI, .publish = publish, .among = among, .nb = nb,
         .bs = bs,
     };
+    /* T and max_ctx size it: both in a recorded step's key, whose first run (never recorded) grows it */
     cuda__grow(g, &g->dsv4_work, &g->dsv4_work_bytes, kernels_dsv4_index_work_floats(&a) * sizeof(float));
     a.work = g->dsv4_work;
     CUDA_TIMED(g, CHECK_K(kernels_dsv4_index(&a, g->stream)), "dsv4_index m=%d%s", m,
