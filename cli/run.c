@@ -21,6 +21,7 @@
 #include "chat/chat_template.h"
 #include "engine/forward.h"
 #include "engine/model/model.h"
+#include "engine/ranks.h"
 #include "engine/sampler.h"
 #include "tokenizer/tokenizer.h"
 #include "base/util.h"
@@ -53,7 +54,10 @@ static void usage(FILE *f) {
             "  --cuda-profile 0|ops|graphs  time every CUDA op (graphs off) or every replay; printed at exit\n"
             "  --cpu-isa auto|avx512|avx2|generic|avx512bf16  the CPU backend's matrix-product path (default auto;\n"
             "                         avx512bf16: opt-in, activations rounded to bf16 for bf16 weights)\n"
-            "  --threads N            CPU threads (default: all cores)\n"
+            "  --threads N            CPU threads (default: all cores; shared by the ranks)\n"
+            "  --tensor-parallel-size N  ranks the attention heads and dense MLP are split over (default 1)\n"
+            "  --expert-parallel-size N  ranks the routed experts are split over (default 1); the ranks are\n"
+            "                         the larger of the two, one thread each, rank k on CUDA device k\n"
             "  --prefill-chunk N      prompt tokens per forward pass (default 256; 1 = token by token)\n"
             "  --print-ids            print the generated ids as one JSON array on the last stdout line\n"
             "  --print-gates          print Engram gates per token and Engram layer as one JSON line\n"
@@ -164,6 +168,7 @@ typedef struct {
     const char *prompt_ids, *prompt_text;           /* exactly one */
     const char *dump_logits, *device, *engram_tables;
     long max_tokens, prefill_chunk, threads; /* threads 0: all cores */
+    int tp, ep; /* tensor- and expert-parallel sizes (engine/ranks.h) */
     uint64_t synth_seed;
     bool print_ids, print_gates, print_rows, ignore_eos, warmup, chat;
     sampler_params sp;
@@ -181,6 +186,7 @@ static void run_options_default(run_options *o) {
     o->esp = engram_store_default_params();
     o->esp.tier = ENGRAM_STORE_AUTO;
     o->bp = backend_default_params();
+    o->tp = o->ep = 1;
 }
 
 /* How an option's value is read into its field. */
@@ -280,6 +286,8 @@ static const run_option RUN_OPTIONS[] = {
     {"--cuda-profile", OPT_FUNC, .set = set_cuda_profile},
     {"--cpu-isa", OPT_FUNC, .set = set_cpu_isa},
     {"--threads", OPT_LONG, AT(threads), .lo = 1, .hi = 4096},
+    {"--tensor-parallel-size", OPT_INT, AT(tp), .lo = 1, .hi = 1024},
+    {"--expert-parallel-size", OPT_INT, AT(ep), .lo = 1, .hi = 1024},
     {"--prefill-chunk", OPT_LONG, AT(prefill_chunk), .lo = 1, .hi = 1 << 20},
     {"--print-ids", OPT_TRUE, AT(print_ids)},
     {"--print-gates", OPT_TRUE, AT(print_gates)},
@@ -404,8 +412,10 @@ typedef struct {
     int n_prompt;
     model *m;
     backend *be;
-    forward_ctx *fc;
-    forward_state *st;
+    engine_ranks *rk;      /* the ranks the model runs on (one unless split) */
+    forward_ctx *fc;       /* rank 0's */
+    forward_state *st;     /* rank 0's state of the sequence */
+    int slot;              /* its slot among the ranks' states */
     sampler *smp;
     float *logits;   /* (vocab_size) the last position's */
     float *gates;    /* (need, nl) with --print-gates */
@@ -423,8 +433,7 @@ static void run_free(run_ctx *r) {
     sampler_destroy(r->smp);
     tokenizer_stream_destroy(r->ts);
     tokenizer_destroy(r->tok);
-    forward_state_destroy(r->st);
-    forward_ctx_destroy(r->fc);
+    ranks_destroy(r->rk); /* every rank's state, KV cache and context */
     backend_destroy(r->be);
     model_destroy(r->m);
 }
@@ -548,11 +557,20 @@ static int run_setup(run_ctx *r) {
     r->smp = sampler_create(model_sampling_vocab(r->m), o->sp);
     if (o->esp.hbm_cache && strcmp(backend_name(r->be), "cuda"))
         fprintf(stderr, "engram-run: %s\n", "note: --engram-hbm-cache on the CPU backend keeps the hot rows in host memory (the CUDA path, for tests; no gain)");
-    if (forward_ctx_create(r->m, r->be, (int)o->prefill_chunk, 1, &r->fc, err, sizeof(err)) != FORWARD_OK) {
+    ranks_params rp = {.tp = o->tp, .ep = o->ep, .bp = o->bp, .max_tokens = (int)o->prefill_chunk, .max_seqs = 1,
+                       .engram_store = o->engram_tables != NULL};
+    kv_cache *kv; /* rank 0's, the ranks' own */
+    if (ranks_create(r->m, r->be, &rp, &r->rk, err, sizeof(err)) ||
+        ranks_kv_create(r->rk, (int)r->need, 0, -1, (int)r->need, &kv, err, sizeof(err))) {
         fprintf(stderr, "engram-run: %s\n", err);
         return -1;
     }
-    if (!r->logits || !r->out || !r->smp || forward_state_create(r->fc, NULL, (int)r->need, &r->st)) {
+    r->fc = ranks_ctx(r->rk);
+    if (ranks_count(r->rk) > 1) {
+        ranks_describe(r->rk, err, sizeof(err));
+        fprintf(stderr, "engram-run: %s\n", err);
+    }
+    if (!r->logits || !r->out || !r->smp || (r->slot = ranks_state_take(r->rk, &r->st)) < 0) {
         fprintf(stderr, "engram-run: out of memory\n");
         return -1;
     }
@@ -571,14 +589,15 @@ static int run_setup(run_ctx *r) {
 /* --warmup: the same prompt and up to 8 decode steps, then back to position
  * 0. Returns 0, or -1 with the message on stderr. */
 static int run_warmup(run_ctx *r) {
-    int wrc = forward_run(r->fc, r->st, r->prompt, r->n_prompt, r->logits, NULL);
+    int wrc = ranks_forward_run(r->rk, r->slot, r->prompt, r->n_prompt, r->logits, NULL);
     for (long i = 0; wrc == FORWARD_OK && i < 8 && i + 1 < r->o->max_tokens; i++)
-        wrc = forward_run(r->fc, r->st, &r->prompt[r->n_prompt - 1], 1, r->logits, NULL);
+        wrc = ranks_forward_run(r->rk, r->slot, &r->prompt[r->n_prompt - 1], 1, r->logits, NULL);
     if (wrc != FORWARD_OK) {
         fprintf(stderr, "engram-run: warmup: %s\n", forward_status_str(wrc));
         return -1;
     }
-    forward_state_reset(r->st);
+    ranks_state_release(r->rk, r->slot); /* position 0 again: the same slot comes back */
+    r->slot = ranks_state_take(r->rk, &r->st);
     return 0;
 }
 
@@ -614,7 +633,7 @@ static int run_decode(run_ctx *r) {
         for (int e = 0; e < c->n_eos && !o->ignore_eos; e++) eos |= next == c->eos_token_ids[e];
         if (eos || r->n_out == o->max_tokens) break;
         float *g = r->gates ? r->gates + (size_t)(r->n_prompt + r->n_out - 1) * r->nl : NULL;
-        int frc = forward_run(r->fc, r->st, &next, 1, r->logits, g);
+        int frc = ranks_forward_run(r->rk, r->slot, &next, 1, r->logits, g);
         if (frc != FORWARD_OK) {
             fprintf(stderr, "engram-run: %s\n", forward_status_str(frc));
             return -1;
@@ -713,7 +732,7 @@ static int run_generate(run_ctx *r) {
     double tw = util_now();
     if (r->o->warmup && run_warmup(r)) return 1;
     double t1 = util_now();
-    int frc = forward_run(r->fc, r->st, r->prompt, r->n_prompt, r->logits, r->gates);
+    int frc = ranks_forward_run(r->rk, r->slot, r->prompt, r->n_prompt, r->logits, r->gates);
     if (frc != FORWARD_OK) {
         fprintf(stderr, "engram-run: %s\n", forward_status_str(frc));
         return 1;
@@ -730,10 +749,8 @@ int main(int argc, char **argv) {
     int rc = run_options_parse(argc, argv, &o);
     if (rc == RUN_GO_ON) rc = run_options_check(&o);
     if (rc != RUN_GO_ON) return rc;
-    if (o.threads > 0) { /* the backend's pool, and OpenMP's threads where loading uses them */
-        o.bp.cpu_threads = (int)o.threads;
-        omp_set_num_threads((int)o.threads);
-    }
+    if (o.threads > 0) omp_set_num_threads((int)o.threads); /* OpenMP's threads, where loading uses them */
+    o.bp.cpu_threads = ranks_cpu_threads((int)o.threads, o.tp, o.ep); /* the backend's pool: each rank's */
     run_ctx r = {.o = &o};
     rc = run_prompt_load(&r);
     if (rc == RUN_GO_ON) rc = run_generate(&r);

@@ -43,6 +43,7 @@ engine_params engine_default_params(void) {
     p.engram_hot_save_interval = 0; /* at shutdown only: a periodic write pauses the steps */
     p.sample_on_backend = -1;
     p.cuda_graphs = 1;
+    p.tensor_parallel_size = p.expert_parallel_size = 1;
     p.engram_store = engram_store_default_params();
     return p;
 }
@@ -196,7 +197,7 @@ static void *engine_main(void *arg) {
 static int kv_tokens_from_memory(engine *e, int *out, char *err, size_t errlen) {
     size_t fr = 0, total = 0;
     backend_mem_info(e->be, &fr, &total);
-    const model_config *c = &e->m->cfg;
+    const model_config *c = &ranks_model(e->ranks)->cfg; /* a rank's KV heads, each rank on its own device */
     double util = e->p.gpu_memory_utilization > 0 && e->p.gpu_memory_utilization <= 1 ? e->p.gpu_memory_utilization
                                                                                         : 0.9;
     double keep = (1.0 - util) * (double)total, room = (double)fr - keep;
@@ -223,6 +224,10 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
     bp.cuda_graphs = p->cuda_graphs;
     bp.cuda_profile = p->cuda_profile;
     bp.cpu_threads = p->threads; /* the CPU backend's pool; omp_set_num_threads in engine_main covers the rest */
+    /* the ranks (ranks.h): 0 means 1; on the CPU they share its threads */
+    int tp = p->tensor_parallel_size ? p->tensor_parallel_size : 1, ep = p->expert_parallel_size ? p->expert_parallel_size : 1;
+    int W = tp > ep ? tp : ep;
+    bp.cpu_threads = ranks_cpu_threads(p->threads, tp, ep);
     if ((bp.cpu_isa = backend_cpu_isa_parse(p->cpu_isa ? p->cpu_isa : "auto")) < 0) {
         snprintf(err, errlen, "unknown cpu isa '%s' (expected auto, avx512, avx2, generic or avx512bf16)", p->cpu_isa);
         return ENGINE_ERR_DEVICE;
@@ -258,6 +263,12 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
     if (p->synthetic ? model_synthetic_ex(p->synthetic, p->synthetic_seed, &msp, &e->m, err, errlen) != MODEL_OK
                      : model_load_ex(p->model_dir, backend_weight_align(be), &e->m, err, errlen) != MODEL_OK)
         goto fail;
+    ranks_params rp = {.tp = tp, .ep = ep, .bp = bp, .max_tokens = e->p.max_num_batched_tokens,
+                       .max_seqs = e->p.max_num_seqs, .engram_store = p->engram_tables != NULL};
+    if (ranks_check(e->m, &rp, err, errlen)) { /* before any table file is written */
+        rc = ENGINE_ERR_INVALID;
+        goto fail;
+    }
     if (p->engram_tables && model_engram_use_tables(e->m, p->engram_tables, &p->engram_store, err, errlen))
         goto fail;
     char terr[512] = "a synthetic model has none";
@@ -268,9 +279,13 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
     e->ctx = e->m->cfg.max_position_embeddings;
     e->vocab = model_sampling_vocab(e->m);
     rc = ENGINE_ERR_NOMEM;
-    if (forward_ctx_create(e->m, be, e->p.max_num_batched_tokens, e->p.max_num_seqs, &e->fc, err, errlen) !=
-        FORWARD_OK)
-        goto fail;
+    if (ranks_create(e->m, be, &rp, &e->ranks, err, errlen)) goto fail;
+    e->fc = ranks_ctx(e->ranks);
+    if (W > 1) {
+        char lay[256];
+        ranks_describe(e->ranks, lay, sizeof(lay));
+        log_info("%s", lay);
+    }
     size_t S = (size_t)e->p.max_num_seqs;
     e->logits = malloc(S * (size_t)e->m->cfg.vocab_size * sizeof(float));
     e->raw_logits = malloc((size_t)e->m->cfg.vocab_size * sizeof(float));
@@ -306,23 +321,23 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
     }
     e->items = malloc(S * sizeof(*e->items));
     e->item_seq = malloc(S * sizeof(*e->item_seq));
+    e->item_slot = malloc(S * sizeof(*e->item_slot));
     e->running = calloc(S, sizeof(*e->running));
     e->preempted = calloc(S, sizeof(*e->preempted));
-    e->free_states = calloc(S, sizeof(*e->free_states));
     e->prefix = e->p.enable_prefix_caching != 0 && forward_ctx_prefix_cacheable(e->fc);
     if (e->p.enable_prefix_caching && !e->prefix)
         log_warn("prefix caching off: this model keeps per-sequence state outside the KV blocks");
     int kv_tokens = e->p.kv_cache_tokens > 0 ? e->p.kv_cache_tokens : e->ctx;
     if (e->p.kv_cache_tokens <= 0 && backend_has(be, mem_info) && kv_tokens_from_memory(e, &kv_tokens, err, errlen)) goto fail;
     if (!e->logits || !e->raw_logits || !e->ids || !e->next || !e->row || !e->res || !e->gallowed ||
-        ((e->dev_sample || e->dev_greedy) && (!e->d_res || !e->h_res)) || !e->items || !e->item_seq || !e->running ||
-        !e->preempted || !e->free_states ||
-        (e->prefix ? forward_kv_cache_create_cached(e->fc, kv_tokens, e->p.kv_block_size,
-                                                    e->p.prefix_cache_max_blocks, &e->kv)
-                   : forward_kv_cache_create(e->fc, kv_tokens, e->p.kv_block_size, &e->kv)) != KV_CACHE_OK) {
-        snprintf(err, errlen, "out of %s memory for a KV cache of %d tokens", backend_name(be), kv_tokens);
+        ((e->dev_sample || e->dev_greedy) && (!e->d_res || !e->h_res)) || !e->items || !e->item_seq ||
+        !e->item_slot || !e->running || !e->preempted) {
+        snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    if (ranks_kv_create(e->ranks, kv_tokens, e->p.kv_block_size, e->prefix ? e->p.prefix_cache_max_blocks : -1, e->ctx,
+                        &e->kv, err, errlen) != KV_CACHE_OK)
+        goto fail;
     /* warm start: WAIT has read the stores' hot rows at open; the hot-row
      * caches take theirs now, before any request */
     atomic_init(&e->hot, p->engram_store.warm_start != ENGRAM_STORE_WARM_OFF ? forward_ctx_engram_hot(e->fc, false)
@@ -363,9 +378,7 @@ void engine_stop(engine *e) {
 void engine_destroy(engine *e) {
     if (!e) return;
     engine_stop(e);
-    for (int i = 0; i < e->n_free_states; i++) forward_state_destroy(e->free_states[i]);
-    kv_cache_destroy(e->kv);
-    forward_ctx_destroy(e->fc);
+    ranks_destroy(e->ranks); /* every rank's states, KV cache and context */
     free(e->next);
     grammar_vocab_destroy(e->gvocab);
     free(e->gmask);
@@ -384,7 +397,7 @@ void engine_destroy(engine *e) {
     sampler_desc_free(&e->desc);
     free(e->items);
     free(e->item_seq);
-    free(e->free_states);
+    free(e->item_slot);
     free(e->running);
     free(e->preempted);
     free(e->logits);

@@ -26,7 +26,8 @@ typedef enum {
     ENGINE_OK = 0,
     ENGINE_ERR_NOMEM = -1,
     ENGINE_ERR_LOAD = -2,       /* the checkpoint or its tokenizer could not be loaded */
-    ENGINE_ERR_INVALID = -3,    /* bad request parameters (prompt too long, token id out of range) */
+    ENGINE_ERR_INVALID = -3,    /* bad request parameters (prompt too long, token id out of range), or
+                                 * engine params the model refuses (a parallel size it cannot split) */
     ENGINE_ERR_QUEUE_FULL = -4, /* --max-queued-requests reached: try again later */
     ENGINE_ERR_STOPPED = -5,    /* the engine is stopping or stopped */
     ENGINE_ERR_FORWARD = -6,    /* the forward pass failed */
@@ -86,6 +87,13 @@ typedef struct {
     const char *cpu_isa;   /* the CPU backend's matrix-product path: "auto" (or NULL, the default),
                             * "avx512", "avx2" or "generic" (backend_params; engine_create fails
                             * with ENGINE_ERR_DEVICE for another name or a path the CPU lacks) */
+    /* The model over several ranks (engine/ranks.h), one thread each in this process: its attention
+     * heads and dense MLP split tensor_parallel_size ways, its routed experts expert_parallel_size
+     * ways, max of the two ranks (the smaller must divide the larger); rank k on CUDA device k, or
+     * all on the CPU backend (the collectives' CPU fake: exact, not faster; the CPU's threads are
+     * shared among them). 0 or 1: none (default). A size the model cannot split, or a
+     * combination that does not run on ranks yet, fails engine_create with ENGINE_ERR_INVALID. */
+    int tensor_parallel_size, expert_parallel_size;
 } engine_params;
 
 engine_params engine_default_params(void);

@@ -13,6 +13,7 @@
 #include "engine/engine.h"
 #include "engine/forward.h"
 #include "engine/kv_cache.h"
+#include "engine/ranks.h"
 #include "base/buf.h"
 
 /* Candidates per row that backend_ops.sample hands back: 8 KiB a row
@@ -68,9 +69,12 @@ struct engine {
     engine_params p;
     model *m;
     tokenizer *tok;          /* NULL when the checkpoint has none */
-    backend *be;
-    forward_ctx *fc;         /* the model on the backend, and one step's scratch */
-    kv_cache *kv;            /* the paged KV cache shared by every sequence */
+    backend *be;             /* rank 0's */
+    engine_ranks *ranks;     /* the ranks the model runs on (ranks.h; one, unless split): every rank's
+                              * context, KV cache and sequence states */
+    forward_ctx *fc;         /* rank 0's context: the model on the backend, and one step's scratch */
+    kv_cache *kv;            /* rank 0's paged KV cache shared by every sequence: the one the scheduler
+                              * allocates from (the other ranks' mirror it) */
     int chunk;               /* prompt tokens per piece: min(prefill_chunk, max_num_batched_tokens) */
     float *logits;           /* (max_num_seqs, vocab_size) the step's logits, host */
     float *raw_logits;       /* (vocab_size) a copy for logprobs, before sampling edits them */
@@ -98,6 +102,7 @@ struct engine {
     unsigned char *h_res;    /* the same, host */
     forward_item *items;     /* (max_num_seqs) the step */
     struct seq **item_seq;   /* (max_num_seqs) the sequence of each item */
+    int *item_slot;          /* (max_num_seqs) the state slot of each item (ranks.h) */
     int ctx, vocab;
     /* constrained decoding, engine thread only: the tokenizer's vocabulary
      * as a grammar trie (made by the first request with a grammar) */
@@ -125,8 +130,6 @@ struct engine {
     int n_running;
     struct seq **preempted;  /* (max_num_seqs) waiting for recompute, first in line first */
     int n_preempted;
-    forward_state **free_states; /* (max_num_seqs) states not in use, kept for reuse */
-    int n_free_states;
     uint64_t next_arrival;
     long long n_preemptions;
     bool prefix;             /* prefix caching on (the KV cache registers blocks) */
@@ -205,7 +208,8 @@ size_t engine__gen_text_upto(const engine_request *r, const gen_text *g, size_t 
 typedef struct seq {
     engine_request *r;
     uint64_t arrival;    /* admission order: smaller is older */
-    forward_state *st;   /* NULL while preempted */
+    forward_state *st;   /* rank 0's state, NULL while preempted */
+    int slot;            /* its slot among the ranks' states (ranks.h), while st is set */
     sampler *smp;
     tokenizer_stream *ts;
     grammar_matcher *gm; /* where the output is in the request's grammar, or NULL */

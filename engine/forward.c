@@ -258,8 +258,12 @@ int forward_ctx_create(model *m, backend *be, int max_tokens, int max_seqs, forw
 int forward_ctx_set_expert_rank(forward_ctx *fc, const par_rank *r, char *err, size_t errlen) {
     const model_config *c = &fc->bm->cfg;
     if (!c->moe.n_experts) return snprintf(err, errlen, "expert parallelism: the model has no experts"), -1;
-    if (!backend_has(fc->be, moe_pairs) || !backend_has(fc->be, moe_combine) || strcmp(backend_name(fc->be), "cpu"))
-        return snprintf(err, errlen, "expert parallelism runs on the cpu backend only for now (ranks in threads)"), -1;
+    if (!backend_has(fc->be, moe_pairs) || !backend_has(fc->be, moe_combine))
+        return snprintf(err, errlen, "expert parallelism: the %s backend has no moe_pairs/moe_combine ops yet",
+                        backend_name(fc->be)), -1;
+    if (!par_rank_usable(r, fc->be))
+        return snprintf(err, errlen, "expert parallelism: the group's collectives cannot reach %s memory (no NCCL "
+                                     "joined)", backend_name(fc->be)), -1;
     if (r->n_ranks > c->moe.n_experts)
         return snprintf(err, errlen, "expert parallelism: %d ranks for %d experts", r->n_ranks, c->moe.n_experts), -1;
     size_t n = (size_t)fc->max_tokens * c->moe.top_k * c->hidden_size;
@@ -276,8 +280,9 @@ int forward_ctx_set_tensor_rank(forward_ctx *fc, const par_rank *r, char *err, s
     if (tp->n_ranks != r->n_ranks || tp->rank != r->rank)
         return snprintf(err, errlen, "tensor parallelism: the model is rank %d of %d's slice, the group's rank is %d of %d",
                         tp->rank, tp->n_ranks, r->rank, r->n_ranks), -1;
-    if (strcmp(backend_name(fc->be), "cpu"))
-        return snprintf(err, errlen, "tensor parallelism runs on the cpu backend only for now (ranks in threads)"), -1;
+    if (!par_rank_usable(r, fc->be))
+        return snprintf(err, errlen, "tensor parallelism: the group's collectives cannot reach %s memory (no NCCL "
+                                     "joined)", backend_name(fc->be)), -1;
     if (fc->dsv4) { /* its own pass holds the gathers' scratch (forward_dsv4.c, grouped_out) */
         dsv4_ctx_set_tensor_rank(fc->dsv4, r);
         fc->tp = r;
@@ -641,8 +646,9 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
      * rows miss the hot-row cache changes every step). A DeepSeek-V4 step
      * too: its ops read every sequence's positions and compressor rings from
      * the step's uploads, so one recording serves any sequences. Prefill
-     * steps are never recorded. */
-    bool record = backend_has(be, step_begin) && n_items <= STEP_RECORD_MAX_TOKENS;
+     * steps are never recorded, nor the steps of a rank of a group (its
+     * collectives are not recorded: not yet measured). */
+    bool record = backend_has(be, step_begin) && !fc->tp && !fc->ep && n_items <= STEP_RECORD_MAX_TOKENS;
     for (int i = 0; i < n_items && record; i++) record = it[i].n == 1;
     int rc = plan_step(fc, it, n_items, &b, record);
     if (rc != FORWARD_OK) return rc;

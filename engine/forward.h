@@ -48,7 +48,8 @@ int forward_ctx_max_tokens(const forward_ctx *fc);
  * layers compute only rank r's experts and meet the group's other ranks (the
  * same model and steps, each in its own thread with its own context) in an
  * all-reduce. r is borrowed. Returns 0, or -1 with a message (no experts, a
- * backend other than the CPU's, more ranks than experts, out of memory). */
+ * backend without moe_pairs, a group whose collectives cannot reach the
+ * backend's memory (par_rank_usable), more ranks than experts, out of memory). */
 int forward_ctx_set_expert_rank(forward_ctx *fc, const par_rank *r, char *err, size_t errlen);
 /* Tensor parallelism (engine/tensor_parallel.h): a context made on rank r's
  * model slice (model_tp_slice) runs its share of every step and meets the
@@ -58,8 +59,8 @@ int forward_ctx_set_expert_rank(forward_ctx *fc, const par_rank *r, char *err, s
  * its cache holding the whole single K=V head on every rank). Call it before the first step; without
  * it a slice's context runs no step (FORWARD_ERR_BATCH). r is borrowed; with expert parallelism
  * too, its group may be the same as the experts' or another. Returns 0, or
- * -1 with a message (r is not the slice's rank, a backend other than the
- * CPU's, out of memory). */
+ * -1 with a message (r is not the slice's rank, a group whose collectives
+ * cannot reach the backend's memory (par_rank_usable), out of memory). */
 int forward_ctx_set_tensor_rank(forward_ctx *fc, const par_rank *r, char *err, size_t errlen);
 backend *forward_ctx_backend(const forward_ctx *fc);
 /* Wall time spent in Engram so far (hashing, gathers, modules; on an

@@ -311,7 +311,7 @@ static int sched_start(engine *e, seq *s, int hit, bool first) {
     engine_request *r = s->r;
     int n_known = 0;
     const int32_t *ids = e->prefix ? sched_tokens(e, r, s, &n_known) : NULL;
-    int reused = ids ? forward_state_begin(s->st, r->cache_salt, ids, n_known, hit) : 0;
+    int reused = ids ? ranks_state_begin(e->ranks, s->slot, r->cache_salt, ids, n_known, hit) : 0;
     if (ids && !r->gates) {
         e->prefix_queries += n_known;
         e->prefix_hits += reused;
@@ -352,7 +352,7 @@ static bool sched_continue(engine *e, sched_budget *b, int *scheduled, int which
         if (which != PIECES_ALL && (pos < s->r->n_prompt) != (which == PIECES_PROMPT)) continue;
         int n = sched_cut(b, s->r, pos, engine__seq_next_piece(e, s));
         if (n == 0 || n > b->tokens) continue;
-        while (forward_state_reserve(s->st, n) == FORWARD_ERR_KV_FULL) {
+        while (ranks_state_reserve(e->ranks, s->slot, n) == FORWARD_ERR_KV_FULL) {
             preempted_now = true;
             sched_preempt(e, e->n_running - 1); /* the youngest; s itself when it is */
             if (e->n_running == i) break;
@@ -421,8 +421,8 @@ static void sched_admit(engine *e, sched_budget *b, int scheduled) {
         }
         int n = 0, pos = 0;
         if (sched_start(e, s, hit, first) != 0 ||
-            forward_state_reserve(s->st, n = sched_cut(b, s->r, pos = forward_state_pos(s->st),
-                                                        engine__seq_next_piece(e, s))) != FORWARD_OK) {
+            ranks_state_reserve(e->ranks, s->slot, n = sched_cut(b, s->r, pos = forward_state_pos(s->st),
+                                                                  engine__seq_next_piece(e, s))) != FORWARD_OK) {
             engine__seq_finish(e, s, ENGINE_FINISH_ERROR, ENGINE_ERR_NOMEM);
             continue;
         }
@@ -466,6 +466,7 @@ static int sched_build_items(engine *e, int *tokens, int *prompt, int *decodes) 
             .argmax = caught_up && greedy ? &e->next[n_items] : NULL,
             .logits_row = caught_up && dev ? &e->row[n_items] : NULL,
             .gates = r->gates ? r->gates + (size_t)pos * r->n_gate_layers : NULL};
+        e->item_slot[n_items] = s->slot;
         e->item_seq[n_items++] = s;
         *tokens += n;
         if (pos < r->n_prompt) *prompt += n;
@@ -519,7 +520,7 @@ static int sched_run_step(engine *e, int *prompt, int *decodes) {
     if (n_items == 0) return 0;
     sched_prefetch_ahead(e);
     engine__masks_begin(e, n_items); /* the grammar masks meanwhile, on the worker */
-    int frc = forward_batch(e->fc, e->items, n_items);
+    int frc = ranks_step(e->ranks, e->items, e->item_slot, n_items); /* forward_batch on every rank */
     engine__masks_wait(e);
     if (frc != FORWARD_OK) log_error("step of %d sequences: %s", n_items, forward_status_str(frc));
     else if (engine__sample_on_backend(e, n_items) != 0) {

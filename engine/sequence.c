@@ -28,15 +28,13 @@ int engine__seq_next_piece(const engine *e, const seq *s) {
 
 void engine__seq_release_state(engine *e, seq *s) {
     if (!s->st) return;
-    forward_state_reset(s->st); /* blocks back to the cache */
-    e->free_states[e->n_free_states++] = s->st;
+    ranks_state_release(e->ranks, s->slot); /* blocks back to the cache, on every rank */
     s->st = NULL;
 }
 
 int engine__seq_take_state(engine *e, seq *s) {
-    if (e->n_free_states > 0) s->st = e->free_states[--e->n_free_states];
-    else if (forward_state_create(e->fc, e->kv, e->ctx, &s->st) != FORWARD_OK) return -1;
-    return 0;
+    s->slot = ranks_state_take(e->ranks, &s->st);
+    return s->slot < 0 ? -1 : 0;
 }
 
 /* Whether s samples on the backend (a temperature above 0): the engine has

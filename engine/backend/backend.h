@@ -399,7 +399,23 @@ typedef struct backend_ops {
      * step's results are then garbage and the step fails. NULL: ops never
      * fail (the CUDA backend aborts on a device error). */
     bool (*take_failure)(backend *be);
+
+    /* ---- collectives of a group of ranks (engine/parallel.h; optional: NULL where a backend has
+     * none, and its ranks meet through host memory instead, the CPU fake) ----
+     * coll_id writes a new group's id (BACKEND_COLL_ID_BYTES) on one rank; every rank of the group
+     * then calls coll_init with that id at the same time (it blocks until all have joined), from
+     * the thread that issues its ops, and gets its communicator, or NULL with a message in err.
+     * The collectives are issued in order on the backend's stream, as every other op. */
+    int (*coll_id)(backend *be, void *id, char *err, size_t errlen); /* 0, or -1 with a message */
+    void *(*coll_init)(backend *be, const void *id, int n_ranks, int rank, char *err, size_t errlen);
+    void (*coll_free)(backend *be, void *comm); /* accepts NULL */
+    /* buf (n) = the sum over the ranks' buf (in the library's order, not rank order) */
+    void (*all_reduce_sum)(backend *be, void *comm, float *buf, size_t n);
+    /* dst (R, n) = every rank's src (n), rank q's at dst + q n; dst does not overlap src */
+    void (*all_gather)(backend *be, void *comm, float *dst, const float *src, size_t n);
 } backend_ops;
+
+#define BACKEND_COLL_ID_BYTES 128 /* NCCL_UNIQUE_ID_BYTES */
 
 /* How a backend is made; knobs a backend does not have are ignored. */
 typedef struct {
@@ -414,6 +430,8 @@ typedef struct {
                        * products with bf16 weights (vdpbf16ps): faster, less exact (cpu_matmul.c) */
     int cpu_threads;  /* the CPU backend's threads, the calling one included; 0 (default): OpenMP's
                        * count for the creating thread (OMP_NUM_THREADS, else all cores) */
+    int cuda_device;  /* the CUDA device ordinal (default 0): a rank of a group takes its own. The
+                       * backend's ops must then be issued from the thread that made it */
 } backend_params;
 
 enum { BACKEND_CPU_ISA_AUTO, BACKEND_CPU_ISA_GENERIC, BACKEND_CPU_ISA_AVX2, BACKEND_CPU_ISA_AVX512,
@@ -616,6 +634,20 @@ static inline void backend_sample_argmax(backend *be, int32_t *next, float *logi
     be->ops->sample_argmax(be, next, logits, desc, first, n, vocab, stride);
 }
 static inline bool backend_take_failure(backend *be) { return be->ops->take_failure && be->ops->take_failure(be); }
+
+static inline int backend_coll_id(backend *be, void *id, char *err, size_t errlen) {
+    return be->ops->coll_id(be, id, err, errlen);
+}
+static inline void *backend_coll_init(backend *be, const void *id, int n_ranks, int rank, char *err, size_t errlen) {
+    return be->ops->coll_init(be, id, n_ranks, rank, err, errlen);
+}
+static inline void backend_coll_free(backend *be, void *comm) { be->ops->coll_free(be, comm); }
+static inline void backend_all_reduce_sum(backend *be, void *comm, float *buf, size_t n) {
+    be->ops->all_reduce_sum(be, comm, buf, n);
+}
+static inline void backend_all_gather(backend *be, void *comm, float *dst, const float *src, size_t n) {
+    be->ops->all_gather(be, comm, dst, src, n);
+}
 
 /* DeepSeek-V4 (backend_has(be, dsv4_attention) says whether the family runs here) */
 static inline void backend_rmsnorm_plain(backend *be, float *out, const float *x, int T, int d, float eps) {

@@ -147,17 +147,23 @@ static const backend_ops cuda_ops = {
     .qk_rope_store = cu_qk_rope_store,
     .sample = cu_sample,
     .sample_argmax = cu_sample_argmax,
+    .coll_id = cu_coll_id,
+    .coll_init = cu_coll_init,
+    .coll_free = cu_coll_free,
+    .all_reduce_sum = cu_all_reduce_sum,
+    .all_gather = cu_all_gather,
 };
 
 /* A failed CUDA call while making a handle: err says why. */
-static int cuda__init_fail(char *err, size_t errlen, cudaError_t e) {
-    snprintf(err, errlen, "CUDA device 0: %s", cudaGetErrorString(e));
+static int cuda__init_fail(const backend_params *p, char *err, size_t errlen, cudaError_t e) {
+    snprintf(err, errlen, "CUDA device %d: %s", p->cuda_device, cudaGetErrorString(e));
     return -1;
 }
 
-/* Device 0 (the process's CUDA context is the device's primary context,
- * shared by every handle), then the handle's streams, events, cuBLAS handle
- * and workspace. Returns 0, or -1 with a message in err. */
+/* The device p names, made this thread's current one (the process's CUDA
+ * context on it is the device's primary context, shared by every handle on
+ * it), then the handle's streams, events, cuBLAS handle and workspace.
+ * Returns 0, or -1 with a message in err. */
 static int cu_init(cuda_backend *g, const backend_params *p, char *err, size_t errlen) {
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
@@ -166,17 +172,21 @@ static int cu_init(cuda_backend *g, const backend_params *p, char *err, size_t e
                  e != cudaSuccess ? cudaGetErrorString(e) : "none found");
         return -1;
     }
-    if ((e = cudaSetDevice(0)) != cudaSuccess || (e = cudaStreamCreate(&g->stream)) != cudaSuccess ||
+    if (p->cuda_device < 0 || p->cuda_device >= n) {
+        snprintf(err, errlen, "device cuda: no CUDA device %d (this machine has %d)", p->cuda_device, n);
+        return -1;
+    }
+    if ((e = cudaSetDevice(p->cuda_device)) != cudaSuccess || (e = cudaStreamCreate(&g->stream)) != cudaSuccess ||
         (e = cuda__fetch_init(g)) != cudaSuccess)
-        return cuda__init_fail(err, errlen, e);
+        return cuda__init_fail(p, err, errlen, e);
     /* cuda_profile 2 keeps recorded steps, each replay timed as one op */
     g->graphs_off = !p->cuda_graphs || p->cuda_profile == 1;
-    if ((e = prof__init(g, p->cuda_profile)) != cudaSuccess) return cuda__init_fail(err, errlen, e);
+    if ((e = prof__init(g, p->cuda_profile)) != cudaSuccess) return cuda__init_fail(p, err, errlen, e);
     cublasStatus_t st = cublasCreate(&g->blas);
     if (st == CUBLAS_STATUS_SUCCESS) st = cublasSetStream(g->blas, g->stream);
     /* its own workspace, so recorded steps never see cuBLAS allocate */
     if (st == CUBLAS_STATUS_SUCCESS && cuda__malloc((void **)&g->blas_ws, (size_t)32 << 20) != cudaSuccess) {
-        snprintf(err, errlen, "CUDA device 0: no memory for the cuBLAS workspace");
+        snprintf(err, errlen, "CUDA device %d: no memory for the cuBLAS workspace", p->cuda_device);
         return -1;
     }
     if (st == CUBLAS_STATUS_SUCCESS) st = cublasSetWorkspace(g->blas, g->blas_ws, (size_t)32 << 20);

@@ -3,7 +3,8 @@
  * memory; cuda_ops.c the compute ops, cuda_moe.c the mixture-of-experts
  * ops, cuda_dsv4.c DeepSeek-V4's, cuda_view.c the device view of a model (uploading weights),
  * cuda_graphs.c recorded steps, cuda_fetch.c the copy
- * stream of Engram rows, cuda_profile.c op timing. */
+ * stream of Engram rows, cuda_coll.c the collectives of a group of ranks
+ * (NCCL), cuda_profile.c op timing. */
 #ifndef ENGINE_BACKEND_CUDA_INTERNAL_H
 #define ENGINE_BACKEND_CUDA_INTERNAL_H
 
@@ -61,8 +62,9 @@ typedef struct {
 } cuda_profile;
 
 /* The handle. Each has its own streams, cuBLAS handle, scratch, recordings
- * and fetch channels; what they share is the process's CUDA context on
- * device 0 (the runtime's primary context: one per process and device). */
+ * and fetch channels; what they share is the process's CUDA context on its
+ * device (backend_params.cuda_device; the runtime's primary context: one per
+ * process and device). */
 typedef struct {
     backend base; /* first: the ops get &base */
     cudaStream_t stream; /* every op, in order */
@@ -226,6 +228,13 @@ void cu_fetch_back(backend *be, int ch, void *dst, const void *src, size_t bytes
 /* The copy stream and the channels' events; 0, or a CUDA error. */
 cudaError_t cuda__fetch_init(cuda_backend *g);
 void cuda__fetch_free(cuda_backend *g); /* after both streams are idle; accepts a partial init */
+
+/* ---- collectives of a group of ranks: NCCL, opened at first use (cuda_coll.c) ---- */
+int cu_coll_id(backend *be, void *id, char *err, size_t errlen);
+void *cu_coll_init(backend *be, const void *id, int n_ranks, int rank, char *err, size_t errlen);
+void cu_coll_free(backend *be, void *comm);
+void cu_all_reduce_sum(backend *be, void *comm, float *buf, size_t n);
+void cu_all_gather(backend *be, void *comm, float *dst, const float *src, size_t n);
 
 /* ---- profiling (cuda_profile.c) ---- */
 /* Starts timing an op named by the format; returns its pair, or -1 when off. */
