@@ -47,7 +47,7 @@
  *       [--len 100:1024 | --prompt-len LO:HI --output-len LO:HI] [--seed 0]
  *       [--device cpu] [--max-num-seqs N] [--max-num-batched-tokens N]
  *       [--max-prefill-tokens-decoding N]
- *       [--kv-cache-tokens N] [--threads N] ...
+ *       [--kv-cache-tokens N] [--threads N] [--tensor-parallel-size N] [--expert-parallel-size N] ...
  * Human-readable lines, then one JSON line with every number. Exit 1 when a
  * request fails or ends with another token count than it asked for. */
 #include <errno.h>
@@ -91,7 +91,8 @@ static void usage(FILE *f) {
             "  --engram-warm-start off|background|wait  hot-row files read at start, written at the end (default off)\n"
             "  --device cpu|cuda           (default cpu)\n"
             "  --cuda-graphs 0|1, --cuda-profile 0|ops|graphs   as engram-run's\n"
-            "  --threads N                 engine CPU threads (default: all cores)\n"
+            "  --threads N                 engine CPU threads (default: all cores; shared by the ranks)\n"
+            "  --tensor-parallel-size N    --expert-parallel-size N     ranks, as engram-server's (default 1)\n"
             "  --max-num-seqs N            --max-num-batched-tokens N   --prefill-chunk N\n"
             "  --max-prefill-tokens-decoding N  prompt tokens per step while sequences decode (0: off)\n"
             "  --kv-cache-tokens N         --kv-block-size N            (engine defaults otherwise)\n"
@@ -311,6 +312,8 @@ static int bench_option_set(bench_options *o, const char *a, const char *v) {
     else if (!strcmp(a, "--cuda-graphs")) bad = parse_int(v, 0, 1, &ep->cuda_graphs);
     else if (!strcmp(a, "--cuda-profile")) bad = (ep->cuda_profile = engine_cuda_profile_mode(v)) < 0;
     else if (!strcmp(a, "--threads")) bad = parse_int(v, 1, 4096, &ep->threads);
+    else if (!strcmp(a, "--tensor-parallel-size")) bad = parse_int(v, 1, 1024, &ep->tensor_parallel_size);
+    else if (!strcmp(a, "--expert-parallel-size")) bad = parse_int(v, 1, 1024, &ep->expert_parallel_size);
     else if (!strcmp(a, "--max-num-seqs")) bad = parse_int(v, 1, 1 << 20, &ep->max_num_seqs);
     else if (!strcmp(a, "--max-num-batched-tokens")) bad = parse_int(v, 1, 1 << 24, &ep->max_num_batched_tokens);
     else if (!strcmp(a, "--prefill-chunk")) bad = parse_int(v, 1, 1 << 24, &ep->prefill_chunk);
@@ -688,9 +691,10 @@ static void print_setup(const bench_options *o, const bench_work *w, engine *e, 
     engine_stats kv_now; /* the KV cache the engine made (sized from GPU memory when not given) */
     engine_get_stats(e, &kv_now);
     printf("engine: max_num_seqs %d, max_num_batched_tokens %d, max_prefill_tokens_decoding %d, prefill_chunk %d, "
-           "kv_cache_tokens %d (context %d), threads %d; loaded in %.2fs\n", ep->max_num_seqs,
-           ep->max_num_batched_tokens, ep->max_prefill_tokens_decoding, ep->prefill_chunk, kv_now.kv_capacity,
-           engine_context_length(e), ep->threads, t_load);
+           "kv_cache_tokens %d (context %d), threads %d, tensor parallel %d, expert parallel %d; loaded in %.2fs\n",
+           ep->max_num_seqs, ep->max_num_batched_tokens, ep->max_prefill_tokens_decoding, ep->prefill_chunk,
+           kv_now.kv_capacity, engine_context_length(e), ep->threads, ep->tensor_parallel_size,
+           ep->expert_parallel_size, t_load);
     fflush(stdout);
 }
 
@@ -726,7 +730,7 @@ static void print_result(const bench_options *o, const bench_work *w, engine *e,
     printf("{\"model\": \"%s\", \"device\": \"%s\", \"n\": %ld, \"prompt_len\": [%d, %d], \"output_len\": [%d, %d], "
            "\"seed\": %llu, \"max_num_seqs\": %d, \"max_num_batched_tokens\": %d, "
            "\"max_prefill_tokens_decoding\": %d, \"kv_cache_tokens\": %d, "
-           "\"threads\": %d, \"load_s\": %.3f, \"prompt_tokens\": %lld, \"output_tokens\": %lld, \"failed\": %lld, "
+           "\"threads\": %d, \"tensor_parallel_size\": %d, \"expert_parallel_size\": %d, \"load_s\": %.3f, \"prompt_tokens\": %lld, \"output_tokens\": %lld, \"failed\": %lld, "
            "\"wall_s\": %.4f, \"output_tok_s\": %.3f, \"total_tok_s\": %.3f, \"ttft_p50_s\": %.4f, "
            "\"ttft_p99_s\": %.4f, \"steps\": %lld, \"mean_step_tokens\": %.2f, \"preemptions\": %lld, "
            "\"decode_steps\": %lld, \"decode_step_prompt_mean\": %.2f, \"decode_step_prompt_max\": %d, "
@@ -735,7 +739,7 @@ static void print_result(const bench_options *o, const bench_work *w, engine *e,
            engine_model(e)->dir, ep->device ? ep->device : "cpu", n, o->plen[0], o->plen[1], o->olen[0], o->olen[1],
            (unsigned long long)o->seed, ep->max_num_seqs, ep->max_num_batched_tokens, ep->max_prefill_tokens_decoding,
            ep->kv_cache_tokens,
-           ep->threads, r->t_load, sp, got, r->failed, r->wall, got / r->wall, (sp + got) / r->wall, p50, p99,
+           ep->threads, ep->tensor_parallel_size, ep->expert_parallel_size, r->t_load, sp, got, r->failed, r->wall, got / r->wall, (sp + got) / r->wall, p50, p99,
            r->st.steps, r->mean_step, r->st.preemptions, r->st.decode_steps, dmean, r->st.decode_step_prompt_max, w->text ? "\"" : "", w->text ? o->text_path : "null",
            w->text ? "\"" : "", o->force ? "true" : "false", o->conv, o->turns, o->conv ? o->system_len : 0,
            ep->enable_prefix_caching, hit, pass + 1);

@@ -117,6 +117,11 @@ static const struct {
     {"cpu-isa", OPT_STR, 0, 0, "auto",
      "the CPU backend's matrix-product path: auto (the best this CPU runs), avx512, avx2, generic (portable C), or "
      "avx512bf16 (opt-in: activations rounded to bf16 for bf16 weights, faster and less exact)"},
+    {"tensor-parallel-size", OPT_INT, 1, 1024, "1",
+     "ranks the attention heads and dense MLP are split over; the ranks are the larger of this and "
+     "--expert-parallel-size (the smaller must divide it), one thread each: rank k on CUDA device k, or all on the "
+     "CPU (exact, not faster)"},
+    {"expert-parallel-size", OPT_INT, 1, 1024, "1", "ranks the routed experts are split over (see --tensor-parallel-size)"},
 };
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
 
@@ -127,7 +132,7 @@ enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THRE
        O_ENGRAM_HBM, O_ENGRAM_TIERS, O_ENGRAM_TIER, O_ENGRAM_IO, O_ENGRAM_QD, O_ENGRAM_AHEAD, O_ENGRAM_ADMISSION, O_ENGRAM_WARM,
        O_ENGRAM_HOT_SAVE,
        O_MAX_SEQS, O_MAX_BATCHED, O_MAX_PREFILL_DECODING, O_KV_TOKENS, O_KV_BLOCK, O_PREFIX_CACHING, O_PREFIX_MAX, O_SYNTHETIC, O_SYNTH_SEED, O_SYNTH_DIR,
-       O_GPU_UTIL, O_SAMPLE_ON_BACKEND, O_CUDA_GRAPHS, O_CUDA_PROFILE, O_CPU_ISA, O_COUNT };
+       O_GPU_UTIL, O_SAMPLE_ON_BACKEND, O_CUDA_GRAPHS, O_CUDA_PROFILE, O_CPU_ISA, O_TP, O_EP, O_COUNT };
 _Static_assert(O_COUNT == N_OPTS, "the O_ names follow the opts table");
 _Static_assert(N_OPTS <= SERVER_OPTIONS_MAX, "server_options.owned holds a value per option");
 
@@ -359,6 +364,8 @@ static server_options_status engine_options(const char **val, const long *num, e
     ep->cuda_graphs = (int)num[O_CUDA_GRAPHS];
     ep->cuda_profile = engine_cuda_profile_mode(prof);
     ep->cpu_isa = val[O_CPU_ISA]; /* checked by engine_create */
+    ep->tensor_parallel_size = (int)num[O_TP]; /* what the model can split: engine_create */
+    ep->expert_parallel_size = (int)num[O_EP];
     if (ep->sample_on_backend == -2 || ep->cuda_profile < 0) {
         fprintf(stderr, "engram-server: bad value for --%s: %s\n", ep->cuda_profile < 0 ? "cuda-profile" : "sample-on-backend",
                 ep->cuda_profile < 0 ? prof : sob);
