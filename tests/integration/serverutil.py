@@ -111,6 +111,28 @@ def make_qwen3_model(dirpath):
     return dirpath
 
 
+def write_tokenizer(d):
+    """A byte-level BPE whose 512 ids decode to distinct printable strings, so the
+    server (which needs a tokenizer) can run a fixture of 512 ids without one and
+    its token texts map back to ids: returns {text: id}."""
+    chars = [chr(c) for c in range(33, 127)]
+    vocab = {c: i for i, c in enumerate(chars)}
+    merges = []
+    for a in chars:
+        for b in chars:
+            if len(vocab) < 512:
+                vocab[a + b] = len(vocab)
+                merges.append([a, b])
+    bl = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    tok = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
+           "pre_tokenizer": bl, "post_processor": None, "decoder": bl,
+           "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                     "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                     "ignore_merges": False, "vocab": vocab, "merges": merges}}
+    (d / "tokenizer.json").write_text(json.dumps(tok))
+    return {s: i for s, i in vocab.items()}
+
+
 def metric(text, name, labels=None):
     """The value of one sample of the Prometheus text, or None."""
     for line in text.splitlines():

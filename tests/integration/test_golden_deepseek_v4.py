@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from conftest import MODELS, run_bin
-from serverutil import Server
+from serverutil import Server, write_tokenizer
 
 NAME = "deepseek_v4"
 SRC = MODELS / NAME
@@ -162,27 +162,6 @@ def test_release_naming_and_stacked_experts_load(tmp_path):
     ids, logits = run(d, g["prompt_ids"], tmp_path, 256)
     assert float(np.abs(logits - np.fromfile(SRC / "logits.f32", dtype="<f4")).max()) < 1e-4
     assert ids == g["greedy_ids"]
-
-
-def write_tokenizer(d):
-    """A byte-level BPE whose 512 ids decode to distinct printable strings, so the
-    server (which needs a tokenizer) can run the fixture and its token texts map back to ids."""
-    chars = [chr(c) for c in range(33, 127)]
-    vocab = {c: i for i, c in enumerate(chars)}
-    merges = []
-    for a in chars:
-        for b in chars:
-            if len(vocab) < 512:
-                vocab[a + b] = len(vocab)
-                merges.append([a, b])
-    bl = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-    tok = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
-           "pre_tokenizer": bl, "post_processor": None, "decoder": bl,
-           "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                     "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-                     "ignore_merges": False, "vocab": vocab, "merges": merges}}
-    (d / "tokenizer.json").write_text(json.dumps(tok))
-    return {s: i for s, i in vocab.items()}
 
 
 def test_server_completion_gives_the_greedy_tokens(tmp_path):
