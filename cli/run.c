@@ -502,8 +502,15 @@ static int run_prompt_load(run_ctx *r) {
     return RUN_GO_ON;
 }
 
-/* The model: synthetic or loaded, its Engram tables from files when asked.
- * Returns 0, or -1 with the message on stderr. */
+/* The ranks the command line asks for (engine/ranks.h). */
+static ranks_params run_ranks_params(const run_options *o) {
+    return (ranks_params){.tp = o->tp, .ep = o->ep, .bp = o->bp, .max_tokens = (int)o->prefill_chunk, .max_seqs = 1,
+                          .engram_store = o->engram_tables != NULL};
+}
+
+/* The model: synthetic or loaded, its Engram tables from files when asked
+ * (after the ranks' check: no file is written for a layout refused). Returns
+ * 0, or -1 with the message on stderr. */
 static int run_model_open(run_ctx *r) {
     const run_options *o = r->o;
     char err[1024];
@@ -523,6 +530,11 @@ static int run_model_open(run_ctx *r) {
                 o->synthetic, (unsigned long long)o->synth_seed, (long long)model_param_count(r->m),
                 r->m->synth_bytes / 1e9);
     } else if (model_load_ex(o->model_dir, backend_weight_align(r->be), &r->m, err, sizeof(err)) != MODEL_OK) {
+        fprintf(stderr, "engram-run: %s\n", err);
+        return -1;
+    }
+    ranks_params rp = run_ranks_params(o);
+    if (ranks_check(r->m, &rp, err, sizeof(err))) {
         fprintf(stderr, "engram-run: %s\n", err);
         return -1;
     }
@@ -557,8 +569,7 @@ static int run_setup(run_ctx *r) {
     r->smp = sampler_create(model_sampling_vocab(r->m), o->sp);
     if (o->esp.hbm_cache && strcmp(backend_name(r->be), "cuda"))
         fprintf(stderr, "engram-run: %s\n", "note: --engram-hbm-cache on the CPU backend keeps the hot rows in host memory (the CUDA path, for tests; no gain)");
-    ranks_params rp = {.tp = o->tp, .ep = o->ep, .bp = o->bp, .max_tokens = (int)o->prefill_chunk, .max_seqs = 1,
-                       .engram_store = o->engram_tables != NULL};
+    ranks_params rp = run_ranks_params(o);
     kv_cache *kv; /* rank 0's, the ranks' own */
     if (ranks_create(r->m, r->be, &rp, &r->rk, err, sizeof(err)) ||
         ranks_kv_create(r->rk, (int)r->need, 0, -1, (int)r->need, &kv, err, sizeof(err))) {

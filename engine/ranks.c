@@ -20,7 +20,7 @@ typedef struct {
     size_t ids_at;
     int max_blocks;   /* BEGIN: as given */
     int got;          /* BEGIN: what rank 0's call returned (every replica must return it too) */
-    char *salt;       /* BEGIN: a copy, or NULL; handed to the replaying state */
+    char *salt;       /* BEGIN: a copy (freed with the log; each replaying rank keeps its own), or NULL */
 } log_entry;
 
 /* What one rank does, made and run on its own thread (rank 0: the engine's). */
