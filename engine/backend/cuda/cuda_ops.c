@@ -190,15 +190,18 @@ static int cuda__gemv(const float *x, const backend_norm *norm, const weight *w,
            kernels_gemv_supported(x, w->data, T, w->cols) && (!norm || (uintptr_t)norm->g % 16 == 0);
 }
 
-/* Whether the decode products fold their norm: ENGRAM_NORM_FOLD=0 runs the
- * norm's own kernel first instead (benchmarks: the fold's gain in one build). */
-static int cuda__norm_fold(void) {
+#define GLU_NORM_FOLD_MAX_COLS 2048 /* see cu_matmul_glu */
+
+/* Which decode products fold their norm (bit 1 qkv, bit 2 gate/up):
+ * ENGRAM_NORM_FOLD=0|qkv|glu runs the norm's own kernel first for the others
+ * (benchmarks: the fold's gain in one build). */
+static int cuda__norm_fold(int which) {
     static int on = -1;
     if (on < 0) {
         const char *v = getenv("ENGRAM_NORM_FOLD");
-        on = !(v && !strcmp(v, "0"));
+        on = !v ? 3 : !strcmp(v, "0") ? 0 : !strcmp(v, "qkv") ? 1 : !strcmp(v, "glu") ? 2 : 3;
     }
-    return on;
+    return on & which;
 }
 
 /* The input of a fused product that does not fold its norm: x, or x normed
@@ -216,7 +219,7 @@ void cu_matmul_qkv(backend *be, float *q, float *k, float *v, const float *x, co
     if (T <= 0) return;
     int pi = prof__begin(g, "matmul qkv%s %dx%d %s", norm ? "+norm" : "", wq->rows + wk->rows + wv->rows, wq->cols,
                          prof__tclass(T));
-    if (norm && !cuda__norm_fold()) x = cu_normed(g, x, norm, T, wq->cols), norm = NULL;
+    if (norm && !cuda__norm_fold(1)) x = cu_normed(g, x, norm, T, wq->cols), norm = NULL;
     if (cuda__gemv(x, norm, wq, T) && cuda__gemv(x, norm, wk, T) && cuda__gemv(x, norm, wv, T) &&
         wk->dt == wq->dt && wv->dt == wq->dt && wk->cols == wq->cols && wv->cols == wq->cols) {
         CHECK_K(kernels_gemv3(q, k, v, x, wq->data, wk->data, wv->data, bq, bk, bv, wq->rows, wk->rows, wv->rows, T,
@@ -262,7 +265,12 @@ void cu_matmul_glu(backend *be, float *gate, float *up, const float *x, const ba
     cuda_backend *g = cuda__of(be);
     if (T <= 0) return;
     int pi = prof__begin(g, "matmul glu%s %dx%d %s", norm ? "+norm" : "", wg->rows, wg->cols, prof__tclass(T));
-    if (norm && !cuda__norm_fold()) x = cu_normed(g, x, norm, T, wg->cols), norm = NULL;
+    /* the gate/up warp kernel's fold pays on short rows only: it costs its
+     * registers (44 -> 56, one block less an SM) and a second row read a
+     * warp, which 4096-column models did not win back (H100, bench/RESULTS.md
+     * "the norm fold": llama3-1b +2%, llama3-8b -2.5%, qwen3-8b 0%) */
+    if (norm && (!cuda__norm_fold(2) || wg->cols > GLU_NORM_FOLD_MAX_COLS))
+        x = cu_normed(g, x, norm, T, wg->cols), norm = NULL;
     if (cuda__gemv(x, norm, wg, T) && cuda__gemv(x, norm, wu, T) && wg->dt == wu->dt && wg->rows == wu->rows &&
         wg->cols == wu->cols) {
         CHECK_K(kernels_gemv_glu(gate, x, wg->data, wu->data, bg, bu, T, wg->rows, wg->cols, norm ? norm->g : NULL,
