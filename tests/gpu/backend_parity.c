@@ -1643,16 +1643,20 @@ int main(int argc, char **argv) {
      * rows an expert, tiles of 16, 16 and 32; then tiles of 64 and 16 forced on 75 rows an expert);
      * I 96: gate and up off the tiles (the general kernel), down on them with K % 128 != 0 (the
      * scales a byte a step, not a word every 4) */
+    /* Against the CPU, the grouped products' bound (their activations rounded to bf16) is 2e-2 with
+     * the clamp: this fixture's weights reach 48 (scales up to 2^3, to test the dequantization's
+     * exponents) and its gates hundreds against the 0.5 limit; the bf16-activation path's error
+     * measured 1.2e-2 to 1.5e-2 there on an H100 (2026-12-07), for the packed experts and, bit for
+     * bit, for their bf16 expansion, and 2.7e-3 without the clamp. */
     for (int i = 0; i < 5; i++) {
         int T = (int[]){1, 2, 16, 64, 300}[i];
-        double bound = T <= 2 ? 1e-5 : 1e-2;
-        test_moe_fp4(128, 8, 256, 128, T, 0.0f, bound);
-        test_moe_fp4(128, 8, 256, 128, T, 0.5f, bound);
+        test_moe_fp4(128, 8, 256, 128, T, 0.0f, T <= 2 ? 1e-5 : 1e-2);
+        test_moe_fp4(128, 8, 256, 128, T, 0.5f, T <= 2 ? 1e-5 : 2e-2);
     }
-    test_moe_fp4(16, 4, 256, 96, 40, 0.5f, 1e-2);
+    test_moe_fp4(16, 4, 256, 96, 40, 0.5f, 2e-2);
     test_moe_fp4(16, 4, 256, 96, 1, 0.0f, 1e-5);
     setenv("ENGRAM_MOE_TILE", "64", 1); /* every tile height on one step */
-    test_moe_fp4(32, 8, 256, 128, 300, 0.5f, 1e-2);
+    test_moe_fp4(32, 8, 256, 128, 300, 0.5f, 2e-2);
     setenv("ENGRAM_MOE_TILE", "16", 1);
     test_moe_fp4(32, 8, 256, 128, 300, 0.0f, 1e-2);
     unsetenv("ENGRAM_MOE_TILE");
