@@ -401,6 +401,7 @@ static void check_model(const char *dir) {
 
 int main(int argc, char **argv) {
     char err[256];
+    setvbuf(stdout, NULL, _IOLBF, 0); /* whole lines between the exporters' progress on stderr */
     backend *probe = backend_cuda_create(NULL, err, sizeof(err));
     if (!probe) {
         fprintf(stderr, "backend_cuda: %s\n", err);
