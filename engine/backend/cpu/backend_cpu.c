@@ -42,6 +42,11 @@ typedef struct {
     void **tscratch; /* (threads) cpu__thread_scratch's, one per pool thread */
     size_t *tscratch_bytes;
     atomic_bool failed; /* an op could not get its scratch since take_failure last looked */
+    /* rope's table (see rope_table): cos then sin of each (token, pair), (T, 2, half), then
+     * the positions (T int32) and frequencies (half floats) it is for; rope_T -1: none */
+    float *rope_cs;
+    size_t rope_bytes;
+    int rope_T, rope_half;
 } cpu_backend;
 
 void cpu__fail(backend *be) { atomic_store(&((cpu_backend *)be)->failed, true); }
@@ -132,25 +137,31 @@ static void cpu_release(backend *be, model *view, model *m) { (void)view, (void)
 typedef struct {
     float *out;
     const float *x, *g;
-    int d;
+    int T, d;
     float eps;
 } rmsnorm_job;
 
-static void rmsnorm_row(void *ctx, int t) {
+/* Rows [g CPU_RMS_ROWS, (g + 1) CPU_RMS_ROWS) of the job (their sums side by side). */
+static void rmsnorm_rows(void *ctx, int g) {
     const rmsnorm_job *j = ctx;
-    const float *xt = j->x + (size_t)t * j->d;
-    float *ot = j->out + (size_t)t * j->d;
-    float scale = cpu__rms_scale(xt, j->d, j->eps);
-    for (int i = 0; i < j->d; i++) ot[i] = j->g[i] * (xt[i] * scale);
+    int t0 = g * CPU_RMS_ROWS, n = j->T - t0 < CPU_RMS_ROWS ? j->T - t0 : CPU_RMS_ROWS;
+    float scale[CPU_RMS_ROWS];
+    cpu__rms_scales(scale, j->x + (size_t)t0 * j->d, (size_t)j->d, n, j->d, j->eps);
+    for (int k = 0; k < n; k++) {
+        const float *xt = j->x + (size_t)(t0 + k) * j->d;
+        float *ot = j->out + (size_t)(t0 + k) * j->d;
+        for (int i = 0; i < j->d; i++) ot[i] = j->g[i] * (xt[i] * scale[k]);
+    }
 }
 
 static void cpu_rmsnorm(backend *be, float *out, const float *x, const float *g, int T, int d, float eps) {
-    rmsnorm_job j = {.out = out, .x = x, .g = g, .d = d, .eps = eps};
+    rmsnorm_job j = {.out = out, .x = x, .g = g, .T = T, .d = d, .eps = eps};
+    int groups = (T + CPU_RMS_ROWS - 1) / CPU_RMS_ROWS, grain = PAR_PIECE / ((size_t)d * CPU_RMS_ROWS);
     if ((size_t)T * d >= PAR_MIN) {
-        cpu__parallel_for(be, T, d < PAR_PIECE ? PAR_PIECE / d : 1, rmsnorm_row, &j);
+        cpu__parallel_for(be, groups, grain > 1 ? grain : 1, rmsnorm_rows, &j);
         return;
     }
-    for (int t = 0; t < T; t++) rmsnorm_row(&j, t);
+    for (int c = 0; c < groups; c++) rmsnorm_rows(&j, c);
 }
 
 static void cpu_embed(backend *be, float *out, const weight *emb, const int32_t *ids, int T) {
@@ -162,20 +173,57 @@ static void cpu_embed(backend *be, float *out, const weight *emb, const int32_t 
 }
 
 /* Hugging Face's rotate_half layout: element i pairs with i + hd/2. The angle
- * is the f32 product pos * inv_freq, as transformers computes it. */
-static void cpu_rope(backend *be, float *x, const int32_t *pos, int T, int n_heads, int hd, const float *inv_freq) {
-    int half = hd / 2;
+ * is the f32 product pos * inv_freq, as transformers computes it. Every
+ * layer ropes q and k at the same positions, so the (T, hd/2) cosines and
+ * sines are kept from the call that computed them (the same cosf and sinf
+ * of the same angles: the same bits) until the positions or the
+ * frequencies change: one table a step instead of two a layer (rope with
+ * its sincosf was 3% of the default model's prefill on one thread, on the
+ * engine thread alone). */
+static const float *rope_table(cpu_backend *c, const int32_t *pos, int T, int half, const float *inv_freq) {
+    size_t n = (size_t)T * half;
+    if (c->rope_T == T && c->rope_half == half && !memcmp(c->rope_cs + n * 2, pos, (size_t)T * sizeof(int32_t)) &&
+        !memcmp(c->rope_cs + n * 2 + T, inv_freq, (size_t)half * sizeof(float)))
+        return c->rope_cs;
+    c->rope_T = -1; /* invalid until filled */
+    size_t bytes = n * 2 * sizeof(float) + (size_t)T * sizeof(int32_t) + (size_t)half * sizeof(float);
+    if (bytes > c->rope_bytes) {
+        void *p = realloc(c->rope_cs, bytes);
+        if (!p) return NULL;
+        c->rope_cs = p, c->rope_bytes = bytes;
+    }
+    int32_t *kpos = (int32_t *)(c->rope_cs + n * 2);
+    float *kfreq = (float *)(kpos + T);
     for (int t = 0; t < T; t++)
         for (int i = 0; i < half; i++) {
             float a = (float)pos[t] * inv_freq[i];
-            float c = cosf(a), s = sinf(a);
-            for (int h = 0; h < n_heads; h++) {
-                float *v = x + ((size_t)t * n_heads + h) * hd;
+            c->rope_cs[(size_t)t * 2 * half + i] = cosf(a);
+            c->rope_cs[(size_t)t * 2 * half + half + i] = sinf(a);
+        }
+    memcpy(kpos, pos, (size_t)T * sizeof(int32_t));
+    memcpy(kfreq, inv_freq, (size_t)half * sizeof(float));
+    c->rope_T = T, c->rope_half = half;
+    return c->rope_cs;
+}
+
+static void cpu_rope(backend *be, float *x, const int32_t *pos, int T, int n_heads, int hd, const float *inv_freq) {
+    int half = hd / 2;
+    const float *cs = rope_table((cpu_backend *)be, pos, T, half, inv_freq);
+    if (!cs) {
+        cpu__fail(be);
+        return;
+    }
+    for (int t = 0; t < T; t++) {
+        const float *c = cs + (size_t)t * 2 * half, *s = c + half; /* token t's cosines, sines (half each) */
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + ((size_t)t * n_heads + h) * hd;
+            for (int i = 0; i < half; i++) {
                 float x1 = v[i], x2 = v[i + half];
-                v[i] = x1 * c - x2 * s;
-                v[i + half] = x2 * c + x1 * s;
+                v[i] = x1 * c[i] - x2 * s[i];
+                v[i + half] = x2 * c[i] + x1 * s[i];
             }
         }
+    }
 }
 
 static void cpu_kv_store(backend *be, void *kc, void *vc, const float *k, const float *v, const batch_desc *b,
@@ -504,23 +552,79 @@ static void cpu_scale_rows(backend *be, float *out, size_t ostride, const float 
         for (int i = 0; i < d; i++) out[(size_t)t * ostride + i] = s[t] * x[(size_t)t * xstride + i];
 }
 
+typedef struct {
+    float *out;
+    const float *in, *w;
+    const float *wt; /* (K, C): w transposed, tap k of channel c at wt[k C + c] */
+    const batch_desc *b;
+    size_t hist_off;
+    int C, K, dil;
+    bool avx512; /* the backend's path is AVX-512 (so is the CPU) */
+} short_conv_job;
+
+/* Input row u of sequence s (first token a) at channel 0: in's row a + u, or,
+ * before the step (u < 0), the history's row R + u. */
+static const float *conv_input(const short_conv_job *j, int s, int a, int u) {
+    int R = (j->K - 1) * j->dil;
+    return u >= 0 ? j->in + (size_t)(a + u) * j->C : j->b->seq_hist[s] + j->hist_off + (size_t)(R + u) * j->C;
+}
+
+/* Channels [0, returned) of out row (the step's token a + t of sequence s),
+ * 16 at a time: the same products and sums, in the same order, and the same
+ * SiLU (expf16_avx512, a float divide) as the element loop below, so the
+ * same bits. */
+__attribute__((target(EXPF_AVX512))) static int short_conv_avx512(const short_conv_job *j, int s, int a, int t,
+                                                                   float *o) {
+    int C = j->C, K = j->K, c = 0;
+    for (; c + 16 <= C; c += 16) {
+        __m512 y = _mm512_setzero_ps();
+        for (int k = 0; k < K; k++) {
+            __m512 w = _mm512_loadu_ps(j->wt + (size_t)k * C + c);
+            y = _mm512_add_ps(y, _mm512_mul_ps(w, _mm512_loadu_ps(conv_input(j, s, a, t - (K - 1 - k) * j->dil) + c)));
+        }
+        __m512 e = expf16_avx512(_mm512_sub_ps(_mm512_setzero_ps(), y));
+        _mm512_storeu_ps(o + c, _mm512_div_ps(y, _mm512_add_ps(_mm512_set1_ps(1.0f), e)));
+    }
+    return c;
+}
+
+/* out's row r of the step: silu of each channel's K taps, k ascending. */
+static void short_conv_row(void *ctx, int r) {
+    const short_conv_job *j = ctx;
+    const batch_desc *b = j->b;
+    int s = 0;
+    while (b->h_seq_start[s + 1] <= r) s++;
+    int a = b->h_seq_start[s], t = r - a, C = j->C, K = j->K;
+    float *o = j->out + (size_t)r * C;
+    int c0 = j->avx512 ? short_conv_avx512(j, s, a, t, o) : 0;
+    for (int c = c0; c < C; c++) {
+        float y = 0.0f;
+        for (int k = 0; k < K; k++) y += j->w[(size_t)c * K + k] * conv_input(j, s, a, t - (K - 1 - k) * j->dil)[c];
+        o[c] = y / (1.0f + expf(-y));
+    }
+}
+
+/* Each row reads the step's inputs and the history before it, so the rows
+ * go to the pool (pieces of about PAR_PIECE elements, as the norms) and the
+ * histories move on after them. */
 static void cpu_short_conv(backend *be, float *out, const float *in, const float *w, const batch_desc *b,
                            size_t hist_off, int C, int K, int dil) {
-    int R = (K - 1) * dil;
-    for (int s = 0; s < b->n_seqs; s++) {
+    short_conv_job j = {.out = out, .in = in, .w = w, .b = b, .hist_off = hist_off, .C = C, .K = K, .dil = dil,
+                        .avx512 = be->params.cpu_isa >= BACKEND_CPU_ISA_AVX512};
+    int T = b->h_seq_start[b->n_seqs], R = (K - 1) * dil;
+    float *wt = cpu__scratch(be, (size_t)K * C * sizeof(float));
+    if (!wt) return;
+    for (int c = 0; c < C; c++)
+        for (int k = 0; k < K; k++) wt[(size_t)k * C + c] = w[(size_t)c * K + k];
+    j.wt = wt;
+    if ((size_t)T * C >= PAR_MIN) {
+        cpu__parallel_for(be, T, C < PAR_PIECE ? PAR_PIECE / C : 1, short_conv_row, &j);
+    } else {
+        for (int r = 0; r < T; r++) short_conv_row(&j, r);
+    }
+    for (int s = 0; s < b->n_seqs; s++) { /* the history becomes the last R rows of (history, inputs) */
         int a = b->h_seq_start[s], n = b->h_seq_start[s + 1] - a;
         float *hist = b->seq_hist[s] + hist_off; /* (R, C): the inputs at the R positions before a */
-        for (int t = 0; t < n; t++)
-            for (int c = 0; c < C; c++) {
-                float y = 0.0f;
-                for (int k = 0; k < K; k++) {
-                    int u = t - (K - 1 - k) * dil;
-                    float xv = u >= 0 ? in[(size_t)(a + u) * C + c] : hist[(size_t)(R + u) * C + c];
-                    y += w[(size_t)c * K + k] * xv;
-                }
-                out[(size_t)(a + t) * C + c] = y / (1.0f + expf(-y));
-            }
-        /* the history becomes the last R rows of (history, inputs) */
         if (n >= R) {
             memcpy(hist, in + (size_t)(a + n - R) * C, (size_t)R * C * sizeof(float));
         } else {
@@ -710,6 +814,7 @@ static void cpu_destroy(backend *be) {
     cpu__pool_destroy(((cpu_backend *)be)->pool);
     free(((cpu_backend *)be)->moe_scratch);
     free(((cpu_backend *)be)->scratch);
+    free(c->rope_cs);
     free(be);
 }
 
@@ -797,6 +902,7 @@ backend *backend_cpu_create_with(const backend_params *p, char *err, size_t errl
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    c->rope_T = -1;
     c->base.ops = &cpu_ops;
     c->base.params = bp;
     c->base.params.cpu_isa = isa;
