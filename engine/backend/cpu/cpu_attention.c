@@ -32,6 +32,10 @@
 #define ATT_TILE 4    /* most tokens of a tile */
 #define ATT_CHUNK 128 /* positions of a chunk */
 #define ATT_SPLIT 2   /* a step of fewer than ATT_SPLIT x threads tiles is split by chunks */
+/* positions of V a tile's queries take in turn (u kept in registers over
+ * them: 8 reloaded u for a fifth more time than 32, measured; 32 rows of
+ * two KV heads of 64 are 16 KB, in L1 for the tile's next query) */
+#define ATT_PV_BLOCK 32
 
 typedef struct {
     int t0, nt;   /* the tile's tokens t0 .. t0 + nt - 1, of one sequence */
@@ -244,7 +248,7 @@ static void att_chunk(const attention_job *a, const att_tile *tl, const att_quer
         for (int r = ra; r < rb; r++) {
             const att_query *x = &qs[r];
             float *s = sc + (size_t)r * ATT_CHUNK - p0; /* s[j]: position j's score */
-            if (n == 8 && js >= x->j0 && js + 7 <= x->i) {
+            if (n == 8 && js + 7 >= x->j0 && js <= x->i) { /* scores outside [j0, i] are left unread */
                 if (x->pair) {
                     att_scores8x2(s + js, s + ATT_CHUNK + js, q + (size_t)r * hd, q + (size_t)(r + 1) * hd, kr + js,
                                   (size_t)x->off, hd, scale);
@@ -288,8 +292,8 @@ static void att_chunk(const attention_job *a, const att_tile *tl, const att_quer
             if (j1[k] <= j2[k]) l[r0 + k] = sum[k];
         }
     }
-    for (int jb = p0; jb <= p1; jb += 8) { /* u, eight positions at a time */
-        int je = p1 - jb + 1 < 8 ? p1 : jb + 7;
+    for (int jb = p0; jb <= p1; jb += ATT_PV_BLOCK) { /* u, ATT_PV_BLOCK positions at a time */
+        int je = p1 - jb + 1 < ATT_PV_BLOCK ? p1 : jb + ATT_PV_BLOCK - 1;
         for (int r = ra; r < rb; r++) {
             const att_query *x = &qs[r];
             int j1 = x->j0 > jb ? x->j0 : jb, j2 = x->i < je ? x->i : je;
