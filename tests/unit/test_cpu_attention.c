@@ -13,7 +13,8 @@
  *     by (128 + 1) u, each merge's rescaling by 3 u, the exps by 0.51 u.)
  *   - Batch invariance: each query's output is bit-identical whether its token
  *     runs alone (a decode step: its context split across the threads by
- *     chunks, and at 45 positions, one chunk, by KV heads),
+ *     chunks, and at 45 positions, one chunk, by KV heads; scores from the
+ *     K rows, where a step of 64 tokens or more takes K transposed),
  *     with its sequence's other tokens in tiles that start elsewhere, or in a
  *     step of many sequences (a tile per work item), on 1, 2 or 3 threads.
  * And the exp it takes (cpu__exp8) against libm's exp in double: within
@@ -29,9 +30,11 @@
 #include "engine/backend/backend.h"
 #include "engine/backend/cpu/cpu_internal.h"
 
-enum { BS = 16, NB = 96, S = 3, TMAX = 9 };
+enum { BS = 16, NB = 96, S = 3, TMAX = 72 };
 static const int seq_len[S] = {700, 300, 45}; /* context of each sequence, its last tokens the queries */
-static const int seq_q[S] = {9, 5, 1};        /* query tokens of each sequence in the whole step */
+/* query tokens of each sequence in the whole step: the first two take their
+ * scores from K transposed (KT_MIN_TOKENS, 64, or more), token by token they do not */
+static const int seq_q[S] = {72, 66, 1};
 
 static uint64_t rng = 88172645463325252ull;
 static uint64_t next(void) {

@@ -36,12 +36,30 @@
  * them: 8 reloaded u for a fifth more time than 32, measured; 32 rows of
  * two KV heads of 64 are 16 KB, in L1 for the tile's next query) */
 #define ATT_PV_BLOCK 32
+/* K transposed (see att_kt): blocks of KT_BLOCK positions, for the sequences
+ * of at least KT_MIN_TOKENS tokens in the step (fewer tiles do not pay back
+ * the transposition of their context) */
+#define KT_BLOCK 16
+#define KT_MIN_TOKENS 64
 
 typedef struct {
     int t0, nt;   /* the tile's tokens t0 .. t0 + nt - 1, of one sequence */
     int jlo, jhi; /* the positions any of them attends to */
     int item0;    /* split: the tile's first (tile, chunk) item */
+    int kt_seq;   /* its sequence's K transposed: entry kt_seq of attention_job.kts, or -1 (none) */
 } att_tile;
+
+/* One sequence's K transposed, position blocks first .. first + n - 1: block
+ * B of KV head h is (hd, KT_BLOCK) floats at kt + at + ((B - first) n_kv + h)
+ * hd KT_BLOCK: element e of the positions' rows side by side. Only the
+ * positions in [lo, hi] are written. */
+typedef struct {
+    int tok;        /* a token of the sequence (its block table) */
+    int lo, hi;     /* the positions any of its tokens attends to */
+    int first, n;   /* its blocks */
+    size_t at;      /* its first block's offset in kt, floats */
+    int item0;      /* its first block's fill item */
+} att_kt;
 
 typedef struct {
     backend *be;
@@ -51,6 +69,9 @@ typedef struct {
     int n_heads, n_kv, hd, window;
     const att_tile *tiles;
     int nq; /* most queries of a tile: its tokens times n_heads */
+    float *kt; /* the K transposed of the sequences kts[0, n_kts) (att_kt), 64-byte aligned */
+    const att_kt *kts;
+    int n_kts;
     /* split: item i is part i % parts (of the KV heads) of chunk ichunk[k]
      * of tile itile[k], k = i / parts, whose partial (l, m, u as att_chunk
      * writes them) is at part + k pstride floats */
@@ -125,6 +146,42 @@ __attribute__((noinline)) static void att_scores8x2(float *s1, float *s2, const 
         for (int p = 0; p < 8; p++) a1[p][0] += q1[e] * k[p][off + e], a2[p][0] += q2[e] * k[p][off + e];
     cpu__v8 r1 = cpu__lanes_sum8(a1), r2 = cpu__lanes_sum8(a2);
     for (int p = 0; p < 8; p++) s1[p] = r1[p] * scale, s2[p] = r2[p] * scale;
+}
+
+/* att_scores8x2's scores for KT_BLOCK positions from K transposed (kt: (hd,
+ * KT_BLOCK), element e of the positions side by side): lane l of cpu__dot
+ * is a vector a[l] over the positions, e = l, l + 8, ... added in order (the
+ * tail into a[0]), then the same tree across a[0..8) as whole vectors: the
+ * same bits as cpu__dot, without the shuffles of a tree across lanes. q2
+ * NULL: one query. */
+typedef float att_v16 __attribute__((vector_size(4 * KT_BLOCK)));
+
+__attribute__((noinline)) static void att_scores16(float *s1, float *s2, const float *q1, const float *q2,
+                                                   const float *kt, int hd, float scale) {
+    att_v16 a1[8], a2[8];
+    for (int l = 0; l < 8; l++) a1[l] = a2[l] = (att_v16){0};
+    int e = 0;
+    for (; e + 8 <= hd; e += 8)
+        for (int l = 0; l < 8; l++) {
+            att_v16 k;
+            memcpy(&k, kt + (size_t)(e + l) * KT_BLOCK, sizeof(k));
+            a1[l] += q1[e + l] * k;
+            if (q2) a2[l] += q2[e + l] * k;
+        }
+    for (; e < hd; e++) {
+        att_v16 k;
+        memcpy(&k, kt + (size_t)e * KT_BLOCK, sizeof(k));
+        a1[0] += q1[e] * k;
+        if (q2) a2[0] += q2[e] * k;
+    }
+    att_v16 r1 = ((a1[0] + a1[1]) + (a1[2] + a1[3])) + ((a1[4] + a1[5]) + (a1[6] + a1[7]));
+    r1 *= scale;
+    memcpy(s1, &r1, sizeof(r1));
+    if (q2) {
+        att_v16 r2 = ((a2[0] + a2[1]) + (a2[2] + a2[3])) + ((a2[4] + a2[5]) + (a2[6] + a2[7]));
+        r2 *= scale;
+        memcpy(s2, &r2, sizeof(r2));
+    }
 }
 
 /* u[e] += w[j] v[j][off + e] for j in [j1, j2], in order (u: hd floats in
@@ -243,12 +300,26 @@ static void att_chunk(const attention_job *a, const att_tile *tl, const att_quer
         volatile float keep = att_touch(kr + p0, p1 - p0 + 1, off, len) + att_touch(vr + p0, p1 - p0 + 1, off, len);
         (void)keep;
     }
-    for (int js = p0; js <= p1; js += 8) { /* scores, eight positions at a time */
-        int n = p1 - js + 1 < 8 ? p1 - js + 1 : 8;
+    /* scores: a block of KT_BLOCK positions from K transposed where the
+     * sequence has it and the block is whole, else eight at a time */
+    const att_kt *kt = tl->kt_seq >= 0 ? &a->kts[tl->kt_seq] : NULL;
+    for (int js = p0, n; js <= p1; js += n) {
+        bool wide = kt && js % KT_BLOCK == 0 && js + KT_BLOCK - 1 <= p1;
+        n = wide ? KT_BLOCK : p1 - js + 1 < 8 ? p1 - js + 1 : 8;
+        if (kt && !wide && n > KT_BLOCK - js % KT_BLOCK) n = KT_BLOCK - js % KT_BLOCK; /* up to the next block */
         for (int r = ra; r < rb; r++) {
             const att_query *x = &qs[r];
             float *s = sc + (size_t)r * ATT_CHUNK - p0; /* s[j]: position j's score */
-            if (n == 8 && js + 7 >= x->j0 && js <= x->i) { /* scores outside [j0, i] are left unread */
+            if (js + n - 1 < x->j0 || js > x->i) continue; /* none of its positions */
+            if (wide) { /* scores outside [j0, i] are left unread, as below */
+                const float *ktb = a->kt + kt->at + ((size_t)(js / KT_BLOCK - kt->first) * a->n_kv + x->off / hd) *
+                                                        hd * KT_BLOCK;
+                att_scores16(s + js, x->pair ? s + ATT_CHUNK + js : NULL, q + (size_t)r * hd,
+                             x->pair ? q + (size_t)(r + 1) * hd : NULL, ktb, hd, scale);
+                r += x->pair;
+                continue;
+            }
+            if (n == 8) {
                 if (x->pair) {
                     att_scores8x2(s + js, s + ATT_CHUNK + js, q + (size_t)r * hd, q + (size_t)(r + 1) * hd, kr + js,
                                   (size_t)x->off, hd, scale);
@@ -388,6 +459,24 @@ static void att_merge_tile(void *ctx, int i) {
     att_out(a, tl, L, U);
 }
 
+/* Fill item i of the K transposed: one block of one sequence's (att_kt). */
+static void att_kt_fill(void *ctx, int i) {
+    const attention_job *a = ctx;
+    const batch_desc *b = a->b;
+    int k = 0;
+    while (k + 1 < a->n_kts && a->kts[k + 1].item0 <= i) k++;
+    const att_kt *x = &a->kts[k];
+    int B = x->first + i - x->item0, hd = a->hd, bs = b->block_size;
+    size_t kvw = (size_t)a->n_kv * hd;
+    const int32_t *blocks = b->block_tables + (size_t)b->tok_seq[x->tok] * b->max_blocks;
+    float *dst = a->kt + x->at + (size_t)(i - x->item0) * kvw * KT_BLOCK; /* (n_kv, hd, KT_BLOCK) */
+    int j0 = B * KT_BLOCK > x->lo ? B * KT_BLOCK : x->lo, j1 = (B + 1) * KT_BLOCK - 1 < x->hi ? (B + 1) * KT_BLOCK - 1 : x->hi;
+    for (int j = j0; j <= j1; j++) {
+        const float *row = a->k + ((size_t)blocks[j / bs] * bs + j % bs) * kvw;
+        for (size_t e = 0; e < kvw; e++) dst[e * KT_BLOCK + j % KT_BLOCK] = row[e];
+    }
+}
+
 /* The tile of tokens [t, min(t + ATT_TILE, end)) of a sequence whose tokens end at end. */
 static att_tile att_tile_at(const attention_job *a, int t, int end) {
     att_tile tl = {.t0 = t, .nt = end - t < ATT_TILE ? end - t : ATT_TILE, .jlo = INT32_MAX, .jhi = -1};
@@ -404,13 +493,18 @@ void cpu__attention(backend *be, float *out, const float *q, const void *kcache,
                     const batch_desc *b, int n_heads, int n_kv, int hd, int window) {
     attention_job a = {.be = be, .out = out, .q = q, .k = kcache, .v = vcache, .b = b, .n_heads = n_heads,
                        .n_kv = n_kv, .hd = hd, .window = window};
-    int n_tiles = 0, n_chunks = 0, tile_max = 1;
-    for (int s = 0; s < b->n_seqs; s++)
+    int n_tiles = 0, n_chunks = 0, tile_max = 1, n_kts = 0, kt_blocks = 0;
+    for (int s = 0; s < b->n_seqs; s++) {
+        int lo = INT32_MAX, hi = -1;
         for (int t = b->h_seq_start[s], end = b->h_seq_start[s + 1]; t < end; t += ATT_TILE) {
             att_tile tl = att_tile_at(&a, t, end);
             n_tiles++, n_chunks += tl.jhi / ATT_CHUNK - tl.jlo / ATT_CHUNK + 1;
             if (tl.nt > tile_max) tile_max = tl.nt;
+            lo = tl.jlo < lo ? tl.jlo : lo, hi = tl.jhi > hi ? tl.jhi : hi;
         }
+        if (b->h_seq_start[s + 1] - b->h_seq_start[s] >= KT_MIN_TOKENS)
+            n_kts++, kt_blocks += hi / KT_BLOCK - lo / KT_BLOCK + 1;
+    }
     a.nq = tile_max * n_heads;
     /* split: fewer tiles than threads have work for, into their chunks, and
      * (single-token tiles) the chunks into parts of the KV heads, when the
@@ -422,22 +516,43 @@ void cpu__attention(backend *be, float *out, const float *q, const void *kcache,
         while (a.parts < n_kv && n_chunks * a.parts < want) a.parts++;
     int n_items = split ? n_chunks * a.parts : n_tiles;
     a.pstride = ((size_t)a.nq * (hd + 3) + 1) & ~(size_t)1; /* even: the next partial's doubles aligned */
-    size_t head = ((size_t)n_tiles * sizeof(att_tile) + (size_t)n_chunks * 2 * sizeof(int32_t) + 63) & ~(size_t)63;
-    char *mem = cpu__scratch(be, head + (split ? (size_t)n_chunks * a.pstride * sizeof(float) : 0));
+    size_t head = ((size_t)n_tiles * sizeof(att_tile) + (size_t)n_chunks * 2 * sizeof(int32_t) +
+                   (size_t)n_kts * sizeof(att_kt) + 63) & ~(size_t)63;
+    size_t parts = split ? (size_t)n_chunks * a.pstride * sizeof(float) : 0;
+    parts = (parts + 63) & ~(size_t)63;
+    size_t kvw = (size_t)n_kv * hd;
+    char *mem = cpu__scratch(be, head + parts + (size_t)kt_blocks * kvw * KT_BLOCK * sizeof(float));
     if (!mem) return;
     att_tile *tiles = (att_tile *)mem;
     int32_t *itile = (int32_t *)(tiles + n_tiles), *ichunk = itile + n_chunks;
-    n_tiles = n_chunks = 0;
-    for (int s = 0; s < b->n_seqs; s++)
+    att_kt *kts = (att_kt *)(ichunk + n_chunks);
+    n_tiles = n_chunks = n_kts = kt_blocks = 0;
+    for (int s = 0; s < b->n_seqs; s++) {
+        int lo = INT32_MAX, hi = -1, first = n_tiles;
+        bool has_kt = b->h_seq_start[s + 1] - b->h_seq_start[s] >= KT_MIN_TOKENS;
         for (int t = b->h_seq_start[s], end = b->h_seq_start[s + 1]; t < end; t += ATT_TILE) {
             att_tile *tl = &tiles[n_tiles];
             *tl = att_tile_at(&a, t, end);
             tl->item0 = n_chunks;
+            tl->kt_seq = has_kt ? n_kts : -1;
             for (int c = tl->jlo / ATT_CHUNK; split && c <= tl->jhi / ATT_CHUNK; c++)
                 itile[n_chunks] = n_tiles, ichunk[n_chunks++] = c;
+            lo = tl->jlo < lo ? tl->jlo : lo, hi = tl->jhi > hi ? tl->jhi : hi;
             n_tiles++;
         }
+        if (has_kt) {
+            att_kt *x = &kts[n_kts++];
+            *x = (att_kt){.tok = tiles[first].t0, .lo = lo, .hi = hi, .first = lo / KT_BLOCK,
+                          .n = hi / KT_BLOCK - lo / KT_BLOCK + 1, .at = (size_t)kt_blocks * kvw * KT_BLOCK,
+                          .item0 = kt_blocks};
+            kt_blocks += x->n;
+        }
+    }
     a.tiles = tiles;
+    if (n_kts) { /* K transposed first, for every tile of its sequences */
+        a.kt = (float *)(mem + head + parts), a.kts = kts, a.n_kts = n_kts;
+        cpu__parallel_for(be, kt_blocks, 4, att_kt_fill, &a);
+    }
     if (split) a.itile = itile, a.ichunk = ichunk, a.part = (float *)(mem + head);
     a.items = cpu__range(n_items, 1);
     cpu__parallel(be, attention_items, &a);
