@@ -148,20 +148,26 @@ static inline cpu__v8 cpu__lanes_sum8(const cpu__v8 a[8]) {
  * IEEE double operations, no libm: glibc's expf differs by variant), and a
  * quarter of the time of eight expf calls. x below -104 gives 0 as expf does
  * (and above 100, infinity); NaN stays NaN. */
-typedef double cpu__v4d __attribute__((vector_size(32)));
-typedef int64_t cpu__v4l __attribute__((vector_size(32)));
-typedef float cpu__v4f __attribute__((vector_size(16)));
+typedef double cpu__v8d __attribute__((vector_size(64)));
+typedef int64_t cpu__v8l __attribute__((vector_size(64)));
 
-static inline cpu__v4d cpu__exp4d(cpu__v4d x) {
+/* (eight doubles as one vector: one AVX-512 register each step where the CPU
+ * has it, half the instructions of two four-lane halves, the same operations
+ * lane by lane: 7% less attention time at the default model's prefill shape,
+ * bench-attention on one thread, 0.865 -> 0.800 ms a layer.) */
+static inline cpu__v8d cpu__exp8d(cpu__v8d x) {
     const double shift = 0x1.8p52, log2e = 0x1.71547652b82fep0;
     const double ln2hi = 0x1.62e42fee00000p-1, ln2lo = 0x1.a39ef35793c76p-33;
-    cpu__v4l lo = x < -104.0, hi = x > 100.0; /* NaN: neither */
-    x = (cpu__v4d)((lo & (cpu__v4l)(cpu__v4d){-104.0, -104.0, -104.0, -104.0}) | (~lo & (cpu__v4l)x));
-    x = (cpu__v4d)((hi & (cpu__v4l)(cpu__v4d){100.0, 100.0, 100.0, 100.0}) | (~hi & (cpu__v4l)x));
-    cpu__v4d z = x * log2e + shift; /* k in the low bits (round to nearest) */
-    cpu__v4d kd = z - shift;
-    cpu__v4d r = (x - kd * ln2hi) - kd * ln2lo;
-    cpu__v4d p = r * (1.0 / 40320) + 1.0 / 5040;
+    const cpu__v8d lo_v = {-104.0, -104.0, -104.0, -104.0, -104.0, -104.0, -104.0, -104.0};
+    const cpu__v8d hi_v = {100.0, 100.0, 100.0, 100.0, 100.0, 100.0, 100.0, 100.0};
+    const cpu__v8d shift_v = {shift, shift, shift, shift, shift, shift, shift, shift};
+    cpu__v8l lo = x < -104.0, hi = x > 100.0; /* NaN: neither */
+    x = (cpu__v8d)((lo & (cpu__v8l)lo_v) | (~lo & (cpu__v8l)x));
+    x = (cpu__v8d)((hi & (cpu__v8l)hi_v) | (~hi & (cpu__v8l)x));
+    cpu__v8d z = x * log2e + shift; /* k in the low bits (round to nearest) */
+    cpu__v8d kd = z - shift;
+    cpu__v8d r = (x - kd * ln2hi) - kd * ln2lo;
+    cpu__v8d p = r * (1.0 / 40320) + 1.0 / 5040;
     p = p * r + 1.0 / 720;
     p = p * r + 1.0 / 120;
     p = p * r + 1.0 / 24;
@@ -169,15 +175,12 @@ static inline cpu__v4d cpu__exp4d(cpu__v4d x) {
     p = p * r + 0.5;
     p = p * r + 1.0;
     p = p * r + 1.0;
-    cpu__v4l k = (cpu__v4l)z - (cpu__v4l)(cpu__v4d){shift, shift, shift, shift};
-    return p * (cpu__v4d)((k + 1023) << 52);
+    cpu__v8l k = (cpu__v8l)z - (cpu__v8l)shift_v;
+    return p * (cpu__v8d)((k + 1023) << 52);
 }
 
 static inline cpu__v8 cpu__exp8(cpu__v8 x) {
-    cpu__v4f a = __builtin_shufflevector(x, x, 0, 1, 2, 3), b = __builtin_shufflevector(x, x, 4, 5, 6, 7);
-    cpu__v4f ea = __builtin_convertvector(cpu__exp4d(__builtin_convertvector(a, cpu__v4d)), cpu__v4f);
-    cpu__v4f eb = __builtin_convertvector(cpu__exp4d(__builtin_convertvector(b, cpu__v4d)), cpu__v4f);
-    return __builtin_shufflevector(ea, eb, 0, 1, 2, 3, 4, 5, 6, 7);
+    return __builtin_convertvector(cpu__exp8d(__builtin_convertvector(x, cpu__v8d)), cpu__v8);
 }
 
 /* sum_j x[j] r[j] as one fixed sum whatever the caller: eight lanes over j in
