@@ -22,7 +22,12 @@
  * item and merge its chunks as they go; steps of a few (one sequence's
  * decode) take one (tile, chunk) per item, so that every thread has a part of
  * the context (at short contexts, one part of the KV heads of a chunk), and
- * merge the partials after: the same partials, merged in the same order. */
+ * merge the partials after: the same partials, merged in the same order.
+ * A sequence with KT_MIN_TOKENS tokens or more in the step (a prefill) has
+ * its K rows transposed once, before the tiles, into blocks of KT_BLOCK
+ * positions (att_kt), which its tiles' scores read sixteen positions to a
+ * vector: cpu__dot's eight lanes become eight vectors and its tree runs
+ * across them, so the scores are the same bits as the row-wise kernels'. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
