@@ -433,6 +433,40 @@ static void matmul_blocks(void *arg, int ith, int nth) {
     }
 }
 
+/* x made ready for the products, PREP_ROWS rows an item: rounded to bf16
+ * (xb) or paired (xp). Row by row, so the pool's split changes nothing; on
+ * the pool from PREP_MIN elements (at two threads the engine thread's
+ * repack was 2% of the default model's prefill), a decode step's on the
+ * engine thread. */
+#define PREP_ROWS 16
+#define PREP_MIN 16384
+
+typedef struct {
+    const float *x; /* (T, d) */
+    uint16_t *xb;   /* (T, xs) or NULL */
+    float *xp;      /* (T, xs) when not xb */
+    size_t xs;
+    int T, d, isa;
+} prep_job;
+
+static void prep_rows(void *ctx, int g) {
+    const prep_job *p = ctx;
+    int t0 = g * PREP_ROWS, n = p->T - t0 < PREP_ROWS ? p->T - t0 : PREP_ROWS;
+    const float *x = p->x + (size_t)t0 * p->d;
+    if (p->xb) round_bf16(p->xb + (size_t)t0 * p->xs, p->xs, x, n, p->d);
+    else if (p->isa == BACKEND_CPU_ISA_AVX2) pair_x_avx2(p->xp + (size_t)t0 * p->xs, x, n, p->d, (int)p->xs);
+    else pair_x_avx512(p->xp + (size_t)t0 * p->xs, x, n, p->d, (int)p->xs);
+}
+
+static void prep_x(backend *be, prep_job *p) {
+    int groups = (p->T + PREP_ROWS - 1) / PREP_ROWS;
+    if ((size_t)p->T * p->d >= PREP_MIN) {
+        cpu__parallel_for(be, groups, 1, prep_rows, p);
+        return;
+    }
+    for (int g = 0; g < groups; g++) prep_rows(p, g);
+}
+
 void cpu__matmul(backend *be, float *out, const float *x, const weight *w, const float *bias, int T) {
     int isa = be->params.cpu_isa;
     bool dense = w->fmt == WEIGHT_DENSE, bf16 = dense && w->dt == DTYPE_BF16;
@@ -445,14 +479,13 @@ void cpu__matmul(backend *be, float *out, const float *x, const weight *w, const
         size_t xbs = bf16_x_stride(d);
         uint16_t *xb = cpu__scratch(be, (size_t)T * xbs * sizeof(uint16_t));
         if (!xb) return; /* cpu__scratch marked the failure */
-        round_bf16(xb, xbs, x, T, d);
+        prep_x(be, &(prep_job){.x = x, .xb = xb, .xs = xbs, .T = T, .d = d, .isa = isa});
         j.xb = xb, j.xbs = xbs;
     } else if (bf16 && isa != BACKEND_CPU_ISA_GENERIC) { /* avx2, avx512 (avx512bf16's f32-activation products too) */
         int step = isa == BACKEND_CPU_ISA_AVX2 ? 16 : 32, dp = (d + step - 1) / step * step;
         float *xp = cpu__scratch(be, (size_t)T * dp * sizeof(float));
         if (!xp) return;
-        if (isa == BACKEND_CPU_ISA_AVX2) pair_x_avx2(xp, x, T, d, dp);
-        else pair_x_avx512(xp, x, T, d, dp);
+        prep_x(be, &(prep_job){.x = x, .xp = xp, .xs = (size_t)dp, .T = T, .d = d, .isa = isa});
         j.x = xp, j.xs = (size_t)dp;
     }
     cpu__parallel(be, matmul_blocks, &j);

@@ -124,7 +124,7 @@ __attribute__((target(ISA_TARGET))) static void ISA(pair_x)(float *xp, const flo
         const float *xt = x + (size_t)t * d;
         float *o = xp + (size_t)t * dp;
         int k = 0;
-        for (; k + 2 * VL <= d; k += 2 * VL) { /* it runs on the engine thread alone: by shuffles */
+        for (; k + 2 * VL <= d; k += 2 * VL) { /* by shuffles */
             vf e, od;
             vdeinterleave(xt + k, e, od);
             vstorex(o + k, e);
