@@ -4,7 +4,8 @@
  * accepts NULL. The CPU's SwiGLU on every ISA path is bit for bit
  * x / (1 + expf(-x)) * u with libm's expf (the AVX-512 path computes glibc's
  * expf itself, 16 at a time), over every 512th float and the edges of its
- * fast range. The forward pass through a backend with the optional fused
+ * fast range. So is Engram's short conv (its SiLU the same expf) of a step of
+ * two sequences with histories, on the pool. The forward pass through a backend with the optional fused
  * products that take a norm (backend_norm) gives the CPU's logits bit for bit
  * when those ops are the sequences they stand for. */
 #include <check.h>
@@ -137,6 +138,51 @@ static void run_fixture(model *m, backend *be, float *logits) {
     forward_ctx_destroy(fc);
 }
 
+/* The short conv of two sequences in one step (75 rows of 264 channels: the
+ * pool's path, and a channel tail past the 16-wide vectors), with histories,
+ * on every ISA path: bit for bit silu(sum_k w[c][k] x[t - (K-1-k) dil][c])
+ * (k ascending, libm's expf), inputs before the step from the history, and
+ * each history then the last R rows of (history, inputs). */
+START_TEST(short_conv_is_its_definition) {
+    enum { C = 264, K = 4, DIL = 3, R = (K - 1) * DIL, NA = 70, NB = 5, T = NA + NB };
+    float *in = malloc(sizeof(float) * T * C), *w = malloc(sizeof(float) * C * K), *out = malloc(sizeof(float) * T * C);
+    float h0[2][R * C], hist[2][R * C], want[T * C];
+    ck_assert(in && w && out);
+    uint32_t rng = 12345;
+    for (int i = 0; i < T * C; i++) in[i] = (float)((rng = rng * 1664525u + 1013904223u) >> 8) / 16777216.0f * 8 - 4;
+    for (int i = 0; i < C * K; i++) w[i] = (float)((rng = rng * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f;
+    for (int i = 0; i < 2 * R * C; i++) (&h0[0][0])[i] = (float)((rng = rng * 1664525u + 1013904223u) >> 8) / 16777216.0f;
+    int32_t start[3] = {0, NA, T};
+    for (int s = 0; s < 2; s++)
+        for (int t = start[s]; t < start[s + 1]; t++)
+            for (int c = 0; c < C; c++) {
+                float y = 0.0f;
+                for (int k = 0; k < K; k++) {
+                    int u = t - start[s] - (K - 1 - k) * DIL;
+                    y += w[c * K + k] * (u >= 0 ? in[(start[s] + u) * C + c] : h0[s][(R + u) * C + c]);
+                }
+                want[t * C + c] = y / (1.0f + expf(-y));
+            }
+    for (int isa = BACKEND_CPU_ISA_GENERIC; isa <= BACKEND_CPU_ISA_AVX512BF16; isa++) {
+        backend_params p = backend_default_params();
+        p.cpu_isa = isa, p.cpu_threads = 2;
+        char err[256];
+        backend *be = backend_select("cpu", &p, err, sizeof(err));
+        if (!be) continue; /* a path this CPU lacks */
+        memcpy(hist, h0, sizeof(hist));
+        float *hp[2] = {hist[0], hist[1]};
+        batch_desc b = {.n_seqs = 2, .n_tokens = T, .seq_start = start, .h_seq_start = start, .seq_hist = hp};
+        backend_short_conv(be, out, in, w, &b, 0, C, K, DIL);
+        ck_assert_msg(!memcmp(out, want, sizeof(want)), "%s: the outputs differ", backend_cpu_isa_str(isa));
+        ck_assert(!memcmp(hist[0], in + (NA - R) * C, sizeof(float) * R * C)); /* NA >= R: the last R inputs */
+        ck_assert(!memcmp(hist[1], h0[1] + NB * C, sizeof(float) * (R - NB) * C)); /* NB < R: shifted, then NB inputs */
+        ck_assert(!memcmp(hist[1] + (R - NB) * C, in + NA * C, sizeof(float) * NB * C));
+        backend_destroy(be);
+    }
+    free(in), free(w), free(out);
+}
+END_TEST
+
 START_TEST(forward_folds_norms_into_fused_products) {
     /* biases (qwen2), per-head q/k norms (qwen3), sparse layers whose FFN norm has two readers and
      * stays unfolded (qwen3_moe), Engram layers (qwen3_engram) */
@@ -173,6 +219,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, two_cpu_backends_are_independent);
     tcase_add_test(tc, select_by_name);
     tcase_add_test(tc, swiglu_is_libm_expf);
+    tcase_add_test(tc, short_conv_is_its_definition);
     tcase_add_test(tc, forward_folds_norms_into_fused_products);
     tcase_set_timeout(tc, 120);
     suite_add_tcase(s, tc);
