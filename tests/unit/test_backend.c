@@ -5,7 +5,8 @@
  * x / (1 + expf(-x)) * u with libm's expf (the AVX-512 path computes glibc's
  * expf itself, 16 at a time), over every 512th float and the edges of its
  * fast range. So is Engram's short conv (its SiLU the same expf) of a step of
- * two sequences with histories, on the pool. The forward pass through a backend with the optional fused
+ * two sequences with histories, on the pool, and rope (whose table the CPU
+ * keeps across calls) as the positions and frequencies change. The forward pass through a backend with the optional fused
  * products that take a norm (backend_norm) gives the CPU's logits bit for bit
  * when those ops are the sequences they stand for. */
 #include <check.h>
@@ -138,6 +139,36 @@ static void run_fixture(model *m, backend *be, float *logits) {
     forward_ctx_destroy(fc);
 }
 
+/* rope bit for bit its definition (rotate_half pairs, the angle the f32
+ * product pos inv_freq, libm's cosf and sinf) through calls that change the
+ * positions, then the frequencies in the same array, then neither: the CPU
+ * keeps a step's table across its layers and must notice either change. */
+START_TEST(rope_is_its_definition) {
+    enum { T = 5, NH = 3, HD = 8, N = T * NH * HD };
+    int32_t pa[T] = {0, 1, 2, 3, 4}, pb[T] = {7, 8, 9, 30, 31};
+    float f[HD / 2] = {1.0f, 0.1f, 0.01f, 0.001f}, x0[N], x[N], want[N];
+    for (int i = 0; i < N; i++) x0[i] = (float)(i % 7) - 2.5f;
+    backend *be = backend_cpu_create();
+    const int32_t *calls[4] = {pa, pb, pb, pb};
+    for (int n = 0; n < 4; n++) {
+        if (n == 2) f[1] = 0.2f; /* the same array, other frequencies */
+        const int32_t *pos = calls[n];
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < NH; h++)
+                for (int i = 0; i < HD / 2; i++) {
+                    const float *v = x0 + (t * NH + h) * HD;
+                    float a = (float)pos[t] * f[i], c = cosf(a), sn = sinf(a);
+                    want[(t * NH + h) * HD + i] = v[i] * c - v[i + HD / 2] * sn;
+                    want[(t * NH + h) * HD + i + HD / 2] = v[i + HD / 2] * c + v[i] * sn;
+                }
+        memcpy(x, x0, sizeof(x));
+        backend_rope(be, x, pos, T, NH, HD, f);
+        ck_assert_msg(!memcmp(x, want, sizeof(x)), "call %d", n);
+    }
+    backend_destroy(be);
+}
+END_TEST
+
 /* The short conv of two sequences in one step (75 rows of 264 channels: the
  * pool's path, and a channel tail past the 16-wide vectors), with histories,
  * on every ISA path: bit for bit silu(sum_k w[c][k] x[t - (K-1-k) dil][c])
@@ -220,6 +251,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, select_by_name);
     tcase_add_test(tc, swiglu_is_libm_expf);
     tcase_add_test(tc, short_conv_is_its_definition);
+    tcase_add_test(tc, rope_is_its_definition);
     tcase_add_test(tc, forward_folds_norms_into_fused_products);
     tcase_set_timeout(tc, 120);
     suite_add_tcase(s, tc);
