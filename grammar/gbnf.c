@@ -767,7 +767,7 @@ static int gb_finish(gb *b, grammar **out) {
         grammar_release(g);
         return gb_nomem(b);
     }
-    memcpy(g->classes, b->classes, (size_t)b->n_classes * 32);
+    if (b->n_classes) memcpy(g->classes, b->classes, (size_t)b->n_classes * 32); /* NULL when none */
     g->n_classes = b->n_classes;
     g->n_rules = b->n_rules;
     g->elems[0] = GE_MAKE(GE_REF, root);
@@ -779,7 +779,7 @@ static int gb_finish(gb *b, grammar **out) {
         for (size_t k = 0; k < body->n; k++) {
             if (k == 0 || GE_TYPE(body->v[k - 1]) == GE_END) g->alt_start[a++] = (uint32_t)(at + k);
         }
-        memcpy(g->elems + at, body->v, body->n * sizeof(uint32_t));
+        if (body->n) memcpy(g->elems + at, body->v, body->n * sizeof(uint32_t)); /* an empty body's v is NULL */
         at += body->n;
     }
     g->alt_off[b->n_rules] = (uint32_t)a;
