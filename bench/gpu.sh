@@ -43,7 +43,8 @@
 #           --engram-warm-start wait (the rows read before the first request)
 #   dsv4    DeepSeek-V4-Flash's layers (issue 18 (b), (c)): synthetic
 #           deepseek-v4-flash+layers:L for each L of DSV4_LAYERS (default "2 4";
-#           FP4 experts dequantized to bf16 on upload, ~13 GB a layer), decode
+#           FP4 experts kept packed, ~3.4 GB a layer; ~13 GB with
+#           ENGRAM_FP4_EXPERTS=bf16, which expands them on upload), decode
 #           at batch 1, 64 and 256 (16-token prompts, 256 output tokens each)
 #           through bench-throughput: a layer's step time is the difference of
 #           two L's steps over their difference in layers; then --cuda-profile
@@ -90,7 +91,8 @@
 #   stall41 the same for DeepSeek-V4.1 (issue 17): synthetic
 #           deepseek-v4.1-flash+layers:V41_LAYERS (default 2: Engram layer 1
 #           alone; 15 takes layer 14 too) +experts:V41_EXPERTS (default 384, all;
-#           FP4 experts are dequantized to bf16 on upload, about 24 GB a layer)
+#           FP4 experts: about 24 GB a layer expanded to bf16, as before the
+#           CUDA backend kept routed FP4 experts packed; README, ENGRAM_FP4_EXPERTS)
 #           +engram-rows:V41_SCALE (default 0.1: the prime search from 1.6M,
 #           38.4M rows of 264 B a layer, a 10.1 GB file at the store's dense
 #           264-byte row stride; the release's 384M rows need 101 GB a layer,
