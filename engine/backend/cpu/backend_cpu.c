@@ -592,8 +592,12 @@ __attribute__((target(EXPF_AVX512))) static int short_conv_avx512(const short_co
 static void short_conv_row(void *ctx, int r) {
     const short_conv_job *j = ctx;
     const batch_desc *b = j->b;
-    int s = 0;
-    while (b->h_seq_start[s + 1] <= r) s++;
+    int s = 0, hi = b->n_seqs - 1; /* the sequence of row r: the last s with h_seq_start[s] <= r */
+    while (s < hi) {
+        int mid = (s + hi + 1) / 2;
+        if (b->h_seq_start[mid] <= r) s = mid;
+        else hi = mid - 1;
+    }
     int a = b->h_seq_start[s], t = r - a, C = j->C, K = j->K;
     float *o = j->out + (size_t)r * C;
     int c0 = j->avx512 ? short_conv_avx512(j, s, a, t, o) : 0;

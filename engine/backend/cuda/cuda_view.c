@@ -158,14 +158,17 @@ static int view__put(cuda_view *v, const void *host, size_t bytes, void **out, c
  * memory. With f32 (a weight whose products keep f32 activations), any
  * matrix, bf16 and f16 ones too, widened to f32: cuBLAS multiplies bf16 only
  * by bf16, so f32 is how the product keeps the activations. */
+static dtype view__dequant_dt(const weight *w, int f32) {
+    return !f32 && w->scale_dt != DTYPE_F32 ? DTYPE_BF16 : DTYPE_F32;
+}
+
 static int view__dequantize(const weight *w, int f32, void **out, dtype *dt) {
     size_t n = (size_t)w->rows * w->cols;
-    int pow2 = !f32 && w->scale_dt != DTYPE_F32;
     float *f = malloc(n * sizeof(float));
     if (!f) return -1;
     model_weight_rows_to_f32(f, w, 0, w->rows);
-    *dt = pow2 ? DTYPE_BF16 : DTYPE_F32;
-    if (pow2) {
+    *dt = view__dequant_dt(w, f32);
+    if (*dt == DTYPE_BF16) {
         uint16_t *b = (uint16_t *)f; /* in place: element i's 2 bytes never pass element i's 4 */
         for (size_t i = 0; i < n; i++) b[i] = f32_to_bf16(f[i]);
     }
@@ -363,8 +366,7 @@ static int view__stack(cuda_view *v, const weight *const *ws, int n, weight *o, 
     }
     /* the device dtype: f16 as bf16; FP8/FP4 dequantized (view__dequantize) */
     int conv = w0->fmt == WEIGHT_DENSE && t == DTYPE_F16;
-    dtype dev_t = w0->fmt != WEIGHT_DENSE ? (w0->scale_dt != DTYPE_F32 ? DTYPE_BF16 : DTYPE_F32)
-                  : conv ? DTYPE_BF16 : t;
+    dtype dev_t = w0->fmt != WEIGHT_DENSE ? view__dequant_dt(w0, 0) : conv ? DTYPE_BF16 : t;
     size_t dst_es = dtype_size(dev_t), bytes = (size_t)n * each * dst_es;
     void *d, *tmp = NULL;
     if (view__alloc(v, bytes, &d, what, err, errlen)) return -1;
