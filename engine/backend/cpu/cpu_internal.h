@@ -82,10 +82,11 @@ static inline bool cpu__range_take(cpu_range *r, int *i0, int *i1) {
     return true;
 }
 
-/* 1 / sqrt(mean(x^2) + eps) over x (d), the sum in double: every RMSNorm of the
- * CPU backend (weighted or not) scales its row by this. */
+/* The scale of a row whose sum of squares (in double) is ss. */
 static inline float cpu__rms_of(double ss, int d, float eps) { return 1.0f / sqrtf((float)(ss / d) + eps); }
 
+/* 1 / sqrt(mean(x^2) + eps) over x (d), the sum in double: every RMSNorm of the
+ * CPU backend (weighted or not) scales its row by this. */
 static inline float cpu__rms_scale(const float *x, int d, float eps) {
     double ss = 0.0;
     for (int i = 0; i < d; i++) ss += (double)x[i] * x[i];
