@@ -5,7 +5,8 @@
 # Sections (default: peak decode single ttft tput):
 #   check   the four parity checks (PACK/check)
 #   peak    bench-gpu_peak llama3-8b llama3-1b: device copy rate, cuBLAS bf16
-#           8192^3, one layer's products through the backend at T = 1..8192
+#           8192^3, cuBLASLt FP8 8192^3 (per-tensor and DeepSeek's block
+#           scales), one layer's products through the backend at T = 1..8192
 #   decode  engram-run single-stream greedy decode, synthetic llama3-1b,
 #           llama3-8b, qwen3-8b (16-token prompt, 256 tokens, --warmup)
 #   single  bench-throughput -n 1 (16 prompt tokens, 1024 output tokens): one
@@ -50,7 +51,8 @@
 #           two L's steps over their difference in layers; then --cuda-profile
 #           ops (graphs off) at the first L, batch 1 and 64: each op's time,
 #           the hyper-connections' (hc_*) among them; DSV4_BATCHES (default
-#           "1 64 256", empty for the profile alone) picks the timed batches
+#           "1 64 256", empty for the profile alone) picks the timed batches,
+#           DSV4_PROFILE (default "1 64", empty for none) the profiled ones
 #   hits    the nvme tier's DRAM-cache hit path against the mapped table on
 #           this host's CPU (issue 22): bench-store --hits over a 4 GiB table
 #           of 128-byte rows in TBL_DIR, HITS_ROWS (default 16M) rows all in
@@ -153,7 +155,7 @@ run_sec() {
       done
     done
     L=${DSV4_LAYERS:-2}; L=${L%% *}
-    for B in 1 64; do
+    for B in ${DSV4_PROFILE-1 64}; do
       local f=(--synthetic deepseek-v4-flash+layers:$L --device cuda -n $B --prompt-len 16:16 --output-len 64:64
                --max-num-seqs $B --kv-cache-tokens $((B * 100 + 1024)) --cuda-profile ops)
       echo "-- bench-throughput ${f[*]}"

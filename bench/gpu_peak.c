@@ -3,7 +3,10 @@
  *   copy   cudaMemcpy device to device of 1 GiB, median of 20 (bytes read
  *          plus bytes written over the time, as METHOD.md counts a copy)
  *   gemm   cuBLAS bf16 8192^3 (f32 accumulation, bf16 and f32 output),
- *          median of 20, random inputs
+ *          median of 20, random inputs; then cuBLASLt FP8 e4m3 8192^3 (bf16
+ *          output), with one scale per tensor and with DeepSeek's block
+ *          scales (128x128 blocks of the weight, 1x128 of the activations,
+ *          f32), the rates the expert products are held against
  *   model  one decoder layer's seven products of a model shape (q, k, v, o,
  *          gate, up, down; bf16 weights) through the CUDA backend's matmul op,
  *          as the forward pass calls it (activation rounding included), at
@@ -14,6 +17,7 @@
  *          backend's step_begin/step_end and replayed: us per call with no
  *          launch gaps from the host.
  *   build/bench-gpu_peak [llama3-8b|qwen3-8b|llama3-1b|qwen3-4b|ops]... */
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -130,6 +134,90 @@ static double gemm_rate(int n, cudaDataType ct) {
     cudaFree(A), cudaFree(B), cudaFree(C);
     cudaEventDestroy(e0), cudaEventDestroy(e1);
     cublasDestroy(h);
+    return tf;
+}
+
+/* cuBLASLt e4m3 x e4m3 -> bf16, n^3, f32 accumulation: the weight A (n, n)
+ * row-major (so op T on its column-major view, the layout Hopper's FP8
+ * kernels take), the activations B (n tokens of n). blocked: A scaled per
+ * 128x128 block, B per 128 values of a token (DeepSeek's scheme), all scales
+ * 1; else one scale per tensor. Returns TFLOP/s, or 0 when cuBLASLt offers
+ * no algorithm for it (printed). */
+static double gemm_rate_fp8(int n, int blocked) {
+    cublasLtHandle_t lt;
+    if (cublasLtCreate(&lt) != CUBLAS_STATUS_SUCCESS) exit(1);
+    size_t nn = (size_t)n * n, ns = nn / 128 + n;
+    uint8_t *hq = malloc(nn);
+    float *hs = malloc(ns * sizeof(float));
+    for (size_t i = 0; i < nn; i++) hq[i] = (uint8_t)((rs = rs * 6364136223846793005ull + 1) >> 56) & 0x77; /* no NaN */
+    for (size_t i = 0; i < ns; i++) hs[i] = 1.0f;
+    void *A, *B, *D, *sa, *sb, *ws;
+    size_t wsz = 64u << 20;
+    CK(cudaMalloc(&A, nn));
+    CK(cudaMalloc(&B, nn));
+    CK(cudaMalloc(&D, nn * 2));
+    CK(cudaMalloc(&sa, ns * sizeof(float)));
+    CK(cudaMalloc(&sb, ns * sizeof(float)));
+    CK(cudaMalloc(&ws, wsz));
+    CK(cudaMemcpy(A, hq, nn, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(B, hq, nn, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(sa, hs, ns * sizeof(float), cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(sb, hs, ns * sizeof(float), cudaMemcpyHostToDevice));
+    free(hq), free(hs);
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t la, lb, ld;
+    cublasOperation_t tA = CUBLAS_OP_T, tB = CUBLAS_OP_N;
+    cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &tA, sizeof tA);
+    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tB, sizeof tB);
+    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof sa);
+    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof sb);
+    if (blocked) {
+        int ma = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F, mb = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &ma, sizeof ma);
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mb, sizeof mb);
+    }
+    cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, n, n, n);
+    cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, n, n, n);
+    cublasLtMatrixLayoutCreate(&ld, CUDA_R_16BF, n, n, n);
+    cublasLtMatmulPreference_t pref;
+    cublasLtMatmulPreferenceCreate(&pref);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsz, sizeof wsz);
+    cublasLtMatmulHeuristicResult_t hr;
+    int got = 0;
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, ld, ld, pref, 1, &hr, &got);
+    const char *what = blocked ? "block scales 128x128 / 1x128" : "one scale per tensor";
+    double tf = 0.0;
+    if (st != CUBLAS_STATUS_SUCCESS || got == 0) {
+        printf("gemm: cuBLASLt fp8 e4m3 %d^3, %s: no algorithm (%s)\n", n, what, cublasGetStatusString(st));
+    } else {
+        const float one = 1.0f, zero = 0.0f;
+        cudaEvent_t e0, e1;
+        CK(cudaEventCreate(&e0));
+        CK(cudaEventCreate(&e1));
+        float ms[20];
+        for (int i = -3; i < 20; i++) {
+            CK(cudaEventRecord(e0, 0));
+            st = cublasLtMatmul(lt, op, &one, A, la, B, lb, &zero, D, ld, D, ld, &hr.algo, ws, wsz, 0);
+            if (st != CUBLAS_STATUS_SUCCESS) {
+                fprintf(stderr, "cublasLtMatmul: %s\n", cublasGetStatusString(st));
+                exit(1);
+            }
+            CK(cudaEventRecord(e1, 0));
+            CK(cudaEventSynchronize(e1));
+            if (i >= 0) CK(cudaEventElapsedTime(&ms[i], e0, e1));
+        }
+        qsort(ms, 20, sizeof(float), cmp_f);
+        tf = 2.0 * n * n * (double)n / (ms[10] * 1e-3) * 1e-12;
+        printf("gemm: cuBLASLt fp8 e4m3 %d^3, %s, f32 accumulation, bf16 output: median %.3f ms (min %.3f), %.1f "
+               "TFLOP/s\n", n, what, ms[10], ms[0], tf);
+        cudaEventDestroy(e0), cudaEventDestroy(e1);
+    }
+    cublasLtMatmulPreferenceDestroy(pref);
+    cublasLtMatrixLayoutDestroy(la), cublasLtMatrixLayoutDestroy(lb), cublasLtMatrixLayoutDestroy(ld);
+    cublasLtMatmulDescDestroy(op);
+    cudaFree(A), cudaFree(B), cudaFree(D), cudaFree(sa), cudaFree(sb), cudaFree(ws);
+    cublasLtDestroy(lt);
     return tf;
 }
 
@@ -344,6 +432,8 @@ int main(int argc, char **argv) {
     double gbs = copy_rate();
     gemm_rate(8192, CUDA_R_16BF);
     double tf = gemm_rate(8192, CUDA_R_32F);
+    gemm_rate_fp8(8192, 0);
+    gemm_rate_fp8(8192, 1);
     for (int a = 1; a < argc; a++)
         if (!strcmp(argv[a], "ops")) decode_ops();
     for (int a = 1; a < argc; a++)
