@@ -6,13 +6,17 @@
 // thread, it runs in the CPU's order with rounded operations (no fused
 // multiply-add), so that the indexer's scores, which pick entries by rank,
 // are the CPU's bit for bit; reductions across threads differ from the CPU
-// only in their order. A first, plain version: per-token blocks, no tiling.
+// only in their order. Mostly plain per-token blocks, no tiling; the
+// attention is tiled (a block's heads share each staged row, online softmax).
 #include "kernels/kernels.h"
 #include "kernels/fp8.cuh"
+#include "kernels/tc.cuh"
 
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 static int dsv4_status(void) { return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH; }
 
@@ -526,27 +530,38 @@ __global__ void dsv4_store_kernel(kernels_dsv4_kv L, const float *kv, const int 
     for (int c = threadIdx.x; c < L.D; c += blockDim.x) row[c] = kv[(size_t)t * L.D + c];
 }
 
-// One block per (token, head): the rows' logits (one thread per row, channels
-// in order) into shared memory, the softmax with the sink, then each output
-// channel summed over the rows in order.
+// Token t's rows: the window's positions lo..p (nw of them), then its compressed entries (the K
+// selected, or every w < (p+1)/m); n in all.
+struct dsv4_att_rows {
+    int s, lo, nw, n;
+};
+__device__ __forceinline__ dsv4_att_rows dsv4_att_rows_of(const kernels_dsv4_attention_args &a, int t) {
+    int s = a.tok_seq[t], p = a.pos[t], lo = p - a.W + 1 > 0 ? p - a.W + 1 : 0, nw = p - lo + 1;
+    int nc = !a.m ? 0 : a.sel ? a.K : (p + 1) / a.m;
+    return {s, lo, nw, nw + nc};
+}
+// Row i of token t: the window's position lo + i, then compressed entry i - nw (NULL: an unselected -1).
+__device__ __forceinline__ const float *dsv4_att_row(const kernels_dsv4_attention_args &a, int t,
+                                                     const dsv4_att_rows &rw, int i) {
+    if (i < rw.nw) return dsv4_kv_row(a.cache, a.block_tables, a.max_blocks, a.block_size, rw.s, rw.lo + i);
+    int j = i - rw.nw, w = a.sel ? a.sel[(size_t)t * a.K + j] : j;
+    return w >= 0 ? dsv4_entry(a.cache, a.block_tables, a.max_blocks, a.block_size, rw.s, w, 0) : NULL;
+}
+
+// The first kernel, kept for A/B timings (ENGRAM_DSV4_ATTENTION=ref) and for layouts the fast one does
+// not take. One block per (token, head): the rows' logits (one thread per row, channels in order) into
+// shared memory, the softmax with the sink, then each output channel summed over the rows in order.
 __global__ void dsv4_attention_kernel(kernels_dsv4_attention_args a) {
     extern __shared__ float l[];
     __shared__ float red[256];
-    int t = blockIdx.x, h = blockIdx.y, s = a.tok_seq[t], p = a.pos[t], D = a.D;
-    const kernels_dsv4_kv &L = a.cache;
-    int lo = p - a.W + 1 > 0 ? p - a.W + 1 : 0, nw = p - lo + 1;
-    int nc = !a.m ? 0 : a.sel ? a.K : (p + 1) / a.m, n = nw + nc;
+    int t = blockIdx.x, h = blockIdx.y, D = a.D;
+    dsv4_att_rows rw = dsv4_att_rows_of(a, t);
+    int n = rw.n;
     const float *qh = a.q + ((size_t)t * a.nh + h) * D;
     float scale = 1.0f / sqrtf((float)D);
-    // row i: the window's position lo + i, then compressed entry (selected, or every one)
-    auto row = [&](int i) -> const float * {
-        if (i < nw) return dsv4_kv_row(L, a.block_tables, a.max_blocks, a.block_size, s, lo + i);
-        int j = i - nw, w = a.sel ? a.sel[(size_t)t * a.K + j] : j;
-        return w >= 0 ? dsv4_entry(L, a.block_tables, a.max_blocks, a.block_size, s, w, 0) : NULL;
-    };
     float mx = a.sinks[h];
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        const float *r = row(i);
+        const float *r = dsv4_att_row(a, t, rw, i);
         float v = -INFINITY;
         if (r) {
             float dot = 0.0f;
@@ -578,23 +593,298 @@ __global__ void dsv4_attention_kernel(kernels_dsv4_attention_args a) {
         float acc = 0.0f;
         for (int i = 0; i < n; i++) {
             if (l[i] == 0.0f) continue; // an unselected (-1) entry, or a weight that underflowed: adds nothing
-            acc = __fadd_rn(acc, __fmul_rn(l[i] / sum, row(i)[c]));
+            acc = __fadd_rn(acc, __fmul_rn(l[i] / sum, dsv4_att_row(a, t, rw, i)[c]));
         }
         o[c] = acc;
     }
 }
 
-extern "C" size_t kernels_dsv4_attention_smem(int W, int m, int K, int with_sel, int max_ctx) {
-    return ((size_t)W + (m ? (size_t)(with_sel ? K : max_ctx / m + 1) : 0)) * sizeof(float);
+static size_t dsv4_attention_ref_smem(const kernels_dsv4_attention_args *a) {
+    return ((size_t)a->W + (a->m ? (size_t)(a->sel ? a->K : a->max_ctx / a->m + 1) : 0)) * sizeof(float);
+}
+
+// ---- the attention at the GPU's speed: a block per (token, group of HG heads, split of the rows) ----
+// Every head reads the same rows (one KV head), so a block stages each chunk of DSA_R rows in shared
+// memory once for its HG heads (16-byte cp.async, the next chunk in flight while this one is used).
+// Per chunk: the scores, a thread a tile of 4 heads x 2 rows over one of DS slices of the channels
+// (the slices summed in a fixed order); the online softmax, a warp per head, whose running max starts
+// at the head's sink, so a -inf score weighs exp(-inf) = 0 and nothing computes -inf - -inf; then P V,
+// a thread 4 channels of HG/2 heads in registers. An unselected entry (-1) or a row past the end is a
+// zero row of weight 0 (the CPU leaves it out: the same sum). The sink is counted once: split 0's l
+// starts at exp(sink - sink), the others' at 0; the merge weighs split z by exp(m_z - max m). NaN is
+// never hidden: every weight multiplies its row (no zero weight skipped) and a NaN score makes its
+// head's l NaN. All f32: against the CPU only the order of the sums differs.
+
+#define DSA_THREADS 256
+#define DSA_R 16 // rows a chunk
+#define DSA_MAX_D 512
+#define DSA_MAX_SPLITS 64
+
+template <int HG>
+struct dsa_tiles {
+    static constexpr int TILES = HG / 4 * (DSA_R / 2); // score tiles of 4 heads x 2 rows
+    static constexpr int DS = DSA_THREADS / TILES;      // channel slices of a score
+    static constexpr int PH = HG / 2;                   // heads of a thread's P V accumulators
+    static constexpr int HW = HG / 8;                   // heads of a warp's softmax: warp + 8 j
+};
+
+// Floats of shared memory at row width D (rows padded to LD = D + 4: 16-byte aligned, and the 8 rows a
+// warp's score tiles read at one column fall in distinct banks): q (HG, LD), two chunks (2, R, LD), the
+// partial scores (DS, HG, R), the weights (R, HG), each head's rescale (HG) and final l (HG).
+template <int HG>
+static size_t dsa_smem_floats(int D) {
+    size_t LD = (size_t)D + 4;
+    return HG * LD + 2 * DSA_R * LD + (size_t)dsa_tiles<HG>::DS * HG * DSA_R + DSA_R * HG + 2 * HG;
+}
+
+template <int HG>
+__global__ void __launch_bounds__(DSA_THREADS, 2) dsv4_attend_kernel(kernels_dsv4_attention_args a, int rows_split,
+                                                                      int n_split) {
+    typedef dsa_tiles<HG> TL;
+    constexpr int R = DSA_R, DS = TL::DS, PH = TL::PH, HW = TL::HW;
+    extern __shared__ __align__(16) float sm[];
+    __shared__ const float *ptr[2][R]; // each buffer's rows (NULL: a zero row of weight 0)
+    const int D = a.D, LD = D + 4, D4 = D / 4, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int t = blockIdx.x, h0 = blockIdx.y * HG, z = blockIdx.z, nh = a.nh;
+    float *qs = sm, *rs = qs + HG * LD, *sp = rs + 2 * R * LD, *pw = sp + DS * HG * R, *al = pw + R * HG;
+    float *lf = al + HG;
+    const dsv4_att_rows rw = dsv4_att_rows_of(a, t);
+    const int r0 = z * rows_split, r1 = min(rw.n, r0 + rows_split), chunks = r1 > r0 ? (r1 - r0 + R - 1) / R : 0;
+    const float *qt = a.q + (size_t)t * nh * D;
+    for (int i = tid; i < HG * D4; i += DSA_THREADS) { // the group's queries (zeros past nh): their own group
+        int h = i / D4, c4 = i % D4, ok = h0 + h < nh;
+        tc_cp16(qs + h * LD + 4 * c4, qt + (size_t)(ok ? h0 + h : 0) * D + 4 * c4, ok);
+    }
+    tc_cp_commit();
+    auto stage = [&](int k) { // chunk k's rows into buffer k & 1, one group of copies
+        const float **pk = ptr[k & 1];
+        if (tid < R) {
+            int i = r0 + k * R + tid;
+            pk[tid] = i < r1 ? dsv4_att_row(a, t, rw, i) : NULL;
+        }
+        __syncthreads();
+        float *buf = rs + (k & 1) * R * LD;
+        for (int i = tid; i < R * D4; i += DSA_THREADS) {
+            int r = i / D4, c4 = i % D4;
+            const float *src = pk[r];
+            tc_cp16(buf + r * LD + 4 * c4, src ? src + 4 * c4 : qt, src != NULL);
+        }
+        tc_cp_commit();
+    };
+    float mrun[HW], lrun[HW]; // the softmax of heads warp + 8 j, the same in every lane
+#pragma unroll
+    for (int j = 0; j < HW; j++) {
+        int h = h0 + warp + 8 * j;
+        float sink = h < nh ? a.sinks[h] : 0.0f;
+        mrun[j] = sink;
+        lrun[j] = z == 0 && sink != -INFINITY ? expf(sink - sink) : 0.0f; // 1 (NaN for a NaN or +inf sink)
+    }
+    const int tile = tid % TL::TILES, ds = tid / TL::TILES, hq = tile / (R / 2), rp = tile % (R / 2);
+    const int ph = tid / (DSA_THREADS / 2), c4p = tid % (DSA_THREADS / 2); // P V: heads ph PH.., channels 4 c4p..
+    float acc[PH][4];
+#pragma unroll
+    for (int j = 0; j < PH; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+    const float scale = 1.0f / sqrtf((float)D);
+    if (chunks) stage(0);
+    for (int k = 0; k < chunks; k++) {
+        if (k + 1 < chunks) {
+            stage(k + 1);
+            tc_cp_wait<1>();
+        } else
+            tc_cp_wait<0>();
+        __syncthreads();
+        const float *rb = rs + (k & 1) * R * LD;
+        { // partial scores: heads 4 hq.., rows rp and rp + R/2, channels 4 (ds + DS i)..
+            float s0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, s1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            const float *x0 = rb + rp * LD, *x1 = rb + (rp + R / 2) * LD;
+            for (int c4 = ds; c4 < D4; c4 += DS) {
+                float4 u = *(const float4 *)(x0 + 4 * c4), v = *(const float4 *)(x1 + 4 * c4);
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    float4 qv = *(const float4 *)(qs + (hq * 4 + j) * LD + 4 * c4);
+                    s0[j] = fmaf(qv.x, u.x, fmaf(qv.y, u.y, fmaf(qv.z, u.z, fmaf(qv.w, u.w, s0[j]))));
+                    s1[j] = fmaf(qv.x, v.x, fmaf(qv.y, v.y, fmaf(qv.z, v.z, fmaf(qv.w, v.w, s1[j]))));
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                sp[(ds * HG + hq * 4 + j) * R + rp] = s0[j];
+                sp[(ds * HG + hq * 4 + j) * R + rp + R / 2] = s1[j];
+            }
+        }
+        __syncthreads();
+        const float *const *pk = ptr[k & 1];
+#pragma unroll
+        for (int j = 0; j < HW; j++) { // the online softmax of head warp + 8 j, lane r for row r
+            int h = warp + 8 * j;
+            float sc = -INFINITY;
+            bool row = lane < R && pk[lane];
+            if (row) {
+                float d = 0.0f;
+#pragma unroll
+                for (int i = 0; i < DS; i++) d += sp[(i * HG + h) * R + lane];
+                sc = d * scale;
+            }
+            float cm = sc;
+            for (int o = 16; o > 0; o >>= 1) cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, o));
+            // (a -inf sink, the one way to a -inf max: no row weighs exp(-inf - -inf))
+            float mn = fmaxf(mrun[j], cm), pr = row ? expf(sc - mn) : 0.0f, ps = pr;
+            for (int o = 16; o > 0; o >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, o);
+            float alpha = mrun[j] == mn ? 1.0f : expf(mrun[j] - mn);
+            lrun[j] = lrun[j] * alpha + ps;
+            mrun[j] = mn;
+            if (lane < R) pw[lane * HG + h] = pr;
+            if (lane == 0) al[h] = alpha;
+        }
+        __syncthreads();
+        if (c4p < D4) { // P V
+#pragma unroll
+            for (int j = 0; j < PH; j++) {
+                float f = al[ph * PH + j];
+                acc[j][0] *= f, acc[j][1] *= f, acc[j][2] *= f, acc[j][3] *= f;
+            }
+            for (int r = 0; r < R; r++) {
+                float4 v = *(const float4 *)(rb + r * LD + 4 * c4p);
+                float w[PH];
+#pragma unroll
+                for (int j = 0; j < PH; j += 4) *(float4 *)(w + j) = *(const float4 *)(pw + r * HG + ph * PH + j);
+#pragma unroll
+                for (int j = 0; j < PH; j++) {
+                    float p = w[j];
+                    acc[j][0] = fmaf(p, v.x, acc[j][0]), acc[j][1] = fmaf(p, v.y, acc[j][1]);
+                    acc[j][2] = fmaf(p, v.z, acc[j][2]), acc[j][3] = fmaf(p, v.w, acc[j][3]);
+                }
+            }
+        }
+        __syncthreads(); // the buffer and the weights are free again
+    }
+    tc_cp_wait<0>(); // (no chunk: the queries' copies)
+    if (lane == 0)
+#pragma unroll
+        for (int j = 0; j < HW; j++) al[warp + 8 * j] = mrun[j], lf[warp + 8 * j] = lrun[j];
+    __syncthreads();
+    float *wacc = a.work, *wml = a.work + (size_t)a.n_tokens * n_split * nh * D;
+    if (c4p < D4)
+#pragma unroll
+        for (int j = 0; j < PH; j++) {
+            int h = h0 + ph * PH + j;
+            if (h >= nh) break;
+            float l = n_split == 1 ? lf[ph * PH + j] : 1.0f; // a split's partials unscaled
+            float4 o = make_float4(acc[j][0] / l, acc[j][1] / l, acc[j][2] / l, acc[j][3] / l);
+            float *dst = n_split == 1 ? a.out + ((size_t)t * nh + h) * D : wacc + (((size_t)t * n_split + z) * nh + h) * D;
+            *(float4 *)(dst + 4 * c4p) = o;
+        }
+    if (n_split > 1 && tid < HG && h0 + tid < nh) {
+        float *ml = wml + (((size_t)t * n_split + z) * nh + h0 + tid) * 2;
+        ml[0] = al[tid], ml[1] = lf[tid];
+    }
+}
+
+// One block per (token, head): out = sum_z acc_z exp(m_z - M) / sum_z l_z exp(m_z - M), splits in order.
+__global__ void dsv4_attend_merge_kernel(kernels_dsv4_attention_args a, int n_split) {
+    __shared__ float f[DSA_MAX_SPLITS], L;
+    int t = blockIdx.x, h = blockIdx.y, D = a.D, nh = a.nh;
+    const float *wacc = a.work, *wml = a.work + (size_t)a.n_tokens * n_split * nh * D;
+    if (threadIdx.x == 0) {
+        float M = -INFINITY, sum = 0.0f;
+        for (int z = 0; z < n_split; z++) M = fmaxf(M, wml[(((size_t)t * n_split + z) * nh + h) * 2]);
+        for (int z = 0; z < n_split; z++) {
+            const float *ml = wml + (((size_t)t * n_split + z) * nh + h) * 2;
+            f[z] = ml[0] == M ? 1.0f : expf(ml[0] - M);
+            sum += ml[1] * f[z];
+        }
+        L = sum;
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < D; c += blockDim.x) {
+        float o = 0.0f;
+        for (int z = 0; z < n_split; z++) o += wacc[(((size_t)t * n_split + z) * nh + h) * D + c] * f[z];
+        a.out[((size_t)t * nh + h) * D + c] = o / L;
+    }
+}
+
+// How a call runs: the first kernel (ref), or the fast one with HG heads a block and its rows in
+// n_split splits of rows_split. From n_tokens, max_ctx and the shapes only (a recorded step's key).
+typedef struct {
+    int ref, hg, n_split, rows_split;
+} dsa_plan;
+
+static int dsa_sms(void) {
+    static int n;
+    if (!n) {
+        int dev = 0, v = 0;
+        cudaGetDevice(&dev);
+        n = cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess && v > 0 ? v : 132;
+    }
+    return n;
+}
+
+static dsa_plan dsa_plan_of(const kernels_dsv4_attention_args *a) {
+    static int env_ref = -1; // benchmarks: ENGRAM_DSV4_ATTENTION=ref, the first kernel for every call
+    if (env_ref < 0) {
+        const char *v = getenv("ENGRAM_DSV4_ATTENTION");
+        env_ref = v && !strcmp(v, "ref");
+    }
+    const kernels_dsv4_kv &L = a->cache;
+    int fits = a->D % 4 == 0 && a->D <= DSA_MAX_D && L.D == a->D && L.block_floats % 4 == 0 &&
+               L.eblock_floats % 4 == 0 && !((uintptr_t)L.base & 15) && !((uintptr_t)L.ebase & 15) &&
+               !((uintptr_t)a->q & 15) && !((uintptr_t)a->out & 15);
+    if (a->ref || env_ref || !fits) return {1, 0, 1, 0};
+    // the most rows a token has (the first kernel's bound); blocks for every SM, twice over where the
+    // tokens and head groups alone are fewer (batch 1: 8 groups of 8 heads), by splitting the rows
+    int n_max = a->W + (a->m ? (a->sel ? a->K : a->max_ctx / a->m + 1) : 0), chunks = (n_max + DSA_R - 1) / DSA_R;
+    int sms = dsa_sms(), hg = a->nh <= 8 || (long long)a->n_tokens * ((a->nh + 15) / 16) < sms ? 8 : 16;
+    long long blocks = (long long)a->n_tokens * ((a->nh + hg - 1) / hg);
+    int ns = blocks >= sms ? 1 : (int)((2LL * sms + blocks - 1) / blocks);
+    ns = ns < chunks ? ns : chunks;
+    ns = ns < DSA_MAX_SPLITS ? ns : DSA_MAX_SPLITS;
+    ns = ns > 1 ? ns : 1;
+    int per = (chunks + ns - 1) / ns; // chunks a split
+    return {0, hg, (chunks + per - 1) / per, per * DSA_R};
+}
+
+extern "C" size_t kernels_dsv4_attention_work_floats(const kernels_dsv4_attention_args *a) {
+    if (a->n_tokens <= 0) return 0;
+    dsa_plan pl = dsa_plan_of(a);
+    return pl.ref || pl.n_split == 1 ? 0 : (size_t)a->n_tokens * pl.n_split * a->nh * ((size_t)a->D + 2);
+}
+
+// The kernel's shared memory limit raised to its largest size once per device, on the device's first
+// call (a plain one: a step is recorded from its second run on).
+template <int HG>
+static int dsa_configure(void) {
+    static unsigned done; // bit d: device d's is set
+    int dev = 0;
+    cudaGetDevice(&dev);
+    unsigned bit = 1u << (dev & 31);
+    if (__atomic_load_n(&done, __ATOMIC_ACQUIRE) & bit) return 0;
+    if (cudaFuncSetAttribute(dsv4_attend_kernel<HG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)(dsa_smem_floats<HG>(DSA_MAX_D) * sizeof(float))) != cudaSuccess)
+        return -1;
+    __atomic_fetch_or(&done, bit, __ATOMIC_RELEASE);
+    return 0;
+}
+
+template <int HG>
+static int dsa_launch(const kernels_dsv4_attention_args *a, const dsa_plan &pl, cudaStream_t st) {
+    if (dsa_configure<HG>()) return KERNELS_ERR_LAUNCH;
+    size_t smem = dsa_smem_floats<HG>(a->D) * sizeof(float);
+    dim3 grid(a->n_tokens, (a->nh + HG - 1) / HG, pl.n_split);
+    dsv4_attend_kernel<HG><<<grid, DSA_THREADS, smem, st>>>(*a, pl.rows_split, pl.n_split);
+    if (pl.n_split > 1) dsv4_attend_merge_kernel<<<dim3(a->n_tokens, a->nh), 128, 0, st>>>(*a, pl.n_split);
+    return dsv4_status();
 }
 
 extern "C" int kernels_dsv4_attention(const kernels_dsv4_attention_args *a, void *stream) {
     if (a->n_tokens <= 0) return KERNELS_OK;
     if (a->nh < 1 || a->nh > 65535 || a->D < 1) return KERNELS_ERR_ARG;
     cudaStream_t st = (cudaStream_t)stream;
+    dsa_plan pl = dsa_plan_of(a);
+    if (!pl.ref && pl.n_split > 1 && !a->work) return KERNELS_ERR_ARG;
     dsv4_store_kernel<<<a->n_tokens, 256, 0, st>>>(a->cache, a->kv, a->pos, a->tok_seq, a->block_tables,
                                                    a->max_blocks, a->block_size);
-    size_t smem = kernels_dsv4_attention_smem(a->W, a->m, a->K, a->sel != NULL, a->max_ctx);
+    if (!pl.ref) return pl.hg == 8 ? dsa_launch<8>(a, pl, st) : dsa_launch<16>(a, pl, st);
+    size_t smem = dsv4_attention_ref_smem(a);
     if (smem > 48 * 1024) {
         if (smem > 227 * 1024) return KERNELS_ERR_ARG;
         cudaFuncSetAttribute(dsv4_attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);

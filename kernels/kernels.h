@@ -325,7 +325,11 @@ typedef struct {
 size_t kernels_dsv4_index_work_floats(const kernels_dsv4_index_args *a);
 int kernels_dsv4_index(const kernels_dsv4_index_args *a, void *stream);
 
-/* backend.h's dsv4_attention (the step's kv rows stored first). */
+/* backend.h's dsv4_attention (the step's kv rows stored first). Blocks of heads that share the one KV
+ * head read each row once, in chunks staged in shared memory, with long row sets split over blocks and
+ * merged (the split partials in work); the first, per-(token, head) kernel with ref or
+ * ENGRAM_DSV4_ATTENTION=ref (read once), or where the layout does not allow 16-byte loads (D % 4,
+ * D > 512, unaligned blocks). */
 typedef struct {
     float *out;
     const float *q, *kv;
@@ -337,7 +341,12 @@ typedef struct {
     int K;
     const float *sinks;
     int nh, D, W;
+    int ref;        /* 1: the first kernel (tests, A/B timings) */
+    float *work;    /* kernels_dsv4_attention_work_floats floats (none: NULL) */
 } kernels_dsv4_attention_args;
+/* Floats of work the call needs: 0 unless its rows are split; a function of n_tokens, max_ctx and the
+ * shapes only, so a recorded step's first (unrecorded) run sizes it. */
+size_t kernels_dsv4_attention_work_floats(const kernels_dsv4_attention_args *a);
 int kernels_dsv4_attention(const kernels_dsv4_attention_args *a, void *stream);
 
 /* ---- sampling.cu ---- */

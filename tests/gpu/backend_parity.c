@@ -48,6 +48,8 @@ static backend *cpu, *gpu;
 void backend_cuda_set_attention_no_tiled(backend *be, int on);
 /* 1 sends per-token tokens to the f32 decode kernel instead of the tensor-core one */
 void backend_cuda_set_attention_decode_simt(backend *be, int on);
+/* 1 sends DeepSeek-V4's attention to its first kernel (per token and head) instead of the fast one */
+void backend_cuda_set_dsv4_attention_ref(backend *be, int on);
 static int failures;
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
@@ -1333,14 +1335,149 @@ static void test_dsv4_layer(const step *st, int n_blocks, int m, int csa) {
     float *dsinks = dev_copy(sinks, (size_t)nh * 4), *out = xmalloc((size_t)T * nh * D * 4);
     float *dout = dev_poison((size_t)T * nh * D * 4);
     backend_dsv4_attention(cpu, out, q, kv, &st->h, &hk, m, sel, K, sinks, nh, D, W);
-    backend_dsv4_attention(gpu, dout, dq, dkv, &st->d, &gk, m, dsel, K, dsinks, nh, D, W);
-    snprintf(name, sizeof(name), "dsv4_attention m=%d%s W=%d", m, m ? csa ? " CSA" : " HCA" : " sliding", W);
-    check(name, dout, out, (size_t)T * nh * D, 1e-5);
-    snprintf(name, sizeof(name), "dsv4_attention m=%d rows stored", m);
-    check(name, dcache, cache, ncache, 0);
+    for (int ref = 0; ref < 2; ref++) { /* the fast kernel, then the first one */
+        backend_cuda_set_dsv4_attention_ref(gpu, ref);
+        backend_dsv4_attention(gpu, dout, dq, dkv, &st->d, &gk, m, dsel, K, dsinks, nh, D, W);
+        snprintf(name, sizeof(name), "dsv4_attention m=%d%s W=%d%s", m, m ? csa ? " CSA" : " HCA" : " sliding", W,
+                 ref ? " (ref)" : "");
+        check(name, dout, out, (size_t)T * nh * D, 1e-5);
+        snprintf(name, sizeof(name), "dsv4_attention m=%d rows stored%s", m, ref ? " (ref)" : "");
+        check(name, dcache, cache, ncache, 0);
+        backend_free(gpu, dout);
+        dout = dev_poison((size_t)T * nh * D * 4);
+    }
+    backend_cuda_set_dsv4_attention_ref(gpu, 0);
     backend_free(gpu, dq), backend_free(gpu, dkv), backend_free(gpu, dsinks), backend_free(gpu, dout);
     backend_free(gpu, dcache), backend_free(gpu, dinv), backend_free(gpu, dsel);
     free(q), free(kv), free(sinks), free(out), free(cache), free(sel);
+}
+
+/* DeepSeek-V4's attention alone at the real layer's shapes (D 512, W 128, nh 64 or others) on one
+ * step's paged cache of random rows, CPU against both CUDA kernels (the fast one, then the first, ref):
+ * sel_mode 0 no entries (sliding, m 0) or all of them (HCA), 1 the K selected of a CSA layer: distinct
+ * random causal entries, about one in eight -1 (anywhere, not only at the end). masked: the heads
+ * h % 3 == 0 get q[0] = -inf and every row a positive channel 0, so all their scores are -inf and only
+ * the sink is left (output 0); nan_row: a NaN in the first token's kv row, whose NaN must reach every
+ * output of the tokens that see it, and no other. */
+static void test_dsv4_attention(const char *what, int n_seqs, const int *qn, const int *p0, int m, int sel_mode,
+                                int K, int nh, int D, int W, int masked, int nan_row) {
+    int bs = 64, n_blocks = 0;
+    for (int s = 0; s < n_seqs; s++) n_blocks += (p0[s] + qn[s] + bs - 1) / bs;
+    step st;
+    step_make(&st, n_seqs, qn, p0, bs, n_blocks);
+    int T = st.h.n_tokens, slots = m ? (bs + m - 1) / m : 0;
+    size_t bf = dsv4_kv_block_floats(bs, m, true, false, D, 0), ncache = (size_t)n_blocks * bf;
+    float *cache = rand_f32(ncache, 1.0f), *kv = rand_f32((size_t)T * D, 1.0f);
+    float *q = rand_f32((size_t)T * nh * D, 0.5f), *sinks = rand_f32(nh, 2.0f);
+    if (masked) { /* every row is D floats of a block (no index keys): channel 0 positive */
+        for (size_t i = 0; i < ncache; i += D) cache[i] = fabsf(cache[i]) + 0.5f;
+        for (int t = 0; t < T; t++) kv[(size_t)t * D] = fabsf(kv[(size_t)t * D]) + 0.5f;
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < nh; h += 3) q[((size_t)t * nh + h) * D] = -INFINITY;
+    }
+    if (nan_row) kv[5] = NAN;
+    float *dcache = dev_copy(cache, ncache * 4);
+    dsv4_kv hk = {.base = cache, .block_floats = bf, .m = m, .slots = slots, .D = D, .dI = 0, .ebase = cache,
+                  .eblock_floats = bf};
+    dsv4_kv gk = hk;
+    gk.base = gk.ebase = dcache;
+    int32_t *sel = NULL, *dsel = NULL;
+    if (sel_mode) {
+        sel = xmalloc((size_t)T * K * 4);
+        int *pick = xmalloc((size_t)(st.h.max_ctx / m + 1) * sizeof(int));
+        for (int t = 0; t < T; t++) {
+            int n = (st.pos[t] + 1) / m, c = n < K ? n : K;
+            for (int w = 0; w < n; w++) pick[w] = w;
+            for (int i = 0; i < c; i++) { /* a partial shuffle: c distinct entries */
+                int j = i + irand(n - i), x = pick[i];
+                pick[i] = pick[j], pick[j] = x;
+            }
+            for (int i = 0; i < K; i++) sel[(size_t)t * K + i] = i < c && irand(8) ? pick[i] : -1;
+        }
+        free(pick);
+        dsel = dev_copy(sel, (size_t)T * K * 4);
+    }
+    float *dq = dev_copy(q, (size_t)T * nh * D * 4), *dkv = dev_copy(kv, (size_t)T * D * 4);
+    float *dsinks = dev_copy(sinks, (size_t)nh * 4), *out = xmalloc((size_t)T * nh * D * 4);
+    backend_dsv4_attention(cpu, out, q, kv, &st.h, &hk, m, sel, K, sinks, nh, D, W);
+    char name[128];
+    for (int ref = 0; ref < 2; ref++) {
+        float *dout = dev_poison((size_t)T * nh * D * 4);
+        backend_cuda_set_dsv4_attention_ref(gpu, ref);
+        backend_dsv4_attention(gpu, dout, dq, dkv, &st.d, &gk, m, dsel, K, dsinks, nh, D, W);
+        backend_cuda_set_dsv4_attention_ref(gpu, 0);
+        snprintf(name, sizeof(name), "dsv4_attention %s%s", what, ref ? " (ref)" : "");
+        if (!nan_row) {
+            check(name, dout, out, (size_t)T * nh * D, 1e-5);
+        } else { /* NaN exactly where the CPU has it (some tokens, not all), the rest within the bound */
+            float *got = host_of(dout, (size_t)T * nh * D * 4);
+            size_t n = (size_t)T * nh * D, nan_cpu = 0, bad = 0;
+            for (size_t i = 0; i < n; i++) {
+                nan_cpu += isnan(out[i]) != 0;
+                bad += (isnan(got[i]) != 0) != (isnan(out[i]) != 0);
+                if (isnan(out[i])) got[i] = out[i] = 0.0f; /* out is compared again for ref: zero both */
+            }
+            int ok = !bad && nan_cpu > 0 && nan_cpu < n;
+            printf("%-34s NaN outputs %zu of %zu, %zu placed differently %s\n", name, nan_cpu, n, bad,
+                   ok ? "ok" : "FAIL");
+            failures += !ok;
+            report(name, got, out, n, 1e-5);
+            free(got);
+            if (!ref) backend_dsv4_attention(cpu, out, q, kv, &st.h, &hk, m, sel, K, sinks, nh, D, W);
+        }
+        backend_free(gpu, dout);
+    }
+    snprintf(name, sizeof(name), "dsv4_attention %s rows stored", what);
+    check(name, dcache, cache, ncache, 0);
+    backend_free(gpu, dq), backend_free(gpu, dkv), backend_free(gpu, dsinks), backend_free(gpu, dcache);
+    if (dsel) backend_free(gpu, dsel);
+    free(cache), free(kv), free(q), free(sinks), free(out), free(sel);
+    step_free(&st);
+}
+
+/* One decode token for each of B sequences at context ctx (the layer's shapes: nh 64, D 512, W 128),
+ * m 0 (sliding), m 4 with K 512 selected (CSA) or m 128 with every entry (HCA): the fast kernel's time
+ * and the first one's, and the bytes of the rows each token reads, once. */
+static void time_dsv4_attention(int B, int ctx, int m, int K, int ref) {
+    int nh = 64, D = 512, W = 128, bs = 64, qn[64], p0[64], n_blocks = B * ((ctx + bs - 1) / bs);
+    for (int s = 0; s < B; s++) qn[s] = 1, p0[s] = ctx - 1;
+    step st;
+    step_make(&st, B, qn, p0, bs, n_blocks);
+    int csa = m == 4, slots = m ? (bs + m - 1) / m : 0;
+    size_t bf = dsv4_kv_block_floats(bs, m, true, false, D, 0), ncache = (size_t)n_blocks * bf;
+    float *dcache = backend_alloc(gpu, ncache * 4), *dq = backend_alloc(gpu, (size_t)B * nh * D * 4);
+    float *dkv = backend_alloc(gpu, (size_t)B * D * 4), *dsinks = backend_alloc(gpu, (size_t)nh * 4);
+    float *dout = backend_alloc(gpu, (size_t)B * nh * D * 4);
+    cudaMemset(dcache, 0, ncache * 4), cudaMemset(dq, 0, (size_t)B * nh * D * 4);
+    cudaMemset(dkv, 0, (size_t)B * D * 4), cudaMemset(dsinks, 0, (size_t)nh * 4);
+    dsv4_kv gk = {.base = dcache, .block_floats = bf, .m = m, .slots = slots, .D = D, .ebase = dcache,
+                  .eblock_floats = bf};
+    int32_t *sel = NULL, *dsel = NULL;
+    if (csa) { /* the newest K entries of each token */
+        sel = xmalloc((size_t)B * K * 4);
+        for (int t = 0; t < B; t++)
+            for (int i = 0; i < K; i++) sel[(size_t)t * K + i] = ctx / m - 1 - i >= 0 ? ctx / m - 1 - i : -1;
+        dsel = dev_copy(sel, (size_t)B * K * 4);
+    }
+    backend_cuda_set_dsv4_attention_ref(gpu, ref);
+    for (int i = 0; i < 3; i++) backend_dsv4_attention(gpu, dout, dq, dkv, &st.d, &gk, m, dsel, K, dsinks, nh, D, W);
+    sync_gpu();
+    int iters = ref && B > 1 ? 5 : 50;
+    double t0 = now();
+    for (int i = 0; i < iters; i++) backend_dsv4_attention(gpu, dout, dq, dkv, &st.d, &gk, m, dsel, K, dsinks, nh, D, W);
+    sync_gpu();
+    double dt = (now() - t0) / iters;
+    backend_cuda_set_dsv4_attention_ref(gpu, 0);
+    int rows = (ctx < W ? ctx : W) + (m ? (csa ? (ctx / m < K ? ctx / m : K) : ctx / m) : 0);
+    double bytes = (double)B * (rows * D * 4.0 + 2.0 * nh * D * 4); /* rows once, q in, out */
+    printf("timing dsv4_attention%s B=%-2d ctx %-4d m=%-3d %3d rows a token: %8.1f us  %7.1f GB/s of rows, q and out "
+           "(each once)  %6.2f TFLOP/s\n", ref ? " (ref)" : "", B, ctx, m, rows, dt * 1e6, bytes / dt * 1e-9,
+           4.0 * B * nh * rows * D / dt * 1e-12);
+    void *fr[] = {dcache, dq, dkv, dsinks, dout};
+    for (int i = 0; i < 5; i++) backend_free(gpu, fr[i]);
+    if (dsel) backend_free(gpu, dsel);
+    free(sel);
+    step_free(&st);
 }
 
 /* ---- DeepSeek-V4.1's ratio-1/2 ops (cpu_dsv4.c against kernels/dsv4.cu) ---- */
@@ -1680,6 +1817,24 @@ int main(int argc, char **argv) {
     test_dsv4_layer(&st, n_blocks, 4, 1);
     test_dsv4_layer(&st, n_blocks, 8, 0);
     test_dsv4_layer(&st, n_blocks, 0, 0);
+    { /* DeepSeek-V4's attention at the layer's shapes (D 512, W 128, 64 heads unless said) */
+        int q1[3] = {1, 1, 1}, d1[3] = {4095, 3000, 700};
+        test_dsv4_attention("CSA K=512 with -1s, 3 decodes to 4k", 3, q1, d1, 4, 1, 512, 64, 512, 128, 0, 0);
+        int q2[1] = {1}, d2[1] = {4095};
+        test_dsv4_attention("HCA m=128 every entry, 4k", 1, q2, d2, 128, 0, 0, 64, 512, 128, 0, 0);
+        int q3[3] = {40, 9, 1}, d3[3] = {0, 300, 2047};
+        test_dsv4_attention("CSA K=512 prefill rows of 3 seqs", 3, q3, d3, 4, 1, 512, 64, 512, 128, 0, 0);
+        test_dsv4_attention("HCA m=128 prefill rows, 3 seqs", 3, q3, d3, 128, 0, 0, 64, 512, 128, 0, 0);
+        int q4[2] = {300, 1}, d4[2] = {100, 50}; /* 300 tokens: every block its own rows (no split) */
+        test_dsv4_attention("sliding 301 tokens", 2, q4, d4, 0, 0, 0, 64, 512, 128, 0, 0);
+        test_dsv4_attention("sliding nh=20 301 tokens (groups of 16)", 2, q4, d4, 0, 0, 0, 20, 512, 128, 0, 0);
+        test_dsv4_attention("CSA nh=5 D=256 (a group of 8)", 3, q1, d1, 4, 1, 512, 5, 256, 128, 0, 0);
+        test_dsv4_attention("HCA nh=12 D=68 (groups of 8)", 3, q3, d3, 128, 0, 0, 12, 68, 128, 0, 0);
+        test_dsv4_attention("sliding D=130 (first kernel only)", 3, q3, d3, 0, 0, 0, 8, 130, 128, 0, 0);
+        test_dsv4_attention("CSA all -inf but the sink", 3, q1, d1, 4, 1, 512, 64, 512, 128, 1, 0);
+        test_dsv4_attention("sliding all -inf, 301 tokens", 2, q4, d4, 0, 0, 0, 64, 512, 128, 1, 0);
+        test_dsv4_attention("HCA a NaN row", 3, q3, d3, 128, 0, 0, 64, 512, 128, 0, 1);
+    }
     for (int m = 1; m <= 2; m++)
         for (int rope = 0; rope < 2; rope++) test_dsv41_layer(&st, n_blocks, m, rope);
     test_dsv41_products("tests/fixtures/models/deepseek_v41_ratios"); /* run from the repository root */
@@ -1734,6 +1889,15 @@ int main(int argc, char **argv) {
         time_attention(4, 512, 4096, 32, 8, 128, 0, 0);
         time_attention(4, 512, 4096, 32, 8, 128, 1, 0);
         time_attention(1, 2048, 2048, 32, 8, 128, 0, 0);
+        for (int ref = 0; ref < 2; ref++) { /* DeepSeek-V4's attention: the fast kernel, then the first */
+            time_dsv4_attention(1, 80, 0, 0, ref); /* the profile's call (bench/RESULTS.md) */
+            time_dsv4_attention(1, 144, 0, 0, ref);
+            time_dsv4_attention(64, 144, 0, 0, ref);
+            time_dsv4_attention(1, 4096, 4, 512, ref);
+            time_dsv4_attention(64, 4096, 4, 512, ref);
+            time_dsv4_attention(1, 4096, 128, 0, ref);
+            time_dsv4_attention(64, 4096, 128, 0, ref);
+        }
         time_copies();
     }
     backend_destroy(gpu);

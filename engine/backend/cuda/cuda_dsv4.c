@@ -139,7 +139,13 @@ void cu_dsv4_attention(backend *be, float *out, const float *q, const float *kv,
         .out = out, .q = q, .kv = kv, .pos = b->pos, .tok_seq = b->tok_seq, .block_tables = b->block_tables,
         .n_tokens = b->n_tokens, .max_blocks = b->max_blocks, .block_size = b->block_size, .max_ctx = b->max_ctx,
         .cache = kv_of(cache), .m = m, .sel = sel, .K = K, .sinks = sinks, .nh = nh, .D = D, .W = W,
+        .ref = g->dsv4_attention_ref,
     };
+    /* the split rows' partials; sized by T and max_ctx, as the indexer's scratch (the same buffer: each
+     * op's use of it ends with the op) */
+    size_t need = kernels_dsv4_attention_work_floats(&a) * sizeof(float);
+    if (need) cuda__grow(g, &g->dsv4_work, &g->dsv4_work_bytes, need);
+    a.work = g->dsv4_work;
     CUDA_TIMED(g, CHECK_K(kernels_dsv4_attention(&a, g->stream)), "dsv4_attention m=%d", m);
 }
 

@@ -82,6 +82,7 @@ typedef struct {
     size_t dsv4_work_bytes;
     int attention_no_tiled; /* tests: every token through the per-token kernel */
     int attention_decode_simt; /* tests: per-token tokens through the f32 kernel, not the tensor-core one */
+    int dsv4_attention_ref; /* tests: DeepSeek-V4's attention through its first kernel (kernels.h) */
     int graphs_off; /* backend_params.cuda_graphs 0 (or op profiling): no recorded steps */
     int capturing;  /* slot being recorded, or -1 */
     unsigned long long tick;

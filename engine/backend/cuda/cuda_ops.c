@@ -319,12 +319,15 @@ void cu_sample_argmax(backend *be, int32_t *next, float *logits, const int32_t *
 }
 
 
-/* Set by tests (exported from the plugin): every token of handle be through
- * the per-token attention kernel when on. */
+/* Set by tests (exported from the plugin), each for handle be when on: every
+ * token through the per-token attention kernel; per-token tokens through the
+ * f32 decode kernel; DeepSeek-V4's attention through its first kernel. */
 __attribute__((visibility("default"))) void backend_cuda_set_attention_no_tiled(backend *be, int on);
 void backend_cuda_set_attention_no_tiled(backend *be, int on) { cuda__of(be)->attention_no_tiled = on; }
 __attribute__((visibility("default"))) void backend_cuda_set_attention_decode_simt(backend *be, int on);
 void backend_cuda_set_attention_decode_simt(backend *be, int on) { cuda__of(be)->attention_decode_simt = on; }
+__attribute__((visibility("default"))) void backend_cuda_set_dsv4_attention_ref(backend *be, int on);
+void backend_cuda_set_dsv4_attention_ref(backend *be, int on) { cuda__of(be)->dsv4_attention_ref = on; }
 
 void cuda__ops_free(cuda_backend *g) {
     if (g->xb) cudaFree(g->xb);
