@@ -50,7 +50,7 @@ struct dsv4_ctx {
     int32_t *sel_low[2];                   /* (T, K) x2: V4.1's top-k of ratio 1 and 2, kept for later layers */
     int32_t *cand;                         /* (T, cand_blocks) V4.1: the candidate source's blocks of the step */
     float *lat;                            /* (T, D) V4.1: the pre-rope latents of the groups closing at a token */
-    float *gin, *gout, *oa;                /* (T, nh D / G) (T, R) (T, G R): nh the whole model's */
+    float *oa;                             /* (T, G R) the grouped output projection's */
     const par_rank *tp;                    /* tensor parallelism: this rank (dsv4_ctx_set_tensor_rank), or NULL */
     float *tp_att, *tp_oa, *tp_part;       /* with a slice of R ranks: (T, nh D) when R > G, (T, G R), (T, d / R) */
     float *rlogits, *moe_w, *sg, *su;      /* (T, E) (T, k) (T, I) (T, I) */
@@ -117,7 +117,7 @@ void dsv4_ctx_destroy(dsv4_ctx *dc) {
     if (!dc) return;
     float **bufs[] = {&dc->freq_main, &dc->freq_comp, &dc->X, &dc->Xn, &dc->mix, &dc->post, &dc->comb, &dc->xc,
                       &dc->h, &dc->y, &dc->qlat, &dc->q, &dc->kv, &dc->att, &dc->ck, &dc->cg, &dc->ik, &dc->ig,
-                      &dc->iq, &dc->iw, &dc->gin, &dc->gout, &dc->oa, &dc->rlogits, &dc->moe_w, &dc->sg, &dc->su,
+                      &dc->iq, &dc->iw, &dc->oa, &dc->rlogits, &dc->moe_w, &dc->sg, &dc->su,
                       &dc->lastX, &dc->lastmix, &dc->lasth, &dc->ekv, &dc->pre[0], &dc->pre[1], (float **)&dc->sel,
                       &dc->tp_att, &dc->tp_oa, &dc->tp_part,
                       (float **)&dc->moe_ids, (float **)&dc->sel_low[0], (float **)&dc->sel_low[1], &dc->lat,
@@ -146,9 +146,9 @@ int dsv4_ctx_create(const model *bm, backend *be, int max_tokens, int max_seqs, 
     size_t d = (size_t)c->hidden_size, D = (size_t)c->head_dim, nh = (size_t)c->n_heads, G = (size_t)v->o_groups;
     size_t dI = (size_t)v->index_head_dim, nI = (size_t)v->index_n_heads, I = (size_t)c->moe.inter;
     size_t E = (size_t)c->moe.n_experts, k = (size_t)c->moe.top_k, R = (size_t)v->o_lora_rank;
-    /* a tensor-parallel slice (model_tp.c) has its rank's heads; the grouped output projection
-     * reads the whole model's */
-    size_t P = bm->tp.n_ranks > 1 ? (size_t)bm->tp.n_ranks : 1, gw = nh * P * D / G;
+    /* a tensor-parallel slice (model_tp.c) has its rank's heads; with more ranks than groups the
+     * grouped output projection reads the whole model's (tp_att) */
+    size_t P = bm->tp.n_ranks > 1 ? (size_t)bm->tp.n_ranks : 1;
     struct {
         float **p;
         size_t n;
@@ -159,7 +159,7 @@ int dsv4_ctx_create(const model *bm, backend *be, int max_tokens, int max_seqs, 
         {&dc->qlat, T * (size_t)v->q_lora_rank}, {&dc->q, T * nh * D}, {&dc->kv, T * D}, {&dc->att, T * nh * D},
         {&dc->ck, T * 2 * D}, {&dc->cg, T * 2 * D}, {&dc->ik, T * 2 * dI}, {&dc->ig, T * 2 * dI},
         {&dc->iq, T * nI * dI}, {&dc->iw, T * nI}, {(float **)&dc->sel, T * (size_t)v->index_topk},
-        {&dc->gin, T * gw}, {&dc->gout, T * R}, {&dc->oa, T * G * R}, {&dc->rlogits, T * E},
+        {&dc->oa, T * G * R}, {&dc->rlogits, T * E},
         {&dc->moe_w, T * k}, {(float **)&dc->moe_ids, T * k}, {&dc->sg, T * I}, {&dc->su, T * I},
         {&dc->lastX, S * N * d}, {&dc->lastmix, S * N}, {&dc->lasth, S * d},
         {&dc->ekv, bm->engram ? T * (N + 1) * d : 1}, {&dc->pre[0], T * N}, {&dc->pre[1], T * N},
@@ -243,12 +243,14 @@ static void hc_pre(dsv4_ctx *dc, const weight *fn, const float *base, const floa
     dc->lag = own;
 }
 
-/* y (T, d) = Wo_b (grouped Wo_a (att)): group g of the heads through rows [g R, (g+1) R) of Wo_a.
+/* y (T, d) = Wo_b (grouped Wo_a (att)): group g of the heads through rows [g R, (g+1) R) of Wo_a,
+ * all groups in one grouped product (backend.h, matmul_grouped).
  * Rank k of P (tensor parallelism; P = 1 alone) holds Wo_a's rows [r0, r1) = [k G R/P, (k+1) G R/P):
  * G/P whole groups, whose heads are its own (P divides G), or a 1/(P/G) share of one group, whose
- * heads are spread over P/G ranks (P a multiple of G): then the heads' outputs are gathered first.
- * Its oa rows are gathered, and Wo_b's output rows it holds are computed over all of them and
- * gathered (tp_matmul). Every element is one dot product as one rank computes it: bit-exact. */
+ * heads are spread over P/G ranks (P a multiple of G): then the heads' outputs are gathered first,
+ * and its rows are one group of the product. Its oa rows are gathered, and Wo_b's output rows it
+ * holds are computed over all of them and gathered (tp_matmul). Every element is one dot product
+ * as one rank computes it: bit-exact. */
 static void grouped_out(dsv4_ctx *dc, const dsv4_layer *Y, int T) {
     const model_config *c = &dc->bm->cfg;
     int P = dc->tp ? dc->tp->n_ranks : 1, k = dc->tp ? dc->tp->rank : 0;
@@ -259,14 +261,8 @@ static void grouped_out(dsv4_ctx *dc, const dsv4_layer *Y, int T) {
         par_all_gather(dc->tp, dc->be, dc->tp_att, dc->att, (size_t)T, (size_t)aw);
         att = dc->tp_att, aw *= P, g0 = 0;
     }
-    for (int g = r0 / R; g * R < r1; g++) {
-        int lo = g * R > r0 ? g * R : r0, hi = (g + 1) * R < r1 ? (g + 1) * R : r1;
-        weight wg = model_weight_row_view(&Y->wo_a, lo - r0, hi - lo); /* quantized too: the view keeps its scales */
-        backend_copy2d(dc->be, dc->gin, (size_t)gw, att + (size_t)(g - g0) * gw, (size_t)aw, (size_t)gw, (size_t)T);
-        backend_matmul(dc->be, dc->gout, dc->gin, &wg, NULL, T);
-        backend_copy2d(dc->be, dc->oa + (lo - r0), (size_t)(r1 - r0), dc->gout, (size_t)(hi - lo), (size_t)(hi - lo),
-                       (size_t)T);
-    }
+    int groups = r1 - r0 >= R ? (r1 - r0) / R : 1; /* whole groups, or the share of one */
+    backend_matmul_grouped(dc->be, dc->oa, att + (size_t)(r0 / R - g0) * gw, (size_t)aw, &Y->wo_a, groups, T);
     if (dc->tp) tp_matmul(dc->tp, MODEL_TP_GATHER, dc->be, dc->y, dc->tp_oa, dc->tp_part, dc->oa, &Y->wo_b, NULL, T);
     else backend_matmul(dc->be, dc->y, dc->oa, &Y->wo_b, NULL, T);
 }

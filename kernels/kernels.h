@@ -159,6 +159,13 @@ int kernels_gemv_bf16(float *out, const float *x, const void *w, const float *bi
 int kernels_gemv_f32(float *out, const float *x, const void *w, const float *bias, int T, int rows, int cols,
                      void *stream);
 
+/* G products side by side in one launch (backend.h, matmul_grouped): out (T, G rows) with
+ * out[t, g rows + i] = x[t, g cols .. (g+1) cols) . w[g rows + i], x in rows of xld floats
+ * (xld % 4 == 0, xld >= G cols), w (G rows, cols) bf16, or f32 when f32; the same T, cols and
+ * alignment rules as kernels_gemv_bf16. */
+int kernels_gemv_grouped(float *out, const float *x, int xld, const void *w, int T, int G, int rows, int cols,
+                         int f32, void *stream);
+
 /* Fused decode products (same T, cols and alignment rules as kernels_gemv_bf16;
  * f32: the weights are f32, else bf16), one launch each. Those with a norm
  * (cols, 16-byte aligned; NULL: none) take rmsnorm(x) * norm (eps) as their

@@ -57,7 +57,9 @@ __device__ __forceinline__ float gemv_rms(float ss, int cols, float eps) { retur
  * out[i] (T, ld[i]) and adds bias[i]), or with MODE GEMV_ADD the first one
  * added into out[0], or with MODE GEMV_GLU gate = w[0], up = w[1] (rows
  * end[0] each) and out[0] = silu(gate x + b0) * (up x + b1). With NORM the
- * input is rmsnorm(x) * norm (eps) instead of x. */
+ * input is rmsnorm(x) * norm (eps) instead of x. x's rows are xld floats
+ * apart (0: cols); with grows, row r reads the group r / grows of x's
+ * columns, [g cols, (g+1) cols) (a grouped product, GEMV_PLAIN only). */
 enum { GEMV_PLAIN = 0, GEMV_ADD = 1, GEMV_GLU = 2 };
 typedef struct {
     const void *w0, *w1, *w2;
@@ -68,7 +70,14 @@ typedef struct {
     int pdl; /* pdl_flags(): launched with programmatic dependent launch, and how */
     const float *norm; /* (cols) with NORM: the RMSNorm's weight */
     float eps;
+    int xld, grows;
 } gemv_args;
+
+/* Row `row`'s x: its group's columns (grouped products), rows of gemv_xld apart. */
+__device__ __forceinline__ const float *gemv_xrow(const gemv_args &a, const float *x, int row, int cols) {
+    return a.grows ? x + (size_t)(row / a.grows) * cols : x;
+}
+__device__ __forceinline__ size_t gemv_xld(const gemv_args &a, int cols) { return a.xld ? (size_t)a.xld : (size_t)cols; }
 
 /* Row `row` of the stacked matrix: its segment and its row in that segment. */
 __device__ __forceinline__ int gemv_seg(const gemv_args &a, int row, int *local) {
@@ -104,6 +113,8 @@ gemv_kernel(gemv_args a, const float *x, int cols) {
     const W *wb = (const W *)(seg == 0 ? a.w0 : seg == 1 ? a.w1 : a.w2);
     const W *wr = wb + (size_t)local * cols;
     const W *wu = (const W *)a.w1 + (size_t)local * cols; /* GLU: the up row */
+    const float *xr = gemv_xrow(a, x, row, cols);
+    const size_t xld = gemv_xld(a, cols);
     int n8 = cols >> 3;
     /* the row's first 2 KB into L2 while the op before may still run */
     if ((a.pdl & PDL_PREFETCH) && lane * 128 < min(cols * (int)sizeof(W), 2048)) {
@@ -129,7 +140,7 @@ gemv_kernel(gemv_args a, const float *x, int cols) {
 #pragma unroll
         for (int t = 0; t < T; t++) {
             float xv[8];
-            gemv_x8<NORM>(x + (size_t)t * cols, i, g, xv, &ss[NORM ? t : 0]);
+            gemv_x8<NORM>(xr + (size_t)t * xld, i, g, xv, &ss[NORM ? t : 0]);
             acc[t] += gemv_dot8(xv, wv);
             if (MODE == GEMV_GLU) acc2[t] += gemv_dot8(xv, wv2);
         }
@@ -156,7 +167,8 @@ gemv_kernel(gemv_args a, const float *x, int cols) {
  * (row-wise segments as above, looked up per row): every thread strides
  * along the rows' columns 16 bytes at a time, so a block reads R contiguous
  * spans (fewer DRAM pages open at once than a warp per row) and each x load
- * serves R rows; the warps' partial sums meet in shared memory. */
+ * serves R rows; the warps' partial sums meet in shared memory. A grouped
+ * product's R divides its group's rows, so a block's rows share one x. */
 template <int T, typename W, int MODE, bool NORM, int R>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_block_kernel(gemv_args a, const float *x, int cols) {
@@ -172,6 +184,8 @@ gemv_block_kernel(gemv_args a, const float *x, int cols) {
         wr[r] = (const W *)(seg == 0 ? a.w0 : seg == 1 ? a.w1 : a.w2) + (size_t)local * cols;
         wu[r] = (const W *)a.w1 + (size_t)local * cols; /* GLU: the up row */
     }
+    const float *xr = gemv_xrow(a, x, min(row0, a.end2 - 1), cols);
+    const size_t xld = gemv_xld(a, cols);
     /* the rows' first 2 KB into L2 while the op before may still run */
     {
         int lines = min(cols * (int)sizeof(W), 2048) / 128, r = tid / 16, l = tid % 16;
@@ -204,7 +218,7 @@ gemv_block_kernel(gemv_args a, const float *x, int cols) {
 #pragma unroll
         for (int t = 0; t < T; t++) {
             float xv[8];
-            gemv_x8<NORM>(x + (size_t)t * cols, i, g, xv, &ss[NORM ? t : 0]);
+            gemv_x8<NORM>(xr + (size_t)t * xld, i, g, xv, &ss[NORM ? t : 0]);
 #pragma unroll
             for (int k = 0; k < NA; k++)
 #pragma unroll
@@ -268,12 +282,13 @@ static bool gemv_use_block(int mode, int rows, int cols, size_t wbytes) {
 
 template <int T, typename W, int MODE, bool NORM>
 static void gemv_block_launch(const gemv_args &a, const float *x, int cols, cudaStream_t st) {
-    /* R by rows: enough blocks to fill the GPU several times over */
+    /* R by rows: enough blocks to fill the GPU several times over (a grouped product's R divides
+     * its groups' rows) */
     int rows = a.end2;
     dim3 block(GEMV_WARPS * 32);
-    if (rows >= 8192)
+    if (rows >= 8192 && a.grows % 4 == 0)
         pdl_launch(gemv_block_kernel<T, W, MODE, NORM, 4>, dim3((rows + 3) / 4), block, 0, st, a, x, cols);
-    else if (rows >= 2048)
+    else if (rows >= 2048 && a.grows % 2 == 0)
         pdl_launch(gemv_block_kernel<T, W, MODE, NORM, 2>, dim3((rows + 1) / 2), block, 0, st, a, x, cols);
     else pdl_launch(gemv_block_kernel<T, W, MODE, NORM, 1>, dim3(rows), block, 0, st, a, x, cols);
 }
@@ -332,6 +347,17 @@ extern "C" int kernels_gemv_bf16(float *out, const float *x, const void *w, cons
 extern "C" int kernels_gemv_f32(float *out, const float *x, const void *w, const float *bias, int T, int rows,
                                 int cols, void *stream) {
     return gemv_launch<float>(out, x, w, bias, T, rows, cols, stream);
+}
+
+extern "C" int kernels_gemv_grouped(float *out, const float *x, int xld, const void *w, int T, int G, int rows,
+                                    int cols, int f32, void *stream) {
+    if (G < 1 || rows < 0 || xld % 4 || xld < G * cols || !kernels_gemv_supported(x, w, T, cols))
+        return KERNELS_ERR_ARG;
+    int n = G * rows;
+    gemv_args a = {w, w, w, out, out, out, NULL, NULL, NULL, n, n, n, n, n, n};
+    a.xld = xld, a.grows = rows;
+    return f32 ? gemv_run<float, GEMV_PLAIN, false>(a, x, T, cols, stream)
+               : gemv_run<__nv_bfloat16, GEMV_PLAIN, false>(a, x, T, cols, stream);
 }
 
 /* Pointers of the weights in one launch: all 16-byte aligned. */

@@ -134,6 +134,12 @@ typedef struct backend_ops {
     /* ---- compute ---- */
     /* out (T, w.rows) = x (T, w.cols) @ w^T (+ bias (w.rows) if not NULL) */
     void (*matmul)(backend *be, float *out, const float *x, const weight *w, const float *bias, int T);
+    /* G products side by side (DeepSeek-V4's grouped output projection): with R = w.rows / G (G
+     * divides w.rows) and K = w.cols, y[:, g R : (g+1) R] = x[:, g K : (g+1) K] @ W_g^T for g < G,
+     * W_g rows [g R, (g+1) R) of w; x (T, G K) in rows of xs >= G K floats, y (T, G R). Each
+     * element as matmul computes it with the group's rows alone (a row view) on the group's
+     * columns of x copied out: the CPU's bits are those, on the GPU the same up to rounding. */
+    void (*matmul_grouped)(backend *be, float *y, const float *x, size_t xs, const weight *w, int G, int T);
     /* out (T, d) = rmsnorm(x (T, d)) * g (d); out may alias x */
     void (*rmsnorm)(backend *be, float *out, const float *x, const float *g, int T, int d, float eps);
     /* out (T, d) = rows ids[t] of the embedding, as f32 */
@@ -508,6 +514,10 @@ static inline void backend_release(backend *be, model *view, model *m) { be->ops
 static inline void backend_matmul(backend *be, float *out, const float *x, const weight *w, const float *bias,
                                   int T) {
     be->ops->matmul(be, out, x, w, bias, T);
+}
+static inline void backend_matmul_grouped(backend *be, float *y, const float *x, size_t xs, const weight *w, int G,
+                                          int T) {
+    be->ops->matmul_grouped(be, y, x, xs, w, G, T);
 }
 static inline void backend_rmsnorm(backend *be, float *out, const float *x, const float *g, int T, int d,
                                    float eps) {

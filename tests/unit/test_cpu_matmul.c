@@ -18,6 +18,11 @@
  *     (model_weight_row_view, as a tensor-parallel rank holds them) is
  *     bit-identical to those columns of the whole product, for ranges that
  *     start and end inside the row blocks and tiles.
+ *   - The grouped product (matmul_grouped, DeepSeek-V4's output projection)
+ *     is bit for bit the loop it stands for: per group, the group's columns of
+ *     x copied out and matmul with the group's rows (a row view), on every
+ *     path, for dense, FP8 and FP4 weights, x with and without a row stride
+ *     beyond its groups, groups whose rows end inside a row block.
  * A path the CPU lacks is refused by backend_select with a clear error.
  * And attention's batched reduction (cpu__lanes_sum8) is bit for bit eight
  * cpu__lanes_sum trees, on sums whose order shows (mixed magnitudes). */
@@ -169,6 +174,93 @@ START_TEST(f32_activations_take_the_f32_path) {
 }
 END_TEST
 
+/* A (rows, cols) matrix of format fmt (WEIGHT_DENSE: dt) with random values: FP8 codes with one ue8m0
+ * scale per 16 x 16 block (a group's rows start inside one: row views read it by row_base), FP4 codes
+ * with one per 32 values of a row (DeepSeek-V4's layouts). */
+static weight make_matrix(weight_format fmt, dtype dt, int rows, int cols) {
+    weight w = {.rows = rows, .cols = cols, .fmt = fmt, .dt = dt};
+    size_t n = (size_t)rows * cols;
+    if (fmt == WEIGHT_DENSE) {
+        size_t esz = dt == DTYPE_F32 ? 4 : 2;
+        uint8_t *d = malloc(n * esz);
+        for (size_t i = 0; i < n; i++) {
+            float f = uniform();
+            if (dt == DTYPE_F32) memcpy(d + 4 * i, &f, 4);
+            else {
+                uint16_t h = dt == DTYPE_BF16 ? f32_to_bf16(f) : (uint16_t)((next() & 0x8000) | ((10 + next() % 8) << 10) | (next() & 0x3ff));
+                memcpy(d + 2 * i, &h, 2);
+            }
+        }
+        w.data = d;
+        return w;
+    }
+    int fp8 = fmt == WEIGHT_FP8, br = fp8 ? 16 : 1, bc = fp8 ? 16 : 32;
+    size_t bytes = fp8 ? n : n / 2;
+    uint8_t *q = malloc(bytes);
+    for (size_t i = 0; i < bytes; i++) {
+        q[i] = (uint8_t)next();
+        if (fp8 && (q[i] & 0x7f) == 0x7f) q[i] ^= 1; /* e4m3fn's NaN codes */
+    }
+    w.dt = fp8 ? DTYPE_F8_E4M3 : DTYPE_I8;
+    w.block_rows = br, w.block_cols = bc;
+    w.scale_rows = (rows + br - 1) / br, w.scale_cols = (cols + bc - 1) / bc;
+    uint8_t *sc = malloc((size_t)w.scale_rows * w.scale_cols);
+    for (int i = 0; i < w.scale_rows * w.scale_cols; i++) sc[i] = (uint8_t)(122 + next() % 8); /* 2^-5 .. 2^2 */
+    w.scale = sc, w.scale_dt = DTYPE_F8_E8M0;
+    w.data = q;
+    return w;
+}
+
+/* _i: the path. Each group's columns of y against matmul of its row view on its columns of x,
+ * copied out: memcmp. */
+START_TEST(grouped_is_per_group_products) {
+    int isa = isas[_i];
+    backend_params p = backend_default_params();
+    p.cpu_isa = isa;
+    char err[256] = "";
+    backend *be = backend_select("cpu", &p, err, sizeof(err));
+    if (!be) return; /* a path this CPU lacks (paths_accurate_and_batch_invariant checks the refusal) */
+    /* G, R, K, extra floats at the end of each x row: R = 37 ends inside the third row block, K =
+     * 4200 passes two of avx512bf16's reduction pieces; T up to 20 (x's prep in two pieces of 16
+     * rows), and on the pool at the widest */
+    static const int shapes[][4] = {{3, 37, 200, 5}, {8, 16, 64, 0}, {2, 5, 4200, 0}, {1, 21, 96, 40}};
+    static const int Ts[] = {1, 2, 3, 4, 5, 9, 20};
+    static const struct {
+        weight_format fmt;
+        dtype dt;
+    } kinds[] = {{WEIGHT_DENSE, DTYPE_BF16}, {WEIGHT_DENSE, DTYPE_F32}, {WEIGHT_DENSE, DTYPE_F16},
+                 {WEIGHT_FP8, DTYPE_F8_E4M3}, {WEIGHT_FP4, DTYPE_I8}};
+    for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+        int G = shapes[s][0], R = shapes[s][1], K = shapes[s][2];
+        size_t xs = (size_t)G * K + (size_t)shapes[s][3];
+        float *x = malloc(20 * xs * sizeof(float)), *y = malloc((size_t)20 * G * R * sizeof(float));
+        float *xg = malloc((size_t)20 * K * sizeof(float)), *yg = malloc((size_t)20 * R * sizeof(float));
+        for (size_t i = 0; i < 20 * xs; i++) x[i] = uniform();
+        for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
+            weight w = make_matrix(kinds[k].fmt, kinds[k].dt, G * R, K);
+            for (size_t ti = 0; ti < sizeof(Ts) / sizeof(Ts[0]); ti++) {
+                int T = Ts[ti];
+                backend_matmul_grouped(be, y, x, xs, &w, G, T);
+                for (int g = 0; g < G; g++) {
+                    weight v = model_weight_row_view(&w, g * R, R);
+                    for (int t = 0; t < T; t++) memcpy(xg + (size_t)t * K, x + t * xs + (size_t)g * K, (size_t)K * 4);
+                    backend_matmul(be, yg, xg, &v, NULL, T);
+                    for (int t = 0; t < T; t++)
+                        ck_assert_msg(!memcmp(yg + (size_t)t * R, y + (size_t)t * G * R + (size_t)g * R,
+                                              (size_t)R * sizeof(float)),
+                                      "%s fmt %d dt %d G %d R %d K %d T %d: group %d token %d differs from its product",
+                                      backend_cpu_isa_str(isa), kinds[k].fmt, kinds[k].dt, G, R, K, T, g, t);
+                }
+            }
+            free((void *)w.data), free((void *)w.scale);
+        }
+        free(x), free(y), free(xg), free(yg);
+    }
+    ck_assert(!backend_take_failure(be));
+    backend_destroy(be);
+}
+END_TEST
+
 START_TEST(lanes_sum8_is_eight_trees) {
     for (int rep = 0; rep < 1000; rep++) {
         cpu__v8 a[8];
@@ -201,6 +293,7 @@ int main(void) {
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 120);
     tcase_add_loop_test(tc, paths_accurate_and_batch_invariant, 0, 4);
+    tcase_add_loop_test(tc, grouped_is_per_group_products, 0, 4);
     tcase_add_test(tc, auto_and_names);
     tcase_add_test(tc, f32_activations_take_the_f32_path);
     tcase_add_test(tc, lanes_sum8_is_eight_trees);

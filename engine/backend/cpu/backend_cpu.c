@@ -835,6 +835,7 @@ static const backend_ops cpu_ops = {
     .prepare = cpu_prepare,
     .release = cpu_release,
     .matmul = cpu__matmul,
+    .matmul_grouped = cpu__matmul_grouped,
     .rmsnorm = cpu_rmsnorm,
     .embed = cpu_embed,
     .rope = cpu_rope,

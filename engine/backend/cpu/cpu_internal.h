@@ -195,8 +195,10 @@ static inline float cpu__dot(const float *x, const float *r, int n) {
     return cpu__lanes_sum(a);
 }
 
-/* The matrix product (cpu_matmul.c), the backend's matmul op. */
+/* The matrix product (cpu_matmul.c), the backend's matmul op, and its grouped
+ * form, the matmul_grouped op: one job over every group's row blocks. */
 void cpu__matmul(backend *be, float *out, const float *x, const weight *w, const float *bias, int T);
+void cpu__matmul_grouped(backend *be, float *y, const float *x, size_t xs, const weight *w, int G, int T);
 /* The attention op (cpu_attention.c). */
 void cpu__attention(backend *be, float *out, const float *q, const void *kcache, const void *vcache,
                     const batch_desc *b, int n_heads, int n_kv, int hd, int window);

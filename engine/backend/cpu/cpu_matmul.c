@@ -6,6 +6,7 @@
  * one (portable C vectors, no FMA: the backend's numerics before the SIMD
  * paths, kept as the reference they are tested against). The families round differently (FMA, lane count), so a
  * result is bit-identical within a family, and within tolerance across them. */
+#include <assert.h>
 #include <immintrin.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -65,13 +66,14 @@ static void dot4(const float *x, size_t xs, const float *r, int n, float *out) {
     out[0] = cpu__lanes_sum(a0), out[1] = cpu__lanes_sum(a1), out[2] = cpu__lanes_sum(a2), out[3] = cpu__lanes_sum(a3);
 }
 
-/* Rows [0, nr) of a block for all T tokens (out: the block's first column):
+/* Rows [0, nr) of a block for all T tokens (out: the block's first column; x: rows of xs):
  * bf16 rows in place, or f32 rows (widened ones included) by dot4 and cpu__dot. */
-static void generic_block(float *out, size_t n, const float *x, const void *w, int wbf16, int nr, int d, int T) {
+static void generic_block(float *out, size_t n, const float *x, size_t xs, const void *w, int wbf16, int nr, int d,
+                          int T) {
     if (wbf16) {
         for (int i = 0; i < nr; i++)
             for (int t = 0; t < T; t++)
-                out[(size_t)t * n + i] = dot1_bf16(x + (size_t)t * d, (const uint16_t *)w + (size_t)i * d, d);
+                out[(size_t)t * n + i] = dot1_bf16(x + (size_t)t * xs, (const uint16_t *)w + (size_t)i * d, d);
         return;
     }
     const float *rows = w;
@@ -79,11 +81,11 @@ static void generic_block(float *out, size_t n, const float *x, const void *w, i
     for (; t + 4 <= T; t += 4)
         for (int i = 0; i < nr; i++) {
             float o[4];
-            dot4(x + (size_t)t * d, (size_t)d, rows + (size_t)i * d, d, o);
+            dot4(x + (size_t)t * xs, xs, rows + (size_t)i * d, d, o);
             for (int k = 0; k < 4; k++) out[(size_t)(t + k) * n + i] = o[k];
         }
     for (; t < T; t++)
-        for (int i = 0; i < nr; i++) out[(size_t)t * n + i] = cpu__dot(x + (size_t)t * d, rows + (size_t)i * d, d);
+        for (int i = 0; i < nr; i++) out[(size_t)t * n + i] = cpu__dot(x + (size_t)t * xs, rows + (size_t)i * d, d);
 }
 
 /* ---- AVX2 + FMA: 8 lanes ---- */
@@ -335,13 +337,14 @@ static size_t bf16_x_stride(int d) { return (size_t)(d + 31) / 32 * 32 + 32; }
 /* carry's vectors for block_bf16: row units (ROW_BLOCK / 4 groups, 3 single rows) x token units */
 static size_t bf16_carry_bytes(int T) { return (size_t)(ROW_BLOCK / 4 + 3) * (T / 4 + T % 4) * 16 * 64; }
 
-/* T rows of x (d) rounded to bf16 as vcvtneps2bf16 does: nearest even,
- * subnormal inputs as zero, NaN quiet. Row by row (the tail of a row through
- * the same whole-vector instruction), so a token's rounding never depends on
- * the batch. */
-__attribute__((target(BF16_TARGET))) static void round_bf16(uint16_t *out, size_t os, const float *x, int T, int d) {
+/* T rows of x (d of each row of xs) rounded to bf16 as vcvtneps2bf16 does:
+ * nearest even, subnormal inputs as zero, NaN quiet. Row by row (the tail of
+ * a row through the same whole-vector instruction), so a token's rounding
+ * never depends on the batch. */
+__attribute__((target(BF16_TARGET))) static void round_bf16(uint16_t *out, size_t os, const float *x, size_t xs, int T,
+                                                           int d) {
     for (int t = 0; t < T; t++) {
-        const float *xt = x + (size_t)t * d;
+        const float *xt = x + (size_t)t * xs;
         uint16_t *ot = out + (size_t)t * os;
         int k = 0;
         for (; k + 16 <= d; k += 16)
@@ -388,13 +391,15 @@ typedef struct {
     backend *be;
     float *out;
     const float *x, *bias; /* x: (T, xs) */
-    size_t xs;             /* x's row stride: d, or the paired rows' length (avx2, avx512 with bf16 weights) */
+    size_t xs;             /* x's row stride: the caller's, or the paired rows' (avx2, avx512 with bf16 weights) */
+    size_t xg;             /* from one group's x to the next's, in x's floats (grouped products) */
     const uint16_t *xb; /* (T, xbs): x rounded to bf16 (avx512bf16 with bf16 weights), else NULL */
-    size_t xbs;
+    size_t xbs, xbg;
     const weight *w;
     int T, isa;
+    int gr, gblocks; /* rows of a group (all of w's when one) and its row blocks */
     bool inplace, bf16;
-    cpu_range blocks; /* of ROW_BLOCK weight rows */
+    cpu_range blocks; /* of ROW_BLOCK weight rows, gblocks a group: no block spans two groups */
 } matmul_job;
 
 static void matmul_blocks(void *arg, int ith, int nth) {
@@ -415,17 +420,19 @@ static void matmul_blocks(void *arg, int ith, int nth) {
     for (; more; b0 = n0, b1 = n1) {
         more = cpu__range_take(&j->blocks, &n0, &n1);
         for (int bi = b0; bi < b1; bi++) {
-            int i0 = bi * ROW_BLOCK, nr = i0 + ROW_BLOCK < n ? ROW_BLOCK : n - i0;
+            int g = bi / j->gblocks, i0 = g * j->gr + bi % j->gblocks * ROW_BLOCK, end = (g + 1) * j->gr;
+            int nr = i0 + ROW_BLOCK < end ? ROW_BLOCK : end - i0;
+            const float *x = j->x + (size_t)g * j->xg;
             size_t row_bytes = (size_t)d * dtype_size(w->dt);
             const void *rows = (const char *)w->data + (size_t)i0 * row_bytes;
             if (wf) model_weight_rows_to_f32(wf, w, i0, nr), rows = wf;
             int wbf16 = j->inplace && j->bf16;
-            if (j->xb) block_bf16(out + i0, (size_t)n, j->xb, j->xbs, rows, nr, d, T, carry);
+            if (j->xb) block_bf16(out + i0, (size_t)n, j->xb + (size_t)g * j->xbg, j->xbs, rows, nr, d, T, carry);
             else if (j->isa >= BACKEND_CPU_ISA_AVX512)
-                block_avx512(out + i0, (size_t)n, j->x, j->xs, rows, wbf16, nr, d, T);
+                block_avx512(out + i0, (size_t)n, x, j->xs, rows, wbf16, nr, d, T);
             else if (j->isa == BACKEND_CPU_ISA_AVX2)
-                block_avx2(out + i0, (size_t)n, j->x, j->xs, rows, wbf16, nr, d, T);
-            else generic_block(out + i0, (size_t)n, j->x, rows, wbf16, nr, d, T);
+                block_avx2(out + i0, (size_t)n, x, j->xs, rows, wbf16, nr, d, T);
+            else generic_block(out + i0, (size_t)n, x, j->xs, rows, wbf16, nr, d, T);
             if (j->bias)
                 for (int t = 0; t < T; t++)
                     for (int i = 0; i < nr; i++) out[(size_t)t * n + i0 + i] += j->bias[i0 + i];
@@ -434,60 +441,81 @@ static void matmul_blocks(void *arg, int ith, int nth) {
 }
 
 /* x made ready for the products, PREP_ROWS rows an item: rounded to bf16
- * (xb) or paired (xp). Row by row, so the pool's split changes nothing; on
- * the pool from PREP_MIN elements (at two threads the engine thread's
- * repack was 2% of the default model's prefill), a decode step's on the
- * engine thread. */
+ * (xb) or paired (xp), each group's d columns into its own row of ps, a
+ * token's G rows side by side. Row by row, so the pool's split changes
+ * nothing; on the pool from PREP_MIN elements (at two threads the engine
+ * thread's repack was 2% of the default model's prefill), a decode step's on
+ * the engine thread. */
 #define PREP_ROWS 16
 #define PREP_MIN 16384
 
 typedef struct {
-    const float *x; /* (T, d) */
-    uint16_t *xb;   /* (T, xs) or NULL */
-    float *xp;      /* (T, xs) when not xb */
+    const float *x; /* (T, xs): G groups of d columns side by side */
     size_t xs;
-    int T, d, isa;
+    uint16_t *xb;   /* (T, G, ps) or NULL */
+    float *xp;      /* (T, G, ps) when not xb */
+    size_t ps;
+    int T, G, d, isa;
 } prep_job;
 
-static void prep_rows(void *ctx, int g) {
+static void prep_rows(void *ctx, int it) {
     const prep_job *p = ctx;
-    int t0 = g * PREP_ROWS, n = p->T - t0 < PREP_ROWS ? p->T - t0 : PREP_ROWS;
-    const float *x = p->x + (size_t)t0 * p->d;
-    if (p->xb) round_bf16(p->xb + (size_t)t0 * p->xs, p->xs, x, n, p->d);
-    else if (p->isa == BACKEND_CPU_ISA_AVX2) pair_x_avx2(p->xp + (size_t)t0 * p->xs, x, n, p->d, (int)p->xs);
-    else pair_x_avx512(p->xp + (size_t)t0 * p->xs, x, n, p->d, (int)p->xs);
+    int t0 = it * PREP_ROWS, n = p->T - t0 < PREP_ROWS ? p->T - t0 : PREP_ROWS;
+    size_t os = (size_t)p->G * p->ps;
+    for (int g = 0; g < p->G; g++) {
+        const float *x = p->x + (size_t)t0 * p->xs + (size_t)g * p->d;
+        size_t o = (size_t)t0 * os + (size_t)g * p->ps;
+        if (p->xb) round_bf16(p->xb + o, os, x, p->xs, n, p->d);
+        else if (p->isa == BACKEND_CPU_ISA_AVX2) pair_x_avx2(p->xp + o, os, x, p->xs, n, p->d, (int)p->ps);
+        else pair_x_avx512(p->xp + o, os, x, p->xs, n, p->d, (int)p->ps);
+    }
 }
 
 static void prep_x(backend *be, prep_job *p) {
-    int groups = (p->T + PREP_ROWS - 1) / PREP_ROWS;
-    if ((size_t)p->T * p->d >= PREP_MIN) {
-        cpu__parallel_for(be, groups, 1, prep_rows, p);
+    int items = (p->T + PREP_ROWS - 1) / PREP_ROWS;
+    if ((size_t)p->T * p->G * p->d >= PREP_MIN) {
+        cpu__parallel_for(be, items, 1, prep_rows, p);
         return;
     }
-    for (int g = 0; g < groups; g++) prep_rows(p, g);
+    for (int it = 0; it < items; it++) prep_rows(p, it);
 }
 
-void cpu__matmul(backend *be, float *out, const float *x, const weight *w, const float *bias, int T) {
+/* out (T, w->rows) = the products of G groups (G = 1: the plain product):
+ * rows [g R, (g+1) R) of w (R = w->rows / G) times columns [g d, (g+1) d) of
+ * x (rows of xs), d = w->cols; + bias when not NULL. Each group's blocks are
+ * the blocks of its rows as a product of its own, on the same x values, so
+ * every element is the one per-group products compute, bit for bit. */
+static void product(backend *be, float *out, const float *x, size_t xs, const weight *w, const float *bias, int G,
+                    int T) {
     int isa = be->params.cpu_isa;
     bool dense = w->fmt == WEIGHT_DENSE, bf16 = dense && w->dt == DTYPE_BF16;
-    int d = w->cols;
-    matmul_job j = {.be = be, .out = out, .x = x, .xs = (size_t)d, .bias = bias, .w = w, .T = T, .isa = isa,
-                    .bf16 = bf16,
-                    .blocks = cpu__range((w->rows + ROW_BLOCK - 1) / ROW_BLOCK, 1)};
+    int d = w->cols, gr = w->rows / G, gblocks = (gr + ROW_BLOCK - 1) / ROW_BLOCK;
+    matmul_job j = {.be = be, .out = out, .x = x, .xs = xs, .xg = (size_t)d, .bias = bias, .w = w, .T = T,
+                    .isa = isa, .gr = gr, .gblocks = gblocks, .bf16 = bf16,
+                    .blocks = cpu__range(G * gblocks, 1)};
     j.inplace = dense && (w->dt == DTYPE_F32 || (bf16 && (isa != BACKEND_CPU_ISA_GENERIC || T < WIDEN_MIN_TOKENS)));
+    prep_job p = {.x = x, .xs = xs, .T = T, .G = G, .d = d, .isa = isa};
     if (isa == BACKEND_CPU_ISA_AVX512BF16 && bf16 && !w->f32_activations) { /* else the avx512 path */
-        size_t xbs = bf16_x_stride(d);
-        uint16_t *xb = cpu__scratch(be, (size_t)T * xbs * sizeof(uint16_t));
-        if (!xb) return; /* cpu__scratch marked the failure */
-        prep_x(be, &(prep_job){.x = x, .xb = xb, .xs = xbs, .T = T, .d = d, .isa = isa});
-        j.xb = xb, j.xbs = xbs;
+        p.ps = bf16_x_stride(d);
+        if (!(p.xb = cpu__scratch(be, (size_t)T * G * p.ps * sizeof(uint16_t)))) return; /* failure marked */
+        prep_x(be, &p);
+        j.xb = p.xb, j.xbs = (size_t)G * p.ps, j.xbg = p.ps;
     } else if (bf16 && isa != BACKEND_CPU_ISA_GENERIC) { /* avx2, avx512 (avx512bf16's f32-activation products too) */
-        int step = isa == BACKEND_CPU_ISA_AVX2 ? 16 : 32, dp = (d + step - 1) / step * step;
-        float *xp = cpu__scratch(be, (size_t)T * dp * sizeof(float));
-        if (!xp) return;
-        prep_x(be, &(prep_job){.x = x, .xp = xp, .xs = (size_t)dp, .T = T, .d = d, .isa = isa});
-        j.x = xp, j.xs = (size_t)dp;
+        int step = isa == BACKEND_CPU_ISA_AVX2 ? 16 : 32;
+        p.ps = (size_t)(d + step - 1) / step * step;
+        if (!(p.xp = cpu__scratch(be, (size_t)T * G * p.ps * sizeof(float)))) return;
+        prep_x(be, &p);
+        j.x = p.xp, j.xs = (size_t)G * p.ps, j.xg = p.ps;
     }
     cpu__parallel(be, matmul_blocks, &j);
     if (!cpu__range_done(&j.blocks)) cpu__fail(be);
+}
+
+void cpu__matmul(backend *be, float *out, const float *x, const weight *w, const float *bias, int T) {
+    product(be, out, x, (size_t)w->cols, w, bias, 1, T);
+}
+
+void cpu__matmul_grouped(backend *be, float *y, const float *x, size_t xs, const weight *w, int G, int T) {
+    assert(G >= 1 && w->rows % G == 0 && xs >= (size_t)G * w->cols);
+    product(be, y, x, xs, w, NULL, G, T);
 }

@@ -116,13 +116,14 @@ ISA(tile_bf16)(float *out, size_t ostride, const float *xp, size_t xstride, cons
     ISA(sums)(out, ostride, &acc[0][0], NR, NT);
 }
 
-/* T rows of x (d) into pair order for the bf16 tiles: per 2 VL elements the
- * VL even ones, then the VL odd ones; rows of dp (d rounded up to 2 VL),
- * the tail zeros. */
-__attribute__((target(ISA_TARGET))) static void ISA(pair_x)(float *xp, const float *x, int T, int d, int dp) {
+/* T rows of x (d of each row of xs) into pair order for the bf16 tiles: per
+ * 2 VL elements the VL even ones, then the VL odd ones; rows of dp (d rounded
+ * up to 2 VL, the tail zeros) os apart. */
+__attribute__((target(ISA_TARGET))) static void ISA(pair_x)(float *xp, size_t os, const float *x, size_t xs, int T,
+                                                           int d, int dp) {
     for (int t = 0; t < T; t++) {
-        const float *xt = x + (size_t)t * d;
-        float *o = xp + (size_t)t * dp;
+        const float *xt = x + (size_t)t * xs;
+        float *o = xp + (size_t)t * os;
         int k = 0;
         for (; k + 2 * VL <= d; k += 2 * VL) { /* by shuffles */
             vf e, od;

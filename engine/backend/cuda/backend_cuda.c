@@ -97,6 +97,7 @@ static const backend_ops cuda_ops = {
     .prepare = cu_prepare,
     .release = cu_release,
     .matmul = cu_matmul,
+    .matmul_grouped = cu_matmul_grouped,
     .rmsnorm = cu_rmsnorm,
     .embed = cu_embed,
     .rope = cu_rope,

@@ -123,6 +123,7 @@ static inline int cuda__dtype(dtype t) {
 
 /* ---- compute (cuda_ops.c) ---- */
 void cu_matmul(backend *be, float *out, const float *x, const weight *w, const float *bias, int T);
+void cu_matmul_grouped(backend *be, float *y, const float *x, size_t xs, const weight *w, int G, int T);
 void cu_rmsnorm(backend *be, float *out, const float *x, const float *gw, int T, int d, float eps);
 void cu_embed(backend *be, float *out, const weight *emb, const int32_t *ids, int T);
 void cu_rope(backend *be, float *x, const int32_t *pos, int T, int n_heads, int hd, const float *inv_freq);

@@ -81,6 +81,37 @@ void cu_matmul(backend *be, float *out, const float *x, const weight *w, const f
     prof__end(g, pi);
 }
 
+/* Decode: one matrix-vector launch over all groups, each row reading its group's columns of x.
+ * More tokens: one strided batched cuBLAS product over the groups (batch g: W_g at g R K, x's
+ * columns at g K, y's at g R; ldb the row stride of x, ldc G R), the activations rounded to bf16
+ * once for all groups as cu_matmul rounds them, f32 weights in pedantic f32. */
+void cu_matmul_grouped(backend *be, float *y, const float *x, size_t xs, const weight *w, int G, int T) {
+    cuda_backend *g = cuda__of(be);
+    if (T <= 0) return;
+    if (w->dt != DTYPE_BF16 && w->dt != DTYPE_F32)
+        cuda__fail(__func__, "weight is not a bf16 or f32 device view (prepare converts them)");
+    if (G < 1 || w->rows % G || xs < (size_t)G * w->cols || xs > INT32_MAX) cuda__fail(__func__, "bad groups");
+    int R = w->rows / G, K = w->cols, f32 = w->dt == DTYPE_F32;
+    int pi = prof__begin(g, "matmul_grouped %dx%dx%d %s", G, R, K, prof__tclass(T));
+    if (T <= GEMV_MAX_TOKENS && xs % 4 == 0 && kernels_gemv_supported(x, w->data, T, K)) {
+        CHECK_K(kernels_gemv_grouped(y, x, (int)xs, w->data, T, G, R, K, f32, g->stream));
+        prof__end(g, pi);
+        return;
+    }
+    const float one = 1.0f, zero = 0.0f;
+    const void *b = x;
+    if (!f32) { /* the span from x's first element to its last row's last group */
+        cu_x_bf16(g, x, 1, (int)((size_t)(T - 1) * xs + (size_t)G * K));
+        b = g->xb;
+    }
+    cudaDataType_t dt = f32 ? CUDA_R_32F : CUDA_R_16BF;
+    cublasStatus_t st = cublasGemmStridedBatchedEx(
+        g->blas, CUBLAS_OP_T, CUBLAS_OP_N, R, T, K, &one, w->data, dt, K, (long long)R * K, b, dt, (int)xs, K, &zero,
+        y, CUDA_R_32F, G * R, R, G, f32 ? CUBLAS_COMPUTE_32F_PEDANTIC : CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (st != CUBLAS_STATUS_SUCCESS) cuda__fail(__func__, cublasGetStatusString(st));
+    prof__end(g, pi);
+}
+
 void cu_rmsnorm(backend *be, float *out, const float *x, const float *gw, int T, int d, float eps) {
     cuda_backend *g = cuda__of(be);
     CUDA_TIMED(g, CHECK_K(kernels_rmsnorm_f32(out, x, gw, T, d, eps, g->stream)), "rmsnorm d=%d", d);
