@@ -527,11 +527,8 @@ static void add_product(forward_ctx *fc, const float *a, const weight *w, const 
     if (fc->tp) {
         tp_matmul(fc->tp, fc->m->tp.mode, be, fc->tmp, fc->tp_gath, fc->tp_part, a, w, bias, T);
         backend_add(be, fc->x, fc->tmp, (size_t)T * fc->bm->cfg.hidden_size);
-    } else if (backend_has(be, matmul_add)) {
-        backend_matmul_add(be, fc->x, a, w, bias, T);
     } else {
-        backend_matmul(be, fc->tmp, a, w, bias, T);
-        backend_add(be, fc->x, fc->tmp, (size_t)T * w->rows);
+        backend_add_product(be, fc->x, a, w, bias, fc->tmp, T);
     }
 }
 

@@ -375,8 +375,7 @@ static void moe(dsv4_ctx *dc, int l, const int32_t *ids, int T) {
     backend_matmul(be, dc->sg, dc->h, &w->sh_gate, NULL, T);
     backend_matmul(be, dc->su, dc->h, &w->sh_up, NULL, T);
     backend_swiglu_limit(be, dc->sg, dc->su, (size_t)T * w->inter, w->swiglu_limit);
-    backend_matmul(be, dc->xc, dc->sg, &w->sh_down, NULL, T); /* xc is free again: the shared output */
-    backend_add(be, dc->y, dc->xc, (size_t)T * dc->bm->cfg.hidden_size);
+    backend_add_product(be, dc->y, dc->sg, &w->sh_down, NULL, dc->xc, T); /* xc is free again: the scratch */
 }
 
 /* SGLang's clamp_value of the gate's |s| (engram.py, Engram.__init__). */

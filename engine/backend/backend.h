@@ -625,6 +625,17 @@ static inline void backend_matmul_add(backend *be, float *x, const float *a, con
                                       int T) {
     be->ops->matmul_add(be, x, a, w, bias, T);
 }
+/* x (T, w.rows) += a @ w^T (+ bias): matmul_add where the backend has it, else the product into tmp
+ * (T, w.rows) and add. */
+static inline void backend_add_product(backend *be, float *x, const float *a, const weight *w, const float *bias,
+                                       float *tmp, int T) {
+    if (backend_has(be, matmul_add)) {
+        backend_matmul_add(be, x, a, w, bias, T);
+        return;
+    }
+    backend_matmul(be, tmp, a, w, bias, T);
+    backend_add(be, x, tmp, (size_t)T * w->rows);
+}
 static inline void backend_matmul_glu(backend *be, float *gate, float *up, const float *x, const backend_norm *norm,
                                       const weight *wg, const weight *wu, const float *bg, const float *bu, int T) {
     be->ops->matmul_glu(be, gate, up, x, norm, wg, wu, bg, bu, T);

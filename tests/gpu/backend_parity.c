@@ -289,6 +289,54 @@ static void test_matmul(int rows, int cols, int T, dtype wt, int with_bias, doub
     free(wf), free(x), free(bias), free(w16), free(ref);
 }
 
+/* matmul_grouped (DeepSeek-V4's output projection) against the CPU's, x (T, G K) in rows of
+ * G K + extra floats, the device's x exactly its span (no row past the last group's columns).
+ * Weights: bf16, f32, or FP8 with ue8m0 scales per 128 x 128 as a checkpoint's wo_a (the CPU
+ * reads the codes, the device holds their bf16 dequantization, as prepare makes it: exact). */
+static void test_matmul_grouped(int G, int R, int K, int extra, int T, const char *kind, double bound) {
+    size_t nw = (size_t)G * R * K, xs = (size_t)G * K + extra, span = (size_t)(T - 1) * xs + (size_t)G * K;
+    weight w = {.rows = G * R, .cols = K, .fmt = WEIGHT_DENSE};
+    void *wh, *wd;
+    dtype ddt = DTYPE_BF16;
+    if (!strcmp(kind, "fp8")) {
+        uint8_t *q = xmalloc(nw), *sc;
+        for (size_t i = 0; i < nw; i++) q[i] = (uint8_t)(rnext() & 0x7e); /* no NaN codes; |v| <= 448 */
+        w.block_rows = w.block_cols = 128;
+        w.scale_rows = (G * R + 127) / 128, w.scale_cols = (K + 127) / 128;
+        sc = xmalloc((size_t)w.scale_rows * w.scale_cols);
+        for (int i = 0; i < w.scale_rows * w.scale_cols; i++) sc[i] = (uint8_t)(114 + irand(4)); /* 2^-13 .. 2^-10 */
+        w.data = wh = q, w.dt = DTYPE_F8_E4M3, w.fmt = WEIGHT_FP8, w.scale = sc, w.scale_dt = DTYPE_F8_E8M0;
+        float *f = xmalloc(nw * 4);
+        model_weight_rows_to_f32(f, &w, 0, w.rows);
+        uint16_t *b = xmalloc(nw * 2);
+        for (size_t i = 0; i < nw; i++) b[i] = f32_to_bf16(f[i]);
+        wd = dev_copy(b, nw * 2);
+        free(f), free(b);
+    } else {
+        float *f = rand_f32(nw, 0.05f);
+        if (!strcmp(kind, "f32")) {
+            w.dt = ddt = DTYPE_F32, wh = f;
+        } else {
+            uint16_t *b = xmalloc(nw * 2);
+            for (size_t i = 0; i < nw; i++) b[i] = f32_to_bf16(f[i]);
+            free(f);
+            w.dt = DTYPE_BF16, wh = b;
+        }
+        w.data = wh;
+        wd = dev_copy(wh, nw * dtype_size(w.dt));
+    }
+    float *x = rand_f32((size_t)T * xs, 1.0f), *ref = xmalloc((size_t)T * G * R * 4);
+    backend_matmul_grouped(cpu, ref, x, xs, &w, G, T);
+    weight dw = {.data = wd, .dt = ddt, .rows = G * R, .cols = K};
+    float *dx = dev_copy(x, span * 4), *out = dev_poison((size_t)T * G * R * 4);
+    backend_matmul_grouped(gpu, out, dx, xs, &dw, G, T);
+    char name[80];
+    snprintf(name, sizeof(name), "matmul_grouped %s %dx%dx%d+%d T=%d", kind, G, R, K, extra, T);
+    check(name, out, ref, (size_t)T * G * R, bound);
+    backend_free(gpu, wd), backend_free(gpu, dx), backend_free(gpu, out);
+    free(wh), free((void *)w.scale), free(x), free(ref);
+}
+
 /* kernels_gemv_bf16 called directly, at a T the backend sends to cuBLAS */
 /* With norm: kernels_gemv3 (one product) on rmsnorm(x) * g, against the CPU's rmsnorm then matmul. */
 static void test_gemv_kernel(int rows, int cols, int T, int norm) {
@@ -900,6 +948,43 @@ static void test_qk_rope_store(const step *st, int n_blocks, int nh, int nkv, in
 }
 
 /* ---- timings ---- */
+
+/* V4-Flash's wo_a (8 groups of 1024 x 4096, bf16) at T tokens: one matmul_grouped against the
+ * loop grouped_out ran before it (per group a copy out, the product, a copy in). */
+static void time_matmul_grouped(int T) {
+    enum { G = 8, R = 1024, K = 4096 };
+    size_t nw = (size_t)G * R * K;
+    uint16_t *w16 = xmalloc(nw * 2);
+    for (size_t i = 0; i < nw; i++) w16[i] = f32_to_bf16(0.02f * frand());
+    weight w = {.data = dev_copy(w16, nw * 2), .dt = DTYPE_BF16, .rows = G * R, .cols = K};
+    float *x = rand_f32((size_t)T * G * K, 1.0f), *dx = dev_copy(x, (size_t)T * G * K * 4);
+    float *out = backend_alloc(gpu, (size_t)T * G * R * 4), *gin = backend_alloc(gpu, (size_t)T * K * 4);
+    float *gout = backend_alloc(gpu, (size_t)T * R * 4);
+    for (int loop = 0; loop < 2; loop++) {
+        int iters = 200;
+        double t0 = 0;
+        for (int i = -5; i < iters; i++) {
+            if (!i) sync_gpu(), t0 = now();
+            if (!loop) {
+                backend_matmul_grouped(gpu, out, dx, (size_t)G * K, &w, G, T);
+                continue;
+            }
+            for (int g = 0; g < G; g++) {
+                weight wg = model_weight_row_view(&w, g * R, R);
+                backend_copy2d(gpu, gin, K, dx + (size_t)g * K, (size_t)G * K, K, (size_t)T);
+                backend_matmul(gpu, gout, gin, &wg, NULL, T);
+                backend_copy2d(gpu, out + (size_t)g * R, (size_t)G * R, gout, R, R, (size_t)T);
+            }
+        }
+        sync_gpu();
+        double dt = (now() - t0) / iters;
+        printf("timing wo_a %dx%dx%d T=%d %-22s %8.1f us  %7.1f GB/s of weights\n", G, R, K, T,
+               loop ? "per group + copies" : "matmul_grouped", dt * 1e6, nw * 2 / dt * 1e-9);
+    }
+    backend_free(gpu, (void *)w.data), backend_free(gpu, dx), backend_free(gpu, out), backend_free(gpu, gin);
+    backend_free(gpu, gout);
+    free(w16), free(x);
+}
 
 static void time_matmul(int n, int dmod, int T) {
     size_t nw = (size_t)n * dmod;
@@ -1734,6 +1819,22 @@ int main(int argc, char **argv) {
     test_matmul(1000, 600, 37, DTYPE_F32, 1, 1e-5);
     test_matmul(513, 257, 3, DTYPE_F16, 1, 1e-2);
     test_matmul(513, 257, 300, DTYPE_F16, 1, 1e-2);
+    /* the grouped product: V4-Flash's wo_a (8 x 1024 x 4096: the warp kernel at T <= 2, one strided
+     * batched cuBLAS call beyond), a small odd shape with a row stride (the block kernel a row a
+     * block), groups of 1000 rows (2 rows a block), of 999 (back to 1: a block's rows share a group)
+     * and 8 x 1024 x 256 (4 rows a block), K = 100 (not a multiple of 8: cuBLAS at every T) */
+    static const int gshapes[][4] = {{8, 1024, 4096, 0}, {3, 40, 200, 4}, {3, 1000, 256, 0}, {3, 999, 256, 8},
+                                     {8, 1024, 256, 0}, {2, 24, 100, 12}};
+    static const int gTs[] = {1, 2, 16, 300};
+    static const char *gkinds[] = {"bf16", "f32", "fp8"};
+    for (int si = 0; si < 6; si++)
+        for (int ti = 0; ti < 4; ti++)
+            for (int ki = 0; ki < 3; ki++) {
+                int T = gTs[ti], f32 = ki == 1, gemv = T <= 2 && gshapes[si][2] % 8 == 0;
+                if (si > 0 && si < 5 && ti > 1 && ki == 2) continue; /* FP8 beyond decode: two shapes do */
+                test_matmul_grouped(gshapes[si][0], gshapes[si][1], gshapes[si][2], gshapes[si][3], T, gkinds[ki],
+                                    f32 || gemv ? 1e-5 : 1e-2);
+            }
     test_elementwise();
     test_gathers();
     test_store_rows();
@@ -1867,6 +1968,8 @@ int main(int argc, char **argv) {
         time_matmul(14336, 4096, 1);
         time_matmul(4096, 14336, 1);
         time_matmul(14336, 4096, 512);
+        time_matmul_grouped(1);
+        time_matmul_grouped(2);
         const char *tiles[] = {NULL, "16", "32", "64"};
         time_moe(1, NULL);
         time_moe(2, NULL);
