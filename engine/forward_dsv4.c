@@ -348,11 +348,15 @@ static void attention(dsv4_ctx *dc, int l, const batch_desc *b) {
     backend_matmul(be, dc->qlat, dc->h, &Y->wq_a, NULL, T);
     backend_rmsnorm(be, dc->qlat, dc->qlat, Y->q_norm, T, v->q_lora_rank, eps);
     backend_matmul(be, dc->q, dc->qlat, &Y->wq_b, NULL, T);
-    if (v->q_head_norm) backend_rmsnorm_plain(be, dc->q, dc->q, T * nh, D, eps); /* per head, no weight */
-    backend_rope_tail(be, dc->q, b->pos, T, nh, D, r, freq, 0);
     backend_matmul(be, dc->kv, dc->h, &Y->wkv, NULL, T);
-    backend_rmsnorm(be, dc->kv, dc->kv, Y->kv_norm, T, D, eps);
-    backend_rope_tail(be, dc->kv, b->pos, T, 1, D, r, freq, 0);
+    if (backend_has(be, dsv4_qk_norm_rope)) { /* the four below in one launch */
+        backend_dsv4_qk_norm_rope(be, dc->q, dc->kv, Y->kv_norm, b->pos, T, nh, D, r, freq, v->q_head_norm, eps);
+    } else {
+        if (v->q_head_norm) backend_rmsnorm_plain(be, dc->q, dc->q, T * nh, D, eps); /* per head, no weight */
+        backend_rope_tail(be, dc->q, b->pos, T, nh, D, r, freq, 0);
+        backend_rmsnorm(be, dc->kv, dc->kv, Y->kv_norm, T, D, eps);
+        backend_rope_tail(be, dc->kv, b->pos, T, 1, D, r, freq, 0);
+    }
     if (v->attn[l] == DSV4_LOW) {
         low_sources(dc, l, b);
         backend_dsv4_attention(be, dc->att, dc->q, dc->kv, b, &dc->cache, m, dc->sel_low[m - 1], v->index_topk,

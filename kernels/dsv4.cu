@@ -10,6 +10,7 @@
 // attention is tiled (a block's heads share each staged row, online softmax).
 #include "kernels/kernels.h"
 #include "kernels/fp8.cuh"
+#include "kernels/norm.cuh"
 #include "kernels/tc.cuh"
 
 #include <cuda_runtime.h>
@@ -969,10 +970,8 @@ extern "C" int kernels_engram_v41_gate(float *X, const float *kv, const float *w
 // N d = 16,384 floats, and at T = 1 one block of 256 threads reading one
 // float at a time took 22 us.
 template <int BLOCK>
-__global__ void rmsnorm_plain_kernel(float *out, const float *x, int d, float eps) {
-    int t = blockIdx.x;
+__device__ __forceinline__ void dsv4_rmsnorm_plain_row(float *out, const float *xt, int d, float eps) {
     __shared__ double part[BLOCK];
-    const float *xt = x + (size_t)t * d;
     double ss = 0.0;
     if ((d & 3) == 0 && ((uintptr_t)xt & 15) == 0) {
         const float4 *x4 = (const float4 *)xt;
@@ -992,7 +991,13 @@ __global__ void rmsnorm_plain_kernel(float *out, const float *x, int d, float ep
         __syncthreads();
     }
     float sc = 1.0f / sqrtf((float)(part[0] / d) + eps);
-    for (int i = threadIdx.x; i < d; i += BLOCK) out[(size_t)t * d + i] = __fmul_rn(xt[i], sc);
+    for (int i = threadIdx.x; i < d; i += BLOCK) out[i] = __fmul_rn(xt[i], sc);
+}
+
+template <int BLOCK>
+__global__ void rmsnorm_plain_kernel(float *out, const float *x, int d, float eps) {
+    size_t t = blockIdx.x;
+    dsv4_rmsnorm_plain_row<BLOCK>(out + t * d, x + t * d, d, eps);
 }
 
 extern "C" int kernels_rmsnorm_plain(float *out, const float *x, int T, int d, float eps, void *stream) {
@@ -1001,5 +1006,35 @@ extern "C" int kernels_rmsnorm_plain(float *out, const float *x, int T, int d, f
         rmsnorm_plain_kernel<1024><<<T, 1024, 0, (cudaStream_t)stream>>>(out, x, d, eps);
     else
         rmsnorm_plain_kernel<256><<<T, 256, 0, (cudaStream_t)stream>>>(out, x, d, eps);
+    return dsv4_status();
+}
+
+// ---- fused ----
+
+// The queries and the key-value head before the attention, one launch for what were four (the
+// fused op dsv4_qk_norm_rope): block (h, t) takes q's head h of token t (its rmsnorm_plain when
+// q_norm), block (n_heads, t) kv's row t (its rmsnorm by kv_norm), then each rotates its row's tail.
+// Every step is the standalone kernels' own code on the threads they give such a row
+// (rmsnorm_plain_kernel<256>, norm.cu's kernel on rmsnorm_threads(hd), rope_tail_kernel's pairs).
+__global__ void __launch_bounds__(256)
+qk_norm_rope_kernel(float *q, float *kv, const float *kv_norm, const int *pos, int n_heads, int hd, int r,
+                    const float *inv_freq, int q_norm, int kv_threads, float eps) {
+    int h = blockIdx.x, t = blockIdx.y;
+    float *x = h < n_heads ? q + ((size_t)t * n_heads + h) * hd : kv + (size_t)t * hd;
+    if (h == n_heads) rmsnorm_row(x, x, kv_norm, hd, eps, kv_threads);
+    else if (q_norm) dsv4_rmsnorm_plain_row<256>(x, x, hd, eps);
+    __syncthreads(); // the normed row, written by the block's threads, before its pairs are read
+    for (int j = threadIdx.x; j < r / 2; j += blockDim.x)
+        dsv4_rope_pair(x + hd - r + 2 * j, (float)pos[t], inv_freq[j], 0);
+}
+
+extern "C" int kernels_dsv4_qk_norm_rope(float *q, float *kv, const float *kv_norm, const int *pos, int T,
+                                         int n_heads, int hd, int r, const float *inv_freq, int q_norm, float eps,
+                                         void *stream) {
+    if (T <= 0) return KERNELS_OK;
+    int kv_threads = rmsnorm_threads(hd);
+    if (n_heads < 1 || T > 65535 || kv_threads > 256 || r > hd || r % 2) return KERNELS_ERR_ARG;
+    qk_norm_rope_kernel<<<dim3(n_heads + 1, T), 256, 0, (cudaStream_t)stream>>>(q, kv, kv_norm, pos, n_heads, hd, r,
+                                                                              inv_freq, q_norm, kv_threads, eps);
     return dsv4_status();
 }

@@ -272,6 +272,11 @@ int kernels_hc_merge(float *X, const float *y, const float *post, const float *c
  * inv_freq (r/2), or by minus that angle when inverse. */
 int kernels_rope_tail(float *x, const int *pos, int T, int n_heads, int hd, int r, const float *inv_freq,
                       int inverse, void *stream);
+/* rmsnorm_plain of each q head (T, n_heads, hd) when q_norm, rmsnorm of kv (T, hd) by kv_norm,
+ * then the tail rope of both (not inverse), in place, in one launch: the same bits as
+ * kernels_rmsnorm_plain, kernels_rmsnorm_f32 and kernels_rope_tail. T <= 65535, hd <= 1024. */
+int kernels_dsv4_qk_norm_rope(float *q, float *kv, const float *kv_norm, const int *pos, int T, int n_heads, int hd,
+                              int r, const float *inv_freq, int q_norm, float eps, void *stream);
 /* out (T, d) = x / sqrt(mean(x^2) + eps) */
 int kernels_rmsnorm_plain(float *out, const float *x, int T, int d, float eps, void *stream);
 /* gate (n) = silu(min(gate, limit)) * clamp(up, -limit, limit) */

@@ -370,6 +370,11 @@ typedef struct backend_ops {
     void (*qk_rope_store)(backend *be, float *q, const float *k, const float *v, void *kc, void *vc,
                           const batch_desc *b, int n_heads, int n_kv, int hd, const float *qn, const float *kn,
                           float eps, const float *inv_freq);
+    /* DeepSeek-V4's queries q (T, n_heads, hd) and key-value head kv (T, hd) before the attention,
+     * in place: rmsnorm_plain of each q head when q_norm, rope_tail of q; rmsnorm of kv by kv_norm,
+     * rope_tail of kv (both by pos, not inverse) */
+    void (*dsv4_qk_norm_rope)(backend *be, float *q, float *kv, const float *kv_norm, const int32_t *pos, int T,
+                              int n_heads, int hd, int r, const float *inv_freq, int q_norm, float eps);
 
     /* ---- sampling ---- */
     /* Sampling where the logits are (engine/sampler.h, "sampling with the
@@ -644,6 +649,12 @@ static inline void backend_qk_rope_store(backend *be, float *q, const float *k, 
                                          const batch_desc *b, int n_heads, int n_kv, int hd, const float *qn,
                                          const float *kn, float eps, const float *inv_freq) {
     be->ops->qk_rope_store(be, q, k, v, kc, vc, b, n_heads, n_kv, hd, qn, kn, eps, inv_freq);
+}
+
+static inline void backend_dsv4_qk_norm_rope(backend *be, float *q, float *kv, const float *kv_norm,
+                                             const int32_t *pos, int T, int n_heads, int hd, int r,
+                                             const float *inv_freq, int q_norm, float eps) {
+    be->ops->dsv4_qk_norm_rope(be, q, kv, kv_norm, pos, T, n_heads, hd, r, inv_freq, q_norm, eps);
 }
 
 static inline void backend_sample(backend *be, void *out, float *logits, const int32_t *desc, int n, int vocab,

@@ -1325,6 +1325,45 @@ static void test_dsv4_small(void) {
         backend_rope_tail(gpu, dq, dpos, T, 4, 64, 32 - 8 * inverse, dinv, inverse);
         check(inverse ? "rope_tail inverse r=24" : "rope_tail r=32", dq, q, (size_t)T * 4 * 64, 1e-5);
     }
+    for (int nh = 64; nh <= 300; nh += 236) { /* V4-Flash's q (16 blocks of 128 pairs a token), and 300 heads
+                                               * (75 chunks: the blocks' second pass) */
+        size_t n = (size_t)T * nh * 512;
+        float *q2 = rand_f32(n, 1.0f), *dq2 = dev_copy(q2, n * 4);
+        backend_rope_tail(cpu, q2, pos, T, nh, 512, 64, inv, nh == 300);
+        backend_rope_tail(gpu, dq2, dpos, T, nh, 512, 64, dinv, nh == 300);
+        check(nh == 64 ? "rope_tail 64 heads of 512 r=64" : "rope_tail inverse 300 heads", dq2, q2, n, 1e-5);
+        backend_free(gpu, dq2);
+        free(q2);
+    }
+    /* the fused q/kv norm and rope (V4-Flash's 64 heads of 512, and 4 of 128), against the CPU's four
+     * ops and, bit for bit, against the four CUDA ops it stands for */
+    for (int c = 0; c < 4; c++) {
+        int nh = c < 2 ? 64 : 4, hd = c < 2 ? 512 : 128, r = c < 2 ? 64 : 32, qn = c % 2;
+        size_t nq = (size_t)T * nh * hd, nkv = (size_t)T * hd;
+        float *hq = rand_f32(nq, 3.0f), *hkv = rand_f32(nkv, 3.0f), *kn = rand_f32((size_t)hd, 1.0f);
+        float *dq2 = dev_copy(hq, nq * 4), *dkv = dev_copy(hkv, nkv * 4), *dkn = dev_copy(kn, (size_t)hd * 4);
+        float *uq = dev_copy(hq, nq * 4), *ukv = dev_copy(hkv, nkv * 4);
+        if (qn) backend_rmsnorm_plain(cpu, hq, hq, T * nh, hd, eps);
+        backend_rope_tail(cpu, hq, pos, T, nh, hd, r, inv, 0);
+        backend_rmsnorm(cpu, hkv, hkv, kn, T, hd, eps);
+        backend_rope_tail(cpu, hkv, pos, T, 1, hd, r, inv, 0);
+        backend_dsv4_qk_norm_rope(gpu, dq2, dkv, dkn, dpos, T, nh, hd, r, dinv, qn, eps);
+        if (qn) backend_rmsnorm_plain(gpu, uq, uq, T * nh, hd, eps);
+        backend_rope_tail(gpu, uq, dpos, T, nh, hd, r, dinv, 0);
+        backend_rmsnorm(gpu, ukv, ukv, dkn, T, hd, eps);
+        backend_rope_tail(gpu, ukv, dpos, T, 1, hd, r, dinv, 0);
+        char qname[64];
+        snprintf(qname, sizeof(qname), "dsv4_qk_norm_rope q %dx%d%s", nh, hd, qn ? " normed" : "");
+        check(qname, dq2, hq, nq, 1e-5);
+        check("dsv4_qk_norm_rope kv", dkv, hkv, nkv, 1e-5);
+        float *fq = host_of(dq2, nq * 4), *fkv = host_of(dkv, nkv * 4);
+        snprintf(qname, sizeof(qname), "dsv4_qk_norm_rope q = 4 ops %dx%d", nh, hd);
+        check_bits(qname, uq, fq, nq * 4);
+        check_bits("dsv4_qk_norm_rope kv = 4 ops", ukv, fkv, nkv * 4);
+        void *fr[] = {dq2, dkv, dkn, uq, ukv};
+        for (size_t i = 0; i < 5; i++) backend_free(gpu, fr[i]);
+        free(hq), free(hkv), free(kn), free(fq), free(fkv);
+    }
     float *g = rand_f32((size_t)T * d, 12.0f), *u = rand_f32((size_t)T * d, 12.0f);
     float *dg = dev_copy(g, (size_t)T * d * 4), *du = dev_copy(u, (size_t)T * d * 4);
     backend_swiglu_limit(cpu, g, u, (size_t)T * d, 7.0f);

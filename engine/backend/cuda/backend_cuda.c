@@ -146,6 +146,7 @@ static const backend_ops cuda_ops = {
     .matmul_add = cu_matmul_add,
     .matmul_glu = cu_matmul_glu,
     .qk_rope_store = cu_qk_rope_store,
+    .dsv4_qk_norm_rope = cu_dsv4_qk_norm_rope,
     .sample = cu_sample,
     .sample_argmax = cu_sample_argmax,
     .coll_id = cu_coll_id,

@@ -59,6 +59,24 @@ void cu_rope_tail(backend *be, float *x, const int32_t *pos, int T, int n_heads,
     CUDA_TIMED(g, CHECK_K(kernels_rope_tail(x, pos, T, n_heads, hd, r, inv_freq, inverse, g->stream)), "rope_tail");
 }
 
+/* One launch where the hardware allows it (kernels_dsv4_qk_norm_rope: hd up to 1024), else the four
+ * kernels it stands for. */
+void cu_dsv4_qk_norm_rope(backend *be, float *q, float *kv, const float *kv_norm, const int32_t *pos, int T,
+                          int n_heads, int hd, int r, const float *inv_freq, int q_norm, float eps) {
+    cuda_backend *g = cuda__of(be);
+    if (T <= 0) return;
+    int pi = prof__begin(g, "dsv4_qk_norm_rope");
+    if (hd > 1024 || T > 65535) {
+        if (q_norm) CHECK_K(kernels_rmsnorm_plain(q, q, T * n_heads, hd, eps, g->stream));
+        CHECK_K(kernels_rope_tail(q, pos, T, n_heads, hd, r, inv_freq, 0, g->stream));
+        CHECK_K(kernels_rmsnorm_f32(kv, kv, kv_norm, T, hd, eps, g->stream));
+        CHECK_K(kernels_rope_tail(kv, pos, T, 1, hd, r, inv_freq, 0, g->stream));
+    } else {
+        CHECK_K(kernels_dsv4_qk_norm_rope(q, kv, kv_norm, pos, T, n_heads, hd, r, inv_freq, q_norm, eps, g->stream));
+    }
+    prof__end(g, pi);
+}
+
 /* The compressor's launch arguments but for its weights and kind: the step from b's device arrays, the
  * rings of compressor `which` (0 main, 1 the indexer's) at the layer's offsets into each sequence's state. */
 static kernels_dsv4_compress_args compress_args(const float *kv, const float *gate, const batch_desc *b,

@@ -182,6 +182,8 @@ void cu_hc_head(backend *be, float *out, const float *X, const float *mix, const
                 int T, int N, int d, float hc_eps);
 void cu_rope_tail(backend *be, float *x, const int32_t *pos, int T, int n_heads, int hd, int r,
                   const float *inv_freq, int inverse);
+void cu_dsv4_qk_norm_rope(backend *be, float *q, float *kv, const float *kv_norm, const int32_t *pos, int T,
+                          int n_heads, int hd, int r, const float *inv_freq, int q_norm, float eps);
 void cu_dsv4_compress(backend *be, const float *kv, const float *gate, const batch_desc *b, const dsv4_state *st,
                       const dsv4_kv *cache, int which, int m, int D, int overlap, const float *ape,
                       const float *norm, float eps, int r, const float *inv_freq);
