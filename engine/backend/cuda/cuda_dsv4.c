@@ -59,14 +59,14 @@ void cu_rope_tail(backend *be, float *x, const int32_t *pos, int T, int n_heads,
     CUDA_TIMED(g, CHECK_K(kernels_rope_tail(x, pos, T, n_heads, hd, r, inv_freq, inverse, g->stream)), "rope_tail");
 }
 
-/* One launch where the hardware allows it (kernels_dsv4_qk_norm_rope: hd up to 1024), else the four
- * kernels it stands for. */
+/* One launch where the kernel takes the shape (kernels_dsv4_qk_norm_rope: hd up to 1024), else (and
+ * with ENGRAM_DSV4_FUSE=0) the four kernels it stands for. */
 void cu_dsv4_qk_norm_rope(backend *be, float *q, float *kv, const float *kv_norm, const int32_t *pos, int T,
                           int n_heads, int hd, int r, const float *inv_freq, int q_norm, float eps) {
     cuda_backend *g = cuda__of(be);
     if (T <= 0) return;
     int pi = prof__begin(g, "dsv4_qk_norm_rope");
-    if (hd > 1024 || T > 65535) {
+    if (hd > 1024 || T > 65535 || !cuda__dsv4_fuse()) {
         if (q_norm) CHECK_K(kernels_rmsnorm_plain(q, q, T * n_heads, hd, eps, g->stream));
         CHECK_K(kernels_rope_tail(q, pos, T, n_heads, hd, r, inv_freq, 0, g->stream));
         CHECK_K(kernels_rmsnorm_f32(kv, kv, kv_norm, T, hd, eps, g->stream));

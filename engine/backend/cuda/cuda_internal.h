@@ -152,6 +152,8 @@ void cu_qk_rope_store(backend *be, float *q, const float *k, const float *v, voi
 void cu_sample(backend *be, void *out, float *logits, const int32_t *desc, int n, int vocab, int stride, int n_cand);
 void cu_sample_argmax(backend *be, int32_t *next, float *logits, const int32_t *desc, int first, int n, int vocab,
                       int stride);
+/* 0 when ENGRAM_DSV4_FUSE=0 asks DeepSeek-V4's fused ops for the launches they replace (cuda_ops.c). */
+int cuda__dsv4_fuse(void);
 /* Grows a device scratch buffer to at least `bytes` (drops recorded steps). */
 void cuda__grow(cuda_backend *g, void **buf, size_t *have, size_t bytes);
 /* Frees the ops' scratch buffers (the handle's teardown). */

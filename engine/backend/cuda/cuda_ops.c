@@ -81,6 +81,31 @@ void cu_matmul(backend *be, float *out, const float *x, const weight *w, const f
     prof__end(g, pi);
 }
 
+/* ENGRAM_DSV4_FUSE=0: matmul_grouped and dsv4_qk_norm_rope issue the launches they stand for (per
+ * group a copy out, the product, a copy in; the four norm and rope kernels), as DeepSeek-V4's
+ * forward did before them (A/B timings of the fusion in one build). */
+int cuda__dsv4_fuse(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *v = getenv("ENGRAM_DSV4_FUSE");
+        on = !(v && !strcmp(v, "0"));
+    }
+    return on;
+}
+
+/* The unfused grouped product: G copies out, products and copies in, through dsv4_work. */
+static void cu_grouped_loop(cuda_backend *g, float *y, const float *x, size_t xs, const weight *w, int G, int T) {
+    int R = w->rows / G, K = w->cols;
+    cuda__grow(g, &g->dsv4_work, &g->dsv4_work_bytes, (size_t)T * (K + R) * sizeof(float));
+    float *gin = g->dsv4_work, *gout = gin + (size_t)T * K;
+    for (int k = 0; k < G; k++) {
+        weight wk = model_weight_row_view(w, k * R, R);
+        backend_copy2d(&g->base, gin, (size_t)K, x + (size_t)k * K, xs, (size_t)K, (size_t)T);
+        cu_matmul_(g, gout, gin, &wk, NULL, T);
+        backend_copy2d(&g->base, y + (size_t)k * R, (size_t)G * R, gout, (size_t)R, (size_t)R, (size_t)T);
+    }
+}
+
 /* Decode: one matrix-vector launch over all groups, each row reading its group's columns of x.
  * More tokens: one strided batched cuBLAS product over the groups (batch g: W_g at g R K, x's
  * columns at g K, y's at g R; ldb the row stride of x, ldc G R), the activations rounded to bf16
@@ -93,6 +118,11 @@ void cu_matmul_grouped(backend *be, float *y, const float *x, size_t xs, const w
     if (G < 1 || w->rows % G || xs < (size_t)G * w->cols || xs > INT32_MAX) cuda__fail(__func__, "bad groups");
     int R = w->rows / G, K = w->cols, f32 = w->dt == DTYPE_F32;
     int pi = prof__begin(g, "matmul_grouped %dx%dx%d %s", G, R, K, prof__tclass(T));
+    if (!cuda__dsv4_fuse()) {
+        cu_grouped_loop(g, y, x, xs, w, G, T);
+        prof__end(g, pi);
+        return;
+    }
     if (T <= GEMV_MAX_TOKENS && xs % 4 == 0 && kernels_gemv_supported(x, w->data, T, K)) {
         CHECK_K(kernels_gemv_grouped(y, x, (int)xs, w->data, T, G, R, K, f32, g->stream));
         prof__end(g, pi);
