@@ -25,74 +25,96 @@ __device__ __forceinline__ float dsv4_sigmoid(float x) { return 1.0f / (1.0f + e
 
 // ---- hyper-connections ----
 
-// One token's (pre, post, comb) from its mix ((2+N)N), cpu_dsv4.c hc_weights_row.
-// The Sinkhorn iterations run on a copy of comb in the thread's own array
-// (registers when NT, the stream count, is known at compile time; local
-// memory otherwise): in global memory every one of their ~1,300 dependent
-// loads and stores went through the cache (64 us a call at T = 1 on an H100).
-// The operations and their order are the CPU's.
-template <int NT>
+// One token's (pre, post, comb) from its mix ((2+N)N), cpu_dsv4.c hc_weights_row,
+// for any N <= 16 (N = 4 takes hc_weights4_kernel below). The Sinkhorn
+// iterations run on a copy of comb in the thread's own (local) memory: in
+// global memory each of their dependent loads and stores went through the
+// cache. The operations and their order are the CPU's.
 __global__ void hc_weights_kernel(float *pre, float *post, float *comb, const float *mix, const float *base,
-                                  const float *scale, int T, int n_rt, int iters, float hc_eps) {
-    const int N = NT ? NT : n_rt;
+                                  const float *scale, int T, int N, int iters, float hc_eps) {
     int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= T) return;
     const float *a = mix + (size_t)t * (2 + N) * N;
     float *pr = pre + (size_t)t * N, *po = post + (size_t)t * N;
-    float C[NT ? NT * NT : 256];
-#pragma unroll
+    float C[256];
     for (int j = 0; j < N; j++) {
         pr[j] = dsv4_sigmoid(__fadd_rn(__fmul_rn(a[j], scale[0]), base[j])) + hc_eps;
         po[j] = 2.0f * dsv4_sigmoid(__fadd_rn(__fmul_rn(a[N + j], scale[1]), base[N + j]));
     }
-#pragma unroll
     for (int j = 0; j < N; j++) {
         float *row = C + j * N, mx = -INFINITY, sum = 0.0f;
-#pragma unroll
         for (int k = 0; k < N; k++) {
             row[k] = __fadd_rn(__fmul_rn(a[2 * N + j * N + k], scale[2]), base[2 * N + j * N + k]);
             mx = row[k] > mx ? row[k] : mx;
         }
-#pragma unroll
         for (int k = 0; k < N; k++) sum += row[k] = expf(row[k] - mx);
-#pragma unroll
         for (int k = 0; k < N; k++) row[k] = row[k] / sum + hc_eps;
     }
     for (int it = 0; it < iters; it++) {
         if (it > 0)
-#pragma unroll
             for (int j = 0; j < N; j++) {
                 float s = 0.0f;
-#pragma unroll
                 for (int k = 0; k < N; k++) s += C[j * N + k];
-#pragma unroll
                 for (int k = 0; k < N; k++) C[j * N + k] /= s + hc_eps;
             }
-#pragma unroll
         for (int k = 0; k < N; k++) {
             float s = 0.0f;
-#pragma unroll
             for (int j = 0; j < N; j++) s += C[j * N + k];
-#pragma unroll
             for (int j = 0; j < N; j++) C[j * N + k] /= s + hc_eps;
         }
     }
     float *Ct = comb + (size_t)t * N * N;
-#pragma unroll
     for (int i = 0; i < N * N; i++) Ct[i] = C[i];
+}
+
+// The same for N = 4 (DeepSeek-V4's hc_mult), a lane per element of comb:
+// 16 lanes a token, lane (j, k) holding C[j][k]. Every lane gathers its row's
+// (or column's) four values by shuffles and sums them in the CPU's order from
+// 0.0f, so each lane computes what the loop above computes for its element,
+// bit for bit, with the 20 iterations' chain of ~1,300 dependent operations
+// cut to ~200 (hc_split took 30 us a call at T = 1 with the loop in
+// registers, 64 us with it in global memory).
+__global__ void hc_weights4_kernel(float *pre, float *post, float *comb, const float *mix, const float *base,
+                                   const float *scale, int T, int iters, float hc_eps) {
+    const int N = 4;
+    int t = (blockIdx.x * blockDim.x + threadIdx.x) >> 4, l = threadIdx.x & 15, j = l >> 2, k = l & 3;
+    bool live = t < T;
+    const float *a = mix + (size_t)(live ? t : 0) * (2 + N) * N;
+    if (live && l < N) pre[(size_t)t * N + l] = dsv4_sigmoid(__fadd_rn(__fmul_rn(a[l], scale[0]), base[l])) + hc_eps;
+    if (live && l >= N && l < 2 * N)
+        post[(size_t)t * N + l - N] = 2.0f * dsv4_sigmoid(__fadd_rn(__fmul_rn(a[l], scale[1]), base[l]));
+    // all 16 lanes of a token take part in the shuffles, live or not
+    float c = __fadd_rn(__fmul_rn(a[2 * N + l], scale[2]), base[2 * N + l]), mx = -INFINITY, sum = 0.0f;
+    for (int q = 0; q < N; q++) {
+        float v = __shfl_sync(0xffffffffu, c, j * N + q, 16);
+        mx = v > mx ? v : mx;
+    }
+    c = expf(c - mx);
+    for (int q = 0; q < N; q++) sum += __shfl_sync(0xffffffffu, c, j * N + q, 16);
+    c = c / sum + hc_eps;
+    for (int it = 0; it < iters; it++) {
+        float s = 0.0f;
+        if (it > 0) {
+            for (int q = 0; q < N; q++) s += __shfl_sync(0xffffffffu, c, j * N + q, 16);
+            c /= s + hc_eps;
+            s = 0.0f;
+        }
+        for (int q = 0; q < N; q++) s += __shfl_sync(0xffffffffu, c, q * N + k, 16);
+        c /= s + hc_eps;
+    }
+    if (live) comb[(size_t)t * N * N + l] = c;
 }
 
 extern "C" int kernels_hc_weights(float *pre, float *post, float *comb, const float *mix, const float *base,
                                   const float *scale, int T, int N, int iters, float hc_eps, void *stream) {
     if (T <= 0) return KERNELS_OK;
     if (N < 1 || N > 16) return KERNELS_ERR_ARG;
-    dim3 grid((T + 127) / 128);
-    if (N == 4) /* DeepSeek-V4's hc_mult */
-        hc_weights_kernel<4><<<grid, 128, 0, (cudaStream_t)stream>>>(pre, post, comb, mix, base, scale, T, N, iters,
-                                                                    hc_eps);
+    if (N == 4) /* DeepSeek-V4's hc_mult: 8 tokens a block of 128 */
+        hc_weights4_kernel<<<(T + 7) / 8, 128, 0, (cudaStream_t)stream>>>(pre, post, comb, mix, base, scale, T, iters,
+                                                                          hc_eps);
     else
-        hc_weights_kernel<0><<<grid, 128, 0, (cudaStream_t)stream>>>(pre, post, comb, mix, base, scale, T, N, iters,
-                                                                    hc_eps);
+        hc_weights_kernel<<<(T + 127) / 128, 128, 0, (cudaStream_t)stream>>>(pre, post, comb, mix, base, scale, T,
+                                                                                N, iters, hc_eps);
     return dsv4_status();
 }
 
