@@ -105,22 +105,18 @@ static double copy_rate(void) {
     return gbs;
 }
 
-static double gemm_rate(int n, cudaDataType ct) {
-    cublasHandle_t h;
-    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) exit(1);
-    void *A = dev_rand_bf16((size_t)n * n, 0.05f), *B = dev_rand_bf16((size_t)n * n, 1.0f), *C;
-    CK(cudaMalloc(&C, (size_t)n * n * (ct == CUDA_R_32F ? 4 : 2)));
-    const float one = 1.0f, zero = 0.0f;
+/* One product, run by f(ctx) (returns its cuBLAS status): 3 warm-up calls,
+ * then 20 timed with events; the sorted times in ms[20]. */
+typedef cublasStatus_t (*gemm_fn)(void *ctx);
+static void gemm_times(gemm_fn f, void *ctx, const char *what, float ms[20]) {
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
-    float ms[20];
     for (int i = -3; i < 20; i++) {
         CK(cudaEventRecord(e0, 0));
-        cublasStatus_t st = cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &one, A, CUDA_R_16BF, n, B,
-                                         CUDA_R_16BF, n, &zero, C, ct, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        cublasStatus_t st = f(ctx);
         if (st != CUBLAS_STATUS_SUCCESS) {
-            fprintf(stderr, "cublasGemmEx: %s\n", cublasGetStatusString(st));
+            fprintf(stderr, "%s: %s\n", what, cublasGetStatusString(st));
             exit(1);
         }
         CK(cudaEventRecord(e1, 0));
@@ -128,13 +124,50 @@ static double gemm_rate(int n, cudaDataType ct) {
         if (i >= 0) CK(cudaEventElapsedTime(&ms[i], e0, e1));
     }
     qsort(ms, 20, sizeof(float), cmp_f);
+    cudaEventDestroy(e0), cudaEventDestroy(e1);
+}
+
+typedef struct {
+    cublasHandle_t h;
+    int n;
+    cudaDataType ct;
+    void *A, *B, *C;
+} gemm_bf16;
+static cublasStatus_t run_gemm_bf16(void *ctx) {
+    gemm_bf16 *g = ctx;
+    const float one = 1.0f, zero = 0.0f;
+    return cublasGemmEx(g->h, CUBLAS_OP_T, CUBLAS_OP_N, g->n, g->n, g->n, &one, g->A, CUDA_R_16BF, g->n, g->B,
+                        CUDA_R_16BF, g->n, &zero, g->C, g->ct, g->n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+}
+
+static double gemm_rate(int n, cudaDataType ct) {
+    gemm_bf16 g = {.n = n, .ct = ct};
+    if (cublasCreate(&g.h) != CUBLAS_STATUS_SUCCESS) exit(1);
+    g.A = dev_rand_bf16((size_t)n * n, 0.05f), g.B = dev_rand_bf16((size_t)n * n, 1.0f);
+    CK(cudaMalloc(&g.C, (size_t)n * n * (ct == CUDA_R_32F ? 4 : 2)));
+    float ms[20];
+    gemm_times(run_gemm_bf16, &g, "cublasGemmEx", ms);
     double tf = 2.0 * n * n * (double)n / (ms[10] * 1e-3) * 1e-12;
     printf("gemm: cuBLAS bf16 %d^3, f32 accumulation, %s output: median %.3f ms (min %.3f), %.1f TFLOP/s\n", n,
            ct == CUDA_R_32F ? "f32" : "bf16", ms[10], ms[0], tf);
-    cudaFree(A), cudaFree(B), cudaFree(C);
-    cudaEventDestroy(e0), cudaEventDestroy(e1);
-    cublasDestroy(h);
+    cudaFree(g.A), cudaFree(g.B), cudaFree(g.C);
+    cublasDestroy(g.h);
     return tf;
+}
+
+typedef struct {
+    cublasLtHandle_t lt;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t la, lb, ld;
+    void *A, *B, *D, *ws;
+    size_t wsz;
+    const cublasLtMatmulAlgo_t *algo;
+} gemm_fp8;
+static cublasStatus_t run_gemm_fp8(void *ctx) {
+    gemm_fp8 *g = ctx;
+    const float one = 1.0f, zero = 0.0f;
+    return cublasLtMatmul(g->lt, g->op, &one, g->A, g->la, g->B, g->lb, &zero, g->D, g->ld, g->D, g->ld, g->algo,
+                          g->ws, g->wsz, 0);
 }
 
 /* cuBLASLt e4m3 x e4m3 -> bf16, n^3, f32 accumulation: the weight A (n, n)
@@ -191,27 +224,12 @@ static double gemm_rate_fp8(int n, int blocked) {
     if (st != CUBLAS_STATUS_SUCCESS || got == 0) {
         printf("gemm: cuBLASLt fp8 e4m3 %d^3, %s: no algorithm (%s)\n", n, what, cublasGetStatusString(st));
     } else {
-        const float one = 1.0f, zero = 0.0f;
-        cudaEvent_t e0, e1;
-        CK(cudaEventCreate(&e0));
-        CK(cudaEventCreate(&e1));
+        gemm_fp8 g = {lt, op, la, lb, ld, A, B, D, ws, wsz, &hr.algo};
         float ms[20];
-        for (int i = -3; i < 20; i++) {
-            CK(cudaEventRecord(e0, 0));
-            st = cublasLtMatmul(lt, op, &one, A, la, B, lb, &zero, D, ld, D, ld, &hr.algo, ws, wsz, 0);
-            if (st != CUBLAS_STATUS_SUCCESS) {
-                fprintf(stderr, "cublasLtMatmul: %s\n", cublasGetStatusString(st));
-                exit(1);
-            }
-            CK(cudaEventRecord(e1, 0));
-            CK(cudaEventSynchronize(e1));
-            if (i >= 0) CK(cudaEventElapsedTime(&ms[i], e0, e1));
-        }
-        qsort(ms, 20, sizeof(float), cmp_f);
+        gemm_times(run_gemm_fp8, &g, "cublasLtMatmul", ms);
         tf = 2.0 * n * n * (double)n / (ms[10] * 1e-3) * 1e-12;
         printf("gemm: cuBLASLt fp8 e4m3 %d^3, %s, f32 accumulation, bf16 output: median %.3f ms (min %.3f), %.1f "
                "TFLOP/s\n", n, what, ms[10], ms[0], tf);
-        cudaEventDestroy(e0), cudaEventDestroy(e1);
     }
     cublasLtMatmulPreferenceDestroy(pref);
     cublasLtMatrixLayoutDestroy(la), cublasLtMatrixLayoutDestroy(lb), cublasLtMatrixLayoutDestroy(ld);
