@@ -182,6 +182,24 @@ int kernels_gemv_add(float *out, const float *x, const void *w, const float *bia
 int kernels_gemv_glu(float *out, const float *x, const void *wg, const void *wu, const float *bg, const float *bu,
                      int T, int rows, int cols, const float *norm, float eps, int f32, void *stream);
 
+/* ---- matmul_skinny.cu ---- */
+
+#define KERNELS_SKINNY_MAX_ROWS 64
+
+/* Whether kernels_skinny_f32 takes these: 1 <= rows <= KERNELS_SKINNY_MAX_ROWS,
+ * cols % 4 == 0, x and w 16-byte aligned. */
+int kernels_skinny_supported(const float *x, const void *w, int rows, int cols);
+
+/* Floats of scratch kernels_skinny_f32 needs for T tokens (0: none). */
+size_t kernels_skinny_work_floats(int T, int rows, int cols);
+
+/* out (T, rows) = x (T, cols) @ w^T + bias (rows, or NULL), or with add out += that (the sum
+ * first); w (rows, cols) f32, f32 activations and accumulation, any T. Each output is summed in an
+ * order fixed by cols alone: the same bits whatever T and the other tokens. work: device scratch
+ * of at least kernels_skinny_work_floats(T, rows, cols) floats. */
+int kernels_skinny_f32(float *out, const float *x, const void *w, const float *bias, int T, int rows, int cols,
+                       int add, float *work, size_t work_floats, void *stream);
+
 /* ---- moe.cu ---- */
 
 /* A router as backend.h's moe_route describes it (moe_scoring's three kinds). */

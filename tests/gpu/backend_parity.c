@@ -24,7 +24,10 @@
  * engram_fetch over a host store of random bytes in f32, bf16, f16 and FP8,
  * mapped whole and on NVMe behind a small DRAM cache with exclusive tiers):
  * bit for bit. DeepSeek-V4's FP4 experts kept packed against the same experts
- * expanded to bf16, both on the GPU: bit for bit.
+ * expanded to bf16, both on the GPU: bit for bit. The few-row products on f32
+ * weights against themselves at other T (batch invariance): bit for bit.
+ * --no-timing: the checks alone; --skinny: the few-row products' checks and
+ * timings alone.
  * Exit status 1 if any op fails. */
 #include <math.h>
 #include <stdint.h>
@@ -50,6 +53,8 @@ void backend_cuda_set_attention_no_tiled(backend *be, int on);
 void backend_cuda_set_attention_decode_simt(backend *be, int on);
 /* 1 sends DeepSeek-V4's attention to its first kernel (per token and head) instead of the fast one */
 void backend_cuda_set_dsv4_attention_ref(backend *be, int on);
+/* 1 sends f32 products with few rows to cuBLAS instead of the few-row kernel */
+void backend_cuda_set_matmul_no_skinny(backend *be, int on);
 static int failures;
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
@@ -335,6 +340,92 @@ static void test_matmul_grouped(int G, int R, int K, int extra, int T, const cha
     check(name, out, ref, (size_t)T * G * R, bound);
     backend_free(gpu, wd), backend_free(gpu, dx), backend_free(gpu, out);
     free(wh), free((void *)w.scale), free(x), free(ref);
+}
+
+/* Few-row products on f32 weights (kernels_skinny_f32; DeepSeek-V4's hyper-connection products are
+ * 24 and 4 rows of 16384): backend_matmul at each T of Ts against the CPU (the f32 bound, 1e-5), and
+ * matmul_add at the largest T. Where the kernel takes the shape (K % 4 == 0), also its batch
+ * invariance, bit for bit: each T's rows are the largest T's first rows; the tokens shifted by one
+ * (each at another place of its tile and of its launch) give the same rows; and the
+ * kernel called at T 1 and 2 (where the backend takes the matrix-vector kernels) gives them too. */
+static void test_skinny(int rows, int K, const int *Ts, int nT, int with_bias) {
+    int Tmax = 0;
+    for (int i = 0; i < nT; i++) Tmax = Ts[i] > Tmax ? Ts[i] : Tmax;
+    size_t nw = (size_t)rows * K, nx = (size_t)Tmax * K, no = (size_t)Tmax * rows;
+    float *wf = rand_f32(nw, 0.05f), *x = rand_f32(nx, 1.0f), *bias = rand_f32(rows, 1.0f);
+    float *ref = xmalloc(no * 4), *full = xmalloc(no * 4);
+    weight w = {.data = wf, .dt = DTYPE_F32, .rows = rows, .cols = K};
+    weight dw = w;
+    dw.data = dev_copy(wf, nw * 4);
+    float *dx = dev_copy(x, nx * 4), *db = dev_copy(bias, (size_t)rows * 4), *hb = with_bias ? bias : NULL;
+    float *dbias = with_bias ? db : NULL, *out = dev_poison(no * 4);
+    int skinny = kernels_skinny_supported(dx, dw.data, rows, K);
+    char name[96];
+    backend_matmul(gpu, out, dx, &dw, dbias, Tmax);
+    backend_download(gpu, full, out, no * 4);
+    for (int i = 0; i < nT; i++) {
+        int T = Ts[i];
+        backend_matmul(cpu, ref, x, &w, hb, T);
+        float *o = dev_poison((size_t)T * rows * 4);
+        backend_matmul(gpu, o, dx, &dw, dbias, T);
+        snprintf(name, sizeof(name), "matmul f32 %dx%d T=%d%s%s", rows, K, T, with_bias ? " +b" : "",
+                 skinny ? "" : " (cuBLAS)");
+        float *got = host_of(o, (size_t)T * rows * 4);
+        report(name, got, ref, (size_t)T * rows, 1e-5);
+        if (skinny) {
+            snprintf(name, sizeof(name), "  its rows = T=%d's, bit for bit", Tmax);
+            check_bits(name, o, full, (size_t)T * rows * 4);
+        }
+        backend_free(gpu, o), free(got);
+    }
+    { /* matmul_add: out += x @ w^T (+ bias), the sum first */
+        float *res = rand_f32(no, 1.0f);
+        backend_matmul(cpu, ref, x, &w, hb, Tmax);
+        for (size_t i = 0; i < no; i++) ref[i] = res[i] + ref[i];
+        backend_upload(gpu, out, res, no * 4);
+        backend_matmul_add(gpu, out, dx, &dw, dbias, Tmax);
+        snprintf(name, sizeof(name), "matmul_add f32 %dx%d T=%d%s", rows, K, Tmax, with_bias ? " +b" : "");
+        check(name, out, ref, no, 1e-5);
+        free(res);
+    }
+    if (skinny && Tmax > 1) { /* the tokens one place on: rows 1.. of the full product */
+        float *o = dev_poison((size_t)(Tmax - 1) * rows * 4);
+        backend_matmul(gpu, o, dx + K, &dw, dbias, Tmax - 1);
+        snprintf(name, sizeof(name), "  tokens 1..%d alone, bit for bit", Tmax - 1);
+        check_bits(name, o, full + rows, (size_t)(Tmax - 1) * rows * 4);
+        backend_free(gpu, o);
+    }
+    for (int T = 1; skinny && T <= 2 && T <= Tmax; T++) { /* the kernel itself where decode takes the gemv */
+        size_t nwork = kernels_skinny_work_floats(T, rows, K);
+        float *work = nwork ? backend_alloc(gpu, nwork * 4) : NULL, *o = dev_poison((size_t)T * rows * 4);
+        cudaDeviceSynchronize();
+        if (kernels_skinny_f32(o, dx, dw.data, dbias, T, rows, K, 0, work, nwork, NULL)) failures++;
+        cudaDeviceSynchronize();
+        snprintf(name, sizeof(name), "  skinny kernel T=%d, bit for bit", T);
+        check_bits(name, o, full, (size_t)T * rows * 4);
+        if (work) backend_free(gpu, work);
+        backend_free(gpu, o);
+    }
+    backend_free(gpu, (void *)dw.data), backend_free(gpu, dx), backend_free(gpu, db), backend_free(gpu, out);
+    free(wf), free(x), free(bias), free(ref), free(full);
+}
+
+/* The few-row products' cases: the hyper-connection shapes and a small K at the T of a decode
+ * batch to a long prefill (1024: two tokens a lane), 7 rows (8 in the kernel, the last not stored),
+ * K 1000 (a last chunk of 232 columns, not a multiple of the 4 lanes' 16), K 200 (one chunk: no
+ * partials), K 1001 (not a multiple of 4: cuBLAS), 40 and 64 rows (the 48- and 64-row kernels; 64
+ * x 16384 at 1500 tokens: two launches, their partials bounded). */
+static void test_skinny_cases(void) {
+    static const int Ts[] = {3, 16, 64, 300, 1024};
+    test_skinny(24, 16384, Ts, 5, 0);
+    test_skinny(4, 16384, Ts, 5, 0);
+    test_skinny(24, 1000, Ts, 5, 1);
+    test_skinny(4, 1000, Ts, 5, 1);
+    test_skinny(7, 1000, Ts, 5, 1);
+    test_skinny(24, 200, (const int[]){3, 300}, 2, 1);
+    test_skinny(7, 1001, (const int[]){3, 300}, 2, 1);
+    test_skinny(40, 1000, (const int[]){16, 300}, 2, 1);
+    test_skinny(64, 16384, (const int[]){3, 1500}, 2, 0);
 }
 
 /* kernels_gemv_bf16 called directly, at a T the backend sends to cuBLAS */
@@ -1004,6 +1095,50 @@ static void time_matmul(int n, int dmod, int T) {
            dt * 1e6, 2.0 * T * nw / dt * 1e-12, nw * 2 / dt * 1e-9);
     backend_free(gpu, (void *)w.data), backend_free(gpu, dx), backend_free(gpu, out);
     free(w16), free(x);
+}
+
+/* An f32 product of rows x K at T tokens (DeepSeek-V4's hyper-connection products: 24 and 4 x 16384),
+ * us a call: the few-row kernel against the backend's path before it, pedantic f32 cuBLAS; at T <= 2
+ * the kernel called directly against the matrix-vector kernel the backend takes there. Its floor is
+ * its bytes, x read once and w (in L2 after the first call) once: at T 1024, 64 MiB of x, 21 us at
+ * 3.2 TB/s. */
+static void time_skinny(int rows, int K, int T) {
+    size_t nw = (size_t)rows * K, nx = (size_t)T * K;
+    float *wf = rand_f32(nw, 0.05f), *x = rand_f32(nx, 1.0f);
+    weight w = {.data = dev_copy(wf, nw * 4), .dt = DTYPE_F32, .rows = rows, .cols = K};
+    float *dx = dev_copy(x, nx * 4), *out = backend_alloc(gpu, (size_t)T * rows * 4);
+    size_t nwork = kernels_skinny_work_floats(T, rows, K);
+    float *work = nwork ? backend_alloc(gpu, nwork * 4) : NULL;
+    for (int old = 0; old < 2; old++) {
+        const char *path = !old ? "skinny" : T <= 2 ? "gemv" : "cuBLAS";
+        int direct = !old && T <= 2; /* the backend's matmul takes the matrix-vector kernel there */
+        backend_cuda_set_matmul_no_skinny(gpu, old);
+        double dt = 0;
+        for (int n = 3, round = 0; round < 2; round++) { /* 3 untimed, then enough calls for ~50 ms */
+            cudaDeviceSynchronize();
+            double t0 = now();
+            for (int i = 0; i < n; i++) {
+                if (!direct) backend_matmul(gpu, out, dx, &w, NULL, T);
+                else if (kernels_skinny_f32(out, dx, w.data, NULL, T, rows, K, 0, work, nwork, NULL)) failures++;
+            }
+            cudaDeviceSynchronize();
+            dt = (now() - t0) / n;
+            n = 0.05 / dt < 10 ? 10 : 0.05 / dt > 2000 ? 2000 : (int)(0.05 / dt);
+        }
+        printf("timing matmul f32 %dx%d T=%-5d %-6s %8.1f us  %7.1f GB/s of x and w\n", rows, K, T, path, dt * 1e6,
+               (nx + nw) * 4 / dt * 1e-9);
+    }
+    backend_cuda_set_matmul_no_skinny(gpu, 0);
+    backend_free(gpu, (void *)w.data), backend_free(gpu, dx), backend_free(gpu, out);
+    if (work) backend_free(gpu, work);
+    free(wf), free(x);
+}
+
+/* The hyper-connection products (24 and 4 x 16384) at a decode to a long prefill's T. */
+static void time_skinny_cases(void) {
+    static const int Ts[] = {1, 2, 64, 256, 1024, 4096};
+    for (int r = 0; r < 2; r++)
+        for (int i = 0; i < 6; i++) time_skinny(r ? 4 : 24, 16384, Ts[i]);
 }
 
 /* One sparse layer as cuda_view.c stacks it: gate and up of expert e as rows [2eI, 2eI + I) and
@@ -1839,7 +1974,23 @@ int main(int argc, char **argv) {
         fprintf(stderr, "backend_cuda: %s\n", err);
         return 2;
     }
-    int timings = !(argc > 1 && !strcmp(argv[1], "--no-timing"));
+    int timings = 1, only_skinny = 0; /* --no-timing: the checks alone; --skinny: the few-row products' alone */
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--no-timing")) timings = 0;
+        else if (!strcmp(argv[i], "--skinny")) only_skinny = 1;
+        else {
+            fprintf(stderr, "usage: %s [--no-timing] [--skinny]\n", argv[0]);
+            return 2;
+        }
+    }
+    if (only_skinny) {
+        test_skinny_cases();
+        printf("%s: %d failure(s)\n", failures ? "FAIL" : "ok", failures);
+        if (timings) time_skinny_cases();
+        backend_destroy(gpu);
+        backend_destroy(cpu);
+        return failures ? 1 : 0;
+    }
 
     /* T <= 2 with cols % 8 == 0: the matrix-vector kernel (f32 activations;
      * with bf16 weights only the summation order differs) */
@@ -1874,6 +2025,7 @@ int main(int argc, char **argv) {
                 test_matmul_grouped(gshapes[si][0], gshapes[si][1], gshapes[si][2], gshapes[si][3], T, gkinds[ki],
                                     f32 || gemv ? 1e-5 : 1e-2);
             }
+    test_skinny_cases();
     test_elementwise();
     test_gathers();
     test_store_rows();
@@ -2009,6 +2161,7 @@ int main(int argc, char **argv) {
         time_matmul(14336, 4096, 512);
         time_matmul_grouped(1);
         time_matmul_grouped(2);
+        time_skinny_cases();
         const char *tiles[] = {NULL, "16", "32", "64"};
         time_moe(1, NULL);
         time_moe(2, NULL);

@@ -74,6 +74,8 @@ typedef struct {
     size_t xb_bytes;
     void *add_tmp; /* matmul_add's product when it cannot add in place */
     size_t add_tmp_bytes;
+    void *skinny_work; /* the few-row products' chunk sums (kernels_skinny_f32) */
+    size_t skinny_work_bytes;
     float *att_work; /* attention split scratch */
     size_t att_work_floats;
     void *moe_work; /* moe_experts' packed rows and products (cuda_moe.c) */
@@ -83,6 +85,7 @@ typedef struct {
     int attention_no_tiled; /* tests: every token through the per-token kernel */
     int attention_decode_simt; /* tests: per-token tokens through the f32 kernel, not the tensor-core one */
     int dsv4_attention_ref; /* tests: DeepSeek-V4's attention through its first kernel (kernels.h) */
+    int matmul_no_skinny; /* tests: f32 products with few rows through cuBLAS, not kernels_skinny_f32 */
     int graphs_off; /* backend_params.cuda_graphs 0 (or op profiling): no recorded steps */
     int capturing;  /* slot being recorded, or -1 */
     unsigned long long tick;

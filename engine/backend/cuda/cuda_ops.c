@@ -2,7 +2,8 @@
  * Matrix products of 1 or 2 tokens (decode) go through a matrix-vector
  * kernel (f32 activations), larger ones through cuBLAS: bf16 weights times
  * activations rounded to bf16, or f32 weights times f32 activations (no
- * TF32), all with f32 accumulation and output; the rest through kernels/.
+ * TF32), all with f32 accumulation and output, except f32 weights of few
+ * rows (kernels_skinny_f32); the rest through kernels/.
  * The decode kernels of the qkv and gate/up products also apply the RMSNorm
  * before them (backend_norm), so a decode layer runs no norm kernel. */
 #include <stddef.h>
@@ -51,6 +52,23 @@ static void cu_gemm_xb(cuda_backend *g, float *out, const weight *w, const float
     if (bias) CHECK_K(kernels_bias_add_f32(out, bias, T, w->rows, g->stream));
 }
 
+/* Whether a product past the matrix-vector kernels takes the few-row kernel: f32 weights of at
+ * most KERNELS_SKINNY_MAX_ROWS rows (DeepSeek-V4's hyper-connection products, 24 and 4 rows of
+ * 16384), where pedantic f32 cuBLAS took 60 times the bytes' time (H100, 24x16384 at T 1024:
+ * 1,867 us a call). */
+static int cu_skinny(cuda_backend *g, const float *x, const weight *w) {
+    return w->dt == DTYPE_F32 && !g->matmul_no_skinny && kernels_skinny_supported(x, w->data, w->rows, w->cols);
+}
+
+/* out (T, rows) = x @ w^T (+ bias), or with add out += that, through kernels_skinny_f32. */
+static void cu_skinny_run(cuda_backend *g, float *out, const float *x, const weight *w, const float *bias, int T,
+                          int add) {
+    size_t need = kernels_skinny_work_floats(T, w->rows, w->cols) * sizeof(float);
+    if (need) cuda__grow(g, &g->skinny_work, &g->skinny_work_bytes, need);
+    CHECK_K(kernels_skinny_f32(out, x, w->data, bias, T, w->rows, w->cols, add, g->skinny_work,
+                               g->skinny_work_bytes / sizeof(float), g->stream));
+}
+
 static void cu_matmul_(cuda_backend *g, float *out, const float *x, const weight *w, const float *bias, int T) {
     if (w->dt != DTYPE_BF16 && w->dt != DTYPE_F32)
         cuda__fail(__func__, "weight is not a bf16 or f32 device view (prepare converts them)");
@@ -58,6 +76,10 @@ static void cu_matmul_(cuda_backend *g, float *out, const float *x, const weight
     if (T <= GEMV_MAX_TOKENS && kernels_gemv_supported(x, w->data, T, w->cols)) { /* decode: one launch */
         if (f32) CHECK_K(kernels_gemv_f32(out, x, w->data, bias, T, w->rows, w->cols, g->stream));
         else CHECK_K(kernels_gemv_bf16(out, x, w->data, bias, T, w->rows, w->cols, g->stream));
+        return;
+    }
+    if (cu_skinny(g, x, w)) {
+        cu_skinny_run(g, out, x, w, bias, T, 0);
         return;
     }
     const float one = 1.0f, zero = 0.0f;
@@ -309,6 +331,8 @@ void cu_matmul_add(backend *be, float *x, const float *a, const weight *w, const
     int pi = prof__begin(g, "matmul+add %dx%d %s", w->rows, w->cols, prof__tclass(T));
     if (cuda__gemv(a, NULL, w, T)) {
         CHECK_K(kernels_gemv_add(x, a, w->data, bias, T, w->rows, w->cols, w->dt == DTYPE_F32, g->stream));
+    } else if (cu_skinny(g, a, w)) { /* f32, few rows: the kernel adds into x itself */
+        cu_skinny_run(g, x, a, w, bias, T, 1);
     } else if (w->dt == DTYPE_BF16 && !bias) { /* cuBLAS adds into x itself (beta = 1) */
         cu_x_bf16(g, a, T, w->cols);
         cu_gemm_xb(g, x, w, NULL, T, 1.0f);
@@ -382,22 +406,26 @@ void cu_sample_argmax(backend *be, int32_t *next, float *logits, const int32_t *
 
 /* Set by tests (exported from the plugin), each for handle be when on: every
  * token through the per-token attention kernel; per-token tokens through the
- * f32 decode kernel; DeepSeek-V4's attention through its first kernel. */
+ * f32 decode kernel; DeepSeek-V4's attention through its first kernel; f32
+ * products with few rows through cuBLAS (the path before the few-row kernel). */
 __attribute__((visibility("default"))) void backend_cuda_set_attention_no_tiled(backend *be, int on);
 void backend_cuda_set_attention_no_tiled(backend *be, int on) { cuda__of(be)->attention_no_tiled = on; }
 __attribute__((visibility("default"))) void backend_cuda_set_attention_decode_simt(backend *be, int on);
 void backend_cuda_set_attention_decode_simt(backend *be, int on) { cuda__of(be)->attention_decode_simt = on; }
 __attribute__((visibility("default"))) void backend_cuda_set_dsv4_attention_ref(backend *be, int on);
 void backend_cuda_set_dsv4_attention_ref(backend *be, int on) { cuda__of(be)->dsv4_attention_ref = on; }
+__attribute__((visibility("default"))) void backend_cuda_set_matmul_no_skinny(backend *be, int on);
+void backend_cuda_set_matmul_no_skinny(backend *be, int on) { cuda__of(be)->matmul_no_skinny = on; }
 
 void cuda__ops_free(cuda_backend *g) {
     if (g->xb) cudaFree(g->xb);
     if (g->add_tmp) cudaFree(g->add_tmp);
+    if (g->skinny_work) cudaFree(g->skinny_work);
     if (g->att_work) cudaFree(g->att_work);
     if (g->moe_work) cudaFree(g->moe_work);
     if (g->dsv4_work) cudaFree(g->dsv4_work);
-    g->xb = g->add_tmp = g->moe_work = g->dsv4_work = NULL;
-    g->moe_work_bytes = g->dsv4_work_bytes = 0;
+    g->xb = g->add_tmp = g->moe_work = g->dsv4_work = g->skinny_work = NULL;
+    g->moe_work_bytes = g->dsv4_work_bytes = g->skinny_work_bytes = 0;
     g->att_work = NULL;
     g->xb_bytes = g->add_tmp_bytes = g->att_work_floats = 0;
 }
