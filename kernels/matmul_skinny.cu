@@ -45,10 +45,9 @@ __device__ __forceinline__ void sk_store(const sk_args &a, int t, int r, float v
     *o = a.add ? *o + v : v;
 }
 
-// x's float4 j of a token's chunk, or zeros past the chunk's end (its sums never see them).
-__device__ __forceinline__ float4 sk_load(const float4 *xr, int j, int n4) {
-    return j < n4 ? __ldg(xr + j) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-}
+// x's float4 j of a token's chunk; past the chunk's end its last one again (never summed; a load
+// every lane makes, without zeroing the registers of those that would skip it).
+__device__ __forceinline__ float4 sk_load(const float4 *xr, int j, int n4) { return __ldg(xr + min(j, n4 - 1)); }
 
 // The four columns of float4 j into every row's sum of each of the lane's A tokens, in column order.
 template <int R, int A>
@@ -68,9 +67,10 @@ __device__ __forceinline__ void sk_fma(float (&acc)[A][R], const float4 (&xv)[A]
 
 // Chunk blockIdx.y of every row for the block's tokens; R >= rows (the rows past a.rows repeat the
 // last one and are never stored), A tokens a lane. The launch bound lets ptxas keep every sum in
-// registers (at the default it spilled one at R = 24, A = 1, and R = 64 spills below 128 registers).
+// registers (at the default it spilled one at R = 24, A = 1; R A = 64 spills at 128 registers, the
+// limit of 4 blocks an SM).
 template <int R, int A>
-__global__ void __launch_bounds__(SK_THREADS, R > 32 ? 2 : 4) skinny_chunk_kernel(sk_args a) {
+__global__ void __launch_bounds__(SK_THREADS, R * A <= 48 ? 4 : R * A <= 64 ? 3 : 2) skinny_chunk_kernel(sk_args a) {
     extern __shared__ float4 sw[]; // (R, SK_KC / 4): the chunk's columns of the weight rows
     const int c = blockIdx.y, k0 = c * SK_KC, n4 = min(SK_KC, a.K - k0) / 4;
     for (int i = threadIdx.x; i < R * n4; i += SK_THREADS) {
