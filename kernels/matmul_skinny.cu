@@ -1,6 +1,6 @@
 // Products with few output rows on f32 weights: out (T, rows) = x (T, K) @ w^T (+ bias), rows <= 64,
 // at any T. DeepSeek-V4's hyper-connection products are such (24 x 16384 and the head's 4 x 16384),
-// and pedantic f32 cuBLAS took 60 times their bytes' time on them (H100, 24 x 16384 at T = 1024:
+// and pedantic f32 cuBLAS took 75 times their bytes' time on them (H100, 24 x 16384 at T = 1024:
 // 1,867 us for 64 MiB of x). Their bytes are x's, read once; the weight (at most 64 x K floats)
 // stays in L2, and a chunk of it sits in each block's shared memory.
 //

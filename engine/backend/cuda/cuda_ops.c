@@ -54,7 +54,7 @@ static void cu_gemm_xb(cuda_backend *g, float *out, const weight *w, const float
 
 /* Whether a product past the matrix-vector kernels takes the few-row kernel: f32 weights of at
  * most KERNELS_SKINNY_MAX_ROWS rows (DeepSeek-V4's hyper-connection products, 24 and 4 rows of
- * 16384), where pedantic f32 cuBLAS took 60 times the bytes' time (H100, 24x16384 at T 1024:
+ * 16384), where pedantic f32 cuBLAS took 75 times the bytes' time (H100, 24x16384 at T 1024:
  * 1,867 us a call). */
 static int cu_skinny(cuda_backend *g, const float *x, const weight *w) {
     return w->dt == DTYPE_F32 && !g->matmul_no_skinny && kernels_skinny_supported(x, w->data, w->rows, w->cols);
