@@ -342,6 +342,10 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
      * caches take theirs now, before any request */
     atomic_init(&e->hot, p->engram_store.warm_start != ENGRAM_STORE_WARM_OFF ? forward_ctx_engram_hot(e->fc, false)
                                                                             : FORWARD_HOT_NONE);
+    if (engine__wakes_start(e) != 0) {
+        snprintf(err, errlen, "cannot start the waker thread");
+        goto fail;
+    }
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
         snprintf(err, errlen, "cannot start the engine thread");
         goto fail;
@@ -372,6 +376,7 @@ void engine_stop(engine *e) {
     }
     if (e->thread_started) pthread_join(e->thread, NULL);
     e->thread_started = false;
+    engine__wakes_stop(e); /* after the engine thread's last wakes */
     e->stopped = true;
 }
 

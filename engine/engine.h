@@ -258,8 +258,11 @@ typedef struct {
      * reasoning_open. reasoning_close NULL: no block. Each at most
      * ENGINE_MAX_MARKER bytes; copied. */
     const char *reasoning_open, *reasoning_close;
-    /* Called on the engine thread, with no lock held, when new output appears
-     * after engine_request_read armed it (see there). May be NULL. */
+    /* Called when new output appears after engine_request_read armed it (see
+     * there), on the engine's waker thread (once the step that made the
+     * output has published it: the engine thread goes on meanwhile) or on
+     * the thread in engine_stop, with the request's lock held: it must not
+     * call the engine on this request. May be NULL. */
     void (*notify)(void *ctx);
     void *notify_ctx;
 } engine_request_params;

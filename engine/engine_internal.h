@@ -144,6 +144,15 @@ struct engine {
     double st_mask_seconds;
     long long st_prefix_queries, st_prefix_hits, st_prefix_evictions;
     int st_prefix_cached;
+    /* The readers' wake-ups (request.c): the notifies a step's publishes fire,
+     * queued on the engine thread (wk_list, referenced) and handed over once a
+     * step to the waker thread, which calls them (wk_todo, under wk_mu). */
+    engine_request **wk_list, **wk_todo;
+    int wk_n, wk_cap, wk_todo_n, wk_todo_cap;
+    pthread_t wk_thread;
+    bool wk_running, wk_stop;
+    pthread_mutex_t wk_mu;
+    pthread_cond_t wk_cv;
     pthread_t thread;
     bool thread_started;
     pthread_mutex_t mu; /* queue, running, stopping */
@@ -175,6 +184,15 @@ int engine__request_publish(engine_request *r, const char *text, size_t len, int
 /* Marks prefill progress (a chunk done, more to come) so a streaming reader
  * can send a keep-alive during a long prefill. Engine thread only. */
 void engine__request_progress(engine_request *r);
+
+/* The waker thread (engine__wakes_start: 0, or -1 when it cannot start: the
+ * engine thread then calls the notifies itself) and its end, after the
+ * engine thread's (wakes still queued are made first; accepts a waker never
+ * started). engine__wakes_flush hands the wakes queued on the engine thread
+ * to the waker: once a step, after its publishes. */
+int engine__wakes_start(engine *e);
+void engine__wakes_stop(engine *e);
+void engine__wakes_flush(engine *e);
 
 /* Fills *lp for token `id` from raw logits (vocab): log-softmax in double,
  * and the n_top largest (ties to the lower id). */

@@ -1,8 +1,9 @@
 /* Request objects (see engine.h): what a request asked for, as owned copies,
  * and its output stream. The engine thread publishes text, progress and the
  * finish (engine__request_publish); any thread reads them
- * (engine_request_read), under the request's own lock. Also the logprobs of
- * a sampled token. */
+ * (engine_request_read), under the request's own lock; the waker thread
+ * wakes the readers of a step's publishes. Also the logprobs of a sampled
+ * token. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -138,6 +139,130 @@ void engine_cancel(engine_request *r) {
     if (r) atomic_store(&r->cancel, true);
 }
 
+/* ---- wake-ups ----
+ * A reader's notify costs far more than the publish that fires it (the
+ * server resumes a connection: a lock and a write to libmicrohttpd's event
+ * descriptor; bench-throughput signals a condition), and a decode step
+ * publishes to every running request: 512 notifies a step were most of the
+ * engine thread's time between two passes, which a GPU waits for. So the
+ * engine thread only queues them (each with a reference), hands them to the
+ * waker thread once a step (engine__wakes_flush), and goes on with the next
+ * step while the waker calls them. Each call is made under the request's
+ * lock, which engine_request_detach takes too: once detach returns no call
+ * is under way or to come, however late the waker is. Lock order: r->mu,
+ * then whatever the notify takes (as on_empty in engine_request_read). */
+
+/* Calls r's notify, if it still has one. */
+static void request_notify(engine_request *r) {
+    pthread_mutex_lock(&r->mu);
+    if (r->notify) r->notify(r->notify_ctx);
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* Appends n requests to the list *v of *len (room for *cap). Returns 0, or
+ * -1 when out of memory (nothing appended). */
+static int wake_append(engine_request ***v, int *len, int *cap, engine_request *const *r, int n) {
+    if (*len + n > *cap) {
+        int c = *cap ? *cap : 64;
+        while (c < *len + n) c *= 2;
+        engine_request **p = realloc(*v, (size_t)c * sizeof(*p));
+        if (!p) return -1;
+        *v = p, *cap = c;
+    }
+    memcpy(*v + *len, r, (size_t)n * sizeof(*r));
+    *len += n;
+    return 0;
+}
+
+/* r's reader is to be woken: queued for the waker when the engine thread
+ * publishes, else (engine_stop's aborts of queued requests, or out of
+ * memory) woken now. */
+static void request_wake(engine_request *r) {
+    engine *e = r->eng;
+    if (e->wk_running && e->thread_started && pthread_equal(pthread_self(), e->thread)) {
+        atomic_fetch_add(&r->refs, 1);
+        if (wake_append(&e->wk_list, &e->wk_n, &e->wk_cap, &r, 1) == 0) return;
+        engine_request_release(r); /* not the last: the caller holds one */
+    }
+    request_notify(r);
+}
+
+static void *waker_main(void *arg) {
+    engine *e = arg;
+    engine_request **mine = NULL; /* the batch being woken, (cap) */
+    int cap = 0;
+    pthread_mutex_lock(&e->wk_mu);
+    for (;;) {
+        while (!e->wk_todo_n && !e->wk_stop) pthread_cond_wait(&e->wk_cv, &e->wk_mu);
+        if (!e->wk_todo_n) break; /* stopping, and every wake made */
+        engine_request **batch = e->wk_todo; /* take the batch, leave the empty array */
+        int n = e->wk_todo_n, bcap = e->wk_todo_cap;
+        e->wk_todo = mine, e->wk_todo_cap = cap, e->wk_todo_n = 0;
+        mine = batch, cap = bcap;
+        pthread_mutex_unlock(&e->wk_mu);
+        for (int i = 0; i < n; i++) {
+            request_notify(mine[i]);
+            engine_request_release(mine[i]);
+        }
+        pthread_mutex_lock(&e->wk_mu);
+    }
+    pthread_mutex_unlock(&e->wk_mu);
+    free(mine);
+    return NULL;
+}
+
+int engine__wakes_start(engine *e) {
+    if (pthread_mutex_init(&e->wk_mu, NULL)) return -1;
+    if (pthread_cond_init(&e->wk_cv, NULL)) {
+        pthread_mutex_destroy(&e->wk_mu);
+        return -1;
+    }
+    if (pthread_create(&e->wk_thread, NULL, waker_main, e)) {
+        pthread_cond_destroy(&e->wk_cv);
+        pthread_mutex_destroy(&e->wk_mu);
+        return -1;
+    }
+    e->wk_running = true;
+    return 0;
+}
+
+void engine__wakes_flush(engine *e) {
+    if (!e->wk_n) return;
+    pthread_mutex_lock(&e->wk_mu);
+    int rc = 0;
+    if (!e->wk_todo_n) { /* the waker is done with the last batch: swap */
+        engine_request **t = e->wk_todo;
+        int cap = e->wk_todo_cap;
+        e->wk_todo = e->wk_list, e->wk_todo_cap = e->wk_cap, e->wk_todo_n = e->wk_n;
+        e->wk_list = t, e->wk_cap = cap;
+    } else {
+        rc = wake_append(&e->wk_todo, &e->wk_todo_n, &e->wk_todo_cap, e->wk_list, e->wk_n);
+    }
+    if (rc == 0) pthread_cond_signal(&e->wk_cv);
+    pthread_mutex_unlock(&e->wk_mu);
+    for (int i = 0; rc != 0 && i < e->wk_n; i++) { /* out of memory: woken here */
+        request_notify(e->wk_list[i]);
+        engine_request_release(e->wk_list[i]);
+    }
+    e->wk_n = 0;
+}
+
+void engine__wakes_stop(engine *e) {
+    if (!e->wk_running) return;
+    engine__wakes_flush(e);
+    pthread_mutex_lock(&e->wk_mu);
+    e->wk_stop = true;
+    pthread_cond_signal(&e->wk_cv);
+    pthread_mutex_unlock(&e->wk_mu);
+    pthread_join(e->wk_thread, NULL);
+    pthread_cond_destroy(&e->wk_cv);
+    pthread_mutex_destroy(&e->wk_mu);
+    free(e->wk_list);
+    free(e->wk_todo);
+    e->wk_list = e->wk_todo = NULL;
+    e->wk_running = false;
+}
+
 int engine__request_publish(engine_request *r, const char *text, size_t len, int n_generated,
                             engine_finish finish, int error) {
     int rc = ENGINE_OK;
@@ -167,10 +292,8 @@ int engine__request_publish(engine_request *r, const char *text, size_t len, int
         r->t_end = util_now();
     }
     if (ends && slot_locked) e->n_taken--;
-    bool fire = r->armed && (len || new_token || r->finish != ENGINE_FINISH_NONE);
+    bool fire = r->armed && r->notify && (len || new_token || r->finish != ENGINE_FINISH_NONE);
     if (fire) r->armed = false;
-    void (*notify)(void *) = r->notify;
-    void *ctx = r->notify_ctx;
     pthread_mutex_unlock(&r->mu);
     if (slot_locked) pthread_mutex_unlock(&e->mu);
     if (ends && e && !slot_locked) { /* out of memory turned a text into the finish */
@@ -178,19 +301,17 @@ int engine__request_publish(engine_request *r, const char *text, size_t len, int
         e->n_taken--;
         pthread_mutex_unlock(&e->mu);
     }
-    if (fire && notify) notify(ctx);
+    if (fire) request_wake(r);
     return rc;
 }
 
 void engine__request_progress(engine_request *r) {
     pthread_mutex_lock(&r->mu);
     r->progress = true;
-    bool fire = r->armed;
+    bool fire = r->armed && r->notify;
     r->armed = false;
-    void (*notify)(void *) = r->notify;
-    void *ctx = r->notify_ctx;
     pthread_mutex_unlock(&r->mu);
-    if (fire && notify) notify(ctx);
+    if (fire) request_wake(r);
 }
 
 bool engine_request_read(engine_request *r, engine_output *out, void (*on_empty)(void *), void *ctx) {

@@ -533,5 +533,6 @@ static int sched_run_step(engine *e, int *prompt, int *decodes) {
 
 void engine__sched_step(engine *e) {
     int prompt = 0, decodes = 0, tokens = sched_run_step(e, &prompt, &decodes);
+    engine__wakes_flush(e); /* the readers of what the step published, woken by the waker thread */
     sched_publish_stats(e, tokens, prompt, decodes);
 }
