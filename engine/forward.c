@@ -61,6 +61,7 @@ struct forward_ctx {
     /* host mirrors */
     int32_t *h_i32;          /* like desc_i32 */
     int32_t *h_last;         /* (S) */
+    uint64_t n_plans;        /* steps planned: plan_step's mark of the states in a step */
 };
 
 struct forward_state {
@@ -71,6 +72,7 @@ struct forward_state {
     kv_seq seq;              /* block table of positions 0..pos-1 */
     engram_step_seq eng;     /* hash history and conv history, with Engram */
     dsv4_seq *dsv4;          /* DeepSeek-V4's open compression windows (the rest is in its blocks), or NULL */
+    uint64_t planned;        /* the fc->n_plans of the last step planned with it */
 };
 
 /* Rope inverse frequencies as transformers computes them (f32), with linear
@@ -442,10 +444,12 @@ static int plan_step(forward_ctx *fc, const forward_item *it, int n_items, batch
     /* With Engram, ids past the tokenizer have no compressed id. */
     int64_t limit = e ? e->lookup_n : m->cfg.vocab_size;
     if (limit > m->cfg.vocab_size) limit = m->cfg.vocab_size;
+    uint64_t mark = ++fc->n_plans; /* a state met twice in the step: linear, where comparing pairs of items
+                                     * cost more than the rest of the plan at 512 sequences */
     for (int i = 0; i < n_items; i++) {
-        if (it[i].n < 1 || it[i].st->kv != it[0].st->kv || it[i].st->fc != fc) return FORWARD_ERR_BATCH;
-        for (int j = 0; j < i; j++)
-            if (it[j].st == it[i].st) return FORWARD_ERR_BATCH;
+        if (it[i].n < 1 || it[i].st->kv != it[0].st->kv || it[i].st->fc != fc || it[i].st->planned == mark)
+            return FORWARD_ERR_BATCH;
+        it[i].st->planned = mark;
         if (it[i].n > it[i].st->max_tokens - it[i].st->pos) return FORWARD_ERR_FULL;
         for (int k = 0; k < it[i].n; k++)
             if (it[i].ids[k] < 0 || it[i].ids[k] >= limit) return FORWARD_ERR_TOKEN;
