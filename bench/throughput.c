@@ -3,7 +3,8 @@
  * from Uniform(100, 1024)): N requests of random prompt token ids, greedy,
  * ignore_eos, each generating exactly its drawn output length, all submitted
  * at once; then wall time, output and total tokens per second, TTFT
- * percentiles and the mean tokens per scheduler step.
+ * percentiles, the mean tokens per scheduler step and the engine thread's
+ * host time between two forward passes (what a GPU waits for).
  *
  * Real text instead of random ids (the Engram tiers' hit ratios depend on
  * which N-grams come): --prompts-from FILE takes each prompt as a slice of
@@ -676,6 +677,7 @@ static void work_measure(bench_work *w, engine *e, double t0, const bench_snap *
     r->st.grammar_masks -= b->grammar_masks, r->st.grammar_mask_seconds -= b->grammar_mask_seconds;
     r->st.prefix_queries_tokens -= b->prefix_queries_tokens, r->st.prefix_hits_tokens -= b->prefix_hits_tokens;
     r->st.prefix_evictions -= b->prefix_evictions;
+    r->st.host_gap_seconds -= b->host_gap_seconds, r->st.host_gap_steps -= b->host_gap_steps;
     r->mean_step = r->st.steps ? (double)r->st.step_tokens_total / (double)r->st.steps : 0;
 }
 
@@ -711,6 +713,9 @@ static void print_result(const bench_options *o, const bench_work *w, engine *e,
     printf("TTFT p50 %.3f s, p99 %.3f s\n", p50, p99);
     printf("scheduler: %lld steps, mean step tokens %.1f, preemptions %lld\n", r->st.steps, r->mean_step,
            r->st.preemptions);
+    double gap_us = r->st.host_gap_steps ? 1e6 * r->st.host_gap_seconds / (double)r->st.host_gap_steps : 0;
+    printf("engine host time between passes: %.1f us a step, mean over %lld back-to-back steps\n", gap_us,
+           r->st.host_gap_steps);
     double dmean = r->st.decode_steps ? (double)r->st.decode_step_prompt_tokens / r->st.decode_steps : 0;
     printf("decode steps: %lld, prompt tokens beside their decodes mean %.1f, max %d\n", r->st.decode_steps, dmean,
            r->st.decode_step_prompt_max);
@@ -733,14 +738,14 @@ static void print_result(const bench_options *o, const bench_work *w, engine *e,
            "\"threads\": %d, \"tensor_parallel_size\": %d, \"expert_parallel_size\": %d, \"load_s\": %.3f, \"prompt_tokens\": %lld, \"output_tokens\": %lld, \"failed\": %lld, "
            "\"wall_s\": %.4f, \"output_tok_s\": %.3f, \"total_tok_s\": %.3f, \"ttft_p50_s\": %.4f, "
            "\"ttft_p99_s\": %.4f, \"steps\": %lld, \"mean_step_tokens\": %.2f, \"preemptions\": %lld, "
-           "\"decode_steps\": %lld, \"decode_step_prompt_mean\": %.2f, \"decode_step_prompt_max\": %d, "
+           "\"host_gap_us\": %.2f, \"decode_steps\": %lld, \"decode_step_prompt_mean\": %.2f, \"decode_step_prompt_max\": %d, "
            "\"prompts_from\": %s%s%s, \"force_output\": %s, \"multiturn\": [%d, %d], \"system_len\": %d, "
            "\"prefix_caching\": %d, \"prefix_hit_rate\": %.4f, \"pass\": %d}\n",
            engine_model(e)->dir, ep->device ? ep->device : "cpu", n, o->plen[0], o->plen[1], o->olen[0], o->olen[1],
            (unsigned long long)o->seed, ep->max_num_seqs, ep->max_num_batched_tokens, ep->max_prefill_tokens_decoding,
            ep->kv_cache_tokens,
            ep->threads, ep->tensor_parallel_size, ep->expert_parallel_size, r->t_load, sp, got, r->failed, r->wall, got / r->wall, (sp + got) / r->wall, p50, p99,
-           r->st.steps, r->mean_step, r->st.preemptions, r->st.decode_steps, dmean, r->st.decode_step_prompt_max, w->text ? "\"" : "", w->text ? o->text_path : "null",
+           r->st.steps, r->mean_step, r->st.preemptions, gap_us, r->st.decode_steps, dmean, r->st.decode_step_prompt_max, w->text ? "\"" : "", w->text ? o->text_path : "null",
            w->text ? "\"" : "", o->force ? "true" : "false", o->conv, o->turns, o->conv ? o->system_len : 0,
            ep->enable_prefix_caching, hit, pass + 1);
 }

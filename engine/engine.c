@@ -93,6 +93,8 @@ void engine_get_stats(engine *e, engine_stats *out) {
     out->prefix_hits_tokens = e->st_prefix_hits;
     out->prefix_cached_blocks = e->st_prefix_cached;
     out->prefix_evictions = e->st_prefix_evictions;
+    out->host_gap_seconds = e->st_host_gap;
+    out->host_gap_steps = e->st_host_gap_steps;
     pthread_mutex_unlock(&e->mu);
 }
 

@@ -160,6 +160,12 @@ typedef struct {
     long long prefix_hits_tokens;    /* of those, the ones the cache had */
     int prefix_cached_blocks;        /* KV blocks registered in the cache, in use or idle */
     long long prefix_evictions;      /* cached blocks evicted so far */
+    /* The engine thread's time between the forward passes of back-to-back
+     * steps, which a GPU idles through: from one pass's results to the next
+     * pass's first op (taking and publishing tokens, scheduling, the pass's
+     * own checks, layout and uploads). Summed over host_gap_steps steps. */
+    double host_gap_seconds;
+    long long host_gap_steps;
 } engine_stats;
 
 void engine_get_stats(engine *e, engine_stats *out);

@@ -136,12 +136,16 @@ struct engine {
     int32_t *toks;           /* (toks_cap) a preempted sequence's tokens, contiguous (scheduler.c) */
     int toks_cap;
     long long prefix_queries, prefix_hits; /* tokens looked up, and found (engine_stats) */
+    double pass_end;         /* when the latest forward pass returned; 0: the engine may have idled since */
+    double host_gap;         /* engine_stats.host_gap_seconds, and its steps */
+    long long host_gap_steps;
     /* what engine_get_stats reports, under mu */
     int st_running, st_preempted, st_kv_used, st_step_tokens;
     long long st_preemptions, st_steps, st_step_tokens_total, st_masks;
     long long st_decode_steps, st_decode_prompt_tokens, st_decode_prompt_hist[ENGINE_PROMPT_BUCKETS];
     int st_decode_prompt_max;
-    double st_mask_seconds;
+    double st_mask_seconds, st_host_gap;
+    long long st_host_gap_steps;
     long long st_prefix_queries, st_prefix_hits, st_prefix_evictions;
     int st_prefix_cached;
     /* The readers' wake-ups (request.c): the notifies a step's publishes fire,

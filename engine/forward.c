@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/util.h"
 #include "engine/engram_step.h"
 #include "engine/expert_parallel.h"
 #include "engine/forward_dsv4.h"
@@ -62,6 +63,7 @@ struct forward_ctx {
     int32_t *h_i32;          /* like desc_i32 */
     int32_t *h_last;         /* (S) */
     uint64_t n_plans;        /* steps planned: plan_step's mark of the states in a step */
+    double plan_seconds;     /* forward_ctx_plan_seconds */
 };
 
 struct forward_state {
@@ -651,6 +653,7 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
      * collectives are not recorded: not yet measured). */
     bool record = backend_has(be, step_begin) && !fc->tp && !fc->ep && n_items <= STEP_RECORD_MAX_TOKENS;
     for (int i = 0; i < n_items && record; i++) record = it[i].n == 1;
+    double t0 = util_now();
     int rc = plan_step(fc, it, n_items, &b, record);
     if (rc != FORWARD_OK) return rc;
     /* after planning, which lays out this step's snapshots */
@@ -664,6 +667,7 @@ int forward_batch(forward_ctx *fc, const forward_item *it, int n_items) {
         for (int i = 0; i < S; i++) fc->dsv4_seqs[i] = it[i].st->dsv4;
         dsv4_step_upload(fc->dsv4, fc->dsv4_seqs, &b);
     }
+    fc->plan_seconds += util_now() - t0; /* the first op comes next */
     /* every host value the ops below bake in, and the segment */
     engram_step_seg sg = {.key = {(uintptr_t)fc, (uintptr_t)kv, (uint64_t)T, (uint64_t)nl, (uint64_t)b.max_blocks,
                                   any_argmax, 0},
@@ -709,6 +713,7 @@ issued:
 }
 
 float *forward_ctx_logits(forward_ctx *fc) { return fc->logits; }
+double forward_ctx_plan_seconds(const forward_ctx *fc) { return fc->plan_seconds; }
 
 int forward_run(forward_ctx *fc, forward_state *s, const int32_t *ids, int n, float *logits, float *gates) {
     if (n <= 0) return FORWARD_OK;

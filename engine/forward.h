@@ -144,6 +144,11 @@ typedef struct {
  * that forward_item.logits_row names; valid until the next step. */
 float *forward_ctx_logits(forward_ctx *fc);
 
+/* Host seconds forward_batch has spent on fc's steps before their first op
+ * (checks, the step's layout and hashing, uploads), summed: the part of a
+ * step's host time between two passes that the pass itself takes. */
+double forward_ctx_plan_seconds(const forward_ctx *fc);
+
 /* Runs one step: items' tokens together, at most forward_ctx_max_tokens in
  * all, each state at most once, all states of fc sharing one KV cache (else
  * FORWARD_ERR_BATCH). First every token is hashed (the step's

@@ -125,6 +125,8 @@ static void sched_publish_stats(engine *e, int step_tokens, int prompt_tokens, i
     e->st_step_tokens = step_tokens;
     e->st_masks = e->n_masks;
     e->st_mask_seconds = e->mask_seconds;
+    e->st_host_gap = e->host_gap;
+    e->st_host_gap_steps = e->host_gap_steps;
     if (step_tokens > 0) {
         e->st_steps++;
         e->st_step_tokens_total += (uint64_t)step_tokens;
@@ -510,6 +512,7 @@ static void sched_take_tokens(engine *e, int n_items, int frc) {
 /* One scheduler step, phases 1 to 5 above. Returns the tokens it ran,
  * *prompt of them prompt tokens, and *decodes its decode tokens. */
 static int sched_run_step(engine *e, int *prompt, int *decodes) {
+    if (e->n_running == 0) e->pass_end = 0; /* it may have waited for work since: no gap to count */
     sched_poke_waiting(e); /* waiting requests poked now and then */
     sched_drop_interrupted(e, e->running, &e->n_running);
     sched_drop_interrupted(e, e->preempted, &e->n_preempted);
@@ -520,7 +523,13 @@ static int sched_run_step(engine *e, int *prompt, int *decodes) {
     if (n_items == 0) return 0;
     sched_prefetch_ahead(e);
     engine__masks_begin(e, n_items); /* the grammar masks meanwhile, on the worker */
+    double t_pass = util_now(), plan = forward_ctx_plan_seconds(e->fc);
     int frc = ranks_step(e->ranks, e->items, e->item_slot, n_items); /* forward_batch on every rank */
+    if (e->pass_end > 0) { /* engine_stats.host_gap_seconds: since the last pass, and this one's planning */
+        e->host_gap += t_pass - e->pass_end + forward_ctx_plan_seconds(e->fc) - plan;
+        e->host_gap_steps++;
+    }
+    e->pass_end = util_now();
     engine__masks_wait(e);
     if (frc != FORWARD_OK) log_error("step of %d sequences: %s", n_items, forward_status_str(frc));
     else if (engine__sample_on_backend(e, n_items) != 0) {

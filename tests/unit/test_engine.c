@@ -575,6 +575,28 @@ static engine_stats idle_stats(engine *x) {
     return st;
 }
 
+/* engine_stats.host_gap_*: a request alone runs a step per chunk or token,
+ * and each step after its first follows the pass of the step before; its
+ * first follows a wait for work (not counted). Two requests one after the
+ * other: all steps but two. */
+START_TEST(test_host_gap_counts_back_to_back_steps) {
+    engine_request_params p = greedy(PROMPT, NP, 12);
+    engine_stats st;
+    for (int k = 0; k < 2; k++) {
+        engine_request *r = NULL;
+        ck_assert_int_eq(engine_submit(E, &p, &r), ENGINE_OK);
+        result res = run_to_end(r);
+        ck_assert_int_eq(res.fin.finish, ENGINE_FINISH_LENGTH);
+        free(res.text);
+        engine_request_release(r);
+        st = idle_stats(E);
+        ck_assert_int_ge(st.steps, 12 * (k + 1));
+        ck_assert_int_eq(st.host_gap_steps, st.steps - (k + 1));
+    }
+    ck_assert(st.host_gap_seconds > 0);
+}
+END_TEST
+
 enum { CAP_REQS = 8, CAP_OUT = 16, CAP = 4 };
 
 /* Request i of the cap tests: a short prompt first (it decodes while the
@@ -707,6 +729,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_stop_aborts_queued);
     tcase_add_test(tc, test_detach);
     tcase_add_test(tc, test_queue_counts_only_waiting);
+    tcase_add_test(tc, test_host_gap_counts_back_to_back_steps);
     tcase_add_test(tc, test_lookahead_hands_prompts_ahead);
     tcase_add_test(tc, test_lookahead_skips_cached_rows);
     tcase_add_test(tc, test_prefill_cap_while_decoding);
