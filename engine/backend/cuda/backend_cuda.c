@@ -185,8 +185,8 @@ static int cu_init(cuda_backend *g, const backend_params *p, char *err, size_t e
     /* cuda_profile 2 keeps recorded steps, each replay timed as one op */
     g->graphs_off = !p->cuda_graphs || p->cuda_profile == 1;
     /* The few-row f32 kernel (kernels_skinny_f32) has passed no GPU run yet:
-     * off unless ENGRAM_SKINNY_F32=1 (gpu-backend-parity turns it on for its
-     * own cases), until a device run checks and times it. */
+     * off unless ENGRAM_SKINNY_F32=1 (gpu-backend-parity turns it on for the
+     * whole program), until a device run checks and times it. */
     const char *sk = getenv("ENGRAM_SKINNY_F32");
     g->matmul_no_skinny = !(sk && !strcmp(sk, "1"));
     if ((e = prof__init(g, p->cuda_profile)) != cudaSuccess) return cuda__init_fail(p, err, errlen, e);
