@@ -12,6 +12,7 @@
 #include "kernels/fp8.cuh"
 #include "kernels/norm.cuh"
 #include "kernels/tc.cuh"
+#include "kernels/smem.cuh"
 
 #include <cuda_runtime.h>
 #include <math.h>
@@ -878,20 +879,11 @@ extern "C" size_t kernels_dsv4_attention_work_floats(const kernels_dsv4_attentio
     return pl.ref || pl.n_split == 1 ? 0 : (size_t)a->n_tokens * pl.n_split * a->nh * ((size_t)a->D + 2);
 }
 
-// The kernel's shared memory limit raised to its largest size once per device, on the device's first
-// call (a plain one: a step is recorded from its second run on).
+// The kernel's shared memory limit raised to its largest size (kernels/smem.cuh).
 template <int HG>
 static int dsa_configure(void) {
-    static unsigned done; // bit d: device d's is set
-    int dev = 0;
-    cudaGetDevice(&dev);
-    unsigned bit = 1u << (dev & 31);
-    if (__atomic_load_n(&done, __ATOMIC_ACQUIRE) & bit) return 0;
-    if (cudaFuncSetAttribute(dsv4_attend_kernel<HG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             (int)(dsa_smem_floats<HG>(DSA_MAX_D) * sizeof(float))) != cudaSuccess)
-        return -1;
-    __atomic_fetch_or(&done, bit, __ATOMIC_RELEASE);
-    return 0;
+    static unsigned done;
+    return smem_raise_once(dsv4_attend_kernel<HG>, dsa_smem_floats<HG>(DSA_MAX_D) * sizeof(float), &done);
 }
 
 template <int HG>

@@ -18,6 +18,7 @@
 // falls in a tile, or on how the tokens are cut into launches (batch invariance, as the rest of the
 // backend promises).
 #include "kernels/kernels.h"
+#include "kernels/smem.cuh"
 
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -144,22 +145,12 @@ static int sk_slab(int T, int rows, int nc) {
     return (int)(T < most ? T : most < 32 ? 32 : most);
 }
 
-// R's shared memory (R x SK_KC floats) past the 48 KiB a launch gets unasked (R = 64): the limit
-// raised once per device, on its first call (a plain one: a step is recorded from its second run).
+// R's shared memory (R x SK_KC floats) past the 48 KiB a launch gets unasked (R = 64): kernels/smem.cuh.
 template <int R, int A>
 static int sk_configure(void) {
     const size_t smem = (size_t)R * SK_KC * sizeof(float);
-    if (smem <= 48 * 1024) return 0;
-    static unsigned done; // bit d: device d's is set
-    int dev = 0;
-    cudaGetDevice(&dev);
-    unsigned bit = 1u << (dev & 31);
-    if (__atomic_load_n(&done, __ATOMIC_ACQUIRE) & bit) return 0;
-    if (cudaFuncSetAttribute(skinny_chunk_kernel<R, A>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) !=
-        cudaSuccess)
-        return -1;
-    __atomic_fetch_or(&done, bit, __ATOMIC_RELEASE);
-    return 0;
+    static unsigned done;
+    return smem <= 48 * 1024 ? 0 : smem_raise_once(skinny_chunk_kernel<R, A>, smem, &done);
 }
 
 template <int R, int A>
