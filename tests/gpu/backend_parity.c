@@ -1974,8 +1974,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "backend_cuda: %s\n", err);
         return 2;
     }
-    /* The few-row f32 kernel is off by default (ENGRAM_SKINNY_F32) until a GPU run has checked it: on
-     * here, so its cases and every other f32 product of few rows in this program go through it. */
+    /* The few-row f32 kernel takes at most 8 rows by default (ENGRAM_SKINNY_F32): up to 64 here, so
+     * its cases and every other f32 product of few rows in this program go through it. */
     backend_cuda_set_matmul_no_skinny(gpu, 0);
     int timings = 1, only_skinny = 0; /* --no-timing: the checks alone; --skinny: the few-row products' alone */
     for (int i = 1; i < argc; i++) {

@@ -184,11 +184,13 @@ static int cu_init(cuda_backend *g, const backend_params *p, char *err, size_t e
         return cuda__init_fail(p, err, errlen, e);
     /* cuda_profile 2 keeps recorded steps, each replay timed as one op */
     g->graphs_off = !p->cuda_graphs || p->cuda_profile == 1;
-    /* The few-row f32 kernel (kernels_skinny_f32) has passed no GPU run yet:
-     * off unless ENGRAM_SKINNY_F32=1 (gpu-backend-parity turns it on for the
-     * whole program), until a device run checks and times it. */
+    /* The few-row f32 kernel (kernels_skinny_f32) takes f32 products of at
+     * most 8 rows (DeepSeek-V4's 4-row hyper-connection product): on an H100
+     * it beat pedantic cuBLAS 1.3-2.4x there at T 64..4096 and tied it at 24
+     * rows, losing at T 4096 (bench/RESULTS.md, "the few-row kernel
+     * measured"). ENGRAM_SKINNY_F32=0 turns it off, =1 on up to 64 rows. */
     const char *sk = getenv("ENGRAM_SKINNY_F32");
-    g->matmul_no_skinny = !(sk && !strcmp(sk, "1"));
+    g->skinny_max_rows = !sk ? 8 : !strcmp(sk, "0") ? 0 : !strcmp(sk, "1") ? KERNELS_SKINNY_MAX_ROWS : 8;
     if ((e = prof__init(g, p->cuda_profile)) != cudaSuccess) return cuda__init_fail(p, err, errlen, e);
     cublasStatus_t st = cublasCreate(&g->blas);
     if (st == CUBLAS_STATUS_SUCCESS) st = cublasSetStream(g->blas, g->stream);

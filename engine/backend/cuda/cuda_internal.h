@@ -85,7 +85,7 @@ typedef struct {
     int attention_no_tiled; /* tests: every token through the per-token kernel */
     int attention_decode_simt; /* tests: per-token tokens through the f32 kernel, not the tensor-core one */
     int dsv4_attention_ref; /* tests: DeepSeek-V4's attention through its first kernel (kernels.h) */
-    int matmul_no_skinny; /* tests: f32 products with few rows through cuBLAS, not kernels_skinny_f32 */
+    int skinny_max_rows; /* f32 products of at most this many rows take kernels_skinny_f32 (0: none) */
     int graphs_off; /* backend_params.cuda_graphs 0 (or op profiling): no recorded steps */
     int capturing;  /* slot being recorded, or -1 */
     unsigned long long tick;

@@ -53,11 +53,10 @@ static void cu_gemm_xb(cuda_backend *g, float *out, const weight *w, const float
 }
 
 /* Whether a product past the matrix-vector kernels takes the few-row kernel: f32 weights of at
- * most KERNELS_SKINNY_MAX_ROWS rows (DeepSeek-V4's hyper-connection products, 24 and 4 rows of
- * 16384), where pedantic f32 cuBLAS took 75 times the bytes' time (H100, 24x16384 at T 1024:
- * 1,867 us a call). */
+ * most g->skinny_max_rows rows (backend_cuda.c: 8 by default, DeepSeek-V4's 4-row
+ * hyper-connection product; pedantic cuBLAS took 1.3-2.4x its time there). */
 static int cu_skinny(cuda_backend *g, const float *x, const weight *w) {
-    return w->dt == DTYPE_F32 && !g->matmul_no_skinny && kernels_skinny_supported(x, w->data, w->rows, w->cols);
+    return w->dt == DTYPE_F32 && w->rows <= g->skinny_max_rows && kernels_skinny_supported(x, w->data, w->rows, w->cols);
 }
 
 /* out (T, rows) = x @ w^T (+ bias), or with add out += that, through kernels_skinny_f32. */
@@ -415,7 +414,9 @@ void backend_cuda_set_attention_decode_simt(backend *be, int on) { cuda__of(be)-
 __attribute__((visibility("default"))) void backend_cuda_set_dsv4_attention_ref(backend *be, int on);
 void backend_cuda_set_dsv4_attention_ref(backend *be, int on) { cuda__of(be)->dsv4_attention_ref = on; }
 __attribute__((visibility("default"))) void backend_cuda_set_matmul_no_skinny(backend *be, int on);
-void backend_cuda_set_matmul_no_skinny(backend *be, int on) { cuda__of(be)->matmul_no_skinny = on; }
+void backend_cuda_set_matmul_no_skinny(backend *be, int on) {
+    cuda__of(be)->skinny_max_rows = on ? 0 : KERNELS_SKINNY_MAX_ROWS;
+}
 
 void cuda__ops_free(cuda_backend *g) {
     if (g->xb) cudaFree(g->xb);
