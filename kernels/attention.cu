@@ -6,6 +6,7 @@
 // a second kernel.
 #include "kernels/kernels.h"
 #include "kernels/pdl.cuh"
+#include "kernels/smem.cuh"
 #include "kernels/tc.cuh"
 
 #include <cuda_bf16.h>
@@ -449,15 +450,9 @@ static int dec_launch(const kernels_attention_args *a, int ns, int len, int tile
     constexpr int NG = DEC_WARPS * (32 / (HD / 8));
     int G = a->n_heads / a->n_kv;
     size_t smem = (size_t)NG * G * (HD + 2) * sizeof(float);
-    static int configured;
-    if (!configured) {
-        size_t most = (size_t)NG * MAXG * (HD + 2) * sizeof(float);
-        if (most > 48 * 1024 && cudaFuncSetAttribute(decode_attention_kernel<HD, MAXG>,
-                                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                     (int)most) != cudaSuccess)
-            return KERNELS_ERR_LAUNCH;
-        configured = 1;
-    }
+    static unsigned raised;
+    size_t most = (size_t)NG * MAXG * (HD + 2) * sizeof(float);
+    if (most > 48 * 1024 && smem_raise_once(decode_attention_kernel<HD, MAXG>, most, &raised)) return KERNELS_ERR_LAUNCH;
     dim3 grid(a->n_tokens, a->n_kv, ns);
     cudaError_t e = pdl_launch(decode_attention_kernel<HD, MAXG>, grid, dim3(DEC_WARPS * 32), smem, st, a->out,
                                a->work, a->q, (const __nv_bfloat16 *)a->kc, (const __nv_bfloat16 *)a->vc, a->pos,
@@ -682,13 +677,8 @@ decode_tc_kernel(float *out, float *work, const float *q, const __nv_bfloat16 *k
 template <int HD>
 static int tcd_launch(const kernels_attention_args *a, int ns, int len, int tiled_q, cudaStream_t st) {
     size_t smem = (size_t)4 * TK * (HD + 8) * sizeof(__nv_bfloat16);
-    static int configured;
-    if (!configured) {
-        if (smem > 48 * 1024 && cudaFuncSetAttribute(decode_tc_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                     (int)smem) != cudaSuccess)
-            return KERNELS_ERR_LAUNCH;
-        configured = 1;
-    }
+    static unsigned raised;
+    if (smem > 48 * 1024 && smem_raise_once(decode_tc_kernel<HD>, smem, &raised)) return KERNELS_ERR_LAUNCH;
     dim3 grid(a->n_tokens, a->n_kv, ns);
     cudaError_t e = pdl_launch(decode_tc_kernel<HD>, grid, dim3(128), smem, st, a->out, a->work, a->q,
                                (const __nv_bfloat16 *)a->kc, (const __nv_bfloat16 *)a->vc, a->pos, a->tok_seq,
@@ -714,15 +704,10 @@ static int att_launch(const kernels_attention_args *a, int ns, int len, int tile
     int G = a->n_heads / a->n_kv;
     size_t smem = ((size_t)G * a->hd + (size_t)G * ATT_THREADS + (ATT_THREADS / 32) * MAXG) * sizeof(float) +
                   ATT_THREADS * sizeof(int);
-    static int configured;
-    if (!configured) { /* allow the largest case (G = MAXG, hd = ATT_MAX_HD) */
-        size_t most = ((size_t)MAXG * ATT_MAX_HD + (size_t)MAXG * ATT_THREADS + (ATT_THREADS / 32) * MAXG) *
-                          sizeof(float) + ATT_THREADS * sizeof(int);
-        if (cudaFuncSetAttribute(paged_attention_kernel<MAXG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 (int)most) != cudaSuccess)
-            return KERNELS_ERR_LAUNCH;
-        configured = 1;
-    }
+    static unsigned raised; /* allow the largest case (G = MAXG, hd = ATT_MAX_HD) */
+    size_t most = ((size_t)MAXG * ATT_MAX_HD + (size_t)MAXG * ATT_THREADS + (ATT_THREADS / 32) * MAXG) *
+                      sizeof(float) + ATT_THREADS * sizeof(int);
+    if (smem_raise_once(paged_attention_kernel<MAXG>, most, &raised)) return KERNELS_ERR_LAUNCH;
     dim3 grid(a->n_tokens, a->n_kv, ns);
     paged_attention_kernel<MAXG><<<grid, ATT_THREADS, smem, st>>>(
         a->out, a->work, a->q, (const __nv_bfloat16 *)a->kc, (const __nv_bfloat16 *)a->vc, a->pos, a->tok_seq,
@@ -881,13 +866,8 @@ prefill_attention_kernel(float *out, const float *q, const __nv_bfloat16 *kc, co
 template <int HD>
 static int prefill_launch(const kernels_attention_args *a, int tiled_q, int max_q, cudaStream_t st) {
     size_t smem = (size_t)(4 * TK + TQ_ROWS) * (HD + 8) * sizeof(__nv_bfloat16);
-    static int configured;
-    if (!configured) {
-        if (cudaFuncSetAttribute(prefill_attention_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 (int)smem) != cudaSuccess)
-            return KERNELS_ERR_LAUNCH;
-        configured = 1;
-    }
+    static unsigned raised;
+    if (smem_raise_once(prefill_attention_kernel<HD>, smem, &raised)) return KERNELS_ERR_LAUNCH;
     int QT = TQ_ROWS / (a->n_heads / a->n_kv);
     dim3 grid((max_q + QT - 1) / QT, a->n_seqs, a->n_kv);
     prefill_attention_kernel<HD><<<grid, 128, smem, st>>>(a->out, a->q, (const __nv_bfloat16 *)a->kc,

@@ -908,7 +908,8 @@ extern "C" int kernels_dsv4_attention(const kernels_dsv4_attention_args *a, void
     size_t smem = dsv4_attention_ref_smem(a);
     if (smem > 48 * 1024) {
         if (smem > 227 * 1024) return KERNELS_ERR_ARG;
-        cudaFuncSetAttribute(dsv4_attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        static unsigned raised; /* to the most a block may have, once per device: every size fits */
+        if (smem_raise_once(dsv4_attention_kernel, 227 * 1024, &raised)) return KERNELS_ERR_LAUNCH;
     }
     dsv4_attention_kernel<<<dim3(a->n_tokens, a->nh), 256, smem, st>>>(*a);
     return dsv4_status();
