@@ -146,6 +146,7 @@ static const backend_ops cuda_ops = {
     .matmul_qkv = cu_matmul_qkv,
     .matmul_add = cu_matmul_add,
     .matmul_glu = cu_matmul_glu,
+    .matmul_ffn = cu_matmul_ffn,
     .qk_rope_store = cu_qk_rope_store,
     .dsv4_qk_norm_rope = cu_dsv4_qk_norm_rope,
     .sample = cu_sample,
@@ -189,6 +190,12 @@ static int cu_init(cuda_backend *g, const backend_params *p, char *err, size_t e
      * whole program), until a device run checks and times it. */
     const char *sk = getenv("ENGRAM_SKINNY_F32");
     g->matmul_no_skinny = !(sk && !strcmp(sk, "1"));
+    /* A/B switches of the bf16 products' activations (cuda_ops.c): ENGRAM_ACT_FUSE=0 takes them
+     * through f32 as before (bit-identical results); ENGRAM_GLU_STACK=1 runs gate and up as one
+     * product (another cuBLAS algorithm: off until timed on a GPU). */
+    const char *af = getenv("ENGRAM_ACT_FUSE"), *gs = getenv("ENGRAM_GLU_STACK");
+    g->act_unfused = af && !strcmp(af, "0");
+    g->glu_stack = gs && !strcmp(gs, "1");
     if ((e = prof__init(g, p->cuda_profile)) != cudaSuccess) return cuda__init_fail(p, err, errlen, e);
     cublasStatus_t st = cublasCreate(&g->blas);
     if (st == CUBLAS_STATUS_SUCCESS) st = cublasSetStream(g->blas, g->stream);
