@@ -43,7 +43,7 @@ struct forward_ctx {
     /* step scratch, backend memory, for T = max_tokens tokens and S = max_seqs sequences */
     float *x, *h;            /* (T, d) residual stream, normed input */
     float *q, *k, *v, *att;  /* (T, n_heads*hd) (T, kvw) (T, kvw) (T, n_heads*hd) */
-    float *gate, *up;        /* (T, ff) */
+    float *gate, *up;        /* (T, ff) each, one buffer: up = gate + T ff (matmul_ffn's work) */
     float *tmp;              /* (T, max(d, n_heads*hd)) projection outputs */
     float *lastx, *logits;   /* (S, d), (S, vocab) */
     float *rlogits, *moe_w;  /* (T, n_experts) router logits, (T, top_k) expert weights; with experts */
@@ -129,7 +129,7 @@ static int ctx_alloc_desc(forward_ctx *fc, int max_blocks) {
 void forward_ctx_destroy(forward_ctx *fc) {
     if (!fc) return;
     backend *be = fc->be;
-    void *dev[] = {fc->inv_freq, fc->x, fc->h, fc->q, fc->k, fc->v, fc->att, fc->gate, fc->up, fc->tmp,
+    void *dev[] = {fc->inv_freq, fc->x, fc->h, fc->q, fc->k, fc->v, fc->att, fc->gate, fc->tmp, /* up: in gate's */
                    fc->lastx, fc->logits, fc->ids, fc->last, fc->next, fc->desc_i32, fc->rlogits, fc->moe_w,
                    fc->moe_ids, fc->pairs, fc->tp_gath, fc->tp_part};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++) backend_free(be, dev[i]);
@@ -205,8 +205,8 @@ int forward_ctx_create(model *m, backend *be, int max_tokens, int max_seqs, forw
     fc->k = backend_alloc(be, T * kvw * F);
     fc->v = backend_alloc(be, T * kvw * F);
     fc->att = backend_alloc(be, T * qw * F);
-    fc->gate = backend_alloc(be, T * ff * F);
-    fc->up = backend_alloc(be, T * ff * F);
+    fc->gate = backend_alloc(be, 2 * T * ff * F);
+    fc->up = fc->gate ? fc->gate + T * ff : NULL;
     fc->tmp = backend_alloc(be, T * (qw > d ? qw : d) * F);
     fc->lastx = backend_alloc(be, S * d * F);
     fc->logits = backend_alloc(be, S * (size_t)c->vocab_size * F);
@@ -603,6 +603,12 @@ static void ffn_block(forward_ctx *fc, const layer_weights *L, int T) {
         backend_moe_route(be, fc->moe_ids, fc->moe_w, fc->rlogits, fc->ids, L->moe, T);
         ep_moe_experts(fc->ep, be, fc->tmp, fc->pairs, fc->h, fc->moe_ids, fc->moe_w, L->moe, T);
         backend_add(be, fc->x, fc->tmp, (size_t)T * c->hidden_size);
+        return;
+    }
+    if (backend_has(be, matmul_ffn) && !fc->tp) { /* the whole block: h stays in the backend's own form */
+        backend_norm norm = {L->ffn_norm, eps, fc->h};
+        backend_matmul_ffn(be, fc->x, fc->gate, &norm, &L->w_gate, &L->w_up, &L->w_down, L->b_gate, L->b_up,
+                           L->b_down, T);
         return;
     }
     if (backend_has(be, matmul_glu)) { /* the norm folded in, as in attention_block */

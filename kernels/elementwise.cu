@@ -5,6 +5,8 @@
 // reference in engine/backend/cpu/backend_cpu.c.
 #include "kernels/kernels.h"
 
+#include <stdint.h>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -32,14 +34,54 @@ extern "C" int kernels_rope_f32(float *x, const int *pos, int T, int n_heads, in
     return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
 }
 
+/* silu(g) * u, the one expression both SwiGLU kernels use (so the bf16 one rounds the f32 one's value) */
+__device__ __forceinline__ float swiglu_f(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
 __global__ void swiglu_kernel(float *gate, const float *up, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+    if (i < n) gate[i] = swiglu_f(gate[i], up[i]);
+}
+
+/* blockIdx.y: tokens (strided past the grid's 65535), x: a row's pieces of 256 threads, V elements a
+ * thread (V = 4: 16-byte loads and an 8-byte store, where n, ld and the pointers allow) */
+template <int V>
+__global__ void swiglu_bf16_kernel(__nv_bfloat16 *h, const float *gate, const float *up, int T, int n, size_t ld) {
+    int i = V * (blockIdx.x * blockDim.x + threadIdx.x);
+    if (i >= n) return;
+    for (int t = blockIdx.y; t < T; t += gridDim.y) {
+        const float *g = gate + (size_t)t * ld + i, *u = up + (size_t)t * ld + i;
+        __nv_bfloat16 *o = h + (size_t)t * n + i;
+        if (V == 1) {
+            *o = __float2bfloat16_rn(swiglu_f(*g, *u));
+        } else {
+            float4 a = *(const float4 *)g, b = *(const float4 *)u;
+            __nv_bfloat162 lo = {__float2bfloat16_rn(swiglu_f(a.x, b.x)), __float2bfloat16_rn(swiglu_f(a.y, b.y))};
+            __nv_bfloat162 hi = {__float2bfloat16_rn(swiglu_f(a.z, b.z)), __float2bfloat16_rn(swiglu_f(a.w, b.w))};
+            uint2 w;
+            w.x = *(const unsigned *)&lo, w.y = *(const unsigned *)&hi;
+            *(uint2 *)o = w;
+        }
+    }
 }
 
 extern "C" int kernels_swiglu_f32(float *gate, const float *up, size_t n, void *stream) {
     if (n == 0) return KERNELS_OK;
     swiglu_kernel<<<(unsigned)((n + 255) / 256), 256, 0, (cudaStream_t)stream>>>(gate, up, n);
+    return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
+}
+
+extern "C" int kernels_swiglu_bf16(void *h, const float *gate, const float *up, int T, int n, size_t ld,
+                                   void *stream) {
+    if (T < 0 || n <= 0 || ld < (size_t)n || !h || !gate || !up) return KERNELS_ERR_ARG;
+    if (T == 0) return KERNELS_OK;
+    int v4 = n % 4 == 0 && ld % 4 == 0 && (uintptr_t)gate % 16 == 0 && (uintptr_t)up % 16 == 0 &&
+             (uintptr_t)h % 8 == 0;
+    int per = v4 ? 1024 : 256;
+    dim3 grid((unsigned)((n + per - 1) / per), (unsigned)(T < 65535 ? T : 65535));
+    if (v4)
+        swiglu_bf16_kernel<4><<<grid, 256, 0, (cudaStream_t)stream>>>((__nv_bfloat16 *)h, gate, up, T, n, ld);
+    else
+        swiglu_bf16_kernel<1><<<grid, 256, 0, (cudaStream_t)stream>>>((__nv_bfloat16 *)h, gate, up, T, n, ld);
     return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
 }
 

@@ -51,12 +51,19 @@ int kernels_gather_rows_bf16(float *out, const void *table, const long long *row
  * out, x: (rows, dim) f32 device memory; w: (dim) f32. out may alias x. */
 int kernels_rmsnorm_f32(float *out, const float *x, const float *w, int rows, int dim,
                         float eps, void *stream);
+/* out (rows, dim) bf16 = kernels_rmsnorm_f32's rows, each element's f32 value rounded to nearest even:
+ * bit for bit the f32 norm then kernels_to_bf16, in one pass (out must not alias x). */
+int kernels_rmsnorm_bf16(void *out, const float *x, const float *w, int rows, int dim, float eps, void *stream);
 
 /* In place on x (T, n_heads, hd): rotate halves by pos[t] * inv_freq (hd/2). */
 int kernels_rope_f32(float *x, const int *pos, int T, int n_heads, int hd, const float *inv_freq, void *stream);
 
 /* gate (n) = silu(gate) * up */
 int kernels_swiglu_f32(float *gate, const float *up, size_t n, void *stream);
+/* h (T, n) bf16 = silu(g) * u rounded to nearest even, g = gate[t * ld + i], u = up[t * ld + i]: bit for
+ * bit kernels_swiglu_f32 then kernels_to_bf16 (the same f32 value, rounded once), in one pass. ld >= n:
+ * n for two (T, n) products, 2 n for one stacked [gate | up] product (up = gate + n). */
+int kernels_swiglu_bf16(void *h, const float *gate, const float *up, int T, int n, size_t ld, void *stream);
 
 /* x (n) += y (n) */
 int kernels_add_f32(float *x, const float *y, size_t n, void *stream);

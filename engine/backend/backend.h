@@ -363,6 +363,13 @@ typedef struct backend_ops {
      * is scratch the backend may use: (rmsnorm,) matmul gate, matmul up, swiglu */
     void (*matmul_glu)(backend *be, float *gate, float *up, const float *x, const backend_norm *norm,
                        const weight *wg, const weight *wu, const float *bg, const float *bu, int T);
+    /* The feed-forward block: x (T, wd.rows) += down(silu(h @ wg^T + bg) * (h @ wu^T + bu)) (+ bd), h
+     * = x or rmsnorm(x) (norm): (rmsnorm,) matmul gate, matmul up, swiglu, matmul_add down (or
+     * matmul_glu, matmul_add). work (T, 2 wg.rows) is scratch the backend may use; the backend keeps
+     * h (its activations) in its own form between the products (CUDA: the bf16 operand the down
+     * product reads, never h in f32) */
+    void (*matmul_ffn)(backend *be, float *x, float *work, const backend_norm *norm, const weight *wg,
+                       const weight *wu, const weight *wd, const float *bg, const float *bu, const float *bd, int T);
     /* q (T, n_heads, hd) in place and each token's K and V rows: RMSNorm per
      * head by qn (hd) and kn when not NULL, rope of q and k by b->pos, then K
      * (normed, roped) and V stored as kv_store does; k is not written:
@@ -644,6 +651,11 @@ static inline void backend_add_product(backend *be, float *x, const float *a, co
 static inline void backend_matmul_glu(backend *be, float *gate, float *up, const float *x, const backend_norm *norm,
                                       const weight *wg, const weight *wu, const float *bg, const float *bu, int T) {
     be->ops->matmul_glu(be, gate, up, x, norm, wg, wu, bg, bu, T);
+}
+static inline void backend_matmul_ffn(backend *be, float *x, float *work, const backend_norm *norm,
+                                      const weight *wg, const weight *wu, const weight *wd, const float *bg,
+                                      const float *bu, const float *bd, int T) {
+    be->ops->matmul_ffn(be, x, work, norm, wg, wu, wd, bg, bu, bd, T);
 }
 static inline void backend_qk_rope_store(backend *be, float *q, const float *k, const float *v, void *kc, void *vc,
                                          const batch_desc *b, int n_heads, int n_kv, int hd, const float *qn,

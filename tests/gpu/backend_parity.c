@@ -26,6 +26,10 @@
  * bit for bit. DeepSeek-V4's FP4 experts kept packed against the same experts
  * expanded to bf16, both on the GPU: bit for bit. The few-row products on f32
  * weights against themselves at other T (batch invariance): bit for bit.
+ * The bf16 products' inputs written as bf16 by the norm and SwiGLU (qkv, gate|up
+ * and the feed-forward block, matmul_ffn) against the same ops through f32
+ * (ENGRAM_ACT_FUSE=0, backend_cuda_set_act_unfused): bit for bit; gate and up
+ * as one stacked product (ENGRAM_GLU_STACK=1): the CPU's bound.
  * --no-timing: the checks alone; --skinny: the few-row products' checks and
  * timings alone.
  * Exit status 1 if any op fails. */
@@ -55,6 +59,11 @@ void backend_cuda_set_attention_decode_simt(backend *be, int on);
 void backend_cuda_set_dsv4_attention_ref(backend *be, int on);
 /* 1 sends f32 products with few rows to cuBLAS instead of the few-row kernel */
 void backend_cuda_set_matmul_no_skinny(backend *be, int on);
+/* 1 takes the bf16 products' activations through f32 (norm into h, SwiGLU's h in f32, each rounded by
+ * its own pass: ENGRAM_ACT_FUSE=0), the path before the norm and SwiGLU wrote them as bf16 */
+void backend_cuda_set_act_unfused(backend *be, int on);
+/* 1 runs gate and up as one product where their device rows are stacked (ENGRAM_GLU_STACK=1) */
+void backend_cuda_set_glu_stack(backend *be, int on);
 static int failures;
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
@@ -970,6 +979,16 @@ static void test_norm_products(int T, dtype dt, int bias, int cols, int nq, int 
                            bias ? wq.db : NULL, bias ? wk.db : NULL, bias ? wv.db : NULL, T);
         snprintf(name, sizeof(name), "rmsnorm+matmul_qkv %s %dx%d T=%d%s", dn, nq + 2 * nkv, cols, T, bias ? " +b" : "");
         check(name, o, ref, n, bound);
+        if (T > 2) { /* the norm writing bf16 rows: bit for bit the f32 norm rounded by its own pass */
+            float *want = host_of(o, n * 4);
+            backend_cuda_set_act_unfused(gpu, 1);
+            backend_matmul_qkv(gpu, o, o + (size_t)T * nq, o + (size_t)T * (nq + nkv), dx, &norm, &wq.d, &wk.d,
+                               &wv.d, bias ? wq.db : NULL, bias ? wk.db : NULL, bias ? wv.db : NULL, T);
+            backend_cuda_set_act_unfused(gpu, 0);
+            snprintf(name, sizeof(name), "  = the norm through f32 T=%d", T);
+            check_bits(name, o, want, n * 4);
+            free(want);
+        }
         backend_free(gpu, o), free(ref);
     }
     { /* gate and up of rmsnorm(x) */
@@ -982,6 +1001,15 @@ static void test_norm_products(int T, dtype dt, int bias, int cols, int nq, int 
         backend_matmul_glu(gpu, dg, du, dx, &norm, &wg.d, &wu.d, bias ? wg.db : NULL, bias ? wu.db : NULL, T);
         snprintf(name, sizeof(name), "rmsnorm+matmul_glu %s 2x%dx%d T=%d%s", dn, ff, cols, T, bias ? " +b" : "");
         check(name, dg, ref, n, bound);
+        if (T > 2) {
+            float *want = host_of(dg, n * 4);
+            backend_cuda_set_act_unfused(gpu, 1);
+            backend_matmul_glu(gpu, dg, du, dx, &norm, &wg.d, &wu.d, bias ? wg.db : NULL, bias ? wu.db : NULL, T);
+            backend_cuda_set_act_unfused(gpu, 0);
+            snprintf(name, sizeof(name), "  = the norm through f32 T=%d", T);
+            check_bits(name, dg, want, n * 4);
+            free(want);
+        }
         backend_free(gpu, dg), backend_free(gpu, du), free(ref), free(up);
     }
     /* x is the residual stream: the fused products read it, never write it */
@@ -992,6 +1020,112 @@ static void test_norm_products(int T, dtype dt, int bias, int cols, int nq, int 
     backend_free(gpu, dx), backend_free(gpu, dgw), backend_free(gpu, norm.h);
     free(x), free(g), free(h);
     tw_free(&wq), tw_free(&wk), tw_free(&wv), tw_free(&wg), tw_free(&wu);
+}
+
+/* The feed-forward block (matmul_ffn: x += down(swiglu(gate, up)) of x or rmsnorm(x)) against the CPU's
+ * ops, at T <= 2 (the matrix-vector kernels) and beyond (cuBLAS): there the path that keeps h as the
+ * down product's bf16 operand (and writes the normed rows as bf16) must give the bits of the path
+ * through f32 (ENGRAM_ACT_FUSE=0), with gate and up as two weights and stacked in one buffer (the
+ * layout cuda_view.c uploads), and the stacked single product (ENGRAM_GLU_STACK=1: another cuBLAS
+ * algorithm) must stay within the bound. The work buffer is poisoned before each run. */
+static void test_ffn(int T, int bias, int with_norm, int cols, int ff, double bound) {
+    char name[112];
+    const float eps = 1e-6f;
+    size_t nx = (size_t)T * cols, nf = (size_t)T * ff;
+    tw wg = tw_make(ff, cols, DTYPE_BF16), wu = tw_make(ff, cols, DTYPE_BF16), wd = tw_make(cols, ff, DTYPE_BF16);
+    float *x = rand_f32(nx, 3.0f), *g = rand_f32(cols, 1.0f);
+    for (int i = 0; i < cols; i++) g[i] += 1.0f;
+    /* the CPU: rmsnorm, gate, up, swiglu, down, add */
+    float *h = xmalloc(nx * 4), *gate = xmalloc(nf * 4), *up = xmalloc(nf * 4), *ref = xmalloc(nx * 4);
+    if (with_norm) backend_rmsnorm(cpu, h, x, g, T, cols, eps);
+    else memcpy(h, x, nx * 4);
+    backend_matmul(cpu, gate, h, &wg.h, bias ? wg.hb : NULL, T);
+    backend_matmul(cpu, up, h, &wu.h, bias ? wu.hb : NULL, T);
+    backend_swiglu(cpu, gate, up, nf);
+    backend_matmul(cpu, ref, gate, &wd.h, bias ? wd.hb : NULL, T);
+    for (size_t i = 0; i < nx; i++) ref[i] = x[i] + ref[i];
+    /* gate and up stacked as the view uploads them */
+    size_t each = (size_t)ff * cols * 2;
+    char *st = backend_alloc(gpu, 2 * each);
+    backend_upload(gpu, st, wg.h.data, each);
+    backend_upload(gpu, st + each, wu.h.data, each);
+    weight sg = wg.d, su = wu.d;
+    sg.data = st, su.data = st + each;
+    float *dgw = dev_copy(g, (size_t)cols * 4);
+    backend_norm norm = {dgw, eps, dev_poison(nx * 4)};
+    float *want = NULL;
+    /* 0: through f32 (the reference for the bits), 1: bf16 operands, 2: the same on stacked weights,
+     * 3: the stacked single product */
+    static const char *what[] = {"h through f32", "bf16 h", "bf16 h, stacked weights", "one stacked product"};
+    for (int mode = 0; mode < 4; mode++) {
+        if ((T <= 2 && mode > 0) || (bias && mode == 3)) break; /* the decode kernels: one path; biases: no stack */
+        float *dres = dev_copy(x, nx * 4), *work = dev_poison(2 * nf * 4);
+        backend_cuda_set_act_unfused(gpu, mode == 0);
+        backend_cuda_set_glu_stack(gpu, mode == 3);
+        backend_matmul_ffn(gpu, dres, work, with_norm ? &norm : NULL, mode >= 2 ? &sg : &wg.d,
+                           mode >= 2 ? &su : &wu.d, &wd.d, bias ? wg.db : NULL, bias ? wu.db : NULL,
+                           bias ? wd.db : NULL, T);
+        backend_cuda_set_act_unfused(gpu, 0);
+        backend_cuda_set_glu_stack(gpu, 0);
+        snprintf(name, sizeof(name), "matmul_ffn%s %dx%d T=%d%s %s", with_norm ? "+norm" : "", ff, cols, T,
+                 bias ? " +b" : "", what[mode]);
+        check(name, dres, ref, nx, bound);
+        if (mode == 0) {
+            want = host_of(dres, nx * 4);
+        } else if (mode < 3) {
+            snprintf(name, sizeof(name), "  = h through f32 T=%d (%s)", T, what[mode]);
+            check_bits(name, dres, want, nx * 4);
+        } else { /* information: whether cuBLAS's stacked product happened to sum in the same order */
+            float *got = host_of(dres, nx * 4);
+            size_t diff = 0;
+            for (size_t i = 0; i < nx; i++) diff += memcmp(&got[i], &want[i], 4) != 0;
+            printf("  (stacked product: %zu of %zu values differ from two products')\n", diff, nx);
+            free(got);
+        }
+        backend_free(gpu, dres), backend_free(gpu, work);
+    }
+    free(want);
+    backend_free(gpu, st), backend_free(gpu, dgw), backend_free(gpu, norm.h);
+    free(x), free(g), free(h), free(gate), free(up), free(ref);
+    tw_free(&wg), tw_free(&wu), tw_free(&wd);
+}
+
+/* The feed-forward block at qwen3-4b's shapes (2560 -> 9728 -> 2560, norm first), us a call at T
+ * tokens: through f32 (ENGRAM_ACT_FUSE=0), bf16 operands, and the stacked gate|up product. */
+static void time_ffn(int T) {
+    const int cols = 2560, ff = 9728;
+    size_t nw = (size_t)ff * cols, nx = (size_t)T * cols;
+    uint16_t *w16 = xmalloc(3 * nw * 2);
+    for (size_t i = 0; i < 3 * nw; i++) w16[i] = f32_to_bf16(0.02f * frand());
+    char *dw = dev_copy(w16, 3 * nw * 2); /* gate, up (stacked), down */
+    weight wg = {.data = dw, .dt = DTYPE_BF16, .rows = ff, .cols = cols};
+    weight wu = wg, wd = {.data = dw + 4 * nw, .dt = DTYPE_BF16, .rows = cols, .cols = ff};
+    wu.data = dw + 2 * nw;
+    float *x = rand_f32(nx, 1.0f), *g = rand_f32(cols, 1.0f);
+    float *dx = dev_copy(x, nx * 4), *dg = dev_copy(g, (size_t)cols * 4);
+    float *work = backend_alloc(gpu, 2 * (size_t)T * ff * 4);
+    backend_norm norm = {dg, 1e-6f, backend_alloc(gpu, nx * 4)};
+    static const char *what[] = {"h through f32", "bf16 h", "one stacked product"};
+    for (int rep = 0; rep < 2; rep++) /* interleaved twice */
+        for (int mode = 0; mode < 3; mode++) {
+            backend_cuda_set_act_unfused(gpu, mode == 0);
+            backend_cuda_set_glu_stack(gpu, mode == 2);
+            int iters = T <= 1024 ? 100 : 10;
+            double t0 = 0;
+            for (int i = -3; i < iters; i++) {
+                if (!i) sync_gpu(), t0 = now();
+                backend_matmul_ffn(gpu, dx, work, &norm, &wg, &wu, &wd, NULL, NULL, NULL, T);
+            }
+            sync_gpu();
+            double dt = (now() - t0) / iters;
+            printf("timing ffn+norm 2560x9728 T=%-5d %-20s %9.1f us  %6.1f TFLOP/s\n", T, what[mode], dt * 1e6,
+                   6.0 * T * nw / dt * 1e-12);
+        }
+    backend_cuda_set_act_unfused(gpu, 0);
+    backend_cuda_set_glu_stack(gpu, 0);
+    backend_free(gpu, dw), backend_free(gpu, dx), backend_free(gpu, dg), backend_free(gpu, work);
+    backend_free(gpu, norm.h);
+    free(w16), free(x), free(g);
 }
 
 /* qk_rope_store on the mixed step against rmsnorm per head, rope, kv_store */
@@ -2049,6 +2183,18 @@ int main(int argc, char **argv) {
     test_norm_products(1, DTYPE_F32, 1, 1024, 1024, 256, 1536, 1e-5);
     test_norm_products(5, DTYPE_F32, 1, 1024, 1024, 256, 1536, 1e-5);
     test_norm_products(43, DTYPE_BF16, 1, 1024, 1024, 256, 1536, 1e-2);
+    test_norm_products(300, DTYPE_BF16, 0, 2560, 4096, 1024, 2048, 1e-2);
+    /* the feed-forward block: decode kernels at T 1 and 2, then cuBLAS with and without the norm and
+     * biases, rows of 1000 (SwiGLU 4 a thread, not a whole block of 1024) and 998 (1 a thread), and
+     * qwen3-4b's shapes at T 550 */
+    test_ffn(1, 0, 1, 1024, 1536, 1e-5);
+    test_ffn(2, 1, 1, 1024, 1536, 1e-5);
+    test_ffn(3, 0, 1, 1024, 1536, 1e-2);
+    test_ffn(43, 1, 1, 1024, 1536, 1e-2);
+    test_ffn(43, 0, 0, 1024, 1536, 1e-2);
+    test_ffn(37, 0, 1, 512, 1000, 1e-2);
+    test_ffn(37, 0, 1, 512, 998, 1e-2);
+    test_ffn(550, 0, 1, 2560, 9728, 1e-2);
     /* mixture of experts: routers of the three scorings; experts through the pair kernel (T <= 2,
      * f32 activations), the tensor-core grouped products (bf16, tiles fit) and the general ones */
     test_dsv4_small();
@@ -2162,6 +2308,10 @@ int main(int argc, char **argv) {
         time_matmul(14336, 4096, 1);
         time_matmul(4096, 14336, 1);
         time_matmul(14336, 4096, 512);
+        time_ffn(128);
+        time_ffn(550);
+        time_ffn(2048);
+        time_ffn(16384);
         time_matmul_grouped(1);
         time_matmul_grouped(2);
         time_skinny_cases();

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/numeric.h"
 #include "engine/backend/backend.h"
 #include "kernels/kernels.h"
 
@@ -66,6 +67,38 @@ static void compare(const char *op, const float *dev, const float *ref, size_t n
     free(got);
 }
 
+/* The bf16 kernels that round as they write (the operands of the bf16 products) against their f32
+ * kernel then kernels_to_bf16 on the same input: n bf16 values, bit for bit. */
+static void compare_bits(const char *op, const void *dev, const void *ref_dev, size_t n) {
+    uint16_t *got = malloc(n * 2), *want = malloc(n * 2);
+    CK(cudaDeviceSynchronize());
+    CK(cudaMemcpy(got, dev, n * 2, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(want, ref_dev, n * 2, cudaMemcpyDeviceToHost));
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad += got[i] != want[i];
+    printf("%-16s n=%-9zu differing=%zu (bit for bit) %s\n", op, n, bad, bad ? "FAIL" : "ok");
+    failures += bad != 0;
+    free(got), free(want);
+}
+/* n bf16 values on the device, widened, against a host f32 reference */
+static void compare_bf16(const char *op, const void *dev, const float *ref, size_t n, double bound) {
+    uint16_t *b = malloc(n * 2);
+    float *f = malloc(n * 4), *df;
+    CK(cudaDeviceSynchronize());
+    CK(cudaMemcpy(b, dev, n * 2, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < n; i++) f[i] = bf16_to_f32(b[i]);
+    df = to_dev(f, n * 4);
+    compare(op, df, ref, n, bound);
+    CK(cudaFree(df));
+    free(b), free(f);
+}
+static void *poisoned_bf16(size_t n) { /* 0xFFFF: a bf16 NaN */
+    void *d;
+    CK(cudaMalloc(&d, n * 2));
+    CK(cudaMemset(d, 0xFF, n * 2));
+    return d;
+}
+
 int main(void) {
     backend *cpu = backend_cpu_create();
     const int T = 37, d = 512, nh = 8, hd = 64, H = 8, D = 32, rows = 5000, K = 4, dil = 3;
@@ -76,6 +109,12 @@ int main(void) {
         float *dx = to_dev(x, (size_t)T * d * 4), *dw = to_dev(w, d * 4), *out = poisoned((size_t)T * d);
         if (kernels_rmsnorm_f32(out, dx, dw, T, d, 1e-6f, NULL)) failures++;
         compare("rmsnorm", out, ref, (size_t)T * d, 1e-5);
+        /* rounded as written: the f32 rows above rounded, bit for bit; the CPU's within bf16's 2^-9 */
+        void *ob = poisoned_bf16((size_t)T * d), *rb = poisoned_bf16((size_t)T * d);
+        if (kernels_rmsnorm_bf16(ob, dx, dw, T, d, 1e-6f, NULL) || kernels_to_bf16(rb, out, KERNELS_F32, (size_t)T * d, NULL))
+            failures++;
+        compare_bits("rmsnorm_bf16", ob, rb, (size_t)T * d);
+        compare_bf16("rmsnorm_bf16", ob, ref, (size_t)T * d, 4e-3);
     }
     { /* rope */
         size_t n = (size_t)T * nh * hd;
@@ -103,6 +142,37 @@ int main(void) {
         float *da = to_dev(g, n * 4);
         if (kernels_add_f32(da, du, n, NULL)) failures++;
         compare("add", da, ref, n, 0);
+    }
+    for (int n = 1000; n >= 998; n -= 2) {
+        /* swiglu rounded to bf16 as written: rows of n = 1000 (4 a thread: not whole blocks of 1024) and
+         * 998 (1 a thread: rows not 16-byte aligned) read at a stride of 2n from a stacked [gate | up]
+         * product, and at n from two; against swiglu_f32 then to_bf16 of the same values, bit for bit,
+         * and the CPU's op within bf16's 2^-9 */
+        size_t tn = (size_t)T * n;
+        float *gu = rand_host(2 * tn), *g = malloc(tn * 4), *u = malloc(tn * 4);
+        for (int t = 0; t < T; t++)
+            for (int i = 0; i < n; i++) {
+                gu[(size_t)t * 2 * n + i] *= 8.0f; /* gates over silu's curve, not its linear middle */
+                g[(size_t)t * n + i] = gu[(size_t)t * 2 * n + i], u[(size_t)t * n + i] = gu[(size_t)t * 2 * n + n + i];
+            }
+        float *ref = malloc(tn * 4);
+        memcpy(ref, g, tn * 4);
+        backend_swiglu(cpu, ref, u, tn);
+        float *dgu = to_dev(gu, 2 * tn * 4), *dg = to_dev(g, tn * 4), *du = to_dev(u, tn * 4);
+        void *hs = poisoned_bf16(tn), *hp = poisoned_bf16(tn), *rb = poisoned_bf16(tn);
+        if (kernels_swiglu_bf16(hs, dgu, dgu + n, T, n, 2 * (size_t)n, NULL) ||
+            kernels_swiglu_bf16(hp, dg, du, T, n, (size_t)n, NULL) || kernels_swiglu_f32(dg, du, tn, NULL) ||
+            kernels_to_bf16(rb, dg, KERNELS_F32, tn, NULL))
+            failures++;
+        char nm[32];
+        snprintf(nm, sizeof(nm), "swiglu_bf16 %d/%d", n, 2 * n);
+        compare_bits(nm, hs, rb, tn);
+        snprintf(nm, sizeof(nm), "swiglu_bf16 %d/%d", n, n);
+        compare_bits(nm, hp, rb, tn);
+        compare_bf16("swiglu_bf16", hs, ref, tn, 4e-3);
+        void *dev[] = {dgu, dg, du, hs, hp, rb};
+        for (int i = 0; i < 6; i++) CK(cudaFree(dev[i]));
+        free(gu), free(g), free(u), free(ref);
     }
     { /* gather_rows from a bf16 table */
         uint16_t *tab = malloc((size_t)rows * D * 2);

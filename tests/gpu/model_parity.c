@@ -29,6 +29,12 @@
  *          NVMe under a tiny DRAM budget), with no hot-row cache, one of 4 KiB
  *          (evicting all the time) and one holding every row: the batched
  *          run's logits must equal the device-table run's bit for bit.
+ * acts:    the batched run again with the bf16 products' activations taken
+ *          through f32 (ENGRAM_ACT_FUSE=0: the norm into h, SwiGLU's h in
+ *          f32, each rounded to bf16 by its own pass): the logits must be
+ *          bit-equal to the default run's (the norm and SwiGLU writing the
+ *          bf16 operands themselves); then with gate and up as one stacked
+ *          product (ENGRAM_GLU_STACK=1), the single and batched checks above.
  * fp4:     models with FP4 routed experts (DeepSeek-V4's release format),
  *          which the device keeps packed, again with them expanded to bf16
  *          on upload (ENGRAM_FP4_EXPERTS=bf16): the batched run's logits must
@@ -57,6 +63,10 @@
 #define LOGIT_BOUND 2e-2
 
 static int failures;
+
+/* the CUDA plugin (cuda_ops.c): ENGRAM_ACT_FUSE=0 and ENGRAM_GLU_STACK=1 for one handle */
+void backend_cuda_set_act_unfused(backend *be, int on);
+void backend_cuda_set_glu_stack(backend *be, int on);
 
 typedef struct {
     double prompt_rel, worst_rel;
@@ -320,6 +330,34 @@ static void check_model(const char *dir) {
             while (same < N_GEN && gen_g[same] == gen_c[same]) same++;
             printf("  free-running greedy: %d of %d leading tokens equal\n", same, N_GEN);
         }
+    }
+    if (!fail) { /* lg: the batched GPU run, fed gen_c; lc the CPU's */
+        float *la = calloc(per, sizeof(float));
+        backend_cuda_set_act_unfused(gpu, 1);
+        int rc = !la || run_steps(m, gpu, N_SEQ, prompts, lens, gen_c, NULL, la);
+        backend_cuda_set_act_unfused(gpu, 0);
+        if (rc) {
+            fail = 1;
+        } else {
+            int same = memcmp(la, lg, per * sizeof(float)) == 0;
+            printf("  activations through f32: logits %s the bf16 operands'\n", same ? "bit-equal to" : "DIFFER from");
+            fail |= !same;
+            backend_cuda_set_glu_stack(gpu, 1); /* gate|up as one product where the view stacked them */
+            rc = run_steps(m, gpu, N_SEQ, prompts, lens, gen_c, NULL, la);
+            backend_cuda_set_glu_stack(gpu, 0);
+            fail |= rc != 0;
+            for (int i = 0; i < N_SEQ && !rc; i++) {
+                stats st = {0};
+                for (int g = 0; g <= N_GEN; g++) {
+                    size_t o = ((size_t)i * (N_GEN + 1) + g) * V;
+                    compare_step(&st, g, la + o, lc + o, V);
+                }
+                char what[48];
+                snprintf(what, sizeof(what), "glu stack seq %d (%d+%d)", i, lens[i], N_GEN);
+                fail |= stats_report(what, &st, N_GEN + 1);
+            }
+        }
+        free(la);
     }
     if (!fail && has_fp4_experts(m)) { /* lg: the batched GPU run, fed gen_c, packed experts */
         float *le = calloc(per, sizeof(float));

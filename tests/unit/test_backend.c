@@ -92,7 +92,7 @@ START_TEST(swiglu_is_libm_expf) {
 }
 END_TEST
 
-/* The CPU's ops plus matmul_qkv and matmul_glu as backend.h says they read:
+/* The CPU's ops plus matmul_qkv, matmul_glu (and matmul_ffn) as backend.h says they read:
  * rmsnorm (when given a norm) into norm->h, then the products; h is then
  * poisoned, as it holds nothing after (a backend that folds the norm never
  * writes it), so a reader of h after the op would see NaN. */
@@ -122,6 +122,23 @@ static void seq_matmul_glu(backend *be, float *gate, float *up, const float *x, 
     backend_matmul(be, up, in, wu, bu, T);
     backend_swiglu(be, gate, up, (size_t)T * wg->rows);
     seq_poison(norm, T, wg->cols);
+}
+
+/* matmul_ffn as its sequence: matmul_glu's (into work's two halves), then the down product added;
+ * work is then poisoned too, as it holds nothing after. */
+static int ffn_calls;
+static void seq_matmul_ffn(backend *be, float *x, float *work, const backend_norm *norm, const weight *wg,
+                           const weight *wu, const weight *wd, const float *bg, const float *bu, const float *bd,
+                           int T) {
+    ffn_calls++;
+    size_t n = (size_t)T * wg->rows;
+    float *tmp = malloc((size_t)T * wd->rows * sizeof(float));
+    ck_assert(tmp);
+    seq_matmul_glu(be, work, work + n, x, norm, wg, wu, bg, bu, T);
+    backend_matmul(be, tmp, work, wd, bd, T);
+    backend_add(be, x, tmp, (size_t)T * wd->rows);
+    for (size_t i = 0; i < 2 * n; i++) work[i] = NAN;
+    free(tmp);
 }
 
 /* A prompt of 7 tokens, then 3 single-token steps: the logits of each (4, V). */
@@ -235,8 +252,16 @@ START_TEST(forward_folds_norms_into_fused_products) {
         fused_ops.matmul_glu = seq_matmul_glu;
         be->ops = &fused_ops;
         run_fixture(m, be, got);
-        be->ops = cpu_ops;
         ck_assert_msg(!memcmp(want, got, n * sizeof(float)), "%s: the fused path's logits differ", fixtures[f]);
+        fused_ops.matmul_ffn = seq_matmul_ffn; /* the whole feed-forward block as one op */
+        memset(got, 0, n * sizeof(float));
+        ffn_calls = 0;
+        run_fixture(m, be, got);
+        be->ops = cpu_ops;
+        ck_assert_msg(!memcmp(want, got, n * sizeof(float)), "%s: matmul_ffn's logits differ", fixtures[f]);
+        int dense = 0; /* layers with a dense feed-forward block: each step must take the op */
+        for (int l = 0; l < m->cfg.n_layers; l++) dense += !m->layers[l].moe;
+        ck_assert_int_eq(ffn_calls, 4 * dense);
         backend_destroy(be);
         model_destroy(m);
         free(want), free(got);

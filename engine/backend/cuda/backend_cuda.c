@@ -146,6 +146,7 @@ static const backend_ops cuda_ops = {
     .matmul_qkv = cu_matmul_qkv,
     .matmul_add = cu_matmul_add,
     .matmul_glu = cu_matmul_glu,
+    .matmul_ffn = cu_matmul_ffn,
     .qk_rope_store = cu_qk_rope_store,
     .dsv4_qk_norm_rope = cu_dsv4_qk_norm_rope,
     .sample = cu_sample,
@@ -187,10 +188,17 @@ static int cu_init(cuda_backend *g, const backend_params *p, char *err, size_t e
     /* The few-row f32 kernel (kernels_skinny_f32) takes f32 products of at
      * most 8 rows (DeepSeek-V4's 4-row hyper-connection product): on an H100
      * it beat pedantic cuBLAS 1.3-2.4x there at T 64..4096 and tied it at 24
-     * rows, losing at T 4096 (bench/RESULTS.md, "the few-row kernel
-     * measured"). ENGRAM_SKINNY_F32=0 turns it off, =1 on up to 64 rows. */
+     * rows, losing at T 4096 (bench/RESULTS.md, "The host-gap changes and
+     * the few-row kernel on an H100"). ENGRAM_SKINNY_F32=0 turns it off, =1
+     * on up to 64 rows. */
     const char *sk = getenv("ENGRAM_SKINNY_F32");
     g->skinny_max_rows = !sk ? 8 : !strcmp(sk, "0") ? 0 : !strcmp(sk, "1") ? KERNELS_SKINNY_MAX_ROWS : 8;
+    /* A/B switches of the bf16 products' activations (cuda_ops.c): ENGRAM_ACT_FUSE=0 takes them
+     * through f32 as before (bit-identical results); ENGRAM_GLU_STACK=1 runs gate and up as one
+     * product (another cuBLAS algorithm: off until timed on a GPU). */
+    const char *af = getenv("ENGRAM_ACT_FUSE"), *gs = getenv("ENGRAM_GLU_STACK");
+    g->act_unfused = af && !strcmp(af, "0");
+    g->glu_stack = gs && !strcmp(gs, "1");
     if ((e = prof__init(g, p->cuda_profile)) != cudaSuccess) return cuda__init_fail(p, err, errlen, e);
     cublasStatus_t st = cublasCreate(&g->blas);
     if (st == CUBLAS_STATUS_SUCCESS) st = cublasSetStream(g->blas, g->stream);

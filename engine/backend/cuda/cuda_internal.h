@@ -86,6 +86,8 @@ typedef struct {
     int attention_decode_simt; /* tests: per-token tokens through the f32 kernel, not the tensor-core one */
     int dsv4_attention_ref; /* tests: DeepSeek-V4's attention through its first kernel (kernels.h) */
     int skinny_max_rows; /* f32 products of at most this many rows take kernels_skinny_f32 (0: none) */
+    int act_unfused; /* ENGRAM_ACT_FUSE=0: bf16 products' activations through f32 (norm, SwiGLU), as before */
+    int glu_stack;   /* ENGRAM_GLU_STACK=1: gate and up as one product where the view stacked them */
     int graphs_off; /* backend_params.cuda_graphs 0 (or op profiling): no recorded steps */
     int capturing;  /* slot being recorded, or -1 */
     unsigned long long tick;
@@ -149,6 +151,8 @@ void cu_matmul_qkv(backend *be, float *q, float *k, float *v, const float *x, co
 void cu_matmul_add(backend *be, float *x, const float *a, const weight *w, const float *bias, int T);
 void cu_matmul_glu(backend *be, float *gate, float *up, const float *x, const backend_norm *norm,
                    const weight *wg, const weight *wu, const float *bg, const float *bu, int T);
+void cu_matmul_ffn(backend *be, float *x, float *work, const backend_norm *norm, const weight *wg,
+                   const weight *wu, const weight *wd, const float *bg, const float *bu, const float *bd, int T);
 void cu_qk_rope_store(backend *be, float *q, const float *k, const float *v, void *kc, void *vc, const batch_desc *b,
                       int n_heads, int n_kv, int hd, const float *qn, const float *kn, float eps,
                       const float *inv_freq);

@@ -5,7 +5,11 @@
  * TF32), all with f32 accumulation and output, except f32 weights of few
  * rows (kernels_skinny_f32); the rest through kernels/.
  * The decode kernels of the qkv and gate/up products also apply the RMSNorm
- * before them (backend_norm), so a decode layer runs no norm kernel. */
+ * before them (backend_norm), so a decode layer runs no norm kernel. Beyond
+ * them the activations a bf16 product reads are written as bf16 by the op
+ * before it where that op is ours (the norm; SwiGLU feeding the down product,
+ * matmul_ffn), the same bits as f32 rounded afterwards, without the f32 trip
+ * (ENGRAM_ACT_FUSE=0: the f32 trips, for A/B timings). */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -50,6 +54,19 @@ static void cu_gemm_xb(cuda_backend *g, float *out, const weight *w, const float
                                      w->rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     if (st != CUBLAS_STATUS_SUCCESS) cuda__fail(__func__, cublasGetStatusString(st));
     if (bias) CHECK_K(kernels_bias_add_f32(out, bias, T, w->rows, g->stream));
+}
+
+/* x (T, w.rows) += g->xb @ w^T (+ bias), bf16 weights: without a bias cuBLAS adds into x itself
+ * (beta = 1: x + the f32 accumulator, rounded once, as the add kernel rounds x + the product); with one,
+ * the product and its bias into add_tmp and then the sum, as matmul then add round it. */
+static void cu_add_xb(cuda_backend *g, float *x, const weight *w, const float *bias, int T) {
+    if (!bias) {
+        cu_gemm_xb(g, x, w, NULL, T, 1.0f);
+        return;
+    }
+    cuda__grow(g, &g->add_tmp, &g->add_tmp_bytes, (size_t)T * w->rows * sizeof(float));
+    cu_gemm_xb(g, g->add_tmp, w, bias, T, 0.0f);
+    CHECK_K(kernels_add_f32(x, g->add_tmp, (size_t)T * w->rows, g->stream));
 }
 
 /* Whether a product past the matrix-vector kernels takes the few-row kernel: f32 weights of at
@@ -294,6 +311,18 @@ static const float *cu_normed(cuda_backend *g, const float *x, const backend_nor
     return norm->h;
 }
 
+/* x (T, cols), normed first when norm, rounded to bf16 into g->xb for cu_gemm_xb: the norm's kernel
+ * writes the bf16 rows itself (kernels_rmsnorm_bf16: the bits of the f32 norm rounded afterwards,
+ * without writing and reading back norm->h), unless ENGRAM_ACT_FUSE=0. */
+static void cu_xb_normed(cuda_backend *g, const float *x, const backend_norm *norm, int T, int cols) {
+    if (norm && !g->act_unfused) {
+        cuda__grow(g, &g->xb, &g->xb_bytes, (size_t)T * cols * 2);
+        CHECK_K(kernels_rmsnorm_bf16(g->xb, x, norm->g, T, cols, norm->eps, g->stream));
+        return;
+    }
+    cu_x_bf16(g, cu_normed(g, x, norm, T, cols), T, cols);
+}
+
 void cu_matmul_qkv(backend *be, float *q, float *k, float *v, const float *x, const backend_norm *norm,
                    const weight *wq, const weight *wk, const weight *wv, const float *bq, const float *bk,
                    const float *bv, int T) {
@@ -307,19 +336,17 @@ void cu_matmul_qkv(backend *be, float *q, float *k, float *v, const float *x, co
         CHECK_K(kernels_gemv3(q, k, v, x, wq->data, wk->data, wv->data, bq, bk, bv, wq->rows, wk->rows, wv->rows, T,
                               wq->cols, norm ? norm->g : NULL, norm ? norm->eps : 0.0f, wq->dt == DTYPE_F32,
                               g->stream));
+    } else if (wq->dt == DTYPE_BF16 && wk->dt == DTYPE_BF16 && wv->dt == DTYPE_BF16 && wk->cols == wq->cols &&
+               wv->cols == wq->cols) { /* (normed and) rounded to bf16 once for the three */
+        cu_xb_normed(g, x, norm, T, wq->cols);
+        cu_gemm_xb(g, q, wq, bq, T, 0.0f);
+        cu_gemm_xb(g, k, wk, bk, T, 0.0f);
+        cu_gemm_xb(g, v, wv, bv, T, 0.0f);
     } else {
         x = cu_normed(g, x, norm, T, wq->cols);
-        if (wq->dt == DTYPE_BF16 && wk->dt == DTYPE_BF16 && wv->dt == DTYPE_BF16 && wk->cols == wq->cols &&
-            wv->cols == wq->cols) { /* x rounded to bf16 once for the three */
-            cu_x_bf16(g, x, T, wq->cols);
-            cu_gemm_xb(g, q, wq, bq, T, 0.0f);
-            cu_gemm_xb(g, k, wk, bk, T, 0.0f);
-            cu_gemm_xb(g, v, wv, bv, T, 0.0f);
-        } else {
-            cu_matmul_(g, q, x, wq, bq, T);
-            cu_matmul_(g, k, x, wk, bk, T);
-            cu_matmul_(g, v, x, wv, bv, T);
-        }
+        cu_matmul_(g, q, x, wq, bq, T);
+        cu_matmul_(g, k, x, wk, bk, T);
+        cu_matmul_(g, v, x, wv, bv, T);
     }
     prof__end(g, pi);
 }
@@ -332,10 +359,10 @@ void cu_matmul_add(backend *be, float *x, const float *a, const weight *w, const
         CHECK_K(kernels_gemv_add(x, a, w->data, bias, T, w->rows, w->cols, w->dt == DTYPE_F32, g->stream));
     } else if (cu_skinny(g, a, w)) { /* f32, few rows: the kernel adds into x itself */
         cu_skinny_run(g, x, a, w, bias, T, 1);
-    } else if (w->dt == DTYPE_BF16 && !bias) { /* cuBLAS adds into x itself (beta = 1) */
+    } else if (w->dt == DTYPE_BF16) {
         cu_x_bf16(g, a, T, w->cols);
-        cu_gemm_xb(g, x, w, NULL, T, 1.0f);
-    } else { /* f32 weights or a bias: the product, then the sum, as the ops do */
+        cu_add_xb(g, x, w, bias, T);
+    } else { /* f32 weights: the product, then the sum, as the ops do */
         size_t n = (size_t)T * w->rows * sizeof(float);
         cuda__grow(g, &g->add_tmp, &g->add_tmp_bytes, n);
         cu_matmul_(g, g->add_tmp, a, w, bias, T);
@@ -360,17 +387,63 @@ void cu_matmul_glu(backend *be, float *gate, float *up, const float *x, const ba
         CHECK_K(kernels_gemv_glu(gate, x, wg->data, wu->data, bg, bu, T, wg->rows, wg->cols, norm ? norm->g : NULL,
                                  norm ? norm->eps : 0.0f, wg->dt == DTYPE_F32, g->stream));
     } else {
-        x = cu_normed(g, x, norm, T, wg->cols);
         if (wg->dt == DTYPE_BF16 && wu->dt == DTYPE_BF16 && wu->cols == wg->cols) { /* x to bf16 once */
-            cu_x_bf16(g, x, T, wg->cols);
+            cu_xb_normed(g, x, norm, T, wg->cols);
             cu_gemm_xb(g, gate, wg, bg, T, 0.0f);
             cu_gemm_xb(g, up, wu, bu, T, 0.0f);
         } else {
+            x = cu_normed(g, x, norm, T, wg->cols);
             cu_matmul_(g, gate, x, wg, bg, T);
             cu_matmul_(g, up, x, wu, bu, T);
         }
         CHECK_K(kernels_swiglu_f32(gate, up, (size_t)T * wg->rows, g->stream));
     }
+    prof__end(g, pi);
+}
+
+/* Whether up's rows follow gate's in device memory (cuda_view.c stacks them so on upload): one
+ * product of 2 N rows then gives each token's [gate | up]. */
+static int cu_glu_stacked(const weight *wg, const weight *wu) {
+    return wg->dt == DTYPE_BF16 && wu->dt == DTYPE_BF16 && wu->rows == wg->rows && wu->cols == wg->cols &&
+           (const char *)wu->data == (const char *)wg->data + (size_t)wg->rows * wg->cols * 2;
+}
+
+/* The feed-forward block. Past the decode kernels, on bf16 weights: the (normed) input to bf16, the
+ * gate and up products into work (two (T, N) products, or with ENGRAM_GLU_STACK=1 and the weights
+ * stacked one (T, 2 N) product, which cuBLAS may sum in another order), SwiGLU writing h as the bf16
+ * operand of the down product (the bits h in f32 would round to), and the down product added into x.
+ * Against matmul_glu then matmul_add that skips writing h in f32 and reading it back to round it:
+ * 8 bytes an element of h (qwen3-4b: 78 KB a token a layer), and one launch. Otherwise those two ops. */
+void cu_matmul_ffn(backend *be, float *x, float *work, const backend_norm *norm, const weight *wg,
+                   const weight *wu, const weight *wd, const float *bg, const float *bu, const float *bd, int T) {
+    cuda_backend *g = cuda__of(be);
+    if (T <= 0) return;
+    int N = wg->rows, K = wg->cols;
+    float *gate = work, *up = work + (size_t)T * N;
+    if (g->act_unfused || T <= GEMV_MAX_TOKENS || wg->dt != DTYPE_BF16 || wu->dt != DTYPE_BF16 ||
+        wd->dt != DTYPE_BF16 || wu->rows != N || wu->cols != K || wd->cols != N) {
+        cu_matmul_glu(be, gate, up, x, norm, wg, wu, bg, bu, T);
+        cu_matmul_add(be, x, gate, wd, bd, T);
+        return;
+    }
+    int pi = prof__begin(g, "matmul glu%s %dx%d %s", norm ? "+norm" : "", N, K, prof__tclass(T));
+    /* xb holds the input's rows, then h's: grown for both first */
+    cuda__grow(g, &g->xb, &g->xb_bytes, (size_t)T * (N > K ? N : K) * 2);
+    cu_xb_normed(g, x, norm, T, K);
+    size_t ld = (size_t)N;
+    if (g->glu_stack && !bg && !bu && cu_glu_stacked(wg, wu)) {
+        weight both = *wg;
+        both.rows = 2 * N;
+        cu_gemm_xb(g, work, &both, NULL, T, 0.0f);
+        up = work + N, ld = 2 * (size_t)N;
+    } else {
+        cu_gemm_xb(g, gate, wg, bg, T, 0.0f);
+        cu_gemm_xb(g, up, wu, bu, T, 0.0f);
+    }
+    CHECK_K(kernels_swiglu_bf16(g->xb, gate, up, T, N, ld, g->stream));
+    prof__end(g, pi);
+    pi = prof__begin(g, "matmul+add %dx%d %s", wd->rows, wd->cols, prof__tclass(T));
+    cu_add_xb(g, x, wd, bd, T);
     prof__end(g, pi);
 }
 
@@ -406,7 +479,9 @@ void cu_sample_argmax(backend *be, int32_t *next, float *logits, const int32_t *
 /* Set by tests (exported from the plugin), each for handle be when on: every
  * token through the per-token attention kernel; per-token tokens through the
  * f32 decode kernel; DeepSeek-V4's attention through its first kernel; f32
- * products with few rows through cuBLAS (the path before the few-row kernel). */
+ * products with few rows through cuBLAS (the path before the few-row kernel);
+ * the products' activations through f32 (ENGRAM_ACT_FUSE=0); gate and up as
+ * one product where stacked (ENGRAM_GLU_STACK=1). */
 __attribute__((visibility("default"))) void backend_cuda_set_attention_no_tiled(backend *be, int on);
 void backend_cuda_set_attention_no_tiled(backend *be, int on) { cuda__of(be)->attention_no_tiled = on; }
 __attribute__((visibility("default"))) void backend_cuda_set_attention_decode_simt(backend *be, int on);
@@ -417,6 +492,11 @@ __attribute__((visibility("default"))) void backend_cuda_set_matmul_no_skinny(ba
 void backend_cuda_set_matmul_no_skinny(backend *be, int on) {
     cuda__of(be)->skinny_max_rows = on ? 0 : KERNELS_SKINNY_MAX_ROWS;
 }
+/* ENGRAM_ACT_FUSE=0 and ENGRAM_GLU_STACK=1 for handle be (the old path against the new in one program) */
+__attribute__((visibility("default"))) void backend_cuda_set_act_unfused(backend *be, int on);
+void backend_cuda_set_act_unfused(backend *be, int on) { cuda__of(be)->act_unfused = on; }
+__attribute__((visibility("default"))) void backend_cuda_set_glu_stack(backend *be, int on);
+void backend_cuda_set_glu_stack(backend *be, int on) { cuda__of(be)->glu_stack = on; }
 
 void cuda__ops_free(cuda_backend *g) {
     if (g->xb) cudaFree(g->xb);

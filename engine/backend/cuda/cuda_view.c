@@ -3,8 +3,9 @@
  * their dtype (an f32 checkpoint computes in f32), those whose products keep
  * f32 activations (weight.f32_activations) in f32, embeddings and Engram
  * tables in their own dtype, DeepSeek-V4's FP4 routed experts as stored
- * (the MoE kernels dequantize them), other FP8/FP4 matrices dequantized; a
- * copy of the model struct points at them. */
+ * (the MoE kernels dequantize them), other FP8/FP4 matrices dequantized, a
+ * dense layer's bf16 gate and up in one buffer (view__glu); a copy of the
+ * model struct points at them. */
 #include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -238,6 +239,37 @@ static int view__vec(cuda_view *v, const float *p, size_t n, const float **out, 
     void *d;
     if (view__upload(v, p, DTYPE_F32, n, 0, &d, what, err, errlen)) return -1;
     *out = d;
+    return 0;
+}
+
+/* A dense layer's gate and up, bf16 on the host and of one shape, uploaded into one (2 N, cols) buffer,
+ * up's rows right after gate's: cu_matmul_ffn can then run both as one product (ENGRAM_GLU_STACK=1;
+ * cu_glu_stacked checks the layout). Only where gate's bytes are a multiple of 256, so that up starts
+ * as aligned as an allocation of its own (cuBLAS picks its kernels by alignment too: the same bits
+ * with the stack unused). Any other pair is uploaded as two weights. */
+static int view__glu(cuda_view *v, const weight *wg, const weight *wu, weight *og, weight *ou, int l, char *err,
+                     size_t errlen) {
+    char what[64];
+    int stack = wg->fmt == WEIGHT_DENSE && wu->fmt == WEIGHT_DENSE && wg->dt == DTYPE_BF16 &&
+                wu->dt == DTYPE_BF16 && !wg->f32_activations && !wu->f32_activations && wg->data && wu->data &&
+                wg->rows == wu->rows && wg->cols == wu->cols && (size_t)wg->rows * wg->cols * 2 % 256 == 0 &&
+                !view__find(v, wg->data, 0) &&
+                !view__find(v, wu->data, 0);
+    if (!stack) {
+        snprintf(what, sizeof(what), "layer %d w_gate", l);
+        if (view__weight(v, wg, og, 0, what, err, errlen)) return -1;
+        snprintf(what, sizeof(what), "layer %d w_up", l);
+        return view__weight(v, wu, ou, 0, what, err, errlen);
+    }
+    size_t each = (size_t)wg->rows * wg->cols * 2;
+    void *d;
+    snprintf(what, sizeof(what), "layer %d w_gate and w_up", l);
+    if (view__alloc(v, 2 * each, &d, what, err, errlen)) return -1;
+    cudaError_t e = cudaMemcpy(d, wg->data, each, cudaMemcpyHostToDevice);
+    if (e == cudaSuccess) e = cudaMemcpy((char *)d + each, wu->data, each, cudaMemcpyHostToDevice);
+    if (e != cudaSuccess) return snprintf(err, errlen, "uploading %s: %s", what, cudaGetErrorString(e)), -1;
+    *og = *wg, *ou = *wu;
+    og->data = d, ou->data = (char *)d + each;
     return 0;
 }
 
@@ -563,7 +595,8 @@ model *cu_prepare(backend *be, model *m, char *err, size_t errlen) {
         *o = *L;
 #define LW(field) (snprintf(what, sizeof(what), "layer %d " #field, l), view__weight(v, &L->field, &o->field, 0, what, err, errlen))
 #define LV(field, n) (snprintf(what, sizeof(what), "layer %d " #field, l), view__vec(v, L->field, n, &o->field, what, err, errlen))
-        if (LW(wq) || LW(wk) || LW(wv) || LW(wo) || LW(w_gate) || LW(w_up) || LW(w_down) ||
+        if (LW(wq) || LW(wk) || LW(wv) || LW(wo) || view__glu(v, &L->w_gate, &L->w_up, &o->w_gate, &o->w_up, l, err,
+                                                             errlen) || LW(w_down) ||
             LV(attn_norm, d) || LV(ffn_norm, d) || LV(bq, qw) || LV(bk, kvw) || LV(bv, kvw) || LV(bo, d) ||
             LV(q_norm, hd) || LV(k_norm, hd) || LV(b_gate, ff) || LV(b_up, ff) || LV(b_down, d))
             goto fail;
