@@ -2111,6 +2111,7 @@ int main(int argc, char **argv) {
     /* The few-row f32 kernel takes at most 8 rows by default (ENGRAM_SKINNY_F32): up to 64 here, so
      * its cases and every other f32 product of few rows in this program go through it. */
     backend_cuda_set_matmul_no_skinny(gpu, 0);
+    backend_cuda_set_glu_stack(gpu, 0); /* gate|up as two products unless a case asks for the stack */
     int timings = 1, only_skinny = 0; /* --no-timing: the checks alone; --skinny: the few-row products' alone */
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--no-timing")) timings = 0;

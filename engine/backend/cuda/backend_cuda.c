@@ -194,11 +194,12 @@ static int cu_init(cuda_backend *g, const backend_params *p, char *err, size_t e
     const char *sk = getenv("ENGRAM_SKINNY_F32");
     g->skinny_max_rows = !sk ? 8 : !strcmp(sk, "0") ? 0 : !strcmp(sk, "1") ? KERNELS_SKINNY_MAX_ROWS : 8;
     /* A/B switches of the bf16 products' activations (cuda_ops.c): ENGRAM_ACT_FUSE=0 takes them
-     * through f32 as before (bit-identical results); ENGRAM_GLU_STACK=1 runs gate and up as one
-     * product (another cuBLAS algorithm: off until timed on a GPU). */
+     * through f32 as before (bit-identical results); ENGRAM_GLU_STACK=0 runs gate and up as two
+     * products at every T (by default one stacked product up to GLU_STACK_MAX_TOKENS: on an H100
+     * the paper's workload ran 0.7-0.8% faster with it, bench/RESULTS.md). */
     const char *af = getenv("ENGRAM_ACT_FUSE"), *gs = getenv("ENGRAM_GLU_STACK");
     g->act_unfused = af && !strcmp(af, "0");
-    g->glu_stack = gs && !strcmp(gs, "1");
+    g->glu_stack = gs && !strcmp(gs, "0") ? 0 : 1;
     if ((e = prof__init(g, p->cuda_profile)) != cudaSuccess) return cuda__init_fail(p, err, errlen, e);
     cublasStatus_t st = cublasCreate(&g->blas);
     if (st == CUBLAS_STATUS_SUCCESS) st = cublasSetStream(g->blas, g->stream);

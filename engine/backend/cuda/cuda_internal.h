@@ -87,7 +87,8 @@ typedef struct {
     int dsv4_attention_ref; /* tests: DeepSeek-V4's attention through its first kernel (kernels.h) */
     int skinny_max_rows; /* f32 products of at most this many rows take kernels_skinny_f32 (0: none) */
     int act_unfused; /* ENGRAM_ACT_FUSE=0: bf16 products' activations through f32 (norm, SwiGLU), as before */
-    int glu_stack;   /* ENGRAM_GLU_STACK=1: gate and up as one product where the view stacked them */
+    int glu_stack;   /* gate and up as one product where the view stacked them: 0 never, 1 up to
+                      * GLU_STACK_MAX_TOKENS tokens (default), 2 at every T (tests) */
     int graphs_off; /* backend_params.cuda_graphs 0 (or op profiling): no recorded steps */
     int capturing;  /* slot being recorded, or -1 */
     unsigned long long tick;

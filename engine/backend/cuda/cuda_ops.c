@@ -401,6 +401,11 @@ void cu_matmul_glu(backend *be, float *gate, float *up, const float *x, const ba
     prof__end(g, pi);
 }
 
+/* The stacked gate|up product's reach: on an H100 (qwen3-4b's 2560 x 9728) it took 5% less time
+ * than two products at T 128, the same at 550 and 2048, and 2-3% more at 16384 (gpu-backend-parity's
+ * ffn timings, bench/RESULTS.md). */
+#define GLU_STACK_MAX_TOKENS 2048
+
 /* Whether up's rows follow gate's in device memory (cuda_view.c stacks them so on upload): one
  * product of 2 N rows then gives each token's [gate | up]. */
 static int cu_glu_stacked(const weight *wg, const weight *wu) {
@@ -409,8 +414,9 @@ static int cu_glu_stacked(const weight *wg, const weight *wu) {
 }
 
 /* The feed-forward block. Past the decode kernels, on bf16 weights: the (normed) input to bf16, the
- * gate and up products into work (two (T, N) products, or with ENGRAM_GLU_STACK=1 and the weights
- * stacked one (T, 2 N) product, which cuBLAS may sum in another order), SwiGLU writing h as the bf16
+ * gate and up products into work (one (T, 2 N) product where the weights are stacked and T is at most
+ * GLU_STACK_MAX_TOKENS, which cuBLAS may sum in another order than two (T, N) products; ENGRAM_GLU_STACK=0
+ * always two), SwiGLU writing h as the bf16
  * operand of the down product (the bits h in f32 would round to), and the down product added into x.
  * Against matmul_glu then matmul_add that skips writing h in f32 and reading it back to round it:
  * 8 bytes an element of h (qwen3-4b: 78 KB a token a layer), and one launch. Otherwise those two ops. */
@@ -431,7 +437,7 @@ void cu_matmul_ffn(backend *be, float *x, float *work, const backend_norm *norm,
     cuda__grow(g, &g->xb, &g->xb_bytes, (size_t)T * (N > K ? N : K) * 2);
     cu_xb_normed(g, x, norm, T, K);
     size_t ld = (size_t)N;
-    if (g->glu_stack && !bg && !bu && cu_glu_stacked(wg, wu)) {
+    if ((g->glu_stack == 2 || (g->glu_stack && T <= GLU_STACK_MAX_TOKENS)) && !bg && !bu && cu_glu_stacked(wg, wu)) {
         weight both = *wg;
         both.rows = 2 * N;
         cu_gemm_xb(g, work, &both, NULL, T, 0.0f);
@@ -481,7 +487,7 @@ void cu_sample_argmax(backend *be, int32_t *next, float *logits, const int32_t *
  * f32 decode kernel; DeepSeek-V4's attention through its first kernel; f32
  * products with few rows through cuBLAS (the path before the few-row kernel);
  * the products' activations through f32 (ENGRAM_ACT_FUSE=0); gate and up as
- * one product where stacked (ENGRAM_GLU_STACK=1). */
+ * one product where stacked at every T (on) or never (off). */
 __attribute__((visibility("default"))) void backend_cuda_set_attention_no_tiled(backend *be, int on);
 void backend_cuda_set_attention_no_tiled(backend *be, int on) { cuda__of(be)->attention_no_tiled = on; }
 __attribute__((visibility("default"))) void backend_cuda_set_attention_decode_simt(backend *be, int on);
@@ -492,11 +498,11 @@ __attribute__((visibility("default"))) void backend_cuda_set_matmul_no_skinny(ba
 void backend_cuda_set_matmul_no_skinny(backend *be, int on) {
     cuda__of(be)->skinny_max_rows = on ? 0 : KERNELS_SKINNY_MAX_ROWS;
 }
-/* ENGRAM_ACT_FUSE=0 and ENGRAM_GLU_STACK=1 for handle be (the old path against the new in one program) */
+/* ENGRAM_ACT_FUSE=0 and the stacked gate|up product for handle be (the paths against each other in one program) */
 __attribute__((visibility("default"))) void backend_cuda_set_act_unfused(backend *be, int on);
 void backend_cuda_set_act_unfused(backend *be, int on) { cuda__of(be)->act_unfused = on; }
 __attribute__((visibility("default"))) void backend_cuda_set_glu_stack(backend *be, int on);
-void backend_cuda_set_glu_stack(backend *be, int on) { cuda__of(be)->glu_stack = on; }
+void backend_cuda_set_glu_stack(backend *be, int on) { cuda__of(be)->glu_stack = on ? 2 : 0; }
 
 void cuda__ops_free(cuda_backend *g) {
     if (g->xb) cudaFree(g->xb);
