@@ -264,7 +264,8 @@ void engram_step_hash(engram_step *es, int i, engram_step_seq *q, const int32_t 
     if (i == 0) es->hash_t0 = util_now();
     int64_t *cids = es->s_cids + a;
     for (int k = 0; k < n; k++) cids[k] = e->lookup[ids[k]];
-    es->s_hist[i] = q->hist;
+    /* the fills read the last max_ngram_size-1 ids only */
+    memcpy(es->s_hist[i].ids, q->hist.ids, (size_t)(ngram_hash_max_ngram_size(e->hash) - 1) * sizeof(int64_t));
     es->s_start[i] = a;
     es->s_start[i + 1] = a + n;
     es->s_seqs = i + 1;
