@@ -136,7 +136,7 @@ static void store_stats_sub(engram_store_stats *a, const engram_store_stats *b) 
 static void fetch_stats_sub(engram_fetch_stats *a, const engram_fetch_stats *b) {
     a->steps -= b->steps, a->lookups -= b->lookups, a->unique -= b->unique, a->cache_hits -= b->cache_hits;
     a->copied_rows -= b->copied_rows, a->copied_back_rows -= b->copied_back_rows;
-    a->copied_bytes -= b->copied_bytes, a->gather_seconds -= b->gather_seconds;
+    a->copied_bytes -= b->copied_bytes, a->gather_seconds -= b->gather_seconds, a->hash_seconds -= b->hash_seconds;
     a->host_wait_seconds -= b->host_wait_seconds, a->stalls -= b->stalls, a->stall_seconds -= b->stall_seconds;
     for (int k = 0; k <= ENGRAM_STORE_HIST_BUCKETS; k++) a->stall_hist[k] -= b->stall_hist[k];
 }
@@ -169,12 +169,12 @@ static void print_engram(engine *e, const bench_snap *s0, double wall) {
         if (li < s0->n_f) fetch_stats_sub(&f, &s0->f[li]);
         if (!f.steps) continue;
         printf("engram fetch, layer %d: %llu steps, %llu lookups, %llu distinct, HBM hits %llu (%.2f%% of distinct), "
-               "%llu rows copied (%.2f MB), %llu copied back, host gather %.1f us/step, the issuing thread waited for it %.1f us/step, "
+               "%llu rows copied (%.2f MB), %llu copied back, hashed %.1f us/step and host gather %.1f us/step (fetch thread), the issuing thread waited for it %.1f us/step, "
                "compute waited for rows mean %.1f us, max %.1f us over %llu steps\n",
                (int)m->engram->layers[li].layer_id, (unsigned long long)f.steps, (unsigned long long)f.lookups,
                (unsigned long long)f.unique, (unsigned long long)f.cache_hits,
                f.unique ? 100.0 * f.cache_hits / f.unique : 0.0, (unsigned long long)f.copied_rows,
-               f.copied_bytes / 1e6, (unsigned long long)f.copied_back_rows, 1e6 * f.gather_seconds / f.steps, 1e6 * f.host_wait_seconds / f.steps, f.stalls ? 1e6 * f.stall_seconds / f.stalls : 0.0,
+               f.copied_bytes / 1e6, (unsigned long long)f.copied_back_rows, 1e6 * f.hash_seconds / f.steps, 1e6 * f.gather_seconds / f.steps, 1e6 * f.host_wait_seconds / f.steps, f.stalls ? 1e6 * f.stall_seconds / f.stalls : 0.0,
                1e6 * f.stall_max, (unsigned long long)f.stalls);
         printf("engram fetch, layer %d: compute wait histogram (steps per bucket, le seconds):", (int)m->engram->layers[li].layer_id);
         for (int b = 0; b <= ENGRAM_STORE_HIST_BUCKETS; b++) {

@@ -76,10 +76,13 @@ struct engram_fetch {
     bool job, job_done;  /* posted by start, taken by the thread; done: its result is in job_rc */
     bool synced;         /* the job has measured the last copy's wait: a new mark may be recorded */
     const int64_t *job_rows;
+    int64_t *job_fill_rows;       /* job_rows, written by job_fill first (engram_fetch_start_fill), or NULL */
+    engram_fetch_fill_fn job_fill;
+    void *job_ctx;
     int job_n, job_rc;
     int n_ints, n_rows, n_cached; /* what the finished host half staged: ints (lookups + moves), copied rows, moves */
     int n_evicted;    /* of the moves, those that evicted a row (exclusive tiers: copied back) */
-    double job_gather_s;
+    double job_gather_s, job_hash_s;
     uint64_t job_u, job_hits;
     pthread_mutex_t mu;
     engram_fetch_stats st;
@@ -226,13 +229,11 @@ static void observe_stall(engram_fetch_stats *s, double sec) {
 }
 
 /* The host half of a step, on the fetch thread: wait for the last copy out
- * of the staging, resolve every lookup to a slot, gather the misses into the
- * staging. Returns 0 or a negative engram_store_status (nothing staged). */
+ * of the staging, make the rows (when the job has a fill), resolve every
+ * lookup to a slot, gather the misses into the staging. Returns 0 or a negative engram_store_status (nothing staged). */
 static int prepare(engram_fetch *f, const int64_t *rows, int n) {
     backend *be = f->be;
     if (n > f->max_rows) return ENGRAM_STORE_EINVAL;
-    for (int i = 0; i < n; i++)
-        if (rows[i] < 0 || (uint64_t)rows[i] >= f->table_rows) return ENGRAM_STORE_ERANGE;
     /* The staging is rewritten below: the last copy out of it must be done. */
     double stall = f->pending ? backend_fetch_sync(be, f->ch) : -1;
     pthread_mutex_lock(&f->mu);
@@ -241,6 +242,14 @@ static int prepare(engram_fetch *f, const int64_t *rows, int n) {
     f->synced = true; /* finish may record this step's mark now */
     pthread_cond_broadcast(&f->cv);
     pthread_mutex_unlock(&f->mu);
+    f->job_hash_s = 0;
+    if (f->job_fill && n > 0) { /* the rows, made here (engram_fetch_start_fill) */
+        double t = util_now();
+        f->job_fill(f->job_ctx, f->job_fill_rows);
+        f->job_hash_s = util_now() - t;
+    }
+    for (int i = 0; i < n; i++)
+        if (rows[i] < 0 || (uint64_t)rows[i] >= f->table_rows) return ENGRAM_STORE_ERANGE;
     double t0 = util_now();
     /* the rows the last step evicted are back on the host (the sync above): down to the store's cache, before
      * this step's misses look there */
@@ -341,13 +350,18 @@ static void *fetch_main(void *arg) {
     return NULL;
 }
 
-void engram_fetch_start(engram_fetch *f, const int64_t *rows, int n) {
+void engram_fetch_start(engram_fetch *f, const int64_t *rows, int n) { engram_fetch_start_fill(f, (int64_t *)rows, n, NULL, NULL); }
+
+void engram_fetch_start_fill(engram_fetch *f, int64_t *rows, int n, engram_fetch_fill_fn fill, void *ctx) {
     pthread_mutex_lock(&f->mu);
     while (f->job && !f->job_done) pthread_cond_wait(&f->cv, &f->mu); /* an unfinished step's start */
     f->job = true;
     f->job_done = false;
     f->synced = false;
     f->job_rows = rows;
+    f->job_fill_rows = fill ? rows : NULL;
+    f->job_fill = fill;
+    f->job_ctx = ctx;
     f->job_n = n;
     pthread_cond_broadcast(&f->cv);
     pthread_mutex_unlock(&f->mu);
@@ -373,6 +387,7 @@ int engram_fetch_finish(engram_fetch *f, float *out) {
     f->st.host_wait_seconds += util_now() - t0;
     f->job = false;
     int rc = f->job_rc, n = f->job_n;
+    if (!f->warming) f->st.hash_seconds += f->job_hash_s; /* made even when the gather then failed */
     pthread_mutex_unlock(&f->mu);
     if (rc || n < 1) return rc;
     size_t C = f->C, rb = f->rb;
@@ -471,6 +486,7 @@ void engram_fetch_stats_add(engram_fetch_stats *sum, const engram_fetch_stats *x
     sum->copied_rows += x->copied_rows;
     sum->copied_back_rows += x->copied_back_rows;
     sum->copied_bytes += x->copied_bytes;
+    sum->hash_seconds += x->hash_seconds;
     sum->gather_seconds += x->gather_seconds;
     sum->host_wait_seconds += x->host_wait_seconds;
     sum->stalls += x->stalls;

@@ -38,6 +38,7 @@ typedef struct {
     uint64_t copied_rows;  /* rows copied host -> backend (the misses) */
     uint64_t copied_back_rows; /* exclusive tiers: rows the cache evicted, copied backend -> host for the store's cache */
     uint64_t copied_bytes; /* bytes copied host -> backend (rows and slot indices) */
+    double hash_seconds;   /* host time making the rows on the fetch thread (engram_fetch_start_fill) */
     double gather_seconds; /* host time resolving and gathering */
     double host_wait_seconds; /* time the thread issuing the layers waited at the layer for that host
                                * half: on the CPU backend the compute's wait for rows; on a GPU it is
@@ -70,6 +71,13 @@ void engram_fetch_destroy(engram_fetch *f); /* accepts NULL; waits for its copy 
  * before the next start (a later start waits for an unfinished one). */
 void engram_fetch_start(engram_fetch *f, const int64_t *rows, int n);
 int engram_fetch_finish(engram_fetch *f, float *out);
+
+/* engram_fetch_start whose rows are made on the fetcher's thread first:
+ * fill(ctx, rows) writes rows[0..n) there (the step's hashing, taken off the
+ * thread that issues the layers), then the host half goes on as start's.
+ * fill and ctx are borrowed, rows written and read, until finish. */
+typedef void (*engram_fetch_fill_fn)(void *ctx, int64_t *rows);
+void engram_fetch_start_fill(engram_fetch *f, int64_t *rows, int n, engram_fetch_fill_fn fill, void *ctx);
 
 /* start then finish. */
 int engram_fetch_rows(engram_fetch *f, const int64_t *rows, int n, float *out);

@@ -1,9 +1,15 @@
 /* The Engram work of a forward step (see engram_step.h). A step's tokens are
- * hashed once, while the step is planned: from then on every row is known,
- * so the host stores' fetchers gather them beside the layers before their
- * own, and the layer only waits for the copy, runs the module and adds it to
- * the residual stream. The lookahead hashes later steps' tokens through the
- * same function to warm the NVMe stores' row caches; it changes no result. */
+ * hashed once: while the step is planned, each sequence's ids are compressed
+ * and its history moves on; the rows of a host store's layer are then made
+ * from those (and each sequence's history as it was before the step) on that
+ * layer's fetcher thread, first thing in its job, so the thread that issues
+ * the layers never waits for them between two passes. The fetchers gather the
+ * rows beside the layers before their own, and the layer only waits for the
+ * copy, runs the module and adds it to the residual stream. A layer whose
+ * table is in backend memory gets its rows hashed while planning (they are
+ * uploaded before the pass). The lookahead hashes later steps' tokens through
+ * the same function to warm the NVMe stores' row caches; it changes no
+ * result. */
 #include "engine/engram_step.h"
 
 #include <stdio.h>
@@ -31,6 +37,14 @@ struct engram_step {
     bool ahead[ENGRAM_MAX_LAYERS]; /* the layer's store reads NVMe behind a row cache (prefetch thread) */
     bool any_ahead;
     bool hbm_warmed[ENGRAM_MAX_LAYERS]; /* the fetcher's cache got its store's hot-row list */
+    /* the step's hashing, as planned (engram_step_hash), read by the fetchers' fills during the pass */
+    int64_t *s_cids;            /* (T) the step's compressed ids */
+    ngram_hash_history *s_hist; /* (S) each sequence's history before the step */
+    int32_t *s_start;           /* (S + 1) each sequence's first token in the step, then T */
+    int s_seqs;                 /* sequences hashed this step */
+    bool fetch_all;             /* every layer has a fetcher: nothing to hash while planning */
+    struct engram_step_fill { engram_step *es; int li; } fill[ENGRAM_MAX_LAYERS]; /* the fills' contexts */
+    double hash_t0;             /* when the step's hashing began */
     /* host mirrors */
     int64_t *h_rows, *h_cids, *h_ids64; /* (n_engram, T, H), (T), (T) */
     float **h_seq_hist;      /* (S) */
@@ -84,6 +98,9 @@ void engram_step_destroy(engram_step *es) {
     backend_free(be, es->seq_hist);
     if (es->scratch_ok) engram_scratch_free(&es->scratch, be);
     for (int li = 0; li < ENGRAM_MAX_LAYERS; li++) engram_fetch_destroy(es->fetch[li]);
+    free(es->s_cids);
+    free(es->s_hist);
+    free(es->s_start);
     free(es->h_rows);
     free(es->h_cids);
     free(es->h_ids64);
@@ -120,15 +137,23 @@ int engram_step_create(const model *m, const model *bm, backend *be, int max_tok
     es->h_cids = malloc(T * sizeof(int64_t));
     es->h_ids64 = malloc(T * sizeof(int64_t));
     es->h_seq_hist = calloc(S, sizeof(float *));
+    es->s_cids = malloc(T * sizeof(int64_t));
+    es->s_hist = malloc(S * sizeof(ngram_hash_history));
+    es->s_start = malloc((S + 1) * sizeof(int32_t));
     es->h_gates = malloc(T * G * F);
     es->zero_hist = calloc(es->hist_floats ? es->hist_floats : 1, F);
     bool ok = es->rows && es->eout && es->egates && es->seq_hist && es->h_rows && es->h_cids && es->h_ids64 &&
-              es->h_seq_hist && es->h_gates && es->zero_hist &&
+              es->h_seq_hist && es->h_gates && es->zero_hist && es->s_cids && es->s_hist && es->s_start &&
               (es->scratch_ok = engram_scratch_init(&es->scratch, be, e, c->hidden_size, max_tokens) == 0);
     if (!ok) snprintf(err, errlen, "out of %s memory for a step of %d tokens", backend_name(be), max_tokens);
     if (!ok || create_fetchers(es, err, errlen)) {
         engram_step_destroy(es);
         return FORWARD_ERR_NOMEM;
+    }
+    es->fetch_all = true;
+    for (int li = 0; li < e->n_layers; li++) {
+        es->fill[li] = (struct engram_step_fill){es, li};
+        es->fetch_all &= es->fetch[li] != NULL;
     }
     *out = es;
     return FORWARD_OK;
@@ -229,16 +254,46 @@ static void hash_tokens(engram_step *es, ngram_hash_history *hist, const int32_t
     ngram_hash_history_push(e->hash, hist, es->h_cids, (size_t)n);
 }
 
+/* Planning's part of the hashing, per sequence: the compressed ids (ids
+ * were checked against the lookup by plan_step: lookup[id] is
+ * ngram_hash_compress_ids's result), the history before the step kept for
+ * the fetchers' fills, then moved on; the rows of a layer without a fetcher
+ * made here. Sequences come in step order (a = the tokens before). */
 void engram_step_hash(engram_step *es, int i, engram_step_seq *q, const int32_t *ids, int n, int a, int T) {
-    double t0 = util_now();
-    hash_tokens(es, &q->hist, ids, n, es->h_rows + (size_t)a * es->n_heads, (size_t)T * es->n_heads, NULL);
+    const model_engram *e = es->m->engram;
+    if (i == 0) es->hash_t0 = util_now();
+    int64_t *cids = es->s_cids + a;
+    for (int k = 0; k < n; k++) cids[k] = e->lookup[ids[k]];
+    /* the fills read the last max_ngram_size-1 ids only */
+    memcpy(es->s_hist[i].ids, q->hist.ids, (size_t)(ngram_hash_max_ngram_size(e->hash) - 1) * sizeof(int64_t));
+    es->s_start[i] = a;
+    es->s_start[i + 1] = a + n;
+    es->s_seqs = i + 1;
+    for (int li = 0; !es->fetch_all && li < e->n_layers; li++)
+        if (!es->fetch[li])
+            ngram_hash_layer_rows(e->hash, li, &q->hist, cids, (size_t)n,
+                                  es->h_rows + ((size_t)li * T + (size_t)a) * es->n_heads);
+    ngram_hash_history_push(e->hash, &q->hist, cids, (size_t)n);
     es->h_seq_hist[i] = q->conv_hist;
-    es->seconds += util_now() - t0;
+}
+
+/* engram_fetch_fill_fn, on layer li's fetcher thread: the layer's rows of
+ * the step as planned, (T, H). */
+static void fill_rows(void *ctx, int64_t *rows) {
+    const struct engram_step_fill *fl = ctx;
+    const engram_step *es = fl->es;
+    const ngram_hash *h = es->m->engram->hash;
+    for (int i = 0; i < es->s_seqs; i++) {
+        int a = es->s_start[i];
+        ngram_hash_layer_rows(h, fl->li, &es->s_hist[i], es->s_cids + a, (size_t)(es->s_start[i + 1] - a),
+                              rows + (size_t)a * es->n_heads);
+    }
 }
 
 void engram_step_upload(engram_step *es, batch_desc *b) {
     backend *be = es->be;
     size_t T = (size_t)b->n_tokens;
+    es->seconds += util_now() - es->hash_t0; /* the step's hashing, as planned */
     if (es->rows_on_backend) backend_upload(be, es->rows, es->h_rows, (size_t)es->n_engram * T * es->n_heads * sizeof(int64_t));
     backend_upload(be, es->seq_hist, es->h_seq_hist, (size_t)b->n_seqs * sizeof(float *));
     b->seq_hist = es->seq_hist;
@@ -309,9 +364,10 @@ int engram_step_hot(engram_step *es, bool save) {
 /* ---- the layers ---- */
 
 void engram_step_fetch_start(engram_step *es, int T) {
-    for (int li = 0; li < es->n_engram; li++) /* the host stores' rows, gathered beside what follows */
+    for (int li = 0; li < es->n_engram; li++) /* the host stores' rows, made and gathered beside what follows */
         if (es->fetch[li])
-            engram_fetch_start(es->fetch[li], es->h_rows + (size_t)li * T * es->n_heads, T * es->n_heads);
+            engram_fetch_start_fill(es->fetch[li], es->h_rows + (size_t)li * T * es->n_heads, T * es->n_heads,
+                                    fill_rows, &es->fill[li]);
 }
 
 /* After a failed Engram layer: the other layers' fetches were started; end

@@ -1,6 +1,7 @@
 /* The Engram work of a forward step, beside the transformer in forward.c:
- * hashing the step's tokens into table rows (once per token and step), the
- * host stores' fetchers that gather those rows while earlier layers run,
+ * hashing the step's tokens into table rows (once per token and step; a host
+ * store's rows on its fetcher's thread), the host stores' fetchers that
+ * gather those rows while earlier layers run,
  * each Engram layer's module and gates, and the lookahead that hands the
  * rows of later steps to the NVMe stores' prefetch threads. Internal to the
  * engine; forward.c owns one engram_step per forward_ctx. */
@@ -55,15 +56,19 @@ void engram_step_set_snaps(engram_step *es, const engram_step_snap *snaps, int n
  * histories from a snapshot taken at p (backend memory). */
 void engram_step_seq_resume(engram_step *es, engram_step_seq *q, const int32_t *ids, int lead, const float *snap);
 
-/* Planning, on the host: sequence i of the step, n tokens ids at step
- * offset a of T, following q's history (pushed). Every Engram row of those
- * tokens is known afterwards. */
+/* Planning, on the host: sequence i of the step (i = 0, 1, ... in order),
+ * n tokens ids at step offset a of T, following q's history (pushed). The
+ * rows of a layer whose table is in backend memory are made here; a host
+ * store's layer's are made by its fetcher (engram_step_fetch_start) from what
+ * this keeps of the step, which the fetchers borrow until their finish. */
 void engram_step_hash(engram_step *es, int i, engram_step_seq *q, const int32_t *ids, int n, int a, int T);
 /* After every sequence is hashed: the rows (where a table is in backend
  * memory) and the sequences' conv histories go up; sets b->seq_hist. */
 void engram_step_upload(engram_step *es, batch_desc *b);
-/* Each host store's fetcher starts gathering its layer's rows of the step
- * (T tokens), on its own thread, while the layers before it are issued. */
+/* Each host store's fetcher starts making (hashing) and gathering its
+ * layer's rows of the step (T tokens), on its own thread, while the layers
+ * before it are issued. Every start is finished (engram_step_rows, or on a
+ * failure all of them) before the next step is planned. */
 void engram_step_fetch_start(engram_step *es, int T);
 
 /* x += engram(x) for the Engram module w at the start of its layer, over the

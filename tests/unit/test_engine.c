@@ -698,6 +698,144 @@ START_TEST(test_prefill_cap_keeps_prompts_going) {
 }
 END_TEST
 
+/* A host store's rows are made on its fetcher's thread from what planning
+ * kept of the step (each sequence's history before it, the compressed ids),
+ * a table in backend memory's while planning: the same bits either way. The
+ * cap tests' eight requests in steps of several sequences, chunked prefill,
+ * and a KV cache small enough that sequences are preempted and recomputed
+ * (resumed from their cached prefix blocks, the hash history rebuilt from the
+ * ids), through the DRAM tier and through NVMe behind a hot-row cache,
+ * against the checkpoint's tensors with room for all. */
+START_TEST(test_store_rows_made_on_fetch_threads) {
+    char dir[] = "/tmp/engram-test-fill-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    static engine_logprob ref[CAP_REQS][CAP_OUT], got[CAP_REQS][CAP_OUT];
+    for (int k = 0; k < 3; k++) {
+        engine_params ep = engine_default_params();
+        ep.model_dir = model_dir;
+        ep.threads = 1;
+        ep.max_num_seqs = CAP_REQS;
+        ep.prefill_chunk = 16;
+        ep.max_num_batched_tokens = 32;
+        if (k > 0) {
+            ep.engram_tables = dir;
+            ep.kv_cache_tokens = 96; /* one request's 85 positions fit, not eight */
+        }
+        if (k == 2) {
+            ep.engram_store.tier = ENGRAM_STORE_NVME;
+            ep.engram_store.dram_budget = 16 * 1024;
+            ep.engram_store.hbm_cache = 4096;
+        }
+        engine *x = NULL;
+        char err[512];
+        ck_assert_msg(engine_create(&ep, &x, err, sizeof(err)) == ENGINE_OK, "engine_create: %s", err);
+        memset(got, 0xAB, sizeof(got));
+        cap_run(x, true, k ? got : ref);
+        engine_stats st = idle_stats(x);
+        engram_fetch_stats fs;
+        engine_fetch_stats(x, -1, &fs);
+        if (k == 0) {
+            ck_assert_uint_eq(fs.lookups, 0); /* the tensors: no fetcher, hashed while planning */
+        } else {
+            ck_assert_int_gt(st.preemptions, 0);
+            ck_assert(fs.lookups > 0 && fs.hash_seconds > 0);
+            for (int i = 0; i < CAP_REQS; i++)
+                for (int t = 0; t < CAP_OUT; t++)
+                    ck_assert_msg(got[i][t].id == ref[i][t].id &&
+                                      !memcmp(&got[i][t].logprob, &ref[i][t].logprob, sizeof(float)),
+                                  "%s tier, request %d token %d: %d against %d", k == 1 ? "dram" : "nvme", i, t,
+                                  got[i][t].id, ref[i][t].id);
+        }
+        engine_destroy(x);
+    }
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
+/* The bytes of path, or with data: path rewritten in place to them (the
+ * store's open descriptor keeps reading it). */
+static char *file_bytes(const char *path, char *data, long *n) {
+    FILE *f = fopen(path, data ? "wb" : "rb");
+    ck_assert_ptr_nonnull(f);
+    if (!data) {
+        fseek(f, 0, SEEK_END);
+        *n = ftell(f);
+        rewind(f);
+        data = malloc((size_t)*n);
+        ck_assert_int_eq(fread(data, 1, (size_t)*n, f), (size_t)*n);
+    } else {
+        ck_assert_int_eq(fwrite(data, 1, (size_t)*n, f), (size_t)*n);
+    }
+    fclose(f);
+    return data;
+}
+
+/* A step whose fetch fails (the NVMe tier's tables cut to their headers
+ * under the engine: the misses cannot be read) fails its request, and the
+ * steps after it, with the tables whole again, make the same rows as before:
+ * the fetchers and the hash histories start each step clean. */
+START_TEST(test_failed_fetch_then_same_rows) {
+    char dir[] = "/tmp/engram-test-fail-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    engine_params ep = engine_default_params();
+    ep.model_dir = model_dir;
+    ep.threads = 1;
+    ep.engram_tables = dir;
+    ep.engram_store.tier = ENGRAM_STORE_NVME;
+    ep.engram_store.dram_budget = 16 * 1024;
+    ep.engram_lookahead = 0; /* no prefetch reads: only the step's gathers meet the cut tables */
+    ep.enable_prefix_caching = 0;
+    engine *x = NULL;
+    char err[512];
+    ck_assert_msg(engine_create(&ep, &x, err, sizeof(err)) == ENGINE_OK, "engine_create: %s", err);
+    static const int32_t A[20] = {5, 17, 300, 42, 9, 1000, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20};
+    static const int32_t B[12] = {900, 800, 700, 600, 500, 400, 300, 200, 100, 50, 40, 30};
+    engine_logprob ref[2][6];
+    for (int pass = 0; pass < 3; pass++) {
+        char path[2][300];
+        char *saved[2] = {0};
+        long n[2];
+        for (int li = 0; li < 2 && pass == 1; li++) { /* cut both tables to their 4 KiB headers */
+            snprintf(path[li], sizeof(path[li]), "%s/engram_layer_%d.tbl", dir, li + 1);
+            saved[li] = file_bytes(path[li], NULL, &n[li]);
+            ck_assert_int_eq(truncate(path[li], 4096), 0);
+        }
+        for (int q = 0; q < 2; q++) {
+            engine_request_params p = q ? greedy(B, 12, 6) : greedy(A, 20, 6);
+            p.logprobs = true;
+            engine_request *r = NULL;
+            ck_assert_int_eq(engine_submit(x, &p, &r), ENGINE_OK);
+            result res = run_to_end(r);
+            if (pass == 1) {
+                ck_assert_int_eq(res.fin.finish, ENGINE_FINISH_ERROR);
+                ck_assert_int_eq(res.fin.error, ENGINE_ERR_FORWARD);
+            } else {
+                ck_assert_int_eq(res.fin.finish, ENGINE_FINISH_LENGTH);
+                const engine_logprob *lp = engine_request_logprobs(r);
+                if (pass == 0) memcpy(ref[q], lp, sizeof(ref[q]));
+                else
+                    for (int t = 0; t < 6; t++)
+                        ck_assert_msg(lp[t].id == ref[q][t].id && !memcmp(&lp[t].logprob, &ref[q][t].logprob, sizeof(float)),
+                                      "request %d token %d: %d (%.9g) against %d (%.9g)", q, t, lp[t].id,
+                                      (double)lp[t].logprob, ref[q][t].id, (double)ref[q][t].logprob);
+            }
+            free(res.text);
+            engine_request_release(r);
+        }
+        for (int li = 0; li < 2 && pass == 1; li++) { /* whole again */
+            file_bytes(path[li], saved[li], &n[li]);
+            free(saved[li]);
+        }
+    }
+    engine_destroy(x);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 START_TEST(test_bad_create) {
     engine_params p = engine_default_params();
     p.model_dir = "/nonexistent";
@@ -734,6 +872,8 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_lookahead_skips_cached_rows);
     tcase_add_test(tc, test_prefill_cap_while_decoding);
     tcase_add_test(tc, test_prefill_cap_keeps_prompts_going);
+    tcase_add_test(tc, test_store_rows_made_on_fetch_threads);
+    tcase_add_test(tc, test_failed_fetch_then_same_rows);
     tcase_add_test(tc, test_bad_create);
     suite_add_tcase(s, tc);
     return s;

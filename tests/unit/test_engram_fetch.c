@@ -6,7 +6,9 @@
  * against the reference conversions; for every stored dtype, from the DRAM
  * tier and from NVMe under a tiny DRAM budget, with inclusive and exclusive
  * tiers. The counters add up (lookups, distinct rows, hits, copied rows),
- * a bad row id is refused without disturbing the next step; with exclusive
+ * a bad row id is refused without disturbing the next step; every other
+ * step's rows are made on the fetch thread (engram_fetch_start_fill), the
+ * engine's hashing's way, bad ones included; with exclusive
  * tiers no row is ever in both caches after a step, and evicted rows go
  * down to the store's cache (copied back, demoted). */
 #include <check.h>
@@ -64,6 +66,31 @@ static int make_step(int64_t *rows) {
     return n;
 }
 
+/* engram_fetch_fill_fn: the step's rows, written on the fetch thread (as the
+ * engine's hashing makes them there) from a copy the test keeps. */
+typedef struct {
+    const int64_t *src;
+    int n;
+} fill_ctx;
+static void fill_copy(void *ctx, int64_t *rows) {
+    const fill_ctx *c = ctx;
+    memcpy(rows, c->src, (size_t)c->n * sizeof(int64_t));
+}
+
+/* A step's rows through the fetcher, every other step made on its thread
+ * (engram_fetch_start_fill into a buffer of garbage): the rows there after
+ * finish must be the step's. Returns finish's status. */
+static int fetch_step(engram_fetch *f, int step, const int64_t *rows, int n, float *out) {
+    if (step % 2 == 0) return engram_fetch_rows(f, rows, n, out);
+    int64_t made[MAX_ROWS];
+    memset(made, 0xA5, sizeof(made));
+    fill_ctx c = {rows, n};
+    engram_fetch_start_fill(f, made, n, fill_copy, &c);
+    int rc = engram_fetch_finish(f, out);
+    ck_assert(memcmp(made, rows, (size_t)n * sizeof(int64_t)) == 0);
+    return rc;
+}
+
 /* s's fetcher against ref (the same table, mapped whole). */
 static void check_fetch(engram_store *s, engram_store *ref_store, uint64_t cache_rows) {
     backend *be = backend_cpu_create();
@@ -77,7 +104,7 @@ static void check_fetch(engram_store *s, engram_store *ref_store, uint64_t cache
     for (int step = 0; step < STEPS; step++) {
         int n = make_step(rows);
         lookups += (uint64_t)n;
-        ck_assert_int_eq(engram_fetch_rows(f, rows, n, out), 0);
+        ck_assert_int_eq(fetch_step(f, step, rows, n, out), 0);
         ck_assert_int_eq(engram_store_gather(ref_store, rows, (size_t)n, ref, NULL), ENGRAM_STORE_OK);
         ck_assert_msg(memcmp(out, ref, (size_t)n * COLS * sizeof(float)) == 0,
                       "dtype %s, cache %llu rows, %s tiers, step %d: rows differ",
@@ -86,9 +113,9 @@ static void check_fetch(engram_store *s, engram_store *ref_store, uint64_t cache
         if (in.tiers == ENGRAM_STORE_EXCLUSIVE)
             ck_assert_msg(engram_fetch_tier_overlap(f) == 0, "cache %llu rows, step %d: %zu rows in both tiers",
                           (unsigned long long)cache_rows, step, engram_fetch_tier_overlap(f));
-        if (step == STEPS / 2) { /* a bad id: refused, nothing issued */
+        if (step == STEPS / 2 || step == STEPS / 2 + 1) { /* a bad id, given or made: refused, nothing issued */
             int64_t bad[2] = {1, ROWS};
-            ck_assert_int_eq(engram_fetch_rows(f, bad, 2, out), ENGRAM_STORE_ERANGE);
+            ck_assert_int_eq(fetch_step(f, step, bad, 2, out), ENGRAM_STORE_ERANGE);
         }
     }
     engram_fetch_stats st;
@@ -103,6 +130,7 @@ static void check_fetch(engram_store *s, engram_store *ref_store, uint64_t cache
     if (cache_rows == 0) ck_assert_uint_eq(st.cache_hits, 0);
     if (cache_rows >= ROWS) ck_assert(st.cache_hits > st.unique / 4); /* the hot set stays */
     ck_assert_uint_eq(st.stalls, STEPS - 1); /* every fetch but the last was waited for */
+    ck_assert(st.hash_seconds > 0); /* the fills were timed */
     /* exclusive tiers over a DRAM row cache: rows move up and come back down when the cache evicts them */
     bool excl = in.tiers == ENGRAM_STORE_EXCLUSIVE && in.cache_rows && cache_rows;
     engram_store_stats ss;
