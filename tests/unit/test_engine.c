@@ -295,6 +295,15 @@ START_TEST(test_notify_and_cancel) {
         res = run_to_end(r);
         free(res.text);
     }
+    /* The notify comes from the waker thread after the step that published, so the loop above can
+     * read the output first: wait for it (bounded) before letting the request go. */
+    for (int i = 0; armed && i < 10000; i++) {
+        pthread_mutex_lock(&ns.mu);
+        int fired = ns.fired;
+        pthread_mutex_unlock(&ns.mu);
+        if (fired) break;
+        usleep(1000);
+    }
     engine_request_release(r);
     pthread_mutex_lock(&ns.mu);
     if (armed) ck_assert_int_ge(ns.fired, 1); /* the first read found nothing: it armed the notify */
