@@ -173,6 +173,27 @@ static void wait_for_work(engine *e, double next_save) {
     pthread_mutex_unlock(&e->mu);
 }
 
+/* After a step: once engine_warmup's request has finished, and the step
+ * that finished it has published its stats, its caller may go on. All: at
+ * the thread's end, whatever became of it. */
+static void warmup_check(engine *e, bool all) {
+    if (!atomic_load(&e->warming)) return;
+    pthread_mutex_lock(&e->mu); /* then the request's: the lock order */
+    engine_request *w = e->warm;
+    bool done = all;
+    if (w && !done) {
+        pthread_mutex_lock(&w->mu);
+        done = w->finish != ENGINE_FINISH_NONE;
+        pthread_mutex_unlock(&w->mu);
+    }
+    if (done) {
+        e->warm = NULL;
+        atomic_store(&e->warming, false);
+        pthread_cond_broadcast(&e->warm_cv);
+    }
+    pthread_mutex_unlock(&e->mu);
+}
+
 static void *engine_main(void *arg) {
     engine *e = arg;
     if (e->p.threads > 0) omp_set_num_threads(e->p.threads);
@@ -186,8 +207,10 @@ static void *engine_main(void *arg) {
             if (save) next_save = util_now() + every;
         }
         engine__sched_step(e); /* when stopping, its first phase aborts every sequence */
+        warmup_check(e, false);
         if (atomic_load(&e->stopping) && e->n_running == 0 && e->n_preempted == 0) break;
     }
+    warmup_check(e, true);
     if (atomic_load(&e->hot) != FORWARD_HOT_NONE) forward_ctx_engram_hot(e->fc, true); /* for the next start */
     return NULL;
 }
@@ -257,6 +280,8 @@ int engine_create(const engine_params *p, engine **out, char *err, size_t errlen
     e->chunk = e->p.prefill_chunk < e->p.max_num_batched_tokens ? e->p.prefill_chunk : e->p.max_num_batched_tokens;
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
+    pthread_cond_init(&e->warm_cv, NULL);
+    atomic_init(&e->warming, false);
     atomic_init(&e->stopping, false);
     e->stopped = true; /* nothing to stop until the thread runs */
 
@@ -361,6 +386,60 @@ fail:
     return rc;
 }
 
+/* The warm-up is one request of the engine's own through the queue, the
+ * scheduler and ranks_step like any other (so every rank and every op of a
+ * first prefill and decode runs once), marked so that it leaves no trace: no
+ * prefix-cache block looked up or registered (scheduler.c), its steps
+ * counted in no engine_stats field, its blocks freed and its state slot reset
+ * at its finish as any sequence's. Its prompt: spread-out valid ids. */
+int engine_warmup(engine *e, int n_prompt, int n_decode, engine_warmup_info *out) {
+    memset(out, 0, sizeof(*out));
+    double t0 = util_now();
+    int ctx = engine_context_length(e);
+    if (n_decode > ctx - 2) n_decode = ctx - 2; /* the prompt's token, and the first from the prefill */
+    if (n_decode < 0) n_decode = 0;
+    if (n_prompt > e->chunk) n_prompt = e->chunk; /* one prefill step */
+    if (n_prompt > ctx - 1 - n_decode) n_prompt = ctx - 1 - n_decode;
+    if (n_prompt < 1) return ENGINE_ERR_INVALID;
+    int32_t *ids = malloc((size_t)n_prompt * sizeof(int32_t));
+    if (!ids) return ENGINE_ERR_NOMEM;
+    for (int i = 0; i < n_prompt; i++) ids[i] = (int32_t)((1 + (uint64_t)i * 7919) % (uint64_t)e->vocab);
+    engine_request_params p = {.prompt = ids, .n_prompt = n_prompt, .max_tokens = n_decode + 1,
+                               .sampling = sampler_default_params(), .ignore_eos = true};
+    p.sampling.temperature = 0; /* the plain greedy path: the backend's argmax */
+    engine_request *r;
+    int rc = engine__request_create(e, &p, &r);
+    free(ids);
+    if (rc != ENGINE_OK) return rc;
+    r->warmup = true;
+    pthread_mutex_lock(&e->mu);
+    if (atomic_load(&e->stopping)) rc = ENGINE_ERR_STOPPED;
+    else if (e->head || e->n_taken || e->warm) rc = ENGINE_ERR_INVALID; /* only on an idle engine */
+    if (rc == ENGINE_OK) {
+        e->head = e->tail = r;
+        e->n_queued = 1;
+        e->warm = r;
+        atomic_store(&e->warming, true);
+        pthread_cond_signal(&e->cv);
+        while (e->warm == r) pthread_cond_wait(&e->warm_cv, &e->mu);
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (rc != ENGINE_OK) {
+        engine__request_free(r);
+        return rc;
+    }
+    engine_output o;
+    engine_request_read(r, &o, NULL, NULL);
+    free(o.text);
+    engine_request_release(r);
+    if (o.finish == ENGINE_FINISH_ERROR) return o.error ? o.error : ENGINE_ERR_FORWARD;
+    if (o.finish != ENGINE_FINISH_LENGTH) return ENGINE_ERR_STOPPED;
+    out->n_prompt = n_prompt;
+    out->n_decode = o.n_generated - 1; /* the first token came from the prefill */
+    out->seconds = util_now() - t0;
+    return ENGINE_OK;
+}
+
 void engine_stop(engine *e) {
     if (!e || e->stopped) return;
     pthread_mutex_lock(&e->mu);
@@ -416,6 +495,7 @@ void engine_destroy(engine *e) {
     tokenizer_destroy(e->tok);
     model_destroy(e->m);
     pthread_cond_destroy(&e->cv);
+    pthread_cond_destroy(&e->warm_cv);
     pthread_mutex_destroy(&e->mu);
     free(e);
 }

@@ -105,6 +105,24 @@ typedef struct engine engine;
  * one-line message in err; *out is then NULL. */
 int engine_create(const engine_params *p, engine **out, char *err, size_t errlen);
 
+/* Warms the engine up before it takes requests: runs one request of its own
+ * (n_prompt valid ids, cut to one prefill step and the context, then n_decode
+ * decode steps, greedy) through the path every request takes, on every rank,
+ * so that the one-time costs of a first forward pass (first calls of each
+ * product shape, CUDA graph captures, thread pools, first touches of the
+ * scratch) are paid here and not by the first client. It leaves no trace a
+ * client can see: no prefix-cache block, no engine_stats count (steps,
+ * tokens, host gap; the gauges are back where they were), and later outputs
+ * bit-identical to an engine without it; caches whose contents never change
+ * a result (the Engram row caches) may differ. Call on an idle engine,
+ * before any engine_submit (else ENGINE_ERR_INVALID); blocks until done.
+ * Returns ENGINE_OK with *out, or the status of what failed. */
+typedef struct {
+    int n_prompt, n_decode; /* what ran */
+    double seconds;
+} engine_warmup_info;
+int engine_warmup(engine *e, int n_prompt, int n_decode, engine_warmup_info *out);
+
 /* Stops the engine: later submits return ENGINE_ERR_STOPPED, every queued or
  * running request finishes with ENGINE_FINISH_ABORT (and its notify fires),
  * the engine thread is joined. Idempotent; call from one thread. */

@@ -42,6 +42,7 @@ struct engine_request {
     grammar *grammar;   /* one reference, or NULL: the output's grammar */
     char *reasoning_open, *reasoning_close; /* the reasoning block before the grammar, or NULL (engine.h) */
     char *cache_salt;   /* prefix caching salt, or NULL */
+    bool warmup;        /* engine_warmup's: no prefix cache lookup or registration, its steps not counted */
     int n_cached;       /* prompt tokens from the prefix cache at the first admission, under mu */
     int pf_upto;        /* prompt positions whose Engram rows went to the prefetch threads (engine thread) */
     engine *eng;        /* the engine it was submitted to */
@@ -166,6 +167,9 @@ struct engine {
     int n_taken;             /* requests off the queue whose finish is not yet published (under mu) */
     atomic_bool stopping;
     bool stopped;
+    engine_request *warm;    /* engine_warmup's request until the step that finished it has ended, under mu */
+    atomic_bool warming;     /* warm is set: the engine thread checks it after each step */
+    pthread_cond_t warm_cv;  /* signalled when warm is cleared */
     atomic_int hot; /* FORWARD_HOT_*: the Engram stores' warm start (forward_ctx_engram_hot), set by the engine thread */
 };
 

@@ -32,7 +32,9 @@
  * Batch invariance: the CPU backend computes every token's row the same way
  * whatever else is in the step, and however a prompt is cut into chunks, so
  * a sequence's logits are bit for bit those of the sequence running alone.
- * A recomputed sequence replays its generated tokens without sampling. */
+ * A recomputed sequence replays its generated tokens without sampling.
+ * engine_warmup's request (engine.c) takes the same phases, but looks up
+ * and registers no prefix-cache block, and its steps count in no stat. */
 
 /* What a step may still take. tokens: of --max-num-batched-tokens. prompt:
  * prompt tokens left under --max-prefill-tokens-decoding, or -1 when that
@@ -277,7 +279,8 @@ static bool sched_block_pending(engine *e, const engine_request *r, const int32_
     for (int i = 0; i < e->n_running; i++) {
         const seq *t = e->running[i];
         const engine_request *tr = t->r;
-        if (forward_state_pos(t->st) >= end || tr->n_prompt + t->n_out < end || !same_salt(tr->cache_salt, r->cache_salt))
+        if (tr->warmup || forward_state_pos(t->st) >= end || tr->n_prompt + t->n_out < end ||
+            !same_salt(tr->cache_salt, r->cache_salt)) /* a warm-up registers nothing */
             continue;
         bool same = true;
         for (int p = 0; p < end && same; p++) same = engine__seq_token(t, p) == ids[p];
@@ -293,7 +296,7 @@ static bool sched_block_pending(engine *e, const engine_request *r, const int32_
 static int sched_fits(engine *e, const engine_request *r, const seq *s, const sched_budget *b, int scheduled) {
     int budget = b->tokens;
     int n_known, free_blocks = kv_cache_free_blocks(e->kv), np = r->n_prompt;
-    const int32_t *ids = e->prefix && !r->gates ? sched_tokens(e, r, s, &n_known) : NULL;
+    const int32_t *ids = e->prefix && !r->gates && !r->warmup ? sched_tokens(e, r, s, &n_known) : NULL;
     if (ids) {
         int bs = kv_cache_block_size(e->kv), idle = 0;
         int k = kv_cache_prefix_probe(e->kv, ids, n_known, r->cache_salt, (n_known - 1) / bs, &idle, NULL);
@@ -312,7 +315,8 @@ static int sched_start(engine *e, seq *s, int hit, bool first) {
     if (engine__seq_take_state(e, s) != 0) return -1;
     engine_request *r = s->r;
     int n_known = 0;
-    const int32_t *ids = e->prefix ? sched_tokens(e, r, s, &n_known) : NULL;
+    /* a warm-up's table never begins: none of its blocks is registered */
+    const int32_t *ids = e->prefix && !r->warmup ? sched_tokens(e, r, s, &n_known) : NULL;
     int reused = ids ? ranks_state_begin(e->ranks, s->slot, r->cache_salt, ids, n_known, hit) : 0;
     if (ids && !r->gates) {
         e->prefix_queries += n_known;
@@ -510,8 +514,9 @@ static void sched_take_tokens(engine *e, int n_items, int frc) {
 }
 
 /* One scheduler step, phases 1 to 5 above. Returns the tokens it ran,
- * *prompt of them prompt tokens, and *decodes its decode tokens. */
-static int sched_run_step(engine *e, int *prompt, int *decodes) {
+ * *prompt of them prompt tokens, and *decodes its decode tokens; *warm: every
+ * item was engine_warmup's (the step is then counted nowhere). */
+static int sched_run_step(engine *e, int *prompt, int *decodes, bool *warm) {
     if (e->n_running == 0) e->pass_end = 0; /* it may have waited for work since: no gap to count */
     sched_poke_waiting(e); /* waiting requests poked now and then */
     sched_drop_interrupted(e, e->running, &e->n_running);
@@ -521,11 +526,13 @@ static int sched_run_step(engine *e, int *prompt, int *decodes) {
     if (!sched_continue_running(e, &b, &scheduled)) sched_admit(e, &b, scheduled);
     int tokens, n_items = sched_build_items(e, &tokens, prompt, decodes);
     if (n_items == 0) return 0;
+    *warm = true;
+    for (int j = 0; j < n_items; j++) *warm = *warm && e->item_seq[j]->r->warmup;
     sched_prefetch_ahead(e);
     engine__masks_begin(e, n_items); /* the grammar masks meanwhile, on the worker */
     double t_pass = util_now(), plan = forward_ctx_plan_seconds(e->fc);
     int frc = ranks_step(e->ranks, e->items, e->item_slot, n_items); /* forward_batch on every rank */
-    if (e->pass_end > 0) { /* engine_stats.host_gap_seconds: since the last pass, and this one's planning */
+    if (e->pass_end > 0 && !*warm) { /* engine_stats.host_gap_seconds: since the last pass, and this one's planning */
         e->host_gap += t_pass - e->pass_end + forward_ctx_plan_seconds(e->fc) - plan;
         e->host_gap_steps++;
     }
@@ -541,7 +548,10 @@ static int sched_run_step(engine *e, int *prompt, int *decodes) {
 }
 
 void engine__sched_step(engine *e) {
-    int prompt = 0, decodes = 0, tokens = sched_run_step(e, &prompt, &decodes);
+    int prompt = 0, decodes = 0;
+    bool warm = false;
+    int tokens = sched_run_step(e, &prompt, &decodes, &warm);
     engine__wakes_flush(e); /* the readers of what the step published, woken by the waker thread */
+    if (warm) tokens = prompt = decodes = 0; /* engine_warmup's steps: the gauges only */
     sched_publish_stats(e, tokens, prompt, decodes);
 }

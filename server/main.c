@@ -17,6 +17,13 @@
 #include "base/util.h"
 #include "server/server.h"
 
+/* The warm-up's request (engine_warmup): a few dozen prompt tokens in one
+ * step, and two decode steps: on CUDA a decode step's shape runs plain the
+ * first time and is captured as a graph the second (cuda_graphs.c), so the
+ * first request's decode steps replay it. */
+#define WARMUP_PROMPT_TOKENS 32
+#define WARMUP_DECODE_STEPS 2
+
 /* Waits for SIGINT or SIGTERM, then drains: new requests get 503 while those
  * accepted finish, for up to shutdown_timeout seconds (0: none); a second
  * signal cuts it short. */
@@ -73,6 +80,15 @@ static int serve(const server_options *o, const sigset_t *sigs) {
     if (!engine_tokenizer(e) && !o->synthetic) {
         server_log_at(SERVER_LOG_ERROR, "%s has no usable tokenizer.json: the server needs one", o->source);
         goto done;
+    }
+    /* The warm-up before ready: the first client would pay a first pass's one-time costs otherwise. */
+    if (o->warmup) {
+        engine_warmup_info wi;
+        int wrc = engine_warmup(e, WARMUP_PROMPT_TOKENS, WARMUP_DECODE_STEPS, &wi);
+        if (wrc == ENGINE_OK)
+            server_log("warm-up: %d prompt tokens + %d decode steps in %.2f s", wi.n_prompt, wi.n_decode, wi.seconds);
+        else /* requests may well fail the same way: they report it then */
+            server_log_at(SERVER_LOG_WARN, "warm-up failed (%s); serving without it", engine_status_str(wrc));
     }
     server_set_engine(srv, e);
     fault_phase("serving"); /* ENGRAM_FAULT_PHASE=serving: faults on requests' paths, not on the load */

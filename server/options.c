@@ -58,6 +58,10 @@ static const struct {
     {"prefill-chunk", OPT_INT, 1, 1 << 20, "256", "prompt tokens per forward pass (streams get a keep-alive after each)"},
     {"shutdown-timeout", OPT_INT, 0, 86400, "0",
      "on SIGTERM/SIGINT, seconds to let accepted requests finish (new ones get 503) before aborting the rest"},
+    {"warmup", OPT_INT, 0, 1, "1",
+     "1: before it is ready (/health 503 meanwhile), run one short prefill and two decode steps of its own, so the "
+     "first request does not pay a first pass's one-time costs; leaves no trace in outputs, metrics or the prefix "
+     "cache (0: off)"},
     {"engram-table-dir", OPT_STR, 0, 0, NULL,
      "directory of Engram table files; missing ones are written from the checkpoint at start; default: the checkpoint's tensors"},
     {"engram-tables", OPT_STR, 0, 0, NULL, "alias of --engram-table-dir"},
@@ -128,7 +132,7 @@ static const struct {
 /* The table's rows by name, in its order. */
 enum { O_MODEL, O_HOST, O_PORT, O_NAME, O_KEY, O_DEVICE, O_QUEUE, O_BODY, O_THREADS, O_HTTP_THREADS, O_REASONING,
        O_CORS, O_ACCESS_LOG, O_LOG_LEVEL,
-       O_CONN_TIMEOUT, O_REQ_TIMEOUT, O_MAX_CONNS, O_MAX_CONNS_IP, O_PREFILL_CHUNK, O_SHUTDOWN, O_ENGRAM_TABLE_DIR, O_ENGRAM_TABLES, O_ENGRAM_BUDGET,
+       O_CONN_TIMEOUT, O_REQ_TIMEOUT, O_MAX_CONNS, O_MAX_CONNS_IP, O_PREFILL_CHUNK, O_SHUTDOWN, O_WARMUP, O_ENGRAM_TABLE_DIR, O_ENGRAM_TABLES, O_ENGRAM_BUDGET,
        O_ENGRAM_HBM, O_ENGRAM_TIERS, O_ENGRAM_TIER, O_ENGRAM_IO, O_ENGRAM_QD, O_ENGRAM_AHEAD, O_ENGRAM_ADMISSION, O_ENGRAM_WARM,
        O_ENGRAM_HOT_SAVE,
        O_MAX_SEQS, O_MAX_BATCHED, O_MAX_PREFILL_DECODING, O_KV_TOKENS, O_KV_BLOCK, O_PREFIX_CACHING, O_PREFIX_MAX, O_SYNTHETIC, O_SYNTH_SEED, O_SYNTH_DIR,
@@ -517,6 +521,7 @@ server_options_status server_options_parse(int argc, char **argv, server_options
     http_options(val, num, &o->server, o->engine.model_dir);
     server_log_level_parse(val[O_LOG_LEVEL], &o->log_level); /* checked by check_names */
     o->shutdown_timeout = num[O_SHUTDOWN];
+    o->warmup = num[O_WARMUP] != 0;
     return SERVER_OPTIONS_OK;
 }
 

@@ -148,6 +148,7 @@ typedef struct {
     bool synthetic;         /* --synthetic SPEC rather than --model DIR */
     const char *source;     /* the --model directory or the --synthetic spec */
     long shutdown_timeout;  /* --shutdown-timeout: seconds to let accepted requests finish */
+    bool warmup;            /* --warmup: engine_warmup before ready */
     server_log_level log_level; /* --log-level */
     char *owned[SERVER_OPTIONS_MAX]; /* the config file's values (heap), by option */
     char name_buf[256];     /* the served model name when taken from the directory */

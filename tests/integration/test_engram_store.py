@@ -234,7 +234,8 @@ def test_server_store_metrics(tmp_path):
     from serverutil import Server, metric
 
     model = FIXTURES[1]
-    s = Server("--engram-table-dir", tmp_path / "t", "--engram-dram-budget", "1M", model=model)
+    # --warmup 0: the warm-up's own Engram rows would count in the store's counters and hot rows
+    s = Server("--engram-table-dir", tmp_path / "t", "--engram-dram-budget", "1M", "--warmup", "0", model=model)
     try:
         body = dict(model="engram-lexicon", prompt="The capital of France is", max_tokens=6, temperature=0)
         text = requests.get(s.url + "/metrics").text
@@ -314,8 +315,9 @@ def test_server_lookahead_reads_the_prompt_ahead(tmp_path):
                 engram_gates=True)
     got = []
     for ahead in ("0", "2048"):
+        # --warmup 0: the warm-up's own Engram rows would count in the store's counters and hot rows
         s = Server("--engram-tables", out, "--engram-tier", "nvme", "--engram-dram-budget", "1M",
-                   "--prefill-chunk", "16", "--engram-lookahead", ahead, model=model)
+                   "--prefill-chunk", "16", "--engram-lookahead", ahead, "--warmup", "0", model=model)
         try:
             r = requests.post(s.url + "/v1/completions", json=body, timeout=120)
             assert r.status_code == 200, r.text
@@ -366,8 +368,9 @@ def test_server_warm_restart(tmp_path, hbm):
         assert "engram_cache" not in requests.get(s.url + "/health").json()  # no store, no warm start
     finally:
         s.stop()
+    # --warmup 0: the warm-up's own Engram rows would count in the store's counters and hot rows
     args = ["--engram-tables", out, "--engram-tier", "nvme", "--engram-dram-budget", "1M", "--engram-lookahead", "0",
-            *hbm]
+            "--warmup", "0", *hbm]
     s = Server(*args, "--engram-warm-start", "wait", model=model)
     try:
         assert requests.get(s.url + "/health").json() == {"status": "ok", "engram_cache": "ready"}

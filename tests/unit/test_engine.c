@@ -2,7 +2,7 @@
  * qwen3_engram fixture (greedy output equals a direct forward + sampler run,
  * determinism, stop strings held back and cut, EOS, parameter checks, the
  * notify hook, cancellation, stop with queued requests, forced output ids,
- * the prompt cap while sequences decode). */
+ * the prompt cap while sequences decode, a warm-up that leaves no trace). */
 #include <check.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -606,6 +606,96 @@ START_TEST(test_host_gap_counts_back_to_back_steps) {
 }
 END_TEST
 
+/* A request's generated ids (through forced-free greedy or seeded sampling)
+ * and their logprobs' bits, on engine x. */
+typedef struct {
+    engine_logprob lp[8];
+    int n_cached, n_generated;
+} wu_out;
+
+static wu_out wu_run(engine *x, const int32_t *ids, int n, bool sampled) {
+    engine_request_params p = greedy(ids, n, 8);
+    p.logprobs = true;
+    p.top_logprobs = 2;
+    if (sampled) {
+        p.sampling.temperature = 1.0f;
+        p.sampling.seed = 1234;
+    }
+    engine_request *r = NULL;
+    ck_assert_int_eq(engine_submit(x, &p, &r), ENGINE_OK);
+    result res = run_to_end(r);
+    ck_assert_int_eq(res.fin.finish, ENGINE_FINISH_LENGTH);
+    wu_out o;
+    memset(&o, 0, sizeof(o));
+    memcpy(o.lp, engine_request_logprobs(r), sizeof(o.lp));
+    for (int i = 0; i < 8; i++) /* past n_top the entries are not written */
+        for (int k = o.lp[i].n_top; k < ENGINE_MAX_TOP_LOGPROBS; k++) o.lp[i].top_ids[k] = 0, o.lp[i].top_logprobs[k] = 0;
+    o.n_cached = res.fin.n_cached;
+    o.n_generated = res.fin.n_generated;
+    free(res.text);
+    engine_request_release(r);
+    return o;
+}
+
+/* engine_warmup leaves no trace: every engine_stats field as on a fresh
+ * engine, no prefix-cache block (a prompt that starts with the warm-up's
+ * own ids finds nothing cached), and greedy and seeded outputs (ids and
+ * logprob bits) equal to an engine that never warmed up. It refuses a busy
+ * engine. */
+START_TEST(test_warmup_leaves_no_trace) {
+    engine_stats before, after;
+    memset(&before, 0, sizeof(before));
+    memset(&after, 0, sizeof(after));
+    engine_get_stats(E, &before);
+    engine_warmup_info wi;
+    ck_assert_int_eq(engine_warmup(E, 32, 2, &wi), ENGINE_OK);
+    ck_assert_int_eq(wi.n_prompt, 32);
+    ck_assert_int_eq(wi.n_decode, 2);
+    ck_assert(wi.seconds > 0);
+    engine_get_stats(E, &after); /* engine_warmup returns once the last step has published */
+    ck_assert_int_eq(after.steps, before.steps);
+    ck_assert_int_eq(after.step_tokens, before.step_tokens);
+    ck_assert_int_eq(after.step_tokens_total, before.step_tokens_total);
+    ck_assert_int_eq(after.decode_steps, before.decode_steps);
+    ck_assert_int_eq(after.decode_step_prompt_tokens, before.decode_step_prompt_tokens);
+    ck_assert_int_eq(after.decode_step_prompt_max, before.decode_step_prompt_max);
+    ck_assert(!memcmp(after.decode_step_prompt_hist, before.decode_step_prompt_hist, sizeof(after.decode_step_prompt_hist)));
+    ck_assert(after.host_gap_seconds == before.host_gap_seconds);
+    ck_assert_int_eq(after.host_gap_steps, before.host_gap_steps);
+    ck_assert_int_eq(after.prefix_queries_tokens, before.prefix_queries_tokens);
+    ck_assert_int_eq(after.prefix_hits_tokens, before.prefix_hits_tokens);
+    ck_assert_int_eq(after.prefix_cached_blocks, 0);
+    ck_assert_int_eq(after.kv_blocks_used, 0);
+    ck_assert_int_eq(after.running + after.queued, 0);
+    ck_assert_int_eq(after.preemptions, 0);
+
+    engine_params ep = engine_default_params(); /* the same engine as setup's, never warmed */
+    ep.model_dir = model_dir;
+    ep.threads = 1;
+    engine *cold = NULL;
+    char err[512];
+    ck_assert_msg(engine_create(&ep, &cold, err, sizeof(err)) == ENGINE_OK, "engine_create: %s", err);
+    int32_t ids[40]; /* the warm-up's 32 ids (engine.c), then more: two whole blocks of 16 if it had cached them */
+    for (int i = 0; i < 40; i++) ids[i] = (int32_t)((1 + (uint64_t)(i < 32 ? i : 3 * i) * 7919) % (uint64_t)engine_vocab_size(E));
+    for (int sampled = 0; sampled < 2; sampled++) {
+        wu_out w = wu_run(E, ids, 40, sampled), c = wu_run(cold, ids, 40, sampled);
+        ck_assert_int_eq(w.n_cached, sampled ? 32 : 0); /* sampled: the greedy run's blocks before it, on both */
+        ck_assert_int_eq(c.n_cached, w.n_cached);
+        ck_assert_int_eq(w.n_generated, 8);
+        ck_assert(!memcmp(&w, &c, sizeof(w)));
+    }
+    /* refused while a request holds the engine */
+    engine_request_params p = greedy(PROMPT, NP, 200);
+    engine_request *r = NULL;
+    ck_assert_int_eq(engine_submit(E, &p, &r), ENGINE_OK);
+    ck_assert_int_eq(engine_warmup(E, 32, 2, &wi), ENGINE_ERR_INVALID);
+    engine_cancel(r);
+    free(run_to_end(r).text);
+    engine_request_release(r);
+    engine_destroy(cold);
+}
+END_TEST
+
 enum { CAP_REQS = 8, CAP_OUT = 16, CAP = 4 };
 
 /* Request i of the cap tests: a short prompt first (it decodes while the
@@ -877,6 +967,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_detach);
     tcase_add_test(tc, test_queue_counts_only_waiting);
     tcase_add_test(tc, test_host_gap_counts_back_to_back_steps);
+    tcase_add_test(tc, test_warmup_leaves_no_trace);
     tcase_add_test(tc, test_lookahead_hands_prompts_ahead);
     tcase_add_test(tc, test_lookahead_skips_cached_rows);
     tcase_add_test(tc, test_prefill_cap_while_decoding);
