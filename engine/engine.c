@@ -126,6 +126,15 @@ engine_warm engine_engram_warm(const engine *e) {
 
 /* ---- the engine ---- */
 
+/* r at the queue's tail, the engine thread woken: under e->mu. */
+static void enqueue_locked(engine *e, engine_request *r) {
+    if (e->tail) e->tail->next = r;
+    else e->head = r;
+    e->tail = r;
+    e->n_queued++;
+    pthread_cond_signal(&e->cv);
+}
+
 int engine_submit(engine *e, const engine_request_params *p, engine_request **out) {
     *out = NULL;
     engine_request *r;
@@ -134,13 +143,7 @@ int engine_submit(engine *e, const engine_request_params *p, engine_request **ou
     pthread_mutex_lock(&e->mu);
     if (atomic_load(&e->stopping)) rc = ENGINE_ERR_STOPPED;
     else if (e->n_queued >= e->p.max_queued + engine_free_slots(e)) rc = ENGINE_ERR_QUEUE_FULL;
-    if (rc == ENGINE_OK) {
-        if (e->tail) e->tail->next = r;
-        else e->head = r;
-        e->tail = r;
-        e->n_queued++;
-        pthread_cond_signal(&e->cv);
-    }
+    if (rc == ENGINE_OK) enqueue_locked(e, r);
     pthread_mutex_unlock(&e->mu);
     if (rc != ENGINE_OK) {
         engine__request_free(r);
@@ -416,11 +419,9 @@ int engine_warmup(engine *e, int n_prompt, int n_decode, engine_warmup_info *out
     if (atomic_load(&e->stopping)) rc = ENGINE_ERR_STOPPED;
     else if (e->head || e->n_taken || e->warm) rc = ENGINE_ERR_INVALID; /* only on an idle engine */
     if (rc == ENGINE_OK) {
-        e->head = e->tail = r;
-        e->n_queued = 1;
         e->warm = r;
         atomic_store(&e->warming, true);
-        pthread_cond_signal(&e->cv);
+        enqueue_locked(e, r);
         while (e->warm == r) pthread_cond_wait(&e->warm_cv, &e->mu);
     }
     pthread_mutex_unlock(&e->mu);

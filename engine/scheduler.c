@@ -526,8 +526,8 @@ static int sched_run_step(engine *e, int *prompt, int *decodes, bool *warm) {
     if (!sched_continue_running(e, &b, &scheduled)) sched_admit(e, &b, scheduled);
     int tokens, n_items = sched_build_items(e, &tokens, prompt, decodes);
     if (n_items == 0) return 0;
-    *warm = true;
-    for (int j = 0; j < n_items; j++) *warm = *warm && e->item_seq[j]->r->warmup;
+    *warm = atomic_load(&e->warming); /* only while engine_warmup runs: every item its request's */
+    for (int j = 0; j < n_items && *warm; j++) *warm = e->item_seq[j]->r->warmup;
     sched_prefetch_ahead(e);
     engine__masks_begin(e, n_items); /* the grammar masks meanwhile, on the worker */
     double t_pass = util_now(), plan = forward_ctx_plan_seconds(e->fc);
