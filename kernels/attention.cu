@@ -891,6 +891,19 @@ typedef struct {
     int dec; /* 2: the tensor-core decode kernel, 1: the f32 one, 0: the general one */
 } att_split;
 
+/* The decode kernels' shortest split: DEC_MIN_SPLIT keys, or
+ * ENGRAM_DEC_MIN_SPLIT (benchmarks: a batch-1 step of a short context
+ * spends more on its splits' merge than on its keys). */
+static int dec_min_split(void) {
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("ENGRAM_DEC_MIN_SPLIT");
+        int n = e ? atoi(e) : 0;
+        v = n >= 16 && n <= (1 << 20) ? n : DEC_MIN_SPLIT;
+    }
+    return v;
+}
+
 static att_split att_prepare(const kernels_attention_args *a) {
     att_split p;
     int G = a->n_heads / a->n_kv;
@@ -907,7 +920,7 @@ static att_split att_prepare(const kernels_attention_args *a) {
     }
     p.ns = 1, p.len = 0;
     p.dec = tcd_supported(a) ? 2 : dec_supported(a->hd, G);
-    if (p.n_short) att_plan(p.n_short, a->n_kv, a->max_ctx, a->window, p.dec ? DEC_MIN_SPLIT : ATT_MIN_SPLIT,
+    if (p.n_short) att_plan(p.n_short, a->n_kv, a->max_ctx, a->window, p.dec ? dec_min_split() : ATT_MIN_SPLIT,
                             p.dec == 2 ? TK : p.dec ? 32 : ATT_THREADS, &p.ns, &p.len);
     return p;
 }

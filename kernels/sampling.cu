@@ -5,6 +5,7 @@
 
 #include <cuda_runtime.h>
 #include <math.h>
+#include <stdint.h>
 
 __device__ __forceinline__ void argmax_pick(float &v, int &i, float v2, int i2) {
     if (v2 > v || (v2 == v && i2 < i)) v = v2, i = i2;
@@ -27,13 +28,36 @@ __device__ int argmax_reduce(float best, int bi) {
     return bi == 0x7fffffff ? 0 : bi; /* an all-NaN row: id 0 */
 }
 
+__device__ __forceinline__ void argmax_pick4(float &best, int &bi, float4 v, int i) {
+    if (!isnan(v.x)) argmax_pick(best, bi, v.x, i);
+    if (!isnan(v.y)) argmax_pick(best, bi, v.y, i + 1);
+    if (!isnan(v.z)) argmax_pick(best, bi, v.z, i + 2);
+    if (!isnan(v.w)) argmax_pick(best, bi, v.w, i + 3);
+}
+
+// One block per row. The row is read 16 bytes a load, four loads issued
+// before any is used: a single block's sweep of a 128k vocabulary is a
+// chain of L2 round trips, and a scalar load per trip took ~50 us of a
+// batch-1 decode step (bench/RESULTS.md). The pick is a total order (value,
+// then lowest id), so the threads' split of the row changes no result.
 __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_kernel(int *next, const float *logits, int vocab) {
     const float *row = logits + (size_t)blockIdx.x * vocab;
     float best = -INFINITY;
     int bi = 0x7fffffff;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        float v = row[i];
-        if (!isnan(v)) argmax_pick(best, bi, v, i);
+    const int n4 = ((uintptr_t)row & 15) ? 0 : vocab / 4, nt = blockDim.x;
+    const float4 *r4 = (const float4 *)row;
+    int i = threadIdx.x;
+    for (; i + 3 * nt < n4; i += 4 * nt) {
+        float4 a = r4[i], b = r4[i + nt], c = r4[i + 2 * nt], d = r4[i + 3 * nt];
+        argmax_pick4(best, bi, a, 4 * i);
+        argmax_pick4(best, bi, b, 4 * (i + nt));
+        argmax_pick4(best, bi, c, 4 * (i + 2 * nt));
+        argmax_pick4(best, bi, d, 4 * (i + 3 * nt));
+    }
+    for (; i < n4; i += nt) argmax_pick4(best, bi, r4[i], 4 * i);
+    for (int j = 4 * n4 + threadIdx.x; j < vocab; j += nt) {
+        float v = row[j];
+        if (!isnan(v)) argmax_pick(best, bi, v, j);
     }
     int id = argmax_reduce(best, bi);
     if (threadIdx.x == 0) next[blockIdx.x] = id;
