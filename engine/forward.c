@@ -575,6 +575,9 @@ static void attention_block(forward_ctx *fc, const layer_weights *L, kv_cache *k
         backend_matmul(be, fc->k, fc->h, &L->wk, L->bk, T);
         backend_matmul(be, fc->v, fc->h, &L->wv, L->bv, T);
     }
+    /* the output projection's weights on their way while rope and
+     * attention, which read little, run */
+    if (backend_has(be, prefetch)) backend_prefetch(be, &L->wo, T);
     if (backend_has(be, qk_rope_store)) {
         backend_qk_rope_store(be, fc->q, fc->k, fc->v, kv_cache_k_layer(kv, l), kv_cache_v_layer(kv, l), b, nh, nkv, hd,
                          c->qk_norm ? L->q_norm : NULL, c->qk_norm ? L->k_norm : NULL, eps, fc->inv_freq);

@@ -189,6 +189,11 @@ int kernels_gemv_add(float *out, const float *x, const void *w, const float *bia
 int kernels_gemv_glu(float *out, const float *x, const void *wg, const void *wu, const float *bg, const float *bu,
                      int T, int rows, int cols, const float *norm, float eps, int f32, void *stream);
 
+/* Asks L2 for bytes of p, 128-byte lines from p's line on (prefetch.global.L2:
+ * nothing is read back, nothing waits for the lines): a decode step's products
+ * stream weights that L2 can hold while the ops before them read little. */
+int kernels_l2_prefetch(const void *p, size_t bytes, void *stream);
+
 /* ---- matmul_skinny.cu ---- */
 
 #define KERNELS_SKINNY_MAX_ROWS 64

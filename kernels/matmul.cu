@@ -392,3 +392,22 @@ extern "C" int kernels_gemv_glu(float *out, const float *x, const void *wg, cons
     a.norm = norm, a.eps = eps;
     return gemv_run_norm<GEMV_GLU>(a, x, T, cols, f32, stream);
 }
+
+/* ---- L2 prefetch ---- */
+
+#define L2PF_BLOCKS 64
+#define L2PF_THREADS 256
+
+__global__ void __launch_bounds__(L2PF_THREADS) l2_prefetch_kernel(const char *p, size_t lines) {
+    size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < lines; i += stride)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(p + i * 128));
+}
+
+extern "C" int kernels_l2_prefetch(const void *p, size_t bytes, void *stream) {
+    if (!p || !bytes) return KERNELS_OK;
+    const char *b = (const char *)((uintptr_t)p & ~(uintptr_t)127);
+    size_t lines = ((const char *)p + bytes - b + 127) / 128;
+    l2_prefetch_kernel<<<L2PF_BLOCKS, L2PF_THREADS, 0, (cudaStream_t)stream>>>(b, lines);
+    return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
+}

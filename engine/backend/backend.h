@@ -359,6 +359,11 @@ typedef struct backend_ops {
                        const float *bv, int T);
     /* x (T, w.rows) += a (T, w.cols) @ w^T (+ bias): matmul into scratch, then add */
     void (*matmul_add)(backend *be, float *x, const float *a, const weight *w, const float *bias, int T);
+    /* A hint: the next product, of T tokens, reads w. The backend may start
+     * loading w into its cache while the ops queued before that product run
+     * (CUDA: decode steps, into L2 from a second stream, joined before the
+     * next product). Changes no result. */
+    void (*prefetch)(backend *be, const weight *w, int T);
     /* gate (T, wg.rows) = silu(x @ wg^T + bg) * (x @ wu^T + bu); up (T, wu.rows)
      * is scratch the backend may use: (rmsnorm,) matmul gate, matmul up, swiglu */
     void (*matmul_glu)(backend *be, float *gate, float *up, const float *x, const backend_norm *norm,
@@ -633,6 +638,7 @@ static inline void backend_matmul_qkv(backend *be, float *q, float *k, float *v,
                                       const float *bq, const float *bk, const float *bv, int T) {
     be->ops->matmul_qkv(be, q, k, v, x, norm, wq, wk, wv, bq, bk, bv, T);
 }
+static inline void backend_prefetch(backend *be, const weight *w, int T) { be->ops->prefetch(be, w, T); }
 static inline void backend_matmul_add(backend *be, float *x, const float *a, const weight *w, const float *bias,
                                       int T) {
     be->ops->matmul_add(be, x, a, w, bias, T);

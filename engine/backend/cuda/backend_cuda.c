@@ -74,6 +74,7 @@ static void cu_destroy(backend *be) {
     cuda_backend *g = cuda__of(be);
     if (g->stream) cudaStreamSynchronize(g->stream);
     if (g->copy) cudaStreamSynchronize(g->copy);
+    if (g->pf) cudaStreamSynchronize(g->pf);
     prof__finish(g);
     g->capturing = -1;
     graphs__clear(g);
@@ -81,6 +82,9 @@ static void cu_destroy(backend *be) {
     if (g->blas) cublasDestroy(g->blas);
     if (g->blas_ws) cudaFree(g->blas_ws);
     cuda__fetch_free(g);
+    if (g->ev_pf_fork) cudaEventDestroy(g->ev_pf_fork);
+    if (g->ev_pf_done) cudaEventDestroy(g->ev_pf_done);
+    if (g->pf) cudaStreamDestroy(g->pf);
     if (g->stream) cudaStreamDestroy(g->stream);
     free(g);
 }
@@ -98,6 +102,7 @@ static const backend_ops cuda_ops = {
     .prepare = cu_prepare,
     .release = cu_release,
     .matmul = cu_matmul,
+    .prefetch = cu_prefetch,
     .matmul_grouped = cu_matmul_grouped,
     .rmsnorm = cu_rmsnorm,
     .embed = cu_embed,
@@ -200,6 +205,14 @@ static int cu_init(cuda_backend *g, const backend_params *p, char *err, size_t e
     const char *af = getenv("ENGRAM_ACT_FUSE"), *gs = getenv("ENGRAM_GLU_STACK");
     g->act_unfused = af && !strcmp(af, "0");
     g->glu_stack = gs && !strcmp(gs, "0") ? 0 : 1;
+    /* backend_prefetch (cu_prefetch): ENGRAM_L2_PREFETCH=MB, the most of a weight asked of L2
+     * (0 or unset: off) */
+    const char *pf = getenv("ENGRAM_L2_PREFETCH");
+    g->pf_max_bytes = pf ? (size_t)strtoul(pf, NULL, 10) << 20 : 0;
+    if ((e = cudaStreamCreateWithFlags(&g->pf, cudaStreamNonBlocking)) != cudaSuccess ||
+        (e = cudaEventCreateWithFlags(&g->ev_pf_fork, cudaEventDisableTiming)) != cudaSuccess ||
+        (e = cudaEventCreateWithFlags(&g->ev_pf_done, cudaEventDisableTiming)) != cudaSuccess)
+        return cuda__init_fail(p, err, errlen, e);
     if ((e = prof__init(g, p->cuda_profile)) != cudaSuccess) return cuda__init_fail(p, err, errlen, e);
     cublasStatus_t st = cublasCreate(&g->blas);
     if (st == CUBLAS_STATUS_SUCCESS) st = cublasSetStream(g->blas, g->stream);

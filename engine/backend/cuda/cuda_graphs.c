@@ -47,6 +47,7 @@ void cu_step_end(backend *be) {
     int i = g->capturing;
     if (i < 0) return;
     g->capturing = -1;
+    cuda__pf_join(g); /* a stream forked in the capture rejoins it before it ends */
     cudaGraph_t graph;
     CHECK_CUDA(cudaStreamEndCapture(g->stream, &graph));
     cudaError_t e = cudaGraphInstantiate(&g->graphs[i].exec, graph, 0);

@@ -104,6 +104,13 @@ typedef struct {
         ev_backed[BACKEND_FETCH_CHANNELS];
     int marked[BACKEND_FETCH_CHANNELS], copied[BACKEND_FETCH_CHANNELS], released[BACKEND_FETCH_CHANNELS],
         backed[BACKEND_FETCH_CHANNELS];
+    /* backend_prefetch: a third stream forked from and joined back into
+     * `stream` (pf_pending: a fork not yet joined); at most pf_max_bytes of a
+     * weight (0: off, ENGRAM_L2_PREFETCH=MB) */
+    cudaStream_t pf;
+    cudaEvent_t ev_pf_fork, ev_pf_done;
+    int pf_pending;
+    size_t pf_max_bytes;
     cuda_profile prof;
 } cuda_backend;
 
@@ -128,6 +135,14 @@ static inline int cuda__dtype(dtype t) {
 }
 
 /* ---- compute (cuda_ops.c) ---- */
+void cu_prefetch(backend *be, const weight *w, int T);
+/* The main stream waits for a pending prefetch's launch (before a product, and before a
+ * recording ends: a forked stream must rejoin its capture). */
+static inline void cuda__pf_join(cuda_backend *g) {
+    if (!g->pf_pending) return;
+    g->pf_pending = 0;
+    CHECK_CUDA(cudaStreamWaitEvent(g->stream, g->ev_pf_done, 0));
+}
 void cu_matmul(backend *be, float *out, const float *x, const weight *w, const float *bias, int T);
 void cu_matmul_grouped(backend *be, float *y, const float *x, size_t xs, const weight *w, int G, int T);
 void cu_rmsnorm(backend *be, float *out, const float *x, const float *gw, int T, int d, float eps);

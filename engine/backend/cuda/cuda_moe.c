@@ -48,6 +48,7 @@ static kernels_moe_weights moe_weights_of(const weight *w0) {
 void cu_moe_experts(backend *be, float *out, const float *x, const int32_t *ids, const float *wts,
                     const moe_weights *moe, int T) {
     cuda_backend *g = cuda__of(be);
+    cuda__pf_join(g);
     if (T <= 0) return;
     int d = moe->router.cols, I = moe->inter, k = moe->top_k, E = moe->n_experts;
     kernels_moe_weights gu = moe_weights_of(&moe->gate[0]), dn = moe_weights_of(&moe->down[0]);

@@ -113,6 +113,7 @@ static void cu_matmul_(cuda_backend *g, float *out, const float *x, const weight
 
 void cu_matmul(backend *be, float *out, const float *x, const weight *w, const float *bias, int T) {
     cuda_backend *g = cuda__of(be);
+    cuda__pf_join(g);
     if (T <= 0) return;
     int pi = prof__begin(g, "matmul %dx%d %s", w->rows, w->cols, prof__tclass(T));
     cu_matmul_(g, out, x, w, bias, T);
@@ -148,8 +149,26 @@ static void cu_grouped_loop(cuda_backend *g, float *y, const float *x, size_t xs
  * More tokens: one strided batched cuBLAS product over the groups (batch g: W_g at g R K, x's
  * columns at g K, y's at g R; ldb the row stride of x, ldc G R), the activations rounded to bf16
  * once for all groups as cu_matmul rounds them, f32 weights in pedantic f32. */
+/* backend_prefetch: decode steps only (their products stream weights; past
+ * GEMV_MAX_TOKENS the products are compute-bound). The prefetch kernel is
+ * forked onto g->pf after the ops queued so far, and joined before the next
+ * product, so it overlaps the ops between (rope, attention). */
+void cu_prefetch(backend *be, const weight *w, int T) {
+    cuda_backend *g = cuda__of(be);
+    if (!g->pf_max_bytes || T > GEMV_MAX_TOKENS || !w->data) return;
+    size_t bytes = cuda__expert_stride(w);
+    if (bytes > g->pf_max_bytes) bytes = g->pf_max_bytes;
+    cuda__pf_join(g); /* one fork at a time */
+    CHECK_CUDA(cudaEventRecord(g->ev_pf_fork, g->stream));
+    CHECK_CUDA(cudaStreamWaitEvent(g->pf, g->ev_pf_fork, 0));
+    CHECK_K(kernels_l2_prefetch(w->data, bytes, g->pf));
+    CHECK_CUDA(cudaEventRecord(g->ev_pf_done, g->pf));
+    g->pf_pending = 1;
+}
+
 void cu_matmul_grouped(backend *be, float *y, const float *x, size_t xs, const weight *w, int G, int T) {
     cuda_backend *g = cuda__of(be);
+    cuda__pf_join(g);
     if (T <= 0) return;
     if (w->dt != DTYPE_BF16 && w->dt != DTYPE_F32)
         cuda__fail(__func__, "weight is not a bf16 or f32 device view (prepare converts them)");
@@ -327,6 +346,7 @@ void cu_matmul_qkv(backend *be, float *q, float *k, float *v, const float *x, co
                    const weight *wq, const weight *wk, const weight *wv, const float *bq, const float *bk,
                    const float *bv, int T) {
     cuda_backend *g = cuda__of(be);
+    cuda__pf_join(g);
     if (T <= 0) return;
     int pi = prof__begin(g, "matmul qkv%s %dx%d %s", norm ? "+norm" : "", wq->rows + wk->rows + wv->rows, wq->cols,
                          prof__tclass(T));
@@ -353,6 +373,7 @@ void cu_matmul_qkv(backend *be, float *q, float *k, float *v, const float *x, co
 
 void cu_matmul_add(backend *be, float *x, const float *a, const weight *w, const float *bias, int T) {
     cuda_backend *g = cuda__of(be);
+    cuda__pf_join(g);
     if (T <= 0) return;
     int pi = prof__begin(g, "matmul+add %dx%d %s", w->rows, w->cols, prof__tclass(T));
     if (cuda__gemv(a, NULL, w, T)) {
@@ -374,6 +395,7 @@ void cu_matmul_add(backend *be, float *x, const float *a, const weight *w, const
 void cu_matmul_glu(backend *be, float *gate, float *up, const float *x, const backend_norm *norm,
                    const weight *wg, const weight *wu, const float *bg, const float *bu, int T) {
     cuda_backend *g = cuda__of(be);
+    cuda__pf_join(g);
     if (T <= 0) return;
     int pi = prof__begin(g, "matmul glu%s %dx%d %s", norm ? "+norm" : "", wg->rows, wg->cols, prof__tclass(T));
     /* the gate/up warp kernel's fold pays on short rows only: it costs its
@@ -423,6 +445,7 @@ static int cu_glu_stacked(const weight *wg, const weight *wu) {
 void cu_matmul_ffn(backend *be, float *x, float *work, const backend_norm *norm, const weight *wg,
                    const weight *wu, const weight *wd, const float *bg, const float *bu, const float *bd, int T) {
     cuda_backend *g = cuda__of(be);
+    cuda__pf_join(g);
     if (T <= 0) return;
     int N = wg->rows, K = wg->cols;
     float *gate = work, *up = work + (size_t)T * N;
