@@ -40,13 +40,24 @@ extern "C" int kernels_kv_store_bf16(void *kc, void *vc, const float *k, const f
     return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
 }
 
+/* The pieces both qk_rope_store kernels compute, spelled out (no contraction
+ * left to the compiler, which could fuse either product of a sum of two),
+ * so that the two give the same bits. */
+__device__ __forceinline__ float qk_sq2(float a, float b) { return __fmaf_rn(a, a, __fmul_rn(b, b)); }
+__device__ __forceinline__ void qk_rot(float x1, float x2, float c, float s, float *y1, float *y2) {
+    *y1 = __fmaf_rn(x1, c, -__fmul_rn(x2, s));
+    *y2 = __fmaf_rn(x2, c, __fmul_rn(x1, s));
+}
+
 /* One block per (token, head), q heads first, then kv heads; a thread per
  * rotated pair (i, i + hd/2). Optional per-head RMSNorm (qn for q heads, kn
  * for kv heads), then rope; q is written back in place, a kv head's K row
- * (normed, roped) and V row go to cache row slot[t] as bf16. */
-__global__ void qk_rope_store_kernel(float *q, const float *k, const float *v, __nv_bfloat16 *kc,
-                                     __nv_bfloat16 *vc, const int *pos, const int *slot, int n_heads, int n_kv,
-                                     int hd, const float *qn, const float *kn, float eps, const float *inv_freq) {
+ * (normed, roped) and V row go to cache row slot[t] as bf16. The first
+ * kernel, kept for A/B timings (ENGRAM_QK_ROPE_STORE=head) and as the bit
+ * reference of the one below. */
+__global__ void qk_rope_store_head_kernel(float *q, const float *k, const float *v, __nv_bfloat16 *kc,
+                                          __nv_bfloat16 *vc, const int *pos, const int *slot, int n_heads, int n_kv,
+                                          int hd, const float *qn, const float *kn, float eps, const float *inv_freq) {
     pdl_trigger();
     pdl_wait();
     const int t = blockIdx.x, h = blockIdx.y, half = hd / 2, i = threadIdx.x;
@@ -58,7 +69,7 @@ __global__ void qk_rope_store_kernel(float *q, const float *k, const float *v, _
     if (i < half) x1 = src[i], x2 = src[i + half];
     if (nw) { /* the same for the whole block */
         __shared__ float ws[4];
-        float ss = x1 * x1 + x2 * x2;
+        float ss = qk_sq2(x1, x2);
         for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
         if ((i & 31) == 0) ws[i >> 5] = ss;
         __syncthreads();
@@ -70,7 +81,8 @@ __global__ void qk_rope_store_kernel(float *q, const float *k, const float *v, _
     if (i >= half) return;
     float a = (float)pos[t] * inv_freq[i];
     float c = cosf(a), sn = sinf(a);
-    float y1 = x1 * c - x2 * sn, y2 = x2 * c + x1 * sn;
+    float y1, y2;
+    qk_rot(x1, x2, c, sn, &y1, &y2);
     if (isq) {
         float *dst = q + ((size_t)t * n_heads + h) * hd;
         dst[i] = y1, dst[i + half] = y2;
@@ -84,16 +96,107 @@ __global__ void qk_rope_store_kernel(float *q, const float *k, const float *v, _
     vc[dst + i + half] = __float2bfloat16_rn(vr[i + half]);
 }
 
+/* The same results, bit for bit, with a warp per head and QK_HPW heads a
+ * warp: lane l holds the first kernel's pairs l, l + 32, ... (QK_MAXP of
+ * them), sums their squares in that kernel's order (a warp tree per 32
+ * pairs, the trees added in order from 0) and computes each pair's cos and
+ * sin once for all its heads. The first kernel's block of two warps per
+ * (token, head) spent more time being scheduled than working: 32 us a call
+ * at 512 tokens in the paper's workload, 4% of its device time. */
+#define QK_WARPS 8
+#define QK_MAXP 4 /* pairs a lane: hd <= 256 */
+#define QK_HPW 5
+__global__ void __launch_bounds__(QK_WARPS * 32)
+qk_rope_store_kernel(float *q, const float *k, const float *v, __nv_bfloat16 *kc, __nv_bfloat16 *vc, const int *pos,
+                     const int *slot, int n_heads, int n_kv, int hd, const float *qn, const float *kn, float eps,
+                     const float *inv_freq, int hpw) {
+    pdl_trigger();
+    pdl_wait();
+    const int t = blockIdx.x, lane = threadIdx.x & 31, half = hd / 2, np = (half + 31) / 32;
+    const int h0 = (blockIdx.y * QK_WARPS + (threadIdx.x >> 5)) * hpw;
+    float c[QK_MAXP], sn[QK_MAXP];
+    const float p = (float)pos[t];
+#pragma unroll
+    for (int j = 0; j < QK_MAXP; j++) {
+        int i = lane + 32 * j;
+        c[j] = sn[j] = 0.0f;
+        if (j < np && i < half) {
+            float a = p * inv_freq[i];
+            c[j] = cosf(a), sn[j] = sinf(a);
+        }
+    }
+    const size_t kvw = (size_t)n_kv * hd;
+    for (int u = 0; u < hpw; u++) {
+        const int h = h0 + u;
+        if (h >= n_heads + n_kv) return;
+        const bool isq = h < n_heads;
+        const int kh = h - n_heads;
+        const float *src = isq ? q + ((size_t)t * n_heads + h) * hd : k + ((size_t)t * n_kv + kh) * hd;
+        const float *nw = isq ? qn : kn;
+        float x1[QK_MAXP], x2[QK_MAXP];
+#pragma unroll
+        for (int j = 0; j < QK_MAXP; j++) {
+            int i = lane + 32 * j;
+            x1[j] = x2[j] = 0.0f;
+            if (j < np && i < half) x1[j] = src[i], x2[j] = src[i + half];
+        }
+        if (nw) {
+            float ss = 0.0f;
+#pragma unroll
+            for (int j = 0; j < QK_MAXP; j++) {
+                if (j >= np) break;
+                float w = qk_sq2(x1[j], x2[j]);
+                for (int o = 16; o > 0; o >>= 1) w += __shfl_xor_sync(0xffffffffu, w, o);
+                ss += w;
+            }
+            float sc = rsqrtf(ss / (float)hd + eps);
+#pragma unroll
+            for (int j = 0; j < QK_MAXP; j++) {
+                int i = lane + 32 * j;
+                if (j < np && i < half) x1[j] = x1[j] * sc * nw[i], x2[j] = x2[j] * sc * nw[i + half];
+            }
+        }
+        float *qd = q + ((size_t)t * n_heads + h) * hd;
+        size_t dst = isq ? 0 : (size_t)slot[t] * kvw + (size_t)kh * hd;
+        const float *vr = v + (size_t)t * kvw + (size_t)kh * hd;
+#pragma unroll
+        for (int j = 0; j < QK_MAXP; j++) {
+            int i = lane + 32 * j;
+            if (j >= np || i >= half) continue;
+            float y1, y2;
+            qk_rot(x1[j], x2[j], c[j], sn[j], &y1, &y2);
+            if (isq) {
+                qd[i] = y1, qd[i + half] = y2;
+            } else {
+                kc[dst + i] = __float2bfloat16_rn(y1);
+                kc[dst + i + half] = __float2bfloat16_rn(y2);
+                vc[dst + i] = __float2bfloat16_rn(vr[i]);
+                vc[dst + i + half] = __float2bfloat16_rn(vr[i + half]);
+            }
+        }
+    }
+}
+
 extern "C" int kernels_qk_rope_store_bf16(float *q, const float *k, const float *v, void *kc, void *vc,
                                           const int *pos, const int *slot, int T, int n_heads, int n_kv, int hd,
                                           const float *qn, const float *kn, float eps, const float *inv_freq,
                                           void *stream) {
     if (T < 0 || n_heads <= 0 || n_kv <= 0 || hd <= 0 || hd % 2 || hd > 256) return KERNELS_ERR_ARG;
     if (T == 0) return KERNELS_OK;
-    int threads = (hd / 2 + 31) / 32 * 32;
-    cudaError_t e = pdl_launch(qk_rope_store_kernel, dim3(T, n_heads + n_kv), dim3(threads), 0, (cudaStream_t)stream,
-                               q, k, v, (__nv_bfloat16 *)kc, (__nv_bfloat16 *)vc, pos, slot, n_heads, n_kv, hd, qn,
-                               kn, eps, inv_freq);
+    cudaStream_t st = (cudaStream_t)stream;
+    const char *old = getenv("ENGRAM_QK_ROPE_STORE");
+    cudaError_t e;
+    if (old && !strcmp(old, "head")) {
+        int threads = (hd / 2 + 31) / 32 * 32;
+        e = pdl_launch(qk_rope_store_head_kernel, dim3(T, n_heads + n_kv), dim3(threads), 0, st, q, k, v,
+                       (__nv_bfloat16 *)kc, (__nv_bfloat16 *)vc, pos, slot, n_heads, n_kv, hd, qn, kn, eps, inv_freq);
+    } else {
+        /* a warp a head while that fills the GPU (decode of a few tokens), QK_HPW heads a warp past it */
+        int heads = n_heads + n_kv, hpw = T >= 128 ? QK_HPW : 1;
+        int per_block = QK_WARPS * hpw, gy = (heads + per_block - 1) / per_block;
+        e = pdl_launch(qk_rope_store_kernel, dim3(T, gy), dim3(QK_WARPS * 32), 0, st, q, k, v, (__nv_bfloat16 *)kc,
+                       (__nv_bfloat16 *)vc, pos, slot, n_heads, n_kv, hd, qn, kn, eps, inv_freq, hpw);
+    }
     return e == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
 }
 

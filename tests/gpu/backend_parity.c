@@ -1149,6 +1149,15 @@ static void test_qk_rope_store(const step *st, int n_blocks, int nh, int nkv, in
     float *dinv = dev_copy(inv, hd / 2 * 4);
     float *kc = calloc(rows * kvw, 4), *vc = calloc(rows * kvw, 4);
     void *dkc = dev_poison(rows * kvw * 2), *dvc = dev_poison(rows * kvw * 2);
+    /* the first kernel (a block per token and head), the bit reference of the warp-per-head one */
+    float *dq0 = dev_copy(q, (size_t)T * nh * hd * 4);
+    void *hk = host_of(dkc, rows * kvw * 2), *hv = host_of(dvc, rows * kvw * 2); /* the same poison */
+    void *dkc0 = dev_copy(hk, rows * kvw * 2), *dvc0 = dev_copy(hv, rows * kvw * 2);
+    free(hk), free(hv);
+    setenv("ENGRAM_QK_ROPE_STORE", "head", 1);
+    backend_qk_rope_store(gpu, dq0, dk, dv, dkc0, dvc0, &st->d, nh, nkv, hd, with_norm ? dqn : NULL,
+                          with_norm ? dkn : NULL, 1e-6f, dinv);
+    unsetenv("ENGRAM_QK_ROPE_STORE");
     if (with_norm) {
         backend_rmsnorm(cpu, q, q, qn, T * nh, hd, 1e-6f);
         backend_rmsnorm(cpu, k, k, kn, T * nkv, hd, 1e-6f);
@@ -1163,6 +1172,21 @@ static void test_qk_rope_store(const step *st, int n_blocks, int nh, int nkv, in
     check(name, dq, q, (size_t)T * nh * hd, 1e-5);
     /* the step's cache rows: bf16 of the reference's f32 rows */
     uint16_t *gk = host_of(dkc, rows * kvw * 2), *gv = host_of(dvc, rows * kvw * 2);
+    {
+        float *q0 = host_of(dq0, (size_t)T * nh * hd * 4);
+        snprintf(name, sizeof(name), "qk_rope_store %d:%d hd=%d%s T=%d = first kernel, q", nh, nkv, hd,
+                 with_norm ? " norm" : "", T);
+        check_bits(name, dq, q0, (size_t)T * nh * hd * 4);
+        uint16_t *k0 = host_of(dkc0, rows * kvw * 2), *v0 = host_of(dvc0, rows * kvw * 2);
+        snprintf(name, sizeof(name), "qk_rope_store %d:%d hd=%d%s T=%d = first kernel, K", nh, nkv, hd,
+                 with_norm ? " norm" : "", T);
+        check_bits(name, dkc, k0, rows * kvw * 2);
+        snprintf(name, sizeof(name), "qk_rope_store %d:%d hd=%d%s T=%d = first kernel, V", nh, nkv, hd,
+                 with_norm ? " norm" : "", T);
+        check_bits(name, dvc, v0, rows * kvw * 2);
+        free(q0), free(k0), free(v0);
+        backend_free(gpu, dq0), backend_free(gpu, dkc0), backend_free(gpu, dvc0);
+    }
     float *a = xmalloc((size_t)T * kvw * 4), *r = xmalloc((size_t)T * kvw * 4);
     for (int c = 0; c < 2; c++) {
         for (int t = 0; t < T; t++)
@@ -1184,6 +1208,44 @@ static void test_qk_rope_store(const step *st, int n_blocks, int nh, int nkv, in
 
 /* V4-Flash's wo_a (8 groups of 1024 x 4096, bf16) at T tokens: one matmul_grouped against the
  * loop grouped_out ran before it (per group a copy out, the product, a copy in). */
+/* qk_rope_store of qwen3-4b's shape (32 q and 8 kv heads of 128, per-head norm) at T tokens of
+ * one sequence each (the paper's workload's decode steps): the warp-per-head kernel against the
+ * first one (ENGRAM_QK_ROPE_STORE=head), interleaved. */
+static void time_qk_rope_store(int T) {
+    enum { NH = 32, NKV = 8, HD = 128 };
+    int *qn = xmalloc((size_t)T * sizeof(int)), *p0 = xmalloc((size_t)T * sizeof(int));
+    for (int i = 0; i < T; i++) qn[i] = 1, p0[i] = 100 + (i * 37) % 900;
+    int n_blocks = T * 64;
+    step st;
+    step_make(&st, T, qn, p0, 16, n_blocks);
+    size_t kvw = NKV * HD, rows = (size_t)n_blocks * 16;
+    float *q = rand_f32((size_t)T * NH * HD, 2.0f), *k = rand_f32((size_t)T * kvw, 2.0f), *nw = rand_f32(HD, 1.0f);
+    float *inv = xmalloc(HD / 2 * 4);
+    for (int i = 0; i < HD / 2; i++) inv[i] = 1.0f / powf(1000000.0f, (float)(2 * i) / HD);
+    float *dq = dev_copy(q, (size_t)T * NH * HD * 4), *dk = dev_copy(k, (size_t)T * kvw * 4);
+    float *dv = dev_copy(k, (size_t)T * kvw * 4), *dn = dev_copy(nw, HD * 4), *dinv = dev_copy(inv, HD / 2 * 4);
+    void *dkc = backend_alloc(gpu, rows * kvw * 2), *dvc = backend_alloc(gpu, rows * kvw * 2);
+    for (int round = 0; round < 2; round++)
+        for (int head = 0; head < 2; head++) {
+            if (head) setenv("ENGRAM_QK_ROPE_STORE", "head", 1);
+            int iters = 200;
+            double t0 = 0;
+            for (int i = -5; i < iters; i++) {
+                if (!i) sync_gpu(), t0 = now();
+                backend_qk_rope_store(gpu, dq, dk, dv, dkc, dvc, &st.d, NH, NKV, HD, dn, dn, 1e-6f, dinv);
+            }
+            sync_gpu();
+            unsetenv("ENGRAM_QK_ROPE_STORE");
+            double dt = (now() - t0) / iters;
+            printf("timing qk_rope_store %d:%d hd=%d norm T=%-4d %-16s %8.1f us\n", NH, NKV, HD, T,
+                   head ? "block a head" : "warp a head", dt * 1e6);
+        }
+    backend_free(gpu, dq), backend_free(gpu, dk), backend_free(gpu, dv), backend_free(gpu, dn), backend_free(gpu, dinv);
+    backend_free(gpu, dkc), backend_free(gpu, dvc);
+    step_free(&st);
+    free(q), free(k), free(nw), free(inv), free(qn), free(p0);
+}
+
 static void time_matmul_grouped(int T) {
     enum { G = 8, R = 1024, K = 4096 };
     size_t nw = (size_t)G * R * K;
@@ -2256,6 +2318,16 @@ int main(int argc, char **argv) {
     test_qk_rope_store(&st, n_blocks, 16, 4, 128, 1);
     test_qk_rope_store(&st, n_blocks, 16, 4, 128, 0);
     test_qk_rope_store(&st, n_blocks, 4, 2, 16, 1);
+    { /* past 128 tokens the kernel gives a warp five heads: 40 heads (a block's worth), 20, hd 80 and 256 */
+        int qn2[2] = {100, 60}, p02[2] = {0, 500};
+        step st2;
+        step_make(&st2, 2, qn2, p02, 16, n_blocks);
+        test_qk_rope_store(&st2, n_blocks, 32, 8, 128, 1);
+        test_qk_rope_store(&st2, n_blocks, 16, 4, 128, 0);
+        test_qk_rope_store(&st2, n_blocks, 8, 2, 80, 1);
+        test_qk_rope_store(&st2, n_blocks, 4, 4, 256, 1);
+        step_free(&st2);
+    }
     test_attention(&st, n_blocks, 16, 4, 128, 0, 1);
     test_attention(&st, n_blocks, 16, 4, 128, 0, 0);
     test_attention(&st, n_blocks, 16, 4, 128, 24, 1);
@@ -2323,6 +2395,9 @@ int main(int argc, char **argv) {
         time_ffn(16384);
         time_matmul_grouped(1);
         time_matmul_grouped(2);
+        time_qk_rope_store(1);
+        time_qk_rope_store(64);
+        time_qk_rope_store(512);
         time_skinny_cases();
         const char *tiles[] = {NULL, "16", "32", "64"};
         time_moe(1, NULL);
