@@ -604,6 +604,10 @@ static void ffn_block(forward_ctx *fc, const layer_weights *L, int T) {
         backend_rmsnorm(be, fc->h, fc->x, L->ffn_norm, T, c->hidden_size, eps);
         backend_matmul(be, fc->rlogits, fc->h, &L->moe->router, NULL, T);
         backend_moe_route(be, fc->moe_ids, fc->moe_w, fc->rlogits, fc->ids, L->moe, T);
+        if (!fc->ep && backend_has(be, moe_experts_add)) { /* the add in the experts' last kernel */
+            backend_moe_experts_add(be, fc->x, fc->h, fc->moe_ids, fc->moe_w, L->moe, T);
+            return;
+        }
         ep_moe_experts(fc->ep, be, fc->tmp, fc->pairs, fc->h, fc->moe_ids, fc->moe_w, L->moe, T);
         backend_add(be, fc->x, fc->tmp, (size_t)T * c->hidden_size);
         return;

@@ -277,9 +277,10 @@ int kernels_moe_glu_gemv(float *out, const float *x, const kernels_moe_weights *
 
 /* Decode's down product and combine in one launch: out (T, N) = sum over s <
  * k in order of wts[t k + s] * (h[t k + s] (K) times row n of expert ids[t k
- * + s]'s w (E, N, K)), k <= 32, from 0 as kernels_moe_combine adds them. */
+ * + s]'s w (E, N, K)), k <= 32, from 0 as kernels_moe_combine adds them; with
+ * add, out += that sum (the sum first, then one addition, as an add kernel). */
 int kernels_moe_down_combine(float *out, const float *h, const kernels_moe_weights *w, const int *ids,
-                             const float *wts, int T, int k, int N, int K, void *stream);
+                             const float *wts, int T, int k, int N, int K, int add, void *stream);
 
 /* out (T, d) = sum over s < k in order of wts[t k + s] * y[pos[t k + s]]. */
 int kernels_moe_combine(float *out, const float *y, const int *pos, const float *wts, int T, int k, int d,

@@ -565,7 +565,7 @@ __global__ void __launch_bounds__(MOE_GEMV_WARPS * 32) moe_glu_gemv_kernel(float
 // d) f32 staging of y and a launch per layer.
 template <typename M>
 __global__ void moe_down_combine_kernel(float *out, const float *h, M w, const int *ids, const float *wts, int k,
-                                        int N, int K) {
+                                        int N, int K, int add) {
     __shared__ float dots[32];
     int n = blockIdx.x, t = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int j = t * k + warp;
@@ -577,7 +577,8 @@ __global__ void moe_down_combine_kernel(float *out, const float *h, M w, const i
     if (threadIdx.x) return;
     float acc = 0.0f;
     for (int s = 0; s < k; s++) acc += dots[s] * wts[t * k + s];
-    out[(size_t)t * N + n] = acc;
+    float *o = out + (size_t)t * N + n;
+    *o = add ? *o + acc : acc;
 }
 
 // The weights' alignment the decode kernels' wide loads need: 16 bytes for
@@ -588,7 +589,7 @@ static bool moe_gemv_weights_ok(const kernels_moe_weights *w, int K) {
 }
 
 extern "C" int kernels_moe_down_combine(float *out, const float *h, const kernels_moe_weights *w, const int *ids,
-                                        const float *wts, int T, int k, int N, int K, void *stream) {
+                                        const float *wts, int T, int k, int N, int K, int add, void *stream) {
     if (T <= 0) return KERNELS_OK;
     if (!w || N < 1 || K < 1 || k < 1 || k > 32 || T > 65535) return KERNELS_ERR_ARG;
     if (!moe_gemv_weights_ok(w, K) || ((K & 7) == 0 && ((uintptr_t)h & 15))) return KERNELS_ERR_ARG;
@@ -596,10 +597,10 @@ extern "C" int kernels_moe_down_combine(float *out, const float *h, const kernel
     cudaStream_t s = (cudaStream_t)stream;
     if (w->fmt == KERNELS_MOE_FP4)
         moe_down_combine_kernel<<<grid, k * 32, 0, s>>>(out, h, moe_fp4{(const uint32_t *)w->w, w->scale}, ids, wts,
-                                                        k, N, K);
+                                                        k, N, K, add);
     else if (w->fmt == KERNELS_MOE_BF16)
-        moe_down_combine_kernel<<<grid, k * 32, 0, s>>>(out, h, (const __nv_bfloat16 *)w->w, ids, wts, k, N, K);
-    else moe_down_combine_kernel<<<grid, k * 32, 0, s>>>(out, h, (const float *)w->w, ids, wts, k, N, K);
+        moe_down_combine_kernel<<<grid, k * 32, 0, s>>>(out, h, (const __nv_bfloat16 *)w->w, ids, wts, k, N, K, add);
+    else moe_down_combine_kernel<<<grid, k * 32, 0, s>>>(out, h, (const float *)w->w, ids, wts, k, N, K, add);
     return moe_launch_status();
 }
 

@@ -178,6 +178,10 @@ typedef struct backend_ops {
      * e = ids[t, i], from 0; each token's result independent of the others. */
     void (*moe_experts)(backend *be, float *out, const float *x, const int32_t *ids, const float *wts,
                         const moe_weights *moe, int T);
+    /* Optional: out (T, d) += what moe_experts computes (that sum first, then one addition, as add
+     * would add it; CUDA: the decode kernel adds it as it writes). */
+    void (*moe_experts_add)(backend *be, float *out, const float *x, const int32_t *ids, const float *wts,
+                            const moe_weights *moe, int T);
     /* Expert parallelism (engine/expert_parallel.h; optional): pairs (T k, d) row t k + i = the
      * product down_e(swiglu) of token t for e = ids[t, i] when lo <= e < hi, else zeros (each row
      * as moe_experts computes it); then out (T, d) = sum over i in order of wts[t, i] pairs[t k + i],
@@ -573,6 +577,10 @@ static inline void backend_gather_rows(backend *be, float *out, const weight *ta
 static inline void backend_moe_route(backend *be, int32_t *ids, float *wts, const float *logits,
                                      const int32_t *tokens, const moe_weights *moe, int T) {
     be->ops->moe_route(be, ids, wts, logits, tokens, moe, T);
+}
+static inline void backend_moe_experts_add(backend *be, float *out, const float *x, const int32_t *ids,
+                                           const float *wts, const moe_weights *moe, int T) {
+    be->ops->moe_experts_add(be, out, x, ids, wts, moe, T);
 }
 static inline void backend_moe_experts(backend *be, float *out, const float *x, const int32_t *ids,
                                        const float *wts, const moe_weights *moe, int T) {

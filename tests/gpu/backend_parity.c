@@ -1428,6 +1428,15 @@ static void test_moe(int E, int k, int d, int I, int T, dtype wt, float limit, m
     snprintf(name, sizeof(name), "moe_experts %s %dx%d E=%d k=%d T=%d%s", dtype_name(wt), d, I, E, k, T,
              limit > 0 ? " clamp" : "");
     check(name, out, ref, nx, bound);
+    { /* moe_experts_add: the residual plus moe_experts' own result, bit for bit */
+        float *res = rand_f32(nx, 1.0f), *got = host_of(out, nx * 4), *dres = dev_copy(res, nx * 4);
+        for (size_t i = 0; i < nx; i++) res[i] += got[i];
+        backend_moe_experts_add(gpu, dres, dx, di, dw, &f.dv, T);
+        snprintf(name, sizeof(name), "moe_experts_add %s T=%d = moe_experts + add", dtype_name(wt), T);
+        check_bits(name, dres, res, nx * 4);
+        backend_free(gpu, dres);
+        free(res), free(got);
+    }
     backend_free(gpu, dl), backend_free(gpu, dx), backend_free(gpu, dw), backend_free(gpu, out);
     backend_free(gpu, dt), backend_free(gpu, di);
     free(logits), free(x), free(tok), free(ids), free(wts), free(ref);

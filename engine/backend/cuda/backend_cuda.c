@@ -112,6 +112,7 @@ static const backend_ops cuda_ops = {
     .swiglu = cu_swiglu,
     .moe_route = cu_moe_route,
     .moe_experts = cu_moe_experts,
+    .moe_experts_add = cu_moe_experts_add,
     .rmsnorm_plain = cu_rmsnorm_plain,
     .hc_split = cu_hc_split,
     .hc_merge = cu_hc_merge,

@@ -194,6 +194,8 @@ void cu_moe_route(backend *be, int32_t *ids, float *wts, const float *logits, co
                   const moe_weights *moe, int T);
 void cu_moe_experts(backend *be, float *out, const float *x, const int32_t *ids, const float *wts,
                     const moe_weights *moe, int T);
+void cu_moe_experts_add(backend *be, float *out, const float *x, const int32_t *ids, const float *wts,
+                    const moe_weights *moe, int T);
 
 /* ---- DeepSeek-V4 (cuda_dsv4.c) ---- */
 void cu_rmsnorm_plain(backend *be, float *out, const float *x, int T, int d, float eps);

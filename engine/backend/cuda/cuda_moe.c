@@ -45,9 +45,10 @@ static kernels_moe_weights moe_weights_of(const weight *w0) {
     return k;
 }
 
-void cu_moe_experts(backend *be, float *out, const float *x, const int32_t *ids, const float *wts,
-                    const moe_weights *moe, int T) {
-    cuda_backend *g = cuda__of(be);
+/* moe_experts, or with add moe_experts_add: out += the sum (the decode kernel adds it in its
+ * epilogue; the grouped path through add_tmp and the add kernel: one addition either way). */
+static void moe_run(cuda_backend *g, float *out, const float *x, const int32_t *ids, const float *wts,
+                    const moe_weights *moe, int T, int add) {
     cuda__pf_join(g);
     if (T <= 0) return;
     int d = moe->router.cols, I = moe->inter, k = moe->top_k, E = moe->n_experts;
@@ -66,7 +67,7 @@ void cu_moe_experts(backend *be, float *out, const float *x, const int32_t *ids,
         char *at = g->moe_work;
         float *h = (float *)carve(&at, n * (size_t)I * 4);
         CHECK_K(kernels_moe_glu_gemv(h, x, &gu, ids, T, k, I, d, moe->swiglu_limit, g->stream));
-        CHECK_K(kernels_moe_down_combine(out, h, &dn, ids, wts, T, k, d, I, g->stream));
+        CHECK_K(kernels_moe_down_combine(out, h, &dn, ids, wts, T, k, d, I, add, g->stream));
         prof__end(g, pi);
         return;
     }
@@ -82,6 +83,22 @@ void cu_moe_experts(backend *be, float *out, const float *x, const int32_t *ids,
     CHECK_K(kernels_moe_gather(xs, bf16, x, pos, T, k, d, g->stream));
     CHECK_K(kernels_moe_gemm(h, xs, &gu, offsets, tiles, max_tiles, E, I, d, bm, 1, moe->swiglu_limit, g->stream));
     CHECK_K(kernels_moe_gemm(y, h, &dn, offsets, tiles, max_tiles, E, d, I, bm, 0, 0.0f, g->stream));
-    CHECK_K(kernels_moe_combine(out, y, pos, wts, T, k, d, g->stream));
+    if (add) {
+        cuda__grow(g, &g->add_tmp, &g->add_tmp_bytes, (size_t)T * d * sizeof(float));
+        CHECK_K(kernels_moe_combine((float *)g->add_tmp, y, pos, wts, T, k, d, g->stream));
+        CHECK_K(kernels_add_f32(out, (const float *)g->add_tmp, (size_t)T * d, g->stream));
+    } else {
+        CHECK_K(kernels_moe_combine(out, y, pos, wts, T, k, d, g->stream));
+    }
     prof__end(g, pi);
+}
+
+void cu_moe_experts(backend *be, float *out, const float *x, const int32_t *ids, const float *wts,
+                    const moe_weights *moe, int T) {
+    moe_run(cuda__of(be), out, x, ids, wts, moe, T, 0);
+}
+
+void cu_moe_experts_add(backend *be, float *out, const float *x, const int32_t *ids, const float *wts,
+                        const moe_weights *moe, int T) {
+    moe_run(cuda__of(be), out, x, ids, wts, moe, T, 1);
 }
