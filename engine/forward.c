@@ -575,9 +575,12 @@ static void attention_block(forward_ctx *fc, const layer_weights *L, kv_cache *k
         backend_matmul(be, fc->k, fc->h, &L->wk, L->bk, T);
         backend_matmul(be, fc->v, fc->h, &L->wv, L->bv, T);
     }
-    /* the output projection's weights on their way while rope and
-     * attention, which read little, run */
-    if (backend_has(be, prefetch)) backend_prefetch(be, &L->wo, T);
+    /* the output projection's weights (then the feed-forward's first rows)
+     * on their way while rope and attention, which read little, run */
+    if (backend_has(be, prefetch)) {
+        backend_prefetch(be, &L->wo, T);
+        if (!L->moe) backend_prefetch(be, &L->w_gate, T), backend_prefetch(be, &L->w_up, T);
+    }
     if (backend_has(be, qk_rope_store)) {
         backend_qk_rope_store(be, fc->q, fc->k, fc->v, kv_cache_k_layer(kv, l), kv_cache_v_layer(kv, l), b, nh, nkv, hd,
                          c->qk_norm ? L->q_norm : NULL, c->qk_norm ? L->k_norm : NULL, eps, fc->inv_freq);

@@ -105,12 +105,13 @@ typedef struct {
     int marked[BACKEND_FETCH_CHANNELS], copied[BACKEND_FETCH_CHANNELS], released[BACKEND_FETCH_CHANNELS],
         backed[BACKEND_FETCH_CHANNELS];
     /* backend_prefetch: a third stream forked from and joined back into
-     * `stream` (pf_pending: a fork not yet joined); at most pf_max_bytes of a
-     * weight (0: off, ENGRAM_L2_PREFETCH=MB) */
+     * `stream` (pf_pending: a fork not yet joined); at most pf_max_bytes
+     * asked between two products (0: off, ENGRAM_L2_PREFETCH=MB), pf_left of
+     * them still free */
     cudaStream_t pf;
     cudaEvent_t ev_pf_fork, ev_pf_done;
     int pf_pending;
-    size_t pf_max_bytes;
+    size_t pf_max_bytes, pf_left;
     cuda_profile prof;
 } cuda_backend;
 
@@ -139,6 +140,7 @@ void cu_prefetch(backend *be, const weight *w, int T);
 /* The main stream waits for a pending prefetch's launch (before a product, and before a
  * recording ends: a forked stream must rejoin its capture). */
 static inline void cuda__pf_join(cuda_backend *g) {
+    g->pf_left = g->pf_max_bytes;
     if (!g->pf_pending) return;
     g->pf_pending = 0;
     CHECK_CUDA(cudaStreamWaitEvent(g->stream, g->ev_pf_done, 0));

@@ -150,17 +150,23 @@ static void cu_grouped_loop(cuda_backend *g, float *y, const float *x, size_t xs
  * columns at g K, y's at g R; ldb the row stride of x, ldc G R), the activations rounded to bf16
  * once for all groups as cu_matmul rounds them, f32 weights in pedantic f32. */
 /* backend_prefetch: decode steps only (their products stream weights; past
- * GEMV_MAX_TOKENS the products are compute-bound). The prefetch kernel is
+ * GEMV_MAX_TOKENS the products are compute-bound). The prefetch kernels are
  * forked onto g->pf after the ops queued so far, and joined before the next
- * product, so it overlaps the ops between (rope, attention). */
+ * product, so they overlap the ops between (rope, attention); the hints
+ * between two products share pf_max_bytes, first come first served (a
+ * weight's first rows: the products' first blocks read them). */
 void cu_prefetch(backend *be, const weight *w, int T) {
     cuda_backend *g = cuda__of(be);
     if (!g->pf_max_bytes || T > GEMV_MAX_TOKENS || !w->data) return;
+    if (!g->pf_pending) g->pf_left = g->pf_max_bytes; /* a window's first hint */
     size_t bytes = cuda__expert_stride(w);
-    if (bytes > g->pf_max_bytes) bytes = g->pf_max_bytes;
-    cuda__pf_join(g); /* one fork at a time */
-    CHECK_CUDA(cudaEventRecord(g->ev_pf_fork, g->stream));
-    CHECK_CUDA(cudaStreamWaitEvent(g->pf, g->ev_pf_fork, 0));
+    if (bytes > g->pf_left) bytes = g->pf_left;
+    if (!bytes) return;
+    g->pf_left -= bytes;
+    if (!g->pf_pending) {
+        CHECK_CUDA(cudaEventRecord(g->ev_pf_fork, g->stream));
+        CHECK_CUDA(cudaStreamWaitEvent(g->pf, g->ev_pf_fork, 0));
+    }
     CHECK_K(kernels_l2_prefetch(w->data, bytes, g->pf));
     CHECK_CUDA(cudaEventRecord(g->ev_pf_done, g->pf));
     g->pf_pending = 1;
