@@ -158,7 +158,7 @@ qk_rope_store_kernel(float *q, const float *k, const float *v, __nv_bfloat16 *kc
         }
         float *qd = q + ((size_t)t * n_heads + h) * hd;
         size_t dst = isq ? 0 : (size_t)slot[t] * kvw + (size_t)kh * hd;
-        const float *vr = v + (size_t)t * kvw + (size_t)kh * hd;
+        const float *vr = isq ? v : v + (size_t)t * kvw + (size_t)kh * hd;
 #pragma unroll
         for (int j = 0; j < QK_MAXP; j++) {
             int i = lane + 32 * j;
