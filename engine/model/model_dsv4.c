@@ -295,6 +295,9 @@ int model__parse_dsv4_config(const cJSON *root, model_config *c, const char *lab
         FAIL("%s: key hidden_act must be \"silu\"", label);
     if (mlp_bias) FAIL("%s: mlp_bias true is not supported for DeepSeek-V4", label);
     int D = c->head_dim;
+    /* even, as every family's (the fuzz target's invariant): a head is split
+     * into halves and pairs in places, and V4-Flash's is 512 */
+    if (D % 2) FAIL("%s: key head_dim must be even (got %d)", label, D);
     v->rope_dim = (int)(D * prf);
     if (model__get_int(root, "qk_rope_head_dim", v->rope_dim, 0, D, &r_key, label, err, errlen)) return -1;
     if (r_key != v->rope_dim)
