@@ -52,9 +52,9 @@ __device__ __forceinline__ void qk_rot(float x1, float x2, float c, float s, flo
 /* One block per (token, head), q heads first, then kv heads; a thread per
  * rotated pair (i, i + hd/2). Optional per-head RMSNorm (qn for q heads, kn
  * for kv heads), then rope; q is written back in place, a kv head's K row
- * (normed, roped) and V row go to cache row slot[t] as bf16. The first
- * kernel, kept for A/B timings (ENGRAM_QK_ROPE_STORE=head) and as the bit
- * reference of the one below. */
+ * (normed, roped) and V row go to cache row slot[t] as bf16. The default
+ * until the kernel below has run on a GPU (QK_ROPE_STORE_WARP), and that
+ * kernel's bit reference. */
 __global__ void qk_rope_store_head_kernel(float *q, const float *k, const float *v, __nv_bfloat16 *kc,
                                           __nv_bfloat16 *vc, const int *pos, const int *slot, int n_heads, int n_kv,
                                           int hd, const float *qn, const float *kn, float eps, const float *inv_freq) {
@@ -103,6 +103,10 @@ __global__ void qk_rope_store_head_kernel(float *q, const float *k, const float 
  * sin once for all its heads. The first kernel's block of two warps per
  * (token, head) spent more time being scheduled than working: 32 us a call
  * at 512 tokens in the paper's workload, 4% of its device time. */
+/* 0: the block-per-head kernel unless ENGRAM_QK_ROPE_STORE=warp; 1: this
+ * one unless =head. 0 until gpu-backend-parity has compared the two bit for
+ * bit on a GPU and timed them (written in stop 23, which got no device). */
+#define QK_ROPE_STORE_WARP 0
 #define QK_WARPS 8
 #define QK_MAXP 4 /* pairs a lane: hd <= 256 */
 #define QK_HPW 5
@@ -184,9 +188,10 @@ extern "C" int kernels_qk_rope_store_bf16(float *q, const float *k, const float 
     if (T < 0 || n_heads <= 0 || n_kv <= 0 || hd <= 0 || hd % 2 || hd > 256) return KERNELS_ERR_ARG;
     if (T == 0) return KERNELS_OK;
     cudaStream_t st = (cudaStream_t)stream;
-    const char *old = getenv("ENGRAM_QK_ROPE_STORE");
+    const char *pick = getenv("ENGRAM_QK_ROPE_STORE");
+    bool warp = pick && !strcmp(pick, "warp") ? true : pick && !strcmp(pick, "head") ? false : QK_ROPE_STORE_WARP;
     cudaError_t e;
-    if (old && !strcmp(old, "head")) {
+    if (!warp) {
         int threads = (hd / 2 + 31) / 32 * 32;
         e = pdl_launch(qk_rope_store_head_kernel, dim3(T, n_heads + n_kv), dim3(threads), 0, st, q, k, v,
                        (__nv_bfloat16 *)kc, (__nv_bfloat16 *)vc, pos, slot, n_heads, n_kv, hd, qn, kn, eps, inv_freq);

@@ -1149,13 +1149,18 @@ static void test_qk_rope_store(const step *st, int n_blocks, int nh, int nkv, in
     float *dinv = dev_copy(inv, hd / 2 * 4);
     float *kc = calloc(rows * kvw, 4), *vc = calloc(rows * kvw, 4);
     void *dkc = dev_poison(rows * kvw * 2), *dvc = dev_poison(rows * kvw * 2);
-    /* the first kernel (a block per token and head), the bit reference of the warp-per-head one */
-    float *dq0 = dev_copy(q, (size_t)T * nh * hd * 4);
+    /* the first kernel (a block per token and head), the bit reference of the warp-per-head one; the
+     * default (dq, dkc, dvc below) is checked against the CPU, the warp kernel (dqw ...) against the first */
+    float *dq0 = dev_copy(q, (size_t)T * nh * hd * 4), *dqw = dev_copy(q, (size_t)T * nh * hd * 4);
     void *hk = host_of(dkc, rows * kvw * 2), *hv = host_of(dvc, rows * kvw * 2); /* the same poison */
     void *dkc0 = dev_copy(hk, rows * kvw * 2), *dvc0 = dev_copy(hv, rows * kvw * 2);
+    void *dkcw = dev_copy(hk, rows * kvw * 2), *dvcw = dev_copy(hv, rows * kvw * 2);
     free(hk), free(hv);
     setenv("ENGRAM_QK_ROPE_STORE", "head", 1);
     backend_qk_rope_store(gpu, dq0, dk, dv, dkc0, dvc0, &st->d, nh, nkv, hd, with_norm ? dqn : NULL,
+                          with_norm ? dkn : NULL, 1e-6f, dinv);
+    setenv("ENGRAM_QK_ROPE_STORE", "warp", 1);
+    backend_qk_rope_store(gpu, dqw, dk, dv, dkcw, dvcw, &st->d, nh, nkv, hd, with_norm ? dqn : NULL,
                           with_norm ? dkn : NULL, 1e-6f, dinv);
     unsetenv("ENGRAM_QK_ROPE_STORE");
     if (with_norm) {
@@ -1174,18 +1179,19 @@ static void test_qk_rope_store(const step *st, int n_blocks, int nh, int nkv, in
     uint16_t *gk = host_of(dkc, rows * kvw * 2), *gv = host_of(dvc, rows * kvw * 2);
     {
         float *q0 = host_of(dq0, (size_t)T * nh * hd * 4);
-        snprintf(name, sizeof(name), "qk_rope_store %d:%d hd=%d%s T=%d = first kernel, q", nh, nkv, hd,
+        snprintf(name, sizeof(name), "qk_rope_store %d:%d hd=%d%s T=%d warp = first, q", nh, nkv, hd,
                  with_norm ? " norm" : "", T);
-        check_bits(name, dq, q0, (size_t)T * nh * hd * 4);
+        check_bits(name, dqw, q0, (size_t)T * nh * hd * 4);
         uint16_t *k0 = host_of(dkc0, rows * kvw * 2), *v0 = host_of(dvc0, rows * kvw * 2);
-        snprintf(name, sizeof(name), "qk_rope_store %d:%d hd=%d%s T=%d = first kernel, K", nh, nkv, hd,
+        snprintf(name, sizeof(name), "qk_rope_store %d:%d hd=%d%s T=%d warp = first, K", nh, nkv, hd,
                  with_norm ? " norm" : "", T);
-        check_bits(name, dkc, k0, rows * kvw * 2);
-        snprintf(name, sizeof(name), "qk_rope_store %d:%d hd=%d%s T=%d = first kernel, V", nh, nkv, hd,
+        check_bits(name, dkcw, k0, rows * kvw * 2);
+        snprintf(name, sizeof(name), "qk_rope_store %d:%d hd=%d%s T=%d warp = first, V", nh, nkv, hd,
                  with_norm ? " norm" : "", T);
-        check_bits(name, dvc, v0, rows * kvw * 2);
+        check_bits(name, dvcw, v0, rows * kvw * 2);
         free(q0), free(k0), free(v0);
         backend_free(gpu, dq0), backend_free(gpu, dkc0), backend_free(gpu, dvc0);
+        backend_free(gpu, dqw), backend_free(gpu, dkcw), backend_free(gpu, dvcw);
     }
     float *a = xmalloc((size_t)T * kvw * 4), *r = xmalloc((size_t)T * kvw * 4);
     for (int c = 0; c < 2; c++) {
@@ -1210,7 +1216,7 @@ static void test_qk_rope_store(const step *st, int n_blocks, int nh, int nkv, in
  * loop grouped_out ran before it (per group a copy out, the product, a copy in). */
 /* qk_rope_store of qwen3-4b's shape (32 q and 8 kv heads of 128, per-head norm) at T tokens of
  * one sequence each (the paper's workload's decode steps): the warp-per-head kernel against the
- * first one (ENGRAM_QK_ROPE_STORE=head), interleaved. */
+ * first one (ENGRAM_QK_ROPE_STORE=warp, =head), interleaved. */
 static void time_qk_rope_store(int T) {
     enum { NH = 32, NKV = 8, HD = 128 };
     int *qn = xmalloc((size_t)T * sizeof(int)), *p0 = xmalloc((size_t)T * sizeof(int));
@@ -1227,7 +1233,7 @@ static void time_qk_rope_store(int T) {
     void *dkc = backend_alloc(gpu, rows * kvw * 2), *dvc = backend_alloc(gpu, rows * kvw * 2);
     for (int round = 0; round < 2; round++)
         for (int head = 0; head < 2; head++) {
-            if (head) setenv("ENGRAM_QK_ROPE_STORE", "head", 1);
+            setenv("ENGRAM_QK_ROPE_STORE", head ? "head" : "warp", 1);
             int iters = 200;
             double t0 = 0;
             for (int i = -5; i < iters; i++) {
