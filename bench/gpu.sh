@@ -72,6 +72,13 @@
 #           512 output tokens), plain then every request constrained by
 #           bench/schemas/words.json, twice, interleaved
 #   pairs4b, pairs8b   PAIRS (default 3) interleaved tput/engram pairs
+#   ab      A/B of environment switches in one call: for AB_ROUNDS rounds
+#           (default 2), each model of AB_MODELS (default "llama3-1b llama3-8b
+#           qwen3-8b") decoded as `decode` does, or with AB_WHAT=tput4b the
+#           paper's workload on qwen3-4b, under each set of AB_SETS
+#           (';'-separated, each a space-separated list of VAR=value, "-" for
+#           none; default "-;ENGRAM_DEC_MIN_SPLIT=512;ENGRAM_L2_PREFETCH=24
+#           ENGRAM_DEC_MIN_SPLIT=512"), one line a run
 #   stall   per-step GPU wait for the first Engram layer's rows at batch 1, 64
 #           and 256 (qwen3-4b, STALL_ROWS rows, default 781.25M; 256 prompt
 #           and 256 output tokens per sequence)
@@ -274,6 +281,23 @@ run_sec() {
              --file $tdir/hits.tbl)
     echo "-- bench-store ${f[*]}"
     timeout 300 "$pack/run" bench-store "${f[@]}" ;;
+  ab)
+    local sets r m set
+    IFS=';' read -ra sets <<<"${AB_SETS:--;ENGRAM_DEC_MIN_SPLIT=512;ENGRAM_L2_PREFETCH=24 ENGRAM_DEC_MIN_SPLIT=512}"
+    for r in $(seq ${AB_ROUNDS:-2}); do
+      for m in ${AB_MODELS:-llama3-1b llama3-8b qwen3-8b}; do
+        [ "${AB_WHAT:-decode}" = tput4b ] && m=qwen3-4b
+        for set in "${sets[@]}"; do
+          local envs=(); [ "$set" = - ] || read -ra envs <<<"$set"
+          if [ "${AB_WHAT:-decode}" = tput4b ]; then
+            echo "-- round $r $m [$set] $( ((${#envs[@]})) && export "${envs[@]}"; run_sec tput4b 2>&1 | grep -E '^(wall|engine host)' | tr '\n' ' ')"
+          else
+            echo "-- round $r $m [$set] $(env "${envs[@]}" X=1 timeout 200 "$pack/run" engram-run --synthetic $m --device cuda --prompt-ids "$(ids 16)" --max-tokens 256 --temperature 0 --ignore-eos --warmup 2>&1 | grep -oE 'decode 255 tokens in [0-9.]+s \([0-9.]+ tok/s\)')"
+          fi
+        done
+        if [ "${AB_WHAT:-decode}" = tput4b ]; then break; fi
+      done
+    done ;;
   pairs4b|pairs8b) # PAIRS times the backbone then the Engram model, interleaved (run-to-run noise)
     local x=${1#pairs}
     for i in $(seq ${PAIRS:-3}); do echo "-- pair $i"; run_sec tput$x; run_sec engram$x; done ;;
