@@ -120,6 +120,29 @@ void cu_matmul(backend *be, float *out, const float *x, const weight *w, const f
     prof__end(g, pi);
 }
 
+/* backend_prefetch: decode steps only (their products stream weights; past
+ * GEMV_MAX_TOKENS the products are compute-bound). The prefetch kernels are
+ * forked onto g->pf after the ops queued so far, and joined before the next
+ * product, so they overlap the ops between (rope, attention); the hints
+ * between two products share pf_max_bytes, first come first served (a
+ * weight's first rows: the products' first blocks read them). */
+void cu_prefetch(backend *be, const weight *w, int T) {
+    cuda_backend *g = cuda__of(be);
+    if (!g->pf_max_bytes || T > GEMV_MAX_TOKENS || !w->data) return;
+    if (!g->pf_pending) g->pf_left = g->pf_max_bytes; /* a window's first hint */
+    size_t bytes = cuda__expert_stride(w);
+    if (bytes > g->pf_left) bytes = g->pf_left;
+    if (!bytes) return;
+    g->pf_left -= bytes;
+    if (!g->pf_pending) {
+        CHECK_CUDA(cudaEventRecord(g->ev_pf_fork, g->stream));
+        CHECK_CUDA(cudaStreamWaitEvent(g->pf, g->ev_pf_fork, 0));
+    }
+    CHECK_K(kernels_l2_prefetch(w->data, bytes, g->pf));
+    CHECK_CUDA(cudaEventRecord(g->ev_pf_done, g->pf));
+    g->pf_pending = 1;
+}
+
 /* ENGRAM_DSV4_FUSE=0: matmul_grouped and dsv4_qk_norm_rope issue the launches they stand for (per
  * group a copy out, the product, a copy in; the four norm and rope kernels), as DeepSeek-V4's
  * forward did before them (A/B timings of the fusion in one build). */
@@ -149,29 +172,6 @@ static void cu_grouped_loop(cuda_backend *g, float *y, const float *x, size_t xs
  * More tokens: one strided batched cuBLAS product over the groups (batch g: W_g at g R K, x's
  * columns at g K, y's at g R; ldb the row stride of x, ldc G R), the activations rounded to bf16
  * once for all groups as cu_matmul rounds them, f32 weights in pedantic f32. */
-/* backend_prefetch: decode steps only (their products stream weights; past
- * GEMV_MAX_TOKENS the products are compute-bound). The prefetch kernels are
- * forked onto g->pf after the ops queued so far, and joined before the next
- * product, so they overlap the ops between (rope, attention); the hints
- * between two products share pf_max_bytes, first come first served (a
- * weight's first rows: the products' first blocks read them). */
-void cu_prefetch(backend *be, const weight *w, int T) {
-    cuda_backend *g = cuda__of(be);
-    if (!g->pf_max_bytes || T > GEMV_MAX_TOKENS || !w->data) return;
-    if (!g->pf_pending) g->pf_left = g->pf_max_bytes; /* a window's first hint */
-    size_t bytes = cuda__expert_stride(w);
-    if (bytes > g->pf_left) bytes = g->pf_left;
-    if (!bytes) return;
-    g->pf_left -= bytes;
-    if (!g->pf_pending) {
-        CHECK_CUDA(cudaEventRecord(g->ev_pf_fork, g->stream));
-        CHECK_CUDA(cudaStreamWaitEvent(g->pf, g->ev_pf_fork, 0));
-    }
-    CHECK_K(kernels_l2_prefetch(w->data, bytes, g->pf));
-    CHECK_CUDA(cudaEventRecord(g->ev_pf_done, g->pf));
-    g->pf_pending = 1;
-}
-
 void cu_matmul_grouped(backend *be, float *y, const float *x, size_t xs, const weight *w, int G, int T) {
     cuda_backend *g = cuda__of(be);
     cuda__pf_join(g);
