@@ -9,7 +9,7 @@
  *   build/bench-store [--file PATH] [--gib G] [--dtype bf16|fp8] [--cols N]
  *                     [--batch ROWS] [--seconds S] [--zipf S] [--keep]
  *                     [--cache-only] [--compute-us US] [--dram-check]
- *                     [--ceiling] [--stride B] [--stride-compare B [--rounds N]]
+ *                     [--ceiling [--sqpoll]] [--stride B] [--stride-compare B [--rounds N]]
  *                     [--hits W [--rounds N]]
  *   defaults: /tmp/engram-bench-store.tbl, 3 GiB, bf16, 256 cols, 4096 rows
  *   per gather, 1.5 s per point, Zipf exponent 1.0, 1000 us of compute
@@ -25,7 +25,9 @@
  * SIGBUS guard's one flag load (engram/store_dram.c).
  * --ceiling: only the NVMe points under the uniform distribution (io_uring,
  * queue depths 1..256): the disk's random-read ceiling, as fio would measure
- * it, for the reads/s the engine's NVMe tier reaches (issue 22).
+ * it, for the reads/s the engine's NVMe tier reaches (issue 22). With
+ * --sqpoll each queue depth also with a submission-polling ring
+ * (engram_store_params.sqpoll), right after the plain one.
  * --stride B: the table's rows B bytes apart (default 0: the store's stride,
  * engram_store_row_stride; B may be up to the old power of two).
  * --stride-compare B: only the NVMe tier (O_DIRECT, io_uring at queue depths
@@ -460,7 +462,7 @@ static void run_stride_compare(const char *padded, const char *dense, size_t bat
 int main(int argc, char **argv) {
     const char *path = "/tmp/engram-bench-store.tbl";
     double gib = 3, seconds = 1.5, zipf_s = 1.0;
-    int dtype = ENGRAM_STORE_BF16, keep = 0, cache_only = 0, dram_check = 0, ceiling = 0;
+    int dtype = ENGRAM_STORE_BF16, keep = 0, cache_only = 0, dram_check = 0, ceiling = 0, sqpoll = 0;
     long cols = 256, batch = 4096, compute_us = 1000;
     uint32_t stride = 0, compare = 0;
     int rounds = 3;
@@ -470,7 +472,7 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--help")) {
             printf("usage: bench-store [--file PATH] [--gib G] [--dtype bf16|fp8] [--cols N] [--batch ROWS]\n"
                    "                   [--seconds S] [--zipf S] [--keep] [--cache-only] [--compute-us US]\n"
-                   "                   [--dram-check] [--ceiling] [--stride B] [--stride-compare B [--rounds N]]\n"
+                   "                   [--dram-check] [--ceiling [--sqpoll]] [--stride B] [--stride-compare B [--rounds N]]\n"
                    "                   [--hits W [--rounds N]]\n"
                    "(defaults and output: the header of bench/store.c)\n");
             return 0;
@@ -478,6 +480,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--cache-only")) cache_only = 1;
         else if (!strcmp(a, "--dram-check")) dram_check = 1;
         else if (!strcmp(a, "--ceiling")) ceiling = 1;
+        else if (!strcmp(a, "--sqpoll")) sqpoll = 1;
         else if (v && !strcmp(a, "--compute-us")) compute_us = atol(argv[++i]);
         else if (v && !strcmp(a, "--file")) path = argv[++i];
         else if (v && !strcmp(a, "--gib")) gib = atof(argv[++i]);
@@ -557,6 +560,10 @@ int main(int argc, char **argv) {
             p.tier = ENGRAM_STORE_NVME;
             p.queue_depth = qds[q];
             run_point(path, &p, "nvme io_uring O_DIRECT", ds[k], (size_t)batch, seconds, out, rows);
+            if (sqpoll) {
+                p.sqpoll = true;
+                run_point(path, &p, "nvme io_uring SQPOLL O_DIRECT", ds[k], (size_t)batch, seconds, out, rows);
+            }
         }
         if (ceiling) break;
         engram_store_params p = engram_store_default_params();

@@ -206,6 +206,9 @@ typedef struct {
     /* NVMe */
     int queue_depth;  /* reads in flight, 1..4096 (default 64) */
     bool use_pread;   /* skip io_uring: synchronous pread, one block run at a time */
+    bool sqpoll;      /* io_uring with a kernel thread polling the submission queue
+                       * (IORING_SETUP_SQPOLL): no system call per submission, a core
+                       * spinning while reads flow; falls back to a plain ring */
     bool no_direct;   /* skip O_DIRECT: buffered reads through the page cache */
     bool quiet;       /* no fallback notes on stderr */
     /* the NVMe tier's row cache */

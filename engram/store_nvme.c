@@ -445,7 +445,13 @@ int engram_store__reader_init(engram_store *s, reader *rd, int qd, size_t run_ma
         return -1;
     }
     if (!s->p.use_pread) {
-        int e = io_uring_queue_init((unsigned)qd, &rd->ring, 0);
+        int e = -1;
+        if (s->p.sqpoll) {
+            struct io_uring_params ip = {.flags = IORING_SETUP_SQPOLL, .sq_thread_idle = 50};
+            e = io_uring_queue_init_params((unsigned)qd, &rd->ring, &ip);
+            if (e) engram_store__note(s, "io_uring with SQPOLL refused (%s); a plain ring", strerror(-e));
+        }
+        if (e) e = io_uring_queue_init((unsigned)qd, &rd->ring, 0);
         if (e == 0)
             rd->uring = true;
         else

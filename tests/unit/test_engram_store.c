@@ -80,6 +80,9 @@ static const engram_store_params tier_params[] = {
     {.tier = ENGRAM_STORE_NVME, .queue_depth = 1, .quiet = true},
     {.tier = ENGRAM_STORE_NVME, .queue_depth = 64, .use_pread = true, .quiet = true},
     {.tier = ENGRAM_STORE_NVME, .queue_depth = 16, .no_direct = true, .quiet = true},
+    /* a submission-polling ring (or, where the kernel refuses one, the plain ring it falls back to) */
+    {.tier = ENGRAM_STORE_NVME, .queue_depth = 8, .sqpoll = true, .quiet = true},
+    {.tier = ENGRAM_STORE_NVME, .queue_depth = 8, .dram_budget = 3000, .sqpoll = true, .quiet = true},
     /* a DRAM budget over NVMe: a few rows cached, most evicted; then no room for a single row */
     {.tier = ENGRAM_STORE_NVME, .queue_depth = 8, .dram_budget = 3000, .quiet = true},
     {.tier = ENGRAM_STORE_NVME, .queue_depth = 8, .dram_budget = 3000, .use_pread = true, .quiet = true},
