@@ -282,8 +282,9 @@ int kernels_moe_glu_gemv(float *out, const float *x, const kernels_moe_weights *
 int kernels_moe_down_combine(float *out, const float *h, const kernels_moe_weights *w, const int *ids,
                              const float *wts, int T, int k, int N, int K, int add, void *stream);
 
-/* out (T, d) = sum over s < k in order of wts[t k + s] * y[pos[t k + s]]. */
-int kernels_moe_combine(float *out, const float *y, const int *pos, const float *wts, int T, int k, int d,
+/* out (T, d) = sum over s < k in order of wts[t k + s] * y[pos[t k + s]]; with add, out += that sum
+ * (the sum first, then one addition). */
+int kernels_moe_combine(float *out, const float *y, const int *pos, const float *wts, int T, int k, int d, int add,
                         void *stream);
 
 /* ---- dsv4.cu: DeepSeek-V4 (the CPU reference: engine/backend/cpu/cpu_dsv4.c) ---- */

@@ -401,7 +401,7 @@ extern "C" int kernels_gemv_glu(float *out, const float *x, const void *wg, cons
 __global__ void __launch_bounds__(L2PF_THREADS) l2_prefetch_kernel(const char *p, size_t lines) {
     size_t stride = (size_t)gridDim.x * blockDim.x;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < lines; i += stride)
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(p + i * 128));
+        pdl_prefetch_l2(p + i * 128);
 }
 
 extern "C" int kernels_l2_prefetch(const void *p, size_t bytes, void *stream) {

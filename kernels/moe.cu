@@ -624,8 +624,9 @@ extern "C" int kernels_moe_glu_gemv(float *out, const float *x, const kernels_mo
 // ---- combine ----
 
 // out (T, d) = sum over i in order of wts[t k + i] * y[pos[t k + i]] (the
-// plan's rows). Summed from 0 in the CPU's order.
-__global__ void moe_combine_kernel(float *out, const float *y, const int *pos, const float *wts, int T, int k, int d) {
+// plan's rows). Summed from 0 in the CPU's order; with add, out += it.
+__global__ void moe_combine_kernel(float *out, const float *y, const int *pos, const float *wts, int T, int k, int d,
+                                   int add) {
     int t = blockIdx.x;
     for (int i = threadIdx.x; i < d; i += blockDim.x) {
         float acc = 0.0f;
@@ -633,13 +634,14 @@ __global__ void moe_combine_kernel(float *out, const float *y, const int *pos, c
             int j = t * k + s;
             acc += y[(size_t)pos[j] * d + i] * wts[j];
         }
-        out[(size_t)t * d + i] = acc;
+        float *o = out + (size_t)t * d + i;
+        *o = add ? *o + acc : acc;
     }
 }
 
 extern "C" int kernels_moe_combine(float *out, const float *y, const int *pos, const float *wts, int T, int k, int d,
-                                   void *stream) {
+                                   int add, void *stream) {
     if (T <= 0) return KERNELS_OK;
-    moe_combine_kernel<<<T, 256, 0, (cudaStream_t)stream>>>(out, y, pos, wts, T, k, d);
+    moe_combine_kernel<<<T, 256, 0, (cudaStream_t)stream>>>(out, y, pos, wts, T, k, d, add);
     return moe_launch_status();
 }

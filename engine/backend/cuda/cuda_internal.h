@@ -140,7 +140,6 @@ void cu_prefetch(backend *be, const weight *w, int T);
 /* The main stream waits for a pending prefetch's launch (before a product, and before a
  * recording ends: a forked stream must rejoin its capture). */
 static inline void cuda__pf_join(cuda_backend *g) {
-    g->pf_left = g->pf_max_bytes;
     if (!g->pf_pending) return;
     g->pf_pending = 0;
     CHECK_CUDA(cudaStreamWaitEvent(g->stream, g->ev_pf_done, 0));

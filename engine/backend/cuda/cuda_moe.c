@@ -45,8 +45,8 @@ static kernels_moe_weights moe_weights_of(const weight *w0) {
     return k;
 }
 
-/* moe_experts, or with add moe_experts_add: out += the sum (the decode kernel adds it in its
- * epilogue; the grouped path through add_tmp and the add kernel: one addition either way). */
+/* moe_experts, or with add moe_experts_add: out += the sum (the last kernel, down-combine or
+ * combine, adds it as it writes: one addition, as the add kernel made it). */
 static void moe_run(cuda_backend *g, float *out, const float *x, const int32_t *ids, const float *wts,
                     const moe_weights *moe, int T, int add) {
     cuda__pf_join(g);
@@ -83,13 +83,7 @@ static void moe_run(cuda_backend *g, float *out, const float *x, const int32_t *
     CHECK_K(kernels_moe_gather(xs, bf16, x, pos, T, k, d, g->stream));
     CHECK_K(kernels_moe_gemm(h, xs, &gu, offsets, tiles, max_tiles, E, I, d, bm, 1, moe->swiglu_limit, g->stream));
     CHECK_K(kernels_moe_gemm(y, h, &dn, offsets, tiles, max_tiles, E, d, I, bm, 0, 0.0f, g->stream));
-    if (add) {
-        cuda__grow(g, &g->add_tmp, &g->add_tmp_bytes, (size_t)T * d * sizeof(float));
-        CHECK_K(kernels_moe_combine((float *)g->add_tmp, y, pos, wts, T, k, d, g->stream));
-        CHECK_K(kernels_add_f32(out, (const float *)g->add_tmp, (size_t)T * d, g->stream));
-    } else {
-        CHECK_K(kernels_moe_combine(out, y, pos, wts, T, k, d, g->stream));
-    }
+    CHECK_K(kernels_moe_combine(out, y, pos, wts, T, k, d, add, g->stream));
     prof__end(g, pi);
 }
 
