@@ -53,7 +53,7 @@ __device__ __forceinline__ void qk_rot(float x1, float x2, float c, float s, flo
  * rotated pair (i, i + hd/2). Optional per-head RMSNorm (qn for q heads, kn
  * for kv heads), then rope; q is written back in place, a kv head's K row
  * (normed, roped) and V row go to cache row slot[t] as bf16. The default
- * until the kernel below has run on a GPU (QK_ROPE_STORE_WARP), and that
+ * until the kernel below has run on a GPU (backend_cuda.c), and that
  * kernel's bit reference. */
 __global__ void qk_rope_store_head_kernel(float *q, const float *k, const float *v, __nv_bfloat16 *kc,
                                           __nv_bfloat16 *vc, const int *pos, const int *slot, int n_heads, int n_kv,
@@ -103,10 +103,6 @@ __global__ void qk_rope_store_head_kernel(float *q, const float *k, const float 
  * sin once for all its heads. The first kernel's block of two warps per
  * (token, head) spent more time being scheduled than working: 32 us a call
  * at 512 tokens in the paper's workload, 4% of its device time. */
-/* 0: the block-per-head kernel unless ENGRAM_QK_ROPE_STORE=warp; 1: this
- * one unless =head. 0 until gpu-backend-parity has compared the two bit for
- * bit on a GPU and timed them (written in stop 23, which got no device). */
-#define QK_ROPE_STORE_WARP 0
 #define QK_WARPS 8
 #define QK_MAXP 4 /* pairs a lane: hd <= 256 */
 #define QK_HPW 5
@@ -184,12 +180,10 @@ qk_rope_store_kernel(float *q, const float *k, const float *v, __nv_bfloat16 *kc
 extern "C" int kernels_qk_rope_store_bf16(float *q, const float *k, const float *v, void *kc, void *vc,
                                           const int *pos, const int *slot, int T, int n_heads, int n_kv, int hd,
                                           const float *qn, const float *kn, float eps, const float *inv_freq,
-                                          void *stream) {
+                                          int warp, void *stream) {
     if (T < 0 || n_heads <= 0 || n_kv <= 0 || hd <= 0 || hd % 2 || hd > 256) return KERNELS_ERR_ARG;
     if (T == 0) return KERNELS_OK;
     cudaStream_t st = (cudaStream_t)stream;
-    const char *pick = getenv("ENGRAM_QK_ROPE_STORE");
-    bool warp = pick && !strcmp(pick, "warp") ? true : pick && !strcmp(pick, "head") ? false : QK_ROPE_STORE_WARP;
     cudaError_t e;
     if (!warp) {
         int threads = (hd / 2 + 31) / 32 * 32;

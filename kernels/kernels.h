@@ -116,9 +116,11 @@ int kernels_kv_store_bf16(void *kc, void *vc, const float *k, const float *v, co
  * kernels_rope_f32 does; the kv heads' K rows (normed, roped) and V rows
  * (T, n_kv*hd) go to rows slot[t] of kc, vc as bf16 (kernels_kv_store_bf16).
  * k itself is not written. hd <= 256. */
+/* warp: the warp-per-head kernel, else the first (block per head); the
+ * same bits (attention.cu). */
 int kernels_qk_rope_store_bf16(float *q, const float *k, const float *v, void *kc, void *vc, const int *pos,
                                const int *slot, int T, int n_heads, int n_kv, int hd, const float *qn,
-                               const float *kn, float eps, const float *inv_freq, void *stream);
+                               const float *kn, float eps, const float *inv_freq, int warp, void *stream);
 
 /* Causal paged attention of a mixed step (see backend.h, attention): token t
  * of sequence s = tok_seq[t] at position pos[t] attends to keys

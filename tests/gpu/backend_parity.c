@@ -64,6 +64,7 @@ void backend_cuda_set_matmul_no_skinny(backend *be, int on);
 void backend_cuda_set_act_unfused(backend *be, int on);
 /* 1 runs gate and up as one product where their device rows are stacked (ENGRAM_GLU_STACK=1) */
 void backend_cuda_set_glu_stack(backend *be, int on);
+void backend_cuda_set_qk_warp(backend *be, int on);
 static int failures;
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
@@ -1156,13 +1157,13 @@ static void test_qk_rope_store(const step *st, int n_blocks, int nh, int nkv, in
     void *dkc0 = dev_copy(hk, rows * kvw * 2), *dvc0 = dev_copy(hv, rows * kvw * 2);
     void *dkcw = dev_copy(hk, rows * kvw * 2), *dvcw = dev_copy(hv, rows * kvw * 2);
     free(hk), free(hv);
-    setenv("ENGRAM_QK_ROPE_STORE", "head", 1);
+    backend_cuda_set_qk_warp(gpu, 0);
     backend_qk_rope_store(gpu, dq0, dk, dv, dkc0, dvc0, &st->d, nh, nkv, hd, with_norm ? dqn : NULL,
                           with_norm ? dkn : NULL, 1e-6f, dinv);
-    setenv("ENGRAM_QK_ROPE_STORE", "warp", 1);
+    backend_cuda_set_qk_warp(gpu, 1);
     backend_qk_rope_store(gpu, dqw, dk, dv, dkcw, dvcw, &st->d, nh, nkv, hd, with_norm ? dqn : NULL,
                           with_norm ? dkn : NULL, 1e-6f, dinv);
-    unsetenv("ENGRAM_QK_ROPE_STORE");
+    backend_cuda_set_qk_warp(gpu, 0); /* the default */
     if (with_norm) {
         backend_rmsnorm(cpu, q, q, qn, T * nh, hd, 1e-6f);
         backend_rmsnorm(cpu, k, k, kn, T * nkv, hd, 1e-6f);
@@ -1216,7 +1217,7 @@ static void test_qk_rope_store(const step *st, int n_blocks, int nh, int nkv, in
  * loop grouped_out ran before it (per group a copy out, the product, a copy in). */
 /* qk_rope_store of qwen3-4b's shape (32 q and 8 kv heads of 128, per-head norm) at T tokens of
  * one sequence each (the paper's workload's decode steps): the warp-per-head kernel against the
- * first one (ENGRAM_QK_ROPE_STORE=warp, =head), interleaved. */
+ * first one (backend_cuda_set_qk_warp), interleaved. */
 static void time_qk_rope_store(int T) {
     enum { NH = 32, NKV = 8, HD = 128 };
     int *qn = xmalloc((size_t)T * sizeof(int)), *p0 = xmalloc((size_t)T * sizeof(int));
@@ -1233,7 +1234,7 @@ static void time_qk_rope_store(int T) {
     void *dkc = backend_alloc(gpu, rows * kvw * 2), *dvc = backend_alloc(gpu, rows * kvw * 2);
     for (int round = 0; round < 2; round++)
         for (int head = 0; head < 2; head++) {
-            setenv("ENGRAM_QK_ROPE_STORE", head ? "head" : "warp", 1);
+            backend_cuda_set_qk_warp(gpu, !head);
             int iters = 200;
             double t0 = 0;
             for (int i = -5; i < iters; i++) {
@@ -1241,7 +1242,7 @@ static void time_qk_rope_store(int T) {
                 backend_qk_rope_store(gpu, dq, dk, dv, dkc, dvc, &st.d, NH, NKV, HD, dn, dn, 1e-6f, dinv);
             }
             sync_gpu();
-            unsetenv("ENGRAM_QK_ROPE_STORE");
+            backend_cuda_set_qk_warp(gpu, 0); /* the default */
             double dt = (now() - t0) / iters;
             printf("timing qk_rope_store %d:%d hd=%d norm T=%-4d %-16s %8.1f us\n", NH, NKV, HD, T,
                    head ? "block a head" : "warp a head", dt * 1e6);

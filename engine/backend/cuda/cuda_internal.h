@@ -87,6 +87,7 @@ typedef struct {
     int dsv4_attention_ref; /* tests: DeepSeek-V4's attention through its first kernel (kernels.h) */
     int skinny_max_rows; /* f32 products of at most this many rows take kernels_skinny_f32 (0: none) */
     int act_unfused; /* ENGRAM_ACT_FUSE=0: bf16 products' activations through f32 (norm, SwiGLU), as before */
+    int qk_warp;     /* qk_rope_store's warp-per-head kernel (ENGRAM_QK_ROPE_STORE=warp), else the first */
     int glu_stack;   /* gate and up as one product where the view stacked them: 0 never, 1 up to
                       * GLU_STACK_MAX_TOKENS tokens (default), 2 at every T (tests) */
     int graphs_off; /* backend_params.cuda_graphs 0 (or op profiling): no recorded steps */

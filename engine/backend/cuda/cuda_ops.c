@@ -488,7 +488,7 @@ void cu_qk_rope_store(backend *be, float *q, const float *k, const float *v, voi
     cuda_backend *g = cuda__of(be);
     CUDA_TIMED(g,
                CHECK_K(kernels_qk_rope_store_bf16(q, k, v, kc, vc, b->pos, b->slot, b->n_tokens, n_heads, n_kv, hd,
-                                                  qn, kn, eps, inv_freq, g->stream)),
+                                                  qn, kn, eps, inv_freq, g->qk_warp, g->stream)),
                "qk_rope_store");
 }
 
@@ -530,6 +530,9 @@ void backend_cuda_set_matmul_no_skinny(backend *be, int on) {
 /* ENGRAM_ACT_FUSE=0 and the stacked gate|up product for handle be (the paths against each other in one program) */
 __attribute__((visibility("default"))) void backend_cuda_set_act_unfused(backend *be, int on);
 void backend_cuda_set_act_unfused(backend *be, int on) { cuda__of(be)->act_unfused = on; }
+/* qk_rope_store's warp-per-head kernel (1) or the first (0) for handle be */
+__attribute__((visibility("default"))) void backend_cuda_set_qk_warp(backend *be, int on);
+void backend_cuda_set_qk_warp(backend *be, int on) { cuda__of(be)->qk_warp = on; }
 __attribute__((visibility("default"))) void backend_cuda_set_glu_stack(backend *be, int on);
 void backend_cuda_set_glu_stack(backend *be, int on) { cuda__of(be)->glu_stack = on ? 2 : 0; }
 
