@@ -124,6 +124,11 @@ pack=$(cd "$1" && pwd); outdir=$2; shift 2
 mkdir -p "$outdir"
 secs=("$@"); [ ${#secs[@]} -gt 0 ] || secs=(peak decode single ttft tput)
 ids() { seq -s, 1 "$1"; } # prompt ids 1..N
+# engram-run's single-stream greedy decode of synthetic model $1 (16-token prompt, 256 tokens)
+decode_run() {
+  timeout 200 "$pack/run" engram-run --synthetic $1 --device cuda --prompt-ids "$(ids 16)" --max-tokens 256 \
+    --temperature 0 --ignore-eos --warmup 2>&1
+}
 http_get() { python3 -c 'import sys, urllib.request as u; sys.stdout.write(u.urlopen(sys.argv[1], timeout=5).read().decode())' "$1"; }
 # KV cache tokens for the throughput runs on an 80 GB H100: both models keep
 # 147,456 bytes per token (36 layers, 8 KV heads of 128, K and V bf16); what
@@ -137,8 +142,7 @@ run_sec() {
   decode)
     for m in llama3-1b llama3-8b qwen3-8b; do
       echo "-- $m: --prompt-ids 1..16 --max-tokens 256"
-      timeout 200 "$pack/run" engram-run --synthetic $m --device cuda --prompt-ids "$(ids 16)" --max-tokens 256 \
-        --temperature 0 --ignore-eos --warmup 2>&1 | grep -E '^engram-run'
+      decode_run $m | grep -E '^engram-run'
     done ;;
   single)
     for m in llama3-1b llama3-8b qwen3-8b; do
@@ -292,7 +296,7 @@ run_sec() {
           if [ "${AB_WHAT:-decode}" = tput4b ]; then
             echo "-- round $r $m [$set] $( ((${#envs[@]})) && export "${envs[@]}"; run_sec tput4b 2>&1 | grep -E '^(wall|engine host)' | tr '\n' ' ')"
           else
-            echo "-- round $r $m [$set] $(env "${envs[@]}" X=1 timeout 200 "$pack/run" engram-run --synthetic $m --device cuda --prompt-ids "$(ids 16)" --max-tokens 256 --temperature 0 --ignore-eos --warmup 2>&1 | grep -oE 'decode 255 tokens in [0-9.]+s \([0-9.]+ tok/s\)')"
+            echo "-- round $r $m [$set] $( ((${#envs[@]})) && export "${envs[@]}"; decode_run $m | grep -oE 'decode 255 tokens in [0-9.]+s \([0-9.]+ tok/s\)')"
           fi
         done
         if [ "${AB_WHAT:-decode}" = tput4b ]; then break; fi
