@@ -1163,7 +1163,7 @@ static void test_qk_rope_store(const step *st, int n_blocks, int nh, int nkv, in
     backend_cuda_set_qk_warp(gpu, 1);
     backend_qk_rope_store(gpu, dqw, dk, dv, dkcw, dvcw, &st->d, nh, nkv, hd, with_norm ? dqn : NULL,
                           with_norm ? dkn : NULL, 1e-6f, dinv);
-    backend_cuda_set_qk_warp(gpu, 0); /* the default */
+    backend_cuda_set_qk_warp(gpu, -1); /* the default: by T */
     if (with_norm) {
         backend_rmsnorm(cpu, q, q, qn, T * nh, hd, 1e-6f);
         backend_rmsnorm(cpu, k, k, kn, T * nkv, hd, 1e-6f);
@@ -1242,7 +1242,7 @@ static void time_qk_rope_store(int T) {
                 backend_qk_rope_store(gpu, dq, dk, dv, dkc, dvc, &st.d, NH, NKV, HD, dn, dn, 1e-6f, dinv);
             }
             sync_gpu();
-            backend_cuda_set_qk_warp(gpu, 0); /* the default */
+            backend_cuda_set_qk_warp(gpu, -1); /* the default: by T */
             double dt = (now() - t0) / iters;
             printf("timing qk_rope_store %d:%d hd=%d norm T=%-4d %-16s %8.1f us\n", NH, NKV, HD, T,
                    head ? "block a head" : "warp a head", dt * 1e6);

@@ -206,11 +206,10 @@ static int cu_init(cuda_backend *g, const backend_params *p, char *err, size_t e
     const char *af = getenv("ENGRAM_ACT_FUSE"), *gs = getenv("ENGRAM_GLU_STACK");
     g->act_unfused = af && !strcmp(af, "0");
     g->glu_stack = gs && !strcmp(gs, "0") ? 0 : 1;
-    /* qk_rope_store's kernel: the first (a block per token and head) until the warp-per-head one,
-     * written in stop 23 without a GPU, has been checked against it bit for bit and timed there
-     * (gpu-backend-parity); ENGRAM_QK_ROPE_STORE=warp takes it now */
+    /* qk_rope_store's kernel: by the step's size unless ENGRAM_QK_ROPE_STORE=warp or head names
+     * one (the two give the same bits: gpu-backend-parity) */
     const char *qk = getenv("ENGRAM_QK_ROPE_STORE");
-    g->qk_warp = qk && !strcmp(qk, "warp");
+    g->qk_warp = !qk ? -1 : !strcmp(qk, "warp") ? 1 : !strcmp(qk, "head") ? 0 : -1;
     /* backend_prefetch (cu_prefetch): ENGRAM_L2_PREFETCH=MB, the most of a weight asked of L2
      * (0 or unset: off) */
     const char *pf = getenv("ENGRAM_L2_PREFETCH");

@@ -37,6 +37,9 @@ static inline cudaError_t cuda__host_alloc(void **p, size_t bytes) {
  * from the third on replayed. */
 #define GRAPH_SLOTS 48
 #define GRAPH_KEY_MAX 64
+/* qk_rope_store takes its warp-per-head kernel from this many tokens a step up (by default):
+ * below it the block-per-head kernel was as fast or faster on the H100 (cu_qk_rope_store) */
+#define QK_WARP_MIN_T 128
 typedef struct {
     unsigned char key[GRAPH_KEY_MAX];
     size_t key_bytes;
@@ -87,7 +90,8 @@ typedef struct {
     int dsv4_attention_ref; /* tests: DeepSeek-V4's attention through its first kernel (kernels.h) */
     int skinny_max_rows; /* f32 products of at most this many rows take kernels_skinny_f32 (0: none) */
     int act_unfused; /* ENGRAM_ACT_FUSE=0: bf16 products' activations through f32 (norm, SwiGLU), as before */
-    int qk_warp;     /* qk_rope_store's warp-per-head kernel (ENGRAM_QK_ROPE_STORE=warp), else the first */
+    int qk_warp;     /* qk_rope_store's kernel: 1 warp per head, 0 the first (a block per token and head),
+                      * -1 (the default) warp from QK_WARP_MIN_T tokens up (ENGRAM_QK_ROPE_STORE) */
     int glu_stack;   /* gate and up as one product where the view stacked them: 0 never, 1 up to
                       * GLU_STACK_MAX_TOKENS tokens (default), 2 at every T (tests) */
     int graphs_off; /* backend_params.cuda_graphs 0 (or op profiling): no recorded steps */

@@ -486,9 +486,12 @@ void cu_qk_rope_store(backend *be, float *q, const float *k, const float *v, voi
                       int n_heads, int n_kv, int hd, const float *qn, const float *kn, float eps,
                       const float *inv_freq) {
     cuda_backend *g = cuda__of(be);
+    /* Both kernels give the same bits; which is faster depends on the step's size (H100, stop 24:
+     * 32:8 heads, T=1 warp 4.8 us, block 3.6; T=64 5.3 and 5.2; T=512 12.0 and 26.7) */
+    int warp = g->qk_warp >= 0 ? g->qk_warp : b->n_tokens >= QK_WARP_MIN_T;
     CUDA_TIMED(g,
                CHECK_K(kernels_qk_rope_store_bf16(q, k, v, kc, vc, b->pos, b->slot, b->n_tokens, n_heads, n_kv, hd,
-                                                  qn, kn, eps, inv_freq, g->qk_warp, g->stream)),
+                                                  qn, kn, eps, inv_freq, warp, g->stream)),
                "qk_rope_store");
 }
 
@@ -532,7 +535,7 @@ __attribute__((visibility("default"))) void backend_cuda_set_act_unfused(backend
 void backend_cuda_set_act_unfused(backend *be, int on) { cuda__of(be)->act_unfused = on; }
 /* qk_rope_store's warp-per-head kernel (1) or the first (0) for handle be */
 __attribute__((visibility("default"))) void backend_cuda_set_qk_warp(backend *be, int on);
-void backend_cuda_set_qk_warp(backend *be, int on) { cuda__of(be)->qk_warp = on; }
+void backend_cuda_set_qk_warp(backend *be, int on) { cuda__of(be)->qk_warp = on; } /* 1, 0 or -1 (by T) */
 __attribute__((visibility("default"))) void backend_cuda_set_glu_stack(backend *be, int on);
 void backend_cuda_set_glu_stack(backend *be, int on) { cuda__of(be)->glu_stack = on ? 2 : 0; }
 
