@@ -191,6 +191,30 @@ int kernels_gemv_add(float *out, const float *x, const void *w, const float *bia
 int kernels_gemv_glu(float *out, const float *x, const void *wg, const void *wu, const float *bg, const float *bu,
                      int T, int rows, int cols, const float *norm, float eps, int f32, void *stream);
 
+/* FP8 weights kept packed on the device (DeepSeek-V4's block-scaled matrices):
+ * codes (rows, cols) e4m3fn bytes, scales (ceil(rows / 2^sbr), scols) f32, one
+ * per block of 2^sbr rows by 2^sbc columns (sbc >= 3). Element (i, j) is
+ * code * scale, which the kernels take as exact: the caller packs only
+ * matrices without NaN codes whose scales are powers of two in [2^-124, 2^7],
+ * where every element is a bf16 (cuda_view.c). */
+typedef struct {
+    const void *codes;
+    const float *scales;
+    int scols, sbr, sbc;
+} kernels_fp8w;
+
+/* out (T, rows) = x @ w^T + bias, or with add out += that (as kernels_gemv_add): the
+ * bf16 kernels' sums on the same values, bit for bit; the same T, cols and
+ * alignment rules as kernels_gemv_bf16 (codes 16-byte aligned). */
+int kernels_gemv_fp8(float *out, const float *x, const kernels_fp8w *w, const float *bias, int T, int rows, int cols,
+                     int add, void *stream);
+/* kernels_gemv_grouped on FP8 weights (G rows, cols). */
+int kernels_gemv_grouped_fp8(float *out, const float *x, int xld, const kernels_fp8w *w, int T, int G, int rows,
+                             int cols, void *stream);
+/* dst (rows, cols) bf16 (16-byte aligned, cols % 8 == 0) = w's values, exactly: for the
+ * products past the matrix-vector kernels (cuBLAS multiplies bf16 by bf16). */
+int kernels_fp8_to_bf16(void *dst, const kernels_fp8w *w, int rows, int cols, void *stream);
+
 /* Asks L2 for bytes of p, 128-byte lines from p's line on (prefetch.global.L2:
  * nothing is read back, nothing waits for the lines): a decode step's products
  * stream weights that L2 can hold while the ops before them read little. */

@@ -33,6 +33,41 @@ __device__ __forceinline__ void gemv_load8(const float *row, int i, float w[8]) 
     w[0] = a.x, w[1] = a.y, w[2] = a.z, w[3] = a.w, w[4] = b.x, w[5] = b.y, w[6] = b.z, w[7] = b.w;
 }
 
+/* FP8 weights (kernels_fp8w): e4m3fn codes, one byte each, and f32 block scales.
+ * Byte j of q as f32 times 2^-120, exactly: the code's sign to bit 31 and its 4
+ * exponent and 3 mantissa bits to bits 26..20, the low end of an f32's exponent
+ * and the top of its mantissa. A normal code (1 + m/8) 2^(e-7) becomes
+ * (1 + m/8) 2^(e-127), a subnormal one (m/8) 2^-6 the f32 subnormal (m/8) 2^-126:
+ * both 2^-120 times the value, in three integer operations (byte to the top, an
+ * arithmetic shift, a mask) instead of a table or a branch. NaN codes are not
+ * decoded as NaN: cuda_view.c keeps no weight with them packed. */
+__device__ __forceinline__ float gemv_fp8(unsigned q, int j) {
+    unsigned top = __byte_perm(q, 0u, 0x0444u | ((unsigned)j << 12)); /* byte j in bits 31..24, zeros below */
+    return __uint_as_float((unsigned)((int)top >> 4) & 0x87f00000u);
+}
+
+/* Eight consecutive weights of a row as f32 (W the stored type): bf16 and f32 as
+ * gemv_load8; FP8 as its codes times their block's scale (srow: the row's scales,
+ * one per 2^sbc columns). The FP8 values come out exact (cuda_view.c packs a
+ * matrix only where code times scale is a bf16 for every code: a power-of-two
+ * scale in [2^-124, 2^7]), so they are the bits the bf16 kernel reads from the same
+ * matrix dequantized, and the products the same sums. */
+__device__ __forceinline__ void gemv_loadw(const __nv_bfloat16 *row, const float *, int, int i, float w[8]) {
+    gemv_load8(row, i, w);
+}
+__device__ __forceinline__ void gemv_loadw(const float *row, const float *, int, int i, float w[8]) {
+    gemv_load8(row, i, w);
+}
+__device__ __forceinline__ void gemv_loadw(const unsigned char *row, const float *srow, int sbc, int i, float w[8]) {
+    uint2 raw = __ldg((const uint2 *)row + i);
+    float s = __fmul_rn(__ldg(srow + ((i << 3) >> sbc)), 0x1p120f); /* 2^(b-7): at most 2^127 (cuda_view.c) */
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        w[j] = __fmul_rn(gemv_fp8(raw.x, j), s);
+        w[4 + j] = __fmul_rn(gemv_fp8(raw.y, j), s);
+    }
+}
+
 /* Eight activations of row xr at i as the product takes them: with NORM their
  * squares added to *ss (the row's sum for its inverse RMS) and each times the
  * norm's weight g; the scale by the inverse RMS comes at the end (gemv_rms). */
@@ -71,7 +106,17 @@ typedef struct {
     const float *norm; /* (cols) with NORM: the RMSNorm's weight */
     float eps;
     int xld, grows;
+    const float *s0, *s1, *s2; /* FP8 weights (W unsigned char): each matrix's block scales, rows of scols */
+    int scols, sbr, sbc;       /* and log2 of a block's rows and columns */
 } gemv_args;
+
+/* Row `local` of segment seg's scales (FP8 weights; NULL for the others). */
+template <typename W>
+__device__ __forceinline__ const float *gemv_srow(const gemv_args &a, int seg, int local) {
+    if (sizeof(W) != 1) return nullptr;
+    const float *s = seg == 0 ? a.s0 : seg == 1 ? a.s1 : a.s2;
+    return s + (size_t)(local >> a.sbr) * a.scols;
+}
 
 /* Row `row`'s x: its group's columns (grouped products), rows of gemv_xld apart. */
 __device__ __forceinline__ const float *gemv_xrow(const gemv_args &a, const float *x, int row, int cols) {
@@ -113,6 +158,7 @@ gemv_kernel(gemv_args a, const float *x, int cols) {
     const W *wb = (const W *)(seg == 0 ? a.w0 : seg == 1 ? a.w1 : a.w2);
     const W *wr = wb + (size_t)local * cols;
     const W *wu = (const W *)a.w1 + (size_t)local * cols; /* GLU: the up row */
+    const float *sr = gemv_srow<W>(a, seg, local), *su = gemv_srow<W>(a, 1, local);
     const float *xr = gemv_xrow(a, x, row, cols);
     const size_t xld = gemv_xld(a, cols);
     int n8 = cols >> 3;
@@ -134,8 +180,8 @@ gemv_kernel(gemv_args a, const float *x, int cols) {
 #pragma unroll 4
     for (int i = lane; i < n8; i += 32) {
         float wv[8], wv2[8], g[8];
-        gemv_load8(wr, i, wv);
-        if (MODE == GEMV_GLU) gemv_load8(wu, i, wv2);
+        gemv_loadw(wr, sr, a.sbc, i, wv);
+        if (MODE == GEMV_GLU) gemv_loadw(wu, su, a.sbc, i, wv2);
         if (NORM) gemv_load8(a.norm, i, g);
 #pragma unroll
         for (int t = 0; t < T; t++) {
@@ -177,12 +223,14 @@ gemv_block_kernel(gemv_args a, const float *x, int cols) {
     __shared__ float red_ss[GEMV_WARPS][T]; /* with NORM: the warps' sums of squares of each x row */
     const int row0 = blockIdx.x * R, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const W *wr[R], *wu[R];
+    const float *sr[R], *su[R];
 #pragma unroll
     for (int r = 0; r < R; r++) {
         int row = min(row0 + r, a.end2 - 1); /* rows past the end: read row end2 - 1, never stored */
         int local, seg = gemv_seg(a, row, &local);
         wr[r] = (const W *)(seg == 0 ? a.w0 : seg == 1 ? a.w1 : a.w2) + (size_t)local * cols;
         wu[r] = (const W *)a.w1 + (size_t)local * cols; /* GLU: the up row */
+        sr[r] = gemv_srow<W>(a, seg, local), su[r] = gemv_srow<W>(a, 1, local);
     }
     const float *xr = gemv_xrow(a, x, min(row0, a.end2 - 1), cols);
     const size_t xld = gemv_xld(a, cols);
@@ -211,8 +259,8 @@ gemv_block_kernel(gemv_args a, const float *x, int cols) {
         float wv[NA][R][8], g[8];
 #pragma unroll
         for (int r = 0; r < R; r++) {
-            gemv_load8(wr[r], i, wv[0][r]);
-            if (MODE == GEMV_GLU) gemv_load8(wu[r], i, wv[NA - 1][r]);
+            gemv_loadw(wr[r], sr[r], a.sbc, i, wv[0][r]);
+            if (MODE == GEMV_GLU) gemv_loadw(wu[r], su[r], a.sbc, i, wv[NA - 1][r]);
         }
         if (NORM) gemv_load8(a.norm, i, g);
 #pragma unroll
@@ -358,6 +406,65 @@ extern "C" int kernels_gemv_grouped(float *out, const float *x, int xld, const v
     a.xld = xld, a.grows = rows;
     return f32 ? gemv_run<float, GEMV_PLAIN, false>(a, x, T, cols, stream)
                : gemv_run<__nv_bfloat16, GEMV_PLAIN, false>(a, x, T, cols, stream);
+}
+
+/* FP8 weights (kernels.h, kernels_fp8w): the scales' layout into a. */
+static int gemv_fp8_args(gemv_args *a, const kernels_fp8w *w) {
+    if (!w->codes || !w->scales || w->scols < 1 || w->sbr < 0 || w->sbr > 20 || w->sbc < 3 || w->sbc > 20)
+        return 0;
+    a->s0 = a->s1 = a->s2 = w->scales;
+    a->scols = w->scols, a->sbr = w->sbr, a->sbc = w->sbc;
+    return 1;
+}
+
+extern "C" int kernels_gemv_fp8(float *out, const float *x, const kernels_fp8w *w, const float *bias, int T, int rows,
+                                int cols, int add, void *stream) {
+    if (rows < 0 || !kernels_gemv_supported(x, w->codes, T, cols)) return KERNELS_ERR_ARG;
+    const void *c = w->codes;
+    gemv_args a = {c, c, c, out, out, out, bias, bias, bias, rows, rows, rows, rows, rows, rows};
+    if (!gemv_fp8_args(&a, w)) return KERNELS_ERR_ARG;
+    return add ? gemv_run<unsigned char, GEMV_ADD, false>(a, x, T, cols, stream)
+               : gemv_run<unsigned char, GEMV_PLAIN, false>(a, x, T, cols, stream);
+}
+
+extern "C" int kernels_gemv_grouped_fp8(float *out, const float *x, int xld, const kernels_fp8w *w, int T, int G,
+                                        int rows, int cols, void *stream) {
+    if (G < 1 || rows < 0 || xld % 4 || xld < G * cols || !kernels_gemv_supported(x, w->codes, T, cols))
+        return KERNELS_ERR_ARG;
+    int n = G * rows;
+    const void *c = w->codes;
+    gemv_args a = {c, c, c, out, out, out, NULL, NULL, NULL, n, n, n, n, n, n};
+    a.xld = xld, a.grows = rows;
+    if (!gemv_fp8_args(&a, w)) return KERNELS_ERR_ARG;
+    return gemv_run<unsigned char, GEMV_PLAIN, false>(a, x, T, cols, stream);
+}
+
+/* dst (rows, cols) bf16 = the FP8 matrix's values: eight a thread, decoded as the matrix-vector
+ * kernel decodes them (exact: each is a bf16, so the rounding to bf16 changes nothing). */
+__global__ void fp8_to_bf16_kernel(uint4 *dst, const unsigned char *codes, const float *scales, int scols, int sbr,
+                                   int sbc, int cols, size_t n8) {
+    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < n8; k += (size_t)gridDim.x * blockDim.x) {
+        size_t r = k / (size_t)(cols >> 3);
+        int i = (int)(k - r * (size_t)(cols >> 3));
+        float w[8];
+        gemv_loadw(codes + r * cols, scales + (r >> sbr) * scols, sbc, i, w);
+        __nv_bfloat162 b[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) b[j] = __floats2bfloat162_rn(w[2 * j], w[2 * j + 1]);
+        dst[k] = *(uint4 *)b;
+    }
+}
+
+extern "C" int kernels_fp8_to_bf16(void *dst, const kernels_fp8w *w, int rows, int cols, void *stream) {
+    gemv_args a = {};
+    if (rows < 0 || cols % 8 || (uintptr_t)dst % 16 || (uintptr_t)w->codes % 8 || !gemv_fp8_args(&a, w))
+        return KERNELS_ERR_ARG;
+    size_t n8 = (size_t)rows * cols / 8;
+    if (!n8) return KERNELS_OK;
+    int blocks = (int)((n8 + 255) / 256 < 4096 ? (n8 + 255) / 256 : 4096);
+    fp8_to_bf16_kernel<<<blocks, 256, 0, (cudaStream_t)stream>>>((uint4 *)dst, (const unsigned char *)w->codes,
+                                                                  w->scales, w->scols, w->sbr, w->sbc, cols, n8);
+    return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
 }
 
 /* Pointers of the weights in one launch: all 16-byte aligned. */

@@ -24,7 +24,7 @@ void dtype_to_f32(float *dst, const void *src, dtype t, size_t n) {
 /* Scale (r, c) of w as f32. F8_E8M0 is torch's float8_e8m0fnu cast (255 is
  * NaN); U8 holds the same exponent but transformers reads it through
  * exp2(b - 127) in f32, where 255 gives +inf: each as the reference does. */
-static float scale_at(const weight *w, int r, int c) {
+float model_weight_scale(const weight *w, int r, int c) {
     size_t k = (size_t)r * (size_t)w->scale_cols + (size_t)c;
     if (w->scale_dt == DTYPE_F32) return ((const float *)w->scale)[k];
     uint8_t b = ((const uint8_t *)w->scale)[k];
@@ -50,7 +50,7 @@ void model_weight_rows_to_f32(float *dst, const weight *w, int row0, int nrows) 
         const uint8_t *q = (const uint8_t *)w->data + (size_t)i * row_bytes;
         float *o = dst + (size_t)r * cols;
         for (int j0 = 0; j0 < w->cols; j0 += bc) {
-            float s = scale_at(w, (w->row_base + i) / w->block_rows, j0 / bc);
+            float s = model_weight_scale(w, (w->row_base + i) / w->block_rows, j0 / bc);
             int j1 = j0 + bc < w->cols ? j0 + bc : w->cols;
             if (fp8) {
                 for (int j = j0; j < j1; j++) o[j] = lut[q[j]] * s;

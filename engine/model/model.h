@@ -183,6 +183,9 @@ typedef struct {
  * the values transformers' dequantisation gives, bit for bit (a NaN may differ
  * in payload). The caller keeps the rows in range. */
 void model_weight_rows_to_f32(float *dst, const weight *w, int row0, int nrows);
+/* Scale (r, c) of a quantized w as the products take it, in f32 (F8_E8M0: 2^(b-127), 255 NaN;
+ * U8: 255 +inf; F32 as stored). */
+float model_weight_scale(const weight *w, int r, int c);
 
 /* Bytes w occupies as stored: FP8 one per element, FP4 half of one, plus its scales. */
 size_t model_weight_bytes(const weight *w);

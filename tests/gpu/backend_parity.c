@@ -352,6 +352,105 @@ static void test_matmul_grouped(int G, int R, int K, int extra, int T, const cha
     free(wh), free((void *)w.scale), free(x), free(ref);
 }
 
+/* An FP8 matrix (rows, cols) as a checkpoint stores it: random codes but the NaN ones, ue8m0
+ * scales per 128 x 128 (bytes 114..117: 2^-13 .. 2^-10). On the device (*dev8) as cuda_view.c
+ * packs it with ENGRAM_FP8_PACKED=1 (codes as stored, the scales in f32), and (*dev16) as it
+ * expands it otherwise (bf16, exact). The host weight's codes and scales are malloc'd. */
+static weight fp8_matrix(int rows, int cols, weight *dev8, weight *dev16) {
+    size_t n = (size_t)rows * cols;
+    uint8_t *q = xmalloc(n);
+    for (size_t i = 0; i < n; i++) {
+        q[i] = (uint8_t)rnext();
+        if ((q[i] & 0x7f) == 0x7f) q[i] ^= 1;
+    }
+    weight w = {.data = q, .dt = DTYPE_F8_E4M3, .rows = rows, .cols = cols, .fmt = WEIGHT_FP8,
+                .scale_dt = DTYPE_F8_E8M0, .scale_rows = (rows + 127) / 128, .scale_cols = (cols + 127) / 128,
+                .block_rows = 128, .block_cols = 128};
+    size_t ns = (size_t)w.scale_rows * w.scale_cols;
+    uint8_t *sc = xmalloc(ns);
+    float *sf = xmalloc(ns * 4);
+    for (size_t i = 0; i < ns; i++) sc[i] = (uint8_t)(114 + irand(4));
+    w.scale = sc;
+    for (int r = 0; r < w.scale_rows; r++)
+        for (int c = 0; c < w.scale_cols; c++) sf[(size_t)r * w.scale_cols + c] = model_weight_scale(&w, r, c);
+    *dev8 = w;
+    dev8->data = dev_copy(q, n), dev8->scale = dev_copy(sf, ns * 4), dev8->scale_dt = DTYPE_F32;
+    float *f = xmalloc(n * 4);
+    model_weight_rows_to_f32(f, &w, 0, rows);
+    uint16_t *b = xmalloc(n * 2);
+    for (size_t i = 0; i < n; i++) b[i] = f32_to_bf16(f[i]);
+    *dev16 = (weight){.data = dev_copy(b, n * 2), .dt = DTYPE_BF16, .rows = rows, .cols = cols};
+    free(f), free(b), free(sf);
+    return w;
+}
+
+/* FP8 weights kept packed against their bf16 expansion: matmul, matmul_add and matmul_grouped
+ * (G groups of rows / G; G 0: none) at T tokens give the same bits (the FP8 matrix-vector kernel at
+ * T <= 2, the expansion into scratch then cuBLAS beyond), and matmul the CPU's result on the
+ * codes within the bound. */
+static void test_fp8_packed(int rows, int cols, int G, int T, double bound) {
+    weight d8, d16, w = fp8_matrix(rows, cols, &d8, &d16);
+    float *x = rand_f32((size_t)T * cols, 1.0f), *res = rand_f32((size_t)T * rows, 1.0f);
+    float *ref = xmalloc((size_t)T * rows * 4), *dx = dev_copy(x, (size_t)T * cols * 4);
+    float *o8 = dev_poison((size_t)T * rows * 4), *o16 = dev_poison((size_t)T * rows * 4);
+    char name[96];
+    backend_matmul(cpu, ref, x, &w, NULL, T);
+    backend_matmul(gpu, o8, dx, &d8, NULL, T);
+    backend_matmul(gpu, o16, dx, &d16, NULL, T);
+    snprintf(name, sizeof(name), "matmul fp8 packed %dx%d T=%d", rows, cols, T);
+    check(name, o8, ref, (size_t)T * rows, bound);
+    float *h16 = host_of(o16, (size_t)T * rows * 4);
+    snprintf(name, sizeof(name), "matmul fp8 packed %dx%d T=%d = bf16", rows, cols, T);
+    check_bits(name, o8, h16, (size_t)T * rows * 4);
+    free(h16);
+    backend_upload(gpu, o8, res, (size_t)T * rows * 4), backend_upload(gpu, o16, res, (size_t)T * rows * 4);
+    backend_matmul_add(gpu, o8, dx, &d8, NULL, T);
+    backend_matmul_add(gpu, o16, dx, &d16, NULL, T);
+    h16 = host_of(o16, (size_t)T * rows * 4);
+    snprintf(name, sizeof(name), "matmul_add fp8 packed %dx%d T=%d = bf16", rows, cols, T);
+    check_bits(name, o8, h16, (size_t)T * rows * 4);
+    free(h16);
+    if (G) { /* x (T, G cols) for G groups of rows / G */
+        float *xg = rand_f32((size_t)T * G * cols, 1.0f), *dxg = dev_copy(xg, (size_t)T * G * cols * 4);
+        backend_matmul_grouped(gpu, o8, dxg, (size_t)G * cols, &d8, G, T);
+        backend_matmul_grouped(gpu, o16, dxg, (size_t)G * cols, &d16, G, T);
+        h16 = host_of(o16, (size_t)T * rows * 4);
+        snprintf(name, sizeof(name), "matmul_grouped fp8 packed %dx%dx%d T=%d = bf16", G, rows / G, cols, T);
+        check_bits(name, o8, h16, (size_t)T * rows * 4);
+        free(h16), free(xg);
+        backend_free(gpu, dxg);
+    }
+    backend_free(gpu, (void *)d8.data), backend_free(gpu, (void *)d8.scale), backend_free(gpu, (void *)d16.data);
+    backend_free(gpu, dx), backend_free(gpu, o8), backend_free(gpu, o16);
+    free((void *)w.data), free((void *)w.scale), free(x), free(res), free(ref);
+}
+
+/* A decode product of an FP8 matrix, packed against its bf16 expansion, us a call, interleaved
+ * (DeepSeek-V4-Flash's wo_b 4096 x 8192, wq_b 32768 x 1024, the shared expert's 2048 x 4096):
+ * the bytes streamed halve; the prediction is about half the time on the larger two. */
+static void time_fp8_packed(int rows, int cols, int T) {
+    weight d8, d16, w = fp8_matrix(rows, cols, &d8, &d16);
+    float *x = rand_f32((size_t)T * cols, 1.0f), *dx = dev_copy(x, (size_t)T * cols * 4);
+    float *out = backend_alloc(gpu, (size_t)T * rows * 4);
+    size_t nw = (size_t)rows * cols;
+    for (int round = 0; round < 2; round++)
+        for (int k = 0; k < 2; k++) {
+            const weight *dw = k ? &d16 : &d8;
+            for (int i = 0; i < 5; i++) backend_matmul(gpu, out, dx, dw, NULL, T);
+            sync_gpu();
+            int iters = 200;
+            double t0 = now();
+            for (int i = 0; i < iters; i++) backend_matmul(gpu, out, dx, dw, NULL, T);
+            sync_gpu();
+            double dt = (now() - t0) / iters;
+            printf("timing matmul %-10s %dx%d T=%d %8.1f us  %7.1f GB/s of weights\n", k ? "bf16" : "fp8 packed",
+                   rows, cols, T, dt * 1e6, nw * (k ? 2 : 1) / dt * 1e-9);
+        }
+    backend_free(gpu, (void *)d8.data), backend_free(gpu, (void *)d8.scale), backend_free(gpu, (void *)d16.data);
+    backend_free(gpu, dx), backend_free(gpu, out);
+    free((void *)w.data), free((void *)w.scale), free(x);
+}
+
 /* Few-row products on f32 weights (kernels_skinny_f32; DeepSeek-V4's hyper-connection products are
  * 24 and 4 rows of 16384): backend_matmul at each T of Ts against the CPU (the f32 bound, 1e-5), and
  * matmul_add at the largest T. Where the kernel takes the shape (K % 4 == 0), also its batch
@@ -2249,6 +2348,16 @@ int main(int argc, char **argv) {
                 test_matmul_grouped(gshapes[si][0], gshapes[si][1], gshapes[si][2], gshapes[si][3], T, gkinds[ki],
                                     f32 || gemv ? 1e-5 : 1e-2);
             }
+    /* FP8 weights kept packed (ENGRAM_FP8_PACKED=1): the matrix-vector kernels (warp: 4096 x 8192, 33.5
+     * MB; block: the rest) at T 1 and 2, the expansion and cuBLAS at 5 and 40, V4-Flash's wo_a as
+     * groups, an odd row count (a partial scale block) */
+    {
+        static const int fs[][3] = {{4096, 8192, 0}, {2048, 4096, 0}, {8192, 4096, 8}, {1000, 256, 0}};
+        static const int fT[] = {1, 2, 5, 40};
+        for (int si = 0; si < 4; si++)
+            for (int ti = 0; ti < 4; ti++)
+                test_fp8_packed(fs[si][0], fs[si][1], fs[si][2], fT[ti], fT[ti] <= 2 ? 1e-5 : 1e-2);
+    }
     test_skinny_cases();
     test_elementwise();
     test_gathers();
@@ -2411,6 +2520,10 @@ int main(int argc, char **argv) {
         time_ffn(16384);
         time_matmul_grouped(1);
         time_matmul_grouped(2);
+        time_fp8_packed(4096, 8192, 1);
+        time_fp8_packed(32768, 1024, 1);
+        time_fp8_packed(2048, 4096, 1);
+        time_fp8_packed(4096, 8192, 2);
         time_qk_rope_store(1);
         time_qk_rope_store(64);
         time_qk_rope_store(512);

@@ -267,6 +267,11 @@ static int has_fp4_experts(const model *m) {
     return 0;
 }
 
+/* Whether m has FP8 attention matrices (DeepSeek-V4's; kept packed with ENGRAM_FP8_PACKED=1). */
+static int has_fp8_matrices(const model *m) {
+    return m->dsv4 && m->cfg.n_layers > 0 && m->dsv4->layers[0].wq_a.fmt == WEIGHT_FP8;
+}
+
 static void check_model(const char *dir) {
     char err[512];
     model *m = NULL;
@@ -374,6 +379,30 @@ static void check_model(const char *dir) {
         }
         unsetenv("ENGRAM_FP4_EXPERTS");
         free(le);
+    }
+    if (!fail && has_fp8_matrices(m)) { /* lg: the batched GPU run, fed gen_c, FP8 expanded to bf16 */
+        /* packed against expanded: the batched run (its steps of 3 and more tokens: the expansion and
+         * cuBLAS), then one sequence (decode steps of 1: the FP8 matrix-vector kernel) */
+        float *le = calloc(per, sizeof(float)), *l1 = calloc(per, sizeof(float));
+        for (int single = 0; single < 2 && !fail; single++) {
+            int n = single ? 1 : N_SEQ;
+            if (!le || !l1 || (single && run_steps(m, gpu, n, prompts, lens, gen_c, NULL, l1))) {
+                fail = 1;
+                break;
+            }
+            setenv("ENGRAM_FP8_PACKED", "1", 1); /* read when the view is made (forward_ctx_create) */
+            int rc = run_steps(m, gpu, n, prompts, lens, gen_c, NULL, le);
+            unsetenv("ENGRAM_FP8_PACKED");
+            if (rc) {
+                fail = 1;
+                break;
+            }
+            int same = memcmp(le, single ? l1 : lg, (size_t)n * (N_GEN + 1) * V * sizeof(float)) == 0;
+            printf("  FP8 matrices packed, %s: logits %s those of the bf16 expansion\n", single ? "one sequence" : "batched",
+                   same ? "bit-equal to" : "DIFFER from");
+            fail |= !same;
+        }
+        free(le), free(l1);
     }
     size_t sched = (size_t)SCHED_STEPS * SCHED_SEQS * V;
     float *lg_off = calloc(sched, sizeof(float)), *lg_on = calloc(sched, sizeof(float));

@@ -83,6 +83,8 @@ typedef struct {
     size_t att_work_floats;
     void *moe_work; /* moe_experts' packed rows and products (cuda_moe.c) */
     size_t moe_work_bytes;
+    void *fp8_bf16; /* an FP8 weight's bf16 values for a product past the decode kernels (cu_fp8_expand) */
+    size_t fp8_bf16_bytes;
     void *dsv4_work; /* DeepSeek-V4 ops' scratch (cuda_dsv4.c) */
     size_t dsv4_work_bytes;
     int attention_no_tiled; /* tests: every token through the per-token kernel */

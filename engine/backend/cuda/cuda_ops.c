@@ -9,7 +9,10 @@
  * them the activations a bf16 product reads are written as bf16 by the op
  * before it where that op is ours (the norm; SwiGLU feeding the down product,
  * matmul_ffn), the same bits as f32 rounded afterwards, without the f32 trip
- * (ENGRAM_ACT_FUSE=0: the f32 trips, for A/B timings). */
+ * (ENGRAM_ACT_FUSE=0: the f32 trips, for A/B timings).
+ * FP8 weights kept packed (cuda_view.c, ENGRAM_FP8_PACKED=1) take an FP8
+ * matrix-vector kernel for decode and, past it, their bf16 values expanded
+ * into scratch for cuBLAS: the bf16 path's numbers either way. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -85,7 +88,41 @@ static void cu_skinny_run(cuda_backend *g, float *out, const float *x, const wei
                                g->skinny_work_bytes / sizeof(float), g->stream));
 }
 
+/* An FP8 weight as cuda_view.c packs it (fmt WEIGHT_FP8, f32 scales on the device, blocks of powers
+ * of two): the kernels' description. A row view's scales start at its first row's block. */
+static int cu_is_fp8(const weight *w) { return w->fmt == WEIGHT_FP8; }
+static int cu_log2(int v) {
+    int k = 0;
+    while ((1 << k) < v) k++;
+    return k;
+}
+static kernels_fp8w cu_fp8w(const weight *w) {
+    if (w->row_base % w->block_rows) cuda__fail(__func__, "an FP8 row view must start on a scale block");
+    kernels_fp8w k = {w->data, (const float *)w->scale + (size_t)(w->row_base / w->block_rows) * w->scale_cols,
+                      w->scale_cols, cu_log2(w->block_rows), cu_log2(w->block_cols)};
+    return k;
+}
+
+/* A bf16 weight holding w's values (exact: cuda_view.c packs only matrices whose values are all
+ * bf16s), in g->fp8_bf16: valid until the next expansion. */
+static weight cu_fp8_expand(cuda_backend *g, const weight *w) {
+    cuda__grow(g, &g->fp8_bf16, &g->fp8_bf16_bytes, (size_t)w->rows * w->cols * 2);
+    kernels_fp8w k = cu_fp8w(w);
+    CHECK_K(kernels_fp8_to_bf16(g->fp8_bf16, &k, w->rows, w->cols, g->stream));
+    weight b = {.data = g->fp8_bf16, .dt = DTYPE_BF16, .rows = w->rows, .cols = w->cols, .fmt = WEIGHT_DENSE};
+    return b;
+}
+
 static void cu_matmul_(cuda_backend *g, float *out, const float *x, const weight *w, const float *bias, int T) {
+    weight wb;
+    if (cu_is_fp8(w)) {
+        if (T <= GEMV_MAX_TOKENS && kernels_gemv_supported(x, w->data, T, w->cols)) {
+            kernels_fp8w k = cu_fp8w(w);
+            CHECK_K(kernels_gemv_fp8(out, x, &k, bias, T, w->rows, w->cols, 0, g->stream));
+            return;
+        }
+        wb = cu_fp8_expand(g, w), w = &wb;
+    }
     if (w->dt != DTYPE_BF16 && w->dt != DTYPE_F32)
         cuda__fail(__func__, "weight is not a bf16 or f32 device view (prepare converts them)");
     int f32 = w->dt == DTYPE_F32;
@@ -176,9 +213,21 @@ void cu_matmul_grouped(backend *be, float *y, const float *x, size_t xs, const w
     cuda_backend *g = cuda__of(be);
     cuda__pf_join(g);
     if (T <= 0) return;
-    if (w->dt != DTYPE_BF16 && w->dt != DTYPE_F32)
-        cuda__fail(__func__, "weight is not a bf16 or f32 device view (prepare converts them)");
     if (G < 1 || w->rows % G || xs < (size_t)G * w->cols || xs > INT32_MAX) cuda__fail(__func__, "bad groups");
+    weight wb;
+    if (cu_is_fp8(w)) {
+        int R = w->rows / G, K = w->cols;
+        if (cuda__dsv4_fuse() && T <= GEMV_MAX_TOKENS && xs % 4 == 0 && kernels_gemv_supported(x, w->data, T, K)) {
+            int pi = prof__begin(g, "matmul_grouped fp8 %dx%dx%d %s", G, R, K, prof__tclass(T));
+            kernels_fp8w k = cu_fp8w(w);
+            CHECK_K(kernels_gemv_grouped_fp8(y, x, (int)xs, &k, T, G, R, K, g->stream));
+            prof__end(g, pi);
+            return;
+        }
+        if (cuda__dsv4_fuse()) wb = cu_fp8_expand(g, w), w = &wb; /* the loop's products expand their own rows */
+    }
+    if ((w->dt != DTYPE_BF16 && w->dt != DTYPE_F32) && !cu_is_fp8(w))
+        cuda__fail(__func__, "weight is not a bf16, f32 or packed FP8 device view (prepare converts them)");
     int R = w->rows / G, K = w->cols, f32 = w->dt == DTYPE_F32;
     int pi = prof__begin(g, "matmul_grouped %dx%dx%d %s", G, R, K, prof__tclass(T));
     if (!cuda__dsv4_fuse()) {
@@ -382,6 +431,14 @@ void cu_matmul_add(backend *be, float *x, const float *a, const weight *w, const
     cuda__pf_join(g);
     if (T <= 0) return;
     int pi = prof__begin(g, "matmul+add %dx%d %s", w->rows, w->cols, prof__tclass(T));
+    weight wb;
+    if (cu_is_fp8(w) && T <= GEMV_MAX_TOKENS && kernels_gemv_supported(a, w->data, T, w->cols)) {
+        kernels_fp8w k = cu_fp8w(w);
+        CHECK_K(kernels_gemv_fp8(x, a, &k, bias, T, w->rows, w->cols, 1, g->stream));
+        prof__end(g, pi);
+        return;
+    }
+    if (cu_is_fp8(w)) wb = cu_fp8_expand(g, w), w = &wb;
     if (cuda__gemv(a, NULL, w, T)) {
         CHECK_K(kernels_gemv_add(x, a, w->data, bias, T, w->rows, w->cols, w->dt == DTYPE_F32, g->stream));
     } else if (cu_skinny(g, a, w)) { /* f32, few rows: the kernel adds into x itself */
@@ -546,8 +603,9 @@ void cuda__ops_free(cuda_backend *g) {
     if (g->att_work) cudaFree(g->att_work);
     if (g->moe_work) cudaFree(g->moe_work);
     if (g->dsv4_work) cudaFree(g->dsv4_work);
-    g->xb = g->add_tmp = g->moe_work = g->dsv4_work = g->skinny_work = NULL;
-    g->moe_work_bytes = g->dsv4_work_bytes = g->skinny_work_bytes = 0;
+    if (g->fp8_bf16) cudaFree(g->fp8_bf16);
+    g->xb = g->add_tmp = g->moe_work = g->dsv4_work = g->skinny_work = g->fp8_bf16 = NULL;
+    g->moe_work_bytes = g->dsv4_work_bytes = g->skinny_work_bytes = g->fp8_bf16_bytes = 0;
     g->att_work = NULL;
     g->xb_bytes = g->add_tmp_bytes = g->att_work_floats = 0;
 }

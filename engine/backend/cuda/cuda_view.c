@@ -201,6 +201,46 @@ static int view__fp8_rows(cuda_view *v, const weight *w, weight *out, const char
     return 0;
 }
 
+/* ENGRAM_FP8_PACKED=1: an FP8 matrix stays FP8 on the device, half the bytes of its bf16
+ * dequantization for the decode products to stream (cuda_ops.c: an FP8 matrix-vector kernel,
+ * and past it the bf16 values expanded into scratch for cuBLAS), where that gives the bf16
+ * path's numbers exactly: every element code * scale a bf16, which holds when no code is NaN
+ * and every scale is a power of two in [2^-124, 2^7] (a 4-bit significand from 2^-9 up, times
+ * 2^(b-127) for b in [3, 134]: at least 2^-133, bf16's smallest step, and the kernels' 2^(b-7)
+ * a normal f32), with blocks of powers of two, the columns' at least 8. DeepSeek-V4's
+ * checkpoints (ue8m0 scales per 128 x 128) pass. Off by default until measured on a GPU.
+ * Returns 1 with *out the packed device weight, 0 where the matrix is not packed, -1 on error. */
+static int view__fp8_packed(cuda_view *v, const weight *w, weight *out, const char *what, char *err, size_t errlen) {
+    const char *on = getenv("ENGRAM_FP8_PACKED");
+    if (!on || strcmp(on, "1") || w->fmt != WEIGHT_FP8 || w->f32_activations || !w->data || w->row_base ||
+        w->cols % 8 || w->block_rows < 1 || w->block_cols < 8 || (w->block_rows & (w->block_rows - 1)) ||
+        (w->block_cols & (w->block_cols - 1)) || w->scale_rows != (w->rows + w->block_rows - 1) / w->block_rows ||
+        w->scale_cols != (w->cols + w->block_cols - 1) / w->block_cols)
+        return 0;
+    size_t n = (size_t)w->rows * w->cols, ns = (size_t)w->scale_rows * w->scale_cols;
+    const uint8_t *q = w->data;
+    for (size_t i = 0; i < n; i++)
+        if ((q[i] & 0x7f) == 0x7f) return 0; /* a NaN code */
+    float *sf = malloc(ns * sizeof(float));
+    if (!sf) return snprintf(err, errlen, "out of host memory"), -1;
+    for (int r = 0; r < w->scale_rows; r++)
+        for (int c = 0; c < w->scale_cols; c++) {
+            float s = model_weight_scale(w, r, c);
+            uint32_t b;
+            memcpy(&b, &s, 4);
+            if ((b & 0x807fffffu) || (b >> 23) < 3 || (b >> 23) > 134) return free(sf), 0;
+            sf[(size_t)r * w->scale_cols + c] = s;
+        }
+    void *codes, *scales;
+    int rc = view__put(v, w->data, n, &codes, what, err, errlen) ||
+             view__put(v, sf, ns * sizeof(float), &scales, what, err, errlen);
+    free(sf);
+    if (rc) return -1;
+    *out = *w;
+    out->data = codes, out->scale = scales, out->scale_dt = DTYPE_F32;
+    return 1;
+}
+
 /* A matrix for matmul (bf16 or f32 on the device: f16 becomes bf16, FP8/FP4
  * bf16 or f32, one that keeps f32 activations f32) or, with keep_dtype, for
  * row gathers (its own dtype). */
@@ -217,6 +257,8 @@ static int view__weight(cuda_view *v, const weight *w, weight *out, int keep_dty
      * (weight.f32_activations) in f32, as cu_matmul multiplies f32 activations only by f32 weights
      * from 3 tokens on (bf16 ones by activations rounded to bf16) */
     int widen = !keep_dtype && w->f32_activations && w->data && w->dt != DTYPE_F32;
+    int packed = view__fp8_packed(v, w, out, what, err, errlen);
+    if (packed) return packed < 0 ? -1 : 0;
     if (w->fmt != WEIGHT_DENSE || widen) {
         void *h;
         dtype dt;
