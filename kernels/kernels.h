@@ -215,6 +215,10 @@ int kernels_gemv_grouped_fp8(float *out, const float *x, int xld, const kernels_
  * products past the matrix-vector kernels (cuBLAS multiplies bf16 by bf16). */
 int kernels_fp8_to_bf16(void *dst, const kernels_fp8w *w, int rows, int cols, void *stream);
 
+/* Rows a warp of the matrix-vector warp kernel for plain and add products of 1 or 2 tokens:
+ * 1 (the default) or 2 (each x load serving two rows). Process-wide; the same bits either way. */
+void kernels_gemv_set_warp_rows(int n);
+
 /* Asks L2 for bytes of p, 128-byte lines from p's line on (prefetch.global.L2:
  * nothing is read back, nothing waits for the lines): a decode step's products
  * stream weights that L2 can hold while the ops before them read little. */

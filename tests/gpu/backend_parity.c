@@ -65,6 +65,7 @@ void backend_cuda_set_act_unfused(backend *be, int on);
 /* 1 runs gate and up as one product where their device rows are stacked (ENGRAM_GLU_STACK=1) */
 void backend_cuda_set_glu_stack(backend *be, int on);
 void backend_cuda_set_qk_warp(backend *be, int on);
+void backend_cuda_set_gemv_warp_rows(backend *be, int n);
 static int failures;
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
@@ -1013,6 +1014,91 @@ static tw tw_make(int rows, int cols, dtype dt) {
 static void tw_free(tw *t) {
     backend_free(gpu, (void *)t->d.data), backend_free(gpu, t->db);
     free((void *)t->h.data), free(t->hb);
+}
+
+/* The warp kernel with two rows a warp (ENGRAM_GEMV_WARP_ROWS=2) against a row a warp, bit for bit,
+ * at T tokens: matrices past the block kernel's 16 MB; odd row counts (a last row alone) and a qkv
+ * whose pairs straddle q|k and k|v, with the norm folded and biases; add on f32 weights; the grouped
+ * product; packed FP8. */
+static void test_gemv_pair(int T) {
+    char name[96];
+    tw wq = tw_make(4097, 4096, DTYPE_BF16), wk = tw_make(1023, 4096, DTYPE_BF16), wv = tw_make(1023, 4096, DTYPE_BF16);
+    tw wa = tw_make(4100, 1024, DTYPE_F32), wgrp = tw_make(8 * 1024, 4096, DTYPE_BF16);
+    weight d8, d16, w8 = fp8_matrix(4096, 8192, &d8, &d16);
+    float *x = rand_f32((size_t)T * 8 * 4096, 1.0f), *g = rand_f32(4096, 1.0f), *res = rand_f32((size_t)T * 8192, 1.0f);
+    float *dx = dev_copy(x, (size_t)T * 8 * 4096 * 4), *dg = dev_copy(g, 4096 * 4);
+    backend_norm norm = {dg, 1e-6f, dev_poison((size_t)T * 4096 * 4)};
+    size_t nqkv = (size_t)T * (4097 + 2 * 1023), nmax = (size_t)T * 8192;
+    float *o[2], *want;
+    for (int k = 0; k < 2; k++) o[k] = dev_poison((nqkv > nmax ? nqkv : nmax) * 4);
+    for (int c = 0; c < 5; c++) {
+        size_t n = 0;
+        const char *what = "";
+        for (int k = 0; k < 2; k++) {
+            backend_cuda_set_gemv_warp_rows(gpu, k + 1);
+            float *out = o[k];
+            switch (c) {
+            case 0:
+                n = nqkv, what = "rmsnorm+matmul_qkv bf16 6143x4096 +b";
+                backend_matmul_qkv(gpu, out, out + (size_t)T * 4097, out + (size_t)T * (4097 + 1023), dx, &norm, &wq.d,
+                                   &wk.d, &wv.d, wq.db, wk.db, wv.db, T);
+                break;
+            case 1:
+                n = (size_t)T * 4097, what = "matmul bf16 4097x4096 +b";
+                backend_matmul(gpu, out, dx, &wq.d, wq.db, T);
+                break;
+            case 2:
+                n = (size_t)T * 4100, what = "matmul_add f32 4100x1024";
+                backend_upload(gpu, out, res, n * 4);
+                backend_matmul_add(gpu, out, dx, &wa.d, NULL, T);
+                break;
+            case 3:
+                n = (size_t)T * 8192, what = "matmul_grouped bf16 8x1024x4096";
+                backend_matmul_grouped(gpu, out, dx, (size_t)8 * 4096, &wgrp.d, 8, T);
+                break;
+            default:
+                n = (size_t)T * 4096, what = "matmul fp8 packed 4096x8192";
+                backend_matmul(gpu, out, dx, &d8, NULL, T);
+                break;
+            }
+        }
+        backend_cuda_set_gemv_warp_rows(gpu, 1); /* the default */
+        want = host_of(o[0], n * 4);
+        snprintf(name, sizeof(name), "%s T=%d two rows a warp = one", what, T);
+        check_bits(name, o[1], want, n * 4);
+        free(want);
+    }
+    tw_free(&wq), tw_free(&wk), tw_free(&wv), tw_free(&wa), tw_free(&wgrp);
+    backend_free(gpu, (void *)d8.data), backend_free(gpu, (void *)d8.scale), backend_free(gpu, (void *)d16.data);
+    backend_free(gpu, dx), backend_free(gpu, dg), backend_free(gpu, norm.h), backend_free(gpu, o[0]), backend_free(gpu, o[1]);
+    free((void *)w8.data), free((void *)w8.scale), free(x), free(g), free(res);
+}
+
+/* Decode products, a row a warp against two (ENGRAM_GEMV_WARP_ROWS), us a call, interleaved: llama3-8b's
+ * down (4096 x 14336: 57 KB of f32 x a warp), its o (4096 x 4096) and a 14336 x 4096. */
+static void time_gemv_pair(int rows, int cols, int T) {
+    size_t nw = (size_t)rows * cols;
+    uint16_t *w16 = xmalloc(nw * 2);
+    for (size_t i = 0; i < nw; i++) w16[i] = f32_to_bf16(0.02f * frand());
+    weight w = {.data = dev_copy(w16, nw * 2), .dt = DTYPE_BF16, .rows = rows, .cols = cols};
+    float *x = rand_f32((size_t)T * cols, 1.0f), *dx = dev_copy(x, (size_t)T * cols * 4);
+    float *out = backend_alloc(gpu, (size_t)T * rows * 4);
+    for (int round = 0; round < 2; round++)
+        for (int k = 1; k <= 2; k++) {
+            backend_cuda_set_gemv_warp_rows(gpu, k);
+            for (int i = 0; i < 5; i++) backend_matmul(gpu, out, dx, &w, NULL, T);
+            sync_gpu();
+            int iters = 200;
+            double t0 = now();
+            for (int i = 0; i < iters; i++) backend_matmul(gpu, out, dx, &w, NULL, T);
+            sync_gpu();
+            double dt = (now() - t0) / iters;
+            printf("timing matmul bf16 %dx%d T=%d %d row%s a warp %8.1f us  %7.1f GB/s of weights\n", rows, cols, T, k,
+                   k > 1 ? "s" : " ", dt * 1e6, nw * 2 / dt * 1e-9);
+        }
+    backend_cuda_set_gemv_warp_rows(gpu, 1);
+    backend_free(gpu, (void *)w.data), backend_free(gpu, dx), backend_free(gpu, out);
+    free(w16), free(x);
 }
 
 static void test_fused_products(int T, dtype dt, int bias, double bound) {
@@ -2358,6 +2444,8 @@ int main(int argc, char **argv) {
             for (int ti = 0; ti < 4; ti++)
                 test_fp8_packed(fs[si][0], fs[si][1], fs[si][2], fT[ti], fT[ti] <= 2 ? 1e-5 : 1e-2);
     }
+    test_gemv_pair(1);
+    test_gemv_pair(2);
     test_skinny_cases();
     test_elementwise();
     test_gathers();
@@ -2520,6 +2608,9 @@ int main(int argc, char **argv) {
         time_ffn(16384);
         time_matmul_grouped(1);
         time_matmul_grouped(2);
+        time_gemv_pair(4096, 14336, 1);
+        time_gemv_pair(4096, 4096, 1);
+        time_gemv_pair(14336, 4096, 1);
         time_fp8_packed(4096, 8192, 1);
         time_fp8_packed(32768, 1024, 1);
         time_fp8_packed(2048, 4096, 1);
