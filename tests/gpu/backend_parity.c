@@ -1016,6 +1016,16 @@ static void tw_free(tw *t) {
     free((void *)t->h.data), free(t->hb);
 }
 
+/* A device bf16 matrix (rows, cols) of random values (the timings': their values do not matter). */
+static weight dev_bf16_rand(int rows, int cols) {
+    size_t nw = (size_t)rows * cols;
+    uint16_t *w16 = xmalloc(nw * 2);
+    for (size_t i = 0; i < nw; i++) w16[i] = f32_to_bf16(0.02f * frand());
+    weight w = {.data = dev_copy(w16, nw * 2), .dt = DTYPE_BF16, .rows = rows, .cols = cols};
+    free(w16);
+    return w;
+}
+
 /* The warp kernel with two rows a warp (ENGRAM_GEMV_WARP_ROWS=2) against a row a warp, bit for bit,
  * at T tokens: matrices past the block kernel's 16 MB; odd row counts (a last row alone) and a qkv
  * whose pairs straddle q|k and k|v, with the norm folded and biases; add on f32 weights; the grouped
@@ -1078,9 +1088,7 @@ static void test_gemv_pair(int T) {
  * down (4096 x 14336: 57 KB of f32 x a warp), its o (4096 x 4096) and a 14336 x 4096. */
 static void time_gemv_pair(int rows, int cols, int T) {
     size_t nw = (size_t)rows * cols;
-    uint16_t *w16 = xmalloc(nw * 2);
-    for (size_t i = 0; i < nw; i++) w16[i] = f32_to_bf16(0.02f * frand());
-    weight w = {.data = dev_copy(w16, nw * 2), .dt = DTYPE_BF16, .rows = rows, .cols = cols};
+    weight w = dev_bf16_rand(rows, cols);
     float *x = rand_f32((size_t)T * cols, 1.0f), *dx = dev_copy(x, (size_t)T * cols * 4);
     float *out = backend_alloc(gpu, (size_t)T * rows * 4);
     for (int round = 0; round < 2; round++)
@@ -1098,7 +1106,7 @@ static void time_gemv_pair(int rows, int cols, int T) {
         }
     backend_cuda_set_gemv_warp_rows(gpu, 1);
     backend_free(gpu, (void *)w.data), backend_free(gpu, dx), backend_free(gpu, out);
-    free(w16), free(x);
+    free(x);
 }
 
 static void test_fused_products(int T, dtype dt, int bias, double bound) {
@@ -1441,9 +1449,7 @@ static void time_qk_rope_store(int T) {
 static void time_matmul_grouped(int T) {
     enum { G = 8, R = 1024, K = 4096 };
     size_t nw = (size_t)G * R * K;
-    uint16_t *w16 = xmalloc(nw * 2);
-    for (size_t i = 0; i < nw; i++) w16[i] = f32_to_bf16(0.02f * frand());
-    weight w = {.data = dev_copy(w16, nw * 2), .dt = DTYPE_BF16, .rows = G * R, .cols = K};
+    weight w = dev_bf16_rand(G * R, K);
     float *x = rand_f32((size_t)T * G * K, 1.0f), *dx = dev_copy(x, (size_t)T * G * K * 4);
     float *out = backend_alloc(gpu, (size_t)T * G * R * 4), *gin = backend_alloc(gpu, (size_t)T * K * 4);
     float *gout = backend_alloc(gpu, (size_t)T * R * 4);
@@ -1470,14 +1476,12 @@ static void time_matmul_grouped(int T) {
     }
     backend_free(gpu, (void *)w.data), backend_free(gpu, dx), backend_free(gpu, out), backend_free(gpu, gin);
     backend_free(gpu, gout);
-    free(w16), free(x);
+    free(x);
 }
 
 static void time_matmul(int n, int dmod, int T) {
     size_t nw = (size_t)n * dmod;
-    uint16_t *w16 = xmalloc(nw * 2);
-    for (size_t i = 0; i < nw; i++) w16[i] = f32_to_bf16(0.02f * frand());
-    weight w = {.data = dev_copy(w16, nw * 2), .dt = DTYPE_BF16, .rows = n, .cols = dmod};
+    weight w = dev_bf16_rand(n, dmod);
     float *x = rand_f32((size_t)T * dmod, 1.0f), *dx = dev_copy(x, (size_t)T * dmod * 4);
     float *out = backend_alloc(gpu, (size_t)T * n * 4);
     for (int i = 0; i < 5; i++) backend_matmul(gpu, out, dx, &w, NULL, T);
@@ -1490,7 +1494,7 @@ static void time_matmul(int n, int dmod, int T) {
     printf("timing matmul bf16 %dx%d T=%-5d %8.1f us  %7.1f TFLOP/s  %7.1f GB/s of weights\n", n, dmod, T,
            dt * 1e6, 2.0 * T * nw / dt * 1e-12, nw * 2 / dt * 1e-9);
     backend_free(gpu, (void *)w.data), backend_free(gpu, dx), backend_free(gpu, out);
-    free(w16), free(x);
+    free(x);
 }
 
 /* An f32 product of rows x K at T tokens (DeepSeek-V4's hyper-connection products: 24 and 4 x 16384),
