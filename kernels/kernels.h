@@ -201,6 +201,7 @@ typedef struct {
     const void *codes;
     const float *scales;
     int scols, sbr, sbc;
+    int row0; /* a row view: row i of codes is row row0 + i of the scales' grid */
 } kernels_fp8w;
 
 /* out (T, rows) = x @ w^T + bias, or with add out += that (as kernels_gemv_add): the

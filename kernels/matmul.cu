@@ -108,6 +108,7 @@ typedef struct {
     int xld, grows;
     const float *s0, *s1, *s2; /* FP8 weights (W unsigned char): each matrix's block scales, rows of scols */
     int scols, sbr, sbc;       /* and log2 of a block's rows and columns */
+    int srow0;                 /* a row view's first row in the scales' grid */
 } gemv_args;
 
 /* Row `local` of segment seg's scales (FP8 weights; NULL for the others). */
@@ -115,7 +116,7 @@ template <typename W>
 __device__ __forceinline__ const float *gemv_srow(const gemv_args &a, int seg, int local) {
     if (sizeof(W) != 1) return nullptr;
     const float *s = seg == 0 ? a.s0 : seg == 1 ? a.s1 : a.s2;
-    return s + (size_t)(local >> a.sbr) * a.scols;
+    return s + (size_t)((a.srow0 + local) >> a.sbr) * a.scols;
 }
 
 /* Row `row`'s x: its group's columns (grouped products), rows of gemv_xld apart. */
@@ -490,10 +491,11 @@ extern "C" int kernels_gemv_grouped(float *out, const float *x, int xld, const v
 
 /* FP8 weights (kernels.h, kernels_fp8w): the scales' layout into a. */
 static int gemv_fp8_args(gemv_args *a, const kernels_fp8w *w) {
-    if (!w->codes || !w->scales || w->scols < 1 || w->sbr < 0 || w->sbr > 20 || w->sbc < 3 || w->sbc > 20)
+    if (!w->codes || !w->scales || w->scols < 1 || w->sbr < 0 || w->sbr > 20 || w->sbc < 3 || w->sbc > 20 ||
+        w->row0 < 0)
         return 0;
     a->s0 = a->s1 = a->s2 = w->scales;
-    a->scols = w->scols, a->sbr = w->sbr, a->sbc = w->sbc;
+    a->scols = w->scols, a->sbr = w->sbr, a->sbc = w->sbc, a->srow0 = w->row0;
     return 1;
 }
 
@@ -522,12 +524,12 @@ extern "C" int kernels_gemv_grouped_fp8(float *out, const float *x, int xld, con
 /* dst (rows, cols) bf16 = the FP8 matrix's values: eight a thread, decoded as the matrix-vector
  * kernel decodes them (exact: each is a bf16, so the rounding to bf16 changes nothing). */
 __global__ void fp8_to_bf16_kernel(uint4 *dst, const unsigned char *codes, const float *scales, int scols, int sbr,
-                                   int sbc, int cols, size_t n8) {
+                                   int sbc, int row0, int cols, size_t n8) {
     for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < n8; k += (size_t)gridDim.x * blockDim.x) {
         size_t r = k / (size_t)(cols >> 3);
         int i = (int)(k - r * (size_t)(cols >> 3));
         float w[8];
-        gemv_loadw(codes + r * cols, scales + (r >> sbr) * scols, sbc, i, w);
+        gemv_loadw(codes + r * cols, scales + ((row0 + r) >> sbr) * scols, sbc, i, w);
         __nv_bfloat162 b[4];
 #pragma unroll
         for (int j = 0; j < 4; j++) b[j] = __floats2bfloat162_rn(w[2 * j], w[2 * j + 1]);
@@ -543,7 +545,8 @@ extern "C" int kernels_fp8_to_bf16(void *dst, const kernels_fp8w *w, int rows, i
     if (!n8) return KERNELS_OK;
     int blocks = (int)((n8 + 255) / 256 < 4096 ? (n8 + 255) / 256 : 4096);
     fp8_to_bf16_kernel<<<blocks, 256, 0, (cudaStream_t)stream>>>((uint4 *)dst, (const unsigned char *)w->codes,
-                                                                  w->scales, w->scols, w->sbr, w->sbc, cols, n8);
+                                                                  w->scales, w->scols, w->sbr, w->sbc, w->row0, cols,
+                                                                  n8);
     return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
 }
 

@@ -89,7 +89,7 @@ static void cu_skinny_run(cuda_backend *g, float *out, const float *x, const wei
 }
 
 /* An FP8 weight as cuda_view.c packs it (fmt WEIGHT_FP8, f32 scales on the device, blocks of powers
- * of two): the kernels' description. A row view's scales start at its first row's block. */
+ * of two): the kernels' description, a row view (model_weight_row_view) by its first row. */
 static int cu_is_fp8(const weight *w) { return w->fmt == WEIGHT_FP8; }
 static int cu_log2(int v) {
     int k = 0;
@@ -97,9 +97,7 @@ static int cu_log2(int v) {
     return k;
 }
 static kernels_fp8w cu_fp8w(const weight *w) {
-    if (w->row_base % w->block_rows) cuda__fail(__func__, "an FP8 row view must start on a scale block");
-    kernels_fp8w k = {w->data, (const float *)w->scale + (size_t)(w->row_base / w->block_rows) * w->scale_cols,
-                      w->scale_cols, cu_log2(w->block_rows), cu_log2(w->block_cols)};
+    kernels_fp8w k = {w->data, w->scale, w->scale_cols, cu_log2(w->block_rows), cu_log2(w->block_cols), w->row_base};
     return k;
 }
 

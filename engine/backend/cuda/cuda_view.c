@@ -207,16 +207,17 @@ static int view__fp8_rows(cuda_view *v, const weight *w, weight *out, const char
  * path's numbers exactly: every element code * scale a bf16, which holds when no code is NaN
  * and every scale is a power of two in [2^-124, 2^7] (a 4-bit significand from 2^-9 up, times
  * 2^(b-127) for b in [3, 134]: at least 2^-133, bf16's smallest step, and the kernels' 2^(b-7)
- * a normal f32), with blocks of powers of two, the columns' at least 8, and a row view
- * starting on a block. DeepSeek-V4's checkpoints (ue8m0 scales per 128 x 128) pass. Off by default until measured on a GPU.
+ * a normal f32), with blocks of powers of two, the columns' at least 8. DeepSeek-V4's
+ * checkpoints (ue8m0 scales per 128 x 128) pass. Off by default until measured on a GPU.
  * Returns 1 with *out the packed device weight, 0 where the matrix is not packed, -1 on error. */
 static int view__fp8_packed(cuda_view *v, const weight *w, weight *out, const char *what, char *err, size_t errlen) {
     const char *on = getenv("ENGRAM_FP8_PACKED");
-    /* a row view (a tensor-parallel shard) starting on a block: its blocks' scales, from its first */
-    int br = w->block_rows, sr0 = br > 0 ? w->row_base / br : 0, nsr = br > 0 ? (w->rows + br - 1) / br : 0;
+    /* a row view (a tensor-parallel shard): the scale rows of the blocks it spans, from its first */
+    int br = w->block_rows, sr0 = br > 0 ? w->row_base / br : 0, off = br > 0 ? w->row_base % br : 0;
+    int nsr = br > 0 ? (off + w->rows + br - 1) / br : 0;
     if (!on || strcmp(on, "1") || w->fmt != WEIGHT_FP8 || w->f32_activations || !w->data || w->cols % 8 || br < 1 ||
-        w->block_cols < 8 || (br & (br - 1)) || (w->block_cols & (w->block_cols - 1)) || w->row_base % br ||
-        sr0 + nsr > w->scale_rows || w->scale_cols != (w->cols + w->block_cols - 1) / w->block_cols)
+        w->block_cols < 8 || (br & (br - 1)) || (w->block_cols & (w->block_cols - 1)) || sr0 + nsr > w->scale_rows ||
+        w->scale_cols != (w->cols + w->block_cols - 1) / w->block_cols)
         return 0;
     size_t n = (size_t)w->rows * w->cols, ns = (size_t)nsr * w->scale_cols;
     const uint8_t *q = w->data;
@@ -238,7 +239,7 @@ static int view__fp8_packed(cuda_view *v, const weight *w, weight *out, const ch
     free(sf);
     if (rc) return -1;
     *out = *w;
-    out->data = codes, out->scale = scales, out->scale_dt = DTYPE_F32, out->scale_rows = nsr, out->row_base = 0;
+    out->data = codes, out->scale = scales, out->scale_dt = DTYPE_F32, out->scale_rows = nsr, out->row_base = off;
     return 1;
 }
 
