@@ -411,6 +411,15 @@ static void test_fp8_packed(int rows, int cols, int G, int T, double bound) {
     snprintf(name, sizeof(name), "matmul_add fp8 packed %dx%d T=%d = bf16", rows, cols, T);
     check_bits(name, o8, h16, (size_t)T * rows * 4);
     free(h16);
+    if (rows > 300) { /* a row view off a scale block (a tensor-parallel shard's rows): rows [200, rows - 50) */
+        weight v8 = model_weight_row_view(&d8, 200, rows - 250), v16 = model_weight_row_view(&d16, 200, rows - 250);
+        backend_matmul(gpu, o8, dx, &v8, NULL, T);
+        backend_matmul(gpu, o16, dx, &v16, NULL, T);
+        h16 = host_of(o16, (size_t)T * (rows - 250) * 4);
+        snprintf(name, sizeof(name), "matmul fp8 packed rows 200+%d T=%d = bf16", rows - 250, T);
+        check_bits(name, o8, h16, (size_t)T * (rows - 250) * 4);
+        free(h16);
+    }
     if (G) { /* x (T, G cols) for G groups of rows / G */
         float *xg = rand_f32((size_t)T * G * cols, 1.0f), *dxg = dev_copy(xg, (size_t)T * G * cols * 4);
         backend_matmul_grouped(gpu, o8, dxg, (size_t)G * cols, &d8, G, T);
