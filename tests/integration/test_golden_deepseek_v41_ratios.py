@@ -112,9 +112,12 @@ def test_server_batch_invariance_under_preemption(tmp_path):
         return lp["tokens"], lp["token_logprobs"]
     try:
         alone = [complete(p) for p in prompts]
-        with ThreadPoolExecutor(16) as ex:
-            together = list(ex.map(complete, prompts))
-        assert together == alone
+        for _ in range(3):  # preemption depends on how the requests overlap: up to three rounds
+            with ThreadPoolExecutor(16) as ex:
+                together = list(ex.map(complete, prompts))
+            assert together == alone
+            if metric(requests.get(s.url + "/metrics").text, "engram_num_preemptions_total") > 0:
+                break
         assert metric(requests.get(s.url + "/metrics").text, "engram_num_preemptions_total") > 0
     finally:
         s.stop()

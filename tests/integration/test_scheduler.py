@@ -99,10 +99,13 @@ def test_tiny_kv_cache_preempts_and_outputs_match():
         alone = [complete(s.url, p, 24) for p in prompts]
         text = wait_idle(s.url)
         assert metric(text, "engram_num_preemptions_total") == 0  # one at a time always fits
-        with ThreadPoolExecutor(len(prompts)) as ex:
-            together = list(ex.map(lambda p: complete(s.url, p, 24), prompts))
-        assert together == alone
-        text = wait_idle(s.url)
+        for _ in range(3):  # preemption depends on how the requests overlap: up to three rounds
+            with ThreadPoolExecutor(len(prompts)) as ex:
+                together = list(ex.map(lambda p: complete(s.url, p, 24), prompts))
+            assert together == alone
+            text = wait_idle(s.url)
+            if metric(text, "engram_num_preemptions_total") > 0:
+                break
         assert metric(text, "engram_num_preemptions_total") > 0
         # a request that can never fit the cache is refused up front
         r = post(s.url, "/v1/completions", {"prompt": prompt(3), "max_tokens": 120})
