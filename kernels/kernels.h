@@ -312,6 +312,10 @@ int kernels_moe_glu_gemv(float *out, const float *x, const kernels_moe_weights *
  * add, out += that sum (the sum first, then one addition, as an add kernel). */
 int kernels_moe_down_combine(float *out, const float *h, const kernels_moe_weights *w, const int *ids,
                              const float *wts, int T, int k, int N, int K, int add, void *stream);
+/* Rows of the two decode kernels above: 1 (the default), or 2 or 4 (gate/up: two row pairs a warp;
+ * down: that many rows a block), each activation load serving them all. Process-wide; the same
+ * bits either way. */
+void kernels_moe_set_rows(int n);
 
 /* out (T, d) = sum over s < k in order of wts[t k + s] * y[pos[t k + s]]; with add, out += that sum
  * (the sum first, then one addition). */

@@ -544,6 +544,46 @@ __device__ __forceinline__ void moe_dot(R wg, R wu, const float *x, int K, int l
     *g_out = g, *u_out = u;
 }
 
+// moe_dot for NR rows sharing x (rows[r] for r < NR): each x load serves them all, and each
+// row's sum is moe_dot's, lane for lane, element for element, in the same order, so the
+// results are its bits. out[r] on every lane.
+template <typename R, int NR>
+__device__ __forceinline__ void moe_dotn(const R *rows, const float *x, int K, int lane, float *out) {
+    float acc[NR];
+#pragma unroll
+    for (int r = 0; r < NR; r++) acc[r] = 0.0f;
+    if ((K & 7) == 0) {
+#pragma unroll 4
+        for (int i = lane; i < K / 8; i += 32) {
+            float v[NR][8];
+#pragma unroll
+            for (int r = 0; r < NR; r++) moe_load8(rows[r], i, v[r]);
+            float4 p = __ldg((const float4 *)x + 2 * i), q = __ldg((const float4 *)x + 2 * i + 1);
+            float xv[8] = {p.x, p.y, p.z, p.w, q.x, q.y, q.z, q.w};
+#pragma unroll
+            for (int c = 0; c < 8; c++)
+#pragma unroll
+                for (int r = 0; r < NR; r++) acc[r] += xv[c] * v[r][c];
+        }
+    } else {
+        for (int i = lane; i < K; i += 32)
+#pragma unroll
+            for (int r = 0; r < NR; r++) acc[r] += x[i] * moe_at(rows[r], i);
+    }
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
+        out[r] = acc[r];
+    }
+}
+
+// Rows of the decode kernels (kernels_moe_set_rows, ENGRAM_MOE_ROWS through the backend): 1 (the
+// kernels above: a warp a gate/up row pair, a block a down row) or 2 or 4: moe_glu_gemv2_kernel's
+// two gate/up row pairs a warp and moe_down_combine_rows_kernel's R down rows a block, each x or h
+// load serving them all. The same bits either way.
+static int moe_rows = 1;
+extern "C" void kernels_moe_set_rows(int n) { moe_rows = n == 2 || n == 4 ? n : 1; }
+
 // Pair j = (token j / k, expert ids[j]): h (n, N) f32 = the GLU of token j /
 // k's x row, the gate and up rows read in one loop.
 template <typename M>
@@ -556,6 +596,25 @@ __global__ void __launch_bounds__(MOE_GEMV_WARPS * 32) moe_glu_gemv_kernel(float
     float g, u;
     moe_dot<decltype(wg), true>(wg, wu, x + (size_t)(j / k) * K, K, lane, &g, &u);
     if (lane == 0) out[(size_t)j * N + n] = moe_glu(g, u, limit);
+}
+
+// moe_glu_gemv_kernel with two gate/up row pairs a warp (rows n0 and n0 + 1; a last odd row read
+// twice, stored once).
+template <typename M>
+__global__ void __launch_bounds__(MOE_GEMV_WARPS * 32) moe_glu_gemv2_kernel(float *out, const float *x, M w,
+                                                                            const int *ids, int k, int N, int K,
+                                                                            float limit) {
+    int n0 = (blockIdx.x * MOE_GEMV_WARPS + (threadIdx.x >> 5)) * 2, j = blockIdx.y, lane = threadIdx.x & 31;
+    if (n0 >= N) return;
+    int n1 = min(n0 + 1, N - 1);
+    auto g0 = moe_row(w, (size_t)ids[j] * 2 * N + n0, K), g1 = moe_row(w, (size_t)ids[j] * 2 * N + n1, K);
+    decltype(g0) rows[4] = {g0, moe_row(g0, N, K), g1, moe_row(g1, N, K)};
+    float d[4];
+    moe_dotn<decltype(g0), 4>(rows, x + (size_t)(j / k) * K, K, lane, d);
+    if (lane == 0) {
+        out[(size_t)j * N + n0] = moe_glu(d[0], d[1], limit);
+        if (n0 + 1 < N) out[(size_t)j * N + n0 + 1] = moe_glu(d[2], d[3], limit);
+    }
 }
 
 // The down product and the combine in one launch: block (n, t) has a warp
@@ -581,6 +640,53 @@ __global__ void moe_down_combine_kernel(float *out, const float *h, M w, const i
     *o = add ? *o + acc : acc;
 }
 
+// moe_down_combine_kernel with R rows a block, n0 .. n0 + R - 1 (rows past N read row N - 1, never
+// stored): each warp's h loads serve its pair's R rows.
+template <typename M, int R>
+__global__ void moe_down_combine_rows_kernel(float *out, const float *h, M w, const int *ids, const float *wts, int k,
+                                             int N, int K, int add) {
+    __shared__ float dots[R][32];
+    int n0 = blockIdx.x * R, t = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int j = t * k + warp;
+    using Row = decltype(moe_row(w, (size_t)0, K));
+    Row rows[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) rows[r] = moe_row(w, (size_t)ids[j] * N + min(n0 + r, N - 1), K);
+    float d[R];
+    moe_dotn<Row, R>(rows, h + (size_t)j * K, K, lane, d);
+    if (lane == 0)
+#pragma unroll
+        for (int r = 0; r < R; r++) dots[r][warp] = d[r];
+    __syncthreads();
+    int r = threadIdx.x;
+    if (r >= R || n0 + r >= N) return;
+    float acc = 0.0f;
+    for (int s = 0; s < k; s++) acc += dots[r][s] * wts[t * k + s];
+    float *o = out + (size_t)t * N + n0 + r;
+    *o = add ? *o + acc : acc;
+}
+
+template <typename M>
+static void moe_down_combine_launch(float *out, const float *h, M w, const int *ids, const float *wts, int T, int k,
+                                    int N, int K, int add, cudaStream_t s) {
+    if (moe_rows == 4)
+        moe_down_combine_rows_kernel<M, 4><<<dim3((N + 3) / 4, T), k * 32, 0, s>>>(out, h, w, ids, wts, k, N, K, add);
+    else if (moe_rows == 2)
+        moe_down_combine_rows_kernel<M, 2><<<dim3((N + 1) / 2, T), k * 32, 0, s>>>(out, h, w, ids, wts, k, N, K, add);
+    else moe_down_combine_kernel<<<dim3(N, T), k * 32, 0, s>>>(out, h, w, ids, wts, k, N, K, add);
+}
+
+template <typename M>
+static void moe_glu_gemv_launch(float *out, const float *x, M w, const int *ids, int n, int k, int N, int K,
+                                float limit, cudaStream_t s) {
+    dim3 block(MOE_GEMV_WARPS * 32);
+    if (moe_rows > 1)
+        moe_glu_gemv2_kernel<<<dim3(((N + 1) / 2 + MOE_GEMV_WARPS - 1) / MOE_GEMV_WARPS, n), block, 0, s>>>(
+            out, x, w, ids, k, N, K, limit);
+    else moe_glu_gemv_kernel<<<dim3((N + MOE_GEMV_WARPS - 1) / MOE_GEMV_WARPS, n), block, 0, s>>>(out, x, w, ids, k,
+                                                                                                 N, K, limit);
+}
+
 // The weights' alignment the decode kernels' wide loads need: 16 bytes for
 // dense rows when K % 8 == 0; FP4 (K % 32 == 0) reads 4-byte words.
 static bool moe_gemv_weights_ok(const kernels_moe_weights *w, int K) {
@@ -593,14 +699,12 @@ extern "C" int kernels_moe_down_combine(float *out, const float *h, const kernel
     if (T <= 0) return KERNELS_OK;
     if (!w || N < 1 || K < 1 || k < 1 || k > 32 || T > 65535) return KERNELS_ERR_ARG;
     if (!moe_gemv_weights_ok(w, K) || ((K & 7) == 0 && ((uintptr_t)h & 15))) return KERNELS_ERR_ARG;
-    dim3 grid(N, T);
     cudaStream_t s = (cudaStream_t)stream;
     if (w->fmt == KERNELS_MOE_FP4)
-        moe_down_combine_kernel<<<grid, k * 32, 0, s>>>(out, h, moe_fp4{(const uint32_t *)w->w, w->scale}, ids, wts,
-                                                        k, N, K, add);
+        moe_down_combine_launch(out, h, moe_fp4{(const uint32_t *)w->w, w->scale}, ids, wts, T, k, N, K, add, s);
     else if (w->fmt == KERNELS_MOE_BF16)
-        moe_down_combine_kernel<<<grid, k * 32, 0, s>>>(out, h, (const __nv_bfloat16 *)w->w, ids, wts, k, N, K, add);
-    else moe_down_combine_kernel<<<grid, k * 32, 0, s>>>(out, h, (const float *)w->w, ids, wts, k, N, K, add);
+        moe_down_combine_launch(out, h, (const __nv_bfloat16 *)w->w, ids, wts, T, k, N, K, add, s);
+    else moe_down_combine_launch(out, h, (const float *)w->w, ids, wts, T, k, N, K, add, s);
     return moe_launch_status();
 }
 
@@ -610,14 +714,12 @@ extern "C" int kernels_moe_glu_gemv(float *out, const float *x, const kernels_mo
     int n = T * k;
     if (!w || N < 1 || K < 1 || n > 65535) return KERNELS_ERR_ARG;
     if (!moe_gemv_weights_ok(w, K) || ((K & 7) == 0 && ((uintptr_t)x & 15))) return KERNELS_ERR_ARG;
-    dim3 grid((N + MOE_GEMV_WARPS - 1) / MOE_GEMV_WARPS, n), block(MOE_GEMV_WARPS * 32);
     cudaStream_t s = (cudaStream_t)stream;
     if (w->fmt == KERNELS_MOE_FP4)
-        moe_glu_gemv_kernel<<<grid, block, 0, s>>>(out, x, moe_fp4{(const uint32_t *)w->w, w->scale}, ids, k, N, K,
-                                                   limit);
+        moe_glu_gemv_launch(out, x, moe_fp4{(const uint32_t *)w->w, w->scale}, ids, n, k, N, K, limit, s);
     else if (w->fmt == KERNELS_MOE_BF16)
-        moe_glu_gemv_kernel<<<grid, block, 0, s>>>(out, x, (const __nv_bfloat16 *)w->w, ids, k, N, K, limit);
-    else moe_glu_gemv_kernel<<<grid, block, 0, s>>>(out, x, (const float *)w->w, ids, k, N, K, limit);
+        moe_glu_gemv_launch(out, x, (const __nv_bfloat16 *)w->w, ids, n, k, N, K, limit, s);
+    else moe_glu_gemv_launch(out, x, (const float *)w->w, ids, n, k, N, K, limit, s);
     return moe_launch_status();
 }
 

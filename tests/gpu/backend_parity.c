@@ -66,6 +66,7 @@ void backend_cuda_set_act_unfused(backend *be, int on);
 void backend_cuda_set_glu_stack(backend *be, int on);
 void backend_cuda_set_qk_warp(backend *be, int on);
 void backend_cuda_set_gemv_warp_rows(backend *be, int n);
+void backend_cuda_set_moe_rows(backend *be, int n);
 static int failures;
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
@@ -1642,6 +1643,15 @@ static void test_moe(int E, int k, int d, int I, int T, dtype wt, float limit, m
         backend_free(gpu, dres);
         free(res), free(got);
     }
+    for (int rows = 2; rows <= 4; rows *= 2) { /* ENGRAM_MOE_ROWS: the decode kernels' rows, the same bits */
+        float *want = host_of(out, nx * 4);
+        backend_cuda_set_moe_rows(gpu, rows);
+        backend_moe_experts(gpu, out, dx, di, dw, &f.dv, T);
+        backend_cuda_set_moe_rows(gpu, 1); /* the default */
+        snprintf(name, sizeof(name), "moe_experts %s T=%d, %d rows = 1", dtype_name(wt), T, rows);
+        check_bits(name, out, want, nx * 4);
+        free(want);
+    }
     backend_free(gpu, dl), backend_free(gpu, dx), backend_free(gpu, dw), backend_free(gpu, out);
     backend_free(gpu, dt), backend_free(gpu, di);
     free(logits), free(x), free(tok), free(ids), free(wts), free(ref);
@@ -1753,6 +1763,13 @@ static void test_moe_fp4(int E, int k, int d, int I, int T, float limit, double 
     check_bits(name, out, want, nx * 4);
     snprintf(name, sizeof(name), "moe_experts fp4 %dx%d E=%d k=%d T=%d%s", d, I, E, k, T, limit > 0 ? " clamp" : "");
     check(name, out, ref, nx, bound);
+    for (int rows = 2; rows <= 4; rows *= 2) { /* ENGRAM_MOE_ROWS on the packed experts: the same bits */
+        backend_cuda_set_moe_rows(gpu, rows);
+        backend_moe_experts(gpu, out, dx, di, dw, &f->dv, T);
+        backend_cuda_set_moe_rows(gpu, 1); /* the default */
+        snprintf(name, sizeof(name), "moe_experts fp4 T=%d, %d rows = bf16", T, rows);
+        check_bits(name, out, want, nx * 4);
+    }
     backend_free(gpu, dx), backend_free(gpu, dw), backend_free(gpu, di), backend_free(gpu, out);
     backend_free(gpu, out16);
     free(logits), free(xin), free(ids), free(wts), free(ref), free(want);
@@ -1761,7 +1778,8 @@ static void test_moe_fp4(int E, int k, int d, int I, int T, float limit, double 
 
 /* The experts of Qwen3-30B-A3B's layer shape (E 128, top 8, d 2048, I 768, bf16) at T tokens,
  * routed uniformly at random: time per call and the rate over the distinct experts' bytes. */
-static void time_moe(int T, const char *tile) {
+static void time_moe(int T, const char *tile, int rows) {
+    backend_cuda_set_moe_rows(gpu, rows); /* ENGRAM_MOE_ROWS: the decode kernels' rows */
     if (tile) setenv("ENGRAM_MOE_TILE", tile, 1);
     else unsetenv("ENGRAM_MOE_TILE");
     int E = 128, k = 8, d = 2048, I = 768;
@@ -1799,7 +1817,9 @@ static void time_moe(int T, const char *tile) {
     sync_gpu();
     double dt = (now() - t0) / iters, bytes = (double)n_used * 3 * d * I * 2;
     printf("timing moe_experts bf16 E=%d k=%d %dx%d tile %-4s T=%-5d %8.1f us  %3d experts  %7.1f GB/s of their weights  "
-           "%6.1f TFLOP/s\n", E, k, d, I, tile ? tile : "auto", T, dt * 1e6, n_used, bytes / dt * 1e-9, 6.0 * nk * d * I / dt * 1e-12);
+           "%6.1f TFLOP/s%s\n", E, k, d, I, tile ? tile : "auto", T, dt * 1e6, n_used, bytes / dt * 1e-9,
+           6.0 * nk * d * I / dt * 1e-12, rows == 2 ? "  2 rows" : rows == 4 ? "  4 rows" : "");
+    backend_cuda_set_moe_rows(gpu, 1);
     backend_free(gpu, di), backend_free(gpu, dw), backend_free(gpu, dx), backend_free(gpu, out);
     free(ids), free(wts), free(x);
     moe_fix_free(&f);
@@ -2633,13 +2653,14 @@ int main(int argc, char **argv) {
         time_qk_rope_store(512);
         time_skinny_cases();
         const char *tiles[] = {NULL, "16", "32", "64"};
-        time_moe(1, NULL);
-        time_moe(2, NULL);
+        for (int round = 0; round < 2; round++)
+            for (int rows = 1; rows <= 4; rows *= 2) time_moe(1, NULL, rows); /* interleaved */
+        for (int rows = 1; rows <= 4; rows *= 2) time_moe(2, NULL, rows);
         for (int i = 0; i < 4; i++) {
-            time_moe(8, tiles[i]);
-            time_moe(64, tiles[i]);
-            time_moe(256, tiles[i]);
-            time_moe(2048, tiles[i]);
+            time_moe(8, tiles[i], 1);
+            time_moe(64, tiles[i], 1);
+            time_moe(256, tiles[i], 1);
+            time_moe(2048, tiles[i], 1);
         }
         unsetenv("ENGRAM_MOE_TILE");
         for (int simt = 1; simt >= 0; simt--) { /* the decode kernels, f32 then tensor cores */

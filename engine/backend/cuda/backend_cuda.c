@@ -214,6 +214,10 @@ static int cu_init(cuda_backend *g, const backend_params *p, char *err, size_t e
      * ENGRAM_GEMV_WARP_ROWS=2, two rows sharing each x load; 1 until measured on a GPU */
     const char *wr = getenv("ENGRAM_GEMV_WARP_ROWS");
     if (wr) kernels_gemv_set_warp_rows(atoi(wr));
+    /* the MoE decode kernels' rows (kernels_moe_set_rows, process-wide): ENGRAM_MOE_ROWS=2|4; 1 until
+     * measured on a GPU */
+    const char *mr = getenv("ENGRAM_MOE_ROWS");
+    if (mr) kernels_moe_set_rows(atoi(mr));
     /* backend_prefetch (cu_prefetch): ENGRAM_L2_PREFETCH=MB, the most of a weight asked of L2
      * (0 or unset: off) */
     const char *pf = getenv("ENGRAM_L2_PREFETCH");

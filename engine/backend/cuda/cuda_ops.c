@@ -591,6 +591,11 @@ void backend_cuda_set_act_unfused(backend *be, int on) { cuda__of(be)->act_unfus
 /* qk_rope_store's warp-per-head kernel (1) or the first (0) for handle be */
 __attribute__((visibility("default"))) void backend_cuda_set_qk_warp(backend *be, int on);
 void backend_cuda_set_qk_warp(backend *be, int on) { cuda__of(be)->qk_warp = on; } /* 1, 0 or -1 (by T) */
+__attribute__((visibility("default"))) void backend_cuda_set_moe_rows(backend *be, int n);
+void backend_cuda_set_moe_rows(backend *be, int n) { /* process-wide (kernels/moe.cu) */
+    (void)be;
+    kernels_moe_set_rows(n);
+}
 __attribute__((visibility("default"))) void backend_cuda_set_gemv_warp_rows(backend *be, int n);
 void backend_cuda_set_gemv_warp_rows(backend *be, int n) { /* process-wide (kernels/matmul.cu) */
     (void)be;
