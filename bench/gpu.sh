@@ -79,6 +79,13 @@
 #           (';'-separated, each a space-separated list of VAR=value, "-" for
 #           none; default "-;ENGRAM_DEC_MIN_SPLIT=512;ENGRAM_L2_PREFETCH=24
 #           ENGRAM_DEC_MIN_SPLIT=512"), one line a run
+#   pending stop 24's levers in one call (bench/RESULTS.md "Stop 24: written for
+#           the GPU"): gpu-backend-parity and gpu-model-parity (logs in OUTDIR,
+#           their new cases' lines and every failure printed), gpu-model-parity
+#           with ENGRAM_GEMV_WARP_ROWS=2 ENGRAM_MOE_ROWS=4, then `ab` of
+#           ENGRAM_GEMV_WARP_ROWS=2 on the dense models, ENGRAM_FP8_PACKED=1 on
+#           deepseek-v4-flash+layers:2, ENGRAM_MOE_ROWS=2|4 on
+#           qwen3-30b-a3b+layers:12
 #   stall   per-step GPU wait for the first Engram layer's rows at batch 1, 64
 #           and 256 (qwen3-4b, STALL_ROWS rows, default 781.25M; 256 prompt
 #           and 256 output tokens per sequence)
@@ -302,6 +309,21 @@ run_sec() {
         if [ "${AB_WHAT:-decode}" = tput4b ]; then break; fi
       done
     done ;;
+  pending) # stop 24's levers, one call (~8 minutes on an H100): their parity first, then their A/Bs
+    local p
+    for p in "gpu-backend-parity" "gpu-model-parity" "gpu-model-parity new"; do
+      local log="$outdir/pending-${p// /-}.log"
+      if [ "$p" = "gpu-model-parity new" ]; then
+        ENGRAM_GEMV_WARP_ROWS=2 ENGRAM_MOE_ROWS=4 timeout 200 "$pack/run" gpu-model-parity >"$log" 2>&1
+      else
+        timeout 200 "$pack/run" $p >"$log" 2>&1
+      fi
+      echo "== $p: rc=$?"
+      grep -E "FAIL|DIFFER|^ok:|fp8 packed|two rows|rows = |FP8 matrices packed|^timing (matmul|moe_experts)" "$log"
+    done
+    AB_ROUNDS=2 AB_MODELS="llama3-8b qwen3-8b llama3-1b" AB_SETS="-;ENGRAM_GEMV_WARP_ROWS=2" run_sec ab
+    AB_ROUNDS=2 AB_MODELS="deepseek-v4-flash+layers:2" AB_SETS="-;ENGRAM_FP8_PACKED=1" run_sec ab
+    AB_ROUNDS=2 AB_MODELS="qwen3-30b-a3b+layers:12" AB_SETS="-;ENGRAM_MOE_ROWS=2;ENGRAM_MOE_ROWS=4" run_sec ab ;;
   pairs4b|pairs8b) # PAIRS times the backbone then the Engram model, interleaved (run-to-run noise)
     local x=${1#pairs}
     for i in $(seq ${PAIRS:-3}); do echo "-- pair $i"; run_sec tput$x; run_sec engram$x; done ;;
