@@ -422,7 +422,9 @@ static int gemv_run(gemv_args a, const float *x, int T, int cols, void *stream) 
     a.pdl = pdl_flags();
     dim3 grid((a.end2 + GEMV_WARPS - 1) / GEMV_WARPS), block(GEMV_WARPS * 32);
     cudaStream_t st = (cudaStream_t)stream;
-    if (T <= 2 && gemv_use_block(MODE, a.end2, cols, sizeof(W))) {
+    /* FP8 weights choose as their bf16 expansion would (2 bytes an element): the same kernel, so the
+     * same sums, bit for bit (kernels_gemv_fp8) */
+    if (T <= 2 && gemv_use_block(MODE, a.end2, cols, sizeof(W) == 1 ? 2 : sizeof(W))) {
         if (T == 1) gemv_block_launch<1, W, MODE, NORM>(a, x, cols, st);
         else gemv_block_launch<2, W, MODE, NORM>(a, x, cols, st);
         return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;

@@ -2469,11 +2469,12 @@ int main(int argc, char **argv) {
             }
     /* FP8 weights kept packed (ENGRAM_FP8_PACKED=1): the matrix-vector kernels (warp: 4096 x 8192, 33.5
      * MB; block: the rest) at T 1 and 2, the expansion and cuBLAS at 5 and 40, V4-Flash's wo_a as
-     * groups, an odd row count (a partial scale block) */
+     * groups, an odd row count (a partial scale block), and 4096 x 4096, whose 16 MiB of codes take
+     * the warp kernel as its 32 MiB bf16 expansion does */
     {
-        static const int fs[][3] = {{4096, 8192, 0}, {2048, 4096, 0}, {8192, 4096, 8}, {1000, 256, 0}};
+        static const int fs[][3] = {{4096, 8192, 0}, {2048, 4096, 0}, {8192, 4096, 8}, {1000, 256, 0}, {4096, 4096, 0}};
         static const int fT[] = {1, 2, 5, 40};
-        for (int si = 0; si < 4; si++)
+        for (int si = 0; si < 5; si++)
             for (int ti = 0; ti < 4; ti++)
                 test_fp8_packed(fs[si][0], fs[si][1], fs[si][2], fT[ti], fT[ti] <= 2 ? 1e-5 : 1e-2);
     }
