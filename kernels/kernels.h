@@ -204,9 +204,11 @@ typedef struct {
     int row0; /* a row view: row i of codes is row row0 + i of the scales' grid */
 } kernels_fp8w;
 
+/* Whether kernels_gemv_fp8 takes these: kernels_gemv_supported's rules, but codes
+ * 8-byte aligned (a row view's codes are whenever its bf16 expansion's are 16). */
+int kernels_gemv_fp8_supported(const float *x, const void *codes, int T, int cols);
 /* out (T, rows) = x @ w^T + bias, or with add out += that (as kernels_gemv_add): the
- * bf16 kernels' sums on the same values, bit for bit; the same T, cols and
- * alignment rules as kernels_gemv_bf16 (codes 16-byte aligned). */
+ * bf16 kernels' sums on the same values, bit for bit. */
 int kernels_gemv_fp8(float *out, const float *x, const kernels_fp8w *w, const float *bias, int T, int rows, int cols,
                      int add, void *stream);
 /* kernels_gemv_grouped on FP8 weights (G rows, cols). */

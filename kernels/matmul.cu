@@ -501,9 +501,13 @@ static int gemv_fp8_args(gemv_args *a, const kernels_fp8w *w) {
     return 1;
 }
 
+extern "C" int kernels_gemv_fp8_supported(const float *x, const void *codes, int T, int cols) {
+    return T >= 1 && T <= KERNELS_GEMV_MAX_T && cols % 8 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)codes % 8 == 0;
+}
+
 extern "C" int kernels_gemv_fp8(float *out, const float *x, const kernels_fp8w *w, const float *bias, int T, int rows,
                                 int cols, int add, void *stream) {
-    if (rows < 0 || !kernels_gemv_supported(x, w->codes, T, cols)) return KERNELS_ERR_ARG;
+    if (rows < 0 || !kernels_gemv_fp8_supported(x, w->codes, T, cols)) return KERNELS_ERR_ARG;
     const void *c = w->codes;
     gemv_args a = {c, c, c, out, out, out, bias, bias, bias, rows, rows, rows, rows, rows, rows};
     if (!gemv_fp8_args(&a, w)) return KERNELS_ERR_ARG;
@@ -513,7 +517,7 @@ extern "C" int kernels_gemv_fp8(float *out, const float *x, const kernels_fp8w *
 
 extern "C" int kernels_gemv_grouped_fp8(float *out, const float *x, int xld, const kernels_fp8w *w, int T, int G,
                                         int rows, int cols, void *stream) {
-    if (G < 1 || rows < 0 || xld % 4 || xld < G * cols || !kernels_gemv_supported(x, w->codes, T, cols))
+    if (G < 1 || rows < 0 || xld % 4 || xld < G * cols || !kernels_gemv_fp8_supported(x, w->codes, T, cols))
         return KERNELS_ERR_ARG;
     int n = G * rows;
     const void *c = w->codes;

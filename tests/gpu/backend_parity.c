@@ -412,12 +412,13 @@ static void test_fp8_packed(int rows, int cols, int G, int T, double bound) {
     snprintf(name, sizeof(name), "matmul_add fp8 packed %dx%d T=%d = bf16", rows, cols, T);
     check_bits(name, o8, h16, (size_t)T * rows * 4);
     free(h16);
-    if (rows > 300) { /* a row view off a scale block (a tensor-parallel shard's rows): rows [200, rows - 50) */
-        weight v8 = model_weight_row_view(&d8, 200, rows - 250), v16 = model_weight_row_view(&d16, 200, rows - 250);
+    if (rows > 300) { /* a row view off a scale block (a tensor-parallel shard's rows): rows [201, rows - 49); at
+                       * 264 columns its codes are 8-byte aligned only, its bf16 rows 16 */
+        weight v8 = model_weight_row_view(&d8, 201, rows - 250), v16 = model_weight_row_view(&d16, 201, rows - 250);
         backend_matmul(gpu, o8, dx, &v8, NULL, T);
         backend_matmul(gpu, o16, dx, &v16, NULL, T);
         h16 = host_of(o16, (size_t)T * (rows - 250) * 4);
-        snprintf(name, sizeof(name), "matmul fp8 packed rows 200+%d T=%d = bf16", rows - 250, T);
+        snprintf(name, sizeof(name), "matmul fp8 packed %dx%d rows 201+%d T=%d = bf16", rows, cols, rows - 250, T);
         check_bits(name, o8, h16, (size_t)T * (rows - 250) * 4);
         free(h16);
     }
@@ -2469,12 +2470,13 @@ int main(int argc, char **argv) {
             }
     /* FP8 weights kept packed (ENGRAM_FP8_PACKED=1): the matrix-vector kernels (warp: 4096 x 8192, 33.5
      * MB; block: the rest) at T 1 and 2, the expansion and cuBLAS at 5 and 40, V4-Flash's wo_a as
-     * groups, an odd row count (a partial scale block), and 4096 x 4096, whose 16 MiB of codes take
-     * the warp kernel as its 32 MiB bf16 expansion does */
+     * groups, an odd row count (a partial scale block), 4096 x 4096, whose 16 MiB of codes take
+     * the warp kernel as its 32 MiB bf16 expansion does, and 264 columns (a partial column block) */
     {
-        static const int fs[][3] = {{4096, 8192, 0}, {2048, 4096, 0}, {8192, 4096, 8}, {1000, 256, 0}, {4096, 4096, 0}};
+        static const int fs[][3] = {{4096, 8192, 0}, {2048, 4096, 0}, {8192, 4096, 8}, {1000, 256, 0}, {4096, 4096, 0},
+                                    {1000, 264, 0}};
         static const int fT[] = {1, 2, 5, 40};
-        for (int si = 0; si < 5; si++)
+        for (int si = 0; si < 6; si++)
             for (int ti = 0; ti < 4; ti++)
                 test_fp8_packed(fs[si][0], fs[si][1], fs[si][2], fT[ti], fT[ti] <= 2 ? 1e-5 : 1e-2);
     }

@@ -114,7 +114,7 @@ static weight cu_fp8_expand(cuda_backend *g, const weight *w) {
 static void cu_matmul_(cuda_backend *g, float *out, const float *x, const weight *w, const float *bias, int T) {
     weight wb;
     if (cu_is_fp8(w)) {
-        if (T <= GEMV_MAX_TOKENS && kernels_gemv_supported(x, w->data, T, w->cols)) {
+        if (T <= GEMV_MAX_TOKENS && kernels_gemv_fp8_supported(x, w->data, T, w->cols)) {
             kernels_fp8w k = cu_fp8w(w);
             CHECK_K(kernels_gemv_fp8(out, x, &k, bias, T, w->rows, w->cols, 0, g->stream));
             return;
@@ -215,7 +215,7 @@ void cu_matmul_grouped(backend *be, float *y, const float *x, size_t xs, const w
     weight wb;
     if (cu_is_fp8(w)) {
         int R = w->rows / G, K = w->cols;
-        if (cuda__dsv4_fuse() && T <= GEMV_MAX_TOKENS && xs % 4 == 0 && kernels_gemv_supported(x, w->data, T, K)) {
+        if (cuda__dsv4_fuse() && T <= GEMV_MAX_TOKENS && xs % 4 == 0 && kernels_gemv_fp8_supported(x, w->data, T, K)) {
             int pi = prof__begin(g, "matmul_grouped fp8 %dx%dx%d %s", G, R, K, prof__tclass(T));
             kernels_fp8w k = cu_fp8w(w);
             CHECK_K(kernels_gemv_grouped_fp8(y, x, (int)xs, &k, T, G, R, K, g->stream));
@@ -430,7 +430,7 @@ void cu_matmul_add(backend *be, float *x, const float *a, const weight *w, const
     if (T <= 0) return;
     int pi = prof__begin(g, "matmul+add %dx%d %s", w->rows, w->cols, prof__tclass(T));
     weight wb;
-    if (cu_is_fp8(w) && T <= GEMV_MAX_TOKENS && kernels_gemv_supported(a, w->data, T, w->cols)) {
+    if (cu_is_fp8(w) && T <= GEMV_MAX_TOKENS && kernels_gemv_fp8_supported(a, w->data, T, w->cols)) {
         kernels_fp8w k = cu_fp8w(w);
         CHECK_K(kernels_gemv_fp8(x, a, &k, bias, T, w->rows, w->cols, 1, g->stream));
         prof__end(g, pi);
