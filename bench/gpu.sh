@@ -310,17 +310,15 @@ run_sec() {
       done
     done ;;
   pending) # stop 24's levers, one call (~8 minutes on an H100): their parity first, then their A/Bs
-    local p
-    for p in "gpu-backend-parity" "gpu-model-parity" "gpu-model-parity new"; do
-      local log="$outdir/pending-${p// /-}.log"
-      if [ "$p" = "gpu-model-parity new" ]; then
-        ENGRAM_GEMV_WARP_ROWS=2 ENGRAM_MOE_ROWS=4 timeout 200 "$pack/run" gpu-model-parity >"$log" 2>&1
-      else
-        timeout 200 "$pack/run" $p >"$log" 2>&1
-      fi
-      echo "== $p: rc=$?"
+    parity_log() { # PROGRAM NAME [VAR=value...]: its log into OUTDIR/pending-NAME.log; failures and new cases shown
+      local prog=$1 log="$outdir/pending-$2.log"; shift 2
+      env "$@" timeout 200 "$pack/run" $prog >"$log" 2>&1
+      echo "== $prog $*: rc=$?"
       grep -E "FAIL|DIFFER|^ok:|fp8 packed|two rows|rows = |FP8 matrices packed|^timing (matmul|moe_experts)" "$log"
-    done
+    }
+    parity_log gpu-backend-parity backend
+    parity_log gpu-model-parity model
+    parity_log gpu-model-parity model-new ENGRAM_GEMV_WARP_ROWS=2 ENGRAM_MOE_ROWS=4
     AB_ROUNDS=2 AB_MODELS="llama3-8b qwen3-8b llama3-1b" AB_SETS="-;ENGRAM_GEMV_WARP_ROWS=2" run_sec ab
     AB_ROUNDS=2 AB_MODELS="deepseek-v4-flash+layers:2" AB_SETS="-;ENGRAM_FP8_PACKED=1" run_sec ab
     AB_ROUNDS=2 AB_MODELS="qwen3-30b-a3b+layers:12" AB_SETS="-;ENGRAM_MOE_ROWS=2;ENGRAM_MOE_ROWS=4" run_sec ab ;;

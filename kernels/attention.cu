@@ -52,9 +52,9 @@ __device__ __forceinline__ void qk_rot(float x1, float x2, float c, float s, flo
 /* One block per (token, head), q heads first, then kv heads; a thread per
  * rotated pair (i, i + hd/2). Optional per-head RMSNorm (qn for q heads, kn
  * for kv heads), then rope; q is written back in place, a kv head's K row
- * (normed, roped) and V row go to cache row slot[t] as bf16. The default
- * until the kernel below has run on a GPU (backend_cuda.c), and that
- * kernel's bit reference. */
+ * (normed, roped) and V row go to cache row slot[t] as bf16. The faster
+ * of the two below 128 tokens a step (cu_qk_rope_store, QK_WARP_MIN_T), and
+ * the bit reference of the kernel below. */
 __global__ void qk_rope_store_head_kernel(float *q, const float *k, const float *v, __nv_bfloat16 *kc,
                                           __nv_bfloat16 *vc, const int *pos, const int *slot, int n_heads, int n_kv,
                                           int hd, const float *qn, const float *kn, float eps, const float *inv_freq) {

@@ -508,45 +508,12 @@ __device__ __forceinline__ void moe_load8(moe_fp4 row, int i, float v[8]) {
     fp4_dequant8(__ldg(row.q + i), fp8_ue8m0_f32(__ldg(row.s + (i >> 2))), v);
 }
 
-// One warp's dot products of x (K, f32) with a weight row wg (and wu for a
-// GLU's up row: both streams in flight), summed over the warp in the same
-// order on every lane. K % 8 == 0 and 16-byte aligned rows take wide loads,
-// other shapes one element per lane (never FP4, whose K is a multiple of
-// 32): either way each lane sums the same elements in the same order for
-// every weight format.
-template <typename R, bool GLU>
-__device__ __forceinline__ void moe_dot(R wg, R wu, const float *x, int K, int lane, float *g_out, float *u_out) {
-    float g = 0.0f, u = 0.0f;
-    if ((K & 7) == 0) {
-#pragma unroll 4
-        for (int i = lane; i < K / 8; i += 32) {
-            float vg[8], vu[8];
-            moe_load8(wg, i, vg);
-            if (GLU) moe_load8(wu, i, vu);
-            float4 p = __ldg((const float4 *)x + 2 * i), q = __ldg((const float4 *)x + 2 * i + 1);
-            float xv[8] = {p.x, p.y, p.z, p.w, q.x, q.y, q.z, q.w};
-#pragma unroll
-            for (int c = 0; c < 8; c++) {
-                g += xv[c] * vg[c];
-                if (GLU) u += xv[c] * vu[c];
-            }
-        }
-    } else {
-        for (int i = lane; i < K; i += 32) {
-            g += x[i] * moe_at(wg, i);
-            if (GLU) u += x[i] * moe_at(wu, i);
-        }
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-        g += __shfl_xor_sync(0xffffffffu, g, o);
-        if (GLU) u += __shfl_xor_sync(0xffffffffu, u, o);
-    }
-    *g_out = g, *u_out = u;
-}
-
-// moe_dot for NR rows sharing x (rows[r] for r < NR): each x load serves them all, and each
-// row's sum is moe_dot's, lane for lane, element for element, in the same order, so the
-// results are its bits. out[r] on every lane.
+// One warp's dot products of x (K, f32) with NR weight rows (rows[r]: a GLU's gate and
+// up rows, or rows sharing one activation row), all streams in flight and each x load
+// serving them all; each row's sum taken over the warp in the same order on every lane.
+// K % 8 == 0 and 16-byte aligned rows take wide loads, other shapes one element per
+// lane (never FP4, whose K is a multiple of 32): either way each lane sums the same
+// elements in the same order for every weight format and every NR. out[r] on every lane.
 template <typename R, int NR>
 __device__ __forceinline__ void moe_dotn(const R *rows, const float *x, int K, int lane, float *out) {
     float acc[NR];
@@ -592,10 +559,11 @@ __global__ void __launch_bounds__(MOE_GEMV_WARPS * 32) moe_glu_gemv_kernel(float
                                                                            float limit) {
     int n = blockIdx.x * MOE_GEMV_WARPS + (threadIdx.x >> 5), j = blockIdx.y, lane = threadIdx.x & 31;
     if (n >= N) return;
-    auto wg = moe_row(w, (size_t)ids[j] * 2 * N + n, K), wu = moe_row(wg, N, K);
-    float g, u;
-    moe_dot<decltype(wg), true>(wg, wu, x + (size_t)(j / k) * K, K, lane, &g, &u);
-    if (lane == 0) out[(size_t)j * N + n] = moe_glu(g, u, limit);
+    auto wg = moe_row(w, (size_t)ids[j] * 2 * N + n, K);
+    decltype(wg) rows[2] = {wg, moe_row(wg, N, K)};
+    float d[2];
+    moe_dotn<decltype(wg), 2>(rows, x + (size_t)(j / k) * K, K, lane, d);
+    if (lane == 0) out[(size_t)j * N + n] = moe_glu(d[0], d[1], limit);
 }
 
 // moe_glu_gemv_kernel with two gate/up row pairs a warp (rows n0 and n0 + 1; a last odd row read
@@ -628,9 +596,9 @@ __global__ void moe_down_combine_kernel(float *out, const float *h, M w, const i
     __shared__ float dots[32];
     int n = blockIdx.x, t = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int j = t * k + warp;
-    float g, u;
+    float g;
     auto row = moe_row(w, (size_t)ids[j] * N + n, K);
-    moe_dot<decltype(row), false>(row, row, h + (size_t)j * K, K, lane, &g, &u);
+    moe_dotn<decltype(row), 1>(&row, h + (size_t)j * K, K, lane, &g);
     if (lane == 0) dots[warp] = g;
     __syncthreads();
     if (threadIdx.x) return;

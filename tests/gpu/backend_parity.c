@@ -179,6 +179,16 @@ static void sync_gpu(void) {
     backend_download(gpu, &x, one, sizeof(float));
 }
 
+/* Seconds a backend_matmul(gpu, out, dx, w, NULL, T) takes: 5 calls to warm, then the mean of iters. */
+static double time_matmul_call(float *out, const float *dx, const weight *w, int T, int iters) {
+    for (int i = 0; i < 5; i++) backend_matmul(gpu, out, dx, w, NULL, T);
+    sync_gpu();
+    double t0 = now();
+    for (int i = 0; i < iters; i++) backend_matmul(gpu, out, dx, w, NULL, T);
+    sync_gpu();
+    return (now() - t0) / iters;
+}
+
 /* ---- the mixed step ---- */
 
 typedef struct {
@@ -447,14 +457,7 @@ static void time_fp8_packed(int rows, int cols, int T) {
     size_t nw = (size_t)rows * cols;
     for (int round = 0; round < 2; round++)
         for (int k = 0; k < 2; k++) {
-            const weight *dw = k ? &d16 : &d8;
-            for (int i = 0; i < 5; i++) backend_matmul(gpu, out, dx, dw, NULL, T);
-            sync_gpu();
-            int iters = 200;
-            double t0 = now();
-            for (int i = 0; i < iters; i++) backend_matmul(gpu, out, dx, dw, NULL, T);
-            sync_gpu();
-            double dt = (now() - t0) / iters;
+            double dt = time_matmul_call(out, dx, k ? &d16 : &d8, T, 200);
             printf("timing matmul %-10s %dx%d T=%d %8.1f us  %7.1f GB/s of weights\n", k ? "bf16" : "fp8 packed",
                    rows, cols, T, dt * 1e6, nw * (k ? 2 : 1) / dt * 1e-9);
         }
@@ -1105,13 +1108,7 @@ static void time_gemv_pair(int rows, int cols, int T) {
     for (int round = 0; round < 2; round++)
         for (int k = 1; k <= 2; k++) {
             backend_cuda_set_gemv_warp_rows(gpu, k);
-            for (int i = 0; i < 5; i++) backend_matmul(gpu, out, dx, &w, NULL, T);
-            sync_gpu();
-            int iters = 200;
-            double t0 = now();
-            for (int i = 0; i < iters; i++) backend_matmul(gpu, out, dx, &w, NULL, T);
-            sync_gpu();
-            double dt = (now() - t0) / iters;
+            double dt = time_matmul_call(out, dx, &w, T, 200);
             printf("timing matmul bf16 %dx%d T=%d %d row%s a warp %8.1f us  %7.1f GB/s of weights\n", rows, cols, T, k,
                    k > 1 ? "s" : " ", dt * 1e6, nw * 2 / dt * 1e-9);
         }
@@ -1495,13 +1492,7 @@ static void time_matmul(int n, int dmod, int T) {
     weight w = dev_bf16_rand(n, dmod);
     float *x = rand_f32((size_t)T * dmod, 1.0f), *dx = dev_copy(x, (size_t)T * dmod * 4);
     float *out = backend_alloc(gpu, (size_t)T * n * 4);
-    for (int i = 0; i < 5; i++) backend_matmul(gpu, out, dx, &w, NULL, T);
-    sync_gpu();
-    int iters = T <= 16 ? 200 : 50;
-    double t0 = now();
-    for (int i = 0; i < iters; i++) backend_matmul(gpu, out, dx, &w, NULL, T);
-    sync_gpu();
-    double dt = (now() - t0) / iters;
+    double dt = time_matmul_call(out, dx, &w, T, T <= 16 ? 200 : 50);
     printf("timing matmul bf16 %dx%d T=%-5d %8.1f us  %7.1f TFLOP/s  %7.1f GB/s of weights\n", n, dmod, T,
            dt * 1e6, 2.0 * T * nw / dt * 1e-12, nw * 2 / dt * 1e-9);
     backend_free(gpu, (void *)w.data), backend_free(gpu, dx), backend_free(gpu, out);

@@ -260,6 +260,23 @@ done:
     return rc;
 }
 
+/* The GPU's logits of the first n sequences, fed tokens, with the environment variable var set to
+ * val while the view is made (forward_ctx_create reads it), against want bit for bit: a weight
+ * format packed against its bf16 expansion. Prints the verdict as "  what: ..."; 1 on a
+ * difference or a failed run. */
+static int env_bits_equal(model *m, backend *gpu, const char *var, const char *val, int n, int32_t *const *prompts,
+                          const int *lens, const int32_t *tokens, const float *want, const char *what) {
+    size_t bytes = (size_t)n * (N_GEN + 1) * m->cfg.vocab_size * sizeof(float);
+    float *got = calloc(1, bytes);
+    setenv(var, val, 1);
+    int rc = !got || run_steps(m, gpu, n, prompts, lens, tokens, NULL, got);
+    unsetenv(var);
+    int same = !rc && memcmp(got, want, bytes) == 0;
+    if (!rc) printf("  %s: logits %s those of the bf16 expansion\n", what, same ? "bit-equal to" : "DIFFER from");
+    free(got);
+    return !same;
+}
+
 /* Whether m has FP4 routed experts (kept packed on the device, cuda_view.c). */
 static int has_fp4_experts(const model *m) {
     for (int l = 0; l < m->cfg.n_layers; l++)
@@ -367,42 +384,20 @@ static void check_model(const char *dir) {
         }
         free(la);
     }
-    if (!fail && has_fp4_experts(m)) { /* lg: the batched GPU run, fed gen_c, packed experts */
-        float *le = calloc(per, sizeof(float));
-        setenv("ENGRAM_FP4_EXPERTS", "bf16", 1); /* read when the view is made (forward_ctx_create) */
-        if (!le || run_steps(m, gpu, N_SEQ, prompts, lens, gen_c, NULL, le)) {
-            fail = 1;
-        } else {
-            int same = memcmp(le, lg, per * sizeof(float)) == 0;
-            printf("  FP4 experts packed: logits %s those of the bf16 expansion\n", same ? "bit-equal to" : "DIFFER from");
-            fail |= !same;
-        }
-        unsetenv("ENGRAM_FP4_EXPERTS");
-        free(le);
-    }
+    if (!fail && has_fp4_experts(m)) /* lg: the batched GPU run, fed gen_c, packed experts */
+        fail |= env_bits_equal(m, gpu, "ENGRAM_FP4_EXPERTS", "bf16", N_SEQ, prompts, lens, gen_c, lg,
+                               "FP4 experts packed");
     if (!fail && has_fp8_matrices(m)) { /* lg: the batched GPU run, fed gen_c, FP8 expanded to bf16 */
         /* packed against expanded: the batched run (its steps of 3 and more tokens: the expansion and
          * cuBLAS), then one sequence (decode steps of 1: the FP8 matrix-vector kernel) */
-        float *le = calloc(per, sizeof(float)), *l1 = calloc(per, sizeof(float));
-        for (int single = 0; single < 2 && !fail; single++) {
-            int n = single ? 1 : N_SEQ;
-            if (!le || !l1 || (single && run_steps(m, gpu, n, prompts, lens, gen_c, NULL, l1))) {
-                fail = 1;
-                break;
-            }
-            setenv("ENGRAM_FP8_PACKED", "1", 1); /* read when the view is made (forward_ctx_create) */
-            int rc = run_steps(m, gpu, n, prompts, lens, gen_c, NULL, le);
-            unsetenv("ENGRAM_FP8_PACKED");
-            if (rc) {
-                fail = 1;
-                break;
-            }
-            int same = memcmp(le, single ? l1 : lg, (size_t)n * (N_GEN + 1) * V * sizeof(float)) == 0;
-            printf("  FP8 matrices packed, %s: logits %s those of the bf16 expansion\n", single ? "one sequence" : "batched",
-                   same ? "bit-equal to" : "DIFFER from");
-            fail |= !same;
-        }
-        free(le), free(l1);
+        fail |= env_bits_equal(m, gpu, "ENGRAM_FP8_PACKED", "1", N_SEQ, prompts, lens, gen_c, lg,
+                               "FP8 matrices packed, batched");
+        float *l1 = calloc(per, sizeof(float));
+        if (!fail && (!l1 || run_steps(m, gpu, 1, prompts, lens, gen_c, NULL, l1))) fail = 1;
+        if (!fail)
+            fail |= env_bits_equal(m, gpu, "ENGRAM_FP8_PACKED", "1", 1, prompts, lens, gen_c, l1,
+                                   "FP8 matrices packed, one sequence");
+        free(l1);
     }
     size_t sched = (size_t)SCHED_STEPS * SCHED_SEQS * V;
     float *lg_off = calloc(sched, sizeof(float)), *lg_on = calloc(sched, sizeof(float));

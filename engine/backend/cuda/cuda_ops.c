@@ -89,15 +89,12 @@ static void cu_skinny_run(cuda_backend *g, float *out, const float *x, const wei
 }
 
 /* An FP8 weight as cuda_view.c packs it (fmt WEIGHT_FP8, f32 scales on the device, blocks of powers
- * of two): the kernels' description, a row view (model_weight_row_view) by its first row. */
+ * of two, so their log2 is their count of trailing zeros): the kernels' description, a row view
+ * (model_weight_row_view) by its first row. */
 static int cu_is_fp8(const weight *w) { return w->fmt == WEIGHT_FP8; }
-static int cu_log2(int v) {
-    int k = 0;
-    while ((1 << k) < v) k++;
-    return k;
-}
 static kernels_fp8w cu_fp8w(const weight *w) {
-    kernels_fp8w k = {w->data, w->scale, w->scale_cols, cu_log2(w->block_rows), cu_log2(w->block_cols), w->row_base};
+    kernels_fp8w k = {w->data, w->scale, w->scale_cols, __builtin_ctz((unsigned)w->block_rows),
+                      __builtin_ctz((unsigned)w->block_cols), w->row_base};
     return k;
 }
 
