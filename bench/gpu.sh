@@ -79,13 +79,10 @@
 #           (';'-separated, each a space-separated list of VAR=value, "-" for
 #           none; default "-;ENGRAM_DEC_MIN_SPLIT=512;ENGRAM_L2_PREFETCH=24
 #           ENGRAM_DEC_MIN_SPLIT=512"), one line a run
-#   pending stop 24's levers in one call (bench/RESULTS.md "Stop 24: written for
-#           the GPU"): gpu-backend-parity and gpu-model-parity (logs in OUTDIR,
-#           their new cases' lines and every failure printed), gpu-model-parity
-#           with ENGRAM_GEMV_WARP_ROWS=2 ENGRAM_MOE_ROWS=4, then `ab` of
-#           ENGRAM_GEMV_WARP_ROWS=2 on the dense models, ENGRAM_FP8_PACKED=1 on
-#           deepseek-v4-flash+layers:2, ENGRAM_MOE_ROWS=2|4 on
-#           qwen3-30b-a3b+layers:12
+#   pending stop 25's defaults in one call (bench/RESULTS.md "Stop 25"): gpu-backend-parity
+#           and gpu-model-parity (logs in OUTDIR, every failure printed), `ab` of
+#           ENGRAM_FP8_PACKED=0 against the packed default on deepseek-v4-flash+layers:2, the
+#           MoE decode of qwen3-30b-a3b (moe30b's engram-run line)
 #   stall   per-step GPU wait for the first Engram layer's rows at batch 1, 64
 #           and 256 (qwen3-4b, STALL_ROWS rows, default 781.25M; 256 prompt
 #           and 256 output tokens per sequence)
@@ -309,19 +306,19 @@ run_sec() {
         if [ "${AB_WHAT:-decode}" = tput4b ]; then break; fi
       done
     done ;;
-  pending) # stop 24's levers, one call (~8 minutes on an H100): their parity first, then their A/Bs
-    parity_log() { # PROGRAM NAME [VAR=value...]: its log into OUTDIR/pending-NAME.log; failures and new cases shown
+  pending) # stop 25's defaults, one call (~4 minutes on an H100): parity first, then the timings
+    parity_log() { # PROGRAM NAME [VAR=value...]: its log into OUTDIR/pending-NAME.log; failures shown
       local prog=$1 log="$outdir/pending-$2.log"; shift 2
       env "$@" timeout 200 "$pack/run" $prog >"$log" 2>&1
       echo "== $prog $*: rc=$?"
-      grep -E "FAIL|DIFFER|^ok:|fp8 packed|two rows|rows = |FP8 matrices packed|^timing (matmul|moe_experts)" "$log"
+      grep -E "FAIL|DIFFER|^ok:|FP8 matrices|^timing (matmul fp8|moe_experts bf16 .* T=[12] )" "$log"
     }
     parity_log gpu-backend-parity backend
     parity_log gpu-model-parity model
-    parity_log gpu-model-parity model-new ENGRAM_GEMV_WARP_ROWS=2 ENGRAM_MOE_ROWS=4
-    AB_ROUNDS=2 AB_MODELS="llama3-8b qwen3-8b llama3-1b" AB_SETS="-;ENGRAM_GEMV_WARP_ROWS=2" run_sec ab
-    AB_ROUNDS=2 AB_MODELS="deepseek-v4-flash+layers:2" AB_SETS="-;ENGRAM_FP8_PACKED=1" run_sec ab
-    AB_ROUNDS=2 AB_MODELS="qwen3-30b-a3b+layers:12" AB_SETS="-;ENGRAM_MOE_ROWS=2;ENGRAM_MOE_ROWS=4" run_sec ab ;;
+    AB_ROUNDS=2 AB_MODELS="deepseek-v4-flash+layers:2" AB_SETS="-;ENGRAM_FP8_PACKED=0" run_sec ab
+    echo "-- qwen3-30b-a3b: --prompt-ids 1..16 --max-tokens 256"
+    timeout 300 "$pack/run" engram-run --synthetic qwen3-30b-a3b --device cuda --prompt-ids "$(ids 16)" --max-tokens 256 \
+      --temperature 0 --ignore-eos --warmup 2>&1 | grep -E '^engram-run' ;;
   pairs4b|pairs8b) # PAIRS times the backbone then the Engram model, interleaved (run-to-run noise)
     local x=${1#pairs}
     for i in $(seq ${PAIRS:-3}); do echo "-- pair $i"; run_sec tput$x; run_sec engram$x; done ;;

@@ -218,10 +218,6 @@ int kernels_gemv_grouped_fp8(float *out, const float *x, int xld, const kernels_
  * products past the matrix-vector kernels (cuBLAS multiplies bf16 by bf16). */
 int kernels_fp8_to_bf16(void *dst, const kernels_fp8w *w, int rows, int cols, void *stream);
 
-/* Rows a warp of the matrix-vector warp kernel for plain and add products of 1 or 2 tokens:
- * 1 (the default) or 2 (each x load serving two rows). Process-wide; the same bits either way. */
-void kernels_gemv_set_warp_rows(int n);
-
 /* Asks L2 for bytes of p, 128-byte lines from p's line on (prefetch.global.L2:
  * nothing is read back, nothing waits for the lines): a decode step's products
  * stream weights that L2 can hold while the ops before them read little. */
@@ -314,10 +310,6 @@ int kernels_moe_glu_gemv(float *out, const float *x, const kernels_moe_weights *
  * add, out += that sum (the sum first, then one addition, as an add kernel). */
 int kernels_moe_down_combine(float *out, const float *h, const kernels_moe_weights *w, const int *ids,
                              const float *wts, int T, int k, int N, int K, int add, void *stream);
-/* Rows of the two decode kernels above: 1 (the default), or 2 or 4 (gate/up: two row pairs a warp;
- * down: that many rows a block), each activation load serving them all. Process-wide; the same
- * bits either way. */
-void kernels_moe_set_rows(int n);
 
 /* out (T, d) = sum over s < k in order of wts[t k + s] * y[pos[t k + s]]; with add, out += that sum
  * (the sum first, then one addition). */

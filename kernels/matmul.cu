@@ -210,74 +210,6 @@ gemv_kernel(gemv_args a, const float *x, int cols) {
         for (int t = 0; t < T; t++) gemv_store<MODE>(a, seg, local, t, acc[t], acc2[MODE == GEMV_GLU ? t : 0]);
 }
 
-/* gemv_kernel with two consecutive rows a warp (not GLU, which reads two rows a warp already):
- * each x load serves both rows, half the x traffic of a warp a row (a 4096 x 14336 down
- * product reads its 57 KB of f32 x once a warp: twice its weights' bytes). Each row's sums
- * are gemv_kernel's, lane for lane and in the same order, so the results are the same bits.
- * A grouped product's rows of a warp must share a group (grows even). */
-template <int T, typename W, int MODE, bool NORM>
-__global__ void __launch_bounds__(GEMV_WARPS * 32)
-gemv_pair_kernel(gemv_args a, const float *x, int cols) {
-    int row0 = (blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5)) * 2, lane = threadIdx.x & 31;
-    if (row0 >= a.end2) return;
-    int local[2], seg[2];
-    const W *wr[2];
-    const float *sr[2];
-#pragma unroll
-    for (int r = 0; r < 2; r++) { /* a last odd row: its pair reads it again, stored once */
-        seg[r] = gemv_seg(a, min(row0 + r, a.end2 - 1), &local[r]);
-        wr[r] = (const W *)(seg[r] == 0 ? a.w0 : seg[r] == 1 ? a.w1 : a.w2) + (size_t)local[r] * cols;
-        sr[r] = gemv_srow<W>(a, seg[r], local[r]);
-    }
-    const float *xr = gemv_xrow(a, x, row0, cols);
-    const size_t xld = gemv_xld(a, cols);
-    int n8 = cols >> 3;
-    if ((a.pdl & PDL_PREFETCH) && lane * 128 < min(cols * (int)sizeof(W), 2048)) {
-        pdl_prefetch_l2((const char *)wr[0] + lane * 128);
-        pdl_prefetch_l2((const char *)wr[1] + lane * 128);
-    }
-    if (!(a.pdl & PDL_LATE)) pdl_trigger();
-    pdl_wait();
-    float acc[2][T], ss[NORM ? T : 1];
-#pragma unroll
-    for (int t = 0; t < T; t++) acc[0][t] = acc[1][t] = 0.0f;
-#pragma unroll
-    for (int t = 0; t < (NORM ? T : 1); t++) ss[t] = 0.0f;
-#pragma unroll 4
-    for (int i = lane; i < n8; i += 32) {
-        float wv[2][8], g[8];
-        gemv_loadw(wr[0], sr[0], a.sbc, i, wv[0]);
-        gemv_loadw(wr[1], sr[1], a.sbc, i, wv[1]);
-        if (NORM) gemv_load8(a.norm, i, g);
-#pragma unroll
-        for (int t = 0; t < T; t++) {
-            float xv[8];
-            gemv_x8<NORM>(xr + (size_t)t * xld, i, g, xv, &ss[NORM ? t : 0]);
-            acc[0][t] += gemv_dot8(xv, wv[0]);
-            acc[1][t] += gemv_dot8(xv, wv[1]);
-        }
-    }
-    if (a.pdl & PDL_LATE) pdl_trigger();
-#pragma unroll
-    for (int t = 0; t < T; t++) {
-#pragma unroll
-        for (int r = 0; r < 2; r++)
-            for (int o = 16; o > 0; o >>= 1) acc[r][t] += __shfl_xor_sync(0xffffffffu, acc[r][t], o);
-        if (NORM) {
-            for (int o = 16; o > 0; o >>= 1) ss[t] += __shfl_xor_sync(0xffffffffu, ss[t], o);
-            float rs = gemv_rms(ss[t], cols, a.eps);
-            acc[0][t] *= rs;
-            acc[1][t] *= rs;
-        }
-    }
-    if (lane == 0)
-#pragma unroll
-        for (int r = 0; r < 2; r++)
-            if (row0 + r < a.end2)
-#pragma unroll
-                for (int t = 0; t < T; t++) gemv_store<MODE>(a, seg[r], local[r], t, acc[r][t], 0.0f);
-}
-
 /* The same products with a block of GEMV_WARPS warps on R consecutive rows
  * (row-wise segments as above, looked up per row): every thread strides
  * along the rows' columns 16 bytes at a time, so a block reads R contiguous
@@ -410,12 +342,6 @@ static void gemv_block_launch(const gemv_args &a, const float *x, int cols, cuda
     else pdl_launch(gemv_block_kernel<T, W, MODE, NORM, 1>, dim3(rows), block, 0, st, a, x, cols);
 }
 
-/* Rows a warp of the warp kernel on plain and add products at T <= 2: 1 (gemv_kernel, the
- * default) or 2 (gemv_pair_kernel; kernels_gemv_set_warp_rows, ENGRAM_GEMV_WARP_ROWS=2 through
- * the backend), the same bits either way. */
-static int gemv_warp_rows = 1;
-extern "C" void kernels_gemv_set_warp_rows(int n) { gemv_warp_rows = n == 2 ? 2 : 1; }
-
 template <typename W, int MODE, bool NORM>
 static int gemv_run(gemv_args a, const float *x, int T, int cols, void *stream) {
     if (a.end2 == 0) return KERNELS_OK;
@@ -427,12 +353,6 @@ static int gemv_run(gemv_args a, const float *x, int T, int cols, void *stream) 
     if (T <= 2 && gemv_use_block(MODE, a.end2, cols, sizeof(W) == 1 ? 2 : sizeof(W))) {
         if (T == 1) gemv_block_launch<1, W, MODE, NORM>(a, x, cols, st);
         else gemv_block_launch<2, W, MODE, NORM>(a, x, cols, st);
-        return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
-    }
-    if (T <= 2 && MODE != GEMV_GLU && gemv_warp_rows == 2 && a.grows % 2 == 0) {
-        dim3 pgrid(((a.end2 + 1) / 2 + GEMV_WARPS - 1) / GEMV_WARPS);
-        if (T == 1) pdl_launch(gemv_pair_kernel<1, W, MODE == GEMV_GLU ? GEMV_PLAIN : MODE, NORM>, pgrid, block, 0, st, a, x, cols);
-        else pdl_launch(gemv_pair_kernel<2, W, MODE == GEMV_GLU ? GEMV_PLAIN : MODE, NORM>, pgrid, block, 0, st, a, x, cols);
         return cudaGetLastError() == cudaSuccess ? KERNELS_OK : KERNELS_ERR_LAUNCH;
     }
     switch (T) {

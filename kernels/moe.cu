@@ -9,8 +9,8 @@
 // too: a counting pass gives each expert its rows of a packed activation
 // matrix and its tiles, and one launch of the grouped product covers every
 // expert, each tile finding its expert by a binary search over the tile
-// prefix sums. A decode step (a few pairs) skips the plan: one warp per weight
-// row and pair reads each routed expert's weights once, activations in f32,
+// prefix sums. A decode step (a few pairs) skips the plan: a warp per few weight
+// rows and a pair reads each routed expert's weights once, activations in f32,
 // and the down product sums a token's pairs itself (no combine).
 //
 // The experts' weights are f32, bf16, or FP4 as DeepSeek-V4 stores its routed
@@ -484,7 +484,7 @@ extern "C" int kernels_moe_gemm(void *out, const void *a, const kernels_moe_weig
     return moe_launch_status();
 }
 
-// ---- decode: one warp per (weight row, pair), f32 activations ----
+// ---- decode: warps over (weight rows, pair), f32 activations ----
 
 #define MOE_GEMV_WARPS 8
 
@@ -544,34 +544,14 @@ __device__ __forceinline__ void moe_dotn(const R *rows, const float *x, int K, i
     }
 }
 
-// Rows of the decode kernels (kernels_moe_set_rows, ENGRAM_MOE_ROWS through the backend): 1 (the
-// kernels above: a warp a gate/up row pair, a block a down row) or 2 or 4: moe_glu_gemv2_kernel's
-// two gate/up row pairs a warp and moe_down_combine_rows_kernel's R down rows a block, each x or h
-// load serving them all. The same bits either way.
-static int moe_rows = 1;
-extern "C" void kernels_moe_set_rows(int n) { moe_rows = n == 2 || n == 4 ? n : 1; }
-
-// Pair j = (token j / k, expert ids[j]): h (n, N) f32 = the GLU of token j /
-// k's x row, the gate and up rows read in one loop.
+// Pair j = (token j / k, expert ids[j]): h (n, N) f32 = the GLU of token j / k's x row. A warp
+// takes two gate/up row pairs, rows n0 and n0 + 1 (a last odd row read twice, stored once), all
+// four rows in one loop so each x load serves them all: one pair a warp read 8 KB of x for 8 KB
+// of qwen3-30b-a3b's weights (2.37 TB/s); two pairs measured 1-2% faster end to end (RESULTS).
 template <typename M>
 __global__ void __launch_bounds__(MOE_GEMV_WARPS * 32) moe_glu_gemv_kernel(float *out, const float *x, M w,
                                                                            const int *ids, int k, int N, int K,
                                                                            float limit) {
-    int n = blockIdx.x * MOE_GEMV_WARPS + (threadIdx.x >> 5), j = blockIdx.y, lane = threadIdx.x & 31;
-    if (n >= N) return;
-    auto wg = moe_row(w, (size_t)ids[j] * 2 * N + n, K);
-    decltype(wg) rows[2] = {wg, moe_row(wg, N, K)};
-    float d[2];
-    moe_dotn<decltype(wg), 2>(rows, x + (size_t)(j / k) * K, K, lane, d);
-    if (lane == 0) out[(size_t)j * N + n] = moe_glu(d[0], d[1], limit);
-}
-
-// moe_glu_gemv_kernel with two gate/up row pairs a warp (rows n0 and n0 + 1; a last odd row read
-// twice, stored once).
-template <typename M>
-__global__ void __launch_bounds__(MOE_GEMV_WARPS * 32) moe_glu_gemv2_kernel(float *out, const float *x, M w,
-                                                                            const int *ids, int k, int N, int K,
-                                                                            float limit) {
     int n0 = (blockIdx.x * MOE_GEMV_WARPS + (threadIdx.x >> 5)) * 2, j = blockIdx.y, lane = threadIdx.x & 31;
     if (n0 >= N) return;
     int n1 = min(n0 + 1, N - 1);
@@ -585,34 +565,17 @@ __global__ void __launch_bounds__(MOE_GEMV_WARPS * 32) moe_glu_gemv2_kernel(floa
     }
 }
 
-// The down product and the combine in one launch: block (n, t) has a warp
-// per pair of token t, each the dot of its pair's h (K) with row n of its
-// expert's down matrix; then out[t, n] = sum over the pairs in order of
-// wts * dot, from 0, as moe_combine_kernel adds them. This saves the (T k,
-// d) f32 staging of y and a launch per layer.
-template <typename M>
+// The down product and the combine in one launch: block (n0, t) has a warp per pair of token t,
+// each the dots of its pair's h (K) with rows n0 .. n0 + R - 1 of its expert's down matrix (rows
+// past N read row N - 1, never stored), each h load serving the R rows; then out[t, n] = sum over
+// the pairs in order of wts * dot, from 0, as moe_combine_kernel adds them. This saves the (T k,
+// d) f32 staging of y and a launch per layer. R = 4 (MOE_DOWN_ROWS): a row a block paid three
+// 16-byte loads a lane and a block barrier per 1.5 KB row (1.93 TB/s on qwen3-30b-a3b); 4 rows
+// measured +2.2-2.7% end to end, 2 rows +0.3-1.8% (RESULTS).
+#define MOE_DOWN_ROWS 4
+template <typename M, int R>
 __global__ void moe_down_combine_kernel(float *out, const float *h, M w, const int *ids, const float *wts, int k,
                                         int N, int K, int add) {
-    __shared__ float dots[32];
-    int n = blockIdx.x, t = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int j = t * k + warp;
-    float g;
-    auto row = moe_row(w, (size_t)ids[j] * N + n, K);
-    moe_dotn<decltype(row), 1>(&row, h + (size_t)j * K, K, lane, &g);
-    if (lane == 0) dots[warp] = g;
-    __syncthreads();
-    if (threadIdx.x) return;
-    float acc = 0.0f;
-    for (int s = 0; s < k; s++) acc += dots[s] * wts[t * k + s];
-    float *o = out + (size_t)t * N + n;
-    *o = add ? *o + acc : acc;
-}
-
-// moe_down_combine_kernel with R rows a block, n0 .. n0 + R - 1 (rows past N read row N - 1, never
-// stored): each warp's h loads serve its pair's R rows.
-template <typename M, int R>
-__global__ void moe_down_combine_rows_kernel(float *out, const float *h, M w, const int *ids, const float *wts, int k,
-                                             int N, int K, int add) {
     __shared__ float dots[R][32];
     int n0 = blockIdx.x * R, t = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int j = t * k + warp;
@@ -637,22 +600,16 @@ __global__ void moe_down_combine_rows_kernel(float *out, const float *h, M w, co
 template <typename M>
 static void moe_down_combine_launch(float *out, const float *h, M w, const int *ids, const float *wts, int T, int k,
                                     int N, int K, int add, cudaStream_t s) {
-    if (moe_rows == 4)
-        moe_down_combine_rows_kernel<M, 4><<<dim3((N + 3) / 4, T), k * 32, 0, s>>>(out, h, w, ids, wts, k, N, K, add);
-    else if (moe_rows == 2)
-        moe_down_combine_rows_kernel<M, 2><<<dim3((N + 1) / 2, T), k * 32, 0, s>>>(out, h, w, ids, wts, k, N, K, add);
-    else moe_down_combine_kernel<<<dim3(N, T), k * 32, 0, s>>>(out, h, w, ids, wts, k, N, K, add);
+    moe_down_combine_kernel<M, MOE_DOWN_ROWS><<<dim3((N + MOE_DOWN_ROWS - 1) / MOE_DOWN_ROWS, T), k * 32, 0, s>>>(
+        out, h, w, ids, wts, k, N, K, add);
 }
 
 template <typename M>
 static void moe_glu_gemv_launch(float *out, const float *x, M w, const int *ids, int n, int k, int N, int K,
                                 float limit, cudaStream_t s) {
     dim3 block(MOE_GEMV_WARPS * 32);
-    if (moe_rows > 1)
-        moe_glu_gemv2_kernel<<<dim3(((N + 1) / 2 + MOE_GEMV_WARPS - 1) / MOE_GEMV_WARPS, n), block, 0, s>>>(
-            out, x, w, ids, k, N, K, limit);
-    else moe_glu_gemv_kernel<<<dim3((N + MOE_GEMV_WARPS - 1) / MOE_GEMV_WARPS, n), block, 0, s>>>(out, x, w, ids, k,
-                                                                                                 N, K, limit);
+    moe_glu_gemv_kernel<<<dim3(((N + 1) / 2 + MOE_GEMV_WARPS - 1) / MOE_GEMV_WARPS, n), block, 0, s>>>(
+        out, x, w, ids, k, N, K, limit);
 }
 
 // The weights' alignment the decode kernels' wide loads need: 16 bytes for

@@ -65,8 +65,6 @@ void backend_cuda_set_act_unfused(backend *be, int on);
 /* 1 runs gate and up as one product where their device rows are stacked (ENGRAM_GLU_STACK=1) */
 void backend_cuda_set_glu_stack(backend *be, int on);
 void backend_cuda_set_qk_warp(backend *be, int on);
-void backend_cuda_set_gemv_warp_rows(backend *be, int n);
-void backend_cuda_set_moe_rows(backend *be, int n);
 static int failures;
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
@@ -366,8 +364,8 @@ static void test_matmul_grouped(int G, int R, int K, int extra, int T, const cha
 
 /* An FP8 matrix (rows, cols) as a checkpoint stores it: random codes but the NaN ones, ue8m0
  * scales per 128 x 128 (bytes 114..117: 2^-13 .. 2^-10). On the device (*dev8) as cuda_view.c
- * packs it with ENGRAM_FP8_PACKED=1 (codes as stored, the scales in f32), and (*dev16) as it
- * expands it otherwise (bf16, exact). The host weight's codes and scales are malloc'd. */
+ * packs it by default (codes as stored, the scales in f32), and (*dev16) as it
+ * expands it with ENGRAM_FP8_PACKED=0 (bf16, exact). The host weight's codes and scales are malloc'd. */
 static weight fp8_matrix(int rows, int cols, weight *dev8, weight *dev16) {
     size_t n = (size_t)rows * cols;
     uint8_t *q = xmalloc(n);
@@ -1040,83 +1038,6 @@ static weight dev_bf16_rand(int rows, int cols) {
     return w;
 }
 
-/* The warp kernel with two rows a warp (ENGRAM_GEMV_WARP_ROWS=2) against a row a warp, bit for bit,
- * at T tokens: matrices past the block kernel's 16 MB; odd row counts (a last row alone) and a qkv
- * whose pairs straddle q|k and k|v, with the norm folded and biases; add on f32 weights; the grouped
- * product; packed FP8. */
-static void test_gemv_pair(int T) {
-    char name[96];
-    tw wq = tw_make(4097, 4096, DTYPE_BF16), wk = tw_make(1023, 4096, DTYPE_BF16), wv = tw_make(1023, 4096, DTYPE_BF16);
-    tw wa = tw_make(4100, 1024, DTYPE_F32), wgrp = tw_make(8 * 1024, 4096, DTYPE_BF16);
-    weight d8, d16, w8 = fp8_matrix(4096, 8192, &d8, &d16);
-    float *x = rand_f32((size_t)T * 8 * 4096, 1.0f), *g = rand_f32(4096, 1.0f), *res = rand_f32((size_t)T * 8192, 1.0f);
-    float *dx = dev_copy(x, (size_t)T * 8 * 4096 * 4), *dg = dev_copy(g, 4096 * 4);
-    backend_norm norm = {dg, 1e-6f, dev_poison((size_t)T * 4096 * 4)};
-    size_t nqkv = (size_t)T * (4097 + 2 * 1023), nmax = (size_t)T * 8192;
-    float *o[2], *want;
-    for (int k = 0; k < 2; k++) o[k] = dev_poison((nqkv > nmax ? nqkv : nmax) * 4);
-    for (int c = 0; c < 5; c++) {
-        size_t n = 0;
-        const char *what = "";
-        for (int k = 0; k < 2; k++) {
-            backend_cuda_set_gemv_warp_rows(gpu, k + 1);
-            float *out = o[k];
-            switch (c) {
-            case 0:
-                n = nqkv, what = "rmsnorm+matmul_qkv bf16 6143x4096 +b";
-                backend_matmul_qkv(gpu, out, out + (size_t)T * 4097, out + (size_t)T * (4097 + 1023), dx, &norm, &wq.d,
-                                   &wk.d, &wv.d, wq.db, wk.db, wv.db, T);
-                break;
-            case 1:
-                n = (size_t)T * 4097, what = "matmul bf16 4097x4096 +b";
-                backend_matmul(gpu, out, dx, &wq.d, wq.db, T);
-                break;
-            case 2:
-                n = (size_t)T * 4100, what = "matmul_add f32 4100x1024";
-                backend_upload(gpu, out, res, n * 4);
-                backend_matmul_add(gpu, out, dx, &wa.d, NULL, T);
-                break;
-            case 3:
-                n = (size_t)T * 8192, what = "matmul_grouped bf16 8x1024x4096";
-                backend_matmul_grouped(gpu, out, dx, (size_t)8 * 4096, &wgrp.d, 8, T);
-                break;
-            default:
-                n = (size_t)T * 4096, what = "matmul fp8 packed 4096x8192";
-                backend_matmul(gpu, out, dx, &d8, NULL, T);
-                break;
-            }
-        }
-        backend_cuda_set_gemv_warp_rows(gpu, 1); /* the default */
-        want = host_of(o[0], n * 4);
-        snprintf(name, sizeof(name), "%s T=%d two rows a warp = one", what, T);
-        check_bits(name, o[1], want, n * 4);
-        free(want);
-    }
-    tw_free(&wq), tw_free(&wk), tw_free(&wv), tw_free(&wa), tw_free(&wgrp);
-    backend_free(gpu, (void *)d8.data), backend_free(gpu, (void *)d8.scale), backend_free(gpu, (void *)d16.data);
-    backend_free(gpu, dx), backend_free(gpu, dg), backend_free(gpu, norm.h), backend_free(gpu, o[0]), backend_free(gpu, o[1]);
-    free((void *)w8.data), free((void *)w8.scale), free(x), free(g), free(res);
-}
-
-/* Decode products, a row a warp against two (ENGRAM_GEMV_WARP_ROWS), us a call, interleaved: llama3-8b's
- * down (4096 x 14336: 57 KB of f32 x a warp), its o (4096 x 4096) and a 14336 x 4096. */
-static void time_gemv_pair(int rows, int cols, int T) {
-    size_t nw = (size_t)rows * cols;
-    weight w = dev_bf16_rand(rows, cols);
-    float *x = rand_f32((size_t)T * cols, 1.0f), *dx = dev_copy(x, (size_t)T * cols * 4);
-    float *out = backend_alloc(gpu, (size_t)T * rows * 4);
-    for (int round = 0; round < 2; round++)
-        for (int k = 1; k <= 2; k++) {
-            backend_cuda_set_gemv_warp_rows(gpu, k);
-            double dt = time_matmul_call(out, dx, &w, T, 200);
-            printf("timing matmul bf16 %dx%d T=%d %d row%s a warp %8.1f us  %7.1f GB/s of weights\n", rows, cols, T, k,
-                   k > 1 ? "s" : " ", dt * 1e6, nw * 2 / dt * 1e-9);
-        }
-    backend_cuda_set_gemv_warp_rows(gpu, 1);
-    backend_free(gpu, (void *)w.data), backend_free(gpu, dx), backend_free(gpu, out);
-    free(x);
-}
-
 static void test_fused_products(int T, dtype dt, int bias, double bound) {
     const int cols = 1024, nq = 1024, nkv = 256, ff = 1536;
     char name[96];
@@ -1635,15 +1556,6 @@ static void test_moe(int E, int k, int d, int I, int T, dtype wt, float limit, m
         backend_free(gpu, dres);
         free(res), free(got);
     }
-    for (int rows = 2; rows <= 4; rows *= 2) { /* ENGRAM_MOE_ROWS: the decode kernels' rows, the same bits */
-        float *want = host_of(out, nx * 4);
-        backend_cuda_set_moe_rows(gpu, rows);
-        backend_moe_experts(gpu, out, dx, di, dw, &f.dv, T);
-        backend_cuda_set_moe_rows(gpu, 1); /* the default */
-        snprintf(name, sizeof(name), "moe_experts %s T=%d, %d rows = 1", dtype_name(wt), T, rows);
-        check_bits(name, out, want, nx * 4);
-        free(want);
-    }
     backend_free(gpu, dl), backend_free(gpu, dx), backend_free(gpu, dw), backend_free(gpu, out);
     backend_free(gpu, dt), backend_free(gpu, di);
     free(logits), free(x), free(tok), free(ids), free(wts), free(ref);
@@ -1755,13 +1667,6 @@ static void test_moe_fp4(int E, int k, int d, int I, int T, float limit, double 
     check_bits(name, out, want, nx * 4);
     snprintf(name, sizeof(name), "moe_experts fp4 %dx%d E=%d k=%d T=%d%s", d, I, E, k, T, limit > 0 ? " clamp" : "");
     check(name, out, ref, nx, bound);
-    for (int rows = 2; rows <= 4; rows *= 2) { /* ENGRAM_MOE_ROWS on the packed experts: the same bits */
-        backend_cuda_set_moe_rows(gpu, rows);
-        backend_moe_experts(gpu, out, dx, di, dw, &f->dv, T);
-        backend_cuda_set_moe_rows(gpu, 1); /* the default */
-        snprintf(name, sizeof(name), "moe_experts fp4 T=%d, %d rows = bf16", T, rows);
-        check_bits(name, out, want, nx * 4);
-    }
     backend_free(gpu, dx), backend_free(gpu, dw), backend_free(gpu, di), backend_free(gpu, out);
     backend_free(gpu, out16);
     free(logits), free(xin), free(ids), free(wts), free(ref), free(want);
@@ -1770,8 +1675,7 @@ static void test_moe_fp4(int E, int k, int d, int I, int T, float limit, double 
 
 /* The experts of Qwen3-30B-A3B's layer shape (E 128, top 8, d 2048, I 768, bf16) at T tokens,
  * routed uniformly at random: time per call and the rate over the distinct experts' bytes. */
-static void time_moe(int T, const char *tile, int rows) {
-    backend_cuda_set_moe_rows(gpu, rows); /* ENGRAM_MOE_ROWS: the decode kernels' rows */
+static void time_moe(int T, const char *tile) {
     if (tile) setenv("ENGRAM_MOE_TILE", tile, 1);
     else unsetenv("ENGRAM_MOE_TILE");
     int E = 128, k = 8, d = 2048, I = 768;
@@ -1809,9 +1713,8 @@ static void time_moe(int T, const char *tile, int rows) {
     sync_gpu();
     double dt = (now() - t0) / iters, bytes = (double)n_used * 3 * d * I * 2;
     printf("timing moe_experts bf16 E=%d k=%d %dx%d tile %-4s T=%-5d %8.1f us  %3d experts  %7.1f GB/s of their weights  "
-           "%6.1f TFLOP/s%s\n", E, k, d, I, tile ? tile : "auto", T, dt * 1e6, n_used, bytes / dt * 1e-9,
-           6.0 * nk * d * I / dt * 1e-12, rows == 2 ? "  2 rows" : rows == 4 ? "  4 rows" : "");
-    backend_cuda_set_moe_rows(gpu, 1);
+           "%6.1f TFLOP/s\n", E, k, d, I, tile ? tile : "auto", T, dt * 1e6, n_used, bytes / dt * 1e-9,
+           6.0 * nk * d * I / dt * 1e-12);
     backend_free(gpu, di), backend_free(gpu, dw), backend_free(gpu, dx), backend_free(gpu, out);
     free(ids), free(wts), free(x);
     moe_fix_free(&f);
@@ -2459,7 +2362,7 @@ int main(int argc, char **argv) {
                 test_matmul_grouped(gshapes[si][0], gshapes[si][1], gshapes[si][2], gshapes[si][3], T, gkinds[ki],
                                     f32 || gemv ? 1e-5 : 1e-2);
             }
-    /* FP8 weights kept packed (ENGRAM_FP8_PACKED=1): the matrix-vector kernels (warp: 4096 x 8192, 33.5
+    /* FP8 weights kept packed (the default): the matrix-vector kernels (warp: 4096 x 8192, 33.5
      * MB; block: the rest) at T 1 and 2, the expansion and cuBLAS at 5 and 40, V4-Flash's wo_a as
      * groups, an odd row count (a partial scale block), 4096 x 4096, whose 16 MiB of codes take
      * the warp kernel as its 32 MiB bf16 expansion does, and 264 columns (a partial column block) */
@@ -2471,8 +2374,6 @@ int main(int argc, char **argv) {
             for (int ti = 0; ti < 4; ti++)
                 test_fp8_packed(fs[si][0], fs[si][1], fs[si][2], fT[ti], fT[ti] <= 2 ? 1e-5 : 1e-2);
     }
-    test_gemv_pair(1);
-    test_gemv_pair(2);
     test_skinny_cases();
     test_elementwise();
     test_gathers();
@@ -2635,9 +2536,6 @@ int main(int argc, char **argv) {
         time_ffn(16384);
         time_matmul_grouped(1);
         time_matmul_grouped(2);
-        time_gemv_pair(4096, 14336, 1);
-        time_gemv_pair(4096, 4096, 1);
-        time_gemv_pair(14336, 4096, 1);
         time_fp8_packed(4096, 8192, 1);
         time_fp8_packed(32768, 1024, 1);
         time_fp8_packed(2048, 4096, 1);
@@ -2647,14 +2545,13 @@ int main(int argc, char **argv) {
         time_qk_rope_store(512);
         time_skinny_cases();
         const char *tiles[] = {NULL, "16", "32", "64"};
-        for (int round = 0; round < 2; round++)
-            for (int rows = 1; rows <= 4; rows *= 2) time_moe(1, NULL, rows); /* interleaved */
-        for (int rows = 1; rows <= 4; rows *= 2) time_moe(2, NULL, rows);
+        time_moe(1, NULL);
+        time_moe(2, NULL);
         for (int i = 0; i < 4; i++) {
-            time_moe(8, tiles[i], 1);
-            time_moe(64, tiles[i], 1);
-            time_moe(256, tiles[i], 1);
-            time_moe(2048, tiles[i], 1);
+            time_moe(8, tiles[i]);
+            time_moe(64, tiles[i]);
+            time_moe(256, tiles[i]);
+            time_moe(2048, tiles[i]);
         }
         unsetenv("ENGRAM_MOE_TILE");
         for (int simt = 1; simt >= 0; simt--) { /* the decode kernels, f32 then tensor cores */

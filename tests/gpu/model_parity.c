@@ -284,7 +284,7 @@ static int has_fp4_experts(const model *m) {
     return 0;
 }
 
-/* Whether m has FP8 attention matrices (DeepSeek-V4's; kept packed with ENGRAM_FP8_PACKED=1). */
+/* Whether m has FP8 attention matrices (DeepSeek-V4's; kept packed by default, ENGRAM_FP8_PACKED=0 expands them). */
 static int has_fp8_matrices(const model *m) {
     return m->dsv4 && m->cfg.n_layers > 0 && m->dsv4->layers[0].wq_a.fmt == WEIGHT_FP8;
 }
@@ -387,15 +387,16 @@ static void check_model(const char *dir) {
     if (!fail && has_fp4_experts(m)) /* lg: the batched GPU run, fed gen_c, packed experts */
         fail |= env_bits_equal(m, gpu, "ENGRAM_FP4_EXPERTS", "bf16", N_SEQ, prompts, lens, gen_c, lg,
                                "FP4 experts packed");
-    if (!fail && has_fp8_matrices(m)) { /* lg: the batched GPU run, fed gen_c, FP8 expanded to bf16 */
-        /* packed against expanded: the batched run (its steps of 3 and more tokens: the expansion and
-         * cuBLAS), then one sequence (decode steps of 1: the FP8 matrix-vector kernel) */
-        fail |= env_bits_equal(m, gpu, "ENGRAM_FP8_PACKED", "1", N_SEQ, prompts, lens, gen_c, lg,
+    if (!fail && has_fp8_matrices(m)) { /* lg: the batched GPU run, fed gen_c, FP8 packed */
+        /* expanded (ENGRAM_FP8_PACKED=0) against packed: the batched run (its steps of 3 and more
+         * tokens: the expansion and cuBLAS), then one sequence (decode steps of 1: the FP8
+         * matrix-vector kernel) */
+        fail |= env_bits_equal(m, gpu, "ENGRAM_FP8_PACKED", "0", N_SEQ, prompts, lens, gen_c, lg,
                                "FP8 matrices packed, batched");
         float *l1 = calloc(per, sizeof(float));
         if (!fail && (!l1 || run_steps(m, gpu, 1, prompts, lens, gen_c, NULL, l1))) fail = 1;
         if (!fail)
-            fail |= env_bits_equal(m, gpu, "ENGRAM_FP8_PACKED", "1", 1, prompts, lens, gen_c, l1,
+            fail |= env_bits_equal(m, gpu, "ENGRAM_FP8_PACKED", "0", 1, prompts, lens, gen_c, l1,
                                    "FP8 matrices packed, one sequence");
         free(l1);
     }

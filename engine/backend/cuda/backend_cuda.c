@@ -210,14 +210,6 @@ static int cu_init(cuda_backend *g, const backend_params *p, char *err, size_t e
      * one (the two give the same bits: gpu-backend-parity) */
     const char *qk = getenv("ENGRAM_QK_ROPE_STORE");
     g->qk_warp = !qk ? -1 : !strcmp(qk, "warp") ? 1 : !strcmp(qk, "head") ? 0 : -1;
-    /* the matrix-vector warp kernel's rows a warp (kernels_gemv_set_warp_rows, process-wide):
-     * ENGRAM_GEMV_WARP_ROWS=2, two rows sharing each x load; 1 until measured on a GPU */
-    const char *wr = getenv("ENGRAM_GEMV_WARP_ROWS");
-    if (wr) kernels_gemv_set_warp_rows(atoi(wr));
-    /* the MoE decode kernels' rows (kernels_moe_set_rows, process-wide): ENGRAM_MOE_ROWS=2|4; 1 until
-     * measured on a GPU */
-    const char *mr = getenv("ENGRAM_MOE_ROWS");
-    if (mr) kernels_moe_set_rows(atoi(mr));
     /* backend_prefetch (cu_prefetch): ENGRAM_L2_PREFETCH=MB, the most of a weight asked of L2
      * (0 or unset: off) */
     const char *pf = getenv("ENGRAM_L2_PREFETCH");

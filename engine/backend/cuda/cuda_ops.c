@@ -10,7 +10,7 @@
  * before it where that op is ours (the norm; SwiGLU feeding the down product,
  * matmul_ffn), the same bits as f32 rounded afterwards, without the f32 trip
  * (ENGRAM_ACT_FUSE=0: the f32 trips, for A/B timings).
- * FP8 weights kept packed (cuda_view.c, ENGRAM_FP8_PACKED=1) take an FP8
+ * FP8 weights kept packed (cuda_view.c; ENGRAM_FP8_PACKED=0 expands them) take an FP8
  * matrix-vector kernel for decode and, past it, their bf16 values expanded
  * into scratch for cuBLAS: the bf16 path's numbers either way. */
 #include <stddef.h>
@@ -588,16 +588,6 @@ void backend_cuda_set_act_unfused(backend *be, int on) { cuda__of(be)->act_unfus
 /* qk_rope_store's warp-per-head kernel (1) or the first (0) for handle be */
 __attribute__((visibility("default"))) void backend_cuda_set_qk_warp(backend *be, int on);
 void backend_cuda_set_qk_warp(backend *be, int on) { cuda__of(be)->qk_warp = on; } /* 1, 0 or -1 (by T) */
-__attribute__((visibility("default"))) void backend_cuda_set_moe_rows(backend *be, int n);
-void backend_cuda_set_moe_rows(backend *be, int n) { /* process-wide (kernels/moe.cu) */
-    (void)be;
-    kernels_moe_set_rows(n);
-}
-__attribute__((visibility("default"))) void backend_cuda_set_gemv_warp_rows(backend *be, int n);
-void backend_cuda_set_gemv_warp_rows(backend *be, int n) { /* process-wide (kernels/matmul.cu) */
-    (void)be;
-    kernels_gemv_set_warp_rows(n);
-}
 __attribute__((visibility("default"))) void backend_cuda_set_glu_stack(backend *be, int on);
 void backend_cuda_set_glu_stack(backend *be, int on) { cuda__of(be)->glu_stack = on ? 2 : 0; }
 

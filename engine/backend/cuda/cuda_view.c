@@ -201,21 +201,22 @@ static int view__fp8_rows(cuda_view *v, const weight *w, weight *out, const char
     return 0;
 }
 
-/* ENGRAM_FP8_PACKED=1: an FP8 matrix stays FP8 on the device, half the bytes of its bf16
+/* An FP8 matrix stays FP8 on the device, half the bytes of its bf16
  * dequantization for the decode products to stream (cuda_ops.c: an FP8 matrix-vector kernel,
  * and past it the bf16 values expanded into scratch for cuBLAS), where that gives the bf16
  * path's numbers exactly: every element code * scale a bf16, which holds when no code is NaN
  * and every scale is a power of two in [2^-124, 2^7] (a 4-bit significand from 2^-9 up, times
  * 2^(b-127) for b in [3, 134]: at least 2^-133, bf16's smallest step, and the kernels' 2^(b-7)
  * a normal f32), with blocks of powers of two, the columns' at least 8. DeepSeek-V4's
- * checkpoints (ue8m0 scales per 128 x 128) pass. Off by default until measured on a GPU.
+ * checkpoints (ue8m0 scales per 128 x 128) pass. On by default (ENGRAM_FP8_PACKED=0: expanded to
+ * bf16 on upload, as before): V4-Flash's two-layer decode measured +6.5-8.7% (bench/RESULTS.md).
  * Returns 1 with *out the packed device weight, 0 where the matrix is not packed, -1 on error. */
 static int view__fp8_packed(cuda_view *v, const weight *w, weight *out, const char *what, char *err, size_t errlen) {
-    const char *on = getenv("ENGRAM_FP8_PACKED");
+    const char *env = getenv("ENGRAM_FP8_PACKED");
     /* a row view (a tensor-parallel shard): the scale rows of the blocks it spans, from its first */
     int br = w->block_rows, sr0 = br > 0 ? w->row_base / br : 0, off = br > 0 ? w->row_base % br : 0;
     int nsr = br > 0 ? (off + w->rows + br - 1) / br : 0;
-    if (!on || strcmp(on, "1") || w->fmt != WEIGHT_FP8 || w->f32_activations || !w->data || w->cols % 8 || br < 1 ||
+    if ((env && !strcmp(env, "0")) || w->fmt != WEIGHT_FP8 || w->f32_activations || !w->data || w->cols % 8 || br < 1 ||
         w->block_cols < 8 || (br & (br - 1)) || (w->block_cols & (w->block_cols - 1)) || sr0 + nsr > w->scale_rows ||
         w->scale_cols != (w->cols + w->block_cols - 1) / w->block_cols)
         return 0;
