@@ -83,6 +83,8 @@
 #           and gpu-model-parity (logs in OUTDIR, every failure printed), `ab` of
 #           ENGRAM_FP8_PACKED=0 against the packed default on deepseek-v4-flash+layers:2, the
 #           MoE decode of qwen3-30b-a3b (moe30b's engram-run line)
+#   pfab    issue 22's prefetch rounds: steady4b's table, workload and DRAM run, then two
+#           passes from cold at each ENGRAM_PF_BATCH of PF_BATCHES (default "128 1024")
 #   stall   per-step GPU wait for the first Engram layer's rows at batch 1, 64
 #           and 256 (qwen3-4b, STALL_ROWS rows, default 781.25M; 256 prompt
 #           and 256 output tokens per sequence)
@@ -270,6 +272,23 @@ run_sec() {
       f=("${e[@]}" "${w[@]}" "${nv[@]}" "${h[@]}" --seed 2)
       echo "-- (restart) bench-throughput ${f[*]}"
       timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" | grep -vE '^\{'
+    done ;;
+  pfab) # steady4b's table and workload: the DRAM run, then 2 passes from cold at each ENGRAM_PF_BATCH of PF_BATCHES
+    local rows=${NVME_ROWS:-200M} tdir=${TBL_DIR:-.gpu-tbl} pb
+    local w=(--device cuda -n ${NVME_N:-512} --len 100:1024 --max-num-seqs 512 --max-num-batched-tokens 16384
+             --prefill-chunk 16384 --kv-cache-tokens 420000 --prompts-from "$pack/text.tok" --force-output
+             --timeline ${STEADY_TL:-5})
+    local e=(--synthetic qwen3-4b+engram:$rows --synthetic-table-dir $tdir)
+    mkdir -p $tdir
+    local f=("${e[@]}" "${w[@]}" --engram-tier dram)
+    echo "-- bench-throughput ${f[*]}"
+    timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" | grep -E '^(wall|engram:)'
+    for pb in ${PF_BATCHES:-128 1024}; do
+      rm -f $tdir/*.hot
+      f=("${e[@]}" "${w[@]}" --engram-tier nvme --engram-dram-budget ${NVME_BUDGET:-6103M} --engram-warm-start background
+         ${NVME_FLAGS:-} --passes 2)
+      echo "-- ENGRAM_PF_BATCH=$pb bench-throughput ${f[*]}"
+      ENGRAM_PF_BATCH=$pb timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" | grep -vE '^\{'
     done ;;
   profile4b)
     local rows=${NVME_ROWS:-200M} tdir=${TBL_DIR:-.gpu-tbl}

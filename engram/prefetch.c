@@ -24,7 +24,7 @@ int engram_store_prefetch(engram_store *s, const int64_t *rows, size_t n) {
     return ENGRAM_STORE_OK;
 }
 
-/* The prefetch thread: takes up to PF_BATCH ids, claims slots for those
+/* The prefetch thread: takes up to pf_batch ids, claims slots for those
  * neither cached nor in flight, reads them with its own reader. Already
  * cached rows get their reference bit: they are about to be used. Its rows
  * skip the admission filter: each is read because a step is about to use
@@ -39,8 +39,8 @@ int engram_store_prefetch(engram_store *s, const int64_t *rows, size_t n) {
 static void *prefetch_main(void *arg) {
     engram_store *s = arg;
     const engram_store_header *h = &s->info.header;
-    int64_t ids[PF_BATCH];
-    row_req q[PF_BATCH];
+    int64_t *ids = s->pf_ids;
+    row_req *q = s->pf_reqs;
     for (;;) {
         pthread_mutex_lock(&s->pf_mu);
         bool work;
@@ -52,7 +52,7 @@ static void *prefetch_main(void *arg) {
             pthread_mutex_unlock(&s->pf_mu);
             return NULL;
         }
-        size_t m = s->pf_len < PF_BATCH ? s->pf_len : PF_BATCH;
+        size_t m = s->pf_len < s->pf_batch ? s->pf_len : s->pf_batch;
         for (size_t i = 0; i < m; i++) ids[i] = s->pf_q[(s->pf_head + i) % PF_QUEUE];
         s->pf_head = (s->pf_head + m) % PF_QUEUE;
         s->pf_len -= m;
@@ -88,8 +88,13 @@ static void *prefetch_main(void *arg) {
 }
 
 int engram_store__prefetch_start(engram_store *s, char *err, size_t errlen) {
+    const char *b = getenv("ENGRAM_PF_BATCH");
+    long nb = b ? strtol(b, NULL, 10) : PF_BATCH;
+    s->pf_batch = nb < 16 ? 16 : nb > (long)PF_BATCH_MAX ? PF_BATCH_MAX : (size_t)nb;
     s->pf_q = malloc(PF_QUEUE * sizeof(int64_t));
-    if (!s->pf_q || engram_store__reader_init(s, &s->pf_rd, s->p.queue_depth, s->run_bytes, 0))
+    s->pf_ids = malloc(s->pf_batch * sizeof(int64_t));
+    s->pf_reqs = malloc(s->pf_batch * sizeof(row_req));
+    if (!s->pf_q || !s->pf_ids || !s->pf_reqs || engram_store__reader_init(s, &s->pf_rd, s->p.queue_depth, s->run_bytes, 0))
         return err_set(err, errlen, ENGRAM_STORE_ENOMEM, "out of memory");
     int e = pthread_create(&s->pf_thread, NULL, prefetch_main, s);
     if (e)
@@ -110,6 +115,6 @@ void engram_store__prefetch_stop(engram_store *s) {
         s->pf_started = false;
     }
     engram_store__reader_free(&s->pf_rd);
-    free(s->pf_q);
-    s->pf_q = NULL;
+    free(s->pf_q), free(s->pf_ids), free(s->pf_reqs);
+    s->pf_q = NULL, s->pf_ids = NULL, s->pf_reqs = NULL;
 }

@@ -48,7 +48,13 @@ enum { SLOT_EMPTY, SLOT_LOADING, SLOT_READY, SLOT_FAILED };
  * layer: 393k) fit, so --engram-lookahead can cover the next step (8 MiB of ids, only on the
  * nvme tier with a row cache, touched as used). Ids beyond it are dropped and counted. */
 #define PF_QUEUE (1u << 20)
-#define PF_BATCH 128u       /* ids the prefetch thread resolves per round: how long a gather may find it reading */
+/* Ids the prefetch thread resolves per round (a round's reads all finish before the next round
+ * starts, and a gather that starts meanwhile shares the disk with them until then): PF_BATCH, or
+ * ENGRAM_PF_BATCH=N (16..8192) for A/B timings. At the default queue depth of 64 a round of 128
+ * is two waves of reads and a drain, which kept the disk at ~70% of its ceiling between a prefill
+ * step's gathers (bench/RESULTS.md, stop 25). */
+#define PF_BATCH 128u
+#define PF_BATCH_MAX 8192u
 #define SKETCH_BATCH 256u   /* deferred lookups the prefetch thread counts per hold of mu (~40 us): a gather's wait for it */
 
 typedef struct {
@@ -122,9 +128,11 @@ struct engram_store {
     pthread_mutex_t pf_mu;
     pthread_cond_t pf_cv;
     int64_t *pf_q; /* (PF_QUEUE) */
+    int64_t *pf_ids;  /* (pf_batch) a round's ids */
+    row_req *pf_reqs; /* (pf_batch) a round's reads */
     pthread_cond_t pf_idle; /* under pf_mu: broadcast when `gathering` drops to 0 */
     _Atomic bool sketch_owed; /* set under mu: the sketch holds deferred lookups for the prefetch thread to count */
-    size_t pf_head, pf_len;
+    size_t pf_head, pf_len, pf_batch; /* pf_batch: ids a round (PF_BATCH) */
     bool pf_stop, pf_started;
     pthread_t pf_thread;
     /* warm restarts (store_hot.c) */
