@@ -84,7 +84,8 @@
 #           ENGRAM_FP8_PACKED=0 against the packed default on deepseek-v4-flash+layers:2, the
 #           MoE decode of qwen3-30b-a3b (moe30b's engram-run line)
 #   pfab    issue 22's prefetch rounds: steady4b's table, workload and DRAM run, then two
-#           passes from cold at each ENGRAM_PF_BATCH of PF_BATCHES (default "128 1024")
+#           passes from cold at each ENGRAM_PF_BATCH of PF_BATCHES (default "128 1024");
+#           PF_DRAM=0 skips the DRAM run
 #   stall   per-step GPU wait for the first Engram layer's rows at batch 1, 64
 #           and 256 (qwen3-4b, STALL_ROWS rows, default 781.25M; 256 prompt
 #           and 256 output tokens per sequence)
@@ -281,8 +282,10 @@ run_sec() {
     local e=(--synthetic qwen3-4b+engram:$rows --synthetic-table-dir $tdir)
     mkdir -p $tdir
     local f=("${e[@]}" "${w[@]}" --engram-tier dram)
-    echo "-- bench-throughput ${f[*]}"
-    timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" | grep -E '^(wall|engram:)'
+    if [ "${PF_DRAM:-1}" = 1 ]; then
+      echo "-- bench-throughput ${f[*]}"
+      timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" | grep -E '^(wall|engram:)'
+    fi
     for pb in ${PF_BATCHES:-128 1024}; do
       rm -f $tdir/*.hot
       f=("${e[@]}" "${w[@]}" --engram-tier nvme --engram-dram-budget ${NVME_BUDGET:-6103M} --engram-warm-start background
