@@ -65,17 +65,20 @@ static void *prefetch_main(void *arg) {
         if (!m) continue;
 
         size_t nq = 0;
-        pthread_mutex_lock(&s->mu);
-        m = engram_store__drop_above(s, ids, m); /* under mu: a row cannot move up between this and its claim */
-        for (size_t i = 0; i < m; i++) {
-            if (ids[i] < 0 || (uint64_t)ids[i] >= h->rows) continue;
-            int32_t k = row_cache_find(&s->c.clock, ids[i]);
-            if (k >= 0)
-                row_cache_hit(&s->c.clock, k);
-            else if ((k = engram_store__alloc_slot(s, ids[i], false)) >= 0)
-                q[nq++] = (row_req){h->data_offset + (uint64_t)ids[i] * h->row_stride, NO_IDX, k};
+        for (size_t c = 0; c < m; c += PF_LOCK_IDS) { /* mu held for PF_LOCK_IDS ids at most: a gather waits for it */
+            size_t n = m - c < PF_LOCK_IDS ? m - c : PF_LOCK_IDS;
+            pthread_mutex_lock(&s->mu);
+            n = engram_store__drop_above(s, ids + c, n); /* under mu: a row cannot move up between this and its claim */
+            for (size_t i = c; i < c + n; i++) {
+                if (ids[i] < 0 || (uint64_t)ids[i] >= h->rows) continue;
+                int32_t k = row_cache_find(&s->c.clock, ids[i]);
+                if (k >= 0)
+                    row_cache_hit(&s->c.clock, k);
+                else if ((k = engram_store__alloc_slot(s, ids[i], false)) >= 0)
+                    q[nq++] = (row_req){h->data_offset + (uint64_t)ids[i] * h->row_stride, NO_IDX, k};
+            }
+            pthread_mutex_unlock(&s->mu);
         }
-        pthread_mutex_unlock(&s->mu);
         if (!nq) continue;
         int rc = engram_store__read_reqs(s, &s->pf_rd, q, nq, (row_out){0});
         if (rc) {

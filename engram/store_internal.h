@@ -56,6 +56,7 @@ enum { SLOT_EMPTY, SLOT_LOADING, SLOT_READY, SLOT_FAILED };
  * stop 25). */
 #define PF_BATCH 1024u
 #define PF_BATCH_MAX 8192u
+#define PF_LOCK_IDS 128u /* ids a round claims per hold of mu (~25 us): how long a gather may wait for it */
 #define SKETCH_BATCH 256u   /* deferred lookups the prefetch thread counts per hold of mu (~40 us): a gather's wait for it */
 
 typedef struct {
