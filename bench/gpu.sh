@@ -84,8 +84,7 @@
 #           ENGRAM_FP8_PACKED=0 against the packed default on deepseek-v4-flash+layers:2, the
 #           MoE decode of qwen3-30b-a3b (moe30b's engram-run line)
 #   pfab    issue 22's prefetch rounds: steady4b's table, workload and DRAM run, then two
-#           passes from cold at each ENGRAM_PF_BATCH of PF_BATCHES (default "128 1024": the
-#           rounds before stop 25 and the default);
+#           passes from cold at each ENGRAM_PF_BATCH of PF_BATCHES (default "128 1024");
 #           PF_DRAM=0 skips the DRAM run
 #   stall   per-step GPU wait for the first Engram layer's rows at batch 1, 64
 #           and 256 (qwen3-4b, STALL_ROWS rows, default 781.25M; 256 prompt

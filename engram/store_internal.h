@@ -49,12 +49,12 @@ enum { SLOT_EMPTY, SLOT_LOADING, SLOT_READY, SLOT_FAILED };
  * nvme tier with a row cache, touched as used). Ids beyond it are dropped and counted. */
 #define PF_QUEUE (1u << 20)
 /* Ids the prefetch thread resolves per round (a round's reads all finish before the next round
- * starts, and a gather that starts meanwhile shares the disk with them until then, ~10 ms at
- * 100k reads/s): PF_BATCH, or ENGRAM_PF_BATCH=N (16..8192) for A/B timings. At the default queue
- * depth of 64 a round of 128 was two waves of reads and a drain: with the disk the limit,
- * bench-store's prefetch point read 88.6k rows/s at 128 a round, 98.6k at 1,024 (bench/RESULTS.md,
- * stop 25). */
-#define PF_BATCH 1024u
+ * starts, and a gather that starts meanwhile shares the disk with them until then): PF_BATCH, or
+ * ENGRAM_PF_BATCH=N (16..8192) for A/B timings. At the default queue depth of 64 a round of 128
+ * is two waves of reads and a drain. With the disk the limit, bench-store's prefetch point read
+ * ~10% more rows a second at 1,024 a round, but the gathers waited no less (bench/RESULTS.md,
+ * stop 25), so 128 stays until the GPU host's pass 2 says otherwise (bench/gpu.sh pfab). */
+#define PF_BATCH 128u
 #define PF_BATCH_MAX 8192u
 #define PF_LOCK_IDS 128u /* ids a round claims per hold of mu (~25 us): how long a gather may wait for it */
 #define SKETCH_BATCH 256u   /* deferred lookups the prefetch thread counts per hold of mu (~40 us): a gather's wait for it */
