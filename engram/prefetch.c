@@ -24,6 +24,13 @@ int engram_store_prefetch(engram_store *s, const int64_t *rows, size_t n) {
     return ENGRAM_STORE_OK;
 }
 
+void engram_store_prefetch_wait(engram_store *s) {
+    if (!s || !s->pf_started) return;
+    pthread_mutex_lock(&s->pf_mu);
+    while (s->pf_len || s->pf_busy) pthread_cond_wait(&s->pf_done, &s->pf_mu);
+    pthread_mutex_unlock(&s->pf_mu);
+}
+
 /* The prefetch thread: takes up to pf_batch ids, claims slots for those
  * neither cached nor in flight, reads them with its own reader. Already
  * cached rows get their reference bit: they are about to be used. Its rows
@@ -43,6 +50,10 @@ static void *prefetch_main(void *arg) {
     row_req *q = s->pf_reqs;
     for (;;) {
         pthread_mutex_lock(&s->pf_mu);
+        if (s->pf_busy) { /* the last round is done (engram_store_prefetch_wait) */
+            s->pf_busy = false;
+            pthread_cond_broadcast(&s->pf_done);
+        }
         bool work;
         while (!(work = s->pf_len || atomic_load(&s->sketch_owed)) || atomic_load(&s->gathering)) {
             if (s->pf_stop) break;
@@ -56,6 +67,7 @@ static void *prefetch_main(void *arg) {
         for (size_t i = 0; i < m; i++) ids[i] = s->pf_q[(s->pf_head + i) % PF_QUEUE];
         s->pf_head = (s->pf_head + m) % PF_QUEUE;
         s->pf_len -= m;
+        s->pf_busy = m > 0;
         pthread_mutex_unlock(&s->pf_mu);
         if (atomic_load(&s->sketch_owed)) { /* the sketch's owed lookups first: a few tens of microseconds */
             pthread_mutex_lock(&s->mu);

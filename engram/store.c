@@ -126,6 +126,7 @@ engram_store *engram_store__new(const char *path, const engram_store_params *p) 
     pthread_cond_init(&s->ready, NULL);
     pthread_cond_init(&s->pf_cv, NULL);
     pthread_cond_init(&s->pf_idle, NULL);
+    pthread_cond_init(&s->pf_done, NULL);
     return s;
 }
 
@@ -286,6 +287,7 @@ void engram_store_close(engram_store *s) {
     pthread_cond_destroy(&s->ready);
     pthread_cond_destroy(&s->pf_cv);
     pthread_cond_destroy(&s->pf_idle);
+    pthread_cond_destroy(&s->pf_done);
     free(s->path);
     free(s);
 }

@@ -310,6 +310,11 @@ size_t engram_store_count_cached(engram_store *s, const int64_t *rows, size_t n)
  * prefetch is enough) and NVMe without a cache. Thread-safe. Returns
  * ENGRAM_STORE_OK, or ENGRAM_STORE_EINVAL for rows NULL with n > 0. */
 int engram_store_prefetch(engram_store *s, const int64_t *rows, size_t n);
+/* Blocks until the prefetch thread has taken every id handed to it so far and finished its reads,
+ * for tests and benchmarks that read the counters (engram_store_get_stats takes them one by one,
+ * and a read in progress may have counted in one and not yet in the next). Waits for running
+ * gathers too (the thread yields to them). A no-op where engram_store_prefetch is one. */
+void engram_store_prefetch_wait(engram_store *s);
 
 /* ---- warm restarts: the hot-row file ----
  * Beside the table, at its path + ".hot", a store keeps the identities of

@@ -133,6 +133,8 @@ struct engram_store {
     int64_t *pf_ids;  /* (pf_batch) a round's ids */
     row_req *pf_reqs; /* (pf_batch) a round's reads */
     pthread_cond_t pf_idle; /* under pf_mu: broadcast when `gathering` drops to 0 */
+    pthread_cond_t pf_done; /* under pf_mu: broadcast when the prefetch thread ends a round (pf_busy false) */
+    bool pf_busy;           /* under pf_mu: the prefetch thread has ids taken and not yet read */
     _Atomic bool sketch_owed; /* set under mu: the sketch holds deferred lookups for the prefetch thread to count */
     size_t pf_head, pf_len, pf_batch; /* pf_batch: ids a round (PF_BATCH) */
     bool pf_stop, pf_started;
