@@ -482,12 +482,7 @@ START_TEST(test_v41_dense_stride) {
                              .quiet = true};
     ck_assert_int_eq(engram_store_open(path, &p, &s, err, sizeof(err)), 0);
     ck_assert_int_eq(engram_store_prefetch(s, rows, n_straddle), 0);
-    for (int tries = 0; tries < 5000; tries++) {
-        engram_store_stats es;
-        engram_store_get_stats(s, &es);
-        if (es.prefetch_reads == n_straddle) break;
-        usleep(1000);
-    }
+    engram_store_prefetch_wait(s);
     v41_check(s, data, rows, n_straddle, "prefetched");
     engram_store_stats es;
     engram_store_get_stats(s, &es);
