@@ -36,7 +36,7 @@
 #           (new prompts again: the warm restart); --timeline STEADY_TL
 #           (default 5) seconds of output tok/s and hit ratios per run;
 #           STEADY_PASSES (default 2) passes of the cold run, STEADY_RESTART=0
-#           skips the restart
+#           skips the restart, STEADY_BASE=0 the ceiling and the mapped table
 #   profile4b  the same table and workload started warm from the offline
 #           profile (issue 22): engram-tables profile of PACK/text.tok (the
 #           corpus the prompts are drawn from: the best case of a profile made
@@ -83,9 +83,9 @@
 #           and gpu-model-parity (logs in OUTDIR, every failure printed), `ab` of
 #           ENGRAM_FP8_PACKED=0 against the packed default on deepseek-v4-flash+layers:2, the
 #           MoE decode of qwen3-30b-a3b (moe30b's engram-run line)
-#   pfab    issue 22's prefetch rounds: steady4b's table, workload and DRAM run, then two
-#           passes from cold at each ENGRAM_PF_BATCH of PF_BATCHES (default "128 1024");
-#           PF_DRAM=0 skips the DRAM run
+#   pfab    issue 22's prefetch rounds: steady4b (STEADY_HBM=0 STEADY_RESTART=0) at each
+#           ENGRAM_PF_BATCH of PF_BATCHES (default "128 1024"), its ceiling and DRAM run
+#           (STEADY_BASE) the first time only; PF_DRAM=0 skips them
 #   stall   per-step GPU wait for the first Engram layer's rows at batch 1, 64
 #           and 256 (qwen3-4b, STALL_ROWS rows, default 781.25M; 256 prompt
 #           and 256 output tokens per sequence)
@@ -255,12 +255,15 @@ run_sec() {
     local e=(--synthetic qwen3-4b+engram:$rows --synthetic-table-dir $tdir)
     local nv=(--engram-tier nvme --engram-dram-budget ${NVME_BUDGET:-6103M} --engram-warm-start background ${NVME_FLAGS:-})
     mkdir -p $tdir; df -h $tdir | tail -1
-    echo "-- bench-store --ceiling --gib 4 --file $tdir/ceiling.tbl"
-    rm -f $tdir/ceiling.tbl
-    timeout 120 "$pack/run" bench-store --ceiling --gib 4 --seconds 1.5 --file $tdir/ceiling.tbl
-    local f=("${e[@]}" "${w[@]}" --engram-tier dram)
-    echo "-- bench-throughput ${f[*]}"
-    timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" | grep -vE '^\{'
+    local f
+    if [ "${STEADY_BASE:-1}" = 1 ]; then # the disk's ceiling and the table in DRAM
+      echo "-- bench-store --ceiling --gib 4 --file $tdir/ceiling.tbl"
+      rm -f $tdir/ceiling.tbl
+      timeout 120 "$pack/run" bench-store --ceiling --gib 4 --seconds 1.5 --file $tdir/ceiling.tbl
+      f=("${e[@]}" "${w[@]}" --engram-tier dram)
+      echo "-- bench-throughput ${f[*]}"
+      timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" | grep -vE '^\{'
+    fi
     local hbm
     for hbm in ${STEADY_HBM:-0 4G}; do
       local h=(); [ "$hbm" = 0 ] || h=(--engram-hbm-cache $hbm)
@@ -274,24 +277,12 @@ run_sec() {
       echo "-- (restart) bench-throughput ${f[*]}"
       timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" | grep -vE '^\{'
     done ;;
-  pfab) # steady4b's table and workload: the DRAM run, then 2 passes from cold at each ENGRAM_PF_BATCH of PF_BATCHES
-    local rows=${NVME_ROWS:-200M} tdir=${TBL_DIR:-.gpu-tbl} pb
-    local w=(--device cuda -n ${NVME_N:-512} --len 100:1024 --max-num-seqs 512 --max-num-batched-tokens 16384
-             --prefill-chunk 16384 --kv-cache-tokens 420000 --prompts-from "$pack/text.tok" --force-output
-             --timeline ${STEADY_TL:-5})
-    local e=(--synthetic qwen3-4b+engram:$rows --synthetic-table-dir $tdir)
-    mkdir -p $tdir
-    local f=("${e[@]}" "${w[@]}" --engram-tier dram)
-    if [ "${PF_DRAM:-1}" = 1 ]; then
-      echo "-- bench-throughput ${f[*]}"
-      timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" | grep -E '^(wall|engram:)'
-    fi
+  pfab) # steady4b at each ENGRAM_PF_BATCH of PF_BATCHES: the ceiling and the DRAM run the first time only
+    local pb base=${PF_DRAM:-1}
     for pb in ${PF_BATCHES:-128 1024}; do
-      rm -f $tdir/*.hot
-      f=("${e[@]}" "${w[@]}" --engram-tier nvme --engram-dram-budget ${NVME_BUDGET:-6103M} --engram-warm-start background
-         ${NVME_FLAGS:-} --passes 2)
-      echo "-- ENGRAM_PF_BATCH=$pb bench-throughput ${f[*]}"
-      ENGRAM_PF_BATCH=$pb timeout ${TPUT_TIMEOUT:-280} "$pack/run" bench-throughput "${f[@]}" | grep -vE '^\{'
+      echo "-- ENGRAM_PF_BATCH=$pb"
+      ENGRAM_PF_BATCH=$pb STEADY_BASE=$base STEADY_HBM=0 STEADY_RESTART=0 run_sec steady4b
+      base=0
     done ;;
   profile4b)
     local rows=${NVME_ROWS:-200M} tdir=${TBL_DIR:-.gpu-tbl}

@@ -386,9 +386,13 @@ static int gemv_launch(float *out, const float *x, const void *w, const float *b
     return gemv_run<W, GEMV_PLAIN, false>(a, x, T, cols, stream);
 }
 
-extern "C" int kernels_gemv_supported(const float *x, const void *w, int T, int cols) {
-    return T >= 1 && T <= KERNELS_GEMV_MAX_T && cols % 8 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)w % 16 == 0;
+/* The matrix-vector kernels' rules: T, cols a multiple of 8, x 16-byte aligned, and the weights
+ * aligned for one 8-element load (16 bytes of bf16, 8 of FP8 codes). */
+static int gemv_ok(const float *x, const void *w, int T, int cols, uintptr_t w_align) {
+    return T >= 1 && T <= KERNELS_GEMV_MAX_T && cols % 8 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)w % w_align == 0;
 }
+
+extern "C" int kernels_gemv_supported(const float *x, const void *w, int T, int cols) { return gemv_ok(x, w, T, cols, 16); }
 
 extern "C" int kernels_gemv_bf16(float *out, const float *x, const void *w, const float *bias, int T, int rows,
                                  int cols, void *stream) {
@@ -422,7 +426,7 @@ static int gemv_fp8_args(gemv_args *a, const kernels_fp8w *w) {
 }
 
 extern "C" int kernels_gemv_fp8_supported(const float *x, const void *codes, int T, int cols) {
-    return T >= 1 && T <= KERNELS_GEMV_MAX_T && cols % 8 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)codes % 8 == 0;
+    return gemv_ok(x, codes, T, cols, 8);
 }
 
 extern "C" int kernels_gemv_fp8(float *out, const float *x, const kernels_fp8w *w, const float *bias, int T, int rows,

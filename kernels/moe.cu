@@ -569,13 +569,14 @@ __global__ void __launch_bounds__(MOE_GEMV_WARPS * 32) moe_glu_gemv_kernel(float
 // each the dots of its pair's h (K) with rows n0 .. n0 + R - 1 of its expert's down matrix (rows
 // past N read row N - 1, never stored), each h load serving the R rows; then out[t, n] = sum over
 // the pairs in order of wts * dot, from 0, as moe_combine_kernel adds them. This saves the (T k,
-// d) f32 staging of y and a launch per layer. R = 4 (MOE_DOWN_ROWS): a row a block paid three
+// d) f32 staging of y and a launch per layer. R = MOE_DOWN_ROWS = 4: a row a block paid three
 // 16-byte loads a lane and a block barrier per 1.5 KB row (1.93 TB/s on qwen3-30b-a3b); 4 rows
 // measured +2.2-2.7% end to end, 2 rows +0.3-1.8% (RESULTS).
 #define MOE_DOWN_ROWS 4
-template <typename M, int R>
+template <typename M>
 __global__ void moe_down_combine_kernel(float *out, const float *h, M w, const int *ids, const float *wts, int k,
                                         int N, int K, int add) {
+    enum { R = MOE_DOWN_ROWS };
     __shared__ float dots[R][32];
     int n0 = blockIdx.x * R, t = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int j = t * k + warp;
@@ -600,7 +601,7 @@ __global__ void moe_down_combine_kernel(float *out, const float *h, M w, const i
 template <typename M>
 static void moe_down_combine_launch(float *out, const float *h, M w, const int *ids, const float *wts, int T, int k,
                                     int N, int K, int add, cudaStream_t s) {
-    moe_down_combine_kernel<M, MOE_DOWN_ROWS><<<dim3((N + MOE_DOWN_ROWS - 1) / MOE_DOWN_ROWS, T), k * 32, 0, s>>>(
+    moe_down_combine_kernel<<<dim3((N + MOE_DOWN_ROWS - 1) / MOE_DOWN_ROWS, T), k * 32, 0, s>>>(
         out, h, w, ids, wts, k, N, K, add);
 }
 
